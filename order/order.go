@@ -1,0 +1,143 @@
+package order
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Collection names, as in the sample's bucket `orders`, scope `_default`.
+const (
+	Inbound = "inbound" // one document per customer order
+	Retry   = "retry"   // one retry document per failed confirmation, plus ControlKey
+)
+
+// ControlKey is the document in Retry whose existence arms the retry timer.
+const ControlKey = "allow_retrys"
+
+// StatusPaid is the payment status that triggers a confirmation.
+const StatusPaid = "paid"
+
+// TypeConfirmation names the kind of notification a retry document is for.
+const TypeConfirmation = "confirmation"
+
+// ErrMalformed marks a document that cannot be understood. It is never
+// retried: the same bytes will fail the same way.
+var ErrMalformed = errors.New("malformed document")
+
+// Order is the part of an order document that ordermail decides on. The
+// document itself is kept as bytes so that it is sent and written back whole.
+type Order struct {
+	Email                 string `json:"email"`
+	PaymentStatus         string `json:"paymentStatus"`
+	ConfirmationEmailSent bool   `json:"confirmationEmailSent"`
+}
+
+// DecodeOrder reads an order document. A document that is not a JSON object
+// or whose known fields have the wrong types is ErrMalformed, with the reason.
+func DecodeOrder(raw []byte) (Order, error) {
+	var o Order
+	if err := decodeObject(raw, &o); err != nil {
+		return Order{}, err
+	}
+	return o, nil
+}
+
+// NeedsConfirmation is function 1's condition: paid and not yet confirmed.
+func (o Order) NeedsConfirmation() bool {
+	return o.PaymentStatus == StatusPaid && !o.ConfirmationEmailSent
+}
+
+// MarkConfirmed returns the order document with confirmationEmailSent set to
+// true, every other field kept as it was.
+func MarkConfirmed(raw []byte) ([]byte, error) {
+	return setField(raw, "confirmationEmailSent", true)
+}
+
+// SetPaymentStatus returns the order document with paymentStatus replaced.
+func SetPaymentStatus(raw []byte, status string) ([]byte, error) {
+	return setField(raw, "paymentStatus", status)
+}
+
+func setField(raw []byte, name string, value any) ([]byte, error) {
+	var fields map[string]json.RawMessage
+	if err := decodeObject(raw, &fields); err != nil {
+		return nil, err
+	}
+	v, err := json.Marshal(value)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s: %w", name, err)
+	}
+	fields[name] = v
+	return json.Marshal(fields)
+}
+
+// RetryDoc is the retry document, stored in Retry under the order's key.
+type RetryDoc struct {
+	Type      string `json:"type"`
+	DocID     string `json:"docId"`
+	Attempt   int    `json:"attempt"`
+	TS        int64  `json:"ts"` // milliseconds since the epoch of the last attempt
+	FireRetry bool   `json:"fireRetry"`
+}
+
+// NewRetryDoc is the document function 1 writes after a first failed send.
+func NewRetryDoc(orderKey string, now time.Time) RetryDoc {
+	return RetryDoc{Type: TypeConfirmation, DocID: orderKey, Attempt: 1, TS: now.UnixMilli()}
+}
+
+// Failed is the document after another failed attempt: the sample's
+// attempt+1, fireRetry=false, ts=now.
+func (r RetryDoc) Failed(now time.Time) RetryDoc {
+	r.Attempt++
+	r.FireRetry = false
+	r.TS = now.UnixMilli()
+	return r
+}
+
+// DecodeRetryDoc reads a retry document and checks what the retry needs.
+func DecodeRetryDoc(raw []byte) (RetryDoc, error) {
+	var r RetryDoc
+	if err := decodeObject(raw, &r); err != nil {
+		return RetryDoc{}, err
+	}
+	if r.DocID == "" {
+		return RetryDoc{}, fmt.Errorf("%w: docId is missing or empty", ErrMalformed)
+	}
+	if r.Attempt < 0 {
+		return RetryDoc{}, fmt.Errorf("%w: attempt %d is negative", ErrMalformed, r.Attempt)
+	}
+	return r, nil
+}
+
+// Encode returns the document's JSON.
+func (r RetryDoc) Encode() []byte {
+	b, err := json.Marshal(r)
+	if err != nil { // a struct of strings and numbers always encodes
+		panic(err)
+	}
+	return b
+}
+
+// IdempotencyKey is the key every attempt at one order's confirmation sends,
+// so that the email service can drop a replayed request.
+func IdempotencyKey(orderKey string) string {
+	return TypeConfirmation + ":" + orderKey
+}
+
+func decodeObject(raw []byte, into any) error {
+	trimmed := bytes.TrimSpace(raw)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return fmt.Errorf("%w: not a JSON object", ErrMalformed)
+	}
+	if err := json.Unmarshal(trimmed, into); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) && typeErr.Field != "" {
+			return fmt.Errorf("%w: field %s is a JSON %s, want %s", ErrMalformed, typeErr.Field, typeErr.Value, typeErr.Type)
+		}
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return nil
+}

@@ -1,0 +1,48 @@
+package store_test
+
+import (
+	"testing"
+
+	"github.com/ordermail/ordermail/store"
+	"github.com/stretchr/testify/assert"
+)
+
+func TestAckTrackerOutOfOrder(t *testing.T) {
+	t.Parallel()
+	tr := store.NewAckTracker(map[uint16]uint64{0: 10})
+	a11 := tr.Deliver(0, 11)
+	a15 := tr.Deliver(0, 15)
+	tr.Skip(0, 16) // filtered out while 11 and 15 are in flight
+	a20 := tr.Deliver(0, 20)
+	b3 := tr.Deliver(7, 3)
+
+	a15()
+	a20()
+	assert.Equal(t, map[uint16]uint64{0: 10, 7: 0}, tr.Checkpoints(), "11 is still in flight")
+	assert.Equal(t, 2, tr.InFlight(), "11 and 7:3")
+
+	a11()
+	assert.Equal(t, map[uint16]uint64{0: 20, 7: 0}, tr.Checkpoints())
+	a11() // a second ack of the same event changes nothing
+	b3()
+	assert.Equal(t, map[uint16]uint64{0: 20, 7: 3}, tr.Checkpoints())
+	assert.Equal(t, 0, tr.InFlight())
+}
+
+func TestAckTrackerResetDropsOldAcks(t *testing.T) {
+	t.Parallel()
+	tr := store.NewAckTracker(nil)
+	old := tr.Deliver(1, 5)
+	tr.Reset(1, 2) // rollback to 2
+	old()
+	assert.Equal(t, map[uint16]uint64{1: 2}, tr.Checkpoints())
+	tr.Deliver(1, 3)()
+	assert.Equal(t, map[uint16]uint64{1: 3}, tr.Checkpoints())
+}
+
+func TestAckTrackerSkipWithNothingInFlight(t *testing.T) {
+	t.Parallel()
+	tr := store.NewAckTracker(nil)
+	tr.Skip(0, 9)
+	assert.Equal(t, map[uint16]uint64{0: 9}, tr.Checkpoints())
+}

@@ -1,0 +1,99 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors every implementation maps its own failures to, so that no other
+// package needs to know the technology behind the store.
+var (
+	ErrNotFound    = errors.New("document not found")
+	ErrExists      = errors.New("document already exists")
+	ErrCASMismatch = errors.New("document changed since it was read (CAS mismatch)")
+	// ErrUnavailable wraps failures that may clear by themselves (a locked
+	// database, a timeout, a node down): the caller may try again later.
+	ErrUnavailable = errors.New("store unavailable")
+	ErrClosed      = errors.New("store closed")
+)
+
+// Doc is one stored document.
+type Doc struct {
+	Key   string
+	Value []byte // JSON
+	CAS   uint64
+}
+
+// Event is one change on the feed: the document's state after the change,
+// or its deletion. Like DCP, the feed may skip intermediate states of a key
+// but always delivers its latest one.
+type Event struct {
+	Collection string
+	Key        string
+	Value      []byte // nil when Deleted
+	Deleted    bool
+	CAS        uint64
+	Partition  uint16 // vBucket for Couchbase, 0 for the embedded store
+	Seq        uint64 // position in its partition
+
+	// Ack must be called exactly once, after the event's outcome has been
+	// written. Events may be acknowledged in any order; the checkpoint never
+	// moves past an event that has not been acknowledged.
+	Ack func()
+}
+
+// Subscription is an open change feed.
+type Subscription interface {
+	// Next blocks until the next event, ctx ends, or the feed fails.
+	Next(ctx context.Context) (Event, error)
+	// Close stops the feed and saves the checkpoint of what was acknowledged.
+	Close() error
+}
+
+// FeedOptions say where a subscription without a saved checkpoint starts.
+type FeedOptions struct {
+	// FromNow starts a subscription that has no checkpoint at the current end
+	// of the feed instead of its beginning.
+	FromNow bool
+}
+
+// SweepResult counts what one sweep flagged.
+type SweepResult struct {
+	Flagged int
+}
+
+// Counts is what operators watch.
+type Counts struct {
+	OrdersPaid      int // paymentStatus == "paid"
+	OrdersConfirmed int // paid and confirmationEmailSent
+	RetryDocs       int // documents in retry, allow_retrys not counted
+	RetryFlagged    int // retry documents with fireRetry set
+}
+
+// Store is what ordermail needs from a database.
+type Store interface {
+	Get(ctx context.Context, collection, key string) (Doc, error)
+	// Insert fails with ErrExists when the key is taken.
+	Insert(ctx context.Context, collection, key string, value []byte) (uint64, error)
+	// Replace fails with ErrNotFound, or ErrCASMismatch when cas is not zero
+	// and the document changed since it was read.
+	Replace(ctx context.Context, collection, key string, value []byte, cas uint64) (uint64, error)
+	Upsert(ctx context.Context, collection, key string, value []byte) (uint64, error)
+	// Remove fails with ErrNotFound, or ErrCASMismatch as Replace.
+	Remove(ctx context.Context, collection, key string, cas uint64) error
+
+	// Subscribe opens the change feed over collections, resuming after the
+	// checkpoint saved under name.
+	Subscribe(ctx context.Context, name string, collections []string, opts FeedOptions) (Subscription, error)
+
+	// SweepRetries sets fireRetry on every retry document, other than the
+	// control document, whose last attempt (ts) is before olderThan and that is
+	// not flagged already. Each flagged document is a change on the feed.
+	SweepRetries(ctx context.Context, olderThan time.Time) (SweepResult, error)
+
+	// Counts reads the numbers operators watch.
+	Counts(ctx context.Context) (Counts, error)
+
+	Close() error
+}

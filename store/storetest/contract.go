@@ -1,0 +1,316 @@
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Opener opens the store under test. Opening twice with the same t must give
+// two handles on the same data (a restart).
+type Opener func(t *testing.T) store.Store
+
+// Run runs the whole contract.
+func Run(t *testing.T, open Opener) {
+	t.Run("KV", func(t *testing.T) { testKV(t, open(t)) })
+	t.Run("FeedDeliversChangesInOrderPerKey", func(t *testing.T) { testFeedOrder(t, open(t)) })
+	t.Run("FeedResumesAfterAcknowledgedOnly", func(t *testing.T) { testFeedResume(t, open) })
+	t.Run("FeedFromNow", func(t *testing.T) { testFeedFromNow(t, open(t)) })
+	t.Run("FeedWakesOnWrite", func(t *testing.T) { testFeedWakes(t, open(t)) })
+	t.Run("SweepRetries", func(t *testing.T) { testSweep(t, open(t)) })
+	t.Run("Counts", func(t *testing.T) { testCounts(t, open(t)) })
+}
+
+// prefix makes keys no other run uses.
+func prefix(t *testing.T) string {
+	return fmt.Sprintf("st_%s_%d_", strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()), rand.Uint32())
+}
+
+func ctxFor(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func testKV(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	k := prefix(t) + "a"
+
+	_, err := s.Get(ctx, order.Inbound, k)
+	require.ErrorIs(t, err, store.ErrNotFound)
+	_, err = s.Replace(ctx, order.Inbound, k, []byte(`{}`), 0)
+	require.ErrorIs(t, err, store.ErrNotFound)
+	require.ErrorIs(t, s.Remove(ctx, order.Inbound, k, 0), store.ErrNotFound)
+
+	cas1, err := s.Insert(ctx, order.Inbound, k, []byte(`{"n":1}`))
+	require.NoError(t, err)
+	_, err = s.Insert(ctx, order.Inbound, k, []byte(`{"n":2}`))
+	require.ErrorIs(t, err, store.ErrExists)
+
+	d, err := s.Get(ctx, order.Inbound, k)
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"n":1}`, string(d.Value))
+	assert.Equal(t, cas1, d.CAS)
+
+	_, err = s.Get(ctx, order.Retry, k)
+	require.ErrorIs(t, err, store.ErrNotFound, "collections are separate")
+
+	cas2, err := s.Replace(ctx, order.Inbound, k, []byte(`{"n":3}`), cas1)
+	require.NoError(t, err)
+	assert.NotEqual(t, cas1, cas2)
+	_, err = s.Replace(ctx, order.Inbound, k, []byte(`{"n":4}`), cas1)
+	require.ErrorIs(t, err, store.ErrCASMismatch)
+	require.ErrorIs(t, s.Remove(ctx, order.Inbound, k, cas1), store.ErrCASMismatch)
+
+	cas3, err := s.Upsert(ctx, order.Inbound, k, []byte(`{"n":5}`))
+	require.NoError(t, err)
+	require.NoError(t, s.Remove(ctx, order.Inbound, k, cas3))
+	_, err = s.Get(ctx, order.Inbound, k)
+	require.ErrorIs(t, err, store.ErrNotFound)
+
+	_, err = s.Insert(ctx, order.Inbound, k, []byte(`{"n":6}`))
+	require.NoError(t, err, "a removed key can be inserted again")
+	_, err = s.Upsert(ctx, order.Retry, k+"_new", []byte(`{}`))
+	require.NoError(t, err, "upsert creates")
+}
+
+// collect reads events for keys starting with p until cond holds, acking
+// every event it reads.
+func collect(t *testing.T, sub store.Subscription, p string, cond func([]store.Event) bool) []store.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var got []store.Event
+	for !cond(got) {
+		ev, err := sub.Next(ctx)
+		require.NoError(t, err, "waiting for events; have %d", len(got))
+		ev.Ack()
+		if strings.HasPrefix(ev.Key, p) {
+			got = append(got, ev)
+		}
+	}
+	return got
+}
+
+func atLeast(n int) func([]store.Event) bool {
+	return func(evs []store.Event) bool { return len(evs) >= n }
+}
+
+func testFeedOrder(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	p := prefix(t)
+	sub, err := s.Subscribe(ctx, p+"sub", []string{order.Inbound, order.Retry}, store.FeedOptions{FromNow: true})
+	require.NoError(t, err)
+	defer sub.Close()
+
+	_, err = s.Upsert(ctx, "elsewhere", p+"x", []byte(`{"ignored":true}`))
+	require.NoError(t, err)
+	cas, err := s.Insert(ctx, order.Inbound, p+"o1", []byte(`{"v":1}`))
+	require.NoError(t, err)
+	_, err = s.Insert(ctx, order.Retry, p+"o1", []byte(`{"v":"r"}`))
+	require.NoError(t, err)
+	require.NoError(t, s.Remove(ctx, order.Inbound, p+"o1", cas))
+	_, err = s.Insert(ctx, order.Inbound, p+"o2", []byte(`{"v":2}`))
+	require.NoError(t, err)
+
+	got := collect(t, sub, p, func(evs []store.Event) bool {
+		for _, ev := range evs {
+			if ev.Key == p+"o2" {
+				return true
+			}
+		}
+		return false
+	})
+	var inboundO1 []store.Event
+	sawRetry := false
+	for _, ev := range got {
+		assert.NotEqual(t, "elsewhere", ev.Collection, "unsubscribed collection delivered")
+		if ev.Collection == order.Inbound && ev.Key == p+"o1" {
+			inboundO1 = append(inboundO1, ev)
+		}
+		if ev.Collection == order.Retry && ev.Key == p+"o1" {
+			sawRetry = true
+			assert.JSONEq(t, `{"v":"r"}`, string(ev.Value))
+		}
+	}
+	assert.True(t, sawRetry)
+	// A feed may drop the intermediate state of a key, never its last one.
+	require.NotEmpty(t, inboundO1)
+	last := inboundO1[len(inboundO1)-1]
+	assert.True(t, last.Deleted, "the deletion of o1 is the last event for it")
+	assert.Nil(t, last.Value)
+	for i := 1; i < len(inboundO1); i++ {
+		assert.Less(t, inboundO1[i-1].Seq, inboundO1[i].Seq)
+	}
+}
+
+func testFeedResume(t *testing.T, open Opener) {
+	ctx := ctxFor(t)
+	p := prefix(t)
+	s := open(t)
+	name := p + "sub"
+	sub, err := s.Subscribe(ctx, name, []string{order.Inbound}, store.FeedOptions{FromNow: true})
+	require.NoError(t, err)
+	// One key per write so that no deduplication can merge them.
+	for i := range 4 {
+		_, err := s.Insert(ctx, order.Inbound, fmt.Sprintf("%sk%d", p, i), []byte(`{}`))
+		require.NoError(t, err)
+	}
+	var got []store.Event
+	for len(got) < 4 {
+		ev, err := sub.Next(ctx)
+		require.NoError(t, err)
+		if strings.HasPrefix(ev.Key, p) {
+			got = append(got, ev)
+		} else {
+			ev.Ack()
+		}
+	}
+	// Acknowledge k0 and k2 but not k1: the checkpoint may not pass k1.
+	got[0].Ack()
+	got[2].Ack()
+	require.NoError(t, sub.Close())
+
+	s2 := open(t) // a restart on the same data
+	sub2, err := s2.Subscribe(ctx, name, []string{order.Inbound}, store.FeedOptions{FromNow: true})
+	require.NoError(t, err)
+	defer sub2.Close()
+	again := collect(t, sub2, p, func(evs []store.Event) bool {
+		seen := map[string]bool{}
+		for _, ev := range evs {
+			seen[ev.Key] = true
+		}
+		return seen[p+"k1"] && seen[p+"k3"]
+	})
+	for _, ev := range again {
+		assert.NotEqual(t, p+"k0", ev.Key, "k0 was acknowledged before the checkpoint")
+	}
+}
+
+func testFeedFromNow(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	p := prefix(t)
+	_, err := s.Insert(ctx, order.Inbound, p+"before", []byte(`{}`))
+	require.NoError(t, err)
+	sub, err := s.Subscribe(ctx, p+"sub", []string{order.Inbound}, store.FeedOptions{FromNow: true})
+	require.NoError(t, err)
+	defer sub.Close()
+	_, err = s.Insert(ctx, order.Inbound, p+"after", []byte(`{}`))
+	require.NoError(t, err)
+	got := collect(t, sub, p, atLeast(1))
+	assert.Equal(t, p+"after", got[0].Key)
+}
+
+func testFeedWakes(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	p := prefix(t)
+	sub, err := s.Subscribe(ctx, p+"sub", []string{order.Retry}, store.FeedOptions{FromNow: true})
+	require.NoError(t, err)
+	defer sub.Close()
+	done := make(chan []store.Event)
+	go func() { done <- collect(t, sub, p, atLeast(1)) }()
+	_, err = s.Insert(ctx, order.Retry, p+"late", []byte(`{}`))
+	require.NoError(t, err)
+	select {
+	case got := <-done:
+		assert.Equal(t, p+"late", got[0].Key)
+	case <-time.After(20 * time.Second):
+		t.Fatal("a blocked Next did not return after a write")
+	}
+}
+
+func testSweep(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	p := prefix(t)
+	now := time.Now()
+	old := now.Add(-time.Minute).UnixMilli()
+	fresh := now.UnixMilli()
+	docs := map[string]string{
+		p + "old":     fmt.Sprintf(`{"type":"confirmation","docId":"%sold","attempt":1,"ts":%d}`, p, old),
+		p + "fresh":   fmt.Sprintf(`{"type":"confirmation","docId":"%sfresh","attempt":1,"ts":%d}`, p, fresh),
+		p + "flagged": fmt.Sprintf(`{"type":"confirmation","docId":"%sflagged","attempt":2,"ts":%d,"fireRetry":true}`, p, old),
+		p + "junk":    `not json at all`,
+		p + "strts":   `{"docId":"x","ts":"yesterday"}`,
+	}
+	for k, v := range docs {
+		_, err := s.Upsert(ctx, order.Retry, k, []byte(v))
+		require.NoError(t, err)
+	}
+	sub, err := s.Subscribe(ctx, p+"sub", []string{order.Retry}, store.FeedOptions{FromNow: true})
+	require.NoError(t, err)
+	defer sub.Close()
+
+	res, err := s.SweepRetries(ctx, now.Add(-15*time.Second))
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, res.Flagged, 1)
+
+	d, err := s.Get(ctx, order.Retry, p+"old")
+	require.NoError(t, err)
+	r, err := order.DecodeRetryDoc(d.Value)
+	require.NoError(t, err)
+	assert.True(t, r.FireRetry)
+	assert.Equal(t, 1, r.Attempt, "the sweep changes only fireRetry")
+	assert.Equal(t, old, r.TS)
+
+	d, err = s.Get(ctx, order.Retry, p+"fresh")
+	require.NoError(t, err)
+	r, err = order.DecodeRetryDoc(d.Value)
+	require.NoError(t, err)
+	assert.False(t, r.FireRetry, "younger than the quantum")
+
+	got := collect(t, sub, p, atLeast(1))
+	assert.Equal(t, p+"old", got[0].Key, "the flagged document comes back on the feed")
+
+	// The already-flagged document was not written again: a second sweep
+	// flags nothing of ours and the feed brings nothing more of ours.
+	_, err = s.SweepRetries(ctx, now.Add(-15*time.Second))
+	require.NoError(t, err)
+	marker := p + "zz_marker"
+	_, err = s.Insert(ctx, order.Retry, marker, []byte(`{}`))
+	require.NoError(t, err)
+	rest := collect(t, sub, p, func(evs []store.Event) bool {
+		return len(evs) > 0 && evs[len(evs)-1].Key == marker
+	})
+	assert.Len(t, rest, 1, "only the marker: got %v", keys(rest))
+}
+
+func keys(evs []store.Event) []string {
+	out := make([]string, len(evs))
+	for i, ev := range evs {
+		out[i] = ev.Collection + "/" + ev.Key
+	}
+	return out
+}
+
+func testCounts(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	p := prefix(t)
+	before, err := s.Counts(ctx)
+	require.NoError(t, err)
+	put := func(coll, k, v string) {
+		_, err := s.Upsert(ctx, coll, p+k, []byte(v))
+		require.NoError(t, err)
+	}
+	put(order.Inbound, "paid", `{"paymentStatus":"paid"}`)
+	put(order.Inbound, "sent", `{"paymentStatus":"paid","confirmationEmailSent":true}`)
+	put(order.Inbound, "init", `{"paymentStatus":"initiated"}`)
+	put(order.Inbound, "junk", `[1,2`)
+	put(order.Retry, "r1", `{"docId":"x","attempt":1,"ts":1}`)
+	put(order.Retry, "r2", `{"docId":"y","attempt":1,"ts":1,"fireRetry":true}`)
+	after, err := s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, store.Counts{OrdersPaid: 2, OrdersConfirmed: 1, RetryDocs: 2, RetryFlagged: 1}, store.Counts{
+		OrdersPaid:      after.OrdersPaid - before.OrdersPaid,
+		OrdersConfirmed: after.OrdersConfirmed - before.OrdersConfirmed,
+		RetryDocs:       after.RetryDocs - before.RetryDocs,
+		RetryFlagged:    after.RetryFlagged - before.RetryFlagged,
+	})
+}
