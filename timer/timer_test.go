@@ -1,0 +1,124 @@
+package timer_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/embedded"
+	"github.com/ordermail/ordermail/timer"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var (
+	pinned = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	quiet  = slog.New(slog.NewTextHandler(io.Discard, nil))
+)
+
+func openStore(t *testing.T) *embedded.Store {
+	t.Helper()
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func retryDoc(t *testing.T, st store.Store, key string, age time.Duration) {
+	t.Helper()
+	r := order.NewRetryDoc(key, pinned.Add(-age))
+	_, err := st.Upsert(context.Background(), order.Retry, key, r.Encode())
+	require.NoError(t, err)
+}
+
+func fired(t *testing.T, st store.Store, key string) bool {
+	t.Helper()
+	d, err := st.Get(context.Background(), order.Retry, key)
+	require.NoError(t, err)
+	r, err := order.DecodeRetryDoc(d.Value)
+	require.NoError(t, err)
+	return r.FireRetry
+}
+
+func TestSweepFlagsOnlyAgedDocsWhileArmed(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	tm, err := timer.New(timer.Config{Interval: time.Hour, Quantum: 15 * time.Second}, st, quiet, nil)
+	require.NoError(t, err)
+
+	retryDoc(t, st, "aged", 16*time.Second)
+	retryDoc(t, st, "young", 14*time.Second)
+
+	res, err := tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: false}, res, "no allow_retrys: not armed")
+	assert.False(t, fired(t, st, "aged"))
+
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	res, err = tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Flagged: 1}, res)
+	assert.True(t, fired(t, st, "aged"))
+	assert.False(t, fired(t, st, "young"))
+
+	// Two seconds later the young one has aged too; the aged one is not
+	// flagged twice.
+	res, err = tm.Sweep(ctx, pinned.Add(2*time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Flagged: 1}, res)
+	assert.True(t, fired(t, st, "young"))
+
+	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0))
+	retryDoc(t, st, "later", time.Hour)
+	res, err = tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: false}, res, "deleting allow_retrys stops retries")
+	assert.False(t, fired(t, st, "later"))
+}
+
+// flakyStore fails the sweep once, to show the schedule survives it.
+type flakyStore struct {
+	store.Store
+	calls atomic.Int32
+}
+
+func (f *flakyStore) SweepRetries(ctx context.Context, olderThan time.Time) (store.SweepResult, error) {
+	if f.calls.Add(1) == 1 {
+		return store.SweepResult{}, store.ErrUnavailable
+	}
+	return f.Store.SweepRetries(ctx, olderThan)
+}
+
+func TestScheduleKeepsFiringAfterAFailedSweep(t *testing.T) {
+	st := openStore(t)
+	flaky := &flakyStore{Store: st}
+	_, err := st.Insert(context.Background(), order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	retryDoc(t, st, "due", time.Minute)
+
+	tm, err := timer.New(timer.Config{Interval: 20 * time.Millisecond, Quantum: time.Millisecond}, flaky, quiet,
+		func() time.Time { return pinned })
+	require.NoError(t, err)
+	tm.Start()
+	defer func() { assert.NoError(t, tm.Stop(context.Background())) }()
+
+	require.Eventually(t, func() bool { return flaky.calls.Load() >= 2 }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return fired(t, st, "due") }, 10*time.Second, 5*time.Millisecond)
+}
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	assert.ErrorContains(t, timer.Config{Interval: time.Millisecond}.Validate(), "timer-interval")
+	assert.ErrorContains(t, timer.Config{Quantum: -time.Second}.Validate(), "retry-quantum")
+	assert.NoError(t, timer.Config{}.Validate())
+}
