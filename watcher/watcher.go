@@ -90,7 +90,7 @@ func New(cfg Config, st store.Store, mail Sender, log *slog.Logger, now func() t
 func (w *Watcher) Stats() Stats {
 	return Stats{
 		Handled: w.handled.Load(),
-		Sends: w.sends.Load(), Sent: w.sent.Load(), SendFailures: w.sendFailures.Load(),
+		Sends:   w.sends.Load(), Sent: w.sent.Load(), SendFailures: w.sendFailures.Load(),
 		Skipped: w.skipped.Load(), Ignored: w.ignored.Load(),
 	}
 }

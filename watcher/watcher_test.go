@@ -239,4 +239,3 @@ func TestStopAbortsHangingSendAndLeavesItForReplay(t *testing.T) {
 	o, _ := get(t, st, order.Inbound, "order_h")
 	assert.Contains(t, o, `"confirmationEmailSent":true`)
 }
-
