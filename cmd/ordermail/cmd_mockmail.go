@@ -1,0 +1,68 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/ordermail/ordermail/mailer/mockmail"
+	"github.com/peterbourgon/ff/v3/ffcli"
+)
+
+func mockmailCommand(stderr io.Writer) *ffcli.Command {
+	fs := newFlagSet("mockmail", stderr)
+	var cfg mockmail.Config
+	var logs logFlags
+	listen := fs.String("listen", ":9080", "address to listen on")
+	fs.Float64Var(&cfg.FailRate, "fail-rate", 0.5, "share of sends answered with --fail-status, 0 to 1 (the sample: a coin flip)")
+	fs.IntVar(&cfg.FailStatus, "fail-status", http.StatusNotAcceptable, "HTTP status of a failed send (the sample's 406)")
+	fs.DurationVar(&cfg.Latency, "latency", 0, "delay before every answer")
+	fs.Uint64Var(&cfg.Seed, "seed", 0, "random seed for the failures; 0 picks one")
+	logs.register(fs, "info")
+	return &ffcli.Command{
+		Name:       "mockmail",
+		ShortUsage: "ordermail mockmail [--listen ADDR] [--fail-rate P] [--fail-status CODE] [--latency DURATION]",
+		ShortHelp:  "run the mock email service (POST /sendConfirmation, GET /stats)",
+		FlagSet:    fs,
+		Options:    envOptions,
+		Exec: func(ctx context.Context, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
+			log, err := logs.logger(stderr)
+			if err != nil {
+				return err
+			}
+			m, err := mockmail.New(cfg)
+			if err != nil {
+				return err
+			}
+			ln, err := net.Listen("tcp", *listen)
+			if err != nil {
+				return fmt.Errorf("listen: %w", err)
+			}
+			srv := &http.Server{Handler: m, ReadHeaderTimeout: 10 * time.Second}
+			served := make(chan error, 1)
+			go func() { served <- srv.Serve(ln) }()
+			log.Info("mock email service listening", "addr", ln.Addr().String(), "fail_rate", cfg.FailRate, "fail_status", cfg.FailStatus, "latency", cfg.Latency)
+			select {
+			case err := <-served:
+				return fmt.Errorf("serve: %w", err)
+			case <-ctx.Done():
+			}
+			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err = srv.Shutdown(shutdown)
+			if serveErr := <-served; !errors.Is(serveErr, http.ErrServerClosed) {
+				err = errors.Join(err, serveErr)
+			}
+			st := m.Stats()
+			log.Info("mock email service stopped", "requests", st.Requests, "deliveries", st.Deliveries, "failures", st.Failures, "duplicate_requests", st.DuplicateRequests)
+			return err
+		},
+	}
+}
