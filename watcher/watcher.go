@@ -264,7 +264,7 @@ func (w *Watcher) sendOrder(ctx context.Context, log *slog.Logger, key string) e
 		}
 		return err
 	}
-	log.Info("confirmation sent", "attempt", 0)
+	log.Info("confirmation sent", "attempt", 1)
 	return w.markConfirmed(ctx, log, key)
 }
 

@@ -1,0 +1,142 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// binary is ordermail built once for the tests that run it as a process.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ordermail-bin-*")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "ordermail")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		panic("build ordermail: " + err.Error() + "\n" + string(out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// cli runs the command in-process.
+func cli(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), args, &stdout, &stderr)
+	return stdout.String(), stderr.String(), err
+}
+
+func TestDemoJSONIsMeasured(t *testing.T) {
+	out, _, err := cli(t, "demo", "--orders", "40", "--fail-rate", "0.5", "--json",
+		"--timer-interval", "50ms", "--retry-quantum", "100ms", "--seed", "3")
+	require.NoError(t, err)
+	var s demoSummary
+	require.NoError(t, json.Unmarshal([]byte(out), &s), out)
+	assert.Equal(t, 45, s.Orders, "40 generated + 5 fixtures")
+	assert.Equal(t, 45, s.Confirmed)
+	assert.Zero(t, s.RetryDocsLeft)
+	assert.Equal(t, 45, s.Deliveries)
+	assert.Zero(t, s.DuplicateRequests)
+	assert.Equal(t, s.SendAttempts, s.Deliveries+s.Failures)
+	assert.Positive(t, s.Failures, "at 50%% some sends failed")
+	assert.Positive(t, s.ElapsedSeconds)
+}
+
+func TestDemoKeepsDataWhenAsked(t *testing.T) {
+	dir := t.TempDir()
+	out, _, err := cli(t, "demo", "--orders", "3", "--fail-rate", "0", "--data", dir, "--timer-interval", "50ms", "--retry-quantum", "100ms")
+	require.NoError(t, err)
+	assert.Contains(t, out, "confirmed:           8")
+	out, _, err = cli(t, "retries", "status", "--json", "--store", "file:"+filepath.Join(dir, "ordermail.db"))
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"timerArmed":true,"retryDocs":0,"retryFlagged":0,"ordersPaid":8,"ordersConfirmed":8,"ordersUnconfirmed":0}`, out)
+}
+
+func TestLoadPayAndRetries(t *testing.T) {
+	storeURL := "file:" + filepath.Join(t.TempDir(), "o.db")
+	fixturesDir := filepath.Join("..", "..", "fixtures", "orders")
+	files, err := filepath.Glob(filepath.Join(fixturesDir, "*.json"))
+	require.NoError(t, err)
+
+	out, _, err := cli(t, append([]string{"load", "--store", storeURL, "--collection", "inbound"}, files...)...)
+	require.NoError(t, err)
+	assert.Equal(t, "loaded 5 documents into inbound from 5 files\n", out)
+
+	lines := filepath.Join(t.TempDir(), "more.jsonl")
+	require.NoError(t, os.WriteFile(lines, []byte(`{"id":"order_900","doc":{"email":"z@example.com","paymentStatus":"paid"}}`+"\n"), 0o644))
+	bad := filepath.Join(t.TempDir(), "bad.json")
+	require.NoError(t, os.WriteFile(bad, []byte(`{"oops"`), 0o644))
+	_, _, err = cli(t, "load", "--store", storeURL, "--collection", "inbound", lines, bad)
+	require.ErrorContains(t, err, "bad.json: not valid JSON")
+	_, _, err = cli(t, "load", "--store", storeURL, "--collection", "orders", lines)
+	require.ErrorContains(t, err, `collection: "orders" is not one of [inbound retry]`)
+
+	out, _, err = cli(t, "pay", "--store", storeURL, "order_140", "order_141", "order_missing")
+	require.ErrorContains(t, err, "pay order_missing: ")
+	assert.Equal(t, "marked 2 of 3 orders paid\n", out)
+
+	status := func() map[string]any {
+		out, _, err := cli(t, "retries", "status", "--json", "--store", storeURL)
+		require.NoError(t, err)
+		var m map[string]any
+		require.NoError(t, json.Unmarshal([]byte(out), &m))
+		return m
+	}
+	s := status()
+	assert.Equal(t, false, s["timerArmed"])
+	assert.Equal(t, 2.0, s["ordersPaid"], "order_900 was not loaded: its batch had a bad file")
+	assert.Equal(t, 2.0, s["ordersUnconfirmed"])
+
+	out, _, err = cli(t, "retries", "start", "--store", storeURL)
+	require.NoError(t, err)
+	assert.Equal(t, "retries started: created allow_retrys\n", out)
+	out, _, _ = cli(t, "retries", "start", "--store", storeURL)
+	assert.Equal(t, "retries already started\n", out)
+	assert.Equal(t, true, status()["timerArmed"])
+	_, _, err = cli(t, "retries", "stop", "--store", storeURL)
+	require.NoError(t, err)
+	assert.Equal(t, false, status()["timerArmed"])
+
+	out, _, err = cli(t, "retries", "status", "--store", storeURL)
+	require.NoError(t, err)
+	assert.Contains(t, out, "paused (no allow_retrys)")
+}
+
+func TestBadInvocations(t *testing.T) {
+	tests := []struct {
+		give []string
+		want string
+	}{
+		{[]string{"bogus"}, `unknown command "bogus"`},
+		{[]string{"run", "--mail-url", "http://x", "--workers", "0"}, "workers: 0"},
+		{[]string{"run", "--mail-url", "http://x", "--store", "mysql://db"}, `store: "mysql://db"`},
+		{[]string{"run"}, "mail-url: required"},
+		{[]string{"run", "--mail-url", "http://x", "--log-level", "loud"}, "log-level"},
+		{[]string{"mockmail", "--fail-rate", "-1"}, "fail-rate"},
+		{[]string{"run", "--mail-url", "http://x", "stray"}, "unexpected arguments: stray"},
+		{[]string{"load", "--collection", "inbound"}, "no files to load"},
+	}
+	for _, tt := range tests {
+		_, _, err := cli(t, tt.give...)
+		assert.ErrorContains(t, err, tt.want, strings.Join(tt.give, " "))
+	}
+}
+
+func TestEnvironmentSetsFlags(t *testing.T) {
+	t.Setenv("ORDERMAIL_MAIL_URL", "not a url")
+	_, _, err := cli(t, "run")
+	assert.ErrorContains(t, err, `mail-url: "not a url"`)
+}
