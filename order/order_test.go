@@ -1,0 +1,61 @@
+package order_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/order"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestMarkConfirmedKeepsOtherFields(t *testing.T) {
+	t.Parallel()
+	got, err := order.MarkConfirmed([]byte(`{"email":"a@example.com","paymentStatus":"paid","extra":{"x":[1,2]},"confirmationEmailSent":false}`))
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"email":"a@example.com","paymentStatus":"paid","extra":{"x":[1,2]},"confirmationEmailSent":true}`, string(got))
+	_, err = order.MarkConfirmed([]byte(`[]`))
+	assert.ErrorIs(t, err, order.ErrMalformed)
+}
+
+func TestRetryDocLifecycle(t *testing.T) {
+	t.Parallel()
+	t0 := time.UnixMilli(1632775908319)
+	r := order.NewRetryDoc("order_140", t0)
+	assert.JSONEq(t, `{"type":"confirmation","docId":"order_140","attempt":1,"ts":1632775908319,"fireRetry":false}`, string(r.Encode()))
+	r.FireRetry = true
+	r2 := r.Failed(t0.Add(time.Second))
+	assert.Equal(t, order.RetryDoc{Type: "confirmation", DocID: "order_140", Attempt: 2, TS: 1632775909319}, r2)
+
+	back, err := order.DecodeRetryDoc(r2.Encode())
+	require.NoError(t, err)
+	assert.Equal(t, r2, back)
+}
+
+func TestDecodeErrorsSayWhatIsWrong(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		give string
+		want string
+	}{
+		{``, "not a JSON object"},
+		{`"paid"`, "not a JSON object"},
+		{`{"paymentStatus":true}`, "field paymentStatus is a JSON bool, want string"},
+		{`{"email":1}`, "field email is a JSON number, want string"},
+	}
+	for _, tt := range tests {
+		_, err := order.DecodeOrder([]byte(tt.give))
+		assert.ErrorIs(t, err, order.ErrMalformed, tt.give)
+		assert.ErrorContains(t, err, tt.want, tt.give)
+	}
+	_, err := order.DecodeRetryDoc([]byte(`{"docId":"o","attempt":-1}`))
+	assert.ErrorContains(t, err, "attempt -1 is negative")
+	_, err = order.DecodeRetryDoc([]byte(`{"docId":"o","attempt":1e40}`))
+	assert.ErrorContains(t, err, "field attempt")
+}
+
+func TestIdempotencyKeyIsStablePerOrder(t *testing.T) {
+	t.Parallel()
+	assert.Equal(t, order.IdempotencyKey("order_1"), order.IdempotencyKey("order_1"))
+	assert.NotEqual(t, order.IdempotencyKey("order_1"), order.IdempotencyKey("order_2"))
+}
