@@ -47,8 +47,14 @@ func (s *syncBuffer) String() string {
 type env struct {
 	store *embedded.Store
 	mock  *mockmail.Server
-	logs  *syncBuffer
+	mail  *mailer.Client
 	w     *watcher.Watcher
+}
+
+// start starts the watcher; tests write their documents first, so that what
+// the watcher sees does not depend on how fast it reads.
+func (e *env) start(t *testing.T) {
+	e.w = startWatcher(t, e.store, e.mail, &syncBuffer{})
 }
 
 func newEnv(t *testing.T, mockCfg mockmail.Config) *env {
@@ -62,7 +68,7 @@ func newEnv(t *testing.T, mockCfg mockmail.Config) *env {
 	t.Cleanup(srv.Close)
 	c, err := mailer.New(mailer.Config{URL: srv.URL, Timeout: 5 * time.Second})
 	require.NoError(t, err)
-	return &env{store: st, mock: m, logs: &syncBuffer{}, w: startWatcher(t, st, c, &syncBuffer{})}
+	return &env{store: st, mock: m, mail: c}
 }
 
 func startWatcher(t *testing.T, st store.Store, s watcher.Sender, logs *syncBuffer) *watcher.Watcher {
@@ -108,6 +114,7 @@ func TestFirstSendSuccessMarksOrder(t *testing.T) {
 	put(t, e.store, order.Inbound, "order_1", paidOrder)
 
 	// insert (send) + our own confirmed write (ignored)
+	e.start(t)
 	waitHandled(t, e.w, 2)
 	v, _ := get(t, e.store, order.Inbound, "order_1")
 	assert.JSONEq(t, `{"email":"ann@example.com","paymentStatus":"paid","confirmationEmailSent":true,"items":[{"name":"Swedish Meatballs 500g","amount":2,"unitPrice":9.95}]}`, v,
@@ -122,6 +129,7 @@ func TestFirstSendFailureWritesRetryDoc(t *testing.T) {
 	e := newEnv(t, mockmail.Config{FailRate: 1})
 	put(t, e.store, order.Inbound, "order_2", paidOrder)
 
+	e.start(t)
 	waitHandled(t, e.w, 2) // insert (send fails) + our own retry document (ignored)
 	v, ok := get(t, e.store, order.Retry, "order_2")
 	require.True(t, ok)
@@ -136,6 +144,7 @@ func TestFlaggedRetrySuccessDeletesRetryDoc(t *testing.T) {
 	put(t, e.store, order.Inbound, "order_3", paidOrder)
 	put(t, e.store, order.Retry, "order_3", `{"type":"confirmation","docId":"order_3","attempt":3,"ts":1,"fireRetry":true}`)
 	// The order event sees the retry document and leaves the send to it.
+	e.start(t)
 	waitHandled(t, e.w, 4) // order, retry, confirmed write, retry deletion
 	o, _ := get(t, e.store, order.Inbound, "order_3")
 	assert.Contains(t, o, `"confirmationEmailSent":true`)
@@ -148,6 +157,7 @@ func TestFlaggedRetryFailureCountsAttempt(t *testing.T) {
 	e := newEnv(t, mockmail.Config{FailRate: 1})
 	put(t, e.store, order.Inbound, "order_4", paidOrder)
 	put(t, e.store, order.Retry, "order_4", `{"type":"confirmation","docId":"order_4","attempt":3,"ts":1,"fireRetry":true}`)
+	e.start(t)
 	waitHandled(t, e.w, 3) // order (ignored), retry (fails), our own update (ignored)
 	v, _ := get(t, e.store, order.Retry, "order_4")
 	assert.JSONEq(t, `{"type":"confirmation","docId":"order_4","attempt":4,"ts":`+strconv.FormatInt(pinned.UnixMilli(), 10)+`,"fireRetry":false}`, v)
@@ -158,6 +168,7 @@ func TestRetryForConfirmedOrderIsDropped(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
 	put(t, e.store, order.Inbound, "order_5", `{"email":"x@example.com","paymentStatus":"paid","confirmationEmailSent":true}`)
 	put(t, e.store, order.Retry, "order_5", `{"type":"confirmation","docId":"order_5","attempt":1,"ts":1,"fireRetry":true}`)
+	e.start(t)
 	waitHandled(t, e.w, 3)
 	_, ok := get(t, e.store, order.Retry, "order_5")
 	assert.False(t, ok)
