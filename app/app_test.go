@@ -31,26 +31,35 @@ type run struct {
 	mock *mockmail.Server
 }
 
+// fast is a policy that retries within milliseconds and never gives up.
+var fast = order.Policy{Backoff: order.BackoffExponential, MinDelay: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
+	Jitter: 0.2, Quantum: 100 * time.Millisecond}
+
 func newRun(t *testing.T, failRate float64) *run {
 	t.Helper()
-	m, err := mockmail.New(mockmail.Config{FailRate: failRate, Seed: 1})
+	return newScriptedRun(t, mockmail.Config{FailRate: failRate, Seed: 1})
+}
+
+func newScriptedRun(t *testing.T, mc mockmail.Config) *run {
+	t.Helper()
+	m, err := mockmail.New(mc)
 	require.NoError(t, err)
 	srv := httptest.NewServer(m)
 	t.Cleanup(srv.Close)
 	return &run{mock: m, cfg: app.Config{
 		Store:   "file:" + filepath.Join(t.TempDir(), "ordermail.db"),
 		Mail:    mailer.Config{URL: srv.URL, Timeout: 5 * time.Second},
-		Watcher: watcher.Config{Workers: 8},
-		Timer:   timer.Config{Interval: 50 * time.Millisecond, Quantum: 100 * time.Millisecond},
+		Watcher: watcher.Config{Workers: 8, Policy: fast},
+		Timer:   timer.Config{Interval: 50 * time.Millisecond, Quantum: fast.Quantum},
 	}}
 }
 
 // start starts the real fx app and returns its store.
-func (r *run) start(t *testing.T) (*fx.App, store.Store) {
+func (r *run) start(t *testing.T, populate ...any) (*fx.App, store.Store) {
 	t.Helper()
 	require.NoError(t, r.cfg.Validate())
 	var st store.Store
-	a := app.New(r.cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), fx.Populate(&st))
+	a := app.New(r.cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), fx.Populate(append(populate, &st)...))
 	require.NoError(t, a.Err())
 	require.NoError(t, a.Start(context.Background()))
 	return a, st

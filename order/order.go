@@ -10,8 +10,9 @@ import (
 
 // Collection names, as in the sample's bucket `orders`, scope `_default`.
 const (
-	Inbound = "inbound" // one document per customer order
-	Retry   = "retry"   // one retry document per failed confirmation, plus ControlKey
+	Inbound    = "inbound"    // one document per customer order
+	Retry      = "retry"      // one retry document per failed confirmation, plus ControlKey
+	DeadLetter = "deadletter" // confirmations given up on, until redriven
 )
 
 // ControlKey is the document in Retry whose existence arms the retry timer.
@@ -75,27 +76,81 @@ func setField(raw []byte, name string, value any) ([]byte, error) {
 }
 
 // RetryDoc is the retry document, stored in Retry under the order's key.
+// The first five fields are the sample's; documents the sample's functions
+// wrote (without nextAttemptAt) are retried once ts is a quantum old.
 type RetryDoc struct {
 	Type      string `json:"type"`
 	DocID     string `json:"docId"`
-	Attempt   int    `json:"attempt"`
-	TS        int64  `json:"ts"` // milliseconds since the epoch of the last attempt
+	Attempt   int    `json:"attempt"` // attempts made in the current budget
+	TS        int64  `json:"ts"`      // milliseconds since the epoch of the last attempt
 	FireRetry bool   `json:"fireRetry"`
+
+	NextAttemptAt  int64  `json:"nextAttemptAt,omitempty"`  // ms; when the timer flags it
+	FirstAttemptAt int64  `json:"firstAttemptAt,omitempty"` // ms
+	LastStatus     int    `json:"lastStatus,omitempty"`     // HTTP status of the last failure, 0: no answer
+	LastError      string `json:"lastError,omitempty"`
+	RedriveCount   int    `json:"redriveCount,omitempty"`
 }
 
 // NewRetryDoc is the document function 1 writes after a first failed send.
 func NewRetryDoc(orderKey string, now time.Time) RetryDoc {
-	return RetryDoc{Type: TypeConfirmation, DocID: orderKey, Attempt: 1, TS: now.UnixMilli()}
+	ms := now.UnixMilli()
+	return RetryDoc{Type: TypeConfirmation, DocID: orderKey, Attempt: 1, TS: ms, FirstAttemptAt: ms}
 }
 
 // Failed is the document after another failed attempt: the sample's
 // attempt+1, fireRetry=false, ts=now.
 func (r RetryDoc) Failed(now time.Time) RetryDoc {
+	if r.FirstAttemptAt == 0 { // the sample's documents: ts is the earliest known
+		r.FirstAttemptAt = r.TS
+	}
 	r.Attempt++
 	r.FireRetry = false
 	r.TS = now.UnixMilli()
+	if r.FirstAttemptAt == 0 {
+		r.FirstAttemptAt = r.TS
+	}
 	return r
 }
+
+// Redriven is the retry document that brings a dead letter back: a fresh
+// attempt budget, due now.
+func Redriven(d DeadLetterDoc, now time.Time) RetryDoc {
+	ms := now.UnixMilli()
+	return RetryDoc{Type: TypeConfirmation, DocID: d.DocID, TS: ms, FireRetry: true, NextAttemptAt: ms,
+		FirstAttemptAt: d.FirstAttemptAt, LastStatus: d.LastStatus, LastError: d.LastError,
+		RedriveCount: d.RedriveCount + 1}
+}
+
+// DeadLetterDoc records a confirmation given up on, stored in DeadLetter
+// under the order's key. The order itself is left unconfirmed.
+type DeadLetterDoc struct {
+	Type           string `json:"type"`
+	DocID          string `json:"docId"`
+	Reason         string `json:"reason"`
+	LastStatus     int    `json:"lastStatus"`
+	LastError      string `json:"lastError"`
+	Attempts       int    `json:"attempts"`
+	FirstAttemptAt int64  `json:"firstAttemptAt,omitempty"` // ms; 0 when never attempted
+	LastAttemptAt  int64  `json:"lastAttemptAt,omitempty"`  // ms
+	DeadAt         int64  `json:"deadAt"`                   // ms
+	RedriveCount   int    `json:"redriveCount"`
+}
+
+// DecodeDeadLetter reads a dead-letter document.
+func DecodeDeadLetter(raw []byte) (DeadLetterDoc, error) {
+	var d DeadLetterDoc
+	if err := decodeObject(raw, &d); err != nil {
+		return DeadLetterDoc{}, err
+	}
+	if d.DocID == "" {
+		return DeadLetterDoc{}, fmt.Errorf("%w: docId is missing or empty", ErrMalformed)
+	}
+	return d, nil
+}
+
+// Encode returns the document's JSON.
+func (d DeadLetterDoc) Encode() []byte { return mustMarshal(d) }
 
 // DecodeRetryDoc reads a retry document and checks what the retry needs.
 func DecodeRetryDoc(raw []byte) (RetryDoc, error) {
@@ -113,9 +168,13 @@ func DecodeRetryDoc(raw []byte) (RetryDoc, error) {
 }
 
 // Encode returns the document's JSON.
-func (r RetryDoc) Encode() []byte {
-	b, err := json.Marshal(r)
-	if err != nil { // a struct of strings and numbers always encodes
+func (r RetryDoc) Encode() []byte { return mustMarshal(r) }
+
+// mustMarshal encodes our own structs of strings and numbers, which always
+// encode.
+func mustMarshal(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
 		panic(err)
 	}
 	return b
@@ -140,4 +199,11 @@ func decodeObject(raw []byte, into any) error {
 		return fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	return nil
+}
+
+// ClearedByOrderChange says whether the dead letter was about the order's
+// content (malformed, no email address), so that a corrected order is sent
+// again without a redrive. Dead letters about sending need a redrive.
+func (d DeadLetterDoc) ClearedByOrderChange() bool {
+	return d.Reason == ReasonMalformedOrder || d.Reason == ReasonNoEmail
 }

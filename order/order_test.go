@@ -22,10 +22,10 @@ func TestRetryDocLifecycle(t *testing.T) {
 	t.Parallel()
 	t0 := time.UnixMilli(1632775908319)
 	r := order.NewRetryDoc("order_140", t0)
-	assert.JSONEq(t, `{"type":"confirmation","docId":"order_140","attempt":1,"ts":1632775908319,"fireRetry":false}`, string(r.Encode()))
+	assert.JSONEq(t, `{"type":"confirmation","docId":"order_140","attempt":1,"ts":1632775908319,"fireRetry":false,"firstAttemptAt":1632775908319}`, string(r.Encode()))
 	r.FireRetry = true
 	r2 := r.Failed(t0.Add(time.Second))
-	assert.Equal(t, order.RetryDoc{Type: "confirmation", DocID: "order_140", Attempt: 2, TS: 1632775909319}, r2)
+	assert.Equal(t, order.RetryDoc{Type: "confirmation", DocID: "order_140", Attempt: 2, TS: 1632775909319, FirstAttemptAt: 1632775908319}, r2)
 
 	back, err := order.DecodeRetryDoc(r2.Encode())
 	require.NoError(t, err)

@@ -69,6 +69,7 @@ type Counts struct {
 	OrdersConfirmed int // paid and confirmationEmailSent
 	RetryDocs       int // documents in retry, allow_retrys not counted
 	RetryFlagged    int // retry documents with fireRetry set
+	DeadLetters     int // documents in deadletter
 }
 
 // Store is what ordermail needs from a database.
@@ -87,10 +88,16 @@ type Store interface {
 	// checkpoint saved under name.
 	Subscribe(ctx context.Context, name string, collections []string, opts FeedOptions) (Subscription, error)
 
-	// SweepRetries sets fireRetry on every retry document, other than the
-	// control document, whose last attempt (ts) is before olderThan and that is
-	// not flagged already. Each flagged document is a change on the feed.
-	SweepRetries(ctx context.Context, olderThan time.Time) (SweepResult, error)
+	// SweepRetries sets fireRetry on every due retry document that is not
+	// flagged already, the control document aside. A document is due when its
+	// nextAttemptAt (ms) is at or before now or, for documents without one
+	// (the sample's), when its ts (ms) is more than quantum before now. Each
+	// flagged document is a change on the feed.
+	SweepRetries(ctx context.Context, now time.Time, quantum time.Duration) (SweepResult, error)
+
+	// Scan calls fn for every document in collection, in key order, until fn
+	// returns an error. fn may write to the store.
+	Scan(ctx context.Context, collection string, fn func(Doc) error) error
 
 	// Counts reads the numbers operators watch.
 	Counts(ctx context.Context) (Counts, error)

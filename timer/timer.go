@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -15,10 +16,12 @@ import (
 
 // Config of the timer.
 type Config struct {
-	// Interval between sweeps. Default 20s, the sample's retryTimerInterval.
+	// Interval between ticks: each reads allow_retrys and, unless it sets a
+	// longer interval, sweeps. Default 1s: retries are due at their own
+	// nextAttemptAt, so frequent ticks make them fire on time.
 	Interval time.Duration
-	// Quantum is how old a retry document's last attempt must be before it
-	// is retried. Default 15s, the sample's.
+	// Quantum: a retry document without nextAttemptAt (the sample's) is due
+	// once its last attempt is this old. Default 15s, the sample's.
 	Quantum time.Duration
 }
 
@@ -35,7 +38,7 @@ func (c Config) Validate() error {
 
 func (c Config) withDefaults() Config {
 	if c.Interval == 0 {
-		c.Interval = 20 * time.Second
+		c.Interval = time.Second
 	}
 	if c.Quantum == 0 {
 		c.Quantum = 15 * time.Second
@@ -43,9 +46,10 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Result is what one sweep did.
+// Result is what one tick did.
 type Result struct {
 	Armed   bool // allow_retrys exists
+	Swept   bool // the sweep ran (not skipped for allow_retrys' longer interval)
 	Flagged int
 }
 
@@ -57,6 +61,11 @@ type Timer struct {
 	now   func() time.Time
 	cron  *cron.Cron
 	armed atomic.Bool
+	ticks atomic.Int64
+
+	mu        sync.Mutex
+	lastSweep time.Time
+	badCAS    uint64 // the allow_retrys version last reported as invalid
 
 	ctx    context.Context // ends at Stop, so a sweep in progress gives up
 	cancel context.CancelFunc
@@ -78,23 +87,64 @@ func New(cfg Config, st store.Store, log *slog.Logger, now func() time.Time) (*T
 }
 
 // Sweep is one timer callback at time now: when allow_retrys exists, flag
-// the retry documents whose last attempt is older than the quantum.
+// the retry documents that are due. allow_retrys may set a longer interval
+// (sweeps are then skipped until it has passed) and the quantum.
 func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
-	_, err := t.store.Get(ctx, order.Retry, order.ControlKey)
+	doc, err := t.store.Get(ctx, order.Retry, order.ControlKey)
 	if errors.Is(err, store.ErrNotFound) {
 		return Result{}, nil
 	}
 	if err != nil {
 		return Result{}, fmt.Errorf("read %s: %w", order.ControlKey, err)
 	}
-	res, err := t.store.SweepRetries(ctx, now.Add(-t.cfg.Quantum))
-	if err != nil {
-		return Result{Armed: true}, err
+	interval, quantum := t.settings(doc)
+	t.mu.Lock()
+	// Half a tick of slack, so that a tick that comes a little early does
+	// not push the sweep a whole tick later.
+	due := t.lastSweep.IsZero() || now.Sub(t.lastSweep) >= interval-t.cfg.Interval/2
+	t.mu.Unlock()
+	if !due {
+		return Result{Armed: true}, nil
 	}
-	return Result{Armed: true, Flagged: res.Flagged}, nil
+	res, err := t.store.SweepRetries(ctx, now, quantum)
+	if err != nil {
+		return Result{Armed: true}, err // not recorded: the next tick tries again
+	}
+	t.mu.Lock()
+	t.lastSweep = now
+	t.mu.Unlock()
+	return Result{Armed: true, Swept: true, Flagged: res.Flagged}, nil
 }
 
+// settings reads allow_retrys' overrides; a document that does not make
+// sense is reported once per version and overrides nothing.
+func (t *Timer) settings(doc store.Doc) (interval, quantum time.Duration) {
+	interval, quantum = t.cfg.Interval, t.cfg.Quantum
+	ctl, err := order.DecodeControl(doc.Value)
+	if err != nil {
+		t.mu.Lock()
+		report := t.badCAS != doc.CAS
+		t.badCAS = doc.CAS
+		t.mu.Unlock()
+		if report {
+			t.log.Warn("ignoring the settings in "+order.ControlKey, "reason", err, "interval", interval, "quantum", quantum)
+		}
+		return interval, quantum
+	}
+	if ctl.Interval > 0 {
+		interval = ctl.Interval
+	}
+	if ctl.Quantum > 0 {
+		quantum = ctl.Quantum
+	}
+	return interval, quantum
+}
+
+// Ticks counts the ticks finished since Start, for operators and tests.
+func (t *Timer) Ticks() int64 { return t.ticks.Load() }
+
 func (t *Timer) tick() {
+	defer t.ticks.Add(1)
 	ctx, cancel := context.WithTimeout(t.ctx, max(t.cfg.Interval, time.Second))
 	defer cancel()
 	res, err := t.Sweep(ctx, t.now())

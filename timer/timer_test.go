@@ -1,10 +1,12 @@
 package timer_test
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -52,7 +54,7 @@ func fired(t *testing.T, st store.Store, key string) bool {
 func TestSweepFlagsOnlyAgedDocsWhileArmed(t *testing.T) {
 	st := openStore(t)
 	ctx := context.Background()
-	tm, err := timer.New(timer.Config{Interval: time.Hour, Quantum: 15 * time.Second}, st, quiet, nil)
+	tm, err := timer.New(timer.Config{Interval: time.Second, Quantum: 15 * time.Second}, st, quiet, nil)
 	require.NoError(t, err)
 
 	retryDoc(t, st, "aged", 16*time.Second)
@@ -67,7 +69,7 @@ func TestSweepFlagsOnlyAgedDocsWhileArmed(t *testing.T) {
 	require.NoError(t, err)
 	res, err = tm.Sweep(ctx, pinned)
 	require.NoError(t, err)
-	assert.Equal(t, timer.Result{Armed: true, Flagged: 1}, res)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1}, res)
 	assert.True(t, fired(t, st, "aged"))
 	assert.False(t, fired(t, st, "young"))
 
@@ -75,12 +77,12 @@ func TestSweepFlagsOnlyAgedDocsWhileArmed(t *testing.T) {
 	// flagged twice.
 	res, err = tm.Sweep(ctx, pinned.Add(2*time.Second))
 	require.NoError(t, err)
-	assert.Equal(t, timer.Result{Armed: true, Flagged: 1}, res)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1}, res)
 	assert.True(t, fired(t, st, "young"))
 
 	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0))
 	retryDoc(t, st, "later", time.Hour)
-	res, err = tm.Sweep(ctx, pinned)
+	res, err = tm.Sweep(ctx, pinned.Add(4*time.Second))
 	require.NoError(t, err)
 	assert.Equal(t, timer.Result{Armed: false}, res, "deleting allow_retrys stops retries")
 	assert.False(t, fired(t, st, "later"))
@@ -92,11 +94,11 @@ type flakyStore struct {
 	calls atomic.Int32
 }
 
-func (f *flakyStore) SweepRetries(ctx context.Context, olderThan time.Time) (store.SweepResult, error) {
+func (f *flakyStore) SweepRetries(ctx context.Context, now time.Time, quantum time.Duration) (store.SweepResult, error) {
 	if f.calls.Add(1) == 1 {
 		return store.SweepResult{}, store.ErrUnavailable
 	}
-	return f.Store.SweepRetries(ctx, olderThan)
+	return f.Store.SweepRetries(ctx, now, quantum)
 }
 
 func TestScheduleKeepsFiringAfterAFailedSweep(t *testing.T) {
@@ -106,8 +108,8 @@ func TestScheduleKeepsFiringAfterAFailedSweep(t *testing.T) {
 	require.NoError(t, err)
 	retryDoc(t, st, "due", time.Minute)
 
-	tm, err := timer.New(timer.Config{Interval: 20 * time.Millisecond, Quantum: time.Millisecond}, flaky, quiet,
-		func() time.Time { return pinned })
+	// The real clock: cron runs on it.
+	tm, err := timer.New(timer.Config{Interval: 20 * time.Millisecond, Quantum: time.Millisecond}, flaky, quiet, nil)
 	require.NoError(t, err)
 	tm.Start()
 	defer func() { assert.NoError(t, tm.Stop(context.Background())) }()
@@ -121,4 +123,48 @@ func TestConfigValidate(t *testing.T) {
 	assert.ErrorContains(t, timer.Config{Interval: time.Millisecond}.Validate(), "timer-interval")
 	assert.ErrorContains(t, timer.Config{Quantum: -time.Second}.Validate(), "retry-quantum")
 	assert.NoError(t, timer.Config{}.Validate())
+}
+
+func TestControlDocumentSetsIntervalAndQuantum(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	tm, err := timer.New(timer.Config{Interval: time.Second, Quantum: 15 * time.Second}, st, quiet, nil)
+	require.NoError(t, err)
+	_, err = st.Upsert(ctx, order.Retry, order.ControlKey, []byte(`{"interval":"10s","quantum":"1h"}`))
+	require.NoError(t, err)
+	retryDoc(t, st, "a", time.Minute) // older than 15s, younger than 1h
+
+	res, err := tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 0}, res, "the document's quantum of 1h applies")
+	res, err = tm.Sweep(ctx, pinned.Add(5*time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true}, res, "within the document's 10s interval: no sweep")
+
+	// A change takes effect at the next tick, without a restart.
+	_, err = st.Upsert(ctx, order.Retry, order.ControlKey, []byte(`{"interval":1,"quantum":"30s"}`))
+	require.NoError(t, err)
+	res, err = tm.Sweep(ctx, pinned.Add(6*time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1}, res)
+}
+
+func TestNonsenseControlDocumentFallsBackToSettings(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	tm, err := timer.New(timer.Config{Interval: time.Second, Quantum: 15 * time.Second}, st, log, nil)
+	require.NoError(t, err)
+	_, err = st.Upsert(ctx, order.Retry, order.ControlKey, []byte(`{"interval":"-5 parsecs"}`))
+	require.NoError(t, err)
+	retryDoc(t, st, "a", time.Minute)
+
+	res, err := tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1}, res, "still armed, with the settings")
+	_, err = tm.Sweep(ctx, pinned.Add(time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, 1, strings.Count(logs.String(), "ignoring the settings in allow_retrys"), "reported once: %s", logs.String())
+	assert.Contains(t, logs.String(), `interval: \"-5 parsecs\" is not a duration`)
 }

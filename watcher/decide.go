@@ -23,8 +23,9 @@ type Action int
 const (
 	// Ignore: nothing to do (not paid, already confirmed, our own write...).
 	Ignore Action = iota
-	// Skip: the document cannot be understood; it is logged and left alone.
-	Skip
+	// DeadLetter: the work cannot be done (a malformed document, an order
+	// without an email address); it is recorded in the dead-letter collection.
+	DeadLetter
 	// SendOrder is function 1: first send of a paid, unconfirmed order.
 	SendOrder
 	// SendRetry is function 2: resend for a retry document flagged fireRetry.
@@ -32,13 +33,14 @@ const (
 )
 
 func (a Action) String() string {
-	return [...]string{"ignore", "skip", "send_order", "send_retry"}[a]
+	return [...]string{"ignore", "dead_letter", "send_order", "send_retry"}[a]
 }
 
 // Decision is Decide's answer.
 type Decision struct {
 	Action Action
-	Reason string         // why, for Ignore and Skip
+	Reason string         // why, for Ignore; the dead-letter reason for DeadLetter
+	Detail string         // what exactly is wrong, for DeadLetter
 	Retry  order.RetryDoc // for SendRetry
 }
 
@@ -54,11 +56,13 @@ func Decide(c Change) Decision {
 		o, err := order.DecodeOrder(c.Value)
 		switch {
 		case err != nil:
-			return Decision{Action: Skip, Reason: err.Error()}
+			return Decision{Action: DeadLetter, Reason: order.ReasonMalformedOrder, Detail: err.Error()}
 		case o.ConfirmationEmailSent:
 			return Decision{Action: Ignore, Reason: "already confirmed"}
 		case o.PaymentStatus != order.StatusPaid:
 			return Decision{Action: Ignore, Reason: "not paid"}
+		case o.Email == "":
+			return Decision{Action: DeadLetter, Reason: order.ReasonNoEmail, Detail: "paid order has no email address"}
 		}
 		return Decision{Action: SendOrder}
 	case order.Retry:
@@ -68,7 +72,7 @@ func Decide(c Change) Decision {
 		r, err := order.DecodeRetryDoc(c.Value)
 		switch {
 		case err != nil:
-			return Decision{Action: Skip, Reason: err.Error()}
+			return Decision{Action: DeadLetter, Reason: order.ReasonMalformedRetry, Detail: err.Error()}
 		case !r.FireRetry:
 			return Decision{Action: Ignore, Reason: "retry not due"}
 		}

@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 )
@@ -23,12 +25,17 @@ type Config struct {
 	// FromNow makes a feed with no checkpoint start at the current end of the
 	// feed instead of its beginning.
 	FromNow bool
+	// Policy decides retries and dead letters. Zero: order.DefaultPolicy().
+	Policy order.Policy
 }
 
 // Validate names the setting that is wrong.
 func (c Config) Validate() error {
 	if c.Workers < 0 || c.Workers > 1024 {
 		return fmt.Errorf("workers: %d is not between 1 and 1024", c.Workers)
+	}
+	if c.Policy != (order.Policy{}) {
+		return c.Policy.Validate()
 	}
 	return nil
 }
@@ -40,6 +47,9 @@ func (c Config) withDefaults() Config {
 	if c.FeedName == "" {
 		c.FeedName = "ordermail"
 	}
+	if c.Policy == (order.Policy{}) {
+		c.Policy = order.DefaultPolicy()
+	}
 	return c
 }
 
@@ -50,8 +60,8 @@ type Sender interface {
 
 // Stats counts what the watcher did since it started.
 type Stats struct {
-	Handled                                     int64 // events finished and acknowledged
-	Sends, Sent, SendFailures, Skipped, Ignored int64
+	Handled                                          int64 // events finished and acknowledged
+	Sends, Sent, SendFailures, DeadLettered, Ignored int64
 }
 
 // Watcher runs the feed. Start and Stop it once.
@@ -62,7 +72,8 @@ type Watcher struct {
 	log   *slog.Logger
 	now   func() time.Time
 
-	handled, sends, sent, sendFailures, skipped, ignored atomic.Int64
+	handled, sends, sent, sendFailures, deadLettered, ignored atomic.Int64
+	rand                                                      func() float64 // jitter draws
 
 	sub      store.Subscription
 	cancel   context.CancelFunc // stops the reader
@@ -81,7 +92,7 @@ func New(cfg Config, st store.Store, mail Sender, log *slog.Logger, now func() t
 		now = time.Now
 	}
 	return &Watcher{
-		cfg: cfg.withDefaults(), store: st, mail: mail, now: now,
+		cfg: cfg.withDefaults(), store: st, mail: mail, now: now, rand: rand.Float64,
 		log: log.With("component", "watcher"),
 	}, nil
 }
@@ -91,7 +102,7 @@ func (w *Watcher) Stats() Stats {
 	return Stats{
 		Handled: w.handled.Load(),
 		Sends:   w.sends.Load(), Sent: w.sent.Load(), SendFailures: w.sendFailures.Load(),
-		Skipped: w.skipped.Load(), Ignored: w.ignored.Load(),
+		DeadLettered: w.deadLettered.Load(), Ignored: w.ignored.Load(),
 	}
 }
 
@@ -202,10 +213,11 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event) error {
 	d := Decide(changeOf(ev))
 	log := w.log.With("collection", ev.Collection, "key", ev.Key)
 	switch d.Action {
-	case Skip:
-		w.skipped.Add(1)
-		log.Warn("skip document", "reason", d.Reason)
-		return nil
+	case DeadLetter:
+		if ev.Collection == order.Retry {
+			return w.retryDeadLetter(ctx, log, ev.Key, order.RetryDoc{DocID: ev.Key}, d.Reason, 0, d.Detail)
+		}
+		return w.sendOrder(ctx, log, ev.Key) // re-reads the order and dead-letters it if still bad
 	case SendOrder:
 		return w.sendOrder(ctx, log, ev.Key)
 	case SendRetry:
@@ -216,122 +228,125 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event) error {
 	return nil
 }
 
-// sendOrder is function 1.
-func (w *Watcher) sendOrder(ctx context.Context, log *slog.Logger, key string) error {
-	var doc store.Doc
-	err := w.retryStore(ctx, log, "read order", func() error {
+// get reads a document, trying again while the store is unavailable;
+// found is false for a missing document.
+func (w *Watcher) get(ctx context.Context, log *slog.Logger, coll, key string) (doc store.Doc, found bool, err error) {
+	err = w.retryStore(ctx, log, "read "+coll, func() error {
 		var err error
-		doc, err = w.store.Get(ctx, order.Inbound, key)
+		doc, err = w.store.Get(ctx, coll, key)
 		return err
 	})
 	if errors.Is(err, store.ErrNotFound) {
-		w.ignored.Add(1)
-		return nil
+		return store.Doc{}, false, nil
 	}
-	if err != nil {
+	return doc, err == nil, err
+}
+
+// sendOrder is function 1: the first send of a paid, unconfirmed order.
+func (w *Watcher) sendOrder(ctx context.Context, log *slog.Logger, key string) error {
+	doc, found, err := w.get(ctx, log, order.Inbound, key)
+	if err != nil || !found {
+		w.ignored.Add(1)
 		return err
 	}
-	if o, err := order.DecodeOrder(doc.Value); err != nil || !o.NeedsConfirmation() {
-		w.ignored.Add(1) // changed since the event; its own event decides
+	// Decide again on the current order: the event may be stale.
+	d := Decide(Change{Collection: order.Inbound, Key: key, Value: doc.Value})
+	if d.Action == Ignore {
+		w.ignored.Add(1)
 		return nil
 	}
 	// A retry document means a first send already failed: the retry owns it.
-	err = w.retryStore(ctx, log, "look up retry document", func() error {
-		_, err := w.store.Get(ctx, order.Retry, key)
-		return err
-	})
-	if err == nil {
+	if _, found, err := w.get(ctx, log, order.Retry, key); err != nil || found {
 		w.ignored.Add(1)
-		log.Debug("ignore", "reason", "retry document exists")
+		return err
+	}
+	dl, dead, err := w.deadLetterOf(ctx, log, key)
+	if err != nil {
+		return err
+	}
+	if dead && !dl.ClearedByOrderChange() {
+		w.ignored.Add(1)
+		log.Debug("ignore", "reason", "dead-lettered ("+dl.Reason+"); redrive to send")
 		return nil
 	}
-	if !errors.Is(err, store.ErrNotFound) {
-		return err
+	if d.Action == DeadLetter {
+		return w.writeDeadLetter(ctx, log, order.DeadLetterDoc{DocID: key, Reason: d.Reason, LastError: d.Detail})
 	}
 
+	attempt := order.RetryDoc{Type: order.TypeConfirmation, DocID: key}
 	if sendErr := w.send(ctx, key, doc.Value); sendErr != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		log.Info("send failed, retry scheduled", "attempt", 1, "error", sendErr)
-		retry := order.NewRetryDoc(key, w.now())
-		err := w.retryStore(ctx, log, "write retry document", func() error {
-			_, err := w.store.Insert(ctx, order.Retry, key, retry.Encode())
-			return err
-		})
-		if errors.Is(err, store.ErrExists) {
-			return nil // written before a crash; the retry goes on from there
-		}
-		return err
+		return w.recordFailure(ctx, log, key, attempt, false, sendErr)
 	}
 	log.Info("confirmation sent", "attempt", 1)
-	return w.markConfirmed(ctx, log, key)
+	if err := w.markConfirmed(ctx, log, key); err != nil {
+		return err
+	}
+	if dead {
+		return w.remove(ctx, log, order.DeadLetter, key)
+	}
+	return nil
 }
 
-// sendRetry is function 2 for a flagged retry document.
+// sendRetry is function 2: the resend of a retry document flagged fireRetry.
 func (w *Watcher) sendRetry(ctx context.Context, log *slog.Logger, key string) error {
-	var rdoc store.Doc
-	err := w.retryStore(ctx, log, "read retry document", func() error {
-		var err error
-		rdoc, err = w.store.Get(ctx, order.Retry, key)
-		return err
-	})
-	if errors.Is(err, store.ErrNotFound) {
+	rdoc, found, err := w.get(ctx, log, order.Retry, key)
+	if err != nil || !found {
 		w.ignored.Add(1)
-		return nil
-	}
-	if err != nil {
 		return err
 	}
 	r, err := order.DecodeRetryDoc(rdoc.Value)
-	if err != nil || !r.FireRetry {
+	if err != nil {
+		return w.retryDeadLetter(ctx, log, key, order.RetryDoc{DocID: key}, order.ReasonMalformedRetry, 0, err.Error())
+	}
+	if !r.FireRetry {
 		w.ignored.Add(1) // changed since the event; its own event decides
 		return nil
 	}
 	log = log.With("order_id", r.DocID, "attempt", r.Attempt+1)
 
-	var odoc store.Doc
-	err = w.retryStore(ctx, log, "read order", func() error {
-		var err error
-		odoc, err = w.store.Get(ctx, order.Inbound, r.DocID)
-		return err
-	})
-	if errors.Is(err, store.ErrNotFound) {
-		w.skipped.Add(1)
-		log.Error("retry document names an order that does not exist; left in place")
-		return nil
-	}
+	odoc, found, err := w.get(ctx, log, order.Inbound, r.DocID)
 	if err != nil {
 		return err
+	}
+	if !found {
+		return w.retryDeadLetter(ctx, log, key, r, order.ReasonOrderMissing, 0, "no order "+r.DocID+" in "+order.Inbound)
 	}
 	o, err := order.DecodeOrder(odoc.Value)
-	if err != nil {
-		w.skipped.Add(1)
-		log.Error("order of retry document is malformed; left in place", "reason", err)
-		return nil
+	switch {
+	case err != nil:
+		return w.retryDeadLetter(ctx, log, key, r, order.ReasonMalformedOrder, 0, err.Error())
+	case o.ConfirmationEmailSent:
+		log.Info("order already confirmed; retry dropped")
+		return w.finishRetry(ctx, log, key, r.DocID)
+	case o.PaymentStatus != order.StatusPaid:
+		log.Warn("order is no longer paid; retry dropped", "payment_status", o.PaymentStatus)
+		return w.remove(ctx, log, order.Retry, key)
+	case o.Email == "":
+		return w.retryDeadLetter(ctx, log, key, r, order.ReasonNoEmail, 0, "paid order has no email address")
 	}
-	if !o.ConfirmationEmailSent {
-		if sendErr := w.send(ctx, r.DocID, odoc.Value); sendErr != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			log.Info("retry failed, retry scheduled", "error", sendErr)
-			return w.updateRetry(ctx, log, key, func(cur order.RetryDoc) (order.RetryDoc, bool) {
-				return cur.Failed(w.now()), cur.FireRetry
-			})
+	if sendErr := w.send(ctx, r.DocID, odoc.Value); sendErr != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
-		log.Info("confirmation sent")
-		if err := w.markConfirmed(ctx, log, r.DocID); err != nil {
-			return err
-		}
+		return w.recordFailure(ctx, log, key, r, true, sendErr)
 	}
-	err = w.retryStore(ctx, log, "delete retry document", func() error {
-		return w.store.Remove(ctx, order.Retry, key, 0)
-	})
-	if errors.Is(err, store.ErrNotFound) {
-		return nil
+	log.Info("confirmation sent")
+	if err := w.markConfirmed(ctx, log, r.DocID); err != nil {
+		return err
 	}
-	return err
+	return w.finishRetry(ctx, log, key, r.DocID)
+}
+
+// finishRetry removes the retry document and a dead letter a redrive
+// interrupted by a crash may have left behind.
+func (w *Watcher) finishRetry(ctx context.Context, log *slog.Logger, key, orderKey string) error {
+	if err := w.remove(ctx, log, order.Retry, key); err != nil {
+		return err
+	}
+	return w.remove(ctx, log, order.DeadLetter, orderKey)
 }
 
 func (w *Watcher) send(ctx context.Context, orderKey string, body []byte) error {
@@ -343,6 +358,142 @@ func (w *Watcher) send(ctx context.Context, orderKey string, body []byte) error 
 	}
 	w.sent.Add(1)
 	return nil
+}
+
+// failureOf reads what the policy needs from a send error. Anything that is
+// not a classified *mailer.SendError is taken as transient.
+func failureOf(err error) (order.Failure, int) {
+	var se *mailer.SendError
+	if !errors.As(err, &se) {
+		return order.Failure{}, 0
+	}
+	return order.Failure{Permanent: se.Class == mailer.Permanent, RetryAfter: se.RetryAfter, NotAttempted: se.NotAttempted}, se.Status
+}
+
+// recordFailure asks the policy what follows a failed send, and writes it:
+// the retry document with its next attempt time, or a dead letter. prev is
+// the retry document the send was made for (existing is false for a first
+// send).
+func (w *Watcher) recordFailure(ctx context.Context, log *slog.Logger, key string, prev order.RetryDoc, existing bool, sendErr error) error {
+	now := w.now()
+	f, status := failureOf(sendErr)
+	next := prev
+	if !f.NotAttempted {
+		next = prev.Failed(now)
+	} else if next.TS == 0 {
+		next.TS = now.UnixMilli()
+	}
+	next.FireRetry = false
+	next.LastStatus = status
+	next.LastError = truncate(sendErr.Error(), 300)
+
+	v := w.cfg.Policy.Next(next.Attempt, now, f, w.rand())
+	if v.GiveUp {
+		if !existing {
+			return w.writeDeadLetter(ctx, log, deadLetterOf(next, v.Reason, now))
+		}
+		return w.retryDeadLetter(ctx, log, key, next, v.Reason, status, next.LastError)
+	}
+	next.NextAttemptAt = v.At.UnixMilli()
+	if v.ByQuantum {
+		next.NextAttemptAt = 0
+	}
+	log.Info("send failed, retry scheduled", "error", sendErr, "attempts", next.Attempt,
+		"retry_in", v.At.Sub(now).Round(time.Millisecond), "breaker_open", f.NotAttempted)
+
+	if !existing {
+		err := w.retryStore(ctx, log, "write retry document", func() error {
+			_, err := w.store.Insert(ctx, order.Retry, key, next.Encode())
+			return err
+		})
+		if errors.Is(err, store.ErrExists) {
+			return nil // written before a crash; the retry goes on from there
+		}
+		return err
+	}
+	return w.retryStore(ctx, log, "update retry document", func() error {
+		doc, err := w.store.Get(ctx, order.Retry, key)
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		cur, err := order.DecodeRetryDoc(doc.Value)
+		if err != nil || !cur.FireRetry || cur.Attempt != prev.Attempt || cur.RedriveCount != prev.RedriveCount {
+			log.Info("retry document changed during the send; leaving the newer one")
+			return nil
+		}
+		_, err = w.store.Replace(ctx, order.Retry, key, next.Encode(), doc.CAS)
+		return err
+	})
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+func deadLetterOf(r order.RetryDoc, reason string, now time.Time) order.DeadLetterDoc {
+	return order.DeadLetterDoc{
+		DocID: r.DocID, Reason: reason, LastStatus: r.LastStatus, LastError: r.LastError,
+		Attempts: r.Attempt, FirstAttemptAt: r.FirstAttemptAt, LastAttemptAt: r.TS,
+		DeadAt: now.UnixMilli(), RedriveCount: r.RedriveCount,
+	}
+}
+
+// retryDeadLetter moves the work of a retry document to a dead letter:
+// first the dead letter, then the retry document goes, so a crash between
+// the two only repeats the work.
+func (w *Watcher) retryDeadLetter(ctx context.Context, log *slog.Logger, key string, r order.RetryDoc, reason string, status int, detail string) error {
+	if r.DocID == "" {
+		r.DocID = key
+	}
+	r.LastStatus, r.LastError = status, detail
+	if err := w.writeDeadLetter(ctx, log, deadLetterOf(r, reason, w.now())); err != nil {
+		return err
+	}
+	return w.remove(ctx, log, order.Retry, key)
+}
+
+func (w *Watcher) writeDeadLetter(ctx context.Context, log *slog.Logger, d order.DeadLetterDoc) error {
+	d.Type = order.TypeConfirmation
+	if d.DeadAt == 0 {
+		d.DeadAt = w.now().UnixMilli()
+	}
+	w.deadLettered.Add(1)
+	log.Warn("dead-lettered", "order_id", d.DocID, "reason", d.Reason, "detail", d.LastError, "attempts", d.Attempts)
+	return w.retryStore(ctx, log, "write dead letter", func() error {
+		_, err := w.store.Upsert(ctx, order.DeadLetter, d.DocID, d.Encode())
+		return err
+	})
+}
+
+func (w *Watcher) deadLetterOf(ctx context.Context, log *slog.Logger, key string) (order.DeadLetterDoc, bool, error) {
+	doc, found, err := w.get(ctx, log, order.DeadLetter, key)
+	if err != nil || !found {
+		return order.DeadLetterDoc{}, false, err
+	}
+	d, err := order.DecodeDeadLetter(doc.Value)
+	if err != nil {
+		// Unreadable: treat it as a send-related dead letter, so that only
+		// an operator's redrive or purge lets the order go out again.
+		return order.DeadLetterDoc{DocID: key, Reason: "unreadable"}, true, nil
+	}
+	return d, true, nil
+}
+
+// remove deletes a document if it is there.
+func (w *Watcher) remove(ctx context.Context, log *slog.Logger, coll, key string) error {
+	err := w.retryStore(ctx, log, "delete from "+coll, func() error {
+		return w.store.Remove(ctx, coll, key, 0)
+	})
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	return err
 }
 
 // markConfirmed sets confirmationEmailSent on the order, keeping whatever
@@ -367,34 +518,9 @@ func (w *Watcher) markConfirmed(ctx context.Context, log *slog.Logger, key strin
 	return err
 }
 
-// updateRetry rewrites the retry document with change, re-reading it when
-// it changed since it was read; change says false to leave it alone.
-func (w *Watcher) updateRetry(ctx context.Context, log *slog.Logger, key string, change func(order.RetryDoc) (order.RetryDoc, bool)) error {
-	err := w.retryStore(ctx, log, "update retry document", func() error {
-		doc, err := w.store.Get(ctx, order.Retry, key)
-		if err != nil {
-			return err
-		}
-		cur, err := order.DecodeRetryDoc(doc.Value)
-		if err != nil {
-			return err
-		}
-		next, ok := change(cur)
-		if !ok {
-			return nil
-		}
-		_, err = w.store.Replace(ctx, order.Retry, key, next.Encode(), doc.CAS)
-		return err
-	})
-	if errors.Is(err, store.ErrNotFound) || errors.Is(err, order.ErrMalformed) {
-		return nil
-	}
-	return err
-}
-
 // retryStore runs op until it succeeds, fails for good, or ctx ends. A CAS
-// mismatch and an unavailable store are tried again; other errors are
-// returned for the caller to judge.
+// mismatch and an unavailable store are tried again (op re-reads what it
+// writes); other errors are returned for the caller to judge.
 func (w *Watcher) retryStore(ctx context.Context, log *slog.Logger, what string, op func() error) error {
 	b := newBackoff()
 	for {

@@ -3,10 +3,11 @@ package watcher_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"io"
 	"log/slog"
 	"net/http/httptest"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -24,7 +25,12 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-var pinned = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+var (
+	pinned = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	quiet  = slog.New(slog.NewTextHandler(io.Discard, nil))
+	// noJitter makes next attempt times exact.
+	noJitter = order.Policy{Backoff: order.BackoffExponential, MinDelay: time.Second, MaxDelay: time.Minute, MaxAttempts: 5, Quantum: 15 * time.Second}
+)
 
 // syncBuffer collects log output from several goroutines.
 type syncBuffer struct {
@@ -66,7 +72,7 @@ func newEnv(t *testing.T, mockCfg mockmail.Config) *env {
 	require.NoError(t, err)
 	srv := httptest.NewServer(m)
 	t.Cleanup(srv.Close)
-	c, err := mailer.New(mailer.Config{URL: srv.URL, Timeout: 5 * time.Second})
+	c, err := mailer.New(mailer.Config{URL: srv.URL, Timeout: 5 * time.Second}, quiet)
 	require.NoError(t, err)
 	return &env{store: st, mock: m, mail: c}
 }
@@ -74,7 +80,7 @@ func newEnv(t *testing.T, mockCfg mockmail.Config) *env {
 func startWatcher(t *testing.T, st store.Store, s watcher.Sender, logs *syncBuffer) *watcher.Watcher {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	w, err := watcher.New(watcher.Config{Workers: 4}, st, s, log, func() time.Time { return pinned })
+	w, err := watcher.New(watcher.Config{Workers: 4, Policy: noJitter}, st, s, log, func() time.Time { return pinned })
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
 	t.Cleanup(func() {
@@ -126,14 +132,18 @@ func TestFirstSendSuccessMarksOrder(t *testing.T) {
 }
 
 func TestFirstSendFailureWritesRetryDoc(t *testing.T) {
-	e := newEnv(t, mockmail.Config{FailRate: 1})
+	e := newEnv(t, mockmail.Config{FailRate: 1, FailStatus: 503})
 	put(t, e.store, order.Inbound, "order_2", paidOrder)
 
 	e.start(t)
 	waitHandled(t, e.w, 2) // insert (send fails) + our own retry document (ignored)
 	v, ok := get(t, e.store, order.Retry, "order_2")
 	require.True(t, ok)
-	assert.JSONEq(t, `{"type":"confirmation","docId":"order_2","attempt":1,"ts":`+strconv.FormatInt(pinned.UnixMilli(), 10)+`,"fireRetry":false}`, v)
+	ms := pinned.UnixMilli()
+	assert.JSONEq(t, fmt.Sprintf(`{"type":"confirmation","docId":"order_2","attempt":1,"ts":%d,"fireRetry":false,
+		"firstAttemptAt":%d,"nextAttemptAt":%d,"lastStatus":503,
+		"lastError":"transient failure: email service answered 503 Service Unavailable: {\"error\":\"Service Unavailable\"}"}`,
+		ms, ms, ms+1000), v)
 	o, _ := get(t, e.store, order.Inbound, "order_2")
 	assert.Contains(t, o, `"confirmationEmailSent":false`)
 	assert.Equal(t, 1, e.mock.Stats().Requests)
@@ -154,13 +164,17 @@ func TestFlaggedRetrySuccessDeletesRetryDoc(t *testing.T) {
 }
 
 func TestFlaggedRetryFailureCountsAttempt(t *testing.T) {
-	e := newEnv(t, mockmail.Config{FailRate: 1})
+	e := newEnv(t, mockmail.Config{FailRate: 1, FailStatus: 503})
 	put(t, e.store, order.Inbound, "order_4", paidOrder)
 	put(t, e.store, order.Retry, "order_4", `{"type":"confirmation","docId":"order_4","attempt":3,"ts":1,"fireRetry":true}`)
 	e.start(t)
 	waitHandled(t, e.w, 3) // order (ignored), retry (fails), our own update (ignored)
 	v, _ := get(t, e.store, order.Retry, "order_4")
-	assert.JSONEq(t, `{"type":"confirmation","docId":"order_4","attempt":4,"ts":`+strconv.FormatInt(pinned.UnixMilli(), 10)+`,"fireRetry":false}`, v)
+	r, err := order.DecodeRetryDoc([]byte(v))
+	require.NoError(t, err)
+	assert.Equal(t, order.RetryDoc{Type: "confirmation", DocID: "order_4", Attempt: 4, TS: pinned.UnixMilli(),
+		NextAttemptAt: pinned.Add(8 * time.Second).UnixMilli(), FirstAttemptAt: 1, LastStatus: 503,
+		LastError: r.LastError}, r, "attempt 4 waits 1s doubled three times")
 	assert.Equal(t, 1, e.mock.Stats().Requests, "the update of the retry document sent nothing")
 }
 
@@ -175,38 +189,106 @@ func TestRetryForConfirmedOrderIsDropped(t *testing.T) {
 	assert.Equal(t, 0, e.mock.Stats().Requests)
 }
 
-func TestMalformedDocumentsAreSkippedAndFeedGoesOn(t *testing.T) {
-	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
-	require.NoError(t, err)
-	t.Cleanup(func() { st.Close() })
-	m, err := mockmail.New(mockmail.Config{})
-	require.NoError(t, err)
-	srv := httptest.NewServer(m)
-	t.Cleanup(srv.Close)
-	c, err := mailer.New(mailer.Config{URL: srv.URL})
-	require.NoError(t, err)
-
-	put(t, st, order.Inbound, "bad_json", `{"paymentStatus":"paid"`)
-	put(t, st, order.Inbound, "bad_array", `["paid"]`)
-	put(t, st, order.Inbound, "bad_types", `{"paymentStatus":"paid","confirmationEmailSent":"no"}`)
-	put(t, st, order.Retry, "bad_retry", `{"attempt":1}`)
-	put(t, st, order.Inbound, "good", paidOrder)
+func TestMalformedDocumentsAreDeadLetteredAndFeedGoesOn(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "bad_json", `{"paymentStatus":"paid"`)
+	put(t, e.store, order.Inbound, "bad_array", `["paid"]`)
+	put(t, e.store, order.Inbound, "bad_types", `{"paymentStatus":"paid","confirmationEmailSent":"no"}`)
+	put(t, e.store, order.Inbound, "no_email", `{"paymentStatus":"paid"}`)
+	put(t, e.store, order.Retry, "bad_retry", `{"attempt":1}`)
+	put(t, e.store, order.Inbound, "good", paidOrder)
 	logs := &syncBuffer{}
-	w := startWatcher(t, st, c, logs)
+	w := startWatcher(t, e.store, e.mail, logs)
 
-	waitHandled(t, w, 6)
-	o, _ := get(t, st, order.Inbound, "good")
+	waitHandled(t, w, 8) // 6 documents, the confirmation, the bad retry's deletion
+	o, _ := get(t, e.store, order.Inbound, "good")
 	assert.Contains(t, o, `"confirmationEmailSent":true`)
-	assert.Equal(t, int64(4), w.Stats().Skipped)
+	assert.Equal(t, int64(5), w.Stats().DeadLettered)
+	for key, want := range map[string]string{
+		"bad_json":  "malformed_order",
+		"bad_array": "malformed_order",
+		"bad_types": "malformed_order",
+		"no_email":  "no_email",
+		"bad_retry": "malformed_retry_document",
+	} {
+		v, ok := get(t, e.store, order.DeadLetter, key)
+		require.True(t, ok, key)
+		d, err := order.DecodeDeadLetter([]byte(v))
+		require.NoError(t, err)
+		assert.Equal(t, want, d.Reason, key)
+		assert.Equal(t, key, d.DocID)
+	}
+	_, ok := get(t, e.store, order.Retry, "bad_retry")
+	assert.False(t, ok, "the unreadable retry document moved to the dead letters")
 	out := logs.String()
 	for _, want := range []string{
-		`key=bad_json reason="malformed document: unexpected end of JSON input"`,
-		`key=bad_array reason="malformed document: not a JSON object"`,
-		"key=bad_types reason=\"malformed document: field confirmationEmailSent is a JSON string, want bool\"",
-		"key=bad_retry reason=\"malformed document: docId is missing or empty\"",
+		`key=bad_json order_id=bad_json reason=malformed_order detail="malformed document: unexpected end of JSON input"`,
+		`key=bad_array order_id=bad_array reason=malformed_order detail="malformed document: not a JSON object"`,
+		`detail="malformed document: field confirmationEmailSent is a JSON string, want bool"`,
+		`key=bad_retry order_id=bad_retry reason=malformed_retry_document detail="malformed document: docId is missing or empty"`,
 	} {
 		assert.Contains(t, out, want)
 	}
+	assert.Equal(t, 1, e.mock.Stats().Requests)
+}
+
+func TestFixedOrderClearsItsDeadLetter(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "o", `{"paymentStatus":"paid"}`)
+	e.start(t)
+	waitHandled(t, e.w, 1)
+	_, dead := get(t, e.store, order.DeadLetter, "o")
+	require.True(t, dead)
+
+	put(t, e.store, order.Inbound, "o", paidOrder) // the operator adds the address
+	waitHandled(t, e.w, 3)
+	o, _ := get(t, e.store, order.Inbound, "o")
+	assert.Contains(t, o, `"confirmationEmailSent":true`)
+	_, dead = get(t, e.store, order.DeadLetter, "o")
+	assert.False(t, dead)
+}
+
+func TestDeadLetterBlocksReplayedFirstSend(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.DeadLetter, "o", `{"type":"confirmation","docId":"o","reason":"permanent_error","lastStatus":400,"attempts":1}`)
+	put(t, e.store, order.Inbound, "o", paidOrder)
+	e.start(t)
+	waitHandled(t, e.w, 1)
+	assert.Zero(t, e.mock.Stats().Requests, "a dead-lettered order waits for a redrive")
+}
+
+func TestRetryForMissingOrderIsDeadLettered(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Retry, "gone", `{"type":"confirmation","docId":"gone","attempt":2,"ts":1,"fireRetry":true}`)
+	e.start(t)
+	waitHandled(t, e.w, 2)
+	v, ok := get(t, e.store, order.DeadLetter, "gone")
+	require.True(t, ok)
+	d, err := order.DecodeDeadLetter([]byte(v))
+	require.NoError(t, err)
+	assert.Equal(t, order.ReasonOrderMissing, d.Reason)
+	assert.Equal(t, 2, d.Attempts)
+	_, ok = get(t, e.store, order.Retry, "gone")
+	assert.False(t, ok)
+}
+
+func TestPermanentFailureDeadLetters(t *testing.T) {
+	e := newEnv(t, mockmail.Config{FailRate: 1, FailStatus: 400})
+	put(t, e.store, order.Inbound, "o", paidOrder)
+	e.start(t)
+	waitHandled(t, e.w, 1)
+	v, ok := get(t, e.store, order.DeadLetter, "o")
+	require.True(t, ok)
+	d, err := order.DecodeDeadLetter([]byte(v))
+	require.NoError(t, err)
+	assert.Equal(t, order.DeadLetterDoc{Type: "confirmation", DocID: "o", Reason: order.ReasonPermanent, LastStatus: 400,
+		LastError: d.LastError, Attempts: 1, FirstAttemptAt: pinned.UnixMilli(), LastAttemptAt: pinned.UnixMilli(),
+		DeadAt: pinned.UnixMilli()}, d)
+	assert.Contains(t, d.LastError, "400 Bad Request")
+	_, ok = get(t, e.store, order.Retry, "o")
+	assert.False(t, ok)
+	o, _ := get(t, e.store, order.Inbound, "o")
+	assert.Contains(t, o, `"confirmationEmailSent":false`, "left unconfirmed")
 }
 
 // hangingSender blocks every send until released or its context ends.

@@ -23,13 +23,14 @@ import (
 )
 
 type demoFlags struct {
-	orders   int
-	failRate float64
-	data     string
-	json     bool
-	timeout  time.Duration
-	seed     uint64
-	latency  time.Duration
+	orders     int
+	failRate   float64
+	failStatus int
+	data       string
+	json       bool
+	timeout    time.Duration
+	seed       uint64
+	latency    time.Duration
 }
 
 // demoSummary is what the demo measured, from the store and the mock.
@@ -40,6 +41,7 @@ type demoSummary struct {
 	SendAttempts      int     `json:"sendAttempts"`
 	Deliveries        int     `json:"deliveries"`
 	Failures          int     `json:"failures"`
+	DeadLetters       int     `json:"deadLetters"`
 	DuplicateRequests int     `json:"duplicateRequests"`
 	ElapsedSeconds    float64 `json:"elapsedSeconds"`
 	Store             string  `json:"store"`
@@ -51,13 +53,15 @@ func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
 	cfg := app.Config{}
 	var logs logFlags
 	fs.IntVar(&d.orders, "orders", 100, "generated orders, on top of the sample fixtures")
-	fs.Float64Var(&d.failRate, "fail-rate", 0.3, "share of sends the mock email service fails with 406")
+	fs.Float64Var(&d.failRate, "fail-rate", 0.3, "share of sends the mock email service fails")
+	fs.IntVar(&d.failStatus, "fail-status", http.StatusServiceUnavailable, "status of a failed send; 406, the sample mock's, is permanent: those orders are dead-lettered")
 	fs.DurationVar(&d.latency, "latency", 0, "mock email service latency")
 	fs.StringVar(&d.data, "data", "", "directory for the store file; default a temporary directory, removed afterwards")
 	fs.BoolVar(&d.json, "json", false, "print the summary as one JSON object")
 	fs.DurationVar(&d.timeout, "timeout", 5*time.Minute, "give up when not every order is confirmed by then")
 	fs.Uint64Var(&d.seed, "seed", 0, "seed for generated orders and mock failures; 0 picks one")
-	serviceFlags(fs, &cfg, 500*time.Millisecond, time.Second)
+	serviceFlags(fs, &cfg, serviceDefaults{interval: 200 * time.Millisecond, quantum: time.Second,
+		backoffMin: 200 * time.Millisecond, backoffMax: 2 * time.Second, breakerCooldown: time.Second})
 	logs.register(fs, "warn")
 	return &ffcli.Command{
 		Name:       "demo",
@@ -85,7 +89,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	if d.seed == 0 {
 		d.seed = uint64(time.Now().UnixNano())
 	}
-	mock, err := mockmail.New(mockmail.Config{FailRate: d.failRate, Latency: d.latency, Seed: d.seed})
+	mock, err := mockmail.New(mockmail.Config{FailRate: d.failRate, FailStatus: d.failStatus, Latency: d.latency, Seed: d.seed})
 	if err != nil {
 		return err
 	}
@@ -107,7 +111,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 
 	cfg.Store = "file:" + filepath.Join(dir, "ordermail.db")
 	cfg.Mail.URL = "http://" + ln.Addr().String()
-	if err := checkServiceFlags(cfg); err != nil {
+	if err := checkServiceFlags(&cfg); err != nil {
 		return err
 	}
 	var st store.Store
@@ -144,8 +148,8 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	progress := !d.json && isTerminal(stdout)
 	finished, waitErr := waitConfirmed(ctx, st, start.Add(d.timeout), func(c store.Counts) {
 		if progress {
-			fmt.Fprintf(stdout, "\r%d/%d orders confirmed, %d waiting for a retry, %s   ",
-				c.OrdersConfirmed, c.OrdersPaid, c.RetryDocs, time.Since(start).Round(100*time.Millisecond))
+			fmt.Fprintf(stdout, "\r%d/%d orders confirmed, %d waiting for a retry, %d dead letters, %s   ",
+				c.OrdersConfirmed, c.OrdersPaid, c.RetryDocs, c.DeadLetters, time.Since(start).Round(100*time.Millisecond))
 		}
 	})
 	elapsed := time.Since(start)
@@ -159,6 +163,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	ms := mock.Stats()
 	sum := demoSummary{
 		Orders: finished.OrdersPaid, Confirmed: finished.OrdersConfirmed, RetryDocsLeft: finished.RetryDocs,
+		DeadLetters:  finished.DeadLetters,
 		SendAttempts: ms.Requests, Deliveries: ms.Deliveries, Failures: ms.Failures,
 		DuplicateRequests: ms.DuplicateRequests, ElapsedSeconds: elapsed.Seconds(), Store: cfg.Store,
 	}
@@ -167,19 +172,22 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 			return err
 		}
 	} else {
-		fmt.Fprintf(stdout, "orders paid:         %d\nconfirmed:           %d\nretry docs left:     %d\n"+
+		fmt.Fprintf(stdout, "orders paid:         %d\nconfirmed:           %d\ndead letters:        %d\nretry docs left:     %d\n"+
 			"send attempts:       %d (%d failed at the mock's %.0f%% failure rate)\ndeliveries:          %d\n"+
 			"duplicate requests:  %d\nelapsed:             %.1fs\n",
-			sum.Orders, sum.Confirmed, sum.RetryDocsLeft, sum.SendAttempts, sum.Failures, d.failRate*100,
+			sum.Orders, sum.Confirmed, sum.DeadLetters, sum.RetryDocsLeft, sum.SendAttempts, sum.Failures, d.failRate*100,
 			sum.Deliveries, sum.DuplicateRequests, sum.ElapsedSeconds)
+		if sum.DeadLetters > 0 {
+			fmt.Fprintln(stdout, "(see them with: ordermail deadletters list --store", cfg.Store+"; --data keeps the store)")
+		}
 	}
 	return waitErr
 }
 
 var errDemoTimeout = errors.New("demo timed out")
 
-// waitConfirmed polls the store until every paid order is confirmed and no
-// retry document is left, or until deadline.
+// waitConfirmed polls the store until every paid order is confirmed or
+// dead-lettered and no retry document is left, or until deadline.
 func waitConfirmed(ctx context.Context, st store.Store, deadline time.Time, show func(store.Counts)) (store.Counts, error) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
@@ -189,7 +197,7 @@ func waitConfirmed(ctx context.Context, st store.Store, deadline time.Time, show
 			return c, err
 		}
 		show(c)
-		if c.OrdersConfirmed == c.OrdersPaid && c.RetryDocs == 0 {
+		if c.OrdersConfirmed+c.DeadLetters >= c.OrdersPaid && c.RetryDocs == 0 {
 			return c, nil
 		}
 		if time.Now().After(deadline) {

@@ -19,7 +19,7 @@ func mockmailCommand(stderr io.Writer) *ffcli.Command {
 	var logs logFlags
 	listen := fs.String("listen", ":9080", "address to listen on")
 	fs.Float64Var(&cfg.FailRate, "fail-rate", 0.5, "share of sends answered with --fail-status, 0 to 1 (the sample: a coin flip)")
-	fs.IntVar(&cfg.FailStatus, "fail-status", http.StatusNotAcceptable, "HTTP status of a failed send (the sample's 406)")
+	fs.IntVar(&cfg.FailStatus, "fail-status", http.StatusServiceUnavailable, "HTTP status of a failed send (the sample's mock: 406, which ordermail treats as permanent)")
 	fs.DurationVar(&cfg.Latency, "latency", 0, "delay before every answer")
 	fs.Uint64Var(&cfg.Seed, "seed", 0, "random seed for the failures; 0 picks one")
 	logs.register(fs, "info")

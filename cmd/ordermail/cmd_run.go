@@ -15,7 +15,8 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 	cfg := app.Config{}
 	var logs logFlags
 	storeFlag(fs, &cfg.Store)
-	serviceFlags(fs, &cfg, 20*time.Second, 15*time.Second)
+	serviceFlags(fs, &cfg, serviceDefaults{interval: time.Second, quantum: 15 * time.Second,
+		backoffMin: time.Second, backoffMax: 10 * time.Minute, breakerCooldown: 30 * time.Second})
 	logs.register(fs, "info")
 	return &ffcli.Command{
 		Name:       "run",
@@ -31,7 +32,7 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			if err != nil {
 				return err
 			}
-			if err := checkServiceFlags(cfg); err != nil {
+			if err := checkServiceFlags(&cfg); err != nil {
 				return err
 			}
 			a := app.New(cfg, log)

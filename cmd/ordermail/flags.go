@@ -6,10 +6,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/ordermail/ordermail/app"
+	"github.com/ordermail/ordermail/order"
 	"github.com/peterbourgon/ff/v3"
 	"golang.org/x/term"
 )
@@ -49,18 +51,69 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("log-format: %q is not text or json", l.format)
 }
 
-// serviceFlags are the settings of the service itself, shared by run and demo.
-func serviceFlags(fs *flag.FlagSet, cfg *app.Config, interval, quantum time.Duration) {
+// serviceDefaults are the defaults that differ between run and demo.
+type serviceDefaults struct {
+	interval, quantum, backoffMin, backoffMax, breakerCooldown time.Duration
+}
+
+// serviceFlags are the settings of the service itself, shared by run and
+// demo. The quantum is one setting of both the timer and the policy.
+func serviceFlags(fs *flag.FlagSet, cfg *app.Config, d serviceDefaults) {
+	p := &cfg.Watcher.Policy
 	fs.StringVar(&cfg.Mail.URL, "mail-url", "", "email service base URL; confirmations are POSTed to <URL>/sendConfirmation")
 	fs.DurationVar(&cfg.Mail.Timeout, "mail-timeout", 10*time.Second, "bound on one send to the email service")
 	fs.IntVar(&cfg.Watcher.Workers, "workers", 8, "events handled at once (1-1024)")
-	fs.DurationVar(&cfg.Timer.Interval, "timer-interval", interval, "time between retry sweeps (the sample's retryTimerInterval)")
-	fs.DurationVar(&cfg.Timer.Quantum, "retry-quantum", quantum, "a retry document is retried once its last attempt is this old")
+	fs.DurationVar(&cfg.Timer.Interval, "timer-interval", d.interval, "time between timer ticks; each flags the retries that are due")
+	fs.DurationVar(&p.Quantum, "retry-quantum", d.quantum, "fixed backoff's delay, and when a retry document without nextAttemptAt (the sample's) is due")
+	fs.StringVar(&p.Backoff, "backoff", order.BackoffExponential, "exponential or fixed (the sample's: every retry after --retry-quantum)")
+	fs.DurationVar(&p.MinDelay, "backoff-min", d.backoffMin, "first delay of exponential backoff")
+	fs.DurationVar(&p.MaxDelay, "backoff-max", d.backoffMax, "longest delay of exponential backoff")
+	fs.Float64Var(&p.Jitter, "backoff-jitter", 0.2, "a delay d is drawn from [d(1-j), d(1+j)]; 0 to <1")
+	fs.IntVar(&p.MaxAttempts, "max-attempts", 10, "attempts before a confirmation is dead-lettered; 0: unlimited (the sample)")
+	fs.Var(statusList{&cfg.Mail.RetryStatuses}, "retry-statuses", "HTTP statuses that are retried; others are permanent (default 408,409,425,429,500,502,503,504)")
+	fs.BoolVar(&cfg.Mail.RetryAllFailures, "retry-all-failures", false, "retry every failure, as the sample does")
+	fs.Float64Var(&cfg.Mail.SendRate, "send-rate", 0, "most sends per second; 0: no limit")
+	fs.IntVar(&cfg.Mail.SendBurst, "send-burst", 0, "sends allowed at once under --send-rate (default: one second's worth)")
+	fs.IntVar(&cfg.Mail.BreakerFailures, "breaker-failures", 5, "consecutive transient failures that open the circuit breaker; 0: no breaker")
+	fs.DurationVar(&cfg.Mail.BreakerCooldown, "breaker-cooldown", d.breakerCooldown, "how long an open breaker holds sends back before one probe")
+}
+
+// statusList is a comma-separated list of HTTP statuses.
+type statusList struct{ codes *[]int }
+
+func (l statusList) String() string {
+	if l.codes == nil || *l.codes == nil {
+		return ""
+	}
+	parts := make([]string, len(*l.codes))
+	for i, c := range *l.codes {
+		parts[i] = strconv.Itoa(c)
+	}
+	return strings.Join(parts, ",")
+}
+
+func (l statusList) Set(v string) error {
+	codes := []int{}
+	for _, part := range strings.Split(v, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		c, err := strconv.Atoi(part)
+		if err != nil {
+			return fmt.Errorf("%q is not an HTTP status", part)
+		}
+		codes = append(codes, c)
+	}
+	*l.codes = codes
+	return nil
 }
 
 // checkServiceFlags rejects zeros, which the packages would read as "use the
-// default": on the command line a zero is a mistake, not a wish.
-func checkServiceFlags(cfg app.Config) error {
+// default": on the command line a zero is a mistake, not a wish. It also
+// hands the one quantum setting to the timer.
+func checkServiceFlags(cfg *app.Config) error {
+	cfg.Timer.Quantum = cfg.Watcher.Policy.Quantum
 	switch {
 	case cfg.Mail.Timeout <= 0:
 		return fmt.Errorf("mail-timeout: %s is not positive", cfg.Mail.Timeout)
@@ -68,8 +121,10 @@ func checkServiceFlags(cfg app.Config) error {
 		return fmt.Errorf("workers: %d is not between 1 and 1024", cfg.Watcher.Workers)
 	case cfg.Timer.Interval <= 0:
 		return fmt.Errorf("timer-interval: %s is not positive", cfg.Timer.Interval)
-	case cfg.Timer.Quantum <= 0:
-		return fmt.Errorf("retry-quantum: %s is not positive", cfg.Timer.Quantum)
+	case cfg.Watcher.Policy.Quantum <= 0:
+		return fmt.Errorf("retry-quantum: %s is not positive", cfg.Watcher.Policy.Quantum)
+	case cfg.Mail.BreakerFailures > 0 && cfg.Mail.BreakerCooldown <= 0:
+		return fmt.Errorf("breaker-cooldown: %s is not positive", cfg.Mail.BreakerCooldown)
 	}
 	return cfg.Validate()
 }

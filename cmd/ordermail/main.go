@@ -47,6 +47,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			loadCommand(stdout, stderr),
 			payCommand(stdout, stderr),
 			retriesCommand(stdout, stderr),
+			deadlettersCommand(stdout, stderr),
 		},
 		Exec: func(_ context.Context, args []string) error {
 			if len(args) > 0 {

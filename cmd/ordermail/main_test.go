@@ -62,7 +62,8 @@ func TestDemoKeepsDataWhenAsked(t *testing.T) {
 	assert.Contains(t, out, "confirmed:           8")
 	out, _, err = cli(t, "retries", "status", "--json", "--store", "file:"+filepath.Join(dir, "ordermail.db"))
 	require.NoError(t, err)
-	assert.JSONEq(t, `{"timerArmed":true,"retryDocs":0,"retryFlagged":0,"ordersPaid":8,"ordersConfirmed":8,"ordersUnconfirmed":0}`, out)
+	assert.JSONEq(t, `{"timerArmed":true,"paused":false,"retryDocs":0,"retryFlagged":0,"dueNow":0,"oldestDueAt":null,
+		"deadLetters":0,"ordersPaid":8,"ordersConfirmed":8,"ordersUnconfirmed":0,"topFailureReasons":null,"control":"{}"}`, out)
 }
 
 func TestLoadPayAndRetries(t *testing.T) {
@@ -113,6 +114,14 @@ func TestLoadPayAndRetries(t *testing.T) {
 	out, _, err = cli(t, "retries", "status", "--store", storeURL)
 	require.NoError(t, err)
 	assert.Contains(t, out, "paused (no allow_retrys)")
+
+	out, _, err = cli(t, "retries", "start", "--store", storeURL, "--interval", "5s", "--quantum", "1m")
+	require.NoError(t, err)
+	assert.Equal(t, "retries started: created allow_retrys\n", out)
+	out, _, err = cli(t, "retries", "start", "--store", storeURL, "--interval", "7s")
+	require.NoError(t, err)
+	assert.Equal(t, "retries already started; settings updated in allow_retrys\n", out)
+	assert.Equal(t, `{"interval":"7s"}`, status()["control"])
 }
 
 func TestBadInvocations(t *testing.T) {
@@ -128,6 +137,15 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"mockmail", "--fail-rate", "-1"}, "fail-rate"},
 		{[]string{"run", "--mail-url", "http://x", "stray"}, "unexpected arguments: stray"},
 		{[]string{"load", "--collection", "inbound"}, "no files to load"},
+		{[]string{"run", "--mail-url", "http://x", "--backoff", "linear"}, `backoff: "linear"`},
+		{[]string{"run", "--mail-url", "http://x", "--backoff-min", "1m", "--backoff-max", "1s"}, "backoff-max: 1s is below backoff-min 1m0s"},
+		{[]string{"run", "--mail-url", "http://x", "--retry-statuses", "503,abc"}, `"abc" is not an HTTP status`},
+		{[]string{"run", "--mail-url", "http://x", "--retry-statuses", "200"}, "retry-statuses: 200"},
+		{[]string{"run", "--mail-url", "http://x", "--max-attempts", "-2"}, "max-attempts"},
+		{[]string{"run", "--mail-url", "http://x", "--breaker-cooldown", "0s"}, "breaker-cooldown"},
+		{[]string{"retries", "start", "--interval", "-1s"}, "interval and quantum"},
+		{[]string{"deadletters", "redrive"}, "give --all or the IDs"},
+		{[]string{"deadletters", "redrive", "--all", "x"}, "either --all or IDs"},
 	}
 	for _, tt := range tests {
 		_, _, err := cli(t, tt.give...)
@@ -139,4 +157,53 @@ func TestEnvironmentSetsFlags(t *testing.T) {
 	t.Setenv("ORDERMAIL_MAIL_URL", "not a url")
 	_, _, err := cli(t, "run")
 	assert.ErrorContains(t, err, `mail-url: "not a url"`)
+}
+
+func TestDeadLettersCommands(t *testing.T) {
+	dir := t.TempDir()
+	storeURL := "file:" + filepath.Join(dir, "ordermail.db")
+	// A demo whose mock refuses every send for good leaves only dead letters.
+	out, _, err := cli(t, "demo", "--orders", "2", "--fail-rate", "1", "--fail-status", "400", "--data", dir, "--json")
+	require.NoError(t, err)
+	var s demoSummary
+	require.NoError(t, json.Unmarshal([]byte(out), &s))
+	assert.Equal(t, 7, s.DeadLetters)
+	assert.Zero(t, s.Confirmed)
+
+	out, _, err = cli(t, "deadletters", "list", "--store", storeURL, "--json")
+	require.NoError(t, err)
+	var dls []map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &dls))
+	require.Len(t, dls, 7)
+	assert.Equal(t, "order_140", dls[0]["id"])
+	assert.Equal(t, "permanent_error", dls[0]["reason"])
+	assert.Equal(t, 400.0, dls[0]["lastStatus"])
+	assert.Equal(t, 1.0, dls[0]["attempts"])
+
+	out, _, err = cli(t, "deadletters", "list", "--store", storeURL)
+	require.NoError(t, err)
+	assert.Contains(t, out, "ID")
+	assert.Regexp(t, `order_140\s+permanent_error\s+400\s+1\s+0`, out)
+
+	out, _, err = cli(t, "retries", "status", "--store", storeURL)
+	require.NoError(t, err)
+	assert.Contains(t, out, "dead letters:       7")
+	assert.Contains(t, out, "      7  dead: permanent_error (HTTP 400)")
+
+	_, _, err = cli(t, "deadletters", "purge", "--store", storeURL, "order_140")
+	require.ErrorContains(t, err, "add --yes")
+	out, _, err = cli(t, "deadletters", "purge", "--store", storeURL, "--yes", "order_140", "order_nope")
+	require.ErrorContains(t, err, "no such dead letter: order_nope")
+	assert.Equal(t, "purged 1 dead letters\n", out)
+
+	out, _, err = cli(t, "deadletters", "redrive", "--store", storeURL, "--all")
+	require.NoError(t, err)
+	assert.Equal(t, "redrove 6 dead letters\n", out)
+	out, _, err = cli(t, "retries", "status", "--store", storeURL, "--json")
+	require.NoError(t, err)
+	var st map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &st))
+	assert.Equal(t, 0.0, st["deadLetters"])
+	assert.Equal(t, 6.0, st["retryDocs"], "redriven, waiting for a running service")
+	assert.Equal(t, 6.0, st["dueNow"])
 }

@@ -14,7 +14,7 @@ import (
 // Config of the mock.
 type Config struct {
 	FailRate   float64       // share of first deliveries answered with FailStatus, 0 to 1
-	FailStatus int           // default 406, the sample's
+	FailStatus int           // default 503; the sample's mock answers 406, a permanent error by default
 	Latency    time.Duration // added before every answer
 	Seed       uint64        // 0: a random seed
 	// Script, when set, decides the answer to the n-th request (from 1)
@@ -69,7 +69,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	if cfg.FailStatus == 0 {
-		cfg.FailStatus = http.StatusNotAcceptable
+		cfg.FailStatus = http.StatusServiceUnavailable
 	}
 	seed := cfg.Seed
 	if seed == 0 {
@@ -169,6 +169,17 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.stats
+}
+
+// Requests returns how many requests carried each idempotency key.
+func (s *Server) Requests() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int, len(s.requests))
+	for k, v := range s.requests {
+		out[k] = v
+	}
+	return out
 }
 
 // Delivered returns, per idempotency key delivered, how many requests carrying

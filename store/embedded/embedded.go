@@ -201,21 +201,24 @@ func (s *Store) Remove(ctx context.Context, coll, key string, cas uint64) error 
 	return nil
 }
 
-// SweepRetries flags aged retry documents in one transaction. Documents that
-// are not JSON, or whose ts is not a number, are left alone: the watcher
-// reported them when they were written.
-func (s *Store) SweepRetries(ctx context.Context, olderThan time.Time) (store.SweepResult, error) {
+// SweepRetries flags due retry documents in one transaction. Documents that
+// are not JSON, or without a numeric nextAttemptAt or ts, are left alone: the
+// watcher dead-lettered them when they were written.
+func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Duration) (store.SweepResult, error) {
 	var res store.SweepResult
 	err := s.tx(ctx, func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx, `
 			SELECT key FROM docs
 			WHERE coll = ? AND key != ? AND value IS NOT NULL
 			  AND CASE WHEN json_valid(value) AND json_type(value) = 'object' THEN
-			        json_type(value, '$.ts') IN ('integer', 'real')
-			        AND json_extract(value, '$.ts') < ?
-			        AND json_extract(value, '$.fireRetry') IS NOT 1
+			        json_extract(value, '$.fireRetry') IS NOT 1 AND
+			        CASE WHEN json_type(value, '$.nextAttemptAt') IN ('integer', 'real')
+			               THEN json_extract(value, '$.nextAttemptAt') <= ?
+			             WHEN json_type(value, '$.ts') IN ('integer', 'real')
+			               THEN json_extract(value, '$.ts') < ?
+			             ELSE 0 END
 			      ELSE 0 END
-			ORDER BY seq`, order.Retry, order.ControlKey, olderThan.UnixMilli())
+			ORDER BY seq`, order.Retry, order.ControlKey, now.UnixMilli(), now.Add(-quantum).UnixMilli())
 		if err != nil {
 			return err
 		}
@@ -251,6 +254,42 @@ func (s *Store) SweepRetries(ctx context.Context, olderThan time.Time) (store.Sw
 	return res, nil
 }
 
+// Scan pages through a collection by key, so that no read transaction stays
+// open while fn runs.
+func (s *Store) Scan(ctx context.Context, coll string, fn func(store.Doc) error) error {
+	after := ""
+	for {
+		rows, err := s.read.QueryContext(ctx,
+			`SELECT key, value, seq FROM docs WHERE coll = ? AND key > ? AND value IS NOT NULL ORDER BY key LIMIT 500`, coll, after)
+		if err != nil {
+			return fmt.Errorf("scan %s: %w", coll, mapErr(err))
+		}
+		var page []store.Doc
+		for rows.Next() {
+			var d store.Doc
+			var v string
+			if err := rows.Scan(&d.Key, &v, &d.CAS); err != nil {
+				rows.Close()
+				return fmt.Errorf("scan %s: %w", coll, mapErr(err))
+			}
+			d.Value = []byte(v)
+			page = append(page, d)
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return fmt.Errorf("scan %s: %w", coll, mapErr(err))
+		}
+		for _, d := range page {
+			if err := fn(d); err != nil {
+				return err
+			}
+		}
+		if len(page) < 500 {
+			return nil
+		}
+		after = page[len(page)-1].Key
+	}
+}
+
 // field reads a top-level field of value, NULL when value is not JSON.
 func field(name string) string {
 	return fmt.Sprintf(`(CASE WHEN json_valid(value) AND json_type(value) = 'object' THEN json_extract(value, '$.%s') END)`, name)
@@ -264,10 +303,11 @@ func (s *Store) Counts(ctx context.Context) (store.Counts, error) {
 		  coalesce(sum(coll = ?1 AND `+paid+`), 0),
 		  coalesce(sum(coll = ?1 AND `+paid+` AND `+field("confirmationEmailSent")+` IS 1), 0),
 		  coalesce(sum(coll = ?2 AND key != ?3), 0),
-		  coalesce(sum(coll = ?2 AND key != ?3 AND `+field("fireRetry")+` IS 1), 0)
-		FROM docs WHERE value IS NOT NULL AND coll IN (?1, ?2)`,
-		order.Inbound, order.Retry, order.ControlKey,
-	).Scan(&c.OrdersPaid, &c.OrdersConfirmed, &c.RetryDocs, &c.RetryFlagged)
+		  coalesce(sum(coll = ?2 AND key != ?3 AND `+field("fireRetry")+` IS 1), 0),
+		  coalesce(sum(coll = ?4), 0)
+		FROM docs WHERE value IS NOT NULL AND coll IN (?1, ?2, ?4)`,
+		order.Inbound, order.Retry, order.ControlKey, order.DeadLetter,
+	).Scan(&c.OrdersPaid, &c.OrdersConfirmed, &c.RetryDocs, &c.RetryFlagged, &c.DeadLetters)
 	if err != nil {
 		return store.Counts{}, fmt.Errorf("counts: %w", mapErr(err))
 	}

@@ -27,6 +27,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("FeedWakesOnWrite", func(t *testing.T) { testFeedWakes(t, open(t)) })
 	t.Run("SweepRetries", func(t *testing.T) { testSweep(t, open(t)) })
 	t.Run("Counts", func(t *testing.T) { testCounts(t, open(t)) })
+	t.Run("Scan", func(t *testing.T) { testScan(t, open(t)) })
 }
 
 // prefix makes keys no other run uses.
@@ -239,6 +240,9 @@ func testSweep(t *testing.T, s store.Store) {
 		p + "flagged": fmt.Sprintf(`{"type":"confirmation","docId":"%sflagged","attempt":2,"ts":%d,"fireRetry":true}`, p, old),
 		p + "junk":    `not json at all`,
 		p + "strts":   `{"docId":"x","ts":"yesterday"}`,
+		// nextAttemptAt decides over ts when present.
+		p + "due":    fmt.Sprintf(`{"docId":"x","attempt":3,"ts":%d,"nextAttemptAt":%d}`, fresh, now.UnixMilli()),
+		p + "notyet": fmt.Sprintf(`{"docId":"x","attempt":3,"ts":%d,"nextAttemptAt":%d}`, old, now.Add(time.Second).UnixMilli()),
 	}
 	for k, v := range docs {
 		_, err := s.Upsert(ctx, order.Retry, k, []byte(v))
@@ -248,9 +252,9 @@ func testSweep(t *testing.T, s store.Store) {
 	require.NoError(t, err)
 	defer sub.Close()
 
-	res, err := s.SweepRetries(ctx, now.Add(-15*time.Second))
+	res, err := s.SweepRetries(ctx, now, 15*time.Second)
 	require.NoError(t, err)
-	assert.GreaterOrEqual(t, res.Flagged, 1)
+	assert.GreaterOrEqual(t, res.Flagged, 2)
 
 	d, err := s.Get(ctx, order.Retry, p+"old")
 	require.NoError(t, err)
@@ -265,13 +269,21 @@ func testSweep(t *testing.T, s store.Store) {
 	r, err = order.DecodeRetryDoc(d.Value)
 	require.NoError(t, err)
 	assert.False(t, r.FireRetry, "younger than the quantum")
+	for k, want := range map[string]bool{"due": true, "notyet": false} {
+		d, err = s.Get(ctx, order.Retry, p+k)
+		require.NoError(t, err)
+		r, err = order.DecodeRetryDoc(d.Value)
+		require.NoError(t, err)
+		assert.Equal(t, want, r.FireRetry, k)
+	}
 
-	got := collect(t, sub, p, atLeast(1))
-	assert.Equal(t, p+"old", got[0].Key, "the flagged document comes back on the feed")
+	got := collect(t, sub, p, atLeast(2))
+	assert.ElementsMatch(t, []string{"retry/" + p + "old", "retry/" + p + "due"}, keys(got),
+		"the flagged documents come back on the feed")
 
 	// The already-flagged document was not written again: a second sweep
 	// flags nothing of ours and the feed brings nothing more of ours.
-	_, err = s.SweepRetries(ctx, now.Add(-15*time.Second))
+	_, err = s.SweepRetries(ctx, now, 15*time.Second)
 	require.NoError(t, err)
 	marker := p + "zz_marker"
 	_, err = s.Insert(ctx, order.Retry, marker, []byte(`{}`))
@@ -305,12 +317,55 @@ func testCounts(t *testing.T, s store.Store) {
 	put(order.Inbound, "junk", `[1,2`)
 	put(order.Retry, "r1", `{"docId":"x","attempt":1,"ts":1}`)
 	put(order.Retry, "r2", `{"docId":"y","attempt":1,"ts":1,"fireRetry":true}`)
+	put(order.DeadLetter, "d1", `{"docId":"z","reason":"permanent_error"}`)
 	after, err := s.Counts(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, store.Counts{OrdersPaid: 2, OrdersConfirmed: 1, RetryDocs: 2, RetryFlagged: 1}, store.Counts{
+	assert.Equal(t, store.Counts{OrdersPaid: 2, OrdersConfirmed: 1, RetryDocs: 2, RetryFlagged: 1, DeadLetters: 1}, store.Counts{
+		DeadLetters:     after.DeadLetters - before.DeadLetters,
 		OrdersPaid:      after.OrdersPaid - before.OrdersPaid,
 		OrdersConfirmed: after.OrdersConfirmed - before.OrdersConfirmed,
 		RetryDocs:       after.RetryDocs - before.RetryDocs,
 		RetryFlagged:    after.RetryFlagged - before.RetryFlagged,
 	})
+}
+
+func testScan(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	p := prefix(t)
+	coll := order.DeadLetter
+	want := map[string]string{}
+	for i := range 1203 { // more than one page of any sensible size
+		k := fmt.Sprintf("%s%05d", p, i)
+		want[k] = fmt.Sprintf(`{"n":%d}`, i)
+		_, err := s.Upsert(ctx, coll, k, []byte(want[k]))
+		require.NoError(t, err)
+	}
+	cas, err := s.Insert(ctx, coll, p+"gone", []byte(`{}`))
+	require.NoError(t, err)
+	require.NoError(t, s.Remove(ctx, coll, p+"gone", cas))
+
+	got := map[string]string{}
+	last := ""
+	err = s.Scan(ctx, coll, func(d store.Doc) error {
+		assert.Greater(t, d.Key, last, "key order")
+		last = d.Key
+		if strings.HasPrefix(d.Key, p) {
+			got[d.Key] = string(d.Value)
+			// fn may write, as redrive --all does.
+			return s.Remove(ctx, coll, d.Key, d.CAS)
+		}
+		return nil
+	})
+	require.NoError(t, err)
+	assert.Equal(t, want, got, "every live document once, no deleted one")
+
+	stop := fmt.Errorf("enough")
+	n := 0
+	_, err = s.Upsert(ctx, coll, p+"a", []byte(`{}`))
+	require.NoError(t, err)
+	_, err = s.Upsert(ctx, coll, p+"b", []byte(`{}`))
+	require.NoError(t, err)
+	err = s.Scan(ctx, coll, func(d store.Doc) error { n++; return stop })
+	assert.ErrorIs(t, err, stop)
+	assert.Equal(t, 1, n)
 }

@@ -1,0 +1,247 @@
+package app_test
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/fixtures"
+	"github.com/ordermail/ordermail/mailer"
+	"github.com/ordermail/ordermail/mailer/mockmail"
+	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/timer"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func deadLetter(t *testing.T, st store.Store, key string) (order.DeadLetterDoc, bool) {
+	t.Helper()
+	d, err := st.Get(context.Background(), order.DeadLetter, key)
+	if err != nil {
+		require.ErrorIs(t, err, store.ErrNotFound)
+		return order.DeadLetterDoc{}, false
+	}
+	dl, err := order.DecodeDeadLetter(d.Value)
+	require.NoError(t, err)
+	return dl, true
+}
+
+func confirmed(t *testing.T, st store.Store, key string) bool {
+	t.Helper()
+	d, err := st.Get(context.Background(), order.Inbound, key)
+	require.NoError(t, err)
+	o, err := order.DecodeOrder(d.Value)
+	require.NoError(t, err)
+	return o.ConfirmationEmailSent
+}
+
+// placeNamed writes paid orders under the given keys.
+func placeNamed(t *testing.T, st store.Store, keys ...string) {
+	t.Helper()
+	docs := fixtures.Generate(len(keys), 3)
+	for i, k := range keys {
+		paid, err := order.SetPaymentStatus(docs[i].Value, order.StatusPaid)
+		require.NoError(t, err)
+		_, err = st.Upsert(context.Background(), order.Inbound, k, paid)
+		require.NoError(t, err)
+	}
+}
+
+// TestRetryPolicyEndToEnd scripts the mock per order: each ends confirmed or
+// dead-lettered for the right reason, after the right number of attempts.
+func TestRetryPolicyEndToEnd(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string][]time.Time{}
+	r := newScriptedRun(t, mockmail.Config{Script: func(key string, n int) mockmail.Reply {
+		mu.Lock()
+		seen[key] = append(seen[key], time.Now())
+		mu.Unlock()
+		switch key {
+		case order.IdempotencyKey("twice"):
+			if n <= 2 {
+				return mockmail.Reply{Status: http.StatusServiceUnavailable}
+			}
+		case order.IdempotencyKey("refused"):
+			return mockmail.Reply{Status: http.StatusBadRequest}
+		case order.IdempotencyKey("throttled"):
+			if n == 1 {
+				return mockmail.Reply{Status: http.StatusTooManyRequests, RetryAfter: "1"}
+			}
+		case order.IdempotencyKey("hopeless"):
+			return mockmail.Reply{Status: http.StatusBadGateway}
+		}
+		return mockmail.Reply{Status: http.StatusOK}
+	}})
+	r.cfg.Watcher.Policy.MaxAttempts = 4
+	a, st := r.start(t)
+	defer stop(t, a)
+	placeNamed(t, st, "twice", "refused", "throttled", "hopeless", "fine")
+	_, err := st.Upsert(context.Background(), order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+
+	require.Eventually(t, func() bool {
+		c := counts(t, st)
+		return c.OrdersConfirmed == 3 && c.DeadLetters == 2 && c.RetryDocs == 0
+	}, 30*time.Second, 10*time.Millisecond, "counts %+v", counts(t, st))
+
+	for _, k := range []string{"twice", "throttled", "fine"} {
+		assert.True(t, confirmed(t, st, k), k)
+	}
+	req := r.mock.Requests()
+	assert.Equal(t, 3, req[order.IdempotencyKey("twice")], "two failures, then the success")
+	assert.Equal(t, 1, req[order.IdempotencyKey("refused")], "a permanent error is not retried")
+	assert.Equal(t, 2, req[order.IdempotencyKey("throttled")])
+	assert.Equal(t, 4, req[order.IdempotencyKey("hopeless")], "the attempt budget")
+	assert.Equal(t, 1, req[order.IdempotencyKey("fine")])
+
+	mu.Lock()
+	th := seen[order.IdempotencyKey("throttled")]
+	mu.Unlock()
+	require.Len(t, th, 2)
+	assert.GreaterOrEqual(t, th[1].Sub(th[0]), time.Second, "Retry-After: 1 was honoured over the 10ms backoff")
+
+	refused, ok := deadLetter(t, st, "refused")
+	require.True(t, ok)
+	assert.Equal(t, order.ReasonPermanent, refused.Reason)
+	assert.Equal(t, 400, refused.LastStatus)
+	assert.Equal(t, 1, refused.Attempts)
+	hopeless, ok := deadLetter(t, st, "hopeless")
+	require.True(t, ok)
+	assert.Equal(t, order.ReasonExhausted, hopeless.Reason)
+	assert.Equal(t, 502, hopeless.LastStatus)
+	assert.Equal(t, 4, hopeless.Attempts)
+	assert.Positive(t, hopeless.FirstAttemptAt)
+	assert.GreaterOrEqual(t, hopeless.LastAttemptAt, hopeless.FirstAttemptAt)
+	assert.False(t, confirmed(t, st, "refused"), "a dead-lettered order stays unconfirmed")
+
+	st2 := r.mock.Stats()
+	assert.Equal(t, 3, st2.Deliveries)
+	assert.Zero(t, st2.DuplicateRequests)
+}
+
+func TestRedriveOneAndAll(t *testing.T) {
+	var refusing atomic.Bool
+	refusing.Store(true)
+	r := newScriptedRun(t, mockmail.Config{Script: func(string, int) mockmail.Reply {
+		if refusing.Load() {
+			return mockmail.Reply{Status: http.StatusUnprocessableEntity}
+		}
+		return mockmail.Reply{Status: http.StatusOK}
+	}})
+	a, st := r.start(t)
+	defer stop(t, a)
+	keys := []string{"o1", "o2", "o3", "o4"}
+	placeNamed(t, st, keys...)
+	require.Eventually(t, func() bool { return counts(t, st).DeadLetters == 4 }, 20*time.Second, 10*time.Millisecond)
+
+	refusing.Store(false) // the email service was fixed
+	ctx := context.Background()
+	n, err := ops.Redrive(ctx, st, time.Now(), []string{"o2"}, false)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	require.Eventually(t, func() bool { return confirmed(t, st, "o2") }, 20*time.Second, 10*time.Millisecond,
+		"redriven without allow_retrys: tried promptly")
+	assert.Equal(t, 3, counts(t, st).DeadLetters)
+
+	n, err = ops.Redrive(ctx, st, time.Now(), nil, true)
+	require.NoError(t, err)
+	assert.Equal(t, 3, n)
+	require.Eventually(t, func() bool {
+		c := counts(t, st)
+		return c.OrdersConfirmed == 4 && c.DeadLetters == 0 && c.RetryDocs == 0
+	}, 20*time.Second, 10*time.Millisecond, "counts %+v", counts(t, st))
+	assert.Equal(t, 4, r.mock.Stats().Deliveries)
+	assert.Zero(t, r.mock.Stats().DuplicateRequests)
+}
+
+func TestRedriveKeepsCountAndFreshBudget(t *testing.T) {
+	r := newScriptedRun(t, mockmail.Config{FailRate: 1, FailStatus: http.StatusServiceUnavailable})
+	r.cfg.Watcher.Policy.MaxAttempts = 2
+	a, st := r.start(t)
+	defer stop(t, a)
+	placeNamed(t, st, "o")
+	_, err := st.Upsert(context.Background(), order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { _, ok := deadLetter(t, st, "o"); return ok }, 20*time.Second, 10*time.Millisecond)
+
+	_, err = ops.Redrive(context.Background(), st, time.Now(), []string{"o"}, false)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		d, ok := deadLetter(t, st, "o")
+		return ok && d.RedriveCount == 1
+	}, 20*time.Second, 10*time.Millisecond)
+	d, _ := deadLetter(t, st, "o")
+	assert.Equal(t, 2, d.Attempts, "a fresh budget of two attempts")
+	assert.Equal(t, 4, r.mock.Requests()[order.IdempotencyKey("o")])
+}
+
+func TestPauseStopsRetriesAndResumeFinishesThem(t *testing.T) {
+	r := newScriptedRun(t, mockmail.Config{Script: func(_ string, n int) mockmail.Reply {
+		if n == 1 {
+			return mockmail.Reply{Status: http.StatusServiceUnavailable}
+		}
+		return mockmail.Reply{Status: http.StatusOK}
+	}})
+	var tm *timer.Timer
+	a, st := r.start(t, &tm)
+	defer stop(t, a)
+	keys := []string{"p1", "p2", "p3"}
+	placeNamed(t, st, keys...) // no allow_retrys: paused
+	require.Eventually(t, func() bool { return counts(t, st).RetryDocs == 3 }, 20*time.Second, 10*time.Millisecond)
+
+	// Ten more ticks go by; nothing is retried while paused.
+	ticks := tm.Ticks()
+	require.Eventually(t, func() bool { return tm.Ticks() >= ticks+10 }, 20*time.Second, 5*time.Millisecond)
+	assert.Equal(t, 3, r.mock.Stats().Requests)
+	s, err := ops.ReadStatus(context.Background(), st, time.Now(), r.cfg.Timer.Quantum)
+	require.NoError(t, err)
+	assert.True(t, s.Paused)
+	assert.Equal(t, 3, s.DueNow, "due, but waiting")
+
+	started, err := ops.StartRetries(context.Background(), st, order.Control{})
+	require.NoError(t, err)
+	require.True(t, started)
+	require.Eventually(t, func() bool {
+		c := counts(t, st)
+		return c.OrdersConfirmed == 3 && c.RetryDocs == 0
+	}, 20*time.Second, 10*time.Millisecond)
+	assert.Equal(t, 6, r.mock.Stats().Requests)
+}
+
+// TestBreakerProtectsAServiceThatIsDown: while the email service is down the
+// breaker opens and retries are scheduled instead of sent; once it is back,
+// everything is confirmed and no attempt budget was spent on held-back sends.
+func TestBreakerProtectsAServiceThatIsDown(t *testing.T) {
+	var down atomic.Bool
+	down.Store(true)
+	r := newScriptedRun(t, mockmail.Config{Script: func(string, int) mockmail.Reply {
+		if down.Load() {
+			return mockmail.Reply{Status: http.StatusServiceUnavailable}
+		}
+		return mockmail.Reply{Status: http.StatusOK}
+	}})
+	r.cfg.Mail.BreakerFailures = 5
+	r.cfg.Mail.BreakerCooldown = 200 * time.Millisecond
+	r.cfg.Watcher.Policy.MaxAttempts = 3
+	var client *mailer.Client
+	a, st := r.start(t, &client)
+	defer stop(t, a)
+	keys := placeOrders(t, st, 100)
+
+	require.Eventually(t, func() bool { return counts(t, st).RetryDocs == 100 }, 30*time.Second, 10*time.Millisecond)
+	assert.NotEqual(t, "closed", client.BreakerState(), "open, or half-open after its cooldown")
+	calls := r.mock.Stats().Requests
+	t.Logf("%d calls to the failing service for 100 orders", calls)
+	assert.Less(t, calls, 30, "the breaker held most sends back")
+
+	down.Store(false)
+	waitAllConfirmed(t, st, 100)
+	assert.Zero(t, counts(t, st).DeadLetters, "held-back sends spent no attempts: nobody exhausted 3")
+	assert.Equal(t, "closed", client.BreakerState())
+	assertDeliveredOnce(t, r.mock, keys)
+}

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/store"
+	"github.com/peterbourgon/ff/v3/ffcli"
+)
+
+func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
+	var asJSON bool
+	list := storeCommand("list", "ordermail deadletters list --store URL [--json]", "list the confirmations given up on", stderr,
+		func(ctx context.Context, st store.Store, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
+			dls, err := ops.ListDeadLetters(ctx, st)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if dls == nil {
+					dls = []ops.DeadLetter{}
+				}
+				return json.NewEncoder(stdout).Encode(dls)
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tREASON\tSTATUS\tATTEMPTS\tREDRIVES\tDEAD SINCE\tLAST ERROR")
+			for _, d := range dls {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", d.ID, d.Reason, d.LastStatus, d.Attempts, d.RedriveCount,
+					time.UnixMilli(d.DeadAt).UTC().Format(time.RFC3339), truncate(d.LastError, 80))
+			}
+			return tw.Flush()
+		})
+	list.FlagSet.BoolVar(&asJSON, "json", false, "print a JSON array")
+
+	var redriveAll bool
+	redrive := storeCommand("redrive", "ordermail deadletters redrive --store URL --all | ID...",
+		"send dead letters again now, with a fresh attempt budget", stderr,
+		func(ctx context.Context, st store.Store, ids []string) error {
+			if err := idsOrAll(ids, redriveAll); err != nil {
+				return err
+			}
+			n, err := ops.Redrive(ctx, st, time.Now(), ids, redriveAll)
+			fmt.Fprintf(stdout, "redrove %d dead letters\n", n)
+			return err
+		})
+	redrive.FlagSet.BoolVar(&redriveAll, "all", false, "every dead letter")
+
+	var purgeAll, yes bool
+	purge := storeCommand("purge", "ordermail deadletters purge --store URL --yes --all | ID...",
+		"delete dead letters for good (their orders stay unconfirmed)", stderr,
+		func(ctx context.Context, st store.Store, ids []string) error {
+			if err := idsOrAll(ids, purgeAll); err != nil {
+				return err
+			}
+			if !yes {
+				return errors.New("purge deletes dead letters for good and their orders are never confirmed; add --yes to go on")
+			}
+			n, err := ops.Purge(ctx, st, ids, purgeAll)
+			fmt.Fprintf(stdout, "purged %d dead letters\n", n)
+			return err
+		})
+	purge.FlagSet.BoolVar(&purgeAll, "all", false, "every dead letter")
+	purge.FlagSet.BoolVar(&yes, "yes", false, "confirm the deletion")
+
+	return &ffcli.Command{
+		Name:        "deadletters",
+		ShortUsage:  "ordermail deadletters list|redrive|purge --store URL",
+		ShortHelp:   "list, redrive or purge the confirmations given up on",
+		FlagSet:     newFlagSet("deadletters", stderr),
+		Subcommands: []*ffcli.Command{list, redrive, purge},
+	}
+}
+
+func idsOrAll(ids []string, all bool) error {
+	switch {
+	case all && len(ids) > 0:
+		return errors.New("give either --all or IDs, not both")
+	case !all && len(ids) == 0:
+		return fmt.Errorf("give --all or the IDs of dead letters: %w", flag.ErrHelp)
+	}
+	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}

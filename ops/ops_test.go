@@ -1,0 +1,67 @@
+package ops_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store/embedded"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+var now = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+
+func TestReadStatus(t *testing.T) {
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer st.Close()
+	put := func(coll, key, v string) {
+		_, err := st.Upsert(ctx, coll, key, []byte(v))
+		require.NoError(t, err)
+	}
+	ms := func(d time.Duration) int64 { return now.Add(d).UnixMilli() }
+	put(order.Inbound, "a", `{"email":"a@x","paymentStatus":"paid"}`)
+	put(order.Inbound, "b", `{"email":"b@x","paymentStatus":"paid","confirmationEmailSent":true}`)
+	put(order.Retry, "due1", fmt.Sprintf(`{"docId":"a","attempt":2,"ts":%d,"nextAttemptAt":%d,"lastStatus":503}`, ms(-time.Minute), ms(-30*time.Second)))
+	put(order.Retry, "due2", fmt.Sprintf(`{"docId":"a","attempt":1,"ts":%d,"lastStatus":503}`, ms(-time.Hour))) // the sample's: ts + quantum
+	put(order.Retry, "later", fmt.Sprintf(`{"docId":"a","attempt":1,"ts":%d,"nextAttemptAt":%d,"lastError":"connection refused"}`, ms(0), ms(time.Minute)))
+	put(order.DeadLetter, "d1", `{"docId":"d1","reason":"permanent_error","lastStatus":400}`)
+	put(order.DeadLetter, "d2", `{"docId":"d2","reason":"permanent_error","lastStatus":400}`)
+	put(order.DeadLetter, "d3", `garbage`)
+
+	s, err := ops.ReadStatus(ctx, st, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.True(t, s.Paused)
+	assert.False(t, s.TimerArmed)
+	assert.Equal(t, 3, s.RetryDocs)
+	assert.Equal(t, 2, s.DueNow)
+	require.NotNil(t, s.OldestDueAt)
+	assert.Equal(t, now.Add(-time.Hour+15*time.Second), s.OldestDueAt.UTC(), "due2 has waited longest")
+	assert.Equal(t, 3, s.DeadLetters)
+	assert.Equal(t, 2, s.OrdersPaid)
+	assert.Equal(t, 1, s.OrdersUnconfirmed)
+	assert.Equal(t, []ops.ReasonCount{
+		{Reason: "dead: permanent_error (HTTP 400)", Count: 2},
+		{Reason: "retrying: HTTP 503", Count: 2},
+		{Reason: "dead: unreadable dead letter", Count: 1},
+		{Reason: "retrying: no answer", Count: 1},
+	}, s.TopFailures)
+
+	// allow_retrys' own quantum decides for the sample's documents.
+	put(order.Retry, order.ControlKey, `{"quantum":"2h"}`)
+	s, err = ops.ReadStatus(ctx, st, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.False(t, s.Paused)
+	assert.Equal(t, 1, s.DueNow)
+
+	dls, err := ops.ListDeadLetters(ctx, st)
+	require.NoError(t, err)
+	require.Len(t, dls, 3)
+	assert.Equal(t, "unreadable", dls[2].Reason)
+}

@@ -1,0 +1,67 @@
+package order
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Control is the content of the control document allow_retrys: its
+// existence arms the retry timer; its optional fields override the timer's
+// settings without a restart.
+type Control struct {
+	Interval time.Duration // between sweeps; 0: the timer's setting
+	Quantum  time.Duration // for retry documents without nextAttemptAt; 0: the setting
+}
+
+// MaxControlDuration bounds the durations the control document may set.
+const MaxControlDuration = 24 * time.Hour
+
+// DecodeControl reads allow_retrys. interval and quantum are durations as
+// strings ("20s") or numbers of seconds (the sample's retryTimerInterval: 20).
+// An empty document is valid and overrides nothing.
+func DecodeControl(raw []byte) (Control, error) {
+	var doc struct {
+		Interval json.RawMessage `json:"interval"`
+		Quantum  json.RawMessage `json:"quantum"`
+	}
+	if err := decodeObject(raw, &doc); err != nil {
+		return Control{}, err
+	}
+	var c Control
+	var err error
+	if c.Interval, err = controlDuration("interval", doc.Interval); err != nil {
+		return Control{}, err
+	}
+	if c.Quantum, err = controlDuration("quantum", doc.Quantum); err != nil {
+		return Control{}, err
+	}
+	return c, nil
+}
+
+func controlDuration(name string, raw json.RawMessage) (time.Duration, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return 0, nil
+	}
+	var d time.Duration
+	var s string
+	var secs float64
+	switch {
+	case json.Unmarshal(raw, &s) == nil:
+		var err error
+		if d, err = time.ParseDuration(s); err != nil {
+			return 0, fmt.Errorf("%w: %s: %q is not a duration like \"20s\"", ErrMalformed, name, s)
+		}
+	case json.Unmarshal(raw, &secs) == nil:
+		if secs > MaxControlDuration.Seconds() {
+			return 0, fmt.Errorf("%w: %s: %v seconds is more than %s", ErrMalformed, name, secs, MaxControlDuration)
+		}
+		d = time.Duration(secs * float64(time.Second))
+	default:
+		return 0, fmt.Errorf("%w: %s: %s is neither a duration string nor a number of seconds", ErrMalformed, name, raw)
+	}
+	if d <= 0 || d > MaxControlDuration {
+		return 0, fmt.Errorf("%w: %s: %s is not between 0 and %s", ErrMalformed, name, d, MaxControlDuration)
+	}
+	return d, nil
+}

@@ -1,0 +1,111 @@
+package order
+
+import (
+	"fmt"
+	"time"
+)
+
+// Backoff kinds.
+const (
+	BackoffExponential = "exponential" // MinDelay doubling to MaxDelay, with jitter
+	BackoffFixed       = "fixed"       // the sample's: every retry after Quantum
+)
+
+// MaxRetryAfter caps how long a service's Retry-After can park an order.
+const MaxRetryAfter = time.Hour
+
+// Policy says when a failed confirmation is tried again, and when not.
+type Policy struct {
+	Backoff     string        // BackoffExponential (default) or BackoffFixed
+	MinDelay    time.Duration // first delay of exponential backoff; default 1s
+	MaxDelay    time.Duration // cap of exponential backoff; default 10m
+	Jitter      float64       // a delay d is drawn from [d(1-Jitter), d(1+Jitter)]; default 0.2
+	MaxAttempts int           // attempts before dead-lettering; 0: unlimited (the sample)
+	Quantum     time.Duration // the fixed backoff's delay; default 15s
+}
+
+// DefaultPolicy is the policy when nothing is set; README explains the values.
+func DefaultPolicy() Policy {
+	return Policy{Backoff: BackoffExponential, MinDelay: time.Second, MaxDelay: 10 * time.Minute,
+		Jitter: 0.2, MaxAttempts: 10, Quantum: 15 * time.Second}
+}
+
+// Validate names the setting that is wrong.
+func (p Policy) Validate() error {
+	switch {
+	case p.Backoff != BackoffExponential && p.Backoff != BackoffFixed:
+		return fmt.Errorf("backoff: %q is not %s or %s", p.Backoff, BackoffExponential, BackoffFixed)
+	case p.MinDelay <= 0:
+		return fmt.Errorf("backoff-min: %s is not positive", p.MinDelay)
+	case p.MaxDelay < p.MinDelay:
+		return fmt.Errorf("backoff-max: %s is below backoff-min %s", p.MaxDelay, p.MinDelay)
+	case p.Jitter < 0 || p.Jitter >= 1:
+		return fmt.Errorf("backoff-jitter: %v is not in [0, 1)", p.Jitter)
+	case p.MaxAttempts < 0:
+		return fmt.Errorf("max-attempts: %d is negative", p.MaxAttempts)
+	case p.Quantum <= 0:
+		return fmt.Errorf("retry-quantum: %s is not positive", p.Quantum)
+	}
+	return nil
+}
+
+// Failure is what the policy needs to know of a failed send.
+type Failure struct {
+	Permanent    bool          // the service refused the order; trying again won't help
+	RetryAfter   time.Duration // the service asked to wait this long
+	NotAttempted bool          // the send was held back (circuit open): no attempt spent
+}
+
+// Dead-letter reasons.
+const (
+	ReasonPermanent      = "permanent_error"
+	ReasonExhausted      = "attempts_exhausted"
+	ReasonMalformedOrder = "malformed_order"
+	ReasonNoEmail        = "no_email"
+	ReasonOrderMissing   = "order_missing"
+	ReasonMalformedRetry = "malformed_retry_document"
+)
+
+// Verdict is the policy's answer.
+type Verdict struct {
+	GiveUp bool
+	Reason string    // why it gives up
+	At     time.Time // when to try again
+	// ByQuantum: At is only now+Quantum, the fixed backoff. The retry
+	// document then carries no nextAttemptAt, as the sample's, and the sweep
+	// applies its current quantum (which allow_retrys may change).
+	ByQuantum bool
+}
+
+// Next decides after a failure. attempts counts the attempts made so far,
+// this one included; u is a uniform draw from [0, 1) for the jitter, so that
+// the decision is a pure function.
+func (p Policy) Next(attempts int, now time.Time, f Failure, u float64) Verdict {
+	if f.NotAttempted {
+		return Verdict{At: now.Add(max(f.RetryAfter, p.MinDelay))}
+	}
+	if f.Permanent {
+		return Verdict{GiveUp: true, Reason: ReasonPermanent}
+	}
+	if p.MaxAttempts > 0 && attempts >= p.MaxAttempts {
+		return Verdict{GiveUp: true, Reason: ReasonExhausted}
+	}
+	retryAfter := min(f.RetryAfter, MaxRetryAfter)
+	if p.Backoff == BackoffFixed {
+		if retryAfter > p.Quantum {
+			return Verdict{At: now.Add(retryAfter)}
+		}
+		return Verdict{At: now.Add(p.Quantum), ByQuantum: true}
+	}
+	return Verdict{At: now.Add(max(p.exponential(attempts, u), retryAfter))}
+}
+
+func (p Policy) exponential(attempts int, u float64) time.Duration {
+	d := p.MinDelay
+	for i := 1; i < attempts && d < p.MaxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, p.MaxDelay)
+	jittered := time.Duration(float64(d) * (1 - p.Jitter + 2*p.Jitter*u))
+	return min(max(jittered, p.MinDelay), p.MaxDelay)
+}
