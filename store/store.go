@@ -18,6 +18,10 @@ var (
 	ErrClosed      = errors.New("store closed")
 )
 
+// Meta is the collection of ordermail's own bookkeeping (leases); the
+// Couchbase store keeps it in the metadata bucket. It is not on the feed.
+const Meta = "_meta"
+
 // Doc is one stored document.
 type Doc struct {
 	Key   string

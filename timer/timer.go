@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ordermail/ordermail/lease"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/robfig/cron/v3"
@@ -23,6 +24,8 @@ type Config struct {
 	// Quantum: a retry document without nextAttemptAt (the sample's) is due
 	// once its last attempt is this old. Default 15s, the sample's.
 	Quantum time.Duration
+	// Owner names this instance in the sweep lease. Default lease.Owner().
+	Owner string
 }
 
 // Validate names the setting that is wrong.
@@ -49,6 +52,7 @@ func (c Config) withDefaults() Config {
 // Result is what one tick did.
 type Result struct {
 	Armed   bool // allow_retrys exists
+	Standby bool // another instance holds the sweep lease and sweeps
 	Swept   bool // the sweep ran (not skipped for allow_retrys' longer interval)
 	Flagged int
 }
@@ -60,6 +64,7 @@ type Timer struct {
 	log   *slog.Logger
 	now   func() time.Time
 	cron  *cron.Cron
+	lease *lease.Lease // one sweeper among the instances on a store
 	armed atomic.Bool
 	ticks atomic.Int64
 
@@ -80,6 +85,11 @@ func New(cfg Config, st store.Store, log *slog.Logger, now func() time.Time) (*T
 		now = time.Now
 	}
 	t := &Timer{cfg: cfg.withDefaults(), store: st, now: now, log: log.With("component", "timer")}
+	if t.cfg.Owner == "" {
+		t.cfg.Owner = lease.Owner()
+	}
+	// Three ticks: a holder that missed two renewals is taken over.
+	t.lease = lease.New(st, "timer", t.cfg.Owner, max(3*t.cfg.Interval, 3*time.Second), now)
 	cl := cronLogger{t.log}
 	t.cron = cron.New(cron.WithLogger(cl), cron.WithChain(cron.Recover(cl), cron.SkipIfStillRunning(cl)))
 	t.cron.Schedule(every(t.cfg.Interval), cron.FuncJob(t.tick))
@@ -96,6 +106,11 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	}
 	if err != nil {
 		return Result{}, fmt.Errorf("read %s: %w", order.ControlKey, err)
+	}
+	if err := t.lease.Acquire(ctx); errors.Is(err, lease.ErrHeld) {
+		return Result{Armed: true, Standby: true}, nil
+	} else if err != nil {
+		return Result{Armed: true}, fmt.Errorf("sweep lease: %w", err)
 	}
 	interval, quantum := t.settings(doc)
 	t.mu.Lock()
@@ -153,6 +168,9 @@ func (t *Timer) tick() {
 		t.log.Warn("sweep", "error", err)
 		return
 	}
+	if res.Standby {
+		t.log.Debug("another instance sweeps")
+	}
 	if was := t.armed.Swap(res.Armed); was != res.Armed {
 		if res.Armed {
 			t.log.Info("retries armed", "control", order.ControlKey, "interval", t.cfg.Interval, "quantum", t.cfg.Quantum)
@@ -172,15 +190,19 @@ func (t *Timer) Start() {
 	t.log.Info("timer started", "interval", t.cfg.Interval, "quantum", t.cfg.Quantum)
 }
 
-// Stop stops ticking and waits for a sweep in progress, until ctx ends.
+// Stop stops ticking, waits for a sweep in progress until ctx ends, and
+// hands the sweep lease on.
 func (t *Timer) Stop(ctx context.Context) error {
 	t.cancel()
 	select {
 	case <-t.cron.Stop().Done():
-		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("stop timer: %w", ctx.Err())
 	}
+	if err := t.lease.Release(ctx); err != nil {
+		return fmt.Errorf("stop timer: release sweep lease: %w", err)
+	}
+	return nil
 }
 
 // every is a cron schedule of a fixed interval. cron.Every rounds to whole

@@ -168,3 +168,32 @@ func TestNonsenseControlDocumentFallsBackToSettings(t *testing.T) {
 	assert.Equal(t, 1, strings.Count(logs.String(), "ignoring the settings in allow_retrys"), "reported once: %s", logs.String())
 	assert.Contains(t, logs.String(), `interval: \"-5 parsecs\" is not a duration`)
 }
+
+func TestOneSweeperAmongInstances(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	now := pinned
+	clock := func() time.Time { return now }
+	a, err := timer.New(timer.Config{Interval: time.Second, Owner: "a"}, st, quiet, clock)
+	require.NoError(t, err)
+	b, err := timer.New(timer.Config{Interval: time.Second, Owner: "b"}, st, quiet, clock)
+	require.NoError(t, err)
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	retryDoc(t, st, "x", time.Minute)
+
+	res, err := a.Sweep(ctx, now)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1}, res)
+	res, err = b.Sweep(ctx, now)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Standby: true}, res, "b waits while a holds the lease")
+
+	now = now.Add(10 * time.Second) // a died: its 3s lease ran out
+	res, err = b.Sweep(ctx, now)
+	require.NoError(t, err)
+	assert.True(t, res.Swept, "b took over")
+	res, err = a.Sweep(ctx, now)
+	require.NoError(t, err)
+	assert.True(t, res.Standby)
+}

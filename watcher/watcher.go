@@ -27,12 +27,19 @@ type Config struct {
 	FromNow bool
 	// Policy decides retries and dead letters. Zero: order.DefaultPolicy().
 	Policy order.Policy
+	// ClaimTTL is how long a retry claimed for a send is left alone by other
+	// instances, and by the sweep should this one die. It must outlast a
+	// send. Default 1m.
+	ClaimTTL time.Duration
 }
 
 // Validate names the setting that is wrong.
 func (c Config) Validate() error {
 	if c.Workers < 0 || c.Workers > 1024 {
 		return fmt.Errorf("workers: %d is not between 1 and 1024", c.Workers)
+	}
+	if c.ClaimTTL < 0 {
+		return fmt.Errorf("claim-ttl: %s is negative", c.ClaimTTL)
 	}
 	if c.Policy != (order.Policy{}) {
 		return c.Policy.Validate()
@@ -49,6 +56,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Policy == (order.Policy{}) {
 		c.Policy = order.DefaultPolicy()
+	}
+	if c.ClaimTTL == 0 {
+		c.ClaimTTL = time.Minute
 	}
 	return c
 }
@@ -278,7 +288,7 @@ func (w *Watcher) sendOrder(ctx context.Context, log *slog.Logger, key string) e
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return w.recordFailure(ctx, log, key, attempt, false, sendErr)
+		return w.recordFailure(ctx, log, key, attempt, 0, sendErr)
 	}
 	log.Info("confirmation sent", "attempt", 1)
 	if err := w.markConfirmed(ctx, log, key); err != nil {
@@ -306,6 +316,15 @@ func (w *Watcher) sendRetry(ctx context.Context, log *slog.Logger, key string) e
 		return nil
 	}
 	log = log.With("order_id", r.DocID, "attempt", r.Attempt+1)
+	claimCAS, err := w.claim(ctx, log, key, r, rdoc.CAS)
+	if errors.Is(err, errClaimLost) {
+		w.ignored.Add(1)
+		log.Debug("ignore", "reason", "claimed by another instance")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
 
 	odoc, found, err := w.get(ctx, log, order.Inbound, r.DocID)
 	if err != nil {
@@ -331,7 +350,7 @@ func (w *Watcher) sendRetry(ctx context.Context, log *slog.Logger, key string) e
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return w.recordFailure(ctx, log, key, r, true, sendErr)
+		return w.recordFailure(ctx, log, key, r, claimCAS, sendErr)
 	}
 	log.Info("confirmation sent")
 	if err := w.markConfirmed(ctx, log, r.DocID); err != nil {
@@ -370,11 +389,33 @@ func failureOf(err error) (order.Failure, int) {
 	return order.Failure{Permanent: se.Class == mailer.Permanent, RetryAfter: se.RetryAfter, NotAttempted: se.NotAttempted}, se.Status
 }
 
+var errClaimLost = errors.New("retry document claimed by someone else")
+
+// claim takes a flagged retry document for this send: fireRetry off and
+// nextAttemptAt a ClaimTTL away, written with the CAS it was read with. Of
+// several instances that saw it, one wins; if the winner dies, the sweep
+// flags the document again once the claim has run out.
+func (w *Watcher) claim(ctx context.Context, log *slog.Logger, key string, r order.RetryDoc, cas uint64) (uint64, error) {
+	r.FireRetry = false
+	r.NextAttemptAt = w.now().Add(w.cfg.ClaimTTL).UnixMilli()
+	var claimCAS uint64
+	err := w.retryStore(ctx, log, "claim retry document", func() error {
+		var err error
+		claimCAS, err = w.store.Replace(ctx, order.Retry, key, r.Encode(), cas)
+		if errors.Is(err, store.ErrCASMismatch) || errors.Is(err, store.ErrNotFound) {
+			return errClaimLost
+		}
+		return err
+	})
+	return claimCAS, err
+}
+
 // recordFailure asks the policy what follows a failed send, and writes it:
 // the retry document with its next attempt time, or a dead letter. prev is
-// the retry document the send was made for (existing is false for a first
-// send).
-func (w *Watcher) recordFailure(ctx context.Context, log *slog.Logger, key string, prev order.RetryDoc, existing bool, sendErr error) error {
+// the retry document the send was made for, claimCAS its CAS once claimed
+// (0 for a first send, which has no retry document yet).
+func (w *Watcher) recordFailure(ctx context.Context, log *slog.Logger, key string, prev order.RetryDoc, claimCAS uint64, sendErr error) error {
+	existing := claimCAS != 0
 	now := w.now()
 	f, status := failureOf(sendErr)
 	next := prev
@@ -412,19 +453,11 @@ func (w *Watcher) recordFailure(ctx context.Context, log *slog.Logger, key strin
 		return err
 	}
 	return w.retryStore(ctx, log, "update retry document", func() error {
-		doc, err := w.store.Get(ctx, order.Retry, key)
-		if errors.Is(err, store.ErrNotFound) {
+		_, err := w.store.Replace(ctx, order.Retry, key, next.Encode(), claimCAS)
+		if errors.Is(err, store.ErrCASMismatch) || errors.Is(err, store.ErrNotFound) {
+			log.Info("retry document changed during the send (a redrive?); leaving the newer one")
 			return nil
 		}
-		if err != nil {
-			return err
-		}
-		cur, err := order.DecodeRetryDoc(doc.Value)
-		if err != nil || !cur.FireRetry || cur.Attempt != prev.Attempt || cur.RedriveCount != prev.RedriveCount {
-			log.Info("retry document changed during the send; leaving the newer one")
-			return nil
-		}
-		_, err = w.store.Replace(ctx, order.Retry, key, next.Encode(), doc.CAS)
 		return err
 	})
 }
@@ -497,19 +530,23 @@ func (w *Watcher) remove(ctx context.Context, log *slog.Logger, coll, key string
 }
 
 // markConfirmed sets confirmationEmailSent on the order, keeping whatever
-// else changed in it meanwhile.
+// else changed in it meanwhile: a CAS mismatch reads it again.
 func (w *Watcher) markConfirmed(ctx context.Context, log *slog.Logger, key string) error {
 	err := w.retryStore(ctx, log, "mark order confirmed", func() error {
-		doc, err := w.store.Get(ctx, order.Inbound, key)
-		if err != nil {
-			return err
+		for {
+			doc, err := w.store.Get(ctx, order.Inbound, key)
+			if err != nil {
+				return err
+			}
+			marked, err := order.MarkConfirmed(doc.Value)
+			if err != nil {
+				return err
+			}
+			_, err = w.store.Replace(ctx, order.Inbound, key, marked, doc.CAS)
+			if !errors.Is(err, store.ErrCASMismatch) {
+				return err
+			}
 		}
-		marked, err := order.MarkConfirmed(doc.Value)
-		if err != nil {
-			return err
-		}
-		_, err = w.store.Replace(ctx, order.Inbound, key, marked, doc.CAS)
-		return err
 	})
 	if errors.Is(err, store.ErrNotFound) || errors.Is(err, order.ErrMalformed) {
 		log.Warn("order changed under the send; not marked", "error", err)
@@ -518,19 +555,17 @@ func (w *Watcher) markConfirmed(ctx context.Context, log *slog.Logger, key strin
 	return err
 }
 
-// retryStore runs op until it succeeds, fails for good, or ctx ends. A CAS
-// mismatch and an unavailable store are tried again (op re-reads what it
-// writes); other errors are returned for the caller to judge.
+// retryStore runs op until it succeeds, fails for good, or ctx ends. An
+// unavailable store is tried again; other errors, a CAS mismatch among them,
+// are the caller's to judge.
 func (w *Watcher) retryStore(ctx context.Context, log *slog.Logger, what string, op func() error) error {
 	b := newBackoff()
 	for {
 		err := op()
-		if err == nil || !(errors.Is(err, store.ErrUnavailable) || errors.Is(err, store.ErrCASMismatch)) {
+		if !errors.Is(err, store.ErrUnavailable) {
 			return err
 		}
-		if errors.Is(err, store.ErrUnavailable) {
-			log.Warn(what, "error", err, "retry_in", b.peek())
-		}
+		log.Warn(what, "error", err, "retry_in", b.peek())
 		if !b.wait(ctx) {
 			return fmt.Errorf("%s: %w", what, ctx.Err())
 		}

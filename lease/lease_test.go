@@ -1,0 +1,46 @@
+package lease_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/lease"
+	"github.com/ordermail/ordermail/store/embedded"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestOneHolderAtATime(t *testing.T) {
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer st.Close()
+	now := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	a := lease.New(st, "timer", "a", 10*time.Second, clock)
+	b := lease.New(st, "timer", "b", 10*time.Second, clock)
+
+	require.NoError(t, a.Acquire(ctx))
+	assert.True(t, a.Held())
+	err = b.Acquire(ctx)
+	assert.ErrorIs(t, err, lease.ErrHeld)
+	assert.ErrorContains(t, err, "held by a until 2026-11-21T12:00:10Z")
+	assert.False(t, b.Held())
+
+	now = now.Add(5 * time.Second)
+	require.NoError(t, a.Acquire(ctx), "the holder renews")
+	now = now.Add(9 * time.Second)
+	assert.ErrorIs(t, b.Acquire(ctx), lease.ErrHeld, "renewed: not expired yet")
+
+	now = now.Add(2 * time.Second) // a stopped renewing: expired
+	require.NoError(t, b.Acquire(ctx), "taken over after the TTL")
+	assert.ErrorIs(t, a.Acquire(ctx), lease.ErrHeld)
+	assert.False(t, a.Held())
+
+	require.NoError(t, a.Release(ctx), "releasing what one does not hold changes nothing")
+	assert.ErrorIs(t, a.Acquire(ctx), lease.ErrHeld)
+	require.NoError(t, b.Release(ctx))
+	require.NoError(t, a.Acquire(ctx), "released: taken at once")
+}
