@@ -334,19 +334,21 @@ func TestStopAbortsHangingSendAndLeavesItForReplay(t *testing.T) {
 	assert.Contains(t, o, `"confirmationEmailSent":true`)
 }
 
-// barrierStore lets both watchers read the flagged retry document before
-// either may go on, so that both try to claim it.
+// barrierStore holds each watcher after its first read of the flagged retry
+// document until both have read it, so that both try to claim it.
 type barrierStore struct {
 	store.Store
 	key     string
 	arrived sync.WaitGroup
-	once    sync.Map // watcher call index -> struct{}
+	seen    sync.Map // watcher name -> struct{}
 }
+
+type watcherKey struct{}
 
 func (b *barrierStore) Get(ctx context.Context, coll, key string) (store.Doc, error) {
 	d, err := b.Store.Get(ctx, coll, key)
 	if coll == order.Retry && key == b.key && err == nil && strings.Contains(string(d.Value), `"fireRetry":true`) {
-		if _, loaded := b.once.LoadOrStore(string(d.Value)+fmt.Sprint(ctx.Value(watcherKey{})), struct{}{}); !loaded {
+		if _, again := b.seen.LoadOrStore(ctx.Value(watcherKey{}), struct{}{}); !again {
 			b.arrived.Done()
 			b.arrived.Wait()
 		}
@@ -354,19 +356,26 @@ func (b *barrierStore) Get(ctx context.Context, coll, key string) (store.Doc, er
 	return d, err
 }
 
-type watcherKey struct{}
+// named tags the contexts of one watcher's calls, for barrierStore.
+type named struct {
+	*barrierStore
+	name string
+}
+
+func (n *named) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	return n.barrierStore.Get(context.WithValue(ctx, watcherKey{}, n.name), coll, key)
+}
 
 func TestTwoInstancesSendARetryOnce(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
 	put(t, e.store, order.Inbound, "o", paidOrder)
-	put(t, e.store, order.Retry, "o", `{"type":"confirmation","docId":"o","attempt":1,"ts":1,"fireRetry":true}`)
 	bs := &barrierStore{Store: e.store, key: "o"}
 	bs.arrived.Add(2)
-
 	var ws []*watcher.Watcher
 	for _, name := range []string{"a", "b"} {
-		log := slog.New(slog.NewTextHandler(io.Discard, nil))
-		w, err := watcher.New(watcher.Config{Workers: 2, FeedName: name, Policy: noJitter}, &ctxStore{bs, name}, e.mail, log, nil)
+		// From now: each sees only the retry document's event below.
+		cfg := watcher.Config{Workers: 2, FeedName: name, FromNow: true, Policy: noJitter}
+		w, err := watcher.New(cfg, &named{bs, name}, e.mail, quiet, nil)
 		require.NoError(t, err)
 		require.NoError(t, w.Start(context.Background()))
 		ws = append(ws, w)
@@ -376,20 +385,11 @@ func TestTwoInstancesSendARetryOnce(t *testing.T) {
 			assert.NoError(t, w.Stop(context.Background()))
 		}
 	})
+	put(t, e.store, order.Retry, "o", `{"type":"confirmation","docId":"o","attempt":1,"ts":1,"fireRetry":true}`)
 	require.Eventually(t, func() bool {
 		_, hasRetry := get(t, e.store, order.Retry, "o")
 		o, _ := get(t, e.store, order.Inbound, "o")
 		return !hasRetry && strings.Contains(o, `"confirmationEmailSent":true`)
 	}, 10*time.Second, 5*time.Millisecond)
 	assert.Equal(t, 1, e.mock.Stats().Requests, "one instance won the claim")
-}
-
-// ctxStore tags the contexts of one watcher's calls, for barrierStore.
-type ctxStore struct {
-	*barrierStore
-	name string
-}
-
-func (c *ctxStore) Get(ctx context.Context, coll, key string) (store.Doc, error) {
-	return c.barrierStore.Get(context.WithValue(ctx, watcherKey{}, c.name), coll, key)
 }
