@@ -9,6 +9,7 @@ import (
 
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/couchbase"
 	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/ordermail/ordermail/timer"
 	"github.com/ordermail/ordermail/watcher"
@@ -18,10 +19,20 @@ import (
 
 // Config is the whole service's configuration.
 type Config struct {
-	Store   string // store URL: file:PATH
+	Store   StoreConfig
 	Mail    mailer.Config
 	Watcher watcher.Config
 	Timer   timer.Config
+}
+
+// StoreConfig names the store.
+type StoreConfig struct {
+	// URL is file:PATH for the embedded store, or a Couchbase connection
+	// string, couchbase://HOST or couchbases://HOST.
+	URL string
+	// Couchbase holds the credentials and layout for a Couchbase URL; its
+	// ConnStr is the URL.
+	Couchbase couchbase.Config
 }
 
 // DefaultStore is the embedded store in ./data.
@@ -29,7 +40,7 @@ const DefaultStore = "file:" + embedded.DefaultPath
 
 // Validate checks every setting, naming the first one that is wrong.
 func (c Config) Validate() error {
-	if _, err := parseStoreURL(c.Store); err != nil {
+	if err := c.Store.Validate(); err != nil {
 		return err
 	}
 	for _, v := range []interface{ Validate() error }{c.Mail, c.Watcher, c.Timer} {
@@ -56,7 +67,7 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 		fx.StopTimeout(mailTimeout + 5*time.Second),
 		fx.Supply(cfg.Mail, cfg.Watcher, cfg.Timer, log),
 		fx.Provide(func(lc fx.Lifecycle) (store.Store, error) {
-			st, err := OpenStore(context.Background(), cfg.Store)
+			st, err := OpenStore(context.Background(), cfg.Store, log)
 			if err != nil {
 				return nil, err
 			}
@@ -69,22 +80,53 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 	return fx.New(append(opts, extra...)...)
 }
 
-type storeURL struct {
-	path string // file:
-}
-
-func parseStoreURL(u string) (storeURL, error) {
-	if path, ok := strings.CutPrefix(u, "file:"); ok && path != "" {
-		return storeURL{path: path}, nil
+// Validate checks the URL and, for Couchbase, its settings.
+func (c StoreConfig) Validate() error {
+	switch kind, path := c.kind(); kind {
+	case "file":
+		if path == "" {
+			return fmt.Errorf("store: %q names no file; want file:PATH", c.URL)
+		}
+		return nil
+	case "couchbase":
+		cb := c.Couchbase
+		cb.ConnStr = c.URL
+		return cb.Validate()
 	}
-	return storeURL{}, fmt.Errorf("store: %q is not a store URL; want file:PATH", u)
+	return fmt.Errorf("store: %q is not a store URL; want file:PATH, couchbase://HOST or couchbases://HOST", c.URL)
 }
 
-// OpenStore opens the store a URL names.
-func OpenStore(ctx context.Context, u string) (store.Store, error) {
-	su, err := parseStoreURL(u)
-	if err != nil {
+func (c StoreConfig) kind() (kind, path string) {
+	if path, ok := strings.CutPrefix(c.URL, "file:"); ok {
+		return "file", path
+	}
+	if strings.HasPrefix(c.URL, "couchbase://") || strings.HasPrefix(c.URL, "couchbases://") {
+		return "couchbase", ""
+	}
+	return "", ""
+}
+
+// IsCouchbase says whether the URL names a Couchbase cluster.
+func (c StoreConfig) IsCouchbase() bool {
+	kind, _ := c.kind()
+	return kind == "couchbase"
+}
+
+// CouchbaseConfig is the Couchbase configuration with the URL in place.
+func (c StoreConfig) CouchbaseConfig() couchbase.Config {
+	cb := c.Couchbase
+	cb.ConnStr = c.URL
+	return cb
+}
+
+// OpenStore opens the store c names.
+func OpenStore(ctx context.Context, c StoreConfig, log *slog.Logger) (store.Store, error) {
+	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	return embedded.Open(ctx, embedded.Config{Path: su.path})
+	if c.IsCouchbase() {
+		return couchbase.Open(ctx, c.CouchbaseConfig(), log)
+	}
+	_, path := c.kind()
+	return embedded.Open(ctx, embedded.Config{Path: path})
 }

@@ -26,6 +26,8 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
 type run struct {
 	cfg  app.Config
 	mock *mockmail.Server
@@ -47,7 +49,7 @@ func newScriptedRun(t *testing.T, mc mockmail.Config) *run {
 	srv := httptest.NewServer(m)
 	t.Cleanup(srv.Close)
 	return &run{mock: m, cfg: app.Config{
-		Store:   "file:" + filepath.Join(t.TempDir(), "ordermail.db"),
+		Store:   app.StoreConfig{URL: "file:" + filepath.Join(t.TempDir(), "ordermail.db")},
 		Mail:    mailer.Config{URL: srv.URL, Timeout: 5 * time.Second},
 		Watcher: watcher.Config{Workers: 8, Policy: fast},
 		Timer:   timer.Config{Interval: 50 * time.Millisecond, Quantum: fast.Quantum},
@@ -59,7 +61,7 @@ func (r *run) start(t *testing.T, populate ...any) (*fx.App, store.Store) {
 	t.Helper()
 	require.NoError(t, r.cfg.Validate())
 	var st store.Store
-	a := app.New(r.cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), fx.Populate(append(populate, &st)...))
+	a := app.New(r.cfg, quiet, fx.Populate(append(populate, &st)...))
 	require.NoError(t, a.Err())
 	require.NoError(t, a.Start(context.Background()))
 	return a, st
@@ -132,7 +134,7 @@ func TestEndToEndHalfTheSendsFail(t *testing.T) {
 	assertDeliveredOnce(t, r.mock, keys)
 	assert.Greater(t, r.mock.Stats().Failures, 100, "at 50%% failures the retry path was exercised")
 	// Only the control document is left in retry.
-	st2, err := app.OpenStore(context.Background(), r.cfg.Store)
+	st2, err := app.OpenStore(context.Background(), r.cfg.Store, quiet)
 	require.NoError(t, err)
 	defer st2.Close()
 	_, err = st2.Get(context.Background(), order.Retry, order.ControlKey)
@@ -148,7 +150,7 @@ func TestRestartInTheMiddleLosesNothing(t *testing.T) {
 	stop(t, a)
 
 	mid := r.mock.Stats()
-	st1, err := app.OpenStore(context.Background(), r.cfg.Store)
+	st1, err := app.OpenStore(context.Background(), r.cfg.Store, quiet)
 	require.NoError(t, err)
 	c := counts(t, st1)
 	require.NoError(t, st1.Close())
@@ -162,14 +164,19 @@ func TestRestartInTheMiddleLosesNothing(t *testing.T) {
 }
 
 func TestConfigValidateNamesTheSetting(t *testing.T) {
-	good := app.Config{Store: "file:x.db", Mail: mailer.Config{URL: "http://localhost:9080"}}
+	good := app.Config{Store: app.StoreConfig{URL: "file:x.db"}, Mail: mailer.Config{URL: "http://localhost:9080"}}
 	require.NoError(t, good.Validate())
 	tests := []struct {
 		give func(*app.Config)
 		want string
 	}{
-		{func(c *app.Config) { c.Store = "postgres://x" }, "store:"},
-		{func(c *app.Config) { c.Store = "file:" }, "store:"},
+		{func(c *app.Config) { c.Store.URL = "postgres://x" }, "store:"},
+		{func(c *app.Config) { c.Store.URL = "file:" }, "store:"},
+		{func(c *app.Config) { c.Store.URL = "couchbase://db" }, "cb-username"},
+		{func(c *app.Config) {
+			c.Store = app.StoreConfig{URL: "couchbase://db"}
+			c.Store.Couchbase.Username = "u"
+		}, "cb-password"},
 		{func(c *app.Config) { c.Mail.URL = "" }, "mail-url"},
 		{func(c *app.Config) { c.Watcher.Workers = -1 }, "workers"},
 		{func(c *app.Config) { c.Timer.Interval = time.Millisecond }, "timer-interval"},

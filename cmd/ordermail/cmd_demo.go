@@ -109,7 +109,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	go func() { served <- srv.Serve(ln) }()
 	defer func() { srv.Close(); <-served }()
 
-	cfg.Store = "file:" + filepath.Join(dir, "ordermail.db")
+	cfg.Store = app.StoreConfig{URL: "file:" + filepath.Join(dir, "ordermail.db")}
 	cfg.Mail.URL = "http://" + ln.Addr().String()
 	if err := checkServiceFlags(&cfg); err != nil {
 		return err
@@ -165,7 +165,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 		Orders: finished.OrdersPaid, Confirmed: finished.OrdersConfirmed, RetryDocsLeft: finished.RetryDocs,
 		DeadLetters:  finished.DeadLetters,
 		SendAttempts: ms.Requests, Deliveries: ms.Deliveries, Failures: ms.Failures,
-		DuplicateRequests: ms.DuplicateRequests, ElapsedSeconds: elapsed.Seconds(), Store: cfg.Store,
+		DuplicateRequests: ms.DuplicateRequests, ElapsedSeconds: elapsed.Seconds(), Store: cfg.Store.URL,
 	}
 	if d.json {
 		if err := json.NewEncoder(stdout).Encode(sum); err != nil {
@@ -178,7 +178,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 			sum.Orders, sum.Confirmed, sum.DeadLetters, sum.RetryDocsLeft, sum.SendAttempts, sum.Failures, d.failRate*100,
 			sum.Deliveries, sum.DuplicateRequests, sum.ElapsedSeconds)
 		if sum.DeadLetters > 0 {
-			fmt.Fprintln(stdout, "(see them with: ordermail deadletters list --store", cfg.Store+"; --data keeps the store)")
+			fmt.Fprintln(stdout, "(see them with: ordermail deadletters list --store", cfg.Store.URL+"; --data keeps the store)")
 		}
 	}
 	return waitErr

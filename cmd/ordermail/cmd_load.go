@@ -8,7 +8,6 @@ import (
 	"io"
 	"slices"
 
-	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/fixtures"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
@@ -18,65 +17,47 @@ import (
 var collections = []string{order.Inbound, order.Retry}
 
 func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
-	fs := newFlagSet("load", stderr)
-	var storeURL, coll string
-	storeFlag(fs, &storeURL)
-	fs.StringVar(&coll, "collection", "", "collection to write into: inbound or retry")
-	return &ffcli.Command{
-		Name:       "load",
-		ShortUsage: "ordermail load --store file:PATH --collection NAME FILE...",
-		ShortHelp:  "write JSON documents into a collection (.json: one document keyed by file name; .jsonl: {\"id\":...,\"doc\":{...}} lines)",
-		FlagSet:    fs,
-		Options:    envOptions,
-		Exec: func(ctx context.Context, files []string) error {
-			if !slices.Contains(collections, coll) {
-				return fmt.Errorf("collection: %q is not one of %v", coll, collections)
-			}
-			if len(files) == 0 {
-				return fmt.Errorf("no files to load: %w", flag.ErrHelp)
-			}
-			// Read everything first: a bad file loads nothing.
-			var docs []fixtures.Doc
-			for _, f := range files {
-				d, err := fixtures.ReadFile(f)
-				if err != nil {
-					return err
-				}
-				docs = append(docs, d...)
-			}
-			st, err := app.OpenStore(ctx, storeURL)
-			if err != nil {
-				return err
-			}
-			defer st.Close()
+	var coll string
+	var docs []fixtures.Doc
+	c := storeCommand("load", "ordermail load --store URL --collection NAME FILE...",
+		"write JSON documents into a collection (.json: one document keyed by file name; .jsonl: {\"id\":...,\"doc\":{...}} lines)", stderr,
+		func(ctx context.Context, st store.Store, files []string) error {
 			if err := fixtures.Load(ctx, st, coll, docs); err != nil {
 				return err
 			}
 			fmt.Fprintf(stdout, "loaded %d documents into %s from %d files\n", len(docs), coll, len(files))
 			return nil
-		},
-	}
-}
-
-func payCommand(stdout, stderr io.Writer) *ffcli.Command {
-	fs := newFlagSet("pay", stderr)
-	var storeURL string
-	storeFlag(fs, &storeURL)
-	return &ffcli.Command{
-		Name:       "pay",
-		ShortUsage: "ordermail pay --store file:PATH ORDER_KEY...",
-		ShortHelp:  "set orders' paymentStatus to paid, as the sample's manual test does",
-		FlagSet:    fs,
-		Options:    envOptions,
-		Exec: func(ctx context.Context, keys []string) error {
-			if len(keys) == 0 {
-				return fmt.Errorf("no order keys: %w", flag.ErrHelp)
-			}
-			st, err := app.OpenStore(ctx, storeURL)
+		})
+	c.FlagSet.StringVar(&coll, "collection", "", "collection to write into: inbound or retry")
+	// Check the arguments and read every file before the store is opened:
+	// a bad file loads nothing.
+	exec := c.Exec
+	c.Exec = func(ctx context.Context, files []string) error {
+		if !slices.Contains(collections, coll) {
+			return fmt.Errorf("collection: %q is not one of %v", coll, collections)
+		}
+		if len(files) == 0 {
+			return fmt.Errorf("no files to load: %w", flag.ErrHelp)
+		}
+		for _, f := range files {
+			d, err := fixtures.ReadFile(f)
 			if err != nil {
 				return err
 			}
-			defer st.Close()
+			docs = append(docs, d...)
+		}
+		return exec(ctx, files)
+	}
+	return c
+}
+
+func payCommand(stdout, stderr io.Writer) *ffcli.Command {
+	return storeCommand("pay", "ordermail pay --store URL ORDER_KEY...",
+		"set orders' paymentStatus to paid, as the sample's manual test does", stderr,
+		func(ctx context.Context, st store.Store, keys []string) error {
+			if len(keys) == 0 {
+				return fmt.Errorf("no order keys: %w", flag.ErrHelp)
+			}
 			var errs []error
 			paid := 0
 			for _, k := range keys {
@@ -88,8 +69,7 @@ func payCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			fmt.Fprintf(stdout, "marked %d of %d orders paid\n", paid, len(keys))
 			return errors.Join(errs...)
-		},
-	}
+		})
 }
 
 // markPaid sets paymentStatus to paid, re-reading when the order changed

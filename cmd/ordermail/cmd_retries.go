@@ -7,31 +7,11 @@ import (
 	"io"
 	"time"
 
-	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
-
-// storeCommand is a command that works on the store and takes no arguments
-// unless takesArgs.
-func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx context.Context, st store.Store, args []string) error) *ffcli.Command {
-	fs := newFlagSet(name, stderr)
-	var storeURL string
-	storeFlag(fs, &storeURL)
-	return &ffcli.Command{
-		Name: name, ShortUsage: usage, ShortHelp: help, FlagSet: fs, Options: envOptions,
-		Exec: func(ctx context.Context, args []string) error {
-			st, err := app.OpenStore(ctx, storeURL)
-			if err != nil {
-				return err
-			}
-			defer st.Close()
-			return exec(ctx, st, args)
-		},
-	}
-}
 
 func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 	var ctl order.Control

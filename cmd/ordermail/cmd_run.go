@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ordermail/ordermail/app"
+	"github.com/ordermail/ordermail/store/couchbase"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
 
@@ -14,7 +15,9 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 	fs := newFlagSet("run", stderr)
 	cfg := app.Config{}
 	var logs logFlags
-	storeFlag(fs, &cfg.Store)
+	storeFlags(fs, &cfg.Store)
+	fs.Var(instanceFlag{&cfg.Store.Couchbase}, "instance", "i/n: this is instance i (from 0) of n on one Couchbase cluster, streaming the vBuckets v with v % n == i")
+	fs.BoolVar(&cfg.Watcher.FromNow, "from-now", false, "with no saved checkpoint, start the feed at its current end instead of its beginning")
 	serviceFlags(fs, &cfg, serviceDefaults{interval: time.Second, quantum: 15 * time.Second,
 		backoffMin: time.Second, backoffMax: 10 * time.Minute, breakerCooldown: 30 * time.Second})
 	logs.register(fs, "info")
@@ -36,10 +39,13 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 				return err
 			}
 			a := app.New(cfg, log)
+			if err := a.Err(); err != nil {
+				return err
+			}
 			if err := a.Start(ctx); err != nil {
 				return fmt.Errorf("start: %w", err)
 			}
-			log.Info("ordermail running", "store", cfg.Store, "mail_url", cfg.Mail.URL)
+			log.Info("ordermail running", "store", cfg.Store.URL, "mail_url", cfg.Mail.URL)
 			<-ctx.Done()
 			log.Info("shutting down")
 			stopCtx, cancel := context.WithTimeout(context.Background(), a.StopTimeout())
@@ -50,4 +56,23 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			return nil
 		},
 	}
+}
+
+// instanceFlag reads i/n into the Couchbase settings.
+type instanceFlag struct{ cb *couchbase.Config }
+
+func (f instanceFlag) String() string {
+	if f.cb == nil || f.cb.Instances == 0 {
+		return "0/1"
+	}
+	return fmt.Sprintf("%d/%d", f.cb.Instance, f.cb.Instances)
+}
+
+func (f instanceFlag) Set(v string) error {
+	var i, n int
+	if _, err := fmt.Sscanf(v, "%d/%d", &i, &n); err != nil || n < 1 || i < 0 || i >= n {
+		return fmt.Errorf("%q is not i/n with 0 <= i < n", v)
+	}
+	f.cb.Instance, f.cb.Instances = i, n
+	return nil
 }

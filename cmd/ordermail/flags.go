@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
@@ -12,7 +13,9 @@ import (
 
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
 	"github.com/peterbourgon/ff/v3"
+	"github.com/peterbourgon/ff/v3/ffcli"
 	"golang.org/x/term"
 )
 
@@ -129,8 +132,37 @@ func checkServiceFlags(cfg *app.Config) error {
 	return cfg.Validate()
 }
 
-func storeFlag(fs *flag.FlagSet, u *string) {
-	fs.StringVar(u, "store", app.DefaultStore, "store URL: file:PATH for the embedded SQLite store")
+// storeFlags name the store: its URL and, for Couchbase, how to reach it.
+func storeFlags(fs *flag.FlagSet, c *app.StoreConfig) {
+	cb := &c.Couchbase
+	fs.StringVar(&c.URL, "store", app.DefaultStore, "store URL: file:PATH (embedded SQLite), couchbase://HOST or couchbases://HOST")
+	fs.StringVar(&cb.Username, "cb-username", "", "Couchbase user")
+	fs.StringVar(&cb.Password, "cb-password", "", "Couchbase password (prefer ORDERMAIL_CB_PASSWORD or --cb-password-file); never logged")
+	fs.StringVar(&cb.PasswordFile, "cb-password-file", "", "file holding the Couchbase password")
+	fs.StringVar(&cb.CACertFile, "cb-ca-cert", "", "PEM file of the CA of the cluster's certificates, for couchbases://")
+	fs.StringVar(&cb.Bucket, "cb-bucket", "orders", "bucket of the collections inbound, retry and deadletter")
+	fs.StringVar(&cb.Scope, "cb-scope", "_default", "scope of those collections")
+	fs.StringVar(&cb.MetadataBucket, "cb-metadata-bucket", "metadata", "bucket of feed checkpoints and leases")
+	fs.DurationVar(&cb.Timeout, "cb-timeout", 10*time.Second, "bound on each Couchbase operation; connecting may take three times as long")
+}
+
+// storeCommand is a command that opens the store and hands it to exec.
+func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx context.Context, st store.Store, args []string) error) *ffcli.Command {
+	fs := newFlagSet(name, stderr)
+	var sc app.StoreConfig
+	storeFlags(fs, &sc)
+	return &ffcli.Command{
+		Name: name, ShortUsage: usage, ShortHelp: help, FlagSet: fs, Options: envOptions,
+		Exec: func(ctx context.Context, args []string) error {
+			log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			st, err := app.OpenStore(ctx, sc, log)
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			return exec(ctx, st, args)
+		},
+	}
 }
 
 // isTerminal says whether w is a terminal, for live progress.

@@ -43,6 +43,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Subcommands: []*ffcli.Command{
 			demoCommand(stdout, stderr),
 			runCommand(stderr),
+			setupCommand(stdout, stderr),
 			mockmailCommand(stderr),
 			loadCommand(stdout, stderr),
 			payCommand(stdout, stderr),

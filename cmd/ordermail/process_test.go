@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
+	"log/slog"
 	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
@@ -75,7 +77,7 @@ func TestRunAsProcess(t *testing.T) {
 	out, err = exec.Command(binary, "retries", "start", "--store", storeURL).CombinedOutput()
 	require.NoError(t, err, string(out))
 
-	st, err := app.OpenStore(context.Background(), storeURL)
+	st, err := app.OpenStore(context.Background(), app.StoreConfig{URL: storeURL}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	require.NoError(t, err)
 	defer st.Close()
 	require.Eventually(t, func() bool {

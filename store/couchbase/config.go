@@ -1,0 +1,107 @@
+package couchbase
+
+import (
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config of the Couchbase store.
+type Config struct {
+	// ConnStr is couchbase://host[,host] or couchbases://host for TLS.
+	ConnStr string
+	// Username and Password authenticate; PasswordFile, when set, holds the
+	// password (a mounted secret) and wins over Password. Never logged.
+	Username     string
+	Password     string
+	PasswordFile string
+	// CACertFile is a PEM file of the CA that signed the cluster's
+	// certificates, for couchbases:// with a private CA.
+	CACertFile string
+	// Bucket holds the collections inbound, retry and deadletter in Scope.
+	// Defaults orders and _default.
+	Bucket string
+	Scope  string
+	// MetadataBucket holds feed checkpoints and leases. Default metadata.
+	MetadataBucket string
+	// Timeout bounds each KV operation and query. Default 10s; connecting
+	// may take three times as long.
+	Timeout time.Duration
+	// Instance of Instances: this instance streams the vBuckets v with
+	// v % Instances == Instance. Default 0 of 1: all of them.
+	Instance, Instances int
+}
+
+func (c Config) withDefaults() Config {
+	if c.Bucket == "" {
+		c.Bucket = "orders"
+	}
+	if c.Scope == "" {
+		c.Scope = "_default"
+	}
+	if c.MetadataBucket == "" {
+		c.MetadataBucket = "metadata"
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.Instances == 0 {
+		c.Instances = 1
+	}
+	return c
+}
+
+// Validate names the setting that is wrong.
+func (c Config) Validate() error {
+	switch {
+	case !strings.HasPrefix(c.ConnStr, "couchbase://") && !strings.HasPrefix(c.ConnStr, "couchbases://"):
+		return fmt.Errorf("store: %q is not a couchbase:// or couchbases:// connection string", c.ConnStr)
+	case c.Username == "":
+		return errors.New("cb-username: required for a Couchbase store")
+	case c.Password == "" && c.PasswordFile == "":
+		return errors.New("cb-password or cb-password-file: required for a Couchbase store")
+	case c.Timeout < 0:
+		return fmt.Errorf("cb-timeout: %s is negative", c.Timeout)
+	case c.Instances < 0 || c.Instance < 0 || (c.Instances > 0 && c.Instance >= c.Instances):
+		return fmt.Errorf("instance: %d of %d is not one of 0..n-1 of n", c.Instance, c.Instances)
+	case c.CACertFile != "" && !strings.HasPrefix(c.ConnStr, "couchbases://"):
+		return errors.New("cb-ca-cert: a CA certificate needs a couchbases:// connection string")
+	}
+	return nil
+}
+
+// password reads the password, from the file when one is named.
+func (c Config) password() (string, error) {
+	if c.PasswordFile == "" {
+		return c.Password, nil
+	}
+	b, err := os.ReadFile(c.PasswordFile)
+	if err != nil {
+		return "", fmt.Errorf("cb-password-file: %w", err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// caPool reads CACertFile; nil when none is set.
+func (c Config) caPool() (*x509.CertPool, error) {
+	if c.CACertFile == "" {
+		return nil, nil
+	}
+	pem, err := os.ReadFile(c.CACertFile)
+	if err != nil {
+		return nil, fmt.Errorf("cb-ca-cert: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("cb-ca-cert: %s holds no PEM certificate", c.CACertFile)
+	}
+	return pool, nil
+}
+
+// owns says whether this instance streams vBucket vb.
+func (c Config) owns(vb uint16) bool {
+	return int(vb)%c.Instances == c.Instance
+}

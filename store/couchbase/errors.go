@@ -1,0 +1,34 @@
+package couchbase
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/couchbase/gocb/v2"
+	"github.com/ordermail/ordermail/store"
+)
+
+// mapErr turns gocb's errors into the store's, so that no other package
+// needs to know them. Errors that say the setup is wrong (a missing bucket
+// or collection, bad credentials) keep their own message.
+func mapErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, gocb.ErrDocumentNotFound):
+		return fmt.Errorf("%w: %v", store.ErrNotFound, err)
+	case errors.Is(err, gocb.ErrDocumentExists):
+		return fmt.Errorf("%w: %v", store.ErrExists, err)
+	case errors.Is(err, gocb.ErrCasMismatch):
+		return fmt.Errorf("%w: %v", store.ErrCASMismatch, err)
+	case errors.Is(err, gocb.ErrTimeout), errors.Is(err, gocb.ErrAmbiguousTimeout), errors.Is(err, gocb.ErrUnambiguousTimeout),
+		errors.Is(err, gocb.ErrServiceNotAvailable), errors.Is(err, gocb.ErrTemporaryFailure), errors.Is(err, gocb.ErrOverload),
+		errors.Is(err, gocb.ErrCircuitBreakerOpen), errors.Is(err, gocb.ErrDocumentLocked),
+		errors.Is(err, gocb.ErrDurableWriteInProgress), errors.Is(err, gocb.ErrRateLimitedFailure),
+		errors.Is(err, gocb.ErrRequestCanceled):
+		return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
+	case errors.Is(err, gocb.ErrShutdown):
+		return fmt.Errorf("%w: %v", store.ErrClosed, err)
+	}
+	return err
+}

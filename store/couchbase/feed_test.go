@@ -1,0 +1,359 @@
+package couchbase
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/couchbase/gocbcore/v10"
+	"github.com/ordermail/ordermail/store"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// openCall is one OpenStream the feed made; the test answers it through cb
+// and plays the server through obs.
+type openCall struct {
+	vb   uint16
+	from position
+	ids  []uint32
+	obs  gocbcore.StreamObserver
+	cb   func(uint64, error)
+}
+
+// fakeAgent records what the feed asks of the DCP agent.
+type fakeAgent struct {
+	mu       sync.Mutex
+	opens    []openCall
+	closes   []uint16
+	failover map[uint16][]gocbcore.FailoverEntry
+	highs    map[uint16]position
+	closed   bool
+}
+
+func (a *fakeAgent) OpenStream(vb uint16, from position, ids []uint32, obs gocbcore.StreamObserver, cb func(uint64, error)) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.opens = append(a.opens, openCall{vb, from, ids, obs, cb})
+	return nil
+}
+
+func (a *fakeAgent) CloseStream(vb uint16) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.closes = append(a.closes, vb)
+	return nil
+}
+
+func (a *fakeAgent) FailoverLog(vb uint16) ([]gocbcore.FailoverEntry, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.failover[vb], nil
+}
+
+func (a *fakeAgent) HighSeqnos() (map[uint16]position, error) { return a.highs, nil }
+
+func (a *fakeAgent) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.closed = true
+	return nil
+}
+
+// lastOpen waits for the n-th OpenStream of vb (from 1) and returns it.
+func (a *fakeAgent) lastOpen(t *testing.T, vb uint16, n int) openCall {
+	t.Helper()
+	var got openCall
+	require.Eventually(t, func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		count := 0
+		for _, o := range a.opens {
+			if o.vb == vb {
+				count++
+				if count == n {
+					got = o
+					return true
+				}
+			}
+		}
+		return false
+	}, 5*time.Second, time.Millisecond, "OpenStream #%d of vb %d", n, vb)
+	return got
+}
+
+// fakeCheckpoints is an in-memory checkpointStore.
+type fakeCheckpoints struct {
+	mu    sync.Mutex
+	saved map[uint16]position
+	saves int
+}
+
+func (c *fakeCheckpoints) Load(_ context.Context, _ string, vbs []uint16) (map[uint16]position, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[uint16]position{}
+	for _, vb := range vbs {
+		if p, ok := c.saved[vb]; ok {
+			out[vb] = p
+		}
+	}
+	return out, nil
+}
+
+func (c *fakeCheckpoints) Save(_ context.Context, _ string, ps map[uint16]position) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.saved == nil {
+		c.saved = map[uint16]position{}
+	}
+	for vb, p := range ps {
+		c.saved[vb] = p
+	}
+	c.saves++
+	return nil
+}
+
+func (c *fakeCheckpoints) waitFor(t *testing.T, vb uint16, want position) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.saved[vb] == want
+	}, 5*time.Second, time.Millisecond, "checkpoint of vb %d: want %+v, have %+v", vb, want, c.get(vb))
+}
+
+func (c *fakeCheckpoints) get(vb uint16) position {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.saved[vb]
+}
+
+const (
+	inboundID uint32 = 8
+	retryID   uint32 = 9
+	otherID   uint32 = 10
+)
+
+var (
+	quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
+	colls    = map[uint32]string{inboundID: "inbound", retryID: "retry"}
+	fastOpts = feedOptions{buffer: 16, flushEvery: 5 * time.Millisecond, reopenDelay: 5 * time.Millisecond, tick: 2 * time.Millisecond}
+)
+
+func startFeed(t *testing.T, agent *fakeAgent, cps *fakeCheckpoints, vbs []uint16, fromNow bool, opts feedOptions) *feed {
+	t.Helper()
+	f, err := newFeed(context.Background(), agent, cps, "ordermail", colls, vbs, fromNow, opts, quietLog)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+func next(t *testing.T, f *feed) store.Event {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ev, err := f.Next(ctx)
+	require.NoError(t, err)
+	return ev
+}
+
+func mutation(vb uint16, coll uint32, key, value string, seq uint64) gocbcore.DcpMutation {
+	return gocbcore.DcpMutation{VbID: vb, CollectionID: coll, Key: []byte(key), Value: []byte(value), SeqNo: seq, Cas: 1000 + seq}
+}
+
+func TestFeedDeliversChangesOnSeveralVbuckets(t *testing.T) {
+	agent := &fakeAgent{}
+	cps := &fakeCheckpoints{}
+	f := startFeed(t, agent, cps, []uint16{3, 7}, false, fastOpts)
+
+	s3 := agent.lastOpen(t, 3, 1)
+	s7 := agent.lastOpen(t, 7, 1)
+	assert.Equal(t, position{}, s3.from, "no checkpoint: from the beginning")
+	assert.Equal(t, []uint32{inboundID, retryID}, s3.ids, "filtered to the watched collections")
+	s3.cb(0xAAA, nil)
+	s7.cb(0xBBB, nil)
+
+	s3.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{VbID: 3, StartSeqNo: 1, EndSeqNo: 4})
+	s3.obs.Mutation(mutation(3, inboundID, "order_1", `{"paymentStatus":"paid"}`, 1))
+	s3.obs.Deletion(gocbcore.DcpDeletion{VbID: 3, CollectionID: retryID, Key: []byte("order_0"), SeqNo: 2, Cas: 7})
+	s7.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{VbID: 7, StartSeqNo: 10, EndSeqNo: 12})
+	s7.obs.Expiration(gocbcore.DcpExpiration{VbID: 7, CollectionID: inboundID, Key: []byte("order_9"), SeqNo: 10})
+	s3.obs.Mutation(mutation(3, retryID, "order_2", `{"docId":"order_2"}`, 4))
+
+	var got []store.Event
+	for range 4 {
+		ev := next(t, f)
+		got = append(got, ev)
+		ev.Ack()
+	}
+	assert.Equal(t, store.Event{Collection: "inbound", Key: "order_1", Value: []byte(`{"paymentStatus":"paid"}`), CAS: 1001, Partition: 3, Seq: 1}, withoutAck(got[0]))
+	assert.Equal(t, store.Event{Collection: "retry", Key: "order_0", Deleted: true, CAS: 7, Partition: 3, Seq: 2}, withoutAck(got[1]))
+	assert.Equal(t, store.Event{Collection: "inbound", Key: "order_9", Deleted: true, Partition: 7, Seq: 10}, withoutAck(got[2]))
+	assert.Equal(t, "order_2", got[3].Key)
+
+	cps.waitFor(t, 3, position{UUID: 0xAAA, Seq: 4, SnapStart: 1, SnapEnd: 4})
+	cps.waitFor(t, 7, position{UUID: 0xBBB, Seq: 10, SnapStart: 10, SnapEnd: 12})
+}
+
+func withoutAck(ev store.Event) store.Event {
+	ev.Ack = nil
+	return ev
+}
+
+func TestOutOfOrderCompletionNeverSkipsAnEvent(t *testing.T) {
+	agent := &fakeAgent{}
+	cps := &fakeCheckpoints{}
+	f := startFeed(t, agent, cps, []uint16{0}, false, fastOpts)
+	s := agent.lastOpen(t, 0, 1)
+	s.cb(1, nil)
+	s.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{StartSeqNo: 1, EndSeqNo: 3})
+	for seq := uint64(1); seq <= 3; seq++ {
+		s.obs.Mutation(mutation(0, inboundID, "k", "{}", seq))
+	}
+	e1, e2, e3 := next(t, f), next(t, f), next(t, f)
+	e3.Ack()
+	e2.Ack()
+	assert.Equal(t, uint64(0), f.acks.Checkpoints()[0], "event 1 is still in flight")
+	require.NoError(t, f.flush(context.Background()))
+	assert.Equal(t, position{}, cps.get(0), "nothing past the event in flight is saved")
+	e1.Ack()
+	cps.waitFor(t, 0, position{UUID: 1, Seq: 3, SnapStart: 1, SnapEnd: 3})
+}
+
+func TestRestartResumesFromSavedCheckpoint(t *testing.T) {
+	agent := &fakeAgent{}
+	saved := position{UUID: 42, Seq: 100, SnapStart: 90, SnapEnd: 110}
+	cps := &fakeCheckpoints{saved: map[uint16]position{5: saved}}
+	f := startFeed(t, agent, cps, []uint16{5}, true, fastOpts)
+	s := agent.lastOpen(t, 5, 1)
+	assert.Equal(t, saved, s.from, "a checkpoint wins over from-now")
+	s.cb(42, nil)
+	s.obs.Mutation(mutation(5, inboundID, "k", "{}", 101))
+	next(t, f).Ack()
+	cps.waitFor(t, 5, position{UUID: 42, Seq: 101, SnapStart: 90, SnapEnd: 110})
+}
+
+func TestFromNowWithoutCheckpoint(t *testing.T) {
+	high := position{UUID: 9, Seq: 500, SnapStart: 500, SnapEnd: 500}
+	agent := &fakeAgent{highs: map[uint16]position{2: high}}
+	startFeed(t, agent, &fakeCheckpoints{}, []uint16{2}, true, fastOpts)
+	assert.Equal(t, high, agent.lastOpen(t, 2, 1).from)
+}
+
+func TestRollbackRestartsFromTheServersPoint(t *testing.T) {
+	agent := &fakeAgent{failover: map[uint16][]gocbcore.FailoverEntry{
+		1: {{VbUUID: 77, SeqNo: 40}, {VbUUID: 66, SeqNo: 0}}, // newest first
+	}}
+	cps := &fakeCheckpoints{saved: map[uint16]position{1: {UUID: 88, Seq: 50, SnapStart: 50, SnapEnd: 50}}}
+	f := startFeed(t, agent, cps, []uint16{1}, false, fastOpts)
+	first := agent.lastOpen(t, 1, 1)
+	first.cb(0, gocbcore.DCPRollbackError{InnerError: errors.New("rollback"), SeqNo: 30})
+
+	again := agent.lastOpen(t, 1, 2)
+	assert.Equal(t, position{UUID: 66, Seq: 30, SnapStart: 30, SnapEnd: 30}, again.from,
+		"from the rollback point, on the failover entry that covers it")
+	cps.waitFor(t, 1, position{UUID: 66, Seq: 30, SnapStart: 30, SnapEnd: 30})
+
+	// The first stream's late events are dropped.
+	first.obs.Mutation(mutation(1, inboundID, "stale", "{}", 51))
+	again.cb(66, nil)
+	again.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{StartSeqNo: 31, EndSeqNo: 31})
+	again.obs.Mutation(mutation(1, inboundID, "fresh", "{}", 31))
+	ev := next(t, f)
+	assert.Equal(t, "fresh", ev.Key)
+	ev.Ack()
+	cps.waitFor(t, 1, position{UUID: 66, Seq: 31, SnapStart: 31, SnapEnd: 31})
+}
+
+func TestStreamEndReopensFromTheCheckpoint(t *testing.T) {
+	agent := &fakeAgent{}
+	cps := &fakeCheckpoints{}
+	f := startFeed(t, agent, cps, []uint16{4}, false, fastOpts)
+	s := agent.lastOpen(t, 4, 1)
+	s.cb(3, nil)
+	s.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{StartSeqNo: 1, EndSeqNo: 5})
+	s.obs.Mutation(mutation(4, inboundID, "a", "{}", 1))
+	s.obs.Mutation(mutation(4, inboundID, "b", "{}", 2))
+	a, b := next(t, f), next(t, f)
+	a.Ack() // b is in flight when the connection drops
+	s.obs.End(gocbcore.DcpStreamEnd{VbID: 4}, gocbcore.ErrSocketClosed)
+
+	re := agent.lastOpen(t, 4, 2)
+	assert.Equal(t, position{UUID: 3, Seq: 1, SnapStart: 1, SnapEnd: 5}, re.from, "after the last acknowledged event")
+	b.Ack() // belongs to the old stream: changes nothing
+	re.cb(3, nil)
+	re.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{StartSeqNo: 1, EndSeqNo: 5})
+	re.obs.Mutation(mutation(4, inboundID, "b", "{}", 2))
+	again := next(t, f)
+	assert.Equal(t, "b", again.Key, "the event in flight is delivered again")
+	again.Ack()
+	cps.waitFor(t, 4, position{UUID: 3, Seq: 2, SnapStart: 1, SnapEnd: 5})
+}
+
+func TestFilteredChangesMoveTheCheckpoint(t *testing.T) {
+	agent := &fakeAgent{}
+	cps := &fakeCheckpoints{}
+	f := startFeed(t, agent, cps, []uint16{0}, false, fastOpts)
+	s := agent.lastOpen(t, 0, 1)
+	s.cb(5, nil)
+	s.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{StartSeqNo: 1, EndSeqNo: 9})
+	s.obs.Mutation(mutation(0, otherID, "x", "{}", 1)) // not ours
+	s.obs.SeqNoAdvanced(gocbcore.DcpSeqNoAdvanced{SeqNo: 6})
+	s.obs.Mutation(mutation(0, inboundID, "mine", "{}", 8))
+	ev := next(t, f)
+	assert.Equal(t, "mine", ev.Key)
+	cps.waitFor(t, 0, position{UUID: 5, Seq: 6, SnapStart: 1, SnapEnd: 9})
+	ev.Ack()
+	cps.waitFor(t, 0, position{UUID: 5, Seq: 8, SnapStart: 1, SnapEnd: 9})
+}
+
+func TestSlowConsumerBlocksTheStreamInsteadOfDropping(t *testing.T) {
+	agent := &fakeAgent{}
+	opts := fastOpts
+	opts.buffer = 1
+	f := startFeed(t, agent, &fakeCheckpoints{}, []uint16{0}, false, opts)
+	s := agent.lastOpen(t, 0, 1)
+	s.cb(1, nil)
+	s.obs.Mutation(mutation(0, inboundID, "a", "{}", 1)) // fills the buffer
+	returned := make(chan struct{})
+	go func() {
+		s.obs.Mutation(mutation(0, inboundID, "b", "{}", 2))
+		close(returned)
+	}()
+	select {
+	case <-returned:
+		t.Fatal("the callback returned while the buffer was full: gocbcore would acknowledge the server's buffer")
+	case <-time.After(50 * time.Millisecond):
+	}
+	assert.Equal(t, "a", next(t, f).Key)
+	<-returned
+	assert.Equal(t, "b", next(t, f).Key)
+}
+
+func TestCloseStopsStreamsAndSaves(t *testing.T) {
+	agent := &fakeAgent{}
+	cps := &fakeCheckpoints{}
+	f, err := newFeed(context.Background(), agent, cps, "ordermail", colls, []uint16{0, 1}, false,
+		feedOptions{flushEvery: time.Hour, tick: time.Hour}, quietLog)
+	require.NoError(t, err)
+	s := agent.lastOpen(t, 0, 1)
+	s.cb(2, nil)
+	s.obs.Mutation(mutation(0, inboundID, "a", "{}", 1))
+	next(t, f).Ack()
+	require.NoError(t, f.Close())
+	assert.Equal(t, position{UUID: 2, Seq: 1, SnapStart: 0, SnapEnd: 1}, cps.get(0), "saved at close")
+	assert.ElementsMatch(t, []uint16{0, 1}, agent.closes)
+	assert.True(t, agent.closed)
+	_, err = f.Next(context.Background())
+	assert.ErrorIs(t, err, store.ErrClosed)
+	// A callback after close does not block.
+	s.obs.Mutation(mutation(0, inboundID, "late", "{}", 2))
+}

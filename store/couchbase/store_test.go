@@ -1,0 +1,147 @@
+package couchbase
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/couchbase/gocb/v2"
+	"github.com/ordermail/ordermail/store"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestMapErr(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		give error
+		want error
+	}{
+		{gocb.ErrDocumentNotFound, store.ErrNotFound},
+		{gocb.ErrDocumentExists, store.ErrExists},
+		{gocb.ErrCasMismatch, store.ErrCASMismatch},
+		{gocb.ErrTimeout, store.ErrUnavailable},
+		{gocb.ErrAmbiguousTimeout, store.ErrUnavailable},
+		{gocb.ErrUnambiguousTimeout, store.ErrUnavailable},
+		{gocb.ErrServiceNotAvailable, store.ErrUnavailable},
+		{gocb.ErrTemporaryFailure, store.ErrUnavailable},
+		{gocb.ErrOverload, store.ErrUnavailable},
+		{gocb.ErrDocumentLocked, store.ErrUnavailable},
+		{gocb.ErrShutdown, store.ErrClosed},
+	}
+	for _, tt := range tests {
+		wrapped := fmt.Errorf("op: %w", tt.give) // as gocb wraps them in KeyValueError
+		got := mapErr(wrapped)
+		assert.ErrorIs(t, got, tt.want, "%v", tt.give)
+		assert.ErrorContains(t, got, tt.give.Error(), "the cause stays in the message")
+	}
+	for _, keep := range []error{gocb.ErrBucketNotFound, gocb.ErrCollectionNotFound, gocb.ErrAuthenticationFailure} {
+		got := mapErr(keep)
+		assert.ErrorIs(t, got, keep, "setup errors keep their identity")
+		for _, s := range []error{store.ErrNotFound, store.ErrUnavailable, store.ErrExists} {
+			assert.False(t, errors.Is(got, s))
+		}
+	}
+	assert.NoError(t, mapErr(nil))
+}
+
+func TestSweepStatementAndParams(t *testing.T) {
+	t.Parallel()
+	s := &Store{cfg: Config{Bucket: "orders", Scope: "_default"}}
+	assert.Equal(t,
+		"UPDATE `orders`.`_default`.`retry` AS r SET r.fireRetry = true "+
+			"WHERE META(r).id != $control AND (r.fireRetry IS MISSING OR r.fireRetry != true) AND ("+
+			"(r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)) OR "+
+			"(r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts))) "+
+			"RETURNING RAW META(r).id",
+		sweepStatement(s.keyspace("retry")))
+	now := time.UnixMilli(1_700_000_000_000)
+	assert.Equal(t, map[string]interface{}{
+		"control": "allow_retrys",
+		"now":     int64(1_700_000_000_000),
+		"cutoff":  int64(1_700_000_000_000 - 15_000),
+	}, sweepParams(now, 15*time.Second))
+}
+
+func TestOtherStatements(t *testing.T) {
+	t.Parallel()
+	assert.Equal(t, "SELECT RAW META(d).id FROM `b`.`s`.`deadletter` AS d WHERE META(d).id > $after ORDER BY META(d).id LIMIT $limit",
+		scanStatement("`b`.`s`.`deadletter`"))
+	c := countsStatement("I", "R", "D")
+	for _, want := range []string{
+		`FROM I AS o WHERE o.paymentStatus = "paid")[0] AS ordersPaid`,
+		`o.confirmationEmailSent = true)[0] AS ordersConfirmed`,
+		`FROM R AS r WHERE META(r).id != $control)[0] AS retryDocs`,
+		`r.fireRetry = true)[0] AS retryFlagged`,
+		`FROM D AS d)[0] AS deadLetters`,
+	} {
+		assert.Contains(t, c, want)
+	}
+}
+
+func TestConfig(t *testing.T) {
+	t.Parallel()
+	ok := Config{ConnStr: "couchbase://localhost", Username: "u", Password: "p"}
+	require.NoError(t, ok.Validate())
+	tests := []struct {
+		give func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.ConnStr = "http://x" }, "not a couchbase://"},
+		{func(c *Config) { c.Username = "" }, "cb-username"},
+		{func(c *Config) { c.Password = "" }, "cb-password"},
+		{func(c *Config) { c.Instance, c.Instances = 2, 2 }, "instance: 2 of 2"},
+		{func(c *Config) { c.CACertFile = "ca.pem" }, "needs a couchbases://"},
+		{func(c *Config) { c.Timeout = -time.Second }, "cb-timeout"},
+	}
+	for _, tt := range tests {
+		c := ok
+		tt.give(&c)
+		assert.ErrorContains(t, c.Validate(), tt.want)
+	}
+
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "pw")
+	require.NoError(t, os.WriteFile(pwFile, []byte("s3cret\n"), 0o600))
+	c := ok
+	c.PasswordFile = pwFile
+	pw, err := c.password()
+	require.NoError(t, err)
+	assert.Equal(t, "s3cret", pw, "the file wins, without its newline")
+
+	c.CACertFile = filepath.Join(dir, "bad.pem")
+	require.NoError(t, os.WriteFile(c.CACertFile, []byte("not a cert"), 0o600))
+	_, err = c.caPool()
+	assert.ErrorContains(t, err, "holds no PEM certificate")
+}
+
+func TestOwnedVbucketsSplitEvenly(t *testing.T) {
+	t.Parallel()
+	seen := map[uint16]int{}
+	for i := range 3 {
+		vbs := ownedVbuckets(Config{Instance: i, Instances: 3}, 1024)
+		assert.InDelta(t, 1024/3, len(vbs), 1)
+		for _, vb := range vbs {
+			seen[vb]++
+		}
+	}
+	assert.Len(t, seen, 1024, "every vBucket has an owner")
+	for vb, n := range seen {
+		assert.Equal(t, 1, n, "vb %d has one owner", vb)
+	}
+}
+
+func TestPassthroughKeepsAnyBytes(t *testing.T) {
+	t.Parallel()
+	var out []byte
+	require.NoError(t, passthrough{}.Decode([]byte{0xff, 'x'}, 0x03<<24, &out), "binary flags too")
+	assert.Equal(t, []byte{0xff, 'x'}, out)
+	var s string
+	assert.Error(t, passthrough{}.Decode([]byte("x"), 0, &s))
+	b, _, err := passthrough{}.Encode([]byte(`{"a":1}`))
+	require.NoError(t, err)
+	assert.Equal(t, `{"a":1}`, string(b))
+}
