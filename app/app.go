@@ -13,6 +13,7 @@ import (
 	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/ordermail/ordermail/timer"
 	"github.com/ordermail/ordermail/watcher"
+	"go.uber.org/dig"
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
 )
@@ -51,11 +52,16 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// RootCause is the error behind fx's account of a failed construction or
+// start, which names every function on the way.
+func RootCause(err error) error { return dig.RootCause(err) }
+
 // New builds the service; extra options let the demo and tests reach into it
 // (fx.Populate). Start it with Start and stop it with Stop.
 func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 	fxlog := &fxevent.SlogLogger{Logger: log.With("component", "fx")}
 	fxlog.UseLogLevel(slog.LevelDebug)
+	fxlog.UseErrorLevel(slog.LevelDebug) // the caller reports a failed start, once
 	mailTimeout := cfg.Mail.Timeout
 	if mailTimeout == 0 {
 		mailTimeout = 10 * time.Second

@@ -6,7 +6,9 @@ import (
 	"io"
 	"log/slog"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/couchbase"
 	"github.com/ordermail/ordermail/timer"
 	"github.com/ordermail/ordermail/watcher"
 	"github.com/stretchr/testify/assert"
@@ -29,13 +32,52 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 type run struct {
-	cfg  app.Config
-	mock *mockmail.Server
+	cfg    app.Config
+	mock   *mockmail.Server
+	prefix string // of every key this run writes: a shared cluster holds others
 }
 
 // fast is a policy that retries within milliseconds and never gives up.
 var fast = order.Policy{Backoff: order.BackoffExponential, MinDelay: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond,
 	Jitter: 0.2, Quantum: 100 * time.Millisecond}
+
+// backend is a store the end-to-end scenarios run on.
+type backend struct {
+	name  string
+	store func(t *testing.T) app.StoreConfig // skips when it cannot run here
+}
+
+var backends = []backend{
+	{"embedded", func(t *testing.T) app.StoreConfig {
+		return app.StoreConfig{URL: "file:" + filepath.Join(t.TempDir(), "ordermail.db")}
+	}},
+	{"couchbase", couchbaseFromEnv},
+}
+
+// couchbaseFromEnv is the cluster ORDERMAIL_TEST_COUCHBASE names, set up.
+func couchbaseFromEnv(t *testing.T) app.StoreConfig {
+	conn := os.Getenv("ORDERMAIL_TEST_COUCHBASE")
+	if conn == "" {
+		t.Skip("no Couchbase cluster: `docker compose up -d couchbase couchbase-init`, then " +
+			"ORDERMAIL_TEST_COUCHBASE=couchbase://localhost go test ./... " +
+			"(ORDERMAIL_TEST_COUCHBASE_USERNAME and _PASSWORD default to Administrator and password)")
+	}
+	sc := app.StoreConfig{URL: conn, Couchbase: couchbase.Config{
+		Username: envOr("ORDERMAIL_TEST_COUCHBASE_USERNAME", "Administrator"),
+		Password: envOr("ORDERMAIL_TEST_COUCHBASE_PASSWORD", "password"),
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	require.NoError(t, couchbase.Setup(ctx, sc.CouchbaseConfig(), couchbase.SetupOptions{}, quiet))
+	return sc
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
 
 func newRun(t *testing.T, failRate float64) *run {
 	t.Helper()
@@ -44,14 +86,22 @@ func newRun(t *testing.T, failRate float64) *run {
 
 func newScriptedRun(t *testing.T, mc mockmail.Config) *run {
 	t.Helper()
+	return newRunOn(t, backends[0], mc)
+}
+
+func newRunOn(t *testing.T, b backend, mc mockmail.Config) *run {
+	t.Helper()
+	sc := b.store(t)
 	m, err := mockmail.New(mc)
 	require.NoError(t, err)
 	srv := httptest.NewServer(m)
 	t.Cleanup(srv.Close)
-	return &run{mock: m, cfg: app.Config{
-		Store:   app.StoreConfig{URL: "file:" + filepath.Join(t.TempDir(), "ordermail.db")},
-		Mail:    mailer.Config{URL: srv.URL, Timeout: 5 * time.Second},
-		Watcher: watcher.Config{Workers: 8, Policy: fast},
+	id := fmt.Sprintf("%s_%d_", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano())
+	return &run{mock: m, prefix: id, cfg: app.Config{
+		Store: sc,
+		Mail:  mailer.Config{URL: srv.URL, Timeout: 5 * time.Second},
+		// Its own feed from now: on a shared cluster, not everyone's history.
+		Watcher: watcher.Config{Workers: 8, Policy: fast, FeedName: "e2e_" + id, FromNow: true},
 		Timer:   timer.Config{Interval: 50 * time.Millisecond, Quantum: fast.Quantum},
 	}}
 }
@@ -76,18 +126,21 @@ func stop(t *testing.T, a *fx.App) {
 
 // placeOrders writes n orders as initiated, then marks each paid, as the
 // sample's manual test does, and starts retries.
-func placeOrders(t *testing.T, st store.Store, n int) []string {
+func (r *run) placeOrders(t *testing.T, st store.Store, n int) []string {
 	t.Helper()
 	ctx := context.Background()
 	docs := fixtures.Generate(n, 42)
-	require.NoError(t, fixtures.Load(ctx, st, order.Inbound, docs))
 	keys := make([]string, n)
+	for i, d := range docs {
+		keys[i] = r.prefix + d.Key
+		_, err := st.Upsert(ctx, order.Inbound, keys[i], d.Value)
+		require.NoError(t, err)
+	}
 	for i, d := range docs {
 		paid, err := order.SetPaymentStatus(d.Value, order.StatusPaid)
 		require.NoError(t, err)
-		_, err = st.Upsert(ctx, order.Inbound, d.Key, paid)
+		_, err = st.Upsert(ctx, order.Inbound, keys[i], paid)
 		require.NoError(t, err)
-		keys[i] = d.Key
 	}
 	_, err := st.Upsert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
 	require.NoError(t, err)
@@ -101,12 +154,39 @@ func counts(t *testing.T, st store.Store) store.Counts {
 	return c
 }
 
-func waitAllConfirmed(t *testing.T, st store.Store, n int) {
+// progress counts, among keys, the confirmed orders and the retry documents.
+func progress(t *testing.T, st store.Store, keys []string) (confirmedN, retries int) {
+	t.Helper()
+	ctx := context.Background()
+	for _, k := range keys {
+		d, err := st.Get(ctx, order.Inbound, k)
+		require.NoError(t, err)
+		if o, err := order.DecodeOrder(d.Value); err == nil && o.ConfirmationEmailSent {
+			confirmedN++
+		}
+		if _, err := st.Get(ctx, order.Retry, k); err == nil {
+			retries++
+		} else {
+			require.ErrorIs(t, err, store.ErrNotFound)
+		}
+	}
+	return confirmedN, retries
+}
+
+func waitConfirmed(t *testing.T, st store.Store, keys []string) {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		c := counts(t, st)
-		return c.OrdersPaid == n && c.OrdersConfirmed == n && c.RetryDocs == 0
-	}, 90*time.Second, 20*time.Millisecond, "last counts: %+v", counts(t, st))
+		c, r := progress(t, st, keys)
+		return c == len(keys) && r == 0
+	}, 120*time.Second, 50*time.Millisecond, "not all of %d orders confirmed", len(keys))
+}
+
+// waitAllConfirmed also checks the store-wide counts, on a store of our own.
+func waitAllConfirmed(t *testing.T, st store.Store, keys []string) {
+	t.Helper()
+	waitConfirmed(t, st, keys)
+	c := counts(t, st)
+	assert.Equal(t, store.Counts{OrdersPaid: len(keys), OrdersConfirmed: len(keys)}, c)
 }
 
 // assertDeliveredOnce checks every order got exactly one delivery, under its
@@ -125,42 +205,54 @@ func assertDeliveredOnce(t *testing.T, m *mockmail.Server, keys []string) {
 }
 
 func TestEndToEndHalfTheSendsFail(t *testing.T) {
-	r := newRun(t, 0.5)
-	a, st := r.start(t)
-	keys := placeOrders(t, st, 300)
-	waitAllConfirmed(t, st, 300)
-	stop(t, a)
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRunOn(t, b, mockmail.Config{FailRate: 0.5, Seed: 1})
+			a, st := r.start(t)
+			keys := r.placeOrders(t, st, 300)
+			waitConfirmed(t, st, keys)
+			stop(t, a)
 
-	assertDeliveredOnce(t, r.mock, keys)
-	assert.Greater(t, r.mock.Stats().Failures, 100, "at 50%% failures the retry path was exercised")
-	// Only the control document is left in retry.
-	st2, err := app.OpenStore(context.Background(), r.cfg.Store, quiet)
-	require.NoError(t, err)
-	defer st2.Close()
-	_, err = st2.Get(context.Background(), order.Retry, order.ControlKey)
-	require.NoError(t, err)
-	assert.Zero(t, counts(t, st2).RetryDocs)
+			assertDeliveredOnce(t, r.mock, keys)
+			assert.Greater(t, r.mock.Stats().Failures, 100, "at 50%% failures the retry path was exercised")
+			// Only the control document is left in retry.
+			st2, err := app.OpenStore(context.Background(), r.cfg.Store, quiet)
+			require.NoError(t, err)
+			defer st2.Close()
+			_, err = st2.Get(context.Background(), order.Retry, order.ControlKey)
+			require.NoError(t, err)
+			_, retries := progress(t, st2, keys)
+			assert.Zero(t, retries)
+			if b.name == "embedded" {
+				assert.Equal(t, store.Counts{OrdersPaid: 300, OrdersConfirmed: 300}, counts(t, st2))
+			}
+		})
+	}
 }
 
 func TestRestartInTheMiddleLosesNothing(t *testing.T) {
-	r := newRun(t, 0.5)
-	a, st := r.start(t)
-	keys := placeOrders(t, st, 300)
-	require.Eventually(t, func() bool { return counts(t, st).OrdersConfirmed >= 100 }, 60*time.Second, 5*time.Millisecond)
-	stop(t, a)
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRunOn(t, b, mockmail.Config{FailRate: 0.5, Seed: 1})
+			a, st := r.start(t)
+			keys := r.placeOrders(t, st, 300)
+			require.Eventually(t, func() bool { c, _ := progress(t, st, keys); return c >= 100 }, 60*time.Second, 5*time.Millisecond)
+			stop(t, a)
 
-	mid := r.mock.Stats()
-	st1, err := app.OpenStore(context.Background(), r.cfg.Store, quiet)
-	require.NoError(t, err)
-	c := counts(t, st1)
-	require.NoError(t, st1.Close())
-	require.Less(t, c.OrdersConfirmed, 300, "the stop came in the middle of the run")
-	t.Logf("stopped at %d/300 confirmed, %d retry documents, mock %+v", c.OrdersConfirmed, c.RetryDocs, mid)
+			mid := r.mock.Stats()
+			st1, err := app.OpenStore(context.Background(), r.cfg.Store, quiet)
+			require.NoError(t, err)
+			confirmedN, retries := progress(t, st1, keys)
+			require.NoError(t, st1.Close())
+			require.Less(t, confirmedN, 300, "the stop came in the middle of the run")
+			t.Logf("stopped at %d/300 confirmed, %d retry documents, mock %+v", confirmedN, retries, mid)
 
-	a2, st2 := r.start(t)
-	waitAllConfirmed(t, st2, 300)
-	stop(t, a2)
-	assertDeliveredOnce(t, r.mock, keys)
+			a2, st2 := r.start(t)
+			waitConfirmed(t, st2, keys)
+			stop(t, a2)
+			assertDeliveredOnce(t, r.mock, keys)
+		})
+	}
 }
 
 func TestConfigValidateNamesTheSetting(t *testing.T) {

@@ -231,7 +231,7 @@ func TestBreakerProtectsAServiceThatIsDown(t *testing.T) {
 	var client *mailer.Client
 	a, st := r.start(t, &client)
 	defer stop(t, a)
-	keys := placeOrders(t, st, 100)
+	keys := r.placeOrders(t, st, 100)
 
 	require.Eventually(t, func() bool { return counts(t, st).RetryDocs == 100 }, 30*time.Second, 10*time.Millisecond)
 	assert.NotEqual(t, "closed", client.BreakerState(), "open, or half-open after its cooldown")
@@ -240,7 +240,7 @@ func TestBreakerProtectsAServiceThatIsDown(t *testing.T) {
 	assert.Less(t, calls, 30, "the breaker held most sends back")
 
 	down.Store(false)
-	waitAllConfirmed(t, st, 100)
+	waitAllConfirmed(t, st, keys)
 	assert.Zero(t, counts(t, st).DeadLetters, "held-back sends spent no attempts: nobody exhausted 3")
 	assert.Equal(t, "closed", client.BreakerState())
 	assertDeliveredOnce(t, r.mock, keys)

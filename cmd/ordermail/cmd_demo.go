@@ -117,7 +117,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	var st store.Store
 	a := app.New(cfg, log, fx.Populate(&st))
 	if err := a.Start(ctx); err != nil {
-		return fmt.Errorf("start: %w", err)
+		return fmt.Errorf("start: %w", app.RootCause(err))
 	}
 	stopped := false
 	stop := func() error {

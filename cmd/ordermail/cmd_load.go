@@ -18,17 +18,28 @@ var collections = []string{order.Inbound, order.Retry}
 
 func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 	var coll string
+	var pay bool
 	var docs []fixtures.Doc
-	c := storeCommand("load", "ordermail load --store URL --collection NAME FILE...",
+	c := storeCommand("load", "ordermail load --store URL --collection NAME [--pay] FILE|DIR...",
 		"write JSON documents into a collection (.json: one document keyed by file name; .jsonl: {\"id\":...,\"doc\":{...}} lines)", stderr,
 		func(ctx context.Context, st store.Store, files []string) error {
 			if err := fixtures.Load(ctx, st, coll, docs); err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "loaded %d documents into %s from %d files\n", len(docs), coll, len(files))
+			fmt.Fprintf(stdout, "loaded %d documents into %s from %d paths\n", len(docs), coll, len(files))
+			if !pay {
+				return nil
+			}
+			for _, d := range docs {
+				if err := markPaid(ctx, st, d.Key); err != nil {
+					return err
+				}
+			}
+			fmt.Fprintf(stdout, "marked %d orders paid\n", len(docs))
 			return nil
 		})
 	c.FlagSet.StringVar(&coll, "collection", "", "collection to write into: inbound or retry")
+	c.FlagSet.BoolVar(&pay, "pay", false, "then set each order's paymentStatus to paid, as the sample's manual test does (inbound only)")
 	// Check the arguments and read every file before the store is opened:
 	// a bad file loads nothing.
 	exec := c.Exec
@@ -39,8 +50,11 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 		if len(files) == 0 {
 			return fmt.Errorf("no files to load: %w", flag.ErrHelp)
 		}
+		if pay && coll != order.Inbound {
+			return fmt.Errorf("pay: only orders, in %s, can be paid", order.Inbound)
+		}
 		for _, f := range files {
-			d, err := fixtures.ReadFile(f)
+			d, err := fixtures.ReadPath(f)
 			if err != nil {
 				return err
 			}

@@ -40,10 +40,10 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			}
 			a := app.New(cfg, log)
 			if err := a.Err(); err != nil {
-				return err
+				return app.RootCause(err)
 			}
 			if err := a.Start(ctx); err != nil {
-				return fmt.Errorf("start: %w", err)
+				return fmt.Errorf("start: %w", app.RootCause(err))
 			}
 			log.Info("ordermail running", "store", cfg.Store.URL, "mail_url", cfg.Mail.URL)
 			<-ctx.Done()

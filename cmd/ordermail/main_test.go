@@ -74,7 +74,7 @@ func TestLoadPayAndRetries(t *testing.T) {
 
 	out, _, err := cli(t, append([]string{"load", "--store", storeURL, "--collection", "inbound"}, files...)...)
 	require.NoError(t, err)
-	assert.Equal(t, "loaded 5 documents into inbound from 5 files\n", out)
+	assert.Equal(t, "loaded 5 documents into inbound from 5 paths\n", out)
 
 	lines := filepath.Join(t.TempDir(), "more.jsonl")
 	require.NoError(t, os.WriteFile(lines, []byte(`{"id":"order_900","doc":{"email":"z@example.com","paymentStatus":"paid"}}`+"\n"), 0o644))
@@ -84,6 +84,12 @@ func TestLoadPayAndRetries(t *testing.T) {
 	require.ErrorContains(t, err, "bad.json: not valid JSON")
 	_, _, err = cli(t, "load", "--store", storeURL, "--collection", "orders", lines)
 	require.ErrorContains(t, err, `collection: "orders" is not one of [inbound retry]`)
+
+	out, _, err = cli(t, "load", "--store", "file:"+filepath.Join(t.TempDir(), "paid.db"), "--collection", "inbound", "--pay", fixturesDir)
+	require.NoError(t, err)
+	assert.Equal(t, "loaded 5 documents into inbound from 1 paths\nmarked 5 orders paid\n", out)
+	_, _, err = cli(t, "load", "--store", storeURL, "--collection", "retry", "--pay", fixturesDir)
+	require.ErrorContains(t, err, "only orders")
 
 	out, _, err = cli(t, "pay", "--store", storeURL, "order_140", "order_141", "order_missing")
 	require.ErrorContains(t, err, "pay order_missing: ")
@@ -145,6 +151,10 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"run", "--mail-url", "http://x", "--breaker-cooldown", "0s"}, "breaker-cooldown"},
 		{[]string{"retries", "start", "--interval", "-1s"}, "interval and quantum"},
 		{[]string{"deadletters", "redrive"}, "give --all or the IDs"},
+		{[]string{"run", "--mail-url", "http://x", "--store", "couchbase://db"}, "cb-username: required"},
+		{[]string{"run", "--mail-url", "http://x", "--store", "couchbase://db", "--cb-username", "u"}, "cb-password or cb-password-file: required"},
+		{[]string{"run", "--mail-url", "http://x", "--instance", "3/2"}, `"3/2" is not i/n`},
+		{[]string{"setup", "--store", "couchbase://db"}, "cb-username: required"},
 		{[]string{"deadletters", "redrive", "--all", "x"}, "either --all or IDs"},
 	}
 	for _, tt := range tests {
@@ -206,4 +216,10 @@ func TestDeadLettersCommands(t *testing.T) {
 	assert.Equal(t, 0.0, st["deadLetters"])
 	assert.Equal(t, 6.0, st["retryDocs"], "redriven, waiting for a running service")
 	assert.Equal(t, 6.0, st["dueNow"])
+}
+
+func TestSetupOnTheEmbeddedStore(t *testing.T) {
+	out, _, err := cli(t, "setup", "--store", "file:"+filepath.Join(t.TempDir(), "x.db"))
+	require.NoError(t, err)
+	assert.Contains(t, out, "nothing to set up")
 }

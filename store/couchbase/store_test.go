@@ -1,6 +1,7 @@
 package couchbase
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -144,4 +145,13 @@ func TestPassthroughKeepsAnyBytes(t *testing.T) {
 	b, _, err := passthrough{}.Encode([]byte(`{"a":1}`))
 	require.NoError(t, err)
 	assert.Equal(t, `{"a":1}`, string(b))
+}
+
+func TestUnreachableClusterIsAClearStartupError(t *testing.T) {
+	t.Parallel()
+	cfg := Config{ConnStr: "couchbase://127.0.0.1:1", Username: "u", Password: "hunter2", Timeout: 300 * time.Millisecond}
+	_, err := Open(context.Background(), cfg, quietLog)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "bucket orders on couchbase://127.0.0.1:1 is not reachable")
+	assert.NotContains(t, err.Error(), "hunter2")
 }
