@@ -34,6 +34,11 @@ type StoreConfig struct {
 	// Couchbase holds the credentials and layout for a Couchbase URL; its
 	// ConnStr is the URL.
 	Couchbase couchbase.Config
+	// Embedded tunes the embedded store; its Path is the URL's.
+	Embedded embedded.Config
+	// StandbyPoll is how often a standby instance on an embedded store
+	// checks whether it can take over. Default 500ms.
+	StandbyPoll time.Duration
 }
 
 // DefaultStore is the embedded store in ./data.
@@ -82,6 +87,16 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 		}),
 		fx.Provide(func(c *mailer.Client) watcher.Sender { return c }),
 		mailer.Module, watcher.Module, timer.Module,
+		fx.Invoke(func(lc fx.Lifecycle, w *watcher.Watcher) {
+			r := &runner{w: w, poll: cfg.Store.StandbyPoll, log: log.With("component", "runner")}
+			if r.poll == 0 {
+				r.poll = 500 * time.Millisecond
+			}
+			if kind, path := cfg.Store.kind(); kind == "file" {
+				r.lock = embedded.NewProcessLock(path)
+			}
+			lc.Append(fx.Hook{OnStart: r.start, OnStop: r.stop})
+		}),
 	}
 	return fx.New(append(opts, extra...)...)
 }
@@ -134,5 +149,7 @@ func OpenStore(ctx context.Context, c StoreConfig, log *slog.Logger) (store.Stor
 		return couchbase.Open(ctx, c.CouchbaseConfig(), log)
 	}
 	_, path := c.kind()
-	return embedded.Open(ctx, embedded.Config{Path: path})
+	ec := c.Embedded
+	ec.Path = path
+	return embedded.Open(ctx, ec)
 }

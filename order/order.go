@@ -202,8 +202,8 @@ func decodeObject(raw []byte, into any) error {
 }
 
 // ClearedByOrderChange says whether the dead letter was about the order's
-// content (malformed, no email address), so that a corrected order is sent
+// content (malformed, no email address, too large), so that a corrected order is sent
 // again without a redrive. Dead letters about sending need a redrive.
 func (d DeadLetterDoc) ClearedByOrderChange() bool {
-	return d.Reason == ReasonMalformedOrder || d.Reason == ReasonNoEmail
+	return d.Reason == ReasonMalformedOrder || d.Reason == ReasonNoEmail || d.Reason == ReasonTooLarge
 }

@@ -64,6 +64,7 @@ const (
 	ReasonNoEmail        = "no_email"
 	ReasonOrderMissing   = "order_missing"
 	ReasonMalformedRetry = "malformed_retry_document"
+	ReasonTooLarge       = "order_too_large"
 )
 
 // Verdict is the policy's answer.

@@ -1,6 +1,8 @@
 package watcher
 
 import (
+	"fmt"
+
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 )
@@ -46,8 +48,9 @@ type Decision struct {
 
 // Decide is the one place that says what a change means. It looks only at the
 // change itself; the handler re-reads current state before it acts, because a
-// replayed or late event may be stale.
-func Decide(c Change) Decision {
+// replayed or late event may be stale. An order to send that is larger than
+// maxOrderBytes is not posted to the email service.
+func Decide(c Change, maxOrderBytes int) Decision {
 	if c.Deleted {
 		return Decision{Action: Ignore, Reason: "deleted"}
 	}
@@ -63,6 +66,9 @@ func Decide(c Change) Decision {
 			return Decision{Action: Ignore, Reason: "not paid"}
 		case o.Email == "":
 			return Decision{Action: DeadLetter, Reason: order.ReasonNoEmail, Detail: "paid order has no email address"}
+		case len(c.Value) > maxOrderBytes:
+			return Decision{Action: DeadLetter, Reason: order.ReasonTooLarge,
+				Detail: fmt.Sprintf("order is %d bytes, more than the %d an email is sent for", len(c.Value), maxOrderBytes)}
 		}
 		return Decision{Action: SendOrder}
 	case order.Retry:

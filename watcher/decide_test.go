@@ -1,6 +1,7 @@
 package watcher
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -22,6 +23,8 @@ func TestDecide(t *testing.T) {
 		{"order not JSON", Change{Collection: "inbound", Key: "o", Value: []byte(`{{{`)}, DeadLetter, "invalid character"},
 		{"paid order without email", Change{Collection: "inbound", Key: "o", Value: []byte(`{"paymentStatus":"paid"}`)}, DeadLetter, "no email address"},
 		{"unpaid order without email", Change{Collection: "inbound", Key: "o", Value: []byte(`{"paymentStatus":"initiated"}`)}, Ignore, "not paid"},
+		{"paid order too large", Change{Collection: "inbound", Key: "o", Value: []byte(`{"email":"a@b","paymentStatus":"paid","note":"` + strings.Repeat("x", 200) + `"}`)}, DeadLetter, "more than the 200"},
+		{"unpaid order too large", Change{Collection: "inbound", Key: "o", Value: []byte(`{"paymentStatus":"new","note":"` + strings.Repeat("x", 200) + `"}`)}, Ignore, "not paid"},
 		{"unknown payment state", Change{Collection: "inbound", Key: "o", Value: []byte(`{"email":"a@b","paymentStatus":"PAID?"}`)}, Ignore, "not paid"},
 		{"order an array", Change{Collection: "inbound", Key: "o", Value: []byte(`[1]`)}, DeadLetter, "not a JSON object"},
 		{"order status a number", Change{Collection: "inbound", Key: "o", Value: []byte(`{"paymentStatus":7}`)}, DeadLetter, "field paymentStatus is a JSON number, want string"},
@@ -37,7 +40,7 @@ func TestDecide(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got := Decide(tt.give)
+			got := Decide(tt.give, 200)
 			assert.Equal(t, tt.want, got.Action, got.Reason)
 			assert.Contains(t, got.Reason+" "+got.Detail, tt.why)
 		})

@@ -7,12 +7,10 @@ import (
 	"go.uber.org/fx"
 )
 
-// Module provides the *Watcher and runs it with the app.
+// Module provides the *Watcher. Its owner starts and stops it: the app
+// starts it only once this process may consume the feed.
 var Module = fx.Module("watcher",
 	fx.Provide(func(cfg Config, st store.Store, mail Sender, log *slog.Logger) (*Watcher, error) {
 		return New(cfg, st, mail, log, nil)
-	}),
-	fx.Invoke(func(lc fx.Lifecycle, w *Watcher) {
-		lc.Append(fx.Hook{OnStart: w.Start, OnStop: w.Stop})
 	}),
 )

@@ -31,6 +31,8 @@ type Config struct {
 	// instances, and by the sweep should this one die. It must outlast a
 	// send. Default 1m.
 	ClaimTTL time.Duration
+	// MaxOrderBytes: a larger order is dead-lettered, not posted. Default 1 MiB.
+	MaxOrderBytes int
 }
 
 // Validate names the setting that is wrong.
@@ -40,6 +42,9 @@ func (c Config) Validate() error {
 	}
 	if c.ClaimTTL < 0 {
 		return fmt.Errorf("claim-ttl: %s is negative", c.ClaimTTL)
+	}
+	if c.MaxOrderBytes < 0 {
+		return fmt.Errorf("max-order-bytes: %d is negative", c.MaxOrderBytes)
 	}
 	if c.Policy != (order.Policy{}) {
 		return c.Policy.Validate()
@@ -59,6 +64,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ClaimTTL == 0 {
 		c.ClaimTTL = time.Minute
+	}
+	if c.MaxOrderBytes == 0 {
+		c.MaxOrderBytes = 1 << 20
 	}
 	return c
 }
@@ -220,7 +228,7 @@ func (w *Watcher) work(ctx context.Context, events <-chan store.Event) {
 // handle carries out the decision for one event. It returns an error only
 // when the outcome could not be written; the event is then not acknowledged.
 func (w *Watcher) handle(ctx context.Context, ev store.Event) error {
-	d := Decide(changeOf(ev))
+	d := Decide(changeOf(ev), w.cfg.MaxOrderBytes)
 	log := w.log.With("collection", ev.Collection, "key", ev.Key)
 	switch d.Action {
 	case DeadLetter:
@@ -260,7 +268,7 @@ func (w *Watcher) sendOrder(ctx context.Context, log *slog.Logger, key string) e
 		return err
 	}
 	// Decide again on the current order: the event may be stale.
-	d := Decide(Change{Collection: order.Inbound, Key: key, Value: doc.Value})
+	d := Decide(Change{Collection: order.Inbound, Key: key, Value: doc.Value}, w.cfg.MaxOrderBytes)
 	if d.Action == Ignore {
 		w.ignored.Add(1)
 		return nil

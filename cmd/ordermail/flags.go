@@ -79,6 +79,8 @@ func serviceFlags(fs *flag.FlagSet, cfg *app.Config, d serviceDefaults) {
 	fs.IntVar(&cfg.Mail.SendBurst, "send-burst", 0, "sends allowed at once under --send-rate (default: one second's worth)")
 	fs.IntVar(&cfg.Mail.BreakerFailures, "breaker-failures", 5, "consecutive transient failures that open the circuit breaker; 0: no breaker")
 	fs.DurationVar(&cfg.Mail.BreakerCooldown, "breaker-cooldown", d.breakerCooldown, "how long an open breaker holds sends back before one probe")
+	fs.DurationVar(&cfg.Watcher.ClaimTTL, "claim-ttl", time.Minute, "a retry claimed for a send is left alone this long by other instances and, should this one die, by the sweep")
+	fs.IntVar(&cfg.Watcher.MaxOrderBytes, "max-order-bytes", 1<<20, "a paid order larger than this is dead-lettered (order_too_large), not posted")
 }
 
 // statusList is a comma-separated list of HTTP statuses.
@@ -126,6 +128,10 @@ func checkServiceFlags(cfg *app.Config) error {
 		return fmt.Errorf("timer-interval: %s is not positive", cfg.Timer.Interval)
 	case cfg.Watcher.Policy.Quantum <= 0:
 		return fmt.Errorf("retry-quantum: %s is not positive", cfg.Watcher.Policy.Quantum)
+	case cfg.Watcher.ClaimTTL <= 0:
+		return fmt.Errorf("claim-ttl: %s is not positive", cfg.Watcher.ClaimTTL)
+	case cfg.Watcher.MaxOrderBytes <= 0:
+		return fmt.Errorf("max-order-bytes: %d is not positive", cfg.Watcher.MaxOrderBytes)
 	case cfg.Mail.BreakerFailures > 0 && cfg.Mail.BreakerCooldown <= 0:
 		return fmt.Errorf("breaker-cooldown: %s is not positive", cfg.Mail.BreakerCooldown)
 	}

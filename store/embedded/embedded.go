@@ -104,8 +104,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
 	}
 	s := &Store{cfg: cfg, write: write, read: read, subs: map[chan struct{}]struct{}{}}
+	// The schema statements write (a counter row), so a read-only file fails here.
 	if _, err := write.ExecContext(ctx, schema); err != nil {
 		s.Close()
+		var se *sqlite.Error
+		if errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_READONLY {
+			return nil, fmt.Errorf("embedded store %s is read-only (file mode, an immutable file or a read-only mount): %w", cfg.Path, err)
+		}
 		return nil, fmt.Errorf("embedded store %s: create schema: %w", cfg.Path, mapErr(err))
 	}
 	return s, nil

@@ -1,0 +1,102 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ordermail/ordermail/store/embedded"
+	"github.com/ordermail/ordermail/watcher"
+)
+
+// runner starts the watcher once this process may consume the feed: at once
+// on Couchbase, where instances split the vBuckets, and on the embedded store
+// once it holds the file's process lock. A second `ordermail run` on the same
+// file waits as a standby and takes over when the first one ends, however it
+// ends; the two never consume the feed at the same time.
+type runner struct {
+	w    *watcher.Watcher
+	lock *embedded.ProcessLock // nil: no lock needed
+	poll time.Duration
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	started  bool
+	cancel   context.CancelFunc // ends the standby wait
+	standing sync.WaitGroup
+}
+
+func (r *runner) start(ctx context.Context) error {
+	if r.lock != nil {
+		ok, err := r.lock.TryLock()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			r.log.Warn("standby: another ordermail runs the feed of this store; waiting to take over", "lock", r.lock.Path())
+			wait, cancel := context.WithCancel(context.Background())
+			r.cancel = cancel
+			r.standing.Add(1)
+			go r.standby(wait)
+			return nil
+		}
+	}
+	if err := r.w.Start(ctx); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.started = true
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *runner) standby(ctx context.Context) {
+	defer r.standing.Done()
+	t := time.NewTicker(r.poll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		ok, err := r.lock.TryLock()
+		if err != nil {
+			r.log.Warn("standby", "error", err)
+			continue
+		}
+		if !ok {
+			continue
+		}
+		if err := r.w.Start(ctx); err != nil {
+			r.log.Error("take over the feed", "error", err)
+			r.lock.Unlock()
+			continue
+		}
+		r.mu.Lock()
+		r.started = true
+		r.mu.Unlock()
+		r.log.Info("took over: this instance runs the feed now", "lock", r.lock.Path())
+		return
+	}
+}
+
+func (r *runner) stop(ctx context.Context) error {
+	if r.cancel != nil {
+		r.cancel()
+		r.standing.Wait()
+	}
+	r.mu.Lock()
+	started := r.started
+	r.mu.Unlock()
+	var err error
+	if started {
+		err = r.w.Stop(ctx)
+	}
+	if r.lock != nil {
+		err = errors.Join(err, r.lock.Unlock())
+	}
+	return err
+}
