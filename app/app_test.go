@@ -34,7 +34,8 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 type run struct {
 	cfg    app.Config
 	mock   *mockmail.Server
-	prefix string // of every key this run writes: a shared cluster holds others
+	prefix string       // of every key this run writes: a shared cluster holds others
+	log    *slog.Logger // the app's; quiet unless a test reads it
 }
 
 // fast is a policy that retries within milliseconds and never gives up.
@@ -97,7 +98,7 @@ func newRunOn(t *testing.T, b backend, mc mockmail.Config) *run {
 	srv := httptest.NewServer(m)
 	t.Cleanup(srv.Close)
 	id := fmt.Sprintf("%s_%d_", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano())
-	return &run{mock: m, prefix: id, cfg: app.Config{
+	return &run{mock: m, prefix: id, log: quiet, cfg: app.Config{
 		Store: sc,
 		Mail:  mailer.Config{URL: srv.URL, Timeout: 5 * time.Second},
 		// Its own feed from now: on a shared cluster, not everyone's history.
@@ -111,7 +112,7 @@ func (r *run) start(t *testing.T, populate ...any) (*fx.App, store.Store) {
 	t.Helper()
 	require.NoError(t, r.cfg.Validate())
 	var st store.Store
-	a := app.New(r.cfg, quiet, fx.Populate(append(populate, &st)...))
+	a := app.New(r.cfg, r.log, fx.Populate(append(populate, &st)...))
 	require.NoError(t, a.Err())
 	require.NoError(t, a.Start(context.Background()))
 	return a, st

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 )
 
 // Collection names, as in the sample's bucket `orders`, scope `_default`.
@@ -190,6 +191,11 @@ func decodeObject(raw []byte, into any) error {
 	trimmed := bytes.TrimSpace(raw)
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return fmt.Errorf("%w: not a JSON object", ErrMalformed)
+	}
+	// JSON is UTF-8 (RFC 8259); the decoder would quietly replace bad bytes,
+	// in an email address among others.
+	if !utf8.Valid(trimmed) {
+		return fmt.Errorf("%w: not valid UTF-8", ErrMalformed)
 	}
 	if err := json.Unmarshal(trimmed, into); err != nil {
 		var typeErr *json.UnmarshalTypeError

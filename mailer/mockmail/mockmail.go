@@ -100,7 +100,9 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	var body map[string]any
-	decodeErr := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&body)
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.UseNumber() // any valid JSON number, 1e999 included
+	decodeErr := dec.Decode(&body)
 	key := r.Header.Get("Idempotency-Key")
 
 	reply := s.decide(key, decodeErr)
