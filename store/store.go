@@ -51,8 +51,9 @@ type Event struct {
 type Subscription interface {
 	// Next blocks until the next event, ctx ends, or the feed fails.
 	Next(ctx context.Context) (Event, error)
-	// Close stops the feed and saves the checkpoint of what was acknowledged.
-	Close() error
+	// Close stops the feed and saves the checkpoint of what was
+	// acknowledged, giving up on the save when ctx ends.
+	Close(ctx context.Context) error
 }
 
 // FeedOptions say where a subscription without a saved checkpoint starts.

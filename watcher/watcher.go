@@ -149,10 +149,22 @@ func (w *Watcher) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops reading, lets in-flight events finish until ctx ends (then
-// aborts them: unacknowledged, they come back after a restart) and saves the
-// checkpoint.
+// Stop stops reading, lets in-flight events finish (then aborts them:
+// unacknowledged, they come back after a restart) and saves the checkpoint.
+// In-flight events get four fifths of ctx's time, saving the checkpoint
+// half of the rest, and the rest is left for whatever stops after it: fx
+// runs no further stop hook once the deadline has passed, and the store
+// must close.
 func (w *Watcher) Stop(ctx context.Context) error {
+	grace, save := ctx, ctx
+	if dl, ok := ctx.Deadline(); ok {
+		reserve := time.Until(dl) / 5
+		var cancelGrace, cancelSave context.CancelFunc
+		grace, cancelGrace = context.WithDeadline(ctx, dl.Add(-reserve))
+		save, cancelSave = context.WithDeadline(ctx, dl.Add(-reserve/2))
+		defer cancelGrace()
+		defer cancelSave()
+	}
 	w.cancel()
 	w.reader.Wait()
 	close(w.stopping)
@@ -160,13 +172,13 @@ func (w *Watcher) Stop(ctx context.Context) error {
 	go func() { w.workers.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-ctx.Done():
-		w.log.Warn("in-flight events did not finish in time; they will be replayed", "error", ctx.Err())
+	case <-grace.Done():
+		w.log.Warn("in-flight events did not finish in time; they will be replayed", "error", grace.Err())
 		w.abort()
 		<-done
 	}
 	w.abort()
-	if err := w.sub.Close(); err != nil {
+	if err := w.sub.Close(save); err != nil {
 		return fmt.Errorf("stop watcher: %w", err)
 	}
 	w.log.Info("stopped", "sends", w.sends.Load(), "sent", w.sent.Load())

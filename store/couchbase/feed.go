@@ -384,7 +384,7 @@ func (f *feed) Next(ctx context.Context) (store.Event, error) {
 }
 
 // Close stops the streams and saves what was acknowledged.
-func (f *feed) Close() error {
+func (f *feed) Close(ctx context.Context) error {
 	f.mu.Lock()
 	if f.closed {
 		f.mu.Unlock()
@@ -399,8 +399,6 @@ func (f *feed) Close() error {
 			f.log.Debug("close stream", "vb", vb, "error", err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	return errors.Join(f.flush(ctx), f.agent.Close())
 }
 

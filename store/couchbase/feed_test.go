@@ -152,7 +152,7 @@ func startFeed(t *testing.T, agent *fakeAgent, cps *fakeCheckpoints, vbs []uint1
 	t.Helper()
 	f, err := newFeed(context.Background(), agent, cps, "ordermail", colls, vbs, fromNow, opts, quietLog)
 	require.NoError(t, err)
-	t.Cleanup(func() { f.Close() })
+	t.Cleanup(func() { f.Close(context.Background()) })
 	return f
 }
 
@@ -348,7 +348,7 @@ func TestCloseStopsStreamsAndSaves(t *testing.T) {
 	s.cb(2, nil)
 	s.obs.Mutation(mutation(0, inboundID, "a", "{}", 1))
 	next(t, f).Ack()
-	require.NoError(t, f.Close())
+	require.NoError(t, f.Close(context.Background()))
 	assert.Equal(t, position{UUID: 2, Seq: 1, SnapStart: 0, SnapEnd: 1}, cps.get(0), "saved at close")
 	assert.ElementsMatch(t, []uint16{0, 1}, agent.closes)
 	assert.True(t, agent.closed)

@@ -157,7 +157,7 @@ func (sub *subscription) flush(ctx context.Context) error {
 
 // Close saves the checkpoint of everything acknowledged so far. Events
 // handed out but not acknowledged will be delivered again.
-func (sub *subscription) Close() error {
+func (sub *subscription) Close(ctx context.Context) error {
 	if sub.closed {
 		return nil
 	}
@@ -165,7 +165,5 @@ func (sub *subscription) Close() error {
 	sub.s.mu.Lock()
 	delete(sub.s.subs, sub.wake)
 	sub.s.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), sub.s.cfg.BusyTimeout)
-	defer cancel()
 	return sub.flush(ctx)
 }

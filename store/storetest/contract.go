@@ -110,7 +110,7 @@ func testFeedOrder(t *testing.T, s store.Store) {
 	p := prefix(t)
 	sub, err := s.Subscribe(ctx, p+"sub", []string{order.Inbound, order.Retry}, store.FeedOptions{FromNow: true})
 	require.NoError(t, err)
-	defer sub.Close()
+	defer sub.Close(context.Background())
 
 	_, err = s.Upsert(ctx, "elsewhere", p+"x", []byte(`{"ignored":true}`))
 	require.NoError(t, err)
@@ -178,12 +178,12 @@ func testFeedResume(t *testing.T, open Opener) {
 	// Acknowledge k0 and k2 but not k1: the checkpoint may not pass k1.
 	got[0].Ack()
 	got[2].Ack()
-	require.NoError(t, sub.Close())
+	require.NoError(t, sub.Close(ctx))
 
 	s2 := open(t) // a restart on the same data
 	sub2, err := s2.Subscribe(ctx, name, []string{order.Inbound}, store.FeedOptions{FromNow: true})
 	require.NoError(t, err)
-	defer sub2.Close()
+	defer sub2.Close(context.Background())
 	again := collect(t, sub2, p, func(evs []store.Event) bool {
 		seen := map[string]bool{}
 		for _, ev := range evs {
@@ -203,7 +203,7 @@ func testFeedFromNow(t *testing.T, s store.Store) {
 	require.NoError(t, err)
 	sub, err := s.Subscribe(ctx, p+"sub", []string{order.Inbound}, store.FeedOptions{FromNow: true})
 	require.NoError(t, err)
-	defer sub.Close()
+	defer sub.Close(context.Background())
 	_, err = s.Insert(ctx, order.Inbound, p+"after", []byte(`{}`))
 	require.NoError(t, err)
 	got := collect(t, sub, p, atLeast(1))
@@ -215,7 +215,7 @@ func testFeedWakes(t *testing.T, s store.Store) {
 	p := prefix(t)
 	sub, err := s.Subscribe(ctx, p+"sub", []string{order.Retry}, store.FeedOptions{FromNow: true})
 	require.NoError(t, err)
-	defer sub.Close()
+	defer sub.Close(context.Background())
 	done := make(chan []store.Event)
 	go func() { done <- collect(t, sub, p, atLeast(1)) }()
 	_, err = s.Insert(ctx, order.Retry, p+"late", []byte(`{}`))
@@ -250,7 +250,7 @@ func testSweep(t *testing.T, s store.Store) {
 	}
 	sub, err := s.Subscribe(ctx, p+"sub", []string{order.Retry}, store.FeedOptions{FromNow: true})
 	require.NoError(t, err)
-	defer sub.Close()
+	defer sub.Close(context.Background())
 
 	res, err := s.SweepRetries(ctx, now, 15*time.Second)
 	require.NoError(t, err)

@@ -1,0 +1,149 @@
+package app_test
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/mailer/mockmail"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// faultServer stands in front of the mock email service and misbehaves in
+// the way its mode says.
+type faultServer struct {
+	mock    *mockmail.Server
+	mode    atomic.Value  // string
+	bursts  atomic.Int64  // 500s left to answer in mode "burst"
+	faulted atomic.Int64  // requests that met a fault
+	closed  chan struct{} // ends hanging requests when the test ends
+}
+
+func (f *faultServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch f.mode.Load() {
+	case "hang":
+		f.faulted.Add(1)
+		// Read the body: only then does net/http watch the connection and
+		// cancel the request when the client gives up.
+		io.Copy(io.Discard, r.Body)
+		select {
+		case <-r.Context().Done():
+		case <-f.closed:
+		}
+		return
+	case "reset":
+		f.faulted.Add(1)
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			panic(err)
+		}
+		conn.(*net.TCPConn).SetLinger(0) // close with RST
+		conn.Close()
+		return
+	case "slow":
+		select {
+		case <-time.After(300 * time.Millisecond):
+		case <-r.Context().Done():
+			return
+		}
+	case "burst":
+		if f.bursts.Add(-1) >= 0 {
+			f.faulted.Add(1)
+			http.Error(w, "burst", http.StatusInternalServerError)
+			return
+		}
+	}
+	f.mock.ServeHTTP(w, r)
+}
+
+// serve starts f on addr (127.0.0.1:0 for any port) and returns its URL.
+func (f *faultServer) serve(t *testing.T, addr string) string {
+	t.Helper()
+	t.Cleanup(func() { close(f.closed) }) // runs after the server's cleanup below
+	return serveOn(t, addr, f)
+}
+
+// serveOn serves h on addr until the test ends, and returns its URL.
+func serveOn(t *testing.T, addr string, h http.Handler) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	require.NoError(t, err)
+	srv := &http.Server{Handler: h}
+	done := make(chan struct{})
+	go func() { srv.Serve(ln); close(done) }()
+	t.Cleanup(func() { srv.Close(); <-done })
+	return "http://" + ln.Addr().String()
+}
+
+func newFaultRun(t *testing.T, mode string) (*run, *faultServer) {
+	t.Helper()
+	r := newScriptedRun(t, mockmail.Config{})
+	f := &faultServer{mock: r.mock, closed: make(chan struct{})}
+	f.mode.Store(mode)
+	r.cfg.Mail.URL = f.serve(t, "127.0.0.1:0")
+	r.cfg.Mail.Timeout = 200 * time.Millisecond
+	return r, f
+}
+
+// TestEmailServiceFaults: under each fault, every send ends within the
+// client timeout, the orders wait as retries instead of stalling the feed,
+// and once the service behaves, the backlog drains with one delivery each.
+func TestEmailServiceFaults(t *testing.T) {
+	for _, mode := range []string{"hang", "reset", "burst"} {
+		t.Run(mode, func(t *testing.T) {
+			r, f := newFaultRun(t, mode)
+			f.bursts.Store(60)
+			a, st := r.start(t)
+			defer stop(t, a)
+			keys := r.placeOrders(t, st, 40)
+
+			// Every order got its first attempt, failed, and waits as a retry:
+			// none is stuck behind a call that does not answer.
+			require.Eventually(t, func() bool {
+				_, retries := progress(t, st, keys)
+				return retries+r.mock.Stats().Deliveries >= 40 && f.faulted.Load() >= 40
+			}, 30*time.Second, 10*time.Millisecond)
+
+			f.mode.Store("ok")
+			waitConfirmed(t, st, keys)
+			assertDeliveredOnce(t, r.mock, keys)
+			t.Logf("%s: %d faulty answers, mock %+v", mode, f.faulted.Load(), r.mock.Stats())
+		})
+	}
+}
+
+func TestVerySlowAnswersWithinTheTimeout(t *testing.T) {
+	r, _ := newFaultRun(t, "slow")
+	r.cfg.Mail.Timeout = 5 * time.Second
+	a, st := r.start(t)
+	defer stop(t, a)
+	keys := r.placeOrders(t, st, 40)
+	waitConfirmed(t, st, keys)
+	assert.Zero(t, r.mock.Stats().Failures, "slow is not failed")
+	assertDeliveredOnce(t, r.mock, keys)
+}
+
+func TestEmailServiceDownAtStartup(t *testing.T) {
+	r := newScriptedRun(t, mockmail.Config{})
+	// An address where nothing listens yet.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	r.cfg.Mail.URL = "http://" + addr
+	a, st := r.start(t)
+	defer stop(t, a)
+	keys := r.placeOrders(t, st, 30)
+	require.Eventually(t, func() bool { _, retries := progress(t, st, keys); return retries == 30 },
+		30*time.Second, 10*time.Millisecond, "connection refused: every order waits as a retry")
+
+	f := &faultServer{mock: r.mock, closed: make(chan struct{})}
+	f.mode.Store("ok")
+	f.serve(t, addr) // the service comes up
+	waitConfirmed(t, st, keys)
+	assertDeliveredOnce(t, r.mock, keys)
+}
