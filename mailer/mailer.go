@@ -85,6 +85,9 @@ const (
 
 func (c Class) String() string { return [...]string{"transient", "permanent"}[c] }
 
+// halfOpenRetry is when a send held back while a probe runs is tried again.
+const halfOpenRetry = time.Second
+
 // ErrCircuitOpen is the cause of a send held back by the open circuit.
 var ErrCircuitOpen = errors.New("circuit breaker open: email service not called")
 
@@ -196,8 +199,12 @@ func (c *Client) Send(ctx context.Context, idempotencyKey string, order []byte) 
 	_, err := c.breaker.Execute(func() (struct{}, error) {
 		return struct{}{}, c.limitedPost(ctx, idempotencyKey, order)
 	})
-	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {
+	switch {
+	case errors.Is(err, gobreaker.ErrOpenState):
 		return &SendError{Class: Transient, NotAttempted: true, RetryAfter: c.cfg.BreakerCooldown, Err: ErrCircuitOpen}
+	case errors.Is(err, gobreaker.ErrTooManyRequests):
+		// Half-open: a probe is deciding right now; ask again soon.
+		return &SendError{Class: Transient, NotAttempted: true, RetryAfter: halfOpenRetry, Err: ErrCircuitOpen}
 	}
 	return err
 }

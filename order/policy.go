@@ -83,7 +83,9 @@ type Verdict struct {
 // the decision is a pure function.
 func (p Policy) Next(attempts int, now time.Time, f Failure, u float64) Verdict {
 	if f.NotAttempted {
-		return Verdict{At: now.Add(max(f.RetryAfter, p.MinDelay))}
+		// Jittered, so that what was held back together does not come back
+		// together.
+		return Verdict{At: now.Add(p.jitter(max(f.RetryAfter, p.MinDelay), u))}
 	}
 	if f.Permanent {
 		return Verdict{GiveUp: true, Reason: ReasonPermanent}
@@ -106,7 +108,10 @@ func (p Policy) exponential(attempts int, u float64) time.Duration {
 	for i := 1; i < attempts && d < p.MaxDelay; i++ {
 		d *= 2
 	}
-	d = min(d, p.MaxDelay)
-	jittered := time.Duration(float64(d) * (1 - p.Jitter + 2*p.Jitter*u))
-	return min(max(jittered, p.MinDelay), p.MaxDelay)
+	return min(max(p.jitter(min(d, p.MaxDelay), u), p.MinDelay), p.MaxDelay)
+}
+
+// jitter draws d from [d(1-Jitter), d(1+Jitter)].
+func (p Policy) jitter(d time.Duration, u float64) time.Duration {
+	return time.Duration(float64(d) * (1 - p.Jitter + 2*p.Jitter*u))
 }

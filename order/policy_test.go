@@ -39,6 +39,7 @@ func TestPolicyNext(t *testing.T) {
 		{"exhausted at the budget", 8, order.Failure{}, mid, order.Verdict{GiveUp: true, Reason: order.ReasonExhausted}},
 		{"not attempted: no budget spent", 8, order.Failure{NotAttempted: true, RetryAfter: 5 * time.Second}, mid, order.Verdict{At: now.Add(5 * time.Second)}},
 		{"not attempted waits at least the minimum", 1, order.Failure{NotAttempted: true}, mid, order.Verdict{At: now.Add(time.Second)}},
+		{"not attempted is jittered too", 1, order.Failure{NotAttempted: true, RetryAfter: 10 * time.Second}, 0, order.Verdict{At: now.Add(8 * time.Second)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

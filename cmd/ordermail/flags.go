@@ -77,7 +77,7 @@ func serviceFlags(fs *flag.FlagSet, cfg *app.Config, d serviceDefaults) {
 	fs.BoolVar(&cfg.Mail.RetryAllFailures, "retry-all-failures", false, "retry every failure, as the sample does")
 	fs.Float64Var(&cfg.Mail.SendRate, "send-rate", 0, "most sends per second; 0: no limit")
 	fs.IntVar(&cfg.Mail.SendBurst, "send-burst", 0, "sends allowed at once under --send-rate (default: one second's worth)")
-	fs.IntVar(&cfg.Mail.BreakerFailures, "breaker-failures", 5, "consecutive transient failures that open the circuit breaker; 0: no breaker")
+	fs.IntVar(&cfg.Mail.BreakerFailures, "breaker-failures", 10, "consecutive transient failures that open the circuit breaker; 0: no breaker")
 	fs.DurationVar(&cfg.Mail.BreakerCooldown, "breaker-cooldown", d.breakerCooldown, "how long an open breaker holds sends back before one probe")
 	fs.DurationVar(&cfg.Watcher.ClaimTTL, "claim-ttl", time.Minute, "a retry claimed for a send is left alone this long by other instances and, should this one die, by the sweep")
 	fs.IntVar(&cfg.Watcher.MaxOrderBytes, "max-order-bytes", 1<<20, "a paid order larger than this is dead-lettered (order_too_large), not posted")
