@@ -45,18 +45,18 @@ var fast = order.Policy{Backoff: order.BackoffExponential, MinDelay: 10 * time.M
 // backend is a store the end-to-end scenarios run on.
 type backend struct {
 	name  string
-	store func(t *testing.T) app.StoreConfig // skips when it cannot run here
+	store func(t testing.TB) app.StoreConfig // skips when it cannot run here
 }
 
 var backends = []backend{
-	{"embedded", func(t *testing.T) app.StoreConfig {
+	{"embedded", func(t testing.TB) app.StoreConfig {
 		return app.StoreConfig{URL: "file:" + filepath.Join(t.TempDir(), "ordermail.db")}
 	}},
 	{"couchbase", couchbaseFromEnv},
 }
 
 // couchbaseFromEnv is the cluster ORDERMAIL_TEST_COUCHBASE names, set up.
-func couchbaseFromEnv(t *testing.T) app.StoreConfig {
+func couchbaseFromEnv(t testing.TB) app.StoreConfig {
 	conn := os.Getenv("ORDERMAIL_TEST_COUCHBASE")
 	if conn == "" {
 		t.Skip("no Couchbase cluster: `docker compose up -d couchbase couchbase-init`, then " +
@@ -90,7 +90,7 @@ func newScriptedRun(t *testing.T, mc mockmail.Config) *run {
 	return newRunOn(t, backends[0], mc)
 }
 
-func newRunOn(t *testing.T, b backend, mc mockmail.Config) *run {
+func newRunOn(t testing.TB, b backend, mc mockmail.Config) *run {
 	t.Helper()
 	sc := b.store(t)
 	m, err := mockmail.New(mc)
@@ -108,7 +108,7 @@ func newRunOn(t *testing.T, b backend, mc mockmail.Config) *run {
 }
 
 // start starts the real fx app and returns its store.
-func (r *run) start(t *testing.T, populate ...any) (*fx.App, store.Store) {
+func (r *run) start(t testing.TB, populate ...any) (*fx.App, store.Store) {
 	t.Helper()
 	require.NoError(t, r.cfg.Validate())
 	var st store.Store
@@ -118,7 +118,7 @@ func (r *run) start(t *testing.T, populate ...any) (*fx.App, store.Store) {
 	return a, st
 }
 
-func stop(t *testing.T, a *fx.App) {
+func stop(t testing.TB, a *fx.App) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -127,7 +127,7 @@ func stop(t *testing.T, a *fx.App) {
 
 // placeOrders writes n orders as initiated, then marks each paid, as the
 // sample's manual test does, and starts retries.
-func (r *run) placeOrders(t *testing.T, st store.Store, n int) []string {
+func (r *run) placeOrders(t testing.TB, st store.Store, n int) []string {
 	t.Helper()
 	ctx := context.Background()
 	docs := fixtures.Generate(n, 42)
@@ -148,7 +148,7 @@ func (r *run) placeOrders(t *testing.T, st store.Store, n int) []string {
 	return keys
 }
 
-func counts(t *testing.T, st store.Store) store.Counts {
+func counts(t testing.TB, st store.Store) store.Counts {
 	t.Helper()
 	c, err := st.Counts(context.Background())
 	require.NoError(t, err)
@@ -156,7 +156,7 @@ func counts(t *testing.T, st store.Store) store.Counts {
 }
 
 // progress counts, among keys, the confirmed orders and the retry documents.
-func progress(t *testing.T, st store.Store, keys []string) (confirmedN, retries int) {
+func progress(t testing.TB, st store.Store, keys []string) (confirmedN, retries int) {
 	t.Helper()
 	ctx := context.Background()
 	for _, k := range keys {
@@ -174,7 +174,7 @@ func progress(t *testing.T, st store.Store, keys []string) (confirmedN, retries 
 	return confirmedN, retries
 }
 
-func waitConfirmed(t *testing.T, st store.Store, keys []string) {
+func waitConfirmed(t testing.TB, st store.Store, keys []string) {
 	t.Helper()
 	require.Eventually(t, func() bool {
 		c, r := progress(t, st, keys)
@@ -183,7 +183,7 @@ func waitConfirmed(t *testing.T, st store.Store, keys []string) {
 }
 
 // waitAllConfirmed also checks the store-wide counts, on a store of our own.
-func waitAllConfirmed(t *testing.T, st store.Store, keys []string) {
+func waitAllConfirmed(t testing.TB, st store.Store, keys []string) {
 	t.Helper()
 	waitConfirmed(t, st, keys)
 	c := counts(t, st)
@@ -192,7 +192,7 @@ func waitAllConfirmed(t *testing.T, st store.Store, keys []string) {
 
 // assertDeliveredOnce checks every order got exactly one delivery, under its
 // own idempotency key.
-func assertDeliveredOnce(t *testing.T, m *mockmail.Server, keys []string) {
+func assertDeliveredOnce(t testing.TB, m *mockmail.Server, keys []string) {
 	t.Helper()
 	want := make(map[string]int, len(keys))
 	for _, k := range keys {
