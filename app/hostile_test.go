@@ -1,15 +1,13 @@
 package app_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ordermail/ordermail/fixtures"
+	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
@@ -17,34 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// logBuffer keeps the app's JSON log lines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-// lines returns the lines that contain every one of parts.
-func (l *logBuffer) lines(parts ...string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []string
-	for _, line := range strings.Split(l.b.String(), "\n") {
-		ok := line != ""
-		for _, p := range parts {
-			ok = ok && strings.Contains(line, p)
-		}
-		if ok {
-			out = append(out, line)
-		}
-	}
-	return out
-}
+type logBuffer = syncbuf.Buffer
 
 // TestHostileDocuments loads the hostile corpus, then good orders behind it:
 // each hostile document gets a log line with its key and reason and the
@@ -92,7 +63,7 @@ func TestHostileDocuments(t *testing.T) {
 				require.True(t, ok)
 				assert.Equal(t, c.Reason, d.Reason, c.Name)
 				assert.NotEmpty(t, d.LastError, "the dead letter says what was wrong")
-				assert.NotEmpty(t, logs.lines(`"msg":"dead-lettered"`, `"key":"`+c.Key+`"`, `"reason":"`+c.Reason+`"`),
+				assert.NotEmpty(t, logs.Lines(`"msg":"dead-lettered"`, `"key":"`+c.Key+`"`, `"reason":"`+c.Reason+`"`),
 					"a log line names the key and the reason")
 				if c.Collection == order.Retry {
 					_, err := st.Get(ctx, order.Retry, c.Key)
@@ -105,11 +76,11 @@ func TestHostileDocuments(t *testing.T) {
 			case "ignored":
 				_, dead := deadLetter(c.Key)
 				assert.False(t, dead)
-				assert.NotEmpty(t, logs.lines(`"msg":"ignore"`, `"key":"`+c.Key+`"`, `"reason":"not paid"`))
+				assert.NotEmpty(t, logs.Lines(`"msg":"ignore"`, `"key":"`+c.Key+`"`, `"reason":"not paid"`))
 			case "confirmed":
 				assert.True(t, confirmed(t, st, c.Key))
 			case "control":
-				assert.Len(t, logs.lines(`"msg":"ignoring the settings in allow_retrys"`, `parsecs`), 1,
+				assert.Len(t, logs.Lines(`"msg":"ignoring the settings in allow_retrys"`, `parsecs`), 1,
 					"reported once, and the timer went on with its settings")
 			}
 		})
@@ -118,7 +89,7 @@ func TestHostileDocuments(t *testing.T) {
 	// because the timer swept it: the nonsense allow_retrys did not stop it.
 	_, swept := deadLetter("hostile_orphan_unflagged")
 	assert.True(t, swept)
-	assert.Empty(t, logs.lines(`"level":"ERROR"`, `panic`))
+	assert.Empty(t, logs.Lines(`"level":"ERROR"`, `panic`))
 	st2 := r.mock.Stats()
 	assert.Equal(t, len(good)+1, st2.Deliveries, "the good orders and the one with a huge number")
 }

@@ -70,7 +70,7 @@ func lockStore(t *testing.T, path string) func() {
 
 func waitLog(t *testing.T, logs *logBuffer, parts ...string) {
 	t.Helper()
-	require.Eventually(t, func() bool { return len(logs.lines(parts...)) > 0 }, 30*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return len(logs.Lines(parts...)) > 0 }, 30*time.Second, 10*time.Millisecond,
 		"no log line with %q", parts)
 }
 

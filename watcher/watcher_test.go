@@ -1,7 +1,6 @@
 package watcher_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/order"
@@ -33,23 +33,7 @@ var (
 	noJitter = order.Policy{Backoff: order.BackoffExponential, MinDelay: time.Second, MaxDelay: time.Minute, MaxAttempts: 5, Quantum: 15 * time.Second}
 )
 
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = syncbuf.Buffer
 
 type env struct {
 	store *embedded.Store

@@ -1,42 +1,24 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/fixtures"
+	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/order"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // TestRunAsProcess runs `ordermail run` as a real process, feeds it orders
 // written by other processes on the same file, and stops it with SIGTERM.
@@ -48,7 +30,7 @@ func TestRunAsProcess(t *testing.T) {
 	dir := t.TempDir()
 	storeURL := "file:" + filepath.Join(dir, "o.db")
 
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	cmd := exec.Command(binary, "run", "--timer-interval", "100ms", "--retry-quantum", "200ms", "--log-format", "json")
 	cmd.Env = append(cmd.Environ(), "ORDERMAIL_STORE="+storeURL, "ORDERMAIL_MAIL_URL="+srv.URL)
 	cmd.Stderr = &logs

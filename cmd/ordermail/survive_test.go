@@ -12,13 +12,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/fixtures"
+	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
@@ -29,13 +29,13 @@ import (
 // proc is ordermail running as a process of its own.
 type proc struct {
 	cmd    *exec.Cmd
-	logs   *lockedBuffer
+	logs   *syncbuf.Buffer
 	exited chan error
 }
 
 func startProc(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(binary, args...), logs: &lockedBuffer{}, exited: make(chan error, 1)}
+	p := &proc{cmd: exec.Command(binary, args...), logs: &syncbuf.Buffer{}, exited: make(chan error, 1)}
 	p.cmd.Stderr = p.logs
 	require.NoError(t, p.cmd.Start())
 	go func() { p.exited <- p.cmd.Wait() }()
@@ -55,18 +55,7 @@ func (p *proc) waitLog(t *testing.T, parts ...string) {
 		"no log line with %q in:\n%s", parts, p.logs.String())
 }
 
-func (p *proc) hasLog(parts ...string) bool {
-	for _, line := range strings.Split(p.logs.String(), "\n") {
-		ok := line != ""
-		for _, part := range parts {
-			ok = ok && strings.Contains(line, part)
-		}
-		if ok {
-			return true
-		}
-	}
-	return false
-}
+func (p *proc) hasLog(parts ...string) bool { return len(p.logs.Lines(parts...)) > 0 }
 
 // stop signals the process and waits for it to exit; it returns the exit
 // error and how long the exit took.

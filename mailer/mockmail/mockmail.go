@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"strings"
@@ -177,11 +178,7 @@ func (s *Server) Stats() Stats {
 func (s *Server) Requests() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[string]int, len(s.requests))
-	for k, v := range s.requests {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(s.requests)
 }
 
 // Delivered returns, per idempotency key delivered, how many requests carrying
@@ -189,11 +186,7 @@ func (s *Server) Requests() map[string]int {
 func (s *Server) Delivered() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(map[string]int, len(s.delivered))
-	for k, v := range s.delivered {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(s.delivered)
 }
 
 // FetchStats reads GET /stats of a mock running elsewhere.

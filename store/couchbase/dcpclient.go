@@ -23,8 +23,10 @@ type dcpClient struct {
 
 var _ dcpAgent = (*dcpClient)(nil)
 
-func security(cfg Config, pw string) (gocbcore.SecurityConfig, error) {
-	sec := gocbcore.SecurityConfig{Auth: gocbcore.PasswordAuthProvider{Username: cfg.Username, Password: pw}}
+// security adds the credentials and the CA to what the connection string
+// set (couchbases:// sets TLS).
+func security(cfg Config, pw string, sec gocbcore.SecurityConfig) (gocbcore.SecurityConfig, error) {
+	sec.Auth = gocbcore.PasswordAuthProvider{Username: cfg.Username, Password: pw}
 	pool, err := cfg.caPool()
 	if err != nil {
 		return sec, err
@@ -67,12 +69,10 @@ func newDCPClient(cfg Config, pw, streamName string) (*dcpClient, error) {
 	if err := ac.FromConnStr(cfg.ConnStr); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	sec, err := security(cfg, pw)
-	if err != nil {
+	var err error
+	if ac.SecurityConfig, err = security(cfg, pw, ac.SecurityConfig); err != nil {
 		return nil, err
 	}
-	sec.UseTLS = sec.UseTLS || ac.SecurityConfig.UseTLS
-	ac.SecurityConfig = sec
 	ac.BucketName = cfg.Bucket
 	ac.UserAgent = "ordermail"
 	ac.IoConfig.UseCollections = true
@@ -171,12 +171,10 @@ func collectionIDs(cfg Config, pw string, names []string) (map[uint32]string, er
 	if err := ac.FromConnStr(cfg.ConnStr); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	sec, err := security(cfg, pw)
-	if err != nil {
+	var err error
+	if ac.SecurityConfig, err = security(cfg, pw, ac.SecurityConfig); err != nil {
 		return nil, err
 	}
-	sec.UseTLS = sec.UseTLS || ac.SecurityConfig.UseTLS
-	ac.SecurityConfig = sec
 	ac.BucketName = cfg.Bucket
 	ac.UserAgent = "ordermail"
 	ac.IoConfig.UseCollections = true
