@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"testing"
 
 	"github.com/ordermail/ordermail/fixtures"
@@ -18,4 +19,10 @@ func writeJSONL(t *testing.T, path string, docs []fixtures.Doc) {
 	for _, d := range docs {
 		require.NoError(t, enc.Encode(map[string]any{"id": d.Key, "doc": d.Value}))
 	}
+}
+
+// runBinary runs ordermail to the end and returns what it printed.
+func runBinary(args ...string) (string, error) {
+	out, err := exec.Command(binary, args...).CombinedOutput()
+	return string(out), err
 }

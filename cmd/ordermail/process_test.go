@@ -2,82 +2,60 @@ package main
 
 import (
 	"context"
-	"io"
-	"log/slog"
-	"net/http/httptest"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/fixtures"
-	"github.com/ordermail/ordermail/internal/syncbuf"
-	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/order"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-// TestRunAsProcess runs `ordermail run` as a real process, feeds it orders
-// written by other processes on the same file, and stops it with SIGTERM.
+// TestRunAsProcess runs `ordermail run` as a real process, configured by
+// environment variables, feeds it orders that other processes (load, pay,
+// retries start) write on the same file, and stops it with SIGTERM.
 func TestRunAsProcess(t *testing.T) {
-	m, err := mockmail.New(mockmail.Config{FailRate: 0.3, Seed: 9})
-	require.NoError(t, err)
-	srv := httptest.NewServer(m)
-	defer srv.Close()
+	mock := startMock(t, "--fail-rate", "0.3", "--fail-status", "503", "--seed", "9")
 	dir := t.TempDir()
 	storeURL := "file:" + filepath.Join(dir, "o.db")
 
-	var logs syncbuf.Buffer
-	cmd := exec.Command(binary, "run", "--timer-interval", "100ms", "--retry-quantum", "200ms", "--log-format", "json")
-	cmd.Env = append(cmd.Environ(), "ORDERMAIL_STORE="+storeURL, "ORDERMAIL_MAIL_URL="+srv.URL)
-	cmd.Stderr = &logs
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
+	t.Setenv("ORDERMAIL_STORE", storeURL)
+	t.Setenv("ORDERMAIL_MAIL_URL", mock)
+	p := startProc(t, "run", "--timer-interval", "100ms", "--retry-quantum", "200ms", "--backoff-min", "50ms", "--log-format", "json")
+	p.waitLog(t, `"msg":"watching"`)
 
-	// Another process loads and pays orders while run is running.
 	orders := filepath.Join(dir, "orders.jsonl")
-	writeJSONL(t, orders, fixtures.Generate(30, 5))
-	load := exec.Command(binary, "load", "--store", storeURL, "--collection", "inbound", orders)
-	out, err := load.CombinedOutput()
-	require.NoError(t, err, string(out))
-	keys := make([]string, 0, 30)
-	for _, d := range fixtures.Generate(30, 5) {
-		keys = append(keys, d.Key)
+	docs := fixtures.Generate(30, 5)
+	writeJSONL(t, orders, docs)
+	for _, args := range [][]string{
+		{"load", "--collection", "inbound", orders},
+		append([]string{"pay"}, keysOf(docs)...),
+		{"retries", "start"},
+	} {
+		out, err := runBinary(args...)
+		require.NoError(t, err, "%v: %s", args, out)
 	}
-	out, err = exec.Command(binary, append([]string{"pay", "--store", storeURL}, keys...)...).CombinedOutput()
-	require.NoError(t, err, string(out))
-	out, err = exec.Command(binary, "retries", "start", "--store", storeURL).CombinedOutput()
-	require.NoError(t, err, string(out))
 
-	st, err := app.OpenStore(context.Background(), app.StoreConfig{URL: storeURL}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	require.NoError(t, err)
-	defer st.Close()
-	require.Eventually(t, func() bool {
-		c, err := st.Counts(context.Background())
-		return err == nil && c.OrdersConfirmed == 30 && c.RetryDocs == 0
-	}, 60*time.Second, 20*time.Millisecond, "logs:\n%s", logs.String())
-
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case err := <-exited:
-		require.NoError(t, err, "clean exit after SIGTERM; logs:\n%s", logs.String())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("no exit after SIGTERM; logs:\n%s", logs.String())
-	}
-	assert.Contains(t, logs.String(), `"msg":"shutting down"`)
-	assert.Contains(t, logs.String(), `"msg":"stopped","component":"watcher"`)
-	assert.Equal(t, 30, m.Stats().Deliveries)
-	assert.Zero(t, m.Stats().DuplicateRequests)
+	st := openStore(t, storeURL)
+	require.Eventually(t, func() bool { return settled(t, st, 30) }, 60*time.Second, 20*time.Millisecond,
+		"logs:\n%s", p.logs.String())
+	err, _ := p.stop(t, syscall.SIGTERM)
+	require.NoError(t, err, "clean exit after SIGTERM; logs:\n%s", p.logs.String())
+	assert.True(t, p.hasLog(`"msg":"shutting down"`))
+	assert.True(t, p.hasLog(`"msg":"stopped","component":"watcher"`))
+	ms := mockStats(t, mock)
+	assert.Equal(t, 30, ms.Deliveries)
+	assert.Zero(t, ms.DuplicateRequests)
 	_, err = st.Get(context.Background(), order.Retry, order.ControlKey)
 	assert.NoError(t, err)
+}
+
+func keysOf(docs []fixtures.Doc) []string {
+	keys := make([]string, len(docs))
+	for i, d := range docs {
+		keys[i] = d.Key
+	}
+	return keys
 }
