@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/ordermail/ordermail/store"
@@ -21,9 +20,6 @@ type Lease struct {
 	owner string
 	ttl   time.Duration
 	now   func() time.Time
-
-	mu   sync.Mutex
-	held bool
 }
 
 type doc struct {
@@ -51,56 +47,37 @@ var ErrHeld = errors.New("lease held by another instance")
 // Acquire takes the lease, or renews it when we hold it, for one TTL. It
 // returns ErrHeld (wrapped, naming the holder) when someone else holds it.
 func (l *Lease) Acquire(ctx context.Context) error {
-	held, err := l.acquire(ctx)
-	l.mu.Lock()
-	l.held = err == nil && held
-	l.mu.Unlock()
-	return err
-}
-
-func (l *Lease) acquire(ctx context.Context) (bool, error) {
 	now := l.now()
 	mine, err := json.Marshal(doc{Owner: l.owner, ExpiresAt: now.Add(l.ttl).UnixMilli()})
 	if err != nil {
-		return false, err
+		return err
 	}
 	cur, err := l.st.Get(ctx, store.Meta, l.key)
 	if errors.Is(err, store.ErrNotFound) {
 		_, err = l.st.Insert(ctx, store.Meta, l.key, mine)
 		if errors.Is(err, store.ErrExists) {
-			return false, fmt.Errorf("%w: %s was just taken", ErrHeld, l.key)
+			return fmt.Errorf("%w: %s was just taken", ErrHeld, l.key)
 		}
-		return err == nil, err
+		return err
 	}
 	if err != nil {
-		return false, err
+		return err
 	}
 	var d doc
 	if json.Unmarshal(cur.Value, &d) == nil && d.Owner != l.owner && d.ExpiresAt > now.UnixMilli() {
-		return false, fmt.Errorf("%w: %s is held by %s until %s", ErrHeld, l.key, d.Owner,
+		return fmt.Errorf("%w: %s is held by %s until %s", ErrHeld, l.key, d.Owner,
 			time.UnixMilli(d.ExpiresAt).UTC().Format(time.RFC3339Nano))
 	}
 	_, err = l.st.Replace(ctx, store.Meta, l.key, mine, cur.CAS)
 	if errors.Is(err, store.ErrCASMismatch) || errors.Is(err, store.ErrNotFound) {
-		return false, fmt.Errorf("%w: %s changed hands", ErrHeld, l.key)
+		return fmt.Errorf("%w: %s changed hands", ErrHeld, l.key)
 	}
-	return err == nil, err
-}
-
-// Held says whether the last Acquire succeeded. A holder must renew before
-// the TTL runs out: Held does not look at the clock.
-func (l *Lease) Held() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.held
+	return err
 }
 
 // Release gives the lease up, if we hold it, so that another instance can
 // take it at once instead of after the TTL.
 func (l *Lease) Release(ctx context.Context) error {
-	l.mu.Lock()
-	l.held = false
-	l.mu.Unlock()
 	cur, err := l.st.Get(ctx, store.Meta, l.key)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil

@@ -93,14 +93,9 @@ type RetryDoc struct {
 	RedriveCount   int    `json:"redriveCount,omitempty"`
 }
 
-// NewRetryDoc is the document function 1 writes after a first failed send.
-func NewRetryDoc(orderKey string, now time.Time) RetryDoc {
-	ms := now.UnixMilli()
-	return RetryDoc{Type: TypeConfirmation, DocID: orderKey, Attempt: 1, TS: ms, FirstAttemptAt: ms}
-}
-
 // Failed is the document after another failed attempt: the sample's
-// attempt+1, fireRetry=false, ts=now.
+// attempt+1, fireRetry=false, ts=now. On RetryDoc{Type, DocID} it is the
+// document function 1 writes after a first failed send.
 func (r RetryDoc) Failed(now time.Time) RetryDoc {
 	if r.FirstAttemptAt == 0 { // the sample's documents: ts is the earliest known
 		r.FirstAttemptAt = r.TS

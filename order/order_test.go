@@ -21,7 +21,7 @@ func TestMarkConfirmedKeepsOtherFields(t *testing.T) {
 func TestRetryDocLifecycle(t *testing.T) {
 	t.Parallel()
 	t0 := time.UnixMilli(1632775908319)
-	r := order.NewRetryDoc("order_140", t0)
+	r := order.RetryDoc{Type: order.TypeConfirmation, DocID: "order_140"}.Failed(t0)
 	assert.JSONEq(t, `{"type":"confirmation","docId":"order_140","attempt":1,"ts":1632775908319,"fireRetry":false,"firstAttemptAt":1632775908319}`, string(r.Encode()))
 	r.FireRetry = true
 	r2 := r.Failed(t0.Add(time.Second))

@@ -89,14 +89,3 @@ func (t *AckTracker) Checkpoints() map[uint16]uint64 {
 	}
 	return out
 }
-
-// InFlight counts delivered events not yet acknowledged.
-func (t *AckTracker) InFlight() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	n := 0
-	for _, pa := range t.parts {
-		n += len(pa.queue) - len(pa.acked)
-	}
-	return n
-}

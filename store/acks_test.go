@@ -19,14 +19,12 @@ func TestAckTrackerOutOfOrder(t *testing.T) {
 	a15()
 	a20()
 	assert.Equal(t, map[uint16]uint64{0: 10, 7: 0}, tr.Checkpoints(), "11 is still in flight")
-	assert.Equal(t, 2, tr.InFlight(), "11 and 7:3")
 
 	a11()
 	assert.Equal(t, map[uint16]uint64{0: 20, 7: 0}, tr.Checkpoints())
 	a11() // a second ack of the same event changes nothing
 	b3()
 	assert.Equal(t, map[uint16]uint64{0: 20, 7: 3}, tr.Checkpoints())
-	assert.Equal(t, 0, tr.InFlight())
 }
 
 func TestAckTrackerResetDropsOldAcks(t *testing.T) {

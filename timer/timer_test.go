@@ -37,7 +37,7 @@ func openStore(t *testing.T) *embedded.Store {
 
 func retryDoc(t *testing.T, st store.Store, key string, age time.Duration) {
 	t.Helper()
-	r := order.NewRetryDoc(key, pinned.Add(-age))
+	r := order.RetryDoc{Type: order.TypeConfirmation, DocID: key}.Failed(pinned.Add(-age))
 	_, err := st.Upsert(context.Background(), order.Retry, key, r.Encode())
 	require.NoError(t, err)
 }
