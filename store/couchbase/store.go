@@ -254,8 +254,8 @@ func scanStatement(keyspace string) string {
 // Scan pages through the keys by N1QL (the primary index) and reads each
 // document by KV, so that documents that are not JSON come through too.
 func (s *Store) Scan(ctx context.Context, coll string, fn func(store.Doc) error) error {
-	if _, err := s.coll(coll); err != nil {
-		return err
+	if !slices.Contains(collections, coll) {
+		return fmt.Errorf("scan: %q is not one of %v", coll, collections)
 	}
 	const page = 500
 	after := ""

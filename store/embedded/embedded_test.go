@@ -5,10 +5,12 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/ordermail/ordermail/store/storetest"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -28,4 +30,30 @@ func TestContract(t *testing.T) {
 		t.Cleanup(func() { s.Close() })
 		return s
 	})
+}
+
+// TestWritesFromAnotherHandleReachTheFeed: a second handle on the file is
+// what another process is to the feed (no wake-up in memory), so its writes
+// arrive through the poll.
+func TestWritesFromAnotherHandleReachTheFeed(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "o.db")
+	service, err := embedded.Open(ctx, embedded.Config{Path: path, PollInterval: 50 * time.Millisecond})
+	require.NoError(t, err)
+	defer service.Close()
+	loader, err := embedded.Open(ctx, embedded.Config{Path: path})
+	require.NoError(t, err)
+	defer loader.Close()
+
+	sub, err := service.Subscribe(ctx, "feed", []string{"inbound"}, store.FeedOptions{})
+	require.NoError(t, err)
+	defer sub.Close(ctx)
+	_, err = loader.Upsert(ctx, "inbound", "order_1", []byte(`{"paymentStatus":"paid"}`))
+	require.NoError(t, err)
+
+	wait, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ev, err := sub.Next(wait)
+	require.NoError(t, err, "the other handle's write never reached the feed")
+	assert.Equal(t, "order_1", ev.Key)
 }
