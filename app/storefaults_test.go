@@ -59,7 +59,8 @@ func dbPath(r *run) string { return strings.TrimPrefix(r.cfg.Store.URL, "file:")
 // another process writing would, until the returned func is called.
 func lockStore(t *testing.T, path string) func() {
 	t.Helper()
-	db, err := sql.Open("sqlite", "file:"+path+"?_txlock=immediate")
+	// Waits its turn behind the service's own writes, as a real second writer would.
+	db, err := sql.Open("sqlite", "file:"+path+"?_txlock=immediate&_pragma=busy_timeout(10000)")
 	require.NoError(t, err)
 	tx, err := db.Begin()
 	require.NoError(t, err)
