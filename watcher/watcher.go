@@ -222,17 +222,38 @@ func (w *Watcher) work(ctx context.Context, events <-chan store.Event) {
 		case <-w.stopping:
 			return // queued events stay unacknowledged and are replayed
 		case ev := <-events:
-			select {
-			case <-w.stopping:
+			if !w.complete(ctx, ev) {
 				return
-			default:
 			}
-			if err := w.handle(ctx, ev); err != nil {
-				w.log.Warn("change left for replay", "collection", ev.Collection, "key", ev.Key, "error", err)
-				continue
-			}
+		}
+	}
+}
+
+// complete handles ev until its outcome is written, trying again after an
+// error: skipping it would pin the checkpoint behind it and leave the order
+// alone until a restart. The orders behind it on this worker wait meanwhile.
+// It returns false when the watcher stops first; ev is then replayed.
+func (w *Watcher) complete(ctx context.Context, ev store.Event) bool {
+	b := newBackoff()
+	for {
+		select {
+		case <-w.stopping:
+			return false
+		default:
+		}
+		err := w.handle(ctx, ev)
+		if err == nil {
 			ev.Ack()
 			w.handled.Add(1)
+			return true
+		}
+		if ctx.Err() != nil {
+			return false // aborted at shutdown
+		}
+		w.log.Warn("change not done; trying again", "collection", ev.Collection, "key", ev.Key,
+			"error", err, "retry_in", b.peek())
+		if !b.waitUnless(ctx, w.stopping) {
+			return false
 		}
 	}
 }

@@ -2,6 +2,7 @@ package watcher_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -376,4 +378,32 @@ func TestTwoInstancesSendARetryOnce(t *testing.T) {
 		return !hasRetry && strings.Contains(o, `"confirmationEmailSent":true`)
 	}, 10*time.Second, 5*time.Millisecond)
 	assert.Equal(t, 1, e.mock.Stats().Requests, "one instance won the claim")
+}
+
+// flakyGets fails the first n reads of key with an error the watcher does
+// not know, as a store in trouble of an unforeseen kind would.
+type flakyGets struct {
+	store.Store
+	key   string
+	fails atomic.Int32
+}
+
+func (f *flakyGets) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	if key == f.key && f.fails.Add(-1) >= 0 {
+		return store.Doc{}, errors.New("something nobody planned for")
+	}
+	return f.Store.Get(ctx, coll, key)
+}
+
+func TestUnexpectedStoreErrorsAreRetriedNotSkipped(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "o", paidOrder)
+	flaky := &flakyGets{Store: e.store, key: "o"}
+	flaky.fails.Store(3)
+	logs := &syncBuffer{}
+	w := startWatcher(t, flaky, e.mail, logs)
+	waitHandled(t, w, 1)
+	o, _ := get(t, e.store, order.Inbound, "o")
+	assert.Contains(t, o, `"confirmationEmailSent":true`, "confirmed without a restart")
+	assert.Len(t, logs.Lines("change not done; trying again", "something nobody planned for"), 3)
 }
