@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ordermail/ordermail/mailer"
+	"github.com/ordermail/ordermail/metrics"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/couchbase"
 	"github.com/ordermail/ordermail/store/embedded"
@@ -24,6 +25,7 @@ type Config struct {
 	Mail    mailer.Config
 	Watcher watcher.Config
 	Timer   timer.Config
+	Metrics metrics.Config
 }
 
 // StoreConfig names the store.
@@ -76,7 +78,7 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 		// In-flight sends are bounded by the mail timeout; give them that
 		// much to finish before they are abandoned for replay.
 		fx.StopTimeout(mailTimeout + 5*time.Second),
-		fx.Supply(cfg.Mail, cfg.Watcher, cfg.Timer, log),
+		fx.Supply(cfg.Mail, cfg.Watcher, cfg.Timer, cfg.Metrics, log),
 		fx.Provide(func(lc fx.Lifecycle) (store.Store, error) {
 			st, err := OpenStore(context.Background(), cfg.Store, log)
 			if err != nil {
@@ -86,7 +88,7 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 			return st, nil
 		}),
 		fx.Provide(func(c *mailer.Client) watcher.Sender { return c }),
-		mailer.Module, watcher.Module, timer.Module,
+		mailer.Module, watcher.Module, timer.Module, metrics.Module,
 		fx.Invoke(func(lc fx.Lifecycle, w *watcher.Watcher) {
 			r := &runner{w: w, poll: cfg.Store.StandbyPoll, log: log.With("component", "runner")}
 			if r.poll == 0 {

@@ -17,6 +17,7 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 	var logs logFlags
 	storeFlags(fs, &cfg.Store)
 	fs.Var(instanceFlag{&cfg.Store.Couchbase}, "instance", "i/n: this is instance i (from 0) of n on one Couchbase cluster, streaming the vBuckets v with v % n == i")
+	fs.StringVar(&cfg.Metrics.Listen, "metrics-listen", "", "address of a Prometheus GET /metrics endpoint, e.g. :9464; empty: none")
 	fs.BoolVar(&cfg.Watcher.FromNow, "from-now", false, "with no saved checkpoint, start the feed at its current end instead of its beginning")
 	serviceFlags(fs, &cfg, serviceDefaults{interval: time.Second, quantum: 15 * time.Second,
 		backoffMin: time.Second, backoffMax: 10 * time.Minute, breakerCooldown: 30 * time.Second})

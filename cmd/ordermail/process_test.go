@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"io"
+	"net/http"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -23,8 +26,12 @@ func TestRunAsProcess(t *testing.T) {
 
 	t.Setenv("ORDERMAIL_STORE", storeURL)
 	t.Setenv("ORDERMAIL_MAIL_URL", mock)
-	p := startProc(t, "run", "--timer-interval", "100ms", "--retry-quantum", "200ms", "--backoff-min", "50ms", "--log-format", "json")
+	p := startProc(t, "run", "--timer-interval", "100ms", "--retry-quantum", "200ms", "--backoff-min", "50ms",
+		"--log-format", "json", "--metrics-listen", "127.0.0.1:0")
 	p.waitLog(t, `"msg":"watching"`)
+	p.waitLog(t, `"msg":"serving metrics"`)
+	var served struct{ Addr string }
+	require.NoError(t, json.Unmarshal([]byte(p.logs.Lines(`"msg":"serving metrics"`)[0]), &served))
 
 	orders := filepath.Join(dir, "orders.jsonl")
 	docs := fixtures.Generate(30, 5)
@@ -41,7 +48,12 @@ func TestRunAsProcess(t *testing.T) {
 	st := openStore(t, storeURL)
 	require.Eventually(t, func() bool { return settled(t, st, 30) }, 60*time.Second, 20*time.Millisecond,
 		"logs:\n%s", p.logs.String())
-	err, _ := p.stop(t, syscall.SIGTERM)
+	resp, err := http.Get("http://" + served.Addr + "/metrics")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Contains(t, string(body), "\nordermail_orders_confirmed 30\n")
+	err, _ = p.stop(t, syscall.SIGTERM)
 	require.NoError(t, err, "clean exit after SIGTERM; logs:\n%s", p.logs.String())
 	assert.True(t, p.hasLog(`"msg":"shutting down"`))
 	assert.True(t, p.hasLog(`"msg":"stopped","component":"watcher"`))
