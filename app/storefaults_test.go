@@ -17,8 +17,10 @@ import (
 
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/mailer/mockmail"
+	"github.com/ordermail/ordermail/store"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/fx"
 )
 
 // gate holds sends at the email service until it is opened, so that a test
@@ -53,6 +55,16 @@ func storeFaultRun(t *testing.T, dir string) (*run, *gate, *logBuffer) {
 	return r, g, logs
 }
 
+// startWithSendsHeld starts the app, places 20 orders and waits until a send
+// is held at the gate: the moment to put the store in trouble.
+func startWithSendsHeld(t *testing.T, r *run, g *gate) (*fx.App, store.Store, []string) {
+	t.Helper()
+	a, st := r.start(t)
+	keys := r.placeOrders(t, st, 20)
+	require.Eventually(t, func() bool { return g.waiting.Load() > 0 }, 10*time.Second, time.Millisecond)
+	return a, st, keys
+}
+
 func dbPath(r *run) string { return strings.TrimPrefix(r.cfg.Store.URL, "file:") }
 
 // lockStore takes the database's write lock from another connection, as
@@ -77,10 +89,8 @@ func waitLog(t *testing.T, logs *logBuffer, parts ...string) {
 
 func TestStoreLockedByAnotherWriterRecoversWithoutRestart(t *testing.T) {
 	r, g, logs := storeFaultRun(t, t.TempDir())
-	a, st := r.start(t)
+	a, st, keys := startWithSendsHeld(t, r, g)
 	defer stop(t, a)
-	keys := r.placeOrders(t, st, 20)
-	require.Eventually(t, func() bool { return g.waiting.Load() > 0 }, 10*time.Second, time.Millisecond)
 
 	unlock := lockStore(t, dbPath(r))
 	close(g.open) // the sends succeed; writing their outcomes meets the lock
@@ -95,9 +105,7 @@ func TestStoreLockedByAnotherWriterRecoversWithoutRestart(t *testing.T) {
 
 func TestStopWhileStoreLockedLosesNothing(t *testing.T) {
 	r, g, logs := storeFaultRun(t, t.TempDir())
-	a, st := r.start(t)
-	keys := r.placeOrders(t, st, 20)
-	require.Eventually(t, func() bool { return g.waiting.Load() > 0 }, 10*time.Second, time.Millisecond)
+	a, _, keys := startWithSendsHeld(t, r, g)
 	unlock := lockStore(t, dbPath(r))
 	close(g.open)
 	waitLog(t, logs, "store unavailable", "database is locked")
@@ -133,10 +141,8 @@ func chattr(t *testing.T, flag string, paths ...string) bool {
 
 func TestReadOnlyWALWhileRunningRecovers(t *testing.T) {
 	r, g, logs := storeFaultRun(t, t.TempDir())
-	a, st := r.start(t)
+	a, st, keys := startWithSendsHeld(t, r, g)
 	defer stop(t, a)
-	keys := r.placeOrders(t, st, 20)
-	require.Eventually(t, func() bool { return g.waiting.Load() > 0 }, 10*time.Second, time.Millisecond)
 	wal := dbPath(r) + "-wal"
 	if !chattr(t, "+i", wal) {
 		close(g.open)
@@ -173,10 +179,8 @@ func TestFullDiskRecoversWithoutRestart(t *testing.T) {
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
 	r, g, logs := storeFaultRun(t, dir)
-	a, st := r.start(t)
+	a, st, keys := startWithSendsHeld(t, r, g)
 	defer stop(t, a)
-	keys := r.placeOrders(t, st, 20)
-	require.Eventually(t, func() bool { return g.waiting.Load() > 0 }, 10*time.Second, time.Millisecond)
 
 	filler := filepath.Join(dir, "filler")
 	f, err := os.Create(filler)

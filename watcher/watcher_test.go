@@ -94,6 +94,16 @@ func get(t *testing.T, st store.Store, coll, key string) (string, bool) {
 	return string(d.Value), true
 }
 
+// mustDeadLetter reads the dead letter of key, which must be there.
+func mustDeadLetter(t *testing.T, st store.Store, key string) order.DeadLetterDoc {
+	t.Helper()
+	v, ok := get(t, st, order.DeadLetter, key)
+	require.True(t, ok, "no dead letter for %s", key)
+	d, err := order.DecodeDeadLetter([]byte(v))
+	require.NoError(t, err)
+	return d
+}
+
 func waitHandled(t *testing.T, w *watcher.Watcher, n int64) {
 	t.Helper()
 	require.Eventually(t, func() bool { return w.Stats().Handled >= n }, 10*time.Second, 5*time.Millisecond,
@@ -198,10 +208,7 @@ func TestMalformedDocumentsAreDeadLetteredAndFeedGoesOn(t *testing.T) {
 		"no_email":  "no_email",
 		"bad_retry": "malformed_retry_document",
 	} {
-		v, ok := get(t, e.store, order.DeadLetter, key)
-		require.True(t, ok, key)
-		d, err := order.DecodeDeadLetter([]byte(v))
-		require.NoError(t, err)
+		d := mustDeadLetter(t, e.store, key)
 		assert.Equal(t, want, d.Reason, key)
 		assert.Equal(t, key, d.DocID)
 	}
@@ -249,13 +256,10 @@ func TestRetryForMissingOrderIsDeadLettered(t *testing.T) {
 	put(t, e.store, order.Retry, "gone", `{"type":"confirmation","docId":"gone","attempt":2,"ts":1,"fireRetry":true}`)
 	e.start(t)
 	waitHandled(t, e.w, 2)
-	v, ok := get(t, e.store, order.DeadLetter, "gone")
-	require.True(t, ok)
-	d, err := order.DecodeDeadLetter([]byte(v))
-	require.NoError(t, err)
+	d := mustDeadLetter(t, e.store, "gone")
 	assert.Equal(t, order.ReasonOrderMissing, d.Reason)
 	assert.Equal(t, 2, d.Attempts)
-	_, ok = get(t, e.store, order.Retry, "gone")
+	_, ok := get(t, e.store, order.Retry, "gone")
 	assert.False(t, ok)
 }
 
@@ -264,15 +268,12 @@ func TestPermanentFailureDeadLetters(t *testing.T) {
 	put(t, e.store, order.Inbound, "o", paidOrder)
 	e.start(t)
 	waitHandled(t, e.w, 1)
-	v, ok := get(t, e.store, order.DeadLetter, "o")
-	require.True(t, ok)
-	d, err := order.DecodeDeadLetter([]byte(v))
-	require.NoError(t, err)
+	d := mustDeadLetter(t, e.store, "o")
 	assert.Equal(t, order.DeadLetterDoc{Type: "confirmation", DocID: "o", Reason: order.ReasonPermanent, LastStatus: 400,
 		LastError: d.LastError, Attempts: 1, FirstAttemptAt: pinned.UnixMilli(), LastAttemptAt: pinned.UnixMilli(),
 		DeadAt: pinned.UnixMilli()}, d)
 	assert.Contains(t, d.LastError, "400 Bad Request")
-	_, ok = get(t, e.store, order.Retry, "o")
+	_, ok := get(t, e.store, order.Retry, "o")
 	assert.False(t, ok)
 	o, _ := get(t, e.store, order.Inbound, "o")
 	assert.Contains(t, o, `"confirmationEmailSent":false`, "left unconfirmed")

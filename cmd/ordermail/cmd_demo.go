@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -100,17 +99,14 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 		}
 		defer os.RemoveAll(dir)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := mock.Listen("127.0.0.1:0")
 	if err != nil {
 		return fmt.Errorf("mock email service: %w", err)
 	}
-	srv := &http.Server{Handler: mock, ReadHeaderTimeout: 10 * time.Second}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	defer func() { srv.Close(); <-served }()
+	defer l.Close(context.Background())
 
 	cfg.Store = app.StoreConfig{URL: "file:" + filepath.Join(dir, "ordermail.db")}
-	cfg.Mail.URL = "http://" + ln.Addr().String()
+	cfg.Mail.URL = l.URL()
 	if err := checkServiceFlags(&cfg); err != nil {
 		return err
 	}

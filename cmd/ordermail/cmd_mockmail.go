@@ -2,10 +2,8 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"time"
 
@@ -41,25 +39,19 @@ func mockmailCommand(stderr io.Writer) *ffcli.Command {
 			if err != nil {
 				return err
 			}
-			ln, err := net.Listen("tcp", *listen)
+			l, err := m.Listen(*listen)
 			if err != nil {
-				return fmt.Errorf("listen: %w", err)
+				return err
 			}
-			srv := &http.Server{Handler: m, ReadHeaderTimeout: 10 * time.Second}
-			served := make(chan error, 1)
-			go func() { served <- srv.Serve(ln) }()
-			log.Info("mock email service listening", "addr", ln.Addr().String(), "fail_rate", cfg.FailRate, "fail_status", cfg.FailStatus, "latency", cfg.Latency)
+			log.Info("mock email service listening", "addr", l.Addr().String(), "fail_rate", cfg.FailRate, "fail_status", cfg.FailStatus, "latency", cfg.Latency)
 			select {
-			case err := <-served:
+			case err := <-l.Failed():
 				return fmt.Errorf("serve: %w", err)
 			case <-ctx.Done():
 			}
 			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			err = srv.Shutdown(shutdown)
-			if serveErr := <-served; !errors.Is(serveErr, http.ErrServerClosed) {
-				err = errors.Join(err, serveErr)
-			}
+			err = l.Close(shutdown)
 			st := m.Stats()
 			log.Info("mock email service stopped", "requests", st.Requests, "deliveries", st.Deliveries, "failures", st.Failures, "duplicate_requests", st.DuplicateRequests)
 			return err

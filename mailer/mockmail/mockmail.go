@@ -3,9 +3,11 @@ package mockmail
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -208,4 +210,39 @@ func FetchStats(ctx context.Context, baseURL string) (Stats, error) {
 		return Stats{}, fmt.Errorf("mock stats: %w", err)
 	}
 	return st, nil
+}
+
+// Listening is the mock served on a TCP address.
+type Listening struct {
+	addr net.Addr
+	srv  *http.Server
+	done chan error
+}
+
+// Listen serves the mock on addr (127.0.0.1:0 for any free port) until
+// Close, for `ordermail mockmail` and the demo.
+func (s *Server) Listen(addr string) (*Listening, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	l := &Listening{addr: ln.Addr(), srv: &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}, done: make(chan error, 1)}
+	go func() { l.done <- l.srv.Serve(ln) }()
+	return l, nil
+}
+
+// Addr is the address it listens on; URL, the base URL to send to.
+func (l *Listening) Addr() net.Addr { return l.addr }
+func (l *Listening) URL() string    { return "http://" + l.addr.String() }
+
+// Failed delivers the error that stopped serving before Close was called.
+func (l *Listening) Failed() <-chan error { return l.done }
+
+// Close lets requests in progress finish until ctx ends, then stops.
+func (l *Listening) Close(ctx context.Context) error {
+	err := l.srv.Shutdown(ctx)
+	if serveErr := <-l.done; !errors.Is(serveErr, http.ErrServerClosed) {
+		err = errors.Join(err, serveErr)
+	}
+	return err
 }
