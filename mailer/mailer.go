@@ -2,19 +2,29 @@ package mailer
 
 import (
 	"bytes"
-	"log/slog"
-
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/sony/gobreaker/v2"
-	"golang.org/x/time/rate"
 	"io"
+	"log/slog"
+	"mime"
+	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
+
+	"github.com/sony/gobreaker/v2"
+	"golang.org/x/net/http/httpguts"
+	"golang.org/x/time/rate"
+
+	"github.com/ordermail/ordermail/internal/redact"
 )
 
 // Path is where confirmations are posted, under the base URL.
@@ -24,16 +34,22 @@ const Path = "/sendConfirmation"
 // transient codes plus 425 Too Early.
 var DefaultRetryStatuses = []int{408, 409, 425, 429, 500, 502, 503, 504}
 
+// maxAnswer bounds what is read of an answer. Reading it to the end lets the
+// connection be reused; a longer answer costs a new connection instead.
+const maxAnswer = 64 << 10
+
 // Config of the client.
 type Config struct {
 	// URL is the email service's base URL, e.g. http://localhost:9080. Required.
+	// It may carry credentials: print it only through RedactedURL.
 	URL string
 	// Timeout bounds one send, connection and answer included. Default 10s.
 	Timeout time.Duration
-	// RetryStatuses are the HTTP statuses that are transient; others are
-	// permanent. Nil: DefaultRetryStatuses.
+	// RetryStatuses are the HTTP statuses (3xx, 4xx, 5xx) that are transient;
+	// others are permanent. Nil: DefaultRetryStatuses.
 	RetryStatuses []int
-	// RetryAllFailures makes every failure transient, as in the sample.
+	// RetryAllFailures makes every failure transient, as in the sample;
+	// Invalid stays Invalid.
 	RetryAllFailures bool
 	// SendRate limits sends per second; 0: no limit. SendBurst sends may go
 	// at once (default: one second's worth).
@@ -44,7 +60,15 @@ type Config struct {
 	// 30s), then one probe decides whether it closes.
 	BreakerFailures int
 	BreakerCooldown time.Duration
+	// Conns bounds the connections open to the service at once; they are
+	// kept alive for reuse. A send waits for a free one (within Timeout).
+	// Default 64.
+	Conns int
 }
+
+// RedactedURL is URL with its password and secret-looking query values
+// masked, for errors and logs.
+func (c Config) RedactedURL() string { return redact.URL(c.URL) }
 
 // Validate names the setting that is wrong.
 func (c Config) Validate() error {
@@ -53,7 +77,7 @@ func (c Config) Validate() error {
 	}
 	u, err := url.Parse(c.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("mail-url: %q is not an http(s) URL with a host", c.URL)
+		return fmt.Errorf("mail-url: %q is not an http(s) URL with a host", c.RedactedURL())
 	}
 	switch {
 	case c.Timeout < 0:
@@ -66,24 +90,29 @@ func (c Config) Validate() error {
 		return fmt.Errorf("breaker-failures: %d is negative", c.BreakerFailures)
 	case c.BreakerCooldown < 0:
 		return fmt.Errorf("breaker-cooldown: %s is negative", c.BreakerCooldown)
+	case c.Conns < 0:
+		return fmt.Errorf("mail-conns: %d is negative", c.Conns)
 	}
 	for _, code := range c.RetryStatuses {
-		if code < 100 || code > 599 || code == http.StatusOK {
-			return fmt.Errorf("retry-statuses: %d is not an HTTP status other than 200", code)
+		if code < 100 || code > 599 || success(code) {
+			return fmt.Errorf("retry-statuses: %d is not an HTTP status outside 2xx", code)
 		}
 	}
 	return nil
 }
+
+func success(status int) bool { return status >= 200 && status <= 299 }
 
 // Class of a failed send.
 type Class int
 
 const (
 	Transient Class = iota // worth trying again later
-	Permanent              // the service refused it; trying again won't help
+	Permanent              // the service refused it, or we cannot reach it as configured; trying again won't help
+	Invalid                // the request cannot be made for this order; no request was made
 )
 
-func (c Class) String() string { return [...]string{"transient", "permanent"}[c] }
+func (c Class) String() string { return [...]string{"transient", "permanent", "invalid"}[c] }
 
 // halfOpenRetry is when a send held back while a probe runs is tried again.
 const halfOpenRetry = time.Second
@@ -91,28 +120,118 @@ const halfOpenRetry = time.Second
 // ErrCircuitOpen is the cause of a send held back by the open circuit.
 var ErrCircuitOpen = errors.New("circuit breaker open: email service not called")
 
-// SendError is every failed send, classified.
+// ErrHeaderValue is the cause of an Invalid send: the idempotency key holds a
+// byte a header value cannot carry.
+var ErrHeaderValue = errors.New("not a valid header value (holds CR, LF, NUL, DEL or another control byte)")
+
+// CheckHeaderValue returns ErrHeaderValue when v cannot be sent as a header
+// value; Go's HTTP client would refuse it. Callers use it to set aside an
+// order whose idempotency key can never be sent.
+func CheckHeaderValue(v string) error {
+	if !httpguts.ValidHeaderFieldValue(v) {
+		return ErrHeaderValue
+	}
+	return nil
+}
+
+// SendError is every failed send, classified. Neither Error nor Reason
+// quotes the answer's body, the order or the URL: they may carry customer
+// data or credentials.
 type SendError struct {
 	Class        Class
 	Status       int           // HTTP status; 0 when there was no answer
+	ContentType  string        // the answer's media type, without parameters
+	BodyBytes    int           // bytes of the answer read, at most 64 KiB
+	Code         string        // the answer's top-level JSON "code" or "error" when it looks like an identifier
 	RetryAfter   time.Duration // the service's Retry-After, or the breaker's cooldown
-	NotAttempted bool          // held back by the circuit breaker
-	Err          error         // the cause, for a failure without an answer
-	Body         string        // the start of the answer, for the log
+	NotAttempted bool          // held back by the circuit breaker or the rate limit
+	Err          error         // the cause of a failure without an answer, without the URL
 }
 
-func (e *SendError) Error() string {
-	if e.Status == 0 {
-		return fmt.Sprintf("%s failure: %v", e.Class, e.Err)
-	}
-	msg := fmt.Sprintf("%s failure: email service answered %d %s", e.Class, e.Status, http.StatusText(e.Status))
-	if e.Body != "" {
-		msg += ": " + e.Body
-	}
-	return msg
-}
+func (e *SendError) Error() string { return fmt.Sprintf("%s failure: %s", e.Class, e.Reason()) }
 
 func (e *SendError) Unwrap() error { return e.Err }
+
+// Reason is a short description free of customer data, to be stored with the
+// order (a retry document's lastError).
+func (e *SendError) Reason() string {
+	if e.Status != 0 {
+		msg := "answered " + strconv.Itoa(e.Status)
+		if text := http.StatusText(e.Status); text != "" {
+			msg += " " + text
+		}
+		var details []string
+		if e.ContentType != "" {
+			details = append(details, e.ContentType)
+		}
+		details = append(details, fmt.Sprintf("%d bytes", e.BodyBytes))
+		if e.Code != "" {
+			details = append(details, "code "+e.Code)
+		}
+		return msg + " (" + strings.Join(details, ", ") + ")"
+	}
+	why, config := describe(e.Err)
+	switch {
+	case e.Class == Invalid:
+		return "invalid: " + why
+	case e.NotAttempted:
+		return "not attempted: " + why
+	case config:
+		return why
+	}
+	return "no answer: " + why
+}
+
+// describe names the cause of a failure without an answer, and whether it is
+// a configuration error (untrusted certificate) rather than a service down.
+func describe(err error) (why string, config bool) {
+	if _, ok := errors.AsType[x509.UnknownAuthorityError](err); ok {
+		return "tls: certificate signed by unknown authority", true
+	}
+	if _, ok := errors.AsType[x509.HostnameError](err); ok {
+		return "tls: certificate is not valid for the service's host", true
+	}
+	if ierr, ok := errors.AsType[x509.CertificateInvalidError](err); ok {
+		if ierr.Reason == x509.Expired {
+			return "tls: certificate has expired or is not yet valid", true
+		}
+		return "tls: certificate is not valid", true
+	}
+	if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
+		return "tls: certificate verification failed", true
+	}
+	if nerr, ok := errors.AsType[net.Error](err); ok && nerr.Timeout() {
+		return "timeout", false
+	}
+	switch {
+	case err == nil:
+		return "unknown cause", false
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused", false
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset", false
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed before the answer", false
+	}
+	if derr, ok := errors.AsType[*net.DNSError](err); ok {
+		if derr.IsNotFound {
+			return "dns: host not found", false
+		}
+		return "dns: lookup failed", false
+	}
+	if operr, ok := errors.AsType[*net.OpError](err); ok && operr.Err != nil {
+		return operr.Op + ": " + operr.Err.Error(), false // without the addresses
+	}
+	return withoutURL(err).Error(), false
+}
+
+// withoutURL drops the URL a *url.Error quotes: it may hold a query secret.
+func withoutURL(err error) error {
+	if uerr, ok := errors.AsType[*url.Error](err); ok {
+		return uerr.Err
+	}
+	return err
+}
 
 // Client sends confirmations. It is safe for concurrent use.
 type Client struct {
@@ -140,10 +259,26 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	if cfg.BreakerCooldown == 0 {
 		cfg.BreakerCooldown = 30 * time.Second
 	}
+	if cfg.Conns == 0 {
+		cfg.Conns = 64
+	}
+	base, _ := url.Parse(cfg.URL) // validated
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConns = cfg.Conns
+	transport.MaxIdleConnsPerHost = cfg.Conns
+	// Also a cap: without it, a send that dials while another connection
+	// turns idle leaves one connection more than sends in flight.
+	transport.MaxConnsPerHost = cfg.Conns
 	c := &Client{
-		cfg:       cfg,
-		endpoint:  strings.TrimRight(cfg.URL, "/") + Path,
-		http:      &http.Client{Timeout: cfg.Timeout},
+		cfg:      cfg,
+		endpoint: base.JoinPath(Path).String(), // keeps a query such as ?key=
+		http: &http.Client{
+			Transport: transport,
+			Timeout:   cfg.Timeout,
+			// A redirect is an answer: following it would post the order
+			// again, maybe elsewhere, maybe as a GET.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
 		retryable: map[int]bool{},
 		log:       log.With("component", "mailer"),
 		now:       time.Now,
@@ -165,14 +300,18 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 			ReadyToTrip: func(counts gobreaker.Counts) bool {
 				return counts.ConsecutiveFailures >= uint32(cfg.BreakerFailures)
 			},
-			// A permanent answer means the service is up and answering.
+			// A permanent answer means the service is up and answering; a
+			// permanent failure without an answer (untrusted certificate)
+			// does not.
 			IsSuccessful: func(err error) bool {
-				var se *SendError
-				return err == nil || (errors.As(err, &se) && se.Class == Permanent)
+				se, ok := errors.AsType[*SendError](err)
+				return err == nil || (ok && se.Class == Permanent && se.Status != 0)
 			},
-			// Our own shutdown says nothing about the service.
+			// Our own shutdown and a request we could not make say nothing
+			// about the service.
 			IsExcluded: func(err error) bool {
-				return errors.Is(err, context.Canceled)
+				se, ok := errors.AsType[*SendError](err)
+				return errors.Is(err, context.Canceled) || (ok && se.Class == Invalid)
 			},
 			OnStateChange: func(_ string, from, to gobreaker.State) {
 				c.log.Warn("circuit breaker "+to.String(), "from", from.String(), "cooldown", cfg.BreakerCooldown)
@@ -190,9 +329,16 @@ func (c *Client) BreakerState() string {
 	return c.breaker.State().String()
 }
 
-// Send posts one confirmation. It returns nil only for a 200 answer, a
+// CloseIdleConnections closes the kept-alive connections. Sends still work,
+// on new connections.
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+
+// Send posts one confirmation. It returns nil only for a 2xx answer, a
 // *SendError for a failure, and ctx's error when ctx ended.
 func (c *Client) Send(ctx context.Context, idempotencyKey string, order []byte) error {
+	if err := CheckHeaderValue(idempotencyKey); err != nil {
+		return &SendError{Class: Invalid, Err: fmt.Errorf("idempotency key: %w", err)}
+	}
 	if c.breaker == nil {
 		return c.limitedPost(ctx, idempotencyKey, order)
 	}
@@ -224,7 +370,7 @@ func (c *Client) limitedPost(ctx context.Context, idempotencyKey string, order [
 func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, bytes.NewReader(order))
 	if err != nil {
-		return &SendError{Class: Permanent, Err: err}
+		return &SendError{Class: Permanent, Err: fmt.Errorf("malformed request: %w", withoutURL(err))}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Idempotency-Key", idempotencyKey)
@@ -233,12 +379,16 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return &SendError{Class: Transient, Err: err} // no answer: refused, reset, timed out
+		err = withoutURL(err)
+		class := Transient // no answer: refused, reset, timed out
+		if _, config := describe(err); config && !c.cfg.RetryAllFailures {
+			class = Permanent
+		}
+		return &SendError{Class: class, Err: err}
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // let the connection be reused
-	if resp.StatusCode == http.StatusOK {
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxAnswer)) // to the end, so the connection is reused
+	resp.Body.Close()
+	if success(resp.StatusCode) {
 		return nil
 	}
 	class := Permanent
@@ -246,11 +396,43 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		class = Transient
 	}
 	return &SendError{
-		Class:      class,
-		Status:     resp.StatusCode,
-		RetryAfter: parseRetryAfter(resp.Header.Get("Retry-After"), c.now()),
-		Body:       strings.TrimSpace(string(body)),
+		Class:       class,
+		Status:      resp.StatusCode,
+		ContentType: mediaType(resp.Header.Get("Content-Type")),
+		BodyBytes:   len(body),
+		Code:        answerCode(body),
+		RetryAfter:  parseRetryAfter(resp.Header.Get("Retry-After"), c.now()),
 	}
+}
+
+// mediaType is the media type of a Content-Type, or "" when it is malformed
+// or too long to be one.
+func mediaType(v string) string {
+	mt, _, err := mime.ParseMediaType(v)
+	if err != nil || len(mt) > 64 {
+		return ""
+	}
+	return mt
+}
+
+// codePattern is what an error code looks like; free text (which may quote
+// the order) does not match it.
+var codePattern = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)
+
+// answerCode is the answer's top-level JSON "code", else "error", string
+// when it matches codePattern.
+func answerCode(body []byte) string {
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(body, &fields) != nil {
+		return ""
+	}
+	for _, name := range []string{"code", "error"} {
+		var s string
+		if json.Unmarshal(fields[name], &s) == nil && codePattern.MatchString(s) {
+			return s
+		}
+	}
+	return ""
 }
 
 // parseRetryAfter reads delay-seconds or an HTTP date.

@@ -2,13 +2,19 @@ package mailer_test
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -16,6 +22,8 @@ import (
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/fx"
+	"go.uber.org/fx/fxtest"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -96,6 +104,7 @@ func TestHangingServiceIsBoundedByTimeout(t *testing.T) {
 	se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
 	assert.Equal(t, mailer.Transient, se.Class)
 	assert.Zero(t, se.Status, "a timeout is not an answer")
+	assert.Equal(t, "no answer: timeout", se.Reason())
 
 	// Our own cancellation is not a failure of the service.
 	ctx, cancel := context.WithCancel(context.Background())
@@ -117,6 +126,12 @@ func TestConfigValidate(t *testing.T) {
 		{give: mailer.Config{URL: "http://x", Timeout: -1}, want: "mail-timeout"},
 		{give: mailer.Config{URL: "http://x", RetryStatuses: []int{200}}, want: "retry-statuses: 200"},
 		{give: mailer.Config{URL: "http://x", RetryStatuses: []int{99}}, want: "retry-statuses: 99"},
+		{give: mailer.Config{URL: "http://x", RetryStatuses: []int{202}}, want: "retry-statuses: 202"},
+		{give: mailer.Config{URL: "http://x", RetryStatuses: []int{503, 204}}, want: "retry-statuses: 204"},
+		{give: mailer.Config{URL: "http://x", RetryStatuses: []int{302, 307, 503}}},
+		{give: mailer.Config{URL: "http://x", Conns: -1}, want: "mail-conns: -1"},
+		{give: mailer.Config{URL: "http://user:hunter2@/x?token=s3cret"}, want: `mail-url: "http://user:REDACTED@/x?token=REDACTED"`},
+		{give: mailer.Config{URL: "http://user:hunter2@host/%zz"}, want: `mail-url: "http://REDACTED@host/%zz"`},
 		{give: mailer.Config{URL: "http://x", SendRate: -1}, want: "send-rate"},
 		{give: mailer.Config{URL: "http://x", BreakerFailures: -1}, want: "breaker-failures"},
 		{give: mailer.Config{URL: "http://localhost:9080"}},
@@ -126,7 +141,9 @@ func TestConfigValidate(t *testing.T) {
 		if tt.want == "" {
 			assert.NoError(t, err, "%+v", tt.give)
 		} else {
-			assert.ErrorContains(t, err, tt.want, "%+v", tt.give)
+			require.ErrorContains(t, err, tt.want, "%+v", tt.give)
+			assert.NotContains(t, err.Error(), "hunter2")
+			assert.NotContains(t, err.Error(), "s3cret")
 		}
 	}
 }
@@ -255,4 +272,272 @@ func TestRateLimitHoldsSendsBack(t *testing.T) {
 	err := c.Send(ctx, "c", []byte(`{}`))
 	require.Error(t, err, "the third send waits for a token it won't get for ~1000s")
 	assert.Equal(t, 2, m.Stats().Requests)
+}
+
+// serve runs h and counts the requests it gets.
+func serve(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic.Int32) {
+	t.Helper()
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		io.Copy(io.Discard, r.Body)
+		h(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &requests
+}
+
+func TestRedirectsAreNotFollowed(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		give      int
+		statuses  []int
+		wantClass mailer.Class
+	}{
+		{give: 301, wantClass: mailer.Permanent},
+		{give: 302, wantClass: mailer.Permanent},
+		{give: 303, wantClass: mailer.Permanent},
+		{give: 307, wantClass: mailer.Permanent},
+		{give: 308, wantClass: mailer.Permanent},
+		{give: 307, statuses: []int{307, 503}, wantClass: mailer.Transient},
+	}
+	for _, tt := range tests {
+		// A redirect to itself: following it would loop.
+		srv, requests := serve(t, func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, mailer.Path, tt.give)
+		})
+		c, err := mailer.New(mailer.Config{URL: srv.URL, RetryStatuses: tt.statuses}, quiet)
+		require.NoError(t, err)
+		for range 3 {
+			se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
+			assert.Equal(t, tt.give, se.Status)
+			assert.Equal(t, tt.wantClass, se.Class, "%d statuses=%v", tt.give, tt.statuses)
+		}
+		assert.Equal(t, int32(3), requests.Load(), "one post per send for %d", tt.give)
+	}
+}
+
+func TestAny2xxIsSuccess(t *testing.T) {
+	t.Parallel()
+	for _, give := range []int{200, 201, 202, 204, 299} {
+		srv, requests := serve(t, func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(give) })
+		c, err := mailer.New(mailer.Config{URL: srv.URL}, quiet)
+		require.NoError(t, err)
+		assert.NoError(t, c.Send(context.Background(), "k", []byte(`{}`)), "%d", give)
+		assert.Equal(t, int32(1), requests.Load())
+	}
+}
+
+func TestUntrustedCertificateIsPermanent(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the handshake errors we cause
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	c, err := mailer.New(mailer.Config{URL: srv.URL, BreakerFailures: 2}, quiet)
+	require.NoError(t, err)
+	for range 2 {
+		se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
+		assert.Equal(t, mailer.Permanent, se.Class)
+		assert.Zero(t, se.Status)
+		assert.False(t, se.NotAttempted)
+		assert.Equal(t, "tls: certificate signed by unknown authority", se.Reason())
+		assert.Equal(t, "permanent failure: tls: certificate signed by unknown authority", se.Error())
+		_, ok := errors.AsType[x509.UnknownAuthorityError](se)
+		assert.True(t, ok, "the cause is kept: %v", se.Err)
+	}
+	// No answer is no sign of life: the circuit opens and later sends are
+	// held back as transient instead of failing every order for good.
+	assert.Equal(t, "open", c.BreakerState())
+	se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
+	assert.True(t, se.NotAttempted)
+	assert.Equal(t, mailer.Transient, se.Class)
+}
+
+func TestCheckHeaderValue(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		give string
+		want error
+	}{
+		{give: "confirmation:order_1"},
+		{give: ""},
+		{give: "tab\tinside"},
+		{give: "café"},
+		{give: "a\rb", want: mailer.ErrHeaderValue},
+		{give: "a\nb", want: mailer.ErrHeaderValue},
+		{give: "a\r\nX-Injected: 1", want: mailer.ErrHeaderValue},
+		{give: "a\x00b", want: mailer.ErrHeaderValue},
+		{give: "a\x7fb", want: mailer.ErrHeaderValue},
+		{give: "a\x1bb", want: mailer.ErrHeaderValue},
+	}
+	for _, tt := range tests {
+		assert.ErrorIs(t, mailer.CheckHeaderValue(tt.give), tt.want, "%q", tt.give)
+	}
+}
+
+func TestInvalidKeyMakesNoRequestAndSparesTheBreaker(t *testing.T) {
+	t.Parallel()
+	m, c := newMock(t, mockmail.Config{}, func(c *mailer.Config) { c.BreakerFailures = 3 })
+	for i := range 12 {
+		key := fmt.Sprintf("confirmation:order_%d%s", i, []string{"\r", "\n", "\x00", "\x7f"}[i%4])
+		se := sendErr(t, c.Send(context.Background(), key, []byte(`{"email":"jane@example.com"}`)))
+		assert.Equal(t, mailer.Invalid, se.Class)
+		assert.ErrorIs(t, se, mailer.ErrHeaderValue)
+		assert.True(t, strings.HasPrefix(se.Reason(), "invalid: idempotency key: "), se.Reason())
+	}
+	assert.Equal(t, 0, m.Stats().Requests)
+	assert.Equal(t, "closed", c.BreakerState())
+	require.NoError(t, c.Send(context.Background(), "confirmation:order_ok", []byte(`{}`)))
+}
+
+func TestCancellationSparesTheBreaker(t *testing.T) {
+	t.Parallel()
+	m, c := newMock(t, mockmail.Config{}, func(c *mailer.Config) { c.BreakerFailures = 1 })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 3 {
+		assert.ErrorIs(t, c.Send(ctx, "k", []byte(`{}`)), context.Canceled)
+	}
+	assert.Equal(t, "closed", c.BreakerState())
+	assert.Equal(t, 0, m.Stats().Requests)
+}
+
+func TestErrorsCarryNoCustomerData(t *testing.T) {
+	t.Parallel()
+	const answer = `{"code":"card_declined","error":"card 4111 1111 1111 1111 of jane@example.com declined",` +
+		`"order":{"email":"jane@example.com","card":"4111111111111111"}}`
+	srv, _ := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.WriteHeader(http.StatusUnprocessableEntity)
+		io.WriteString(w, answer)
+	})
+	c, err := mailer.New(mailer.Config{URL: srv.URL}, quiet)
+	require.NoError(t, err)
+	se := sendErr(t, c.Send(context.Background(), "k", []byte(`{"email":"jane@example.com","card":"4111111111111111"}`)))
+	assert.Equal(t, http.StatusUnprocessableEntity, se.Status)
+	assert.Equal(t, "application/json", se.ContentType)
+	assert.Equal(t, len(answer), se.BodyBytes)
+	assert.Equal(t, "card_declined", se.Code)
+	assert.Equal(t, fmt.Sprintf("answered 422 Unprocessable Entity (application/json, %d bytes, code card_declined)", len(answer)), se.Reason())
+	for _, text := range []string{se.Error(), se.Reason()} {
+		assert.NotContains(t, text, "jane")
+		assert.NotContains(t, text, "4111")
+	}
+}
+
+func TestAnswerCode(t *testing.T) {
+	t.Parallel()
+	// The service echoes the order back, so each case sends its answer.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusBadRequest)
+		io.Copy(w, r.Body)
+	}))
+	t.Cleanup(srv.Close)
+	c, err := mailer.New(mailer.Config{URL: srv.URL}, quiet)
+	require.NoError(t, err)
+	tests := []struct {
+		give string
+		want string
+	}{
+		{give: `{"code":"overloaded"}`, want: "overloaded"},
+		{give: `{"error":"rate_limited"}`, want: "rate_limited"},
+		{give: `{"code":"E42","error":"other"}`, want: "E42"},
+		{give: `{"code":"has space","error":"mail:quota-1.2"}`, want: "mail:quota-1.2"},
+		{give: `{"error":"Service Unavailable"}`},
+		{give: `{"error":"jane@example.com"}`},
+		{give: `{"code":12}`},
+		{give: `{"Code":"case_matters"}`},
+		{give: `{"data":{"code":"nested"}}`},
+		{give: `{"code":"` + strings.Repeat("x", 65) + `"}`},
+		{give: `["code"]`},
+		{give: `not json`},
+	}
+	for _, tt := range tests {
+		se := sendErr(t, c.Send(context.Background(), "k", []byte(tt.give)))
+		assert.Equal(t, tt.want, se.Code, "%s", tt.give)
+		assert.Equal(t, len(tt.give), se.BodyBytes)
+	}
+}
+
+func TestNoAnswerReasonHidesTheURL(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.NotFoundHandler())
+	host := srv.Listener.Addr().String()
+	srv.Close()
+	c, err := mailer.New(mailer.Config{URL: "http://user:hunter2@" + host + "/?token=s3cret"}, quiet)
+	require.NoError(t, err)
+	se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
+	assert.Equal(t, mailer.Transient, se.Class)
+	assert.Equal(t, "no answer: connection refused", se.Reason())
+	assert.ErrorIs(t, se, syscall.ECONNREFUSED)
+	for _, text := range []string{se.Error(), se.Reason(), se.Err.Error()} {
+		assert.NotContains(t, text, "hunter2")
+		assert.NotContains(t, text, "s3cret")
+	}
+}
+
+func TestBaseURLQueryIsKept(t *testing.T) {
+	t.Parallel()
+	var got atomic.Value
+	srv, _ := serve(t, func(w http.ResponseWriter, r *http.Request) { got.Store(r.URL.String()) })
+	c, err := mailer.New(mailer.Config{URL: srv.URL + "/api/?key=abc"}, quiet)
+	require.NoError(t, err)
+	require.NoError(t, c.Send(context.Background(), "k", []byte(`{}`)))
+	assert.Equal(t, "/api/sendConfirmation?key=abc", got.Load())
+}
+
+func TestRedactedURL(t *testing.T) {
+	t.Parallel()
+	cfg := mailer.Config{URL: "https://user:hunter2@mail.example.com/v1?api_key=s3cret&region=eu"}
+	assert.Equal(t, "https://user:REDACTED@mail.example.com/v1?api_key=REDACTED&region=eu", cfg.RedactedURL())
+}
+
+func TestConnectionsAreReused(t *testing.T) {
+	t.Parallel()
+	var conns, n atomic.Int32
+	answer := strings.Repeat("x", 8<<10) // bigger than one read: drained, not abandoned
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		if n.Add(1)%2 == 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		io.WriteString(w, answer)
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	c, err := mailer.New(mailer.Config{URL: srv.URL, Conns: 16}, quiet)
+	require.NoError(t, err)
+
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for i := range 50 {
+				err := c.Send(context.Background(), fmt.Sprint("k", g, "-", i), []byte(`{}`))
+				if err != nil {
+					assert.Equal(t, http.StatusServiceUnavailable, sendErr(t, err).Status)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	assert.Equal(t, int32(800), n.Load())
+	assert.LessOrEqual(t, conns.Load(), int32(16))
+}
+
+func TestModuleStartsAndStops(t *testing.T) {
+	t.Parallel()
+	var c *mailer.Client
+	app := fxtest.New(t,
+		fx.Supply(mailer.Config{URL: "http://localhost:9080"}, quiet),
+		mailer.Module,
+		fx.Populate(&c),
+	)
+	app.RequireStart().RequireStop()
+	assert.NotNil(t, c)
 }

@@ -2,5 +2,8 @@ package mailer
 
 import "go.uber.org/fx"
 
-// Module provides the *Client.
-var Module = fx.Module("mailer", fx.Provide(New))
+// Module provides the *Client and closes its kept-alive connections on stop.
+var Module = fx.Module("mailer",
+	fx.Provide(New),
+	fx.Invoke(func(lc fx.Lifecycle, c *Client) { lc.Append(fx.StopHook(c.CloseIdleConnections)) }),
+)

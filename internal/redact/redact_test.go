@@ -1,0 +1,52 @@
+package redact_test
+
+import (
+	"testing"
+
+	"github.com/ordermail/ordermail/internal/redact"
+	"github.com/stretchr/testify/assert"
+)
+
+func TestURL(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		give string
+		want string
+	}{
+		{give: "http://localhost:9080", want: "http://localhost:9080"},
+		{give: "http://user:hunter2@host:9080/api", want: "http://user:REDACTED@host:9080/api"},
+		{give: "http://user@host", want: "http://user@host"},
+		{give: "https://host/p?key=abc&order=1", want: "https://host/p?key=REDACTED&order=1"},
+		{give: "https://host/?Token=a&SECRET=b&password=c&pass=d&pwd=e&auth=f", want: "https://host/?Token=REDACTED&SECRET=REDACTED&password=REDACTED&pass=REDACTED&pwd=REDACTED&auth=REDACTED"},
+		{give: "https://host/?signature=a&sig=b&apikey=c&api_key=d&API-KEY=e", want: "https://host/?signature=REDACTED&sig=REDACTED&apikey=REDACTED&api_key=REDACTED&API-KEY=REDACTED"},
+		{give: "https://host/?access_token=a&X-Amz-Signature=b&monkey=c&page=2", want: "https://host/?access_token=REDACTED&X-Amz-Signature=REDACTED&monkey=c&page=2"},
+		{give: "https://host/?api%5Fkey=a%20b&flag&key=", want: "https://host/?api%5Fkey=REDACTED&flag&key=REDACTED"},
+		{give: "http://u:p@ss@host/?token=t", want: "http://u:REDACTED@host/?token=REDACTED"},
+		{give: "http://user:pw@host/%zz", want: "http://REDACTED@host/%zz"},
+		{give: "http://user:p w@ho st", want: "http://REDACTED@ho st"},
+		{give: "not a url at all %zz", want: "not a url at all %zz"},
+		{give: "", want: ""},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, redact.URL(tt.give), "give %q", tt.give)
+	}
+}
+
+func TestString(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		give    string
+		secrets []string
+		want    string
+	}{
+		{give: "dial http://u:hunter2@h: refused", secrets: []string{"hunter2"}, want: "dial http://u:REDACTED@h: refused"},
+		{give: "a hunter2 b hunter2", secrets: []string{"hunter2"}, want: "a REDACTED b REDACTED"},
+		{give: "abcdef", secrets: []string{"abc", "abcdef"}, want: "REDACTED"},
+		{give: "x=1 y=2", secrets: []string{"1", "", "2"}, want: "x=REDACTED y=REDACTED"},
+		{give: "nothing here", secrets: []string{""}, want: "nothing here"},
+		{give: "nothing here", want: "nothing here"},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, redact.String(tt.give, tt.secrets...), "give %q %q", tt.give, tt.secrets)
+	}
+}
