@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"fmt"
+	"github.com/ordermail/ordermail/internal/redact"
 	"log/slog"
 	"strings"
 	"time"
@@ -56,6 +57,18 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
+	// A claim that runs out during a send lets the sweep hand the retry to
+	// a second send while the first is still waiting for its answer.
+	claim, send := c.Watcher.ClaimTTL, c.Mail.Timeout
+	if claim == 0 {
+		claim = time.Minute
+	}
+	if send == 0 {
+		send = 10 * time.Second
+	}
+	if claim <= send {
+		return fmt.Errorf("claim-ttl: %s must be longer than mail-timeout %s: a claimed retry must outlast its send", claim, send)
+	}
 	return nil
 }
 
@@ -89,6 +102,9 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 		}),
 		fx.Provide(func(c *mailer.Client) watcher.Sender { return c }),
 		mailer.Module, watcher.Module, timer.Module, metrics.Module,
+		fx.Invoke(func(lc fx.Lifecycle, st store.Store, sd fx.Shutdowner) {
+			watchLost(lc, st, sd, log)
+		}),
 		fx.Invoke(func(lc fx.Lifecycle, w *watcher.Watcher) {
 			r := &runner{w: w, poll: cfg.Store.StandbyPoll, log: log.With("component", "runner")}
 			if r.poll == 0 {
@@ -103,12 +119,45 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 	return fx.New(append(opts, extra...)...)
 }
 
+// ExitStoreLost is the exit code of a service whose store file was deleted
+// or replaced under it.
+const ExitStoreLost = 3
+
+// watchLost stops the service when the embedded store's file is deleted or
+// replaced: its writes would go where nobody reads them.
+func watchLost(lc fx.Lifecycle, st store.Store, sd fx.Shutdowner, log *slog.Logger) {
+	l, ok := st.(interface{ Lost() <-chan struct{} })
+	if !ok {
+		return
+	}
+	done, stopped := make(chan struct{}), make(chan struct{})
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			go func() {
+				defer close(stopped)
+				select {
+				case <-l.Lost():
+					log.Error("the store's file was deleted or replaced; stopping", "component", "app")
+					sd.Shutdown(fx.ExitCode(ExitStoreLost))
+				case <-done:
+				}
+			}()
+			return nil
+		},
+		OnStop: func(context.Context) error {
+			close(done)
+			<-stopped
+			return nil
+		},
+	})
+}
+
 // Validate checks the URL and, for Couchbase, its settings.
 func (c StoreConfig) Validate() error {
 	switch kind, path := c.kind(); kind {
 	case "file":
 		if path == "" {
-			return fmt.Errorf("store: %q names no file; want file:PATH", c.URL)
+			return fmt.Errorf("store: %q names no file; want file:PATH", redact.URL(c.URL))
 		}
 		return nil
 	case "couchbase":
@@ -116,7 +165,7 @@ func (c StoreConfig) Validate() error {
 		cb.ConnStr = c.URL
 		return cb.Validate()
 	}
-	return fmt.Errorf("store: %q is not a store URL; want file:PATH, couchbase://HOST or couchbases://HOST", c.URL)
+	return fmt.Errorf("store: %q is not a store URL; want file:PATH, couchbase://HOST or couchbases://HOST", redact.URL(c.URL))
 }
 
 func (c StoreConfig) kind() (kind, path string) {

@@ -94,6 +94,9 @@ func (s *Server) Start(context.Context) error {
 	s.done = make(chan error, 1)
 	go func() { s.done <- s.srv.Serve(ln) }()
 	s.log.Info("serving metrics", "addr", s.addr.String())
+	if a, ok := s.addr.(*net.TCPAddr); ok && !a.IP.IsLoopback() {
+		s.log.Warn("the metrics endpoint is reachable from other machines; give --metrics-listen a loopback address (127.0.0.1:9464) unless that is meant", "addr", s.addr.String())
+	}
 	return nil
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/ordermail/ordermail/order"
@@ -91,70 +90,22 @@ func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time
 	s.RetryDocs, s.RetryFlagged, s.DeadLetters = c.RetryDocs, c.RetryFlagged, c.DeadLetters
 	s.OrdersPaid, s.OrdersConfirmed, s.OrdersUnconfirmed = c.OrdersPaid, c.OrdersConfirmed, c.OrdersPaid-c.OrdersConfirmed
 
-	reasons := map[string]int{}
-	err = st.Scan(ctx, order.Retry, func(d store.Doc) error {
-		if d.Key == order.ControlKey {
-			return nil
-		}
-		r, err := order.DecodeRetryDoc(d.Value)
-		if err != nil {
-			reasons["unreadable retry document"]++
-			return nil
-		}
-		reasons[retryReason(r)]++
-		due := time.UnixMilli(r.NextAttemptAt)
-		if r.NextAttemptAt == 0 {
-			due = time.UnixMilli(r.TS).Add(quantum)
-		}
-		if r.FireRetry || !due.After(now) {
-			s.DueNow++
-			if s.OldestDueAt == nil || due.Before(*s.OldestDueAt) {
-				s.OldestDueAt = &due
-			}
-		}
-		return nil
-	})
+	// What grows with the store is counted by the store itself: the
+	// counts and reasons kept with every write, the due retries on their
+	// index.
+	b, err := st.Backlog(ctx, now, quantum)
 	if err != nil {
 		return Status{}, err
 	}
-	err = st.Scan(ctx, order.DeadLetter, func(d store.Doc) error {
-		dl, err := order.DecodeDeadLetter(d.Value)
-		if err != nil {
-			reasons["dead: unreadable dead letter"]++
-			return nil
-		}
-		reasons["dead: "+dl.Reason+statusSuffix(dl.LastStatus)]++
-		return nil
-	})
-	if err != nil {
-		return Status{}, err
+	s.DueNow = b.Due
+	if !b.OldestDue.IsZero() {
+		s.OldestDueAt = &b.OldestDue
 	}
-	for r, n := range reasons {
-		s.TopFailures = append(s.TopFailures, ReasonCount{Reason: r, Count: n})
+	s.TopFailures = []ReasonCount{}
+	for _, t := range b.Reasons {
+		s.TopFailures = append(s.TopFailures, ReasonCount{Reason: t.Reason, Count: t.Count})
 	}
-	sort.Slice(s.TopFailures, func(i, j int) bool {
-		a, b := s.TopFailures[i], s.TopFailures[j]
-		return a.Count > b.Count || (a.Count == b.Count && a.Reason < b.Reason)
-	})
-	s.TopFailures = s.TopFailures[:min(len(s.TopFailures), 5)]
 	return s, nil
-}
-
-func retryReason(r order.RetryDoc) string {
-	switch {
-	case r.LastStatus > 0:
-		return fmt.Sprintf("retrying: HTTP %d", r.LastStatus)
-	case r.LastError != "":
-		return "retrying: no answer"
-	}
-	return "retrying" // the sample's documents say nothing of why
-}
-
-func statusSuffix(code int) string {
-	if code == 0 {
-		return ""
-	}
-	return fmt.Sprintf(" (HTTP %d)", code)
 }
 
 // DeadLetter is a dead-letter document and its key.
@@ -207,24 +158,40 @@ func selectDeadLetters(ctx context.Context, st store.Store, ids []string, all bo
 	return out, errors.Join(missing...)
 }
 
+// ErrReservedKey refuses to redrive the order keyed like the control
+// document: its retry document would be the control document.
+var ErrReservedKey = errors.New("the key is the retry timer's control document; give the order another key")
+
 // Redrive brings dead letters back as retry documents due now, with a fresh
-// attempt budget and their redrive count raised. The retry document is
-// written before the dead letter goes, so a crash between the two loses
-// nothing; a dead letter that changed meanwhile (the retry failed again
-// already) is left in place. It redrives what it can and returns how many,
-// with an error for the ids it could not.
+// attempt budget and their redrive count raised, in one outcome: the retry
+// document is written, then the dead letter goes (by its CAS: one that
+// changed meanwhile is left in place). On Couchbase a crash between the two
+// leaves both, and the retry, counting one redrive more than the dead
+// letter, goes ahead and removes it. It redrives what it can and returns
+// how many, with an error for the ids it could not.
 func Redrive(ctx context.Context, st store.Store, now time.Time, ids []string, all bool) (int, error) {
 	dls, selErr := selectDeadLetters(ctx, st, ids, all)
 	n := 0
 	for _, d := range dls {
-		if d.DocID == "" {
-			d.DocID = d.ID
+		if d.ID == order.ControlKey {
+			selErr = errors.Join(selErr, fmt.Errorf("redrive %s: %w", d.ID, ErrReservedKey))
+			continue
 		}
-		if _, err := st.Upsert(ctx, order.Retry, d.ID, order.Redriven(d.DeadLetterDoc, now).Encode()); err != nil {
+		d.DocID = d.ID
+		cur, err := st.State(ctx, d.ID)
+		if err != nil {
 			return n, errors.Join(selErr, fmt.Errorf("redrive %s: %w", d.ID, err))
 		}
-		err := st.Remove(ctx, order.DeadLetter, d.ID, d.cas)
-		if err != nil && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrCASMismatch) {
+		retry := store.Write{Op: store.OpInsert, Collection: order.Retry, Key: d.ID, Value: order.Redriven(d.DeadLetterDoc, now).Encode()}
+		if cur.Retry.Found() {
+			retry.Op, retry.CAS = store.OpReplace, cur.Retry.CAS
+		}
+		_, err = st.Apply(ctx, []store.Write{retry, {Op: store.OpRemove, Collection: order.DeadLetter, Key: d.ID, CAS: d.cas}})
+		var we *store.WriteError
+		if errors.As(err, &we) {
+			continue // changed since it was read: left for the next redrive
+		}
+		if err != nil {
 			return n, errors.Join(selErr, fmt.Errorf("redrive %s: %w", d.ID, err))
 		}
 		n++
@@ -237,9 +204,9 @@ func Purge(ctx context.Context, st store.Store, ids []string, all bool) (int, er
 	dls, selErr := selectDeadLetters(ctx, st, ids, all)
 	n := 0
 	for _, d := range dls {
-		err := st.Remove(ctx, order.DeadLetter, d.ID, 0)
-		if errors.Is(err, store.ErrNotFound) {
-			continue
+		err := st.Remove(ctx, order.DeadLetter, d.ID, d.cas)
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCASMismatch) {
+			continue // gone, or changed (redriven) since it was read
 		}
 		if err != nil {
 			return n, errors.Join(selErr, fmt.Errorf("purge %s: %w", d.ID, err))

@@ -5,6 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -52,6 +56,23 @@ func (o Order) NeedsConfirmation() bool {
 	return o.PaymentStatus == StatusPaid && !o.ConfirmationEmailSent
 }
 
+// HasEmail says whether the order names an address to send to: a blank
+// one is none.
+func (o Order) HasEmail() bool { return strings.TrimSpace(o.Email) != "" }
+
+// knownPaymentStates are the payment states order systems commonly write;
+// any other is worth a warning, since a typo ("PAID", " paid") would
+// otherwise silently keep a paid order from its confirmation.
+var knownPaymentStates = map[string]bool{
+	"": true, "initiated": true, "pending": true, "authorized": true, "authorised": true, StatusPaid: true,
+	"failed": true, "declined": true, "cancelled": true, "canceled": true, "refunded": true,
+	"partially_refunded": true, "expired": true, "voided": true, "chargeback": true,
+}
+
+// UnknownPaymentState says whether the order's payment state is not one
+// of the usual ones.
+func (o Order) UnknownPaymentState() bool { return !knownPaymentStates[o.PaymentStatus] }
+
 // MarkConfirmed returns the order document with confirmationEmailSent set to
 // true, every other field kept as it was.
 func MarkConfirmed(raw []byte) ([]byte, error) {
@@ -91,6 +112,18 @@ type RetryDoc struct {
 	LastStatus     int    `json:"lastStatus,omitempty"`     // HTTP status of the last failure, 0: no answer
 	LastError      string `json:"lastError,omitempty"`
 	RedriveCount   int    `json:"redriveCount,omitempty"`
+	// IdempotencyKey is the key of the first attempt, kept for every later
+	// one. Empty in the sample's documents: the order's current one is used.
+	IdempotencyKey string `json:"idempotencyKey,omitempty"`
+}
+
+// Incr adds one to a counter, stopping at the largest int instead of
+// wrapping around to a negative number.
+func Incr(n int) int {
+	if n >= math.MaxInt {
+		return math.MaxInt
+	}
+	return n + 1
 }
 
 // Failed is the document after another failed attempt: the sample's
@@ -100,7 +133,7 @@ func (r RetryDoc) Failed(now time.Time) RetryDoc {
 	if r.FirstAttemptAt == 0 { // the sample's documents: ts is the earliest known
 		r.FirstAttemptAt = r.TS
 	}
-	r.Attempt++
+	r.Attempt = Incr(r.Attempt)
 	r.FireRetry = false
 	r.TS = now.UnixMilli()
 	if r.FirstAttemptAt == 0 {
@@ -115,7 +148,7 @@ func Redriven(d DeadLetterDoc, now time.Time) RetryDoc {
 	ms := now.UnixMilli()
 	return RetryDoc{Type: TypeConfirmation, DocID: d.DocID, TS: ms, FireRetry: true, NextAttemptAt: ms,
 		FirstAttemptAt: d.FirstAttemptAt, LastStatus: d.LastStatus, LastError: d.LastError,
-		RedriveCount: d.RedriveCount + 1}
+		RedriveCount: Incr(d.RedriveCount), IdempotencyKey: d.IdempotencyKey}
 }
 
 // DeadLetterDoc records a confirmation given up on, stored in DeadLetter
@@ -131,6 +164,7 @@ type DeadLetterDoc struct {
 	LastAttemptAt  int64  `json:"lastAttemptAt,omitempty"`  // ms
 	DeadAt         int64  `json:"deadAt"`                   // ms
 	RedriveCount   int    `json:"redriveCount"`
+	IdempotencyKey string `json:"idempotencyKey,omitempty"` // of the attempts made, for a redrive
 }
 
 // DecodeDeadLetter reads a dead-letter document.
@@ -160,6 +194,9 @@ func DecodeRetryDoc(raw []byte) (RetryDoc, error) {
 	if r.Attempt < 0 {
 		return RetryDoc{}, fmt.Errorf("%w: attempt %d is negative", ErrMalformed, r.Attempt)
 	}
+	if r.RedriveCount < 0 {
+		return RetryDoc{}, fmt.Errorf("%w: redriveCount %d is negative", ErrMalformed, r.RedriveCount)
+	}
 	return r, nil
 }
 
@@ -176,10 +213,31 @@ func mustMarshal(v any) []byte {
 	return b
 }
 
-// IdempotencyKey is the key every attempt at one order's confirmation sends,
-// so that the email service can drop a replayed request.
-func IdempotencyKey(orderKey string) string {
-	return TypeConfirmation + ":" + orderKey
+// IdempotencyKey is the key every attempt at one order's confirmation
+// sends, so that the email service can drop a replayed request. incarnation
+// is the order document's (store.Doc.Incarnation): it changes only when the
+// key is created anew, so an order deleted and created again under the same
+// key gets a new idempotency key, while every attempt at one order, and a
+// replay after a crash, sends the same one. Retry documents keep the key of
+// the first attempt, so later attempts send it whatever happens to the
+// incarnation.
+func IdempotencyKey(orderKey string, incarnation uint64) string {
+	k := TypeConfirmation + ":" + orderKey
+	if incarnation != 0 {
+		k += "@" + strconv.FormatUint(incarnation, 10)
+	}
+	return k
+}
+
+// OrderKeyOf returns the order key an idempotency key was made for.
+func OrderKeyOf(idempotencyKey string) string {
+	k := strings.TrimPrefix(idempotencyKey, TypeConfirmation+":")
+	if i := strings.LastIndexByte(k, '@'); i >= 0 {
+		if _, err := strconv.ParseUint(k[i+1:], 10, 64); err == nil {
+			return k[:i]
+		}
+	}
+	return k
 }
 
 func decodeObject(raw []byte, into any) error {
@@ -192,6 +250,13 @@ func decodeObject(raw []byte, into any) error {
 	if !utf8.Valid(trimmed) {
 		return fmt.Errorf("%w: not valid UTF-8", ErrMalformed)
 	}
+	// Decoders disagree on a repeated name (Go keeps the last, SQLite's
+	// JSON functions the first): one reading everywhere means none.
+	if name, err := duplicateName(trimmed); err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	} else if name != "" {
+		return fmt.Errorf("%w: field %s appears more than once", ErrMalformed, name)
+	}
 	if err := json.Unmarshal(trimmed, into); err != nil {
 		var typeErr *json.UnmarshalTypeError
 		if errors.As(err, &typeErr) && typeErr.Field != "" {
@@ -202,9 +267,62 @@ func decodeObject(raw []byte, into any) error {
 	return nil
 }
 
+// duplicateName returns the first top-level name that appears twice in the
+// JSON object raw.
+func duplicateName(raw []byte) (string, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber() // any valid number, 1e999 included, is only skipped here
+	if _, err := dec.Token(); err != nil { // {
+		return "", err
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return "", err
+		}
+		name, _ := t.(string)
+		if seen[name] {
+			return name, nil
+		}
+		seen[name] = true
+		if err := skipValue(dec); err != nil {
+			return "", err
+		}
+	}
+	return "", nil
+}
+
+// skipValue reads one JSON value of any depth without keeping it.
+func skipValue(dec *json.Decoder) error {
+	depth := 0
+	for {
+		t, err := dec.Token()
+		if err == io.EOF {
+			return io.ErrUnexpectedEOF
+		}
+		if err != nil {
+			return err
+		}
+		switch t {
+		case json.Delim('{'), json.Delim('['):
+			depth++
+		case json.Delim('}'), json.Delim(']'):
+			depth--
+		}
+		if depth == 0 {
+			return nil
+		}
+	}
+}
+
 // ClearedByOrderChange says whether the dead letter was about the order's
 // content (malformed, no email address, too large), so that a corrected order is sent
 // again without a redrive. Dead letters about sending need a redrive.
 func (d DeadLetterDoc) ClearedByOrderChange() bool {
-	return d.Reason == ReasonMalformedOrder || d.Reason == ReasonNoEmail || d.Reason == ReasonTooLarge
+	switch d.Reason {
+	case ReasonMalformedOrder, ReasonNoEmail, ReasonTooLarge:
+		return true
+	}
+	return false
 }

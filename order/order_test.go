@@ -1,6 +1,7 @@
 package order_test
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -56,6 +57,34 @@ func TestDecodeErrorsSayWhatIsWrong(t *testing.T) {
 
 func TestIdempotencyKeyIsStablePerOrder(t *testing.T) {
 	t.Parallel()
-	assert.Equal(t, order.IdempotencyKey("order_1"), order.IdempotencyKey("order_1"))
-	assert.NotEqual(t, order.IdempotencyKey("order_1"), order.IdempotencyKey("order_2"))
+	assert.Equal(t, order.IdempotencyKey("order_1", 7), order.IdempotencyKey("order_1", 7))
+	assert.NotEqual(t, order.IdempotencyKey("order_1", 7), order.IdempotencyKey("order_2", 7))
+	assert.NotEqual(t, order.IdempotencyKey("order_1", 7), order.IdempotencyKey("order_1", 8), "an order created again")
+	assert.Equal(t, "confirmation:order_1", order.IdempotencyKey("order_1", 0), "the store cannot tell incarnations")
+	for _, k := range []string{"order_1", "a@b", "x@12@3", "@", ""} {
+		assert.Equal(t, k, order.OrderKeyOf(order.IdempotencyKey(k, 42)), k)
+	}
+	assert.Equal(t, "a@b", order.OrderKeyOf(order.IdempotencyKey("a@b", 0)))
+}
+
+func TestCountersSaturate(t *testing.T) {
+	t.Parallel()
+	assert.Equal(t, math.MaxInt, order.Incr(math.MaxInt))
+	assert.Equal(t, 2, order.Incr(1))
+	r := order.RetryDoc{DocID: "o", Attempt: math.MaxInt}.Failed(time.Now())
+	assert.Equal(t, math.MaxInt, r.Attempt)
+}
+
+func TestDuplicateNamesAreMalformed(t *testing.T) {
+	t.Parallel()
+	for _, give := range []string{
+		`{"paymentStatus":"paid","paymentStatus":"initiated"}`,
+		`{"a":{"x":[1,{"y":2}]},"email":"a@b","email":"c@d"}`,
+	} {
+		_, err := order.DecodeOrder([]byte(give))
+		assert.ErrorIs(t, err, order.ErrMalformed, give)
+		assert.ErrorContains(t, err, "appears more than once", give)
+	}
+	_, err := order.DecodeOrder([]byte(`{"a":{"x":1},"b":{"x":2},"email":"e"}`))
+	assert.NoError(t, err, "the same name in different objects is fine")
 }

@@ -65,6 +65,15 @@ const (
 	ReasonOrderMissing   = "order_missing"
 	ReasonMalformedRetry = "malformed_retry_document"
 	ReasonTooLarge       = "order_too_large"
+	// ReasonReservedKey: the order's key is the control document's, which
+	// its retry document would overwrite.
+	ReasonReservedKey = "reserved_key"
+	// ReasonInvalidKey: the key cannot be carried in the Idempotency-Key
+	// header (control characters).
+	ReasonInvalidKey = "invalid_key"
+	// ReasonPoisonEvent: handling the change failed again and again with an
+	// error that is not the store being unavailable.
+	ReasonPoisonEvent = "poison_event"
 )
 
 // Verdict is the policy's answer.

@@ -26,8 +26,63 @@ const Meta = "_meta"
 type Doc struct {
 	Key   string
 	Value []byte // JSON
-	CAS   uint64
+	CAS   uint64 // 0: the document does not exist
+	// Incarnation changes only when the key is created anew (after a
+	// removal, or for the first time); 0 when the store cannot tell.
+	Incarnation uint64
 }
+
+// Found says whether the document exists.
+func (d Doc) Found() bool { return d.CAS != 0 }
+
+// State is everything stored about one order's confirmation, read at once:
+// the order, its retry document and its dead letter. An absent one is a
+// zero Doc.
+type State struct {
+	Order, Retry, DeadLetter Doc
+}
+
+// Op is what a Write does.
+type Op int
+
+const (
+	// OpInsert creates the document; it fails with ErrExists when the key is taken.
+	OpInsert Op = iota + 1
+	// OpReplace overwrites the document whose CAS is Write.CAS (any CAS when
+	// 0); ErrNotFound or ErrCASMismatch otherwise.
+	OpReplace
+	// OpUpsert writes the document whatever is there.
+	OpUpsert
+	// OpRemove deletes the document whose CAS is Write.CAS (any CAS when 0);
+	// ErrNotFound or ErrCASMismatch otherwise.
+	OpRemove
+)
+
+func (o Op) String() string {
+	return [...]string{"?", "insert", "replace", "upsert", "remove"}[o]
+}
+
+// Write is one guarded change of an outcome.
+type Write struct {
+	Op         Op
+	Collection string
+	Key        string
+	Value      []byte // for insert, replace and upsert
+	CAS        uint64 // the guard of replace and remove
+}
+
+// WriteError names the write of an outcome whose guard failed; it wraps
+// ErrExists, ErrNotFound or ErrCASMismatch.
+type WriteError struct {
+	Write Write
+	Err   error
+}
+
+func (e *WriteError) Error() string {
+	return e.Write.Op.String() + " " + e.Write.Collection + "/" + e.Write.Key + ": " + e.Err.Error()
+}
+
+func (e *WriteError) Unwrap() error { return e.Err }
 
 // Event is one change on the feed: the document's state after the change,
 // or its deletion. Like DCP, the feed may skip intermediate states of a key
@@ -40,6 +95,8 @@ type Event struct {
 	CAS        uint64
 	Partition  uint16 // vBucket for Couchbase, 0 for the embedded store
 	Seq        uint64 // position in its partition
+	// Incarnation is the document's, as in Doc.
+	Incarnation uint64
 
 	// Ack must be called exactly once, after the event's outcome has been
 	// written. Events may be acknowledged in any order; the checkpoint never
@@ -63,9 +120,11 @@ type FeedOptions struct {
 	FromNow bool
 }
 
-// SweepResult counts what one sweep flagged.
+// SweepResult counts what one sweep batch flagged.
 type SweepResult struct {
 	Flagged int
+	// More is true when the batch was full: more due documents may wait.
+	More bool
 }
 
 // Counts is what operators watch.
@@ -77,9 +136,31 @@ type Counts struct {
 	DeadLetters     int // documents in deadletter
 }
 
+// Tally is how many retries or dead letters are there for one reason.
+type Tally struct {
+	Reason string `json:"reason"`
+	Count  int    `json:"count"`
+}
+
+// Backlog is what the status shows of the retries waiting.
+type Backlog struct {
+	Due       int       // flagged, or due by nextAttemptAt or ts
+	OldestDue time.Time // when the longest-waiting due retry became due; zero when none is
+	Reasons   []Tally   // the five most common reasons, retries and dead letters together
+}
+
 // Store is what ordermail needs from a database.
 type Store interface {
 	Get(ctx context.Context, collection, key string) (Doc, error)
+	// State reads an order's confirmation state.
+	State(ctx context.Context, key string) (State, error)
+	// Apply makes the writes of one outcome. On the embedded store they are
+	// one transaction: all or none. On Couchbase they are made one by one in
+	// the order given, each guarded by its CAS, stopping at the first that
+	// fails: the caller orders them so that every prefix is safe. A failed
+	// guard is a *WriteError. The CAS of each write made is returned (0 for
+	// a removal).
+	Apply(ctx context.Context, writes []Write) ([]uint64, error)
 	// Insert fails with ErrExists when the key is taken.
 	Insert(ctx context.Context, collection, key string, value []byte) (uint64, error)
 	// Replace fails with ErrNotFound, or ErrCASMismatch when cas is not zero
@@ -93,19 +174,25 @@ type Store interface {
 	// checkpoint saved under name.
 	Subscribe(ctx context.Context, name string, collections []string, opts FeedOptions) (Subscription, error)
 
-	// SweepRetries sets fireRetry on every due retry document that is not
-	// flagged already, the control document aside. A document is due when its
-	// nextAttemptAt (ms) is at or before now or, for documents without one
-	// (the sample's), when its ts (ms) is more than quantum before now. Each
-	// flagged document is a change on the feed.
-	SweepRetries(ctx context.Context, now time.Time, quantum time.Duration) (SweepResult, error)
+	// SweepRetries sets fireRetry on at most limit due retry documents that
+	// are not flagged already, the control document aside, oldest due first.
+	// A document is due when its nextAttemptAt (ms) is at or before now or,
+	// for documents without one (the sample's), when its ts (ms) is more than
+	// quantum before now. Each flagged document is a change on the feed. Its
+	// cost is proportional to limit, not to the number of retry documents.
+	SweepRetries(ctx context.Context, now time.Time, quantum time.Duration, limit int) (SweepResult, error)
 
 	// Scan calls fn for every document in collection, in key order, until fn
 	// returns an error. fn may write to the store.
 	Scan(ctx context.Context, collection string, fn func(Doc) error) error
 
-	// Counts reads the numbers operators watch.
+	// Counts reads the numbers operators watch. It costs the same whatever
+	// the number of documents.
 	Counts(ctx context.Context) (Counts, error)
+	// Backlog reads the due retries at now (quantum as in SweepRetries) and
+	// the reasons of retries and dead letters; its cost grows with the due
+	// documents only.
+	Backlog(ctx context.Context, now time.Time, quantum time.Duration) (Backlog, error)
 
 	Close() error
 }

@@ -26,6 +26,13 @@ type Config struct {
 	Quantum time.Duration
 	// Owner names this instance in the sweep lease. Default lease.Owner().
 	Owner string
+	// SweepBatch is how many due retries one sweep transaction flags.
+	// Default 1000.
+	SweepBatch int
+	// SweepBudget bounds how long one tick keeps sweeping batch after batch
+	// while due retries are left; the rest waits for the next tick. Default
+	// half the interval, at most 1s.
+	SweepBudget time.Duration
 }
 
 // Validate names the setting that is wrong.
@@ -35,6 +42,12 @@ func (c Config) Validate() error {
 	}
 	if c.Quantum < 0 {
 		return fmt.Errorf("retry-quantum: %s is negative", c.Quantum)
+	}
+	if c.SweepBatch < 0 || c.SweepBatch > 100_000 {
+		return fmt.Errorf("sweep-batch: %d is not between 1 and 100000", c.SweepBatch)
+	}
+	if c.SweepBudget < 0 {
+		return fmt.Errorf("sweep-budget: %s is negative", c.SweepBudget)
 	}
 	return nil
 }
@@ -46,6 +59,12 @@ func (c Config) withDefaults() Config {
 	if c.Quantum == 0 {
 		c.Quantum = 15 * time.Second
 	}
+	if c.SweepBatch == 0 {
+		c.SweepBatch = 1000
+	}
+	if c.SweepBudget == 0 {
+		c.SweepBudget = min(c.Interval/2, time.Second)
+	}
 	return c
 }
 
@@ -55,6 +74,8 @@ type Result struct {
 	Standby bool // another instance holds the sweep lease and sweeps
 	Swept   bool // the sweep ran (not skipped for allow_retrys' longer interval)
 	Flagged int
+	Batches int  // sweep transactions
+	More    bool // due retries were left for the next tick (the budget ran out)
 }
 
 // Timer flags due retry documents on a schedule.
@@ -121,14 +142,27 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	if !due {
 		return Result{Armed: true}, nil
 	}
-	res, err := t.store.SweepRetries(ctx, now, quantum)
-	if err != nil {
-		return Result{Armed: true}, err // not recorded: the next tick tries again
+	res := Result{Armed: true}
+	start := time.Now()
+	for {
+		batch, err := t.store.SweepRetries(ctx, now, quantum, t.cfg.SweepBatch)
+		if err != nil {
+			return res, err // not recorded: the next tick tries again
+		}
+		res.Batches++
+		res.Flagged += batch.Flagged
+		res.More = batch.More
+		// Each batch is a short transaction of its own: a backlog of any
+		// size is flagged batch by batch, never in one long write.
+		if !batch.More || time.Since(start) >= t.cfg.SweepBudget {
+			break
+		}
 	}
+	res.Swept = true
 	t.mu.Lock()
 	t.lastSweep = now
 	t.mu.Unlock()
-	return Result{Armed: true, Swept: true, Flagged: res.Flagged}, nil
+	return res, nil
 }
 
 // settings reads allow_retrys' overrides; a document that does not make
@@ -179,7 +213,7 @@ func (t *Timer) tick() {
 		}
 	}
 	if res.Flagged > 0 {
-		t.log.Info("flagged retries", "count", res.Flagged)
+		t.log.Debug("flagged retries", "count", res.Flagged, "batches", res.Batches, "more", res.More)
 	}
 }
 

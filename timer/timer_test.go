@@ -69,7 +69,7 @@ func TestSweepFlagsOnlyAgedDocsWhileArmed(t *testing.T) {
 	require.NoError(t, err)
 	res, err = tm.Sweep(ctx, pinned)
 	require.NoError(t, err)
-	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1}, res)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1, Batches: 1}, res)
 	assert.True(t, fired(t, st, "aged"))
 	assert.False(t, fired(t, st, "young"))
 
@@ -77,7 +77,7 @@ func TestSweepFlagsOnlyAgedDocsWhileArmed(t *testing.T) {
 	// flagged twice.
 	res, err = tm.Sweep(ctx, pinned.Add(2*time.Second))
 	require.NoError(t, err)
-	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1}, res)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1, Batches: 1}, res)
 	assert.True(t, fired(t, st, "young"))
 
 	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0))
@@ -94,11 +94,11 @@ type flakyStore struct {
 	calls atomic.Int32
 }
 
-func (f *flakyStore) SweepRetries(ctx context.Context, now time.Time, quantum time.Duration) (store.SweepResult, error) {
+func (f *flakyStore) SweepRetries(ctx context.Context, now time.Time, quantum time.Duration, limit int) (store.SweepResult, error) {
 	if f.calls.Add(1) == 1 {
 		return store.SweepResult{}, store.ErrUnavailable
 	}
-	return f.Store.SweepRetries(ctx, now, quantum)
+	return f.Store.SweepRetries(ctx, now, quantum, limit)
 }
 
 func TestScheduleKeepsFiringAfterAFailedSweep(t *testing.T) {
@@ -136,7 +136,7 @@ func TestControlDocumentSetsIntervalAndQuantum(t *testing.T) {
 
 	res, err := tm.Sweep(ctx, pinned)
 	require.NoError(t, err)
-	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 0}, res, "the document's quantum of 1h applies")
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 0, Batches: 1}, res, "the document's quantum of 1h applies")
 	res, err = tm.Sweep(ctx, pinned.Add(5*time.Second))
 	require.NoError(t, err)
 	assert.Equal(t, timer.Result{Armed: true}, res, "within the document's 10s interval: no sweep")
@@ -146,7 +146,7 @@ func TestControlDocumentSetsIntervalAndQuantum(t *testing.T) {
 	require.NoError(t, err)
 	res, err = tm.Sweep(ctx, pinned.Add(6*time.Second))
 	require.NoError(t, err)
-	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1}, res)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1, Batches: 1}, res)
 }
 
 func TestNonsenseControlDocumentFallsBackToSettings(t *testing.T) {
@@ -162,7 +162,7 @@ func TestNonsenseControlDocumentFallsBackToSettings(t *testing.T) {
 
 	res, err := tm.Sweep(ctx, pinned)
 	require.NoError(t, err)
-	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1}, res, "still armed, with the settings")
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1, Batches: 1}, res, "still armed, with the settings")
 	_, err = tm.Sweep(ctx, pinned.Add(time.Second))
 	require.NoError(t, err)
 	assert.Equal(t, 1, strings.Count(logs.String(), "ignoring the settings in allow_retrys"), "reported once: %s", logs.String())
@@ -184,7 +184,7 @@ func TestOneSweeperAmongInstances(t *testing.T) {
 
 	res, err := a.Sweep(ctx, now)
 	require.NoError(t, err)
-	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1}, res)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1, Batches: 1}, res)
 	res, err = b.Sweep(ctx, now)
 	require.NoError(t, err)
 	assert.Equal(t, timer.Result{Armed: true, Standby: true}, res, "b waits while a holds the lease")
@@ -196,4 +196,33 @@ func TestOneSweeperAmongInstances(t *testing.T) {
 	res, err = a.Sweep(ctx, now)
 	require.NoError(t, err)
 	assert.True(t, res.Standby)
+}
+
+// TestSweepFlagsABacklogInBatches: a backlog larger than a batch is
+// flagged batch by batch, each its own transaction, until none is left;
+// with no budget left, the rest waits for the next tick.
+func TestSweepFlagsABacklogInBatches(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	for i := range 25 {
+		retryDoc(t, st, "r"+strings.Repeat("x", i), time.Minute)
+	}
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+
+	tm, err := timer.New(timer.Config{Interval: time.Second, SweepBatch: 10, Owner: "me"}, st, quiet, nil)
+	require.NoError(t, err)
+	res, err := tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 25, Batches: 3}, res)
+
+	for i := range 25 {
+		retryDoc(t, st, "s"+strings.Repeat("x", i), time.Minute)
+	}
+	// A budget spent after the first batch (the smallest there is).
+	tight, err := timer.New(timer.Config{Interval: time.Second, SweepBatch: 10, SweepBudget: time.Nanosecond, Owner: "me"}, st, quiet, nil)
+	require.NoError(t, err)
+	res, err = tight.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 10, Batches: 1, More: true}, res)
 }

@@ -1,13 +1,19 @@
 package watcher
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/ordermail/ordermail/store"
+)
 
 func BenchmarkDecide(b *testing.B) {
-	c := Change{Collection: "inbound", Key: "order_140", Value: []byte(`{"email":"customer@example.com","paymentStatus":"paid",` +
-		`"confirmationEmailSent":false,"items":[{"name":"Swedish Meatballs 500g","amount":2,"unitPrice":9.95}]}`)}
+	st := store.State{Order: store.Doc{Key: "order_140", CAS: 1, Incarnation: 1, Value: []byte(`{"email":"customer@example.com","paymentStatus":"paid",` +
+		`"confirmationEmailSent":false,"items":[{"name":"Swedish Meatballs 500g","amount":2,"unitPrice":9.95}]}`)}}
+	c := Change{Collection: "inbound", Key: "order_140"}
+	lim := Limits{MaxOrderBytes: 1 << 20}
 	b.ReportAllocs()
 	for range b.N {
-		if Decide(c, 1<<20).Action != SendOrder {
+		if Decide(c, st, now, lim).Action != Send {
 			b.Fatal("wrong decision")
 		}
 	}

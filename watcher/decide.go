@@ -1,8 +1,11 @@
 package watcher
 
 import (
+	"errors"
 	"fmt"
+	"time"
 
+	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 )
@@ -11,78 +14,371 @@ import (
 type Change struct {
 	Collection string
 	Key        string
-	Value      []byte
 	Deleted    bool
 }
 
 func changeOf(ev store.Event) Change {
-	return Change{Collection: ev.Collection, Key: ev.Key, Value: ev.Value, Deleted: ev.Deleted}
+	return Change{Collection: ev.Collection, Key: ev.Key, Deleted: ev.Deleted}
 }
 
-// Action is what happens to a change.
+// Action is what a plan does.
 type Action int
 
 const (
 	// Ignore: nothing to do (not paid, already confirmed, our own write...).
 	Ignore Action = iota
-	// DeadLetter: the work cannot be done (a malformed document, an order
-	// without an email address); it is recorded in the dead-letter collection.
-	DeadLetter
-	// SendOrder is function 1: first send of a paid, unconfirmed order.
-	SendOrder
-	// SendRetry is function 2: resend for a retry document flagged fireRetry.
-	SendRetry
+	// Write: apply Plan.Writes, the whole outcome; nothing is sent.
+	Write
+	// Send: apply Plan.Writes (the claim of a retry, if any), send, then
+	// apply what Settle says.
+	Send
 )
 
-func (a Action) String() string {
-	return [...]string{"ignore", "dead_letter", "send_order", "send_retry"}[a]
+func (a Action) String() string { return [...]string{"ignore", "write", "send"}[a] }
+
+// Limits are the settings decisions depend on.
+type Limits struct {
+	MaxOrderBytes int
+	ClaimTTL      time.Duration
+	Policy        order.Policy
 }
 
-// Decision is Decide's answer.
-type Decision struct {
+// farFuture is how far ahead a due time stops being plausible.
+const farFuture = 366 * 24 * time.Hour
+
+// Plan is Decide's answer.
+type Plan struct {
 	Action Action
-	Reason string         // why, for Ignore; the dead-letter reason for DeadLetter
-	Detail string         // what exactly is wrong, for DeadLetter
-	Retry  order.RetryDoc // for SendRetry
+	Reason string // why: the ignore reason, or the dead-letter reason
+	Detail string // what exactly, for a dead letter
+	// Warn is something an operator should see about this document (an
+	// unknown payment state, a due time centuries away).
+	Warn   string
+	Writes []store.Write
+
+	// For Send.
+	OrderKey       string
+	IdempotencyKey string
+	Body           []byte
+	Attempt        int            // the number of this attempt, from 1
+	Retry          order.RetryDoc // the retry document once claimed; zero for a first send
 }
 
-// Decide is the one place that says what a change means. It looks only at the
-// change itself; the handler re-reads current state before it acts, because a
-// replayed or late event may be stale. An order to send that is larger than
-// maxOrderBytes is not posted to the email service.
-func Decide(c Change, maxOrderBytes int) Decision {
+// Decide is the one place that says what a change means, on the current
+// state of the order's documents (the change itself may be stale: a replay,
+// or a change overtaken by later ones). It is pure.
+func Decide(c Change, st store.State, now time.Time, lim Limits) Plan {
 	if c.Deleted {
-		return Decision{Action: Ignore, Reason: "deleted"}
+		return ignore("deleted")
 	}
 	switch c.Collection {
 	case order.Inbound:
-		o, err := order.DecodeOrder(c.Value)
-		switch {
-		case err != nil:
-			return Decision{Action: DeadLetter, Reason: order.ReasonMalformedOrder, Detail: err.Error()}
-		case o.ConfirmationEmailSent:
-			return Decision{Action: Ignore, Reason: "already confirmed"}
-		case o.PaymentStatus != order.StatusPaid:
-			return Decision{Action: Ignore, Reason: "not paid"}
-		case o.Email == "":
-			return Decision{Action: DeadLetter, Reason: order.ReasonNoEmail, Detail: "paid order has no email address"}
-		case len(c.Value) > maxOrderBytes:
-			return Decision{Action: DeadLetter, Reason: order.ReasonTooLarge,
-				Detail: fmt.Sprintf("order is %d bytes, more than the %d an email is sent for", len(c.Value), maxOrderBytes)}
-		}
-		return Decision{Action: SendOrder}
+		return decideOrder(c.Key, st, now, lim)
 	case order.Retry:
-		if c.Key == order.ControlKey {
-			return Decision{Action: Ignore, Reason: "control document, read by the timer"}
-		}
-		r, err := order.DecodeRetryDoc(c.Value)
-		switch {
-		case err != nil:
-			return Decision{Action: DeadLetter, Reason: order.ReasonMalformedRetry, Detail: err.Error()}
-		case !r.FireRetry:
-			return Decision{Action: Ignore, Reason: "retry not due"}
-		}
-		return Decision{Action: SendRetry, Retry: r}
+		return decideRetry(c.Key, st, now, lim)
 	}
-	return Decision{Action: Ignore, Reason: "collection not watched"}
+	return ignore("collection not watched")
+}
+
+func ignore(reason string) Plan { return Plan{Action: Ignore, Reason: reason} }
+
+// decideOrder is function 1: the first send of a paid, unconfirmed order.
+func decideOrder(key string, st store.State, now time.Time, lim Limits) Plan {
+	if !st.Order.Found() {
+		return ignore("order no longer exists")
+	}
+	o, decodeErr := order.DecodeOrder(st.Order.Value)
+	if decodeErr == nil {
+		if o.ConfirmationEmailSent {
+			return cleanUp(st, "already confirmed")
+		}
+		if o.PaymentStatus != order.StatusPaid {
+			p := ignore("not paid")
+			if o.UnknownPaymentState() {
+				p.Warn = fmt.Sprintf("unknown payment state %q: the order is not confirmed unless it is %q", o.PaymentStatus, order.StatusPaid)
+			}
+			return p
+		}
+	}
+	if key == order.ControlKey {
+		// Its retry document would be the control document.
+		return deadLetterOrder(key, st, order.ReasonReservedKey,
+			fmt.Sprintf("the key %s is the retry timer's control document; give the order another key", order.ControlKey), decodeErr, now)
+	}
+	if st.Retry.Found() {
+		return ignore("a retry document owns the confirmation")
+	}
+	if dl, ok := deadLetterOf(st); ok && !dl.ClearedByOrderChange() {
+		return ignore("dead-lettered (" + dl.Reason + "); redrive to send")
+	}
+	if reason, detail := problem(key, st.Order, o, decodeErr, lim); reason != "" {
+		return deadLetterOrder(key, st, reason, detail, decodeErr, now)
+	}
+	return Plan{Action: Send, OrderKey: key, Body: st.Order.Value, Attempt: 1,
+		IdempotencyKey: order.IdempotencyKey(key, st.Order.Incarnation)}
+}
+
+// deadLetterOrder records a problem of a first send; one already recorded
+// for the same reason is left as it is.
+func deadLetterOrder(key string, st store.State, reason, detail string, decodeErr error, now time.Time) Plan {
+	if decodeErr != nil {
+		reason, detail = order.ReasonMalformedOrder, decodeErr.Error()
+	}
+	if dl, ok := deadLetterOf(st); ok && dl.Reason == reason {
+		return ignore("dead-lettered already (" + reason + ")")
+	}
+	return Plan{Action: Write, Reason: reason, Detail: detail,
+		Writes: deadLetterWrites(st, order.DeadLetterDoc{DocID: key, Reason: reason, LastError: detail, DeadAt: now.UnixMilli()}, false)}
+}
+
+// problem names what keeps a paid order from being sent at all.
+func problem(key string, doc store.Doc, o order.Order, decodeErr error, lim Limits) (reason, detail string) {
+	switch {
+	case decodeErr != nil:
+		return order.ReasonMalformedOrder, decodeErr.Error()
+	case mailer.CheckHeaderValue(order.IdempotencyKey(key, doc.Incarnation)) != nil:
+		return order.ReasonInvalidKey, "the key holds control characters an Idempotency-Key header cannot carry"
+	case !o.HasEmail():
+		return order.ReasonNoEmail, "paid order has no email address"
+	case len(doc.Value) > lim.MaxOrderBytes:
+		return order.ReasonTooLarge, fmt.Sprintf("order is %d bytes, more than the %d an email is sent for", len(doc.Value), lim.MaxOrderBytes)
+	}
+	return "", ""
+}
+
+// decideRetry is function 2: the resend of a retry document flagged
+// fireRetry.
+func decideRetry(key string, st store.State, now time.Time, lim Limits) Plan {
+	if key == order.ControlKey {
+		return ignore("control document, read by the timer")
+	}
+	if !st.Retry.Found() {
+		return ignore("retry document no longer exists")
+	}
+	r, err := order.DecodeRetryDoc(st.Retry.Value)
+	if err == nil && r.DocID != key {
+		err = fmt.Errorf("%w: docId %q is not the document's key", order.ErrMalformed, r.DocID)
+	}
+	if err != nil {
+		return retryDeadLetter(key, st, order.RetryDoc{DocID: key}, order.ReasonMalformedRetry, err.Error(), now)
+	}
+	if !r.FireRetry {
+		p := ignore("retry not due")
+		if r.NextAttemptAt > now.Add(farFuture).UnixMilli() {
+			p.Warn = "retry due at " + time.UnixMilli(r.NextAttemptAt).UTC().Format(time.RFC3339) + ", more than a year away"
+		}
+		return p
+	}
+	if dl, ok := deadLetterOf(st); ok && r.RedriveCount <= dl.RedriveCount {
+		// The dead letter came after this retry (a crash between the two
+		// writes of a dead-lettering); a redrive's retry counts one more.
+		return Plan{Action: Write, Reason: "dead letter supersedes the retry",
+			Writes: []store.Write{removeOf(order.Retry, st.Retry)}}
+	}
+	if !st.Order.Found() {
+		return retryDeadLetter(key, st, r, order.ReasonOrderMissing, "no order "+key+" in "+order.Inbound, now)
+	}
+	o, decodeErr := order.DecodeOrder(st.Order.Value)
+	switch {
+	case decodeErr == nil && o.ConfirmationEmailSent:
+		return cleanUp(st, "order already confirmed; retry dropped")
+	case decodeErr == nil && o.PaymentStatus != order.StatusPaid:
+		p := Plan{Action: Write, Reason: "order no longer paid; retry dropped", Writes: []store.Write{removeOf(order.Retry, st.Retry)}}
+		p.Warn = fmt.Sprintf("order is no longer paid (payment state %q); its retry is dropped", o.PaymentStatus)
+		return p
+	}
+	if reason, detail := problem(key, st.Order, o, decodeErr, lim); reason != "" {
+		return retryDeadLetter(key, st, r, reason, detail, now)
+	}
+	claimed := r
+	claimed.FireRetry = false
+	claimed.NextAttemptAt = now.Add(lim.ClaimTTL).UnixMilli()
+	if claimed.IdempotencyKey == "" {
+		claimed.IdempotencyKey = order.IdempotencyKey(key, st.Order.Incarnation)
+	}
+	return Plan{
+		Action: Send, OrderKey: key, Body: st.Order.Value, Attempt: order.Incr(r.Attempt),
+		IdempotencyKey: claimed.IdempotencyKey, Retry: claimed,
+		// The claim: of several instances that saw the flag, one wins; if it
+		// dies, the sweep flags the document again once the claim has run
+		// out.
+		Writes: []store.Write{{Op: store.OpReplace, Collection: order.Retry, Key: key, Value: claimed.Encode(), CAS: st.Retry.CAS}},
+	}
+}
+
+// retryDeadLetter gives up on a retry: the dead letter, then the retry
+// document goes.
+func retryDeadLetter(key string, st store.State, r order.RetryDoc, reason, detail string, now time.Time) Plan {
+	r.DocID = key
+	d := deadLetterFrom(r, reason, now)
+	d.LastError = detail
+	return Plan{Action: Write, Reason: reason, Detail: detail, Writes: deadLetterWrites(st, d, true)}
+}
+
+// cleanUp removes what a confirmed order no longer needs: a retry document
+// or a dead letter left by a crash between the writes of an outcome on
+// Couchbase.
+func cleanUp(st store.State, reason string) Plan {
+	var ws []store.Write
+	if st.Retry.Found() {
+		ws = append(ws, removeOf(order.Retry, st.Retry))
+	}
+	if st.DeadLetter.Found() {
+		ws = append(ws, removeOf(order.DeadLetter, st.DeadLetter))
+	}
+	if len(ws) == 0 {
+		return ignore(reason)
+	}
+	return Plan{Action: Write, Reason: reason, Writes: ws}
+}
+
+func removeOf(coll string, d store.Doc) store.Write {
+	return store.Write{Op: store.OpRemove, Collection: coll, Key: d.Key, CAS: d.CAS}
+}
+
+// deadLetterWrites writes the dead letter (over the one there, if any, by
+// its CAS) and then, with removeRetry, removes the retry document. Dead
+// letter first: a crash in between leaves both, and the retry then finds
+// the dead letter newer than itself and goes (decideRetry).
+func deadLetterWrites(st store.State, d order.DeadLetterDoc, removeRetry bool) []store.Write {
+	d.Type = order.TypeConfirmation
+	w := store.Write{Op: store.OpInsert, Collection: order.DeadLetter, Key: d.DocID, Value: d.Encode()}
+	if st.DeadLetter.Found() {
+		w.Op, w.CAS = store.OpReplace, st.DeadLetter.CAS
+		if old, err := order.DecodeDeadLetter(st.DeadLetter.Value); err == nil {
+			d.RedriveCount = max(d.RedriveCount, old.RedriveCount)
+			w.Value = d.Encode()
+		}
+	}
+	ws := []store.Write{w}
+	if removeRetry && st.Retry.Found() {
+		ws = append(ws, removeOf(order.Retry, st.Retry))
+	}
+	return ws
+}
+
+// deadLetterOf reads the order's dead letter. An unreadable one counts as
+// about sending, so that only an operator's redrive or purge lets the order
+// go out again.
+func deadLetterOf(st store.State) (order.DeadLetterDoc, bool) {
+	if !st.DeadLetter.Found() {
+		return order.DeadLetterDoc{}, false
+	}
+	d, err := order.DecodeDeadLetter(st.DeadLetter.Value)
+	if err != nil {
+		return order.DeadLetterDoc{DocID: st.DeadLetter.Key, Reason: "unreadable"}, true
+	}
+	return d, true
+}
+
+func deadLetterFrom(r order.RetryDoc, reason string, now time.Time) order.DeadLetterDoc {
+	return order.DeadLetterDoc{
+		DocID: r.DocID, Reason: reason, LastStatus: r.LastStatus, LastError: r.LastError,
+		Attempts: r.Attempt, FirstAttemptAt: r.FirstAttemptAt, LastAttemptAt: r.TS,
+		DeadAt: now.UnixMilli(), RedriveCount: r.RedriveCount, IdempotencyKey: r.IdempotencyKey,
+	}
+}
+
+// Outcome is what Settle says to write after a send.
+type Outcome struct {
+	Result string // "sent", "retry" or "dead_letter"
+	Reason string // the dead-letter reason
+	Retry  order.RetryDoc
+	Delay  time.Duration // until the retry, for the log
+	Writes []store.Write
+}
+
+// Settle says what a send's result means, on the current state: st is the
+// state the send was planned on (with the claim made) or, when an outcome
+// could not be written because a document changed meanwhile, the state
+// read again. u is a uniform draw from [0, 1) for the jitter. It is pure.
+func Settle(p Plan, st store.State, sendErr error, now time.Time, lim Limits, u float64) Outcome {
+	if sendErr == nil {
+		var ws []store.Write
+		// The order first: marking it is what keeps it from a second send.
+		if st.Order.Found() {
+			if o, err := order.DecodeOrder(st.Order.Value); err == nil && !o.ConfirmationEmailSent {
+				if marked, err := order.MarkConfirmed(st.Order.Value); err == nil {
+					ws = append(ws, store.Write{Op: store.OpReplace, Collection: order.Inbound, Key: p.OrderKey, Value: marked, CAS: st.Order.CAS})
+				}
+			}
+		}
+		if st.Retry.Found() {
+			ws = append(ws, removeOf(order.Retry, st.Retry))
+		}
+		if st.DeadLetter.Found() {
+			ws = append(ws, removeOf(order.DeadLetter, st.DeadLetter))
+		}
+		return Outcome{Result: "sent", Writes: ws}
+	}
+
+	f, status, reason := failureOf(sendErr)
+	prev := p.Retry
+	if prev.DocID == "" {
+		prev = order.RetryDoc{Type: order.TypeConfirmation, DocID: p.OrderKey, IdempotencyKey: p.IdempotencyKey}
+	}
+	if st.Retry.Found() {
+		cur, err := order.DecodeRetryDoc(st.Retry.Value)
+		switch {
+		case err == nil && cur.RedriveCount != prev.RedriveCount:
+			// Redriven during the send: the new budget is not this failure's.
+			return Outcome{Result: "retry", Reason: "redriven during the send"}
+		case err == nil:
+			prev = cur // the failure counts on top of what is stored now
+			if prev.IdempotencyKey == "" {
+				prev.IdempotencyKey = p.IdempotencyKey
+			}
+		}
+	}
+	next := prev
+	if !f.NotAttempted {
+		next = prev.Failed(now)
+	} else if next.TS == 0 {
+		next.TS = now.UnixMilli()
+	}
+	next.FireRetry = false
+	next.LastStatus = status
+	next.LastError = reason
+
+	if f.Invalid {
+		return deadLetterOutcome(st, next, order.ReasonInvalidKey, now)
+	}
+	v := lim.Policy.Next(next.Attempt, now, f.Failure, u)
+	if v.GiveUp {
+		return deadLetterOutcome(st, next, v.Reason, now)
+	}
+	next.NextAttemptAt = v.At.UnixMilli()
+	if v.ByQuantum {
+		next.NextAttemptAt = 0
+	}
+	w := store.Write{Op: store.OpInsert, Collection: order.Retry, Key: p.OrderKey, Value: next.Encode()}
+	if st.Retry.Found() {
+		w.Op, w.CAS = store.OpReplace, st.Retry.CAS
+	}
+	return Outcome{Result: "retry", Retry: next, Delay: v.At.Sub(now), Writes: []store.Write{w}}
+}
+
+func deadLetterOutcome(st store.State, r order.RetryDoc, reason string, now time.Time) Outcome {
+	d := deadLetterFrom(r, reason, now)
+	return Outcome{Result: "dead_letter", Reason: reason, Retry: r, Writes: deadLetterWrites(st, d, true)}
+}
+
+// sendFailure is what the policy needs of a failed send.
+type sendFailure struct {
+	order.Failure
+	Invalid bool
+}
+
+// failureOf reads a send error: the policy's view, the status and a reason
+// free of customer data. Anything that is not a classified
+// *mailer.SendError is taken as transient.
+func failureOf(err error) (sendFailure, int, string) {
+	var se *mailer.SendError
+	if !errors.As(err, &se) {
+		return sendFailure{}, 0, "unclassified send failure"
+	}
+	return sendFailure{
+		Failure: order.Failure{Permanent: se.Class == mailer.Permanent, RetryAfter: se.RetryAfter, NotAttempted: se.NotAttempted},
+		Invalid: se.Class == mailer.Invalid,
+	}, se.Status, se.Reason()
 }

@@ -1,48 +1,250 @@
 package watcher
 
 import (
+	"math"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/ordermail/ordermail/mailer"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
+var (
+	now    = time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	limits = Limits{MaxOrderBytes: 200, ClaimTTL: time.Minute, Policy: order.Policy{
+		Backoff: order.BackoffExponential, MinDelay: time.Second, MaxDelay: time.Minute, MaxAttempts: 5, Quantum: 15 * time.Second}}
+)
+
+const (
+	paid      = `{"email":"a@b.c","paymentStatus":"paid"}`
+	flagged   = `{"type":"confirmation","docId":"o","attempt":1,"ts":1,"fireRetry":true}`
+	notDue    = `{"type":"confirmation","docId":"o","attempt":1,"ts":1,"fireRetry":false}`
+	deadPerm  = `{"type":"confirmation","docId":"o","reason":"permanent_error","redriveCount":0}`
+	deadEmail = `{"type":"confirmation","docId":"o","reason":"no_email"}`
+)
+
+func doc(v string, cas uint64) store.Doc {
+	if v == "" {
+		return store.Doc{}
+	}
+	return store.Doc{Key: "o", Value: []byte(v), CAS: cas, Incarnation: 7}
+}
+
+func state(o, r, d string) store.State {
+	return store.State{Order: doc(o, 10), Retry: doc(r, 20), DeadLetter: doc(d, 30)}
+}
+
+// summary reads writes as "op coll/key[ reason]" lines, guards checked apart.
+func summary(ws []store.Write) []string {
+	var out []string
+	for _, w := range ws {
+		line := w.Op.String() + " " + w.Collection + "/" + w.Key
+		if w.Collection == order.DeadLetter && w.Op != store.OpRemove {
+			d, _ := order.DecodeDeadLetter(w.Value)
+			line += " " + d.Reason
+		}
+		out = append(out, line)
+	}
+	return out
+}
+
+// TestDecide: every kind of change, on the current state of its key. The
+// numbered cases are the findings of the issue "Every paid order confirmed
+// once": each failed on the decision of the first release.
 func TestDecide(t *testing.T) {
 	t.Parallel()
+	in := func(key string) Change { return Change{Collection: order.Inbound, Key: key} }
+	re := func(key string) Change { return Change{Collection: order.Retry, Key: key} }
+	far := now.AddDate(300, 0, 0).UnixMilli()
 	tests := []struct {
-		name string
-		give Change
-		want Action
-		why  string
+		name       string
+		change     Change
+		state      store.State
+		wantAction Action
+		wantWhy    string   // in the reason and detail
+		wantWrites []string // summary of the writes
+		wantWarn   string
 	}{
-		{"paid unconfirmed order", Change{Collection: "inbound", Key: "o", Value: []byte(`{"email":"a@b","paymentStatus":"paid","confirmationEmailSent":false}`)}, SendOrder, ""},
-		{"paid, flag absent", Change{Collection: "inbound", Key: "o", Value: []byte(`{"email":"a@b","paymentStatus":"paid"}`)}, SendOrder, ""},
-		{"our own write: confirmed", Change{Collection: "inbound", Key: "o", Value: []byte(`{"paymentStatus":"paid","confirmationEmailSent":true}`)}, Ignore, "already confirmed"},
-		{"not paid", Change{Collection: "inbound", Key: "o", Value: []byte(`{"paymentStatus":"initiated"}`)}, Ignore, "not paid"},
-		{"order deleted", Change{Collection: "inbound", Key: "o", Deleted: true}, Ignore, "deleted"},
-		{"order not JSON", Change{Collection: "inbound", Key: "o", Value: []byte(`{{{`)}, DeadLetter, "invalid character"},
-		{"paid order without email", Change{Collection: "inbound", Key: "o", Value: []byte(`{"paymentStatus":"paid"}`)}, DeadLetter, "no email address"},
-		{"unpaid order without email", Change{Collection: "inbound", Key: "o", Value: []byte(`{"paymentStatus":"initiated"}`)}, Ignore, "not paid"},
-		{"paid order too large", Change{Collection: "inbound", Key: "o", Value: []byte(`{"email":"a@b","paymentStatus":"paid","note":"` + strings.Repeat("x", 200) + `"}`)}, DeadLetter, "more than the 200"},
-		{"unpaid order too large", Change{Collection: "inbound", Key: "o", Value: []byte(`{"paymentStatus":"new","note":"` + strings.Repeat("x", 200) + `"}`)}, Ignore, "not paid"},
-		{"unknown payment state", Change{Collection: "inbound", Key: "o", Value: []byte(`{"email":"a@b","paymentStatus":"PAID?"}`)}, Ignore, "not paid"},
-		{"order an array", Change{Collection: "inbound", Key: "o", Value: []byte(`[1]`)}, DeadLetter, "not a JSON object"},
-		{"order status a number", Change{Collection: "inbound", Key: "o", Value: []byte(`{"paymentStatus":7}`)}, DeadLetter, "field paymentStatus is a JSON number, want string"},
-		{"order flag a string", Change{Collection: "inbound", Key: "o", Value: []byte(`{"paymentStatus":"paid","confirmationEmailSent":"yes"}`)}, DeadLetter, "confirmationEmailSent"},
-		{"flagged retry", Change{Collection: "retry", Key: "o", Value: []byte(`{"type":"confirmation","docId":"o","attempt":1,"ts":1,"fireRetry":true}`)}, SendRetry, ""},
-		{"our own write: retry not flagged", Change{Collection: "retry", Key: "o", Value: []byte(`{"docId":"o","attempt":2,"ts":1,"fireRetry":false}`)}, Ignore, "retry not due"},
-		{"retry deleted", Change{Collection: "retry", Key: "o", Deleted: true}, Ignore, "deleted"},
-		{"control document", Change{Collection: "retry", Key: "allow_retrys", Value: []byte(`{}`)}, Ignore, "control document"},
-		{"retry without docId", Change{Collection: "retry", Key: "o", Value: []byte(`{"attempt":1,"ts":1,"fireRetry":true}`)}, DeadLetter, "docId is missing"},
-		{"retry attempt a string", Change{Collection: "retry", Key: "o", Value: []byte(`{"docId":"o","attempt":"one","fireRetry":true}`)}, DeadLetter, "field attempt"},
-		{"other collection", Change{Collection: "elsewhere", Key: "o", Value: []byte(`{}`)}, Ignore, "not watched"},
+		{"paid unconfirmed order", in("o"), state(paid, "", ""), Send, "", nil, ""},
+		{"already confirmed", in("o"), state(`{"email":"a@b.c","paymentStatus":"paid","confirmationEmailSent":true}`, "", ""), Ignore, "already confirmed", nil, ""},
+		{"13: confirmed order with a leftover retry and dead letter", in("o"), state(`{"paymentStatus":"paid","confirmationEmailSent":true}`, notDue, deadPerm),
+			Write, "already confirmed", []string{"remove retry/o", "remove deadletter/o"}, ""},
+		{"not paid", in("o"), state(`{"email":"a@b.c","paymentStatus":"initiated"}`, "", ""), Ignore, "not paid", nil, ""},
+		{"8: unknown payment state PAID is warned about", in("o"), state(`{"email":"a@b.c","paymentStatus":"PAID"}`, "", ""), Ignore, "not paid", nil, `unknown payment state "PAID"`},
+		{"8: unknown payment state ' paid'", in("o"), state(`{"email":"a@b.c","paymentStatus":" paid"}`, "", ""), Ignore, "not paid", nil, "unknown payment state"},
+		{"order deleted since the change", in("o"), state("", "", ""), Ignore, "no longer exists", nil, ""},
+		{"change is a deletion", Change{Collection: order.Inbound, Key: "o", Deleted: true}, state(paid, "", ""), Ignore, "deleted", nil, ""},
+		{"order not JSON", in("o"), state(`{{{`, "", ""), Write, "malformed_order", []string{"insert deadletter/o malformed_order"}, ""},
+		{"8: duplicate keys are malformed", in("o"), state(`{"email":"a@b.c","paymentStatus":"paid","paymentStatus":"initiated"}`, "", ""),
+			Write, "paymentStatus appears more than once", []string{"insert deadletter/o malformed_order"}, ""},
+		{"8: blank email is no email", in("o"), state(`{"email":"   ","paymentStatus":"paid"}`, "", ""), Write, "no_email", []string{"insert deadletter/o no_email"}, ""},
+		{"too large", in("o"), state(`{"email":"a@b.c","paymentStatus":"paid","note":"`+strings.Repeat("x", 200)+`"}`, "", ""),
+			Write, "more than the 200", []string{"insert deadletter/o order_too_large"}, ""},
+		{"2: an order keyed allow_retrys never touches the control document", in(order.ControlKey),
+			store.State{Order: doc(paid, 10), Retry: doc(`{"interval":"1s"}`, 20)},
+			Write, "reserved_key", []string{"insert deadletter/allow_retrys reserved_key"}, ""},
+		{"3: a key with CR LF is dead-lettered, not sent", in("o\r\nX-Evil: 1"), state(paid, "", ""),
+			Write, "invalid_key", []string{"insert deadletter/o\r\nX-Evil: 1 invalid_key"}, ""},
+		{"3: a key with NUL", in("o\x00"), state(paid, "", ""), Write, "invalid_key", []string{"insert deadletter/o\x00 invalid_key"}, ""},
+		{"3: a key with DEL", in("o\x7f"), state(paid, "", ""), Write, "invalid_key", []string{"insert deadletter/o\x7f invalid_key"}, ""},
+		{"a retry document owns it", in("o"), state(paid, notDue, ""), Ignore, "retry document owns", nil, ""},
+		{"dead-lettered for sending: needs a redrive", in("o"), state(paid, "", deadPerm), Ignore, "redrive to send", nil, ""},
+		{"dead-lettered for content, order fixed: sent", in("o"), state(paid, "", deadEmail), Send, "", nil, ""},
+		{"dead-lettered for content, still bad: left", in("o"), state(`{"paymentStatus":"paid"}`, "", deadEmail), Ignore, "already (no_email)", nil, ""},
+		{"dead-lettered for content, now another problem", in("o"), state(`[1]`, "", deadEmail), Write, "malformed_order", []string{"replace deadletter/o malformed_order"}, ""},
+
+		{"flagged retry: claim, then send", re("o"), state(paid, flagged, ""), Send, "", []string{"replace retry/o"}, ""},
+		{"retry not flagged", re("o"), state(paid, notDue, ""), Ignore, "not due", nil, ""},
+		{"8: a retry due in the year 2326 is warned about", re("o"), state(paid, `{"docId":"o","attempt":1,"ts":1,"nextAttemptAt":`+itoa(far)+`}`, ""),
+			Ignore, "not due", nil, "more than a year away"},
+		{"control document", re(order.ControlKey), store.State{Retry: doc(`{}`, 20)}, Ignore, "control document", nil, ""},
+		{"retry gone since the change", re("o"), state(paid, "", ""), Ignore, "no longer exists", nil, ""},
+		{"malformed retry", re("o"), state(paid, `{"attempt":1,"fireRetry":true}`, ""), Write, "docId is missing",
+			[]string{"insert deadletter/o malformed_retry_document", "remove retry/o"}, ""},
+		{"retry for another order's key", re("o"), state(paid, `{"docId":"p","attempt":1,"fireRetry":true}`, ""), Write, `docId "p" is not`,
+			[]string{"insert deadletter/o malformed_retry_document", "remove retry/o"}, ""},
+		{"12: a stale malformed event with a valid current retry", re("o"), state(paid, notDue, ""), Ignore, "not due", nil, ""},
+		{"retry for a missing order", re("o"), state("", flagged, ""), Write, "order_missing",
+			[]string{"insert deadletter/o order_missing", "remove retry/o"}, ""},
+		{"retry for a confirmed order", re("o"), state(`{"paymentStatus":"paid","confirmationEmailSent":true}`, flagged, ""), Write, "already confirmed",
+			[]string{"remove retry/o"}, ""},
+		{"retry for an order no longer paid", re("o"), state(`{"paymentStatus":"refunded"}`, flagged, ""), Write, "no longer paid",
+			[]string{"remove retry/o"}, "no longer paid"},
+		{"4: the size limit holds on a retry", re("o"), state(`{"email":"a@b.c","paymentStatus":"paid","note":"`+strings.Repeat("x", 200)+`"}`, flagged, ""),
+			Write, "order_too_large", []string{"insert deadletter/o order_too_large", "remove retry/o"}, ""},
+		{"13: a dead letter newer than the retry wins", re("o"), state(paid, flagged, deadPerm), Write, "supersedes", []string{"remove retry/o"}, ""},
+		{"a redrive's retry wins over its dead letter", re("o"), state(paid, `{"docId":"o","attempt":0,"ts":1,"fireRetry":true,"redriveCount":1}`, deadPerm),
+			Send, "", []string{"replace retry/o"}, ""},
+		{"other collection", Change{Collection: order.DeadLetter, Key: "o"}, state(paid, "", ""), Ignore, "not watched", nil, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got := Decide(tt.give, 200)
-			assert.Equal(t, tt.want, got.Action, got.Reason)
-			assert.Contains(t, got.Reason+" "+got.Detail, tt.why)
+			got := Decide(tt.change, tt.state, now, limits)
+			assert.Equal(t, tt.wantAction, got.Action, "%s: %s", got.Reason, got.Detail)
+			assert.Contains(t, got.Reason+" "+got.Detail, tt.wantWhy)
+			assert.Equal(t, tt.wantWrites, summary(got.Writes))
+			assert.Contains(t, got.Warn, tt.wantWarn)
+			if tt.wantWarn == "" {
+				assert.Empty(t, got.Warn)
+			}
+			for _, w := range got.Writes {
+				assert.False(t, w.Collection == order.Retry && w.Key == order.ControlKey, "a decision wrote the control document")
+				if w.Op == store.OpRemove || w.Op == store.OpReplace {
+					assert.NotZero(t, w.CAS, "%s %s/%s is unguarded", w.Op, w.Collection, w.Key)
+				}
+			}
+		})
+	}
+}
+
+func itoa(n int64) string   { return strconv.FormatInt(n, 10) }
+func fmtInt(n int64) string { return strconv.FormatInt(n, 10) }
+
+// TestIdempotencyKeys (finding 9): one key for every attempt at one
+// order, another for an order created again under a deleted one's key.
+func TestIdempotencyKeys(t *testing.T) {
+	t.Parallel()
+	first := Decide(Change{Collection: order.Inbound, Key: "o"}, state(paid, "", ""), now, limits)
+	require.Equal(t, Send, first.Action)
+	again := Decide(Change{Collection: order.Inbound, Key: "o"}, state(paid, "", ""), now, limits)
+	assert.Equal(t, first.IdempotencyKey, again.IdempotencyKey, "a replay sends the same key")
+
+	out := Settle(first, state(paid, "", ""), &mailer.SendError{Class: mailer.Transient, Status: 503}, now, limits, 0.5)
+	require.Equal(t, "retry", out.Result)
+	assert.Equal(t, first.IdempotencyKey, out.Retry.IdempotencyKey, "the retry keeps the key")
+	st := state(paid, string(out.Retry.Encode()), "")
+	st.Retry.Value = []byte(strings.Replace(string(st.Retry.Value), `"fireRetry":false`, `"fireRetry":true`, 1))
+	st.Order.Incarnation = 99 // whatever happens to the order meanwhile
+	retry := Decide(Change{Collection: order.Retry, Key: "o"}, st, now, limits)
+	require.Equal(t, Send, retry.Action)
+	assert.Equal(t, first.IdempotencyKey, retry.IdempotencyKey, "every attempt sends the first one's key")
+
+	recreated := state(paid, "", "")
+	recreated.Order.Incarnation = 8
+	anew := Decide(Change{Collection: order.Inbound, Key: "o"}, recreated, now, limits)
+	assert.NotEqual(t, first.IdempotencyKey, anew.IdempotencyKey, "a new order under an old key is a new confirmation")
+}
+
+func TestSettle(t *testing.T) {
+	t.Parallel()
+	first := Decide(Change{Collection: order.Inbound, Key: "o"}, state(paid, "", ""), now, limits)
+	claimedSt := state(paid, flagged, "")
+	retry := Decide(Change{Collection: order.Retry, Key: "o"}, claimedSt, now, limits)
+	claimedSt.Retry = doc(string(retry.Retry.Encode()), 21)
+	transient := &mailer.SendError{Class: mailer.Transient, Status: 503, ContentType: "application/json", BodyBytes: 40}
+	huge := `{"type":"confirmation","docId":"o","attempt":` + fmtInt(math.MaxInt64) + `,"ts":1,"fireRetry":false}`
+	tests := []struct {
+		name       string
+		plan       Plan
+		state      store.State
+		sendErr    error
+		lim        Limits
+		wantResult string
+		wantWrites []string
+		check      func(t *testing.T, out Outcome)
+	}{
+		{"first send accepted", first, state(paid, "", ""), nil, limits, "sent", []string{"replace inbound/o"}, func(t *testing.T, out Outcome) {
+			assert.Contains(t, string(out.Writes[0].Value), `"confirmationEmailSent":true`)
+			assert.Equal(t, uint64(10), out.Writes[0].CAS)
+		}},
+		{"13: a retry accepted: order, retry and dead letter in one outcome", retry, store.State{Order: doc(paid, 10), Retry: claimedSt.Retry, DeadLetter: doc(deadPerm, 30)}, nil, limits, "sent",
+			[]string{"replace inbound/o", "remove retry/o", "remove deadletter/o"}, nil},
+		{"accepted, the order changed under the send: still marked", first, state(`{"email":"a@b.c","paymentStatus":"paid","note":"edited"}`, "", ""), nil, limits, "sent",
+			[]string{"replace inbound/o"}, func(t *testing.T, out Outcome) { assert.Contains(t, string(out.Writes[0].Value), `"note":"edited"`) }},
+		{"first send failed: a retry document with the key and no body", first, state(paid, "", ""), transient, limits, "retry", []string{"insert retry/o"},
+			func(t *testing.T, out Outcome) {
+				assert.Equal(t, 1, out.Retry.Attempt)
+				assert.Equal(t, "answered 503 Service Unavailable (application/json, 40 bytes)", out.Retry.LastError)
+				assert.Equal(t, first.IdempotencyKey, out.Retry.IdempotencyKey)
+				assert.Equal(t, now.Add(time.Second).UnixMilli(), out.Retry.NextAttemptAt)
+			}},
+		{"retry failed: the attempt counts", retry, claimedSt, transient, limits, "retry", []string{"replace retry/o"},
+			func(t *testing.T, out Outcome) { assert.Equal(t, 2, out.Retry.Attempt) }},
+		{"11: the claim ran out and the document changed: the failure still counts", retry,
+			store.State{Order: doc(paid, 10), Retry: doc(`{"type":"confirmation","docId":"o","attempt":3,"ts":1,"fireRetry":false}`, 25)},
+			transient, limits, "retry", []string{"replace retry/o"}, func(t *testing.T, out Outcome) {
+				assert.Equal(t, 4, out.Retry.Attempt)
+				assert.Equal(t, uint64(25), out.Writes[0].CAS)
+			}},
+		{"redriven during the send: the new budget is left alone", retry,
+			store.State{Order: doc(paid, 10), Retry: doc(`{"type":"confirmation","docId":"o","attempt":0,"ts":1,"fireRetry":true,"redriveCount":1}`, 26)},
+			transient, limits, "retry", nil, nil},
+		{"permanent: dead letter, retry removed", retry, claimedSt, &mailer.SendError{Class: mailer.Permanent, Status: 400}, limits, "dead_letter",
+			[]string{"insert deadletter/o permanent_error", "remove retry/o"}, nil},
+		{"3: invalid: dead letter at once", first, state(paid, "", ""), &mailer.SendError{Class: mailer.Invalid, Err: mailer.ErrHeaderValue}, limits, "dead_letter",
+			[]string{"insert deadletter/o invalid_key"}, nil},
+		{"budget spent", retry, store.State{Order: doc(paid, 10), Retry: doc(`{"type":"confirmation","docId":"o","attempt":4,"ts":1}`, 21)}, transient, limits, "dead_letter",
+			[]string{"insert deadletter/o attempts_exhausted", "remove retry/o"}, nil},
+		{"7: a huge attempt count saturates instead of going negative", retry, store.State{Order: doc(paid, 10), Retry: doc(huge, 21)}, transient,
+			Limits{MaxOrderBytes: 200, ClaimTTL: time.Minute, Policy: order.Policy{Backoff: order.BackoffFixed, Quantum: time.Second}}, "retry", []string{"replace retry/o"},
+			func(t *testing.T, out Outcome) {
+				assert.Equal(t, math.MaxInt, out.Retry.Attempt)
+				_, err := order.DecodeRetryDoc(out.Writes[0].Value)
+				assert.NoError(t, err, "the service can read what it wrote")
+			}},
+		{"held back by the breaker: no attempt spent", retry, claimedSt, &mailer.SendError{Class: mailer.Transient, NotAttempted: true, RetryAfter: 30 * time.Second, Err: mailer.ErrCircuitOpen},
+			limits, "retry", []string{"replace retry/o"}, func(t *testing.T, out Outcome) { assert.Equal(t, 1, out.Retry.Attempt) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			out := Settle(tt.plan, tt.state, tt.sendErr, now, tt.lim, 0.5)
+			assert.Equal(t, tt.wantResult, out.Result)
+			assert.Equal(t, tt.wantWrites, summary(out.Writes))
+			for _, w := range out.Writes {
+				if w.Op == store.OpRemove || w.Op == store.OpReplace {
+					assert.NotZero(t, w.CAS, "%s %s/%s is unguarded", w.Op, w.Collection, w.Key)
+				}
+			}
+			if tt.check != nil {
+				tt.check(t, out)
+			}
 		})
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 )
@@ -33,6 +32,10 @@ type Config struct {
 	ClaimTTL time.Duration
 	// MaxOrderBytes: a larger order is dead-lettered, not posted. Default 1 MiB.
 	MaxOrderBytes int
+	// MaxEventFailures: a change whose handling fails this many times with
+	// an error other than an unavailable store is dead-lettered
+	// (poison_event) and acknowledged. Default 5.
+	MaxEventFailures int
 }
 
 // Validate names the setting that is wrong.
@@ -45,6 +48,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxOrderBytes < 0 {
 		return fmt.Errorf("max-order-bytes: %d is negative", c.MaxOrderBytes)
+	}
+	if c.MaxEventFailures < 0 {
+		return fmt.Errorf("max-event-failures: %d is negative", c.MaxEventFailures)
 	}
 	if c.Policy != (order.Policy{}) {
 		return c.Policy.Validate()
@@ -68,10 +74,13 @@ func (c Config) withDefaults() Config {
 	if c.MaxOrderBytes == 0 {
 		c.MaxOrderBytes = 1 << 20
 	}
+	if c.MaxEventFailures == 0 {
+		c.MaxEventFailures = 5
+	}
 	return c
 }
 
-// Sender sends one confirmation; nil means the service answered 200.
+// Sender sends one confirmation; nil means the service accepted it (2xx).
 type Sender interface {
 	Send(ctx context.Context, idempotencyKey string, order []byte) error
 }
@@ -229,12 +238,15 @@ func (w *Watcher) work(ctx context.Context, events <-chan store.Event) {
 	}
 }
 
-// complete handles ev until its outcome is written, trying again after an
-// error: skipping it would pin the checkpoint behind it and leave the order
-// alone until a restart. The orders behind it on this worker wait meanwhile.
-// It returns false when the watcher stops first; ev is then replayed.
+// complete handles ev until its outcome is written. An unavailable store is
+// waited out, however long; any other failure is tried again a bounded
+// number of times (MaxEventFailures), after which the event is
+// dead-lettered as a poison event and acknowledged, so that it cannot stop
+// its worker's other keys for good. It returns false when the watcher stops
+// first; ev is then replayed.
 func (w *Watcher) complete(ctx context.Context, ev store.Event) bool {
 	b := newBackoff()
+	failures := 0
 	for {
 		select {
 		case <-w.stopping:
@@ -250,257 +262,186 @@ func (w *Watcher) complete(ctx context.Context, ev store.Event) bool {
 		if ctx.Err() != nil {
 			return false // aborted at shutdown
 		}
-		w.log.Warn("change not done; trying again", "collection", ev.Collection, "key", ev.Key,
-			"error", err, "retry_in", b.peek())
+		log := w.log.With("collection", ev.Collection, "key", ev.Key)
+		if !errors.Is(err, store.ErrUnavailable) {
+			failures++
+			if failures >= w.cfg.MaxEventFailures {
+				w.poison(ctx, log, ev, err)
+				ev.Ack()
+				w.handled.Add(1)
+				return true
+			}
+		}
+		log.Warn("change not done; trying again", "error", err, "failures", failures, "retry_in", b.peek())
 		if !b.waitUnless(ctx, w.stopping) {
 			return false
 		}
 	}
 }
 
-// handle carries out the decision for one event. It returns an error only
-// when the outcome could not be written; the event is then not acknowledged.
-func (w *Watcher) handle(ctx context.Context, ev store.Event) error {
-	d := Decide(changeOf(ev), w.cfg.MaxOrderBytes)
-	log := w.log.With("collection", ev.Collection, "key", ev.Key)
-	switch d.Action {
-	case DeadLetter:
-		if ev.Collection == order.Retry {
-			return w.retryDeadLetter(ctx, log, ev.Key, order.RetryDoc{DocID: ev.Key}, d.Reason, 0, d.Detail)
+// poison dead-letters an event that keeps failing. If even that cannot be
+// written, the failure is logged and the event let go: the document is
+// untouched, and its next change brings it back.
+func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, cause error) {
+	w.deadLettered.Add(1)
+	detail := truncate(cause.Error(), 300)
+	err := w.retryStore(ctx, log, "write poison dead letter", func() error {
+		st, err := w.store.State(ctx, ev.Key)
+		if err != nil {
+			return err
 		}
-		return w.sendOrder(ctx, log, ev.Key) // re-reads the order and dead-letters it if still bad
-	case SendOrder:
-		return w.sendOrder(ctx, log, ev.Key)
-	case SendRetry:
-		return w.sendRetry(ctx, log, ev.Key)
-	}
-	w.ignored.Add(1)
-	log.Debug("ignore", "reason", d.Reason)
-	return nil
-}
-
-// get reads a document, trying again while the store is unavailable;
-// found is false for a missing document.
-func (w *Watcher) get(ctx context.Context, log *slog.Logger, coll, key string) (doc store.Doc, found bool, err error) {
-	err = w.retryStore(ctx, log, "read "+coll, func() error {
-		var err error
-		doc, err = w.store.Get(ctx, coll, key)
+		d := order.DeadLetterDoc{DocID: ev.Key, Reason: order.ReasonPoisonEvent, LastError: detail, DeadAt: w.now().UnixMilli()}
+		_, err = w.store.Apply(ctx, deadLetterWrites(st, d, false))
 		return err
 	})
-	if errors.Is(err, store.ErrNotFound) {
-		return store.Doc{}, false, nil
+	if err != nil {
+		log.Error("change given up on; could not dead-letter it either", "failures", w.cfg.MaxEventFailures, "error", cause, "dead_letter_error", err)
+		return
 	}
-	return doc, err == nil, err
+	log.Error("change given up on and dead-lettered", "reason", order.ReasonPoisonEvent, "failures", w.cfg.MaxEventFailures, "error", cause)
 }
 
-// sendOrder is function 1: the first send of a paid, unconfirmed order.
-func (w *Watcher) sendOrder(ctx context.Context, log *slog.Logger, key string) error {
-	doc, found, err := w.get(ctx, log, order.Inbound, key)
-	if err != nil || !found {
-		w.ignored.Add(1)
-		return err
-	}
-	// Decide again on the current order: the event may be stale.
-	d := Decide(Change{Collection: order.Inbound, Key: key, Value: doc.Value}, w.cfg.MaxOrderBytes)
-	if d.Action == Ignore {
-		w.ignored.Add(1)
-		return nil
-	}
-	// A retry document means a first send already failed: the retry owns it.
-	if _, found, err := w.get(ctx, log, order.Retry, key); err != nil || found {
-		w.ignored.Add(1)
-		return err
-	}
-	dl, dead, err := w.deadLetterOf(ctx, log, key)
-	if err != nil {
-		return err
-	}
-	if dead && !dl.ClearedByOrderChange() {
-		w.ignored.Add(1)
-		log.Debug("ignore", "reason", "dead-lettered ("+dl.Reason+"); redrive to send")
-		return nil
-	}
-	if d.Action == DeadLetter {
-		return w.writeDeadLetter(ctx, log, order.DeadLetterDoc{DocID: key, Reason: d.Reason, LastError: d.Detail})
-	}
+func (w *Watcher) limits() Limits {
+	return Limits{MaxOrderBytes: w.cfg.MaxOrderBytes, ClaimTTL: w.cfg.ClaimTTL, Policy: w.cfg.Policy}
+}
 
-	attempt := order.RetryDoc{Type: order.TypeConfirmation, DocID: key}
-	if sendErr := w.send(ctx, key, doc.Value); sendErr != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
+// handle loads the state of ev's key, decides, and carries the plan out.
+// It returns an error when the outcome could not be written; the event is
+// then not acknowledged.
+func (w *Watcher) handle(ctx context.Context, ev store.Event) error {
+	log := w.log.With("collection", ev.Collection, "key", ev.Key)
+	for range maxStale {
+		st, err := w.state(ctx, log, ev.Key)
+		if err != nil {
+			return err
 		}
-		return w.recordFailure(ctx, log, key, attempt, 0, sendErr)
-	}
-	log.Info("confirmation sent", "attempt", 1)
-	if err := w.markConfirmed(ctx, log, key); err != nil {
-		return err
-	}
-	if dead {
-		return w.remove(ctx, log, order.DeadLetter, key)
-	}
-	return nil
-}
-
-// sendRetry is function 2: the resend of a retry document flagged fireRetry.
-func (w *Watcher) sendRetry(ctx context.Context, log *slog.Logger, key string) error {
-	rdoc, found, err := w.get(ctx, log, order.Retry, key)
-	if err != nil || !found {
-		w.ignored.Add(1)
-		return err
-	}
-	r, err := order.DecodeRetryDoc(rdoc.Value)
-	if err != nil {
-		return w.retryDeadLetter(ctx, log, key, order.RetryDoc{DocID: key}, order.ReasonMalformedRetry, 0, err.Error())
-	}
-	if !r.FireRetry {
-		w.ignored.Add(1) // changed since the event; its own event decides
-		return nil
-	}
-	log = log.With("order_id", r.DocID, "attempt", r.Attempt+1)
-	claimCAS, err := w.claim(ctx, log, key, r, rdoc.CAS)
-	if errors.Is(err, errClaimLost) {
-		w.ignored.Add(1)
-		log.Debug("ignore", "reason", "claimed by another instance")
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-
-	odoc, found, err := w.get(ctx, log, order.Inbound, r.DocID)
-	if err != nil {
-		return err
-	}
-	if !found {
-		return w.retryDeadLetter(ctx, log, key, r, order.ReasonOrderMissing, 0, "no order "+r.DocID+" in "+order.Inbound)
-	}
-	o, err := order.DecodeOrder(odoc.Value)
-	switch {
-	case err != nil:
-		return w.retryDeadLetter(ctx, log, key, r, order.ReasonMalformedOrder, 0, err.Error())
-	case o.ConfirmationEmailSent:
-		log.Info("order already confirmed; retry dropped")
-		return w.finishRetry(ctx, log, key, r.DocID)
-	case o.PaymentStatus != order.StatusPaid:
-		log.Warn("order is no longer paid; retry dropped", "payment_status", o.PaymentStatus)
-		return w.remove(ctx, log, order.Retry, key)
-	case o.Email == "":
-		return w.retryDeadLetter(ctx, log, key, r, order.ReasonNoEmail, 0, "paid order has no email address")
-	}
-	if sendErr := w.send(ctx, r.DocID, odoc.Value); sendErr != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
+		p := Decide(changeOf(ev), st, w.now(), w.limits())
+		if p.Warn != "" {
+			log.Warn(p.Warn)
 		}
-		return w.recordFailure(ctx, log, key, r, claimCAS, sendErr)
+		switch p.Action {
+		case Ignore:
+			w.ignored.Add(1)
+			log.Debug("ignore", "reason", p.Reason)
+			return nil
+		case Write:
+			_, err := w.apply(ctx, log, p.Writes)
+			if isStale(err) {
+				continue // changed since it was read: decide again
+			}
+			if err == nil && p.Detail != "" {
+				w.deadLettered.Add(1)
+				log.Warn("dead-lettered", "reason", p.Reason, "detail", p.Detail)
+			} else if err == nil {
+				log.Debug("written", "reason", p.Reason)
+			}
+			return err
+		case Send:
+			if len(p.Writes) > 0 {
+				cas, err := w.apply(ctx, log, p.Writes)
+				if isStale(err) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				st.Retry.CAS, st.Retry.Value = cas[0], p.Retry.Encode()
+			}
+			return w.sendAndSettle(ctx, log, p, st)
+		}
 	}
-	log.Info("confirmation sent")
-	if err := w.markConfirmed(ctx, log, r.DocID); err != nil {
-		return err
-	}
-	return w.finishRetry(ctx, log, key, r.DocID)
+	return fmt.Errorf("state of %s kept changing under %d decisions", ev.Key, maxStale)
 }
 
-// finishRetry removes the retry document and a dead letter a redrive
-// interrupted by a crash may have left behind.
-func (w *Watcher) finishRetry(ctx context.Context, log *slog.Logger, key, orderKey string) error {
-	if err := w.remove(ctx, log, order.Retry, key); err != nil {
-		return err
-	}
-	return w.remove(ctx, log, order.DeadLetter, orderKey)
+// maxStale bounds how often one event is decided again because its
+// documents changed between the read and the write.
+const maxStale = 10
+
+func isStale(err error) bool {
+	var we *store.WriteError
+	return errors.As(err, &we)
 }
 
-func (w *Watcher) send(ctx context.Context, orderKey string, body []byte) error {
+// sendAndSettle sends and writes the outcome. Once the email service has
+// been called, the outcome is written here, however long that takes: going
+// back to the decision would send again.
+func (w *Watcher) sendAndSettle(ctx context.Context, log *slog.Logger, p Plan, st store.State) error {
+	log = log.With("attempt", p.Attempt)
+	sendErr := w.send(ctx, p)
+	if sendErr != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	b := newBackoff()
+	for tries := 0; ; tries++ {
+		out := Settle(p, st, sendErr, w.now(), w.limits(), w.rand())
+		_, err := w.apply(ctx, log, out.Writes)
+		if err == nil {
+			w.logOutcome(log, out, sendErr)
+			return nil
+		}
+		if !isStale(err) && tries >= w.cfg.MaxEventFailures {
+			// The event is replayed; the send goes out again with the same
+			// idempotency key, which the email service answers as a replay.
+			return fmt.Errorf("write the outcome of a send (%s): %w", out.Result, err)
+		}
+		if !isStale(err) {
+			log.Warn("write the outcome of a send; trying again", "error", err, "retry_in", b.peek())
+			if !b.wait(ctx) {
+				return ctx.Err()
+			}
+		}
+		if st, err = w.state(ctx, log, p.OrderKey); err != nil {
+			return err
+		}
+	}
+}
+
+func (w *Watcher) logOutcome(log *slog.Logger, out Outcome, sendErr error) {
+	switch out.Result {
+	case "sent":
+		log.Debug("confirmation sent")
+	case "dead_letter":
+		w.deadLettered.Add(1)
+		log.Warn("dead-lettered", "reason", out.Reason, "error", sendErr, "attempts", out.Retry.Attempt)
+	default:
+		log.Debug("send failed, retry scheduled", "error", sendErr, "attempts", out.Retry.Attempt, "retry_in", out.Delay.Round(time.Millisecond))
+	}
+}
+
+// state reads a key's documents, waiting out an unavailable store.
+func (w *Watcher) state(ctx context.Context, log *slog.Logger, key string) (store.State, error) {
+	var st store.State
+	err := w.retryStore(ctx, log, "read state", func() error {
+		var err error
+		st, err = w.store.State(ctx, key)
+		return err
+	})
+	return st, err
+}
+
+// apply writes an outcome, waiting out an unavailable store.
+func (w *Watcher) apply(ctx context.Context, log *slog.Logger, writes []store.Write) ([]uint64, error) {
+	if len(writes) == 0 {
+		return nil, nil
+	}
+	var cas []uint64
+	err := w.retryStore(ctx, log, "write outcome", func() error {
+		var err error
+		cas, err = w.store.Apply(ctx, writes)
+		return err
+	})
+	return cas, err
+}
+
+func (w *Watcher) send(ctx context.Context, p Plan) error {
 	w.sends.Add(1)
-	err := w.mail.Send(ctx, order.IdempotencyKey(orderKey), body)
+	err := w.mail.Send(ctx, p.IdempotencyKey, p.Body)
 	if err != nil {
 		w.sendFailures.Add(1)
 		return err
 	}
 	w.sent.Add(1)
 	return nil
-}
-
-// failureOf reads what the policy needs from a send error. Anything that is
-// not a classified *mailer.SendError is taken as transient.
-func failureOf(err error) (order.Failure, int) {
-	var se *mailer.SendError
-	if !errors.As(err, &se) {
-		return order.Failure{}, 0
-	}
-	return order.Failure{Permanent: se.Class == mailer.Permanent, RetryAfter: se.RetryAfter, NotAttempted: se.NotAttempted}, se.Status
-}
-
-var errClaimLost = errors.New("retry document claimed by someone else")
-
-// claim takes a flagged retry document for this send: fireRetry off and
-// nextAttemptAt a ClaimTTL away, written with the CAS it was read with. Of
-// several instances that saw it, one wins; if the winner dies, the sweep
-// flags the document again once the claim has run out.
-func (w *Watcher) claim(ctx context.Context, log *slog.Logger, key string, r order.RetryDoc, cas uint64) (uint64, error) {
-	r.FireRetry = false
-	r.NextAttemptAt = w.now().Add(w.cfg.ClaimTTL).UnixMilli()
-	var claimCAS uint64
-	err := w.retryStore(ctx, log, "claim retry document", func() error {
-		var err error
-		claimCAS, err = w.store.Replace(ctx, order.Retry, key, r.Encode(), cas)
-		if errors.Is(err, store.ErrCASMismatch) || errors.Is(err, store.ErrNotFound) {
-			return errClaimLost
-		}
-		return err
-	})
-	return claimCAS, err
-}
-
-// recordFailure asks the policy what follows a failed send, and writes it:
-// the retry document with its next attempt time, or a dead letter. prev is
-// the retry document the send was made for, claimCAS its CAS once claimed
-// (0 for a first send, which has no retry document yet).
-func (w *Watcher) recordFailure(ctx context.Context, log *slog.Logger, key string, prev order.RetryDoc, claimCAS uint64, sendErr error) error {
-	existing := claimCAS != 0
-	now := w.now()
-	f, status := failureOf(sendErr)
-	next := prev
-	if !f.NotAttempted {
-		next = prev.Failed(now)
-	} else if next.TS == 0 {
-		next.TS = now.UnixMilli()
-	}
-	next.FireRetry = false
-	next.LastStatus = status
-	next.LastError = truncate(sendErr.Error(), 300)
-
-	v := w.cfg.Policy.Next(next.Attempt, now, f, w.rand())
-	if v.GiveUp {
-		if !existing {
-			return w.writeDeadLetter(ctx, log, deadLetterOf(next, v.Reason, now))
-		}
-		return w.retryDeadLetter(ctx, log, key, next, v.Reason, status, next.LastError)
-	}
-	next.NextAttemptAt = v.At.UnixMilli()
-	if v.ByQuantum {
-		next.NextAttemptAt = 0
-	}
-	log.Info("send failed, retry scheduled", "error", sendErr, "attempts", next.Attempt,
-		"retry_in", v.At.Sub(now).Round(time.Millisecond), "breaker_open", f.NotAttempted)
-
-	if !existing {
-		err := w.retryStore(ctx, log, "write retry document", func() error {
-			_, err := w.store.Insert(ctx, order.Retry, key, next.Encode())
-			return err
-		})
-		if errors.Is(err, store.ErrExists) {
-			return nil // written before a crash; the retry goes on from there
-		}
-		return err
-	}
-	return w.retryStore(ctx, log, "update retry document", func() error {
-		_, err := w.store.Replace(ctx, order.Retry, key, next.Encode(), claimCAS)
-		if errors.Is(err, store.ErrCASMismatch) || errors.Is(err, store.ErrNotFound) {
-			log.Info("retry document changed during the send (a redrive?); leaving the newer one")
-			return nil
-		}
-		return err
-	})
 }
 
 func truncate(s string, n int) string {
@@ -510,94 +451,8 @@ func truncate(s string, n int) string {
 	return s[:n] + "..."
 }
 
-func deadLetterOf(r order.RetryDoc, reason string, now time.Time) order.DeadLetterDoc {
-	return order.DeadLetterDoc{
-		DocID: r.DocID, Reason: reason, LastStatus: r.LastStatus, LastError: r.LastError,
-		Attempts: r.Attempt, FirstAttemptAt: r.FirstAttemptAt, LastAttemptAt: r.TS,
-		DeadAt: now.UnixMilli(), RedriveCount: r.RedriveCount,
-	}
-}
-
-// retryDeadLetter moves the work of a retry document to a dead letter:
-// first the dead letter, then the retry document goes, so a crash between
-// the two only repeats the work.
-func (w *Watcher) retryDeadLetter(ctx context.Context, log *slog.Logger, key string, r order.RetryDoc, reason string, status int, detail string) error {
-	if r.DocID == "" {
-		r.DocID = key
-	}
-	r.LastStatus, r.LastError = status, detail
-	if err := w.writeDeadLetter(ctx, log, deadLetterOf(r, reason, w.now())); err != nil {
-		return err
-	}
-	return w.remove(ctx, log, order.Retry, key)
-}
-
-func (w *Watcher) writeDeadLetter(ctx context.Context, log *slog.Logger, d order.DeadLetterDoc) error {
-	d.Type = order.TypeConfirmation
-	if d.DeadAt == 0 {
-		d.DeadAt = w.now().UnixMilli()
-	}
-	w.deadLettered.Add(1)
-	log.Warn("dead-lettered", "order_id", d.DocID, "reason", d.Reason, "detail", d.LastError, "attempts", d.Attempts)
-	return w.retryStore(ctx, log, "write dead letter", func() error {
-		_, err := w.store.Upsert(ctx, order.DeadLetter, d.DocID, d.Encode())
-		return err
-	})
-}
-
-func (w *Watcher) deadLetterOf(ctx context.Context, log *slog.Logger, key string) (order.DeadLetterDoc, bool, error) {
-	doc, found, err := w.get(ctx, log, order.DeadLetter, key)
-	if err != nil || !found {
-		return order.DeadLetterDoc{}, false, err
-	}
-	d, err := order.DecodeDeadLetter(doc.Value)
-	if err != nil {
-		// Unreadable: treat it as a send-related dead letter, so that only
-		// an operator's redrive or purge lets the order go out again.
-		return order.DeadLetterDoc{DocID: key, Reason: "unreadable"}, true, nil
-	}
-	return d, true, nil
-}
-
-// remove deletes a document if it is there.
-func (w *Watcher) remove(ctx context.Context, log *slog.Logger, coll, key string) error {
-	err := w.retryStore(ctx, log, "delete from "+coll, func() error {
-		return w.store.Remove(ctx, coll, key, 0)
-	})
-	if errors.Is(err, store.ErrNotFound) {
-		return nil
-	}
-	return err
-}
-
-// markConfirmed sets confirmationEmailSent on the order, keeping whatever
-// else changed in it meanwhile: a CAS mismatch reads it again.
-func (w *Watcher) markConfirmed(ctx context.Context, log *slog.Logger, key string) error {
-	err := w.retryStore(ctx, log, "mark order confirmed", func() error {
-		for {
-			doc, err := w.store.Get(ctx, order.Inbound, key)
-			if err != nil {
-				return err
-			}
-			marked, err := order.MarkConfirmed(doc.Value)
-			if err != nil {
-				return err
-			}
-			_, err = w.store.Replace(ctx, order.Inbound, key, marked, doc.CAS)
-			if !errors.Is(err, store.ErrCASMismatch) {
-				return err
-			}
-		}
-	})
-	if errors.Is(err, store.ErrNotFound) || errors.Is(err, order.ErrMalformed) {
-		log.Warn("order changed under the send; not marked", "error", err)
-		return nil
-	}
-	return err
-}
-
 // retryStore runs op until it succeeds, fails for good, or ctx ends. An
-// unavailable store is tried again; other errors, a CAS mismatch among them,
+// unavailable store is tried again; other errors, a failed guard among them,
 // are the caller's to judge.
 func (w *Watcher) retryStore(ctx context.Context, log *slog.Logger, what string, op func() error) error {
 	b := newBackoff()

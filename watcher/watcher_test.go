@@ -125,7 +125,7 @@ func TestFirstSendSuccessMarksOrder(t *testing.T) {
 	_, hasRetry := get(t, e.store, order.Retry, "order_1")
 	assert.False(t, hasRetry)
 	assert.Equal(t, mockmail.Stats{Requests: 1, Deliveries: 1}, e.mock.Stats(), "our own write sent nothing")
-	assert.Equal(t, map[string]int{"confirmation:order_1": 1}, e.mock.Delivered())
+	assert.Equal(t, map[string]int{"confirmation:order_1@1": 1}, e.mock.Delivered(), "the key names the order and its incarnation")
 }
 
 func TestFirstSendFailureWritesRetryDoc(t *testing.T) {
@@ -138,9 +138,9 @@ func TestFirstSendFailureWritesRetryDoc(t *testing.T) {
 	require.True(t, ok)
 	ms := pinned.UnixMilli()
 	assert.JSONEq(t, fmt.Sprintf(`{"type":"confirmation","docId":"order_2","attempt":1,"ts":%d,"fireRetry":false,
-		"firstAttemptAt":%d,"nextAttemptAt":%d,"lastStatus":503,
-		"lastError":"transient failure: email service answered 503 Service Unavailable: {\"error\":\"Service Unavailable\"}"}`,
-		ms, ms, ms+1000), v)
+		"firstAttemptAt":%d,"nextAttemptAt":%d,"lastStatus":503,"idempotencyKey":"confirmation:order_2@1",
+		"lastError":"answered 503 Service Unavailable (application/json, 32 bytes)"}`,
+		ms, ms, ms+1000), v, "what the service answered is kept, not its body")
 	o, _ := get(t, e.store, order.Inbound, "order_2")
 	assert.Contains(t, o, `"confirmationEmailSent":false`)
 	assert.Equal(t, 1, e.mock.Stats().Requests)
@@ -171,7 +171,7 @@ func TestFlaggedRetryFailureCountsAttempt(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, order.RetryDoc{Type: "confirmation", DocID: "order_4", Attempt: 4, TS: pinned.UnixMilli(),
 		NextAttemptAt: pinned.Add(8 * time.Second).UnixMilli(), FirstAttemptAt: 1, LastStatus: 503,
-		LastError: r.LastError}, r, "attempt 4 waits 1s doubled three times")
+		LastError: r.LastError, IdempotencyKey: "confirmation:order_4@1"}, r, "attempt 4 waits 1s doubled three times")
 	assert.Equal(t, 1, e.mock.Stats().Requests, "the update of the retry document sent nothing")
 }
 
@@ -216,10 +216,10 @@ func TestMalformedDocumentsAreDeadLetteredAndFeedGoesOn(t *testing.T) {
 	assert.False(t, ok, "the unreadable retry document moved to the dead letters")
 	out := logs.String()
 	for _, want := range []string{
-		`key=bad_json order_id=bad_json reason=malformed_order detail="malformed document: unexpected end of JSON input"`,
-		`key=bad_array order_id=bad_array reason=malformed_order detail="malformed document: not a JSON object"`,
+		`key=bad_json reason=malformed_order detail="malformed document: unexpected end of JSON input"`,
+		`key=bad_array reason=malformed_order detail="malformed document: not a JSON object"`,
 		`detail="malformed document: field confirmationEmailSent is a JSON string, want bool"`,
-		`key=bad_retry order_id=bad_retry reason=malformed_retry_document detail="malformed document: docId is missing or empty"`,
+		`key=bad_retry reason=malformed_retry_document detail="malformed document: docId is missing or empty"`,
 	} {
 		assert.Contains(t, out, want)
 	}
@@ -271,7 +271,7 @@ func TestPermanentFailureDeadLetters(t *testing.T) {
 	d := mustDeadLetter(t, e.store, "o")
 	assert.Equal(t, order.DeadLetterDoc{Type: "confirmation", DocID: "o", Reason: order.ReasonPermanent, LastStatus: 400,
 		LastError: d.LastError, Attempts: 1, FirstAttemptAt: pinned.UnixMilli(), LastAttemptAt: pinned.UnixMilli(),
-		DeadAt: pinned.UnixMilli()}, d)
+		DeadAt: pinned.UnixMilli(), IdempotencyKey: "confirmation:o@1"}, d)
 	assert.Contains(t, d.LastError, "400 Bad Request")
 	_, ok := get(t, e.store, order.Retry, "o")
 	assert.False(t, ok)
@@ -332,9 +332,9 @@ type barrierStore struct {
 
 type watcherKey struct{}
 
-func (b *barrierStore) Get(ctx context.Context, coll, key string) (store.Doc, error) {
-	d, err := b.Store.Get(ctx, coll, key)
-	if coll == order.Retry && key == b.key && err == nil && strings.Contains(string(d.Value), `"fireRetry":true`) {
+func (b *barrierStore) State(ctx context.Context, key string) (store.State, error) {
+	d, err := b.Store.State(ctx, key)
+	if key == b.key && err == nil && strings.Contains(string(d.Retry.Value), `"fireRetry":true`) {
 		if _, again := b.seen.LoadOrStore(ctx.Value(watcherKey{}), struct{}{}); !again {
 			b.arrived.Done()
 			b.arrived.Wait()
@@ -349,8 +349,8 @@ type named struct {
 	name string
 }
 
-func (n *named) Get(ctx context.Context, coll, key string) (store.Doc, error) {
-	return n.barrierStore.Get(context.WithValue(ctx, watcherKey{}, n.name), coll, key)
+func (n *named) State(ctx context.Context, key string) (store.State, error) {
+	return n.barrierStore.State(context.WithValue(ctx, watcherKey{}, n.name), key)
 }
 
 func TestTwoInstancesSendARetryOnce(t *testing.T) {
@@ -389,18 +389,18 @@ type flakyGets struct {
 	fails atomic.Int32
 }
 
-func (f *flakyGets) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+func (f *flakyGets) State(ctx context.Context, key string) (store.State, error) {
 	if key == f.key && f.fails.Add(-1) >= 0 {
-		return store.Doc{}, errors.New("something nobody planned for")
+		return store.State{}, errors.New("something nobody planned for")
 	}
-	return f.Store.Get(ctx, coll, key)
+	return f.Store.State(ctx, key)
 }
 
 func TestUnexpectedStoreErrorsAreRetriedNotSkipped(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
 	put(t, e.store, order.Inbound, "o", paidOrder)
 	flaky := &flakyGets{Store: e.store, key: "o"}
-	flaky.fails.Store(3)
+	flaky.fails.Store(3) // fewer than MaxEventFailures
 	logs := &syncBuffer{}
 	w := startWatcher(t, flaky, e.mail, logs)
 	waitHandled(t, w, 1)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ordermail/ordermail/app"
+	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/store/couchbase"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
@@ -17,7 +18,7 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 	var logs logFlags
 	storeFlags(fs, &cfg.Store)
 	fs.Var(instanceFlag{&cfg.Store.Couchbase}, "instance", "i/n: this is instance i (from 0) of n on one Couchbase cluster, streaming the vBuckets v with v % n == i")
-	fs.StringVar(&cfg.Metrics.Listen, "metrics-listen", "", "address of a Prometheus GET /metrics endpoint, e.g. :9464; empty: none")
+	fs.StringVar(&cfg.Metrics.Listen, "metrics-listen", "", "address of a Prometheus GET /metrics endpoint, e.g. 127.0.0.1:9464; empty: none")
 	fs.BoolVar(&cfg.Watcher.FromNow, "from-now", false, "with no saved checkpoint, start the feed at its current end instead of its beginning")
 	serviceFlags(fs, &cfg, serviceDefaults{interval: time.Second, quantum: 15 * time.Second,
 		backoffMin: time.Second, backoffMax: 10 * time.Minute, breakerCooldown: 30 * time.Second})
@@ -46,13 +47,21 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			if err := a.Start(ctx); err != nil {
 				return fmt.Errorf("start: %w", app.RootCause(err))
 			}
-			log.Info("ordermail running", "store", cfg.Store.URL, "mail_url", cfg.Mail.URL)
-			<-ctx.Done()
+			log.Info("ordermail running", "store", redact.URL(cfg.Store.URL), "mail_url", cfg.Mail.RedactedURL())
+			var exit int
+			select {
+			case <-ctx.Done():
+			case sig := <-a.Wait():
+				exit = sig.ExitCode
+			}
 			log.Info("shutting down")
 			stopCtx, cancel := context.WithTimeout(context.Background(), a.StopTimeout())
 			defer cancel()
 			if err := a.Stop(stopCtx); err != nil {
 				return fmt.Errorf("stop: %w", err)
+			}
+			if exit == app.ExitStoreLost {
+				return fmt.Errorf("stopped: the store %s was deleted or replaced while running", cfg.Store.URL)
 			}
 			return nil
 		},

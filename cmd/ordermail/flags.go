@@ -81,6 +81,9 @@ func serviceFlags(fs *flag.FlagSet, cfg *app.Config, d serviceDefaults) {
 	fs.DurationVar(&cfg.Mail.BreakerCooldown, "breaker-cooldown", d.breakerCooldown, "how long an open breaker holds sends back before one probe")
 	fs.DurationVar(&cfg.Watcher.ClaimTTL, "claim-ttl", time.Minute, "a retry claimed for a send is left alone this long by other instances and, should this one die, by the sweep")
 	fs.IntVar(&cfg.Watcher.MaxOrderBytes, "max-order-bytes", 1<<20, "a paid order larger than this is dead-lettered (order_too_large), not posted")
+	fs.IntVar(&cfg.Watcher.MaxEventFailures, "max-event-failures", 5, "a change that fails this often with an error other than an unavailable store is dead-lettered (poison_event)")
+	fs.IntVar(&cfg.Mail.Conns, "mail-conns", 64, "most connections to the email service at once, kept alive for reuse")
+	fs.IntVar(&cfg.Timer.SweepBatch, "sweep-batch", 1000, "due retries flagged per sweep transaction; a tick sweeps batch after batch for at most half an interval (1s at most)")
 }
 
 // statusList is a comma-separated list of HTTP statuses.
@@ -132,6 +135,12 @@ func checkServiceFlags(cfg *app.Config) error {
 		return fmt.Errorf("claim-ttl: %s is not positive", cfg.Watcher.ClaimTTL)
 	case cfg.Watcher.MaxOrderBytes <= 0:
 		return fmt.Errorf("max-order-bytes: %d is not positive", cfg.Watcher.MaxOrderBytes)
+	case cfg.Watcher.MaxEventFailures <= 0:
+		return fmt.Errorf("max-event-failures: %d is not positive", cfg.Watcher.MaxEventFailures)
+	case cfg.Mail.Conns <= 0:
+		return fmt.Errorf("mail-conns: %d is not positive", cfg.Mail.Conns)
+	case cfg.Timer.SweepBatch <= 0:
+		return fmt.Errorf("sweep-batch: %d is not positive", cfg.Timer.SweepBatch)
 	case cfg.Mail.BreakerFailures > 0 && cfg.Mail.BreakerCooldown <= 0:
 		return fmt.Errorf("breaker-cooldown: %s is not positive", cfg.Mail.BreakerCooldown)
 	}

@@ -63,7 +63,7 @@ func TestDemoKeepsDataWhenAsked(t *testing.T) {
 	out, _, err = cli(t, "retries", "status", "--json", "--store", "file:"+filepath.Join(dir, "ordermail.db"))
 	require.NoError(t, err)
 	assert.JSONEq(t, `{"timerArmed":true,"paused":false,"retryDocs":0,"retryFlagged":0,"dueNow":0,"oldestDueAt":null,
-		"deadLetters":0,"ordersPaid":8,"ordersConfirmed":8,"ordersUnconfirmed":0,"topFailureReasons":null,"control":"{}"}`, out)
+		"deadLetters":0,"ordersPaid":8,"ordersConfirmed":8,"ordersUnconfirmed":0,"topFailureReasons":[],"control":"{}"}`, out)
 }
 
 func TestLoadPayAndRetries(t *testing.T) {

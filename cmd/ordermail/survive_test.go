@@ -147,7 +147,7 @@ func envInt(t *testing.T, name string, def int) int {
 func runArgs(storeURL, mailURL string, extra ...string) []string {
 	return append([]string{"run", "--store", storeURL, "--mail-url", mailURL, "--log-format", "json",
 		"--timer-interval", "100ms", "--retry-quantum", "200ms", "--backoff-min", "50ms", "--backoff-max", "500ms",
-		"--max-attempts", "0", "--claim-ttl", "2s", "--mail-timeout", "2s"}, extra...)
+		"--max-attempts", "0", "--claim-ttl", "3s", "--mail-timeout", "2s"}, extra...)
 }
 
 // TestCrashKillRestart kills `ordermail run` with SIGKILL at random moments

@@ -25,11 +25,16 @@ func URL(raw string) string {
 	if err != nil {
 		return unparsed(raw)
 	}
-	if _, ok := u.User.Password(); ok {
+	_, hasPassword := u.User.Password()
+	q := query(u.RawQuery)
+	if !hasPassword && q == u.RawQuery {
+		return raw // nothing to hide: as given, not re-encoded
+	}
+	if hasPassword {
 		// URL.Redacted writes "xxxxx"; we want the same Mask everywhere.
 		u.User = url.UserPassword(u.User.Username(), Mask)
 	}
-	u.RawQuery = query(u.RawQuery)
+	u.RawQuery = q
 	return u.String()
 }
 

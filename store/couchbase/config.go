@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/ordermail/ordermail/internal/redact"
 	"os"
 	"strings"
 	"time"
@@ -58,7 +59,7 @@ func (c Config) withDefaults() Config {
 func (c Config) Validate() error {
 	switch {
 	case !strings.HasPrefix(c.ConnStr, "couchbase://") && !strings.HasPrefix(c.ConnStr, "couchbases://"):
-		return fmt.Errorf("store: %q is not a couchbase:// or couchbases:// connection string", c.ConnStr)
+		return fmt.Errorf("store: %q is not a couchbase:// or couchbases:// connection string", redact.URL(c.ConnStr))
 	case c.Username == "":
 		return errors.New("cb-username: required for a Couchbase store")
 	case c.Password == "" && c.PasswordFile == "":

@@ -59,7 +59,7 @@ func TestIntegrationSweepUsesItsIndexes(t *testing.T) {
 	require.NoError(t, err)
 	defer s.Close()
 	res, err := s.cluster.Query("EXPLAIN "+sweepStatement(s.keyspace("retry")), &gocb.QueryOptions{
-		NamedParameters: sweepParams(time.Now(), 15*time.Second),
+		NamedParameters: sweepParams(time.Now(), 15*time.Second, 1000),
 	})
 	require.NoError(t, err)
 	var plan json.RawMessage

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ordermail/ordermail/internal/redact"
 	"log/slog"
 	"strings"
 	"time"
@@ -63,7 +64,7 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 	err = cluster.WaitUntilReady(3*cfg.Timeout, &gocb.WaitUntilReadyOptions{Context: ctx,
 		ServiceTypes: []gocb.ServiceType{gocb.ServiceTypeManagement, gocb.ServiceTypeQuery}})
 	if err != nil {
-		return errRights(cfg, "reach the cluster at "+cfg.ConnStr, err)
+		return errRights(cfg, "reach the cluster at "+redact.URL(cfg.ConnStr), err)
 	}
 	for _, b := range []struct {
 		name string

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/ordermail/ordermail/internal/redact"
 	"log/slog"
 	"slices"
 	"time"
@@ -68,7 +69,7 @@ func connect(cfg Config) (*gocb.Cluster, string, error) {
 	}
 	cluster, err := gocb.Connect(cfg.ConnStr, opts)
 	if err != nil {
-		return nil, "", fmt.Errorf("connect to %s: %w", cfg.ConnStr, err)
+		return nil, "", fmt.Errorf("connect to %s: %w", redact.URL(cfg.ConnStr), err)
 	}
 	return cluster, pw, nil
 }
@@ -78,7 +79,7 @@ func (s *Store) open(ctx context.Context) error {
 		b := s.cluster.Bucket(name)
 		if err := b.WaitUntilReady(3*s.cfg.Timeout, &gocb.WaitUntilReadyOptions{Context: ctx}); err != nil {
 			return fmt.Errorf("bucket %s on %s is not reachable (missing? run ordermail setup; wrong credentials?): %w",
-				name, s.cfg.ConnStr, err)
+				name, redact.URL(s.cfg.ConnStr), err)
 		}
 	}
 	bucket := s.cluster.Bucket(s.cfg.Bucket)
@@ -201,27 +202,122 @@ func sweepStatement(retry string) string {
 		"WHERE META(r).id != $control AND (r.fireRetry IS MISSING OR r.fireRetry != true) AND (" +
 		"(r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)) OR " +
 		"(r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts))) " +
-		"RETURNING RAW META(r).id"
+		"LIMIT $limit RETURNING RAW META(r).id"
 }
 
-func sweepParams(now time.Time, quantum time.Duration) map[string]interface{} {
+func sweepParams(now time.Time, quantum time.Duration, limit int) map[string]interface{} {
 	return map[string]interface{}{
 		"control": order.ControlKey,
 		"now":     now.UnixMilli(),
 		"cutoff":  now.Add(-quantum).UnixMilli(),
+		"limit":   limit,
 	}
 }
 
-func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Duration) (store.SweepResult, error) {
+// SweepRetries flags at most limit due documents with one statement, so
+// that no statement runs longer than its batch.
+func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Duration, limit int) (store.SweepResult, error) {
+	if limit <= 0 {
+		return store.SweepResult{}, fmt.Errorf("sweep retries: limit %d is not positive", limit)
+	}
 	var res store.SweepResult
-	err := s.query(ctx, sweepStatement(s.keyspace(order.Retry)), sweepParams(now, quantum), func(json.RawMessage) error {
+	err := s.query(ctx, sweepStatement(s.keyspace(order.Retry)), sweepParams(now, quantum, limit), func(json.RawMessage) error {
 		res.Flagged++
 		return nil
 	})
 	if err != nil {
 		return store.SweepResult{}, fmt.Errorf("sweep retries: %w", err)
 	}
+	res.More = res.Flagged == limit
 	return res, nil
+}
+
+// State reads the three documents by KV.
+func (s *Store) State(ctx context.Context, key string) (store.State, error) {
+	var st store.State
+	for _, d := range []struct {
+		coll string
+		to   *store.Doc
+	}{{order.Inbound, &st.Order}, {order.Retry, &st.Retry}, {order.DeadLetter, &st.DeadLetter}} {
+		doc, err := s.Get(ctx, d.coll, key)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return store.State{}, err
+		default:
+			*d.to = doc
+		}
+	}
+	return st, nil
+}
+
+// Apply makes the writes one by one, in order, each guarded by its CAS, and
+// stops at the first that fails: Couchbase has no transaction here, so the
+// caller orders an outcome's writes so that a crash after any prefix of
+// them loses nothing and sends nothing twice (see watcher/outcome.go).
+func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, error) {
+	cas := make([]uint64, len(writes))
+	for i, w := range writes {
+		var err error
+		switch w.Op {
+		case store.OpInsert:
+			cas[i], err = s.Insert(ctx, w.Collection, w.Key, w.Value)
+		case store.OpReplace:
+			cas[i], err = s.Replace(ctx, w.Collection, w.Key, w.Value, w.CAS)
+		case store.OpUpsert:
+			cas[i], err = s.Upsert(ctx, w.Collection, w.Key, w.Value)
+		case store.OpRemove:
+			err = s.Remove(ctx, w.Collection, w.Key, w.CAS)
+		default:
+			err = fmt.Errorf("apply: write %s/%s has no operation", w.Collection, w.Key)
+		}
+		if errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCASMismatch) {
+			return nil, &store.WriteError{Write: w, Err: err}
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return cas, nil
+}
+
+func backlogStatement(retry, deadletter string) string {
+	due := "META(r).id != $control AND (r.fireRetry = true OR " +
+		"(r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)) OR " +
+		"(r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts)))"
+	return "SELECT " +
+		"(SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE " + due + ")[0] AS due, " +
+		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum)) FROM " + retry + " AS r WHERE " + due + " AND r.fireRetry != true)[0] AS oldest, " +
+		"(SELECT d.reason AS reason, COUNT(*) AS count FROM " + deadletter + " AS d GROUP BY d.reason ORDER BY COUNT(*) DESC LIMIT 5) AS reasons"
+}
+
+// Backlog reads the due retries and the dead letters' reasons by N1QL.
+func (s *Store) Backlog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {
+	var row struct {
+		Due     int
+		Oldest  *int64
+		Reasons []struct {
+			Reason string
+			Count  int
+		}
+	}
+	params := sweepParams(now, quantum, 0)
+	params["quantum"] = quantum.Milliseconds()
+	delete(params, "limit")
+	err := s.query(ctx, backlogStatement(s.keyspace(order.Retry), s.keyspace(order.DeadLetter)), params, func(raw json.RawMessage) error {
+		return json.Unmarshal(raw, &row)
+	})
+	if err != nil {
+		return store.Backlog{}, fmt.Errorf("backlog: %w", err)
+	}
+	b := store.Backlog{Due: row.Due}
+	if row.Oldest != nil {
+		b.OldestDue = time.UnixMilli(*row.Oldest)
+	}
+	for _, r := range row.Reasons {
+		b.Reasons = append(b.Reasons, store.Tally{Reason: "dead: " + r.Reason, Count: r.Count})
+	}
+	return b, nil
 }
 
 func countsStatement(inbound, retry, deadletter string) string {

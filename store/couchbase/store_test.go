@@ -57,14 +57,15 @@ func TestSweepStatementAndParams(t *testing.T) {
 			"WHERE META(r).id != $control AND (r.fireRetry IS MISSING OR r.fireRetry != true) AND ("+
 			"(r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)) OR "+
 			"(r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts))) "+
-			"RETURNING RAW META(r).id",
+			"LIMIT $limit RETURNING RAW META(r).id",
 		sweepStatement(s.keyspace("retry")))
 	now := time.UnixMilli(1_700_000_000_000)
 	assert.Equal(t, map[string]interface{}{
 		"control": "allow_retrys",
 		"now":     int64(1_700_000_000_000),
 		"cutoff":  int64(1_700_000_000_000 - 15_000),
-	}, sweepParams(now, 15*time.Second))
+		"limit":   500,
+	}, sweepParams(now, 15*time.Second, 500))
 }
 
 func TestOtherStatements(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/ordermail/ordermail/order"
@@ -20,7 +21,8 @@ import (
 
 // Config of the embedded store.
 type Config struct {
-	// Path of the database file; its directory is created. Default ./data/ordermail.db.
+	// Path of the database file; its directory is created private (0700)
+	// and the file too (0600). Default ./data/ordermail.db.
 	Path string
 	// BusyTimeout is how long a write waits for another process holding the
 	// file's write lock before failing with store.ErrUnavailable. Default 5s.
@@ -28,6 +30,13 @@ type Config struct {
 	// PollInterval is how often an idle feed looks for writes made by other
 	// processes. Default 200ms.
 	PollInterval time.Duration
+	// ReadConns bounds the connections that read. Default 4.
+	ReadConns int
+	// MaxBatch bounds how many outcomes one commit carries. Default 128.
+	MaxBatch int
+	// CheckInterval is how often the store checks that its file is still
+	// the one it opened. Default 2s.
+	CheckInterval time.Duration
 }
 
 // DefaultPath is where the store lives when no path is given.
@@ -43,44 +52,64 @@ func (c Config) withDefaults() Config {
 	if c.PollInterval == 0 {
 		c.PollInterval = 200 * time.Millisecond
 	}
+	if c.ReadConns == 0 {
+		c.ReadConns = 4
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 128
+	}
+	if c.CheckInterval == 0 {
+		c.CheckInterval = 2 * time.Second
+	}
 	return c
 }
 
+// ErrFileLost says the database file was deleted or replaced under the
+// running store: its writes would go to a file nobody reads.
+var ErrFileLost = errors.New("database file deleted or replaced")
+
 // Store is the embedded store. It is safe for concurrent use.
 type Store struct {
-	cfg    Config
-	write  *sql.DB // one connection: SQLite has one writer at a time anyway
-	read   *sql.DB
-	mu     sync.Mutex
+	cfg   Config
+	write *sql.Conn // the one writer connection, owned by the writer goroutine
+	wdb   *sql.DB
+	read  *sql.DB
+	stmts writeStmts
+	reads readStmts
+
+	jobs       chan *job
+	stop       chan struct{}
+	writerDone chan struct{}
+	checkDone  chan struct{}
+	lost       chan struct{} // closed when the file is lost
+	lostErr    error
+
+	mu     sync.RWMutex
 	subs   map[chan struct{}]struct{} // in-process feeds to wake after a write
 	closed bool
 }
 
 var _ store.Store = (*Store)(nil)
 
-const schema = `
-CREATE TABLE IF NOT EXISTS docs (
-	coll    TEXT NOT NULL,
-	key     TEXT NOT NULL,
-	value   TEXT,              -- JSON; NULL for a deletion (tombstone)
-	seq     INTEGER NOT NULL,  -- feed position and CAS
-	PRIMARY KEY (coll, key)
-) WITHOUT ROWID;
-CREATE UNIQUE INDEX IF NOT EXISTS docs_by_seq ON docs (seq);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT OR IGNORE INTO counters (name, value) VALUES ('seq', 0);
-CREATE TABLE IF NOT EXISTS checkpoints (
-	name      TEXT NOT NULL,
-	partition INTEGER NOT NULL,
-	seq       INTEGER NOT NULL,
-	PRIMARY KEY (name, partition)
-);
-`
+type readStmts struct {
+	get, state, stats, tallies, checkpoint, seq, feed *sql.Stmt
+}
 
-// Open opens, creating if needed, the database file.
+// Open opens, creating and upgrading if needed, the database file.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	cfg = cfg.withDefaults()
-	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
+		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
+	}
+	// Created private before SQLite opens it; SQLite gives its -wal and -shm
+	// files the database file's mode.
+	if f, err := os.OpenFile(cfg.Path, os.O_RDWR|os.O_CREATE, 0o600); err == nil {
+		f.Close()
+	} else if !errors.Is(err, os.ErrPermission) {
+		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
+	}
+	ino, err := inode(cfg.Path)
+	if err != nil {
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
 	}
 	dsn := func(extra string) string {
@@ -93,170 +122,305 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		q.Add("_pragma", "synchronous(NORMAL)")
 		return "file:" + cfg.Path + "?" + q.Encode() + extra
 	}
-	write, err := sql.Open("sqlite", dsn("&_txlock=immediate"))
+	wdb, err := sql.Open("sqlite", dsn(""))
 	if err != nil {
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
 	}
-	write.SetMaxOpenConns(1)
-	read, err := sql.Open("sqlite", dsn("&_pragma=query_only(1)"))
-	if err != nil {
-		write.Close()
-		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
-	}
-	s := &Store{cfg: cfg, write: write, read: read, subs: map[chan struct{}]struct{}{}}
-	// The schema statements write (a counter row), so a read-only file fails here.
-	if _, err := write.ExecContext(ctx, schema); err != nil {
-		s.Close()
+	wdb.SetMaxOpenConns(1)
+	fail := func(err error) (*Store, error) {
+		wdb.Close()
 		var se *sqlite.Error
 		if errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_READONLY {
 			return nil, fmt.Errorf("embedded store %s is read-only (file mode, an immutable file or a read-only mount): %w", cfg.Path, err)
 		}
-		return nil, fmt.Errorf("embedded store %s: create schema: %w", cfg.Path, mapErr(err))
+		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, mapErr(err))
 	}
+	if err := migrate(ctx, wdb); err != nil {
+		return fail(err)
+	}
+	// A write now, so that a file that cannot be written fails here, with
+	// a clear message, and not at the first outcome.
+	if _, err := wdb.ExecContext(ctx, `UPDATE counters SET value = value WHERE name = 'seq'`); err != nil {
+		return fail(err)
+	}
+	conn, err := wdb.Conn(ctx)
+	if err != nil {
+		return fail(err)
+	}
+	read, err := sql.Open("sqlite", dsn("&_pragma=query_only(1)"))
+	if err != nil {
+		conn.Close()
+		return fail(err)
+	}
+	read.SetMaxOpenConns(cfg.ReadConns)
+	read.SetMaxIdleConns(cfg.ReadConns)
+	s := &Store{
+		cfg: cfg, write: conn, wdb: wdb, read: read, subs: map[chan struct{}]struct{}{},
+		jobs: make(chan *job, 1024), stop: make(chan struct{}), writerDone: make(chan struct{}),
+		checkDone: make(chan struct{}), lost: make(chan struct{}),
+	}
+	if err := s.prepare(ctx); err != nil {
+		conn.Close()
+		read.Close()
+		return fail(err)
+	}
+	go s.writeLoop()
+	go s.checkFile(ino)
 	return s, nil
+}
+
+func (s *Store) prepare(ctx context.Context) error {
+	var err error
+	r := func(q string) *sql.Stmt {
+		if err != nil {
+			return nil
+		}
+		var st *sql.Stmt
+		st, err = s.read.PrepareContext(ctx, q)
+		return st
+	}
+	s.reads = readStmts{
+		get:        r(`SELECT value, seq, created FROM docs WHERE coll = ? AND key = ?`),
+		state:      r(`SELECT coll, value, seq, created FROM docs WHERE coll IN (?, ?, ?) AND key = ?`),
+		stats:      r(`SELECT paid, confirmed, retry, fire, dead FROM stats`),
+		tallies:    r(`SELECT name, n FROM tallies WHERE n > 0 ORDER BY n DESC, name LIMIT 5`),
+		checkpoint: r(`SELECT seq FROM checkpoints WHERE name = ? AND partition = 0`),
+		seq:        r(`SELECT value FROM counters WHERE name = 'seq'`),
+		// The feed reads by position, whatever the history: a range scan of
+		// docs_by_seq (TestFeedReadUsesTheSeqIndex pins the plan).
+		feed: r(`SELECT coll, key, value, seq, created FROM docs INDEXED BY docs_by_seq
+			WHERE seq > ? ORDER BY seq LIMIT ?`),
+	}
+	if err != nil {
+		return err
+	}
+	return s.prepareWrites(ctx)
 }
 
 // Path is the database file.
 func (s *Store) Path() string { return s.cfg.Path }
 
-// Close closes the database. Open subscriptions end with store.ErrClosed.
+// Lost is closed when the database file is deleted or replaced under the
+// store; every operation then fails with ErrFileLost.
+func (s *Store) Lost() <-chan struct{} { return s.lost }
+
+// Close finishes the writes under way and closes the database. Open
+// subscriptions end with store.ErrClosed.
 func (s *Store) Close() error {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
 	s.closed = true
 	for ch := range s.subs {
 		close(ch)
 	}
 	s.subs = map[chan struct{}]struct{}{}
 	s.mu.Unlock()
-	return errors.Join(s.write.Close(), s.read.Close())
+	close(s.stop)
+	<-s.writerDone
+	<-s.checkDone
+	return errors.Join(s.stmts.close(), s.write.Close(), s.wdb.Close(), s.read.Close())
+}
+
+// checkFile notices the file being deleted or replaced (another inode at
+// the path), which SQLite does not: it would keep writing to the unlinked
+// file.
+func (s *Store) checkFile(ino uint64) {
+	defer close(s.checkDone)
+	t := time.NewTicker(s.cfg.CheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		now, err := inode(s.cfg.Path)
+		if err == nil && now == ino {
+			continue
+		}
+		s.mu.Lock()
+		if err != nil {
+			s.lostErr = fmt.Errorf("embedded store %s: %w: %v", s.cfg.Path, ErrFileLost, err)
+		} else {
+			s.lostErr = fmt.Errorf("embedded store %s: %w (another file is at the path now)", s.cfg.Path, ErrFileLost)
+		}
+		s.mu.Unlock()
+		close(s.lost)
+		s.wake()
+		return
+	}
+}
+
+// inode identifies the file at path.
+func inode(path string) (uint64, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, nil
+	}
+	return st.Ino ^ uint64(st.Dev)<<48, nil
+}
+
+// check returns the error every operation fails with once the store is
+// closed or its file lost.
+func (s *Store) check() error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.lostErr != nil {
+		return s.lostErr
+	}
+	if s.closed {
+		return store.ErrClosed
+	}
+	return nil
 }
 
 func (s *Store) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	if err := s.check(); err != nil {
+		return store.Doc{}, err
+	}
 	var value sql.NullString
-	var seq uint64
-	err := s.read.QueryRowContext(ctx, `SELECT value, seq FROM docs WHERE coll = ? AND key = ?`, coll, key).Scan(&value, &seq)
+	var d store.Doc
+	err := s.reads.get.QueryRowContext(ctx, coll, key).Scan(&value, &d.CAS, &d.Incarnation)
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && !value.Valid) {
 		return store.Doc{}, fmt.Errorf("get %s/%s: %w", coll, key, store.ErrNotFound)
 	}
 	if err != nil {
 		return store.Doc{}, fmt.Errorf("get %s/%s: %w", coll, key, mapErr(err))
 	}
-	return store.Doc{Key: key, Value: []byte(value.String), CAS: seq}, nil
+	d.Key, d.Value = key, []byte(value.String)
+	return d, nil
+}
+
+// State reads the order, its retry document and its dead letter in one
+// query: three primary-key lookups.
+func (s *Store) State(ctx context.Context, key string) (store.State, error) {
+	if err := s.check(); err != nil {
+		return store.State{}, err
+	}
+	var st store.State
+	rows, err := s.reads.state.QueryContext(ctx, order.Inbound, order.Retry, order.DeadLetter, key)
+	if err != nil {
+		return store.State{}, fmt.Errorf("state of %s: %w", key, mapErr(err))
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var coll string
+		var value sql.NullString
+		d := store.Doc{Key: key}
+		if err := rows.Scan(&coll, &value, &d.CAS, &d.Incarnation); err != nil {
+			return store.State{}, fmt.Errorf("state of %s: %w", key, mapErr(err))
+		}
+		if !value.Valid {
+			continue // a tombstone
+		}
+		d.Value = []byte(value.String)
+		switch coll {
+		case order.Inbound:
+			st.Order = d
+		case order.Retry:
+			st.Retry = d
+		case order.DeadLetter:
+			st.DeadLetter = d
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return store.State{}, fmt.Errorf("state of %s: %w", key, mapErr(err))
+	}
+	return st, nil
 }
 
 func (s *Store) Insert(ctx context.Context, coll, key string, value []byte) (uint64, error) {
-	var cas uint64
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		cur, err := currentSeq(ctx, tx, coll, key)
-		if err != nil {
-			return err
-		}
-		if cur != 0 {
-			return store.ErrExists
-		}
-		cas, err = put(ctx, tx, coll, key, value)
-		return err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("insert %s/%s: %w", coll, key, err)
-	}
-	return cas, nil
+	return s.one(ctx, store.Write{Op: store.OpInsert, Collection: coll, Key: key, Value: value})
 }
 
 func (s *Store) Replace(ctx context.Context, coll, key string, value []byte, cas uint64) (uint64, error) {
-	var next uint64
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		if err := checkCAS(ctx, tx, coll, key, cas); err != nil {
-			return err
-		}
-		var err error
-		next, err = put(ctx, tx, coll, key, value)
-		return err
-	})
-	if err != nil {
-		return 0, fmt.Errorf("replace %s/%s: %w", coll, key, err)
-	}
-	return next, nil
+	return s.one(ctx, store.Write{Op: store.OpReplace, Collection: coll, Key: key, Value: value, CAS: cas})
 }
 
 func (s *Store) Upsert(ctx context.Context, coll, key string, value []byte) (uint64, error) {
-	var cas uint64
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		var err error
-		cas, err = put(ctx, tx, coll, key, value)
-		return err
+	return s.one(ctx, store.Write{Op: store.OpUpsert, Collection: coll, Key: key, Value: value})
+}
+
+func (s *Store) Remove(ctx context.Context, coll, key string, cas uint64) error {
+	_, err := s.one(ctx, store.Write{Op: store.OpRemove, Collection: coll, Key: key, CAS: cas})
+	return err
+}
+
+func (s *Store) one(ctx context.Context, w store.Write) (uint64, error) {
+	cas, err := s.Apply(ctx, []store.Write{w})
+	if err != nil {
+		var we *store.WriteError
+		if errors.As(err, &we) {
+			err = we.Err // the single-write calls name the document themselves
+		}
+		return 0, fmt.Errorf("%s %s/%s: %w", w.Op, w.Collection, w.Key, err)
+	}
+	return cas[0], nil
+}
+
+// Apply writes all of writes in one transaction, or none of them. Apply
+// calls of many goroutines share commits (group commit): each is one
+// savepoint of a transaction that carries up to MaxBatch of them.
+func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, error) {
+	for _, w := range writes {
+		if w.Op < store.OpInsert || w.Op > store.OpRemove {
+			return nil, fmt.Errorf("apply: write %s/%s has no operation", w.Collection, w.Key)
+		}
+	}
+	cas := make([]uint64, len(writes))
+	err := s.submit(ctx, func(t *txn) error {
+		for i, w := range writes {
+			c, err := t.apply(w)
+			if err != nil {
+				return err
+			}
+			cas[i] = c
+		}
+		return nil
 	})
 	if err != nil {
-		return 0, fmt.Errorf("upsert %s/%s: %w", coll, key, err)
+		return nil, err
 	}
 	return cas, nil
 }
 
-func (s *Store) Remove(ctx context.Context, coll, key string, cas uint64) error {
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		if err := checkCAS(ctx, tx, coll, key, cas); err != nil {
-			return err
-		}
-		_, err := put(ctx, tx, coll, key, nil)
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("remove %s/%s: %w", coll, key, err)
+// Counts reads counts that triggers keep with every write: O(1).
+func (s *Store) Counts(ctx context.Context) (store.Counts, error) {
+	if err := s.check(); err != nil {
+		return store.Counts{}, err
 	}
-	return nil
+	var c store.Counts
+	err := s.reads.stats.QueryRowContext(ctx).Scan(&c.OrdersPaid, &c.OrdersConfirmed, &c.RetryDocs, &c.RetryFlagged, &c.DeadLetters)
+	if err != nil {
+		return store.Counts{}, fmt.Errorf("counts: %w", mapErr(err))
+	}
+	return c, nil
 }
 
-// SweepRetries flags due retry documents in one transaction. Documents that
-// are not JSON, or without a numeric nextAttemptAt or ts, are left alone: the
-// watcher dead-lettered them when they were written.
-func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Duration) (store.SweepResult, error) {
-	var res store.SweepResult
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `
-			SELECT key FROM docs
-			WHERE coll = ? AND key != ? AND value IS NOT NULL
-			  AND CASE WHEN json_valid(value) AND json_type(value) = 'object' THEN
-			        json_extract(value, '$.fireRetry') IS NOT 1 AND
-			        CASE WHEN json_type(value, '$.nextAttemptAt') IN ('integer', 'real')
-			               THEN json_extract(value, '$.nextAttemptAt') <= ?
-			             WHEN json_type(value, '$.ts') IN ('integer', 'real')
-			               THEN json_extract(value, '$.ts') < ?
-			             ELSE 0 END
-			      ELSE 0 END
-			ORDER BY seq`, order.Retry, order.ControlKey, now.UnixMilli(), now.Add(-quantum).UnixMilli())
-		if err != nil {
-			return err
-		}
-		var keys []string
-		for rows.Next() {
-			var k string
-			if err := rows.Scan(&k); err != nil {
-				rows.Close()
-				return err
-			}
-			keys = append(keys, k)
-		}
-		if err := rows.Close(); err != nil {
-			return err
-		}
-		for _, k := range keys {
-			seq, err := nextSeq(ctx, tx)
-			if err != nil {
-				return err
-			}
-			if _, err := tx.ExecContext(ctx,
-				`UPDATE docs SET value = json_set(value, '$.fireRetry', json('true')), seq = ? WHERE coll = ? AND key = ?`,
-				seq, order.Retry, k); err != nil {
-				return err
-			}
-		}
-		res.Flagged = len(keys)
-		return nil
-	})
+// Tallies returns the five most common reasons retries and dead letters
+// are there, with their numbers, from counts kept by triggers.
+func (s *Store) Tallies(ctx context.Context) ([]store.Tally, error) {
+	rows, err := s.reads.tallies.QueryContext(ctx)
 	if err != nil {
-		return store.SweepResult{}, fmt.Errorf("sweep retries: %w", err)
+		return nil, fmt.Errorf("tallies: %w", mapErr(err))
 	}
-	return res, nil
+	defer rows.Close()
+	var out []store.Tally
+	for rows.Next() {
+		var t store.Tally
+		if err := rows.Scan(&t.Reason, &t.Count); err != nil {
+			return nil, fmt.Errorf("tallies: %w", mapErr(err))
+		}
+		out = append(out, t)
+	}
+	return out, mapErr(rows.Err())
 }
 
 // Scan pages through a collection by key, so that no read transaction stays
@@ -264,8 +428,11 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 func (s *Store) Scan(ctx context.Context, coll string, fn func(store.Doc) error) error {
 	after := ""
 	for {
+		if err := s.check(); err != nil {
+			return err
+		}
 		rows, err := s.read.QueryContext(ctx,
-			`SELECT key, value, seq FROM docs WHERE coll = ? AND key > ? AND value IS NOT NULL ORDER BY key LIMIT 500`, coll, after)
+			`SELECT key, value, seq, created FROM docs WHERE coll = ? AND key > ? AND value IS NOT NULL ORDER BY key LIMIT 500`, coll, after)
 		if err != nil {
 			return fmt.Errorf("scan %s: %w", coll, mapErr(err))
 		}
@@ -273,7 +440,7 @@ func (s *Store) Scan(ctx context.Context, coll string, fn func(store.Doc) error)
 		for rows.Next() {
 			var d store.Doc
 			var v string
-			if err := rows.Scan(&d.Key, &v, &d.CAS); err != nil {
+			if err := rows.Scan(&d.Key, &v, &d.CAS, &d.Incarnation); err != nil {
 				rows.Close()
 				return fmt.Errorf("scan %s: %w", coll, mapErr(err))
 			}
@@ -295,101 +462,15 @@ func (s *Store) Scan(ctx context.Context, coll string, fn func(store.Doc) error)
 	}
 }
 
-// field reads a top-level field of value, NULL when value is not JSON.
-func field(name string) string {
-	return fmt.Sprintf(`(CASE WHEN json_valid(value) AND json_type(value) = 'object' THEN json_extract(value, '$.%s') END)`, name)
-}
-
-func (s *Store) Counts(ctx context.Context) (store.Counts, error) {
-	var c store.Counts
-	paid := field("paymentStatus") + ` = 'paid'`
-	err := s.read.QueryRowContext(ctx, `
-		SELECT
-		  coalesce(sum(coll = ?1 AND `+paid+`), 0),
-		  coalesce(sum(coll = ?1 AND `+paid+` AND `+field("confirmationEmailSent")+` IS 1), 0),
-		  coalesce(sum(coll = ?2 AND key != ?3), 0),
-		  coalesce(sum(coll = ?2 AND key != ?3 AND `+field("fireRetry")+` IS 1), 0),
-		  coalesce(sum(coll = ?4), 0)
-		FROM docs WHERE value IS NOT NULL AND coll IN (?1, ?2, ?4)`,
-		order.Inbound, order.Retry, order.ControlKey, order.DeadLetter,
-	).Scan(&c.OrdersPaid, &c.OrdersConfirmed, &c.RetryDocs, &c.RetryFlagged, &c.DeadLetters)
-	if err != nil {
-		return store.Counts{}, fmt.Errorf("counts: %w", mapErr(err))
-	}
-	return c, nil
-}
-
-// tx runs fn in one write transaction and wakes the feeds after a commit.
-func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	tx, err := s.write.BeginTx(ctx, nil)
-	if err != nil {
-		return mapErr(err)
-	}
-	if err := fn(tx); err != nil {
-		tx.Rollback()
-		return mapErr(err)
-	}
-	if err := tx.Commit(); err != nil {
-		return mapErr(err)
-	}
-	s.wake()
-	return nil
-}
-
 func (s *Store) wake() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.mu.RLock()
+	defer s.mu.RUnlock()
 	for ch := range s.subs {
 		select {
 		case ch <- struct{}{}:
 		default:
 		}
 	}
-}
-
-func currentSeq(ctx context.Context, tx *sql.Tx, coll, key string) (uint64, error) {
-	var seq uint64
-	err := tx.QueryRowContext(ctx, `SELECT seq FROM docs WHERE coll = ? AND key = ? AND value IS NOT NULL`, coll, key).Scan(&seq)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, nil
-	}
-	return seq, err
-}
-
-func checkCAS(ctx context.Context, tx *sql.Tx, coll, key string, cas uint64) error {
-	cur, err := currentSeq(ctx, tx, coll, key)
-	switch {
-	case err != nil:
-		return err
-	case cur == 0:
-		return store.ErrNotFound
-	case cas != 0 && cas != cur:
-		return store.ErrCASMismatch
-	}
-	return nil
-}
-
-func nextSeq(ctx context.Context, tx *sql.Tx) (uint64, error) {
-	var seq uint64
-	err := tx.QueryRowContext(ctx, `UPDATE counters SET value = value + 1 WHERE name = 'seq' RETURNING value`).Scan(&seq)
-	return seq, err
-}
-
-// put writes value (nil: a tombstone) under the next sequence number.
-func put(ctx context.Context, tx *sql.Tx, coll, key string, value []byte) (uint64, error) {
-	seq, err := nextSeq(ctx, tx)
-	if err != nil {
-		return 0, err
-	}
-	var v any
-	if value != nil {
-		v = string(value)
-	}
-	_, err = tx.ExecContext(ctx, `
-		INSERT INTO docs (coll, key, value, seq) VALUES (?, ?, ?, ?)
-		ON CONFLICT (coll, key) DO UPDATE SET value = excluded.value, seq = excluded.seq`,
-		coll, key, v, seq)
-	return seq, err
 }
 
 // mapErr turns SQLite's may-clear-by-itself failures into store.ErrUnavailable.

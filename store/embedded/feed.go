@@ -5,13 +5,17 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strings"
+	"slices"
 	"time"
 
 	"github.com/ordermail/ordermail/store"
 )
 
+// batchSize is how many changes one feed read takes.
 const batchSize = 256
+
+// purgeBatch bounds the tombstones one checkpoint save removes.
+const purgeBatch = 1000
 
 type subscription struct {
 	s        *Store
@@ -19,35 +23,52 @@ type subscription struct {
 	colls    []string
 	wake     chan struct{}
 	acks     *store.AckTracker
-	lastRead uint64        // highest seq handed out
-	saved    uint64        // checkpoint last written
-	buf      []store.Event // read, not yet handed out
-	flushed  time.Time     // when the checkpoint was last saved
+	lastRead uint64  // highest seq read
+	saved    uint64  // checkpoint last written
+	buf      []entry // read, not yet handed out
+	flushed  time.Time
 	closed   bool
+}
+
+// entry is a change read from the feed; skip marks one of a collection
+// nobody subscribed to, which only moves the checkpoint.
+type entry struct {
+	ev   store.Event
+	skip bool
 }
 
 // flushEvery bounds how much a busy feed replays after a crash.
 const flushEvery = time.Second
 
 // Subscribe opens the feed over collections after the checkpoint saved under
-// name. The embedded store has one partition, 0.
+// name. The embedded store has one partition, 0. A feed that starts from
+// now saves its start position before it returns, so that a crash before
+// its first acknowledgement cannot skip what came after that position.
 func (s *Store) Subscribe(ctx context.Context, name string, collections []string, opts store.FeedOptions) (store.Subscription, error) {
+	if err := s.check(); err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", name, err)
+	}
 	var start uint64
-	err := s.read.QueryRowContext(ctx, `SELECT seq FROM checkpoints WHERE name = ? AND partition = 0`, name).Scan(&start)
+	err := s.reads.checkpoint.QueryRowContext(ctx, name).Scan(&start)
 	switch {
 	case errors.Is(err, sql.ErrNoRows) && opts.FromNow:
-		if err := s.read.QueryRowContext(ctx, `SELECT value FROM counters WHERE name = 'seq'`).Scan(&start); err != nil {
-			return nil, fmt.Errorf("subscribe %s: %w", name, mapErr(err))
+		err = s.submit(ctx, func(t *txn) error {
+			start = t.seq
+			_, err := s.stmts.saveCheckpoint.ExecContext(t.ctx, name, start)
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("subscribe %s: save start position: %w", name, err)
 		}
 	case errors.Is(err, sql.ErrNoRows):
 	case err != nil:
 		return nil, fmt.Errorf("subscribe %s: %w", name, mapErr(err))
 	}
 	sub := &subscription{
-		s: s, name: name, colls: collections,
+		s: s, name: name, colls: slices.Clone(collections),
 		wake:     make(chan struct{}, 1),
 		acks:     store.NewAckTracker(map[uint16]uint64{0: start}),
-		lastRead: start, saved: start,
+		lastRead: start, saved: start, flushed: time.Now(),
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -68,12 +89,25 @@ func (sub *subscription) Next(ctx context.Context) (store.Event, error) {
 		}
 	}
 	var poll *time.Ticker
-	for len(sub.buf) == 0 {
+	for {
+		for len(sub.buf) > 0 {
+			e := sub.buf[0]
+			sub.buf = sub.buf[1:]
+			if e.skip {
+				sub.acks.Skip(0, e.ev.Seq)
+				continue
+			}
+			e.ev.Ack = sub.acks.Deliver(0, e.ev.Seq)
+			return e.ev, nil
+		}
+		if err := sub.s.check(); err != nil {
+			return store.Event{}, err
+		}
 		if err := sub.fill(ctx); err != nil {
 			return store.Event{}, err
 		}
 		if len(sub.buf) > 0 {
-			break
+			continue
 		}
 		// Idle: a good moment to save what was acknowledged meanwhile.
 		if err := sub.flush(ctx); err != nil && ctx.Err() == nil {
@@ -93,23 +127,13 @@ func (sub *subscription) Next(ctx context.Context) (store.Event, error) {
 		case <-poll.C:
 		}
 	}
-	ev := sub.buf[0]
-	sub.buf = sub.buf[1:]
-	ev.Ack = sub.acks.Deliver(0, ev.Seq)
-	return ev, nil
 }
 
+// fill reads the next changes by position, in every collection: the read
+// is a range scan of docs_by_seq whatever the history, and the changes of
+// collections not subscribed to move the checkpoint too.
 func (sub *subscription) fill(ctx context.Context) error {
-	args := []any{sub.lastRead}
-	marks := make([]string, len(sub.colls))
-	for i, c := range sub.colls {
-		marks[i] = "?"
-		args = append(args, c)
-	}
-	rows, err := sub.s.read.QueryContext(ctx, `
-		SELECT coll, key, value, seq FROM docs
-		WHERE seq > ? AND coll IN (`+strings.Join(marks, ",")+`)
-		ORDER BY seq LIMIT `+fmt.Sprint(batchSize), args...)
+	rows, err := sub.s.reads.feed.QueryContext(ctx, sub.lastRead, batchSize)
 	if err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 	}
@@ -117,16 +141,20 @@ func (sub *subscription) fill(ctx context.Context) error {
 	for rows.Next() {
 		var ev store.Event
 		var value sql.NullString
-		if err := rows.Scan(&ev.Collection, &ev.Key, &value, &ev.Seq); err != nil {
+		if err := rows.Scan(&ev.Collection, &ev.Key, &value, &ev.Seq, &ev.Incarnation); err != nil {
 			return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
+		}
+		sub.lastRead = ev.Seq
+		if !slices.Contains(sub.colls, ev.Collection) {
+			sub.buf = append(sub.buf, entry{ev: ev, skip: true})
+			continue
 		}
 		ev.CAS = ev.Seq
 		ev.Deleted = !value.Valid
 		if value.Valid {
 			ev.Value = []byte(value.String)
 		}
-		sub.buf = append(sub.buf, ev)
-		sub.lastRead = ev.Seq
+		sub.buf = append(sub.buf, entry{ev: ev})
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
@@ -134,17 +162,24 @@ func (sub *subscription) fill(ctx context.Context) error {
 	return nil
 }
 
-// flush saves the checkpoint if it moved.
+// flush saves the checkpoint if it moved, and purges a bounded number of
+// tombstones that every saved checkpoint has passed: no feed can need them.
 func (sub *subscription) flush(ctx context.Context) error {
 	cp := sub.acks.Checkpoints()[0]
 	if cp == sub.saved {
 		sub.flushed = time.Now()
 		return nil
 	}
-	err := sub.s.tx(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `
-			INSERT INTO checkpoints (name, partition, seq) VALUES (?, 0, ?)
-			ON CONFLICT (name, partition) DO UPDATE SET seq = excluded.seq`, sub.name, cp)
+	st := sub.s.stmts
+	err := sub.s.submit(ctx, func(t *txn) error {
+		if _, err := st.saveCheckpoint.ExecContext(t.ctx, sub.name, cp); err != nil {
+			return err
+		}
+		var low sql.NullInt64
+		if err := st.minCkpt.QueryRowContext(t.ctx).Scan(&low); err != nil || !low.Valid {
+			return err
+		}
+		_, err := st.purge.ExecContext(t.ctx, low.Int64, purgeBatch)
 		return err
 	})
 	if err != nil {
@@ -165,5 +200,8 @@ func (sub *subscription) Close(ctx context.Context) error {
 	sub.s.mu.Lock()
 	delete(sub.s.subs, sub.wake)
 	sub.s.mu.Unlock()
+	if err := sub.s.check(); err != nil {
+		return err
+	}
 	return sub.flush(ctx)
 }

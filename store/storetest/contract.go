@@ -28,6 +28,109 @@ func Run(t *testing.T, open Opener) {
 	t.Run("SweepRetries", func(t *testing.T) { testSweep(t, open(t)) })
 	t.Run("Counts", func(t *testing.T) { testCounts(t, open(t)) })
 	t.Run("Scan", func(t *testing.T) { testScan(t, open(t)) })
+	t.Run("StateAndApply", func(t *testing.T) { testStateAndApply(t, open(t)) })
+	t.Run("SweepIsBounded", func(t *testing.T) { testSweepBounded(t, open(t)) })
+	t.Run("Backlog", func(t *testing.T) { testBacklog(t, open(t)) })
+}
+
+func testStateAndApply(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	k := prefix(t) + "o"
+	st, err := s.State(ctx, k)
+	require.NoError(t, err)
+	assert.False(t, st.Order.Found() || st.Retry.Found() || st.DeadLetter.Found())
+
+	cas, err := s.Apply(ctx, []store.Write{
+		{Op: store.OpInsert, Collection: order.Inbound, Key: k, Value: []byte(`{"paymentStatus":"paid"}`)},
+		{Op: store.OpInsert, Collection: order.Retry, Key: k, Value: []byte(`{"docId":"x","ts":1}`)},
+	})
+	require.NoError(t, err)
+	require.Len(t, cas, 2)
+	st, err = s.State(ctx, k)
+	require.NoError(t, err)
+	assert.Equal(t, cas[0], st.Order.CAS)
+	assert.Equal(t, cas[1], st.Retry.CAS)
+	assert.False(t, st.DeadLetter.Found())
+	assert.JSONEq(t, `{"paymentStatus":"paid"}`, string(st.Order.Value))
+
+	// A failed guard names its write; the writes before it are the store's
+	// to undo (embedded) or the caller's to order (Couchbase), so the
+	// failing write comes first here.
+	_, err = s.Apply(ctx, []store.Write{
+		{Op: store.OpReplace, Collection: order.Retry, Key: k, Value: []byte(`{}`), CAS: cas[1] + 12345},
+		{Op: store.OpRemove, Collection: order.Inbound, Key: k, CAS: cas[0]},
+	})
+	var we *store.WriteError
+	require.ErrorAs(t, err, &we)
+	assert.ErrorIs(t, err, store.ErrCASMismatch)
+	assert.Equal(t, order.Retry, we.Write.Collection)
+	st, err = s.State(ctx, k)
+	require.NoError(t, err)
+	assert.True(t, st.Order.Found(), "the write after the failed one was not made")
+
+	// An order removed and created again is a new incarnation (where the
+	// store can tell).
+	inc := st.Order.Incarnation
+	require.NoError(t, s.Remove(ctx, order.Inbound, k, st.Order.CAS))
+	_, err = s.Insert(ctx, order.Inbound, k, []byte(`{"paymentStatus":"paid"}`))
+	require.NoError(t, err)
+	st, err = s.State(ctx, k)
+	require.NoError(t, err)
+	if inc != 0 {
+		assert.NotEqual(t, inc, st.Order.Incarnation)
+		again, err := s.Replace(ctx, order.Inbound, k, []byte(`{"paymentStatus":"paid","n":2}`), st.Order.CAS)
+		require.NoError(t, err)
+		d, err := s.Get(ctx, order.Inbound, k)
+		require.NoError(t, err)
+		assert.Equal(t, again, d.CAS)
+		assert.Equal(t, st.Order.Incarnation, d.Incarnation, "an update keeps the incarnation")
+	}
+}
+
+func testSweepBounded(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	p := prefix(t)
+	now := time.Now()
+	for i := range 25 {
+		doc := fmt.Sprintf(`{"type":"confirmation","docId":"%s%d","attempt":1,"ts":1,"nextAttemptAt":%d}`, p, i, now.Add(-time.Hour).UnixMilli())
+		_, err := s.Upsert(ctx, order.Retry, fmt.Sprintf("%s%02d", p, i), []byte(doc))
+		require.NoError(t, err)
+	}
+	total := 0
+	for range 100 {
+		res, err := s.SweepRetries(ctx, now, 15*time.Second, 10)
+		require.NoError(t, err)
+		assert.LessOrEqual(t, res.Flagged, 10, "no batch is larger than its limit")
+		total += res.Flagged
+		if !res.More {
+			break
+		}
+	}
+	assert.GreaterOrEqual(t, total, 25, "batches continue until nothing due is left")
+	res, err := s.SweepRetries(ctx, now, 15*time.Second, 10)
+	require.NoError(t, err)
+	assert.False(t, res.More)
+}
+
+func testBacklog(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	p := prefix(t)
+	now := time.Now()
+	before, err := s.Backlog(ctx, now, 15*time.Second)
+	require.NoError(t, err)
+	due := now.Add(-time.Hour)
+	put := func(k, v string) {
+		_, err := s.Upsert(ctx, order.Retry, p+k, []byte(v))
+		require.NoError(t, err)
+	}
+	put("a", fmt.Sprintf(`{"docId":"a","attempt":1,"ts":1,"nextAttemptAt":%d,"lastStatus":503}`, due.UnixMilli()))
+	put("b", fmt.Sprintf(`{"docId":"b","attempt":1,"ts":1,"nextAttemptAt":%d}`, now.Add(time.Hour).UnixMilli()))
+	put("c", `{"docId":"c","attempt":1,"ts":1,"fireRetry":true}`)
+	after, err := s.Backlog(ctx, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, 2, after.Due-before.Due, "a (due) and c (flagged), not b")
+	require.False(t, after.OldestDue.IsZero())
+	assert.False(t, after.OldestDue.After(due))
 }
 
 // prefix makes keys no other run uses.
@@ -112,7 +215,7 @@ func testFeedOrder(t *testing.T, s store.Store) {
 	require.NoError(t, err)
 	defer sub.Close(context.Background())
 
-	_, err = s.Upsert(ctx, "elsewhere", p+"x", []byte(`{"ignored":true}`))
+	_, err = s.Upsert(ctx, order.DeadLetter, p+"x", []byte(`{"ignored":true}`))
 	require.NoError(t, err)
 	cas, err := s.Insert(ctx, order.Inbound, p+"o1", []byte(`{"v":1}`))
 	require.NoError(t, err)
@@ -133,7 +236,7 @@ func testFeedOrder(t *testing.T, s store.Store) {
 	var inboundO1 []store.Event
 	sawRetry := false
 	for _, ev := range got {
-		assert.NotEqual(t, "elsewhere", ev.Collection, "unsubscribed collection delivered")
+		assert.NotEqual(t, order.DeadLetter, ev.Collection, "unsubscribed collection delivered")
 		if ev.Collection == order.Inbound && ev.Key == p+"o1" {
 			inboundO1 = append(inboundO1, ev)
 		}
@@ -252,7 +355,7 @@ func testSweep(t *testing.T, s store.Store) {
 	require.NoError(t, err)
 	defer sub.Close(context.Background())
 
-	res, err := s.SweepRetries(ctx, now, 15*time.Second)
+	res, err := s.SweepRetries(ctx, now, 15*time.Second, 1000)
 	require.NoError(t, err)
 	assert.GreaterOrEqual(t, res.Flagged, 2)
 
@@ -283,7 +386,7 @@ func testSweep(t *testing.T, s store.Store) {
 
 	// The already-flagged document was not written again: a second sweep
 	// flags nothing of ours and the feed brings nothing more of ours.
-	_, err = s.SweepRetries(ctx, now, 15*time.Second)
+	_, err = s.SweepRetries(ctx, now, 15*time.Second, 1000)
 	require.NoError(t, err)
 	marker := p + "zz_marker"
 	_, err = s.Insert(ctx, order.Retry, marker, []byte(`{}`))

@@ -1,0 +1,121 @@
+package embedded
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/ordermail/ordermail/order"
+)
+
+// columns are the typed columns written with a document: what the sweep,
+// the counts and the status need, read once per write with the same
+// decoders the watcher uses, so that a document means the same thing to
+// both. They mirror the Couchbase indexes.
+type columns struct {
+	paid, confirmed, retry, fire, dead bool
+	nextAt, tsAt                       *int64
+	tally                              *string
+}
+
+func (c columns) args() []any {
+	var nextAt, tsAt, tally any
+	if c.nextAt != nil {
+		nextAt = *c.nextAt
+	}
+	if c.tsAt != nil {
+		tsAt = *c.tsAt
+	}
+	if c.tally != nil {
+		tally = *c.tally
+	}
+	return []any{c.paid, c.confirmed, c.retry, c.fire, nextAt, tsAt, c.dead, tally}
+}
+
+// classify reads the columns of value (nil: a tombstone) in coll.
+func classify(coll, key string, value []byte) columns {
+	var c columns
+	if value == nil {
+		return c
+	}
+	switch coll {
+	case order.Inbound:
+		if o, err := order.DecodeOrder(value); err == nil && o.PaymentStatus == order.StatusPaid {
+			c.paid = true
+			c.confirmed = o.ConfirmationEmailSent
+		}
+	case order.Retry:
+		if key == order.ControlKey {
+			return c
+		}
+		c.retry = true
+		c.fire, c.nextAt, c.tsAt, c.tally = classifyRetry(value)
+	case order.DeadLetter:
+		c.dead = true
+		t := "dead: unreadable dead letter"
+		if d, err := order.DecodeDeadLetter(value); err == nil {
+			t = "dead: " + d.Reason + statusSuffix(d.LastStatus)
+		}
+		c.tally = &t
+	}
+	return c
+}
+
+// classifyRetry reads a retry document the way the sweep always has: a
+// document is due by a numeric nextAttemptAt or, without one, by a numeric
+// ts; a document that is not a JSON object is never due (the watcher
+// dead-letters it when it is written).
+func classifyRetry(value []byte) (fire bool, nextAt, tsAt *int64, tally *string) {
+	var doc struct {
+		FireRetry     json.RawMessage `json:"fireRetry"`
+		NextAttemptAt json.RawMessage `json:"nextAttemptAt"`
+		TS            json.RawMessage `json:"ts"`
+	}
+	t := "retrying"
+	r, err := order.DecodeRetryDoc(value)
+	switch {
+	case err != nil:
+		t = "retrying: unreadable retry document"
+	case r.LastStatus > 0:
+		t = fmt.Sprintf("retrying: HTTP %d", r.LastStatus)
+	case r.LastError != "":
+		t = "retrying: no answer"
+	}
+	tally = &t
+	if json.Unmarshal(value, &doc) != nil {
+		return false, nil, nil, tally
+	}
+	if string(doc.FireRetry) == "true" {
+		return true, nil, nil, tally
+	}
+	if ms, ok := millis(doc.NextAttemptAt); ok {
+		return false, &ms, nil, tally
+	}
+	if len(doc.NextAttemptAt) == 0 || string(doc.NextAttemptAt) == "null" {
+		if ms, ok := millis(doc.TS); ok {
+			return false, nil, &ms, tally
+		}
+	}
+	return false, nil, nil, tally
+}
+
+// millis reads a JSON number as milliseconds, clamped into int64.
+func millis(raw json.RawMessage) (int64, bool) {
+	var f float64
+	if len(raw) == 0 || json.Unmarshal(raw, &f) != nil {
+		return 0, false
+	}
+	switch {
+	case f >= 9.2e18:
+		return 1<<63 - 1, true
+	case f <= -9.2e18:
+		return -1 << 63, true
+	}
+	return int64(f), true
+}
+
+func statusSuffix(code int) string {
+	if code == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (HTTP %d)", code)
+}

@@ -1,0 +1,276 @@
+package embedded
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The statements whose cost must not grow with the store, with their
+// arguments, and what their plan must say.
+var plans = []struct {
+	name, query string
+	args        []any
+	want        []string // each in the plan
+}{
+	{"feed read", `SELECT coll, key, value, seq, created FROM docs INDEXED BY docs_by_seq WHERE seq > ? ORDER BY seq LIMIT ?`,
+		[]any{0, 256}, []string{"SEARCH docs USING INDEX docs_by_seq (seq>?)"}},
+	{"sweep by nextAttemptAt", `SELECT key FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`,
+		[]any{0, 100}, []string{"SEARCH docs USING COVERING INDEX retry_next (next_at>? AND next_at<?)"}},
+	{"sweep by ts", `SELECT key FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`,
+		[]any{0, 100}, []string{"SEARCH docs USING COVERING INDEX retry_ts (ts_at>? AND ts_at<?)"}},
+	{"state", `SELECT coll, value, seq, created FROM docs WHERE coll IN (?, ?, ?) AND key = ?`,
+		[]any{"a", "b", "c", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
+	{"purge", `DELETE FROM docs WHERE (coll, key) IN (SELECT coll, key FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`,
+		[]any{0, 10}, []string{"SEARCH docs USING INDEX tombstones (seq<?)"}},
+	{"counts", `SELECT paid, confirmed, retry, fire, dead FROM stats`, nil, []string{"SCAN stats"}},
+}
+
+// TestQueryPlans pins the plan of every statement on the hot and periodic
+// paths: a range or point search of an index, never a scan of docs, and
+// no temporary B-tree for ORDER BY.
+func TestQueryPlans(t *testing.T) {
+	t.Parallel()
+	s := openTest(t)
+	for _, p := range plans {
+		rows, err := s.read.Query("EXPLAIN QUERY PLAN "+p.query, p.args...)
+		require.NoError(t, err, p.name)
+		var plan []string
+		for rows.Next() {
+			var id, parent, notused int
+			var detail string
+			require.NoError(t, rows.Scan(&id, &parent, &notused, &detail))
+			plan = append(plan, detail)
+		}
+		require.NoError(t, rows.Close())
+		got := strings.Join(plan, "; ")
+		for _, w := range p.want {
+			assert.Contains(t, got, w, p.name)
+		}
+		assert.NotContains(t, got, "SCAN docs", p.name)
+		assert.NotContains(t, got, "TEMP B-TREE", p.name)
+	}
+	// The statements the store prepared are the ones pinned here.
+	for _, q := range []string{plans[0].query, plans[1].query, plans[2].query} {
+		assert.True(t, strings.Contains(strings.Join(strings.Fields(allStatements), " "), strings.Join(strings.Fields(q), " ")), q)
+	}
+}
+
+// allStatements is this package's source, to check that the pinned
+// statements are the ones it runs.
+var allStatements = func() string {
+	var b strings.Builder
+	for _, f := range []string{"embedded.go", "writer.go"} {
+		src, _ := os.ReadFile(f)
+		b.Write(src)
+	}
+	return b.String()
+}()
+
+func openTest(t *testing.T) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// fill writes n documents per collection in batches, as a store that has
+// seen a long history.
+func fill(t *testing.T, s *Store, n int, doc func(i int) (coll, key string, value []byte)) {
+	t.Helper()
+	ctx := context.Background()
+	var batch []store.Write
+	for i := range n {
+		coll, key, value := doc(i)
+		batch = append(batch, store.Write{Op: store.OpUpsert, Collection: coll, Key: key, Value: value})
+		if len(batch) == 1000 || i == n-1 {
+			_, err := s.Apply(ctx, batch)
+			require.NoError(t, err)
+			batch = batch[:0]
+		}
+	}
+}
+
+// TestScaleSweepTouchesOnlyDue: 50,000 retry documents not yet due and 300
+// due ones. A sweep batch flags at most its limit, the batches end when
+// nothing due is left, and what is not due is never written: the feed sees
+// exactly the due documents.
+func TestScaleSweepTouchesOnlyDue(t *testing.T) {
+	if testing.Short() {
+		t.Skip("scale test")
+	}
+	t.Parallel()
+	s := openTest(t)
+	ctx := context.Background()
+	now := time.Now()
+	later := now.Add(time.Hour).UnixMilli()
+	fill(t, s, 50_000, func(i int) (string, string, []byte) {
+		return order.Retry, fmt.Sprintf("wait_%06d", i), fmt.Appendf(nil, `{"type":"confirmation","docId":"wait_%06d","attempt":1,"ts":1,"nextAttemptAt":%d}`, i, later)
+	})
+	fill(t, s, 300, func(i int) (string, string, []byte) {
+		return order.Retry, fmt.Sprintf("due_%03d", i), fmt.Appendf(nil, `{"type":"confirmation","docId":"due_%03d","attempt":1,"ts":1,"nextAttemptAt":%d}`, i, now.Add(-time.Minute).UnixMilli())
+	})
+	sub, err := s.Subscribe(ctx, "t", []string{order.Retry}, store.FeedOptions{FromNow: true})
+	require.NoError(t, err)
+	defer sub.Close(ctx)
+
+	var batches []int
+	for {
+		res, err := s.SweepRetries(ctx, now, 15*time.Second, 100)
+		require.NoError(t, err)
+		batches = append(batches, res.Flagged)
+		if !res.More {
+			break
+		}
+		require.Less(t, len(batches), 10, "the sweep does not end")
+	}
+	assert.Equal(t, []int{100, 100, 100, 0}, batches)
+
+	c, err := s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 50_300, c.RetryDocs)
+	assert.Equal(t, 300, c.RetryFlagged)
+
+	var seen int
+	for seen < 300 {
+		wait, cancel := context.WithTimeout(ctx, 30*time.Second)
+		ev, err := sub.Next(wait)
+		cancel()
+		require.NoError(t, err, "after %d events", seen)
+		require.True(t, strings.HasPrefix(ev.Key, "due_"), "a document that was not due was written: %s", ev.Key)
+		ev.Ack()
+		seen++
+	}
+	wait, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	_, err = sub.Next(wait)
+	assert.ErrorIs(t, err, context.DeadlineExceeded, "nothing more on the feed")
+}
+
+// TestScaleCountsAndBacklogReadNoDocuments: with 50,000 orders and 20,000
+// retries, the counts come from one row kept by triggers (they agree with
+// a full recount) and the backlog's due count reads only due entries.
+func TestScaleCountsAndBacklogReadNoDocuments(t *testing.T) {
+	if testing.Short() {
+		t.Skip("scale test")
+	}
+	t.Parallel()
+	s := openTest(t)
+	ctx := context.Background()
+	now := time.Now()
+	fill(t, s, 50_000, func(i int) (string, string, []byte) {
+		return order.Inbound, fmt.Sprintf("o%06d", i), fmt.Appendf(nil, `{"email":"a@b.c","paymentStatus":"paid","confirmationEmailSent":%t}`, i%2 == 0)
+	})
+	fill(t, s, 20_000, func(i int) (string, string, []byte) {
+		at := now.Add(time.Hour)
+		if i < 50 {
+			at = now.Add(-time.Minute)
+		}
+		return order.Retry, fmt.Sprintf("o%06d", i), fmt.Appendf(nil, `{"docId":"o%06d","attempt":1,"ts":1,"nextAttemptAt":%d,"lastStatus":503}`, i, at.UnixMilli())
+	})
+	c, err := s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, store.Counts{OrdersPaid: 50_000, OrdersConfirmed: 25_000, RetryDocs: 20_000}, c)
+	var recount store.Counts
+	require.NoError(t, s.read.QueryRow(`SELECT sum(paid), sum(confirmed), sum(retry), sum(fire), sum(dead) FROM docs`).
+		Scan(&recount.OrdersPaid, &recount.OrdersConfirmed, &recount.RetryDocs, &recount.RetryFlagged, &recount.DeadLetters))
+	assert.Equal(t, recount, c, "the trigger-kept counts agree with a recount")
+
+	b, err := s.Backlog(ctx, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, 50, b.Due)
+	assert.Equal(t, []store.Tally{{Reason: "retrying: HTTP 503", Count: 20_000}}, b.Reasons)
+}
+
+// TestTombstonesPurgedBelowCheckpoints: deletions every saved checkpoint
+// has passed are removed, in bounded batches, and only those.
+func TestTombstonesPurgedBelowCheckpoints(t *testing.T) {
+	t.Parallel()
+	s := openTest(t)
+	ctx := context.Background()
+	fill(t, s, 2500, func(i int) (string, string, []byte) {
+		return order.Inbound, fmt.Sprintf("k%05d", i), []byte(`{}`)
+	})
+	for i := range 2500 {
+		require.NoError(t, s.Remove(ctx, order.Inbound, fmt.Sprintf("k%05d", i), 0))
+	}
+	tombstones := func() int {
+		var n int
+		require.NoError(t, s.read.QueryRow(`SELECT count(*) FROM docs WHERE value IS NULL`).Scan(&n))
+		return n
+	}
+	require.Equal(t, 2500, tombstones())
+	sub, err := s.Subscribe(ctx, "feed", []string{order.Inbound}, store.FeedOptions{})
+	require.NoError(t, err)
+	for range 2500 {
+		ev, err := sub.Next(ctx)
+		require.NoError(t, err)
+		ev.Ack()
+	}
+	require.NoError(t, sub.Close(ctx))
+	assert.Equal(t, 2500-purgeBatch, tombstones(), "one bounded batch per checkpoint save")
+	_, err = s.Insert(ctx, order.Inbound, "k00000", []byte(`{}`))
+	require.NoError(t, err, "a purged key can be created again")
+}
+
+// TestMigratesAFirstReleaseFile: a file made by the first release (no
+// schema version, no typed columns) is upgraded in place: documents,
+// counts, the sweep and the feed's checkpoint carry over.
+func TestMigratesAFirstReleaseFile(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "old.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	_, err = db.Exec(schemaV1)
+	require.NoError(t, err)
+	due := time.Now().Add(-time.Minute).UnixMilli()
+	for i, d := range []struct{ coll, key, value string }{
+		{order.Inbound, "o1", `{"email":"a@b.c","paymentStatus":"paid"}`},
+		{order.Inbound, "o2", `{"email":"a@b.c","paymentStatus":"paid","confirmationEmailSent":true}`},
+		{order.Retry, "o1", fmt.Sprintf(`{"docId":"o1","attempt":1,"ts":1,"nextAttemptAt":%d}`, due)},
+		{order.Retry, order.ControlKey, `{}`},
+		{order.DeadLetter, "o3", `{"docId":"o3","reason":"permanent_error","lastStatus":400}`},
+	} {
+		_, err = db.Exec(`INSERT INTO docs (coll, key, value, seq) VALUES (?, ?, ?, ?)`, d.coll, d.key, d.value, i+1)
+		require.NoError(t, err)
+	}
+	_, err = db.Exec(`INSERT INTO docs (coll, key, value, seq) VALUES ('inbound', 'gone', NULL, 6)`)
+	require.NoError(t, err)
+	_, err = db.Exec(`UPDATE counters SET value = 6; INSERT INTO checkpoints VALUES ('ordermail', 0, 4)`)
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+
+	ctx := context.Background()
+	s, err := Open(ctx, Config{Path: path})
+	require.NoError(t, err)
+	defer s.Close()
+	var version int
+	require.NoError(t, s.read.QueryRow(`PRAGMA user_version`).Scan(&version))
+	assert.Equal(t, SchemaVersion, version)
+	c, err := s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, store.Counts{OrdersPaid: 2, OrdersConfirmed: 1, RetryDocs: 1, DeadLetters: 1}, c)
+	sub, err := s.Subscribe(ctx, "ordermail", []string{order.Inbound, order.Retry}, store.FeedOptions{})
+	require.NoError(t, err)
+	defer sub.Close(ctx)
+	ev, err := sub.Next(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(6), ev.Seq, "the feed resumes after its checkpoint")
+	res, err := s.SweepRetries(ctx, time.Now(), 15*time.Second, 10)
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Flagged)
+	cas, err := s.Upsert(ctx, order.Inbound, "o9", []byte(`{}`))
+	require.NoError(t, err)
+	assert.Greater(t, cas, uint64(7), "sequence numbers go on from the old counter")
+}

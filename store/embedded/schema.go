@@ -1,0 +1,207 @@
+package embedded
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// The schema is versioned with SQLite's user_version: migrations[i] takes a
+// file from version i to i+1, each in its own transaction. A file made by
+// the first release (no user_version, the docs table without typed columns)
+// counts as version 1.
+var migrations = []func(ctx context.Context, tx *sql.Tx) error{
+	migrateV1,
+	migrateV2,
+}
+
+// SchemaVersion is the version Open brings every file to.
+var SchemaVersion = len(migrations)
+
+// schemaV1 is the first release's schema, kept as it was so that a new file
+// goes through the same upgrade as an old one.
+const schemaV1 = `
+CREATE TABLE IF NOT EXISTS docs (
+	coll    TEXT NOT NULL,
+	key     TEXT NOT NULL,
+	value   TEXT,
+	seq     INTEGER NOT NULL,
+	PRIMARY KEY (coll, key)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS docs_by_seq ON docs (seq);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters (name, value) VALUES ('seq', 0);
+CREATE TABLE IF NOT EXISTS checkpoints (
+	name      TEXT NOT NULL,
+	partition INTEGER NOT NULL,
+	seq       INTEGER NOT NULL,
+	PRIMARY KEY (name, partition)
+);
+`
+
+func migrateV1(ctx context.Context, tx *sql.Tx) error {
+	_, err := tx.ExecContext(ctx, schemaV1)
+	return err
+}
+
+// schemaV2 adds what the sweep, the counts and the status read, as typed
+// columns written with each document (see classify), their indexes, and
+// counts kept by triggers, so that none of them parses documents or grows
+// with the number of documents.
+const schemaV2 = `
+CREATE TABLE docs2 (
+	coll      TEXT NOT NULL,
+	key       TEXT NOT NULL,
+	value     TEXT,                        -- JSON; NULL for a deletion (tombstone)
+	seq       INTEGER NOT NULL,            -- feed position and CAS
+	created   INTEGER NOT NULL DEFAULT 0,  -- seq of the write that created the key: the incarnation
+	paid      INTEGER NOT NULL DEFAULT 0,  -- an order with paymentStatus "paid"
+	confirmed INTEGER NOT NULL DEFAULT 0,  -- ... and confirmationEmailSent
+	retry     INTEGER NOT NULL DEFAULT 0,  -- a retry document, the control document aside
+	fire      INTEGER NOT NULL DEFAULT 0,  -- ... flagged fireRetry
+	next_at   INTEGER,                     -- ... not flagged: its nextAttemptAt (ms)
+	ts_at     INTEGER,                     -- ... not flagged, without nextAttemptAt: its ts (ms)
+	dead      INTEGER NOT NULL DEFAULT 0,  -- a dead letter
+	tally     TEXT,                        -- why a retry or dead letter is there, for the status
+	PRIMARY KEY (coll, key)
+) WITHOUT ROWID;
+CREATE TABLE stats (
+	id        INTEGER PRIMARY KEY CHECK (id = 1),
+	paid      INTEGER NOT NULL,
+	confirmed INTEGER NOT NULL,
+	retry     INTEGER NOT NULL,
+	fire      INTEGER NOT NULL,
+	dead      INTEGER NOT NULL
+);
+CREATE TABLE tallies (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+`
+
+const indexesV2 = `
+CREATE UNIQUE INDEX docs_by_seq ON docs (seq);
+CREATE INDEX retry_next ON docs (next_at) WHERE next_at IS NOT NULL;
+CREATE INDEX retry_ts ON docs (ts_at) WHERE ts_at IS NOT NULL;
+CREATE INDEX tombstones ON docs (seq) WHERE value IS NULL;
+INSERT INTO stats (id, paid, confirmed, retry, fire, dead)
+	SELECT 1, coalesce(sum(paid), 0), coalesce(sum(confirmed), 0), coalesce(sum(retry), 0),
+	       coalesce(sum(fire), 0), coalesce(sum(dead), 0) FROM docs;
+INSERT INTO tallies (name, n) SELECT tally, count(*) FROM docs WHERE tally IS NOT NULL GROUP BY tally;
+-- No conflict clause in a trigger: the statement that fires it overrides it.
+CREATE TRIGGER docs_insert AFTER INSERT ON docs BEGIN
+	UPDATE stats SET paid = paid + NEW.paid, confirmed = confirmed + NEW.confirmed, retry = retry + NEW.retry,
+		fire = fire + NEW.fire, dead = dead + NEW.dead;
+	INSERT INTO tallies (name, n) SELECT NEW.tally, 0 WHERE NEW.tally IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tallies WHERE name = NEW.tally);
+	UPDATE tallies SET n = n + 1 WHERE name = NEW.tally;
+END;
+CREATE TRIGGER docs_update AFTER UPDATE ON docs BEGIN
+	UPDATE stats SET paid = paid + NEW.paid - OLD.paid, confirmed = confirmed + NEW.confirmed - OLD.confirmed,
+		retry = retry + NEW.retry - OLD.retry, fire = fire + NEW.fire - OLD.fire, dead = dead + NEW.dead - OLD.dead;
+END;
+CREATE TRIGGER docs_update_tally AFTER UPDATE ON docs WHEN OLD.tally IS NOT NEW.tally BEGIN
+	UPDATE tallies SET n = n - 1 WHERE name = OLD.tally;
+	INSERT INTO tallies (name, n) SELECT NEW.tally, 0 WHERE NEW.tally IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tallies WHERE name = NEW.tally);
+	UPDATE tallies SET n = n + 1 WHERE name = NEW.tally;
+END;
+CREATE TRIGGER docs_delete AFTER DELETE ON docs BEGIN
+	UPDATE stats SET paid = paid - OLD.paid, confirmed = confirmed - OLD.confirmed, retry = retry - OLD.retry,
+		fire = fire - OLD.fire, dead = dead - OLD.dead;
+	UPDATE tallies SET n = n - 1 WHERE name = OLD.tally;
+END;
+`
+
+// migrateV2 copies every document into the typed table, classifying each
+// once, in key order and in pages, so that memory stays bounded.
+func migrateV2(ctx context.Context, tx *sql.Tx) error {
+	if _, err := tx.ExecContext(ctx, schemaV2); err != nil {
+		return err
+	}
+	ins, err := tx.PrepareContext(ctx, `INSERT INTO docs2 (coll, key, value, seq, created,
+		paid, confirmed, retry, fire, next_at, ts_at, dead, tally) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	if err != nil {
+		return err
+	}
+	defer ins.Close()
+	lastColl, lastKey := "", ""
+	for {
+		rows, err := tx.QueryContext(ctx, `SELECT coll, key, value, seq FROM docs
+			WHERE (coll, key) > (?, ?) ORDER BY coll, key LIMIT 1000`, lastColl, lastKey)
+		if err != nil {
+			return err
+		}
+		type row struct {
+			coll, key string
+			value     sql.NullString
+			seq       int64
+		}
+		var page []row
+		for rows.Next() {
+			var r row
+			if err := rows.Scan(&r.coll, &r.key, &r.value, &r.seq); err != nil {
+				rows.Close()
+				return err
+			}
+			page = append(page, r)
+		}
+		if err := rows.Close(); err != nil {
+			return err
+		}
+		for _, r := range page {
+			var value []byte
+			var created int64
+			if r.value.Valid {
+				value, created = []byte(r.value.String), r.seq // the first release kept no creation
+			}
+			c := classify(r.coll, r.key, value)
+			if _, err := ins.ExecContext(ctx, append([]any{r.coll, r.key, r.value, r.seq, created}, c.args()...)...); err != nil {
+				return err
+			}
+		}
+		if len(page) < 1000 {
+			break
+		}
+		lastColl, lastKey = page[len(page)-1].coll, page[len(page)-1].key
+	}
+	for _, stmt := range []string{`DROP TABLE docs`, `ALTER TABLE docs2 RENAME TO docs`, indexesV2} {
+		if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// migrate brings the file to SchemaVersion.
+func migrate(ctx context.Context, db *sql.DB) error {
+	var version int
+	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
+		return err
+	}
+	if version == 0 {
+		var n int
+		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_schema WHERE name = 'docs'`).Scan(&n); err != nil {
+			return err
+		}
+		if n > 0 {
+			version = 1 // the first release set no user_version
+		}
+	}
+	if version > SchemaVersion {
+		return fmt.Errorf("schema version %d is newer than this ordermail's %d: upgrade ordermail", version, SchemaVersion)
+	}
+	for v := version; v < SchemaVersion; v++ {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if err := migrations[v](ctx, tx); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migrate schema to version %d: %w", v+1, err)
+		}
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, v+1)); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migrate schema to version %d: %w", v+1, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,80 @@
+package embedded
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+)
+
+// SweepRetries flags at most limit due retry documents, oldest due first,
+// in one short transaction: two range scans of partial indexes that hold
+// only unflagged retry documents, so its cost follows limit and not the
+// number of retry documents.
+func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Duration, limit int) (store.SweepResult, error) {
+	if limit <= 0 {
+		return store.SweepResult{}, fmt.Errorf("sweep retries: limit %d is not positive", limit)
+	}
+	var res store.SweepResult
+	err := s.submit(ctx, func(t *txn) error {
+		keys, err := t.keys(s.stmts.dueNext, now.UnixMilli(), limit)
+		if err != nil {
+			return err
+		}
+		if len(keys) < limit {
+			more, err := t.keys(s.stmts.dueTS, now.Add(-quantum).UnixMilli(), limit-len(keys))
+			if err != nil {
+				return err
+			}
+			keys = append(keys, more...)
+		}
+		for _, k := range keys {
+			if _, err := s.stmts.flag.ExecContext(t.ctx, t.next(), order.Retry, k); err != nil {
+				return err
+			}
+		}
+		res = store.SweepResult{Flagged: len(keys), More: len(keys) == limit}
+		return nil
+	})
+	if err != nil {
+		return store.SweepResult{}, fmt.Errorf("sweep retries: %w", err)
+	}
+	return res, nil
+}
+
+// Backlog counts the due retries on the partial indexes (its cost follows
+// the due documents) and reads the reasons from counts kept by triggers.
+func (s *Store) Backlog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {
+	if err := s.check(); err != nil {
+		return store.Backlog{}, err
+	}
+	var b store.Backlog
+	var flagged, dueNext, dueTS int
+	var oldestNext, oldestTS sql.NullInt64
+	err := s.read.QueryRowContext(ctx, `SELECT
+		(SELECT fire FROM stats),
+		(SELECT count(*) FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ?1),
+		(SELECT min(next_at) FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL),
+		(SELECT count(*) FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ?2),
+		(SELECT min(ts_at) FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL)`,
+		now.UnixMilli(), now.Add(-quantum).UnixMilli()).Scan(&flagged, &dueNext, &oldestNext, &dueTS, &oldestTS)
+	if err != nil {
+		return store.Backlog{}, fmt.Errorf("backlog: %w", mapErr(err))
+	}
+	b.Due = flagged + dueNext + dueTS
+	if dueNext > 0 && oldestNext.Valid {
+		b.OldestDue = time.UnixMilli(oldestNext.Int64)
+	}
+	if dueTS > 0 && oldestTS.Valid {
+		if due := time.UnixMilli(oldestTS.Int64).Add(quantum); b.OldestDue.IsZero() || due.Before(b.OldestDue) {
+			b.OldestDue = due
+		}
+	}
+	if b.Reasons, err = s.Tallies(ctx); err != nil {
+		return store.Backlog{}, err
+	}
+	return b, nil
+}

@@ -1,0 +1,335 @@
+package embedded
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/ordermail/ordermail/store"
+	"modernc.org/sqlite"
+)
+
+// Every write goes through one goroutine that owns the write connection.
+// It takes the jobs waiting, up to MaxBatch, and runs them in one
+// transaction, each in a savepoint of its own: one commit (one WAL sync
+// point) for many outcomes, and a job whose guard fails rolls back alone.
+// Nothing waits to fill a batch: a batch is what queued during the last
+// commit, so a lone write commits at once.
+
+type job struct {
+	ctx  context.Context
+	fn   func(t *txn) error
+	err  error
+	done chan struct{}
+}
+
+// txn is the transaction a job runs in.
+type txn struct {
+	s   *Store
+	ctx context.Context
+	seq uint64 // the last sequence number handed out
+}
+
+type writeStmts struct {
+	begin, commit, rollback, savepoint, release, rollbackTo *sql.Stmt
+
+	cur, put, seqGet, seqSet *sql.Stmt
+	dueNext, dueTS, flag     *sql.Stmt
+	saveCheckpoint, minCkpt  *sql.Stmt
+	purge                    *sql.Stmt
+}
+
+func (s *Store) prepareWrites(ctx context.Context) error {
+	var err error
+	p := func(q string) *sql.Stmt {
+		if err != nil {
+			return nil
+		}
+		var st *sql.Stmt
+		st, err = s.write.PrepareContext(ctx, q)
+		return st
+	}
+	s.stmts = writeStmts{
+		begin:      p(`BEGIN IMMEDIATE`),
+		commit:     p(`COMMIT`),
+		rollback:   p(`ROLLBACK`),
+		savepoint:  p(`SAVEPOINT job`),
+		release:    p(`RELEASE job`),
+		rollbackTo: p(`ROLLBACK TO job`),
+		cur:        p(`SELECT seq, created, value IS NULL FROM docs WHERE coll = ? AND key = ?`),
+		put: p(`INSERT INTO docs (coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (coll, key) DO UPDATE SET value = excluded.value, seq = excluded.seq, created = excluded.created,
+				paid = excluded.paid, confirmed = excluded.confirmed, retry = excluded.retry, fire = excluded.fire,
+				next_at = excluded.next_at, ts_at = excluded.ts_at, dead = excluded.dead, tally = excluded.tally`),
+		seqGet: p(`SELECT value FROM counters WHERE name = 'seq'`),
+		seqSet: p(`UPDATE counters SET value = ? WHERE name = 'seq'`),
+		// Only retry documents have next_at or ts_at, and only unflagged
+		// ones: each query is a range scan of its partial index, bounded
+		// by LIMIT (TestSweepUsesItsIndexes pins the plans).
+		dueNext: p(`SELECT key FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`),
+		dueTS:   p(`SELECT key FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`),
+		flag: p(`UPDATE docs SET value = json_set(value, '$.fireRetry', json('true')), seq = ?,
+			fire = 1, next_at = NULL, ts_at = NULL WHERE coll = ? AND key = ?`),
+		saveCheckpoint: p(`INSERT INTO checkpoints (name, partition, seq) VALUES (?, 0, ?)
+			ON CONFLICT (name, partition) DO UPDATE SET seq = excluded.seq`),
+		minCkpt: p(`SELECT min(seq) FROM checkpoints`),
+		purge: p(`DELETE FROM docs WHERE (coll, key) IN (
+			SELECT coll, key FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`),
+	}
+	return err
+}
+
+func (w writeStmts) close() error {
+	var errs []error
+	for _, st := range []*sql.Stmt{w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
+		w.cur, w.put, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flag, w.saveCheckpoint, w.minCkpt, w.purge} {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// submit runs fn in a write transaction and waits for its commit.
+func (s *Store) submit(ctx context.Context, fn func(t *txn) error) error {
+	j := &job{ctx: ctx, fn: fn, done: make(chan struct{})}
+	s.mu.RLock()
+	if err := s.checkLocked(); err != nil {
+		s.mu.RUnlock()
+		return err
+	}
+	// Close waits for this send (it takes the write lock), and the writer
+	// keeps taking jobs until it has been told to stop.
+	select {
+	case s.jobs <- j:
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return ctx.Err()
+	}
+	s.mu.RUnlock()
+	select {
+	case <-j.done:
+		return j.err
+	case <-ctx.Done():
+		// The writer may still make the write (a lock held by another
+		// process keeps it waiting): the caller treats it as not made,
+		// which at worst repeats it.
+		return fmt.Errorf("%w (the write may still be made)", ctx.Err())
+	}
+}
+
+func (s *Store) checkLocked() error {
+	if s.lostErr != nil {
+		return s.lostErr
+	}
+	if s.closed {
+		return store.ErrClosed
+	}
+	return nil
+}
+
+func (s *Store) writeLoop() {
+	defer close(s.writerDone)
+	for {
+		var batch []*job
+		select {
+		case j := <-s.jobs:
+			batch = append(batch, j)
+		case <-s.stop:
+			// Close let no job in after it began: finish what is queued.
+			for {
+				select {
+				case j := <-s.jobs:
+					s.runBatch([]*job{j})
+				default:
+					return
+				}
+			}
+		}
+	fill:
+		for len(batch) < s.cfg.MaxBatch {
+			select {
+			case j := <-s.jobs:
+				batch = append(batch, j)
+			default:
+				break fill
+			}
+		}
+		s.runBatch(batch)
+	}
+}
+
+// runBatch commits the jobs of batch together. A job's own failure (a
+// guard, its context) rolls back its savepoint only; a failure of SQLite
+// itself aborts the transaction, and then each job runs alone, so that one
+// bad write cannot fail the others.
+func (s *Store) runBatch(batch []*job) {
+	err := s.runTx(batch)
+	if err != nil && len(batch) > 1 {
+		for _, j := range batch {
+			j.err = s.runTx([]*job{j})
+			close(j.done)
+		}
+		return
+	}
+	for _, j := range batch {
+		if err != nil {
+			j.err = err
+		}
+		close(j.done)
+	}
+	if err == nil {
+		s.wake()
+	}
+}
+
+// runTx runs jobs in one transaction; it returns an error when the
+// transaction as a whole failed. Statements run without the jobs' contexts:
+// an interrupted statement would roll back every job of the transaction.
+func (s *Store) runTx(jobs []*job) (err error) {
+	ctx := context.Background()
+	if err := s.check(); err != nil && !errors.Is(err, store.ErrClosed) {
+		return err
+	}
+	if _, err := s.stmts.begin.ExecContext(ctx); err != nil {
+		return mapErr(err)
+	}
+	defer func() {
+		if err != nil {
+			s.stmts.rollback.ExecContext(ctx)
+		}
+	}()
+	t := &txn{s: s, ctx: ctx}
+	if err := s.stmts.seqGet.QueryRowContext(ctx).Scan(&t.seq); err != nil {
+		return mapErr(err)
+	}
+	start := t.seq
+	for _, j := range jobs {
+		if j.err = j.ctx.Err(); j.err != nil {
+			continue
+		}
+		if len(jobs) == 1 {
+			if err := j.fn(t); err != nil {
+				if isSQLite(err) {
+					return mapErr(err)
+				}
+				j.err = err
+				if _, err := s.stmts.rollback.ExecContext(ctx); err != nil {
+					return mapErr(err)
+				}
+				return nil
+			}
+			continue
+		}
+		if _, err := s.stmts.savepoint.ExecContext(ctx); err != nil {
+			return mapErr(err)
+		}
+		if err := j.fn(t); err != nil {
+			if isSQLite(err) {
+				return mapErr(err)
+			}
+			j.err = err
+			if _, err := s.stmts.rollbackTo.ExecContext(ctx); err != nil {
+				return mapErr(err)
+			}
+		}
+		if _, err := s.stmts.release.ExecContext(ctx); err != nil {
+			return mapErr(err)
+		}
+	}
+	if t.seq != start {
+		if _, err := s.stmts.seqSet.ExecContext(ctx, t.seq); err != nil {
+			return mapErr(err)
+		}
+	}
+	if _, err := s.stmts.commit.ExecContext(ctx); err != nil {
+		return mapErr(err)
+	}
+	return nil
+}
+
+// isSQLite says whether err is SQLite's own, not a job's.
+func isSQLite(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se)
+}
+
+// next hands out the next sequence number: the feed position and CAS of a
+// write. Sequence numbers are taken under the write lock, so they rise in
+// commit order even with other processes writing.
+func (t *txn) next() uint64 {
+	t.seq++
+	return t.seq
+}
+
+// apply makes one guarded write and returns its CAS.
+func (t *txn) apply(w store.Write) (uint64, error) {
+	st := t.s.stmts
+	var cur, created uint64
+	var tomb bool
+	err := st.cur.QueryRowContext(t.ctx, w.Collection, w.Key).Scan(&cur, &created, &tomb)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		cur = 0
+	case err != nil:
+		return 0, err
+	case tomb:
+		cur = 0
+	}
+	guard := func(e error) error { return &store.WriteError{Write: w, Err: e} }
+	switch w.Op {
+	case store.OpInsert:
+		if cur != 0 {
+			return 0, guard(store.ErrExists)
+		}
+	case store.OpReplace, store.OpRemove:
+		if cur == 0 {
+			return 0, guard(store.ErrNotFound)
+		}
+		if w.CAS != 0 && w.CAS != cur {
+			return 0, guard(store.ErrCASMismatch)
+		}
+	}
+	seq := t.next()
+	var value any
+	if w.Op == store.OpRemove {
+		created = 0
+	} else {
+		value = string(w.Value)
+		if cur == 0 {
+			created = seq // a new incarnation of the key
+		}
+	}
+	var raw []byte
+	if w.Op != store.OpRemove {
+		raw = w.Value
+	}
+	args := append([]any{w.Collection, w.Key, value, seq, created}, classify(w.Collection, w.Key, raw).args()...)
+	if _, err := st.put.ExecContext(t.ctx, args...); err != nil {
+		return 0, err
+	}
+	if w.Op == store.OpRemove {
+		return 0, nil
+	}
+	return seq, nil
+}
+
+// keys returns the keys a query selects.
+func (t *txn) keys(stmt *sql.Stmt, args ...any) ([]string, error) {
+	rows, err := stmt.QueryContext(t.ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var keys []string
+	for rows.Next() {
+		var k string
+		if err := rows.Scan(&k); err != nil {
+			return nil, err
+		}
+		keys = append(keys, k)
+	}
+	return keys, rows.Err()
+}
