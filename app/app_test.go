@@ -132,19 +132,31 @@ func (r *run) placeOrders(t testing.TB, st store.Store, n int) []string {
 	ctx := context.Background()
 	docs := fixtures.Generate(n, 42)
 	keys := make([]string, n)
+	// Written as an order system would, created and then paid, in batches
+	// of one transaction each.
+	var batch []store.Write
+	flush := func() {
+		_, err := st.Apply(ctx, batch)
+		require.NoError(t, err)
+		batch = batch[:0]
+	}
 	for i, d := range docs {
 		keys[i] = r.prefix + d.Key
-		_, err := st.Upsert(ctx, order.Inbound, keys[i], d.Value)
-		require.NoError(t, err)
+		batch = append(batch, store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: keys[i], Value: d.Value})
+		if len(batch) == 500 {
+			flush()
+		}
 	}
 	for i, d := range docs {
 		paid, err := order.SetPaymentStatus(d.Value, order.StatusPaid)
 		require.NoError(t, err)
-		_, err = st.Upsert(ctx, order.Inbound, keys[i], paid)
-		require.NoError(t, err)
+		batch = append(batch, store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: keys[i], Value: paid})
+		if len(batch) == 500 {
+			flush()
+		}
 	}
-	_, err := st.Upsert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
-	require.NoError(t, err)
+	batch = append(batch, store.Write{Op: store.OpUpsert, Collection: order.Retry, Key: order.ControlKey, Value: []byte(`{}`)})
+	flush()
 	return keys
 }
 
@@ -177,6 +189,10 @@ func progress(t testing.TB, st store.Store, keys []string) (confirmedN, retries 
 func waitConfirmed(t testing.TB, st store.Store, keys []string) {
 	t.Helper()
 	require.Eventually(t, func() bool {
+		// The store-wide count first: cheap, and never below ours.
+		if counts(t, st).OrdersConfirmed < len(keys) {
+			return false
+		}
 		c, r := progress(t, st, keys)
 		return c == len(keys) && r == 0
 	}, 120*time.Second, 50*time.Millisecond, "not all of %d orders confirmed", len(keys))

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"strconv"
 	"strings"
@@ -268,52 +267,48 @@ func decodeObject(raw []byte, into any) error {
 }
 
 // duplicateName returns the first top-level name that appears twice in the
-// JSON object raw.
+// JSON object raw. It only scans: the decoder that follows checks the
+// syntax, and on bad syntax the scan's answer does not matter.
 func duplicateName(raw []byte) (string, error) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.UseNumber() // any valid number, 1e999 included, is only skipped here
-	if _, err := dec.Token(); err != nil { // {
-		return "", err
-	}
-	seen := map[string]bool{}
-	for dec.More() {
-		t, err := dec.Token()
-		if err != nil {
-			return "", err
-		}
-		name, _ := t.(string)
-		if seen[name] {
-			return name, nil
-		}
-		seen[name] = true
-		if err := skipValue(dec); err != nil {
-			return "", err
+	var seen map[string]bool
+	depth, expectName := 0, false
+	for i := 0; i < len(raw); i++ {
+		switch c := raw[i]; c {
+		case '"':
+			j, escaped := i+1, false
+			for ; j < len(raw) && raw[j] != '"'; j++ {
+				if raw[j] == '\\' {
+					j++
+					escaped = true
+				}
+			}
+			if depth == 1 && expectName && j < len(raw) {
+				name := string(raw[i+1 : j])
+				if escaped {
+					if err := json.Unmarshal(raw[i:j+1], &name); err != nil {
+						return "", err
+					}
+				}
+				if seen[name] {
+					return name, nil
+				}
+				if seen == nil {
+					seen = make(map[string]bool, 8)
+				}
+				seen[name] = true
+				expectName = false
+			}
+			i = j
+		case '{', '[':
+			depth++
+			expectName = depth == 1 && c == '{'
+		case '}', ']':
+			depth--
+		case ',':
+			expectName = depth == 1
 		}
 	}
 	return "", nil
-}
-
-// skipValue reads one JSON value of any depth without keeping it.
-func skipValue(dec *json.Decoder) error {
-	depth := 0
-	for {
-		t, err := dec.Token()
-		if err == io.EOF {
-			return io.ErrUnexpectedEOF
-		}
-		if err != nil {
-			return err
-		}
-		switch t {
-		case json.Delim('{'), json.Delim('['):
-			depth++
-		case json.Delim('}'), json.Delim(']'):
-			depth--
-		}
-		if depth == 0 {
-			return nil
-		}
-	}
 }
 
 // ClearedByOrderChange says whether the dead letter was about the order's

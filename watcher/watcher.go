@@ -148,7 +148,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 
 	shards := make([]chan store.Event, w.cfg.Workers)
 	for i := range shards {
-		shards[i] = make(chan store.Event, 4)
+		shards[i] = make(chan store.Event, 64)
 		w.workers.Add(1)
 		go w.work(workCtx, shards[i])
 	}

@@ -374,10 +374,17 @@ func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, erro
 			return nil, fmt.Errorf("apply: write %s/%s has no operation", w.Collection, w.Key)
 		}
 	}
+	// Read here, on the caller's goroutine: the writer's time is everyone's.
+	cols := make([]columns, len(writes))
+	for i, w := range writes {
+		if w.Op != store.OpRemove {
+			cols[i] = classify(w.Collection, w.Key, w.Value)
+		}
+	}
 	cas := make([]uint64, len(writes))
 	err := s.submit(ctx, func(t *txn) error {
 		for i, w := range writes {
-			c, err := t.apply(w)
+			c, err := t.apply(w, cols[i])
 			if err != nil {
 				return err
 			}

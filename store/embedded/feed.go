@@ -109,9 +109,13 @@ func (sub *subscription) Next(ctx context.Context) (store.Event, error) {
 		if len(sub.buf) > 0 {
 			continue
 		}
-		// Idle: a good moment to save what was acknowledged meanwhile.
-		if err := sub.flush(ctx); err != nil && ctx.Err() == nil {
-			return store.Event{}, err
+		// Idle: a good moment to save what was acknowledged meanwhile, at
+		// most once a flushEvery: a save is a commit, and waiting for one
+		// each time the reader catches up would pace the reader.
+		if time.Since(sub.flushed) >= flushEvery {
+			if err := sub.flush(ctx); err != nil && ctx.Err() == nil {
+				return store.Event{}, err
+			}
 		}
 		if poll == nil {
 			poll = time.NewTicker(sub.s.cfg.PollInterval)

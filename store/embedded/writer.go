@@ -264,8 +264,8 @@ func (t *txn) next() uint64 {
 	return t.seq
 }
 
-// apply makes one guarded write and returns its CAS.
-func (t *txn) apply(w store.Write) (uint64, error) {
+// apply makes one guarded write, with its typed columns, and returns its CAS.
+func (t *txn) apply(w store.Write, cols columns) (uint64, error) {
 	st := t.s.stmts
 	var cur, created uint64
 	var tomb bool
@@ -302,11 +302,7 @@ func (t *txn) apply(w store.Write) (uint64, error) {
 			created = seq // a new incarnation of the key
 		}
 	}
-	var raw []byte
-	if w.Op != store.OpRemove {
-		raw = w.Value
-	}
-	args := append([]any{w.Collection, w.Key, value, seq, created}, classify(w.Collection, w.Key, raw).args()...)
+	args := append([]any{w.Collection, w.Key, value, seq, created}, cols.args()...)
 	if _, err := st.put.ExecContext(t.ctx, args...); err != nil {
 		return 0, err
 	}
