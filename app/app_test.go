@@ -101,8 +101,9 @@ func newRunOn(t testing.TB, b backend, mc mockmail.Config) *run {
 	return &run{mock: m, prefix: id, log: quiet, cfg: app.Config{
 		Store: sc,
 		Mail:  mailer.Config{URL: srv.URL, Timeout: 5 * time.Second},
-		// Its own feed from now: on a shared cluster, not everyone's history.
-		Watcher: watcher.Config{Workers: 8, Policy: fast, FeedName: "e2e_" + id, FromNow: true},
+		// The default start (the feed's beginning) on a store of its own;
+		// from now on a shared cluster, not to read everyone's history.
+		Watcher: watcher.Config{Workers: 8, Policy: fast, FeedName: "e2e_" + id, FromNow: sc.IsCouchbase()},
 		Timer:   timer.Config{Interval: 50 * time.Millisecond, Quantum: fast.Quantum},
 	}}
 }
