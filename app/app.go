@@ -105,8 +105,9 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 		fx.Invoke(func(lc fx.Lifecycle, st store.Store, sd fx.Shutdowner) {
 			watchLost(lc, st, sd, log)
 		}),
-		fx.Invoke(func(lc fx.Lifecycle, w *watcher.Watcher) {
-			r := &runner{w: w, poll: cfg.Store.StandbyPoll, log: log.With("component", "runner")}
+		fx.Invoke(func(lc fx.Lifecycle, w *watcher.Watcher, sd fx.Shutdowner) {
+			r := &runner{w: w, poll: cfg.Store.StandbyPoll, log: log.With("component", "runner"),
+				lost: func() { sd.Shutdown(fx.ExitCode(ExitStoreLost)) }}
 			if r.poll == 0 {
 				r.poll = 500 * time.Millisecond
 			}

@@ -21,10 +21,13 @@ type runner struct {
 	lock *embedded.ProcessLock // nil: no lock needed
 	poll time.Duration
 	log  *slog.Logger
+	// lost is called when the lock file is deleted or replaced while this
+	// instance runs the feed: a second instance could take the new file.
+	lost func()
 
 	mu       sync.Mutex
 	started  bool
-	cancel   context.CancelFunc // ends the standby wait
+	cancel   context.CancelFunc // ends the standby wait and the lock check
 	standing sync.WaitGroup
 }
 
@@ -49,7 +52,39 @@ func (r *runner) start(ctx context.Context) error {
 	r.mu.Lock()
 	r.started = true
 	r.mu.Unlock()
+	r.watchLock()
 	return nil
+}
+
+// watchLock checks, until stop, that the lock file is still ours.
+func (r *runner) watchLock() {
+	if r.lock == nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	r.standing.Add(1)
+	go func() {
+		defer r.standing.Done()
+		r.checkLock(ctx)
+	}()
+}
+
+func (r *runner) checkLock(ctx context.Context) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := r.lock.Check(); err != nil {
+			r.log.Error("stopping: another instance could now run the feed too", "error", err)
+			r.lost()
+			return
+		}
+	}
 }
 
 func (r *runner) standby(ctx context.Context) {
@@ -79,6 +114,7 @@ func (r *runner) standby(ctx context.Context) {
 		r.started = true
 		r.mu.Unlock()
 		r.log.Info("took over: this instance runs the feed now", "lock", r.lock.Path())
+		r.checkLock(ctx)
 		return
 	}
 }

@@ -285,9 +285,13 @@ func (w *Watcher) complete(ctx context.Context, ev store.Event) bool {
 func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, cause error) {
 	w.deadLettered.Add(1)
 	detail := truncate(cause.Error(), 300)
+	// By the dead letter alone: the failure may be in reading the rest.
 	err := w.retryStore(ctx, log, "write poison dead letter", func() error {
-		st, err := w.store.State(ctx, ev.Key)
-		if err != nil {
+		var st store.State
+		cur, err := w.store.Get(ctx, order.DeadLetter, ev.Key)
+		if err == nil {
+			st.DeadLetter = cur
+		} else if !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
 		d := order.DeadLetterDoc{DocID: ev.Key, Reason: order.ReasonPoisonEvent, LastError: detail, DeadAt: w.now().UnixMilli()}

@@ -408,3 +408,41 @@ func TestUnexpectedStoreErrorsAreRetriedNotSkipped(t *testing.T) {
 	assert.Contains(t, o, `"confirmationEmailSent":true`, "confirmed without a restart")
 	assert.Len(t, logs.Lines("change not done; trying again", "something nobody planned for"), 3)
 }
+
+// poisonState fails every read of one key's state with an error that is
+// not the store being unavailable.
+type poisonState struct {
+	store.Store
+	key string
+}
+
+func (p *poisonState) State(ctx context.Context, key string) (store.State, error) {
+	if key == p.key {
+		return store.State{}, errors.New("no such thing as this key's state")
+	}
+	return p.Store.State(ctx, key)
+}
+
+// TestPoisonEventIsDeadLetteredAndTheFeedGoesOn (finding 10): a change
+// that keeps failing is dead-lettered after MaxEventFailures and
+// acknowledged; the orders on its worker and behind it go out.
+func TestPoisonEventIsDeadLetteredAndTheFeedGoesOn(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "poison", paidOrder)
+	for i := range 60 {
+		put(t, e.store, order.Inbound, fmt.Sprint("good_", i), paidOrder)
+	}
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// One worker: everything waits behind the poison event unless it is let go.
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 3}, &poisonState{e.store, "poison"}, e.mail, log, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 60 }, 60*time.Second, 10*time.Millisecond,
+		"delivered %d of 60", e.mock.Stats().Deliveries)
+	d := mustDeadLetter(t, e.store, "poison")
+	assert.Equal(t, order.ReasonPoisonEvent, d.Reason)
+	assert.Contains(t, d.LastError, "no such thing")
+	assert.Len(t, logs.Lines("change given up on and dead-lettered"), 1)
+}

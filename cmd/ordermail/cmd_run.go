@@ -61,7 +61,7 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 				return fmt.Errorf("stop: %w", err)
 			}
 			if exit == app.ExitStoreLost {
-				return fmt.Errorf("stopped: the store %s was deleted or replaced while running", cfg.Store.URL)
+				return fmt.Errorf("stopped: the store %s or its lock file was deleted or replaced while running", cfg.Store.URL)
 			}
 			return nil
 		},

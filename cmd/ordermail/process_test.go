@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -70,4 +71,27 @@ func keysOf(docs []fixtures.Doc) []string {
 		keys[i] = d.Key
 	}
 	return keys
+}
+
+// TestRunExitsWhenItsFilesGo (finding 14): the store file, or the lock
+// file, deleted under a running service is noticed within seconds, logged
+// as an error, and run exits non-zero instead of writing where nobody reads
+// (or letting a second run start alongside).
+func TestRunExitsWhenItsFilesGo(t *testing.T) {
+	for _, gone := range []string{"o.db", "o.db.lock"} {
+		t.Run(gone, func(t *testing.T) {
+			mock := startMock(t)
+			dir := t.TempDir()
+			p := startProc(t, "run", "--store", "file:"+filepath.Join(dir, "o.db"), "--mail-url", mock, "--log-format", "json")
+			p.waitLog(t, `"msg":"watching"`)
+			require.NoError(t, os.Remove(filepath.Join(dir, gone)))
+			select {
+			case err := <-p.exited:
+				require.Error(t, err, "a non-zero exit")
+				assert.True(t, p.hasLog(`"level":"ERROR"`), "logs:\n%s", p.logs.String())
+			case <-time.After(60 * time.Second):
+				t.Fatalf("still running 60s after %s was deleted; logs:\n%s", gone, p.logs.String())
+			}
+		})
+	}
 }

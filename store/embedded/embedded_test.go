@@ -2,6 +2,7 @@ package embedded_test
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -56,4 +57,38 @@ func TestWritesFromAnotherHandleReachTheFeed(t *testing.T) {
 	ev, err := sub.Next(wait)
 	require.NoError(t, err, "the other handle's write never reached the feed")
 	assert.Equal(t, "order_1", ev.Key)
+}
+
+// TestFilesArePrivate (finding 15): the orders hold customer data; the
+// store's directory and files are its owner's only.
+func TestFilesArePrivate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	path := filepath.Join(dir, "o.db")
+	s, err := embedded.Open(context.Background(), embedded.Config{Path: path})
+	require.NoError(t, err)
+	_, err = s.Upsert(context.Background(), "inbound", "o", []byte(`{"email":"ann@example.com"}`))
+	require.NoError(t, err)
+	defer s.Close()
+	for p, want := range map[string]os.FileMode{dir: 0o700, path: 0o600, path + "-wal": 0o600} {
+		fi, err := os.Stat(p)
+		require.NoError(t, err)
+		assert.Equal(t, want, fi.Mode().Perm(), p)
+	}
+}
+
+// TestLostFileIsNoticed: a deleted database file closes Lost and every
+// operation then fails with ErrFileLost.
+func TestLostFileIsNoticed(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "o.db")
+	s, err := embedded.Open(context.Background(), embedded.Config{Path: path, CheckInterval: 10 * time.Millisecond})
+	require.NoError(t, err)
+	defer s.Close()
+	require.NoError(t, os.Remove(path))
+	select {
+	case <-s.Lost():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the deleted file went unnoticed")
+	}
+	_, err = s.Upsert(context.Background(), "inbound", "o", []byte(`{}`))
+	assert.ErrorIs(t, err, embedded.ErrFileLost)
 }

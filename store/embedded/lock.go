@@ -30,7 +30,7 @@ func (l *ProcessLock) TryLock() (bool, error) {
 	if l.f != nil {
 		return true, nil
 	}
-	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o644)
+	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return false, fmt.Errorf("lock %s: %w", l.path, err)
 	}
@@ -46,6 +46,27 @@ func (l *ProcessLock) TryLock() (bool, error) {
 	fmt.Fprintf(f, "pid %d\n", os.Getpid())
 	l.f = f
 	return true, nil
+}
+
+// ErrLockLost says the lock file was deleted or replaced: another process
+// can take a lock on the new file and run the feed alongside.
+var ErrLockLost = errors.New("lock file deleted or replaced")
+
+// Check returns ErrLockLost (wrapped) when the file at the lock's path is no
+// longer the one this process locked.
+func (l *ProcessLock) Check() error {
+	if l.f == nil {
+		return nil
+	}
+	held, err := l.f.Stat()
+	if err != nil {
+		return fmt.Errorf("lock %s: %w", l.path, err)
+	}
+	now, err := os.Stat(l.path)
+	if err != nil || !os.SameFile(held, now) {
+		return fmt.Errorf("lock %s: %w", l.path, ErrLockLost)
+	}
+	return nil
 }
 
 // Unlock releases the lock.
