@@ -1,0 +1,770 @@
+package cbtest
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DCP producer side. A connection becomes a DCP connection with DCP_OPEN;
+// its streams are served by one producer goroutine (run), which sends,
+// per stream, snapshots of the vBucket's live entries after the stream's
+// position: first the backfill of what exists, then every later write.
+
+// Stream-request flags.
+const (
+	streamFlagToLatest    = 0x04
+	streamFlagStrictVBUUI = 0x20
+)
+
+// STREAM_END reasons.
+const (
+	EndOK            uint32 = 0
+	EndClosed        uint32 = 1
+	EndStateChanged  uint32 = 2
+	EndDisconnected  uint32 = 3
+	EndTooSlow       uint32 = 4
+	EndBackfillFail  uint32 = 5
+	EndRollback      uint32 = 6
+	EndFilterEmpty   uint32 = 7
+	EndLostPrivilege uint32 = 8
+)
+
+// Snapshot marker types.
+const (
+	snapMemory = 0x01
+	snapDisk   = 0x02
+)
+
+// maxSnapshot caps the entries of one snapshot marker.
+const maxSnapshot = 1024
+
+type dcpConn struct {
+	kc     *kvConn
+	bucket string
+	name   string
+	flags  uint32
+
+	collections bool
+
+	cfgMu sync.Mutex // guards cfg, set by DCP_CONTROL
+	cfg   dcpSettings
+
+	mu      sync.Mutex // guards streams; held while writing a stream's messages
+	streams map[uint16]*stream
+
+	fcMu    sync.Mutex
+	unacked int64
+	bufSize int64 // connection_buffer_size; 0: no flow control
+	// peakUnacked is the most bytes ever unacknowledged (for tests).
+	peakUnacked int64
+
+	noopAcks atomic.Int64 // DCP_NOOP answers received
+
+	wake     chan struct{}
+	stopOnce sync.Once
+	stopped  chan struct{}
+}
+
+// dcpSettings are what DCP_CONTROL set.
+type dcpSettings struct {
+	noopEnabled      bool
+	noopInterval     time.Duration
+	expiryOpcode     bool
+	streamEndOnClose bool
+}
+
+func (d *dcpConn) settings() dcpSettings {
+	d.cfgMu.Lock()
+	defer d.cfgMu.Unlock()
+	return d.cfg
+}
+
+type stream struct {
+	vb     uint16
+	opaque uint32
+	start  uint64
+	end    uint64
+	uuid   uint64 // the vBucket's uuid when the stream opened
+	filter *streamFilter
+
+	// Owned by the producer goroutine.
+	sent     uint64 // every seqno up to here was sent or skipped
+	first    bool
+	backfill bool
+}
+
+type streamFilter struct {
+	colls map[uint32]bool // collection ids, or
+	scope *uint32         // a scope id
+}
+
+func (d *dcpConn) poke() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (d *dcpConn) stop() {
+	d.stopOnce.Do(func() {
+		close(d.stopped)
+		s := d.kc.s
+		s.dcpMu.Lock()
+		delete(s.dcpConns, d)
+		s.dcpMu.Unlock()
+		n := d.kc.n
+		n.connMu.Lock()
+		if n.dcpNames[d.name] == d.kc {
+			delete(n.dcpNames, d.name)
+		}
+		n.connMu.Unlock()
+	})
+}
+
+func (c *kvConn) dcpOpen(p *packet) {
+	if len(p.extras) != 8 {
+		c.fail(p, statusEINVAL, "DCP_OPEN needs 8 bytes of extras")
+		return
+	}
+	flags := binary.BigEndian.Uint32(p.extras[4:])
+	if flags&0x01 == 0 {
+		c.fail(p, statusNotSupported, "only producer DCP connections are implemented")
+		return
+	}
+	if c.dcpState() != nil {
+		c.fail(p, statusEINVAL, "already a DCP connection")
+		return
+	}
+	name := c.selectedBucket()
+	if name == "" {
+		c.fail(p, statusNoBucket, "no bucket selected")
+		return
+	}
+	d := &dcpConn{kc: c, bucket: name, name: string(p.key), flags: flags, streams: map[uint16]*stream{},
+		wake: make(chan struct{}, 1), stopped: make(chan struct{}), collections: c.features[featCollections]}
+	// kv_engine closes an older connection of the same name (per node).
+	c.n.connMu.Lock()
+	old := c.n.dcpNames[d.name]
+	c.n.dcpNames[d.name] = c
+	c.n.connMu.Unlock()
+	if old != nil && old != c {
+		old.close()
+	}
+	c.stMu.Lock()
+	c.dcp = d
+	c.stMu.Unlock()
+	c.s.dcpMu.Lock()
+	c.s.dcpConns[d] = struct{}{}
+	c.s.dcpMu.Unlock()
+	if !c.s.spawn(d.run) {
+		c.fail(p, statusEINTERNAL, "server closing")
+		return
+	}
+	c.reply(p, statusSuccess, nil, nil, 0, 0)
+}
+
+func (d *dcpConn) control(p *packet) {
+	key, val := string(p.key), string(p.value)
+	ok := true
+	d.cfgMu.Lock()
+	switch key {
+	case "enable_noop":
+		d.cfg.noopEnabled = val == "true"
+	case "set_noop_interval":
+		n, err := strconv.Atoi(val)
+		ok = err == nil && n > 0
+		d.cfg.noopInterval = time.Duration(n) * time.Second
+	case "set_priority":
+		ok = val == "low" || val == "medium" || val == "high"
+	case "enable_expiry_opcode":
+		d.cfg.expiryOpcode = val == "true"
+	case "connection_buffer_size":
+		n, err := strconv.ParseInt(val, 10, 64)
+		ok = err == nil && n >= 0
+		d.fcMu.Lock()
+		d.bufSize = n
+		d.fcMu.Unlock()
+	case "send_stream_end_on_client_close_stream":
+		d.cfg.streamEndOnClose = val == "true"
+	case "enable_out_of_order_snapshots", "backfill_order", "change_streams", "enable_sync_writes",
+		"consumer_name", "include_deleted_user_xattrs", "v7_dcp_status_codes", "supports_cursor_dropping",
+		"supports_hifi_MFU", "send_stream_end_on_client_close_stream_v2":
+		// Accepted; snapshots are always in order and without history.
+	default:
+		ok = false // enable_stream_id and anything unknown
+	}
+	d.cfgMu.Unlock()
+	if !ok {
+		d.kc.fail(p, statusEINVAL, fmt.Sprintf("DCP control %s=%s is not supported", key, val))
+		return
+	}
+	d.kc.reply(p, statusSuccess, nil, nil, 0, 0)
+}
+
+func (d *dcpConn) bufferAck(p *packet) {
+	if len(p.extras) != 4 {
+		return
+	}
+	d.fcMu.Lock()
+	d.unacked -= int64(binary.BigEndian.Uint32(p.extras))
+	if d.unacked < 0 {
+		d.unacked = 0
+	}
+	d.fcMu.Unlock()
+	d.poke()
+}
+
+func (d *dcpConn) parseFilter(value []byte, b *bucket) (*streamFilter, uint16, string) {
+	if len(value) == 0 {
+		return nil, 0, ""
+	}
+	if !d.collections {
+		return nil, statusEINVAL, "a stream filter needs collections in HELLO"
+	}
+	var f struct {
+		Collections []string         `json:"collections"`
+		Scope       *string          `json:"scope"`
+		UID         *string          `json:"uid"`
+		SID         *json.RawMessage `json:"sid"`
+	}
+	if err := json.Unmarshal(value, &f); err != nil {
+		return nil, statusEINVAL, "stream filter: " + err.Error()
+	}
+	if f.SID != nil {
+		return nil, statusEINVAL, "stream ids are not enabled"
+	}
+	switch {
+	case len(f.Collections) > 0:
+		out := &streamFilter{colls: map[uint32]bool{}}
+		for _, h := range f.Collections {
+			id, err := strconv.ParseUint(h, 16, 32)
+			if err != nil {
+				return nil, statusEINVAL, "collection id " + h + " is not hex"
+			}
+			if b.man.collectionByID(uint32(id)) == nil {
+				return nil, statusUnknownCollection, "unknown collection " + h
+			}
+			out.colls[uint32(id)] = true
+		}
+		return out, 0, ""
+	case f.Scope != nil:
+		id, err := strconv.ParseUint(*f.Scope, 16, 32)
+		if err != nil {
+			return nil, statusEINVAL, "scope id " + *f.Scope + " is not hex"
+		}
+		if b.man.scopeByID(uint32(id)) == nil {
+			return nil, statusUnknownScope, "unknown scope " + *f.Scope
+		}
+		sid := uint32(id)
+		return &streamFilter{scope: &sid}, 0, ""
+	}
+	return nil, 0, "" // {} or only a manifest uid: everything
+}
+
+// checkRollback applies kv_engine's stream-request rules (facts §6.6). It
+// returns a status (0, ERANGE or ROLLBACK) and the rollback seqno.
+func checkRollback(vb *vbucket, flags uint32, start, end, uuid, snapStart, snapEnd uint64) (uint16, uint64) {
+	if start > end || snapStart > start || start > snapEnd {
+		return statusERANGE, 0
+	}
+	if !(start == 0 && (flags&streamFlagStrictVBUUI == 0 || uuid == 0)) {
+		idx := -1
+		for i, e := range vb.failover {
+			if e.uuid == uuid {
+				idx = i
+				break
+			}
+		}
+		if idx < 0 {
+			return statusRollback, 0
+		}
+		upper := vb.high
+		if idx > 0 {
+			upper = vb.failover[idx-1].seqno
+		}
+		if start == snapStart {
+			snapEnd = start
+		}
+		if snapEnd > upper {
+			if start == snapEnd {
+				snapStart = start
+			}
+			if upper < snapStart {
+				return statusRollback, upper
+			}
+			return statusRollback, snapStart
+		}
+	}
+	if start > vb.high {
+		return statusERANGE, 0
+	}
+	return statusSuccess, 0
+}
+
+func (d *dcpConn) streamReq(p *packet) {
+	c := d.kc
+	if len(p.extras) != 48 {
+		c.fail(p, statusEINVAL, "STREAM_REQ needs 48 bytes of extras")
+		return
+	}
+	ex := p.extras
+	flags := binary.BigEndian.Uint32(ex)
+	start, end := binary.BigEndian.Uint64(ex[8:]), binary.BigEndian.Uint64(ex[16:])
+	uuid := binary.BigEndian.Uint64(ex[24:])
+	snapStart, snapEnd := binary.BigEndian.Uint64(ex[32:]), binary.BigEndian.Uint64(ex[40:])
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, open := d.streams[p.vbucket]; open {
+		c.fail(p, statusKeyEEXISTS, "a stream is already open on this vBucket")
+		return
+	}
+	s := c.s
+	s.mu.Lock()
+	b := s.buckets[d.bucket]
+	if b == nil {
+		s.mu.Unlock()
+		c.fail(p, statusNoBucket, "bucket is gone")
+		return
+	}
+	if !c.ownsLocked(p, b, p.vbucket) {
+		s.mu.Unlock()
+		return
+	}
+	filter, st, msg := d.parseFilter(p.value, b)
+	if st != 0 {
+		s.mu.Unlock()
+		if st == statusUnknownCollection || st == statusUnknownScope {
+			c.unknownCollection(p, b, st)
+		} else {
+			c.fail(p, st, msg)
+		}
+		return
+	}
+	vb := b.vbs[p.vbucket]
+	if flags&streamFlagToLatest != 0 {
+		end = vb.high
+	}
+	status, rb := checkRollback(vb, flags, start, end, uuid, snapStart, snapEnd)
+	flog := failoverBytes(vb)
+	str := &stream{vb: p.vbucket, opaque: p.opaque, start: start, end: end, uuid: vb.uuid(), filter: filter,
+		sent: start, first: true, backfill: start < vb.high}
+	s.mu.Unlock()
+	s.tracef("cbtest: node %d: %s: STREAM_REQ vb %d flags %#x start %d end %d uuid %#x snap [%d,%d] -> status %#x rollback %d",
+		c.n.idx, d.name, p.vbucket, flags, start, end, uuid, snapStart, snapEnd, status, rb)
+	switch status {
+	case statusSuccess:
+	case statusRollback:
+		v := binary.BigEndian.AppendUint64(nil, rb)
+		c.reply(p, statusRollback, nil, v, 0, 0)
+		return
+	default:
+		c.fail(p, status, fmt.Sprintf("start %d, end %d, snapshot [%d,%d] out of range", start, end, snapStart, snapEnd))
+		return
+	}
+	// The response goes out before any message of the stream: the
+	// producer sees the stream only once d.mu is released.
+	if err := c.write(&packet{magic: magicRes, opcode: p.opcode, opaque: p.opaque, value: flog}, true); err != nil {
+		return
+	}
+	d.streams[p.vbucket] = str
+	d.poke()
+}
+
+func (d *dcpConn) closeStream(p *packet) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.streams[p.vbucket]
+	if st == nil {
+		d.kc.fail(p, statusKeyENOENT, "no stream on this vBucket")
+		return
+	}
+	delete(d.streams, p.vbucket)
+	if err := d.kc.write(&packet{magic: magicRes, opcode: p.opcode, opaque: p.opaque}, false); err != nil {
+		return
+	}
+	if d.settings().streamEndOnClose {
+		d.countSent(d.writeStreamEnd(st, EndClosed))
+	}
+	_ = d.kc.flush()
+}
+
+// writeStreamEnd writes STREAM_END for st (caller holds d.mu) and returns
+// its size.
+func (d *dcpConn) writeStreamEnd(st *stream, reason uint32) int {
+	p := &packet{magic: magicReq, opcode: opDCPStreamEnd, vbucket: st.vb, opaque: st.opaque,
+		extras: binary.BigEndian.AppendUint32(nil, reason)}
+	if err := d.kc.write(p, false); err != nil {
+		return 0
+	}
+	return p.size()
+}
+
+func (d *dcpConn) countSent(n int) {
+	d.fcMu.Lock()
+	d.unacked += int64(n)
+	d.peakUnacked = max(d.peakUnacked, d.unacked)
+	d.fcMu.Unlock()
+}
+
+// endStream ends the stream on vb, if any, with reason (fault injection).
+func (d *dcpConn) endStream(vb uint16, reason uint32) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.streams[vb]
+	if st == nil {
+		return false
+	}
+	delete(d.streams, vb)
+	d.countSent(d.writeStreamEnd(st, reason))
+	_ = d.kc.flush()
+	d.kc.s.tracef("cbtest: node %d: %s: STREAM_END vb %d reason %d (injected)", d.kc.n.idx, d.name, vb, reason)
+	return true
+}
+
+// run is the producer goroutine of a DCP connection.
+func (d *dcpConn) run() {
+	s := d.kc.s
+	lastSent := time.Now()
+	for {
+		if !d.kc.n.waitRunning(s.done, d.stopped) {
+			return
+		}
+		sent, changed, err := d.pass()
+		if err != nil {
+			d.kc.close()
+			return
+		}
+		if sent {
+			lastSent = time.Now()
+			continue
+		}
+		var noop <-chan time.Time
+		var timer *time.Timer
+		if interval := d.noopEvery(); interval > 0 {
+			timer = time.NewTimer(time.Until(lastSent.Add(interval)))
+			noop = timer.C
+		}
+		select {
+		case <-d.stopped:
+		case <-s.done:
+		case <-d.wake:
+		case <-changed:
+		case <-noop:
+			if err := d.kc.write(&packet{magic: magicReq, opcode: opDCPNoop, opaque: 0xfffffff0}, true); err != nil {
+				d.kc.close()
+			}
+			lastSent = time.Now()
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		select {
+		case <-d.stopped:
+			return
+		case <-s.done:
+			return
+		default:
+		}
+	}
+}
+
+func (d *dcpConn) noopEvery() time.Duration {
+	cfg := d.settings()
+	if !cfg.noopEnabled {
+		return 0
+	}
+	if i := d.kc.s.opts.DCPNoopInterval; i > 0 {
+		return i
+	}
+	return cfg.noopInterval
+}
+
+type streamBatch struct {
+	st   *stream
+	msgs []*packet
+}
+
+// pass sends at most one snapshot per stream. It reports whether it sent
+// anything and the channel that signals the next change of the bucket.
+func (d *dcpConn) pass() (bool, <-chan struct{}, error) {
+	d.mu.Lock()
+	streams := make([]*stream, 0, len(d.streams))
+	for _, st := range d.streams {
+		streams = append(streams, st)
+	}
+	d.mu.Unlock()
+	sort.Slice(streams, func(i, j int) bool { return streams[i].vb < streams[j].vb })
+
+	s := d.kc.s
+	s.mu.Lock()
+	b := s.buckets[d.bucket]
+	if b == nil {
+		s.mu.Unlock()
+		return false, nil, fmt.Errorf("bucket %s is gone", d.bucket)
+	}
+	changed := b.changed
+	cfg := d.settings()
+	var batches []streamBatch
+	for _, st := range streams {
+		if msgs := d.produceLocked(b, st, cfg); len(msgs) > 0 {
+			batches = append(batches, streamBatch{st, msgs})
+		}
+	}
+	s.mu.Unlock()
+
+	sent := false
+	for _, bt := range batches {
+		for _, m := range bt.msgs {
+			if !d.awaitWindow() {
+				return sent, changed, fmt.Errorf("stopped")
+			}
+			d.mu.Lock()
+			if d.streams[bt.st.vb] != bt.st {
+				d.mu.Unlock()
+				break // closed meanwhile
+			}
+			if err := d.kc.write(m, false); err != nil {
+				d.mu.Unlock()
+				return sent, changed, err
+			}
+			if m.opcode == opDCPStreamEnd {
+				delete(d.streams, bt.st.vb)
+			}
+			if m.opcode == opDCPStreamEnd {
+				d.kc.s.tracef("cbtest: node %d: %s: STREAM_END vb %d reason %d", d.kc.n.idx, d.name, m.vbucket, binary.BigEndian.Uint32(m.extras))
+			}
+			d.mu.Unlock()
+			d.countSent(m.size())
+			sent = true
+		}
+	}
+	if sent {
+		if err := d.kc.flush(); err != nil {
+			return sent, changed, err
+		}
+	}
+	return sent, changed, nil
+}
+
+// awaitWindow blocks while the client's flow-control buffer is full.
+func (d *dcpConn) awaitWindow() bool {
+	for {
+		d.fcMu.Lock()
+		full := d.bufSize > 0 && d.unacked >= d.bufSize
+		d.fcMu.Unlock()
+		if !full {
+			return true
+		}
+		_ = d.kc.flush()
+		select {
+		case <-d.wake:
+		case <-d.stopped:
+			return false
+		case <-d.kc.s.done:
+			return false
+		}
+	}
+}
+
+func (f *streamFilter) empty(m *manifest) bool {
+	if f == nil {
+		return false
+	}
+	if f.scope != nil {
+		return m.scopeByID(*f.scope) == nil
+	}
+	for id := range f.colls {
+		if m.collectionByID(id) != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// passes says whether the stream carries the entry.
+func (d *dcpConn) passes(f *streamFilter, m *manifest, e logEntry) bool {
+	if e.it != nil {
+		if !d.collections {
+			return e.it.cid == 0
+		}
+		switch {
+		case f == nil:
+			return true
+		case f.scope != nil:
+			c := m.collectionByID(e.it.cid)
+			return c != nil && c.scope.id == *f.scope
+		default:
+			return f.colls[e.it.cid]
+		}
+	}
+	if !d.collections {
+		return false
+	}
+	ev := e.ev
+	switch {
+	case f == nil:
+		return true
+	case f.scope != nil:
+		return ev.scopeID == *f.scope
+	default:
+		return !ev.sysKey().scope && f.colls[ev.collID]
+	}
+}
+
+// produceLocked builds the stream's next snapshot, or its end.
+func (d *dcpConn) produceLocked(b *bucket, st *stream, cfg dcpSettings) []*packet {
+	vb := b.vbs[st.vb]
+	if vb.uuid() != st.uuid {
+		return []*packet{d.endPacket(st, EndStateChanged)}
+	}
+	if st.sent >= st.end {
+		return []*packet{d.endPacket(st, EndOK)}
+	}
+	hi := min(vb.high, st.end)
+	var msgs []*packet
+	if st.sent < hi {
+		entries, upTo := vb.entriesAfter(st.sent, hi, maxSnapshot)
+		var visible []logEntry
+		for _, e := range entries {
+			if d.passes(st.filter, &b.man, e) {
+				visible = append(visible, e)
+			}
+		}
+		snapStart, typ := st.sent+1, byte(snapMemory)
+		if st.first {
+			snapStart = st.start
+			if st.backfill {
+				typ = snapDisk
+			}
+		}
+		st.first = false
+		if len(visible) > 0 || d.collections {
+			ex := binary.BigEndian.AppendUint64(nil, snapStart)
+			ex = binary.BigEndian.AppendUint64(ex, upTo)
+			ex = binary.BigEndian.AppendUint32(ex, uint32(typ))
+			msgs = append(msgs, &packet{magic: magicReq, opcode: opDCPSnapshotMarker, vbucket: st.vb, opaque: st.opaque, extras: ex})
+			for _, e := range visible {
+				msgs = append(msgs, d.entryPacket(st, e, cfg))
+			}
+			if len(visible) == 0 || visible[len(visible)-1].seqno < upTo {
+				msgs = append(msgs, &packet{magic: magicReq, opcode: opDCPSeqnoAdvanced, vbucket: st.vb, opaque: st.opaque,
+					extras: binary.BigEndian.AppendUint64(nil, upTo)})
+			}
+		}
+		st.sent = upTo
+	}
+	switch {
+	case st.sent >= st.end:
+		msgs = append(msgs, d.endPacket(st, EndOK))
+	case st.sent >= vb.high && st.filter.empty(&b.man):
+		msgs = append(msgs, d.endPacket(st, EndFilterEmpty))
+	}
+	return msgs
+}
+
+func (d *dcpConn) endPacket(st *stream, reason uint32) *packet {
+	return &packet{magic: magicReq, opcode: opDCPStreamEnd, vbucket: st.vb, opaque: st.opaque,
+		extras: binary.BigEndian.AppendUint32(nil, reason)}
+}
+
+func (d *dcpConn) entryPacket(st *stream, e logEntry, cfg dcpSettings) *packet {
+	p := &packet{magic: magicReq, vbucket: st.vb, opaque: st.opaque}
+	if ev := e.ev; ev != nil {
+		p.opcode = opDCPSystemEvent
+		version := byte(0)
+		var v []byte
+		v = binary.BigEndian.AppendUint64(v, ev.manifestUID)
+		switch ev.event {
+		case eventCollectionCreate:
+			v = binary.BigEndian.AppendUint32(v, ev.scopeID)
+			v = binary.BigEndian.AppendUint32(v, ev.collID)
+			if ev.maxTTL > 0 {
+				version = 1
+				v = binary.BigEndian.AppendUint32(v, ev.maxTTL)
+			}
+			p.key = []byte(ev.name)
+		case eventCollectionDrop:
+			v = binary.BigEndian.AppendUint32(v, ev.scopeID)
+			v = binary.BigEndian.AppendUint32(v, ev.collID)
+		case eventScopeCreate:
+			v = binary.BigEndian.AppendUint32(v, ev.scopeID)
+			p.key = []byte(ev.name)
+		case eventScopeDrop:
+			v = binary.BigEndian.AppendUint32(v, ev.scopeID)
+		}
+		ex := binary.BigEndian.AppendUint64(nil, ev.seqno)
+		ex = binary.BigEndian.AppendUint32(ex, ev.event)
+		p.extras = append(ex, version)
+		p.value = v
+		return p
+	}
+	it := e.it
+	p.cas = it.cas
+	p.key = []byte(it.key)
+	if d.collections {
+		p.key = append(appendLEB128(nil, it.cid), it.key...)
+	}
+	ex := binary.BigEndian.AppendUint64(nil, it.seqno)
+	ex = binary.BigEndian.AppendUint64(ex, it.revSeqno)
+	switch {
+	case !it.deleted:
+		p.opcode = opDCPMutation
+		ex = binary.BigEndian.AppendUint32(ex, it.flags)
+		ex = binary.BigEndian.AppendUint32(ex, it.expiry)
+		ex = binary.BigEndian.AppendUint32(ex, 0) // lock time
+		ex = binary.BigEndian.AppendUint16(ex, 0) // nmeta
+		ex = append(ex, 0)                        // nru
+		p.datatype = it.datatype
+		if d.flags&0x08 == 0 {
+			p.value = it.value
+		} else {
+			p.datatype = 0
+		}
+	case it.expired && cfg.expiryOpcode:
+		p.opcode = opDCPExpiration
+		ex = binary.BigEndian.AppendUint32(ex, it.deleteTime)
+	case cfg.expiryOpcode || d.flags&0x20 != 0: // delete times (implied by the expiry opcode)
+		p.opcode = opDCPDeletion
+		ex = binary.BigEndian.AppendUint32(ex, it.deleteTime)
+		ex = append(ex, 0)
+	default:
+		p.opcode = opDCPDeletion
+		ex = binary.BigEndian.AppendUint16(ex, 0)
+	}
+	p.extras = ex
+	return p
+}
+
+// allDCP is a snapshot of the DCP connections.
+func (s *Server) allDCP() []*dcpConn {
+	s.dcpMu.Lock()
+	defer s.dcpMu.Unlock()
+	out := make([]*dcpConn, 0, len(s.dcpConns))
+	for d := range s.dcpConns {
+		out = append(out, d)
+	}
+	return out
+}
+
+// OpenStreams counts the open DCP streams per vBucket, over every
+// connection and node, so a test can assert that no vBucket is streamed
+// twice. A stream counts from its successful STREAM_REQ response until
+// its STREAM_END or CLOSE_STREAM.
+func (s *Server) OpenStreams() map[uint16]int {
+	out := map[uint16]int{}
+	for _, d := range s.allDCP() {
+		d.mu.Lock()
+		for vb := range d.streams {
+			out[vb]++
+		}
+		d.mu.Unlock()
+	}
+	return out
+}

@@ -1,0 +1,197 @@
+// Package cbtest is an in-process Couchbase Server for tests: a cluster of
+// one to three nodes on 127.0.0.1 that gocb v2 (v2.11.1) and gocbcore v10
+// (v10.8.1) connect to unmodified, over TCP, with no Couchbase and no
+// Docker on the machine.
+//
+//	s := cbtest.Start(t, cbtest.Options{Nodes: 3, VBuckets: 64})
+//	cluster, _ := gocb.Connect(s.ConnStr(), gocb.ClusterOptions{
+//		Authenticator: gocb.PasswordAuthenticator{Username: s.Username(), Password: s.Password()}})
+//
+// It speaks the protocols at the wire level, as described by the SDK
+// source, kv_engine's docs (BinaryProtocol.md, docs/dcp) and RFC 5802/7677,
+// and summarised in the project's couchbase-wire-facts.md (cited below as
+// §n). Everything is held in memory; Close stops every goroutine.
+//
+// # Nodes and ports
+//
+// Each node has its own KV (memcached binary protocol), mgmt (REST) and
+// n1ql (query) port on 127.0.0.1, all ephemeral, so the connection string
+// names non-default ports and the SDK learns the HTTP ports only from the
+// config (§1.3, §1.4). The vBuckets are spread over the nodes in contiguous
+// ranges; there are no replicas (numReplicas 0).
+//
+// # Data model
+//
+// Per bucket and vBucket: documents keyed by (collection id, key) with
+// value, flags, datatype, CAS, expiry, rev seqno and tombstones; a seqno
+// counter that every write takes (KV writes, query UPDATE/DELETE, expiries,
+// and one system event per vBucket for each scope or collection created or
+// dropped); a failover log (newest first) whose head is the vbuuid; and a
+// log of every version by seqno, which DCP reads and Rollback rewinds.
+// The vBucket of a key is gocbcore's: ((crc32(key) >> 16) & 0x7fff) mod
+// the vBucket count (§9.1). CAS values are nanosecond timestamps of the
+// server clock, strictly increasing. Expiry is relative below 30 days, else
+// absolute (§5.1); expired documents are turned into expirations on access,
+// by a pager (Options.ExpiryPagerInterval) and by ExpireNow.
+//
+// # Key-value service
+//
+// Bootstrap: HELLO (grants only Collections, AltRequests, MutationSeqNo,
+// XError, SelectBucket and JSON — never Snappy, clustermap pushes, XATTR
+// or durability, §3.2, §10.4.4), GET_ERROR_MAP (minimal map), SASL
+// LIST_MECHS/AUTH/STEP with SCRAM-SHA512, SCRAM-SHA256 and SCRAM-SHA1
+// (the client proof is verified, the server signature returned) and PLAIN,
+// SELECT_BUCKET, GET_CLUSTER_CONFIG with a bucket (terse bucket config)
+// and without (the global config, §3.8), including the known-version
+// extras. Requests on a connection are handled strictly in order (the
+// client pipelines SELECT_BUCKET behind SASL_STEP, §3.1).
+//
+// Collections: GET_COLLECTION_ID (12-byte extras) and
+// GET_COLLECTIONS_MANIFEST; LEB128 collection prefixes on keys.
+//
+// Documents: GET, SET, ADD, REPLACE, DELETE, TOUCH, GAT and NOOP, with
+// memcached semantics and real status codes: KEY_ENOENT 0x01, KEY_EEXISTS
+// 0x02 (ADD on an existing key, and any CAS mismatch), NOT_MY_VBUCKET 0x07
+// with the config as body, NO_BUCKET 0x08, UNKNOWN_COLLECTION 0x88 and
+// UNKNOWN_SCOPE 0x8c with {"manifest_uid":…}, UNKNOWN_COMMAND 0x81 for
+// anything else (subdoc, counters, append, locking, GET_META are not
+// implemented). Mutation responses carry {vbuuid, seqno} when asked for.
+//
+// # DCP
+//
+// DCP_OPEN (producer only; like kv_engine, a second connection with the
+// same name on a node closes the first), DCP_CONTROL (the keys gocbcore
+// sends, §6.1; enable_stream_id is refused), GET_FAILOVER_LOG,
+// GET_ALL_VB_SEQNOS (the receiving node's vBuckets only; with a
+// collection id, that collection's high seqno), STREAM_REQ with the
+// collection filter JSON (collections or scope) and kv_engine's rollback
+// rules (§6.6), CLOSE_STREAM (plus STREAM_END "closed" when the client
+// asked for it), BUFFER_ACK flow control (the producer pauses once
+// connection_buffer_size bytes of stream messages are unacknowledged) and
+// DCP_NOOP after set_noop_interval (or Options.DCPNoopInterval) of silence.
+//
+// Each stream first sends what exists after its start seqno (a disk
+// snapshot), then every later write of its vBucket (memory snapshots), in
+// snapshots of at most 1024 entries whose markers (v1) cover exactly the
+// seqnos they contain. Within a snapshot only the latest version of a key
+// is sent (deduplication). Messages: SNAPSHOT_MARKER, MUTATION, DELETION
+// (v2 with delete time, since the expiry opcode implies delete times),
+// EXPIRATION, SYSTEM_EVENT (collection and scope create/drop, to
+// collection-aware clients whose filter covers them), SEQNO_ADVANCED when a
+// snapshot's last seqno is not for the stream, and STREAM_END with reasons
+// OK (end seqno reached), closed, state changed (vbuuid changed by
+// Failover, Rollback or a flush), filter empty (every filtered collection
+// dropped), or whatever EndStream injects.
+//
+// # Management REST
+//
+// /whoami, /pools, /pools/default, /pools/default/buckets (GET; POST
+// creates and answers 202), /pools/default/buckets/<b> (GET, POST update,
+// DELETE), …/controller/doFlush, …/scopes (GET manifest with hex uids,
+// POST), …/scopes/<s> (DELETE), …/scopes/<s>/collections (POST),
+// …/collections/<c> (DELETE, PATCH), /pools/default/b/<b> and the
+// streaming config /pools/default/bs/<b> (and bucketsStreaming), which
+// sends a new config after every change. Error bodies use ns_server's
+// texts where gocb classifies by substring (§8.1, §8.3). HTTP Basic auth
+// is required everywhere but GET /pools.
+//
+// # Query service
+//
+// GET /admin/ping and POST /query/service (JSON or form body). gocb's
+// prepared path is supported: "PREPARE <stmt>" with auto_execute runs the
+// statement and returns "prepared" before "results", later calls by name
+// run it again; legacy PREPARE without auto_execute returns the
+// name/encoded_plan row. Named ($name) and positional ($1, args)
+// parameters; scan_consistency is accepted (every statement runs under
+// the server lock, so it sees all acknowledged writes). This is not a
+// SQL++ engine: a statement must match one of these shapes (query.go,
+// table "shapes"; add a row for a new one):
+//
+//	EXPLAIN <select | update | delete>
+//	CREATE PRIMARY INDEX [IF NOT EXISTS] [name] ON ks [USING GSI] [WITH …]
+//	CREATE INDEX [IF NOT EXISTS] name ON ks(key, …) [WHERE cond] [USING GSI] [WITH …]
+//	DROP PRIMARY INDEX [IF EXISTS] ON ks / DROP INDEX name [IF EXISTS] ON ks
+//	UPDATE ks [[AS] a] SET path = expr, … [UNSET path, …] [WHERE cond] [LIMIT n] [RETURNING [RAW] proj]
+//	DELETE FROM ks [[AS] a] [WHERE cond] [LIMIT n] [RETURNING [RAW] proj]
+//	SELECT [DISTINCT] [RAW] proj FROM ks [[AS] a] [WHERE cond] [GROUP BY expr, …] [HAVING cond]
+//	       [ORDER BY expr [ASC|DESC], …] [LIMIT n] [OFFSET n]
+//	SELECT [RAW] proj                                   (no FROM; proj may hold subqueries)
+//
+// where ks is `bucket`.`scope`.`collection` (or relative to the
+// query_context), n any expression of literals and parameters (e.g. LIMIT
+// $n, LIMIT 500), proj "*", "a.*" or "expr [AS name]", and expressions use
+// literals, $parameters, paths (a.b.c, a[i]), META(a).id/cas/expiration/
+// flags, = == != <> < <= > >=, AND OR NOT, IS [NOT] MISSING/NULL/VALUED,
+// [NOT] LIKE/IN/BETWEEN, + - * / % ||, array literals, parenthesised
+// SELECT subqueries (e.g. (SELECT RAW COUNT(*) FROM …)[0]), the
+// aggregates COUNT(*), COUNT, MIN, MAX, SUM and AVG in a SELECT … FROM
+// (with or without GROUP BY; ORDER BY may use them or a projection
+// alias), and the functions
+// IS_NUMBER, IS_STRING, IS_BOOLEAN, IS_ARRAY, IS_OBJECT, LOWER, UPPER,
+// LENGTH, ARRAY_LENGTH, IFMISSING, IFMISSINGORNULL, TOSTRING, TONUMBER and
+// NOW_MILLIS, with SQL++'s MISSING/NULL logic and type collation. The
+// project adapter's statements — the sweep UPDATE … [LIMIT] RETURNING RAW
+// META(r).id, the counts and backlog SELECTs of subqueries (with MIN and
+// GROUP BY … ORDER BY COUNT(*) DESC LIMIT 5), the scan SELECT RAW … ORDER
+// BY META(d).id LIMIT $limit, CREATE [PRIMARY] INDEX IF NOT EXISTS and
+// EXPLAIN of the sweep — are these shapes. Anything else, an unknown
+// function, or a parameter without a value fails with an error that names
+// the statement (3000 → gocb.ErrParsingFailure; 5010 for parameters).
+// Other errors: 12003 keyspace not found (gocb.ErrIndexFailure), 4300 index
+// exists (gocb.ErrIndexExists), 4040 unknown prepared name (gocb
+// re-prepares).
+//
+// An UPDATE or DELETE is a KV write of each document (new CAS, next seqno,
+// seen by DCP); an UPDATE resets the expiry (no preserve_expiry) and keeps
+// the document's field order. Documents are visited in key order, so
+// LIMIT picks the first keys.
+//
+// # Fault injection and inspection
+//
+// Rollback(bucket, vb, seqno), Failover(bucket, vbs...), EndStream(bucket,
+// vb, reason), DropConnections, HangNode(i)/ResumeNode(i),
+// CreateCollection/DropCollection, ExpireNow; OpenStreams (open DCP
+// streams per vBucket over all connections), HighSeqno, FailoverLog,
+// CollectionID, Indexes, Doc, VBucketOf and NodeOf. Options.Trace logs
+// every STREAM_REQ (position and answer) and STREAM_END.
+//
+// # Assumptions where the sources are silent (§11)
+//
+//   - ns_server bodies: /whoami is {"id","domain":"admin","roles"}; a
+//     scope or collection change answers 200 {"uid":"<hex manifest uid>"};
+//     errors are {"errors":{"_":msg}} with "Scope with name … already
+//     exists", "Collection with name … in scope … already exists",
+//     "… is not found" (400 or 404).
+//   - Query: PREPARE of DDL and EXPLAIN is accepted and executed like any
+//     statement. EXPLAIN plans are shaped like the docs' example:
+//     IndexScan3 with "index", a DistinctScan over a UnionScan when an OR
+//     needs one index per branch (as the sweep does), PrimaryScan3 when
+//     only the primary index applies, else SequentialScan (7.6). Index
+//     choice: a secondary index applies when the predicate restricts its
+//     leading key and implies its WHERE condition (textually). Execution
+//     never needs an index. HTTP status: 400 for 1050/3xxx, 404 for
+//     4040/12003/12021, 401 for 10xxx, 500 otherwise.
+//   - DCP: SEQNO_ADVANCED also ends a snapshot that has no item for the
+//     stream at all (kv_engine's docs allow it as a snapshot's only
+//     message); such snapshots are not sent to clients without
+//     collections. The first snapshot's marker starts at the requested
+//     start seqno. STREAM_REQ with a start of 0 never rolls back unless
+//     the strict-vbuuid flag is set (§6.6 rule 2, kv_engine's code).
+//     DELETION uses the 21-byte v2 extras once enable_expiry_opcode is on.
+//     No purging: the purge seqno is 0, so rule 3 never fires.
+//   - GET_ALL_VB_SEQNOS with a collection id returns that collection's
+//     high seqno per vBucket (including its system events).
+//   - SCRAM: 1024 iterations by default (Options.ScramIterations), a
+//     16-byte random salt per mechanism; the raw password, no SASLprep.
+//   - Configs include thisNode for the serving node; no nodeUUID or
+//     serverGroup; revEpoch 1 and one rev for all configs, raised on every
+//     bucket, scope or collection change. No clustermap pushes (0x1f is
+//     never granted), so clients learn changes by CCCP polling, NMVB
+//     bodies and the HTTP stream.
+//   - Rollback keeps every version of every document, so the rolled-back
+//     state is exactly the state at the target seqno. Flush resets every
+//     vBucket to a new vbuuid and seqno 0.
+//   - Bucket settings: replicaNumber is stored and reported, but the map
+//     never has replicas; numVBuckets in a create request is ignored (all
+//     buckets use Options.VBuckets); memcached buckets are refused.
+package cbtest

@@ -1,0 +1,216 @@
+package cbtest
+
+import "fmt"
+
+// Fault injection and inspection for tests. All methods are safe to call
+// from any goroutine while clients are connected.
+
+// FailoverEntry is one entry of a vBucket's failover log.
+type FailoverEntry struct {
+	VBUUID uint64
+	Seqno  uint64
+}
+
+func (s *Server) vbLocked(bucket string, vb uint16) (*bucket, *vbucket, error) {
+	b := s.buckets[bucket]
+	if b == nil {
+		return nil, nil, fmt.Errorf("cbtest: no bucket %q", bucket)
+	}
+	if int(vb) >= len(b.vbs) {
+		return nil, nil, fmt.Errorf("cbtest: no vBucket %d (there are %d)", vb, len(b.vbs))
+	}
+	return b, b.vbs[vb], nil
+}
+
+// Rollback makes vBucket vb of bucket lose everything after seqno
+// toSeqno, as when a replica that was behind is promoted: the vBucket
+// gets a new failover entry {new uuid, toSeqno}, every document returns to
+// the version it had at toSeqno (or disappears if it did not exist yet),
+// the next write takes seqno toSeqno+1, and its open DCP streams end with
+// STREAM_END "state changed". A client that resumes from beyond toSeqno
+// is then told to roll back to it.
+func (s *Server) Rollback(bucket string, vb uint16, toSeqno uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, v, err := s.vbLocked(bucket, vb)
+	if err != nil {
+		return err
+	}
+	v.rollbackTo(toSeqno)
+	b.notify()
+	return nil
+}
+
+// Failover gives the listed vBuckets of bucket (all when none are
+// listed) a new vbuuid and failover log entry at their high seqno, as a
+// failover to an up-to-date replica does. Open streams on them end with
+// STREAM_END "state changed"; a client resuming with the old uuid and a
+// position at or below the branch point continues without rollback.
+func (s *Server) Failover(bucket string, vbs ...uint16) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.buckets[bucket]
+	if b == nil {
+		return fmt.Errorf("cbtest: no bucket %q", bucket)
+	}
+	if len(vbs) == 0 {
+		for _, v := range b.vbs {
+			v.newBranch()
+		}
+	}
+	for _, vb := range vbs {
+		_, v, err := s.vbLocked(bucket, vb)
+		if err != nil {
+			return err
+		}
+		v.newBranch()
+	}
+	b.notify()
+	return nil
+}
+
+// EndStream ends every open DCP stream on vBucket vb of bucket with
+// STREAM_END and reason (EndOK, EndStateChanged, ...), and returns how
+// many it ended.
+func (s *Server) EndStream(bucket string, vb uint16, reason uint32) int {
+	n := 0
+	for _, d := range s.allDCP() {
+		if d.bucket == bucket && d.endStream(vb, reason) {
+			n++
+		}
+	}
+	return n
+}
+
+// DropConnections closes every client KV and DCP connection on every node
+// and ends the HTTP config streams. Clients reconnect on their own.
+func (s *Server) DropConnections() {
+	s.mu.Lock()
+	close(s.httpDrop)
+	s.httpDrop = make(chan struct{})
+	s.mu.Unlock()
+	for _, n := range s.nodes {
+		n.closeConns(nil)
+	}
+}
+
+// HangNode makes node i stop answering: its KV connections stop reading
+// requests, its DCP streams stop, and its HTTP requests wait, until
+// ResumeNode(i) (or Close). Connections stay open.
+func (s *Server) HangNode(i int) {
+	n := s.nodes[i]
+	n.hangMu.Lock()
+	defer n.hangMu.Unlock()
+	if n.resume == nil {
+		n.resume = make(chan struct{})
+	}
+}
+
+// ResumeNode undoes HangNode(i).
+func (s *Server) ResumeNode(i int) {
+	n := s.nodes[i]
+	n.hangMu.Lock()
+	defer n.hangMu.Unlock()
+	if n.resume != nil {
+		close(n.resume)
+		n.resume = nil
+	}
+	// Wake DCP producers waiting for a change.
+	for _, d := range s.allDCP() {
+		if d.kc.n == n {
+			d.poke()
+		}
+	}
+}
+
+// CreateCollection creates a collection (and its scope if needed), as the
+// management API does.
+func (s *Server) CreateCollection(bucket, scope, coll string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.buckets[bucket]
+	if b == nil {
+		return fmt.Errorf("cbtest: no bucket %q", bucket)
+	}
+	if b.man.scope(scope) == nil {
+		if _, err := s.createScopeLocked(b, scope); err != nil {
+			return err
+		}
+	}
+	_, err := s.createCollectionLocked(b, scope, coll, 0, false)
+	return err
+}
+
+// DropCollection drops a collection as the management API does: its
+// documents go, every vBucket logs a drop event, DCP streams see it, and
+// streams filtered to only dropped collections end with "filter empty".
+func (s *Server) DropCollection(bucket, scope, coll string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.buckets[bucket]
+	if b == nil {
+		return fmt.Errorf("cbtest: no bucket %q", bucket)
+	}
+	return s.dropCollectionLocked(b, scope, coll)
+}
+
+// CollectionID is the id of bucket.scope.coll.
+func (s *Server) CollectionID(bucket, scope, coll string) (uint32, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.buckets[bucket]
+	if b == nil {
+		return 0, fmt.Errorf("cbtest: no bucket %q", bucket)
+	}
+	c := b.man.collection(scope, coll)
+	if c == nil {
+		return 0, fmt.Errorf("cbtest: no collection %s.%s.%s", bucket, scope, coll)
+	}
+	return c.id, nil
+}
+
+// HighSeqno is the high seqno of vBucket vb of bucket.
+func (s *Server) HighSeqno(bucket string, vb uint16) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, v, err := s.vbLocked(bucket, vb)
+	if err != nil {
+		return 0
+	}
+	return v.high
+}
+
+// FailoverLog is the failover log of vBucket vb of bucket, newest first.
+func (s *Server) FailoverLog(bucket string, vb uint16) []FailoverEntry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, v, err := s.vbLocked(bucket, vb)
+	if err != nil {
+		return nil
+	}
+	var out []FailoverEntry
+	for _, e := range v.failover {
+		out = append(out, FailoverEntry{e.uuid, e.seqno})
+	}
+	return out
+}
+
+// Doc reads a document directly: its value, flags and CAS, and whether it
+// exists (expired documents do not).
+func (s *Server) Doc(bucket, scope, coll, key string) (value []byte, flags uint32, cas uint64, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.buckets[bucket]
+	if b == nil {
+		return nil, 0, 0, false
+	}
+	c := b.man.collection(scope, coll)
+	if c == nil {
+		return nil, 0, 0, false
+	}
+	it := b.vbs[vbOf([]byte(key), len(b.vbs))].items[docKey{c.id, key}]
+	if it == nil || it.deleted || s.isExpired(it) {
+		return nil, 0, 0, false
+	}
+	return append([]byte(nil), it.value...), it.flags, it.cas, true
+}

@@ -1,0 +1,145 @@
+package cbtest
+
+import (
+	"bufio"
+	"encoding/json"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/couchbase/gocb/v2"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestClusterReadyAndPing(t *testing.T) {
+	s := Start(t, Options{Nodes: 2, VBuckets: 32})
+	c := connect(t, s)
+	require.NoError(t, c.WaitUntilReady(10*time.Second, &gocb.WaitUntilReadyOptions{
+		ServiceTypes: []gocb.ServiceType{gocb.ServiceTypeManagement, gocb.ServiceTypeQuery}}))
+	b := readyBucket(t, c, "orders")
+	res, err := b.Ping(&gocb.PingOptions{ServiceTypes: []gocb.ServiceType{gocb.ServiceTypeKeyValue, gocb.ServiceTypeManagement, gocb.ServiceTypeQuery}})
+	require.NoError(t, err)
+	for svc, n := range map[gocb.ServiceType]int{gocb.ServiceTypeKeyValue: 2, gocb.ServiceTypeManagement: 2, gocb.ServiceTypeQuery: 2} {
+		require.Len(t, res.Services[svc], n, "service %v", svc)
+		for _, r := range res.Services[svc] {
+			assert.Equal(t, gocb.PingStateOk, r.State, "%v %s: %v", svc, r.Remote, r.Error)
+		}
+	}
+}
+
+func TestBucketManager(t *testing.T) {
+	s := Start(t, Options{Nodes: 3, VBuckets: 64})
+	c := connect(t, s)
+	bm := c.Buckets()
+	require.NoError(t, bm.CreateBucket(gocb.CreateBucketSettings{BucketSettings: gocb.BucketSettings{
+		Name: "extra", RAMQuotaMB: 128, BucketType: gocb.CouchbaseBucketType, FlushEnabled: true}}, nil))
+	err := bm.CreateBucket(gocb.CreateBucketSettings{BucketSettings: gocb.BucketSettings{
+		Name: "extra", RAMQuotaMB: 128, BucketType: gocb.CouchbaseBucketType}}, nil)
+	assert.ErrorIs(t, err, gocb.ErrBucketExists)
+
+	got, err := bm.GetBucket("extra", nil)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(128), got.RAMQuotaMB)
+	assert.True(t, got.FlushEnabled)
+	assert.Equal(t, gocb.CouchbaseBucketType, got.BucketType)
+	_, err = bm.GetBucket("nope", nil)
+	assert.ErrorIs(t, err, gocb.ErrBucketNotFound)
+	all, err := bm.GetAllBuckets(nil)
+	require.NoError(t, err)
+	assert.Len(t, all, 3)
+
+	// The new bucket is usable at once.
+	coll := readyBucket(t, c, "extra").DefaultCollection()
+	_, err = coll.Upsert("k", "v", nil)
+	require.NoError(t, err)
+	require.NoError(t, bm.FlushBucket("extra", nil))
+	_, err = coll.Get("k", nil)
+	assert.ErrorIs(t, err, gocb.ErrDocumentNotFound)
+	assert.ErrorIs(t, bm.FlushBucket("orders", nil), gocb.ErrBucketNotFlushable)
+
+	require.NoError(t, bm.DropBucket("extra", nil))
+	_, err = bm.GetBucket("extra", nil)
+	assert.ErrorIs(t, err, gocb.ErrBucketNotFound)
+}
+
+func TestCollectionManager(t *testing.T) {
+	s := Start(t, Options{Nodes: 2, VBuckets: 32})
+	c := connect(t, s)
+	b := readyBucket(t, c, "orders")
+	cm := b.CollectionsV2()
+	require.NoError(t, cm.CreateScope("app", nil))
+	assert.ErrorIs(t, cm.CreateScope("app", nil), gocb.ErrScopeExists)
+	for _, name := range []string{"inbound", "retry", "deadletter"} {
+		require.NoError(t, cm.CreateCollection("app", name, nil, nil))
+	}
+	require.NoError(t, cm.CreateCollection("_default", "inbound", &gocb.CreateCollectionSettings{MaxExpiry: time.Hour}, nil))
+	assert.ErrorIs(t, cm.CreateCollection("app", "retry", nil, nil), gocb.ErrCollectionExists)
+	assert.ErrorIs(t, cm.CreateCollection("nope", "x", nil, nil), gocb.ErrScopeNotFound)
+
+	scopes, err := cm.GetAllScopes(nil)
+	require.NoError(t, err)
+	names := map[string][]string{}
+	for _, sc := range scopes {
+		for _, col := range sc.Collections {
+			names[sc.Name] = append(names[sc.Name], col.Name)
+		}
+	}
+	assert.Equal(t, map[string][]string{"_default": {"_default", "inbound"}, "app": {"inbound", "retry", "deadletter"}}, names)
+
+	// The new collections are usable by KV at once.
+	_, err = b.Scope("app").Collection("retry").Upsert("k", "v", nil)
+	require.NoError(t, err)
+
+	require.NoError(t, cm.DropCollection("app", "retry", nil))
+	assert.ErrorIs(t, cm.DropCollection("app", "retry", nil), gocb.ErrCollectionNotFound)
+	require.NoError(t, cm.DropScope("app", nil))
+	assert.ErrorIs(t, cm.DropScope("app", nil), gocb.ErrScopeNotFound)
+
+	// Manifest uids are hex strings at every level.
+	req, _ := http.NewRequest("GET", s.MgmtURL(1)+"/pools/default/buckets/orders/scopes", nil)
+	req.SetBasicAuth(s.Username(), s.Password())
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var man struct {
+		UID    string `json:"uid"`
+		Scopes []struct {
+			UID         string `json:"uid"`
+			Collections []struct {
+				UID string `json:"uid"`
+			} `json:"collections"`
+		} `json:"scopes"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&man))
+	assert.Equal(t, "7", man.UID, "one bump per change: 1 scope, 4 collections, 1 drop, 1 scope drop")
+}
+
+func TestConfigStream(t *testing.T) {
+	s := Start(t, Options{Nodes: 2, VBuckets: 16})
+	req, _ := http.NewRequest("GET", s.MgmtURL(0)+"/pools/default/bs/orders", nil)
+	req.SetBasicAuth(s.Username(), s.Password())
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, 200, resp.StatusCode)
+	dec := json.NewDecoder(bufio.NewReader(resp.Body))
+	var cfg struct {
+		Rev  int64 `json:"rev"`
+		Name string
+		UID  string `json:"collectionsManifestUid"`
+	}
+	require.NoError(t, dec.Decode(&cfg))
+	assert.Equal(t, "orders", cfg.Name)
+	first := cfg.Rev
+	require.NoError(t, s.CreateCollection("orders", "_default", "c1"))
+	require.NoError(t, dec.Decode(&cfg))
+	assert.Greater(t, cfg.Rev, first)
+	assert.Equal(t, "1", cfg.UID)
+
+	// Unauthenticated requests are refused.
+	resp2, err := http.Get(s.MgmtURL(0) + "/pools/default/buckets")
+	require.NoError(t, err)
+	resp2.Body.Close()
+	assert.Equal(t, 401, resp2.StatusCode)
+}

@@ -1,0 +1,283 @@
+package cbtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/couchbase/gocb/v2"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The statements below are the shapes the ordermail adapter sends
+// (store/couchbase/store.go and setup.go), written out here so that this
+// package tests the server with gocb alone.
+
+const ksRetry = "`orders`.`_default`.`retry`"
+const ksInbound = "`orders`.`_default`.`inbound`"
+const ksDead = "`orders`.`_default`.`deadletter`"
+
+var setupIndexes = []string{
+	"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ksRetry,
+	"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ksDead,
+	"CREATE INDEX IF NOT EXISTS ix_retry_next ON " + ksRetry + "(nextAttemptAt)",
+	"CREATE INDEX IF NOT EXISTS ix_retry_ts ON " + ksRetry + "(ts) WHERE nextAttemptAt IS MISSING",
+	"CREATE INDEX IF NOT EXISTS ix_inbound_paid ON " + ksInbound + "(paymentStatus, confirmationEmailSent)",
+}
+
+func sweep(limit string) string {
+	s := "UPDATE " + ksRetry + " AS r SET r.fireRetry = true " +
+		"WHERE META(r).id != $control AND (r.fireRetry IS MISSING OR r.fireRetry != true) AND (" +
+		"(r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)) OR " +
+		"(r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts))) "
+	if limit != "" {
+		s += "LIMIT " + limit + " "
+	}
+	return s + "RETURNING RAW META(r).id"
+}
+
+const counts = "SELECT " +
+	"(SELECT RAW COUNT(*) FROM " + ksInbound + " AS o WHERE o.paymentStatus = \"paid\")[0] AS ordersPaid, " +
+	"(SELECT RAW COUNT(*) FROM " + ksInbound + " AS o WHERE o.paymentStatus = \"paid\" AND o.confirmationEmailSent = true)[0] AS ordersConfirmed, " +
+	"(SELECT RAW COUNT(*) FROM " + ksRetry + " AS r WHERE META(r).id != $control)[0] AS retryDocs, " +
+	"(SELECT RAW COUNT(*) FROM " + ksRetry + " AS r WHERE META(r).id != $control AND r.fireRetry = true)[0] AS retryFlagged, " +
+	"(SELECT RAW COUNT(*) FROM " + ksDead + " AS d)[0] AS deadLetters"
+
+func scan(ks string) string {
+	return "SELECT RAW META(d).id FROM " + ks + " AS d WHERE META(d).id > $after ORDER BY META(d).id LIMIT $limit"
+}
+
+func queryRows[T any](t *testing.T, c *gocb.Cluster, stmt string, params map[string]any) ([]T, error) {
+	t.Helper()
+	res, err := c.Query(stmt, &gocb.QueryOptions{NamedParameters: params, ScanConsistency: gocb.QueryScanConsistencyRequestPlus})
+	if err != nil {
+		return nil, err
+	}
+	var out []T
+	for res.Next() {
+		var v T
+		require.NoError(t, res.Row(&v))
+		out = append(out, v)
+	}
+	return out, res.Err()
+}
+
+func queryServer(t *testing.T) (*Server, *gocb.Cluster, *gocb.Bucket) {
+	s := Start(t, Options{Nodes: 2, VBuckets: 32, Buckets: []BucketSpec{
+		{Name: "orders", Collections: []string{"_default.inbound", "_default.retry", "_default.deadletter"}}, {Name: "metadata"}}})
+	c := connect(t, s)
+	require.NoError(t, c.WaitUntilReady(10*time.Second, &gocb.WaitUntilReadyOptions{
+		ServiceTypes: []gocb.ServiceType{gocb.ServiceTypeManagement, gocb.ServiceTypeQuery}}))
+	return s, c, readyBucket(t, c, "orders")
+}
+
+func TestQueryAdapterStatements(t *testing.T) {
+	s, c, b := queryServer(t)
+	for round := 0; round < 2; round++ { // setup runs twice: IF NOT EXISTS
+		for _, stmt := range setupIndexes {
+			res, err := c.Query(stmt, nil)
+			require.NoError(t, err, stmt)
+			require.NoError(t, res.Close())
+		}
+	}
+	assert.Equal(t, []string{"#primary", "ix_retry_next", "ix_retry_ts"}, s.Indexes("orders", "_default", "retry"))
+	_, err := c.Query("CREATE INDEX ix_retry_next ON "+ksRetry+"(nextAttemptAt)", nil)
+	assert.ErrorIs(t, err, gocb.ErrIndexExists)
+	_, err = c.Query("CREATE PRIMARY INDEX IF NOT EXISTS ON `orders`.`_default`.`nope`", nil)
+	assert.ErrorIs(t, err, gocb.ErrIndexFailure, "keyspace not found (12003), which setup retries")
+
+	now := time.UnixMilli(1_767_225_600_000)
+	retry := b.Collection("retry")
+	docs := map[string]any{
+		"control": map[string]any{"ts": 0},                                                      // the control document is skipped
+		"due":     map[string]any{"nextAttemptAt": now.Add(-time.Minute).UnixMilli()},           // due
+		"notyet":  map[string]any{"nextAttemptAt": now.Add(time.Minute).UnixMilli()},            // not due
+		"strnext": map[string]any{"nextAttemptAt": "soon"},                                      // not a number
+		"oldts":   map[string]any{"ts": now.Add(-time.Hour).UnixMilli()},                        // sample doc, old
+		"newts":   map[string]any{"ts": now.UnixMilli()},                                        // sample doc, recent
+		"flagged": map[string]any{"nextAttemptAt": 1, "fireRetry": true},                        // already flagged
+		"unflag":  json.RawMessage(`{"nextAttemptAt":1,"fireRetry":false,"keep":"me","n":1.5}`), // due again
+		"notjson": "just a string",
+	}
+	for k, v := range docs {
+		_, err := retry.Upsert(k, v, nil)
+		require.NoError(t, err)
+	}
+	params := map[string]any{"control": "control", "now": now.UnixMilli(), "cutoff": now.Add(-15 * time.Second).UnixMilli()}
+	ids, err := queryRows[string](t, c, sweep(""), params)
+	require.NoError(t, err)
+	sort.Strings(ids)
+	assert.Equal(t, []string{"due", "oldts", "unflag"}, ids)
+	raw, _, _, ok := s.Doc("orders", "_default", "retry", "unflag")
+	require.True(t, ok)
+	assert.JSONEq(t, `{"nextAttemptAt":1,"fireRetry":true,"keep":"me","n":1.5}`, string(raw))
+	assert.Equal(t, `{"nextAttemptAt":1,"fireRetry":true,"keep":"me","n":1.5}`, string(raw), "field order kept")
+	got, err := retry.Get("due", nil)
+	require.NoError(t, err)
+	var due map[string]any
+	require.NoError(t, got.Content(&due))
+	assert.Equal(t, true, due["fireRetry"], "the UPDATE is visible to KV")
+
+	// Again: everything due is flagged now. The second call runs the
+	// prepared statement by name.
+	ids, err = queryRows[string](t, c, sweep(""), params)
+	require.NoError(t, err)
+	assert.Empty(t, ids)
+
+	// LIMIT, as a parameter or a literal.
+	for i := 0; i < 5; i++ {
+		_, err := retry.Upsert(fmt.Sprintf("lim%d", i), map[string]any{"nextAttemptAt": 0}, nil)
+		require.NoError(t, err)
+	}
+	params["n"] = 2
+	ids, err = queryRows[string](t, c, sweep("$n"), params)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"lim0", "lim1"}, ids)
+	ids, err = queryRows[string](t, c, sweep("2"), params)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"lim2", "lim3"}, ids)
+
+	// Counts.
+	inbound := b.Collection("inbound")
+	for i, d := range []map[string]any{
+		{"paymentStatus": "paid", "confirmationEmailSent": true},
+		{"paymentStatus": "paid", "confirmationEmailSent": false},
+		{"paymentStatus": "paid"},
+		{"paymentStatus": "pending"},
+	} {
+		_, err := inbound.Upsert(fmt.Sprintf("o%d", i), d, nil)
+		require.NoError(t, err)
+	}
+	_, err = b.Collection("deadletter").Upsert("dl", map[string]any{}, nil)
+	require.NoError(t, err)
+	type countsRow struct{ OrdersPaid, OrdersConfirmed, RetryDocs, RetryFlagged, DeadLetters int }
+	rows, err := queryRows[countsRow](t, c, counts, map[string]any{"control": "control"})
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	assert.Equal(t, countsRow{OrdersPaid: 3, OrdersConfirmed: 1, RetryDocs: 13, RetryFlagged: 8, DeadLetters: 1}, rows[0])
+
+	// Scan pages by key.
+	var all []string
+	after := ""
+	for {
+		page, err := queryRows[string](t, c, scan(ksRetry), map[string]any{"after": after, "limit": 4})
+		require.NoError(t, err)
+		all = append(all, page...)
+		if len(page) < 4 {
+			break
+		}
+		after = page[len(page)-1]
+	}
+	assert.Equal(t, []string{"control", "due", "flagged", "lim0", "lim1", "lim2", "lim3", "lim4", "newts", "notjson", "notyet", "oldts", "strnext", "unflag"}, all)
+
+	// EXPLAIN of the sweep names both branch indexes and no primary scan.
+	plans, err := queryRows[json.RawMessage](t, c, "EXPLAIN "+sweep("$n"), params)
+	require.NoError(t, err)
+	require.Len(t, plans, 1)
+	assert.Contains(t, string(plans[0]), "ix_retry_next")
+	assert.Contains(t, string(plans[0]), "ix_retry_ts")
+	assert.NotContains(t, string(plans[0]), "PrimaryScan")
+}
+
+func TestQueryUnknownStatementFailsLoudly(t *testing.T) {
+	_, c, _ := queryServer(t)
+	stmt := "SELECT o.* FROM `orders`.`_default`.`inbound` AS o JOIN `orders`.`_default`.`retry` AS r ON KEYS o.k"
+	_, err := queryRows[json.RawMessage](t, c, stmt, nil)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, gocb.ErrParsingFailure)
+	assert.Contains(t, err.Error(), "JOIN", "the error names the statement")
+
+	_, err = queryRows[json.RawMessage](t, c, "SELECT RAW x FROM `orders`.`_default`.`inbound` WHERE FOO(x) = 1", nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "FOO")
+
+	_, err = queryRows[json.RawMessage](t, c, "SELECT RAW 1 FROM `orders`.`_default`.`inbound` WHERE x = $missing", nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "$missing")
+}
+
+func TestQueryScopeContextAndAdhoc(t *testing.T) {
+	s, c, b := queryServer(t)
+	_, err := b.Collection("inbound").Upsert("a", map[string]any{"v": 1}, nil)
+	require.NoError(t, err)
+	_, err = b.Collection("inbound").Upsert("b", map[string]any{"v": 2}, nil)
+	require.NoError(t, err)
+	res, err := b.Scope("_default").Query("SELECT i.v, META(i).id AS id FROM inbound AS i WHERE i.v >= $1 ORDER BY i.v DESC",
+		&gocb.QueryOptions{PositionalParameters: []any{1}, Adhoc: true})
+	require.NoError(t, err)
+	var rows []map[string]any
+	for res.Next() {
+		var r map[string]any
+		require.NoError(t, res.Row(&r))
+		rows = append(rows, r)
+	}
+	require.NoError(t, res.Err())
+	assert.Equal(t, []map[string]any{{"v": 2.0, "id": "b"}, {"v": 1.0, "id": "a"}}, rows)
+
+	del, err := queryRows[string](t, c, "DELETE FROM "+ksInbound+" AS i WHERE i.v = 1 RETURNING RAW META(i).id", nil)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a"}, del)
+	_, _, _, ok := s.Doc("orders", "_default", "inbound", "a")
+	assert.False(t, ok)
+}
+
+// The adapter's backlog statement: aggregates (COUNT, MIN), GROUP BY,
+// ORDER BY an aggregate, and a subquery used as an array.
+func backlog() string {
+	due := "META(r).id != $control AND (r.fireRetry = true OR " +
+		"(r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)) OR " +
+		"(r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts)))"
+	return "SELECT " +
+		"(SELECT RAW COUNT(*) FROM " + ksRetry + " AS r WHERE " + due + ")[0] AS due, " +
+		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum)) FROM " + ksRetry + " AS r WHERE " + due + " AND r.fireRetry != true)[0] AS oldest, " +
+		"(SELECT d.reason AS reason, COUNT(*) AS count FROM " + ksDead + " AS d GROUP BY d.reason ORDER BY COUNT(*) DESC LIMIT 5) AS reasons"
+}
+
+func TestQueryBacklogShape(t *testing.T) {
+	_, c, b := queryServer(t)
+	params := map[string]any{"control": "control", "now": 1000, "cutoff": 500, "quantum": 50}
+	type row struct {
+		Due     int
+		Oldest  *int64
+		Reasons []struct {
+			Reason string
+			Count  int
+		}
+	}
+	rows, err := queryRows[row](t, c, backlog(), params)
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	assert.Equal(t, 0, rows[0].Due)
+	assert.Nil(t, rows[0].Oldest, "MIN of nothing is null")
+	assert.Empty(t, rows[0].Reasons)
+
+	retry, dead := b.Collection("retry"), b.Collection("deadletter")
+	for k, v := range map[string]string{
+		"control": `{"ts":1}`,
+		"a":       `{"nextAttemptAt":900,"fireRetry":false}`,
+		"b":       `{"ts":300}`, // due at 300+50, but fireRetry != true is MISSING here
+		"c":       `{"nextAttemptAt":700,"fireRetry":true}`,
+		"d":       `{"nextAttemptAt":2000}`,
+	} {
+		_, err := retry.Upsert(k, json.RawMessage(v), nil)
+		require.NoError(t, err)
+	}
+	for i, reason := range []string{"bounce", "bounce", "invalid", "bounce", "invalid", "spam"} {
+		_, err := dead.Upsert(fmt.Sprintf("dl%d", i), map[string]string{"reason": reason}, nil)
+		require.NoError(t, err)
+	}
+	rows, err = queryRows[row](t, c, backlog(), params)
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	assert.Equal(t, 3, rows[0].Due)
+	require.NotNil(t, rows[0].Oldest)
+	assert.Equal(t, int64(900), *rows[0].Oldest, "SQL++: MISSING != true is MISSING, so b does not count")
+	require.Len(t, rows[0].Reasons, 3)
+	assert.Equal(t, "bounce", rows[0].Reasons[0].Reason)
+	assert.Equal(t, 3, rows[0].Reasons[0].Count)
+	assert.Equal(t, "invalid", rows[0].Reasons[1].Reason)
+	assert.Equal(t, 1, rows[0].Reasons[2].Count)
+}
