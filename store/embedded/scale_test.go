@@ -77,6 +77,17 @@ var allStatements = func() string {
 	return b.String()
 }()
 
+// skipScale skips a scale test where it would not run in seconds.
+func skipScale(t *testing.T) {
+	t.Helper()
+	switch {
+	case testing.Short():
+		t.Skip("scale test: not with -short")
+	case raceDetector:
+		t.Skip("scale test: not under the race detector, which slows SQLite 25-fold; go test ./... runs it")
+	}
+}
+
 func openTest(t *testing.T) *Store {
 	t.Helper()
 	s, err := Open(context.Background(), Config{Path: filepath.Join(t.TempDir(), "o.db")})
@@ -107,9 +118,7 @@ func fill(t *testing.T, s *Store, n int, doc func(i int) (coll, key string, valu
 // nothing due is left, and what is not due is never written: the feed sees
 // exactly the due documents.
 func TestScaleSweepTouchesOnlyDue(t *testing.T) {
-	if testing.Short() {
-		t.Skip("scale test")
-	}
+	skipScale(t)
 	t.Parallel()
 	s := openTest(t)
 	ctx := context.Background()
@@ -162,9 +171,7 @@ func TestScaleSweepTouchesOnlyDue(t *testing.T) {
 // retries, the counts come from one row kept by triggers (they agree with
 // a full recount) and the backlog's due count reads only due entries.
 func TestScaleCountsAndBacklogReadNoDocuments(t *testing.T) {
-	if testing.Short() {
-		t.Skip("scale test")
-	}
+	skipScale(t)
 	t.Parallel()
 	s := openTest(t)
 	ctx := context.Background()
