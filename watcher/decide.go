@@ -15,10 +15,51 @@ type Change struct {
 	Collection string
 	Key        string
 	Deleted    bool
+	Value      []byte // the document as the event carries it; nil when Deleted
 }
 
 func changeOf(ev store.Event) Change {
-	return Change{Collection: ev.Collection, Key: ev.Key, Deleted: ev.Deleted}
+	return Change{Collection: ev.Collection, Key: ev.Key, Deleted: ev.Deleted, Value: ev.Value}
+}
+
+// Settled says, from the change alone, that there is nothing to do: an
+// order that is not paid, a retry document that is not flagged. A change
+// that is no longer current is no exception: whatever changed since came
+// with a change of its own, still to be decided. It spares the read of the
+// state for most changes (every order is written before it is paid; every
+// claim and failed attempt writes a retry document that is not flagged).
+// A paid or confirmed order always reads the state: a confirmed order may
+// have a retry document or a dead letter to clean up.
+func Settled(c Change, now time.Time) (Plan, bool) {
+	if c.Deleted {
+		return ignore("deleted"), true
+	}
+	switch c.Collection {
+	case order.Inbound:
+		o, err := order.DecodeOrder(c.Value)
+		if err != nil || o.PaymentStatus == order.StatusPaid {
+			return Plan{}, false
+		}
+		p := ignore("not paid")
+		if o.UnknownPaymentState() {
+			p.Warn = fmt.Sprintf("unknown payment state %q: the order is not confirmed unless it is %q", o.PaymentStatus, order.StatusPaid)
+		}
+		return p, true
+	case order.Retry:
+		if c.Key == order.ControlKey {
+			return ignore("control document, read by the timer"), true
+		}
+		r, err := order.DecodeRetryDoc(c.Value)
+		if err != nil || r.FireRetry {
+			return Plan{}, false
+		}
+		p := ignore("retry not due")
+		if r.NextAttemptAt > now.Add(farFuture).UnixMilli() {
+			p.Warn = "retry due at " + time.UnixMilli(r.NextAttemptAt).UTC().Format(time.RFC3339) + ", more than a year away"
+		}
+		return p, true
+	}
+	return ignore("collection not watched"), true
 }
 
 // Action is what a plan does.

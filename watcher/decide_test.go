@@ -126,6 +126,17 @@ func TestDecide(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			got := Decide(tt.change, tt.state, now, limits)
+			// Settled, on the change as the current document, agrees.
+			c := tt.change
+			if tt.change.Collection == order.Inbound {
+				c.Value = tt.state.Order.Value
+			} else {
+				c.Value = tt.state.Retry.Value
+			}
+			if quick, ok := Settled(c, now); ok && c.Value != nil {
+				assert.Equal(t, Ignore, got.Action, "Settled ignored what Decide would do: %s", quick.Reason)
+				assert.Equal(t, got.Warn, quick.Warn)
+			}
 			assert.Equal(t, tt.wantAction, got.Action, "%s: %s", got.Reason, got.Detail)
 			assert.Contains(t, got.Reason+" "+got.Detail, tt.wantWhy)
 			assert.Equal(t, tt.wantWrites, summary(got.Writes))

@@ -314,6 +314,14 @@ func (w *Watcher) limits() Limits {
 // then not acknowledged.
 func (w *Watcher) handle(ctx context.Context, ev store.Event) error {
 	log := w.log.With("collection", ev.Collection, "key", ev.Key)
+	if p, ok := Settled(changeOf(ev), w.now()); ok {
+		if p.Warn != "" {
+			log.Warn(p.Warn)
+		}
+		w.ignored.Add(1)
+		log.Debug("ignore", "reason", p.Reason)
+		return nil
+	}
 	for range maxStale {
 		st, err := w.state(ctx, log, ev.Key)
 		if err != nil {
