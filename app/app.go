@@ -72,6 +72,16 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// watcherConfig is the watcher's settings with what the store implies: on
+// the embedded store one process at a time reads the feed (its lock).
+func (c Config) watcherConfig() watcher.Config {
+	w := c.Watcher
+	if kind, _ := c.Store.kind(); kind == "file" {
+		w.SingleConsumer = true
+	}
+	return w
+}
+
 // RootCause is the error behind fx's account of a failed construction or
 // start, which names every function on the way.
 func RootCause(err error) error { return dig.RootCause(err) }
@@ -91,7 +101,7 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 		// In-flight sends are bounded by the mail timeout; give them that
 		// much to finish before they are abandoned for replay.
 		fx.StopTimeout(mailTimeout + 5*time.Second),
-		fx.Supply(cfg.Mail, cfg.Watcher, cfg.Timer, cfg.Metrics, log),
+		fx.Supply(cfg.Mail, cfg.watcherConfig(), cfg.Timer, cfg.Metrics, log),
 		fx.Provide(func(lc fx.Lifecycle) (store.Store, error) {
 			st, err := OpenStore(context.Background(), cfg.Store, log)
 			if err != nil {

@@ -82,6 +82,9 @@ type Limits struct {
 	MaxOrderBytes int
 	ClaimTTL      time.Duration
 	Policy        order.Policy
+	// SingleConsumer: no other instance reads this feed (the embedded
+	// store's process lock), so a flagged retry needs no claim.
+	SingleConsumer bool
 }
 
 // farFuture is how far ahead a due time stops being plausible.
@@ -231,12 +234,18 @@ func decideRetry(key string, st store.State, now time.Time, lim Limits) Plan {
 	if reason, detail := problem(key, st.Order, o, decodeErr, lim); reason != "" {
 		return retryDeadLetter(key, st, r, reason, detail, now)
 	}
+	if r.IdempotencyKey == "" {
+		r.IdempotencyKey = order.IdempotencyKey(key, st.Order.Incarnation)
+	}
+	if lim.SingleConsumer {
+		// A flagged document is never flagged again (the sweep takes only
+		// unflagged ones), and a crash before the outcome replays its event.
+		return Plan{Action: Send, OrderKey: key, Body: st.Order.Value, Attempt: order.Incr(r.Attempt),
+			IdempotencyKey: r.IdempotencyKey, Retry: r}
+	}
 	claimed := r
 	claimed.FireRetry = false
 	claimed.NextAttemptAt = now.Add(lim.ClaimTTL).UnixMilli()
-	if claimed.IdempotencyKey == "" {
-		claimed.IdempotencyKey = order.IdempotencyKey(key, st.Order.Incarnation)
-	}
 	return Plan{
 		Action: Send, OrderKey: key, Body: st.Order.Value, Attempt: order.Incr(r.Attempt),
 		IdempotencyKey: claimed.IdempotencyKey, Retry: claimed,

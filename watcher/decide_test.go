@@ -118,6 +118,7 @@ func TestDecide(t *testing.T) {
 		{"4: the size limit holds on a retry", re("o"), state(`{"email":"a@b.c","paymentStatus":"paid","note":"`+strings.Repeat("x", 200)+`"}`, flagged, ""),
 			Write, "order_too_large", []string{"insert deadletter/o order_too_large", "remove retry/o"}, ""},
 		{"13: a dead letter newer than the retry wins", re("o"), state(paid, flagged, deadPerm), Write, "supersedes", []string{"remove retry/o"}, ""},
+		{"single consumer: a flagged retry is sent without a claim", re("o"), state(paid, flagged, ""), Send, "", nil, ""},
 		{"a redrive's retry wins over its dead letter", re("o"), state(paid, `{"docId":"o","attempt":0,"ts":1,"fireRetry":true,"redriveCount":1}`, deadPerm),
 			Send, "", []string{"replace retry/o"}, ""},
 		{"other collection", Change{Collection: order.DeadLetter, Key: "o"}, state(paid, "", ""), Ignore, "not watched", nil, ""},
@@ -125,7 +126,9 @@ func TestDecide(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			got := Decide(tt.change, tt.state, now, limits)
+			lim := limits
+			lim.SingleConsumer = strings.HasPrefix(tt.name, "single consumer")
+			got := Decide(tt.change, tt.state, now, lim)
 			// Settled, on the change as the current document, agrees.
 			c := tt.change
 			if tt.change.Collection == order.Inbound {

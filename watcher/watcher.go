@@ -30,6 +30,10 @@ type Config struct {
 	// instances, and by the sweep should this one die. It must outlast a
 	// send. Default 1m.
 	ClaimTTL time.Duration
+	// SingleConsumer says no other instance reads this feed (the embedded
+	// store's process lock): flagged retries are then sent without a claim,
+	// one write less each.
+	SingleConsumer bool
 	// MaxOrderBytes: a larger order is dead-lettered, not posted. Default 1 MiB.
 	MaxOrderBytes int
 	// MaxEventFailures: a change whose handling fails this many times with
@@ -306,7 +310,7 @@ func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, 
 }
 
 func (w *Watcher) limits() Limits {
-	return Limits{MaxOrderBytes: w.cfg.MaxOrderBytes, ClaimTTL: w.cfg.ClaimTTL, Policy: w.cfg.Policy}
+	return Limits{MaxOrderBytes: w.cfg.MaxOrderBytes, ClaimTTL: w.cfg.ClaimTTL, Policy: w.cfg.Policy, SingleConsumer: w.cfg.SingleConsumer}
 }
 
 // handle loads the state of ev's key, decides, and carries the plan out.

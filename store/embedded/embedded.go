@@ -28,7 +28,8 @@ type Config struct {
 	// file's write lock before failing with store.ErrUnavailable. Default 5s.
 	BusyTimeout time.Duration
 	// PollInterval is how often an idle feed looks for writes made by other
-	// processes. Default 200ms.
+	// processes (writes of its own wake it at once). A look is one index
+	// seek. Default 10ms.
 	PollInterval time.Duration
 	// ReadConns bounds the connections that read. Default 4.
 	ReadConns int
@@ -50,7 +51,7 @@ func (c Config) withDefaults() Config {
 		c.BusyTimeout = 5 * time.Second
 	}
 	if c.PollInterval == 0 {
-		c.PollInterval = 200 * time.Millisecond
+		c.PollInterval = 10 * time.Millisecond
 	}
 	if c.ReadConns == 0 {
 		c.ReadConns = 4
