@@ -5,10 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -23,7 +24,12 @@ type Config struct {
 	// Script, when set, decides the answer to the n-th request (from 1)
 	// carrying key; a zero Reply falls back to the random behaviour.
 	Script func(key string, n int) Reply
+	// Now is the clock of the timings; default time.Now.
+	Now func() time.Time
 }
+
+// SendPath is where confirmations are posted.
+const SendPath = "/sendConfirmation"
 
 // Reply is a scripted answer.
 type Reply struct {
@@ -54,16 +60,48 @@ type Stats struct {
 	UnkeyedRequests   int `json:"unkeyedRequests"`   // requests without Idempotency-Key
 }
 
+// Timings is what GET /timings serves: when each key was first requested
+// and delivered, and how long senders waited after a failure before they
+// tried a key again. Times are Unix nanoseconds on the mock's clock.
+type Timings struct {
+	// Keys maps every idempotency key seen to [first request, delivery];
+	// delivery is 0 while the key is not delivered.
+	Keys      map[string][2]int64 `json:"keys"`
+	RetryGaps GapSummary          `json:"retryGaps"`
+}
+
+// GapSummary sums up the gaps between a failure answer and the next request
+// carrying the same key, in milliseconds; the figures are absent when
+// Count is 0.
+type GapSummary struct {
+	Count  int     `json:"count"`
+	MinMs  float64 `json:"min,omitempty"`
+	MeanMs float64 `json:"mean,omitempty"`
+	P99Ms  float64 `json:"p99,omitempty"`
+	MaxMs  float64 `json:"max,omitempty"`
+}
+
 // Server is the mock; it is an http.Handler.
 type Server struct {
 	cfg Config
 	mux *http.ServeMux
 
-	mu        sync.Mutex
-	rng       *rand.Rand
-	stats     Stats
-	requests  map[string]int // per key
-	delivered map[string]int // per key: requests answered 200 (1 + duplicates)
+	mu    sync.Mutex
+	rng   *rand.Rand
+	stats Stats
+	// One small struct per key, no pointers, so that a million keys cost
+	// about 100 MB and nothing for the garbage collector to scan.
+	keys map[string]keyState
+	gaps []int64 // ns from a failure answer to the next request with its key
+}
+
+// keyState is what the mock knows about one idempotency key.
+type keyState struct {
+	requests    int32
+	delivered   int32 // requests answered 200: 1 + duplicates
+	firstAt     int64 // ns of the first request's arrival
+	deliveredAt int64 // ns of the answer that delivered it
+	failedAt    int64 // ns of the last failure answer not yet followed by a request
 }
 
 // New returns a mock; cfg must be valid.
@@ -79,20 +117,25 @@ func New(cfg Config) (*Server, error) {
 		seed = rand.Uint64()
 	}
 	s := &Server{
-		cfg:       cfg,
-		mux:       http.NewServeMux(),
-		rng:       rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
-		requests:  map[string]int{},
-		delivered: map[string]int{},
+		cfg:  cfg,
+		mux:  http.NewServeMux(),
+		rng:  rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)),
+		keys: map[string]keyState{},
 	}
-	s.mux.HandleFunc("POST /sendConfirmation", s.send)
+	if s.cfg.Now == nil {
+		s.cfg.Now = time.Now
+	}
+	s.mux.HandleFunc("POST "+SendPath, s.send)
 	s.mux.HandleFunc("GET /stats", s.serveStats)
+	s.mux.HandleFunc("GET /timings", s.serveTimings)
+	s.mux.HandleFunc("POST /reset", s.serveReset)
 	return s, nil
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
 func (s *Server) send(w http.ResponseWriter, r *http.Request) {
+	arrived := s.cfg.Now().UnixNano()
 	if s.cfg.Latency > 0 {
 		t := time.NewTimer(s.cfg.Latency)
 		select {
@@ -108,7 +151,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 	decodeErr := dec.Decode(&body)
 	key := r.Header.Get("Idempotency-Key")
 
-	reply := s.decide(key, decodeErr)
+	reply := s.decide(key, decodeErr, arrived)
 	if reply.RetryAfter != "" {
 		w.Header().Set("Retry-After", reply.RetryAfter)
 	}
@@ -125,21 +168,33 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(map[string]string{"error": msg})
 }
 
-func (s *Server) decide(key string, decodeErr error) Reply {
+// decide answers a request that arrived at arrived (ns), after the latency.
+func (s *Server) decide(key string, decodeErr error, arrived int64) Reply {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stats.Requests++
 	if key == "" {
 		s.stats.UnkeyedRequests++
 	}
-	s.requests[key]++
-	n := s.requests[key]
+	k := s.keys[key]
+	defer func() { s.keys[key] = k }()
+	k.requests++
+	n := int(k.requests)
+	if k.firstAt == 0 {
+		k.firstAt = arrived
+	}
+	// A request that set out before the failure was answered is not the
+	// sender's reaction to it.
+	if k.failedAt != 0 && arrived >= k.failedAt {
+		s.gaps = append(s.gaps, arrived-k.failedAt)
+		k.failedAt = 0
+	}
 
 	var reply Reply
 	switch {
-	case key != "" && s.delivered[key] > 0:
+	case key != "" && k.delivered > 0:
 		// Idempotent replay: the confirmation went out already.
-		s.delivered[key]++
+		k.delivered++
 		s.stats.DuplicateRequests++
 		return Reply{Status: http.StatusOK}
 	case decodeErr != nil:
@@ -155,11 +210,15 @@ func (s *Server) decide(key string, decodeErr error) Reply {
 	}
 	if reply.Status != http.StatusOK {
 		s.stats.Failures++
+		if key != "" {
+			k.failedAt = s.cfg.Now().UnixNano()
+		}
 		return reply
 	}
 	s.stats.Deliveries++
 	if key != "" {
-		s.delivered[key]++
+		k.delivered++
+		k.deliveredAt = s.cfg.Now().UnixNano()
 	}
 	return reply
 }
@@ -180,7 +239,11 @@ func (s *Server) Stats() Stats {
 func (s *Server) Requests() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return maps.Clone(s.requests)
+	m := make(map[string]int, len(s.keys))
+	for key, k := range s.keys {
+		m[key] = int(k.requests)
+	}
+	return m
 }
 
 // Delivered returns, per idempotency key delivered, how many requests carrying
@@ -188,28 +251,155 @@ func (s *Server) Requests() map[string]int {
 func (s *Server) Delivered() map[string]int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return maps.Clone(s.delivered)
+	m := map[string]int{}
+	for key, k := range s.keys {
+		if k.delivered > 0 {
+			m[key] = int(k.delivered)
+		}
+	}
+	return m
+}
+
+// Timings returns the timings so far.
+func (s *Server) Timings() Timings {
+	keys, gaps := s.timings()
+	t := Timings{Keys: make(map[string][2]int64, len(keys)), RetryGaps: summarize(gaps)}
+	for _, k := range keys {
+		t.Keys[k.key] = [2]int64{k.firstAt, k.deliveredAt}
+	}
+	return t
+}
+
+type keyTiming struct {
+	key                  string
+	firstAt, deliveredAt int64
+}
+
+// timings copies what Timings needs, so that the lock is not held while a
+// large answer is written.
+func (s *Server) timings() ([]keyTiming, []int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := make([]keyTiming, 0, len(s.keys))
+	for key, k := range s.keys {
+		if key != "" {
+			keys = append(keys, keyTiming{key, k.firstAt, k.deliveredAt})
+		}
+	}
+	return keys, slices.Clone(s.gaps)
+}
+
+func summarize(gaps []int64) GapSummary {
+	if len(gaps) == 0 {
+		return GapSummary{}
+	}
+	slices.Sort(gaps)
+	var sum float64
+	for _, g := range gaps {
+		sum += float64(g)
+	}
+	ms := func(ns float64) float64 { return ns / 1e6 }
+	p99 := gaps[(len(gaps)*99+99)/100-1] // nearest rank
+	return GapSummary{Count: len(gaps), MinMs: ms(float64(gaps[0])), MeanMs: ms(sum / float64(len(gaps))),
+		P99Ms: ms(float64(p99)), MaxMs: ms(float64(gaps[len(gaps)-1]))}
+}
+
+// serveTimings writes Timings as it goes: with a million keys a map built
+// for encoding/json would double the mock's memory for a moment.
+func (s *Server) serveTimings(w http.ResponseWriter, _ *http.Request) {
+	keys, gaps := s.timings()
+	summary, err := json.Marshal(summarize(gaps))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	buf := make([]byte, 0, 64<<10)
+	buf = append(buf, `{"retryGaps":`...)
+	buf = append(buf, summary...)
+	buf = append(buf, `,"keys":{`...)
+	for i, k := range keys {
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		quoted, _ := json.Marshal(k.key) // a string always encodes
+		buf = append(buf, quoted...)
+		buf = append(buf, ":["...)
+		buf = strconv.AppendInt(buf, k.firstAt, 10)
+		buf = append(buf, ',')
+		buf = strconv.AppendInt(buf, k.deliveredAt, 10)
+		buf = append(buf, ']')
+		if len(buf) > 60<<10 {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+			buf = buf[:0]
+		}
+	}
+	buf = append(buf, "}}\n"...)
+	w.Write(buf)
+}
+
+// Reset forgets every key, timing and count, as if the mock had just
+// started: a benchmark's figures then cover its run alone.
+func (s *Server) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stats = Stats{}
+	s.keys = map[string]keyState{}
+	s.gaps = nil
+}
+
+func (s *Server) serveReset(w http.ResponseWriter, _ *http.Request) {
+	s.Reset()
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // FetchStats reads GET /stats of a mock running elsewhere.
 func FetchStats(ctx context.Context, baseURL string) (Stats, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(baseURL, "/")+"/stats", nil)
-	if err != nil {
-		return Stats{}, fmt.Errorf("mock stats: %w", err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return Stats{}, fmt.Errorf("mock stats: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return Stats{}, fmt.Errorf("mock stats: answered %s", resp.Status)
-	}
 	var st Stats
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	if err := call(ctx, http.MethodGet, baseURL, "/stats", &st); err != nil {
 		return Stats{}, fmt.Errorf("mock stats: %w", err)
 	}
 	return st, nil
+}
+
+// FetchTimings reads GET /timings of a mock running elsewhere.
+func FetchTimings(ctx context.Context, baseURL string) (Timings, error) {
+	var t Timings
+	if err := call(ctx, http.MethodGet, baseURL, "/timings", &t); err != nil {
+		return Timings{}, fmt.Errorf("mock timings: %w", err)
+	}
+	return t, nil
+}
+
+// ResetRemote calls POST /reset of a mock running elsewhere.
+func ResetRemote(ctx context.Context, baseURL string) error {
+	if err := call(ctx, http.MethodPost, baseURL, "/reset", nil); err != nil {
+		return fmt.Errorf("mock reset: %w", err)
+	}
+	return nil
+}
+
+// call makes one request to the mock and decodes its answer into out (nil:
+// no answer expected).
+func call(ctx context.Context, method, baseURL, path string, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(baseURL, "/")+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("answered %s", resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
 }
 
 // Listening is the mock served on a TCP address.

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/ordermail/ordermail/internal/bench"
+	"github.com/ordermail/ordermail/order"
+	"github.com/peterbourgon/ff/v3/ffcli"
+)
+
+// benchCommand measures the real service. Unlike the other commands it
+// reads no ORDERMAIL_ variables, and hands none to the processes it starts:
+// a deployment's settings in the environment (its store above all) must not
+// leak into a benchmark.
+func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
+	fs := newFlagSet("bench", stderr)
+	var c bench.Config
+	fs.IntVar(&c.Orders, "orders", 20000, "paid orders written in the run")
+	fs.Float64Var(&c.FailRate, "fail-rate", 0, "share of sends the mock answers 503 (transient), 0 to below 1")
+	fs.DurationVar(&c.MailLatency, "mail-latency", time.Millisecond, "the mock's delay before every answer")
+	fs.Uint64Var(&c.Seed, "seed", 0, "seed of the mock's failures and the generated orders; 0 picks one")
+	fs.StringVar(&c.MailURL, "mail-url", "", "an email service already running, instead of the mock; the figures that need the mock's timings are then absent")
+	fs.IntVar(&c.Workers, "workers", 16, "the service's --workers, and the ceiling's senders")
+	fs.IntVar(&c.History, "history", 0, "confirmed orders written before the service starts")
+	fs.IntVar(&c.Due, "due", 0, "retry documents already due, with their paid orders, written with the run's orders")
+	fs.Float64Var(&c.Rate, "rate", 0, "open loop: write this many orders a second (for orders/rate seconds); 0: all at once")
+	fs.BoolVar(&c.Ceiling, "ceiling", false, "first measure the send-only ceiling: the same orders POSTed by --workers senders, nothing stored")
+	fs.DurationVar(&c.TimerInterval, "timer-interval", time.Second, "the service's --timer-interval")
+	fs.DurationVar(&c.RetryQuantum, "retry-quantum", 15*time.Second, "the service's --retry-quantum")
+	fs.StringVar(&c.Backoff, "backoff", order.BackoffExponential, "the service's --backoff: exponential or fixed")
+	fs.DurationVar(&c.BackoffMin, "backoff-min", time.Second, "the service's --backoff-min")
+	fs.StringVar(&c.StoreDir, "store", "", "directory of the store file; default a new temporary directory, removed at the end")
+	fs.BoolVar(&c.Keep, "keep", false, "keep the temporary store directory")
+	fs.DurationVar(&c.Timeout, "timeout", 10*time.Minute, "give up after this long")
+	return &ffcli.Command{
+		Name:       "bench",
+		ShortUsage: "ordermail bench [--orders N] [--fail-rate F] [--mail-latency D] [--workers W] [--ceiling] [flags] [-- RUN-FLAGS...]",
+		ShortHelp:  "measure the service: confirmed orders a second, delivery times, retry gaps, memory",
+		LongHelp: "bench starts the mock email service and `ordermail run` as processes of their own on a new\n" +
+			"embedded store, waits until the service has confirmed a probe order, writes paid orders, and\n" +
+			"prints what it measured as one JSON line on standard output; progress goes to standard error.\n" +
+			"Fields: orders, confirmed, deadLetters, retryDocsLeft (store); sendAttempts, deliveries,\n" +
+			"failures, duplicateRequests (the mock's /stats); elapsedSeconds and ordersPerSecond (first\n" +
+			"write to last delivery); secondsTo, paidToSentMs, retryGapMs (the mock's /timings); peakRSSMB\n" +
+			"(the service's VmHWM); ceilingPerSecond and ofCeiling (--ceiling); settings.\n" +
+			"Flags after -- are handed to `ordermail run`. bench reads no ORDERMAIL_ variables and passes\n" +
+			"none on: a deployment's settings, its store above all, stay out of a benchmark.",
+		FlagSet: fs,
+		Exec: func(ctx context.Context, args []string) error {
+			var mockOnly []string
+			fs.Visit(func(f *flag.Flag) {
+				if f.Name == "fail-rate" || f.Name == "mail-latency" {
+					mockOnly = append(mockOnly, f.Name)
+				}
+			})
+			if c.MailURL != "" && len(mockOnly) > 0 {
+				return fmt.Errorf("%s: a setting of the mock, which --mail-url replaces", strings.Join(mockOnly, ", "))
+			}
+			if c.MailURL != "" {
+				c.FailRate, c.MailLatency = 0, 0
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("bench: find the ordermail binary: %w", err)
+			}
+			c.Exe, c.ServiceArgs = exe, args
+			res, err := bench.Run(ctx, c, stderr)
+			if err != nil {
+				return err
+			}
+			return json.NewEncoder(stdout).Encode(res)
+		},
+	}
+}

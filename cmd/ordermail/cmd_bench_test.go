@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/internal/bench"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// runBench runs `ordermail bench` as a process of the built binary, so that
+// the mock and the service it starts are that binary too, and returns its
+// JSON line, decoded twice: as the Result and as a map, to see which
+// fields are there.
+func runBench(t *testing.T, args ...string) (bench.Result, map[string]any) {
+	t.Helper()
+	// Generous: both cores may be busy with other tests. The bench's own
+	// --timeout ends it first and says where it was.
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, binary, append([]string{"bench", "--timeout", "5m"}, args...)...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	require.NoError(t, cmd.Run(), "stderr:\n%s", stderr.String())
+	t.Logf("bench %s:\n%s%s", strings.Join(args, " "), stderr.String(), stdout.String())
+	assert.NotContains(t, stderr.String(), "warning:", "the mock and the service stop cleanly")
+
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	require.Len(t, lines, 1, "one JSON line on stdout")
+	var res bench.Result
+	require.NoError(t, json.Unmarshal([]byte(lines[0]), &res))
+	var fields map[string]any
+	require.NoError(t, json.Unmarshal([]byte(lines[0]), &fields))
+	for _, f := range []string{"orders", "confirmed", "sendAttempts", "deliveries", "duplicateRequests",
+		"elapsedSeconds", "ordersPerSecond", "secondsTo", "retryGapMs", "paidToSentMs", "settings"} {
+		assert.Contains(t, fields, f)
+	}
+	if runtime.GOOS == "linux" {
+		assert.Contains(t, fields, "peakRSSMB")
+	}
+	return res, fields
+}
+
+func TestBenchClosedLoopWithCeiling(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the service and the mock as processes")
+	}
+	t.Parallel()
+	res, fields := runBench(t, "--orders", "300", "--mail-latency", "0", "--workers", "8", "--ceiling")
+
+	assert.Equal(t, 300, res.Orders)
+	assert.Equal(t, 300, res.Confirmed)
+	require.NotNil(t, res.Deliveries)
+	assert.Equal(t, res.Confirmed, *res.Deliveries)
+	assert.Equal(t, 300, *res.SendAttempts, "no failures at fail rate 0")
+	assert.Zero(t, *res.DuplicateRequests)
+	assert.Zero(t, res.DeadLetters)
+	assert.Zero(t, res.RetryDocsLeft)
+	assert.Positive(t, res.ElapsedSeconds)
+	assert.Positive(t, res.OrdersPerSecond)
+
+	require.NotNil(t, res.SecondsTo)
+	require.NotNil(t, res.SecondsTo.P50)
+	require.NotNil(t, res.SecondsTo.P99)
+	assert.LessOrEqual(t, *res.SecondsTo.P50, *res.SecondsTo.P99)
+	assert.LessOrEqual(t, *res.SecondsTo.P99, res.ElapsedSeconds)
+	require.NotNil(t, res.PaidToSentMs)
+	require.NotNil(t, res.PaidToSentMs.Max)
+	assert.Positive(t, *res.PaidToSentMs.Max)
+	assert.Zero(t, res.RetryGapMs.Count)
+
+	for _, f := range []string{"ceilingPerSecond", "ofCeiling"} {
+		assert.Contains(t, fields, f)
+	}
+	require.NotNil(t, res.OfCeiling)
+	assert.Positive(t, *res.CeilingPerSecond)
+	assert.Positive(t, *res.OfCeiling)
+	assert.Equal(t, int64(300), *res.CeilingRequests)
+	assert.Equal(t, 8, res.Settings.Workers)
+	assert.True(t, res.Settings.Ceiling)
+}
+
+func TestBenchFailuresDueAndHistory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the service and the mock as processes")
+	}
+	t.Parallel()
+	// After --: no breaker and no attempt budget, so that an unlucky run of
+	// failures neither pauses the sends for a cooldown nor dead-letters.
+	res, _ := runBench(t, "--orders", "300", "--fail-rate", "0.3", "--mail-latency", "0", "--workers", "8",
+		"--backoff", "fixed", "--retry-quantum", "100ms", "--timer-interval", "50ms",
+		"--due", "50", "--history", "200", "--seed", "7",
+		"--", "--breaker-failures", "0", "--max-attempts", "0")
+
+	assert.Equal(t, 350, res.Confirmed, "the orders and the due retries; not the history")
+	require.NotNil(t, res.Deliveries)
+	assert.Equal(t, res.Confirmed, *res.Deliveries)
+	assert.Zero(t, *res.DuplicateRequests)
+	assert.Zero(t, res.DeadLetters)
+	assert.Zero(t, res.RetryDocsLeft)
+	assert.Positive(t, *res.Failures, "at 30%% some sends failed")
+	assert.Equal(t, *res.Deliveries+*res.Failures, *res.SendAttempts)
+	// Every failure was followed by a retry, and the mock timed each.
+	assert.Equal(t, *res.Failures, res.RetryGapMs.Count)
+	assert.Positive(t, res.RetryGapMs.MinMs)
+	assert.LessOrEqual(t, res.RetryGapMs.MinMs, res.RetryGapMs.MeanMs)
+	assert.LessOrEqual(t, res.RetryGapMs.P99Ms, res.RetryGapMs.MaxMs)
+	assert.Equal(t, []string{"--breaker-failures", "0", "--max-attempts", "0"}, res.Settings.ServiceArgs)
+	assert.Equal(t, "fixed", res.Settings.Backoff)
+	assert.Equal(t, 200, res.History)
+	assert.Equal(t, 50, res.Due)
+	assert.Nil(t, res.CeilingPerSecond, "no --ceiling")
+}
+
+func TestBenchRejectsBadSettings(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		give []string
+		want string
+	}{
+		{give: []string{"--fail-rate", "1"}, want: "fail-rate: 1 is not at least 0 and below 1"},
+		{give: []string{"--orders", "0"}, want: "orders: 0 is not positive"},
+		{give: []string{"--workers", "0"}, want: "workers: 0 is not between 1 and 1024"},
+		{give: []string{"--backoff", "linear"}, want: `backoff: "linear" is not exponential or fixed`},
+		{give: []string{"--mail-url", "http://127.0.0.1:1", "--fail-rate", "0.1"}, want: "fail-rate: a setting of the mock"},
+	} {
+		_, _, err := cli(t, append([]string{"bench"}, tt.give...)...)
+		assert.ErrorContains(t, err, tt.want, "%v", tt.give)
+	}
+}

@@ -1,0 +1,825 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ordermail/ordermail/mailer/mockmail"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/embedded"
+)
+
+// Config of one benchmark. The zero values of the durations are not
+// defaults: the command fills every field.
+type Config struct {
+	// Exe is the ordermail binary that runs `mockmail` and `run`.
+	Exe string
+
+	Orders      int           // paid orders written in the run
+	FailRate    float64       // the mock's share of 503 answers, 0 to <1
+	MailLatency time.Duration // the mock's delay before every answer
+	Seed        uint64        // the mock's failures and the generated orders
+	// MailURL is an email service already running; empty: start the mock.
+	MailURL string
+
+	History int     // confirmed orders written before the service starts, and not on its feed
+	Due     int     // due retry documents, with their paid orders, written with the run's orders
+	Rate    float64 // orders a second (open loop); 0: all at once
+	Ceiling bool    // measure the send-only ceiling first
+
+	// The service's settings.
+	Workers       int
+	TimerInterval time.Duration
+	RetryQuantum  time.Duration
+	Backoff       string
+	BackoffMin    time.Duration
+	ServiceArgs   []string // more flags of `ordermail run`
+
+	// StoreDir holds the store file; empty: a temporary directory, removed
+	// at the end unless Keep.
+	StoreDir string
+	Keep     bool
+	Timeout  time.Duration // bound on the whole benchmark
+}
+
+// Validate names the setting that is wrong.
+func (c Config) Validate() error {
+	switch {
+	case c.Exe == "":
+		return errors.New("bench: no ordermail binary to run")
+	case c.Orders < 1:
+		return fmt.Errorf("orders: %d is not positive", c.Orders)
+	case c.FailRate < 0 || c.FailRate >= 1:
+		return fmt.Errorf("fail-rate: %v is not at least 0 and below 1 (at 1 nothing is ever delivered)", c.FailRate)
+	case c.MailLatency < 0:
+		return fmt.Errorf("mail-latency: %s is negative", c.MailLatency)
+	case c.Workers < 1 || c.Workers > 1024:
+		return fmt.Errorf("workers: %d is not between 1 and 1024", c.Workers)
+	case c.History < 0:
+		return fmt.Errorf("history: %d is negative", c.History)
+	case c.Due < 0:
+		return fmt.Errorf("due: %d is negative", c.Due)
+	case c.Rate < 0 || math.IsInf(c.Rate, 0) || math.IsNaN(c.Rate):
+		return fmt.Errorf("rate: %v is not a rate", c.Rate)
+	case c.TimerInterval <= 0:
+		return fmt.Errorf("timer-interval: %s is not positive", c.TimerInterval)
+	case c.RetryQuantum <= 0:
+		return fmt.Errorf("retry-quantum: %s is not positive", c.RetryQuantum)
+	case c.BackoffMin <= 0:
+		return fmt.Errorf("backoff-min: %s is not positive", c.BackoffMin)
+	case c.Backoff != order.BackoffExponential && c.Backoff != order.BackoffFixed:
+		return fmt.Errorf("backoff: %q is not %s or %s", c.Backoff, order.BackoffExponential, order.BackoffFixed)
+	case c.Timeout <= 0:
+		return fmt.Errorf("timeout: %s is not positive", c.Timeout)
+	}
+	return nil
+}
+
+// Result is what one benchmark measured: the JSON line `ordermail bench`
+// prints. Figures that need the mock's counts or timings are absent when
+// the email service is not the bench's own mock.
+type Result struct {
+	Orders  int `json:"orders"`
+	Due     int `json:"due"`
+	History int `json:"history"`
+	// From the store, the run's orders alone: counts at the end minus
+	// counts before the run's first write.
+	Confirmed     int `json:"confirmed"`
+	DeadLetters   int `json:"deadLetters"`
+	RetryDocsLeft int `json:"retryDocsLeft"`
+	// From the email service's /stats, the run alone.
+	SendAttempts      *int `json:"sendAttempts,omitempty"`
+	Deliveries        *int `json:"deliveries,omitempty"`
+	Failures          *int `json:"failures,omitempty"`
+	DuplicateRequests *int `json:"duplicateRequests,omitempty"`
+	// From the first write to the last delivery (the mock's clock, which is
+	// this machine's), or to when the bench saw the last confirmation.
+	ElapsedSeconds  float64  `json:"elapsedSeconds"`
+	OrdersPerSecond float64  `json:"ordersPerSecond"`     // confirmed / elapsed
+	ReadySeconds    float64  `json:"readySeconds"`        // service start to its probe order confirmed
+	WriteSeconds    float64  `json:"writeSeconds"`        // first to last write of the run
+	PeakRSSMB       *float64 `json:"peakRSSMB,omitempty"` // the service's VmHWM before it is stopped
+	// From the mock's per-key timings.
+	SecondsTo    *Quantiles           `json:"secondsTo,omitempty"` // from the first write until that share was delivered
+	RetryGapMs   *mockmail.GapSummary `json:"retryGapMs,omitempty"`
+	PaidToSentMs *Quantiles           `json:"paidToSentMs,omitempty"`
+	// The send-only ceiling, with --ceiling.
+	CeilingPerSecond *float64 `json:"ceilingPerSecond,omitempty"`
+	CeilingRequests  *int64   `json:"ceilingRequests,omitempty"`
+	OfCeiling        *float64 `json:"ofCeiling,omitempty"` // ordersPerSecond / ceilingPerSecond
+
+	Settings Settings `json:"settings"`
+}
+
+// Quantiles of a distribution; an absent one was not reached.
+type Quantiles struct {
+	P50 *float64 `json:"p50,omitempty"`
+	P90 *float64 `json:"p90,omitempty"`
+	P99 *float64 `json:"p99,omitempty"`
+	Max *float64 `json:"max,omitempty"`
+}
+
+// Settings are the settings the run used.
+type Settings struct {
+	Orders          int      `json:"orders"`
+	FailRate        *float64 `json:"failRate,omitempty"`      // the mock's
+	MailLatencyMs   *float64 `json:"mailLatencyMs,omitempty"` // the mock's
+	Seed            uint64   `json:"seed"`
+	MailURL         string   `json:"mailURL,omitempty"` // a service of the user's
+	Workers         int      `json:"workers"`
+	History         int      `json:"history"`
+	Due             int      `json:"due"`
+	Rate            float64  `json:"rate"` // 0: closed loop
+	Ceiling         bool     `json:"ceiling"`
+	TimerIntervalMs float64  `json:"timerIntervalMs"`
+	RetryQuantumMs  float64  `json:"retryQuantumMs"`
+	Backoff         string   `json:"backoff"`
+	BackoffMinMs    float64  `json:"backoffMinMs"`
+	ServiceArgs     []string `json:"serviceArgs,omitempty"`
+	CPUs            int      `json:"cpus"`
+}
+
+// Batch sizes of the writes: one transaction each.
+const (
+	historyBatch = 1000
+	runBatch     = 500
+)
+
+// Run runs one benchmark; progress and the processes' warnings go to
+// progress. Whatever happens, the processes it started are stopped and
+// waited for, and a temporary store is removed, before it returns.
+func Run(ctx context.Context, cfg Config, progress io.Writer) (Result, error) {
+	if err := cfg.Validate(); err != nil {
+		return Result{}, err
+	}
+	if cfg.Seed == 0 {
+		cfg.Seed = uint64(time.Now().UnixNano())
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	// The processes' output goes there from their own goroutines.
+	out := &lockedWriter{w: progress}
+	b := &bench{cfg: cfg, out: out, runID: strconv.FormatInt(time.Now().UnixNano(), 36)}
+	b.keyPrefix = "bench-" + b.runID + "-"
+	res, err := b.run(ctx)
+	if cerr := b.cleanup(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	if err != nil && ctx.Err() != nil && !errors.Is(err, context.Canceled) {
+		err = fmt.Errorf("bench timed out after %s (--timeout): %w", cfg.Timeout, err)
+	}
+	return res, err
+}
+
+type bench struct {
+	cfg       Config
+	out       io.Writer
+	runID     string
+	keyPrefix string // of every order key the run writes
+
+	dir, removeDir string
+	st             store.Store
+	mock, service  *child
+	mailURL        string
+	ownMock        bool
+}
+
+func (b *bench) logf(format string, args ...any) {
+	fmt.Fprintf(b.out, "bench: "+format+"\n", args...)
+}
+
+func (b *bench) run(ctx context.Context) (Result, error) {
+	cfg := b.cfg
+	res := Result{Orders: cfg.Orders, Due: cfg.Due, History: cfg.History, Settings: b.settings()}
+
+	if err := b.openStore(ctx); err != nil {
+		return res, err
+	}
+	if err := b.startMock(ctx); err != nil {
+		return res, err
+	}
+	orders := generate(cfg.Orders, cfg.Seed, false)
+	if cfg.Ceiling {
+		b.logf("ceiling: %d sends from %d workers to %s", len(orders), cfg.Workers, b.mailURL)
+		c, err := runCeiling(ctx, b.mailURL, orders, cfg.Workers, "ceiling:"+b.runID+":")
+		if err != nil {
+			return res, err
+		}
+		res.CeilingPerSecond, res.CeilingRequests = ptr(round(c.perSecond, 1)), &c.requests
+		b.logf("ceiling: %.0f deliveries a second", c.perSecond)
+	}
+	if err := b.writeHistory(ctx); err != nil {
+		return res, err
+	}
+	// The timer is armed for the whole run: failed sends need it as much as
+	// the due retry documents do.
+	if _, err := b.st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`)); err != nil && !errors.Is(err, store.ErrExists) {
+		return res, fmt.Errorf("arm the timer: %w", err)
+	}
+	ready, err := b.startService(ctx)
+	if err != nil {
+		return res, err
+	}
+	res.ReadySeconds = round(ready.Seconds(), 3)
+	b.logf("service ready in %.2fs (its probe order was confirmed)", ready.Seconds())
+
+	if b.ownMock {
+		if err := mockmail.ResetRemote(ctx, b.mailURL); err != nil {
+			return res, err
+		}
+	}
+	baseCounts, err := b.st.Counts(ctx)
+	if err != nil {
+		return res, err
+	}
+	baseStats, statsErr := mockmail.FetchStats(ctx, b.mailURL)
+	haveStats := statsErr == nil
+	if !haveStats {
+		b.logf("no /stats at %s (%v): counting from the store only", b.mailURL, statsErr)
+	}
+
+	w, err := b.writeRun(ctx, orders)
+	if err != nil {
+		return res, err
+	}
+	res.WriteSeconds = round(w.last.Sub(w.start).Seconds(), 3)
+	endSeen, err := b.waitDone(ctx, w.start, baseCounts, baseStats, haveStats)
+	if err != nil {
+		return res, err
+	}
+
+	if rss, ok := peakRSSMB(b.service.pid()); ok {
+		res.PeakRSSMB = ptr(round(rss, 1))
+	}
+	if err := b.service.stop(time.Minute); err != nil {
+		b.logf("warning: service: %v", err)
+	}
+	final, err := b.st.Counts(ctx)
+	if err != nil {
+		return res, err
+	}
+	res.Confirmed = final.OrdersConfirmed - baseCounts.OrdersConfirmed
+	res.DeadLetters = final.DeadLetters - baseCounts.DeadLetters
+	res.RetryDocsLeft = final.RetryDocs - baseCounts.RetryDocs
+	end := endSeen
+	if haveStats {
+		st, err := mockmail.FetchStats(ctx, b.mailURL)
+		if err != nil {
+			return res, err
+		}
+		res.SendAttempts = ptr(st.Requests - baseStats.Requests)
+		res.Deliveries = ptr(st.Deliveries - baseStats.Deliveries)
+		res.Failures = ptr(st.Failures - baseStats.Failures)
+		res.DuplicateRequests = ptr(st.DuplicateRequests - baseStats.DuplicateRequests)
+	}
+	if b.ownMock {
+		tm, err := mockmail.FetchTimings(ctx, b.mailURL)
+		if err != nil {
+			return res, err
+		}
+		last := b.timings(&res, tm, w)
+		if !last.IsZero() {
+			end = last
+		}
+	}
+	elapsed := end.Sub(w.start).Seconds()
+	res.ElapsedSeconds = round(elapsed, 3)
+	res.OrdersPerSecond = round(float64(res.Confirmed)/elapsed, 1)
+	if res.CeilingPerSecond != nil {
+		res.OfCeiling = ptr(round(res.OrdersPerSecond / *res.CeilingPerSecond, 3))
+	}
+	return res, nil
+}
+
+func (b *bench) settings() Settings {
+	c := b.cfg
+	s := Settings{Orders: c.Orders, Seed: c.Seed, MailURL: c.MailURL, Workers: c.Workers, History: c.History,
+		Due: c.Due, Rate: c.Rate, Ceiling: c.Ceiling, TimerIntervalMs: ms(c.TimerInterval),
+		RetryQuantumMs: ms(c.RetryQuantum), Backoff: c.Backoff, BackoffMinMs: ms(c.BackoffMin),
+		ServiceArgs: c.ServiceArgs, CPUs: runtime.NumCPU()}
+	if c.MailURL == "" {
+		s.FailRate, s.MailLatencyMs = &c.FailRate, ptr(ms(c.MailLatency))
+	}
+	return s
+}
+
+func (b *bench) openStore(ctx context.Context) error {
+	b.dir = b.cfg.StoreDir
+	if b.dir == "" {
+		dir, err := os.MkdirTemp("", "ordermail-bench-*")
+		if err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+		b.dir = dir
+		if !b.cfg.Keep {
+			b.removeDir = dir
+		}
+	}
+	st, err := embedded.Open(ctx, embedded.Config{Path: b.dbPath()})
+	if err != nil {
+		return err
+	}
+	b.st = st
+	b.logf("store %s", b.dbPath())
+	return nil
+}
+
+func (b *bench) dbPath() string { return filepath.Join(b.dir, "ordermail.db") }
+
+// startMock starts `ordermail mockmail` on a free loopback port, and learns
+// the port from its first log line; with --mail-url it only checks the URL.
+func (b *bench) startMock(ctx context.Context) error {
+	if b.cfg.MailURL != "" {
+		b.mailURL = strings.TrimRight(b.cfg.MailURL, "/")
+		return nil
+	}
+	addr := make(chan string, 1)
+	c, err := startChild("mockmail", b.cfg.Exe, []string{"mockmail", "--listen", "127.0.0.1:0",
+		"--log-format", "json", "--log-level", "info",
+		"--fail-rate", strconv.FormatFloat(b.cfg.FailRate, 'g', -1, 64), "--fail-status", "503",
+		"--latency", b.cfg.MailLatency.String(), "--seed", strconv.FormatUint(b.cfg.Seed, 10)},
+		func(line string) bool {
+			if a, ok := listeningAddr(line); ok {
+				select {
+				case addr <- a:
+				default:
+				}
+			}
+			if strings.Contains(line, `"level":"INFO"`) {
+				return false
+			}
+			fmt.Fprintln(b.out, "mockmail:", line)
+			return true
+		})
+	if err != nil {
+		return err
+	}
+	b.mock = c
+	select {
+	case a := <-addr:
+		b.mailURL, b.ownMock = "http://"+a, true
+		b.logf("mock email service at %s (fail rate %v, latency %s)", b.mailURL, b.cfg.FailRate, b.cfg.MailLatency)
+		return nil
+	case <-c.exited:
+		return c.failure()
+	case <-ctx.Done():
+		return fmt.Errorf("mockmail did not say where it listens: %w", ctx.Err())
+	}
+}
+
+// startService starts `ordermail run` and waits until it has confirmed a
+// probe order written after its start: the feed, the worker pool, the
+// mailer and the store's outcome write all work. The service's feed starts
+// at the store's end (--from-now): the history is old, as it is for a
+// service that has been running, so it is in the store but not on the
+// feed. The probe is written again every 250ms while it is not confirmed,
+// in case the feed opened after the first write. It returns the time from
+// the start to the confirmation.
+func (b *bench) startService(ctx context.Context) (time.Duration, error) {
+	c := b.cfg
+	args := []string{"run", "--store", "file:" + b.dbPath(), "--mail-url", b.mailURL, "--from-now",
+		"--workers", strconv.Itoa(c.Workers), "--log-level", "warn",
+		"--timer-interval", c.TimerInterval.String(), "--retry-quantum", c.RetryQuantum.String(),
+		"--backoff", c.Backoff, "--backoff-min", c.BackoffMin.String()}
+	args = append(args, c.ServiceArgs...)
+	const maxForwarded = 100
+	forwarded := 0
+	start := time.Now()
+	svc, err := startChild("service", c.Exe, args, func(line string) bool {
+		forwarded++
+		switch {
+		case forwarded <= maxForwarded:
+			fmt.Fprintln(b.out, "service:", line)
+			return true
+		case forwarded == maxForwarded+1:
+			fmt.Fprintln(b.out, "service: (more output not shown)")
+		}
+		return false
+	})
+	if err != nil {
+		return 0, err
+	}
+	b.service = svc
+	b.logf("service started: %s %s", filepath.Base(c.Exe), strings.Join(args, " "))
+
+	probe, value := b.keyPrefix+"probe", generate(1, c.Seed+3, false)[0]
+	if err := b.apply(ctx, []store.Write{{Op: store.OpUpsert, Collection: order.Inbound, Key: probe, Value: value}}); err != nil {
+		return 0, fmt.Errorf("write the probe order: %w", err)
+	}
+	written, shown := time.Now(), time.Now()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		d, err := b.st.Get(ctx, order.Inbound, probe)
+		if err != nil {
+			return 0, fmt.Errorf("read the probe order: %w", err)
+		}
+		if o, err := order.DecodeOrder(d.Value); err == nil && o.ConfirmationEmailSent {
+			return time.Since(start), nil
+		}
+		if time.Since(written) >= 250*time.Millisecond {
+			// Only if the service has not touched it meanwhile.
+			_, err := b.st.Replace(ctx, order.Inbound, probe, value, d.CAS)
+			if err != nil && !errors.Is(err, store.ErrCASMismatch) && !errors.Is(err, store.ErrUnavailable) {
+				return 0, fmt.Errorf("write the probe order: %w", err)
+			}
+			written = time.Now()
+		}
+		if time.Since(shown) >= 5*time.Second {
+			shown = time.Now()
+			b.logf("waiting for the service to confirm its probe order (%.0fs)", time.Since(start).Seconds())
+		}
+		select {
+		case <-svc.exited:
+			return 0, svc.failure()
+		case <-ctx.Done():
+			return 0, fmt.Errorf("the service did not confirm its probe order %s: %w", probe, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// apply writes in one transaction, trying again while the service holds
+// the file's write lock too long (store.ErrUnavailable): the writes are
+// upserts, all made or none.
+func (b *bench) apply(ctx context.Context, writes []store.Write) error {
+	wait := 10 * time.Millisecond
+	for try := 1; ; try++ {
+		_, err := b.st.Apply(ctx, writes)
+		if err == nil || !errors.Is(err, store.ErrUnavailable) || try == 5 {
+			return err
+		}
+		b.logf("store busy (%v); trying again in %s", err, wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait *= 4
+	}
+}
+
+// writeHistory writes the confirmed orders of --history before the service
+// starts.
+func (b *bench) writeHistory(ctx context.Context) error {
+	n := b.cfg.History
+	if n == 0 {
+		return nil
+	}
+	start := time.Now()
+	b.logf("writing %d confirmed orders of history", n)
+	const chunk = 10 * historyBatch // generated at a time, to bound memory
+	for from := 0; from < n; from += chunk {
+		docs := generate(min(chunk, n-from), b.cfg.Seed+4+uint64(from), true)
+		writes := make([]store.Write, len(docs))
+		for i, d := range docs {
+			writes[i] = store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: b.key('h', from+i), Value: d}
+		}
+		for w := range slices.Chunk(writes, historyBatch) {
+			if err := b.apply(ctx, w); err != nil {
+				return fmt.Errorf("write history: %w", err)
+			}
+		}
+		if done := from + len(docs); done%(100*historyBatch) == 0 && done < n {
+			b.logf("history: %d of %d written", done, n)
+		}
+	}
+	b.logf("history written in %.1fs", time.Since(start).Seconds())
+	return nil
+}
+
+// key is the order key of the i-th (from 0) document of a kind: o an order
+// of the run, d a due retry's order, h history.
+func (b *bench) key(kind byte, i int) string {
+	return fmt.Sprintf("%s%c%07d", b.keyPrefix, kind, i+1)
+}
+
+// parseKey is key's inverse, for the idempotency keys the mock reports:
+// "confirmation:" KEY, with "@" and the order's incarnation when the store
+// tells one.
+func (b *bench) parseKey(idemKey string) (kind byte, i int, ok bool) {
+	rest, ok := strings.CutPrefix(idemKey, order.TypeConfirmation+":"+b.keyPrefix)
+	if !ok {
+		return 0, 0, false
+	}
+	rest, _, _ = strings.Cut(rest, "@")
+	if len(rest) < 2 {
+		return 0, 0, false
+	}
+	n, err := strconv.Atoi(rest[1:])
+	if err != nil || n < 1 {
+		return 0, 0, false
+	}
+	return rest[0], n - 1, true
+}
+
+// written is when the run's documents were written.
+type written struct {
+	start, last time.Time
+	orders, due []int64 // per document, the commit's time (Unix ns): when it became paid or due
+}
+
+// writeRun writes the due retry documents with their orders, then the paid
+// orders: all at once (closed loop), or --rate a second (open loop).
+func (b *bench) writeRun(ctx context.Context, orders [][]byte) (*written, error) {
+	c := b.cfg
+	w := &written{orders: make([]int64, len(orders)), due: make([]int64, c.Due)}
+	apply := func(writes []store.Write) (int64, error) {
+		if w.start.IsZero() {
+			w.start = time.Now()
+		}
+		if err := b.apply(ctx, writes); err != nil {
+			return 0, fmt.Errorf("write the run's orders: %w", err)
+		}
+		w.last = time.Now()
+		return w.last.UnixNano(), nil
+	}
+
+	// A due retry document goes in the same transaction as its order, and
+	// first: the order's own change then finds the retry owning it, as after
+	// a failed first send.
+	if c.Due > 0 {
+		due := generate(c.Due, c.Seed+5, false)
+		past := time.Now().Add(-time.Second).UnixMilli()
+		for from := 0; from < c.Due; from += runBatch / 2 {
+			n := min(runBatch/2, c.Due-from)
+			writes := make([]store.Write, 0, 2*n)
+			for i := from; i < from+n; i++ {
+				k := b.key('d', i)
+				r := order.RetryDoc{Type: order.TypeConfirmation, DocID: k, Attempt: 1, TS: past,
+					NextAttemptAt: past, FirstAttemptAt: past, LastStatus: 503, LastError: "bench: due retry"}
+				writes = append(writes,
+					store.Write{Op: store.OpUpsert, Collection: order.Retry, Key: k, Value: r.Encode()},
+					store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: k, Value: due[i]})
+			}
+			at, err := apply(writes)
+			if err != nil {
+				return nil, err
+			}
+			for i := from; i < from+n; i++ {
+				w.due[i] = at
+			}
+		}
+	}
+
+	writeOrders := func(from, to int) error {
+		for from < to {
+			n := min(runBatch, to-from)
+			writes := make([]store.Write, n)
+			for i := range n {
+				writes[i] = store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: b.key('o', from+i), Value: orders[from+i]}
+			}
+			at, err := apply(writes)
+			if err != nil {
+				return err
+			}
+			for i := from; i < from+n; i++ {
+				w.orders[i] = at
+			}
+			from += n
+		}
+		return nil
+	}
+	if c.Rate == 0 {
+		if err := writeOrders(0, len(orders)); err != nil {
+			return nil, err
+		}
+		b.logf("wrote %d orders and %d due retries in %.2fs", len(orders), c.Due, w.last.Sub(w.start).Seconds())
+		return w, nil
+	}
+
+	// Open loop: on every tick, as many orders as the rate allows by now,
+	// so that a late tick catches up instead of lowering the rate.
+	b.logf("writing %d orders at %v a second for %.1fs", len(orders), c.Rate, float64(len(orders))/c.Rate)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	begin, done := time.Now(), 0
+	for done < len(orders) {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("writing orders at %v a second: %w", c.Rate, ctx.Err())
+		case <-b.service.exited:
+			return nil, b.service.failure()
+		case <-tick.C:
+		}
+		due := min(len(orders), int(time.Since(begin).Seconds()*c.Rate))
+		if err := writeOrders(done, due); err != nil {
+			return nil, err
+		}
+		done = due
+	}
+	b.logf("wrote %d orders in %.2fs", len(orders), w.last.Sub(w.start).Seconds())
+	return w, nil
+}
+
+// waitDone waits until the run's every order is delivered (the email
+// service's /stats), or else every one is confirmed or dead-lettered and no
+// retry is pending (the store's counts, read rarely: they scan the store),
+// and then until the store has recorded those outcomes. It returns when it
+// saw the end.
+func (b *bench) waitDone(ctx context.Context, start time.Time, base store.Counts, baseStats mockmail.Stats, haveStats bool) (time.Time, error) {
+	want := b.cfg.Orders + b.cfg.Due
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	var (
+		delivered, lastDelivered    = 0, -1
+		progressAt, countsAt, shown = time.Now(), time.Time{}, time.Now()
+		countsCost                  time.Duration
+		c                           store.Counts
+	)
+	settled := func() bool {
+		return c.OrdersConfirmed-base.OrdersConfirmed+c.DeadLetters-base.DeadLetters >= want && c.RetryDocs <= base.RetryDocs
+	}
+	readCounts := func() error {
+		t := time.Now()
+		var err error
+		c, err = b.st.Counts(ctx)
+		countsAt, countsCost = time.Now(), time.Since(t)
+		return err
+	}
+	waiting := func(err error) error {
+		return fmt.Errorf("waiting for %d deliveries, %d seen: %w", want, delivered, err)
+	}
+	for {
+		now := time.Now()
+		if haveStats {
+			st, err := mockmail.FetchStats(ctx, b.mailURL)
+			if err != nil {
+				return time.Time{}, waiting(err)
+			}
+			delivered = st.Deliveries - baseStats.Deliveries
+			if delivered >= want {
+				break
+			}
+			if delivered != lastDelivered {
+				lastDelivered, progressAt = delivered, now
+			}
+		}
+		// Without deliveries to watch, or when they stall (dead letters),
+		// the store says whether the run is over.
+		stalled := !haveStats || now.Sub(progressAt) > 2*time.Second
+		if stalled && now.Sub(countsAt) > max(10*countsCost, 50*time.Millisecond, boolDur(haveStats, 2*time.Second)) {
+			if err := readCounts(); err != nil {
+				return time.Time{}, waiting(err)
+			}
+			if settled() {
+				return time.Now(), nil
+			}
+		}
+		if now.Sub(shown) >= 2*time.Second {
+			shown = now
+			if haveStats {
+				b.logf("%d of %d delivered after %.1fs", delivered, want, now.Sub(start).Seconds())
+			} else {
+				b.logf("%d of %d confirmed after %.1fs", c.OrdersConfirmed-base.OrdersConfirmed, want, now.Sub(start).Seconds())
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return time.Time{}, waiting(ctx.Err())
+		case <-b.service.exited:
+			return time.Time{}, b.service.failure()
+		case <-tick.C:
+		}
+	}
+	end := time.Now()
+	// Delivered; the service writes each outcome right after its send.
+	for {
+		if err := readCounts(); err != nil {
+			return time.Time{}, err
+		}
+		if settled() {
+			return end, nil
+		}
+		t := time.NewTimer(max(2*countsCost, 10*time.Millisecond))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return time.Time{}, fmt.Errorf("all %d delivered, but the store shows %d confirmed, %d dead letters, %d retry documents: %w",
+				want, c.OrdersConfirmed-base.OrdersConfirmed, c.DeadLetters-base.DeadLetters, c.RetryDocs-base.RetryDocs, ctx.Err())
+		case <-b.service.exited:
+			t.Stop()
+			return time.Time{}, b.service.failure()
+		case <-t.C:
+		}
+	}
+}
+
+func boolDur(b bool, d time.Duration) time.Duration {
+	if b {
+		return d
+	}
+	return 0
+}
+
+// timings fills the figures of the mock's per-key timings and returns the
+// time of the run's last delivery.
+func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time {
+	want := b.cfg.Orders + b.cfg.Due
+	deliveredAt := make([]int64, 0, want)
+	paidToSent := make([]float64, 0, want)
+	for k, t := range tm.Keys {
+		kind, i, ok := b.parseKey(k)
+		if !ok || t[1] == 0 {
+			continue
+		}
+		var paid int64
+		switch {
+		case kind == 'o' && i < len(w.orders):
+			paid = w.orders[i]
+		case kind == 'd' && i < len(w.due):
+			paid = w.due[i]
+		default:
+			continue
+		}
+		deliveredAt = append(deliveredAt, t[1])
+		paidToSent = append(paidToSent, float64(t[1]-paid)/1e6)
+	}
+	if len(deliveredAt) == 0 {
+		return time.Time{}
+	}
+	slices.Sort(deliveredAt)
+	since := func(ns int64) *float64 { return ptr(round(float64(ns-w.start.UnixNano())/1e9, 3)) }
+	at := func(share float64) *float64 {
+		n := int(math.Ceil(share * float64(want)))
+		if n > len(deliveredAt) {
+			return nil
+		}
+		return since(deliveredAt[n-1])
+	}
+	res.SecondsTo = &Quantiles{P50: at(0.5), P90: at(0.9), P99: at(0.99)}
+	slices.Sort(paidToSent)
+	q := func(share float64) *float64 {
+		return ptr(round(paidToSent[int(math.Ceil(share*float64(len(paidToSent))))-1], 3))
+	}
+	res.PaidToSentMs = &Quantiles{P50: q(0.5), P90: q(0.9), P99: q(0.99), Max: ptr(round(paidToSent[len(paidToSent)-1], 3))}
+	g := tm.RetryGaps
+	g.MinMs, g.MeanMs, g.P99Ms, g.MaxMs = round(g.MinMs, 3), round(g.MeanMs, 3), round(g.P99Ms, 3), round(g.MaxMs, 3)
+	res.RetryGapMs = &g
+	return time.Unix(0, deliveredAt[len(deliveredAt)-1])
+}
+
+// cleanup stops the processes (the service first: it sends to the mock),
+// closes the store and removes a temporary directory.
+func (b *bench) cleanup() error {
+	var errs []error
+	if b.service != nil {
+		if err := b.service.stop(time.Minute); err != nil {
+			b.logf("warning: service: %v", err)
+		}
+	}
+	if b.mock != nil {
+		if err := b.mock.stop(30 * time.Second); err != nil {
+			b.logf("warning: mockmail: %v", err)
+		}
+	}
+	if b.st != nil {
+		if err := b.st.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close store: %w", err))
+		}
+	}
+	switch {
+	case b.removeDir != "":
+		if err := os.RemoveAll(b.removeDir); err != nil {
+			errs = append(errs, err)
+		}
+	case b.dir != "":
+		b.logf("store kept: %s", b.dbPath())
+	}
+	return errors.Join(errs...)
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+func round(x float64, digits int) float64 {
+	p := math.Pow(10, float64(digits))
+	return math.Round(x*p) / p
+}
+
+// lockedWriter is a writer for several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
