@@ -77,7 +77,7 @@ func (c Config) Validate() error {
 func (c Config) watcherConfig() watcher.Config {
 	w := c.Watcher
 	if kind, _ := c.Store.kind(); kind == "file" {
-		w.SingleConsumer = true
+		w.SingleConsumer, w.AtomicOutcomes = true, true
 	}
 	return w
 }

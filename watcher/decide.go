@@ -28,15 +28,19 @@ func changeOf(ev store.Event) Change {
 // with a change of its own, still to be decided. It spares the read of the
 // state for most changes (every order is written before it is paid; every
 // claim and failed attempt writes a retry document that is not flagged).
-// A paid or confirmed order always reads the state: a confirmed order may
-// have a retry document or a dead letter to clean up.
-func Settled(c Change, now time.Time) (Plan, bool) {
+// A paid order always reads the state, and so does a confirmed one unless
+// outcomes are atomic: it may have a retry document or a dead letter to
+// clean up.
+func Settled(c Change, now time.Time, lim Limits) (Plan, bool) {
 	if c.Deleted {
 		return ignore("deleted"), true
 	}
 	switch c.Collection {
 	case order.Inbound:
 		o, err := order.DecodeOrder(c.Value)
+		if err == nil && o.ConfirmationEmailSent && lim.AtomicOutcomes {
+			return ignore("already confirmed"), true
+		}
 		if err != nil || o.PaymentStatus == order.StatusPaid {
 			return Plan{}, false
 		}
@@ -85,6 +89,10 @@ type Limits struct {
 	// SingleConsumer: no other instance reads this feed (the embedded
 	// store's process lock), so a flagged retry needs no claim.
 	SingleConsumer bool
+	// AtomicOutcomes: the store writes an outcome in one transaction (the
+	// embedded store), so no crash leaves a confirmed order with a retry
+	// document or dead letter to clean up.
+	AtomicOutcomes bool
 }
 
 // farFuture is how far ahead a due time stops being plausible.

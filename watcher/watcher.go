@@ -34,6 +34,9 @@ type Config struct {
 	// store's process lock): flagged retries are then sent without a claim,
 	// one write less each.
 	SingleConsumer bool
+	// AtomicOutcomes says the store writes an outcome in one transaction
+	// (the embedded store): a confirmed order then needs no clean-up check.
+	AtomicOutcomes bool
 	// MaxOrderBytes: a larger order is dead-lettered, not posted. Default 1 MiB.
 	MaxOrderBytes int
 	// MaxEventFailures: a change whose handling fails this many times with
@@ -107,6 +110,8 @@ type Watcher struct {
 	rand                                                      func() float64 // jitter draws
 
 	sub      store.Subscription
+	settling sync.WaitGroup // outcome writes of sends made, acknowledging their events when done
+	inflight chan struct{}  // bounds them
 	cancel   context.CancelFunc // stops the reader
 	abort    context.CancelFunc // aborts in-flight work
 	stopping chan struct{}
@@ -150,6 +155,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 	w.cancel, w.abort = cancel, abort
 	w.stopping = make(chan struct{})
 
+	w.inflight = make(chan struct{}, 4*w.cfg.Workers)
 	shards := make([]chan store.Event, w.cfg.Workers)
 	for i := range shards {
 		shards[i] = make(chan store.Event, 64)
@@ -182,7 +188,7 @@ func (w *Watcher) Stop(ctx context.Context) error {
 	w.reader.Wait()
 	close(w.stopping)
 	done := make(chan struct{})
-	go func() { w.workers.Wait(); close(done) }()
+	go func() { w.workers.Wait(); w.settling.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-grace.Done():
@@ -228,14 +234,35 @@ func shardOf(key string, n int) int {
 	return int(h.Sum32() % uint32(n))
 }
 
+// work handles its shard's events one after the other. The outcome of a
+// send is written while the worker goes on (see settleAsync); a later
+// event of the same key waits for it, so that it decides on the state with
+// that outcome in it.
 func (w *Watcher) work(ctx context.Context, events <-chan store.Event) {
 	defer w.workers.Done()
+	pending := map[string]chan struct{}{}
 	for {
 		select {
 		case <-w.stopping:
 			return // queued events stay unacknowledged and are replayed
 		case ev := <-events:
-			if !w.complete(ctx, ev) {
+			if done, ok := pending[ev.Key]; ok {
+				select {
+				case <-done:
+				case <-w.stopping:
+					return
+				}
+			}
+			if len(pending) >= cap(w.inflight) {
+				for k, done := range pending {
+					select {
+					case <-done:
+						delete(pending, k)
+					default:
+					}
+				}
+			}
+			if !w.complete(ctx, ev, pending) {
 				return
 			}
 		}
@@ -248,7 +275,7 @@ func (w *Watcher) work(ctx context.Context, events <-chan store.Event) {
 // dead-lettered as a poison event and acknowledged, so that it cannot stop
 // its worker's other keys for good. It returns false when the watcher stops
 // first; ev is then replayed.
-func (w *Watcher) complete(ctx context.Context, ev store.Event) bool {
+func (w *Watcher) complete(ctx context.Context, ev store.Event, pending map[string]chan struct{}) bool {
 	b := newBackoff()
 	failures := 0
 	for {
@@ -257,8 +284,12 @@ func (w *Watcher) complete(ctx context.Context, ev store.Event) bool {
 			return false
 		default:
 		}
-		err := w.handle(ctx, ev)
+		settling, err := w.handle(ctx, ev)
 		if err == nil {
+			if settling != nil {
+				pending[ev.Key] = settling // it acknowledges ev when written
+				return true
+			}
 			ev.Ack()
 			w.handled.Add(1)
 			return true
@@ -310,26 +341,27 @@ func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, 
 }
 
 func (w *Watcher) limits() Limits {
-	return Limits{MaxOrderBytes: w.cfg.MaxOrderBytes, ClaimTTL: w.cfg.ClaimTTL, Policy: w.cfg.Policy, SingleConsumer: w.cfg.SingleConsumer}
+	return Limits{MaxOrderBytes: w.cfg.MaxOrderBytes, ClaimTTL: w.cfg.ClaimTTL, Policy: w.cfg.Policy, SingleConsumer: w.cfg.SingleConsumer, AtomicOutcomes: w.cfg.AtomicOutcomes}
 }
 
 // handle loads the state of ev's key, decides, and carries the plan out.
 // It returns an error when the outcome could not be written; the event is
-// then not acknowledged.
-func (w *Watcher) handle(ctx context.Context, ev store.Event) error {
+// then not acknowledged. After a send it returns the channel that closes
+// once the outcome is written and ev acknowledged.
+func (w *Watcher) handle(ctx context.Context, ev store.Event) (chan struct{}, error) {
 	log := w.log.With("collection", ev.Collection, "key", ev.Key)
-	if p, ok := Settled(changeOf(ev), w.now()); ok {
+	if p, ok := Settled(changeOf(ev), w.now(), w.limits()); ok {
 		if p.Warn != "" {
 			log.Warn(p.Warn)
 		}
 		w.ignored.Add(1)
 		log.Debug("ignore", "reason", p.Reason)
-		return nil
+		return nil, nil
 	}
 	for range maxStale {
 		st, err := w.state(ctx, log, ev.Key)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		p := Decide(changeOf(ev), st, w.now(), w.limits())
 		if p.Warn != "" {
@@ -339,7 +371,7 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event) error {
 		case Ignore:
 			w.ignored.Add(1)
 			log.Debug("ignore", "reason", p.Reason)
-			return nil
+			return nil, nil
 		case Write:
 			_, err := w.apply(ctx, log, p.Writes)
 			if isStale(err) {
@@ -351,7 +383,7 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event) error {
 			} else if err == nil {
 				log.Debug("written", "reason", p.Reason)
 			}
-			return err
+			return nil, err
 		case Send:
 			if len(p.Writes) > 0 {
 				cas, err := w.apply(ctx, log, p.Writes)
@@ -359,14 +391,14 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event) error {
 					continue
 				}
 				if err != nil {
-					return err
+					return nil, err
 				}
 				st.Retry.CAS, st.Retry.Value = cas[0], p.Retry.Encode()
 			}
-			return w.sendAndSettle(ctx, log, p, st)
+			return w.sendAndSettle(ctx, log, p, st, ev)
 		}
 	}
-	return fmt.Errorf("state of %s kept changing under %d decisions", ev.Key, maxStale)
+	return nil, fmt.Errorf("state of %s kept changing under %d decisions", ev.Key, maxStale)
 }
 
 // maxStale bounds how often one event is decided again because its
@@ -378,36 +410,67 @@ func isStale(err error) bool {
 	return errors.As(err, &we)
 }
 
-// sendAndSettle sends and writes the outcome. Once the email service has
-// been called, the outcome is written here, however long that takes: going
-// back to the decision would send again.
-func (w *Watcher) sendAndSettle(ctx context.Context, log *slog.Logger, p Plan, st store.State) error {
+// sendAndSettle sends, then hands the outcome to a goroutine of its own
+// that writes it and acknowledges ev, so that the worker takes its next
+// event meanwhile: the write waits for a commit, which the outcomes of many
+// workers share. Once the email service has been called, the outcome is
+// written there, however long that takes: going back to the decision would
+// send again.
+func (w *Watcher) sendAndSettle(ctx context.Context, log *slog.Logger, p Plan, st store.State, ev store.Event) (chan struct{}, error) {
 	log = log.With("attempt", p.Attempt)
 	sendErr := w.send(ctx, p)
 	if sendErr != nil && ctx.Err() != nil {
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
+	select {
+	case w.inflight <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err() // not written: the event is replayed, the send repeated with its key
+	}
+	done := make(chan struct{})
+	w.settling.Add(1)
+	go func() {
+		defer w.settling.Done()
+		defer close(done)
+		defer func() { <-w.inflight }()
+		if w.settle(ctx, log, p, st, sendErr) {
+			ev.Ack()
+			w.handled.Add(1)
+		}
+	}()
+	return done, nil
+}
+
+// settle writes the outcome of a send until it is written or ctx ends
+// (then the event is replayed and the send repeated under its key). A guard
+// that fails reads the state again and settles the same result on it.
+func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store.State, sendErr error) bool {
 	b := newBackoff()
-	for tries := 0; ; tries++ {
+	for {
 		out := Settle(p, st, sendErr, w.now(), w.limits(), w.rand())
 		_, err := w.apply(ctx, log, out.Writes)
 		if err == nil {
 			w.logOutcome(log, out, sendErr)
-			return nil
+			return true
 		}
-		if !isStale(err) && tries >= w.cfg.MaxEventFailures {
-			// The event is replayed; the send goes out again with the same
-			// idempotency key, which the email service answers as a replay.
-			return fmt.Errorf("write the outcome of a send (%s): %w", out.Result, err)
+		if ctx.Err() != nil {
+			return false
 		}
 		if !isStale(err) {
-			log.Warn("write the outcome of a send; trying again", "error", err, "retry_in", b.peek())
+			log.Error("write the outcome of a send; trying again", "result", out.Result, "error", err, "retry_in", b.peek())
 			if !b.wait(ctx) {
-				return ctx.Err()
+				return false
 			}
 		}
-		if st, err = w.state(ctx, log, p.OrderKey); err != nil {
-			return err
+		var rerr error
+		if st, rerr = w.state(ctx, log, p.OrderKey); rerr != nil {
+			if ctx.Err() != nil {
+				return false
+			}
+			log.Error("read state to settle a send; trying again", "error", rerr, "retry_in", b.peek())
+			if !b.wait(ctx) {
+				return false
+			}
 		}
 	}
 }

@@ -383,20 +383,55 @@ func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, erro
 		}
 	}
 	cas := make([]uint64, len(writes))
-	err := s.submit(ctx, func(t *txn) error {
-		for i, w := range writes {
-			c, err := t.apply(w, cols[i])
-			if err != nil {
-				return err
+	j := &job{ctx: ctx, done: make(chan struct{})}
+	if distinctDocs(writes) {
+		// Every guard first, then every write: a failed guard leaves
+		// nothing to undo, so the job needs no savepoint.
+		j.fn = func(t *txn) error {
+			cur := make([]current, len(writes))
+			for i, w := range writes {
+				var err error
+				if cur[i], err = t.check(w); err != nil {
+					return err
+				}
 			}
-			cas[i] = c
+			for i, w := range writes {
+				var err error
+				if cas[i], err = t.write(w, cols[i], cur[i]); err != nil {
+					return err
+				}
+			}
+			return nil
 		}
-		return nil
-	})
+	} else {
+		j.partial = true
+		j.fn = func(t *txn) error {
+			for i, w := range writes {
+				var err error
+				if cas[i], err = t.apply(w, cols[i]); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	err := s.submitJob(ctx, j)
 	if err != nil {
 		return nil, err
 	}
 	return cas, nil
+}
+
+// distinctDocs says whether no two writes touch the same document.
+func distinctDocs(writes []store.Write) bool {
+	for i := range writes {
+		for k := range i {
+			if writes[k].Collection == writes[i].Collection && writes[k].Key == writes[i].Key {
+				return false
+			}
+		}
+	}
+	return len(writes) <= 16 // beyond, a map would be due; a savepoint is cheaper to reason about
 }
 
 // Counts reads counts that triggers keep with every write: O(1).

@@ -2,6 +2,7 @@ package embedded_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -91,4 +92,41 @@ func TestLostFileIsNoticed(t *testing.T) {
 	}
 	_, err = s.Upsert(context.Background(), "inbound", "o", []byte(`{}`))
 	assert.ErrorIs(t, err, embedded.ErrFileLost)
+}
+
+// TestGroupCommitIsolatesAFailedGuard: outcomes of many goroutines share
+// commits; one whose guard fails writes nothing, and the others commit.
+func TestGroupCommitIsolatesAFailedGuard(t *testing.T) {
+	ctx := context.Background()
+	s, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer s.Close()
+	var wg sync.WaitGroup
+	errs := make([]error, 200)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cas := uint64(0)
+			op := store.OpInsert
+			if i%50 == 7 {
+				op, cas = store.OpReplace, 12345 // no such document: its guard fails
+			}
+			_, errs[i] = s.Apply(ctx, []store.Write{
+				{Op: store.OpInsert, Collection: "inbound", Key: fmt.Sprint("a", i), Value: []byte(`{}`)},
+				{Op: op, Collection: "retry", Key: fmt.Sprint("a", i), Value: []byte(`{"docId":"x"}`), CAS: cas},
+			})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		_, getErr := s.Get(ctx, "inbound", fmt.Sprint("a", i))
+		if i%50 == 7 {
+			assert.ErrorIs(t, err, store.ErrNotFound, i)
+			assert.ErrorIs(t, getErr, store.ErrNotFound, "%d: nothing of a failed outcome is written", i)
+		} else {
+			assert.NoError(t, err, i)
+			assert.NoError(t, getErr, i)
+		}
+	}
 }

@@ -18,10 +18,13 @@ import (
 // commit, so a lone write commits at once.
 
 type job struct {
-	ctx  context.Context
-	fn   func(t *txn) error
-	err  error
-	done chan struct{}
+	ctx context.Context
+	fn  func(t *txn) error
+	// partial says fn may fail after it has written: it then runs in a
+	// savepoint of its own. Most jobs check everything before they write.
+	partial bool
+	err     error
+	done    chan struct{}
 }
 
 // txn is the transaction a job runs in.
@@ -92,9 +95,13 @@ func (w writeStmts) close() error {
 	return errors.Join(errs...)
 }
 
-// submit runs fn in a write transaction and waits for its commit.
+// submit runs fn in a write transaction and waits for its commit. fn
+// fails, other than by an error of SQLite's, only before it writes.
 func (s *Store) submit(ctx context.Context, fn func(t *txn) error) error {
-	j := &job{ctx: ctx, fn: fn, done: make(chan struct{})}
+	return s.submitJob(ctx, &job{ctx: ctx, fn: fn, done: make(chan struct{})})
+}
+
+func (s *Store) submitJob(ctx context.Context, j *job) error {
 	s.mu.RLock()
 	if err := s.checkLocked(); err != nil {
 		s.mu.RUnlock()
@@ -223,6 +230,15 @@ func (s *Store) runTx(jobs []*job) (err error) {
 			}
 			continue
 		}
+		if !j.partial {
+			if err := j.fn(t); err != nil {
+				if isSQLite(err) {
+					return mapErr(err)
+				}
+				j.err = err // nothing written
+			}
+			continue
+		}
 		if _, err := s.stmts.savepoint.ExecContext(ctx); err != nil {
 			return mapErr(err)
 		}
@@ -264,34 +280,50 @@ func (t *txn) next() uint64 {
 	return t.seq
 }
 
-// apply makes one guarded write, with its typed columns, and returns its CAS.
-func (t *txn) apply(w store.Write, cols columns) (uint64, error) {
-	st := t.s.stmts
-	var cur, created uint64
+// current is what a write's guard and incarnation need of the document.
+type current struct{ cas, created uint64 }
+
+// check reads the document w writes and checks w's guard.
+func (t *txn) check(w store.Write) (current, error) {
+	var c current
 	var tomb bool
-	err := st.cur.QueryRowContext(t.ctx, w.Collection, w.Key).Scan(&cur, &created, &tomb)
+	err := t.s.stmts.cur.QueryRowContext(t.ctx, w.Collection, w.Key).Scan(&c.cas, &c.created, &tomb)
 	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		cur = 0
+	case errors.Is(err, sql.ErrNoRows), err == nil && tomb:
+		c = current{}
 	case err != nil:
-		return 0, err
-	case tomb:
-		cur = 0
+		return c, err
 	}
 	guard := func(e error) error { return &store.WriteError{Write: w, Err: e} }
 	switch w.Op {
 	case store.OpInsert:
-		if cur != 0 {
-			return 0, guard(store.ErrExists)
+		if c.cas != 0 {
+			return c, guard(store.ErrExists)
 		}
 	case store.OpReplace, store.OpRemove:
-		if cur == 0 {
-			return 0, guard(store.ErrNotFound)
+		if c.cas == 0 {
+			return c, guard(store.ErrNotFound)
 		}
-		if w.CAS != 0 && w.CAS != cur {
-			return 0, guard(store.ErrCASMismatch)
+		if w.CAS != 0 && w.CAS != c.cas {
+			return c, guard(store.ErrCASMismatch)
 		}
 	}
+	return c, nil
+}
+
+// apply makes one guarded write, with its typed columns, and returns its CAS.
+func (t *txn) apply(w store.Write, cols columns) (uint64, error) {
+	c, err := t.check(w)
+	if err != nil {
+		return 0, err
+	}
+	return t.write(w, cols, c)
+}
+
+// write makes a write whose guard was checked.
+func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
+	st := t.s.stmts
+	cur, created := c.cas, c.created
 	seq := t.next()
 	var value any
 	if w.Op == store.OpRemove {
