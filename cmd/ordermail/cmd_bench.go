@@ -29,6 +29,8 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.StringVar(&c.MailURL, "mail-url", "", "an email service already running, instead of the mock; the figures that need the mock's timings are then absent")
 	fs.IntVar(&c.Workers, "workers", 16, "the service's --workers, and the ceiling's senders")
 	fs.IntVar(&c.History, "history", 0, "confirmed orders written before the service starts")
+	fs.IntVar(&c.Pending, "pending", 0, "retry documents due in a day, with their paid orders, in the store before the service starts")
+	fs.DurationVar(&c.Idle, "idle", 0, "after the run, measure the idle service this long: its CPU, `retries status` and a /metrics scrape")
 	fs.IntVar(&c.Due, "due", 0, "retry documents already due, with their paid orders, written with the run's orders")
 	fs.Float64Var(&c.Rate, "rate", 0, "open loop: write this many orders a second (for orders/rate seconds); 0: all at once")
 	fs.BoolVar(&c.Ceiling, "ceiling", false, "first measure the send-only ceiling: the same orders POSTed by --workers senders, nothing stored")

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -34,8 +36,13 @@ type Config struct {
 	// MailURL is an email service already running; empty: start the mock.
 	MailURL string
 
-	History int     // confirmed orders written before the service starts, and not on its feed
-	Due     int     // due retry documents, with their paid orders, written with the run's orders
+	History int // confirmed orders written before the service starts, and not on its feed
+	Pending int // retry documents due in a day, with their paid orders, written with the history
+	Due     int // due retry documents, with their paid orders, written with the run's orders
+	// Idle, when set, measures the service after the run for this long,
+	// with nothing to do: its CPU, and how long `retries status` and a
+	// /metrics scrape take.
+	Idle    time.Duration
 	Rate    float64 // orders a second (open loop); 0: all at once
 	Ceiling bool    // measure the send-only ceiling first
 
@@ -69,6 +76,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("workers: %d is not between 1 and 1024", c.Workers)
 	case c.History < 0:
 		return fmt.Errorf("history: %d is negative", c.History)
+	case c.Pending < 0:
+		return fmt.Errorf("pending: %d is negative", c.Pending)
+	case c.Idle < 0:
+		return fmt.Errorf("idle: %s is negative", c.Idle)
 	case c.Due < 0:
 		return fmt.Errorf("due: %d is negative", c.Due)
 	case c.Rate < 0 || math.IsInf(c.Rate, 0) || math.IsNaN(c.Rate):
@@ -94,6 +105,11 @@ type Result struct {
 	Orders  int `json:"orders"`
 	Due     int `json:"due"`
 	History int `json:"history"`
+	Pending int `json:"pending"`
+	// With --idle: the service with nothing to do, after the run.
+	IdleCPUPercent *float64 `json:"idleCPUPercent,omitempty"` // of one core
+	StatusMs       *float64 `json:"statusMs,omitempty"`       // `ordermail retries status --json`, the whole process
+	MetricsMs      *float64 `json:"metricsMs,omitempty"`      // one GET /metrics
 	// From the store, the run's orders alone: counts at the end minus
 	// counts before the run's first write.
 	Confirmed     int `json:"confirmed"`
@@ -194,6 +210,7 @@ type bench struct {
 	mock, service  *child
 	mailURL        string
 	ownMock        bool
+	metricsAddr    string // the service's /metrics, with --idle
 }
 
 func (b *bench) logf(format string, args ...any) {
@@ -202,7 +219,7 @@ func (b *bench) logf(format string, args ...any) {
 
 func (b *bench) run(ctx context.Context) (Result, error) {
 	cfg := b.cfg
-	res := Result{Orders: cfg.Orders, Due: cfg.Due, History: cfg.History, Settings: b.settings()}
+	res := Result{Orders: cfg.Orders, Due: cfg.Due, History: cfg.History, Pending: cfg.Pending, Settings: b.settings()}
 
 	if err := b.openStore(ctx); err != nil {
 		return res, err
@@ -221,6 +238,9 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 		b.logf("ceiling: %.0f deliveries a second", c.perSecond)
 	}
 	if err := b.writeHistory(ctx); err != nil {
+		return res, err
+	}
+	if err := b.writePending(ctx); err != nil {
 		return res, err
 	}
 	// The timer is armed for the whole run: failed sends need it as much as
@@ -260,6 +280,11 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 		return res, err
 	}
 
+	if cfg.Idle > 0 {
+		if err := b.measureIdle(ctx, &res); err != nil {
+			return res, err
+		}
+	}
 	if rss, ok := peakRSSMB(b.service.pid()); ok {
 		res.PeakRSSMB = ptr(round(rss, 1))
 	}
@@ -393,6 +418,14 @@ func (b *bench) startService(ctx context.Context) (time.Duration, error) {
 		"--workers", strconv.Itoa(c.Workers), "--log-level", "warn",
 		"--timer-interval", c.TimerInterval.String(), "--retry-quantum", c.RetryQuantum.String(),
 		"--backoff", c.Backoff, "--backoff-min", c.BackoffMin.String()}
+	if c.Idle > 0 {
+		addr, err := freeAddr()
+		if err != nil {
+			return 0, err
+		}
+		b.metricsAddr = addr
+		args = append(args, "--metrics-listen", addr)
+	}
 	args = append(args, c.ServiceArgs...)
 	const maxForwarded = 100
 	forwarded := 0
@@ -499,6 +532,75 @@ func (b *bench) writeHistory(ctx context.Context) error {
 		}
 	}
 	b.logf("history written in %.1fs", time.Since(start).Seconds())
+	return nil
+}
+
+// writePending writes the --pending retry documents, due in a day, and
+// their paid orders, before the service starts.
+func (b *bench) writePending(ctx context.Context) error {
+	n := b.cfg.Pending
+	if n == 0 {
+		return nil
+	}
+	start := time.Now()
+	b.logf("writing %d pending retries", n)
+	later := time.Now().Add(24 * time.Hour).UnixMilli()
+	const chunk = 10 * historyBatch
+	for from := 0; from < n; from += chunk {
+		docs := generate(min(chunk, n-from), b.cfg.Seed+6+uint64(from), false)
+		writes := make([]store.Write, 0, 2*len(docs))
+		for i, d := range docs {
+			k := b.key('p', from+i)
+			r := order.RetryDoc{Type: order.TypeConfirmation, DocID: k, Attempt: 1, TS: later - 86_400_000, NextAttemptAt: later, LastStatus: 503}
+			writes = append(writes,
+				store.Write{Op: store.OpUpsert, Collection: order.Retry, Key: k, Value: r.Encode()},
+				store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: k, Value: d})
+		}
+		for w := range slices.Chunk(writes, historyBatch) {
+			if err := b.apply(ctx, w); err != nil {
+				return fmt.Errorf("write pending retries: %w", err)
+			}
+		}
+	}
+	b.logf("pending retries written in %.1fs", time.Since(start).Seconds())
+	return nil
+}
+
+// measureIdle measures the service with nothing to do: its CPU over
+// cfg.Idle, then `retries status` and one /metrics scrape.
+func (b *bench) measureIdle(ctx context.Context, res *Result) error {
+	pid := b.service.pid()
+	before, ok := cpuSeconds(pid)
+	if !ok {
+		return fmt.Errorf("idle: cannot read the service's CPU time")
+	}
+	start := time.Now()
+	select {
+	case <-time.After(b.cfg.Idle):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	after, _ := cpuSeconds(pid)
+	res.IdleCPUPercent = ptr(round(100*(after-before)/time.Since(start).Seconds(), 2))
+
+	t0 := time.Now()
+	out, err := exec.CommandContext(ctx, b.cfg.Exe, "retries", "status", "--json", "--store", "file:"+b.dbPath()).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("idle: retries status: %v: %s", err, out)
+	}
+	res.StatusMs = ptr(round(ms(time.Since(t0)), 1))
+
+	t0 = time.Now()
+	resp, err := http.Get("http://" + b.metricsAddr + "/metrics")
+	if err != nil {
+		return fmt.Errorf("idle: /metrics: %w", err)
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("idle: /metrics: %s %v", resp.Status, err)
+	}
+	res.MetricsMs = ptr(round(ms(time.Since(t0)), 1))
 	return nil
 }
 

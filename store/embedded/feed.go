@@ -27,6 +27,7 @@ type subscription struct {
 	saved    uint64  // checkpoint last written
 	buf      []entry // read, not yet handed out
 	flushed  time.Time
+	idle     time.Duration // the next wait for other processes' writes
 	closed   bool
 }
 
@@ -68,7 +69,7 @@ func (s *Store) Subscribe(ctx context.Context, name string, collections []string
 		s: s, name: name, colls: slices.Clone(collections),
 		wake:     make(chan struct{}, 1),
 		acks:     store.NewAckTracker(map[uint16]uint64{0: start}),
-		lastRead: start, saved: start, flushed: time.Now(),
+		lastRead: start, saved: start, flushed: time.Now(), idle: s.cfg.PollInterval,
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -88,7 +89,7 @@ func (sub *subscription) Next(ctx context.Context) (store.Event, error) {
 			return store.Event{}, err
 		}
 	}
-	var poll *time.Ticker
+	var poll *time.Timer
 	for {
 		for len(sub.buf) > 0 {
 			e := sub.buf[0]
@@ -107,6 +108,7 @@ func (sub *subscription) Next(ctx context.Context) (store.Event, error) {
 			return store.Event{}, err
 		}
 		if len(sub.buf) > 0 {
+			sub.idle = sub.s.cfg.PollInterval
 			continue
 		}
 		// Idle: a good moment to save what was acknowledged meanwhile, at
@@ -117,9 +119,14 @@ func (sub *subscription) Next(ctx context.Context) (store.Event, error) {
 				return store.Event{}, err
 			}
 		}
+		// Idle: look again after PollInterval, doubling while nothing comes
+		// up to idlePoll, so that an idle service costs next to nothing and
+		// a busy one sees other processes' writes at once.
 		if poll == nil {
-			poll = time.NewTicker(sub.s.cfg.PollInterval)
+			poll = time.NewTimer(sub.idle)
 			defer poll.Stop()
+		} else {
+			poll.Reset(sub.idle)
 		}
 		select {
 		case <-ctx.Done():
@@ -128,10 +135,16 @@ func (sub *subscription) Next(ctx context.Context) (store.Event, error) {
 			if !ok {
 				return store.Event{}, store.ErrClosed
 			}
+			sub.idle = sub.s.cfg.PollInterval
 		case <-poll.C:
+			sub.idle = min(2*sub.idle, max(idlePoll, sub.s.cfg.PollInterval))
 		}
 	}
 }
+
+// idlePoll is the longest wait for other processes' writes of a feed that
+// has seen nothing for a while.
+const idlePoll = 80 * time.Millisecond
 
 // fill reads the next changes by position, in every collection: the read
 // is a range scan of docs_by_seq whatever the history, and the changes of

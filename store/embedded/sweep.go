@@ -18,6 +18,18 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 	if limit <= 0 {
 		return store.SweepResult{}, fmt.Errorf("sweep retries: limit %d is not positive", limit)
 	}
+	// Nothing due, most ticks: found on a read connection, with no write
+	// transaction.
+	var due int
+	if err := s.read.QueryRowContext(ctx, `SELECT
+		EXISTS (SELECT 1 FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ?) OR
+		EXISTS (SELECT 1 FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ?)`,
+		now.UnixMilli(), now.Add(-quantum).UnixMilli()).Scan(&due); err != nil {
+		return store.SweepResult{}, fmt.Errorf("sweep retries: %w", mapErr(err))
+	}
+	if due == 0 {
+		return store.SweepResult{}, nil
+	}
 	var res store.SweepResult
 	err := s.submit(ctx, func(t *txn) error {
 		keys, err := t.keys(s.stmts.dueNext, now.UnixMilli(), limit)

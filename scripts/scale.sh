@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The scale figures: the service on a store that has seen a lot, each one
+# `ordermail bench` run (service and mock as processes on loopback). Prints
+# each JSON line after a "# scenario" line; progress goes to stderr.
+#   1  1,000,000 confirmed orders of history: throughput beside the ceiling,
+#      then the idle service (CPU, `retries status`, a /metrics scrape)
+#   2  1,000,000 pending retry documents (due in a day): the same, and RSS
+#   3  100,000 retries already due when the run starts, with 20,000 orders
+# The matching tests in `go test ./...` pin the query plans and count the
+# work at 50,000 documents (store/embedded/scale_test.go).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=$(mktemp -d)
+trap 'rm -rf "$bin"' EXIT
+go build -o "$bin/ordermail" ./cmd/ordermail
+run() {
+	echo "# ordermail bench $*"
+	"$bin/ordermail" bench "$@"
+}
+run --orders 20000 --history 1000000 --ceiling --idle 10s --timeout 30m
+run --orders 20000 --pending 1000000 --ceiling --idle 10s --timeout 30m
+run --orders 20000 --due 100000 --ceiling --timeout 30m
