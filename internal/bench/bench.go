@@ -566,10 +566,20 @@ func (b *bench) writePending(ctx context.Context) error {
 	return nil
 }
 
+// idleSettle is how long the service is left alone after the run before
+// its idle CPU is measured: the run's last outcomes, its checkpoint, and
+// SQLite's checkpoint of the write-ahead log the bench's own writes filled.
+const idleSettle = 5 * time.Second
+
 // measureIdle measures the service with nothing to do: its CPU over
-// cfg.Idle, then `retries status` and one /metrics scrape.
+// cfg.Idle after idleSettle, then `retries status` and one /metrics scrape.
 func (b *bench) measureIdle(ctx context.Context, res *Result) error {
 	pid := b.service.pid()
+	select {
+	case <-time.After(idleSettle):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	before, ok := cpuSeconds(pid)
 	if !ok {
 		return fmt.Errorf("idle: cannot read the service's CPU time")
