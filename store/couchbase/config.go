@@ -4,10 +4,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"github.com/ordermail/ordermail/internal/redact"
 	"os"
 	"strings"
 	"time"
+
+	"github.com/ordermail/ordermail/internal/redact"
 )
 
 // Config of the Couchbase store.
@@ -34,6 +35,10 @@ type Config struct {
 	// Instance of Instances: this instance streams the vBuckets v with
 	// v % Instances == Instance. Default 0 of 1: all of them.
 	Instance, Instances int
+	// CountsTTL is how long Counts and Backlog answer from their last
+	// reading, so that a metrics scrape does not run their queries each
+	// time. Default 5s; negative: every call queries.
+	CountsTTL time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -51,6 +56,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Instances == 0 {
 		c.Instances = 1
+	}
+	if c.CountsTTL == 0 {
+		c.CountsTTL = 5 * time.Second
 	}
 	return c
 }

@@ -3,11 +3,11 @@ package couchbase
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
-	"strconv"
+	"sort"
+	"sync"
 	"time"
 
 	"github.com/couchbase/gocbcore/v10"
@@ -17,8 +17,10 @@ import (
 
 // dcpClient is the real dcpAgent, on gocbcore's DCP agent.
 type dcpClient struct {
-	agent   *gocbcore.DCPAgent
-	timeout time.Duration
+	agent     *gocbcore.DCPAgent
+	timeout   time.Duration
+	closeOnce sync.Once // gocbcore panics on a second Close
+	closeErr  error
 }
 
 var _ dcpAgent = (*dcpClient)(nil)
@@ -38,8 +40,9 @@ func security(cfg Config, pw string, sec gocbcore.SecurityConfig) (gocbcore.Secu
 	return sec, nil
 }
 
-// await turns one of gocbcore's callback calls into a blocking one.
-func await[T any](timeout time.Duration, call func(cb func(T, error)) (gocbcore.PendingOp, error)) (T, error) {
+// await turns one of gocbcore's callback calls into a blocking one that
+// gives up after timeout or when ctx ends.
+func await[T any](ctx context.Context, timeout time.Duration, call func(cb func(T, error)) (gocbcore.PendingOp, error)) (T, error) {
 	type result struct {
 		v   T
 		err error
@@ -50,21 +53,35 @@ func await[T any](timeout time.Duration, call func(cb func(T, error)) (gocbcore.
 		var zero T
 		return zero, err
 	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	var why error
 	select {
 	case r := <-ch:
 		return r.v, r.err
-	case <-time.After(timeout):
-		op.Cancel()
-		r := <-ch // a cancelled op still calls back
-		if r.err == nil {
-			return r.v, nil
-		}
-		var zero T
-		return zero, fmt.Errorf("%w: no answer in %s", store.ErrUnavailable, timeout)
+	case <-t.C:
+		why = fmt.Errorf("%w: no answer in %s", store.ErrUnavailable, timeout)
+	case <-ctx.Done():
+		why = ctx.Err()
 	}
+	op.Cancel()
+	r := <-ch // a cancelled op still calls back
+	if r.err == nil {
+		return r.v, nil
+	}
+	var zero T
+	return zero, why
 }
 
-func newDCPClient(cfg Config, pw, streamName string) (*dcpClient, error) {
+// failFast makes gocbcore answer at once instead of retrying until the
+// deadline (an unknown collection, for one, is retried by default).
+type failFast struct{}
+
+func (failFast) RetryAfter(gocbcore.RetryRequest, gocbcore.RetryReason) gocbcore.RetryAction {
+	return &gocbcore.NoRetryRetryAction{}
+}
+
+func newDCPClient(ctx context.Context, cfg Config, pw, streamName string) (*dcpClient, error) {
 	ac := &gocbcore.DCPAgentConfig{}
 	if err := ac.FromConnStr(cfg.ConnStr); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
@@ -84,19 +101,19 @@ func newDCPClient(cfg Config, pw, streamName string) (*dcpClient, error) {
 		return nil, fmt.Errorf("dcp agent: %w", err)
 	}
 	c := &dcpClient{agent: agent, timeout: cfg.Timeout}
-	_, err = await(3*cfg.Timeout, func(cb func(*gocbcore.WaitUntilReadyResult, error)) (gocbcore.PendingOp, error) {
+	_, err = await(ctx, 3*cfg.Timeout, func(cb func(*gocbcore.WaitUntilReadyResult, error)) (gocbcore.PendingOp, error) {
 		return agent.WaitUntilReady(time.Now().Add(3*cfg.Timeout), gocbcore.WaitUntilReadyOptions{}, cb)
 	})
 	if err != nil {
-		agent.Close()
+		c.Close()
 		return nil, fmt.Errorf("dcp agent on bucket %s: %w", cfg.Bucket, err)
 	}
 	return c, nil
 }
 
-func (c *dcpClient) OpenStream(vb uint16, from position, ids []uint32, obs gocbcore.StreamObserver, cb func(uint64, error)) error {
+func (c *dcpClient) OpenStream(vb uint16, from position, ids []uint32, obs gocbcore.StreamObserver, cb func(uint64, error)) (func(), error) {
 	opts := gocbcore.OpenStreamOptions{FilterOptions: &gocbcore.OpenStreamFilterOptions{CollectionIDs: ids}}
-	_, err := c.agent.OpenStream(vb, 0, gocbcore.VbUUID(from.UUID), gocbcore.SeqNo(from.Seq), gocbcore.SeqNo(math.MaxUint64),
+	op, err := c.agent.OpenStream(vb, 0, gocbcore.VbUUID(from.UUID), gocbcore.SeqNo(from.Seq), gocbcore.SeqNo(math.MaxUint64),
 		gocbcore.SeqNo(from.SnapStart), gocbcore.SeqNo(from.SnapEnd), obs, opts,
 		func(entries []gocbcore.FailoverEntry, err error) {
 			var uuid uint64
@@ -105,18 +122,24 @@ func (c *dcpClient) OpenStream(vb uint16, from position, ids []uint32, obs gocbc
 			}
 			cb(uuid, err)
 		})
-	return err
+	if err != nil {
+		return nil, err
+	}
+	return op.Cancel, nil
 }
 
-func (c *dcpClient) CloseStream(vb uint16) error {
-	_, err := await(c.timeout, func(cb func(struct{}, error)) (gocbcore.PendingOp, error) {
+func (c *dcpClient) CloseStream(ctx context.Context, vb uint16) error {
+	_, err := await(ctx, c.timeout, func(cb func(struct{}, error)) (gocbcore.PendingOp, error) {
 		return c.agent.CloseStream(vb, gocbcore.CloseStreamOptions{}, func(err error) { cb(struct{}{}, err) })
 	})
+	if errors.Is(err, gocbcore.ErrDocumentNotFound) {
+		return nil // no stream was open
+	}
 	return err
 }
 
-func (c *dcpClient) FailoverLog(vb uint16) ([]gocbcore.FailoverEntry, error) {
-	return await(c.timeout, func(cb func([]gocbcore.FailoverEntry, error)) (gocbcore.PendingOp, error) {
+func (c *dcpClient) FailoverLog(ctx context.Context, vb uint16) ([]gocbcore.FailoverEntry, error) {
+	return await(ctx, c.timeout, func(cb func([]gocbcore.FailoverEntry, error)) (gocbcore.PendingOp, error) {
 		return c.agent.GetFailoverLog(vb, cb)
 	})
 }
@@ -129,44 +152,67 @@ func (c *dcpClient) numVbuckets() (int, error) {
 	return snap.NumVbuckets()
 }
 
-func (c *dcpClient) HighSeqnos() (map[uint16]position, error) {
+// HighSeqnos asks each node that holds some of vbs, and only those, for
+// its active vBuckets' high seqnos. gocbcore numbers servers from 1 here:
+// its GetVbucketSeqnos routes to server index serverIdx-1 (0 means "the
+// node of vBucket 0").
+func (c *dcpClient) HighSeqnos(ctx context.Context, vbs []uint16) (map[uint16]uint64, error) {
 	snap, err := c.agent.ConfigSnapshot()
 	if err != nil {
 		return nil, err
 	}
-	servers, err := snap.NumServers()
-	if err != nil {
-		return nil, err
+	byServer := map[int][]uint16{}
+	for _, vb := range vbs {
+		srv, err := snap.VbucketToServer(vb, 0)
+		if err != nil || srv < 0 {
+			return nil, fmt.Errorf("vb %d has no active node: %v", vb, err)
+		}
+		byServer[srv] = append(byServer[srv], vb)
 	}
-	out := map[uint16]position{}
-	for i := range servers {
-		entries, err := await(c.timeout, func(cb func([]gocbcore.VbSeqNoEntry, error)) (gocbcore.PendingOp, error) {
-			return c.agent.GetVbucketSeqnos(i, memd.VbucketStateActive, gocbcore.GetVbucketSeqnoOptions{}, cb)
+	servers := make([]int, 0, len(byServer))
+	for srv := range byServer {
+		servers = append(servers, srv)
+	}
+	sort.Ints(servers)
+	var mu sync.Mutex
+	got := map[uint16]uint64{}
+	errs := parallel(ctx, servers, len(servers), func(ctx context.Context, srv int) error {
+		entries, err := await(ctx, c.timeout, func(cb func([]gocbcore.VbSeqNoEntry, error)) (gocbcore.PendingOp, error) {
+			return c.agent.GetVbucketSeqnos(srv+1, memd.VbucketStateActive, gocbcore.GetVbucketSeqnoOptions{}, cb)
 		})
 		if err != nil {
-			return nil, fmt.Errorf("vbucket seqnos of server %d: %w", i, err)
+			return fmt.Errorf("vbucket seqnos of server %d: %w", srv, err)
 		}
+		mu.Lock()
+		defer mu.Unlock()
 		for _, e := range entries {
-			log, err := c.FailoverLog(e.VbID)
-			if err != nil {
-				return nil, fmt.Errorf("failover log of vb %d: %w", e.VbID, err)
-			}
-			var uuid uint64
-			if len(log) > 0 {
-				uuid = uint64(log[0].VbUUID)
-			}
-			s := uint64(e.SeqNo)
-			out[e.VbID] = position{UUID: uuid, Seq: s, SnapStart: s, SnapEnd: s}
+			got[e.VbID] = uint64(e.SeqNo)
 		}
+		return nil
+	})
+	if err := joinErrs(errs, len(servers)); err != nil {
+		return nil, err
+	}
+	out := make(map[uint16]uint64, len(vbs))
+	for _, vb := range vbs {
+		s, ok := got[vb]
+		if !ok {
+			return nil, fmt.Errorf("no node reported vb %d as active (rebalance under way?)", vb)
+		}
+		out[vb] = s
 	}
 	return out, nil
 }
 
-func (c *dcpClient) Close() error { return c.agent.Close() }
+func (c *dcpClient) Close() error {
+	c.closeOnce.Do(func() { c.closeErr = c.agent.Close() })
+	return c.closeErr
+}
 
 // collectionIDs asks a short-lived KV agent for the IDs of the collections
-// the DCP streams filter on.
-func collectionIDs(cfg Config, pw string, names []string) (map[uint32]string, error) {
+// the DCP streams filter on. A missing collection is an error naming it
+// that wraps gocbcore.ErrCollectionNotFound (or ErrScopeNotFound).
+func collectionIDs(ctx context.Context, cfg Config, pw string, names []string) (map[uint32]string, error) {
 	ac := &gocbcore.AgentConfig{}
 	if err := ac.FromConnStr(cfg.ConnStr); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
@@ -183,10 +229,18 @@ func collectionIDs(cfg Config, pw string, names []string) (map[uint32]string, er
 		return nil, fmt.Errorf("kv agent: %w", err)
 	}
 	defer agent.Close()
+	_, err = await(ctx, 3*cfg.Timeout, func(cb func(*gocbcore.WaitUntilReadyResult, error)) (gocbcore.PendingOp, error) {
+		return agent.WaitUntilReady(time.Now().Add(3*cfg.Timeout), gocbcore.WaitUntilReadyOptions{
+			ServiceTypes: []gocbcore.ServiceType{gocbcore.MemdService}}, cb)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kv agent on bucket %s: %w", cfg.Bucket, err)
+	}
 	ids := map[uint32]string{}
 	for _, name := range names {
-		res, err := await(3*cfg.Timeout, func(cb func(*gocbcore.GetCollectionIDResult, error)) (gocbcore.PendingOp, error) {
-			return agent.GetCollectionID(cfg.Scope, name, gocbcore.GetCollectionIDOptions{Deadline: time.Now().Add(3 * cfg.Timeout)}, cb)
+		res, err := await(ctx, 3*cfg.Timeout, func(cb func(*gocbcore.GetCollectionIDResult, error)) (gocbcore.PendingOp, error) {
+			return agent.GetCollectionID(cfg.Scope, name, gocbcore.GetCollectionIDOptions{
+				Deadline: time.Now().Add(3 * cfg.Timeout), RetryStrategy: failFast{}}, cb)
 		})
 		if err != nil {
 			return nil, fmt.Errorf("collection %s.%s.%s: %w", cfg.Bucket, cfg.Scope, name, err)
@@ -197,14 +251,15 @@ func collectionIDs(cfg Config, pw string, names []string) (map[uint32]string, er
 }
 
 // Subscribe opens DCP streams on the vBuckets this instance owns, filtered
-// to collections, resuming from the checkpoints saved under name.
+// to colls, resuming from the checkpoints saved under name. The
+// subscription also has a Stats() FeedStats method.
 func (s *Store) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
-	ids, err := collectionIDs(s.cfg, s.pw, colls)
+	ids, err := collectionIDs(ctx, s.cfg, s.pw, colls)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", name, err)
 	}
 	stream := fmt.Sprintf("ordermail-%s-%d-of-%d-%d", name, s.cfg.Instance, s.cfg.Instances, time.Now().UnixNano())
-	client, err := newDCPClient(s.cfg, s.pw, stream)
+	client, err := newDCPClient(ctx, s.cfg, s.pw, stream)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", name, err)
 	}
@@ -215,10 +270,21 @@ func (s *Store) Subscribe(ctx context.Context, name string, colls []string, opts
 	}
 	vbs := ownedVbuckets(s.cfg, n)
 	s.log.Info("streaming", "feed", name, "vbuckets", len(vbs), "of", n, "instance", s.cfg.Instance, "instances", s.cfg.Instances)
-	f, err := newFeed(ctx, client, metaCheckpoints{s}, name, ids, vbs, opts.FromNow, feedOptions{}, s.log)
+	resolve := func(ctx context.Context) (map[uint32]string, error) { return collectionIDs(ctx, s.cfg, s.pw, colls) }
+	fo := s.feedOpts
+	if fo.openTimeout == 0 {
+		fo.openTimeout = s.cfg.Timeout
+	}
+	if fo.opTimeout == 0 {
+		fo.opTimeout = s.cfg.Timeout
+	}
+	f, err := newFeed(ctx, client, metaCheckpoints{s}, resolve, name, ids, vbs, opts.FromNow, fo, s.log)
 	if err != nil {
 		client.Close()
-		return nil, err
+		return nil, fmt.Errorf("subscribe %s: %w", name, err)
+	}
+	if err := f.waitReady(ctx); err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", name, err)
 	}
 	return f, nil
 }
@@ -231,45 +297,4 @@ func ownedVbuckets(cfg Config, n int) []uint16 {
 		}
 	}
 	return vbs
-}
-
-// metaCheckpoints keeps one document per feed and vBucket in the metadata
-// bucket, so that instances owning different vBuckets never write the same
-// document.
-type metaCheckpoints struct{ s *Store }
-
-func checkpointKey(name string, vb uint16) string {
-	return "checkpoint:" + name + ":" + strconv.Itoa(int(vb))
-}
-
-func (m metaCheckpoints) Load(ctx context.Context, name string, vbs []uint16) (map[uint16]position, error) {
-	out := map[uint16]position{}
-	for _, vb := range vbs {
-		d, err := m.s.Get(ctx, store.Meta, checkpointKey(name, vb))
-		if errors.Is(err, store.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		var p position
-		if err := json.Unmarshal(d.Value, &p); err != nil {
-			return nil, fmt.Errorf("checkpoint %s: %w", checkpointKey(name, vb), err)
-		}
-		out[vb] = p
-	}
-	return out, nil
-}
-
-func (m metaCheckpoints) Save(ctx context.Context, name string, positions map[uint16]position) error {
-	for vb, p := range positions {
-		b, err := json.Marshal(p)
-		if err != nil {
-			return err
-		}
-		if _, err := m.s.Upsert(ctx, store.Meta, checkpointKey(name, vb), b); err != nil {
-			return err
-		}
-	}
-	return nil
 }

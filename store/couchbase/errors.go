@@ -8,6 +8,12 @@ import (
 	"github.com/ordermail/ordermail/store"
 )
 
+// ErrAmbiguous marks a write whose outcome the server did not report in
+// time (gocb's ambiguous timeout): it may have been made. It always comes
+// wrapped with store.ErrUnavailable, and only when reading the document
+// back could not tell either (see Store.Apply).
+var ErrAmbiguous = errors.New("the write may or may not have been made")
+
 // mapErr turns gocb's errors into the store's, so that no other package
 // needs to know them. Errors that say the setup is wrong (a missing bucket
 // or collection, bad credentials) keep their own message.
@@ -15,13 +21,15 @@ func mapErr(err error) error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, gocb.ErrAmbiguousTimeout):
+		return fmt.Errorf("%w: %w: %v", store.ErrUnavailable, ErrAmbiguous, err)
 	case errors.Is(err, gocb.ErrDocumentNotFound):
 		return fmt.Errorf("%w: %v", store.ErrNotFound, err)
 	case errors.Is(err, gocb.ErrDocumentExists):
 		return fmt.Errorf("%w: %v", store.ErrExists, err)
 	case errors.Is(err, gocb.ErrCasMismatch):
 		return fmt.Errorf("%w: %v", store.ErrCASMismatch, err)
-	case errors.Is(err, gocb.ErrTimeout), errors.Is(err, gocb.ErrAmbiguousTimeout), errors.Is(err, gocb.ErrUnambiguousTimeout),
+	case errors.Is(err, gocb.ErrTimeout), errors.Is(err, gocb.ErrUnambiguousTimeout),
 		errors.Is(err, gocb.ErrServiceNotAvailable), errors.Is(err, gocb.ErrTemporaryFailure), errors.Is(err, gocb.ErrOverload),
 		errors.Is(err, gocb.ErrCircuitBreakerOpen), errors.Is(err, gocb.ErrDocumentLocked),
 		errors.Is(err, gocb.ErrDurableWriteInProgress), errors.Is(err, gocb.ErrRateLimitedFailure),

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,218 +25,585 @@ type position struct {
 }
 
 // dcpAgent is what the feed needs of gocbcore's DCP agent. dcpClient is the
-// real one; the tests drive a fake and call the observers themselves.
+// real one; the unit tests drive a fake and call the observers themselves.
 type dcpAgent interface {
 	// OpenStream asks for vb's changes in collectionIDs from `from` on; cb
 	// gets the vBucket's current UUID or the error (a DCPRollbackError).
-	OpenStream(vb uint16, from position, collectionIDs []uint32, obs gocbcore.StreamObserver, cb func(uuid uint64, err error)) error
-	CloseStream(vb uint16) error
+	// cancel abandons the request while it is unanswered.
+	OpenStream(vb uint16, from position, collectionIDs []uint32, obs gocbcore.StreamObserver,
+		cb func(uuid uint64, err error)) (cancel func(), err error)
+	// CloseStream closes vb's stream on this connection, if one is open.
+	CloseStream(ctx context.Context, vb uint16) error
 	// FailoverLog is vb's failover log, newest entry first.
-	FailoverLog(vb uint16) ([]gocbcore.FailoverEntry, error)
-	// HighSeqnos is where every active vBucket is now.
-	HighSeqnos() (map[uint16]position, error)
+	FailoverLog(ctx context.Context, vb uint16) ([]gocbcore.FailoverEntry, error)
+	// HighSeqnos is where each of vbs is now, asked of the nodes that
+	// hold them.
+	HighSeqnos(ctx context.Context, vbs []uint16) (map[uint16]uint64, error)
 	Close() error
 }
 
-// checkpointStore keeps positions per feed name and vBucket.
+// checkpointStore keeps one position per feed name and vBucket.
 type checkpointStore interface {
 	Load(ctx context.Context, name string, vbs []uint16) (map[uint16]position, error)
-	Save(ctx context.Context, name string, positions map[uint16]position) error
+	Save(ctx context.Context, name string, vb uint16, p position) error
+}
+
+// resolver reads the IDs of the feed's collections again, by name; a
+// collection that no longer exists is an error that wraps
+// gocbcore.ErrCollectionNotFound or ErrScopeNotFound and names it.
+type resolver func(ctx context.Context) (map[uint32]string, error)
+
+// FeedStats is what a Couchbase subscription reports about its streams;
+// Subscribe's store.Subscription has a Stats() FeedStats method.
+type FeedStats struct {
+	VBuckets    int // streamed by this instance
+	StreamsOpen int
+	// Lag is, summed over the vBuckets and at most for one, how many
+	// sequence numbers the server has past the checkpoint (the high
+	// seqnos are read every few seconds).
+	Lag, MaxLag uint64
+	// Since Subscribe: rollbacks the server asked for, streams reopened
+	// (ended, refused or unanswered), checkpoint documents not saved.
+	Rollbacks, Reopens, CheckpointSaveFailures uint64
 }
 
 type snapshot struct{ start, end uint64 }
 
-// vbState is one vBucket's current stream.
+type phase int
+
+const (
+	phaseWaiting phase = iota // to be (re)opened at vbState.at
+	phaseOpening              // being opened; a request may be out
+	phaseOpen
+	phaseParked // waits for the collections to be resolved again
+)
+
+// vbState is one vBucket's stream.
 type vbState struct {
+	phase      phase
+	at         time.Time  // phaseWaiting: when to open
+	sent       time.Time  // phaseOpening: when the request went out; zero before
+	cancel     func()     // phaseOpening: abandons the request
 	gen        int        // stream incarnation; callbacks of older ones are dropped
 	uuid       uint64     // the vBucket UUID the stream runs on
 	base       position   // where the stream started
 	snaps      []snapshot // snapshot markers since base, oldest first
 	rollbackTo *uint64    // the server asked to restart from here
+	closeFirst bool       // the server may hold a stream of ours on vb
+	failures   int        // failover-log reads failed in a row
+	high       uint64     // the highest seqno the server has shown
+	settled    bool       // the first stream request was answered (or given up)
 }
 
 // feedOptions tune the feed; zero values are the defaults.
 type feedOptions struct {
-	buffer      int           // events read ahead of the watcher; default 256
-	flushEvery  time.Duration // checkpoint save interval; default 1s
-	reopenDelay time.Duration // wait before reopening an ended stream; default 1s
-	tick        time.Duration // supervisor resolution; default 100ms
+	buffer       int           // events read ahead of the watcher; 256
+	flushEvery   time.Duration // checkpoint save interval; 1s
+	reopenDelay  time.Duration // wait before reopening an ended stream; 1s
+	tick         time.Duration // supervisor resolution; 100ms
+	openTimeout  time.Duration // a stream request unanswered this long is sent again; 10s
+	opTimeout    time.Duration // bounds each failover-log, high-seqno and checkpoint call; 10s
+	backoffMax   time.Duration // cap of the failover-log retry backoff; 10s
+	statsEvery   time.Duration // high seqnos read for the lag; 5s
+	saveParallel int           // checkpoint documents saved at once; 32
+	now          func() time.Time
+}
+
+func (o feedOptions) withDefaults() feedOptions {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	if o.buffer == 0 {
+		o.buffer = 256
+	}
+	def(&o.flushEvery, time.Second)
+	def(&o.reopenDelay, time.Second)
+	def(&o.tick, 100*time.Millisecond)
+	def(&o.openTimeout, 10*time.Second)
+	def(&o.opTimeout, 10*time.Second)
+	def(&o.backoffMax, 10*time.Second)
+	def(&o.statsEvery, 5*time.Second)
+	if o.saveParallel == 0 {
+		o.saveParallel = 32
+	}
+	if o.now == nil {
+		o.now = time.Now
+	}
+	return o
 }
 
 // feed is a store.Subscription over DCP streams on a set of vBuckets.
-// gocbcore calls the observers on its DCP goroutine and acknowledges the
+// gocbcore calls the observers on its DCP goroutines and acknowledges the
 // server's flow-control buffer when a callback returns, so a callback that
 // blocks because the watcher is behind slows the server down instead of
 // making it drop the stream.
+//
+// Its goroutines: the supervisor (opens and reopens streams, gives up on
+// unanswered requests), one opener per stream being opened (it may read a
+// failover log first), the saver (checkpoints, apart from the streams),
+// the high-seqno reader (lag) and a collection resolver when a watched
+// collection goes. Close stops and waits for all of them.
 type feed struct {
-	agent dcpAgent
-	cps   checkpointStore
-	name  string
-	colls map[uint32]string
-	ids   []uint32
-	vbs   []uint16
-	opts  feedOptions
-	log   *slog.Logger
+	agent   dcpAgent
+	cps     checkpointStore
+	resolve resolver
+	name    string
+	vbs     []uint16
+	opts    feedOptions
+	log     *slog.Logger
 
 	acks   *store.AckTracker
 	events chan store.Event
-	done   chan struct{}
+	ctx    context.Context // ends at Close
+	stop   context.CancelFunc
 	wg     sync.WaitGroup
+	wake   chan struct{}
+	ready  chan struct{} // closed when every first stream request is settled
 
-	mu      sync.Mutex
-	state   map[uint16]*vbState
-	saved   map[uint16]position  // last saved checkpoint
-	reopen  map[uint16]time.Time // streams to open again, and when
-	flushed time.Time
-	closed  bool
+	failed chan struct{} // closed with err set: the feed cannot go on
+	err    error
+
+	mu          sync.Mutex
+	colls       map[uint32]string
+	ids         []uint32
+	state       map[uint16]*vbState
+	saved       map[uint16]position // last saved checkpoints
+	unsettled   int
+	needResolve bool
+	resolving   bool
+	resolveAt   time.Time
+	closed      bool
+	stats       FeedStats
 }
 
-// newFeed loads the checkpoints of vbs, opens their streams and starts the
-// supervisor that reopens ended streams and saves checkpoints.
-func newFeed(ctx context.Context, agent dcpAgent, cps checkpointStore, name string, colls map[uint32]string,
-	vbs []uint16, fromNow bool, opts feedOptions, log *slog.Logger) (*feed, error) {
-	if opts.buffer == 0 {
-		opts.buffer = 256
-	}
-	if opts.flushEvery == 0 {
-		opts.flushEvery = time.Second
-	}
-	if opts.reopenDelay == 0 {
-		opts.reopenDelay = time.Second
-	}
-	if opts.tick == 0 {
-		opts.tick = 100 * time.Millisecond
-	}
+// newFeed loads the checkpoints of vbs (with fromNow, saves the current
+// end of the vBuckets that have none before anything is streamed) and
+// starts the goroutines that open the streams and keep them going.
+func newFeed(ctx context.Context, agent dcpAgent, cps checkpointStore, resolve resolver, name string,
+	colls map[uint32]string, vbs []uint16, fromNow bool, opts feedOptions, log *slog.Logger) (*feed, error) {
+	opts = opts.withDefaults()
+	log = log.With("component", "dcp", "feed", name)
 	saved, err := cps.Load(ctx, name, vbs)
 	if err != nil {
 		return nil, fmt.Errorf("load checkpoints of %s: %w", name, err)
 	}
-	if fromNow && len(saved) < len(vbs) {
-		highs, err := agent.HighSeqnos()
-		if err != nil {
+	if fromNow {
+		if err := startFromNow(ctx, agent, cps, name, vbs, saved, opts); err != nil {
 			return nil, fmt.Errorf("feed %s from now: %w", name, err)
 		}
-		for _, vb := range vbs {
-			if _, ok := saved[vb]; !ok {
-				saved[vb] = highs[vb]
-			}
-		}
 	}
+	fctx, stop := context.WithCancel(context.Background())
 	f := &feed{
-		agent: agent, cps: cps, name: name, colls: colls, vbs: vbs, opts: opts,
-		log:    log.With("component", "dcp", "feed", name),
+		agent: agent, cps: cps, resolve: resolve, name: name, vbs: vbs, opts: opts, log: log,
 		acks:   store.NewAckTracker(nil),
 		events: make(chan store.Event, opts.buffer),
-		done:   make(chan struct{}),
+		ctx:    fctx, stop: stop,
+		wake:   make(chan struct{}, 1),
+		ready:  make(chan struct{}),
+		failed: make(chan struct{}),
 		state:  map[uint16]*vbState{},
 		saved:  map[uint16]position{},
-		reopen: map[uint16]time.Time{},
 	}
-	for id := range colls {
-		f.ids = append(f.ids, id)
-	}
-	sort.Slice(f.ids, func(i, j int) bool { return f.ids[i] < f.ids[j] })
+	f.setCollections(colls)
 	for _, vb := range vbs {
 		p := saved[vb]
 		f.saved[vb] = p
-		f.state[vb] = &vbState{uuid: p.UUID, base: p}
+		f.state[vb] = &vbState{uuid: p.UUID, base: p, high: p.Seq}
 		f.acks.Reset(vb, p.Seq)
 	}
-	for _, vb := range vbs {
-		f.open(vb)
+	f.stats.VBuckets = len(vbs)
+	f.unsettled = len(vbs)
+	if f.unsettled == 0 {
+		close(f.ready)
 	}
-	f.wg.Add(1)
-	go f.supervise()
+	f.wg.Go(f.supervise)
+	f.wg.Go(f.saveLoop)
+	f.wg.Go(f.highsLoop)
 	return f, nil
 }
 
-// open (re)opens vb's stream from its committed checkpoint, or from where
-// the server said to roll back to.
+// waitReady waits until the server has answered every first stream
+// request (or one was given up on), so that what is written after it is
+// streamed as it happens; it shuts the feed down when it fails.
+func (f *feed) waitReady(ctx context.Context) error {
+	var err error
+	select {
+	case <-f.ready:
+		return nil
+	case <-f.failed:
+		err = f.err
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	f.shutdown() // nothing was handed out: nothing to save
+	return err
+}
+
+// startFromNow gives every vBucket of vbs without a checkpoint its current
+// end as checkpoint, and saves those before anything is streamed, so that
+// a restart resumes there instead of at the end of that moment.
+func startFromNow(ctx context.Context, agent dcpAgent, cps checkpointStore, name string, vbs []uint16,
+	saved map[uint16]position, opts feedOptions) error {
+	var missing []uint16
+	for _, vb := range vbs {
+		if _, ok := saved[vb]; !ok {
+			missing = append(missing, vb)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	octx, cancel := context.WithTimeout(ctx, opts.opTimeout)
+	highs, err := agent.HighSeqnos(octx, missing)
+	cancel()
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	errs := parallel(ctx, missing, opts.saveParallel, func(ctx context.Context, vb uint16) error {
+		ctx, cancel := context.WithTimeout(ctx, opts.opTimeout)
+		defer cancel()
+		flog, err := agent.FailoverLog(ctx, vb)
+		if err != nil {
+			return fmt.Errorf("failover log of vb %d: %w", vb, err)
+		}
+		if len(flog) == 0 {
+			return fmt.Errorf("vb %d has an empty failover log", vb)
+		}
+		s := highs[vb]
+		p := position{UUID: uint64(flog[0].VbUUID), Seq: s, SnapStart: s, SnapEnd: s}
+		if err := cps.Save(ctx, name, vb, p); err != nil {
+			return fmt.Errorf("save start of vb %d: %w", vb, err)
+		}
+		mu.Lock()
+		saved[vb] = p
+		mu.Unlock()
+		return nil
+	})
+	return joinErrs(errs, len(missing))
+}
+
+// parallel calls fn for each item, at most n at once, and returns the
+// errors by item.
+func parallel[T comparable](ctx context.Context, items []T, n int, fn func(context.Context, T) error) map[T]error {
+	errs := map[T]error{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, max(n, 1))
+	for _, it := range items {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := fn(ctx, it); err != nil {
+				mu.Lock()
+				errs[it] = err
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return errs
+}
+
+// joinErrs sums up the errors of parallel: how many of total failed, and
+// the first few, sorted; errors.Is sees them all.
+func joinErrs[T comparable](errs map[T]error, total int) error {
+	if len(errs) == 0 {
+		return nil
+	}
+	e := &someFailed{total: total}
+	for _, err := range errs {
+		e.errs = append(e.errs, err)
+	}
+	sort.Slice(e.errs, func(i, j int) bool { return e.errs[i].Error() < e.errs[j].Error() })
+	return e
+}
+
+type someFailed struct {
+	total int
+	errs  []error
+}
+
+func (e *someFailed) Error() string {
+	var msgs []string
+	for i, err := range e.errs {
+		if i == 3 {
+			msgs = append(msgs, "...")
+			break
+		}
+		msgs = append(msgs, err.Error())
+	}
+	return fmt.Sprintf("%d of %d failed: %s", len(e.errs), e.total, strings.Join(msgs, "; "))
+}
+
+func (e *someFailed) Unwrap() []error { return e.errs }
+
+// setCollections sets the collections streamed; callers hold f.mu or own f.
+func (f *feed) setCollections(colls map[uint32]string) {
+	f.colls = colls
+	f.ids = f.ids[:0:0]
+	for id := range colls {
+		f.ids = append(f.ids, id)
+	}
+	slices.Sort(f.ids)
+}
+
+func (f *feed) poke() {
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// failLocked stops the feed for good: Next returns err from now on.
+func (f *feed) failLocked(err error) {
+	select {
+	case <-f.failed:
+		return
+	default:
+	}
+	f.err = err
+	close(f.failed)
+	f.log.Error("change feed stopped", "error", err)
+	for _, st := range f.state {
+		f.settleLocked(st)
+	}
+}
+
+// settleLocked records that vb's first stream request is answered.
+func (f *feed) settleLocked(st *vbState) {
+	if st.settled {
+		return
+	}
+	st.settled = true
+	f.unsettled--
+	if f.unsettled == 0 {
+		close(f.ready)
+	}
+}
+
+func (f *feed) isFailed() bool {
+	select {
+	case <-f.failed:
+		return true
+	default:
+		return false
+	}
+}
+
+// supervise opens the streams that are due, gives up on stream requests
+// left unanswered, and starts the collection resolver when asked.
+func (f *feed) supervise() {
+	t := time.NewTicker(f.opts.tick)
+	defer t.Stop()
+	for {
+		f.superviseOnce()
+		select {
+		case <-f.ctx.Done():
+			return
+		case <-t.C:
+		case <-f.wake:
+		}
+	}
+}
+
+func (f *feed) superviseOnce() {
+	now := f.opts.now()
+	var start []uint16
+	var abandon []func()
+	f.mu.Lock()
+	if f.closed || f.isFailed() {
+		f.mu.Unlock()
+		return
+	}
+	for vb, st := range f.state {
+		switch st.phase {
+		case phaseWaiting:
+			if !st.at.After(now) {
+				st.phase = phaseOpening
+				st.sent = time.Time{}
+				st.gen++ // whatever the old stream still says is void
+				start = append(start, vb)
+			}
+		case phaseOpening:
+			if !st.sent.IsZero() && now.Sub(st.sent) >= f.opts.openTimeout {
+				f.log.Warn("stream request unanswered; sending it again", "vb", vb, "waited", now.Sub(st.sent))
+				abandon = append(abandon, st.cancel)
+				st.cancel = nil
+				st.gen++
+				st.closeFirst = true // in case the server answers it after all
+				st.phase, st.at = phaseWaiting, now
+				f.stats.Reopens++
+				f.settleLocked(st)
+			}
+		}
+	}
+	resolve := f.needResolve && !f.resolving && !f.resolveAt.After(now)
+	if resolve {
+		f.resolving = true
+	}
+	f.mu.Unlock()
+	for _, cancel := range abandon {
+		if cancel != nil {
+			cancel() // outside f.mu: it may call the callback at once
+		}
+	}
+	for _, vb := range start {
+		f.wg.Go(func() { f.open(vb) })
+	}
+	if resolve {
+		f.wg.Go(f.reresolve)
+	}
+	if len(abandon) > 0 {
+		f.poke() // reopen them on the next pass, not a tick later
+	}
+}
+
+// open opens vb's stream from its checkpoint, or from where the server
+// said to roll back to (on the failover log entry that covers it: the log
+// is read again until it can be, never guessed).
 func (f *feed) open(vb uint16) {
 	f.mu.Lock()
 	st := f.state[vb]
-	rollback := st.rollbackTo
-	st.rollbackTo = nil
+	gen, rollback, closeFirst := st.gen, st.rollbackTo, st.closeFirst
 	f.mu.Unlock()
 
+	if closeFirst {
+		// A stream of ours may be open on the server (a request it
+		// answered after we gave up on it, or a stream on the old
+		// collections): a second request would be refused.
+		ctx, cancel := context.WithTimeout(f.ctx, f.opts.opTimeout)
+		if err := f.agent.CloseStream(ctx, vb); err != nil {
+			f.log.Debug("close stream before reopening", "vb", vb, "error", err)
+		}
+		cancel()
+	}
 	var uuid uint64
 	if rollback != nil {
-		uuid = f.uuidAt(vb, *rollback)
+		ctx, cancel := context.WithTimeout(f.ctx, f.opts.opTimeout)
+		flog, err := f.agent.FailoverLog(ctx, vb)
+		cancel()
+		var ok bool
+		if err == nil {
+			uuid, ok = uuidAt(flog, *rollback)
+			if !ok {
+				err = fmt.Errorf("no failover log entry covers seqno %d", *rollback)
+			}
+		}
+		if err != nil {
+			f.mu.Lock()
+			if st.gen == gen && f.ctx.Err() == nil {
+				st.failures++
+				delay := min(f.opts.reopenDelay<<min(st.failures-1, 10), f.opts.backoffMax)
+				st.phase, st.at = phaseWaiting, f.opts.now().Add(delay)
+				f.log.Warn("read failover log to roll back; trying again", "vb", vb, "error", err, "retry_in", delay)
+			}
+			f.mu.Unlock()
+			return
+		}
 	}
 
 	f.mu.Lock()
+	if st.gen != gen || f.closed || f.isFailed() {
+		f.mu.Unlock()
+		return
+	}
 	var from position
 	if rollback != nil {
 		from = position{UUID: uuid, Seq: *rollback, SnapStart: *rollback, SnapEnd: *rollback}
 	} else {
 		from = f.positionAt(vb, f.acks.Checkpoints()[vb])
 	}
-	st.gen++
-	gen := st.gen
+	st.failures, st.closeFirst, st.rollbackTo = 0, false, nil
 	st.uuid, st.base, st.snaps = from.UUID, from, nil
 	// Events of the old stream still in flight are acknowledged into the
 	// void: the new stream delivers them again.
 	f.acks.Reset(vb, from.Seq)
-	delete(f.reopen, vb)
+	st.sent = f.opts.now()
+	ids := f.ids
 	f.mu.Unlock()
 
 	obs := &observer{f: f, vb: vb, gen: gen}
-	err := f.agent.OpenStream(vb, from, f.ids, obs, func(uuid uint64, err error) { f.opened(vb, gen, uuid, err) })
-	if err != nil {
-		f.retryLater(vb, gen, fmt.Errorf("open stream: %w", err))
+	cancel, err := f.agent.OpenStream(vb, from, ids, obs, func(uuid uint64, err error) { f.opened(vb, gen, uuid, err) })
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if st.gen != gen || st.phase != phaseOpening {
+		return // answered already, or given up on
 	}
+	if err != nil {
+		f.retryLocked(vb, st, fmt.Errorf("open stream: %w", err))
+		return
+	}
+	st.cancel = cancel
 }
 
 // uuidAt picks the failover log entry that covers seq.
-func (f *feed) uuidAt(vb uint16, seq uint64) uint64 {
-	log, err := f.agent.FailoverLog(vb)
-	if err != nil {
-		f.log.Warn("failover log", "vb", vb, "error", err)
-		return 0 // the server answers with a rollback to 0 if it must
-	}
-	for _, e := range log {
+func uuidAt(flog []gocbcore.FailoverEntry, seq uint64) (uint64, bool) {
+	for _, e := range flog {
 		if uint64(e.SeqNo) <= seq {
-			return uint64(e.VbUUID)
+			return uint64(e.VbUUID), true
 		}
 	}
-	return 0
+	return 0, false
+}
+
+// retryLocked reopens st's stream after the reopen delay.
+func (f *feed) retryLocked(vb uint16, st *vbState, err error) {
+	st.phase, st.at, st.cancel = phaseWaiting, f.opts.now().Add(f.opts.reopenDelay), nil
+	f.stats.Reopens++
+	f.settleLocked(st)
+	f.log.Warn("stream", "vb", vb, "error", err, "reopen_in", f.opts.reopenDelay)
 }
 
 func (f *feed) opened(vb uint16, gen int, uuid uint64, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	st := f.state[vb]
-	if f.closed || gen != st.gen {
+	if f.closed || gen != st.gen || st.phase != phaseOpening {
 		return
 	}
+	st.cancel = nil
 	var rb gocbcore.DCPRollbackError
 	switch {
 	case err == nil:
-		st.uuid = uuid
+		st.phase = phaseOpen
+		if uuid != 0 {
+			st.uuid = uuid
+		}
+		f.settleLocked(st)
 	case errors.As(err, &rb):
 		seq := uint64(rb.SeqNo)
 		st.rollbackTo = &seq
-		f.reopen[vb] = time.Time{} // at once
+		st.phase, st.at = phaseWaiting, time.Time{}
+		f.stats.Rollbacks++
+		f.settleLocked(st)
 		f.log.Warn("rollback", "vb", vb, "from", st.base.Seq, "to", seq)
+		f.poke()
+	case errors.Is(err, gocbcore.ErrDocumentExists):
+		// A stream of ours is open on vb already (a request we gave up
+		// on was answered after all): close it, then open again.
+		st.closeFirst = true
+		f.retryLocked(vb, st, err)
+	case errors.Is(err, gocbcore.ErrCollectionNotFound), errors.Is(err, gocbcore.ErrScopeNotFound):
+		st.phase = phaseParked
+		f.needResolve = true
+		f.settleLocked(st)
+		f.log.Warn("a watched collection is unknown to the server; reading the collections again", "vb", vb, "error", err)
+		f.poke()
+	case errors.Is(err, gocbcore.ErrAuthenticationFailure):
+		f.failLocked(fmt.Errorf("feed %s: the server refused the stream of vBucket %d "+
+			"(the user needs Data DCP Reader on the bucket, or Application Access on Community Edition): %w", f.name, vb, err))
 	default:
-		f.reopen[vb] = time.Now().Add(f.opts.reopenDelay)
-		f.log.Warn("open stream", "vb", vb, "error", err, "retry_in", f.opts.reopenDelay)
+		f.retryLocked(vb, st, err)
 	}
-}
-
-func (f *feed) retryLater(vb uint16, gen int, err error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.closed || gen != f.state[vb].gen {
-		return
-	}
-	f.reopen[vb] = time.Now().Add(f.opts.reopenDelay)
-	f.log.Warn("stream", "vb", vb, "error", err, "reopen_in", f.opts.reopenDelay)
 }
 
 // current says whether a callback belongs to vb's live stream; callers hold f.mu.
 func (f *feed) current(vb uint16, gen int) bool {
-	return !f.closed && f.state[vb] != nil && f.state[vb].gen == gen
+	st := f.state[vb]
+	return !f.closed && st != nil && st.gen == gen && st.phase == phaseOpen
 }
 
 func (f *feed) snapshotMarker(vb uint16, gen int, start, end uint64) {
@@ -243,6 +612,7 @@ func (f *feed) snapshotMarker(vb uint16, gen int, start, end uint64) {
 	if f.current(vb, gen) {
 		st := f.state[vb]
 		st.snaps = append(st.snaps, snapshot{start, end})
+		st.high = max(st.high, end)
 	}
 }
 
@@ -270,7 +640,7 @@ func (f *feed) change(vb uint16, gen int, collID uint32, key, value []byte, dele
 	f.mu.Unlock()
 	select {
 	case f.events <- ev:
-	case <-f.done:
+	case <-f.ctx.Done():
 	}
 }
 
@@ -284,14 +654,116 @@ func (f *feed) skip(vb uint16, gen int, seq uint64) {
 	}
 }
 
+// collectionDropped reads the collections again when a watched one is
+// dropped: gone for good, the feed fails; created again, the streams
+// restart on its new ID. Meanwhile the stream stops at the drop: what it
+// would say after it (changes of a new collection of that name, filtered
+// out) must not move its checkpoint.
+func (f *feed) collectionDropped(vb uint16, gen int, collID uint32, seq uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.current(vb, gen) {
+		return
+	}
+	f.acks.Skip(vb, seq)
+	name, ours := f.colls[collID]
+	if !ours {
+		return
+	}
+	st := f.state[vb]
+	st.phase, st.closeFirst = phaseParked, true
+	st.gen++
+	if !f.needResolve {
+		f.log.Warn("a watched collection was dropped; reading the collections again", "collection", name)
+		f.needResolve = true
+		f.poke()
+	}
+}
+
 func (f *feed) ended(vb uint16, gen int, err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.current(vb, gen) {
 		return
 	}
-	f.reopen[vb] = time.Now().Add(f.opts.reopenDelay)
-	f.log.Warn("stream ended; reopening from the checkpoint", "vb", vb, "error", err, "reopen_in", f.opts.reopenDelay)
+	st := f.state[vb]
+	switch {
+	case errors.Is(err, gocbcore.ErrDCPStreamFilterEmpty):
+		st.phase = phaseParked
+		f.needResolve = true
+		f.log.Warn("every collection of the stream was dropped; reading the collections again", "vb", vb)
+		f.poke()
+	case err != nil && strings.HasPrefix(err.Error(), "unknown stream close reason (8)"):
+		// kv_engine's "lost privileges", which gocbcore has no name for.
+		f.failLocked(fmt.Errorf("feed %s: the server ended the stream of vBucket %d because the user lost its rights "+
+			"(Data DCP Reader on the bucket, or Application Access on Community Edition)", f.name, vb))
+	default:
+		if err == nil {
+			err = errors.New("ended")
+		}
+		f.retryLocked(vb, st, fmt.Errorf("stream ended; reopening from the checkpoint: %w", err))
+	}
+}
+
+// reresolve reads the collection IDs again after a watched collection was
+// dropped or a stream was refused for an unknown one.
+func (f *feed) reresolve() {
+	var colls map[uint32]string
+	err := errors.New("no way to read the collections again")
+	if f.resolve != nil {
+		ctx, cancel := context.WithTimeout(f.ctx, 3*f.opts.opTimeout)
+		colls, err = f.resolve(ctx)
+		cancel()
+	}
+	var abandon []func()
+	defer func() {
+		for _, cancel := range abandon {
+			cancel() // outside f.mu: it may call the callback at once
+		}
+	}()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.resolving = false
+	switch {
+	case f.closed || f.ctx.Err() != nil:
+	case f.resolve == nil || errors.Is(err, gocbcore.ErrCollectionNotFound) || errors.Is(err, gocbcore.ErrScopeNotFound):
+		f.failLocked(fmt.Errorf("feed %s: a watched collection is gone (run ordermail setup, then restart): %w", f.name, err))
+	case err != nil:
+		f.resolveAt = f.opts.now().Add(f.opts.reopenDelay)
+		f.log.Warn("read collections", "error", err, "retry_in", f.opts.reopenDelay)
+	default:
+		f.needResolve = false
+		changed := !sameCollections(colls, f.colls)
+		if changed {
+			f.log.Warn("watched collections were created again; restarting the streams on them", "collections", colls)
+			f.setCollections(colls)
+		}
+		now := f.opts.now()
+		for _, st := range f.state {
+			if st.phase == phaseParked || (changed && st.phase != phaseWaiting) {
+				if st.phase == phaseOpening && st.cancel != nil {
+					abandon = append(abandon, st.cancel)
+				}
+				st.closeFirst = st.closeFirst || st.phase != phaseParked
+				st.phase, st.at, st.cancel = phaseWaiting, now, nil
+				st.gen++
+				f.stats.Reopens++
+			}
+		}
+		f.poke()
+	}
+}
+
+func sameCollections(a, b map[uint32]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for id, name := range a {
+		if b[id] != name {
+			return false
+		}
+	}
+	return true
 }
 
 // positionAt is the resume position for vb once everything up to seq is
@@ -299,7 +771,11 @@ func (f *feed) ended(vb uint16, gen int, err error) {
 func (f *feed) positionAt(vb uint16, seq uint64) position {
 	st := f.state[vb]
 	if seq == st.base.Seq {
-		return st.base
+		p := st.base
+		if st.uuid != 0 {
+			p.UUID = st.uuid // after a rollback, the branch the stream runs on
+		}
+		return p
 	}
 	snap := snapshot{st.base.SnapStart, st.base.SnapEnd}
 	for _, s := range st.snaps {
@@ -310,80 +786,141 @@ func (f *feed) positionAt(vb uint16, seq uint64) position {
 	return position{UUID: st.uuid, Seq: seq, SnapStart: snap.start, SnapEnd: max(snap.end, seq)}
 }
 
-func (f *feed) supervise() {
-	defer f.wg.Done()
-	t := time.NewTicker(f.opts.tick)
+func (f *feed) saveLoop() {
+	t := time.NewTicker(f.opts.flushEvery)
 	defer t.Stop()
 	for {
 		select {
-		case <-f.done:
+		case <-f.ctx.Done():
 			return
-		case now := <-t.C:
-			f.mu.Lock()
-			var due []uint16
-			for vb, at := range f.reopen {
-				if !at.After(now) {
-					due = append(due, vb)
-				}
-			}
-			flush := now.Sub(f.flushed) >= f.opts.flushEvery
-			f.mu.Unlock()
-			for _, vb := range due {
-				f.open(vb)
-			}
-			if flush {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				if err := f.flush(ctx); err != nil {
-					f.log.Warn("save checkpoints", "error", err)
-				}
-				cancel()
-			}
+		case <-t.C:
+		}
+		if err := f.flush(f.ctx); err != nil && f.ctx.Err() == nil {
+			f.log.Warn("save checkpoints", "error", err)
 		}
 	}
 }
 
-// flush saves the checkpoints that moved, and forgets snapshots below them.
+// flush saves every checkpoint that moved (sequence number, snapshot or
+// UUID), all of them even when some fail, and forgets the snapshots below
+// the saved ones.
 func (f *feed) flush(ctx context.Context) error {
 	cps := f.acks.Checkpoints()
+	type todo struct {
+		p   position
+		gen int
+	}
 	f.mu.Lock()
-	f.flushed = time.Now()
-	changed := map[uint16]position{}
-	for vb, seq := range cps {
-		if _, ours := f.state[vb]; ours && seq != f.saved[vb].Seq {
-			changed[vb] = f.positionAt(vb, seq)
+	work := map[uint16]todo{}
+	var vbs []uint16
+	for vb, st := range f.state {
+		if p := f.positionAt(vb, cps[vb]); p != f.saved[vb] {
+			work[vb] = todo{p, st.gen}
+			vbs = append(vbs, vb)
 		}
 	}
 	f.mu.Unlock()
-	if len(changed) == 0 {
+	if len(vbs) == 0 {
 		return nil
 	}
-	if err := f.cps.Save(ctx, f.name, changed); err != nil {
-		return err
-	}
+	errs := parallel(ctx, vbs, f.opts.saveParallel, func(ctx context.Context, vb uint16) error {
+		ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
+		defer cancel()
+		return f.cps.Save(ctx, f.name, vb, work[vb].p)
+	})
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for vb, p := range changed {
-		f.saved[vb] = p
-		st := f.state[vb]
-		for len(st.snaps) > 1 && st.snaps[1].start <= p.Seq {
-			st.snaps = st.snaps[1:]
+	stopping := ctx == f.ctx && f.ctx.Err() != nil // the saver, cut short by Close: Close saves again
+	for _, vb := range vbs {
+		if errs[vb] != nil {
+			if !stopping {
+				f.stats.CheckpointSaveFailures++
+			}
+			continue
+		}
+		w := work[vb]
+		f.saved[vb] = w.p
+		if st := f.state[vb]; st.gen == w.gen {
+			for len(st.snaps) > 1 && st.snaps[1].start <= w.p.Seq {
+				st.snaps = st.snaps[1:]
+			}
 		}
 	}
+	if err := joinErrs(errs, len(vbs)); err != nil {
+		return fmt.Errorf("save checkpoints of %s: %w", f.name, err)
+	}
 	return nil
+}
+
+// highsLoop reads the vBuckets' high seqnos now and then, for the lag.
+func (f *feed) highsLoop() {
+	t := time.NewTicker(f.opts.statsEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.ctx.Done():
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(f.ctx, f.opts.opTimeout)
+		highs, err := f.agent.HighSeqnos(ctx, f.vbs)
+		cancel()
+		if err != nil {
+			if f.ctx.Err() == nil {
+				f.log.Debug("read high seqnos", "error", err)
+			}
+			continue
+		}
+		f.mu.Lock()
+		for vb, h := range highs {
+			if st := f.state[vb]; st != nil {
+				st.high = max(st.high, h)
+			}
+		}
+		f.mu.Unlock()
+	}
+}
+
+// Stats reports the streams, the lag and the counters.
+func (f *feed) Stats() FeedStats {
+	cps := f.acks.Checkpoints()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.stats
+	for vb, st := range f.state {
+		if st.phase == phaseOpen {
+			s.StreamsOpen++
+		}
+		if cp := cps[vb]; st.high > cp {
+			lag := st.high - cp
+			s.Lag += lag
+			s.MaxLag = max(s.MaxLag, lag)
+		}
+	}
+	return s
 }
 
 func (f *feed) Next(ctx context.Context) (store.Event, error) {
 	select {
 	case ev := <-f.events:
 		return ev, nil
+	default:
+	}
+	select {
+	case ev := <-f.events:
+		return ev, nil
 	case <-ctx.Done():
 		return store.Event{}, ctx.Err()
-	case <-f.done:
+	case <-f.failed:
+		return store.Event{}, f.err
+	case <-f.ctx.Done():
 		return store.Event{}, store.ErrClosed
 	}
 }
 
-// Close stops the streams and saves what was acknowledged.
+// Close saves what was acknowledged, then closes the DCP connections,
+// which ends every stream at once: it waits on no stream (or node) in
+// particular, and gives up saving when ctx ends.
 func (f *feed) Close(ctx context.Context) error {
 	f.mu.Lock()
 	if f.closed {
@@ -392,14 +929,22 @@ func (f *feed) Close(ctx context.Context) error {
 	}
 	f.closed = true
 	f.mu.Unlock()
-	close(f.done)
+	f.stop()
 	f.wg.Wait()
-	for _, vb := range f.vbs {
-		if err := f.agent.CloseStream(vb); err != nil {
-			f.log.Debug("close stream", "vb", vb, "error", err)
-		}
+	err := f.flush(ctx)
+	return errors.Join(err, f.agent.Close())
+}
+
+// shutdown stops the goroutines and the connections without saving.
+func (f *feed) shutdown() {
+	f.mu.Lock()
+	f.closed = true
+	f.mu.Unlock()
+	f.stop()
+	f.wg.Wait()
+	if err := f.agent.Close(); err != nil {
+		f.log.Debug("close dcp agent", "error", err)
 	}
-	return errors.Join(f.flush(ctx), f.agent.Close())
 }
 
 // observer receives one stream incarnation's callbacks.
@@ -432,10 +977,7 @@ func (o *observer) SeqNoAdvanced(s gocbcore.DcpSeqNoAdvanced) { o.f.skip(o.vb, o
 func (o *observer) CreateCollection(c gocbcore.DcpCollectionCreation) { o.f.skip(o.vb, o.gen, c.SeqNo) }
 
 func (o *observer) DeleteCollection(d gocbcore.DcpCollectionDeletion) {
-	if name, ours := o.f.colls[d.CollectionID]; ours {
-		o.f.log.Error("a watched collection was dropped; run ordermail setup and restart", "collection", name)
-	}
-	o.f.skip(o.vb, o.gen, d.SeqNo)
+	o.f.collectionDropped(o.vb, o.gen, d.CollectionID, d.SeqNo)
 }
 
 func (o *observer) FlushCollection(c gocbcore.DcpCollectionFlush) { o.f.skip(o.vb, o.gen, c.SeqNo) }

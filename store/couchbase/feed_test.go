@@ -30,35 +30,56 @@ type openCall struct {
 
 // fakeAgent records what the feed asks of the DCP agent.
 type fakeAgent struct {
-	mu       sync.Mutex
-	opens    []openCall
-	closes   []uint16
-	failover map[uint16][]gocbcore.FailoverEntry
-	highs    map[uint16]position
-	closed   bool
+	mu           sync.Mutex
+	opens        []openCall
+	closes       []uint16
+	cancels      int
+	failover     map[uint16][]gocbcore.FailoverEntry
+	failoverErrs int // FailoverLog fails this many more times
+	failoverRead int
+	highs        map[uint16]uint64
+	closed       bool
 }
 
-func (a *fakeAgent) OpenStream(vb uint16, from position, ids []uint32, obs gocbcore.StreamObserver, cb func(uint64, error)) error {
+func (a *fakeAgent) OpenStream(vb uint16, from position, ids []uint32, obs gocbcore.StreamObserver, cb func(uint64, error)) (func(), error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.opens = append(a.opens, openCall{vb, from, ids, obs, cb})
-	return nil
+	return func() {
+		a.mu.Lock()
+		a.cancels++
+		a.mu.Unlock()
+		cb(0, gocbcore.ErrRequestCanceled)
+	}, nil
 }
 
-func (a *fakeAgent) CloseStream(vb uint16) error {
+func (a *fakeAgent) CloseStream(_ context.Context, vb uint16) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.closes = append(a.closes, vb)
 	return nil
 }
 
-func (a *fakeAgent) FailoverLog(vb uint16) ([]gocbcore.FailoverEntry, error) {
+func (a *fakeAgent) FailoverLog(_ context.Context, vb uint16) ([]gocbcore.FailoverEntry, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.failoverRead++
+	if a.failoverErrs > 0 {
+		a.failoverErrs--
+		return nil, gocbcore.ErrTemporaryFailure
+	}
 	return a.failover[vb], nil
 }
 
-func (a *fakeAgent) HighSeqnos() (map[uint16]position, error) { return a.highs, nil }
+func (a *fakeAgent) HighSeqnos(_ context.Context, vbs []uint16) (map[uint16]uint64, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[uint16]uint64{}
+	for _, vb := range vbs {
+		out[vb] = a.highs[vb]
+	}
+	return out, nil
+}
 
 func (a *fakeAgent) Close() error {
 	a.mu.Lock()
@@ -108,15 +129,13 @@ func (c *fakeCheckpoints) Load(_ context.Context, _ string, vbs []uint16) (map[u
 	return out, nil
 }
 
-func (c *fakeCheckpoints) Save(_ context.Context, _ string, ps map[uint16]position) error {
+func (c *fakeCheckpoints) Save(_ context.Context, _ string, vb uint16, p position) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.saved == nil {
 		c.saved = map[uint16]position{}
 	}
-	for vb, p := range ps {
-		c.saved[vb] = p
-	}
+	c.saved[vb] = p
 	c.saves++
 	return nil
 }
@@ -144,13 +163,14 @@ const (
 
 var (
 	quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
+	testLog  = quietLog
 	colls    = map[uint32]string{inboundID: "inbound", retryID: "retry"}
 	fastOpts = feedOptions{buffer: 16, flushEvery: 5 * time.Millisecond, reopenDelay: 5 * time.Millisecond, tick: 2 * time.Millisecond}
 )
 
 func startFeed(t *testing.T, agent *fakeAgent, cps *fakeCheckpoints, vbs []uint16, fromNow bool, opts feedOptions) *feed {
 	t.Helper()
-	f, err := newFeed(context.Background(), agent, cps, "ordermail", colls, vbs, fromNow, opts, quietLog)
+	f, err := newFeed(context.Background(), agent, cps, nil, "ordermail", colls, vbs, fromNow, opts, quietLog)
 	require.NoError(t, err)
 	t.Cleanup(func() { f.Close(context.Background()) })
 	return f
@@ -223,7 +243,7 @@ func TestOutOfOrderCompletionNeverSkipsAnEvent(t *testing.T) {
 	e2.Ack()
 	assert.Equal(t, uint64(0), f.acks.Checkpoints()[0], "event 1 is still in flight")
 	require.NoError(t, f.flush(context.Background()))
-	assert.Equal(t, position{}, cps.get(0), "nothing past the event in flight is saved")
+	assert.Equal(t, uint64(0), cps.get(0).Seq, "nothing past the event in flight is saved")
 	e1.Ack()
 	cps.waitFor(t, 0, position{UUID: 1, Seq: 3, SnapStart: 1, SnapEnd: 3})
 }
@@ -243,8 +263,10 @@ func TestRestartResumesFromSavedCheckpoint(t *testing.T) {
 
 func TestFromNowWithoutCheckpoint(t *testing.T) {
 	high := position{UUID: 9, Seq: 500, SnapStart: 500, SnapEnd: 500}
-	agent := &fakeAgent{highs: map[uint16]position{2: high}}
-	startFeed(t, agent, &fakeCheckpoints{}, []uint16{2}, true, fastOpts)
+	agent := &fakeAgent{highs: map[uint16]uint64{2: 500}, failover: map[uint16][]gocbcore.FailoverEntry{2: {{VbUUID: 9, SeqNo: 0}}}}
+	cps := &fakeCheckpoints{}
+	startFeed(t, agent, cps, []uint16{2}, true, fastOpts)
+	assert.Equal(t, high, cps.get(2), "saved before anything is streamed")
 	assert.Equal(t, high, agent.lastOpen(t, 2, 1).from)
 }
 
@@ -341,7 +363,7 @@ func TestSlowConsumerBlocksTheStreamInsteadOfDropping(t *testing.T) {
 func TestCloseStopsStreamsAndSaves(t *testing.T) {
 	agent := &fakeAgent{}
 	cps := &fakeCheckpoints{}
-	f, err := newFeed(context.Background(), agent, cps, "ordermail", colls, []uint16{0, 1}, false,
+	f, err := newFeed(context.Background(), agent, cps, nil, "ordermail", colls, []uint16{0, 1}, false,
 		feedOptions{flushEvery: time.Hour, tick: time.Hour}, quietLog)
 	require.NoError(t, err)
 	s := agent.lastOpen(t, 0, 1)
@@ -350,7 +372,7 @@ func TestCloseStopsStreamsAndSaves(t *testing.T) {
 	next(t, f).Ack()
 	require.NoError(t, f.Close(context.Background()))
 	assert.Equal(t, position{UUID: 2, Seq: 1, SnapStart: 0, SnapEnd: 1}, cps.get(0), "saved at close")
-	assert.ElementsMatch(t, []uint16{0, 1}, agent.closes)
+	assert.Empty(t, agent.closes, "closing the connections ends the streams: none is closed one by one")
 	assert.True(t, agent.closed)
 	_, err = f.Next(context.Background())
 	assert.ErrorIs(t, err, store.ErrClosed)

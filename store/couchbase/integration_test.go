@@ -4,26 +4,35 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/couchbase/gocb/v2"
+	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/couchbase/cbtest"
 	"github.com/ordermail/ordermail/store/storetest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-// The integration tests run against the cluster ORDERMAIL_TEST_COUCHBASE
-// names, and skip without one.
+// The integration tests run against cbtest, an in-process Couchbase that
+// gocb and gocbcore talk to over TCP, or, when ORDERMAIL_TEST_COUCHBASE
+// names one, against that real cluster instead
+// (ORDERMAIL_TEST_COUCHBASE_USERNAME and _PASSWORD default to
+// Administrator and password). The tests that inject faults need cbtest
+// and skip on a real cluster.
 
-func testCluster(t *testing.T) Config {
-	t.Helper()
+// testVBuckets keeps cbtest's feeds small: 64 streams instead of 1024.
+const testVBuckets = 64
+
+// realCluster is the configuration of the cluster the environment names,
+// if it names one.
+func realCluster() (Config, bool) {
 	conn := os.Getenv("ORDERMAIL_TEST_COUCHBASE")
 	if conn == "" {
-		t.Skip("no Couchbase cluster: `docker compose up -d couchbase couchbase-init`, then " +
-			"ORDERMAIL_TEST_COUCHBASE=couchbase://localhost go test ./store/couchbase/ " +
-			"(ORDERMAIL_TEST_COUCHBASE_USERNAME and _PASSWORD default to Administrator and password)")
+		return Config{}, false
 	}
 	cfg := Config{ConnStr: conn, Username: "Administrator", Password: "password"}
 	if v := os.Getenv("ORDERMAIL_TEST_COUCHBASE_USERNAME"); v != "" {
@@ -32,45 +41,125 @@ func testCluster(t *testing.T) Config {
 	if v := os.Getenv("ORDERMAIL_TEST_COUCHBASE_PASSWORD"); v != "" {
 		cfg.Password = v
 	}
+	return cfg, true
+}
+
+// testCluster is a set-up cluster: the real one, or a cbtest one of nodes
+// nodes (srv is nil on a real cluster).
+func testCluster(t *testing.T, nodes int) (Config, *cbtest.Server) {
+	t.Helper()
+	cfg, real := realCluster()
+	var srv *cbtest.Server
+	if !real {
+		// SyncDCP: the store contract reads events of different
+		// vBuckets in the order they were written (see the report on
+		// storetest); over several nodes only a synchronous DCP keeps it.
+		srv = cbtest.Start(t, cbtest.Options{Nodes: nodes, VBuckets: testVBuckets, SyncDCP: true})
+		cfg = Config{ConnStr: srv.ConnStr(), Username: srv.Username(), Password: srv.Password(), Timeout: 5 * time.Second}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, quietLog), "setup")
-	return cfg
+	return cfg, srv
+}
+
+// fakeCluster is a set-up cbtest cluster, for the tests that inject
+// faults; they skip on a real cluster.
+func fakeCluster(t *testing.T, opts cbtest.Options) (Config, *cbtest.Server) {
+	t.Helper()
+	if _, real := realCluster(); real {
+		t.Skip("injects faults: runs on cbtest only")
+	}
+	if opts.VBuckets == 0 {
+		opts.VBuckets = testVBuckets
+	}
+	srv := cbtest.Start(t, opts)
+	cfg := Config{ConnStr: srv.ConnStr(), Username: srv.Username(), Password: srv.Password(), Timeout: 5 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, quietLog), "setup")
+	return cfg, srv
+}
+
+// openStore opens a store on cfg, closed when the test ends; tune may set
+// its test knobs before use.
+func openStore(t *testing.T, cfg Config, tune ...func(*Store)) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), cfg, testLog)
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	for _, f := range tune {
+		f(s)
+	}
+	return s
 }
 
 func TestIntegrationContract(t *testing.T) {
-	cfg := testCluster(t)
-	storetest.Run(t, func(t *testing.T) store.Store {
-		s, err := Open(context.Background(), cfg, quietLog)
-		require.NoError(t, err)
-		t.Cleanup(func() { s.Close() })
-		return s
-	})
+	run := func(t *testing.T, nodes int) {
+		cfg, _ := testCluster(t, nodes)
+		cfg.CountsTTL = -1 // the contract reads counts right after writing
+		storetest.Run(t, func(t *testing.T) store.Store { return openStore(t, cfg) })
+	}
+	if _, real := realCluster(); real {
+		run(t, 0)
+		return
+	}
+	t.Run("OneNode", func(t *testing.T) { run(t, 1) })
+	t.Run("ThreeNodes", func(t *testing.T) { run(t, 3) })
 }
 
 func TestIntegrationSetupTwice(t *testing.T) {
-	cfg := testCluster(t) // once
+	cfg, srv := testCluster(t, 1) // once
+	var before map[string][]string
+	if srv != nil {
+		before = indexes(srv)
+	}
 	require.NoError(t, Setup(context.Background(), cfg, SetupOptions{}, quietLog), "and again")
+	if srv != nil {
+		assert.Equal(t, before, indexes(srv), "the second run changes nothing")
+		assert.Contains(t, before["inbound"], "#primary", "Scan on inbound has its primary index")
+	}
 }
 
-func TestIntegrationSweepUsesItsIndexes(t *testing.T) {
-	cfg := testCluster(t)
-	s, err := Open(context.Background(), cfg, quietLog)
-	require.NoError(t, err)
-	defer s.Close()
-	res, err := s.cluster.Query("EXPLAIN "+sweepStatement(s.keyspace("retry")), &gocb.QueryOptions{
-		NamedParameters: sweepParams(time.Now(), 15*time.Second, 1000),
-	})
+func indexes(srv *cbtest.Server) map[string][]string {
+	out := map[string][]string{}
+	for _, c := range collections {
+		out[c] = srv.Indexes("orders", "_default", c)
+	}
+	return out
+}
+
+// explain returns the plan of stmt.
+func explain(t *testing.T, s *Store, stmt string, params map[string]interface{}) string {
+	t.Helper()
+	res, err := s.cluster.Query("EXPLAIN "+stmt, &gocb.QueryOptions{NamedParameters: params})
 	require.NoError(t, err)
 	var plan json.RawMessage
 	require.NoError(t, res.One(&plan))
-	assert.Contains(t, string(plan), "ix_retry_next")
-	assert.Contains(t, string(plan), "ix_retry_ts")
-	assert.NotContains(t, string(plan), "PrimaryScan", "the sweep does not read every retry document")
+	return string(plan)
+}
+
+func TestIntegrationSweepUsesItsIndexes(t *testing.T) {
+	cfg, _ := testCluster(t, 1)
+	s := openStore(t, cfg)
+	plan := explain(t, s, sweepStatement(s.keyspace("retry")), sweepParams(time.Now(), 15*time.Second, 1000))
+	assert.Contains(t, plan, "ix_retry_next")
+	assert.Contains(t, plan, "ix_retry_ts")
+	assert.NotContains(t, plan, "PrimaryScan", "the sweep does not read every retry document")
+}
+
+func TestIntegrationScanUsesThePrimaryIndex(t *testing.T) {
+	cfg, _ := testCluster(t, 1)
+	s := openStore(t, cfg)
+	for _, c := range collections {
+		plan := explain(t, s, scanStatement(s.keyspace(c)), map[string]interface{}{"after": "", "limit": 500})
+		assert.Contains(t, plan, "#primary", "scan of %s", c)
+		assert.NotContains(t, plan, "SequentialScan", "scan of %s needs no sequential scan (nor its role)", c)
+	}
 }
 
 func TestIntegrationMissingCollectionIsAClearError(t *testing.T) {
-	cfg := testCluster(t)
+	cfg, _ := testCluster(t, 1)
 	cfg.Scope = "no_such_scope"
 	_, err := Open(context.Background(), cfg, quietLog)
 	require.Error(t, err)
@@ -79,10 +168,15 @@ func TestIntegrationMissingCollectionIsAClearError(t *testing.T) {
 }
 
 func TestIntegrationWrongPasswordIsAClearError(t *testing.T) {
-	cfg := testCluster(t)
+	cfg, _ := testCluster(t, 1)
 	cfg.Password = "definitely-wrong"
-	cfg.Timeout = 2 * time.Second
+	cfg.Timeout = time.Second
 	_, err := Open(context.Background(), cfg, quietLog)
 	require.Error(t, err)
 	assert.NotContains(t, err.Error(), "definitely-wrong", "the password is never in a message")
+	assert.Contains(t, strings.ToLower(err.Error()), "credentials", "says what may be wrong")
 }
+
+// The rest of the suite checks the feed against cbtest's faults. They use
+// order.Inbound and order.Retry like the watcher does.
+var watched = []string{order.Inbound, order.Retry}

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ordermail/ordermail/internal/redact"
 	"log/slog"
 	"strings"
 	"time"
 
 	"github.com/couchbase/gocb/v2"
+	"github.com/ordermail/ordermail/internal/redact"
 )
 
 // SetupOptions size the buckets setup creates.
@@ -22,9 +22,12 @@ type SetupOptions struct {
 // (Couchbase 7.1+) makes setup safe to run twice.
 func indexStatements(ks func(string) string) []string {
 	return []string{
-		// The sample's, used by its own UPDATE and by Scan.
+		// The sample's, used by its own UPDATE, and Scan's on every
+		// collection (without one, a scan of inbound would need 7.6's
+		// sequential scans and the role that allows them).
 		"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ks("retry"),
 		"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ks("deadletter"),
+		"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ks("inbound"),
 		// One per branch of the sweep, so that it reads only due documents.
 		"CREATE INDEX IF NOT EXISTS ix_retry_next ON " + ks("retry") + "(nextAttemptAt)",
 		"CREATE INDEX IF NOT EXISTS ix_retry_ts ON " + ks("retry") + "(ts) WHERE nextAttemptAt IS MISSING",
@@ -33,14 +36,83 @@ func indexStatements(ks func(string) string) []string {
 	}
 }
 
-// errRights explains a refusal of the cluster.
-func errRights(cfg Config, what string, err error) error {
+// What setup does, for errRights to name the role it lacks.
+type setupStep int
+
+const (
+	stepConnect setupStep = iota
+	stepBuckets
+	stepCollections
+	stepIndexes
+)
+
+// Editions, as /pools/default reports them in each node's version.
+const (
+	editionUnknown    = ""
+	editionEnterprise = "enterprise"
+	editionCommunity  = "community"
+)
+
+// neededRoles names the roles a step needs on an edition: Community
+// Edition has only Full Admin, Read-Only Admin and Application Access.
+func neededRoles(cfg Config, edition string, step setupStep) string {
+	ee := map[setupStep]string{
+		stepConnect: "any role (are the username and password right?)",
+		stepBuckets: "Cluster Admin (cluster_admin) or Full Admin (admin) to create buckets",
+		stepCollections: fmt.Sprintf("Cluster Admin (cluster_admin), Bucket Admin (bucket_admin[%s]) or Manage Scopes "+
+			"(scope_admin[%s]) to create scopes and collections", cfg.Bucket, cfg.Bucket),
+		stepIndexes: fmt.Sprintf("Query Manage Index (query_manage_index[%s]) to create indexes (Cluster Admin does not "+
+			"include it)", cfg.Bucket),
+	}[step]
+	ce := map[setupStep]string{
+		stepConnect:     "any role (are the username and password right?)",
+		stepBuckets:     "Full Admin (admin), the only Community Edition role that creates buckets",
+		stepCollections: "Full Admin (admin), the only Community Edition role that creates scopes and collections",
+		stepIndexes:     fmt.Sprintf("Application Access (bucket_full_access[%s]) or Full Admin (admin) to create indexes", cfg.Bucket),
+	}[step]
+	all := fmt.Sprintf("setup as a whole needs Cluster Admin plus Query Manage Index on %s on Enterprise Edition, "+
+		"Full Admin on Community Edition", cfg.Bucket)
+	switch edition {
+	case editionEnterprise:
+		return "on Enterprise Edition this needs " + ee + "; " + all
+	case editionCommunity:
+		return "on Community Edition this needs " + ce + "; " + all
+	}
+	return "this needs, on Enterprise Edition, " + ee + "; on Community Edition, " + ce + "; " + all
+}
+
+// refused says whether the cluster refused err's request for lack of
+// rights (or of valid credentials).
+func refused(err error) bool {
 	msg := strings.ToLower(err.Error())
-	if errors.Is(err, gocb.ErrAuthenticationFailure) || strings.Contains(msg, "forbidden") || strings.Contains(msg, "permission") {
-		return fmt.Errorf("%s: user %q lacks the rights (setup needs Cluster Admin, or Bucket Admin on %s and %s plus Query Manage Index): %w",
-			what, cfg.Username, cfg.Bucket, cfg.MetadataBucket, err)
+	return errors.Is(err, gocb.ErrAuthenticationFailure) || strings.Contains(msg, "forbidden") ||
+		strings.Contains(msg, "permission") || strings.Contains(msg, "does not have credentials") ||
+		strings.Contains(msg, "13014")
+}
+
+// errRights explains a refusal of the cluster, naming the role missing
+// for step on the cluster's edition.
+func errRights(cfg Config, edition string, step setupStep, what string, err error) error {
+	if refused(err) {
+		return fmt.Errorf("%s: user %q lacks the rights: %s: %w", what, cfg.Username, neededRoles(cfg, edition, step), err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
+}
+
+// clusterEdition reads the edition from the nodes' versions
+// ("7.6.2-3721-enterprise"); unknown when the cluster does not say.
+func clusterEdition(ctx context.Context, cluster *gocb.Cluster) string {
+	nodes, err := cluster.Internal().GetNodesMetadata(&gocb.GetNodesMetadataOptions{Context: ctx})
+	if err != nil || len(nodes) == 0 {
+		return editionUnknown
+	}
+	switch v := strings.ToLower(nodes[0].Version); {
+	case strings.HasSuffix(v, "-enterprise"):
+		return editionEnterprise
+	case strings.HasSuffix(v, "-community"):
+		return editionCommunity
+	}
+	return editionUnknown
 }
 
 // Setup creates, if they are missing, the buckets, the collections and the
@@ -56,16 +128,12 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 	if so.MetadataRAMMB == 0 {
 		so.MetadataRAMMB = 128
 	}
-	cluster, _, err := connect(cfg)
+	cluster, err := connectReady(ctx, cfg)
 	if err != nil {
-		return err
+		return errRights(cfg, editionUnknown, stepConnect, "reach the cluster at "+redact.URL(cfg.ConnStr), err)
 	}
 	defer cluster.Close(nil)
-	err = cluster.WaitUntilReady(3*cfg.Timeout, &gocb.WaitUntilReadyOptions{Context: ctx,
-		ServiceTypes: []gocb.ServiceType{gocb.ServiceTypeManagement, gocb.ServiceTypeQuery}})
-	if err != nil {
-		return errRights(cfg, "reach the cluster at "+redact.URL(cfg.ConnStr), err)
-	}
+	edition := clusterEdition(ctx, cluster)
 	for _, b := range []struct {
 		name string
 		ram  uint64
@@ -78,8 +146,11 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 			log.Info("created bucket", "bucket", b.name, "ram_mb", b.ram)
 		case errors.Is(err, gocb.ErrBucketExists):
 			log.Info("bucket exists", "bucket", b.name)
+		case refused(err) && bucketExists(ctx, cluster, b.name):
+			// Created by an administrator: this user need not be able to.
+			log.Info("bucket exists", "bucket", b.name)
 		default:
-			return errRights(cfg, "create bucket "+b.name, err)
+			return errRights(cfg, edition, stepBuckets, "create bucket "+b.name, err)
 		}
 		if err := cluster.Bucket(b.name).WaitUntilReady(3*cfg.Timeout, &gocb.WaitUntilReadyOptions{Context: ctx}); err != nil {
 			return fmt.Errorf("bucket %s is not ready: %w", b.name, err)
@@ -88,7 +159,7 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 	cm := cluster.Bucket(cfg.Bucket).CollectionsV2()
 	if cfg.Scope != "_default" {
 		if err := cm.CreateScope(cfg.Scope, &gocb.CreateScopeOptions{Context: ctx}); err != nil && !errors.Is(err, gocb.ErrScopeExists) {
-			return errRights(cfg, "create scope "+cfg.Scope, err)
+			return errRights(cfg, edition, stepCollections, "create scope "+cfg.Scope, err)
 		}
 	}
 	for _, c := range collections {
@@ -98,12 +169,12 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 			log.Info("created collection", "collection", cfg.Bucket+"."+cfg.Scope+"."+c)
 		case errors.Is(err, gocb.ErrCollectionExists):
 		default:
-			return errRights(cfg, "create collection "+c, err)
+			return errRights(cfg, edition, stepCollections, "create collection "+c, err)
 		}
 	}
 	s := &Store{cfg: cfg}
 	for _, stmt := range indexStatements(s.keyspace) {
-		if err := createIndex(ctx, cluster, cfg, stmt); err != nil {
+		if err := createIndex(ctx, cluster, cfg, edition, stmt); err != nil {
 			return err
 		}
 	}
@@ -111,9 +182,32 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 	return nil
 }
 
+// connectReady connects and waits for the management and query services,
+// connecting again (within three timeouts in all) when they stay "not
+// ready": gocbcore's cluster-level agent misses a config that arrives
+// before it watches for configs, and then waits for the next revision.
+func connectReady(ctx context.Context, cfg Config) (*gocb.Cluster, error) {
+	deadline := time.Now().Add(3 * cfg.Timeout)
+	for {
+		cluster, _, err := connect(cfg)
+		if err != nil {
+			return nil, err
+		}
+		err = cluster.WaitUntilReady(min(cfg.Timeout, time.Until(deadline)), &gocb.WaitUntilReadyOptions{Context: ctx,
+			ServiceTypes: []gocb.ServiceType{gocb.ServiceTypeManagement, gocb.ServiceTypeQuery}})
+		if err == nil {
+			return cluster, nil
+		}
+		cluster.Close(nil)
+		if !errors.Is(err, gocb.ErrTimeout) || time.Until(deadline) <= 0 || ctx.Err() != nil {
+			return nil, err
+		}
+	}
+}
+
 // createIndex retries while the query service does not know a collection
 // created a moment ago.
-func createIndex(ctx context.Context, cluster *gocb.Cluster, cfg Config, stmt string) error {
+func createIndex(ctx context.Context, cluster *gocb.Cluster, cfg Config, edition, stmt string) error {
 	deadline := time.Now().Add(6 * cfg.Timeout)
 	for {
 		res, err := cluster.Query(stmt, &gocb.QueryOptions{Context: ctx})
@@ -126,7 +220,7 @@ func createIndex(ctx context.Context, cluster *gocb.Cluster, cfg Config, stmt st
 		notYet := errors.Is(err, gocb.ErrCollectionNotFound) || errors.Is(err, gocb.ErrIndexFailure) ||
 			strings.Contains(strings.ToLower(err.Error()), "keyspace not found")
 		if !notYet || time.Now().After(deadline) {
-			return errRights(cfg, "create index ("+stmt+")", err)
+			return errRights(cfg, edition, stepIndexes, "create index ("+stmt+")", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -134,4 +228,11 @@ func createIndex(ctx context.Context, cluster *gocb.Cluster, cfg Config, stmt st
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// bucketExists says whether the cluster has bucket name, as far as this
+// user may see.
+func bucketExists(ctx context.Context, cluster *gocb.Cluster, name string) bool {
+	_, err := cluster.Buckets().GetBucket(name, &gocb.GetBucketOptions{Context: ctx})
+	return err == nil
 }

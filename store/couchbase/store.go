@@ -1,16 +1,17 @@
 package couchbase
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/ordermail/ordermail/internal/redact"
 	"log/slog"
 	"slices"
 	"time"
 
 	"github.com/couchbase/gocb/v2"
+	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 )
@@ -22,6 +23,14 @@ type Store struct {
 	cluster *gocb.Cluster
 	colls   map[string]*gocb.Collection
 	log     *slog.Logger
+	now     func() time.Time
+
+	counts  ttlCache[store.Counts]
+	backlog ttlCache[store.Backlog]
+
+	// Tests tune the feed and hear of ambiguous writes.
+	feedOpts    feedOptions
+	onAmbiguous func(store.Write)
 }
 
 var _ store.Store = (*Store)(nil)
@@ -39,7 +48,8 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{cfg: cfg, pw: pw, cluster: cluster, colls: map[string]*gocb.Collection{}, log: log.With("component", "couchbase")}
+	s := &Store{cfg: cfg, pw: pw, cluster: cluster, colls: map[string]*gocb.Collection{}, log: log.With("component", "couchbase"),
+		now: time.Now, counts: newTTLCache[store.Counts](), backlog: newTTLCache[store.Backlog]()}
 	if err := s.open(ctx); err != nil {
 		cluster.Close(nil)
 		return nil, err
@@ -131,6 +141,10 @@ func (s *Store) Get(ctx context.Context, coll, key string) (store.Doc, error) {
 	if err != nil {
 		return store.Doc{}, err
 	}
+	return s.get(ctx, c, coll, key)
+}
+
+func (s *Store) get(ctx context.Context, c *gocb.Collection, coll, key string) (store.Doc, error) {
 	res, err := c.Get(key, &gocb.GetOptions{Context: ctx})
 	if err != nil {
 		return store.Doc{}, fmt.Errorf("get %s/%s: %w", coll, key, mapErr(err))
@@ -143,50 +157,171 @@ func (s *Store) Get(ctx context.Context, coll, key string) (store.Doc, error) {
 }
 
 func (s *Store) Insert(ctx context.Context, coll, key string, value []byte) (uint64, error) {
-	c, err := s.coll(coll)
-	if err != nil {
-		return 0, err
-	}
-	res, err := c.Insert(key, value, &gocb.InsertOptions{Context: ctx})
-	if err != nil {
-		return 0, fmt.Errorf("insert %s/%s: %w", coll, key, mapErr(err))
-	}
-	return uint64(res.Cas()), nil
+	return s.write(ctx, store.Write{Op: store.OpInsert, Collection: coll, Key: key, Value: value})
 }
 
 func (s *Store) Replace(ctx context.Context, coll, key string, value []byte, cas uint64) (uint64, error) {
-	c, err := s.coll(coll)
-	if err != nil {
-		return 0, err
-	}
-	res, err := c.Replace(key, value, &gocb.ReplaceOptions{Context: ctx, Cas: gocb.Cas(cas)})
-	if err != nil {
-		return 0, fmt.Errorf("replace %s/%s: %w", coll, key, mapErr(err))
-	}
-	return uint64(res.Cas()), nil
+	return s.write(ctx, store.Write{Op: store.OpReplace, Collection: coll, Key: key, Value: value, CAS: cas})
 }
 
 func (s *Store) Upsert(ctx context.Context, coll, key string, value []byte) (uint64, error) {
-	c, err := s.coll(coll)
+	return s.write(ctx, store.Write{Op: store.OpUpsert, Collection: coll, Key: key, Value: value})
+}
+
+func (s *Store) Remove(ctx context.Context, coll, key string, cas uint64) error {
+	_, err := s.write(ctx, store.Write{Op: store.OpRemove, Collection: coll, Key: key, CAS: cas})
+	return err
+}
+
+// write makes one KV write. When the server does not answer in time after
+// the write was sent (gocb's ambiguous timeout), the write may have been
+// made: write reads the document back to tell, and carries on as if it had
+// answered (made: its CAS; not made: the write again, guarded as before).
+// Without that, a retried insert would fail with "exists" and a retried
+// guarded replace or remove with a CAS mismatch after all went well.
+func (s *Store) write(ctx context.Context, w store.Write) (uint64, error) {
+	c, err := s.coll(w.Collection)
 	if err != nil {
 		return 0, err
 	}
-	res, err := c.Upsert(key, value, &gocb.UpsertOptions{Context: ctx})
+	const attempts = 3
+	for attempt := 1; ; attempt++ {
+		cas, err := s.writeOnce(ctx, c, w)
+		if attempt > 1 && (errors.Is(err, gocb.ErrDocumentExists) || errors.Is(err, gocb.ErrCasMismatch) ||
+			errors.Is(err, gocb.ErrDocumentNotFound)) {
+			// Written again after an ambiguous timeout, w's guard fails:
+			// the first write may have been made after all, late.
+			if out, d, rerr := s.resolveAmbiguous(ctx, c, w); rerr == nil && out == outcomeMade {
+				return d.CAS, nil
+			}
+		}
+		if !errors.Is(err, gocb.ErrAmbiguousTimeout) {
+			if err != nil {
+				return 0, fmt.Errorf("%s %s/%s: %w", w.Op, w.Collection, w.Key, mapErr(err))
+			}
+			return cas, nil
+		}
+		if s.onAmbiguous != nil {
+			s.onAmbiguous(w)
+		}
+		out, d, rerr := s.resolveAmbiguous(ctx, c, w)
+		switch {
+		case rerr != nil:
+			return 0, fmt.Errorf("%s %s/%s: %w (reading it back to tell: %v)", w.Op, w.Collection, w.Key, mapErr(err), rerr)
+		case out == outcomeMade:
+			s.log.Info("an ambiguous write was made", "op", w.Op.String(), "collection", w.Collection, "key", w.Key)
+			return d.CAS, nil
+		case out == outcomeGuardFailed:
+			return 0, fmt.Errorf("%s %s/%s: %w (after an ambiguous timeout)", w.Op, w.Collection, w.Key, guardErr(w, d))
+		case attempt == attempts:
+			return 0, fmt.Errorf("%s %s/%s: %w", w.Op, w.Collection, w.Key, mapErr(err))
+		}
+		s.log.Info("an ambiguous write was not made; writing again", "op", w.Op.String(), "collection", w.Collection, "key", w.Key)
+	}
+}
+
+// guardErr is the store error of w's guard, failed on document d.
+func guardErr(w store.Write, d store.Doc) error {
+	switch {
+	case w.Op == store.OpInsert:
+		return store.ErrExists
+	case !d.Found():
+		return store.ErrNotFound
+	}
+	return store.ErrCASMismatch
+}
+
+func (s *Store) writeOnce(ctx context.Context, c *gocb.Collection, w store.Write) (uint64, error) {
+	var res *gocb.MutationResult
+	var err error
+	switch w.Op {
+	case store.OpInsert:
+		res, err = c.Insert(w.Key, w.Value, &gocb.InsertOptions{Context: ctx})
+	case store.OpReplace:
+		res, err = c.Replace(w.Key, w.Value, &gocb.ReplaceOptions{Context: ctx, Cas: gocb.Cas(w.CAS)})
+	case store.OpUpsert:
+		res, err = c.Upsert(w.Key, w.Value, &gocb.UpsertOptions{Context: ctx})
+	case store.OpRemove:
+		res, err = c.Remove(w.Key, &gocb.RemoveOptions{Context: ctx, Cas: gocb.Cas(w.CAS)})
+		if err == nil {
+			return 0, nil
+		}
+	default:
+		return 0, fmt.Errorf("write %s/%s has no operation", w.Collection, w.Key)
+	}
 	if err != nil {
-		return 0, fmt.Errorf("upsert %s/%s: %w", coll, key, mapErr(err))
+		return 0, err
 	}
 	return uint64(res.Cas()), nil
 }
 
-func (s *Store) Remove(ctx context.Context, coll, key string, cas uint64) error {
-	c, err := s.coll(coll)
-	if err != nil {
-		return err
+type outcome int
+
+const (
+	outcomeNotMade outcome = iota
+	outcomeMade
+	outcomeGuardFailed // not made, and it cannot be: the guard fails now
+)
+
+// resolveAmbiguous reads the document w wrote, until the server answers
+// (or ctx ends), and judges whether w was made.
+func (s *Store) resolveAmbiguous(ctx context.Context, c *gocb.Collection, w store.Write) (outcome, store.Doc, error) {
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		d, err := s.get(ctx, c, w.Collection, w.Key)
+		if errors.Is(err, store.ErrNotFound) {
+			d, err = store.Doc{}, nil
+		}
+		if err == nil {
+			return judge(w, d), d, nil
+		}
+		if !errors.Is(err, store.ErrUnavailable) {
+			return 0, store.Doc{}, err
+		}
+		select {
+		case <-ctx.Done():
+			return 0, store.Doc{}, errors.Join(err, ctx.Err())
+		case <-time.After(wait):
+		}
 	}
-	if _, err := c.Remove(key, &gocb.RemoveOptions{Context: ctx, Cas: gocb.Cas(cas)}); err != nil {
-		return fmt.Errorf("remove %s/%s: %w", coll, key, mapErr(err))
+}
+
+// judge says whether w was made, from the document read after it (zero
+// when missing). A value equal to w's after a guarded write counts as w's:
+// if another writer wrote the same bytes, the document holds what w meant
+// anyway.
+func judge(w store.Write, d store.Doc) outcome {
+	found, same := d.Found(), bytes.Equal(d.Value, w.Value)
+	switch w.Op {
+	case store.OpInsert:
+		switch {
+		case found && same:
+			return outcomeMade
+		case found:
+			return outcomeGuardFailed
+		}
+	case store.OpUpsert:
+		if found && same {
+			return outcomeMade
+		}
+	case store.OpReplace:
+		switch {
+		case !found:
+			return outcomeGuardFailed
+		case w.CAS != 0 && d.CAS == w.CAS:
+		case same:
+			return outcomeMade
+		case w.CAS != 0:
+			return outcomeGuardFailed
+		}
+	case store.OpRemove:
+		switch {
+		case !found:
+			return outcomeMade
+		case w.CAS != 0 && d.CAS != w.CAS:
+			return outcomeGuardFailed
+		}
 	}
-	return nil
+	return outcomeNotMade
 }
 
 func (s *Store) keyspace(coll string) string {
@@ -254,28 +389,20 @@ func (s *Store) State(ctx context.Context, key string) (store.State, error) {
 // Apply makes the writes one by one, in order, each guarded by its CAS, and
 // stops at the first that fails: Couchbase has no transaction here, so the
 // caller orders an outcome's writes so that a crash after any prefix of
-// them loses nothing and sends nothing twice (see watcher/outcome.go).
+// them loses nothing and sends nothing twice (see watcher/doc.go). A write
+// the server did not confirm in time is read back (see write): only when
+// even that cannot tell does Apply fail with ErrUnavailable (and
+// ErrAmbiguous).
 func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, error) {
 	cas := make([]uint64, len(writes))
 	for i, w := range writes {
 		var err error
-		switch w.Op {
-		case store.OpInsert:
-			cas[i], err = s.Insert(ctx, w.Collection, w.Key, w.Value)
-		case store.OpReplace:
-			cas[i], err = s.Replace(ctx, w.Collection, w.Key, w.Value, w.CAS)
-		case store.OpUpsert:
-			cas[i], err = s.Upsert(ctx, w.Collection, w.Key, w.Value)
-		case store.OpRemove:
-			err = s.Remove(ctx, w.Collection, w.Key, w.CAS)
-		default:
-			err = fmt.Errorf("apply: write %s/%s has no operation", w.Collection, w.Key)
-		}
+		cas[i], err = s.write(ctx, w)
 		if errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCASMismatch) {
 			return nil, &store.WriteError{Write: w, Err: err}
 		}
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("apply: %w", err)
 		}
 	}
 	return cas, nil
@@ -287,12 +414,21 @@ func backlogStatement(retry, deadletter string) string {
 		"(r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts)))"
 	return "SELECT " +
 		"(SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE " + due + ")[0] AS due, " +
-		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum)) FROM " + retry + " AS r WHERE " + due + " AND r.fireRetry != true)[0] AS oldest, " +
+		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum)) FROM " + retry + " AS r WHERE " + due +
+		" AND (r.fireRetry IS MISSING OR r.fireRetry != true))[0] AS oldest, " +
 		"(SELECT d.reason AS reason, COUNT(*) AS count FROM " + deadletter + " AS d GROUP BY d.reason ORDER BY COUNT(*) DESC LIMIT 5) AS reasons"
 }
 
-// Backlog reads the due retries and the dead letters' reasons by N1QL.
+// Backlog reads the due retries and the dead letters' reasons by N1QL, or
+// answers from the last reading for the same quantum when it is younger
+// than CountsTTL.
 func (s *Store) Backlog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {
+	return s.backlog.get(ctx, s.now(), s.cfg.CountsTTL, quantum.String(), func() (store.Backlog, error) {
+		return s.readBacklog(ctx, now, quantum)
+	})
+}
+
+func (s *Store) readBacklog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {
 	var row struct {
 		Due     int
 		Oldest  *int64
@@ -329,7 +465,15 @@ func countsStatement(inbound, retry, deadletter string) string {
 		"(SELECT RAW COUNT(*) FROM " + deadletter + " AS d)[0] AS deadLetters"
 }
 
+// Counts reads the numbers by N1QL, or answers from the last reading when
+// it is younger than CountsTTL.
 func (s *Store) Counts(ctx context.Context) (store.Counts, error) {
+	return s.counts.get(ctx, s.now(), s.cfg.CountsTTL, "", func() (store.Counts, error) {
+		return s.readCounts(ctx)
+	})
+}
+
+func (s *Store) readCounts(ctx context.Context) (store.Counts, error) {
 	var row struct {
 		OrdersPaid, OrdersConfirmed, RetryDocs, RetryFlagged, DeadLetters int
 	}
@@ -347,8 +491,9 @@ func scanStatement(keyspace string) string {
 	return "SELECT RAW META(d).id FROM " + keyspace + " AS d WHERE META(d).id > $after ORDER BY META(d).id LIMIT $limit"
 }
 
-// Scan pages through the keys by N1QL (the primary index) and reads each
-// document by KV, so that documents that are not JSON come through too.
+// Scan pages through the keys by N1QL (the primary index that setup
+// creates on each collection) and reads each document by KV, so that
+// documents that are not JSON come through too.
 func (s *Store) Scan(ctx context.Context, coll string, fn func(store.Doc) error) error {
 	if !slices.Contains(collections, coll) {
 		return fmt.Errorf("scan: %q is not one of %v", coll, collections)
@@ -410,4 +555,38 @@ func (s *Store) query(ctx context.Context, stmt string, params map[string]interf
 		}
 	}
 	return mapErr(errors.Join(res.Err(), res.Close()))
+}
+
+// ttlCache keeps one answer for a while; one caller at a time reads it
+// again, the others wait for that reading.
+type ttlCache[T any] struct {
+	sem chan struct{}
+	at  time.Time
+	key string
+	val T
+	ok  bool
+}
+
+func newTTLCache[T any]() ttlCache[T] { return ttlCache[T]{sem: make(chan struct{}, 1)} }
+
+func (c *ttlCache[T]) get(ctx context.Context, now time.Time, ttl time.Duration, key string, read func() (T, error)) (T, error) {
+	if ttl < 0 {
+		return read()
+	}
+	var zero T
+	select {
+	case c.sem <- struct{}{}:
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	}
+	defer func() { <-c.sem }()
+	if c.ok && c.key == key && now.Sub(c.at) < ttl && !now.Before(c.at) {
+		return c.val, nil
+	}
+	v, err := read()
+	if err != nil {
+		return zero, err
+	}
+	c.val, c.key, c.at, c.ok = v, key, now, true
+	return v, nil
 }

@@ -47,6 +47,8 @@ func TestMapErr(t *testing.T) {
 		}
 	}
 	assert.NoError(t, mapErr(nil))
+	assert.ErrorIs(t, mapErr(gocb.ErrAmbiguousTimeout), ErrAmbiguous, "a write that may have been made is told apart")
+	assert.NotErrorIs(t, mapErr(gocb.ErrUnambiguousTimeout), ErrAmbiguous)
 }
 
 func TestSweepStatementAndParams(t *testing.T) {
@@ -72,6 +74,8 @@ func TestOtherStatements(t *testing.T) {
 	t.Parallel()
 	assert.Equal(t, "SELECT RAW META(d).id FROM `b`.`s`.`deadletter` AS d WHERE META(d).id > $after ORDER BY META(d).id LIMIT $limit",
 		scanStatement("`b`.`s`.`deadletter`"))
+	assert.Contains(t, backlogStatement("R", "D"), "AND (r.fireRetry IS MISSING OR r.fireRetry != true))[0] AS oldest",
+		"a retry without fireRetry (MISSING) counts for the oldest, as in the sweep")
 	c := countsStatement("I", "R", "D")
 	for _, want := range []string{
 		`FROM I AS o WHERE o.paymentStatus = "paid")[0] AS ordersPaid`,

@@ -53,6 +53,7 @@ type sysEvent struct {
 	collID      uint32
 	name        string
 	maxTTL      uint32
+	order       uint64 // when it happened, on the CAS clock (see logEntry.order)
 }
 
 // sysKey is what a later event on the same scope or collection replaces.
@@ -73,6 +74,17 @@ type logEntry struct {
 	seqno uint64
 	it    *item
 	ev    *sysEvent
+}
+
+// order is when the entry was written, bucket-wide: items by their CAS
+// (strictly increasing server-wide), system events by a value taken from
+// the same clock. A DCP connection sends its streams' snapshots in this
+// order (see dcpConn.pass).
+func (e logEntry) order() uint64 {
+	if e.it != nil {
+		return e.it.cas
+	}
+	return e.ev.order
 }
 
 type failoverEntry struct {
@@ -332,6 +344,7 @@ type bucket struct {
 	vbs          []*vbucket
 	man          manifest
 	changed      chan struct{} // closed and replaced on every change
+	changes      uint64        // how many times changed was closed
 }
 
 func newBucket(name string, numVBs int) *bucket {
@@ -352,6 +365,7 @@ func newBucket(name string, numVBs int) *bucket {
 
 // notify wakes everything waiting on b.changed.
 func (b *bucket) notify() {
+	b.changes++
 	close(b.changed)
 	b.changed = make(chan struct{})
 }
@@ -389,9 +403,10 @@ func (s *Server) createScopeLocked(b *bucket, name string) (*scopeDef, error) {
 	sc := &scopeDef{name: name, id: b.man.nextScope}
 	b.man.nextScope++
 	b.man.uid++
+	order := s.nextCASLocked()
 	b.man.scopes = append(b.man.scopes, sc)
 	for _, v := range b.vbs {
-		v.appendEvent(&sysEvent{event: eventScopeCreate, manifestUID: b.man.uid, scopeID: sc.id, name: name})
+		v.appendEvent(&sysEvent{order: order, event: eventScopeCreate, manifestUID: b.man.uid, scopeID: sc.id, name: name})
 	}
 	s.manifestChangedLocked(b)
 	return sc, nil
@@ -411,9 +426,10 @@ func (s *Server) createCollectionLocked(b *bucket, scope, name string, maxTTL ui
 	c := &collDef{name: name, id: b.man.nextColl, scope: sc, maxTTL: maxTTL, history: history}
 	b.man.nextColl++
 	b.man.uid++
+	order := s.nextCASLocked()
 	sc.colls = append(sc.colls, c)
 	for _, v := range b.vbs {
-		v.appendEvent(&sysEvent{event: eventCollectionCreate, manifestUID: b.man.uid, scopeID: sc.id, collID: c.id, name: name, maxTTL: maxTTL})
+		v.appendEvent(&sysEvent{order: order, event: eventCollectionCreate, manifestUID: b.man.uid, scopeID: sc.id, collID: c.id, name: name, maxTTL: maxTTL})
 	}
 	s.manifestChangedLocked(b)
 	return c, nil
@@ -429,6 +445,7 @@ func (s *Server) dropCollectionLocked(b *bucket, scope, name string) error {
 		return &mgmtError{404, fmt.Sprintf("Collection with name %q in scope %q is not found", name, scope)}
 	}
 	b.man.uid++
+	order := s.nextCASLocked()
 	for i, x := range sc.colls {
 		if x == c {
 			sc.colls = append(sc.colls[:i:i], sc.colls[i+1:]...)
@@ -437,7 +454,7 @@ func (s *Server) dropCollectionLocked(b *bucket, scope, name string) error {
 	}
 	s.purgeCollectionLocked(b, c.id)
 	for _, v := range b.vbs {
-		v.appendEvent(&sysEvent{event: eventCollectionDrop, manifestUID: b.man.uid, scopeID: sc.id, collID: c.id})
+		v.appendEvent(&sysEvent{order: order, event: eventCollectionDrop, manifestUID: b.man.uid, scopeID: sc.id, collID: c.id})
 	}
 	s.dropIndexesLocked(b.name, scope, name)
 	s.manifestChangedLocked(b)
@@ -453,10 +470,11 @@ func (s *Server) dropScopeLocked(b *bucket, name string) error {
 		return &mgmtError{400, "Deleting _default scope is not allowed"}
 	}
 	b.man.uid++
+	order := s.nextCASLocked()
 	for _, c := range sc.colls {
 		s.purgeCollectionLocked(b, c.id)
 		for _, v := range b.vbs {
-			v.appendEvent(&sysEvent{event: eventCollectionDrop, manifestUID: b.man.uid, scopeID: sc.id, collID: c.id})
+			v.appendEvent(&sysEvent{order: order, event: eventCollectionDrop, manifestUID: b.man.uid, scopeID: sc.id, collID: c.id})
 		}
 		s.dropIndexesLocked(b.name, name, c.name)
 	}
@@ -467,7 +485,7 @@ func (s *Server) dropScopeLocked(b *bucket, name string) error {
 		}
 	}
 	for _, v := range b.vbs {
-		v.appendEvent(&sysEvent{event: eventScopeDrop, manifestUID: b.man.uid, scopeID: sc.id})
+		v.appendEvent(&sysEvent{order: order, event: eventScopeDrop, manifestUID: b.man.uid, scopeID: sc.id})
 	}
 	s.manifestChangedLocked(b)
 	return nil

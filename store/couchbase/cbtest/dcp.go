@@ -66,6 +66,11 @@ type dcpConn struct {
 
 	noopAcks atomic.Int64 // DCP_NOOP answers received
 
+	// For Options.SyncDCP: the bucket's change count up to which
+	// everything was sent, and whether flow control holds the producer.
+	caughtUp atomic.Uint64
+	blocked  atomic.Bool
+
 	wake     chan struct{}
 	stopOnce sync.Once
 	stopped  chan struct{}
@@ -319,6 +324,12 @@ func (d *dcpConn) streamReq(p *packet) {
 	uuid := binary.BigEndian.Uint64(ex[24:])
 	snapStart, snapEnd := binary.BigEndian.Uint64(ex[32:]), binary.BigEndian.Uint64(ex[40:])
 
+	if _, ok := c.s.takeFault(d.bucket, p.opcode, p.vbucket); ok {
+		c.s.recordStreamRequest(StreamRequest{Bucket: d.bucket, VB: p.vbucket, UUID: uuid, Start: start,
+			SnapStart: snapStart, SnapEnd: snapEnd, Ignored: true, Node: c.n.idx, ConnectionName: d.name})
+		c.s.tracef("cbtest: node %d: %s: STREAM_REQ vb %d start %d uuid %#x: ignored (injected)", c.n.idx, d.name, p.vbucket, start, uuid)
+		return
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if _, open := d.streams[p.vbucket]; open {
@@ -358,6 +369,8 @@ func (d *dcpConn) streamReq(p *packet) {
 	s.mu.Unlock()
 	s.tracef("cbtest: node %d: %s: STREAM_REQ vb %d flags %#x start %d end %d uuid %#x snap [%d,%d] -> status %#x rollback %d",
 		c.n.idx, d.name, p.vbucket, flags, start, end, uuid, snapStart, snapEnd, status, rb)
+	s.recordStreamRequest(StreamRequest{Bucket: d.bucket, VB: p.vbucket, UUID: uuid, Start: start, SnapStart: snapStart,
+		SnapEnd: snapEnd, Status: status, RollbackTo: rb, Node: c.n.idx, ConnectionName: d.name})
 	switch status {
 	case statusSuccess:
 	case statusRollback:
@@ -487,12 +500,16 @@ func (d *dcpConn) noopEvery() time.Duration {
 }
 
 type streamBatch struct {
-	st   *stream
-	msgs []*packet
+	st    *stream
+	msgs  []*packet
+	order uint64 // of the batch's first entry; 0 for a bare STREAM_END
 }
 
-// pass sends at most one snapshot per stream. It reports whether it sent
-// anything and the channel that signals the next change of the bucket.
+// pass sends at most one snapshot per stream, the snapshots in the order
+// of their first writes (so that, on one connection, changes arrive in the
+// order they were made whatever their vBuckets). It reports whether it
+// sent anything and the channel that signals the next change of the
+// bucket.
 func (d *dcpConn) pass() (bool, <-chan struct{}, error) {
 	d.mu.Lock()
 	streams := make([]*stream, 0, len(d.streams))
@@ -509,15 +526,16 @@ func (d *dcpConn) pass() (bool, <-chan struct{}, error) {
 		s.mu.Unlock()
 		return false, nil, fmt.Errorf("bucket %s is gone", d.bucket)
 	}
-	changed := b.changed
+	changed, changes := b.changed, b.changes
 	cfg := d.settings()
 	var batches []streamBatch
 	for _, st := range streams {
-		if msgs := d.produceLocked(b, st, cfg); len(msgs) > 0 {
-			batches = append(batches, streamBatch{st, msgs})
+		if msgs, order := d.produceLocked(b, st, cfg); len(msgs) > 0 {
+			batches = append(batches, streamBatch{st, msgs, order})
 		}
 	}
 	s.mu.Unlock()
+	sort.SliceStable(batches, func(i, j int) bool { return batches[i].order < batches[j].order })
 
 	sent := false
 	for _, bt := range batches {
@@ -549,8 +567,52 @@ func (d *dcpConn) pass() (bool, <-chan struct{}, error) {
 		if err := d.kc.flush(); err != nil {
 			return sent, changed, err
 		}
+	} else {
+		d.caughtUp.Store(changes)
+		s.signalDCP()
 	}
 	return sent, changed, nil
+}
+
+// signalDCP wakes the writers waiting in awaitDCP.
+func (s *Server) signalDCP() {
+	s.dcpSigMu.Lock()
+	defer s.dcpSigMu.Unlock()
+	close(s.dcpSig)
+	s.dcpSig = make(chan struct{})
+}
+
+// awaitDCP waits (Options.SyncDCP) until every DCP connection of bucket
+// has sent everything up to its change count changes, or is held back by
+// flow control, or 1s passed.
+func (s *Server) awaitDCP(bucket string, changes uint64) {
+	deadline := time.NewTimer(time.Second)
+	defer deadline.Stop()
+	for {
+		s.dcpSigMu.Lock()
+		sig := s.dcpSig
+		s.dcpSigMu.Unlock()
+		done := true
+		for _, d := range s.allDCP() {
+			if d.bucket == bucket && !d.blocked.Load() && d.caughtUp.Load() < changes {
+				select {
+				case <-d.stopped:
+				default:
+					done = false
+				}
+			}
+		}
+		if done {
+			return
+		}
+		select {
+		case <-sig:
+		case <-deadline.C:
+			return
+		case <-s.done:
+			return
+		}
+	}
 }
 
 // awaitWindow blocks while the client's flow-control buffer is full.
@@ -559,6 +621,9 @@ func (d *dcpConn) awaitWindow() bool {
 		d.fcMu.Lock()
 		full := d.bufSize > 0 && d.unacked >= d.bufSize
 		d.fcMu.Unlock()
+		if d.blocked.Swap(full) != full {
+			d.kc.s.signalDCP()
+		}
 		if !full {
 			return true
 		}
@@ -618,19 +683,24 @@ func (d *dcpConn) passes(f *streamFilter, m *manifest, e logEntry) bool {
 	}
 }
 
-// produceLocked builds the stream's next snapshot, or its end.
-func (d *dcpConn) produceLocked(b *bucket, st *stream, cfg dcpSettings) []*packet {
+// produceLocked builds the stream's next snapshot, or its end, and says
+// when the snapshot's first entry was written.
+func (d *dcpConn) produceLocked(b *bucket, st *stream, cfg dcpSettings) ([]*packet, uint64) {
 	vb := b.vbs[st.vb]
 	if vb.uuid() != st.uuid {
-		return []*packet{d.endPacket(st, EndStateChanged)}
+		return []*packet{d.endPacket(st, EndStateChanged)}, 0
 	}
 	if st.sent >= st.end {
-		return []*packet{d.endPacket(st, EndOK)}
+		return []*packet{d.endPacket(st, EndOK)}, 0
 	}
 	hi := min(vb.high, st.end)
 	var msgs []*packet
+	var order uint64
 	if st.sent < hi {
 		entries, upTo := vb.entriesAfter(st.sent, hi, maxSnapshot)
+		if len(entries) > 0 {
+			order = entries[0].order()
+		}
 		var visible []logEntry
 		for _, e := range entries {
 			if d.passes(st.filter, &b.man, e) {
@@ -666,7 +736,7 @@ func (d *dcpConn) produceLocked(b *bucket, st *stream, cfg dcpSettings) []*packe
 	case st.sent >= vb.high && st.filter.empty(&b.man):
 		msgs = append(msgs, d.endPacket(st, EndFilterEmpty))
 	}
-	return msgs
+	return msgs, order
 }
 
 func (d *dcpConn) endPacket(st *stream, reason uint32) *packet {

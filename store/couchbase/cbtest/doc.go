@@ -74,7 +74,12 @@
 // snapshot), then every later write of its vBucket (memory snapshots), in
 // snapshots of at most 1024 entries whose markers (v1) cover exactly the
 // seqnos they contain. Within a snapshot only the latest version of a key
-// is sent (deduplication). Messages: SNAPSHOT_MARKER, MUTATION, DELETION
+// is sent (deduplication). A connection sends its streams' snapshots in
+// the order of their first writes (CAS order), so changes made one after
+// another on one node arrive in that order whatever their vBuckets; with
+// Options.SyncDCP a KV write is answered only once every DCP connection
+// of its bucket has sent it (or flow control holds it, or 1s passed), so
+// that the order holds across nodes too. Messages: SNAPSHOT_MARKER, MUTATION, DELETION
 // (v2 with delete time, since the expiry opcode implies delete times),
 // EXPIRATION, SYSTEM_EVENT (collection and scope create/drop, to
 // collection-aware clients whose filter covers them), SEQNO_ADVANCED when a
@@ -133,8 +138,9 @@
 // project adapter's statements — the sweep UPDATE … [LIMIT] RETURNING RAW
 // META(r).id, the counts and backlog SELECTs of subqueries (with MIN and
 // GROUP BY … ORDER BY COUNT(*) DESC LIMIT 5), the scan SELECT RAW … ORDER
-// BY META(d).id LIMIT $limit, CREATE [PRIMARY] INDEX IF NOT EXISTS and
-// EXPLAIN of the sweep — are these shapes. Anything else, an unknown
+// BY META(d).id LIMIT $limit, CREATE [PRIMARY] INDEX IF NOT EXISTS (on
+// inbound, retry and deadletter) and EXPLAIN of the sweep and the scan —
+// are these shapes. Anything else, an unknown
 // function, or a parameter without a value fails with an error that names
 // the statement (3000 → gocb.ErrParsingFailure; 5010 for parameters).
 // Other errors: 12003 keyspace not found (gocb.ErrIndexFailure), 4300 index
@@ -150,10 +156,15 @@
 //
 // Rollback(bucket, vb, seqno), Failover(bucket, vbs...), EndStream(bucket,
 // vb, reason), DropConnections, HangNode(i)/ResumeNode(i),
-// CreateCollection/DropCollection, ExpireNow; OpenStreams (open DCP
-// streams per vBucket over all connections), HighSeqno, FailoverLog,
-// CollectionID, Indexes, Doc, VBucketOf and NodeOf. Options.Trace logs
-// every STREAM_REQ (position and answer) and STREAM_END.
+// CreateCollection/DropCollection, ExpireNow, FailFailoverLogs(bucket,
+// vb, n) (the next n GET_FAILOVER_LOGs of vb answer ETMPFAIL 0x86),
+// IgnoreStreamRequests(bucket, vb, n) (the next n STREAM_REQs of vb are
+// read and never answered); OpenStreams (open DCP streams per vBucket over
+// all connections), StreamRequests(bucket, vb) (every STREAM_REQ with its
+// position and answer: status, rollback seqno, or ignored), HighSeqno,
+// FailoverLog, CollectionID, Indexes, Doc, VBucketOf and NodeOf.
+// Options.Trace logs every STREAM_REQ (position and answer) and
+// STREAM_END.
 //
 // # Assumptions where the sources are silent (§11)
 //
@@ -187,7 +198,13 @@
 //     serverGroup; revEpoch 1 and one rev for all configs, raised on every
 //     bucket, scope or collection change. No clustermap pushes (0x1f is
 //     never granted), so clients learn changes by CCCP polling, NMVB
-//     bodies and the HTTP stream.
+//     bodies and the HTTP stream. A connection's first global config
+//     (no bucket selected) is answered 25ms late: gocbcore v10.8.1's
+//     AgentGroup makes its cluster-level agent a config watcher only
+//     after its KV agent has started, and that agent would miss a config
+//     arriving in between and wait for the next rev, which an idle
+//     cbtest never makes (gocb's WaitUntilReady for the management or
+//     query service then times out with NOT_READY).
 //   - Rollback keeps every version of every document, so the rolled-back
 //     state is exactly the state at the target seqno. Flush resets every
 //     vBucket to a new vbuuid and seqno 0.

@@ -214,3 +214,84 @@ func (s *Server) Doc(bucket, scope, coll, key string) (value []byte, flags uint3
 	}
 	return append([]byte(nil), it.value...), it.flags, it.cas, true
 }
+
+// kvFault is an injected answer to the next requests of one kind.
+type kvFault struct {
+	bucket string
+	opcode byte
+	vb     uint16
+	left   int
+	status uint16 // 0: never answer
+}
+
+// inject records a fault.
+func (s *Server) inject(f kvFault) {
+	s.faultMu.Lock()
+	defer s.faultMu.Unlock()
+	s.faults = append(s.faults, &f)
+}
+
+// takeFault reports the fault that applies to a request of opcode on vb of
+// bucket, using up one of its count.
+func (s *Server) takeFault(bucket string, opcode byte, vb uint16) (*kvFault, bool) {
+	s.faultMu.Lock()
+	defer s.faultMu.Unlock()
+	for i, f := range s.faults {
+		if f.bucket == bucket && f.opcode == opcode && f.vb == vb {
+			f.left--
+			if f.left <= 0 {
+				s.faults = append(s.faults[:i:i], s.faults[i+1:]...)
+			}
+			return f, true
+		}
+	}
+	return nil, false
+}
+
+// FailFailoverLogs answers the next n GET_FAILOVER_LOG requests for
+// vBucket vb of bucket with ETMPFAIL (0x86), as a node that is warming up
+// does.
+func (s *Server) FailFailoverLogs(bucket string, vb uint16, n int) {
+	s.inject(kvFault{bucket: bucket, opcode: opDCPGetFailoverLog, vb: vb, left: n, status: statusETmpFail})
+}
+
+// IgnoreStreamRequests reads the next n DCP STREAM_REQs for vBucket vb of
+// bucket and never answers them (no stream opens), as a node that lost
+// them does. The connection keeps serving other requests.
+func (s *Server) IgnoreStreamRequests(bucket string, vb uint16, n int) {
+	s.inject(kvFault{bucket: bucket, opcode: opDCPStreamReq, vb: vb, left: n})
+}
+
+// StreamRequest is one DCP STREAM_REQ the server answered.
+type StreamRequest struct {
+	Bucket         string
+	VB             uint16
+	UUID, Start    uint64
+	SnapStart      uint64
+	SnapEnd        uint64
+	Status         uint16 // 0 success, 0x23 rollback, 0x22 out of range, ...
+	RollbackTo     uint64 // with status 0x23
+	Ignored        bool   // swallowed by IgnoreStreamRequests
+	Node           int
+	ConnectionName string
+}
+
+// StreamRequests lists the STREAM_REQs for vBucket vb of bucket so far,
+// oldest first.
+func (s *Server) StreamRequests(bucket string, vb uint16) []StreamRequest {
+	s.faultMu.Lock()
+	defer s.faultMu.Unlock()
+	var out []StreamRequest
+	for _, r := range s.streamReqs {
+		if r.Bucket == bucket && r.VB == vb {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func (s *Server) recordStreamRequest(r StreamRequest) {
+	s.faultMu.Lock()
+	defer s.faultMu.Unlock()
+	s.streamReqs = append(s.streamReqs, r)
+}

@@ -70,6 +70,7 @@ const (
 	statusUnknownCommand    = 0x81
 	statusNotSupported      = 0x83
 	statusEINTERNAL         = 0x84
+	statusETmpFail          = 0x86
 	statusUnknownCollection = 0x88
 	statusUnknownScope      = 0x8c
 )

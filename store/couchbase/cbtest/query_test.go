@@ -23,6 +23,7 @@ const ksDead = "`orders`.`_default`.`deadletter`"
 var setupIndexes = []string{
 	"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ksRetry,
 	"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ksDead,
+	"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ksInbound,
 	"CREATE INDEX IF NOT EXISTS ix_retry_next ON " + ksRetry + "(nextAttemptAt)",
 	"CREATE INDEX IF NOT EXISTS ix_retry_ts ON " + ksRetry + "(ts) WHERE nextAttemptAt IS MISSING",
 	"CREATE INDEX IF NOT EXISTS ix_inbound_paid ON " + ksInbound + "(paymentStatus, confirmationEmailSent)",

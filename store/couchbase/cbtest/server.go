@@ -44,6 +44,12 @@ type Options struct {
 	// Trace, if set, receives a line per DCP stream request (with the
 	// position asked for and the answer) and per STREAM_END.
 	Trace func(format string, args ...any)
+	// SyncDCP makes a KV write answer only once every DCP connection of
+	// its bucket has sent it (or is held back by flow control; at most
+	// 1s), so that changes made one after another reach a client that
+	// streams from several nodes in that order. Real servers answer
+	// first; this is for tests that depend on that order.
+	SyncDCP bool
 }
 
 // BucketSpec is a bucket created at start.
@@ -80,6 +86,13 @@ type Server struct {
 
 	dcpMu    sync.Mutex
 	dcpConns map[*dcpConn]struct{}
+
+	faultMu    sync.Mutex // guards faults and streamReqs
+	faults     []*kvFault
+	streamReqs []StreamRequest
+
+	dcpSigMu sync.Mutex
+	dcpSig   chan struct{} // closed and replaced when a DCP producer catches up or blocks
 }
 
 type node struct {
@@ -148,6 +161,7 @@ func New(opts Options) (*Server, error) {
 		httpDrop:   make(chan struct{}),
 		done:       make(chan struct{}),
 		dcpConns:   map[*dcpConn]struct{}{},
+		dcpSig:     make(chan struct{}),
 	}
 	s.query.init()
 	var err error

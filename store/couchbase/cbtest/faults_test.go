@@ -1,0 +1,162 @@
+package cbtest
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/couchbase/gocb/v2"
+	"github.com/couchbase/gocbcore/v10"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func failoverLog(t *testing.T, a *gocbcore.DCPAgent, vb uint16) ([]gocbcore.FailoverEntry, error) {
+	t.Helper()
+	type res struct {
+		e   []gocbcore.FailoverEntry
+		err error
+	}
+	ch := make(chan res, 1)
+	_, err := a.GetFailoverLog(vb, func(e []gocbcore.FailoverEntry, err error) { ch <- res{e, err} })
+	require.NoError(t, err)
+	r := <-ch
+	return r.e, r.err
+}
+
+func TestFailFailoverLogs(t *testing.T) {
+	s := Start(t, Options{VBuckets: 4})
+	agent := newDCPAgent(t, s, "orders", 0)
+	s.FailFailoverLogs("orders", 2, 2)
+	for range 2 {
+		_, err := failoverLog(t, agent, 2)
+		assert.ErrorIs(t, err, gocbcore.ErrTemporaryFailure)
+	}
+	got, err := failoverLog(t, agent, 2)
+	require.NoError(t, err, "the third read is answered")
+	assert.Equal(t, s.FailoverLog("orders", 2)[0].VBUUID, uint64(got[0].VbUUID))
+	_, err = failoverLog(t, agent, 1)
+	assert.NoError(t, err, "other vBuckets are not affected")
+}
+
+func TestIgnoreStreamRequestsAndTheRequestLog(t *testing.T) {
+	s := Start(t, Options{VBuckets: 4})
+	agent := newDCPAgent(t, s, "orders", 0)
+	s.IgnoreStreamRequests("orders", 1, 1)
+	answered := make(chan error, 1)
+	op, err := agent.OpenStream(1, 0, 0, 0, 0xffffffffffffffff, 0, 0, newRecorder(), gocbcore.OpenStreamOptions{},
+		func(_ []gocbcore.FailoverEntry, err error) { answered <- err })
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(s.StreamRequests("orders", 1)) == 1 }, 5*time.Second, time.Millisecond)
+	select {
+	case err := <-answered:
+		t.Fatalf("an ignored stream request was answered: %v", err)
+	default:
+	}
+	assert.Empty(t, s.OpenStreams(), "no stream opened")
+	op.Cancel()
+	assert.ErrorIs(t, <-answered, gocbcore.ErrRequestCanceled)
+
+	// The next request is answered, and logged with its position.
+	_, err = open(t, agent, 1, position{}, nil, newRecorder())
+	require.NoError(t, err)
+	uuid := s.FailoverLog("orders", 1)[0].VBUUID
+	_, err = open(t, newDCPAgent(t, s, "orders", 0), 1, position{uuid: uuid + 1, seq: 0, snapStart: 0, snapEnd: 0}, nil, newRecorder())
+	require.NoError(t, err, "start 0 never rolls back")
+	reqs := s.StreamRequests("orders", 1)
+	require.Len(t, reqs, 3)
+	assert.True(t, reqs[0].Ignored)
+	assert.Equal(t, StreamRequest{Bucket: "orders", VB: 1, Status: 0, Node: 0, ConnectionName: reqs[1].ConnectionName}, reqs[1])
+	assert.Equal(t, uuid+1, reqs[2].UUID)
+}
+
+func TestStreamRequestLogRecordsRollbacks(t *testing.T) {
+	s := Start(t, Options{VBuckets: 4})
+	c := connect(t, s)
+	coll := readyBucket(t, c, "orders").DefaultCollection()
+	key := "k"
+	vb := s.VBucketOf(key)
+	for i := range 3 {
+		_, err := coll.Upsert(key, i, nil)
+		require.NoError(t, err)
+	}
+	uuid := s.FailoverLog("orders", vb)[0].VBUUID
+	require.NoError(t, s.Rollback("orders", vb, 1))
+	agent := newDCPAgent(t, s, "orders", 0)
+	_, err := open(t, agent, vb, position{uuid: uuid, seq: 3, snapStart: 3, snapEnd: 3}, nil, newRecorder())
+	var rb gocbcore.DCPRollbackError
+	require.ErrorAs(t, err, &rb)
+	reqs := s.StreamRequests("orders", vb)
+	require.Len(t, reqs, 1)
+	assert.Equal(t, uint16(0x23), reqs[0].Status)
+	assert.Equal(t, uint64(1), reqs[0].RollbackTo)
+	assert.Equal(t, uint64(3), reqs[0].Start)
+}
+
+// One connection's snapshots go out in the order of their writes, whatever
+// their vBuckets: an UPDATE writes two documents of one node, the one on
+// the higher vBucket first, before the producer's next pass.
+func TestDCPSendsSnapshotsInWriteOrder(t *testing.T) {
+	s := Start(t, Options{VBuckets: 32, Buckets: []BucketSpec{{Name: "orders", Collections: []string{"_default.retry"}}}})
+	c := connect(t, s)
+	require.NoError(t, c.WaitUntilReady(10*time.Second, &gocb.WaitUntilReadyOptions{
+		ServiceTypes: []gocb.ServiceType{gocb.ServiceTypeQuery}}))
+	readyBucket(t, c, "orders")
+	retryID, err := s.CollectionID("orders", "_default", "retry")
+	require.NoError(t, err)
+	var first, second string
+	for i := 0; first == "" || second == ""; i++ {
+		k := fmt.Sprintf("a%03d", i)
+		switch vb := s.VBucketOf(k); {
+		case first == "" && vb > 16:
+			first = k
+		case first != "" && k > first && vb < 16:
+			second = k
+		}
+	}
+	require.Less(t, first, second, "the UPDATE visits keys in order")
+	for _, k := range []string{first, second} {
+		_, err := c.Bucket("orders").Scope("_default").Collection("retry").Upsert(k, map[string]any{"n": 0}, nil)
+		require.NoError(t, err)
+	}
+	agent := newDCPAgent(t, s, "orders", 0)
+	rec, k := newRecorder(), newTracker(t)
+	from := map[uint16]position{}
+	for vb := range uint16(s.NumVBuckets()) {
+		h := s.HighSeqno("orders", vb)
+		from[vb] = position{uuid: s.FailoverLog("orders", vb)[0].VBUUID, seq: h, snapStart: h, snapEnd: h}
+	}
+	openAll(t, s, agent, from, []uint32{retryID}, rec, k)
+	_, err = c.Query("UPDATE `orders`.`_default`.`retry` AS r SET r.n = 1 WHERE META(r).id IN $keys",
+		&gocb.QueryOptions{NamedParameters: map[string]any{"keys": []string{first, second}}})
+	require.NoError(t, err)
+	var order []string
+	rec.until(t, func(e dcpEvent) bool {
+		k.apply(e)
+		if e.kind == "mutation" {
+			order = append(order, e.key)
+		}
+		return len(order) == 2
+	})
+	assert.Equal(t, []string{first, second}, order, "vb %d's write before vb %d's", s.VBucketOf(first), s.VBucketOf(second))
+}
+
+// SyncDCP: a KV write answers once every DCP connection of its bucket has
+// sent it.
+func TestSyncDCP(t *testing.T) {
+	s := Start(t, Options{Nodes: 3, VBuckets: 12, SyncDCP: true})
+	c := connect(t, s)
+	coll := readyBucket(t, c, "orders").DefaultCollection()
+	agent := newDCPAgent(t, s, "orders", 0)
+	openAll(t, s, agent, nil, nil, newRecorder(), newTracker(t))
+	for i := range 20 {
+		_, err := coll.Upsert(fmt.Sprintf("k%d", i), i, nil)
+		require.NoError(t, err)
+		s.mu.Lock()
+		changes := s.buckets["orders"].changes
+		s.mu.Unlock()
+		for _, d := range s.allDCP() {
+			assert.GreaterOrEqual(t, d.caughtUp.Load(), changes, "write %d was sent before it was answered", i)
+		}
+	}
+}

@@ -1,0 +1,396 @@
+package couchbase
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/couchbase/cbtest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The feed and the writes against cbtest's faults, one test per defect of
+// the issue "Couchbase for real". They skip on a real cluster.
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// subscribe opens a feed, closed (if the test did not) when the test ends.
+func subscribe(t *testing.T, s *Store, name string, colls []string, fromNow bool) store.Subscription {
+	t.Helper()
+	sub, err := s.Subscribe(ctxFor(t, 30*time.Second), name, colls, store.FeedOptions{FromNow: fromNow})
+	require.NoError(t, err)
+	t.Cleanup(func() { sub.Close(context.Background()) })
+	return sub
+}
+
+// keyOn returns a key with prefix that hashes to vb.
+func keyOn(srv *cbtest.Server, prefix string, vb uint16) string {
+	for i := 0; ; i++ {
+		if k := fmt.Sprintf("%s%d", prefix, i); srv.VBucketOf(k) == vb {
+			return k
+		}
+	}
+}
+
+// readUntil reads and acknowledges events until done says so, and
+// returns them; it fails the test on an error or after 20s.
+func readUntil(t *testing.T, sub store.Subscription, done func(seen []store.Event) bool) []store.Event {
+	t.Helper()
+	ctx := ctxFor(t, 20*time.Second)
+	var seen []store.Event
+	for !done(seen) {
+		ev, err := sub.Next(ctx)
+		require.NoError(t, err, "waiting for events; have %v", eventKeys(seen))
+		ev.Ack()
+		seen = append(seen, ev)
+	}
+	return seen
+}
+
+// sawKeys is a readUntil condition: every key seen.
+func sawKeys(keys ...string) func([]store.Event) bool {
+	return func(seen []store.Event) bool {
+		got := map[string]bool{}
+		for _, ev := range seen {
+			got[ev.Key] = true
+		}
+		for _, k := range keys {
+			if !got[k] {
+				return false
+			}
+		}
+		return true
+	}
+}
+
+func eventKeys(evs []store.Event) []string {
+	out := make([]string, len(evs))
+	for i, ev := range evs {
+		out[i] = ev.Key
+	}
+	return out
+}
+
+// savedCheckpoint reads the checkpoint document of feed name and vb as
+// the server holds it.
+func savedCheckpoint(srv *cbtest.Server, name string, vb uint16) (position, bool) {
+	v, _, _, ok := srv.Doc("metadata", "_default", "_default", checkpointKey(name, vb))
+	if !ok {
+		return position{}, false
+	}
+	var p position
+	if json.Unmarshal(v, &p) != nil {
+		return position{}, false
+	}
+	return p, true
+}
+
+// stats reads a subscription's FeedStats, as the metrics do.
+func stats(sub store.Subscription) FeedStats {
+	return sub.(interface{ Stats() FeedStats }).Stats()
+}
+
+func firstVBOf(srv *cbtest.Server, node int) uint16 {
+	for vb := range uint16(srv.NumVBuckets()) {
+		if srv.NodeOf(vb) == node {
+			return vb
+		}
+	}
+	panic("no vBucket on node")
+}
+
+func put(t *testing.T, s *Store, coll, key string) {
+	t.Helper()
+	_, err := s.Upsert(ctxFor(t, 10*time.Second), coll, key, []byte(`{"k":"`+key+`"}`))
+	require.NoError(t, err)
+}
+
+// Defect 1: --from-now start positions were kept in memory only, so a
+// restart skipped what was written while ordermail was down.
+func TestFromNowSavesEveryStartBeforeAnyEvent(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	sub := subscribe(t, s, "feed", watched, true)
+	for vb := range uint16(testVBuckets) {
+		p, ok := savedCheckpoint(srv, "feed", vb)
+		if assert.True(t, ok, "vb %d: saved at once, so that a crash now loses nothing", vb) {
+			assert.Equal(t, srv.HighSeqno("orders", vb), p.Seq, "vb %d", vb)
+		}
+	}
+	require.NoError(t, sub.Close(ctxFor(t, 10*time.Second)))
+
+	put(t, s, order.Inbound, "while-down")
+	again := subscribe(t, s, "feed", watched, true)
+	readUntil(t, again, sawKeys("while-down"))
+}
+
+// Defects 2 and 11: the high seqnos were asked of servers 0..n-1 where
+// gocbcore numbers them 1..n, so on three nodes the last node's vBuckets
+// started from 0 and replayed their history.
+func TestFromNowOnThreeNodesStartsEveryVBucketAtItsEnd(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3})
+	s := openStore(t, cfg)
+	for vb := range uint16(testVBuckets) {
+		put(t, s, order.Inbound, keyOn(srv, "before-", vb))
+	}
+	sub := subscribe(t, s, "feed", watched, true)
+	for vb := range uint16(testVBuckets) {
+		p, ok := savedCheckpoint(srv, "feed", vb)
+		require.True(t, ok, "vb %d", vb)
+		assert.Equal(t, srv.HighSeqno("orders", vb), p.Seq, "vb %d (node %d) starts at its end", vb, srv.NodeOf(vb))
+		assert.Equal(t, srv.FailoverLog("orders", vb)[0].VBUUID, p.UUID, "vb %d", vb)
+	}
+	var after []string
+	for node := range 3 {
+		vb := firstVBOf(srv, node)
+		after = append(after, keyOn(srv, "after-", vb))
+		put(t, s, order.Inbound, after[node])
+	}
+	for _, ev := range readUntil(t, sub, sawKeys(after...)) {
+		assert.False(t, strings.HasPrefix(ev.Key, "before-"), "%s was written before the feed started", ev.Key)
+	}
+}
+
+// Defect 3: Close closed the streams one by one, each waiting its timeout
+// on a hung node, ignored its context, and saved the checkpoints last.
+func TestCloseOnAHungNodeSavesFirstAndHonoursItsContext(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3})
+	cfg.Timeout = 2 * time.Second
+	s := openStore(t, cfg, func(s *Store) { s.feedOpts.flushEvery = time.Hour }) // only Close saves
+	sub := subscribe(t, s, "feed", watched, true)
+	var keys []string
+	for vb := range uint16(testVBuckets) {
+		keys = append(keys, keyOn(srv, "k-", vb))
+		put(t, s, order.Inbound, keys[vb])
+	}
+	seqs := map[uint16]uint64{}
+	for _, ev := range readUntil(t, sub, sawKeys(keys...)) {
+		seqs[ev.Partition] = max(seqs[ev.Partition], ev.Seq)
+	}
+
+	srv.HangNode(2)
+	t.Cleanup(func() { srv.ResumeNode(2) })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	closed := make(chan error, 1)
+	go func() { closed <- sub.Close(ctx) }()
+	select {
+	case err := <-closed:
+		// Checkpoints whose documents live on the hung node could not be saved.
+		assert.ErrorContains(t, err, "save checkpoints")
+		assert.Positive(t, stats(sub).CheckpointSaveFailures)
+	case <-time.After(15 * time.Second):
+		t.Fatal("Close did not return after its context ended")
+	}
+	for vb, seq := range seqs {
+		if srv.NodeOf(srv.VBucketOf(checkpointKey("feed", vb))) == 2 {
+			continue
+		}
+		p, _ := savedCheckpoint(srv, "feed", vb)
+		assert.Equal(t, seq, p.Seq, "vb %d: saved at Close", vb)
+	}
+}
+
+// Defect 4: a dropped collection made its streams fail and reopen every
+// second, forever, with nothing in Next.
+func TestDroppedCollectionFailsTheFeedNamingIt(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		colls []string // streamed
+	}{
+		{"OthersRemain", watched},          // a collection-dropped event
+		{"NoneRemains", []string{"retry"}}, // the stream ends: filter empty
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, srv := fakeCluster(t, cbtest.Options{})
+			s := openStore(t, cfg)
+			sub := subscribe(t, s, "feed", tt.colls, true)
+			require.NoError(t, srv.DropCollection("orders", "_default", "retry"))
+			ctx := ctxFor(t, 20*time.Second)
+			var err error
+			for err == nil {
+				var ev store.Event
+				if ev, err = sub.Next(ctx); err == nil {
+					ev.Ack()
+				}
+			}
+			require.NotErrorIs(t, err, context.DeadlineExceeded, "Next reports the loss")
+			assert.ErrorContains(t, err, "orders._default.retry")
+			assert.ErrorContains(t, err, "ordermail setup")
+			_, err = sub.Next(ctx)
+			assert.ErrorContains(t, err, "orders._default.retry", "for good")
+		})
+	}
+}
+
+// Defect 4, second half: collection IDs were resolved once, so a
+// collection dropped and created again was never streamed again.
+func TestRecreatedCollectionIsStreamedOnItsNewID(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	sub := subscribe(t, s, "feed", watched, true)
+	oldID, err := srv.CollectionID("orders", "_default", "retry")
+	require.NoError(t, err)
+	require.NoError(t, srv.DropCollection("orders", "_default", "retry"))
+	require.NoError(t, srv.CreateCollection("orders", "_default", "retry"))
+	newID, err := srv.CollectionID("orders", "_default", "retry")
+	require.NoError(t, err)
+	require.NotEqual(t, oldID, newID)
+
+	put(t, s, order.Retry, "again")
+	put(t, s, order.Inbound, "still")
+	readUntil(t, sub, sawKeys("again", "still"))
+}
+
+func rollbacks(srv *cbtest.Server, vb uint16) int {
+	n := 0
+	for _, r := range srv.StreamRequests("orders", vb) {
+		if r.Status == 0x23 {
+			n++
+		}
+	}
+	return n
+}
+
+// Defect 5: after a rollback (or a failover) the saved checkpoint kept the
+// old vBucket UUID, because it was saved only when its seqno moved.
+func TestRollbackAndFailoverSaveTheNewBranch(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	x, y := srv.VBucketOf("x"), srv.VBucketOf("y")
+	require.NotEqual(t, x, y)
+	sub := subscribe(t, s, "feed", watched, true)
+	var keys []string
+	for i := range 3 {
+		keys = append(keys, keyOn(srv, fmt.Sprintf("x%d-", i), x))
+		put(t, s, order.Inbound, keys[i])
+	}
+	readUntil(t, sub, sawKeys(keys...))
+	require.NoError(t, sub.Close(ctxFor(t, 10*time.Second)))
+	high := srv.HighSeqno("orders", x)
+
+	// x loses its last two changes and takes other ones; y fails over
+	// to an up-to-date replica: same history, new UUID.
+	require.NoError(t, srv.Rollback("orders", x, high-2))
+	for i := range 2 {
+		put(t, s, order.Inbound, keyOn(srv, fmt.Sprintf("x-new%d-", i), x))
+	}
+	require.NoError(t, srv.Failover("orders", y))
+
+	sub = subscribe(t, s, "feed", watched, true)
+	readUntil(t, sub, sawKeys(keyOn(srv, "x-new1-", x)))
+	require.NoError(t, sub.Close(ctxFor(t, 10*time.Second)))
+	assert.Equal(t, 1, rollbacks(srv, x))
+	assert.Equal(t, uint64(1), stats(sub).Rollbacks)
+	for _, vb := range []uint16{x, y} {
+		p, _ := savedCheckpoint(srv, "feed", vb)
+		assert.Equal(t, srv.FailoverLog("orders", vb)[0].VBUUID, p.UUID, "vb %d: the checkpoint is on the new branch", vb)
+	}
+
+	sub = subscribe(t, s, "feed", watched, true)
+	put(t, s, order.Inbound, keyOn(srv, "x-later-", x))
+	readUntil(t, sub, sawKeys(keyOn(srv, "x-later-", x)))
+	assert.Equal(t, 1, rollbacks(srv, x), "a restart does not roll back again")
+}
+
+// Defect 6: checkpoints were saved one at a time, stopped at the first
+// error, on the goroutine that also reopened streams: one hung node held
+// back every checkpoint and every reopen.
+func TestCheckpointsAndReopensGoOnAroundAHungNode(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3})
+	cfg.Timeout = 20 * time.Second // how long a save to the hung node waits
+	s := openStore(t, cfg)
+	sub := subscribe(t, s, "feed", watched, true)
+	var keys []string
+	for vb := range uint16(testVBuckets) {
+		keys = append(keys, keyOn(srv, "k-", vb))
+		put(t, s, order.Inbound, keys[vb])
+	}
+	seqs := map[uint16]uint64{}
+	for _, ev := range readUntil(t, sub, sawKeys(keys...)) {
+		seqs[ev.Partition] = max(seqs[ev.Partition], ev.Seq)
+	}
+	srv.HangNode(2)
+	t.Cleanup(func() { srv.ResumeNode(2) })
+
+	// Every checkpoint whose document is on a running node is saved,
+	// well before the saves to the hung node time out.
+	start := time.Now()
+	assert.Eventually(t, func() bool {
+		for vb, seq := range seqs {
+			if srv.NodeOf(srv.VBucketOf(checkpointKey("feed", vb))) == 2 {
+				continue
+			}
+			if p, _ := savedCheckpoint(srv, "feed", vb); p.Seq != seq {
+				return false
+			}
+		}
+		return true
+	}, cfg.Timeout/2, 20*time.Millisecond)
+
+	// A stream on a running node that ends is reopened meanwhile.
+	vb := uint16(0)
+	require.Equal(t, 0, srv.NodeOf(vb))
+	require.Equal(t, 1, srv.EndStream("orders", vb, cbtest.EndStateChanged))
+	late := keyOn(srv, "late-", vb)
+	put(t, s, order.Inbound, late)
+	readUntil(t, sub, sawKeys(late))
+	assert.Less(t, time.Since(start), cfg.Timeout, "reopened while the saves to the hung node wait")
+}
+
+// Defect 7: when the failover log could not be read after a rollback, the
+// stream was reopened with UUID 0: a rollback to 0 and a full replay.
+func TestFailoverLogFailureIsRetriedNotReplayed(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg, func(s *Store) { s.feedOpts.reopenDelay = 50 * time.Millisecond })
+	x := srv.VBucketOf("x")
+	var early []string
+	for i := range 3 {
+		early = append(early, keyOn(srv, fmt.Sprintf("early%d-", i), x))
+		put(t, s, order.Inbound, early[i])
+	}
+	sub := subscribe(t, s, "feed", watched, true)
+	lost := keyOn(srv, "lost-", x)
+	put(t, s, order.Inbound, lost)
+	readUntil(t, sub, sawKeys(lost))
+	require.NoError(t, sub.Close(ctxFor(t, 10*time.Second)))
+	require.NoError(t, srv.Rollback("orders", x, srv.HighSeqno("orders", x)-1))
+	srv.FailFailoverLogs("orders", x, 2)
+
+	sub = subscribe(t, s, "feed", watched, false) // resumes: reads no failover log but the rollback's
+	fresh := keyOn(srv, "fresh-", x)
+	put(t, s, order.Inbound, fresh)
+	for _, ev := range readUntil(t, sub, sawKeys(fresh)) {
+		assert.NotContains(t, early, ev.Key, "no replay from the start")
+	}
+	for _, r := range srv.StreamRequests("orders", x) {
+		assert.False(t, r.UUID == 0 && r.Start > 0, "a stream request with UUID 0: %+v", r)
+	}
+	assert.Equal(t, 1, rollbacks(srv, x))
+}
+
+// Defect 9: a stream request the server never answered left its vBucket
+// unstreamed, with nothing logged.
+func TestUnansweredStreamRequestIsSentAgain(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	x := srv.VBucketOf("late")
+	srv.IgnoreStreamRequests("orders", x, 1)
+	// By default a stream request may go unanswered for cfg.Timeout.
+	s := openStore(t, cfg, func(s *Store) { s.feedOpts.openTimeout = time.Second })
+	sub := subscribe(t, s, "feed", watched, true)
+	put(t, s, order.Inbound, "late")
+	readUntil(t, sub, sawKeys("late"))
+	reqs := srv.StreamRequests("orders", x)
+	require.GreaterOrEqual(t, len(reqs), 2)
+	assert.True(t, reqs[0].Ignored)
+}

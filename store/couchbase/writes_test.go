@@ -1,0 +1,245 @@
+package couchbase
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/couchbase/gocb/v2"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/couchbase/cbtest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// Defect 10: a write whose answer timed out was reported as "unavailable,
+// retry", and the retry failed with exists or CAS mismatch when the first
+// one had been made. Apply now reads the document back.
+func TestAmbiguousWriteIsResolvedByReadingItBack(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		lose bool // the server drops the request instead of making it late
+	}{
+		{"MadeLate", false},
+		{"Lost", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, srv := fakeCluster(t, cbtest.Options{})
+			cfg.Timeout = time.Second // how long the write waits on the hung node
+			ambiguous := make(chan store.Write, 10)
+			s := openStore(t, cfg, func(s *Store) { s.onAmbiguous = func(w store.Write) { ambiguous <- w } })
+			ctx := ctxFor(t, 30*time.Second)
+			cas, err := s.Insert(ctx, order.Retry, "amb", []byte(`{"attempt":1}`))
+			require.NoError(t, err)
+
+			srv.HangNode(0)
+			t.Cleanup(func() { srv.ResumeNode(0) })
+			type result struct {
+				cas []uint64
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				c, err := s.Apply(ctx, []store.Write{
+					{Op: store.OpReplace, Collection: order.Retry, Key: "amb", Value: []byte(`{"attempt":2}`), CAS: cas},
+					{Op: store.OpInsert, Collection: order.DeadLetter, Key: "amb", Value: []byte(`{"reason":"x"}`)},
+				})
+				done <- result{c, err}
+			}()
+			select {
+			case w := <-ambiguous:
+				assert.Equal(t, store.OpReplace, w.Op)
+			case r := <-done:
+				t.Fatalf("Apply returned before its write timed out: %v", r.err)
+			case <-ctx.Done():
+				t.Fatal("the write did not time out")
+			}
+			if tt.lose {
+				srv.DropConnections() // the request waiting on the hung node goes with its connection
+			}
+			srv.ResumeNode(0)
+			r := <-done
+			require.NoError(t, r.err)
+			st, err := s.State(ctx, "amb")
+			require.NoError(t, err)
+			assert.JSONEq(t, `{"attempt":2}`, string(st.Retry.Value))
+			assert.Equal(t, st.Retry.CAS, r.cas[0], "the CAS of the write made")
+			assert.True(t, st.DeadLetter.Found(), "Apply went on with the next write")
+		})
+	}
+}
+
+func TestAmbiguousWriteOutcomes(t *testing.T) {
+	t.Parallel()
+	v1, v2 := []byte(`{"v":1}`), []byte(`{"v":2}`)
+	doc := func(v []byte, cas uint64) store.Doc { return store.Doc{Key: "k", Value: v, CAS: cas} }
+	tests := []struct {
+		name string
+		give store.Write
+		now  store.Doc // the document read back; zero: missing
+		want outcome
+	}{
+		{"insert made", store.Write{Op: store.OpInsert, Value: v1}, doc(v1, 5), outcomeMade},
+		{"insert not made", store.Write{Op: store.OpInsert, Value: v1}, store.Doc{}, outcomeNotMade},
+		{"insert beaten", store.Write{Op: store.OpInsert, Value: v1}, doc(v2, 5), outcomeGuardFailed},
+		{"upsert made", store.Write{Op: store.OpUpsert, Value: v1}, doc(v1, 5), outcomeMade},
+		{"upsert not made", store.Write{Op: store.OpUpsert, Value: v1}, doc(v2, 5), outcomeNotMade},
+		{"replace made", store.Write{Op: store.OpReplace, Value: v2, CAS: 4}, doc(v2, 5), outcomeMade},
+		{"replace not made", store.Write{Op: store.OpReplace, Value: v2, CAS: 4}, doc(v1, 4), outcomeNotMade},
+		{"replace beaten", store.Write{Op: store.OpReplace, Value: v2, CAS: 4}, doc(v1, 6), outcomeGuardFailed},
+		{"replace of a removed doc", store.Write{Op: store.OpReplace, Value: v2, CAS: 4}, store.Doc{}, outcomeGuardFailed},
+		{"remove made", store.Write{Op: store.OpRemove, CAS: 4}, store.Doc{}, outcomeMade},
+		{"remove not made", store.Write{Op: store.OpRemove, CAS: 4}, doc(v1, 4), outcomeNotMade},
+		{"remove beaten", store.Write{Op: store.OpRemove, CAS: 4}, doc(v1, 6), outcomeGuardFailed},
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, judge(tt.give, tt.now), tt.name)
+	}
+}
+
+// Defect 14: the feed's streams, lag and counters for the metrics.
+func TestFeedStats(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3})
+	s := openStore(t, cfg, func(s *Store) {
+		s.feedOpts.statsEvery = 20 * time.Millisecond
+		s.feedOpts.reopenDelay = 20 * time.Millisecond
+	})
+	sub := subscribe(t, s, "feed", watched, true)
+	stats := sub.(interface{ Stats() FeedStats }).Stats
+	assert.Equal(t, FeedStats{VBuckets: testVBuckets, StreamsOpen: testVBuckets}, stats())
+
+	x := srv.VBucketOf("x")
+	var keys []string
+	for i := range 3 {
+		keys = append(keys, keyOn(srv, fmt.Sprintf("lag%d-", i), x))
+		put(t, s, order.Inbound, keys[i])
+	}
+	ctx := ctxFor(t, 20*time.Second)
+	var held []store.Event
+	for len(held) < 3 {
+		ev, err := sub.Next(ctx)
+		require.NoError(t, err)
+		held = append(held, ev) // not acknowledged: the checkpoint lags
+	}
+	assert.Eventually(t, func() bool { st := stats(); return st.Lag == 3 && st.MaxLag == 3 }, 10*time.Second, 10*time.Millisecond)
+	for _, ev := range held {
+		ev.Ack()
+	}
+	assert.Eventually(t, func() bool { return stats().Lag == 0 }, 10*time.Second, 10*time.Millisecond)
+
+	require.Equal(t, 1, srv.EndStream("orders", x, cbtest.EndStateChanged))
+	assert.Eventually(t, func() bool { st := stats(); return st.Reopens == 1 && st.StreamsOpen == testVBuckets },
+		10*time.Second, 10*time.Millisecond)
+	assert.Zero(t, stats().Rollbacks)
+	assert.Zero(t, stats().CheckpointSaveFailures)
+}
+
+// Defect 14: Counts and Backlog answer from a reading younger than
+// CountsTTL, so that a metrics scrape does not query each time.
+func TestCountsAndBacklogAreCachedForTheirTTL(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	var mu sync.Mutex
+	now := time.Unix(1_800_000_000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	s := openStore(t, cfg, func(s *Store) { s.now = clock })
+	ctx := ctxFor(t, 20*time.Second)
+
+	c0, err := s.Counts(ctx)
+	require.NoError(t, err)
+	b0, err := s.Backlog(ctx, time.Now(), 15*time.Second)
+	require.NoError(t, err)
+	_, err = s.Insert(ctx, order.Inbound, "o1", []byte(`{"paymentStatus":"paid"}`))
+	require.NoError(t, err)
+	_, err = s.Insert(ctx, order.Retry, "o1", []byte(`{"docId":"o1","attempt":1,"ts":1,"fireRetry":true}`))
+	require.NoError(t, err)
+
+	advance(4 * time.Second)
+	c, err := s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, c0, c, "within the TTL: the last reading")
+	b, err := s.Backlog(ctx, time.Now(), 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, b0, b)
+
+	advance(2 * time.Second)
+	c, err = s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, c0.OrdersPaid+1, c.OrdersPaid, "past the TTL: read again")
+	b, err = s.Backlog(ctx, time.Now(), 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, b0.Due+1, b.Due)
+}
+
+func TestTTLCache(t *testing.T) {
+	t.Parallel()
+	c := newTTLCache[int]()
+	ctx := context.Background()
+	reads := 0
+	read := func() (int, error) { reads++; return reads, nil }
+	t0 := time.Unix(100, 0)
+	for _, tt := range []struct {
+		at   time.Duration
+		ttl  time.Duration
+		key  string
+		want int
+	}{
+		{0, 5 * time.Second, "a", 1},
+		{4 * time.Second, 5 * time.Second, "a", 1},
+		{4 * time.Second, 5 * time.Second, "b", 2}, // another key
+		{9 * time.Second, 5 * time.Second, "b", 3}, // expired
+		{9 * time.Second, -1, "b", 4},              // off
+	} {
+		got, err := c.get(ctx, t0.Add(tt.at), tt.ttl, tt.key, read)
+		require.NoError(t, err)
+		assert.Equal(t, tt.want, got, "%+v", tt)
+	}
+	_, err := c.get(ctx, t0, time.Second, "x", func() (int, error) { return 0, errors.New("boom") })
+	assert.Error(t, err, "errors are not cached")
+}
+
+// Defect 15: setup names the role it lacks, for the cluster's edition.
+func TestSetupNamesTheMissingRole(t *testing.T) {
+	t.Parallel()
+	cfg := Config{Username: "om", Bucket: "orders", MetadataBucket: "metadata"}
+	forbidden := fmt.Errorf("create bucket: %w", &gocb.HTTPError{InnerError: errors.New("http error"),
+		ErrorText: `{"message":"Forbidden. User needs the following permissions","permissions":["cluster.buckets!create"]}`})
+	tests := []struct {
+		edition string
+		step    setupStep
+		want    []string
+		not     []string
+	}{
+		{editionEnterprise, stepBuckets, []string{"Cluster Admin (cluster_admin)", "Enterprise"}, []string{"only Community"}},
+		{editionEnterprise, stepCollections, []string{"scope_admin[orders]", "bucket_admin[orders]"}, nil},
+		{editionEnterprise, stepIndexes, []string{"query_manage_index[orders]"}, nil},
+		{editionCommunity, stepBuckets, []string{"Full Admin (admin)", "only Community Edition role"}, []string{"cluster_admin"}},
+		{editionCommunity, stepIndexes, []string{"bucket_full_access[orders]"}, []string{"query_manage_index"}},
+		{editionUnknown, stepBuckets, []string{"cluster_admin", "Full Admin (admin), the only Community"}, nil},
+	}
+	for _, tt := range tests {
+		err := errRights(cfg, tt.edition, tt.step, "create bucket orders", forbidden)
+		msg := err.Error()
+		assert.Contains(t, msg, `user "om" lacks the rights`)
+		for _, w := range tt.want {
+			assert.Contains(t, msg, w, "%s %d", tt.edition, tt.step)
+		}
+		for _, n := range tt.not {
+			assert.NotContains(t, msg, n, "%s %d", tt.edition, tt.step)
+		}
+		assert.ErrorIs(t, err, forbidden)
+	}
+	other := errRights(cfg, editionEnterprise, stepBuckets, "create bucket orders", errors.New("disk full"))
+	assert.False(t, strings.Contains(other.Error(), "lacks the rights"), "only refusals are about rights")
+}
+
+func TestClusterEdition(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	assert.Equal(t, editionEnterprise, clusterEdition(ctxFor(t, 10*time.Second), s.cluster), "cbtest says 7.6.2-0000-enterprise")
+}
