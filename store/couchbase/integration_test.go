@@ -51,10 +51,7 @@ func testCluster(t *testing.T, nodes int) (Config, *cbtest.Server) {
 	cfg, real := realCluster()
 	var srv *cbtest.Server
 	if !real {
-		// SyncDCP: the store contract reads events of different
-		// vBuckets in the order they were written (see the report on
-		// storetest); over several nodes only a synchronous DCP keeps it.
-		srv = cbtest.Start(t, cbtest.Options{Nodes: nodes, VBuckets: testVBuckets, SyncDCP: true})
+		srv = cbtest.Start(t, cbtest.Options{Nodes: nodes, VBuckets: testVBuckets})
 		cfg = Config{ConnStr: srv.ConnStr(), Username: srv.Username(), Password: srv.Password(), Timeout: 5 * time.Second}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
