@@ -112,8 +112,15 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 		}),
 		fx.Provide(func(c *mailer.Client) watcher.Sender { return c }),
 		mailer.Module, watcher.Module, timer.Module, metrics.Module,
-		fx.Invoke(func(lc fx.Lifecycle, st store.Store, sd fx.Shutdowner) {
-			watchLost(lc, st, sd, log)
+		fx.Invoke(func(lc fx.Lifecycle, st store.Store, w *watcher.Watcher, sd fx.Shutdowner) {
+			if l, ok := st.(interface{ Lost() <-chan struct{} }); ok {
+				stopWhen(lc, sd, log, ExitStoreLost, l.Lost(), func(struct{}) string {
+					return "the store's file was deleted or replaced"
+				})
+			}
+			stopWhen(lc, sd, log, ExitFeedFailed, w.Failed(), func(err error) string {
+				return "the change feed stopped for good (" + err.Error() + ")"
+			})
 		}),
 		fx.Invoke(func(lc fx.Lifecycle, w *watcher.Watcher, sd fx.Shutdowner) {
 			r := &runner{w: w, poll: cfg.Store.StandbyPoll, log: log.With("component", "runner"),
@@ -134,22 +141,23 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 // or replaced under it.
 const ExitStoreLost = 3
 
-// watchLost stops the service when the embedded store's file is deleted or
-// replaced: its writes would go where nobody reads them.
-func watchLost(lc fx.Lifecycle, st store.Store, sd fx.Shutdowner, log *slog.Logger) {
-	l, ok := st.(interface{ Lost() <-chan struct{} })
-	if !ok {
-		return
-	}
+// ExitFeedFailed is the exit code of a service whose change feed stopped for
+// good (a watched collection is gone, access was revoked).
+const ExitFeedFailed = 4
+
+// stopWhen stops the service with code when ch delivers: what it says
+// cannot mend by itself, and an orchestrator should see a failed process
+// rather than one that stalls.
+func stopWhen[T any](lc fx.Lifecycle, sd fx.Shutdowner, log *slog.Logger, code int, ch <-chan T, why func(T) string) {
 	done, stopped := make(chan struct{}), make(chan struct{})
 	lc.Append(fx.Hook{
 		OnStart: func(context.Context) error {
 			go func() {
 				defer close(stopped)
 				select {
-				case <-l.Lost():
-					log.Error("the store's file was deleted or replaced; stopping", "component", "app")
-					sd.Shutdown(fx.ExitCode(ExitStoreLost))
+				case v := <-ch:
+					log.Error(why(v)+"; stopping", "component", "app")
+					sd.Shutdown(fx.ExitCode(code))
 				case <-done:
 				}
 			}()

@@ -62,6 +62,14 @@ var backends = []backend{
 // set up by `ordermail setup`'s code.
 func cbtestCluster(nodes int) func(t testing.TB) app.StoreConfig {
 	return func(t testing.TB) app.StoreConfig {
+		sc, _ := startCBTest(t, nodes)
+		return sc
+	}
+}
+
+// startCBTest starts a Couchbase test server and sets it up.
+func startCBTest(t testing.TB, nodes int) (app.StoreConfig, *cbtest.Server) {
+	{
 		srv := cbtest.Start(t, cbtest.Options{Nodes: nodes, VBuckets: 64})
 		sc := app.StoreConfig{URL: srv.ConnStr(), Couchbase: couchbase.Config{
 			Username: srv.Username(), Password: srv.Password(), Timeout: 5 * time.Second,
@@ -69,7 +77,7 @@ func cbtestCluster(nodes int) func(t testing.TB) app.StoreConfig {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
 		require.NoError(t, couchbase.Setup(ctx, sc.CouchbaseConfig(), couchbase.SetupOptions{}, quiet))
-		return sc
+		return sc, srv
 	}
 }
 

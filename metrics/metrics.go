@@ -61,6 +61,7 @@ func New(cfg Config, w *watcher.Watcher, t *timer.Timer, m *mailer.Client, st st
 				return 1
 			}),
 		&backlog{st: st, log: log},
+		&feed{w: w},
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
@@ -110,6 +111,38 @@ func (s *Server) Stop(ctx context.Context) error {
 		err = errors.Join(err, serveErr)
 	}
 	return err
+}
+
+// feed reports the subscription's own figures, where it keeps any (the
+// Couchbase feed: streams, lag per vBucket, rollbacks, reopens).
+type feed struct{ w *watcher.Watcher }
+
+var (
+	descStreams    = prometheus.NewDesc("ordermail_feed_streams_open", "Change feed streams open (vBuckets on Couchbase).", nil, nil)
+	descLag        = prometheus.NewDesc("ordermail_feed_lag_changes", "Changes the store has past the feed's checkpoints, summed over the partitions.", nil, nil)
+	descMaxLag     = prometheus.NewDesc("ordermail_feed_lag_max_changes", "The largest lag of one partition.", nil, nil)
+	descRollbacks  = prometheus.NewDesc("ordermail_feed_rollbacks_total", "Rollbacks the store asked the feed for.", nil, nil)
+	descReopens    = prometheus.NewDesc("ordermail_feed_reopens_total", "Streams reopened (ended, refused or unanswered).", nil, nil)
+	descCkptFailed = prometheus.NewDesc("ordermail_feed_checkpoint_save_failures_total", "Checkpoint documents that could not be saved.", nil, nil)
+)
+
+func (f *feed) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descStreams, descLag, descMaxLag, descRollbacks, descReopens, descCkptFailed} {
+		ch <- d
+	}
+}
+
+func (f *feed) Collect(ch chan<- prometheus.Metric) {
+	st, ok := f.w.FeedStats()
+	if !ok {
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(st.StreamsOpen))
+	ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, float64(st.Lag))
+	ch <- prometheus.MustNewConstMetric(descMaxLag, prometheus.GaugeValue, float64(st.MaxLag))
+	ch <- prometheus.MustNewConstMetric(descRollbacks, prometheus.CounterValue, float64(st.Rollbacks))
+	ch <- prometheus.MustNewConstMetric(descReopens, prometheus.CounterValue, float64(st.Reopens))
+	ch <- prometheus.MustNewConstMetric(descCkptFailed, prometheus.CounterValue, float64(st.CheckpointSaveFailures))
 }
 
 // backlog reads the store's counts at each scrape.

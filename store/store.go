@@ -16,7 +16,26 @@ var (
 	// database, a timeout, a node down): the caller may try again later.
 	ErrUnavailable = errors.New("store unavailable")
 	ErrClosed      = errors.New("store closed")
+	// ErrFeedFailed says a subscription stopped for good (a watched
+	// collection is gone, access was revoked): reading it again cannot
+	// help, a person must fix the cause and restart.
+	ErrFeedFailed = errors.New("change feed failed")
 )
+
+// FeedStats is what a subscription that can tell reports of itself.
+type FeedStats struct {
+	Partitions  int // streamed by this instance
+	StreamsOpen int
+	// Lag is, summed over the partitions and at most for one, how many
+	// changes the store has past the checkpoint.
+	Lag, MaxLag                                uint64
+	Rollbacks, Reopens, CheckpointSaveFailures uint64
+}
+
+// StatsReporter is a Subscription that reports FeedStats.
+type StatsReporter interface {
+	FeedStats() FeedStats
+}
 
 // Meta is the collection of ordermail's own bookkeeping (leases); the
 // Couchbase store keeps it in the metadata bucket. It is not on the feed.

@@ -110,6 +110,8 @@ type Watcher struct {
 	rand                                                      func() float64 // jitter draws
 
 	sub      store.Subscription
+	failed   chan error     // the feed stopped for good
+	reporter atomic.Value   // store.StatsReporter of the subscription, once started
 	settling sync.WaitGroup // outcome writes of sends made, acknowledging their events when done
 	inflight chan struct{}  // bounds them
 	cancel   context.CancelFunc // stops the reader
@@ -128,7 +130,7 @@ func New(cfg Config, st store.Store, mail Sender, log *slog.Logger, now func() t
 		now = time.Now
 	}
 	return &Watcher{
-		cfg: cfg.withDefaults(), store: st, mail: mail, now: now, rand: rand.Float64,
+		cfg: cfg.withDefaults(), store: st, mail: mail, now: now, rand: rand.Float64, failed: make(chan error, 1),
 		log: log.With("component", "watcher"),
 	}, nil
 }
@@ -150,6 +152,9 @@ func (w *Watcher) Start(ctx context.Context) error {
 		return fmt.Errorf("start watcher: %w", err)
 	}
 	w.sub = sub
+	if r, ok := sub.(store.StatsReporter); ok {
+		w.reporter.Store(r) // read by the metrics' scrapes
+	}
 	readCtx, cancel := context.WithCancel(context.Background())
 	workCtx, abort := context.WithCancel(context.Background())
 	w.cancel, w.abort = cancel, abort
@@ -204,12 +209,28 @@ func (w *Watcher) Stop(ctx context.Context) error {
 	return nil
 }
 
+// Failed delivers the error of a feed that stopped for good
+// (store.ErrFeedFailed): reading it again cannot help.
+func (w *Watcher) Failed() <-chan error { return w.failed }
+
+// FeedStats reports the subscription's own figures, where it keeps any.
+func (w *Watcher) FeedStats() (store.FeedStats, bool) {
+	if r, ok := w.reporter.Load().(store.StatsReporter); ok {
+		return r.FeedStats(), true
+	}
+	return store.FeedStats{}, false
+}
+
 func (w *Watcher) read(ctx context.Context, shards []chan store.Event) {
 	defer w.reader.Done()
 	backoff := newBackoff()
 	for {
 		ev, err := w.sub.Next(ctx)
 		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, store.ErrFeedFailed) {
+			w.failed <- err
 			return
 		}
 		if err != nil {

@@ -60,8 +60,11 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			if err := a.Stop(stopCtx); err != nil {
 				return fmt.Errorf("stop: %w", err)
 			}
-			if exit == app.ExitStoreLost {
+			switch exit {
+			case app.ExitStoreLost:
 				return fmt.Errorf("stopped: the store %s or its lock file was deleted or replaced while running", cfg.Store.URL)
+			case app.ExitFeedFailed:
+				return fmt.Errorf("stopped: the change feed failed for good (see the log); fix the cause and start again")
 			}
 			return nil
 		},

@@ -159,6 +159,7 @@ func storeFlags(fs *flag.FlagSet, c *app.StoreConfig) {
 	fs.StringVar(&cb.Scope, "cb-scope", "_default", "scope of those collections")
 	fs.StringVar(&cb.MetadataBucket, "cb-metadata-bucket", "metadata", "bucket of feed checkpoints and leases")
 	fs.DurationVar(&cb.Timeout, "cb-timeout", 10*time.Second, "bound on each Couchbase operation; connecting may take three times as long")
+	fs.DurationVar(&cb.CountsTTL, "cb-counts-ttl", 5*time.Second, "how long the backlog counts (a N1QL query) are served from the last answer, so a scrape never queries; negative: no cache")
 }
 
 // storeCommand is a command that opens the store and hands it to exec.

@@ -364,7 +364,7 @@ func (f *feed) failLocked(err error) {
 		return
 	default:
 	}
-	f.err = err
+	f.err = fmt.Errorf("%w: %w", store.ErrFeedFailed, err)
 	close(f.failed)
 	f.log.Error("change feed stopped", "error", err)
 	for _, st := range f.state {
@@ -898,6 +898,13 @@ func (f *feed) Stats() FeedStats {
 		}
 	}
 	return s
+}
+
+// FeedStats is Stats in the store's terms, for the metrics.
+func (f *feed) FeedStats() store.FeedStats {
+	st := f.Stats()
+	return store.FeedStats{Partitions: st.VBuckets, StreamsOpen: st.StreamsOpen, Lag: st.Lag, MaxLag: st.MaxLag,
+		Rollbacks: st.Rollbacks, Reopens: st.Reopens, CheckpointSaveFailures: st.CheckpointSaveFailures}
 }
 
 func (f *feed) Next(ctx context.Context) (store.Event, error) {

@@ -1,0 +1,54 @@
+package app_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/app"
+	"github.com/ordermail/ordermail/mailer/mockmail"
+	"github.com/ordermail/ordermail/metrics"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestCouchbaseFeedMetrics: on Couchbase the feed reports its streams and
+// lag; the backlog gauges come from the cached counts.
+func TestCouchbaseFeedMetrics(t *testing.T) {
+	r := newRunOn(t, backend{"couchbase-3nodes", cbtestCluster(3)}, mockmail.Config{})
+	r.cfg.Metrics.Listen = "127.0.0.1:0"
+	var m *metrics.Server
+	a, st := r.start(t, &m)
+	defer stop(t, a)
+	keys := r.placeOrders(t, st, 20)
+	waitConfirmed(t, st, keys)
+	url := "http://" + m.Addr().String() + "/metrics"
+	var v map[string]string
+	require.Eventually(t, func() bool {
+		v = scrape(t, url)
+		return v["ordermail_feed_streams_open"] == "64" && v["ordermail_orders_confirmed"] == "20"
+	}, 60*time.Second, 50*time.Millisecond, "metrics: %v", v)
+	for _, name := range []string{"ordermail_feed_lag_changes", "ordermail_feed_lag_max_changes", "ordermail_feed_rollbacks_total",
+		"ordermail_feed_reopens_total", "ordermail_feed_checkpoint_save_failures_total"} {
+		assert.Contains(t, v, name)
+	}
+	assert.Equal(t, "1", v["ordermail_store_up"])
+}
+
+// TestDroppedCollectionStopsTheService: a watched collection dropped
+// under the service stops it with its own exit code, instead of a feed
+// that retries forever and confirms nothing.
+func TestDroppedCollectionStopsTheService(t *testing.T) {
+	sc, srv := startCBTest(t, 1)
+	r := newRunOn(t, backend{"couchbase-1node", func(testing.TB) app.StoreConfig { return sc }}, mockmail.Config{})
+	a, st := r.start(t)
+	keys := r.placeOrders(t, st, 5)
+	waitConfirmed(t, st, keys)
+	require.NoError(t, srv.DropCollection("orders", "_default", "inbound"))
+	select {
+	case sig := <-a.Wait():
+		assert.Equal(t, app.ExitFeedFailed, sig.ExitCode)
+	case <-time.After(60 * time.Second):
+		t.Fatal("the service did not stop after its collection was dropped")
+	}
+	stop(t, a)
+}
