@@ -110,10 +110,10 @@ type Watcher struct {
 	rand                                                      func() float64 // jitter draws
 
 	sub      store.Subscription
-	failed   chan error     // the feed stopped for good
-	reporter atomic.Value   // store.StatsReporter of the subscription, once started
-	settling sync.WaitGroup // outcome writes of sends made, acknowledging their events when done
-	inflight chan struct{}  // bounds them
+	failed   chan error         // the feed stopped for good
+	reporter atomic.Value       // store.StatsReporter of the subscription, once started
+	settling sync.WaitGroup     // outcome writes of sends made, acknowledging their events when done
+	inflight chan struct{}      // bounds them
 	cancel   context.CancelFunc // stops the reader
 	abort    context.CancelFunc // aborts in-flight work
 	stopping chan struct{}

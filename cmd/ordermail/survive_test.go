@@ -22,8 +22,8 @@ import (
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
-	"github.com/ordermail/ordermail/store/couchbase/cbtest"
 	"github.com/ordermail/ordermail/store/couchbase"
+	"github.com/ordermail/ordermail/store/couchbase/cbtest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
