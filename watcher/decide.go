@@ -167,7 +167,7 @@ func decideOrder(key string, st store.State, now time.Time, lim Limits) Plan {
 		return deadLetterOrder(key, st, reason, detail, decodeErr, now)
 	}
 	return Plan{Action: Send, OrderKey: key, Body: st.Order.Value, Attempt: 1,
-		IdempotencyKey: order.IdempotencyKey(key, st.Order.Incarnation)}
+		IdempotencyKey: order.IdempotencyKey(key, incarnation(st.Order))}
 }
 
 // deadLetterOrder records a problem of a first send; one already recorded
@@ -188,7 +188,7 @@ func problem(key string, doc store.Doc, o order.Order, decodeErr error, lim Limi
 	switch {
 	case decodeErr != nil:
 		return order.ReasonMalformedOrder, decodeErr.Error()
-	case mailer.CheckHeaderValue(order.IdempotencyKey(key, doc.Incarnation)) != nil:
+	case mailer.CheckHeaderValue(order.IdempotencyKey(key, incarnation(doc))) != nil:
 		return order.ReasonInvalidKey, "the key holds control characters an Idempotency-Key header cannot carry"
 	case !o.HasEmail():
 		return order.ReasonNoEmail, "paid order has no email address"
@@ -243,7 +243,7 @@ func decideRetry(key string, st store.State, now time.Time, lim Limits) Plan {
 		return retryDeadLetter(key, st, r, reason, detail, now)
 	}
 	if r.IdempotencyKey == "" {
-		r.IdempotencyKey = order.IdempotencyKey(key, st.Order.Incarnation)
+		r.IdempotencyKey = order.IdempotencyKey(key, incarnation(st.Order))
 	}
 	if lim.SingleConsumer {
 		// A flagged document is never flagged again (the sweep takes only
@@ -262,6 +262,20 @@ func decideRetry(key string, st store.State, now time.Time, lim Limits) Plan {
 		// out.
 		Writes: []store.Write{{Op: store.OpReplace, Collection: order.Retry, Key: key, Value: claimed.Encode(), CAS: st.Retry.CAS}},
 	}
+}
+
+// incarnation tells one order from another created under the same key
+// later. Where the store keeps the write that created the document (the
+// embedded store) that is its incarnation. Where it cannot tell (Couchbase
+// KV), the order's CAS when its confirmation is first planned stands in: a
+// re-created order always has another, and every later attempt sends the
+// key its retry document kept. Only a crash between a send and its outcome,
+// with the order edited in that window, makes the replay send another key.
+func incarnation(d store.Doc) uint64 {
+	if d.Incarnation != 0 {
+		return d.Incarnation
+	}
+	return d.CAS
 }
 
 // retryDeadLetter gives up on a retry: the dead letter, then the retry

@@ -185,6 +185,16 @@ func TestIdempotencyKeys(t *testing.T) {
 	recreated.Order.Incarnation = 8
 	anew := Decide(Change{Collection: order.Inbound, Key: "o"}, recreated, now, limits)
 	assert.NotEqual(t, first.IdempotencyKey, anew.IdempotencyKey, "a new order under an old key is a new confirmation")
+
+	// Where the store cannot tell incarnations (Couchbase), the CAS the
+	// first send was planned on stands in.
+	cb := state(paid, "", "")
+	cb.Order.Incarnation = 0
+	p1 := Decide(Change{Collection: order.Inbound, Key: "o"}, cb, now, limits)
+	assert.Equal(t, "confirmation:o@10", p1.IdempotencyKey)
+	cb.Order.CAS = 77 // deleted and created again
+	p2 := Decide(Change{Collection: order.Inbound, Key: "o"}, cb, now, limits)
+	assert.NotEqual(t, p1.IdempotencyKey, p2.IdempotencyKey)
 }
 
 func TestSettle(t *testing.T) {
