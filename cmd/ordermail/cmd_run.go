@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/ordermail/ordermail/app"
@@ -39,6 +41,13 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			}
 			if err := checkServiceFlags(&cfg); err != nil {
 				return err
+			}
+			// The live heap is small (tens of MB) and allocation steady:
+			// collecting at 5x it instead of 2x costs some memory and saves
+			// about a fifth of the CPU per order (ordermail bench). GOGC, if
+			// set, still wins.
+			if os.Getenv("GOGC") == "" {
+				debug.SetGCPercent(400)
 			}
 			a := app.New(cfg, log)
 			if err := a.Err(); err != nil {
