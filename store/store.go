@@ -116,6 +116,13 @@ type Event struct {
 	Seq        uint64 // position in its partition
 	// Incarnation is the document's, as in Doc.
 	Incarnation uint64
+	// State, when the feed can give it, is the state of the event's key as
+	// it was when the event was read (the embedded store reads it with the
+	// event, in one query). It includes every write the store had made up
+	// to Snapshot, its position then; a reader that wrote the key after
+	// that must read the state again.
+	State    *State
+	Snapshot uint64
 
 	// Ack must be called exactly once, after the event's outcome has been
 	// written. Events may be acknowledged in any order; the checkpoint never
@@ -177,8 +184,9 @@ type Store interface {
 	// one transaction: all or none. On Couchbase they are made one by one in
 	// the order given, each guarded by its CAS, stopping at the first that
 	// fails: the caller orders them so that every prefix is safe. A failed
-	// guard is a *WriteError. The CAS of each write made is returned (0 for
-	// a removal).
+	// guard is a *WriteError. The CAS of each write made is returned (for
+	// a removal, the position of the deletion where the store has one,
+	// else 0).
 	Apply(ctx context.Context, writes []Write) ([]uint64, error)
 	// Insert fails with ErrExists when the key is taken.
 	Insert(ctx context.Context, collection, key string, value []byte) (uint64, error)

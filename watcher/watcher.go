@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -261,33 +262,59 @@ func shardOf(key string, n int) int {
 // that outcome in it.
 func (w *Watcher) work(ctx context.Context, events <-chan store.Event) {
 	defer w.workers.Done()
-	pending := map[string]chan struct{}{}
+	recent := map[string]*written{}
 	for {
 		select {
 		case <-w.stopping:
 			return // queued events stay unacknowledged and are replayed
 		case ev := <-events:
-			if done, ok := pending[ev.Key]; ok {
+			if wr, ok := recent[ev.Key]; ok {
 				select {
-				case <-done:
+				case <-wr.done:
 				case <-w.stopping:
 					return
 				}
 			}
-			if len(pending) >= cap(w.inflight) {
-				for k, done := range pending {
-					select {
-					case <-done:
-						delete(pending, k)
-					default:
-					}
-				}
+			if len(recent) >= cap(w.inflight) {
+				prune(recent, ev.Snapshot)
 			}
-			if !w.complete(ctx, ev, pending) {
+			if !w.complete(ctx, ev, recent) {
 				return
 			}
 		}
 	}
+}
+
+// written is this worker's last write of a key: done once made, at
+// position seq (set before done closes). An event whose state snapshot
+// predates it reads the state again.
+type written struct {
+	done chan struct{}
+	seq  uint64
+}
+
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// prune forgets the writes every later event's snapshot includes: the
+// snapshots of a feed only move forward.
+func prune(recent map[string]*written, snapshot uint64) {
+	for k, wr := range recent {
+		select {
+		case <-wr.done:
+			if snapshot == 0 || wr.seq <= snapshot {
+				delete(recent, k)
+			}
+		default:
+		}
+	}
+}
+
+func highest(cas []uint64) uint64 {
+	var m uint64
+	for _, c := range cas {
+		m = max(m, c)
+	}
+	return m
 }
 
 // complete handles ev until its outcome is written. An unavailable store is
@@ -296,7 +323,7 @@ func (w *Watcher) work(ctx context.Context, events <-chan store.Event) {
 // dead-lettered as a poison event and acknowledged, so that it cannot stop
 // its worker's other keys for good. It returns false when the watcher stops
 // first; ev is then replayed.
-func (w *Watcher) complete(ctx context.Context, ev store.Event, pending map[string]chan struct{}) bool {
+func (w *Watcher) complete(ctx context.Context, ev store.Event, recent map[string]*written) bool {
 	b := newBackoff()
 	failures := 0
 	for {
@@ -305,10 +332,10 @@ func (w *Watcher) complete(ctx context.Context, ev store.Event, pending map[stri
 			return false
 		default:
 		}
-		settling, err := w.handle(ctx, ev)
+		settling, err := w.handle(ctx, ev, recent)
 		if err == nil {
 			if settling != nil {
-				pending[ev.Key] = settling // it acknowledges ev when written
+				recent[ev.Key] = settling // it acknowledges ev when written
 				return true
 			}
 			ev.Ack()
@@ -369,7 +396,7 @@ func (w *Watcher) limits() Limits {
 // It returns an error when the outcome could not be written; the event is
 // then not acknowledged. After a send it returns the channel that closes
 // once the outcome is written and ev acknowledged.
-func (w *Watcher) handle(ctx context.Context, ev store.Event) (chan struct{}, error) {
+func (w *Watcher) handle(ctx context.Context, ev store.Event, recent map[string]*written) (*written, error) {
 	log := w.log.With("collection", ev.Collection, "key", ev.Key)
 	if p, ok := Settled(changeOf(ev), w.now(), w.limits()); ok {
 		if p.Warn != "" {
@@ -379,10 +406,21 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event) (chan struct{}, er
 		log.Debug("ignore", "reason", p.Reason)
 		return nil, nil
 	}
-	for range maxStale {
-		st, err := w.state(ctx, log, ev.Key)
-		if err != nil {
-			return nil, err
+	// The feed's snapshot of the key's state serves unless this worker
+	// wrote the key since it was taken.
+	snapshot := ev.State != nil
+	if wr, ok := recent[ev.Key]; ok && wr.seq > ev.Snapshot {
+		snapshot = false
+	}
+	for try := range maxStale {
+		var st store.State
+		if try == 0 && snapshot {
+			st = *ev.State
+		} else {
+			var err error
+			if st, err = w.state(ctx, log, ev.Key); err != nil {
+				return nil, err
+			}
 		}
 		p := Decide(changeOf(ev), st, w.now(), w.limits())
 		if p.Warn != "" {
@@ -394,9 +432,12 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event) (chan struct{}, er
 			log.Debug("ignore", "reason", p.Reason)
 			return nil, nil
 		case Write:
-			_, err := w.apply(ctx, log, p.Writes)
+			cas, err := w.apply(ctx, log, p.Writes)
 			if isStale(err) {
 				continue // changed since it was read: decide again
+			}
+			if err == nil {
+				recent[ev.Key] = &written{done: closed, seq: highest(cas)}
 			}
 			if err == nil && p.Detail != "" {
 				w.deadLettered.Add(1)
@@ -414,6 +455,7 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event) (chan struct{}, er
 				if err != nil {
 					return nil, err
 				}
+				recent[ev.Key] = &written{done: closed, seq: highest(cas)}
 				st.Retry.CAS, st.Retry.Value = cas[0], p.Retry.Encode()
 			}
 			return w.sendAndSettle(ctx, log, p, st, ev)
@@ -437,7 +479,7 @@ func isStale(err error) bool {
 // workers share. Once the email service has been called, the outcome is
 // written there, however long that takes: going back to the decision would
 // send again.
-func (w *Watcher) sendAndSettle(ctx context.Context, log *slog.Logger, p Plan, st store.State, ev store.Event) (chan struct{}, error) {
+func (w *Watcher) sendAndSettle(ctx context.Context, log *slog.Logger, p Plan, st store.State, ev store.Event) (*written, error) {
 	log = log.With("attempt", p.Attempt)
 	sendErr := w.send(ctx, p)
 	if sendErr != nil && ctx.Err() != nil {
@@ -448,49 +490,52 @@ func (w *Watcher) sendAndSettle(ctx context.Context, log *slog.Logger, p Plan, s
 	case <-ctx.Done():
 		return nil, ctx.Err() // not written: the event is replayed, the send repeated with its key
 	}
-	done := make(chan struct{})
+	wr := &written{done: make(chan struct{})}
 	w.settling.Add(1)
 	go func() {
 		defer w.settling.Done()
-		defer close(done)
+		defer close(wr.done)
 		defer func() { <-w.inflight }()
-		if w.settle(ctx, log, p, st, sendErr) {
+		if seq, ok := w.settle(ctx, log, p, st, sendErr); ok {
+			wr.seq = seq
 			ev.Ack()
 			w.handled.Add(1)
+		} else {
+			wr.seq = math.MaxUint64 // unknown: the next event of the key reads the state
 		}
 	}()
-	return done, nil
+	return wr, nil
 }
 
 // settle writes the outcome of a send until it is written or ctx ends
 // (then the event is replayed and the send repeated under its key). A guard
 // that fails reads the state again and settles the same result on it.
-func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store.State, sendErr error) bool {
+func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store.State, sendErr error) (uint64, bool) {
 	b := newBackoff()
 	for {
 		out := Settle(p, st, sendErr, w.now(), w.limits(), w.rand())
-		_, err := w.apply(ctx, log, out.Writes)
+		cas, err := w.apply(ctx, log, out.Writes)
 		if err == nil {
 			w.logOutcome(log, out, sendErr)
-			return true
+			return highest(cas), true
 		}
 		if ctx.Err() != nil {
-			return false
+			return 0, false
 		}
 		if !isStale(err) {
 			log.Error("write the outcome of a send; trying again", "result", out.Result, "error", err, "retry_in", b.peek())
 			if !b.wait(ctx) {
-				return false
+				return 0, false
 			}
 		}
 		var rerr error
 		if st, rerr = w.state(ctx, log, p.OrderKey); rerr != nil {
 			if ctx.Err() != nil {
-				return false
+				return 0, false
 			}
 			log.Error("read state to settle a send; trying again", "error", rerr, "retry_in", b.peek())
 			if !b.wait(ctx) {
-				return false
+				return 0, false
 			}
 		}
 	}

@@ -332,6 +332,10 @@ type barrierStore struct {
 
 type watcherKey struct{}
 
+func (b *barrierStore) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
+	return noSnapshots(b.Store.Subscribe(ctx, name, colls, opts))
+}
+
 func (b *barrierStore) State(ctx context.Context, key string) (store.State, error) {
 	d, err := b.Store.State(ctx, key)
 	if key == b.key && err == nil && strings.Contains(string(d.Retry.Value), `"fireRetry":true`) {
@@ -389,6 +393,10 @@ type flakyGets struct {
 	fails atomic.Int32
 }
 
+func (f *flakyGets) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
+	return noSnapshots(f.Store.Subscribe(ctx, name, colls, opts))
+}
+
 func (f *flakyGets) State(ctx context.Context, key string) (store.State, error) {
 	if key == f.key && f.fails.Add(-1) >= 0 {
 		return store.State{}, errors.New("something nobody planned for")
@@ -416,6 +424,27 @@ type poisonState struct {
 	key string
 }
 
+func (p *poisonState) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
+	return noSnapshots(p.Store.Subscribe(ctx, name, colls, opts))
+}
+
+// noSnapshots drops the state the embedded feed reads with each event, so
+// that the watcher reads it through the store: where these tests fail it.
+func noSnapshots(sub store.Subscription, err error) (store.Subscription, error) {
+	if err != nil {
+		return nil, err
+	}
+	return withoutState{sub}, nil
+}
+
+type withoutState struct{ store.Subscription }
+
+func (w withoutState) Next(ctx context.Context) (store.Event, error) {
+	ev, err := w.Subscription.Next(ctx)
+	ev.State = nil
+	return ev, err
+}
+
 func (p *poisonState) State(ctx context.Context, key string) (store.State, error) {
 	if key == p.key {
 		return store.State{}, errors.New("no such thing as this key's state")
@@ -440,9 +469,61 @@ func TestPoisonEventIsDeadLetteredAndTheFeedGoesOn(t *testing.T) {
 	require.NoError(t, w.Start(context.Background()))
 	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
 	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 60 }, 60*time.Second, 10*time.Millisecond,
-		"delivered %d of 60", e.mock.Stats().Deliveries)
+		"delivered %d of 60; logs:\n%s", e.mock.Stats().Deliveries, logs.String())
 	d := mustDeadLetter(t, e.store, "poison")
 	assert.Equal(t, order.ReasonPoisonEvent, d.Reason)
 	assert.Contains(t, d.LastError, "no such thing")
 	assert.Len(t, logs.Lines("change given up on and dead-lettered"), 1)
+}
+
+// replaying hands out the first event twice, the second time with its old
+// snapshot of the key's state: a change read before the worker's own write
+// of the key was committed.
+type replaying struct {
+	store.Store
+}
+
+func (r *replaying) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
+	sub, err := r.Store.Subscribe(ctx, name, colls, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &replaySub{Subscription: sub}, nil
+}
+
+type replaySub struct {
+	store.Subscription
+	first *store.Event
+	n     int
+}
+
+func (r *replaySub) Next(ctx context.Context) (store.Event, error) {
+	r.n++
+	if r.n == 2 && r.first != nil {
+		again := *r.first
+		again.Ack = func() {}
+		return again, nil
+	}
+	ev, err := r.Subscription.Next(ctx)
+	if err == nil && r.first == nil {
+		r.first = &ev
+	}
+	return ev, err
+}
+
+// TestAStaleSnapshotIsReadAgain: the feed's snapshot of a key's state
+// serves only if the worker has not written the key since it was taken;
+// otherwise the change would be decided on a state without the worker's
+// own retry document, and sent again.
+func TestAStaleSnapshotIsReadAgain(t *testing.T) {
+	e := newEnv(t, mockmail.Config{FailRate: 1, FailStatus: 503})
+	put(t, e.store, order.Inbound, "o", paidOrder)
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter}, &replaying{e.store}, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	waitHandled(t, w, 3) // the order, its replay with the old snapshot, the retry document written
+	_, retry := get(t, e.store, order.Retry, "o")
+	assert.True(t, retry)
+	assert.Equal(t, 1, e.mock.Stats().Requests, "the replay read the state with the retry document in it")
 }

@@ -189,8 +189,13 @@ func (s *Store) prepare(ctx context.Context) error {
 		seq:        r(`SELECT value FROM counters WHERE name = 'seq'`),
 		// The feed reads by position, whatever the history: a range scan of
 		// docs_by_seq (TestFeedReadUsesTheSeqIndex pins the plan).
-		feed: r(`SELECT coll, key, value, seq, created FROM docs INDEXED BY docs_by_seq
-			WHERE seq > ? ORDER BY seq LIMIT ?`),
+		feed: r(`SELECT d.coll, d.key, d.value, d.seq, d.created,
+				o.value, o.seq, o.created, r.value, r.seq, r.created, l.value, l.seq, l.created
+			FROM docs AS d INDEXED BY docs_by_seq
+			LEFT JOIN docs AS o ON o.coll = 'inbound' AND o.key = d.key
+			LEFT JOIN docs AS r ON r.coll = 'retry' AND r.key = d.key
+			LEFT JOIN docs AS l ON l.coll = 'deadletter' AND l.key = d.key
+			WHERE d.seq > ? ORDER BY d.seq LIMIT ?`),
 	}
 	if err != nil {
 		return err

@@ -150,7 +150,19 @@ const idlePoll = 80 * time.Millisecond
 // is a range scan of docs_by_seq whatever the history, and the changes of
 // collections not subscribed to move the checkpoint too.
 func (sub *subscription) fill(ctx context.Context) error {
-	rows, err := sub.s.reads.feed.QueryContext(ctx, sub.lastRead, batchSize)
+	// One read transaction: the position and the rows of one snapshot, each
+	// row with the state of its key (three primary-key lookups), so that
+	// the watcher need not read it again.
+	tx, err := sub.s.read.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
+	}
+	defer tx.Rollback()
+	var snapshot uint64
+	if err := tx.StmtContext(ctx, sub.s.reads.seq).QueryRowContext(ctx).Scan(&snapshot); err != nil {
+		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
+	}
+	rows, err := tx.StmtContext(ctx, sub.s.reads.feed).QueryContext(ctx, sub.lastRead, batchSize)
 	if err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 	}
@@ -158,7 +170,10 @@ func (sub *subscription) fill(ctx context.Context) error {
 	for rows.Next() {
 		var ev store.Event
 		var value sql.NullString
-		if err := rows.Scan(&ev.Collection, &ev.Key, &value, &ev.Seq, &ev.Incarnation); err != nil {
+		var docs [3]stateCols
+		if err := rows.Scan(&ev.Collection, &ev.Key, &value, &ev.Seq, &ev.Incarnation,
+			&docs[0].value, &docs[0].seq, &docs[0].created, &docs[1].value, &docs[1].seq, &docs[1].created,
+			&docs[2].value, &docs[2].seq, &docs[2].created); err != nil {
 			return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 		}
 		sub.lastRead = ev.Seq
@@ -171,12 +186,27 @@ func (sub *subscription) fill(ctx context.Context) error {
 		if value.Valid {
 			ev.Value = []byte(value.String)
 		}
+		ev.State = &store.State{Order: docs[0].doc(ev.Key), Retry: docs[1].doc(ev.Key), DeadLetter: docs[2].doc(ev.Key)}
+		ev.Snapshot = snapshot
 		sub.buf = append(sub.buf, entry{ev: ev})
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 	}
 	return nil
+}
+
+// stateCols is one document of a key's state as the feed query reads it.
+type stateCols struct {
+	value        sql.NullString
+	seq, created sql.NullInt64
+}
+
+func (c stateCols) doc(key string) store.Doc {
+	if !c.value.Valid {
+		return store.Doc{} // absent, or a tombstone
+	}
+	return store.Doc{Key: key, Value: []byte(c.value.String), CAS: uint64(c.seq.Int64), Incarnation: uint64(c.created.Int64)}
 }
 
 // flush saves the checkpoint if it moved, and purges a bounded number of

@@ -338,10 +338,7 @@ func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
 	if _, err := st.put.ExecContext(t.ctx, args...); err != nil {
 		return 0, err
 	}
-	if w.Op == store.OpRemove {
-		return 0, nil
-	}
-	return seq, nil
+	return seq, nil // of a removal too: the position of the deletion
 }
 
 // keys returns the keys a query selects.
