@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"time"
 
@@ -15,7 +16,7 @@ func mockmailCommand(stderr io.Writer) *ffcli.Command {
 	fs := newFlagSet("mockmail", stderr)
 	var cfg mockmail.Config
 	var logs logFlags
-	listen := fs.String("listen", ":9080", "address to listen on")
+	listen := fs.String("listen", "127.0.0.1:9080", "address to listen on; one other machines can reach is logged as a warning")
 	fs.Float64Var(&cfg.FailRate, "fail-rate", 0.5, "share of sends answered with --fail-status, 0 to 1 (the sample: a coin flip)")
 	fs.IntVar(&cfg.FailStatus, "fail-status", http.StatusServiceUnavailable, "HTTP status of a failed send (the sample's mock: 406, which ordermail treats as permanent)")
 	fs.DurationVar(&cfg.Latency, "latency", 0, "delay before every answer")
@@ -44,6 +45,9 @@ func mockmailCommand(stderr io.Writer) *ffcli.Command {
 				return err
 			}
 			log.Info("mock email service listening", "addr", l.Addr().String(), "fail_rate", cfg.FailRate, "fail_status", cfg.FailStatus, "latency", cfg.Latency)
+			if a, ok := l.Addr().(*net.TCPAddr); ok && !a.IP.IsLoopback() {
+				log.Warn("the mock email service is reachable from other machines; give --listen a loopback address unless that is meant", "addr", l.Addr().String())
+			}
 			select {
 			case err := <-l.Failed():
 				return fmt.Errorf("serve: %w", err)
