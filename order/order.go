@@ -50,11 +50,6 @@ func DecodeOrder(raw []byte) (Order, error) {
 	return o, nil
 }
 
-// NeedsConfirmation is function 1's condition: paid and not yet confirmed.
-func (o Order) NeedsConfirmation() bool {
-	return o.PaymentStatus == StatusPaid && !o.ConfirmationEmailSent
-}
-
 // HasEmail says whether the order names an address to send to: a blank
 // one is none.
 func (o Order) HasEmail() bool { return strings.TrimSpace(o.Email) != "" }
