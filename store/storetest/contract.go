@@ -24,6 +24,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("FeedDeliversChangesInOrderPerKey", func(t *testing.T) { testFeedOrder(t, open(t)) })
 	t.Run("FeedResumesAfterAcknowledgedOnly", func(t *testing.T) { testFeedResume(t, open) })
 	t.Run("FeedFromNow", func(t *testing.T) { testFeedFromNow(t, open(t)) })
+	t.Run("FeedFromNowSurvivesACrashBeforeItsFirstEvent", func(t *testing.T) { testFromNowCrash(t, open) })
 	t.Run("FeedWakesOnWrite", func(t *testing.T) { testFeedWakes(t, open(t)) })
 	t.Run("SweepRetries", func(t *testing.T) { testSweep(t, open(t)) })
 	t.Run("Counts", func(t *testing.T) { testCounts(t, open(t)) })
@@ -309,6 +310,30 @@ func testFeedResume(t *testing.T, open Opener) {
 	for _, ev := range again {
 		assert.NotEqual(t, p+"k0", ev.Key, "k0 was acknowledged before the checkpoint")
 	}
+}
+
+// testFromNowCrash: a feed started from now dies (no Close, nothing
+// acknowledged) before it hands out anything; what was written meanwhile
+// is still delivered after a restart, not skipped by a new "now".
+func testFromNowCrash(t *testing.T, open Opener) {
+	ctx := ctxFor(t)
+	p := prefix(t)
+	s := open(t)
+	_, err := s.Insert(ctx, order.Inbound, p+"before", []byte(`{}`))
+	require.NoError(t, err)
+	dead, err := s.Subscribe(ctx, p+"sub", []string{order.Inbound}, store.FeedOptions{FromNow: true})
+	require.NoError(t, err)
+	// It died: not closed (which saves) until the test is over.
+	t.Cleanup(func() { dead.Close(context.Background()) })
+	_, err = s.Insert(ctx, order.Inbound, p+"while_down", []byte(`{}`))
+	require.NoError(t, err)
+
+	s2 := open(t)
+	sub, err := s2.Subscribe(ctx, p+"sub", []string{order.Inbound}, store.FeedOptions{FromNow: true})
+	require.NoError(t, err)
+	defer sub.Close(context.Background())
+	got := collect(t, sub, p, atLeast(1))
+	assert.Equal(t, p+"while_down", got[0].Key, "the start position was saved before anything was handed out")
 }
 
 func testFeedFromNow(t *testing.T, s store.Store) {
