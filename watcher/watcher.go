@@ -547,9 +547,9 @@ func (w *Watcher) logOutcome(log *slog.Logger, out Outcome, sendErr error) {
 		log.Debug("confirmation sent")
 	case "dead_letter":
 		w.deadLettered.Add(1)
-		log.Warn("dead-lettered", "reason", out.Reason, "error", sendErr, "attempts", out.Retry.Attempt)
+		log.Warn("dead-lettered", "reason", out.Reason, "error", sendErr)
 	default:
-		log.Debug("send failed, retry scheduled", "error", sendErr, "attempts", out.Retry.Attempt, "retry_in", out.Delay.Round(time.Millisecond))
+		log.Debug("send failed, retry scheduled", "error", sendErr, "retry_in", out.Delay.String())
 	}
 }
 
