@@ -78,18 +78,140 @@ func SetPaymentStatus(raw []byte, status string) ([]byte, error) {
 	return setField(raw, "paymentStatus", status)
 }
 
+// setField sets a top-level field of the JSON object raw, editing the bytes
+// in place: every other field stays as it was, byte for byte, and no map is
+// decoded and encoded again (this runs for every confirmed order).
 func setField(raw []byte, name string, value any) ([]byte, error) {
-	var fields map[string]json.RawMessage
-	if err := decodeObject(raw, &fields); err != nil {
+	obj := bytes.TrimSpace(raw)
+	if err := checkObject(obj); err != nil {
 		return nil, err
 	}
 	v, err := json.Marshal(value)
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", name, err)
 	}
-	fields[name] = v
-	return json.Marshal(fields)
+	out := make([]byte, 0, len(obj)+len(name)+len(v)+4)
+	if start, end, ok := memberValue(obj, name); ok {
+		out = append(append(append(out, obj[:start]...), v...), obj[end:]...)
+		return out, nil
+	}
+	closing := len(obj) - 1 // a valid object ends with its brace
+	out = append(out, obj[:closing]...)
+	if len(bytes.TrimSpace(obj[1:closing])) > 0 {
+		out = append(out, ',')
+	}
+	n, _ := json.Marshal(name)
+	out = append(append(append(out, n...), ':'), v...)
+	return append(out, '}'), nil
 }
+
+// checkObject is decodeObject's checks without decoding: a JSON object, in
+// UTF-8, with no name twice.
+func checkObject(obj []byte) error {
+	if len(obj) == 0 || obj[0] != '{' {
+		return fmt.Errorf("%w: not a JSON object", ErrMalformed)
+	}
+	if !utf8.Valid(obj) {
+		return fmt.Errorf("%w: not valid UTF-8", ErrMalformed)
+	}
+	if !json.Valid(obj) {
+		var v any
+		return fmt.Errorf("%w: %v", ErrMalformed, json.Unmarshal(obj, &v)) // for the reason
+	}
+	if dup, err := duplicateName(obj); err != nil {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	} else if dup != "" {
+		return fmt.Errorf("%w: field %s appears more than once", ErrMalformed, dup)
+	}
+	return nil
+}
+
+// memberValue finds the value of the top-level member name in the valid
+// JSON object obj: obj[start:end].
+func memberValue(obj []byte, name string) (start, end int, ok bool) {
+	depth, expectName := 0, false
+	for i := 0; i < len(obj); i++ {
+		switch c := obj[i]; c {
+		case '"':
+			j := stringEnd(obj, i)
+			if depth == 1 && expectName {
+				expectName = false
+				if memberName(obj[i:j+1]) == name {
+					k := j + 1
+					for obj[k] != ':' {
+						k++
+					}
+					k++
+					for k < len(obj) && isSpace(obj[k]) {
+						k++
+					}
+					return k, valueEnd(obj, k), true
+				}
+			}
+			i = j
+		case '{', '[':
+			depth++
+			expectName = depth == 1 && c == '{'
+		case '}', ']':
+			depth--
+		case ',':
+			expectName = depth == 1
+		}
+	}
+	return 0, 0, false
+}
+
+// stringEnd returns the index of the quote that closes the string opening
+// at obj[i].
+func stringEnd(obj []byte, i int) int {
+	j := i + 1
+	for ; j < len(obj) && obj[j] != '"'; j++ {
+		if obj[j] == '\\' {
+			j++
+		}
+	}
+	return j
+}
+
+func memberName(quoted []byte) string {
+	if bytes.IndexByte(quoted, '\\') < 0 {
+		return string(quoted[1 : len(quoted)-1])
+	}
+	var s string
+	json.Unmarshal(quoted, &s)
+	return s
+}
+
+// valueEnd returns the index just past the value starting at obj[k].
+func valueEnd(obj []byte, k int) int {
+	switch obj[k] {
+	case '"':
+		return stringEnd(obj, k) + 1
+	case '{', '[':
+		depth := 0
+		for i := k; i < len(obj); i++ {
+			switch obj[i] {
+			case '"':
+				i = stringEnd(obj, i)
+			case '{', '[':
+				depth++
+			case '}', ']':
+				depth--
+				if depth == 0 {
+					return i + 1
+				}
+			}
+		}
+		return len(obj)
+	}
+	i := k
+	for i < len(obj) && obj[i] != ',' && obj[i] != '}' && !isSpace(obj[i]) {
+		i++
+	}
+	return i
+}
+
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
 // RetryDoc is the retry document, stored in Retry under the order's key.
 // The first five fields are the sample's; documents the sample's functions

@@ -1,6 +1,9 @@
 package order_test
 
 import (
+	"bytes"
+	"encoding/json"
+	"github.com/ordermail/ordermail/fixtures"
 	"math"
 	"testing"
 	"time"
@@ -94,5 +97,58 @@ func TestDuplicateNamesAreMalformed(t *testing.T) {
 	} {
 		_, err := order.DecodeOrder([]byte(give))
 		assert.NoError(t, err, "the same name elsewhere is fine: %s", give)
+	}
+}
+
+// TestSetFieldEditsInPlace: marking an order confirmed edits its bytes and
+// means what decoding, setting and encoding it again would, for every
+// sample, generated and hostile document; anything else is kept byte for
+// byte.
+func TestSetFieldEditsInPlace(t *testing.T) {
+	t.Parallel()
+	docs := [][]byte{
+		[]byte(`{}`), []byte(` { } `), []byte(`{"confirmationEmailSent":false}`),
+		[]byte(`{"a":1, "confirmationEmailSent" : false , "b":[{"confirmationEmailSent":false}]}`),
+		[]byte(`{"note":"\"confirmationEmailSent\":false","x":{"y":"}"}}`),
+		[]byte(`{"confirmation\u0045mailSent":null,"z":"\\"}`),
+		[]byte("{\n  \"email\": \"a@b\",\n  \"paymentStatus\": \"paid\"\n}\n"),
+		[]byte(`{"confirmationEmailSent":{"nested":[1,2,"]"]},"after":true}`),
+		[]byte(`{"n":1e999,"confirmationEmailSent":false}`),
+	}
+	for _, d := range fixtures.Generate(200, 3) {
+		docs = append(docs, d.Value)
+	}
+	hostile, err := fixtures.Hostile()
+	require.NoError(t, err)
+	for _, c := range hostile {
+		docs = append(docs, c.Value)
+	}
+	for _, raw := range docs {
+		got, err := order.MarkConfirmed(raw)
+		var want map[string]json.RawMessage
+		wantErr := json.Unmarshal(raw, &want)
+		_, derr := order.DecodeOrder(raw)
+		if derr != nil && err != nil {
+			continue // refused, as the decoder refuses it
+		}
+		if !assert.NoError(t, err, "%q", raw) || !assert.NoError(t, wantErr, "%q", raw) {
+			continue
+		}
+		want["confirmationEmailSent"] = json.RawMessage(`true`)
+		var gotMap map[string]json.RawMessage
+		require.NoError(t, json.Unmarshal(got, &gotMap), "%q -> %q", raw, got)
+		assert.Equal(t, len(want), len(gotMap), "%q -> %q", raw, got)
+		for k, v := range want {
+			var a, b bytes.Buffer
+			require.NoError(t, json.Compact(&a, v))
+			require.NoError(t, json.Compact(&b, gotMap[k]), "%s in %q -> %q", k, raw, got)
+			assert.Equal(t, a.String(), b.String(), "%s in %q -> %q", k, raw, got)
+		}
+		assert.True(t, json.Valid(got))
+		if derr == nil {
+			o, err := order.DecodeOrder(got)
+			require.NoError(t, err, "%q", got)
+			assert.True(t, o.ConfirmationEmailSent)
+		}
 	}
 }

@@ -110,6 +110,7 @@ type Plan struct {
 
 	// For Send.
 	OrderKey       string
+	OrderCAS       uint64 // of the order decided on: paid, unconfirmed, readable
 	IdempotencyKey string
 	Body           []byte
 	Attempt        int            // the number of this attempt, from 1
@@ -166,7 +167,7 @@ func decideOrder(key string, st store.State, now time.Time, lim Limits) Plan {
 	if reason, detail := problem(key, st.Order, o, decodeErr, lim); reason != "" {
 		return deadLetterOrder(key, st, reason, detail, decodeErr, now)
 	}
-	return Plan{Action: Send, OrderKey: key, Body: st.Order.Value, Attempt: 1,
+	return Plan{Action: Send, OrderKey: key, OrderCAS: st.Order.CAS, Body: st.Order.Value, Attempt: 1,
 		IdempotencyKey: order.IdempotencyKey(key, incarnation(st.Order))}
 }
 
@@ -248,14 +249,14 @@ func decideRetry(key string, st store.State, now time.Time, lim Limits) Plan {
 	if lim.SingleConsumer {
 		// A flagged document is never flagged again (the sweep takes only
 		// unflagged ones), and a crash before the outcome replays its event.
-		return Plan{Action: Send, OrderKey: key, Body: st.Order.Value, Attempt: order.Incr(r.Attempt),
+		return Plan{Action: Send, OrderKey: key, OrderCAS: st.Order.CAS, Body: st.Order.Value, Attempt: order.Incr(r.Attempt),
 			IdempotencyKey: r.IdempotencyKey, Retry: r}
 	}
 	claimed := r
 	claimed.FireRetry = false
 	claimed.NextAttemptAt = now.Add(lim.ClaimTTL).UnixMilli()
 	return Plan{
-		Action: Send, OrderKey: key, Body: st.Order.Value, Attempt: order.Incr(r.Attempt),
+		Action: Send, OrderKey: key, OrderCAS: st.Order.CAS, Body: st.Order.Value, Attempt: order.Incr(r.Attempt),
 		IdempotencyKey: claimed.IdempotencyKey, Retry: claimed,
 		// The claim: of several instances that saw the flag, one wins; if it
 		// dies, the sweep flags the document again once the claim has run
@@ -369,7 +370,7 @@ func Settle(p Plan, st store.State, sendErr error, now time.Time, lim Limits, u 
 		var ws []store.Write
 		// The order first: marking it is what keeps it from a second send.
 		if st.Order.Found() {
-			if o, err := order.DecodeOrder(st.Order.Value); err == nil && !o.ConfirmationEmailSent {
+			if unconfirmed(p, st.Order) {
 				if marked, err := order.MarkConfirmed(st.Order.Value); err == nil {
 					ws = append(ws, store.Write{Op: store.OpReplace, Collection: order.Inbound, Key: p.OrderKey, Value: marked, CAS: st.Order.CAS})
 				}
@@ -428,6 +429,16 @@ func Settle(p Plan, st store.State, sendErr error, now time.Time, lim Limits, u 
 		w.Op, w.CAS = store.OpReplace, st.Retry.CAS
 	}
 	return Outcome{Result: "retry", Retry: next, Delay: v.At.Sub(now), Writes: []store.Write{w}}
+}
+
+// unconfirmed says whether the order is readable and not yet marked: known
+// without decoding it again when it is the very version the plan was made on.
+func unconfirmed(p Plan, d store.Doc) bool {
+	if p.OrderCAS != 0 && d.CAS == p.OrderCAS {
+		return true
+	}
+	o, err := order.DecodeOrder(d.Value)
+	return err == nil && !o.ConfirmationEmailSent
 }
 
 func deadLetterOutcome(st store.State, r order.RetryDoc, reason string, now time.Time) Outcome {
