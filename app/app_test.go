@@ -187,10 +187,16 @@ func (r *run) placeOrders(t testing.TB, st store.Store, n int) []string {
 	return keys
 }
 
+// counts reads the store's counts. The test helpers that read the store are
+// polled by Eventually, where a failure must not end the test: an error is
+// logged and reads as "not yet" (zero values), and an assertion on them
+// fails where it is not polled.
 func counts(t testing.TB, st store.Store) store.Counts {
 	t.Helper()
 	c, err := st.Counts(context.Background())
-	require.NoError(t, err)
+	if err != nil {
+		t.Logf("counts: %v", err)
+	}
 	return c
 }
 
@@ -199,15 +205,16 @@ func progress(t testing.TB, st store.Store, keys []string) (confirmedN, retries 
 	t.Helper()
 	ctx := context.Background()
 	for _, k := range keys {
-		d, err := st.Get(ctx, order.Inbound, k)
-		require.NoError(t, err)
-		if o, err := order.DecodeOrder(d.Value); err == nil && o.ConfirmationEmailSent {
+		state, err := st.State(ctx, k)
+		if err != nil {
+			t.Logf("state of %s: %v", k, err)
+			return 0, len(keys) // not yet
+		}
+		if o, err := order.DecodeOrder(state.Order.Value); err == nil && o.ConfirmationEmailSent {
 			confirmedN++
 		}
-		if _, err := st.Get(ctx, order.Retry, k); err == nil {
+		if state.Retry.Found() {
 			retries++
-		} else {
-			require.ErrorIs(t, err, store.ErrNotFound)
 		}
 	}
 	return confirmedN, retries

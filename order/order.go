@@ -118,9 +118,7 @@ func checkObject(obj []byte) error {
 		var v any
 		return fmt.Errorf("%w: %v", ErrMalformed, json.Unmarshal(obj, &v)) // for the reason
 	}
-	if dup, err := duplicateName(obj); err != nil {
-		return fmt.Errorf("%w: %v", ErrMalformed, err)
-	} else if dup != "" {
+	if dup := duplicateName(obj); dup != "" {
 		return fmt.Errorf("%w: field %s appears more than once", ErrMalformed, dup)
 	}
 	return nil
@@ -129,23 +127,34 @@ func checkObject(obj []byte) error {
 // memberValue finds the value of the top-level member name in the valid
 // JSON object obj: obj[start:end].
 func memberValue(obj []byte, name string) (start, end int, ok bool) {
+	eachName(obj, func(n string, after int) bool {
+		if n != name {
+			return true
+		}
+		k := after + bytes.IndexByte(obj[after:], ':') + 1
+		for k < len(obj) && isSpace(obj[k]) {
+			k++
+		}
+		start, end, ok = k, valueEnd(obj, k), true
+		return false
+	})
+	return start, end, ok
+}
+
+// eachName calls fn with each top-level member name of the JSON object obj
+// and the index just past its closing quote, until fn returns false. It only
+// scans: on bad syntax what it finds does not matter (a decoder or
+// json.Valid judges the syntax).
+func eachName(obj []byte, fn func(name string, after int) bool) {
 	depth, expectName := 0, false
 	for i := 0; i < len(obj); i++ {
 		switch c := obj[i]; c {
 		case '"':
 			j := stringEnd(obj, i)
-			if depth == 1 && expectName {
+			if depth == 1 && expectName && j < len(obj) {
 				expectName = false
-				if memberName(obj[i:j+1]) == name {
-					k := j + 1
-					for obj[k] != ':' {
-						k++
-					}
-					k++
-					for k < len(obj) && isSpace(obj[k]) {
-						k++
-					}
-					return k, valueEnd(obj, k), true
+				if !fn(memberName(obj[i:j+1]), j+1) {
+					return
 				}
 			}
 			i = j
@@ -158,7 +167,6 @@ func memberValue(obj []byte, name string) (start, end int, ok bool) {
 			expectName = depth == 1
 		}
 	}
-	return 0, 0, false
 }
 
 // stringEnd returns the index of the quote that closes the string opening
@@ -178,7 +186,9 @@ func memberName(quoted []byte) string {
 		return string(quoted[1 : len(quoted)-1])
 	}
 	var s string
-	json.Unmarshal(quoted, &s)
+	if json.Unmarshal(quoted, &s) != nil {
+		return string(quoted) // a bad escape: the decoder reports it
+	}
 	return s
 }
 
@@ -368,9 +378,7 @@ func decodeObject(raw []byte, into any) error {
 	}
 	// Decoders disagree on a repeated name (Go keeps the last, SQLite's
 	// JSON functions the first): one reading everywhere means none.
-	if name, err := duplicateName(trimmed); err != nil {
-		return fmt.Errorf("%w: %v", ErrMalformed, err)
-	} else if name != "" {
+	if name := duplicateName(trimmed); name != "" {
 		return fmt.Errorf("%w: field %s appears more than once", ErrMalformed, name)
 	}
 	if err := json.Unmarshal(trimmed, into); err != nil {
@@ -384,48 +392,22 @@ func decodeObject(raw []byte, into any) error {
 }
 
 // duplicateName returns the first top-level name that appears twice in the
-// JSON object raw. It only scans: the decoder that follows checks the
-// syntax, and on bad syntax the scan's answer does not matter.
-func duplicateName(raw []byte) (string, error) {
+// JSON object raw.
+func duplicateName(raw []byte) string {
 	var seen map[string]bool
-	depth, expectName := 0, false
-	for i := 0; i < len(raw); i++ {
-		switch c := raw[i]; c {
-		case '"':
-			j, escaped := i+1, false
-			for ; j < len(raw) && raw[j] != '"'; j++ {
-				if raw[j] == '\\' {
-					j++
-					escaped = true
-				}
-			}
-			if depth == 1 && expectName && j < len(raw) {
-				name := string(raw[i+1 : j])
-				if escaped {
-					if err := json.Unmarshal(raw[i:j+1], &name); err != nil {
-						return "", err
-					}
-				}
-				if seen[name] {
-					return name, nil
-				}
-				if seen == nil {
-					seen = make(map[string]bool, 8)
-				}
-				seen[name] = true
-				expectName = false
-			}
-			i = j
-		case '{', '[':
-			depth++
-			expectName = depth == 1 && c == '{'
-		case '}', ']':
-			depth--
-		case ',':
-			expectName = depth == 1
+	dup := ""
+	eachName(raw, func(name string, _ int) bool {
+		if seen[name] {
+			dup = name
+			return false
 		}
-	}
-	return "", nil
+		if seen == nil {
+			seen = make(map[string]bool, 8)
+		}
+		seen[name] = true
+		return true
+	})
+	return dup
 }
 
 // ClearedByOrderChange says whether the dead letter was about the order's

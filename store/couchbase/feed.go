@@ -787,7 +787,16 @@ func (f *feed) positionAt(vb uint16, seq uint64) position {
 }
 
 func (f *feed) saveLoop() {
-	t := time.NewTicker(f.opts.flushEvery)
+	f.every(f.opts.flushEvery, func() {
+		if err := f.flush(f.ctx); err != nil && f.ctx.Err() == nil {
+			f.log.Warn("save checkpoints", "error", err)
+		}
+	})
+}
+
+// every calls fn every d until the feed ends.
+func (f *feed) every(d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
@@ -795,9 +804,7 @@ func (f *feed) saveLoop() {
 			return
 		case <-t.C:
 		}
-		if err := f.flush(f.ctx); err != nil && f.ctx.Err() == nil {
-			f.log.Warn("save checkpoints", "error", err)
-		}
+		fn()
 	}
 }
 
@@ -854,14 +861,7 @@ func (f *feed) flush(ctx context.Context) error {
 
 // highsLoop reads the vBuckets' high seqnos now and then, for the lag.
 func (f *feed) highsLoop() {
-	t := time.NewTicker(f.opts.statsEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-f.ctx.Done():
-			return
-		case <-t.C:
-		}
+	f.every(f.opts.statsEvery, func() {
 		ctx, cancel := context.WithTimeout(f.ctx, f.opts.opTimeout)
 		highs, err := f.agent.HighSeqnos(ctx, f.vbs)
 		cancel()
@@ -869,7 +869,7 @@ func (f *feed) highsLoop() {
 			if f.ctx.Err() == nil {
 				f.log.Debug("read high seqnos", "error", err)
 			}
-			continue
+			return
 		}
 		f.mu.Lock()
 		for vb, h := range highs {
@@ -878,7 +878,7 @@ func (f *feed) highsLoop() {
 			}
 		}
 		f.mu.Unlock()
-	}
+	})
 }
 
 // Stats reports the streams, the lag and the counters.
