@@ -17,14 +17,18 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/time/rate"
 
 	"github.com/ordermail/ordermail/internal/redact"
+	"github.com/ordermail/ordermail/internal/webhook"
 )
 
 // Path is where confirmations are posted, under the base URL.
@@ -64,6 +68,19 @@ type Config struct {
 	// kept alive for reuse. A send waits for a free one (within Timeout).
 	// Default 64.
 	Conns int
+
+	// AuthFile holds the value of the AuthHeader header (default
+	// Authorization) every request carries, e.g. "Bearer abc": a file, so
+	// that the secret is in no flag (ps shows those), and read again when
+	// it changes, so that a rotated key takes effect without a restart.
+	AuthHeader, AuthFile string
+	// CAFile is a PEM bundle that replaces the system roots for the
+	// service's certificate; CertFile and KeyFile are a client certificate
+	// for mutual TLS. Read again when they change.
+	CAFile, CertFile, KeyFile string
+	// SigningSecretFile, when set, holds Standard Webhooks secrets
+	// (whsec_..., one a line): every request is signed with each of them.
+	SigningSecretFile string
 }
 
 // RedactedURL is URL with its password and secret-looking query values
@@ -92,6 +109,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("breaker-cooldown: %s is negative", c.BreakerCooldown)
 	case c.Conns < 0:
 		return fmt.Errorf("mail-conns: %d is negative", c.Conns)
+	case (c.CertFile == "") != (c.KeyFile == ""):
+		return errFileSettings
+	case c.AuthHeader != "" && !httpguts.ValidHeaderFieldName(c.AuthHeader):
+		return fmt.Errorf("mail-auth-header: %q is not a header name", c.AuthHeader)
+	case c.AuthHeader != "" && c.AuthFile == "":
+		return errors.New("mail-auth-header: needs mail-auth-file, the file holding the header's value")
 	}
 	for _, code := range c.RetryStatuses {
 		if code < 100 || code > 599 || success(code) {
@@ -108,17 +131,32 @@ type Class int
 
 const (
 	Transient Class = iota // worth trying again later
-	Permanent              // the service refused it, or we cannot reach it as configured; trying again won't help
+	Permanent              // the service refused the order; trying again won't help
 	Invalid                // the request cannot be made for this order; no request was made
+	// Configuration: the service refuses ordermail's configuration (401, 403, an
+	// untrusted certificate, a client certificate refused) or a settings
+	// file cannot be read. It is nobody's order's fault: no attempt is
+	// counted, and sends are held until a probe succeeds.
+	Configuration
 )
 
-func (c Class) String() string { return [...]string{"transient", "permanent", "invalid"}[c] }
+func (c Class) String() string { return [...]string{"transient", "permanent", "invalid", "config"}[c] }
 
 // halfOpenRetry is when a send held back while a probe runs is tried again.
 const halfOpenRetry = time.Second
 
 // ErrCircuitOpen is the cause of a send held back by the open circuit.
 var ErrCircuitOpen = errors.New("circuit breaker open: email service not called")
+
+// errCertDropped marks a connection the service dropped after it asked for
+// a client certificate: with TLS 1.3 the service checks it after the client
+// has finished its handshake, so its refusal may reach the client as a
+// reset or a broken pipe rather than as its alert.
+var errCertDropped = errors.New("tls: the service dropped the connection after asking for a client certificate (mail-cert-file, mail-key-file)")
+
+// ErrMisconfigured is the cause of a send held back because the service
+// refused ordermail's configuration; Client.Misconfigured says why.
+var ErrMisconfigured = errors.New("sends held: the email service refuses ordermail's configuration")
 
 // ErrHeaderValue is the cause of an Invalid send: the idempotency key holds a
 // byte a header value cannot carry.
@@ -185,6 +223,9 @@ func (e *SendError) Reason() string {
 // describe names the cause of a failure without an answer, and whether it is
 // a configuration error (untrusted certificate) rather than a service down.
 func describe(err error) (why string, config bool) {
+	if errors.Is(err, errCertDropped) {
+		return errCertDropped.Error(), true
+	}
 	if _, ok := errors.AsType[x509.UnknownAuthorityError](err); ok {
 		return "tls: certificate signed by unknown authority", true
 	}
@@ -220,9 +261,19 @@ func describe(err error) (why string, config bool) {
 		return "dns: lookup failed", false
 	}
 	if operr, ok := errors.AsType[*net.OpError](err); ok && operr.Err != nil {
+		if operr.Op == "remote error" && strings.HasPrefix(operr.Err.Error(), "tls: ") {
+			// The service's TLS alert: it refused our certificate, or none.
+			return "the service refused the TLS handshake: " + operr.Err.Error(), true
+		}
 		return operr.Op + ": " + operr.Err.Error(), false // without the addresses
 	}
 	return withoutURL(err).Error(), false
+}
+
+// dropped says whether the service closed the connection under the request.
+func dropped(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // withoutURL drops the URL a *url.Error quotes: it may hold a query secret.
@@ -237,12 +288,27 @@ func withoutURL(err error) error {
 type Client struct {
 	cfg       Config
 	endpoint  string
-	http      *http.Client
 	retryable map[int]bool
 	limiter   *rate.Limiter
 	breaker   *gobreaker.CircuitBreaker[struct{}]
+	// gate holds every send while the service refuses the configuration.
+	gate      *gobreaker.CircuitBreaker[struct{}]
+	misconfig atomic.Pointer[string] // the latest configuration failure's reason
+	certAsked atomic.Bool            // the service asked for a client certificate
 	log       *slog.Logger
 	now       func() time.Time
+
+	auth    *watchedFile
+	tlsf    tlsFiles
+	signing *watchedFile
+
+	mu       sync.Mutex
+	http     *http.Client // the current one: rebuilt when a TLS file changes
+	httpAt   time.Time    // when the TLS files it was built from last changed
+	httpErr  error
+	secrets  *webhook.Secrets
+	secretAt time.Time
+	secErr   error
 }
 
 // New returns a client for cfg.
@@ -262,26 +328,34 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	if cfg.Conns == 0 {
 		cfg.Conns = 64
 	}
+	if cfg.AuthFile != "" && cfg.AuthHeader == "" {
+		cfg.AuthHeader = "Authorization"
+	}
 	base, _ := url.Parse(cfg.URL) // validated
-	transport := http.DefaultTransport.(*http.Transport).Clone()
-	transport.MaxIdleConns = cfg.Conns
-	transport.MaxIdleConnsPerHost = cfg.Conns
-	// Also a cap: without it, a send that dials while another connection
-	// turns idle leaves one connection more than sends in flight.
-	transport.MaxConnsPerHost = cfg.Conns
 	c := &Client{
-		cfg:      cfg,
-		endpoint: base.JoinPath(Path).String(), // keeps a query such as ?key=
-		http: &http.Client{
-			Transport: transport,
-			Timeout:   cfg.Timeout,
-			// A redirect is an answer: following it would post the order
-			// again, maybe elsewhere, maybe as a GET.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		},
+		cfg:       cfg,
+		endpoint:  base.JoinPath(Path).String(), // keeps a query such as ?key=
 		retryable: map[int]bool{},
 		log:       log.With("component", "mailer"),
 		now:       time.Now,
+		auth:      newWatchedFile("mail-auth-file", cfg.AuthFile),
+		tlsf: tlsFiles{ca: newWatchedFile("mail-ca-file", cfg.CAFile),
+			cert: newWatchedFile("mail-cert-file", cfg.CertFile), key: newWatchedFile("mail-key-file", cfg.KeyFile)},
+		signing: newWatchedFile("mail-signing-secret-file", cfg.SigningSecretFile),
+	}
+	// Every file must be right at the start: a typo is the operator's to
+	// fix now. Later, a file gone bad holds the sends (see gate).
+	now := c.now()
+	if c.auth != nil {
+		if _, err := credential(c.auth, now); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := c.client(now); err != nil {
+		return nil, err
+	}
+	if _, err := c.signer(now); err != nil {
+		return nil, err
 	}
 	for _, code := range cfg.RetryStatuses {
 		c.retryable[code] = true
@@ -307,18 +381,139 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 				se, ok := errors.AsType[*SendError](err)
 				return err == nil || (ok && se.Class == Permanent && se.Status != 0)
 			},
-			// Our own shutdown and a request we could not make say nothing
-			// about the service.
+			// Our own shutdown, a request we could not make and a refused
+			// configuration (the gate's) say nothing about availability.
 			IsExcluded: func(err error) bool {
 				se, ok := errors.AsType[*SendError](err)
-				return errors.Is(err, context.Canceled) || (ok && se.Class == Invalid)
+				return errors.Is(err, context.Canceled) || (ok && (se.Class == Invalid || se.Class == Configuration))
 			},
 			OnStateChange: func(_ string, from, to gobreaker.State) {
 				c.log.Warn("circuit breaker "+to.String(), "from", from.String(), "cooldown", cfg.BreakerCooldown)
 			},
 		})
 	}
+	c.gate = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        "configuration",
+		Timeout:     cfg.BreakerCooldown,
+		ReadyToTrip: func(counts gobreaker.Counts) bool { return counts.ConsecutiveFailures >= 1 },
+		IsSuccessful: func(err error) bool {
+			se, ok := errors.AsType[*SendError](err)
+			return !ok || se.Class != Configuration
+		},
+		// What was not sent says nothing about the configuration.
+		IsExcluded: func(err error) bool {
+			se, ok := errors.AsType[*SendError](err)
+			return errors.Is(err, context.Canceled) || (ok && (se.Class == Invalid || se.NotAttempted && se.Class != Configuration))
+		},
+		// Called with the gate's lock held: it must not ask the gate.
+		OnStateChange: func(_ string, from, to gobreaker.State) {
+			switch {
+			case from == gobreaker.StateClosed:
+				var reason string
+				if r := c.misconfig.Load(); r != nil {
+					reason = *r
+				}
+				c.log.Error("the email service refuses ordermail's configuration: sends held until a probe succeeds",
+					"reason", reason, "probe_every", cfg.BreakerCooldown)
+			case to == gobreaker.StateClosed:
+				c.log.Info("the email service accepts ordermail's configuration again: sending resumed")
+			}
+		},
+	})
 	return c, nil
+}
+
+// Misconfigured is why sends are held because the service refuses
+// ordermail's configuration, or "" when they are not.
+func (c *Client) Misconfigured() string {
+	if c.gate.State() == gobreaker.StateClosed {
+		return ""
+	}
+	if r := c.misconfig.Load(); r != nil {
+		return *r
+	}
+	return "configuration refused"
+}
+
+// client is the HTTP client for the TLS files as they are now: built again
+// when one of them changed, the old one's idle connections closed.
+func (c *Client) client(now time.Time) (*http.Client, error) {
+	changed := c.tlsf.changed(now)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.http != nil && changed.Equal(c.httpAt) {
+		return c.http, c.httpErr
+	}
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConns = c.cfg.Conns
+	transport.MaxIdleConnsPerHost = c.cfg.Conns
+	// Also a cap: without it, a send that dials while another connection
+	// turns idle leaves one connection more than sends in flight.
+	transport.MaxConnsPerHost = c.cfg.Conns
+	transport.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	// HTTP/1.1 only: one kept-alive connection per send in flight, as
+	// Conns says, and a failed handshake keeps its cause (HTTP/2's client
+	// reports "could not be established" instead).
+	transport.ForceAttemptHTTP2 = false
+	transport.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	var err error
+	if c.tlsf.any() {
+		transport.TLSClientConfig, err = c.tlsf.config(now)
+	}
+	if err == nil {
+		certs := transport.TLSClientConfig.Certificates
+		transport.TLSClientConfig.Certificates = nil
+		transport.TLSClientConfig.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			c.certAsked.Store(true)
+			if len(certs) == 0 {
+				return &tls.Certificate{}, nil // none: the service decides
+			}
+			return &certs[0], nil
+		}
+	}
+	old := c.http
+	c.http = &http.Client{
+		// otelhttp starts the send's span and puts its traceparent on the
+		// request.
+		Transport: otelhttp.NewTransport(transport,
+			otelhttp.WithSpanNameFormatter(func(string, *http.Request) string { return "send confirmation" })),
+		Timeout: c.cfg.Timeout,
+		// A redirect is an answer: following it would post the order
+		// again, maybe elsewhere, maybe as a GET.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	c.httpAt, c.httpErr = changed, err
+	if old != nil {
+		old.CloseIdleConnections()
+		if err == nil {
+			c.log.Info("TLS files changed: new connections use them")
+		}
+	}
+	return c.http, err
+}
+
+// signer is the signing secrets as they are now; nil when requests are not
+// signed.
+func (c *Client) signer(now time.Time) (*webhook.Secrets, error) {
+	if c.signing == nil {
+		return nil, nil
+	}
+	b, changed, err := c.signing.read(now)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.secrets != nil && changed.Equal(c.secretAt) && c.secErr == nil && err == nil {
+		return c.secrets, nil
+	}
+	if err == nil {
+		var s *webhook.Secrets
+		if s, err = webhook.ParseSecrets(b); err != nil {
+			err = fmt.Errorf("%s: %s: %w", c.signing.flag, c.signing.path, err)
+		} else {
+			c.secrets = s
+		}
+	}
+	c.secretAt, c.secErr = changed, err
+	return c.secrets, err
 }
 
 // BreakerState is "closed", "open" or "half-open" ("closed" without a breaker).
@@ -331,7 +526,11 @@ func (c *Client) BreakerState() string {
 
 // CloseIdleConnections closes the kept-alive connections. Sends still work,
 // on new connections.
-func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
+func (c *Client) CloseIdleConnections() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.http.CloseIdleConnections()
+}
 
 // Send posts one confirmation. It returns nil only for a 2xx answer, a
 // *SendError for a failure, and ctx's error when ctx ended.
@@ -339,6 +538,25 @@ func (c *Client) Send(ctx context.Context, idempotencyKey string, order []byte) 
 	if err := CheckHeaderValue(idempotencyKey); err != nil {
 		return &SendError{Class: Invalid, Err: fmt.Errorf("idempotency key: %w", err)}
 	}
+	_, err := c.gate.Execute(func() (struct{}, error) {
+		err := c.breakerSend(ctx, idempotencyKey, order)
+		if se, ok := errors.AsType[*SendError](err); ok && se.Class == Configuration {
+			reason := se.Reason()
+			c.misconfig.Store(&reason) // before the gate's state changes and logs it
+			se.RetryAfter = c.cfg.BreakerCooldown
+		}
+		return struct{}{}, err
+	})
+	switch {
+	case errors.Is(err, gobreaker.ErrOpenState):
+		return &SendError{Class: Configuration, NotAttempted: true, RetryAfter: c.cfg.BreakerCooldown, Err: ErrMisconfigured}
+	case errors.Is(err, gobreaker.ErrTooManyRequests):
+		return &SendError{Class: Configuration, NotAttempted: true, RetryAfter: halfOpenRetry, Err: ErrMisconfigured}
+	}
+	return err
+}
+
+func (c *Client) breakerSend(ctx context.Context, idempotencyKey string, order []byte) error {
 	if c.breaker == nil {
 		return c.limitedPost(ctx, idempotencyKey, order)
 	}
@@ -368,21 +586,45 @@ func (c *Client) limitedPost(ctx context.Context, idempotencyKey string, order [
 }
 
 func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) error {
+	now := c.now()
+	hc, err := c.client(now)
+	if err != nil {
+		return &SendError{Class: Configuration, NotAttempted: true, Err: err}
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.endpoint, bytes.NewReader(order))
 	if err != nil {
 		return &SendError{Class: Permanent, Err: fmt.Errorf("malformed request: %w", withoutURL(err))}
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Idempotency-Key", idempotencyKey)
-	resp, err := c.http.Do(req)
+	if c.auth != nil {
+		v, err := credential(c.auth, now)
+		if err != nil {
+			return &SendError{Class: Configuration, NotAttempted: true, Err: err}
+		}
+		req.Header.Set(c.cfg.AuthHeader, v)
+	}
+	secrets, err := c.signer(now)
+	if err != nil {
+		return &SendError{Class: Configuration, NotAttempted: true, Err: err}
+	}
+	if secrets != nil {
+		// webhook-id is the idempotency key: the same for every attempt
+		// at one confirmation, as the receiver's deduplication expects.
+		secrets.SetHeaders(req.Header, idempotencyKey, now, order)
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		err = withoutURL(err)
+		if c.certAsked.Load() && dropped(err) {
+			err = fmt.Errorf("%w: %w", errCertDropped, err)
+		}
 		class := Transient // no answer: refused, reset, timed out
-		if _, config := describe(err); config && !c.cfg.RetryAllFailures {
-			class = Permanent
+		if _, config := describe(err); config {
+			class = Configuration
 		}
 		return &SendError{Class: class, Err: err}
 	}
@@ -392,7 +634,10 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		return nil
 	}
 	class := Permanent
-	if c.cfg.RetryAllFailures || c.retryable[resp.StatusCode] {
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
+		class = Configuration // our credentials or signature, not the order
+	case c.cfg.RetryAllFailures || c.retryable[resp.StatusCode]:
 		class = Transient
 	}
 	return &SendError{

@@ -328,30 +328,32 @@ func TestAny2xxIsSuccess(t *testing.T) {
 	}
 }
 
-func TestUntrustedCertificateIsPermanent(t *testing.T) {
+func TestUntrustedCertificateHoldsSends(t *testing.T) {
 	t.Parallel()
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the handshake errors we cause
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	c, err := mailer.New(mailer.Config{URL: srv.URL, BreakerFailures: 2}, quiet)
+	c, err := mailer.New(mailer.Config{URL: srv.URL, BreakerFailures: 2, BreakerCooldown: time.Hour}, quiet)
 	require.NoError(t, err)
-	for range 2 {
-		se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
-		assert.Equal(t, mailer.Permanent, se.Class)
-		assert.Zero(t, se.Status)
-		assert.False(t, se.NotAttempted)
-		assert.Equal(t, "tls: certificate signed by unknown authority", se.Reason())
-		assert.Equal(t, "permanent failure: tls: certificate signed by unknown authority", se.Error())
-		_, ok := errors.AsType[x509.UnknownAuthorityError](se)
-		assert.True(t, ok, "the cause is kept: %v", se.Err)
-	}
-	// No answer is no sign of life: the circuit opens and later sends are
-	// held back as transient instead of failing every order for good.
-	assert.Equal(t, "open", c.BreakerState())
 	se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
+	// The configuration's fault, not the order's: no attempt is counted.
+	assert.Equal(t, mailer.Configuration, se.Class)
+	assert.Zero(t, se.Status)
+	assert.False(t, se.NotAttempted, "a request was made")
+	assert.Equal(t, time.Hour, se.RetryAfter, "held until the next probe")
+	assert.Equal(t, "tls: certificate signed by unknown authority", se.Reason())
+	assert.Equal(t, "config failure: tls: certificate signed by unknown authority", se.Error())
+	_, ok := errors.AsType[x509.UnknownAuthorityError](se)
+	assert.True(t, ok, "the cause is kept: %v", se.Err)
+	assert.Equal(t, "tls: certificate signed by unknown authority", c.Misconfigured())
+
+	// Held from now on, without a request, until a probe after the cooldown.
+	se = sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
 	assert.True(t, se.NotAttempted)
-	assert.Equal(t, mailer.Transient, se.Class)
+	assert.Equal(t, mailer.Configuration, se.Class)
+	assert.ErrorIs(t, se, mailer.ErrMisconfigured)
+	assert.Equal(t, "closed", c.BreakerState(), "a refused configuration is no outage")
 }
 
 func TestCheckHeaderValue(t *testing.T) {

@@ -56,9 +56,12 @@ func (d Doc) Found() bool { return d.CAS != 0 }
 
 // State is everything stored about one order's confirmation, read at once:
 // the order, its retry document and its dead letter. An absent one is a
-// zero Doc.
+// zero Doc. Attempts, the order's attempt record, is read only by stores that
+// write an outcome in one transaction (the embedded store), where the record
+// is part of it; elsewhere it is zero and read apart when needed.
 type State struct {
 	Order, Retry, DeadLetter Doc
+	Attempts                 Doc
 }
 
 // Op is what a Write does.
@@ -88,6 +91,10 @@ type Write struct {
 	Key        string
 	Value      []byte // for insert, replace and upsert
 	CAS        uint64 // the guard of replace and remove
+	// Expiry, when not zero, is when the document written goes away by
+	// itself (Couchbase's document expiry; the embedded store purges it in
+	// bounded batches, without a change on the feed).
+	Expiry time.Time
 }
 
 // WriteError names the write of an outcome whose guard failed; it wraps

@@ -461,7 +461,9 @@ func failureOf(err error) (sendFailure, int, string) {
 		return sendFailure{}, 0, "unclassified send failure"
 	}
 	return sendFailure{
-		Failure: order.Failure{Permanent: se.Class == mailer.Permanent, RetryAfter: se.RetryAfter, NotAttempted: se.NotAttempted},
+		// A refused configuration spends no attempt of the order's.
+		Failure: order.Failure{Permanent: se.Class == mailer.Permanent, RetryAfter: se.RetryAfter,
+			NotAttempted: se.NotAttempted || se.Class == mailer.Configuration},
 		Invalid: se.Class == mailer.Invalid,
 	}, se.Status, se.Reason()
 }

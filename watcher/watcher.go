@@ -8,10 +8,17 @@ import (
 	"log/slog"
 	"math"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/ordermail/ordermail/internal/tracing"
+	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 )
@@ -44,6 +51,15 @@ type Config struct {
 	// an error other than an unavailable store is dead-lettered
 	// (poison_event) and acknowledged. Default 5.
 	MaxEventFailures int
+	// AttemptHistory is how many send attempts an order's attempt record
+	// keeps (the latest). Default 20; negative: no record is kept.
+	AttemptHistory int
+	// AttemptRetention is how long an attempt record stays after its order
+	// is confirmed or dead-lettered. Default 7 days.
+	AttemptRetention time.Duration
+	// Instance names this instance in the attempt records. Default: the
+	// host name.
+	Instance string
 }
 
 // Validate names the setting that is wrong.
@@ -59,6 +75,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxEventFailures < 0 {
 		return fmt.Errorf("max-event-failures: %d is negative", c.MaxEventFailures)
+	}
+	if c.AttemptRetention < 0 {
+		return fmt.Errorf("attempt-retention: %s is negative", c.AttemptRetention)
 	}
 	if c.Policy != (order.Policy{}) {
 		return c.Policy.Validate()
@@ -85,6 +104,15 @@ func (c Config) withDefaults() Config {
 	if c.MaxEventFailures == 0 {
 		c.MaxEventFailures = 5
 	}
+	if c.AttemptHistory == 0 {
+		c.AttemptHistory = 20
+	}
+	if c.AttemptRetention == 0 {
+		c.AttemptRetention = 7 * 24 * time.Hour
+	}
+	if c.Instance == "" {
+		c.Instance, _ = os.Hostname()
+	}
 	return c
 }
 
@@ -109,6 +137,7 @@ type Watcher struct {
 
 	handled, sends, sent, sendFailures, deadLettered, ignored atomic.Int64
 	rand                                                      func() float64 // jitter draws
+	tracer                                                    trace.Tracer
 
 	sub      store.Subscription
 	failed   chan error         // the feed stopped for good
@@ -132,7 +161,7 @@ func New(cfg Config, st store.Store, mail Sender, log *slog.Logger, now func() t
 	}
 	return &Watcher{
 		cfg: cfg.withDefaults(), store: st, mail: mail, now: now, rand: rand.Float64, failed: make(chan error, 1),
-		log: log.With("component", "watcher"),
+		log: log.With("component", "watcher"), tracer: otel.Tracer(tracing.Name),
 	}, nil
 }
 
@@ -481,9 +510,21 @@ func isStale(err error) bool {
 // send again.
 func (w *Watcher) sendAndSettle(ctx context.Context, log *slog.Logger, p Plan, st store.State, ev store.Event) (*written, error) {
 	log = log.With("attempt", p.Attempt)
-	sendErr := w.send(ctx, p)
+	// The span of the whole confirmation: the send's (otelhttp's) and the
+	// outcome's are its children.
+	sctx, span := w.tracer.Start(ctx, "confirm order", trace.WithAttributes(
+		attribute.String("ordermail.collection", ev.Collection), attribute.String("ordermail.order_key", p.OrderKey),
+		attribute.Int("ordermail.attempt", p.Attempt)))
+	started := w.now()
+	sendErr := w.send(sctx, p)
+	took := w.now().Sub(started)
 	if sendErr != nil && ctx.Err() != nil {
+		span.End()
 		return nil, ctx.Err()
+	}
+	a, attempted := attemptOf(started, took, sendErr, w.cfg.Instance)
+	if !attempted || w.cfg.AttemptHistory < 0 {
+		a = order.Attempt{} // nothing to record: no request was made
 	}
 	select {
 	case w.inflight <- struct{}{}:
@@ -496,7 +537,11 @@ func (w *Watcher) sendAndSettle(ctx context.Context, log *slog.Logger, p Plan, s
 		defer w.settling.Done()
 		defer close(wr.done)
 		defer func() { <-w.inflight }()
-		if seq, ok := w.settle(ctx, log, p, st, sendErr); ok {
+		defer span.End()
+		actx, aspan := w.tracer.Start(sctx, "apply outcome")
+		seq, ok := w.settle(actx, log, p, st, sendErr, a)
+		aspan.End()
+		if ok {
 			wr.seq = seq
 			ev.Ack()
 			w.handled.Add(1)
@@ -510,13 +555,23 @@ func (w *Watcher) sendAndSettle(ctx context.Context, log *slog.Logger, p Plan, s
 // settle writes the outcome of a send until it is written or ctx ends
 // (then the event is replayed and the send repeated under its key). A guard
 // that fails reads the state again and settles the same result on it.
-func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store.State, sendErr error) (uint64, bool) {
+func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store.State, sendErr error, a order.Attempt) (uint64, bool) {
 	b := newBackoff()
 	for {
-		out := Settle(p, st, sendErr, w.now(), w.limits(), w.rand())
-		cas, err := w.apply(ctx, log, out.Writes)
+		now := w.now()
+		out := Settle(p, st, sendErr, now, w.limits(), w.rand())
+		a.Outcome = out.Result
+		writes := out.Writes
+		if a.At != 0 && w.cfg.AtomicOutcomes {
+			// In the outcome's own transaction.
+			writes = append(writes[:len(writes):len(writes)], w.record(p.OrderKey, st.Attempts, a, now))
+		}
+		cas, err := w.apply(ctx, log, writes)
 		if err == nil {
 			w.logOutcome(log, out, sendErr)
+			if a.At != 0 && !w.cfg.AtomicOutcomes {
+				w.recordApart(ctx, log, p.OrderKey, a, now)
+			}
 			return highest(cas), true
 		}
 		if ctx.Err() != nil {
@@ -539,6 +594,61 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 			}
 		}
 	}
+}
+
+// record is the write that adds attempt a to the order's attempt record
+// doc: an upsert (the key's events are handled one at a time), with an
+// expiry once the order is settled.
+func (w *Watcher) record(key string, doc store.Doc, a order.Attempt, now time.Time) store.Write {
+	rec := order.AttemptsDoc{DocID: key}
+	if doc.Found() {
+		if old, err := order.DecodeAttempts(doc.Value); err == nil {
+			rec = old // an unreadable record starts afresh
+		}
+	}
+	rec = rec.Add(a, w.cfg.AttemptHistory, now)
+	wr := store.Write{Op: store.OpUpsert, Collection: order.Attempts, Key: key, Value: rec.Encode()}
+	if rec.SettledAt != 0 {
+		wr.Expiry = now.Add(w.cfg.AttemptRetention)
+	}
+	return wr
+}
+
+// recordApart writes the attempt record after the outcome, where outcomes
+// are not one transaction (Couchbase): the outcome first, since it is what
+// matters; a crash in between loses this attempt's record only.
+func (w *Watcher) recordApart(ctx context.Context, log *slog.Logger, key string, a order.Attempt, now time.Time) {
+	err := w.retryStore(ctx, log, "write attempt record", func() error {
+		doc, err := w.store.Get(ctx, order.Attempts, key)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return err
+		}
+		_, err = w.store.Apply(ctx, []store.Write{w.record(key, doc, a, now)})
+		return err
+	})
+	if err != nil {
+		log.Warn("the attempt record was not written", "error", err)
+	}
+}
+
+// attemptOf describes a send for the attempt record, free of customer data;
+// attempted is false when no request was made (held by the breaker or the
+// gate, invalid): that is no attempt to record.
+func attemptOf(started time.Time, took time.Duration, sendErr error, instance string) (a order.Attempt, attempted bool) {
+	a = order.Attempt{At: started.UnixMilli(), DurationMs: took.Milliseconds(), Class: "sent", Instance: instance}
+	if sendErr == nil {
+		return a, true
+	}
+	a.Class = mailer.Transient.String()
+	var se *mailer.SendError
+	if errors.As(sendErr, &se) {
+		if se.NotAttempted || se.Class == mailer.Invalid {
+			return a, false
+		}
+		a.Class, a.Status = se.Class.String(), se.Status
+	}
+	_, _, a.Reason = failureOf(sendErr)
+	return a, true
 }
 
 func (w *Watcher) logOutcome(log *slog.Logger, out Outcome, sendErr error) {

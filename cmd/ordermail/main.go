@@ -49,6 +49,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			payCommand(stdout, stderr),
 			retriesCommand(stdout, stderr),
 			deadlettersCommand(stdout, stderr),
+			ordersCommand(stdout, stderr),
 			benchCommand(stdout, stderr),
 		},
 		Exec: func(_ context.Context, args []string) error {

@@ -1,10 +1,16 @@
 package mockmail
 
 import (
+	"bytes"
+	"cmp"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -12,7 +18,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/ordermail/ordermail/internal/webhook"
+	"golang.org/x/net/http/httpguts"
 )
 
 // Config of the mock.
@@ -24,8 +34,19 @@ type Config struct {
 	// Script, when set, decides the answer to the n-th request (from 1)
 	// carrying key; a zero Reply falls back to the random behaviour.
 	Script func(key string, n int) Reply
-	// Now is the clock of the timings; default time.Now.
+	// Now is the clock of the timings; default time.Now. Signature
+	// timestamps are checked against the real clock, as the library does.
 	Now func() time.Time
+
+	// AuthValue, when set, is the exact value AuthHeader must carry, as a
+	// real email API wants an API key; other requests are answered 401.
+	AuthValue string
+	// AuthHeader names the header of the credentials; default Authorization.
+	AuthHeader string
+	// Signing, when set, are the secrets a request's Standard Webhooks
+	// signature must verify with; its webhook-id must then equal its
+	// Idempotency-Key, the contract ordermail promises.
+	Signing *webhook.Secrets
 }
 
 // SendPath is where confirmations are posted.
@@ -48,6 +69,16 @@ func (c Config) Validate() error {
 	if c.Latency < 0 {
 		return fmt.Errorf("latency: %s is negative", c.Latency)
 	}
+	if c.AuthHeader != "" && !httpguts.ValidHeaderFieldName(c.AuthHeader) {
+		return fmt.Errorf("auth-header: %q is not an HTTP header name", c.AuthHeader)
+	}
+	// Never the value in the error: it is a secret.
+	if !httpguts.ValidHeaderFieldValue(c.AuthValue) {
+		return errors.New("auth value: holds a character an HTTP header value cannot")
+	}
+	if c.Signing != nil && c.Signing.Len() == 0 {
+		return errors.New("signing: no secret")
+	}
 	return nil
 }
 
@@ -55,9 +86,14 @@ func (c Config) Validate() error {
 type Stats struct {
 	Requests          int `json:"requests"`          // every POST /sendConfirmation
 	Deliveries        int `json:"deliveries"`        // distinct keys answered 200
-	Failures          int `json:"failures"`          // answers other than 200
+	Failures          int `json:"failures"`          // answers other than 200 to requests let in
 	DuplicateRequests int `json:"duplicateRequests"` // a key seen again after its 200
-	UnkeyedRequests   int `json:"unkeyedRequests"`   // requests without Idempotency-Key
+	UnkeyedRequests   int `json:"unkeyedRequests"`   // requests let in without Idempotency-Key
+	// Requests not let in, which leave no trace in the keys' state: 401s
+	// for credentials or signature, and of those the signature's.
+	Unauthorized  int `json:"unauthorized"`
+	BadSignatures int `json:"badSignatures"`
+	Traced        int `json:"traced"` // requests with a valid W3C traceparent header
 }
 
 // Timings is what GET /timings serves: when each key was first requested
@@ -83,8 +119,13 @@ type GapSummary struct {
 
 // Server is the mock; it is an http.Handler.
 type Server struct {
-	cfg Config
-	mux *http.ServeMux
+	cfg        Config
+	mux        *http.ServeMux
+	authHeader string
+	// What the mock accepts, swapped while it serves by tests that rotate
+	// credentials; nil accepts anything.
+	auth    atomic.Pointer[authValue]
+	signing atomic.Pointer[webhook.Secrets]
 
 	mu    sync.Mutex
 	rng   *rand.Rand
@@ -125,6 +166,9 @@ func New(cfg Config) (*Server, error) {
 	if s.cfg.Now == nil {
 		s.cfg.Now = time.Now
 	}
+	s.authHeader = cmp.Or(cfg.AuthHeader, "Authorization")
+	s.SetAuthValue(cfg.AuthValue)
+	s.SetSigning(cfg.Signing)
 	s.mux.HandleFunc("POST "+SendPath, s.send)
 	s.mux.HandleFunc("GET /stats", s.serveStats)
 	s.mux.HandleFunc("GET /timings", s.serveTimings)
@@ -133,6 +177,49 @@ func New(cfg Config) (*Server, error) {
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// authValue is a required credential and its hash, which the comparison
+// uses so that its time depends on neither value's length.
+type authValue struct {
+	value string
+	sum   [sha256.Size]byte
+}
+
+// SetAuthValue sets the exact value the auth header must carry from now
+// on; "" lets every request in.
+func (s *Server) SetAuthValue(v string) {
+	if v == "" {
+		s.auth.Store(nil)
+		return
+	}
+	s.auth.Store(&authValue{value: v, sum: sha256.Sum256([]byte(v))})
+}
+
+// SetSigning sets the secrets a request's signature must verify with from
+// now on; nil lets unsigned requests in.
+func (s *Server) SetSigning(secrets *webhook.Secrets) { s.signing.Store(secrets) }
+
+// authorize says whether r carries the credentials; if not, it sets the
+// WWW-Authenticate header of the answer.
+func (s *Server) authorize(w http.ResponseWriter, r *http.Request) bool {
+	want := s.auth.Load()
+	if want == nil {
+		return true
+	}
+	got := sha256.Sum256([]byte(r.Header.Get(s.authHeader)))
+	if subtle.ConstantTimeCompare(got[:], want.sum[:]) == 1 {
+		return true
+	}
+	if http.CanonicalHeaderKey(s.authHeader) == "Authorization" {
+		// Only a known scheme is echoed: the rest of the value is secret.
+		scheme := "Bearer"
+		if first, _, _ := strings.Cut(want.value, " "); strings.EqualFold(first, "Basic") {
+			scheme = "Basic"
+		}
+		w.Header().Set("WWW-Authenticate", scheme+` realm="mockmail"`)
+	}
+	return false
+}
 
 func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 	arrived := s.cfg.Now().UnixNano()
@@ -145,13 +232,33 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	var body map[string]any
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
-	dec.UseNumber() // any valid JSON number, 1e999 included
-	decodeErr := dec.Decode(&body)
+	traced := validTraceparent(r.Header.Get("traceparent"))
+	if !s.authorize(w, r) {
+		s.refuse(w, http.StatusUnauthorized, "unauthorized", traced, false)
+		return
+	}
+	raw, readErr := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
 	key := r.Header.Get("Idempotency-Key")
+	if signing := s.signing.Load(); signing != nil {
+		// A body cut short at the size limit verifies as forged.
+		if signing.Verify(raw, r.Header) != nil {
+			s.refuse(w, http.StatusUnauthorized, "invalid signature", traced, true)
+			return
+		}
+		if r.Header.Get(webhook.HeaderID) != key {
+			s.refuse(w, http.StatusBadRequest, "webhook-id is not the Idempotency-Key", traced, false)
+			return
+		}
+	}
+	decodeErr := readErr
+	if decodeErr == nil {
+		var body map[string]any
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber() // any valid JSON number, 1e999 included
+		decodeErr = dec.Decode(&body)
+	}
 
-	reply := s.decide(key, decodeErr, arrived)
+	reply := s.decide(key, traced, decodeErr, arrived)
 	if reply.RetryAfter != "" {
 		w.Header().Set("Retry-After", reply.RetryAfter)
 	}
@@ -168,11 +275,55 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(map[string]string{"error": msg})
 }
 
+// refuse answers a request not let in. It counts the request but leaves the
+// keys alone: a sender with the wrong credentials has not tried to deliver.
+func (s *Server) refuse(w http.ResponseWriter, status int, msg string, traced, badSignature bool) {
+	s.mu.Lock()
+	s.stats.Requests++
+	if traced {
+		s.stats.Traced++
+	}
+	if status == http.StatusUnauthorized {
+		s.stats.Unauthorized++
+	}
+	if badSignature {
+		s.stats.BadSignatures++
+	}
+	s.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+// validTraceparent says whether v is a W3C trace context traceparent of
+// version 00: 00-<trace id>-<parent id>-<flags> in lowercase hex, neither
+// id all zeros.
+func validTraceparent(v string) bool {
+	if len(v) != 55 || v[:3] != "00-" || v[35] != '-' || v[52] != '-' {
+		return false
+	}
+	traceID, parentID, flags := v[3:35], v[36:52], v[53:]
+	return lowerHex(traceID) && lowerHex(parentID) && lowerHex(flags) &&
+		strings.Trim(traceID, "0") != "" && strings.Trim(parentID, "0") != ""
+}
+
+func lowerHex(s string) bool {
+	for _, c := range []byte(s) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // decide answers a request that arrived at arrived (ns), after the latency.
-func (s *Server) decide(key string, decodeErr error, arrived int64) Reply {
+func (s *Server) decide(key string, traced bool, decodeErr error, arrived int64) Reply {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.stats.Requests++
+	if traced {
+		s.stats.Traced++
+	}
 	if key == "" {
 		s.stats.UnkeyedRequests++
 	}
@@ -404,9 +555,10 @@ func call(ctx context.Context, method, baseURL, path string, out any) error {
 
 // Listening is the mock served on a TCP address.
 type Listening struct {
-	addr net.Addr
-	srv  *http.Server
-	done chan error
+	addr   net.Addr
+	scheme string
+	srv    *http.Server
+	done   chan error
 }
 
 // Listen serves the mock on addr (127.0.0.1:0 for any free port) until
@@ -416,14 +568,38 @@ func (s *Server) Listen(addr string) (*Listening, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
 	}
-	l := &Listening{addr: ln.Addr(), srv: &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}, done: make(chan error, 1)}
+	l := s.listening(ln, "http")
 	go func() { l.done <- l.srv.Serve(ln) }()
 	return l, nil
 }
 
+// ListenTLS is Listen over HTTPS with cfg, which holds the server
+// certificate and, to require client certificates, ClientAuth and
+// ClientCAs. TLS below 1.2 is refused whatever cfg says.
+func (s *Server) ListenTLS(addr string, cfg *tls.Config) (*Listening, error) {
+	if cfg == nil || len(cfg.Certificates) == 0 && cfg.GetCertificate == nil && cfg.GetConfigForClient == nil {
+		return nil, errors.New("listen tls: no server certificate in the TLS config")
+	}
+	cfg = cfg.Clone()
+	cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen: %w", err)
+	}
+	l := s.listening(ln, "https")
+	l.srv.TLSConfig = cfg
+	go func() { l.done <- l.srv.ServeTLS(ln, "", "") }()
+	return l, nil
+}
+
+func (s *Server) listening(ln net.Listener, scheme string) *Listening {
+	return &Listening{addr: ln.Addr(), scheme: scheme, done: make(chan error, 1),
+		srv: &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}}
+}
+
 // Addr is the address it listens on; URL, the base URL to send to.
 func (l *Listening) Addr() net.Addr { return l.addr }
-func (l *Listening) URL() string    { return "http://" + l.addr.String() }
+func (l *Listening) URL() string    { return l.scheme + "://" + l.addr.String() }
 
 // Failed delivers the error that stopped serving before Close was called.
 func (l *Listening) Failed() <-chan error { return l.done }

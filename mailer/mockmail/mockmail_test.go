@@ -1,13 +1,18 @@
 package mockmail_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/testpki"
+	"github.com/ordermail/ordermail/internal/webhook"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -111,4 +116,193 @@ func TestTimingsServesManyKeys(t *testing.T) {
 	for k, v := range tm.Keys {
 		assert.Positive(t, v[1], k)
 	}
+}
+
+// send posts body to the mock with headers and returns the status and the
+// answer's body.
+func send(t *testing.T, c *http.Client, url string, body []byte, header http.Header) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url+mockmail.SendPath, bytes.NewReader(body))
+	require.NoError(t, err)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := c.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, strings.TrimSpace(string(b))
+}
+
+func TestMockAuth(t *testing.T) {
+	t.Parallel()
+	m, err := mockmail.New(mockmail.Config{AuthValue: "Bearer abc"})
+	require.NoError(t, err)
+	srv := httptest.NewServer(m)
+	defer srv.Close()
+	body := []byte(`{"email":"a@example.com"}`)
+
+	for _, give := range []string{"", "Bearer abd", "Bearer ab", "Bearer abcd", "bearer abc"} {
+		h := http.Header{"Idempotency-Key": {"k"}}
+		if give != "" {
+			h.Set("Authorization", give)
+		}
+		req, err := http.NewRequest(http.MethodPost, srv.URL+mockmail.SendPath, bytes.NewReader(body))
+		require.NoError(t, err)
+		req.Header = h
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode, give)
+		require.JSONEq(t, `{"error":"unauthorized"}`, string(b))
+		require.Equal(t, `Bearer realm="mockmail"`, resp.Header.Get("WWW-Authenticate"))
+	}
+	status, _ := send(t, http.DefaultClient, srv.URL, body, http.Header{"Idempotency-Key": {"k"}, "Authorization": {"Bearer abc"}})
+	require.Equal(t, http.StatusOK, status)
+	// Refusals leave the key alone: its one request is the delivery.
+	require.Equal(t, mockmail.Stats{Requests: 6, Deliveries: 1, Unauthorized: 5}, m.Stats())
+	require.Equal(t, map[string]int{"k": 1}, m.Requests())
+	require.Zero(t, m.Timings().RetryGaps.Count)
+
+	// Rotated while serving.
+	m.SetAuthValue("Bearer new")
+	status, _ = send(t, http.DefaultClient, srv.URL, body, http.Header{"Idempotency-Key": {"k2"}, "Authorization": {"Bearer abc"}})
+	require.Equal(t, http.StatusUnauthorized, status)
+	m.SetAuthValue("")
+	status, _ = send(t, http.DefaultClient, srv.URL, body, http.Header{"Idempotency-Key": {"k2"}})
+	require.Equal(t, http.StatusOK, status)
+}
+
+func TestMockAuthOtherHeader(t *testing.T) {
+	t.Parallel()
+	m, err := mockmail.New(mockmail.Config{AuthHeader: "X-Api-Key", AuthValue: "abc"})
+	require.NoError(t, err)
+	srv := httptest.NewServer(m)
+	defer srv.Close()
+	status, _ := send(t, http.DefaultClient, srv.URL, []byte(`{}`), http.Header{"Authorization": {"abc"}})
+	require.Equal(t, http.StatusUnauthorized, status)
+	status, _ = send(t, http.DefaultClient, srv.URL, []byte(`{}`), http.Header{"X-Api-Key": {"abc"}})
+	require.Equal(t, http.StatusOK, status)
+
+	_, err = mockmail.New(mockmail.Config{AuthValue: "a\nb"})
+	require.ErrorContains(t, err, "auth value")
+	require.NotContains(t, err.Error(), "a\nb")
+}
+
+func TestMockSignatures(t *testing.T) {
+	t.Parallel()
+	newer, older := webhook.NewSecret(), webhook.NewSecret()
+	parse := func(lines ...string) *webhook.Secrets {
+		s, err := webhook.ParseSecrets([]byte(strings.Join(lines, "\n")))
+		require.NoError(t, err)
+		return s
+	}
+	m, err := mockmail.New(mockmail.Config{Signing: parse(older), AuthValue: "Bearer abc"})
+	require.NoError(t, err)
+	srv := httptest.NewServer(m)
+	defer srv.Close()
+	body := []byte(`{"email":"a@example.com"}`)
+	signed := func(s *webhook.Secrets, id, key string, ts time.Time) http.Header {
+		h := http.Header{"Authorization": {"Bearer abc"}, "Idempotency-Key": {key}}
+		s.SetHeaders(h, id, ts, body)
+		return h
+	}
+	now := time.Now()
+
+	for _, tt := range []struct {
+		name       string
+		give       http.Header
+		giveBody   []byte
+		wantStatus int
+		wantBody   string
+	}{
+		{"unsigned", http.Header{"Authorization": {"Bearer abc"}, "Idempotency-Key": {"k"}}, body, 401, `{"error":"invalid signature"}`},
+		{"forged", signed(parse(older), "k", "k", now), []byte(`{"email":"b@example.com"}`), 401, `{"error":"invalid signature"}`},
+		{"other secret", signed(parse(newer), "k", "k", now), body, 401, `{"error":"invalid signature"}`},
+		{"stale", signed(parse(older), "k", "k", now.Add(-6*time.Minute)), body, 401, `{"error":"invalid signature"}`},
+		{"webhook-id is not the key", signed(parse(older), "k2", "k", now), body, 400, `{"error":"webhook-id is not the Idempotency-Key"}`},
+		{"signed and unauthorized", func() http.Header {
+			h := signed(parse(older), "k", "k", now)
+			h.Del("Authorization")
+			return h
+		}(), body, 401, `{"error":"unauthorized"}`},
+		// A sender rotating in a new secret signs with both.
+		{"two secrets", signed(parse(newer, older), "k", "k", now), body, 200, `{"status":"sent"}`},
+	} {
+		status, answer := send(t, http.DefaultClient, srv.URL, tt.giveBody, tt.give)
+		require.Equal(t, tt.wantStatus, status, tt.name)
+		require.JSONEq(t, tt.wantBody, answer, tt.name)
+	}
+	require.Equal(t, mockmail.Stats{Requests: 7, Deliveries: 1, Unauthorized: 5, BadSignatures: 4}, m.Stats())
+	require.Equal(t, map[string]int{"k": 1}, m.Requests(), "refusals leave the key alone")
+
+	// The mock rotates to the newer secret alone.
+	m.SetSigning(parse(newer))
+	status, _ := send(t, http.DefaultClient, srv.URL, body, signed(parse(older), "k3", "k3", now))
+	require.Equal(t, http.StatusUnauthorized, status)
+	status, _ = send(t, http.DefaultClient, srv.URL, body, signed(parse(newer), "k3", "k3", now))
+	require.Equal(t, http.StatusOK, status)
+}
+
+func TestMockTraced(t *testing.T) {
+	t.Parallel()
+	m, err := mockmail.New(mockmail.Config{AuthValue: "Bearer abc"})
+	require.NoError(t, err)
+	srv := httptest.NewServer(m)
+	defer srv.Close()
+	valid := "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	for _, give := range []string{
+		valid,
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+		"",
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  // another version
+		"00-00000000000000000000000000000000-00f067aa0ba902b7-01",  // zero trace id
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  // zero parent id
+		"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  // uppercase
+		"00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",   // short
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-", // long
+		"00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+	} {
+		status, _ := send(t, http.DefaultClient, srv.URL, []byte(`{}`), http.Header{
+			"Authorization": {"Bearer abc"}, "Idempotency-Key": {"k"}, "Traceparent": {give}})
+		require.Equal(t, http.StatusOK, status, give)
+	}
+	// Refused requests that carry one count too.
+	status, _ := send(t, http.DefaultClient, srv.URL, []byte(`{}`), http.Header{"Traceparent": {valid}})
+	require.Equal(t, http.StatusUnauthorized, status)
+	require.Equal(t, 3, m.Stats().Traced)
+}
+
+func TestMockTLSClientCert(t *testing.T) {
+	t.Parallel()
+	p, err := testpki.New()
+	require.NoError(t, err)
+	m, err := mockmail.New(mockmail.Config{})
+	require.NoError(t, err)
+	l, err := m.ListenTLS("127.0.0.1:0", p.ServerTLS(true))
+	require.NoError(t, err)
+	defer func() { require.NoError(t, l.Close(context.Background())) }()
+	require.True(t, strings.HasPrefix(l.URL(), "https://127.0.0.1:"), l.URL())
+
+	client := func(cfg *tls.Config) *http.Client {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
+		t.Cleanup(c.CloseIdleConnections)
+		return c
+	}
+	req, err := http.NewRequest(http.MethodPost, l.URL()+mockmail.SendPath, strings.NewReader(`{}`))
+	require.NoError(t, err)
+	_, err = client(p.ClientTLS(false)).Do(req)
+	require.Error(t, err, "no client certificate")
+	_, err = client(&tls.Config{}).Get(l.URL() + "/stats")
+	require.Error(t, err, "a server certificate the client does not trust")
+
+	status, _ := send(t, client(p.ClientTLS(true)), l.URL(), []byte(`{}`), http.Header{"Idempotency-Key": {"k"}})
+	require.Equal(t, http.StatusOK, status)
+	require.Equal(t, 1, m.Stats().Deliveries, "the refused handshakes sent nothing")
+
+	_, err = m.ListenTLS("127.0.0.1:0", &tls.Config{})
+	require.ErrorContains(t, err, "no server certificate")
 }

@@ -23,7 +23,7 @@ type Config struct {
 	// CACertFile is a PEM file of the CA that signed the cluster's
 	// certificates, for couchbases:// with a private CA.
 	CACertFile string
-	// Bucket holds the collections inbound, retry and deadletter in Scope.
+	// Bucket holds the collections inbound, retry, deadletter and attempts in Scope.
 	// Defaults orders and _default.
 	Bucket string
 	Scope  string

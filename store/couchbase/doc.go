@@ -1,6 +1,7 @@
 // Package couchbase is the store on Couchbase Server 7.x, in the sample's
 // layout: bucket orders (scope _default, collections inbound, retry and
-// deadletter) and bucket metadata for feed checkpoints and leases.
+// deadletter, plus ordermail's attempts, off the feed) and bucket metadata
+// for feed checkpoints and leases.
 //
 // Documents go through gocb (KV with CAS, the sweep and counts as N1QL with
 // named parameters); a write whose answer times out is read back to learn

@@ -28,6 +28,8 @@ func indexStatements(ks func(string) string) []string {
 		"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ks("retry"),
 		"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ks("deadletter"),
 		"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ks("inbound"),
+		// Attempt records, read by key; the index lets an operator query them.
+		"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ks("attempts"),
 		// One per branch of the sweep, so that it reads only due documents.
 		"CREATE INDEX IF NOT EXISTS ix_retry_next ON " + ks("retry") + "(nextAttemptAt)",
 		"CREATE INDEX IF NOT EXISTS ix_retry_ts ON " + ks("retry") + "(ts) WHERE nextAttemptAt IS MISSING",

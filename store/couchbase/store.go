@@ -36,7 +36,7 @@ type Store struct {
 var _ store.Store = (*Store)(nil)
 
 // collections are the ones in Bucket.Scope that ordermail uses.
-var collections = []string{order.Inbound, order.Retry, order.DeadLetter}
+var collections = []string{order.Inbound, order.Retry, order.DeadLetter, order.Attempts}
 
 // Open connects and checks that the buckets and collections exist.
 func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
@@ -234,13 +234,17 @@ func guardErr(w store.Write, d store.Doc) error {
 func (s *Store) writeOnce(ctx context.Context, c *gocb.Collection, w store.Write) (uint64, error) {
 	var res *gocb.MutationResult
 	var err error
+	var expiry time.Duration
+	if !w.Expiry.IsZero() {
+		expiry = max(time.Second, time.Until(w.Expiry)) // 0 would mean never
+	}
 	switch w.Op {
 	case store.OpInsert:
-		res, err = c.Insert(w.Key, w.Value, &gocb.InsertOptions{Context: ctx})
+		res, err = c.Insert(w.Key, w.Value, &gocb.InsertOptions{Context: ctx, Expiry: expiry})
 	case store.OpReplace:
-		res, err = c.Replace(w.Key, w.Value, &gocb.ReplaceOptions{Context: ctx, Cas: gocb.Cas(w.CAS)})
+		res, err = c.Replace(w.Key, w.Value, &gocb.ReplaceOptions{Context: ctx, Cas: gocb.Cas(w.CAS), Expiry: expiry})
 	case store.OpUpsert:
-		res, err = c.Upsert(w.Key, w.Value, &gocb.UpsertOptions{Context: ctx})
+		res, err = c.Upsert(w.Key, w.Value, &gocb.UpsertOptions{Context: ctx, Expiry: expiry})
 	case store.OpRemove:
 		res, err = c.Remove(w.Key, &gocb.RemoveOptions{Context: ctx, Cas: gocb.Cas(w.CAS)})
 		if err == nil {

@@ -182,7 +182,7 @@ func (s *Store) prepare(ctx context.Context) error {
 	}
 	s.reads = readStmts{
 		get:        r(`SELECT value, seq, created FROM docs WHERE coll = ? AND key = ?`),
-		state:      r(`SELECT coll, value, seq, created FROM docs WHERE coll IN (?, ?, ?) AND key = ?`),
+		state:      r(`SELECT coll, value, seq, created FROM docs WHERE coll IN (?, ?, ?, ?) AND key = ?`),
 		stats:      r(`SELECT paid, confirmed, retry, fire, dead FROM stats`),
 		tallies:    r(`SELECT name, n FROM tallies WHERE n > 0 ORDER BY n DESC, name LIMIT 5`),
 		checkpoint: r(`SELECT seq FROM checkpoints WHERE name = ? AND partition = 0`),
@@ -190,11 +190,13 @@ func (s *Store) prepare(ctx context.Context) error {
 		// The feed reads by position, whatever the history: a range scan of
 		// docs_by_seq (TestFeedReadUsesTheSeqIndex pins the plan).
 		feed: r(`SELECT d.coll, d.key, d.value, d.seq, d.created,
-				o.value, o.seq, o.created, r.value, r.seq, r.created, l.value, l.seq, l.created
+				o.value, o.seq, o.created, r.value, r.seq, r.created, l.value, l.seq, l.created,
+				a.value, a.seq, a.created
 			FROM docs AS d INDEXED BY docs_by_seq
 			LEFT JOIN docs AS o ON o.coll = 'inbound' AND o.key = d.key
 			LEFT JOIN docs AS r ON r.coll = 'retry' AND r.key = d.key
 			LEFT JOIN docs AS l ON l.coll = 'deadletter' AND l.key = d.key
+			LEFT JOIN docs AS a ON a.coll = 'attempts' AND a.key = d.key
 			WHERE d.seq > ? ORDER BY d.seq LIMIT ?`),
 	}
 	if err != nil {
@@ -304,14 +306,14 @@ func (s *Store) Get(ctx context.Context, coll, key string) (store.Doc, error) {
 	return d, nil
 }
 
-// State reads the order, its retry document and its dead letter in one
-// query: three primary-key lookups.
+// State reads the order, its retry document, its dead letter and its attempt
+// record in one query: four primary-key lookups.
 func (s *Store) State(ctx context.Context, key string) (store.State, error) {
 	if err := s.check(); err != nil {
 		return store.State{}, err
 	}
 	var st store.State
-	rows, err := s.reads.state.QueryContext(ctx, order.Inbound, order.Retry, order.DeadLetter, key)
+	rows, err := s.reads.state.QueryContext(ctx, order.Inbound, order.Retry, order.DeadLetter, order.Attempts, key)
 	if err != nil {
 		return store.State{}, fmt.Errorf("state of %s: %w", key, mapErr(err))
 	}
@@ -334,6 +336,8 @@ func (s *Store) State(ctx context.Context, key string) (store.State, error) {
 			st.Retry = d
 		case order.DeadLetter:
 			st.DeadLetter = d
+		case order.Attempts:
+			st.Attempts = d
 		}
 	}
 	if err := rows.Err(); err != nil {

@@ -151,7 +151,7 @@ const idlePoll = 80 * time.Millisecond
 // collections not subscribed to move the checkpoint too.
 func (sub *subscription) fill(ctx context.Context) error {
 	// One read transaction: the position and the rows of one snapshot, each
-	// row with the state of its key (three primary-key lookups), so that
+	// row with the state of its key (four primary-key lookups), so that
 	// the watcher need not read it again.
 	tx, err := sub.s.read.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
@@ -170,10 +170,10 @@ func (sub *subscription) fill(ctx context.Context) error {
 	for rows.Next() {
 		var ev store.Event
 		var value sql.NullString
-		var docs [3]stateCols
+		var docs [4]stateCols
 		if err := rows.Scan(&ev.Collection, &ev.Key, &value, &ev.Seq, &ev.Incarnation,
 			&docs[0].value, &docs[0].seq, &docs[0].created, &docs[1].value, &docs[1].seq, &docs[1].created,
-			&docs[2].value, &docs[2].seq, &docs[2].created); err != nil {
+			&docs[2].value, &docs[2].seq, &docs[2].created, &docs[3].value, &docs[3].seq, &docs[3].created); err != nil {
 			return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 		}
 		sub.lastRead = ev.Seq
@@ -186,7 +186,8 @@ func (sub *subscription) fill(ctx context.Context) error {
 		if value.Valid {
 			ev.Value = []byte(value.String)
 		}
-		ev.State = &store.State{Order: docs[0].doc(ev.Key), Retry: docs[1].doc(ev.Key), DeadLetter: docs[2].doc(ev.Key)}
+		ev.State = &store.State{Order: docs[0].doc(ev.Key), Retry: docs[1].doc(ev.Key), DeadLetter: docs[2].doc(ev.Key),
+			Attempts: docs[3].doc(ev.Key)}
 		ev.Snapshot = snapshot
 		sub.buf = append(sub.buf, entry{ev: ev})
 	}
@@ -210,7 +211,8 @@ func (c stateCols) doc(key string) store.Doc {
 }
 
 // flush saves the checkpoint if it moved, and purges a bounded number of
-// tombstones that every saved checkpoint has passed: no feed can need them.
+// tombstones that every saved checkpoint has passed (no feed can need them)
+// and of expired documents.
 func (sub *subscription) flush(ctx context.Context) error {
 	cp := sub.acks.Checkpoints()[0]
 	if cp == sub.saved {
@@ -226,7 +228,10 @@ func (sub *subscription) flush(ctx context.Context) error {
 		if err := st.minCkpt.QueryRowContext(t.ctx).Scan(&low); err != nil || !low.Valid {
 			return err
 		}
-		_, err := st.purge.ExecContext(t.ctx, low.Int64, purgeBatch)
+		if _, err := st.purge.ExecContext(t.ctx, low.Int64, purgeBatch); err != nil {
+			return err
+		}
+		_, err := st.expire.ExecContext(t.ctx, time.Now().UnixMilli(), purgeBatch)
 		return err
 	})
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 var migrations = []func(ctx context.Context, tx *sql.Tx) error{
 	migrateV1,
 	migrateV2,
+	migrateV3,
 }
 
 // SchemaVersion is the version Open brings every file to.
@@ -166,6 +167,15 @@ func migrateV2(ctx context.Context, tx *sql.Tx) error {
 		}
 	}
 	return nil
+}
+
+// migrateV3 adds document expiry (the attempt records of settled orders):
+// when a document goes away by itself, in ms, and the index its purge reads.
+func migrateV3(ctx context.Context, tx *sql.Tx) error {
+	_, err := tx.ExecContext(ctx, `
+		ALTER TABLE docs ADD COLUMN expires_at INTEGER;
+		CREATE INDEX expiring ON docs (expires_at) WHERE expires_at IS NOT NULL;`)
+	return err
 }
 
 // migrate brings the file to SchemaVersion.

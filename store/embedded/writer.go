@@ -40,7 +40,7 @@ type writeStmts struct {
 	cur, put, seqGet, seqSet *sql.Stmt
 	dueNext, dueTS, flag     *sql.Stmt
 	saveCheckpoint, minCkpt  *sql.Stmt
-	purge                    *sql.Stmt
+	purge, expire            *sql.Stmt
 }
 
 func (s *Store) prepareWrites(ctx context.Context) error {
@@ -61,9 +61,10 @@ func (s *Store) prepareWrites(ctx context.Context) error {
 		release:    p(`RELEASE job`),
 		rollbackTo: p(`ROLLBACK TO job`),
 		cur:        p(`SELECT seq, created, value IS NULL FROM docs WHERE coll = ? AND key = ?`),
-		put: p(`INSERT INTO docs (coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		put: p(`INSERT INTO docs (coll, key, value, seq, created, expires_at, paid, confirmed, retry, fire, next_at, ts_at, dead, tally)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (coll, key) DO UPDATE SET value = excluded.value, seq = excluded.seq, created = excluded.created,
+				expires_at = excluded.expires_at,
 				paid = excluded.paid, confirmed = excluded.confirmed, retry = excluded.retry, fire = excluded.fire,
 				next_at = excluded.next_at, ts_at = excluded.ts_at, dead = excluded.dead, tally = excluded.tally`),
 		seqGet: p(`SELECT value FROM counters WHERE name = 'seq'`),
@@ -80,6 +81,10 @@ func (s *Store) prepareWrites(ctx context.Context) error {
 		minCkpt: p(`SELECT min(seq) FROM checkpoints`),
 		purge: p(`DELETE FROM docs WHERE (coll, key) IN (
 			SELECT coll, key FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`),
+		// Expired documents go without a tombstone: only collections no
+		// feed reads (attempt records) are written with an expiry.
+		expire: p(`DELETE FROM docs WHERE (coll, key) IN (
+			SELECT coll, key FROM docs INDEXED BY expiring WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)`),
 	}
 	return err
 }
@@ -87,7 +92,7 @@ func (s *Store) prepareWrites(ctx context.Context) error {
 func (w writeStmts) close() error {
 	var errs []error
 	for _, st := range []*sql.Stmt{w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
-		w.cur, w.put, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flag, w.saveCheckpoint, w.minCkpt, w.purge} {
+		w.cur, w.put, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flag, w.saveCheckpoint, w.minCkpt, w.purge, w.expire} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -325,7 +330,7 @@ func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
 	st := t.s.stmts
 	cur, created := c.cas, c.created
 	seq := t.next()
-	var value any
+	var value, expires any
 	if w.Op == store.OpRemove {
 		created = 0
 	} else {
@@ -333,8 +338,11 @@ func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
 		if cur == 0 {
 			created = seq // a new incarnation of the key
 		}
+		if !w.Expiry.IsZero() {
+			expires = w.Expiry.UnixMilli()
+		}
 	}
-	args := append([]any{w.Collection, w.Key, value, seq, created}, cols.args()...)
+	args := append([]any{w.Collection, w.Key, value, seq, created, expires}, cols.args()...)
 	if _, err := st.put.ExecContext(t.ctx, args...); err != nil {
 		return 0, err
 	}

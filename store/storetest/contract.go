@@ -32,6 +32,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("StateAndApply", func(t *testing.T) { testStateAndApply(t, open(t)) })
 	t.Run("SweepIsBounded", func(t *testing.T) { testSweepBounded(t, open(t)) })
 	t.Run("Backlog", func(t *testing.T) { testBacklog(t, open(t)) })
+	t.Run("AttemptRecordsExpire", func(t *testing.T) { testExpiry(t, open(t)) })
 }
 
 func testStateAndApply(t *testing.T, s store.Store) {
@@ -135,6 +136,38 @@ func testBacklog(t *testing.T, s store.Store) {
 }
 
 // prefix makes keys no other run uses.
+// testExpiry: an attempt record written with an expiry goes away once it
+// has passed (the embedded store purges as its feed moves), and State reads
+// the record where the store reads it with the outcome.
+func testExpiry(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	p := prefix(t)
+	_, err := s.Apply(ctx, []store.Write{
+		{Op: store.OpUpsert, Collection: order.Attempts, Key: p + "gone", Value: []byte(`{"docId":"g"}`), Expiry: time.Now().Add(time.Second)},
+		{Op: store.OpUpsert, Collection: order.Attempts, Key: p + "kept", Value: []byte(`{"docId":"k"}`)},
+	})
+	require.NoError(t, err)
+	st, err := s.State(ctx, p+"kept")
+	require.NoError(t, err)
+	if st.Attempts.Found() {
+		assert.JSONEq(t, `{"docId":"k"}`, string(st.Attempts.Value))
+	}
+	time.Sleep(1100 * time.Millisecond) // the expiry is a wall-clock time: let it pass
+	sub, err := s.Subscribe(ctx, p+"feed", []string{order.Inbound}, store.FeedOptions{FromNow: true})
+	require.NoError(t, err)
+	_, err = s.Insert(ctx, order.Inbound, p+"o", []byte(`{}`))
+	require.NoError(t, err)
+	evs := collect(t, sub, p, atLeast(1))
+	for _, ev := range evs {
+		ev.Ack()
+	}
+	require.NoError(t, sub.Close(ctx))
+	_, err = s.Get(ctx, order.Attempts, p+"gone")
+	assert.ErrorIs(t, err, store.ErrNotFound, "expired")
+	_, err = s.Get(ctx, order.Attempts, p+"kept")
+	assert.NoError(t, err, "no expiry: kept")
+}
+
 func prefix(t *testing.T) string {
 	return fmt.Sprintf("st_%s_%d_", strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()), rand.Uint32())
 }

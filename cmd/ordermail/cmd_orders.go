@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/store"
+	"github.com/peterbourgon/ff/v3/ffcli"
+)
+
+func ordersCommand(stdout, stderr io.Writer) *ffcli.Command {
+	var asJSON bool
+	show := storeCommand("show", "ordermail orders show --store URL [--json] KEY",
+		"tell one order's confirmation: its state, retry, dead letter and latest send attempts", stderr,
+		func(ctx context.Context, st store.Store, args []string) error {
+			if len(args) != 1 {
+				return fmt.Errorf("orders show: give exactly one order key, got %d", len(args))
+			}
+			s, err := ops.OrderStory(ctx, st, args[0], time.Now())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return json.NewEncoder(stdout).Encode(s)
+			}
+			return printStory(stdout, s)
+		})
+	show.FlagSet.BoolVar(&asJSON, "json", false, "print one JSON object")
+
+	return &ffcli.Command{
+		Name:        "orders",
+		ShortUsage:  "ordermail orders show --store URL KEY",
+		ShortHelp:   "show what is stored about an order's confirmation",
+		FlagSet:     newFlagSet("orders", stderr),
+		Subcommands: []*ffcli.Command{show},
+	}
+}
+
+// storyTime is the layout of the story's times: to the millisecond, since
+// attempts a few milliseconds apart must read apart.
+const storyTime = "2006-01-02T15:04:05.000Z07:00"
+
+func printStory(w io.Writer, s ops.Story) error {
+	orDash := func(v string) string {
+		if v == "" {
+			return "-"
+		}
+		return v
+	}
+	at := func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		return t.UTC().Format(storyTime)
+	}
+	confirmed := "no"
+	if s.Confirmed {
+		confirmed = "yes"
+	}
+	fmt.Fprintf(w, "order:            %s\n", s.Key)
+	fmt.Fprintf(w, "state:            %s\n", s.State)
+	fmt.Fprintf(w, "payment:          %s\n", orDash(s.PaymentStatus))
+	fmt.Fprintf(w, "confirmed:        %s\n", confirmed)
+	fmt.Fprintf(w, "idempotency key:  %s\n", orDash(s.IdempotencyKey))
+	if r := s.Retry; r != nil {
+		next := "at " + at(r.NextAttemptAt)
+		if r.NextAttemptAt.IsZero() {
+			next = "a timer quantum after " + at(r.LastAttemptAt)
+		}
+		if r.FireRetry {
+			next = "now (flagged)"
+		}
+		fmt.Fprintf(w, "next retry:       %s; %d attempts in this budget, %d redrives, last failure %s\n",
+			next, r.Attempt, r.Redrives, failure(r.LastStatus, r.LastError))
+	}
+	if d := s.DeadLetter; d != nil {
+		fmt.Fprintf(w, "dead letter:      %s since %s; %d attempts, %d redrives, last failure %s\n",
+			d.Reason, at(d.DeadSince), d.Attempts, d.Redrives, failure(d.LastStatus, d.LastError))
+	}
+	if s.Result != "" {
+		fmt.Fprintf(w, "settled:          %s at %s\n", s.Result, at(s.SettledAt))
+	}
+	for _, u := range s.Unreadable {
+		fmt.Fprintf(w, "unreadable:       %s document: %s\n", u.Collection, u.Error)
+	}
+
+	fmt.Fprintln(w)
+	if len(s.Attempts) == 0 {
+		fmt.Fprintln(w, "no send attempts recorded")
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "N\tAT\tDURATION\tSTATUS\tCLASS\tOUTCOME\tINSTANCE\tREASON")
+	for _, a := range s.Attempts {
+		status := "-"
+		if a.Status != 0 {
+			status = strconv.Itoa(a.Status)
+		}
+		when := time.Time{}
+		if a.At != 0 {
+			when = time.UnixMilli(a.At)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.N, at(when),
+			time.Duration(a.DurationMs)*time.Millisecond, status, orDash(a.Class), orDash(a.Outcome), orDash(a.Instance), orDash(a.Reason))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if s.AttemptsTotal > len(s.Attempts) {
+		fmt.Fprintf(w, "(showing the latest %d of %d attempts)\n", len(s.Attempts), s.AttemptsTotal)
+	}
+	return nil
+}
+
+// failure is a failure's status and error, as far as they are known.
+func failure(status int, msg string) string {
+	var parts []string
+	if status != 0 {
+		parts = append(parts, "HTTP "+strconv.Itoa(status))
+	}
+	if msg != "" {
+		parts = append(parts, truncate(msg, 80))
+	}
+	if len(parts) == 0 {
+		return "unknown"
+	}
+	return strings.Join(parts, ": ")
+}

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store/embedded"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// seedOrderStory stores a paid order whose three sends, a minute apart from
+// at, failed, keeping the latest two attempts and a retry an hour after at;
+// it returns the store's URL.
+func seedOrderStory(t *testing.T, at time.Time) string {
+	t.Helper()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "o.db")
+	st, err := embedded.Open(ctx, embedded.Config{Path: path})
+	require.NoError(t, err)
+	defer st.Close()
+	rec := order.AttemptsDoc{DocID: "order_7", IdempotencyKey: "confirmation:order_7@3"}
+	for i := range 3 {
+		a := order.Attempt{At: at.Add(time.Duration(i) * time.Minute).UnixMilli(), DurationMs: 1500, Status: 503,
+			Class: "transient", Reason: "HTTP 503", Outcome: "retry", Instance: "host-a"}
+		rec = rec.Add(a, 2, at)
+	}
+	retry := order.RetryDoc{Type: order.TypeConfirmation, DocID: "order_7", Attempt: 3, TS: at.Add(2 * time.Minute).UnixMilli(),
+		NextAttemptAt: at.Add(time.Hour).UnixMilli(), LastStatus: 503, LastError: "transient failure: HTTP 503",
+		IdempotencyKey: "confirmation:order_7@3"}
+	for coll, doc := range map[string][]byte{
+		order.Inbound:  []byte(`{"email":"ann@example.com","paymentStatus":"paid"}`),
+		order.Retry:    retry.Encode(),
+		order.Attempts: rec.Encode(),
+	} {
+		_, err := st.Insert(ctx, coll, "order_7", doc)
+		require.NoError(t, err)
+	}
+	return "file:" + path
+}
+
+func TestOrdersShow(t *testing.T) {
+	// The command reads the clock: the retry must be ahead of it.
+	at := time.Now().UTC().Truncate(time.Second).Add(250 * time.Millisecond)
+	storeURL := seedOrderStory(t, at)
+	stamp := func(d time.Duration) string { return at.Add(d).Format("2006-01-02T15:04:05.000Z") }
+
+	out, _, err := cli(t, "orders", "show", "--store", storeURL, "order_7")
+	require.NoError(t, err)
+	assert.Contains(t, out, "state:            retry scheduled\n")
+	assert.Contains(t, out, "idempotency key:  confirmation:order_7@3\n")
+	assert.Contains(t, out, "next retry:       at "+stamp(time.Hour)+"; 3 attempts in this budget")
+	assert.Regexp(t, `N\s+AT\s+DURATION\s+STATUS\s+CLASS\s+OUTCOME\s+INSTANCE\s+REASON`, out)
+	assert.Regexp(t, `\n2\s+`+stamp(time.Minute)+`\s+1.5s\s+503\s+transient\s+retry\s+host-a\s+HTTP 503\n`, out)
+	assert.Regexp(t, `\n3\s+`+stamp(2*time.Minute)+`\s+`, out)
+	assert.Contains(t, out, "(showing the latest 2 of 3 attempts)\n")
+	assert.NotContains(t, out, "ann@example.com")
+
+	out, _, err = cli(t, "orders", "show", "--store", storeURL, "--json", "order_7")
+	require.NoError(t, err)
+	var s ops.Story
+	require.NoError(t, json.Unmarshal([]byte(out), &s), out)
+	assert.Equal(t, "order_7", s.Key)
+	assert.Equal(t, ops.StateRetryScheduled, s.State)
+	assert.Equal(t, 3, s.AttemptsTotal)
+	require.Len(t, s.Attempts, 2)
+	assert.Equal(t, 2, s.Attempts[0].N)
+	require.NotNil(t, s.Retry)
+	assert.Equal(t, 3, s.Retry.Attempt)
+	assert.NotContains(t, out, "ann@example.com")
+}
+
+func TestOrdersShowBadInvocations(t *testing.T) {
+	storeURL := seedOrderStory(t, time.Now())
+	tests := []struct {
+		give []string
+		want string
+	}{
+		{[]string{}, "orders show: give exactly one order key, got 0"},
+		{[]string{"order_7", "order_8"}, "orders show: give exactly one order key, got 2"},
+		{[]string{"order_8"}, `no order, retry, dead letter or attempt record under key "order_8"`},
+	}
+	for _, tt := range tests {
+		_, _, err := cli(t, append([]string{"orders", "show", "--store", storeURL}, tt.give...)...)
+		require.EqualError(t, err, tt.want)
+	}
+}

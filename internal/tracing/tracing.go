@@ -1,0 +1,83 @@
+// Package tracing sets up OpenTelemetry for ordermail: a W3C traceparent on
+// every request to the email service always, and spans exported over OTLP
+// only when the standard OTEL_* environment asks for it.
+package tracing
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+)
+
+// Name is the instrumentation scope of ordermail's spans.
+const Name = "github.com/ordermail/ordermail"
+
+// exporterVars are the variables that ask for an OTLP exporter; with none
+// of them set, nothing is exported.
+var exporterVars = []string{
+	"OTEL_EXPORTER_OTLP_ENDPOINT",
+	"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+}
+
+// Exporting says whether the environment asks for spans to be exported:
+// an OTLP endpoint is set, or OTEL_TRACES_EXPORTER is otlp.
+func Exporting(getenv func(string) string) bool {
+	if getenv("OTEL_SDK_DISABLED") == "true" || getenv("OTEL_TRACES_EXPORTER") == "none" {
+		return false
+	}
+	for _, v := range exporterVars {
+		if getenv(v) != "" {
+			return true
+		}
+	}
+	return getenv("OTEL_TRACES_EXPORTER") == "otlp"
+}
+
+// Setup installs the global tracer provider and the W3C trace-context
+// propagator, and returns the provider, to be shut down at exit (which
+// exports what is left). Without an exporter asked for, spans are created
+// unsampled and never recorded: requests still carry a traceparent (with
+// the sampled flag off), at the cost of two random IDs per send.
+func Setup(ctx context.Context, version string) (*sdktrace.TracerProvider, error) {
+	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(serviceResource(version))}
+	if Exporting(os.Getenv) {
+		// The exporter reads OTEL_EXPORTER_OTLP_* (endpoint, headers, TLS,
+		// timeout) itself; the provider reads OTEL_TRACES_SAMPLER and
+		// OTEL_BSP_*.
+		exp, err := otlptracehttp.New(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("OTLP trace exporter (OTEL_EXPORTER_OTLP_*): %w", err)
+		}
+		opts = append(opts, sdktrace.WithBatcher(exp))
+	} else {
+		opts = append(opts, sdktrace.WithSampler(sdktrace.NeverSample()))
+	}
+	tp := sdktrace.NewTracerProvider(opts...)
+	Install(tp)
+	return tp, nil
+}
+
+// Install makes tp the global provider, with the W3C propagators; tests
+// install one with an in-memory exporter.
+func Install(tp *sdktrace.TracerProvider) {
+	otel.SetTracerProvider(tp)
+	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
+}
+
+// serviceResource names the service; OTEL_SERVICE_NAME and
+// OTEL_RESOURCE_ATTRIBUTES override it.
+func serviceResource(version string) *resource.Resource {
+	base := resource.NewSchemaless(semconv.ServiceName("ordermail"), semconv.ServiceVersion(version))
+	r, err := resource.Merge(base, resource.Environment())
+	if err != nil {
+		return base // a malformed OTEL_RESOURCE_ATTRIBUTES: keep the name
+	}
+	return r
+}

@@ -1,0 +1,229 @@
+package mailer_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
+	"github.com/ordermail/ordermail/internal/testpki"
+	"github.com/ordermail/ordermail/internal/tracing"
+	"github.com/ordermail/ordermail/internal/webhook"
+	"github.com/ordermail/ordermail/mailer"
+	"github.com/ordermail/ordermail/mailer/mockmail"
+)
+
+// writeFile writes a private file in the test's directory.
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
+	return path
+}
+
+// rewrite replaces a file's content the way a secret mount does: a new file
+// moved over the old one.
+func rewrite(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := path + ".new"
+	require.NoError(t, os.WriteFile(tmp, []byte(content), 0o600))
+	require.NoError(t, os.Rename(tmp, path))
+}
+
+// sendsAgain waits until a send succeeds, failing with the last error.
+func sendsAgain(t *testing.T, c *mailer.Client, key string) {
+	t.Helper()
+	var last error
+	ok := assert.Eventually(t, func() bool {
+		last = c.Send(context.Background(), key, []byte(`{}`))
+		return last == nil
+	}, 20*time.Second, 20*time.Millisecond)
+	if !ok {
+		t.Fatalf("sends did not resume; last error: %v", last)
+	}
+}
+
+func TestCredentialsFromAFileRotatedWithoutARestart(t *testing.T) {
+	t.Parallel()
+	const oldKey, newKey = "Bearer old-4f1c2a9b", "Bearer new-77d0e3c5"
+	m, err := mockmail.New(mockmail.Config{AuthValue: newKey})
+	require.NoError(t, err)
+	l, err := m.Listen("127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close(context.Background()) })
+	keyFile := writeFile(t, "key", oldKey+"\n")
+	c, err := mailer.New(mailer.Config{URL: l.URL(), AuthFile: keyFile, BreakerCooldown: 50 * time.Millisecond}, quiet)
+	require.NoError(t, err)
+
+	se := sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
+	assert.Equal(t, mailer.Configuration, se.Class, "a 401 is the configuration's fault")
+	assert.Equal(t, http.StatusUnauthorized, se.Status)
+	assert.NotEmpty(t, c.Misconfigured())
+	se = sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
+	assert.True(t, se.NotAttempted, "held after the first refusal")
+	for _, text := range []string{se.Error(), se.Reason(), c.Misconfigured()} {
+		assert.NotContains(t, text, "old-4f1c2a9b")
+		assert.NotContains(t, text, "new-77d0e3c5")
+	}
+
+	rewrite(t, keyFile, newKey+"\n")
+	sendsAgain(t, c, "k1")
+	assert.Empty(t, c.Misconfigured())
+	assert.Equal(t, 1, m.Stats().Deliveries)
+}
+
+func TestAnUnreadableCredentialsFileHoldsSends(t *testing.T) {
+	t.Parallel()
+	m, err := mockmail.New(mockmail.Config{AuthValue: "Bearer k", AuthHeader: "X-API-Key"})
+	require.NoError(t, err)
+	l, err := m.Listen("127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close(context.Background()) })
+	keyFile := writeFile(t, "key", "Bearer k")
+	c, err := mailer.New(mailer.Config{URL: l.URL(), AuthHeader: "X-API-Key", AuthFile: keyFile, BreakerCooldown: 50 * time.Millisecond}, quiet)
+	require.NoError(t, err)
+	require.NoError(t, c.Send(context.Background(), "k1", []byte(`{}`)))
+
+	require.NoError(t, os.Remove(keyFile))
+	var last error
+	require.Eventually(t, func() bool {
+		last = c.Send(context.Background(), "k2", []byte(`{}`))
+		var se *mailer.SendError
+		return errors.As(last, &se) && se.Class == mailer.Configuration && se.NotAttempted
+	}, 20*time.Second, 20*time.Millisecond, "a deleted key file holds sends")
+	assert.Contains(t, last.Error(), "mail-auth-file")
+	requests := m.Stats().Requests
+
+	rewrite(t, keyFile, "Bearer k")
+	sendsAgain(t, c, "k2")
+	assert.Equal(t, requests+1, m.Stats().Requests, "nothing was sent without the key")
+}
+
+func TestNewNamesTheBadFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	empty := writeFile(t, "empty", " \n")
+	notPEM := writeFile(t, "ca.pem", "not a certificate")
+	badSecrets := writeFile(t, "secrets", "whsec_not base64!\n")
+	for _, tc := range []struct {
+		cfg  mailer.Config
+		want string
+	}{
+		{mailer.Config{AuthFile: filepath.Join(dir, "missing")}, "mail-auth-file"},
+		{mailer.Config{AuthFile: empty}, "is empty"},
+		{mailer.Config{CAFile: notPEM}, "holds no PEM certificate"},
+		{mailer.Config{CertFile: notPEM}, "give both"},
+		{mailer.Config{CertFile: notPEM, KeyFile: notPEM}, "mail-cert-file and mail-key-file"},
+		{mailer.Config{SigningSecretFile: badSecrets}, "mail-signing-secret-file"},
+		{mailer.Config{AuthHeader: "X-Key"}, "needs mail-auth-file"},
+	} {
+		tc.cfg.URL = "http://127.0.0.1:1"
+		_, err := mailer.New(tc.cfg, quiet)
+		require.Error(t, err, tc.want)
+		assert.Contains(t, err.Error(), tc.want)
+	}
+}
+
+func TestMutualTLS(t *testing.T) {
+	t.Parallel()
+	pki, err := testpki.New()
+	require.NoError(t, err)
+	files, err := pki.WriteFiles(t.TempDir())
+	require.NoError(t, err)
+	m, err := mockmail.New(mockmail.Config{})
+	require.NoError(t, err)
+	l, err := m.ListenTLS("127.0.0.1:0", pki.ServerTLS(true))
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close(context.Background()) })
+
+	// The CA alone: the service wants a client certificate.
+	c, err := mailer.New(mailer.Config{URL: l.URL(), CAFile: files.CA, BreakerCooldown: time.Hour}, quiet)
+	require.NoError(t, err)
+	se := sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
+	assert.Equal(t, mailer.Configuration, se.Class, "%v", se)
+
+	c, err = mailer.New(mailer.Config{URL: l.URL(), CAFile: files.CA, CertFile: files.ClientCert, KeyFile: files.ClientKey}, quiet)
+	require.NoError(t, err)
+	require.NoError(t, c.Send(context.Background(), "k1", []byte(`{}`)))
+	assert.Equal(t, 1, m.Stats().Deliveries)
+}
+
+func TestARenewedCAFileResumesSends(t *testing.T) {
+	t.Parallel()
+	good, err := testpki.New()
+	require.NoError(t, err)
+	other, err := testpki.New()
+	require.NoError(t, err)
+	m, err := mockmail.New(mockmail.Config{})
+	require.NoError(t, err)
+	l, err := m.ListenTLS("127.0.0.1:0", good.ServerTLS(false))
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close(context.Background()) })
+	caFile := writeFile(t, "ca.pem", string(other.CAPEM))
+	c, err := mailer.New(mailer.Config{URL: l.URL(), CAFile: caFile, BreakerCooldown: 50 * time.Millisecond}, quiet)
+	require.NoError(t, err)
+	se := sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
+	assert.Equal(t, mailer.Configuration, se.Class)
+
+	rewrite(t, caFile, string(good.CAPEM))
+	sendsAgain(t, c, "k1")
+}
+
+func TestSignedRequests(t *testing.T) {
+	t.Parallel()
+	current, next := webhook.NewSecret(), webhook.NewSecret()
+	// The receiver knows the next secret only: it has rotated already.
+	receiver, err := webhook.ParseSecrets([]byte(next))
+	require.NoError(t, err)
+	m, err := mockmail.New(mockmail.Config{Signing: receiver})
+	require.NoError(t, err)
+	var headers http.Header
+	srv := serveWith(t, func(w http.ResponseWriter, r *http.Request) {
+		headers = r.Header.Clone()
+		m.ServeHTTP(w, r)
+	})
+	secrets := writeFile(t, "secrets", "# rotating\n"+current+"\n"+next+"\n")
+	c, err := mailer.New(mailer.Config{URL: srv, SigningSecretFile: secrets}, quiet)
+	require.NoError(t, err)
+	require.NoError(t, c.Send(context.Background(), "confirmation:o1@7", []byte(`{"a":1}`)))
+	assert.Equal(t, "confirmation:o1@7", headers.Get("webhook-id"), "the idempotency key")
+	assert.Len(t, strings.Fields(headers.Get("webhook-signature")), 2, "one signature per secret")
+
+	// A receiver with another secret refuses: the configuration's fault.
+	stranger, err := webhook.ParseSecrets([]byte(webhook.NewSecret()))
+	require.NoError(t, err)
+	m.SetSigning(stranger)
+	se := sendErr(t, c.Send(context.Background(), "confirmation:o2@8", []byte(`{}`)))
+	assert.Equal(t, mailer.Configuration, se.Class)
+	assert.Equal(t, 1, m.Stats().BadSignatures)
+	for _, text := range []string{se.Error(), c.Misconfigured()} {
+		assert.NotContains(t, text, strings.TrimPrefix(current, "whsec_"))
+		assert.NotContains(t, text, strings.TrimPrefix(next, "whsec_"))
+	}
+}
+
+func TestEveryRequestCarriesATraceparent(t *testing.T) {
+	// Not parallel: it installs the global tracer provider.
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.NeverSample()))
+	tracing.Install(tp)
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
+	m, c := newMock(t, mockmail.Config{})
+	require.NoError(t, c.Send(context.Background(), "k", []byte(`{}`)))
+	assert.Equal(t, 1, m.Stats().Traced)
+}
+
+func serveWith(t *testing.T, h http.HandlerFunc) string {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}

@@ -1,0 +1,203 @@
+package ops
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+)
+
+// States of an order's confirmation, as Story.State.
+const (
+	StateNotPaid              = "not paid"
+	StateConfirmed            = "confirmed"
+	StatePendingFirstSend     = "pending first send"
+	StateRetryScheduled       = "retry scheduled"
+	StateRetryDue             = "retry due"
+	StateDeadLettered         = "dead-lettered"
+	StateUnknownOrder         = "unknown order"
+	StateUnreadableOrder      = "unreadable order"
+	StateUnreadableRetry      = "unreadable retry document"
+	StateUnreadableDeadLetter = "unreadable dead letter"
+)
+
+// ErrNothingStored says that no document of any kind is kept under a key:
+// most likely a mistyped key.
+var ErrNothingStored = errors.New("no order, retry, dead letter or attempt record")
+
+// Story is everything stored about one order's confirmation. It carries
+// only the order's payment status and confirmed flag, never its body or
+// email address: it is printed and pasted into tickets.
+type Story struct {
+	Key   string `json:"key"`
+	Found bool   `json:"found"` // the order document exists
+	State string `json:"state"`
+
+	PaymentStatus string `json:"paymentStatus,omitempty"`
+	Confirmed     bool   `json:"confirmed"`
+	// IdempotencyKey is the one the attempts send: the retry document's,
+	// else the dead letter's, else the attempt record's, else the order's
+	// current one.
+	IdempotencyKey string `json:"idempotencyKey,omitempty"`
+
+	Retry      *RetryInfo      `json:"retry,omitempty"`
+	DeadLetter *DeadLetterInfo `json:"deadLetter,omitempty"`
+
+	// Attempts are the latest recorded attempts, oldest first; At is in
+	// milliseconds since the epoch, as stored.
+	Attempts []order.Attempt `json:"attempts"`
+	// AttemptsTotal counts every attempt recorded: more than
+	// len(Attempts) when older ones were dropped.
+	AttemptsTotal int       `json:"attemptsTotal"`
+	SettledAt     time.Time `json:"settledAt,omitzero"`
+	Result        string    `json:"result,omitempty"` // sent or dead_letter once settled
+
+	// Unreadable names the documents that are stored but could not be
+	// decoded, so that the story still tells what the others say.
+	Unreadable []UnreadableDoc `json:"unreadable,omitempty"`
+}
+
+// RetryInfo is what the retry document says.
+type RetryInfo struct {
+	Attempt       int       `json:"attempt"` // attempts made in the current budget
+	LastAttemptAt time.Time `json:"lastAttemptAt,omitzero"`
+	// NextAttemptAt is zero for the sample's documents, due a timer
+	// quantum after LastAttemptAt.
+	NextAttemptAt  time.Time `json:"nextAttemptAt,omitzero"`
+	FireRetry      bool      `json:"fireRetry"`
+	LastStatus     int       `json:"lastStatus,omitempty"`
+	LastError      string    `json:"lastError,omitempty"`
+	Redrives       int       `json:"redrives"`
+	IdempotencyKey string    `json:"idempotencyKey,omitempty"`
+}
+
+// DeadLetterInfo is what the dead letter says.
+type DeadLetterInfo struct {
+	Reason     string    `json:"reason"`
+	LastStatus int       `json:"lastStatus,omitempty"`
+	LastError  string    `json:"lastError,omitempty"`
+	Attempts   int       `json:"attempts"`
+	DeadSince  time.Time `json:"deadSince,omitzero"`
+	Redrives   int       `json:"redrives"`
+}
+
+// UnreadableDoc is a stored document that could not be decoded.
+type UnreadableDoc struct {
+	Collection string `json:"collection"`
+	Error      string `json:"error"`
+}
+
+// OrderStory reads everything stored under key and tells where its
+// confirmation stands at now. Unreadable documents are part of the story,
+// not errors: they are what an operator looks for.
+func OrderStory(ctx context.Context, st store.Store, key string, now time.Time) (Story, error) {
+	state, err := st.State(ctx, key)
+	if err != nil {
+		return Story{}, fmt.Errorf("read order %q: %w", key, err)
+	}
+	if key == order.ControlKey {
+		state.Retry = store.Doc{} // the timer's control document, not a retry
+	}
+	rec, err := st.Get(ctx, order.Attempts, key)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return Story{}, fmt.Errorf("read attempt record %q: %w", key, err)
+	}
+	if !state.Order.Found() && !state.Retry.Found() && !state.DeadLetter.Found() && !rec.Found() {
+		return Story{}, fmt.Errorf("%w under key %q", ErrNothingStored, key)
+	}
+
+	s := Story{Key: key, Found: state.Order.Found(), Attempts: []order.Attempt{}}
+	unreadable := func(coll string, err error) {
+		s.Unreadable = append(s.Unreadable, UnreadableDoc{Collection: coll, Error: err.Error()})
+	}
+	var o order.Order
+	orderOK := false
+	if s.Found {
+		if o, err = order.DecodeOrder(state.Order.Value); err != nil {
+			unreadable(order.Inbound, err)
+		} else {
+			orderOK = true
+			s.PaymentStatus, s.Confirmed = o.PaymentStatus, o.ConfirmationEmailSent
+		}
+	}
+	var r order.RetryDoc
+	retryOK := false
+	if state.Retry.Found() {
+		if r, err = order.DecodeRetryDoc(state.Retry.Value); err != nil {
+			unreadable(order.Retry, err)
+		} else {
+			retryOK = true
+			s.Retry = &RetryInfo{Attempt: r.Attempt, LastAttemptAt: msTime(r.TS), NextAttemptAt: msTime(r.NextAttemptAt),
+				FireRetry: r.FireRetry, LastStatus: r.LastStatus, LastError: r.LastError, Redrives: r.RedriveCount,
+				IdempotencyKey: r.IdempotencyKey}
+		}
+	}
+	var dl order.DeadLetterDoc
+	if state.DeadLetter.Found() {
+		if dl, err = order.DecodeDeadLetter(state.DeadLetter.Value); err != nil {
+			unreadable(order.DeadLetter, err)
+		} else {
+			s.DeadLetter = &DeadLetterInfo{Reason: dl.Reason, LastStatus: dl.LastStatus, LastError: dl.LastError,
+				Attempts: dl.Attempts, DeadSince: msTime(dl.DeadAt), Redrives: dl.RedriveCount}
+		}
+	}
+	var a order.AttemptsDoc
+	if rec.Found() {
+		if a, err = order.DecodeAttempts(rec.Value); err != nil {
+			unreadable(order.Attempts, err)
+		} else {
+			s.Attempts = append(s.Attempts, a.Attempts...)
+			s.AttemptsTotal, s.SettledAt, s.Result = a.Total, msTime(a.SettledAt), a.Result
+		}
+	}
+
+	switch {
+	case r.IdempotencyKey != "":
+		s.IdempotencyKey = r.IdempotencyKey
+	case dl.IdempotencyKey != "":
+		s.IdempotencyKey = dl.IdempotencyKey
+	case a.IdempotencyKey != "":
+		s.IdempotencyKey = a.IdempotencyKey
+	case s.Found:
+		s.IdempotencyKey = order.IdempotencyKey(key, state.Order.Incarnation)
+	}
+
+	// The precedence is the watcher's: a confirmed order is done; a retry
+	// goes ahead unless a dead letter came after it (the dead letter
+	// counts as many redrives or more).
+	switch {
+	case !s.Found:
+		s.State = StateUnknownOrder
+	case !orderOK:
+		s.State = StateUnreadableOrder
+	case o.ConfirmationEmailSent:
+		s.State = StateConfirmed
+	case state.Retry.Found() && !retryOK:
+		s.State = StateUnreadableRetry
+	case retryOK && (s.DeadLetter == nil || r.RedriveCount > dl.RedriveCount):
+		s.State = StateRetryScheduled
+		if r.FireRetry || (r.NextAttemptAt != 0 && r.NextAttemptAt <= now.UnixMilli()) {
+			s.State = StateRetryDue
+		}
+	case s.DeadLetter != nil:
+		s.State = StateDeadLettered
+	case state.DeadLetter.Found():
+		s.State = StateUnreadableDeadLetter
+	case o.PaymentStatus != order.StatusPaid:
+		s.State = StateNotPaid
+	default:
+		s.State = StatePendingFirstSend
+	}
+	return s, nil
+}
+
+// msTime is the time of milliseconds since the epoch, in UTC; zero for 0.
+func msTime(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms).UTC()
+}

@@ -1,0 +1,217 @@
+package ops_test
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/embedded"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func openStore(t *testing.T) store.Store {
+	t.Helper()
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func insert(t *testing.T, st store.Store, coll, key string, v []byte) {
+	t.Helper()
+	_, err := st.Insert(context.Background(), coll, key, v)
+	require.NoError(t, err)
+}
+
+// record is the attempt record after outcomes, one attempt each, a second
+// apart from an hour ago, keeping at most limit.
+func record(key string, limit int, outcomes ...string) []byte {
+	d := order.AttemptsDoc{DocID: key, IdempotencyKey: order.IdempotencyKey(key, 7)}
+	for i, out := range outcomes {
+		at := now.Add(-time.Hour + time.Duration(i)*time.Second)
+		a := order.Attempt{At: at.UnixMilli(), DurationMs: 120, Status: 503, Class: "transient", Reason: "HTTP 503", Outcome: out, Instance: "i-1"}
+		if out == "sent" {
+			a.Status, a.Class, a.Reason = 200, "sent", ""
+		}
+		d = d.Add(a, limit, at)
+	}
+	return d.Encode()
+}
+
+func TestStoryConfirmedAfterRetries(t *testing.T) {
+	t.Parallel()
+	st := openStore(t)
+	insert(t, st, order.Inbound, "o1", []byte(`{"email":"alice@example.com","paymentStatus":"paid","confirmationEmailSent":true,"items":["secret"]}`))
+	insert(t, st, order.Attempts, "o1", record("o1", 20, "retry", "retry", "retry", "sent"))
+
+	s, err := ops.OrderStory(context.Background(), st, "o1", now)
+	require.NoError(t, err)
+	assert.Equal(t, ops.StateConfirmed, s.State)
+	assert.True(t, s.Found)
+	assert.True(t, s.Confirmed)
+	assert.Equal(t, "paid", s.PaymentStatus)
+	assert.Equal(t, "confirmation:o1@7", s.IdempotencyKey, "the record's: the attempts sent it")
+	require.Len(t, s.Attempts, 4)
+	assert.Equal(t, 4, s.AttemptsTotal)
+	for i, a := range s.Attempts {
+		assert.Equal(t, i+1, a.N)
+	}
+	assert.Equal(t, "transient", s.Attempts[2].Class)
+	assert.Equal(t, "sent", s.Attempts[3].Outcome)
+	assert.Equal(t, "sent", s.Result)
+	assert.Equal(t, now.Add(-time.Hour+3*time.Second), s.SettledAt)
+	assert.Nil(t, s.Retry)
+	assert.Nil(t, s.DeadLetter)
+
+	b, err := json.Marshal(s)
+	require.NoError(t, err)
+	assert.NotContains(t, string(b), "alice@example.com")
+	assert.NotContains(t, string(b), "secret")
+	assert.Contains(t, string(b), `"settledAt":"2026-11-21T11:00:03Z"`)
+}
+
+func TestStoryRetry(t *testing.T) {
+	t.Parallel()
+	ms := func(d time.Duration) int64 { return now.Add(d).UnixMilli() }
+	tests := []struct {
+		name string
+		give order.RetryDoc
+		want string
+	}{
+		{"due by nextAttemptAt", order.RetryDoc{Attempt: 2, TS: ms(-time.Minute), NextAttemptAt: ms(-time.Second), LastStatus: 503}, ops.StateRetryDue},
+		{"flagged", order.RetryDoc{Attempt: 2, TS: ms(-time.Minute), NextAttemptAt: ms(time.Minute), FireRetry: true}, ops.StateRetryDue},
+		{"later", order.RetryDoc{Attempt: 2, TS: ms(-time.Minute), NextAttemptAt: ms(time.Minute)}, ops.StateRetryScheduled},
+		{"the sample's, by the quantum", order.RetryDoc{Attempt: 1, TS: ms(-time.Minute)}, ops.StateRetryScheduled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			st := openStore(t)
+			insert(t, st, order.Inbound, "o2", []byte(`{"email":"b@x","paymentStatus":"paid"}`))
+			tt.give.Type, tt.give.DocID, tt.give.IdempotencyKey = order.TypeConfirmation, "o2", "confirmation:o2@1"
+			insert(t, st, order.Retry, "o2", tt.give.Encode())
+
+			s, err := ops.OrderStory(context.Background(), st, "o2", now)
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, s.State)
+			require.NotNil(t, s.Retry)
+			assert.Equal(t, tt.give.Attempt, s.Retry.Attempt)
+			assert.Equal(t, tt.give.FireRetry, s.Retry.FireRetry)
+			assert.Equal(t, tt.give.NextAttemptAt == 0, s.Retry.NextAttemptAt.IsZero())
+			assert.Equal(t, "confirmation:o2@1", s.IdempotencyKey)
+			assert.Empty(t, s.Attempts)
+			assert.NotNil(t, s.Attempts, "an empty list in JSON, not null")
+		})
+	}
+}
+
+func TestStoryDeadLettered(t *testing.T) {
+	t.Parallel()
+	st := openStore(t)
+	insert(t, st, order.Inbound, "o3", []byte(`{"email":"c@x","paymentStatus":"paid"}`))
+	dl := order.DeadLetterDoc{Type: order.TypeConfirmation, DocID: "o3", Reason: order.ReasonPermanent, LastStatus: 400,
+		LastError: "HTTP 400", Attempts: 1, DeadAt: now.Add(-time.Minute).UnixMilli(), RedriveCount: 1, IdempotencyKey: "confirmation:o3@2"}
+	insert(t, st, order.DeadLetter, "o3", dl.Encode())
+	insert(t, st, order.Attempts, "o3", record("o3", 20, "dead_letter"))
+
+	s, err := ops.OrderStory(context.Background(), st, "o3", now)
+	require.NoError(t, err)
+	assert.Equal(t, ops.StateDeadLettered, s.State)
+	assert.Equal(t, &ops.DeadLetterInfo{Reason: order.ReasonPermanent, LastStatus: 400, LastError: "HTTP 400", Attempts: 1,
+		DeadSince: now.Add(-time.Minute), Redrives: 1}, s.DeadLetter)
+	assert.Equal(t, "confirmation:o3@2", s.IdempotencyKey)
+	assert.Equal(t, "dead_letter", s.Result)
+	require.Len(t, s.Attempts, 1)
+}
+
+func TestStoryStates(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		give map[string]string // collection -> document
+		want string
+		// wantUnreadable is the collection of the unreadable document.
+		wantUnreadable string
+	}{
+		{name: "not paid", give: map[string]string{order.Inbound: `{"email":"d@x","paymentStatus":"pending"}`}, want: ops.StateNotPaid},
+		{name: "pending first send", give: map[string]string{order.Inbound: `{"email":"d@x","paymentStatus":"paid"}`}, want: ops.StatePendingFirstSend},
+		{name: "unknown order", give: map[string]string{order.DeadLetter: `{"docId":"k","reason":"order_missing"}`}, want: ops.StateUnknownOrder},
+		{name: "unreadable order", give: map[string]string{order.Inbound: `{"paymentStatus":`}, want: ops.StateUnreadableOrder, wantUnreadable: order.Inbound},
+		{
+			name: "unreadable retry",
+			give: map[string]string{order.Inbound: `{"email":"d@x","paymentStatus":"paid"}`, order.Retry: `{"docId":"k","attempt":"two"}`},
+			want: ops.StateUnreadableRetry, wantUnreadable: order.Retry,
+		},
+		{
+			name: "unreadable attempt record",
+			give: map[string]string{order.Inbound: `{"email":"d@x","paymentStatus":"paid"}`, order.Attempts: `[]`},
+			want: ops.StatePendingFirstSend, wantUnreadable: order.Attempts,
+		},
+		{
+			name: "dead letter after the retry",
+			give: map[string]string{
+				order.Inbound:    `{"email":"d@x","paymentStatus":"paid"}`,
+				order.Retry:      `{"docId":"k","attempt":3,"fireRetry":true,"redriveCount":1}`,
+				order.DeadLetter: `{"docId":"k","reason":"attempts_exhausted","redriveCount":1}`,
+			},
+			want: ops.StateDeadLettered,
+		},
+		{
+			name: "redriven, dead letter not yet removed",
+			give: map[string]string{
+				order.Inbound:    `{"email":"d@x","paymentStatus":"paid"}`,
+				order.Retry:      `{"docId":"k","attempt":0,"fireRetry":true,"redriveCount":2}`,
+				order.DeadLetter: `{"docId":"k","reason":"attempts_exhausted","redriveCount":1}`,
+			},
+			want: ops.StateRetryDue,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			st := openStore(t)
+			for coll, doc := range tt.give {
+				insert(t, st, coll, "k", []byte(doc))
+			}
+			s, err := ops.OrderStory(context.Background(), st, "k", now)
+			require.NoError(t, err)
+			assert.Equal(t, tt.want, s.State)
+			if tt.wantUnreadable == "" {
+				assert.Empty(t, s.Unreadable)
+				return
+			}
+			require.Len(t, s.Unreadable, 1)
+			assert.Equal(t, tt.wantUnreadable, s.Unreadable[0].Collection)
+			assert.Contains(t, s.Unreadable[0].Error, "malformed document")
+		})
+	}
+}
+
+func TestStoryUnknownKey(t *testing.T) {
+	t.Parallel()
+	st := openStore(t)
+	_, err := ops.OrderStory(context.Background(), st, "nope", now)
+	require.ErrorIs(t, err, ops.ErrNothingStored)
+	assert.EqualError(t, err, `no order, retry, dead letter or attempt record under key "nope"`)
+}
+
+func TestStoryKeepsTheLatestAttempts(t *testing.T) {
+	t.Parallel()
+	st := openStore(t)
+	insert(t, st, order.Inbound, "o5", []byte(`{"email":"e@x","paymentStatus":"paid"}`))
+	insert(t, st, order.Attempts, "o5", record("o5", 3, "retry", "retry", "retry", "retry", "retry"))
+
+	s, err := ops.OrderStory(context.Background(), st, "o5", now)
+	require.NoError(t, err)
+	assert.Equal(t, 5, s.AttemptsTotal)
+	require.Len(t, s.Attempts, 3)
+	assert.Equal(t, []int{3, 4, 5}, []int{s.Attempts[0].N, s.Attempts[1].N, s.Attempts[2].N})
+	assert.True(t, s.SettledAt.IsZero())
+	assert.Empty(t, s.Result)
+}
