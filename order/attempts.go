@@ -16,10 +16,10 @@ const TypeAttempts = "attempts"
 // customer data: the reason is the mailer's (status, media type, sizes, an
 // error code), never the answer's body.
 type Attempt struct {
-	N          int    `json:"n"`          // the attempt's number over the order's life, from 1
-	At         int64  `json:"at"`         // ms since the epoch, when the request set out
-	DurationMs int64  `json:"durationMs"` // until the answer, or the failure
-	Status     int    `json:"status,omitempty"`
+	N          int   `json:"n"`          // the attempt's number over the order's life, from 1
+	At         int64 `json:"at"`         // ms since the epoch, when the request set out
+	DurationMs int64 `json:"durationMs"` // until the answer, or the failure
+	Status     int   `json:"status,omitempty"`
 	// Class is "sent", or the failure's class: "transient", "permanent",
 	// "config" (the service refused our credentials or certificate: not
 	// counted against the order), "invalid".
