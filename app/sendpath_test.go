@@ -91,10 +91,12 @@ func TestAny2xxConfirms(t *testing.T) {
 	}
 }
 
-// TestUntrustedTLSIsPermanent (finding 6): a certificate the client does
-// not trust is a configuration error, dead-lettered with a clear reason,
-// not retried forever.
-func TestUntrustedTLSIsPermanent(t *testing.T) {
+// TestUntrustedTLSHoldsSendsWithoutBlamingTheOrder (finding 6, refined by
+// the production email services issue): a certificate ordermail does not
+// trust is the configuration's fault, not the order's: the order waits in a
+// retry document with the reason, no attempt counted and no dead letter,
+// and sends are held (the mailer says why) until a probe succeeds.
+func TestUntrustedTLSHoldsSendsWithoutBlamingTheOrder(t *testing.T) {
 	svc := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 	svc.Config.ErrorLog = log.New(io.Discard, "", 0) // the handshake the client refuses
 	svc.StartTLS()
@@ -102,14 +104,25 @@ func TestUntrustedTLSIsPermanent(t *testing.T) {
 	r := newScriptedRun(t, mockmail.Config{})
 	r.cfg.Mail.URL = svc.URL
 	r.cfg.Mail.BreakerFailures = 0
-	a, st := r.start(t)
+	r.cfg.Mail.BreakerCooldown = time.Hour
+	var mail *mailer.Client
+	a, st := r.start(t, &mail)
 	defer stop(t, a)
 	placeOne(t, st, "o")
-	d := waitDeadLetter(t, st, "o")
-	assert.Equal(t, order.ReasonPermanent, d.Reason)
-	assert.Equal(t, "tls: certificate signed by unknown authority", d.LastError)
-	_, err := st.Get(context.Background(), order.Retry, "o")
-	assert.ErrorIs(t, err, store.ErrNotFound, "not retried")
+	var retry order.RetryDoc
+	require.Eventually(t, func() bool {
+		d, err := st.Get(context.Background(), order.Retry, "o")
+		if err != nil {
+			return false
+		}
+		retry, err = order.DecodeRetryDoc(d.Value)
+		return err == nil
+	}, 30*time.Second, 10*time.Millisecond, "no retry document for o")
+	assert.Equal(t, "tls: certificate signed by unknown authority", retry.LastError)
+	assert.Zero(t, retry.Attempt, "no attempt counted against the order")
+	_, dead := deadLetter(t, st, "o")
+	assert.False(t, dead)
+	assert.Equal(t, "tls: certificate signed by unknown authority", mail.Misconfigured())
 }
 
 // TestUnsendableKeysSpareTheBreaker (finding 3): keys a header cannot carry

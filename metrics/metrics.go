@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,6 +29,7 @@ type Config struct {
 type Server struct {
 	cfg  Config
 	reg  *prometheus.Registry
+	m    *mailer.Client
 	log  *slog.Logger
 	srv  *http.Server
 	addr net.Addr
@@ -60,6 +62,14 @@ func New(cfg Config, w *watcher.Watcher, t *timer.Timer, m *mailer.Client, st st
 				}
 				return 1
 			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ordermail_mail_misconfigured",
+			Help: "1 while the email service refuses ordermail's configuration (401/403, TLS, an unreadable settings file) and sends are held; /readyz says why."},
+			func() float64 {
+				if m.Misconfigured() == "" {
+					return 0
+				}
+				return 1
+			}),
 		&backlog{st: st, log: log},
 		&feed{w: w},
 	}
@@ -68,7 +78,20 @@ func New(cfg Config, w *watcher.Watcher, t *timer.Timer, m *mailer.Client, st st
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
 	}
-	return &Server{cfg: cfg, reg: reg, log: log.With("component", "metrics")}, nil
+	return &Server{cfg: cfg, reg: reg, m: m, log: log.With("component", "metrics")}, nil
+}
+
+// ready answers GET /readyz: 200 while ordermail can send, 503 with the
+// reason while the email service refuses its configuration, which a person
+// must fix (an orchestrator should not route to, or count on, it).
+func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	if why := s.m.Misconfigured(); why != "" {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		json.NewEncoder(w).Encode(map[string]string{"status": "misconfigured", "reason": why})
+		return
+	}
+	json.NewEncoder(w).Encode(map[string]string{"status": "ready"})
 }
 
 // Handler serves the metrics, for tests and for embedding.
@@ -90,6 +113,7 @@ func (s *Server) Start(context.Context) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", s.Handler())
+	mux.HandleFunc("GET /readyz", s.ready)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	s.addr = ln.Addr()
 	s.done = make(chan error, 1)

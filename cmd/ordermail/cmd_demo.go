@@ -10,10 +10,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/fixtures"
+	"github.com/ordermail/ordermail/internal/webhook"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
@@ -42,6 +44,7 @@ type demoSummary struct {
 	Failures          int     `json:"failures"`
 	DeadLetters       int     `json:"deadLetters"`
 	DuplicateRequests int     `json:"duplicateRequests"`
+	Refused           int     `json:"refused"` // answered 401: a missing or forged token or signature
 	ElapsedSeconds    float64 `json:"elapsedSeconds"`
 	Store             string  `json:"store"`
 }
@@ -98,6 +101,9 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 			return err
 		}
 		defer os.RemoveAll(dir)
+	}
+	if err := demoCredentials(dir, mock, &cfg); err != nil {
+		return err
 	}
 	l, err := mock.Listen("127.0.0.1:0")
 	if err != nil {
@@ -160,7 +166,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	sum := demoSummary{
 		Orders: finished.OrdersPaid, Confirmed: finished.OrdersConfirmed, RetryDocsLeft: finished.RetryDocs,
 		DeadLetters:  finished.DeadLetters,
-		SendAttempts: ms.Requests, Deliveries: ms.Deliveries, Failures: ms.Failures,
+		SendAttempts: ms.Requests, Deliveries: ms.Deliveries, Failures: ms.Failures, Refused: ms.Unauthorized,
 		DuplicateRequests: ms.DuplicateRequests, ElapsedSeconds: elapsed.Seconds(), Store: cfg.Store.URL,
 	}
 	if d.json {
@@ -170,9 +176,10 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	} else {
 		fmt.Fprintf(stdout, "orders paid:         %d\nconfirmed:           %d\ndead letters:        %d\nretry docs left:     %d\n"+
 			"send attempts:       %d (%d failed at the mock's %.0f%% failure rate)\ndeliveries:          %d\n"+
-			"duplicate requests:  %d\nelapsed:             %.1fs\n",
+			"duplicate requests:  %d\nrefused (401):       %d (every request carried a bearer token and a Standard Webhooks signature the mock verified)\n"+
+			"elapsed:             %.1fs\n",
 			sum.Orders, sum.Confirmed, sum.DeadLetters, sum.RetryDocsLeft, sum.SendAttempts, sum.Failures, d.failRate*100,
-			sum.Deliveries, sum.DuplicateRequests, sum.ElapsedSeconds)
+			sum.Deliveries, sum.DuplicateRequests, sum.Refused, sum.ElapsedSeconds)
 		if sum.DeadLetters > 0 {
 			fmt.Fprintln(stdout, "(see them with: ordermail deadletters list --store", cfg.Store.URL+"; --data keeps the store)")
 		}
@@ -181,6 +188,34 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 }
 
 var errDemoTimeout = errors.New("demo timed out")
+
+// demoCredentials gives the demo what a production email service asks for:
+// a bearer token and Standard Webhooks signing secrets, fresh random ones in
+// private files of dir, which the mock then requires. Files the operator
+// named already are left alone (and the mock checks nothing for them).
+func demoCredentials(dir string, mock *mockmail.Server, cfg *app.Config) error {
+	if cfg.Mail.AuthFile == "" {
+		token := "Bearer " + strings.TrimPrefix(webhook.NewSecret(), "whsec_")
+		cfg.Mail.AuthFile = filepath.Join(dir, "mail-token")
+		if err := os.WriteFile(cfg.Mail.AuthFile, []byte(token+"\n"), 0o600); err != nil {
+			return fmt.Errorf("demo credentials: %w", err)
+		}
+		mock.SetAuthValue(token)
+	}
+	if cfg.Mail.SigningSecretFile == "" {
+		secret := webhook.NewSecret()
+		secrets, err := webhook.ParseSecrets([]byte(secret))
+		if err != nil {
+			return err
+		}
+		cfg.Mail.SigningSecretFile = filepath.Join(dir, "mail-signing-secrets")
+		if err := os.WriteFile(cfg.Mail.SigningSecretFile, []byte(secret+"\n"), 0o600); err != nil {
+			return fmt.Errorf("demo credentials: %w", err)
+		}
+		mock.SetSigning(secrets)
+	}
+	return nil
+}
 
 // waitConfirmed polls the store until every paid order is confirmed or
 // dead-lettered and no retry document is left, or until deadline.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/internal/redact"
+	"github.com/ordermail/ordermail/internal/tracing"
 	"github.com/ordermail/ordermail/store/couchbase"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
@@ -49,6 +50,15 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			if os.Getenv("GOGC") == "" {
 				debug.SetGCPercent(400)
 			}
+			tp, err := tracing.Setup(ctx, version())
+			if err != nil {
+				return err
+			}
+			defer func() {
+				flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				tp.Shutdown(flush) // exports the spans still buffered
+			}()
 			a := app.New(cfg, log)
 			if err := a.Err(); err != nil {
 				return app.RootCause(err)

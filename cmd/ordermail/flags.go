@@ -84,6 +84,15 @@ func serviceFlags(fs *flag.FlagSet, cfg *app.Config, d serviceDefaults) {
 	fs.IntVar(&cfg.Watcher.MaxEventFailures, "max-event-failures", 5, "a change that fails this often with an error other than an unavailable store is dead-lettered (poison_event)")
 	fs.IntVar(&cfg.Mail.Conns, "mail-conns", 64, "most connections to the email service at once, kept alive for reuse")
 	fs.IntVar(&cfg.Timer.SweepBatch, "sweep-batch", 1000, "due retries flagged per sweep transaction; a tick sweeps batch after batch for at most half an interval (1s at most)")
+	fs.StringVar(&cfg.Mail.AuthHeader, "mail-auth-header", "", "header that carries the credentials of --mail-auth-file (default Authorization)")
+	fs.StringVar(&cfg.Mail.AuthFile, "mail-auth-file", "", "file whose content (trimmed) is the credentials header's value, e.g. \"Bearer KEY\"; read again when it changes; never logged")
+	fs.StringVar(&cfg.Mail.CAFile, "mail-ca-file", "", "PEM bundle of the CAs trusted for the email service's certificate; replaces the system roots; read again when it changes")
+	fs.StringVar(&cfg.Mail.CertFile, "mail-cert-file", "", "client certificate (PEM) for mutual TLS, with --mail-key-file; read again when it changes")
+	fs.StringVar(&cfg.Mail.KeyFile, "mail-key-file", "", "private key (PEM) of --mail-cert-file")
+	fs.StringVar(&cfg.Mail.SigningSecretFile, "mail-signing-secret-file", "", "Standard Webhooks secrets (whsec_..., one a line): every request is signed with each; read again when it changes")
+	fs.IntVar(&cfg.Watcher.AttemptHistory, "attempt-history", 20, "send attempts kept per order in its attempt record (orders show); 0: no record")
+	fs.DurationVar(&cfg.Watcher.AttemptRetention, "attempt-retention", 7*24*time.Hour, "how long an attempt record stays after its order is confirmed or dead-lettered")
+	fs.StringVar(&cfg.Watcher.Instance, "instance-name", "", "this instance's name in attempt records (default: the host name)")
 }
 
 // statusList is a comma-separated list of HTTP statuses.
@@ -141,8 +150,16 @@ func checkServiceFlags(cfg *app.Config) error {
 		return fmt.Errorf("mail-conns: %d is not positive", cfg.Mail.Conns)
 	case cfg.Timer.SweepBatch <= 0:
 		return fmt.Errorf("sweep-batch: %d is not positive", cfg.Timer.SweepBatch)
-	case cfg.Mail.BreakerFailures > 0 && cfg.Mail.BreakerCooldown <= 0:
+	case cfg.Mail.BreakerCooldown <= 0:
+		// Also how often a refused configuration is probed.
 		return fmt.Errorf("breaker-cooldown: %s is not positive", cfg.Mail.BreakerCooldown)
+	case cfg.Watcher.AttemptHistory < 0:
+		return fmt.Errorf("attempt-history: %d is negative", cfg.Watcher.AttemptHistory)
+	case cfg.Watcher.AttemptRetention <= 0:
+		return fmt.Errorf("attempt-retention: %s is not positive", cfg.Watcher.AttemptRetention)
+	}
+	if cfg.Watcher.AttemptHistory == 0 {
+		cfg.Watcher.AttemptHistory = -1 // the watcher's "none"
 	}
 	return cfg.Validate()
 }
@@ -155,7 +172,7 @@ func storeFlags(fs *flag.FlagSet, c *app.StoreConfig) {
 	fs.StringVar(&cb.Password, "cb-password", "", "Couchbase password (prefer ORDERMAIL_CB_PASSWORD or --cb-password-file); never logged")
 	fs.StringVar(&cb.PasswordFile, "cb-password-file", "", "file holding the Couchbase password")
 	fs.StringVar(&cb.CACertFile, "cb-ca-cert", "", "PEM file of the CA of the cluster's certificates, for couchbases://")
-	fs.StringVar(&cb.Bucket, "cb-bucket", "orders", "bucket of the collections inbound, retry and deadletter")
+	fs.StringVar(&cb.Bucket, "cb-bucket", "orders", "bucket of the collections inbound, retry, deadletter and attempts")
 	fs.StringVar(&cb.Scope, "cb-scope", "_default", "scope of those collections")
 	fs.StringVar(&cb.MetadataBucket, "cb-metadata-bucket", "metadata", "bucket of feed checkpoints and leases")
 	fs.DurationVar(&cb.Timeout, "cb-timeout", 10*time.Second, "bound on each Couchbase operation; connecting may take three times as long")

@@ -86,15 +86,18 @@ func startMock(t *testing.T, args ...string) string {
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			var line struct{ Msg, Addr string }
+			var line struct{ Msg, Addr, URL string }
 			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "mock email service listening" {
-				addr <- line.Addr
+				if line.URL == "" {
+					line.URL = "http://" + line.Addr
+				}
+				addr <- line.URL
 			}
 		}
 	}()
 	select {
-	case a := <-addr:
-		return "http://" + a
+	case u := <-addr:
+		return u
 	case <-time.After(30 * time.Second):
 		t.Fatal("mockmail did not say where it listens")
 		return ""

@@ -1,0 +1,140 @@
+package app_test
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+
+	"github.com/ordermail/ordermail/internal/tracing"
+	"github.com/ordermail/ordermail/mailer/mockmail"
+	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+)
+
+// failFirst answers 503 to the first n requests of every key.
+func failFirst(n int) mockmail.Config {
+	return mockmail.Config{Script: func(_ string, i int) mockmail.Reply {
+		if i <= n {
+			return mockmail.Reply{Status: http.StatusServiceUnavailable}
+		}
+		return mockmail.Reply{Status: http.StatusOK}
+	}}
+}
+
+// waitStory waits until key's story says the order is confirmed.
+func waitStory(t *testing.T, st store.Store, key string) ops.Story {
+	t.Helper()
+	var story ops.Story
+	var err error
+	if !assert.Eventually(t, func() bool {
+		story, err = ops.OrderStory(context.Background(), st, key, time.Now())
+		return err == nil && story.Confirmed && story.Result == "sent"
+	}, 60*time.Second, 10*time.Millisecond) {
+		t.Fatalf("order %s not confirmed with its record; last: %+v, %v", key, story, err)
+	}
+	return story
+}
+
+// armRetries creates the timer's control document.
+func armRetries(t *testing.T, st store.Store) {
+	t.Helper()
+	_, err := st.Upsert(context.Background(), order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+}
+
+// TestEveryAttemptIsRecorded: an order that fails three times and then goes
+// out shows four attempts, each with its outcome, on every store.
+func TestEveryAttemptIsRecorded(t *testing.T) {
+	for _, b := range backends[:2] {
+		t.Run(b.name, func(t *testing.T) {
+			r := newRunOn(t, b, failFirst(3))
+			r.cfg.Watcher.Instance = "test-instance"
+			a, st := r.start(t)
+			defer stop(t, a)
+			key := r.prefix + "o"
+			armRetries(t, st)
+			placeOne(t, st, key)
+			story := waitStory(t, st, key)
+			require.Len(t, story.Attempts, 4, "%+v", story.Attempts)
+			assert.Equal(t, 4, story.AttemptsTotal)
+			for i, at := range story.Attempts {
+				assert.Equal(t, i+1, at.N)
+				assert.Equal(t, "test-instance", at.Instance)
+				assert.NotZero(t, at.At)
+				if i < 3 {
+					assert.Equal(t, "transient", at.Class)
+					assert.Equal(t, http.StatusServiceUnavailable, at.Status)
+					assert.Equal(t, "retry", at.Outcome)
+					assert.Contains(t, at.Reason, "503")
+				} else {
+					assert.Equal(t, "sent", at.Class)
+					assert.Equal(t, "sent", at.Outcome)
+				}
+			}
+			assert.NotContains(t, string(mustJSON(t, story)), "ann@example.com", "no customer data")
+			assert.NotContains(t, string(mustJSON(t, story)), "4111111111111111", "no customer data")
+		})
+	}
+}
+
+// TestTheAttemptHistoryIsBounded keeps the latest N attempts and counts them all.
+func TestTheAttemptHistoryIsBounded(t *testing.T) {
+	r := newScriptedRun(t, failFirst(6))
+	r.cfg.Watcher.AttemptHistory = 3
+	a, st := r.start(t)
+	defer stop(t, a)
+	armRetries(t, st)
+	placeOne(t, st, "o")
+	story := waitStory(t, st, "o")
+	assert.Equal(t, 7, story.AttemptsTotal)
+	require.Len(t, story.Attempts, 3)
+	assert.Equal(t, []int{5, 6, 7}, []int{story.Attempts[0].N, story.Attempts[1].N, story.Attempts[2].N})
+	assert.Equal(t, "sent", story.Attempts[2].Outcome)
+}
+
+// TestSpansFollowAConfirmation: handle -> send -> apply outcome, one trace,
+// whose context the email service received.
+func TestSpansFollowAConfirmation(t *testing.T) {
+	exporter := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exporter))
+	tracing.Install(tp)
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
+
+	r := newScriptedRun(t, mockmail.Config{})
+	a, st := r.start(t)
+	defer stop(t, a)
+	placeOne(t, st, "o")
+	waitStory(t, st, "o")
+	var spans tracetest.SpanStubs
+	require.Eventually(t, func() bool {
+		spans = exporter.GetSpans()
+		return len(spans) >= 3
+	}, 30*time.Second, 10*time.Millisecond, "spans: %v", spans)
+	byName := map[string]tracetest.SpanStub{}
+	for _, s := range spans {
+		byName[s.Name] = s
+	}
+	root, send, apply := byName["confirm order"], byName["send confirmation"], byName["apply outcome"]
+	require.True(t, root.SpanContext.IsValid(), "spans: %v", spans)
+	require.True(t, send.SpanContext.IsValid(), "spans: %v", spans)
+	require.True(t, apply.SpanContext.IsValid(), "spans: %v", spans)
+	assert.Equal(t, root.SpanContext.TraceID(), send.SpanContext.TraceID())
+	assert.Equal(t, root.SpanContext.SpanID(), send.Parent.SpanID(), "the send is the confirmation's child")
+	assert.Equal(t, root.SpanContext.SpanID(), apply.Parent.SpanID(), "so is the outcome's write")
+	assert.Equal(t, 1, r.mock.Stats().Traced, "the request carried the trace context")
+}
+
+func mustJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	require.NoError(t, err)
+	return b
+}

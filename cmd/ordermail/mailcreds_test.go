@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/ordermail/ordermail/fixtures"
+	"github.com/ordermail/ordermail/internal/testpki"
+	"github.com/ordermail/ordermail/internal/webhook"
+	"github.com/ordermail/ordermail/mailer/mockmail"
+	"github.com/ordermail/ordermail/ops"
+)
+
+// private writes a file only its owner reads.
+func private(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
+	return path
+}
+
+// get fetches a URL, returning its status and body.
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Logf("GET %s: %v", url, err)
+		return 0, ""
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// TestA401StormEndsWhenTheKeyIsFixed runs the service and a mock that wants
+// a bearer token and Standard Webhooks signatures, as processes. The
+// service starts with the wrong key: 1,000 paid orders meet 401s, which are
+// the configuration's fault, so nothing is dead-lettered and no attempt is
+// counted against an order; sends are held and probed, /readyz says why.
+// The key file is then fixed, without a restart: every order goes out once.
+// The service signs with two secrets (a rotation), the mock knows the newer
+// one. No secret is in any log line, output, answer or the store.
+func TestA401StormEndsWhenTheKeyIsFixed(t *testing.T) {
+	dir := t.TempDir()
+	right, wrong := "Bearer r-"+strings.TrimPrefix(webhook.NewSecret(), "whsec_"), "Bearer w-"+strings.TrimPrefix(webhook.NewSecret(), "whsec_")
+	older, newer := webhook.NewSecret(), webhook.NewSecret()
+	mock := startMock(t, "--fail-rate", "0", "--auth-file", private(t, dir, "mock-token", right),
+		"--signing-secret-file", private(t, dir, "mock-secrets", newer+"\n"))
+	keyFile := private(t, dir, "token", wrong+"\n")
+	storeURL := "file:" + filepath.Join(dir, "o.db")
+	p := startProc(t, runArgs(storeURL, mock, "--log-level", "debug", "--metrics-listen", "127.0.0.1:0",
+		"--mail-auth-file", keyFile, "--mail-signing-secret-file", private(t, dir, "secrets", older+"\n"+newer+"\n"),
+		"--breaker-cooldown", "300ms")...)
+	p.waitLog(t, `"msg":"serving metrics"`)
+	metricsAddr := strings.Split(strings.Split(p.logs.Lines(`"msg":"serving metrics"`)[0], `"addr":"`)[1], `"`)[0]
+
+	st := openStore(t, storeURL)
+	docs := fixtures.Generate(1000, 21)
+	placeOrders(t, st, docs)
+	out, err := runBinary("retries", "start", "--store", storeURL)
+	require.NoError(t, err, out)
+
+	var status int
+	var body string
+	require.Eventually(t, func() bool {
+		status, body = get(t, "http://"+metricsAddr+"/readyz")
+		return status == http.StatusServiceUnavailable
+	}, 60*time.Second, 20*time.Millisecond, "readyz never said misconfigured; logs:\n%s", p.logs.String())
+	assert.Contains(t, body, "401")
+	_, metrics := get(t, "http://"+metricsAddr+"/metrics")
+	assert.Contains(t, metrics, "\nordermail_mail_misconfigured 1\n")
+	// Held and probed for a while: nothing is given up on.
+	require.Eventually(t, func() bool { return mockStats(t, mock).Unauthorized >= 3 }, 60*time.Second, 20*time.Millisecond)
+	c, err := st.Counts(context.Background())
+	require.NoError(t, err)
+	assert.Zero(t, c.DeadLetters)
+	assert.Zero(t, c.OrdersConfirmed)
+	statusOut, err := runBinary("retries", "status", "--store", storeURL)
+	require.NoError(t, err, statusOut)
+
+	tmp := keyFile + ".new"
+	require.NoError(t, os.WriteFile(tmp, []byte(right+"\n"), 0o600))
+	require.NoError(t, os.Rename(tmp, keyFile)) // as a secret mount swaps it
+	require.Eventually(t, func() bool { return settled(t, st, len(docs)) }, 120*time.Second, 50*time.Millisecond,
+		"not every order confirmed after the key was fixed; logs:\n%s", tail(p.logs.String(), 4000))
+	c, err = st.Counts(context.Background())
+	require.NoError(t, err)
+	assert.Zero(t, c.DeadLetters)
+	ms := mockStats(t, mock)
+	assert.Equal(t, len(docs), ms.Deliveries)
+	assert.Zero(t, ms.DuplicateRequests)
+	assert.Zero(t, ms.BadSignatures, "every request was signed with a secret the mock knows")
+	status, _ = get(t, "http://"+metricsAddr+"/readyz")
+	assert.Equal(t, http.StatusOK, status)
+	assert.Equal(t, 1, len(p.logs.Lines(`"level":"ERROR"`, "sends held until a probe succeeds")), "logged once per state change")
+	assert.True(t, p.hasLog("sending resumed"))
+
+	// The probes that met a 401 are in their orders' records, spending no
+	// attempt: every order went out at its first counted attempt.
+	probed := 0
+	for _, d := range docs {
+		story, err := ops.OrderStory(context.Background(), st, d.Key, time.Now())
+		require.NoError(t, err)
+		require.NotEmpty(t, story.Attempts, d.Key)
+		for i, a := range story.Attempts {
+			if i < len(story.Attempts)-1 {
+				assert.Equal(t, "config", a.Class, "%s: %+v", d.Key, story.Attempts)
+				assert.Equal(t, http.StatusUnauthorized, a.Status)
+				probed++
+			}
+		}
+		assert.Equal(t, "sent", story.Attempts[len(story.Attempts)-1].Outcome)
+	}
+	assert.Positive(t, probed)
+
+	show, err := runBinary("orders", "show", "--store", storeURL, "--json", docs[0].Key)
+	require.NoError(t, err, show)
+	err, _ = p.stop(t, syscall.SIGTERM)
+	require.NoError(t, err)
+
+	// Nothing anywhere holds a secret.
+	texts := map[string]string{"logs": p.logs.String(), "retries status": statusOut, "orders show": show,
+		"metrics": metrics, "readyz": body}
+	for _, name := range []string{"o.db", "o.db-wal"} {
+		if b, err := os.ReadFile(filepath.Join(dir, name)); err == nil {
+			texts["store file "+name] = string(b)
+		}
+	}
+	for what, text := range texts {
+		for _, secret := range []string{strings.TrimPrefix(right, "Bearer "), strings.TrimPrefix(wrong, "Bearer "),
+			strings.TrimPrefix(older, "whsec_"), strings.TrimPrefix(newer, "whsec_")} {
+			assert.NotContains(t, text, secret, "a secret in %s", what)
+		}
+	}
+	assert.Contains(t, texts["store file o.db"]+texts["store file o.db-wal"], `"class":"config"`, "the grep reads the records")
+}
+
+// TestMutualTLSAsProcesses: a service on the company's own CA that wants a
+// client certificate.
+func TestMutualTLSAsProcesses(t *testing.T) {
+	pki, err := testpki.New()
+	require.NoError(t, err)
+	files, err := pki.WriteFiles(t.TempDir())
+	require.NoError(t, err)
+	mock := startMock(t, "--fail-rate", "0", "--tls-cert", files.ServerCert, "--tls-key", files.ServerKey, "--client-ca", files.CA)
+	require.True(t, strings.HasPrefix(mock, "https://"), mock)
+	dir := t.TempDir()
+	storeURL := "file:" + filepath.Join(dir, "o.db")
+	p := startProc(t, runArgs(storeURL, mock, "--mail-ca-file", files.CA,
+		"--mail-cert-file", files.ClientCert, "--mail-key-file", files.ClientKey)...)
+	p.waitLog(t, `"msg":"watching"`)
+	st := openStore(t, storeURL)
+	docs := fixtures.Generate(20, 3)
+	placeOrders(t, st, docs)
+	require.Eventually(t, func() bool { return settled(t, st, len(docs)) }, 60*time.Second, 20*time.Millisecond,
+		"logs:\n%s", p.logs.String())
+
+	// The mock wants a client certificate of everyone, its /stats reader too.
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(true)}}
+	resp, err := client.Get(mock + "/stats")
+	require.NoError(t, err)
+	var ms mockmail.Stats
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&ms))
+	resp.Body.Close()
+	assert.Equal(t, len(docs), ms.Deliveries)
+	err, _ = p.stop(t, syscall.SIGTERM)
+	require.NoError(t, err)
+}
+
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[len(s)-n:]
+}
