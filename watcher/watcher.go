@@ -538,9 +538,13 @@ func (w *Watcher) sendAndSettle(ctx context.Context, log *slog.Logger, p Plan, s
 		defer close(wr.done)
 		defer func() { <-w.inflight }()
 		defer span.End()
-		actx, aspan := w.tracer.Start(sctx, "apply outcome")
+		actx := sctx
+		if span.IsRecording() { // unrecorded, a span is work for nobody
+			var aspan trace.Span
+			actx, aspan = w.tracer.Start(sctx, "apply outcome")
+			defer aspan.End()
+		}
 		seq, ok := w.settle(actx, log, p, st, sendErr, a)
-		aspan.End()
 		if ok {
 			wr.seq = seq
 			ev.Ack()

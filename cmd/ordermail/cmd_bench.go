@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -34,6 +35,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.IntVar(&c.Due, "due", 0, "retry documents already due, with their paid orders, written with the run's orders")
 	fs.Float64Var(&c.Rate, "rate", 0, "open loop: write this many orders a second (for orders/rate seconds); 0: all at once")
 	fs.BoolVar(&c.Ceiling, "ceiling", false, "first measure the send-only ceiling: the same orders POSTed by --workers senders, nothing stored")
+	fs.BoolVar(&c.Secure, "secure", false, "the mock wants a bearer token and Standard Webhooks signatures; the service and the ceiling send them")
 	fs.DurationVar(&c.TimerInterval, "timer-interval", time.Second, "the service's --timer-interval")
 	fs.DurationVar(&c.RetryQuantum, "retry-quantum", 15*time.Second, "the service's --retry-quantum")
 	fs.StringVar(&c.Backoff, "backoff", order.BackoffExponential, "the service's --backoff: exponential or fixed")
@@ -62,6 +64,9 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 					mockOnly = append(mockOnly, f.Name)
 				}
 			})
+			if c.MailURL != "" && c.Secure {
+				return errors.New("secure: the mock's credentials; give your service's with -- --mail-auth-file and --mail-signing-secret-file")
+			}
 			if c.MailURL != "" && len(mockOnly) > 0 {
 				return fmt.Errorf("%s: a setting of the mock, which --mail-url replaces", strings.Join(mockOnly, ", "))
 			}

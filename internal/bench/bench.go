@@ -45,6 +45,9 @@ type Config struct {
 	Idle    time.Duration
 	Rate    float64 // orders a second (open loop); 0: all at once
 	Ceiling bool    // measure the send-only ceiling first
+	// Secure makes the mock want a bearer token and Standard Webhooks
+	// signatures, which the service and the ceiling then send.
+	Secure bool
 
 	// The service's settings.
 	Workers       int
@@ -159,6 +162,7 @@ type Settings struct {
 	Due             int      `json:"due"`
 	Rate            float64  `json:"rate"` // 0: closed loop
 	Ceiling         bool     `json:"ceiling"`
+	Secure          bool     `json:"secure"` // token and signatures on every request
 	TimerIntervalMs float64  `json:"timerIntervalMs"`
 	RetryQuantumMs  float64  `json:"retryQuantumMs"`
 	Backoff         string   `json:"backoff"`
@@ -211,6 +215,7 @@ type bench struct {
 	mailURL        string
 	ownMock        bool
 	metricsAddr    string // the service's /metrics, with --idle
+	creds          *credentials
 }
 
 func (b *bench) logf(format string, args ...any) {
@@ -224,13 +229,19 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 	if err := b.openStore(ctx); err != nil {
 		return res, err
 	}
+	if cfg.Secure {
+		var err error
+		if b.creds, err = newCredentials(b.dir); err != nil {
+			return res, err
+		}
+	}
 	if err := b.startMock(ctx); err != nil {
 		return res, err
 	}
 	orders := generate(cfg.Orders, cfg.Seed, false)
 	if cfg.Ceiling {
 		b.logf("ceiling: %d sends from %d workers to %s", len(orders), cfg.Workers, b.mailURL)
-		c, err := runCeiling(ctx, b.mailURL, orders, cfg.Workers, "ceiling:"+b.runID+":")
+		c, err := runCeiling(ctx, b.mailURL, orders, cfg.Workers, "ceiling:"+b.runID+":", b.creds)
 		if err != nil {
 			return res, err
 		}
@@ -331,7 +342,7 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 func (b *bench) settings() Settings {
 	c := b.cfg
 	s := Settings{Orders: c.Orders, Seed: c.Seed, MailURL: c.MailURL, Workers: c.Workers, History: c.History,
-		Due: c.Due, Rate: c.Rate, Ceiling: c.Ceiling, TimerIntervalMs: ms(c.TimerInterval),
+		Due: c.Due, Rate: c.Rate, Ceiling: c.Ceiling, Secure: c.Secure, TimerIntervalMs: ms(c.TimerInterval),
 		RetryQuantumMs: ms(c.RetryQuantum), Backoff: c.Backoff, BackoffMinMs: ms(c.BackoffMin),
 		ServiceArgs: c.ServiceArgs, CPUs: runtime.NumCPU()}
 	if c.MailURL == "" {
@@ -371,10 +382,10 @@ func (b *bench) startMock(ctx context.Context) error {
 		return nil
 	}
 	addr := make(chan string, 1)
-	c, err := startChild("mockmail", b.cfg.Exe, []string{"mockmail", "--listen", "127.0.0.1:0",
+	c, err := startChild("mockmail", b.cfg.Exe, append([]string{"mockmail", "--listen", "127.0.0.1:0",
 		"--log-format", "json", "--log-level", "info",
 		"--fail-rate", strconv.FormatFloat(b.cfg.FailRate, 'g', -1, 64), "--fail-status", "503",
-		"--latency", b.cfg.MailLatency.String(), "--seed", strconv.FormatUint(b.cfg.Seed, 10)},
+		"--latency", b.cfg.MailLatency.String(), "--seed", strconv.FormatUint(b.cfg.Seed, 10)}, b.creds.mockArgs()...),
 		func(line string) bool {
 			if a, ok := listeningAddr(line); ok {
 				select {
@@ -426,7 +437,7 @@ func (b *bench) startService(ctx context.Context) (time.Duration, error) {
 		b.metricsAddr = addr
 		args = append(args, "--metrics-listen", addr)
 	}
-	args = append(args, c.ServiceArgs...)
+	args = append(append(args, b.creds.serviceArgs()...), c.ServiceArgs...)
 	const maxForwarded = 100
 	forwarded := 0
 	start := time.Now()

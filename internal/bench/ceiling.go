@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/webhook"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 )
 
@@ -30,7 +33,7 @@ type ceilingResult struct {
 // keyPrefix, sending a failed one again at once, and measures how many
 // bodies a second get delivered: the most the service could confirm were
 // storing free.
-func runCeiling(ctx context.Context, mailURL string, bodies [][]byte, workers int, keyPrefix string) (ceilingResult, error) {
+func runCeiling(ctx context.Context, mailURL string, bodies [][]byte, workers int, keyPrefix string, creds *credentials) (ceilingResult, error) {
 	tr := &http.Transport{MaxIdleConns: workers, MaxIdleConnsPerHost: workers, IdleConnTimeout: time.Minute}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
@@ -50,7 +53,7 @@ func runCeiling(ctx context.Context, mailURL string, bodies [][]byte, workers in
 				if i >= len(bodies) || ctx.Err() != nil {
 					return
 				}
-				if err := deliver(ctx, client, endpoint, keyPrefix+strconv.Itoa(i), bodies[i], &requests); err != nil {
+				if err := deliver(ctx, client, endpoint, keyPrefix+strconv.Itoa(i), bodies[i], creds, &requests); err != nil {
 					cancel(err)
 					return
 				}
@@ -65,7 +68,7 @@ func runCeiling(ctx context.Context, mailURL string, bodies [][]byte, workers in
 	return ceilingResult{perSecond: float64(len(bodies)) / elapsed.Seconds(), requests: requests.Load()}, nil
 }
 
-func deliver(ctx context.Context, client *http.Client, endpoint, key string, body []byte, requests *atomic.Int64) error {
+func deliver(ctx context.Context, client *http.Client, endpoint, key string, body []byte, creds *credentials, requests *atomic.Int64) error {
 	for range maxCeilingTries {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, bytes.NewReader(body))
 		if err != nil {
@@ -73,6 +76,7 @@ func deliver(ctx context.Context, client *http.Client, endpoint, key string, bod
 		}
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Idempotency-Key", key)
+		creds.sign(req, key, body)
 		resp, err := client.Do(req)
 		requests.Add(1)
 		if err != nil {
@@ -85,4 +89,52 @@ func deliver(ctx context.Context, client *http.Client, endpoint, key string, bod
 		}
 	}
 	return fmt.Errorf("%s: no 200 in %d tries", key, maxCeilingTries)
+}
+
+// credentials are the bearer token and signing secret of a --secure run, in
+// private files of the run's directory; nil: none.
+type credentials struct {
+	tokenFile, secretsFile string
+	token                  string
+	secrets                *webhook.Secrets
+}
+
+func newCredentials(dir string) (*credentials, error) {
+	secret := webhook.NewSecret()
+	secrets, err := webhook.ParseSecrets([]byte(secret))
+	if err != nil {
+		return nil, err
+	}
+	c := &credentials{tokenFile: filepath.Join(dir, "mail-token"), secretsFile: filepath.Join(dir, "mail-secrets"),
+		token: "Bearer " + strings.TrimPrefix(webhook.NewSecret(), "whsec_"), secrets: secrets}
+	if err := os.WriteFile(c.tokenFile, []byte(c.token+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("bench credentials: %w", err)
+	}
+	if err := os.WriteFile(c.secretsFile, []byte(secret+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("bench credentials: %w", err)
+	}
+	return c, nil
+}
+
+func (c *credentials) mockArgs() []string {
+	if c == nil {
+		return nil
+	}
+	return []string{"--auth-file", c.tokenFile, "--signing-secret-file", c.secretsFile}
+}
+
+func (c *credentials) serviceArgs() []string {
+	if c == nil {
+		return nil
+	}
+	return []string{"--mail-auth-file", c.tokenFile, "--mail-signing-secret-file", c.secretsFile}
+}
+
+// sign puts on req what the service puts on its requests: the same work.
+func (c *credentials) sign(req *http.Request, key string, body []byte) {
+	if c == nil {
+		return
+	}
+	req.Header.Set("Authorization", c.token)
+	c.secrets.SetHeaders(req.Header, key, time.Now(), body)
 }

@@ -93,7 +93,7 @@ type Store struct {
 var _ store.Store = (*Store)(nil)
 
 type readStmts struct {
-	get, state, stats, tallies, checkpoint, seq, feed *sql.Stmt
+	get, getAttempts, state, stats, tallies, checkpoint, seq, feed *sql.Stmt
 }
 
 // Open opens, creating and upgrading if needed, the database file.
@@ -181,8 +181,10 @@ func (s *Store) prepare(ctx context.Context) error {
 		return st
 	}
 	s.reads = readStmts{
-		get:        r(`SELECT value, seq, created FROM docs WHERE coll = ? AND key = ?`),
-		state:      r(`SELECT coll, value, seq, created FROM docs WHERE coll IN (?, ?, ?, ?) AND key = ?`),
+		get:         r(`SELECT value, seq, created FROM docs WHERE coll = ? AND key = ?`),
+		getAttempts: r(`SELECT value, rev, 0 FROM attempts WHERE key = ?`),
+		state: r(`SELECT coll, value, seq, created FROM docs WHERE coll IN (?, ?, ?) AND key = ?
+			UNION ALL SELECT 'attempts', value, rev, 0 FROM attempts WHERE key = ?`),
 		stats:      r(`SELECT paid, confirmed, retry, fire, dead FROM stats`),
 		tallies:    r(`SELECT name, n FROM tallies WHERE n > 0 ORDER BY n DESC, name LIMIT 5`),
 		checkpoint: r(`SELECT seq FROM checkpoints WHERE name = ? AND partition = 0`),
@@ -191,12 +193,12 @@ func (s *Store) prepare(ctx context.Context) error {
 		// docs_by_seq (TestFeedReadUsesTheSeqIndex pins the plan).
 		feed: r(`SELECT d.coll, d.key, d.value, d.seq, d.created,
 				o.value, o.seq, o.created, r.value, r.seq, r.created, l.value, l.seq, l.created,
-				a.value, a.seq, a.created
+				a.value, a.rev, 0
 			FROM docs AS d INDEXED BY docs_by_seq
 			LEFT JOIN docs AS o ON o.coll = 'inbound' AND o.key = d.key
 			LEFT JOIN docs AS r ON r.coll = 'retry' AND r.key = d.key
 			LEFT JOIN docs AS l ON l.coll = 'deadletter' AND l.key = d.key
-			LEFT JOIN docs AS a ON a.coll = 'attempts' AND a.key = d.key
+			LEFT JOIN attempts AS a ON a.key = d.key
 			WHERE d.seq > ? ORDER BY d.seq LIMIT ?`),
 	}
 	if err != nil {
@@ -295,7 +297,13 @@ func (s *Store) Get(ctx context.Context, coll, key string) (store.Doc, error) {
 	}
 	var value sql.NullString
 	var d store.Doc
-	err := s.reads.get.QueryRowContext(ctx, coll, key).Scan(&value, &d.CAS, &d.Incarnation)
+	var row *sql.Row
+	if coll == order.Attempts {
+		row = s.reads.getAttempts.QueryRowContext(ctx, key)
+	} else {
+		row = s.reads.get.QueryRowContext(ctx, coll, key)
+	}
+	err := row.Scan(&value, &d.CAS, &d.Incarnation)
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && !value.Valid) {
 		return store.Doc{}, fmt.Errorf("get %s/%s: %w", coll, key, store.ErrNotFound)
 	}
@@ -313,7 +321,7 @@ func (s *Store) State(ctx context.Context, key string) (store.State, error) {
 		return store.State{}, err
 	}
 	var st store.State
-	rows, err := s.reads.state.QueryContext(ctx, order.Inbound, order.Retry, order.DeadLetter, order.Attempts, key)
+	rows, err := s.reads.state.QueryContext(ctx, order.Inbound, order.Retry, order.DeadLetter, key, key)
 	if err != nil {
 		return store.State{}, fmt.Errorf("state of %s: %w", key, mapErr(err))
 	}
@@ -387,7 +395,7 @@ func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, erro
 	// Read here, on the caller's goroutine: the writer's time is everyone's.
 	cols := make([]columns, len(writes))
 	for i, w := range writes {
-		if w.Op != store.OpRemove {
+		if w.Op != store.OpRemove && w.Collection != order.Attempts {
 			cols[i] = classify(w.Collection, w.Key, w.Value)
 		}
 	}
@@ -478,6 +486,9 @@ func (s *Store) Tallies(ctx context.Context) ([]store.Tally, error) {
 // Scan pages through a collection by key, so that no read transaction stays
 // open while fn runs.
 func (s *Store) Scan(ctx context.Context, coll string, fn func(store.Doc) error) error {
+	if coll == order.Attempts {
+		return fmt.Errorf("scan %s: attempt records are read by key", coll)
+	}
 	after := ""
 	for {
 		if err := s.check(); err != nil {

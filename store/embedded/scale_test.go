@@ -25,24 +25,25 @@ var plans = []struct {
 }{
 	{"feed read", `SELECT d.coll, d.key, d.value, d.seq, d.created,
 				o.value, o.seq, o.created, r.value, r.seq, r.created, l.value, l.seq, l.created,
-				a.value, a.seq, a.created
+				a.value, a.rev, 0
 			FROM docs AS d INDEXED BY docs_by_seq
 			LEFT JOIN docs AS o ON o.coll = 'inbound' AND o.key = d.key
 			LEFT JOIN docs AS r ON r.coll = 'retry' AND r.key = d.key
 			LEFT JOIN docs AS l ON l.coll = 'deadletter' AND l.key = d.key
-			LEFT JOIN docs AS a ON a.coll = 'attempts' AND a.key = d.key
+			LEFT JOIN attempts AS a ON a.key = d.key
 			WHERE d.seq > ? ORDER BY d.seq LIMIT ?`,
 		[]any{0, 256}, []string{"SEARCH d USING INDEX docs_by_seq (seq>?)", "SEARCH o USING PRIMARY KEY (coll=? AND key=?)",
 			"SEARCH r USING PRIMARY KEY (coll=? AND key=?)", "SEARCH l USING PRIMARY KEY (coll=? AND key=?)",
-			"SEARCH a USING PRIMARY KEY (coll=? AND key=?)"}},
+			"SEARCH a USING PRIMARY KEY (key=?)"}},
 	{"sweep by nextAttemptAt", `SELECT key FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`,
 		[]any{0, 100}, []string{"SEARCH docs USING COVERING INDEX retry_next (next_at>? AND next_at<?)"}},
 	{"sweep by ts", `SELECT key FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`,
 		[]any{0, 100}, []string{"SEARCH docs USING COVERING INDEX retry_ts (ts_at>? AND ts_at<?)"}},
-	{"state", `SELECT coll, value, seq, created FROM docs WHERE coll IN (?, ?, ?, ?) AND key = ?`,
-		[]any{"a", "b", "c", "d", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
-	{"expire", `DELETE FROM docs WHERE (coll, key) IN (SELECT coll, key FROM docs INDEXED BY expiring WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)`,
-		[]any{0, 10}, []string{"SEARCH docs USING COVERING INDEX expiring (expires_at>? AND expires_at<?)"}},
+	{"state", `SELECT coll, value, seq, created FROM docs WHERE coll IN (?, ?, ?) AND key = ?
+			UNION ALL SELECT 'attempts', value, rev, 0 FROM attempts WHERE key = ?`,
+		[]any{"a", "b", "c", "k", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)", "SEARCH attempts USING PRIMARY KEY (key=?)"}},
+	{"expire", `DELETE FROM attempts WHERE key IN (SELECT key FROM attempts INDEXED BY attempts_expiring WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)`,
+		[]any{0, 10}, []string{"SEARCH attempts USING COVERING INDEX attempts_expiring (expires_at>? AND expires_at<?)"}},
 	{"purge", `DELETE FROM docs WHERE (coll, key) IN (SELECT coll, key FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`,
 		[]any{0, 10}, []string{"SEARCH docs USING INDEX tombstones (seq<?)"}},
 	{"counts", `SELECT paid, confirmed, retry, fire, dead FROM stats`, nil, []string{"SCAN stats"}},

@@ -169,12 +169,20 @@ func migrateV2(ctx context.Context, tx *sql.Tx) error {
 	return nil
 }
 
-// migrateV3 adds document expiry (the attempt records of settled orders):
-// when a document goes away by itself, in ms, and the index its purge reads.
+// migrateV3 adds the attempt records' table. They are off the feed, count
+// for nothing and expire: a table of their own spares each record a
+// sequence number, the feed's index, the counting triggers and the typed
+// columns, which the documents of docs need and they do not. Their CAS is a
+// revision of the row.
 func migrateV3(ctx context.Context, tx *sql.Tx) error {
 	_, err := tx.ExecContext(ctx, `
-		ALTER TABLE docs ADD COLUMN expires_at INTEGER;
-		CREATE INDEX expiring ON docs (expires_at) WHERE expires_at IS NOT NULL;`)
+		CREATE TABLE attempts (
+			key        TEXT PRIMARY KEY,
+			value      TEXT NOT NULL,
+			rev        INTEGER NOT NULL,  -- the CAS: 1 at its creation, one more at each write
+			expires_at INTEGER            -- ms; NULL: never
+		) WITHOUT ROWID;
+		CREATE INDEX attempts_expiring ON attempts (expires_at) WHERE expires_at IS NOT NULL;`)
 	return err
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"modernc.org/sqlite"
 )
@@ -41,6 +42,7 @@ type writeStmts struct {
 	dueNext, dueTS, flag     *sql.Stmt
 	saveCheckpoint, minCkpt  *sql.Stmt
 	purge, expire            *sql.Stmt
+	attCur, attPut, attDel   *sql.Stmt
 }
 
 func (s *Store) prepareWrites(ctx context.Context) error {
@@ -61,10 +63,9 @@ func (s *Store) prepareWrites(ctx context.Context) error {
 		release:    p(`RELEASE job`),
 		rollbackTo: p(`ROLLBACK TO job`),
 		cur:        p(`SELECT seq, created, value IS NULL FROM docs WHERE coll = ? AND key = ?`),
-		put: p(`INSERT INTO docs (coll, key, value, seq, created, expires_at, paid, confirmed, retry, fire, next_at, ts_at, dead, tally)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		put: p(`INSERT INTO docs (coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (coll, key) DO UPDATE SET value = excluded.value, seq = excluded.seq, created = excluded.created,
-				expires_at = excluded.expires_at,
 				paid = excluded.paid, confirmed = excluded.confirmed, retry = excluded.retry, fire = excluded.fire,
 				next_at = excluded.next_at, ts_at = excluded.ts_at, dead = excluded.dead, tally = excluded.tally`),
 		seqGet: p(`SELECT value FROM counters WHERE name = 'seq'`),
@@ -81,10 +82,13 @@ func (s *Store) prepareWrites(ctx context.Context) error {
 		minCkpt: p(`SELECT min(seq) FROM checkpoints`),
 		purge: p(`DELETE FROM docs WHERE (coll, key) IN (
 			SELECT coll, key FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`),
-		// Expired documents go without a tombstone: only collections no
-		// feed reads (attempt records) are written with an expiry.
-		expire: p(`DELETE FROM docs WHERE (coll, key) IN (
-			SELECT coll, key FROM docs INDEXED BY expiring WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)`),
+		expire: p(`DELETE FROM attempts WHERE key IN (
+			SELECT key FROM attempts INDEXED BY attempts_expiring WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)`),
+		attCur: p(`SELECT rev FROM attempts WHERE key = ?`),
+		attPut: p(`INSERT INTO attempts (key, value, rev, expires_at) VALUES (?, ?, 1, ?)
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value, rev = attempts.rev + 1, expires_at = excluded.expires_at
+			RETURNING rev`),
+		attDel: p(`DELETE FROM attempts WHERE key = ?`),
 	}
 	return err
 }
@@ -92,7 +96,7 @@ func (s *Store) prepareWrites(ctx context.Context) error {
 func (w writeStmts) close() error {
 	var errs []error
 	for _, st := range []*sql.Stmt{w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
-		w.cur, w.put, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flag, w.saveCheckpoint, w.minCkpt, w.purge, w.expire} {
+		w.cur, w.put, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flag, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attPut, w.attDel} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -292,7 +296,15 @@ type current struct{ cas, created uint64 }
 func (t *txn) check(w store.Write) (current, error) {
 	var c current
 	var tomb bool
-	err := t.s.stmts.cur.QueryRowContext(t.ctx, w.Collection, w.Key).Scan(&c.cas, &c.created, &tomb)
+	var err error
+	switch {
+	case w.Collection == order.Attempts && w.Op == store.OpUpsert:
+		return c, nil // no guard, and the write counts the revision itself
+	case w.Collection == order.Attempts:
+		err = t.s.stmts.attCur.QueryRowContext(t.ctx, w.Key).Scan(&c.cas)
+	default:
+		err = t.s.stmts.cur.QueryRowContext(t.ctx, w.Collection, w.Key).Scan(&c.cas, &c.created, &tomb)
+	}
 	switch {
 	case errors.Is(err, sql.ErrNoRows), err == nil && tomb:
 		c = current{}
@@ -328,9 +340,12 @@ func (t *txn) apply(w store.Write, cols columns) (uint64, error) {
 // write makes a write whose guard was checked.
 func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
 	st := t.s.stmts
+	if w.Collection == order.Attempts {
+		return t.writeAttempts(w)
+	}
 	cur, created := c.cas, c.created
 	seq := t.next()
-	var value, expires any
+	var value any
 	if w.Op == store.OpRemove {
 		created = 0
 	} else {
@@ -338,15 +353,29 @@ func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
 		if cur == 0 {
 			created = seq // a new incarnation of the key
 		}
-		if !w.Expiry.IsZero() {
-			expires = w.Expiry.UnixMilli()
-		}
 	}
-	args := append([]any{w.Collection, w.Key, value, seq, created, expires}, cols.args()...)
+	args := append([]any{w.Collection, w.Key, value, seq, created}, cols.args()...)
 	if _, err := st.put.ExecContext(t.ctx, args...); err != nil {
 		return 0, err
 	}
 	return seq, nil // of a removal too: the position of the deletion
+}
+
+// writeAttempts writes an attempt record in its own table: no sequence
+// number (it is not on the feed), a revision for its CAS, and its expiry.
+func (t *txn) writeAttempts(w store.Write) (uint64, error) {
+	st := t.s.stmts
+	if w.Op == store.OpRemove {
+		_, err := st.attDel.ExecContext(t.ctx, w.Key)
+		return 0, err
+	}
+	var expires any
+	if !w.Expiry.IsZero() {
+		expires = w.Expiry.UnixMilli()
+	}
+	var rev uint64
+	err := st.attPut.QueryRowContext(t.ctx, w.Key, string(w.Value), expires).Scan(&rev)
+	return rev, err
 }
 
 // keys returns the keys a query selects.

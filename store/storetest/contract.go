@@ -166,6 +166,16 @@ func testExpiry(t *testing.T, s store.Store) {
 	assert.ErrorIs(t, err, store.ErrNotFound, "expired")
 	_, err = s.Get(ctx, order.Attempts, p+"kept")
 	assert.NoError(t, err, "no expiry: kept")
+	// Reads of the record give their connection back: more of them than
+	// any pool holds, then a read that needs one.
+	for range 20 {
+		_, err = s.Get(ctx, order.Attempts, p+"kept")
+		require.NoError(t, err)
+		_, err = s.Get(ctx, order.Attempts, p+"gone")
+		require.ErrorIs(t, err, store.ErrNotFound)
+	}
+	_, err = s.State(ctx, p+"kept")
+	require.NoError(t, err)
 }
 
 func prefix(t *testing.T) string {
