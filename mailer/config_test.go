@@ -3,6 +3,8 @@ package mailer_test
 import (
 	"context"
 	"errors"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -226,4 +228,33 @@ func serveWith(t *testing.T, h http.HandlerFunc) string {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return srv.URL
+}
+
+func TestCauseNamesAFailureWithoutAnAnswer(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	hanging := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	t.Cleanup(hanging.Close)
+	t.Cleanup(func() { close(release) }) // first: Close waits for the handler
+	untrusted := httptest.NewTLSServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	untrusted.Config.ErrorLog = log.New(io.Discard, "", 0)
+	t.Cleanup(untrusted.Close)
+	answering := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(503) }))
+	t.Cleanup(answering.Close)
+	for _, tc := range []struct{ url, want string }{
+		{"http://127.0.0.1:1", "connection refused"},
+		{hanging.URL, "timeout"},
+		{untrusted.URL, "tls"},
+		{answering.URL, ""},
+	} {
+		c, err := mailer.New(mailer.Config{URL: tc.url, Timeout: 200 * time.Millisecond}, quiet)
+		require.NoError(t, err)
+		se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
+		assert.Equal(t, tc.want, se.Cause(), tc.url)
+	}
 }

@@ -193,6 +193,30 @@ func (e *SendError) Error() string { return fmt.Sprintf("%s failure: %s", e.Clas
 
 func (e *SendError) Unwrap() error { return e.Err }
 
+// Cause names, for a failure without an answer, what kind it was: "timeout",
+// "connection refused", "connection reset", "connection closed", "dns",
+// "tls", "settings file" (a file of the mailer's settings), "other"; "" when
+// the service answered or no request was made.
+func (e *SendError) Cause() string {
+	if e.Status != 0 || e.NotAttempted && e.Class != Configuration || e.Class == Invalid || e.Err == nil {
+		return ""
+	}
+	why, config := describe(e.Err)
+	switch {
+	case e.NotAttempted: // a settings file the mailer could not use
+		return "settings file"
+	case config || strings.HasPrefix(why, "tls"):
+		return "tls"
+	case why == "timeout", why == "connection refused", why == "connection reset":
+		return why
+	case why == "connection closed before the answer":
+		return "connection closed"
+	case strings.HasPrefix(why, "dns"):
+		return "dns"
+	}
+	return "other"
+}
+
 // Reason is a short description free of customer data, to be stored with the
 // order (a retry document's lastError).
 func (e *SendError) Reason() string {

@@ -24,8 +24,11 @@ type Attempt struct {
 	// "config" (the service refused our credentials or certificate: not
 	// counted against the order), "invalid".
 	Class string `json:"class"`
-	// Error names a failure without an answer: "timeout", "connection
-	// refused", "tls: ...".
+	// Error names what went wrong when there was no answer: "timeout",
+	// "connection refused", "connection reset", "connection closed", "dns",
+	// "tls", "settings file", or "other".
+	Error string `json:"error,omitempty"`
+	// Reason is the mailer's description, free of customer data.
 	Reason   string `json:"reason,omitempty"`
 	Outcome  string `json:"outcome"` // what was written after it: sent, retry, dead_letter
 	Instance string `json:"instance,omitempty"`

@@ -649,7 +649,7 @@ func attemptOf(started time.Time, took time.Duration, sendErr error, instance st
 		if se.NotAttempted || se.Class == mailer.Invalid {
 			return a, false
 		}
-		a.Class, a.Status = se.Class.String(), se.Status
+		a.Class, a.Status, a.Error = se.Class.String(), se.Status, se.Cause()
 	}
 	_, _, a.Reason = failureOf(sendErr)
 	return a, true

@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -183,4 +185,33 @@ func tail(s string, n int) string {
 		return s
 	}
 	return s[len(s)-n:]
+}
+
+// TestSpansAreExportedOverOTLP: with the standard OTEL_* variables, run
+// exports its spans to the collector they name (here a fake one that counts
+// OTLP/HTTP trace posts).
+func TestSpansAreExportedOverOTLP(t *testing.T) {
+	var posts atomic.Int64
+	collector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.URL.Path == "/v1/traces" && r.Header.Get("Content-Type") == "application/x-protobuf" {
+			if b, _ := io.ReadAll(r.Body); len(b) > 0 {
+				posts.Add(1)
+			}
+		}
+	}))
+	defer collector.Close()
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.URL)
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "100") // ms: export soon
+	mock := startMock(t, "--fail-rate", "0")
+	storeURL := "file:" + filepath.Join(t.TempDir(), "o.db")
+	p := startProc(t, runArgs(storeURL, mock)...)
+	p.waitLog(t, `"msg":"watching"`)
+	st := openStore(t, storeURL)
+	placeOrders(t, st, fixtures.Generate(5, 8))
+	require.Eventually(t, func() bool { return settled(t, st, 5) }, 60*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return posts.Load() > 0 }, 30*time.Second, 20*time.Millisecond,
+		"no spans reached the collector; logs:\n%s", p.logs.String())
+	assert.Positive(t, mockStats(t, mock).Traced)
+	err, _ := p.stop(t, syscall.SIGTERM)
+	require.NoError(t, err)
 }
