@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ordermail/ordermail/console"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/metrics"
 	"github.com/ordermail/ordermail/store"
@@ -27,6 +28,7 @@ type Config struct {
 	Watcher watcher.Config
 	Timer   timer.Config
 	Metrics metrics.Config
+	Console console.Config
 }
 
 // StoreConfig names the store.
@@ -52,7 +54,7 @@ func (c Config) Validate() error {
 	if err := c.Store.Validate(); err != nil {
 		return err
 	}
-	for _, v := range []interface{ Validate() error }{c.Mail, c.Watcher, c.Timer} {
+	for _, v := range []interface{ Validate() error }{c.Mail, c.Watcher, c.Timer, c.Console} {
 		if err := v.Validate(); err != nil {
 			return err
 		}
@@ -101,7 +103,7 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 		// In-flight sends are bounded by the mail timeout; give them that
 		// much to finish before they are abandoned for replay.
 		fx.StopTimeout(mailTimeout + 5*time.Second),
-		fx.Supply(cfg.Mail, cfg.watcherConfig(), cfg.Timer, cfg.Metrics, log),
+		fx.Supply(cfg.Mail, cfg.watcherConfig(), cfg.Timer, cfg.Metrics, cfg.Console, log),
 		fx.Provide(func(lc fx.Lifecycle) (store.Store, error) {
 			st, err := OpenStore(context.Background(), cfg.Store, log)
 			if err != nil {
@@ -111,7 +113,7 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 			return st, nil
 		}),
 		fx.Provide(func(c *mailer.Client) watcher.Sender { return c }),
-		mailer.Module, watcher.Module, timer.Module, metrics.Module,
+		mailer.Module, watcher.Module, timer.Module, metrics.Module, console.Module,
 		fx.Invoke(func(lc fx.Lifecycle, st store.Store, w *watcher.Watcher, sd fx.Shutdowner) {
 			if l, ok := st.(interface{ Lost() <-chan struct{} }); ok {
 				stopWhen(lc, sd, log, ExitStoreLost, l.Lost(), func(struct{}) string {

@@ -59,9 +59,9 @@ func TestMetricsEndpoint(t *testing.T) {
 	assert.Equal(t, "1", v["ordermail_store_up"])
 	assert.Equal(t, "4", v["ordermail_orders_paid"])
 	assert.Equal(t, "0", v["ordermail_retry_documents"])
-	assert.Equal(t, "3", v["ordermail_sends_total"])
+	assert.Equal(t, "3", v[`ordermail_sends_total{status_class="2xx"}`])
 	assert.Equal(t, "3", v["ordermail_sends_succeeded_total"])
-	assert.Equal(t, "1", v["ordermail_dead_lettered_total"])
+	assert.Equal(t, "1", v[`ordermail_dead_lettered_total{reason="no_email"}`])
 	assert.Equal(t, "0", v["ordermail_breaker_open"])
 	assert.NotEmpty(t, v["ordermail_timer_ticks_total"])
 }

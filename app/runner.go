@@ -38,7 +38,9 @@ func (r *runner) start(ctx context.Context) error {
 			return err
 		}
 		if !ok {
-			r.log.Warn("standby: another ordermail runs the feed of this store; waiting to take over", "lock", r.lock.Path())
+			// A state of the service, not a fault: two instances on one file
+			// is how a standby is run.
+			r.log.Info("standby: another ordermail runs the feed of this store; waiting to take over", "lock", r.lock.Path())
 			wait, cancel := context.WithCancel(context.Background())
 			r.cancel = cancel
 			r.standing.Add(1)
@@ -91,6 +93,7 @@ func (r *runner) standby(ctx context.Context) {
 	defer r.standing.Done()
 	t := time.NewTicker(r.poll)
 	defer t.Stop()
+	failing := "" // logged once, not at every poll
 	for {
 		select {
 		case <-ctx.Done():
@@ -99,9 +102,13 @@ func (r *runner) standby(ctx context.Context) {
 		}
 		ok, err := r.lock.TryLock()
 		if err != nil {
-			r.log.Warn("standby", "error", err)
+			if err.Error() != failing {
+				r.log.Warn("standby: cannot check the store's lock", "error", err)
+				failing = err.Error()
+			}
 			continue
 		}
+		failing = ""
 		if !ok {
 			continue
 		}

@@ -95,3 +95,37 @@ func (l *Lease) Release(ctx context.Context) error {
 	}
 	return err
 }
+
+// Holding is who holds a lease and until when, as the store has it.
+type Holding struct {
+	Owner     string    // "" when nobody does: never taken, or released
+	ExpiresAt time.Time // an expired lease still names its last holder
+}
+
+// Expired says whether the holder stopped renewing it by now: anyone may
+// take it.
+func (h Holding) Expired(now time.Time) bool { return h.Owner == "" || !now.Before(h.ExpiresAt) }
+
+// Holder reads who holds the lease, without taking it; an unreadable
+// document reads as nobody's.
+func (l *Lease) Holder(ctx context.Context) (Holding, error) {
+	cur, err := l.st.Get(ctx, store.Meta, l.key)
+	if errors.Is(err, store.ErrNotFound) {
+		return Holding{}, nil
+	}
+	if err != nil {
+		return Holding{}, err
+	}
+	var d doc
+	if json.Unmarshal(cur.Value, &d) != nil {
+		return Holding{}, nil
+	}
+	return Holding{Owner: d.Owner, ExpiresAt: time.UnixMilli(d.ExpiresAt)}, nil
+}
+
+// Owner is who this Lease takes it for.
+func (l *Lease) Owner() string { return l.owner }
+
+// TTL is how long one Acquire holds it: a holder renews it at every tick, so
+// ExpiresAt minus TTL is when it last did (on the holder's clock).
+func (l *Lease) TTL() time.Duration { return l.ttl }

@@ -41,3 +41,35 @@ func TestOneHolderAtATime(t *testing.T) {
 	require.NoError(t, b.Release(ctx))
 	require.NoError(t, a.Acquire(ctx), "released: taken at once")
 }
+
+func TestHolderReadsWhoHoldsItWithoutTakingIt(t *testing.T) {
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer st.Close()
+	now := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	a := lease.New(st, "timer", "a", 10*time.Second, clock)
+	b := lease.New(st, "timer", "b", 10*time.Second, clock)
+
+	h, err := b.Holder(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, lease.Holding{}, h, "never taken")
+	assert.True(t, h.Expired(now))
+
+	require.NoError(t, a.Acquire(ctx))
+	h, err = b.Holder(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, "a", h.Owner)
+	assert.True(t, h.ExpiresAt.Equal(now.Add(10*time.Second)), "%s", h.ExpiresAt)
+	assert.False(t, h.Expired(now))
+	assert.True(t, h.Expired(now.Add(10*time.Second)))
+	assert.ErrorIs(t, b.Acquire(ctx), lease.ErrHeld, "reading took nothing")
+	assert.Equal(t, "b", b.Owner())
+	assert.Equal(t, 10*time.Second, b.TTL())
+
+	require.NoError(t, a.Release(ctx))
+	h, err = b.Holder(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, lease.Holding{}, h, "released")
+}

@@ -193,6 +193,22 @@ func (e *SendError) Error() string { return fmt.Sprintf("%s failure: %s", e.Clas
 
 func (e *SendError) Unwrap() error { return e.Err }
 
+// Held says what held a send back without a request: "breaker" (the
+// circuit breaker, open or probing), "config" (the service refuses the
+// configuration, or a settings file cannot be read), "rate" (the rate
+// limit); "" when a request was made or could not be (Invalid).
+func (e *SendError) Held() string {
+	switch {
+	case !e.NotAttempted:
+		return ""
+	case errors.Is(e.Err, ErrCircuitOpen):
+		return "breaker"
+	case e.Class == Configuration:
+		return "config"
+	}
+	return "rate"
+}
+
 // Cause names, for a failure without an answer, what kind it was: "timeout",
 // "connection refused", "connection reset", "connection closed", "dns",
 // "tls", "settings file" (a file of the mailer's settings), "other"; "" when
@@ -415,8 +431,18 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 				se, ok := errors.AsType[*SendError](err)
 				return errors.Is(err, context.Canceled) || (ok && (se.Class == Invalid || se.Class == Configuration))
 			},
+			// One line when the service is given up on and one when it is
+			// back; the probes between are the breaker's own business.
 			OnStateChange: func(_ string, from, to gobreaker.State) {
-				c.log.Warn("circuit breaker "+to.String(), "from", from.String(), "cooldown", cfg.BreakerCooldown)
+				switch {
+				case from == gobreaker.StateClosed:
+					c.log.Warn("circuit breaker open: sends held back, one probe per cooldown",
+						"consecutive_failures", cfg.BreakerFailures, "cooldown", cfg.BreakerCooldown.String())
+				case to == gobreaker.StateClosed:
+					c.log.Info("circuit breaker closed: sending resumed")
+				default:
+					c.log.Debug("circuit breaker "+to.String(), "from", from.String(), "cooldown", cfg.BreakerCooldown.String())
+				}
 			},
 		})
 	}
@@ -442,7 +468,7 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 					reason = *r
 				}
 				c.log.Error("the email service refuses ordermail's configuration: sends held until a probe succeeds",
-					"reason", reason, "probe_every", cfg.BreakerCooldown)
+					"reason", reason, "probe_every", cfg.BreakerCooldown.String())
 			case to == gobreaker.StateClosed:
 				c.log.Info("the email service accepts ordermail's configuration again: sending resumed")
 			}

@@ -8,9 +8,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ordermail/ordermail/mailer"
+	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/timer"
 	"github.com/ordermail/ordermail/watcher"
@@ -19,79 +24,475 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// Alerts. What to alert on, with the metrics below (for the README):
+//
+//	# Retries that are due and not going out: the timer is stopped, paused,
+//	# or nobody holds its lease; the email service is down (breaker) or
+//	# refuses the configuration. The first thing to look at.
+//	ordermail_oldest_due_retry_age_seconds > 300
+//	# Paused with work waiting (allow_retrys deleted and forgotten).
+//	max(ordermail_retries_paused) == 1 and max(ordermail_retry_documents_due) > 0   for: 30m
+//	# Orders given up on: each needs a person (redrive or purge).
+//	increase(ordermail_dead_lettered_total[15m]) > 0
+//	# The email service.
+//	max(ordermail_breaker_open) == 1                                  for: 5m
+//	max(ordermail_mail_misconfigured) == 1                            for: 1m
+//	sum(rate(ordermail_sends_total{status_class=~"4xx|5xx|none"}[5m]))
+//	  / sum(rate(ordermail_sends_total[5m])) > 0.2                    for: 10m
+//	# Nobody sweeps while retries are armed (every instance standby or down).
+//	max(ordermail_timer_active) == 0 and max(ordermail_retries_paused) == 0   for: 1m
+//	# The sweeper stopped succeeding (store errors), well past its interval.
+//	max(ordermail_timer_active) == 1
+//	  and time() - max(ordermail_timer_last_sweep_timestamp_seconds) > 60
+//	# The store: unreachable, or the backlog figures have gone stale.
+//	min(ordermail_store_up) == 0                                      for: 2m
+//	max(ordermail_backlog_age_seconds) > 60
+//	# Orders waiting for a confirmation, a long time. Not
+//	# ordermail_orders_paid - ordermail_orders_confirmed - ordermail_dead_letters:
+//	# a purge removes dead letters but leaves their orders paid and
+//	# unconfirmed, so that difference stays high for ever after one.
+//	# ordermail_orders_unconfirmed counts the retry documents, which a purge
+//	# does not touch.
+//	max(ordermail_orders_unconfirmed) > 1000                          for: 30m
+//	# The change feed falling behind.
+//	sum(ordermail_feed_lag_changes) > 10000                           for: 10m
+//
+// /healthz failing is for the orchestrator (restart); /readyz failing says
+// why sends cannot go out (misconfigured, store unreachable).
+
 // Config of the metrics endpoint.
 type Config struct {
-	// Listen is the address of GET /metrics, e.g. :9464; empty: no endpoint.
+	// Listen is the address of GET /metrics, /healthz and /readyz, e.g.
+	// :9464; empty: no endpoint (Healthz and Readyz can still be mounted
+	// elsewhere).
 	Listen string
+	// RefreshInterval is how often the backlog figures are read from the
+	// store, off the scrape path. Default 3s.
+	RefreshInterval time.Duration
+	// RefreshTimeout bounds one read of them. Default 5s.
+	RefreshTimeout time.Duration
+	// Version is ordermail_build_info's version. Default: the module's
+	// version from the build.
+	Version string
 }
 
-// Server serves /metrics while the app runs.
+func (c Config) withDefaults() Config {
+	if c.RefreshInterval <= 0 {
+		c.RefreshInterval = 3 * time.Second
+	}
+	if c.RefreshTimeout <= 0 {
+		c.RefreshTimeout = 5 * time.Second
+	}
+	return c
+}
+
+// Server serves /metrics, /healthz and /readyz while the app runs, and
+// keeps the backlog figures read from the store.
 type Server struct {
 	cfg  Config
 	reg  *prometheus.Registry
+	w    *watcher.Watcher
+	t    *timer.Timer
 	m    *mailer.Client
+	st   store.Store
 	log  *slog.Logger
 	srv  *http.Server
 	addr net.Addr
 	done chan error
+
+	mu      sync.Mutex
+	backlog Backlog
+
+	stopRefresh context.CancelFunc
+	refreshing  sync.WaitGroup
 }
 
-// New registers the metrics of w, t, m and st.
+// Backlog is the store's figures as the last refresh read them.
+type Backlog struct {
+	Counts    store.Counts
+	Due       int
+	OldestDue time.Time // zero: none is due
+	Reasons   []store.Tally
+	// ReadAt is when the figures were read; zero when never.
+	ReadAt time.Time
+	// Checked says a refresh has finished; Up that the last one read the
+	// figures, Err why it did not.
+	Checked, Up bool
+	Err         error
+}
+
+// Label values, every one of which is exported from the start, so that a
+// rate() over them has its zero.
+var (
+	sendResults   = []string{"sent", "transient", "permanent", "config", "invalid"}
+	statusClasses = []string{"2xx", "3xx", "4xx", "5xx", "none"}
+	heldWhy       = []string{"breaker", "config", "rate"}
+	outcomes      = []string{"sent", "retry", "dead_letter"}
+	deadReasons   = []string{order.ReasonPermanent, order.ReasonExhausted, order.ReasonMalformedOrder, order.ReasonNoEmail,
+		order.ReasonOrderMissing, order.ReasonMalformedRetry, order.ReasonTooLarge, order.ReasonReservedKey,
+		order.ReasonInvalidKey, order.ReasonPoisonEvent}
+)
+
+// New registers the metrics of w, t, m and st, and sets w's and t's hooks.
 func New(cfg Config, w *watcher.Watcher, t *timer.Timer, m *mailer.Client, st store.Store, log *slog.Logger) (*Server, error) {
-	reg := prometheus.NewRegistry()
+	s := &Server{cfg: cfg.withDefaults(), reg: prometheus.NewRegistry(), w: w, t: t, m: m, st: st, log: log.With("component", "metrics")}
 	counter := func(name, help string, f func() float64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ordermail_" + name, Help: help}, f)
+	}
+	gauge := func(name, help string, f func() float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ordermail_" + name, Help: help}, f)
 	}
 	stat := func(f func(watcher.Stats) int64) func() float64 {
 		return func() float64 { return float64(f(w.Stats())) }
 	}
+	vec := func(name, help, label string, values []string) *prometheus.CounterVec {
+		v := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ordermail_" + name, Help: help}, []string{label})
+		for _, l := range values {
+			v.WithLabelValues(l)
+		}
+		return v
+	}
+	sendDur := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "ordermail_send_duration_seconds",
+		Help:    "Calls of the email service, by result (held-back sends, which make no request, are not observed).",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}, []string{"result"})
+	for _, r := range sendResults {
+		sendDur.WithLabelValues(r)
+	}
+	eventDur := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ordermail_event_handling_duration_seconds",
+		Help:    "Feed events from the moment a worker takes one up to its acknowledgement (outcome written).",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}})
+	sweepDur := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ordermail_sweep_duration_seconds",
+		Help:    "Sweeps that ran (all their batches), on the instance holding the sweep lease.",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}})
+	sends := vec("sends_total", "Requests made to the email service, by the class of their answer's status (none: no answer). Sends held back are not requests.",
+		"status_class", statusClasses)
+	held := vec("sends_held_total", "Sends held back without a request: by the circuit breaker, while the service refuses the configuration, or by the rate limit. Each becomes a retry without spending an attempt.",
+		"why", heldWhy)
+	outs := vec("outcomes_total", "Outcomes written after a send (or a send held back).", "outcome", outcomes)
+	dead := vec("dead_lettered_total", "Confirmations moved to the dead letters, by reason.", "reason", deadReasons)
+
+	w.SetHooks(watcher.Hooks{
+		Send: func(took time.Duration, err error) {
+			why, result, class := classify(err)
+			if why != "" {
+				held.WithLabelValues(why).Inc()
+				return
+			}
+			if result != "" {
+				sendDur.WithLabelValues(result).Observe(took.Seconds())
+			}
+			if class != "" {
+				sends.WithLabelValues(class).Inc()
+			}
+		},
+		Event:         func(took time.Duration) { eventDur.Observe(took.Seconds()) },
+		Outcome:       func(result string) { outs.WithLabelValues(result).Inc() },
+		DeadLettered:  func(reason string) { dead.WithLabelValues(reason).Inc() },
+		RetriesPaused: func() bool { return t.Status().Role == timer.RolePaused },
+	})
+	t.SetHooks(timer.Hooks{Sweep: func(took time.Duration, _ int) { sweepDur.Observe(took.Seconds()) }})
+
 	cs := []prometheus.Collector{
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		sendDur, eventDur, sweepDur, sends, held, outs, dead,
 		counter("events_handled_total", "Feed events whose outcome was written and acknowledged.", stat(func(s watcher.Stats) int64 { return s.Handled })),
-		counter("sends_total", "Calls to the email service.", stat(func(s watcher.Stats) int64 { return s.Sends })),
-		counter("sends_succeeded_total", "Calls answered 200.", stat(func(s watcher.Stats) int64 { return s.Sent })),
-		counter("send_failures_total", "Calls that failed or were held back by the breaker.", stat(func(s watcher.Stats) int64 { return s.SendFailures })),
-		counter("dead_lettered_total", "Confirmations moved to the dead letters.", stat(func(s watcher.Stats) int64 { return s.DeadLettered })),
+		counter("sends_succeeded_total", "Requests made to the email service answered 2xx.", stat(func(s watcher.Stats) int64 { return s.Sent })),
+		counter("send_failures_total", "Requests made to the email service that failed (no answer, or not 2xx). Sends held back are not counted.", stat(func(s watcher.Stats) int64 { return s.SendFailures })),
 		counter("events_ignored_total", "Feed events that needed nothing (not paid, own writes...).", stat(func(s watcher.Stats) int64 { return s.Ignored })),
-		counter("timer_ticks_total", "Retry timer ticks.", func() float64 { return float64(t.Ticks()) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ordermail_breaker_open", Help: "1 while the circuit breaker holds sends back (open or half-open)."},
-			func() float64 {
-				if m.BreakerState() == "closed" {
-					return 0
-				}
-				return 1
-			}),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ordermail_mail_misconfigured",
-			Help: "1 while the email service refuses ordermail's configuration (401/403, TLS, an unreadable settings file) and sends are held; /readyz says why."},
-			func() float64 {
-				if m.Misconfigured() == "" {
-					return 0
-				}
-				return 1
-			}),
-		&backlog{st: st, log: log},
+		counter("timer_ticks_total", "Retry timer ticks that succeeded (paused and standby ones included).", func() float64 { return float64(t.Status().Ticks) }),
+		counter("timer_sweep_errors_total", "Retry timer ticks that failed (reading allow_retrys, the sweep lease, or the sweep).", func() float64 { return float64(t.Status().SweepErrors) }),
+		gauge("breaker_open", "1 while the circuit breaker holds sends back (open or half-open).", func() float64 {
+			return b2f(m.BreakerState() != "closed")
+		}),
+		gauge("mail_misconfigured", "1 while the email service refuses ordermail's configuration (401/403, TLS, an unreadable settings file) and sends are held; /readyz says why.", func() float64 {
+			return b2f(m.Misconfigured() != "")
+		}),
+		gauge("timer_active", "1 while this instance holds the sweep lease and sweeps; 0 on a standby, or while retries are paused.", func() float64 {
+			return b2f(t.Status().Role == timer.RoleActive)
+		}),
+		gauge("timer_last_sweep_timestamp_seconds", "When this instance last swept successfully (Unix seconds); 0 when it has not.", func() float64 {
+			if at := t.Status().LastSweep; !at.IsZero() {
+				return float64(at.UnixNano()) / 1e9
+			}
+			return 0
+		}),
+		&timerState{t: t},
+		buildInfo(s.cfg.Version),
+		&backlogCollector{s: s},
 		&feed{w: w},
 	}
 	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
+		if err := s.reg.Register(c); err != nil {
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
 	}
-	return &Server{cfg: cfg, reg: reg, m: m, log: log.With("component", "metrics")}, nil
+	return s, nil
 }
 
-// ready answers GET /readyz: 200 while ordermail can send, 503 with the
-// reason while the email service refuses its configuration, which a person
-// must fix (an orchestrator should not route to, or count on, it).
-func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	if why := s.m.Misconfigured(); why != "" {
-		w.WriteHeader(http.StatusServiceUnavailable)
-		json.NewEncoder(w).Encode(map[string]string{"status": "misconfigured", "reason": why})
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// classify reads a send's error: what held it back ("" when nothing did),
+// its result for the duration histogram and its status class for
+// sends_total ("" when it made no request: held, invalid, ended by our
+// shutdown).
+func classify(err error) (held, result, class string) {
+	if err == nil {
+		return "", "sent", "2xx"
+	}
+	se, ok := errors.AsType[*mailer.SendError](err)
+	if !ok {
+		return "", "", "" // ctx ended: our shutdown
+	}
+	if why := se.Held(); why != "" {
+		return why, "", ""
+	}
+	result = se.Class.String()
+	switch {
+	case se.Class == mailer.Invalid:
+		return "", result, ""
+	case se.Status >= 100 && se.Status <= 599:
+		return "", result, strconv.Itoa(se.Status/100) + "xx"
+	}
+	return "", result, "none"
+}
+
+// timerState reports what is only known once a tick has told: whether
+// retries are paused, and on a standby the sweeper's heartbeat.
+type timerState struct{ t *timer.Timer }
+
+var (
+	descPaused    = prometheus.NewDesc("ordermail_retries_paused", "1 while allow_retrys is absent: retry documents wait, first sends go on.", nil, nil)
+	descHeartbeat = prometheus.NewDesc("ordermail_timer_sweeper_heartbeat_age_seconds",
+		"On a standby: how long ago the instance holding the sweep lease last renewed it.", nil, nil)
+)
+
+func (c *timerState) Describe(ch chan<- *prometheus.Desc) { ch <- descPaused; ch <- descHeartbeat }
+
+func (c *timerState) Collect(ch chan<- prometheus.Metric) {
+	st := c.t.Status()
+	if st.Role == timer.RoleUnknown {
 		return
 	}
-	json.NewEncoder(w).Encode(map[string]string{"status": "ready"})
+	ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, b2f(st.Role == timer.RolePaused))
+	if st.Role == timer.RoleStandby && st.Holder.Owner != "" {
+		ch <- prometheus.MustNewConstMetric(descHeartbeat, prometheus.GaugeValue, st.HeartbeatAge.Seconds())
+	}
+}
+
+// buildInfo is ordermail_build_info{version,goversion,revision} 1.
+func buildInfo(version string) prometheus.Collector {
+	revision := "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if version == "" {
+			version = bi.Main.Version
+		}
+		modified := false
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				revision = s.Value
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
+		if modified && revision != "unknown" {
+			revision += "-dirty"
+		}
+	}
+	if version == "" {
+		version = "unknown"
+	}
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ordermail_build_info",
+		Help:        "1, labelled with the build: ordermail's version, the Go version, the VCS revision.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version(), "revision": revision}},
+		func() float64 { return 1 })
+}
+
+// Backlog returns the store's figures as the last refresh read them: a
+// scrape, a status page or a probe never waits on the store.
+func (s *Server) Backlog() Backlog {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.backlog
+}
+
+// refreshLoop reads the backlog figures every RefreshInterval until ctx
+// ends, each read bounded by RefreshTimeout.
+func (s *Server) refreshLoop(ctx context.Context) {
+	defer s.refreshing.Done()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.refresh(ctx)
+		t.Reset(s.cfg.RefreshInterval)
+	}
+}
+
+// refresh reads the figures once; it logs when the store stops answering
+// and when it answers again, not at each failure.
+func (s *Server) refresh(ctx context.Context) {
+	rctx, cancel := context.WithTimeout(ctx, s.cfg.RefreshTimeout)
+	defer cancel()
+	now := time.Now()
+	quantum := s.t.Status().Quantum
+	c, err := s.st.Counts(rctx)
+	var b store.Backlog
+	if err == nil {
+		b, err = s.st.Backlog(rctx, now, quantum)
+	}
+	if ctx.Err() != nil {
+		return // stopping: the last figures stand
+	}
+	s.mu.Lock()
+	was := s.backlog
+	s.backlog.Checked, s.backlog.Up, s.backlog.Err = true, err == nil, err
+	if err == nil {
+		s.backlog.Counts, s.backlog.Due, s.backlog.OldestDue, s.backlog.Reasons, s.backlog.ReadAt = c, b.Due, b.OldestDue, b.Reasons, now
+	}
+	s.mu.Unlock()
+	switch {
+	case err != nil && (was.Up || !was.Checked):
+		s.log.Warn("the store does not answer the backlog figures; /readyz fails until it does", "error", err)
+	case err == nil && was.Checked && !was.Up:
+		s.log.Info("the store answers the backlog figures again")
+	}
+}
+
+// backlogCollector serves the figures the last refresh read.
+type backlogCollector struct{ s *Server }
+
+var (
+	descUp          = prometheus.NewDesc("ordermail_store_up", "1 when the store answered the last refresh of the backlog figures (every few seconds, off the scrape).", nil, nil)
+	descAge         = prometheus.NewDesc("ordermail_backlog_age_seconds", "How old the backlog figures served are: time since the store last answered them.", nil, nil)
+	descPaid        = prometheus.NewDesc("ordermail_orders_paid", "Orders whose paymentStatus is paid.", nil, nil)
+	descConfirmed   = prometheus.NewDesc("ordermail_orders_confirmed", "Paid orders whose confirmation went out.", nil, nil)
+	descUnconfirmed = prometheus.NewDesc("ordermail_orders_unconfirmed",
+		"Paid orders waiting for a confirmation that ordermail retries (their retry documents). First sends still in flight and dead-lettered orders are not counted, so a purge of dead letters does not skew it.", nil, nil)
+	descRetries = prometheus.NewDesc("ordermail_retry_documents", "Pending retries (allow_retrys not counted).", nil, nil)
+	descFlagged = prometheus.NewDesc("ordermail_retry_documents_flagged", "Retries flagged fireRetry, about to be sent.", nil, nil)
+	descDue     = prometheus.NewDesc("ordermail_retry_documents_due", "Retries due now: flagged, or due by nextAttemptAt (or the quantum, for the sample's documents).", nil, nil)
+	descOldest  = prometheus.NewDesc("ordermail_oldest_due_retry_age_seconds", "How long the longest-waiting due retry has been due; 0 when none is.", nil, nil)
+	descDead    = prometheus.NewDesc("ordermail_dead_letters", "Confirmations given up on, waiting for a redrive.", nil, nil)
+)
+
+func (b *backlogCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descUp, descAge, descPaid, descConfirmed, descUnconfirmed, descRetries, descFlagged, descDue, descOldest, descDead} {
+		ch <- d
+	}
+}
+
+func (b *backlogCollector) Collect(ch chan<- prometheus.Metric) {
+	bl := b.s.Backlog()
+	if !bl.Checked {
+		return // not read yet: nothing rather than zeros
+	}
+	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, b2f(bl.Up))
+	if bl.ReadAt.IsZero() {
+		return
+	}
+	now := time.Now()
+	ch <- prometheus.MustNewConstMetric(descAge, prometheus.GaugeValue, now.Sub(bl.ReadAt).Seconds())
+	oldest := 0.0
+	if !bl.OldestDue.IsZero() {
+		oldest = max(0, now.Sub(bl.OldestDue).Seconds())
+	}
+	c := bl.Counts
+	for d, v := range map[*prometheus.Desc]float64{descPaid: float64(c.OrdersPaid), descConfirmed: float64(c.OrdersConfirmed),
+		descUnconfirmed: float64(c.RetryDocs), descRetries: float64(c.RetryDocs), descFlagged: float64(c.RetryFlagged),
+		descDue: float64(bl.Due), descOldest: oldest, descDead: float64(c.DeadLetters)} {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
+	}
+}
+
+// Healthz answers GET /healthz, the liveness check: 200 while the feed
+// reader, the workers and the timer make progress within their bounds (see
+// watcher.Stalled and timer.Stalled); 503 naming what is stale otherwise,
+// e.g. after the process was stopped (SIGSTOP) for longer than they allow.
+// It asks nothing of the store or the email service: their failures are
+// /readyz's, and restarting ordermail would not mend them.
+func (s *Server) Healthz(w http.ResponseWriter, _ *http.Request) {
+	var stale []string
+	for _, why := range s.w.Stalled() {
+		stale = append(stale, "watcher: "+why)
+	}
+	if why := s.t.Stalled(); why != "" {
+		stale = append(stale, "timer: "+why)
+	}
+	feed := "running"
+	if !s.w.Running() {
+		feed = "standby" // not reading the feed: nothing of it to check
+	}
+	body := map[string]any{"status": "ok", "feed": feed}
+	code := http.StatusOK
+	if len(stale) > 0 {
+		body["status"], body["stale"] = "stale", stale
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, body)
+}
+
+// Readyz answers GET /readyz: 200 while ordermail can send; 503 with the
+// reason while the email service refuses its configuration (a person must
+// fix it) or the store did not answer the last refresh. The body names the
+// instance's roles: the sweep ("active", "standby", "paused") with, on a
+// standby, who sweeps and how long ago it renewed its lease; the feed
+// ("running", or "standby" while another process holds the embedded
+// store's lock).
+func (s *Server) Readyz(w http.ResponseWriter, _ *http.Request) {
+	body := map[string]any{"status": "ready"}
+	code := http.StatusOK
+	bl := s.Backlog()
+	switch {
+	case !bl.Checked:
+		body["store"] = "unknown" // not read yet: not held against readiness
+	case bl.Up:
+		body["store"] = "up"
+	default:
+		body["store"] = "down"
+	}
+	if !bl.ReadAt.IsZero() {
+		body["store_read_ago"] = time.Since(bl.ReadAt).Round(time.Millisecond).String()
+	}
+	if why := s.m.Misconfigured(); why != "" {
+		body["status"], body["reason"] = "misconfigured", why
+		code = http.StatusServiceUnavailable
+	} else if bl.Checked && !bl.Up {
+		body["status"], body["reason"] = "store_unreachable", bl.Err.Error()
+		code = http.StatusServiceUnavailable
+	}
+	st := s.t.Status()
+	role := string(st.Role)
+	if role == "" {
+		role = "unknown"
+	}
+	body["role"] = role
+	if st.Role == timer.RoleStandby && st.Holder.Owner != "" {
+		body["sweeper"] = st.Holder.Owner
+		body["sweeper_heartbeat_age"] = st.HeartbeatAge.Round(time.Millisecond).String()
+	}
+	body["feed"] = "running"
+	if !s.w.Running() {
+		body["feed"] = "standby"
+	}
+	writeJSON(w, code, body)
+}
+
+func writeJSON(w http.ResponseWriter, code int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(body)
 }
 
 // Handler serves the metrics, for tests and for embedding.
@@ -102,18 +503,26 @@ func (s *Server) Handler() http.Handler {
 // Addr is where the endpoint listens, once started; nil without one.
 func (s *Server) Addr() net.Addr { return s.addr }
 
-// Start listens, if an address is set; it does not block.
+// Start starts refreshing the backlog figures and listens, if an address is
+// set; it does not block.
 func (s *Server) Start(context.Context) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopRefresh = cancel
+	s.refreshing.Add(1)
+	go s.refreshLoop(ctx)
 	if s.cfg.Listen == "" {
 		return nil
 	}
 	ln, err := net.Listen("tcp", s.cfg.Listen)
 	if err != nil {
+		cancel()
+		s.refreshing.Wait()
 		return fmt.Errorf("metrics-listen: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", s.Handler())
-	mux.HandleFunc("GET /readyz", s.ready)
+	mux.HandleFunc("GET /healthz", s.Healthz)
+	mux.HandleFunc("GET /readyz", s.Readyz)
 	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	s.addr = ln.Addr()
 	s.done = make(chan error, 1)
@@ -125,25 +534,30 @@ func (s *Server) Start(context.Context) error {
 	return nil
 }
 
-// Stop stops the endpoint and waits for it.
+// Stop stops the endpoint and the refresh, and waits for them.
 func (s *Server) Stop(ctx context.Context) error {
-	if s.srv == nil {
-		return nil
+	var err error
+	if s.srv != nil {
+		err = s.srv.Shutdown(ctx)
+		if serveErr := <-s.done; !errors.Is(serveErr, http.ErrServerClosed) {
+			err = errors.Join(err, serveErr)
+		}
 	}
-	err := s.srv.Shutdown(ctx)
-	if serveErr := <-s.done; !errors.Is(serveErr, http.ErrServerClosed) {
-		err = errors.Join(err, serveErr)
+	if s.stopRefresh != nil {
+		s.stopRefresh()
+		s.refreshing.Wait()
 	}
 	return err
 }
 
 // feed reports the subscription's own figures, where it keeps any (the
-// Couchbase feed: streams, lag per vBucket, rollbacks, reopens).
+// Couchbase feed: streams, lag per vBucket, rollbacks, reopens); of the
+// embedded store's feed, its lag as the reader sees it.
 type feed struct{ w *watcher.Watcher }
 
 var (
 	descStreams    = prometheus.NewDesc("ordermail_feed_streams_open", "Change feed streams open (vBuckets on Couchbase).", nil, nil)
-	descLag        = prometheus.NewDesc("ordermail_feed_lag_changes", "Changes the store has past the feed's checkpoints, summed over the partitions.", nil, nil)
+	descLag        = prometheus.NewDesc("ordermail_feed_lag_changes", "Changes the store has past the feed's checkpoints, summed over the partitions (the embedded store: past the change last read; 0 when the reader is idle).", nil, nil)
 	descMaxLag     = prometheus.NewDesc("ordermail_feed_lag_max_changes", "The largest lag of one partition.", nil, nil)
 	descRollbacks  = prometheus.NewDesc("ordermail_feed_rollbacks_total", "Rollbacks the store asked the feed for.", nil, nil)
 	descReopens    = prometheus.NewDesc("ordermail_feed_reopens_total", "Streams reopened (ended, refused or unanswered).", nil, nil)
@@ -159,6 +573,11 @@ func (f *feed) Describe(ch chan<- *prometheus.Desc) {
 func (f *feed) Collect(ch chan<- prometheus.Metric) {
 	st, ok := f.w.FeedStats()
 	if !ok {
+		// The embedded store's feed: its lag as the reader sees it, and
+		// nothing else it does not count.
+		if lag, ok := f.w.ReadLag(); ok {
+			ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, float64(lag))
+		}
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(descStreams, prometheus.GaugeValue, float64(st.StreamsOpen))
@@ -167,41 +586,4 @@ func (f *feed) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRollbacks, prometheus.CounterValue, float64(st.Rollbacks))
 	ch <- prometheus.MustNewConstMetric(descReopens, prometheus.CounterValue, float64(st.Reopens))
 	ch <- prometheus.MustNewConstMetric(descCkptFailed, prometheus.CounterValue, float64(st.CheckpointSaveFailures))
-}
-
-// backlog reads the store's counts at each scrape.
-type backlog struct {
-	st  store.Store
-	log *slog.Logger
-}
-
-var (
-	descUp        = prometheus.NewDesc("ordermail_store_up", "1 when the store answered the last scrape's counts.", nil, nil)
-	descPaid      = prometheus.NewDesc("ordermail_orders_paid", "Orders whose paymentStatus is paid.", nil, nil)
-	descConfirmed = prometheus.NewDesc("ordermail_orders_confirmed", "Paid orders whose confirmation went out.", nil, nil)
-	descRetries   = prometheus.NewDesc("ordermail_retry_documents", "Pending retries (allow_retrys not counted).", nil, nil)
-	descFlagged   = prometheus.NewDesc("ordermail_retry_documents_flagged", "Retries flagged fireRetry, about to be sent.", nil, nil)
-	descDead      = prometheus.NewDesc("ordermail_dead_letters", "Confirmations given up on, waiting for a redrive.", nil, nil)
-)
-
-func (b *backlog) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descPaid, descConfirmed, descRetries, descFlagged, descDead} {
-		ch <- d
-	}
-}
-
-func (b *backlog) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := b.st.Counts(ctx)
-	if err != nil {
-		b.log.Warn("metrics: store counts", "error", err)
-		ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, 0)
-		return
-	}
-	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, 1)
-	for d, v := range map[*prometheus.Desc]int{descPaid: c.OrdersPaid, descConfirmed: c.OrdersConfirmed,
-		descRetries: c.RetryDocs, descFlagged: c.RetryFlagged, descDead: c.DeadLetters} {
-		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v))
-	}
 }

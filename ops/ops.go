@@ -119,7 +119,7 @@ type DeadLetter struct {
 // documents are listed with reason "unreadable".
 func ListDeadLetters(ctx context.Context, st store.Store) ([]DeadLetter, error) {
 	var out []DeadLetter
-	err := st.Scan(ctx, order.DeadLetter, func(d store.Doc) error {
+	err := st.Scan(ctx, order.DeadLetter, "", func(d store.Doc) error {
 		out = append(out, deadLetterOf(d))
 		return nil
 	})

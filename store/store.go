@@ -216,9 +216,13 @@ type Store interface {
 	// cost is proportional to limit, not to the number of retry documents.
 	SweepRetries(ctx context.Context, now time.Time, quantum time.Duration, limit int) (SweepResult, error)
 
-	// Scan calls fn for every document in collection, in key order, until fn
-	// returns an error. fn may write to the store.
-	Scan(ctx context.Context, collection string, fn func(Doc) error) error
+	// Scan calls fn for every document in collection whose key comes after
+	// after ("": from the first), in key order, until fn returns an error.
+	// fn may write to the store. A reader of pages ends one by returning an
+	// error of its own from fn, and starts the next with the last key it
+	// saw as after: the store reads from there on its key index, whatever
+	// came before.
+	Scan(ctx context.Context, collection, after string, fn func(Doc) error) error
 
 	// Counts reads the numbers operators watch. It costs the same whatever
 	// the number of documents.

@@ -78,6 +78,42 @@ type Result struct {
 	More    bool // due retries were left for the next tick (the budget ran out)
 }
 
+// Role is this instance's part in sweeping.
+type Role string
+
+const (
+	RoleUnknown Role = ""        // no tick has told yet
+	RolePaused  Role = "paused"  // allow_retrys is absent: nobody sweeps
+	RoleActive  Role = "active"  // this instance holds the sweep lease and sweeps
+	RoleStandby Role = "standby" // another instance holds it
+)
+
+// Hooks are called as the timer works, for metrics; any may be nil. They
+// must not block.
+type Hooks struct {
+	// Sweep is called after each sweep that ran, with how long its
+	// batches took.
+	Sweep func(took time.Duration, flagged int)
+}
+
+// Status is what the timer knows of itself, for metrics and health.
+type Status struct {
+	Started bool
+	Role    Role
+	// Interval and Quantum are the settings in effect: the flags', or
+	// allow_retrys' overrides.
+	Interval, Quantum time.Duration
+	// LastTick is when a tick last finished, successful or not (zero
+	// before the first); LastSweep when a sweep last succeeded, on the
+	// timer's clock.
+	LastTick, LastSweep time.Time
+	Ticks, SweepErrors  int64
+	// Holder is the sweep lease as a standby last read it: who sweeps,
+	// and HeartbeatAge how long ago it last renewed the lease.
+	Holder       lease.Holding
+	HeartbeatAge time.Duration
+}
+
 // Timer flags due retry documents on a schedule.
 type Timer struct {
 	cfg   Config
@@ -86,12 +122,32 @@ type Timer struct {
 	now   func() time.Time
 	cron  *cron.Cron
 	lease *lease.Lease // one sweeper among the instances on a store
-	armed atomic.Bool
-	ticks atomic.Int64
+	ticks atomic.Int64 // successful ticks
+	fails atomic.Int64 // ticks whose sweep failed
+	hooks atomic.Pointer[Hooks]
+
+	// epoch and lastTick (time since epoch, 0: none yet) on the monotonic
+	// clock, for the liveness check: the injected clock may stand still.
+	epoch    time.Time
+	started  atomic.Bool
+	startAt  atomic.Int64
+	lastTick atomic.Int64
 
 	mu        sync.Mutex
-	lastSweep time.Time
-	badCAS    uint64 // the allow_retrys version last reported as invalid
+	lastSweep time.Time // the schedule's: when the last sweep ran, at the tick's now
+	sweptAt   time.Time // the same, for Status
+	badCAS    uint64    // the allow_retrys version last reported as invalid
+	interval  time.Duration
+	quantum   time.Duration
+	role      Role
+	holder    lease.Holding // the lease as a standby last read it
+	holderAt  time.Time     // when, on the timer's clock
+
+	// Logged state, for one line per change; only tick touches them.
+	logged      Role
+	loggedArmed int // 0 unknown, 1 armed, -1 paused
+	loggedSet   [2]time.Duration
+	failing     int64 // ticks failed in a row
 
 	ctx    context.Context // ends at Stop, so a sweep in progress gives up
 	cancel context.CancelFunc
@@ -105,10 +161,11 @@ func New(cfg Config, st store.Store, log *slog.Logger, now func() time.Time) (*T
 	if now == nil {
 		now = time.Now
 	}
-	t := &Timer{cfg: cfg.withDefaults(), store: st, now: now, log: log.With("component", "timer")}
+	t := &Timer{cfg: cfg.withDefaults(), store: st, now: now, log: log.With("component", "timer"), epoch: time.Now()}
 	if t.cfg.Owner == "" {
 		t.cfg.Owner = lease.Owner()
 	}
+	t.interval, t.quantum = t.cfg.Interval, t.cfg.Quantum
 	// Three ticks: a holder that missed two renewals is taken over.
 	t.lease = lease.New(st, "timer", t.cfg.Owner, max(3*t.cfg.Interval, 3*time.Second), now)
 	cl := cronLogger{t.log}
@@ -117,23 +174,40 @@ func New(cfg Config, st store.Store, log *slog.Logger, now func() time.Time) (*T
 	return t, nil
 }
 
+// SetHooks sets the hooks; call it before Start.
+func (t *Timer) SetHooks(h Hooks) { t.hooks.Store(&h) }
+
 // Sweep is one timer callback at time now: when allow_retrys exists, flag
 // the retry documents that are due. allow_retrys may set a longer interval
 // (sweeps are then skipped until it has passed) and the quantum.
 func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	doc, err := t.store.Get(ctx, order.Retry, order.ControlKey)
 	if errors.Is(err, store.ErrNotFound) {
+		t.setRole(RolePaused, nil, now)
 		return Result{}, nil
 	}
 	if err != nil {
 		return Result{}, fmt.Errorf("read %s: %w", order.ControlKey, err)
 	}
+	// Read before the lease, so that a standby too knows the settings in
+	// effect (the backlog's quantum).
+	interval, quantum := t.settings(doc)
+	t.mu.Lock()
+	t.interval, t.quantum = interval, quantum
+	t.mu.Unlock()
 	if err := t.lease.Acquire(ctx); errors.Is(err, lease.ErrHeld) {
+		// Who sweeps, and since when it last renewed, for the standby's
+		// report; failing to read it changes nothing.
+		h, herr := t.lease.Holder(ctx)
+		if herr != nil {
+			h = lease.Holding{}
+		}
+		t.setRole(RoleStandby, &h, now)
 		return Result{Armed: true, Standby: true}, nil
 	} else if err != nil {
 		return Result{Armed: true}, fmt.Errorf("sweep lease: %w", err)
 	}
-	interval, quantum := t.settings(doc)
+	t.setRole(RoleActive, nil, now)
 	t.mu.Lock()
 	// Half a tick of slack, so that a tick that comes a little early does
 	// not push the sweep a whole tick later.
@@ -159,10 +233,23 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 		}
 	}
 	res.Swept = true
+	if h := t.hooks.Load(); h != nil && h.Sweep != nil {
+		h.Sweep(time.Since(start), res.Flagged)
+	}
 	t.mu.Lock()
 	t.lastSweep = now
+	t.sweptAt = now
 	t.mu.Unlock()
 	return res, nil
+}
+
+func (t *Timer) setRole(r Role, h *lease.Holding, now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.role = r
+	if h != nil {
+		t.holder, t.holderAt = *h, now
+	}
 }
 
 // settings reads allow_retrys' overrides; a document that does not make
@@ -176,7 +263,7 @@ func (t *Timer) settings(doc store.Doc) (interval, quantum time.Duration) {
 		t.badCAS = doc.CAS
 		t.mu.Unlock()
 		if report {
-			t.log.Warn("ignoring the settings in "+order.ControlKey, "reason", err, "interval", interval, "quantum", quantum)
+			t.log.Warn("ignoring the settings in "+order.ControlKey, "reason", err, "interval", interval.String(), "quantum", quantum.String())
 		}
 		return interval, quantum
 	}
@@ -189,44 +276,129 @@ func (t *Timer) settings(doc store.Doc) (interval, quantum time.Duration) {
 	return interval, quantum
 }
 
-// Ticks counts the ticks finished since Start, for operators and tests.
+// Ticks counts the successful ticks since Start (paused and standby ones
+// included; a tick whose sweep failed is not one), for operators and tests.
 func (t *Timer) Ticks() int64 { return t.ticks.Load() }
 
-func (t *Timer) tick() {
-	defer t.ticks.Add(1)
-	ctx, cancel := context.WithTimeout(t.ctx, max(t.cfg.Interval, time.Second))
-	defer cancel()
-	res, err := t.Sweep(ctx, t.now())
-	if err != nil {
-		// The schedule is already armed for the next tick: nothing to undo.
-		t.log.Warn("sweep", "error", err)
-		return
+// Status reports what the timer knows of itself.
+func (t *Timer) Status() Status {
+	s := Status{Started: t.started.Load(), Ticks: t.ticks.Load(), SweepErrors: t.fails.Load()}
+	if lt := t.lastTick.Load(); lt > 0 {
+		s.LastTick = t.epoch.Add(time.Duration(lt))
 	}
-	if res.Standby {
-		t.log.Debug("another instance sweeps")
-	}
-	if was := t.armed.Swap(res.Armed); was != res.Armed {
-		if res.Armed {
-			t.log.Info("retries armed", "control", order.ControlKey, "interval", t.cfg.Interval, "quantum", t.cfg.Quantum)
-		} else {
-			t.log.Info("retries paused", "control", order.ControlKey)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	s.Role, s.Interval, s.Quantum, s.LastSweep = t.role, t.interval, t.quantum, t.sweptAt
+	if t.role == RoleStandby {
+		s.Holder = t.holder
+		if t.holder.Owner != "" {
+			// The holder renews at each of its ticks for one TTL.
+			s.HeartbeatAge = max(0, t.now().Sub(t.holder.ExpiresAt.Add(-t.lease.TTL())))
 		}
 	}
+	return s
+}
+
+// stallBound is how long the timer may go without finishing a tick before
+// it counts as stuck: three intervals, and the bound of one tick's own work.
+func (t *Timer) stallBound() time.Duration { return 3*t.cfg.Interval + t.tickTimeout() }
+
+func (t *Timer) tickTimeout() time.Duration { return max(t.cfg.Interval, time.Second) }
+
+// Stalled says, for the liveness check, why the timer is stuck: no tick
+// finished (successful or not) within three intervals, counted from Start
+// when there was none yet. "" when it ticks, or was not started.
+func (t *Timer) Stalled() string {
+	if !t.started.Load() {
+		return ""
+	}
+	last := max(t.lastTick.Load(), t.startAt.Load())
+	if age := time.Since(t.epoch) - time.Duration(last); age > t.stallBound() {
+		return fmt.Sprintf("no tick finished for %s (bound %s)", age.Round(time.Millisecond), t.stallBound())
+	}
+	return ""
+}
+
+func (t *Timer) tick() {
+	defer func() { t.lastTick.Store(int64(time.Since(t.epoch))) }()
+	ctx, cancel := context.WithTimeout(t.ctx, t.tickTimeout())
+	defer cancel()
+	now := t.now()
+	res, err := t.Sweep(ctx, now)
+	if err != nil {
+		// The schedule is already armed for the next tick: nothing to undo.
+		// One warning when sweeps start failing, one line when they work
+		// again; the ticks between are counted (sweep errors).
+		t.fails.Add(1)
+		if t.failing++; t.failing == 1 {
+			t.log.Warn("sweep failed; trying again at every tick", "error", err)
+		} else {
+			t.log.Debug("sweep failed", "error", err, "failed_ticks", t.failing)
+		}
+		return
+	}
+	if t.failing > 0 {
+		t.log.Info("sweeps work again", "failed_ticks", t.failing)
+		t.failing = 0
+	}
+	t.ticks.Add(1)
+	t.logChanges(res)
 	if res.Flagged > 0 {
 		t.log.Debug("flagged retries", "count", res.Flagged, "batches", res.Batches, "more", res.More)
 	}
 }
 
+// logChanges logs one line per change of the timer's state: armed (with
+// the settings in effect) or paused, the settings changed, this instance
+// sweeping or standing by.
+func (t *Timer) logChanges(res Result) {
+	st := t.Status()
+	armed, set := -1, [2]time.Duration{st.Interval, st.Quantum}
+	if res.Armed {
+		armed = 1
+	}
+	switch {
+	case armed != t.loggedArmed && res.Armed:
+		t.log.Info("retries armed", "control", order.ControlKey, "interval", st.Interval.String(), "quantum", st.Quantum.String())
+	case armed != t.loggedArmed:
+		t.log.Info("retries paused", "control", order.ControlKey, "note", "retry documents wait until "+order.ControlKey+" exists again")
+	case res.Armed && set != t.loggedSet:
+		t.log.Info("retry settings changed", "control", order.ControlKey, "interval", st.Interval.String(), "quantum", st.Quantum.String())
+	}
+	t.loggedArmed, t.loggedSet = armed, set
+	if st.Role == t.logged {
+		return
+	}
+	switch st.Role {
+	case RoleActive:
+		t.mu.Lock()
+		prev := t.holder
+		t.mu.Unlock()
+		if t.logged == RoleStandby && prev.Owner != "" && prev.Owner != t.lease.Owner() && prev.Expired(t.now()) {
+			t.log.Warn("took over the sweep: the sweeping instance stopped renewing its lease", "previous_holder", prev.Owner,
+				"heartbeat_age", t.now().Sub(prev.ExpiresAt.Add(-t.lease.TTL())).Round(time.Millisecond).String())
+		} else {
+			t.log.Info("this instance sweeps (it holds the sweep lease)", "owner", t.lease.Owner())
+		}
+	case RoleStandby:
+		t.log.Info("standby: another instance sweeps", "holder", st.Holder.Owner)
+	}
+	t.logged = st.Role
+}
+
 // Start starts ticking; it does not block.
 func (t *Timer) Start() {
 	t.ctx, t.cancel = context.WithCancel(context.Background())
+	t.startAt.Store(int64(time.Since(t.epoch)))
+	t.started.Store(true)
 	t.cron.Start()
-	t.log.Info("timer started", "interval", t.cfg.Interval, "quantum", t.cfg.Quantum)
+	t.log.Info("timer started", "interval", t.cfg.Interval.String(), "quantum", t.cfg.Quantum.String(), "owner", t.lease.Owner())
 }
 
 // Stop stops ticking, waits for a sweep in progress until ctx ends, and
 // hands the sweep lease on.
 func (t *Timer) Stop(ctx context.Context) error {
+	t.started.Store(false)
 	t.cancel()
 	select {
 	case <-t.cron.Stop().Done():

@@ -3,6 +3,7 @@ package timer_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/embedded"
@@ -225,4 +227,186 @@ func TestSweepFlagsABacklogInBatches(t *testing.T) {
 	res, err = tight.Sweep(ctx, pinned)
 	require.NoError(t, err)
 	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 10, Batches: 1, More: true}, res)
+}
+
+// jsonLogs is a JSON logger at debug into buf.
+func jsonLogs(buf *syncbuf.Buffer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// infoLines are the lines at info or above whose message starts with msg.
+func infoLines(t *testing.T, buf *syncbuf.Buffer, msg string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) != nil {
+			continue
+		}
+		if s, _ := m["msg"].(string); strings.HasPrefix(s, msg) && m["level"] != "DEBUG" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// waitTicks waits for n more successful ticks.
+func waitTicks(t *testing.T, tm *timer.Timer, n int64) {
+	t.Helper()
+	from := tm.Ticks()
+	require.Eventually(t, func() bool { return tm.Ticks() >= from+n }, 10*time.Second, 2*time.Millisecond)
+}
+
+// TestOneLinePerStateChange: paused, armed with the settings in effect,
+// settings changed, paused again, and this instance sweeping: one line
+// each at info, however many ticks go by; durations are strings.
+func TestOneLinePerStateChange(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	var logs syncbuf.Buffer
+	tm, err := timer.New(timer.Config{Interval: 10 * time.Millisecond, Quantum: 15 * time.Second, Owner: "me"}, st, jsonLogs(&logs), nil)
+	require.NoError(t, err)
+	tm.Start()
+	defer func() { assert.NoError(t, tm.Stop(context.Background())) }()
+
+	waitTicks(t, tm, 5)
+	assert.Equal(t, timer.RolePaused, tm.Status().Role)
+	assert.Len(t, infoLines(t, &logs, "retries paused"), 1)
+
+	_, err = st.Upsert(ctx, order.Retry, order.ControlKey, []byte(`{"interval":"30ms","quantum":"1m"}`))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(infoLines(t, &logs, "retries armed")) == 1 }, 10*time.Second, 2*time.Millisecond)
+	waitTicks(t, tm, 5)
+	armed := infoLines(t, &logs, "retries armed")
+	require.Len(t, armed, 1)
+	assert.Equal(t, "30ms", armed[0]["interval"], "allow_retrys' settings, not the flags'")
+	assert.Equal(t, "1m0s", armed[0]["quantum"])
+	assert.Len(t, infoLines(t, &logs, "this instance sweeps"), 1)
+	s := tm.Status()
+	assert.Equal(t, timer.RoleActive, s.Role)
+	assert.Equal(t, 30*time.Millisecond, s.Interval)
+	assert.Equal(t, time.Minute, s.Quantum)
+	assert.False(t, s.LastSweep.IsZero())
+
+	_, err = st.Upsert(ctx, order.Retry, order.ControlKey, []byte(`{"quantum":"2m"}`))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return len(infoLines(t, &logs, "retry settings changed")) == 1 }, 10*time.Second, 2*time.Millisecond)
+	waitTicks(t, tm, 5)
+	changed := infoLines(t, &logs, "retry settings changed")
+	require.Len(t, changed, 1)
+	assert.Equal(t, "10ms", changed[0]["interval"])
+	assert.Equal(t, "2m0s", changed[0]["quantum"])
+
+	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0))
+	require.Eventually(t, func() bool { return len(infoLines(t, &logs, "retries paused")) == 2 }, 10*time.Second, 2*time.Millisecond)
+	waitTicks(t, tm, 5)
+	assert.Len(t, infoLines(t, &logs, "retries paused"), 2)
+	assert.Len(t, infoLines(t, &logs, "retries armed"), 1)
+
+	started := infoLines(t, &logs, "timer started")
+	require.Len(t, started, 1)
+	assert.Equal(t, "10ms", started[0]["interval"], "a duration is a string in JSON logs")
+	assert.Equal(t, "15s", started[0]["quantum"])
+}
+
+// failingStore fails every read of allow_retrys.
+type failingStore struct{ store.Store }
+
+func (f failingStore) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	if key == order.ControlKey {
+		return store.Doc{}, store.ErrUnavailable
+	}
+	return f.Store.Get(ctx, coll, key)
+}
+
+// TestFailedTicksAreNotTicks: a tick whose sweep fails counts as a sweep
+// error, not a tick, and is logged once until sweeps work again.
+func TestFailedTicksAreNotTicks(t *testing.T) {
+	var logs syncbuf.Buffer
+	tm, err := timer.New(timer.Config{Interval: 10 * time.Millisecond}, failingStore{openStore(t)}, jsonLogs(&logs), nil)
+	require.NoError(t, err)
+	tm.Start()
+	defer func() { assert.NoError(t, tm.Stop(context.Background())) }()
+	require.Eventually(t, func() bool { return tm.Status().SweepErrors >= 5 }, 10*time.Second, 2*time.Millisecond)
+	assert.Zero(t, tm.Ticks())
+	assert.Len(t, infoLines(t, &logs, "sweep failed"), 1)
+	assert.Empty(t, tm.Stalled(), "failing ticks are still ticks for the liveness check")
+}
+
+// stallingStore hangs reads of allow_retrys until released, ignoring
+// their context.
+type stallingStore struct {
+	store.Store
+	release chan struct{}
+}
+
+func (s stallingStore) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	<-s.release
+	return s.Store.Get(ctx, coll, key)
+}
+
+func TestStalledWhenATickNeverEnds(t *testing.T) {
+	ss := stallingStore{Store: openStore(t), release: make(chan struct{})}
+	tm, err := timer.New(timer.Config{Interval: 10 * time.Millisecond}, ss, quiet, nil)
+	require.NoError(t, err)
+	assert.Empty(t, tm.Stalled(), "not started: nothing to say")
+	tm.Start()
+	assert.Empty(t, tm.Stalled(), "just started")
+	// Three intervals and a tick's own bound (1s).
+	require.Eventually(t, func() bool { return tm.Stalled() != "" }, 10*time.Second, 5*time.Millisecond)
+	assert.Contains(t, tm.Stalled(), "no tick finished for")
+	close(ss.release)
+	require.Eventually(t, func() bool { return tm.Stalled() == "" }, 10*time.Second, 5*time.Millisecond)
+	require.NoError(t, tm.Stop(context.Background()))
+	assert.Empty(t, tm.Stalled(), "stopped")
+}
+
+// TestStandbyReportsTheSweepersHeartbeat: a standby knows who sweeps and
+// how long ago it renewed its lease; when the holder stops renewing, the
+// standby takes over with a warning.
+func TestStandbyReportsTheSweepersHeartbeat(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+
+	now := pinned
+	clock := func() time.Time { return now }
+	a, err := timer.New(timer.Config{Interval: time.Second, Owner: "a"}, st, quiet, clock)
+	require.NoError(t, err)
+	b, err := timer.New(timer.Config{Interval: time.Second, Owner: "b"}, st, quiet, clock)
+	require.NoError(t, err)
+	_, err = a.Sweep(ctx, now)
+	require.NoError(t, err)
+	now = now.Add(1500 * time.Millisecond)
+	_, err = b.Sweep(ctx, now)
+	require.NoError(t, err)
+	s := b.Status()
+	assert.Equal(t, timer.RoleStandby, s.Role)
+	assert.Equal(t, "a", s.Holder.Owner)
+	assert.Equal(t, 1500*time.Millisecond, s.HeartbeatAge)
+	assert.Equal(t, timer.RoleActive, a.Status().Role)
+
+	// A real b, ticking, while a stands still holding the lease: b waits,
+	// then takes over once a's lease (3s) has run out, and says so.
+	var logs syncbuf.Buffer
+	c, err := timer.New(timer.Config{Interval: 20 * time.Millisecond, Owner: "c"}, st, jsonLogs(&logs), nil)
+	require.NoError(t, err)
+	a2, err := timer.New(timer.Config{Interval: 20 * time.Millisecond, Owner: "a"}, st, quiet, nil)
+	require.NoError(t, err)
+	_, err = a2.Sweep(ctx, time.Now()) // a holds it, on the real clock, and stops renewing
+	require.NoError(t, err)
+	c.Start()
+	defer func() { assert.NoError(t, c.Stop(context.Background())) }()
+	require.Eventually(t, func() bool { return c.Status().Role == timer.RoleStandby }, 10*time.Second, 2*time.Millisecond)
+	assert.Len(t, infoLines(t, &logs, "standby: another instance sweeps"), 1)
+	assert.Equal(t, "a", c.Status().Holder.Owner)
+	require.Eventually(t, func() bool { return len(infoLines(t, &logs, "took over the sweep")) > 0 }, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, timer.RoleActive, c.Status().Role)
+	took := infoLines(t, &logs, "took over the sweep")
+	require.Len(t, took, 1, logs.String())
+	assert.Equal(t, "WARN", took[0]["level"])
+	assert.Equal(t, "a", took[0]["previous_holder"])
+	assert.IsType(t, "", took[0]["heartbeat_age"])
+	assert.Empty(t, infoLines(t, &logs, "this instance sweeps"), "the takeover's line is the one")
 }

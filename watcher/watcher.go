@@ -123,8 +123,32 @@ type Sender interface {
 
 // Stats counts what the watcher did since it started.
 type Stats struct {
-	Handled                                          int64 // events finished and acknowledged
-	Sends, Sent, SendFailures, DeadLettered, Ignored int64
+	Handled int64 // events finished and acknowledged
+	// Sends are the requests made to the email service: Sent succeeded,
+	// SendFailures did not. Held are sends held back without a request
+	// (breaker, configuration, rate limit); neither counts them.
+	Sends, Sent, SendFailures, Held int64
+	DeadLettered, Ignored           int64
+}
+
+// Hooks are called as the watcher works, for metrics; any may be nil. They
+// are called from the workers and must not block.
+type Hooks struct {
+	// Send is called after every call of the Sender with how long it took
+	// and what it returned.
+	Send func(took time.Duration, err error)
+	// Event is called when an event is acknowledged, with how long it took
+	// from the moment a worker took it up.
+	Event func(took time.Duration)
+	// Outcome is called when the outcome of a send is written: "sent",
+	// "retry" or "dead_letter".
+	Outcome func(result string)
+	// DeadLettered is called for every confirmation dead-lettered, with
+	// its reason.
+	DeadLettered func(reason string)
+	// RetriesPaused says whether allow_retrys is absent, so that the log
+	// of a retry scheduled can say it waits.
+	RetriesPaused func() bool
 }
 
 // Watcher runs the feed. Start and Stop it once.
@@ -135,9 +159,16 @@ type Watcher struct {
 	log   *slog.Logger
 	now   func() time.Time
 
-	handled, sends, sent, sendFailures, deadLettered, ignored atomic.Int64
-	rand                                                      func() float64 // jitter draws
-	tracer                                                    trace.Tracer
+	handled, sends, sent, sendFailures, held, deadLettered, ignored atomic.Int64
+	rand                                                            func() float64 // jitter draws
+	tracer                                                          trace.Tracer
+	hooks                                                           atomic.Pointer[Hooks]
+	progress                                                        progress
+	// lag is, on a feed that gives each event the store's position when
+	// it was read (the embedded store's), how many changes the store had
+	// past the event last read; 0 once the reader waits idle.
+	lag      atomic.Uint64
+	lagKnown atomic.Bool
 
 	sub      store.Subscription
 	failed   chan error         // the feed stopped for good
@@ -159,18 +190,51 @@ func New(cfg Config, st store.Store, mail Sender, log *slog.Logger, now func() t
 	if now == nil {
 		now = time.Now
 	}
-	return &Watcher{
+	w := &Watcher{
 		cfg: cfg.withDefaults(), store: st, mail: mail, now: now, rand: rand.Float64, failed: make(chan error, 1),
 		log: log.With("component", "watcher"), tracer: otel.Tracer(tracing.Name),
-	}, nil
+	}
+	w.progress.epoch = time.Now()
+	w.progress.workers = make([]workerProgress, w.cfg.Workers)
+	return w, nil
 }
 
 // Stats returns the counters.
 func (w *Watcher) Stats() Stats {
 	return Stats{
 		Handled: w.handled.Load(),
-		Sends:   w.sends.Load(), Sent: w.sent.Load(), SendFailures: w.sendFailures.Load(),
+		Sends:   w.sends.Load(), Sent: w.sent.Load(), SendFailures: w.sendFailures.Load(), Held: w.held.Load(),
 		DeadLettered: w.deadLettered.Load(), Ignored: w.ignored.Load(),
+	}
+}
+
+// SetHooks sets the hooks; call it before Start.
+func (w *Watcher) SetHooks(h Hooks) { w.hooks.Store(&h) }
+
+func (w *Watcher) hook() *Hooks {
+	if h := w.hooks.Load(); h != nil {
+		return h
+	}
+	return &Hooks{}
+}
+
+// deadLetter counts a confirmation dead-lettered for reason.
+func (w *Watcher) deadLetter(reason string) {
+	w.deadLettered.Add(1)
+	if f := w.hook().DeadLettered; f != nil {
+		f(reason)
+	}
+}
+
+// timedAck wraps an event's Ack to report how long the event took.
+func (w *Watcher) timedAck(ack func(), started time.Time) func() {
+	f := w.hook().Event
+	if f == nil || ack == nil {
+		return ack
+	}
+	return func() {
+		ack()
+		f(time.Since(started))
 	}
 }
 
@@ -195,8 +259,10 @@ func (w *Watcher) Start(ctx context.Context) error {
 	for i := range shards {
 		shards[i] = make(chan store.Event, 64)
 		w.workers.Add(1)
-		go w.work(workCtx, shards[i])
+		go w.work(workCtx, &w.progress.workers[i], shards[i])
 	}
+	w.progress.expect(&w.progress.reader, 2*readPoll)
+	w.progress.running.Store(true)
 	w.reader.Add(1)
 	go w.read(readCtx, shards)
 	w.log.Info("watching", "feed", w.cfg.FeedName, "workers", w.cfg.Workers)
@@ -219,6 +285,7 @@ func (w *Watcher) Stop(ctx context.Context) error {
 		defer cancelGrace()
 		defer cancelSave()
 	}
+	w.progress.running.Store(false)
 	w.cancel()
 	w.reader.Wait()
 	close(w.stopping)
@@ -251,11 +318,107 @@ func (w *Watcher) FeedStats() (store.FeedStats, bool) {
 	return store.FeedStats{}, false
 }
 
+// ReadLag is, for a feed that keeps no FeedStats but gives its events the
+// store's position when they were read (the embedded store's), how many
+// changes the store had past the event the reader last read: a feed
+// falling behind. It is 0 once the reader waits idle; ok is false when the
+// feed does not tell.
+func (w *Watcher) ReadLag() (changes uint64, ok bool) {
+	return w.lag.Load(), w.lagKnown.Load()
+}
+
+// Running says whether the watcher reads the feed: started, not stopped
+// (a standby's is not).
+func (w *Watcher) Running() bool { return w.progress.running.Load() }
+
+// readPoll bounds one wait of the reader in the feed's Next: an idle feed
+// comes back to the reader at least this often, so that a reader that does
+// not is known to be stuck.
+const readPoll = 2 * time.Second
+
+// stallBound is how long a worker may go without a step on one event
+// before it counts as stuck: a send is bounded by the mail timeout, which
+// the claim TTL outlasts, and each store operation is far shorter.
+func (w *Watcher) stallBound() time.Duration { return 2 * w.cfg.ClaimTTL }
+
+// progress is when each of the watcher's goroutines must next show that it
+// moves, as deadlines on the monotonic clock (time since epoch; 0: none),
+// for the liveness check. Each sets its own at every step.
+type progress struct {
+	epoch   time.Time
+	running atomic.Bool
+	// reader: back from the feed's Next (or its backoff); none while it
+	// hands an event to a busy worker, whose own deadline then counts.
+	reader atomic.Int64
+	inNext atomic.Bool
+	// retrying: a store operation is being tried again, by a worker or by
+	// the write of an outcome: an outage waited out, not a hang.
+	retrying atomic.Int64
+	workers  []workerProgress
+}
+
+// workerProgress is one worker's: a deadline while it has an event.
+type workerProgress struct {
+	due atomic.Int64
+	key atomic.Pointer[string]
+}
+
+func (p *progress) now() int64 { return int64(time.Since(p.epoch)) }
+
+// expect sets deadline d to within bound from now.
+func (p *progress) expect(d *atomic.Int64, bound time.Duration) { d.Store(p.now() + int64(bound)) }
+
+// Stalled says, for the liveness check, which of the watcher's goroutines
+// made no progress within its bound: the feed reader (back from the feed
+// within twice its poll bound, or from a backoff), a worker (a step on its
+// event within twice the claim TTL, unless the store is being waited out).
+// Empty when none, or when the watcher does not run.
+func (w *Watcher) Stalled() []string {
+	p := &w.progress
+	if !p.running.Load() {
+		return nil
+	}
+	now := p.now()
+	var out []string
+	if due := p.reader.Load(); due != 0 && now > due {
+		where := "not back from the change feed's Next"
+		if !p.inNext.Load() {
+			where = "not back to the change feed"
+		}
+		// The deadline was set a bound ahead of the last sign of life.
+		out = append(out, fmt.Sprintf("feed reader: %s for %s (bound %s)", where,
+			(time.Duration(now-due)+2*readPoll).Round(time.Millisecond), 2*readPoll))
+	}
+	retrying := p.retrying.Load()
+	for i := range p.workers {
+		wp := &p.workers[i]
+		due := wp.due.Load()
+		if due == 0 || now <= max(due, retrying) {
+			continue
+		}
+		key := ""
+		if k := wp.key.Load(); k != nil {
+			key = *k
+		}
+		out = append(out, fmt.Sprintf("worker %d: no progress on %q for %s (bound %s)", i, key,
+			(time.Duration(now-due)+w.stallBound()).Round(time.Millisecond), w.stallBound()))
+	}
+	return out
+}
+
 func (w *Watcher) read(ctx context.Context, shards []chan store.Event) {
 	defer w.reader.Done()
+	p := &w.progress
 	backoff := newBackoff()
 	for {
-		ev, err := w.sub.Next(ctx)
+		// A bounded wait, so that an idle reader shows it is alive.
+		p.expect(&p.reader, 2*readPoll)
+		p.inNext.Store(true)
+		pctx, cancel := context.WithTimeout(ctx, readPoll)
+		ev, err := w.sub.Next(pctx)
+		idle := pctx.Err() != nil
+		cancel()
+		p.inNext.Store(false)
 		if ctx.Err() != nil {
 			return
 		}
@@ -263,14 +426,24 @@ func (w *Watcher) read(ctx context.Context, shards []chan store.Event) {
 			w.failed <- err
 			return
 		}
+		if err != nil && idle {
+			w.lag.Store(0) // nothing came within readPoll: caught up
+			continue
+		}
 		if err != nil {
-			w.log.Warn("read change feed", "error", err, "retry_in", backoff.peek())
+			w.log.Warn("read change feed", "error", err, "retry_in", backoff.peek().String())
+			p.expect(&p.reader, backoff.peek()+2*readPoll)
 			if !backoff.wait(ctx) {
 				return
 			}
 			continue
 		}
 		backoff.reset()
+		if ev.Snapshot != 0 && ev.Snapshot >= ev.Seq {
+			w.lag.Store(ev.Snapshot - ev.Seq)
+			w.lagKnown.Store(true)
+		}
+		p.reader.Store(0) // a busy worker's own deadline counts meanwhile
 		select {
 		case shards[shardOf(ev.Key, len(shards))] <- ev:
 		case <-ctx.Done():
@@ -289,14 +462,19 @@ func shardOf(key string, n int) int {
 // send is written while the worker goes on (see settleAsync); a later
 // event of the same key waits for it, so that it decides on the state with
 // that outcome in it.
-func (w *Watcher) work(ctx context.Context, events <-chan store.Event) {
+func (w *Watcher) work(ctx context.Context, wp *workerProgress, events <-chan store.Event) {
 	defer w.workers.Done()
+	defer wp.due.Store(0)
 	recent := map[string]*written{}
 	for {
+		wp.due.Store(0)
 		select {
 		case <-w.stopping:
 			return // queued events stay unacknowledged and are replayed
 		case ev := <-events:
+			wp.key.Store(&ev.Key)
+			w.progress.expect(&wp.due, w.stallBound())
+			ev.Ack = w.timedAck(ev.Ack, time.Now())
 			if wr, ok := recent[ev.Key]; ok {
 				select {
 				case <-wr.done:
@@ -307,7 +485,7 @@ func (w *Watcher) work(ctx context.Context, events <-chan store.Event) {
 			if len(recent) >= cap(w.inflight) {
 				prune(recent, ev.Snapshot)
 			}
-			if !w.complete(ctx, ev, recent) {
+			if !w.complete(ctx, wp, ev, recent) {
 				return
 			}
 		}
@@ -352,7 +530,7 @@ func highest(cas []uint64) uint64 {
 // dead-lettered as a poison event and acknowledged, so that it cannot stop
 // its worker's other keys for good. It returns false when the watcher stops
 // first; ev is then replayed.
-func (w *Watcher) complete(ctx context.Context, ev store.Event, recent map[string]*written) bool {
+func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Event, recent map[string]*written) bool {
 	b := newBackoff()
 	failures := 0
 	for {
@@ -361,6 +539,7 @@ func (w *Watcher) complete(ctx context.Context, ev store.Event, recent map[strin
 			return false
 		default:
 		}
+		w.progress.expect(&wp.due, w.stallBound())
 		settling, err := w.handle(ctx, ev, recent)
 		if err == nil {
 			if settling != nil {
@@ -384,7 +563,8 @@ func (w *Watcher) complete(ctx context.Context, ev store.Event, recent map[strin
 				return true
 			}
 		}
-		log.Warn("change not done; trying again", "error", err, "failures", failures, "retry_in", b.peek())
+		log.Warn("change not done; trying again", "error", err, "failures", failures, "retry_in", b.peek().String())
+		w.progress.expect(&wp.due, b.peek()+w.stallBound())
 		if !b.waitUnless(ctx, w.stopping) {
 			return false
 		}
@@ -395,7 +575,7 @@ func (w *Watcher) complete(ctx context.Context, ev store.Event, recent map[strin
 // written, the failure is logged and the event let go: the document is
 // untouched, and its next change brings it back.
 func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, cause error) {
-	w.deadLettered.Add(1)
+	w.deadLetter(order.ReasonPoisonEvent)
 	detail := truncate(cause.Error(), 300)
 	// By the dead letter alone: the failure may be in reading the rest.
 	err := w.retryStore(ctx, log, "write poison dead letter", func() error {
@@ -469,7 +649,7 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, recent map[string]
 				recent[ev.Key] = &written{done: closed, seq: highest(cas)}
 			}
 			if err == nil && p.Detail != "" {
-				w.deadLettered.Add(1)
+				w.deadLetter(p.Reason)
 				log.Warn("dead-lettered", "reason", p.Reason, "detail", p.Detail)
 			} else if err == nil {
 				log.Debug("written", "reason", p.Reason)
@@ -582,7 +762,8 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 			return 0, false
 		}
 		if !isStale(err) {
-			log.Error("write the outcome of a send; trying again", "result", out.Result, "error", err, "retry_in", b.peek())
+			log.Error("write the outcome of a send; trying again", "result", out.Result, "error", err, "retry_in", b.peek().String())
+			w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())
 			if !b.wait(ctx) {
 				return 0, false
 			}
@@ -592,7 +773,8 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 			if ctx.Err() != nil {
 				return 0, false
 			}
-			log.Error("read state to settle a send; trying again", "error", rerr, "retry_in", b.peek())
+			log.Error("read state to settle a send; trying again", "error", rerr, "retry_in", b.peek().String())
+			w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())
 			if !b.wait(ctx) {
 				return 0, false
 			}
@@ -656,14 +838,32 @@ func attemptOf(started time.Time, took time.Duration, sendErr error, instance st
 }
 
 func (w *Watcher) logOutcome(log *slog.Logger, out Outcome, sendErr error) {
+	h := w.hook()
+	if h.Outcome != nil {
+		h.Outcome(out.Result)
+	}
 	switch out.Result {
 	case "sent":
 		log.Debug("confirmation sent")
 	case "dead_letter":
-		w.deadLettered.Add(1)
+		w.deadLetter(out.Reason)
 		log.Warn("dead-lettered", "reason", out.Reason, "error", sendErr)
 	default:
-		log.Debug("send failed, retry scheduled", "error", sendErr, "retry_in", out.Delay.String())
+		msg, held := "send failed, retry scheduled", ""
+		if se, ok := errors.AsType[*mailer.SendError](sendErr); ok && se.Held() != "" {
+			msg, held = "send held back, retry scheduled", se.Held()
+		}
+		args := []any{"error", sendErr, "retry_in", out.Delay.String()}
+		if held != "" {
+			args = append(args, "held", held)
+		}
+		if h.RetriesPaused != nil && h.RetriesPaused() {
+			// The timer flags no retry while allow_retrys is absent: the
+			// delay is when it becomes due, not when it goes out.
+			msg += " but retries are paused: it waits for " + order.ControlKey
+			args = append(args, "paused", true)
+		}
+		log.Debug(msg, args...)
 	}
 }
 
@@ -693,14 +893,27 @@ func (w *Watcher) apply(ctx context.Context, log *slog.Logger, writes []store.Wr
 }
 
 func (w *Watcher) send(ctx context.Context, p Plan) error {
-	w.sends.Add(1)
+	started := time.Now()
 	err := w.mail.Send(ctx, p.IdempotencyKey, p.Body)
-	if err != nil {
-		w.sendFailures.Add(1)
-		return err
+	if f := w.hook().Send; f != nil {
+		f(time.Since(started), err)
 	}
-	w.sent.Add(1)
-	return nil
+	// Only requests made count as sends: one held back (breaker,
+	// configuration, rate limit) or that cannot be made (invalid) is none.
+	se, _ := errors.AsType[*mailer.SendError](err)
+	switch {
+	case err == nil:
+		w.sends.Add(1)
+		w.sent.Add(1)
+	case se != nil && se.NotAttempted:
+		w.held.Add(1)
+	case se != nil && se.Class == mailer.Invalid, se == nil && ctx.Err() != nil:
+		// No request, or given up at shutdown: the event is replayed.
+	default:
+		w.sends.Add(1)
+		w.sendFailures.Add(1)
+	}
+	return err
 }
 
 func truncate(s string, n int) string {
@@ -720,7 +933,8 @@ func (w *Watcher) retryStore(ctx context.Context, log *slog.Logger, what string,
 		if !errors.Is(err, store.ErrUnavailable) {
 			return err
 		}
-		log.Warn(what, "error", err, "retry_in", b.peek())
+		log.Warn(what, "error", err, "retry_in", b.peek().String())
+		w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())
 		if !b.wait(ctx) {
 			return fmt.Errorf("%s: %w", what, ctx.Err())
 		}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -18,10 +17,7 @@ import (
 func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 	var asJSON bool
 	list := storeCommand("list", "ordermail deadletters list --store URL [--json]", "list the confirmations given up on", stderr,
-		func(ctx context.Context, st store.Store, args []string) error {
-			if err := noArgs(args); err != nil {
-				return err
-			}
+		func(ctx context.Context, st store.Store, _ []string) error {
 			dls, err := ops.ListDeadLetters(ctx, st)
 			if err != nil {
 				return err
@@ -39,36 +35,38 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 					time.UnixMilli(d.DeadAt).UTC().Format(time.RFC3339), truncate(d.LastError, 80))
 			}
 			return tw.Flush()
-		})
+		},
+		readOnly(), checkArgs(noArgs))
 	list.FlagSet.BoolVar(&asJSON, "json", false, "print a JSON array")
 
 	var redriveAll bool
 	redrive := storeCommand("redrive", "ordermail deadletters redrive --store URL --all | ID...",
 		"send dead letters again now, with a fresh attempt budget", stderr,
 		func(ctx context.Context, st store.Store, ids []string) error {
-			if err := idsOrAll(ids, redriveAll); err != nil {
-				return err
-			}
 			n, err := ops.Redrive(ctx, st, time.Now(), ids, redriveAll)
 			fmt.Fprintf(stdout, "redrove %d dead letters\n", n)
 			return err
-		})
+		},
+		checkArgs(func(ids []string) error { return idsOrAll("deadletters redrive", ids, redriveAll) }))
 	redrive.FlagSet.BoolVar(&redriveAll, "all", false, "every dead letter")
 
 	var purgeAll, yes bool
 	purge := storeCommand("purge", "ordermail deadletters purge --store URL --yes --all | ID...",
 		"delete dead letters for good (their orders stay unconfirmed)", stderr,
 		func(ctx context.Context, st store.Store, ids []string) error {
-			if err := idsOrAll(ids, purgeAll); err != nil {
+			n, err := ops.Purge(ctx, st, ids, purgeAll)
+			fmt.Fprintf(stdout, "purged %d dead letters\n", n)
+			return err
+		},
+		checkArgs(func(ids []string) error {
+			if err := idsOrAll("deadletters purge", ids, purgeAll); err != nil {
 				return err
 			}
 			if !yes {
 				return errors.New("purge deletes dead letters for good and their orders are never confirmed; add --yes to go on")
 			}
-			n, err := ops.Purge(ctx, st, ids, purgeAll)
-			fmt.Fprintf(stdout, "purged %d dead letters\n", n)
-			return err
-		})
+			return nil
+		}))
 	purge.FlagSet.BoolVar(&purgeAll, "all", false, "every dead letter")
 	purge.FlagSet.BoolVar(&yes, "yes", false, "confirm the deletion")
 
@@ -81,12 +79,12 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 	}
 }
 
-func idsOrAll(ids []string, all bool) error {
+func idsOrAll(cmd string, ids []string, all bool) error {
 	switch {
 	case all && len(ids) > 0:
-		return errors.New("give either --all or IDs, not both")
+		return usageErrorf("%s: give either --all or IDs, not both", cmd)
 	case !all && len(ids) == 0:
-		return fmt.Errorf("give --all or the IDs of dead letters: %w", flag.ErrHelp)
+		return usageErrorf("%s: no dead letters named: give --all or the IDs of dead letters", cmd)
 	}
 	return nil
 }

@@ -11,15 +11,19 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
+	"unicode"
 
 	"github.com/ordermail/ordermail/app"
+	"github.com/ordermail/ordermail/console"
 	"github.com/ordermail/ordermail/fixtures"
 	"github.com/ordermail/ordermail/internal/webhook"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/peterbourgon/ff/v3/ffcli"
+	"github.com/schollz/progressbar/v3"
 	"go.uber.org/fx"
 )
 
@@ -47,6 +51,7 @@ type demoSummary struct {
 	Refused           int     `json:"refused"` // answered 401: a missing or forged token or signature
 	ElapsedSeconds    float64 `json:"elapsedSeconds"`
 	Store             string  `json:"store"`
+	Interrupted       bool    `json:"interrupted,omitempty"` // Ctrl-C: the counts so far
 }
 
 func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
@@ -59,6 +64,7 @@ func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.IntVar(&d.failStatus, "fail-status", http.StatusServiceUnavailable, "status of a failed send; 406, the sample mock's, is permanent: those orders are dead-lettered")
 	fs.DurationVar(&d.latency, "latency", 0, "mock email service latency")
 	fs.StringVar(&d.data, "data", "", "directory for the store file; default a temporary directory, removed afterwards")
+	fs.StringVar(&cfg.Console.Listen, "admin-listen", "127.0.0.1:0", "address of the web console while the demo runs (its URL is printed); empty: none")
 	fs.BoolVar(&d.json, "json", false, "print the summary as one JSON object")
 	fs.DurationVar(&d.timeout, "timeout", 5*time.Minute, "give up when not every order is confirmed by then")
 	fs.Uint64Var(&d.seed, "seed", 0, "seed for generated orders and mock failures; 0 picks one")
@@ -78,16 +84,27 @@ func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if d.orders < 0 {
 				return fmt.Errorf("orders: %d is negative", d.orders)
 			}
-			log, err := logs.logger(stderr)
+			// Progress only on a terminal. Log lines that would share the
+			// terminal with the bar go through it: printed above the bar,
+			// which is drawn again under them.
+			var prog *demoProgress
+			logOut := stderr
+			if !d.json && isTerminal(stdout) {
+				prog = &demoProgress{out: stdout}
+				if isTerminal(stderr) {
+					logOut = prog
+				}
+			}
+			log, err := logs.logger(logOut)
 			if err != nil {
 				return err
 			}
-			return demo(ctx, d, cfg, log, stdout)
+			return demo(ctx, d, cfg, log, stdout, prog)
 		},
 	}
 }
 
-func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, stdout io.Writer) error {
+func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, stdout io.Writer, prog *demoProgress) error {
 	if d.seed == 0 {
 		d.seed = uint64(time.Now().UnixNano())
 	}
@@ -101,9 +118,18 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 			return err
 		}
 		defer os.RemoveAll(dir)
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data: %w", err)
 	}
 	if err := demoCredentials(dir, mock, &cfg); err != nil {
 		return err
+	}
+	if cfg.Console.Listen != "" && cfg.Console.TokenFile == "" {
+		// The console's actions need a token: a fresh one, in a private file.
+		cfg.Console.TokenFile = filepath.Join(dir, "admin-token")
+		if err := os.WriteFile(cfg.Console.TokenFile, []byte(strings.TrimPrefix(webhook.NewSecret(), "whsec_")+"\n"), 0o600); err != nil {
+			return fmt.Errorf("demo console token: %w", err)
+		}
 	}
 	l, err := mock.Listen("127.0.0.1:0")
 	if err != nil {
@@ -116,10 +142,21 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	if err := checkServiceFlags(&cfg); err != nil {
 		return err
 	}
+	docs := append(fixtures.Orders(), fixtures.Generate(d.orders, d.seed)...)
+	prog.begin(len(docs))
+	defer prog.end()
 	var st store.Store
-	a := app.New(cfg, log, fx.Populate(&st))
+	var cons *console.Console
+	a := app.New(cfg, log, fx.Populate(&st, &cons))
 	if err := a.Start(ctx); err != nil {
 		return fmt.Errorf("start: %w", app.RootCause(err))
+	}
+	if cons != nil && cons.Addr() != nil && !d.json {
+		note := "(its admin token is in " + cfg.Console.TokenFile
+		if d.data == "" {
+			note += ", deleted with the demo's store"
+		}
+		fmt.Fprintf(stdout, "console: http://%s %s)\n", cons.Addr(), note)
 	}
 	stopped := false
 	stop := func() error {
@@ -134,46 +171,50 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	defer stop()
 
 	start := time.Now()
-	docs := append(fixtures.Orders(), fixtures.Generate(d.orders, d.seed)...)
-	if err := fixtures.Load(ctx, st, order.Inbound, docs); err != nil {
-		return err
+	var show func(store.Counts)
+	if prog != nil {
+		show = prog.show
 	}
-	for _, doc := range docs {
-		if err := markPaid(ctx, st, doc.Key); err != nil {
-			return err
-		}
+	runErr := loadAndPay(ctx, st, docs, show)
+	if runErr == nil {
+		_, runErr = st.Upsert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
 	}
-	if _, err := st.Upsert(ctx, order.Retry, order.ControlKey, []byte(`{}`)); err != nil {
-		return err
+	if runErr == nil {
+		runErr = waitConfirmed(ctx, st, start.Add(d.timeout), show)
 	}
-
-	progress := !d.json && isTerminal(stdout)
-	finished, waitErr := waitConfirmed(ctx, st, start.Add(d.timeout), func(c store.Counts) {
-		if progress {
-			fmt.Fprintf(stdout, "\r%d/%d orders confirmed, %d waiting for a retry, %d dead letters, %s   ",
-				c.OrdersConfirmed, c.OrdersPaid, c.RetryDocs, c.DeadLetters, time.Since(start).Round(100*time.Millisecond))
-		}
-	})
 	elapsed := time.Since(start)
-	if progress {
-		fmt.Fprintln(stdout)
+	interrupted := ctx.Err() != nil
+	if runErr != nil && !interrupted && !errors.Is(runErr, errDemoTimeout) {
+		return runErr
 	}
+	prog.end()
 	if err := stop(); err != nil {
 		return fmt.Errorf("stop: %w", err)
+	}
+	// Read once the service has stopped, sends in flight settled, and with
+	// a context of its own: ctx may be cancelled (Ctrl-C).
+	final, err := finalCounts(cfg.Store)
+	if err != nil {
+		return err
 	}
 
 	ms := mock.Stats()
 	sum := demoSummary{
-		Orders: finished.OrdersPaid, Confirmed: finished.OrdersConfirmed, RetryDocsLeft: finished.RetryDocs,
-		DeadLetters:  finished.DeadLetters,
+		Orders: final.OrdersPaid, Confirmed: final.OrdersConfirmed, RetryDocsLeft: final.RetryDocs,
+		DeadLetters:  final.DeadLetters,
 		SendAttempts: ms.Requests, Deliveries: ms.Deliveries, Failures: ms.Failures, Refused: ms.Unauthorized,
 		DuplicateRequests: ms.DuplicateRequests, ElapsedSeconds: elapsed.Seconds(), Store: cfg.Store.URL,
+		Interrupted: interrupted,
 	}
 	if d.json {
 		if err := json.NewEncoder(stdout).Encode(sum); err != nil {
 			return err
 		}
 	} else {
+		if interrupted {
+			fmt.Fprintf(stdout, "interrupted after %.1fs, with %d of the demo's %d orders paid, %d of them neither confirmed nor dead-lettered yet; the counts so far:\n",
+				sum.ElapsedSeconds, sum.Orders, len(docs), sum.Orders-sum.Confirmed-sum.DeadLetters)
+		}
 		fmt.Fprintf(stdout, "orders paid:         %d\nconfirmed:           %d\ndead letters:        %d\nretry docs left:     %d\n"+
 			"send attempts:       %d (%d failed at the mock's %.0f%% failure rate)\ndeliveries:          %d\n"+
 			"duplicate requests:  %d\nrefused (401):       %d (every request carried a bearer token and a Standard Webhooks signature the mock verified)\n"+
@@ -181,10 +222,80 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 			sum.Orders, sum.Confirmed, sum.DeadLetters, sum.RetryDocsLeft, sum.SendAttempts, sum.Failures, d.failRate*100,
 			sum.Deliveries, sum.DuplicateRequests, sum.Refused, sum.ElapsedSeconds)
 		if sum.DeadLetters > 0 {
-			fmt.Fprintln(stdout, "(see them with: ordermail deadletters list --store", cfg.Store.URL+"; --data keeps the store)")
+			fmt.Fprintln(stdout, deadLettersHint(d.data))
 		}
 	}
-	return waitErr
+	if interrupted {
+		return ctx.Err()
+	}
+	return runErr
+}
+
+// deadLettersHint says how to look at the dead letters: a temporary store is
+// gone by the time the operator reads this, so they need a run with --data.
+func deadLettersHint(data string) string {
+	if data == "" {
+		return "(the demo's store was temporary and is deleted; to look at its dead letters, run the demo again with --data DIR, then:\n" +
+			" ordermail deadletters list --store file:DIR/ordermail.db)"
+	}
+	if abs, err := filepath.Abs(data); err == nil {
+		data = abs
+	}
+	return "(see them with: ordermail deadletters list --store " + shellQuote("file:"+filepath.Join(data, "ordermail.db")) + ")"
+}
+
+// shellQuote quotes s for a POSIX shell when it needs quoting.
+func shellQuote(s string) string {
+	plain := func(r rune) bool {
+		return r < 128 && (unicode.IsLetter(r) || unicode.IsDigit(r) || strings.ContainsRune("@%_+=:,./-", r))
+	}
+	if s != "" && strings.IndexFunc(s, func(r rune) bool { return !plain(r) }) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// finalCounts opens the store again, after the service that had it open has
+// stopped, and reads its counts.
+func finalCounts(sc app.StoreConfig) (store.Counts, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st, err := app.OpenStore(ctx, sc, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return store.Counts{}, fmt.Errorf("summary: %w", err)
+	}
+	defer st.Close()
+	c, err := st.Counts(ctx)
+	if err != nil {
+		return store.Counts{}, fmt.Errorf("summary: %w", err)
+	}
+	return c, nil
+}
+
+// loadAndPay writes the orders one by one and marks each paid, as the
+// sample's manual test does; show, if set, gets the counts every 100ms.
+func loadAndPay(ctx context.Context, st store.Store, docs []fixtures.Doc, show func(store.Counts)) error {
+	var shown time.Time
+	for i, doc := range docs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := fixtures.Load(ctx, st, order.Inbound, docs[i:i+1]); err != nil {
+			return err
+		}
+		if err := markPaid(ctx, st, doc.Key); err != nil {
+			return err
+		}
+		if show != nil && time.Since(shown) >= 100*time.Millisecond {
+			c, err := st.Counts(ctx)
+			if err != nil {
+				return fmt.Errorf("counts: %w", err)
+			}
+			show(c)
+			shown = time.Now()
+		}
+	}
+	return nil
 }
 
 var errDemoTimeout = errors.New("demo timed out")
@@ -218,26 +329,115 @@ func demoCredentials(dir string, mock *mockmail.Server, cfg *app.Config) error {
 }
 
 // waitConfirmed polls the store until every paid order is confirmed or
-// dead-lettered and no retry document is left, or until deadline.
-func waitConfirmed(ctx context.Context, st store.Store, deadline time.Time, show func(store.Counts)) (store.Counts, error) {
+// dead-lettered and no retry document is left, or until deadline. show, if
+// set, gets the counts at each poll.
+func waitConfirmed(ctx context.Context, st store.Store, deadline time.Time, show func(store.Counts)) error {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		c, err := st.Counts(ctx)
 		if err != nil {
-			return c, err
+			return fmt.Errorf("counts: %w", err)
 		}
-		show(c)
+		if show != nil {
+			show(c)
+		}
 		if c.OrdersConfirmed+c.DeadLetters >= c.OrdersPaid && c.RetryDocs == 0 {
-			return c, nil
+			return nil
 		}
 		if time.Now().After(deadline) {
-			return c, fmt.Errorf("%w: %d of %d orders confirmed", errDemoTimeout, c.OrdersConfirmed, c.OrdersPaid)
+			return fmt.Errorf("%w: %d of %d orders confirmed", errDemoTimeout, c.OrdersConfirmed, c.OrdersPaid)
 		}
 		select {
 		case <-ctx.Done():
-			return c, ctx.Err()
+			return ctx.Err()
 		case <-tick.C:
 		}
 	}
+}
+
+// demoProgress shows the demo's progress on a terminal, from the moment
+// the orders are generated: one bar of the orders settled (confirmed or
+// dead-lettered) out of those to pay, with the counts, the rate and the time
+// left. Log lines written to it are printed above the bar, never through it.
+// A nil *demoProgress shows nothing.
+type demoProgress struct {
+	out  io.Writer
+	mu   sync.Mutex
+	bar  *progressbar.ProgressBar // nil before begin and after end
+	done bool                     // the bar is full and its line ended
+}
+
+// begin draws the bar at once, for total orders.
+func (p *demoProgress) begin(total int) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.bar = progressbar.NewOptions(total,
+		progressbar.OptionSetWriter(p.out),
+		progressbar.OptionSetDescription(progressLine(store.Counts{}, total)),
+		progressbar.OptionShowIts(),
+		progressbar.OptionSetItsString("orders"),
+		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionShowElapsedTimeOnFinish(),
+		progressbar.OptionSetRenderBlankState(true))
+}
+
+// show moves the bar to the store's counts.
+func (p *demoProgress) show(c store.Counts) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar == nil || p.done {
+		return
+	}
+	total := p.bar.GetMax()
+	if c.OrdersPaid > total { // --data names a store with orders of its own
+		total = c.OrdersPaid
+		p.bar.ChangeMax(total)
+	}
+	p.bar.Describe(progressLine(c, total))
+	p.bar.Set(min(c.OrdersConfirmed+c.DeadLetters, total))
+	if p.bar.IsFinished() {
+		fmt.Fprintln(p.out)
+		p.done = true
+	}
+}
+
+func progressLine(c store.Counts, total int) string {
+	return fmt.Sprintf("paid %d/%d  confirmed %d  awaiting retry %d  dead %d ", c.OrdersPaid, total, c.OrdersConfirmed, c.RetryDocs, c.DeadLetters)
+}
+
+// end leaves the bar as it stands, with the log lines it held printed, and
+// the cursor on the next line.
+func (p *demoProgress) end() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar == nil {
+		return
+	}
+	if !p.done {
+		p.bar.RenderBlank() // prints the log lines held, then the bar
+		p.bar.Exit()
+		fmt.Fprintln(p.out)
+	}
+	p.bar = nil
+}
+
+// Write prints a log line above the bar (the bar holds it until it draws
+// itself again, within 100ms), or straight out when no bar is shown.
+func (p *demoProgress) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar == nil || p.done {
+		return p.out.Write(b)
+	}
+	if _, err := progressbar.Bprintf(p.bar, "%s", b); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }

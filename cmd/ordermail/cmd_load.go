@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"slices"
@@ -48,7 +47,7 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 			return fmt.Errorf("collection: %q is not one of %v", coll, collections)
 		}
 		if len(files) == 0 {
-			return fmt.Errorf("no files to load: %w", flag.ErrHelp)
+			return usageErrorf("load: no files to load: give FILE or DIR arguments")
 		}
 		if pay && coll != order.Inbound {
 			return fmt.Errorf("pay: only orders, in %s, can be paid", order.Inbound)
@@ -69,9 +68,6 @@ func payCommand(stdout, stderr io.Writer) *ffcli.Command {
 	return storeCommand("pay", "ordermail pay --store URL ORDER_KEY...",
 		"set orders' paymentStatus to paid, as the sample's manual test does", stderr,
 		func(ctx context.Context, st store.Store, keys []string) error {
-			if len(keys) == 0 {
-				return fmt.Errorf("no order keys: %w", flag.ErrHelp)
-			}
 			var errs []error
 			paid := 0
 			for _, k := range keys {
@@ -83,7 +79,13 @@ func payCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			fmt.Fprintf(stdout, "marked %d of %d orders paid\n", paid, len(keys))
 			return errors.Join(errs...)
-		})
+		},
+		checkArgs(func(keys []string) error {
+			if len(keys) == 0 {
+				return usageErrorf("pay: no order keys: give the keys of the orders to mark paid")
+			}
+			return nil
+		}))
 }
 
 // markPaid sets paymentStatus to paid, re-reading when the order changed

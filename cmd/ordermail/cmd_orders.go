@@ -20,9 +20,6 @@ func ordersCommand(stdout, stderr io.Writer) *ffcli.Command {
 	show := storeCommand("show", "ordermail orders show --store URL [--json] KEY",
 		"tell one order's confirmation: its state, retry, dead letter and latest send attempts", stderr,
 		func(ctx context.Context, st store.Store, args []string) error {
-			if len(args) != 1 {
-				return fmt.Errorf("orders show: give exactly one order key, got %d", len(args))
-			}
 			s, err := ops.OrderStory(ctx, st, args[0], time.Now())
 			if err != nil {
 				return err
@@ -31,7 +28,14 @@ func ordersCommand(stdout, stderr io.Writer) *ffcli.Command {
 				return json.NewEncoder(stdout).Encode(s)
 			}
 			return printStory(stdout, s)
-		})
+		},
+		readOnly(),
+		checkArgs(func(args []string) error {
+			if len(args) != 1 {
+				return usageErrorf("orders show: give exactly one order key, got %d", len(args))
+			}
+			return nil
+		}))
 	show.FlagSet.BoolVar(&asJSON, "json", false, "print one JSON object")
 
 	return &ffcli.Command{

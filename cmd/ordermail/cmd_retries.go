@@ -3,13 +3,17 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
 
@@ -17,13 +21,7 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 	var ctl order.Control
 	start := storeCommand("start", "ordermail retries start --store URL [--interval D] [--quantum D]",
 		"create allow_retrys: the timer retries failed sends (the settings go into the document)", stderr,
-		func(ctx context.Context, st store.Store, args []string) error {
-			if err := noArgs(args); err != nil {
-				return err
-			}
-			if ctl.Interval < 0 || ctl.Quantum < 0 || ctl.Interval > order.MaxControlDuration || ctl.Quantum > order.MaxControlDuration {
-				return fmt.Errorf("interval and quantum: want durations between 0 and %s", order.MaxControlDuration)
-			}
+		func(ctx context.Context, st store.Store, _ []string) error {
 			started, err := ops.StartRetries(ctx, st, ctl)
 			switch {
 			case err != nil:
@@ -36,16 +34,19 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 				fmt.Fprintln(stdout, "retries already started")
 			}
 			return nil
-		})
+		},
+		checkArgs(func(args []string) error {
+			if ctl.Interval < 0 || ctl.Quantum < 0 || ctl.Interval > order.MaxControlDuration || ctl.Quantum > order.MaxControlDuration {
+				return fmt.Errorf("interval and quantum: want durations between 0 and %s", order.MaxControlDuration)
+			}
+			return noArgs(args)
+		}))
 	start.FlagSet.DurationVar(&ctl.Interval, "interval", 0, "sweep at most this often (default: the service's --timer-interval)")
 	start.FlagSet.DurationVar(&ctl.Quantum, "quantum", 0, "retry documents without nextAttemptAt are due after this (default: the service's --retry-quantum)")
 
 	stop := storeCommand("stop", "ordermail retries stop --store URL",
 		"delete allow_retrys: retries pause (documents wait), first sends go on", stderr,
-		func(ctx context.Context, st store.Store, args []string) error {
-			if err := noArgs(args); err != nil {
-				return err
-			}
+		func(ctx context.Context, st store.Store, _ []string) error {
 			stopped, err := ops.StopRetries(ctx, st)
 			if err != nil {
 				return err
@@ -56,25 +57,27 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 				fmt.Fprintln(stdout, "retries already stopped")
 			}
 			return nil
-		})
+		},
+		checkArgs(noArgs))
 
 	var asJSON bool
 	var quantum time.Duration
-	status := storeCommand("status", "ordermail retries status --store URL [--json]", "show the timer, the backlog and why sends fail", stderr,
-		func(ctx context.Context, st store.Store, args []string) error {
-			if err := noArgs(args); err != nil {
-				return err
-			}
-			s, err := ops.ReadStatus(ctx, st, time.Now(), quantum)
+	var status *ffcli.Command
+	status = storeCommand("status", "ordermail retries status --store URL [--json]", "show the timer, the backlog, why sends fail and whether a service runs", stderr,
+		func(ctx context.Context, st store.Store, _ []string) error {
+			now := time.Now()
+			s, err := ops.ReadStatus(ctx, st, now, quantum)
 			if err != nil {
 				return err
 			}
+			// The store URL as parsed (flag or environment) names the lock.
+			v := newStatusView(s, now, probeService(status.FlagSet.Lookup("store").Value.String()))
 			if asJSON {
-				return json.NewEncoder(stdout).Encode(s)
+				return json.NewEncoder(stdout).Encode(v)
 			}
-			printStatus(stdout, s)
-			return nil
-		})
+			return printStatus(stdout, v, quantum)
+		},
+		readOnly(), checkArgs(noArgs))
 	status.FlagSet.BoolVar(&asJSON, "json", false, "print one JSON object")
 	status.FlagSet.DurationVar(&quantum, "retry-quantum", 15*time.Second, "the service's --retry-quantum, to tell which of the sample's retry documents are due")
 
@@ -87,24 +90,144 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 	}
 }
 
-func printStatus(w io.Writer, s ops.Status) {
-	timer := "paused (no " + order.ControlKey + ")"
-	if s.TimerArmed {
-		timer = "armed " + s.Control
+// statusView is what `retries status` shows: ops.Status with its fields
+// typed for a reader (the control document as settings, times in RFC 3339,
+// arrays never null) and whether a service runs on the store.
+type statusView struct {
+	ReadAt            string            `json:"readAt"`
+	TimerArmed        bool              `json:"timerArmed"`
+	Paused            bool              `json:"paused"`
+	Control           *controlView      `json:"control,omitempty"` // allow_retrys; absent while paused
+	RetryDocs         int               `json:"retryDocs"`         // pending retries
+	RetryFlagged      int               `json:"retryFlagged"`
+	DueNow            int               `json:"dueNow"`
+	OldestDueAt       string            `json:"oldestDueAt,omitempty"` // the longest-waiting due retry; absent when none is due
+	DeadLetters       int               `json:"deadLetters"`
+	OrdersPaid        int               `json:"ordersPaid"`
+	OrdersConfirmed   int               `json:"ordersConfirmed"`
+	OrdersUnconfirmed int               `json:"ordersUnconfirmed"`
+	TopFailures       []ops.ReasonCount `json:"topFailureReasons"`
+	Service           serviceView       `json:"service"`
+
+	oldestDue time.Time // OldestDueAt, for the human-readable form
+}
+
+// controlView is allow_retrys read as the service reads it.
+type controlView struct {
+	Interval string `json:"interval,omitempty"` // sweep at most this often; absent: the service's --timer-interval
+	Quantum  string `json:"quantum,omitempty"`  // absent: the service's --retry-quantum
+	Invalid  string `json:"invalid,omitempty"`  // why the service ignores the document's settings
+}
+
+// serviceView says whether a service runs on the store: Running is true or
+// false on the embedded store, "unknown" on Couchbase, with a Note.
+type serviceView struct {
+	Running any    `json:"running"`
+	Note    string `json:"note,omitempty"`
+}
+
+func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
+	v := statusView{
+		ReadAt: now.UTC().Format(time.RFC3339), TimerArmed: s.TimerArmed, Paused: s.Paused,
+		RetryDocs: s.RetryDocs, RetryFlagged: s.RetryFlagged, DueNow: s.DueNow, DeadLetters: s.DeadLetters,
+		OrdersPaid: s.OrdersPaid, OrdersConfirmed: s.OrdersConfirmed, OrdersUnconfirmed: s.OrdersUnconfirmed,
+		TopFailures: s.TopFailures, Service: svc,
 	}
-	oldest := "-"
+	if v.TopFailures == nil {
+		v.TopFailures = []ops.ReasonCount{}
+	}
 	if s.OldestDueAt != nil {
-		oldest = fmt.Sprintf("due for %s", time.Since(*s.OldestDueAt).Round(time.Second))
+		v.oldestDue = *s.OldestDueAt
+		v.OldestDueAt = v.oldestDue.UTC().Format(time.RFC3339)
 	}
-	fmt.Fprintf(w, "retries:            %s\n", timer)
-	fmt.Fprintf(w, "pending retries:    %d (%d due now, %d flagged)\n", s.RetryDocs, s.DueNow, s.RetryFlagged)
-	fmt.Fprintf(w, "oldest due:         %s\n", oldest)
-	fmt.Fprintf(w, "dead letters:       %d\n", s.DeadLetters)
-	fmt.Fprintf(w, "orders paid:        %d (%d confirmed, %d unconfirmed)\n", s.OrdersPaid, s.OrdersConfirmed, s.OrdersUnconfirmed)
-	if len(s.TopFailures) > 0 {
-		fmt.Fprintln(w, "top failure reasons:")
-		for _, r := range s.TopFailures {
-			fmt.Fprintf(w, "  %5d  %s\n", r.Count, r.Reason)
+	if s.TimerArmed {
+		v.Control = &controlView{}
+		ctl, err := order.DecodeControl([]byte(s.Control))
+		switch {
+		case err != nil:
+			v.Control.Invalid = err.Error()
+		default:
+			if ctl.Interval > 0 {
+				v.Control.Interval = ctl.Interval.String()
+			}
+			if ctl.Quantum > 0 {
+				v.Control.Quantum = ctl.Quantum.String()
+			}
 		}
 	}
+	return v
+}
+
+// probeService tells whether a service runs on the store storeURL names. On
+// the embedded store the running service holds the process lock: a lock
+// this command can take (and gives back at once) means none runs.
+func probeService(storeURL string) serviceView {
+	path, ok := strings.CutPrefix(storeURL, "file:")
+	if !ok {
+		return serviceView{Running: "unknown",
+			Note: "Couchbase instances hold no lock this command can test; see their metrics endpoints"}
+	}
+	lock := embedded.NewProcessLock(path)
+	if _, err := os.Stat(lock.Path()); errors.Is(err, os.ErrNotExist) {
+		return serviceView{Running: false} // a running service keeps its lock file
+	}
+	took, err := lock.TryLock()
+	if err != nil {
+		return serviceView{Running: "unknown", Note: err.Error()}
+	}
+	if took {
+		lock.Unlock()
+		return serviceView{Running: false}
+	}
+	return serviceView{Running: true, Note: "a process holds " + lock.Path()}
+}
+
+func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
+	line := func(name, format string, a ...any) {
+		fmt.Fprintf(w, "%-20s%s\n", name+":", fmt.Sprintf(format, a...))
+	}
+	if c := v.Control; c != nil {
+		line("retries", "armed (%s exists)", order.ControlKey)
+		switch {
+		case c.Invalid != "":
+			line("  settings", "ignored by the service: %s", c.Invalid)
+		default:
+			setting := func(v, otherwise string) string {
+				if v == "" {
+					return otherwise
+				}
+				return v + " (from " + order.ControlKey + ")"
+			}
+			line("  interval", "%s", setting(c.Interval, "the service's --timer-interval"))
+			line("  quantum", "%s", setting(c.Quantum, fmt.Sprintf("the service's --retry-quantum (%s assumed here)", quantum)))
+		}
+	} else {
+		line("retries", "paused (no %s: retry documents wait)", order.ControlKey)
+	}
+	oldest := "none due"
+	if !v.oldestDue.IsZero() {
+		oldest = fmt.Sprintf("due for %s (since %s)", time.Since(v.oldestDue).Round(time.Second), v.OldestDueAt)
+	}
+	line("pending retries", "%d (%d due now, %d flagged)", v.RetryDocs, v.DueNow, v.RetryFlagged)
+	line("oldest due", "%s", oldest)
+	line("dead letters", "%d", v.DeadLetters)
+	line("orders paid", "%d (%d confirmed, %d unconfirmed)", v.OrdersPaid, v.OrdersConfirmed, v.OrdersUnconfirmed)
+	switch running := v.Service.Running; running {
+	case true:
+		line("service", "running (%s)", v.Service.Note)
+	case false:
+		line("service", "not running")
+	default:
+		line("service", "%v (%s)", running, v.Service.Note)
+	}
+	if len(v.TopFailures) == 0 {
+		_, err := fmt.Fprintln(w, "top failure reasons: none")
+		return err
+	}
+	fmt.Fprintln(w, "top failure reasons:")
+	fmt.Fprintf(w, "  %5s  %s\n", "COUNT", "REASON")
+	for _, r := range v.TopFailures {
+		fmt.Fprintf(w, "  %5d  %s\n", r.Count, r.Reason)
+	}
+	return nil
 }

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ordermail/ordermail/app"
+	"github.com/ordermail/ordermail/console"
 	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/internal/tracing"
 	"github.com/ordermail/ordermail/store/couchbase"
@@ -22,6 +23,9 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 	storeFlags(fs, &cfg.Store)
 	fs.Var(instanceFlag{&cfg.Store.Couchbase}, "instance", "i/n: this is instance i (from 0) of n on one Couchbase cluster, streaming the vBuckets v with v % n == i")
 	fs.StringVar(&cfg.Metrics.Listen, "metrics-listen", "", "address of a Prometheus GET /metrics endpoint, e.g. 127.0.0.1:9464; empty: none")
+	fs.StringVar(&cfg.Console.Listen, "admin-listen", "", "address of the operator's web console, e.g. 127.0.0.1:9465; empty: none")
+	fs.StringVar(&cfg.Console.TokenFile, "admin-token-file", "", "file holding the console's admin token (16 characters or more), which actions need; "+
+		"or set ORDERMAIL_ADMIN_TOKEN; with neither the console is read-only. Never logged")
 	fs.BoolVar(&cfg.Watcher.FromNow, "from-now", false, "with no saved checkpoint, start the feed at its current end instead of its beginning")
 	serviceFlags(fs, &cfg, serviceDefaults{interval: time.Second, quantum: 15 * time.Second,
 		backoffMin: time.Second, backoffMax: 10 * time.Minute, breakerCooldown: 30 * time.Second})
@@ -40,6 +44,9 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			if err != nil {
 				return err
 			}
+			// The token itself comes from the environment only: a flag's
+			// value is in every process listing.
+			cfg.Console.Token = console.Secret(os.Getenv("ORDERMAIL_ADMIN_TOKEN"))
 			if err := checkServiceFlags(&cfg); err != nil {
 				return err
 			}

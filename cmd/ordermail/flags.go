@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -179,14 +180,48 @@ func storeFlags(fs *flag.FlagSet, c *app.StoreConfig) {
 	fs.DurationVar(&cb.CountsTTL, "cb-counts-ttl", 5*time.Second, "how long the backlog counts (a N1QL query) are served from the last answer, so a scrape never queries; negative: no cache")
 }
 
+// storeOption changes how storeCommand opens the store.
+type storeOption func(*storeOptions)
+
+type storeOptions struct {
+	readOnly bool
+	args     func(args []string) error
+}
+
+// readOnly is for a command that only reads: it refuses an embedded store
+// that does not exist rather than create an empty one, whose answers would
+// look like a store with nothing in it.
+func readOnly() storeOption { return func(o *storeOptions) { o.readOnly = true } }
+
+// checkArgs checks the arguments (and flags) before the store is opened, so
+// that a wrong command line touches no store.
+func checkArgs(check func(args []string) error) storeOption {
+	return func(o *storeOptions) { o.args = check }
+}
+
 // storeCommand is a command that opens the store and hands it to exec.
-func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx context.Context, st store.Store, args []string) error) *ffcli.Command {
+// Unless readOnly, a missing embedded store is created.
+func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx context.Context, st store.Store, args []string) error, opts ...storeOption) *ffcli.Command {
 	fs := newFlagSet(name, stderr)
 	var sc app.StoreConfig
+	var o storeOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	storeFlags(fs, &sc)
 	return &ffcli.Command{
 		Name: name, ShortUsage: usage, ShortHelp: help, FlagSet: fs, Options: envOptions,
 		Exec: func(ctx context.Context, args []string) error {
+			if o.args != nil {
+				if err := o.args(args); err != nil {
+					return err
+				}
+			}
+			if o.readOnly {
+				if err := storeExists(sc); err != nil {
+					return err
+				}
+			}
 			log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 			st, err := app.OpenStore(ctx, sc, log)
 			if err != nil {
@@ -198,6 +233,19 @@ func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx cont
 	}
 }
 
+// storeExists fails when sc names an embedded store whose file is missing.
+// Couchbase and malformed URLs are left to app.OpenStore.
+func storeExists(sc app.StoreConfig) error {
+	path, ok := strings.CutPrefix(sc.URL, "file:")
+	if !ok || path == "" {
+		return nil
+	}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("no store at %s (start the service or load orders first; --store names another)", path)
+	}
+	return nil
+}
+
 // isTerminal says whether w is a terminal, for live progress.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
@@ -207,7 +255,15 @@ func isTerminal(w io.Writer) bool {
 // noArgs rejects stray arguments, which are usually a mistyped flag.
 func noArgs(args []string) error {
 	if len(args) > 0 {
-		return fmt.Errorf("unexpected arguments: %s", strings.Join(args, " "))
+		return usageErrorf("unexpected arguments: %s", strings.Join(args, " "))
 	}
 	return nil
 }
+
+// usageError is a command line that makes no sense: an argument missing or
+// one too many. run prints it with the command's usage; the exit status is 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usageErrorf(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }

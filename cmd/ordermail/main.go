@@ -11,27 +11,53 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGINT and SIGTERM both stop the command cleanly; after SIGINT
+	// (Ctrl-C) it exits 130, as a shell expects of an interrupted command.
+	interrupted, stopInt := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stopTerm := signal.NotifyContext(interrupted, syscall.SIGTERM)
+	// A second signal, while the first one's clean stop is under way, ends
+	// the process at once.
+	stopReset := context.AfterFunc(ctx, func() { signal.Reset(os.Interrupt, syscall.SIGTERM) })
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	switch {
-	case err == nil:
-	case errors.Is(err, flag.ErrHelp):
-		os.Exit(2)
-	default:
-		fmt.Fprintln(os.Stderr, "ordermail:", err)
-		os.Exit(1)
-	}
+	code := exitStatus(err, interrupted.Err() != nil, os.Stderr)
+	stopReset()
+	stopTerm()
+	stopInt()
+	os.Exit(code)
 }
 
-// run is the whole program, callable from tests.
+// exitStatus reports err, unless run did already (a usage error), and
+// returns the exit status: 0, 1 when the command failed, 2 when its command
+// line was wrong, 130 when it was interrupted.
+func exitStatus(err error, interrupted bool, stderr io.Writer) int {
+	var usage usageError
+	switch {
+	case errors.As(err, &usage):
+		return 2
+	case err != nil && !(interrupted && errors.Is(err, context.Canceled)):
+		fmt.Fprintln(stderr, "ordermail:", err)
+	}
+	switch {
+	case interrupted:
+		return 130
+	case err != nil:
+		return 1
+	}
+	return 0
+}
+
+// run is the whole program, callable from tests. Help asked for goes to
+// stdout; a wrong command line is reported on stderr with the usage, and
+// returned as a usageError.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root := &ffcli.Command{
 		Name:       "ordermail",
@@ -39,7 +65,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ShortHelp:  "order confirmation service",
 		LongHelp: "ordermail sends an order confirmation when an order becomes paid, and retries\n" +
 			"failed sends on a timer armed by the document allow_retrys in retry.\n" +
-			"Every flag can also be set as ORDERMAIL_<FLAG>, e.g. ORDERMAIL_MAIL_URL.",
+			"Every flag can also be set as ORDERMAIL_<FLAG>, e.g. ORDERMAIL_MAIL_URL.\n" +
+			"`ordermail <command> -h` shows a command's flags. Exit status: 0 done, 1 failed,\n" +
+			"2 wrong command line, 130 interrupted (Ctrl-C).",
 		FlagSet: newFlagSet("ordermail", stderr),
 		Subcommands: []*ffcli.Command{
 			demoCommand(stdout, stderr),
@@ -52,28 +80,203 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			deadlettersCommand(stdout, stderr),
 			ordersCommand(stdout, stderr),
 			benchCommand(stdout, stderr),
+			healthcheckCommand(stdout),
+			versionCommand(stdout),
 		},
 		Exec: func(_ context.Context, args []string) error {
 			if len(args) > 0 {
-				return fmt.Errorf("unknown command %q; run ordermail -h for the commands", args[0])
+				return usageErrorf("unknown command %q", args[0])
 			}
-			return flag.ErrHelp
+			return usageErrorf("no command given")
 		},
 	}
-	err := root.ParseAndRun(ctx, args)
+	root.Subcommands = append(root.Subcommands, helpCommand(root, stdout))
+	// The flag package and ffcli print errors and help alike to a flag
+	// set's output; run prints them itself, each where it belongs.
+	walk(root, func(c *ffcli.Command) { c.FlagSet.SetOutput(io.Discard) })
+
 	var noExec ffcli.NoExecError
-	if errors.As(err, &noExec) {
-		noExec.Command.FlagSet.Usage()
-		return flag.ErrHelp
+	switch err := root.Parse(args); {
+	case errors.Is(err, flag.ErrHelp):
+		// -h, -help or --help.
+		_, err := io.WriteString(stdout, usageText(selected(root)))
+		return err
+	case errors.As(err, &noExec):
+		c := noExec.Command
+		if rest := c.FlagSet.Args(); len(rest) > 0 {
+			err = usageErrorf("%s: unknown command %q", c.Name, rest[0])
+		} else {
+			err = usageErrorf("%s: give a command: %s", c.Name, commandNames(c))
+		}
+		return reportUsage(stderr, c, err)
+	case err != nil:
+		// An unknown flag, a bad flag value or environment variable.
+		msg := strings.TrimPrefix(err.Error(), "error parsing commandline arguments: ")
+		return reportUsage(stderr, selected(root), usageError{msg})
+	}
+	err := root.Run(ctx)
+	var usage usageError
+	switch {
+	case errors.As(err, &usage):
+		return reportUsage(stderr, selected(root), err)
+	case errors.Is(err, flag.ErrHelp):
+		// A command that says "usage error" the way ffcli documents.
+		msg := strings.TrimSuffix(err.Error(), ": "+flag.ErrHelp.Error())
+		return reportUsage(stderr, selected(root), usageError{msg})
 	}
 	return err
 }
 
-// version is the module version the binary was built from ("(devel)" for a
-// local build).
-func version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
+// reportUsage prints what was wrong with the command line, then the usage of
+// the command c, and returns err for the exit status.
+func reportUsage(stderr io.Writer, c *ffcli.Command, err error) error {
+	fmt.Fprintf(stderr, "ordermail: %s\n\n%s", err, usageText(c))
+	return err
+}
+
+// usageText is c's help: description, usage, subcommands and flags.
+func usageText(c *ffcli.Command) string {
+	if c.UsageFunc != nil {
+		return c.UsageFunc(c)
 	}
-	return "(devel)"
+	return ffcli.DefaultUsageFunc(c)
+}
+
+// selected is the command the arguments chose: the deepest one whose flags
+// were parsed (or failed to parse).
+func selected(root *ffcli.Command) *ffcli.Command {
+	c := root
+	for {
+		next := subcommand(c, c.FlagSet.Args())
+		if next == nil || next.FlagSet == nil || !next.FlagSet.Parsed() {
+			return c
+		}
+		c = next
+	}
+}
+
+// subcommand is c's subcommand named by args[0], as ffcli matches it.
+func subcommand(c *ffcli.Command, args []string) *ffcli.Command {
+	if len(args) == 0 {
+		return nil
+	}
+	for _, s := range c.Subcommands {
+		if strings.EqualFold(args[0], s.Name) {
+			return s
+		}
+	}
+	return nil
+}
+
+func commandNames(c *ffcli.Command) string {
+	names := make([]string, len(c.Subcommands))
+	for i, s := range c.Subcommands {
+		names[i] = s.Name
+	}
+	return strings.Join(names, ", ")
+}
+
+func walk(c *ffcli.Command, fn func(*ffcli.Command)) {
+	if c.FlagSet != nil {
+		fn(c)
+	}
+	for _, s := range c.Subcommands {
+		walk(s, fn)
+	}
+}
+
+func helpCommand(root *ffcli.Command, stdout io.Writer) *ffcli.Command {
+	return &ffcli.Command{
+		Name:       "help",
+		ShortUsage: "ordermail help [COMMAND [SUBCOMMAND]]",
+		ShortHelp:  "show the help of ordermail or of a command",
+		FlagSet:    newFlagSet("help", io.Discard),
+		Exec: func(_ context.Context, args []string) error {
+			c := root
+			for i := range args {
+				if c = subcommand(c, args[i:]); c == nil {
+					return usageErrorf("help: no command %q", strings.Join(args[:i+1], " "))
+				}
+			}
+			_, err := io.WriteString(stdout, usageText(c))
+			return err
+		},
+	}
+}
+
+func versionCommand(stdout io.Writer) *ffcli.Command {
+	return &ffcli.Command{
+		Name:       "version",
+		ShortUsage: "ordermail version",
+		ShortHelp:  "print the version, commit and Go version the binary was built from",
+		FlagSet:    newFlagSet("version", io.Discard),
+		Exec: func(_ context.Context, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
+			b := readBuildInfo()
+			commit := "not recorded (built outside a git checkout, or with -buildvcs=false)"
+			if b.revision != "" {
+				commit = b.revision
+				if b.modified {
+					commit += " (modified: built with uncommitted changes)"
+				}
+			}
+			fmt.Fprintf(stdout, "ordermail %s\ncommit:       %s\n", b.version, commit)
+			if b.time != "" {
+				fmt.Fprintf(stdout, "commit time:  %s\n", b.time)
+			}
+			_, err := fmt.Fprintf(stdout, "go:           %s\n", b.goVersion)
+			return err
+		},
+	}
+}
+
+// buildInfo is what the binary knows of its build.
+type buildInfo struct {
+	version   string // module version; "(devel)" for a local build
+	revision  string // vcs.revision, the commit
+	time      string // vcs.time, the commit's time
+	modified  bool   // vcs.modified: uncommitted changes were built
+	goVersion string
+}
+
+func readBuildInfo() buildInfo {
+	b := buildInfo{version: "(devel)", goVersion: runtime.Version()}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return b
+	}
+	if bi.Main.Version != "" {
+		b.version = bi.Main.Version
+	}
+	if bi.GoVersion != "" {
+		b.goVersion = bi.GoVersion
+	}
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			b.revision = s.Value
+		case "vcs.time":
+			b.time = s.Value
+		case "vcs.modified":
+			b.modified = s.Value == "true"
+		}
+	}
+	return b
+}
+
+// version is the module version the binary was built from ("(devel)" for a
+// local build), with the commit as build metadata when the version does not
+// carry it already: "(devel)+1a2b3c4d5e6f.dirty".
+func version() string {
+	b := readBuildInfo()
+	v := b.version
+	if len(b.revision) >= 12 && !strings.Contains(v, b.revision[:12]) {
+		v += "+" + b.revision[:12]
+		if b.modified {
+			v += ".dirty"
+		}
+	}
+	return v
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,8 +63,14 @@ func TestDemoKeepsDataWhenAsked(t *testing.T) {
 	assert.Contains(t, out, "confirmed:           8")
 	out, _, err = cli(t, "retries", "status", "--json", "--store", "file:"+filepath.Join(dir, "ordermail.db"))
 	require.NoError(t, err)
-	assert.JSONEq(t, `{"timerArmed":true,"paused":false,"retryDocs":0,"retryFlagged":0,"dueNow":0,"oldestDueAt":null,
-		"deadLetters":0,"ordersPaid":8,"ordersConfirmed":8,"ordersUnconfirmed":0,"topFailureReasons":[],"control":"{}"}`, out)
+	var m map[string]any
+	require.NoError(t, json.Unmarshal([]byte(out), &m), out)
+	delete(m, "readAt")
+	got, err := json.Marshal(m)
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"timerArmed":true,"paused":false,"control":{},"retryDocs":0,"retryFlagged":0,"dueNow":0,
+		"deadLetters":0,"ordersPaid":8,"ordersConfirmed":8,"ordersUnconfirmed":0,"topFailureReasons":[],
+		"service":{"running":false}}`, string(got))
 }
 
 func TestLoadPayAndRetries(t *testing.T) {
@@ -119,7 +126,7 @@ func TestLoadPayAndRetries(t *testing.T) {
 
 	out, _, err = cli(t, "retries", "status", "--store", storeURL)
 	require.NoError(t, err)
-	assert.Contains(t, out, "paused (no allow_retrys)")
+	assert.Contains(t, out, "retries:            paused (no allow_retrys: retry documents wait)\n")
 
 	out, _, err = cli(t, "retries", "start", "--store", storeURL, "--interval", "5s", "--quantum", "1m")
 	require.NoError(t, err)
@@ -127,40 +134,60 @@ func TestLoadPayAndRetries(t *testing.T) {
 	out, _, err = cli(t, "retries", "start", "--store", storeURL, "--interval", "7s")
 	require.NoError(t, err)
 	assert.Equal(t, "retries already started; settings updated in allow_retrys\n", out)
-	assert.Equal(t, `{"interval":"7s"}`, status()["control"])
+	assert.Equal(t, map[string]any{"interval": "7s"}, status()["control"])
 }
 
+// TestBadInvocations: a wrong command line (an unknown command or flag, a
+// bad flag value, an argument missing or too many) exits 2 with the message
+// and the usage on stderr; a setting the command rejects exits 1. None of
+// them touches a store.
 func TestBadInvocations(t *testing.T) {
+	t.Chdir(t.TempDir()) // where the default store, data/ordermail.db, would be made
 	tests := []struct {
-		give []string
-		want string
+		give     []string
+		want     string
+		wantCode int
 	}{
-		{[]string{"bogus"}, `unknown command "bogus"`},
-		{[]string{"run", "--mail-url", "http://x", "--workers", "0"}, "workers: 0"},
-		{[]string{"run", "--mail-url", "http://x", "--store", "mysql://db"}, `store: "mysql://db"`},
-		{[]string{"run"}, "mail-url: required"},
-		{[]string{"run", "--mail-url", "http://x", "--log-level", "loud"}, "log-level"},
-		{[]string{"mockmail", "--fail-rate", "-1"}, "fail-rate"},
-		{[]string{"run", "--mail-url", "http://x", "stray"}, "unexpected arguments: stray"},
-		{[]string{"load", "--collection", "inbound"}, "no files to load"},
-		{[]string{"run", "--mail-url", "http://x", "--backoff", "linear"}, `backoff: "linear"`},
-		{[]string{"run", "--mail-url", "http://x", "--backoff-min", "1m", "--backoff-max", "1s"}, "backoff-max: 1s is below backoff-min 1m0s"},
-		{[]string{"run", "--mail-url", "http://x", "--retry-statuses", "503,abc"}, `"abc" is not an HTTP status`},
-		{[]string{"run", "--mail-url", "http://x", "--retry-statuses", "200"}, "retry-statuses: 200"},
-		{[]string{"run", "--mail-url", "http://x", "--max-attempts", "-2"}, "max-attempts"},
-		{[]string{"run", "--mail-url", "http://x", "--breaker-cooldown", "0s"}, "breaker-cooldown"},
-		{[]string{"retries", "start", "--interval", "-1s"}, "interval and quantum"},
-		{[]string{"deadletters", "redrive"}, "give --all or the IDs"},
-		{[]string{"run", "--mail-url", "http://x", "--store", "couchbase://db"}, "cb-username: required"},
-		{[]string{"run", "--mail-url", "http://x", "--store", "couchbase://db", "--cb-username", "u"}, "cb-password or cb-password-file: required"},
-		{[]string{"run", "--mail-url", "http://x", "--instance", "3/2"}, `"3/2" is not i/n`},
-		{[]string{"setup", "--store", "couchbase://db"}, "cb-username: required"},
-		{[]string{"deadletters", "redrive", "--all", "x"}, "either --all or IDs"},
+		{[]string{"bogus"}, `unknown command "bogus"`, 2},
+		{[]string{"run", "--mail-url", "http://x", "--workers", "0"}, "workers: 0", 1},
+		{[]string{"run", "--mail-url", "http://x", "--store", "mysql://db"}, `store: "mysql://db"`, 1},
+		{[]string{"run"}, "mail-url: required", 1},
+		{[]string{"run", "--mail-url", "http://x", "--log-level", "loud"}, "log-level", 1},
+		{[]string{"mockmail", "--fail-rate", "-1"}, "fail-rate", 1},
+		{[]string{"run", "--mail-url", "http://x", "stray"}, "unexpected arguments: stray", 2},
+		{[]string{"load", "--collection", "inbound"}, "no files to load", 2},
+		{[]string{"run", "--mail-url", "http://x", "--backoff", "linear"}, `backoff: "linear"`, 1},
+		{[]string{"run", "--mail-url", "http://x", "--backoff-min", "1m", "--backoff-max", "1s"}, "backoff-max: 1s is below backoff-min 1m0s", 1},
+		{[]string{"run", "--mail-url", "http://x", "--retry-statuses", "503,abc"}, `"abc" is not an HTTP status`, 2},
+		{[]string{"run", "--mail-url", "http://x", "--retry-statuses", "200"}, "retry-statuses: 200", 1},
+		{[]string{"run", "--mail-url", "http://x", "--max-attempts", "-2"}, "max-attempts", 1},
+		{[]string{"run", "--mail-url", "http://x", "--breaker-cooldown", "0s"}, "breaker-cooldown", 1},
+		{[]string{"retries", "start", "--interval", "-1s"}, "interval and quantum", 1},
+		{[]string{"deadletters", "redrive"}, "give --all or the IDs", 2},
+		{[]string{"run", "--mail-url", "http://x", "--store", "couchbase://db"}, "cb-username: required", 1},
+		{[]string{"run", "--mail-url", "http://x", "--store", "couchbase://db", "--cb-username", "u"}, "cb-password or cb-password-file: required", 1},
+		{[]string{"run", "--mail-url", "http://x", "--instance", "3/2"}, `"3/2" is not i/n`, 2},
+		{[]string{"setup", "--store", "couchbase://db"}, "cb-username: required", 1},
+		{[]string{"deadletters", "redrive", "--all", "x"}, "either --all or IDs", 2},
+		{[]string{"deadletters", "purge", "--all"}, "add --yes", 1},
+		{[]string{"pay"}, "no order keys", 2},
+		{[]string{"retries", "stop", "x"}, "unexpected arguments: x", 2},
+		{[]string{"run", "--bogus"}, "flag provided but not defined: -bogus", 2},
 	}
 	for _, tt := range tests {
-		_, _, err := cli(t, tt.give...)
-		assert.ErrorContains(t, err, tt.want, strings.Join(tt.give, " "))
+		name := strings.Join(tt.give, " ")
+		stdout, stderr, err := cli(t, tt.give...)
+		assert.ErrorContains(t, err, tt.want, name)
+		assert.Equal(t, tt.wantCode, exitStatus(err, false, io.Discard), name)
+		assert.Empty(t, stdout, name)
+		if tt.wantCode == 2 {
+			assert.Contains(t, stderr, tt.want, name)
+			assert.Contains(t, stderr, "USAGE", name)
+		}
 	}
+	left, err := os.ReadDir(".")
+	require.NoError(t, err)
+	assert.Empty(t, left, "a wrong command line made files")
 }
 
 func TestEnvironmentSetsFlags(t *testing.T) {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -49,12 +50,18 @@ func TestRunAsProcess(t *testing.T) {
 	st := openStore(t, storeURL)
 	require.Eventually(t, func() bool { return settled(t, st, 30) }, 60*time.Second, 20*time.Millisecond,
 		"logs:\n%s", p.logs.String())
-	resp, err := http.Get("http://" + served.Addr + "/metrics")
-	require.NoError(t, err)
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	assert.Contains(t, string(body), "\nordermail_orders_confirmed 30\n")
-	err, _ = p.stop(t, syscall.SIGTERM)
+	// The backlog gauges are refreshed off the scrape path, every few seconds.
+	var body []byte
+	require.Eventually(t, func() bool {
+		resp, err := http.Get("http://" + served.Addr + "/metrics")
+		if err != nil {
+			return false
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return strings.Contains(string(body), "\nordermail_orders_confirmed 30\n")
+	}, 30*time.Second, 50*time.Millisecond, "no ordermail_orders_confirmed 30 in /metrics:\n%s", body)
+	err, _ := p.stop(t, syscall.SIGTERM)
 	require.NoError(t, err, "clean exit after SIGTERM; logs:\n%s", p.logs.String())
 	assert.True(t, p.hasLog(`"msg":"shutting down"`))
 	assert.True(t, p.hasLog(`"msg":"stopped","component":"watcher"`))

@@ -495,15 +495,14 @@ func scanStatement(keyspace string) string {
 	return "SELECT RAW META(d).id FROM " + keyspace + " AS d WHERE META(d).id > $after ORDER BY META(d).id LIMIT $limit"
 }
 
-// Scan pages through the keys by N1QL (the primary index that setup
-// creates on each collection) and reads each document by KV, so that
-// documents that are not JSON come through too.
-func (s *Store) Scan(ctx context.Context, coll string, fn func(store.Doc) error) error {
+// Scan pages through the keys from after on by N1QL (the primary index
+// that setup creates on each collection) and reads each document by KV, so
+// that documents that are not JSON come through too.
+func (s *Store) Scan(ctx context.Context, coll, after string, fn func(store.Doc) error) error {
 	if !slices.Contains(collections, coll) {
 		return fmt.Errorf("scan: %q is not one of %v", coll, collections)
 	}
 	const page = 500
-	after := ""
 	for {
 		var keys []string
 		err := s.query(ctx, scanStatement(s.keyspace(coll)), map[string]interface{}{"after": after, "limit": page}, func(raw json.RawMessage) error {

@@ -483,13 +483,12 @@ func (s *Store) Tallies(ctx context.Context) ([]store.Tally, error) {
 	return out, mapErr(rows.Err())
 }
 
-// Scan pages through a collection by key, so that no read transaction stays
-// open while fn runs.
-func (s *Store) Scan(ctx context.Context, coll string, fn func(store.Doc) error) error {
+// Scan pages through a collection by key, from after on, so that no read
+// transaction stays open while fn runs.
+func (s *Store) Scan(ctx context.Context, coll, after string, fn func(store.Doc) error) error {
 	if coll == order.Attempts {
 		return fmt.Errorf("scan %s: attempt records are read by key", coll)
 	}
-	after := ""
 	for {
 		if err := s.check(); err != nil {
 			return err

@@ -2,8 +2,10 @@ package storetest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -527,9 +529,49 @@ func testScan(t *testing.T, s store.Store) {
 	require.NoError(t, err)
 	require.NoError(t, s.Remove(ctx, coll, p+"gone", cas))
 
+	// Pages: each stops after a few documents and the next starts after
+	// the last key seen; together they see every document once, in order.
+	var paged []string
+	stopPage := errors.New("page full")
+	for after := p; ; {
+		n, end := 0, false
+		err := s.Scan(ctx, coll, after, func(d store.Doc) error {
+			if !strings.HasPrefix(d.Key, p) {
+				end = true // past the prefix
+				return stopPage
+			}
+			require.Greater(t, d.Key, after, "a page starts after its key")
+			paged = append(paged, d.Key)
+			if n++; n == 400 {
+				return stopPage
+			}
+			return nil
+		})
+		if err != nil {
+			require.ErrorIs(t, err, stopPage)
+		}
+		if err == nil || end {
+			break
+		}
+		after = paged[len(paged)-1]
+	}
+	require.Len(t, paged, len(want))
+	assert.True(t, slices.IsSorted(paged), "key order across pages")
+	for _, k := range paged {
+		assert.Contains(t, want, k)
+	}
+	var tail []string
+	require.NoError(t, s.Scan(ctx, coll, fmt.Sprintf("%s%05d", p, 1199), func(d store.Doc) error {
+		if strings.HasPrefix(d.Key, p) {
+			tail = append(tail, d.Key)
+		}
+		return nil
+	}))
+	assert.Equal(t, []string{p + "01200", p + "01201", p + "01202"}, tail, "after is excluded, the rest follows")
+
 	got := map[string]string{}
 	last := ""
-	err = s.Scan(ctx, coll, func(d store.Doc) error {
+	err = s.Scan(ctx, coll, "", func(d store.Doc) error {
 		assert.Greater(t, d.Key, last, "key order")
 		last = d.Key
 		if strings.HasPrefix(d.Key, p) {
@@ -548,7 +590,7 @@ func testScan(t *testing.T, s store.Store) {
 	require.NoError(t, err)
 	_, err = s.Upsert(ctx, coll, p+"b", []byte(`{}`))
 	require.NoError(t, err)
-	err = s.Scan(ctx, coll, func(d store.Doc) error { n++; return stop })
+	err = s.Scan(ctx, coll, "", func(d store.Doc) error { n++; return stop })
 	assert.ErrorIs(t, err, stop)
 	assert.Equal(t, 1, n)
 }

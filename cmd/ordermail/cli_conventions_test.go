@@ -1,0 +1,223 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/ordermail/ordermail/internal/syncbuf"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// runProcess runs the built binary to the end and returns its stdout, its
+// stderr and its exit code.
+func runProcess(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var stdout, stderr syncbuf.Buffer
+	cmd := exec.Command(binary, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return stdout.String(), stderr.String(), exit.ExitCode()
+	}
+	require.NoError(t, err)
+	return stdout.String(), stderr.String(), 0
+}
+
+func TestHelpGoesToStdout(t *testing.T) {
+	tests := []struct {
+		give []string
+		want string // in the help
+	}{
+		{[]string{"-h"}, "ordermail <command> [flags]"},
+		{[]string{"--help"}, "ordermail <command> [flags]"},
+		{[]string{"help"}, "ordermail <command> [flags]"},
+		{[]string{"retries", "-h"}, "ordermail retries start|stop|status"},
+		{[]string{"retries", "status", "-h"}, "ordermail retries status --store URL [--json]"},
+		{[]string{"help", "retries", "status"}, "ordermail retries status --store URL [--json]"},
+		{[]string{"pay", "--help"}, "ordermail pay --store URL ORDER_KEY..."},
+		{[]string{"demo", "-h"}, "ordermail demo"},
+	}
+	for _, tt := range tests {
+		name := strings.Join(tt.give, " ")
+		stdout, stderr, err := cli(t, tt.give...)
+		require.NoError(t, err, name)
+		assert.Contains(t, stdout, tt.want, name)
+		assert.Contains(t, stdout, "USAGE", name)
+		assert.Empty(t, stderr, name)
+	}
+
+	for _, args := range [][]string{{"-h"}, {"--help"}, {"help"}, {"deadletters", "redrive", "-h"}} {
+		stdout, stderr, code := runProcess(t, args...)
+		assert.Zero(t, code, "%v: stderr %s", args, stderr)
+		assert.Contains(t, stdout, "USAGE", args)
+		assert.Empty(t, stderr, args)
+	}
+}
+
+func TestWrongCommandLineExits2(t *testing.T) {
+	t.Chdir(t.TempDir())
+	tests := []struct {
+		give []string
+		want string // on stderr, before the usage
+	}{
+		{[]string{"retries", "status", "--bogus"}, "flag provided but not defined: -bogus"},
+		{[]string{"--bogus"}, "flag provided but not defined: -bogus"},
+		{[]string{"pay"}, "pay: no order keys"},
+		{[]string{"deadletters", "redrive"}, "deadletters redrive: no dead letters named: give --all or the IDs"},
+		{[]string{"deadletters", "purge", "--yes"}, "deadletters purge: no dead letters named: give --all or the IDs"},
+		{[]string{"load", "--collection", "inbound"}, "load: no files to load"},
+		{[]string{"orders", "show"}, "orders show: give exactly one order key, got 0"},
+		{[]string{"orders", "show", "a", "b"}, "orders show: give exactly one order key, got 2"},
+		{[]string{"retries"}, "retries: give a command: start, stop, status"},
+		{[]string{"retries", "resume"}, `retries: unknown command "resume"`},
+		{[]string{}, "no command given"},
+		{[]string{"help", "nope"}, `help: no command "nope"`},
+		{[]string{"version", "x"}, "unexpected arguments: x"},
+	}
+	for _, tt := range tests {
+		name := strings.Join(tt.give, " ")
+		stdout, stderr, err := cli(t, tt.give...)
+		require.Error(t, err, name)
+		assert.Equal(t, 2, exitStatus(err, false, io.Discard), name)
+		assert.Empty(t, stdout, name)
+		assert.True(t, strings.HasPrefix(stderr, "ordermail: "+tt.want), "%s: stderr %q", name, stderr)
+		assert.Contains(t, stderr, "\nUSAGE\n", name)
+	}
+
+	stdout, stderr, code := runProcess(t, "retries", "status", "--bogus")
+	assert.Equal(t, 2, code)
+	assert.Empty(t, stdout)
+	assert.Contains(t, stderr, "flag provided but not defined: -bogus")
+	assert.Equal(t, 1, strings.Count(stderr, "-bogus"), "the message once, not repeated after the usage:\n%s", stderr)
+	_, stderr, code = runProcess(t, "pay")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "no order keys")
+
+	left, err := os.ReadDir(".")
+	require.NoError(t, err)
+	assert.Empty(t, left, "a wrong command line made files")
+}
+
+func TestExitStatus(t *testing.T) {
+	tests := []struct {
+		name        string
+		give        error
+		interrupted bool
+		want        int
+		wantStderr  string
+	}{
+		{"done", nil, false, 0, ""},
+		{"failed", errors.New("boom"), false, 1, "ordermail: boom\n"},
+		{"usage", usageErrorf("no order keys"), false, 2, ""}, // run printed it, with the usage
+		{"interrupted", context.Canceled, true, 130, ""},
+		{"interrupted after it was done", nil, true, 130, ""},
+		{"failed while interrupted", errors.New("boom"), true, 130, "ordermail: boom\n"},
+	}
+	for _, tt := range tests {
+		var stderr strings.Builder
+		assert.Equal(t, tt.want, exitStatus(tt.give, tt.interrupted, &stderr), tt.name)
+		assert.Equal(t, tt.wantStderr, stderr.String(), tt.name)
+	}
+}
+
+func TestVersion(t *testing.T) {
+	stdout, _, err := cli(t, "version")
+	require.NoError(t, err)
+	assert.True(t, strings.HasPrefix(stdout, "ordermail "+version()+"\n"), stdout)
+	assert.Contains(t, stdout, "\ngo:           go1.")
+	assert.Contains(t, stdout, "\ncommit:       ")
+
+	stdout, _, code := runProcess(t, "version")
+	assert.Zero(t, code)
+	assert.Contains(t, stdout, "ordermail ")
+}
+
+// TestReadOnlyCommandsRefuseAMissingStore: a command that only reads does
+// not create the store it was pointed at (a typo, or the default in the
+// wrong directory), it says so; a command that writes does create it.
+func TestReadOnlyCommandsRefuseAMissingStore(t *testing.T) {
+	t.Chdir(t.TempDir())
+	missing := filepath.Join("nowhere", "o.db")
+	for _, args := range [][]string{
+		{"retries", "status"},
+		{"retries", "status", "--json"},
+		{"deadletters", "list"},
+		{"orders", "show"},
+	} {
+		for _, store := range []string{"", missing} {
+			give := args
+			wantPath := "data/ordermail.db"
+			if store != "" {
+				give = append(append([]string{}, args...), "--store", "file:"+store)
+				wantPath = store
+			}
+			if args[0] == "orders" {
+				give = append(give, "order_1")
+			}
+			name := strings.Join(give, " ")
+			stdout, _, err := cli(t, give...)
+			require.EqualError(t, err, "no store at "+wantPath+" (start the service or load orders first; --store names another)", name)
+			assert.Equal(t, 1, exitStatus(err, false, io.Discard), name)
+			assert.Empty(t, stdout, name)
+		}
+	}
+	left, err := os.ReadDir(".")
+	require.NoError(t, err)
+	assert.Empty(t, left, "a read-only command made files")
+
+	_, stderr, code := runProcess(t, "retries", "status", "--store", "file:"+filepath.Join(t.TempDir(), "o.db"))
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "ordermail: no store at ")
+
+	_, _, err = cli(t, "retries", "start", "--store", "file:"+missing)
+	require.NoError(t, err, "a command that writes creates the store")
+	_, err = os.Stat(missing)
+	assert.NoError(t, err)
+	out, _, err := cli(t, "retries", "status", "--store", "file:"+missing)
+	require.NoError(t, err)
+	assert.Contains(t, out, "retries:            armed")
+}
+
+func TestHealthcheck(t *testing.T) {
+	var status atomic.Int32
+	status.Store(http.StatusOK)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/healthz" {
+			http.NotFound(w, r)
+			return
+		}
+		w.WriteHeader(int(status.Load()))
+	}))
+	defer srv.Close()
+
+	out, _, err := cli(t, "healthcheck", "--url", srv.URL+"/healthz")
+	require.NoError(t, err)
+	assert.Equal(t, "healthy: "+srv.URL+"/healthz answered 200 OK\n", out)
+
+	status.Store(http.StatusServiceUnavailable)
+	_, _, err = cli(t, "healthcheck", "--url", srv.URL+"/healthz")
+	require.EqualError(t, err, "unhealthy: "+srv.URL+"/healthz answered 503 Service Unavailable")
+	assert.Equal(t, 1, exitStatus(err, false, io.Discard))
+
+	_, _, code := runProcess(t, "healthcheck", "--url", srv.URL+"/healthz")
+	assert.Equal(t, 1, code)
+	status.Store(http.StatusNoContent)
+	_, _, code = runProcess(t, "healthcheck", "--url", srv.URL+"/healthz")
+	assert.Zero(t, code)
+
+	closed := httptest.NewServer(http.NotFoundHandler())
+	closed.Close()
+	_, _, err = cli(t, "healthcheck", "--url", closed.URL+"/healthz")
+	require.ErrorContains(t, err, "unhealthy: ")
+}

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/internal/syncbuf"
+	"github.com/ordermail/ordermail/store"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestDemoInterrupted: Ctrl-C in the middle of the demo stops it cleanly,
+// prints what was done so far (read from the store, not from the cancelled
+// context) and exits 130. Without a terminal there is no bar, but the
+// summary is printed all the same.
+func TestDemoInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	var stdout, stderr syncbuf.Buffer
+	cmd := exec.Command(binary, "demo", "--orders", "3000", "--latency", "5ms", "--data", dir)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	require.NoError(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+
+	// The lock file is made once the store is set up and the service runs;
+	// then wait for the first paid order.
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(filepath.Join(dir, "ordermail.db.lock"))
+		return err == nil
+	}, 60*time.Second, 10*time.Millisecond, "stderr:\n%s", stderr.String())
+	st := openStore(t, "file:"+filepath.Join(dir, "ordermail.db"))
+	require.Eventually(t, func() bool {
+		c, err := st.Counts(t.Context())
+		return err == nil && c.OrdersPaid > 0
+	}, 60*time.Second, 10*time.Millisecond)
+	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+
+	var err error
+	select {
+	case err = <-exited:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no exit 60s after SIGINT; stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	}
+	var exit *exec.ExitError
+	require.True(t, errors.As(err, &exit), "exit: %v", err)
+	out := stdout.String()
+	assert.Equal(t, 130, exit.ExitCode(), "stdout:\n%s\nstderr:\n%s", out, stderr.String())
+	assert.Contains(t, out, "interrupted after ")
+	m := regexp.MustCompile(`\norders paid:\s+(\d+)\n`).FindStringSubmatch(out)
+	require.NotNil(t, m, out)
+	paid, _ := strconv.Atoi(m[1])
+	assert.Positive(t, paid, out)
+	assert.NotContains(t, out+stderr.String(), "context canceled")
+
+	c, err := st.Counts(t.Context())
+	require.NoError(t, err)
+	assert.Contains(t, out, "\norders paid:         "+strconv.Itoa(c.OrdersPaid)+"\n", "the summary is the store's")
+	assert.Contains(t, out, "\nconfirmed:           "+strconv.Itoa(c.OrdersConfirmed)+"\n", "the summary is the store's")
+}
+
+// TestDemoDeadLettersHint: the command the demo prints to see its dead
+// letters works when --data kept the store, and says how to keep it when
+// the store was temporary.
+func TestDemoDeadLettersHint(t *testing.T) {
+	dir := t.TempDir()
+	out, _, err := cli(t, "demo", "--orders", "2", "--fail-rate", "1", "--fail-status", "400", "--data", dir)
+	require.NoError(t, err)
+	m := regexp.MustCompile(`\(see them with: ordermail (deadletters list --store (\S+))\)\n`).FindStringSubmatch(out)
+	require.NotNil(t, m, out)
+	assert.Equal(t, "file:"+filepath.Join(dir, "ordermail.db"), m[2])
+	list, _, err := cli(t, strings.Fields(m[1])...)
+	require.NoError(t, err)
+	assert.Contains(t, list, "order_140")
+
+	out, _, err = cli(t, "demo", "--orders", "2", "--fail-rate", "1", "--fail-status", "400")
+	require.NoError(t, err)
+	assert.Contains(t, out, "run the demo again with --data DIR, then:\n ordermail deadletters list --store file:DIR/ordermail.db)\n")
+
+	assert.Equal(t, "'file:/a b/o.db'", shellQuote("file:/a b/o.db"))
+	assert.Equal(t, `'it'\''s'`, shellQuote("it's"))
+}
+
+// TestDemoProgressKeepsLogLinesWhole: a log line written while the bar is
+// shown comes out whole, on a line of its own, and the bar is drawn again
+// after it.
+func TestDemoProgressKeepsLogLinesWhole(t *testing.T) {
+	var out bytes.Buffer
+	p := &demoProgress{out: &out}
+	p.begin(10)
+	assert.Contains(t, out.String(), "paid 0/10", "drawn at once")
+	p.show(store.Counts{OrdersPaid: 4, OrdersConfirmed: 2, RetryDocs: 1, DeadLetters: 1})
+	line := "time=now level=WARN msg=dead-lettered key=order_1\n"
+	_, err := p.Write([]byte(line))
+	require.NoError(t, err)
+	p.show(store.Counts{OrdersPaid: 10, OrdersConfirmed: 5, DeadLetters: 1})
+	p.end()
+
+	s := out.String()
+	i := strings.Index(s, line)
+	require.GreaterOrEqual(t, i, 0, "the log line whole:\n%q", s)
+	assert.True(t, i == 0 || s[i-1] == '\r', "the log line starts a line: %q", s)
+	assert.Contains(t, s[i+len(line):], "paid 10/10  confirmed 5  awaiting retry 0  dead 1", "the bar again after it")
+	assert.True(t, strings.HasSuffix(s, "\n"), "the cursor left on a new line: %q", s)
+
+	_, err = p.Write([]byte("after\n"))
+	require.NoError(t, err)
+	assert.True(t, strings.HasSuffix(out.String(), "\nafter\n"))
+
+	var nothing *demoProgress // no terminal: nothing shown
+	nothing.begin(3)
+	nothing.end()
+}

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// statusJSON is `retries status --json` as a program reads it: every field
+// of the type it says it is.
+type statusJSON struct {
+	ReadAt     time.Time `json:"readAt"`
+	TimerArmed bool      `json:"timerArmed"`
+	Paused     bool      `json:"paused"`
+	Control    *struct {
+		Interval string `json:"interval"`
+		Quantum  string `json:"quantum"`
+		Invalid  string `json:"invalid"`
+	} `json:"control"`
+	RetryDocs         int        `json:"retryDocs"`
+	DueNow            int        `json:"dueNow"`
+	OldestDueAt       *time.Time `json:"oldestDueAt"`
+	DeadLetters       int        `json:"deadLetters"`
+	OrdersPaid        int        `json:"ordersPaid"`
+	OrdersUnconfirmed int        `json:"ordersUnconfirmed"`
+	TopFailureReasons []struct {
+		Reason string `json:"reason"`
+		Count  int    `json:"count"`
+	} `json:"topFailureReasons"`
+	Service struct {
+		Running any    `json:"running"`
+		Note    string `json:"note"`
+	} `json:"service"`
+}
+
+func readStatus(t *testing.T, storeURL string) statusJSON {
+	t.Helper()
+	out, _, err := cli(t, "retries", "status", "--json", "--store", storeURL)
+	require.NoError(t, err)
+	var s statusJSON
+	require.NoError(t, json.Unmarshal([]byte(out), &s), out)
+	assert.NotContains(t, out, "null")
+	return s
+}
+
+func TestRetriesStatus(t *testing.T) {
+	storeURL := "file:" + filepath.Join(t.TempDir(), "o.db")
+	_, _, err := cli(t, "load", "--store", storeURL, "--collection", "inbound", "--pay", filepath.Join("..", "..", "fixtures", "orders"))
+	require.NoError(t, err)
+
+	s := readStatus(t, storeURL)
+	assert.True(t, s.Paused)
+	assert.Nil(t, s.Control, "no allow_retrys, no settings")
+	assert.NotNil(t, s.TopFailureReasons, "an array, even empty")
+	assert.Empty(t, s.TopFailureReasons)
+	assert.Nil(t, s.OldestDueAt)
+	assert.WithinDuration(t, time.Now(), s.ReadAt, time.Minute)
+	assert.Equal(t, 5, s.OrdersPaid)
+	assert.Equal(t, false, s.Service.Running)
+
+	_, _, err = cli(t, "retries", "start", "--store", storeURL, "--interval", "7s", "--quantum", "1m")
+	require.NoError(t, err)
+	s = readStatus(t, storeURL)
+	assert.True(t, s.TimerArmed)
+	require.NotNil(t, s.Control)
+	assert.Equal(t, "7s", s.Control.Interval)
+	assert.Equal(t, "1m0s", s.Control.Quantum)
+
+	out, _, err := cli(t, "retries", "status", "--store", storeURL)
+	require.NoError(t, err)
+	assert.Contains(t, out, "retries:            armed (allow_retrys exists)\n")
+	assert.Contains(t, out, "  interval:         7s (from allow_retrys)\n")
+	assert.Contains(t, out, "  quantum:          1m0s (from allow_retrys)\n")
+	assert.Contains(t, out, "oldest due:         none due\n")
+	assert.Contains(t, out, "service:            not running\n")
+	assert.Contains(t, out, "top failure reasons: none\n")
+	assert.NotContains(t, out, "null")
+	assert.NotContains(t, out, "{")
+
+	// Settings the service ignores are shown as such, not as JSON.
+	_, _, err = cli(t, "retries", "stop", "--store", storeURL)
+	require.NoError(t, err)
+	st := openStore(t, storeURL)
+	_, err = st.Upsert(t.Context(), "retry", "allow_retrys", []byte(`{"interval":"soon"}`))
+	require.NoError(t, err)
+	s = readStatus(t, storeURL)
+	require.NotNil(t, s.Control)
+	assert.Contains(t, s.Control.Invalid, "interval")
+	out, _, err = cli(t, "retries", "status", "--store", storeURL)
+	require.NoError(t, err)
+	assert.Contains(t, out, "  settings:         ignored by the service: ")
+}
+
+// TestRetriesStatusSeesTheService: on the embedded store, status tells
+// whether a service holds the store, without getting in its way.
+func TestRetriesStatusSeesTheService(t *testing.T) {
+	mock := startMock(t, "--fail-rate", "0")
+	storeURL := "file:" + filepath.Join(t.TempDir(), "o.db")
+	p := startProc(t, "run", "--store", storeURL, "--mail-url", mock, "--log-format", "json")
+	p.waitLog(t, `"msg":"watching"`)
+
+	s := readStatus(t, storeURL)
+	assert.Equal(t, true, s.Service.Running, "run holds the store")
+	assert.Contains(t, s.Service.Note, "o.db.lock")
+	out, _, err := cli(t, "retries", "status", "--store", storeURL)
+	require.NoError(t, err)
+	assert.Contains(t, out, "service:            running (a process holds ")
+	assert.False(t, p.hasLog(`"level":"ERROR"`), "the probe disturbed the service:\n%s", p.logs.String())
+
+	err, _ = p.stop(t, syscall.SIGTERM)
+	require.NoError(t, err, "logs:\n%s", p.logs.String())
+	assert.Equal(t, false, readStatus(t, storeURL).Service.Running)
+}

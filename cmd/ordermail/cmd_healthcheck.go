@@ -1,0 +1,52 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/peterbourgon/ff/v3/ffcli"
+)
+
+// healthcheckCommand asks a running service whether it is healthy: the
+// container image has no shell and no curl, so its HEALTHCHECK runs this.
+func healthcheckCommand(stdout io.Writer) *ffcli.Command {
+	fs := newFlagSet("healthcheck", io.Discard)
+	url := fs.String("url", "http://127.0.0.1:9464/healthz", "URL to GET; any 2xx answer is healthy")
+	timeout := fs.Duration("timeout", 3*time.Second, "bound on the request")
+	return &ffcli.Command{
+		Name:       "healthcheck",
+		ShortUsage: "ordermail healthcheck [--url URL] [--timeout D]",
+		ShortHelp:  "GET a health endpoint; exit 0 on a 2xx answer, 1 otherwise (for HEALTHCHECK)",
+		FlagSet:    fs,
+		Exec: func(ctx context.Context, args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
+			if *timeout <= 0 {
+				return fmt.Errorf("timeout: %s is not positive", *timeout)
+			}
+			ctx, cancel := context.WithTimeout(ctx, *timeout)
+			defer cancel()
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, *url, nil)
+			if err != nil {
+				return fmt.Errorf("url: %w", err)
+			}
+			// A health endpoint answers itself; a redirect is not health.
+			client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+			resp, err := client.Do(req)
+			if err != nil {
+				return fmt.Errorf("unhealthy: %w", err)
+			}
+			defer resp.Body.Close()
+			io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+			if resp.StatusCode < 200 || resp.StatusCode > 299 {
+				return fmt.Errorf("unhealthy: %s answered %s", *url, resp.Status)
+			}
+			_, err = fmt.Fprintln(stdout, "healthy:", *url, "answered", resp.Status)
+			return err
+		},
+	}
+}

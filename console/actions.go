@@ -1,0 +1,312 @@
+package console
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/order"
+)
+
+// maxForm bounds a form's body: a few thousand selected keys at most.
+const maxForm = 1 << 20
+
+// actionTimeout bounds one action; redriving every dead letter of a large
+// store is the longest.
+const actionTimeout = 5 * time.Minute
+
+// loginData is the login page.
+type loginData struct {
+	page
+	Back string
+	Err  string
+}
+
+func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
+	d := loginData{page: c.pageFor(r, "Log in", ""), Back: localPath(r.URL.Query().Get("back"))}
+	if d.LoggedIn {
+		http.Redirect(w, r, d.Back, http.StatusSeeOther)
+		return
+	}
+	c.render(w, "login", http.StatusOK, d)
+}
+
+func (c *Console) login(w http.ResponseWriter, r *http.Request) {
+	if c.ReadOnly() {
+		c.refuse(w, r, http.StatusForbidden, readOnlyText)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+	if err := r.ParseForm(); err != nil {
+		c.refuse(w, r, http.StatusBadRequest, "The form could not be read.")
+		return
+	}
+	d := loginData{page: c.pageFor(r, "Log in", ""), Back: localPath(r.PostForm.Get("back"))}
+	if !c.logins.Allow() {
+		d.Err = "Too many attempts: wait a few seconds and try again."
+		c.render(w, "login", http.StatusTooManyRequests, d)
+		return
+	}
+	given := sha256.Sum256([]byte(strings.TrimSpace(r.PostForm.Get("token"))))
+	if subtle.ConstantTimeCompare(given[:], c.tokenHash[:]) != 1 {
+		c.log.Warn("console login refused: wrong admin token", "remote", r.RemoteAddr)
+		d.Err = "That is not the admin token."
+		c.render(w, "login", http.StatusUnauthorized, d)
+		return
+	}
+	id := c.sessions.create()
+	setSessionCookie(w, r, id, c.cfg.SessionTTL)
+	c.sessions.setFlash(id, flash{Msg: "Logged in. Actions are enabled."})
+	c.log.Info("console login", "remote", r.RemoteAddr)
+	http.Redirect(w, r, d.Back, http.StatusSeeOther)
+}
+
+const readOnlyText = "This console is read-only: ordermail was started without an admin token " +
+	"(--admin-token-file PATH or ORDERMAIL_ADMIN_TOKEN)."
+
+// actionFunc is an action, its session checked; sid is the session's id.
+type actionFunc func(w http.ResponseWriter, r *http.Request, sid string)
+
+// action lets a POST through only with an admin token configured, a live
+// session and the session's CSRF token; requests from other sites were
+// refused before (CrossOriginProtection).
+func (c *Console) action(h actionFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c.ReadOnly() {
+			c.refuse(w, r, http.StatusForbidden, readOnlyText)
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+		if err := r.ParseForm(); err != nil {
+			c.refuse(w, r, http.StatusBadRequest, "The form could not be read.")
+			return
+		}
+		sid := sessionID(r)
+		sess, ok := c.sessions.get(sid)
+		if !ok {
+			c.refuse(w, r, http.StatusForbidden, "Log in first: actions need the admin token.")
+			return
+		}
+		if !equal(r.PostForm.Get("csrf"), sess.csrf) {
+			c.refuse(w, r, http.StatusForbidden, "Refused: the form's CSRF token is not your session's. Reload the page and try again.")
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), actionTimeout)
+		defer cancel()
+		h(w, r.WithContext(ctx), sid)
+	})
+}
+
+// finish records what an action did, for the page it leads back to, and
+// goes there.
+func (c *Console) finish(w http.ResponseWriter, r *http.Request, sid, action string, err error, msg string, args ...any) {
+	f := flash{Msg: fmt.Sprintf(msg, args...)}
+	if err != nil {
+		f.Err = true
+		if f.Msg != "" {
+			f.Msg += " "
+		}
+		f.Msg += "Error: " + err.Error()
+	}
+	c.log.Info("console action", "action", action, "result", f.Msg, "remote", r.RemoteAddr)
+	c.sessions.setFlash(sid, f)
+	http.Redirect(w, r, localPath(r.PostForm.Get("back")), http.StatusSeeOther)
+}
+
+// localPath is p when it is a path of this console, else "/": a form
+// cannot send an operator elsewhere.
+func localPath(p string) string {
+	if !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "//") || strings.ContainsAny(p, "\\\r\n") {
+		return "/"
+	}
+	u, err := url.Parse(p)
+	if err != nil || u.Scheme != "" || u.Host != "" {
+		return "/"
+	}
+	return p
+}
+
+func (c *Console) logout(w http.ResponseWriter, r *http.Request, sid string) {
+	c.sessions.delete(sid)
+	clearSessionCookie(w, r)
+	c.log.Info("console logout", "remote", r.RemoteAddr)
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+func (c *Console) pause(w http.ResponseWriter, r *http.Request, sid string) {
+	stopped, err := ops.StopRetries(r.Context(), c.st)
+	switch {
+	case err != nil:
+		c.finish(w, r, sid, "pause", err, "Retries could not be paused.")
+	case stopped:
+		c.finish(w, r, sid, "pause", nil, "Retries paused: %s deleted. Retry documents wait; first sends go on.", order.ControlKey)
+	default:
+		c.finish(w, r, sid, "pause", nil, "Retries were paused already.")
+	}
+}
+
+func (c *Console) resume(w http.ResponseWriter, r *http.Request, sid string) {
+	started, err := ops.StartRetries(r.Context(), c.st, order.Control{})
+	switch {
+	case err != nil:
+		c.finish(w, r, sid, "resume", err, "Retries could not be resumed.")
+	case started:
+		c.finish(w, r, sid, "resume", nil, "Retries resumed: %s created. The waiting retries go out as they are due.", order.ControlKey)
+	default:
+		c.finish(w, r, sid, "resume", nil, "Retries were armed already.")
+	}
+}
+
+func (c *Console) runRetry(w http.ResponseWriter, r *http.Request, sid string) {
+	key := r.PostForm.Get("key")
+	flagged, err := ops.RunRetryNow(r.Context(), c.st, key)
+	switch {
+	case err != nil:
+		c.finish(w, r, sid, "run retry", err, "The retry of %s was not run.", key)
+	case flagged:
+		c.finish(w, r, sid, "run retry", nil, "The retry of %s is flagged: it is sent within a poll interval, paused or not.", key)
+	default:
+		c.finish(w, r, sid, "run retry", nil, "The retry of %s was flagged already: it is being sent.", key)
+	}
+}
+
+const dropWarning = "Dropping a retry deletes it: nothing sends this order's confirmation again, and the order " +
+	"stays unconfirmed (and counted so) until the order document itself changes."
+
+func (c *Console) dropRetry(w http.ResponseWriter, r *http.Request, sid string) {
+	key := r.PostForm.Get("key")
+	if r.PostForm.Get("confirm") != "yes" {
+		c.confirm(w, r, confirmData{Heading: "Drop the retry of " + key + "?", Text: dropWarning,
+			Action: "/retries/drop", Button: "Drop the retry", Danger: true, Keys: []string{key},
+			Fields: []field{{"key", key}}})
+		return
+	}
+	if err := ops.DropRetry(r.Context(), c.st, key); err != nil {
+		c.finish(w, r, sid, "drop retry", err, "The retry of %s was not dropped.", key)
+		return
+	}
+	c.finish(w, r, sid, "drop retry", nil, "Dropped the retry of %s: its order stays unconfirmed.", key)
+}
+
+// selection is what a dead-letter action applies to.
+type selection struct {
+	ids    []string
+	all    bool
+	reason string
+}
+
+func (s selection) String() string {
+	switch {
+	case s.all:
+		return "every dead letter"
+	case s.reason != "":
+		return "the dead letters of reason " + s.reason
+	case len(s.ids) == 1:
+		return "the dead letter of " + s.ids[0]
+	}
+	return fmt.Sprintf("%d selected dead letters", len(s.ids))
+}
+
+// selected reads a selection: one (a row's button), the checked ids,
+// all, or a reason.
+func selected(r *http.Request) (selection, error) {
+	if one := r.PostForm.Get("one"); one != "" {
+		return selection{ids: []string{one}}, nil
+	}
+	switch scope := r.PostForm.Get("scope"); scope {
+	case "selected":
+		ids := r.PostForm["id"]
+		if len(ids) == 0 {
+			return selection{}, fmt.Errorf("no dead letter is selected: tick some first")
+		}
+		return selection{ids: ids}, nil
+	case "all":
+		return selection{all: true}, nil
+	case "reason":
+		reason := r.PostForm.Get("reason")
+		if reason == "" {
+			return selection{}, fmt.Errorf("no reason is given: filter the list by one first")
+		}
+		return selection{reason: reason}, nil
+	default:
+		return selection{}, fmt.Errorf("nothing is selected (scope %q)", scope)
+	}
+}
+
+func (c *Console) redrive(w http.ResponseWriter, r *http.Request, sid string) {
+	sel, err := selected(r)
+	if err != nil {
+		c.finish(w, r, sid, "redrive", err, "Nothing was redriven.")
+		return
+	}
+	var n int
+	if sel.reason != "" {
+		n, err = ops.RedriveByReason(r.Context(), c.st, c.now(), sel.reason)
+	} else {
+		n, err = ops.Redrive(r.Context(), c.st, c.now(), sel.ids, sel.all)
+	}
+	c.finish(w, r, sid, "redrive", err, "Redrove %d of %s: each is a retry due now, with a fresh attempt budget.", n, sel)
+}
+
+func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
+	sel, err := selected(r)
+	if err == nil && sel.reason != "" {
+		err = fmt.Errorf("purge by reason is not offered: select the dead letters, or purge all")
+	}
+	if err != nil {
+		c.finish(w, r, sid, "purge", err, "Nothing was purged.")
+		return
+	}
+	if r.PostForm.Get("confirm") != "yes" {
+		d := confirmData{Heading: "Purge " + sel.String() + "?",
+			Text:   "Purging deletes dead letters for good: their orders stay unconfirmed, and nothing sends them again.",
+			Action: "/deadletters/purge", Button: "Purge for good", Danger: true}
+		if sel.all {
+			d.Fields = []field{{"scope", "all"}}
+			if n, err := c.st.Counts(r.Context()); err == nil {
+				d.Heading = fmt.Sprintf("Purge every dead letter (%d)?", n.DeadLetters)
+			}
+		} else {
+			d.Fields = []field{{"scope", "selected"}}
+			for _, id := range sel.ids {
+				d.Fields = append(d.Fields, field{"id", id})
+			}
+			d.Keys = sel.ids
+		}
+		c.confirm(w, r, d)
+		return
+	}
+	n, err := ops.Purge(r.Context(), c.st, sel.ids, sel.all)
+	c.finish(w, r, sid, "purge", err, "Purged %d of %s.", n, sel)
+}
+
+// confirmData is the step before an action that cannot be undone.
+type confirmData struct {
+	page
+	Heading, Text string
+	Action        string  // where the confirmed form posts
+	Fields        []field // what it posts again
+	Keys          []string
+	Button        string
+	Danger        bool
+	Back          string
+}
+
+type field struct{ Name, Value string }
+
+// confirm shows the confirmation page of an action; its form posts the
+// same fields again with confirm=yes.
+func (c *Console) confirm(w http.ResponseWriter, r *http.Request, d confirmData) {
+	d.page = c.pageFor(r, "Confirm", "")
+	d.Back = localPath(r.PostForm.Get("back"))
+	if len(d.Keys) > 50 {
+		d.Keys = append(d.Keys[:50:50], fmt.Sprintf("… and %d more", len(d.Keys)-50))
+	}
+	c.render(w, "confirm", http.StatusOK, d)
+}

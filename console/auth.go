@@ -1,0 +1,168 @@
+package console
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// sessionCookie names the cookie of a logged-in operator: a random session
+// id, nothing else.
+const sessionCookie = "ordermail_session"
+
+// maxSessions bounds the sessions kept: a login beyond it ends the oldest.
+const maxSessions = 256
+
+// session is one login.
+type session struct {
+	csrf    string // the token every action of this session carries
+	expires time.Time
+	flash   flash // what the last action did, shown once
+}
+
+// flash is a message shown once, on the page an action leads back to.
+type flash struct {
+	Msg string
+	Err bool
+}
+
+// sessions are the logins, kept in memory: a restart logs everyone out.
+// They are found by the hash of their id, so that looking one up tells
+// nothing about the ids kept.
+type sessions struct {
+	mu   sync.Mutex
+	ttl  time.Duration
+	now  func() time.Time
+	byID map[[32]byte]*session
+}
+
+func newSessions(ttl time.Duration, now func() time.Time) *sessions {
+	return &sessions{ttl: ttl, now: now, byID: map[[32]byte]*session{}}
+}
+
+// randomToken is 32 random bytes, URL-safe.
+func randomToken() string {
+	b := make([]byte, 32)
+	rand.Read(b) // never fails (crypto/rand)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// create starts a session and returns its id.
+func (s *sessions) create() string {
+	id := randomToken()
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var oldest [32]byte
+	var oldestAt time.Time
+	for k, v := range s.byID {
+		if !now.Before(v.expires) {
+			delete(s.byID, k)
+			continue
+		}
+		if oldestAt.IsZero() || v.expires.Before(oldestAt) {
+			oldest, oldestAt = k, v.expires
+		}
+	}
+	if len(s.byID) >= maxSessions {
+		delete(s.byID, oldest)
+	}
+	s.byID[sha256.Sum256([]byte(id))] = &session{csrf: randomToken(), expires: now.Add(s.ttl)}
+	return id
+}
+
+// get returns a copy of the live session of id, and whether there is one.
+func (s *sessions) get(id string) (session, bool) {
+	if id == "" {
+		return session{}, false
+	}
+	k := sha256.Sum256([]byte(id))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess, ok := s.byID[k]
+	if !ok {
+		return session{}, false
+	}
+	if !s.now().Before(sess.expires) {
+		delete(s.byID, k)
+		return session{}, false
+	}
+	return *sess, true
+}
+
+// takeFlash returns the session's message and forgets it.
+func (s *sessions) takeFlash(id string) flash {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess, ok := s.byID[sha256.Sum256([]byte(id))]
+	if !ok {
+		return flash{}
+	}
+	f := sess.flash
+	sess.flash = flash{}
+	return f
+}
+
+func (s *sessions) setFlash(id string, f flash) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sess, ok := s.byID[sha256.Sum256([]byte(id))]; ok {
+		sess.flash = f
+	}
+}
+
+func (s *sessions) delete(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.byID, sha256.Sum256([]byte(id)))
+}
+
+// equal compares two secrets in constant time, whatever their lengths.
+func equal(a, b string) bool {
+	ha, hb := sha256.Sum256([]byte(a)), sha256.Sum256([]byte(b))
+	return subtle.ConstantTimeCompare(ha[:], hb[:]) == 1
+}
+
+// sessionID is the request's session cookie; empty without one.
+func sessionID(r *http.Request) string {
+	c, err := r.Cookie(sessionCookie)
+	if err != nil {
+		return ""
+	}
+	return c.Value
+}
+
+func setSessionCookie(w http.ResponseWriter, r *http.Request, id string, ttl time.Duration) {
+	http.SetCookie(w, &http.Cookie{
+		Name: sessionCookie, Value: id, Path: "/", MaxAge: int(ttl.Seconds()),
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+	})
+}
+
+func clearSessionCookie(w http.ResponseWriter, r *http.Request) {
+	http.SetCookie(w, &http.Cookie{
+		Name: sessionCookie, Value: "", Path: "/", MaxAge: -1,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+	})
+}
+
+// securityHeaders are on every answer: no script, no frame, nothing from
+// elsewhere, nothing cached.
+func securityHeaders(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hd := w.Header()
+		hd.Set("Content-Security-Policy", "default-src 'self'; script-src 'none'; object-src 'none'; "+
+			"base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+		hd.Set("X-Frame-Options", "DENY")
+		hd.Set("X-Content-Type-Options", "nosniff")
+		hd.Set("Referrer-Policy", "same-origin")
+		hd.Set("Cross-Origin-Opener-Policy", "same-origin")
+		hd.Set("Cross-Origin-Resource-Policy", "same-origin")
+		hd.Set("Cache-Control", "no-store")
+		h.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,93 @@
+package console
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config of the console.
+type Config struct {
+	// Listen is the console's address, e.g. 127.0.0.1:9465; empty: no
+	// console. An address other machines can reach is logged as a warning.
+	Listen string
+	// TokenFile holds the admin token (white space around it trimmed); it
+	// wins over Token. Read once, at start.
+	TokenFile string
+	// Token is the admin token itself, as the environment variable
+	// ORDERMAIL_ADMIN_TOKEN gives it: never a flag, never logged. With
+	// neither, the console is read-only.
+	Token Secret
+	// SessionTTL is how long a login lasts. Default 8h.
+	SessionTTL time.Duration
+	// PageSize is how many retries or dead letters a page lists. Default 50.
+	PageSize int
+	// ScanBudget is how many documents a page examines at most, listed or
+	// not, before it offers to go on. Default 5000.
+	ScanBudget int
+}
+
+// MinTokenLen is the shortest admin token accepted: one that can be guessed
+// is no lock.
+const MinTokenLen = 16
+
+// Secret is a string that prints as [redacted], so that no log line, error
+// or %v of a Config shows it.
+type Secret string
+
+func (Secret) String() string               { return "[redacted]" }
+func (Secret) GoString() string             { return "[redacted]" }
+func (Secret) LogValue() slog.Value         { return slog.StringValue("[redacted]") }
+func (Secret) MarshalText() ([]byte, error) { return []byte("[redacted]"), nil }
+
+// Validate names the setting that is wrong.
+func (c Config) Validate() error {
+	switch {
+	case c.SessionTTL < 0:
+		return fmt.Errorf("admin-session-ttl: %s is negative", c.SessionTTL)
+	case c.PageSize < 0 || c.PageSize > 1000:
+		return fmt.Errorf("admin page size: %d is not between 1 and 1000", c.PageSize)
+	case c.ScanBudget < 0:
+		return fmt.Errorf("admin scan budget: %d is negative", c.ScanBudget)
+	}
+	return nil
+}
+
+func (c Config) withDefaults() Config {
+	if c.SessionTTL == 0 {
+		c.SessionTTL = 8 * time.Hour
+	}
+	if c.PageSize == 0 {
+		c.PageSize = 50
+	}
+	if c.ScanBudget == 0 {
+		c.ScanBudget = 5000
+	}
+	return c
+}
+
+// token reads the admin token: the file's, else the environment's; nil
+// when there is none (a read-only console).
+func (c Config) token() ([]byte, error) {
+	tok, from := string(c.Token), "ORDERMAIL_ADMIN_TOKEN"
+	if c.TokenFile != "" {
+		b, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("admin-token-file: %w", err)
+		}
+		tok, from = string(b), "admin-token-file "+c.TokenFile
+		if strings.TrimSpace(tok) == "" {
+			return nil, fmt.Errorf("%s: the file is empty", from)
+		}
+	}
+	tok = strings.TrimSpace(tok)
+	if tok == "" {
+		return nil, nil
+	}
+	if len(tok) < MinTokenLen {
+		return nil, fmt.Errorf("%s: the admin token is shorter than %d characters; use a random one (openssl rand -hex 32)", from, MinTokenLen)
+	}
+	return []byte(tok), nil
+}

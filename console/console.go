@@ -1,0 +1,240 @@
+package console
+
+import (
+	"context"
+	"crypto/sha256"
+	"embed"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/ordermail/ordermail/mailer"
+	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/embedded"
+	"github.com/ordermail/ordermail/timer"
+	"github.com/ordermail/ordermail/watcher"
+	"golang.org/x/time/rate"
+)
+
+//go:embed templates/*.html static
+var assets embed.FS
+
+// Deps are the parts of the service the console shows and acts through.
+type Deps struct {
+	Store   store.Store
+	Watcher *watcher.Watcher
+	Mail    *mailer.Client
+	// Timer tells this process's part in sweeping; nil: not told.
+	Timer *timer.Timer
+	// TimerConfig is the timer's settings: its interval sets the sweep
+	// lease's TTL, its quantum when the sample's retries are due.
+	TimerConfig timer.Config
+	// Health serves /healthz and /readyz (metrics.Server does); nil: the
+	// console serves its own /readyz (the store answers) and no /healthz.
+	Health Health
+}
+
+// Health is what serves the health checks.
+type Health interface {
+	Healthz(http.ResponseWriter, *http.Request)
+	Readyz(http.ResponseWriter, *http.Request)
+}
+
+// Console serves the operator's console while the app runs.
+type Console struct {
+	cfg      Config
+	st       store.Store
+	w        *watcher.Watcher
+	mail     *mailer.Client
+	tm       *timer.Timer // nil: not told
+	timer    timer.Config
+	health   Health
+	log      *slog.Logger
+	now      func() time.Time
+	embedded bool // one process at a time runs the feed (the file's lock)
+
+	tokenHash *[32]byte // nil: no token, read-only
+	sessions  *sessions
+	logins    *rate.Limiter // login attempts, right or wrong
+	samples   *sampler
+	pages     map[string]*template.Template
+	handler   http.Handler
+
+	srv  *http.Server
+	addr net.Addr
+	done chan error
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// sampleEvery is how often the chart's counters are sampled: a bar of the
+// chart.
+const sampleEvery = time.Minute
+
+// New builds the console of d; now may be nil for time.Now. It reads the
+// admin token, failing with a message naming its setting when it is
+// unusable.
+func New(cfg Config, d Deps, log *slog.Logger, now func() time.Time) (*Console, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	if now == nil {
+		now = time.Now
+	}
+	c := &Console{cfg: cfg, st: d.Store, w: d.Watcher, mail: d.Mail, tm: d.Timer, timer: d.TimerConfig, health: d.Health,
+		now: now, log: log.With("component", "console"),
+		sessions: newSessions(cfg.SessionTTL, now),
+		// Five tries at once, then one a second: a token of 16 characters
+		// or more is not guessed at that pace.
+		logins:  rate.NewLimiter(rate.Every(time.Second), 5),
+		samples: newSampler(d.Watcher.Stats),
+	}
+	_, c.embedded = d.Store.(*embedded.Store)
+	if cfg.Listen == "" {
+		return c, nil
+	}
+	tok, err := cfg.token()
+	if err != nil {
+		return nil, err
+	}
+	if tok != nil {
+		h := sha256.Sum256(tok)
+		c.tokenHash = &h
+	}
+	if c.pages, err = parsePages(now); err != nil {
+		return nil, err
+	}
+	c.samples.take(now())
+	c.handler = c.routes()
+	return c, nil
+}
+
+func parsePages(now func() time.Time) (map[string]*template.Template, error) {
+	funcs := template.FuncMap{
+		"ms":         msTime,
+		"when":       when,
+		"ago":        func(t time.Time) string { return ago(now(), t) },
+		"reltime":    func(t time.Time) string { return reltime(now(), t) },
+		"stateClass": stateClass,
+	}
+	pages := map[string]*template.Template{}
+	for _, name := range []string{"overview", "list", "order", "confirm", "login", "message"} {
+		t, err := template.New(name).Funcs(funcs).ParseFS(assets, "templates/layout.html", "templates/"+name+".html")
+		if err != nil {
+			return nil, fmt.Errorf("console templates: %w", err)
+		}
+		pages[name] = t
+	}
+	return pages, nil
+}
+
+// ReadOnly says whether the console has no admin token, so no actions.
+func (c *Console) ReadOnly() bool { return c.tokenHash == nil }
+
+// Handler serves the console, for tests and for embedding; nil when
+// there is no address to listen on.
+func (c *Console) Handler() http.Handler { return c.handler }
+
+// Addr is where the console listens, once started; nil without one.
+func (c *Console) Addr() net.Addr { return c.addr }
+
+func (c *Console) routes() http.Handler {
+	mux := http.NewServeMux()
+	static, _ := fs.Sub(assets, "static")
+	mux.Handle("GET /static/", http.StripPrefix("/static/", http.FileServerFS(static)))
+	mux.HandleFunc("GET /{$}", c.overview)
+	mux.HandleFunc("GET /retries", c.listRetries)
+	mux.HandleFunc("GET /deadletters", c.listDeadLetters)
+	mux.HandleFunc("GET /order", c.order)
+	mux.HandleFunc("GET /login", c.loginPage)
+	mux.HandleFunc("POST /login", c.login)
+	if c.health != nil {
+		mux.HandleFunc("GET /healthz", c.health.Healthz)
+		mux.HandleFunc("GET /readyz", c.health.Readyz)
+	} else {
+		mux.HandleFunc("GET /readyz", c.ready)
+	}
+	mux.Handle("POST /logout", c.action(c.logout))
+	mux.Handle("POST /retries/pause", c.action(c.pause))
+	mux.Handle("POST /retries/resume", c.action(c.resume))
+	mux.Handle("POST /retries/run", c.action(c.runRetry))
+	mux.Handle("POST /retries/drop", c.action(c.dropRetry))
+	mux.Handle("POST /deadletters/redrive", c.action(c.redrive))
+	mux.Handle("POST /deadletters/purge", c.action(c.purge))
+
+	// Every POST comes from a page of the console itself: a browser says
+	// where a request comes from (Sec-Fetch-Site, Origin), and a request
+	// from elsewhere is refused before any handler sees it.
+	cop := http.NewCrossOriginProtection()
+	cop.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c.refuse(w, r, http.StatusForbidden, "Refused: this request came from another site. Actions are taken from the console's own pages.")
+	}))
+	return securityHeaders(cop.Handler(mux))
+}
+
+// Start listens, if an address is set, and samples the counters every
+// minute; it does not block.
+func (c *Console) Start(context.Context) error {
+	if c.cfg.Listen == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", c.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("admin-listen: %w", err)
+	}
+	c.srv = &http.Server{Handler: c.handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
+		ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelWarn)}
+	c.addr = ln.Addr()
+	c.done = make(chan error, 1)
+	c.stop = make(chan struct{})
+	go func() { c.done <- c.srv.Serve(ln) }()
+	c.wg.Add(1)
+	go c.sample()
+	c.log.Info("serving the console", "addr", c.addr.String(), "read_only", c.ReadOnly())
+	if a, ok := c.addr.(*net.TCPAddr); ok && !a.IP.IsLoopback() {
+		c.log.Warn("the console is reachable from other machines; give --admin-listen a loopback address (127.0.0.1:9465) unless that is meant", "addr", c.addr.String())
+	}
+	return nil
+}
+
+// sample takes a sample on every minute of the clock, so that each bar of
+// the chart is one minute of the clock.
+func (c *Console) sample() {
+	defer c.wg.Done()
+	for {
+		now := time.Now()
+		t := time.NewTimer(now.Truncate(sampleEvery).Add(sampleEvery).Sub(now))
+		select {
+		case <-c.stop:
+			t.Stop()
+			return
+		case <-t.C:
+			c.samples.take(c.now())
+		}
+	}
+}
+
+// Stop stops serving, lets requests in progress finish until ctx ends, and
+// waits for the sampler.
+func (c *Console) Stop(ctx context.Context) error {
+	if c.srv == nil {
+		return nil
+	}
+	close(c.stop)
+	c.wg.Wait()
+	err := c.srv.Shutdown(ctx)
+	if err != nil {
+		c.srv.Close() // actions still running end with their connections
+	}
+	if serveErr := <-c.done; !errors.Is(serveErr, http.ErrServerClosed) {
+		err = errors.Join(err, serveErr)
+	}
+	return err
+}

@@ -1,0 +1,592 @@
+package console_test
+
+import (
+	"context"
+	"fmt"
+	"html"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/console"
+	"github.com/ordermail/ordermail/mailer"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/embedded"
+	"github.com/ordermail/ordermail/timer"
+	"github.com/ordermail/ordermail/watcher"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+const token = "s3cret-admin-token-0123456789"
+
+// fixture is a console on a real embedded store, served by httptest.
+type fixture struct {
+	st     store.Store
+	c      *console.Console
+	srv    *httptest.Server
+	client *http.Client // keeps cookies, never follows redirects
+}
+
+func newFixture(t *testing.T, cfg console.Config) *fixture {
+	t.Helper()
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
+	require.NoError(t, err)
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0" // not started: served by httptest
+	}
+	c, err := console.New(cfg, deps(t, st, m), quiet, nil)
+	require.NoError(t, err)
+	srv := httptest.NewServer(c.Handler())
+	t.Cleanup(srv.Close)
+	jar, err := cookiejar.New(nil)
+	require.NoError(t, err)
+	client := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	return &fixture{st: st, c: c, srv: srv, client: client}
+}
+
+// deps are a watcher and a timer on st, neither started: the console reads
+// their counters and status.
+func deps(t *testing.T, st store.Store, m *mailer.Client) console.Deps {
+	t.Helper()
+	w, err := watcher.New(watcher.Config{}, st, m, quiet, nil)
+	require.NoError(t, err)
+	tm, err := timer.New(timer.Config{}, st, quiet, nil)
+	require.NoError(t, err)
+	return console.Deps{Store: st, Watcher: w, Mail: m, Timer: tm}
+}
+
+func (f *fixture) put(t *testing.T, coll, key string, v []byte) {
+	t.Helper()
+	_, err := f.st.Upsert(context.Background(), coll, key, v)
+	require.NoError(t, err)
+}
+
+func (f *fixture) deadLetter(t *testing.T, key, reason string) {
+	t.Helper()
+	f.put(t, order.Inbound, key, []byte(`{"email":"a@example.com","paymentStatus":"paid"}`))
+	f.put(t, order.DeadLetter, key, order.DeadLetterDoc{Type: "deadletter", DocID: key, Reason: reason, LastStatus: 400,
+		LastError: "answered 400 Bad Request", Attempts: 1, DeadAt: time.Now().UnixMilli()}.Encode())
+}
+
+func (f *fixture) exists(t *testing.T, coll, key string) bool {
+	t.Helper()
+	_, err := f.st.Get(context.Background(), coll, key)
+	if err == nil {
+		return true
+	}
+	require.ErrorIs(t, err, store.ErrNotFound)
+	return false
+}
+
+func (f *fixture) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	resp, err := f.client.Get(f.srv.URL + path)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(body)
+}
+
+// post posts a form as the console's own pages do (Origin: the console).
+func (f *fixture) post(t *testing.T, path string, form url.Values, header ...string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, f.srv.URL+path, strings.NewReader(form.Encode()))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", f.srv.URL)
+	req.Header.Set("Sec-Fetch-Site", "same-origin")
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := f.client.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp, string(body)
+}
+
+var csrfField = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// login logs in with the token and returns the session's CSRF token.
+func (f *fixture) login(t *testing.T) string {
+	t.Helper()
+	resp, _ := f.post(t, "/login", url.Values{"token": {token}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	_, body := f.get(t, "/")
+	m := csrfField.FindStringSubmatch(body)
+	require.NotNil(t, m, "a logged-in page carries the CSRF token")
+	return m[1]
+}
+
+func TestReadOnlyWithoutToken(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{})
+	f.deadLetter(t, "d1", order.ReasonPermanent)
+	require.True(t, f.c.ReadOnly())
+
+	code, body := f.get(t, "/")
+	assert.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, "This console is <strong>read-only</strong>")
+	assert.NotContains(t, body, `action="/retries/pause"`)
+	code, body = f.get(t, "/deadletters")
+	assert.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, "d1")
+	assert.NotContains(t, body, "Redrive selected", "no actions offered")
+
+	resp, body := f.post(t, "/login", url.Values{"token": {"anything-at-all-really"}})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	resp, body = f.post(t, "/deadletters/redrive", url.Values{"one": {"d1"}})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	assert.Contains(t, body, "read-only")
+	assert.True(t, f.exists(t, order.DeadLetter, "d1"))
+}
+
+func TestActionRefusedWithoutSession(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	f.deadLetter(t, "d1", order.ReasonPermanent)
+
+	_, body := f.get(t, "/")
+	assert.Contains(t, body, "Log in</a>")
+	resp, body := f.post(t, "/deadletters/redrive", url.Values{"one": {"d1"}, "csrf": {"x"}})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	assert.Contains(t, body, "Log in first")
+	resp, _ = f.post(t, "/retries/resume", url.Values{})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	assert.True(t, f.exists(t, order.DeadLetter, "d1"))
+	assert.False(t, f.exists(t, order.Retry, order.ControlKey))
+
+	// A made-up session id is no session.
+	u, _ := url.Parse(f.srv.URL)
+	f.client.Jar.SetCookies(u, []*http.Cookie{{Name: "ordermail_session", Value: "forged"}})
+	resp, _ = f.post(t, "/deadletters/redrive", url.Values{"one": {"d1"}, "csrf": {"x"}})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+	assert.True(t, f.exists(t, order.DeadLetter, "d1"))
+}
+
+func TestLogin(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+
+	resp, body := f.post(t, "/login", url.Values{"token": {"not-the-token-at-all"}})
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	assert.Contains(t, body, "That is not the admin token.")
+	assert.Empty(t, resp.Cookies())
+
+	resp, _ = f.post(t, "/login", url.Values{"token": {" " + token + "\n"}, "back": {"//evil.example/x"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.Equal(t, "/", resp.Header.Get("Location"), "back must be a path of the console")
+	require.Len(t, resp.Cookies(), 1)
+	ck := resp.Cookies()[0]
+	assert.Equal(t, "ordermail_session", ck.Name)
+	assert.True(t, ck.HttpOnly)
+	assert.Equal(t, http.SameSiteStrictMode, ck.SameSite)
+	assert.NotContains(t, ck.Value, token)
+	assert.GreaterOrEqual(t, len(ck.Value), 40, "a random id")
+
+	_, body = f.get(t, "/")
+	assert.Contains(t, body, "Logged in.")
+	assert.Contains(t, body, `id="logout"`)
+	csrf := csrfField.FindStringSubmatch(body)[1]
+	resp, _ = f.post(t, "/logout", url.Values{"csrf": {csrf}})
+	assert.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	resp, _ = f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode, "logged out")
+}
+
+func TestLoginAttemptsAreLimited(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	codes := map[int]int{}
+	for range 8 {
+		resp, _ := f.post(t, "/login", url.Values{"token": {"guess-guess-guess-guess"}})
+		codes[resp.StatusCode]++
+	}
+	assert.Positive(t, codes[http.StatusTooManyRequests], "%v", codes)
+}
+
+func TestActionRefusedWithWrongCSRF(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	f.deadLetter(t, "d1", order.ReasonPermanent)
+	f.login(t)
+
+	for _, form := range []url.Values{{"one": {"d1"}}, {"one": {"d1"}, "csrf": {"wrong"}}} {
+		resp, body := f.post(t, "/deadletters/redrive", form)
+		assert.Equal(t, http.StatusForbidden, resp.StatusCode)
+		assert.Contains(t, body, "CSRF")
+	}
+	assert.True(t, f.exists(t, order.DeadLetter, "d1"))
+}
+
+func TestActionRefusedFromAnotherSite(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	f.deadLetter(t, "d1", order.ReasonPermanent)
+	csrf := f.login(t)
+
+	for _, h := range [][]string{
+		{"Origin", "http://evil.example", "Sec-Fetch-Site", ""},
+		{"Sec-Fetch-Site", "cross-site"},
+		{"Sec-Fetch-Site", "same-site"},
+	} {
+		resp, body := f.post(t, "/deadletters/redrive", url.Values{"one": {"d1"}, "csrf": {csrf}}, h...)
+		assert.Equal(t, http.StatusForbidden, resp.StatusCode, "%v", h)
+		assert.Contains(t, body, "another site")
+	}
+	assert.True(t, f.exists(t, order.DeadLetter, "d1"))
+}
+
+func TestRedriveThroughPOST(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	for _, k := range []string{"d1", "d2", "d3", "d4"} {
+		f.deadLetter(t, k, order.ReasonPermanent)
+	}
+	f.deadLetter(t, "x1", order.ReasonExhausted)
+	f.deadLetter(t, "x2", order.ReasonExhausted)
+	csrf := f.login(t)
+
+	resp, _ := f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "one": {"d1"}, "back": {"/deadletters?prefix=d"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.Equal(t, "/deadletters?prefix=d", resp.Header.Get("Location"))
+	assert.False(t, f.exists(t, order.DeadLetter, "d1"))
+	d, err := f.st.Get(context.Background(), order.Retry, "d1")
+	require.NoError(t, err)
+	r, err := order.DecodeRetryDoc(d.Value)
+	require.NoError(t, err)
+	assert.True(t, r.FireRetry, "due now")
+	_, body := f.get(t, "/deadletters?prefix=d")
+	assert.Contains(t, body, "Redrove 1 of the dead letter of d1")
+
+	resp, _ = f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"selected"}, "id": {"d2", "d3"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.False(t, f.exists(t, order.DeadLetter, "d2"))
+	assert.False(t, f.exists(t, order.DeadLetter, "d3"))
+	assert.True(t, f.exists(t, order.DeadLetter, "d4"))
+
+	resp, _ = f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"reason"}, "reason": {order.ReasonExhausted}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.False(t, f.exists(t, order.DeadLetter, "x1"))
+	assert.False(t, f.exists(t, order.DeadLetter, "x2"))
+	assert.True(t, f.exists(t, order.DeadLetter, "d4"))
+
+	resp, _ = f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"all"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.False(t, f.exists(t, order.DeadLetter, "d4"))
+
+	resp, _ = f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"selected"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	_, body = f.get(t, "/")
+	assert.Contains(t, body, "no dead letter is selected")
+}
+
+func TestPauseAndResumeThroughPOST(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	csrf := f.login(t)
+
+	_, body := f.get(t, "/")
+	assert.Contains(t, body, `id="retries-state">paused`)
+	resp, _ := f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.True(t, f.exists(t, order.Retry, order.ControlKey))
+	_, body = f.get(t, "/")
+	assert.Contains(t, body, `id="retries-state">armed`)
+	assert.Contains(t, body, "Retries resumed")
+
+	resp, _ = f.post(t, "/retries/pause", url.Values{"csrf": {csrf}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.False(t, f.exists(t, order.Retry, order.ControlKey))
+
+	// GET never changes anything.
+	code, _ := f.get(t, "/retries/resume")
+	assert.Equal(t, http.StatusMethodNotAllowed, code)
+	assert.False(t, f.exists(t, order.Retry, order.ControlKey))
+}
+
+func TestPurgeNeedsConfirmation(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	f.deadLetter(t, "d1", order.ReasonPermanent)
+	f.deadLetter(t, "d2", order.ReasonPermanent)
+	f.deadLetter(t, "d3", order.ReasonPermanent)
+	csrf := f.login(t)
+
+	resp, body := f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"selected"}, "id": {"d1", "d2"}})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, body, "Purge 2 selected dead letters?")
+	assert.Contains(t, body, "their orders stay unconfirmed")
+	assert.True(t, f.exists(t, order.DeadLetter, "d1"), "nothing purged before the confirmation")
+
+	resp, _ = f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"selected"}, "id": {"d1", "d2"}, "confirm": {"yes"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.False(t, f.exists(t, order.DeadLetter, "d1"))
+	assert.False(t, f.exists(t, order.DeadLetter, "d2"))
+	assert.True(t, f.exists(t, order.DeadLetter, "d3"))
+
+	resp, body = f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"all"}})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, body, "Purge every dead letter (1)?")
+	resp, _ = f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"all"}, "confirm": {"yes"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.False(t, f.exists(t, order.DeadLetter, "d3"))
+	assert.True(t, f.exists(t, order.Inbound, "d3"), "the order stays")
+}
+
+func TestRunRetryNowAndDrop(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	later := time.Now().Add(time.Hour).UnixMilli()
+	f.put(t, order.Retry, "r1", order.RetryDoc{Type: order.TypeConfirmation, DocID: "r1", Attempt: 3, TS: time.Now().UnixMilli(),
+		NextAttemptAt: later, LastStatus: 503}.Encode())
+	csrf := f.login(t)
+
+	_, body := f.get(t, "/retries")
+	assert.Contains(t, body, "r1")
+	assert.Contains(t, body, "HTTP 503")
+	assert.Contains(t, body, "Run now")
+
+	resp, _ := f.post(t, "/retries/run", url.Values{"csrf": {csrf}, "key": {"r1"}, "back": {"/retries"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	d, err := f.st.Get(context.Background(), order.Retry, "r1")
+	require.NoError(t, err)
+	r, err := order.DecodeRetryDoc(d.Value)
+	require.NoError(t, err)
+	assert.True(t, r.FireRetry)
+	assert.Equal(t, later, r.NextAttemptAt, "the rest of the document is kept")
+	_, body = f.get(t, "/retries")
+	assert.Contains(t, body, "flagged: sending")
+
+	resp, body = f.post(t, "/retries/drop", url.Values{"csrf": {csrf}, "key": {"r1"}})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, body, "stays unconfirmed")
+	assert.True(t, f.exists(t, order.Retry, "r1"), "nothing dropped before the confirmation")
+	resp, _ = f.post(t, "/retries/drop", url.Values{"csrf": {csrf}, "key": {"r1"}, "confirm": {"yes"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.False(t, f.exists(t, order.Retry, "r1"))
+
+	resp, _ = f.post(t, "/retries/run", url.Values{"csrf": {csrf}, "key": {"r1"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	_, body = f.get(t, "/")
+	assert.Contains(t, body, "no such retry")
+}
+
+var examined = regexp.MustCompile(`Examined (\d+) documents`)
+
+func TestPagingIsBounded(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{PageSize: 10, ScanBudget: 200})
+	for i := range 1000 {
+		reason := order.ReasonPermanent
+		if i%400 == 399 {
+			reason = "rare"
+		}
+		k := fmt.Sprintf("k%04d", i)
+		f.put(t, order.DeadLetter, k, order.DeadLetterDoc{DocID: k, Reason: reason}.Encode())
+	}
+
+	_, body := f.get(t, "/deadletters")
+	assert.Equal(t, 10, strings.Count(body, `<a href="/order?key=k`))
+	assert.Contains(t, body, `href="/deadletters?after=k0009"`)
+
+	// A rare reason: each page examines at most the budget and says where
+	// to go on; following the pages finds every match.
+	var found []string
+	next := "/deadletters?reason=rare"
+	for pages := 0; next != ""; pages++ {
+		require.Less(t, pages, 10)
+		code, body := f.get(t, next)
+		require.Equal(t, http.StatusOK, code)
+		m := examined.FindStringSubmatch(body)
+		require.NotNil(t, m)
+		n, _ := strconv.Atoi(m[1])
+		assert.LessOrEqual(t, n, 200)
+		found = append(found, regexp.MustCompile(`<a href="/order\?key=(k\d+)"`).FindAllString(body, -1)...)
+		next = ""
+		if m := regexp.MustCompile(`<a class="button primary" href="([^"]+)" id="next-page"`).FindStringSubmatch(body); m != nil {
+			next = html.UnescapeString(m[1])
+			assert.Contains(t, body, "stopped at its budget of 200")
+		}
+	}
+	assert.Len(t, found, 2)
+
+	_, body = f.get(t, "/deadletters?prefix=k09")
+	assert.Equal(t, 10, strings.Count(body, `<a href="/order?key=k09`))
+	_, body = f.get(t, "/deadletters?prefix=k099")
+	assert.Equal(t, 10, strings.Count(body, `<a href="/order?key=k099`))
+	assert.NotContains(t, body, `id="next-page"`)
+}
+
+func TestOrderPageShowsAttempts(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	f.deadLetter(t, "o1", order.ReasonExhausted)
+	at := time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC)
+	rec := order.AttemptsDoc{Type: order.TypeAttempts, DocID: "o1", Total: 2, Attempts: []order.Attempt{
+		{N: 1, At: at.UnixMilli(), DurationMs: 12, Status: 503, Class: "transient", Reason: "answered 503 Service Unavailable", Outcome: "retry", Instance: "web-1"},
+		{N: 2, At: at.Add(time.Second).UnixMilli(), DurationMs: 9, Status: 503, Class: "transient", Reason: "answered 503 Service Unavailable", Outcome: "dead_letter", Instance: "web-2"},
+	}}
+	f.put(t, order.Attempts, "o1", rec.Encode())
+	f.login(t)
+
+	code, body := f.get(t, "/order?key=o1")
+	require.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, `id="order-state">dead-lettered`)
+	assert.Contains(t, body, "attempts_exhausted")
+	assert.Contains(t, body, "2026-11-21 12:00:01 UTC")
+	assert.Contains(t, body, "web-2")
+	assert.Contains(t, body, "dead_letter")
+	assert.Contains(t, body, `id="redrive"`)
+	assert.NotContains(t, body, "a@example.com", "no customer data")
+
+	code, body = f.get(t, "/order?key=nope")
+	assert.Equal(t, http.StatusNotFound, code)
+	assert.Contains(t, body, "no order, retry, dead letter or attempt record")
+}
+
+func TestOverview(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{})
+	f.put(t, order.Inbound, "a", []byte(`{"email":"a@x","paymentStatus":"paid","confirmationEmailSent":true}`))
+	f.deadLetter(t, "d1", order.ReasonPermanent)
+	f.put(t, order.Retry, "r1", order.RetryDoc{DocID: "r1", Attempt: 1, TS: 1, NextAttemptAt: 1, LastStatus: 503}.Encode())
+	f.put(t, order.Retry, order.ControlKey, []byte(`{}`))
+	host, _ := os.Hostname()
+	f.put(t, store.Meta, "lease:timer", fmt.Appendf(nil, `{"owner":"%s/%d/abc","expiresAt":%d}`, host, os.Getpid(), time.Now().Add(2*time.Second).UnixMilli()))
+
+	code, body := f.get(t, "/")
+	require.Equal(t, http.StatusOK, code)
+	for _, want := range []string{
+		`id="orders-paid">2<`, `id="orders-confirmed">1<`, `id="dead-letters">1<`, `id="retries-pending">1<`, `id="retries-due">1<`,
+		`id="retries-state">armed`, `id="breaker">closed`, "<svg", "sweeper (holds the timer's lease)", "this process",
+		`href="/deadletters?reason=permanent_error"`, `href="/retries?reason=HTTP&#43;503"`, "Embedded store: one process at a time",
+	} {
+		assert.Contains(t, body, want)
+	}
+}
+
+func TestSecurityHeaders(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{})
+	for _, path := range []string{"/", "/deadletters", "/static/console.css", "/nope"} {
+		resp, err := f.client.Get(f.srv.URL + path)
+		require.NoError(t, err)
+		resp.Body.Close()
+		csp := resp.Header.Get("Content-Security-Policy")
+		assert.Contains(t, csp, "default-src 'self'", path)
+		assert.Contains(t, csp, "script-src 'none'", path)
+		assert.Contains(t, csp, "frame-ancestors 'none'", path)
+		assert.Equal(t, "DENY", resp.Header.Get("X-Frame-Options"), path)
+		assert.Equal(t, "nosniff", resp.Header.Get("X-Content-Type-Options"), path)
+	}
+	code, body := f.get(t, "/")
+	require.Equal(t, http.StatusOK, code)
+	assert.NotContains(t, body, "<script")
+	assert.NotContains(t, body, "style=")
+}
+
+func TestReadyz(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{})
+	code, body := f.get(t, "/readyz")
+	assert.Equal(t, http.StatusOK, code)
+	assert.JSONEq(t, `{"status":"ready"}`, body)
+	require.NoError(t, f.st.Close())
+	code, body = f.get(t, "/readyz")
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.Contains(t, body, "store unavailable")
+}
+
+func TestTokenSettings(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(p, []byte(content), 0o600))
+		return p
+	}
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(dir, "o.db")})
+	require.NoError(t, err)
+	defer st.Close()
+	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
+	require.NoError(t, err)
+	open := func(cfg console.Config) (*console.Console, error) {
+		cfg.Listen = "127.0.0.1:0"
+		return console.New(cfg, deps(t, st, m), quiet, nil)
+	}
+
+	tests := []struct {
+		name         string
+		give         console.Config
+		wantErr      string
+		wantReadOnly bool
+	}{
+		{"none", console.Config{}, "", true},
+		{"environment", console.Config{Token: token}, "", false},
+		{"file", console.Config{TokenFile: write("tok", token+"\n")}, "", false},
+		{"short", console.Config{Token: "short"}, "ORDERMAIL_ADMIN_TOKEN: the admin token is shorter than 16 characters", false},
+		{"empty file", console.Config{TokenFile: write("empty", " \n")}, "the file is empty", false},
+		{"missing file", console.Config{TokenFile: filepath.Join(dir, "nope")}, "admin-token-file: open", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := open(tt.give)
+			if tt.wantErr != "" {
+				require.ErrorContains(t, err, tt.wantErr)
+				assert.NotContains(t, err.Error(), token)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tt.wantReadOnly, c.ReadOnly())
+		})
+	}
+	assert.Equal(t, "[redacted]", console.Secret(token).String())
+	assert.NotContains(t, fmt.Sprintf("%v %+v", console.Config{Token: token}, console.Config{Token: token}), token)
+}
+
+func TestStartAndStop(t *testing.T) {
+	t.Parallel()
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer st.Close()
+	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
+	require.NoError(t, err)
+
+	off, err := console.New(console.Config{}, deps(t, st, m), quiet, nil)
+	require.NoError(t, err)
+	require.NoError(t, off.Start(context.Background()))
+	assert.Nil(t, off.Addr(), "no address, no console")
+	require.NoError(t, off.Stop(context.Background()))
+
+	c, err := console.New(console.Config{Listen: "127.0.0.1:0"}, deps(t, st, m), quiet, nil)
+	require.NoError(t, err)
+	require.NoError(t, c.Start(context.Background()))
+	resp, err := http.Get("http://" + c.Addr().String() + "/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	require.NoError(t, c.Stop(context.Background()))
+}

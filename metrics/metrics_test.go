@@ -1,0 +1,632 @@
+package metrics_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/internal/syncbuf"
+	"github.com/ordermail/ordermail/mailer"
+	"github.com/ordermail/ordermail/mailer/mockmail"
+	"github.com/ordermail/ordermail/metrics"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/embedded"
+	"github.com/ordermail/ordermail/timer"
+	"github.com/ordermail/ordermail/watcher"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// fast retries within milliseconds and never gives up.
+var fast = order.Policy{Backoff: order.BackoffExponential, MinDelay: 10 * time.Millisecond, MaxDelay: 50 * time.Millisecond,
+	Quantum: 50 * time.Millisecond}
+
+const paidOrder = `{"email":"ann@example.com","paymentStatus":"paid","confirmationEmailSent":false}`
+
+// rig is the service without fx: the real embedded store, the mock email
+// service, the mailer, the watcher, the timer and the metrics.
+type rig struct {
+	st    store.Store
+	mock  *mockmail.Server
+	mail  *mailer.Client
+	w     *watcher.Watcher
+	t     *timer.Timer
+	m     *metrics.Server
+	logs  *syncbuf.Buffer // JSON, at debug
+	watch bool            // the watcher was started
+}
+
+type rigConfig struct {
+	mock    mockmail.Config
+	mail    mailer.Config
+	watcher watcher.Config
+	timer   timer.Config
+	metrics metrics.Config
+	sender  watcher.Sender                // instead of the mailer
+	wrap    func(store.Store) store.Store // the store the timer and the metrics see
+}
+
+func newRig(t *testing.T, rc rigConfig) *rig {
+	t.Helper()
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	r := &rig{st: st, logs: &syncbuf.Buffer{}}
+	log := slog.New(slog.NewJSONHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r.mock, err = mockmail.New(rc.mock)
+	require.NoError(t, err)
+	srv := httptest.NewServer(r.mock)
+	t.Cleanup(srv.Close)
+	rc.mail.URL = srv.URL
+	r.mail, err = mailer.New(rc.mail, log)
+	require.NoError(t, err)
+	var sender watcher.Sender = r.mail
+	if rc.sender != nil {
+		sender = rc.sender
+	}
+	var seen store.Store = st
+	if rc.wrap != nil {
+		seen = rc.wrap(st)
+	}
+	if rc.watcher.Policy == (order.Policy{}) {
+		rc.watcher.Policy = fast
+	}
+	rc.watcher.SingleConsumer, rc.watcher.AtomicOutcomes = true, true
+	r.w, err = watcher.New(rc.watcher, st, sender, log, nil)
+	require.NoError(t, err)
+	if rc.timer.Interval == 0 {
+		rc.timer.Interval = 20 * time.Millisecond
+	}
+	r.t, err = timer.New(rc.timer, seen, log, nil)
+	require.NoError(t, err)
+	r.m, err = metrics.New(rc.metrics, r.w, r.t, r.mail, seen, log)
+	require.NoError(t, err)
+	return r
+}
+
+// start starts the timer, the metrics and, with watch, the watcher; the
+// test's cleanup stops them.
+func (r *rig) start(t *testing.T, watch bool) {
+	t.Helper()
+	r.t.Start()
+	require.NoError(t, r.m.Start(context.Background()))
+	if watch {
+		require.NoError(t, r.w.Start(context.Background()))
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if watch {
+			assert.NoError(t, r.w.Stop(ctx))
+		}
+		assert.NoError(t, r.m.Stop(ctx))
+		assert.NoError(t, r.t.Stop(ctx))
+	})
+}
+
+func (r *rig) put(t *testing.T, coll, key, value string) {
+	t.Helper()
+	_, err := r.st.Upsert(context.Background(), coll, key, []byte(value))
+	require.NoError(t, err)
+}
+
+func (r *rig) armRetries(t *testing.T, control string) {
+	t.Helper()
+	r.put(t, order.Retry, order.ControlKey, control)
+}
+
+// scrape reads the ordermail_ samples as "name{labels}" -> value.
+func scrape(t *testing.T, h http.Handler) map[string]float64 {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if rec.Code != http.StatusOK { // polled: no require
+		t.Logf("scrape: %d %s", rec.Code, rec.Body.String())
+		return nil
+	}
+	out := map[string]float64{}
+	sc := bufio.NewScanner(rec.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "ordermail_") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Logf("scrape: %q: %v", line, err)
+			continue
+		}
+		out[line[:i]] = v
+	}
+	return out
+}
+
+func get(h http.HandlerFunc) (int, map[string]any) {
+	rec := httptest.NewRecorder()
+	h(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	var body map[string]any
+	json.Unmarshal(rec.Body.Bytes(), &body)
+	return rec.Code, body
+}
+
+// confirmed says whether the order key is confirmed; polled, so no require.
+func confirmed(t *testing.T, st store.Store, key string) bool {
+	d, err := st.Get(context.Background(), order.Inbound, key)
+	if err != nil {
+		return false
+	}
+	o, err := order.DecodeOrder(d.Value)
+	return err == nil && o.ConfirmationEmailSent
+}
+
+func TestMetricsAfterASmallRun(t *testing.T) {
+	r := newRig(t, rigConfig{
+		mock: mockmail.Config{Script: func(key string, n int) mockmail.Reply {
+			if strings.Contains(key, "m2") && n == 1 {
+				return mockmail.Reply{Status: http.StatusServiceUnavailable}
+			}
+			return mockmail.Reply{Status: http.StatusOK}
+		}},
+		metrics: metrics.Config{RefreshInterval: 20 * time.Millisecond, Version: "v1.2.3"},
+	})
+	r.armRetries(t, `{}`)
+	for _, k := range []string{"m1", "m2", "m3"} {
+		r.put(t, order.Inbound, k, paidOrder)
+	}
+	r.put(t, order.Inbound, "m_no_email", `{"paymentStatus":"paid"}`)
+	r.start(t, true)
+
+	h := r.m.Handler()
+	var v map[string]float64
+	require.Eventually(t, func() bool {
+		v = scrape(t, h)
+		return v["ordermail_orders_confirmed"] == 3 && v["ordermail_dead_letters"] == 1 && v["ordermail_retry_documents"] == 0 &&
+			v["ordermail_sweep_duration_seconds_count"] > 0
+	}, 20*time.Second, 10*time.Millisecond, "last scrape: %v", v)
+
+	want := map[string]float64{
+		`ordermail_sends_total{status_class="2xx"}`:                 3,
+		`ordermail_sends_total{status_class="5xx"}`:                 1,
+		`ordermail_sends_total{status_class="4xx"}`:                 0,
+		`ordermail_sends_total{status_class="3xx"}`:                 0,
+		`ordermail_sends_total{status_class="none"}`:                0,
+		`ordermail_sends_held_total{why="breaker"}`:                 0,
+		`ordermail_sends_held_total{why="config"}`:                  0,
+		`ordermail_sends_held_total{why="rate"}`:                    0,
+		`ordermail_outcomes_total{outcome="sent"}`:                  3,
+		`ordermail_outcomes_total{outcome="retry"}`:                 1,
+		`ordermail_outcomes_total{outcome="dead_letter"}`:           0,
+		`ordermail_dead_lettered_total{reason="no_email"}`:          1,
+		`ordermail_dead_lettered_total{reason="poison_event"}`:      0,
+		`ordermail_send_duration_seconds_count{result="sent"}`:      3,
+		`ordermail_send_duration_seconds_count{result="transient"}`: 1,
+		`ordermail_send_duration_seconds_count{result="permanent"}`: 0,
+		`ordermail_send_duration_seconds_count{result="config"}`:    0,
+		`ordermail_send_duration_seconds_count{result="invalid"}`:   0,
+		"ordermail_sends_succeeded_total":                           3,
+		"ordermail_send_failures_total":                             1,
+		"ordermail_timer_sweep_errors_total":                        0,
+		"ordermail_retries_paused":                                  0,
+		"ordermail_timer_active":                                    1,
+		"ordermail_store_up":                                        1,
+		"ordermail_orders_paid":                                     4,
+		"ordermail_orders_unconfirmed":                              0,
+		"ordermail_retry_documents_due":                             0,
+		"ordermail_retry_documents_flagged":                         0,
+		"ordermail_oldest_due_retry_age_seconds":                    0,
+		"ordermail_breaker_open":                                    0,
+		"ordermail_mail_misconfigured":                              0,
+	}
+	for name, value := range want {
+		got, ok := v[name]
+		if assert.True(t, ok, "%s missing", name) {
+			assert.Equal(t, value, got, name)
+		}
+	}
+	for _, name := range []string{"ordermail_event_handling_duration_seconds_count", "ordermail_sweep_duration_seconds_count",
+		"ordermail_timer_ticks_total", "ordermail_timer_last_sweep_timestamp_seconds", `ordermail_send_duration_seconds_bucket{result="sent",le="+Inf"}`} {
+		assert.Positive(t, v[name], name)
+	}
+	assert.GreaterOrEqual(t, v["ordermail_event_handling_duration_seconds_count"], float64(6), "4 first events, the retry's, the own writes")
+	assert.InDelta(t, float64(time.Now().Unix()), v["ordermail_timer_last_sweep_timestamp_seconds"], 60)
+	assert.Contains(t, v, "ordermail_backlog_age_seconds")
+	assert.Contains(t, v, "ordermail_feed_lag_changes", "the embedded feed's lag, as the reader sees it")
+	var build string
+	for name := range v {
+		if strings.HasPrefix(name, "ordermail_build_info{") {
+			build = name
+		}
+	}
+	assert.Regexp(t, `^ordermail_build_info\{goversion="go[^"]+",revision="[^"]+",version="v1.2.3"\}$`, build)
+	assert.Equal(t, 1.0, v[build])
+
+	code, body := get(r.m.Healthz)
+	assert.Equal(t, http.StatusOK, code, "%v", body)
+	code, body = get(r.m.Readyz)
+	assert.Equal(t, http.StatusOK, code)
+	assert.Equal(t, map[string]any{"status": "ready", "store": "up", "store_read_ago": body["store_read_ago"], "role": "active", "feed": "running"}, body)
+}
+
+// TestHeldSendsAreNotRequests: sends the breaker holds back are counted as
+// held, not as requests, and their retries say retries are paused.
+func TestHeldSendsAreNotRequests(t *testing.T) {
+	r := newRig(t, rigConfig{
+		mock:    mockmail.Config{FailRate: 1},
+		mail:    mailer.Config{BreakerFailures: 2, BreakerCooldown: time.Hour},
+		watcher: watcher.Config{Workers: 1},
+	})
+	r.start(t, true) // no allow_retrys: paused
+	h := r.m.Handler()
+	require.Eventually(t, func() bool { return scrape(t, h)["ordermail_retries_paused"] == 1 }, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, 0.0, scrape(t, h)["ordermail_timer_active"], "paused: nobody sweeps")
+	for i := range 6 {
+		r.put(t, order.Inbound, "h"+strconv.Itoa(i), paidOrder)
+	}
+
+	var v map[string]float64
+	require.Eventually(t, func() bool {
+		v = scrape(t, h)
+		return v[`ordermail_outcomes_total{outcome="retry"}`] == 6
+	}, 20*time.Second, 10*time.Millisecond, "last scrape: %v", v)
+	requests := float64(r.mock.Stats().Requests)
+	assert.Equal(t, 2.0, requests, "the breaker opened after two")
+	assert.Equal(t, requests, v[`ordermail_sends_total{status_class="5xx"}`])
+	assert.Equal(t, 4.0, v[`ordermail_sends_held_total{why="breaker"}`])
+	assert.Equal(t, 2.0, v[`ordermail_send_duration_seconds_count{result="transient"}`], "held sends are not timed as calls")
+	assert.Equal(t, requests, v["ordermail_send_failures_total"])
+	assert.Equal(t, 1.0, v["ordermail_breaker_open"])
+	st := r.w.Stats()
+	assert.Equal(t, int64(2), st.Sends)
+	assert.Equal(t, int64(4), st.Held)
+
+	lines := jsonLines(t, r.logs)
+	var held, paused int
+	for _, l := range lines {
+		msg, _ := l["msg"].(string)
+		if strings.HasPrefix(msg, "send held back, retry scheduled") {
+			held++
+			assert.Equal(t, "breaker", l["held"])
+		}
+		if strings.Contains(msg, "retries are paused") {
+			paused++
+			assert.Equal(t, true, l["paused"], "%v", l)
+		}
+		assert.Falsef(t, l["attempt"] != nil && l["attempts"] != nil, "one line, attempt and attempts: %v", l)
+	}
+	assert.Equal(t, 4, held)
+	assert.Equal(t, 6, paused, "a retry scheduled while paused says so")
+	assert.Equal(t, 1, countMsg(lines, "circuit breaker open"), "one line when it opens")
+}
+
+// TestOneLinePerStateChangeAndDurationsAsStrings: the breaker opening and
+// closing and the retries being armed make one line each at info or above
+// (none per order), and every duration in the JSON logs is a string.
+func TestOneLinePerStateChangeAndDurationsAsStrings(t *testing.T) {
+	var down atomic.Bool
+	down.Store(true)
+	r := newRig(t, rigConfig{
+		mock: mockmail.Config{Script: func(string, int) mockmail.Reply {
+			if down.Load() {
+				return mockmail.Reply{Status: http.StatusServiceUnavailable}
+			}
+			return mockmail.Reply{Status: http.StatusOK}
+		}},
+		mail:    mailer.Config{BreakerFailures: 3, BreakerCooldown: 100 * time.Millisecond},
+		watcher: watcher.Config{Workers: 2},
+	})
+	r.armRetries(t, `{"quantum":"40ms"}`)
+	keys := make([]string, 20)
+	for i := range keys {
+		keys[i] = "s" + strconv.Itoa(i)
+		r.put(t, order.Inbound, keys[i], paidOrder)
+	}
+	r.start(t, true)
+	require.Eventually(t, func() bool { return r.mail.BreakerState() != "closed" }, 20*time.Second, 5*time.Millisecond)
+	down.Store(false)
+	require.Eventually(t, func() bool {
+		for _, k := range keys {
+			if !confirmed(t, r.st, k) {
+				return false
+			}
+		}
+		return r.mail.BreakerState() == "closed"
+	}, 30*time.Second, 10*time.Millisecond)
+
+	lines := jsonLines(t, r.logs)
+	assert.Equal(t, 1, countMsg(lines, "circuit breaker open"))
+	assert.Equal(t, 1, countMsg(lines, "circuit breaker closed"))
+	assert.Equal(t, 1, countMsg(lines, "retries armed"))
+	for _, l := range lines {
+		if l["msg"] == "retries armed" {
+			assert.Equal(t, "40ms", l["quantum"], "the settings in effect, from allow_retrys")
+			assert.Equal(t, "20ms", l["interval"])
+		}
+	}
+	// Above debug, only state changes: none names an order.
+	for _, l := range lines {
+		if l["level"] != "DEBUG" {
+			assert.Nil(t, l["key"], "a line per order above debug: %v", l)
+		}
+	}
+	durations := map[string]int{}
+	for _, l := range lines {
+		for _, k := range []string{"retry_in", "cooldown", "interval", "quantum", "probe_every", "heartbeat_age"} {
+			if v, ok := l[k]; ok {
+				_, isString := v.(string)
+				assert.True(t, isString, "%s=%v (%T) in %v", k, v, v, l)
+				durations[k]++
+			}
+		}
+	}
+	assert.Positive(t, durations["retry_in"])
+	assert.Positive(t, durations["cooldown"])
+	assert.Positive(t, durations["interval"])
+}
+
+func jsonLines(t *testing.T, b *syncbuf.Buffer) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
+		var m map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &m), line)
+		out = append(out, m)
+	}
+	return out
+}
+
+// countMsg counts the lines at info or above whose message starts with msg.
+func countMsg(lines []map[string]any, msg string) int {
+	n := 0
+	for _, l := range lines {
+		if m, _ := l["msg"].(string); strings.HasPrefix(m, msg) && l["level"] != "DEBUG" {
+			n++
+		}
+	}
+	return n
+}
+
+// countingStore counts the reads of the backlog figures; with block set,
+// they wait until their context ends.
+type countingStore struct {
+	store.Store
+	counts, backlogs atomic.Int32
+	block            atomic.Bool
+}
+
+func (c *countingStore) Counts(ctx context.Context) (store.Counts, error) {
+	c.counts.Add(1)
+	if c.block.Load() {
+		<-ctx.Done()
+		return store.Counts{}, ctx.Err()
+	}
+	return c.Store.Counts(ctx)
+}
+
+func (c *countingStore) Backlog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {
+	c.backlogs.Add(1)
+	return c.Store.Backlog(ctx, now, quantum)
+}
+
+func TestAScrapeDoesNotCallTheStore(t *testing.T) {
+	var cs *countingStore
+	r := newRig(t, rigConfig{
+		metrics: metrics.Config{RefreshInterval: time.Hour},
+		wrap:    func(st store.Store) store.Store { cs = &countingStore{Store: st}; return cs },
+	})
+	r.put(t, order.Inbound, "o1", paidOrder)
+	r.start(t, false)
+	require.Eventually(t, func() bool { return r.m.Backlog().Checked }, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, int32(1), cs.counts.Load(), "the first refresh, at start")
+	assert.Equal(t, int32(1), cs.backlogs.Load())
+	h := r.m.Handler()
+	for range 20 {
+		v := scrape(t, h)
+		assert.Equal(t, 1.0, v["ordermail_orders_paid"])
+		get(r.m.Readyz)
+	}
+	assert.Equal(t, int32(1), cs.counts.Load(), "scrapes and probes read the cached figures")
+	assert.Equal(t, int32(1), cs.backlogs.Load())
+}
+
+func TestAStoreThatHangsFailsReadinessNotTheScrape(t *testing.T) {
+	var cs *countingStore
+	r := newRig(t, rigConfig{
+		metrics: metrics.Config{RefreshInterval: 10 * time.Millisecond, RefreshTimeout: 50 * time.Millisecond},
+		wrap: func(st store.Store) store.Store {
+			cs = &countingStore{Store: st}
+			cs.block.Store(true)
+			return cs
+		},
+	})
+	r.start(t, false)
+	h := r.m.Handler()
+	require.Eventually(t, func() bool {
+		code, body := get(r.m.Readyz)
+		return code == http.StatusServiceUnavailable && body["status"] == "store_unreachable" && body["store"] == "down"
+	}, 10*time.Second, 5*time.Millisecond)
+	started := time.Now()
+	v := scrape(t, h)
+	assert.Less(t, time.Since(started), time.Second, "the scrape waited for no store")
+	assert.Equal(t, 0.0, v["ordermail_store_up"])
+	assert.NotContains(t, v, "ordermail_orders_paid", "never read: no figures rather than zeros")
+	code, _ := get(r.m.Healthz)
+	assert.Equal(t, http.StatusOK, code, "a store down is not a hung process")
+
+	cs.block.Store(false)
+	require.Eventually(t, func() bool {
+		code, _ := get(r.m.Readyz)
+		return code == http.StatusOK
+	}, 10*time.Second, 5*time.Millisecond)
+	assert.Equal(t, 1, countMsg(jsonLines(t, r.logs), "the store does not answer"))
+	assert.Equal(t, 1, countMsg(jsonLines(t, r.logs), "the store answers the backlog figures again"))
+}
+
+// stallingStore hangs reads of allow_retrys, ignoring their context, while
+// stall is set: a tick that never ends.
+type stallingStore struct {
+	store.Store
+	mu    sync.Mutex
+	stall chan struct{} // nil: no stall
+}
+
+func (s *stallingStore) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	s.mu.Lock()
+	stall := s.stall
+	s.mu.Unlock()
+	if stall != nil && key == order.ControlKey {
+		<-stall
+	}
+	return s.Store.Get(ctx, coll, key)
+}
+
+func (s *stallingStore) set(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case on && s.stall == nil:
+		s.stall = make(chan struct{})
+	case !on && s.stall != nil:
+		close(s.stall)
+		s.stall = nil
+	}
+}
+
+func TestHealthzFailsWhileTheTimerIsStuck(t *testing.T) {
+	var ss *stallingStore
+	r := newRig(t, rigConfig{
+		wrap: func(st store.Store) store.Store { ss = &stallingStore{Store: st}; return ss },
+	})
+	defer ss.set(false) // before the timer stops: it waits for its tick
+	r.start(t, true)
+	ticks := r.t.Ticks()
+	require.Eventually(t, func() bool { return r.t.Ticks() >= ticks+5 }, 10*time.Second, 5*time.Millisecond)
+	code, body := get(r.m.Healthz)
+	require.Equal(t, http.StatusOK, code, "%v", body)
+
+	ss.set(true)
+	require.Eventually(t, func() bool {
+		code, body = get(r.m.Healthz)
+		return code == http.StatusServiceUnavailable
+	}, 10*time.Second, 10*time.Millisecond)
+	assert.Equal(t, "stale", body["status"])
+	stale, _ := body["stale"].([]any)
+	require.Len(t, stale, 1, "%v", body)
+	assert.Contains(t, stale[0], "timer: no tick finished for")
+
+	ss.set(false)
+	require.Eventually(t, func() bool {
+		code, _ := get(r.m.Healthz)
+		return code == http.StatusOK
+	}, 10*time.Second, 10*time.Millisecond)
+}
+
+// blockingSender never answers until released, ignoring its context: a
+// worker stuck on one event.
+type blockingSender struct{ release chan struct{} }
+
+func (b *blockingSender) Send(context.Context, string, []byte) error {
+	<-b.release
+	return nil
+}
+
+func TestHealthzFailsWhileAWorkerIsStuck(t *testing.T) {
+	bs := &blockingSender{release: make(chan struct{})}
+	r := newRig(t, rigConfig{
+		sender:  bs,
+		watcher: watcher.Config{Workers: 2, ClaimTTL: 50 * time.Millisecond}, // stuck after 100ms
+	})
+	released := false
+	release := func() {
+		if !released {
+			close(bs.release)
+			released = true
+		}
+	}
+	defer release() // before the watcher stops: it waits for its workers
+	r.start(t, true)
+	code, body := get(r.m.Healthz)
+	require.Equal(t, http.StatusOK, code, "%v", body)
+
+	r.put(t, order.Inbound, "stuck", paidOrder)
+	require.Eventually(t, func() bool {
+		code, body = get(r.m.Healthz)
+		return code == http.StatusServiceUnavailable
+	}, 10*time.Second, 10*time.Millisecond)
+	stale, _ := body["stale"].([]any)
+	require.Len(t, stale, 1, "%v", body)
+	assert.Regexp(t, `^watcher: worker \d: no progress on "stuck"`, stale[0])
+
+	release()
+	require.Eventually(t, func() bool { return confirmed(t, r.st, "stuck") }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool {
+		code, _ := get(r.m.Healthz)
+		return code == http.StatusOK
+	}, 10*time.Second, 10*time.Millisecond)
+}
+
+func TestReadyzSaysWhyWhileMisconfigured(t *testing.T) {
+	r := newRig(t, rigConfig{
+		mock: mockmail.Config{Script: func(string, int) mockmail.Reply { return mockmail.Reply{Status: http.StatusUnauthorized} }},
+	})
+	r.put(t, order.Inbound, "o1", paidOrder)
+	r.start(t, true)
+	var body map[string]any
+	require.Eventually(t, func() bool {
+		var code int
+		code, body = get(r.m.Readyz)
+		return code == http.StatusServiceUnavailable
+	}, 10*time.Second, 10*time.Millisecond)
+	assert.Equal(t, "misconfigured", body["status"])
+	assert.Contains(t, body["reason"], "401")
+	v := scrape(t, r.m.Handler())
+	assert.Equal(t, 1.0, v[`ordermail_sends_total{status_class="4xx"}`])
+	assert.Equal(t, 1.0, v[`ordermail_send_duration_seconds_count{result="config"}`])
+}
+
+// TestEmbeddedFeedLag: the embedded store's feed reports how far the
+// reader is behind the store, and 0 once it has caught up.
+func TestEmbeddedFeedLag(t *testing.T) {
+	bs := &blockingSender{release: make(chan struct{})}
+	r := newRig(t, rigConfig{sender: bs, watcher: watcher.Config{Workers: 1}})
+	released := false
+	release := func() {
+		if !released {
+			close(bs.release)
+			released = true
+		}
+	}
+	defer release()
+	for i := range 300 {
+		r.put(t, order.Inbound, "l"+strconv.Itoa(i), paidOrder)
+	}
+	r.start(t, true)
+	h := r.m.Handler()
+	// One worker stuck on its first event: the reader stops some 65
+	// events in, with the rest of the 300 past it.
+	require.Eventually(t, func() bool { return scrape(t, h)["ordermail_feed_lag_changes"] > 200 }, 10*time.Second, 5*time.Millisecond)
+	release()
+	require.Eventually(t, func() bool {
+		v := scrape(t, h)
+		lag, ok := v["ordermail_feed_lag_changes"]
+		return ok && lag == 0 && r.w.Stats().Sent == 300
+	}, 20*time.Second, 10*time.Millisecond)
+	assert.NotContains(t, scrape(t, h), "ordermail_feed_rollbacks_total", "the embedded feed counts none")
+}

@@ -1,0 +1,219 @@
+package ops
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+)
+
+// Defaults of a ListQuery.
+const (
+	DefaultPageSize   = 50
+	DefaultScanBudget = 5000
+)
+
+// ListQuery asks for one page of retries or dead letters.
+type ListQuery struct {
+	// Reason keeps only the documents of this reason (a dead letter's
+	// reason field, a retry's RetryReason); empty: all.
+	Reason string
+	// Prefix keeps only the keys that start with it; empty: all.
+	Prefix string
+	// After starts the page after this key (a previous page's Next).
+	After string
+	// Limit is the most documents listed; default DefaultPageSize.
+	Limit int
+	// Budget is the most documents examined, listed or not: a reason that
+	// matches one document in a million still answers at once, with a
+	// Next to go on from. Default DefaultScanBudget.
+	Budget int
+}
+
+// Page is one page of a list.
+type Page[T any] struct {
+	Items []T `json:"items"`
+	// Next is the key the next page starts after; empty when there is
+	// nothing more to examine.
+	Next string `json:"next,omitempty"`
+	// Examined counts the documents read for this page; when it reached
+	// the budget before Limit items matched, the page is short but Next
+	// goes on.
+	Examined int  `json:"examined"`
+	Budgeted bool `json:"budgeted"` // the page stopped at the budget
+}
+
+// Retry is a pending retry document and its key.
+type Retry struct {
+	ID string `json:"id"`
+	order.RetryDoc
+	Reason string `json:"reason"` // RetryReason
+	// Unreadable is why the document could not be decoded; the other
+	// fields are then zero.
+	Unreadable string `json:"unreadable,omitempty"`
+}
+
+// Reasons of retries, as RetryReason says them.
+const (
+	RetryReasonNoAnswer   = "no answer"
+	RetryReasonUnreadable = "unreadable retry document"
+	RetryReasonNone       = "no failure recorded"
+)
+
+// RetryReason says why a retry waits, as the status counts it: "HTTP 503"
+// for a status, "no answer" for a failure without one.
+func RetryReason(r order.RetryDoc) string {
+	switch {
+	case r.LastStatus > 0:
+		return fmt.Sprintf("HTTP %d", r.LastStatus)
+	case r.LastError != "":
+		return RetryReasonNoAnswer
+	}
+	return RetryReasonNone
+}
+
+// DeadLetterReasons are the reasons the watcher gives dead letters, and
+// "unreadable" for a dead letter that cannot be decoded, for a list to offer.
+var DeadLetterReasons = []string{
+	order.ReasonPermanent, order.ReasonExhausted, order.ReasonMalformedOrder, order.ReasonNoEmail,
+	order.ReasonOrderMissing, order.ReasonMalformedRetry, order.ReasonTooLarge, order.ReasonReservedKey,
+	order.ReasonInvalidKey, order.ReasonPoisonEvent, "unreadable",
+}
+
+// ListRetries reads one page of pending retries, the control document
+// aside.
+func ListRetries(ctx context.Context, st store.Store, q ListQuery) (Page[Retry], error) {
+	return scanPage(ctx, st, order.Retry, q, func(d store.Doc) (Retry, string, bool) {
+		if d.Key == order.ControlKey {
+			return Retry{}, "", false
+		}
+		r, err := order.DecodeRetryDoc(d.Value)
+		if err != nil {
+			return Retry{ID: d.Key, Reason: RetryReasonUnreadable, Unreadable: err.Error()}, RetryReasonUnreadable, true
+		}
+		reason := RetryReason(r)
+		return Retry{ID: d.Key, RetryDoc: r, Reason: reason}, reason, true
+	})
+}
+
+// ListDeadLetterPage reads one page of dead letters.
+func ListDeadLetterPage(ctx context.Context, st store.Store, q ListQuery) (Page[DeadLetter], error) {
+	return scanPage(ctx, st, order.DeadLetter, q, func(d store.Doc) (DeadLetter, string, bool) {
+		dl := deadLetterOf(d)
+		return dl, dl.Reason, true
+	})
+}
+
+// errPageDone ends a page's scan.
+var errPageDone = errors.New("page done")
+
+// scanPage reads a page of coll: decode turns a document into an item and
+// its reason, or says to leave it out.
+func scanPage[T any](ctx context.Context, st store.Store, coll string, q ListQuery, decode func(store.Doc) (T, string, bool)) (Page[T], error) {
+	if q.Limit <= 0 {
+		q.Limit = DefaultPageSize
+	}
+	if q.Budget <= 0 {
+		q.Budget = DefaultScanBudget
+	}
+	p := Page[T]{Items: []T{}}
+	// A full page goes on after stop, if there is a document after it: a
+	// page that ends with the collection (or the prefix) offers no next
+	// one, for the price of reading one document more.
+	stop, budgeted := "", false
+	// visit takes one document; it says when the page is done.
+	visit := func(d store.Doc) bool {
+		if q.Prefix != "" && !strings.HasPrefix(d.Key, q.Prefix) {
+			return true // keys in order: past the prefix, nothing more matches
+		}
+		if stop != "" {
+			p.Next, p.Budgeted = stop, budgeted
+			return true
+		}
+		p.Examined++
+		if item, reason, ok := decode(d); ok && (q.Reason == "" || reason == q.Reason) {
+			p.Items = append(p.Items, item)
+		}
+		switch {
+		case len(p.Items) >= q.Limit:
+			stop = d.Key
+		case p.Examined >= q.Budget:
+			stop, budgeted = d.Key, true
+		}
+		return false
+	}
+	after := q.After
+	if q.Prefix != "" && after < q.Prefix {
+		// Scan starts after a key: the prefix itself, the first key that
+		// can match, is read on its own.
+		d, err := st.Get(ctx, coll, q.Prefix)
+		switch {
+		case err == nil:
+			if visit(d) {
+				return p, nil
+			}
+		case !errors.Is(err, store.ErrNotFound):
+			return Page[T]{}, fmt.Errorf("list %s: %w", coll, err)
+		}
+		after = q.Prefix
+	}
+	err := st.Scan(ctx, coll, after, func(d store.Doc) error {
+		if visit(d) {
+			return errPageDone
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errPageDone) {
+		return Page[T]{}, fmt.Errorf("list %s: %w", coll, err)
+	}
+	return p, nil
+}
+
+// RedriveByReason redrives every dead letter whose reason is reason, a
+// batch at a time, and returns how many.
+func RedriveByReason(ctx context.Context, st store.Store, now time.Time, reason string) (int, error) {
+	if reason == "" {
+		return 0, errors.New("redrive by reason: no reason given")
+	}
+	n := 0
+	for after := ""; ; {
+		p, err := ListDeadLetterPage(ctx, st, ListQuery{Reason: reason, After: after, Limit: 500})
+		if err != nil {
+			return n, err
+		}
+		ids := make([]string, len(p.Items))
+		for i, d := range p.Items {
+			ids[i] = d.ID
+		}
+		if len(ids) > 0 {
+			// A dead letter gone since the page was read is no error here.
+			done, err := Redrive(ctx, st, now, ids, false)
+			n += done
+			if err != nil && !onlyMissing(err) {
+				return n, err
+			}
+		}
+		if p.Next == "" {
+			return n, nil
+		}
+		after = p.Next
+	}
+}
+
+// onlyMissing says whether err only names dead letters that were gone.
+func onlyMissing(err error) bool {
+	var errs interface{ Unwrap() []error }
+	if !errors.As(err, &errs) {
+		return errors.Is(err, ErrNoSuchDeadLetter)
+	}
+	for _, e := range errs.Unwrap() {
+		if !errors.Is(e, ErrNoSuchDeadLetter) {
+			return false
+		}
+	}
+	return true
+}

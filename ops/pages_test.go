@@ -1,0 +1,155 @@
+package ops_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// deadLetters stores n dead letters keyed prefix00000..., every tenth
+// of reason rare, the others permanent_error.
+func deadLetters(t *testing.T, st store.Store, prefix string, n int) {
+	t.Helper()
+	for i := range n {
+		reason := order.ReasonPermanent
+		if i%10 == 9 {
+			reason = "rare"
+		}
+		key := fmt.Sprintf("%s%05d", prefix, i)
+		insert(t, st, order.DeadLetter, key, order.DeadLetterDoc{DocID: key, Reason: reason, LastStatus: 400, Attempts: 1}.Encode())
+	}
+}
+
+func ids(dls []ops.DeadLetter) []string {
+	out := make([]string, len(dls))
+	for i, d := range dls {
+		out[i] = d.ID
+	}
+	return out
+}
+
+func TestListDeadLetterPage(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t)
+	deadLetters(t, st, "a", 30)
+	deadLetters(t, st, "b", 30)
+
+	tests := []struct {
+		name     string
+		give     ops.ListQuery
+		wantIDs  []string
+		wantNext string
+		wantExam int
+		budgeted bool
+	}{
+		{"first page", ops.ListQuery{Limit: 3}, []string{"a00000", "a00001", "a00002"}, "a00002", 3, false},
+		{"next page", ops.ListQuery{Limit: 3, After: "a00002"}, []string{"a00003", "a00004", "a00005"}, "a00005", 3, false},
+		{"by reason", ops.ListQuery{Limit: 2, Reason: "rare"}, []string{"a00009", "a00019"}, "a00019", 20, false},
+		{"by reason, budget spent", ops.ListQuery{Limit: 5, Reason: "rare", Budget: 15}, []string{"a00009"}, "a00014", 15, true},
+		{"prefix", ops.ListQuery{Limit: 2, Prefix: "b0002"}, []string{"b00020", "b00021"}, "b00021", 2, false},
+		{"prefix to its end", ops.ListQuery{Prefix: "b0002", After: "b00027"}, []string{"b00028", "b00029"}, "", 2, false},
+		{"the prefix is a key", ops.ListQuery{Prefix: "b00029"}, []string{"b00029"}, "", 1, false},
+		{"prefix and reason", ops.ListQuery{Prefix: "b", Reason: "rare"}, []string{"b00009", "b00019", "b00029"}, "", 30, false},
+		{"nothing", ops.ListQuery{Prefix: "c"}, []string{}, "", 0, false},
+		{"the end", ops.ListQuery{After: "b00028"}, []string{"b00029"}, "", 1, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := ops.ListDeadLetterPage(ctx, st, tt.give)
+			require.NoError(t, err)
+			assert.Equal(t, tt.wantIDs, ids(p.Items))
+			assert.Equal(t, tt.wantNext, p.Next)
+			assert.Equal(t, tt.wantExam, p.Examined)
+			assert.Equal(t, tt.budgeted, p.Budgeted)
+		})
+	}
+}
+
+func TestListRetries(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t)
+	insert(t, st, order.Retry, order.ControlKey, []byte(`{}`))
+	insert(t, st, order.Retry, "r1", order.RetryDoc{DocID: "r1", Attempt: 2, LastStatus: 503}.Encode())
+	insert(t, st, order.Retry, "r2", order.RetryDoc{DocID: "r2", Attempt: 1, LastError: "connection refused"}.Encode())
+	insert(t, st, order.Retry, "r3", []byte(`not json`))
+
+	p, err := ops.ListRetries(ctx, st, ops.ListQuery{})
+	require.NoError(t, err)
+	require.Len(t, p.Items, 3, "the control document is no retry")
+	assert.Equal(t, []string{"HTTP 503", ops.RetryReasonNoAnswer, ops.RetryReasonUnreadable},
+		[]string{p.Items[0].Reason, p.Items[1].Reason, p.Items[2].Reason})
+	assert.Equal(t, 2, p.Items[0].Attempt)
+	assert.NotEmpty(t, p.Items[2].Unreadable)
+
+	p, err = ops.ListRetries(ctx, st, ops.ListQuery{Reason: "HTTP 503"})
+	require.NoError(t, err)
+	require.Len(t, p.Items, 1)
+	assert.Equal(t, "r1", p.Items[0].ID)
+}
+
+func TestRedriveByReason(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t)
+	deadLetters(t, st, "a", 1200) // more than one batch
+
+	n, err := ops.RedriveByReason(ctx, st, now, "rare")
+	require.NoError(t, err)
+	assert.Equal(t, 120, n)
+	p, err := ops.ListDeadLetterPage(ctx, st, ops.ListQuery{Reason: "rare"})
+	require.NoError(t, err)
+	assert.Empty(t, p.Items)
+	c, err := st.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 1080, c.DeadLetters)
+	assert.Equal(t, 120, c.RetryDocs)
+	r, err := st.Get(ctx, order.Retry, "a00009")
+	require.NoError(t, err)
+	doc, err := order.DecodeRetryDoc(r.Value)
+	require.NoError(t, err)
+	assert.True(t, doc.FireRetry)
+	assert.Equal(t, 1, doc.RedriveCount)
+
+	_, err = ops.RedriveByReason(ctx, st, now, "")
+	assert.Error(t, err)
+}
+
+func TestRunRetryNowAndDropRetry(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t)
+	insert(t, st, order.Retry, "r1", []byte(`{"type":"confirmation","docId":"r1","attempt":2,"ts":1,"nextAttemptAt":99999999999999,"custom":{"kept":true}}`))
+
+	flagged, err := ops.RunRetryNow(ctx, st, "r1")
+	require.NoError(t, err)
+	assert.True(t, flagged)
+	d, err := st.Get(ctx, order.Retry, "r1")
+	require.NoError(t, err)
+	r, err := order.DecodeRetryDoc(d.Value)
+	require.NoError(t, err)
+	assert.True(t, r.FireRetry)
+	assert.Contains(t, string(d.Value), `"custom":{"kept":true}`, "fields ordermail does not know are kept")
+
+	flagged, err = ops.RunRetryNow(ctx, st, "r1")
+	require.NoError(t, err)
+	assert.False(t, flagged, "flagged already")
+
+	_, err = ops.RunRetryNow(ctx, st, "nope")
+	assert.ErrorIs(t, err, ops.ErrNoSuchRetry)
+	_, err = ops.RunRetryNow(ctx, st, order.ControlKey)
+	assert.ErrorIs(t, err, ops.ErrReservedKey)
+
+	require.NoError(t, ops.DropRetry(ctx, st, "r1"))
+	_, err = st.Get(ctx, order.Retry, "r1")
+	assert.ErrorIs(t, err, store.ErrNotFound)
+	assert.ErrorIs(t, ops.DropRetry(ctx, st, "r1"), ops.ErrNoSuchRetry)
+	assert.ErrorIs(t, ops.DropRetry(ctx, st, order.ControlKey), ops.ErrReservedKey)
+}

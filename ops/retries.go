@@ -1,0 +1,86 @@
+package ops
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+)
+
+// ErrNoSuchRetry names a key that has no pending retry.
+var ErrNoSuchRetry = errors.New("no such retry")
+
+// ErrChanged says a document changed between its reading and the write
+// guarded by what was read: look at it again.
+var ErrChanged = errors.New("changed since it was read; look again")
+
+// RunRetryNow flags the pending retry of key (fireRetry: true), guarded by
+// the CAS it read, so that the feed brings it back and it is sent at once,
+// whether retries are paused or not: the operator asked for it. flagged is
+// false when it was flagged already. The document is otherwise kept as
+// stored, fields ordermail does not know included.
+func RunRetryNow(ctx context.Context, st store.Store, key string) (flagged bool, err error) {
+	d, err := getRetry(ctx, st, key)
+	if err != nil {
+		return false, err
+	}
+	r, err := order.DecodeRetryDoc(d.Value)
+	if err != nil {
+		return false, fmt.Errorf("run retry %s now: %w", key, err)
+	}
+	if r.FireRetry {
+		return false, nil
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(d.Value, &fields); err != nil {
+		return false, fmt.Errorf("run retry %s now: %w", key, err)
+	}
+	fields["fireRetry"] = json.RawMessage("true")
+	body, err := json.Marshal(fields)
+	if err != nil {
+		return false, fmt.Errorf("run retry %s now: %w", key, err)
+	}
+	if _, err := st.Replace(ctx, order.Retry, key, body, d.CAS); err != nil {
+		return false, fmt.Errorf("run retry %s now: %w", key, guardErr(err))
+	}
+	return true, nil
+}
+
+// DropRetry removes the pending retry of key, guarded by the CAS it read.
+// Nothing sends the order's confirmation after that: it stays unconfirmed
+// (and counted so) until the order itself changes.
+func DropRetry(ctx context.Context, st store.Store, key string) error {
+	d, err := getRetry(ctx, st, key)
+	if err != nil {
+		return err
+	}
+	if err := st.Remove(ctx, order.Retry, key, d.CAS); err != nil {
+		return fmt.Errorf("drop retry %s: %w", key, guardErr(err))
+	}
+	return nil
+}
+
+func getRetry(ctx context.Context, st store.Store, key string) (store.Doc, error) {
+	if key == order.ControlKey {
+		return store.Doc{}, fmt.Errorf("%s: %w", key, ErrReservedKey)
+	}
+	d, err := st.Get(ctx, order.Retry, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Doc{}, fmt.Errorf("%w: %s", ErrNoSuchRetry, key)
+	}
+	return d, err
+}
+
+// guardErr says what a failed guard means to an operator.
+func guardErr(err error) error {
+	switch {
+	case errors.Is(err, store.ErrCASMismatch):
+		return fmt.Errorf("%w (%w)", ErrChanged, err)
+	case errors.Is(err, store.ErrNotFound):
+		return fmt.Errorf("%w (%w)", ErrNoSuchRetry, err)
+	}
+	return err
+}
