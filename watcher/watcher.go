@@ -410,14 +410,17 @@ func (w *Watcher) read(ctx context.Context, shards []chan store.Event) {
 	defer w.reader.Done()
 	p := &w.progress
 	backoff := newBackoff()
+	// Waits in Next are bounded, so that an idle reader shows it is alive.
+	// One bound serves every Next of a readPoll window (a context and a
+	// timer per event would be work on the hot path for nothing).
+	var win pollWindow
+	defer win.end()
 	for {
-		// A bounded wait, so that an idle reader shows it is alive.
+		pctx := win.current(ctx)
 		p.expect(&p.reader, 2*readPoll)
 		p.inNext.Store(true)
-		pctx, cancel := context.WithTimeout(ctx, readPoll)
 		ev, err := w.sub.Next(pctx)
 		idle := pctx.Err() != nil
-		cancel()
 		p.inNext.Store(false)
 		if ctx.Err() != nil {
 			return
@@ -449,6 +452,27 @@ func (w *Watcher) read(ctx context.Context, shards []chan store.Event) {
 		case <-ctx.Done():
 			return // not acknowledged: read again after a restart
 		}
+	}
+}
+
+// pollWindow is the bound of the reader's waits in Next: one context for a
+// readPoll, renewed once it has run out.
+type pollWindow struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (w *pollWindow) current(parent context.Context) context.Context {
+	if w.ctx == nil || w.ctx.Err() != nil {
+		w.end()
+		w.ctx, w.cancel = context.WithTimeout(parent, readPoll)
+	}
+	return w.ctx
+}
+
+func (w *pollWindow) end() {
+	if w.cancel != nil {
+		w.cancel()
 	}
 }
 
