@@ -492,6 +492,9 @@ func (c *Client) Misconfigured() string {
 // client is the HTTP client for the TLS files as they are now: built again
 // when one of them changed, the old one's idle connections closed.
 func (c *Client) client(now time.Time) (*http.Client, error) {
+	if !c.tlsf.any() && c.http != nil {
+		return c.http, nil // built by New, never rebuilt: no lock per send
+	}
 	changed := c.tlsf.changed(now)
 	c.mu.Lock()
 	defer c.mu.Unlock()
