@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
@@ -13,10 +14,12 @@ import (
 
 // Every write goes through one goroutine that owns the write connection.
 // It takes the jobs waiting, up to MaxBatch, and runs them in one
-// transaction, each in a savepoint of its own: one commit (one WAL sync
-// point) for many outcomes, and a job whose guard fails rolls back alone.
-// Nothing waits to fill a batch: a batch is what queued during the last
-// commit, so a lone write commits at once.
+// transaction, each in a savepoint of its own where it may fail half-way:
+// one commit (one WAL sync point) for many outcomes, and a job whose guard
+// fails rolls back alone. A commit costs far more than the writes in it, so
+// while writes keep coming (the last commit ended less than CommitDelay
+// ago) the writer waits up to CommitDelay for a batch to fill; a write
+// after a quiet spell commits at once.
 
 type job struct {
 	ctx context.Context
@@ -148,6 +151,9 @@ func (s *Store) checkLocked() error {
 
 func (s *Store) writeLoop() {
 	defer close(s.writerDone)
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	var lastCommit time.Time
 	for {
 		var batch []*job
 		select {
@@ -164,17 +170,41 @@ func (s *Store) writeLoop() {
 				}
 			}
 		}
-	fill:
+		batch = s.fill(batch, linger, s.cfg.CommitDelay > 0 && time.Since(lastCommit) < s.cfg.CommitDelay)
+		s.runBatch(batch)
+		lastCommit = time.Now()
+	}
+}
+
+// fill adds the jobs queued to batch, up to MaxBatch; when busy, it waits
+// up to CommitDelay for more.
+func (s *Store) fill(batch []*job, linger *time.Timer, busy bool) []*job {
+	for len(batch) < s.cfg.MaxBatch {
+		select {
+		case j := <-s.jobs:
+			batch = append(batch, j)
+			continue
+		default:
+		}
+		if !busy {
+			return batch
+		}
+		busy = false // one wait per batch
+		linger.Reset(s.cfg.CommitDelay)
 		for len(batch) < s.cfg.MaxBatch {
 			select {
 			case j := <-s.jobs:
 				batch = append(batch, j)
-			default:
-				break fill
+				continue
+			case <-linger.C:
+			case <-s.stop:
+				linger.Stop()
 			}
+			return batch
 		}
-		s.runBatch(batch)
+		linger.Stop()
 	}
+	return batch
 }
 
 // runBatch commits the jobs of batch together. A job's own failure (a
