@@ -151,6 +151,12 @@ type FeedOptions struct {
 	// FromNow starts a subscription that has no checkpoint at the current end
 	// of the feed instead of its beginning.
 	FromNow bool
+	// SkipConfirmed lets the store leave out the changes that leave an
+	// order confirmed (confirmationEmailSent true): a consumer whose
+	// outcomes are atomic has nothing to do for them, and they are half of
+	// a busy feed (every confirmation is one). A store that cannot tell
+	// them apart delivers them anyway.
+	SkipConfirmed bool
 }
 
 // SweepResult counts what one sweep batch flagged.

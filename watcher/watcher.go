@@ -241,7 +241,8 @@ func (w *Watcher) timedAck(ack func(), started time.Time) func() {
 // Start subscribes to the feed and starts the reader and the workers. It
 // does not block.
 func (w *Watcher) Start(ctx context.Context) error {
-	sub, err := w.store.Subscribe(ctx, w.cfg.FeedName, []string{order.Inbound, order.Retry}, store.FeedOptions{FromNow: w.cfg.FromNow})
+	sub, err := w.store.Subscribe(ctx, w.cfg.FeedName, []string{order.Inbound, order.Retry}, store.FeedOptions{FromNow: w.cfg.FromNow,
+		SkipConfirmed: w.cfg.AtomicOutcomes}) // Settled ignores them then
 	if err != nil {
 		return fmt.Errorf("start watcher: %w", err)
 	}
@@ -254,7 +255,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 	w.cancel, w.abort = cancel, abort
 	w.stopping = make(chan struct{})
 
-	w.inflight = make(chan struct{}, 4*w.cfg.Workers)
+	w.inflight = make(chan struct{}, 16*w.cfg.Workers)
 	shards := make([]chan store.Event, w.cfg.Workers)
 	for i := range shards {
 		shards[i] = make(chan store.Event, 64)

@@ -130,3 +130,51 @@ func TestGroupCommitIsolatesAFailedGuard(t *testing.T) {
 		}
 	}
 }
+
+// TestSkipConfirmedPassesOverConfirmedOrders: with SkipConfirmed a
+// confirmed order's change is not delivered, yet the checkpoint moves past
+// it; every other change comes as before.
+func TestSkipConfirmedPassesOverConfirmedOrders(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	path := filepath.Join(t.TempDir(), "o.db")
+	s, err := embedded.Open(ctx, embedded.Config{Path: path})
+	require.NoError(t, err)
+	defer s.Close()
+	sub, err := s.Subscribe(ctx, "feed", []string{"inbound", "retry"}, store.FeedOptions{SkipConfirmed: true})
+	require.NoError(t, err)
+
+	_, err = s.Upsert(ctx, "inbound", "a", []byte(`{"paymentStatus":"paid"}`))
+	require.NoError(t, err)
+	ev, err := sub.Next(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "a", ev.Key)
+	ev.Ack()
+	confirmed, err := s.Upsert(ctx, "inbound", "a", []byte(`{"paymentStatus":"paid","confirmationEmailSent":true}`))
+	require.NoError(t, err)
+	_, err = s.Upsert(ctx, "retry", "a", []byte(`{"docId":"a"}`)) // any other change still comes
+	require.NoError(t, err)
+	last, err := s.Upsert(ctx, "inbound", "b", []byte(`{"paymentStatus":"paid"}`))
+	require.NoError(t, err)
+
+	var got []string
+	for range 2 {
+		ev, err := sub.Next(ctx)
+		require.NoError(t, err)
+		require.NotEqual(t, confirmed, ev.Seq, "the confirmed order's change was delivered")
+		got = append(got, ev.Collection+"/"+ev.Key)
+		ev.Ack()
+	}
+	assert.Equal(t, []string{"retry/a", "inbound/b"}, got)
+	require.NoError(t, sub.Close(ctx))
+
+	// A new subscription under the name starts after all of it.
+	sub, err = s.Subscribe(ctx, "feed", []string{"inbound", "retry"}, store.FeedOptions{})
+	require.NoError(t, err)
+	defer sub.Close(ctx)
+	_, err = s.Upsert(ctx, "inbound", "c", []byte(`{"paymentStatus":"paid"}`))
+	require.NoError(t, err)
+	ev, err = sub.Next(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, "c", ev.Key, "the checkpoint did not move past %d", last)
+}

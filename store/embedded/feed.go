@@ -21,6 +21,7 @@ type subscription struct {
 	s        *Store
 	name     string
 	colls    []string
+	settled  bool // FeedOptions.SkipConfirmed
 	wake     chan struct{}
 	acks     *store.AckTracker
 	lastRead uint64  // highest seq read
@@ -32,7 +33,8 @@ type subscription struct {
 }
 
 // entry is a change read from the feed; skip marks one of a collection
-// nobody subscribed to, which only moves the checkpoint.
+// nobody subscribed to, or a confirmed order's (FeedOptions.SkipConfirmed),
+// which only moves the checkpoint.
 type entry struct {
 	ev   store.Event
 	skip bool
@@ -66,7 +68,7 @@ func (s *Store) Subscribe(ctx context.Context, name string, collections []string
 		return nil, fmt.Errorf("subscribe %s: %w", name, mapErr(err))
 	}
 	sub := &subscription{
-		s: s, name: name, colls: slices.Clone(collections),
+		s: s, name: name, colls: slices.Clone(collections), settled: opts.SkipConfirmed,
 		wake:     make(chan struct{}, 1),
 		acks:     store.NewAckTracker(map[uint16]uint64{0: start}),
 		lastRead: start, saved: start, flushed: time.Now(), idle: s.cfg.PollInterval,
@@ -162,7 +164,7 @@ func (sub *subscription) fill(ctx context.Context) error {
 	if err := tx.StmtContext(ctx, sub.s.reads.seq).QueryRowContext(ctx).Scan(&snapshot); err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 	}
-	rows, err := tx.StmtContext(ctx, sub.s.reads.feed).QueryContext(ctx, sub.lastRead, batchSize)
+	rows, err := tx.StmtContext(ctx, sub.s.reads.feed).QueryContext(ctx, sub.settled, sub.lastRead, batchSize)
 	if err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 	}
@@ -170,14 +172,15 @@ func (sub *subscription) fill(ctx context.Context) error {
 	for rows.Next() {
 		var ev store.Event
 		var value sql.NullString
+		var settled bool
 		var docs [4]stateCols
-		if err := rows.Scan(&ev.Collection, &ev.Key, &value, &ev.Seq, &ev.Incarnation,
+		if err := rows.Scan(&ev.Collection, &ev.Key, &value, &ev.Seq, &ev.Incarnation, &settled,
 			&docs[0].value, &docs[0].seq, &docs[0].created, &docs[1].value, &docs[1].seq, &docs[1].created,
 			&docs[2].value, &docs[2].seq, &docs[2].created, &docs[3].value, &docs[3].seq, &docs[3].created); err != nil {
 			return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 		}
 		sub.lastRead = ev.Seq
-		if !slices.Contains(sub.colls, ev.Collection) {
+		if settled || !slices.Contains(sub.colls, ev.Collection) {
 			sub.buf = append(sub.buf, entry{ev: ev, skip: true})
 			continue
 		}
