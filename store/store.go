@@ -151,12 +151,14 @@ type FeedOptions struct {
 	// FromNow starts a subscription that has no checkpoint at the current end
 	// of the feed instead of its beginning.
 	FromNow bool
-	// SkipConfirmed lets the store leave out the changes that leave an
-	// order confirmed (confirmationEmailSent true): a consumer whose
-	// outcomes are atomic has nothing to do for them, and they are half of
-	// a busy feed (every confirmation is one). A store that cannot tell
-	// them apart delivers them anyway.
-	SkipConfirmed bool
+	// SkipSettled lets the store leave out the changes a consumer whose
+	// outcomes are atomic ignores without reading anything else: deletions,
+	// confirmed orders (every confirmation is one), and readable retry
+	// documents not flagged fireRetry (every failed send writes one) that
+	// are due within a year (one due later is delivered, to be warned
+	// about). On a busy feed they are most of the changes. A store that
+	// cannot tell them apart delivers them anyway.
+	SkipSettled bool
 }
 
 // SweepResult counts what one sweep batch flagged.

@@ -242,7 +242,7 @@ func (w *Watcher) timedAck(ack func(), started time.Time) func() {
 // does not block.
 func (w *Watcher) Start(ctx context.Context) error {
 	sub, err := w.store.Subscribe(ctx, w.cfg.FeedName, []string{order.Inbound, order.Retry}, store.FeedOptions{FromNow: w.cfg.FromNow,
-		SkipConfirmed: w.cfg.AtomicOutcomes}) // Settled ignores them then
+		SkipSettled: w.cfg.AtomicOutcomes}) // what Settled ignores then
 	if err != nil {
 		return fmt.Errorf("start watcher: %w", err)
 	}

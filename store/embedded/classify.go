@@ -60,6 +60,9 @@ func classify(coll, key string, value []byte) columns {
 	return c
 }
 
+// unreadableRetry is the tally of a retry document the watcher cannot read.
+const unreadableRetry = "retrying: unreadable retry document"
+
 // classifyRetry reads a retry document the way the sweep always has: a
 // document is due by a numeric nextAttemptAt or, without one, by a numeric
 // ts; a document that is not a JSON object is never due (the watcher
@@ -74,7 +77,7 @@ func classifyRetry(value []byte) (fire bool, nextAt, tsAt *int64, tally *string)
 	r, err := order.DecodeRetryDoc(value)
 	switch {
 	case err != nil:
-		t = "retrying: unreadable retry document"
+		t = unreadableRetry
 	case r.LastStatus > 0:
 		t = fmt.Sprintf("retrying: HTTP %d", r.LastStatus)
 	case r.LastError != "":

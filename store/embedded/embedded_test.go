@@ -131,41 +131,59 @@ func TestGroupCommitIsolatesAFailedGuard(t *testing.T) {
 	}
 }
 
-// TestSkipConfirmedPassesOverConfirmedOrders: with SkipConfirmed a
-// confirmed order's change is not delivered, yet the checkpoint moves past
-// it; every other change comes as before.
-func TestSkipConfirmedPassesOverConfirmedOrders(t *testing.T) {
+// TestSkipSettledPassesOverWhatNeedsNothing: with SkipSettled the changes
+// the watcher ignores unread (a confirmed order, a deletion, a readable
+// retry document not flagged and due within a year) are not delivered, yet
+// the checkpoint moves past them; every other change comes as before.
+func TestSkipSettledPassesOverWhatNeedsNothing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	path := filepath.Join(t.TempDir(), "o.db")
 	s, err := embedded.Open(ctx, embedded.Config{Path: path})
 	require.NoError(t, err)
 	defer s.Close()
-	sub, err := s.Subscribe(ctx, "feed", []string{"inbound", "retry"}, store.FeedOptions{SkipConfirmed: true})
+	sub, err := s.Subscribe(ctx, "feed", []string{"inbound", "retry"}, store.FeedOptions{SkipSettled: true})
 	require.NoError(t, err)
 
-	_, err = s.Upsert(ctx, "inbound", "a", []byte(`{"paymentStatus":"paid"}`))
-	require.NoError(t, err)
-	ev, err := sub.Next(ctx)
-	require.NoError(t, err)
-	require.Equal(t, "a", ev.Key)
-	ev.Ack()
-	confirmed, err := s.Upsert(ctx, "inbound", "a", []byte(`{"paymentStatus":"paid","confirmationEmailSent":true}`))
-	require.NoError(t, err)
-	_, err = s.Upsert(ctx, "retry", "a", []byte(`{"docId":"a"}`)) // any other change still comes
-	require.NoError(t, err)
-	last, err := s.Upsert(ctx, "inbound", "b", []byte(`{"paymentStatus":"paid"}`))
-	require.NoError(t, err)
-
-	var got []string
-	for range 2 {
-		ev, err := sub.Next(ctx)
-		require.NoError(t, err)
-		require.NotEqual(t, confirmed, ev.Seq, "the confirmed order's change was delivered")
-		got = append(got, ev.Collection+"/"+ev.Key)
-		ev.Ack()
+	soon := time.Now().Add(time.Minute).UnixMilli()
+	later := time.Now().Add(2 * 366 * 24 * time.Hour).UnixMilli()
+	writes := []struct {
+		coll, key, value string // value "": remove
+		delivered        bool
+	}{
+		{"inbound", "a", `{"paymentStatus":"paid"}`, true},
+		{"inbound", "a", `{"paymentStatus":"paid","confirmationEmailSent":true}`, false},
+		{"inbound", "u", `{"paymentStatus":"pending"}`, true},
+		{"retry", "p", fmt.Sprintf(`{"docId":"p","nextAttemptAt":%d}`, soon), false},
+		{"retry", "s", `{"docId":"s","ts":1}`, false},
+		{"retry", "f", fmt.Sprintf(`{"docId":"f","nextAttemptAt":%d}`, later), true},
+		{"retry", "x", `{"docId":"x","attempt":-1,"nextAttemptAt":1}`, true},
+		{"retry", "p", fmt.Sprintf(`{"docId":"p","nextAttemptAt":%d,"fireRetry":true}`, soon), true},
+		{"retry", "s", "", false},
+		{"inbound", "b", `{"paymentStatus":"paid"}`, true},
 	}
-	assert.Equal(t, []string{"retry/a", "inbound/b"}, got)
+	var want, got []string
+	for _, w := range writes {
+		if w.value == "" {
+			doc, err := s.Get(ctx, w.coll, w.key)
+			require.NoError(t, err)
+			require.NoError(t, s.Remove(ctx, w.coll, w.key, doc.CAS))
+		} else {
+			_, err := s.Upsert(ctx, w.coll, w.key, []byte(w.value))
+			require.NoError(t, err)
+		}
+		if w.delivered {
+			want = append(want, w.coll+"/"+w.key+" "+w.value)
+		}
+		// One at a time: the feed holds a key's latest change only.
+		for len(got) < len(want) {
+			ev, err := sub.Next(ctx)
+			require.NoError(t, err, "waiting for %s", want[len(got)])
+			got = append(got, ev.Collection+"/"+ev.Key+" "+string(ev.Value))
+			ev.Ack()
+		}
+	}
+	assert.Equal(t, want, got)
 	require.NoError(t, sub.Close(ctx))
 
 	// A new subscription under the name starts after all of it.
@@ -174,7 +192,7 @@ func TestSkipConfirmedPassesOverConfirmedOrders(t *testing.T) {
 	defer sub.Close(ctx)
 	_, err = s.Upsert(ctx, "inbound", "c", []byte(`{"paymentStatus":"paid"}`))
 	require.NoError(t, err)
-	ev, err = sub.Next(ctx)
+	ev, err := sub.Next(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, "c", ev.Key, "the checkpoint did not move past %d", last)
+	assert.Equal(t, "c", ev.Key, "the checkpoint did not move past what was passed over")
 }

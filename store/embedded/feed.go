@@ -21,7 +21,7 @@ type subscription struct {
 	s        *Store
 	name     string
 	colls    []string
-	settled  bool // FeedOptions.SkipConfirmed
+	settled  bool // FeedOptions.SkipSettled
 	wake     chan struct{}
 	acks     *store.AckTracker
 	lastRead uint64  // highest seq read
@@ -33,7 +33,7 @@ type subscription struct {
 }
 
 // entry is a change read from the feed; skip marks one of a collection
-// nobody subscribed to, or a confirmed order's (FeedOptions.SkipConfirmed),
+// nobody subscribed to, or one FeedOptions.SkipSettled leaves out,
 // which only moves the checkpoint.
 type entry struct {
 	ev   store.Event
@@ -68,7 +68,7 @@ func (s *Store) Subscribe(ctx context.Context, name string, collections []string
 		return nil, fmt.Errorf("subscribe %s: %w", name, mapErr(err))
 	}
 	sub := &subscription{
-		s: s, name: name, colls: slices.Clone(collections), settled: opts.SkipConfirmed,
+		s: s, name: name, colls: slices.Clone(collections), settled: opts.SkipSettled,
 		wake:     make(chan struct{}, 1),
 		acks:     store.NewAckTracker(map[uint16]uint64{0: start}),
 		lastRead: start, saved: start, flushed: time.Now(), idle: s.cfg.PollInterval,
@@ -144,6 +144,10 @@ func (sub *subscription) Next(ctx context.Context) (store.Event, error) {
 	}
 }
 
+// farFuture mirrors the watcher's: a retry due further out than this is
+// implausible, and delivered for it to warn about.
+const farFuture = 366 * 24 * time.Hour
+
 // idlePoll is the longest wait for other processes' writes of a feed that
 // has seen nothing for a while.
 const idlePoll = 80 * time.Millisecond
@@ -164,7 +168,8 @@ func (sub *subscription) fill(ctx context.Context) error {
 	if err := tx.StmtContext(ctx, sub.s.reads.seq).QueryRowContext(ctx).Scan(&snapshot); err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 	}
-	rows, err := tx.StmtContext(ctx, sub.s.reads.feed).QueryContext(ctx, sub.settled, sub.lastRead, batchSize)
+	rows, err := tx.StmtContext(ctx, sub.s.reads.feed).QueryContext(ctx, sub.settled, sub.lastRead, batchSize,
+		time.Now().Add(farFuture).UnixMilli())
 	if err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 	}

@@ -23,17 +23,19 @@ var plans = []struct {
 	args        []any
 	want        []string // each in the plan
 }{
-	{"feed read", `SELECT d.coll, d.key, iif(?1 AND d.coll = 'inbound' AND d.confirmed, NULL, d.value), d.seq, d.created,
-				?1 AND d.coll = 'inbound' AND d.confirmed,
+	{"feed read", `SELECT d.coll, d.key, d.value, d.seq, d.created,
+				?1 AND (d.value IS NULL OR (d.coll = 'inbound' AND d.confirmed)
+					OR (d.retry AND NOT d.fire AND d.tally IS NOT 'retrying: unreadable retry document'
+						AND (d.next_at < ?4 OR (d.next_at IS NULL AND d.ts_at IS NOT NULL)))),
 				o.value, o.seq, o.created, r.value, r.seq, r.created, l.value, l.seq, l.created,
 				a.value, a.rev, 0
 			FROM docs AS d INDEXED BY docs_by_seq
 			LEFT JOIN docs AS o ON o.coll = 'inbound' AND o.key = d.key
-			LEFT JOIN docs AS r ON r.coll = 'retry' AND r.key = d.key AND NOT (?1 AND d.coll = 'inbound' AND d.confirmed)
-			LEFT JOIN docs AS l ON l.coll = 'deadletter' AND l.key = d.key AND NOT (?1 AND d.coll = 'inbound' AND d.confirmed)
-			LEFT JOIN attempts AS a ON a.key = d.key AND NOT (?1 AND d.coll = 'inbound' AND d.confirmed)
+			LEFT JOIN docs AS r ON r.coll = 'retry' AND r.key = d.key
+			LEFT JOIN docs AS l ON l.coll = 'deadletter' AND l.key = d.key
+			LEFT JOIN attempts AS a ON a.key = d.key
 			WHERE d.seq > ?2 ORDER BY d.seq LIMIT ?3`,
-		[]any{true, 0, 256}, []string{"SEARCH d USING INDEX docs_by_seq (seq>?)", "SEARCH o USING PRIMARY KEY (coll=? AND key=?)",
+		[]any{true, 0, 256, 0}, []string{"SEARCH d USING INDEX docs_by_seq (seq>?)", "SEARCH o USING PRIMARY KEY (coll=? AND key=?)",
 			"SEARCH r USING PRIMARY KEY (coll=? AND key=?)", "SEARCH l USING PRIMARY KEY (coll=? AND key=?)",
 			"SEARCH a USING PRIMARY KEY (key=?)"}},
 	{"sweep by nextAttemptAt", `SELECT key FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`,
