@@ -255,7 +255,9 @@ func (w *Watcher) Start(ctx context.Context) error {
 	w.cancel, w.abort = cancel, abort
 	w.stopping = make(chan struct{})
 
-	w.inflight = make(chan struct{}, 16*w.cfg.Workers)
+	// Outcomes wait for a group commit (up to the store's commit delay):
+	// enough of them in flight that a worker seldom waits for a slot.
+	w.inflight = make(chan struct{}, max(maxSettling, 4*w.cfg.Workers))
 	shards := make([]chan store.Event, w.cfg.Workers)
 	for i := range shards {
 		shards[i] = make(chan store.Event, 64)
@@ -455,6 +457,10 @@ func (w *Watcher) read(ctx context.Context, shards []chan store.Event) {
 		}
 	}
 }
+
+// maxSettling is how many sends' outcomes may be waiting to be written,
+// unless the workers are more than a quarter of it.
+const maxSettling = 256
 
 // pollWindow is the bound of the reader's waits in Next: one context for a
 // readPoll, renewed once it has run out.
