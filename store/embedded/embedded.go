@@ -199,14 +199,12 @@ func (s *Store) prepare(ctx context.Context) error {
 		seq:        r(`SELECT value FROM counters WHERE name = 'seq'`),
 		// The feed reads by position, whatever the history: a range scan of
 		// docs_by_seq (TestFeedReadUsesTheSeqIndex pins the plan).
-		// With ?1 (FeedOptions.SkipSettled) the changes the watcher
-		// ignores unread are marked, to be passed over; ?4 is a year from
-		// now (ms): a retry due later is delivered, and so is one the
+		// Positions ?2 (exclusive) to ?4, at most ?3 changes. With ?1
+		// (FeedOptions.SkipSettled) the changes the watcher ignores unread
+		// are left out, before any state is read for them; ?5 is a year
+		// from now (ms): a retry due later is delivered, and so is one the
 		// watcher cannot read (its tally is unreadableRetry's).
 		feed: r(`SELECT d.coll, d.key, d.value, d.seq, d.created,
-				?1 AND (d.value IS NULL OR (d.coll = 'inbound' AND d.confirmed)
-					OR (d.retry AND NOT d.fire AND d.tally IS NOT 'retrying: unreadable retry document'
-						AND (d.next_at < ?4 OR (d.next_at IS NULL AND d.ts_at IS NOT NULL)))),
 				o.value, o.seq, o.created, r.value, r.seq, r.created, l.value, l.seq, l.created,
 				a.value, a.rev, 0
 			FROM docs AS d INDEXED BY docs_by_seq
@@ -214,7 +212,11 @@ func (s *Store) prepare(ctx context.Context) error {
 			LEFT JOIN docs AS r ON r.coll = 'retry' AND r.key = d.key
 			LEFT JOIN docs AS l ON l.coll = 'deadletter' AND l.key = d.key
 			LEFT JOIN attempts AS a ON a.key = d.key
-			WHERE d.seq > ?2 ORDER BY d.seq LIMIT ?3`),
+			WHERE d.seq > ?2 AND d.seq <= ?4
+				AND NOT (?1 AND (d.value IS NULL OR (d.coll = 'inbound' AND d.confirmed)
+					OR (d.retry AND NOT d.fire AND d.tally IS NOT 'retrying: unreadable retry document'
+						AND (d.next_at < ?5 OR (d.next_at IS NULL AND d.ts_at IS NOT NULL)))))
+			ORDER BY d.seq LIMIT ?3`),
 	}
 	if err != nil {
 		return err

@@ -11,8 +11,14 @@ import (
 	"github.com/ordermail/ordermail/store"
 )
 
-// batchSize is how many changes one feed read takes.
-const batchSize = 256
+// batchSize is how many changes one feed read takes, and scanWindow how
+// many positions it looks at, at most: with SkipSettled a long run of
+// changes left out (a history of confirmed orders) is passed over a window
+// at a time.
+const (
+	batchSize  = 256
+	scanWindow = 4096
+)
 
 // purgeBatch bounds the tombstones one checkpoint save removes.
 const purgeBatch = 1000
@@ -154,7 +160,8 @@ const idlePoll = 80 * time.Millisecond
 
 // fill reads the next changes by position, in every collection: the read
 // is a range scan of docs_by_seq whatever the history, and the changes of
-// collections not subscribed to move the checkpoint too.
+// collections not subscribed to, or left out by SkipSettled, move the
+// checkpoint too.
 func (sub *subscription) fill(ctx context.Context) error {
 	// One read transaction: the position and the rows of one snapshot, each
 	// row with the state of its key (four primary-key lookups), so that
@@ -168,24 +175,26 @@ func (sub *subscription) fill(ctx context.Context) error {
 	if err := tx.StmtContext(ctx, sub.s.reads.seq).QueryRowContext(ctx).Scan(&snapshot); err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 	}
+	upTo := min(snapshot, sub.lastRead+scanWindow)
 	rows, err := tx.StmtContext(ctx, sub.s.reads.feed).QueryContext(ctx, sub.settled, sub.lastRead, batchSize,
-		time.Now().Add(farFuture).UnixMilli())
+		upTo, time.Now().Add(farFuture).UnixMilli())
 	if err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 	}
 	defer rows.Close()
+	n := 0
 	for rows.Next() {
 		var ev store.Event
 		var value sql.NullString
-		var settled bool
 		var docs [4]stateCols
-		if err := rows.Scan(&ev.Collection, &ev.Key, &value, &ev.Seq, &ev.Incarnation, &settled,
+		n++
+		if err := rows.Scan(&ev.Collection, &ev.Key, &value, &ev.Seq, &ev.Incarnation,
 			&docs[0].value, &docs[0].seq, &docs[0].created, &docs[1].value, &docs[1].seq, &docs[1].created,
 			&docs[2].value, &docs[2].seq, &docs[2].created, &docs[3].value, &docs[3].seq, &docs[3].created); err != nil {
 			return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 		}
 		sub.lastRead = ev.Seq
-		if settled || !slices.Contains(sub.colls, ev.Collection) {
+		if !slices.Contains(sub.colls, ev.Collection) {
 			sub.buf = append(sub.buf, entry{ev: ev, skip: true})
 			continue
 		}
@@ -201,6 +210,12 @@ func (sub *subscription) fill(ctx context.Context) error {
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
+	}
+	if n < batchSize && upTo > sub.lastRead {
+		// Every position up to upTo was looked at: what is not in buf was
+		// left out, and the checkpoint may pass it.
+		sub.buf = append(sub.buf, entry{ev: store.Event{Seq: upTo}, skip: true})
+		sub.lastRead = upTo
 	}
 	return nil
 }

@@ -24,9 +24,6 @@ var plans = []struct {
 	want        []string // each in the plan
 }{
 	{"feed read", `SELECT d.coll, d.key, d.value, d.seq, d.created,
-				?1 AND (d.value IS NULL OR (d.coll = 'inbound' AND d.confirmed)
-					OR (d.retry AND NOT d.fire AND d.tally IS NOT 'retrying: unreadable retry document'
-						AND (d.next_at < ?4 OR (d.next_at IS NULL AND d.ts_at IS NOT NULL)))),
 				o.value, o.seq, o.created, r.value, r.seq, r.created, l.value, l.seq, l.created,
 				a.value, a.rev, 0
 			FROM docs AS d INDEXED BY docs_by_seq
@@ -34,8 +31,12 @@ var plans = []struct {
 			LEFT JOIN docs AS r ON r.coll = 'retry' AND r.key = d.key
 			LEFT JOIN docs AS l ON l.coll = 'deadletter' AND l.key = d.key
 			LEFT JOIN attempts AS a ON a.key = d.key
-			WHERE d.seq > ?2 ORDER BY d.seq LIMIT ?3`,
-		[]any{true, 0, 256, 0}, []string{"SEARCH d USING INDEX docs_by_seq (seq>?)", "SEARCH o USING PRIMARY KEY (coll=? AND key=?)",
+			WHERE d.seq > ?2 AND d.seq <= ?4
+				AND NOT (?1 AND (d.value IS NULL OR (d.coll = 'inbound' AND d.confirmed)
+					OR (d.retry AND NOT d.fire AND d.tally IS NOT 'retrying: unreadable retry document'
+						AND (d.next_at < ?5 OR (d.next_at IS NULL AND d.ts_at IS NOT NULL)))))
+			ORDER BY d.seq LIMIT ?3`,
+		[]any{true, 0, 256, 4096, 0}, []string{"SEARCH d USING INDEX docs_by_seq (seq>? AND seq<?)", "SEARCH o USING PRIMARY KEY (coll=? AND key=?)",
 			"SEARCH r USING PRIMARY KEY (coll=? AND key=?)", "SEARCH l USING PRIMARY KEY (coll=? AND key=?)",
 			"SEARCH a USING PRIMARY KEY (key=?)"}},
 	{"sweep by nextAttemptAt", `SELECT key FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`,
@@ -300,4 +301,45 @@ func TestMigratesAFirstReleaseFile(t *testing.T) {
 	cas, err := s.Upsert(ctx, order.Inbound, "o9", []byte(`{}`))
 	require.NoError(t, err)
 	assert.Greater(t, cas, uint64(7), "sequence numbers go on from the old counter")
+}
+
+// TestScaleFeedPassesOverSettledHistoryInWindows: 50,000 confirmed orders,
+// then one paid. With SkipSettled the feed hands out the paid order alone;
+// each read looks at one window of positions at most, returns nothing for
+// what it passes over, and the checkpoint moves past all of it.
+func TestScaleFeedPassesOverSettledHistoryInWindows(t *testing.T) {
+	skipScale(t)
+	t.Parallel()
+	s := openTest(t)
+	ctx := context.Background()
+	const n = 50_000
+	fill(t, s, n, func(i int) (string, string, []byte) {
+		return order.Inbound, fmt.Sprintf("o%06d", i), []byte(`{"paymentStatus":"paid","confirmationEmailSent":true}`)
+	})
+	paid, err := s.Insert(ctx, order.Inbound, "new", []byte(`{"paymentStatus":"paid"}`))
+	require.NoError(t, err)
+
+	st, err := s.Subscribe(ctx, "feed", []string{order.Inbound, order.Retry}, store.FeedOptions{SkipSettled: true})
+	require.NoError(t, err)
+	sub := st.(*subscription)
+	reads := 0
+	for len(sub.buf) == 0 || sub.buf[len(sub.buf)-1].skip {
+		before := sub.lastRead
+		require.NoError(t, sub.fill(ctx))
+		reads++
+		require.LessOrEqual(t, sub.lastRead-before, uint64(scanWindow), "one read looked past its window")
+		require.Less(t, reads, n/scanWindow+3, "the reads do not move: at %d of %d", sub.lastRead, paid)
+	}
+	for _, e := range sub.buf[:len(sub.buf)-1] {
+		require.True(t, e.skip)
+	}
+	assert.Equal(t, n/scanWindow+1, reads, "one read a window, the last one finding the paid order")
+	ev, err := sub.Next(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "new", ev.Key)
+	ev.Ack()
+	require.NoError(t, sub.Close(ctx))
+	var saved uint64
+	require.NoError(t, s.reads.checkpoint.QueryRow("feed").Scan(&saved))
+	assert.Equal(t, paid, saved, "the checkpoint is the paid order's position, past the history")
 }
