@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -92,6 +93,7 @@ type Store struct {
 	checkDone  chan struct{}
 	lost       chan struct{} // closed when the file is lost
 	lostErr    error
+	commits    atomic.Uint64 // transactions committed by the writer
 
 	mu     sync.RWMutex
 	subs   map[chan struct{}]struct{} // in-process feeds to wake after a write

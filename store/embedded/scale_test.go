@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -342,4 +343,34 @@ func TestScaleFeedPassesOverSettledHistoryInWindows(t *testing.T) {
 	var saved uint64
 	require.NoError(t, s.reads.checkpoint.QueryRow("feed").Scan(&saved))
 	assert.Equal(t, paid, saved, "the checkpoint is the paid order's position, past the history")
+}
+
+// TestWritesInAStreamShareCommits: writes that come one after another,
+// each well after the last one's commit could have been made, share
+// commits while they keep coming (CommitDelay), where each would
+// otherwise commit alone.
+func TestWritesInAStreamShareCommits(t *testing.T) {
+	t.Parallel()
+	s, err := Open(context.Background(), Config{Path: filepath.Join(t.TempDir(), "o.db"), CommitDelay: 200 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	before := s.commits.Load()
+	const n = 50
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			_, err := s.Upsert(ctx, order.Inbound, fmt.Sprintf("k%02d", i), []byte(`{}`))
+			errs <- err
+		})
+		time.Sleep(2 * time.Millisecond) // the pace of the stream, not a wait for an outcome
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	commits := s.commits.Load() - before
+	assert.LessOrEqual(t, commits, uint64(n/5), "%d writes in %d commits", n, commits)
 }

@@ -302,6 +302,7 @@ func (s *Store) runTx(jobs []*job) (err error) {
 	if _, err := s.stmts.commit.ExecContext(ctx); err != nil {
 		return mapErr(err)
 	}
+	s.commits.Add(1)
 	return nil
 }
 
