@@ -53,7 +53,8 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"Fields: orders, confirmed, deadLetters, retryDocsLeft (store); sendAttempts, deliveries,\n" +
 			"failures, duplicateRequests (the mock's /stats); elapsedSeconds and ordersPerSecond (first\n" +
 			"write to last delivery); secondsTo, paidToSentMs, retryGapMs (the mock's /timings); peakRSSMB\n" +
-			"(the service's VmHWM); ceilingPerSecond and ofCeiling (--ceiling); settings.\n" +
+			"(the service's VmHWM); serviceCPUSeconds and serviceCPUPerOrderUs (the service's CPU time\n" +
+			"over the run); ceilingPerSecond and ofCeiling (--ceiling); settings.\n" +
 			"Flags after -- are handed to `ordermail run`. bench reads no ORDERMAIL_ variables and passes\n" +
 			"none on: a deployment's settings, its store above all, stay out of a benchmark.",
 		FlagSet: fs,

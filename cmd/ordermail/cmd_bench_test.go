@@ -43,7 +43,9 @@ func runBench(t *testing.T, args ...string) (bench.Result, map[string]any) {
 		assert.Contains(t, fields, f)
 	}
 	if runtime.GOOS == "linux" {
-		assert.Contains(t, fields, "peakRSSMB")
+		for _, f := range []string{"peakRSSMB", "serviceCPUSeconds", "serviceCPUPerOrderUs"} {
+			assert.Contains(t, fields, f)
+		}
 	}
 	return res, fields
 }
@@ -65,6 +67,14 @@ func TestBenchClosedLoopWithCeiling(t *testing.T) {
 	assert.Zero(t, res.RetryDocsLeft)
 	assert.Positive(t, res.ElapsedSeconds)
 	assert.Positive(t, res.OrdersPerSecond)
+	if runtime.GOOS == "linux" {
+		require.NotNil(t, res.ServiceCPUSeconds)
+		require.NotNil(t, res.ServiceCPUPerOrderUs)
+		// The service decoded, sent and recorded 300 orders: that takes
+		// CPU, and the per-order figure is the total over the orders.
+		assert.Positive(t, *res.ServiceCPUSeconds)
+		assert.InDelta(t, *res.ServiceCPUSeconds*1e6/300, *res.ServiceCPUPerOrderUs, 0.1+*res.ServiceCPUPerOrderUs*0.01)
+	}
 
 	require.NotNil(t, res.SecondsTo)
 	require.NotNil(t, res.SecondsTo.P50)

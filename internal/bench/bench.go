@@ -130,6 +130,11 @@ type Result struct {
 	ReadySeconds    float64  `json:"readySeconds"`        // service start to its probe order confirmed
 	WriteSeconds    float64  `json:"writeSeconds"`        // first to last write of the run
 	PeakRSSMB       *float64 `json:"peakRSSMB,omitempty"` // the service's VmHWM before it is stopped
+	// The CPU time (user and system) the service used from the run's first
+	// write to its last delivery, and that per confirmed order: steadier
+	// than a rate on a machine whose speed varies from run to run.
+	ServiceCPUSeconds    *float64 `json:"serviceCPUSeconds,omitempty"`
+	ServiceCPUPerOrderUs *float64 `json:"serviceCPUPerOrderUs,omitempty"`
 	// From the mock's per-key timings.
 	SecondsTo    *Quantiles           `json:"secondsTo,omitempty"` // from the first write until that share was delivered
 	RetryGapMs   *mockmail.GapSummary `json:"retryGapMs,omitempty"`
@@ -281,6 +286,7 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 		b.logf("no /stats at %s (%v): counting from the store only", b.mailURL, statsErr)
 	}
 
+	cpuBefore, cpuOK := cpuSeconds(b.service.pid())
 	w, err := b.writeRun(ctx, orders)
 	if err != nil {
 		return res, err
@@ -289,6 +295,9 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 	endSeen, err := b.waitDone(ctx, w.start, baseCounts, baseStats, haveStats)
 	if err != nil {
 		return res, err
+	}
+	if cpuAfter, ok := cpuSeconds(b.service.pid()); ok && cpuOK {
+		res.ServiceCPUSeconds = ptr(round(cpuAfter-cpuBefore, 2))
 	}
 
 	if cfg.Idle > 0 {
@@ -307,6 +316,9 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 		return res, err
 	}
 	res.Confirmed = final.OrdersConfirmed - baseCounts.OrdersConfirmed
+	if res.ServiceCPUSeconds != nil && res.Confirmed > 0 {
+		res.ServiceCPUPerOrderUs = ptr(round(*res.ServiceCPUSeconds*1e6/float64(res.Confirmed), 1))
+	}
 	res.DeadLetters = final.DeadLetters - baseCounts.DeadLetters
 	res.RetryDocsLeft = final.RetryDocs - baseCounts.RetryDocs
 	end := endSeen
