@@ -24,18 +24,18 @@ const (
 const purgeBatch = 1000
 
 type subscription struct {
-	s        *Store
-	name     string
-	colls    []string
-	settled  bool // FeedOptions.SkipSettled
-	wake     chan struct{}
-	acks     *store.AckTracker
-	lastRead uint64  // highest seq read
-	saved    uint64  // checkpoint last written
-	buf      []entry // read, not yet handed out
-	flushed  time.Time
-	idle     time.Duration // the next wait for other processes' writes
-	closed   bool
+	s           *Store
+	name        string
+	colls       []string
+	skipSettled bool // FeedOptions.SkipSettled
+	wake        chan struct{}
+	acks        *store.AckTracker
+	lastRead    uint64  // highest seq read
+	saved       uint64  // checkpoint last written
+	buf         []entry // read, not yet handed out
+	flushed     time.Time
+	idle        time.Duration // the next wait for other processes' writes
+	closed      bool
 }
 
 // entry is a change read from the feed; skip marks one of a collection
@@ -74,7 +74,7 @@ func (s *Store) Subscribe(ctx context.Context, name string, collections []string
 		return nil, fmt.Errorf("subscribe %s: %w", name, mapErr(err))
 	}
 	sub := &subscription{
-		s: s, name: name, colls: slices.Clone(collections), settled: opts.SkipSettled,
+		s: s, name: name, colls: slices.Clone(collections), skipSettled: opts.SkipSettled,
 		wake:     make(chan struct{}, 1),
 		acks:     store.NewAckTracker(map[uint16]uint64{0: start}),
 		lastRead: start, saved: start, flushed: time.Now(), idle: s.cfg.PollInterval,
@@ -176,7 +176,7 @@ func (sub *subscription) fill(ctx context.Context) error {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 	}
 	upTo := min(snapshot, sub.lastRead+scanWindow)
-	rows, err := tx.StmtContext(ctx, sub.s.reads.feed).QueryContext(ctx, sub.settled, sub.lastRead, batchSize,
+	rows, err := tx.StmtContext(ctx, sub.s.reads.feed).QueryContext(ctx, sub.skipSettled, sub.lastRead, batchSize,
 		upTo, time.Now().Add(farFuture).UnixMilli())
 	if err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))

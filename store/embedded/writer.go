@@ -179,6 +179,10 @@ func (s *Store) writeLoop() {
 // fill adds the jobs queued to batch, up to MaxBatch; when busy, it waits
 // up to CommitDelay for more.
 func (s *Store) fill(batch []*job, linger *time.Timer, busy bool) []*job {
+	if busy {
+		linger.Reset(s.cfg.CommitDelay)
+		defer linger.Stop()
+	}
 	for len(batch) < s.cfg.MaxBatch {
 		select {
 		case j := <-s.jobs:
@@ -189,20 +193,14 @@ func (s *Store) fill(batch []*job, linger *time.Timer, busy bool) []*job {
 		if !busy {
 			return batch
 		}
-		busy = false // one wait per batch
-		linger.Reset(s.cfg.CommitDelay)
-		for len(batch) < s.cfg.MaxBatch {
-			select {
-			case j := <-s.jobs:
-				batch = append(batch, j)
-				continue
-			case <-linger.C:
-			case <-s.stop:
-				linger.Stop()
-			}
+		select {
+		case j := <-s.jobs:
+			batch = append(batch, j)
+		case <-linger.C:
+			return batch
+		case <-s.stop:
 			return batch
 		}
-		linger.Stop()
 	}
 	return batch
 }
