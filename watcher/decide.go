@@ -1,6 +1,7 @@
 package watcher
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"time"
@@ -16,10 +17,40 @@ type Change struct {
 	Key        string
 	Deleted    bool
 	Value      []byte // the document as the event carries it; nil when Deleted
+
+	decoded *decodedOrder // Value decoded as an order once, for Settled and Decide; nil: each decodes
+}
+
+type decodedOrder struct {
+	done bool
+	o    order.Order
+	err  error
 }
 
 func changeOf(ev store.Event) Change {
-	return Change{Collection: ev.Collection, Key: ev.Key, Deleted: ev.Deleted, Value: ev.Value}
+	return Change{Collection: ev.Collection, Key: ev.Key, Deleted: ev.Deleted, Value: ev.Value, decoded: &decodedOrder{}}
+}
+
+// order decodes the change's value as an order, once per change made by
+// changeOf.
+func (c Change) order() (order.Order, error) {
+	if c.decoded == nil {
+		return order.DecodeOrder(c.Value)
+	}
+	if !c.decoded.done {
+		c.decoded.o, c.decoded.err = order.DecodeOrder(c.Value)
+		c.decoded.done = true
+	}
+	return c.decoded.o, c.decoded.err
+}
+
+// orderOf decodes the state's order, which is most often the change's own
+// value (the feed's snapshot): then it is decoded once.
+func (c Change) orderOf(doc store.Doc) (order.Order, error) {
+	if c.Collection == order.Inbound && !c.Deleted && bytes.Equal(doc.Value, c.Value) {
+		return c.order()
+	}
+	return order.DecodeOrder(doc.Value)
 }
 
 // Settled says, from the change alone, that there is nothing to do: an
@@ -37,7 +68,7 @@ func Settled(c Change, now time.Time, lim Limits) (Plan, bool) {
 	}
 	switch c.Collection {
 	case order.Inbound:
-		o, err := order.DecodeOrder(c.Value)
+		o, err := c.order()
 		if err == nil && o.ConfirmationEmailSent && lim.AtomicOutcomes {
 			return ignore("already confirmed"), true
 		}
@@ -126,7 +157,7 @@ func Decide(c Change, st store.State, now time.Time, lim Limits) Plan {
 	}
 	switch c.Collection {
 	case order.Inbound:
-		return decideOrder(c.Key, st, now, lim)
+		return decideOrder(c, st, now, lim)
 	case order.Retry:
 		return decideRetry(c.Key, st, now, lim)
 	}
@@ -136,11 +167,12 @@ func Decide(c Change, st store.State, now time.Time, lim Limits) Plan {
 func ignore(reason string) Plan { return Plan{Action: Ignore, Reason: reason} }
 
 // decideOrder is function 1: the first send of a paid, unconfirmed order.
-func decideOrder(key string, st store.State, now time.Time, lim Limits) Plan {
+func decideOrder(c Change, st store.State, now time.Time, lim Limits) Plan {
+	key := c.Key
 	if !st.Order.Found() {
 		return ignore("order no longer exists")
 	}
-	o, decodeErr := order.DecodeOrder(st.Order.Value)
+	o, decodeErr := c.orderOf(st.Order)
 	if decodeErr == nil {
 		if o.ConfirmationEmailSent {
 			return cleanUp(st, "already confirmed")

@@ -638,7 +638,8 @@ func (w *Watcher) limits() Limits {
 // once the outcome is written and ev acknowledged.
 func (w *Watcher) handle(ctx context.Context, ev store.Event, recent map[string]*written) (*written, error) {
 	log := w.log.With("collection", ev.Collection, "key", ev.Key)
-	if p, ok := Settled(changeOf(ev), w.now(), w.limits()); ok {
+	c := changeOf(ev)
+	if p, ok := Settled(c, w.now(), w.limits()); ok {
 		if p.Warn != "" {
 			log.Warn(p.Warn)
 		}
@@ -662,7 +663,7 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, recent map[string]
 				return nil, err
 			}
 		}
-		p := Decide(changeOf(ev), st, w.now(), w.limits())
+		p := Decide(c, st, w.now(), w.limits())
 		if p.Warn != "" {
 			log.Warn(p.Warn)
 		}
