@@ -18,39 +18,63 @@ type Change struct {
 	Deleted    bool
 	Value      []byte // the document as the event carries it; nil when Deleted
 
-	decoded *decodedOrder // Value decoded as an order once, for Settled and Decide; nil: each decodes
+	decoded *decoded // Value decoded once, for Settled and Decide; nil: each decodes
 }
 
-type decodedOrder struct {
-	done bool
-	o    order.Order
-	err  error
+// decoded is a change's value decoded, as an order or a retry document by
+// its collection.
+type decoded struct {
+	done  bool
+	order order.Order
+	retry order.RetryDoc
+	err   error
 }
 
 func changeOf(ev store.Event) Change {
-	return Change{Collection: ev.Collection, Key: ev.Key, Deleted: ev.Deleted, Value: ev.Value, decoded: &decodedOrder{}}
+	return Change{Collection: ev.Collection, Key: ev.Key, Deleted: ev.Deleted, Value: ev.Value, decoded: &decoded{}}
 }
 
-// order decodes the change's value as an order, once per change made by
-// changeOf.
-func (c Change) order() (order.Order, error) {
-	if c.decoded == nil {
-		return order.DecodeOrder(c.Value)
+// decode decodes the change's value by its collection, once per change made
+// by changeOf.
+func (c Change) decode() *decoded {
+	d := c.decoded
+	if d == nil {
+		d = &decoded{}
 	}
-	if !c.decoded.done {
-		c.decoded.o, c.decoded.err = order.DecodeOrder(c.Value)
-		c.decoded.done = true
+	if !d.done {
+		switch c.Collection {
+		case order.Inbound:
+			d.order, d.err = order.DecodeOrder(c.Value)
+		case order.Retry:
+			d.retry, d.err = order.DecodeRetryDoc(c.Value)
+		}
+		d.done = true
 	}
-	return c.decoded.o, c.decoded.err
+	return d
 }
 
-// orderOf decodes the state's order, which is most often the change's own
-// value (the feed's snapshot): then it is decoded once.
+// own says whether doc of coll is the change's own value: the feed's
+// snapshot of the state holds it, and it need not be decoded again.
+func (c Change) own(coll string, doc store.Doc) bool {
+	return c.Collection == coll && !c.Deleted && bytes.Equal(doc.Value, c.Value)
+}
+
+// orderOf decodes the state's order.
 func (c Change) orderOf(doc store.Doc) (order.Order, error) {
-	if c.Collection == order.Inbound && !c.Deleted && bytes.Equal(doc.Value, c.Value) {
-		return c.order()
+	if c.own(order.Inbound, doc) {
+		d := c.decode()
+		return d.order, d.err
 	}
 	return order.DecodeOrder(doc.Value)
+}
+
+// retryOf decodes the state's retry document.
+func (c Change) retryOf(doc store.Doc) (order.RetryDoc, error) {
+	if c.own(order.Retry, doc) {
+		d := c.decode()
+		return d.retry, d.err
+	}
+	return order.DecodeRetryDoc(doc.Value)
 }
 
 // Settled says, from the change alone, that there is nothing to do: an
@@ -68,7 +92,8 @@ func Settled(c Change, now time.Time, lim Limits) (Plan, bool) {
 	}
 	switch c.Collection {
 	case order.Inbound:
-		o, err := c.order()
+		d := c.decode()
+		o, err := d.order, d.err
 		if err == nil && o.ConfirmationEmailSent && lim.AtomicOutcomes {
 			return ignore("already confirmed"), true
 		}
@@ -84,7 +109,8 @@ func Settled(c Change, now time.Time, lim Limits) (Plan, bool) {
 		if c.Key == order.ControlKey {
 			return ignore("control document, read by the timer"), true
 		}
-		r, err := order.DecodeRetryDoc(c.Value)
+		d := c.decode()
+		r, err := d.retry, d.err
 		if err != nil || r.FireRetry {
 			return Plan{}, false
 		}
@@ -159,7 +185,7 @@ func Decide(c Change, st store.State, now time.Time, lim Limits) Plan {
 	case order.Inbound:
 		return decideOrder(c, st, now, lim)
 	case order.Retry:
-		return decideRetry(c.Key, st, now, lim)
+		return decideRetry(c, st, now, lim)
 	}
 	return ignore("collection not watched")
 }
@@ -233,14 +259,15 @@ func problem(key string, doc store.Doc, o order.Order, decodeErr error, lim Limi
 
 // decideRetry is function 2: the resend of a retry document flagged
 // fireRetry.
-func decideRetry(key string, st store.State, now time.Time, lim Limits) Plan {
+func decideRetry(c Change, st store.State, now time.Time, lim Limits) Plan {
+	key := c.Key
 	if key == order.ControlKey {
 		return ignore("control document, read by the timer")
 	}
 	if !st.Retry.Found() {
 		return ignore("retry document no longer exists")
 	}
-	r, err := order.DecodeRetryDoc(st.Retry.Value)
+	r, err := c.retryOf(st.Retry)
 	if err == nil && r.DocID != key {
 		err = fmt.Errorf("%w: docId %q is not the document's key", order.ErrMalformed, r.DocID)
 	}
@@ -263,7 +290,7 @@ func decideRetry(key string, st store.State, now time.Time, lim Limits) Plan {
 	if !st.Order.Found() {
 		return retryDeadLetter(key, st, r, order.ReasonOrderMissing, "no order "+key+" in "+order.Inbound, now)
 	}
-	o, decodeErr := order.DecodeOrder(st.Order.Value)
+	o, decodeErr := c.orderOf(st.Order)
 	switch {
 	case decodeErr == nil && o.ConfirmationEmailSent:
 		return cleanUp(st, "order already confirmed; retry dropped")

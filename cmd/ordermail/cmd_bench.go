@@ -32,7 +32,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.IntVar(&c.History, "history", 0, "confirmed orders written before the service starts")
 	fs.IntVar(&c.Pending, "pending", 0, "retry documents due in a day, with their paid orders, in the store before the service starts")
 	fs.DurationVar(&c.Idle, "idle", 0, "after the run, measure the idle service this long: its CPU, `retries status` and a /metrics scrape")
-	fs.IntVar(&c.Due, "due", 0, "retry documents already due, with their paid orders, written with the run's orders")
+	fs.IntVar(&c.Due, "due", 0, "retry documents already due, with their paid orders, written before the service starts with retries paused; the run starts retries (`retries start`)")
 	fs.Float64Var(&c.Rate, "rate", 0, "open loop: write this many orders a second (for orders/rate seconds); 0: all at once")
 	fs.BoolVar(&c.Ceiling, "ceiling", false, "first measure the send-only ceiling: the same orders POSTed by --workers senders, nothing stored")
 	fs.BoolVar(&c.Secure, "secure", false, "the mock wants a bearer token and Standard Webhooks signatures; the service and the ceiling send them")
@@ -54,7 +54,8 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"failures, duplicateRequests (the mock's /stats); elapsedSeconds and ordersPerSecond (first\n" +
 			"write to last delivery); secondsTo, paidToSentMs, retryGapMs (the mock's /timings); peakRSSMB\n" +
 			"(the service's VmHWM); serviceCPUSeconds and serviceCPUPerOrderUs (the service's CPU time\n" +
-			"over the run); ceilingPerSecond and ofCeiling (--ceiling); settings.\n" +
+			"over the run); dueFirstSeconds and duePerSecond (--due: from retries start to the first due\n" +
+			"retry delivered, and the drain's rate); ceilingPerSecond and ofCeiling (--ceiling); settings.\n" +
 			"Flags after -- are handed to `ordermail run`. bench reads no ORDERMAIL_ variables and passes\n" +
 			"none on: a deployment's settings, its store above all, stay out of a benchmark.",
 		FlagSet: fs,

@@ -126,6 +126,12 @@ func TestBenchFailuresDueAndHistory(t *testing.T) {
 	assert.Equal(t, "fixed", res.Settings.Backoff)
 	assert.Equal(t, 200, res.History)
 	assert.Equal(t, 50, res.Due)
+	// The due retries waited, paused, until the run started retries.
+	require.NotNil(t, res.DueFirstSeconds)
+	require.NotNil(t, res.DuePerSecond)
+	assert.GreaterOrEqual(t, *res.DueFirstSeconds, 0.0)
+	assert.LessOrEqual(t, *res.DueFirstSeconds, res.ElapsedSeconds)
+	assert.Positive(t, *res.DuePerSecond)
 	assert.Nil(t, res.CeilingPerSecond, "no --ceiling")
 }
 

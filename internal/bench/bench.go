@@ -38,7 +38,10 @@ type Config struct {
 
 	History int // confirmed orders written before the service starts, and not on its feed
 	Pending int // retry documents due in a day, with their paid orders, written with the history
-	Due     int // due retry documents, with their paid orders, written with the run's orders
+	// Due retry documents, with their paid orders, written before the
+	// service starts while retries are paused; the run starts them as an
+	// operator's `retries start` does, with its orders.
+	Due int
 	// Idle, when set, measures the service after the run for this long,
 	// with nothing to do: its CPU, and how long `retries status` and a
 	// /metrics scrape take.
@@ -139,6 +142,10 @@ type Result struct {
 	SecondsTo    *Quantiles           `json:"secondsTo,omitempty"` // from the first write until that share was delivered
 	RetryGapMs   *mockmail.GapSummary `json:"retryGapMs,omitempty"`
 	PaidToSentMs *Quantiles           `json:"paidToSentMs,omitempty"`
+	// With --due: from the run's start of retries to the first due retry
+	// delivered, and the due retries delivered a second until the last.
+	DueFirstSeconds *float64 `json:"dueFirstSeconds,omitempty"`
+	DuePerSecond    *float64 `json:"duePerSecond,omitempty"`
 	// The send-only ceiling, with --ceiling.
 	CeilingPerSecond *float64 `json:"ceilingPerSecond,omitempty"`
 	CeilingRequests  *int64   `json:"ceilingRequests,omitempty"`
@@ -259,10 +266,15 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 	if err := b.writePending(ctx); err != nil {
 		return res, err
 	}
-	// The timer is armed for the whole run: failed sends need it as much as
-	// the due retry documents do.
-	if _, err := b.st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`)); err != nil && !errors.Is(err, store.ErrExists) {
-		return res, fmt.Errorf("arm the timer: %w", err)
+	if err := b.writeDue(ctx); err != nil {
+		return res, err
+	}
+	// The timer is armed for the whole run, failed sends need it; with due
+	// retries waiting, it is armed by the run's first write instead.
+	if cfg.Due == 0 {
+		if _, err := b.st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`)); err != nil && !errors.Is(err, store.ErrExists) {
+			return res, fmt.Errorf("arm the timer: %w", err)
+		}
 	}
 	ready, err := b.startService(ctx)
 	if err != nil {
@@ -320,7 +332,7 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 		res.ServiceCPUPerOrderUs = ptr(round(*res.ServiceCPUSeconds*1e6/float64(res.Confirmed), 1))
 	}
 	res.DeadLetters = final.DeadLetters - baseCounts.DeadLetters
-	res.RetryDocsLeft = final.RetryDocs - baseCounts.RetryDocs
+	res.RetryDocsLeft = final.RetryDocs - (baseCounts.RetryDocs - cfg.Due) // the due ones are the run's
 	end := endSeen
 	if haveStats {
 		st, err := mockmail.FetchStats(ctx, b.mailURL)
@@ -486,6 +498,18 @@ func (b *bench) startService(ctx context.Context) (time.Duration, error) {
 			return time.Since(start), nil
 		}
 		if time.Since(written) >= 250*time.Millisecond {
+			// A failed send of the probe left a retry document, which
+			// owns its confirmation; with retries paused (--due) nothing
+			// would ever send it: remove it, so that the order's new
+			// change is a first send again.
+			if r, err := b.st.Get(ctx, order.Retry, probe); err == nil {
+				err = b.st.Remove(ctx, order.Retry, probe, r.CAS)
+				if err != nil && !errors.Is(err, store.ErrCASMismatch) && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrUnavailable) {
+					return 0, fmt.Errorf("remove the probe's retry document: %w", err)
+				}
+			} else if !errors.Is(err, store.ErrNotFound) {
+				return 0, fmt.Errorf("read the probe's retry document: %w", err)
+			}
 			// Only if the service has not touched it meanwhile.
 			_, err := b.st.Replace(ctx, order.Inbound, probe, value, d.CAS)
 			if err != nil && !errors.Is(err, store.ErrCASMismatch) && !errors.Is(err, store.ErrUnavailable) {
@@ -555,6 +579,40 @@ func (b *bench) writeHistory(ctx context.Context) error {
 		}
 	}
 	b.logf("history written in %.1fs", time.Since(start).Seconds())
+	return nil
+}
+
+// writeDue writes the --due retry documents, already due, with their paid
+// orders (a retry document in the same transaction as its order, as after a
+// failed first send), while retries are paused: the service starts from
+// now and sees none of it until the run starts retries.
+func (b *bench) writeDue(ctx context.Context) error {
+	n := b.cfg.Due
+	if n == 0 {
+		return nil
+	}
+	start := time.Now()
+	b.logf("writing %d due retries, retries paused", n)
+	past := time.Now().Add(-time.Second).UnixMilli()
+	const chunk = 10 * historyBatch
+	for from := 0; from < n; from += chunk {
+		docs := generate(min(chunk, n-from), b.cfg.Seed+5+uint64(from), false)
+		writes := make([]store.Write, 0, 2*len(docs))
+		for i, d := range docs {
+			k := b.key('d', from+i)
+			r := order.RetryDoc{Type: order.TypeConfirmation, DocID: k, Attempt: 1, TS: past,
+				NextAttemptAt: past, FirstAttemptAt: past, LastStatus: 503, LastError: "bench: due retry"}
+			writes = append(writes,
+				store.Write{Op: store.OpUpsert, Collection: order.Retry, Key: k, Value: r.Encode()},
+				store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: k, Value: d})
+		}
+		for w := range slices.Chunk(writes, historyBatch) {
+			if err := b.apply(ctx, w); err != nil {
+				return fmt.Errorf("write due retries: %w", err)
+			}
+		}
+	}
+	b.logf("due retries written in %.1fs", time.Since(start).Seconds())
 	return nil
 }
 
@@ -684,30 +742,15 @@ func (b *bench) writeRun(ctx context.Context, orders [][]byte) (*written, error)
 		return w.last.UnixNano(), nil
 	}
 
-	// A due retry document goes in the same transaction as its order, and
-	// first: the order's own change then finds the retry owning it, as after
-	// a failed first send.
+	// `retries start`: the due retries written before the service started
+	// become due for it now.
 	if c.Due > 0 {
-		due := generate(c.Due, c.Seed+5, false)
-		past := time.Now().Add(-time.Second).UnixMilli()
-		for from := 0; from < c.Due; from += runBatch / 2 {
-			n := min(runBatch/2, c.Due-from)
-			writes := make([]store.Write, 0, 2*n)
-			for i := from; i < from+n; i++ {
-				k := b.key('d', i)
-				r := order.RetryDoc{Type: order.TypeConfirmation, DocID: k, Attempt: 1, TS: past,
-					NextAttemptAt: past, FirstAttemptAt: past, LastStatus: 503, LastError: "bench: due retry"}
-				writes = append(writes,
-					store.Write{Op: store.OpUpsert, Collection: order.Retry, Key: k, Value: r.Encode()},
-					store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: k, Value: due[i]})
-			}
-			at, err := apply(writes)
-			if err != nil {
-				return nil, err
-			}
-			for i := from; i < from+n; i++ {
-				w.due[i] = at
-			}
+		at, err := apply([]store.Write{{Op: store.OpInsert, Collection: order.Retry, Key: order.ControlKey, Value: []byte(`{}`)}})
+		if err != nil {
+			return nil, err
+		}
+		for i := range w.due {
+			w.due[i] = at
 		}
 	}
 
@@ -867,6 +910,8 @@ func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time 
 	want := b.cfg.Orders + b.cfg.Due
 	deliveredAt := make([]int64, 0, want)
 	paidToSent := make([]float64, 0, want)
+	var dueFirst, dueLast int64
+	dueDelivered := 0
 	for k, t := range tm.Keys {
 		kind, i, ok := b.parseKey(k)
 		if !ok || t[1] == 0 {
@@ -878,6 +923,11 @@ func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time 
 			paid = w.orders[i]
 		case kind == 'd' && i < len(w.due):
 			paid = w.due[i]
+			dueDelivered++
+			if dueFirst == 0 || t[1] < dueFirst {
+				dueFirst = t[1]
+			}
+			dueLast = max(dueLast, t[1])
 		default:
 			continue
 		}
@@ -902,6 +952,10 @@ func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time 
 		return ptr(round(paidToSent[int(math.Ceil(share*float64(len(paidToSent))))-1], 3))
 	}
 	res.PaidToSentMs = &Quantiles{P50: q(0.5), P90: q(0.9), P99: q(0.99), Max: ptr(round(paidToSent[len(paidToSent)-1], 3))}
+	if dueDelivered > 0 && dueLast > w.due[0] {
+		res.DueFirstSeconds = ptr(round(float64(dueFirst-w.due[0])/1e9, 3))
+		res.DuePerSecond = ptr(round(float64(dueDelivered)/(float64(dueLast-w.due[0])/1e9), 1))
+	}
 	g := tm.RetryGaps
 	g.MinMs, g.MeanMs, g.P99Ms, g.MaxMs = round(g.MinMs, 3), round(g.MeanMs, 3), round(g.P99Ms, 3), round(g.MaxMs, 3)
 	res.RetryGapMs = &g
