@@ -3,14 +3,15 @@
 # run (the service and the mock email service as processes on loopback, a
 # fresh embedded store in a temporary directory). Each prints its JSON line
 # on stdout, after a "# scenario" line; progress goes to stderr.
-#   scripts/bench.sh            all scenarios, a to f
+#   scripts/bench.sh            all scenarios, a to g
 #   scripts/bench.sh a b        some of them
 #   a  latency-bound: 1ms per send, 16 workers, with the send-only ceiling
 #   b  CPU-bound: no send latency, 64 workers, with the ceiling
 #   c  20% transient failures, a fixed 1s retry, a tick every 100ms
 #   d  open loop: 2000 orders a second for 30s
 #   e  1,000,000 confirmed orders in the store beforehand
-#   f  100,000 retries already due
+#   f  100,000 due retries, waiting paused, then started (`retries start`)
+#   g  100,000 first sends, the speed f's drain is measured against
 # Every run is bounded by its --timeout; the whole script by their sum.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,13 +27,14 @@ scenario() {
 	c) echo --orders 20000 --fail-rate 0.2 --backoff fixed --retry-quantum 1s --timer-interval 100ms --timeout 10m ;;
 	d) echo --orders 60000 --rate 2000 --timeout 10m ;;
 	e) echo --orders 20000 --history 1000000 --timeout 30m ;;
-	f) echo --orders 20000 --due 100000 --timeout 20m ;;
-	*) echo "unknown scenario $1 (a to f)" >&2; return 1 ;;
+	f) echo --orders 100 --due 100000 --timeout 20m ;;
+	g) echo --orders 100000 --timeout 20m ;;
+	*) echo "unknown scenario $1 (a to g)" >&2; return 1 ;;
 	esac
 }
 
 status=0
-for s in "${@:-a b c d e f}"; do
+for s in "${@:-a b c d e f g}"; do
 	for name in $s; do
 		args=$(scenario "$name")
 		echo "# $name: ordermail bench $args"

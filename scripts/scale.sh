@@ -5,7 +5,8 @@
 #   1  1,000,000 confirmed orders of history: throughput beside the ceiling,
 #      then the idle service (CPU, `retries status`, a /metrics scrape)
 #   2  1,000,000 pending retry documents (due in a day): the same, and RSS
-#   3  100,000 retries already due when the run starts, with 20,000 orders
+#   3  100,000 due retries, waiting paused, started when the run starts,
+#      with 20,000 orders written at the same time
 # The matching tests in `go test ./...` pin the query plans and count the
 # work at 50,000 documents (store/embedded/scale_test.go).
 set -euo pipefail
