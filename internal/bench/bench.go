@@ -582,68 +582,50 @@ func (b *bench) writeHistory(ctx context.Context) error {
 	return nil
 }
 
-// writeDue writes the --due retry documents, already due, with their paid
-// orders (a retry document in the same transaction as its order, as after a
-// failed first send), while retries are paused: the service starts from
-// now and sees none of it until the run starts retries.
+// writeDue writes the --due retry documents, already due, while retries
+// are paused: the service starts from now and sees none of it until the
+// run starts retries.
 func (b *bench) writeDue(ctx context.Context) error {
-	n := b.cfg.Due
-	if n == 0 {
-		return nil
-	}
-	start := time.Now()
-	b.logf("writing %d due retries, retries paused", n)
 	past := time.Now().Add(-time.Second).UnixMilli()
-	const chunk = 10 * historyBatch
-	for from := 0; from < n; from += chunk {
-		docs := generate(min(chunk, n-from), b.cfg.Seed+5+uint64(from), false)
-		writes := make([]store.Write, 0, 2*len(docs))
-		for i, d := range docs {
-			k := b.key('d', from+i)
-			r := order.RetryDoc{Type: order.TypeConfirmation, DocID: k, Attempt: 1, TS: past,
-				NextAttemptAt: past, FirstAttemptAt: past, LastStatus: 503, LastError: "bench: due retry"}
-			writes = append(writes,
-				store.Write{Op: store.OpUpsert, Collection: order.Retry, Key: k, Value: r.Encode()},
-				store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: k, Value: d})
-		}
-		for w := range slices.Chunk(writes, historyBatch) {
-			if err := b.apply(ctx, w); err != nil {
-				return fmt.Errorf("write due retries: %w", err)
-			}
-		}
-	}
-	b.logf("due retries written in %.1fs", time.Since(start).Seconds())
-	return nil
+	return b.writeRetries(ctx, "due", 'd', b.cfg.Due, b.cfg.Seed+5, order.RetryDoc{TS: past, NextAttemptAt: past,
+		FirstAttemptAt: past, LastStatus: 503, LastError: "bench: due retry"})
 }
 
-// writePending writes the --pending retry documents, due in a day, and
-// their paid orders, before the service starts.
+// writePending writes the --pending retry documents, due in a day, before
+// the service starts.
 func (b *bench) writePending(ctx context.Context) error {
-	n := b.cfg.Pending
+	later := time.Now().Add(24 * time.Hour).UnixMilli()
+	return b.writeRetries(ctx, "pending", 'p', b.cfg.Pending, b.cfg.Seed+6, order.RetryDoc{TS: later - 86_400_000,
+		NextAttemptAt: later, LastStatus: 503})
+}
+
+// writeRetries writes n retry documents like doc, each with its paid order
+// in the same transaction (as after a failed first send), keyed by kind.
+func (b *bench) writeRetries(ctx context.Context, what string, kind byte, n int, seed uint64, doc order.RetryDoc) error {
 	if n == 0 {
 		return nil
 	}
 	start := time.Now()
-	b.logf("writing %d pending retries", n)
-	later := time.Now().Add(24 * time.Hour).UnixMilli()
-	const chunk = 10 * historyBatch
+	b.logf("writing %d %s retries", n, what)
+	const chunk = 10 * historyBatch // generated at a time, to bound memory
 	for from := 0; from < n; from += chunk {
-		docs := generate(min(chunk, n-from), b.cfg.Seed+6+uint64(from), false)
+		docs := generate(min(chunk, n-from), seed+uint64(from), false)
 		writes := make([]store.Write, 0, 2*len(docs))
 		for i, d := range docs {
-			k := b.key('p', from+i)
-			r := order.RetryDoc{Type: order.TypeConfirmation, DocID: k, Attempt: 1, TS: later - 86_400_000, NextAttemptAt: later, LastStatus: 503}
+			k := b.key(kind, from+i)
+			r := doc
+			r.Type, r.DocID, r.Attempt = order.TypeConfirmation, k, 1
 			writes = append(writes,
 				store.Write{Op: store.OpUpsert, Collection: order.Retry, Key: k, Value: r.Encode()},
 				store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: k, Value: d})
 		}
 		for w := range slices.Chunk(writes, historyBatch) {
 			if err := b.apply(ctx, w); err != nil {
-				return fmt.Errorf("write pending retries: %w", err)
+				return fmt.Errorf("write %s retries: %w", what, err)
 			}
 		}
 	}
-	b.logf("pending retries written in %.1fs", time.Since(start).Seconds())
+	b.logf("%s retries written in %.1fs", what, time.Since(start).Seconds())
 	return nil
 }
 
