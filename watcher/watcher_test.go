@@ -529,3 +529,30 @@ func TestAStaleSnapshotIsReadAgain(t *testing.T) {
 	assert.True(t, retry)
 	assert.Equal(t, 1, e.mock.Stats().Requests, "the replay read the state with the retry document in it")
 }
+
+// TestAtomicOutcomesLeaveOwnConfirmationsUnread: on a store whose outcomes
+// are atomic, the watcher asks the feed to leave out what it would ignore
+// unread, its own confirmations first. One worker handles the feed in
+// order: 50 paid orders, then (after their confirmations) one more; when
+// that one is handled, no confirmation was.
+func TestAtomicOutcomesLeaveOwnConfirmationsUnread(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	for i := range 50 {
+		put(t, e.store, order.Inbound, fmt.Sprintf("order_%02d", i), paidOrder)
+	}
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, AtomicOutcomes: true, SingleConsumer: true},
+		e.store, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		assert.NoError(t, w.Stop(ctx))
+	})
+	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 50 }, 30*time.Second, 5*time.Millisecond,
+		"delivered %d of 50", e.mock.Stats().Deliveries)
+	put(t, e.store, order.Inbound, "order_last", paidOrder)
+	waitHandled(t, w, 51)
+	assert.Zero(t, w.Stats().Ignored, "a confirmation came through the feed")
+	assert.Equal(t, 51, e.mock.Stats().Deliveries)
+}
