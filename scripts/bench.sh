@@ -3,7 +3,7 @@
 # run (the service and the mock email service as processes on loopback, a
 # fresh embedded store in a temporary directory). Each prints its JSON line
 # on stdout, after a "# scenario" line; progress goes to stderr.
-#   scripts/bench.sh            all scenarios, a to g
+#   scripts/bench.sh            all scenarios, a to i
 #   scripts/bench.sh a b        some of them
 #   a  latency-bound: 1ms per send, 16 workers, with the send-only ceiling
 #   b  CPU-bound: no send latency, 64 workers, with the ceiling
@@ -12,6 +12,9 @@
 #   e  1,000,000 confirmed orders in the store beforehand
 #   f  100,000 due retries, waiting paused, then started (`retries start`)
 #   g  100,000 first sends, the speed f's drain is measured against
+#   h  as c, but the mock fails first sends only (--fail-once): 20% of the
+#      orders fail once
+#   i  as c without failures: the first pass h is measured against
 # Every run is bounded by its --timeout; the whole script by their sum.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,12 +32,14 @@ scenario() {
 	e) echo --orders 20000 --history 1000000 --timeout 30m ;;
 	f) echo --orders 100 --due 100000 --timeout 20m ;;
 	g) echo --orders 100000 --timeout 20m ;;
-	*) echo "unknown scenario $1 (a to g)" >&2; return 1 ;;
+	h) echo --orders 20000 --fail-rate 0.2 --fail-once --backoff fixed --retry-quantum 1s --timer-interval 100ms --timeout 10m ;;
+	i) echo --orders 20000 --backoff fixed --retry-quantum 1s --timer-interval 100ms --timeout 10m ;;
+	*) echo "unknown scenario $1 (a to i)" >&2; return 1 ;;
 	esac
 }
 
 status=0
-for s in "${@:-a b c d e f g}"; do
+for s in "${@:-a b c d e f g h i}"; do
 	for name in $s; do
 		args=$(scenario "$name")
 		echo "# $name: ordermail bench $args"

@@ -25,6 +25,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	var c bench.Config
 	fs.IntVar(&c.Orders, "orders", 20000, "paid orders written in the run")
 	fs.Float64Var(&c.FailRate, "fail-rate", 0, "share of sends the mock answers 503 (transient), 0 to below 1")
+	fs.BoolVar(&c.FailOnce, "fail-once", false, "the mock fails only first sends, at --fail-rate; a retry is answered 200")
 	fs.DurationVar(&c.MailLatency, "mail-latency", time.Millisecond, "the mock's delay before every answer")
 	fs.Uint64Var(&c.Seed, "seed", 0, "seed of the mock's failures and the generated orders; 0 picks one")
 	fs.StringVar(&c.MailURL, "mail-url", "", "an email service already running, instead of the mock; the figures that need the mock's timings are then absent")
@@ -62,7 +63,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 		Exec: func(ctx context.Context, args []string) error {
 			var mockOnly []string
 			fs.Visit(func(f *flag.Flag) {
-				if f.Name == "fail-rate" || f.Name == "mail-latency" {
+				if f.Name == "fail-rate" || f.Name == "fail-once" || f.Name == "mail-latency" {
 					mockOnly = append(mockOnly, f.Name)
 				}
 			})
@@ -73,7 +74,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 				return fmt.Errorf("%s: a setting of the mock, which --mail-url replaces", strings.Join(mockOnly, ", "))
 			}
 			if c.MailURL != "" {
-				c.FailRate, c.MailLatency = 0, 0
+				c.FailRate, c.FailOnce, c.MailLatency = 0, false, 0
 			}
 			exe, err := os.Executable()
 			if err != nil {

@@ -135,6 +135,25 @@ func TestBenchFailuresDueAndHistory(t *testing.T) {
 	assert.Nil(t, res.CeilingPerSecond, "no --ceiling")
 }
 
+// TestBenchFailOnce: with --fail-once the mock fails first sends only, so
+// no order is failed twice however high the rate.
+func TestBenchFailOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the service and the mock as processes")
+	}
+	t.Parallel()
+	res, _ := runBench(t, "--orders", "200", "--fail-rate", "0.9", "--fail-once", "--mail-latency", "0", "--workers", "8",
+		"--backoff", "fixed", "--retry-quantum", "100ms", "--timer-interval", "50ms", "--seed", "11",
+		"--", "--breaker-failures", "0")
+	assert.Equal(t, 200, res.Confirmed)
+	assert.True(t, res.Settings.FailOnce)
+	require.NotNil(t, res.Failures)
+	assert.Positive(t, *res.Failures)
+	assert.LessOrEqual(t, *res.Failures, 200, "an order failed more than once")
+	assert.Equal(t, *res.Failures+200, *res.SendAttempts, "one retry a failure")
+	assert.Zero(t, *res.DuplicateRequests)
+}
+
 func TestBenchRejectsBadSettings(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {

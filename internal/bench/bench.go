@@ -31,6 +31,7 @@ type Config struct {
 
 	Orders      int           // paid orders written in the run
 	FailRate    float64       // the mock's share of 503 answers, 0 to <1
+	FailOnce    bool          // the mock fails a key's first send only, at FailRate
 	MailLatency time.Duration // the mock's delay before every answer
 	Seed        uint64        // the mock's failures and the generated orders
 	// MailURL is an email service already running; empty: start the mock.
@@ -166,6 +167,7 @@ type Quantiles struct {
 type Settings struct {
 	Orders          int      `json:"orders"`
 	FailRate        *float64 `json:"failRate,omitempty"`      // the mock's
+	FailOnce        bool     `json:"failOnce,omitempty"`      // the mock's: first sends only
 	MailLatencyMs   *float64 `json:"mailLatencyMs,omitempty"` // the mock's
 	Seed            uint64   `json:"seed"`
 	MailURL         string   `json:"mailURL,omitempty"` // a service of the user's
@@ -370,7 +372,7 @@ func (b *bench) settings() Settings {
 		RetryQuantumMs: ms(c.RetryQuantum), Backoff: c.Backoff, BackoffMinMs: ms(c.BackoffMin),
 		ServiceArgs: c.ServiceArgs, CPUs: runtime.NumCPU()}
 	if c.MailURL == "" {
-		s.FailRate, s.MailLatencyMs = &c.FailRate, ptr(ms(c.MailLatency))
+		s.FailRate, s.FailOnce, s.MailLatencyMs = &c.FailRate, c.FailOnce, ptr(ms(c.MailLatency))
 	}
 	return s
 }
@@ -406,10 +408,12 @@ func (b *bench) startMock(ctx context.Context) error {
 		return nil
 	}
 	addr := make(chan string, 1)
-	c, err := startChild("mockmail", b.cfg.Exe, append([]string{"mockmail", "--listen", "127.0.0.1:0",
+	args := []string{"mockmail", "--listen", "127.0.0.1:0",
 		"--log-format", "json", "--log-level", "info",
 		"--fail-rate", strconv.FormatFloat(b.cfg.FailRate, 'g', -1, 64), "--fail-status", "503",
-		"--latency", b.cfg.MailLatency.String(), "--seed", strconv.FormatUint(b.cfg.Seed, 10)}, b.creds.mockArgs()...),
+		"--fail-once=" + strconv.FormatBool(b.cfg.FailOnce),
+		"--latency", b.cfg.MailLatency.String(), "--seed", strconv.FormatUint(b.cfg.Seed, 10)}
+	c, err := startChild("mockmail", b.cfg.Exe, append(args, b.creds.mockArgs()...),
 		func(line string) bool {
 			if a, ok := listeningAddr(line); ok {
 				select {

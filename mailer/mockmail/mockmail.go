@@ -31,6 +31,9 @@ type Config struct {
 	FailStatus int           // default 503; the sample's mock answers 406, a permanent error by default
 	Latency    time.Duration // added before every answer
 	Seed       uint64        // 0: a random seed
+	// FailOnce applies FailRate to a key's first request only: a retry is
+	// answered 200. Without it a retry fails as often as a first send.
+	FailOnce bool
 	// Script, when set, decides the answer to the n-th request (from 1)
 	// carrying key; a zero Reply falls back to the random behaviour.
 	Script func(key string, n int) Reply
@@ -355,7 +358,7 @@ func (s *Server) decide(key string, traced bool, decodeErr error, arrived int64)
 	}
 	if reply.Status == 0 {
 		reply.Status = http.StatusOK
-		if s.rng.Float64() < s.cfg.FailRate {
+		if (!s.cfg.FailOnce || n == 1) && s.rng.Float64() < s.cfg.FailRate {
 			reply.Status = s.cfg.FailStatus
 		}
 	}

@@ -306,3 +306,19 @@ func TestMockTLSClientCert(t *testing.T) {
 	_, err = m.ListenTLS("127.0.0.1:0", &tls.Config{})
 	require.ErrorContains(t, err, "no server certificate")
 }
+
+// TestFailOnceFailsFirstSendsOnly: with FailOnce a key's first request
+// fails at FailRate and its retries are delivered.
+func TestFailOnceFailsFirstSendsOnly(t *testing.T) {
+	t.Parallel()
+	m, err := mockmail.New(mockmail.Config{FailRate: 1, FailOnce: true})
+	require.NoError(t, err)
+	srv := httptest.NewServer(m)
+	defer srv.Close()
+	assert.Equal(t, 503, post(t, srv.URL, "a"))
+	assert.Equal(t, 200, post(t, srv.URL, "a"), "a retry is delivered")
+	assert.Equal(t, 503, post(t, srv.URL, "b"), "another key's first send fails")
+	assert.Equal(t, 200, post(t, srv.URL, "b"))
+	assert.Equal(t, 2, m.Stats().Failures)
+	assert.Equal(t, 2, m.Stats().Deliveries)
+}
