@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 
 	"github.com/ordermail/ordermail/store"
@@ -34,4 +35,48 @@ func BenchmarkWriteThenFeed(b *testing.B) {
 		}
 		ev.Ack()
 	}
+}
+
+// BenchmarkConfirmInGroupCommits applies the outcome of a sent
+// confirmation (the order replaced under its CAS, its attempt record
+// upserted) from 64 goroutines at once, as the settling sends do: the
+// writer's cost of a confirmed order, group commits included. The 64
+// waiting writes fill each batch as the last commits, so the writer does not
+// wait for more (CommitDelay -1): the figure is its work alone.
+func BenchmarkConfirmInGroupCommits(b *testing.B) {
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(b.TempDir(), "o.db"), CommitDelay: -1})
+	require.NoError(b, err)
+	defer st.Close()
+	doc := []byte(`{"email":"a@example.com","paymentStatus":"paid","items":[{"name":"Swedish Meatballs 500g","amount":2,"unitPrice":9.95}]}`)
+	confirmed := []byte(`{"email":"a@example.com","paymentStatus":"paid","items":[{"name":"Swedish Meatballs 500g","amount":2,"unitPrice":9.95}],"confirmationEmailSent":true}`)
+	record := []byte(`{"docId":"o","attempts":[{"n":1,"at":1764000000000,"durationMs":2,"status":200,"class":"sent","outcome":"sent","instance":"bench"}]}`)
+	cas := make([]uint64, b.N)
+	for from := 0; from < b.N; from += 1000 {
+		var writes []store.Write
+		for i := from; i < min(from+1000, b.N); i++ {
+			writes = append(writes, store.Write{Op: store.OpInsert, Collection: "inbound", Key: fmt.Sprint("order_", i), Value: doc})
+		}
+		got, err := st.Apply(ctx, writes)
+		require.NoError(b, err)
+		copy(cas[from:], got)
+	}
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.SetParallelism(32) // 64 goroutines on 2 cores
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := next.Add(1) - 1
+			key := fmt.Sprint("order_", i)
+			_, err := st.Apply(ctx, []store.Write{
+				{Op: store.OpReplace, Collection: "inbound", Key: key, Value: confirmed, CAS: cas[i]},
+				{Op: store.OpUpsert, Collection: "attempts", Key: key, Value: record},
+			})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
