@@ -626,13 +626,7 @@ func (c *Client) Send(ctx context.Context, idempotencyKey string, order []byte) 
 		}
 		return struct{}{}, err
 	})
-	switch {
-	case errors.Is(err, gobreaker.ErrOpenState):
-		return &SendError{Class: Configuration, NotAttempted: true, RetryAfter: c.cfg.BreakerCooldown, Err: ErrMisconfigured}
-	case errors.Is(err, gobreaker.ErrTooManyRequests):
-		return &SendError{Class: Configuration, NotAttempted: true, RetryAfter: halfOpenRetry, Err: ErrMisconfigured}
-	}
-	return err
+	return c.held(err, Configuration, ErrMisconfigured)
 }
 
 func (c *Client) breakerSend(ctx context.Context, idempotencyKey string, order []byte) error {
@@ -642,12 +636,18 @@ func (c *Client) breakerSend(ctx context.Context, idempotencyKey string, order [
 	_, err := c.breaker.Execute(func() (struct{}, error) {
 		return struct{}{}, c.limitedPost(ctx, idempotencyKey, order)
 	})
+	return c.held(err, Transient, ErrCircuitOpen)
+}
+
+// held turns a breaker's refusal (the gate's or the circuit breaker's) into
+// a send held back, of class and cause; any other err is returned as it is.
+func (c *Client) held(err error, class Class, cause error) error {
 	switch {
 	case errors.Is(err, gobreaker.ErrOpenState):
-		return &SendError{Class: Transient, NotAttempted: true, RetryAfter: c.cfg.BreakerCooldown, Err: ErrCircuitOpen}
+		return &SendError{Class: class, NotAttempted: true, RetryAfter: c.cfg.BreakerCooldown, Err: cause}
 	case errors.Is(err, gobreaker.ErrTooManyRequests):
 		// Half-open: a probe is deciding right now; ask again soon.
-		return &SendError{Class: Transient, NotAttempted: true, RetryAfter: halfOpenRetry, Err: ErrCircuitOpen}
+		return &SendError{Class: class, NotAttempted: true, RetryAfter: halfOpenRetry, Err: cause}
 	}
 	return err
 }
