@@ -25,6 +25,10 @@ const ControlKey = "allow_retrys"
 // StatusPaid is the payment status that triggers a confirmation.
 const StatusPaid = "paid"
 
+// FarFuture is how far ahead a retry's due time stops being plausible
+// (seconds taken for milliseconds, say): the watcher warns about one.
+const FarFuture = 366 * 24 * time.Hour
+
 // TypeConfirmation names the kind of notification a retry document is for.
 const TypeConfirmation = "confirmation"
 

@@ -155,8 +155,8 @@ type FeedOptions struct {
 	// outcomes are atomic ignores without reading anything else: deletions,
 	// confirmed orders (every confirmation is one), and readable retry
 	// documents not flagged fireRetry (every failed send writes one) that
-	// are due within a year (one due later is delivered, to be warned
-	// about). On a busy feed they are most of the changes. A store that
+	// are due within order.FarFuture (one due later is delivered, to be
+	// warned about). On a busy feed they are most of the changes. A store that
 	// cannot tell them apart delivers them anyway.
 	SkipSettled bool
 }

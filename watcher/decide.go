@@ -115,7 +115,7 @@ func Settled(c Change, now time.Time, lim Limits) (Plan, bool) {
 			return Plan{}, false
 		}
 		p := ignore("retry not due")
-		if r.NextAttemptAt > now.Add(farFuture).UnixMilli() {
+		if r.NextAttemptAt > now.Add(order.FarFuture).UnixMilli() {
 			p.Warn = "retry due at " + time.UnixMilli(r.NextAttemptAt).UTC().Format(time.RFC3339) + ", more than a year away"
 		}
 		return p, true
@@ -151,9 +151,6 @@ type Limits struct {
 	// document or dead letter to clean up.
 	AtomicOutcomes bool
 }
-
-// farFuture is how far ahead a due time stops being plausible.
-const farFuture = 366 * 24 * time.Hour
 
 // Plan is Decide's answer.
 type Plan struct {
@@ -276,7 +273,7 @@ func decideRetry(c Change, st store.State, now time.Time, lim Limits) Plan {
 	}
 	if !r.FireRetry {
 		p := ignore("retry not due")
-		if r.NextAttemptAt > now.Add(farFuture).UnixMilli() {
+		if r.NextAttemptAt > now.Add(order.FarFuture).UnixMilli() {
 			p.Warn = "retry due at " + time.UnixMilli(r.NextAttemptAt).UTC().Format(time.RFC3339) + ", more than a year away"
 		}
 		return p

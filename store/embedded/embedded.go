@@ -203,9 +203,9 @@ func (s *Store) prepare(ctx context.Context) error {
 		// docs_by_seq (TestFeedReadUsesTheSeqIndex pins the plan).
 		// Positions ?2 (exclusive) to ?4, at most ?3 changes. With ?1
 		// (FeedOptions.SkipSettled) the changes the watcher ignores unread
-		// are left out, before any state is read for them; ?5 is a year
-		// from now (ms): a retry due later is delivered, and so is one the
-		// watcher cannot read (its tally is unreadableRetry's).
+		// are left out, before any state is read for them; ?5 is
+		// order.FarFuture from now (ms): a retry due later is delivered, and
+		// so is one the watcher cannot read (its tally is ?6, unreadableRetry).
 		feed: r(`SELECT d.coll, d.key, d.value, d.seq, d.created,
 				o.value, o.seq, o.created, r.value, r.seq, r.created, l.value, l.seq, l.created,
 				a.value, a.rev, 0
@@ -216,7 +216,7 @@ func (s *Store) prepare(ctx context.Context) error {
 			LEFT JOIN attempts AS a ON a.key = d.key
 			WHERE d.seq > ?2 AND d.seq <= ?4
 				AND NOT (?1 AND (d.value IS NULL OR (d.coll = 'inbound' AND d.confirmed)
-					OR (d.retry AND NOT d.fire AND d.tally IS NOT 'retrying: unreadable retry document'
+					OR (d.retry AND NOT d.fire AND d.tally IS NOT ?6
 						AND (d.next_at < ?5 OR (d.next_at IS NULL AND d.ts_at IS NOT NULL)))))
 			ORDER BY d.seq LIMIT ?3`),
 	}

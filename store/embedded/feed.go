@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 )
 
@@ -150,10 +151,6 @@ func (sub *subscription) Next(ctx context.Context) (store.Event, error) {
 	}
 }
 
-// farFuture mirrors the watcher's: a retry due further out than this is
-// implausible, and delivered for it to warn about.
-const farFuture = 366 * 24 * time.Hour
-
 // idlePoll is the longest wait for other processes' writes of a feed that
 // has seen nothing for a while.
 const idlePoll = 80 * time.Millisecond
@@ -177,7 +174,7 @@ func (sub *subscription) fill(ctx context.Context) error {
 	}
 	upTo := min(snapshot, sub.lastRead+scanWindow)
 	rows, err := tx.StmtContext(ctx, sub.s.reads.feed).QueryContext(ctx, sub.skipSettled, sub.lastRead, batchSize,
-		upTo, time.Now().Add(farFuture).UnixMilli())
+		upTo, time.Now().Add(order.FarFuture).UnixMilli(), unreadableRetry)
 	if err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
 	}

@@ -34,10 +34,10 @@ var plans = []struct {
 			LEFT JOIN attempts AS a ON a.key = d.key
 			WHERE d.seq > ?2 AND d.seq <= ?4
 				AND NOT (?1 AND (d.value IS NULL OR (d.coll = 'inbound' AND d.confirmed)
-					OR (d.retry AND NOT d.fire AND d.tally IS NOT 'retrying: unreadable retry document'
+					OR (d.retry AND NOT d.fire AND d.tally IS NOT ?6
 						AND (d.next_at < ?5 OR (d.next_at IS NULL AND d.ts_at IS NOT NULL)))))
 			ORDER BY d.seq LIMIT ?3`,
-		[]any{true, 0, 256, 4096, 0}, []string{"SEARCH d USING INDEX docs_by_seq (seq>? AND seq<?)", "SEARCH o USING PRIMARY KEY (coll=? AND key=?)",
+		[]any{true, 0, 256, 4096, 0, unreadableRetry}, []string{"SEARCH d USING INDEX docs_by_seq (seq>? AND seq<?)", "SEARCH o USING PRIMARY KEY (coll=? AND key=?)",
 			"SEARCH r USING PRIMARY KEY (coll=? AND key=?)", "SEARCH l USING PRIMARY KEY (coll=? AND key=?)",
 			"SEARCH a USING PRIMARY KEY (key=?)"}},
 	{"sweep by nextAttemptAt", `SELECT key FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`,
@@ -351,7 +351,7 @@ func TestScaleFeedPassesOverSettledHistoryInWindows(t *testing.T) {
 // otherwise commit alone.
 func TestWritesInAStreamShareCommits(t *testing.T) {
 	t.Parallel()
-	s, err := Open(context.Background(), Config{Path: filepath.Join(t.TempDir(), "o.db"), CommitDelay: 200 * time.Millisecond})
+	s, err := Open(context.Background(), Config{Path: filepath.Join(t.TempDir(), "o.db"), CommitDelay: time.Second})
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
 	ctx := context.Background()
