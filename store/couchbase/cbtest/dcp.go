@@ -55,7 +55,9 @@ type dcpConn struct {
 	cfgMu sync.Mutex // guards cfg, set by DCP_CONTROL
 	cfg   dcpSettings
 
-	mu      sync.Mutex // guards streams; held while writing a stream's messages
+	// mu guards streams, which only addStreamLocked and
+	// removeStreamLocked change; held while writing a stream's messages.
+	mu      sync.Mutex
 	streams map[uint16]*stream
 
 	fcMu    sync.Mutex
@@ -119,6 +121,14 @@ func (d *dcpConn) poke() {
 func (d *dcpConn) stop() {
 	d.stopOnce.Do(func() {
 		close(d.stopped)
+		// The connection's streams end with it. Its writers fail once
+		// the socket is closed, so d.mu is free soon; streamReq adds no
+		// stream after d.stopped is closed.
+		d.mu.Lock()
+		for vb := range d.streams {
+			d.removeStreamLocked(vb)
+		}
+		d.mu.Unlock()
 		s := d.kc.s
 		s.dcpMu.Lock()
 		delete(s.dcpConns, d)
@@ -381,24 +391,27 @@ func (d *dcpConn) streamReq(p *packet) {
 		c.fail(p, status, fmt.Sprintf("start %d, end %d, snapshot [%d,%d] out of range", start, end, snapStart, snapEnd))
 		return
 	}
-	// The response goes out before any message of the stream: the
+	// The stream counts as open before the client sees the response; the
+	// response goes out before any message of the stream, as the
 	// producer sees the stream only once d.mu is released.
+	if !d.addStreamLocked(str) {
+		return // the connection is gone
+	}
 	if err := c.write(&packet{magic: magicRes, opcode: p.opcode, opaque: p.opaque, value: flog}, true); err != nil {
+		d.removeStreamLocked(p.vbucket)
 		return
 	}
-	d.streams[p.vbucket] = str
 	d.poke()
 }
 
 func (d *dcpConn) closeStream(p *packet) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	st := d.streams[p.vbucket]
+	st := d.removeStreamLocked(p.vbucket)
 	if st == nil {
 		d.kc.fail(p, statusKeyENOENT, "no stream on this vBucket")
 		return
 	}
-	delete(d.streams, p.vbucket)
 	if err := d.kc.write(&packet{magic: magicRes, opcode: p.opcode, opaque: p.opaque}, false); err != nil {
 		return
 	}
@@ -430,11 +443,10 @@ func (d *dcpConn) countSent(n int) {
 func (d *dcpConn) endStream(vb uint16, reason uint32) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	st := d.streams[vb]
+	st := d.removeStreamLocked(vb)
 	if st == nil {
 		return false
 	}
-	delete(d.streams, vb)
 	d.countSent(d.writeStreamEnd(st, reason))
 	_ = d.kc.flush()
 	d.kc.s.tracef("cbtest: node %d: %s: STREAM_END vb %d reason %d (injected)", d.kc.n.idx, d.name, vb, reason)
@@ -553,9 +565,7 @@ func (d *dcpConn) pass() (bool, <-chan struct{}, error) {
 				return sent, changed, err
 			}
 			if m.opcode == opDCPStreamEnd {
-				delete(d.streams, bt.st.vb)
-			}
-			if m.opcode == opDCPStreamEnd {
+				d.removeStreamLocked(bt.st.vb)
 				d.kc.s.tracef("cbtest: node %d: %s: STREAM_END vb %d reason %d", d.kc.n.idx, d.name, m.vbucket, binary.BigEndian.Uint32(m.extras))
 			}
 			d.mu.Unlock()
@@ -819,22 +829,6 @@ func (s *Server) allDCP() []*dcpConn {
 	out := make([]*dcpConn, 0, len(s.dcpConns))
 	for d := range s.dcpConns {
 		out = append(out, d)
-	}
-	return out
-}
-
-// OpenStreams counts the open DCP streams per vBucket, over every
-// connection and node, so a test can assert that no vBucket is streamed
-// twice. A stream counts from its successful STREAM_REQ response until
-// its STREAM_END or CLOSE_STREAM.
-func (s *Server) OpenStreams() map[uint16]int {
-	out := map[uint16]int{}
-	for _, d := range s.allDCP() {
-		d.mu.Lock()
-		for vb := range d.streams {
-			out[vb]++
-		}
-		d.mu.Unlock()
 	}
 	return out
 }

@@ -160,7 +160,9 @@
 // vb, n) (the next n GET_FAILOVER_LOGs of vb answer ETMPFAIL 0x86),
 // IgnoreStreamRequests(bucket, vb, n) (the next n STREAM_REQs of vb are
 // read and never answered); OpenStreams (open DCP streams per vBucket over
-// all connections), StreamRequests(bucket, vb) (every STREAM_REQ with its
+// all connections), StreamOverlaps, StreamOverlapCount and
+// MaxStreamsPerVBucket (when two connections streamed one vBucket at
+// once; ResetStreamOverlaps starts them again), StreamRequests(bucket, vb) (every STREAM_REQ with its
 // position and answer: status, rollback seqno, or ignored), HighSeqno,
 // FailoverLog, CollectionID, Indexes, Doc, VBucketOf and NodeOf.
 // Options.Trace logs every STREAM_REQ (position and answer) and

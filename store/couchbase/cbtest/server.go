@@ -87,6 +87,8 @@ type Server struct {
 	dcpMu    sync.Mutex
 	dcpConns map[*dcpConn]struct{}
 
+	streams streamCounts // open DCP streams per vBucket (streams.go)
+
 	faultMu    sync.Mutex // guards faults and streamReqs
 	faults     []*kvFault
 	streamReqs []StreamRequest
