@@ -9,6 +9,7 @@ import (
 
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/timer"
 )
 
 // StartRetries creates allow_retrys, or rewrites it with ctl's settings
@@ -65,6 +66,19 @@ type Status struct {
 	OrdersUnconfirmed int           `json:"ordersUnconfirmed"`
 	TopFailures       []ReasonCount `json:"topFailureReasons"`
 	Control           string        `json:"control,omitempty"` // allow_retrys as stored
+	// Sweeper is the instance that holds the sweep lease, and until when;
+	// nil when none ever did.
+	Sweeper *Sweeper `json:"sweeper"`
+	// Members are the instances sharing the feed (Couchbase without
+	// --instance); nil on a store whose instances do not.
+	Members []store.Member `json:"members,omitempty"`
+}
+
+// Sweeper is who runs the timer's sweep.
+type Sweeper struct {
+	Holder    string    `json:"holder"`
+	ExpiresAt time.Time `json:"expiresAt"`
+	Expired   bool      `json:"expired"` // it stopped renewing: another instance takes over at its next tick
 }
 
 // ReadStatus reads the status at now; quantum decides when a retry document
@@ -96,6 +110,18 @@ func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time
 	b, err := st.Backlog(ctx, now, quantum)
 	if err != nil {
 		return Status{}, err
+	}
+	h, err := timer.ReadSweeper(ctx, st)
+	if err != nil {
+		return Status{}, fmt.Errorf("read the sweep lease: %w", err)
+	}
+	if h.Owner != "" {
+		s.Sweeper = &Sweeper{Holder: h.Owner, ExpiresAt: h.ExpiresAt, Expired: !h.ExpiresAt.After(now)}
+	}
+	if ml, ok := st.(store.MemberLister); ok {
+		if s.Members, err = ml.Members(ctx, store.DefaultFeed); err != nil {
+			return Status{}, fmt.Errorf("read the members: %w", err)
+		}
 	}
 	s.DueNow = b.Due
 	if !b.OldestDue.IsZero() {

@@ -89,3 +89,14 @@ func (t *AckTracker) Checkpoints() map[uint16]uint64 {
 	}
 	return out
 }
+
+// Outstanding is how many events delivered on p are not acknowledged yet
+// (some may be acknowledged out of order, waiting on an older one).
+func (t *AckTracker) Outstanding(p uint16) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if pa, ok := t.parts[p]; ok {
+		return len(pa.queue)
+	}
+	return 0
+}

@@ -30,6 +30,34 @@ type FeedStats struct {
 	// changes the store has past the checkpoint.
 	Lag, MaxLag                                uint64
 	Rollbacks, Reopens, CheckpointSaveFailures uint64
+
+	// A store whose instances share the partitions among themselves
+	// (Couchbase without a fixed split): this instance's name, the
+	// members as its last heartbeat read them, and since it started the
+	// partitions it claimed, handed over, and lost to another member.
+	Member                    string
+	Members                   []Member
+	Claimed, Released, Fenced uint64
+}
+
+// DefaultFeed names the service's feed (its checkpoints, its members)
+// unless it is told otherwise.
+const DefaultFeed = "ordermail"
+
+// MemberLister is a store whose instances share a feed's partitions among
+// themselves (Couchbase without a fixed split): Members reads them as the
+// feed's members document has them now.
+type MemberLister interface {
+	Members(ctx context.Context, feed string) ([]Member, error)
+}
+
+// Member is one instance among those that share a feed's partitions.
+type Member struct {
+	Name         string
+	HeartbeatAge time.Duration // since its last heartbeat
+	Partitions   int           // it owned at its last heartbeat
+	Live         bool          // its heartbeat has not expired, and it has not left
+	Leaving      bool          // it stopped cleanly
 }
 
 // StatsReporter is a Subscription that reports FeedStats.

@@ -16,6 +16,16 @@ import (
 )
 
 // Config of the timer.
+// LeaseName names the sweep lease: one instance among those on a store
+// sweeps, and ReadSweeper tells which.
+const LeaseName = "timer"
+
+// ReadSweeper reads who holds the sweep lease and until when; a zero
+// Holding when nobody ever did.
+func ReadSweeper(ctx context.Context, st store.Store) (lease.Holding, error) {
+	return lease.New(st, LeaseName, "", 0, nil).Holder(ctx)
+}
+
 type Config struct {
 	// Interval between ticks: each reads allow_retrys and, unless it sets a
 	// longer interval, sweeps. Default 1s: retries are due at their own
@@ -167,7 +177,7 @@ func New(cfg Config, st store.Store, log *slog.Logger, now func() time.Time) (*T
 	}
 	t.interval, t.quantum = t.cfg.Interval, t.cfg.Quantum
 	// Three ticks: a holder that missed two renewals is taken over.
-	t.lease = lease.New(st, "timer", t.cfg.Owner, max(3*t.cfg.Interval, 3*time.Second), now)
+	t.lease = lease.New(st, LeaseName, t.cfg.Owner, max(3*t.cfg.Interval, 3*time.Second), now)
 	cl := cronLogger{t.log}
 	t.cron = cron.New(cron.WithLogger(cl), cron.WithChain(cron.Recover(cl), cron.SkipIfStillRunning(cl)))
 	t.cron.Schedule(every(t.cfg.Interval), cron.FuncJob(t.tick))

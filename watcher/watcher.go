@@ -90,7 +90,7 @@ func (c Config) withDefaults() Config {
 		c.Workers = 8
 	}
 	if c.FeedName == "" {
-		c.FeedName = "ordermail"
+		c.FeedName = store.DefaultFeed
 	}
 	if c.Policy == (order.Policy{}) {
 		c.Policy = order.DefaultPolicy()

@@ -108,8 +108,25 @@ type statusView struct {
 	OrdersUnconfirmed int               `json:"ordersUnconfirmed"`
 	TopFailures       []ops.ReasonCount `json:"topFailureReasons"`
 	Service           serviceView       `json:"service"`
+	Sweeper           *sweeperView      `json:"sweeper,omitempty"` // the instance that runs the timer's sweep; absent when none ever did
+	Members           []memberView      `json:"members,omitempty"` // Couchbase without --instance: the instances sharing the vBuckets
 
 	oldestDue time.Time // OldestDueAt, for the human-readable form
+}
+
+// sweeperView is the sweep lease: who holds it and until when.
+type sweeperView struct {
+	Holder    string `json:"holder"`
+	ExpiresAt string `json:"expiresAt"`
+	Expired   bool   `json:"expired"` // it stopped renewing: another instance takes over at its next tick
+}
+
+// memberView is one instance sharing the feed, as its heartbeat shows it.
+type memberView struct {
+	Name                string  `json:"name"`
+	State               string  `json:"state"` // live; stale: its heartbeat expired (stopped or cut off); leaving: stopped cleanly
+	HeartbeatAgeSeconds float64 `json:"heartbeatAgeSeconds"`
+	VBuckets            int     `json:"vbuckets"` // it owned at its last heartbeat
 }
 
 // controlView is allow_retrys read as the service reads it.
@@ -135,6 +152,26 @@ func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 	}
 	if v.TopFailures == nil {
 		v.TopFailures = []ops.ReasonCount{}
+	}
+	if sw := s.Sweeper; sw != nil {
+		v.Sweeper = &sweeperView{Holder: sw.Holder, ExpiresAt: sw.ExpiresAt.UTC().Format(time.RFC3339Nano), Expired: sw.Expired}
+	}
+	live := 0
+	for _, m := range s.Members {
+		state := "stale"
+		switch {
+		case m.Live:
+			state = "live"
+			live++
+		case m.Leaving:
+			state = "leaving"
+		}
+		v.Members = append(v.Members, memberView{Name: m.Name, State: state,
+			HeartbeatAgeSeconds: m.HeartbeatAge.Round(time.Millisecond).Seconds(), VBuckets: m.Partitions})
+	}
+	if s.Members != nil {
+		// Couchbase instances sharing the feed: their heartbeats say.
+		v.Service = serviceView{Running: live > 0, Note: fmt.Sprintf("%d live members of %d heartbeating lately", live, len(s.Members))}
 	}
 	if s.OldestDueAt != nil {
 		v.oldestDue = *s.OldestDueAt
@@ -219,6 +256,21 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 		line("service", "not running")
 	default:
 		line("service", "%v (%s)", running, v.Service.Note)
+	}
+	switch sw := v.Sweeper; {
+	case sw == nil:
+		line("sweeper", "none yet")
+	case sw.Expired:
+		line("sweeper", "%s (lease expired at %s: the next instance to tick takes over)", sw.Holder, sw.ExpiresAt)
+	default:
+		line("sweeper", "%s (lease until %s)", sw.Holder, sw.ExpiresAt)
+	}
+	if len(v.Members) > 0 {
+		fmt.Fprintln(w, "members:")
+		fmt.Fprintf(w, "  %-8s  %9s  %8s  %s\n", "STATE", "HEARTBEAT", "VBUCKETS", "NAME")
+		for _, m := range v.Members {
+			fmt.Fprintf(w, "  %-8s  %8.1fs  %8d  %s\n", m.State, m.HeartbeatAgeSeconds, m.VBuckets, m.Name)
+		}
 	}
 	if len(v.TopFailures) == 0 {
 		_, err := fmt.Fprintln(w, "top failure reasons: none")

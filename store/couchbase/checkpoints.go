@@ -15,7 +15,7 @@ import (
 // bucket, so that instances owning different vBuckets never write the same
 // document, and a vBucket's checkpoint is saved whatever happens to the
 // others.
-type metaCheckpoints struct{ s *Store }
+type metaCheckpoints struct{ s metaKV }
 
 func checkpointKey(name string, vb uint16) string {
 	return "checkpoint:" + name + ":" + strconv.Itoa(int(vb))
@@ -55,4 +55,125 @@ func (m metaCheckpoints) Save(ctx context.Context, name string, vb uint16, p pos
 	}
 	_, err = m.s.Upsert(ctx, store.Meta, checkpointKey(name, vb), b)
 	return err
+}
+
+// ownedCheckpoint is a vBucket's checkpoint document in membership mode:
+// the position, its owner and the ownership epoch. A claim raises the
+// epoch; every write of the document is by CAS, so a member that lost the
+// vBucket (it was paused past its TTL and another claimed it) cannot write
+// it again.
+type ownedCheckpoint struct {
+	position
+	Owner string `json:"owner,omitempty"`
+	Epoch uint64 `json:"epoch,omitempty"`
+}
+
+// claim is a vBucket this member owns: the epoch it claimed and the CAS of
+// its last write of the checkpoint document.
+type claim struct {
+	epoch, cas uint64
+}
+
+// errTaken says a vBucket's owner is a live member other than this one.
+var errTaken = errors.New("owned by another live member")
+
+// errFenced says the checkpoint document changed hands: this member no
+// longer owns the vBucket and may write nothing for it.
+var errFenced = errors.New("the vBucket changed hands (checkpoint CAS mismatch)")
+
+// Claim makes me the owner of vb when its document names no owner, me, or
+// a member that live says is not live; it returns where to stream from.
+// start gives the position of a vBucket without a document (it is then
+// created with it, before anything is streamed). errTaken when another
+// live member owns it, or claimed it in between.
+func (m metaCheckpoints) Claim(ctx context.Context, name string, vb uint16, me string, live func(string) bool,
+	start func(context.Context) (position, error)) (position, claim, string, error) {
+	key := checkpointKey(name, vb)
+	d, err := m.s.Get(ctx, store.Meta, key)
+	if errors.Is(err, store.ErrNotFound) {
+		p, err := start(ctx)
+		if err != nil {
+			return position{}, claim{}, "", err
+		}
+		doc := ownedCheckpoint{position: p, Owner: me, Epoch: 1}
+		b, _ := json.Marshal(doc)
+		cas, err := m.s.Insert(ctx, store.Meta, key, b)
+		if errors.Is(err, store.ErrExists) {
+			return position{}, claim{}, "", errTaken
+		}
+		return p, claim{epoch: 1, cas: cas}, "", err
+	}
+	if err != nil {
+		return position{}, claim{}, "", err
+	}
+	var cur ownedCheckpoint
+	if err := json.Unmarshal(d.Value, &cur); err != nil {
+		return position{}, claim{}, "", fmt.Errorf("checkpoint %s: %w", key, err)
+	}
+	if cur.Owner != "" && cur.Owner != me && live(cur.Owner) {
+		return position{}, claim{}, cur.Owner, errTaken
+	}
+	next := ownedCheckpoint{position: cur.position, Owner: me, Epoch: cur.Epoch + 1}
+	b, _ := json.Marshal(next)
+	cas, err := m.s.Replace(ctx, store.Meta, key, b, d.CAS)
+	if errors.Is(err, store.ErrCASMismatch) || errors.Is(err, store.ErrNotFound) {
+		return position{}, claim{}, cur.Owner, errTaken
+	}
+	if err != nil {
+		return position{}, claim{}, "", err
+	}
+	return cur.position, claim{epoch: next.Epoch, cas: cas}, cur.Owner, nil
+}
+
+// SaveOwned writes vb's position as its owner me, by the CAS of c; it
+// returns the claim with the new CAS, or errFenced when the document
+// changed hands.
+func (m metaCheckpoints) SaveOwned(ctx context.Context, name string, vb uint16, me string, p position, c claim) (claim, error) {
+	return m.writeOwned(ctx, name, vb, ownedCheckpoint{position: p, Owner: me, Epoch: c.epoch}, c)
+}
+
+// Release writes vb's last position with no owner, by the CAS of c, so that
+// the member it is assigned to claims it at once.
+func (m metaCheckpoints) Release(ctx context.Context, name string, vb uint16, p position, c claim) error {
+	_, err := m.writeOwned(ctx, name, vb, ownedCheckpoint{position: p, Epoch: c.epoch}, c)
+	return err
+}
+
+func (m metaCheckpoints) writeOwned(ctx context.Context, name string, vb uint16, doc ownedCheckpoint, c claim) (claim, error) {
+	b, err := json.Marshal(doc)
+	if err != nil {
+		return c, err
+	}
+	cas, err := m.s.Replace(ctx, store.Meta, checkpointKey(name, vb), b, c.cas)
+	if errors.Is(err, store.ErrCASMismatch) || errors.Is(err, store.ErrNotFound) {
+		return c, fmt.Errorf("vBucket %d: %w", vb, errFenced)
+	}
+	if err != nil {
+		return c, err
+	}
+	return claim{epoch: c.epoch, cas: cas}, nil
+}
+
+// Owners reads who owns each of vbs, for tests and operators.
+func (m metaCheckpoints) Owners(ctx context.Context, name string, vbs []uint16) (map[uint16]ownedCheckpoint, error) {
+	out := map[uint16]ownedCheckpoint{}
+	var mu sync.Mutex
+	errs := parallel(ctx, vbs, 32, func(ctx context.Context, vb uint16) error {
+		d, err := m.s.Get(ctx, store.Meta, checkpointKey(name, vb))
+		if errors.Is(err, store.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var c ownedCheckpoint
+		if err := json.Unmarshal(d.Value, &c); err != nil {
+			return fmt.Errorf("checkpoint %s: %w", checkpointKey(name, vb), err)
+		}
+		mu.Lock()
+		out[vb] = c
+		mu.Unlock()
+		return nil
+	})
+	return out, joinErrs(errs, len(vbs))
 }

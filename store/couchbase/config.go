@@ -32,9 +32,21 @@ type Config struct {
 	// Timeout bounds each KV operation and query. Default 10s; connecting
 	// may take three times as long.
 	Timeout time.Duration
-	// Instance of Instances: this instance streams the vBuckets v with
-	// v % Instances == Instance. Default 0 of 1: all of them.
+	// Instance of Instances, when Instances is set (static mode): this
+	// instance streams the vBuckets v with v % Instances == Instance, and
+	// every instance must be started with the same Instances. Unset
+	// (membership mode, the default): the instances of a feed share the
+	// vBuckets among themselves through heartbeats in the metadata
+	// bucket; a lone instance streams them all.
 	Instance, Instances int
+	// Member names this instance among the members. Default: host, pid
+	// and start time (a restarted instance is a new member).
+	Member string
+	// MemberTTL: a member that has not renewed its heartbeat for this long
+	// is taken for dead, and the others claim its vBuckets. It renews it
+	// every fifth of that. Default 10s; keep it well above the instances'
+	// clock skew.
+	MemberTTL time.Duration
 	// CountsTTL is how long Counts and Backlog answer from their last
 	// reading, so that a metrics scrape does not run their queries each
 	// time. Default 5s; negative: every call queries.
@@ -54,8 +66,8 @@ func (c Config) withDefaults() Config {
 	if c.Timeout == 0 {
 		c.Timeout = 10 * time.Second
 	}
-	if c.Instances == 0 {
-		c.Instances = 1
+	if c.MemberTTL == 0 {
+		c.MemberTTL = 10 * time.Second
 	}
 	if c.CountsTTL == 0 {
 		c.CountsTTL = 5 * time.Second
@@ -76,6 +88,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("cb-timeout: %s is negative", c.Timeout)
 	case c.Instances < 0 || c.Instance < 0 || (c.Instances > 0 && c.Instance >= c.Instances):
 		return fmt.Errorf("instance: %d of %d is not one of 0..n-1 of n", c.Instance, c.Instances)
+	case c.MemberTTL < 0 || (c.MemberTTL > 0 && c.MemberTTL < 500*time.Millisecond):
+		return fmt.Errorf("cb-member-ttl: %s is below 500ms", c.MemberTTL)
 	case c.CACertFile != "" && !strings.HasPrefix(c.ConnStr, "couchbases://"):
 		return errors.New("cb-ca-cert: a CA certificate needs a couchbases:// connection string")
 	}
@@ -110,7 +124,10 @@ func (c Config) caPool() (*x509.CertPool, error) {
 	return pool, nil
 }
 
-// owns says whether this instance streams vBucket vb.
+// static says whether the vBuckets are split by --instance.
+func (c Config) static() bool { return c.Instances > 0 }
+
+// owns says whether this instance streams vBucket vb in static mode.
 func (c Config) owns(vb uint16) bool {
 	return int(vb)%c.Instances == c.Instance
 }

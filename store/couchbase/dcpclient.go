@@ -258,7 +258,10 @@ func (s *Store) Subscribe(ctx context.Context, name string, colls []string, opts
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", name, err)
 	}
-	stream := fmt.Sprintf("ordermail-%s-%d-of-%d-%d", name, s.cfg.Instance, s.cfg.Instances, time.Now().UnixNano())
+	stream := fmt.Sprintf("ordermail-%s-%s-%d", name, s.member, time.Now().UnixNano())
+	if s.cfg.static() {
+		stream = fmt.Sprintf("ordermail-%s-%d-of-%d-%d", name, s.cfg.Instance, s.cfg.Instances, time.Now().UnixNano())
+	}
 	client, err := newDCPClient(ctx, s.cfg, s.pw, stream)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", name, err)
@@ -269,7 +272,17 @@ func (s *Store) Subscribe(ctx context.Context, name string, colls []string, opts
 		return nil, fmt.Errorf("subscribe %s: %w", name, err)
 	}
 	vbs := ownedVbuckets(s.cfg, n)
-	s.log.Info("streaming", "feed", name, "vbuckets", len(vbs), "of", n, "instance", s.cfg.Instance, "instances", s.cfg.Instances)
+	var own *ownership
+	if s.cfg.static() {
+		s.log.Info("streaming", "feed", name, "vbuckets", len(vbs), "of", n, "instance", s.cfg.Instance, "instances", s.cfg.Instances)
+	} else {
+		now := s.feedOpts.now
+		if now == nil {
+			now = s.now
+		}
+		own = newOwnership(s, metaCheckpoints{s}, name, s.member, s.cfg.MemberTTL, now)
+		s.log.Info("streaming as a member", "feed", name, "member", s.member, "vbuckets", n, "member_ttl", s.cfg.MemberTTL)
+	}
 	resolve := func(ctx context.Context) (map[uint32]string, error) { return collectionIDs(ctx, s.cfg, s.pw, colls) }
 	fo := s.feedOpts
 	if fo.openTimeout == 0 {
@@ -278,7 +291,7 @@ func (s *Store) Subscribe(ctx context.Context, name string, colls []string, opts
 	if fo.opTimeout == 0 {
 		fo.opTimeout = s.cfg.Timeout
 	}
-	f, err := newFeed(ctx, client, metaCheckpoints{s}, resolve, name, ids, vbs, opts.FromNow, fo, s.log)
+	f, err := newFeed(ctx, client, metaCheckpoints{s}, resolve, name, ids, vbs, opts.FromNow, fo, s.log, own)
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("subscribe %s: %w", name, err)
@@ -289,10 +302,12 @@ func (s *Store) Subscribe(ctx context.Context, name string, colls []string, opts
 	return f, nil
 }
 
+// ownedVbuckets is the vBuckets an instance streams in static mode, and
+// those it may claim (all of them) in membership mode.
 func ownedVbuckets(cfg Config, n int) []uint16 {
 	var vbs []uint16
 	for vb := range n {
-		if cfg.owns(uint16(vb)) {
+		if !cfg.static() || cfg.owns(uint16(vb)) {
 			vbs = append(vbs, uint16(vb))
 		}
 	}

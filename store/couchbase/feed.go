@@ -65,6 +65,14 @@ type FeedStats struct {
 	// Since Subscribe: rollbacks the server asked for, streams reopened
 	// (ended, refused or unanswered), checkpoint documents not saved.
 	Rollbacks, Reopens, CheckpointSaveFailures uint64
+
+	// Membership mode: this member's name, the feed's members as its last
+	// heartbeat read them, and since Subscribe the vBuckets it claimed,
+	// handed over, and lost (a checkpoint write refused: another member
+	// had claimed the vBucket).
+	Member                    string
+	Members                   []Member
+	Claimed, Released, Fenced uint64
 }
 
 type snapshot struct{ start, end uint64 }
@@ -76,6 +84,9 @@ const (
 	phaseOpening              // being opened; a request may be out
 	phaseOpen
 	phaseParked // waits for the collections to be resolved again
+	// Membership mode: not this member's, or being handed over; nothing
+	// is streamed or handed out.
+	phaseUnowned
 )
 
 // vbState is one vBucket's stream.
@@ -93,6 +104,15 @@ type vbState struct {
 	failures   int        // failover-log reads failed in a row
 	high       uint64     // the highest seqno the server has shown
 	settled    bool       // the first stream request was answered (or given up)
+
+	// Membership mode (f.own set).
+	held      bool  // this member owns vb: it claimed it and has not lost or released it
+	claim     claim // the epoch and the CAS of our last checkpoint write
+	claiming  bool  // a claim is under way
+	releasing bool  // being handed over: nothing more is handed out
+	// op is held while a stream request is sent and while a release
+	// closes the stream, so that no request goes out after the close.
+	op sync.Mutex
 }
 
 // feedOptions tune the feed; zero values are the defaults.
@@ -106,6 +126,7 @@ type feedOptions struct {
 	backoffMax   time.Duration // cap of the failover-log retry backoff; 10s
 	statsEvery   time.Duration // high seqnos read for the lag; 5s
 	saveParallel int           // checkpoint documents saved at once; 32
+	releaseWait  time.Duration // a handover waits this long for in-flight events; 30s
 	now          func() time.Time
 }
 
@@ -125,6 +146,7 @@ func (o feedOptions) withDefaults() feedOptions {
 	def(&o.opTimeout, 10*time.Second)
 	def(&o.backoffMax, 10*time.Second)
 	def(&o.statsEvery, 5*time.Second)
+	def(&o.releaseWait, 30*time.Second)
 	if o.saveParallel == 0 {
 		o.saveParallel = 32
 	}
@@ -176,22 +198,30 @@ type feed struct {
 	resolveAt   time.Time
 	closed      bool
 	stats       FeedStats
+
+	own *ownership // membership mode; nil: a fixed set of vBuckets
 }
 
 // newFeed loads the checkpoints of vbs (with fromNow, saves the current
 // end of the vBuckets that have none before anything is streamed) and
 // starts the goroutines that open the streams and keep them going.
+//
+// With own set (membership mode), vbs is every vBucket and the feed
+// streams those it claims; see handover.go.
 func newFeed(ctx context.Context, agent dcpAgent, cps checkpointStore, resolve resolver, name string,
-	colls map[uint32]string, vbs []uint16, fromNow bool, opts feedOptions, log *slog.Logger) (*feed, error) {
+	colls map[uint32]string, vbs []uint16, fromNow bool, opts feedOptions, log *slog.Logger, own *ownership) (*feed, error) {
 	opts = opts.withDefaults()
 	log = log.With("component", "dcp", "feed", name)
-	saved, err := cps.Load(ctx, name, vbs)
-	if err != nil {
-		return nil, fmt.Errorf("load checkpoints of %s: %w", name, err)
-	}
-	if fromNow {
-		if err := startFromNow(ctx, agent, cps, name, vbs, saved, opts); err != nil {
-			return nil, fmt.Errorf("feed %s from now: %w", name, err)
+	saved := map[uint16]position{}
+	if own == nil {
+		var err error
+		if saved, err = cps.Load(ctx, name, vbs); err != nil {
+			return nil, fmt.Errorf("load checkpoints of %s: %w", name, err)
+		}
+		if fromNow {
+			if err := startFromNow(ctx, agent, cps, name, vbs, saved, opts); err != nil {
+				return nil, fmt.Errorf("feed %s from now: %w", name, err)
+			}
 		}
 	}
 	fctx, stop := context.WithCancel(context.Background())
@@ -205,18 +235,29 @@ func newFeed(ctx context.Context, agent dcpAgent, cps checkpointStore, resolve r
 		failed: make(chan struct{}),
 		state:  map[uint16]*vbState{},
 		saved:  map[uint16]position{},
+		own:    own,
 	}
 	f.setCollections(colls)
-	for _, vb := range vbs {
-		p := saved[vb]
-		f.saved[vb] = p
-		f.state[vb] = &vbState{uuid: p.UUID, base: p, high: p.Seq}
-		f.acks.Reset(vb, p.Seq)
+	if own != nil {
+		if err := f.join(ctx, fromNow); err != nil {
+			stop()
+			return nil, fmt.Errorf("feed %s: %w", name, err)
+		}
+	} else {
+		for _, vb := range vbs {
+			p := saved[vb]
+			f.saved[vb] = p
+			f.state[vb] = &vbState{uuid: p.UUID, base: p, high: p.Seq}
+			f.acks.Reset(vb, p.Seq)
+		}
+		f.stats.VBuckets = len(vbs)
+		f.unsettled = len(vbs)
 	}
-	f.stats.VBuckets = len(vbs)
-	f.unsettled = len(vbs)
 	if f.unsettled == 0 {
 		close(f.ready)
+	}
+	if own != nil {
+		f.wg.Go(f.memberLoop)
 	}
 	f.wg.Go(f.supervise)
 	f.wg.Go(f.saveLoop)
@@ -526,7 +567,18 @@ func (f *feed) open(vb uint16) {
 	f.mu.Unlock()
 
 	obs := &observer{f: f, vb: vb, gen: gen}
-	cancel, err := f.agent.OpenStream(vb, from, ids, obs, func(uuid uint64, err error) { f.opened(vb, gen, uuid, err) })
+	// A handover closes the stream under st.op: the request goes out
+	// before the close, or not at all.
+	st.op.Lock()
+	f.mu.Lock()
+	current := st.gen == gen
+	f.mu.Unlock()
+	var cancel func()
+	var err error
+	if current {
+		cancel, err = f.agent.OpenStream(vb, from, ids, obs, func(uuid uint64, err error) { f.opened(vb, gen, uuid, err) })
+	}
+	st.op.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if st.gen != gen || st.phase != phaseOpening {
@@ -621,6 +673,14 @@ func (f *feed) snapshotMarker(vb uint16, gen int, start, end uint64) {
 func (f *feed) change(vb uint16, gen int, collID uint32, key, value []byte, deleted bool, cas, seq uint64) {
 	f.mu.Lock()
 	if !f.current(vb, gen) {
+		f.mu.Unlock()
+		return
+	}
+	if f.own != nil && !f.own.validLocked(f.opts.now()) {
+		// Our heartbeat may have expired (this process was paused): another
+		// member may own vb by now. Hand nothing out until the next
+		// heartbeat says what is still ours (fenceAll).
+		f.voidLocked(vb)
 		f.mu.Unlock()
 		return
 	}
@@ -812,17 +872,27 @@ func (f *feed) every(d time.Duration, fn func()) {
 // UUID), all of them even when some fail, and forgets the snapshots below
 // the saved ones.
 func (f *feed) flush(ctx context.Context) error {
+	if f.own != nil {
+		// A handover's checkpoint write and ours must not cross: each is
+		// by the CAS of the other's.
+		f.own.saveMu.Lock()
+		defer f.own.saveMu.Unlock()
+	}
 	cps := f.acks.Checkpoints()
 	type todo struct {
-		p   position
-		gen int
+		p     position
+		gen   int
+		claim claim
 	}
 	f.mu.Lock()
 	work := map[uint16]todo{}
 	var vbs []uint16
 	for vb, st := range f.state {
+		if f.own != nil && (!st.held || st.releasing) {
+			continue
+		}
 		if p := f.positionAt(vb, cps[vb]); p != f.saved[vb] {
-			work[vb] = todo{p, st.gen}
+			work[vb] = todo{p, st.gen, st.claim}
 			vbs = append(vbs, vb)
 		}
 	}
@@ -830,15 +900,33 @@ func (f *feed) flush(ctx context.Context) error {
 	if len(vbs) == 0 {
 		return nil
 	}
+	var claimsMu sync.Mutex
+	claims := map[uint16]claim{}
 	errs := parallel(ctx, vbs, f.opts.saveParallel, func(ctx context.Context, vb uint16) error {
 		ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
 		defer cancel()
-		return f.cps.Save(ctx, f.name, vb, work[vb].p)
+		w := work[vb]
+		if f.own == nil {
+			return f.cps.Save(ctx, f.name, vb, w.p)
+		}
+		c, err := f.own.cps.SaveOwned(ctx, f.name, vb, f.own.me, w.p, w.claim)
+		claimsMu.Lock()
+		claims[vb] = c
+		claimsMu.Unlock()
+		return err
 	})
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	stopping := ctx == f.ctx && f.ctx.Err() != nil // the saver, cut short by Close: Close saves again
+	var lost []uint16
 	for _, vb := range vbs {
+		if errors.Is(errs[vb], errFenced) {
+			if st := f.state[vb]; st.held && st.claim == work[vb].claim {
+				lost = append(lost, vb)
+			}
+			delete(errs, vb) // not a failure: not ours to save
+			continue
+		}
 		if errs[vb] != nil {
 			if !stopping {
 				f.stats.CheckpointSaveFailures++
@@ -847,11 +935,17 @@ func (f *feed) flush(ctx context.Context) error {
 		}
 		w := work[vb]
 		f.saved[vb] = w.p
+		if st := f.state[vb]; f.own != nil && st.claim == w.claim {
+			st.claim = claims[vb]
+		}
 		if st := f.state[vb]; st.gen == w.gen {
 			for len(st.snaps) > 1 && st.snaps[1].start <= w.p.Seq {
 				st.snaps = st.snaps[1:]
 			}
 		}
+	}
+	if len(lost) > 0 {
+		f.lostLocked(lost, "its checkpoint was refused")
 	}
 	if err := joinErrs(errs, len(vbs)); err != nil {
 		return fmt.Errorf("save checkpoints of %s: %w", f.name, err)
@@ -862,8 +956,15 @@ func (f *feed) flush(ctx context.Context) error {
 // highsLoop reads the vBuckets' high seqnos now and then, for the lag.
 func (f *feed) highsLoop() {
 	f.every(f.opts.statsEvery, func() {
+		vbs := f.vbs
+		if f.own != nil {
+			vbs = f.heldVbuckets()
+			if len(vbs) == 0 {
+				return
+			}
+		}
 		ctx, cancel := context.WithTimeout(f.ctx, f.opts.opTimeout)
-		highs, err := f.agent.HighSeqnos(ctx, f.vbs)
+		highs, err := f.agent.HighSeqnos(ctx, vbs)
 		cancel()
 		if err != nil {
 			if f.ctx.Err() == nil {
@@ -887,9 +988,15 @@ func (f *feed) Stats() FeedStats {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s := f.stats
+	if f.own != nil {
+		s.Member, s.Members = f.own.me, f.own.doc.members(f.opts.now())
+	}
 	for vb, st := range f.state {
 		if st.phase == phaseOpen {
 			s.StreamsOpen++
+		}
+		if f.own != nil && !st.held {
+			continue
 		}
 		if cp := cps[vb]; st.high > cp {
 			lag := st.high - cp
@@ -903,8 +1010,14 @@ func (f *feed) Stats() FeedStats {
 // FeedStats is Stats in the store's terms, for the metrics.
 func (f *feed) FeedStats() store.FeedStats {
 	st := f.Stats()
-	return store.FeedStats{Partitions: st.VBuckets, StreamsOpen: st.StreamsOpen, Lag: st.Lag, MaxLag: st.MaxLag,
-		Rollbacks: st.Rollbacks, Reopens: st.Reopens, CheckpointSaveFailures: st.CheckpointSaveFailures}
+	out := store.FeedStats{Partitions: st.VBuckets, StreamsOpen: st.StreamsOpen, Lag: st.Lag, MaxLag: st.MaxLag,
+		Rollbacks: st.Rollbacks, Reopens: st.Reopens, CheckpointSaveFailures: st.CheckpointSaveFailures,
+		Member: st.Member, Claimed: st.Claimed, Released: st.Released, Fenced: st.Fenced}
+	for _, m := range st.Members {
+		out.Members = append(out.Members, store.Member{Name: m.Name, HeartbeatAge: m.HeartbeatAge,
+			Partitions: m.VBuckets, Live: m.Live, Leaving: m.Leaving})
+	}
+	return out
 }
 
 func (f *feed) Next(ctx context.Context) (store.Event, error) {
@@ -939,8 +1052,16 @@ func (f *feed) Close(ctx context.Context) error {
 	f.stop()
 	f.wg.Wait()
 	err := f.flush(ctx)
+	if f.own != nil {
+		// Hand every vBucket over at once instead of after our TTL.
+		err = errors.Join(err, f.leave(ctx))
+	}
 	return errors.Join(err, f.agent.Close())
 }
+
+// Crash stops the feed as the death of its process would: nothing is
+// saved, nothing handed over, the connections are dropped. Tests use it.
+func (f *feed) Crash() { f.shutdown() }
 
 // shutdown stops the goroutines and the connections without saving.
 func (f *feed) shutdown() {

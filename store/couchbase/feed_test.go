@@ -170,7 +170,7 @@ var (
 
 func startFeed(t *testing.T, agent *fakeAgent, cps *fakeCheckpoints, vbs []uint16, fromNow bool, opts feedOptions) *feed {
 	t.Helper()
-	f, err := newFeed(context.Background(), agent, cps, nil, "ordermail", colls, vbs, fromNow, opts, quietLog)
+	f, err := newFeed(context.Background(), agent, cps, nil, "ordermail", colls, vbs, fromNow, opts, quietLog, nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { f.Close(context.Background()) })
 	return f
@@ -364,7 +364,7 @@ func TestCloseStopsStreamsAndSaves(t *testing.T) {
 	agent := &fakeAgent{}
 	cps := &fakeCheckpoints{}
 	f, err := newFeed(context.Background(), agent, cps, nil, "ordermail", colls, []uint16{0, 1}, false,
-		feedOptions{flushEvery: time.Hour, tick: time.Hour}, quietLog)
+		feedOptions{flushEvery: time.Hour, tick: time.Hour}, quietLog, nil)
 	require.NoError(t, err)
 	s := agent.lastOpen(t, 0, 1)
 	s.cb(2, nil)

@@ -52,7 +52,8 @@ func testCluster(t *testing.T, nodes int) (Config, *cbtest.Server) {
 	var srv *cbtest.Server
 	if !real {
 		srv = cbtest.Start(t, cbtest.Options{Nodes: nodes, VBuckets: testVBuckets})
-		cfg = Config{ConnStr: srv.ConnStr(), Username: srv.Username(), Password: srv.Password(), Timeout: 5 * time.Second}
+		cfg = Config{ConnStr: srv.ConnStr(), Username: srv.Username(), Password: srv.Password(), Timeout: 5 * time.Second,
+			MemberTTL: 2 * time.Second}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -71,7 +72,8 @@ func fakeCluster(t *testing.T, opts cbtest.Options) (Config, *cbtest.Server) {
 		opts.VBuckets = testVBuckets
 	}
 	srv := cbtest.Start(t, opts)
-	cfg := Config{ConnStr: srv.ConnStr(), Username: srv.Username(), Password: srv.Password(), Timeout: 5 * time.Second}
+	cfg := Config{ConnStr: srv.ConnStr(), Username: srv.Username(), Password: srv.Password(), Timeout: 5 * time.Second,
+		MemberTTL: 2 * time.Second}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, quietLog), "setup")

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/couchbase/gocb/v2"
@@ -24,6 +26,7 @@ type Store struct {
 	colls   map[string]*gocb.Collection
 	log     *slog.Logger
 	now     func() time.Time
+	member  string // this instance among a feed's members
 
 	counts  ttlCache[store.Counts]
 	backlog ttlCache[store.Backlog]
@@ -49,7 +52,11 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{cfg: cfg, pw: pw, cluster: cluster, colls: map[string]*gocb.Collection{}, log: log.With("component", "couchbase"),
-		now: time.Now, counts: newTTLCache[store.Counts](), backlog: newTTLCache[store.Backlog]()}
+		now: time.Now, counts: newTTLCache[store.Counts](), backlog: newTTLCache[store.Backlog](), member: cfg.Member}
+	if s.member == "" {
+		host, _ := os.Hostname()
+		s.member = host + "/" + strconv.Itoa(os.Getpid()) + "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	}
 	if err := s.open(ctx); err != nil {
 		cluster.Close(nil)
 		return nil, err

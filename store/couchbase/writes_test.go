@@ -111,7 +111,15 @@ func TestFeedStats(t *testing.T) {
 	})
 	sub := subscribe(t, s, "feed", watched, true)
 	stats := sub.(interface{ Stats() FeedStats }).Stats
-	assert.Equal(t, FeedStats{VBuckets: testVBuckets, StreamsOpen: testVBuckets}, stats())
+	st := stats()
+	assert.Equal(t, testVBuckets, st.VBuckets)
+	assert.Equal(t, testVBuckets, st.StreamsOpen)
+	assert.Equal(t, uint64(testVBuckets), st.Claimed, "a lone member claims every vBucket")
+	assert.Equal(t, s.member, st.Member)
+	if assert.Len(t, st.Members, 1) {
+		assert.Equal(t, s.member, st.Members[0].Name)
+		assert.True(t, st.Members[0].Live)
+	}
 
 	x := srv.VBucketOf("x")
 	var keys []string

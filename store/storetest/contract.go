@@ -401,8 +401,12 @@ func testFromNowCrash(t *testing.T, open Opener) {
 	require.NoError(t, err)
 	dead, err := s.Subscribe(ctx, p+"sub", []string{order.Inbound}, store.FeedOptions{FromNow: true})
 	require.NoError(t, err)
-	// It died: not closed (which saves) until the test is over.
+	// It died: not closed (which saves) until the test is over. A feed
+	// that can stop as a crash would (no save, no goodbye) does.
 	t.Cleanup(func() { dead.Close(context.Background()) })
+	if c, ok := dead.(interface{ Crash() }); ok {
+		c.Crash()
+	}
 	_, err = s.Insert(ctx, order.Inbound, p+"while_down", []byte(`{}`))
 	require.NoError(t, err)
 

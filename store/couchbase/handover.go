@@ -1,0 +1,456 @@
+package couchbase
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Membership mode of the feed: the instances of a feed share its
+// vBuckets by themselves (members.go). Every heartbeat, a member renews its
+// entry, computes the assignment over the live members, hands over the
+// vBuckets that are no longer its own and claims those that are and are
+// free. A handover stops handing out the vBucket's events, waits for those
+// in flight to be acknowledged (at most releaseWait), closes the stream,
+// and only then writes the checkpoint with no owner: the new owner opens
+// its stream after the old one is closed, from that checkpoint. A member
+// that dies keeps its vBuckets until its entry expires; then the others
+// claim them. Every checkpoint write is by CAS on the owner's last write,
+// so a member that was paused past its TTL finds its writes refused
+// (errFenced) and drops those vBuckets.
+
+// ownedCheckpoints is what membership mode needs of checkpoint documents;
+// metaCheckpoints is the real one.
+type ownedCheckpoints interface {
+	Claim(ctx context.Context, name string, vb uint16, me string, live func(string) bool,
+		start func(context.Context) (position, error)) (position, claim, string, error)
+	SaveOwned(ctx context.Context, name string, vb uint16, me string, p position, c claim) (claim, error)
+	Release(ctx context.Context, name string, vb uint16, p position, c claim) error
+}
+
+// ownership is a feed's membership mode.
+type ownership struct {
+	group *group
+	cps   ownedCheckpoints
+	me    string
+	ttl   time.Duration
+	beat  time.Duration // heartbeat interval: a fifth of the TTL
+
+	// saveMu orders the checkpoint writes of the saver and of handovers
+	// on one vBucket: each is by the CAS the other left.
+	saveMu sync.Mutex
+
+	// Guarded by the feed's mu.
+	lastBeat time.Time  // the time our last heartbeat wrote
+	lastTry  time.Time  // when the last heartbeat set out, written or not
+	doc      membersDoc // as the last heartbeat wrote it
+	fromNow  bool
+}
+
+func newOwnership(kv metaKV, cps ownedCheckpoints, feed, me string, ttl time.Duration, now func() time.Time) *ownership {
+	return &ownership{group: newGroup(kv, feed, me, ttl, now), cps: cps, me: me, ttl: ttl, beat: ttl / 5}
+}
+
+// validLocked says whether the heartbeat loop ran recently enough that
+// this process cannot have been paused past its TTL (a beat short of it,
+// for clock skew and the time a claim takes). A pause ends with every
+// goroutine running at once: a stream may hand out an event before the
+// next heartbeat finds out what is still ours. A heartbeat that fails
+// (the members document is unreachable) does not stop the streams: the
+// other members cannot write it either, or, partitioned from us, they
+// claim our vBuckets by CAS and our checkpoint writes are refused.
+func (o *ownership) validLocked(now time.Time) bool {
+	return !o.lastTry.IsZero() && now.Sub(o.lastTry) < o.ttl-o.beat
+}
+
+// join is the first heartbeat and the first claims, before the feed's
+// goroutines start: the vBuckets claimed now are opened before Subscribe
+// returns.
+func (f *feed) join(ctx context.Context, fromNow bool) error {
+	f.own.fromNow = fromNow
+	for _, vb := range f.vbs {
+		f.state[vb] = &vbState{phase: phaseUnowned, settled: true}
+	}
+	claimed, err := f.rebalance(ctx)
+	if err != nil {
+		return fmt.Errorf("join the members of %s: %w", f.name, err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, vb := range claimed {
+		if st := f.state[vb]; st.held {
+			st.settled = false
+			f.unsettled++
+		}
+	}
+	return nil
+}
+
+// memberLoop heartbeats and rebalances until the feed ends.
+func (f *feed) memberLoop() {
+	f.every(f.own.beat, func() {
+		if _, err := f.rebalance(f.ctx); err != nil && f.ctx.Err() == nil {
+			f.log.Warn("membership heartbeat", "error", err)
+		}
+	})
+}
+
+// rebalance heartbeats, then hands over what is no longer ours and claims
+// what is ours and free. It returns the vBuckets it claimed.
+func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
+	o := f.own
+	sent := f.opts.now()
+	f.mu.Lock()
+	owned := f.stats.VBuckets
+	prev := o.lastTry
+	late := !prev.IsZero() && !o.validLocked(sent)
+	o.lastTry = sent
+	f.mu.Unlock()
+	if late {
+		f.log.Warn("the heartbeat loop ran late: this process was paused or starved", "late_by", sent.Sub(prev))
+	}
+	bctx, cancel := context.WithTimeout(ctx, min(f.opts.opTimeout, o.ttl/2))
+	doc, err := o.group.beat(bctx, owned)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	// From our previous heartbeat to the end of this one: if that is near
+	// the TTL, the others may have taken us for dead meanwhile.
+	wrote := time.UnixMilli(doc.Members[o.me].BeatAt)
+	f.mu.Lock()
+	away := !o.lastBeat.IsZero() && f.opts.now().Sub(o.lastBeat) >= o.ttl-o.beat
+	f.mu.Unlock()
+	if away {
+		// Our entry may have expired meanwhile: the others may have taken
+		// vBuckets of ours. Keep those our checkpoint writes still hold.
+		f.fenceAll(ctx, sent)
+	}
+	now := f.opts.now()
+	live := doc.live(now)
+	isLive := map[string]bool{}
+	for _, m := range live {
+		isLive[m] = true
+	}
+
+	var claims []uint16
+	var releases []uint16
+	owners := assignment(live, len(f.vbs))
+	f.mu.Lock()
+	o.lastBeat = wrote
+	o.doc = doc
+	for vb, st := range f.state {
+		mine := owners[vb] == o.me
+		switch {
+		case st.releasing || st.claiming:
+		case st.held && !mine:
+			st.releasing = true
+			releases = append(releases, vb)
+		case st.held && st.phase == phaseUnowned:
+			// A handover that could not write its checkpoint, and vb is
+			// ours again: stream it again.
+			st.phase, st.at, st.closeFirst = phaseWaiting, now, true
+		case !st.held && mine:
+			st.claiming = true
+			claims = append(claims, vb)
+		}
+	}
+	f.mu.Unlock()
+	for _, vb := range releases {
+		f.wg.Go(func() { f.release(vb) })
+	}
+	claimed := f.claimAll(ctx, claims, func(m string) bool { return isLive[m] })
+	if len(claimed) > 0 || len(releases) > 0 {
+		f.log.Info("rebalanced", "members", len(live), "claimed", len(claimed), "handing_over", len(releases))
+		f.poke()
+	}
+	return claimed, nil
+}
+
+// claimAll claims vbs, many at once, and readies the streams of those it
+// got.
+func (f *feed) claimAll(ctx context.Context, vbs []uint16, live func(string) bool) []uint16 {
+	var mu sync.Mutex
+	var got []uint16
+	errs := parallel(ctx, vbs, f.opts.saveParallel, func(ctx context.Context, vb uint16) error {
+		ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
+		defer cancel()
+		p, c, prev, err := f.own.cps.Claim(ctx, f.name, vb, f.own.me, live, func(ctx context.Context) (position, error) {
+			return f.startOf(ctx, vb)
+		})
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		st := f.state[vb]
+		st.claiming = false
+		if err != nil || f.closed {
+			return err
+		}
+		if prev != "" && prev != f.own.me {
+			f.log.Info("took over a vBucket", "vb", vb, "from", prev, "epoch", c.epoch)
+		}
+		st.held, st.claim = true, c
+		st.phase, st.at = phaseWaiting, f.opts.now()
+		st.gen++
+		st.uuid, st.base, st.snaps, st.rollbackTo = p.UUID, p, nil, nil
+		st.high = max(st.high, p.Seq)
+		f.saved[vb] = p
+		f.acks.Reset(vb, p.Seq)
+		f.stats.VBuckets++
+		f.stats.Claimed++
+		mu.Lock()
+		got = append(got, vb)
+		mu.Unlock()
+		return nil
+	})
+	var failed int
+	var first error
+	for _, err := range errs {
+		if !errors.Is(err, errTaken) {
+			failed++
+			first = err
+		}
+	}
+	if failed > 0 && ctx.Err() == nil {
+		f.log.Warn("claim vBuckets", "failed", failed, "error", first)
+	}
+	return got
+}
+
+// startOf is where a vBucket that has no checkpoint document starts: its
+// beginning, or with --from-now its current end.
+func (f *feed) startOf(ctx context.Context, vb uint16) (position, error) {
+	if !f.own.fromNow {
+		return position{}, nil
+	}
+	highs, err := f.agent.HighSeqnos(ctx, []uint16{vb})
+	if err != nil {
+		return position{}, fmt.Errorf("high seqno of vb %d: %w", vb, err)
+	}
+	flog, err := f.agent.FailoverLog(ctx, vb)
+	if err != nil {
+		return position{}, fmt.Errorf("failover log of vb %d: %w", vb, err)
+	}
+	if len(flog) == 0 {
+		return position{}, fmt.Errorf("vb %d has an empty failover log", vb)
+	}
+	s := highs[vb]
+	return position{UUID: uint64(flog[0].VbUUID), Seq: s, SnapStart: s, SnapEnd: s}, nil
+}
+
+// release hands vb over: nothing more is handed out, the events in flight
+// are acknowledged (or, after releaseWait, given up: the new owner
+// delivers them again, and their sends repeat under their keys), the
+// stream is closed, and the checkpoint is written with no owner.
+func (f *feed) release(vb uint16) {
+	f.mu.Lock()
+	st := f.state[vb]
+	var abandon func()
+	if st.phase == phaseOpening {
+		abandon, st.cancel = st.cancel, nil
+	}
+	st.gen++
+	st.phase = phaseUnowned
+	f.mu.Unlock()
+	if abandon != nil {
+		abandon()
+	}
+
+	deadline := f.opts.now().Add(f.opts.releaseWait)
+	t := time.NewTicker(10 * time.Millisecond)
+	for f.acks.Outstanding(vb) > 0 && f.opts.now().Before(deadline) && f.ctx.Err() == nil {
+		select {
+		case <-t.C:
+		case <-f.ctx.Done():
+		}
+	}
+	t.Stop()
+	if n := f.acks.Outstanding(vb); n > 0 && f.ctx.Err() == nil {
+		f.log.Warn("handing a vBucket over with events in flight; the new owner delivers them again", "vb", vb, "in_flight", n)
+	}
+
+	// A context of its own: Close waits for this write, which frees vb at
+	// once for the member it is assigned to.
+	ctx, cancel := context.WithTimeout(context.Background(), f.opts.opTimeout)
+	defer cancel()
+	st.op.Lock()
+	if err := f.agent.CloseStream(ctx, vb); err != nil {
+		f.log.Debug("close stream to hand it over", "vb", vb, "error", err)
+	}
+	st.op.Unlock()
+
+	f.own.saveMu.Lock()
+	defer f.own.saveMu.Unlock()
+	f.mu.Lock()
+	p := f.positionAt(vb, f.acks.Checkpoints()[vb])
+	c := st.claim
+	f.mu.Unlock()
+	err := f.own.cps.Release(ctx, f.name, vb, p, c)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st.releasing = false
+	switch {
+	case err == nil:
+		f.saved[vb] = p
+		st.held = false
+		f.stats.VBuckets--
+		f.stats.Released++
+	case errors.Is(err, errFenced):
+		st.held = false
+		f.stats.VBuckets--
+		f.stats.Fenced++
+	default:
+		// Still ours in its document: the next heartbeat tries again.
+		f.log.Warn("hand a vBucket over", "vb", vb, "error", err)
+	}
+}
+
+// fenceAll runs after a heartbeat that came a TTL or more after the last
+// one: this member may have been taken for dead. Nothing is handed out
+// meanwhile; each vBucket we held is ours still if our checkpoint write
+// goes through by our last CAS, and lost otherwise.
+func (f *feed) fenceAll(ctx context.Context, at time.Time) {
+	f.own.saveMu.Lock()
+	defer f.own.saveMu.Unlock()
+	cps := f.acks.Checkpoints()
+	type held struct {
+		p position
+		c claim
+	}
+	work := map[uint16]held{}
+	var vbs []uint16
+	f.mu.Lock()
+	for vb, st := range f.state {
+		if st.held && !st.releasing {
+			f.voidLocked(vb)
+			work[vb] = held{f.positionAt(vb, cps[vb]), st.claim}
+			vbs = append(vbs, vb)
+		}
+	}
+	f.mu.Unlock()
+	var mu sync.Mutex
+	kept := map[uint16]claim{}
+	errs := parallel(ctx, vbs, f.opts.saveParallel, func(ctx context.Context, vb uint16) error {
+		ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
+		defer cancel()
+		c, err := f.own.cps.SaveOwned(ctx, f.name, vb, f.own.me, work[vb].p, work[vb].c)
+		if err == nil {
+			mu.Lock()
+			kept[vb] = c
+			mu.Unlock()
+		}
+		return err
+	})
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var lost []uint16
+	now := f.opts.now()
+	for _, vb := range vbs {
+		st := f.state[vb]
+		switch err := errs[vb]; {
+		case err == nil:
+			st.claim = kept[vb]
+			f.saved[vb] = work[vb].p
+			st.phase, st.at, st.closeFirst = phaseWaiting, now, true
+		case errors.Is(err, errFenced):
+			lost = append(lost, vb)
+		default:
+			// Unknown: we may still own it. Try again at the next heartbeat,
+			// streaming nothing meanwhile.
+			st.phase = phaseUnowned
+		}
+	}
+	f.log.Warn("heartbeat came late: this member may have been taken for dead", "late_by", at.Sub(f.own.lastBeat),
+		"kept", len(kept), "lost", len(lost), "unknown", len(vbs)-len(kept)-len(lost))
+	if len(lost) > 0 {
+		f.lostLocked(lost, "another member claimed it while this one was away")
+	}
+	f.poke()
+}
+
+// voidLocked stops vb's stream from handing anything out: its callbacks
+// are ignored from now on, and it is not reopened until a heartbeat says
+// vb is still ours.
+func (f *feed) voidLocked(vb uint16) {
+	st := f.state[vb]
+	if st.phase == phaseOpening && st.cancel != nil {
+		go st.cancel() // outside f.mu: it may call the callback at once
+	}
+	st.cancel = nil
+	st.gen++
+	st.phase = phaseUnowned
+	st.closeFirst = true
+}
+
+// lostLocked drops vBuckets another member owns now: their streams are
+// closed, and our checkpoint writes for them were refused.
+func (f *feed) lostLocked(vbs []uint16, why string) {
+	for _, vb := range vbs {
+		st := f.state[vb]
+		if !st.held {
+			continue
+		}
+		f.voidLocked(vb)
+		st.held = false
+		st.closeFirst = false
+		f.stats.VBuckets--
+		f.stats.Fenced++
+		f.wg.Go(func() {
+			ctx, cancel := context.WithTimeout(f.ctx, f.opts.opTimeout)
+			defer cancel()
+			st.op.Lock()
+			defer st.op.Unlock()
+			if err := f.agent.CloseStream(ctx, vb); err != nil {
+				f.log.Debug("close the stream of a lost vBucket", "vb", vb, "error", err)
+			}
+		})
+	}
+	f.log.Warn("lost vBuckets to another member", "vbuckets", len(vbs), "why", why)
+}
+
+// heldVbuckets lists the vBuckets this member owns.
+func (f *feed) heldVbuckets() []uint16 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []uint16
+	for vb, st := range f.state {
+		if st.held {
+			out = append(out, vb)
+		}
+	}
+	return out
+}
+
+// leave, at Close after the last checkpoints are saved, closes every
+// stream, writes every vBucket's checkpoint with no owner and marks this
+// member as gone: the others claim its vBuckets at their next heartbeat.
+func (f *feed) leave(ctx context.Context) error {
+	f.own.saveMu.Lock()
+	defer f.own.saveMu.Unlock()
+	vbs := f.heldVbuckets()
+	cps := f.acks.Checkpoints()
+	errs := parallel(ctx, vbs, f.opts.saveParallel, func(ctx context.Context, vb uint16) error {
+		ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
+		defer cancel()
+		if err := f.agent.CloseStream(ctx, vb); err != nil {
+			f.log.Debug("close stream to leave", "vb", vb, "error", err)
+		}
+		f.mu.Lock()
+		st := f.state[vb]
+		p, c := f.positionAt(vb, cps[vb]), st.claim
+		f.mu.Unlock()
+		err := f.own.cps.Release(ctx, f.name, vb, p, c)
+		if errors.Is(err, errFenced) {
+			return nil // not ours any more
+		}
+		return err
+	})
+	gctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
+	defer cancel()
+	err := f.own.group.leave(gctx)
+	if jerr := joinErrs(errs, len(vbs)); jerr != nil {
+		err = errors.Join(fmt.Errorf("hand over vBuckets: %w", jerr), err)
+	}
+	return err
+}

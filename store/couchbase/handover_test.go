@@ -1,0 +1,205 @@
+package couchbase
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/couchbase/cbtest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// consumer reads a subscription and acknowledges every event at once,
+// counting who saw which key.
+type consumer struct {
+	mu   sync.Mutex
+	seen map[string][]string // key -> the members that delivered it
+	done chan struct{}
+}
+
+func consume(t *testing.T, name string, sub store.Subscription, c *consumer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		for {
+			ev, err := sub.Next(ctx)
+			if err != nil {
+				return
+			}
+			c.mu.Lock()
+			c.seen[ev.Key] = append(c.seen[ev.Key], name)
+			c.mu.Unlock()
+			ev.Ack()
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-exited })
+}
+
+func (c *consumer) report(keys []string) (missing, twice []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, k := range keys {
+		switch n := len(c.seen[k]); {
+		case n == 0:
+			missing = append(missing, k)
+		case n > 1:
+			twice = append(twice, fmt.Sprintf("%s by %v", k, c.seen[k]))
+		}
+	}
+	return missing, twice
+}
+
+func feedStats(sub store.Subscription) FeedStats { return sub.(interface{ Stats() FeedStats }).Stats() }
+
+// Issue 11: members share the vBuckets without a fixed split. A second
+// member takes about half from the first, the first leaving hands the rest
+// over, and no vBucket is ever streamed by both at once (the server says
+// so); every change is delivered once.
+func TestMembersShareTheVBucketsAndHandThemOver(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 2})
+	c := &consumer{seen: map[string][]string{}}
+	var keys []string
+	putAll := func(prefix string) {
+		for vb := range uint16(testVBuckets) {
+			k := keyOn(srv, prefix, vb)
+			keys = append(keys, k)
+			put(t, openOnce(t, cfg), order.Inbound, k)
+		}
+	}
+
+	a := openStore(t, cfg, func(s *Store) { s.member = "a" })
+	subA, err := a.Subscribe(ctxFor(t, 30*time.Second), "feed", watched, store.FeedOptions{})
+	require.NoError(t, err)
+	consume(t, "a", subA, c)
+	assert.Equal(t, testVBuckets, feedStats(subA).VBuckets, "alone, a member streams every vBucket")
+	putAll("first-")
+
+	b := openStore(t, cfg, func(s *Store) { s.member = "b" })
+	subB := subscribe(t, b, "feed", watched, false)
+	consume(t, "b", subB, c)
+	putAll("joining-")
+	require.Eventually(t, func() bool {
+		sa, sb := feedStats(subA), feedStats(subB)
+		return sa.VBuckets+sb.VBuckets == testVBuckets && sa.VBuckets > 0 && sb.VBuckets > 0 &&
+			sa.StreamsOpen == sa.VBuckets && sb.StreamsOpen == sb.VBuckets
+	}, 30*time.Second, 20*time.Millisecond, "a %+v, b %+v", feedStats(subA), feedStats(subB))
+	sa, sb := feedStats(subA), feedStats(subB)
+	t.Logf("a streams %d vBuckets, b %d; a handed %d over", sa.VBuckets, sb.VBuckets, sa.Released)
+	assert.Equal(t, uint64(sb.VBuckets), sa.Released, "what b streams, a handed over")
+	assert.InDelta(t, sa.VBuckets, sb.VBuckets, 1, "half each")
+	assert.Len(t, sb.Members, 2)
+	putAll("shared-")
+
+	// a stops cleanly: b takes the rest at its next heartbeat, not a TTL
+	// later.
+	left := time.Now()
+	require.NoError(t, subA.Close(ctxFor(t, 30*time.Second)))
+	require.Eventually(t, func() bool { return feedStats(subB).StreamsOpen == testVBuckets }, 30*time.Second, 20*time.Millisecond,
+		"b %+v", feedStats(subB))
+	t.Logf("b streams every vBucket %v after a left (TTL %v)", time.Since(left).Round(time.Millisecond), cfg.MemberTTL)
+	putAll("alone-")
+
+	require.Eventually(t, func() bool { missing, _ := c.report(keys); return len(missing) == 0 }, 30*time.Second, 20*time.Millisecond,
+		"never delivered: %v", func() []string { m, _ := c.report(keys); return m }())
+	_, twice := c.report(keys)
+	assert.Empty(t, twice, "delivered twice")
+	assert.Empty(t, srv.StreamOverlaps("orders"), "a vBucket streamed by two members at once")
+	assert.Equal(t, 1, srv.MaxStreamsPerVBucket("orders"))
+}
+
+// Issue 11: a member that is taken for dead (here: it stops heartbeating,
+// as a paused process does) loses its vBuckets to the others, and when it
+// comes back its checkpoint writes for them are refused: it drops them.
+func TestAMemberTakenForDeadIsFencedOff(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	a := openStore(t, cfg, func(s *Store) { s.member = "a" })
+	subA := subscribe(t, a, "feed", watched, false)
+	fa := subA.(*feed)
+	c := &consumer{seen: map[string][]string{}}
+	consume(t, "a", subA, c)
+
+	// a stops (its feed's lock is held: its heartbeats, streams and saves
+	// all wait, as a paused process's would): b takes every vBucket after
+	// a's TTL.
+	fa.mu.Lock()
+	staleClaim := fa.state[0].claim
+	pausedAt := time.Now()
+	b := openStore(t, cfg, func(s *Store) { s.member = "b" })
+	subB := subscribe(t, b, "feed", watched, false)
+	consume(t, "b", subB, c)
+	require.Eventually(t, func() bool { return feedStats(subB).VBuckets == testVBuckets }, 30*time.Second, 20*time.Millisecond,
+		"b %+v", feedStats(subB))
+	t.Logf("b took every vBucket %v after a stopped heartbeating (TTL %v)", time.Since(pausedAt).Round(time.Millisecond), cfg.MemberTTL)
+	owners, err := metaCheckpoints{b}.Owners(ctxFor(t, 10*time.Second), "feed", allVBuckets())
+	require.NoError(t, err)
+	for vb, o := range owners {
+		assert.Equal(t, "b", o.Owner, "vb %d", vb)
+		assert.GreaterOrEqual(t, o.Epoch, uint64(2), "vb %d: claimed from a, so a new epoch", vb)
+	}
+
+	// a's stale write is refused.
+	p := position{Seq: 1}
+	_, err = metaCheckpoints{a}.SaveOwned(ctxFor(t, 10*time.Second), "feed", 0, "a", p, staleClaim)
+	assert.True(t, errors.Is(err, errFenced), "a's checkpoint write with its old claim: %v", err)
+
+	// a wakes: it finds out at its next heartbeat, drops everything and
+	// rebalances: the two share again, never streaming a vBucket together.
+	fa.mu.Unlock()
+	waitFor(t, func() (bool, string) {
+		sa, sb := feedStats(subA), feedStats(subB)
+		return sa.Fenced > 0 && sa.VBuckets > 0 && sa.VBuckets+sb.VBuckets == testVBuckets, fmt.Sprintf("a %+v, b %+v", sa, sb)
+	})
+	var keys []string
+	for vb := range uint16(testVBuckets) {
+		k := keyOn(srv, "after-", vb)
+		keys = append(keys, k)
+		put(t, b, order.Inbound, k)
+	}
+	require.Eventually(t, func() bool { missing, _ := c.report(keys); return len(missing) == 0 }, 30*time.Second, 20*time.Millisecond,
+		"never delivered: %v", func() []string { m, _ := c.report(keys); return m }())
+	_, twice := c.report(keys)
+	assert.Empty(t, twice, "delivered twice")
+}
+
+// waitFor waits for cond, and fails with what it said last.
+func waitFor(t *testing.T, cond func() (bool, string)) {
+	t.Helper()
+	var last string
+	if !assert.Eventually(t, func() bool { ok, s := cond(); last = s; return ok }, 30*time.Second, 20*time.Millisecond) {
+		t.Fatalf("last seen: %s", last)
+	}
+}
+
+func allVBuckets() []uint16 {
+	vbs := make([]uint16, testVBuckets)
+	for i := range vbs {
+		vbs[i] = uint16(i)
+	}
+	return vbs
+}
+
+var (
+	writerMu sync.Mutex
+	writers  = map[string]*Store{}
+)
+
+// openOnce is one store per cluster for the test's own writes.
+func openOnce(t *testing.T, cfg Config) *Store {
+	writerMu.Lock()
+	defer writerMu.Unlock()
+	if s, ok := writers[cfg.ConnStr]; ok {
+		return s
+	}
+	s := openStore(t, cfg)
+	writers[cfg.ConnStr] = s
+	t.Cleanup(func() { writerMu.Lock(); delete(writers, cfg.ConnStr); writerMu.Unlock() })
+	return s
+}

@@ -1,0 +1,262 @@
+package couchbase
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"time"
+
+	"github.com/ordermail/ordermail/store"
+)
+
+// Membership: the instances that stream one feed share its vBuckets
+// without a fixed split. Each instance (a member) renews its entry in one
+// members document of the metadata bucket every beat, by CAS; an entry not
+// renewed within its TTL is dead. Every member computes the same
+// assignment of the vBuckets over the live members (rendezvous hashing),
+// and ownership itself is in each vBucket's checkpoint document: the owner
+// and an epoch, both changed only by CAS (checkpoints.go). Members compare
+// heartbeat times from their own clocks, as the sweep lease does: keep the
+// TTL well above their skew.
+
+// metaKV is what membership and checkpoints need of the store: documents of
+// the metadata bucket (store.Meta), read and written by CAS.
+type metaKV interface {
+	Get(ctx context.Context, coll, key string) (store.Doc, error)
+	Insert(ctx context.Context, coll, key string, value []byte) (uint64, error)
+	Replace(ctx context.Context, coll, key string, value []byte, cas uint64) (uint64, error)
+	Upsert(ctx context.Context, coll, key string, value []byte) (uint64, error)
+}
+
+// memberEntry is one member in the members document.
+type memberEntry struct {
+	BeatAt   int64 `json:"beatAt"` // ms, the member's clock
+	TTLMs    int64 `json:"ttlMs"`
+	Started  int64 `json:"started"` // ms
+	VBuckets int   `json:"vbuckets"`
+	// Leaving: the member stopped cleanly; it no longer counts as live.
+	Leaving bool `json:"leaving,omitempty"`
+}
+
+func (e memberEntry) expiresAt() time.Time {
+	return time.UnixMilli(e.BeatAt + e.TTLMs)
+}
+
+type membersDoc struct {
+	Members map[string]memberEntry `json:"members"`
+}
+
+// membersKey names a feed's members document.
+func membersKey(feed string) string { return "members:" + feed }
+
+// group is one member's view of a feed's members.
+type group struct {
+	kv   metaKV
+	key  string
+	me   string
+	ttl  time.Duration
+	now  func() time.Time
+	born time.Time
+}
+
+func newGroup(kv metaKV, feed, me string, ttl time.Duration, now func() time.Time) *group {
+	return &group{kv: kv, key: membersKey(feed), me: me, ttl: ttl, now: now, born: now()}
+}
+
+// forgetAfter is how long past its expiry an entry stays in the document,
+// so that operators see a member that stopped heartbeating before it goes.
+const forgetAfter = 10
+
+// beat renews this member's entry, saying it owns vbuckets, and returns
+// the document as written. Entries expired for forgetAfter TTLs are
+// dropped on the way.
+func (g *group) beat(ctx context.Context, vbuckets int) (membersDoc, error) {
+	return g.update(ctx, func(d *membersDoc, now time.Time) {
+		d.Members[g.me] = memberEntry{BeatAt: now.UnixMilli(), TTLMs: g.ttl.Milliseconds(),
+			Started: g.born.UnixMilli(), VBuckets: vbuckets}
+	})
+}
+
+// leave marks this member as gone, so that the others take its vBuckets
+// at once instead of after its TTL.
+func (g *group) leave(ctx context.Context) error {
+	_, err := g.update(ctx, func(d *membersDoc, _ time.Time) {
+		if e, ok := d.Members[g.me]; ok {
+			e.Leaving, e.VBuckets = true, 0
+			d.Members[g.me] = e
+		}
+	})
+	return err
+}
+
+// update reads the members document, changes it with fn and writes it back
+// by CAS, again from a fresh read when another member wrote in between.
+func (g *group) update(ctx context.Context, fn func(d *membersDoc, now time.Time)) (membersDoc, error) {
+	for attempt := 0; ; attempt++ {
+		var d membersDoc
+		cur, err := g.kv.Get(ctx, store.Meta, g.key)
+		found := err == nil
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return membersDoc{}, fmt.Errorf("read %s: %w", g.key, err)
+		default:
+			if err := json.Unmarshal(cur.Value, &d); err != nil {
+				return membersDoc{}, fmt.Errorf("%s is not a members document: %w", g.key, err)
+			}
+		}
+		if d.Members == nil {
+			d.Members = map[string]memberEntry{}
+		}
+		now := g.now()
+		for name, e := range d.Members {
+			if now.After(e.expiresAt().Add(forgetAfter * time.Duration(e.TTLMs) * time.Millisecond)) {
+				delete(d.Members, name)
+			}
+		}
+		fn(&d, now)
+		b, err := json.Marshal(d)
+		if err != nil {
+			return membersDoc{}, err
+		}
+		if found {
+			_, err = g.kv.Replace(ctx, store.Meta, g.key, b, cur.CAS)
+		} else {
+			_, err = g.kv.Insert(ctx, store.Meta, g.key, b)
+		}
+		if err == nil {
+			return d, nil
+		}
+		raced := errors.Is(err, store.ErrCASMismatch) || errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrNotFound)
+		if !raced || attempt == 20 {
+			return membersDoc{}, fmt.Errorf("write %s: %w", g.key, err)
+		}
+	}
+}
+
+// live is the sorted names of the members whose entries have not expired
+// at now and who are not leaving.
+func (d membersDoc) live(now time.Time) []string {
+	var out []string
+	for name, e := range d.Members {
+		if !e.Leaving && e.expiresAt().After(now) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// assignment gives each of n vBuckets an owner among members (sorted,
+// not empty): rendezvous hashing with bounded loads. Each vBucket ranks
+// the members by a hash of (member, vBucket) and goes to the first that
+// has fewer than n/len(members) already, or exactly that while some of the
+// remainder n%len(members) are left to hand out. Every member computes the
+// same answer from the same list; the loads differ by at most one; and
+// when a member joins or goes, few vBuckets move besides those it takes or
+// leaves (TestAssignmentIsBalancedAndMovesLittle measures it).
+func assignment(members []string, n int) []string {
+	out := make([]string, n)
+	if len(members) == 0 {
+		return out
+	}
+	floor, extra := n/len(members), n%len(members)
+	load := make([]int, len(members))
+	score := make([]uint64, len(members))
+	order := make([]int, len(members))
+	var buf [2]byte
+	for vb := range n {
+		binary.BigEndian.PutUint16(buf[:], uint16(vb))
+		for i, m := range members {
+			h := fnv.New64a()
+			h.Write([]byte(m))
+			h.Write(buf[:])
+			score[i], order[i] = mix(h.Sum64()), i
+		}
+		slices.SortFunc(order, func(a, b int) int {
+			switch {
+			case score[a] > score[b]:
+				return -1
+			case score[a] < score[b]:
+				return 1
+			}
+			return 0
+		})
+		for _, i := range order {
+			if load[i] < floor || (load[i] == floor && extra > 0) {
+				if load[i] == floor {
+					extra--
+				}
+				load[i]++
+				out[vb] = members[i]
+				break
+			}
+		}
+	}
+	return out
+}
+
+// mix is splitmix64's finalizer: FNV of similar names is not spread
+// evenly enough on its own.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+// Member is one instance of a feed, as the members document shows it.
+type Member struct {
+	Name         string
+	HeartbeatAge time.Duration // since its last renewal, by the reader's clock
+	VBuckets     int           // how many it said it owns at its last renewal
+	Live         bool          // renewed within its TTL and not leaving
+	Leaving      bool          // stopped cleanly
+}
+
+// members lists d's entries as seen at now, sorted by name.
+func (d membersDoc) members(now time.Time) []Member {
+	out := make([]Member, 0, len(d.Members))
+	for name, e := range d.Members {
+		out = append(out, Member{Name: name, HeartbeatAge: max(0, now.Sub(time.UnixMilli(e.BeatAt))),
+			VBuckets: e.VBuckets, Live: !e.Leaving && e.expiresAt().After(now), Leaving: e.Leaving})
+	}
+	slices.SortFunc(out, func(a, b Member) int {
+		switch {
+		case a.Name < b.Name:
+			return -1
+		case a.Name > b.Name:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// Members reads feed's members document: every member that heartbeated
+// lately, live or not, with its heartbeat age by this process's clock.
+func (s *Store) Members(ctx context.Context, feed string) ([]store.Member, error) {
+	d, err := s.Get(ctx, store.Meta, membersKey(feed))
+	if errors.Is(err, store.ErrNotFound) {
+		return []store.Member{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var doc membersDoc
+	if err := json.Unmarshal(d.Value, &doc); err != nil {
+		return nil, fmt.Errorf("%s is not a members document: %w", membersKey(feed), err)
+	}
+	out := []store.Member{}
+	for _, m := range doc.members(s.now()) {
+		out = append(out, store.Member{Name: m.Name, HeartbeatAge: m.HeartbeatAge, Partitions: m.VBuckets, Live: m.Live, Leaving: m.Leaving})
+	}
+	return out, nil
+}
+
+var _ store.MemberLister = (*Store)(nil)
