@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -32,6 +33,20 @@ func TestCouchbaseFeedMetrics(t *testing.T) {
 		assert.Contains(t, v, name)
 	}
 	assert.Equal(t, "1", v["ordermail_store_up"])
+
+	// A lone member: it owns every vBucket, and the members are shown.
+	assert.Equal(t, "64", v["ordermail_feed_vbuckets_owned"])
+	assert.Equal(t, "64", v["ordermail_feed_vbuckets_claimed_total"])
+	assert.Equal(t, "0", v["ordermail_feed_vbuckets_fenced_total"])
+	assert.Equal(t, "1", v[`ordermail_members{state="live"}`])
+	assert.Equal(t, "0", v[`ordermail_members{state="stale"}`])
+	ages := 0
+	for name := range v {
+		if strings.HasPrefix(name, "ordermail_member_heartbeat_age_seconds{member=") {
+			ages++
+		}
+	}
+	assert.Equal(t, 1, ages, "one member's heartbeat age: %v", v)
 }
 
 // TestDroppedCollectionStopsTheService: a watched collection dropped
