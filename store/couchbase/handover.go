@@ -106,6 +106,16 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	owned := f.stats.VBuckets
 	prev := o.lastTry
 	late := !prev.IsZero() && !o.validLocked(sent)
+	if late {
+		// Nothing more is handed out until fenceAll has checked what is
+		// still ours: lastTry moves now, and the streams would hand out
+		// again before that.
+		for vb, st := range f.state {
+			if st.held && !st.releasing {
+				f.voidLocked(vb)
+			}
+		}
+	}
 	o.lastTry = sent
 	f.mu.Unlock()
 	if late {
@@ -121,7 +131,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	// the TTL, the others may have taken us for dead meanwhile.
 	wrote := time.UnixMilli(doc.Members[o.me].BeatAt)
 	f.mu.Lock()
-	away := !o.lastBeat.IsZero() && f.opts.now().Sub(o.lastBeat) >= o.ttl-o.beat
+	away := late || (!o.lastBeat.IsZero() && f.opts.now().Sub(o.lastBeat) >= o.ttl-o.beat)
 	f.mu.Unlock()
 	if away {
 		// Our entry may have expired meanwhile: the others may have taken
@@ -161,7 +171,11 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	for _, vb := range releases {
 		f.wg.Go(func() { f.release(vb) })
 	}
-	claimed := f.claimAll(ctx, claims, func(m string) bool { return isLive[m] })
+	// Within a heartbeat: the loop must come round again in time (the
+	// claims left are made at the next one).
+	cctx, cancel := context.WithTimeout(ctx, o.beat)
+	claimed := f.claimAll(cctx, claims, func(m string) bool { return isLive[m] })
+	cancel()
 	if len(claimed) > 0 || len(releases) > 0 {
 		f.log.Info("rebalanced", "members", len(live), "claimed", len(claimed), "handing_over", len(releases))
 		f.poke()

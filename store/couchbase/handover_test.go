@@ -203,3 +203,37 @@ func openOnce(t *testing.T, cfg Config) *Store {
 	t.Cleanup(func() { writerMu.Lock(); delete(writers, cfg.ConnStr); writerMu.Unlock() })
 	return s
 }
+
+// --instance i/n: a fixed split, no members document, no owners in the
+// checkpoints.
+func TestStaticSplitStreamsItsShare(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 2})
+	c := &consumer{seen: map[string][]string{}}
+	for i := range 2 {
+		cfg := cfg
+		cfg.Instance, cfg.Instances = i, 2
+		s := openStore(t, cfg)
+		sub := subscribe(t, s, "feed", watched, false)
+		st := feedStats(sub)
+		assert.Equal(t, testVBuckets/2, st.VBuckets)
+		assert.Empty(t, st.Member)
+		consume(t, fmt.Sprint(i), sub, c)
+	}
+	var keys []string
+	for vb := range uint16(testVBuckets) {
+		k := keyOn(srv, "k-", vb)
+		keys = append(keys, k)
+		put(t, openOnce(t, cfg), order.Inbound, k)
+	}
+	waitFor(t, func() (bool, string) {
+		missing, _ := c.report(keys)
+		return len(missing) == 0, fmt.Sprintf("never delivered: %v", missing)
+	})
+	c.mu.Lock()
+	for vb, k := range keys {
+		assert.Equal(t, []string{fmt.Sprint(vb % 2)}, c.seen[k], "vb %d goes to instance %d only", vb, vb%2)
+	}
+	c.mu.Unlock()
+	_, err := openOnce(t, cfg).Get(ctxFor(t, 10*time.Second), store.Meta, membersKey("feed"))
+	assert.ErrorIs(t, err, store.ErrNotFound, "no members document in static mode")
+}
