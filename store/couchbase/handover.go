@@ -49,8 +49,8 @@ type ownership struct {
 	fromNow  bool
 }
 
-func newOwnership(kv metaKV, cps ownedCheckpoints, feed, me string, ttl time.Duration, now func() time.Time) *ownership {
-	return &ownership{group: newGroup(kv, feed, me, ttl, now), cps: cps, me: me, ttl: ttl, beat: ttl / 5}
+func newOwnership(s *Store, cps ownedCheckpoints, feed, me string, ttl time.Duration, now func() time.Time) *ownership {
+	return &ownership{group: newGroup(s, s.write, feed, me, ttl, now), cps: cps, me: me, ttl: ttl, beat: ttl / 5}
 }
 
 // validLocked says whether the heartbeat loop ran recently enough that

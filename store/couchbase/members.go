@@ -56,6 +56,7 @@ func membersKey(feed string) string { return "members:" + feed }
 // group is one member's view of a feed's members.
 type group struct {
 	kv   metaKV
+	put  func(context.Context, store.Write) (uint64, error) // a write with its expiry
 	key  string
 	me   string
 	ttl  time.Duration
@@ -63,8 +64,9 @@ type group struct {
 	born time.Time
 }
 
-func newGroup(kv metaKV, feed, me string, ttl time.Duration, now func() time.Time) *group {
-	return &group{kv: kv, key: membersKey(feed), me: me, ttl: ttl, now: now, born: now()}
+func newGroup(kv metaKV, put func(context.Context, store.Write) (uint64, error), feed, me string, ttl time.Duration,
+	now func() time.Time) *group {
+	return &group{kv: kv, put: put, key: membersKey(feed), me: me, ttl: ttl, now: now, born: now()}
 }
 
 // forgetAfter is how long past its expiry an entry stays in the document,
@@ -95,6 +97,8 @@ func (g *group) leave(ctx context.Context) error {
 
 // update reads the members document, changes it with fn and writes it back
 // by CAS, again from a fresh read when another member wrote in between.
+// The document expires when no member has renewed it for forgetAfter
+// TTLs: a cluster whose instances are all gone keeps nothing of them.
 func (g *group) update(ctx context.Context, fn func(d *membersDoc, now time.Time)) (membersDoc, error) {
 	for attempt := 0; ; attempt++ {
 		var d membersDoc
@@ -123,11 +127,12 @@ func (g *group) update(ctx context.Context, fn func(d *membersDoc, now time.Time
 		if err != nil {
 			return membersDoc{}, err
 		}
+		w := store.Write{Op: store.OpInsert, Collection: store.Meta, Key: g.key, Value: b,
+			Expiry: now.Add(forgetAfter * g.ttl)}
 		if found {
-			_, err = g.kv.Replace(ctx, store.Meta, g.key, b, cur.CAS)
-		} else {
-			_, err = g.kv.Insert(ctx, store.Meta, g.key, b)
+			w.Op, w.CAS = store.OpReplace, cur.CAS
 		}
+		_, err = g.put(ctx, w)
 		if err == nil {
 			return d, nil
 		}

@@ -2,9 +2,13 @@ package couchbase
 
 import (
 	"fmt"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/ordermail/ordermail/store/couchbase/cbtest"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func names(n int) []string {
@@ -60,4 +64,46 @@ func TestAssignmentIsBalancedAndMovesLittle(t *testing.T) {
 			assert.LessOrEqual(t, moved, load[members[0]]*13/10, "%d -> %d members", m, m-1)
 		}
 	}
+}
+
+// Issue 11: the members document is written by CAS with an expiry: each
+// member's entry lives its TTL, and the document itself goes when no
+// member has renewed it for forgetAfter TTLs.
+func TestMembersDocumentExpires(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	cfg, srv := fakeCluster(t, cbtest.Options{Clock: clock})
+	s := openStore(t, cfg, func(s *Store) { s.now = clock })
+	ctx := ctxFor(t, 10*time.Second)
+	const ttl = 2 * time.Second
+	a := newGroup(s, s.write, "feed", "a", ttl, clock)
+	b := newGroup(s, s.write, "feed", "b", ttl, clock)
+	_, err := a.beat(ctx, 3)
+	require.NoError(t, err)
+	doc, err := b.beat(ctx, 5)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a", "b"}, doc.live(clock()))
+
+	advance(ttl + time.Millisecond) // a stops; b renews
+	doc, err = b.beat(ctx, 8)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"b"}, doc.live(clock()), "a's entry expired")
+	ms, err := s.Members(ctx, "feed")
+	require.NoError(t, err)
+	require.Len(t, ms, 2, "a is still listed, as stale")
+	assert.False(t, ms[0].Live)
+	assert.Equal(t, 3, ms[0].Partitions)
+	assert.True(t, ms[1].Live)
+
+	require.NoError(t, b.leave(ctx))
+	ms, err = s.Members(ctx, "feed")
+	require.NoError(t, err)
+	assert.True(t, ms[1].Leaving)
+	_, _, _, ok := srv.Doc("metadata", "_default", "_default", membersKey("feed"))
+	assert.True(t, ok)
+	advance(forgetAfter*ttl + time.Second)
+	_, _, _, ok = srv.Doc("metadata", "_default", "_default", membersKey("feed"))
+	assert.False(t, ok, "nobody renewed it: the document expired")
 }
