@@ -188,6 +188,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 func (f *feed) claimAll(ctx context.Context, vbs []uint16, live func(string) bool) []uint16 {
 	var mu sync.Mutex
 	var got []uint16
+	from := map[string]int{} // vBuckets taken over, by the member that had them
 	errs := parallel(ctx, vbs, f.opts.saveParallel, func(ctx context.Context, vb uint16) error {
 		ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
 		defer cancel()
@@ -202,7 +203,9 @@ func (f *feed) claimAll(ctx context.Context, vbs []uint16, live func(string) boo
 			return err
 		}
 		if prev != "" && prev != f.own.me {
-			f.log.Info("took over a vBucket", "vb", vb, "from", prev, "epoch", c.epoch)
+			mu.Lock()
+			from[prev]++
+			mu.Unlock()
 		}
 		st.held, st.claim = true, c
 		st.phase, st.at = phaseWaiting, f.opts.now()
@@ -228,6 +231,9 @@ func (f *feed) claimAll(ctx context.Context, vbs []uint16, live func(string) boo
 	}
 	if failed > 0 && ctx.Err() == nil {
 		f.log.Warn("claim vBuckets", "failed", failed, "error", first)
+	}
+	for prev, n := range from {
+		f.log.Warn("took over the vBuckets of a member that stopped heartbeating", "member", prev, "vbuckets", n)
 	}
 	return got
 }
