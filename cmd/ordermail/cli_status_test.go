@@ -3,10 +3,13 @@ package main
 import (
 	"encoding/json"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/store"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -115,4 +118,34 @@ func TestRetriesStatusSeesTheService(t *testing.T) {
 	err, _ = p.stop(t, syscall.SIGTERM)
 	require.NoError(t, err, "logs:\n%s", p.logs.String())
 	assert.Equal(t, false, readStatus(t, storeURL).Service.Running)
+}
+
+// Issue 11: on Couchbase, whether instances run is what their heartbeats
+// say; with none (none runs, or --instance i/n, which does not heartbeat)
+// the probe's "unknown" stands.
+func TestStatusViewOfMembers(t *testing.T) {
+	now := time.Now()
+	unknown := serviceView{Running: "unknown", Note: "probe"}
+	v := newStatusView(ops.Status{Members: []store.Member{}}, now, unknown)
+	assert.Equal(t, unknown, v.Service)
+	assert.Empty(t, v.Members)
+
+	v = newStatusView(ops.Status{Members: []store.Member{
+		{Name: "a", Live: true, HeartbeatAge: 1500 * time.Millisecond, Partitions: 512},
+		{Name: "b", HeartbeatAge: 40 * time.Second, Partitions: 512},
+		{Name: "c", Leaving: true, HeartbeatAge: time.Second},
+	}, Sweeper: &ops.Sweeper{Holder: "a", ExpiresAt: now.Add(time.Second)}}, now, unknown)
+	assert.Equal(t, true, v.Service.Running)
+	assert.Equal(t, "1 live members of 3 heartbeating lately", v.Service.Note)
+	assert.Equal(t, []memberView{
+		{Name: "a", State: "live", HeartbeatAgeSeconds: 1.5, VBuckets: 512},
+		{Name: "b", State: "stale", HeartbeatAgeSeconds: 40, VBuckets: 512},
+		{Name: "c", State: "leaving", HeartbeatAgeSeconds: 1},
+	}, v.Members)
+	require.NotNil(t, v.Sweeper)
+	assert.Equal(t, "a", v.Sweeper.Holder)
+	var out strings.Builder
+	require.NoError(t, printStatus(&out, v, 15*time.Second))
+	assert.Contains(t, out.String(), "  stale         40.0s       512  b\n")
+	assert.Contains(t, out.String(), "sweeper:            a (lease until")
 }

@@ -169,8 +169,9 @@ func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 		v.Members = append(v.Members, memberView{Name: m.Name, State: state,
 			HeartbeatAgeSeconds: m.HeartbeatAge.Round(time.Millisecond).Seconds(), VBuckets: m.Partitions})
 	}
-	if s.Members != nil {
+	if len(s.Members) > 0 {
 		// Couchbase instances sharing the feed: their heartbeats say.
+		// (With --instance i/n they do not heartbeat: "unknown" stands.)
 		v.Service = serviceView{Running: live > 0, Note: fmt.Sprintf("%d live members of %d heartbeating lately", live, len(s.Members))}
 	}
 	if s.OldestDueAt != nil {
@@ -202,7 +203,7 @@ func probeService(storeURL string) serviceView {
 	path, ok := strings.CutPrefix(storeURL, "file:")
 	if !ok {
 		return serviceView{Running: "unknown",
-			Note: "Couchbase instances hold no lock this command can test; see their metrics endpoints"}
+			Note: "no instance heartbeats on this cluster: none runs, or they run with --instance i/n, which holds no lock this command can test; see their metrics endpoints"}
 	}
 	lock := embedded.NewProcessLock(path)
 	if _, err := os.Stat(lock.Path()); errors.Is(err, os.ErrNotExist) {
