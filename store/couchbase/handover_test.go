@@ -237,3 +237,59 @@ func TestStaticSplitStreamsItsShare(t *testing.T) {
 	_, err := openOnce(t, cfg).Get(ctxFor(t, 10*time.Second), store.Meta, membersKey("feed"))
 	assert.ErrorIs(t, err, store.ErrNotFound, "no members document in static mode")
 }
+
+// Issue 11: a handover waits for the events in flight: the old owner hands
+// a vBucket over only once what it handed out is acknowledged, and the new
+// owner starts after them, so nothing is delivered twice.
+func TestHandoverWaitsForEventsInFlight(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	a := openStore(t, cfg, func(s *Store) { s.member = "a" })
+	subA := subscribe(t, a, "feed", watched, false)
+	var keys []string
+	for vb := range uint16(testVBuckets) {
+		k := keyOn(srv, "held-", vb)
+		keys = append(keys, k)
+		put(t, a, order.Inbound, k)
+	}
+	// a reads every event and holds them all, unacknowledged.
+	var held []store.Event
+	ctx := ctxFor(t, 20*time.Second)
+	for len(held) < len(keys) {
+		ev, err := subA.Next(ctx)
+		require.NoError(t, err)
+		held = append(held, ev)
+	}
+
+	b := openStore(t, cfg, func(s *Store) { s.member = "b" })
+	subB := subscribe(t, b, "feed", watched, false)
+	c := &consumer{seen: map[string][]string{}}
+	consume(t, "b", subB, c)
+	// b's share is assigned to it, but a still has events of it in
+	// flight: a hands nothing over meanwhile.
+	waitFor(t, func() (bool, string) {
+		st := feedStats(subB)
+		return len(st.Members) == 2, fmt.Sprintf("b %+v", st)
+	})
+	// Two more of a's heartbeats: room to hand over too early.
+	fa := subA.(*feed)
+	lastTry := func() time.Time { fa.mu.Lock(); defer fa.mu.Unlock(); return fa.own.lastTry }
+	t0 := lastTry()
+	waitFor(t, func() (bool, string) {
+		return lastTry().Sub(t0) > fa.own.beat, fmt.Sprintf("a's heartbeat loop last ran %v", lastTry())
+	})
+	assert.Equal(t, testVBuckets, feedStats(subA).VBuckets, "a handed over with events in flight")
+	assert.Zero(t, feedStats(subB).VBuckets)
+
+	for _, ev := range held {
+		ev.Ack()
+	}
+	waitFor(t, func() (bool, string) {
+		sa, sb := feedStats(subA), feedStats(subB)
+		return sb.VBuckets > 0 && sa.VBuckets+sb.VBuckets == testVBuckets && sb.StreamsOpen == sb.VBuckets,
+			fmt.Sprintf("a %+v, b %+v", sa, sb)
+	})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	assert.Empty(t, c.seen, "b delivered again what a had handed out and acknowledged")
+	assert.Empty(t, srv.StreamOverlaps("orders"))
+}
