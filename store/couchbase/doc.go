@@ -11,7 +11,11 @@
 // saved before anything is streamed). Streams that end, are refused or go
 // unanswered are reopened from their checkpoint; a rollback restarts from
 // the server's point on the branch that covers it; a dropped collection
-// fails the feed unless it was created again. Only this package imports
+// fails the feed unless it was created again. The instances of a feed
+// share its vBuckets by heartbeats in a members document (members.go) and
+// hand them over through the checkpoint documents, which name the owner
+// and its epoch and are written only by CAS (handover.go); --instance i/n
+// gives a fixed split instead. Only this package imports
 // gocb and gocbcore: their errors are mapped to the store's.
 //
 // The integration tests run against cbtest, an in-process Couchbase, or
