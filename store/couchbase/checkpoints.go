@@ -23,27 +23,13 @@ func checkpointKey(name string, vb uint16) string {
 
 // Load reads the checkpoints of vbs, many at once.
 func (m metaCheckpoints) Load(ctx context.Context, name string, vbs []uint16) (map[uint16]position, error) {
-	out := map[uint16]position{}
-	var mu sync.Mutex
-	errs := parallel(ctx, vbs, 32, func(ctx context.Context, vb uint16) error {
-		d, err := m.s.Get(ctx, store.Meta, checkpointKey(name, vb))
-		if errors.Is(err, store.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		var p position
-		if err := json.Unmarshal(d.Value, &p); err != nil {
-			return fmt.Errorf("checkpoint %s: %w", checkpointKey(name, vb), err)
-		}
-		mu.Lock()
-		out[vb] = p
-		mu.Unlock()
-		return nil
-	})
-	if err := joinErrs(errs, len(vbs)); err != nil {
+	docs, err := m.Owners(ctx, name, vbs)
+	if err != nil {
 		return nil, err
+	}
+	out := make(map[uint16]position, len(docs))
+	for vb, d := range docs {
+		out[vb] = d.position
 	}
 	return out, nil
 }
@@ -154,7 +140,8 @@ func (m metaCheckpoints) writeOwned(ctx context.Context, name string, vb uint16,
 	return claim{epoch: c.epoch, cas: cas}, nil
 }
 
-// Owners reads who owns each of vbs, for tests and operators.
+// Owners reads the checkpoint documents of vbs, many at once: positions,
+// and in membership mode their owners.
 func (m metaCheckpoints) Owners(ctx context.Context, name string, vbs []uint16) (map[uint16]ownedCheckpoint, error) {
 	out := map[uint16]ownedCheckpoint{}
 	var mu sync.Mutex
@@ -175,5 +162,8 @@ func (m metaCheckpoints) Owners(ctx context.Context, name string, vbs []uint16) 
 		mu.Unlock()
 		return nil
 	})
-	return out, joinErrs(errs, len(vbs))
+	if err := joinErrs(errs, len(vbs)); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
