@@ -96,6 +96,15 @@ func (r *recorder) waitFor(t *testing.T, handle func(dcpEvent), cond func() bool
 
 func newDCPAgent(t *testing.T, s *Server, bucket string, bufSize int) *gocbcore.DCPAgent {
 	t.Helper()
+	agent, _, _ := dcpAgentOf(t, s, bucket, bufSize)
+	return agent
+}
+
+// dcpAgentOf opens a DCP agent on bucket with a flow-control buffer of
+// bufSize (0: none) and returns it, its DCP connection name and a close
+// the test may call early.
+func dcpAgentOf(t *testing.T, s *Server, bucket string, bufSize int) (*gocbcore.DCPAgent, string, func()) {
+	t.Helper()
 	ac := &gocbcore.DCPAgentConfig{}
 	require.NoError(t, ac.FromConnStr(s.ConnStr()))
 	ac.SecurityConfig.Auth = gocbcore.PasswordAuthProvider{Username: s.Username(), Password: s.Password()}
@@ -111,13 +120,14 @@ func newDCPAgent(t *testing.T, s *Server, bucket string, bufSize int) *gocbcore.
 	agent, err := gocbcore.CreateDcpAgent(ac, name, memd.DcpOpenFlagProducer)
 	require.NoError(t, err)
 	var once sync.Once // gocbcore panics on a second Close
-	t.Cleanup(func() { once.Do(func() { _ = agent.Close() }) })
+	closeAgent := func() { once.Do(func() { _ = agent.Close() }) }
+	t.Cleanup(closeAgent)
 	ready := make(chan error, 1)
 	_, err = agent.WaitUntilReady(time.Now().Add(10*time.Second), gocbcore.WaitUntilReadyOptions{},
 		func(_ *gocbcore.WaitUntilReadyResult, err error) { ready <- err })
 	require.NoError(t, err)
 	require.NoError(t, <-ready)
-	return agent
+	return agent, name, closeAgent
 }
 
 var agentSeq atomic.Int64

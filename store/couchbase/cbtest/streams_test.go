@@ -1,14 +1,11 @@
 package cbtest
 
 import (
-	"fmt"
 	"math"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/couchbase/gocbcore/v10"
-	"github.com/couchbase/gocbcore/v10/memd"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -17,26 +14,7 @@ import (
 // and a close the test may call early (gocbcore panics on a second Close).
 func namedDCPAgent(t *testing.T, s *Server, bucket string) (*gocbcore.DCPAgent, string, func()) {
 	t.Helper()
-	ac := &gocbcore.DCPAgentConfig{}
-	require.NoError(t, ac.FromConnStr(s.ConnStr()))
-	ac.SecurityConfig.Auth = gocbcore.PasswordAuthProvider{Username: s.Username(), Password: s.Password()}
-	ac.BucketName = bucket
-	ac.UserAgent = "cbtest"
-	ac.IoConfig.UseCollections = true
-	ac.DCPConfig.UseExpiryOpcode = true
-	ac.CompressionConfig.Enabled = false
-	name := fmt.Sprintf("cbtest-%s-%d", t.Name(), agentSeq.Add(1))
-	agent, err := gocbcore.CreateDcpAgent(ac, name, memd.DcpOpenFlagProducer)
-	require.NoError(t, err)
-	var once sync.Once
-	closeAgent := func() { once.Do(func() { _ = agent.Close() }) }
-	t.Cleanup(closeAgent)
-	ready := make(chan error, 1)
-	_, err = agent.WaitUntilReady(time.Now().Add(10*time.Second), gocbcore.WaitUntilReadyOptions{},
-		func(_ *gocbcore.WaitUntilReadyResult, err error) { ready <- err })
-	require.NoError(t, err)
-	require.NoError(t, <-ready)
-	return agent, name, closeAgent
+	return dcpAgentOf(t, s, bucket, 0)
 }
 
 // closeStream closes the agent's stream on vb and waits for the answer.
