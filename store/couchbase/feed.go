@@ -110,6 +110,7 @@ type vbState struct {
 	claim     claim // the epoch and the CAS of our last checkpoint write
 	claiming  bool  // a claim is under way
 	releasing bool  // being handed over: nothing more is handed out
+	suspect   bool  // voided when we may have been taken for dead: streamed again once a checkpoint write says it is ours
 	// op is held while a stream request is sent and while a release
 	// closes the stream, so that no request goes out after the close.
 	op sync.Mutex
@@ -872,6 +873,14 @@ func (f *feed) every(d time.Duration, fn func()) {
 // UUID), all of them even when some fail, and forgets the snapshots below
 // the saved ones.
 func (f *feed) flush(ctx context.Context) error {
+	_, err := f.save(ctx, false)
+	return err
+}
+
+// save is flush; with all, it writes every checkpoint this member owns,
+// moved or not (fenceAll: a write by our last CAS says whether it is still
+// ours). It returns the vBuckets it saved.
+func (f *feed) save(ctx context.Context, all bool) ([]uint16, error) {
 	if f.own != nil {
 		// A handover's checkpoint write and ours must not cross: each is
 		// by the CAS of the other's.
@@ -891,14 +900,14 @@ func (f *feed) flush(ctx context.Context) error {
 		if f.own != nil && (!st.held || st.releasing) {
 			continue
 		}
-		if p := f.positionAt(vb, cps[vb]); p != f.saved[vb] {
+		if p := f.positionAt(vb, cps[vb]); p != f.saved[vb] || all {
 			work[vb] = todo{p, st.gen, st.claim}
 			vbs = append(vbs, vb)
 		}
 	}
 	f.mu.Unlock()
 	if len(vbs) == 0 {
-		return nil
+		return nil, nil
 	}
 	var claimsMu sync.Mutex
 	claims := map[uint16]claim{}
@@ -918,7 +927,7 @@ func (f *feed) flush(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	stopping := ctx == f.ctx && f.ctx.Err() != nil // the saver, cut short by Close: Close saves again
-	var lost []uint16
+	var lost, saved []uint16
 	for _, vb := range vbs {
 		if errors.Is(errs[vb], errFenced) {
 			if st := f.state[vb]; st.held && st.claim == work[vb].claim {
@@ -935,6 +944,7 @@ func (f *feed) flush(ctx context.Context) error {
 		}
 		w := work[vb]
 		f.saved[vb] = w.p
+		saved = append(saved, vb)
 		if st := f.state[vb]; f.own != nil && st.claim == w.claim {
 			st.claim = claims[vb]
 		}
@@ -945,12 +955,12 @@ func (f *feed) flush(ctx context.Context) error {
 		}
 	}
 	if len(lost) > 0 {
-		f.lostLocked(lost, "its checkpoint was refused")
+		f.lostLocked(lost, "its checkpoint write was refused: another member claimed it")
 	}
 	if err := joinErrs(errs, len(vbs)); err != nil {
-		return fmt.Errorf("save checkpoints of %s: %w", f.name, err)
+		return saved, fmt.Errorf("save checkpoints of %s: %w", f.name, err)
 	}
-	return nil
+	return saved, nil
 }
 
 // highsLoop reads the vBuckets' high seqnos now and then, for the lag.

@@ -132,6 +132,9 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	wrote := time.UnixMilli(doc.Members[o.me].BeatAt)
 	f.mu.Lock()
 	away := late || (!o.lastBeat.IsZero() && f.opts.now().Sub(o.lastBeat) >= o.ttl-o.beat)
+	for _, st := range f.state {
+		away = away || (st.held && st.suspect) // voided by a stream, or not yet found ours
+	}
 	f.mu.Unlock()
 	if away {
 		// Our entry may have expired meanwhile: the others may have taken
@@ -158,7 +161,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 		case st.held && !mine:
 			st.releasing = true
 			releases = append(releases, vb)
-		case st.held && st.phase == phaseUnowned:
+		case st.held && st.phase == phaseUnowned && !st.suspect:
 			// A handover that could not write its checkpoint, and vb is
 			// ours again: stream it again.
 			st.phase, st.at, st.closeFirst = phaseWaiting, now, true
@@ -207,7 +210,7 @@ func (f *feed) claimAll(ctx context.Context, vbs []uint16, live func(string) boo
 			from[prev]++
 			mu.Unlock()
 		}
-		st.held, st.claim = true, c
+		st.held, st.claim, st.suspect = true, c, false
 		st.phase, st.at = phaseWaiting, f.opts.now()
 		st.gen++
 		st.uuid, st.base, st.snaps, st.rollbackTo = p.UUID, p, nil, nil
@@ -313,11 +316,11 @@ func (f *feed) release(vb uint16) {
 	switch {
 	case err == nil:
 		f.saved[vb] = p
-		st.held = false
+		st.held, st.suspect = false, false
 		f.stats.VBuckets--
 		f.stats.Released++
 	case errors.Is(err, errFenced):
-		st.held = false
+		st.held, st.suspect = false, false
 		f.stats.VBuckets--
 		f.stats.Fenced++
 	default:
@@ -331,61 +334,29 @@ func (f *feed) release(vb uint16) {
 // meanwhile; each vBucket we held is ours still if our checkpoint write
 // goes through by our last CAS, and lost otherwise.
 func (f *feed) fenceAll(ctx context.Context, at time.Time) {
-	f.own.saveMu.Lock()
-	defer f.own.saveMu.Unlock()
-	cps := f.acks.Checkpoints()
-	type held struct {
-		p position
-		c claim
-	}
-	work := map[uint16]held{}
-	var vbs []uint16
 	f.mu.Lock()
+	held, fenced := 0, f.stats.Fenced
 	for vb, st := range f.state {
 		if st.held && !st.releasing {
 			f.voidLocked(vb)
-			work[vb] = held{f.positionAt(vb, cps[vb]), st.claim}
-			vbs = append(vbs, vb)
+			held++
 		}
 	}
 	f.mu.Unlock()
-	var mu sync.Mutex
-	kept := map[uint16]claim{}
-	errs := parallel(ctx, vbs, f.opts.saveParallel, func(ctx context.Context, vb uint16) error {
-		ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
-		defer cancel()
-		c, err := f.own.cps.SaveOwned(ctx, f.name, vb, f.own.me, work[vb].p, work[vb].c)
-		if err == nil {
-			mu.Lock()
-			kept[vb] = c
-			mu.Unlock()
-		}
-		return err
-	})
+	saved, err := f.save(ctx, true)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var lost []uint16
 	now := f.opts.now()
-	for _, vb := range vbs {
-		st := f.state[vb]
-		switch err := errs[vb]; {
-		case err == nil:
-			st.claim = kept[vb]
-			f.saved[vb] = work[vb].p
-			st.phase, st.at, st.closeFirst = phaseWaiting, now, true
-		case errors.Is(err, errFenced):
-			lost = append(lost, vb)
-		default:
-			// Unknown: we may still own it. Try again at the next heartbeat,
-			// streaming nothing meanwhile.
-			st.phase = phaseUnowned
+	kept := 0
+	for _, vb := range saved {
+		if st := f.state[vb]; st.held && !st.releasing {
+			st.phase, st.at, st.closeFirst, st.suspect = phaseWaiting, now, true, false
+			kept++
 		}
 	}
+	// The rest stay unstreamed until a heartbeat finds them ours.
 	f.log.Warn("heartbeat came late: this member may have been taken for dead", "late_by", at.Sub(f.own.lastBeat),
-		"kept", len(kept), "lost", len(lost), "unknown", len(vbs)-len(kept)-len(lost))
-	if len(lost) > 0 {
-		f.lostLocked(lost, "another member claimed it while this one was away")
-	}
+		"kept", kept, "lost", f.stats.Fenced-fenced, "unknown", held-kept-int(f.stats.Fenced-fenced), "error", err)
 	f.poke()
 }
 
@@ -401,6 +372,7 @@ func (f *feed) voidLocked(vb uint16) {
 	st.gen++
 	st.phase = phaseUnowned
 	st.closeFirst = true
+	st.suspect = true
 }
 
 // lostLocked drops vBuckets another member owns now: their streams are
@@ -412,7 +384,7 @@ func (f *feed) lostLocked(vbs []uint16, why string) {
 			continue
 		}
 		f.voidLocked(vb)
-		st.held = false
+		st.held, st.suspect = false, false
 		st.closeFirst = false
 		f.stats.VBuckets--
 		f.stats.Fenced++
