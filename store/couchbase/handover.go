@@ -143,10 +143,6 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	}
 	now := f.opts.now()
 	live := doc.live(now)
-	isLive := map[string]bool{}
-	for _, m := range live {
-		isLive[m] = true
-	}
 
 	var claims []uint16
 	var releases []uint16
@@ -177,13 +173,37 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	// Within a heartbeat: the loop must come round again in time (the
 	// claims left are made at the next one).
 	cctx, cancel := context.WithTimeout(ctx, o.beat)
-	claimed := f.claimAll(cctx, claims, func(m string) bool { return isLive[m] })
+	claimed := f.claimAll(cctx, claims, o.liveness(cctx, doc, now))
 	cancel()
 	if len(claimed) > 0 || len(releases) > 0 {
 		f.log.Info("rebalanced", "members", len(live), "claimed", len(claimed), "handing_over", len(releases))
 		f.poke()
 	}
 	return claimed, nil
+}
+
+// liveness says whether an owner named in a checkpoint is live, for a
+// claim: from doc, our heartbeat's reading at now; an owner it does not
+// list joined after that reading (or was forgotten long ago), so the
+// members document is read again, once, to tell. A member that joined
+// meanwhile and claimed vBuckets must not lose them to a claim made on an
+// older reading: both would stream them until its next checkpoint write
+// was refused. Unsure (the read fails), the owner counts as live.
+func (o *ownership) liveness(ctx context.Context, doc membersDoc, now time.Time) func(string) bool {
+	var once sync.Once
+	var fresh membersDoc
+	var err error
+	return func(owner string) bool {
+		if live, ok := doc.isLive(owner, now); ok {
+			return live
+		}
+		once.Do(func() { fresh, _, err = o.group.read(ctx) })
+		if err != nil {
+			return true
+		}
+		live, _ := fresh.isLive(owner, o.group.now())
+		return live
+	}
 }
 
 // claimAll claims vbs, many at once, and readies the streams of those it

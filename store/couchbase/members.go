@@ -101,21 +101,11 @@ func (g *group) leave(ctx context.Context) error {
 // TTLs: a cluster whose instances are all gone keeps nothing of them.
 func (g *group) update(ctx context.Context, fn func(d *membersDoc, now time.Time)) (membersDoc, error) {
 	for attempt := 0; ; attempt++ {
-		var d membersDoc
-		cur, err := g.kv.Get(ctx, store.Meta, g.key)
-		found := err == nil
-		switch {
-		case errors.Is(err, store.ErrNotFound):
-		case err != nil:
-			return membersDoc{}, fmt.Errorf("read %s: %w", g.key, err)
-		default:
-			if err := json.Unmarshal(cur.Value, &d); err != nil {
-				return membersDoc{}, fmt.Errorf("%s is not a members document: %w", g.key, err)
-			}
+		d, cas, err := g.read(ctx)
+		if err != nil {
+			return membersDoc{}, err
 		}
-		if d.Members == nil {
-			d.Members = map[string]memberEntry{}
-		}
+		found := cas != 0
 		now := g.now()
 		for name, e := range d.Members {
 			if now.After(e.expiresAt().Add(forgetAfter * time.Duration(e.TTLMs) * time.Millisecond)) {
@@ -130,7 +120,7 @@ func (g *group) update(ctx context.Context, fn func(d *membersDoc, now time.Time
 		w := store.Write{Op: store.OpInsert, Collection: store.Meta, Key: g.key, Value: b,
 			Expiry: now.Add(forgetAfter * g.ttl)}
 		if found {
-			w.Op, w.CAS = store.OpReplace, cur.CAS
+			w.Op, w.CAS = store.OpReplace, cas
 		}
 		_, err = g.put(ctx, w)
 		if err == nil {
@@ -143,12 +133,38 @@ func (g *group) update(ctx context.Context, fn func(d *membersDoc, now time.Time
 	}
 }
 
+// read reads the members document and its CAS (0: there is none).
+func (g *group) read(ctx context.Context) (membersDoc, uint64, error) {
+	d := membersDoc{Members: map[string]memberEntry{}}
+	cur, err := g.kv.Get(ctx, store.Meta, g.key)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return d, 0, nil
+	case err != nil:
+		return d, 0, fmt.Errorf("read %s: %w", g.key, err)
+	}
+	if err := json.Unmarshal(cur.Value, &d); err != nil {
+		return d, 0, fmt.Errorf("%s is not a members document: %w", g.key, err)
+	}
+	if d.Members == nil {
+		d.Members = map[string]memberEntry{}
+	}
+	return d, cur.CAS, nil
+}
+
+// isLive says whether name's entry in d is live at now; ok is false when
+// d has no entry for it.
+func (d membersDoc) isLive(name string, now time.Time) (live, ok bool) {
+	e, ok := d.Members[name]
+	return ok && !e.Leaving && e.expiresAt().After(now), ok
+}
+
 // live is the sorted names of the members whose entries have not expired
 // at now and who are not leaving.
 func (d membersDoc) live(now time.Time) []string {
 	var out []string
-	for name, e := range d.Members {
-		if !e.Leaving && e.expiresAt().After(now) {
+	for name := range d.Members {
+		if live, _ := d.isLive(name, now); live {
 			out = append(out, name)
 		}
 	}

@@ -1,6 +1,7 @@
 package couchbase
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"testing"
@@ -106,4 +107,38 @@ func TestMembersDocumentExpires(t *testing.T) {
 	advance(forgetAfter*ttl + time.Second)
 	_, _, _, ok = srv.Doc("metadata", "_default", "_default", membersKey("feed"))
 	assert.False(t, ok, "nobody renewed it: the document expired")
+}
+
+// Issue 11 (found under load): a member's claims use the members it read
+// at its heartbeat. A member that joined after that reading and claimed a
+// vBucket is not in it, and must not be taken for dead: both would stream
+// the vBucket until the newcomer's next checkpoint write was refused.
+func TestAClaimDoesNotTakeFromAMemberThatJoinedSinceItsReading(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	ctx := ctxFor(t, 10*time.Second)
+	const ttl = 2 * time.Second
+	cps := metaCheckpoints{s}
+	start := func(context.Context) (position, error) { return position{}, nil }
+
+	c := newOwnership(s, cps, "feed", "c", ttl, time.Now)
+	reading, err := c.group.beat(ctx, 0) // c's heartbeat: only c
+	require.NoError(t, err)
+	d := newOwnership(s, cps, "feed", "d", ttl, time.Now)
+	_, err = d.group.beat(ctx, 0) // d joins after it
+	require.NoError(t, err)
+	_, _, _, err = cps.Claim(ctx, "feed", 7, "d", func(string) bool { return true }, start)
+	require.NoError(t, err, "d claims vb 7")
+
+	_, _, owner, err := cps.Claim(ctx, "feed", 7, "c", c.liveness(ctx, reading, time.Now()), start)
+	assert.ErrorIs(t, err, errTaken, "c took vb 7 from d, which joined after c's reading")
+	assert.Equal(t, "d", owner)
+
+	// A member that is in no reading at all (gone and forgotten) is fair
+	// game.
+	_, _, _, err = cps.Claim(ctx, "feed", 8, "gone", func(string) bool { return true }, start)
+	require.NoError(t, err)
+	_, _, owner, err = cps.Claim(ctx, "feed", 8, "c", c.liveness(ctx, reading, time.Now()), start)
+	assert.NoError(t, err, "the vBucket of a member nobody lists")
+	assert.Equal(t, "gone", owner)
 }
