@@ -1062,11 +1062,13 @@ func (f *feed) Close(ctx context.Context) error {
 	f.stop()
 	f.wg.Wait()
 	err := f.flush(ctx)
-	if f.own != nil {
-		// Hand every vBucket over at once instead of after our TTL.
-		err = errors.Join(err, f.leave(ctx))
+	if f.own == nil {
+		return errors.Join(err, f.agent.Close())
 	}
-	return errors.Join(err, f.agent.Close())
+	// Hand every vBucket over at once instead of after our TTL, and say
+	// we left only once our streams are gone with the connections.
+	err = errors.Join(err, f.handOverAll(ctx), f.agent.Close())
+	return errors.Join(err, f.leave(ctx))
 }
 
 // Crash stops the feed as the death of its process would: nothing is

@@ -318,10 +318,17 @@ func (f *feed) release(vb uint16) {
 	ctx, cancel := context.WithTimeout(context.Background(), f.opts.opTimeout)
 	defer cancel()
 	st.op.Lock()
-	if err := f.agent.CloseStream(ctx, vb); err != nil {
-		f.log.Debug("close stream to hand it over", "vb", vb, "error", err)
-	}
+	err := f.agent.CloseStream(ctx, vb)
 	st.op.Unlock()
+	if err != nil {
+		// The server may still stream vb to us: not free for another
+		// member yet. The next heartbeat tries again.
+		f.log.Warn("close a stream to hand it over; trying again at the next heartbeat", "vb", vb, "error", err)
+		f.mu.Lock()
+		st.releasing = false
+		f.mu.Unlock()
+		return
+	}
 
 	f.own.saveMu.Lock()
 	defer f.own.saveMu.Unlock()
@@ -329,7 +336,7 @@ func (f *feed) release(vb uint16) {
 	p := f.positionAt(vb, f.acks.Checkpoints()[vb])
 	c := st.claim
 	f.mu.Unlock()
-	err := f.own.cps.Release(ctx, f.name, vb, p, c)
+	err = f.own.cps.Release(ctx, f.name, vb, p, c)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	st.releasing = false
@@ -434,10 +441,12 @@ func (f *feed) heldVbuckets() []uint16 {
 	return out
 }
 
-// leave, at Close after the last checkpoints are saved, closes every
-// stream, writes every vBucket's checkpoint with no owner and marks this
-// member as gone: the others claim its vBuckets at their next heartbeat.
-func (f *feed) leave(ctx context.Context) error {
+// handOverAll, at Close after the last checkpoints are saved, closes every
+// stream and writes every vBucket's checkpoint with no owner: the others
+// claim them at their next heartbeat. A stream that could not be closed
+// keeps its owner until Close has dropped the connection and leave has
+// marked this member as gone.
+func (f *feed) handOverAll(ctx context.Context) error {
 	f.own.saveMu.Lock()
 	defer f.own.saveMu.Unlock()
 	vbs := f.heldVbuckets()
@@ -446,7 +455,7 @@ func (f *feed) leave(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
 		defer cancel()
 		if err := f.agent.CloseStream(ctx, vb); err != nil {
-			f.log.Debug("close stream to leave", "vb", vb, "error", err)
+			return fmt.Errorf("close the stream of vb %d: %w", vb, err)
 		}
 		f.mu.Lock()
 		st := f.state[vb]
@@ -458,11 +467,16 @@ func (f *feed) leave(ctx context.Context) error {
 		}
 		return err
 	})
-	gctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
-	defer cancel()
-	err := f.own.group.leave(gctx)
-	if jerr := joinErrs(errs, len(vbs)); jerr != nil {
-		err = errors.Join(fmt.Errorf("hand over vBuckets: %w", jerr), err)
+	if err := joinErrs(errs, len(vbs)); err != nil {
+		return fmt.Errorf("hand over vBuckets: %w", err)
 	}
-	return err
+	return nil
+}
+
+// leave marks this member as gone, after Close dropped its connections:
+// the others take what it still owns at their next heartbeat.
+func (f *feed) leave(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
+	defer cancel()
+	return f.own.group.leave(ctx)
 }
