@@ -15,7 +15,7 @@ import (
 // bucket, so that instances owning different vBuckets never write the same
 // document, and a vBucket's checkpoint is saved whatever happens to the
 // others.
-type metaCheckpoints struct{ s metaKV }
+type metaCheckpoints struct{ s *Store }
 
 func checkpointKey(name string, vb uint16) string {
 	return "checkpoint:" + name + ":" + strconv.Itoa(int(vb))

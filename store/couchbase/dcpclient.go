@@ -280,7 +280,7 @@ func (s *Store) Subscribe(ctx context.Context, name string, colls []string, opts
 		if now == nil {
 			now = s.now
 		}
-		own = newOwnership(s, metaCheckpoints{s}, name, s.member, s.cfg.MemberTTL, now)
+		own = newOwnership(s, name, s.member, s.cfg.MemberTTL, now)
 		s.log.Info("streaming as a member", "feed", name, "member", s.member, "vbuckets", n, "member_ttl", s.cfg.MemberTTL)
 	}
 	resolve := func(ctx context.Context) (map[uint32]string, error) { return collectionIDs(ctx, s.cfg, s.pw, colls) }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 )
@@ -21,19 +22,10 @@ import (
 // so a member that was paused past its TTL finds its writes refused
 // (errFenced) and drops those vBuckets.
 
-// ownedCheckpoints is what membership mode needs of checkpoint documents;
-// metaCheckpoints is the real one.
-type ownedCheckpoints interface {
-	Claim(ctx context.Context, name string, vb uint16, me string, live func(string) bool,
-		start func(context.Context) (position, error)) (position, claim, string, error)
-	SaveOwned(ctx context.Context, name string, vb uint16, me string, p position, c claim) (claim, error)
-	Release(ctx context.Context, name string, vb uint16, p position, c claim) error
-}
-
 // ownership is a feed's membership mode.
 type ownership struct {
 	group *group
-	cps   ownedCheckpoints
+	cps   metaCheckpoints
 	me    string
 	ttl   time.Duration
 	beat  time.Duration // heartbeat interval: a fifth of the TTL
@@ -42,6 +34,11 @@ type ownership struct {
 	// on one vBucket: each is by the CAS the other left.
 	saveMu sync.Mutex
 
+	// The heartbeat loop's own: the assignment, computed again only when
+	// the live members change.
+	assignedTo []string
+	owners     []string
+
 	// Guarded by the feed's mu.
 	lastBeat time.Time  // the time our last heartbeat wrote
 	lastTry  time.Time  // when the last heartbeat set out, written or not
@@ -49,8 +46,8 @@ type ownership struct {
 	fromNow  bool
 }
 
-func newOwnership(s *Store, cps ownedCheckpoints, feed, me string, ttl time.Duration, now func() time.Time) *ownership {
-	return &ownership{group: newGroup(s, s.write, feed, me, ttl, now), cps: cps, me: me, ttl: ttl, beat: ttl / 5}
+func newOwnership(s *Store, feed, me string, ttl time.Duration, now func() time.Time) *ownership {
+	return &ownership{group: newGroup(s, feed, me, ttl, now), cps: metaCheckpoints{s}, me: me, ttl: ttl, beat: ttl / 5}
 }
 
 // validLocked says whether the heartbeat loop ran recently enough that
@@ -146,7 +143,10 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 
 	var claims []uint16
 	var releases []uint16
-	owners := assignment(live, len(f.vbs))
+	if !slices.Equal(live, o.assignedTo) {
+		o.assignedTo, o.owners = live, assignment(live, len(f.vbs))
+	}
+	owners := o.owners
 	f.mu.Lock()
 	o.lastBeat = wrote
 	o.doc = doc

@@ -66,12 +66,13 @@ func feedStats(sub store.Subscription) FeedStats { return sub.(interface{ Stats(
 func TestMembersShareTheVBucketsAndHandThemOver(t *testing.T) {
 	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 2})
 	c := &consumer{seen: map[string][]string{}}
+	writer := openStore(t, cfg) // the test's own writes
 	var keys []string
 	putAll := func(prefix string) {
 		for vb := range uint16(testVBuckets) {
 			k := keyOn(srv, prefix, vb)
 			keys = append(keys, k)
-			put(t, openOnce(t, cfg), order.Inbound, k)
+			put(t, writer, order.Inbound, k)
 		}
 	}
 
@@ -186,24 +187,6 @@ func allVBuckets() []uint16 {
 	return vbs
 }
 
-var (
-	writerMu sync.Mutex
-	writers  = map[string]*Store{}
-)
-
-// openOnce is one store per cluster for the test's own writes.
-func openOnce(t *testing.T, cfg Config) *Store {
-	writerMu.Lock()
-	defer writerMu.Unlock()
-	if s, ok := writers[cfg.ConnStr]; ok {
-		return s
-	}
-	s := openStore(t, cfg)
-	writers[cfg.ConnStr] = s
-	t.Cleanup(func() { writerMu.Lock(); delete(writers, cfg.ConnStr); writerMu.Unlock() })
-	return s
-}
-
 // --instance i/n: a fixed split, no members document, no owners in the
 // checkpoints.
 func TestStaticSplitStreamsItsShare(t *testing.T) {
@@ -219,11 +202,12 @@ func TestStaticSplitStreamsItsShare(t *testing.T) {
 		assert.Empty(t, st.Member)
 		consume(t, fmt.Sprint(i), sub, c)
 	}
+	writer := openStore(t, cfg)
 	var keys []string
 	for vb := range uint16(testVBuckets) {
 		k := keyOn(srv, "k-", vb)
 		keys = append(keys, k)
-		put(t, openOnce(t, cfg), order.Inbound, k)
+		put(t, writer, order.Inbound, k)
 	}
 	waitFor(t, func() (bool, string) {
 		missing, _ := c.report(keys)
@@ -234,7 +218,7 @@ func TestStaticSplitStreamsItsShare(t *testing.T) {
 		assert.Equal(t, []string{fmt.Sprint(vb % 2)}, c.seen[k], "vb %d goes to instance %d only", vb, vb%2)
 	}
 	c.mu.Unlock()
-	_, err := openOnce(t, cfg).Get(ctxFor(t, 10*time.Second), store.Meta, membersKey("feed"))
+	_, err := writer.Get(ctxFor(t, 10*time.Second), store.Meta, membersKey("feed"))
 	assert.ErrorIs(t, err, store.ErrNotFound, "no members document in static mode")
 }
 

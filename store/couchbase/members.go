@@ -23,15 +23,6 @@ import (
 // heartbeat times from their own clocks, as the sweep lease does: keep the
 // TTL well above their skew.
 
-// metaKV is what membership and checkpoints need of the store: documents of
-// the metadata bucket (store.Meta), read and written by CAS.
-type metaKV interface {
-	Get(ctx context.Context, coll, key string) (store.Doc, error)
-	Insert(ctx context.Context, coll, key string, value []byte) (uint64, error)
-	Replace(ctx context.Context, coll, key string, value []byte, cas uint64) (uint64, error)
-	Upsert(ctx context.Context, coll, key string, value []byte) (uint64, error)
-}
-
 // memberEntry is one member in the members document.
 type memberEntry struct {
 	BeatAt   int64 `json:"beatAt"` // ms, the member's clock
@@ -55,8 +46,7 @@ func membersKey(feed string) string { return "members:" + feed }
 
 // group is one member's view of a feed's members.
 type group struct {
-	kv   metaKV
-	put  func(context.Context, store.Write) (uint64, error) // a write with its expiry
+	s    *Store
 	key  string
 	me   string
 	ttl  time.Duration
@@ -64,9 +54,8 @@ type group struct {
 	born time.Time
 }
 
-func newGroup(kv metaKV, put func(context.Context, store.Write) (uint64, error), feed, me string, ttl time.Duration,
-	now func() time.Time) *group {
-	return &group{kv: kv, put: put, key: membersKey(feed), me: me, ttl: ttl, now: now, born: now()}
+func newGroup(s *Store, feed, me string, ttl time.Duration, now func() time.Time) *group {
+	return &group{s: s, key: membersKey(feed), me: me, ttl: ttl, now: now, born: now()}
 }
 
 // forgetAfter is how long past its expiry an entry stays in the document,
@@ -122,7 +111,7 @@ func (g *group) update(ctx context.Context, fn func(d *membersDoc, now time.Time
 		if found {
 			w.Op, w.CAS = store.OpReplace, cas
 		}
-		_, err = g.put(ctx, w)
+		_, err = g.s.write(ctx, w) // with its expiry
 		if err == nil {
 			return d, nil
 		}
@@ -136,7 +125,7 @@ func (g *group) update(ctx context.Context, fn func(d *membersDoc, now time.Time
 // read reads the members document and its CAS (0: there is none).
 func (g *group) read(ctx context.Context) (membersDoc, uint64, error) {
 	d := membersDoc{Members: map[string]memberEntry{}}
-	cur, err := g.kv.Get(ctx, store.Meta, g.key)
+	cur, err := g.s.Get(ctx, store.Meta, g.key)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return d, 0, nil

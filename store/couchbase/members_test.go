@@ -79,8 +79,8 @@ func TestMembersDocumentExpires(t *testing.T) {
 	s := openStore(t, cfg, func(s *Store) { s.now = clock })
 	ctx := ctxFor(t, 10*time.Second)
 	const ttl = 2 * time.Second
-	a := newGroup(s, s.write, "feed", "a", ttl, clock)
-	b := newGroup(s, s.write, "feed", "b", ttl, clock)
+	a := newGroup(s, "feed", "a", ttl, clock)
+	b := newGroup(s, "feed", "b", ttl, clock)
 	_, err := a.beat(ctx, 3)
 	require.NoError(t, err)
 	doc, err := b.beat(ctx, 5)
@@ -121,10 +121,10 @@ func TestAClaimDoesNotTakeFromAMemberThatJoinedSinceItsReading(t *testing.T) {
 	cps := metaCheckpoints{s}
 	start := func(context.Context) (position, error) { return position{}, nil }
 
-	c := newOwnership(s, cps, "feed", "c", ttl, time.Now)
+	c := newOwnership(s, "feed", "c", ttl, time.Now)
 	reading, err := c.group.beat(ctx, 0) // c's heartbeat: only c
 	require.NoError(t, err)
-	d := newOwnership(s, cps, "feed", "d", ttl, time.Now)
+	d := newOwnership(s, "feed", "d", ttl, time.Now)
 	_, err = d.group.beat(ctx, 0) // d joins after it
 	require.NoError(t, err)
 	_, _, _, err = cps.Claim(ctx, "feed", 7, "d", func(string) bool { return true }, start)
