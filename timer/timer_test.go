@@ -398,7 +398,10 @@ func TestStandbyReportsTheSweepersHeartbeat(t *testing.T) {
 	require.NoError(t, err)
 	c.Start()
 	defer func() { assert.NoError(t, c.Stop(context.Background())) }()
-	require.Eventually(t, func() bool { return c.Status().Role == timer.RoleStandby }, 10*time.Second, 2*time.Millisecond)
+	// The role is published by the tick, the line logged after it: wait
+	// for the line.
+	require.Eventually(t, func() bool { return len(infoLines(t, &logs, "standby: another instance sweeps")) > 0 },
+		10*time.Second, 2*time.Millisecond, "c never logged that it stands by: %s", &logs)
 	assert.Len(t, infoLines(t, &logs, "standby: another instance sweeps"), 1)
 	assert.Equal(t, "a", c.Status().Holder.Owner)
 	require.Eventually(t, func() bool { return len(infoLines(t, &logs, "took over the sweep")) > 0 }, 10*time.Second, 5*time.Millisecond)
