@@ -316,7 +316,10 @@ func describe(err error) (why string, config bool) {
 // dropped says whether the service closed the connection under the request.
 func dropped(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
-		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		// The transport's own reader saw the refusal and closed the
+		// connection under the request.
+		errors.Is(err, net.ErrClosed)
 }
 
 // withoutURL drops the URL a *url.Error quotes: it may hold a query secret.
@@ -337,7 +340,7 @@ type Client struct {
 	// gate holds every send while the service refuses the configuration.
 	gate      *gobreaker.CircuitBreaker[struct{}]
 	misconfig atomic.Pointer[string] // the latest configuration failure's reason
-	certAsked atomic.Bool            // the service asked for a client certificate
+	certAsked atomic.Bool            // the service asked for a client certificate, and there is none
 	log       *slog.Logger
 	now       func() time.Time
 
@@ -521,8 +524,8 @@ func (c *Client) client(now time.Time) (*http.Client, error) {
 		certs := transport.TLSClientConfig.Certificates
 		transport.TLSClientConfig.Certificates = nil
 		transport.TLSClientConfig.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			c.certAsked.Store(true)
 			if len(certs) == 0 {
+				c.certAsked.Store(true)
 				return &tls.Certificate{}, nil // none: the service decides
 			}
 			return &certs[0], nil
