@@ -16,7 +16,16 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// gocbcore v10.8.1: a connection closed while it authenticates
+		// drains its pending SASL request with an error, and the callback
+		// sends it on a channel of one that already holds the earlier
+		// step's answer and that nobody reads any more
+		// (memdclientdialer_component.go:654). Seen once in the whole
+		// suite under load; the goroutine is the library's, not ours.
+		goleak.IgnoreTopFunction("github.com/couchbase/gocbcore/v10.(*memdClientDialerComponent).buildAuthHandler.func1.2"))
+}
 
 // openCall is one OpenStream the feed made; the test answers it through cb
 // and plays the server through obs.
