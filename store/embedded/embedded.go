@@ -250,7 +250,8 @@ func (s *Store) Close() error {
 	close(s.stop)
 	<-s.writerDone
 	<-s.checkDone
-	return errors.Join(s.stmts.close(), s.write.Close(), s.wdb.Close(), s.read.Close())
+	stmtsErr := s.write.Raw(func(any) error { return s.stmts.close() })
+	return errors.Join(stmtsErr, s.write.Close(), s.wdb.Close(), s.read.Close())
 }
 
 // checkFile notices the file being deleted or replaced (another inode at

@@ -64,7 +64,7 @@ func (s *Store) Subscribe(ctx context.Context, name string, collections []string
 	case errors.Is(err, sql.ErrNoRows) && opts.FromNow:
 		err = s.submit(ctx, func(t *txn) error {
 			start = t.seq
-			_, err := s.stmts.saveCheckpoint.ExecContext(t.ctx, name, start)
+			err := s.stmts.saveCheckpoint.Exec(t.ctx, name, start)
 			return err
 		})
 		if err != nil {
@@ -241,17 +241,17 @@ func (sub *subscription) flush(ctx context.Context) error {
 	}
 	st := sub.s.stmts
 	err := sub.s.submit(ctx, func(t *txn) error {
-		if _, err := st.saveCheckpoint.ExecContext(t.ctx, sub.name, cp); err != nil {
+		if err := st.saveCheckpoint.Exec(t.ctx, sub.name, cp); err != nil {
 			return err
 		}
 		var low sql.NullInt64
-		if err := st.minCkpt.QueryRowContext(t.ctx).Scan(&low); err != nil || !low.Valid {
+		if err := st.minCkpt.QueryRow(t.ctx).Scan(&low); err != nil || !low.Valid {
 			return err
 		}
-		if _, err := st.purge.ExecContext(t.ctx, low.Int64, purgeBatch); err != nil {
+		if err := st.purge.Exec(t.ctx, low.Int64, purgeBatch); err != nil {
 			return err
 		}
-		_, err := st.expire.ExecContext(t.ctx, time.Now().UnixMilli(), purgeBatch)
+		err := st.expire.Exec(t.ctx, time.Now().UnixMilli(), purgeBatch)
 		return err
 	})
 	if err != nil {

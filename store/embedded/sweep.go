@@ -44,7 +44,7 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 			keys = append(keys, more...)
 		}
 		for _, k := range keys {
-			if _, err := s.stmts.flag.ExecContext(t.ctx, t.next(), order.Retry, k); err != nil {
+			if err := s.stmts.flag.Exec(t.ctx, t.next(), order.Retry, k); err != nil {
 				return err
 			}
 		}

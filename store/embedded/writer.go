@@ -3,6 +3,7 @@ package embedded
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"time"
@@ -39,23 +40,27 @@ type txn struct {
 }
 
 type writeStmts struct {
-	begin, commit, rollback, savepoint, release, rollbackTo *sql.Stmt
+	begin, commit, rollback, savepoint, release, rollbackTo *wstmt
 
-	cur, put, seqGet, seqSet *sql.Stmt
-	dueNext, dueTS, flag     *sql.Stmt
-	saveCheckpoint, minCkpt  *sql.Stmt
-	purge, expire            *sql.Stmt
-	attCur, attPut, attDel   *sql.Stmt
+	cur, put, seqGet, seqSet *wstmt
+	dueNext, dueTS, flag     *wstmt
+	saveCheckpoint, minCkpt  *wstmt
+	purge, expire            *wstmt
+	attCur, attPut, attDel   *wstmt
 }
 
 func (s *Store) prepareWrites(ctx context.Context) error {
+	return s.write.Raw(func(dc any) error { return s.prepareWritesOn(ctx, dc) })
+}
+
+func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 	var err error
-	p := func(q string) *sql.Stmt {
+	p := func(q string) *wstmt {
 		if err != nil {
 			return nil
 		}
-		var st *sql.Stmt
-		st, err = s.write.PrepareContext(ctx, q)
+		var st *wstmt
+		st, err = prepareRaw(ctx, dc, q)
 		return st
 	}
 	s.stmts = writeStmts{
@@ -88,9 +93,8 @@ func (s *Store) prepareWrites(ctx context.Context) error {
 		expire: p(`DELETE FROM attempts WHERE key IN (
 			SELECT key FROM attempts INDEXED BY attempts_expiring WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)`),
 		attCur: p(`SELECT rev FROM attempts WHERE key = ?`),
-		attPut: p(`INSERT INTO attempts (key, value, rev, expires_at) VALUES (?, ?, 1, ?)
-			ON CONFLICT (key) DO UPDATE SET value = excluded.value, rev = attempts.rev + 1, expires_at = excluded.expires_at
-			RETURNING rev`),
+		attPut: p(`INSERT INTO attempts (key, value, rev, expires_at) VALUES (?, ?, ?, ?)
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value, rev = excluded.rev, expires_at = excluded.expires_at`),
 		attDel: p(`DELETE FROM attempts WHERE key = ?`),
 	}
 	return err
@@ -98,7 +102,7 @@ func (s *Store) prepareWrites(ctx context.Context) error {
 
 func (w writeStmts) close() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
+	for _, st := range []*wstmt{w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
 		w.cur, w.put, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flag, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attPut, w.attDel} {
 		if st != nil {
 			errs = append(errs, st.Close())
@@ -232,21 +236,26 @@ func (s *Store) runBatch(batch []*job) {
 // runTx runs jobs in one transaction; it returns an error when the
 // transaction as a whole failed. Statements run without the jobs' contexts:
 // an interrupted statement would roll back every job of the transaction.
-func (s *Store) runTx(jobs []*job) (err error) {
+func (s *Store) runTx(jobs []*job) error {
+	return s.write.Raw(func(any) error { return s.runTxRaw(jobs) })
+}
+
+// runTxRaw is runTx on the write connection held (see wstmt).
+func (s *Store) runTxRaw(jobs []*job) (err error) {
 	ctx := context.Background()
 	if err := s.check(); err != nil && !errors.Is(err, store.ErrClosed) {
 		return err
 	}
-	if _, err := s.stmts.begin.ExecContext(ctx); err != nil {
+	if err := s.stmts.begin.Exec(ctx); err != nil {
 		return mapErr(err)
 	}
 	defer func() {
 		if err != nil {
-			s.stmts.rollback.ExecContext(ctx)
+			s.stmts.rollback.Exec(ctx)
 		}
 	}()
 	t := &txn{s: s, ctx: ctx}
-	if err := s.stmts.seqGet.QueryRowContext(ctx).Scan(&t.seq); err != nil {
+	if err := s.stmts.seqGet.QueryRow(ctx).Scan(&t.seq); err != nil {
 		return mapErr(err)
 	}
 	start := t.seq
@@ -260,7 +269,7 @@ func (s *Store) runTx(jobs []*job) (err error) {
 					return mapErr(err)
 				}
 				j.err = err
-				if _, err := s.stmts.rollback.ExecContext(ctx); err != nil {
+				if err := s.stmts.rollback.Exec(ctx); err != nil {
 					return mapErr(err)
 				}
 				return nil
@@ -276,7 +285,7 @@ func (s *Store) runTx(jobs []*job) (err error) {
 			}
 			continue
 		}
-		if _, err := s.stmts.savepoint.ExecContext(ctx); err != nil {
+		if err := s.stmts.savepoint.Exec(ctx); err != nil {
 			return mapErr(err)
 		}
 		if err := j.fn(t); err != nil {
@@ -284,20 +293,20 @@ func (s *Store) runTx(jobs []*job) (err error) {
 				return mapErr(err)
 			}
 			j.err = err
-			if _, err := s.stmts.rollbackTo.ExecContext(ctx); err != nil {
+			if err := s.stmts.rollbackTo.Exec(ctx); err != nil {
 				return mapErr(err)
 			}
 		}
-		if _, err := s.stmts.release.ExecContext(ctx); err != nil {
+		if err := s.stmts.release.Exec(ctx); err != nil {
 			return mapErr(err)
 		}
 	}
 	if t.seq != start {
-		if _, err := s.stmts.seqSet.ExecContext(ctx, t.seq); err != nil {
+		if err := s.stmts.seqSet.Exec(ctx, t.seq); err != nil {
 			return mapErr(err)
 		}
 	}
-	if _, err := s.stmts.commit.ExecContext(ctx); err != nil {
+	if err := s.stmts.commit.Exec(ctx); err != nil {
 		return mapErr(err)
 	}
 	s.commits.Add(1)
@@ -327,12 +336,10 @@ func (t *txn) check(w store.Write) (current, error) {
 	var tomb bool
 	var err error
 	switch {
-	case w.Collection == order.Attempts && w.Op == store.OpUpsert:
-		return c, nil // no guard, and the write counts the revision itself
 	case w.Collection == order.Attempts:
-		err = t.s.stmts.attCur.QueryRowContext(t.ctx, w.Key).Scan(&c.cas)
+		err = t.s.stmts.attCur.QueryRow(t.ctx, w.Key).Scan(&c.cas)
 	default:
-		err = t.s.stmts.cur.QueryRowContext(t.ctx, w.Collection, w.Key).Scan(&c.cas, &c.created, &tomb)
+		err = t.s.stmts.cur.QueryRow(t.ctx, w.Collection, w.Key).Scan(&c.cas, &c.created, &tomb)
 	}
 	switch {
 	case errors.Is(err, sql.ErrNoRows), err == nil && tomb:
@@ -370,7 +377,7 @@ func (t *txn) apply(w store.Write, cols columns) (uint64, error) {
 func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
 	st := t.s.stmts
 	if w.Collection == order.Attempts {
-		return t.writeAttempts(w)
+		return t.writeAttempts(w, c)
 	}
 	cur, created := c.cas, c.created
 	seq := t.next()
@@ -384,7 +391,7 @@ func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
 		}
 	}
 	args := append([]any{w.Collection, w.Key, value, seq, created}, cols.args()...)
-	if _, err := st.put.ExecContext(t.ctx, args...); err != nil {
+	if err := st.put.Exec(t.ctx, args...); err != nil {
 		return 0, err
 	}
 	return seq, nil // of a removal too: the position of the deletion
@@ -392,35 +399,30 @@ func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
 
 // writeAttempts writes an attempt record in its own table: no sequence
 // number (it is not on the feed), a revision for its CAS, and its expiry.
-func (t *txn) writeAttempts(w store.Write) (uint64, error) {
+func (t *txn) writeAttempts(w store.Write, c current) (uint64, error) {
 	st := t.s.stmts
 	if w.Op == store.OpRemove {
-		_, err := st.attDel.ExecContext(t.ctx, w.Key)
+		err := st.attDel.Exec(t.ctx, w.Key)
 		return 0, err
 	}
 	var expires any
 	if !w.Expiry.IsZero() {
 		expires = w.Expiry.UnixMilli()
 	}
-	var rev uint64
-	err := st.attPut.QueryRowContext(t.ctx, w.Key, string(w.Value), expires).Scan(&rev)
-	return rev, err
+	rev := c.cas + 1
+	return rev, st.attPut.Exec(t.ctx, w.Key, string(w.Value), rev, expires)
 }
 
 // keys returns the keys a query selects.
-func (t *txn) keys(stmt *sql.Stmt, args ...any) ([]string, error) {
-	rows, err := stmt.QueryContext(t.ctx, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
+func (t *txn) keys(stmt *wstmt, args ...any) ([]string, error) {
 	var keys []string
-	for rows.Next() {
+	err := stmt.Query(t.ctx, func(row []driver.Value) error {
 		var k string
-		if err := rows.Scan(&k); err != nil {
-			return nil, err
+		if err := scanValue(row[0], &k); err != nil {
+			return err
 		}
 		keys = append(keys, k)
-	}
-	return keys, rows.Err()
+		return nil
+	}, args...)
+	return keys, err
 }

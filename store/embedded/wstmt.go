@@ -1,0 +1,172 @@
+package embedded
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// wstmt is a statement of the write connection, run on the driver itself.
+// The writer is the connection's only user and runs each transaction inside
+// the connection's Raw, so database/sql's pool, locks, dependency tracking
+// and result objects bring it nothing, and they were a quarter of the
+// writer's time besides SQLite's own (profiled: 9-11% of the service's CPU).
+type wstmt struct {
+	st driver.Stmt
+}
+
+// prepareRaw prepares q on the driver connection dc.
+func prepareRaw(ctx context.Context, dc any, q string) (*wstmt, error) {
+	pc, ok := dc.(driver.ConnPrepareContext)
+	if !ok {
+		return nil, fmt.Errorf("sqlite driver connection %T cannot prepare with a context", dc)
+	}
+	st, err := pc.PrepareContext(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	return &wstmt{st: st}, nil
+}
+
+// named converts args as database/sql would for the types the writer uses.
+func named(args []any) ([]driver.NamedValue, error) {
+	nv := make([]driver.NamedValue, len(args))
+	for i, a := range args {
+		switch v := a.(type) {
+		case uint64:
+			a = int64(v)
+		case int:
+			a = int64(v)
+		case int64, string, []byte, bool, nil:
+		default:
+			return nil, fmt.Errorf("argument %d: %T is no SQLite value", i+1, a)
+		}
+		nv[i] = driver.NamedValue{Ordinal: i + 1, Value: a}
+	}
+	return nv, nil
+}
+
+// Exec runs the statement.
+func (w *wstmt) Exec(ctx context.Context, args ...any) error {
+	nv, err := named(args)
+	if err != nil {
+		return err
+	}
+	_, err = w.st.(driver.StmtExecContext).ExecContext(ctx, nv)
+	return err
+}
+
+// Query runs the statement and calls fn with each row's values, which are
+// valid only during the call.
+func (w *wstmt) Query(ctx context.Context, fn func(row []driver.Value) error, args ...any) error {
+	nv, err := named(args)
+	if err != nil {
+		return err
+	}
+	rows, err := w.st.(driver.StmtQueryContext).QueryContext(ctx, nv)
+	if err != nil {
+		return err
+	}
+	row := make([]driver.Value, len(rows.Columns()))
+	for {
+		if err := rows.Next(row); err != nil {
+			if errors.Is(err, io.EOF) {
+				return rows.Close()
+			}
+			rows.Close()
+			return err
+		}
+		if err := fn(row); err != nil {
+			rows.Close()
+			return err
+		}
+	}
+}
+
+// QueryRow runs the statement and keeps its first row for Scan.
+func (w *wstmt) QueryRow(ctx context.Context, args ...any) wrow {
+	var r wrow
+	found := false
+	stop := errors.New("first row read")
+	err := w.Query(ctx, func(row []driver.Value) error {
+		r.vals, found = append([]driver.Value(nil), row...), true
+		return stop
+	}, args...)
+	switch {
+	case errors.Is(err, stop):
+	case err != nil:
+		r.err = err
+	case !found:
+		r.err = sql.ErrNoRows
+	}
+	return r
+}
+
+func (w *wstmt) Close() error { return w.st.Close() }
+
+// wrow is the first row of a query, or its error (sql.ErrNoRows: none).
+type wrow struct {
+	vals []driver.Value
+	err  error
+}
+
+// Scan copies the row's values into dest: *int64, *uint64, *bool,
+// *sql.NullInt64 or *string.
+func (r wrow) Scan(dest ...any) error {
+	if r.err != nil {
+		return r.err
+	}
+	if len(dest) != len(r.vals) {
+		return fmt.Errorf("scan: %d values into %d destinations", len(r.vals), len(dest))
+	}
+	for i, v := range r.vals {
+		if err := scanValue(v, dest[i]); err != nil {
+			return fmt.Errorf("scan column %d: %w", i+1, err)
+		}
+	}
+	return nil
+}
+
+func scanValue(v driver.Value, dest any) error {
+	if d, ok := dest.(*sql.NullInt64); ok {
+		*d = sql.NullInt64{}
+		if v == nil {
+			return nil
+		}
+		n, ok := v.(int64)
+		if !ok {
+			return fmt.Errorf("%T is not an integer", v)
+		}
+		*d = sql.NullInt64{Int64: n, Valid: true}
+		return nil
+	}
+	if d, ok := dest.(*string); ok {
+		switch s := v.(type) {
+		case string:
+			*d = s
+		case []byte:
+			*d = string(s)
+		default:
+			return fmt.Errorf("%T is not text", v)
+		}
+		return nil
+	}
+	n, ok := v.(int64)
+	if !ok {
+		return fmt.Errorf("%T is not an integer", v)
+	}
+	switch d := dest.(type) {
+	case *int64:
+		*d = n
+	case *uint64:
+		*d = uint64(n)
+	case *bool:
+		*d = n != 0
+	default:
+		return fmt.Errorf("cannot scan into %T", dest)
+	}
+	return nil
+}
