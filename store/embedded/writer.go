@@ -50,7 +50,13 @@ type writeStmts struct {
 }
 
 func (s *Store) prepareWrites(ctx context.Context) error {
-	return s.write.Raw(func(dc any) error { return s.prepareWritesOn(ctx, dc) })
+	return s.write.Raw(func(dc any) error {
+		err := s.prepareWritesOn(ctx, dc)
+		if err != nil {
+			s.stmts.close() // those prepared before the failure
+		}
+		return err
+	})
 }
 
 func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
