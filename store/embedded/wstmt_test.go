@@ -1,0 +1,59 @@
+package embedded
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The writer's statements run on the driver: its conversions must give what
+// database/sql would, and refuse what it would refuse, by name.
+func TestWriteStatementsConvertAsDatabaseSQLWould(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer s.Close()
+
+	var seq, cas, missing uint64
+	var low sql.NullInt64
+	tomb := true
+	err = s.submit(ctx, func(t *txn) error {
+		if err := s.stmts.seqGet.QueryRow(t.ctx).Scan(&seq); err != nil {
+			return err
+		}
+		if err := s.stmts.saveCheckpoint.Exec(t.ctx, "feed", uint64(7)); err != nil {
+			return err
+		}
+		if err := s.stmts.minCkpt.QueryRow(t.ctx).Scan(&low); err != nil {
+			return err
+		}
+		if err := s.stmts.put.Exec(t.ctx, append([]any{"inbound", "k1", `{}`, t.next(), t.seq},
+			columns{}.args()...)...); err != nil {
+			return err
+		}
+		keys, err := t.keys(s.stmts.dueNext, int64(1<<62), 10)
+		if err != nil || len(keys) > 0 {
+			return err
+		}
+		var created uint64
+		if err := s.stmts.cur.QueryRow(t.ctx, "inbound", "k1").Scan(&cas, &created, &tomb); err != nil {
+			return err
+		}
+		return s.stmts.cur.QueryRow(t.ctx, "inbound", "absent").Scan(&missing, &created, &tomb)
+	})
+	assert.ErrorIs(t, err, sql.ErrNoRows, "a point read of an absent key")
+	assert.Equal(t, sql.NullInt64{Int64: 7, Valid: true}, low)
+	assert.Equal(t, seq+1, cas, "the CAS of the write after the counter read")
+	assert.False(t, tomb)
+
+	_, err = named([]any{"a", float32(1)})
+	assert.ErrorContains(t, err, "argument 2: float32 is no SQLite value")
+	var n uint64
+	assert.ErrorContains(t, wrow{vals: []driver.Value{nil}}.Scan(&n), "scan column 1: <nil> is not an integer")
+	assert.ErrorContains(t, wrow{vals: []driver.Value{int64(1)}}.Scan(&n, &n), "1 values into 2 destinations")
+}
