@@ -131,8 +131,8 @@ func checkObject(obj []byte) error {
 // memberValue finds the value of the top-level member name in the valid
 // JSON object obj: obj[start:end].
 func memberValue(obj []byte, name string) (start, end int, ok bool) {
-	eachName(obj, func(n string, after int) bool {
-		if n != name {
+	eachName(obj, func(quoted []byte, after int) bool {
+		if !nameIs(quoted, name) {
 			return true
 		}
 		k := after + bytes.IndexByte(obj[after:], ':') + 1
@@ -145,11 +145,11 @@ func memberValue(obj []byte, name string) (start, end int, ok bool) {
 	return start, end, ok
 }
 
-// eachName calls fn with each top-level member name of the JSON object obj
-// and the index just past its closing quote, until fn returns false. It only
-// scans: on bad syntax what it finds does not matter (a decoder or
-// json.Valid judges the syntax).
-func eachName(obj []byte, fn func(name string, after int) bool) {
+// eachName calls fn with each top-level member name of the JSON object obj,
+// quoted as it stands there, and the index just past its closing quote,
+// until fn returns false. It only scans: on bad syntax what it finds does
+// not matter (a decoder or json.Valid judges the syntax).
+func eachName(obj []byte, fn func(quoted []byte, after int) bool) {
 	depth, expectName := 0, false
 	for i := 0; i < len(obj); i++ {
 		switch c := obj[i]; c {
@@ -157,7 +157,7 @@ func eachName(obj []byte, fn func(name string, after int) bool) {
 			j := stringEnd(obj, i)
 			if depth == 1 && expectName && j < len(obj) {
 				expectName = false
-				if !fn(memberName(obj[i:j+1]), j+1) {
+				if !fn(obj[i:j+1], j+1) {
 					return
 				}
 			}
@@ -183,6 +183,15 @@ func stringEnd(obj []byte, i int) int {
 		}
 	}
 	return j
+}
+
+// nameIs says whether the quoted member name is name, without a copy when
+// it has no escape.
+func nameIs(quoted []byte, name string) bool {
+	if bytes.IndexByte(quoted, '\\') < 0 {
+		return string(quoted[1:len(quoted)-1]) == name
+	}
+	return memberName(quoted) == name
 }
 
 func memberName(quoted []byte) string {
@@ -397,16 +406,34 @@ func decodeObject(raw []byte, into any) error {
 
 // duplicateName returns the first top-level name that appears twice in the
 // JSON object raw.
+// An order has a handful of names, none escaped: they are compared as they
+// stand, with no copy and no map (this runs for every order, twice).
 func duplicateName(raw []byte) string {
+	var few [16][]byte
+	plain := few[:0] // names without escapes, while there are few
 	var seen map[string]bool
 	dup := ""
-	eachName(raw, func(name string, _ int) bool {
+	eachName(raw, func(quoted []byte, _ int) bool {
+		if seen == nil && len(plain) < len(few) && bytes.IndexByte(quoted, '\\') < 0 {
+			for _, p := range plain {
+				if bytes.Equal(p, quoted) {
+					dup = memberName(quoted)
+					return false
+				}
+			}
+			plain = append(plain, quoted)
+			return true
+		}
+		if seen == nil {
+			seen = make(map[string]bool, 2*len(few))
+			for _, p := range plain {
+				seen[memberName(p)] = true
+			}
+		}
+		name := memberName(quoted)
 		if seen[name] {
 			dup = name
 			return false
-		}
-		if seen == nil {
-			seen = make(map[string]bool, 8)
 		}
 		seen[name] = true
 		return true

@@ -85,11 +85,17 @@ func TestDuplicateNamesAreMalformed(t *testing.T) {
 		`{"a":{"x":[1,{"y":2}]},"email":"a@b","email":"c@d"}`,
 		`{"email":"a@b","\u0065mail":"c@d"}`,
 		`{"a":"x\"y,\"email\":","email":1,"email":2}`,
+		// Beyond the few names compared as they stand, and an escaped one
+		// first: both kinds of lookup.
+		`{"n1":1,"n2":2,"n3":3,"n4":4,"n5":5,"n6":6,"n7":7,"n8":8,"n9":9,"n10":10,"n11":11,"n12":12,"n13":13,"n14":14,"n15":15,"n16":16,"n17":17,"n3":3}`,
+		`{"\u0065mail":"c@d","email":"a@b"}`,
 	} {
 		_, err := order.DecodeOrder([]byte(give))
 		assert.ErrorIs(t, err, order.ErrMalformed, give)
 		assert.ErrorContains(t, err, "appears more than once", give)
 	}
+	_, err := order.DecodeOrder([]byte(`{"n1":1,"n2":2,"n3":3,"n4":4,"n5":5,"n6":6,"n7":7,"n8":8,"n9":9,"n10":10,"n11":11,"n12":12,"n13":13,"n14":14,"n15":15,"n16":16,"n3":3}`))
+	assert.ErrorContains(t, err, "field n3 appears more than once")
 	for _, give := range []string{
 		`{"a":{"x":1},"b":{"x":2},"email":"e"}`,
 		`{"a":[{"email":1},{"email":2}],"email":"e"}`,
