@@ -192,7 +192,7 @@ func New(cfg Config, st store.Store, mail Sender, log *slog.Logger, now func() t
 	}
 	w := &Watcher{
 		cfg: cfg.withDefaults(), store: st, mail: mail, now: now, rand: rand.Float64, failed: make(chan error, 1),
-		log: log.With("component", "watcher"), tracer: otel.Tracer(tracing.Name),
+		log: slog.New(lazyAttrs{h: log.Handler()}).With("component", "watcher"), tracer: otel.Tracer(tracing.Name),
 	}
 	w.progress.epoch = time.Now()
 	w.progress.workers = make([]workerProgress, w.cfg.Workers)
