@@ -1,0 +1,78 @@
+package embedded
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The counts kept with every write (the stats row and the tallies): after
+// every kind of write, from many goroutines at once so that they share
+// transactions, with jobs that fail half-way and roll back alone, they
+// agree with a recount of the documents.
+func TestCountsAgreeWithARecountAfterEveryKindOfWrite(t *testing.T) {
+	t.Parallel()
+	s := openTest(t)
+	ctx := context.Background()
+	past := time.Now().Add(-time.Minute).UnixMilli()
+	const n = 200
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := g; i < n; i += 8 {
+				k := fmt.Sprintf("o%03d", i)
+				cas, err := s.Apply(ctx, []store.Write{
+					{Op: store.OpInsert, Collection: order.Inbound, Key: k, Value: []byte(`{"email":"a@b.c","paymentStatus":"paid"}`)},
+					{Op: store.OpInsert, Collection: order.Retry, Key: k, Value: fmt.Appendf(nil, `{"docId":%q,"attempt":1,"ts":1,"nextAttemptAt":%d,"lastStatus":503}`, k, past)},
+				})
+				if !assert.NoError(t, err) {
+					return
+				}
+				// Half-way, then a guard fails: the job rolls back alone.
+				_, err = s.Apply(ctx, []store.Write{
+					{Op: store.OpReplace, Collection: order.Inbound, Key: k, Value: []byte(`{"email":"a@b.c","paymentStatus":"paid","confirmationEmailSent":true}`), CAS: cas[0]},
+					{Op: store.OpReplace, Collection: order.Inbound, Key: k, Value: []byte(`{}`), CAS: cas[0]},
+				})
+				assert.ErrorIs(t, err, store.ErrCASMismatch)
+				err = nil
+				switch i % 4 { // 3: left as it is
+				case 0: // confirmed: the order marked, the retry removed
+					_, err = s.Apply(ctx, []store.Write{
+						{Op: store.OpReplace, Collection: order.Inbound, Key: k, Value: []byte(`{"email":"a@b.c","paymentStatus":"paid","confirmationEmailSent":true}`), CAS: cas[0]},
+						{Op: store.OpRemove, Collection: order.Retry, Key: k, CAS: cas[1]},
+					})
+				case 1: // dead-lettered
+					_, err = s.Apply(ctx, []store.Write{
+						{Op: store.OpRemove, Collection: order.Retry, Key: k, CAS: cas[1]},
+						{Op: store.OpInsert, Collection: order.DeadLetter, Key: k, Value: []byte(`{"docId":"x","reason":"max_attempts","lastStatus":503}`)},
+					})
+				case 2: // the order no longer paid
+					_, err = s.Apply(ctx, []store.Write{{Op: store.OpUpsert, Collection: order.Inbound, Key: k, Value: []byte(`{"email":"a@b.c","paymentStatus":"refunded"}`)}})
+				}
+				assert.NoError(t, err)
+			}
+		})
+	}
+	wg.Wait()
+	res, err := s.SweepRetries(ctx, time.Now(), time.Second, 30) // flags some of the retries left
+	require.NoError(t, err)
+	require.Equal(t, 30, res.Flagged)
+
+	c, err := s.Counts(ctx)
+	require.NoError(t, err)
+	var recount store.Counts
+	require.NoError(t, s.read.QueryRow(`SELECT sum(paid), sum(confirmed), sum(retry), sum(fire), sum(dead) FROM docs`).
+		Scan(&recount.OrdersPaid, &recount.OrdersConfirmed, &recount.RetryDocs, &recount.RetryFlagged, &recount.DeadLetters))
+	assert.Equal(t, recount, c)
+	assert.Equal(t, store.Counts{OrdersPaid: 150, OrdersConfirmed: 50, RetryDocs: 100, RetryFlagged: 30, DeadLetters: 50}, c)
+	tallies, err := s.Tallies(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []store.Tally{{Reason: "retrying: HTTP 503", Count: 100}, {Reason: "dead: max_attempts (HTTP 503)", Count: 50}}, tallies)
+}
