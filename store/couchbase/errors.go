@@ -3,6 +3,9 @@ package couchbase
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"syscall"
 
 	"github.com/couchbase/gocb/v2"
 	"github.com/ordermail/ordermail/store"
@@ -37,6 +40,17 @@ func mapErr(err error) error {
 		return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
 	case errors.Is(err, gocb.ErrShutdown):
 		return fmt.Errorf("%w: %v", store.ErrClosed, err)
+	case netFailure(err):
+		return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
 	}
 	return err
+}
+
+// netFailure says whether err is a connection failing under a request:
+// closed, reset or refused. gocb hands such errors on as they are when the
+// request was already sent, which may have reached the server.
+func netFailure(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }

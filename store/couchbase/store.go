@@ -181,8 +181,8 @@ func (s *Store) Remove(ctx context.Context, coll, key string, cas uint64) error 
 }
 
 // write makes one KV write. When the server does not answer in time after
-// the write was sent (gocb's ambiguous timeout), the write may have been
-// made: write reads the document back to tell, and carries on as if it had
+// the write was sent (gocb's ambiguous timeout), or the connection fails
+// under it, the write may have been made: write reads the document back to tell, and carries on as if it had
 // answered (made: its CAS; not made: the write again, guarded as before).
 // Without that, a retried insert would fail with "exists" and a retried
 // guarded replace or remove with a CAS mismatch after all went well.
@@ -202,7 +202,9 @@ func (s *Store) write(ctx context.Context, w store.Write) (uint64, error) {
 				return d.CAS, nil
 			}
 		}
-		if !errors.Is(err, gocb.ErrAmbiguousTimeout) {
+		// A connection that failed under a sent write leaves it as
+		// ambiguous as a timeout does.
+		if !errors.Is(err, gocb.ErrAmbiguousTimeout) && !netFailure(err) {
 			if err != nil {
 				return 0, fmt.Errorf("%s %s/%s: %w", w.Op, w.Collection, w.Key, mapErr(err))
 			}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -32,6 +35,10 @@ func TestMapErr(t *testing.T) {
 		{gocb.ErrOverload, store.ErrUnavailable},
 		{gocb.ErrDocumentLocked, store.ErrUnavailable},
 		{gocb.ErrShutdown, store.ErrClosed},
+		// The connection failing under a request.
+		{&net.OpError{Op: "write", Net: "tcp", Err: net.ErrClosed}, store.ErrUnavailable},
+		{&net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}, store.ErrUnavailable},
+		{io.EOF, store.ErrUnavailable},
 	}
 	for _, tt := range tests {
 		wrapped := fmt.Errorf("op: %w", tt.give) // as gocb wraps them in KeyValueError
