@@ -404,7 +404,8 @@ func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
 }
 
 // writeAttempts writes an attempt record in its own table: no sequence
-// number (it is not on the feed), a revision for its CAS, and its expiry.
+// number (it is not on the feed), a revision for its CAS (one more than
+// the one check read in c), and its expiry.
 func (t *txn) writeAttempts(w store.Write, c current) (uint64, error) {
 	st := t.s.stmts
 	if w.Op == store.OpRemove {
