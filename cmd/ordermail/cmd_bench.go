@@ -55,8 +55,10 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"failures, duplicateRequests (the mock's /stats); elapsedSeconds and ordersPerSecond (first\n" +
 			"write to last delivery); secondsTo, paidToSentMs, retryGapMs (the mock's /timings); peakRSSMB\n" +
 			"(the service's VmHWM); serviceCPUSeconds and serviceCPUPerOrderUs (the service's CPU time\n" +
-			"over the run); dueFirstSeconds and duePerSecond (--due: from retries start to the first due\n" +
-			"retry delivered, and the drain's rate); ceilingPerSecond and ofCeiling (--ceiling); settings.\n" +
+			"over the run); sendMeanMs (a request to the email service, from the service's histogram);\n" +
+			"dueFirstSeconds and duePerSecond (--due: from retries start to the first due retry\n" +
+			"delivered, and the drain's rate); ceilingPerSecond, ofCeiling and ceilingSendMeanMs (--ceiling:\n" +
+			"a request of the senders alone, to set beside sendMeanMs); settings.\n" +
 			"Flags after -- are handed to `ordermail run`. bench reads no ORDERMAIL_ variables and passes\n" +
 			"none on: a deployment's settings, its store above all, stay out of a benchmark.",
 		FlagSet: fs,

@@ -95,6 +95,18 @@ func TestBenchClosedLoopWithCeiling(t *testing.T) {
 	assert.Equal(t, int64(300), *res.CeilingRequests)
 	assert.Equal(t, 8, res.Settings.Workers)
 	assert.True(t, res.Settings.Ceiling)
+
+	// The mean send times: 8 senders cannot spend more than 8 times the
+	// elapsed time sending.
+	for _, f := range []string{"sendMeanMs", "ceilingSendMeanMs"} {
+		assert.Contains(t, fields, f)
+	}
+	require.NotNil(t, res.SendMeanMs)
+	require.NotNil(t, res.CeilingSendMeanMs)
+	assert.Positive(t, *res.SendMeanMs)
+	assert.Positive(t, *res.CeilingSendMeanMs)
+	assert.LessOrEqual(t, *res.SendMeanMs*300, 8*res.ElapsedSeconds*1000*1.05)
+	assert.LessOrEqual(t, *res.CeilingSendMeanMs, 8*1000 / *res.CeilingPerSecond * 1.05)
 }
 
 func TestBenchFailuresDueAndHistory(t *testing.T) {

@@ -21,6 +21,8 @@ import (
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/embedded"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // Config of one benchmark. The zero values of the durations are not
@@ -151,6 +153,12 @@ type Result struct {
 	CeilingPerSecond *float64 `json:"ceilingPerSecond,omitempty"`
 	CeilingRequests  *int64   `json:"ceilingRequests,omitempty"`
 	OfCeiling        *float64 `json:"ofCeiling,omitempty"` // ordersPerSecond / ceilingPerSecond
+	// How long a request to the email service took on average: the
+	// service's, from its ordermail_send_duration_seconds over the run, and
+	// the ceiling's senders'. With as many senders, the gap between the two
+	// is what the service's own work costs its sends (they wait for a core).
+	SendMeanMs        *float64 `json:"sendMeanMs,omitempty"`
+	CeilingSendMeanMs *float64 `json:"ceilingSendMeanMs,omitempty"`
 
 	Settings Settings `json:"settings"`
 }
@@ -228,7 +236,7 @@ type bench struct {
 	mock, service  *child
 	mailURL        string
 	ownMock        bool
-	metricsAddr    string // the service's /metrics, with --idle
+	metricsAddr    string // the service's /metrics
 	creds          *credentials
 }
 
@@ -260,6 +268,7 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 			return res, err
 		}
 		res.CeilingPerSecond, res.CeilingRequests = ptr(round(c.perSecond, 1)), &c.requests
+		res.CeilingSendMeanMs = ptr(round(ms(c.meanSend), 3))
 		b.logf("ceiling: %.0f deliveries a second", c.perSecond)
 	}
 	if err := b.writeHistory(ctx); err != nil {
@@ -300,6 +309,7 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 		b.logf("no /stats at %s (%v): counting from the store only", b.mailURL, statsErr)
 	}
 
+	sendsBefore, sendsErr := b.sends(ctx)
 	cpuBefore, cpuOK := cpuSeconds(b.service.pid())
 	w, err := b.writeRun(ctx, orders)
 	if err != nil {
@@ -312,6 +322,13 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 	}
 	if cpuAfter, ok := cpuSeconds(b.service.pid()); ok && cpuOK {
 		res.ServiceCPUSeconds = ptr(round(cpuAfter-cpuBefore, 2))
+	}
+	sendsAfter, err := b.sends(ctx)
+	switch {
+	case sendsErr != nil || err != nil:
+		b.logf("no mean send time: %v", errors.Join(sendsErr, err))
+	case sendsAfter.count > sendsBefore.count:
+		res.SendMeanMs = ptr(round(1000*(sendsAfter.sum-sendsBefore.sum)/(sendsAfter.count-sendsBefore.count), 3))
 	}
 
 	if cfg.Idle > 0 {
@@ -457,14 +474,12 @@ func (b *bench) startService(ctx context.Context) (time.Duration, error) {
 		"--workers", strconv.Itoa(c.Workers), "--log-level", "warn",
 		"--timer-interval", c.TimerInterval.String(), "--retry-quantum", c.RetryQuantum.String(),
 		"--backoff", c.Backoff, "--backoff-min", c.BackoffMin.String()}
-	if c.Idle > 0 {
-		addr, err := freeAddr()
-		if err != nil {
-			return 0, err
-		}
-		b.metricsAddr = addr
-		args = append(args, "--metrics-listen", addr)
+	addr, err := freeAddr()
+	if err != nil {
+		return 0, err
 	}
+	b.metricsAddr = addr
+	args = append(args, "--metrics-listen", addr)
 	args = append(append(args, b.creds.serviceArgs()...), c.ServiceArgs...)
 	const maxForwarded = 100
 	forwarded := 0
@@ -631,6 +646,38 @@ func (b *bench) writeRetries(ctx context.Context, what string, kind byte, n int,
 	}
 	b.logf("%s retries written in %.1fs", what, time.Since(start).Seconds())
 	return nil
+}
+
+// sent is what the service's send histogram holds: requests and their
+// total time (seconds).
+type sent struct{ count, sum float64 }
+
+// sends reads the service's ordermail_send_duration_seconds from its
+// /metrics, all results together.
+func (b *bench) sends(ctx context.Context) (sent, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+b.metricsAddr+"/metrics", nil)
+	if err != nil {
+		return sent{}, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return sent{}, fmt.Errorf("service /metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return sent{}, fmt.Errorf("service /metrics: %s", resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return sent{}, fmt.Errorf("service /metrics: %w", err)
+	}
+	var s sent
+	for _, m := range families["ordermail_send_duration_seconds"].GetMetric() {
+		s.count += float64(m.GetHistogram().GetSampleCount())
+		s.sum += m.GetHistogram().GetSampleSum()
+	}
+	return s, nil
 }
 
 // idleSettle is how long the service is left alone after the run before

@@ -24,8 +24,9 @@ const maxCeilingTries = 1000
 
 // ceilingResult is what the send-only ceiling measured.
 type ceilingResult struct {
-	perSecond float64 // bodies delivered per second
-	requests  int64   // requests made, failed ones included
+	perSecond float64       // bodies delivered per second
+	requests  int64         // requests made, failed ones included
+	meanSend  time.Duration // a request, from the call to the end of its answer
 }
 
 // runCeiling posts every body to the email service from workers goroutines
@@ -41,7 +42,7 @@ func runCeiling(ctx context.Context, mailURL string, bodies [][]byte, workers in
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	var next, requests atomic.Int64
+	var next, requests, sending atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
 	for range workers {
@@ -53,7 +54,7 @@ func runCeiling(ctx context.Context, mailURL string, bodies [][]byte, workers in
 				if i >= len(bodies) || ctx.Err() != nil {
 					return
 				}
-				if err := deliver(ctx, client, endpoint, keyPrefix+strconv.Itoa(i), bodies[i], creds, &requests); err != nil {
+				if err := deliver(ctx, client, endpoint, keyPrefix+strconv.Itoa(i), bodies[i], creds, &requests, &sending); err != nil {
 					cancel(err)
 					return
 				}
@@ -65,10 +66,14 @@ func runCeiling(ctx context.Context, mailURL string, bodies [][]byte, workers in
 	if err := context.Cause(ctx); err != nil {
 		return ceilingResult{}, fmt.Errorf("ceiling: %w", err)
 	}
-	return ceilingResult{perSecond: float64(len(bodies)) / elapsed.Seconds(), requests: requests.Load()}, nil
+	n := requests.Load()
+	return ceilingResult{perSecond: float64(len(bodies)) / elapsed.Seconds(), requests: n,
+		meanSend: time.Duration(sending.Load() / max(n, 1))}, nil
 }
 
-func deliver(ctx context.Context, client *http.Client, endpoint, key string, body []byte, creds *credentials, requests *atomic.Int64) error {
+// deliver posts body until it is answered 200, counting the requests and
+// the time they took (ns) into requests and sending.
+func deliver(ctx context.Context, client *http.Client, endpoint, key string, body []byte, creds *credentials, requests, sending *atomic.Int64) error {
 	for range maxCeilingTries {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, bytes.NewReader(body))
 		if err != nil {
@@ -77,6 +82,7 @@ func deliver(ctx context.Context, client *http.Client, endpoint, key string, bod
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("Idempotency-Key", key)
 		creds.sign(req, key, body)
+		start := time.Now()
 		resp, err := client.Do(req)
 		requests.Add(1)
 		if err != nil {
@@ -84,6 +90,7 @@ func deliver(ctx context.Context, client *http.Client, endpoint, key string, bod
 		}
 		io.Copy(io.Discard, resp.Body) // read to the end, so the connection is kept
 		resp.Body.Close()
+		sending.Add(int64(time.Since(start)))
 		if resp.StatusCode == http.StatusOK {
 			return nil
 		}
