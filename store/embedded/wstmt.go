@@ -88,21 +88,23 @@ func (w *wstmt) Query(ctx context.Context, fn func(row []driver.Value) error, ar
 
 // QueryRow runs the statement and keeps its first row for Scan.
 func (w *wstmt) QueryRow(ctx context.Context, args ...any) wrow {
-	var r wrow
-	found := false
-	stop := errors.New("first row read")
-	err := w.Query(ctx, func(row []driver.Value) error {
-		r.vals, found = append([]driver.Value(nil), row...), true
-		return stop
-	}, args...)
-	switch {
-	case errors.Is(err, stop):
-	case err != nil:
-		r.err = err
-	case !found:
-		r.err = sql.ErrNoRows
+	nv, err := named(args)
+	if err != nil {
+		return wrow{err: err}
 	}
-	return r
+	rows, err := w.st.(driver.StmtQueryContext).QueryContext(ctx, nv)
+	if err != nil {
+		return wrow{err: err}
+	}
+	defer rows.Close()
+	row := make([]driver.Value, len(rows.Columns()))
+	switch err := rows.Next(row); {
+	case errors.Is(err, io.EOF):
+		return wrow{err: sql.ErrNoRows}
+	case err != nil:
+		return wrow{err: err}
+	}
+	return wrow{vals: row}
 }
 
 func (w *wstmt) Close() error { return w.st.Close() }
