@@ -182,8 +182,9 @@ func (s *Store) Remove(ctx context.Context, coll, key string, cas uint64) error 
 
 // write makes one KV write. When the server does not answer in time after
 // the write was sent (gocb's ambiguous timeout), or the connection fails
-// under it, the write may have been made: write reads the document back to tell, and carries on as if it had
-// answered (made: its CAS; not made: the write again, guarded as before).
+// under it, the write may have been made: write reads the document back to
+// tell, and carries on as if it had answered (made: its CAS; not made: the
+// write again, guarded as before).
 // Without that, a retried insert would fail with "exists" and a retried
 // guarded replace or remove with a CAS mismatch after all went well.
 func (s *Store) write(ctx context.Context, w store.Write) (uint64, error) {

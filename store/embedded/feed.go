@@ -64,8 +64,7 @@ func (s *Store) Subscribe(ctx context.Context, name string, collections []string
 	case errors.Is(err, sql.ErrNoRows) && opts.FromNow:
 		err = s.submit(ctx, func(t *txn) error {
 			start = t.seq
-			err := s.stmts.saveCheckpoint.Exec(t.ctx, name, start)
-			return err
+			return s.stmts.saveCheckpoint.Exec(t.ctx, name, start)
 		})
 		if err != nil {
 			return nil, fmt.Errorf("subscribe %s: save start position: %w", name, err)
@@ -251,8 +250,7 @@ func (sub *subscription) flush(ctx context.Context) error {
 		if err := st.purge.Exec(t.ctx, low.Int64, purgeBatch); err != nil {
 			return err
 		}
-		err := st.expire.Exec(t.ctx, time.Now().UnixMilli(), purgeBatch)
-		return err
+		return st.expire.Exec(t.ctx, time.Now().UnixMilli(), purgeBatch)
 	})
 	if err != nil {
 		return fmt.Errorf("save checkpoint %s at %d: %w", sub.name, cp, err)

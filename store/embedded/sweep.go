@@ -32,12 +32,12 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 	}
 	var res store.SweepResult
 	err := s.submit(ctx, func(t *txn) error {
-		keys, err := t.keys(s.stmts.dueNext, now.UnixMilli(), limit)
+		keys, err := s.stmts.dueNext.Strings(t.ctx, now.UnixMilli(), limit)
 		if err != nil {
 			return err
 		}
 		if len(keys) < limit {
-			more, err := t.keys(s.stmts.dueTS, now.Add(-quantum).UnixMilli(), limit-len(keys))
+			more, err := s.stmts.dueTS.Strings(t.ctx, now.Add(-quantum).UnixMilli(), limit-len(keys))
 			if err != nil {
 				return err
 			}

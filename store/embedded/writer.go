@@ -3,7 +3,6 @@ package embedded
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"time"
@@ -409,8 +408,7 @@ func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
 func (t *txn) writeAttempts(w store.Write, c current) (uint64, error) {
 	st := t.s.stmts
 	if w.Op == store.OpRemove {
-		err := st.attDel.Exec(t.ctx, w.Key)
-		return 0, err
+		return 0, st.attDel.Exec(t.ctx, w.Key)
 	}
 	var expires any
 	if !w.Expiry.IsZero() {
@@ -418,18 +416,4 @@ func (t *txn) writeAttempts(w store.Write, c current) (uint64, error) {
 	}
 	rev := c.cas + 1
 	return rev, st.attPut.Exec(t.ctx, w.Key, string(w.Value), rev, expires)
-}
-
-// keys returns the keys a query selects.
-func (t *txn) keys(stmt *wstmt, args ...any) ([]string, error) {
-	var keys []string
-	err := stmt.Query(t.ctx, func(row []driver.Value) error {
-		var k string
-		if err := scanValue(row[0], &k); err != nil {
-			return err
-		}
-		keys = append(keys, k)
-		return nil
-	}, args...)
-	return keys, err
 }

@@ -59,45 +59,50 @@ func (w *wstmt) Exec(ctx context.Context, args ...any) error {
 	return err
 }
 
-// Query runs the statement and calls fn with each row's values, which are
-// valid only during the call.
-func (w *wstmt) Query(ctx context.Context, fn func(row []driver.Value) error, args ...any) error {
+// rows runs the statement as a query.
+func (w *wstmt) rows(ctx context.Context, args []any) (driver.Rows, []driver.Value, error) {
 	nv, err := named(args)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	rows, err := w.st.(driver.StmtQueryContext).QueryContext(ctx, nv)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	row := make([]driver.Value, len(rows.Columns()))
+	return rows, make([]driver.Value, len(rows.Columns())), nil
+}
+
+// Strings runs the statement and returns the first column of every row, as
+// text.
+func (w *wstmt) Strings(ctx context.Context, args ...any) ([]string, error) {
+	rows, row, err := w.rows(ctx, args)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
 	for {
-		if err := rows.Next(row); err != nil {
-			if errors.Is(err, io.EOF) {
-				return rows.Close()
-			}
-			rows.Close()
-			return err
+		switch err := rows.Next(row); {
+		case errors.Is(err, io.EOF):
+			return out, nil
+		case err != nil:
+			return nil, err
 		}
-		if err := fn(row); err != nil {
-			rows.Close()
-			return err
+		var v string
+		if err := scanValue(row[0], &v); err != nil {
+			return nil, err
 		}
+		out = append(out, v)
 	}
 }
 
 // QueryRow runs the statement and keeps its first row for Scan.
 func (w *wstmt) QueryRow(ctx context.Context, args ...any) wrow {
-	nv, err := named(args)
-	if err != nil {
-		return wrow{err: err}
-	}
-	rows, err := w.st.(driver.StmtQueryContext).QueryContext(ctx, nv)
+	rows, row, err := w.rows(ctx, args)
 	if err != nil {
 		return wrow{err: err}
 	}
 	defer rows.Close()
-	row := make([]driver.Value, len(rows.Columns()))
 	switch err := rows.Next(row); {
 	case errors.Is(err, io.EOF):
 		return wrow{err: sql.ErrNoRows}
@@ -115,8 +120,8 @@ type wrow struct {
 	err  error
 }
 
-// Scan copies the row's values into dest: *int64, *uint64, *bool,
-// *sql.NullInt64 or *string.
+// Scan copies the row's values into dest: *uint64, *bool, *sql.NullInt64
+// or *string, what the writer reads.
 func (r wrow) Scan(dest ...any) error {
 	if r.err != nil {
 		return r.err
@@ -161,8 +166,6 @@ func scanValue(v driver.Value, dest any) error {
 		return fmt.Errorf("%T is not an integer", v)
 	}
 	switch d := dest.(type) {
-	case *int64:
-		*d = n
 	case *uint64:
 		*d = uint64(n)
 	case *bool:

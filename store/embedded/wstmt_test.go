@@ -36,7 +36,7 @@ func TestWriteStatementsConvertAsDatabaseSQLWould(t *testing.T) {
 			columns{}.args()...)...); err != nil {
 			return err
 		}
-		keys, err := t.keys(s.stmts.dueNext, int64(1<<62), 10)
+		keys, err := s.stmts.dueNext.Strings(t.ctx, int64(1<<62), 10)
 		if err != nil || len(keys) > 0 {
 			return err
 		}
