@@ -127,6 +127,44 @@ func TestVerySlowAnswersWithinTheTimeout(t *testing.T) {
 	assertDeliveredOnce(t, r.mock, keys)
 }
 
+// TestOneHangingSendHoldsUpItsOrderOnly: the email service holds one
+// request without an answer, far from the send timeout, while many more
+// orders come than the workers hold queued (a queue per worker held 64:
+// the reader then waited behind the hung send, and so did every worker).
+// Every other order is confirmed meanwhile; once answered, the held one is
+// too, each delivered once.
+func TestOneHangingSendHoldsUpItsOrderOnly(t *testing.T) {
+	r := newScriptedRun(t, mockmail.Config{})
+	r.cfg.Mail.Timeout = 10 * time.Minute
+	r.cfg.Watcher.ClaimTTL = 11 * time.Minute
+	var held atomic.Pointer[string] // the key of the request held
+	release := make(chan struct{})
+	r.cfg.Mail.URL = serveOn(t, "127.0.0.1:0", http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if key := req.Header.Get("Idempotency-Key"); held.CompareAndSwap(nil, &key) {
+			select {
+			case <-release:
+			case <-req.Context().Done():
+				return
+			}
+		}
+		r.mock.ServeHTTP(w, req)
+	}))
+	a, st := r.start(t)
+	defer stop(t, a)
+	defer close(release) // before the stop, which waits for the send
+	keys := r.placeOrders(t, st, 160*r.cfg.Watcher.Workers) // well beyond 64 a worker
+	others := len(keys) - 1
+	if !assert.Eventually(t, func() bool { return r.mock.Stats().Deliveries >= others }, 60*time.Second, 20*time.Millisecond) {
+		t.Fatalf("with one send held: %d of the other %d orders delivered", r.mock.Stats().Deliveries, others)
+	}
+	require.NotNil(t, held.Load())
+	assert.Equal(t, others, r.mock.Stats().Deliveries, "the held order is not delivered while held")
+
+	release <- struct{}{}
+	waitConfirmed(t, st, keys)
+	assertDeliveredOnce(t, r.mock, keys)
+}
+
 func TestEmailServiceDownAtStartup(t *testing.T) {
 	r := newScriptedRun(t, mockmail.Config{})
 	// An address where nothing listens yet.

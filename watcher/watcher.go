@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"math"
 	"math/rand/v2"
@@ -258,16 +257,15 @@ func (w *Watcher) Start(ctx context.Context) error {
 	// Outcomes wait for a group commit (up to the store's commit delay):
 	// enough of them in flight that a worker seldom waits for a slot.
 	w.inflight = make(chan struct{}, max(maxSettling, 4*w.cfg.Workers))
-	shards := make([]chan store.Event, w.cfg.Workers)
-	for i := range shards {
-		shards[i] = make(chan store.Event, 64)
+	d := newDispatcher(w.cfg.Workers, 2*cap(w.inflight))
+	for i := range w.cfg.Workers {
 		w.workers.Add(1)
-		go w.work(workCtx, &w.progress.workers[i], shards[i])
+		go w.work(workCtx, &w.progress.workers[i], d)
 	}
 	w.progress.expect(&w.progress.reader, 2*readPoll)
 	w.progress.running.Store(true)
 	w.reader.Add(1)
-	go w.read(readCtx, shards)
+	go w.read(readCtx, d)
 	w.log.Info("watching", "feed", w.cfg.FeedName, "workers", w.cfg.Workers)
 	return nil
 }
@@ -409,7 +407,7 @@ func (w *Watcher) Stalled() []string {
 	return out
 }
 
-func (w *Watcher) read(ctx context.Context, shards []chan store.Event) {
+func (w *Watcher) read(ctx context.Context, d *dispatcher) {
 	defer w.reader.Done()
 	p := &w.progress
 	backoff := newBackoff()
@@ -450,9 +448,7 @@ func (w *Watcher) read(ctx context.Context, shards []chan store.Event) {
 			w.lagKnown.Store(true)
 		}
 		p.reader.Store(0) // a busy worker's own deadline counts meanwhile
-		select {
-		case shards[shardOf(ev.Key, len(shards))] <- ev:
-		case <-ctx.Done():
+		if !d.add(ctx, ev) {
 			return // not acknowledged: read again after a restart
 		}
 	}
@@ -483,47 +479,41 @@ func (w *pollWindow) end() {
 	}
 }
 
-func shardOf(key string, n int) int {
-	h := fnv.New32a()
-	h.Write([]byte(key))
-	return int(h.Sum32() % uint32(n))
-}
-
-// work handles its shard's events one after the other. The outcome of a
-// send is written while the worker goes on (see settleAsync); a later
-// event of the same key waits for it, so that it decides on the state with
-// that outcome in it.
-func (w *Watcher) work(ctx context.Context, wp *workerProgress, events <-chan store.Event) {
+// work takes a line from the queue and handles its events one after the
+// other (see dispatcher). The outcome of a send is written while the worker
+// goes on (see sendAndSettle); the key's next event waits for it, so that it
+// decides on the state with that outcome in it.
+func (w *Watcher) work(ctx context.Context, wp *workerProgress, d *dispatcher) {
 	defer w.workers.Done()
 	defer wp.due.Store(0)
-	recent := map[string]*written{}
 	for {
 		wp.due.Store(0)
+		var next dispatched
 		select {
 		case <-w.stopping:
 			return // queued events stay unacknowledged and are replayed
-		case ev := <-events:
+		case next = <-d.queue:
+		}
+		ev, ln := next.ev, next.line
+		for more := true; more; ev, more = d.done(ln) {
 			wp.key.Store(&ev.Key)
 			w.progress.expect(&wp.due, w.stallBound())
 			ev.Ack = w.timedAck(ev.Ack, time.Now())
-			if wr, ok := recent[ev.Key]; ok {
+			if wr := ln.last; wr != nil {
 				select {
 				case <-wr.done:
 				case <-w.stopping:
 					return
 				}
 			}
-			if len(recent) >= cap(w.inflight) {
-				prune(recent, ev.Snapshot)
-			}
-			if !w.complete(ctx, wp, ev, recent) {
+			if !w.complete(ctx, wp, ev, ln) {
 				return
 			}
 		}
 	}
 }
 
-// written is this worker's last write of a key: done once made, at
+// written is a key's last write by its line's worker: done once made, at
 // position seq (set before done closes). An event whose state snapshot
 // predates it reads the state again.
 type written struct {
@@ -532,20 +522,6 @@ type written struct {
 }
 
 var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
-
-// prune forgets the writes every later event's snapshot includes: the
-// snapshots of a feed only move forward.
-func prune(recent map[string]*written, snapshot uint64) {
-	for k, wr := range recent {
-		select {
-		case <-wr.done:
-			if snapshot == 0 || wr.seq <= snapshot {
-				delete(recent, k)
-			}
-		default:
-		}
-	}
-}
 
 func highest(cas []uint64) uint64 {
 	var m uint64
@@ -561,7 +537,7 @@ func highest(cas []uint64) uint64 {
 // dead-lettered as a poison event and acknowledged, so that it cannot stop
 // its worker's other keys for good. It returns false when the watcher stops
 // first; ev is then replayed.
-func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Event, recent map[string]*written) bool {
+func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Event, ln *keyLine) bool {
 	b := newBackoff()
 	failures := 0
 	for {
@@ -571,10 +547,10 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 		default:
 		}
 		w.progress.expect(&wp.due, w.stallBound())
-		settling, err := w.handle(ctx, ev, recent)
+		settling, err := w.handle(ctx, ev, ln)
 		if err == nil {
 			if settling != nil {
-				recent[ev.Key] = settling // it acknowledges ev when written
+				ln.last = settling // it acknowledges ev when written
 				return true
 			}
 			ev.Ack()
@@ -636,7 +612,7 @@ func (w *Watcher) limits() Limits {
 // It returns an error when the outcome could not be written; the event is
 // then not acknowledged. After a send it returns the channel that closes
 // once the outcome is written and ev acknowledged.
-func (w *Watcher) handle(ctx context.Context, ev store.Event, recent map[string]*written) (*written, error) {
+func (w *Watcher) handle(ctx context.Context, ev store.Event, ln *keyLine) (*written, error) {
 	log := w.log.With("collection", ev.Collection, "key", ev.Key)
 	c := changeOf(ev)
 	if p, ok := Settled(c, w.now(), w.limits()); ok {
@@ -647,10 +623,10 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, recent map[string]
 		log.Debug("ignore", "reason", p.Reason)
 		return nil, nil
 	}
-	// The feed's snapshot of the key's state serves unless this worker
-	// wrote the key since it was taken.
+	// The feed's snapshot of the key's state serves unless the key was
+	// written since it was taken.
 	snapshot := ev.State != nil
-	if wr, ok := recent[ev.Key]; ok && wr.seq > ev.Snapshot {
+	if wr := ln.last; wr != nil && wr.seq > ev.Snapshot {
 		snapshot = false
 	}
 	for try := range maxStale {
@@ -678,7 +654,7 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, recent map[string]
 				continue // changed since it was read: decide again
 			}
 			if err == nil {
-				recent[ev.Key] = &written{done: closed, seq: highest(cas)}
+				ln.last = &written{done: closed, seq: highest(cas)}
 			}
 			if err == nil && p.Detail != "" {
 				w.deadLetter(p.Reason)
@@ -696,7 +672,7 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, recent map[string]
 				if err != nil {
 					return nil, err
 				}
-				recent[ev.Key] = &written{done: closed, seq: highest(cas)}
+				ln.last = &written{done: closed, seq: highest(cas)}
 				st.Retry.CAS, st.Retry.Value = cas[0], p.Retry.Encode()
 			}
 			return w.sendAndSettle(ctx, log, p, st, ev)

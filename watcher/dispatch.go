@@ -1,0 +1,121 @@
+package watcher
+
+import (
+	"context"
+	"sync"
+
+	"github.com/ordermail/ordermail/store"
+)
+
+// The reader hands events to the workers through one queue, in feed order,
+// one event of a key at a time: an event whose key has an event being
+// handled waits in that key's line, and the worker of the line handles it
+// next. So a key's events keep their order and one order is never handled
+// by two workers at once, while a send that hangs holds up its own key
+// only. (A queue per worker, by a hash of the key, let a hung send's queue
+// fill, and then the reader, and so every worker, waited for it.)
+
+// keyLine is a key's events from the one being handled to the last read.
+type keyLine struct {
+	key     string
+	waiting []store.Event // read after the one being handled, in feed order; under dispatcher.mu
+	// last is the key's last write known to the line's worker, which alone
+	// reads and sets it: the next event waits for it, and reads the state
+	// again unless its snapshot includes it. Nil: none since the snapshot.
+	last *written
+}
+
+// dispatched is an event on the queue with the line it opened.
+type dispatched struct {
+	ev   store.Event
+	line *keyLine
+}
+
+type dispatcher struct {
+	queue chan dispatched
+	// slots holds one token per event read and not yet handled, queued or
+	// waiting in a line: the bound of what the reader takes from the feed.
+	slots chan struct{}
+
+	mu    sync.Mutex
+	lines map[string]*keyLine
+	// recent keeps the last writes of keys that have no line, for their
+	// next events, until the snapshots of the events read since include
+	// them (they only move forward); pruned once it holds keep of them.
+	recent map[string]*written
+	keep   int
+}
+
+func newDispatcher(workers, keep int) *dispatcher {
+	return &dispatcher{
+		queue:  make(chan dispatched, 4*workers),
+		slots:  make(chan struct{}, 64*workers),
+		lines:  map[string]*keyLine{},
+		recent: map[string]*written{},
+		keep:   keep,
+	}
+}
+
+// add hands ev to the workers: into its key's line when one is open, else
+// onto the queue in a line of its own. It waits while every slot is taken
+// or the queue is full, and returns false if ctx ends first (ev is then not
+// handled, and comes back after a restart).
+func (d *dispatcher) add(ctx context.Context, ev store.Event) bool {
+	select {
+	case d.slots <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	d.mu.Lock()
+	if ln, ok := d.lines[ev.Key]; ok {
+		ln.waiting = append(ln.waiting, ev)
+		d.mu.Unlock()
+		return true
+	}
+	if len(d.recent) >= d.keep {
+		prune(d.recent, ev.Snapshot)
+	}
+	ln := &keyLine{key: ev.Key, last: d.recent[ev.Key]}
+	delete(d.recent, ev.Key) // the line carries it now
+	d.lines[ev.Key] = ln
+	d.mu.Unlock()
+	select {
+	case d.queue <- dispatched{ev: ev, line: ln}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// done ends the handling of ln's current event. It returns the line's next
+// event if one waits; otherwise it closes the line, keeping its last write
+// for the key's later events.
+func (d *dispatcher) done(ln *keyLine) (store.Event, bool) {
+	<-d.slots
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(ln.waiting) > 0 {
+		ev := ln.waiting[0]
+		ln.waiting[0] = store.Event{}
+		ln.waiting = ln.waiting[1:]
+		return ev, true
+	}
+	delete(d.lines, ln.key)
+	if ln.last != nil {
+		d.recent[ln.key] = ln.last
+	}
+	return store.Event{}, false
+}
+
+// prune forgets the writes every later event's snapshot includes.
+func prune(recent map[string]*written, snapshot uint64) {
+	for k, wr := range recent {
+		select {
+		case <-wr.done:
+			if snapshot == 0 || wr.seq <= snapshot {
+				delete(recent, k)
+			}
+		default:
+		}
+	}
+}
