@@ -5,8 +5,10 @@
 // settles the result (Settle: an Outcome) and writes the outcome with one
 // store.Apply. Decide and Settle are pure; the rest only loads, sends and
 // applies. An event is acknowledged only after its outcome is written.
-// Events run on a bounded pool of workers, sharded by key so that one order
-// is never handled twice at once.
+// Events run on a bounded pool of workers that take them from one queue in
+// feed order; an event whose key has one being handled waits for it in that
+// key's line (see dispatcher), so that one order is never handled twice at
+// once and a send that hangs holds up its own order only.
 //
 // # Outcomes and their crash windows
 //
