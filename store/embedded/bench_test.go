@@ -6,7 +6,9 @@ import (
 	"path/filepath"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/stretchr/testify/require"
@@ -79,4 +81,35 @@ func BenchmarkConfirmInGroupCommits(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkSweepFlags flags due retry documents in the sweep's batches of
+// 1,000, as the timer does after `retries start`: the writer's cost of one
+// flag (the document rewritten with fireRetry, its new position, its index
+// entries and counts).
+func BenchmarkSweepFlags(b *testing.B) {
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(b.TempDir(), "o.db")})
+	require.NoError(b, err)
+	defer st.Close()
+	due := time.Now().Add(-time.Minute).UnixMilli()
+	for from := 0; from < b.N; from += 1000 {
+		var writes []store.Write
+		for i := from; i < min(from+1000, b.N); i++ {
+			key := fmt.Sprintf("order_%09d", i)
+			writes = append(writes, store.Write{Op: store.OpInsert, Collection: order.Retry, Key: key,
+				Value: fmt.Appendf(nil, `{"docId":%q,"attempt":1,"ts":1,"nextAttemptAt":%d,"lastStatus":503}`, key, due)})
+		}
+		_, err := st.Apply(ctx, writes)
+		require.NoError(b, err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	flagged := 0
+	for flagged < b.N {
+		res, err := st.SweepRetries(ctx, time.Now(), 15*time.Second, 1000)
+		require.NoError(b, err)
+		require.NotZero(b, res.Flagged, "%d of %d flagged, none due left", flagged, b.N)
+		flagged += res.Flagged
+	}
 }
