@@ -151,8 +151,10 @@ func TestOneHangingSendHoldsUpItsOrderOnly(t *testing.T) {
 	}))
 	a, st := r.start(t)
 	defer stop(t, a)
-	defer close(release) // before the stop, which waits for the send
-	keys := r.placeOrders(t, st, 160*r.cfg.Watcher.Workers) // well beyond 64 a worker
+	// Runs before the stop, which waits for the held send.
+	defer close(release)
+	// Well beyond the 64 events a worker's queue held.
+	keys := r.placeOrders(t, st, 160*r.cfg.Watcher.Workers)
 	others := len(keys) - 1
 	if !assert.Eventually(t, func() bool { return r.mock.Stats().Deliveries >= others }, 60*time.Second, 20*time.Millisecond) {
 		t.Fatalf("with one send held: %d of the other %d orders delivered", r.mock.Stats().Deliveries, others)
