@@ -144,6 +144,10 @@ func TestBenchFailuresDueAndHistory(t *testing.T) {
 	assert.GreaterOrEqual(t, *res.DueFirstSeconds, 0.0)
 	assert.LessOrEqual(t, *res.DueFirstSeconds, res.ElapsedSeconds)
 	assert.Positive(t, *res.DuePerSecond)
+	// The drain alone: the same deliveries, counted from the first of them.
+	require.NotNil(t, res.DueDrainPerSecond)
+	fromStart := float64(res.Due) / *res.DuePerSecond
+	assert.InEpsilon(t, float64(res.Due-1)/(fromStart-*res.DueFirstSeconds), *res.DueDrainPerSecond, 0.05)
 	assert.Nil(t, res.CeilingPerSecond, "no --ceiling")
 }
 

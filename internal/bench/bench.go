@@ -146,9 +146,12 @@ type Result struct {
 	RetryGapMs   *mockmail.GapSummary `json:"retryGapMs,omitempty"`
 	PaidToSentMs *Quantiles           `json:"paidToSentMs,omitempty"`
 	// With --due: from the run's start of retries to the first due retry
-	// delivered, and the due retries delivered a second until the last.
-	DueFirstSeconds *float64 `json:"dueFirstSeconds,omitempty"`
-	DuePerSecond    *float64 `json:"duePerSecond,omitempty"`
+	// delivered, and the due retries delivered a second until the last:
+	// from the start of retries (the wait for the sweep's first tick
+	// included), and from the first due retry delivered (the drain alone).
+	DueFirstSeconds   *float64 `json:"dueFirstSeconds,omitempty"`
+	DuePerSecond      *float64 `json:"duePerSecond,omitempty"`
+	DueDrainPerSecond *float64 `json:"dueDrainPerSecond,omitempty"`
 	// The send-only ceiling, with --ceiling.
 	CeilingPerSecond *float64 `json:"ceilingPerSecond,omitempty"`
 	CeilingRequests  *int64   `json:"ceilingRequests,omitempty"`
@@ -989,6 +992,9 @@ func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time 
 	if dueDelivered > 0 && dueLast > w.due[0] {
 		res.DueFirstSeconds = ptr(round(float64(dueFirst-w.due[0])/1e9, 3))
 		res.DuePerSecond = ptr(round(float64(dueDelivered)/(float64(dueLast-w.due[0])/1e9), 1))
+		if dueLast > dueFirst {
+			res.DueDrainPerSecond = ptr(round(float64(dueDelivered-1)/(float64(dueLast-dueFirst)/1e9), 1))
+		}
 	}
 	g := tm.RetryGaps
 	g.MinMs, g.MeanMs, g.P99Ms, g.MaxMs = round(g.MinMs, 3), round(g.MeanMs, 3), round(g.P99Ms, 3), round(g.MaxMs, 3)
