@@ -134,7 +134,13 @@ func TestVerySlowAnswersWithinTheTimeout(t *testing.T) {
 // Every other order is confirmed meanwhile; once answered, the held one is
 // too, each delivered once.
 func TestOneHangingSendHoldsUpItsOrderOnly(t *testing.T) {
-	r := newScriptedRun(t, mockmail.Config{})
+	for _, b := range backends[:2] { // the embedded store and the Couchbase test server
+		t.Run(b.name, func(t *testing.T) { oneHangingSend(t, b) })
+	}
+}
+
+func oneHangingSend(t *testing.T, b backend) {
+	r := newRunOn(t, b, mockmail.Config{})
 	r.cfg.Mail.Timeout = 10 * time.Minute
 	r.cfg.Watcher.ClaimTTL = 11 * time.Minute
 	var held atomic.Pointer[string] // the key of the request held
