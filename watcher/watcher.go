@@ -534,8 +534,8 @@ func highest(cas []uint64) uint64 {
 // complete handles ev until its outcome is written. An unavailable store is
 // waited out, however long; any other failure is tried again a bounded
 // number of times (MaxEventFailures), after which the event is
-// dead-lettered as a poison event and acknowledged, so that it cannot stop
-// its worker's other keys for good. It returns false when the watcher stops
+// dead-lettered as a poison event and acknowledged, so that it cannot hold
+// its worker, and its key's later events, for good. It returns false when the watcher stops
 // first; ev is then replayed.
 func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Event, ln *keyLine) bool {
 	b := newBackoff()
