@@ -27,6 +27,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.Float64Var(&c.FailRate, "fail-rate", 0, "share of sends the mock answers 503 (transient), 0 to below 1")
 	fs.BoolVar(&c.FailOnce, "fail-once", false, "the mock fails only first sends, at --fail-rate; a retry is answered 200")
 	fs.DurationVar(&c.MailLatency, "mail-latency", time.Millisecond, "the mock's delay before every answer")
+	fs.IntVar(&c.HoldEvery, "hold-every", 0, "the mock answers nothing to the first request of every Nth order, until the service gives up (its --mail-timeout) and retries; not with --ceiling")
 	fs.Uint64Var(&c.Seed, "seed", 0, "seed of the mock's failures and the generated orders; 0 picks one")
 	fs.StringVar(&c.MailURL, "mail-url", "", "an email service already running, instead of the mock; the figures that need the mock's timings are then absent")
 	fs.IntVar(&c.Workers, "workers", 16, "the service's --workers, and the ceiling's senders")
@@ -52,12 +53,12 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"embedded store, waits until the service has confirmed a probe order, writes paid orders, and\n" +
 			"prints what it measured as one JSON line on standard output; progress goes to standard error.\n" +
 			"Fields: orders, confirmed, deadLetters, retryDocsLeft (store); sendAttempts, deliveries,\n" +
-			"failures, duplicateRequests (the mock's /stats); elapsedSeconds and ordersPerSecond (first\n" +
+			"failures, duplicateRequests, heldRequests (the mock's /stats); elapsedSeconds and ordersPerSecond (first\n" +
 			"write to last delivery); secondsTo, paidToSentMs, retryGapMs (the mock's /timings); peakRSSMB\n" +
 			"(the service's VmHWM); serviceCPUSeconds and serviceCPUPerOrderUs (the service's CPU time\n" +
 			"over the run); sendMeanMs (a request to the email service, from the service's histogram);\n" +
-			"dueFirstSeconds and duePerSecond (--due: from retries start to the first due retry\n" +
-			"delivered, and the drain's rate); ceilingPerSecond, ofCeiling and ceilingSendMeanMs (--ceiling:\n" +
+			"dueFirstSeconds, duePerSecond and dueDrainPerSecond (--due: from retries start to the first\n" +
+			"due retry delivered, and the drain's rate from retries start and from that first one); ceilingPerSecond, ofCeiling and ceilingSendMeanMs (--ceiling:\n" +
 			"a request of the senders alone, to set beside sendMeanMs); settings.\n" +
 			"Flags after -- are handed to `ordermail run`. bench reads no ORDERMAIL_ variables and passes\n" +
 			"none on: a deployment's settings, its store above all, stay out of a benchmark.",
@@ -65,7 +66,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 		Exec: func(ctx context.Context, args []string) error {
 			var mockOnly []string
 			fs.Visit(func(f *flag.Flag) {
-				if f.Name == "fail-rate" || f.Name == "fail-once" || f.Name == "mail-latency" {
+				if f.Name == "fail-rate" || f.Name == "fail-once" || f.Name == "mail-latency" || f.Name == "hold-every" {
 					mockOnly = append(mockOnly, f.Name)
 				}
 			})
@@ -77,6 +78,9 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			if c.MailURL != "" {
 				c.FailRate, c.FailOnce, c.MailLatency = 0, false, 0
+			}
+			if c.HoldEvery > 0 && c.Ceiling {
+				return errors.New("hold-every: the ceiling's senders would wait on the held requests; run it without --ceiling")
 			}
 			exe, err := os.Executable()
 			if err != nil {

@@ -170,6 +170,26 @@ func TestBenchFailOnce(t *testing.T) {
 	assert.Zero(t, *res.DuplicateRequests)
 }
 
+// TestBenchHoldEvery: the mock answers nothing to the first request of
+// every 100th order; the service gives up on each at its mail timeout and
+// sends it again later, and every order is delivered once.
+func TestBenchHoldEvery(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the service and the mock as processes")
+	}
+	t.Parallel()
+	res, _ := runBench(t, "--orders", "300", "--hold-every", "100", "--mail-latency", "0", "--workers", "8",
+		"--backoff", "fixed", "--retry-quantum", "100ms", "--timer-interval", "50ms", "--seed", "5",
+		"--", "--mail-timeout", "300ms", "--breaker-failures", "0")
+	assert.Equal(t, 300, res.Confirmed)
+	require.NotNil(t, res.HeldRequests)
+	assert.Equal(t, 3, *res.HeldRequests, "keys 100, 200 and 300 of the mock's count (the probe order is the first)")
+	assert.Equal(t, 300, *res.Deliveries)
+	assert.Equal(t, 303, *res.SendAttempts, "one more request for each held one")
+	assert.Zero(t, *res.DuplicateRequests)
+	assert.Equal(t, 100, res.Settings.HoldEvery)
+}
+
 func TestBenchRejectsBadSettings(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
@@ -181,6 +201,8 @@ func TestBenchRejectsBadSettings(t *testing.T) {
 		{give: []string{"--workers", "0"}, want: "workers: 0 is not between 1 and 1024"},
 		{give: []string{"--backoff", "linear"}, want: `backoff: "linear" is not exponential or fixed`},
 		{give: []string{"--mail-url", "http://127.0.0.1:1", "--fail-rate", "0.1"}, want: "fail-rate: a setting of the mock"},
+		{give: []string{"--hold-every", "100", "--ceiling"}, want: "hold-every: the ceiling's senders would wait"},
+		{give: []string{"--hold-every", "-1"}, want: "hold-every: -1 is negative"},
 	} {
 		_, _, err := cli(t, append([]string{"bench"}, tt.give...)...)
 		assert.ErrorContains(t, err, tt.want, "%v", tt.give)

@@ -34,6 +34,7 @@ type Config struct {
 	Orders      int           // paid orders written in the run
 	FailRate    float64       // the mock's share of 503 answers, 0 to <1
 	FailOnce    bool          // the mock fails a key's first send only, at FailRate
+	HoldEvery   int           // the mock answers nothing to the first request of every HoldEvery-th key
 	MailLatency time.Duration // the mock's delay before every answer
 	Seed        uint64        // the mock's failures and the generated orders
 	// MailURL is an email service already running; empty: start the mock.
@@ -81,6 +82,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("fail-rate: %v is not at least 0 and below 1 (at 1 nothing is ever delivered)", c.FailRate)
 	case c.MailLatency < 0:
 		return fmt.Errorf("mail-latency: %s is negative", c.MailLatency)
+	case c.HoldEvery < 0:
+		return fmt.Errorf("hold-every: %d is negative", c.HoldEvery)
 	case c.Workers < 1 || c.Workers > 1024:
 		return fmt.Errorf("workers: %d is not between 1 and 1024", c.Workers)
 	case c.History < 0:
@@ -129,6 +132,7 @@ type Result struct {
 	Deliveries        *int `json:"deliveries,omitempty"`
 	Failures          *int `json:"failures,omitempty"`
 	DuplicateRequests *int `json:"duplicateRequests,omitempty"`
+	HeldRequests      *int `json:"heldRequests,omitempty"` // with --hold-every: answered nothing
 	// From the first write to the last delivery (the mock's clock, which is
 	// this machine's), or to when the bench saw the last confirmation.
 	ElapsedSeconds  float64  `json:"elapsedSeconds"`
@@ -179,6 +183,7 @@ type Settings struct {
 	Orders          int      `json:"orders"`
 	FailRate        *float64 `json:"failRate,omitempty"`      // the mock's
 	FailOnce        bool     `json:"failOnce,omitempty"`      // the mock's: first sends only
+	HoldEvery       int      `json:"holdEvery,omitempty"`     // the mock's: no answer to every Nth key's first request
 	MailLatencyMs   *float64 `json:"mailLatencyMs,omitempty"` // the mock's
 	Seed            uint64   `json:"seed"`
 	MailURL         string   `json:"mailURL,omitempty"` // a service of the user's
@@ -365,6 +370,9 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 		res.Deliveries = ptr(st.Deliveries - baseStats.Deliveries)
 		res.Failures = ptr(st.Failures - baseStats.Failures)
 		res.DuplicateRequests = ptr(st.DuplicateRequests - baseStats.DuplicateRequests)
+		if b.cfg.HoldEvery > 0 {
+			res.HeldRequests = ptr(st.Held - baseStats.Held)
+		}
 	}
 	if b.ownMock {
 		tm, err := mockmail.FetchTimings(ctx, b.mailURL)
@@ -392,7 +400,7 @@ func (b *bench) settings() Settings {
 		RetryQuantumMs: ms(c.RetryQuantum), Backoff: c.Backoff, BackoffMinMs: ms(c.BackoffMin),
 		ServiceArgs: c.ServiceArgs, CPUs: runtime.NumCPU()}
 	if c.MailURL == "" {
-		s.FailRate, s.FailOnce, s.MailLatencyMs = &c.FailRate, c.FailOnce, ptr(ms(c.MailLatency))
+		s.FailRate, s.FailOnce, s.MailLatencyMs, s.HoldEvery = &c.FailRate, c.FailOnce, ptr(ms(c.MailLatency)), c.HoldEvery
 	}
 	return s
 }
@@ -431,7 +439,7 @@ func (b *bench) startMock(ctx context.Context) error {
 	args := []string{"mockmail", "--listen", "127.0.0.1:0",
 		"--log-format", "json", "--log-level", "info",
 		"--fail-rate", strconv.FormatFloat(b.cfg.FailRate, 'g', -1, 64), "--fail-status", "503",
-		"--fail-once=" + strconv.FormatBool(b.cfg.FailOnce),
+		"--fail-once=" + strconv.FormatBool(b.cfg.FailOnce), "--hold-every", strconv.Itoa(b.cfg.HoldEvery),
 		"--latency", b.cfg.MailLatency.String(), "--seed", strconv.FormatUint(b.cfg.Seed, 10)}
 	c, err := startChild("mockmail", b.cfg.Exe, append(args, b.creds.mockArgs()...),
 		func(line string) bool {

@@ -34,6 +34,11 @@ type Config struct {
 	// FailOnce applies FailRate to a key's first request only: a retry is
 	// answered 200. Without it a retry fails as often as a first send.
 	FailOnce bool
+	// HoldEvery, when set, answers nothing to the first request of every
+	// HoldEvery-th key seen: the request is held until the sender gives up,
+	// as a service that never answers some requests; the key's later
+	// requests are answered as usual.
+	HoldEvery int
 	// Script, when set, decides the answer to the n-th request (from 1)
 	// carrying key; a zero Reply falls back to the random behaviour.
 	Script func(key string, n int) Reply
@@ -72,6 +77,9 @@ func (c Config) Validate() error {
 	if c.Latency < 0 {
 		return fmt.Errorf("latency: %s is negative", c.Latency)
 	}
+	if c.HoldEvery < 0 {
+		return fmt.Errorf("hold-every: %d is negative", c.HoldEvery)
+	}
 	if c.AuthHeader != "" && !httpguts.ValidHeaderFieldName(c.AuthHeader) {
 		return fmt.Errorf("auth-header: %q is not an HTTP header name", c.AuthHeader)
 	}
@@ -97,6 +105,7 @@ type Stats struct {
 	Unauthorized  int `json:"unauthorized"`
 	BadSignatures int `json:"badSignatures"`
 	Traced        int `json:"traced"` // requests with a valid W3C traceparent header
+	Held          int `json:"held"`   // requests answered nothing (HoldEvery), counted in Requests
 }
 
 // Timings is what GET /timings serves: when each key was first requested
@@ -137,6 +146,7 @@ type Server struct {
 	// about 100 MB and nothing for the garbage collector to scan.
 	keys map[string]keyState
 	gaps []int64 // ns from a failure answer to the next request with its key
+	seen int     // keys seen, for HoldEvery
 }
 
 // keyState is what the mock knows about one idempotency key.
@@ -261,6 +271,10 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 		decodeErr = dec.Decode(&body)
 	}
 
+	if s.hold(key, traced, arrived) {
+		<-r.Context().Done() // the sender gave up (the body is read: net/http watches the connection)
+		return
+	}
 	reply := s.decide(key, traced, decodeErr, arrived)
 	if reply.RetryAfter != "" {
 		w.Header().Set("Retry-After", reply.RetryAfter)
@@ -315,6 +329,31 @@ func lowerHex(s string) bool {
 		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
 			return false
 		}
+	}
+	return true
+}
+
+// hold says whether the request is one HoldEvery holds: the first of a
+// key that is the HoldEvery-th seen. It counts the request.
+func (s *Server) hold(key string, traced bool, arrived int64) bool {
+	if s.cfg.HoldEvery == 0 || key == "" {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k, ok := s.keys[key]
+	if ok {
+		return false
+	}
+	if s.seen++; s.seen%s.cfg.HoldEvery != 0 {
+		return false
+	}
+	k.requests, k.firstAt = 1, arrived
+	s.keys[key] = k
+	s.stats.Requests++
+	s.stats.Held++
+	if traced {
+		s.stats.Traced++
 	}
 	return true
 }
@@ -502,6 +541,7 @@ func (s *Server) Reset() {
 	s.stats = Stats{}
 	s.keys = map[string]keyState{}
 	s.gaps = nil
+	s.seen = 0
 }
 
 func (s *Server) serveReset(w http.ResponseWriter, _ *http.Request) {

@@ -322,3 +322,28 @@ func TestFailOnceFailsFirstSendsOnly(t *testing.T) {
 	assert.Equal(t, 2, m.Stats().Failures)
 	assert.Equal(t, 2, m.Stats().Deliveries)
 }
+
+// With HoldEvery 2 the first request of every second key gets no answer
+// until its sender gives up; that key's next request is answered.
+func TestHoldEveryHoldsFirstRequestsOfEveryNthKey(t *testing.T) {
+	t.Parallel()
+	m, err := mockmail.New(mockmail.Config{HoldEvery: 2})
+	require.NoError(t, err)
+	srv := httptest.NewServer(m)
+	defer srv.Close()
+
+	assert.Equal(t, http.StatusOK, post(t, srv.URL, "a"), "the first key is answered")
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+mockmail.SendPath, strings.NewReader(`{"email":"a@example.com"}`))
+	require.NoError(t, err)
+	req.Header.Set("Idempotency-Key", "b")
+	_, err = http.DefaultClient.Do(req)
+	require.ErrorIs(t, err, context.DeadlineExceeded, "the second key's first request is held until the sender gives up")
+	assert.Equal(t, http.StatusOK, post(t, srv.URL, "b"), "its next request is answered")
+	assert.Equal(t, http.StatusOK, post(t, srv.URL, "c"))
+	assert.Equal(t, mockmail.Stats{Requests: 4, Deliveries: 3, Held: 1}, m.Stats())
+	m.Reset()
+	assert.Equal(t, http.StatusOK, post(t, srv.URL, "d"), "the count starts again at a reset")
+	assert.Zero(t, m.Stats().Held)
+}
