@@ -53,13 +53,14 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"embedded store, waits until the service has confirmed a probe order, writes paid orders, and\n" +
 			"prints what it measured as one JSON line on standard output; progress goes to standard error.\n" +
 			"Fields: orders, confirmed, deadLetters, retryDocsLeft (store); sendAttempts, deliveries,\n" +
-			"failures, duplicateRequests, heldRequests (the mock's /stats); elapsedSeconds and ordersPerSecond (first\n" +
-			"write to last delivery); secondsTo, paidToSentMs, retryGapMs (the mock's /timings); peakRSSMB\n" +
-			"(the service's VmHWM); serviceCPUSeconds and serviceCPUPerOrderUs (the service's CPU time\n" +
-			"over the run); sendMeanMs (a request to the email service, from the service's histogram);\n" +
-			"dueFirstSeconds, duePerSecond and dueDrainPerSecond (--due: from retries start to the first\n" +
-			"due retry delivered, and the drain's rate from retries start and from that first one); ceilingPerSecond, ofCeiling and ceilingSendMeanMs (--ceiling:\n" +
-			"a request of the senders alone, to set beside sendMeanMs); settings.\n" +
+			"failures, duplicateRequests, heldRequests (the mock's /stats); elapsedSeconds and\n" +
+			"ordersPerSecond (first write to last delivery); secondsTo, paidToSentMs, retryGapMs (the\n" +
+			"mock's /timings); peakRSSMB (the service's VmHWM); serviceCPUSeconds and serviceCPUPerOrderUs\n" +
+			"(the service's CPU time over the run); sendMeanMs (a request to the email service, from the\n" +
+			"service's histogram); dueFirstSeconds, duePerSecond and dueDrainPerSecond (--due: from retries\n" +
+			"start to the first due retry delivered, and the drain's rate from retries start and from that\n" +
+			"first one); ceilingPerSecond, ofCeiling and ceilingSendMeanMs (--ceiling: a request of the\n" +
+			"senders alone, to set beside sendMeanMs); settings.\n" +
 			"Flags after -- are handed to `ordermail run`. bench reads no ORDERMAIL_ variables and passes\n" +
 			"none on: a deployment's settings, its store above all, stay out of a benchmark.",
 		FlagSet: fs,
