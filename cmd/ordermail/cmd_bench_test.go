@@ -180,7 +180,7 @@ func TestBenchHoldEvery(t *testing.T) {
 	t.Parallel()
 	res, _ := runBench(t, "--orders", "300", "--hold-every", "100", "--mail-latency", "0", "--workers", "8",
 		"--backoff", "fixed", "--retry-quantum", "100ms", "--timer-interval", "50ms", "--seed", "5",
-		"--", "--mail-timeout", "300ms", "--breaker-failures", "0")
+		"--", "--mail-timeout", "2s", "--breaker-failures", "0")
 	assert.Equal(t, 300, res.Confirmed)
 	require.NotNil(t, res.HeldRequests)
 	assert.Equal(t, 3, *res.HeldRequests, "keys 100, 200 and 300 of the mock's count (the probe order is the first)")
