@@ -272,8 +272,11 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 	}
 
 	if s.hold(key, traced, arrived) {
-		<-r.Context().Done() // the sender gave up (the body is read: net/http watches the connection)
-		return
+		// Until the sender gives up (the body is read: net/http watches the
+		// connection) or Close; then the connection is dropped unanswered,
+		// where a return would answer 200.
+		<-r.Context().Done()
+		panic(http.ErrAbortHandler)
 	}
 	reply := s.decide(key, traced, decodeErr, arrived)
 	if reply.RetryAfter != "" {
@@ -636,8 +639,13 @@ func (s *Server) ListenTLS(addr string, cfg *tls.Config) (*Listening, error) {
 }
 
 func (s *Server) listening(ln net.Listener, scheme string) *Listening {
-	return &Listening{addr: ln.Addr(), scheme: scheme, done: make(chan error, 1),
-		srv: &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second}}
+	// Requests' contexts end when the server shuts down, so that the ones
+	// HoldEvery holds do not keep Close waiting for its whole deadline.
+	base, stop := context.WithCancel(context.Background())
+	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return base }}
+	srv.RegisterOnShutdown(stop)
+	return &Listening{addr: ln.Addr(), scheme: scheme, done: make(chan error, 1), srv: srv}
 }
 
 // Addr is the address it listens on; URL, the base URL to send to.

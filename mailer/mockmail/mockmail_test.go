@@ -362,3 +362,31 @@ func TestHoldEveryHoldsFirstRequestsOfEveryNthKey(t *testing.T) {
 	assert.Equal(t, http.StatusOK, post(t, srv.URL, "d"), "the count starts again at a reset")
 	assert.Zero(t, m.Stats().Held)
 }
+
+// Close ends the requests HoldEvery holds instead of waiting for them.
+func TestCloseEndsHeldRequests(t *testing.T) {
+	t.Parallel()
+	m, err := mockmail.New(mockmail.Config{HoldEvery: 1})
+	require.NoError(t, err)
+	l, err := m.Listen("127.0.0.1:0")
+	require.NoError(t, err)
+	sent := make(chan error, 1)
+	go func() {
+		req, err := http.NewRequest(http.MethodPost, l.URL()+mockmail.SendPath, strings.NewReader(`{}`))
+		if err != nil {
+			sent <- err
+			return
+		}
+		req.Header.Set("Idempotency-Key", "a")
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		sent <- err
+	}()
+	require.Eventually(t, func() bool { return m.Stats().Held == 1 }, 30*time.Second, time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, l.Close(ctx), "Close did not wait for the held request")
+	assert.Error(t, <-sent, "the held request gets no answer")
+}
