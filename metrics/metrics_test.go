@@ -196,11 +196,19 @@ func TestMetricsAfterASmallRun(t *testing.T) {
 
 	h := r.m.Handler()
 	var v map[string]float64
-	require.Eventually(t, func() bool {
+	// The store's counts show an outcome once it is committed; the
+	// watcher's counters move a moment later, after the write returns:
+	// wait for both, or a busy machine scrapes in between.
+	if !assert.Eventually(t, func() bool {
 		v = scrape(t, h)
 		return v["ordermail_orders_confirmed"] == 3 && v["ordermail_dead_letters"] == 1 && v["ordermail_retry_documents"] == 0 &&
-			v["ordermail_sweep_duration_seconds_count"] > 0
-	}, 20*time.Second, 10*time.Millisecond, "last scrape: %v", v)
+			v["ordermail_sweep_duration_seconds_count"] > 0 &&
+			v[`ordermail_outcomes_total{outcome="sent"}`]+v[`ordermail_outcomes_total{outcome="retry"}`] >= 4 &&
+			v[`ordermail_dead_lettered_total{reason="no_email"}`] >= 1 &&
+			v["ordermail_event_handling_duration_seconds_count"] >= 6
+	}, 20*time.Second, 10*time.Millisecond) {
+		t.Fatalf("last scrape: %v", v)
+	}
 
 	want := map[string]float64{
 		`ordermail_sends_total{status_class="2xx"}`:                 3,
