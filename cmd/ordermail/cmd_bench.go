@@ -37,6 +37,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.IntVar(&c.Due, "due", 0, "retry documents already due, with their paid orders, written before the service starts with retries paused; the run starts retries (`retries start`)")
 	fs.Float64Var(&c.Rate, "rate", 0, "open loop: write this many orders a second (for orders/rate seconds); 0: all at once")
 	fs.BoolVar(&c.Ceiling, "ceiling", false, "first measure the send-only ceiling: the same orders POSTed by --workers senders, nothing stored")
+	fs.BoolVar(&c.Minimal, "minimal", false, "first measure the minimal pipeline: the ceiling's senders, each delivered order's outcome committed in groups by the embedded store; no feed, no decisions")
 	fs.BoolVar(&c.Secure, "secure", false, "the mock wants a bearer token and Standard Webhooks signatures; the service and the ceiling send them")
 	fs.DurationVar(&c.TimerInterval, "timer-interval", time.Second, "the service's --timer-interval")
 	fs.DurationVar(&c.RetryQuantum, "retry-quantum", 15*time.Second, "the service's --retry-quantum")
@@ -60,7 +61,9 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"service's histogram); dueFirstSeconds, duePerSecond and dueDrainPerSecond (--due: from retries\n" +
 			"start to the first due retry delivered, and the drain's rate from retries start and from that\n" +
 			"first one); ceilingPerSecond, ofCeiling and ceilingSendMeanMs (--ceiling: a request of the\n" +
-			"senders alone, to set beside sendMeanMs); settings.\n" +
+			"senders alone, to set beside sendMeanMs); minimalPerSecond, minimalOfCeiling and\n" +
+			"minimalCPUPerOrderUs (--minimal); orderWriteCPUPerOrderUs (the bench's CPU writing the orders,\n" +
+			"the order system's work); settings.\n" +
 			"Flags after -- are handed to `ordermail run`. bench reads no ORDERMAIL_ variables and passes\n" +
 			"none on: a deployment's settings, its store above all, stay out of a benchmark.",
 		FlagSet: fs,
@@ -80,8 +83,8 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if c.MailURL != "" {
 				c.FailRate, c.FailOnce, c.MailLatency = 0, false, 0
 			}
-			if c.HoldEvery > 0 && c.Ceiling {
-				return errors.New("hold-every: the ceiling's senders would wait on the held requests; run it without --ceiling")
+			if c.HoldEvery > 0 && (c.Ceiling || c.Minimal) {
+				return errors.New("hold-every: the senders of --ceiling and --minimal would wait on the held requests; run it without them")
 			}
 			exe, err := os.Executable()
 			if err != nil {

@@ -55,7 +55,7 @@ func TestBenchClosedLoopWithCeiling(t *testing.T) {
 		t.Skip("runs the service and the mock as processes")
 	}
 	t.Parallel()
-	res, fields := runBench(t, "--orders", "300", "--mail-latency", "0", "--workers", "8", "--ceiling")
+	res, fields := runBench(t, "--orders", "300", "--mail-latency", "0", "--workers", "8", "--ceiling", "--minimal")
 
 	assert.Equal(t, 300, res.Orders)
 	assert.Equal(t, 300, res.Confirmed)
@@ -107,6 +107,19 @@ func TestBenchClosedLoopWithCeiling(t *testing.T) {
 	assert.Positive(t, *res.CeilingSendMeanMs)
 	assert.LessOrEqual(t, *res.SendMeanMs*300, 8*res.ElapsedSeconds*1000*1.05)
 	assert.LessOrEqual(t, *res.CeilingSendMeanMs, 8*1000 / *res.CeilingPerSecond * 1.05)
+
+	// The minimal pipeline ran before the service, with keys of its own:
+	// the run's figures above count the run's orders alone.
+	require.NotNil(t, res.MinimalPerSecond)
+	require.NotNil(t, res.MinimalOfCeiling)
+	assert.Positive(t, *res.MinimalPerSecond)
+	assert.InDelta(t, *res.MinimalPerSecond / *res.CeilingPerSecond, *res.MinimalOfCeiling, 0.001)
+	assert.True(t, res.Settings.Minimal)
+	if runtime.GOOS == "linux" {
+		require.NotNil(t, res.MinimalCPUPerOrderUs)
+		assert.Positive(t, *res.MinimalCPUPerOrderUs)
+		assert.Contains(t, fields, "orderWriteCPUPerOrderUs")
+	}
 }
 
 func TestBenchFailuresDueAndHistory(t *testing.T) {
@@ -201,7 +214,8 @@ func TestBenchRejectsBadSettings(t *testing.T) {
 		{give: []string{"--workers", "0"}, want: "workers: 0 is not between 1 and 1024"},
 		{give: []string{"--backoff", "linear"}, want: `backoff: "linear" is not exponential or fixed`},
 		{give: []string{"--mail-url", "http://127.0.0.1:1", "--fail-rate", "0.1"}, want: "fail-rate: a setting of the mock"},
-		{give: []string{"--hold-every", "100", "--ceiling"}, want: "hold-every: the ceiling's senders would wait"},
+		{give: []string{"--hold-every", "100", "--ceiling"}, want: "hold-every: the senders of --ceiling and --minimal would wait"},
+		{give: []string{"--hold-every", "100", "--minimal"}, want: "hold-every: the senders of --ceiling and --minimal would wait"},
 		{give: []string{"--hold-every", "-1"}, want: "hold-every: -1 is negative"},
 	} {
 		_, _, err := cli(t, append([]string{"bench"}, tt.give...)...)

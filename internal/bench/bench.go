@@ -52,6 +52,9 @@ type Config struct {
 	Idle    time.Duration
 	Rate    float64 // orders a second (open loop); 0: all at once
 	Ceiling bool    // measure the send-only ceiling first
+	// Minimal measures the minimal pipeline first (see runMinimal): the
+	// ceiling's senders and a group-committing store, no feed.
+	Minimal bool
 	// Secure makes the mock want a bearer token and Standard Webhooks
 	// signatures, which the service and the ceiling then send.
 	Secure bool
@@ -166,6 +169,14 @@ type Result struct {
 	// is what the service's own work costs its sends (they wait for a core).
 	SendMeanMs        *float64 `json:"sendMeanMs,omitempty"`
 	CeilingSendMeanMs *float64 `json:"ceilingSendMeanMs,omitempty"`
+	// The minimal pipeline, with --minimal: its rate, that over the
+	// ceiling's (with --ceiling), and the CPU it used an order.
+	MinimalPerSecond     *float64 `json:"minimalPerSecond,omitempty"`
+	MinimalOfCeiling     *float64 `json:"minimalOfCeiling,omitempty"`
+	MinimalCPUPerOrderUs *float64 `json:"minimalCPUPerOrderUs,omitempty"`
+	// The CPU the bench used writing the run's orders, an order: the order
+	// system's work, on the same machine as the service.
+	OrderWriteCPUPerOrderUs *float64 `json:"orderWriteCPUPerOrderUs,omitempty"`
 
 	Settings Settings `json:"settings"`
 }
@@ -192,6 +203,7 @@ type Settings struct {
 	Due             int      `json:"due"`
 	Rate            float64  `json:"rate"` // 0: closed loop
 	Ceiling         bool     `json:"ceiling"`
+	Minimal         bool     `json:"minimal,omitempty"`
 	Secure          bool     `json:"secure"` // token and signatures on every request
 	TimerIntervalMs float64  `json:"timerIntervalMs"`
 	RetryQuantumMs  float64  `json:"retryQuantumMs"`
@@ -279,6 +291,21 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 		res.CeilingSendMeanMs = ptr(round(ms(c.meanSend), 3))
 		b.logf("ceiling: %.0f deliveries a second", c.perSecond)
 	}
+	if cfg.Minimal {
+		b.logf("minimal pipeline: %d sends from %d workers, their outcomes committed in groups", len(orders), cfg.Workers)
+		m, err := b.minimal(ctx, orders)
+		if err != nil {
+			return res, err
+		}
+		res.MinimalPerSecond = ptr(round(m.perSecond, 1))
+		if res.CeilingPerSecond != nil {
+			res.MinimalOfCeiling = ptr(round(m.perSecond / *res.CeilingPerSecond, 3))
+		}
+		if m.cpuPerOrder > 0 {
+			res.MinimalCPUPerOrderUs = ptr(round(m.cpuPerOrder, 1))
+		}
+		b.logf("minimal pipeline: %.0f orders a second", m.perSecond)
+	}
 	if err := b.writeHistory(ctx); err != nil {
 		return res, err
 	}
@@ -319,9 +346,13 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 
 	sendsBefore, sendsErr := b.sends(ctx)
 	cpuBefore, cpuOK := cpuSeconds(b.service.pid())
+	writeCPUBefore, writeCPUOK := cpuSeconds(os.Getpid())
 	w, err := b.writeRun(ctx, orders)
 	if err != nil {
 		return res, err
+	}
+	if after, ok := cpuSeconds(os.Getpid()); ok && writeCPUOK {
+		res.OrderWriteCPUPerOrderUs = ptr(round((after-writeCPUBefore)*1e6/float64(len(orders)), 1))
 	}
 	res.WriteSeconds = round(w.last.Sub(w.start).Seconds(), 3)
 	endSeen, err := b.waitDone(ctx, w.start, baseCounts, baseStats, haveStats)
@@ -393,10 +424,21 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 	return res, nil
 }
 
+// minimal runs the minimal pipeline on a store of its own, in a directory
+// removed afterwards.
+func (b *bench) minimal(ctx context.Context, orders [][]byte) (minimalResult, error) {
+	dir, err := os.MkdirTemp(b.dir, "minimal-*")
+	if err != nil {
+		return minimalResult{}, fmt.Errorf("minimal pipeline: %w", err)
+	}
+	defer os.RemoveAll(dir)
+	return runMinimal(ctx, dir, b.mailURL, orders, b.cfg.Workers, "minimal:"+b.runID+":", b.creds)
+}
+
 func (b *bench) settings() Settings {
 	c := b.cfg
 	s := Settings{Orders: c.Orders, Seed: c.Seed, MailURL: c.MailURL, Workers: c.Workers, History: c.History,
-		Due: c.Due, Rate: c.Rate, Ceiling: c.Ceiling, Secure: c.Secure, TimerIntervalMs: ms(c.TimerInterval),
+		Due: c.Due, Rate: c.Rate, Ceiling: c.Ceiling, Minimal: c.Minimal, Secure: c.Secure, TimerIntervalMs: ms(c.TimerInterval),
 		RetryQuantumMs: ms(c.RetryQuantum), Backoff: c.Backoff, BackoffMinMs: ms(c.BackoffMin),
 		ServiceArgs: c.ServiceArgs, CPUs: runtime.NumCPU()}
 	if c.MailURL == "" {

@@ -35,6 +35,16 @@ type ceilingResult struct {
 // bodies a second get delivered: the most the service could confirm were
 // storing free.
 func runCeiling(ctx context.Context, mailURL string, bodies [][]byte, workers int, keyPrefix string, creds *credentials) (ceilingResult, error) {
+	c, err := sendAll(ctx, mailURL, bodies, workers, keyPrefix, creds, nil)
+	if err != nil {
+		return c, fmt.Errorf("ceiling: %w", err)
+	}
+	return c, nil
+}
+
+// sendAll is runCeiling, calling delivered (when not nil) in the sender's
+// goroutine after each body is delivered; an error from it stops the run.
+func sendAll(ctx context.Context, mailURL string, bodies [][]byte, workers int, keyPrefix string, creds *credentials, delivered func(i int) error) (ceilingResult, error) {
 	tr := &http.Transport{MaxIdleConns: workers, MaxIdleConnsPerHost: workers, IdleConnTimeout: time.Minute}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
@@ -54,7 +64,11 @@ func runCeiling(ctx context.Context, mailURL string, bodies [][]byte, workers in
 				if i >= len(bodies) || ctx.Err() != nil {
 					return
 				}
-				if err := deliver(ctx, client, endpoint, keyPrefix+strconv.Itoa(i), bodies[i], creds, &requests, &sending); err != nil {
+				err := deliver(ctx, client, endpoint, keyPrefix+strconv.Itoa(i), bodies[i], creds, &requests, &sending)
+				if err == nil && delivered != nil {
+					err = delivered(i)
+				}
+				if err != nil {
 					cancel(err)
 					return
 				}
@@ -64,7 +78,7 @@ func runCeiling(ctx context.Context, mailURL string, bodies [][]byte, workers in
 	wg.Wait()
 	elapsed := time.Since(start)
 	if err := context.Cause(ctx); err != nil {
-		return ceilingResult{}, fmt.Errorf("ceiling: %w", err)
+		return ceilingResult{}, err
 	}
 	n := requests.Load()
 	return ceilingResult{perSecond: float64(len(bodies)) / elapsed.Seconds(), requests: n,

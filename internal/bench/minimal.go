@@ -1,0 +1,100 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/embedded"
+)
+
+// minimalSettling bounds the outcomes waiting for their commit, as the
+// service's watcher does (its maxSettling).
+const minimalSettling = 256
+
+// minimalResult is what the minimal pipeline measured.
+type minimalResult struct {
+	perSecond   float64 // orders delivered and their outcomes committed, a second
+	cpuPerOrder float64 // µs of the bench process's CPU an order; 0: unknown
+}
+
+// runMinimal measures the minimal pipeline, the floor of what the engine
+// adds to the sends: the ceiling's senders, each handing the outcome of a
+// delivered order (the order marked confirmed and its attempt record, what
+// the service writes) to ordermail's embedded store, whose writer commits
+// the outcomes of all of them in groups, as the service's does. It runs on
+// a store of its own in dir, with the orders written before the clock
+// starts: no change feed, no decisions, no order system writing meanwhile.
+// The service's rate beside it says what those cost on this machine.
+func runMinimal(ctx context.Context, dir, mailURL string, bodies [][]byte, workers int, keyPrefix string, creds *credentials) (minimalResult, error) {
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(dir, "minimal.db")})
+	if err != nil {
+		return minimalResult{}, fmt.Errorf("minimal pipeline: %w", err)
+	}
+	defer st.Close()
+	key := func(i int) string { return keyPrefix + strconv.Itoa(i) }
+	cas := make([]uint64, len(bodies))
+	for from := 0; from < len(bodies); from += historyBatch {
+		var writes []store.Write
+		for i := from; i < min(from+historyBatch, len(bodies)); i++ {
+			writes = append(writes, store.Write{Op: store.OpInsert, Collection: order.Inbound, Key: key(i), Value: bodies[i]})
+		}
+		got, err := st.Apply(ctx, writes)
+		if err != nil {
+			return minimalResult{}, fmt.Errorf("minimal pipeline: write the orders: %w", err)
+		}
+		copy(cas[from:], got)
+	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	settling := make(chan struct{}, minimalSettling)
+	var wg sync.WaitGroup
+	cpuBefore, cpuOK := cpuSeconds(os.Getpid())
+	start := time.Now()
+	_, err = sendAll(ctx, mailURL, bodies, workers, keyPrefix, creds, func(i int) error {
+		sent := time.Now()
+		marked, err := order.MarkConfirmed(bodies[i])
+		if err != nil {
+			return err
+		}
+		rec := order.AttemptsDoc{DocID: key(i)}.Add(order.Attempt{At: sent.UnixMilli(), Class: "sent", Outcome: "sent", Instance: "bench"}, 20, sent)
+		writes := []store.Write{
+			{Op: store.OpReplace, Collection: order.Inbound, Key: key(i), Value: marked, CAS: cas[i]},
+			{Op: store.OpUpsert, Collection: order.Attempts, Key: key(i), Value: rec.Encode(), Expiry: sent.Add(7 * 24 * time.Hour)},
+		}
+		select {
+		case settling <- struct{}{}:
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
+		wg.Add(1)
+		go func() { // the sender goes on meanwhile, as the service's workers do
+			defer wg.Done()
+			defer func() { <-settling }()
+			if _, err := st.Apply(ctx, writes); err != nil {
+				cancel(fmt.Errorf("write the outcome of %s: %w", key(i), err))
+			}
+		}()
+		return nil
+	})
+	wg.Wait()
+	elapsed := time.Since(start)
+	if cause := context.Cause(ctx); err == nil && cause != nil {
+		err = cause
+	}
+	if err != nil {
+		return minimalResult{}, fmt.Errorf("minimal pipeline: %w", err)
+	}
+	res := minimalResult{perSecond: float64(len(bodies)) / elapsed.Seconds()}
+	if cpuAfter, ok := cpuSeconds(os.Getpid()); ok && cpuOK {
+		res.cpuPerOrder = (cpuAfter - cpuBefore) * 1e6 / float64(len(bodies))
+	}
+	return res, nil
+}
