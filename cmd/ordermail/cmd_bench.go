@@ -61,9 +61,9 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"service's histogram); dueFirstSeconds, duePerSecond and dueDrainPerSecond (--due: from retries\n" +
 			"start to the first due retry delivered, and the drain's rate from retries start and from that\n" +
 			"first one); ceilingPerSecond, ofCeiling and ceilingSendMeanMs (--ceiling: a request of the\n" +
-			"senders alone, to set beside sendMeanMs); minimalPerSecond, minimalOfCeiling and\n" +
-			"minimalCPUPerOrderUs (--minimal); orderWriteCPUPerOrderUs (the bench's CPU writing the orders,\n" +
-			"the order system's work); settings.\n" +
+			"senders alone, to set beside sendMeanMs); minimalPerSecond, minimalOfCeiling,\n" +
+			"minimalCPUPerOrderUs and minimalSendMeanMs (--minimal); orderWriteCPUPerOrderUs (the bench's\n" +
+			"CPU writing the run's orders: the order system's work, on the same machine); settings.\n" +
 			"Flags after -- are handed to `ordermail run`. bench reads no ORDERMAIL_ variables and passes\n" +
 			"none on: a deployment's settings, its store above all, stay out of a benchmark.",
 		FlagSet: fs,

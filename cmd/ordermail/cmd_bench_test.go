@@ -115,6 +115,9 @@ func TestBenchClosedLoopWithCeiling(t *testing.T) {
 	assert.Positive(t, *res.MinimalPerSecond)
 	assert.InDelta(t, *res.MinimalPerSecond / *res.CeilingPerSecond, *res.MinimalOfCeiling, 0.001)
 	assert.True(t, res.Settings.Minimal)
+	require.NotNil(t, res.MinimalSendMeanMs)
+	assert.Positive(t, *res.MinimalSendMeanMs)
+	assert.LessOrEqual(t, *res.MinimalSendMeanMs, 8*1000 / *res.MinimalPerSecond * 1.05)
 	if runtime.GOOS == "linux" {
 		require.NotNil(t, res.MinimalCPUPerOrderUs)
 		assert.Positive(t, *res.MinimalCPUPerOrderUs)

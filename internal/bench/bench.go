@@ -170,10 +170,12 @@ type Result struct {
 	SendMeanMs        *float64 `json:"sendMeanMs,omitempty"`
 	CeilingSendMeanMs *float64 `json:"ceilingSendMeanMs,omitempty"`
 	// The minimal pipeline, with --minimal: its rate, that over the
-	// ceiling's (with --ceiling), and the CPU it used an order.
+	// ceiling's (with --ceiling), the CPU it used an order, and its mean
+	// request, to set beside the ceiling's and the service's.
 	MinimalPerSecond     *float64 `json:"minimalPerSecond,omitempty"`
 	MinimalOfCeiling     *float64 `json:"minimalOfCeiling,omitempty"`
 	MinimalCPUPerOrderUs *float64 `json:"minimalCPUPerOrderUs,omitempty"`
+	MinimalSendMeanMs    *float64 `json:"minimalSendMeanMs,omitempty"`
 	// The CPU the bench used writing the run's orders, an order: the order
 	// system's work, on the same machine as the service.
 	OrderWriteCPUPerOrderUs *float64 `json:"orderWriteCPUPerOrderUs,omitempty"`
@@ -304,6 +306,7 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 		if m.cpuPerOrder > 0 {
 			res.MinimalCPUPerOrderUs = ptr(round(m.cpuPerOrder, 1))
 		}
+		res.MinimalSendMeanMs = ptr(round(ms(m.meanSend), 3))
 		b.logf("minimal pipeline: %.0f orders a second", m.perSecond)
 	}
 	if err := b.writeHistory(ctx); err != nil {

@@ -20,8 +20,9 @@ const minimalSettling = 256
 
 // minimalResult is what the minimal pipeline measured.
 type minimalResult struct {
-	perSecond   float64 // orders delivered and their outcomes committed, a second
-	cpuPerOrder float64 // µs of the bench process's CPU an order; 0: unknown
+	perSecond   float64       // orders delivered and their outcomes committed, a second
+	cpuPerOrder float64       // µs of the bench process's CPU an order; 0: unknown
+	meanSend    time.Duration // a request, as the ceiling's meanSend
 }
 
 // runMinimal measures the minimal pipeline, the floor of what the engine
@@ -58,7 +59,7 @@ func runMinimal(ctx context.Context, dir, mailURL string, bodies [][]byte, worke
 	var wg sync.WaitGroup
 	cpuBefore, cpuOK := cpuSeconds(os.Getpid())
 	start := time.Now()
-	_, err = sendAll(ctx, mailURL, bodies, workers, keyPrefix, creds, func(i int) error {
+	sent, err := sendAll(ctx, mailURL, bodies, workers, keyPrefix, creds, func(i int) error {
 		sent := time.Now()
 		marked, err := order.MarkConfirmed(bodies[i])
 		if err != nil {
@@ -92,7 +93,7 @@ func runMinimal(ctx context.Context, dir, mailURL string, bodies [][]byte, worke
 	if err != nil {
 		return minimalResult{}, fmt.Errorf("minimal pipeline: %w", err)
 	}
-	res := minimalResult{perSecond: float64(len(bodies)) / elapsed.Seconds()}
+	res := minimalResult{perSecond: float64(len(bodies)) / elapsed.Seconds(), meanSend: sent.meanSend}
 	if cpuAfter, ok := cpuSeconds(os.Getpid()); ok && cpuOK {
 		res.cpuPerOrder = (cpuAfter - cpuBefore) * 1e6 / float64(len(bodies))
 	}
