@@ -6,7 +6,8 @@
 #   scripts/bench.sh            all scenarios, a to i
 #   scripts/bench.sh a b        some of them
 #   a  latency-bound: 1ms per send, 16 workers, with the send-only ceiling
-#   b  CPU-bound: no send latency, 64 workers, with the ceiling
+#      and the minimal pipeline
+#   b  CPU-bound: no send latency, 64 workers, with both
 #   c  20% transient failures, a fixed 1s retry, a tick every 100ms
 #   d  open loop: 2000 orders a second for 30s
 #   e  1,000,000 confirmed orders in the store beforehand
@@ -25,8 +26,8 @@ go build -o "$bin/ordermail" ./cmd/ordermail
 
 scenario() {
 	case $1 in
-	a) echo --orders 20000 --mail-latency 1ms --workers 16 --ceiling --timeout 10m ;;
-	b) echo --orders 20000 --mail-latency 0 --workers 64 --ceiling --timeout 10m ;;
+	a) echo --orders 20000 --mail-latency 1ms --workers 16 --ceiling --minimal --timeout 10m ;;
+	b) echo --orders 20000 --mail-latency 0 --workers 64 --ceiling --minimal --timeout 10m ;;
 	c) echo --orders 20000 --fail-rate 0.2 --backoff fixed --retry-quantum 1s --timer-interval 100ms --timeout 10m ;;
 	d) echo --orders 60000 --rate 2000 --timeout 10m ;;
 	e) echo --orders 20000 --history 1000000 --timeout 30m ;;
