@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -40,17 +41,17 @@ func runMinimal(ctx context.Context, dir, mailURL string, bodies [][]byte, worke
 	}
 	defer st.Close()
 	key := func(i int) string { return keyPrefix + strconv.Itoa(i) }
-	cas := make([]uint64, len(bodies))
-	for from := 0; from < len(bodies); from += historyBatch {
-		var writes []store.Write
-		for i := from; i < min(from+historyBatch, len(bodies)); i++ {
-			writes = append(writes, store.Write{Op: store.OpInsert, Collection: order.Inbound, Key: key(i), Value: bodies[i]})
-		}
-		got, err := st.Apply(ctx, writes)
+	inserts := make([]store.Write, len(bodies))
+	for i, body := range bodies {
+		inserts[i] = store.Write{Op: store.OpInsert, Collection: order.Inbound, Key: key(i), Value: body}
+	}
+	cas := make([]uint64, 0, len(bodies))
+	for w := range slices.Chunk(inserts, historyBatch) {
+		got, err := st.Apply(ctx, w)
 		if err != nil {
 			return minimalResult{}, fmt.Errorf("minimal pipeline: write the orders: %w", err)
 		}
-		copy(cas[from:], got)
+		cas = append(cas, got...)
 	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -60,15 +61,15 @@ func runMinimal(ctx context.Context, dir, mailURL string, bodies [][]byte, worke
 	cpuBefore, cpuOK := cpuSeconds(os.Getpid())
 	start := time.Now()
 	sent, err := sendAll(ctx, mailURL, bodies, workers, keyPrefix, creds, func(i int) error {
-		sent := time.Now()
+		now := time.Now()
 		marked, err := order.MarkConfirmed(bodies[i])
 		if err != nil {
 			return err
 		}
-		rec := order.AttemptsDoc{DocID: key(i)}.Add(order.Attempt{At: sent.UnixMilli(), Class: "sent", Outcome: "sent", Instance: "bench"}, 20, sent)
+		rec := order.AttemptsDoc{DocID: key(i)}.Add(order.Attempt{At: now.UnixMilli(), Class: "sent", Outcome: "sent", Instance: "bench"}, 20, now)
 		writes := []store.Write{
 			{Op: store.OpReplace, Collection: order.Inbound, Key: key(i), Value: marked, CAS: cas[i]},
-			{Op: store.OpUpsert, Collection: order.Attempts, Key: key(i), Value: rec.Encode(), Expiry: sent.Add(7 * 24 * time.Hour)},
+			{Op: store.OpUpsert, Collection: order.Attempts, Key: key(i), Value: rec.Encode(), Expiry: now.Add(7 * 24 * time.Hour)},
 		}
 		select {
 		case settling <- struct{}{}:
@@ -87,8 +88,8 @@ func runMinimal(ctx context.Context, dir, mailURL string, bodies [][]byte, worke
 	})
 	wg.Wait()
 	elapsed := time.Since(start)
-	if cause := context.Cause(ctx); err == nil && cause != nil {
-		err = cause
+	if cause := context.Cause(ctx); cause != nil {
+		err = cause // a failed write, rather than the sends it stopped
 	}
 	if err != nil {
 		return minimalResult{}, fmt.Errorf("minimal pipeline: %w", err)
