@@ -349,12 +349,12 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 
 	sendsBefore, sendsErr := b.sends(ctx)
 	cpuBefore, cpuOK := cpuSeconds(b.service.pid())
-	writeCPUBefore, writeCPUOK := cpuSeconds(os.Getpid())
+	writeCPUBefore, writeCPUOK := selfCPUSeconds()
 	w, err := b.writeRun(ctx, orders)
 	if err != nil {
 		return res, err
 	}
-	if after, ok := cpuSeconds(os.Getpid()); ok && writeCPUOK {
+	if after, ok := selfCPUSeconds(); ok && writeCPUOK {
 		res.OrderWriteCPUPerOrderUs = ptr(round((after-writeCPUBefore)*1e6/float64(len(orders)), 1))
 	}
 	res.WriteSeconds = round(w.last.Sub(w.start).Seconds(), 3)

@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -58,7 +57,7 @@ func runMinimal(ctx context.Context, dir, mailURL string, bodies [][]byte, worke
 	defer cancel(nil)
 	settling := make(chan struct{}, minimalSettling)
 	var wg sync.WaitGroup
-	cpuBefore, cpuOK := cpuSeconds(os.Getpid())
+	cpuBefore, cpuOK := selfCPUSeconds()
 	start := time.Now()
 	sent, err := sendAll(ctx, mailURL, bodies, workers, keyPrefix, creds, func(i int) error {
 		now := time.Now()
@@ -95,7 +94,7 @@ func runMinimal(ctx context.Context, dir, mailURL string, bodies [][]byte, worke
 		return minimalResult{}, fmt.Errorf("minimal pipeline: %w", err)
 	}
 	res := minimalResult{perSecond: float64(len(bodies)) / elapsed.Seconds(), meanSend: sent.meanSend}
-	if cpuAfter, ok := cpuSeconds(os.Getpid()); ok && cpuOK {
+	if cpuAfter, ok := selfCPUSeconds(); ok && cpuOK {
 		res.cpuPerOrder = (cpuAfter - cpuBefore) * 1e6 / float64(len(bodies))
 	}
 	return res, nil
