@@ -77,6 +77,13 @@ func MarkConfirmed(raw []byte) ([]byte, error) {
 	return setField(raw, "confirmationEmailSent", true)
 }
 
+// MarkDecodedConfirmed is MarkConfirmed of a document DecodeOrder accepted,
+// without the checks DecodeOrder made already: the watcher marks every order
+// it confirms, and checking it again was a twentieth of its CPU.
+func MarkDecodedConfirmed(raw []byte) []byte {
+	return splice(bytes.TrimSpace(raw), "confirmationEmailSent", []byte("true"))
+}
+
 // SetPaymentStatus returns the order document with paymentStatus replaced.
 func SetPaymentStatus(raw []byte, status string) ([]byte, error) {
 	return setField(raw, "paymentStatus", status)
@@ -94,10 +101,15 @@ func setField(raw []byte, name string, value any) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", name, err)
 	}
+	return splice(obj, name, v), nil
+}
+
+// splice sets the top-level member name of obj, a JSON object checkObject
+// accepts, to the JSON value v.
+func splice(obj []byte, name string, v []byte) []byte {
 	out := make([]byte, 0, len(obj)+len(name)+len(v)+4)
 	if start, end, ok := memberValue(obj, name); ok {
-		out = append(append(append(out, obj[:start]...), v...), obj[end:]...)
-		return out, nil
+		return append(append(append(out, obj[:start]...), v...), obj[end:]...)
 	}
 	closing := len(obj) - 1 // a valid object ends with its brace
 	out = append(out, obj[:closing]...)
@@ -106,7 +118,7 @@ func setField(raw []byte, name string, value any) ([]byte, error) {
 	}
 	n, _ := json.Marshal(name)
 	out = append(append(append(out, n...), ':'), v...)
-	return append(out, '}'), nil
+	return append(out, '}')
 }
 
 // checkObject is decodeObject's checks without decoding: a JSON object, in

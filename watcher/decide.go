@@ -426,10 +426,8 @@ func Settle(p Plan, st store.State, sendErr error, now time.Time, lim Limits, u 
 		var ws []store.Write
 		// The order first: marking it is what keeps it from a second send.
 		if st.Order.Found() {
-			if unconfirmed(p, st.Order) {
-				if marked, err := order.MarkConfirmed(st.Order.Value); err == nil {
-					ws = append(ws, store.Write{Op: store.OpReplace, Collection: order.Inbound, Key: p.OrderKey, Value: marked, CAS: st.Order.CAS})
-				}
+			if marked, ok := markedOrder(p, st.Order); ok {
+				ws = append(ws, store.Write{Op: store.OpReplace, Collection: order.Inbound, Key: p.OrderKey, Value: marked, CAS: st.Order.CAS})
 			}
 		}
 		if st.Retry.Found() {
@@ -487,14 +485,18 @@ func Settle(p Plan, st store.State, sendErr error, now time.Time, lim Limits, u 
 	return Outcome{Result: "retry", Retry: next, Delay: v.At.Sub(now), Writes: []store.Write{w}}
 }
 
-// unconfirmed says whether the order is readable and not yet marked: known
-// without decoding it again when it is the very version the plan was made on.
-func unconfirmed(p Plan, d store.Doc) bool {
-	if p.OrderCAS != 0 && d.CAS == p.OrderCAS {
-		return true
+// markedOrder is the order d marked confirmed, when it is readable and not
+// yet marked: known without decoding it again when it is the very revision
+// the plan was made on.
+func markedOrder(p Plan, d store.Doc) ([]byte, bool) {
+	if p.OrderCAS == 0 || d.CAS != p.OrderCAS {
+		o, err := order.DecodeOrder(d.Value)
+		if err != nil || o.ConfirmationEmailSent {
+			return nil, false
+		}
 	}
-	o, err := order.DecodeOrder(d.Value)
-	return err == nil && !o.ConfirmationEmailSent
+	// Decoded, here or when the plan was made on this very revision.
+	return order.MarkDecodedConfirmed(d.Value), true
 }
 
 func deadLetterOutcome(st store.State, r order.RetryDoc, reason string, now time.Time) Outcome {
