@@ -39,6 +39,40 @@ func BenchmarkWriteThenFeed(b *testing.B) {
 	}
 }
 
+// BenchmarkFeedRead reads changes written before, as the watcher does
+// after an outage or on a busy feed: the feed's cost of one order event,
+// with its key's state (the watcher's first read answered by the feed).
+func BenchmarkFeedRead(b *testing.B) {
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(b.TempDir(), "o.db")})
+	require.NoError(b, err)
+	defer st.Close()
+	doc := []byte(`{"email":"a@example.com","paymentStatus":"paid","items":[{"name":"Swedish Meatballs 500g","amount":2,"unitPrice":9.95}]}`)
+	for from := 0; from < b.N; from += 1000 {
+		var writes []store.Write
+		for i := from; i < min(from+1000, b.N); i++ {
+			writes = append(writes, store.Write{Op: store.OpInsert, Collection: order.Inbound, Key: fmt.Sprint("order_", i), Value: doc})
+		}
+		_, err := st.Apply(ctx, writes)
+		require.NoError(b, err)
+	}
+	sub, err := st.Subscribe(ctx, "bench", []string{order.Inbound, order.Retry}, store.FeedOptions{SkipSettled: true})
+	require.NoError(b, err)
+	defer sub.Close(ctx)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		ev, err := sub.Next(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if ev.State == nil || string(ev.State.Order.Value) != string(doc) || ev.State.Order.CAS != ev.CAS {
+			b.Fatalf("%s: the state does not hold the order", ev.Key)
+		}
+		ev.Ack()
+	}
+}
+
 // BenchmarkConfirmInGroupCommits applies the outcome of a sent
 // confirmation (the order replaced under its CAS, its attempt record
 // upserted) from 64 goroutines at once, as the settling sends do: the

@@ -199,32 +199,37 @@ func (s *Store) prepare(ctx context.Context) error {
 		tallies:    r(`SELECT name, n FROM tallies WHERE n > 0 ORDER BY n DESC, name LIMIT 5`),
 		checkpoint: r(`SELECT seq FROM checkpoints WHERE name = ? AND partition = 0`),
 		seq:        r(`SELECT value FROM counters WHERE name = 'seq'`),
-		// The feed reads by position, whatever the history: a range scan of
-		// docs_by_seq (TestFeedReadUsesTheSeqIndex pins the plan).
-		// Positions ?2 (exclusive) to ?4, at most ?3 changes. With ?1
-		// (FeedOptions.SkipSettled) the changes the watcher ignores unread
-		// are left out, before any state is read for them; ?5 is
-		// order.FarFuture from now (ms): a retry due later is delivered, and
-		// so is one the watcher cannot read (its tally is ?6, unreadableRetry).
-		feed: r(`SELECT d.coll, d.key, d.value, d.seq, d.created,
-				o.value, o.seq, o.created, r.value, r.seq, r.created, l.value, l.seq, l.created,
-				a.value, a.rev, 0
-			FROM docs AS d INDEXED BY docs_by_seq
-			LEFT JOIN docs AS o ON o.coll = 'inbound' AND o.key = d.key
-			LEFT JOIN docs AS r ON r.coll = 'retry' AND r.key = d.key
-			LEFT JOIN docs AS l ON l.coll = 'deadletter' AND l.key = d.key
-			LEFT JOIN attempts AS a ON a.key = d.key
-			WHERE d.seq > ?2 AND d.seq <= ?4
-				AND NOT (?1 AND (d.value IS NULL OR (d.coll = 'inbound' AND d.confirmed)
-					OR (d.retry AND NOT d.fire AND d.tally IS NOT ?6
-						AND (d.next_at < ?5 OR (d.next_at IS NULL AND d.ts_at IS NOT NULL)))))
-			ORDER BY d.seq LIMIT ?3`),
+		feed:       r(feedQuery),
 	}
 	if err != nil {
 		return err
 	}
 	return s.prepareWrites(ctx)
 }
+
+// feedQuery reads the feed by position, whatever the history: a range scan
+// of docs_by_seq (TestQueryPlans pins the plan). Positions ?2 (exclusive)
+// to ?4, at most ?3 changes, each with its key's state: the order (not
+// looked up for an order's own change, which is that row: a NULL key skips
+// the search), the retry document,
+// the dead letter and the attempt record. With ?1 (FeedOptions.SkipSettled)
+// the changes the watcher ignores unread are left out, before any state is
+// read for them; ?5 is order.FarFuture from now (ms): a retry due later is
+// delivered, and so is one the watcher cannot read (its tally is ?6,
+// unreadableRetry).
+const feedQuery = `SELECT d.coll, d.key, d.value, d.seq, d.created,
+		o.value, o.seq, o.created, r.value, r.seq, r.created, l.value, l.seq, l.created,
+		a.value, a.rev, 0
+	FROM docs AS d INDEXED BY docs_by_seq
+	LEFT JOIN docs AS o ON o.coll = 'inbound' AND o.key = (CASE WHEN d.coll = 'inbound' THEN NULL ELSE d.key END)
+	LEFT JOIN docs AS r ON r.coll = 'retry' AND r.key = d.key
+	LEFT JOIN docs AS l ON l.coll = 'deadletter' AND l.key = d.key
+	LEFT JOIN attempts AS a ON a.key = d.key
+	WHERE d.seq > ?2 AND d.seq <= ?4
+		AND NOT (?1 AND (d.value IS NULL OR (d.coll = 'inbound' AND d.confirmed)
+			OR (d.retry AND NOT d.fire AND d.tally IS NOT ?6
+				AND (d.next_at < ?5 OR (d.next_at IS NULL AND d.ts_at IS NOT NULL)))))
+	ORDER BY d.seq LIMIT ?3`
 
 // Path is the database file.
 func (s *Store) Path() string { return s.cfg.Path }

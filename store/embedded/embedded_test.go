@@ -196,3 +196,45 @@ func TestSkipSettledPassesOverWhatNeedsNothing(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "c", ev.Key, "the checkpoint did not move past what was passed over")
 }
+
+// TestFeedStateIsTheKeysState: every change comes with its key's state as
+// State reads it in the same snapshot, whichever document changed: an
+// order's own change carries its row as the order, without looking it up.
+func TestFeedStateIsTheKeysState(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer s.Close()
+	paid := []byte(`{"email":"a@example.com","paymentStatus":"paid"}`)
+	writes := []store.Write{
+		{Op: store.OpInsert, Collection: "inbound", Key: "alone", Value: paid},
+		{Op: store.OpInsert, Collection: "inbound", Key: "all", Value: paid},
+		{Op: store.OpInsert, Collection: "retry", Key: "all", Value: []byte(`{"type":"confirmation","docId":"all","attempt":1,"ts":1,"fireRetry":true}`)},
+		{Op: store.OpInsert, Collection: "deadletter", Key: "all", Value: []byte(`{"docId":"all","reason":"x"}`)},
+		{Op: store.OpUpsert, Collection: "attempts", Key: "all", Value: []byte(`{"docId":"all","attempts":[]}`)},
+		{Op: store.OpInsert, Collection: "retry", Key: "orphan", Value: []byte(`{"type":"confirmation","docId":"orphan","attempt":1,"ts":1,"fireRetry":true}`)},
+		{Op: store.OpInsert, Collection: "inbound", Key: "gone", Value: paid},
+	}
+	_, err = s.Apply(ctx, writes)
+	require.NoError(t, err)
+	_, err = s.Apply(ctx, []store.Write{{Op: store.OpRemove, Collection: "inbound", Key: "gone"}})
+	require.NoError(t, err)
+
+	sub, err := s.Subscribe(ctx, "state", []string{"inbound", "retry", "deadletter"}, store.FeedOptions{})
+	require.NoError(t, err)
+	defer sub.Close(ctx)
+	seen := map[string]bool{}
+	for range 6 { // the attempt record is not on the feed; the removed order's insert is overtaken
+		ev, err := sub.Next(ctx)
+		require.NoError(t, err)
+		require.NotNil(t, ev.State, "%s/%s", ev.Collection, ev.Key)
+		want, err := s.State(ctx, ev.Key)
+		require.NoError(t, err)
+		assert.Equal(t, want, *ev.State, "%s/%s", ev.Collection, ev.Key)
+		seen[ev.Collection+"/"+ev.Key] = true
+		ev.Ack()
+	}
+	assert.Equal(t, map[string]bool{"inbound/alone": true, "inbound/all": true, "retry/all": true, "deadletter/all": true,
+		"retry/orphan": true, "inbound/gone": true}, seen)
+}

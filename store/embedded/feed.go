@@ -160,8 +160,8 @@ const idlePoll = 80 * time.Millisecond
 // checkpoint too.
 func (sub *subscription) fill(ctx context.Context) error {
 	// One read transaction: the position and the rows of one snapshot, each
-	// row with the state of its key (four primary-key lookups), so that
-	// the watcher need not read it again.
+	// row with the state of its key (three or four primary-key lookups), so
+	// that the watcher need not read it again.
 	tx, err := sub.s.read.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
@@ -201,6 +201,10 @@ func (sub *subscription) fill(ctx context.Context) error {
 		}
 		ev.State = &store.State{Order: docs[0].doc(ev.Key), Retry: docs[1].doc(ev.Key), DeadLetter: docs[2].doc(ev.Key),
 			Attempts: docs[3].doc(ev.Key)}
+		if ev.Collection == order.Inbound && !ev.Deleted {
+			// The order is this change's row: read once, shared.
+			ev.State.Order = store.Doc{Key: ev.Key, Value: ev.Value, CAS: ev.Seq, Incarnation: ev.Incarnation}
+		}
 		ev.Snapshot = snapshot
 		sub.buf = append(sub.buf, entry{ev: ev})
 	}

@@ -24,19 +24,7 @@ var plans = []struct {
 	args        []any
 	want        []string // each in the plan
 }{
-	{"feed read", `SELECT d.coll, d.key, d.value, d.seq, d.created,
-				o.value, o.seq, o.created, r.value, r.seq, r.created, l.value, l.seq, l.created,
-				a.value, a.rev, 0
-			FROM docs AS d INDEXED BY docs_by_seq
-			LEFT JOIN docs AS o ON o.coll = 'inbound' AND o.key = d.key
-			LEFT JOIN docs AS r ON r.coll = 'retry' AND r.key = d.key
-			LEFT JOIN docs AS l ON l.coll = 'deadletter' AND l.key = d.key
-			LEFT JOIN attempts AS a ON a.key = d.key
-			WHERE d.seq > ?2 AND d.seq <= ?4
-				AND NOT (?1 AND (d.value IS NULL OR (d.coll = 'inbound' AND d.confirmed)
-					OR (d.retry AND NOT d.fire AND d.tally IS NOT ?6
-						AND (d.next_at < ?5 OR (d.next_at IS NULL AND d.ts_at IS NOT NULL)))))
-			ORDER BY d.seq LIMIT ?3`,
+	{"feed read", feedQuery,
 		[]any{true, 0, 256, 4096, 0, unreadableRetry}, []string{"SEARCH d USING INDEX docs_by_seq (seq>? AND seq<?)", "SEARCH o USING PRIMARY KEY (coll=? AND key=?)",
 			"SEARCH r USING PRIMARY KEY (coll=? AND key=?)", "SEARCH l USING PRIMARY KEY (coll=? AND key=?)",
 			"SEARCH a USING PRIMARY KEY (key=?)"}},
