@@ -14,17 +14,7 @@ import (
 // same value. (On a failure decodeObject asks encoding/json anyway; this
 // pins the successes, which it takes on the fast decoder's word.)
 func FuzzDecodersAgree(f *testing.F) {
-	files, err := filepath.Glob("../fixtures/hostile/*")
-	if err != nil || len(files) == 0 {
-		f.Fatalf("no hostile fixtures: %v", err)
-	}
-	for _, name := range files {
-		b, err := os.ReadFile(name)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
+	AddHostileSeeds(f)
 	for _, s := range []string{
 		`{"email":"a@example.com","paymentStatus":"paid","confirmationEmailSent":false,"items":[{"name":"Swedish Meatballs 500g","amount":2,"unitPrice":9.95}]}`,
 		`{"type":"confirmation","docId":"o","attempt":3,"ts":1,"fireRetry":true,"nextAttemptAt":5,"lastStatus":503}`,
@@ -63,5 +53,21 @@ func agree(t *testing.T, raw []byte, fresh func() any) {
 	}
 	if fastOK && !reflect.DeepEqual(fast, std) {
 		t.Fatalf("%T decoded differently from %q:\nfast %+v\nstd  %+v", fast, raw, fast, std)
+	}
+}
+
+// AddHostileSeeds seeds f with the hostile corpus, fixtures/hostile (for
+// this package's fuzz tests, FuzzDecode's too).
+func AddHostileSeeds(f *testing.F) {
+	files, err := filepath.Glob("../fixtures/hostile/*")
+	if err != nil || len(files) == 0 {
+		f.Fatalf("no hostile fixtures: %v", err)
+	}
+	for _, name := range files {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
 	}
 }

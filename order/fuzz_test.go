@@ -1,8 +1,6 @@
 package order_test
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
 
 	"github.com/ordermail/ordermail/order"
@@ -14,13 +12,7 @@ import (
 // service from outside. Seeds: the hostile corpus. Run longer with
 // go test -fuzz=FuzzDecode ./order/ (or scripts/fuzz.sh).
 func FuzzDecode(f *testing.F) {
-	files, err := filepath.Glob("../fixtures/hostile/*")
-	require.NoError(f, err)
-	for _, name := range files {
-		b, err := os.ReadFile(name)
-		require.NoError(f, err)
-		f.Add(b)
-	}
+	order.AddHostileSeeds(f)
 	f.Add([]byte(`{"email":"a@example.com","paymentStatus":"paid","confirmationEmailSent":false}`))
 	f.Add([]byte(`{"type":"confirmation","docId":"o","attempt":3,"ts":1,"fireRetry":true,"nextAttemptAt":5}`))
 
