@@ -82,7 +82,8 @@ func MarkConfirmed(raw []byte) ([]byte, error) {
 
 // MarkDecodedConfirmed is MarkConfirmed of a document DecodeOrder accepted,
 // without the checks DecodeOrder made already: the watcher marks every order
-// it confirms, and checking it again was a twentieth of its CPU.
+// it confirms, and checking it again was 3.5% of its CPU in the CPU-bound
+// benchmark.
 func MarkDecodedConfirmed(raw []byte) []byte {
 	return splice(bytes.TrimSpace(raw), "confirmationEmailSent", []byte("true"))
 }
@@ -425,10 +426,11 @@ func decodeObject(raw []byte, into any) error {
 	return nil
 }
 
-// fastUnmarshal decodes data into into with goccy/go-json, about ten times
-// faster than encoding/json on an order (BenchmarkDecodeOrder): each order is
-// decoded three times on its way, by the order system's write, the watcher
-// and the outcome's write. It says whether it succeeded; a panic counts as a
+// fastUnmarshal decodes data into into with goccy/go-json: DecodeOrder, its
+// checks included, takes 0.45-0.57µs with it against 2.2µs with
+// encoding/json (BenchmarkDecodeOrder), and each order is decoded three
+// times on its way, by the order system's write, the watcher and the
+// outcome's write. It says whether it succeeded; a panic counts as a
 // failure, so that no document can stop the watcher. FuzzDecodersAgree pins
 // that it accepts, and decodes to, what encoding/json does.
 func fastUnmarshal(data []byte, into any) (ok bool) {

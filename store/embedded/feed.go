@@ -199,12 +199,12 @@ func (sub *subscription) fill(ctx context.Context) error {
 		if value.Valid {
 			ev.Value = []byte(value.String)
 		}
-		ev.State = &store.State{Order: docs[0].doc(ev.Key), Retry: docs[1].doc(ev.Key), DeadLetter: docs[2].doc(ev.Key),
-			Attempts: docs[3].doc(ev.Key)}
+		ord := docs[0].doc(ev.Key) // not looked up for an order's own change
 		if ev.Collection == order.Inbound && !ev.Deleted {
-			// The order is this change's row: read once, shared.
-			ev.State.Order = store.Doc{Key: ev.Key, Value: ev.Value, CAS: ev.Seq, Incarnation: ev.Incarnation}
+			ord = store.Doc{Key: ev.Key, Value: ev.Value, CAS: ev.Seq, Incarnation: ev.Incarnation} // this row, shared
 		}
+		ev.State = &store.State{Order: ord, Retry: docs[1].doc(ev.Key), DeadLetter: docs[2].doc(ev.Key),
+			Attempts: docs[3].doc(ev.Key)}
 		ev.Snapshot = snapshot
 		sub.buf = append(sub.buf, entry{ev: ev})
 	}
