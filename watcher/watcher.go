@@ -848,14 +848,16 @@ func attemptOf(started time.Time, took time.Duration, sendErr error, instance st
 func (w *Watcher) logOutcome(log *slog.Logger, out Outcome, sendErr error) {
 	h := w.hook()
 	if h.Outcome != nil {
-		h.Outcome(out.Result)
+		// Counted after the line is written: whoever sees the count can
+		// read the line.
+		defer h.Outcome(out.Result)
 	}
 	switch out.Result {
 	case "sent":
 		log.Debug("confirmation sent")
 	case "dead_letter":
-		w.deadLetter(out.Reason)
 		log.Warn("dead-lettered", "reason", out.Reason, "error", sendErr)
+		w.deadLetter(out.Reason)
 	default:
 		msg, held := "send failed, retry scheduled", ""
 		if se, ok := errors.AsType[*mailer.SendError](sendErr); ok && se.Held() != "" {
