@@ -63,8 +63,10 @@ func TestHostileDocuments(t *testing.T) {
 				require.True(t, ok)
 				assert.Equal(t, c.Reason, d.Reason, c.Name)
 				assert.NotEmpty(t, d.LastError, "the dead letter says what was wrong")
-				assert.NotEmpty(t, logs.Lines(`"msg":"dead-lettered"`, `"key":"`+c.Key+`"`, `"reason":"`+c.Reason+`"`),
-					"a log line names the key and the reason")
+				// The line follows the commit that made the dead letter visible.
+				assert.Eventually(t, func() bool {
+					return len(logs.Lines(`"msg":"dead-lettered"`, `"key":"`+c.Key+`"`, `"reason":"`+c.Reason+`"`)) > 0
+				}, 10*time.Second, 10*time.Millisecond, "a log line names the key and the reason")
 				if c.Collection == order.Retry {
 					_, err := st.Get(ctx, order.Retry, c.Key)
 					assert.ErrorIs(t, err, store.ErrNotFound, "the unreadable retry document moved to the dead letters")
@@ -74,9 +76,12 @@ func TestHostileDocuments(t *testing.T) {
 					assert.Equal(t, c.Value, doc.Value, "the order itself is left as it was")
 				}
 			case "ignored":
+				// Nothing else shows that the event was handled: wait for it.
+				assert.Eventually(t, func() bool {
+					return len(logs.Lines(`"msg":"ignore"`, `"key":"`+c.Key+`"`, `"reason":"not paid"`)) > 0
+				}, 10*time.Second, 10*time.Millisecond, "a debug line says the unpaid order was ignored")
 				_, dead := deadLetter(c.Key)
 				assert.False(t, dead)
-				assert.NotEmpty(t, logs.Lines(`"msg":"ignore"`, `"key":"`+c.Key+`"`, `"reason":"not paid"`))
 			case "confirmed":
 				assert.True(t, confirmed(t, st, c.Key))
 			case "control":

@@ -351,8 +351,8 @@ func (t *Timer) tick() {
 		t.log.Info("sweeps work again", "failed_ticks", t.failing)
 		t.failing = 0
 	}
+	t.logChanges(res) // before the tick counts: whoever sees it can read the lines
 	t.ticks.Add(1)
-	t.logChanges(res)
 	if res.Flagged > 0 {
 		t.log.Debug("flagged retries", "count", res.Flagged, "batches", res.Batches, "more", res.More)
 	}

@@ -582,7 +582,8 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 // written, the failure is logged and the event let go: the document is
 // untouched, and its next change brings it back.
 func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, cause error) {
-	w.deadLetter(order.ReasonPoisonEvent)
+	// Counted once the line is written, whether or not the dead letter is.
+	defer w.deadLetter(order.ReasonPoisonEvent)
 	detail := truncate(cause.Error(), 300)
 	// By the dead letter alone: the failure may be in reading the rest.
 	err := w.retryStore(ctx, log, "write poison dead letter", func() error {
@@ -657,8 +658,8 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, ln *keyLine) (*wri
 				ln.last = &written{done: closed, seq: highest(cas)}
 			}
 			if err == nil && p.Detail != "" {
-				w.deadLetter(p.Reason)
 				log.Warn("dead-lettered", "reason", p.Reason, "detail", p.Detail)
+				w.deadLetter(p.Reason)
 			} else if err == nil {
 				log.Debug("written", "reason", p.Reason)
 			}

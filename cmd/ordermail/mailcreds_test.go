@@ -106,7 +106,7 @@ func TestA401StormEndsWhenTheKeyIsFixed(t *testing.T) {
 	status, _ = get(t, "http://"+metricsAddr+"/readyz")
 	assert.Equal(t, http.StatusOK, status)
 	assert.Equal(t, 1, len(p.logs.Lines(`"level":"ERROR"`, "sends held until a probe succeeds")), "logged once per state change")
-	assert.True(t, p.hasLog("sending resumed"))
+	p.waitLog(t, "sending resumed")
 
 	// The probes that met a 401 are in their orders' records, spending no
 	// attempt: every order went out at its first counted attempt.
