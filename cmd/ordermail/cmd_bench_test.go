@@ -151,6 +151,14 @@ func TestBenchFailuresDueAndHistory(t *testing.T) {
 	assert.Positive(t, res.RetryGapMs.MinMs)
 	assert.LessOrEqual(t, res.RetryGapMs.MinMs, res.RetryGapMs.MeanMs)
 	assert.LessOrEqual(t, res.RetryGapMs.P99Ms, res.RetryGapMs.MaxMs)
+	// No retry goes out before it is due: the last order came no earlier
+	// than the floor its failures set.
+	require.NotNil(t, res.FirstPassSeconds)
+	require.NotNil(t, res.AfterFirstPassSeconds)
+	require.NotNil(t, res.RetryFloorSeconds, "a fixed retry delay")
+	assert.Positive(t, *res.FirstPassSeconds)
+	assert.LessOrEqual(t, *res.FirstPassSeconds, res.ElapsedSeconds)
+	assert.LessOrEqual(t, *res.RetryFloorSeconds, *res.AfterFirstPassSeconds)
 	assert.Equal(t, []string{"--breaker-failures", "0", "--max-attempts", "0"}, res.Settings.ServiceArgs)
 	assert.Equal(t, "fixed", res.Settings.Backoff)
 	assert.Equal(t, 200, res.History)
@@ -184,6 +192,11 @@ func TestBenchFailOnce(t *testing.T) {
 	assert.Positive(t, *res.Failures)
 	assert.LessOrEqual(t, *res.Failures, 200, "an order failed more than once")
 	assert.Equal(t, *res.Failures+200, *res.SendAttempts, "one retry a failure")
+	// One failure at most: the floor is one retry delay past some order's
+	// first request, and the last delivery is no earlier.
+	require.NotNil(t, res.RetryFloorSeconds)
+	assert.LessOrEqual(t, *res.RetryFloorSeconds, 0.1)
+	assert.LessOrEqual(t, *res.RetryFloorSeconds, *res.AfterFirstPassSeconds)
 	assert.Zero(t, *res.DuplicateRequests)
 }
 

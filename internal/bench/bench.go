@@ -152,6 +152,17 @@ type Result struct {
 	SecondsTo    *Quantiles           `json:"secondsTo,omitempty"` // from the first write until that share was delivered
 	RetryGapMs   *mockmail.GapSummary `json:"retryGapMs,omitempty"`
 	PaidToSentMs *Quantiles           `json:"paidToSentMs,omitempty"`
+	// When every order was delivered: from the first write to the last
+	// order's first request (the first pass), and from then to the last
+	// order's delivery. With --backoff fixed, retryFloorSeconds is the
+	// least the second could have been with the failures the mock drew:
+	// for each order, its first request plus a retry delay per failure it
+	// met, had every retry gone out the moment it was due and been answered
+	// at once; the latest of those, counted from the last first request.
+	// Above a target, no engine with that delay meets it.
+	FirstPassSeconds      *float64 `json:"firstPassSeconds,omitempty"`
+	AfterFirstPassSeconds *float64 `json:"afterFirstPassSeconds,omitempty"`
+	RetryFloorSeconds     *float64 `json:"retryFloorSeconds,omitempty"`
 	// With --due: from the run's start of retries to the first due retry
 	// delivered, and the due retries delivered a second until the last:
 	// from the start of retries (the wait for the sweep's first tick
@@ -1002,6 +1013,10 @@ func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time 
 	paidToSent := make([]float64, 0, want)
 	var dueFirst, dueLast int64
 	dueDelivered := 0
+	// The run's orders: the last first request, the last delivery, and the
+	// earliest the last could have been delivered, each failure followed by
+	// a fixed retry delay and nothing else.
+	var lastFirst, lastDelivered, floor int64
 	for k, t := range tm.Keys {
 		kind, i, ok := b.parseKey(k)
 		if !ok || t[1] == 0 {
@@ -1011,6 +1026,8 @@ func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time 
 		switch {
 		case kind == 'o' && i < len(w.orders):
 			paid = w.orders[i]
+			lastFirst, lastDelivered = max(lastFirst, t[0]), max(lastDelivered, t[1])
+			floor = max(floor, t[0]+t[2]*int64(b.cfg.RetryQuantum))
 		case kind == 'd' && i < len(w.due):
 			paid = w.due[i]
 			dueDelivered++
@@ -1047,6 +1064,13 @@ func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time 
 		res.DuePerSecond = ptr(round(float64(dueDelivered)/(float64(dueLast-w.due[0])/1e9), 1))
 		if dueLast > dueFirst {
 			res.DueDrainPerSecond = ptr(round(float64(dueDelivered-1)/(float64(dueLast-dueFirst)/1e9), 1))
+		}
+	}
+	if lastFirst > 0 && len(deliveredAt) == want {
+		res.FirstPassSeconds = ptr(round(float64(lastFirst-w.start.UnixNano())/1e9, 3))
+		res.AfterFirstPassSeconds = ptr(round(float64(lastDelivered-lastFirst)/1e9, 3))
+		if b.cfg.Backoff == order.BackoffFixed {
+			res.RetryFloorSeconds = ptr(round(float64(max(floor-lastFirst, 0))/1e9, 3))
 		}
 	}
 	g := tm.RetryGaps

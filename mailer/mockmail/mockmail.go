@@ -112,9 +112,12 @@ type Stats struct {
 // and delivered, and how long senders waited after a failure before they
 // tried a key again. Times are Unix nanoseconds on the mock's clock.
 type Timings struct {
-	// Keys maps every idempotency key seen to [first request, delivery];
-	// delivery is 0 while the key is not delivered.
-	Keys      map[string][2]int64 `json:"keys"`
+	// Keys maps every idempotency key seen to [first request, delivery,
+	// requests not answered 200]; delivery is 0 while the key is not
+	// delivered. The third counts failure answers and requests held
+	// unanswered (HoldEvery): each made its sender wait before it tried
+	// again.
+	Keys      map[string][3]int64 `json:"keys"`
 	RetryGaps GapSummary          `json:"retryGaps"`
 }
 
@@ -459,9 +462,9 @@ func (s *Server) Delivered() map[string]int {
 // Timings returns the timings so far.
 func (s *Server) Timings() Timings {
 	keys, gaps := s.timings()
-	t := Timings{Keys: make(map[string][2]int64, len(keys)), RetryGaps: summarize(gaps)}
+	t := Timings{Keys: make(map[string][3]int64, len(keys)), RetryGaps: summarize(gaps)}
 	for _, k := range keys {
-		t.Keys[k.key] = [2]int64{k.firstAt, k.deliveredAt}
+		t.Keys[k.key] = [3]int64{k.firstAt, k.deliveredAt, k.unanswered}
 	}
 	return t
 }
@@ -469,6 +472,7 @@ func (s *Server) Timings() Timings {
 type keyTiming struct {
 	key                  string
 	firstAt, deliveredAt int64
+	unanswered           int64 // requests not answered 200
 }
 
 // timings copies what Timings needs, so that the lock is not held while a
@@ -479,7 +483,7 @@ func (s *Server) timings() ([]keyTiming, []int64) {
 	keys := make([]keyTiming, 0, len(s.keys))
 	for key, k := range s.keys {
 		if key != "" {
-			keys = append(keys, keyTiming{key, k.firstAt, k.deliveredAt})
+			keys = append(keys, keyTiming{key, k.firstAt, k.deliveredAt, int64(k.requests - k.delivered)})
 		}
 	}
 	return keys, slices.Clone(s.gaps)
@@ -524,6 +528,8 @@ func (s *Server) serveTimings(w http.ResponseWriter, _ *http.Request) {
 		buf = strconv.AppendInt(buf, k.firstAt, 10)
 		buf = append(buf, ',')
 		buf = strconv.AppendInt(buf, k.deliveredAt, 10)
+		buf = append(buf, ',')
+		buf = strconv.AppendInt(buf, k.unanswered, 10)
 		buf = append(buf, ']')
 		if len(buf) > 60<<10 {
 			if _, err := w.Write(buf); err != nil {

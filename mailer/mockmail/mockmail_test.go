@@ -61,7 +61,8 @@ func TestTimingsAndReset(t *testing.T) {
 	ctx := context.Background()
 	tm, err := mockmail.FetchTimings(ctx, srv.URL)
 	require.NoError(t, err)
-	assert.Equal(t, map[string][2]int64{"a": {start, delivered}, "b": {delivered, delivered}}, tm.Keys)
+	assert.Equal(t, map[string][3]int64{"a": {start, delivered, 2}, "b": {delivered, delivered, 0}}, tm.Keys,
+		"a: two 503s before its delivery; its duplicate request was answered 200")
 	assert.Equal(t, mockmail.GapSummary{Count: 2, MinMs: 100, MeanMs: 200, P99Ms: 300, MaxMs: 300}, tm.RetryGaps)
 	assert.Equal(t, tm, m.Timings())
 	assert.Equal(t, map[string]int{"a": 4, "b": 1, "": 1}, m.Requests())
