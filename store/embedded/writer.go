@@ -98,8 +98,11 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 		expire: p(`DELETE FROM attempts WHERE key IN (
 			SELECT key FROM attempts INDEXED BY attempts_expiring WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)`),
 		attCur: p(`SELECT rev FROM attempts WHERE key = ?`),
-		attPut: p(`INSERT INTO attempts (key, value, rev, expires_at) VALUES (?, ?, ?, ?)
-			ON CONFLICT (key) DO UPDATE SET value = excluded.value, rev = excluded.rev, expires_at = excluded.expires_at`),
+		// The revision is the row's own, one more at each write: an
+		// upsert, which has no guard, needs no read before it.
+		attPut: p(`INSERT INTO attempts (key, value, rev, expires_at) VALUES (?, ?, 1, ?)
+			ON CONFLICT (key) DO UPDATE SET value = excluded.value, rev = rev + 1, expires_at = excluded.expires_at
+			RETURNING rev`),
 		attDel: p(`DELETE FROM attempts WHERE key = ?`),
 	}
 	return err
@@ -341,6 +344,8 @@ func (t *txn) check(w store.Write) (current, error) {
 	var tomb bool
 	var err error
 	switch {
+	case w.Collection == order.Attempts && w.Op == store.OpUpsert:
+		return c, nil // unguarded; the write takes its revision from the row
 	case w.Collection == order.Attempts:
 		err = t.s.stmts.attCur.QueryRow(t.ctx, w.Key).Scan(&c.cas)
 	default:
@@ -382,7 +387,7 @@ func (t *txn) apply(w store.Write, cols columns) (uint64, error) {
 func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
 	st := t.s.stmts
 	if w.Collection == order.Attempts {
-		return t.writeAttempts(w, c)
+		return t.writeAttempts(w)
 	}
 	cur, created := c.cas, c.created
 	seq := t.next()
@@ -404,8 +409,8 @@ func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
 
 // writeAttempts writes an attempt record in its own table: no sequence
 // number (it is not on the feed), a revision for its CAS (one more than
-// the one check read in c), and its expiry.
-func (t *txn) writeAttempts(w store.Write, c current) (uint64, error) {
+// the row's: the one check read, for a guarded write), and its expiry.
+func (t *txn) writeAttempts(w store.Write) (uint64, error) {
 	st := t.s.stmts
 	if w.Op == store.OpRemove {
 		return 0, st.attDel.Exec(t.ctx, w.Key)
@@ -414,6 +419,7 @@ func (t *txn) writeAttempts(w store.Write, c current) (uint64, error) {
 	if !w.Expiry.IsZero() {
 		expires = w.Expiry.UnixMilli()
 	}
-	rev := c.cas + 1
-	return rev, st.attPut.Exec(t.ctx, w.Key, string(w.Value), rev, expires)
+	var rev uint64
+	err := st.attPut.QueryRow(t.ctx, w.Key, string(w.Value), expires).Scan(&rev)
+	return rev, err
 }

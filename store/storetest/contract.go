@@ -35,6 +35,38 @@ func Run(t *testing.T, open Opener) {
 	t.Run("SweepIsBounded", func(t *testing.T) { testSweepBounded(t, open(t)) })
 	t.Run("Backlog", func(t *testing.T) { testBacklog(t, open(t)) })
 	t.Run("AttemptRecordsExpire", func(t *testing.T) { testExpiry(t, open(t)) })
+	t.Run("AttemptRecordCAS", func(t *testing.T) { testAttemptsCAS(t, open(t)) })
+}
+
+// testAttemptsCAS: each write of an attempt record, upserts included,
+// gives it a new CAS, the one a read returns, and a guarded write holds
+// only against that one.
+func testAttemptsCAS(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	k := prefix(t) + "a"
+	rec := func(n int) []byte { return fmt.Appendf(nil, `{"docId":"a","n":%d}`, n) }
+	var seen []uint64
+	for n := range 3 {
+		cas, err := s.Apply(ctx, []store.Write{{Op: store.OpUpsert, Collection: order.Attempts, Key: k, Value: rec(n)}})
+		require.NoError(t, err)
+		require.Len(t, cas, 1)
+		assert.NotContains(t, seen, cas[0], "a new CAS at each write")
+		seen = append(seen, cas[0])
+		doc, err := s.Get(ctx, order.Attempts, k)
+		require.NoError(t, err)
+		assert.Equal(t, cas[0], doc.CAS, "what the write returned is what a read gives")
+		assert.JSONEq(t, string(rec(n)), string(doc.Value))
+	}
+	_, err := s.Apply(ctx, []store.Write{{Op: store.OpReplace, Collection: order.Attempts, Key: k, Value: rec(9), CAS: seen[1]}})
+	assert.ErrorIs(t, err, store.ErrCASMismatch, "an older CAS")
+	cas, err := s.Apply(ctx, []store.Write{{Op: store.OpReplace, Collection: order.Attempts, Key: k, Value: rec(3), CAS: seen[2]}})
+	require.NoError(t, err)
+	doc, err := s.Get(ctx, order.Attempts, k)
+	require.NoError(t, err)
+	assert.Equal(t, cas[0], doc.CAS)
+	assert.JSONEq(t, string(rec(3)), string(doc.Value))
+	_, err = s.Apply(ctx, []store.Write{{Op: store.OpInsert, Collection: order.Attempts, Key: k, Value: rec(4)}})
+	assert.ErrorIs(t, err, store.ErrExists)
 }
 
 func testStateAndApply(t *testing.T, s store.Store) {
