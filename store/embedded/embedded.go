@@ -428,10 +428,17 @@ func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, erro
 	j := &job{ctx: ctx, done: make(chan struct{})}
 	if distinctDocs(writes) {
 		// Every guard first, then every write: a failed guard leaves
-		// nothing to undo, so the job needs no savepoint.
+		// nothing to undo, so the job needs no savepoint. A first write
+		// that is a guarded replace (an outcome's order) is made with its
+		// guard in one statement, after the others' guards and before
+		// their writes: its failure too leaves nothing to undo.
+		fold := len(writes) > 0 && guardedReplace(writes[0])
 		j.fn = func(t *txn) error {
 			cur := make([]current, len(writes))
 			for i, w := range writes {
+				if i == 0 && fold {
+					continue
+				}
 				var err error
 				if cur[i], err = t.check(w); err != nil {
 					return err
@@ -439,7 +446,12 @@ func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, erro
 			}
 			for i, w := range writes {
 				var err error
-				if cas[i], err = t.write(w, cols[i], cur[i]); err != nil {
+				if i == 0 && fold {
+					cas[i], err = t.replace(w, cols[i])
+				} else {
+					cas[i], err = t.write(w, cols[i], cur[i])
+				}
+				if err != nil {
 					return err
 				}
 			}

@@ -131,6 +131,76 @@ func TestGroupCommitIsolatesAFailedGuard(t *testing.T) {
 	}
 }
 
+// TestAGuardedReplaceWritesNothingWhenAGuardFails: an outcome's first
+// write, a replace whose guard is in its statement, is made only when every
+// other write's guard holds, and fails with its own guard's error: nothing
+// of the outcome is written, and no position is used up.
+func TestAGuardedReplaceWritesNothingWhenAGuardFails(t *testing.T) {
+	ctx := context.Background()
+	s, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer s.Close()
+	cas, err := s.Apply(ctx, []store.Write{
+		{Op: store.OpInsert, Collection: "inbound", Key: "k", Value: []byte(`{"paymentStatus":"paid"}`)},
+		{Op: store.OpInsert, Collection: "retry", Key: "k", Value: []byte(`{"docId":"k"}`)},
+	})
+	require.NoError(t, err)
+	confirmed := []byte(`{"paymentStatus":"paid","confirmationEmailSent":true}`)
+	unchanged := func(msg string) {
+		t.Helper()
+		d, err := s.Get(ctx, "inbound", "k")
+		require.NoError(t, err)
+		assert.Equal(t, cas[0], d.CAS, msg)
+		assert.JSONEq(t, `{"paymentStatus":"paid"}`, string(d.Value), msg)
+		c, err := s.Counts(ctx)
+		require.NoError(t, err)
+		assert.Zero(t, c.OrdersConfirmed, msg)
+	}
+
+	// The replace's guard holds; the next write's does not.
+	_, err = s.Apply(ctx, []store.Write{
+		{Op: store.OpReplace, Collection: "inbound", Key: "k", Value: confirmed, CAS: cas[0]},
+		{Op: store.OpInsert, Collection: "retry", Key: "k", Value: []byte(`{}`)},
+	})
+	var we *store.WriteError
+	require.ErrorAs(t, err, &we)
+	assert.ErrorIs(t, err, store.ErrExists)
+	assert.Equal(t, "retry", we.Write.Collection)
+	unchanged("a later guard failed")
+
+	// The replace's own guard fails: a CAS that is not the document's.
+	_, err = s.Apply(ctx, []store.Write{
+		{Op: store.OpReplace, Collection: "inbound", Key: "k", Value: confirmed, CAS: cas[0] + 100},
+		{Op: store.OpRemove, Collection: "retry", Key: "k", CAS: cas[1]},
+	})
+	require.ErrorAs(t, err, &we)
+	assert.ErrorIs(t, err, store.ErrCASMismatch)
+	assert.Equal(t, "inbound", we.Write.Collection)
+	unchanged("its own guard failed")
+	_, err = s.Get(ctx, "retry", "k")
+	assert.NoError(t, err, "the write after it was not made")
+
+	// Both hold: written, at the next position.
+	got, err := s.Apply(ctx, []store.Write{
+		{Op: store.OpReplace, Collection: "inbound", Key: "k", Value: confirmed, CAS: cas[0]},
+		{Op: store.OpRemove, Collection: "retry", Key: "k", CAS: cas[1]},
+	})
+	require.NoError(t, err)
+	assert.Equal(t, []uint64{cas[1] + 1, cas[1] + 2}, got, "no position was used up by the failed ones")
+	d, err := s.Get(ctx, "inbound", "k")
+	require.NoError(t, err)
+	assert.Equal(t, got[0], d.CAS)
+	assert.Equal(t, cas[0], d.Incarnation, "a replace keeps the incarnation")
+	c, err := s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 1, c.OrdersConfirmed, "the typed columns were written with it")
+
+	// A removed document: its old CAS finds nothing.
+	require.NoError(t, s.Remove(ctx, "inbound", "k", got[0]))
+	_, err = s.Apply(ctx, []store.Write{{Op: store.OpReplace, Collection: "inbound", Key: "k", Value: confirmed, CAS: got[0]}})
+	assert.ErrorIs(t, err, store.ErrNotFound)
+}
+
 // TestSkipSettledPassesOverWhatNeedsNothing: with SkipSettled the changes
 // the watcher ignores unread (a confirmed order, a deletion, a readable
 // retry document not flagged and due within a year) are not delivered, yet

@@ -46,6 +46,7 @@ type writeStmts struct {
 	saveCheckpoint, minCkpt  *wstmt
 	purge, expire            *wstmt
 	attCur, attPut, attDel   *wstmt
+	replace                  *wstmt
 }
 
 func (s *Store) prepareWrites(ctx context.Context) error {
@@ -81,6 +82,10 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 			ON CONFLICT (coll, key) DO UPDATE SET value = excluded.value, seq = excluded.seq, created = excluded.created,
 				paid = excluded.paid, confirmed = excluded.confirmed, retry = excluded.retry, fire = excluded.fire,
 				next_at = excluded.next_at, ts_at = excluded.ts_at, dead = excluded.dead, tally = excluded.tally`),
+		// A replace whose guard is in its WHERE: no read before it.
+		replace: p(`UPDATE docs SET value = ?, seq = ?, paid = ?, confirmed = ?, retry = ?, fire = ?,
+				next_at = ?, ts_at = ?, dead = ?, tally = ?
+			WHERE coll = ? AND key = ? AND seq = ? AND value IS NOT NULL`),
 		seqGet: p(`SELECT value FROM counters WHERE name = 'seq'`),
 		seqSet: p(`UPDATE counters SET value = ? WHERE name = 'seq'`),
 		// Only retry documents have next_at or ts_at, and only unflagged
@@ -111,7 +116,7 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 func (w writeStmts) close() error {
 	var errs []error
 	for _, st := range []*wstmt{w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
-		w.cur, w.put, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flag, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attPut, w.attDel} {
+		w.cur, w.put, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flag, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attPut, w.attDel, w.replace} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -405,6 +410,32 @@ func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
 		return 0, err
 	}
 	return seq, nil // of a removal too: the position of the deletion
+}
+
+// guardedReplace says whether w is a replace the writer can make in one
+// statement, its guard in the statement: a document's, with a CAS.
+func guardedReplace(w store.Write) bool {
+	return w.Op == store.OpReplace && w.CAS != 0 && w.Collection != order.Attempts
+}
+
+// replace makes a guardedReplace write and returns its CAS. When the guard
+// fails, nothing is written, and the error is check's: the document is
+// gone, or its CAS is not w's.
+func (t *txn) replace(w store.Write, cols columns) (uint64, error) {
+	seq := t.next()
+	args := append(append([]any{string(w.Value), seq}, cols.args()...), w.Collection, w.Key, w.CAS)
+	n, err := t.s.stmts.replace.ExecN(t.ctx, args...)
+	if err != nil {
+		return 0, err
+	}
+	if n == 1 {
+		return seq, nil
+	}
+	t.seq-- // not taken
+	if _, err := t.check(w); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("replace %s/%s: no row changed, yet its guard holds", w.Collection, w.Key)
 }
 
 // writeAttempts writes an attempt record in its own table: no sequence

@@ -59,6 +59,19 @@ func (w *wstmt) Exec(ctx context.Context, args ...any) error {
 	return err
 }
 
+// ExecN runs the statement and returns how many rows it changed.
+func (w *wstmt) ExecN(ctx context.Context, args ...any) (int64, error) {
+	nv, err := named(args)
+	if err != nil {
+		return 0, err
+	}
+	res, err := w.st.(driver.StmtExecContext).ExecContext(ctx, nv)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
 // rows runs the statement as a query.
 func (w *wstmt) rows(ctx context.Context, args []any) (driver.Rows, []driver.Value, error) {
 	nv, err := named(args)
