@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -390,4 +391,41 @@ func TestCloseEndsHeldRequests(t *testing.T) {
 	defer cancel()
 	require.NoError(t, l.Close(ctx), "Close did not wait for the held request")
 	assert.Error(t, <-sent, "the held request gets no answer")
+}
+
+// TestBodyMustBeAJSONObject: the mock accepts a body that decodes as one
+// JSON object (what follows it is not read) and answers anything else 400,
+// naming what was wrong; a valid object is recognised without being built.
+func TestBodyMustBeAJSONObject(t *testing.T) {
+	t.Parallel()
+	m, err := mockmail.New(mockmail.Config{})
+	require.NoError(t, err)
+	srv := httptest.NewServer(m)
+	defer srv.Close()
+	for i, c := range []struct {
+		body string
+		want int
+	}{
+		{`{"email":"a@example.com","n":1e999}`, 200},
+		{" \n\t{}", 200},
+		{`{"a":1} trailing`, 200},
+		{`{"a":[1,{"b":null}],"c":"\u00e9"}`, 200},
+		{`[1]`, 400},
+		{`"text"`, 400},
+		{`{"a":`, 400},
+		{``, 400},
+		{"{\"a\":\"\xff\"}", 200}, // invalid UTF-8 in a string: replaced, as encoding/json does
+	} {
+		req, err := http.NewRequest(http.MethodPost, srv.URL+mockmail.SendPath, strings.NewReader(c.body))
+		require.NoError(t, err)
+		req.Header.Set("Idempotency-Key", fmt.Sprint("k", i))
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		answer, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		assert.Equal(t, c.want, resp.StatusCode, "%q", c.body)
+		if c.want == 400 {
+			assert.Contains(t, string(answer), "body is not a JSON object", "%q", c.body)
+		}
+	}
 }
