@@ -56,9 +56,11 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"Fields: orders, confirmed, deadLetters, retryDocsLeft (store); sendAttempts, deliveries,\n" +
 			"failures, duplicateRequests, heldRequests (the mock's /stats); elapsedSeconds and\n" +
 			"ordersPerSecond (first write to last delivery); secondsTo, paidToSentMs, retryGapMs (the\n" +
-			"mock's /timings); peakRSSMB (the service's VmHWM); serviceCPUSeconds and serviceCPUPerOrderUs\n" +
-			"(the service's CPU time over the run); sendMeanMs (a request to the email service, from the\n" +
-			"service's histogram); dueFirstSeconds, duePerSecond and dueDrainPerSecond (--due: from retries\n" +
+			"mock's /timings); firstPassSeconds (to the last order's first request), afterFirstPassSeconds\n" +
+			"(from then to the last delivery) and, with --backoff fixed, retryFloorSeconds (the least that\n" +
+			"could have been, each failure followed by one retry delay and nothing else); peakRSSMB (the\n" +
+			"service's VmHWM); serviceCPUSeconds and serviceCPUPerOrderUs (the service's CPU time over the\n" +
+			"run); sendMeanMs (a request to the email service, from the service's histogram); dueFirstSeconds, duePerSecond and dueDrainPerSecond (--due: from retries\n" +
 			"start to the first due retry delivered, and the drain's rate from retries start and from that\n" +
 			"first one); ceilingPerSecond, ofCeiling and ceilingSendMeanMs (--ceiling: a request of the\n" +
 			"senders alone, to set beside sendMeanMs); minimalPerSecond, minimalOfCeiling,\n" +
