@@ -60,9 +60,10 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"(from then to the last delivery) and, with --backoff fixed, retryFloorSeconds (the least that\n" +
 			"could have been, each failure followed by one retry delay and nothing else); peakRSSMB (the\n" +
 			"service's VmHWM); serviceCPUSeconds and serviceCPUPerOrderUs (the service's CPU time over the\n" +
-			"run); sendMeanMs (a request to the email service, from the service's histogram); dueFirstSeconds, duePerSecond and dueDrainPerSecond (--due: from retries\n" +
-			"start to the first due retry delivered, and the drain's rate from retries start and from that\n" +
-			"first one); ceilingPerSecond, ofCeiling and ceilingSendMeanMs (--ceiling: a request of the\n" +
+			"run); sendMeanMs (a request to the email service, from the service's histogram);\n" +
+			"dueFirstSeconds, duePerSecond and dueDrainPerSecond (--due: from retries start to the first\n" +
+			"due retry delivered, and the drain's rate from retries start and from that first one);\n" +
+			"ceilingPerSecond, ofCeiling and ceilingSendMeanMs (--ceiling: a request of the\n" +
 			"senders alone, to set beside sendMeanMs); minimalPerSecond, minimalOfCeiling,\n" +
 			"minimalCPUPerOrderUs and minimalSendMeanMs (--minimal); orderWriteCPUPerOrderUs (the bench's\n" +
 			"CPU writing the run's orders: the order system's work, on the same machine); settings.\n" +
