@@ -360,15 +360,15 @@ func (s *Server) refresh(ctx context.Context) {
 	if err == nil {
 		s.backlog.Counts, s.backlog.Due, s.backlog.OldestDue, s.backlog.Reasons, s.backlog.ReadAt = c, b.Due, b.OldestDue, b.Reasons, now
 	}
-	// Logged before the lock is let go: whoever sees the change can read
-	// its line.
+	s.mu.Unlock()
+	// Logged after the lock is let go: every scrape and /readyz wait on
+	// it, and a log write may block.
 	switch {
 	case err != nil && (was.Up || !was.Checked):
 		s.log.Warn("the store does not answer the backlog figures; /readyz fails until it does", "error", err)
 	case err == nil && was.Checked && !was.Up:
 		s.log.Info("the store answers the backlog figures again")
 	}
-	s.mu.Unlock()
 }
 
 // backlogCollector serves the figures the last refresh read.

@@ -490,6 +490,10 @@ func TestAStoreThatHangsFailsReadinessNotTheScrape(t *testing.T) {
 		code, _ := get(r.m.Readyz)
 		return code == http.StatusOK
 	}, 10*time.Second, 5*time.Millisecond)
+	// The line follows the figures, written once the lock is let go.
+	require.Eventually(t, func() bool {
+		return strings.Contains(r.logs.String(), "the store answers the backlog figures again")
+	}, 10*time.Second, 5*time.Millisecond, "no line says the store answers again")
 	assert.Equal(t, 1, countMsg(jsonLines(t, r.logs), "the store does not answer"))
 	assert.Equal(t, 1, countMsg(jsonLines(t, r.logs), "the store answers the backlog figures again"))
 }

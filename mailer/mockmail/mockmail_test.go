@@ -26,13 +26,22 @@ func (c *clock) now() time.Time { return c.t }
 
 func post(t *testing.T, url, key string) int {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url+mockmail.SendPath, strings.NewReader(`{"email":"a@example.com"}`))
+	status, _ := postBody(t, url, key, `{"email":"a@example.com"}`)
+	return status
+}
+
+// postBody sends body under key and returns the answer's status and body.
+func postBody(t *testing.T, url, key, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url+mockmail.SendPath, strings.NewReader(body))
 	require.NoError(t, err)
 	req.Header.Set("Idempotency-Key", key)
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
-	resp.Body.Close()
-	return resp.StatusCode
+	defer resp.Body.Close()
+	answer, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(answer)
 }
 
 func TestTimingsAndReset(t *testing.T) {
@@ -416,16 +425,10 @@ func TestBodyMustBeAJSONObject(t *testing.T) {
 		{``, 400},
 		{"{\"a\":\"\xff\"}", 200}, // invalid UTF-8 in a string: replaced, as encoding/json does
 	} {
-		req, err := http.NewRequest(http.MethodPost, srv.URL+mockmail.SendPath, strings.NewReader(c.body))
-		require.NoError(t, err)
-		req.Header.Set("Idempotency-Key", fmt.Sprint("k", i))
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		answer, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		assert.Equal(t, c.want, resp.StatusCode, "%q", c.body)
+		status, answer := postBody(t, srv.URL, fmt.Sprint("k", i), c.body)
+		assert.Equal(t, c.want, status, "%q", c.body)
 		if c.want == 400 {
-			assert.Contains(t, string(answer), "body is not a JSON object", "%q", c.body)
+			assert.Contains(t, answer, "body is not a JSON object", "%q", c.body)
 		}
 	}
 }

@@ -40,6 +40,9 @@ var plans = []struct {
 	{"purge", `DELETE FROM docs WHERE (coll, key) IN (SELECT coll, key FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`,
 		[]any{0, 10}, []string{"SEARCH docs USING INDEX tombstones (seq<?)"}},
 	{"counts", `SELECT paid, confirmed, retry, fire, dead FROM stats`, nil, []string{"SCAN stats"}},
+	{"an outcome's guarded replace", guardedReplaceQuery,
+		[]any{"{}", 1, false, false, false, false, nil, nil, false, nil, "inbound", "k", 1},
+		[]string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
 }
 
 // TestQueryPlans pins the plan of every statement on the hot and periodic

@@ -82,12 +82,9 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 			ON CONFLICT (coll, key) DO UPDATE SET value = excluded.value, seq = excluded.seq, created = excluded.created,
 				paid = excluded.paid, confirmed = excluded.confirmed, retry = excluded.retry, fire = excluded.fire,
 				next_at = excluded.next_at, ts_at = excluded.ts_at, dead = excluded.dead, tally = excluded.tally`),
-		// A replace whose guard is in its WHERE: no read before it.
-		replace: p(`UPDATE docs SET value = ?, seq = ?, paid = ?, confirmed = ?, retry = ?, fire = ?,
-				next_at = ?, ts_at = ?, dead = ?, tally = ?
-			WHERE coll = ? AND key = ? AND seq = ? AND value IS NOT NULL`),
-		seqGet: p(`SELECT value FROM counters WHERE name = 'seq'`),
-		seqSet: p(`UPDATE counters SET value = ? WHERE name = 'seq'`),
+		replace: p(guardedReplaceQuery),
+		seqGet:  p(`SELECT value FROM counters WHERE name = 'seq'`),
+		seqSet:  p(`UPDATE counters SET value = ? WHERE name = 'seq'`),
 		// Only retry documents have next_at or ts_at, and only unflagged
 		// ones: each query is a range scan of its partial index, bounded
 		// by LIMIT (TestSweepUsesItsIndexes pins the plans).
@@ -411,6 +408,14 @@ func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
 	}
 	return seq, nil // of a removal too: the position of the deletion
 }
+
+// guardedReplaceQuery is a replace whose guard is in its WHERE: no read
+// before it. A point search of the primary key (TestQueryPlans): the unary
+// + keeps SQLite from finding the row by docs_by_seq and then the table,
+// two searches for one.
+const guardedReplaceQuery = `UPDATE docs SET value = ?, seq = ?, paid = ?, confirmed = ?, retry = ?, fire = ?,
+		next_at = ?, ts_at = ?, dead = ?, tally = ?
+	WHERE coll = ? AND key = ? AND +seq = ? AND value IS NOT NULL`
 
 // guardedReplace says whether w is a replace the writer can make in one
 // statement, its guard in the statement: a document's, with a CAS.

@@ -51,11 +51,7 @@ func named(args []any) ([]driver.NamedValue, error) {
 
 // Exec runs the statement.
 func (w *wstmt) Exec(ctx context.Context, args ...any) error {
-	nv, err := named(args)
-	if err != nil {
-		return err
-	}
-	_, err = w.st.(driver.StmtExecContext).ExecContext(ctx, nv)
+	_, err := w.ExecN(ctx, args...)
 	return err
 }
 
