@@ -117,6 +117,35 @@ func BenchmarkConfirmInGroupCommits(b *testing.B) {
 	})
 }
 
+// BenchmarkOrderWritesInBatches writes paid orders 500 at a time, as an
+// order system importing them would (and as ordermail bench and load do):
+// ns/op is one order's share of the writer's time.
+func BenchmarkOrderWritesInBatches(b *testing.B) {
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(b.TempDir(), "o.db")})
+	require.NoError(b, err)
+	defer st.Close()
+	doc := []byte(`{"email":"a@example.com","paymentStatus":"paid","items":[{"name":"Swedish Meatballs 500g","amount":2,"unitPrice":9.95}]}`)
+	writes := make([]store.Write, 0, 500)
+	flush := func() {
+		if _, err := st.Apply(ctx, writes); err != nil {
+			b.Fatal(err)
+		}
+		writes = writes[:0]
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		writes = append(writes, store.Write{Op: store.OpUpsert, Collection: "inbound", Key: fmt.Sprint("order_", i), Value: doc})
+		if len(writes) == cap(writes) {
+			flush()
+		}
+	}
+	if len(writes) > 0 {
+		flush()
+	}
+}
+
 // BenchmarkSweepFlags flags due retry documents in the sweep's batches of
 // 1,000, as the timer does after `retries start`: the writer's cost of one
 // flag (the document rewritten with fireRetry, its new position, its index

@@ -434,13 +434,11 @@ func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, erro
 		// their writes: its failure too leaves nothing to undo.
 		fold := len(writes) > 0 && guardedReplace(writes[0])
 		j.fn = func(t *txn) error {
-			cur := make([]current, len(writes))
 			for i, w := range writes {
 				if i == 0 && fold {
 					continue
 				}
-				var err error
-				if cur[i], err = t.check(w); err != nil {
+				if err := t.check(w); err != nil {
 					return err
 				}
 			}
@@ -449,7 +447,7 @@ func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, erro
 				if i == 0 && fold {
 					cas[i], err = t.replace(w, cols[i])
 				} else {
-					cas[i], err = t.write(w, cols[i], cur[i])
+					cas[i], err = t.write(w, cols[i])
 				}
 				if err != nil {
 					return err
@@ -478,14 +476,25 @@ func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, erro
 
 // distinctDocs says whether no two writes touch the same document.
 func distinctDocs(writes []store.Write) bool {
-	for i := range writes {
-		for k := range i {
-			if writes[k].Collection == writes[i].Collection && writes[k].Key == writes[i].Key {
-				return false
+	if len(writes) <= 16 { // an outcome's few writes: no map
+		for i := range writes {
+			for k := range i {
+				if writes[k].Collection == writes[i].Collection && writes[k].Key == writes[i].Key {
+					return false
+				}
 			}
 		}
+		return true
 	}
-	return len(writes) <= 16 // beyond, a map would be due; a savepoint is cheaper to reason about
+	seen := make(map[[2]string]struct{}, len(writes))
+	for _, w := range writes {
+		doc := [2]string{w.Collection, w.Key}
+		if _, ok := seen[doc]; ok {
+			return false
+		}
+		seen[doc] = struct{}{}
+	}
+	return true
 }
 
 // Counts reads counts that triggers keep with every write: O(1).

@@ -131,6 +131,75 @@ func TestGroupCommitIsolatesAFailedGuard(t *testing.T) {
 	}
 }
 
+// TestALargeBatchIsAllOrNothing: a batch of many writes (an order system's
+// import) is written whole or not at all, in a commit shared with others,
+// whether its keys are distinct (every guard checked before any write) or
+// one repeats (each write after the one before it).
+func TestALargeBatchIsAllOrNothing(t *testing.T) {
+	ctx := context.Background()
+	s, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer s.Close()
+	keys := func(b int) []string {
+		var ks []string
+		for i := range 100 {
+			ks = append(ks, fmt.Sprintf("b%d-%d", b, i))
+		}
+		return ks
+	}
+	batch := func(op store.Op, keys ...string) []store.Write {
+		var ws []store.Write
+		for i, k := range keys {
+			ws = append(ws, store.Write{Op: op, Collection: "inbound", Key: k, Value: []byte(fmt.Sprintf(`{"n":%d}`, i+1))})
+		}
+		return ws
+	}
+	// Odd batches fail: an insert of a key that is there, in the middle of
+	// distinct keys (batches 3, 7, 11...), or after a write of the same key
+	// in the batch (1, 5, 9...).
+	const batches = 40
+	for b := 1; b < batches; b += 2 {
+		_, err := s.Insert(ctx, "inbound", keys(b)[59], []byte(`{"n":0}`))
+		require.NoError(t, err)
+	}
+	errs := make([]error, batches)
+	var wg sync.WaitGroup
+	for b := range batches {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ws := batch(store.OpInsert, keys(b)...)
+			if b%4 == 1 {
+				ws = append(batch(store.OpUpsert, keys(b)...), store.Write{Op: store.OpInsert, Collection: "inbound", Key: keys(b)[0], Value: []byte(`{}`)})
+			}
+			_, errs[b] = s.Apply(ctx, ws)
+		}()
+	}
+	wg.Wait()
+	for b := range batches {
+		_, first := s.Get(ctx, "inbound", keys(b)[0])
+		last, lastErr := s.Get(ctx, "inbound", keys(b)[99])
+		if b%2 == 1 {
+			assert.ErrorIs(t, errs[b], store.ErrExists, "batch %d", b)
+			assert.ErrorIs(t, first, store.ErrNotFound, "batch %d: nothing of a failed batch is written", b)
+			assert.ErrorIs(t, lastErr, store.ErrNotFound, "batch %d: nothing of a failed batch is written", b)
+			continue
+		}
+		assert.NoError(t, errs[b], "batch %d", b)
+		assert.NoError(t, first, "batch %d", b)
+		if assert.NoError(t, lastErr, "batch %d", b) {
+			assert.JSONEq(t, `{"n":100}`, string(last.Value), "batch %d", b)
+		}
+	}
+
+	// A repeated key: the later write wins.
+	_, err = s.Apply(ctx, batch(store.OpUpsert, append(keys(0), keys(0)[5])...))
+	require.NoError(t, err)
+	got, err := s.Get(ctx, "inbound", keys(0)[5])
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"n":101}`, string(got.Value))
+}
+
 // TestAGuardedReplaceWritesNothingWhenAGuardFails: an outcome's first
 // write, a replace whose guard is in its statement, is made only when every
 // other write's guard holds, and fails with its own guard's error: nothing

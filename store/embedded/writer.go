@@ -76,10 +76,10 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 		savepoint:  p(`SAVEPOINT job`),
 		release:    p(`RELEASE job`),
 		rollbackTo: p(`ROLLBACK TO job`),
-		cur:        p(`SELECT seq, created, value IS NULL FROM docs WHERE coll = ? AND key = ?`),
+		cur:        p(`SELECT seq, value IS NULL FROM docs WHERE coll = ? AND key = ?`),
 		put: p(`INSERT INTO docs (coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-			ON CONFLICT (coll, key) DO UPDATE SET value = excluded.value, seq = excluded.seq, created = excluded.created,
+			ON CONFLICT (coll, key) DO UPDATE SET value = excluded.value, seq = excluded.seq, created = ` + keptIncarnation + `,
 				paid = excluded.paid, confirmed = excluded.confirmed, retry = excluded.retry, fire = excluded.fire,
 				next_at = excluded.next_at, ts_at = excluded.ts_at, dead = excluded.dead, tally = excluded.tally`),
 		replace: p(guardedReplaceQuery),
@@ -337,73 +337,71 @@ func (t *txn) next() uint64 {
 	return t.seq
 }
 
-// current is what a write's guard and incarnation need of the document.
-type current struct{ cas, created uint64 }
-
-// check reads the document w writes and checks w's guard.
-func (t *txn) check(w store.Write) (current, error) {
-	var c current
+// check reads the document w writes and checks w's guard. An upsert has
+// none: it reads nothing.
+func (t *txn) check(w store.Write) error {
+	if w.Op == store.OpUpsert {
+		return nil // the write takes its incarnation or revision from the row
+	}
+	var cas uint64
 	var tomb bool
 	var err error
-	switch {
-	case w.Collection == order.Attempts && w.Op == store.OpUpsert:
-		return c, nil // unguarded; the write takes its revision from the row
-	case w.Collection == order.Attempts:
-		err = t.s.stmts.attCur.QueryRow(t.ctx, w.Key).Scan(&c.cas)
-	default:
-		err = t.s.stmts.cur.QueryRow(t.ctx, w.Collection, w.Key).Scan(&c.cas, &c.created, &tomb)
+	if w.Collection == order.Attempts {
+		err = t.s.stmts.attCur.QueryRow(t.ctx, w.Key).Scan(&cas)
+	} else {
+		err = t.s.stmts.cur.QueryRow(t.ctx, w.Collection, w.Key).Scan(&cas, &tomb)
 	}
 	switch {
 	case errors.Is(err, sql.ErrNoRows), err == nil && tomb:
-		c = current{}
+		cas = 0
 	case err != nil:
-		return c, err
+		return err
 	}
 	guard := func(e error) error { return &store.WriteError{Write: w, Err: e} }
 	switch w.Op {
 	case store.OpInsert:
-		if c.cas != 0 {
-			return c, guard(store.ErrExists)
+		if cas != 0 {
+			return guard(store.ErrExists)
 		}
 	case store.OpReplace, store.OpRemove:
-		if c.cas == 0 {
-			return c, guard(store.ErrNotFound)
+		if cas == 0 {
+			return guard(store.ErrNotFound)
 		}
-		if w.CAS != 0 && w.CAS != c.cas {
-			return c, guard(store.ErrCASMismatch)
+		if w.CAS != 0 && w.CAS != cas {
+			return guard(store.ErrCASMismatch)
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // apply makes one guarded write, with its typed columns, and returns its CAS.
 func (t *txn) apply(w store.Write, cols columns) (uint64, error) {
-	c, err := t.check(w)
-	if err != nil {
+	if err := t.check(w); err != nil {
 		return 0, err
 	}
-	return t.write(w, cols, c)
+	return t.write(w, cols)
 }
 
+// keptIncarnation is the created column of a write over a row that is
+// there: a live document keeps its incarnation, a tombstone's key starts a
+// new one at the write's position (excluded.created), and a removal has
+// none. So a write reads nothing of the row to say which.
+const keptIncarnation = `CASE WHEN excluded.value IS NULL THEN 0 WHEN docs.value IS NULL THEN excluded.created ELSE docs.created END`
+
 // write makes a write whose guard was checked.
-func (t *txn) write(w store.Write, cols columns, c current) (uint64, error) {
-	st := t.s.stmts
+func (t *txn) write(w store.Write, cols columns) (uint64, error) {
 	if w.Collection == order.Attempts {
 		return t.writeAttempts(w)
 	}
-	cur, created := c.cas, c.created
 	seq := t.next()
 	var value any
-	if w.Op == store.OpRemove {
-		created = 0
-	} else {
+	created := uint64(0) // a removal's
+	if w.Op != store.OpRemove {
 		value = string(w.Value)
-		if cur == 0 {
-			created = seq // a new incarnation of the key
-		}
+		created = seq // a new incarnation of the key, unless keptIncarnation keeps the row's
 	}
 	args := append([]any{w.Collection, w.Key, value, seq, created}, cols.args()...)
-	if err := st.put.Exec(t.ctx, args...); err != nil {
+	if err := t.s.stmts.put.Exec(t.ctx, args...); err != nil {
 		return 0, err
 	}
 	return seq, nil // of a removal too: the position of the deletion
@@ -437,7 +435,7 @@ func (t *txn) replace(w store.Write, cols columns) (uint64, error) {
 		return seq, nil
 	}
 	t.seq-- // not taken
-	if _, err := t.check(w); err != nil {
+	if err := t.check(w); err != nil {
 		return 0, err
 	}
 	return 0, fmt.Errorf("replace %s/%s: no row changed, yet its guard holds", w.Collection, w.Key)

@@ -40,11 +40,10 @@ func TestWriteStatementsConvertAsDatabaseSQLWould(t *testing.T) {
 		if err != nil || len(keys) > 0 {
 			return err
 		}
-		var created uint64
-		if err := s.stmts.cur.QueryRow(t.ctx, "inbound", "k1").Scan(&cas, &created, &tomb); err != nil {
+		if err := s.stmts.cur.QueryRow(t.ctx, "inbound", "k1").Scan(&cas, &tomb); err != nil {
 			return err
 		}
-		return s.stmts.cur.QueryRow(t.ctx, "inbound", "absent").Scan(&missing, &created, &tomb)
+		return s.stmts.cur.QueryRow(t.ctx, "inbound", "absent").Scan(&missing, &tomb)
 	})
 	assert.ErrorIs(t, err, sql.ErrNoRows, "a point read of an absent key")
 	assert.Equal(t, sql.NullInt64{Int64: 7, Valid: true}, low)

@@ -120,6 +120,21 @@ func testStateAndApply(t *testing.T, s store.Store) {
 		require.NoError(t, err)
 		assert.Equal(t, again, d.CAS)
 		assert.Equal(t, st.Order.Incarnation, d.Incarnation, "an update keeps the incarnation")
+
+		// So does an upsert of a document that is there; over a removed
+		// one, an upsert starts a new incarnation.
+		_, err = s.Upsert(ctx, order.Inbound, k, []byte(`{"paymentStatus":"paid","n":3}`))
+		require.NoError(t, err)
+		up, err := s.Get(ctx, order.Inbound, k)
+		require.NoError(t, err)
+		assert.Equal(t, st.Order.Incarnation, up.Incarnation, "an upsert of a live document keeps the incarnation")
+		require.NoError(t, s.Remove(ctx, order.Inbound, k, up.CAS))
+		_, err = s.Upsert(ctx, order.Inbound, k, []byte(`{"paymentStatus":"paid","n":4}`))
+		require.NoError(t, err)
+		anew, err := s.Get(ctx, order.Inbound, k)
+		require.NoError(t, err)
+		assert.NotEqual(t, up.Incarnation, anew.Incarnation, "an upsert over a removed document is a new incarnation")
+		assert.NotZero(t, anew.Incarnation)
 	}
 }
 
