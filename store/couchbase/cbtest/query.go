@@ -676,13 +676,10 @@ func (x *exec) scanLocked(r *resolved, alias string) []*docRow {
 			if k.cid != r.coll.id || it.deleted || x.s.isExpired(it) {
 				continue
 			}
-			var doc any = missing
-			if it.datatype&datatypeJSON != 0 {
-				if v, err := decodeJSON(it.value); err == nil {
-					doc = v
-				}
+			if !it.decoded {
+				x.s.decodes++
 			}
-			out = append(out, &docRow{row: row{alias: alias, doc: doc, meta: metaObject(it)}, vb: vb, it: it})
+			out = append(out, &docRow{row: row{alias: alias, doc: it.doc(), meta: metaObject(it)}, vb: vb, it: it})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].it.key < out[j].it.key })

@@ -282,3 +282,43 @@ func TestQueryBacklogShape(t *testing.T) {
 	assert.Equal(t, "invalid", rows[0].Reasons[1].Reason)
 	assert.Equal(t, 1, rows[0].Reasons[2].Count)
 }
+
+// TestQueryDecodesADocumentOnce: a query holds the lock KV operations wait
+// for, so it must not decode again what it decoded before (the counts the
+// service and its tests poll scanned every order). A document written anew
+// is decoded anew, and the counts follow it.
+func TestQueryDecodesADocumentOnce(t *testing.T) {
+	s, c, b := queryServer(t)
+	for _, q := range setupIndexes {
+		_, err := queryRows[any](t, c, q, nil)
+		require.NoError(t, err, q)
+	}
+	inbound := b.Scope("_default").Collection("inbound")
+	const n = 300
+	for i := range n {
+		_, err := inbound.Upsert(fmt.Sprint("o", i), map[string]any{"paymentStatus": "paid"}, nil)
+		require.NoError(t, err)
+	}
+	decodes := func() int {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.decodes
+	}
+	confirmed := func() float64 {
+		rows, err := queryRows[map[string]any](t, c, counts, map[string]any{"control": "allow_retrys"})
+		require.NoError(t, err)
+		require.Len(t, rows, 1)
+		return rows[0]["ordersConfirmed"].(float64)
+	}
+
+	assert.Zero(t, confirmed())
+	first := decodes()
+	assert.GreaterOrEqual(t, first, n, "the first query decodes every order")
+	assert.Zero(t, confirmed())
+	assert.Equal(t, first, decodes(), "the second decodes none")
+
+	_, err := inbound.Upsert("o7", map[string]any{"paymentStatus": "paid", "confirmationEmailSent": true}, nil)
+	require.NoError(t, err)
+	assert.Equal(t, 1.0, confirmed(), "the query reads the new version")
+	assert.Equal(t, first+1, decodes(), "and decodes only it")
+}
