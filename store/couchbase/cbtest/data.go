@@ -36,26 +36,13 @@ type item struct {
 	deleteTime uint32 // Unix seconds of the deletion
 
 	// parsed is value as queries read it, decoded at the first query that
-	// scans the item (under Server.mu, as every use of it is): an item is
+	// scans the item (Server.docLocked, under Server.mu): an item is
 	// never changed once stored, a mutation stores a new one, and a query
 	// changes no document it reads (UPDATE clones along the path it sets).
 	// Without it every query decoded every document it scanned, holding
 	// the lock that KV operations wait for.
 	parsed  any
 	decoded bool
-}
-
-// doc is the item's value as a query reads it: missing when it is not JSON.
-func (it *item) doc() any {
-	if !it.decoded {
-		it.parsed, it.decoded = any(missing), true
-		if it.datatype&datatypeJSON != 0 {
-			if v, err := decodeJSON(it.value); err == nil {
-				it.parsed = v
-			}
-		}
-	}
-	return it.parsed
 }
 
 // System event codes (kv_engine docs/dcp/documentation/commands/system_event.md).

@@ -668,6 +668,21 @@ func metaObject(it *item) *object {
 	return m
 }
 
+// docLocked is it's value as a query reads it, missing when it is not
+// JSON: decoded at its first scan only, and counted (Server.decodes).
+func (s *Server) docLocked(it *item) any {
+	if !it.decoded {
+		s.decodes++
+		it.parsed, it.decoded = any(missing), true
+		if it.datatype&datatypeJSON != 0 {
+			if v, err := decodeJSON(it.value); err == nil {
+				it.parsed = v
+			}
+		}
+	}
+	return it.parsed
+}
+
 // scanLocked returns the collection's live documents, by key.
 func (x *exec) scanLocked(r *resolved, alias string) []*docRow {
 	var out []*docRow
@@ -676,10 +691,7 @@ func (x *exec) scanLocked(r *resolved, alias string) []*docRow {
 			if k.cid != r.coll.id || it.deleted || x.s.isExpired(it) {
 				continue
 			}
-			if !it.decoded {
-				x.s.decodes++
-			}
-			out = append(out, &docRow{row: row{alias: alias, doc: it.doc(), meta: metaObject(it)}, vb: vb, it: it})
+			out = append(out, &docRow{row: row{alias: alias, doc: x.s.docLocked(it), meta: metaObject(it)}, vb: vb, it: it})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].it.key < out[j].it.key })

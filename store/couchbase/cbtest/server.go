@@ -75,7 +75,7 @@ type Server struct {
 	httpDrop   chan struct{} // closed by DropConnections: ends config streams
 	lastCAS    uint64
 	query      queryState
-	decodes    int // documents queries decoded: each is decoded once (item.doc)
+	decodes    int // documents queries decoded: each is decoded once (docLocked)
 
 	nodes []*node
 	creds map[string]*scramCreds // by mechanism
