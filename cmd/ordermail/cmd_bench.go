@@ -55,16 +55,18 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"prints what it measured as one JSON line on standard output; progress goes to standard error.\n" +
 			"Fields: orders, confirmed, deadLetters, retryDocsLeft (store); sendAttempts, deliveries,\n" +
 			"failures, duplicateRequests, heldRequests (the mock's /stats); elapsedSeconds and\n" +
-			"ordersPerSecond (first write to last delivery); secondsTo, paidToSentMs, retryGapMs (the\n" +
-			"mock's /timings); firstPassSeconds (to the last order's first request), afterFirstPassSeconds\n" +
-			"(from then to the last delivery) and, with --backoff fixed, retryFloorSeconds (the least that\n" +
-			"could have been, each failure followed by one retry delay and nothing else); peakRSSMB (the\n" +
-			"service's VmHWM); serviceCPUSeconds and serviceCPUPerOrderUs (the service's CPU time over the\n" +
-			"run); sendMeanMs (a request to the email service, from the service's histogram);\n" +
+			"ordersPerSecond (first write to last delivery); afterWritesPerSecond (from the last write to\n" +
+			"the last delivery: the service once the order system stopped writing); secondsTo,\n" +
+			"paidToSentMs, retryGapMs (the mock's /timings); firstPassSeconds (to the last order's first\n" +
+			"request), afterFirstPassSeconds (from then to the last delivery) and, with --backoff fixed,\n" +
+			"retryFloorSeconds (the least that could have been, each failure followed by one retry delay\n" +
+			"and nothing else); peakRSSMB (the service's VmHWM); serviceCPUSeconds and\n" +
+			"serviceCPUPerOrderUs (the service's CPU time over the run); sendMeanMs (a request to the\n" +
+			"email service, from the service's histogram);\n" +
 			"dueFirstSeconds, duePerSecond and dueDrainPerSecond (--due: from retries start to the first\n" +
 			"due retry delivered, and the drain's rate from retries start and from that first one);\n" +
-			"ceilingPerSecond, ofCeiling and ceilingSendMeanMs (--ceiling: a request of the\n" +
-			"senders alone, to set beside sendMeanMs); minimalPerSecond, minimalOfCeiling,\n" +
+			"ceilingPerSecond, ofCeiling, afterWritesOfCeiling and ceilingSendMeanMs (--ceiling: a\n" +
+			"request of the senders alone, to set beside sendMeanMs); minimalPerSecond, minimalOfCeiling,\n" +
 			"minimalCPUPerOrderUs and minimalSendMeanMs (--minimal); orderWriteCPUPerOrderUs (the bench's\n" +
 			"CPU writing the run's orders: the order system's work, on the same machine); settings.\n" +
 			"Flags after -- are handed to `ordermail run`. bench reads no ORDERMAIL_ variables and passes\n" +

@@ -86,10 +86,15 @@ func TestBenchClosedLoopWithCeiling(t *testing.T) {
 	assert.Positive(t, *res.PaidToSentMs.Max)
 	assert.Zero(t, res.RetryGapMs.Count)
 
-	for _, f := range []string{"ceilingPerSecond", "ofCeiling"} {
+	for _, f := range []string{"ceilingPerSecond", "ofCeiling", "afterWritesPerSecond", "afterWritesOfCeiling"} {
 		assert.Contains(t, fields, f)
 	}
 	require.NotNil(t, res.OfCeiling)
+	// One write of 300 orders: most deliveries come after it.
+	require.NotNil(t, res.AfterWritesPerSecond)
+	require.NotNil(t, res.AfterWritesOfCeiling)
+	assert.Positive(t, *res.AfterWritesPerSecond)
+	assert.InDelta(t, *res.AfterWritesPerSecond / *res.CeilingPerSecond, *res.AfterWritesOfCeiling, 0.001)
 	assert.Positive(t, *res.CeilingPerSecond)
 	assert.Positive(t, *res.OfCeiling)
 	assert.Equal(t, int64(300), *res.CeilingRequests)

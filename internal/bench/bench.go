@@ -170,10 +170,18 @@ type Result struct {
 	DueFirstSeconds   *float64 `json:"dueFirstSeconds,omitempty"`
 	DuePerSecond      *float64 `json:"duePerSecond,omitempty"`
 	DueDrainPerSecond *float64 `json:"dueDrainPerSecond,omitempty"`
+	// The deliveries a second from the run's last write to its last
+	// delivery: the service once the order system has stopped writing,
+	// without the burst of writes that holds the store's write lock at the
+	// start of a run that writes all its orders at once. Absent with --rate,
+	// and when fewer than a tenth of the deliveries came after the last
+	// write.
+	AfterWritesPerSecond *float64 `json:"afterWritesPerSecond,omitempty"`
 	// The send-only ceiling, with --ceiling.
-	CeilingPerSecond *float64 `json:"ceilingPerSecond,omitempty"`
-	CeilingRequests  *int64   `json:"ceilingRequests,omitempty"`
-	OfCeiling        *float64 `json:"ofCeiling,omitempty"` // ordersPerSecond / ceilingPerSecond
+	CeilingPerSecond     *float64 `json:"ceilingPerSecond,omitempty"`
+	CeilingRequests      *int64   `json:"ceilingRequests,omitempty"`
+	OfCeiling            *float64 `json:"ofCeiling,omitempty"`            // ordersPerSecond / ceilingPerSecond
+	AfterWritesOfCeiling *float64 `json:"afterWritesOfCeiling,omitempty"` // afterWritesPerSecond / ceilingPerSecond
 	// How long a request to the email service took on average: the
 	// service's, from its ordermail_send_duration_seconds over the run, and
 	// the ceiling's senders'. With as many senders, the gap between the two
@@ -434,8 +442,22 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 	res.OrdersPerSecond = round(float64(res.Confirmed)/elapsed, 1)
 	if res.CeilingPerSecond != nil {
 		res.OfCeiling = ptr(round(res.OrdersPerSecond / *res.CeilingPerSecond, 3))
+		if res.AfterWritesPerSecond != nil {
+			res.AfterWritesOfCeiling = ptr(round(*res.AfterWritesPerSecond / *res.CeilingPerSecond, 3))
+		}
 	}
 	return res, nil
+}
+
+// afterWrites counts the deliveries (sorted, in Unix nanoseconds) after
+// lastWrite, and their rate from lastWrite to the last of them.
+func afterWrites(deliveredAt []int64, lastWrite int64) (n int, perSecond float64) {
+	i, _ := slices.BinarySearch(deliveredAt, lastWrite+1)
+	n = len(deliveredAt) - i
+	if n == 0 {
+		return 0, 0
+	}
+	return n, float64(n) / (float64(deliveredAt[len(deliveredAt)-1]-lastWrite) / 1e9)
 }
 
 // minimal runs the minimal pipeline on a store of its own, in a directory
@@ -1054,6 +1076,11 @@ func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time 
 		return since(deliveredAt[n-1])
 	}
 	res.SecondsTo = &Quantiles{P50: at(0.5), P90: at(0.9), P99: at(0.99)}
+	if b.cfg.Rate == 0 {
+		if n, perSecond := afterWrites(deliveredAt, w.last.UnixNano()); n*10 >= len(deliveredAt) {
+			res.AfterWritesPerSecond = ptr(round(perSecond, 1))
+		}
+	}
 	slices.Sort(paidToSent)
 	q := func(share float64) *float64 {
 		return ptr(round(paidToSent[int(math.Ceil(share*float64(len(paidToSent))))-1], 3))
