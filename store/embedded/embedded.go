@@ -81,7 +81,8 @@ var ErrFileLost = errors.New("database file deleted or replaced")
 // Store is the embedded store. It is safe for concurrent use.
 type Store struct {
 	cfg   Config
-	write *sql.Conn // the one writer connection, owned by the writer goroutine
+	write *sql.Conn  // the one writer connection, owned by the writer goroutine
+	wlock *writeLock // the writer goroutine's too
 	wdb   *sql.DB
 	read  *sql.DB
 	stmts writeStmts
@@ -166,11 +167,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	read.SetMaxOpenConns(cfg.ReadConns)
 	read.SetMaxIdleConns(cfg.ReadConns)
 	s := &Store{
-		cfg: cfg, write: conn, wdb: wdb, read: read, subs: map[chan struct{}]struct{}{},
+		cfg: cfg, write: conn, wlock: openWriteLock(cfg.Path), wdb: wdb, read: read, subs: map[chan struct{}]struct{}{},
 		jobs: make(chan *job, 1024), stop: make(chan struct{}), writerDone: make(chan struct{}),
 		checkDone: make(chan struct{}), lost: make(chan struct{}),
 	}
 	if err := s.prepare(ctx); err != nil {
+		s.wlock.close()
 		conn.Close()
 		read.Close()
 		return fail(err)
@@ -256,7 +258,7 @@ func (s *Store) Close() error {
 	<-s.writerDone
 	<-s.checkDone
 	stmtsErr := s.write.Raw(func(any) error { return s.stmts.close() })
-	return errors.Join(stmtsErr, s.write.Close(), s.wdb.Close(), s.read.Close())
+	return errors.Join(stmtsErr, s.wlock.close(), s.write.Close(), s.wdb.Close(), s.read.Close())
 }
 
 // checkFile notices the file being deleted or replaced (another inode at

@@ -70,7 +70,7 @@ func TestFilesArePrivate(t *testing.T) {
 	_, err = s.Upsert(context.Background(), "inbound", "o", []byte(`{"email":"ann@example.com"}`))
 	require.NoError(t, err)
 	defer s.Close()
-	for p, want := range map[string]os.FileMode{dir: 0o700, path: 0o600, path + "-wal": 0o600} {
+	for p, want := range map[string]os.FileMode{dir: 0o700, path: 0o600, path + "-wal": 0o600, path + ".writelock": 0o600} {
 		fi, err := os.Stat(p)
 		require.NoError(t, err)
 		assert.Equal(t, want, fi.Mode().Perm(), p)

@@ -256,6 +256,8 @@ func (s *Store) runTxRaw(jobs []*job) (err error) {
 	if err := s.check(); err != nil && !errors.Is(err, store.ErrClosed) {
 		return err
 	}
+	s.wlock.acquire(s.cfg.BusyTimeout)
+	defer s.wlock.release()
 	if err := s.stmts.begin.Exec(ctx); err != nil {
 		return mapErr(err)
 	}

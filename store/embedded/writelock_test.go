@@ -1,0 +1,74 @@
+package embedded
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// probe runs fn on the writer goroutine, inside a write transaction.
+func probe(t *testing.T, s *Store, fn func()) error {
+	t.Helper()
+	return s.submit(context.Background(), func(*txn) error { fn(); return nil })
+}
+
+// otherWriter opens the write lock file as another process would.
+func otherWriter(t *testing.T, dbPath string) int {
+	t.Helper()
+	f, err := os.OpenFile(dbPath+writeLockSuffix, os.O_RDWR, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	return int(f.Fd())
+}
+
+// TestAWriteHoldsTheWriteLockFile: while a write transaction is open the
+// lock file is taken, so that another process's writer waits in the kernel
+// and is woken when it is let go, at the commit.
+func TestAWriteHoldsTheWriteLockFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "o.db")
+	s, err := Open(context.Background(), Config{Path: path})
+	require.NoError(t, err)
+	defer s.Close()
+	other := otherWriter(t, path)
+
+	var during error
+	require.NoError(t, probe(t, s, func() { during = flock(other, syscall.LOCK_EX|syscall.LOCK_NB) }))
+	assert.ErrorIs(t, during, syscall.EWOULDBLOCK, "taken during the transaction")
+	require.NoError(t, flock(other, syscall.LOCK_EX|syscall.LOCK_NB), "let go at the commit")
+}
+
+// TestAWriteGoesOnPastAHeldWriteLockFile: a lock file held longer than the
+// busy timeout (a process stopped in a write) does not stop the writes,
+// which SQLite's lock alone then guards; one wait at most is left in the
+// kernel, and the lock is used again once it is let go.
+func TestAWriteGoesOnPastAHeldWriteLockFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "o.db")
+	s, err := Open(context.Background(), Config{Path: path, BusyTimeout: 50 * time.Millisecond})
+	require.NoError(t, err)
+	defer s.Close()
+	other := otherWriter(t, path)
+	require.NoError(t, flock(other, syscall.LOCK_EX))
+
+	var held, stuck bool
+	look := func() { held, stuck = s.wlock.held != nil, s.wlock.stuck != nil }
+	require.NoError(t, probe(t, s, look), "the write goes on past the busy timeout")
+	assert.False(t, held)
+	assert.True(t, stuck, "the wait given up on is still in the kernel")
+	first := s.wlock.stuck
+	require.NoError(t, probe(t, s, look))
+	assert.False(t, held)
+	assert.True(t, stuck)
+	assert.Equal(t, first, s.wlock.stuck, "no second wait while the first is left")
+
+	require.NoError(t, flock(other, syscall.LOCK_UN))
+	require.Eventually(t, func() bool {
+		return probe(t, s, look) == nil && held
+	}, 30*time.Second, 5*time.Millisecond, "the lock is used again once let go")
+	assert.False(t, stuck)
+}
