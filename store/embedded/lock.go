@@ -125,8 +125,15 @@ func (l *writeLock) acquire(timeout time.Duration) {
 			return
 		}
 	}
-	if flock(l.fd, syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+	switch err := flock(l.fd, syscall.LOCK_EX|syscall.LOCK_NB); {
+	case err == nil:
 		l.held = l.f
+		return
+	case !errors.Is(err, syscall.EWOULDBLOCK):
+		// A file system without flock (some network ones): SQLite's
+		// lock alone, from now on.
+		l.f.Close()
+		l.f = nil
 		return
 	}
 	// Wait in the kernel, on a file description of its own, which a wait
