@@ -179,3 +179,53 @@ func BenchmarkSweepFlags(b *testing.B) {
 		flagged += res.Flagged
 	}
 }
+
+// BenchmarkSettleDueRetryInGroupCommits writes the outcome of a delivered
+// due retry (the order replaced under its CAS, its flagged retry document
+// removed, its attempt record upserted) from 64 goroutines at once: the
+// writer's cost of a due retry's outcome, group commits included, to set
+// beside BenchmarkConfirmInGroupCommits (a first send's) and
+// BenchmarkSweepFlags (the flag before it).
+func BenchmarkSettleDueRetryInGroupCommits(b *testing.B) {
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(b.TempDir(), "o.db"), CommitDelay: -1})
+	require.NoError(b, err)
+	defer st.Close()
+	confirmed := []byte(`{"email":"a@example.com","paymentStatus":"paid","items":[{"name":"Swedish Meatballs 500g","amount":2,"unitPrice":9.95}],"confirmationEmailSent":true}`)
+	record := []byte(`{"docId":"o","attempts":[{"n":1,"at":1764000000000,"durationMs":2,"status":503,"class":"transient","outcome":"retry","instance":"bench"},{"n":2,"at":1764000001000,"durationMs":2,"status":200,"class":"sent","outcome":"sent","instance":"bench"}]}`)
+	cas := make([]uint64, b.N)
+	for from := 0; from < b.N; from += 500 {
+		var writes []store.Write
+		for i := from; i < min(from+500, b.N); i++ {
+			key := fmt.Sprint("order_", i)
+			writes = append(writes,
+				store.Write{Op: store.OpInsert, Collection: "inbound", Key: key, Value: paidOrder},
+				store.Write{Op: store.OpInsert, Collection: order.Retry, Key: key,
+					Value: fmt.Appendf(nil, `{"docId":%q,"attempt":1,"ts":1,"lastStatus":503,"reason":"transient","fireRetry":true}`, key)})
+		}
+		got, err := st.Apply(ctx, writes)
+		require.NoError(b, err)
+		for j := 0; j < len(got); j += 2 {
+			cas[from+j/2] = got[j]
+		}
+	}
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.SetParallelism(32) // 64 goroutines on 2 cores
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := next.Add(1) - 1
+			key := fmt.Sprint("order_", i)
+			_, err := st.Apply(ctx, []store.Write{
+				{Op: store.OpReplace, Collection: "inbound", Key: key, Value: confirmed, CAS: cas[i]},
+				{Op: store.OpRemove, Collection: order.Retry, Key: key},
+				{Op: store.OpUpsert, Collection: "attempts", Key: key, Value: record},
+			})
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
