@@ -22,6 +22,24 @@ var (
 	ErrFeedFailed = errors.New("change feed failed")
 )
 
+// WithSharedCommit marks the writes made under ctx as one writer's among
+// many concurrent ones (the watcher's workers): a store that commits in
+// groups may hold them a moment for others to join the same commit. Writes
+// without it (a command's, one after another) are committed at once, so
+// that a caller waiting for each write is not held for writers that are
+// not there.
+func WithSharedCommit(ctx context.Context) context.Context {
+	return context.WithValue(ctx, sharedCommitKey{}, true)
+}
+
+// SharedCommit says whether ctx carries WithSharedCommit.
+func SharedCommit(ctx context.Context) bool {
+	v, _ := ctx.Value(sharedCommitKey{}).(bool)
+	return v
+}
+
+type sharedCommitKey struct{}
+
 // FeedStats is what a subscription that can tell reports of itself.
 type FeedStats struct {
 	Partitions  int // streamed by this instance

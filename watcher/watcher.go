@@ -250,7 +250,9 @@ func (w *Watcher) Start(ctx context.Context) error {
 		w.reporter.Store(r) // read by the metrics' scrapes
 	}
 	readCtx, cancel := context.WithCancel(context.Background())
-	workCtx, abort := context.WithCancel(context.Background())
+	// The workers' writes are many writers' at once: a group-committing
+	// store may hold each a moment for others to share its commit.
+	workCtx, abort := context.WithCancel(store.WithSharedCommit(context.Background()))
 	w.cancel, w.abort = cancel, abort
 	w.stopping = make(chan struct{})
 

@@ -53,7 +53,8 @@ func runMinimal(ctx context.Context, dir, mailURL string, bodies [][]byte, worke
 		cas = append(cas, got...)
 	}
 
-	ctx, cancel := context.WithCancelCause(ctx)
+	// Its senders' outcomes share commits, as the service's workers' do.
+	ctx, cancel := context.WithCancelCause(store.WithSharedCommit(ctx))
 	defer cancel(nil)
 	settling := make(chan struct{}, minimalSettling)
 	var wg sync.WaitGroup

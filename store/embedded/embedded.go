@@ -36,10 +36,11 @@ type Config struct {
 	ReadConns int
 	// MaxBatch bounds how many outcomes one commit carries. Default 128.
 	MaxBatch int
-	// CommitDelay is how long the writer, while writes keep coming, waits
-	// for more of them before it commits: a commit's cost is mostly its
-	// own, not its writes'. A write after a quiet spell commits at once.
-	// Default 2ms; negative: never wait.
+	// CommitDelay is how long the writer, while writes marked
+	// store.WithSharedCommit keep coming, waits for more of them before it
+	// commits: a commit's cost is mostly its own, not its writes'. A write
+	// after a quiet spell, or one not so marked, commits at once. Default
+	// 2ms; negative: never wait.
 	CommitDelay time.Duration
 	// CheckInterval is how often the store checks that its file is still
 	// the one it opened. Default 2s.

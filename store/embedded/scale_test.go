@@ -336,16 +336,16 @@ func TestScaleFeedPassesOverSettledHistoryInWindows(t *testing.T) {
 	assert.Equal(t, paid, saved, "the checkpoint is the paid order's position, past the history")
 }
 
-// TestWritesInAStreamShareCommits: writes that come one after another,
-// each well after the last one's commit could have been made, share
-// commits while they keep coming (CommitDelay), where each would
-// otherwise commit alone.
+// TestWritesInAStreamShareCommits: the watcher's writes
+// (store.WithSharedCommit) that come one after another, each well after
+// the last one's commit could have been made, share commits while they
+// keep coming (CommitDelay), where each would otherwise commit alone.
 func TestWritesInAStreamShareCommits(t *testing.T) {
 	t.Parallel()
 	s, err := Open(context.Background(), Config{Path: filepath.Join(t.TempDir(), "o.db"), CommitDelay: time.Second})
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
-	ctx := context.Background()
+	ctx := store.WithSharedCommit(context.Background())
 	before := s.commits.Load()
 	const n = 50
 	var wg sync.WaitGroup
@@ -364,4 +364,32 @@ func TestWritesInAStreamShareCommits(t *testing.T) {
 	}
 	commits := s.commits.Load() - before
 	assert.LessOrEqual(t, commits, uint64(n/5), "%d writes in %d commits", n, commits)
+}
+
+// TestOneWriteAfterAnotherIsNotHeld: a caller that waits for each write
+// before the next (ordermail load, pay) is not held for other writers that
+// are not there, however long CommitDelay: its writes are not marked
+// store.WithSharedCommit. Held, each of these would wait a minute.
+func TestOneWriteAfterAnotherIsNotHeld(t *testing.T) {
+	t.Parallel()
+	s, err := Open(context.Background(), Config{Path: filepath.Join(t.TempDir(), "o.db"), CommitDelay: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	const n = 20
+	done := make(chan error, 1)
+	go func() {
+		for i := range n {
+			if _, err := s.Upsert(context.Background(), order.Inbound, fmt.Sprintf("k%02d", i), []byte(`{}`)); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%d writes one after another did not finish in 30s: held for other writers (CommitDelay)", n)
+	}
 }

@@ -17,9 +17,11 @@ import (
 // transaction, each in a savepoint of its own where it may fail half-way:
 // one commit (one WAL sync point) for many outcomes, and a job whose guard
 // fails rolls back alone. A commit costs far more than the writes in it, so
-// while writes keep coming (the last commit ended less than CommitDelay
-// ago) the writer waits up to CommitDelay for a batch to fill; a write
-// after a quiet spell commits at once.
+// while the watcher's workers' writes keep coming (store.WithSharedCommit;
+// the last commit ended less than CommitDelay ago) the writer waits up to
+// CommitDelay for a batch to fill. A write after a quiet spell, or one
+// without that mark (a command writing one document after another, each
+// waiting for the last), commits at once: waiting would only hold it.
 
 type job struct {
 	ctx context.Context
@@ -27,8 +29,11 @@ type job struct {
 	// partial says fn may fail after it has written: it then runs in a
 	// savepoint of its own. Most jobs check everything before they write.
 	partial bool
-	err     error
-	done    chan struct{}
+	// shared: the caller is one of many concurrent writers
+	// (store.WithSharedCommit); only then may the writer wait for others.
+	shared bool
+	err    error
+	done   chan struct{}
 }
 
 // txn is the transaction a job runs in.
@@ -128,6 +133,7 @@ func (s *Store) submit(ctx context.Context, fn func(t *txn) error) error {
 }
 
 func (s *Store) submitJob(ctx context.Context, j *job) error {
+	j.shared = store.SharedCommit(ctx)
 	s.mu.RLock()
 	if err := s.checkLocked(); err != nil {
 		s.mu.RUnlock()
@@ -184,7 +190,7 @@ func (s *Store) writeLoop() {
 				}
 			}
 		}
-		batch = s.fill(batch, linger, s.cfg.CommitDelay > 0 && time.Since(lastCommit) < s.cfg.CommitDelay)
+		batch = s.fill(batch, linger, batch[0].shared && s.cfg.CommitDelay > 0 && time.Since(lastCommit) < s.cfg.CommitDelay)
 		s.runBatch(batch)
 		lastCommit = time.Now()
 	}
