@@ -88,7 +88,6 @@ func BenchmarkConfirmInGroupCommits(b *testing.B) {
 	require.NoError(b, err)
 	defer st.Close()
 	doc := paidOrder
-	confirmed := []byte(`{"email":"a@example.com","paymentStatus":"paid","items":[{"name":"Swedish Meatballs 500g","amount":2,"unitPrice":9.95}],"confirmationEmailSent":true}`)
 	record := []byte(`{"docId":"o","attempts":[{"n":1,"at":1764000000000,"durationMs":2,"status":200,"class":"sent","outcome":"sent","instance":"bench"}]}`)
 	cas := make([]uint64, b.N)
 	for from := 0; from < b.N; from += 1000 {
@@ -100,19 +99,29 @@ func BenchmarkConfirmInGroupCommits(b *testing.B) {
 		require.NoError(b, err)
 		copy(cas[from:], got)
 	}
+	applyFromManyWriters(b, st, func(i int) []store.Write {
+		key := fmt.Sprint("order_", i)
+		return []store.Write{
+			{Op: store.OpReplace, Collection: "inbound", Key: key, Value: confirmedOrder, CAS: cas[i]},
+			{Op: store.OpUpsert, Collection: "attempts", Key: key, Value: record},
+		}
+	})
+}
+
+// confirmedOrder is paidOrder once its confirmation was sent.
+var confirmedOrder = []byte(`{"email":"a@example.com","paymentStatus":"paid","items":[{"name":"Swedish Meatballs 500g","amount":2,"unitPrice":9.95}],"confirmationEmailSent":true}`)
+
+// applyFromManyWriters applies outcome(i) for each i below b.N from 64
+// goroutines at once, as the settling sends do.
+func applyFromManyWriters(b *testing.B, st *embedded.Store, outcome func(i int) []store.Write) {
+	ctx := context.Background()
 	var next atomic.Int64
 	b.ReportAllocs()
 	b.SetParallelism(32) // 64 goroutines on 2 cores
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			i := next.Add(1) - 1
-			key := fmt.Sprint("order_", i)
-			_, err := st.Apply(ctx, []store.Write{
-				{Op: store.OpReplace, Collection: "inbound", Key: key, Value: confirmed, CAS: cas[i]},
-				{Op: store.OpUpsert, Collection: "attempts", Key: key, Value: record},
-			})
-			if err != nil {
+			if _, err := st.Apply(ctx, outcome(int(next.Add(1)-1))); err != nil {
 				b.Error(err)
 				return
 			}
@@ -191,7 +200,6 @@ func BenchmarkSettleDueRetryInGroupCommits(b *testing.B) {
 	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(b.TempDir(), "o.db"), CommitDelay: -1})
 	require.NoError(b, err)
 	defer st.Close()
-	confirmed := []byte(`{"email":"a@example.com","paymentStatus":"paid","items":[{"name":"Swedish Meatballs 500g","amount":2,"unitPrice":9.95}],"confirmationEmailSent":true}`)
 	record := []byte(`{"docId":"o","attempts":[{"n":1,"at":1764000000000,"durationMs":2,"status":503,"class":"transient","outcome":"retry","instance":"bench"},{"n":2,"at":1764000001000,"durationMs":2,"status":200,"class":"sent","outcome":"sent","instance":"bench"}]}`)
 	cas := make([]uint64, b.N)
 	for from := 0; from < b.N; from += 500 {
@@ -209,23 +217,12 @@ func BenchmarkSettleDueRetryInGroupCommits(b *testing.B) {
 			cas[from+j/2] = got[j]
 		}
 	}
-	var next atomic.Int64
-	b.ReportAllocs()
-	b.SetParallelism(32) // 64 goroutines on 2 cores
-	b.ResetTimer()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			i := next.Add(1) - 1
-			key := fmt.Sprint("order_", i)
-			_, err := st.Apply(ctx, []store.Write{
-				{Op: store.OpReplace, Collection: "inbound", Key: key, Value: confirmed, CAS: cas[i]},
-				{Op: store.OpRemove, Collection: order.Retry, Key: key},
-				{Op: store.OpUpsert, Collection: "attempts", Key: key, Value: record},
-			})
-			if err != nil {
-				b.Error(err)
-				return
-			}
+	applyFromManyWriters(b, st, func(i int) []store.Write {
+		key := fmt.Sprint("order_", i)
+		return []store.Write{
+			{Op: store.OpReplace, Collection: "inbound", Key: key, Value: confirmedOrder, CAS: cas[i]},
+			{Op: store.OpRemove, Collection: order.Retry, Key: key},
+			{Op: store.OpUpsert, Collection: "attempts", Key: key, Value: record},
 		}
 	})
 }
