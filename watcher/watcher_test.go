@@ -556,3 +556,36 @@ func TestAtomicOutcomesLeaveOwnConfirmationsUnread(t *testing.T) {
 	assert.Zero(t, w.Stats().Ignored, "a confirmation came through the feed")
 	assert.Equal(t, 51, e.mock.Stats().Deliveries)
 }
+
+// sharedApplies records whether each Apply's context carried
+// store.WithSharedCommit.
+type sharedApplies struct {
+	store.Store
+	mu     sync.Mutex
+	shared []bool
+}
+
+func (s *sharedApplies) Apply(ctx context.Context, writes []store.Write) ([]uint64, error) {
+	s.mu.Lock()
+	s.shared = append(s.shared, store.SharedCommit(ctx))
+	s.mu.Unlock()
+	return s.Store.Apply(ctx, writes)
+}
+
+// TestWorkersWritesShareCommits: the workers' outcomes are marked as many
+// writers' at once, so that a group-committing store may hold each for
+// others to share its commit (a command's writes are not, and commit at
+// once).
+func TestWorkersWritesShareCommits(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "order_1", paidOrder)
+	st := &sharedApplies{Store: e.store}
+	e.w = startWatcher(t, st, e.mail, &syncBuffer{})
+	waitHandled(t, e.w, 2)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	require.NotEmpty(t, st.shared, "the outcome was written")
+	for i, shared := range st.shared {
+		assert.True(t, shared, "write %d without store.WithSharedCommit", i)
+	}
+}
