@@ -35,7 +35,7 @@ func (l *ProcessLock) TryLock() (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("lock %s: %w", l.path, err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := flock(f, syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
 			return false, nil
@@ -75,7 +75,7 @@ func (l *ProcessLock) Unlock() error {
 	if l.f == nil {
 		return nil
 	}
-	err := errors.Join(syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN), l.f.Close())
+	err := errors.Join(flock(l.f, syscall.LOCK_UN), l.f.Close())
 	l.f = nil
 	return err
 }
@@ -93,7 +93,6 @@ func (l *ProcessLock) Unlock() error {
 type writeLock struct {
 	path  string
 	f     *os.File // nil: the file could not be opened; SQLite's lock alone then
-	fd    int      // f's
 	held  *os.File // the file description that holds the lock, nil when none
 	stuck chan struct{}
 }
@@ -104,7 +103,7 @@ const writeLockSuffix = ".writelock"
 func openWriteLock(dbPath string) *writeLock {
 	l := &writeLock{path: dbPath + writeLockSuffix}
 	if f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o600); err == nil {
-		l.f, l.fd = f, int(f.Fd())
+		l.f = f
 	}
 	return l
 }
@@ -125,7 +124,7 @@ func (l *writeLock) acquire(timeout time.Duration) {
 			return
 		}
 	}
-	switch err := flock(l.fd, syscall.LOCK_EX|syscall.LOCK_NB); {
+	switch err := flock(l.f, syscall.LOCK_EX|syscall.LOCK_NB); {
 	case err == nil:
 		l.held = l.f
 		return
@@ -145,7 +144,7 @@ func (l *writeLock) acquire(timeout time.Duration) {
 	got, abandon, done := make(chan error), make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		err := flock(int(f.Fd()), syscall.LOCK_EX)
+		err := flock(f, syscall.LOCK_EX)
 		select {
 		case got <- err:
 		case <-abandon:
@@ -172,7 +171,7 @@ func (l *writeLock) release() {
 	switch {
 	case l.held == nil:
 	case l.held == l.f:
-		flock(l.fd, syscall.LOCK_UN)
+		flock(l.f, syscall.LOCK_UN)
 	default:
 		l.held.Close()
 	}
@@ -187,7 +186,10 @@ func (l *writeLock) close() error {
 	return l.f.Close()
 }
 
-func flock(fd, how int) error {
+// flock applies how to f's open file description: the lock belongs to it,
+// not to the process, so two open files of one process exclude each other.
+func flock(f *os.File, how int) error {
+	fd := int(f.Fd())
 	for {
 		err := syscall.Flock(fd, how)
 		if err != syscall.EINTR {

@@ -19,12 +19,12 @@ func probe(t *testing.T, s *Store, fn func()) error {
 }
 
 // otherWriter opens the write lock file as another process would.
-func otherWriter(t *testing.T, dbPath string) int {
+func otherWriter(t *testing.T, dbPath string) *os.File {
 	t.Helper()
 	f, err := os.OpenFile(dbPath+writeLockSuffix, os.O_RDWR, 0)
 	require.NoError(t, err)
 	t.Cleanup(func() { f.Close() })
-	return int(f.Fd())
+	return f
 }
 
 // TestAWriteHoldsTheWriteLockFile: while a write transaction is open the
