@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/timer"
+	"golang.org/x/sync/errgroup"
 )
 
 // StartRetries creates allow_retrys, or rewrites it with ctl's settings
@@ -163,25 +166,53 @@ func deadLetterOf(d store.Doc) DeadLetter {
 // ErrNoSuchDeadLetter names an id that has no dead letter.
 var ErrNoSuchDeadLetter = errors.New("no such dead letter")
 
-// selectDeadLetters returns the dead letters named by ids, or all of them.
-func selectDeadLetters(ctx context.Context, st store.Store, ids []string, all bool) ([]DeadLetter, error) {
+// bulkParallel bounds the dead letters that one redrive or purge handles at
+// once: enough for their writes to share the embedded store's commits (each
+// commit takes the writes queued while the last one was made) and for
+// Couchbase's round trips to overlap, few enough that a backlog of any size
+// is held a page at a time.
+const bulkParallel = 16
+
+// eachDeadLetter calls fn for the dead letters named by ids, or for every
+// one in key order as the store's scan reads them, at most bulkParallel at
+// once. It stops at fn's first error and returns it, with an
+// ErrNoSuchDeadLetter for each id that names none. Its writes are not
+// marked store.WithSharedCommit: each caller waits for its own, so a
+// writer that lingered for more would only wait.
+func eachDeadLetter(ctx context.Context, st store.Store, ids []string, all bool, fn func(ctx context.Context, d DeadLetter) error) (missing []error, err error) {
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(bulkParallel)
 	if all {
-		return ListDeadLetters(ctx, st)
-	}
-	var out []DeadLetter
-	var missing []error
-	for _, id := range ids {
-		d, err := st.Get(ctx, order.DeadLetter, id)
-		if errors.Is(err, store.ErrNotFound) {
-			missing = append(missing, fmt.Errorf("%w: %s", ErrNoSuchDeadLetter, id))
-			continue
+		err = st.Scan(gctx, order.DeadLetter, "", func(doc store.Doc) error {
+			d := deadLetterOf(doc)
+			g.Go(func() error { return fn(gctx, d) })
+			return gctx.Err() // a failed fn ends the scan
+		})
+	} else {
+		var mu sync.Mutex
+		for _, id := range ids {
+			if gctx.Err() != nil {
+				break
+			}
+			g.Go(func() error {
+				doc, err := st.Get(gctx, order.DeadLetter, id)
+				if errors.Is(err, store.ErrNotFound) {
+					mu.Lock()
+					defer mu.Unlock()
+					missing = append(missing, fmt.Errorf("%w: %s", ErrNoSuchDeadLetter, id))
+					return nil
+				}
+				if err != nil {
+					return err
+				}
+				return fn(gctx, deadLetterOf(doc))
+			})
 		}
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, deadLetterOf(d))
 	}
-	return out, errors.Join(missing...)
+	if werr := g.Wait(); werr != nil {
+		err = werr // the cause, where the scan saw only its cancellation
+	}
+	return missing, err
 }
 
 // ErrReservedKey refuses to redrive the order keyed like the control
@@ -194,50 +225,55 @@ var ErrReservedKey = errors.New("the key is the retry timer's control document; 
 // changed meanwhile is left in place). On Couchbase a crash between the two
 // leaves both, and the retry, counting one redrive more than the dead
 // letter, goes ahead and removes it. It redrives what it can and returns
-// how many, with an error for the ids it could not.
+// how many, with an error for the ids it could not. A backlog of any size
+// is read a page at a time (see eachDeadLetter).
 func Redrive(ctx context.Context, st store.Store, now time.Time, ids []string, all bool) (int, error) {
-	dls, selErr := selectDeadLetters(ctx, st, ids, all)
-	n := 0
-	for _, d := range dls {
+	var n atomic.Int64
+	var mu sync.Mutex
+	var reserved error
+	missing, err := eachDeadLetter(ctx, st, ids, all, func(ctx context.Context, d DeadLetter) error {
 		if d.ID == order.ControlKey {
-			selErr = errors.Join(selErr, fmt.Errorf("redrive %s: %w", d.ID, ErrReservedKey))
-			continue
+			mu.Lock()
+			defer mu.Unlock()
+			reserved = fmt.Errorf("redrive %s: %w", d.ID, ErrReservedKey)
+			return nil
 		}
 		d.DocID = d.ID
-		cur, err := st.State(ctx, d.ID)
-		if err != nil {
-			return n, errors.Join(selErr, fmt.Errorf("redrive %s: %w", d.ID, err))
+		cur, err := st.Get(ctx, order.Retry, d.ID)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("redrive %s: %w", d.ID, err)
 		}
 		retry := store.Write{Op: store.OpInsert, Collection: order.Retry, Key: d.ID, Value: order.Redriven(d.DeadLetterDoc, now).Encode()}
-		if cur.Retry.Found() {
-			retry.Op, retry.CAS = store.OpReplace, cur.Retry.CAS
+		if err == nil {
+			retry.Op, retry.CAS = store.OpReplace, cur.CAS
 		}
 		_, err = st.Apply(ctx, []store.Write{retry, {Op: store.OpRemove, Collection: order.DeadLetter, Key: d.ID, CAS: d.cas}})
 		var we *store.WriteError
 		if errors.As(err, &we) {
-			continue // changed since it was read: left for the next redrive
+			return nil // changed since it was read: left for the next redrive
 		}
 		if err != nil {
-			return n, errors.Join(selErr, fmt.Errorf("redrive %s: %w", d.ID, err))
+			return fmt.Errorf("redrive %s: %w", d.ID, err)
 		}
-		n++
-	}
-	return n, selErr
+		n.Add(1)
+		return nil
+	})
+	return int(n.Load()), errors.Join(append(missing, reserved, err)...)
 }
 
 // Purge deletes dead letters for good; their orders stay unconfirmed.
 func Purge(ctx context.Context, st store.Store, ids []string, all bool) (int, error) {
-	dls, selErr := selectDeadLetters(ctx, st, ids, all)
-	n := 0
-	for _, d := range dls {
+	var n atomic.Int64
+	missing, err := eachDeadLetter(ctx, st, ids, all, func(ctx context.Context, d DeadLetter) error {
 		err := st.Remove(ctx, order.DeadLetter, d.ID, d.cas)
 		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCASMismatch) {
-			continue // gone, or changed (redriven) since it was read
+			return nil // gone, or changed (redriven) since it was read
 		}
 		if err != nil {
-			return n, errors.Join(selErr, fmt.Errorf("purge %s: %w", d.ID, err))
+			return fmt.Errorf("purge %s: %w", d.ID, err)
 		}
-		n++
-	}
-	return n, selErr
+		n.Add(1)
+		return nil
+	})
+	return int(n.Load()), errors.Join(append(missing, err)...)
 }

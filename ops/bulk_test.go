@@ -1,0 +1,137 @@
+package ops_test
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// inFlight counts the store calls in progress and the most there were at
+// once, and how many documents its scans had read when the first write
+// began.
+type inFlight struct {
+	store.Store
+	now, most       atomic.Int64
+	scanned         atomic.Int64
+	scannedAtFirstW atomic.Int64
+	written         atomic.Bool
+}
+
+func (s *inFlight) Scan(ctx context.Context, coll, after string, fn func(store.Doc) error) error {
+	return s.Store.Scan(ctx, coll, after, func(d store.Doc) error {
+		s.scanned.Add(1)
+		return fn(d)
+	})
+}
+
+func (s *inFlight) write() func() {
+	if !s.written.Swap(true) {
+		s.scannedAtFirstW.Store(s.scanned.Load())
+	}
+	return s.enter()
+}
+
+func (s *inFlight) enter() func() {
+	n := s.now.Add(1)
+	for m := s.most.Load(); n > m && !s.most.CompareAndSwap(m, n); m = s.most.Load() {
+	}
+	return func() { s.now.Add(-1) }
+}
+
+func (s *inFlight) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	defer s.enter()()
+	return s.Store.Get(ctx, coll, key)
+}
+
+func (s *inFlight) State(ctx context.Context, key string) (store.State, error) { // not read now; counted if it were
+	defer s.enter()()
+	return s.Store.State(ctx, key)
+}
+
+func (s *inFlight) Apply(ctx context.Context, w []store.Write) ([]uint64, error) {
+	defer s.write()()
+	return s.Store.Apply(ctx, w)
+}
+
+func (s *inFlight) Remove(ctx context.Context, coll, key string, cas uint64) error {
+	defer s.write()()
+	return s.Store.Remove(ctx, coll, key, cas)
+}
+
+// seedDeadLetters writes n dead letters keyed prefix0000000..., a thousand
+// to a transaction.
+func seedDeadLetters(tb testing.TB, st store.Store, prefix string, n int) {
+	tb.Helper()
+	var ws []store.Write
+	for i := range n {
+		key := fmt.Sprintf("%s%07d", prefix, i)
+		ws = append(ws, store.Write{Op: store.OpInsert, Collection: order.DeadLetter, Key: key,
+			Value: order.DeadLetterDoc{DocID: key, Reason: order.ReasonPermanent, LastStatus: 400, Attempts: 1}.Encode()})
+		if len(ws) == 1000 || i == n-1 {
+			_, err := st.Apply(context.Background(), ws)
+			require.NoError(tb, err)
+			ws = ws[:0]
+		}
+	}
+}
+
+// TestRedriveAndPurgeAllWorkAFewAtATime: redriving or purging every dead
+// letter of a backlog handles them as they are read, a bounded number at
+// once (16), several at a time so that their writes share commits: never
+// the whole backlog read first and held, never one commit after another.
+func TestRedriveAndPurgeAllWorkAFewAtATime(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	const n = 1200 // more than two of the store's scan pages
+	for _, action := range []string{"redrive", "purge"} {
+		t.Run(action, func(t *testing.T) {
+			t.Parallel()
+			st := &inFlight{Store: openStore(t)}
+			seedDeadLetters(t, st.Store, "k", n)
+			var done int
+			var err error
+			if action == "redrive" {
+				done, err = ops.Redrive(ctx, st, time.Now(), nil, true)
+			} else {
+				done, err = ops.Purge(ctx, st, nil, true)
+			}
+			require.NoError(t, err)
+			assert.Equal(t, n, done)
+			c, err := st.Counts(ctx)
+			require.NoError(t, err)
+			assert.Zero(t, c.DeadLetters, "every dead letter %sd", action)
+			if action == "redrive" {
+				assert.Equal(t, n, c.RetryDocs, "a retry document for each")
+			}
+			assert.LessOrEqual(t, st.most.Load(), int64(16), "dead letters handled at once")
+			assert.Greater(t, st.most.Load(), int64(1), "dead letters handled one after another")
+			assert.Less(t, st.scannedAtFirstW.Load(), int64(n/2), "dead letters read before the first was handled")
+		})
+	}
+}
+
+// BenchmarkRedriveAll: the cost of redriving a backlog of dead letters (a
+// retry document written and the dead letter removed, for each), per dead
+// letter.
+func BenchmarkRedriveAll(b *testing.B) {
+	const n = 5000
+	ctx := context.Background()
+	st := openStore(b)
+	for i := range b.N {
+		b.StopTimer()
+		seedDeadLetters(b, st, fmt.Sprintf("r%d-", i), n)
+		b.StartTimer()
+		done, err := ops.Redrive(ctx, st, time.Now(), nil, true)
+		require.NoError(b, err)
+		require.Equal(b, n, done)
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*n), "µs/deadletter")
+}
