@@ -7,6 +7,8 @@
 #   2  1,000,000 pending retry documents (due in a day): the same, and RSS
 #   3  100,000 due retries, waiting paused, started when the run starts,
 #      with 20,000 orders written at the same time
+#   4  100,000 dead letters, redriven when the run starts (`deadletters
+#      redrive --all`, timed, its peak RSS) while the service sends them
 # The matching tests in `go test ./...` pin the query plans and count the
 # work at 50,000 documents (store/embedded/scale_test.go).
 set -euo pipefail
@@ -21,3 +23,4 @@ run() {
 run --orders 20000 --history 1000000 --ceiling --idle 10s --timeout 30m
 run --orders 20000 --pending 1000000 --ceiling --idle 10s --timeout 30m
 run --orders 20000 --due 100000 --ceiling --timeout 30m
+run --orders 100 --dead 100000 --timeout 30m

@@ -35,6 +35,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.IntVar(&c.Pending, "pending", 0, "retry documents due in a day, with their paid orders, in the store before the service starts")
 	fs.DurationVar(&c.Idle, "idle", 0, "after the run, measure the idle service this long: its CPU, `retries status` and a /metrics scrape")
 	fs.IntVar(&c.Due, "due", 0, "retry documents already due, with their paid orders, written before the service starts with retries paused; the run starts retries (`retries start`)")
+	fs.IntVar(&c.Dead, "dead", 0, "dead letters, with their paid orders, written before the service starts; the run redrives them all (`deadletters redrive --all`, timed) before it writes its orders")
 	fs.Float64Var(&c.Rate, "rate", 0, "open loop: write this many orders a second (for orders/rate seconds); 0: all at once")
 	fs.BoolVar(&c.Ceiling, "ceiling", false, "first measure the send-only ceiling: the same orders POSTed by --workers senders, nothing stored")
 	fs.BoolVar(&c.Minimal, "minimal", false, "first measure the minimal pipeline: the ceiling's senders, each delivered order's outcome committed in groups by the embedded store; no feed, no decisions")
@@ -65,6 +66,8 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"email service, from the service's histogram);\n" +
 			"dueFirstSeconds, duePerSecond and dueDrainPerSecond (--due: from retries start to the first\n" +
 			"due retry delivered, and the drain's rate from retries start and from that first one);\n" +
+			"redriveSeconds, redrivePeakRSSMB, deadFirstSeconds and deadPerSecond (--dead: the redrive\n" +
+			"command's time and memory, and the redriven orders' first delivery and rate from its start);\n" +
 			"ceilingPerSecond, ofCeiling, afterWritesOfCeiling and ceilingSendMeanMs (--ceiling: a\n" +
 			"request of the senders alone, to set beside sendMeanMs); minimalPerSecond, minimalOfCeiling,\n" +
 			"minimalCPUPerOrderUs and minimalSendMeanMs (--minimal); orderWriteCPUPerOrderUs (the bench's\n" +

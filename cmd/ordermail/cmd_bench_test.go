@@ -63,7 +63,7 @@ func TestBenchClosedLoopWithCeiling(t *testing.T) {
 	assert.Equal(t, res.Confirmed, *res.Deliveries)
 	assert.Equal(t, 300, *res.SendAttempts, "no failures at fail rate 0")
 	assert.Zero(t, *res.DuplicateRequests)
-	assert.Zero(t, res.DeadLetters)
+	assert.Zero(t, res.DeadLetters, "the run's, the redriven ones not counted")
 	assert.Zero(t, res.RetryDocsLeft)
 	assert.Positive(t, res.ElapsedSeconds)
 	assert.Positive(t, res.OrdersPerSecond)
@@ -131,7 +131,7 @@ func TestBenchClosedLoopWithCeiling(t *testing.T) {
 	}
 }
 
-func TestBenchFailuresDueAndHistory(t *testing.T) {
+func TestBenchFailuresDueDeadAndHistory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the service and the mock as processes")
 	}
@@ -140,10 +140,10 @@ func TestBenchFailuresDueAndHistory(t *testing.T) {
 	// failures neither pauses the sends for a cooldown nor dead-letters.
 	res, _ := runBench(t, "--orders", "300", "--fail-rate", "0.3", "--mail-latency", "0", "--workers", "8",
 		"--backoff", "fixed", "--retry-quantum", "100ms", "--timer-interval", "50ms",
-		"--due", "50", "--history", "200", "--seed", "7",
+		"--due", "50", "--dead", "40", "--history", "200", "--seed", "7",
 		"--", "--breaker-failures", "0", "--max-attempts", "0")
 
-	assert.Equal(t, 350, res.Confirmed, "the orders and the due retries; not the history")
+	assert.Equal(t, 390, res.Confirmed, "the orders, the due retries and the redriven dead letters; not the history")
 	require.NotNil(t, res.Deliveries)
 	assert.Equal(t, res.Confirmed, *res.Deliveries)
 	assert.Zero(t, *res.DuplicateRequests)
@@ -178,6 +178,20 @@ func TestBenchFailuresDueAndHistory(t *testing.T) {
 	require.NotNil(t, res.DueDrainPerSecond)
 	fromStart := float64(res.Due) / *res.DuePerSecond
 	assert.InEpsilon(t, float64(res.Due-1)/(fromStart-*res.DueFirstSeconds), *res.DueDrainPerSecond, 0.05)
+	// The dead letters came back with the redrive, which was timed.
+	assert.Equal(t, 40, res.Dead)
+	require.NotNil(t, res.RedriveSeconds)
+	assert.Positive(t, *res.RedriveSeconds)
+	assert.LessOrEqual(t, *res.RedriveSeconds, res.ElapsedSeconds)
+	if runtime.GOOS == "linux" {
+		require.NotNil(t, res.RedrivePeakRSSMB)
+		assert.Positive(t, *res.RedrivePeakRSSMB)
+	}
+	require.NotNil(t, res.DeadFirstSeconds)
+	require.NotNil(t, res.DeadPerSecond)
+	assert.GreaterOrEqual(t, *res.DeadFirstSeconds, 0.0)
+	assert.LessOrEqual(t, *res.DeadFirstSeconds, res.ElapsedSeconds)
+	assert.Positive(t, *res.DeadPerSecond)
 	assert.Nil(t, res.CeilingPerSecond, "no --ceiling")
 }
 
@@ -239,6 +253,7 @@ func TestBenchRejectsBadSettings(t *testing.T) {
 		{give: []string{"--hold-every", "100", "--ceiling"}, want: "hold-every: the senders of --ceiling and --minimal would wait"},
 		{give: []string{"--hold-every", "100", "--minimal"}, want: "hold-every: the senders of --ceiling and --minimal would wait"},
 		{give: []string{"--hold-every", "-1"}, want: "hold-every: -1 is negative"},
+		{give: []string{"--dead", "-1"}, want: "dead: -1 is negative"},
 	} {
 		_, _, err := cli(t, append([]string{"bench"}, tt.give...)...)
 		assert.ErrorContains(t, err, tt.want, "%v", tt.give)

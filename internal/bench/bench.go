@@ -46,6 +46,11 @@ type Config struct {
 	// service starts while retries are paused; the run starts them as an
 	// operator's `retries start` does, with its orders.
 	Due int
+	// Dead letters, with their paid orders, written before the service
+	// starts; the run redrives them all as an operator does (`ordermail
+	// deadletters redrive --all`, a process of its own), then writes its
+	// orders.
+	Dead int
 	// Idle, when set, measures the service after the run for this long,
 	// with nothing to do: its CPU, and how long `retries status` and a
 	// /metrics scrape take.
@@ -97,6 +102,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("idle: %s is negative", c.Idle)
 	case c.Due < 0:
 		return fmt.Errorf("due: %d is negative", c.Due)
+	case c.Dead < 0:
+		return fmt.Errorf("dead: %d is negative", c.Dead)
 	case c.Rate < 0 || math.IsInf(c.Rate, 0) || math.IsNaN(c.Rate):
 		return fmt.Errorf("rate: %v is not a rate", c.Rate)
 	case c.TimerInterval <= 0:
@@ -119,6 +126,7 @@ func (c Config) Validate() error {
 type Result struct {
 	Orders  int `json:"orders"`
 	Due     int `json:"due"`
+	Dead    int `json:"dead"`
 	History int `json:"history"`
 	Pending int `json:"pending"`
 	// With --idle: the service with nothing to do, after the run.
@@ -170,6 +178,13 @@ type Result struct {
 	DueFirstSeconds   *float64 `json:"dueFirstSeconds,omitempty"`
 	DuePerSecond      *float64 `json:"duePerSecond,omitempty"`
 	DueDrainPerSecond *float64 `json:"dueDrainPerSecond,omitempty"`
+	// With --dead: how long `deadletters redrive --all` took and its
+	// peak resident set, and from its start to the first redriven order
+	// delivered, and those delivered a second from its start to the last.
+	RedriveSeconds   *float64 `json:"redriveSeconds,omitempty"`
+	RedrivePeakRSSMB *float64 `json:"redrivePeakRSSMB,omitempty"`
+	DeadFirstSeconds *float64 `json:"deadFirstSeconds,omitempty"`
+	DeadPerSecond    *float64 `json:"deadPerSecond,omitempty"`
 	// The deliveries a second from the run's last write to its last
 	// delivery: the service once the order system has stopped writing,
 	// without the burst of writes that holds the store's write lock at the
@@ -222,6 +237,7 @@ type Settings struct {
 	Workers         int      `json:"workers"`
 	History         int      `json:"history"`
 	Due             int      `json:"due"`
+	Dead            int      `json:"dead,omitempty"`
 	Rate            float64  `json:"rate"` // 0: closed loop
 	Ceiling         bool     `json:"ceiling"`
 	Minimal         bool     `json:"minimal,omitempty"`
@@ -287,7 +303,7 @@ func (b *bench) logf(format string, args ...any) {
 
 func (b *bench) run(ctx context.Context) (Result, error) {
 	cfg := b.cfg
-	res := Result{Orders: cfg.Orders, Due: cfg.Due, History: cfg.History, Pending: cfg.Pending, Settings: b.settings()}
+	res := Result{Orders: cfg.Orders, Due: cfg.Due, Dead: cfg.Dead, History: cfg.History, Pending: cfg.Pending, Settings: b.settings()}
 
 	if err := b.openStore(ctx); err != nil {
 		return res, err
@@ -337,6 +353,9 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 	if err := b.writeDue(ctx); err != nil {
 		return res, err
 	}
+	if err := b.writeDead(ctx); err != nil {
+		return res, err
+	}
 	// The timer is armed for the whole run, failed sends need it; with due
 	// retries waiting, it is armed by the run's first write instead.
 	if cfg.Due == 0 {
@@ -377,6 +396,12 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 		res.OrderWriteCPUPerOrderUs = ptr(round((after-writeCPUBefore)*1e6/float64(len(orders)), 1))
 	}
 	res.WriteSeconds = round(w.last.Sub(w.start).Seconds(), 3)
+	if w.redrive > 0 {
+		res.RedriveSeconds = ptr(round(w.redrive.Seconds(), 3))
+		if w.redriveRSSMB > 0 {
+			res.RedrivePeakRSSMB = ptr(round(w.redriveRSSMB, 1))
+		}
+	}
 	endSeen, err := b.waitDone(ctx, w.start, baseCounts, baseStats, haveStats)
 	if err != nil {
 		return res, err
@@ -411,8 +436,8 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 	if res.ServiceCPUSeconds != nil && res.Confirmed > 0 {
 		res.ServiceCPUPerOrderUs = ptr(round(*res.ServiceCPUSeconds*1e6/float64(res.Confirmed), 1))
 	}
-	res.DeadLetters = final.DeadLetters - baseCounts.DeadLetters
-	res.RetryDocsLeft = final.RetryDocs - (baseCounts.RetryDocs - cfg.Due) // the due ones are the run's
+	res.DeadLetters = final.DeadLetters - (baseCounts.DeadLetters - cfg.Dead) // the redriven ones are the run's
+	res.RetryDocsLeft = final.RetryDocs - (baseCounts.RetryDocs - cfg.Due)    // the due ones are the run's
 	end := endSeen
 	if haveStats {
 		st, err := mockmail.FetchStats(ctx, b.mailURL)
@@ -474,7 +499,7 @@ func (b *bench) minimal(ctx context.Context, orders [][]byte) (minimalResult, er
 func (b *bench) settings() Settings {
 	c := b.cfg
 	s := Settings{Orders: c.Orders, Seed: c.Seed, MailURL: c.MailURL, Workers: c.Workers, History: c.History,
-		Due: c.Due, Rate: c.Rate, Ceiling: c.Ceiling, Minimal: c.Minimal, Secure: c.Secure, TimerIntervalMs: ms(c.TimerInterval),
+		Due: c.Due, Dead: c.Dead, Rate: c.Rate, Ceiling: c.Ceiling, Minimal: c.Minimal, Secure: c.Secure, TimerIntervalMs: ms(c.TimerInterval),
 		RetryQuantumMs: ms(c.RetryQuantum), Backoff: c.Backoff, BackoffMinMs: ms(c.BackoffMin),
 		ServiceArgs: c.ServiceArgs, CPUs: runtime.NumCPU()}
 	if c.MailURL == "" {
@@ -707,6 +732,59 @@ func (b *bench) writePending(ctx context.Context) error {
 		NextAttemptAt: later, LastStatus: 503})
 }
 
+// writeDead writes the --dead dead letters, each with its paid order in
+// the same transaction (as after a send refused for good), before the
+// service starts.
+func (b *bench) writeDead(ctx context.Context) error {
+	n := b.cfg.Dead
+	if n == 0 {
+		return nil
+	}
+	start := time.Now()
+	b.logf("writing %d dead letters", n)
+	at := start.Add(-time.Minute).UnixMilli()
+	const chunk = 10 * historyBatch // generated at a time, to bound memory
+	for from := 0; from < n; from += chunk {
+		docs := generate(min(chunk, n-from), b.cfg.Seed+7+uint64(from), false)
+		writes := make([]store.Write, 0, 2*len(docs))
+		for i, d := range docs {
+			k := b.key('x', from+i)
+			dl := order.DeadLetterDoc{Type: order.TypeConfirmation, DocID: k, Reason: order.ReasonPermanent, LastStatus: 422,
+				LastError: "bench: refused", Attempts: 1, FirstAttemptAt: at, LastAttemptAt: at, DeadAt: at}
+			writes = append(writes,
+				store.Write{Op: store.OpUpsert, Collection: order.DeadLetter, Key: k, Value: dl.Encode()},
+				store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: k, Value: d})
+		}
+		for w := range slices.Chunk(writes, historyBatch) {
+			if err := b.apply(ctx, w); err != nil {
+				return fmt.Errorf("write dead letters: %w", err)
+			}
+		}
+	}
+	b.logf("dead letters written in %.1fs", time.Since(start).Seconds())
+	return nil
+}
+
+// redrive runs `ordermail deadletters redrive --all` on the store, as an
+// operator does, and returns how long it took and its peak resident set
+// (0 where unknown).
+func (b *bench) redrive(ctx context.Context) (time.Duration, float64, error) {
+	cmd := exec.CommandContext(ctx, b.cfg.Exe, "deadletters", "redrive", "--all", "--store", "file:"+b.dbPath())
+	cmd.Env = cleanEnv(os.Environ())
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	took := time.Since(start)
+	if err != nil {
+		return 0, 0, fmt.Errorf("deadletters redrive --all: %w: %s", err, out)
+	}
+	want := fmt.Sprintf("redrove %d dead letters", b.cfg.Dead)
+	if got := strings.TrimSpace(string(out)); got != want {
+		return 0, 0, fmt.Errorf("deadletters redrive --all said %q, not %q", got, want)
+	}
+	rss, _ := childPeakRSSMB(cmd.ProcessState)
+	return took, rss, nil
+}
+
 // writeRetries writes n retry documents like doc, each with its paid order
 // in the same transaction (as after a failed first send), keyed by kind.
 func (b *bench) writeRetries(ctx context.Context, what string, kind byte, n int, seed uint64, doc order.RetryDoc) error {
@@ -845,14 +923,18 @@ func (b *bench) parseKey(idemKey string) (kind byte, i int, ok bool) {
 // written is when the run's documents were written.
 type written struct {
 	start, last time.Time
-	orders, due []int64 // per document, the commit's time (Unix ns): when it became paid or due
+	// Per document, the commit's time (Unix ns): when it became paid or
+	// due; for a dead letter, when the redrive began.
+	orders, due, dead []int64
+	redrive           time.Duration // --dead: `deadletters redrive --all`
+	redriveRSSMB      float64
 }
 
 // writeRun writes the due retry documents with their orders, then the paid
 // orders: all at once (closed loop), or --rate a second (open loop).
 func (b *bench) writeRun(ctx context.Context, orders [][]byte) (*written, error) {
 	c := b.cfg
-	w := &written{orders: make([]int64, len(orders)), due: make([]int64, c.Due)}
+	w := &written{orders: make([]int64, len(orders)), due: make([]int64, c.Due), dead: make([]int64, c.Dead)}
 	apply := func(writes []store.Write) (int64, error) {
 		if w.start.IsZero() {
 			w.start = time.Now()
@@ -875,6 +957,23 @@ func (b *bench) writeRun(ctx context.Context, orders [][]byte) (*written, error)
 			w.due[i] = at
 		}
 		b.logf("retries started: %d due", c.Due)
+	}
+	// `deadletters redrive --all`: the dead letters come back due now, and
+	// the service sends them while the command goes on.
+	if c.Dead > 0 {
+		begin := time.Now()
+		if w.start.IsZero() {
+			w.start = begin
+		}
+		for i := range w.dead {
+			w.dead[i] = begin.UnixNano()
+		}
+		var err error
+		if w.redrive, w.redriveRSSMB, err = b.redrive(ctx); err != nil {
+			return nil, err
+		}
+		w.last = time.Now()
+		b.logf("redrove %d dead letters in %.2fs", c.Dead, w.redrive.Seconds())
 	}
 
 	writeOrders := func(from, to int) error {
@@ -899,7 +998,7 @@ func (b *bench) writeRun(ctx context.Context, orders [][]byte) (*written, error)
 		if err := writeOrders(0, len(orders)); err != nil {
 			return nil, err
 		}
-		b.logf("wrote %d orders in %.2fs", len(orders), w.last.Sub(w.start).Seconds())
+		b.logf("wrote %d orders, the run's writes over in %.2fs", len(orders), w.last.Sub(w.start).Seconds())
 		return w, nil
 	}
 
@@ -923,7 +1022,7 @@ func (b *bench) writeRun(ctx context.Context, orders [][]byte) (*written, error)
 		}
 		done = due
 	}
-	b.logf("wrote %d orders in %.2fs", len(orders), w.last.Sub(w.start).Seconds())
+	b.logf("wrote %d orders, the run's writes over in %.2fs", len(orders), w.last.Sub(w.start).Seconds())
 	return w, nil
 }
 
@@ -933,7 +1032,7 @@ func (b *bench) writeRun(ctx context.Context, orders [][]byte) (*written, error)
 // and then until the store has recorded those outcomes. It returns when it
 // saw the end.
 func (b *bench) waitDone(ctx context.Context, start time.Time, base store.Counts, baseStats mockmail.Stats, haveStats bool) (time.Time, error) {
-	want := b.cfg.Orders + b.cfg.Due
+	want := b.cfg.Orders + b.cfg.Due + b.cfg.Dead
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	var (
@@ -943,7 +1042,8 @@ func (b *bench) waitDone(ctx context.Context, start time.Time, base store.Counts
 		c                           store.Counts
 	)
 	settled := func() bool {
-		return c.OrdersConfirmed-base.OrdersConfirmed+c.DeadLetters-base.DeadLetters >= want && c.RetryDocs <= base.RetryDocs
+		// The --dead dead letters were redriven: those at the end are the run's.
+		return c.OrdersConfirmed-base.OrdersConfirmed+c.DeadLetters-(base.DeadLetters-b.cfg.Dead) >= want && c.RetryDocs <= base.RetryDocs
 	}
 	readCounts := func() error {
 		t := time.Now()
@@ -1011,7 +1111,7 @@ func (b *bench) waitDone(ctx context.Context, start time.Time, base store.Counts
 		case <-ctx.Done():
 			t.Stop()
 			return time.Time{}, fmt.Errorf("all %d delivered, but the store shows %d confirmed, %d dead letters, %d retry documents: %w",
-				want, c.OrdersConfirmed-base.OrdersConfirmed, c.DeadLetters-base.DeadLetters, c.RetryDocs-base.RetryDocs, ctx.Err())
+				want, c.OrdersConfirmed-base.OrdersConfirmed, c.DeadLetters-(base.DeadLetters-b.cfg.Dead), c.RetryDocs-base.RetryDocs, ctx.Err())
 		case <-b.service.exited:
 			t.Stop()
 			return time.Time{}, b.service.failure()
@@ -1030,11 +1130,11 @@ func boolDur(b bool, d time.Duration) time.Duration {
 // timings fills the figures of the mock's per-key timings and returns the
 // time of the run's last delivery.
 func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time {
-	want := b.cfg.Orders + b.cfg.Due
+	want := b.cfg.Orders + b.cfg.Due + b.cfg.Dead
 	deliveredAt := make([]int64, 0, want)
 	paidToSent := make([]float64, 0, want)
-	var dueFirst, dueLast int64
-	dueDelivered := 0
+	var dueFirst, dueLast, deadFirst, deadLast int64
+	dueDelivered, deadDelivered := 0, 0
 	// The run's orders: the last first request, the last delivery, and the
 	// earliest the last could have been delivered, each failure followed by
 	// a fixed retry delay and nothing else.
@@ -1057,6 +1157,13 @@ func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time 
 				dueFirst = t[1]
 			}
 			dueLast = max(dueLast, t[1])
+		case kind == 'x' && i < len(w.dead):
+			paid = w.dead[i]
+			deadDelivered++
+			if deadFirst == 0 || t[1] < deadFirst {
+				deadFirst = t[1]
+			}
+			deadLast = max(deadLast, t[1])
 		default:
 			continue
 		}
@@ -1092,6 +1199,10 @@ func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time 
 		if dueLast > dueFirst {
 			res.DueDrainPerSecond = ptr(round(float64(dueDelivered-1)/(float64(dueLast-dueFirst)/1e9), 1))
 		}
+	}
+	if deadDelivered > 0 && deadLast > w.dead[0] {
+		res.DeadFirstSeconds = ptr(round(float64(deadFirst-w.dead[0])/1e9, 3))
+		res.DeadPerSecond = ptr(round(float64(deadDelivered)/(float64(deadLast-w.dead[0])/1e9), 1))
 	}
 	if lastFirst > 0 && len(deliveredAt) == want {
 		res.FirstPassSeconds = ptr(round(float64(lastFirst-w.start.UnixNano())/1e9, 3))

@@ -1,6 +1,9 @@
 package bench
 
-import "syscall"
+import (
+	"os"
+	"syscall"
+)
 
 // sysProcAttr has the kernel stop a child whose bench dies without stopping
 // it (SIGKILL, a crash): no mock or service is left running.
@@ -16,4 +19,13 @@ func selfCPUSeconds() (float64, bool) {
 		return 0, false
 	}
 	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9, true
+}
+
+// childPeakRSSMB is the peak resident set of a child that has exited.
+func childPeakRSSMB(ps *os.ProcessState) (float64, bool) {
+	ru, ok := ps.SysUsage().(*syscall.Rusage)
+	if !ok || ru == nil {
+		return 0, false
+	}
+	return float64(ru.Maxrss) / 1024, true // kB on Linux
 }

@@ -2,8 +2,13 @@
 
 package bench
 
-import "syscall"
+import (
+	"os"
+	"syscall"
+)
 
 func sysProcAttr() *syscall.SysProcAttr { return nil }
 
 func selfCPUSeconds() (float64, bool) { return 0, false }
+
+func childPeakRSSMB(*os.ProcessState) (float64, bool) { return 0, false }
