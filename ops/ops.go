@@ -144,15 +144,11 @@ type DeadLetter struct {
 	cas uint64
 }
 
-// ListDeadLetters returns every dead letter in key order. Unreadable
-// documents are listed with reason "unreadable".
-func ListDeadLetters(ctx context.Context, st store.Store) ([]DeadLetter, error) {
-	var out []DeadLetter
-	err := st.Scan(ctx, order.DeadLetter, "", func(d store.Doc) error {
-		out = append(out, deadLetterOf(d))
-		return nil
-	})
-	return out, err
+// EachDeadLetter calls fn for every dead letter in key order, as the
+// store's scan reads them a page at a time, until fn returns an error.
+// Unreadable documents come with reason "unreadable".
+func EachDeadLetter(ctx context.Context, st store.Store, fn func(DeadLetter) error) error {
+	return st.Scan(ctx, order.DeadLetter, "", func(d store.Doc) error { return fn(deadLetterOf(d)) })
 }
 
 func deadLetterOf(d store.Doc) DeadLetter {

@@ -60,8 +60,11 @@ func TestReadStatus(t *testing.T) {
 	assert.False(t, s.Paused)
 	assert.Equal(t, 1, s.DueNow)
 
-	dls, err := ops.ListDeadLetters(ctx, st)
-	require.NoError(t, err)
+	var dls []ops.DeadLetter
+	require.NoError(t, ops.EachDeadLetter(ctx, st, func(d ops.DeadLetter) error {
+		dls = append(dls, d)
+		return nil
+	}))
 	require.Len(t, dls, 3)
 	assert.Equal(t, "unreadable", dls[2].Reason)
 }

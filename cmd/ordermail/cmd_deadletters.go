@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,23 +19,10 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 	var asJSON bool
 	list := storeCommand("list", "ordermail deadletters list --store URL [--json]", "list the confirmations given up on", stderr,
 		func(ctx context.Context, st store.Store, _ []string) error {
-			dls, err := ops.ListDeadLetters(ctx, st)
-			if err != nil {
-				return err
-			}
 			if asJSON {
-				if dls == nil {
-					dls = []ops.DeadLetter{}
-				}
-				return json.NewEncoder(stdout).Encode(dls)
+				return listJSON(ctx, st, stdout)
 			}
-			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tREASON\tSTATUS\tATTEMPTS\tREDRIVES\tDEAD SINCE\tLAST ERROR")
-			for _, d := range dls {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", d.ID, d.Reason, d.LastStatus, d.Attempts, d.RedriveCount,
-					time.UnixMilli(d.DeadAt).UTC().Format(time.RFC3339), truncate(d.LastError, 80))
-			}
-			return tw.Flush()
+			return listTable(ctx, st, stdout)
 		},
 		readOnly(), checkArgs(noArgs))
 	list.FlagSet.BoolVar(&asJSON, "json", false, "print a JSON array")
@@ -77,6 +65,54 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 		FlagSet:     newFlagSet("deadletters", stderr),
 		Subcommands: []*ffcli.Command{list, redrive, purge},
 	}
+}
+
+// listJSON prints the dead letters as one JSON array, each as the scan
+// reads it: a backlog of any size is never held whole.
+func listJSON(ctx context.Context, st store.Store, w io.Writer) error {
+	bw := bufio.NewWriter(w)
+	sep := "["
+	err := ops.EachDeadLetter(ctx, st, func(d ops.DeadLetter) error {
+		b, err := json.Marshal(d)
+		if err != nil {
+			return err
+		}
+		bw.WriteString(sep)
+		sep = ","
+		_, err = bw.Write(b)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if sep == "[" {
+		bw.WriteString(sep) // none: an empty array
+	}
+	bw.WriteString("]\n")
+	return bw.Flush()
+}
+
+// listRows is how many rows of the table are aligned and printed together:
+// a backlog of any size is never held whole.
+const listRows = 500
+
+// listTable prints the dead letters as a table, listRows rows at a time.
+func listTable(ctx context.Context, st store.Store, w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tREASON\tSTATUS\tATTEMPTS\tREDRIVES\tDEAD SINCE\tLAST ERROR")
+	rows := 0
+	err := ops.EachDeadLetter(ctx, st, func(d ops.DeadLetter) error {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", d.ID, d.Reason, d.LastStatus, d.Attempts, d.RedriveCount,
+			time.UnixMilli(d.DeadAt).UTC().Format(time.RFC3339), truncate(d.LastError, 80))
+		if rows++; rows%listRows == 0 {
+			return tw.Flush()
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Flush()
 }
 
 func idsOrAll(cmd string, ids []string, all bool) error {
