@@ -3,6 +3,7 @@ package couchbase
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -46,7 +47,7 @@ func realCluster() (Config, bool) {
 
 // testCluster is a set-up cluster: the real one, or a cbtest one of nodes
 // nodes (srv is nil on a real cluster).
-func testCluster(t *testing.T, nodes int) (Config, *cbtest.Server) {
+func testCluster(t testing.TB, nodes int) (Config, *cbtest.Server) {
 	t.Helper()
 	cfg, real := realCluster()
 	var srv *cbtest.Server
@@ -155,6 +156,27 @@ func TestIntegrationScanUsesThePrimaryIndex(t *testing.T) {
 		assert.Contains(t, plan, "#primary", "scan of %s", c)
 		assert.NotContains(t, plan, "SequentialScan", "scan of %s needs no sequential scan (nor its role)", c)
 	}
+}
+
+// BenchmarkScan: reading a collection page by page, per document.
+func BenchmarkScan(b *testing.B) {
+	const n = 2000
+	cfg, _ := testCluster(b, 1)
+	s, err := Open(context.Background(), cfg, testLog)
+	require.NoError(b, err)
+	defer s.Close()
+	ctx := context.Background()
+	for i := range n {
+		_, err := s.Insert(ctx, order.DeadLetter, fmt.Sprintf("k%05d", i), []byte(`{"docId":"k"}`))
+		require.NoError(b, err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		seen := 0
+		require.NoError(b, s.Scan(ctx, order.DeadLetter, "", func(store.Doc) error { seen++; return nil }))
+		require.Equal(b, n, seen)
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*n), "µs/doc")
 }
 
 func TestIntegrationMissingCollectionIsAClearError(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
+	"golang.org/x/sync/errgroup"
 )
 
 // Store is the Couchbase store. It is safe for concurrent use.
@@ -526,13 +527,13 @@ func (s *Store) Scan(ctx context.Context, coll, after string, fn func(store.Doc)
 		if err != nil {
 			return fmt.Errorf("scan %s: %w", coll, err)
 		}
-		for _, k := range keys {
-			d, err := s.Get(ctx, coll, k)
-			if errors.Is(err, store.ErrNotFound) {
+		docs, err := s.getPage(ctx, coll, keys)
+		if err != nil {
+			return err
+		}
+		for _, d := range docs {
+			if d.Key == "" {
 				continue // removed since the page was read
-			}
-			if err != nil {
-				return err
 			}
 			if err := fn(d); err != nil {
 				return err
@@ -543,6 +544,29 @@ func (s *Store) Scan(ctx context.Context, coll, after string, fn func(store.Doc)
 		}
 		after = keys[len(keys)-1]
 	}
+}
+
+// scanReads bounds the reads of a scan's page that are in flight at once:
+// one after another, each would wait for its own round trip.
+const scanReads = 16
+
+// getPage reads the documents of keys, scanReads at a time, in the order
+// of keys; a document removed since its key was read is a zero Doc.
+func (s *Store) getPage(ctx context.Context, coll string, keys []string) ([]store.Doc, error) {
+	docs := make([]store.Doc, len(keys))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(scanReads)
+	for i, k := range keys {
+		g.Go(func() error {
+			d, err := s.Get(gctx, coll, k)
+			if errors.Is(err, store.ErrNotFound) {
+				return nil
+			}
+			docs[i] = d
+			return err
+		})
+	}
+	return docs, g.Wait()
 }
 
 // query runs a statement at request_plus consistency, so that it sees every
