@@ -180,7 +180,7 @@ func New(cfg Config, st store.Store, log *slog.Logger, now func() time.Time) (*T
 	t.lease = lease.New(st, LeaseName, t.cfg.Owner, max(3*t.cfg.Interval, 3*time.Second), now)
 	cl := cronLogger{t.log}
 	t.cron = cron.New(cron.WithLogger(cl), cron.WithChain(cron.Recover(cl), cron.SkipIfStillRunning(cl)))
-	t.cron.Schedule(every(t.cfg.Interval), cron.FuncJob(t.tick))
+	t.cron.Schedule(schedule{t}, cron.FuncJob(t.tick))
 	return t, nil
 }
 
@@ -421,11 +421,31 @@ func (t *Timer) Stop(ctx context.Context) error {
 	return nil
 }
 
-// every is a cron schedule of a fixed interval. cron.Every rounds to whole
-// seconds, which is too coarse for the demo and tests.
-type every time.Duration
+// pausedPoll is how often a paused timer, or one that has not ticked yet,
+// reads allow_retrys: `retries start` then takes effect at once (the
+// first sweep within pausedPoll), however long the interval. A read of one
+// document ten times a second costs next to nothing.
+const pausedPoll = 100 * time.Millisecond
 
-func (e every) Next(t time.Time) time.Time { return t.Add(time.Duration(e)) }
+// schedule is the timer's cron schedule: a tick every interval, or every
+// pausedPoll while retries are paused. cron.Every rounds to whole seconds,
+// which is too coarse for the demo and tests.
+type schedule struct{ t *Timer }
+
+func (s schedule) Next(now time.Time) time.Time {
+	if s.t.paused() {
+		return now.Add(min(pausedPoll, s.t.cfg.Interval))
+	}
+	return now.Add(s.t.cfg.Interval)
+}
+
+// paused says whether the last tick found no allow_retrys, or none has
+// told yet.
+func (t *Timer) paused() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.role == RolePaused || t.role == RoleUnknown
+}
 
 // cronLogger sends cron's own messages to slog; its Info is chatty, so Debug.
 type cronLogger struct{ log *slog.Logger }

@@ -44,12 +44,21 @@ func retryDoc(t *testing.T, st store.Store, key string, age time.Duration) {
 	require.NoError(t, err)
 }
 
+// fired says whether key's retry document is flagged; false, said in the
+// log, when it cannot be read (a condition of Eventually must not stop the
+// test).
 func fired(t *testing.T, st store.Store, key string) bool {
 	t.Helper()
 	d, err := st.Get(context.Background(), order.Retry, key)
-	require.NoError(t, err)
+	if err != nil {
+		t.Logf("retry %s: %v", key, err)
+		return false
+	}
 	r, err := order.DecodeRetryDoc(d.Value)
-	require.NoError(t, err)
+	if err != nil {
+		t.Logf("retry %s: %v", key, err)
+		return false
+	}
 	return r.FireRetry
 }
 
@@ -118,6 +127,29 @@ func TestScheduleKeepsFiringAfterAFailedSweep(t *testing.T) {
 
 	require.Eventually(t, func() bool { return flaky.calls.Load() >= 2 }, 10*time.Second, 5*time.Millisecond)
 	require.Eventually(t, func() bool { return fired(t, st, "due") }, 10*time.Second, 5*time.Millisecond)
+}
+
+// TestRetriesStartTakesEffectAtOnce: while retries are paused the timer
+// reads allow_retrys often, whatever its interval (a minute here), so that
+// the due retries are flagged as soon as an operator starts retries, not an
+// interval later.
+func TestRetriesStartTakesEffectAtOnce(t *testing.T) {
+	st := openStore(t)
+	retryDoc(t, st, "due", time.Minute)
+	tm, err := timer.New(timer.Config{Interval: time.Minute, Quantum: time.Millisecond}, st, quiet, nil)
+	require.NoError(t, err)
+	tm.Start()
+	defer func() { assert.NoError(t, tm.Stop(context.Background())) }()
+	paused := func() bool { return tm.Status().Role == timer.RolePaused }
+	require.Eventually(t, paused, 30*time.Second, 5*time.Millisecond, "no tick told the timer it is paused (interval: a minute)")
+	assert.False(t, fired(t, st, "due"), "flagged while paused")
+
+	_, err = st.Insert(context.Background(), order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	if !assert.Eventually(t, func() bool { return fired(t, st, "due") }, 30*time.Second, 5*time.Millisecond) {
+		t.Fatalf("the due retry was not flagged after retries started (role %q)", tm.Status().Role)
+	}
+	assert.Equal(t, timer.RoleActive, tm.Status().Role)
 }
 
 func TestConfigValidate(t *testing.T) {
