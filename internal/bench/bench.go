@@ -732,37 +732,15 @@ func (b *bench) writePending(ctx context.Context) error {
 		NextAttemptAt: later, LastStatus: 503})
 }
 
-// writeDead writes the --dead dead letters, each with its paid order in
-// the same transaction (as after a send refused for good), before the
-// service starts.
+// writeDead writes the --dead dead letters, each with its paid order (as
+// after a send refused for good), before the service starts.
 func (b *bench) writeDead(ctx context.Context) error {
-	n := b.cfg.Dead
-	if n == 0 {
-		return nil
-	}
-	start := time.Now()
-	b.logf("writing %d dead letters", n)
-	at := start.Add(-time.Minute).UnixMilli()
-	const chunk = 10 * historyBatch // generated at a time, to bound memory
-	for from := 0; from < n; from += chunk {
-		docs := generate(min(chunk, n-from), b.cfg.Seed+7+uint64(from), false)
-		writes := make([]store.Write, 0, 2*len(docs))
-		for i, d := range docs {
-			k := b.key('x', from+i)
-			dl := order.DeadLetterDoc{Type: order.TypeConfirmation, DocID: k, Reason: order.ReasonPermanent, LastStatus: 422,
-				LastError: "bench: refused", Attempts: 1, FirstAttemptAt: at, LastAttemptAt: at, DeadAt: at}
-			writes = append(writes,
-				store.Write{Op: store.OpUpsert, Collection: order.DeadLetter, Key: k, Value: dl.Encode()},
-				store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: k, Value: d})
-		}
-		for w := range slices.Chunk(writes, historyBatch) {
-			if err := b.apply(ctx, w); err != nil {
-				return fmt.Errorf("write dead letters: %w", err)
-			}
-		}
-	}
-	b.logf("dead letters written in %.1fs", time.Since(start).Seconds())
-	return nil
+	at := time.Now().Add(-time.Minute).UnixMilli()
+	return b.writeWithOrders(ctx, "dead letters", 'x', b.cfg.Dead, b.cfg.Seed+7, func(k string) store.Write {
+		dl := order.DeadLetterDoc{Type: order.TypeConfirmation, DocID: k, Reason: order.ReasonPermanent, LastStatus: 422,
+			LastError: "bench: refused", Attempts: 1, FirstAttemptAt: at, LastAttemptAt: at, DeadAt: at}
+		return store.Write{Op: store.OpUpsert, Collection: order.DeadLetter, Key: k, Value: dl.Encode()}
+	})
 }
 
 // redrive runs `ordermail deadletters redrive --all` on the store, as an
@@ -785,33 +763,40 @@ func (b *bench) redrive(ctx context.Context) (time.Duration, float64, error) {
 	return took, rss, nil
 }
 
-// writeRetries writes n retry documents like doc, each with its paid order
-// in the same transaction (as after a failed first send), keyed by kind.
+// writeRetries writes n retry documents like doc, each with its paid
+// order, keyed by kind.
 func (b *bench) writeRetries(ctx context.Context, what string, kind byte, n int, seed uint64, doc order.RetryDoc) error {
+	return b.writeWithOrders(ctx, what+" retries", kind, n, seed, func(k string) store.Write {
+		r := doc
+		r.Type, r.DocID, r.Attempt = order.TypeConfirmation, k, 1
+		return store.Write{Op: store.OpUpsert, Collection: order.Retry, Key: k, Value: r.Encode()}
+	})
+}
+
+// writeWithOrders writes n documents, each made by doc for its key (of
+// kind) and written with the key's paid order in the same transaction, a
+// chunk at a time to bound memory.
+func (b *bench) writeWithOrders(ctx context.Context, what string, kind byte, n int, seed uint64, doc func(key string) store.Write) error {
 	if n == 0 {
 		return nil
 	}
 	start := time.Now()
-	b.logf("writing %d %s retries", n, what)
-	const chunk = 10 * historyBatch // generated at a time, to bound memory
+	b.logf("writing %d %s", n, what)
+	const chunk = 10 * historyBatch
 	for from := 0; from < n; from += chunk {
-		docs := generate(min(chunk, n-from), seed+uint64(from), false)
-		writes := make([]store.Write, 0, 2*len(docs))
-		for i, d := range docs {
+		orders := generate(min(chunk, n-from), seed+uint64(from), false)
+		writes := make([]store.Write, 0, 2*len(orders))
+		for i, o := range orders {
 			k := b.key(kind, from+i)
-			r := doc
-			r.Type, r.DocID, r.Attempt = order.TypeConfirmation, k, 1
-			writes = append(writes,
-				store.Write{Op: store.OpUpsert, Collection: order.Retry, Key: k, Value: r.Encode()},
-				store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: k, Value: d})
+			writes = append(writes, doc(k), store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: k, Value: o})
 		}
 		for w := range slices.Chunk(writes, historyBatch) {
 			if err := b.apply(ctx, w); err != nil {
-				return fmt.Errorf("write %s retries: %w", what, err)
+				return fmt.Errorf("write %s: %w", what, err)
 			}
 		}
 	}
-	b.logf("%s retries written in %.1fs", what, time.Since(start).Seconds())
+	b.logf("%s written in %.1fs", what, time.Since(start).Seconds())
 	return nil
 }
 
