@@ -243,10 +243,16 @@ func Redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 		if err == nil {
 			retry.Op, retry.CAS = store.OpReplace, cur.CAS
 		}
-		_, err = st.Apply(ctx, []store.Write{retry, {Op: store.OpRemove, Collection: order.DeadLetter, Key: d.ID, CAS: d.cas}})
+		made, err := st.Apply(ctx, []store.Write{retry, {Op: store.OpRemove, Collection: order.DeadLetter, Key: d.ID, CAS: d.cas}})
 		var we *store.WriteError
 		if errors.As(err, &we) {
-			return nil // changed since it was read: left for the next redrive
+			if len(made) > 0 {
+				// Couchbase: the retry document was written, and the dead
+				// letter has changed since, most often removed by the
+				// service that has already confirmed the redriven order.
+				n.Add(1)
+			}
+			return nil // otherwise changed since it was read: left for the next redrive
 		}
 		if err != nil {
 			return fmt.Errorf("redrive %s: %w", d.ID, err)

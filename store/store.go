@@ -244,10 +244,12 @@ type Store interface {
 	// Apply makes the writes of one outcome. On the embedded store they are
 	// one transaction: all or none. On Couchbase they are made one by one in
 	// the order given, each guarded by its CAS, stopping at the first that
-	// fails: the caller orders them so that every prefix is safe. A failed
-	// guard is a *WriteError. The CAS of each write made is returned (for
-	// a removal, the position of the deletion where the store has one,
-	// else 0).
+	// fails: the caller orders them so that every prefix is safe. The CAS
+	// of each write made is returned (for a removal, the position of the
+	// deletion where the store has one, else 0). A failed guard is a
+	// *WriteError, returned with the CAS of each write made before it: none
+	// on the embedded store, which undoes them; on Couchbase those writes
+	// stay.
 	Apply(ctx context.Context, writes []Write) ([]uint64, error)
 	// Insert fails with ErrExists when the key is taken.
 	Insert(ctx context.Context, collection, key string, value []byte) (uint64, error)

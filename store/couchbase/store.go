@@ -414,7 +414,7 @@ func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, erro
 		var err error
 		cas[i], err = s.write(ctx, w)
 		if errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCASMismatch) {
-			return nil, &store.WriteError{Write: w, Err: err}
+			return cas[:i], &store.WriteError{Write: w, Err: err} // the writes before it stay
 		}
 		if err != nil {
 			return nil, fmt.Errorf("apply: %w", err)

@@ -104,6 +104,23 @@ func testStateAndApply(t *testing.T, s store.Store) {
 	require.NoError(t, err)
 	assert.True(t, st.Order.Found(), "the write after the failed one was not made")
 
+	// The writes before a failed guard: undone (none returned), or made
+	// and returned with their CAS; never made and not said.
+	made, err := s.Apply(ctx, []store.Write{
+		{Op: store.OpUpsert, Collection: order.DeadLetter, Key: k, Value: []byte(`{"docId":"x"}`)},
+		{Op: store.OpReplace, Collection: order.Retry, Key: k, Value: []byte(`{}`), CAS: cas[1] + 12345},
+	})
+	require.ErrorAs(t, err, &we)
+	assert.Equal(t, order.Retry, we.Write.Collection)
+	st, err = s.State(ctx, k)
+	require.NoError(t, err)
+	if assert.LessOrEqual(t, len(made), 1) && len(made) == 1 {
+		assert.Equal(t, made[0], st.DeadLetter.CAS, "the write made before the failed guard")
+		require.NoError(t, s.Remove(ctx, order.DeadLetter, k, made[0]))
+	} else {
+		assert.False(t, st.DeadLetter.Found(), "a write made before the failed guard, and not said")
+	}
+
 	// An order removed and created again is a new incarnation (where the
 	// store can tell).
 	inc := st.Order.Incarnation
