@@ -1112,14 +1112,27 @@ func boolDur(b bool, d time.Duration) time.Duration {
 	return 0
 }
 
+// deliveries counts deliveries (Unix ns) and keeps the first and the last.
+type deliveries struct {
+	n           int
+	first, last int64
+}
+
+func (d *deliveries) add(at int64) {
+	if d.n == 0 || at < d.first {
+		d.first = at
+	}
+	d.last = max(d.last, at)
+	d.n++
+}
+
 // timings fills the figures of the mock's per-key timings and returns the
 // time of the run's last delivery.
 func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time {
 	want := b.cfg.Orders + b.cfg.Due + b.cfg.Dead
 	deliveredAt := make([]int64, 0, want)
 	paidToSent := make([]float64, 0, want)
-	var dueFirst, dueLast, deadFirst, deadLast int64
-	dueDelivered, deadDelivered := 0, 0
+	var due, dead deliveries
 	// The run's orders: the last first request, the last delivery, and the
 	// earliest the last could have been delivered, each failure followed by
 	// a fixed retry delay and nothing else.
@@ -1137,18 +1150,10 @@ func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time 
 			floor = max(floor, t[0]+t[2]*int64(b.cfg.RetryQuantum))
 		case kind == 'd' && i < len(w.due):
 			paid = w.due[i]
-			dueDelivered++
-			if dueFirst == 0 || t[1] < dueFirst {
-				dueFirst = t[1]
-			}
-			dueLast = max(dueLast, t[1])
+			due.add(t[1])
 		case kind == 'x' && i < len(w.dead):
 			paid = w.dead[i]
-			deadDelivered++
-			if deadFirst == 0 || t[1] < deadFirst {
-				deadFirst = t[1]
-			}
-			deadLast = max(deadLast, t[1])
+			dead.add(t[1])
 		default:
 			continue
 		}
@@ -1178,16 +1183,16 @@ func (b *bench) timings(res *Result, tm mockmail.Timings, w *written) time.Time 
 		return ptr(round(paidToSent[int(math.Ceil(share*float64(len(paidToSent))))-1], 3))
 	}
 	res.PaidToSentMs = &Quantiles{P50: q(0.5), P90: q(0.9), P99: q(0.99), Max: ptr(round(paidToSent[len(paidToSent)-1], 3))}
-	if dueDelivered > 0 && dueLast > w.due[0] {
-		res.DueFirstSeconds = ptr(round(float64(dueFirst-w.due[0])/1e9, 3))
-		res.DuePerSecond = ptr(round(float64(dueDelivered)/(float64(dueLast-w.due[0])/1e9), 1))
-		if dueLast > dueFirst {
-			res.DueDrainPerSecond = ptr(round(float64(dueDelivered-1)/(float64(dueLast-dueFirst)/1e9), 1))
+	if due.n > 0 && due.last > w.due[0] {
+		res.DueFirstSeconds = ptr(round(float64(due.first-w.due[0])/1e9, 3))
+		res.DuePerSecond = ptr(round(float64(due.n)/(float64(due.last-w.due[0])/1e9), 1))
+		if due.last > due.first {
+			res.DueDrainPerSecond = ptr(round(float64(due.n-1)/(float64(due.last-due.first)/1e9), 1))
 		}
 	}
-	if deadDelivered > 0 && deadLast > w.dead[0] {
-		res.DeadFirstSeconds = ptr(round(float64(deadFirst-w.dead[0])/1e9, 3))
-		res.DeadPerSecond = ptr(round(float64(deadDelivered)/(float64(deadLast-w.dead[0])/1e9), 1))
+	if dead.n > 0 && dead.last > w.dead[0] {
+		res.DeadFirstSeconds = ptr(round(float64(dead.first-w.dead[0])/1e9, 3))
+		res.DeadPerSecond = ptr(round(float64(dead.n)/(float64(dead.last-w.dead[0])/1e9), 1))
 	}
 	if lastFirst > 0 && len(deliveredAt) == want {
 		res.FirstPassSeconds = ptr(round(float64(lastFirst-w.start.UnixNano())/1e9, 3))
