@@ -89,9 +89,9 @@ func payCommand(stdout, stderr io.Writer) *ffcli.Command {
 }
 
 // markPaid sets paymentStatus to paid, re-reading when the order changed
-// under it.
+// under it, at most maxPayTries times.
 func markPaid(ctx context.Context, st store.Store, key string) error {
-	for {
+	for range maxPayTries {
 		d, err := st.Get(ctx, order.Inbound, key)
 		if err != nil {
 			return fmt.Errorf("pay %s: %w", key, err)
@@ -108,4 +108,9 @@ func markPaid(ctx context.Context, st store.Store, key string) error {
 			return nil
 		}
 	}
+	return fmt.Errorf("pay %s: the order changed under each of %d tries; try again", key, maxPayTries)
 }
+
+// maxPayTries bounds the reads and writes of one order that keeps changing
+// while it is marked paid.
+const maxPayTries = 10
