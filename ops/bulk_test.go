@@ -51,11 +51,6 @@ func (s *inFlight) Get(ctx context.Context, coll, key string) (store.Doc, error)
 	return s.Store.Get(ctx, coll, key)
 }
 
-func (s *inFlight) State(ctx context.Context, key string) (store.State, error) { // not read now; counted if it were
-	defer s.enter()()
-	return s.Store.State(ctx, key)
-}
-
 func (s *inFlight) Apply(ctx context.Context, w []store.Write) ([]uint64, error) {
 	defer s.write()()
 	return s.Store.Apply(ctx, w)

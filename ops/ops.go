@@ -179,8 +179,7 @@ func eachDeadLetter(ctx context.Context, st store.Store, ids []string, all bool,
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(bulkParallel)
 	if all {
-		err = st.Scan(gctx, order.DeadLetter, "", func(doc store.Doc) error {
-			d := deadLetterOf(doc)
+		err = EachDeadLetter(gctx, st, func(d DeadLetter) error {
 			g.Go(func() error { return fn(gctx, d) })
 			return gctx.Err() // a failed fn ends the scan
 		})
@@ -224,10 +223,18 @@ var ErrReservedKey = errors.New("the key is the retry timer's control document; 
 // how many, with an error for the ids it could not. A backlog of any size
 // is read a page at a time (see eachDeadLetter).
 func Redrive(ctx context.Context, st store.Store, now time.Time, ids []string, all bool) (int, error) {
+	return redrive(ctx, st, now, ids, all, nil)
+}
+
+// redrive is Redrive of the dead letters that keep (nil: all) keeps.
+func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, all bool, keep func(DeadLetter) bool) (int, error) {
 	var n atomic.Int64
 	var mu sync.Mutex
 	var reserved error
 	missing, err := eachDeadLetter(ctx, st, ids, all, func(ctx context.Context, d DeadLetter) error {
+		if keep != nil && !keep(d) {
+			return nil
+		}
 		if d.ID == order.ControlKey {
 			mu.Lock()
 			defer mu.Unlock()

@@ -173,47 +173,11 @@ func scanPage[T any](ctx context.Context, st store.Store, coll string, q ListQue
 	return p, nil
 }
 
-// RedriveByReason redrives every dead letter whose reason is reason, a
-// batch at a time, and returns how many.
+// RedriveByReason redrives every dead letter whose reason is reason, and
+// returns how many. It reads each dead letter once, as Redrive of all does.
 func RedriveByReason(ctx context.Context, st store.Store, now time.Time, reason string) (int, error) {
 	if reason == "" {
 		return 0, errors.New("redrive by reason: no reason given")
 	}
-	n := 0
-	for after := ""; ; {
-		p, err := ListDeadLetterPage(ctx, st, ListQuery{Reason: reason, After: after, Limit: 500})
-		if err != nil {
-			return n, err
-		}
-		ids := make([]string, len(p.Items))
-		for i, d := range p.Items {
-			ids[i] = d.ID
-		}
-		if len(ids) > 0 {
-			// A dead letter gone since the page was read is no error here.
-			done, err := Redrive(ctx, st, now, ids, false)
-			n += done
-			if err != nil && !onlyMissing(err) {
-				return n, err
-			}
-		}
-		if p.Next == "" {
-			return n, nil
-		}
-		after = p.Next
-	}
-}
-
-// onlyMissing says whether err only names dead letters that were gone.
-func onlyMissing(err error) bool {
-	var errs interface{ Unwrap() []error }
-	if !errors.As(err, &errs) {
-		return errors.Is(err, ErrNoSuchDeadLetter)
-	}
-	for _, e := range errs.Unwrap() {
-		if !errors.Is(e, ErrNoSuchDeadLetter) {
-			return false
-		}
-	}
-	return true
+	return redrive(ctx, st, now, nil, true, func(d DeadLetter) bool { return d.Reason == reason })
 }
