@@ -203,7 +203,10 @@ type FeedOptions struct {
 	// documents not flagged fireRetry (every failed send writes one) that
 	// are due within order.FarFuture (one due later is delivered, to be
 	// warned about). On a busy feed they are most of the changes. A store that
-	// cannot tell them apart delivers them anyway.
+	// cannot tell them apart delivers them anyway. A store may keep no record
+	// of a deletion that no subscription saved without SkipSettled wants
+	// (the embedded store then deletes the row, where it would keep a
+	// tombstone).
 	SkipSettled bool
 }
 

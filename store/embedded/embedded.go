@@ -105,7 +105,7 @@ type Store struct {
 var _ store.Store = (*Store)(nil)
 
 type readStmts struct {
-	get, getAttempts, state, stats, tallies, checkpoint, seq, feed *sql.Stmt
+	get, getAttempts, state, stats, tallies, seq, feed *sql.Stmt
 }
 
 // Open opens, creating and upgrading if needed, the database file.
@@ -198,11 +198,10 @@ func (s *Store) prepare(ctx context.Context) error {
 		getAttempts: r(`SELECT value, rev, 0 FROM attempts WHERE key = ?`),
 		state: r(`SELECT coll, value, seq, created FROM docs WHERE coll IN (?, ?, ?) AND key = ?
 			UNION ALL SELECT 'attempts', value, rev, 0 FROM attempts WHERE key = ?`),
-		stats:      r(`SELECT paid, confirmed, retry, fire, dead FROM stats`),
-		tallies:    r(`SELECT name, n FROM tallies WHERE n > 0 ORDER BY n DESC, name LIMIT 5`),
-		checkpoint: r(`SELECT seq FROM checkpoints WHERE name = ? AND partition = 0`),
-		seq:        r(`SELECT value FROM counters WHERE name = 'seq'`),
-		feed:       r(feedQuery),
+		stats:   r(`SELECT paid, confirmed, retry, fire, dead FROM stats`),
+		tallies: r(`SELECT name, n FROM tallies WHERE n > 0 ORDER BY n DESC, name LIMIT 5`),
+		seq:     r(`SELECT value FROM counters WHERE name = 'seq'`),
+		feed:    r(feedQuery),
 	}
 	if err != nil {
 		return err

@@ -3,7 +3,6 @@ package embedded
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"slices"
 	"time"
@@ -51,27 +50,27 @@ type entry struct {
 const flushEvery = time.Second
 
 // Subscribe opens the feed over collections after the checkpoint saved under
-// name. The embedded store has one partition, 0. A feed that starts from
-// now saves its start position before it returns, so that a crash before
-// its first acknowledgement cannot skip what came after that position.
+// name. The embedded store has one partition, 0. A subscription is saved
+// before Subscribe returns, with whether it wants deletions (not with
+// SkipSettled: see txn.tombstones) and, the first time, its start: the
+// feed's beginning, or with FromNow its current end, so that a crash
+// before its first acknowledgement cannot skip what came after that
+// position.
 func (s *Store) Subscribe(ctx context.Context, name string, collections []string, opts store.FeedOptions) (store.Subscription, error) {
 	if err := s.check(); err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", name, err)
 	}
 	var start uint64
-	err := s.reads.checkpoint.QueryRowContext(ctx, name).Scan(&start)
-	switch {
-	case errors.Is(err, sql.ErrNoRows) && opts.FromNow:
-		err = s.submit(ctx, func(t *txn) error {
-			start = t.seq
-			return s.stmts.saveCheckpoint.Exec(t.ctx, name, start)
-		})
-		if err != nil {
-			return nil, fmt.Errorf("subscribe %s: save start position: %w", name, err)
+	err := s.submit(ctx, func(t *txn) error {
+		from := uint64(0)
+		if opts.FromNow {
+			from = t.seq
 		}
-	case errors.Is(err, sql.ErrNoRows):
-	case err != nil:
-		return nil, fmt.Errorf("subscribe %s: %w", name, mapErr(err))
+		t.tombs = 0 // read again by the next removal
+		return s.stmts.register.QueryRow(t.ctx, name, from, !opts.SkipSettled).Scan(&start)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", name, err)
 	}
 	sub := &subscription{
 		s: s, name: name, colls: slices.Clone(collections), skipSettled: opts.SkipSettled,

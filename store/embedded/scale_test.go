@@ -43,6 +43,8 @@ var plans = []struct {
 	{"an outcome's guarded replace", guardedReplaceQuery,
 		[]any{"{}", 1, false, false, false, false, nil, nil, false, nil, "inbound", "k", 1},
 		[]string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
+	{"a removal leaving a tombstone", buryQuery, []any{1, "retry", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
+	{"a removal leaving none", eraseQuery, []any{"retry", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
 }
 
 // TestQueryPlans pins the plan of every statement on the hot and periodic
@@ -219,6 +221,9 @@ func TestTombstonesPurgedBelowCheckpoints(t *testing.T) {
 	t.Parallel()
 	s := openTest(t)
 	ctx := context.Background()
+	// It wants deletions (no SkipSettled), so removals leave tombstones.
+	sub, err := s.Subscribe(ctx, "feed", []string{order.Inbound}, store.FeedOptions{})
+	require.NoError(t, err)
 	fill(t, s, 2500, func(i int) (string, string, []byte) {
 		return order.Inbound, fmt.Sprintf("k%05d", i), []byte(`{}`)
 	})
@@ -231,8 +236,6 @@ func TestTombstonesPurgedBelowCheckpoints(t *testing.T) {
 		return n
 	}
 	require.Equal(t, 2500, tombstones())
-	sub, err := s.Subscribe(ctx, "feed", []string{order.Inbound}, store.FeedOptions{})
-	require.NoError(t, err)
 	for range 2500 {
 		ev, err := sub.Next(ctx)
 		require.NoError(t, err)
@@ -242,6 +245,75 @@ func TestTombstonesPurgedBelowCheckpoints(t *testing.T) {
 	assert.Equal(t, 2500-purgeBatch, tombstones(), "one bounded batch per checkpoint save")
 	_, err = s.Insert(ctx, order.Inbound, "k00000", []byte(`{}`))
 	require.NoError(t, err, "a purged key can be created again")
+}
+
+// TestRemovalsLeaveTombstonesOnlyWhileASubscriptionWantsDeletions: with
+// only subscriptions that skip settled changes (the watcher's), a removal
+// deletes the row; one that wants deletions, saved under any name, gets
+// tombstones and is handed the deletions, until it is opened again with
+// SkipSettled.
+func TestRemovalsLeaveTombstonesOnlyWhileASubscriptionWantsDeletions(t *testing.T) {
+	t.Parallel()
+	s := openTest(t)
+	ctx := context.Background()
+	rows := func(key string) int {
+		var n int
+		require.NoError(t, s.read.QueryRow(`SELECT count(*) FROM docs WHERE coll = ? AND key = ?`, order.Retry, key).Scan(&n))
+		return n
+	}
+	removed := func(key string) uint64 {
+		_, err := s.Insert(ctx, order.Retry, key, []byte(`{"docId":"`+key+`","attempt":1,"ts":1,"reason":"transient"}`))
+		require.NoError(t, err)
+		cas, err := s.Apply(ctx, []store.Write{{Op: store.OpRemove, Collection: order.Retry, Key: key}})
+		require.NoError(t, err)
+		return cas[0]
+	}
+	open := func(name string, opts store.FeedOptions) store.Subscription {
+		sub, err := s.Subscribe(ctx, name, []string{order.Retry}, opts)
+		require.NoError(t, err)
+		return sub
+	}
+
+	watcher := open("watcher", store.FeedOptions{SkipSettled: true, FromNow: true})
+	defer watcher.Close(ctx)
+	at := removed("r1")
+	assert.Zero(t, rows("r1"), "nobody wants the deletion: no tombstone")
+	assert.NotZero(t, at, "a removal still has its position")
+	seq, err := s.Upsert(ctx, order.Retry, "other", []byte(`{}`))
+	require.NoError(t, err)
+	assert.Greater(t, seq, at, "positions go on after it")
+
+	audit := open("audit", store.FeedOptions{FromNow: true})
+	removed("r2")
+	assert.Equal(t, 1, rows("r2"), "a subscription wants deletions: a tombstone")
+	wait, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		ev, err := audit.Next(wait)
+		require.NoError(t, err, "the deletion of r2 was not handed out")
+		ev.Ack()
+		if ev.Key == "r2" && ev.Deleted {
+			break
+		}
+	}
+	require.NoError(t, audit.Close(ctx))
+	removed("r3")
+	assert.Equal(t, 1, rows("r3"), "a closed subscription saved under its name still wants them")
+
+	audit = open("audit", store.FeedOptions{FromNow: true, SkipSettled: true})
+	defer audit.Close(ctx)
+	removed("r4")
+	assert.Zero(t, rows("r4"), "opened again with SkipSettled, it no longer wants them")
+	_, err = s.Insert(ctx, order.Retry, "r1", []byte(`{}`))
+	require.NoError(t, err, "a removed key can be created again")
+
+	var recount store.Counts
+	require.NoError(t, s.read.QueryRow(`SELECT sum(paid), sum(confirmed), sum(retry), sum(fire), sum(dead) FROM docs`).
+		Scan(&recount.OrdersPaid, &recount.OrdersConfirmed, &recount.RetryDocs, &recount.RetryFlagged, &recount.DeadLetters))
+	c, err := s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, recount, c, "the trigger-kept counts agree with a recount")
+	assert.Equal(t, 2, c.RetryDocs)
 }
 
 // TestMigratesAFirstReleaseFile: a file made by the first release (no
@@ -281,6 +353,9 @@ func TestMigratesAFirstReleaseFile(t *testing.T) {
 	c, err := s.Counts(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, store.Counts{OrdersPaid: 2, OrdersConfirmed: 1, RetryDocs: 1, DeadLetters: 1}, c)
+	var wants bool
+	require.NoError(t, s.read.QueryRow(`SELECT deletions FROM checkpoints WHERE name = 'ordermail'`).Scan(&wants))
+	assert.True(t, wants, "a subscription saved before says nothing of deletions: it is taken to want them")
 	sub, err := s.Subscribe(ctx, "ordermail", []string{order.Inbound, order.Retry}, store.FeedOptions{})
 	require.NoError(t, err)
 	defer sub.Close(ctx)
@@ -332,7 +407,7 @@ func TestScaleFeedPassesOverSettledHistoryInWindows(t *testing.T) {
 	ev.Ack()
 	require.NoError(t, sub.Close(ctx))
 	var saved uint64
-	require.NoError(t, s.reads.checkpoint.QueryRow("feed").Scan(&saved))
+	require.NoError(t, s.read.QueryRow(`SELECT seq FROM checkpoints WHERE name = ? AND partition = 0`, "feed").Scan(&saved))
 	assert.Equal(t, paid, saved, "the checkpoint is the paid order's position, past the history")
 }
 

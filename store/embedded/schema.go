@@ -14,6 +14,7 @@ var migrations = []func(ctx context.Context, tx *sql.Tx) error{
 	migrateV1,
 	migrateV2,
 	migrateV3,
+	migrateV4,
 }
 
 // SchemaVersion is the version Open brings every file to.
@@ -183,6 +184,14 @@ func migrateV3(ctx context.Context, tx *sql.Tx) error {
 			expires_at INTEGER            -- ms; NULL: never
 		) WITHOUT ROWID;
 		CREATE INDEX attempts_expiring ON attempts (expires_at) WHERE expires_at IS NOT NULL;`)
+	return err
+}
+
+// migrateV4 records whether each saved subscription wants deletions (see
+// txn.tombstones). One saved before is taken to want them until it is
+// opened again, which says.
+func migrateV4(ctx context.Context, tx *sql.Tx) error {
+	_, err := tx.ExecContext(ctx, `ALTER TABLE checkpoints ADD COLUMN deletions INTEGER NOT NULL DEFAULT 1`)
 	return err
 }
 

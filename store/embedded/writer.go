@@ -41,6 +41,9 @@ type txn struct {
 	s   *Store
 	ctx context.Context
 	seq uint64 // the last sequence number handed out
+	// tombs says whether a removal leaves a tombstone: 0 not read yet in
+	// this transaction, 1 yes, -1 no (see tombstones).
+	tombs int8
 }
 
 type writeStmts struct {
@@ -51,7 +54,8 @@ type writeStmts struct {
 	saveCheckpoint, minCkpt  *wstmt
 	purge, expire            *wstmt
 	attCur, attPut, attDel   *wstmt
-	replace                  *wstmt
+	replace, bury, erase     *wstmt
+	register, wantDeletions  *wstmt
 }
 
 func (s *Store) prepareWrites(ctx context.Context) error {
@@ -87,9 +91,17 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 			ON CONFLICT (coll, key) DO UPDATE SET value = excluded.value, seq = excluded.seq, created = ` + keptIncarnation + `,
 				paid = excluded.paid, confirmed = excluded.confirmed, retry = excluded.retry, fire = excluded.fire,
 				next_at = excluded.next_at, ts_at = excluded.ts_at, dead = excluded.dead, tally = excluded.tally`),
-		replace: p(guardedReplaceQuery),
-		seqGet:  p(`SELECT value FROM counters WHERE name = 'seq'`),
-		seqSet:  p(`UPDATE counters SET value = ? WHERE name = 'seq'`),
+		replace:       p(guardedReplaceQuery),
+		bury:          p(buryQuery),
+		erase:         p(eraseQuery),
+		wantDeletions: p(`SELECT EXISTS (SELECT 1 FROM checkpoints WHERE deletions)`),
+		// A subscription's row: its position (kept when it has one) and
+		// whether it wants deletions.
+		register: p(`INSERT INTO checkpoints (name, partition, seq, deletions) VALUES (?, 0, ?, ?)
+			ON CONFLICT (name, partition) DO UPDATE SET deletions = excluded.deletions
+			RETURNING seq`),
+		seqGet: p(`SELECT value FROM counters WHERE name = 'seq'`),
+		seqSet: p(`UPDATE counters SET value = ? WHERE name = 'seq'`),
 		// Only retry documents have next_at or ts_at, and only unflagged
 		// ones: each query is a range scan of its partial index, bounded
 		// by LIMIT (TestSweepUsesItsIndexes pins the plans).
@@ -118,7 +130,7 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 func (w writeStmts) close() error {
 	var errs []error
 	for _, st := range []*wstmt{w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
-		w.cur, w.put, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flag, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attPut, w.attDel, w.replace} {
+		w.cur, w.put, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flag, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attPut, w.attDel, w.replace, w.bury, w.erase, w.register, w.wantDeletions} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -391,10 +403,10 @@ func (t *txn) apply(w store.Write, cols columns) (uint64, error) {
 }
 
 // keptIncarnation is the created column of a write over a row that is
-// there: a live document keeps its incarnation, a tombstone's key starts a
-// new one at the write's position (excluded.created), and a removal has
-// none. So a write reads nothing of the row to say which.
-const keptIncarnation = `CASE WHEN excluded.value IS NULL THEN 0 WHEN docs.value IS NULL THEN excluded.created ELSE docs.created END`
+// there: a live document keeps its incarnation, and a tombstone's key
+// starts a new one at the write's position (excluded.created). So a write
+// reads nothing of the row to say which.
+const keptIncarnation = `CASE WHEN docs.value IS NULL THEN excluded.created ELSE docs.created END`
 
 // write makes a write whose guard was checked.
 func (t *txn) write(w store.Write, cols columns) (uint64, error) {
@@ -402,17 +414,59 @@ func (t *txn) write(w store.Write, cols columns) (uint64, error) {
 		return t.writeAttempts(w)
 	}
 	seq := t.next()
-	var value any
-	created := uint64(0) // a removal's
-	if w.Op != store.OpRemove {
-		value = string(w.Value)
-		created = seq // a new incarnation of the key, unless keptIncarnation keeps the row's
+	if w.Op == store.OpRemove {
+		// Its position is handed out either way: an event read before it
+		// (Event.Snapshot) is known to predate it.
+		keep, err := t.tombstones()
+		if err != nil {
+			return 0, err
+		}
+		if keep {
+			err = t.s.stmts.bury.Exec(t.ctx, seq, w.Collection, w.Key)
+		} else {
+			err = t.s.stmts.erase.Exec(t.ctx, w.Collection, w.Key)
+		}
+		return seq, err // the position of the deletion
 	}
+	value := string(w.Value)
+	created := seq // a new incarnation of the key, unless keptIncarnation keeps the row's
 	args := append([]any{w.Collection, w.Key, value, seq, created}, cols.args()...)
 	if err := t.s.stmts.put.Exec(t.ctx, args...); err != nil {
 		return 0, err
 	}
-	return seq, nil // of a removal too: the position of the deletion
+	return seq, nil
+}
+
+// A removal's two forms (see tombstones): a tombstone at the removal's
+// position, or no row. Either is a point search of the primary key
+// (TestQueryPlans); its guard was checked before it.
+const (
+	buryQuery = `UPDATE docs SET value = NULL, seq = ?, created = 0, paid = 0, confirmed = 0, retry = 0, fire = 0,
+			next_at = NULL, ts_at = NULL, dead = 0, tally = NULL WHERE coll = ? AND key = ?`
+	eraseQuery = `DELETE FROM docs WHERE coll = ? AND key = ?`
+)
+
+// tombstones says whether a removal leaves a tombstone (the row, its value
+// NULL, at the deletion's position) for the feed to deliver, or deletes the
+// row. Only a subscription opened without FeedOptions.SkipSettled wants
+// deletions; the watcher's, whose outcomes are atomic, skips them. So while
+// no saved subscription wants them (checkpoints.deletions), a removal
+// deletes the row: a tombstone would cost its write, its index entries, a
+// place in every feed read passing over it, and its purge, for nobody.
+// Read once per transaction: only Subscribe changes it, in a job of its own
+// that resets it.
+func (t *txn) tombstones() (bool, error) {
+	if t.tombs == 0 {
+		var want bool
+		if err := t.s.stmts.wantDeletions.QueryRow(t.ctx).Scan(&want); err != nil {
+			return false, err
+		}
+		t.tombs = -1
+		if want {
+			t.tombs = 1
+		}
+	}
+	return t.tombs > 0, nil
 }
 
 // guardedReplaceQuery is a replace whose guard is in its WHERE: no read
