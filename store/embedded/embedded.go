@@ -211,10 +211,9 @@ func (s *Store) prepare(ctx context.Context) error {
 
 // feedQuery reads the feed by position, whatever the history: a range scan
 // of docs_by_seq (TestQueryPlans pins the plan). Positions ?2 (exclusive)
-// to ?4, at most ?3 changes, each with its key's state: the order (not
-// looked up for an order's own change, which is that row: a NULL key skips
-// the search), the retry document,
-// the dead letter and the attempt record. With ?1 (FeedOptions.SkipSettled)
+// to ?4, at most ?3 changes, each with its key's state: the order and the
+// retry document (neither looked up for its own change, which is that row:
+// a NULL key skips the search), the dead letter and the attempt record. With ?1 (FeedOptions.SkipSettled)
 // the changes the watcher ignores unread are left out, before any state is
 // read for them; ?5 is order.FarFuture from now (ms): a retry due later is
 // delivered, and so is one the watcher cannot read (its tally is ?6,
@@ -224,7 +223,7 @@ const feedQuery = `SELECT d.coll, d.key, d.value, d.seq, d.created,
 		a.value, a.rev, 0
 	FROM docs AS d INDEXED BY docs_by_seq
 	LEFT JOIN docs AS o ON o.coll = 'inbound' AND o.key = (CASE WHEN d.coll = 'inbound' THEN NULL ELSE d.key END)
-	LEFT JOIN docs AS r ON r.coll = 'retry' AND r.key = d.key
+	LEFT JOIN docs AS r ON r.coll = 'retry' AND r.key = (CASE WHEN d.coll = 'retry' THEN NULL ELSE d.key END)
 	LEFT JOIN docs AS l ON l.coll = 'deadletter' AND l.key = d.key
 	LEFT JOIN attempts AS a ON a.key = d.key
 	WHERE d.seq > ?2 AND d.seq <= ?4

@@ -198,12 +198,18 @@ func (sub *subscription) fill(ctx context.Context) error {
 		if value.Valid {
 			ev.Value = []byte(value.String)
 		}
-		ord := docs[0].doc(ev.Key) // not looked up for an order's own change
-		if ev.Collection == order.Inbound && !ev.Deleted {
-			ord = store.Doc{Key: ev.Key, Value: ev.Value, CAS: ev.Seq, Incarnation: ev.Incarnation} // this row, shared
+		// An order's or retry document's own change is that row, shared:
+		// it was not looked up.
+		ord, retry := docs[0].doc(ev.Key), docs[1].doc(ev.Key)
+		if !ev.Deleted {
+			switch row := (store.Doc{Key: ev.Key, Value: ev.Value, CAS: ev.Seq, Incarnation: ev.Incarnation}); ev.Collection {
+			case order.Inbound:
+				ord = row
+			case order.Retry:
+				retry = row
+			}
 		}
-		ev.State = &store.State{Order: ord, Retry: docs[1].doc(ev.Key), DeadLetter: docs[2].doc(ev.Key),
-			Attempts: docs[3].doc(ev.Key)}
+		ev.State = &store.State{Order: ord, Retry: retry, DeadLetter: docs[2].doc(ev.Key), Attempts: docs[3].doc(ev.Key)}
 		ev.Snapshot = snapshot
 		sub.buf = append(sub.buf, entry{ev: ev})
 	}
