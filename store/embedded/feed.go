@@ -201,13 +201,13 @@ func (sub *subscription) fill(ctx context.Context) error {
 		// An order's or retry document's own change is that row, shared:
 		// it was not looked up.
 		ord, retry := docs[0].doc(ev.Key), docs[1].doc(ev.Key)
-		if !ev.Deleted {
-			switch row := (store.Doc{Key: ev.Key, Value: ev.Value, CAS: ev.Seq, Incarnation: ev.Incarnation}); ev.Collection {
-			case order.Inbound:
-				ord = row
-			case order.Retry:
-				retry = row
-			}
+		row := store.Doc{Key: ev.Key, Value: ev.Value, CAS: ev.Seq, Incarnation: ev.Incarnation}
+		switch {
+		case ev.Deleted:
+		case ev.Collection == order.Inbound:
+			ord = row
+		case ev.Collection == order.Retry:
+			retry = row
 		}
 		ev.State = &store.State{Order: ord, Retry: retry, DeadLetter: docs[2].doc(ev.Key), Attempts: docs[3].doc(ev.Key)}
 		ev.Snapshot = snapshot
