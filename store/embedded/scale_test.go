@@ -40,6 +40,10 @@ var plans = []struct {
 	{"purge", `DELETE FROM docs WHERE (coll, key) IN (SELECT coll, key FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`,
 		[]any{0, 10}, []string{"SEARCH docs USING INDEX tombstones (seq<?)"}},
 	{"counts", `SELECT paid, confirmed, retry, fire, dead FROM stats`, nil, []string{"SCAN stats"}},
+	{"backlog", backlogQuery, []any{0, 0}, []string{
+		"SEARCH due_minutes USING PRIMARY KEY (kind=? AND minute<?)",
+		"SEARCH docs USING COVERING INDEX retry_next (next_at>? AND next_at<?)",
+		"SEARCH docs USING COVERING INDEX retry_ts (ts_at>? AND ts_at<?)"}},
 	{"an outcome's guarded replace", guardedReplaceQuery,
 		[]any{"{}", 1, false, false, false, false, nil, nil, false, nil, "inbound", "k", 1},
 		[]string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
@@ -69,7 +73,7 @@ func TestQueryPlans(t *testing.T) {
 			assert.Contains(t, got, w, p.name)
 		}
 		for _, step := range plan {
-			if strings.HasPrefix(step, "SCAN") && step != "SCAN stats" { // stats is one row
+			if strings.HasPrefix(step, "SCAN") && step != "SCAN stats" && step != "SCAN CONSTANT ROW" { // one row each
 				t.Errorf("%s: %s scans", p.name, step)
 			}
 		}
@@ -119,6 +123,36 @@ func recount(t *testing.T, s *Store) store.Counts {
 	require.NoError(t, s.read.QueryRow(`SELECT sum(paid), sum(confirmed), sum(retry), sum(fire), sum(dead) FROM docs`).
 		Scan(&c.OrdersPaid, &c.OrdersConfirmed, &c.RetryDocs, &c.RetryFlagged, &c.DeadLetters))
 	return c
+}
+
+// dueMinutes is the due_minutes table, kept by triggers: kind and minute
+// to count.
+func dueMinutes(t *testing.T, s *Store) map[[2]int64]int64 {
+	t.Helper()
+	return minutes(t, s, `SELECT kind, minute, n FROM due_minutes`)
+}
+
+// recountMinutes counts what due_minutes keeps by reading every retry
+// document's typed columns.
+func recountMinutes(t *testing.T, s *Store) map[[2]int64]int64 {
+	t.Helper()
+	return minutes(t, s, `SELECT 0, next_at / 60000, count(*) FROM docs WHERE next_at IS NOT NULL GROUP BY 2
+		UNION ALL SELECT 1, ts_at / 60000, count(*) FROM docs WHERE ts_at IS NOT NULL GROUP BY 2`)
+}
+
+func minutes(t *testing.T, s *Store, query string) map[[2]int64]int64 {
+	t.Helper()
+	rows, err := s.read.Query(query)
+	require.NoError(t, err)
+	defer rows.Close()
+	m := map[[2]int64]int64{}
+	for rows.Next() {
+		var kind, minute, n int64
+		require.NoError(t, rows.Scan(&kind, &minute, &n))
+		m[[2]int64{kind, minute}] = n
+	}
+	require.NoError(t, rows.Err())
+	return m
 }
 
 // fill writes n documents per collection in batches, as a store that has
@@ -220,6 +254,51 @@ func TestScaleCountsAndBacklogReadNoDocuments(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 50, b.Due)
 	assert.Equal(t, []store.Tally{{Reason: "retrying: HTTP 503", Count: 20_000}}, b.Reasons)
+}
+
+// TestScaleDueCountReadsMinutes: 60,000 retries due over the last hour,
+// 500 of them this very millisecond, and 20,000 due later. The due count
+// is exact and reads a row per minute the backlog spans (due_minutes holds
+// 81 rows for 80,500 retries) and, on the index, only the current
+// minute's entries: backlogQuery's plan is pinned in TestQueryPlans.
+func TestScaleDueCountReadsMinutes(t *testing.T) {
+	skipScale(t)
+	t.Parallel()
+	s := openTest(t)
+	ctx := context.Background()
+	now := time.Now()
+	fill(t, s, 80_500, func(i int) (string, string, []byte) {
+		var at time.Time
+		switch {
+		case i < 60_000: // due over the last hour, a thousand a minute
+			at = now.Add(-time.Duration(i/1000+1) * time.Minute)
+		case i < 60_500: // due now
+			at = now
+		default: // due over the next 20 minutes
+			at = now.Add(time.Duration((i-60_500)/1000+1) * time.Minute)
+		}
+		return order.Retry, fmt.Sprintf("o%06d", i), fmt.Appendf(nil, `{"docId":"o%06d","attempt":1,"ts":1,"nextAttemptAt":%d,"lastStatus":503}`, i, at.UnixMilli())
+	})
+	b, err := s.Backlog(ctx, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, 60_500, b.Due)
+	assert.Equal(t, now.Add(-60*time.Minute).UnixMilli(), b.OldestDue.UnixMilli())
+	m := dueMinutes(t, s)
+	assert.Equal(t, recountMinutes(t, s), m)
+	assert.LessOrEqual(t, len(m), 82, "a row per minute (the hour's, now's, and the next 20), not per retry")
+
+	// Flagged and settled, the due leave the count and their minutes go.
+	for {
+		res, err := s.SweepRetries(ctx, now, 15*time.Second, 10_000)
+		require.NoError(t, err)
+		if !res.More {
+			break
+		}
+	}
+	b, err = s.Backlog(ctx, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, 60_500, b.Due, "flagged, they are still due")
+	assert.Len(t, dueMinutes(t, s), 20, "only the minutes still waiting")
 }
 
 // TestTombstonesPurgedBelowCheckpoints: deletions every saved checkpoint
@@ -360,6 +439,10 @@ func TestMigratesAFirstReleaseFile(t *testing.T) {
 	var wants bool
 	require.NoError(t, s.read.QueryRow(`SELECT deletions FROM checkpoints WHERE name = 'ordermail'`).Scan(&wants))
 	assert.True(t, wants, "a subscription saved before says nothing of deletions: it is taken to want them")
+	assert.Equal(t, map[[2]int64]int64{{0, due / 60000}: 1}, dueMinutes(t, s), "the due retry counted by its minute")
+	b, err := s.Backlog(ctx, time.Now(), 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, 1, b.Due)
 	sub, err := s.Subscribe(ctx, "ordermail", []string{order.Inbound, order.Retry}, store.FeedOptions{})
 	require.NoError(t, err)
 	defer sub.Close(ctx)

@@ -57,8 +57,21 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 	return res, nil
 }
 
-// Backlog counts the due retries on the partial indexes (its cost follows
-// the due documents) and reads the reasons from counts kept by triggers.
+// backlogQuery counts the due retries: the minutes already past from
+// due_minutes, kept by triggers, and the current minute's on the partial
+// indexes. Its cost follows the minutes the backlog spans and the retries
+// due within one minute, not the due retries (TestScaleDueCountReadsMinutes).
+const backlogQuery = `SELECT
+	(SELECT fire FROM stats),
+	(SELECT coalesce(sum(n), 0) FROM due_minutes WHERE kind = 0 AND minute < ?1 / 60000) +
+	(SELECT count(*) FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at >= ?1 / 60000 * 60000 AND next_at <= ?1),
+	(SELECT min(next_at) FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL),
+	(SELECT coalesce(sum(n), 0) FROM due_minutes WHERE kind = 1 AND minute < ?2 / 60000) +
+	(SELECT count(*) FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at >= ?2 / 60000 * 60000 AND ts_at < ?2),
+	(SELECT min(ts_at) FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL)`
+
+// Backlog counts the due retries (backlogQuery) and reads the reasons from
+// counts kept by triggers.
 func (s *Store) Backlog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {
 	if err := s.check(); err != nil {
 		return store.Backlog{}, err
@@ -66,12 +79,7 @@ func (s *Store) Backlog(ctx context.Context, now time.Time, quantum time.Duratio
 	var b store.Backlog
 	var flagged, dueNext, dueTS int
 	var oldestNext, oldestTS sql.NullInt64
-	err := s.read.QueryRowContext(ctx, `SELECT
-		(SELECT fire FROM stats),
-		(SELECT count(*) FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ?1),
-		(SELECT min(next_at) FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL),
-		(SELECT count(*) FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ?2),
-		(SELECT min(ts_at) FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL)`,
+	err := s.read.QueryRowContext(ctx, backlogQuery,
 		now.UnixMilli(), now.Add(-quantum).UnixMilli()).Scan(&flagged, &dueNext, &oldestNext, &dueTS, &oldestTS)
 	if err != nil {
 		return store.Backlog{}, fmt.Errorf("backlog: %w", mapErr(err))
