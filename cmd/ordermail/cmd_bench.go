@@ -33,7 +33,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.IntVar(&c.Workers, "workers", 16, "the service's --workers, and the ceiling's senders")
 	fs.IntVar(&c.History, "history", 0, "confirmed orders written before the service starts")
 	fs.IntVar(&c.Pending, "pending", 0, "retry documents due in a day, with their paid orders, in the store before the service starts")
-	fs.DurationVar(&c.Idle, "idle", 0, "after the run, measure the idle service this long: its CPU, `retries status` and a /metrics scrape")
+	fs.DurationVar(&c.Idle, "idle", 0, "after the run, measure the idle service this long: its CPU, `retries status` and a /metrics scrape; with --due, before the run too, the due retries waiting paused")
 	fs.IntVar(&c.Due, "due", 0, "retry documents already due, with their paid orders, written before the service starts with retries paused; the run starts retries (`retries start`)")
 	fs.IntVar(&c.Dead, "dead", 0, "dead letters, with their paid orders, written before the service starts; the run redrives them all (`deadletters redrive --all`, timed) before it writes its orders")
 	fs.Float64Var(&c.Rate, "rate", 0, "open loop: write this many orders a second (for orders/rate seconds); 0: all at once")
@@ -66,6 +66,9 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"email service, from the service's histogram);\n" +
 			"dueFirstSeconds, duePerSecond and dueDrainPerSecond (--due: from retries start to the first\n" +
 			"due retry delivered, and the drain's rate from retries start and from that first one);\n" +
+			"idleCPUPercent, statusMs and metricsMs (--idle: the service idle after the run, then\n" +
+			"`retries status` and a /metrics scrape, timed); pausedIdleCPUPercent, pausedStatusMs and\n" +
+			"pausedMetricsMs (--idle with --due: the same before the run, the due retries waiting paused);\n" +
 			"redriveSeconds, redrivePeakRSSMB, deadFirstSeconds and deadPerSecond (--dead: the redrive\n" +
 			"command's time and memory, and the redriven orders' first delivery and rate from its start);\n" +
 			"ceilingPerSecond, ofCeiling, afterWritesOfCeiling and ceilingSendMeanMs (--ceiling: a\n" +

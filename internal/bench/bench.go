@@ -133,6 +133,11 @@ type Result struct {
 	IdleCPUPercent *float64 `json:"idleCPUPercent,omitempty"` // of one core
 	StatusMs       *float64 `json:"statusMs,omitempty"`       // `ordermail retries status --json`, the whole process
 	MetricsMs      *float64 `json:"metricsMs,omitempty"`      // one GET /metrics
+	// With --idle and --due: the same, before the run, while the due
+	// retries wait with retries paused.
+	PausedIdleCPUPercent *float64 `json:"pausedIdleCPUPercent,omitempty"`
+	PausedStatusMs       *float64 `json:"pausedStatusMs,omitempty"`
+	PausedMetricsMs      *float64 `json:"pausedMetricsMs,omitempty"`
 	// From the store, the run's orders alone: counts at the end minus
 	// counts before the run's first write.
 	Confirmed     int `json:"confirmed"`
@@ -385,6 +390,11 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 		b.logf("no /stats at %s (%v): counting from the store only", b.mailURL, statsErr)
 	}
 
+	if cfg.Idle > 0 && cfg.Due > 0 {
+		if err := b.measurePaused(ctx, &res); err != nil {
+			return res, err
+		}
+	}
 	sendsBefore, sendsErr := b.sends(ctx)
 	cpuBefore, cpuOK := cpuSeconds(b.service.pid())
 	writeCPUBefore, writeCPUOK := selfCPUSeconds()
@@ -840,44 +850,67 @@ const idleSettle = 5 * time.Second
 // measureIdle measures the service with nothing to do: its CPU over
 // cfg.Idle after idleSettle, then `retries status` and one /metrics scrape.
 func (b *bench) measureIdle(ctx context.Context, res *Result) error {
+	cpu, status, metrics, err := b.idleFigures(ctx)
+	if err != nil {
+		return fmt.Errorf("idle: %w", err)
+	}
+	res.IdleCPUPercent, res.StatusMs, res.MetricsMs = &cpu, &status, &metrics
+	return nil
+}
+
+// measurePaused measures the service while the --due retries wait with
+// retries paused, as measureIdle does after the run: the status and the
+// metrics' refresh count a backlog that the sweep does not touch.
+func (b *bench) measurePaused(ctx context.Context, res *Result) error {
+	cpu, status, metrics, err := b.idleFigures(ctx)
+	if err != nil {
+		return fmt.Errorf("paused: %w", err)
+	}
+	res.PausedIdleCPUPercent, res.PausedStatusMs, res.PausedMetricsMs = &cpu, &status, &metrics
+	return nil
+}
+
+// idleFigures measures the service's CPU (percent of a core) over
+// cfg.Idle after idleSettle, then the milliseconds of `retries status` and
+// of one /metrics scrape.
+func (b *bench) idleFigures(ctx context.Context) (cpu, status, metrics float64, err error) {
 	pid := b.service.pid()
 	select {
 	case <-time.After(idleSettle):
 	case <-ctx.Done():
-		return ctx.Err()
+		return 0, 0, 0, ctx.Err()
 	}
 	before, ok := cpuSeconds(pid)
 	if !ok {
-		return fmt.Errorf("idle: cannot read the service's CPU time")
+		return 0, 0, 0, fmt.Errorf("cannot read the service's CPU time")
 	}
 	start := time.Now()
 	select {
 	case <-time.After(b.cfg.Idle):
 	case <-ctx.Done():
-		return ctx.Err()
+		return 0, 0, 0, ctx.Err()
 	}
 	after, _ := cpuSeconds(pid)
-	res.IdleCPUPercent = ptr(round(100*(after-before)/time.Since(start).Seconds(), 2))
+	cpu = round(100*(after-before)/time.Since(start).Seconds(), 2)
 
 	t0 := time.Now()
 	out, err := exec.CommandContext(ctx, b.cfg.Exe, "retries", "status", "--json", "--store", "file:"+b.dbPath()).CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("idle: retries status: %v: %s", err, out)
+		return 0, 0, 0, fmt.Errorf("retries status: %v: %s", err, out)
 	}
-	res.StatusMs = ptr(round(ms(time.Since(t0)), 1))
+	status = round(ms(time.Since(t0)), 1)
 
 	t0 = time.Now()
 	resp, err := http.Get("http://" + b.metricsAddr + "/metrics")
 	if err != nil {
-		return fmt.Errorf("idle: /metrics: %w", err)
+		return 0, 0, 0, fmt.Errorf("/metrics: %w", err)
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if err != nil || resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("idle: /metrics: %s %v", resp.Status, err)
+		return 0, 0, 0, fmt.Errorf("/metrics: %s %v", resp.Status, err)
 	}
-	res.MetricsMs = ptr(round(ms(time.Since(t0)), 1))
-	return nil
+	return cpu, status, round(ms(time.Since(t0)), 1), nil
 }
 
 // key is the order key of the i-th (from 0) document of a kind: o an order
