@@ -228,7 +228,8 @@ func TestScaleSweepTouchesOnlyDue(t *testing.T) {
 
 // TestScaleCountsAndBacklogReadNoDocuments: with 50,000 orders and 20,000
 // retries, the counts come from one row kept by triggers (they agree with
-// a full recount) and the backlog's due count reads only due entries.
+// a full recount), and so does the backlog's due count (see
+// TestScaleDueCountReadsMinutes).
 func TestScaleCountsAndBacklogReadNoDocuments(t *testing.T) {
 	skipScale(t)
 	t.Parallel()

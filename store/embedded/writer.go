@@ -340,6 +340,7 @@ func (s *Store) runTxRaw(jobs []*job) (err error) {
 		return mapErr(err)
 	}
 	s.commits.Add(1)
+	s.kickCheckpoint()
 	return nil
 }
 

@@ -1,0 +1,36 @@
+package embedded
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestCheckpointsAreMadeOffTheWriter: writes of some 3,000 pages, fewer
+// than the writer's own checkpoints wait for, reach the database file by
+// checkpointLoop's checkpoints.
+func TestCheckpointsAreMadeOffTheWriter(t *testing.T) {
+	t.Parallel()
+	s := openTest(t)
+	ctx := context.Background()
+	body := strings.Repeat("x", 2000)
+	for from := 0; from < 6000; from += 500 {
+		var writes []store.Write
+		for i := from; i < from+500; i++ {
+			writes = append(writes, store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: fmt.Sprintf("o%05d", i),
+				Value: fmt.Appendf(nil, `{"email":"a@b.c","note":%q}`, body)})
+		}
+		_, err := s.Apply(ctx, writes)
+		require.NoError(t, err)
+	}
+	if !assert.Eventually(t, func() bool { return s.copied.Load() >= 2500 }, time.Minute, 10*time.Millisecond) {
+		t.Fatalf("checkpointLoop copied %d pages of about 3,000 written", s.copied.Load())
+	}
+}
