@@ -9,6 +9,9 @@
 #      with 20,000 orders written at the same time
 #   4  100,000 dead letters, redriven when the run starts (`deadletters
 #      redrive --all`, timed, its peak RSS) while the service sends them
+#   5  1,000,000 due retries (fallen due over the last hour) waiting paused:
+#      the idle service, `retries status` and a /metrics scrape while they
+#      wait, then the drain once the run starts retries
 # The matching tests in `go test ./...` pin the query plans and count the
 # work at 50,000 documents (store/embedded/scale_test.go).
 set -euo pipefail
@@ -24,3 +27,4 @@ run --orders 20000 --history 1000000 --ceiling --idle 10s --timeout 30m
 run --orders 20000 --pending 1000000 --ceiling --idle 10s --timeout 30m
 run --orders 20000 --due 100000 --ceiling --timeout 30m
 run --orders 100 --dead 100000 --timeout 30m
+run --orders 100 --due 1000000 --idle 10s --timeout 60m

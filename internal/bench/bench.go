@@ -727,11 +727,19 @@ func (b *bench) writeHistory(ctx context.Context) error {
 
 // writeDue writes the --due retry documents, already due, while retries
 // are paused: the service starts from now and sees none of it until the
-// run starts retries.
+// run starts retries. They fell due over the last hour, in the order of
+// their keys, as an hour's outage leaves the retries of orders numbered
+// in turn.
 func (b *bench) writeDue(ctx context.Context) error {
-	past := time.Now().Add(-time.Second).UnixMilli()
-	return b.writeRetries(ctx, "due", 'd', b.cfg.Due, b.cfg.Seed+5, order.RetryDoc{TS: past, NextAttemptAt: past,
-		FirstAttemptAt: past, LastStatus: 503, LastError: "bench: due retry"})
+	now := time.Now()
+	i := 0
+	return b.writeWithOrders(ctx, "due retries", 'd', b.cfg.Due, b.cfg.Seed+5, func(k string) store.Write {
+		at := now.Add(-time.Hour + time.Duration(i)*time.Hour/time.Duration(b.cfg.Due)).UnixMilli()
+		i++
+		r := order.RetryDoc{Type: order.TypeConfirmation, DocID: k, Attempt: 1, TS: at, NextAttemptAt: at,
+			FirstAttemptAt: at, LastStatus: 503, LastError: "bench: due retry"}
+		return store.Write{Op: store.OpUpsert, Collection: order.Retry, Key: k, Value: r.Encode()}
+	})
 }
 
 // writePending writes the --pending retry documents, due in a day, before
