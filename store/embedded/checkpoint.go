@@ -5,9 +5,16 @@ import (
 	"time"
 )
 
-// checkpointEvery is the least time between two of checkpointLoop's
-// checkpoints.
-const checkpointEvery = 100 * time.Millisecond
+// A checkpoint that copied checkpointPages pages or more is followed by
+// the next within checkpointSoon; one that copied fewer, within
+// checkpointLater, so that pages written again and again (the counts, the
+// end of the feed's index) are copied once for many commits, as SQLite's
+// own checkpoints every 1,000 pages do.
+const (
+	checkpointPages = 1000
+	checkpointSoon  = 100 * time.Millisecond
+	checkpointLater = time.Second
+)
 
 // writerCheckpointPages is the writer connection's wal_autocheckpoint: past
 // that many pages in the write-ahead log (40MB), a commit checkpoints
@@ -38,7 +45,11 @@ func (s *Store) checkpointLoop(db *sql.DB) {
 		if db.QueryRow(`PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &frames, &copied) == nil && copied > 0 {
 			s.copied.Add(uint64(copied))
 		}
-		t.Reset(checkpointEvery)
+		if copied >= checkpointPages {
+			t.Reset(checkpointSoon)
+		} else {
+			t.Reset(checkpointLater)
+		}
 		select {
 		case <-s.stop:
 			return
