@@ -328,8 +328,12 @@ func TestTombstonesPurgedBelowCheckpoints(t *testing.T) {
 		require.NoError(t, err)
 		ev.Ack()
 	}
+	// A checkpoint save a second may have purged some already (a slow
+	// machine); the last one, at Close, purges one bounded batch.
+	before := tombstones()
 	require.NoError(t, sub.Close(ctx))
-	assert.Equal(t, 2500-purgeBatch, tombstones(), "one bounded batch per checkpoint save")
+	assert.Equal(t, before-min(purgeBatch, before), tombstones(), "one bounded batch per checkpoint save")
+	assert.Less(t, tombstones(), 2500)
 	_, err = s.Insert(ctx, order.Inbound, "k00000", []byte(`{}`))
 	require.NoError(t, err, "a purged key can be created again")
 }

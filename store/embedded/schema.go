@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strconv"
+	"strings"
 )
 
 // The schema is versioned with SQLite's user_version: migrations[i] takes a
@@ -215,50 +217,35 @@ func migrateV5(ctx context.Context, tx *sql.Tx) error {
 		INSERT INTO due_minutes (kind, minute, n)
 			SELECT 0, next_at / 60000, count(*) FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL GROUP BY 2;
 		INSERT INTO due_minutes (kind, minute, n)
-			SELECT 1, ts_at / 60000, count(*) FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL GROUP BY 2;
-		CREATE TRIGGER due_insert_next AFTER INSERT ON docs WHEN NEW.next_at IS NOT NULL BEGIN
-			UPDATE due_minutes SET n = n + 1 WHERE kind = 0 AND minute = NEW.next_at / 60000;
-			INSERT INTO due_minutes (kind, minute, n) SELECT 0, NEW.next_at / 60000, 1
-				WHERE NOT EXISTS (SELECT 1 FROM due_minutes WHERE kind = 0 AND minute = NEW.next_at / 60000);
-		END;
-		CREATE TRIGGER due_insert_ts AFTER INSERT ON docs WHEN NEW.ts_at IS NOT NULL BEGIN
-			UPDATE due_minutes SET n = n + 1 WHERE kind = 1 AND minute = NEW.ts_at / 60000;
-			INSERT INTO due_minutes (kind, minute, n) SELECT 1, NEW.ts_at / 60000, 1
-				WHERE NOT EXISTS (SELECT 1 FROM due_minutes WHERE kind = 1 AND minute = NEW.ts_at / 60000);
-		END;
-		-- An update's old minute and new one in triggers of their own: a flag
-		-- (next_at to NULL) runs two statements, not three.
-		CREATE TRIGGER due_update_next_old AFTER UPDATE OF next_at ON docs
-		WHEN OLD.next_at IS NOT NULL AND OLD.next_at IS NOT NEW.next_at BEGIN
-			UPDATE due_minutes SET n = n - 1 WHERE kind = 0 AND minute = OLD.next_at / 60000;
-			DELETE FROM due_minutes WHERE kind = 0 AND minute = OLD.next_at / 60000 AND n = 0;
-		END;
-		CREATE TRIGGER due_update_next_new AFTER UPDATE OF next_at ON docs
-		WHEN NEW.next_at IS NOT NULL AND OLD.next_at IS NOT NEW.next_at BEGIN
-			UPDATE due_minutes SET n = n + 1 WHERE kind = 0 AND minute = NEW.next_at / 60000;
-			INSERT INTO due_minutes (kind, minute, n) SELECT 0, NEW.next_at / 60000, 1
-				WHERE NOT EXISTS (SELECT 1 FROM due_minutes WHERE kind = 0 AND minute = NEW.next_at / 60000);
-		END;
-		CREATE TRIGGER due_update_ts_old AFTER UPDATE OF ts_at ON docs
-		WHEN OLD.ts_at IS NOT NULL AND OLD.ts_at IS NOT NEW.ts_at BEGIN
-			UPDATE due_minutes SET n = n - 1 WHERE kind = 1 AND minute = OLD.ts_at / 60000;
-			DELETE FROM due_minutes WHERE kind = 1 AND minute = OLD.ts_at / 60000 AND n = 0;
-		END;
-		CREATE TRIGGER due_update_ts_new AFTER UPDATE OF ts_at ON docs
-		WHEN NEW.ts_at IS NOT NULL AND OLD.ts_at IS NOT NEW.ts_at BEGIN
-			UPDATE due_minutes SET n = n + 1 WHERE kind = 1 AND minute = NEW.ts_at / 60000;
-			INSERT INTO due_minutes (kind, minute, n) SELECT 1, NEW.ts_at / 60000, 1
-				WHERE NOT EXISTS (SELECT 1 FROM due_minutes WHERE kind = 1 AND minute = NEW.ts_at / 60000);
-		END;
-		CREATE TRIGGER due_delete_next AFTER DELETE ON docs WHEN OLD.next_at IS NOT NULL BEGIN
-			UPDATE due_minutes SET n = n - 1 WHERE kind = 0 AND minute = OLD.next_at / 60000;
-			DELETE FROM due_minutes WHERE kind = 0 AND minute = OLD.next_at / 60000 AND n = 0;
-		END;
-		CREATE TRIGGER due_delete_ts AFTER DELETE ON docs WHEN OLD.ts_at IS NOT NULL BEGIN
-			UPDATE due_minutes SET n = n - 1 WHERE kind = 1 AND minute = OLD.ts_at / 60000;
-			DELETE FROM due_minutes WHERE kind = 1 AND minute = OLD.ts_at / 60000 AND n = 0;
-		END;`)
+			SELECT 1, ts_at / 60000, count(*) FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL GROUP BY 2;`+dueTriggers(0, "next_at")+dueTriggers(1, "ts_at"))
 	return err
+}
+
+// dueTriggers keeps due_minutes for one column of docs (kind 0: next_at,
+// 1: ts_at). An update's old minute and its new one are triggers of their
+// own: a flag (the column to NULL) runs two statements, not three.
+func dueTriggers(kind int, col string) string {
+	return strings.NewReplacer("KIND", strconv.Itoa(kind), "COL", col).Replace(`
+		CREATE TRIGGER due_insert_COL AFTER INSERT ON docs WHEN NEW.COL IS NOT NULL BEGIN
+			UPDATE due_minutes SET n = n + 1 WHERE kind = KIND AND minute = NEW.COL / 60000;
+			INSERT INTO due_minutes (kind, minute, n) SELECT KIND, NEW.COL / 60000, 1
+				WHERE NOT EXISTS (SELECT 1 FROM due_minutes WHERE kind = KIND AND minute = NEW.COL / 60000);
+		END;
+		CREATE TRIGGER due_update_COL_old AFTER UPDATE OF COL ON docs
+		WHEN OLD.COL IS NOT NULL AND OLD.COL IS NOT NEW.COL BEGIN
+			UPDATE due_minutes SET n = n - 1 WHERE kind = KIND AND minute = OLD.COL / 60000;
+			DELETE FROM due_minutes WHERE kind = KIND AND minute = OLD.COL / 60000 AND n = 0;
+		END;
+		CREATE TRIGGER due_update_COL_new AFTER UPDATE OF COL ON docs
+		WHEN NEW.COL IS NOT NULL AND OLD.COL IS NOT NEW.COL BEGIN
+			UPDATE due_minutes SET n = n + 1 WHERE kind = KIND AND minute = NEW.COL / 60000;
+			INSERT INTO due_minutes (kind, minute, n) SELECT KIND, NEW.COL / 60000, 1
+				WHERE NOT EXISTS (SELECT 1 FROM due_minutes WHERE kind = KIND AND minute = NEW.COL / 60000);
+		END;
+		CREATE TRIGGER due_delete_COL AFTER DELETE ON docs WHEN OLD.COL IS NOT NULL BEGIN
+			UPDATE due_minutes SET n = n - 1 WHERE kind = KIND AND minute = OLD.COL / 60000;
+			DELETE FROM due_minutes WHERE kind = KIND AND minute = OLD.COL / 60000 AND n = 0;
+		END;`)
 }
 
 // migrate brings the file to SchemaVersion.
