@@ -140,7 +140,7 @@ func TestBenchFailuresDueDeadAndHistory(t *testing.T) {
 	// failures neither pauses the sends for a cooldown nor dead-letters.
 	res, _ := runBench(t, "--orders", "300", "--fail-rate", "0.3", "--mail-latency", "0", "--workers", "8",
 		"--backoff", "fixed", "--retry-quantum", "100ms", "--timer-interval", "50ms",
-		"--due", "50", "--dead", "40", "--history", "200", "--seed", "7",
+		"--due", "50", "--dead", "40", "--history", "200", "--seed", "7", "--idle", "200ms",
 		"--", "--breaker-failures", "0", "--max-attempts", "0")
 
 	assert.Equal(t, 390, res.Confirmed, "the orders, the due retries and the redriven dead letters; not the history")
@@ -193,6 +193,19 @@ func TestBenchFailuresDueDeadAndHistory(t *testing.T) {
 	assert.LessOrEqual(t, *res.DeadFirstSeconds, res.ElapsedSeconds)
 	assert.Positive(t, *res.DeadPerSecond)
 	assert.Nil(t, res.CeilingPerSecond, "no --ceiling")
+	// --idle: the idle service and the status timed, while the due retries
+	// waited paused and after the run.
+	for name, f := range map[string]*float64{"idleCPUPercent": res.IdleCPUPercent, "statusMs": res.StatusMs,
+		"metricsMs": res.MetricsMs, "pausedIdleCPUPercent": res.PausedIdleCPUPercent,
+		"pausedStatusMs": res.PausedStatusMs, "pausedMetricsMs": res.PausedMetricsMs} {
+		if assert.NotNil(t, f, name) {
+			assert.GreaterOrEqual(t, *f, 0.0, name)
+		}
+	}
+	if assert.NotNil(t, res.StatusMs) && assert.NotNil(t, res.PausedStatusMs) {
+		assert.Positive(t, *res.StatusMs, "a process was run and timed")
+		assert.Positive(t, *res.PausedStatusMs, "a process was run and timed")
+	}
 }
 
 // TestBenchFailOnce: with --fail-once the mock fails first sends only, so

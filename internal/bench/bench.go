@@ -391,9 +391,13 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 	}
 
 	if cfg.Idle > 0 && cfg.Due > 0 {
-		if err := b.measurePaused(ctx, &res); err != nil {
-			return res, err
+		// While the due retries wait paused: the status and the metrics'
+		// refresh count a backlog the sweep does not touch.
+		cpu, status, metrics, err := b.idleFigures(ctx)
+		if err != nil {
+			return res, fmt.Errorf("paused: %w", err)
 		}
+		res.PausedIdleCPUPercent, res.PausedStatusMs, res.PausedMetricsMs = &cpu, &status, &metrics
 	}
 	sendsBefore, sendsErr := b.sends(ctx)
 	cpuBefore, cpuOK := cpuSeconds(b.service.pid())
@@ -428,9 +432,11 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 	}
 
 	if cfg.Idle > 0 {
-		if err := b.measureIdle(ctx, &res); err != nil {
-			return res, err
+		cpu, status, metrics, err := b.idleFigures(ctx)
+		if err != nil {
+			return res, fmt.Errorf("idle: %w", err)
 		}
+		res.IdleCPUPercent, res.StatusMs, res.MetricsMs = &cpu, &status, &metrics
 	}
 	if rss, ok := peakRSSMB(b.service.pid()); ok {
 		res.PeakRSSMB = ptr(round(rss, 1))
@@ -734,7 +740,7 @@ func (b *bench) writeDue(ctx context.Context) error {
 	now := time.Now()
 	i := 0
 	return b.writeWithOrders(ctx, "due retries", 'd', b.cfg.Due, b.cfg.Seed+5, func(k string) store.Write {
-		at := now.Add(-time.Hour + time.Duration(i)*time.Hour/time.Duration(b.cfg.Due)).UnixMilli()
+		at := now.Add(-time.Hour + time.Hour/time.Duration(b.cfg.Due)*time.Duration(i)).UnixMilli()
 		i++
 		r := order.RetryDoc{Type: order.TypeConfirmation, DocID: k, Attempt: 1, TS: at, NextAttemptAt: at,
 			FirstAttemptAt: at, LastStatus: 503, LastError: "bench: due retry"}
@@ -855,32 +861,9 @@ func (b *bench) sends(ctx context.Context) (sent, error) {
 // SQLite's checkpoint of the write-ahead log the bench's own writes filled.
 const idleSettle = 5 * time.Second
 
-// measureIdle measures the service with nothing to do: its CPU over
-// cfg.Idle after idleSettle, then `retries status` and one /metrics scrape.
-func (b *bench) measureIdle(ctx context.Context, res *Result) error {
-	cpu, status, metrics, err := b.idleFigures(ctx)
-	if err != nil {
-		return fmt.Errorf("idle: %w", err)
-	}
-	res.IdleCPUPercent, res.StatusMs, res.MetricsMs = &cpu, &status, &metrics
-	return nil
-}
-
-// measurePaused measures the service while the --due retries wait with
-// retries paused, as measureIdle does after the run: the status and the
-// metrics' refresh count a backlog that the sweep does not touch.
-func (b *bench) measurePaused(ctx context.Context, res *Result) error {
-	cpu, status, metrics, err := b.idleFigures(ctx)
-	if err != nil {
-		return fmt.Errorf("paused: %w", err)
-	}
-	res.PausedIdleCPUPercent, res.PausedStatusMs, res.PausedMetricsMs = &cpu, &status, &metrics
-	return nil
-}
-
-// idleFigures measures the service's CPU (percent of a core) over
-// cfg.Idle after idleSettle, then the milliseconds of `retries status` and
-// of one /metrics scrape.
+// idleFigures measures the service with nothing to do: its CPU (percent
+// of a core) over cfg.Idle after idleSettle, then the milliseconds of
+// `retries status` and of one /metrics scrape.
 func (b *bench) idleFigures(ctx context.Context) (cpu, status, metrics float64, err error) {
 	pid := b.service.pid()
 	select {

@@ -97,7 +97,6 @@ type Store struct {
 	ckptKick   chan struct{} // a commit asks checkpointLoop for a checkpoint
 	ckptDone   chan struct{}
 	ckpt       *sql.DB       // checkpointLoop's connection
-	copied     atomic.Uint64 // pages checkpointLoop copied into the file
 	lost       chan struct{} // closed when the file is lost
 	lostErr    error
 	commits    atomic.Uint64 // transactions committed by the writer
