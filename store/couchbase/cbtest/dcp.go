@@ -59,6 +59,9 @@ type dcpConn struct {
 	// removeStreamLocked change; held while writing a stream's messages.
 	mu      sync.Mutex
 	streams map[uint16]*stream
+	// added counts the streams ever added, so that a pass can tell that
+	// its list of streams went stale before it locked the bucket.
+	added atomic.Uint64
 
 	fcMu    sync.Mutex
 	unacked int64
@@ -523,16 +526,8 @@ type streamBatch struct {
 // sent anything and the channel that signals the next change of the
 // bucket.
 func (d *dcpConn) pass() (bool, <-chan struct{}, error) {
-	d.mu.Lock()
-	streams := make([]*stream, 0, len(d.streams))
-	for _, st := range d.streams {
-		streams = append(streams, st)
-	}
-	d.mu.Unlock()
-	sort.Slice(streams, func(i, j int) bool { return streams[i].vb < streams[j].vb })
-
 	s := d.kc.s
-	s.mu.Lock()
+	streams := d.lockedStreams()
 	b := s.buckets[d.bucket]
 	if b == nil {
 		s.mu.Unlock()
@@ -582,6 +577,33 @@ func (d *dcpConn) pass() (bool, <-chan struct{}, error) {
 		s.signalDCP()
 	}
 	return sent, changed, nil
+}
+
+// lockedStreams returns the connection's streams, by vBucket, with s.mu
+// held. The list is taken under d.mu, before s.mu (the order STREAM_REQ
+// takes them in); if a stream was added between the two, the list is
+// taken again. Otherwise a write made after that stream opened could go
+// out on another vBucket before an earlier write on the new stream's.
+func (d *dcpConn) lockedStreams() []*stream {
+	s := d.kc.s
+	for {
+		d.mu.Lock()
+		streams := make([]*stream, 0, len(d.streams))
+		for _, st := range d.streams {
+			streams = append(streams, st)
+		}
+		added := d.added.Load()
+		d.mu.Unlock()
+		sort.Slice(streams, func(i, j int) bool { return streams[i].vb < streams[j].vb })
+		if f := s.passPaused.Load(); f != nil {
+			(*f)(len(streams))
+		}
+		s.mu.Lock()
+		if d.added.Load() == added {
+			return streams
+		}
+		s.mu.Unlock()
+	}
 }
 
 // signalDCP wakes the writers waiting in awaitDCP.

@@ -2,6 +2,7 @@ package cbtest
 
 import (
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -139,6 +140,80 @@ func TestDCPSendsSnapshotsInWriteOrder(t *testing.T) {
 		return len(order) == 2
 	})
 	assert.Equal(t, []string{first, second}, order, "vb %d's write before vb %d's", s.VBucketOf(first), s.VBucketOf(second))
+}
+
+// A stream opened while a pass is between listing the streams and locking
+// the bucket: a write on it, made before a write on another vBucket, still
+// goes out first. (The pass used to send what it had listed, the later
+// write first, and the new stream's on its next pass.)
+func TestDCPStreamOpenedDuringAPassKeepsWriteOrder(t *testing.T) {
+	s := Start(t, Options{VBuckets: 32, Buckets: []BucketSpec{{Name: "orders", Collections: []string{"_default.retry"}}}})
+	c := connect(t, s)
+	require.NoError(t, c.WaitUntilReady(10*time.Second, &gocb.WaitUntilReadyOptions{
+		ServiceTypes: []gocb.ServiceType{gocb.ServiceTypeQuery}}))
+	b := readyBucket(t, c, "orders")
+	retryID, err := s.CollectionID("orders", "_default", "retry")
+	require.NoError(t, err)
+	var first, second string
+	for i := 0; first == "" || second == ""; i++ {
+		k := fmt.Sprintf("a%03d", i)
+		switch vb := s.VBucketOf(k); {
+		case first == "" && vb > 16:
+			first = k
+		case first != "" && k > first && vb < 16:
+			second = k
+		}
+	}
+	late := s.VBucketOf(first)
+	for _, k := range []string{first, second} {
+		_, err := b.Collection("retry").Upsert(k, map[string]any{"n": 0}, nil)
+		require.NoError(t, err)
+	}
+	agent := newDCPAgent(t, s, "orders", 0)
+	rec, k := newRecorder(), newTracker(t)
+	from := func(vb uint16) position {
+		h := s.HighSeqno("orders", vb)
+		return position{uuid: s.FailoverLog("orders", vb)[0].VBUUID, seq: h, snapStart: h, snapEnd: h}
+	}
+	for vb := range uint16(s.NumVBuckets()) {
+		if vb != late {
+			_, err := open(t, agent, vb, from(vb), []uint32{retryID}, rec)
+			require.NoError(t, err, "vb %d", vb)
+		}
+	}
+	// The next pass stops after listing its streams (all but late's)
+	// until the stream on late is open and the UPDATE is done.
+	paused, resume := make(chan int, 1), make(chan struct{})
+	var once sync.Once
+	hook := func(n int) {
+		if n == s.NumVBuckets()-1 {
+			once.Do(func() { paused <- n; <-resume })
+		}
+	}
+	s.passPaused.Store(&hook)
+	t.Cleanup(func() { s.passPaused.Store(nil) })
+	_, err = b.DefaultCollection().Upsert("wake", 1, nil) // a change the retry streams filter out
+	require.NoError(t, err)
+	select {
+	case <-paused:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no DCP pass after a write within 10s")
+	}
+	_, err = open(t, agent, late, from(late), []uint32{retryID}, rec)
+	require.NoError(t, err)
+	_, err = c.Query("UPDATE `orders`.`_default`.`retry` AS r SET r.n = 1 WHERE META(r).id IN $keys",
+		&gocb.QueryOptions{NamedParameters: map[string]any{"keys": []string{first, second}}})
+	require.NoError(t, err)
+	close(resume)
+	var order []string
+	rec.until(t, func(e dcpEvent) bool {
+		k.apply(e)
+		if e.kind == "mutation" {
+			order = append(order, e.key)
+		}
+		return len(order) == 2
+	})
+	assert.Equal(t, []string{first, second}, order, "vb %d's write before vb %d's", late, s.VBucketOf(second))
 }
 
 // SyncDCP: a KV write answers once every DCP connection of its bucket has

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -96,6 +97,11 @@ type Server struct {
 
 	dcpSigMu sync.Mutex
 	dcpSig   chan struct{} // closed and replaced when a DCP producer catches up or blocks
+
+	// passPaused, when set (by this package's tests), is called by a DCP
+	// producer's pass between taking its list of streams and locking
+	// the bucket, with the number of streams listed.
+	passPaused atomic.Pointer[func(streams int)]
 }
 
 type node struct {

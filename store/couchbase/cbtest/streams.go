@@ -110,6 +110,7 @@ func (d *dcpConn) addStreamLocked(st *stream) bool {
 	default:
 	}
 	d.streams[st.vb] = st
+	d.added.Add(1)
 	d.kc.s.streams.opened(d, st.vb)
 	return true
 }
