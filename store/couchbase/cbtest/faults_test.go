@@ -94,10 +94,19 @@ func TestStreamRequestLogRecordsRollbacks(t *testing.T) {
 	assert.Equal(t, uint64(3), reqs[0].Start)
 }
 
-// One connection's snapshots go out in the order of their writes, whatever
-// their vBuckets: an UPDATE writes two documents of one node, the one on
-// the higher vBucket first, before the producer's next pass.
-func TestDCPSendsSnapshotsInWriteOrder(t *testing.T) {
+// writeOrder is a bucket with a retry collection holding two documents,
+// first on a vBucket above 16 and second below it, first < second: an
+// UPDATE of both writes first first, on the higher vBucket.
+type writeOrder struct {
+	s             *Server
+	c             *gocb.Cluster
+	retryID       uint32
+	first, second string
+	rec           *recorder
+	k             *tracker
+}
+
+func newWriteOrder(t *testing.T) *writeOrder {
 	s := Start(t, Options{VBuckets: 32, Buckets: []BucketSpec{{Name: "orders", Collections: []string{"_default.retry"}}}})
 	c := connect(t, s)
 	require.NoError(t, c.WaitUntilReady(10*time.Second, &gocb.WaitUntilReadyOptions{
@@ -105,41 +114,64 @@ func TestDCPSendsSnapshotsInWriteOrder(t *testing.T) {
 	readyBucket(t, c, "orders")
 	retryID, err := s.CollectionID("orders", "_default", "retry")
 	require.NoError(t, err)
-	var first, second string
-	for i := 0; first == "" || second == ""; i++ {
+	w := &writeOrder{s: s, c: c, retryID: retryID, rec: newRecorder(), k: newTracker(t)}
+	for i := 0; w.first == "" || w.second == ""; i++ {
 		k := fmt.Sprintf("a%03d", i)
 		switch vb := s.VBucketOf(k); {
-		case first == "" && vb > 16:
-			first = k
-		case first != "" && k > first && vb < 16:
-			second = k
+		case w.first == "" && vb > 16:
+			w.first = k
+		case w.first != "" && vb < 16:
+			w.second = k
 		}
 	}
-	require.Less(t, first, second, "the UPDATE visits keys in order")
-	for _, k := range []string{first, second} {
+	for _, k := range []string{w.first, w.second} {
 		_, err := c.Bucket("orders").Scope("_default").Collection("retry").Upsert(k, map[string]any{"n": 0}, nil)
 		require.NoError(t, err)
 	}
-	agent := newDCPAgent(t, s, "orders", 0)
-	rec, k := newRecorder(), newTracker(t)
-	from := map[uint16]position{}
-	for vb := range uint16(s.NumVBuckets()) {
-		h := s.HighSeqno("orders", vb)
-		from[vb] = position{uuid: s.FailoverLog("orders", vb)[0].VBUUID, seq: h, snapStart: h, snapEnd: h}
-	}
-	openAll(t, s, agent, from, []uint32{retryID}, rec, k)
-	_, err = c.Query("UPDATE `orders`.`_default`.`retry` AS r SET r.n = 1 WHERE META(r).id IN $keys",
-		&gocb.QueryOptions{NamedParameters: map[string]any{"keys": []string{first, second}}})
+	return w
+}
+
+// from is the position of vb's stream at its high seqno.
+func (w *writeOrder) from(vb uint16) position {
+	h := w.s.HighSeqno("orders", vb)
+	return position{uuid: w.s.FailoverLog("orders", vb)[0].VBUUID, seq: h, snapStart: h, snapEnd: h}
+}
+
+// update rewrites both documents in one UPDATE, first first (it visits
+// keys in order).
+func (w *writeOrder) update(t *testing.T) {
+	_, err := w.c.Query("UPDATE `orders`.`_default`.`retry` AS r SET r.n = 1 WHERE META(r).id IN $keys",
+		&gocb.QueryOptions{NamedParameters: map[string]any{"keys": []string{w.first, w.second}}})
 	require.NoError(t, err)
+}
+
+// sentInWriteOrder checks that the two mutations arrive first first.
+func (w *writeOrder) sentInWriteOrder(t *testing.T) {
 	var order []string
-	rec.until(t, func(e dcpEvent) bool {
-		k.apply(e)
+	w.rec.until(t, func(e dcpEvent) bool {
+		w.k.apply(e)
 		if e.kind == "mutation" {
 			order = append(order, e.key)
 		}
 		return len(order) == 2
 	})
-	assert.Equal(t, []string{first, second}, order, "vb %d's write before vb %d's", s.VBucketOf(first), s.VBucketOf(second))
+	assert.Equal(t, []string{w.first, w.second}, order, "vb %d's write before vb %d's",
+		w.s.VBucketOf(w.first), w.s.VBucketOf(w.second))
+}
+
+// One connection's snapshots go out in the order of their writes, whatever
+// their vBuckets: an UPDATE writes two documents of one node, the one on
+// the higher vBucket first, before the producer's next pass.
+func TestDCPSendsSnapshotsInWriteOrder(t *testing.T) {
+	w := newWriteOrder(t)
+	agent := newDCPAgent(t, w.s, "orders", 0)
+	from := map[uint16]position{}
+	for vb := range uint16(w.s.NumVBuckets()) {
+		from[vb] = w.from(vb)
+	}
+	openAll(t, w.s, agent, from, []uint32{w.retryID}, w.rec, w.k)
+	w.update(t)
+	w.sentInWriteOrder(t)
 }
 
 // A stream opened while a pass is between listing the streams and locking
@@ -147,73 +179,39 @@ func TestDCPSendsSnapshotsInWriteOrder(t *testing.T) {
 // goes out first. (The pass used to send what it had listed, the later
 // write first, and the new stream's on its next pass.)
 func TestDCPStreamOpenedDuringAPassKeepsWriteOrder(t *testing.T) {
-	s := Start(t, Options{VBuckets: 32, Buckets: []BucketSpec{{Name: "orders", Collections: []string{"_default.retry"}}}})
-	c := connect(t, s)
-	require.NoError(t, c.WaitUntilReady(10*time.Second, &gocb.WaitUntilReadyOptions{
-		ServiceTypes: []gocb.ServiceType{gocb.ServiceTypeQuery}}))
-	b := readyBucket(t, c, "orders")
-	retryID, err := s.CollectionID("orders", "_default", "retry")
-	require.NoError(t, err)
-	var first, second string
-	for i := 0; first == "" || second == ""; i++ {
-		k := fmt.Sprintf("a%03d", i)
-		switch vb := s.VBucketOf(k); {
-		case first == "" && vb > 16:
-			first = k
-		case first != "" && k > first && vb < 16:
-			second = k
-		}
-	}
-	late := s.VBucketOf(first)
-	for _, k := range []string{first, second} {
-		_, err := b.Collection("retry").Upsert(k, map[string]any{"n": 0}, nil)
-		require.NoError(t, err)
-	}
+	w := newWriteOrder(t)
+	s, late := w.s, w.s.VBucketOf(w.first)
 	agent := newDCPAgent(t, s, "orders", 0)
-	rec, k := newRecorder(), newTracker(t)
-	from := func(vb uint16) position {
-		h := s.HighSeqno("orders", vb)
-		return position{uuid: s.FailoverLog("orders", vb)[0].VBUUID, seq: h, snapStart: h, snapEnd: h}
-	}
 	for vb := range uint16(s.NumVBuckets()) {
 		if vb != late {
-			_, err := open(t, agent, vb, from(vb), []uint32{retryID}, rec)
+			_, err := open(t, agent, vb, w.from(vb), []uint32{w.retryID}, w.rec)
 			require.NoError(t, err, "vb %d", vb)
 		}
 	}
-	// The next pass stops after listing its streams (all but late's)
-	// until the stream on late is open and the UPDATE is done.
-	paused, resume := make(chan int, 1), make(chan struct{})
+	// The next pass that lists every stream but late's stops there until
+	// the stream on late is open and the UPDATE is done.
+	paused, resume := make(chan struct{}, 1), make(chan struct{})
 	var once sync.Once
 	hook := func(n int) {
 		if n == s.NumVBuckets()-1 {
-			once.Do(func() { paused <- n; <-resume })
+			once.Do(func() { paused <- struct{}{}; <-resume })
 		}
 	}
 	s.passPaused.Store(&hook)
 	t.Cleanup(func() { s.passPaused.Store(nil) })
-	_, err = b.DefaultCollection().Upsert("wake", 1, nil) // a change the retry streams filter out
+	// A change the retry streams filter out, to start a pass.
+	_, err := w.c.Bucket("orders").DefaultCollection().Upsert("wake", 1, nil)
 	require.NoError(t, err)
 	select {
 	case <-paused:
 	case <-time.After(10 * time.Second):
-		t.Fatal("no DCP pass after a write within 10s")
+		t.Fatal("no DCP pass listing every stream but late's within 10s of a write")
 	}
-	_, err = open(t, agent, late, from(late), []uint32{retryID}, rec)
+	_, err = open(t, agent, late, w.from(late), []uint32{w.retryID}, w.rec)
 	require.NoError(t, err)
-	_, err = c.Query("UPDATE `orders`.`_default`.`retry` AS r SET r.n = 1 WHERE META(r).id IN $keys",
-		&gocb.QueryOptions{NamedParameters: map[string]any{"keys": []string{first, second}}})
-	require.NoError(t, err)
+	w.update(t)
 	close(resume)
-	var order []string
-	rec.until(t, func(e dcpEvent) bool {
-		k.apply(e)
-		if e.kind == "mutation" {
-			order = append(order, e.key)
-		}
-		return len(order) == 2
-	})
-	assert.Equal(t, []string{first, second}, order, "vb %d's write before vb %d's", late, s.VBucketOf(second))
+	w.sentInWriteOrder(t)
 }
 
 // SyncDCP: a KV write answers once every DCP connection of its bucket has
