@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -47,8 +48,59 @@ var plans = []struct {
 	{"an outcome's guarded replace", guardedReplaceQuery,
 		[]any{"{}", 1, false, false, false, false, nil, nil, false, nil, "inbound", "k", 1},
 		[]string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
+	{"an order's guarded replace", flatReplaceQuery, []any{"{}", 1, false, false, "inbound", "k", 1},
+		[]string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
 	{"a removal leaving a tombstone", buryQuery, []any{1, "retry", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
 	{"a removal leaving none", eraseQuery, []any{"retry", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
+}
+
+// triggers lists the triggers a statement may run, from its bytecode: each
+// trigger's program starts with a "-- TRIGGER name" comment.
+func triggers(t *testing.T, s *Store, query string, args ...any) []string {
+	t.Helper()
+	rows, err := s.read.Query("EXPLAIN "+query, args...)
+	require.NoError(t, err)
+	defer rows.Close()
+	var names []string
+	for rows.Next() {
+		var addr, p1, p2, p3, p5 int
+		var opcode string
+		var p4, comment sql.NullString
+		require.NoError(t, rows.Scan(&addr, &opcode, &p1, &p2, &p3, &p4, &p5, &comment))
+		if name, ok := strings.CutPrefix(p4.String, "-- TRIGGER "); ok {
+			names = append(names, name)
+		}
+	}
+	require.NoError(t, rows.Err())
+	sort.Strings(names)
+	return names
+}
+
+// An order's confirmation (a replace outside the retry and dead-letter
+// collections) runs the counts' triggers and not the due minutes': those
+// concern retry documents alone. A retry document's replace runs them.
+func TestReplaceTriggers(t *testing.T) {
+	t.Parallel()
+	s := openTest(t)
+	assert.Equal(t, []string{"docs_update", "docs_update_tally"},
+		triggers(t, s, flatReplaceQuery, "{}", 1, false, false, "inbound", "k", 1))
+	assert.Equal(t, []string{"docs_update", "docs_update_tally", "due_update_next_at_new", "due_update_next_at_old",
+		"due_update_ts_at_new", "due_update_ts_at_old"},
+		triggers(t, s, guardedReplaceQuery, "{}", 1, false, false, false, false, nil, nil, false, nil, "retry", "k", 1))
+	// A flat collection's documents never carry the columns that
+	// flatReplaceQuery leaves alone, whatever they hold.
+	for _, coll := range []string{order.Inbound, order.Attempts, "other"} {
+		require.True(t, flat(coll), coll)
+		for _, v := range []string{`{"paymentStatus":"paid","confirmationEmailSent":true}`,
+			`{"docId":"o1","attempt":1,"ts":1,"nextAttemptAt":2,"lastStatus":503,"fireRetry":true}`,
+			`{"docId":"x","reason":"max_attempts","lastStatus":503}`} {
+			c := classify(coll, "k", []byte(v))
+			c.paid, c.confirmed = false, false
+			assert.Equal(t, columns{}, c, "%s: %s", coll, v)
+		}
+	}
+	assert.False(t, flat(order.Retry))
+	assert.False(t, flat(order.DeadLetter))
 }
 
 // TestQueryPlans pins the plan of every statement on the hot and periodic
