@@ -49,14 +49,15 @@ type txn struct {
 type writeStmts struct {
 	begin, commit, rollback, savepoint, release, rollbackTo *wstmt
 
-	cur, put, seqGet, seqSet *wstmt
-	dueNext, dueTS, flag     *wstmt
-	saveCheckpoint, minCkpt  *wstmt
-	purge, expire            *wstmt
-	attCur, attPut, attDel   *wstmt
-	replace, replaceFlat     *wstmt
-	bury, erase              *wstmt
-	register, wantDeletions  *wstmt
+	cur, put, putFlat       *wstmt
+	seqGet, seqSet          *wstmt
+	dueNext, dueTS, flag    *wstmt
+	saveCheckpoint, minCkpt *wstmt
+	purge, expire           *wstmt
+	attCur, attPut, attDel  *wstmt
+	replace, replaceFlat    *wstmt
+	bury, erase             *wstmt
+	register, wantDeletions *wstmt
 }
 
 func (s *Store) prepareWrites(ctx context.Context) error {
@@ -92,6 +93,7 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 			ON CONFLICT (coll, key) DO UPDATE SET value = excluded.value, seq = excluded.seq, created = ` + keptIncarnation + `,
 				paid = excluded.paid, confirmed = excluded.confirmed, retry = excluded.retry, fire = excluded.fire,
 				next_at = excluded.next_at, ts_at = excluded.ts_at, dead = excluded.dead, tally = excluded.tally`),
+		putFlat:       p(flatPutQuery),
 		replace:       p(guardedReplaceQuery),
 		replaceFlat:   p(flatReplaceQuery),
 		bury:          p(buryQuery),
@@ -132,7 +134,7 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 func (w writeStmts) close() error {
 	var errs []error
 	for _, st := range []*wstmt{w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
-		w.cur, w.put, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flag, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attPut, w.attDel, w.replace, w.replaceFlat, w.bury, w.erase, w.register, w.wantDeletions} {
+		w.cur, w.put, w.putFlat, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flag, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attPut, w.attDel, w.replace, w.replaceFlat, w.bury, w.erase, w.register, w.wantDeletions} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -411,6 +413,13 @@ func (t *txn) apply(w store.Write, cols columns) (uint64, error) {
 // reads nothing of the row to say which.
 const keptIncarnation = `CASE WHEN docs.value IS NULL THEN excluded.created ELSE docs.created END`
 
+// flatPutQuery is the put of a flat collection's document (see
+// flatReplaceQuery): over a row that is there, it names only the columns
+// such a document has, so the due minutes' triggers do not run.
+const flatPutQuery = `INSERT INTO docs (coll, key, value, seq, created, paid, confirmed) VALUES (?, ?, ?, ?, ?, ?, ?)
+	ON CONFLICT (coll, key) DO UPDATE SET value = excluded.value, seq = excluded.seq, created = ` + keptIncarnation + `,
+		paid = excluded.paid, confirmed = excluded.confirmed`
+
 // write makes a write whose guard was checked.
 func (t *txn) write(w store.Write, cols columns) (uint64, error) {
 	if w.Collection == order.Attempts {
@@ -433,8 +442,13 @@ func (t *txn) write(w store.Write, cols columns) (uint64, error) {
 	}
 	value := string(w.Value)
 	created := seq // a new incarnation of the key, unless keptIncarnation keeps the row's
-	args := append([]any{w.Collection, w.Key, value, seq, created}, cols.args()...)
-	if err := t.s.stmts.put.Exec(t.ctx, args...); err != nil {
+	var err error
+	if flat(w.Collection) {
+		err = t.s.stmts.putFlat.Exec(t.ctx, w.Collection, w.Key, value, seq, created, cols.paid, cols.confirmed)
+	} else {
+		err = t.s.stmts.put.Exec(t.ctx, append([]any{w.Collection, w.Key, value, seq, created}, cols.args()...)...)
+	}
+	if err != nil {
 		return 0, err
 	}
 	return seq, nil
