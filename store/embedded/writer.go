@@ -498,7 +498,7 @@ const guardedReplaceQuery = `UPDATE docs SET value = ?, seq = ?, paid = ?, confi
 // and dead-letter collections (an order, most often): its other columns
 // are always zero or NULL, so it sets none of them, and the triggers that
 // keep the due minutes, which fire on an UPDATE that names their column,
-// do not run for it (TestReplaceTriggers).
+// do not run for it (TestWriteTriggers).
 const flatReplaceQuery = `UPDATE docs SET value = ?, seq = ?, paid = ?, confirmed = ?
 	WHERE coll = ? AND key = ? AND +seq = ? AND value IS NOT NULL`
 
