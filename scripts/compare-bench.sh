@@ -2,8 +2,9 @@
 # Paired benchmark of two ordermail binaries on this machine: ROUNDS rounds,
 # each running the latency-bound scenario (1ms mock, 16 workers, --ceiling)
 # with OLD, with NEW, and with NEW --secure (a bearer token and Standard
-# Webhooks signatures the mock checks), alternating so that the machine's
-# drift hits all three alike; prints each run and the medians.
+# Webhooks signatures the mock checks), in turn and in a rotating order so
+# that the machine's drift hits all three alike; prints each run and the
+# medians.
 #
 #   git worktree add /tmp/old <commit> && (cd /tmp/old && go build -o /tmp/om-old ./cmd/ordermail)
 #   go build -o /tmp/om-new ./cmd/ordermail
@@ -21,10 +22,17 @@ one() {
     python3 -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1], r["ordersPerSecond"], r["ceilingPerSecond"], r["ofCeiling"])' "$name" |
     tee -a "$out"
 }
-for _ in $(seq "$rounds"); do
-  one old "$old"
-  one new "$new"
-  one new-secure "$new" --secure
+# Each round starts one later in the rotation: the machine's speed drifts
+# within a series, and the run taken first in a round was ahead more often
+# than not.
+for i in $(seq 0 $((rounds - 1))); do
+  for j in 0 1 2; do
+    case $(((i + j) % 3)) in
+    0) one old "$old" ;;
+    1) one new "$new" ;;
+    2) one new-secure "$new" --secure ;;
+    esac
+  done
 done
 python3 - "$out" <<'PY'
 import statistics, sys

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Due retries against first sends, in pairs: each round runs `ordermail bench`
-# with N new paid orders (first sends), then with N retries already due
+# with N new paid orders (first sends), and with N retries already due
 # while retries are paused, started when the run starts (`retries start`),
 # and 100 orders beside them. Both at 1ms mock latency and 16 workers; the
-# runs alternate so that the machine's drift hits both alike. Prints each
-# run and, for each pair, the drain's rate over the first sends' rate, two
+# runs alternate, and so does which of them comes first in a round, so that
+# the machine's drift hits both alike. Prints each run and, for each pair, the drain's rate over the first sends' rate, two
 # ways: from `retries start` (the wait for the sweep's first tick included:
 # up to --timer-interval, 1s) and from the first due retry delivered (the
 # drain alone; the first sends' clock starts at their first write), with
@@ -26,9 +26,16 @@ one() {
 		python3 -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1], r["ordersPerSecond"], r.get("duePerSecond", "-"), r.get("dueDrainPerSecond", "-"), r.get("dueFirstSeconds", "-"), r["serviceCPUPerOrderUs"], r["confirmed"], r["duplicateRequests"])' "$name" |
 		tee -a "$out"
 }
-for _ in $(seq "$rounds"); do
-	one first --orders "$orders"
-	one due --orders 100 --due "$orders"
+for i in $(seq "$rounds"); do
+	# Which runs first alternates: the machine's speed drifts within a
+	# series, and the run taken first in a pair was ahead more often than not.
+	if ((i % 2)); then
+		one first --orders "$orders"
+		one due --orders 100 --due "$orders"
+	else
+		one due --orders 100 --due "$orders"
+		one first --orders "$orders"
+	fi
 done
 python3 - "$out" <<'PY'
 import statistics, sys
