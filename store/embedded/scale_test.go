@@ -50,6 +50,8 @@ var plans = []struct {
 		[]string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
 	{"an order's guarded replace", flatReplaceQuery, []any{"{}", 1, false, false, "inbound", "k", 1},
 		[]string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
+	{"a flag by nextAttemptAt", flagQuery("next_at"), []any{1, "retry", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
+	{"a flag by ts", flagQuery("ts_at"), []any{1, "retry", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
 	{"a removal leaving a tombstone", buryQuery, []any{1, "retry", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
 	{"a removal leaving none", eraseQuery, []any{"retry", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
 }
@@ -88,6 +90,12 @@ func TestWriteTriggers(t *testing.T) {
 		triggers(t, s, flatReplaceQuery, "{}", 1, false, false, "inbound", "k", 1))
 	assert.Equal(t, []string{"docs_insert", "docs_update", "docs_update_tally", "due_insert_next_at", "due_insert_ts_at"},
 		triggers(t, s, flatPutQuery, "inbound", "k", "{}", 1, 1, false, false))
+	// A flag clears the one column its retry document is due by, and runs
+	// that column's due triggers alone.
+	assert.Equal(t, []string{"docs_update", "docs_update_tally", "due_update_next_at_new", "due_update_next_at_old"},
+		triggers(t, s, flagQuery("next_at"), 1, "retry", "k"))
+	assert.Equal(t, []string{"docs_update", "docs_update_tally", "due_update_ts_at_new", "due_update_ts_at_old"},
+		triggers(t, s, flagQuery("ts_at"), 1, "retry", "k"))
 	dueUpdates := []string{"due_update_next_at_new", "due_update_next_at_old", "due_update_ts_at_new", "due_update_ts_at_old"}
 	all := triggers(t, s, guardedReplaceQuery, "{}", 1, false, false, false, false, nil, nil, false, nil, "retry", "k", 1)
 	assert.Subset(t, all, dueUpdates, "a retry document's replace")

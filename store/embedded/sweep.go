@@ -36,19 +36,24 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 		if err != nil {
 			return err
 		}
+		var byTS []string
 		if len(keys) < limit {
-			more, err := s.stmts.dueTS.Strings(t.ctx, now.Add(-quantum).UnixMilli(), limit-len(keys))
-			if err != nil {
-				return err
-			}
-			keys = append(keys, more...)
-		}
-		for _, k := range keys {
-			if err := s.stmts.flag.Exec(t.ctx, t.next(), order.Retry, k); err != nil {
+			if byTS, err = s.stmts.dueTS.Strings(t.ctx, now.Add(-quantum).UnixMilli(), limit-len(keys)); err != nil {
 				return err
 			}
 		}
-		res = store.SweepResult{Flagged: len(keys), More: len(keys) == limit}
+		for _, f := range []struct {
+			flag *wstmt
+			keys []string
+		}{{s.stmts.flagNext, keys}, {s.stmts.flagTS, byTS}} {
+			for _, k := range f.keys {
+				if err := f.flag.Exec(t.ctx, t.next(), order.Retry, k); err != nil {
+					return err
+				}
+			}
+		}
+		n := len(keys) + len(byTS)
+		res = store.SweepResult{Flagged: n, More: n == limit}
 		return nil
 	})
 	if err != nil {

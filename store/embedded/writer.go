@@ -51,7 +51,8 @@ type writeStmts struct {
 
 	cur, put, putFlat       *wstmt
 	seqGet, seqSet          *wstmt
-	dueNext, dueTS, flag    *wstmt
+	dueNext, dueTS          *wstmt
+	flagNext, flagTS        *wstmt
 	saveCheckpoint, minCkpt *wstmt
 	purge, expire           *wstmt
 	attCur, attPut, attDel  *wstmt
@@ -109,10 +110,10 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 		// Only retry documents have next_at or ts_at, and only unflagged
 		// ones: each query is a range scan of its partial index, bounded
 		// by LIMIT (TestSweepUsesItsIndexes pins the plans).
-		dueNext: p(`SELECT key FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`),
-		dueTS:   p(`SELECT key FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`),
-		flag: p(`UPDATE docs SET value = json_set(value, '$.fireRetry', json('true')), seq = ?,
-			fire = 1, next_at = NULL, ts_at = NULL WHERE coll = ? AND key = ?`),
+		dueNext:  p(`SELECT key FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`),
+		dueTS:    p(`SELECT key FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`),
+		flagNext: p(flagQuery("next_at")),
+		flagTS:   p(flagQuery("ts_at")),
 		saveCheckpoint: p(`INSERT INTO checkpoints (name, partition, seq) VALUES (?, 0, ?)
 			ON CONFLICT (name, partition) DO UPDATE SET seq = excluded.seq`),
 		minCkpt: p(`SELECT min(seq) FROM checkpoints`),
@@ -134,7 +135,7 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 func (w writeStmts) close() error {
 	var errs []error
 	for _, st := range []*wstmt{w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
-		w.cur, w.put, w.putFlat, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flag, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attPut, w.attDel, w.replace, w.replaceFlat, w.bury, w.erase, w.register, w.wantDeletions} {
+		w.cur, w.put, w.putFlat, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flagNext, w.flagTS, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attPut, w.attDel, w.replace, w.replaceFlat, w.bury, w.erase, w.register, w.wantDeletions} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -493,6 +494,15 @@ func (t *txn) tombstones() (bool, error) {
 const guardedReplaceQuery = `UPDATE docs SET value = ?, seq = ?, paid = ?, confirmed = ?, retry = ?, fire = ?,
 		next_at = ?, ts_at = ?, dead = ?, tally = ?
 	WHERE coll = ? AND key = ? AND +seq = ? AND value IS NOT NULL`
+
+// flagQuery sets fireRetry on a retry document due by col (next_at or
+// ts_at) and clears col. It names only that column of the two: a retry
+// document has at most one of them (classifyRetry), and the due minutes'
+// triggers of the other would run for nothing (TestWriteTriggers).
+func flagQuery(col string) string {
+	return `UPDATE docs SET value = json_set(value, '$.fireRetry', json('true')), seq = ?, fire = 1, ` + col + ` = NULL
+	WHERE coll = ? AND key = ?`
+}
 
 // flatReplaceQuery is guardedReplaceQuery for a document outside the retry
 // and dead-letter collections (an order, most often): its other columns
