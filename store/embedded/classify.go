@@ -31,6 +31,11 @@ func (c columns) args() []any {
 	return []any{c.paid, c.confirmed, c.retry, c.fire, nextAt, tsAt, c.dead, tally}
 }
 
+// flat says whether classify leaves every column of coll's documents but
+// paid and confirmed zero or NULL, whatever they hold: the writer's
+// statements for them name no other column (flatReplaceQuery).
+func flat(coll string) bool { return coll != order.Retry && coll != order.DeadLetter }
+
 // classify reads the columns of value (nil: a tombstone) in coll.
 func classify(coll, key string, value []byte) columns {
 	var c columns

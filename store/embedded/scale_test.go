@@ -82,7 +82,8 @@ func triggers(t *testing.T, s *Store, query string, args ...any) []string {
 // the counts' triggers and not those of the due minutes, which concern
 // retry documents alone: a replace none of them, a put (an insert, or an
 // update when the key is there) only the inserts', whose WHEN skips it.
-// A retry document's writes run them all.
+// A flag runs those of the column it clears; a retry document's replace
+// runs them all.
 func TestWriteTriggers(t *testing.T) {
 	t.Parallel()
 	s := openTest(t)

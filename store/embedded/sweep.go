@@ -32,28 +32,34 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 	}
 	var res store.SweepResult
 	err := s.submit(ctx, func(t *txn) error {
+		// Each flag clears the one column its document is due by.
+		flag := func(st *wstmt, keys []string) error {
+			for _, k := range keys {
+				if err := st.Exec(t.ctx, t.next(), order.Retry, k); err != nil {
+					return err
+				}
+			}
+			res.Flagged += len(keys)
+			return nil
+		}
+		res = store.SweepResult{} // a job run again starts afresh
 		keys, err := s.stmts.dueNext.Strings(t.ctx, now.UnixMilli(), limit)
 		if err != nil {
 			return err
 		}
-		var byTS []string
+		if err := flag(s.stmts.flagNext, keys); err != nil {
+			return err
+		}
 		if len(keys) < limit {
-			if byTS, err = s.stmts.dueTS.Strings(t.ctx, now.Add(-quantum).UnixMilli(), limit-len(keys)); err != nil {
+			byTS, err := s.stmts.dueTS.Strings(t.ctx, now.Add(-quantum).UnixMilli(), limit-len(keys))
+			if err != nil {
+				return err
+			}
+			if err := flag(s.stmts.flagTS, byTS); err != nil {
 				return err
 			}
 		}
-		for _, f := range []struct {
-			flag *wstmt
-			keys []string
-		}{{s.stmts.flagNext, keys}, {s.stmts.flagTS, byTS}} {
-			for _, k := range f.keys {
-				if err := f.flag.Exec(t.ctx, t.next(), order.Retry, k); err != nil {
-					return err
-				}
-			}
-		}
-		n := len(keys) + len(byTS)
-		res = store.SweepResult{Flagged: n, More: n == limit}
+		res.More = res.Flagged == limit
 		return nil
 	})
 	if err != nil {

@@ -109,7 +109,7 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 		seqSet: p(`UPDATE counters SET value = ? WHERE name = 'seq'`),
 		// Only retry documents have next_at or ts_at, and only unflagged
 		// ones: each query is a range scan of its partial index, bounded
-		// by LIMIT (TestSweepUsesItsIndexes pins the plans).
+		// by LIMIT (TestQueryPlans pins the plans).
 		dueNext:  p(`SELECT key FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`),
 		dueTS:    p(`SELECT key FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`),
 		flagNext: p(flagQuery("next_at")),
@@ -511,10 +511,6 @@ func flagQuery(col string) string {
 // do not run for it (TestWriteTriggers).
 const flatReplaceQuery = `UPDATE docs SET value = ?, seq = ?, paid = ?, confirmed = ?
 	WHERE coll = ? AND key = ? AND +seq = ? AND value IS NOT NULL`
-
-// flat says whether coll's documents leave every column but paid and
-// confirmed zero or NULL (classify).
-func flat(coll string) bool { return coll != order.Retry && coll != order.DeadLetter }
 
 // guardedReplace says whether w is a replace the writer can make in one
 // statement, its guard in the statement: a document's, with a CAS.
