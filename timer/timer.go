@@ -205,10 +205,17 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	t.mu.Lock()
 	t.interval, t.quantum = interval, quantum
 	t.mu.Unlock()
-	if err := t.lease.Acquire(ctx); errors.Is(err, lease.ErrHeld) {
+	// The lease's write is not given up when ctx ends (Stop cancels it): a
+	// store may still make a write whose caller gave up (the embedded
+	// store's queue, a KV request already sent), here after Stop released
+	// the lease, which would then stay held until it expires. The tick's
+	// timeout bounds it still.
+	lctx, lcancel := context.WithTimeout(context.WithoutCancel(ctx), t.tickTimeout())
+	defer lcancel()
+	if err := t.lease.Acquire(lctx); errors.Is(err, lease.ErrHeld) {
 		// Who sweeps, and since when it last renewed, for the standby's
 		// report; failing to read it changes nothing.
-		h, herr := t.lease.Holder(ctx)
+		h, herr := t.lease.Holder(lctx)
 		if herr != nil {
 			h = lease.Holding{}
 		}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -444,4 +445,88 @@ func TestStandbyReportsTheSweepersHeartbeat(t *testing.T) {
 	assert.Equal(t, "a", took[0]["previous_holder"])
 	assert.IsType(t, "", took[0]["heartbeat_age"])
 	assert.Empty(t, infoLines(t, &logs, "this instance sweeps"), "the takeover's line is the one")
+}
+
+// lateLeaseStore holds the lease's first write (an insert into Meta) until
+// released. Like a real store, a write whose caller gave up is still made,
+// once released.
+type lateLeaseStore struct {
+	store.Store
+	entered chan context.Context // the insert's context, once it is held
+	release chan struct{}
+	late    sync.WaitGroup
+}
+
+func (s *lateLeaseStore) Insert(ctx context.Context, coll, key string, value []byte) (uint64, error) {
+	if coll != store.Meta {
+		return s.Store.Insert(ctx, coll, key, value)
+	}
+	s.entered <- ctx
+	select {
+	case <-s.release:
+		return s.Store.Insert(ctx, coll, key, value)
+	case <-ctx.Done():
+		s.late.Go(func() {
+			<-s.release
+			_, _ = s.Store.Insert(context.Background(), coll, key, value)
+		})
+		return 0, ctx.Err()
+	}
+}
+
+// TestStopLeavesNoLeaseBehind: the tick's lease write is in flight when
+// its context ends (Stop cancels it). The write is not given up, so it
+// lands before Stop releases the lease, and no sweeper is left holding it.
+// It used to be cancelled with the tick and made after the release: the
+// lease stayed held until it expired (TestDemoKeepsDataWhenAsked saw it
+// under load).
+func TestStopLeavesNoLeaseBehind(t *testing.T) {
+	newStore := func() *lateLeaseStore {
+		ls := &lateLeaseStore{Store: openStore(t), entered: make(chan context.Context, 1), release: make(chan struct{})}
+		_, err := ls.Upsert(context.Background(), order.Retry, order.ControlKey, []byte(`{}`))
+		require.NoError(t, err)
+		return ls
+	}
+	held := func(ls *lateLeaseStore) context.Context {
+		t.Helper()
+		select {
+		case ctx := <-ls.entered:
+			return ctx
+		case <-time.After(10 * time.Second):
+			t.Fatal("no lease write within 10s")
+			return nil
+		}
+	}
+
+	// A sweep whose context ends while its lease write is held.
+	ls := newStore()
+	tm, err := timer.New(timer.Config{Interval: time.Hour}, ls, quiet, nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	swept := make(chan error, 1)
+	go func() {
+		_, err := tm.Sweep(ctx, pinned)
+		swept <- err
+	}()
+	insertCtx := held(ls)
+	cancel()
+	assert.NoError(t, insertCtx.Err(), "the lease write's context ended with the sweep's")
+	close(ls.release)
+	<-swept
+	ls.late.Wait()
+
+	// Stop while the first tick's lease write is held.
+	ls = newStore()
+	tm, err = timer.New(timer.Config{Interval: 10 * time.Millisecond}, ls, quiet, nil)
+	require.NoError(t, err)
+	tm.Start()
+	held(ls)
+	stopped := make(chan error, 1)
+	go func() { stopped <- tm.Stop(context.Background()) }()
+	close(ls.release)
+	require.NoError(t, <-stopped)
+	ls.late.Wait()
+	h, err := timer.ReadSweeper(context.Background(), ls)
+	require.NoError(t, err)
+	assert.Empty(t, h.Owner, "a sweeper is left holding the lease after Stop (until %s)", h.ExpiresAt)
 }
