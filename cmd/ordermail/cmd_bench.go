@@ -39,6 +39,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.Float64Var(&c.Rate, "rate", 0, "open loop: write this many orders a second (for orders/rate seconds); 0: all at once")
 	fs.BoolVar(&c.Ceiling, "ceiling", false, "first measure the send-only ceiling: the same orders POSTed by --workers senders, nothing stored")
 	fs.BoolVar(&c.Minimal, "minimal", false, "first measure the minimal pipeline: the ceiling's senders, each delivered order's outcome committed in groups by the embedded store; no feed, no decisions")
+	fs.BoolVar(&c.Scatter, "scatter", false, "order keys in no order, as random identifiers (UUIDs) give; default: numbered in the order they are written")
 	fs.BoolVar(&c.Secure, "secure", false, "the mock wants a bearer token and Standard Webhooks signatures; the service and the ceiling send them")
 	fs.DurationVar(&c.TimerInterval, "timer-interval", time.Second, "the service's --timer-interval")
 	fs.DurationVar(&c.RetryQuantum, "retry-quantum", 15*time.Second, "the service's --retry-quantum")

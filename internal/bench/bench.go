@@ -63,6 +63,10 @@ type Config struct {
 	// Secure makes the mock want a bearer token and Standard Webhooks
 	// signatures, which the service and the ceiling then send.
 	Secure bool
+	// Scatter gives the orders keys in no order, as random identifiers
+	// (UUIDs) do: the i-th written is anywhere in key order. Without it
+	// they are numbered in the order they are written.
+	Scatter bool
 
 	// The service's settings.
 	Workers       int
@@ -247,6 +251,7 @@ type Settings struct {
 	Ceiling         bool     `json:"ceiling"`
 	Minimal         bool     `json:"minimal,omitempty"`
 	Secure          bool     `json:"secure"` // token and signatures on every request
+	Scatter         bool     `json:"scatter,omitempty"`
 	TimerIntervalMs float64  `json:"timerIntervalMs"`
 	RetryQuantumMs  float64  `json:"retryQuantumMs"`
 	Backoff         string   `json:"backoff"`
@@ -515,7 +520,7 @@ func (b *bench) minimal(ctx context.Context, orders [][]byte) (minimalResult, er
 func (b *bench) settings() Settings {
 	c := b.cfg
 	s := Settings{Orders: c.Orders, Seed: c.Seed, MailURL: c.MailURL, Workers: c.Workers, History: c.History,
-		Due: c.Due, Dead: c.Dead, Rate: c.Rate, Ceiling: c.Ceiling, Minimal: c.Minimal, Secure: c.Secure, TimerIntervalMs: ms(c.TimerInterval),
+		Due: c.Due, Dead: c.Dead, Rate: c.Rate, Ceiling: c.Ceiling, Minimal: c.Minimal, Secure: c.Secure, Scatter: c.Scatter, TimerIntervalMs: ms(c.TimerInterval),
 		RetryQuantumMs: ms(c.RetryQuantum), Backoff: c.Backoff, BackoffMinMs: ms(c.BackoffMin),
 		ServiceArgs: c.ServiceArgs, CPUs: runtime.NumCPU()}
 	if c.MailURL == "" {
@@ -905,9 +910,22 @@ func (b *bench) idleFigures(ctx context.Context) (cpu, status, metrics float64, 
 }
 
 // key is the order key of the i-th (from 0) document of a kind: o an order
-// of the run, d a due retry's order, h history.
+// of the run, d a due retry's order, h history. With Scatter a hash of i
+// and the seed comes before the number, so that keys in write order are
+// anywhere in key order.
 func (b *bench) key(kind byte, i int) string {
+	if b.cfg.Scatter {
+		return fmt.Sprintf("%s%c%016x.%07d", b.keyPrefix, kind, scatter(b.cfg.Seed^uint64(kind)<<56^uint64(i)), i+1)
+	}
 	return fmt.Sprintf("%s%c%07d", b.keyPrefix, kind, i+1)
+}
+
+// scatter mixes x's bits (SplitMix64's finalizer): neighbours land far apart.
+func scatter(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return x ^ x>>31
 }
 
 // parseKey is key's inverse, for the idempotency keys the mock reports:
@@ -922,11 +940,17 @@ func (b *bench) parseKey(idemKey string) (kind byte, i int, ok bool) {
 	if len(rest) < 2 {
 		return 0, 0, false
 	}
-	n, err := strconv.Atoi(rest[1:])
+	kind, num := rest[0], rest[1:]
+	if b.cfg.Scatter {
+		if _, num, ok = strings.Cut(num, "."); !ok {
+			return 0, 0, false
+		}
+	}
+	n, err := strconv.Atoi(num)
 	if err != nil || n < 1 {
 		return 0, 0, false
 	}
-	return rest[0], n - 1, true
+	return kind, n - 1, true
 }
 
 // written is when the run's documents were written.

@@ -28,3 +28,31 @@ func TestAfterWritesCountsOnlyDeliveriesAfterTheLastWrite(t *testing.T) {
 		})
 	}
 }
+
+func TestKeysParseBackAndScatter(t *testing.T) {
+	for _, scattered := range []bool{false, true} {
+		b := &bench{cfg: Config{Seed: 7, Scatter: scattered}, keyPrefix: "bench-x-"}
+		keys := make([]string, 1000)
+		for i := range keys {
+			keys[i] = b.key('d', i)
+			kind, n, ok := b.parseKey("confirmation:" + keys[i] + "@12")
+			if !ok || kind != 'd' || n != i {
+				t.Fatalf("scatter %v: %s parsed as %c %d %v", scattered, keys[i], kind, n, ok)
+			}
+		}
+		// Keys in write order are in key order, or, scattered, about half
+		// of the neighbours are out of it.
+		inOrder := 0
+		for i := 1; i < len(keys); i++ {
+			if keys[i-1] < keys[i] {
+				inOrder++
+			}
+		}
+		if !scattered && inOrder != len(keys)-1 {
+			t.Errorf("numbered keys: %d of %d neighbours in order", inOrder, len(keys)-1)
+		}
+		if scattered && (inOrder < 400 || inOrder > 600) {
+			t.Errorf("scattered keys: %d of %d neighbours in order, want about half", inOrder, len(keys)-1)
+		}
+	}
+}
