@@ -220,29 +220,52 @@ func BenchmarkSweepFlags(b *testing.B) {
 // beside BenchmarkConfirmInGroupCommits (a first send's) and
 // BenchmarkSweepFlags (the flag before it).
 func BenchmarkSettleDueRetryInGroupCommits(b *testing.B) {
+	settleDueRetries(b, func(i int) string { return fmt.Sprint("order_", i) })
+}
+
+// BenchmarkSettleScatteredDueRetries is BenchmarkSettleDueRetryInGroupCommits
+// with keys in no order (random identifiers): the retries fall due, and
+// are settled, in the order they were written, which is not their keys'.
+func BenchmarkSettleScatteredDueRetries(b *testing.B) {
+	settleDueRetries(b, scatteredKey)
+}
+
+// scatteredKey is the i-th key of a sequence in no order.
+func scatteredKey(i int) string {
+	x := uint64(i) + 0x9e3779b97f4a7c15 // SplitMix64's finalizer
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return fmt.Sprintf("order_%016x", x^x>>31)
+}
+
+func settleDueRetries(b *testing.B, keyOf func(i int) string) {
 	ctx := context.Background()
 	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(b.TempDir(), "o.db"), CommitDelay: -1})
 	require.NoError(b, err)
 	defer st.Close()
+	first := []byte(`{"docId":"o","attempts":[{"n":1,"at":1764000000000,"durationMs":2,"status":503,"class":"transient","outcome":"retry","instance":"bench"}]}`)
 	record := []byte(`{"docId":"o","attempts":[{"n":1,"at":1764000000000,"durationMs":2,"status":503,"class":"transient","outcome":"retry","instance":"bench"},{"n":2,"at":1764000001000,"durationMs":2,"status":200,"class":"sent","outcome":"sent","instance":"bench"}]}`)
+	// Each order written with its retry document and the record of the
+	// attempt that failed, as the first send's outcome leaves them.
 	cas := make([]uint64, b.N)
 	for from := 0; from < b.N; from += 500 {
 		var writes []store.Write
 		for i := from; i < min(from+500, b.N); i++ {
-			key := fmt.Sprint("order_", i)
+			key := keyOf(i)
 			writes = append(writes,
 				store.Write{Op: store.OpInsert, Collection: "inbound", Key: key, Value: paidOrder},
 				store.Write{Op: store.OpInsert, Collection: order.Retry, Key: key,
-					Value: fmt.Appendf(nil, `{"docId":%q,"attempt":1,"ts":1,"lastStatus":503,"reason":"transient","fireRetry":true}`, key)})
+					Value: fmt.Appendf(nil, `{"docId":%q,"attempt":1,"ts":1,"lastStatus":503,"reason":"transient","fireRetry":true}`, key)},
+				store.Write{Op: store.OpUpsert, Collection: "attempts", Key: key, Value: first})
 		}
 		got, err := st.Apply(ctx, writes)
 		require.NoError(b, err)
-		for j := 0; j < len(got); j += 2 {
-			cas[from+j/2] = got[j]
+		for j := 0; j < len(got); j += 3 {
+			cas[from+j/3] = got[j]
 		}
 	}
 	applyFromManyWriters(b, st, func(i int) []store.Write {
-		key := fmt.Sprint("order_", i)
+		key := keyOf(i)
 		return []store.Write{
 			{Op: store.OpReplace, Collection: "inbound", Key: key, Value: confirmedOrder, CAS: cas[i]},
 			{Op: store.OpRemove, Collection: order.Retry, Key: key},

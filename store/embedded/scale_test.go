@@ -26,20 +26,20 @@ var plans = []struct {
 	want        []string // each in the plan
 }{
 	{"feed read", feedQuery,
-		[]any{true, 0, 256, 4096, 0, unreadableRetry}, []string{"SEARCH d USING INDEX docs_by_seq (seq>? AND seq<?)", "SEARCH o USING PRIMARY KEY (coll=? AND key=?)",
-			"SEARCH r USING PRIMARY KEY (coll=? AND key=?)", "SEARCH l USING PRIMARY KEY (coll=? AND key=?)",
-			"SEARCH a USING PRIMARY KEY (key=?)"}},
-	{"sweep by nextAttemptAt", `SELECT key FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`,
+		[]any{true, 0, 256, 4096, 0, unreadableRetry}, []string{"SEARCH d USING INDEX docs_by_seq (seq>? AND seq<?)", "SEARCH o USING INDEX docs_by_key (coll=? AND key=?)",
+			"SEARCH r USING INDEX docs_by_key (coll=? AND key=?)", "SEARCH l USING INDEX docs_by_key (coll=? AND key=?)",
+			"SEARCH a USING INDEX attempts_by_key (key=?)"}},
+	{"sweep by nextAttemptAt", `SELECT id FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`,
 		[]any{0, 100}, []string{"SEARCH docs USING COVERING INDEX retry_next (next_at>? AND next_at<?)"}},
-	{"sweep by ts", `SELECT key FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`,
+	{"sweep by ts", `SELECT id FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`,
 		[]any{0, 100}, []string{"SEARCH docs USING COVERING INDEX retry_ts (ts_at>? AND ts_at<?)"}},
 	{"state", `SELECT coll, value, seq, created FROM docs WHERE coll IN (?, ?, ?) AND key = ?
 			UNION ALL SELECT 'attempts', value, rev, 0 FROM attempts WHERE key = ?`,
-		[]any{"a", "b", "c", "k", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)", "SEARCH attempts USING PRIMARY KEY (key=?)"}},
-	{"expire", `DELETE FROM attempts WHERE key IN (SELECT key FROM attempts INDEXED BY attempts_expiring WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)`,
-		[]any{0, 10}, []string{"SEARCH attempts USING COVERING INDEX attempts_expiring (expires_at>? AND expires_at<?)"}},
-	{"purge", `DELETE FROM docs WHERE (coll, key) IN (SELECT coll, key FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`,
-		[]any{0, 10}, []string{"SEARCH docs USING INDEX tombstones (seq<?)"}},
+		[]any{"a", "b", "c", "k", "k"}, []string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)", "SEARCH attempts USING INDEX attempts_by_key (key=?)"}},
+	{"expire", `DELETE FROM attempts WHERE id IN (SELECT id FROM attempts INDEXED BY attempts_expiring WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)`,
+		[]any{0, 10}, []string{"SEARCH attempts USING INTEGER PRIMARY KEY (rowid=?)", "SEARCH attempts USING COVERING INDEX attempts_expiring (expires_at>? AND expires_at<?)"}},
+	{"purge", `DELETE FROM docs WHERE id IN (SELECT id FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`,
+		[]any{0, 10}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)", "SEARCH docs USING INDEX tombstones (seq<?)"}},
 	{"counts", `SELECT paid, confirmed, retry, fire, dead FROM stats`, nil, []string{"SCAN stats"}},
 	{"backlog", backlogQuery, []any{0, 0}, []string{
 		"SEARCH due_minutes USING PRIMARY KEY (kind=? AND minute<?)",
@@ -47,13 +47,13 @@ var plans = []struct {
 		"SEARCH docs USING COVERING INDEX retry_ts (ts_at>? AND ts_at<?)"}},
 	{"an outcome's guarded replace", guardedReplaceQuery,
 		[]any{"{}", 1, false, false, false, false, nil, nil, false, nil, "inbound", "k", 1},
-		[]string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
+		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
 	{"an order's guarded replace", flatReplaceQuery, []any{"{}", 1, false, false, "inbound", "k", 1},
-		[]string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
-	{"a flag by nextAttemptAt", flagQuery("next_at"), []any{1, "retry", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
-	{"a flag by ts", flagQuery("ts_at"), []any{1, "retry", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
-	{"a removal leaving a tombstone", buryQuery, []any{1, "retry", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
-	{"a removal leaving none", eraseQuery, []any{"retry", "k"}, []string{"SEARCH docs USING PRIMARY KEY (coll=? AND key=?)"}},
+		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
+	{"a flag by nextAttemptAt", flagQuery("next_at"), []any{1, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
+	{"a flag by ts", flagQuery("ts_at"), []any{1, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
+	{"a removal leaving a tombstone", buryQuery, []any{1, "retry", "k"}, []string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
+	{"a removal leaving none", eraseQuery, []any{"retry", "k"}, []string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
 }
 
 // triggers lists the triggers a statement may run, from its bytecode: each
@@ -624,4 +624,114 @@ func TestOneWriteAfterAnotherIsNotHeld(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("%d writes one after another did not finish in 30s: held for other writers (CommitDelay)", n)
 	}
+}
+
+// TestMigratesAVersion5File: a file of schema version 5, whose documents
+// and attempt records sat where their keys sort, keeps every row, count and
+// checkpoint through version 6, and its documents' rows then follow the
+// order they were written (the feed's), whatever their keys.
+func TestMigratesAVersion5File(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "v5.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	require.NoError(t, migrateTo(ctx, db, 5))
+	now := time.Now()
+	var keys []string // in write order, not in key order
+	for i := range 40 {
+		key := fmt.Sprintf("%02d-%d", (i*17)%40, i)
+		keys = append(keys, key)
+		var coll string
+		var value []byte
+		switch i % 4 {
+		case 0:
+			coll, value = order.Inbound, []byte(`{"paymentStatus":"paid"}`)
+		case 1:
+			coll, value = order.Retry, fmt.Appendf(nil, `{"docId":%q,"attempt":1,"ts":1,"nextAttemptAt":%d,"reason":"transient"}`, key, now.Add(time.Duration(i)*time.Minute).UnixMilli())
+		case 2:
+			coll, value = order.DeadLetter, []byte(`{"docId":"x","reason":"permanent_error","lastStatus":400}`)
+		case 3:
+			coll = order.Retry // a tombstone
+		}
+		var v any
+		if value != nil {
+			v = string(value)
+		}
+		_, err := db.Exec(`INSERT INTO docs (coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, append([]any{coll, key, v, i + 1, i + 1}, classify(coll, key, value).args()...)...)
+		require.NoError(t, err)
+		_, err = db.Exec(`INSERT INTO attempts (key, value, rev, expires_at) VALUES (?, '{}', ?, ?)`, key, i+1, now.Add(time.Hour).UnixMilli())
+		require.NoError(t, err)
+	}
+	_, err = db.Exec(`UPDATE counters SET value = 40; INSERT INTO checkpoints (name, partition, seq, deletions) VALUES ('ordermail', 0, 20, 0)`)
+	require.NoError(t, err)
+	dump := func(db *sql.DB) map[string][][]any {
+		out := map[string][][]any{}
+		for name, query := range map[string]string{
+			"docs":     `SELECT coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally FROM docs ORDER BY seq`,
+			"attempts": `SELECT key, value, rev, expires_at FROM attempts ORDER BY key`,
+			"stats":    `SELECT * FROM stats`, "tallies": `SELECT * FROM tallies ORDER BY name`,
+			"due_minutes": `SELECT * FROM due_minutes ORDER BY kind, minute`, "checkpoints": `SELECT * FROM checkpoints`,
+			"counters": `SELECT * FROM counters`,
+		} {
+			rows, err := db.Query(query)
+			require.NoError(t, err)
+			cols, err := rows.Columns()
+			require.NoError(t, err)
+			for rows.Next() {
+				row := make([]any, len(cols))
+				ptrs := make([]any, len(cols))
+				for i := range row {
+					ptrs[i] = &row[i]
+				}
+				require.NoError(t, rows.Scan(ptrs...))
+				out[name] = append(out[name], row)
+			}
+			require.NoError(t, rows.Close())
+		}
+		return out
+	}
+	before := dump(db)
+	require.Len(t, before["docs"], 40)
+	require.NoError(t, db.Close())
+
+	s, err := Open(ctx, Config{Path: path})
+	require.NoError(t, err)
+	defer s.Close()
+	var version int
+	require.NoError(t, s.read.QueryRow(`PRAGMA user_version`).Scan(&version))
+	require.Equal(t, 6, version)
+	assert.Equal(t, before, dump(s.read), "every row carried over")
+	rows, err := s.read.Query(`SELECT key FROM docs ORDER BY id`)
+	require.NoError(t, err)
+	var inRowOrder []string
+	for rows.Next() {
+		var k string
+		require.NoError(t, rows.Scan(&k))
+		inRowOrder = append(inRowOrder, k)
+	}
+	require.NoError(t, rows.Close())
+	assert.Equal(t, keys, inRowOrder, "the rows follow the order written, not the keys")
+
+	_, err = s.Upsert(ctx, order.Inbound, "00-new", []byte(`{"paymentStatus":"paid"}`))
+	require.NoError(t, err)
+	var last string
+	require.NoError(t, s.read.QueryRow(`SELECT key FROM docs ORDER BY id DESC LIMIT 1`).Scan(&last))
+	assert.Equal(t, "00-new", last, "a new document's row comes after the others, though its key sorts first")
+	c, err := s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, recount(t, s), c)
+	assert.Equal(t, recountMinutes(t, s), dueMinutes(t, s))
+	res, err := s.SweepRetries(ctx, now.Add(time.Hour), 15*time.Second, 100)
+	require.NoError(t, err)
+	assert.Equal(t, 10, res.Flagged, "the retry documents found by their index and flagged by row id")
+	assert.Equal(t, recount(t, s), mustCounts(t, s))
+}
+
+func mustCounts(t *testing.T, s *Store) store.Counts {
+	t.Helper()
+	c, err := s.Counts(context.Background())
+	require.NoError(t, err)
+	return c
 }

@@ -18,6 +18,7 @@ var migrations = []func(ctx context.Context, tx *sql.Tx) error{
 	migrateV3,
 	migrateV4,
 	migrateV5,
+	migrateV6,
 }
 
 // SchemaVersion is the version Open brings every file to.
@@ -81,15 +82,25 @@ CREATE TABLE stats (
 CREATE TABLE tallies (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
 `
 
-const indexesV2 = `
-CREATE UNIQUE INDEX docs_by_seq ON docs (seq);
-CREATE INDEX retry_next ON docs (next_at) WHERE next_at IS NOT NULL;
-CREATE INDEX retry_ts ON docs (ts_at) WHERE ts_at IS NOT NULL;
-CREATE INDEX tombstones ON docs (seq) WHERE value IS NULL;
+// indexesV2 is what version 2 built on the typed table: its indexes, the
+// counts of what it held, and the triggers that keep them.
+const indexesV2 = docsIndexes + `
 INSERT INTO stats (id, paid, confirmed, retry, fire, dead)
 	SELECT 1, coalesce(sum(paid), 0), coalesce(sum(confirmed), 0), coalesce(sum(retry), 0),
 	       coalesce(sum(fire), 0), coalesce(sum(dead), 0) FROM docs;
 INSERT INTO tallies (name, n) SELECT tally, count(*) FROM docs WHERE tally IS NOT NULL GROUP BY tally;
+` + docsTriggers
+
+// docsIndexes are docs' indexes since version 2 (migrateV6 adds the key's).
+const docsIndexes = `
+CREATE UNIQUE INDEX docs_by_seq ON docs (seq);
+CREATE INDEX retry_next ON docs (next_at) WHERE next_at IS NOT NULL;
+CREATE INDEX retry_ts ON docs (ts_at) WHERE ts_at IS NOT NULL;
+CREATE INDEX tombstones ON docs (seq) WHERE value IS NULL;
+`
+
+// docsTriggers keep stats and tallies as docs changes.
+const docsTriggers = `
 -- No conflict clause in a trigger: the statement that fires it overrides it.
 CREATE TRIGGER docs_insert AFTER INSERT ON docs BEGIN
 	UPDATE stats SET paid = paid + NEW.paid, confirmed = confirmed + NEW.confirmed, retry = retry + NEW.retry,
@@ -248,8 +259,60 @@ func dueTriggers(kind int, col string) string {
 		END;`)
 }
 
+// migrateV6 keeps documents and attempt records in rowid tables, their
+// rows in the order they were written, found by key through an index of
+// their own. Keyed by their key (WITHOUT ROWID), a row sat where its key
+// sorts: with keys in no order (random identifiers), the retries that fall
+// due together, their orders and their attempt records were scattered
+// over the file, and every flag and outcome wrote a page of its own, where
+// in write order they share pages. An index entry is a key and a row id,
+// many to a page, so the pages a scattered key still touches are few.
+// docs' rows are copied in feed order, so that a backlog written before the
+// upgrade has that order too.
+func migrateV6(ctx context.Context, tx *sql.Tx) error {
+	_, err := tx.ExecContext(ctx, `
+		CREATE TABLE docs6 (
+			id        INTEGER PRIMARY KEY,         -- the row's place: the order written
+			coll      TEXT NOT NULL,
+			key       TEXT NOT NULL,
+			value     TEXT,                        -- JSON; NULL for a deletion (tombstone)
+			seq       INTEGER NOT NULL,            -- feed position and CAS
+			created   INTEGER NOT NULL DEFAULT 0,  -- seq of the write that created the key: the incarnation
+			paid      INTEGER NOT NULL DEFAULT 0,  -- an order with paymentStatus "paid"
+			confirmed INTEGER NOT NULL DEFAULT 0,  -- ... and confirmationEmailSent
+			retry     INTEGER NOT NULL DEFAULT 0,  -- a retry document, the control document aside
+			fire      INTEGER NOT NULL DEFAULT 0,  -- ... flagged fireRetry
+			next_at   INTEGER,                     -- ... not flagged: its nextAttemptAt (ms)
+			ts_at     INTEGER,                     -- ... not flagged, without nextAttemptAt: its ts (ms)
+			dead      INTEGER NOT NULL DEFAULT 0,  -- a dead letter
+			tally     TEXT                         -- why a retry or dead letter is there, for the status
+		);
+		INSERT INTO docs6 (coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally)
+			SELECT coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally
+			FROM docs INDEXED BY docs_by_seq ORDER BY seq;
+		DROP TABLE docs;
+		ALTER TABLE docs6 RENAME TO docs;
+		CREATE UNIQUE INDEX docs_by_key ON docs (coll, key);`+docsIndexes+docsTriggers+dueTriggers(0, "next_at")+dueTriggers(1, "ts_at")+`
+		CREATE TABLE attempts6 (
+			id         INTEGER PRIMARY KEY,  -- the row's place: the order written
+			key        TEXT NOT NULL,
+			value      TEXT NOT NULL,
+			rev        INTEGER NOT NULL,     -- the CAS: 1 at its creation, one more at each write
+			expires_at INTEGER               -- ms; NULL: never
+		);
+		INSERT INTO attempts6 (key, value, rev, expires_at) SELECT key, value, rev, expires_at FROM attempts;
+		DROP TABLE attempts;
+		ALTER TABLE attempts6 RENAME TO attempts;
+		CREATE UNIQUE INDEX attempts_by_key ON attempts (key);
+		CREATE INDEX attempts_expiring ON attempts (expires_at) WHERE expires_at IS NOT NULL;`)
+	return err
+}
+
 // migrate brings the file to SchemaVersion.
-func migrate(ctx context.Context, db *sql.DB) error {
+func migrate(ctx context.Context, db *sql.DB) error { return migrateTo(ctx, db, SchemaVersion) }
+
+// migrateTo brings the file to version target, or says it is newer.
+func migrateTo(ctx context.Context, db *sql.DB, target int) error {
 	var version int
 	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
 		return err
@@ -266,7 +329,7 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	if version > SchemaVersion {
 		return fmt.Errorf("schema version %d is newer than this ordermail's %d: upgrade ordermail", version, SchemaVersion)
 	}
-	for v := version; v < SchemaVersion; v++ {
+	for v := version; v < target; v++ {
 		tx, err := db.BeginTx(ctx, nil)
 		if err != nil {
 			return err

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 )
 
@@ -33,25 +32,26 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 	var res store.SweepResult
 	err := s.submit(ctx, func(t *txn) error {
 		// Each flag clears the one column its document is due by.
-		flag := func(st *wstmt, keys []string) error {
-			for _, k := range keys {
-				if err := st.Exec(t.ctx, t.next(), order.Retry, k); err != nil {
+		// The due are found by their row ids, which their index holds.
+		flag := func(st *wstmt, ids []int64) error {
+			for _, id := range ids {
+				if err := st.Exec(t.ctx, t.next(), id); err != nil {
 					return err
 				}
 			}
-			res.Flagged += len(keys)
+			res.Flagged += len(ids)
 			return nil
 		}
 		res = store.SweepResult{} // a job run again starts afresh
-		keys, err := s.stmts.dueNext.Strings(t.ctx, now.UnixMilli(), limit)
+		ids, err := s.stmts.dueNext.Int64s(t.ctx, now.UnixMilli(), limit)
 		if err != nil {
 			return err
 		}
-		if err := flag(s.stmts.flagNext, keys); err != nil {
+		if err := flag(s.stmts.flagNext, ids); err != nil {
 			return err
 		}
-		if len(keys) < limit {
-			byTS, err := s.stmts.dueTS.Strings(t.ctx, now.Add(-quantum).UnixMilli(), limit-len(keys))
+		if len(ids) < limit {
+			byTS, err := s.stmts.dueTS.Int64s(t.ctx, now.Add(-quantum).UnixMilli(), limit-len(ids))
 			if err != nil {
 				return err
 			}

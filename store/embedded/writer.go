@@ -110,17 +110,17 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 		// Only retry documents have next_at or ts_at, and only unflagged
 		// ones: each query is a range scan of its partial index, bounded
 		// by LIMIT (TestQueryPlans pins the plans).
-		dueNext:  p(`SELECT key FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`),
-		dueTS:    p(`SELECT key FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`),
+		dueNext:  p(`SELECT id FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`),
+		dueTS:    p(`SELECT id FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`),
 		flagNext: p(flagQuery("next_at")),
 		flagTS:   p(flagQuery("ts_at")),
 		saveCheckpoint: p(`INSERT INTO checkpoints (name, partition, seq) VALUES (?, 0, ?)
 			ON CONFLICT (name, partition) DO UPDATE SET seq = excluded.seq`),
 		minCkpt: p(`SELECT min(seq) FROM checkpoints`),
-		purge: p(`DELETE FROM docs WHERE (coll, key) IN (
-			SELECT coll, key FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`),
-		expire: p(`DELETE FROM attempts WHERE key IN (
-			SELECT key FROM attempts INDEXED BY attempts_expiring WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)`),
+		purge: p(`DELETE FROM docs WHERE id IN (
+			SELECT id FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`),
+		expire: p(`DELETE FROM attempts WHERE id IN (
+			SELECT id FROM attempts INDEXED BY attempts_expiring WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)`),
 		attCur: p(`SELECT rev FROM attempts WHERE key = ?`),
 		// The revision is the row's own, one more at each write: an
 		// upsert, which has no guard, needs no read before it.
@@ -456,7 +456,7 @@ func (t *txn) write(w store.Write, cols columns) (uint64, error) {
 }
 
 // A removal's two forms (see tombstones): a tombstone at the removal's
-// position, or no row. Either is a point search of the primary key
+// position, or no row. Either is a point search of docs_by_key
 // (TestQueryPlans); its guard was checked before it.
 const (
 	buryQuery = `UPDATE docs SET value = NULL, seq = ?, created = 0, paid = 0, confirmed = 0, retry = 0, fire = 0,
@@ -488,9 +488,8 @@ func (t *txn) tombstones() (bool, error) {
 }
 
 // guardedReplaceQuery is a replace whose guard is in its WHERE: no read
-// before it. A point search of the primary key (TestQueryPlans): the unary
-// + keeps SQLite from finding the row by docs_by_seq and then the table,
-// two searches for one.
+// before it. A point search of docs_by_key (TestQueryPlans): the unary +
+// keeps SQLite from searching docs_by_seq instead.
 const guardedReplaceQuery = `UPDATE docs SET value = ?, seq = ?, paid = ?, confirmed = ?, retry = ?, fire = ?,
 		next_at = ?, ts_at = ?, dead = ?, tally = ?
 	WHERE coll = ? AND key = ? AND +seq = ? AND value IS NOT NULL`
@@ -498,10 +497,11 @@ const guardedReplaceQuery = `UPDATE docs SET value = ?, seq = ?, paid = ?, confi
 // flagQuery sets fireRetry on a retry document due by col (next_at or
 // ts_at) and clears col. It names only that column of the two: a retry
 // document has at most one of them (classifyRetry), and the due minutes'
-// triggers of the other would run for nothing (TestWriteTriggers).
+// triggers of the other would run for nothing (TestWriteTriggers). The
+// document is found by its row id, which the sweep read from col's index.
 func flagQuery(col string) string {
 	return `UPDATE docs SET value = json_set(value, '$.fireRetry', json('true')), seq = ?, fire = 1, ` + col + ` = NULL
-	WHERE coll = ? AND key = ?`
+	WHERE id = ?`
 }
 
 // flatReplaceQuery is guardedReplaceQuery for a document outside the retry

@@ -81,15 +81,15 @@ func (w *wstmt) rows(ctx context.Context, args []any) (driver.Rows, []driver.Val
 	return rows, make([]driver.Value, len(rows.Columns())), nil
 }
 
-// Strings runs the statement and returns the first column of every row, as
-// text.
-func (w *wstmt) Strings(ctx context.Context, args ...any) ([]string, error) {
+// Int64s runs the statement and returns the first column of every row, an
+// integer.
+func (w *wstmt) Int64s(ctx context.Context, args ...any) ([]int64, error) {
 	rows, row, err := w.rows(ctx, args)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []string
+	var out []int64
 	for {
 		switch err := rows.Next(row); {
 		case errors.Is(err, io.EOF):
@@ -97,11 +97,11 @@ func (w *wstmt) Strings(ctx context.Context, args ...any) ([]string, error) {
 		case err != nil:
 			return nil, err
 		}
-		var v string
-		if err := scanValue(row[0], &v); err != nil {
-			return nil, err
+		n, ok := row[0].(int64)
+		if !ok {
+			return nil, fmt.Errorf("%T is not an integer", row[0])
 		}
-		out = append(out, v)
+		out = append(out, n)
 	}
 }
 

@@ -36,8 +36,8 @@ func TestWriteStatementsConvertAsDatabaseSQLWould(t *testing.T) {
 			columns{}.args()...)...); err != nil {
 			return err
 		}
-		keys, err := s.stmts.dueNext.Strings(t.ctx, int64(1<<62), 10)
-		if err != nil || len(keys) > 0 {
+		ids, err := s.stmts.dueNext.Int64s(t.ctx, int64(1<<62), 10)
+		if err != nil || len(ids) > 0 {
 			return err
 		}
 		if err := s.stmts.cur.QueryRow(t.ctx, "inbound", "k1").Scan(&cas, &tomb); err != nil {
