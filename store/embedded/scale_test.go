@@ -634,9 +634,13 @@ func TestMigratesAVersion5File(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "v5.db")
-	db, err := sql.Open("sqlite", "file:"+path)
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=temp_store(MEMORY)")
 	require.NoError(t, err)
+	db.SetMaxOpenConns(1) // as the store's writer
 	require.NoError(t, migrateTo(ctx, db, 5))
+	var tempStore int
+	require.NoError(t, db.QueryRow(`PRAGMA temp_store`).Scan(&tempStore))
+	require.Equal(t, 2, tempStore, "the migrations' temporary files are theirs alone: the connection's setting is back")
 	now := time.Now()
 	var keys []string // in write order, not in key order
 	for i := range 40 {

@@ -329,8 +329,23 @@ func migrateTo(ctx context.Context, db *sql.DB, target int) error {
 	if version > SchemaVersion {
 		return fmt.Errorf("schema version %d is newer than this ordermail's %d: upgrade ordermail", version, SchemaVersion)
 	}
+	if version >= target {
+		return nil
+	}
+	// A migration that rebuilds a table sorts its indexes' entries: in
+	// temporary files, not in memory (the store's temp_store), so that its
+	// memory does not grow with the documents.
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `PRAGMA temp_store = FILE`); err != nil {
+		return err
+	}
+	defer conn.ExecContext(context.WithoutCancel(ctx), `PRAGMA temp_store = MEMORY`)
 	for v := version; v < target; v++ {
-		tx, err := db.BeginTx(ctx, nil)
+		tx, err := conn.BeginTx(ctx, nil)
 		if err != nil {
 			return err
 		}
