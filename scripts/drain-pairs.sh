@@ -11,10 +11,13 @@
 # the medians.
 #
 #   scripts/drain-pairs.sh [ROUNDS]     (ORDERS=100000 by default)
+#   SCATTER=1 scripts/drain-pairs.sh    keys in no order (bench --scatter), both runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-6}
 orders=${ORDERS:-100000}
+scatter=()
+[[ -n ${SCATTER:-} ]] && scatter=(--scatter)
 bin=$(mktemp -d)
 out=$(mktemp)
 trap 'rm -rf "$bin" "$out"' EXIT
@@ -22,7 +25,7 @@ go build -o "$bin/ordermail" ./cmd/ordermail
 one() {
 	local name=$1
 	shift
-	"$bin/ordermail" bench --mail-latency 1ms --workers 16 --timeout 30m "$@" 2>/dev/null |
+	"$bin/ordermail" bench --mail-latency 1ms --workers 16 --timeout 30m "${scatter[@]}" "$@" 2>/dev/null |
 		python3 -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1], r["ordersPerSecond"], r.get("duePerSecond", "-"), r.get("dueDrainPerSecond", "-"), r.get("dueFirstSeconds", "-"), r["serviceCPUPerOrderUs"], r["confirmed"], r["duplicateRequests"])' "$name" |
 		tee -a "$out"
 }

@@ -12,6 +12,8 @@
 #   5  1,000,000 due retries (fallen due over the last hour) waiting paused:
 #      the idle service, `retries status` and a /metrics scrape while they
 #      wait, then the drain once the run starts retries
+#   6  1 and 3 again with keys in no order (--scatter), as random
+#      identifiers give them
 # The matching tests in `go test ./...` pin the query plans and count the
 # work at 50,000 documents (store/embedded/scale_test.go).
 set -euo pipefail
@@ -28,3 +30,5 @@ run --orders 20000 --pending 1000000 --ceiling --idle 10s --timeout 30m
 run --orders 20000 --due 100000 --ceiling --timeout 30m
 run --orders 100 --dead 100000 --timeout 30m
 run --orders 100 --due 1000000 --idle 10s --timeout 60m
+run --orders 20000 --history 1000000 --scatter --ceiling --idle 10s --timeout 30m
+run --orders 20000 --due 100000 --scatter --ceiling --timeout 30m
