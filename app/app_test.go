@@ -71,8 +71,10 @@ func cbtestCluster(nodes int) func(t testing.TB) app.StoreConfig {
 func startCBTest(t testing.TB, nodes int) (app.StoreConfig, *cbtest.Server) {
 	{
 		srv := cbtest.Start(t, cbtest.Options{Nodes: nodes, VBuckets: 64})
+		// No operation should time out here: a generous bound, for a
+		// machine whose cores are all busy.
 		sc := app.StoreConfig{URL: srv.ConnStr(), Couchbase: couchbase.Config{
-			Username: srv.Username(), Password: srv.Password(), Timeout: 5 * time.Second,
+			Username: srv.Username(), Password: srv.Password(), Timeout: 30 * time.Second,
 		}}
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
