@@ -55,7 +55,22 @@ func migrateV1(ctx context.Context, tx *sql.Tx) error {
 // counts kept by triggers, so that none of them parses documents or grows
 // with the number of documents.
 const schemaV2 = `
-CREATE TABLE docs2 (
+CREATE TABLE docs2 (` + docsColumns + `,
+	PRIMARY KEY (coll, key)
+) WITHOUT ROWID;
+CREATE TABLE stats (
+	id        INTEGER PRIMARY KEY CHECK (id = 1),
+	paid      INTEGER NOT NULL,
+	confirmed INTEGER NOT NULL,
+	retry     INTEGER NOT NULL,
+	fire      INTEGER NOT NULL,
+	dead      INTEGER NOT NULL
+);
+CREATE TABLE tallies (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+`
+
+// docsColumns are docs' columns since version 2 (migrateV6 adds its row id).
+const docsColumns = `
 	coll      TEXT NOT NULL,
 	key       TEXT NOT NULL,
 	value     TEXT,                        -- JSON; NULL for a deletion (tombstone)
@@ -68,18 +83,7 @@ CREATE TABLE docs2 (
 	next_at   INTEGER,                     -- ... not flagged: its nextAttemptAt (ms)
 	ts_at     INTEGER,                     -- ... not flagged, without nextAttemptAt: its ts (ms)
 	dead      INTEGER NOT NULL DEFAULT 0,  -- a dead letter
-	tally     TEXT,                        -- why a retry or dead letter is there, for the status
-	PRIMARY KEY (coll, key)
-) WITHOUT ROWID;
-CREATE TABLE stats (
-	id        INTEGER PRIMARY KEY CHECK (id = 1),
-	paid      INTEGER NOT NULL,
-	confirmed INTEGER NOT NULL,
-	retry     INTEGER NOT NULL,
-	fire      INTEGER NOT NULL,
-	dead      INTEGER NOT NULL
-);
-CREATE TABLE tallies (name TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID;
+	tally     TEXT                         -- why a retry or dead letter is there, for the status
 `
 
 // indexesV2 is what version 2 built on the typed table: its indexes, the
@@ -272,21 +276,7 @@ func dueTriggers(kind int, col string) string {
 func migrateV6(ctx context.Context, tx *sql.Tx) error {
 	_, err := tx.ExecContext(ctx, `
 		CREATE TABLE docs6 (
-			id        INTEGER PRIMARY KEY,         -- the row's place: the order written
-			coll      TEXT NOT NULL,
-			key       TEXT NOT NULL,
-			value     TEXT,                        -- JSON; NULL for a deletion (tombstone)
-			seq       INTEGER NOT NULL,            -- feed position and CAS
-			created   INTEGER NOT NULL DEFAULT 0,  -- seq of the write that created the key: the incarnation
-			paid      INTEGER NOT NULL DEFAULT 0,  -- an order with paymentStatus "paid"
-			confirmed INTEGER NOT NULL DEFAULT 0,  -- ... and confirmationEmailSent
-			retry     INTEGER NOT NULL DEFAULT 0,  -- a retry document, the control document aside
-			fire      INTEGER NOT NULL DEFAULT 0,  -- ... flagged fireRetry
-			next_at   INTEGER,                     -- ... not flagged: its nextAttemptAt (ms)
-			ts_at     INTEGER,                     -- ... not flagged, without nextAttemptAt: its ts (ms)
-			dead      INTEGER NOT NULL DEFAULT 0,  -- a dead letter
-			tally     TEXT                         -- why a retry or dead letter is there, for the status
-		);
+			id INTEGER PRIMARY KEY,  -- the row's place: the order written`+docsColumns+`);
 		INSERT INTO docs6 (coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally)
 			SELECT coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally
 			FROM docs INDEXED BY docs_by_seq ORDER BY seq;
