@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -910,22 +911,14 @@ func (b *bench) idleFigures(ctx context.Context) (cpu, status, metrics float64, 
 }
 
 // key is the order key of the i-th (from 0) document of a kind: o an order
-// of the run, d a due retry's order, h history. With Scatter a hash of i
-// and the seed comes before the number, so that keys in write order are
-// anywhere in key order.
+// of the run, d a due retry's order, h history. With Scatter a number drawn
+// from a generator seeded by the seed, the kind and i comes before i, so
+// that keys in write order are anywhere in key order.
 func (b *bench) key(kind byte, i int) string {
 	if b.cfg.Scatter {
-		return fmt.Sprintf("%s%c%016x.%07d", b.keyPrefix, kind, scatter(b.cfg.Seed^uint64(kind)<<56^uint64(i)), i+1)
+		return fmt.Sprintf("%s%c%016x.%07d", b.keyPrefix, kind, rand.NewPCG(b.cfg.Seed^uint64(kind)<<56, uint64(i)).Uint64(), i+1)
 	}
 	return fmt.Sprintf("%s%c%07d", b.keyPrefix, kind, i+1)
-}
-
-// scatter mixes x's bits (SplitMix64's finalizer): neighbours land far apart.
-func scatter(x uint64) uint64 {
-	x += 0x9e3779b97f4a7c15
-	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
-	x = (x ^ x>>27) * 0x94d049bb133111eb
-	return x ^ x>>31
 }
 
 // parseKey is key's inverse, for the idempotency keys the mock reports:

@@ -3,6 +3,7 @@ package embedded_test
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -232,10 +233,7 @@ func BenchmarkSettleScatteredDueRetries(b *testing.B) {
 
 // scatteredKey is the i-th key of a sequence in no order.
 func scatteredKey(i int) string {
-	x := uint64(i) + 0x9e3779b97f4a7c15 // SplitMix64's finalizer
-	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
-	x = (x ^ x>>27) * 0x94d049bb133111eb
-	return fmt.Sprintf("order_%016x", x^x>>31)
+	return fmt.Sprintf("order_%016x", rand.NewPCG(1, uint64(i)).Uint64())
 }
 
 func settleDueRetries(b *testing.B, keyOf func(i int) string) {
