@@ -88,6 +88,12 @@ func MarkDecodedConfirmed(raw []byte) []byte {
 	return splice(bytes.TrimSpace(raw), "confirmationEmailSent", []byte("true"))
 }
 
+// SetFireRetry returns the retry document with fireRetry set to true, every
+// other field kept as it was: the timer's flag.
+func SetFireRetry(raw []byte) ([]byte, error) {
+	return setField(raw, "fireRetry", true)
+}
+
 // SetPaymentStatus returns the order document with paymentStatus replaced.
 func SetPaymentStatus(raw []byte, status string) ([]byte, error) {
 	return setField(raw, "paymentStatus", status)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -29,10 +30,8 @@ var plans = []struct {
 		[]any{true, 0, 256, 4096, 0, unreadableRetry}, []string{"SEARCH d USING INDEX docs_by_seq (seq>? AND seq<?)", "SEARCH o USING INDEX docs_by_key (coll=? AND key=?)",
 			"SEARCH r USING INDEX docs_by_key (coll=? AND key=?)", "SEARCH l USING INDEX docs_by_key (coll=? AND key=?)",
 			"SEARCH a USING INDEX attempts_by_key (key=?)"}},
-	{"sweep by nextAttemptAt", `SELECT id FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`,
-		[]any{0, 100}, []string{"SEARCH docs USING COVERING INDEX retry_next (next_at>? AND next_at<?)"}},
-	{"sweep by ts", `SELECT id FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`,
-		[]any{0, 100}, []string{"SEARCH docs USING COVERING INDEX retry_ts (ts_at>? AND ts_at<?)"}},
+	{"sweep by nextAttemptAt", dueNextQuery, []any{0, 100}, []string{"SEARCH docs USING INDEX retry_next (next_at>? AND next_at<?)"}},
+	{"sweep by ts", dueTSQuery, []any{0, 100}, []string{"SEARCH docs USING INDEX retry_ts (ts_at>? AND ts_at<?)"}},
 	{"state", `SELECT coll, value, seq, created FROM docs WHERE coll IN (?, ?, ?) AND key = ?
 			UNION ALL SELECT 'attempts', value, rev, 0 FROM attempts WHERE key = ?`,
 		[]any{"a", "b", "c", "k", "k"}, []string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)", "SEARCH attempts USING INDEX attempts_by_key (key=?)"}},
@@ -50,8 +49,8 @@ var plans = []struct {
 		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
 	{"an order's guarded replace", flatReplaceQuery, []any{"{}", 1, false, false, "inbound", "k", 1},
 		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
-	{"a flag by nextAttemptAt", flagQuery("next_at"), []any{1, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
-	{"a flag by ts", flagQuery("ts_at"), []any{1, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
+	{"a flag by nextAttemptAt", flagQuery("next_at"), []any{"{}", 1, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
+	{"a flag by ts", flagQuery("ts_at"), []any{"{}", 1, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
 	{"a removal leaving a tombstone", buryQuery, []any{1, "retry", "k"}, []string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
 	{"a removal leaving none", eraseQuery, []any{"retry", "k"}, []string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
 }
@@ -76,6 +75,44 @@ func triggers(t *testing.T, s *Store, query string, args ...any) []string {
 	require.NoError(t, rows.Err())
 	sort.Strings(names)
 	return names
+}
+
+// assertNoStatementJournal checks what spares the writer's statements on
+// documents a statement journal (writer.go): each says OR FAIL and calls no
+// JSON function, and so does every statement of every trigger on docs (a
+// DELETE, which has no conflict clause, leaves their own to them).
+func assertNoStatementJournal(t *testing.T, s *Store) {
+	t.Helper()
+	orFail := regexp.MustCompile(`^(UPDATE|INSERT) OR FAIL `)
+	for _, q := range []string{putQuery, flatPutQuery, guardedReplaceQuery, flatReplaceQuery, buryQuery,
+		flagQuery("next_at"), flagQuery("ts_at")} {
+		assert.Regexp(t, orFail, q)
+		assert.NotContains(t, q, "json", q)
+	}
+	rows, err := s.read.Query(`SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'docs'`)
+	require.NoError(t, err)
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		var name, def string
+		require.NoError(t, rows.Scan(&name, &def))
+		_, body, ok := strings.Cut(def, " BEGIN")
+		require.True(t, ok, def)
+		for stmt := range strings.SplitSeq(body, ";") {
+			stmt = strings.TrimSpace(stmt)
+			if strings.HasPrefix(stmt, "UPDATE") || strings.HasPrefix(stmt, "INSERT") {
+				assert.Regexp(t, orFail, stmt, name)
+			}
+		}
+		n++
+	}
+	require.NoError(t, rows.Err())
+	assert.Equal(t, 12, n, "the triggers on docs")
+}
+
+func TestWritesNeedNoStatementJournal(t *testing.T) {
+	t.Parallel()
+	assertNoStatementJournal(t, openTest(t))
 }
 
 // An order's write (outside the retry and dead-letter collections) runs
@@ -705,8 +742,9 @@ func TestMigratesAVersion5File(t *testing.T) {
 	defer s.Close()
 	var version int
 	require.NoError(t, s.read.QueryRow(`PRAGMA user_version`).Scan(&version))
-	require.Equal(t, 6, version)
+	require.Equal(t, SchemaVersion, version)
 	assert.Equal(t, before, dump(s.read), "every row carried over")
+	assertNoStatementJournal(t, s)
 	rows, err := s.read.Query(`SELECT key FROM docs ORDER BY id`)
 	require.NoError(t, err)
 	var inRowOrder []string
@@ -733,4 +771,58 @@ func TestMigratesAVersion5File(t *testing.T) {
 	c, err = s.Counts(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, recount(t, s), c)
+}
+
+// A version-6 file's triggers have statements without a conflict clause,
+// as that version wrote them: version 7 makes them again, saying OR FAIL,
+// and the counts they keep go on adding up.
+func TestMigratesAVersion6File(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "v6.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	db.SetMaxOpenConns(1)
+	require.NoError(t, migrateTo(ctx, db, 6))
+	rows, err := db.Query(`SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'docs'`)
+	require.NoError(t, err)
+	defs := map[string]string{}
+	for rows.Next() {
+		var name, def string
+		require.NoError(t, rows.Scan(&name, &def))
+		defs[name] = def
+	}
+	require.NoError(t, rows.Close())
+	require.Len(t, defs, 12)
+	for name, def := range defs {
+		_, err := db.Exec(fmt.Sprintf("DROP TRIGGER %q; %s", name, strings.ReplaceAll(def, " OR FAIL", "")))
+		require.NoError(t, err, name)
+	}
+	require.NoError(t, db.Close())
+
+	s, err := Open(ctx, Config{Path: path})
+	require.NoError(t, err)
+	defer s.Close()
+	var version int
+	require.NoError(t, s.read.QueryRow(`PRAGMA user_version`).Scan(&version))
+	require.Equal(t, SchemaVersion, version)
+	assertNoStatementJournal(t, s)
+
+	now := time.Now()
+	_, err = s.Upsert(ctx, order.Inbound, "o1", []byte(`{"paymentStatus":"paid"}`))
+	require.NoError(t, err)
+	_, err = s.Upsert(ctx, order.Retry, "o1", fmt.Appendf(nil, `{"docId":"o1","attempt":1,"ts":1,"nextAttemptAt":%d,"fireRetry":false}`, now.UnixMilli()))
+	require.NoError(t, err)
+	res, err := s.SweepRetries(ctx, now.Add(time.Minute), 15*time.Second, 100)
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Flagged)
+	c, err := s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, store.Counts{OrdersPaid: 1, RetryDocs: 1, RetryFlagged: 1}, c)
+	assert.Equal(t, recount(t, s), c)
+	assert.Equal(t, recountMinutes(t, s), dueMinutes(t, s))
+	d, err := s.Get(ctx, order.Retry, "o1")
+	require.NoError(t, err)
+	assert.JSONEq(t, fmt.Sprintf(`{"docId":"o1","attempt":1,"ts":1,"nextAttemptAt":%d,"fireRetry":true}`, now.UnixMilli()), string(d.Value),
+		"the flag sets fireRetry and keeps every other field")
 }

@@ -19,6 +19,7 @@ var migrations = []func(ctx context.Context, tx *sql.Tx) error{
 	migrateV4,
 	migrateV5,
 	migrateV6,
+	migrateV7,
 }
 
 // SchemaVersion is the version Open brings every file to.
@@ -105,26 +106,27 @@ CREATE INDEX tombstones ON docs (seq) WHERE value IS NULL;
 
 // docsTriggers keep stats and tallies as docs changes.
 const docsTriggers = `
--- No conflict clause in a trigger: the statement that fires it overrides it.
+-- OR FAIL, as the writer's statements say: no statement journal (writer.go).
+-- A statement that fires a trigger and names a conflict clause overrides it.
 CREATE TRIGGER docs_insert AFTER INSERT ON docs BEGIN
-	UPDATE stats SET paid = paid + NEW.paid, confirmed = confirmed + NEW.confirmed, retry = retry + NEW.retry,
+	UPDATE OR FAIL stats SET paid = paid + NEW.paid, confirmed = confirmed + NEW.confirmed, retry = retry + NEW.retry,
 		fire = fire + NEW.fire, dead = dead + NEW.dead;
-	INSERT INTO tallies (name, n) SELECT NEW.tally, 0 WHERE NEW.tally IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tallies WHERE name = NEW.tally);
-	UPDATE tallies SET n = n + 1 WHERE name = NEW.tally;
+	INSERT OR FAIL INTO tallies (name, n) SELECT NEW.tally, 0 WHERE NEW.tally IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tallies WHERE name = NEW.tally);
+	UPDATE OR FAIL tallies SET n = n + 1 WHERE name = NEW.tally;
 END;
 CREATE TRIGGER docs_update AFTER UPDATE ON docs BEGIN
-	UPDATE stats SET paid = paid + NEW.paid - OLD.paid, confirmed = confirmed + NEW.confirmed - OLD.confirmed,
+	UPDATE OR FAIL stats SET paid = paid + NEW.paid - OLD.paid, confirmed = confirmed + NEW.confirmed - OLD.confirmed,
 		retry = retry + NEW.retry - OLD.retry, fire = fire + NEW.fire - OLD.fire, dead = dead + NEW.dead - OLD.dead;
 END;
 CREATE TRIGGER docs_update_tally AFTER UPDATE ON docs WHEN OLD.tally IS NOT NEW.tally BEGIN
-	UPDATE tallies SET n = n - 1 WHERE name = OLD.tally;
-	INSERT INTO tallies (name, n) SELECT NEW.tally, 0 WHERE NEW.tally IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tallies WHERE name = NEW.tally);
-	UPDATE tallies SET n = n + 1 WHERE name = NEW.tally;
+	UPDATE OR FAIL tallies SET n = n - 1 WHERE name = OLD.tally;
+	INSERT OR FAIL INTO tallies (name, n) SELECT NEW.tally, 0 WHERE NEW.tally IS NOT NULL AND NOT EXISTS (SELECT 1 FROM tallies WHERE name = NEW.tally);
+	UPDATE OR FAIL tallies SET n = n + 1 WHERE name = NEW.tally;
 END;
 CREATE TRIGGER docs_delete AFTER DELETE ON docs BEGIN
-	UPDATE stats SET paid = paid - OLD.paid, confirmed = confirmed - OLD.confirmed, retry = retry - OLD.retry,
+	UPDATE OR FAIL stats SET paid = paid - OLD.paid, confirmed = confirmed - OLD.confirmed, retry = retry - OLD.retry,
 		fire = fire - OLD.fire, dead = dead - OLD.dead;
-	UPDATE tallies SET n = n - 1 WHERE name = OLD.tally;
+	UPDATE OR FAIL tallies SET n = n - 1 WHERE name = OLD.tally;
 END;
 `
 
@@ -242,23 +244,23 @@ func migrateV5(ctx context.Context, tx *sql.Tx) error {
 func dueTriggers(kind int, col string) string {
 	return strings.NewReplacer("KIND", strconv.Itoa(kind), "COL", col).Replace(`
 		CREATE TRIGGER due_insert_COL AFTER INSERT ON docs WHEN NEW.COL IS NOT NULL BEGIN
-			UPDATE due_minutes SET n = n + 1 WHERE kind = KIND AND minute = NEW.COL / 60000;
-			INSERT INTO due_minutes (kind, minute, n) SELECT KIND, NEW.COL / 60000, 1
+			UPDATE OR FAIL due_minutes SET n = n + 1 WHERE kind = KIND AND minute = NEW.COL / 60000;
+			INSERT OR FAIL INTO due_minutes (kind, minute, n) SELECT KIND, NEW.COL / 60000, 1
 				WHERE NOT EXISTS (SELECT 1 FROM due_minutes WHERE kind = KIND AND minute = NEW.COL / 60000);
 		END;
 		CREATE TRIGGER due_update_COL_old AFTER UPDATE OF COL ON docs
 		WHEN OLD.COL IS NOT NULL AND OLD.COL IS NOT NEW.COL BEGIN
-			UPDATE due_minutes SET n = n - 1 WHERE kind = KIND AND minute = OLD.COL / 60000;
+			UPDATE OR FAIL due_minutes SET n = n - 1 WHERE kind = KIND AND minute = OLD.COL / 60000;
 			DELETE FROM due_minutes WHERE kind = KIND AND minute = OLD.COL / 60000 AND n = 0;
 		END;
 		CREATE TRIGGER due_update_COL_new AFTER UPDATE OF COL ON docs
 		WHEN NEW.COL IS NOT NULL AND OLD.COL IS NOT NEW.COL BEGIN
-			UPDATE due_minutes SET n = n + 1 WHERE kind = KIND AND minute = NEW.COL / 60000;
-			INSERT INTO due_minutes (kind, minute, n) SELECT KIND, NEW.COL / 60000, 1
+			UPDATE OR FAIL due_minutes SET n = n + 1 WHERE kind = KIND AND minute = NEW.COL / 60000;
+			INSERT OR FAIL INTO due_minutes (kind, minute, n) SELECT KIND, NEW.COL / 60000, 1
 				WHERE NOT EXISTS (SELECT 1 FROM due_minutes WHERE kind = KIND AND minute = NEW.COL / 60000);
 		END;
 		CREATE TRIGGER due_delete_COL AFTER DELETE ON docs WHEN OLD.COL IS NOT NULL BEGIN
-			UPDATE due_minutes SET n = n - 1 WHERE kind = KIND AND minute = OLD.COL / 60000;
+			UPDATE OR FAIL due_minutes SET n = n - 1 WHERE kind = KIND AND minute = OLD.COL / 60000;
 			DELETE FROM due_minutes WHERE kind = KIND AND minute = OLD.COL / 60000 AND n = 0;
 		END;`)
 }
@@ -295,6 +297,30 @@ func migrateV6(ctx context.Context, tx *sql.Tx) error {
 		ALTER TABLE attempts6 RENAME TO attempts;
 		CREATE UNIQUE INDEX attempts_by_key ON attempts (key);
 		CREATE INDEX attempts_expiring ON attempts (expires_at) WHERE expires_at IS NOT NULL;`)
+	return err
+}
+
+// migrateV7 makes the triggers' statements OR FAIL (docsTriggers,
+// dueTriggers): made again from their definitions.
+func migrateV7(ctx context.Context, tx *sql.Tx) error {
+	rows, err := tx.QueryContext(ctx, `SELECT name FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'docs'`)
+	if err != nil {
+		return err
+	}
+	var drops strings.Builder
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return err
+		}
+		fmt.Fprintf(&drops, "DROP TRIGGER %q;\n", name)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, drops.String()+docsTriggers+dueTriggers(0, "next_at")+dueTriggers(1, "ts_at"))
 	return err
 }
 

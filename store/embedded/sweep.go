@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 )
 
@@ -33,25 +34,25 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 	err := s.submit(ctx, func(t *txn) error {
 		// Each flag clears the one column its document is due by.
 		// The due are found by their row ids, which their index holds.
-		flag := func(st *wstmt, ids []int64) error {
-			for _, id := range ids {
-				if err := st.Exec(t.ctx, t.next(), id); err != nil {
+		flag := func(st *wstmt, due []idValue) error {
+			for _, d := range due {
+				if err := st.Exec(t.ctx, flagged(d.value), t.next(), d.id); err != nil {
 					return err
 				}
 			}
-			res.Flagged += len(ids)
+			res.Flagged += len(due)
 			return nil
 		}
 		res = store.SweepResult{} // a job run again starts afresh
-		ids, err := s.stmts.dueNext.Int64s(t.ctx, now.UnixMilli(), limit)
+		due, err := s.stmts.dueNext.IDValues(t.ctx, now.UnixMilli(), limit)
 		if err != nil {
 			return err
 		}
-		if err := flag(s.stmts.flagNext, ids); err != nil {
+		if err := flag(s.stmts.flagNext, due); err != nil {
 			return err
 		}
-		if len(ids) < limit {
-			byTS, err := s.stmts.dueTS.Int64s(t.ctx, now.Add(-quantum).UnixMilli(), limit-len(ids))
+		if len(due) < limit {
+			byTS, err := s.stmts.dueTS.IDValues(t.ctx, now.Add(-quantum).UnixMilli(), limit-len(due))
 			if err != nil {
 				return err
 			}
@@ -66,6 +67,17 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 		return store.SweepResult{}, fmt.Errorf("sweep retries: %w", err)
 	}
 	return res, nil
+}
+
+// flagged is a due retry document's value with fireRetry set. One the
+// watcher cannot read is flagged as it is: the feed brings it back, and
+// the watcher dead-letters it, saying why.
+func flagged(value string) string {
+	v, err := order.SetFireRetry([]byte(value))
+	if err != nil {
+		return value
+	}
+	return string(v)
 }
 
 // backlogQuery counts the due retries: the minutes already past from

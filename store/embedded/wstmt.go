@@ -81,15 +81,21 @@ func (w *wstmt) rows(ctx context.Context, args []any) (driver.Rows, []driver.Val
 	return rows, make([]driver.Value, len(rows.Columns())), nil
 }
 
-// Int64s runs the statement and returns the first column of every row, an
-// integer.
-func (w *wstmt) Int64s(ctx context.Context, args ...any) ([]int64, error) {
+// idValue is a row id and a document's value.
+type idValue struct {
+	id    int64
+	value string
+}
+
+// IDValues runs the statement and returns the first two columns of every
+// row: an integer and a text (a row id and a value).
+func (w *wstmt) IDValues(ctx context.Context, args ...any) ([]idValue, error) {
 	rows, row, err := w.rows(ctx, args)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []int64
+	var out []idValue
 	for {
 		switch err := rows.Next(row); {
 		case errors.Is(err, io.EOF):
@@ -97,11 +103,15 @@ func (w *wstmt) Int64s(ctx context.Context, args ...any) ([]int64, error) {
 		case err != nil:
 			return nil, err
 		}
-		n, ok := row[0].(int64)
+		id, ok := row[0].(int64)
 		if !ok {
 			return nil, fmt.Errorf("%T is not an integer", row[0])
 		}
-		out = append(out, n)
+		value, ok := row[1].(string)
+		if !ok {
+			return nil, fmt.Errorf("%T is not a text", row[1])
+		}
+		out = append(out, idValue{id, value})
 	}
 }
 

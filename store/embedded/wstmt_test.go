@@ -36,7 +36,7 @@ func TestWriteStatementsConvertAsDatabaseSQLWould(t *testing.T) {
 			columns{}.args()...)...); err != nil {
 			return err
 		}
-		ids, err := s.stmts.dueNext.Int64s(t.ctx, int64(1<<62), 10)
+		ids, err := s.stmts.dueNext.IDValues(t.ctx, int64(1<<62), 10)
 		if err != nil || len(ids) > 0 {
 			return err
 		}
