@@ -65,7 +65,8 @@ type writeStmts struct {
 	flagNext, flagTS        *wstmt
 	saveCheckpoint, minCkpt *wstmt
 	purge, expire           *wstmt
-	attCur, attPut, attDel  *wstmt
+	attCur, attAdd, attPut  *wstmt
+	attDel                  *wstmt
 	replace, replaceFlat    *wstmt
 	bury, erase             *wstmt
 	register, wantDeletions *wstmt
@@ -129,10 +130,11 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 			SELECT id FROM attempts INDEXED BY attempts_expiring WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)`),
 		attCur: p(`SELECT rev FROM attempts WHERE key = ?`),
 		// The revision is the row's own, one more at each write: an
-		// upsert, which has no guard, needs no read before it.
-		attPut: p(`INSERT INTO attempts (key, value, rev, expires_at) VALUES (?, ?, 1, ?)
-			ON CONFLICT (key) DO UPDATE SET value = excluded.value, rev = rev + 1, expires_at = excluded.expires_at
-			RETURNING rev`),
+		// upsert, which has no guard, needs no read before it. It is an
+		// insert, and an update when the key is there, not one statement
+		// (ON CONFLICT DO UPDATE), which would take a statement journal.
+		attAdd: p(`INSERT OR IGNORE INTO attempts (key, value, rev, expires_at) VALUES (?, ?, 1, ?)`),
+		attPut: p(`UPDATE OR FAIL attempts SET value = ?, rev = rev + 1, expires_at = ? WHERE key = ? RETURNING rev`),
 		attDel: p(`DELETE FROM attempts WHERE key = ?`),
 	}
 	return err
@@ -141,7 +143,7 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 func (w writeStmts) close() error {
 	var errs []error
 	for _, st := range []*wstmt{w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
-		w.cur, w.put, w.putFlat, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flagNext, w.flagTS, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attPut, w.attDel, w.replace, w.replaceFlat, w.bury, w.erase, w.register, w.wantDeletions} {
+		w.cur, w.put, w.putFlat, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flagNext, w.flagTS, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attAdd, w.attPut, w.attDel, w.replace, w.replaceFlat, w.bury, w.erase, w.register, w.wantDeletions} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -306,7 +308,7 @@ func (s *Store) runTxRaw(jobs []*job) (err error) {
 		}
 		if len(jobs) == 1 {
 			if err := j.fn(t); err != nil {
-				if isSQLite(err) {
+				if abortsTx(err) {
 					return mapErr(err)
 				}
 				j.err = err
@@ -319,7 +321,7 @@ func (s *Store) runTxRaw(jobs []*job) (err error) {
 		}
 		if !j.partial {
 			if err := j.fn(t); err != nil {
-				if isSQLite(err) {
+				if abortsTx(err) {
 					return mapErr(err)
 				}
 				j.err = err // nothing written
@@ -330,7 +332,7 @@ func (s *Store) runTxRaw(jobs []*job) (err error) {
 			return mapErr(err)
 		}
 		if err := j.fn(t); err != nil {
-			if isSQLite(err) {
+			if abortsTx(err) {
 				return mapErr(err)
 			}
 			j.err = err
@@ -355,11 +357,19 @@ func (s *Store) runTxRaw(jobs []*job) (err error) {
 	return nil
 }
 
-// isSQLite says whether err is SQLite's own, not a job's.
-func isSQLite(err error) bool {
+// abortsTx says whether err fails the whole transaction: SQLite's own, or
+// the writer's after a job wrote (txError), not a job's.
+func abortsTx(err error) bool {
 	var se *sqlite.Error
-	return errors.As(err, &se)
+	var te *txError
+	return errors.As(err, &se) || errors.As(err, &te)
 }
+
+// txError is a failure of the writer's own after a job may have written:
+// the transaction is rolled back, as after an error of SQLite.
+type txError struct{ msg string }
+
+func (e *txError) Error() string { return e.msg }
 
 // next hands out the next sequence number: the feed position and CAS of a
 // write. Sequence numbers are taken under the write lock, so they rise in
@@ -579,7 +589,14 @@ func (t *txn) writeAttempts(w store.Write) (uint64, error) {
 	if !w.Expiry.IsZero() {
 		expires = w.Expiry.UnixMilli()
 	}
+	value := string(w.Value)
+	if n, err := st.attAdd.ExecN(t.ctx, w.Key, value, expires); err != nil || n == 1 {
+		return 1, err
+	}
 	var rev uint64
-	err := st.attPut.QueryRow(t.ctx, w.Key, string(w.Value), expires).Scan(&rev)
+	err := st.attPut.QueryRow(t.ctx, value, expires, w.Key).Scan(&rev)
+	if errors.Is(err, sql.ErrNoRows) { // the insert skips only a key that is there
+		err = &txError{"attempt record " + w.Key + ": neither inserted nor there to update"}
+	}
 	return rev, err
 }
