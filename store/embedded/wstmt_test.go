@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -55,4 +57,32 @@ func TestWriteStatementsConvertAsDatabaseSQLWould(t *testing.T) {
 	var n uint64
 	assert.ErrorContains(t, wrow{vals: []driver.Value{nil}}.Scan(&n), "scan column 1: <nil> is not an integer")
 	assert.ErrorContains(t, wrow{vals: []driver.Value{int64(1)}}.Scan(&n, &n), "1 values into 2 destinations")
+}
+
+// A txError after a job wrote fails its transaction, as an error of
+// SQLite does: nothing of that job is committed, and a job that shared the
+// transaction is written when it runs again alone.
+func TestTxErrorRollsTheJobBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := openTest(t)
+	put := func(key string, fail bool) *job {
+		return &job{ctx: ctx, done: make(chan struct{}), fn: func(t *txn) error {
+			if _, err := t.write(store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: key, Value: []byte(`{}`)}, columns{}); err != nil {
+				return err
+			}
+			if fail {
+				return &txError{"broken after a write"}
+			}
+			return nil
+		}}
+	}
+	broken, fine := put("k1", true), put("k2", false)
+	s.runBatch([]*job{broken, fine}) // the writer is idle: nothing was submitted
+	assert.ErrorContains(t, broken.err, "broken after a write")
+	assert.NoError(t, fine.err)
+	_, err := s.Get(ctx, order.Inbound, "k1")
+	assert.ErrorIs(t, err, store.ErrNotFound, "the broken job's write was rolled back")
+	_, err = s.Get(ctx, order.Inbound, "k2")
+	assert.NoError(t, err, "the other job was written")
 }
