@@ -51,6 +51,12 @@ var plans = []struct {
 		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
 	{"a flag by nextAttemptAt", flagQuery("next_at"), []any{"{}", 1, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
 	{"a flag by ts", flagQuery("ts_at"), []any{"{}", 1, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
+	{"a put's update", putSetQuery, []any{"inbound", "k", "{}", 1, 1, false, false, false, false, nil, nil, false, nil},
+		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
+	{"a flat put's update", flatSetQuery, []any{"inbound", "k", "{}", 1, 1, false, false},
+		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
+	{"an attempt record's update", attPutQuery, []any{"{}", nil, "k"},
+		[]string{"SEARCH attempts USING INDEX attempts_by_key (key=?)"}},
 	{"a removal leaving a tombstone", buryQuery, []any{1, "retry", "k"}, []string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
 	{"a removal leaving none", eraseQuery, []any{"retry", "k"}, []string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
 }
@@ -84,10 +90,11 @@ func triggers(t *testing.T, s *Store, query string, args ...any) []string {
 func assertNoStatementJournal(t *testing.T, s *Store) {
 	t.Helper()
 	orFail := regexp.MustCompile(`^(UPDATE|INSERT) OR FAIL `)
-	for _, q := range []string{putQuery, flatPutQuery, guardedReplaceQuery, flatReplaceQuery, buryQuery,
-		flagQuery("next_at"), flagQuery("ts_at")} {
-		assert.Regexp(t, orFail, q)
+	for _, q := range []string{putAddQuery, putSetQuery, flatAddQuery, flatSetQuery, guardedReplaceQuery, flatReplaceQuery,
+		buryQuery, flagQuery("next_at"), flagQuery("ts_at"), attAddQuery, attPutQuery} {
+		assert.Regexp(t, `^(UPDATE OR FAIL|INSERT OR IGNORE) `, q)
 		assert.NotContains(t, q, "json", q)
+		assert.NotContains(t, q, "ON CONFLICT", q)
 	}
 	rows, err := s.read.Query(`SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'docs'`)
 	require.NoError(t, err)
@@ -126,8 +133,10 @@ func TestWriteTriggers(t *testing.T) {
 	s := openTest(t)
 	assert.Equal(t, []string{"docs_update", "docs_update_tally"},
 		triggers(t, s, flatReplaceQuery, "{}", 1, false, false, "inbound", "k", 1))
-	assert.Equal(t, []string{"docs_insert", "docs_update", "docs_update_tally", "due_insert_next_at", "due_insert_ts_at"},
-		triggers(t, s, flatPutQuery, "inbound", "k", "{}", 1, 1, false, false))
+	assert.Equal(t, []string{"docs_insert", "due_insert_next_at", "due_insert_ts_at"},
+		triggers(t, s, flatAddQuery, "inbound", "k", "{}", 1, 1, false, false))
+	assert.Equal(t, []string{"docs_update", "docs_update_tally"},
+		triggers(t, s, flatSetQuery, "inbound", "k", "{}", 1, 1, false, false))
 	// A flag clears the one column its retry document is due by, and runs
 	// that column's due triggers alone.
 	assert.Equal(t, []string{"docs_update", "docs_update_tally", "due_update_next_at_new", "due_update_next_at_old"},

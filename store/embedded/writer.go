@@ -59,7 +59,9 @@ type txn struct {
 type writeStmts struct {
 	begin, commit, rollback, savepoint, release, rollbackTo *wstmt
 
-	cur, put, putFlat       *wstmt
+	cur                     *wstmt
+	putAdd, putSet          *wstmt
+	flatAdd, flatSet        *wstmt
 	seqGet, seqSet          *wstmt
 	dueNext, dueTS          *wstmt
 	flagNext, flagTS        *wstmt
@@ -100,8 +102,10 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 		release:       p(`RELEASE job`),
 		rollbackTo:    p(`ROLLBACK TO job`),
 		cur:           p(`SELECT seq, value IS NULL FROM docs WHERE coll = ? AND key = ?`),
-		put:           p(putQuery),
-		putFlat:       p(flatPutQuery),
+		putAdd:        p(putAddQuery),
+		putSet:        p(putSetQuery),
+		flatAdd:       p(flatAddQuery),
+		flatSet:       p(flatSetQuery),
 		replace:       p(guardedReplaceQuery),
 		replaceFlat:   p(flatReplaceQuery),
 		bury:          p(buryQuery),
@@ -133,8 +137,8 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 		// upsert, which has no guard, needs no read before it. It is an
 		// insert, and an update when the key is there, not one statement
 		// (ON CONFLICT DO UPDATE), which would take a statement journal.
-		attAdd: p(`INSERT OR IGNORE INTO attempts (key, value, rev, expires_at) VALUES (?, ?, 1, ?)`),
-		attPut: p(`UPDATE OR FAIL attempts SET value = ?, rev = rev + 1, expires_at = ? WHERE key = ? RETURNING rev`),
+		attAdd: p(attAddQuery),
+		attPut: p(attPutQuery),
 		attDel: p(`DELETE FROM attempts WHERE key = ?`),
 	}
 	return err
@@ -143,7 +147,7 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 func (w writeStmts) close() error {
 	var errs []error
 	for _, st := range []*wstmt{w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
-		w.cur, w.put, w.putFlat, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flagNext, w.flagTS, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attAdd, w.attPut, w.attDel, w.replace, w.replaceFlat, w.bury, w.erase, w.register, w.wantDeletions} {
+		w.cur, w.putAdd, w.putSet, w.flatAdd, w.flatSet, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flagNext, w.flagTS, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attAdd, w.attPut, w.attDel, w.replace, w.replaceFlat, w.bury, w.erase, w.register, w.wantDeletions} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -424,26 +428,40 @@ func (t *txn) apply(w store.Write, cols columns) (uint64, error) {
 	return t.write(w, cols)
 }
 
-// keptIncarnation is the created column of a write over a row that is
-// there: a live document keeps its incarnation, and a tombstone's key
-// starts a new one at the write's position (excluded.created). So a write
-// reads nothing of the row to say which.
-const keptIncarnation = `CASE WHEN docs.value IS NULL THEN excluded.created ELSE docs.created END`
+// A put writes a document whatever is there: an insert, or, when the key
+// is there, an update of its row (a live document or a tombstone), with
+// the same arguments. Not one statement (ON CONFLICT DO UPDATE): SQLite
+// codes the update of an upsert to abort, which takes a statement journal
+// (see the top of this file). Over a row that is there, a live document
+// keeps its incarnation (created), and a tombstone's key starts a new one
+// at the write's position, read from nothing but the row.
+const (
+	putAddQuery = `INSERT OR IGNORE INTO docs (coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally)
+	VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)`
+	putSetQuery = `UPDATE OR FAIL docs SET value = ?3, seq = ?4, created = CASE WHEN value IS NULL THEN ?5 ELSE created END,
+		paid = ?6, confirmed = ?7, retry = ?8, fire = ?9, next_at = ?10, ts_at = ?11, dead = ?12, tally = ?13
+	WHERE coll = ?1 AND key = ?2`
+	// A flat collection's document (see flatReplaceQuery): over a row that
+	// is there, its put names only the columns such a document has, so the
+	// due minutes' triggers do not run.
+	flatAddQuery = `INSERT OR IGNORE INTO docs (coll, key, value, seq, created, paid, confirmed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)`
+	flatSetQuery = `UPDATE OR FAIL docs SET value = ?3, seq = ?4, created = CASE WHEN value IS NULL THEN ?5 ELSE created END,
+		paid = ?6, confirmed = ?7
+	WHERE coll = ?1 AND key = ?2`
+)
 
-// putQuery writes a document whatever is there: an insert, or an update
-// of the row there (a live document or a tombstone).
-const putQuery = `INSERT OR FAIL INTO docs (coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-	ON CONFLICT (coll, key) DO UPDATE SET value = excluded.value, seq = excluded.seq, created = ` + keptIncarnation + `,
-		paid = excluded.paid, confirmed = excluded.confirmed, retry = excluded.retry, fire = excluded.fire,
-		next_at = excluded.next_at, ts_at = excluded.ts_at, dead = excluded.dead, tally = excluded.tally`
-
-// flatPutQuery is the put of a flat collection's document (see
-// flatReplaceQuery): over a row that is there, it names only the columns
-// such a document has, so the due minutes' triggers do not run.
-const flatPutQuery = `INSERT OR FAIL INTO docs (coll, key, value, seq, created, paid, confirmed) VALUES (?, ?, ?, ?, ?, ?, ?)
-	ON CONFLICT (coll, key) DO UPDATE SET value = excluded.value, seq = excluded.seq, created = ` + keptIncarnation + `,
-		paid = excluded.paid, confirmed = excluded.confirmed`
+// put runs add, and set with the same arguments when add left the row that
+// is there.
+func (t *txn) put(add, set *wstmt, args ...any) error {
+	if n, err := add.ExecN(t.ctx, args...); err != nil || n == 1 {
+		return err
+	}
+	n, err := set.ExecN(t.ctx, args...)
+	if err == nil && n != 1 { // the insert skips only a key that is there
+		err = &txError{fmt.Sprintf("put %s/%s: neither inserted nor there to update", args[0], args[1])}
+	}
+	return err
+}
 
 // write makes a write whose guard was checked.
 func (t *txn) write(w store.Write, cols columns) (uint64, error) {
@@ -468,10 +486,11 @@ func (t *txn) write(w store.Write, cols columns) (uint64, error) {
 	value := string(w.Value)
 	created := seq // a new incarnation of the key, unless keptIncarnation keeps the row's
 	var err error
+	st := t.s.stmts
 	if flat(w.Collection) {
-		err = t.s.stmts.putFlat.Exec(t.ctx, w.Collection, w.Key, value, seq, created, cols.paid, cols.confirmed)
+		err = t.put(st.flatAdd, st.flatSet, w.Collection, w.Key, value, seq, created, cols.paid, cols.confirmed)
 	} else {
-		err = t.s.stmts.put.Exec(t.ctx, append([]any{w.Collection, w.Key, value, seq, created}, cols.args()...)...)
+		err = t.put(st.putAdd, st.putSet, append([]any{w.Collection, w.Key, value, seq, created}, cols.args()...)...)
 	}
 	if err != nil {
 		return 0, err
@@ -576,6 +595,13 @@ func (t *txn) replace(w store.Write, cols columns) (uint64, error) {
 	}
 	return 0, fmt.Errorf("replace %s/%s: no row changed, yet its guard holds", w.Collection, w.Key)
 }
+
+// An attempt record's write: an insert, or, when its key is there, an
+// update of the record there (see putAddQuery).
+const (
+	attAddQuery = `INSERT OR IGNORE INTO attempts (key, value, rev, expires_at) VALUES (?, ?, 1, ?)`
+	attPutQuery = `UPDATE OR FAIL attempts SET value = ?, rev = rev + 1, expires_at = ? WHERE key = ? RETURNING rev`
+)
 
 // writeAttempts writes an attempt record in its own table: no sequence
 // number (it is not on the feed), a revision for its CAS (one more than

@@ -34,7 +34,7 @@ func TestWriteStatementsConvertAsDatabaseSQLWould(t *testing.T) {
 		if err := s.stmts.minCkpt.QueryRow(t.ctx).Scan(&low); err != nil {
 			return err
 		}
-		if err := s.stmts.put.Exec(t.ctx, append([]any{"inbound", "k1", `{}`, t.next(), t.seq},
+		if err := t.put(s.stmts.putAdd, s.stmts.putSet, append([]any{"inbound", "k1", `{}`, t.next(), t.seq},
 			columns{}.args()...)...); err != nil {
 			return err
 		}
@@ -85,4 +85,38 @@ func TestTxErrorRollsTheJobBack(t *testing.T) {
 	assert.ErrorIs(t, err, store.ErrNotFound, "the broken job's write was rolled back")
 	_, err = s.Get(ctx, order.Inbound, "k2")
 	assert.NoError(t, err, "the other job was written")
+}
+
+// A put over a row that is there keeps a live document's incarnation and
+// starts a new one over a tombstone, in both forms of put (a flat
+// collection's, and the retry and dead-letter collections').
+func TestPutKeepsOrStartsTheIncarnation(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := openTest(t)
+	sub, err := s.Subscribe(ctx, "deletions", []string{order.Inbound, order.Retry}, store.FeedOptions{})
+	require.NoError(t, err)
+	require.NoError(t, sub.Close(ctx)) // saved: removals leave tombstones
+	for _, coll := range []string{order.Inbound, order.Retry} {
+		value := []byte(`{"docId":"k","attempt":1,"ts":1}`)
+		_, err := s.Upsert(ctx, coll, "k", value)
+		require.NoError(t, err)
+		first, err := s.Get(ctx, coll, "k")
+		require.NoError(t, err)
+		_, err = s.Upsert(ctx, coll, "k", value)
+		require.NoError(t, err)
+		live, err := s.Get(ctx, coll, "k")
+		require.NoError(t, err)
+		assert.Equal(t, first.Incarnation, live.Incarnation, "%s: a put over a live document keeps its incarnation", coll)
+		require.NoError(t, s.Remove(ctx, coll, "k", live.CAS))
+		var tomb bool
+		require.NoError(t, s.read.QueryRow(`SELECT value IS NULL FROM docs WHERE coll = ? AND key = ?`, coll, "k").Scan(&tomb))
+		require.True(t, tomb, "%s: the removal left a tombstone", coll)
+		_, err = s.Upsert(ctx, coll, "k", value)
+		require.NoError(t, err)
+		again, err := s.Get(ctx, coll, "k")
+		require.NoError(t, err)
+		assert.Equal(t, again.CAS, again.Incarnation, "%s: a put over a tombstone starts an incarnation at its own position", coll)
+		assert.NotEqual(t, live.Incarnation, again.Incarnation, coll)
+	}
 }
