@@ -543,12 +543,7 @@ func TestMigratesAFirstReleaseFile(t *testing.T) {
 	require.NoError(t, db.Close())
 
 	ctx := context.Background()
-	s, err := Open(ctx, Config{Path: path})
-	require.NoError(t, err)
-	defer s.Close()
-	var version int
-	require.NoError(t, s.read.QueryRow(`PRAGMA user_version`).Scan(&version))
-	assert.Equal(t, SchemaVersion, version)
+	s := openUpgraded(t, path)
 	c, err := s.Counts(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, store.Counts{OrdersPaid: 2, OrdersConfirmed: 1, RetryDocs: 1, DeadLetters: 1}, c)
@@ -746,12 +741,7 @@ func TestMigratesAVersion5File(t *testing.T) {
 	require.Len(t, before["docs"], 40)
 	require.NoError(t, db.Close())
 
-	s, err := Open(ctx, Config{Path: path})
-	require.NoError(t, err)
-	defer s.Close()
-	var version int
-	require.NoError(t, s.read.QueryRow(`PRAGMA user_version`).Scan(&version))
-	require.Equal(t, SchemaVersion, version)
+	s := openUpgraded(t, path)
 	assert.Equal(t, before, dump(s.read), "every row carried over")
 	assertNoStatementJournal(t, s)
 	rows, err := s.read.Query(`SELECT key FROM docs ORDER BY id`)
@@ -809,12 +799,7 @@ func TestMigratesAVersion6File(t *testing.T) {
 	}
 	require.NoError(t, db.Close())
 
-	s, err := Open(ctx, Config{Path: path})
-	require.NoError(t, err)
-	defer s.Close()
-	var version int
-	require.NoError(t, s.read.QueryRow(`PRAGMA user_version`).Scan(&version))
-	require.Equal(t, SchemaVersion, version)
+	s := openUpgraded(t, path)
 	assertNoStatementJournal(t, s)
 
 	now := time.Now()
@@ -834,4 +819,17 @@ func TestMigratesAVersion6File(t *testing.T) {
 	require.NoError(t, err)
 	assert.JSONEq(t, fmt.Sprintf(`{"docId":"o1","attempt":1,"ts":1,"nextAttemptAt":%d,"fireRetry":true}`, now.UnixMilli()), string(d.Value),
 		"the flag sets fireRetry and keeps every other field")
+}
+
+// openUpgraded opens the file at path as the store, which upgrades it, and
+// checks that it is at SchemaVersion.
+func openUpgraded(t *testing.T, path string) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), Config{Path: path})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	var version int
+	require.NoError(t, s.read.QueryRow(`PRAGMA user_version`).Scan(&version))
+	require.Equal(t, SchemaVersion, version)
+	return s
 }
