@@ -23,8 +23,9 @@ import (
 // without that mark (a command writing one document after another, each
 // waiting for the last), commits at once: waiting would only hold it.
 //
-// Its statements that write documents say OR FAIL, and so do the triggers'
-// (docsTriggers, dueTriggers), and none calls a function: SQLite gives a
+// Its statements that write documents say OR FAIL (an insert that may find
+// its key there, OR IGNORE), and so do the triggers' (docsTriggers,
+// dueTriggers), and none calls a function: SQLite gives a
 // statement that may stop half-way (a constraint that aborts, a trigger,
 // a function) a statement journal, a copy of every page it is about to
 // change, so that it can be undone alone. The writer never undoes a
@@ -434,7 +435,9 @@ func (t *txn) apply(w store.Write, cols columns) (uint64, error) {
 // codes the update of an upsert to abort, which takes a statement journal
 // (see the top of this file). Over a row that is there, a live document
 // keeps its incarnation (created), and a tombstone's key starts a new one
-// at the write's position, read from nothing but the row.
+// at the write's position, read from nothing but the row. The insert's OR
+// IGNORE reaches the triggers' statements too, where no constraint can be
+// met (TestCountsAgreeWithARecountAfterEveryKindOfWrite recounts).
 const (
 	putAddQuery = `INSERT OR IGNORE INTO docs (coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally)
 	VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)`
@@ -484,7 +487,7 @@ func (t *txn) write(w store.Write, cols columns) (uint64, error) {
 		return seq, err // the position of the deletion
 	}
 	value := string(w.Value)
-	created := seq // a new incarnation of the key, unless keptIncarnation keeps the row's
+	created := seq // a new incarnation of the key, unless the put's update keeps the row's
 	var err error
 	st := t.s.stmts
 	if flat(w.Collection) {
