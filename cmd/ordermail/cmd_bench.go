@@ -37,7 +37,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.IntVar(&c.Due, "due", 0, "retry documents already due, with their paid orders, written before the service starts with retries paused; the run starts retries (`retries start`)")
 	fs.IntVar(&c.Dead, "dead", 0, "dead letters, with their paid orders, written before the service starts; the run redrives them all (`deadletters redrive --all`, timed) before it writes its orders")
 	fs.Float64Var(&c.Rate, "rate", 0, "open loop: write this many orders a second (for orders/rate seconds); 0: all at once")
-	fs.BoolVar(&c.Ceiling, "ceiling", false, "first measure the send-only ceiling: the same orders POSTed by --workers senders, nothing stored")
+	fs.BoolVar(&c.Ceiling, "ceiling", false, "measure the send-only ceiling before the run and again after it: the same orders POSTed by --workers senders, nothing stored")
 	fs.BoolVar(&c.Minimal, "minimal", false, "first measure the minimal pipeline: the ceiling's senders, each delivered order's outcome committed in groups by the embedded store; no feed, no decisions")
 	fs.BoolVar(&c.Scatter, "scatter", false, "order keys in no order, as random identifiers (UUIDs) give; default: numbered in the order they are written")
 	fs.BoolVar(&c.Secure, "secure", false, "the mock wants a bearer token and Standard Webhooks signatures; the service and the ceiling send them")
@@ -72,10 +72,12 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"pausedMetricsMs (--idle with --due: the same before the run, the due retries waiting paused);\n" +
 			"redriveSeconds, redrivePeakRSSMB, deadFirstSeconds and deadPerSecond (--dead: the redrive\n" +
 			"command's time and memory, and the redriven orders' first delivery and rate from its start);\n" +
-			"ceilingPerSecond, ofCeiling, afterWritesOfCeiling and ceilingSendMeanMs (--ceiling: a\n" +
-			"request of the senders alone, to set beside sendMeanMs); minimalPerSecond, minimalOfCeiling,\n" +
-			"minimalCPUPerOrderUs and minimalSendMeanMs (--minimal); orderWriteCPUPerOrderUs (the bench's\n" +
-			"CPU writing the run's orders: the order system's work, on the same machine); settings.\n" +
+			"ceilingPerSecond, ofCeiling, afterWritesOfCeiling and ceilingSendMeanMs (--ceiling: the mean\n" +
+			"of ceilingBeforePerSecond and ceilingAfterPerSecond, measured before and after the service's\n" +
+			"run, and a request of the senders alone, to set beside sendMeanMs); minimalPerSecond,\n" +
+			"minimalOfCeiling, minimalCPUPerOrderUs and minimalSendMeanMs (--minimal);\n" +
+			"orderWriteCPUPerOrderUs (the bench's CPU writing the run's orders: the order system's work,\n" +
+			"on the same machine); settings.\n" +
 			"Flags after -- are handed to `ordermail run`. bench reads no ORDERMAIL_ variables and passes\n" +
 			"none on: a deployment's settings, its store above all, stay out of a benchmark.",
 		FlagSet: fs,

@@ -202,11 +202,16 @@ type Result struct {
 	// and when fewer than a tenth of the deliveries came after the last
 	// write.
 	AfterWritesPerSecond *float64 `json:"afterWritesPerSecond,omitempty"`
-	// The send-only ceiling, with --ceiling.
-	CeilingPerSecond     *float64 `json:"ceilingPerSecond,omitempty"`
-	CeilingRequests      *int64   `json:"ceilingRequests,omitempty"`
-	OfCeiling            *float64 `json:"ofCeiling,omitempty"`            // ordersPerSecond / ceilingPerSecond
-	AfterWritesOfCeiling *float64 `json:"afterWritesOfCeiling,omitempty"` // afterWritesPerSecond / ceilingPerSecond
+	// The send-only ceiling, with --ceiling: measured before the service's
+	// run and again after it, the mean of the two, so that the machine's
+	// drift during a run moves the ceiling as it moves the service. The two
+	// apart show how far the machine drifted; the requests are both's.
+	CeilingPerSecond       *float64 `json:"ceilingPerSecond,omitempty"`
+	CeilingBeforePerSecond *float64 `json:"ceilingBeforePerSecond,omitempty"`
+	CeilingAfterPerSecond  *float64 `json:"ceilingAfterPerSecond,omitempty"`
+	CeilingRequests        *int64   `json:"ceilingRequests,omitempty"`
+	OfCeiling              *float64 `json:"ofCeiling,omitempty"`            // ordersPerSecond / ceilingPerSecond
+	AfterWritesOfCeiling   *float64 `json:"afterWritesOfCeiling,omitempty"` // afterWritesPerSecond / ceilingPerSecond
 	// How long a request to the email service took on average: the
 	// service's, from its ordermail_send_duration_seconds over the run, and
 	// the ceiling's senders'. With as many senders, the gap between the two
@@ -329,15 +334,12 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 		return res, err
 	}
 	orders := generate(cfg.Orders, cfg.Seed, false)
+	var before ceilingResult
 	if cfg.Ceiling {
-		b.logf("ceiling: %d sends from %d workers to %s", len(orders), cfg.Workers, b.mailURL)
-		c, err := runCeiling(ctx, b.mailURL, orders, cfg.Workers, "ceiling:"+b.runID+":", b.creds)
-		if err != nil {
+		var err error
+		if before, err = b.ceiling(ctx, orders, "before"); err != nil {
 			return res, err
 		}
-		res.CeilingPerSecond, res.CeilingRequests = ptr(round(c.perSecond, 1)), &c.requests
-		res.CeilingSendMeanMs = ptr(round(ms(c.meanSend), 3))
-		b.logf("ceiling: %.0f deliveries a second", c.perSecond)
 	}
 	if cfg.Minimal {
 		b.logf("minimal pipeline: %d sends from %d workers, their outcomes committed in groups", len(orders), cfg.Workers)
@@ -346,9 +348,6 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 			return res, err
 		}
 		res.MinimalPerSecond = ptr(round(m.perSecond, 1))
-		if res.CeilingPerSecond != nil {
-			res.MinimalOfCeiling = ptr(round(m.perSecond / *res.CeilingPerSecond, 3))
-		}
 		if m.cpuPerOrder > 0 {
 			res.MinimalCPUPerOrderUs = ptr(round(m.cpuPerOrder, 1))
 		}
@@ -487,13 +486,45 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 	elapsed := end.Sub(w.start).Seconds()
 	res.ElapsedSeconds = round(elapsed, 3)
 	res.OrdersPerSecond = round(float64(res.Confirmed)/elapsed, 1)
-	if res.CeilingPerSecond != nil {
-		res.OfCeiling = ptr(round(res.OrdersPerSecond / *res.CeilingPerSecond, 3))
-		if res.AfterWritesPerSecond != nil {
-			res.AfterWritesOfCeiling = ptr(round(*res.AfterWritesPerSecond / *res.CeilingPerSecond, 3))
+	if cfg.Ceiling {
+		// Again, the service stopped as it was not yet started before, and
+		// after the mock's figures of the run were read.
+		after, err := b.ceiling(ctx, orders, "after")
+		if err != nil {
+			return res, err
 		}
+		setCeiling(&res, before, after)
 	}
 	return res, nil
+}
+
+// ceiling measures the send-only ceiling, its keys apart from every other
+// measurement's of the run (when names which).
+func (b *bench) ceiling(ctx context.Context, orders [][]byte, when string) (ceilingResult, error) {
+	b.logf("ceiling (%s the service's run): %d sends from %d workers to %s", when, len(orders), b.cfg.Workers, b.mailURL)
+	c, err := runCeiling(ctx, b.mailURL, orders, b.cfg.Workers, "ceiling-"+when+":"+b.runID+":", b.creds)
+	if err != nil {
+		return c, err
+	}
+	b.logf("ceiling (%s): %.0f deliveries a second", when, c.perSecond)
+	return c, nil
+}
+
+// setCeiling gives res the ceiling measured before and after the run and
+// every rate's share of their mean.
+func setCeiling(res *Result, before, after ceilingResult) {
+	perSecond := (before.perSecond + after.perSecond) / 2
+	res.CeilingPerSecond = ptr(round(perSecond, 1))
+	res.CeilingBeforePerSecond, res.CeilingAfterPerSecond = ptr(round(before.perSecond, 1)), ptr(round(after.perSecond, 1))
+	res.CeilingRequests = ptr(before.requests + after.requests)
+	res.CeilingSendMeanMs = ptr(round(ms((before.meanSend+after.meanSend)/2), 3))
+	res.OfCeiling = ptr(round(res.OrdersPerSecond/perSecond, 3))
+	if res.AfterWritesPerSecond != nil {
+		res.AfterWritesOfCeiling = ptr(round(*res.AfterWritesPerSecond/perSecond, 3))
+	}
+	if res.MinimalPerSecond != nil {
+		res.MinimalOfCeiling = ptr(round(*res.MinimalPerSecond/perSecond, 3))
+	}
 }
 
 // afterWrites counts the deliveries (sorted, in Unix nanoseconds) after
