@@ -487,8 +487,9 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 	res.ElapsedSeconds = round(elapsed, 3)
 	res.OrdersPerSecond = round(float64(res.Confirmed)/elapsed, 1)
 	if cfg.Ceiling {
-		// Again, the service stopped as it was not yet started before, and
-		// after the mock's figures of the run were read.
+		// Again: the service stopped, as it had not started the first
+		// time, and the mock's figures of the run already read, so that
+		// these requests count in none of them.
 		after, err := b.ceiling(ctx, orders, "after")
 		if err != nil {
 			return res, err
@@ -498,8 +499,8 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 	return res, nil
 }
 
-// ceiling measures the send-only ceiling, its keys apart from every other
-// measurement's of the run (when names which).
+// ceiling measures the send-only ceiling under keys of its own; when says
+// which of the two measurements it is ("before" or "after").
 func (b *bench) ceiling(ctx context.Context, orders [][]byte, when string) (ceilingResult, error) {
 	b.logf("ceiling (%s the service's run): %d sends from %d workers to %s", when, len(orders), b.cfg.Workers, b.mailURL)
 	c, err := runCeiling(ctx, b.mailURL, orders, b.cfg.Workers, "ceiling-"+when+":"+b.runID+":", b.creds)
