@@ -1101,7 +1101,8 @@ func (b *bench) pollEvery() time.Duration {
 
 // waitDone waits until the run's every order is delivered (the email
 // service's /stats), or else every one is confirmed or dead-lettered and no
-// retry is pending (the store's counts, read rarely: they scan the store),
+// retry is pending (the store's counts, read when there are no deliveries
+// to watch or they stall),
 // and then until the store has recorded those outcomes. It returns when it
 // saw the end.
 func (b *bench) waitDone(ctx context.Context, start time.Time, base store.Counts, baseStats mockmail.Stats, haveStats bool) (time.Time, error) {
