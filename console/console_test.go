@@ -483,9 +483,25 @@ func TestOverview(t *testing.T) {
 		`id="orders-paid">2<`, `id="orders-confirmed">1<`, `id="dead-letters">1<`, `id="retries-pending">1<`, `id="retries-due">1<`,
 		`id="retries-state">armed`, `id="breaker">closed`, "<svg", "sweeper (holds the timer's lease)", "this process",
 		`href="/deadletters?reason=permanent_error"`, `href="/retries?reason=HTTP&#43;503"`, "Embedded store: one process at a time",
+		"oldest due for ", ", not yet flagged",
 	} {
 		assert.Contains(t, body, want)
 	}
+}
+
+// The oldest due is of the retries not yet flagged: with only flagged ones
+// due, the overview says how many, not "none waiting".
+func TestOverviewWithOnlyFlaggedRetriesDue(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{})
+	f.put(t, order.Inbound, "r1", []byte(`{"email":"a@x","paymentStatus":"paid"}`))
+	f.put(t, order.Retry, "r1", order.RetryDoc{DocID: "r1", Attempt: 1, TS: 1, NextAttemptAt: 1, FireRetry: true, LastStatus: 503}.Encode())
+
+	code, body := f.get(t, "/")
+	require.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, `id="retries-due">1<`)
+	assert.Contains(t, body, "1 flagged, none waiting for the timer")
+	assert.NotContains(t, body, "none waiting<")
 }
 
 func TestSecurityHeaders(t *testing.T) {

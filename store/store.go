@@ -234,9 +234,14 @@ type Tally struct {
 
 // Backlog is what the status shows of the retries waiting.
 type Backlog struct {
-	Due       int       // flagged, or due by nextAttemptAt or ts
-	OldestDue time.Time // when the longest-waiting due retry became due; zero when none is
-	Reasons   []Tally   // the five most common reasons, retries and dead letters together
+	Due int // flagged, or due by nextAttemptAt or ts
+	// OldestDue is when the longest-waiting due retry not yet flagged
+	// became due: how far the sweep is behind, or how long retries have
+	// been paused. Zero when none is. A flagged retry is the service's to
+	// send, and neither store knows cheaply since when it waits; Due counts
+	// it, and Counts.RetryFlagged.
+	OldestDue time.Time
+	Reasons   []Tally // the five most common reasons, retries and dead letters together
 }
 
 // Store is what ordermail needs from a database.
