@@ -155,19 +155,19 @@ func TestStatusViewOfMembers(t *testing.T) {
 // waiting, the status says so, where it said "none due" beside thousands
 // due (a redrive's, with no service running).
 func TestStatusOldestDueLeavesFlaggedOut(t *testing.T) {
-	print := func(v statusView) string {
+	show := func(v statusView) string {
 		var b strings.Builder
 		require.NoError(t, printStatus(&b, v, 15*time.Second))
 		return b.String()
 	}
-	out := print(statusView{RetryDocs: 3, DueNow: 3, RetryFlagged: 3, TopFailures: []ops.ReasonCount{}})
+	out := show(statusView{RetryDocs: 3, DueNow: 3, RetryFlagged: 3, TopFailures: []ops.ReasonCount{}})
 	assert.Contains(t, out, "pending retries:    3 (3 due now, 3 flagged)\n")
 	assert.Contains(t, out, "oldest due:         none waiting to be flagged (3 flagged, for the service to send)\n")
 
-	out = print(statusView{})
+	out = show(statusView{})
 	assert.Contains(t, out, "oldest due:         none due\n")
 
 	since := time.Now().Add(-90 * time.Second)
-	out = print(statusView{RetryDocs: 4, DueNow: 4, RetryFlagged: 3, oldestDue: since, OldestDueAt: since.UTC().Format(time.RFC3339)})
+	out = show(statusView{RetryDocs: 4, DueNow: 4, RetryFlagged: 3, oldestDue: since, OldestDueAt: since.UTC().Format(time.RFC3339)})
 	assert.Regexp(t, `(?m)^oldest due:         due for 1m3\ds \(since `+regexp.QuoteMeta(since.UTC().Format(time.RFC3339))+`\), not yet flagged$`, out)
 }
