@@ -26,15 +26,13 @@ import (
 
 // Alerts. What to alert on, with the metrics below (for the README):
 //
-//	# Due retries the timer has not flagged: it is stopped, nobody holds its
-//	# lease, the sweep is behind, or retries are paused. (A retry the email
-//	# service refuses is not due long: it is tried, held back or failed, and
-//	# due again later; the breaker's and the configuration's alerts say so.)
+//	# Due retries not going out: the timer is stopped or nobody holds its
+//	# lease, retries are paused, or what it flagged is not being sent (the
+//	# service stopped or stuck, or a backlog larger than it drains). A
+//	# retry the email service refuses is not due for long: it is tried,
+//	# held back or failed, and due again later; the breaker's and the
+//	# configuration's alerts say so. The first thing to look at.
 //	ordermail_oldest_due_retry_age_seconds > 300
-//	# Flagged retries not going out: the watchers are stuck or stopped. The
-//	# age above leaves them out: neither store keeps since when one waits.
-//	max(ordermail_retry_documents_flagged) > 0
-//	  and sum(rate(ordermail_outcomes_total[5m])) == 0                for: 10m
 //	# Paused with work waiting (allow_retrys deleted and forgotten).
 //	max(ordermail_retries_paused) == 1 and max(ordermail_retry_documents_due) > 0   for: 30m
 //	# Orders given up on: each needs a person (redrive or purge).
@@ -389,7 +387,7 @@ var (
 	descRetries = prometheus.NewDesc("ordermail_retry_documents", "Pending retries (allow_retrys not counted).", nil, nil)
 	descFlagged = prometheus.NewDesc("ordermail_retry_documents_flagged", "Retries flagged fireRetry, about to be sent.", nil, nil)
 	descDue     = prometheus.NewDesc("ordermail_retry_documents_due", "Retries due now: flagged, or due by nextAttemptAt (or the quantum, for the sample's documents).", nil, nil)
-	descOldest  = prometheus.NewDesc("ordermail_oldest_due_retry_age_seconds", "How long the longest-waiting due retry not yet flagged has been due (the sweep behind, or retries paused); 0 when none is. Flagged retries: ordermail_retry_documents_flagged.", nil, nil)
+	descOldest  = prometheus.NewDesc("ordermail_oldest_due_retry_age_seconds", "How long the longest-waiting due retry, flagged or not, has been due; 0 when none is.", nil, nil)
 	descDead    = prometheus.NewDesc("ordermail_dead_letters", "Confirmations given up on, waiting for a redrive.", nil, nil)
 )
 

@@ -62,7 +62,7 @@ type Status struct {
 	RetryDocs         int           `json:"retryDocs"` // pending retries
 	RetryFlagged      int           `json:"retryFlagged"`
 	DueNow            int           `json:"dueNow"`
-	OldestDueAt       *time.Time    `json:"oldestDueAt"` // the longest-waiting due retry not yet flagged (store.Backlog); null when none is
+	OldestDueAt       *time.Time    `json:"oldestDueAt"` // the longest-waiting due retry, flagged or not; null when none is due
 	DeadLetters       int           `json:"deadLetters"`
 	OrdersPaid        int           `json:"ordersPaid"`
 	OrdersConfirmed   int           `json:"ordersConfirmed"`

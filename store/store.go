@@ -235,11 +235,10 @@ type Tally struct {
 // Backlog is what the status shows of the retries waiting.
 type Backlog struct {
 	Due int // flagged, or due by nextAttemptAt or ts
-	// OldestDue is when the longest-waiting due retry not yet flagged
-	// became due: how far the sweep is behind, or how long retries have
-	// been paused. Zero when none is. A flagged retry is the service's to
-	// send, and neither store knows cheaply since when it waits; Due counts
-	// it, and Counts.RetryFlagged.
+	// OldestDue is when the longest-waiting due retry fell due, flagged or
+	// not (the sweep flags ahead of the sends: a backlog waits flagged);
+	// one flagged by hand before it fell due counts as due now. Zero when
+	// none is.
 	OldestDue time.Time
 	Reasons   []Tally // the five most common reasons, retries and dead letters together
 }

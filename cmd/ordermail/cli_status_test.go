@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -151,23 +152,21 @@ func TestStatusViewOfMembers(t *testing.T) {
 	assert.Contains(t, out.String(), "sweeper:            a (lease until")
 }
 
-// The oldest due is of the retries not yet flagged: with only flagged ones
-// waiting, the status says so, where it said "none due" beside thousands
-// due (a redrive's, with no service running).
-func TestStatusOldestDueLeavesFlaggedOut(t *testing.T) {
-	show := func(v statusView) string {
-		var b strings.Builder
-		require.NoError(t, printStatus(&b, v, 15*time.Second))
-		return b.String()
-	}
-	out := show(statusView{RetryDocs: 3, DueNow: 3, RetryFlagged: 3, TopFailures: []ops.ReasonCount{}})
-	assert.Contains(t, out, "pending retries:    3 (3 due now, 3 flagged)\n")
-	assert.Contains(t, out, "oldest due:         none waiting to be flagged (3 flagged, for the service to send)\n")
+// Flagged retries count for the oldest due, from when they fell due: after
+// a redrive of 14,889 dead letters with no service running, the status said
+// "14889 due now, 14889 flagged" and "oldest due: none due".
+func TestStatusOldestDueCountsFlaggedRetries(t *testing.T) {
+	storeURL := "file:" + filepath.Join(t.TempDir(), "o.db")
+	st := openStore(t, storeURL)
+	due := time.Now().Add(-time.Hour)
+	_, err := st.Upsert(t.Context(), "retry", "o1", fmt.Appendf(nil, `{"docId":"o1","attempt":1,"ts":1,"nextAttemptAt":%d,"fireRetry":true}`, due.UnixMilli()))
+	require.NoError(t, err)
 
-	out = show(statusView{})
-	assert.Contains(t, out, "oldest due:         none due\n")
-
-	since := time.Now().Add(-90 * time.Second)
-	out = show(statusView{RetryDocs: 4, DueNow: 4, RetryFlagged: 3, oldestDue: since, OldestDueAt: since.UTC().Format(time.RFC3339)})
-	assert.Regexp(t, `(?m)^oldest due:         due for 1m3\ds \(since `+regexp.QuoteMeta(since.UTC().Format(time.RFC3339))+`\), not yet flagged$`, out)
+	out, _, err := cli(t, "retries", "status", "--store", storeURL)
+	require.NoError(t, err)
+	assert.Contains(t, out, "pending retries:    1 (1 due now, 1 flagged)\n")
+	assert.Regexp(t, `(?m)^oldest due:         due for 1h0m\d+s \(since `+regexp.QuoteMeta(due.UTC().Format(time.RFC3339))+`\)$`, out)
+	s := readStatus(t, storeURL)
+	require.NotNil(t, s.OldestDueAt)
+	assert.Equal(t, due.Truncate(time.Second).Unix(), s.OldestDueAt.Unix(), "to the second, as RFC 3339 gives it")
 }

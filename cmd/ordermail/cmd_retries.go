@@ -101,7 +101,7 @@ type statusView struct {
 	RetryDocs         int               `json:"retryDocs"`         // pending retries
 	RetryFlagged      int               `json:"retryFlagged"`
 	DueNow            int               `json:"dueNow"`
-	OldestDueAt       string            `json:"oldestDueAt,omitempty"` // the longest-waiting due retry not yet flagged; absent when none is
+	OldestDueAt       string            `json:"oldestDueAt,omitempty"` // the longest-waiting due retry, flagged or not; absent when none is due
 	DeadLetters       int               `json:"deadLetters"`
 	OrdersPaid        int               `json:"ordersPaid"`
 	OrdersConfirmed   int               `json:"ordersConfirmed"`
@@ -242,14 +242,9 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 	} else {
 		line("retries", "paused (no %s: retry documents wait)", order.ControlKey)
 	}
-	// Of the retries not yet flagged: a flagged one is the service's to
-	// send, since a time neither store keeps (store.Backlog).
 	oldest := "none due"
-	switch {
-	case !v.oldestDue.IsZero():
-		oldest = fmt.Sprintf("due for %s (since %s), not yet flagged", time.Since(v.oldestDue).Round(time.Second), v.OldestDueAt)
-	case v.RetryFlagged > 0:
-		oldest = fmt.Sprintf("none waiting to be flagged (%d flagged, for the service to send)", v.RetryFlagged)
+	if !v.oldestDue.IsZero() {
+		oldest = fmt.Sprintf("due for %s (since %s)", time.Since(v.oldestDue).Round(time.Second), v.OldestDueAt)
 	}
 	line("pending retries", "%d (%d due now, %d flagged)", v.RetryDocs, v.DueNow, v.RetryFlagged)
 	line("oldest due", "%s", oldest)

@@ -429,8 +429,7 @@ func backlogStatement(retry, deadletter string) string {
 		"(r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts)))"
 	return "SELECT " +
 		"(SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE " + due + ")[0] AS due, " +
-		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum)) FROM " + retry + " AS r WHERE " + due +
-		" AND (r.fireRetry IS MISSING OR r.fireRetry != true))[0] AS oldest, " +
+		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum)) FROM " + retry + " AS r WHERE " + due + ")[0] AS oldest, " +
 		"(SELECT d.reason AS reason, COUNT(*) AS count FROM " + deadletter + " AS d GROUP BY d.reason ORDER BY COUNT(*) DESC LIMIT 5) AS reasons"
 }
 
@@ -464,6 +463,9 @@ func (s *Store) readBacklog(ctx context.Context, now time.Time, quantum time.Dur
 	b := store.Backlog{Due: row.Due}
 	if row.Oldest != nil {
 		b.OldestDue = time.UnixMilli(*row.Oldest)
+		if b.OldestDue.After(now) { // flagged by hand before it fell due: due now
+			b.OldestDue = now
+		}
 	}
 	for _, r := range row.Reasons {
 		b.Reasons = append(b.Reasons, store.Tally{Reason: "dead: " + r.Reason, Count: r.Count})

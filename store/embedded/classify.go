@@ -14,21 +14,25 @@ import (
 type columns struct {
 	paid, confirmed, retry, fire, dead bool
 	nextAt, tsAt                       *int64
+	fireAt                             *int64 // a flagged one: when it fell due (classifyRetry)
 	tally                              *string
 }
 
 func (c columns) args() []any {
-	var nextAt, tsAt, tally any
+	var nextAt, tsAt, fireAt, tally any
 	if c.nextAt != nil {
 		nextAt = *c.nextAt
 	}
 	if c.tsAt != nil {
 		tsAt = *c.tsAt
 	}
+	if c.fireAt != nil {
+		fireAt = *c.fireAt
+	}
 	if c.tally != nil {
 		tally = *c.tally
 	}
-	return []any{c.paid, c.confirmed, c.retry, c.fire, nextAt, tsAt, c.dead, tally}
+	return []any{c.paid, c.confirmed, c.retry, c.fire, nextAt, tsAt, c.dead, tally, fireAt}
 }
 
 // flat says whether classify leaves every column of coll's documents but
@@ -54,6 +58,9 @@ func classify(coll, key string, value []byte) columns {
 		}
 		c.retry = true
 		c.fire, c.nextAt, c.tsAt, c.tally = classifyRetry(value)
+		if c.fire {
+			c.fireAt = flaggedDue(value)
+		}
 	case order.DeadLetter:
 		c.dead = true
 		t := "dead: unreadable dead letter"
@@ -104,6 +111,31 @@ func classifyRetry(value []byte) (fire bool, nextAt, tsAt *int64, tally *string)
 		}
 	}
 	return false, nil, nil, tally
+}
+
+// flaggedDue is when a flagged retry document fell due, for the oldest
+// due (Backlog): its nextAttemptAt or, without one, its ts, the rules of
+// classifyRetry. A flag by the sweep writes it from the column the
+// document was due by, the quantum added to a ts (flagQuery); a document
+// written flagged by ts alone (the sample's, run now by hand) counts from
+// its ts, a quantum early.
+func flaggedDue(value []byte) *int64 {
+	var doc struct {
+		NextAttemptAt json.RawMessage `json:"nextAttemptAt"`
+		TS            json.RawMessage `json:"ts"`
+	}
+	if json.Unmarshal(value, &doc) != nil {
+		return nil
+	}
+	if ms, ok := millis(doc.NextAttemptAt); ok {
+		return &ms
+	}
+	if len(doc.NextAttemptAt) == 0 || string(doc.NextAttemptAt) == "null" {
+		if ms, ok := millis(doc.TS); ok {
+			return &ms
+		}
+	}
+	return nil
 }
 
 // millis reads a JSON number as milliseconds, clamped into int64.

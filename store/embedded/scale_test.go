@@ -43,15 +43,16 @@ var plans = []struct {
 	{"backlog", backlogQuery, []any{0, 0}, []string{
 		"SEARCH due_minutes USING PRIMARY KEY (kind=? AND minute<?)",
 		"SEARCH docs USING COVERING INDEX retry_next (next_at>? AND next_at<?)",
-		"SEARCH docs USING COVERING INDEX retry_ts (ts_at>? AND ts_at<?)"}},
+		"SEARCH docs USING COVERING INDEX retry_ts (ts_at>? AND ts_at<?)",
+		"SEARCH docs USING COVERING INDEX retry_fired"}},
 	{"an outcome's guarded replace", guardedReplaceQuery,
-		[]any{"{}", 1, false, false, false, false, nil, nil, false, nil, "inbound", "k", 1},
+		[]any{"{}", 1, false, false, false, false, nil, nil, false, nil, nil, "inbound", "k", 1},
 		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
 	{"an order's guarded replace", flatReplaceQuery, []any{"{}", 1, false, false, "inbound", "k", 1},
 		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
-	{"a flag by nextAttemptAt", flagQuery("next_at"), []any{"{}", 1, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
-	{"a flag by ts", flagQuery("ts_at"), []any{"{}", 1, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
-	{"a put's update", putSetQuery, []any{"inbound", "k", "{}", 1, 1, false, false, false, false, nil, nil, false, nil},
+	{"a flag by nextAttemptAt", flagQuery("next_at"), []any{"{}", 1, 0, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
+	{"a flag by ts", flagQuery("ts_at"), []any{"{}", 1, 0, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
+	{"a put's update", putSetQuery, []any{"inbound", "k", "{}", 1, 1, false, false, false, false, nil, nil, false, nil, nil},
 		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
 	{"a flat put's update", flatSetQuery, []any{"inbound", "k", "{}", 1, 1, false, false},
 		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
@@ -140,11 +141,11 @@ func TestWriteTriggers(t *testing.T) {
 	// A flag clears the one column its retry document is due by, and runs
 	// that column's due triggers alone.
 	assert.Equal(t, []string{"docs_update", "docs_update_tally", "due_update_next_at_new", "due_update_next_at_old"},
-		triggers(t, s, flagQuery("next_at"), 1, "retry", "k"))
+		triggers(t, s, flagQuery("next_at"), "{}", 1, 0, 7))
 	assert.Equal(t, []string{"docs_update", "docs_update_tally", "due_update_ts_at_new", "due_update_ts_at_old"},
-		triggers(t, s, flagQuery("ts_at"), 1, "retry", "k"))
+		triggers(t, s, flagQuery("ts_at"), "{}", 1, 0, 7))
 	dueUpdates := []string{"due_update_next_at_new", "due_update_next_at_old", "due_update_ts_at_new", "due_update_ts_at_old"}
-	all := triggers(t, s, guardedReplaceQuery, "{}", 1, false, false, false, false, nil, nil, false, nil, "retry", "k", 1)
+	all := triggers(t, s, guardedReplaceQuery, "{}", 1, false, false, false, false, nil, nil, false, nil, nil, "retry", "k", 1)
 	assert.Subset(t, all, dueUpdates, "a retry document's replace")
 	// A flat collection's documents never carry the columns that
 	// flatReplaceQuery leaves alone, whatever they hold.
@@ -821,6 +822,59 @@ func TestMigratesAVersion6File(t *testing.T) {
 		"the flag sets fireRetry and keeps every other field")
 }
 
+// A version-7 file's flagged retry documents get the time they fell due
+// (fire_at) when version 8 adds it, the rules of flaggedDue, so that the
+// oldest due counts them at once.
+func TestMigratesAVersion7File(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "v7.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	db.SetMaxOpenConns(1)
+	require.NoError(t, migrateTo(ctx, db, 7))
+	now := time.Now()
+	byNext, byTS := now.Add(-3*time.Hour).UnixMilli(), now.Add(-5*time.Hour).UnixMilli()
+	for i, d := range []struct {
+		key, value string
+		fire       bool
+	}{
+		{"n", fmt.Sprintf(`{"docId":"n","attempt":1,"ts":1,"nextAttemptAt":%d,"fireRetry":true}`, byNext), true},
+		{"t", fmt.Sprintf(`{"docId":"t","ts":%d,"fireRetry":true}`, byTS), true},
+		{"u", `{"docId":"u","attempt":1,"fireRetry":true}`, true}, // due by nothing: not in the oldest
+	} {
+		_, err := db.Exec(`INSERT INTO docs (coll, key, value, seq, created, retry, fire, tally) VALUES ('retry', ?, ?, ?, ?, 1, ?, 'retrying')`,
+			d.key, d.value, i+1, i+1, d.fire)
+		require.NoError(t, err)
+	}
+	_, err = db.Exec(`UPDATE counters SET value = 3 WHERE name = 'seq'`)
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+
+	s := openUpgraded(t, path)
+	got := map[string]any{}
+	rows, err := s.read.Query(`SELECT key, fire_at FROM docs WHERE coll = 'retry'`)
+	require.NoError(t, err)
+	for rows.Next() {
+		var key string
+		var at sql.NullInt64
+		require.NoError(t, rows.Scan(&key, &at))
+		got[key] = nil
+		if at.Valid {
+			got[key] = at.Int64
+		}
+	}
+	require.NoError(t, rows.Close())
+	assert.Equal(t, map[string]any{"n": byNext, "t": byTS, "u": nil}, got)
+	b, err := s.Backlog(ctx, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, 3, b.Due)
+	assert.Equal(t, byTS, b.OldestDue.UnixMilli())
+	c, err := s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, recount(t, s), c)
+}
+
 // openUpgraded opens the file at path as the store, which upgrades it, and
 // checks that it is at SchemaVersion.
 func openUpgraded(t *testing.T, path string) *Store {
@@ -832,4 +886,49 @@ func openUpgraded(t *testing.T, path string) *Store {
 	require.NoError(t, s.read.QueryRow(`PRAGMA user_version`).Scan(&version))
 	require.Equal(t, SchemaVersion, version)
 	return s
+}
+
+// A flag keeps when its retry document fell due (fire_at): by its
+// nextAttemptAt, or by its ts and the quantum, as the sweep found it due.
+// The oldest due counts flagged documents by it, so a backlog the sweep
+// flagged ahead of the sends still shows its age.
+func TestFlagKeepsWhenItFellDue(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := openTest(t)
+	now := time.Now()
+	byNext, byTS := now.Add(-time.Hour).UnixMilli(), now.Add(-2*time.Hour).UnixMilli()
+	_, err := s.Upsert(ctx, order.Retry, "n", fmt.Appendf(nil, `{"docId":"n","attempt":1,"ts":1,"nextAttemptAt":%d}`, byNext))
+	require.NoError(t, err)
+	_, err = s.Upsert(ctx, order.Retry, "t", fmt.Appendf(nil, `{"docId":"t","ts":%d}`, byTS))
+	require.NoError(t, err)
+	res, err := s.SweepRetries(ctx, now, 15*time.Second, 10)
+	require.NoError(t, err)
+	require.Equal(t, 2, res.Flagged)
+
+	fireAt := func(key string) int64 {
+		var at int64
+		require.NoError(t, s.read.QueryRow(`SELECT fire_at FROM docs WHERE coll = 'retry' AND key = ?`, key).Scan(&at))
+		return at
+	}
+	assert.Equal(t, byNext, fireAt("n"))
+	assert.Equal(t, byTS+15_000, fireAt("t"), "due a quantum after its ts")
+	b, err := s.Backlog(ctx, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, 2, b.Due)
+	assert.Equal(t, byTS+15_000, b.OldestDue.UnixMilli())
+
+	// Sent (removed) or failed again (written unflagged), a document
+	// leaves the oldest due.
+	_, err = s.Apply(ctx, []store.Write{{Op: store.OpRemove, Collection: order.Retry, Key: "t"}})
+	require.NoError(t, err)
+	_, err = s.Upsert(ctx, order.Retry, "n", fmt.Appendf(nil, `{"docId":"n","attempt":2,"ts":1,"nextAttemptAt":%d}`, now.Add(time.Hour).UnixMilli()))
+	require.NoError(t, err)
+	b, err = s.Backlog(ctx, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, 0, b.Due)
+	assert.True(t, b.OldestDue.IsZero(), "%s", b.OldestDue)
+	var left int
+	require.NoError(t, s.read.QueryRow(`SELECT count(*) FROM docs WHERE fire_at IS NOT NULL`).Scan(&left))
+	assert.Zero(t, left)
 }

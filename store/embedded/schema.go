@@ -20,6 +20,7 @@ var migrations = []func(ctx context.Context, tx *sql.Tx) error{
 	migrateV5,
 	migrateV6,
 	migrateV7,
+	migrateV8,
 }
 
 // SchemaVersion is the version Open brings every file to.
@@ -321,6 +322,25 @@ func migrateV7(ctx context.Context, tx *sql.Tx) error {
 		return err
 	}
 	_, err = tx.ExecContext(ctx, drops.String()+docsTriggers+dueTriggers(0, "next_at")+dueTriggers(1, "ts_at"))
+	return err
+}
+
+// migrateV8 keeps when a flagged retry document fell due, in fire_at with
+// an index of its own, so that the oldest due counts the flagged ones too
+// (backlogQuery): the sweep flags ahead of the sends, and a large backlog
+// waits flagged. The flagged documents there are given it as classify
+// does (flaggedDue), by SQLite's JSON functions: a numeric nextAttemptAt,
+// or without one a numeric ts.
+func migrateV8(ctx context.Context, tx *sql.Tx) error {
+	_, err := tx.ExecContext(ctx, `
+		ALTER TABLE docs ADD COLUMN fire_at INTEGER; -- a retry document flagged: when it fell due (ms)
+		UPDATE docs SET fire_at = CASE
+			WHEN json_type(value, '$.nextAttemptAt') IN ('integer', 'real') THEN CAST(json_extract(value, '$.nextAttemptAt') AS INTEGER)
+			WHEN json_type(value, '$.nextAttemptAt') IN ('null') OR json_type(value, '$.nextAttemptAt') IS NULL THEN
+				CASE WHEN json_type(value, '$.ts') IN ('integer', 'real') THEN CAST(json_extract(value, '$.ts') AS INTEGER) END
+			END
+		WHERE fire = 1 AND json_valid(value);
+		CREATE INDEX retry_fired ON docs (fire_at) WHERE fire_at IS NOT NULL;`)
 	return err
 }
 

@@ -34,9 +34,9 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 	err := s.submit(ctx, func(t *txn) error {
 		// Each flag clears the one column its document is due by.
 		// The due are found by their row ids, which their index holds.
-		flag := func(st *wstmt, due []idValue) error {
+		flag := func(st *wstmt, due []idValue, after time.Duration) error {
 			for _, d := range due {
-				if err := st.Exec(t.ctx, flagged(d.value), t.next(), d.id); err != nil {
+				if err := st.Exec(t.ctx, flagged(d.value), t.next(), after.Milliseconds(), d.id); err != nil {
 					return err
 				}
 			}
@@ -48,7 +48,7 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 		if err != nil {
 			return err
 		}
-		if err := flag(s.stmts.flagNext, due); err != nil {
+		if err := flag(s.stmts.flagNext, due, 0); err != nil {
 			return err
 		}
 		if len(due) < limit {
@@ -56,7 +56,7 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 			if err != nil {
 				return err
 			}
-			if err := flag(s.stmts.flagTS, byTS); err != nil {
+			if err := flag(s.stmts.flagTS, byTS, quantum); err != nil {
 				return err
 			}
 		}
@@ -91,7 +91,8 @@ const backlogQuery = `SELECT
 	(SELECT min(next_at) FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL),
 	(SELECT coalesce(sum(n), 0) FROM due_minutes WHERE kind = 1 AND minute < ?2 / 60000) +
 	(SELECT count(*) FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at >= ?2 / 60000 * 60000 AND ts_at < ?2),
-	(SELECT min(ts_at) FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL)`
+	(SELECT min(ts_at) FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL),
+	(SELECT min(fire_at) FROM docs INDEXED BY retry_fired WHERE fire_at IS NOT NULL)`
 
 // Backlog counts the due retries (backlogQuery) and reads the reasons from
 // counts kept by triggers.
@@ -101,20 +102,29 @@ func (s *Store) Backlog(ctx context.Context, now time.Time, quantum time.Duratio
 	}
 	var b store.Backlog
 	var flagged, dueNext, dueTS int
-	var oldestNext, oldestTS sql.NullInt64
+	var oldestNext, oldestTS, oldestFired sql.NullInt64
 	err := s.read.QueryRowContext(ctx, backlogQuery,
-		now.UnixMilli(), now.Add(-quantum).UnixMilli()).Scan(&flagged, &dueNext, &oldestNext, &dueTS, &oldestTS)
+		now.UnixMilli(), now.Add(-quantum).UnixMilli()).Scan(&flagged, &dueNext, &oldestNext, &dueTS, &oldestTS, &oldestFired)
 	if err != nil {
 		return store.Backlog{}, fmt.Errorf("backlog: %w", mapErr(err))
 	}
 	b.Due = flagged + dueNext + dueTS
-	if dueNext > 0 && oldestNext.Valid {
-		b.OldestDue = time.UnixMilli(oldestNext.Int64)
-	}
-	if dueTS > 0 && oldestTS.Valid {
-		if due := time.UnixMilli(oldestTS.Int64).Add(quantum); b.OldestDue.IsZero() || due.Before(b.OldestDue) {
+	oldest := func(due time.Time) {
+		if due.After(now) { // flagged by hand before it fell due: due now
+			due = now
+		}
+		if b.OldestDue.IsZero() || due.Before(b.OldestDue) {
 			b.OldestDue = due
 		}
+	}
+	if dueNext > 0 && oldestNext.Valid {
+		oldest(time.UnixMilli(oldestNext.Int64))
+	}
+	if dueTS > 0 && oldestTS.Valid {
+		oldest(time.UnixMilli(oldestTS.Int64).Add(quantum))
+	}
+	if flagged > 0 && oldestFired.Valid {
+		oldest(time.UnixMilli(oldestFired.Int64))
 	}
 	if b.Reasons, err = s.Tallies(ctx); err != nil {
 		return store.Backlog{}, err

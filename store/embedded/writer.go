@@ -439,10 +439,10 @@ func (t *txn) apply(w store.Write, cols columns) (uint64, error) {
 // IGNORE reaches the triggers' statements too, where no constraint can be
 // met (TestCountsAgreeWithARecountAfterEveryKindOfWrite recounts).
 const (
-	putAddQuery = `INSERT OR IGNORE INTO docs (coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally)
-	VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)`
+	putAddQuery = `INSERT OR IGNORE INTO docs (coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally, fire_at)
+	VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)`
 	putSetQuery = `UPDATE OR FAIL docs SET value = ?3, seq = ?4, created = CASE WHEN value IS NULL THEN ?5 ELSE created END,
-		paid = ?6, confirmed = ?7, retry = ?8, fire = ?9, next_at = ?10, ts_at = ?11, dead = ?12, tally = ?13
+		paid = ?6, confirmed = ?7, retry = ?8, fire = ?9, next_at = ?10, ts_at = ?11, dead = ?12, tally = ?13, fire_at = ?14
 	WHERE coll = ?1 AND key = ?2`
 	// A flat collection's document (see flatReplaceQuery): over a row that
 	// is there, its put names only the columns such a document has, so the
@@ -506,7 +506,7 @@ func (t *txn) write(w store.Write, cols columns) (uint64, error) {
 // (TestQueryPlans); its guard was checked before it.
 const (
 	buryQuery = `UPDATE OR FAIL docs SET value = NULL, seq = ?, created = 0, paid = 0, confirmed = 0, retry = 0, fire = 0,
-			next_at = NULL, ts_at = NULL, dead = 0, tally = NULL WHERE coll = ? AND key = ?`
+			next_at = NULL, ts_at = NULL, dead = 0, tally = NULL, fire_at = NULL WHERE coll = ? AND key = ?`
 	eraseQuery = `DELETE FROM docs WHERE coll = ? AND key = ?`
 )
 
@@ -537,7 +537,7 @@ func (t *txn) tombstones() (bool, error) {
 // before it. A point search of docs_by_key (TestQueryPlans): the unary +
 // keeps SQLite from searching docs_by_seq instead.
 const guardedReplaceQuery = `UPDATE OR FAIL docs SET value = ?, seq = ?, paid = ?, confirmed = ?, retry = ?, fire = ?,
-		next_at = ?, ts_at = ?, dead = ?, tally = ?
+		next_at = ?, ts_at = ?, dead = ?, tally = ?, fire_at = ?
 	WHERE coll = ? AND key = ? AND +seq = ? AND value IS NOT NULL`
 
 // The due retry documents, oldest first: their row ids, and their values,
@@ -548,7 +548,9 @@ const (
 )
 
 // flagQuery writes a retry document due by col (next_at or ts_at) flagged
-// (its value with fireRetry set, which the sweep makes) and clears col. It
+// (its value with fireRetry set, which the sweep makes), keeps when it
+// fell due in fire_at (col plus the third argument: the quantum for a ts,
+// 0 for a nextAttemptAt) and clears col. It
 // names only that column of the two: a retry document has at most one of
 // them (classifyRetry), and the due minutes' triggers of the other would
 // run for nothing (TestWriteTriggers). The document is found by its row
@@ -556,7 +558,7 @@ const (
 // by json_set: a statement that calls a function gets a statement journal
 // (see the top of this file).
 func flagQuery(col string) string {
-	return `UPDATE OR FAIL docs SET value = ?, seq = ?, fire = 1, ` + col + ` = NULL WHERE id = ?`
+	return `UPDATE OR FAIL docs SET value = ?1, seq = ?2, fire = 1, fire_at = ` + col + ` + ?3, ` + col + ` = NULL WHERE id = ?4`
 }
 
 // flatReplaceQuery is guardedReplaceQuery for a document outside the retry

@@ -199,6 +199,18 @@ func testBacklog(t *testing.T, s store.Store) {
 	assert.Equal(t, 2, after.Due-before.Due, "a (due) and c (flagged), not b")
 	require.False(t, after.OldestDue.IsZero())
 	assert.False(t, after.OldestDue.After(due))
+
+	// A flagged retry counts for the oldest due, from when it fell due:
+	// the sweep flags ahead of the sends, and a backlog waits flagged. One
+	// flagged by hand before it fell due is due now, not later.
+	flaggedDue := now.Add(-2 * time.Hour)
+	put("d", fmt.Sprintf(`{"docId":"d","attempt":1,"ts":1,"nextAttemptAt":%d,"fireRetry":true}`, flaggedDue.UnixMilli()))
+	put("e", fmt.Sprintf(`{"docId":"e","attempt":1,"ts":1,"nextAttemptAt":%d,"fireRetry":true}`, now.Add(time.Hour).UnixMilli()))
+	flagged, err := s.Backlog(ctx, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, 4, flagged.Due-before.Due, "a, c, d and e")
+	assert.False(t, flagged.OldestDue.After(flaggedDue), "the oldest due %s, d flagged and due since %s", flagged.OldestDue, flaggedDue)
+	assert.False(t, flagged.OldestDue.After(now))
 }
 
 // testExpiry: an attempt record written with an expiry goes away once it
