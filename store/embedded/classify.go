@@ -14,7 +14,7 @@ import (
 type columns struct {
 	paid, confirmed, retry, fire, dead bool
 	nextAt, tsAt                       *int64
-	fireAt                             *int64 // a flagged one: when it fell due (classifyRetry)
+	fireAt                             *int64 // a flagged retry document: when it fell due
 	tally                              *string
 }
 
@@ -57,10 +57,7 @@ func classify(coll, key string, value []byte) columns {
 			return c
 		}
 		c.retry = true
-		c.fire, c.nextAt, c.tsAt, c.tally = classifyRetry(value)
-		if c.fire {
-			c.fireAt = flaggedDue(value)
-		}
+		classifyRetry(value, &c)
 	case order.DeadLetter:
 		c.dead = true
 		t := "dead: unreadable dead letter"
@@ -78,8 +75,11 @@ const unreadableRetry = "retrying: unreadable retry document"
 // classifyRetry reads a retry document the way the sweep always has: a
 // document is due by a numeric nextAttemptAt or, without one, by a numeric
 // ts; a document that is not a JSON object is never due (the watcher
-// dead-letters it when it is written).
-func classifyRetry(value []byte) (fire bool, nextAt, tsAt *int64, tally *string) {
+// dead-letters it when it is written). A flagged one keeps that time in
+// fireAt instead, for the oldest due (Backlog): a ts counts as it is, where
+// the sweep's flag adds the quantum (flagQuery), so a sample document
+// written flagged (run now by hand) counts a quantum early.
+func classifyRetry(value []byte, c *columns) {
 	var doc struct {
 		FireRetry     json.RawMessage `json:"fireRetry"`
 		NextAttemptAt json.RawMessage `json:"nextAttemptAt"`
@@ -95,47 +95,27 @@ func classifyRetry(value []byte) (fire bool, nextAt, tsAt *int64, tally *string)
 	case r.LastError != "":
 		t = "retrying: no answer"
 	}
-	tally = &t
+	c.tally = &t
 	if json.Unmarshal(value, &doc) != nil {
-		return false, nil, nil, tally
+		return
 	}
-	if string(doc.FireRetry) == "true" {
-		return true, nil, nil, tally
-	}
+	var at *int64
+	byTS := false
 	if ms, ok := millis(doc.NextAttemptAt); ok {
-		return false, &ms, nil, tally
-	}
-	if len(doc.NextAttemptAt) == 0 || string(doc.NextAttemptAt) == "null" {
+		at = &ms
+	} else if len(doc.NextAttemptAt) == 0 || string(doc.NextAttemptAt) == "null" {
 		if ms, ok := millis(doc.TS); ok {
-			return false, nil, &ms, tally
+			at, byTS = &ms, true
 		}
 	}
-	return false, nil, nil, tally
-}
-
-// flaggedDue is when a flagged retry document fell due, for the oldest
-// due (Backlog): its nextAttemptAt or, without one, its ts, the rules of
-// classifyRetry. A flag by the sweep writes it from the column the
-// document was due by, the quantum added to a ts (flagQuery); a document
-// written flagged by ts alone (the sample's, run now by hand) counts from
-// its ts, a quantum early.
-func flaggedDue(value []byte) *int64 {
-	var doc struct {
-		NextAttemptAt json.RawMessage `json:"nextAttemptAt"`
-		TS            json.RawMessage `json:"ts"`
+	switch {
+	case string(doc.FireRetry) == "true":
+		c.fire, c.fireAt = true, at
+	case byTS:
+		c.tsAt = at
+	default:
+		c.nextAt = at
 	}
-	if json.Unmarshal(value, &doc) != nil {
-		return nil
-	}
-	if ms, ok := millis(doc.NextAttemptAt); ok {
-		return &ms
-	}
-	if len(doc.NextAttemptAt) == 0 || string(doc.NextAttemptAt) == "null" {
-		if ms, ok := millis(doc.TS); ok {
-			return &ms
-		}
-	}
-	return nil
 }
 
 // millis reads a JSON number as milliseconds, clamped into int64.

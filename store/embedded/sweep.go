@@ -84,6 +84,8 @@ func flagged(value string) string {
 // due_minutes, kept by triggers, and the current minute's on the partial
 // indexes. Its cost follows the minutes the backlog spans and the retries
 // due within one minute, not the due retries (TestScaleDueCountReadsMinutes).
+// The oldest due is the least of three index ends: the unflagged by
+// nextAttemptAt, by ts, and the flagged by when they fell due (fire_at).
 const backlogQuery = `SELECT
 	(SELECT fire FROM stats),
 	(SELECT coalesce(sum(n), 0) FROM due_minutes WHERE kind = 0 AND minute < ?1 / 60000) +
