@@ -329,7 +329,7 @@ func migrateV7(ctx context.Context, tx *sql.Tx) error {
 // an index of its own, so that the oldest due counts the flagged ones too
 // (backlogQuery): the sweep flags ahead of the sends, and a large backlog
 // waits flagged. The flagged documents there are given it as classify
-// does (flaggedDue), by SQLite's JSON functions: a numeric nextAttemptAt,
+// does (classifyRetry), by SQLite's JSON functions: a numeric nextAttemptAt,
 // or without one a numeric ts.
 func migrateV8(ctx context.Context, tx *sql.Tx) error {
 	_, err := tx.ExecContext(ctx, `
