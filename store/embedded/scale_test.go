@@ -823,7 +823,7 @@ func TestMigratesAVersion6File(t *testing.T) {
 }
 
 // A version-7 file's flagged retry documents get the time they fell due
-// (fire_at) when version 8 adds it, the rules of flaggedDue, so that the
+// (fire_at) when version 8 adds it, the rules of classifyRetry, so that the
 // oldest due counts them at once.
 func TestMigratesAVersion7File(t *testing.T) {
 	t.Parallel()
