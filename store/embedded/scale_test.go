@@ -779,11 +779,7 @@ func TestMigratesAVersion5File(t *testing.T) {
 func TestMigratesAVersion6File(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "v6.db")
-	db, err := sql.Open("sqlite", "file:"+path)
-	require.NoError(t, err)
-	db.SetMaxOpenConns(1)
-	require.NoError(t, migrateTo(ctx, db, 6))
+	path, db := fileAtVersion(t, 6)
 	rows, err := db.Query(`SELECT name, sql FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'docs'`)
 	require.NoError(t, err)
 	defs := map[string]string{}
@@ -828,11 +824,7 @@ func TestMigratesAVersion6File(t *testing.T) {
 func TestMigratesAVersion7File(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), "v7.db")
-	db, err := sql.Open("sqlite", "file:"+path)
-	require.NoError(t, err)
-	db.SetMaxOpenConns(1)
-	require.NoError(t, migrateTo(ctx, db, 7))
+	path, db := fileAtVersion(t, 7)
 	now := time.Now()
 	byNext, byTS := now.Add(-3*time.Hour).UnixMilli(), now.Add(-5*time.Hour).UnixMilli()
 	for i, d := range []struct {
@@ -847,7 +839,7 @@ func TestMigratesAVersion7File(t *testing.T) {
 			d.key, d.value, i+1, i+1, d.fire)
 		require.NoError(t, err)
 	}
-	_, err = db.Exec(`UPDATE counters SET value = 3 WHERE name = 'seq'`)
+	_, err := db.Exec(`UPDATE counters SET value = 3 WHERE name = 'seq'`)
 	require.NoError(t, err)
 	require.NoError(t, db.Close())
 
@@ -873,6 +865,18 @@ func TestMigratesAVersion7File(t *testing.T) {
 	c, err := s.Counts(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, recount(t, s), c)
+}
+
+// fileAtVersion makes a store file of schema version v, and the handle
+// that made it, one connection as the store's writer has.
+func fileAtVersion(t *testing.T, v int) (string, *sql.DB) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), fmt.Sprintf("v%d.db", v))
+	db, err := sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	db.SetMaxOpenConns(1)
+	require.NoError(t, migrateTo(context.Background(), db, v))
+	return path, db
 }
 
 // openUpgraded opens the file at path as the store, which upgrades it, and
