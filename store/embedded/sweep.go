@@ -32,11 +32,13 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 	}
 	var res store.SweepResult
 	err := s.submit(ctx, func(t *txn) error {
-		// Each flag clears the one column its document is due by.
-		// The due are found by their row ids, which their index holds.
-		flag := func(st *wstmt, due []idValue, after time.Duration) error {
+		// Each flag clears the one column its document is due by, and
+		// keeps when it fell due: that column's time plus dueAfter (the
+		// quantum for a ts, nothing for a nextAttemptAt). The due are found
+		// by their row ids, which their index holds.
+		flag := func(st *wstmt, due []idValue, dueAfter time.Duration) error {
 			for _, d := range due {
-				if err := st.Exec(t.ctx, flagged(d.value), t.next(), after.Milliseconds(), d.id); err != nil {
+				if err := st.Exec(t.ctx, flagged(d.value), t.next(), dueAfter.Milliseconds(), d.id); err != nil {
 					return err
 				}
 			}
