@@ -152,6 +152,17 @@ func TestStatusViewOfMembers(t *testing.T) {
 	assert.Contains(t, out.String(), "sweeper:            a (lease until")
 }
 
+// The reasons' counts stay under their heading at a backlog's sizes: a
+// count of six digits pushed its reason out of the column.
+func TestStatusReasonsAligned(t *testing.T) {
+	v := newStatusView(ops.Status{TopFailures: []ops.ReasonCount{
+		{Reason: "retrying: HTTP 503", Count: 200000}, {Reason: "retrying: held back", Count: 7},
+	}}, time.Now(), serviceView{Running: false})
+	var out strings.Builder
+	require.NoError(t, printStatus(&out, v, 15*time.Second))
+	assert.Contains(t, out.String(), "top failure reasons:\n   COUNT  REASON\n  200000  retrying: HTTP 503\n       7  retrying: held back\n")
+}
+
 // Flagged retries count for the oldest due, from when they fell due: after
 // a redrive of 14,889 dead letters with no service running, the status said
 // "14889 due now, 14889 flagged" and "oldest due: none due".

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -278,9 +279,13 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 		return err
 	}
 	fmt.Fprintln(w, "top failure reasons:")
-	fmt.Fprintf(w, "  %5s  %s\n", "COUNT", "REASON")
+	width := len("COUNT") // the counts right-aligned under it, however large
 	for _, r := range v.TopFailures {
-		fmt.Fprintf(w, "  %5d  %s\n", r.Count, r.Reason)
+		width = max(width, len(strconv.Itoa(r.Count)))
+	}
+	fmt.Fprintf(w, "  %*s  %s\n", width, "COUNT", "REASON")
+	for _, r := range v.TopFailures {
+		fmt.Fprintf(w, "  %*d  %s\n", width, r.Count, r.Reason)
 	}
 	return nil
 }
