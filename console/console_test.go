@@ -20,6 +20,7 @@ import (
 
 	"github.com/ordermail/ordermail/console"
 	"github.com/ordermail/ordermail/mailer"
+	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/embedded"
@@ -465,6 +466,35 @@ func TestOrderPageShowsAttempts(t *testing.T) {
 	code, body = f.get(t, "/order?key=nope")
 	assert.Equal(t, http.StatusNotFound, code)
 	assert.Contains(t, body, "no order, retry, dead letter or attempt record")
+}
+
+// During an outage the retries say what the email service answered, and
+// those the breaker held back before any request say so.
+func TestHeldBackRetries(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	held := "circuit breaker open: email service not called"
+	next := time.Now().Add(time.Hour).UnixMilli()
+	f.put(t, order.Retry, "after503", order.RetryDoc{Type: order.TypeConfirmation, DocID: "after503", Attempt: 1, TS: 1,
+		NextAttemptAt: next, LastStatus: 503, LastError: "answered 503 Service Unavailable", HeldBack: held}.Encode())
+	f.put(t, order.Retry, "never", order.RetryDoc{Type: order.TypeConfirmation, DocID: "never", TS: 1,
+		NextAttemptAt: next, HeldBack: held}.Encode())
+
+	code, body := f.get(t, "/retries?reason="+url.QueryEscape(ops.RetryReasonHeldBack))
+	require.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, `<code>never</code>`)
+	assert.NotContains(t, body, `<code>after503</code>`)
+	assert.Contains(t, body, "held back: "+held)
+
+	code, body = f.get(t, "/order?key=after503")
+	require.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, "HTTP 503 answered 503 Service Unavailable")
+	assert.Contains(t, body, "<dt>Held back</dt><dd>"+held+"</dd>")
+	_, body = f.get(t, "/order?key=never")
+	assert.Contains(t, body, "none: no request made yet")
+
+	_, body = f.get(t, "/")
+	assert.Contains(t, body, `href="/retries?reason=held&#43;back"`, "the overview's reasons link to the list")
 }
 
 func TestOverview(t *testing.T) {

@@ -252,7 +252,7 @@ func listHref(kind, reason, prefix, after string) string {
 
 // retryReasons are offered by the retries' filter.
 var retryReasons = []string{"HTTP 408", "HTTP 429", "HTTP 500", "HTTP 502", "HTTP 503", "HTTP 504",
-	ops.RetryReasonNoAnswer, ops.RetryReasonNone, ops.RetryReasonUnreadable}
+	ops.RetryReasonNoAnswer, ops.RetryReasonHeldBack, ops.RetryReasonNone, ops.RetryReasonUnreadable}
 
 func (c *Console) listRetries(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), readTimeout)

@@ -31,6 +31,7 @@ func TestReadStatus(t *testing.T) {
 	put(order.Retry, "due1", fmt.Sprintf(`{"docId":"a","attempt":2,"ts":%d,"nextAttemptAt":%d,"lastStatus":503}`, ms(-time.Minute), ms(-30*time.Second)))
 	put(order.Retry, "due2", fmt.Sprintf(`{"docId":"a","attempt":1,"ts":%d,"lastStatus":503}`, ms(-time.Hour))) // the sample's: ts + quantum
 	put(order.Retry, "later", fmt.Sprintf(`{"docId":"a","attempt":1,"ts":%d,"nextAttemptAt":%d,"lastError":"connection refused"}`, ms(0), ms(time.Minute)))
+	put(order.Retry, "held", fmt.Sprintf(`{"docId":"a","attempt":0,"ts":%d,"nextAttemptAt":%d,"heldBack":"circuit breaker open: email service not called"}`, ms(0), ms(time.Minute)))
 	put(order.DeadLetter, "d1", `{"docId":"d1","reason":"permanent_error","lastStatus":400}`)
 	put(order.DeadLetter, "d2", `{"docId":"d2","reason":"permanent_error","lastStatus":400}`)
 	put(order.DeadLetter, "d3", `garbage`)
@@ -39,7 +40,7 @@ func TestReadStatus(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, s.Paused)
 	assert.False(t, s.TimerArmed)
-	assert.Equal(t, 3, s.RetryDocs)
+	assert.Equal(t, 4, s.RetryDocs)
 	assert.Equal(t, 2, s.DueNow)
 	require.NotNil(t, s.OldestDueAt)
 	assert.Equal(t, now.Add(-time.Hour+15*time.Second), s.OldestDueAt.UTC(), "due2 has waited longest")
@@ -50,6 +51,7 @@ func TestReadStatus(t *testing.T) {
 		{Reason: "dead: permanent_error (HTTP 400)", Count: 2},
 		{Reason: "retrying: HTTP 503", Count: 2},
 		{Reason: "dead: unreadable dead letter", Count: 1},
+		{Reason: "retrying: held back", Count: 1},
 		{Reason: "retrying: no answer", Count: 1},
 	}, s.TopFailures)
 

@@ -57,21 +57,20 @@ type Retry struct {
 	Unreadable string `json:"unreadable,omitempty"`
 }
 
-// Reasons of retries, as RetryReason says them.
+// Reasons of retries, as RetryReason says them, besides "HTTP 503".
 const (
-	RetryReasonNoAnswer   = "no answer"
+	RetryReasonNoAnswer   = order.WhyNoAnswer
+	RetryReasonHeldBack   = order.WhyHeldBack
 	RetryReasonUnreadable = "unreadable retry document"
 	RetryReasonNone       = "no failure recorded"
 )
 
-// RetryReason says why a retry waits, as the status counts it: "HTTP 503"
-// for a status, "no answer" for a failure without one.
+// RetryReason says why a retry waits, as the status counts it
+// (order.RetryDoc.Why), "no failure recorded" for a document that says
+// none.
 func RetryReason(r order.RetryDoc) string {
-	switch {
-	case r.LastStatus > 0:
-		return fmt.Sprintf("HTTP %d", r.LastStatus)
-	case r.LastError != "":
-		return RetryReasonNoAnswer
+	if why := r.Why(); why != "" {
+		return why
 	}
 	return RetryReasonNone
 }

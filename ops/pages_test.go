@@ -80,19 +80,28 @@ func TestListRetries(t *testing.T) {
 	insert(t, st, order.Retry, "r1", order.RetryDoc{DocID: "r1", Attempt: 2, LastStatus: 503}.Encode())
 	insert(t, st, order.Retry, "r2", order.RetryDoc{DocID: "r2", Attempt: 1, LastError: "connection refused"}.Encode())
 	insert(t, st, order.Retry, "r3", []byte(`not json`))
+	insert(t, st, order.Retry, "r4", order.RetryDoc{DocID: "r4", HeldBack: "circuit breaker open: email service not called"}.Encode())
+	insert(t, st, order.Retry, "r5", order.RetryDoc{DocID: "r5", LastError: "not attempted: circuit breaker open: email service not called"}.Encode())
+	insert(t, st, order.Retry, "r6", order.RetryDoc{DocID: "r6", Attempt: 1, LastStatus: 503, HeldBack: "circuit breaker open: email service not called"}.Encode())
+	insert(t, st, order.Retry, "r7", order.RetryDoc{DocID: "r7", Attempt: 1}.Encode())
 
 	p, err := ops.ListRetries(ctx, st, ops.ListQuery{})
 	require.NoError(t, err)
-	require.Len(t, p.Items, 3, "the control document is no retry")
-	assert.Equal(t, []string{"HTTP 503", ops.RetryReasonNoAnswer, ops.RetryReasonUnreadable},
-		[]string{p.Items[0].Reason, p.Items[1].Reason, p.Items[2].Reason})
+	require.Len(t, p.Items, 7, "the control document is no retry")
+	var reasons []string
+	for _, it := range p.Items {
+		reasons = append(reasons, it.Reason)
+	}
+	assert.Equal(t, []string{"HTTP 503", ops.RetryReasonNoAnswer, ops.RetryReasonUnreadable,
+		ops.RetryReasonHeldBack, ops.RetryReasonHeldBack, "HTTP 503", ops.RetryReasonNone}, reasons,
+		"held back only when no request of the order failed; a hold written before heldBack (r5) too")
 	assert.Equal(t, 2, p.Items[0].Attempt)
 	assert.NotEmpty(t, p.Items[2].Unreadable)
 
 	p, err = ops.ListRetries(ctx, st, ops.ListQuery{Reason: "HTTP 503"})
 	require.NoError(t, err)
-	require.Len(t, p.Items, 1)
-	assert.Equal(t, "r1", p.Items[0].ID)
+	require.Len(t, p.Items, 2)
+	assert.Equal(t, []string{"r1", "r6"}, []string{p.Items[0].ID, p.Items[1].ID})
 }
 
 func TestRedriveByReason(t *testing.T) {

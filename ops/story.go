@@ -70,6 +70,7 @@ type RetryInfo struct {
 	FireRetry      bool      `json:"fireRetry"`
 	LastStatus     int       `json:"lastStatus,omitempty"`
 	LastError      string    `json:"lastError,omitempty"`
+	HeldBack       string    `json:"heldBack,omitempty"` // why the last try made no request
 	Redrives       int       `json:"redrives"`
 	IdempotencyKey string    `json:"idempotencyKey,omitempty"`
 }
@@ -131,7 +132,7 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time) 
 		} else {
 			retryOK = true
 			s.Retry = &RetryInfo{Attempt: r.Attempt, LastAttemptAt: msTime(r.TS), NextAttemptAt: msTime(r.NextAttemptAt),
-				FireRetry: r.FireRetry, LastStatus: r.LastStatus, LastError: r.LastError, Redrives: r.RedriveCount,
+				FireRetry: r.FireRetry, LastStatus: r.LastStatus, LastError: r.LastError, HeldBack: r.HeldBack, Redrives: r.RedriveCount,
 				IdempotencyKey: r.IdempotencyKey}
 		}
 	}

@@ -270,13 +270,47 @@ type RetryDoc struct {
 
 	NextAttemptAt  int64  `json:"nextAttemptAt,omitempty"`  // ms; when the timer flags it
 	FirstAttemptAt int64  `json:"firstAttemptAt,omitempty"` // ms
-	LastStatus     int    `json:"lastStatus,omitempty"`     // HTTP status of the last failure, 0: no answer
-	LastError      string `json:"lastError,omitempty"`
-	RedriveCount   int    `json:"redriveCount,omitempty"`
+	LastStatus     int    `json:"lastStatus,omitempty"`     // HTTP status of the last request that failed, 0: no answer
+	LastError      string `json:"lastError,omitempty"`      // why the last request failed
+	// HeldBack says why the last try made no request (the circuit breaker
+	// open, the send rate limit, a settings file the mailer could not
+	// use); empty once a request is made. lastStatus and lastError stay
+	// those of the last request: during an outage they say what the email
+	// service answered, not that the breaker held the sends back.
+	HeldBack     string `json:"heldBack,omitempty"`
+	RedriveCount int    `json:"redriveCount,omitempty"`
 	// IdempotencyKey is the key of the first attempt, kept for every later
 	// one. Empty in the sample's documents: the order's current one is used.
 	IdempotencyKey string `json:"idempotencyKey,omitempty"`
 }
+
+// NotAttemptedPrefix begins the lastError of a send held back without a
+// request, as documents written before heldBack existed have it.
+const NotAttemptedPrefix = "not attempted: "
+
+// Why says, in a few words from a short list, why the retry waits: "HTTP
+// 503" (the last request's answer), "no answer" (the last request got
+// none), "held back" (no request was made yet: the circuit breaker, the
+// rate limit or a settings file held every try back); "" when the
+// document records no failure (the sample's). The status counts retries
+// by it, so it must stay a short list.
+func (r RetryDoc) Why() string {
+	switch {
+	case r.LastStatus > 0:
+		return "HTTP " + strconv.Itoa(r.LastStatus)
+	case r.LastError != "" && !strings.HasPrefix(r.LastError, NotAttemptedPrefix):
+		return WhyNoAnswer
+	case r.HeldBack != "" || r.LastError != "":
+		return WhyHeldBack
+	}
+	return ""
+}
+
+// Reasons Why gives besides an HTTP status.
+const (
+	WhyNoAnswer = "no answer"
+	WhyHeldBack = "held back"
+)
 
 // Incr adds one to a counter, stopping at the largest int instead of
 // wrapping around to a negative number.

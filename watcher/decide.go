@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ordermail/ordermail/mailer"
@@ -464,8 +465,17 @@ func Settle(p Plan, st store.State, sendErr error, now time.Time, lim Limits, u 
 		next.TS = now.UnixMilli()
 	}
 	next.FireRetry = false
-	next.LastStatus = status
-	next.LastError = reason
+	if f.Held {
+		// No request: what the last one got stays, so that an outage's
+		// backlog says what the email service answered, not only that the
+		// breaker held the sends back.
+		next.HeldBack = strings.TrimPrefix(reason, order.NotAttemptedPrefix)
+		if strings.HasPrefix(next.LastError, order.NotAttemptedPrefix) {
+			next.LastError = "" // a hold, as documents said before heldBack
+		}
+	} else {
+		next.LastStatus, next.LastError, next.HeldBack = status, reason, ""
+	}
 
 	if f.Invalid {
 		return deadLetterOutcome(st, next, order.ReasonInvalidKey, now)
@@ -508,6 +518,7 @@ func deadLetterOutcome(st store.State, r order.RetryDoc, reason string, now time
 type sendFailure struct {
 	order.Failure
 	Invalid bool
+	Held    bool // no request was made (the breaker, the rate limit, a settings file)
 }
 
 // failureOf reads a send error: the policy's view, the status and a reason
@@ -523,5 +534,6 @@ func failureOf(err error) (sendFailure, int, string) {
 		Failure: order.Failure{Permanent: se.Class == mailer.Permanent, RetryAfter: se.RetryAfter,
 			NotAttempted: se.NotAttempted || se.Class == mailer.Configuration},
 		Invalid: se.Class == mailer.Invalid,
+		Held:    se.NotAttempted,
 	}, se.Status, se.Reason()
 }

@@ -1,6 +1,8 @@
 package watcher
 
 import (
+	"crypto/tls"
+	"errors"
 	"math"
 	"strconv"
 	"strings"
@@ -271,6 +273,64 @@ func TestSettle(t *testing.T) {
 			if tt.check != nil {
 				tt.check(t, out)
 			}
+		})
+	}
+}
+
+// A send held back without a request (the circuit breaker open) keeps what
+// the last request got, and says in heldBack why none was made: during an
+// outage the backlog counts the email service's answer (HTTP 503), not "no
+// answer", and orders never tried count as held back. A request clears it.
+func TestSettleHeldBack(t *testing.T) {
+	t.Parallel()
+	held := &mailer.SendError{Class: mailer.Transient, NotAttempted: true, RetryAfter: 30 * time.Second, Err: mailer.ErrCircuitOpen}
+	settle := func(t *testing.T, retryDoc string, sendErr error) order.RetryDoc {
+		t.Helper()
+		st := state(paid, "", "")
+		ch := Change{Collection: order.Inbound, Key: "o"}
+		if retryDoc != "" {
+			st = state(paid, retryDoc, "")
+			ch.Collection = order.Retry
+		}
+		p := Decide(ch, st, now, limits)
+		require.Equal(t, Send, p.Action)
+		out := Settle(p, st, sendErr, now, limits, 0.5)
+		require.Equal(t, "retry", out.Result)
+		return out.Retry
+	}
+	for _, tt := range []struct {
+		name                string
+		retryDoc            string
+		sendErr             error
+		wantStatus          int
+		wantError, wantHeld string
+		wantWhy             string
+	}{
+		{"a first send held back: nothing failed yet", "", held,
+			0, "", "circuit breaker open: email service not called", order.WhyHeldBack},
+		{"held back after a 503: the 503 stays", `{"type":"confirmation","docId":"o","attempt":1,"ts":1,"fireRetry":true,"lastStatus":503,"lastError":"answered 503 Service Unavailable"}`, held,
+			503, "answered 503 Service Unavailable", "circuit breaker open: email service not called", "HTTP 503"},
+		{"held back after a timeout: no answer stays", `{"type":"confirmation","docId":"o","attempt":1,"ts":1,"fireRetry":true,"lastError":"no answer: timeout"}`, held,
+			0, "no answer: timeout", "circuit breaker open: email service not called", order.WhyNoAnswer},
+		{"a hold written before heldBack moves there", `{"type":"confirmation","docId":"o","attempt":0,"ts":1,"fireRetry":true,"lastError":"not attempted: circuit breaker open: email service not called"}`, held,
+			0, "", "circuit breaker open: email service not called", order.WhyHeldBack},
+		{"a request after a hold clears it", `{"type":"confirmation","docId":"o","attempt":0,"ts":1,"fireRetry":true,"heldBack":"circuit breaker open: email service not called"}`,
+			&mailer.SendError{Class: mailer.Transient, Status: 502, BodyBytes: 0},
+			502, "answered 502 Bad Gateway (0 bytes)", "", "HTTP 502"},
+		{"a refused configuration was answered: not a hold", "", &mailer.SendError{Class: mailer.Configuration, Status: 401, BodyBytes: 0},
+			401, "answered 401 Unauthorized (0 bytes)", "", "HTTP 401"},
+		{"a certificate refused: a request that failed, not a hold", "", &mailer.SendError{Class: mailer.Configuration, Err: &tls.CertificateVerificationError{Err: errors.New("x509")}},
+			0, "tls: certificate verification failed", "", order.WhyNoAnswer},
+		{"a settings file unreadable: held", "", &mailer.SendError{Class: mailer.Configuration, NotAttempted: true, Err: errors.New("read mail-auth-file: permission denied")},
+			0, "", "read mail-auth-file: permission denied", order.WhyHeldBack},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := settle(t, tt.retryDoc, tt.sendErr)
+			assert.Equal(t, tt.wantStatus, r.LastStatus, "lastStatus")
+			assert.Equal(t, tt.wantError, r.LastError, "lastError")
+			assert.Equal(t, tt.wantHeld, r.HeldBack, "heldBack")
+			assert.Equal(t, tt.wantWhy, r.Why())
 		})
 	}
 }

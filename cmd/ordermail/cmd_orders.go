@@ -81,8 +81,15 @@ func printStory(w io.Writer, s ops.Story) error {
 		if r.FireRetry {
 			next = "now (flagged)"
 		}
+		last := failure(r.LastStatus, r.LastError)
+		if r.LastStatus == 0 && r.LastError == "" && r.HeldBack != "" {
+			last = "none: no request made yet"
+		}
 		fmt.Fprintf(w, "next retry:       %s; %d attempts in this budget, %d redrives, last failure %s\n",
-			next, r.Attempt, r.Redrives, failure(r.LastStatus, r.LastError))
+			next, r.Attempt, r.Redrives, last)
+		if r.HeldBack != "" {
+			fmt.Fprintf(w, "held back:        %s (the last try made no request)\n", truncate(r.HeldBack, 80))
+		}
 	}
 	if d := s.DeadLetter; d != nil {
 		fmt.Fprintf(w, "dead letter:      %s since %s; %d attempts, %d redrives, last failure %s\n",

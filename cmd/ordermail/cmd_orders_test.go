@@ -16,7 +16,8 @@ import (
 
 // seedOrderStory stores a paid order whose three sends, a minute apart from
 // at, failed, keeping the latest two attempts and a retry an hour after at;
-// it returns the store's URL.
+// its last try was held back by the circuit breaker; it returns the store's
+// URL.
 func seedOrderStory(t *testing.T, at time.Time) string {
 	t.Helper()
 	ctx := context.Background()
@@ -32,7 +33,7 @@ func seedOrderStory(t *testing.T, at time.Time) string {
 	}
 	retry := order.RetryDoc{Type: order.TypeConfirmation, DocID: "order_7", Attempt: 3, TS: at.Add(2 * time.Minute).UnixMilli(),
 		NextAttemptAt: at.Add(time.Hour).UnixMilli(), LastStatus: 503, LastError: "transient failure: HTTP 503",
-		IdempotencyKey: "confirmation:order_7@3"}
+		HeldBack: "circuit breaker open: email service not called", IdempotencyKey: "confirmation:order_7@3"}
 	for coll, doc := range map[string][]byte{
 		order.Inbound:  []byte(`{"email":"ann@example.com","paymentStatus":"paid"}`),
 		order.Retry:    retry.Encode(),
@@ -54,7 +55,8 @@ func TestOrdersShow(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, out, "state:            retry scheduled\n")
 	assert.Contains(t, out, "idempotency key:  confirmation:order_7@3\n")
-	assert.Contains(t, out, "next retry:       at "+stamp(time.Hour)+"; 3 attempts in this budget")
+	assert.Contains(t, out, "next retry:       at "+stamp(time.Hour)+"; 3 attempts in this budget, 0 redrives, last failure HTTP 503: transient failure: HTTP 503\n")
+	assert.Contains(t, out, "held back:        circuit breaker open: email service not called (the last try made no request)\n")
 	assert.Regexp(t, `N\s+AT\s+DURATION\s+STATUS\s+CLASS\s+OUTCOME\s+INSTANCE\s+REASON`, out)
 	assert.Regexp(t, `\n2\s+`+stamp(time.Minute)+`\s+1.5s\s+503\s+transient\s+retry\s+host-a\s+HTTP 503\n`, out)
 	assert.Regexp(t, `\n3\s+`+stamp(2*time.Minute)+`\s+`, out)
@@ -72,7 +74,17 @@ func TestOrdersShow(t *testing.T) {
 	assert.Equal(t, 2, s.Attempts[0].N)
 	require.NotNil(t, s.Retry)
 	assert.Equal(t, 3, s.Retry.Attempt)
+	assert.Equal(t, "circuit breaker open: email service not called", s.Retry.HeldBack)
 	assert.NotContains(t, out, "ann@example.com")
+
+	// Held back from its first try: no failure to show.
+	st := openStore(t, storeURL)
+	_, err = st.Insert(t.Context(), order.Retry, "order_8", order.RetryDoc{Type: order.TypeConfirmation, DocID: "order_8",
+		TS: at.UnixMilli(), NextAttemptAt: at.Add(time.Hour).UnixMilli(), HeldBack: "circuit breaker open: email service not called"}.Encode())
+	require.NoError(t, err)
+	out, _, err = cli(t, "orders", "show", "--store", storeURL, "order_8")
+	require.NoError(t, err)
+	assert.Contains(t, out, "0 attempts in this budget, 0 redrives, last failure none: no request made yet\n")
 }
 
 func TestOrdersShowBadInvocations(t *testing.T) {

@@ -90,10 +90,8 @@ func classifyRetry(value []byte, c *columns) {
 	switch {
 	case err != nil:
 		t = unreadableRetry
-	case r.LastStatus > 0:
-		t = fmt.Sprintf("retrying: HTTP %d", r.LastStatus)
-	case r.LastError != "":
-		t = "retrying: no answer"
+	case r.Why() != "":
+		t = "retrying: " + r.Why()
 	}
 	c.tally = &t
 	if json.Unmarshal(value, &doc) != nil {

@@ -867,6 +867,40 @@ func TestMigratesAVersion7File(t *testing.T) {
 	assert.Equal(t, recount(t, s), c)
 }
 
+// Version 9 counts the retry documents a held-back send wrote before
+// heldBack existed (lastError "not attempted: ...", no lastStatus) as held
+// back, where version 8 counted them as getting no answer; the others keep
+// their reason.
+func TestMigratesAVersion8File(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path, db := fileAtVersion(t, 8)
+	for i, d := range []struct{ key, value, tally string }{
+		{"held", `{"docId":"held","attempt":0,"ts":1,"lastError":"not attempted: circuit breaker open: email service not called"}`, "retrying: no answer"},
+		{"timeout", `{"docId":"timeout","attempt":1,"ts":1,"lastError":"no answer: timeout"}`, "retrying: no answer"},
+		{"answered", `{"docId":"answered","attempt":1,"ts":1,"lastStatus":503,"lastError":"answered 503 Service Unavailable"}`, "retrying: HTTP 503"},
+		{"bad", `not json`, "retrying: unreadable retry document"},
+	} {
+		_, err := db.Exec(`INSERT INTO docs (coll, key, value, seq, created, retry, ts_at, tally) VALUES ('retry', ?, ?, ?, ?, 1, 1, ?)`,
+			d.key, d.value, i+1, i+1, d.tally)
+		require.NoError(t, err)
+	}
+	_, err := db.Exec(`UPDATE counters SET value = 4 WHERE name = 'seq'`)
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+
+	s := openUpgraded(t, path)
+	tallies, err := s.Tallies(ctx)
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []store.Tally{
+		{Reason: "retrying: held back", Count: 1}, {Reason: "retrying: no answer", Count: 1},
+		{Reason: "retrying: HTTP 503", Count: 1}, {Reason: "retrying: unreadable retry document", Count: 1},
+	}, tallies)
+	var tally string
+	require.NoError(t, s.read.QueryRow(`SELECT tally FROM docs WHERE coll = 'retry' AND key = 'held'`).Scan(&tally))
+	assert.Equal(t, "retrying: held back", tally)
+}
+
 // fileAtVersion makes a store file of schema version v, and the handle
 // that made it, one connection as the store's writer has.
 func fileAtVersion(t *testing.T, v int) (string, *sql.DB) {

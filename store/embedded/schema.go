@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/ordermail/ordermail/order"
 )
 
 // The schema is versioned with SQLite's user_version: migrations[i] takes a
@@ -21,6 +23,7 @@ var migrations = []func(ctx context.Context, tx *sql.Tx) error{
 	migrateV6,
 	migrateV7,
 	migrateV8,
+	migrateV9,
 }
 
 // SchemaVersion is the version Open brings every file to.
@@ -341,6 +344,20 @@ func migrateV8(ctx context.Context, tx *sql.Tx) error {
 			END
 		WHERE fire = 1 AND json_valid(value);
 		CREATE INDEX retry_fired ON docs (fire_at) WHERE fire_at IS NOT NULL;`)
+	return err
+}
+
+// migrateV9 counts the retry documents that a held-back send wrote (the
+// circuit breaker open, the rate limit) as held back, where they counted
+// as getting no answer: their lastError begins "not attempted: " and they
+// have no lastStatus (order.RetryDoc.Why). Only those rows are written;
+// the count triggers move them in tallies.
+func migrateV9(ctx context.Context, tx *sql.Tx) error {
+	_, err := tx.ExecContext(ctx, `
+		UPDATE docs SET tally = 'retrying: `+order.WhyHeldBack+`'
+		WHERE retry = 1 AND tally = 'retrying: `+order.WhyNoAnswer+`'
+		  AND CASE WHEN json_valid(value) THEN substr(json_extract(value, '$.lastError'), 1, ?) = ? END`,
+		len(order.NotAttemptedPrefix), order.NotAttemptedPrefix)
 	return err
 }
 
