@@ -17,6 +17,7 @@ import (
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/timer"
+	"github.com/ordermail/ordermail/watcher"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -261,7 +262,8 @@ func TestBreakerProtectsAServiceThatIsDown(t *testing.T) {
 	r.cfg.Mail.BreakerCooldown = 200 * time.Millisecond
 	r.cfg.Watcher.Policy.MaxAttempts = 3
 	var client *mailer.Client
-	a, st := r.start(t, &client)
+	var w *watcher.Watcher
+	a, st := r.start(t, &client, &w)
 	defer stop(t, a)
 	keys := r.placeOrders(t, st, 100)
 
@@ -270,6 +272,17 @@ func TestBreakerProtectsAServiceThatIsDown(t *testing.T) {
 	calls := r.mock.Stats().Requests
 	t.Logf("%d calls to the failing service for 100 orders", calls)
 	assert.Less(t, calls, 30, "the breaker held most sends back")
+
+	// While it stays down the backlog waits unflagged, one retry a
+	// cooldown going out as the probe: before, every retry fell due a
+	// cooldown later, was flagged, held back and written again (20,000
+	// retries: 670 writes a second through an outage, for nothing).
+	held := w.Stats().Held
+	require.Eventually(t, func() bool { return r.mock.Stats().Requests >= calls+3 }, 30*time.Second, 10*time.Millisecond,
+		"three probes, a cooldown apart")
+	heldAgain := w.Stats().Held - held
+	t.Logf("%d sends held back over three cooldowns", heldAgain)
+	assert.Less(t, heldAgain, int64(20), "the backlog is not flagged only to be held back again")
 
 	down.Store(false)
 	waitAllConfirmed(t, st, keys)

@@ -83,7 +83,7 @@ type overviewData struct {
 	Sweeper       *sweeper
 	LeaseErr      string
 	Self          string // this process, as the lease names it (host/pid)
-	SelfSweep     string // its part in sweeping: active, standby, paused; "" not known yet
+	SelfSweep     string // its part in sweeping: active, standby, paused, held; "" not known yet
 	SelfFeed      bool   // it runs the feed (not a standby)
 	Embedded      bool
 	Feed          *store.FeedStats

@@ -72,6 +72,8 @@ func TestCredentialsFromAFileRotatedWithoutARestart(t *testing.T) {
 	assert.NotEmpty(t, c.Misconfigured())
 	se = sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
 	assert.True(t, se.NotAttempted, "held after the first refusal")
+	held, probing := c.HeldBack()
+	assert.True(t, held || probing, "the gate holds sends as the breaker does")
 	for _, text := range []string{se.Error(), se.Reason(), c.Misconfigured()} {
 		assert.NotContains(t, text, "old-4f1c2a9b")
 		assert.NotContains(t, text, "new-77d0e3c5")

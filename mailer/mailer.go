@@ -606,6 +606,25 @@ func (c *Client) BreakerState() string {
 	return c.breaker.State().String()
 }
 
+// HeldBack says whether every send is held back now (held: the circuit
+// breaker or the configuration gate is open), or the next one goes out as
+// the probe that decides whether they close (probing: a cooldown is over).
+// The timer asks it before each sweep (timer.Gate).
+func (c *Client) HeldBack() (held, probing bool) {
+	for _, b := range []*gobreaker.CircuitBreaker[struct{}]{c.breaker, c.gate} {
+		if b == nil {
+			continue
+		}
+		switch b.State() {
+		case gobreaker.StateOpen:
+			return true, false
+		case gobreaker.StateHalfOpen:
+			probing = true
+		}
+	}
+	return false, probing
+}
+
 // CloseIdleConnections closes the kept-alive connections. Sends still work,
 // on new connections.
 func (c *Client) CloseIdleConnections() {

@@ -243,12 +243,19 @@ func TestBreakerOpensAndCloses(t *testing.T) {
 	assert.Equal(t, "open", c.BreakerState())
 	assert.Equal(t, 3, m.Stats().Requests, "after 3 failures the service is left alone")
 	assert.Equal(t, 17, held)
+	// What the timer asks before a sweep: all held, then one probe.
+	isHeld, probing := c.HeldBack()
+	assert.True(t, isHeld || probing, "open, or half-open once the cooldown is over")
+	require.Eventually(t, func() bool { isHeld, probing = c.HeldBack(); return !isHeld && probing },
+		10*time.Second, 5*time.Millisecond, "half-open after the cooldown")
 
 	// A 400 while half-open counts as the service being up.
 	down.Store(false)
 	require.Eventually(t, func() bool { return c.Send(context.Background(), "after", []byte(`{}`)) == nil },
 		10*time.Second, 10*time.Millisecond)
 	assert.Equal(t, "closed", c.BreakerState())
+	isHeld, probing = c.HeldBack()
+	assert.False(t, isHeld || probing, "closed: sends go out")
 }
 
 func TestPermanentAnswersDoNotOpenTheBreaker(t *testing.T) {

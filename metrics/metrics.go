@@ -27,11 +27,10 @@ import (
 // Alerts. What to alert on, with the metrics below (for the README):
 //
 //	# Due retries not going out: the timer is stopped or nobody holds its
-//	# lease, retries are paused, or what it flagged is not being sent (the
-//	# service stopped or stuck, or a backlog larger than it drains). A
-//	# retry the email service refuses is not due for long: it is tried,
-//	# held back or failed, and due again later; the breaker's and the
-//	# configuration's alerts say so. The first thing to look at.
+//	# lease, retries are paused, the email service is down (while the
+//	# breaker is open due retries wait unflagged; its alert says so), or
+//	# what it flagged is not being sent (the service stopped or stuck, or
+//	# a backlog larger than it drains). The first thing to look at.
 //	ordermail_oldest_due_retry_age_seconds > 300
 //	# Paused with work waiting (allow_retrys deleted and forgotten).
 //	max(ordermail_retries_paused) == 1 and max(ordermail_retry_documents_due) > 0   for: 30m
@@ -42,8 +41,10 @@ import (
 //	max(ordermail_mail_misconfigured) == 1                            for: 1m
 //	sum(rate(ordermail_sends_total{status_class=~"4xx|5xx|none"}[5m]))
 //	  / sum(rate(ordermail_sends_total[5m])) > 0.2                    for: 10m
-//	# Nobody sweeps while retries are armed (every instance standby or down).
-//	max(ordermail_timer_active) == 0 and max(ordermail_retries_paused) == 0   for: 1m
+//	# Nobody sweeps while retries are armed (every instance standby or
+//	# down), and not because every instance's sends are held back.
+//	max(ordermail_timer_active) == 0 and max(ordermail_timer_held) == 0
+//	  and max(ordermail_retries_paused) == 0                          for: 1m
 //	# The sweeper stopped succeeding (store errors), well past its interval.
 //	max(ordermail_timer_active) == 1
 //	  and time() - max(ordermail_timer_last_sweep_timestamp_seconds) > 60
@@ -213,6 +214,9 @@ func New(cfg Config, w *watcher.Watcher, t *timer.Timer, m *mailer.Client, st st
 		}),
 		gauge("timer_active", "1 while this instance holds the sweep lease and sweeps; 0 on a standby, or while retries are paused.", func() float64 {
 			return b2f(t.Status().Role == timer.RoleActive)
+		}),
+		gauge("timer_held", "1 while this instance's sends are held back (its circuit breaker open): it flags no retry, which would only be held again, and leaves the sweep lease to another; a probe a cooldown.", func() float64 {
+			return b2f(t.Status().Role == timer.RoleHeld)
 		}),
 		gauge("timer_last_sweep_timestamp_seconds", "When this instance last swept successfully (Unix seconds); 0 when it has not.", func() float64 {
 			if at := t.Status().LastSweep; !at.IsZero() {

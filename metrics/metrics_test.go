@@ -96,6 +96,7 @@ func newRig(t *testing.T, rc rigConfig) *rig {
 	}
 	r.t, err = timer.New(rc.timer, seen, log, nil)
 	require.NoError(t, err)
+	r.t.SetGate(r.mail) // as the app does
 	r.m, err = metrics.New(rc.metrics, r.w, r.t, r.mail, seen, log)
 	require.NoError(t, err)
 	return r
@@ -234,6 +235,7 @@ func TestMetricsAfterASmallRun(t *testing.T) {
 		"ordermail_timer_sweep_errors_total":                        0,
 		"ordermail_retries_paused":                                  0,
 		"ordermail_timer_active":                                    1,
+		"ordermail_timer_held":                                      0,
 		"ordermail_store_up":                                        1,
 		"ordermail_orders_paid":                                     4,
 		"ordermail_orders_unconfirmed":                              0,
@@ -322,6 +324,15 @@ func TestHeldSendsAreNotRequests(t *testing.T) {
 	assert.Equal(t, 4, held)
 	assert.Equal(t, 6, paused, "a retry scheduled while paused says so")
 	assert.Equal(t, 1, countMsg(lines, "circuit breaker open"), "one line when it opens")
+
+	// Retries started while the breaker is open: this instance flags none,
+	// which would only be held again, and says it does not sweep.
+	r.put(t, order.Retry, order.ControlKey, `{}`)
+	require.Eventually(t, func() bool { v = scrape(t, h); return v["ordermail_timer_held"] == 1 }, 20*time.Second, 10*time.Millisecond,
+		"last scrape: %v", v)
+	assert.Equal(t, 0.0, v["ordermail_timer_active"])
+	assert.Equal(t, 0.0, v["ordermail_retries_paused"])
+	assert.Equal(t, 0.0, v["ordermail_retry_documents_flagged"])
 }
 
 // TestOneLinePerStateChangeAndDurationsAsStrings: the breaker opening and

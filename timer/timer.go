@@ -86,6 +86,12 @@ type Result struct {
 	Flagged int
 	Batches int  // sweep transactions
 	More    bool // due retries were left for the next tick (the budget ran out)
+	// Held: this instance's sends are all held back (its circuit breaker
+	// is open), so it flagged nothing and left the sweep lease.
+	Held bool
+	// Probe: its breaker lets one send through to decide, so it flagged
+	// at most one due retry.
+	Probe bool
 }
 
 // Role is this instance's part in sweeping.
@@ -96,7 +102,17 @@ const (
 	RolePaused  Role = "paused"  // allow_retrys is absent: nobody sweeps
 	RoleActive  Role = "active"  // this instance holds the sweep lease and sweeps
 	RoleStandby Role = "standby" // another instance holds it
+	// RoleHeld: this instance's sends are held back (its circuit breaker
+	// is open): it flags nothing and leaves the sweep lease to another.
+	RoleHeld Role = "held"
 )
+
+// Gate says whether this instance's sends go out; *mailer.Client is one.
+type Gate interface {
+	// HeldBack says whether every send is held back now (held), or the
+	// next one goes out as the probe that decides (probing).
+	HeldBack() (held, probing bool)
+}
 
 // Hooks are called as the timer works, for metrics; any may be nil. They
 // must not block.
@@ -135,6 +151,7 @@ type Timer struct {
 	ticks atomic.Int64 // successful ticks
 	fails atomic.Int64 // ticks whose sweep failed
 	hooks atomic.Pointer[Hooks]
+	gate  Gate // nil: sends always go out
 
 	// epoch and lastTick (time since epoch, 0: none yet) on the monotonic
 	// clock, for the liveness check: the injected clock may stand still.
@@ -187,6 +204,17 @@ func New(cfg Config, st store.Store, log *slog.Logger, now func() time.Time) (*T
 // SetHooks sets the hooks; call it before Start.
 func (t *Timer) SetHooks(h Hooks) { t.hooks.Store(&h) }
 
+// SetGate has the sweep ask g whether sends go out; call it before Start.
+// A due retry flagged while every send is held back would only be held and
+// written again, its next try a breaker's cooldown later: a backlog of
+// 20,000 retries cost 8% of a core and 670 writes a second through an
+// outage, for nothing. While sends are held the sweep flags nothing and
+// leaves the lease to an instance whose sends go out; while the breaker
+// lets a probe through it flags one due retry a tick, so that the breaker
+// closes once the email service is back and the next tick flags the
+// backlog at full speed.
+func (t *Timer) SetGate(g Gate) { t.gate = g }
+
 // Sweep is one timer callback at time now: when allow_retrys exists, flag
 // the retry documents that are due. allow_retrys may set a longer interval
 // (sweeps are then skipped until it has passed) and the quantum.
@@ -212,6 +240,19 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	// timeout bounds it still.
 	lctx, lcancel := context.WithTimeout(context.WithoutCancel(ctx), t.tickTimeout())
 	defer lcancel()
+	var held, probing bool
+	if t.gate != nil {
+		held, probing = t.gate.HeldBack()
+	}
+	if held {
+		if t.Status().Role == RoleActive {
+			if err := t.lease.Release(lctx); err != nil {
+				return Result{Armed: true, Held: true}, fmt.Errorf("sweep lease: give it up while sends are held back: %w", err)
+			}
+		}
+		t.setRole(RoleHeld, nil, now)
+		return Result{Armed: true, Held: true}, nil
+	}
 	if err := t.lease.Acquire(lctx); errors.Is(err, lease.ErrHeld) {
 		// Who sweeps, and since when it last renewed, for the standby's
 		// report; failing to read it changes nothing.
@@ -233,10 +274,14 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	if !due {
 		return Result{Armed: true}, nil
 	}
-	res := Result{Armed: true}
+	res := Result{Armed: true, Probe: probing}
+	limit := t.cfg.SweepBatch
+	if probing {
+		limit = 1 // the probe; the others would be held back again
+	}
 	start := time.Now()
 	for {
-		batch, err := t.store.SweepRetries(ctx, now, quantum, t.cfg.SweepBatch)
+		batch, err := t.store.SweepRetries(ctx, now, quantum, limit)
 		if err != nil {
 			return res, err // not recorded: the next tick tries again
 		}
@@ -245,7 +290,7 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 		res.More = batch.More
 		// Each batch is a short transaction of its own: a backlog of any
 		// size is flagged batch by batch, never in one long write.
-		if !batch.More || time.Since(start) >= t.cfg.SweepBudget {
+		if !batch.More || probing || time.Since(start) >= t.cfg.SweepBudget {
 			break
 		}
 	}
@@ -383,11 +428,15 @@ func (t *Timer) logChanges(res Result) {
 		t.log.Info("retry settings changed", "control", order.ControlKey, "interval", st.Interval.String(), "quantum", st.Quantum.String())
 	}
 	t.loggedArmed, t.loggedSet = armed, set
-	if st.Role == t.logged {
-		return
+	if st.Role == t.logged || st.Role == RoleActive && t.logged == RoleHeld && res.Probe {
+		return // a held instance's probe, one a cooldown, changes nothing worth a line
 	}
 	switch st.Role {
 	case RoleActive:
+		if t.logged == RoleHeld {
+			t.log.Info("sends go out again: this instance sweeps", "owner", t.lease.Owner())
+			break
+		}
 		t.mu.Lock()
 		prev := t.holder
 		t.mu.Unlock()
@@ -399,6 +448,9 @@ func (t *Timer) logChanges(res Result) {
 		}
 	case RoleStandby:
 		t.log.Info("standby: another instance sweeps", "holder", st.Holder.Owner)
+	case RoleHeld:
+		t.log.Info("sweep held: sends are held back (circuit breaker open); due retries wait unflagged until a probe gets through",
+			"note", "another instance whose sends go out may sweep meanwhile")
 	}
 	t.logged = st.Role
 }

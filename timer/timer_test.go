@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -233,6 +234,91 @@ func TestOneSweeperAmongInstances(t *testing.T) {
 	assert.True(t, res.Standby)
 }
 
+// gate is a circuit breaker's state as the timer asks it.
+type gate struct{ held, probing atomic.Bool }
+
+func (g *gate) HeldBack() (bool, bool) { return g.held.Load(), g.probing.Load() }
+
+// TestSweepWaitsWhileSendsAreHeldBack: while an instance's sends are all
+// held back (its breaker open) its sweep flags nothing, which would only
+// be held and written again, and it leaves the lease to an instance whose
+// sends go out; while its breaker lets a probe through it flags one due
+// retry a tick; once sends go out it flags the backlog.
+func TestSweepWaitsWhileSendsAreHeldBack(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	now := pinned
+	clock := func() time.Time { return now }
+	var ga, gb gate
+	a, err := timer.New(timer.Config{Interval: time.Second, Owner: "a"}, st, quiet, clock)
+	require.NoError(t, err)
+	a.SetGate(&ga)
+	b, err := timer.New(timer.Config{Interval: time.Second, Owner: "b"}, st, quiet, clock)
+	require.NoError(t, err)
+	b.SetGate(&gb)
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	for i := range 5 {
+		retryDoc(t, st, fmt.Sprint("r", i), time.Minute)
+	}
+	flagged := func() int {
+		c, err := st.Counts(ctx)
+		require.NoError(t, err)
+		return c.RetryFlagged
+	}
+
+	res, err := a.Sweep(ctx, now)
+	require.NoError(t, err)
+	require.True(t, res.Swept, "a sweeps")
+	assert.Equal(t, 5, res.Flagged)
+	for i := range 5 { // sent, failed, written back unflagged: due again later
+		retryDoc(t, st, fmt.Sprint("r", i), time.Minute)
+	}
+
+	ga.held.Store(true)
+	gb.held.Store(true)
+	now = now.Add(time.Second)
+	res, err = a.Sweep(ctx, now)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Held: true}, res)
+	assert.Equal(t, timer.RoleHeld, a.Status().Role)
+	res, err = b.Sweep(ctx, now)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Held: true}, res, "b's sends are held too")
+	assert.Zero(t, flagged(), "nothing flagged while every send is held back")
+
+	gb.held.Store(false) // b's sends go out (a's path to the email service is broken)
+	now = now.Add(time.Second)
+	res, err = b.Sweep(ctx, now)
+	require.NoError(t, err)
+	assert.True(t, res.Swept, "b took the lease a gave up, at once")
+	assert.Equal(t, 5, res.Flagged)
+	for i := range 5 {
+		retryDoc(t, st, fmt.Sprint("r", i), time.Minute)
+	}
+
+	// An outage: b's breaker opens too, then lets a probe through.
+	gb.held.Store(true)
+	now = now.Add(time.Second)
+	res, err = b.Sweep(ctx, now)
+	require.NoError(t, err)
+	assert.True(t, res.Held)
+	gb.held.Store(false)
+	gb.probing.Store(true)
+	now = now.Add(time.Second)
+	res, err = b.Sweep(ctx, now)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Probe: true, Flagged: 1, Batches: 1, More: true}, res, "one probe")
+	assert.Equal(t, 1, flagged())
+
+	gb.probing.Store(false) // the probe got through: the breaker closed
+	now = now.Add(time.Second)
+	res, err = b.Sweep(ctx, now)
+	require.NoError(t, err)
+	assert.Equal(t, 4, res.Flagged, "the rest at once")
+	assert.Equal(t, 5, flagged())
+}
+
 // TestSweepFlagsABacklogInBatches: a backlog larger than a batch is
 // flagged batch by batch, each its own transaction, until none is left;
 // with no budget left, the rest waits for the next tick.
@@ -340,6 +426,41 @@ func TestOneLinePerStateChange(t *testing.T) {
 	require.Len(t, started, 1)
 	assert.Equal(t, "10ms", started[0]["interval"], "a duration is a string in JSON logs")
 	assert.Equal(t, "15s", started[0]["quantum"])
+}
+
+// TestOneLineAnOutage: an instance whose sends are held logs it once; the
+// probe a cooldown lets through, and the hold after it, log nothing; sends
+// going out again is one line.
+func TestOneLineAnOutage(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	var logs syncbuf.Buffer
+	tm, err := timer.New(timer.Config{Interval: 10 * time.Millisecond, Owner: "me"}, st, jsonLogs(&logs), nil)
+	require.NoError(t, err)
+	var g gate
+	g.held.Store(true)
+	tm.SetGate(&g)
+	tm.Start()
+	defer func() { assert.NoError(t, tm.Stop(context.Background())) }()
+
+	waitTicks(t, tm, 3)
+	for range 3 { // three cooldowns: a probe each, failing
+		g.held.Store(false)
+		g.probing.Store(true)
+		waitTicks(t, tm, 2)
+		g.probing.Store(false)
+		g.held.Store(true)
+		waitTicks(t, tm, 2)
+	}
+	assert.Len(t, infoLines(t, &logs, "sweep held"), 1)
+	assert.Empty(t, infoLines(t, &logs, "this instance sweeps"), "a probe is no change of role worth a line")
+	g.held.Store(false)
+	require.Eventually(t, func() bool { return tm.Status().Role == timer.RoleActive }, 10*time.Second, 2*time.Millisecond)
+	waitTicks(t, tm, 2)
+	assert.Len(t, infoLines(t, &logs, "sends go out again"), 1)
+	assert.Len(t, infoLines(t, &logs, "sweep held"), 1)
 }
 
 // failingStore fails every read of allow_retrys.

@@ -261,7 +261,7 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 	}
 	switch sw := v.Sweeper; {
 	case sw == nil:
-		line("sweeper", "none yet")
+		line("sweeper", "none (no instance holds the sweep lease)")
 	case sw.Expired:
 		line("sweeper", "%s (lease expired at %s: the next instance to tick takes over)", sw.Holder, sw.ExpiresAt)
 	default:
