@@ -167,6 +167,7 @@ type Timer struct {
 	interval  time.Duration
 	quantum   time.Duration
 	role      Role
+	waiting   bool          // the last sweep found sends held back, or flagged a probe: tick every pausedPoll
 	holder    lease.Holding // the lease as a standby last read it
 	holderAt  time.Time     // when, on the timer's clock
 
@@ -268,8 +269,9 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	t.setRole(RoleActive, nil, now)
 	t.mu.Lock()
 	// Half a tick of slack, so that a tick that comes a little early does
-	// not push the sweep a whole tick later.
-	due := t.lastSweep.IsZero() || now.Sub(t.lastSweep) >= interval-t.cfg.Interval/2
+	// not push the sweep a whole tick later. Waiting on a breaker, every
+	// tick sweeps: the probe goes out, and the backlog after it, at once.
+	due := t.lastSweep.IsZero() || t.waiting || now.Sub(t.lastSweep) >= interval-t.cfg.Interval/2
 	t.mu.Unlock()
 	if !due {
 		return Result{Armed: true}, nil
@@ -301,6 +303,7 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	t.mu.Lock()
 	t.lastSweep = now
 	t.sweptAt = now
+	t.waiting = probing
 	t.mu.Unlock()
 	return res, nil
 }
@@ -309,6 +312,9 @@ func (t *Timer) setRole(r Role, h *lease.Holding, now time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.role = r
+	if r != RoleActive { // an active one's sweep says whether it waits (a probe)
+		t.waiting = r == RoleHeld
+	}
 	if h != nil {
 		t.holder, t.holderAt = *h, now
 	}
@@ -489,23 +495,25 @@ func (t *Timer) Stop(ctx context.Context) error {
 const pausedPoll = 250 * time.Millisecond
 
 // schedule is the timer's cron schedule: a tick every interval, or every
-// pausedPoll while retries are paused. cron.Every rounds to whole seconds,
-// which is too coarse for the demo and tests.
+// pausedPoll while retries are paused or sends are held back (so that a
+// breaker's probe, and the backlog once it closes, go out within a poll
+// of when they can, not a whole interval later). cron.Every rounds to
+// whole seconds, which is too coarse for the demo and tests.
 type schedule struct{ t *Timer }
 
 func (s schedule) Next(now time.Time) time.Time {
-	if s.t.paused() {
+	if s.t.polling() {
 		return now.Add(min(pausedPoll, s.t.cfg.Interval))
 	}
 	return now.Add(s.t.cfg.Interval)
 }
 
-// paused says whether the last tick found no allow_retrys, or none has
-// told yet.
-func (t *Timer) paused() bool {
+// polling says whether the last tick found no allow_retrys, or none has
+// told yet, or sends held back.
+func (t *Timer) polling() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.role == RolePaused || t.role == RoleUnknown
+	return t.role == RolePaused || t.role == RoleUnknown || t.waiting
 }
 
 // cronLogger sends cron's own messages to slog; its Info is chatty, so Debug.

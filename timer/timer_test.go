@@ -311,8 +311,8 @@ func TestSweepWaitsWhileSendsAreHeldBack(t *testing.T) {
 	assert.Equal(t, timer.Result{Armed: true, Swept: true, Probe: true, Flagged: 1, Batches: 1, More: true}, res, "one probe")
 	assert.Equal(t, 1, flagged())
 
-	gb.probing.Store(false) // the probe got through: the breaker closed
-	now = now.Add(time.Second)
+	gb.probing.Store(false)               // the probe got through: the breaker closed
+	now = now.Add(250 * time.Millisecond) // the next poll, not a whole interval later
 	res, err = b.Sweep(ctx, now)
 	require.NoError(t, err)
 	assert.Equal(t, 4, res.Flagged, "the rest at once")
@@ -461,6 +461,29 @@ func TestOneLineAnOutage(t *testing.T) {
 	waitTicks(t, tm, 2)
 	assert.Len(t, infoLines(t, &logs, "sends go out again"), 1)
 	assert.Len(t, infoLines(t, &logs, "sweep held"), 1)
+}
+
+// TestHeldTimerPolls: while sends are held back the timer ticks at the
+// paused poll, whatever its interval, so that the probe goes out within a
+// poll of the breaker's cooldown ending, and the backlog within one of its
+// closing.
+func TestHeldTimerPolls(t *testing.T) {
+	st := openStore(t)
+	_, err := st.Insert(context.Background(), order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	tm, err := timer.New(timer.Config{Interval: time.Hour, Owner: "me"}, st, quiet, nil)
+	require.NoError(t, err)
+	var g gate
+	g.held.Store(true)
+	tm.SetGate(&g)
+	tm.Start()
+	defer func() { assert.NoError(t, tm.Stop(context.Background())) }()
+	waitTicks(t, tm, 3)
+	assert.Equal(t, timer.RoleHeld, tm.Status().Role)
+	g.held.Store(false)
+	g.probing.Store(true)
+	waitTicks(t, tm, 3) // probing, polling still
+	assert.Equal(t, timer.RoleActive, tm.Status().Role)
 }
 
 // failingStore fails every read of allow_retrys.
