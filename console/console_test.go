@@ -519,6 +519,39 @@ func TestOverview(t *testing.T) {
 	}
 }
 
+// While this process's sends are held back (its breaker open) the overview
+// says it does not sweep, and why due retries wait unflagged.
+func TestOverviewWhileSendsAreHeldBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1", BreakerFailures: 1, BreakerCooldown: time.Hour}, quiet)
+	require.NoError(t, err)
+	require.Error(t, m.Send(ctx, "k", []byte(`{}`)), "nothing listens on port 1")
+	require.Equal(t, "open", m.BreakerState())
+	d := deps(t, st, m)
+	d.Timer.SetGate(m)
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	res, err := d.Timer.Sweep(ctx, time.Now())
+	require.NoError(t, err)
+	require.True(t, res.Held)
+	c, err := console.New(console.Config{Listen: "127.0.0.1:0"}, d, quiet, nil)
+	require.NoError(t, err)
+	srv := httptest.NewServer(c.Handler())
+	t.Cleanup(srv.Close)
+	f := &fixture{st: st, c: c, srv: srv, client: srv.Client()}
+
+	code, body := f.get(t, "/")
+	require.Equal(t, http.StatusOK, code)
+	for _, want := range []string{`id="breaker">open`, "not sweeping: its sends are held back",
+		"but not while this process's sends are held back", "every instance's sends are held back"} {
+		assert.Contains(t, body, want)
+	}
+}
+
 // Flagged retries count for the oldest due: with only flagged ones due, the
 // overview gives their age, where it said "none waiting".
 func TestOverviewWithOnlyFlaggedRetriesDue(t *testing.T) {
