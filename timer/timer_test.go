@@ -428,23 +428,30 @@ func TestOneLinePerStateChange(t *testing.T) {
 	assert.Equal(t, "15s", started[0]["quantum"])
 }
 
+// startHeld starts a timer with the given interval on an armed store, its
+// sends held back (g.held) until the test says otherwise; it is stopped at
+// the test's end.
+func startHeld(t *testing.T, interval time.Duration, log *slog.Logger) (*timer.Timer, *gate) {
+	t.Helper()
+	st := openStore(t)
+	_, err := st.Insert(context.Background(), order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	tm, err := timer.New(timer.Config{Interval: interval, Owner: "me"}, st, log, nil)
+	require.NoError(t, err)
+	g := &gate{}
+	g.held.Store(true)
+	tm.SetGate(g)
+	tm.Start()
+	t.Cleanup(func() { assert.NoError(t, tm.Stop(context.Background())) })
+	return tm, g
+}
+
 // TestOneLineAnOutage: an instance whose sends are held logs it once; the
 // probe a cooldown lets through, and the hold after it, log nothing; sends
 // going out again is one line.
 func TestOneLineAnOutage(t *testing.T) {
-	st := openStore(t)
-	ctx := context.Background()
-	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
-	require.NoError(t, err)
 	var logs syncbuf.Buffer
-	tm, err := timer.New(timer.Config{Interval: 10 * time.Millisecond, Owner: "me"}, st, jsonLogs(&logs), nil)
-	require.NoError(t, err)
-	var g gate
-	g.held.Store(true)
-	tm.SetGate(&g)
-	tm.Start()
-	defer func() { assert.NoError(t, tm.Stop(context.Background())) }()
-
+	tm, g := startHeld(t, 10*time.Millisecond, jsonLogs(&logs))
 	waitTicks(t, tm, 3)
 	for range 3 { // three cooldowns: a probe each, failing
 		g.held.Store(false)
@@ -468,16 +475,7 @@ func TestOneLineAnOutage(t *testing.T) {
 // poll of the breaker's cooldown ending, and the backlog within one of its
 // closing.
 func TestHeldTimerPolls(t *testing.T) {
-	st := openStore(t)
-	_, err := st.Insert(context.Background(), order.Retry, order.ControlKey, []byte(`{}`))
-	require.NoError(t, err)
-	tm, err := timer.New(timer.Config{Interval: time.Hour, Owner: "me"}, st, quiet, nil)
-	require.NoError(t, err)
-	var g gate
-	g.held.Store(true)
-	tm.SetGate(&g)
-	tm.Start()
-	defer func() { assert.NoError(t, tm.Stop(context.Background())) }()
+	tm, g := startHeld(t, time.Hour, quiet)
 	waitTicks(t, tm, 3)
 	assert.Equal(t, timer.RoleHeld, tm.Status().Role)
 	g.held.Store(false)

@@ -827,21 +827,11 @@ func TestMigratesAVersion7File(t *testing.T) {
 	path, db := fileAtVersion(t, 7)
 	now := time.Now()
 	byNext, byTS := now.Add(-3*time.Hour).UnixMilli(), now.Add(-5*time.Hour).UnixMilli()
-	for i, d := range []struct {
-		key, value string
-		fire       bool
-	}{
-		{"n", fmt.Sprintf(`{"docId":"n","attempt":1,"ts":1,"nextAttemptAt":%d,"fireRetry":true}`, byNext), true},
-		{"t", fmt.Sprintf(`{"docId":"t","ts":%d,"fireRetry":true}`, byTS), true},
-		{"u", `{"docId":"u","attempt":1,"fireRetry":true}`, true}, // due by nothing: not in the oldest
-	} {
-		_, err := db.Exec(`INSERT INTO docs (coll, key, value, seq, created, retry, fire, tally) VALUES ('retry', ?, ?, ?, ?, 1, ?, 'retrying')`,
-			d.key, d.value, i+1, i+1, d.fire)
-		require.NoError(t, err)
-	}
-	_, err := db.Exec(`UPDATE counters SET value = 3 WHERE name = 'seq'`)
-	require.NoError(t, err)
-	require.NoError(t, db.Close())
+	writeOldRetries(t, db, []oldRetry{
+		{"n", fmt.Sprintf(`{"docId":"n","attempt":1,"ts":1,"nextAttemptAt":%d,"fireRetry":true}`, byNext), "retrying", true},
+		{"t", fmt.Sprintf(`{"docId":"t","ts":%d,"fireRetry":true}`, byTS), "retrying", true},
+		{"u", `{"docId":"u","attempt":1,"fireRetry":true}`, "retrying", true}, // due by nothing: not in the oldest
+	})
 
 	s := openUpgraded(t, path)
 	got := map[string]any{}
@@ -875,19 +865,12 @@ func TestMigratesAVersion8File(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	path, db := fileAtVersion(t, 8)
-	for i, d := range []struct{ key, value, tally string }{
-		{"held", `{"docId":"held","attempt":0,"ts":1,"lastError":"not attempted: circuit breaker open: email service not called"}`, "retrying: no answer"},
-		{"timeout", `{"docId":"timeout","attempt":1,"ts":1,"lastError":"no answer: timeout"}`, "retrying: no answer"},
-		{"answered", `{"docId":"answered","attempt":1,"ts":1,"lastStatus":503,"lastError":"answered 503 Service Unavailable"}`, "retrying: HTTP 503"},
-		{"bad", `not json`, "retrying: unreadable retry document"},
-	} {
-		_, err := db.Exec(`INSERT INTO docs (coll, key, value, seq, created, retry, ts_at, tally) VALUES ('retry', ?, ?, ?, ?, 1, 1, ?)`,
-			d.key, d.value, i+1, i+1, d.tally)
-		require.NoError(t, err)
-	}
-	_, err := db.Exec(`UPDATE counters SET value = 4 WHERE name = 'seq'`)
-	require.NoError(t, err)
-	require.NoError(t, db.Close())
+	writeOldRetries(t, db, []oldRetry{
+		{"held", `{"docId":"held","attempt":0,"ts":1,"lastError":"not attempted: circuit breaker open: email service not called"}`, "retrying: no answer", false},
+		{"timeout", `{"docId":"timeout","attempt":1,"ts":1,"lastError":"no answer: timeout"}`, "retrying: no answer", false},
+		{"answered", `{"docId":"answered","attempt":1,"ts":1,"lastStatus":503,"lastError":"answered 503 Service Unavailable"}`, "retrying: HTTP 503", false},
+		{"bad", `not json`, "retrying: unreadable retry document", false},
+	})
 
 	s := openUpgraded(t, path)
 	tallies, err := s.Tallies(ctx)
@@ -899,6 +882,26 @@ func TestMigratesAVersion8File(t *testing.T) {
 	var tally string
 	require.NoError(t, s.read.QueryRow(`SELECT tally FROM docs WHERE coll = 'retry' AND key = 'held'`).Scan(&tally))
 	assert.Equal(t, "retrying: held back", tally)
+}
+
+// oldRetry is a retry document as an older version's file holds it.
+type oldRetry struct {
+	key, value, tally string
+	fire              bool
+}
+
+// writeOldRetries writes docs into db, a file of an older version, with
+// their typed columns as that version's writer gave them, and closes it.
+func writeOldRetries(t *testing.T, db *sql.DB, docs []oldRetry) {
+	t.Helper()
+	for i, d := range docs {
+		_, err := db.Exec(`INSERT INTO docs (coll, key, value, seq, created, retry, fire, tally) VALUES ('retry', ?, ?, ?, ?, 1, ?, ?)`,
+			d.key, d.value, i+1, i+1, d.fire, d.tally)
+		require.NoError(t, err)
+	}
+	_, err := db.Exec(`UPDATE counters SET value = ? WHERE name = 'seq'`, len(docs))
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
 }
 
 // fileAtVersion makes a store file of schema version v, and the handle
