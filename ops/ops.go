@@ -272,8 +272,16 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 
 // Purge deletes dead letters for good; their orders stay unconfirmed.
 func Purge(ctx context.Context, st store.Store, ids []string, all bool) (int, error) {
+	return purge(ctx, st, ids, all, nil)
+}
+
+// purge is Purge of the dead letters that keep (nil: all) keeps.
+func purge(ctx context.Context, st store.Store, ids []string, all bool, keep func(DeadLetter) bool) (int, error) {
 	var n atomic.Int64
 	missing, err := eachDeadLetter(ctx, st, ids, all, func(ctx context.Context, d DeadLetter) error {
+		if keep != nil && !keep(d) {
+			return nil
+		}
 		err := st.Remove(ctx, order.DeadLetter, d.ID, d.cas)
 		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCASMismatch) {
 			return nil // gone, or changed (redriven) since it was read

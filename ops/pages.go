@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -179,4 +180,22 @@ func RedriveByReason(ctx context.Context, st store.Store, now time.Time, reason 
 		return 0, errors.New("redrive by reason: no reason given")
 	}
 	return redrive(ctx, st, now, nil, true, func(d DeadLetter) bool { return d.Reason == reason })
+}
+
+// PurgeByReason purges every dead letter whose reason is reason, and
+// returns how many.
+func PurgeByReason(ctx context.Context, st store.Store, reason string) (int, error) {
+	if reason == "" {
+		return 0, errors.New("purge by reason: no reason given")
+	}
+	return purge(ctx, st, nil, true, func(d DeadLetter) bool { return d.Reason == reason })
+}
+
+// CheckDeadLetterReason says what is wrong with reason as a filter of dead
+// letters: empty, or none the watcher gives (DeadLetterReasons).
+func CheckDeadLetterReason(reason string) error {
+	if slices.Contains(DeadLetterReasons, reason) {
+		return nil
+	}
+	return fmt.Errorf("%q is no dead letter's reason; the reasons are %s", reason, strings.Join(DeadLetterReasons, ", "))
 }

@@ -17,37 +17,59 @@ import (
 
 func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 	var asJSON bool
-	list := storeCommand("list", "ordermail deadletters list --store URL [--json]", "list the confirmations given up on", stderr,
+	var listReason string
+	list := storeCommand("list", "ordermail deadletters list --store URL [--reason R] [--json]", "list the confirmations given up on", stderr,
 		func(ctx context.Context, st store.Store, _ []string) error {
 			if asJSON {
-				return listJSON(ctx, st, stdout)
+				return listJSON(ctx, st, listReason, stdout)
 			}
-			return listTable(ctx, st, stdout)
+			return listTable(ctx, st, listReason, stdout)
 		},
-		readOnly(), checkArgs(noArgs))
+		readOnly(), checkArgs(func(args []string) error {
+			if err := noArgs(args); err != nil {
+				return err
+			}
+			return checkReason("deadletters list", listReason)
+		}))
 	list.FlagSet.BoolVar(&asJSON, "json", false, "print a JSON array")
+	list.FlagSet.StringVar(&listReason, "reason", "", "only the dead letters of this reason (permanent_error, attempts_exhausted, ...)")
 
 	var redriveAll bool
-	redrive := storeCommand("redrive", "ordermail deadletters redrive --store URL --all | ID...",
+	var redriveReason string
+	redrive := storeCommand("redrive", "ordermail deadletters redrive --store URL --all | --reason R | ID...",
 		"send dead letters again now, with a fresh attempt budget", stderr,
 		func(ctx context.Context, st store.Store, ids []string) error {
-			n, err := ops.Redrive(ctx, st, time.Now(), ids, redriveAll)
+			var n int
+			var err error
+			if redriveReason != "" {
+				n, err = ops.RedriveByReason(ctx, st, time.Now(), redriveReason)
+			} else {
+				n, err = ops.Redrive(ctx, st, time.Now(), ids, redriveAll)
+			}
 			fmt.Fprintf(stdout, "redrove %d dead letters\n", n)
 			return err
 		},
-		checkArgs(func(ids []string) error { return idsOrAll("deadletters redrive", ids, redriveAll) }))
+		checkArgs(func(ids []string) error { return selection("deadletters redrive", ids, redriveAll, redriveReason) }))
 	redrive.FlagSet.BoolVar(&redriveAll, "all", false, "every dead letter")
+	redrive.FlagSet.StringVar(&redriveReason, "reason", "", "every dead letter of this reason (permanent_error, attempts_exhausted, ...)")
 
 	var purgeAll, yes bool
-	purge := storeCommand("purge", "ordermail deadletters purge --store URL --yes --all | ID...",
+	var purgeReason string
+	purge := storeCommand("purge", "ordermail deadletters purge --store URL --yes --all | --reason R | ID...",
 		"delete dead letters for good (their orders stay unconfirmed)", stderr,
 		func(ctx context.Context, st store.Store, ids []string) error {
-			n, err := ops.Purge(ctx, st, ids, purgeAll)
+			var n int
+			var err error
+			if purgeReason != "" {
+				n, err = ops.PurgeByReason(ctx, st, purgeReason)
+			} else {
+				n, err = ops.Purge(ctx, st, ids, purgeAll)
+			}
 			fmt.Fprintf(stdout, "purged %d dead letters\n", n)
 			return err
 		},
 		checkArgs(func(ids []string) error {
-			if err := idsOrAll("deadletters purge", ids, purgeAll); err != nil {
+			if err := selection("deadletters purge", ids, purgeAll, purgeReason); err != nil {
 				return err
 			}
 			if !yes {
@@ -56,6 +78,7 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 			return nil
 		}))
 	purge.FlagSet.BoolVar(&purgeAll, "all", false, "every dead letter")
+	purge.FlagSet.StringVar(&purgeReason, "reason", "", "every dead letter of this reason (permanent_error, attempts_exhausted, ...)")
 	purge.FlagSet.BoolVar(&yes, "yes", false, "confirm the deletion")
 
 	return &ffcli.Command{
@@ -69,10 +92,13 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 
 // listJSON prints the dead letters as one JSON array, each as the scan
 // reads it: a backlog of any size is never held whole.
-func listJSON(ctx context.Context, st store.Store, w io.Writer) error {
+func listJSON(ctx context.Context, st store.Store, reason string, w io.Writer) error {
 	bw := bufio.NewWriter(w)
 	sep := "["
 	err := ops.EachDeadLetter(ctx, st, func(d ops.DeadLetter) error {
+		if reason != "" && d.Reason != reason {
+			return nil
+		}
 		b, err := json.Marshal(d)
 		if err != nil {
 			return err
@@ -97,11 +123,14 @@ func listJSON(ctx context.Context, st store.Store, w io.Writer) error {
 const listRows = 500
 
 // listTable prints the dead letters as a table, listRows rows at a time.
-func listTable(ctx context.Context, st store.Store, w io.Writer) error {
+func listTable(ctx context.Context, st store.Store, reason string, w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tREASON\tSTATUS\tATTEMPTS\tREDRIVES\tDEAD SINCE\tLAST ERROR")
 	rows := 0
 	err := ops.EachDeadLetter(ctx, st, func(d ops.DeadLetter) error {
+		if reason != "" && d.Reason != reason {
+			return nil
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", d.ID, d.Reason, d.LastStatus, d.Attempts, d.RedriveCount,
 			time.UnixMilli(d.DeadAt).UTC().Format(time.RFC3339), truncate(d.LastError, 80))
 		if rows++; rows%listRows == 0 {
@@ -115,12 +144,31 @@ func listTable(ctx context.Context, st store.Store, w io.Writer) error {
 	return tw.Flush()
 }
 
-func idsOrAll(cmd string, ids []string, all bool) error {
+// selection checks that a command names its dead letters one way: --all,
+// --reason or IDs.
+func selection(cmd string, ids []string, all bool, reason string) error {
+	ways := 0
+	for _, given := range []bool{all, reason != "", len(ids) > 0} {
+		if given {
+			ways++
+		}
+	}
 	switch {
-	case all && len(ids) > 0:
-		return usageErrorf("%s: give either --all or IDs, not both", cmd)
-	case !all && len(ids) == 0:
-		return usageErrorf("%s: no dead letters named: give --all or the IDs of dead letters", cmd)
+	case ways > 1:
+		return usageErrorf("%s: give one of --all, --reason or IDs", cmd)
+	case ways == 0:
+		return usageErrorf("%s: no dead letters named: give --all, --reason or the IDs of dead letters", cmd)
+	}
+	return checkReason(cmd, reason)
+}
+
+// checkReason refuses a --reason no dead letter has.
+func checkReason(cmd, reason string) error {
+	if reason == "" {
+		return nil
+	}
+	if err := ops.CheckDeadLetterReason(reason); err != nil {
+		return usageErrorf("%s: --reason: %v", cmd, err)
 	}
 	return nil
 }

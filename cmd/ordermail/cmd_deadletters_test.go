@@ -69,3 +69,56 @@ func TestDeadLettersListOfNoneIsAnEmptyArray(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "[]\n", out)
 }
+
+// TestDeadLettersByReason: list, redrive and purge take the dead letters of
+// one reason, as the console's filter does, and leave the others.
+func TestDeadLettersByReason(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "o.db")
+	st, err := embedded.Open(ctx, embedded.Config{Path: path})
+	require.NoError(t, err)
+	for k, reason := range map[string]string{"p1": order.ReasonPermanent, "p2": order.ReasonPermanent, "e1": order.ReasonExhausted, "n1": order.ReasonNoEmail} {
+		_, err := st.Insert(ctx, order.DeadLetter, k, order.DeadLetterDoc{DocID: k, Reason: reason, Attempts: 1}.Encode())
+		require.NoError(t, err)
+	}
+	require.NoError(t, st.Close())
+	storeURL := "file:" + path
+	ids := func(reason string) []string {
+		t.Helper()
+		out, _, err := cli(t, "deadletters", "list", "--store", storeURL, "--json", "--reason", reason)
+		require.NoError(t, err)
+		var dls []struct {
+			ID string `json:"id"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(out), &dls), out)
+		var got []string
+		for _, d := range dls {
+			got = append(got, d.ID)
+		}
+		return got
+	}
+	assert.Equal(t, []string{"p1", "p2"}, ids(order.ReasonPermanent))
+	out, _, err := cli(t, "deadletters", "list", "--store", storeURL, "--reason", order.ReasonExhausted)
+	require.NoError(t, err)
+	assert.Equal(t, 2, strings.Count(out, "\n"), "a heading and e1: %s", out)
+	assert.Contains(t, out, "e1 ")
+
+	out, _, err = cli(t, "deadletters", "redrive", "--store", storeURL, "--reason", order.ReasonPermanent)
+	require.NoError(t, err)
+	assert.Equal(t, "redrove 2 dead letters\n", out)
+	assert.Empty(t, ids(order.ReasonPermanent))
+	out, _, err = cli(t, "deadletters", "purge", "--store", storeURL, "--yes", "--reason", order.ReasonExhausted)
+	require.NoError(t, err)
+	assert.Equal(t, "purged 1 dead letters\n", out)
+	assert.Empty(t, ids(order.ReasonExhausted))
+	assert.Equal(t, []string{"n1"}, ids(order.ReasonNoEmail), "the others are left")
+
+	s, err := embedded.Open(ctx, embedded.Config{Path: path})
+	require.NoError(t, err)
+	defer s.Close()
+	for _, k := range []string{"p1", "p2"} {
+		_, err := s.Get(ctx, order.Retry, k)
+		assert.NoError(t, err, "%s redriven: a retry document", k)
+	}
+}
