@@ -103,7 +103,8 @@ const (
 	RoleActive  Role = "active"  // this instance holds the sweep lease and sweeps
 	RoleStandby Role = "standby" // another instance holds it
 	// RoleHeld: this instance's sends are held back (its circuit breaker
-	// is open): it flags nothing and leaves the sweep lease to another.
+	// is open, or the email service refuses its configuration): it flags
+	// nothing and leaves the sweep lease to another.
 	RoleHeld Role = "held"
 )
 
@@ -455,7 +456,7 @@ func (t *Timer) logChanges(res Result) {
 	case RoleStandby:
 		t.log.Info("standby: another instance sweeps", "holder", st.Holder.Owner)
 	case RoleHeld:
-		t.log.Info("sweep held: sends are held back (circuit breaker open); due retries wait unflagged until a probe gets through",
+		t.log.Info("sweep held: sends are held back (circuit breaker open, or the configuration refused); due retries wait unflagged until a probe gets through",
 			"note", "another instance whose sends go out may sweep meanwhile")
 	}
 	t.logged = st.Role

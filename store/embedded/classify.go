@@ -87,11 +87,10 @@ func classifyRetry(value []byte, c *columns) {
 	}
 	t := "retrying"
 	r, err := order.DecodeRetryDoc(value)
-	switch {
-	case err != nil:
+	if err != nil {
 		t = unreadableRetry
-	case r.Why() != "":
-		t = "retrying: " + r.Why()
+	} else if why := r.Why(); why != "" {
+		t = "retrying: " + why
 	}
 	c.tally = &t
 	if json.Unmarshal(value, &doc) != nil {
