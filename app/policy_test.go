@@ -250,9 +250,15 @@ func TestPauseStopsRetriesAndResumeFinishesThem(t *testing.T) {
 // breaker opens and retries are scheduled instead of sent; once it is back,
 // everything is confirmed and no attempt budget was spent on held-back sends.
 func TestBreakerProtectsAServiceThatIsDown(t *testing.T) {
+	for _, b := range backends[:2] { // the embedded store and the Couchbase test server
+		t.Run(b.name, func(t *testing.T) { breakerProtects(t, b) })
+	}
+}
+
+func breakerProtects(t *testing.T, b backend) {
 	var down atomic.Bool
 	down.Store(true)
-	r := newScriptedRun(t, mockmail.Config{Script: func(string, int) mockmail.Reply {
+	r := newRunOn(t, b, mockmail.Config{Script: func(string, int) mockmail.Reply {
 		if down.Load() {
 			return mockmail.Reply{Status: http.StatusServiceUnavailable}
 		}
@@ -267,11 +273,17 @@ func TestBreakerProtectsAServiceThatIsDown(t *testing.T) {
 	defer stop(t, a)
 	keys := r.placeOrders(t, st, 100)
 
-	require.Eventually(t, func() bool { return counts(t, st).RetryDocs == 100 }, 30*time.Second, 10*time.Millisecond)
+	var c store.Counts
+	require.Eventually(t, func() bool { c = counts(t, st); return c.RetryDocs == 100 }, 30*time.Second, 10*time.Millisecond,
+		"every order waits as a retry; last counts %+v", &c)
+	start := time.Now()
 	assert.NotEqual(t, "closed", client.BreakerState(), "open, or half-open after its cooldown")
 	calls := r.mock.Stats().Requests
 	t.Logf("%d calls to the failing service for 100 orders", calls)
-	assert.Less(t, calls, 30, "the breaker held most sends back")
+	// Five to open it, those already under way, and a probe a cooldown
+	// (200ms) until every order has its retry: the Couchbase test server's
+	// feed takes some seconds over that, the embedded store one.
+	assert.Less(t, calls, 50, "the breaker held most sends back")
 
 	// While it stays down the backlog waits unflagged, one retry a
 	// cooldown going out as the probe: before, every retry fell due a
@@ -281,12 +293,13 @@ func TestBreakerProtectsAServiceThatIsDown(t *testing.T) {
 	require.Eventually(t, func() bool { return r.mock.Stats().Requests >= calls+3 }, 30*time.Second, 10*time.Millisecond,
 		"three probes, a cooldown apart")
 	heldAgain := w.Stats().Held - held
-	t.Logf("%d sends held back over three cooldowns", heldAgain)
+	t.Logf("%d sends held back over three cooldowns (%v)", heldAgain, time.Since(start).Round(time.Millisecond))
 	assert.Less(t, heldAgain, int64(20), "the backlog is not flagged only to be held back again")
 
 	down.Store(false)
 	waitAllConfirmed(t, st, keys)
-	assert.Zero(t, counts(t, st).DeadLetters, "held-back sends spent no attempts: nobody exhausted 3")
+	t.Logf("all confirmed %v after the start", time.Since(start).Round(time.Millisecond))
+	assert.Zero(t, counts(t, st).DeadLetters, "held-back sends spent no attempts, and the probes went round: nobody exhausted 3")
 	assert.Equal(t, "closed", client.BreakerState())
 	assertDeliveredOnce(t, r.mock, keys)
 }

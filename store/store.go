@@ -272,7 +272,10 @@ type Store interface {
 	Subscribe(ctx context.Context, name string, collections []string, opts FeedOptions) (Subscription, error)
 
 	// SweepRetries sets fireRetry on at most limit due retry documents that
-	// are not flagged already, the control document aside, oldest due first.
+	// are not flagged already, the control document aside, oldest due first
+	// (on Couchbase exactly for a sweep of up to 16, as the timer's probe
+	// of an email service that is down, one; a larger one in the order of
+	// its index scans).
 	// A document is due when its nextAttemptAt (ms) is at or before now or,
 	// for documents without one (the sample's), when its ts (ms) is more than
 	// quantum before now. Each flagged document is a change on the feed. Its

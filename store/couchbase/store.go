@@ -347,13 +347,27 @@ func (s *Store) keyspace(coll string) string {
 // has come and, like the sample, for the sample's documents (no
 // nextAttemptAt) whose ts is a quantum old. The two branches match the
 // indexes ix_retry_next and ix_retry_ts that setup creates.
+// dueUnflagged is the sweep's condition on a retry document r: due, not
+// flagged, not the control document.
+const dueUnflagged = "META(r).id != $control AND (r.fireRetry IS MISSING OR r.fireRetry != true) AND (" +
+	"(r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)) OR " +
+	"(r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts)))"
+
 func sweepStatement(retry string) string {
-	return "UPDATE " + retry + " AS r SET r.fireRetry = true " +
-		"WHERE META(r).id != $control AND (r.fireRetry IS MISSING OR r.fireRetry != true) AND (" +
-		"(r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)) OR " +
-		"(r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts))) " +
-		"LIMIT $limit RETURNING RAW META(r).id"
+	return "UPDATE " + retry + " AS r SET r.fireRetry = true WHERE " + dueUnflagged + " LIMIT $limit RETURNING RAW META(r).id"
 }
+
+// oldestDueStatement names the due retries that fell due first.
+func oldestDueStatement(retry string) string {
+	return "SELECT RAW META(r).id FROM " + retry + " AS r WHERE " + dueUnflagged +
+		" ORDER BY IFMISSING(r.nextAttemptAt, r.ts + $quantum), META(r).id LIMIT $limit"
+}
+
+// exactSweep is the largest sweep taken exactly in the order its retries
+// fell due (the timer's probe takes one): a SELECT in that order, then a
+// KV write of each. A larger sweep is one UPDATE … LIMIT, in the order of
+// its index scans, oldest first on each index but not across the two.
+const exactSweep = 16
 
 func sweepParams(now time.Time, quantum time.Duration, limit int) map[string]interface{} {
 	return map[string]interface{}{
@@ -370,6 +384,9 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 	if limit <= 0 {
 		return store.SweepResult{}, fmt.Errorf("sweep retries: limit %d is not positive", limit)
 	}
+	if limit <= exactSweep {
+		return s.sweepOldest(ctx, now, quantum, limit)
+	}
 	var res store.SweepResult
 	err := s.query(ctx, sweepStatement(s.keyspace(order.Retry)), sweepParams(now, quantum, limit), func(json.RawMessage) error {
 		res.Flagged++
@@ -380,6 +397,79 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 	}
 	res.More = res.Flagged == limit
 	return res, nil
+}
+
+// sweepOldest flags the limit due retries that fell due first: a
+// SELECT names them in that order, then each is flagged by KV under the
+// CAS it read, if still due and unflagged.
+func (s *Store) sweepOldest(ctx context.Context, now time.Time, quantum time.Duration, limit int) (store.SweepResult, error) {
+	params := sweepParams(now, quantum, limit)
+	params["quantum"] = quantum.Milliseconds()
+	var ids []string
+	err := s.query(ctx, oldestDueStatement(s.keyspace(order.Retry)), params, func(raw json.RawMessage) error {
+		var id string
+		if err := json.Unmarshal(raw, &id); err != nil {
+			return err
+		}
+		ids = append(ids, id)
+		return nil
+	})
+	if err != nil {
+		return store.SweepResult{}, fmt.Errorf("sweep retries: %w", err)
+	}
+	res := store.SweepResult{More: len(ids) == limit}
+	for _, id := range ids {
+		flagged, err := s.flagIfDue(ctx, id, now, quantum)
+		if err != nil {
+			return res, fmt.Errorf("sweep retries: flag %s: %w", id, err)
+		}
+		if flagged {
+			res.Flagged++
+		}
+	}
+	return res, nil
+}
+
+// flagIfDue sets fireRetry on the retry document id, the rest of it kept as
+// stored, if it is still due and unflagged by the sweep's rule; false when
+// it is not, or changed under the write (sent, or flagged by another).
+func (s *Store) flagIfDue(ctx context.Context, id string, now time.Time, quantum time.Duration) (bool, error) {
+	d, err := s.Get(ctx, order.Retry, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(d.Value, &fields) != nil {
+		return false, nil
+	}
+	var fire bool
+	var next, ts *float64
+	_ = json.Unmarshal(fields["fireRetry"], &fire)
+	if v, ok := fields["nextAttemptAt"]; ok && json.Unmarshal(v, &next) != nil {
+		return false, nil // not a number: never due
+	}
+	_, hasNext := fields["nextAttemptAt"]
+	if v, ok := fields["ts"]; ok {
+		_ = json.Unmarshal(v, &ts)
+	}
+	due := hasNext && next != nil && *next <= float64(now.UnixMilli()) ||
+		!hasNext && ts != nil && *ts < float64(now.Add(-quantum).UnixMilli())
+	if fire || !due {
+		return false, nil
+	}
+	fields["fireRetry"] = json.RawMessage("true")
+	body, err := json.Marshal(fields)
+	if err != nil {
+		return false, err
+	}
+	_, err = s.Replace(ctx, order.Retry, id, body, d.CAS)
+	if errors.Is(err, store.ErrCASMismatch) || errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // State reads the three documents by KV.

@@ -33,6 +33,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Scan", func(t *testing.T) { testScan(t, open(t)) })
 	t.Run("StateAndApply", func(t *testing.T) { testStateAndApply(t, open(t)) })
 	t.Run("SweepIsBounded", func(t *testing.T) { testSweepBounded(t, open(t)) })
+	t.Run("SweepTakesTheOldestDueFirst", func(t *testing.T) { testSweepOldestFirst(t, open(t)) })
 	t.Run("Backlog", func(t *testing.T) { testBacklog(t, open(t)) })
 	t.Run("AttemptRecordsExpire", func(t *testing.T) { testExpiry(t, open(t)) })
 	t.Run("AttemptRecordCAS", func(t *testing.T) { testAttemptsCAS(t, open(t)) })
@@ -178,6 +179,37 @@ func testSweepBounded(t *testing.T, s store.Store) {
 	res, err := s.SweepRetries(ctx, now, 15*time.Second, 10)
 	require.NoError(t, err)
 	assert.False(t, res.More)
+}
+
+// testSweepOldestFirst: a sweep of one flags the retry that fell due
+// first, whatever its key, so that the timer's probe of an email service
+// that is down (one retry a cooldown) goes round the backlog: the same
+// retry probed every time would spend its whole attempt budget on a
+// service known to be down. Due in 1970, older than any other test's.
+func testSweepOldestFirst(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	p := prefix(t)
+	for k, at := range map[string]int{"a": 30, "b": 10, "c": 20} {
+		doc := fmt.Sprintf(`{"type":"confirmation","docId":"%s%s","attempt":1,"ts":1,"nextAttemptAt":%d}`, p, k, at)
+		_, err := s.Upsert(ctx, order.Retry, p+k, []byte(doc))
+		require.NoError(t, err)
+	}
+	var got []string
+	for range 3 {
+		res, err := s.SweepRetries(ctx, time.Now(), 15*time.Second, 1)
+		require.NoError(t, err)
+		require.Equal(t, 1, res.Flagged)
+		for _, k := range []string{"a", "b", "c"} {
+			d, err := s.Get(ctx, order.Retry, p+k)
+			require.NoError(t, err)
+			r, err := order.DecodeRetryDoc(d.Value)
+			require.NoError(t, err)
+			if r.FireRetry && !slices.Contains(got, k) {
+				got = append(got, k)
+			}
+		}
+	}
+	assert.Equal(t, []string{"b", "c", "a"}, got, "flagged in the order they fell due")
 }
 
 func testBacklog(t *testing.T, s store.Store) {
