@@ -270,9 +270,12 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	t.setRole(RoleActive, nil, now)
 	t.mu.Lock()
 	// Half a tick of slack, so that a tick that comes a little early does
-	// not push the sweep a whole tick later. Waiting on a breaker, every
-	// tick sweeps: the probe goes out, and the backlog after it, at once.
-	due := t.lastSweep.IsZero() || t.waiting || now.Sub(t.lastSweep) >= interval-t.cfg.Interval/2
+	// not push the sweep a whole tick later. Waiting on a breaker, the
+	// first tick after it lets sends through sweeps: the probe goes out,
+	// and the backlog once it got through, at once; a probe still out
+	// (an email service that does not answer, up to --mail-timeout) gets
+	// another one an interval later, not every poll.
+	due := t.lastSweep.IsZero() || t.waiting && !probing || now.Sub(t.lastSweep) >= interval-t.cfg.Interval/2
 	t.mu.Unlock()
 	if !due {
 		return Result{Armed: true}, nil

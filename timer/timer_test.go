@@ -310,6 +310,10 @@ func TestSweepWaitsWhileSendsAreHeldBack(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, timer.Result{Armed: true, Swept: true, Probe: true, Flagged: 1, Batches: 1, More: true}, res, "one probe")
 	assert.Equal(t, 1, flagged())
+	now = now.Add(250 * time.Millisecond) // the next poll, the probe still out
+	res, err = b.Sweep(ctx, now)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true}, res, "no second probe within the interval")
 
 	gb.probing.Store(false)               // the probe got through: the breaker closed
 	now = now.Add(250 * time.Millisecond) // the next poll, not a whole interval later
