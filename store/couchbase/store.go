@@ -405,15 +405,7 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 func (s *Store) sweepOldest(ctx context.Context, now time.Time, quantum time.Duration, limit int) (store.SweepResult, error) {
 	params := sweepParams(now, quantum, limit)
 	params["quantum"] = quantum.Milliseconds()
-	var ids []string
-	err := s.query(ctx, oldestDueStatement(s.keyspace(order.Retry)), params, func(raw json.RawMessage) error {
-		var id string
-		if err := json.Unmarshal(raw, &id); err != nil {
-			return err
-		}
-		ids = append(ids, id)
-		return nil
-	})
+	ids, err := s.queryKeys(ctx, oldestDueStatement(s.keyspace(order.Retry)), params)
 	if err != nil {
 		return store.SweepResult{}, fmt.Errorf("sweep retries: %w", err)
 	}
@@ -428,6 +420,21 @@ func (s *Store) sweepOldest(ctx context.Context, now time.Time, quantum time.Dur
 		}
 	}
 	return res, nil
+}
+
+// queryKeys runs a statement that returns document keys (SELECT RAW
+// META(x).id ...) and gives them in the order returned.
+func (s *Store) queryKeys(ctx context.Context, statement string, params map[string]interface{}) ([]string, error) {
+	var keys []string
+	err := s.query(ctx, statement, params, func(raw json.RawMessage) error {
+		var k string
+		if err := json.Unmarshal(raw, &k); err != nil {
+			return err
+		}
+		keys = append(keys, k)
+		return nil
+	})
+	return keys, err
 }
 
 // flagIfDue sets fireRetry on the retry document id, the rest of it kept as
@@ -607,15 +614,7 @@ func (s *Store) Scan(ctx context.Context, coll, after string, fn func(store.Doc)
 	}
 	const page = 500
 	for {
-		var keys []string
-		err := s.query(ctx, scanStatement(s.keyspace(coll)), map[string]interface{}{"after": after, "limit": page}, func(raw json.RawMessage) error {
-			var k string
-			if err := json.Unmarshal(raw, &k); err != nil {
-				return err
-			}
-			keys = append(keys, k)
-			return nil
-		})
+		keys, err := s.queryKeys(ctx, scanStatement(s.keyspace(coll)), map[string]interface{}{"after": after, "limit": page})
 		if err != nil {
 			return fmt.Errorf("scan %s: %w", coll, err)
 		}
