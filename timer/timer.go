@@ -278,7 +278,7 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	due := t.lastSweep.IsZero() || t.waiting && !probing || now.Sub(t.lastSweep) >= interval-t.cfg.Interval/2
 	t.mu.Unlock()
 	if !due {
-		return Result{Armed: true}, nil
+		return Result{Armed: true, Probe: probing}, nil // a probe still out is no change of role
 	}
 	res := Result{Armed: true, Probe: probing}
 	limit := t.cfg.SweepBatch

@@ -313,7 +313,7 @@ func TestSweepWaitsWhileSendsAreHeldBack(t *testing.T) {
 	now = now.Add(250 * time.Millisecond) // the next poll, the probe still out
 	res, err = b.Sweep(ctx, now)
 	require.NoError(t, err)
-	assert.Equal(t, timer.Result{Armed: true}, res, "no second probe within the interval")
+	assert.Equal(t, timer.Result{Armed: true, Probe: true}, res, "no second probe within the interval")
 
 	gb.probing.Store(false)               // the probe got through: the breaker closed
 	now = now.Add(250 * time.Millisecond) // the next poll, not a whole interval later
@@ -479,13 +479,17 @@ func TestOneLineAnOutage(t *testing.T) {
 // poll of the breaker's cooldown ending, and the backlog within one of its
 // closing.
 func TestHeldTimerPolls(t *testing.T) {
-	tm, g := startHeld(t, time.Hour, quiet)
+	var logs syncbuf.Buffer
+	tm, g := startHeld(t, time.Hour, jsonLogs(&logs))
 	waitTicks(t, tm, 3)
 	assert.Equal(t, timer.RoleHeld, tm.Status().Role)
 	g.held.Store(false)
 	g.probing.Store(true)
 	waitTicks(t, tm, 3) // probing, polling still
 	assert.Equal(t, timer.RoleActive, tm.Status().Role)
+	// The probe is still out (a service that does not answer): the polls
+	// after it sweep nothing and say nothing.
+	assert.Empty(t, infoLines(t, &logs, "sends go out again"), "the probe has not got through")
 }
 
 // failingStore fails every read of allow_retrys.
