@@ -2,7 +2,6 @@ package ops
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -34,12 +33,7 @@ func RunRetryNow(ctx context.Context, st store.Store, key string) (flagged bool,
 	if r.FireRetry {
 		return false, nil
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(d.Value, &fields); err != nil {
-		return false, fmt.Errorf("run retry %s now: %w", key, err)
-	}
-	fields["fireRetry"] = json.RawMessage("true")
-	body, err := json.Marshal(fields)
+	body, err := order.SetFireRetry(d.Value)
 	if err != nil {
 		return false, fmt.Errorf("run retry %s now: %w", key, err)
 	}

@@ -448,29 +448,27 @@ func (s *Store) flagIfDue(ctx context.Context, id string, now time.Time, quantum
 	if err != nil {
 		return false, err
 	}
-	var fields map[string]json.RawMessage
-	if json.Unmarshal(d.Value, &fields) != nil {
+	// The statement's condition (dueUnflagged), in N1QL's terms: a
+	// nextAttemptAt that is there but null or not a number is never due.
+	var doc struct {
+		FireRetry     json.RawMessage `json:"fireRetry"`
+		NextAttemptAt json.RawMessage `json:"nextAttemptAt"`
+		TS            json.RawMessage `json:"ts"`
+	}
+	if json.Unmarshal(d.Value, &doc) != nil || string(doc.FireRetry) == "true" {
 		return false, nil
 	}
-	var fire bool
 	var next, ts *float64
-	_ = json.Unmarshal(fields["fireRetry"], &fire)
-	if v, ok := fields["nextAttemptAt"]; ok && json.Unmarshal(v, &next) != nil {
-		return false, nil // not a number: never due
-	}
-	_, hasNext := fields["nextAttemptAt"]
-	if v, ok := fields["ts"]; ok {
-		_ = json.Unmarshal(v, &ts)
-	}
-	due := hasNext && next != nil && *next <= float64(now.UnixMilli()) ||
-		!hasNext && ts != nil && *ts < float64(now.Add(-quantum).UnixMilli())
-	if fire || !due {
+	_ = json.Unmarshal(doc.NextAttemptAt, &next)
+	_ = json.Unmarshal(doc.TS, &ts)
+	due := len(doc.NextAttemptAt) > 0 && next != nil && *next <= float64(now.UnixMilli()) ||
+		len(doc.NextAttemptAt) == 0 && ts != nil && *ts < float64(now.Add(-quantum).UnixMilli())
+	if !due {
 		return false, nil
 	}
-	fields["fireRetry"] = json.RawMessage("true")
-	body, err := json.Marshal(fields)
+	body, err := order.SetFireRetry(d.Value)
 	if err != nil {
-		return false, err
+		return false, nil // not an object: never due (the watcher dead-letters it)
 	}
 	_, err = s.Replace(ctx, order.Retry, id, body, d.CAS)
 	if errors.Is(err, store.ErrCASMismatch) || errors.Is(err, store.ErrNotFound) {
