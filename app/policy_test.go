@@ -303,3 +303,72 @@ func breakerProtects(t *testing.T, b backend) {
 	assert.Equal(t, "closed", client.BreakerState())
 	assertDeliveredOnce(t, r.mock, keys)
 }
+
+// Two instances on one Couchbase cluster through an outage: each has its
+// own breaker, the feed gives each half the vBuckets, and the one that
+// sweeps may flag a probe that lands on the other. Nothing may be
+// dead-lettered (held sends spend no attempt, and the probes go round the
+// backlog whoever sends them), the backlog is not flagged over and over to
+// be held back, and once the service is back every order is confirmed
+// once, including those held back by the instance whose breaker was still
+// open when the other swept the backlog.
+func TestBreakerProtectsAServiceThatIsDownFromTwoInstances(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two services through an outage: not in -short")
+	}
+	var down atomic.Bool
+	down.Store(true)
+	r := newRunOn(t, backends[1], mockmail.Config{Script: func(string, int) mockmail.Reply {
+		if down.Load() {
+			return mockmail.Reply{Status: http.StatusServiceUnavailable}
+		}
+		return mockmail.Reply{Status: http.StatusOK}
+	}})
+	r.cfg.Mail.BreakerFailures = 5
+	r.cfg.Mail.BreakerCooldown = 200 * time.Millisecond
+	r.cfg.Watcher.Policy.MaxAttempts = 3
+	var c1, c2 *mailer.Client
+	var w1, w2 *watcher.Watcher
+	a1, st := r.start(t, &c1, &w1)
+	defer stop(t, a1)
+	a2, _ := r.start(t, &c2, &w2)
+	defer stop(t, a2)
+	// Both must own vBuckets before the orders come, so that each gets
+	// some and both breakers open.
+	require.Eventually(t, func() bool { return owners(st, r.cfg.Watcher.FeedName) == 2 }, 60*time.Second, 10*time.Millisecond,
+		"the two instances share the vBuckets")
+	keys := r.placeOrders(t, st, 100)
+
+	var c store.Counts
+	require.Eventually(t, func() bool { c = counts(t, st); return c.RetryDocs == 100 }, 60*time.Second, 10*time.Millisecond,
+		"every order waits as a retry; last counts %+v", &c)
+	calls := r.mock.Stats().Requests
+	t.Logf("%d calls to the failing service for 100 orders: %d and %d", calls, w1.Stats().Sends, w2.Stats().Sends)
+	held := w1.Stats().Held + w2.Stats().Held
+	require.Eventually(t, func() bool { return r.mock.Stats().Requests >= calls+6 }, 60*time.Second, 10*time.Millisecond,
+		"six probes")
+	heldAgain := w1.Stats().Held + w2.Stats().Held - held
+	t.Logf("%d sends held back over six probes", heldAgain)
+	assert.Less(t, heldAgain, int64(40), "the backlog is not flagged only to be held back again")
+
+	down.Store(false)
+	waitAllConfirmed(t, st, keys)
+	t.Logf("all confirmed; breakers %s and %s", c1.BreakerState(), c2.BreakerState())
+	assert.Zero(t, counts(t, st).DeadLetters, "held-back sends spent no attempts, and the probes went round")
+	assertDeliveredOnce(t, r.mock, keys)
+}
+
+// owners counts the live members of feed that own vBuckets.
+func owners(st store.Store, feed string) int {
+	ms, err := st.(store.MemberLister).Members(context.Background(), feed)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, m := range ms {
+		if m.Live && m.Partitions > 0 {
+			n++
+		}
+	}
+	return n
+}
