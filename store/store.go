@@ -289,6 +289,12 @@ type Store interface {
 	// saw as after: the store reads from there on its key index, whatever
 	// came before.
 	Scan(ctx context.Context, collection, after string, fn func(Doc) error) error
+	// ScanDeadLetters is Scan of the dead letters whose reason is reason,
+	// read on an index of the reason: its cost grows with them, not with
+	// the other dead letters. It may call fn for an unreadable dead letter
+	// too (Couchbase: its reason field is reason, but it lacks what
+	// order.DecodeDeadLetter needs); callers decode each and check.
+	ScanDeadLetters(ctx context.Context, reason, after string, fn func(Doc) error) error
 
 	// Counts reads the numbers operators watch. It costs the same whatever
 	// the number of documents.

@@ -161,6 +161,14 @@ func TestIntegrationScanUsesThePrimaryIndex(t *testing.T) {
 	}
 }
 
+func TestIntegrationDeadLettersOfAReasonUseTheirIndex(t *testing.T) {
+	cfg, _ := testCluster(t, 1)
+	s := openStore(t, cfg)
+	plan := explain(t, s, deadLettersStatement(s.keyspace(order.DeadLetter)), map[string]interface{}{"reason": "exhausted", "after": "", "limit": 500})
+	assert.Contains(t, plan, "ix_deadletter_reason")
+	assert.NotContains(t, plan, "#primary", "the dead letters of one reason are read without the others")
+}
+
 // BenchmarkScan: reading a collection page by page, per document.
 func BenchmarkScan(b *testing.B) {
 	const n = 2000

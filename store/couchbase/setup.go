@@ -33,6 +33,8 @@ func indexStatements(ks func(string) string) []string {
 		// One per branch of the sweep, so that it reads only due documents.
 		"CREATE INDEX IF NOT EXISTS ix_retry_next ON " + ks("retry") + "(nextAttemptAt)",
 		"CREATE INDEX IF NOT EXISTS ix_retry_ts ON " + ks("retry") + "(ts) WHERE nextAttemptAt IS MISSING",
+		// The dead letters of one reason, in key order (ScanDeadLetters).
+		"CREATE INDEX IF NOT EXISTS ix_deadletter_reason ON " + ks("deadletter") + "(reason, META().id)",
 		// Counts of paid and confirmed orders.
 		"CREATE INDEX IF NOT EXISTS ix_inbound_paid ON " + ks("inbound") + "(paymentStatus, confirmationEmailSent)",
 	}

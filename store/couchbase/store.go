@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
@@ -610,11 +611,32 @@ func (s *Store) Scan(ctx context.Context, coll, after string, fn func(store.Doc)
 	if !slices.Contains(collections, coll) {
 		return fmt.Errorf("scan: %q is not one of %v", coll, collections)
 	}
+	return s.scanPages(ctx, "scan "+coll, coll, after, fn, scanStatement(s.keyspace(coll)), nil)
+}
+
+// ScanDeadLetters pages through the keys of the dead letters of reason on
+// the index setup creates on their reason and key (ix_deadletter_reason),
+// and reads each by KV.
+func (s *Store) ScanDeadLetters(ctx context.Context, reason, after string, fn func(store.Doc) error) error {
+	return s.scanPages(ctx, "scan dead letters of "+reason, order.DeadLetter, after, fn,
+		deadLettersStatement(s.keyspace(order.DeadLetter)), map[string]any{"reason": reason})
+}
+
+func deadLettersStatement(keyspace string) string {
+	return "SELECT RAW META(d).id FROM " + keyspace +
+		" AS d WHERE d.reason = $reason AND META(d).id > $after ORDER BY META(d).id LIMIT $limit"
+}
+
+// scanPages calls fn for the documents of coll whose keys q reads from
+// after on, a page at a time: q takes $after and $limit, and params.
+func (s *Store) scanPages(ctx context.Context, what, coll, after string, fn func(store.Doc) error, q string, params map[string]any) error {
 	const page = 500
 	for {
-		keys, err := s.queryKeys(ctx, scanStatement(s.keyspace(coll)), map[string]interface{}{"after": after, "limit": page})
+		args := map[string]any{"after": after, "limit": page}
+		maps.Copy(args, params)
+		keys, err := s.queryKeys(ctx, q, args)
 		if err != nil {
-			return fmt.Errorf("scan %s: %w", coll, err)
+			return fmt.Errorf("%s: %w", what, err)
 		}
 		docs, err := s.getPage(ctx, coll, keys)
 		if err != nil {

@@ -16,10 +16,11 @@ type columns struct {
 	nextAt, tsAt                       *int64
 	fireAt                             *int64 // a flagged retry document: when it fell due
 	tally                              *string
+	reason                             *string // a readable dead letter's reason, for ScanDeadLetters
 }
 
 func (c columns) args() []any {
-	var nextAt, tsAt, fireAt, tally any
+	var nextAt, tsAt, fireAt, tally, reason any
 	if c.nextAt != nil {
 		nextAt = *c.nextAt
 	}
@@ -32,7 +33,10 @@ func (c columns) args() []any {
 	if c.tally != nil {
 		tally = *c.tally
 	}
-	return []any{c.paid, c.confirmed, c.retry, c.fire, nextAt, tsAt, c.dead, tally, fireAt}
+	if c.reason != nil {
+		reason = *c.reason
+	}
+	return []any{c.paid, c.confirmed, c.retry, c.fire, nextAt, tsAt, c.dead, tally, fireAt, reason}
 }
 
 // flat says whether classify leaves every column of coll's documents but
@@ -63,6 +67,7 @@ func classify(coll, key string, value []byte) columns {
 		t := "dead: unreadable dead letter"
 		if d, err := order.DecodeDeadLetter(value); err == nil {
 			t = "dead: " + d.Reason + statusSuffix(d.LastStatus)
+			c.reason = &d.Reason
 		}
 		c.tally = &t
 	}

@@ -556,14 +556,33 @@ func (s *Store) Scan(ctx context.Context, coll, after string, fn func(store.Doc)
 	if coll == order.Attempts {
 		return fmt.Errorf("scan %s: attempt records are read by key", coll)
 	}
+	return s.scanPages(ctx, "scan "+coll, after, fn,
+		`SELECT key, value, seq, created FROM docs WHERE coll = ? AND key > ? AND value IS NOT NULL ORDER BY key LIMIT ?`, coll)
+}
+
+// ScanDeadLetters reads the dead letters of reason on the index of their
+// reason and key (TestQueryPlans): its cost grows with them, not with the
+// other dead letters.
+func (s *Store) ScanDeadLetters(ctx context.Context, reason, after string, fn func(store.Doc) error) error {
+	return s.scanPages(ctx, "scan dead letters of "+reason, after, fn, deadLettersQuery, reason)
+}
+
+const deadLettersQuery = `SELECT key, value, seq, created FROM docs INDEXED BY dead_reason WHERE reason = ? AND key > ? ORDER BY key LIMIT ?`
+
+// scanPage is how many documents a scan reads at a time.
+const scanPage = 500
+
+// scanPages calls fn for the documents q reads from after on, a page at a
+// time: q takes arg, the key to start after and the page's size, and
+// reads key, value, seq and created in key order.
+func (s *Store) scanPages(ctx context.Context, what, after string, fn func(store.Doc) error, q string, arg any) error {
 	for {
 		if err := s.check(); err != nil {
 			return err
 		}
-		rows, err := s.read.QueryContext(ctx,
-			`SELECT key, value, seq, created FROM docs WHERE coll = ? AND key > ? AND value IS NOT NULL ORDER BY key LIMIT 500`, coll, after)
+		rows, err := s.read.QueryContext(ctx, q, arg, after, scanPage)
 		if err != nil {
-			return fmt.Errorf("scan %s: %w", coll, mapErr(err))
+			return fmt.Errorf("%s: %w", what, mapErr(err))
 		}
 		var page []store.Doc
 		for rows.Next() {
@@ -571,20 +590,20 @@ func (s *Store) Scan(ctx context.Context, coll, after string, fn func(store.Doc)
 			var v string
 			if err := rows.Scan(&d.Key, &v, &d.CAS, &d.Incarnation); err != nil {
 				rows.Close()
-				return fmt.Errorf("scan %s: %w", coll, mapErr(err))
+				return fmt.Errorf("%s: %w", what, mapErr(err))
 			}
 			d.Value = []byte(v)
 			page = append(page, d)
 		}
 		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
-			return fmt.Errorf("scan %s: %w", coll, mapErr(err))
+			return fmt.Errorf("%s: %w", what, mapErr(err))
 		}
 		for _, d := range page {
 			if err := fn(d); err != nil {
 				return err
 			}
 		}
-		if len(page) < 500 {
+		if len(page) < scanPage {
 			return nil
 		}
 		after = page[len(page)-1].Key

@@ -46,13 +46,15 @@ var plans = []struct {
 		"SEARCH docs USING COVERING INDEX retry_ts (ts_at>? AND ts_at<?)",
 		"SEARCH docs USING COVERING INDEX retry_fired"}},
 	{"an outcome's guarded replace", guardedReplaceQuery,
-		[]any{"{}", 1, false, false, false, false, nil, nil, false, nil, nil, "inbound", "k", 1},
+		[]any{"{}", 1, false, false, false, false, nil, nil, false, nil, nil, nil, "inbound", "k", 1},
 		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
 	{"an order's guarded replace", flatReplaceQuery, []any{"{}", 1, false, false, "inbound", "k", 1},
 		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
+	{"dead letters of a reason", deadLettersQuery, []any{"exhausted", "", 500},
+		[]string{"SEARCH docs USING INDEX dead_reason (reason=? AND key>?)"}},
 	{"a flag by nextAttemptAt", flagQuery("next_at"), []any{"{}", 1, 0, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
 	{"a flag by ts", flagQuery("ts_at"), []any{"{}", 1, 0, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
-	{"a put's update", putSetQuery, []any{"inbound", "k", "{}", 1, 1, false, false, false, false, nil, nil, false, nil, nil},
+	{"a put's update", putSetQuery, []any{"inbound", "k", "{}", 1, 1, false, false, false, false, nil, nil, false, nil, nil, nil},
 		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
 	{"a flat put's update", flatSetQuery, []any{"inbound", "k", "{}", 1, 1, false, false},
 		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
@@ -145,7 +147,7 @@ func TestWriteTriggers(t *testing.T) {
 	assert.Equal(t, []string{"docs_update", "docs_update_tally", "due_update_ts_at_new", "due_update_ts_at_old"},
 		triggers(t, s, flagQuery("ts_at"), "{}", 1, 0, 7))
 	dueUpdates := []string{"due_update_next_at_new", "due_update_next_at_old", "due_update_ts_at_new", "due_update_ts_at_old"}
-	all := triggers(t, s, guardedReplaceQuery, "{}", 1, false, false, false, false, nil, nil, false, nil, nil, "retry", "k", 1)
+	all := triggers(t, s, guardedReplaceQuery, "{}", 1, false, false, false, false, nil, nil, false, nil, nil, nil, "retry", "k", 1)
 	assert.Subset(t, all, dueUpdates, "a retry document's replace")
 	// A flat collection's documents never carry the columns that
 	// flatReplaceQuery leaves alone, whatever they hold.
@@ -827,7 +829,7 @@ func TestMigratesAVersion7File(t *testing.T) {
 	path, db := fileAtVersion(t, 7)
 	now := time.Now()
 	byNext, byTS := now.Add(-3*time.Hour).UnixMilli(), now.Add(-5*time.Hour).UnixMilli()
-	writeOldRetries(t, db, []oldRetry{
+	writeOldDocs(t, db, order.Retry, []oldDoc{
 		{"n", fmt.Sprintf(`{"docId":"n","attempt":1,"ts":1,"nextAttemptAt":%d,"fireRetry":true}`, byNext), "retrying", true},
 		{"t", fmt.Sprintf(`{"docId":"t","ts":%d,"fireRetry":true}`, byTS), "retrying", true},
 		{"u", `{"docId":"u","attempt":1,"fireRetry":true}`, "retrying", true}, // due by nothing: not in the oldest
@@ -865,7 +867,7 @@ func TestMigratesAVersion8File(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	path, db := fileAtVersion(t, 8)
-	writeOldRetries(t, db, []oldRetry{
+	writeOldDocs(t, db, order.Retry, []oldDoc{
 		{"held", `{"docId":"held","attempt":0,"ts":1,"lastError":"not attempted: circuit breaker open: email service not called"}`, "retrying: no answer", false},
 		{"timeout", `{"docId":"timeout","attempt":1,"ts":1,"lastError":"no answer: timeout"}`, "retrying: no answer", false},
 		{"answered", `{"docId":"answered","attempt":1,"ts":1,"lastStatus":503,"lastError":"answered 503 Service Unavailable"}`, "retrying: HTTP 503", false},
@@ -884,19 +886,49 @@ func TestMigratesAVersion8File(t *testing.T) {
 	assert.Equal(t, "retrying: held back", tally)
 }
 
-// oldRetry is a retry document as an older version's file holds it.
-type oldRetry struct {
+// A version-9 file's readable dead letters get their reason's column, and
+// the dead letters of a reason are read on its index.
+func TestMigratesAVersion9File(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path, db := fileAtVersion(t, 9)
+	writeOldDocs(t, db, order.DeadLetter, []oldDoc{
+		{key: "a", value: `{"docId":"a","reason":"permanent","lastStatus":406}`, tally: "dead: permanent (HTTP 406)"},
+		{key: "b", value: `{"docId":"b","reason":"exhausted"}`, tally: "dead: exhausted"},
+		{key: "c", value: `{"docId":"c","reason":"permanent"}`, tally: "dead: permanent"},
+		{key: "d", value: `{"reason":"permanent"}`, tally: "dead: unreadable dead letter"},
+		{key: "e", value: `not json`, tally: "dead: unreadable dead letter"},
+	})
+
+	s := openUpgraded(t, path)
+	of := func(reason string) []string {
+		var keys []string
+		require.NoError(t, s.ScanDeadLetters(ctx, reason, "", func(d store.Doc) error { keys = append(keys, d.Key); return nil }))
+		return keys
+	}
+	assert.Equal(t, []string{"a", "c"}, of("permanent"))
+	assert.Equal(t, []string{"b"}, of("exhausted"))
+	var unreadable int
+	require.NoError(t, s.read.QueryRow(`SELECT count(*) FROM docs WHERE dead = 1 AND reason IS NULL`).Scan(&unreadable))
+	assert.Equal(t, 2, unreadable, "an unreadable dead letter has no reason")
+	assert.Equal(t, store.Counts{DeadLetters: 5}, recount(t, s))
+}
+
+// oldDoc is a retry document or dead letter as an older version's file
+// holds it.
+type oldDoc struct {
 	key, value, tally string
 	fire              bool
 }
 
-// writeOldRetries writes docs into db, a file of an older version, with
-// their typed columns as that version's writer gave them, and closes it.
-func writeOldRetries(t *testing.T, db *sql.DB, docs []oldRetry) {
+// writeOldDocs writes docs of coll (retry or deadletter) into db, a file of
+// an older version, with their typed columns as that version's writer gave
+// them, and closes it.
+func writeOldDocs(t *testing.T, db *sql.DB, coll string, docs []oldDoc) {
 	t.Helper()
 	for i, d := range docs {
-		_, err := db.Exec(`INSERT INTO docs (coll, key, value, seq, created, retry, fire, tally) VALUES ('retry', ?, ?, ?, ?, 1, ?, ?)`,
-			d.key, d.value, i+1, i+1, d.fire, d.tally)
+		_, err := db.Exec(`INSERT INTO docs (coll, key, value, seq, created, retry, fire, dead, tally) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			coll, d.key, d.value, i+1, i+1, coll == order.Retry, d.fire, coll == order.DeadLetter, d.tally)
 		require.NoError(t, err)
 	}
 	_, err := db.Exec(`UPDATE counters SET value = ? WHERE name = 'seq'`, len(docs))

@@ -3,6 +3,7 @@ package embedded
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -24,6 +25,7 @@ var migrations = []func(ctx context.Context, tx *sql.Tx) error{
 	migrateV7,
 	migrateV8,
 	migrateV9,
+	migrateV10,
 }
 
 // SchemaVersion is the version Open brings every file to.
@@ -358,6 +360,59 @@ func migrateV9(ctx context.Context, tx *sql.Tx) error {
 		WHERE retry = 1 AND tally = 'retrying: `+order.WhyNoAnswer+`'
 		  AND CASE WHEN json_valid(value) THEN substr(json_extract(value, '$.lastError'), 1, ?) = ? END`,
 		len(order.NotAttemptedPrefix), order.NotAttemptedPrefix)
+	return err
+}
+
+// migrateV10 keeps each readable dead letter's reason in a column of its
+// own, indexed with the key, so that the dead letters of one reason are
+// listed, redriven and purged without reading the others
+// (Store.ScanDeadLetters). The dead letters there are given it as classify
+// does, decoded in Go a page at a time: SQLite's JSON functions read some
+// documents differently from order.DecodeDeadLetter.
+func migrateV10(ctx context.Context, tx *sql.Tx) error {
+	if _, err := tx.ExecContext(ctx, `ALTER TABLE docs ADD COLUMN reason TEXT; -- a readable dead letter's reason`); err != nil {
+		return err
+	}
+	set, err := tx.PrepareContext(ctx, `UPDATE docs SET reason = ? WHERE id = ?`)
+	if err != nil {
+		return err
+	}
+	defer set.Close()
+	const page = 1000
+	for last := int64(0); ; {
+		rows, err := tx.QueryContext(ctx, `SELECT id, value FROM docs WHERE id > ? AND dead = 1 ORDER BY id LIMIT ?`, last, page)
+		if err != nil {
+			return err
+		}
+		type row struct {
+			id    int64
+			value []byte
+		}
+		var got []row
+		for rows.Next() {
+			var r row
+			if err := rows.Scan(&r.id, &r.value); err != nil {
+				rows.Close()
+				return err
+			}
+			got = append(got, r)
+		}
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
+			return err
+		}
+		for _, r := range got {
+			if c := classify(order.DeadLetter, "", r.value); c.reason != nil {
+				if _, err := set.ExecContext(ctx, *c.reason, r.id); err != nil {
+					return err
+				}
+			}
+		}
+		if len(got) < page {
+			break
+		}
+		last = got[len(got)-1].id
+	}
+	_, err = tx.ExecContext(ctx, `CREATE INDEX dead_reason ON docs (reason, key) WHERE reason IS NOT NULL`)
 	return err
 }
 

@@ -439,10 +439,10 @@ func (t *txn) apply(w store.Write, cols columns) (uint64, error) {
 // IGNORE reaches the triggers' statements too, where no constraint can be
 // met (TestCountsAgreeWithARecountAfterEveryKindOfWrite recounts).
 const (
-	putAddQuery = `INSERT OR IGNORE INTO docs (coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally, fire_at)
-	VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)`
+	putAddQuery = `INSERT OR IGNORE INTO docs (coll, key, value, seq, created, paid, confirmed, retry, fire, next_at, ts_at, dead, tally, fire_at, reason)
+	VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)`
 	putSetQuery = `UPDATE OR FAIL docs SET value = ?3, seq = ?4, created = CASE WHEN value IS NULL THEN ?5 ELSE created END,
-		paid = ?6, confirmed = ?7, retry = ?8, fire = ?9, next_at = ?10, ts_at = ?11, dead = ?12, tally = ?13, fire_at = ?14
+		paid = ?6, confirmed = ?7, retry = ?8, fire = ?9, next_at = ?10, ts_at = ?11, dead = ?12, tally = ?13, fire_at = ?14, reason = ?15
 	WHERE coll = ?1 AND key = ?2`
 	// A flat collection's document (see flatReplaceQuery): over a row that
 	// is there, its put names only the columns such a document has, so the
@@ -506,7 +506,7 @@ func (t *txn) write(w store.Write, cols columns) (uint64, error) {
 // (TestQueryPlans); its guard was checked before it.
 const (
 	buryQuery = `UPDATE OR FAIL docs SET value = NULL, seq = ?, created = 0, paid = 0, confirmed = 0, retry = 0, fire = 0,
-			next_at = NULL, ts_at = NULL, dead = 0, tally = NULL, fire_at = NULL WHERE coll = ? AND key = ?`
+			next_at = NULL, ts_at = NULL, dead = 0, tally = NULL, fire_at = NULL, reason = NULL WHERE coll = ? AND key = ?`
 	eraseQuery = `DELETE FROM docs WHERE coll = ? AND key = ?`
 )
 
@@ -537,7 +537,7 @@ func (t *txn) tombstones() (bool, error) {
 // before it. A point search of docs_by_key (TestQueryPlans): the unary +
 // keeps SQLite from searching docs_by_seq instead.
 const guardedReplaceQuery = `UPDATE OR FAIL docs SET value = ?, seq = ?, paid = ?, confirmed = ?, retry = ?, fire = ?,
-		next_at = ?, ts_at = ?, dead = ?, tally = ?, fire_at = ?
+		next_at = ?, ts_at = ?, dead = ?, tally = ?, fire_at = ?, reason = ?
 	WHERE coll = ? AND key = ? AND +seq = ? AND value IS NOT NULL`
 
 // The due retry documents, oldest first: their row ids, and their values,

@@ -31,6 +31,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("SweepRetries", func(t *testing.T) { testSweep(t, open(t)) })
 	t.Run("Counts", func(t *testing.T) { testCounts(t, open(t)) })
 	t.Run("Scan", func(t *testing.T) { testScan(t, open(t)) })
+	t.Run("ScanDeadLettersOfAReason", func(t *testing.T) { testScanDeadLetters(t, open(t)) })
 	t.Run("StateAndApply", func(t *testing.T) { testStateAndApply(t, open(t)) })
 	t.Run("SweepIsBounded", func(t *testing.T) { testSweepBounded(t, open(t)) })
 	t.Run("SweepTakesTheOldestDueFirst", func(t *testing.T) { testSweepOldestFirst(t, open(t)) })
@@ -738,4 +739,72 @@ func testScan(t *testing.T, s store.Store) {
 	err = s.Scan(ctx, coll, "", func(d store.Doc) error { n++; return stop })
 	assert.ErrorIs(t, err, stop)
 	assert.Equal(t, 1, n)
+}
+
+// testScanDeadLetters: the dead letters of one reason, in key order and in
+// pages, none of another reason; a dead letter whose reason changes moves
+// with it, and one removed or rewritten as something else leaves.
+func testScanDeadLetters(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	p := prefix(t)
+	dead := func(key, reason string) []byte {
+		return order.DeadLetterDoc{DocID: key, Reason: reason, LastStatus: 406, DeadAt: 1}.Encode()
+	}
+	var want []string
+	for i := range 1203 { // more than one page of any sensible size
+		k := fmt.Sprintf("%s%05d", p, i)
+		reason := order.ReasonExhausted
+		if i%100 == 7 {
+			reason = order.ReasonPermanent
+			want = append(want, k)
+		}
+		_, err := s.Upsert(ctx, order.DeadLetter, k, dead(k, reason))
+		require.NoError(t, err)
+	}
+	// Not dead letters of the reason: another collection's document
+	// written like one, and a dead letter that cannot be read.
+	_, err := s.Upsert(ctx, order.Retry, p+"00107", dead(p+"00107", order.ReasonPermanent))
+	require.NoError(t, err)
+	_, err = s.Upsert(ctx, order.DeadLetter, p+"x-unreadable", []byte(`{"reason":"`+order.ReasonPermanent+`"}`))
+	require.NoError(t, err)
+
+	ofReason := func(reason, after string, limit int) []string {
+		var got []string
+		stop := errors.New("page full")
+		err := s.ScanDeadLetters(ctx, reason, after, func(d store.Doc) error {
+			if !strings.HasPrefix(d.Key, p) {
+				return nil // another test's, on a shared cluster
+			}
+			if _, err := order.DecodeDeadLetter(d.Value); err != nil {
+				return nil // may come: callers decode and check
+			}
+			got = append(got, d.Key)
+			if len(got) == limit {
+				return stop
+			}
+			return nil
+		})
+		if !errors.Is(err, stop) {
+			require.NoError(t, err)
+		}
+		return got
+	}
+	assert.Equal(t, want, ofReason(order.ReasonPermanent, "", 0), "every one of the reason, in key order")
+	first := ofReason(order.ReasonPermanent, "", 5)
+	assert.Equal(t, want[:5], first)
+	assert.Equal(t, want[5:], ofReason(order.ReasonPermanent, first[4], 0), "the next page starts after the last key")
+	assert.Len(t, ofReason(order.ReasonExhausted, "", 0), 1203-len(want))
+	assert.Empty(t, ofReason(order.ReasonMalformedOrder, "", 0))
+
+	// Rewritten with another reason, removed, written again as it was.
+	moved, gone := want[0], want[1]
+	_, err = s.Upsert(ctx, order.DeadLetter, moved, dead(moved, order.ReasonExhausted))
+	require.NoError(t, err)
+	d, err := s.Get(ctx, order.DeadLetter, gone)
+	require.NoError(t, err)
+	require.NoError(t, s.Remove(ctx, order.DeadLetter, gone, d.CAS))
+	assert.Equal(t, want[2:], ofReason(order.ReasonPermanent, "", 0))
+	_, err = s.Upsert(ctx, order.DeadLetter, gone, dead(gone, order.ReasonPermanent))
+	require.NoError(t, err)
+	assert.Equal(t, want[1:], ofReason(order.ReasonPermanent, "", 0))
 }
