@@ -189,7 +189,7 @@ func reasonLinkOf(t ops.ReasonCount) reasonLink {
 			r = r[:i]
 		}
 		if r == "unreadable dead letter" {
-			r = "unreadable"
+			r = ops.ReasonUnreadable
 		}
 		l.Href = "/deadletters?reason=" + url.QueryEscape(r)
 	case t.Reason == "retrying":

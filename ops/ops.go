@@ -144,17 +144,38 @@ type DeadLetter struct {
 	cas uint64
 }
 
-// EachDeadLetter calls fn for every dead letter in key order, as the
-// store's scan reads them a page at a time, until fn returns an error.
-// Unreadable documents come with reason "unreadable".
-func EachDeadLetter(ctx context.Context, st store.Store, fn func(DeadLetter) error) error {
-	return st.Scan(ctx, order.DeadLetter, "", func(d store.Doc) error { return fn(deadLetterOf(d)) })
+// EachDeadLetter calls fn for every dead letter of reason ("": every one)
+// in key order, as the store's scan reads them a page at a time, until fn
+// returns an error. Unreadable documents come with reason "unreadable".
+func EachDeadLetter(ctx context.Context, st store.Store, reason string, fn func(DeadLetter) error) error {
+	return scanDeadLetters(ctx, st, reason, "", func(d store.Doc) error {
+		if dl := deadLetterOf(d); reason == "" || dl.Reason == reason {
+			return fn(dl)
+		}
+		return nil
+	})
 }
+
+// scanDeadLetters scans the dead letters from after on: those of reason on
+// the store's index of their reason (store.Store.ScanDeadLetters), so that
+// its cost grows with them and not with the others; every one for reason
+// "" or "unreadable" (a document that cannot be read is known only by
+// reading it). Callers check each document's reason.
+func scanDeadLetters(ctx context.Context, st store.Store, reason, after string, fn func(store.Doc) error) error {
+	if reason == "" || reason == ReasonUnreadable {
+		return st.Scan(ctx, order.DeadLetter, after, fn)
+	}
+	return st.ScanDeadLetters(ctx, reason, after, fn)
+}
+
+// ReasonUnreadable is the reason a dead letter that cannot be read is
+// listed by.
+const ReasonUnreadable = "unreadable"
 
 func deadLetterOf(d store.Doc) DeadLetter {
 	dl, err := order.DecodeDeadLetter(d.Value)
 	if err != nil {
-		dl = order.DeadLetterDoc{DocID: d.Key, Reason: "unreadable", LastError: err.Error()}
+		dl = order.DeadLetterDoc{DocID: d.Key, Reason: ReasonUnreadable, LastError: err.Error()}
 	}
 	return DeadLetter{ID: d.Key, DeadLetterDoc: dl, cas: d.CAS}
 }
@@ -170,16 +191,17 @@ var ErrNoSuchDeadLetter = errors.New("no such dead letter")
 const bulkParallel = 16
 
 // eachDeadLetter calls fn for the dead letters named by ids, or for every
-// one in key order as the store's scan reads them, at most bulkParallel at
+// one (of reason, when not empty) in key order as the store's scan reads
+// them, at most bulkParallel at
 // once. It stops at fn's first error and returns it, with an
 // ErrNoSuchDeadLetter for each id that names none. Its writes are not
 // marked store.WithSharedCommit: each caller waits for its own, so a
 // writer that lingered for more would only wait.
-func eachDeadLetter(ctx context.Context, st store.Store, ids []string, all bool, fn func(ctx context.Context, d DeadLetter) error) (missing []error, err error) {
+func eachDeadLetter(ctx context.Context, st store.Store, ids []string, all bool, reason string, fn func(ctx context.Context, d DeadLetter) error) (missing []error, err error) {
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(bulkParallel)
 	if all {
-		err = EachDeadLetter(gctx, st, func(d DeadLetter) error {
+		err = EachDeadLetter(gctx, st, reason, func(d DeadLetter) error {
 			g.Go(func() error { return fn(gctx, d) })
 			return gctx.Err() // a failed fn ends the scan
 		})
@@ -223,18 +245,15 @@ var ErrReservedKey = errors.New("the key is the retry timer's control document; 
 // how many, with an error for the ids it could not. A backlog of any size
 // is read a page at a time (see eachDeadLetter).
 func Redrive(ctx context.Context, st store.Store, now time.Time, ids []string, all bool) (int, error) {
-	return redrive(ctx, st, now, ids, all, nil)
+	return redrive(ctx, st, now, ids, all, "")
 }
 
-// redrive is Redrive of the dead letters that keep (nil: all) keeps.
-func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, all bool, keep func(DeadLetter) bool) (int, error) {
+// redrive is Redrive, of the dead letters of reason with all ("": every one).
+func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, all bool, reason string) (int, error) {
 	var n atomic.Int64
 	var mu sync.Mutex
 	var reserved error
-	missing, err := eachDeadLetter(ctx, st, ids, all, func(ctx context.Context, d DeadLetter) error {
-		if keep != nil && !keep(d) {
-			return nil
-		}
+	missing, err := eachDeadLetter(ctx, st, ids, all, reason, func(ctx context.Context, d DeadLetter) error {
 		if d.ID == order.ControlKey {
 			mu.Lock()
 			defer mu.Unlock()
@@ -272,16 +291,13 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 
 // Purge deletes dead letters for good; their orders stay unconfirmed.
 func Purge(ctx context.Context, st store.Store, ids []string, all bool) (int, error) {
-	return purge(ctx, st, ids, all, nil)
+	return purge(ctx, st, ids, all, "")
 }
 
-// purge is Purge of the dead letters that keep (nil: all) keeps.
-func purge(ctx context.Context, st store.Store, ids []string, all bool, keep func(DeadLetter) bool) (int, error) {
+// purge is Purge, of the dead letters of reason with all ("": every one).
+func purge(ctx context.Context, st store.Store, ids []string, all bool, reason string) (int, error) {
 	var n atomic.Int64
-	missing, err := eachDeadLetter(ctx, st, ids, all, func(ctx context.Context, d DeadLetter) error {
-		if keep != nil && !keep(d) {
-			return nil
-		}
+	missing, err := eachDeadLetter(ctx, st, ids, all, reason, func(ctx context.Context, d DeadLetter) error {
 		err := st.Remove(ctx, order.DeadLetter, d.ID, d.cas)
 		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCASMismatch) {
 			return nil // gone, or changed (redriven) since it was read

@@ -63,7 +63,7 @@ func TestReadStatus(t *testing.T) {
 	assert.Equal(t, 1, s.DueNow)
 
 	var dls []ops.DeadLetter
-	require.NoError(t, ops.EachDeadLetter(ctx, st, func(d ops.DeadLetter) error {
+	require.NoError(t, ops.EachDeadLetter(ctx, st, "", func(d ops.DeadLetter) error {
 		dls = append(dls, d)
 		return nil
 	}))

@@ -81,13 +81,14 @@ func RetryReason(r order.RetryDoc) string {
 var DeadLetterReasons = []string{
 	order.ReasonPermanent, order.ReasonExhausted, order.ReasonMalformedOrder, order.ReasonNoEmail,
 	order.ReasonOrderMissing, order.ReasonMalformedRetry, order.ReasonTooLarge, order.ReasonReservedKey,
-	order.ReasonInvalidKey, order.ReasonPoisonEvent, "unreadable",
+	order.ReasonInvalidKey, order.ReasonPoisonEvent, ReasonUnreadable,
 }
 
 // ListRetries reads one page of pending retries, the control document
 // aside.
 func ListRetries(ctx context.Context, st store.Store, q ListQuery) (Page[Retry], error) {
-	return scanPage(ctx, st, order.Retry, q, func(d store.Doc) (Retry, string, bool) {
+	scan := func(after string, fn func(store.Doc) error) error { return st.Scan(ctx, order.Retry, after, fn) }
+	return scanPage(ctx, st, order.Retry, q, scan, func(d store.Doc) (Retry, string, bool) {
 		if d.Key == order.ControlKey {
 			return Retry{}, "", false
 		}
@@ -100,9 +101,14 @@ func ListRetries(ctx context.Context, st store.Store, q ListQuery) (Page[Retry],
 	})
 }
 
-// ListDeadLetterPage reads one page of dead letters.
+// ListDeadLetterPage reads one page of dead letters; those of one reason on
+// the store's index of their reason, so that a reason that few have is
+// found at once among many of another.
 func ListDeadLetterPage(ctx context.Context, st store.Store, q ListQuery) (Page[DeadLetter], error) {
-	return scanPage(ctx, st, order.DeadLetter, q, func(d store.Doc) (DeadLetter, string, bool) {
+	scan := func(after string, fn func(store.Doc) error) error {
+		return scanDeadLetters(ctx, st, q.Reason, after, fn)
+	}
+	return scanPage(ctx, st, order.DeadLetter, q, scan, func(d store.Doc) (DeadLetter, string, bool) {
 		dl := deadLetterOf(d)
 		return dl, dl.Reason, true
 	})
@@ -111,9 +117,11 @@ func ListDeadLetterPage(ctx context.Context, st store.Store, q ListQuery) (Page[
 // errPageDone ends a page's scan.
 var errPageDone = errors.New("page done")
 
-// scanPage reads a page of coll: decode turns a document into an item and
-// its reason, or says to leave it out.
-func scanPage[T any](ctx context.Context, st store.Store, coll string, q ListQuery, decode func(store.Doc) (T, string, bool)) (Page[T], error) {
+// scanPage reads a page of coll with scan, which calls fn for the documents
+// from a key on: decode turns a document into an item and its reason, or
+// says to leave it out.
+func scanPage[T any](ctx context.Context, st store.Store, coll string, q ListQuery, scan func(after string, fn func(store.Doc) error) error,
+	decode func(store.Doc) (T, string, bool)) (Page[T], error) {
 	if q.Limit <= 0 {
 		q.Limit = DefaultPageSize
 	}
@@ -161,7 +169,7 @@ func scanPage[T any](ctx context.Context, st store.Store, coll string, q ListQue
 		}
 		after = q.Prefix
 	}
-	err := st.Scan(ctx, coll, after, func(d store.Doc) error {
+	err := scan(after, func(d store.Doc) error {
 		if visit(d) {
 			return errPageDone
 		}
@@ -174,12 +182,13 @@ func scanPage[T any](ctx context.Context, st store.Store, coll string, q ListQue
 }
 
 // RedriveByReason redrives every dead letter whose reason is reason, and
-// returns how many. It reads each dead letter once, as Redrive of all does.
+// returns how many. It reads those dead letters once each, on the store's
+// index of their reason, not the others.
 func RedriveByReason(ctx context.Context, st store.Store, now time.Time, reason string) (int, error) {
 	if reason == "" {
 		return 0, errors.New("redrive by reason: no reason given")
 	}
-	return redrive(ctx, st, now, nil, true, func(d DeadLetter) bool { return d.Reason == reason })
+	return redrive(ctx, st, now, nil, true, reason)
 }
 
 // PurgeByReason purges every dead letter whose reason is reason, and
@@ -188,7 +197,7 @@ func PurgeByReason(ctx context.Context, st store.Store, reason string) (int, err
 	if reason == "" {
 		return 0, errors.New("purge by reason: no reason given")
 	}
-	return purge(ctx, st, nil, true, func(d DeadLetter) bool { return d.Reason == reason })
+	return purge(ctx, st, nil, true, reason)
 }
 
 // CheckDeadLetterReason says what is wrong with reason as a filter of dead

@@ -40,6 +40,7 @@ func TestListDeadLetterPage(t *testing.T) {
 	st := openStore(t)
 	deadLetters(t, st, "a", 30)
 	deadLetters(t, st, "b", 30)
+	insert(t, st, order.DeadLetter, "b00031", []byte(`{"reason":"rare"}`)) // unreadable: no docId
 
 	tests := []struct {
 		name     string
@@ -51,14 +52,19 @@ func TestListDeadLetterPage(t *testing.T) {
 	}{
 		{"first page", ops.ListQuery{Limit: 3}, []string{"a00000", "a00001", "a00002"}, "a00002", 3, false},
 		{"next page", ops.ListQuery{Limit: 3, After: "a00002"}, []string{"a00003", "a00004", "a00005"}, "a00005", 3, false},
-		{"by reason", ops.ListQuery{Limit: 2, Reason: "rare"}, []string{"a00009", "a00019"}, "a00019", 20, false},
-		{"by reason, budget spent", ops.ListQuery{Limit: 5, Reason: "rare", Budget: 15}, []string{"a00009"}, "a00014", 15, true},
+		// A reason's dead letters are read on its index: the others are
+		// not examined.
+		{"by reason", ops.ListQuery{Limit: 2, Reason: "rare"}, []string{"a00009", "a00019"}, "a00019", 2, false},
+		{"by reason, the next page", ops.ListQuery{Limit: 2, Reason: "rare", After: "a00019"}, []string{"a00029", "b00009"}, "b00009", 2, false},
+		{"budget spent", ops.ListQuery{Limit: 5, Budget: 3, Prefix: "a0001"}, []string{"a00010", "a00011", "a00012"}, "a00012", 3, true},
+		// An unreadable one is known only by reading each.
+		{"unreadable", ops.ListQuery{Reason: ops.ReasonUnreadable}, []string{"b00031"}, "", 61, false},
 		{"prefix", ops.ListQuery{Limit: 2, Prefix: "b0002"}, []string{"b00020", "b00021"}, "b00021", 2, false},
 		{"prefix to its end", ops.ListQuery{Prefix: "b0002", After: "b00027"}, []string{"b00028", "b00029"}, "", 2, false},
 		{"the prefix is a key", ops.ListQuery{Prefix: "b00029"}, []string{"b00029"}, "", 1, false},
-		{"prefix and reason", ops.ListQuery{Prefix: "b", Reason: "rare"}, []string{"b00009", "b00019", "b00029"}, "", 30, false},
+		{"prefix and reason", ops.ListQuery{Prefix: "b", Reason: "rare"}, []string{"b00009", "b00019", "b00029"}, "", 3, false},
 		{"nothing", ops.ListQuery{Prefix: "c"}, []string{}, "", 0, false},
-		{"the end", ops.ListQuery{After: "b00028"}, []string{"b00029"}, "", 1, false},
+		{"the end", ops.ListQuery{After: "b00029"}, []string{"b00031"}, "", 1, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

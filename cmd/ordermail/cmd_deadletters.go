@@ -95,7 +95,7 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 func listJSON(ctx context.Context, st store.Store, reason string, w io.Writer) error {
 	bw := bufio.NewWriter(w)
 	sep := "["
-	err := eachOfReason(ctx, st, reason, func(d ops.DeadLetter) error {
+	err := ops.EachDeadLetter(ctx, st, reason, func(d ops.DeadLetter) error {
 		b, err := json.Marshal(d)
 		if err != nil {
 			return err
@@ -115,17 +115,6 @@ func listJSON(ctx context.Context, st store.Store, reason string, w io.Writer) e
 	return bw.Flush()
 }
 
-// eachOfReason calls fn with each dead letter of reason ("": every one), as
-// the scan reads them.
-func eachOfReason(ctx context.Context, st store.Store, reason string, fn func(ops.DeadLetter) error) error {
-	return ops.EachDeadLetter(ctx, st, func(d ops.DeadLetter) error {
-		if reason != "" && d.Reason != reason {
-			return nil
-		}
-		return fn(d)
-	})
-}
-
 // listRows is how many rows of the table are aligned and printed together:
 // a backlog of any size is never held whole.
 const listRows = 500
@@ -135,7 +124,7 @@ func listTable(ctx context.Context, st store.Store, reason string, w io.Writer) 
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tREASON\tSTATUS\tATTEMPTS\tREDRIVES\tDEAD SINCE\tLAST ERROR")
 	rows := 0
-	err := eachOfReason(ctx, st, reason, func(d ops.DeadLetter) error {
+	err := ops.EachDeadLetter(ctx, st, reason, func(d ops.DeadLetter) error {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", d.ID, d.Reason, d.LastStatus, d.Attempts, d.RedriveCount,
 			time.UnixMilli(d.DeadAt).UTC().Format(time.RFC3339), truncate(d.LastError, 80))
 		if rows++; rows%listRows == 0 {
