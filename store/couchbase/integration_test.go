@@ -167,6 +167,9 @@ func TestIntegrationDeadLettersOfAReasonUseTheirIndex(t *testing.T) {
 	plan := explain(t, s, deadLettersStatement(s.keyspace(order.DeadLetter)), map[string]interface{}{"reason": "exhausted", "after": "", "limit": 500})
 	assert.Contains(t, plan, "ix_deadletter_reason")
 	assert.NotContains(t, plan, "#primary", "the dead letters of one reason are read without the others")
+	reasons := explain(t, s, reasonsStatement(s.keyspace(order.DeadLetter)), nil)
+	assert.Contains(t, reasons, "ix_deadletter_reason", "the top reasons are counted on the index")
+	assert.NotContains(t, reasons, "#primary")
 }
 
 // BenchmarkScan: reading a collection page by page, per document.

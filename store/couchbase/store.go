@@ -526,7 +526,15 @@ func backlogStatement(retry, deadletter string) string {
 	return "SELECT " +
 		"(SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE " + due + ")[0] AS due, " +
 		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum)) FROM " + retry + " AS r WHERE " + due + ")[0] AS oldest, " +
-		"(SELECT d.reason AS reason, COUNT(*) AS count FROM " + deadletter + " AS d GROUP BY d.reason ORDER BY COUNT(*) DESC LIMIT 5) AS reasons"
+		"(" + reasonsStatement(deadletter) + ") AS reasons"
+}
+
+// reasonsStatement counts the dead letters of the five most frequent
+// reasons on the index of their reason (ix_deadletter_reason), not on
+// their documents.
+func reasonsStatement(deadletter string) string {
+	return "SELECT d.reason AS reason, COUNT(*) AS count FROM " + deadletter + " AS d WHERE d.reason IS NOT MISSING " +
+		"GROUP BY d.reason ORDER BY COUNT(*) DESC LIMIT 5"
 }
 
 // Backlog reads the due retries and the dead letters' reasons by N1QL, or
