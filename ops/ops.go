@@ -192,9 +192,8 @@ const bulkParallel = 16
 
 // eachDeadLetter calls fn for the dead letters named by ids, or for every
 // one (of reason, when not empty) in key order as the store's scan reads
-// them, at most bulkParallel at
-// once. It stops at fn's first error and returns it, with an
-// ErrNoSuchDeadLetter for each id that names none. Its writes are not
+// them, at most bulkParallel at once. It stops at fn's first error and
+// returns it, with an ErrNoSuchDeadLetter for each id that names none. Its writes are not
 // marked store.WithSharedCommit: each caller waits for its own, so a
 // writer that lingered for more would only wait.
 func eachDeadLetter(ctx context.Context, st store.Store, ids []string, all bool, reason string, fn func(ctx context.Context, d DeadLetter) error) (missing []error, err error) {
