@@ -353,11 +353,7 @@ func (s *Server) refresh(ctx context.Context) {
 	defer cancel()
 	now := time.Now()
 	quantum := s.t.Status().Quantum
-	c, err := s.st.Counts(rctx)
-	var b store.Backlog
-	if err == nil {
-		b, err = s.st.Backlog(rctx, now, quantum)
-	}
+	c, b, err := store.ReadFigures(rctx, s.st, now, quantum)
 	if ctx.Err() != nil {
 		return // stopping: the last figures stand
 	}

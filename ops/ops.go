@@ -100,20 +100,15 @@ func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time
 	default:
 		return Status{}, err
 	}
-	c, err := st.Counts(ctx)
+	// What grows with the store is counted by the store itself: the
+	// counts and reasons kept with every write, the due retries on their
+	// index.
+	c, b, err := store.ReadFigures(ctx, st, now, quantum)
 	if err != nil {
 		return Status{}, err
 	}
 	s.RetryDocs, s.RetryFlagged, s.DeadLetters = c.RetryDocs, c.RetryFlagged, c.DeadLetters
 	s.OrdersPaid, s.OrdersConfirmed, s.OrdersUnconfirmed = c.OrdersPaid, c.OrdersConfirmed, c.OrdersPaid-c.OrdersConfirmed
-
-	// What grows with the store is counted by the store itself: the
-	// counts and reasons kept with every write, the due retries on their
-	// index.
-	b, err := st.Backlog(ctx, now, quantum)
-	if err != nil {
-		return Status{}, err
-	}
 	h, err := timer.ReadSweeper(ctx, st)
 	if err != nil {
 		return Status{}, fmt.Errorf("read the sweep lease: %w", err)

@@ -306,3 +306,21 @@ type Store interface {
 
 	Close() error
 }
+
+// ReadFigures reads what operators watch: the counts, then the backlog.
+// The two are read a moment apart, and a busy service flags and settles
+// retries in between: its due count is brought within what the counts
+// allow (a flagged retry is due, a due one is pending), so that no status
+// or scrape says "100 flagged, 90 due now".
+func ReadFigures(ctx context.Context, st Store, now time.Time, quantum time.Duration) (Counts, Backlog, error) {
+	c, err := st.Counts(ctx)
+	if err != nil {
+		return Counts{}, Backlog{}, err
+	}
+	b, err := st.Backlog(ctx, now, quantum)
+	if err != nil {
+		return Counts{}, Backlog{}, err
+	}
+	b.Due = min(max(b.Due, c.RetryFlagged), c.RetryDocs)
+	return c, b, nil
+}
