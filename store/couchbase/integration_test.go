@@ -161,6 +161,21 @@ func TestIntegrationScanUsesThePrimaryIndex(t *testing.T) {
 	}
 }
 
+// The backlog and the counts read the flagged and due retries on their
+// indexes: their cost grows with those, not with every retry (the
+// flagged ones were counted by fetching each retry document).
+func TestIntegrationBacklogReadsOnlyDueRetries(t *testing.T) {
+	cfg, _ := testCluster(t, 1)
+	s := openStore(t, cfg)
+	retry := s.keyspace(order.Retry)
+	params := map[string]interface{}{"control": order.ControlKey, "now": 0, "cutoff": 0}
+	for name, stmt := range map[string]string{"flagged": flaggedCountStatement(retry), "due": dueCountStatement(retry)} {
+		plan := explain(t, s, stmt, params)
+		assert.Contains(t, plan, "ix_retry_fire", name)
+		assert.NotContains(t, plan, "#primary", "%s: not every retry", name)
+	}
+}
+
 func TestIntegrationDeadLettersOfAReasonUseTheirIndex(t *testing.T) {
 	cfg, _ := testCluster(t, 1)
 	s := openStore(t, cfg)

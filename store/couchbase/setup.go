@@ -33,6 +33,9 @@ func indexStatements(ks func(string) string) []string {
 		// One per branch of the sweep, so that it reads only due documents.
 		"CREATE INDEX IF NOT EXISTS ix_retry_next ON " + ks("retry") + "(nextAttemptAt)",
 		"CREATE INDEX IF NOT EXISTS ix_retry_ts ON " + ks("retry") + "(ts) WHERE nextAttemptAt IS MISSING",
+		// The flagged retries, for the counts and the backlog, whose due
+		// retries are these and those of the two above.
+		"CREATE INDEX IF NOT EXISTS ix_retry_fire ON " + ks("retry") + "(fireRetry) WHERE fireRetry = true",
 		// The dead letters of one reason, in key order (ScanDeadLetters).
 		"CREATE INDEX IF NOT EXISTS ix_deadletter_reason ON " + ks("deadletter") + "(reason, META().id)",
 		// Counts of paid and confirmed orders.

@@ -519,13 +519,21 @@ func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, erro
 	return cas, nil
 }
 
+// dueRetries says which retries are due, flagged or not: one branch for
+// each of the indexes ix_retry_fire, ix_retry_next and ix_retry_ts, so
+// that the backlog reads the due retries only, not every retry.
+const dueRetries = "META(r).id != $control AND (r.fireRetry = true OR " +
+	"(r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)) OR " +
+	"(r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts)))"
+
+func dueCountStatement(retry string) string {
+	return "SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE " + dueRetries
+}
+
 func backlogStatement(retry, deadletter string) string {
-	due := "META(r).id != $control AND (r.fireRetry = true OR " +
-		"(r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)) OR " +
-		"(r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts)))"
 	return "SELECT " +
-		"(SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE " + due + ")[0] AS due, " +
-		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum)) FROM " + retry + " AS r WHERE " + due + ")[0] AS oldest, " +
+		"(" + dueCountStatement(retry) + ")[0] AS due, " +
+		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum)) FROM " + retry + " AS r WHERE " + dueRetries + ")[0] AS oldest, " +
 		"(" + reasonsStatement(deadletter) + ") AS reasons"
 }
 
@@ -577,12 +585,17 @@ func (s *Store) readBacklog(ctx context.Context, now time.Time, quantum time.Dur
 	return b, nil
 }
 
+// flaggedCountStatement counts the flagged retries on ix_retry_fire.
+func flaggedCountStatement(retry string) string {
+	return "SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE META(r).id != $control AND r.fireRetry = true"
+}
+
 func countsStatement(inbound, retry, deadletter string) string {
 	return "SELECT " +
 		"(SELECT RAW COUNT(*) FROM " + inbound + " AS o WHERE o.paymentStatus = \"paid\")[0] AS ordersPaid, " +
 		"(SELECT RAW COUNT(*) FROM " + inbound + " AS o WHERE o.paymentStatus = \"paid\" AND o.confirmationEmailSent = true)[0] AS ordersConfirmed, " +
 		"(SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE META(r).id != $control)[0] AS retryDocs, " +
-		"(SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE META(r).id != $control AND r.fireRetry = true)[0] AS retryFlagged, " +
+		"(" + flaggedCountStatement(retry) + ")[0] AS retryFlagged, " +
 		"(SELECT RAW COUNT(*) FROM " + deadletter + " AS d)[0] AS deadLetters"
 }
 
