@@ -110,6 +110,7 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 				return nil, err
 			}
 			lc.Append(fx.StopHook(st.Close))
+			warnMissingIndexes(st, log)
 			return st, nil
 		}),
 		fx.Provide(func(c *mailer.Client) watcher.Sender { return c }),
@@ -210,6 +211,28 @@ func (c StoreConfig) CouchbaseConfig() couchbase.Config {
 	cb := c.Couchbase
 	cb.ConnStr = c.URL
 	return cb
+}
+
+// warnMissingIndexes logs each index the store's queries need that it
+// lacks (a Couchbase cluster set up by an earlier release), with the
+// command that creates it: the service runs without it, reading more.
+func warnMissingIndexes(st store.Store, log *slog.Logger) {
+	ix, ok := st.(interface {
+		MissingIndexes(context.Context) ([]string, error)
+	})
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	missing, err := ix.MissingIndexes(ctx)
+	if err != nil {
+		log.Warn("could not check the cluster's indexes", "error", err)
+		return
+	}
+	for _, m := range missing {
+		log.Warn("index missing: run `ordermail setup` (it creates only what is missing)", "index", m)
+	}
 }
 
 // OpenStore opens the store c names.

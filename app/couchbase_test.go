@@ -1,6 +1,7 @@
 package app_test
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -66,4 +67,21 @@ func TestDroppedCollectionStopsTheService(t *testing.T) {
 		t.Fatal("the service did not stop after its collection was dropped")
 	}
 	stop(t, a)
+}
+
+// A cluster set up by an earlier release lacks the indexes added since:
+// run says which, and what to run, and works without them.
+func TestRunWarnsOfAMissingIndex(t *testing.T) {
+	sc, srv := startCBTest(t, 1)
+	require.True(t, srv.DropIndex("orders", "_default", "retry", "ix_retry_fire"))
+	r := newRunOn(t, backend{"couchbase-1node", func(testing.TB) app.StoreConfig { return sc }}, mockmail.Config{})
+	logs := &logBuffer{}
+	r.log = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	a, st := r.start(t)
+	defer stop(t, a)
+	lines := logs.Lines("index missing: run `ordermail setup`", "ix_retry_fire (the counts and the backlog read every retry document)")
+	assert.Len(t, lines, 1, "logs:\n%s", logs.String())
+	assert.Len(t, logs.Lines("index missing"), 1, "only that one; logs:\n%s", logs.String())
+	keys := r.placeOrders(t, st, 20)
+	waitAllConfirmed(t, st, keys)
 }

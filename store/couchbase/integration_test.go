@@ -230,3 +230,32 @@ func TestIntegrationWrongPasswordIsAClearError(t *testing.T) {
 // The rest of the suite checks the feed against cbtest's faults. They use
 // order.Inbound and order.Retry like the watcher does.
 var watched = []string{order.Inbound, order.Retry}
+
+// A cluster set up by an earlier release lacks the indexes added since:
+// MissingIndexes names each, with what goes without it, and none once
+// setup has run.
+func TestIntegrationMissingIndexesAreNamed(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	ctx := context.Background()
+	missing, err := s.MissingIndexes(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, missing, "setup creates every index")
+
+	for _, stmt := range []string{"DROP INDEX ix_retry_fire ON " + s.keyspace(order.Retry),
+		"DROP INDEX ix_deadletter_reason ON " + s.keyspace(order.DeadLetter)} {
+		_, err := s.cluster.Query(stmt, nil)
+		require.NoError(t, err, stmt)
+	}
+	missing, err = s.MissingIndexes(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []string{
+		"ix_retry_fire (the counts and the backlog read every retry document)",
+		"ix_deadletter_reason (--reason and the console's filter read every dead letter)",
+	}, missing)
+
+	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, quietLog), "setup again")
+	missing, err = s.MissingIndexes(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, missing)
+}

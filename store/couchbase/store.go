@@ -585,6 +585,11 @@ func (s *Store) readBacklog(ctx context.Context, now time.Time, quantum time.Dur
 	return b, nil
 }
 
+// paidCountStatement counts the paid orders on ix_inbound_paid.
+func paidCountStatement(inbound string) string {
+	return "SELECT RAW COUNT(*) FROM " + inbound + " AS o WHERE o.paymentStatus = \"paid\""
+}
+
 // flaggedCountStatement counts the flagged retries on ix_retry_fire.
 func flaggedCountStatement(retry string) string {
 	return "SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE META(r).id != $control AND r.fireRetry = true"
@@ -592,7 +597,7 @@ func flaggedCountStatement(retry string) string {
 
 func countsStatement(inbound, retry, deadletter string) string {
 	return "SELECT " +
-		"(SELECT RAW COUNT(*) FROM " + inbound + " AS o WHERE o.paymentStatus = \"paid\")[0] AS ordersPaid, " +
+		"(" + paidCountStatement(inbound) + ")[0] AS ordersPaid, " +
 		"(SELECT RAW COUNT(*) FROM " + inbound + " AS o WHERE o.paymentStatus = \"paid\" AND o.confirmationEmailSent = true)[0] AS ordersConfirmed, " +
 		"(SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE META(r).id != $control)[0] AS retryDocs, " +
 		"(" + flaggedCountStatement(retry) + ")[0] AS retryFlagged, " +

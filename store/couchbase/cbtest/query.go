@@ -602,6 +602,22 @@ func (s *Server) Indexes(bucket, scope, coll string) []string {
 	return out
 }
 
+// DropIndex removes the GSI index name of a keyspace, as a cluster set up
+// by an older release lacks it; it says whether there was one. For tests.
+func (s *Server) DropIndex(bucket, scope, coll, name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id := ksID(bucket, scope, coll)
+	list := s.query.indexes[id]
+	for i, ix := range list {
+		if ix.name == name {
+			s.query.indexes[id] = append(list[:i:i], list[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
 // Execution.
 
 type exec struct {

@@ -1,0 +1,57 @@
+package couchbase
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/ordermail/ordermail/order"
+)
+
+// indexUse is an index setup creates and a statement of ordermail's that
+// reads it, and what that statement does without it.
+type indexUse struct {
+	index, statement, without string
+	params                    map[string]any
+}
+
+func (s *Store) indexUses() []indexUse {
+	retry, dead := s.keyspace(order.Retry), s.keyspace(order.DeadLetter)
+	due := sweepParams(time.Now(), 15*time.Second, 1)
+	uses := []indexUse{
+		{"ix_retry_next", sweepStatement(retry), "the sweep reads every retry document", due},
+		{"ix_retry_ts", sweepStatement(retry), "the sweep reads every retry document", due},
+		{"ix_retry_fire", flaggedCountStatement(retry), "the counts and the backlog read every retry document", due},
+		{"ix_inbound_paid", paidCountStatement(s.keyspace(order.Inbound)), "the counts read every order", nil},
+		{"ix_deadletter_reason", deadLettersStatement(dead), "--reason and the console's filter read every dead letter",
+			map[string]any{"reason": order.ReasonExhausted, "after": "", "limit": 1}},
+	}
+	for _, c := range []string{order.Inbound, order.Retry, order.DeadLetter} {
+		uses = append(uses, indexUse{"#primary", scanStatement(s.keyspace(c)),
+			"the tools and the console cannot list " + c + " without a role for sequential scans", map[string]any{"after": "", "limit": 1}})
+	}
+	return uses
+}
+
+// MissingIndexes names the indexes setup creates that the cluster's query
+// service does not use for the statements that need them, each with what
+// those statements do without it: a cluster set up by an earlier release
+// lacks the ones added since, until `ordermail setup` runs again. It asks
+// the query service for each statement's plan (EXPLAIN), which reads no
+// document.
+func (s *Store) MissingIndexes(ctx context.Context) ([]string, error) {
+	var missing []string
+	for _, u := range s.indexUses() {
+		var plan json.RawMessage
+		err := s.query(ctx, "EXPLAIN "+u.statement, u.params, func(raw json.RawMessage) error { plan = raw; return nil })
+		if err != nil {
+			return nil, fmt.Errorf("explain the statement that reads %s: %w", u.index, err)
+		}
+		if !strings.Contains(string(plan), `"`+u.index+`"`) {
+			missing = append(missing, u.index+" ("+u.without+")")
+		}
+	}
+	return missing, nil
+}
