@@ -149,6 +149,15 @@ func TestIntegrationSweepUsesItsIndexes(t *testing.T) {
 	assert.Contains(t, plan, "ix_retry_next")
 	assert.Contains(t, plan, "ix_retry_ts")
 	assert.NotContains(t, plan, "PrimaryScan", "the sweep does not read every retry document")
+
+	// The probe's: each branch on its own index, in its order.
+	params := sweepParams(time.Now(), 15*time.Second, 1)
+	params["quantum"] = 15000
+	for i, ix := range []string{"ix_retry_next", "ix_retry_ts"} {
+		plan := explain(t, s, oldestDueStatements(s.keyspace("retry"))[i], params)
+		assert.Contains(t, plan, ix)
+		assert.NotContains(t, plan, "#primary")
+	}
 }
 
 func TestIntegrationScanUsesThePrimaryIndex(t *testing.T) {

@@ -2,6 +2,7 @@ package couchbase
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/couchbase/gocb/v2"
@@ -358,10 +360,20 @@ func sweepStatement(retry string) string {
 	return "UPDATE " + retry + " AS r SET r.fireRetry = true WHERE " + dueUnflagged + " LIMIT $limit RETURNING RAW META(r).id"
 }
 
-// oldestDueStatement names the due retries that fell due first.
-func oldestDueStatement(retry string) string {
-	return "SELECT RAW META(r).id FROM " + retry + " AS r WHERE " + dueUnflagged +
-		" ORDER BY IFMISSING(r.nextAttemptAt, r.ts + $quantum), META(r).id LIMIT $limit"
+// oldestDueStatements name the unflagged due retries that fell due first,
+// with when, one statement per branch of dueUnflagged, each in the order
+// of its own index (ix_retry_next, ix_retry_ts) and read only as far as
+// its LIMIT: a probe of an outage's backlog reads a few of them, where one
+// statement over both branches sorted every due retry by the time each
+// fell due.
+func oldestDueStatements(retry string) [2]string {
+	const unflagged = " AND META(r).id != $control AND (r.fireRetry IS MISSING OR r.fireRetry != true)"
+	return [2]string{
+		"SELECT RAW [META(r).id, r.nextAttemptAt] FROM " + retry + " AS r WHERE r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)" +
+			unflagged + " ORDER BY r.nextAttemptAt, META(r).id LIMIT $limit",
+		"SELECT RAW [META(r).id, r.ts + $quantum] FROM " + retry + " AS r WHERE r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts)" +
+			unflagged + " ORDER BY r.ts, META(r).id LIMIT $limit",
+	}
 }
 
 // exactSweep is the largest sweep taken exactly in the order its retries
@@ -404,9 +416,7 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 // SELECT names them in that order, then each is flagged by KV under the
 // CAS it read, if still due and unflagged.
 func (s *Store) sweepOldest(ctx context.Context, now time.Time, quantum time.Duration, limit int) (store.SweepResult, error) {
-	params := sweepParams(now, quantum, limit)
-	params["quantum"] = quantum.Milliseconds()
-	ids, err := s.queryKeys(ctx, oldestDueStatement(s.keyspace(order.Retry)), params)
+	ids, err := s.oldestDue(ctx, now, quantum, limit)
 	if err != nil {
 		return store.SweepResult{}, fmt.Errorf("sweep retries: %w", err)
 	}
@@ -421,6 +431,44 @@ func (s *Store) sweepOldest(ctx context.Context, now time.Time, quantum time.Dur
 		}
 	}
 	return res, nil
+}
+
+// oldestDue names the limit unflagged due retries that fell due first,
+// oldest first: the first of each branch's (oldestDueStatements), merged.
+func (s *Store) oldestDue(ctx context.Context, now time.Time, quantum time.Duration, limit int) ([]string, error) {
+	params := sweepParams(now, quantum, limit)
+	params["quantum"] = quantum.Milliseconds()
+	type due struct {
+		id string
+		at float64 // ms
+	}
+	var all []due
+	for _, stmt := range oldestDueStatements(s.keyspace(order.Retry)) {
+		err := s.query(ctx, stmt, params, func(raw json.RawMessage) error {
+			var row [2]json.RawMessage
+			var d due
+			if err := json.Unmarshal(raw, &row); err != nil {
+				return err
+			}
+			if err := json.Unmarshal(row[0], &d.id); err != nil {
+				return err
+			}
+			if err := json.Unmarshal(row[1], &d.at); err != nil {
+				return err
+			}
+			all = append(all, d)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	slices.SortFunc(all, func(a, b due) int { return cmp.Or(cmp.Compare(a.at, b.at), strings.Compare(a.id, b.id)) })
+	ids := make([]string, 0, min(limit, len(all)))
+	for _, d := range all[:min(limit, len(all))] {
+		ids = append(ids, d.id)
+	}
+	return ids, nil
 }
 
 // queryKeys runs a statement that returns document keys (SELECT RAW
