@@ -658,6 +658,16 @@ func testCounts(t *testing.T, s store.Store) {
 		RetryDocs:       after.RetryDocs - before.RetryDocs,
 		RetryFlagged:    after.RetryFlagged - before.RetryFlagged,
 	})
+
+	// allow_retrys is in the retry collection and is no retry.
+	if _, err := s.Get(ctx, order.Retry, order.ControlKey); errors.Is(err, store.ErrNotFound) {
+		cas, err := s.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+		require.NoError(t, err)
+		armed, err := s.Counts(ctx)
+		require.NoError(t, s.Remove(ctx, order.Retry, order.ControlKey, cas))
+		require.NoError(t, err)
+		assert.Equal(t, after.RetryDocs, armed.RetryDocs, "the control document is no retry")
+	}
 }
 
 func testScan(t *testing.T, s store.Store) {
