@@ -85,9 +85,18 @@ var DeadLetterReasons = []string{
 }
 
 // ListRetries reads one page of pending retries, the control document
-// aside.
+// aside; those of one reason on the store's index of it where it has one
+// (store.Store.ScanRetries).
 func ListRetries(ctx context.Context, st store.Store, q ListQuery) (Page[Retry], error) {
-	scan := func(after string, fn func(store.Doc) error) error { return st.Scan(ctx, order.Retry, after, fn) }
+	scan := func(after string, fn func(store.Doc) error) error {
+		switch q.Reason {
+		case "", RetryReasonUnreadable: // known only by reading each
+			return st.Scan(ctx, order.Retry, after, fn)
+		case RetryReasonNone:
+			return st.ScanRetries(ctx, "", after, fn)
+		}
+		return st.ScanRetries(ctx, q.Reason, after, fn)
+	}
 	return scanPage(ctx, st, order.Retry, q, scan, func(d store.Doc) (Retry, string, bool) {
 		if d.Key == order.ControlKey {
 			return Retry{}, "", false

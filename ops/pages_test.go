@@ -104,10 +104,21 @@ func TestListRetries(t *testing.T) {
 	assert.Equal(t, 2, p.Items[0].Attempt)
 	assert.NotEmpty(t, p.Items[2].Unreadable)
 
-	p, err = ops.ListRetries(ctx, st, ops.ListQuery{Reason: "HTTP 503"})
-	require.NoError(t, err)
-	require.Len(t, p.Items, 2)
-	assert.Equal(t, []string{"r1", "r6"}, []string{p.Items[0].ID, p.Items[1].ID})
+	// A reason's retries are read on the store's index: the others are
+	// not examined.
+	for reason, want := range map[string][]string{"HTTP 503": {"r1", "r6"}, ops.RetryReasonHeldBack: {"r4", "r5"},
+		ops.RetryReasonNone: {"r7"}, ops.RetryReasonNoAnswer: {"r2"}, ops.RetryReasonUnreadable: {"r3"}} {
+		p, err = ops.ListRetries(ctx, st, ops.ListQuery{Reason: reason})
+		require.NoError(t, err)
+		var got []string
+		for _, it := range p.Items {
+			got = append(got, it.ID)
+		}
+		assert.Equal(t, want, got, reason)
+		if reason != ops.RetryReasonUnreadable { // known only by reading each
+			assert.Equal(t, len(want), p.Examined, reason)
+		}
+	}
 }
 
 func TestRedriveByReason(t *testing.T) {

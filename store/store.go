@@ -295,6 +295,13 @@ type Store interface {
 	// too (Couchbase: its reason field is reason, but it lacks what
 	// order.DecodeDeadLetter needs); callers decode each and check.
 	ScanDeadLetters(ctx context.Context, reason, after string, fn func(Doc) error) error
+	// ScanRetries is Scan of the retry documents that wait for why (what
+	// order.RetryDoc.Why says of them; "": no failure recorded). The
+	// embedded store reads them on an index; on Couchbase a retry's reason
+	// is no field of its own, and every retry document is read. Either may
+	// call fn for others (the control document, an unreadable one):
+	// callers decode each and check.
+	ScanRetries(ctx context.Context, why, after string, fn func(Doc) error) error
 
 	// Counts reads the numbers operators watch. It costs the same whatever
 	// the number of documents.

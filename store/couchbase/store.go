@@ -704,6 +704,13 @@ func (s *Store) ScanDeadLetters(ctx context.Context, reason, after string, fn fu
 		deadLettersStatement(s.keyspace(order.DeadLetter)), map[string]any{"reason": reason})
 }
 
+// ScanRetries is Scan of every retry document: a retry's reason
+// (order.RetryDoc.Why) is made of three fields, and no index holds it.
+// Callers check each.
+func (s *Store) ScanRetries(ctx context.Context, _, after string, fn func(store.Doc) error) error {
+	return s.Scan(ctx, order.Retry, after, fn)
+}
+
 func deadLettersStatement(keyspace string) string {
 	return "SELECT RAW META(d).id FROM " + keyspace +
 		" AS d WHERE d.reason = $reason AND META(d).id > $after ORDER BY META(d).id LIMIT $limit"

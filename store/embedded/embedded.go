@@ -567,6 +567,19 @@ func (s *Store) ScanDeadLetters(ctx context.Context, reason, after string, fn fu
 	return s.scanPages(ctx, "scan dead letters of "+reason, after, fn, deadLettersQuery, reason)
 }
 
+// ScanRetries reads the retries that wait for why (order.RetryDoc.Why;
+// "": no failure recorded) on the index of their tally and key
+// (TestQueryPlans): its cost grows with them, not with the other retries.
+func (s *Store) ScanRetries(ctx context.Context, why, after string, fn func(store.Doc) error) error {
+	tally := "retrying"
+	if why != "" {
+		tally += ": " + why
+	}
+	return s.scanPages(ctx, "scan retries "+tally, after, fn, retriesQuery, tally)
+}
+
+const retriesQuery = `SELECT key, value, seq, created FROM docs INDEXED BY retry_tally WHERE retry = 1 AND tally = ? AND key > ? ORDER BY key LIMIT ?`
+
 const deadLettersQuery = `SELECT key, value, seq, created FROM docs INDEXED BY dead_reason WHERE reason = ? AND key > ? ORDER BY key LIMIT ?`
 
 // scanPage is how many documents a scan reads at a time.

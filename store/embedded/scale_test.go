@@ -50,6 +50,8 @@ var plans = []struct {
 		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
 	{"an order's guarded replace", flatReplaceQuery, []any{"{}", 1, false, false, "inbound", "k", 1},
 		[]string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)"}},
+	{"retries of a reason", retriesQuery, []any{"retrying: HTTP 503", "", 500},
+		[]string{"SEARCH docs USING INDEX retry_tally (tally=? AND key>?)"}},
 	{"dead letters of a reason", deadLettersQuery, []any{"exhausted", "", 500},
 		[]string{"SEARCH docs USING INDEX dead_reason (reason=? AND key>?)"}},
 	{"a flag by nextAttemptAt", flagQuery("next_at"), []any{"{}", 1, 0, 7}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)"}},
@@ -911,6 +913,9 @@ func TestMigratesAVersion9File(t *testing.T) {
 	var unreadable int
 	require.NoError(t, s.read.QueryRow(`SELECT count(*) FROM docs WHERE dead = 1 AND reason IS NULL`).Scan(&unreadable))
 	assert.Equal(t, 2, unreadable, "an unreadable dead letter has no reason")
+	var indexes int
+	require.NoError(t, s.read.QueryRow(`SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND name IN ('dead_reason', 'retry_tally')`).Scan(&indexes))
+	assert.Equal(t, 2, indexes, "the dead letters' and the retries' reasons are indexed")
 	assert.Equal(t, store.Counts{DeadLetters: 5}, recount(t, s))
 }
 

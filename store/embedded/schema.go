@@ -366,7 +366,8 @@ func migrateV9(ctx context.Context, tx *sql.Tx) error {
 // migrateV10 keeps each readable dead letter's reason in a column of its
 // own, indexed with the key, so that the dead letters of one reason are
 // listed, redriven and purged without reading the others
-// (Store.ScanDeadLetters). The dead letters there are given it as classify
+// (Store.ScanDeadLetters), and indexes the retries' tally with the key, so
+// that the retries of one reason are listed the same way (ScanRetries). The dead letters there are given it as classify
 // does, decoded in Go a page at a time: SQLite's JSON functions read some
 // documents differently from order.DecodeDeadLetter.
 func migrateV10(ctx context.Context, tx *sql.Tx) error {
@@ -412,7 +413,9 @@ func migrateV10(ctx context.Context, tx *sql.Tx) error {
 		}
 		last = got[len(got)-1].id
 	}
-	_, err = tx.ExecContext(ctx, `CREATE INDEX dead_reason ON docs (reason, key) WHERE reason IS NOT NULL`)
+	_, err = tx.ExecContext(ctx, `
+		CREATE INDEX dead_reason ON docs (reason, key) WHERE reason IS NOT NULL;
+		CREATE INDEX retry_tally ON docs (tally, key) WHERE retry = 1;`)
 	return err
 }
 

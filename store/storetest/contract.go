@@ -32,6 +32,7 @@ func Run(t *testing.T, open Opener) {
 	t.Run("Counts", func(t *testing.T) { testCounts(t, open(t)) })
 	t.Run("Scan", func(t *testing.T) { testScan(t, open(t)) })
 	t.Run("ScanDeadLettersOfAReason", func(t *testing.T) { testScanDeadLetters(t, open(t)) })
+	t.Run("ScanRetriesOfAReason", func(t *testing.T) { testScanRetries(t, open(t)) })
 	t.Run("StateAndApply", func(t *testing.T) { testStateAndApply(t, open(t)) })
 	t.Run("SweepIsBounded", func(t *testing.T) { testSweepBounded(t, open(t)) })
 	t.Run("SweepTakesTheOldestDueFirst", func(t *testing.T) { testSweepOldestFirst(t, open(t)) })
@@ -817,4 +818,64 @@ func testScanDeadLetters(t *testing.T, s store.Store) {
 	_, err = s.Upsert(ctx, order.DeadLetter, gone, dead(gone, order.ReasonPermanent))
 	require.NoError(t, err)
 	assert.Equal(t, want[1:], ofReason(order.ReasonPermanent, "", 0))
+}
+
+// testScanRetries: the retries that wait for one reason, in key order and
+// in pages; one whose reason changes moves with it.
+func testScanRetries(t *testing.T, s store.Store) {
+	ctx := ctxFor(t)
+	p := prefix(t)
+	retry := func(key string, status int, lastError, held string) []byte {
+		return order.RetryDoc{Type: order.TypeConfirmation, DocID: key, Attempt: 1, TS: 1, NextAttemptAt: 1 << 50,
+			LastStatus: status, LastError: lastError, HeldBack: held}.Encode()
+	}
+	var want503, wantNone []string
+	for i := range 620 {
+		k := fmt.Sprintf("%s%05d", p, i)
+		v := retry(k, 0, "no answer: timeout", "")
+		switch i % 10 {
+		case 3:
+			v = retry(k, 503, "answered 503", "")
+			want503 = append(want503, k)
+		case 7:
+			v = retry(k, 0, "", "")
+			wantNone = append(wantNone, k)
+		}
+		_, err := s.Upsert(ctx, order.Retry, k, v)
+		require.NoError(t, err)
+	}
+	_, err := s.Upsert(ctx, order.Retry, p+"x-unreadable", []byte(`not json`))
+	require.NoError(t, err)
+
+	waitingFor := func(why, after string, limit int) []string {
+		var got []string
+		stop := errors.New("page full")
+		err := s.ScanRetries(ctx, why, after, func(d store.Doc) error {
+			r, err := order.DecodeRetryDoc(d.Value)
+			if !strings.HasPrefix(d.Key, p) || err != nil || r.Why() != why {
+				return nil // another test's, or of another reason: callers check
+			}
+			got = append(got, d.Key)
+			if len(got) == limit {
+				return stop
+			}
+			return nil
+		})
+		if !errors.Is(err, stop) {
+			require.NoError(t, err)
+		}
+		return got
+	}
+	assert.Equal(t, want503, waitingFor("HTTP 503", "", 0), "every one of the reason, in key order")
+	assert.Equal(t, wantNone, waitingFor("", "", 0), "no failure recorded")
+	first := waitingFor("HTTP 503", "", 5)
+	assert.Equal(t, want503[5:], waitingFor("HTTP 503", first[4], 0), "the next page starts after the last key")
+	assert.Len(t, waitingFor(order.WhyNoAnswer, "", 0), 620-len(want503)-len(wantNone))
+
+	// It fails again with another answer: it moves.
+	moved := want503[0]
+	_, err = s.Upsert(ctx, order.Retry, moved, retry(moved, 502, "answered 502", ""))
+	require.NoError(t, err)
+	assert.Equal(t, want503[1:], waitingFor("HTTP 503", "", 0))
+	assert.Equal(t, []string{moved}, waitingFor("HTTP 502", "", 0))
 }
