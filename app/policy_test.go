@@ -255,8 +255,11 @@ func TestBreakerProtectsAServiceThatIsDown(t *testing.T) {
 	}
 }
 
-func breakerProtects(t *testing.T, b backend) {
-	var down atomic.Bool
+// runWhileDown is a run on b whose email service answers 503 until down is
+// set false, with a breaker that opens after five failures for 200ms and
+// three attempts an order.
+func runWhileDown(t *testing.T, b backend) (*run, *atomic.Bool) {
+	down := &atomic.Bool{}
 	down.Store(true)
 	r := newRunOn(t, b, mockmail.Config{Script: func(string, int) mockmail.Reply {
 		if down.Load() {
@@ -267,6 +270,11 @@ func breakerProtects(t *testing.T, b backend) {
 	r.cfg.Mail.BreakerFailures = 5
 	r.cfg.Mail.BreakerCooldown = 200 * time.Millisecond
 	r.cfg.Watcher.Policy.MaxAttempts = 3
+	return r, down
+}
+
+func breakerProtects(t *testing.T, b backend) {
+	r, down := runWhileDown(t, b)
 	var client *mailer.Client
 	var w *watcher.Watcher
 	a, st := r.start(t, &client, &w)
@@ -316,17 +324,7 @@ func TestBreakerProtectsAServiceThatIsDownFromTwoInstances(t *testing.T) {
 	if testing.Short() {
 		t.Skip("two services through an outage: not in -short")
 	}
-	var down atomic.Bool
-	down.Store(true)
-	r := newRunOn(t, backends[1], mockmail.Config{Script: func(string, int) mockmail.Reply {
-		if down.Load() {
-			return mockmail.Reply{Status: http.StatusServiceUnavailable}
-		}
-		return mockmail.Reply{Status: http.StatusOK}
-	}})
-	r.cfg.Mail.BreakerFailures = 5
-	r.cfg.Mail.BreakerCooldown = 200 * time.Millisecond
-	r.cfg.Watcher.Policy.MaxAttempts = 3
+	r, down := runWhileDown(t, backends[1])
 	var c1, c2 *mailer.Client
 	var w1, w2 *watcher.Watcher
 	a1, st := r.start(t, &c1, &w1)

@@ -780,25 +780,11 @@ func testScanDeadLetters(t *testing.T, s store.Store) {
 	require.NoError(t, err)
 
 	ofReason := func(reason, after string, limit int) []string {
-		var got []string
-		stop := errors.New("page full")
-		err := s.ScanDeadLetters(ctx, reason, after, func(d store.Doc) error {
-			if !strings.HasPrefix(d.Key, p) {
-				return nil // another test's, on a shared cluster
-			}
-			if _, err := order.DecodeDeadLetter(d.Value); err != nil {
-				return nil // may come: callers decode and check
-			}
-			got = append(got, d.Key)
-			if len(got) == limit {
-				return stop
-			}
-			return nil
+		scan := func(fn func(store.Doc) error) error { return s.ScanDeadLetters(ctx, reason, after, fn) }
+		return scanned(t, scan, limit, func(d store.Doc) bool {
+			_, err := order.DecodeDeadLetter(d.Value) // an unreadable one may come: callers decode and check
+			return strings.HasPrefix(d.Key, p) && err == nil
 		})
-		if !errors.Is(err, stop) {
-			require.NoError(t, err)
-		}
-		return got
 	}
 	assert.Equal(t, want, ofReason(order.ReasonPermanent, "", 0), "every one of the reason, in key order")
 	first := ofReason(order.ReasonPermanent, "", 5)
@@ -848,23 +834,11 @@ func testScanRetries(t *testing.T, s store.Store) {
 	require.NoError(t, err)
 
 	waitingFor := func(why, after string, limit int) []string {
-		var got []string
-		stop := errors.New("page full")
-		err := s.ScanRetries(ctx, why, after, func(d store.Doc) error {
-			r, err := order.DecodeRetryDoc(d.Value)
-			if !strings.HasPrefix(d.Key, p) || err != nil || r.Why() != why {
-				return nil // another test's, or of another reason: callers check
-			}
-			got = append(got, d.Key)
-			if len(got) == limit {
-				return stop
-			}
-			return nil
+		scan := func(fn func(store.Doc) error) error { return s.ScanRetries(ctx, why, after, fn) }
+		return scanned(t, scan, limit, func(d store.Doc) bool {
+			r, err := order.DecodeRetryDoc(d.Value) // others may come: callers check
+			return strings.HasPrefix(d.Key, p) && err == nil && r.Why() == why
 		})
-		if !errors.Is(err, stop) {
-			require.NoError(t, err)
-		}
-		return got
 	}
 	assert.Equal(t, want503, waitingFor("HTTP 503", "", 0), "every one of the reason, in key order")
 	assert.Equal(t, wantNone, waitingFor("", "", 0), "no failure recorded")
@@ -878,4 +852,26 @@ func testScanRetries(t *testing.T, s store.Store) {
 	require.NoError(t, err)
 	assert.Equal(t, want503[1:], waitingFor("HTTP 503", "", 0))
 	assert.Equal(t, []string{moved}, waitingFor("HTTP 502", "", 0))
+}
+
+// scanned runs scan and gives the keys of the documents keep keeps, in the
+// order scan gave them, stopping at limit of them (0: none).
+func scanned(t *testing.T, scan func(fn func(store.Doc) error) error, limit int, keep func(store.Doc) bool) []string {
+	t.Helper()
+	var got []string
+	stop := errors.New("page full")
+	err := scan(func(d store.Doc) error {
+		if !keep(d) {
+			return nil
+		}
+		got = append(got, d.Key)
+		if len(got) == limit {
+			return stop
+		}
+		return nil
+	})
+	if !errors.Is(err, stop) {
+		require.NoError(t, err)
+	}
+	return got
 }
