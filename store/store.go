@@ -273,9 +273,9 @@ type Store interface {
 
 	// SweepRetries sets fireRetry on at most limit due retry documents that
 	// are not flagged already, the control document aside, oldest due first
-	// (on Couchbase exactly for a sweep of up to 16, as the timer's probe
-	// of an email service that is down, one; a larger one in the order of
-	// its index scans).
+	// whether due by nextAttemptAt or by ts (on Couchbase exactly for a
+	// sweep of up to 16, as the timer's probe of an email service that is
+	// down, one; a larger one in the order of its index scans).
 	// A document is due when its nextAttemptAt (ms) is at or before now or,
 	// for documents without one (the sample's), when its ts (ms) is more than
 	// quantum before now. Each flagged document is a change on the feed. Its

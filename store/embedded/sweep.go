@@ -36,29 +36,28 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 		// keeps when it fell due: that column's time plus dueAfter (the
 		// quantum for a ts, nothing for a nextAttemptAt). The due are found
 		// by their row ids, which their index holds.
-		flag := func(st *wstmt, due []idValue, dueAfter time.Duration) error {
-			for _, d := range due {
-				if err := st.Exec(t.ctx, flagged(d.value), t.next(), dueAfter.Milliseconds(), d.id); err != nil {
-					return err
-				}
-			}
-			res.Flagged += len(due)
-			return nil
+		flag := func(st *wstmt, d idValue, dueAfter time.Duration) error {
+			res.Flagged++
+			return st.Exec(t.ctx, flagged(d.value), t.next(), dueAfter.Milliseconds(), d.id)
 		}
 		res = store.SweepResult{} // a job run again starts afresh
-		due, err := s.stmts.dueNext.IDValues(t.ctx, now.UnixMilli(), limit)
+		byNext, err := s.stmts.dueNext.IDValues(t.ctx, now.UnixMilli(), limit)
 		if err != nil {
 			return err
 		}
-		if err := flag(s.stmts.flagNext, due, 0); err != nil {
+		byTS, err := s.stmts.dueTS.IDValues(t.ctx, now.Add(-quantum).UnixMilli(), limit)
+		if err != nil {
 			return err
 		}
-		if len(due) < limit {
-			byTS, err := s.stmts.dueTS.IDValues(t.ctx, now.Add(-quantum).UnixMilli(), limit-len(due))
-			if err != nil {
-				return err
+		// The two kinds merged by when each fell due: a document by its
+		// nextAttemptAt, the sample's by its ts plus the quantum.
+		for len(byNext)+len(byTS) > 0 && res.Flagged < limit {
+			if len(byTS) == 0 || len(byNext) > 0 && byNext[0].at <= byTS[0].at+quantum.Milliseconds() {
+				err, byNext = flag(s.stmts.flagNext, byNext[0], 0), byNext[1:]
+			} else {
+				err, byTS = flag(s.stmts.flagTS, byTS[0], quantum), byTS[1:]
 			}
-			if err := flag(s.stmts.flagTS, byTS, quantum); err != nil {
+			if err != nil {
 				return err
 			}
 		}

@@ -540,11 +540,12 @@ const guardedReplaceQuery = `UPDATE OR FAIL docs SET value = ?, seq = ?, paid = 
 		next_at = ?, ts_at = ?, dead = ?, tally = ?, fire_at = ?, reason = ?
 	WHERE coll = ? AND key = ? AND +seq = ? AND value IS NOT NULL`
 
-// The due retry documents, oldest first: their row ids, and their values,
-// which their flags write with fireRetry set.
+// The due retry documents, oldest first: their row ids, their values,
+// which their flags write with fireRetry set, and the column they are due
+// by.
 const (
-	dueNextQuery = `SELECT id, value FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`
-	dueTSQuery   = `SELECT id, value FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`
+	dueNextQuery = `SELECT id, value, next_at FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`
+	dueTSQuery   = `SELECT id, value, ts_at FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`
 )
 
 // flagQuery writes a retry document due by col (next_at or ts_at) flagged

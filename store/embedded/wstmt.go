@@ -81,14 +81,17 @@ func (w *wstmt) rows(ctx context.Context, args []any) (driver.Rows, []driver.Val
 	return rows, make([]driver.Value, len(rows.Columns())), nil
 }
 
-// idValue is a row id and a document's value.
+// idValue is a row id and a document's value, and a time of it (ms) when
+// the statement reads a third column.
 type idValue struct {
 	id    int64
 	value string
+	at    int64
 }
 
 // IDValues runs the statement and returns the first two columns of every
-// row: an integer and a text (a row id and a value).
+// row: an integer and a text (a row id and a value), and the third, an
+// integer, when there is one.
 func (w *wstmt) IDValues(ctx context.Context, args ...any) ([]idValue, error) {
 	rows, row, err := w.rows(ctx, args)
 	if err != nil {
@@ -111,7 +114,13 @@ func (w *wstmt) IDValues(ctx context.Context, args ...any) ([]idValue, error) {
 		if !ok {
 			return nil, fmt.Errorf("%T is not a text", row[1])
 		}
-		out = append(out, idValue{id, value})
+		var at int64
+		if len(row) > 2 {
+			if at, ok = row[2].(int64); !ok {
+				return nil, fmt.Errorf("%T is not an integer", row[2])
+			}
+		}
+		out = append(out, idValue{id, value, at})
 	}
 }
 

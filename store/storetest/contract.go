@@ -191,17 +191,20 @@ func testSweepBounded(t *testing.T, s store.Store) {
 func testSweepOldestFirst(t *testing.T, s store.Store) {
 	ctx := ctxFor(t)
 	p := prefix(t)
-	for k, at := range map[string]int{"a": 30, "b": 10, "c": 20} {
+	for k, at := range map[string]int{"a": 30000, "b": 10, "c": 20000} {
 		doc := fmt.Sprintf(`{"type":"confirmation","docId":"%s%s","attempt":1,"ts":1,"nextAttemptAt":%d}`, p, k, at)
 		_, err := s.Upsert(ctx, order.Retry, p+k, []byte(doc))
 		require.NoError(t, err)
 	}
+	// The sample's document, due by its ts and the quantum: 15001.
+	_, err := s.Upsert(ctx, order.Retry, p+"d", []byte(fmt.Sprintf(`{"type":"confirmation","docId":"%sd","ts":1}`, p)))
+	require.NoError(t, err)
 	var got []string
-	for range 3 {
+	for range 4 {
 		res, err := s.SweepRetries(ctx, time.Now(), 15*time.Second, 1)
 		require.NoError(t, err)
 		require.Equal(t, 1, res.Flagged)
-		for _, k := range []string{"a", "b", "c"} {
+		for _, k := range []string{"a", "b", "c", "d"} {
 			d, err := s.Get(ctx, order.Retry, p+k)
 			require.NoError(t, err)
 			r, err := order.DecodeRetryDoc(d.Value)
@@ -211,7 +214,7 @@ func testSweepOldestFirst(t *testing.T, s store.Store) {
 			}
 		}
 	}
-	assert.Equal(t, []string{"b", "c", "a"}, got, "flagged in the order they fell due")
+	assert.Equal(t, []string{"b", "d", "c", "a"}, got, "flagged in the order they fell due, of either kind")
 }
 
 func testBacklog(t *testing.T, s store.Store) {
