@@ -46,10 +46,14 @@ func (s *Store) MissingIndexes(ctx context.Context) ([]string, error) {
 	for _, u := range s.indexUses() {
 		var plan json.RawMessage
 		err := s.query(ctx, "EXPLAIN "+u.statement, u.params, func(raw json.RawMessage) error { plan = raw; return nil })
-		if err != nil {
+		switch {
+		case ctx.Err() != nil:
 			return nil, fmt.Errorf("explain the statement that reads %s: %w", u.index, err)
-		}
-		if !strings.Contains(string(plan), `"`+u.index+`"`) {
+		case err != nil:
+			// No plan at all: the query service finds no index for it
+			// (most often; it says).
+			missing = append(missing, fmt.Sprintf("%s (%s; its plan: %v)", u.index, u.without, err))
+		case !strings.Contains(string(plan), `"`+u.index+`"`):
 			missing = append(missing, u.index+" ("+u.without+")")
 		}
 	}

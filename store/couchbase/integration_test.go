@@ -244,7 +244,7 @@ var watched = []string{order.Inbound, order.Retry}
 // MissingIndexes names each, with what goes without it, and none once
 // setup has run.
 func TestIntegrationMissingIndexesAreNamed(t *testing.T) {
-	cfg, _ := fakeCluster(t, cbtest.Options{})
+	cfg, srv := fakeCluster(t, cbtest.Options{})
 	s := openStore(t, cfg)
 	ctx := context.Background()
 	missing, err := s.MissingIndexes(ctx)
@@ -267,4 +267,11 @@ func TestIntegrationMissingIndexesAreNamed(t *testing.T) {
 	missing, err = s.MissingIndexes(ctx)
 	require.NoError(t, err)
 	assert.Empty(t, missing)
+
+	// Without a primary index a scan has no plan at all.
+	require.True(t, srv.DropIndex("orders", "_default", order.DeadLetter, "#primary"))
+	missing, err = s.MissingIndexes(ctx)
+	require.NoError(t, err)
+	require.Len(t, missing, 1)
+	assert.Contains(t, missing[0], "#primary (the tools and the console cannot list deadletter")
 }
