@@ -330,6 +330,11 @@ func TestHeldSendsAreNotRequests(t *testing.T) {
 	r.put(t, order.Retry, order.ControlKey, `{}`)
 	require.Eventually(t, func() bool { v = scrape(t, h); return v["ordermail_timer_held"] == 1 }, 20*time.Second, 10*time.Millisecond,
 		"last scrape: %v", v)
+	// A scrape's collectors run at once: the one that saw the role turn
+	// to held may have met one that read it paused a moment before. The
+	// role stays held (the breaker's cooldown is an hour): scrape again.
+	v = scrape(t, h)
+	assert.Equal(t, 1.0, v["ordermail_timer_held"])
 	assert.Equal(t, 0.0, v["ordermail_timer_active"])
 	assert.Equal(t, 0.0, v["ordermail_retries_paused"])
 	assert.Equal(t, 0.0, v["ordermail_retry_documents_flagged"])
