@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"github.com/ordermail/ordermail/internal/redact"
 	"log/slog"
@@ -110,7 +111,12 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 				return nil, err
 			}
 			lc.Append(fx.StopHook(st.Close))
-			warnMissingIndexes(st, log)
+			// In the background: a slow query service does not hold the
+			// start up, and the stop ends the check.
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			lc.Append(fx.StartStopHook(func() { go func() { defer close(done); warnMissingIndexes(ctx, st, log) }() },
+				func() { cancel(); <-done }))
 			return st, nil
 		}),
 		fx.Provide(func(c *mailer.Client) watcher.Sender { return c }),
@@ -216,18 +222,20 @@ func (c StoreConfig) CouchbaseConfig() couchbase.Config {
 // warnMissingIndexes logs each index the store's queries need that it
 // lacks (a Couchbase cluster set up by an earlier release), with the
 // command that creates it: the service runs without it, reading more.
-func warnMissingIndexes(st store.Store, log *slog.Logger) {
+func warnMissingIndexes(ctx context.Context, st store.Store, log *slog.Logger) {
 	ix, ok := st.(interface {
 		MissingIndexes(context.Context) ([]string, error)
 	})
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	missing, err := ix.MissingIndexes(ctx)
 	if err != nil {
-		log.Warn("could not check the cluster's indexes", "error", err)
+		if !errors.Is(err, context.Canceled) {
+			log.Warn("could not check the cluster's indexes", "error", err)
+		}
 		return
 	}
 	for _, m := range missing {
