@@ -64,7 +64,10 @@ func (p *proc) hasLog(parts ...string) bool { return len(p.logs.Lines(parts...))
 func (p *proc) stop(t *testing.T, sig syscall.Signal) (error, time.Duration) {
 	t.Helper()
 	start := time.Now()
-	require.NoError(t, p.cmd.Process.Signal(sig))
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		// It exited by itself: say how, with its logs.
+		t.Fatalf("signal %s: %v; it exited: %v; logs:\n%s", sig, err, <-p.exited, p.logs.String())
+	}
 	select {
 	case err := <-p.exited:
 		return err, time.Since(start)
