@@ -77,6 +77,15 @@ func classify(coll, key string, value []byte) columns {
 // unreadableRetry is the tally of a retry document the watcher cannot read.
 const unreadableRetry = "retrying: unreadable retry document"
 
+// retryTally is the tally of a readable retry document that waits for why
+// (order.RetryDoc.Why; "": no failure recorded).
+func retryTally(why string) string {
+	if why == "" {
+		return "retrying"
+	}
+	return "retrying: " + why
+}
+
 // classifyRetry reads a retry document the way the sweep always has: a
 // document is due by a numeric nextAttemptAt or, without one, by a numeric
 // ts; a document that is not a JSON object is never due (the watcher
@@ -90,12 +99,9 @@ func classifyRetry(value []byte, c *columns) {
 		NextAttemptAt json.RawMessage `json:"nextAttemptAt"`
 		TS            json.RawMessage `json:"ts"`
 	}
-	t := "retrying"
-	r, err := order.DecodeRetryDoc(value)
-	if err != nil {
-		t = unreadableRetry
-	} else if why := r.Why(); why != "" {
-		t = "retrying: " + why
+	t := unreadableRetry
+	if r, err := order.DecodeRetryDoc(value); err == nil {
+		t = retryTally(r.Why())
 	}
 	c.tally = &t
 	if json.Unmarshal(value, &doc) != nil {

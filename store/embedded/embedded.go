@@ -571,10 +571,7 @@ func (s *Store) ScanDeadLetters(ctx context.Context, reason, after string, fn fu
 // "": no failure recorded) on the index of their tally and key
 // (TestQueryPlans): its cost grows with them, not with the other retries.
 func (s *Store) ScanRetries(ctx context.Context, why, after string, fn func(store.Doc) error) error {
-	tally := "retrying"
-	if why != "" {
-		tally += ": " + why
-	}
+	tally := retryTally(why)
 	return s.scanPages(ctx, "scan retries "+tally, after, fn, retriesQuery, tally)
 }
 
