@@ -8,11 +8,15 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/couchbase/gocb/v2"
+	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -166,4 +170,31 @@ func TestUnreachableClusterIsAClearStartupError(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "bucket orders on couchbase://127.0.0.1:1 is not reachable")
 	assert.NotContains(t, err.Error(), "hunter2")
+}
+
+// Every index setup creates for ordermail's own queries is one that
+// MissingIndexes checks, so that a new one cannot be left out of the
+// warning (the primary index on attempts is an operator's, not a query's).
+func TestMissingIndexesCheckWhatSetupCreates(t *testing.T) {
+	t.Parallel()
+	s := &Store{cfg: Config{Bucket: "b", Scope: "s"}}
+	uses := s.indexUses()
+	checked := func(index, coll string) bool {
+		return slices.ContainsFunc(uses, func(u indexUse) bool {
+			return u.index == index && strings.Contains(u.statement, s.keyspace(coll))
+		})
+	}
+	ks := regexp.MustCompile(`ON (\S+?)(\(|$)`)
+	name := regexp.MustCompile(`INDEX IF NOT EXISTS (ix_\w+)`)
+	for _, stmt := range indexStatements(func(c string) string { return "[" + c + "]" }) {
+		coll := strings.Trim(ks.FindStringSubmatch(stmt)[1], "[]")
+		index := "#primary"
+		if m := name.FindStringSubmatch(stmt); m != nil {
+			index = m[1]
+		}
+		if index == "#primary" && coll == order.Attempts {
+			continue
+		}
+		assert.True(t, checked(index, coll), "%s on %s: not checked by MissingIndexes", index, coll)
+	}
 }
