@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -354,6 +356,51 @@ func TestBreakerProtectsAServiceThatIsDownFromTwoInstances(t *testing.T) {
 	t.Logf("all confirmed; breakers %s and %s", c1.BreakerState(), c2.BreakerState())
 	assert.Zero(t, counts(t, st).DeadLetters, "held-back sends spent no attempts, and the probes went round")
 	assertDeliveredOnce(t, r.mock, keys)
+}
+
+// An instance whose own way to the email service is broken (here its URL
+// refuses connections) while the other's works: its breaker opens and its
+// sends are held back, so it steps aside and the other sends its orders,
+// which would otherwise wait for as long as it stays broken. Every order
+// is confirmed once, none dead-lettered.
+func TestAnInstanceWhoseWayIsBrokenStepsAside(t *testing.T) {
+	if testing.Short() {
+		t.Skip("two services, one cut off: not in -short")
+	}
+	r := newRunOn(t, backends[1], mockmail.Config{})
+	r.cfg.Mail.BreakerFailures = 3
+	r.cfg.Mail.BreakerCooldown = 200 * time.Millisecond
+	r.cfg.Store.Couchbase.StepAsideAfter = time.Second
+	var good, cut *mailer.Client
+	a1, st := r.start(t, &good)
+	defer stop(t, a1)
+	broken := *r
+	broken.cfg.Mail.URL = refusedURL(t)
+	a2, _ := broken.start(t, &cut)
+	defer stop(t, a2)
+	require.Eventually(t, func() bool { return owners(st, r.cfg.Watcher.FeedName) == 2 }, 60*time.Second, 10*time.Millisecond,
+		"the two instances share the vBuckets")
+	keys := r.placeOrders(t, st, 100)
+
+	var ms []store.Member
+	require.Eventually(t, func() bool {
+		ms, _ = st.(store.MemberLister).Members(context.Background(), r.cfg.Watcher.FeedName)
+		return slices.ContainsFunc(ms, func(m store.Member) bool { return m.State() == "aside" })
+	}, 60*time.Second, 10*time.Millisecond, "the cut-off instance steps aside; members %+v", &ms)
+	waitAllConfirmed(t, st, keys)
+	t.Logf("all confirmed; breakers %s (working) and %s (cut off)", good.BreakerState(), cut.BreakerState())
+	assert.Zero(t, counts(t, st).DeadLetters)
+	assert.Equal(t, "closed", good.BreakerState())
+	assertDeliveredOnce(t, r.mock, keys)
+}
+
+// refusedURL is an http:// URL on loopback where nothing listens.
+func refusedURL(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	require.NoError(t, l.Close())
+	return "http://" + addr
 }
 
 // owners counts the live members of feed that own vBuckets.

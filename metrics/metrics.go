@@ -570,17 +570,18 @@ var (
 
 	// Couchbase without --instance: the instances share the vBuckets.
 	descOwned     = prometheus.NewDesc("ordermail_feed_vbuckets_owned", "vBuckets this instance owns (Couchbase, instances sharing them by heartbeats).", nil, nil)
+	descAside     = prometheus.NewDesc("ordermail_feed_aside", "1 while this instance stands aside: its sends were held back while another member's went out, and it handed its vBuckets to the others.", nil, nil)
 	descClaimed   = prometheus.NewDesc("ordermail_feed_vbuckets_claimed_total", "vBuckets this instance claimed: free ones, or those of a member taken for dead.", nil, nil)
 	descReleased  = prometheus.NewDesc("ordermail_feed_vbuckets_released_total", "vBuckets this instance handed over to another member.", nil, nil)
 	descFenced    = prometheus.NewDesc("ordermail_feed_vbuckets_fenced_total", "vBuckets this instance lost: another member claimed them while it was taken for dead, and its checkpoint writes were refused.", nil, nil)
-	descMembers   = prometheus.NewDesc("ordermail_members", "The feed's members by state, as this instance's last heartbeat read them: live, stale (heartbeat expired: stopped or cut off), leaving (stopped cleanly).", []string{"state"}, nil)
+	descMembers   = prometheus.NewDesc("ordermail_members", "The feed's members by state, as this instance's last heartbeat read them: live, aside (live, but its sends were held back while another's went out: it handed its vBuckets over), stale (heartbeat expired: stopped or cut off), leaving (stopped cleanly).", []string{"state"}, nil)
 	descMemberAge = prometheus.NewDesc("ordermail_member_heartbeat_age_seconds", "Time since each member's last heartbeat, by this instance's clock.", []string{"member"}, nil)
 	descMemberVBs = prometheus.NewDesc("ordermail_member_vbuckets", "vBuckets each member said it owns at its last heartbeat.", []string{"member"}, nil)
 )
 
 func (f *feed) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descStreams, descLag, descMaxLag, descRollbacks, descReopens, descCkptFailed,
-		descOwned, descClaimed, descReleased, descFenced, descMembers, descMemberAge, descMemberVBs} {
+		descOwned, descAside, descClaimed, descReleased, descFenced, descMembers, descMemberAge, descMemberVBs} {
 		ch <- d
 	}
 }
@@ -605,19 +606,17 @@ func (f *feed) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	ch <- prometheus.MustNewConstMetric(descOwned, prometheus.GaugeValue, float64(st.Partitions))
+	aside := 0.0
+	if st.Aside {
+		aside = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descAside, prometheus.GaugeValue, aside)
 	ch <- prometheus.MustNewConstMetric(descClaimed, prometheus.CounterValue, float64(st.Claimed))
 	ch <- prometheus.MustNewConstMetric(descReleased, prometheus.CounterValue, float64(st.Released))
 	ch <- prometheus.MustNewConstMetric(descFenced, prometheus.CounterValue, float64(st.Fenced))
-	states := map[string]int{"live": 0, "stale": 0, "leaving": 0}
+	states := map[string]int{"live": 0, "aside": 0, "stale": 0, "leaving": 0}
 	for _, m := range st.Members {
-		switch {
-		case m.Live:
-			states["live"]++
-		case m.Leaving:
-			states["leaving"]++
-		default:
-			states["stale"]++
-		}
+		states[m.State()]++
 		ch <- prometheus.MustNewConstMetric(descMemberAge, prometheus.GaugeValue, m.HeartbeatAge.Seconds(), m.Name)
 		ch <- prometheus.MustNewConstMetric(descMemberVBs, prometheus.GaugeValue, float64(m.Partitions), m.Name)
 	}

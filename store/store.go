@@ -56,6 +56,9 @@ type FeedStats struct {
 	Member                    string
 	Members                   []Member
 	Claimed, Released, Fenced uint64
+	// Aside: this instance stepped aside (its sends were held back while
+	// another's went out) and streams nothing until it tries again.
+	Aside bool
 }
 
 // DefaultFeed names the service's feed (its checkpoints, its members)
@@ -76,6 +79,25 @@ type Member struct {
 	Partitions   int           // it owned at its last heartbeat
 	Live         bool          // its heartbeat has not expired, and it has not left
 	Leaving      bool          // it stopped cleanly
+	// Held: its sends were all held back at its last heartbeat. Aside: so
+	// long, while another's went out, that it handed its partitions to
+	// the others (live, it takes none until it tries again).
+	Held, Aside bool
+}
+
+// State is m's state in a word: live; aside (live, stepped aside);
+// stale (its heartbeat expired: stopped or cut off); leaving (stopped
+// cleanly).
+func (m Member) State() string {
+	switch {
+	case m.Live && m.Aside:
+		return "aside"
+	case m.Live:
+		return "live"
+	case m.Leaving:
+		return "leaving"
+	}
+	return "stale"
 }
 
 // StatsReporter is a Subscription that reports FeedStats.
@@ -208,6 +230,14 @@ type FeedOptions struct {
 	// (the embedded store then deletes the row, where it would keep a
 	// tombstone).
 	SkipSettled bool
+	// SendsHeld, when set, says whether the consumer's sends are all held
+	// back now (held: its circuit breaker or configuration gate is open),
+	// or the next goes out as the probe that decides (probing). A store
+	// whose instances share the partitions (Couchbase without a fixed
+	// split) hands those of an instance whose sends stay held, while
+	// another's go out, to the others: its way to the email service is
+	// broken, theirs is not.
+	SendsHeld func() (held, probing bool)
 }
 
 // SweepResult counts what one sweep batch flagged.

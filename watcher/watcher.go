@@ -120,6 +120,13 @@ type Sender interface {
 	Send(ctx context.Context, idempotencyKey string, order []byte) error
 }
 
+// heldBacker is a Sender that says whether its sends are all held back
+// (held), or the next goes out as the probe that decides (probing): until
+// one gets through, this instance sends nothing (mailer.Client).
+type heldBacker interface {
+	HeldBack() (held, probing bool)
+}
+
 // Stats counts what the watcher did since it started.
 type Stats struct {
 	Handled int64 // events finished and acknowledged
@@ -240,8 +247,11 @@ func (w *Watcher) timedAck(ack func(), started time.Time) func() {
 // Start subscribes to the feed and starts the reader and the workers. It
 // does not block.
 func (w *Watcher) Start(ctx context.Context) error {
-	sub, err := w.store.Subscribe(ctx, w.cfg.FeedName, []string{order.Inbound, order.Retry}, store.FeedOptions{FromNow: w.cfg.FromNow,
-		SkipSettled: w.cfg.AtomicOutcomes}) // what Settled ignores then
+	opts := store.FeedOptions{FromNow: w.cfg.FromNow, SkipSettled: w.cfg.AtomicOutcomes} // what Settled ignores then
+	if g, ok := w.mail.(heldBacker); ok {
+		opts.SendsHeld = g.HeldBack
+	}
+	sub, err := w.store.Subscribe(ctx, w.cfg.FeedName, []string{order.Inbound, order.Retry}, opts)
 	if err != nil {
 		return fmt.Errorf("start watcher: %w", err)
 	}

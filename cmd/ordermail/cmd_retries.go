@@ -125,7 +125,7 @@ type sweeperView struct {
 // memberView is one instance sharing the feed, as its heartbeat shows it.
 type memberView struct {
 	Name                string  `json:"name"`
-	State               string  `json:"state"` // live; stale: its heartbeat expired (stopped or cut off); leaving: stopped cleanly
+	State               string  `json:"state"` // store.Member.State: live, aside, stale or leaving
 	HeartbeatAgeSeconds float64 `json:"heartbeatAgeSeconds"`
 	VBuckets            int     `json:"vbuckets"` // it owned at its last heartbeat
 }
@@ -157,23 +157,24 @@ func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 	if sw := s.Sweeper; sw != nil {
 		v.Sweeper = &sweeperView{Holder: sw.Holder, ExpiresAt: sw.ExpiresAt.UTC().Format(time.RFC3339Nano), Expired: sw.Expired}
 	}
-	live := 0
+	live, aside := 0, 0
 	for _, m := range s.Members {
-		state := "stale"
-		switch {
-		case m.Live:
-			state = "live"
+		if m.Live {
 			live++
-		case m.Leaving:
-			state = "leaving"
 		}
-		v.Members = append(v.Members, memberView{Name: m.Name, State: state,
+		if m.State() == "aside" {
+			aside++
+		}
+		v.Members = append(v.Members, memberView{Name: m.Name, State: m.State(),
 			HeartbeatAgeSeconds: m.HeartbeatAge.Round(time.Millisecond).Seconds(), VBuckets: m.Partitions})
 	}
 	if len(s.Members) > 0 {
 		// Couchbase instances sharing the feed: their heartbeats say.
 		// (With --instance i/n they do not heartbeat: "unknown" stands.)
 		v.Service = serviceView{Running: live > 0, Note: fmt.Sprintf("%d live members of %d heartbeating lately", live, len(s.Members))}
+		if aside > 0 {
+			v.Service.Note += fmt.Sprintf(", %d stepped aside (its sends are held back: see its log)", aside)
+		}
 	}
 	if s.OldestDueAt != nil {
 		v.oldestDue = *s.OldestDueAt

@@ -23,6 +23,7 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 	storeFlags(fs, &cfg.Store)
 	fs.Var(instanceFlag{&cfg.Store.Couchbase}, "instance", "i/n: a fixed split, this is instance i (from 0) of n on one Couchbase cluster, streaming the vBuckets v with v % n == i (default: the instances share the vBuckets by heartbeats)")
 	fs.DurationVar(&cfg.Store.Couchbase.MemberTTL, "cb-member-ttl", 10*time.Second, "without --instance: an instance whose heartbeat is this old is taken for dead and its vBuckets move to the others")
+	fs.DurationVar(&cfg.Store.Couchbase.StepAsideAfter, "cb-step-aside-after", time.Minute, "without --instance: an instance whose sends have all been held back this long (its breaker open), while another's go out, hands its vBuckets to the others and tries again later; negative: never")
 	fs.StringVar(&cfg.Metrics.Listen, "metrics-listen", "", "address of a Prometheus GET /metrics endpoint, e.g. 127.0.0.1:9464; empty: none")
 	fs.StringVar(&cfg.Console.Listen, "admin-listen", "", "address of the operator's web console, e.g. 127.0.0.1:9465; empty: none")
 	fs.StringVar(&cfg.Console.TokenFile, "admin-token-file", "", "file holding the console's admin token (16 characters or more), which actions need; "+

@@ -47,6 +47,11 @@ type Config struct {
 	// every fifth of that. Default 10s; keep it well above the instances'
 	// clock skew.
 	MemberTTL time.Duration
+	// StepAsideAfter: a member whose sends have all been held back this
+	// long (its breaker or configuration gate open), while another
+	// member's go out, hands its vBuckets to the others and tries again
+	// later (aside.go). Default 1m; negative: never.
+	StepAsideAfter time.Duration
 	// CountsTTL is how long Counts and Backlog answer from their last
 	// reading, so that a metrics scrape does not run their queries each
 	// time. Default 5s; negative: every call queries.
@@ -68,6 +73,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MemberTTL == 0 {
 		c.MemberTTL = 10 * time.Second
+	}
+	if c.StepAsideAfter == 0 {
+		c.StepAsideAfter = time.Minute
 	}
 	if c.CountsTTL == 0 {
 		c.CountsTTL = 5 * time.Second

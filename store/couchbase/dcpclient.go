@@ -281,6 +281,9 @@ func (s *Store) Subscribe(ctx context.Context, name string, colls []string, opts
 			now = s.now
 		}
 		own = newOwnership(s, name, s.member, s.cfg.MemberTTL, now)
+		if opts.SendsHeld != nil {
+			own.step = newStepper(s.cfg.StepAsideAfter, opts.SendsHeld, s.log)
+		}
 		s.log.Info("streaming as a member", "feed", name, "member", s.member, "vbuckets", n, "member_ttl", s.cfg.MemberTTL)
 	}
 	resolve := func(ctx context.Context) (map[uint32]string, error) { return collectionIDs(ctx, s.cfg, s.pw, colls) }

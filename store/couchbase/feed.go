@@ -73,6 +73,7 @@ type FeedStats struct {
 	Member                    string
 	Members                   []Member
 	Claimed, Released, Fenced uint64
+	Aside                     bool // this member stepped aside (aside.go)
 }
 
 type snapshot struct{ start, end uint64 }
@@ -1000,6 +1001,7 @@ func (f *feed) Stats() FeedStats {
 	s := f.stats
 	if f.own != nil {
 		s.Member, s.Members = f.own.me, f.own.doc.members(f.opts.now())
+		s.Aside = f.own.doc.Members[f.own.me].Aside
 	}
 	for vb, st := range f.state {
 		if st.phase == phaseOpen {
@@ -1022,10 +1024,9 @@ func (f *feed) FeedStats() store.FeedStats {
 	st := f.Stats()
 	out := store.FeedStats{Partitions: st.VBuckets, StreamsOpen: st.StreamsOpen, Lag: st.Lag, MaxLag: st.MaxLag,
 		Rollbacks: st.Rollbacks, Reopens: st.Reopens, CheckpointSaveFailures: st.CheckpointSaveFailures,
-		Member: st.Member, Claimed: st.Claimed, Released: st.Released, Fenced: st.Fenced}
+		Member: st.Member, Claimed: st.Claimed, Released: st.Released, Fenced: st.Fenced, Aside: st.Aside}
 	for _, m := range st.Members {
-		out.Members = append(out.Members, store.Member{Name: m.Name, HeartbeatAge: m.HeartbeatAge,
-			Partitions: m.VBuckets, Live: m.Live, Leaving: m.Leaving})
+		out.Members = append(out.Members, m.store())
 	}
 	return out
 }

@@ -29,6 +29,7 @@ type ownership struct {
 	me    string
 	ttl   time.Duration
 	beat  time.Duration // heartbeat interval: a fifth of the TTL
+	step  *stepper      // nil: never steps aside
 
 	// saveMu orders the checkpoint writes of the saver and of handovers
 	// on one vBucket: each is by the CAS the other left.
@@ -114,12 +115,14 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 		}
 	}
 	o.lastTry = sent
+	prevDoc := o.doc
 	f.mu.Unlock()
 	if late {
 		f.log.Warn("the heartbeat loop ran late: this process was paused or starved", "late_by", sent.Sub(prev))
 	}
 	bctx, cancel := context.WithTimeout(ctx, min(f.opts.opTimeout, o.ttl/2))
-	doc, err := o.group.beat(bctx, owned)
+	held, aside := o.step.next(sent, prevDoc, o.me)
+	doc, err := o.group.beat(bctx, owned, held, aside)
 	cancel()
 	if err != nil {
 		return nil, err
@@ -139,7 +142,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 		f.fenceAll(ctx, sent)
 	}
 	now := f.opts.now()
-	live := doc.live(now)
+	live := doc.assignable(now)
 
 	var claims []uint16
 	var releases []uint16

@@ -31,6 +31,10 @@ type memberEntry struct {
 	VBuckets int   `json:"vbuckets"`
 	// Leaving: the member stopped cleanly; it no longer counts as live.
 	Leaving bool `json:"leaving,omitempty"`
+	// Held: its sends were all held back at this beat. Aside: it has
+	// stepped aside (aside.go); the assignment leaves it out.
+	Held  bool `json:"held,omitempty"`
+	Aside bool `json:"aside,omitempty"`
 }
 
 func (e memberEntry) expiresAt() time.Time {
@@ -62,13 +66,13 @@ func newGroup(s *Store, feed, me string, ttl time.Duration, now func() time.Time
 // so that operators see a member that stopped heartbeating before it goes.
 const forgetAfter = 10
 
-// beat renews this member's entry, saying it owns vbuckets, and returns
-// the document as written. Entries expired for forgetAfter TTLs are
-// dropped on the way.
-func (g *group) beat(ctx context.Context, vbuckets int) (membersDoc, error) {
+// beat renews this member's entry, saying it owns vbuckets, whether its
+// sends are held and whether it stands aside, and returns the document as
+// written. Entries expired for forgetAfter TTLs are dropped on the way.
+func (g *group) beat(ctx context.Context, vbuckets int, held, aside bool) (membersDoc, error) {
 	return g.update(ctx, func(d *membersDoc, now time.Time) {
 		d.Members[g.me] = memberEntry{BeatAt: now.UnixMilli(), TTLMs: g.ttl.Milliseconds(),
-			Started: g.born.UnixMilli(), VBuckets: vbuckets}
+			Started: g.born.UnixMilli(), VBuckets: vbuckets, Held: held, Aside: aside}
 	})
 }
 
@@ -227,6 +231,13 @@ type Member struct {
 	VBuckets     int           // how many it said it owns at its last renewal
 	Live         bool          // renewed within its TTL and not leaving
 	Leaving      bool          // stopped cleanly
+	Held, Aside  bool          // its sends held back; stepped aside (aside.go)
+}
+
+// store is m in the store's terms.
+func (m Member) store() store.Member {
+	return store.Member{Name: m.Name, HeartbeatAge: m.HeartbeatAge, Partitions: m.VBuckets, Live: m.Live,
+		Leaving: m.Leaving, Held: m.Held, Aside: m.Aside}
 }
 
 // members lists d's entries as seen at now, sorted by name.
@@ -234,7 +245,7 @@ func (d membersDoc) members(now time.Time) []Member {
 	out := make([]Member, 0, len(d.Members))
 	for name, e := range d.Members {
 		out = append(out, Member{Name: name, HeartbeatAge: max(0, now.Sub(time.UnixMilli(e.BeatAt))),
-			VBuckets: e.VBuckets, Live: !e.Leaving && e.expiresAt().After(now), Leaving: e.Leaving})
+			VBuckets: e.VBuckets, Live: !e.Leaving && e.expiresAt().After(now), Leaving: e.Leaving, Held: e.Held, Aside: e.Aside})
 	}
 	slices.SortFunc(out, func(a, b Member) int {
 		switch {
@@ -264,7 +275,7 @@ func (s *Store) Members(ctx context.Context, feed string) ([]store.Member, error
 	}
 	out := []store.Member{}
 	for _, m := range doc.members(s.now()) {
-		out = append(out, store.Member{Name: m.Name, HeartbeatAge: m.HeartbeatAge, Partitions: m.VBuckets, Live: m.Live, Leaving: m.Leaving})
+		out = append(out, m.store())
 	}
 	return out, nil
 }

@@ -81,14 +81,14 @@ func TestMembersDocumentExpires(t *testing.T) {
 	const ttl = 2 * time.Second
 	a := newGroup(s, "feed", "a", ttl, clock)
 	b := newGroup(s, "feed", "b", ttl, clock)
-	_, err := a.beat(ctx, 3)
+	_, err := a.beat(ctx, 3, false, false)
 	require.NoError(t, err)
-	doc, err := b.beat(ctx, 5)
+	doc, err := b.beat(ctx, 5, false, false)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"a", "b"}, doc.live(clock()))
 
 	advance(ttl + time.Millisecond) // a stops; b renews
-	doc, err = b.beat(ctx, 8)
+	doc, err = b.beat(ctx, 8, false, false)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"b"}, doc.live(clock()), "a's entry expired")
 	ms, err := s.Members(ctx, "feed")
@@ -122,10 +122,10 @@ func TestAClaimDoesNotTakeFromAMemberThatJoinedSinceItsReading(t *testing.T) {
 	start := func(context.Context) (position, error) { return position{}, nil }
 
 	c := newOwnership(s, "feed", "c", ttl, time.Now)
-	reading, err := c.group.beat(ctx, 0) // c's heartbeat: only c
+	reading, err := c.group.beat(ctx, 0, false, false) // c's heartbeat: only c
 	require.NoError(t, err)
 	d := newOwnership(s, "feed", "d", ttl, time.Now)
-	_, err = d.group.beat(ctx, 0) // d joins after it
+	_, err = d.group.beat(ctx, 0, false, false) // d joins after it
 	require.NoError(t, err)
 	_, _, _, err = cps.Claim(ctx, "feed", 7, "d", func(string) bool { return true }, start)
 	require.NoError(t, err, "d claims vb 7")
