@@ -376,7 +376,8 @@ func TestAnInstanceWhoseWayIsBrokenStepsAside(t *testing.T) {
 	defer stop(t, a1)
 	broken := *r
 	broken.cfg.Mail.URL = refusedURL(t)
-	a2, _ := broken.start(t, &cut)
+	var cutW *watcher.Watcher
+	a2, _ := broken.start(t, &cut, &cutW)
 	defer stop(t, a2)
 	require.Eventually(t, func() bool { return owners(st, r.cfg.Watcher.FeedName) == 2 }, 60*time.Second, 10*time.Millisecond,
 		"the two instances share the vBuckets")
@@ -387,6 +388,8 @@ func TestAnInstanceWhoseWayIsBrokenStepsAside(t *testing.T) {
 		ms, _ = st.(store.MemberLister).Members(context.Background(), r.cfg.Watcher.FeedName)
 		return slices.ContainsFunc(ms, func(m store.Member) bool { return m.State() == "aside" })
 	}, 60*time.Second, 10*time.Millisecond, "the cut-off instance steps aside; members %+v", &ms)
+	require.Eventually(t, func() bool { fs, _ := cutW.FeedStats(); return fs.Aside }, 60*time.Second, 10*time.Millisecond,
+		"the cut-off instance's feed says it stands aside (ordermail_feed_aside)")
 	waitAllConfirmed(t, st, keys)
 	t.Logf("all confirmed; breakers %s (working) and %s (cut off)", good.BreakerState(), cut.BreakerState())
 	assert.Zero(t, counts(t, st).DeadLetters)

@@ -136,13 +136,15 @@ func TestStatusViewOfMembers(t *testing.T) {
 		{Name: "a", Live: true, HeartbeatAge: 1500 * time.Millisecond, Partitions: 512},
 		{Name: "b", HeartbeatAge: 40 * time.Second, Partitions: 512},
 		{Name: "c", Leaving: true, HeartbeatAge: time.Second},
+		{Name: "d", Live: true, Held: true, Aside: true, HeartbeatAge: time.Second},
 	}, Sweeper: &ops.Sweeper{Holder: "a", ExpiresAt: now.Add(time.Second)}}, now, unknown)
 	assert.Equal(t, true, v.Service.Running)
-	assert.Equal(t, "1 live members of 3 heartbeating lately", v.Service.Note)
+	assert.Equal(t, "2 live members of 4 heartbeating lately, 1 stepped aside (its sends are held back: see its log)", v.Service.Note)
 	assert.Equal(t, []memberView{
 		{Name: "a", State: "live", HeartbeatAgeSeconds: 1.5, VBuckets: 512},
 		{Name: "b", State: "stale", HeartbeatAgeSeconds: 40, VBuckets: 512},
 		{Name: "c", State: "leaving", HeartbeatAgeSeconds: 1},
+		{Name: "d", State: "aside", HeartbeatAgeSeconds: 1},
 	}, v.Members)
 	require.NotNil(t, v.Sweeper)
 	assert.Equal(t, "a", v.Sweeper.Holder)
