@@ -34,7 +34,12 @@ var Module = fx.Module("timer",
 // orders drained at 2-5 a second on the Couchbase test server.
 type sendGate struct {
 	m Gate
-	w interface{ FeedStats() (store.FeedStats, bool) } // *watcher.Watcher
+	w feedReporter
+}
+
+// feedReporter reports the feed's figures (*watcher.Watcher).
+type feedReporter interface {
+	FeedStats() (store.FeedStats, bool)
 }
 
 func (g sendGate) HeldBack() (held, probing bool) {

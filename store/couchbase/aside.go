@@ -23,7 +23,7 @@ import (
 
 // stepper is one member's decision to step aside, made at each heartbeat.
 type stepper struct {
-	after time.Duration                // held this long while another's sends go out; < 0: never
+	after time.Duration               // held this long while another's sends go out; < 0: never
 	held  func() (held, probing bool) // nil: never held
 	log   *slog.Logger
 
