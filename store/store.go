@@ -61,6 +61,18 @@ type FeedStats struct {
 	Aside bool
 }
 
+// AnotherSends says whether a live member other than this instance has
+// its sends going out (not held back, not aside), as this instance's last
+// heartbeat read the members document.
+func (s FeedStats) AnotherSends() bool {
+	for _, m := range s.Members {
+		if m.Name != s.Member && m.Live && !m.Held && !m.Aside {
+			return true
+		}
+	}
+	return false
+}
+
 // DefaultFeed names the service's feed (its checkpoints, its members)
 // unless it is told otherwise.
 const DefaultFeed = "ordermail"

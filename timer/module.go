@@ -26,12 +26,15 @@ var Module = fx.Module("timer",
 )
 
 // sendGate is the mailer's breaker as the sweep sees it, and one case
-// more: an instance that stepped aside (its vBuckets handed to the others
-// while its sends were held) counts as held even when its breaker would
-// let a probe through. A probe it flagged would go to another instance's
-// vBuckets, never through its own breaker, and while it held the sweep
-// lease it would flag one retry a tick for every instance: 5,000 held
-// orders drained at 2-5 a second on the Couchbase test server.
+// more: while the breaker would let a probe through and another member
+// of the feed sends (its heartbeat says its sends go out), this instance
+// counts as held and leaves the sweep to it. The single instance's probe,
+// one retry flagged a tick, assumes the retry comes back through this
+// instance's breaker; with several it goes to whichever owns its vBucket,
+// and while the probing instance held the sweep lease every instance's
+// retries went out one a tick: an instance that had stepped aside (no
+// vBuckets, its breaker half-open for ever) drained 5,000 held orders at
+// 2-5 a second on the Couchbase test server.
 type sendGate struct {
 	m Gate
 	w feedReporter
@@ -45,7 +48,7 @@ type feedReporter interface {
 func (g sendGate) HeldBack() (held, probing bool) {
 	held, probing = g.m.HeldBack()
 	if probing {
-		if st, ok := g.w.FeedStats(); ok && st.Aside {
+		if st, ok := g.w.FeedStats(); ok && st.AnotherSends() {
 			return true, false
 		}
 	}

@@ -18,12 +18,22 @@ type feedState struct {
 
 func (f feedState) FeedStats() (store.FeedStats, bool) { return f.st, f.ok }
 
-// An instance that stepped aside does not sweep on its breaker's probe:
-// the retry it flagged would go to another's vBuckets, its own breaker
-// would never close, and it would flag one retry a tick for everyone.
-func TestAnInstanceAsideSweepsNoProbe(t *testing.T) {
-	aside := feedState{store.FeedStats{Aside: true}, true}
-	sharing := feedState{store.FeedStats{Partitions: 32}, true}
+// An instance whose breaker would let a probe through does not sweep
+// while another member sends: the retry it flagged would go to whichever
+// instance owns its vBucket, not through its own breaker, and it would
+// flag one retry a tick for everyone. An instance that stepped aside is
+// one such (no vBuckets, its breaker half-open for ever). With every
+// member held, or alone, it sweeps its probe.
+func TestAProbingInstanceLeavesTheSweepToOneThatSends(t *testing.T) {
+	members := func(others ...store.Member) []store.Member {
+		return append([]store.Member{{Name: "me", Live: true, Held: true}}, others...)
+	}
+	aside := feedState{store.FeedStats{Member: "me", Aside: true, Members: members(store.Member{Name: "b", Live: true})}, true}
+	trial := feedState{store.FeedStats{Member: "me", Partitions: 32, Members: members(store.Member{Name: "b", Live: true})}, true}
+	allHeld := feedState{store.FeedStats{Member: "me", Partitions: 32, Members: members(
+		store.Member{Name: "b", Live: true, Held: true}, store.Member{Name: "c", Live: true, Held: true, Aside: true},
+		store.Member{Name: "d", Leaving: true})}, true}
+	alone := feedState{store.FeedStats{Member: "me", Partitions: 64, Members: members()}, true}
 	for _, c := range []struct {
 		name          string
 		mail          breakerState
@@ -33,7 +43,9 @@ func TestAnInstanceAsideSweepsNoProbe(t *testing.T) {
 		{"closed, aside", breakerState{}, aside, false, false},
 		{"open, aside", breakerState{held: true}, aside, true, false},
 		{"probing, aside", breakerState{probing: true}, aside, true, false},
-		{"probing, sharing", breakerState{probing: true}, sharing, false, true},
+		{"probing, back to try while b sends", breakerState{probing: true}, trial, true, false},
+		{"probing, every other member held, aside or gone", breakerState{probing: true}, allHeld, false, true},
+		{"probing, alone", breakerState{probing: true}, alone, false, true},
 		{"probing, no feed stats (embedded)", breakerState{probing: true}, feedState{}, false, true},
 	} {
 		held, probing := sendGate{c.mail, c.feed}.HeldBack()

@@ -159,13 +159,14 @@ func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 	}
 	live, aside := 0, 0
 	for _, m := range s.Members {
+		state := m.State()
 		if m.Live {
 			live++
 		}
-		if m.State() == "aside" {
+		if state == "aside" {
 			aside++
 		}
-		v.Members = append(v.Members, memberView{Name: m.Name, State: m.State(),
+		v.Members = append(v.Members, memberView{Name: m.Name, State: state,
 			HeartbeatAgeSeconds: m.HeartbeatAge.Round(time.Millisecond).Seconds(), VBuckets: m.Partitions})
 	}
 	if len(s.Members) > 0 {

@@ -23,8 +23,8 @@ import (
 
 // stepper is one member's decision to step aside, made at each heartbeat.
 type stepper struct {
-	after time.Duration               // held this long while another's sends go out; < 0: never
-	held  func() (held, probing bool) // nil: never held
+	after time.Duration // held this long while another's sends go out; < 0: never
+	held  func() (held, probing bool)
 	log   *slog.Logger
 
 	heldSince time.Time // zero while sends go out
@@ -51,12 +51,9 @@ func newStepper(after time.Duration, held func() (held, probing bool), log *slog
 // sends are held (its breaker open, or probing), and whether it stands
 // aside.
 func (s *stepper) next(now time.Time, doc membersDoc, me string) (held, aside bool) {
-	var open, probing bool
-	if s != nil && s.held != nil {
-		open, probing = s.held()
-	}
+	open, probing := s.held()
 	if !open && !probing {
-		if s != nil && !s.heldSince.IsZero() {
+		if !s.heldSince.IsZero() {
 			if s.aside || s.trial {
 				s.log.Info("sends go out again: this instance keeps its vBuckets")
 			}

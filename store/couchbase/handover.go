@@ -121,7 +121,10 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 		f.log.Warn("the heartbeat loop ran late: this process was paused or starved", "late_by", sent.Sub(prev))
 	}
 	bctx, cancel := context.WithTimeout(ctx, min(f.opts.opTimeout, o.ttl/2))
-	held, aside := o.step.next(sent, prevDoc, o.me)
+	var held, aside bool
+	if o.step != nil {
+		held, aside = o.step.next(sent, prevDoc, o.me)
+	}
 	doc, err := o.group.beat(bctx, owned, held, aside)
 	cancel()
 	if err != nil {
