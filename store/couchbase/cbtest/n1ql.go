@@ -33,6 +33,7 @@ import (
 //	primary := number | string | TRUE | FALSE | NULL | MISSING | $param
 //	         | ident | `ident` | func ( [*|expr {, expr}] ) | ( expr )
 //	         | ( SELECT ... ) | [ expr {, expr} ]
+//	         | CASE WHEN expr THEN expr { WHEN expr THEN expr } [ ELSE expr ] END
 
 // Values: missingT, nil (NULL), bool, float64 or json.Number, string,
 // []any, *object.
@@ -457,7 +458,13 @@ type (
 		args []expr
 		star bool
 	}
-	exArray    struct{ elems []expr }
+	exArray struct{ elems []expr }
+	// exCase is a searched CASE: the first of thens whose when is TRUE,
+	// else els (NULL when absent).
+	exCase struct {
+		whens, thens []expr
+		els          expr
+	}
 	exSubquery struct {
 		text string
 		q    *selectStmt
@@ -759,6 +766,8 @@ func (p *parser) primary() (expr, error) {
 			return &exLit{nil}, nil
 		case "MISSING":
 			return &exLit{missing}, nil
+		case "CASE":
+			return p.caseExpr()
 		}
 		if p.isOp("(") {
 			p.pos++
@@ -818,6 +827,40 @@ func (p *parser) primary() (expr, error) {
 	return nil, p.errf("unexpected token")
 }
 
+// caseExpr parses a searched CASE after its keyword. The simple form
+// (CASE x WHEN v ...) is not supported.
+func (p *parser) caseExpr() (expr, error) {
+	c := &exCase{}
+	if !p.isKw("WHEN") {
+		return nil, p.errf("only the searched CASE (CASE WHEN cond THEN value ... END) is supported")
+	}
+	for p.acceptKw("WHEN") {
+		w, err := p.expr()
+		if err != nil {
+			return nil, err
+		}
+		if !p.acceptKw("THEN") {
+			return nil, p.errf("expected THEN")
+		}
+		t, err := p.expr()
+		if err != nil {
+			return nil, err
+		}
+		c.whens, c.thens = append(c.whens, w), append(c.thens, t)
+	}
+	if p.acceptKw("ELSE") {
+		e, err := p.expr()
+		if err != nil {
+			return nil, err
+		}
+		c.els = e
+	}
+	if !p.acceptKw("END") {
+		return nil, p.errf("expected END")
+	}
+	return c, nil
+}
+
 // subquery takes the balanced parenthesised text and compiles it.
 func (p *parser) subquery(open int) (expr, error) {
 	depth := 1
@@ -852,6 +895,7 @@ var reserved = map[string]bool{
 	"ELEMENT": true, "VALUE": true, "UPDATE": true, "DELETE": true, "INSERT": true, "UPSERT": true, "IS": true,
 	"IN": true, "LIKE": true, "BETWEEN": true, "ASC": true, "DESC": true, "GROUP": true, "HAVING": true,
 	"JOIN": true, "USE": true, "KEYS": true, "DISTINCT": true, "ON": true, "WITH": true, "LET": true,
+	"CASE": true, "WHEN": true, "THEN": true, "ELSE": true, "END": true,
 }
 
 func isReserved(s string) bool { return reserved[strings.ToUpper(s)] }
@@ -922,6 +966,17 @@ func canon(e expr, alias string) string {
 		return "[" + strings.Join(el, ", ") + "]"
 	case *exSubquery:
 		return "(" + x.text + ")"
+	case *exCase:
+		var b strings.Builder
+		b.WriteString("(CASE")
+		for i := range x.whens {
+			b.WriteString(" WHEN " + canon(x.whens[i], alias) + " THEN " + canon(x.thens[i], alias))
+		}
+		if x.els != nil {
+			b.WriteString(" ELSE " + canon(x.els, alias))
+		}
+		b.WriteString(" END)")
+		return b.String()
 	}
 	return fmt.Sprintf("%T", e)
 }
@@ -963,8 +1018,26 @@ func refsKeyspace(e expr) bool {
 				return true
 			}
 		}
+	case *exCase:
+		for _, a := range x.parts() {
+			if refsKeyspace(a) {
+				return true
+			}
+		}
 	}
 	return false
+}
+
+// parts are a CASE's expressions, in order.
+func (x *exCase) parts() []expr {
+	var ps []expr
+	for i := range x.whens {
+		ps = append(ps, x.whens[i], x.thens[i])
+	}
+	if x.els != nil {
+		ps = append(ps, x.els)
+	}
+	return ps
 }
 
 func flattenBin(e expr, op string) []expr {
@@ -1165,6 +1238,20 @@ func (c *evalCtx) eval(e expr, r *row) (any, error) {
 			out = append(out, v)
 		}
 		return out, nil
+	case *exCase:
+		for i, w := range x.whens {
+			v, err := c.eval(w, r)
+			if err != nil {
+				return nil, err
+			}
+			if isTrue(v) {
+				return c.eval(x.thens[i], r)
+			}
+		}
+		if x.els == nil {
+			return nil, nil
+		}
+		return c.eval(x.els, r)
 	case *exSubquery:
 		rows, err := c.subquery(x.q)
 		if err != nil {
@@ -1479,6 +1566,10 @@ func walk(e expr, f func(expr)) {
 		}
 	case *exArray:
 		for _, a := range x.elems {
+			walk(a, f)
+		}
+	case *exCase:
+		for _, a := range x.parts() {
 			walk(a, f)
 		}
 	}

@@ -322,3 +322,44 @@ func TestQueryDecodesADocumentOnce(t *testing.T) {
 	assert.Equal(t, 1.0, confirmed(), "the query reads the new version")
 	assert.Equal(t, first+1, decodes(), "and decodes only it")
 }
+
+// A searched CASE: in a projection, a predicate, a GROUP BY and as an
+// index key, which a predicate on the same expression (written with the
+// query's alias) uses.
+func TestQueryCaseExpression(t *testing.T) {
+	_, c, b := queryServer(t)
+	kind := func(a string) string {
+		return "CASE WHEN " + a + "n > 10 THEN \"big \" || TOSTRING(" + a + "n) WHEN " + a + "n > 0 THEN \"small\" ELSE \"none\" END"
+	}
+	_, err := queryRows[any](t, c, "CREATE INDEX ix_kind ON "+ksRetry+"(("+kind("")+"), META().id)", nil)
+	require.NoError(t, err)
+	retry := b.Collection("retry")
+	for k, v := range map[string]string{"a": `{"n":20}`, "b": `{"n":5}`, "c": `{}`, "d": `{"n":20}`, "e": `{"n":"x"}`} {
+		_, err := retry.Upsert(k, json.RawMessage(v), nil)
+		require.NoError(t, err)
+	}
+	ids, err := queryRows[string](t, c, "SELECT RAW META(r).id FROM "+ksRetry+" AS r WHERE ("+kind("r.")+") = $kind ORDER BY META(r).id", map[string]any{"kind": "big 20"})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"a", "d"}, ids)
+	ids, err = queryRows[string](t, c, "SELECT RAW META(r).id FROM "+ksRetry+" AS r WHERE ("+kind("r.")+") = \"none\"", nil)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"c"}, ids, "MISSING > 10 is not TRUE: on to ELSE")
+
+	type group struct {
+		Kind  string
+		Count int
+	}
+	groups, err := queryRows[group](t, c, "SELECT "+kind("r.")+" AS kind, COUNT(*) AS count FROM "+ksRetry+" AS r GROUP BY "+kind("r.")+" ORDER BY COUNT(*) DESC, kind", nil)
+	require.NoError(t, err)
+	assert.Equal(t, []group{{"big 20", 2}, {"big x", 1}, {"none", 1}, {"small", 1}}, groups,
+		"a string sorts after every number (SQL++ collation): \"x\" > 10")
+
+	plan, err := queryRows[json.RawMessage](t, c, "EXPLAIN SELECT RAW META(r).id FROM "+ksRetry+" AS r WHERE ("+kind("r.")+") = $kind", map[string]any{"kind": "small"})
+	require.NoError(t, err)
+	require.Len(t, plan, 1)
+	assert.Contains(t, string(plan[0]), "ix_kind", "the index on the same expression")
+
+	_, err = queryRows[any](t, c, "SELECT RAW CASE r.n WHEN 1 THEN 2 END FROM "+ksRetry+" AS r", nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "searched CASE")
+}
