@@ -274,6 +274,16 @@ type Tally struct {
 	Count  int    `json:"count"`
 }
 
+// RetryTally names the retries that wait for why (order.RetryDoc.Why)
+// among Backlog's reasons: "retrying: HTTP 503", or "retrying" for those
+// that record no failure.
+func RetryTally(why string) string {
+	if why == "" {
+		return "retrying"
+	}
+	return "retrying: " + why
+}
+
 // Backlog is what the status shows of the retries waiting.
 type Backlog struct {
 	Due int // flagged, or due by nextAttemptAt or ts
@@ -338,11 +348,10 @@ type Store interface {
 	// order.DecodeDeadLetter needs); callers decode each and check.
 	ScanDeadLetters(ctx context.Context, reason, after string, fn func(Doc) error) error
 	// ScanRetries is Scan of the retry documents that wait for why (what
-	// order.RetryDoc.Why says of them; "": no failure recorded). The
-	// embedded store reads them on an index; on Couchbase a retry's reason
-	// is no field of its own, and every retry document is read. Either may
-	// call fn for others (the control document, an unreadable one):
-	// callers decode each and check.
+	// order.RetryDoc.Why says of them; "": no failure recorded), read on
+	// an index of that reason: its cost grows with them, not with the
+	// other retries. Either store may call fn for others (the control
+	// document, an unreadable one): callers decode each and check.
 	ScanRetries(ctx context.Context, why, after string, fn func(Doc) error) error
 
 	// Counts reads the numbers operators watch. It costs the same whatever

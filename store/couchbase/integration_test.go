@@ -196,6 +196,57 @@ func TestIntegrationDeadLettersOfAReasonUseTheirIndex(t *testing.T) {
 	assert.NotContains(t, reasons, "#primary")
 }
 
+// The retries of one reason are read on ix_retry_why, and the status's
+// reasons counted on it: their cost grows with them, not with every retry
+// (both read every retry document before).
+func TestIntegrationRetriesOfAReasonUseTheirIndex(t *testing.T) {
+	cfg, _ := testCluster(t, 1)
+	s := openStore(t, cfg)
+	retry := s.keyspace(order.Retry)
+	plan := explain(t, s, retriesStatement(retry), map[string]interface{}{"why": "HTTP 503", "after": "", "limit": 500})
+	assert.Contains(t, plan, "ix_retry_why")
+	assert.NotContains(t, plan, "#primary", "the retries of one reason are read without the others")
+	reasons := explain(t, s, retryReasonsStatement(retry), map[string]interface{}{"control": order.ControlKey})
+	assert.Contains(t, reasons, "ix_retry_why", "the reasons are counted on the index")
+	assert.NotContains(t, reasons, "#primary")
+}
+
+// The status's reasons on Couchbase are the retries' and the dead
+// letters' together, named as the embedded store names them, the five
+// most common first.
+func TestIntegrationBacklogReasonsOfRetriesAndDeadLetters(t *testing.T) {
+	cfg, _ := testCluster(t, 1)
+	s := openStore(t, cfg)
+	ctx := context.Background()
+	put := func(coll, key string, v any) {
+		b, err := json.Marshal(v)
+		require.NoError(t, err)
+		_, err = s.Upsert(ctx, coll, key, b)
+		require.NoError(t, err)
+	}
+	for i := range 4 {
+		put(order.Retry, fmt.Sprintf("s%d", i), order.RetryDoc{DocID: "x", Attempt: 1, TS: 1, NextAttemptAt: 1 << 50, LastStatus: 503})
+	}
+	for i := range 3 {
+		put(order.Retry, fmt.Sprintf("n%d", i), order.RetryDoc{DocID: "x", Attempt: 1, TS: 1, NextAttemptAt: 1 << 50, LastError: "timeout"})
+	}
+	put(order.Retry, "h", order.RetryDoc{DocID: "x", Attempt: 1, TS: 1, NextAttemptAt: 1 << 50, HeldBack: "breaker open"})
+	put(order.Retry, "plain", order.RetryDoc{DocID: "x", Attempt: 1, TS: 1})
+	put(order.Retry, order.ControlKey, map[string]any{})
+	for i := range 2 {
+		put(order.DeadLetter, fmt.Sprintf("d%d", i), map[string]string{"reason": order.ReasonExhausted})
+	}
+	b, err := s.Backlog(ctx, time.Now(), 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, []store.Tally{
+		{Reason: "retrying: HTTP 503", Count: 4},
+		{Reason: "retrying: no answer", Count: 3},
+		{Reason: "dead: " + order.ReasonExhausted, Count: 2},
+		{Reason: "retrying", Count: 1}, // plain; allow_retrys is no retry
+		{Reason: "retrying: held back", Count: 1},
+	}, b.Reasons)
+}
+
 // BenchmarkScan: reading a collection page by page, per document.
 func BenchmarkScan(b *testing.B) {
 	const n = 2000

@@ -36,6 +36,9 @@ func indexStatements(ks func(string) string) []string {
 		// The flagged retries, for the counts and the backlog, whose due
 		// retries are these and those of the two above.
 		"CREATE INDEX IF NOT EXISTS ix_retry_fire ON " + ks("retry") + "(fireRetry) WHERE fireRetry = true",
+		// The retries of one reason (order.RetryDoc.Why, made of three
+		// fields), in key order (ScanRetries), and their counts by reason.
+		"CREATE INDEX IF NOT EXISTS ix_retry_why ON " + ks("retry") + "((" + whyOf("") + "), META().id)",
 		// The dead letters of one reason, in key order (ScanDeadLetters).
 		"CREATE INDEX IF NOT EXISTS ix_deadletter_reason ON " + ks("deadletter") + "(reason, META().id)",
 		// Counts of paid and confirmed orders.

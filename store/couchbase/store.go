@@ -582,7 +582,8 @@ func backlogStatement(retry, deadletter string) string {
 	return "SELECT " +
 		"(" + dueCountStatement(retry) + ")[0] AS due, " +
 		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum)) FROM " + retry + " AS r WHERE " + dueRetries + ")[0] AS oldest, " +
-		"(" + reasonsStatement(deadletter) + ") AS reasons"
+		"(" + reasonsStatement(deadletter) + ") AS reasons, " +
+		"(" + retryReasonsStatement(retry) + ") AS retryReasons"
 }
 
 // reasonsStatement counts the dead letters of the five most frequent
@@ -603,13 +604,15 @@ func (s *Store) Backlog(ctx context.Context, now time.Time, quantum time.Duratio
 }
 
 func (s *Store) readBacklog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {
+	type reason struct {
+		Reason string
+		Count  int
+	}
 	var row struct {
-		Due     int
-		Oldest  *int64
-		Reasons []struct {
-			Reason string
-			Count  int
-		}
+		Due          int
+		Oldest       *int64
+		Reasons      []reason
+		RetryReasons []reason
 	}
 	params := sweepParams(now, quantum, 0)
 	params["quantum"] = quantum.Milliseconds()
@@ -627,9 +630,17 @@ func (s *Store) readBacklog(ctx context.Context, now time.Time, quantum time.Dur
 			b.OldestDue = now
 		}
 	}
+	// The five most common of both, as the embedded store's tallies.
+	for _, r := range row.RetryReasons {
+		b.Reasons = append(b.Reasons, store.Tally{Reason: store.RetryTally(r.Reason), Count: r.Count})
+	}
 	for _, r := range row.Reasons {
 		b.Reasons = append(b.Reasons, store.Tally{Reason: "dead: " + r.Reason, Count: r.Count})
 	}
+	slices.SortFunc(b.Reasons, func(x, y store.Tally) int {
+		return cmp.Or(cmp.Compare(y.Count, x.Count), cmp.Compare(x.Reason, y.Reason))
+	})
+	b.Reasons = b.Reasons[:min(len(b.Reasons), 5)]
 	return b, nil
 }
 
@@ -704,11 +715,38 @@ func (s *Store) ScanDeadLetters(ctx context.Context, reason, after string, fn fu
 		deadLettersStatement(s.keyspace(order.DeadLetter)), map[string]any{"reason": reason})
 }
 
-// ScanRetries is Scan of every retry document: a retry's reason
-// (order.RetryDoc.Why) is made of three fields, and no index holds it.
-// Callers check each.
-func (s *Store) ScanRetries(ctx context.Context, _, after string, fn func(store.Doc) error) error {
-	return s.Scan(ctx, order.Retry, after, fn)
+// ScanRetries pages through the keys of the retries that wait for why
+// (order.RetryDoc.Why) on the index setup creates on that reason and the
+// key (ix_retry_why), and reads each by KV: its cost grows with them, not
+// with the other retries.
+func (s *Store) ScanRetries(ctx context.Context, why, after string, fn func(store.Doc) error) error {
+	return s.scanPages(ctx, "scan "+store.RetryTally(why), order.Retry, after, fn,
+		retriesStatement(s.keyspace(order.Retry)), map[string]any{"why": why})
+}
+
+// whyOf is order.RetryDoc.Why in SQL++, of the retry document at path
+// ("r." in a query, "" in the index's key): the index setup creates on it
+// and the statements that read it must spell it the same way. A document
+// Why cannot decode gets a reason too (lastStatus "503" is "HTTP 503"
+// here): callers decode each and check.
+func whyOf(path string) string {
+	status, lastError, held := path+"lastStatus", path+"lastError", path+"heldBack"
+	return "CASE WHEN " + status + ` > 0 THEN "HTTP " || TOSTRING(` + status + ") " +
+		"WHEN " + lastError + ` != "" AND NOT (` + lastError + ` LIKE "` + order.NotAttemptedPrefix + `%") THEN "` + order.WhyNoAnswer + `" ` +
+		"WHEN " + held + ` != "" OR ` + lastError + ` != "" THEN "` + order.WhyHeldBack + `" ` +
+		`ELSE "" END`
+}
+
+func retriesStatement(retry string) string {
+	return "SELECT RAW META(r).id FROM " + retry + " AS r WHERE (" + whyOf("r.") +
+		") = $why AND META(r).id > $after ORDER BY META(r).id LIMIT $limit"
+}
+
+// retryReasonsStatement counts the retries of the five most frequent
+// reasons on ix_retry_why, not on their documents.
+func retryReasonsStatement(retry string) string {
+	return "SELECT " + whyOf("r.") + " AS reason, COUNT(*) AS count FROM " + retry + " AS r WHERE (" + whyOf("r.") +
+		") IS NOT MISSING AND META(r).id != $control GROUP BY " + whyOf("r.") + " ORDER BY COUNT(*) DESC LIMIT 5"
 }
 
 func deadLettersStatement(keyspace string) string {

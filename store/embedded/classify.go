@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
 )
 
 // columns are the typed columns written with a document: what the sweep,
@@ -77,15 +78,6 @@ func classify(coll, key string, value []byte) columns {
 // unreadableRetry is the tally of a retry document the watcher cannot read.
 const unreadableRetry = "retrying: unreadable retry document"
 
-// retryTally is the tally of a readable retry document that waits for why
-// (order.RetryDoc.Why; "": no failure recorded).
-func retryTally(why string) string {
-	if why == "" {
-		return "retrying"
-	}
-	return "retrying: " + why
-}
-
 // classifyRetry reads a retry document the way the sweep always has: a
 // document is due by a numeric nextAttemptAt or, without one, by a numeric
 // ts; a document that is not a JSON object is never due (the watcher
@@ -101,7 +93,7 @@ func classifyRetry(value []byte, c *columns) {
 	}
 	t := unreadableRetry
 	if r, err := order.DecodeRetryDoc(value); err == nil {
-		t = retryTally(r.Why())
+		t = store.RetryTally(r.Why())
 	}
 	c.tally = &t
 	if json.Unmarshal(value, &doc) != nil {

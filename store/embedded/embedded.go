@@ -571,7 +571,7 @@ func (s *Store) ScanDeadLetters(ctx context.Context, reason, after string, fn fu
 // "": no failure recorded) on the index of their tally and key
 // (TestQueryPlans): its cost grows with them, not with the other retries.
 func (s *Store) ScanRetries(ctx context.Context, why, after string, fn func(store.Doc) error) error {
-	tally := retryTally(why)
+	tally := store.RetryTally(why)
 	return s.scanPages(ctx, "scan retries "+tally, after, fn, retriesQuery, tally)
 }
 
