@@ -17,6 +17,9 @@ type indexUse struct {
 	params                    map[string]any
 }
 
+// whyWithout is what the two statements that read ix_retry_why do without it.
+const whyWithout = "the console's retries of one reason and the status's reasons read every retry document"
+
 func (s *Store) indexUses() []indexUse {
 	retry, dead := s.keyspace(order.Retry), s.keyspace(order.DeadLetter)
 	due := sweepParams(time.Now(), 15*time.Second, 1)
@@ -25,9 +28,8 @@ func (s *Store) indexUses() []indexUse {
 		{"ix_retry_ts", sweepStatement(retry), "the sweep reads every retry document", due},
 		{"ix_retry_fire", flaggedCountStatement(retry), "the counts and the backlog read every retry document", due},
 		{"ix_inbound_paid", paidCountStatement(s.keyspace(order.Inbound)), "the counts read every order", nil},
-		{"ix_retry_why", retriesStatement(retry), "the console's retries of one reason read every retry document",
-			map[string]any{"why": "HTTP 503", "after": "", "limit": 1}},
-		{"ix_retry_why", retryReasonsStatement(retry), "the status's reasons read every retry document", due},
+		{"ix_retry_why", retriesStatement(retry), whyWithout, map[string]any{"why": "HTTP 503", "after": "", "limit": 1}},
+		{"ix_retry_why", retryReasonsStatement(retry), whyWithout, due},
 		{"ix_deadletter_reason", deadLettersStatement(dead), "--reason and the console's filter read every dead letter",
 			map[string]any{"reason": order.ReasonExhausted, "after": "", "limit": 1}},
 	}
@@ -46,7 +48,11 @@ func (s *Store) indexUses() []indexUse {
 // document.
 func (s *Store) MissingIndexes(ctx context.Context) ([]string, error) {
 	var missing []string
+	named := map[string]bool{} // an index that several statements read is named once
 	for _, u := range s.indexUses() {
+		if named[u.index] {
+			continue
+		}
 		var plan json.RawMessage
 		err := s.query(ctx, "EXPLAIN "+u.statement, u.params, func(raw json.RawMessage) error { plan = raw; return nil })
 		switch {
@@ -56,8 +62,10 @@ func (s *Store) MissingIndexes(ctx context.Context) ([]string, error) {
 			// No plan at all: the query service finds no index for it
 			// (most often; it says).
 			missing = append(missing, fmt.Sprintf("%s (%s; its plan: %v)", u.index, u.without, err))
+			named[u.index] = true
 		case !strings.Contains(string(plan), `"`+u.index+`"`):
 			missing = append(missing, u.index+" ("+u.without+")")
+			named[u.index] = true
 		}
 	}
 	return missing, nil
