@@ -127,7 +127,9 @@
 // $n, LIMIT 500), proj "*", "a.*" or "expr [AS name]", and expressions use
 // literals, $parameters, paths (a.b.c, a[i]), META(a).id/cas/expiration/
 // flags, = == != <> < <= > >=, AND OR NOT, IS [NOT] MISSING/NULL/VALUED,
-// [NOT] LIKE/IN/BETWEEN, + - * / % ||, array literals, parenthesised
+// [NOT] LIKE/IN/BETWEEN, + - * / % ||, the searched CASE WHEN … THEN …
+// [ELSE …] END (an index key too: CREATE INDEX ix ON ks((CASE … END),
+// META().id), used by a predicate on the same expression), array literals, parenthesised
 // SELECT subqueries (e.g. (SELECT RAW COUNT(*) FROM …)[0]), the
 // aggregates COUNT(*), COUNT, MIN, MAX, SUM and AVG in a SELECT … FROM
 // (with or without GROUP BY; ORDER BY may use them or a projection
