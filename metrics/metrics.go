@@ -116,7 +116,6 @@ type Backlog struct {
 	Counts    store.Counts
 	Due       int
 	OldestDue time.Time // zero: none is due
-	Reasons   []store.Tally
 	// ReadAt is when the figures were read; zero when never.
 	ReadAt time.Time
 	// Checked says a refresh has finished; Up that the last one read the
@@ -361,7 +360,7 @@ func (s *Server) refresh(ctx context.Context) {
 	was := s.backlog
 	s.backlog.Checked, s.backlog.Up, s.backlog.Err = true, err == nil, err
 	if err == nil {
-		s.backlog.Counts, s.backlog.Due, s.backlog.OldestDue, s.backlog.Reasons, s.backlog.ReadAt = c, b.Due, b.OldestDue, b.Reasons, now
+		s.backlog.Counts, s.backlog.Due, s.backlog.OldestDue, s.backlog.ReadAt = c, b.Due, b.OldestDue, now
 	}
 	s.mu.Unlock()
 	// Logged after the lock is let go: every scrape and /readyz wait on

@@ -427,12 +427,12 @@ func countMsg(lines []map[string]any, msg string) int {
 	return n
 }
 
-// countingStore counts the reads of the backlog figures; with block set,
-// they wait until their context ends.
+// countingStore counts the reads of the backlog figures and of the
+// reasons; with block set, the counts wait until their context ends.
 type countingStore struct {
 	store.Store
-	counts, backlogs atomic.Int32
-	block            atomic.Bool
+	counts, backlogs, reasons atomic.Int32
+	block                     atomic.Bool
 }
 
 func (c *countingStore) Counts(ctx context.Context) (store.Counts, error) {
@@ -447,6 +447,11 @@ func (c *countingStore) Counts(ctx context.Context) (store.Counts, error) {
 func (c *countingStore) Backlog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {
 	c.backlogs.Add(1)
 	return c.Store.Backlog(ctx, now, quantum)
+}
+
+func (c *countingStore) Reasons(ctx context.Context) ([]store.Tally, error) {
+	c.reasons.Add(1)
+	return c.Store.Reasons(ctx)
 }
 
 func TestAScrapeDoesNotCallTheStore(t *testing.T) {
@@ -468,6 +473,22 @@ func TestAScrapeDoesNotCallTheStore(t *testing.T) {
 	}
 	assert.Equal(t, int32(1), cs.counts.Load(), "scrapes and probes read the cached figures")
 	assert.Equal(t, int32(1), cs.backlogs.Load())
+}
+
+// The reasons are for people (the status, the console): on Couchbase
+// their count reads every entry of the reasons' indexes, so the refresh
+// that every instance runs all the time never asks for them.
+func TestTheRefreshDoesNotReadTheReasons(t *testing.T) {
+	var cs *countingStore
+	r := newRig(t, rigConfig{
+		metrics: metrics.Config{RefreshInterval: 5 * time.Millisecond},
+		wrap:    func(st store.Store) store.Store { cs = &countingStore{Store: st}; return cs },
+	})
+	r.put(t, order.Inbound, "o1", paidOrder)
+	r.start(t, false)
+	require.Eventually(t, func() bool { return cs.backlogs.Load() >= 20 }, 30*time.Second, 5*time.Millisecond,
+		"twenty refreshes")
+	assert.Zero(t, cs.reasons.Load())
 }
 
 func TestAStoreThatHangsFailsReadinessNotTheScrape(t *testing.T) {

@@ -101,8 +101,8 @@ func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time
 		return Status{}, err
 	}
 	// What grows with the store is counted by the store itself: the
-	// counts and reasons kept with every write, the due retries on their
-	// index.
+	// counts and reasons kept with every write (embedded) or on indexes,
+	// the due retries on theirs.
 	c, b, err := store.ReadFigures(ctx, st, now, quantum)
 	if err != nil {
 		return Status{}, err
@@ -125,8 +125,12 @@ func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time
 	if !b.OldestDue.IsZero() {
 		s.OldestDueAt = &b.OldestDue
 	}
+	reasons, err := st.Reasons(ctx)
+	if err != nil {
+		return Status{}, err
+	}
 	s.TopFailures = []ReasonCount{}
-	for _, t := range b.Reasons {
+	for _, t := range reasons {
 		s.TopFailures = append(s.TopFailures, ReasonCount{Reason: t.Reason, Count: t.Count})
 	}
 	return s, nil

@@ -292,7 +292,6 @@ type Backlog struct {
 	// one flagged by hand before it fell due counts as due now. Zero when
 	// none is.
 	OldestDue time.Time
-	Reasons   []Tally // the five most common reasons, retries and dead letters together
 }
 
 // Store is what ordermail needs from a database.
@@ -357,10 +356,17 @@ type Store interface {
 	// Counts reads the numbers operators watch. It costs the same whatever
 	// the number of documents.
 	Counts(ctx context.Context) (Counts, error)
-	// Backlog reads the due retries at now (quantum as in SweepRetries) and
-	// the reasons of retries and dead letters; its cost grows with the due
-	// documents only.
+	// Backlog reads the due retries at now (quantum as in SweepRetries);
+	// its cost grows with the due documents only. Every instance's metrics
+	// read it all the time.
 	Backlog(ctx context.Context, now time.Time, quantum time.Duration) (Backlog, error)
+	// Reasons reads the five most common reasons of retries and dead
+	// letters together (RetryTally's names for retries, "dead: " and the
+	// reason for dead letters), the most common first. The status and the
+	// console ask for them; the metrics do not. The embedded store keeps
+	// them with its writes; Couchbase counts them on the indexes of the
+	// reasons, whose entries it reads.
+	Reasons(ctx context.Context) ([]Tally, error)
 
 	Close() error
 }

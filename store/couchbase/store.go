@@ -34,6 +34,7 @@ type Store struct {
 
 	counts  ttlCache[store.Counts]
 	backlog ttlCache[store.Backlog]
+	reasons ttlCache[[]store.Tally]
 
 	// Tests tune the feed and hear of ambiguous writes.
 	feedOpts    feedOptions
@@ -56,7 +57,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{cfg: cfg, pw: pw, cluster: cluster, colls: map[string]*gocb.Collection{}, log: log.With("component", "couchbase"),
-		now: time.Now, counts: newTTLCache[store.Counts](), backlog: newTTLCache[store.Backlog](), member: cfg.Member}
+		now: time.Now, counts: newTTLCache[store.Counts](), backlog: newTTLCache[store.Backlog](), reasons: newTTLCache[[]store.Tally](), member: cfg.Member}
 	if s.member == "" {
 		host, _ := os.Hostname()
 		s.member = host + "/" + strconv.Itoa(os.Getpid()) + "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
@@ -578,25 +579,14 @@ func dueCountStatement(retry string) string {
 	return "SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE " + dueRetries
 }
 
-func backlogStatement(retry, deadletter string) string {
+func backlogStatement(retry string) string {
 	return "SELECT " +
 		"(" + dueCountStatement(retry) + ")[0] AS due, " +
-		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum)) FROM " + retry + " AS r WHERE " + dueRetries + ")[0] AS oldest, " +
-		"(" + reasonsStatement(deadletter) + ") AS reasons, " +
-		"(" + retryReasonsStatement(retry) + ") AS retryReasons"
+		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum)) FROM " + retry + " AS r WHERE " + dueRetries + ")[0] AS oldest"
 }
 
-// reasonsStatement counts the dead letters of the five most frequent
-// reasons on the index of their reason (ix_deadletter_reason), not on
-// their documents.
-func reasonsStatement(deadletter string) string {
-	return "SELECT d.reason AS reason, COUNT(*) AS count FROM " + deadletter + " AS d WHERE d.reason IS NOT MISSING " +
-		"GROUP BY d.reason ORDER BY COUNT(*) DESC LIMIT 5"
-}
-
-// Backlog reads the due retries and the dead letters' reasons by N1QL, or
-// answers from the last reading for the same quantum when it is younger
-// than CountsTTL.
+// Backlog reads the due retries by N1QL, or answers from the last reading
+// for the same quantum when it is younger than CountsTTL.
 func (s *Store) Backlog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {
 	return s.backlog.get(ctx, s.now(), s.cfg.CountsTTL, quantum.String(), func() (store.Backlog, error) {
 		return s.readBacklog(ctx, now, quantum)
@@ -604,20 +594,14 @@ func (s *Store) Backlog(ctx context.Context, now time.Time, quantum time.Duratio
 }
 
 func (s *Store) readBacklog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {
-	type reason struct {
-		Reason string
-		Count  int
-	}
 	var row struct {
-		Due          int
-		Oldest       *int64
-		Reasons      []reason
-		RetryReasons []reason
+		Due    int
+		Oldest *int64
 	}
 	params := sweepParams(now, quantum, 0)
 	params["quantum"] = quantum.Milliseconds()
 	delete(params, "limit")
-	err := s.query(ctx, backlogStatement(s.keyspace(order.Retry), s.keyspace(order.DeadLetter)), params, func(raw json.RawMessage) error {
+	err := s.query(ctx, backlogStatement(s.keyspace(order.Retry)), params, func(raw json.RawMessage) error {
 		return json.Unmarshal(raw, &row)
 	})
 	if err != nil {
@@ -630,18 +614,51 @@ func (s *Store) readBacklog(ctx context.Context, now time.Time, quantum time.Dur
 			b.OldestDue = now
 		}
 	}
-	// The five most common of both, as the embedded store's tallies.
-	for _, r := range row.RetryReasons {
-		b.Reasons = append(b.Reasons, store.Tally{Reason: store.RetryTally(r.Reason), Count: r.Count})
-	}
-	for _, r := range row.Reasons {
-		b.Reasons = append(b.Reasons, store.Tally{Reason: "dead: " + r.Reason, Count: r.Count})
-	}
-	slices.SortFunc(b.Reasons, func(x, y store.Tally) int {
-		return cmp.Or(cmp.Compare(y.Count, x.Count), cmp.Compare(x.Reason, y.Reason))
-	})
-	b.Reasons = b.Reasons[:min(len(b.Reasons), 5)]
 	return b, nil
+}
+
+// deadReasonsStatement counts the dead letters of the five most frequent
+// reasons on the index of their reason (ix_deadletter_reason), not on
+// their documents.
+func deadReasonsStatement(deadletter string) string {
+	return "SELECT d.reason AS reason, COUNT(*) AS count FROM " + deadletter + " AS d WHERE d.reason IS NOT MISSING " +
+		"GROUP BY d.reason ORDER BY COUNT(*) DESC LIMIT 5"
+}
+
+// reasonsStatement counts the retries and the dead letters of the five
+// most frequent reasons of each, on the indexes of their reasons.
+func reasonsStatement(retry, deadletter string) string {
+	return "SELECT (" + retryReasonsStatement(retry) + ") AS retries, (" + deadReasonsStatement(deadletter) + ") AS dead"
+}
+
+// Reasons counts the retries and dead letters by reason on the indexes of
+// their reasons (ix_retry_why, ix_deadletter_reason), whose every entry a
+// count reads: only the status and the console ask for them, and a reading
+// younger than CountsTTL answers again.
+func (s *Store) Reasons(ctx context.Context) ([]store.Tally, error) {
+	return s.reasons.get(ctx, s.now(), s.cfg.CountsTTL, "", func() ([]store.Tally, error) {
+		type reason struct {
+			Reason string
+			Count  int
+		}
+		var row struct{ Retries, Dead []reason }
+		err := s.query(ctx, reasonsStatement(s.keyspace(order.Retry), s.keyspace(order.DeadLetter)),
+			map[string]any{"control": order.ControlKey}, func(raw json.RawMessage) error { return json.Unmarshal(raw, &row) })
+		if err != nil {
+			return nil, fmt.Errorf("reasons: %w", err)
+		}
+		var out []store.Tally
+		for _, r := range row.Retries {
+			out = append(out, store.Tally{Reason: store.RetryTally(r.Reason), Count: r.Count})
+		}
+		for _, r := range row.Dead {
+			out = append(out, store.Tally{Reason: "dead: " + r.Reason, Count: r.Count})
+		}
+		slices.SortFunc(out, func(x, y store.Tally) int {
+			return cmp.Or(cmp.Compare(y.Count, x.Count), cmp.Compare(x.Reason, y.Reason))
+		})
+		return out[:min(len(out), 5)], nil
+	})
 }
 
 // paidCountStatement counts the paid orders on ix_inbound_paid.

@@ -100,7 +100,7 @@ func TestCountsAgreeWithARecountAfterEveryKindOfWrite(t *testing.T) {
 	assert.Equal(t, due, b.Due, "the backlog's due count against a recount")
 	assert.Greater(t, due, 30, "some due are left unflagged")
 	assert.Equal(t, store.Counts{OrdersPaid: 150, OrdersConfirmed: 50, RetryDocs: 100, RetryFlagged: 30, DeadLetters: 50}, c)
-	tallies, err := s.Tallies(ctx)
+	tallies, err := s.Reasons(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, []store.Tally{{Reason: "retrying: HTTP 503", Count: 100}, {Reason: "dead: max_attempts (HTTP 503)", Count: 50}}, tallies)
 }

@@ -531,9 +531,9 @@ func (s *Store) Counts(ctx context.Context) (store.Counts, error) {
 	return c, nil
 }
 
-// Tallies returns the five most common reasons retries and dead letters
+// Reasons returns the five most common reasons retries and dead letters
 // are there, with their numbers, from counts kept by triggers.
-func (s *Store) Tallies(ctx context.Context) ([]store.Tally, error) {
+func (s *Store) Reasons(ctx context.Context) ([]store.Tally, error) {
 	rows, err := s.reads.tallies.QueryContext(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("tallies: %w", mapErr(err))

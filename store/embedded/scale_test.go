@@ -370,7 +370,9 @@ func TestScaleCountsAndBacklogReadNoDocuments(t *testing.T) {
 	b, err := s.Backlog(ctx, now, 15*time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, 50, b.Due)
-	assert.Equal(t, []store.Tally{{Reason: "retrying: HTTP 503", Count: 20_000}}, b.Reasons)
+	reasons, err := s.Reasons(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []store.Tally{{Reason: "retrying: HTTP 503", Count: 20_000}}, reasons)
 }
 
 // TestScaleDueCountReadsMinutes: 60,000 retries due over the last hour,
@@ -877,7 +879,7 @@ func TestMigratesAVersion8File(t *testing.T) {
 	})
 
 	s := openUpgraded(t, path)
-	tallies, err := s.Tallies(ctx)
+	tallies, err := s.Reasons(ctx)
 	require.NoError(t, err)
 	assert.ElementsMatch(t, []store.Tally{
 		{Reason: "retrying: held back", Count: 1}, {Reason: "retrying: no answer", Count: 1},

@@ -97,8 +97,7 @@ const backlogQuery = `SELECT
 	(SELECT min(ts_at) FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL),
 	(SELECT min(fire_at) FROM docs INDEXED BY retry_fired WHERE fire_at IS NOT NULL)`
 
-// Backlog counts the due retries (backlogQuery) and reads the reasons from
-// counts kept by triggers.
+// Backlog counts the due retries (backlogQuery).
 func (s *Store) Backlog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {
 	if err := s.check(); err != nil {
 		return store.Backlog{}, err
@@ -128,9 +127,6 @@ func (s *Store) Backlog(ctx context.Context, now time.Time, quantum time.Duratio
 	}
 	if flagged > 0 && oldestFired.Valid {
 		oldest(time.UnixMilli(oldestFired.Int64))
-	}
-	if b.Reasons, err = s.Tallies(ctx); err != nil {
-		return store.Backlog{}, err
 	}
 	return b, nil
 }
