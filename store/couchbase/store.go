@@ -683,7 +683,9 @@ func countsStatement(inbound, retry, deadletter string) string {
 }
 
 // Counts reads the numbers by N1QL, or answers from the last reading when
-// it is younger than CountsTTL.
+// it is younger than CountsTTL. The paid and confirmed orders' counts go
+// over an index entry for every paid order (ix_inbound_paid; no document
+// is read): the one figure here whose cost grows with the orders stored.
 func (s *Store) Counts(ctx context.Context) (store.Counts, error) {
 	return s.counts.get(ctx, s.now(), s.cfg.CountsTTL, "", func() (store.Counts, error) {
 		return s.readCounts(ctx)
