@@ -211,10 +211,10 @@ func TestIntegrationRetriesOfAReasonUseTheirIndex(t *testing.T) {
 	assert.NotContains(t, reasons, "#primary")
 }
 
-// The status's reasons on Couchbase are the retries' and the dead
-// letters' together, named as the embedded store names them, the five
-// most common first.
-func TestIntegrationBacklogReasonsOfRetriesAndDeadLetters(t *testing.T) {
+// The reasons on Couchbase (the status's and the console's) are the
+// retries' and the dead letters' together, named as the embedded store
+// names them, the five most common first.
+func TestIntegrationReasonsOfRetriesAndDeadLetters(t *testing.T) {
 	cfg, _ := testCluster(t, 1)
 	s := openStore(t, cfg)
 	ctx := context.Background()
