@@ -100,9 +100,9 @@ func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time
 	default:
 		return Status{}, err
 	}
-	// What grows with the store is counted by the store itself: the
-	// counts and reasons kept with every write (embedded) or on indexes,
-	// the due retries on theirs.
+	// What grows with the store is counted by the store itself (kept
+	// with every write on the embedded store, on indexes on Couchbase),
+	// the due retries on their indexes; the reasons below likewise.
 	c, b, err := store.ReadFigures(ctx, st, now, quantum)
 	if err != nil {
 		return Status{}, err

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"slices"
 	"time"
 )
 
@@ -61,16 +62,11 @@ type FeedStats struct {
 	Aside bool
 }
 
-// AnotherSends says whether a live member other than this instance has
-// its sends going out (not held back, not aside), as this instance's last
-// heartbeat read the members document.
+// AnotherSends says whether a member other than this instance sends
+// (Member.Sends), as this instance's last heartbeat read the members
+// document.
 func (s FeedStats) AnotherSends() bool {
-	for _, m := range s.Members {
-		if m.Name != s.Member && m.Live && !m.Held && !m.Aside {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(s.Members, func(m Member) bool { return m.Name != s.Member && m.Sends() })
 }
 
 // DefaultFeed names the service's feed (its checkpoints, its members)
@@ -96,6 +92,11 @@ type Member struct {
 	// the others (live, it takes none until it tries again).
 	Held, Aside bool
 }
+
+// Sends says m's sends go out: it is live, not held back, not aside. A
+// member steps aside only while another sends, and a probing instance
+// leaves the sweep to one that sends.
+func (m Member) Sends() bool { return m.Live && !m.Held && !m.Aside }
 
 // State is m's state in a word: live; aside (live, stepped aside);
 // stale (its heartbeat expired: stopped or cut off); leaving (stopped
@@ -353,8 +354,10 @@ type Store interface {
 	// document, an unreadable one): callers decode each and check.
 	ScanRetries(ctx context.Context, why, after string, fn func(Doc) error) error
 
-	// Counts reads the numbers operators watch. It costs the same whatever
-	// the number of documents.
+	// Counts reads the numbers operators watch. On the embedded store it
+	// costs the same whatever the number of documents; on Couchbase the
+	// paid and confirmed orders are index counts, which go over an entry
+	// for every paid order (the others cost the same whatever the number).
 	Counts(ctx context.Context) (Counts, error)
 	// Backlog reads the due retries at now (quantum as in SweepRetries);
 	// its cost grows with the due documents only. Every instance's metrics

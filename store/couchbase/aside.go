@@ -84,11 +84,12 @@ func (s *stepper) next(now time.Time, doc membersDoc, me string) (held, aside bo
 	return true, s.aside
 }
 
-// sendingPeer names a live member other than me whose sends go out, or "".
+// sendingPeer names a member other than me whose sends go out
+// (store.Member.Sends), or "".
 func (d membersDoc) sendingPeer(now time.Time, me string) string {
-	for _, name := range d.live(now) {
-		if e := d.Members[name]; name != me && !e.Held && !e.Aside {
-			return name
+	for _, m := range d.members(now) {
+		if m.Name != me && m.store().Sends() {
+			return m.Name
 		}
 	}
 	return ""

@@ -124,6 +124,9 @@ func TestTheAssignmentLeavesOutMembersAside(t *testing.T) {
 	assert.Equal(t, []string{"a", "b", "c"}, d.live(now))
 	assert.Equal(t, "b", d.sendingPeer(now, "a"), "c's sends are held")
 	assert.Equal(t, "", d.sendingPeer(now, "b"), "b's only peers are held or aside")
+	gone := docOf(now, map[string]memberEntry{"a": {Held: true}, "b": {Leaving: true}, "c": {}})
+	gone.Members["c"] = memberEntry{BeatAt: now.Add(-time.Minute).UnixMilli(), TTLMs: 10_000}
+	assert.Equal(t, "", gone.sendingPeer(now, "a"), "one left, one's heartbeat expired: neither sends")
 	all := docOf(now, map[string]memberEntry{"a": {Aside: true}, "b": {Aside: true}})
 	assert.Equal(t, []string{"a", "b"}, all.assignable(now))
 }
@@ -156,12 +159,13 @@ func TestAMemberWhoseSendsAreHeldHandsItsVBucketsOver(t *testing.T) {
 	}
 	subA := open("a", aBreaker.heldBack)
 	subB := open("b", newBreaker("closed").heldBack)
+	var sa, sb FeedStats // as the last check read them, for a failure's message
 	shared := func() bool {
-		sa, sb := feedStats(subA), feedStats(subB)
+		sa, sb = feedStats(subA), feedStats(subB)
 		return sa.VBuckets > 0 && sb.VBuckets > 0 && sa.StreamsOpen == sa.VBuckets && sb.StreamsOpen == sb.VBuckets &&
 			sa.VBuckets+sb.VBuckets == testVBuckets
 	}
-	require.Eventually(t, shared, 30*time.Second, 20*time.Millisecond, "a %+v, b %+v", feedStats(subA), feedStats(subB))
+	require.Eventually(t, shared, 30*time.Second, 20*time.Millisecond, "a %+v, b %+v", &sa, &sb)
 	putAll("shared-")
 
 	aBreaker.set("open")
@@ -169,14 +173,15 @@ func TestAMemberWhoseSendsAreHeldHandsItsVBucketsOver(t *testing.T) {
 	// one condition, not one after the other across a trial.
 	var a Member
 	require.Eventually(t, func() bool {
-		for _, m := range feedStats(subB).Members {
+		sb = feedStats(subB)
+		for _, m := range sb.Members {
 			if m.Name == "a" {
 				a = m
 			}
 		}
-		return feedStats(subB).StreamsOpen == testVBuckets && a.Live && a.Held && a.Aside
+		return sb.StreamsOpen == testVBuckets && a.Live && a.Held && a.Aside
 	}, 30*time.Second, 20*time.Millisecond,
-		"b streams every vBucket while a, live and held, stands aside; a %+v (as b read it), b %+v", &a, feedStats(subB))
+		"b streams every vBucket while a, live and held, stands aside; a %+v (as b read it), b %+v", &a, &sb)
 	putAll("aside-")
 
 	// a comes back to try a StepAsideAfter later (its breaker would probe
@@ -187,11 +192,12 @@ func TestAMemberWhoseSendsAreHeldHandsItsVBucketsOver(t *testing.T) {
 
 	// Its sends go out again: its share for good.
 	aBreaker.set("closed")
-	require.Eventually(t, shared, 30*time.Second, 20*time.Millisecond, "a %+v, b %+v", feedStats(subA), feedStats(subB))
+	require.Eventually(t, shared, 30*time.Second, 20*time.Millisecond, "a %+v, b %+v", &sa, &sb)
 	putAll("back-")
 
-	require.Eventually(t, func() bool { missing, _ := c.report(keys); return len(missing) == 0 }, 30*time.Second, 20*time.Millisecond,
-		"never delivered: %v", func() []string { m, _ := c.report(keys); return m }())
+	var missing []string
+	require.Eventually(t, func() bool { missing, _ = c.report(keys); return len(missing) == 0 }, 30*time.Second, 20*time.Millisecond,
+		"never delivered: %v", &missing)
 	_, twice := c.report(keys)
 	assert.Empty(t, twice, "delivered twice")
 	assert.Empty(t, srv.StreamOverlaps("orders"), "a vBucket streamed by two members at once")

@@ -29,7 +29,7 @@ func (s *Store) indexUses() []indexUse {
 		{"ix_retry_fire", flaggedCountStatement(retry), "the counts and the backlog read every retry document", due},
 		{"ix_inbound_paid", paidCountStatement(s.keyspace(order.Inbound)), "the counts read every order", nil},
 		{"ix_retry_why", retriesStatement(retry), whyWithout, map[string]any{"why": "HTTP 503", "after": "", "limit": 1}},
-		{"ix_retry_why", retryReasonsStatement(retry), whyWithout, due},
+		{"ix_retry_why", retryReasonsStatement(retry), whyWithout, map[string]any{"control": order.ControlKey}},
 		{"ix_deadletter_reason", deadLettersStatement(dead), "--reason and the console's filter read every dead letter",
 			map[string]any{"reason": order.ReasonExhausted, "after": "", "limit": 1}},
 	}
