@@ -519,6 +519,43 @@ func TestOverview(t *testing.T) {
 	}
 }
 
+// countedEarlier is a store whose order counts were taken apart from the
+// rest, as Couchbase's are.
+type countedEarlier struct {
+	store.Store
+	at time.Time
+}
+
+func (s countedEarlier) Counts(ctx context.Context) (store.Counts, error) {
+	c, err := s.Store.Counts(ctx)
+	c.OrdersCountedAt = s.at
+	return c, err
+}
+
+// Where the order counts may be older than the rest, the overview says how
+// old; where they are counted with it (the embedded store), nothing.
+func TestOverviewSaysWhenTheOrdersWereCounted(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{})
+	_, body := f.get(t, "/")
+	assert.Contains(t, body, `id="orders-paid">0<`)
+	assert.NotContains(t, body, `id="orders-counted"`)
+
+	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
+	require.NoError(t, err)
+	st := countedEarlier{Store: f.st, at: time.Now().Add(-40 * time.Second)}
+	c, err := console.New(console.Config{Listen: "127.0.0.1:0"}, deps(t, st, m), quiet, nil)
+	require.NoError(t, err)
+	srv := httptest.NewServer(c.Handler())
+	t.Cleanup(srv.Close)
+	resp, err := http.Get(srv.URL + "/")
+	require.NoError(t, err)
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	assert.Regexp(t, `id="orders-counted">counted 4\ds ago<`, string(b))
+}
+
 // While this process's sends are held back (its breaker open) the overview
 // says it does not sweep, and why due retries wait unflagged.
 func TestOverviewWhileSendsAreHeldBack(t *testing.T) {

@@ -379,8 +379,8 @@ type backlogCollector struct{ s *Server }
 var (
 	descUp          = prometheus.NewDesc("ordermail_store_up", "1 when the store answered the last refresh of the backlog figures (every few seconds, off the scrape).", nil, nil)
 	descAge         = prometheus.NewDesc("ordermail_backlog_age_seconds", "How old the backlog figures served are: time since the store last answered them.", nil, nil)
-	descPaid        = prometheus.NewDesc("ordermail_orders_paid", "Orders whose paymentStatus is paid.", nil, nil)
-	descConfirmed   = prometheus.NewDesc("ordermail_orders_confirmed", "Paid orders whose confirmation went out.", nil, nil)
+	descPaid        = prometheus.NewDesc("ordermail_orders_paid", "Orders whose paymentStatus is paid (on Couchbase counted at most every --cb-order-counts-ttl: the count goes over an index entry for every paid order).", nil, nil)
+	descConfirmed   = prometheus.NewDesc("ordermail_orders_confirmed", "Paid orders whose confirmation went out (on Couchbase counted with ordermail_orders_paid).", nil, nil)
 	descUnconfirmed = prometheus.NewDesc("ordermail_orders_unconfirmed",
 		"Paid orders waiting for a confirmation that ordermail retries (their retry documents). First sends still in flight and dead-lettered orders are not counted, so a purge of dead letters does not skew it.", nil, nil)
 	descRetries = prometheus.NewDesc("ordermail_retry_documents", "Pending retries (allow_retrys not counted).", nil, nil)

@@ -57,18 +57,22 @@ type ReasonCount struct {
 
 // Status is what `ordermail retries status` shows.
 type Status struct {
-	TimerArmed        bool          `json:"timerArmed"`
-	Paused            bool          `json:"paused"`
-	RetryDocs         int           `json:"retryDocs"` // pending retries
-	RetryFlagged      int           `json:"retryFlagged"`
-	DueNow            int           `json:"dueNow"`
-	OldestDueAt       *time.Time    `json:"oldestDueAt"` // the longest-waiting due retry, flagged or not; null when none is due
-	DeadLetters       int           `json:"deadLetters"`
-	OrdersPaid        int           `json:"ordersPaid"`
-	OrdersConfirmed   int           `json:"ordersConfirmed"`
-	OrdersUnconfirmed int           `json:"ordersUnconfirmed"`
-	TopFailures       []ReasonCount `json:"topFailureReasons"`
-	Control           string        `json:"control,omitempty"` // allow_retrys as stored
+	TimerArmed        bool       `json:"timerArmed"`
+	Paused            bool       `json:"paused"`
+	RetryDocs         int        `json:"retryDocs"` // pending retries
+	RetryFlagged      int        `json:"retryFlagged"`
+	DueNow            int        `json:"dueNow"`
+	OldestDueAt       *time.Time `json:"oldestDueAt"` // the longest-waiting due retry, flagged or not; null when none is due
+	DeadLetters       int        `json:"deadLetters"`
+	OrdersPaid        int        `json:"ordersPaid"`
+	OrdersConfirmed   int        `json:"ordersConfirmed"`
+	OrdersUnconfirmed int        `json:"ordersUnconfirmed"`
+	// OrdersCountedAt is when the three above were counted, where that
+	// may be earlier than the rest (Couchbase: store.Counts); nil where
+	// they are counted with it.
+	OrdersCountedAt *time.Time    `json:"ordersCountedAt,omitempty"`
+	TopFailures     []ReasonCount `json:"topFailureReasons"`
+	Control         string        `json:"control,omitempty"` // allow_retrys as stored
 	// Sweeper is the instance that holds the sweep lease, and until when;
 	// nil when none ever did.
 	Sweeper *Sweeper `json:"sweeper"`
@@ -109,6 +113,9 @@ func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time
 	}
 	s.RetryDocs, s.RetryFlagged, s.DeadLetters = c.RetryDocs, c.RetryFlagged, c.DeadLetters
 	s.OrdersPaid, s.OrdersConfirmed, s.OrdersUnconfirmed = c.OrdersPaid, c.OrdersConfirmed, c.OrdersPaid-c.OrdersConfirmed
+	if !c.OrdersCountedAt.IsZero() {
+		s.OrdersCountedAt = &c.OrdersCountedAt
+	}
 	h, err := timer.ReadSweeper(ctx, st)
 	if err != nil {
 		return Status{}, fmt.Errorf("read the sweep lease: %w", err)

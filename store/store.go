@@ -264,6 +264,11 @@ type SweepResult struct {
 type Counts struct {
 	OrdersPaid      int // paymentStatus == "paid"
 	OrdersConfirmed int // paid and confirmationEmailSent
+	// OrdersCountedAt is when OrdersPaid and OrdersConfirmed were counted
+	// where they may be older than the rest (Couchbase, where counting
+	// them goes over an index entry for every paid order: it is done at
+	// most every OrderCountsTTL); zero where they are counted with it.
+	OrdersCountedAt time.Time
 	RetryDocs       int // documents in retry, allow_retrys not counted
 	RetryFlagged    int // retry documents with fireRetry set
 	DeadLetters     int // documents in deadletter
@@ -357,7 +362,9 @@ type Store interface {
 	// Counts reads the numbers operators watch. On the embedded store it
 	// costs the same whatever the number of documents; on Couchbase the
 	// paid and confirmed orders are index counts, which go over an entry
-	// for every paid order (the others cost the same whatever the number).
+	// for every paid order, and are served from a count up to a minute
+	// old (Counts.OrdersCountedAt; the others cost the same whatever the
+	// number).
 	Counts(ctx context.Context) (Counts, error)
 	// Backlog reads the due retries at now (quantum as in SweepRetries);
 	// its cost grows with the due documents only. Every instance's metrics

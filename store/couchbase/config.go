@@ -56,6 +56,11 @@ type Config struct {
 	// reading, so that a metrics scrape does not run their queries each
 	// time. Default 5s; negative: every call queries.
 	CountsTTL time.Duration
+	// OrderCountsTTL is how long Counts answers the paid and confirmed
+	// orders from their last count: counting them goes over an index
+	// entry for every paid order, history included. Default 1m (no cache
+	// when CountsTTL is negative); negative: every call counts.
+	OrderCountsTTL time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -79,6 +84,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.CountsTTL == 0 {
 		c.CountsTTL = 5 * time.Second
+	}
+	if c.OrderCountsTTL == 0 {
+		c.OrderCountsTTL = time.Minute
+		if c.CountsTTL < 0 {
+			c.OrderCountsTTL = c.CountsTTL
+		}
 	}
 	return c
 }

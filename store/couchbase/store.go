@@ -32,9 +32,11 @@ type Store struct {
 	now     func() time.Time
 	member  string // this instance among a feed's members
 
-	counts  ttlCache[store.Counts]
-	backlog ttlCache[store.Backlog]
-	reasons ttlCache[[]store.Tally]
+	counts ttlCache[store.Counts]
+	// orderCounts is apart: its count grows with the orders stored.
+	orderCounts ttlCache[orderCounts]
+	backlog     ttlCache[store.Backlog]
+	reasons     ttlCache[[]store.Tally]
 
 	// Tests tune the feed and hear of ambiguous writes.
 	feedOpts    feedOptions
@@ -57,7 +59,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{cfg: cfg, pw: pw, cluster: cluster, colls: map[string]*gocb.Collection{}, log: log.With("component", "couchbase"),
-		now: time.Now, counts: newTTLCache[store.Counts](), backlog: newTTLCache[store.Backlog](), reasons: newTTLCache[[]store.Tally](), member: cfg.Member}
+		now: time.Now, counts: newTTLCache[store.Counts](), orderCounts: newTTLCache[orderCounts](), backlog: newTTLCache[store.Backlog](), reasons: newTTLCache[[]store.Tally](), member: cfg.Member}
 	if s.member == "" {
 		host, _ := os.Hostname()
 		s.member = host + "/" + strconv.Itoa(os.Getpid()) + "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
@@ -671,10 +673,19 @@ func flaggedCountStatement(retry string) string {
 	return "SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE META(r).id != $control AND r.fireRetry = true"
 }
 
-func countsStatement(inbound, retry, deadletter string) string {
+// orderCountsStatement counts the paid and the confirmed orders on
+// ix_inbound_paid: no document is read, but the index service goes over an
+// entry for every paid order.
+func orderCountsStatement(inbound string) string {
 	return "SELECT " +
-		"(" + paidCountStatement(inbound) + ")[0] AS ordersPaid, " +
-		"(SELECT RAW COUNT(*) FROM " + inbound + " AS o WHERE o.paymentStatus = \"paid\" AND o.confirmationEmailSent = true)[0] AS ordersConfirmed, " +
+		"(" + paidCountStatement(inbound) + ")[0] AS paid, " +
+		"(SELECT RAW COUNT(*) FROM " + inbound + " AS o WHERE o.paymentStatus = \"paid\" AND o.confirmationEmailSent = true)[0] AS confirmed"
+}
+
+// countsStatement counts the retries and dead letters: the same work
+// whatever their number, but for the flagged retries.
+func countsStatement(retry, deadletter string) string {
+	return "SELECT " +
 		// Without a WHERE, the collection's own count: nothing is scanned.
 		// readCounts takes the control document away.
 		"(SELECT RAW COUNT(*) FROM " + retry + " AS r)[0] AS retryDocs, " +
@@ -682,21 +693,52 @@ func countsStatement(inbound, retry, deadletter string) string {
 		"(SELECT RAW COUNT(*) FROM " + deadletter + " AS d)[0] AS deadLetters"
 }
 
+// orderCounts is a count of the paid and confirmed orders, and when it was
+// taken.
+type orderCounts struct {
+	Paid, Confirmed int
+	at              time.Time
+}
+
 // Counts reads the numbers by N1QL, or answers from the last reading when
-// it is younger than CountsTTL. The paid and confirmed orders' counts go
-// over an index entry for every paid order (ix_inbound_paid; no document
-// is read): the one figure here whose cost grows with the orders stored.
+// it is younger than CountsTTL. The paid and confirmed orders are counted
+// apart, at most every OrderCountsTTL: their count goes over an index entry
+// for every paid order (ix_inbound_paid; no document is read), the one
+// figure here whose cost grows with the orders stored, and the metrics'
+// refresh of every instance asks for it every few seconds.
 func (s *Store) Counts(ctx context.Context) (store.Counts, error) {
-	return s.counts.get(ctx, s.now(), s.cfg.CountsTTL, "", func() (store.Counts, error) {
+	c, err := s.counts.get(ctx, s.now(), s.cfg.CountsTTL, "", func() (store.Counts, error) {
 		return s.readCounts(ctx)
 	})
+	if err != nil {
+		return store.Counts{}, err
+	}
+	o, err := s.orderCounts.get(ctx, s.now(), s.cfg.OrderCountsTTL, "", func() (orderCounts, error) {
+		return s.readOrderCounts(ctx)
+	})
+	if err != nil {
+		return store.Counts{}, err
+	}
+	c.OrdersPaid, c.OrdersConfirmed, c.OrdersCountedAt = o.Paid, o.Confirmed, o.at
+	return c, nil
+}
+
+func (s *Store) readOrderCounts(ctx context.Context) (orderCounts, error) {
+	at := s.now()
+	var o orderCounts
+	err := s.query(ctx, orderCountsStatement(s.keyspace(order.Inbound)), nil, func(raw json.RawMessage) error {
+		return json.Unmarshal(raw, &o)
+	})
+	if err != nil {
+		return orderCounts{}, fmt.Errorf("count orders: %w", err)
+	}
+	o.at = at
+	return o, nil
 }
 
 func (s *Store) readCounts(ctx context.Context) (store.Counts, error) {
-	var row struct {
-		OrdersPaid, OrdersConfirmed, RetryDocs, RetryFlagged, DeadLetters int
-	}
-	stmt := countsStatement(s.keyspace(order.Inbound), s.keyspace(order.Retry), s.keyspace(order.DeadLetter))
+	var row struct{ RetryDocs, RetryFlagged, DeadLetters int }
+	stmt := countsStatement(s.keyspace(order.Retry), s.keyspace(order.DeadLetter))
 	err := s.query(ctx, stmt, map[string]interface{}{"control": order.ControlKey}, func(raw json.RawMessage) error {
 		return json.Unmarshal(raw, &row)
 	})
@@ -709,7 +751,7 @@ func (s *Store) readCounts(ctx context.Context) (store.Counts, error) {
 	case !errors.Is(err, store.ErrNotFound):
 		return store.Counts{}, fmt.Errorf("counts: %w", err)
 	}
-	return store.Counts(row), nil
+	return store.Counts{RetryDocs: row.RetryDocs, RetryFlagged: row.RetryFlagged, DeadLetters: row.DeadLetters}, nil
 }
 
 func scanStatement(keyspace string) string {

@@ -87,16 +87,22 @@ func TestOtherStatements(t *testing.T) {
 		scanStatement("`b`.`s`.`deadletter`"))
 	assert.Contains(t, backlogStatement("R"), "MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum)) FROM R AS r WHERE META(r).id != $control AND (r.fireRetry = true OR ",
 		"the oldest due is of every due retry, the flagged ones too, as the count is")
-	c := countsStatement("I", "R", "D")
+	o := orderCountsStatement("I")
 	for _, want := range []string{
-		`FROM I AS o WHERE o.paymentStatus = "paid")[0] AS ordersPaid`,
-		`o.confirmationEmailSent = true)[0] AS ordersConfirmed`,
+		`FROM I AS o WHERE o.paymentStatus = "paid")[0] AS paid`,
+		`o.confirmationEmailSent = true)[0] AS confirmed`,
+	} {
+		assert.Contains(t, o, want)
+	}
+	c := countsStatement("R", "D")
+	for _, want := range []string{
 		`FROM R AS r)[0] AS retryDocs`, // the collection's count; the control document taken away after
 		`r.fireRetry = true)[0] AS retryFlagged`,
 		`FROM D AS d)[0] AS deadLetters`,
 	} {
 		assert.Contains(t, c, want)
 	}
+	assert.NotContains(t, c, "paymentStatus", "the orders are counted apart, less often")
 }
 
 func TestConfig(t *testing.T) {

@@ -148,7 +148,9 @@ func TestFeedStats(t *testing.T) {
 }
 
 // Defect 14: Counts and Backlog answer from a reading younger than
-// CountsTTL, so that a metrics scrape does not query each time.
+// CountsTTL, so that a metrics scrape does not query each time; the paid
+// and confirmed orders, whose count goes over an index entry for every
+// paid order, from one younger than OrderCountsTTL.
 func TestCountsAndBacklogAreCachedForTheirTTL(t *testing.T) {
 	cfg, _ := fakeCluster(t, cbtest.Options{})
 	var mu sync.Mutex
@@ -156,10 +158,14 @@ func TestCountsAndBacklogAreCachedForTheirTTL(t *testing.T) {
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 	s := openStore(t, cfg, func(s *Store) { s.now = clock })
+	require.Equal(t, 5*time.Second, s.cfg.CountsTTL)
+	require.Equal(t, time.Minute, s.cfg.OrderCountsTTL)
 	ctx := ctxFor(t, 20*time.Second)
 
+	t0 := clock()
 	c0, err := s.Counts(ctx)
 	require.NoError(t, err)
+	assert.Equal(t, t0, c0.OrdersCountedAt)
 	b0, err := s.Backlog(ctx, time.Now(), 15*time.Second)
 	require.NoError(t, err)
 	_, err = s.Insert(ctx, order.Inbound, "o1", []byte(`{"paymentStatus":"paid"}`))
@@ -178,10 +184,20 @@ func TestCountsAndBacklogAreCachedForTheirTTL(t *testing.T) {
 	advance(2 * time.Second)
 	c, err = s.Counts(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, c0.OrdersPaid+1, c.OrdersPaid, "past the TTL: read again")
+	assert.Equal(t, c0.RetryDocs+1, c.RetryDocs, "past the TTL: read again")
+	assert.Equal(t, c0.RetryFlagged+1, c.RetryFlagged)
+	assert.Equal(t, c0.OrdersPaid, c.OrdersPaid, "the orders are counted apart, at most every OrderCountsTTL")
+	assert.Equal(t, t0, c.OrdersCountedAt, "and say when they were")
 	b, err = s.Backlog(ctx, time.Now(), 15*time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, b0.Due+1, b.Due)
+
+	advance(54 * time.Second)
+	c, err = s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, c0.OrdersPaid+1, c.OrdersPaid, "past OrderCountsTTL: counted again")
+	assert.Equal(t, c0.OrdersConfirmed, c.OrdersConfirmed)
+	assert.Equal(t, t0.Add(time.Minute), c.OrdersCountedAt)
 }
 
 func TestTTLCache(t *testing.T) {
