@@ -59,38 +59,7 @@ func exitStatus(err error, interrupted bool, stderr io.Writer) int {
 // stdout; a wrong command line is reported on stderr with the usage, and
 // returned as a usageError.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	root := &ffcli.Command{
-		Name:       "ordermail",
-		ShortUsage: "ordermail <command> [flags]",
-		ShortHelp:  "order confirmation service",
-		LongHelp: "ordermail sends an order confirmation when an order becomes paid, and retries\n" +
-			"failed sends on a timer armed by the document allow_retrys in retry.\n" +
-			"Every flag can also be set as ORDERMAIL_<FLAG>, e.g. ORDERMAIL_MAIL_URL.\n" +
-			"`ordermail <command> -h` shows a command's flags. Exit status: 0 done, 1 failed,\n" +
-			"2 wrong command line, 130 interrupted (Ctrl-C).",
-		FlagSet: newFlagSet("ordermail", stderr),
-		Subcommands: []*ffcli.Command{
-			demoCommand(stdout, stderr),
-			runCommand(stderr),
-			setupCommand(stdout, stderr),
-			mockmailCommand(stderr),
-			loadCommand(stdout, stderr),
-			payCommand(stdout, stderr),
-			retriesCommand(stdout, stderr),
-			deadlettersCommand(stdout, stderr),
-			ordersCommand(stdout, stderr),
-			benchCommand(stdout, stderr),
-			healthcheckCommand(stdout),
-			versionCommand(stdout),
-		},
-		Exec: func(_ context.Context, args []string) error {
-			if len(args) > 0 {
-				return usageErrorf("unknown command %q", args[0])
-			}
-			return usageErrorf("no command given")
-		},
-	}
-	root.Subcommands = append(root.Subcommands, helpCommand(root, stdout))
+	root := rootCommand(stdout, stderr)
 	// The flag package and ffcli print errors and help alike to a flag
 	// set's output; run prints them itself, each where it belongs.
 	walk(root, func(c *ffcli.Command) { c.FlagSet.SetOutput(io.Discard) })
@@ -125,6 +94,43 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return reportUsage(stderr, selected(root), usageError{msg})
 	}
 	return err
+}
+
+// rootCommand is ordermail's command tree.
+func rootCommand(stdout, stderr io.Writer) *ffcli.Command {
+	root := &ffcli.Command{
+		Name:       "ordermail",
+		ShortUsage: "ordermail <command> [flags]",
+		ShortHelp:  "order confirmation service",
+		LongHelp: "ordermail sends an order confirmation when an order becomes paid, and retries\n" +
+			"failed sends on a timer armed by the document allow_retrys in retry.\n" +
+			"Every flag can also be set as ORDERMAIL_<FLAG>, e.g. ORDERMAIL_MAIL_URL.\n" +
+			"`ordermail <command> -h` shows a command's flags. Exit status: 0 done, 1 failed,\n" +
+			"2 wrong command line, 130 interrupted (Ctrl-C).",
+		FlagSet: newFlagSet("ordermail", stderr),
+		Subcommands: []*ffcli.Command{
+			demoCommand(stdout, stderr),
+			runCommand(stderr),
+			setupCommand(stdout, stderr),
+			mockmailCommand(stderr),
+			loadCommand(stdout, stderr),
+			payCommand(stdout, stderr),
+			retriesCommand(stdout, stderr),
+			deadlettersCommand(stdout, stderr),
+			ordersCommand(stdout, stderr),
+			benchCommand(stdout, stderr),
+			healthcheckCommand(stdout),
+			versionCommand(stdout),
+		},
+		Exec: func(_ context.Context, args []string) error {
+			if len(args) > 0 {
+				return usageErrorf("unknown command %q", args[0])
+			}
+			return usageErrorf("no command given")
+		},
+	}
+	root.Subcommands = append(root.Subcommands, helpCommand(root, stdout))
+	return root
 }
 
 // reportUsage prints what was wrong with the command line, then the usage of
