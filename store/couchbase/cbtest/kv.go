@@ -454,6 +454,7 @@ func (c *kvConn) mutationExtras(vb *vbucket, it *item) []byte {
 }
 
 func (c *kvConn) kvOp(p *packet) {
+	c.s.work.kvOp(p.opcode)
 	cid, key, err := c.decodeKey(p)
 	if err != nil {
 		c.fail(p, statusEINVAL, err.Error())

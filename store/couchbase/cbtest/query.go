@@ -1655,6 +1655,7 @@ func (s *Server) runQuery(req *queryRequest) ([]any, string, int, error) {
 		}
 		text, prepName = inner, name
 	}
+	s.work.statement(text)
 	qctx, err := parseQueryContext(qctxText)
 	if err != nil {
 		return nil, "", 0, err

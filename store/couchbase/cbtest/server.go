@@ -77,6 +77,7 @@ type Server struct {
 	lastCAS    uint64
 	query      queryState
 	decodes    int // documents queries decoded: each is decoded once (docLocked)
+	work       workCounts
 
 	nodes []*node
 	creds map[string]*scramCreds // by mechanism

@@ -1,0 +1,126 @@
+package couchbase
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/couchbase/cbtest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
+)
+
+// scaleSize is how many documents the Couchbase scale test writes:
+// ORDERMAIL_CB_SCALE (scripts/couchbase-scale.sh runs 100,000), 2,000 in
+// `go test ./...`.
+func scaleSize(t *testing.T) int {
+	n := 2_000
+	if v := os.Getenv("ORDERMAIL_CB_SCALE"); v != "" {
+		var err error
+		n, err = strconv.Atoi(v)
+		require.NoError(t, err, "ORDERMAIL_CB_SCALE")
+	}
+	return n
+}
+
+// insertAll writes n documents of coll, keyed prefix0..prefix(n-1), from
+// 32 goroutines.
+func insertAll(ctx context.Context, t *testing.T, s *Store, coll, prefix string, n int, value func(key string) []byte) {
+	t.Helper()
+	g, ctx := errgroup.WithContext(ctx)
+	for w := range 32 {
+		g.Go(func() error {
+			for i := w; i < n; i += 32 {
+				key := prefix + strconv.Itoa(i)
+				if _, err := s.Insert(ctx, coll, key, value(key)); err != nil {
+					return fmt.Errorf("insert %s: %w", key, err)
+				}
+			}
+			return nil
+		})
+	}
+	require.NoError(t, g.Wait())
+}
+
+// TestCouchbaseScale counts the work the Couchbase store asks of the
+// cluster at the sizes users reach, on the test server: what it reads by
+// KV and which statements it runs (the test server runs every statement
+// over the whole collection, so its times are no figure for a cluster; the
+// plans are pinned by TestIndexesCoverTheStatements and the EXPLAIN tests).
+// Each figure is logged as a line starting "scale:".
+func TestCouchbaseScale(t *testing.T) {
+	n := scaleSize(t)
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	s := openStore(t, cfg, func(s *Store) { s.now = clock })
+	ctx := ctxFor(t, 30*time.Minute)
+
+	start := time.Now()
+	insertAll(ctx, t, s, order.Inbound, "o", n, func(string) []byte {
+		return []byte(`{"email":"a@example.com","paymentStatus":"paid","confirmationEmailSent":true}`)
+	})
+	// Retries of one reason among many: n answered 503, 10 unanswered.
+	insertAll(ctx, t, s, order.Retry, "r", n, func(key string) []byte {
+		return order.RetryDoc{DocID: key, Attempt: 1, TS: 1, NextAttemptAt: clock().Add(24 * time.Hour).UnixMilli(), LastStatus: 503}.Encode()
+	})
+	insertAll(ctx, t, s, order.Retry, "x", 10, func(key string) []byte {
+		return order.RetryDoc{DocID: key, Attempt: 1, TS: 1, NextAttemptAt: clock().Add(24 * time.Hour).UnixMilli(), LastError: "connection refused"}.Encode()
+	})
+	t.Logf("scale: %d paid orders and %d retries written in %.1fs", n, n+10, time.Since(start).Seconds())
+
+	t.Run("a minute of metrics refreshes counts the orders once", func(t *testing.T) {
+		srv.ResetWork()
+		for range 20 { // the refresh runs every 3s
+			c, err := s.Counts(ctx)
+			require.NoError(t, err)
+			require.Equal(t, n, c.OrdersPaid)
+			require.Equal(t, n+10, c.RetryDocs)
+			advance(3 * time.Second)
+		}
+		w := srv.Work()
+		orderCounts, counts := w.StatementsWith("AS paid"), w.StatementsWith("AS retryDocs")
+		t.Logf("scale: a minute of refreshes (20, every 3s): order counts %d (each over %d index entries), backlog counts %d", orderCounts, n, counts)
+		assert.Equal(t, 1, orderCounts, "the orders are counted at most once a minute")
+		assert.Equal(t, 10, counts, "the backlog every CountsTTL")
+	})
+
+	t.Run("the retries of one reason are read alone", func(t *testing.T) {
+		srv.ResetWork()
+		start := time.Now()
+		var found int
+		require.NoError(t, s.ScanRetries(ctx, order.WhyNoAnswer, "", func(d store.Doc) error {
+			if r, err := order.DecodeRetryDoc(d.Value); err == nil && r.Why() == order.WhyNoAnswer {
+				found++
+			}
+			return nil
+		}))
+		w := srv.Work()
+		t.Logf("scale: the 10 retries of %q among %d: %d documents read by KV, %.2fs on the test server", order.WhyNoAnswer, n+10, w.KV["get"], time.Since(start).Seconds())
+		assert.Equal(t, 10, found)
+		assert.Equal(t, 10, w.KV["get"], "the other retries are not read")
+	})
+
+	t.Run("nothing due: the backlog and a sweep read no document", func(t *testing.T) {
+		srv.ResetWork()
+		b, err := s.Backlog(ctx, clock(), 15*time.Second)
+		require.NoError(t, err)
+		assert.Zero(t, b.Due)
+		res, err := s.SweepRetries(ctx, clock(), 15*time.Second, 500)
+		require.NoError(t, err)
+		assert.Zero(t, res.Flagged)
+		w := srv.Work()
+		t.Logf("scale: backlog and sweep over %d retries due in a day: %d documents read by KV, %d written, %d statements", n+10,
+			w.KV["get"], w.KV["set"]+w.KV["replace"], len(w.Statements))
+		assert.Zero(t, w.KV["get"]+w.KV["set"]+w.KV["replace"]+w.KV["add"], "no document read or written: %v", w.KV)
+	})
+}
