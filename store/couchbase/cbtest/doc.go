@@ -168,7 +168,9 @@
 // position and answer: status, rollback seqno, or ignored), HighSeqno,
 // FailoverLog, CollectionID, Indexes, Doc, VBucketOf and NodeOf.
 // Options.Trace logs every STREAM_REQ (position and answer) and
-// STREAM_END.
+// STREAM_END. Work counts the KV operations by name and the statements by
+// text since the start or ResetWork, for tests that count the work a
+// store asks for.
 //
 // # Assumptions where the sources are silent (§11)
 //
