@@ -737,21 +737,21 @@ func (s *Store) readOrderCounts(ctx context.Context) (orderCounts, error) {
 }
 
 func (s *Store) readCounts(ctx context.Context) (store.Counts, error) {
-	var row struct{ RetryDocs, RetryFlagged, DeadLetters int }
+	var c store.Counts
 	stmt := countsStatement(s.keyspace(order.Retry), s.keyspace(order.DeadLetter))
 	err := s.query(ctx, stmt, map[string]interface{}{"control": order.ControlKey}, func(raw json.RawMessage) error {
-		return json.Unmarshal(raw, &row)
+		return json.Unmarshal(raw, &c)
 	})
 	if err != nil {
 		return store.Counts{}, fmt.Errorf("counts: %w", err)
 	}
 	switch _, err := s.Get(ctx, order.Retry, order.ControlKey); {
 	case err == nil:
-		row.RetryDocs = max(0, row.RetryDocs-1) // allow_retrys is no retry
+		c.RetryDocs = max(0, c.RetryDocs-1) // allow_retrys is no retry
 	case !errors.Is(err, store.ErrNotFound):
 		return store.Counts{}, fmt.Errorf("counts: %w", err)
 	}
-	return store.Counts{RetryDocs: row.RetryDocs, RetryFlagged: row.RetryFlagged, DeadLetters: row.DeadLetters}, nil
+	return c, nil
 }
 
 func scanStatement(keyspace string) string {
