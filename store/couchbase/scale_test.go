@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/couchbase/cbtest"
@@ -64,6 +65,11 @@ func TestCouchbaseScale(t *testing.T) {
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
 	s := openStore(t, cfg, func(s *Store) { s.now = clock })
 	ctx := ctxFor(t, 30*time.Minute)
+	// uncached forgets the answers the store serves for a while, so that
+	// what a step reads is read.
+	uncached := func() {
+		s.counts, s.orderCounts, s.backlog, s.reasons = newTTLCache[store.Counts](), newTTLCache[orderCounts](), newTTLCache[store.Backlog](), newTTLCache[[]store.Tally]()
+	}
 
 	start := time.Now()
 	insertAll(ctx, t, s, order.Inbound, "o", n, func(string) []byte {
@@ -76,7 +82,15 @@ func TestCouchbaseScale(t *testing.T) {
 	insertAll(ctx, t, s, order.Retry, "x", 10, func(key string) []byte {
 		return order.RetryDoc{DocID: key, Attempt: 1, TS: 1, NextAttemptAt: clock().Add(24 * time.Hour).UnixMilli(), LastError: "connection refused"}.Encode()
 	})
-	t.Logf("scale: %d paid orders and %d retries written in %.1fs", n, n+10, time.Since(start).Seconds())
+	// Dead letters of one reason among many: n exhausted, 10 permanent.
+	dead := func(reason string) func(string) []byte {
+		return func(key string) []byte {
+			return order.DeadLetterDoc{Type: "deadletter", DocID: key, Reason: reason, LastStatus: 503, DeadAt: 1}.Encode()
+		}
+	}
+	insertAll(ctx, t, s, order.DeadLetter, "d", n, dead(order.ReasonExhausted))
+	insertAll(ctx, t, s, order.DeadLetter, "p", 10, dead(order.ReasonPermanent))
+	t.Logf("scale: %d paid orders, %d retries and %d dead letters written in %.1fs", n, n+10, n+10, time.Since(start).Seconds())
 
 	t.Run("a minute of metrics refreshes counts the orders once", func(t *testing.T) {
 		srv.ResetWork()
@@ -110,7 +124,37 @@ func TestCouchbaseScale(t *testing.T) {
 		assert.Equal(t, 10, w.KV["get"], "the other retries are not read")
 	})
 
+	t.Run("the dead letters of one reason are read alone", func(t *testing.T) {
+		srv.ResetWork()
+		var found int
+		require.NoError(t, s.ScanDeadLetters(ctx, order.ReasonPermanent, "", func(d store.Doc) error {
+			if dl, err := order.DecodeDeadLetter(d.Value); err == nil && dl.Reason == order.ReasonPermanent {
+				found++
+			}
+			return nil
+		}))
+		w := srv.Work()
+		t.Logf("scale: the 10 dead letters of %q among %d: %d documents read by KV", order.ReasonPermanent, n+10, w.KV["get"])
+		assert.Equal(t, 10, found)
+		assert.Equal(t, 10, w.KV["get"], "the other dead letters are not read")
+	})
+
+	t.Run("a status reads a few documents", func(t *testing.T) {
+		uncached()
+		srv.ResetWork()
+		st, err := ops.ReadStatus(ctx, s, clock(), 15*time.Second)
+		require.NoError(t, err)
+		w := srv.Work()
+		t.Logf("scale: retries status over %d orders, %d retries and %d dead letters: %d documents read by KV, %d statements",
+			n, n+10, n+10, w.KV["get"], len(w.Statements))
+		assert.Equal(t, n, st.OrdersPaid)
+		assert.Equal(t, n+10, st.RetryDocs)
+		assert.Equal(t, n+10, st.DeadLetters)
+		assert.LessOrEqual(t, w.KV["get"], 5, "the control document, the sweep lease, the members: %v", w.KV)
+	})
+
 	t.Run("nothing due: the backlog and a sweep read no document", func(t *testing.T) {
+		uncached()
 		srv.ResetWork()
 		b, err := s.Backlog(ctx, clock(), 15*time.Second)
 		require.NoError(t, err)
