@@ -1,0 +1,29 @@
+package main
+
+import (
+	"io"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/app"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The Couchbase cache settings reach the store's configuration, with the
+// defaults README.md gives.
+func TestStoreFlagsSetTheCountsCaches(t *testing.T) {
+	parse := func(args ...string) app.StoreConfig {
+		var c app.StoreConfig
+		fs := newFlagSet("x", io.Discard)
+		storeFlags(fs, &c)
+		require.NoError(t, fs.Parse(args))
+		return c
+	}
+	c := parse()
+	assert.Equal(t, 5*time.Second, c.Couchbase.CountsTTL)
+	assert.Equal(t, time.Minute, c.Couchbase.OrderCountsTTL)
+	c = parse("--cb-counts-ttl", "2s", "--cb-order-counts-ttl", "10m")
+	assert.Equal(t, 2*time.Second, c.Couchbase.CountsTTL)
+	assert.Equal(t, 10*time.Minute, c.Couchbase.OrderCountsTTL)
+}
