@@ -54,7 +54,8 @@ func insertAll(ctx context.Context, t *testing.T, s *Store, coll, prefix string,
 // cluster at the sizes users reach, on the test server: what it reads by
 // KV and which statements it runs (the test server runs every statement
 // over the whole collection, so its times are no figure for a cluster; the
-// plans are pinned by TestIndexesCoverTheStatements and the EXPLAIN tests).
+// plans are pinned by the TestIntegration...UseTheirIndex(es) tests and
+// TestMissingIndexesCheckWhatSetupCreates, by EXPLAIN).
 // Each figure is logged as a line starting "scale:".
 func TestCouchbaseScale(t *testing.T) {
 	n := scaleSize(t)
