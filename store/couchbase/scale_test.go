@@ -168,4 +168,26 @@ func TestCouchbaseScale(t *testing.T) {
 			w.KV["get"], w.KV["set"]+w.KV["replace"], len(w.Statements))
 		assert.Zero(t, w.KV["get"]+w.KV["set"]+w.KV["replace"]+w.KV["add"], "no document read or written: %v", w.KV)
 	})
+	t.Run("due retries are flagged a batch a statement", func(t *testing.T) {
+		m := max(n/10, 10)
+		insertAll(ctx, t, s, order.Retry, "u", m, func(key string) []byte {
+			return order.RetryDoc{DocID: key, Attempt: 1, TS: 1, NextAttemptAt: clock().Add(-time.Minute).UnixMilli(), LastStatus: 503}.Encode()
+		})
+		srv.ResetWork()
+		const limit = 500
+		flagged, sweeps := 0, 0
+		for more := true; more; sweeps++ {
+			require.Less(t, sweeps, m/limit+2, "the sweep does not end")
+			res, err := s.SweepRetries(ctx, clock(), 15*time.Second, limit)
+			require.NoError(t, err)
+			flagged += res.Flagged
+			more = res.More
+		}
+		w := srv.Work()
+		t.Logf("scale: %d due retries among %d: %d flagged in %d statements of at most %d, %d documents read or written by KV",
+			m, n+10+m, flagged, w.StatementsWith("UPDATE"), limit, w.KV["get"]+w.KV["set"]+w.KV["replace"])
+		assert.Equal(t, m, flagged)
+		assert.Equal(t, (m+limit)/limit, w.StatementsWith("UPDATE"), "a statement a batch, and the one that finds the rest empty when the last is full")
+		assert.Zero(t, w.KV["get"]+w.KV["set"]+w.KV["replace"], "flagged by the statements: %v", w.KV)
+	})
 }
