@@ -362,9 +362,9 @@ type Store interface {
 	// Counts reads the numbers operators watch. On the embedded store it
 	// costs the same whatever the number of documents; on Couchbase the
 	// paid and confirmed orders are index counts, which go over an entry
-	// for every paid order, and are served from a count up to a minute
-	// old (Counts.OrdersCountedAt; the others cost the same whatever the
-	// number).
+	// for every paid order, and are served from a count up to
+	// --cb-order-counts-ttl (1m) old (Counts.OrdersCountedAt; the others
+	// cost the same whatever the number).
 	Counts(ctx context.Context) (Counts, error)
 	// Backlog reads the due retries at now (quantum as in SweepRetries);
 	// its cost grows with the due documents only. Every instance's metrics

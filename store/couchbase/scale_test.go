@@ -104,7 +104,7 @@ func TestCouchbaseScale(t *testing.T) {
 		}
 		w := srv.Work()
 		orderCounts, counts := w.StatementsWith("AS paid"), w.StatementsWith("AS retryDocs")
-		t.Logf("scale: a minute of refreshes (20, every 3s): order counts %d (each over %d index entries), backlog counts %d", orderCounts, n, counts)
+		t.Logf("scale: a minute of refreshes (20, every 3s) over %d paid orders: order counts %d, backlog counts %d", n, orderCounts, counts)
 		assert.Equal(t, 1, orderCounts, "the orders are counted at most once a minute")
 		assert.Equal(t, 10, counts, "the backlog every CountsTTL")
 	})
