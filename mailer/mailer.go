@@ -761,9 +761,15 @@ func mediaType(v string) string {
 	return mt
 }
 
-// codePattern is what an error code looks like; free text (which may quote
-// the order) does not match it.
-var codePattern = regexp.MustCompile(`^[A-Za-z0-9_.:-]{1,64}$`)
+// codePattern is what an error code looks like: a letter, then letters,
+// digits, '_', ':' or '-'. Free text (which may quote the order) does not
+// match it, nor does a name or an address with a dot in it ("jane.doe"),
+// nor a number (see longNumber).
+var codePattern = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_:-]{0,63}$`)
+
+// longNumber is a run of digits longer than a code's: a card, phone or
+// order number echoed back.
+var longNumber = regexp.MustCompile(`[0-9]{4}`)
 
 // answerCode is the answer's top-level JSON "code", else "error", string
 // when it matches codePattern.
@@ -774,7 +780,7 @@ func answerCode(body []byte) string {
 	}
 	for _, name := range []string{"code", "error"} {
 		var s string
-		if json.Unmarshal(fields[name], &s) == nil && codePattern.MatchString(s) {
+		if json.Unmarshal(fields[name], &s) == nil && codePattern.MatchString(s) && !longNumber.MatchString(s) {
 			return s
 		}
 	}
