@@ -258,14 +258,18 @@ func (s *Store) fill(batch []*job, linger *time.Timer, busy bool) []*job {
 // runBatch commits the jobs of batch together. A job's own failure (a
 // guard, its context) rolls back its savepoint only; a failure of SQLite
 // itself aborts the transaction, and then each job runs alone, so that one
-// bad write cannot fail the others.
+// bad write cannot fail the others. A job run alone ends with its own
+// failure (runTxRaw sets it), or with its transaction's.
 func (s *Store) runBatch(batch []*job) {
 	err := s.runTx(batch)
 	if err != nil && len(batch) > 1 {
 		for _, j := range batch {
-			j.err = s.runTx([]*job{j})
+			if err := s.runTx([]*job{j}); err != nil {
+				j.err = err
+			}
 			close(j.done)
 		}
+		s.wake()
 		return
 	}
 	for _, j := range batch {

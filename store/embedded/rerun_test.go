@@ -1,0 +1,77 @@
+package embedded
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/store"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// When a batch's transaction fails as a whole, each job runs again alone:
+// every job then ends with its own outcome. A guard that fails in the
+// rerun is that job's error, never a success with nothing written.
+func TestAJobRunAgainAloneKeepsItsOwnFailure(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer s.Close()
+	cas, err := s.Insert(ctx, "inbound", "order_1", []byte(`{"v":1}`))
+	require.NoError(t, err)
+	_, err = s.Insert(ctx, "inbound", "order_2", []byte(`{"v":1}`))
+	require.NoError(t, err)
+
+	// Hold the writer, so that the jobs below are taken as one batch.
+	started, release := make(chan struct{}), make(chan struct{})
+	go s.submit(ctx, func(*txn) error { close(started); <-release; return nil })
+	<-started
+
+	type result struct {
+		cas []uint64
+		err error
+	}
+	apply := func(w store.Write) chan result {
+		out := make(chan result, 1)
+		go func() {
+			cas, err := s.Apply(ctx, []store.Write{w})
+			out <- result{cas, err}
+		}()
+		return out
+	}
+	stale := apply(store.Write{Op: store.OpReplace, Collection: "inbound", Key: "order_1", Value: []byte(`{"v":2}`), CAS: cas + 999})
+	exists := apply(store.Write{Op: store.OpInsert, Collection: "inbound", Key: "order_2", Value: []byte(`{"v":2}`)})
+	good := apply(store.Write{Op: store.OpInsert, Collection: "inbound", Key: "order_3", Value: []byte(`{"v":1}`)})
+	// A failure that aborts the whole transaction.
+	aborted := make(chan error, 1)
+	queued := []int{0} // the last count seen, for the failure message
+	waitQueued := func(n int) {
+		require.Eventually(t, func() bool {
+			queued[0] = len(s.jobs)
+			return queued[0] == n
+		}, 10*time.Second, time.Millisecond, "jobs queued %v, want %d", queued, n)
+	}
+	waitQueued(3)
+	go func() { aborted <- s.submit(ctx, func(*txn) error { return &txError{"transaction lost"} }) }()
+	waitQueued(4)
+	close(release)
+
+	var we *store.WriteError
+	r := <-stale
+	assert.True(t, errors.As(r.err, &we), "a replace under a stale CAS gave %v, CAS %v", r.err, r.cas)
+	r = <-exists
+	assert.True(t, errors.As(r.err, &we), "an insert of a key there gave %v, CAS %v", r.err, r.cas)
+	r = <-good
+	require.NoError(t, r.err)
+	assert.NotZero(t, r.cas[0])
+	assert.Error(t, <-aborted)
+
+	for key, want := range map[string]string{"order_1": `{"v":1}`, "order_2": `{"v":1}`, "order_3": `{"v":1}`} {
+		d, err := s.Get(ctx, "inbound", key)
+		require.NoError(t, err, key)
+		assert.JSONEq(t, want, string(d.Value), key)
+	}
+}
