@@ -14,6 +14,12 @@ import (
 // by two workers at once, while a send that hangs holds up its own key
 // only. (A queue per worker, by a hash of the key, let a hung send's queue
 // fill, and then the reader, and so every worker, waited for it.)
+//
+// A document's newer event supersedes its older one waiting in the line:
+// decisions are made on the document's current state, so the older one
+// would add nothing, and a key rewritten again and again while its send
+// hangs would otherwise take every slot, and so hold up every key. A line
+// holds at most one waiting event per collection.
 
 // keyLine is a key's events from the one being handled to the last read.
 type keyLine struct {
@@ -44,15 +50,19 @@ type dispatcher struct {
 	// them (they only move forward); pruned once it holds keep of them.
 	recent map[string]*written
 	keep   int
+	// superseded is called, outside mu, with each event a newer one of
+	// its document replaced in its line; it acknowledges it.
+	superseded func(store.Event)
 }
 
-func newDispatcher(workers, keep int) *dispatcher {
+func newDispatcher(workers, keep int, superseded func(store.Event)) *dispatcher {
 	return &dispatcher{
-		queue:  make(chan dispatched, 4*workers),
-		slots:  make(chan struct{}, 64*workers),
-		lines:  map[string]*keyLine{},
-		recent: map[string]*written{},
-		keep:   keep,
+		queue:      make(chan dispatched, 4*workers),
+		slots:      make(chan struct{}, 64*workers),
+		lines:      map[string]*keyLine{},
+		recent:     map[string]*written{},
+		keep:       keep,
+		superseded: superseded,
 	}
 }
 
@@ -68,8 +78,12 @@ func (d *dispatcher) add(ctx context.Context, ev store.Event) bool {
 	}
 	d.mu.Lock()
 	if ln, ok := d.lines[ev.Key]; ok {
-		ln.waiting = append(ln.waiting, ev)
+		old, replaced := ln.wait(ev)
 		d.mu.Unlock()
+		if replaced {
+			<-d.slots // ev took old's place
+			d.superseded(old)
+		}
 		return true
 	}
 	if len(d.recent) >= d.keep {
@@ -85,6 +99,22 @@ func (d *dispatcher) add(ctx context.Context, ev store.Event) bool {
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// wait adds ev at the end of the line. An event of the same document
+// waiting there is taken out and returned: ev supersedes it. The events
+// left keep their feed order.
+func (ln *keyLine) wait(ev store.Event) (old store.Event, replaced bool) {
+	for i, w := range ln.waiting {
+		if w.Collection == ev.Collection {
+			old = w
+			copy(ln.waiting[i:], ln.waiting[i+1:])
+			ln.waiting[len(ln.waiting)-1] = ev
+			return old, true
+		}
+	}
+	ln.waiting = append(ln.waiting, ev)
+	return store.Event{}, false
 }
 
 // done ends the handling of ln's current event. It returns the line's next

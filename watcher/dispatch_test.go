@@ -40,18 +40,25 @@ func workLines(d *dispatcher, workers int, stop <-chan struct{}, handle func(wor
 }
 
 // The events of a key are handled in feed order and never two at once;
-// every event once.
+// every event once, handled or superseded by a newer one of its document.
 func TestDispatchKeepsEachKeysOrderAndOneAtATime(t *testing.T) {
 	const keys, perKey, workers = 7, 300, 5
-	d := newDispatcher(workers, 16)
 	var mu sync.Mutex
 	busy := map[string]bool{}
 	last := map[string]uint64{}
+	seen := map[uint64]int{}
 	var handled atomic.Int64
 	var problems []string
+	d := newDispatcher(workers, 16, func(ev store.Event) {
+		mu.Lock()
+		seen[ev.Seq]++
+		mu.Unlock()
+		handled.Add(1)
+	})
 	stop := make(chan struct{})
 	wg := workLines(d, workers, stop, func(_ int, ev store.Event, _ *keyLine) {
 		mu.Lock()
+		seen[ev.Seq]++
 		if busy[ev.Key] {
 			problems = append(problems, fmt.Sprintf("%s seq %d: handled while another of its events was", ev.Key, ev.Seq))
 		}
@@ -73,13 +80,17 @@ func TestDispatchKeepsEachKeysOrderAndOneAtATime(t *testing.T) {
 		require.True(t, d.add(context.Background(), store.Event{Key: fmt.Sprint("k", seq%keys), Seq: seq}))
 	}
 	if !assert.Eventually(t, func() bool { return handled.Load() == keys*perKey }, 60*time.Second, time.Millisecond) {
-		t.Fatalf("handled %d of %d events", handled.Load(), keys*perKey)
+		t.Fatalf("handled or superseded %d of %d events", handled.Load(), keys*perKey)
 	}
 	assert.Eventually(t, func() bool { d.mu.Lock(); defer d.mu.Unlock(); return len(d.lines) == 0 }, 60*time.Second, time.Millisecond,
 		"every line closed")
 	mu.Lock()
 	defer mu.Unlock()
 	assert.Empty(t, problems)
+	assert.Len(t, seen, keys*perKey, "events handled or superseded")
+	for seq, n := range seen {
+		assert.Equal(t, 1, n, "seq %d handled or superseded this often", seq)
+	}
 }
 
 // A worker held on one event holds up that key's later events only: the
@@ -87,11 +98,15 @@ func TestDispatchKeepsEachKeysOrderAndOneAtATime(t *testing.T) {
 // events follow in order on its worker once it goes on.
 func TestDispatchAHeldEventHoldsUpItsKeyOnly(t *testing.T) {
 	const workers = 4
-	d := newDispatcher(workers, 16)
 	release := make(chan struct{})
 	var mu sync.Mutex
 	var heldBy = -1
-	var heldSeqs []uint64
+	var heldSeqs, supersededSeqs []uint64
+	d := newDispatcher(workers, 16, func(ev store.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		supersededSeqs = append(supersededSeqs, ev.Seq)
+	})
 	var others atomic.Int64
 	stop := make(chan struct{})
 	wg := workLines(d, workers, stop, func(worker int, ev store.Event, _ *keyLine) {
@@ -114,6 +129,8 @@ func TestDispatchAHeldEventHoldsUpItsKeyOnly(t *testing.T) {
 	})
 	defer wg.Wait()
 	defer close(stop)
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	defer releaseOnce() // a failure must not leave the worker held
 
 	// More events than the queue and every worker's former queue of 64
 	// hold, a few of them the held key's.
@@ -130,25 +147,93 @@ func TestDispatchAHeldEventHoldsUpItsKeyOnly(t *testing.T) {
 		t.Fatalf("with one event held: %d of the other %d handled", others.Load(), n-len(heldAt))
 	}
 	d.mu.Lock()
-	waiting := len(d.lines["held"].waiting)
+	waiting := d.lines["held"].waiting
 	d.mu.Unlock()
-	assert.Equal(t, len(heldAt)-1, waiting, "the held key's later events wait in its line")
+	require.Len(t, waiting, 1, "the held key's latest event waits in its line")
+	assert.Equal(t, uint64(n), waiting[0].Seq, "the held key's latest event waits in its line")
 
-	close(release)
-	if !assert.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(heldSeqs) == len(heldAt) }, 60*time.Second, time.Millisecond) {
+	releaseOnce()
+	if !assert.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(heldSeqs) == 2 }, 60*time.Second, time.Millisecond) {
 		mu.Lock()
 		defer mu.Unlock()
 		t.Fatalf("after the release: the held key's events handled: seqs %v", heldSeqs)
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	assert.Equal(t, []uint64{1, 100, 300, uint64(n)}, heldSeqs)
+	assert.Equal(t, []uint64{1, uint64(n)}, heldSeqs)
+	assert.Equal(t, []uint64{100, 300}, supersededSeqs, "superseded while they waited")
+}
+
+// A document rewritten again and again while its event is held takes no
+// more than its line: one waiting event per collection, the latest. The
+// reader never waits for a slot, every other key is handled, and each
+// superseded event is handed back to be acknowledged.
+func TestDispatchAKeyRewrittenWhileHeldHoldsUpNoOtherKey(t *testing.T) {
+	const workers = 2
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var heldSeqs []uint64
+	var superseded, others atomic.Int64
+	d := newDispatcher(workers, 16, func(store.Event) { superseded.Add(1) })
+	stop := make(chan struct{})
+	wg := workLines(d, workers, stop, func(_ int, ev store.Event, _ *keyLine) {
+		if ev.Key != "held" {
+			others.Add(1)
+			return
+		}
+		mu.Lock()
+		heldSeqs = append(heldSeqs, ev.Seq)
+		first := len(heldSeqs) == 1
+		mu.Unlock()
+		if first {
+			<-release
+		}
+	})
+	defer wg.Wait()
+	defer close(stop)
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	defer releaseOnce() // a failure must not leave the worker held
+
+	// Three times the slots in rewrites of the held key, in two
+	// collections, each followed by another key's event.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	rewrites := 3 * cap(d.slots)
+	colls := []string{"inbound", "retry"}
+	seq := uint64(0)
+	for i := range rewrites {
+		seq++
+		require.True(t, d.add(ctx, store.Event{Collection: colls[i%2], Key: "held", Seq: seq}), "the reader waited for a slot at event %d", seq)
+		seq++
+		require.True(t, d.add(ctx, store.Event{Collection: "inbound", Key: fmt.Sprint("k", seq), Seq: seq}), "the reader waited for a slot at event %d", seq)
+	}
+	if !assert.Eventually(t, func() bool { return others.Load() == int64(rewrites) }, 60*time.Second, time.Millisecond) {
+		t.Fatalf("with one key held: %d of the other %d events handled", others.Load(), rewrites)
+	}
+	d.mu.Lock()
+	var waiting []uint64
+	for _, ev := range d.lines["held"].waiting {
+		waiting = append(waiting, ev.Seq)
+	}
+	d.mu.Unlock()
+	assert.Equal(t, []uint64{seq - 3, seq - 1}, waiting, "the latest event of each collection waits")
+	assert.Equal(t, int64(rewrites-3), superseded.Load(), "superseded: all but the first and the two waiting")
+
+	releaseOnce()
+	if !assert.Eventually(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(heldSeqs) == 3 }, 60*time.Second, time.Millisecond) {
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("after the release: the held key's events handled: seqs %v", heldSeqs)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, []uint64{1, seq - 3, seq - 1}, heldSeqs, "in feed order")
 }
 
 // A closed line's last write goes to the key's next line, until the
 // snapshot of an event read later includes it.
 func TestDispatchHandsALinesLastWriteToTheKeysNextLine(t *testing.T) {
-	d := newDispatcher(1, 1)
+	d := newDispatcher(1, 1, func(store.Event) {})
 	ctx := context.Background()
 	require.True(t, d.add(ctx, store.Event{Key: "a", Seq: 1, Snapshot: 1}))
 	first := <-d.queue

@@ -269,7 +269,7 @@ func (w *Watcher) Start(ctx context.Context) error {
 	// Outcomes wait for a group commit (up to the store's commit delay):
 	// enough of them in flight that a worker seldom waits for a slot.
 	w.inflight = make(chan struct{}, max(maxSettling, 4*w.cfg.Workers))
-	d := newDispatcher(w.cfg.Workers, 2*cap(w.inflight))
+	d := newDispatcher(w.cfg.Workers, 2*cap(w.inflight), w.supersede)
 	for i := range w.cfg.Workers {
 		w.workers.Add(1)
 		go w.work(workCtx, &w.progress.workers[i], d)
@@ -280,6 +280,16 @@ func (w *Watcher) Start(ctx context.Context) error {
 	go w.read(readCtx, d)
 	w.log.Info("watching", "feed", w.cfg.FeedName, "workers", w.cfg.Workers)
 	return nil
+}
+
+// supersede acknowledges an event that a newer one of its document
+// replaced while it waited (see dispatcher): there was nothing to decide
+// on it that the newer one does not decide.
+func (w *Watcher) supersede(ev store.Event) {
+	w.log.Debug("ignore", "reason", "superseded by a newer change", "collection", ev.Collection, "key", ev.Key)
+	w.ignored.Add(1)
+	ev.Ack()
+	w.handled.Add(1)
 }
 
 // Stop stops reading, lets in-flight events finish (then aborts them:
