@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -123,6 +124,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if f, err := os.OpenFile(cfg.Path, os.O_RDWR|os.O_CREATE, 0o600); err == nil {
 		f.Close()
 	} else if !errors.Is(err, os.ErrPermission) {
+		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
+	} else if _, statErr := os.Stat(cfg.Path); errors.Is(statErr, fs.ErrNotExist) {
+		return nil, fmt.Errorf("embedded store %s: cannot create it in %s: %w", cfg.Path, filepath.Dir(cfg.Path), err)
+	} // else there, but not writable: the read-only message below says so
+	if err := makePrivate(cfg.Path); err != nil {
+		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
+	}
+	if err := refuseForeign(ctx, cfg.Path); err != nil {
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
 	}
 	ino, err := inode(cfg.Path)
@@ -322,6 +331,64 @@ func (s *Store) checkFile(ino uint64) {
 }
 
 // inode identifies the file at path.
+// makePrivate takes away the group's and others' access to the store's
+// file and its -wal and -shm files, where they are there and have it: a
+// file made by an earlier release (0644), or by another tool first.
+func makePrivate(path string) error {
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Stat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+			// A file it cannot change (not its owner's) is left as it is:
+			// the read-only check below names what is wrong with it.
+			if err := os.Chmod(p, perm&^0o077); err != nil && !errors.Is(err, fs.ErrPermission) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// refuseForeign says when the file at path is another program's SQLite
+// database: tables, and not the store's. It reads it without the store's
+// settings (which would turn on write-ahead logging: a write), before
+// anything else touches it. A file it cannot read is left to the checks
+// that follow.
+func refuseForeign(ctx context.Context, path string) error {
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
+	if err != nil {
+		return nil
+	}
+	defer db.Close()
+	rows, err := db.QueryContext(ctx, `SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name`)
+	if err != nil {
+		return nil // not a database, for one: the store's own open says so
+	}
+	defer rows.Close()
+	var names []string
+	ours := map[string]bool{}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil
+		}
+		names = append(names, name)
+		ours[name] = name == "docs" || name == "counters"
+	}
+	if rows.Err() != nil || len(names) == 0 || (ours["docs"] && ours["counters"]) {
+		return nil
+	}
+	if len(names) > 5 {
+		names = append(names[:5], "...")
+	}
+	return fmt.Errorf("not an ordermail store: a SQLite database with tables %s and none of the store's (docs, counters); nothing was changed", strings.Join(names, ", "))
+}
+
 func inode(path string) (uint64, error) {
 	fi, err := os.Stat(path)
 	if err != nil {

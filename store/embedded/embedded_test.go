@@ -2,6 +2,7 @@ package embedded_test
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -377,4 +378,68 @@ func TestFeedStateIsTheKeysState(t *testing.T) {
 	}
 	assert.Equal(t, map[string]bool{"inbound/alone": true, "inbound/all": true, "retry/all": true, "deadletter/all": true,
 		"retry/orphan": true, "inbound/gone": true}, seen)
+}
+
+// TestAnEarlierStoreIsMadePrivate: a store file made by an earlier release
+// (or by another tool first) with 0644, and its -wal, are its owner's only
+// once opened.
+func TestAnEarlierStoreIsMadePrivate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "o.db")
+	s, err := embedded.Open(context.Background(), embedded.Config{Path: path})
+	require.NoError(t, err)
+	_, err = s.Upsert(context.Background(), "inbound", "o", []byte(`{"email":"ann@example.com"}`))
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	require.NoError(t, os.WriteFile(path+"-wal", nil, 0o644))
+	for _, p := range []string{path, path + "-wal"} {
+		require.NoError(t, os.Chmod(p, 0o644))
+	}
+
+	s, err = embedded.Open(context.Background(), embedded.Config{Path: path})
+	require.NoError(t, err)
+	defer s.Close()
+	for _, p := range []string{path, path + "-wal"} {
+		fi, err := os.Stat(p)
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), p)
+	}
+}
+
+// TestAnotherProgramsDatabaseIsRefused: a SQLite file with tables and none
+// of the store's is refused by name, and left as it was (no tables added,
+// its journal mode and version unchanged).
+func TestAnotherProgramsDatabaseIsRefused(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "crm.db")
+	db, err := sql.Open("sqlite", path)
+	require.NoError(t, err)
+	_, err = db.ExecContext(ctx, `CREATE TABLE customers (id INTEGER PRIMARY KEY, email TEXT); INSERT INTO customers (email) VALUES ('ann@example.com')`)
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+	before, err := os.ReadFile(path)
+	require.NoError(t, err)
+
+	_, err = embedded.Open(ctx, embedded.Config{Path: path})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "not an ordermail store")
+	assert.Contains(t, err.Error(), "customers")
+	after, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, before, after, "the file is unchanged")
+	_, err = os.Stat(path + "-wal")
+	assert.ErrorIs(t, err, os.ErrNotExist, "no write-ahead log was started")
+}
+
+// TestAStoreThatCannotBeCreatedSaysWhy: a directory the user may not write
+// to gives "cannot create it", not a missing file.
+func TestAStoreThatCannotBeCreatedSaysWhy(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root may write anywhere: no permission to be refused")
+	}
+	dir := filepath.Join(t.TempDir(), "ro")
+	require.NoError(t, os.Mkdir(dir, 0o500))
+	_, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(dir, "o.db")})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "cannot create it in "+dir)
+	assert.ErrorIs(t, err, os.ErrPermission)
 }
