@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/peterbourgon/ff/v3/ffcli"
@@ -26,4 +27,30 @@ func TestTheREADMENamesEveryFlag(t *testing.T) {
 		})
 	})
 	assert.Empty(t, missing, "flags README.md does not name")
+}
+
+// The compose file publishes every port on the host's loopback only: it
+// holds the cluster's administrator password and an open console.
+func TestTheComposeFilePublishesOnLoopbackOnly(t *testing.T) {
+	compose, err := os.ReadFile("../../docker-compose.yml")
+	require.NoError(t, err)
+	var published, open []string
+	inPorts := false
+	for _, line := range strings.Split(string(compose), "\n") {
+		trimmed := strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(trimmed, "ports:"):
+			inPorts = true
+		case inPorts && strings.HasPrefix(trimmed, "- "):
+			port := strings.Trim(strings.TrimPrefix(trimmed, "- "), `"'`)
+			published = append(published, port)
+			if !strings.HasPrefix(port, "127.0.0.1:") {
+				open = append(open, port)
+			}
+		default:
+			inPorts = false
+		}
+	}
+	require.NotEmpty(t, published, "the compose file publishes no port: has its shape changed?")
+	assert.Empty(t, open, "ports published on every interface")
 }
