@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -123,6 +124,8 @@ func TestExitStatus(t *testing.T) {
 		{"done", nil, false, 0, ""},
 		{"failed", errors.New("boom"), false, 1, "ordermail: boom\n"},
 		{"usage", usageErrorf("no order keys"), false, 2, ""}, // run printed it, with the usage
+		{"a code of its own", exitError{code: 3, err: errors.New("store gone")}, false, 3, "ordermail: store gone\n"},
+		{"a code of its own, wrapped", fmt.Errorf("run: %w", exitError{code: 4, err: errors.New("feed failed")}), false, 4, "ordermail: run: feed failed\n"},
 		{"interrupted", context.Canceled, true, 130, ""},
 		{"interrupted after it was done", nil, true, 130, ""},
 		{"failed while interrupted", errors.New("boom"), true, 130, "ordermail: boom\n"},

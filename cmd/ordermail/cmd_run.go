@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -79,16 +80,23 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			log.Info("shutting down")
 			stopCtx, cancel := context.WithTimeout(context.Background(), a.StopTimeout())
 			defer cancel()
-			if err := a.Stop(stopCtx); err != nil {
-				return fmt.Errorf("stop: %w", err)
-			}
+			stopErr := a.Stop(stopCtx)
+			var why error
 			switch exit {
 			case app.ExitStoreLost:
-				return fmt.Errorf("stopped: the store %s or its lock file was deleted or replaced while running", cfg.Store.URL)
+				why = fmt.Errorf("stopped: the store %s or its lock file was deleted or replaced while running", redact.URL(cfg.Store.URL))
 			case app.ExitFeedFailed:
-				return fmt.Errorf("stopped: the change feed failed for good (see the log); fix the cause and start again")
+				why = errors.New("stopped: the change feed failed for good (see the log); fix the cause and start again")
+			default:
+				if stopErr != nil {
+					return fmt.Errorf("stop: %w", stopErr)
+				}
+				return nil
 			}
-			return nil
+			if stopErr != nil { // a store gone fails the stop too: the reason comes first
+				why = fmt.Errorf("%w; and stopping: %w", why, stopErr)
+			}
+			return exitError{code: exit, err: why}
 		},
 	}
 }

@@ -35,11 +35,22 @@ func main() {
 	os.Exit(code)
 }
 
+// exitError is a failure with an exit status of its own (README's "Exit
+// codes": 3 and 4 from run).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e exitError) Error() string { return e.err.Error() }
+func (e exitError) Unwrap() error { return e.err }
+
 // exitStatus reports err, unless run did already (a usage error), and
 // returns the exit status: 0, 1 when the command failed, 2 when its command
-// line was wrong, 130 when it was interrupted.
+// line was wrong, an exitError's own, 130 when it was interrupted.
 func exitStatus(err error, interrupted bool, stderr io.Writer) int {
 	var usage usageError
+	var coded exitError
 	switch {
 	case errors.As(err, &usage):
 		return 2
@@ -49,6 +60,8 @@ func exitStatus(err error, interrupted bool, stderr io.Writer) int {
 	switch {
 	case interrupted:
 		return 130
+	case errors.As(err, &coded):
+		return coded.code
 	case err != nil:
 		return 1
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -82,8 +83,8 @@ func keysOf(docs []fixtures.Doc) []string {
 
 // TestRunExitsWhenItsFilesGo (finding 14): the store file, or the lock
 // file, deleted under a running service is noticed within seconds, logged
-// as an error, and run exits non-zero instead of writing where nobody reads
-// (or letting a second run start alongside).
+// as an error, and run exits with code 3, saying why, instead of writing
+// where nobody reads (or letting a second run start alongside).
 func TestRunExitsWhenItsFilesGo(t *testing.T) {
 	for _, gone := range []string{"o.db", "o.db.lock"} {
 		t.Run(gone, func(t *testing.T) {
@@ -94,8 +95,11 @@ func TestRunExitsWhenItsFilesGo(t *testing.T) {
 			require.NoError(t, os.Remove(filepath.Join(dir, gone)))
 			select {
 			case err := <-p.exited:
-				require.Error(t, err, "a non-zero exit")
+				var exit *exec.ExitError
+				require.ErrorAs(t, err, &exit, "a non-zero exit")
+				assert.Equal(t, 3, exit.ExitCode(), "README's exit code; logs:\n%s", p.logs.String())
 				assert.True(t, p.hasLog(`"level":"ERROR"`), "logs:\n%s", p.logs.String())
+				assert.True(t, p.hasLog("was deleted or replaced while running"), "the reason, on standard error; logs:\n%s", p.logs.String())
 			case <-time.After(60 * time.Second):
 				t.Fatalf("still running 60s after %s was deleted; logs:\n%s", gone, p.logs.String())
 			}
