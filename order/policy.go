@@ -39,7 +39,7 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("backoff-min: %s is not positive", p.MinDelay)
 	case p.MaxDelay < p.MinDelay:
 		return fmt.Errorf("backoff-max: %s is below backoff-min %s", p.MaxDelay, p.MinDelay)
-	case p.Jitter < 0 || p.Jitter >= 1:
+	case !(p.Jitter >= 0 && p.Jitter < 1): // NaN too
 		return fmt.Errorf("backoff-jitter: %v is not in [0, 1)", p.Jitter)
 	case p.MaxAttempts < 0:
 		return fmt.Errorf("max-attempts: %d is negative", p.MaxAttempts)

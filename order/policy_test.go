@@ -1,6 +1,7 @@
 package order_test
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -86,6 +87,7 @@ func TestPolicyValidate(t *testing.T) {
 		{func(p *order.Policy) { p.MinDelay = 0 }, "backoff-min"},
 		{func(p *order.Policy) { p.MaxDelay = p.MinDelay / 2 }, "backoff-max"},
 		{func(p *order.Policy) { p.Jitter = 1 }, "backoff-jitter"},
+		{func(p *order.Policy) { p.Jitter = math.NaN() }, "backoff-jitter"},
 		{func(p *order.Policy) { p.MaxAttempts = -1 }, "max-attempts"},
 		{func(p *order.Policy) { p.Quantum = 0 }, "retry-quantum"},
 	}

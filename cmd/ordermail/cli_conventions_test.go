@@ -88,6 +88,13 @@ func TestWrongCommandLineExits2(t *testing.T) {
 		{[]string{}, "no command given"},
 		{[]string{"help", "nope"}, `help: no command "nope"`},
 		{[]string{"version", "x"}, "unexpected arguments: x"},
+		// Every float setting refuses what no range check compares.
+		{[]string{"run", "--backoff-jitter", "NaN"}, `invalid value "NaN" for flag -backoff-jitter: not a finite number`},
+		{[]string{"run", "--send-rate", "+Inf"}, `invalid value "+Inf" for flag -send-rate: not a finite number`},
+		{[]string{"demo", "--fail-rate", "nan"}, `invalid value "nan" for flag -fail-rate: not a finite number`},
+		{[]string{"mockmail", "--fail-rate", "NaN"}, `invalid value "NaN" for flag -fail-rate: not a finite number`},
+		{[]string{"bench", "--rate", "-Inf"}, `invalid value "-Inf" for flag -rate: not a finite number`},
+		{[]string{"bench", "--fail-rate", "x"}, `invalid value "x" for flag -fail-rate: not a number`},
 	}
 	for _, tt := range tests {
 		name := strings.Join(tt.give, " ")

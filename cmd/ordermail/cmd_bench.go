@@ -24,7 +24,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs := newFlagSet("bench", stderr)
 	var c bench.Config
 	fs.IntVar(&c.Orders, "orders", 20000, "paid orders written in the run")
-	fs.Float64Var(&c.FailRate, "fail-rate", 0, "share of sends the mock answers 503 (transient), 0 to below 1")
+	finiteFloat64Var(fs, &c.FailRate, "fail-rate", 0, "share of sends the mock answers 503 (transient), 0 to below 1")
 	fs.BoolVar(&c.FailOnce, "fail-once", false, "the mock fails only first sends, at --fail-rate; a retry is answered 200")
 	fs.DurationVar(&c.MailLatency, "mail-latency", time.Millisecond, "the mock's delay before every answer")
 	fs.IntVar(&c.HoldEvery, "hold-every", 0, "the mock answers nothing to the first request of every Nth order, until the service gives up (its --mail-timeout) and retries; not with --ceiling")
@@ -36,7 +36,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.DurationVar(&c.Idle, "idle", 0, "after the run, measure the idle service this long: its CPU, `retries status` and a /metrics scrape; with --due, before the run too, the due retries waiting paused")
 	fs.IntVar(&c.Due, "due", 0, "retry documents already due, with their paid orders, written before the service starts with retries paused; the run starts retries (`retries start`)")
 	fs.IntVar(&c.Dead, "dead", 0, "dead letters, with their paid orders, written before the service starts; the run redrives them all (`deadletters redrive --all`, timed) before it writes its orders")
-	fs.Float64Var(&c.Rate, "rate", 0, "open loop: write this many orders a second (for orders/rate seconds); 0: all at once")
+	finiteFloat64Var(fs, &c.Rate, "rate", 0, "open loop: write this many orders a second (for orders/rate seconds); 0: all at once")
 	fs.BoolVar(&c.Ceiling, "ceiling", false, "measure the send-only ceiling before the run and again after it: the same orders POSTed by --workers senders, nothing stored")
 	fs.BoolVar(&c.Minimal, "minimal", false, "first measure the minimal pipeline: the ceiling's senders, each delivered order's outcome committed in groups by the embedded store; no feed, no decisions")
 	fs.BoolVar(&c.Scatter, "scatter", false, "order keys in no order, as random identifiers (UUIDs) give; default: numbered in the order they are written")

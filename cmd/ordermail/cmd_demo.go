@@ -60,7 +60,7 @@ func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
 	cfg := app.Config{}
 	var logs logFlags
 	fs.IntVar(&d.orders, "orders", 100, "generated orders, on top of the sample fixtures")
-	fs.Float64Var(&d.failRate, "fail-rate", 0.3, "share of sends the mock email service fails")
+	finiteFloat64Var(fs, &d.failRate, "fail-rate", 0.3, "share of sends the mock email service fails")
 	fs.IntVar(&d.failStatus, "fail-status", http.StatusServiceUnavailable, "status of a failed send; 406, the sample mock's, is permanent: those orders are dead-lettered")
 	fs.DurationVar(&d.latency, "latency", 0, "mock email service latency")
 	fs.StringVar(&d.data, "data", "", "directory for the store file; default a temporary directory, removed afterwards")

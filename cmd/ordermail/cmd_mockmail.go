@@ -26,7 +26,7 @@ func mockmailCommand(stderr io.Writer) *ffcli.Command {
 	var logs logFlags
 	var sec mockSecurity
 	listen := fs.String("listen", "127.0.0.1:9080", "address to listen on; one other machines can reach is logged as a warning")
-	fs.Float64Var(&cfg.FailRate, "fail-rate", 0.5, "share of sends answered with --fail-status, 0 to 1 (the sample: a coin flip)")
+	finiteFloat64Var(fs, &cfg.FailRate, "fail-rate", 0.5, "share of sends answered with --fail-status, 0 to 1 (the sample: a coin flip)")
 	fs.BoolVar(&cfg.FailOnce, "fail-once", false, "--fail-rate applies to a key's first request only; its retries are answered 200")
 	fs.IntVar(&cfg.HoldEvery, "hold-every", 0, "answer nothing to the first request of every Nth key seen, until the sender gives up (a service that never answers some requests); 0: answer all")
 	fs.IntVar(&cfg.FailStatus, "fail-status", http.StatusServiceUnavailable, "HTTP status of a failed send (the sample's mock: 406, which ordermail treats as permanent)")

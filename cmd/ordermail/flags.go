@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -72,11 +73,11 @@ func serviceFlags(fs *flag.FlagSet, cfg *app.Config, d serviceDefaults) {
 	fs.StringVar(&p.Backoff, "backoff", order.BackoffExponential, "exponential or fixed (the sample's: every retry after --retry-quantum)")
 	fs.DurationVar(&p.MinDelay, "backoff-min", d.backoffMin, "first delay of exponential backoff")
 	fs.DurationVar(&p.MaxDelay, "backoff-max", d.backoffMax, "longest delay of exponential backoff")
-	fs.Float64Var(&p.Jitter, "backoff-jitter", 0.2, "a delay d is drawn from [d(1-j), d(1+j)]; 0 to <1")
+	finiteFloat64Var(fs, &p.Jitter, "backoff-jitter", 0.2, "a delay d is drawn from [d(1-j), d(1+j)]; 0 to <1")
 	fs.IntVar(&p.MaxAttempts, "max-attempts", 10, "attempts before a confirmation is dead-lettered; 0: unlimited (the sample)")
 	fs.Var(statusList{&cfg.Mail.RetryStatuses}, "retry-statuses", "HTTP statuses that are retried; others are permanent (default 408,409,425,429,500,502,503,504)")
 	fs.BoolVar(&cfg.Mail.RetryAllFailures, "retry-all-failures", false, "retry every failure, as the sample does")
-	fs.Float64Var(&cfg.Mail.SendRate, "send-rate", 0, "most sends per second; 0: no limit")
+	finiteFloat64Var(fs, &cfg.Mail.SendRate, "send-rate", 0, "most sends per second; 0: no limit")
 	fs.IntVar(&cfg.Mail.SendBurst, "send-burst", 0, "sends allowed at once under --send-rate (default: one second's worth)")
 	fs.IntVar(&cfg.Mail.BreakerFailures, "breaker-failures", 10, "consecutive transient failures that open the circuit breaker; 0: no breaker")
 	fs.DurationVar(&cfg.Mail.BreakerCooldown, "breaker-cooldown", d.breakerCooldown, "how long an open breaker holds sends back before one probe")
@@ -268,3 +269,26 @@ type usageError struct{ msg string }
 func (e usageError) Error() string { return e.msg }
 
 func usageErrorf(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
+
+// finiteFloat64Var defines a float64 flag that refuses NaN and the
+// infinities, which every range check written as a comparison lets through.
+func finiteFloat64Var(fs *flag.FlagSet, p *float64, name string, value float64, usage string) {
+	*p = value
+	fs.Var((*finiteFloat)(p), name, usage)
+}
+
+type finiteFloat float64
+
+func (f *finiteFloat) String() string { return strconv.FormatFloat(float64(*f), 'g', -1, 64) }
+
+func (f *finiteFloat) Set(s string) error {
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return errors.New("not a number")
+	}
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return errors.New("not a finite number")
+	}
+	*f = finiteFloat(v)
+	return nil
+}
