@@ -156,28 +156,31 @@ func TestVersion(t *testing.T) {
 	assert.Contains(t, stdout, "ordermail ")
 }
 
-// TestReadOnlyCommandsRefuseAMissingStore: a command that only reads does
-// not create the store it was pointed at (a typo, or the default in the
-// wrong directory), it says so; a command that writes does create it.
-func TestReadOnlyCommandsRefuseAMissingStore(t *testing.T) {
+// TestCommandsThatNeedAStoreRefuseAMissingOne: a command that only reads,
+// or that changes what must be there already, does not create the store it
+// was pointed at (a typo, or the default in the wrong directory), it says
+// so; a command that adds to a store (load, retries start) does create it.
+func TestCommandsThatNeedAStoreRefuseAMissingOne(t *testing.T) {
 	t.Chdir(t.TempDir())
 	missing := filepath.Join("nowhere", "o.db")
-	for _, args := range [][]string{
-		{"retries", "status"},
-		{"retries", "status", "--json"},
-		{"deadletters", "list"},
-		{"orders", "show"},
+	for _, tt := range []struct{ command, rest []string }{
+		{[]string{"retries", "status"}, nil},
+		{[]string{"retries", "status"}, []string{"--json"}},
+		{[]string{"deadletters", "list"}, nil},
+		{[]string{"orders", "show"}, []string{"order_1"}},
+		{[]string{"pay"}, []string{"order_1"}},
+		{[]string{"retries", "stop"}, nil},
+		{[]string{"deadletters", "redrive"}, []string{"--all"}},
+		{[]string{"deadletters", "purge"}, []string{"--yes", "dl_1"}},
 	} {
 		for _, store := range []string{"", missing} {
-			give := args
+			give := append([]string{}, tt.command...)
 			wantPath := "data/ordermail.db"
 			if store != "" {
-				give = append(append([]string{}, args...), "--store", "file:"+store)
+				give = append(give, "--store", "file:"+store)
 				wantPath = store
 			}
-			if args[0] == "orders" {
-				give = append(give, "order_1")
-			}
+			give = append(give, tt.rest...)
 			name := strings.Join(give, " ")
 			stdout, _, err := cli(t, give...)
 			require.EqualError(t, err, "no store at "+wantPath+" (start the service or load orders first; --store names another)", name)
@@ -187,7 +190,7 @@ func TestReadOnlyCommandsRefuseAMissingStore(t *testing.T) {
 	}
 	left, err := os.ReadDir(".")
 	require.NoError(t, err)
-	assert.Empty(t, left, "a read-only command made files")
+	assert.Empty(t, left, "a command that needs a store made files")
 
 	_, stderr, code := runProcess(t, "retries", "status", "--store", "file:"+filepath.Join(t.TempDir(), "o.db"))
 	assert.Equal(t, 1, code)

@@ -25,7 +25,7 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			return listTable(ctx, st, listReason, stdout)
 		},
-		readOnly(), checkArgs(func(args []string) error {
+		existing(), checkArgs(func(args []string) error {
 			if err := noArgs(args); err != nil {
 				return err
 			}
@@ -49,7 +49,7 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 			fmt.Fprintf(stdout, "redrove %d dead letters\n", n)
 			return err
 		},
-		checkArgs(func(ids []string) error { return selection("deadletters redrive", ids, redriveAll, redriveReason) }))
+		existing(), checkArgs(func(ids []string) error { return selection("deadletters redrive", ids, redriveAll, redriveReason) }))
 	redrive.FlagSet.BoolVar(&redriveAll, "all", false, "every dead letter")
 	redrive.FlagSet.StringVar(&redriveReason, "reason", "", "every dead letter of this reason (permanent_error, attempts_exhausted, ...)")
 
@@ -68,7 +68,7 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 			fmt.Fprintf(stdout, "purged %d dead letters\n", n)
 			return err
 		},
-		checkArgs(func(ids []string) error {
+		existing(), checkArgs(func(ids []string) error {
 			if err := selection("deadletters purge", ids, purgeAll, purgeReason); err != nil {
 				return err
 			}

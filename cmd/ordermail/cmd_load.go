@@ -80,7 +80,7 @@ func payCommand(stdout, stderr io.Writer) *ffcli.Command {
 			fmt.Fprintf(stdout, "marked %d of %d orders paid\n", paid, len(keys))
 			return errors.Join(errs...)
 		},
-		checkArgs(func(keys []string) error {
+		existing(), checkArgs(func(keys []string) error {
 			if len(keys) == 0 {
 				return usageErrorf("pay: no order keys: give the keys of the orders to mark paid")
 			}

@@ -59,7 +59,7 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			return nil
 		},
-		checkArgs(noArgs))
+		existing(), checkArgs(noArgs))
 
 	var asJSON bool
 	var quantum time.Duration
@@ -78,7 +78,7 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			return printStatus(stdout, v, quantum)
 		},
-		readOnly(), checkArgs(noArgs))
+		existing(), checkArgs(noArgs))
 	status.FlagSet.BoolVar(&asJSON, "json", false, "print one JSON object")
 	status.FlagSet.DurationVar(&quantum, "retry-quantum", 15*time.Second, "the service's --retry-quantum, to tell which of the sample's retry documents are due")
 

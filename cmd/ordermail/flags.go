@@ -186,14 +186,16 @@ func storeFlags(fs *flag.FlagSet, c *app.StoreConfig) {
 type storeOption func(*storeOptions)
 
 type storeOptions struct {
-	readOnly bool
+	existing bool
 	args     func(args []string) error
 }
 
-// readOnly is for a command that only reads: it refuses an embedded store
-// that does not exist rather than create an empty one, whose answers would
-// look like a store with nothing in it.
-func readOnly() storeOption { return func(o *storeOptions) { o.readOnly = true } }
+// existing is for a command that only reads, or that changes what must be
+// there already (orders to pay, dead letters to redrive, allow_retrys to
+// delete): it refuses an embedded store that does not exist rather than
+// create an empty one, whose answers would look like a store with nothing
+// in it (a typo in --store, or the default in the wrong directory).
+func existing() storeOption { return func(o *storeOptions) { o.existing = true } }
 
 // checkArgs checks the arguments (and flags) before the store is opened, so
 // that a wrong command line touches no store.
@@ -202,7 +204,7 @@ func checkArgs(check func(args []string) error) storeOption {
 }
 
 // storeCommand is a command that opens the store and hands it to exec.
-// Unless readOnly, a missing embedded store is created.
+// Unless existing, a missing embedded store is created.
 func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx context.Context, st store.Store, args []string) error, opts ...storeOption) *ffcli.Command {
 	fs := newFlagSet(name, stderr)
 	var sc app.StoreConfig
@@ -219,7 +221,7 @@ func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx cont
 					return err
 				}
 			}
-			if o.readOnly {
+			if o.existing {
 				if err := storeExists(sc); err != nil {
 					return err
 				}
