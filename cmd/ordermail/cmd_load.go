@@ -59,6 +59,13 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			docs = append(docs, d...)
 		}
+		if pay { // an order that cannot be paid loads nothing either
+			for _, d := range docs {
+				if _, err := order.SetPaymentStatus(d.Value, order.StatusPaid); err != nil {
+					return fmt.Errorf("pay %s: %w (nothing loaded)", d.Key, err)
+				}
+			}
+		}
 		return exec(ctx, files)
 	}
 	return c

@@ -97,6 +97,16 @@ func TestLoadPayAndRetries(t *testing.T) {
 	assert.Equal(t, "loaded 5 documents into inbound from 1 paths\nmarked 5 orders paid\n", out)
 	_, _, err = cli(t, "load", "--store", storeURL, "--collection", "retry", "--pay", fixturesDir)
 	require.ErrorContains(t, err, "only orders")
+	// With --pay, a document that is no order to pay loads nothing.
+	mixed := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(mixed, "a_order.json"), []byte(`{"email":"a@example.com"}`), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(mixed, "m_array.json"), []byte(`[1]`), 0o644))
+	mixedStore := "file:" + filepath.Join(t.TempDir(), "mixed.db")
+	_, _, err = cli(t, "load", "--store", mixedStore, "--collection", "inbound", "--pay", mixed)
+	require.ErrorContains(t, err, "pay m_array: ")
+	require.ErrorContains(t, err, "(nothing loaded)")
+	_, _, err = cli(t, "orders", "show", "--store", mixedStore, "a_order")
+	assert.Error(t, err, "a_order was not loaded")
 
 	out, _, err = cli(t, "pay", "--store", storeURL, "order_140", "order_141", "order_missing")
 	require.ErrorContains(t, err, "pay order_missing: ")
