@@ -86,6 +86,15 @@ func TestDemoDeadLettersHint(t *testing.T) {
 	list, _, err := cli(t, strings.Fields(m[1])...)
 	require.NoError(t, err)
 	assert.Contains(t, list, "order_140")
+	before, err := os.ReadFile(filepath.Join(dir, "ordermail.db"))
+	require.NoError(t, err)
+
+	// Run again on a directory that holds a store: refused, the store as it was.
+	_, _, err = cli(t, "demo", "--orders", "2", "--data", dir)
+	require.ErrorContains(t, err, "data: "+dir+" already holds a store (ordermail.db)")
+	after, err := os.ReadFile(filepath.Join(dir, "ordermail.db"))
+	require.NoError(t, err)
+	assert.Equal(t, before, after, "the store is untouched")
 
 	out, _, err = cli(t, "demo", "--orders", "2", "--fail-rate", "1", "--fail-status", "400")
 	require.NoError(t, err)

@@ -120,6 +120,11 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 		defer os.RemoveAll(dir)
 	} else if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("data: %w", err)
+	} else if _, err := os.Stat(filepath.Join(dir, "ordermail.db")); err == nil {
+		// The demo writes its orders, allow_retrys and its credentials
+		// there: a store with an operator's settings and orders is no
+		// place for them.
+		return fmt.Errorf("data: %s already holds a store (ordermail.db); the demo writes its own orders and retry settings: give a new directory", dir)
 	}
 	if err := demoCredentials(dir, mock, &cfg); err != nil {
 		return err
