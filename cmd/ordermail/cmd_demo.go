@@ -84,6 +84,9 @@ func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if d.orders < 0 {
 				return fmt.Errorf("orders: %d is negative", d.orders)
 			}
+			if d.timeout <= 0 {
+				return fmt.Errorf("timeout: %s is not positive", d.timeout)
+			}
 			// Progress only on a terminal. Log lines that would share the
 			// terminal with the bar go through it: printed above the bar,
 			// which is drawn again under them.

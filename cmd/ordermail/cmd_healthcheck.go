@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	neturl "net/url"
 	"time"
 
 	"github.com/peterbourgon/ff/v3/ffcli"
@@ -27,6 +28,9 @@ func healthcheckCommand(stdout io.Writer) *ffcli.Command {
 			}
 			if *timeout <= 0 {
 				return fmt.Errorf("timeout: %s is not positive", *timeout)
+			}
+			if u, err := neturl.Parse(*url); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return fmt.Errorf("url: %q is not an http:// or https:// URL", *url)
 			}
 			ctx, cancel := context.WithTimeout(ctx, *timeout)
 			defer cancel()

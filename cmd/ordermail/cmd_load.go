@@ -59,6 +59,13 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			docs = append(docs, d...)
 		}
+		seen := make(map[string]bool, len(docs))
+		for _, d := range docs {
+			if seen[d.Key] { // which one was meant?
+				return fmt.Errorf("load: %s is given twice (nothing loaded)", d.Key)
+			}
+			seen[d.Key] = true
+		}
 		if pay { // an order that cannot be paid loads nothing either
 			for _, d := range docs {
 				if _, err := order.SetPaymentStatus(d.Value, order.StatusPaid); err != nil {

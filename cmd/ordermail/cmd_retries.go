@@ -78,7 +78,12 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			return printStatus(stdout, v, quantum)
 		},
-		existing(), checkArgs(noArgs))
+		existing(), checkArgs(func(args []string) error {
+			if quantum <= 0 {
+				return fmt.Errorf("retry-quantum: %s is not positive", quantum)
+			}
+			return noArgs(args)
+		}))
 	status.FlagSet.BoolVar(&asJSON, "json", false, "print one JSON object")
 	status.FlagSet.DurationVar(&quantum, "retry-quantum", 15*time.Second, "the service's --retry-quantum, to tell which of the sample's retry documents are due")
 

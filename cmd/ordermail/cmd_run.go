@@ -53,6 +53,9 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			if err := checkServiceFlags(&cfg); err != nil {
 				return err
 			}
+			if cfg.Console.TokenFile != "" && cfg.Console.Listen == "" {
+				log.Warn("admin-token-file is set, but admin-listen is not: the console is off, and the token unused")
+			}
 			setServiceGC()
 			tp, err := tracing.Setup(ctx, version())
 			if err != nil {

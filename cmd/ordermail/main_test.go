@@ -107,6 +107,11 @@ func TestLoadPayAndRetries(t *testing.T) {
 	require.ErrorContains(t, err, "(nothing loaded)")
 	_, _, err = cli(t, "orders", "show", "--store", mixedStore, "a_order")
 	assert.Error(t, err, "a_order was not loaded")
+	// A key given twice (here in a .jsonl and as a file name) loads nothing.
+	require.NoError(t, os.WriteFile(filepath.Join(mixed, "m_array.json"), []byte(`{"email":"m@example.com"}`), 0o644))
+	require.NoError(t, os.WriteFile(filepath.Join(mixed, "z.jsonl"), []byte(`{"id":"a_order","doc":{"email":"b@example.com"}}`+"\n"), 0o644))
+	_, _, err = cli(t, "load", "--store", mixedStore, "--collection", "inbound", mixed)
+	require.ErrorContains(t, err, "load: a_order is given twice (nothing loaded)")
 
 	out, _, err = cli(t, "pay", "--store", storeURL, "order_140", "order_141", "order_missing")
 	require.ErrorContains(t, err, "pay order_missing: ")
@@ -183,6 +188,9 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"pay"}, "no order keys", 2},
 		{[]string{"retries", "stop", "x"}, "unexpected arguments: x", 2},
 		{[]string{"run", "--bogus"}, "flag provided but not defined: -bogus", 2},
+		{[]string{"demo", "--timeout", "0"}, "timeout: 0s is not positive", 1},
+		{[]string{"retries", "status", "--retry-quantum", "-1s"}, "retry-quantum: -1s is not positive", 1},
+		{[]string{"healthcheck", "--url", "notaurl"}, `url: "notaurl" is not an http:// or https:// URL`, 1},
 	}
 	for _, tt := range tests {
 		name := strings.Join(tt.give, " ")
