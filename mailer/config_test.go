@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
 	"github.com/ordermail/ordermail/internal/testpki"
 	"github.com/ordermail/ordermail/internal/tracing"
@@ -223,6 +224,52 @@ func TestEveryRequestCarriesATraceparent(t *testing.T) {
 	m, c := newMock(t, mockmail.Config{})
 	require.NoError(t, c.Send(context.Background(), "k", []byte(`{}`)))
 	assert.Equal(t, 1, m.Stats().Traced)
+}
+
+// TestSpansCarryNoSecretOfTheURL: a key in the URL's query (or its
+// password) reaches the tracing backend no more than the logs.
+func TestSpansCarryNoSecretOfTheURL(t *testing.T) {
+	// Not parallel: it installs the global tracer provider.
+	exporter := tracetest.NewInMemoryExporter()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exporter))
+	tracing.Install(tp)
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
+	m, err := mockmail.New(mockmail.Config{})
+	require.NoError(t, err)
+	srv := httptest.NewServer(m)
+	t.Cleanup(srv.Close)
+	answering := strings.Replace(srv.URL, "http://", "http://user:PASSWORD@", 1)
+
+	for _, tc := range []struct {
+		give, want string // want: url.full
+	}{
+		{answering + "/?api_key=SECRET&lang=en", srv.URL + "/sendConfirmation?api_key=REDACTED&lang=en"},
+		{"http://127.0.0.1:1/?token=SECRET", "http://127.0.0.1:1/sendConfirmation?token=REDACTED"}, // no answer
+	} {
+		exporter.Reset()
+		c, err := mailer.New(mailer.Config{URL: tc.give, Timeout: time.Minute}, quiet)
+		require.NoError(t, err)
+		_ = c.Send(context.Background(), "k", []byte(`{}`))
+		spans := exporter.GetSpans() // a syncer: exported when the send's span ended
+		require.Len(t, spans, 1, tc.give)
+		s := spans[0]
+		var full string
+		for _, a := range s.Attributes {
+			assert.NotContains(t, a.Value.Emit(), "SECRET", "%s of %s", a.Key, tc.give)
+			assert.NotContains(t, a.Value.Emit(), "PASSWORD", "%s of %s", a.Key, tc.give)
+			if a.Key == "url.full" {
+				full = a.Value.AsString()
+			}
+		}
+		assert.Equal(t, tc.want, full)
+		assert.NotContains(t, s.Status.Description, "SECRET")
+		for _, e := range s.Events {
+			for _, a := range e.Attributes {
+				assert.NotContains(t, a.Value.Emit(), "SECRET", "event %s: %s", e.Name, a.Key)
+			}
+		}
+	}
+	assert.Equal(t, 1, m.Stats().Deliveries, "the service got its key all the same")
 }
 
 func serveWith(t *testing.T, h http.HandlerFunc) string {

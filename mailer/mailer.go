@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"mime"
 	"net"
 	"net/http"
@@ -26,6 +27,7 @@ import (
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0" // otelhttp's
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/time/rate"
@@ -102,6 +104,9 @@ func (c Config) Validate() error {
 	switch {
 	case c.Timeout < 0:
 		return fmt.Errorf("mail-timeout: %s is negative", c.Timeout)
+	case math.IsNaN(c.SendRate) || math.IsInf(c.SendRate, 0):
+		// NaN passes every comparison below; +Inf is no rate.
+		return fmt.Errorf("send-rate: %v is not a number of sends per second", c.SendRate)
 	case c.SendRate < 0:
 		return fmt.Errorf("send-rate: %v is negative", c.SendRate)
 	case c.SendBurst < 0:
@@ -542,7 +547,7 @@ func (c *Client) client(now time.Time) (*http.Client, error) {
 	// otelhttp starts the send's span and puts its traceparent on the
 	// request, for sends whose trace is recorded.
 	traced := *c.http
-	traced.Transport = otelhttp.NewTransport(transport,
+	traced.Transport = otelhttp.NewTransport(redactedSpanURL{transport},
 		otelhttp.WithSpanNameFormatter(func(string, *http.Request) string { return "send confirmation" }))
 	c.traced = &traced
 	c.httpAt, c.httpErr = changed, err
@@ -553,6 +558,21 @@ func (c *Client) client(now time.Time) (*http.Client, error) {
 		}
 	}
 	return c.http, err
+}
+
+// redactedSpanURL replaces the url.full otelhttp gave the send's span, before
+// the request goes: otelhttp drops the URL's password but keeps its query,
+// where the service's key may be (?api_key=), and spans go to a tracing
+// backend. The span gets the URL as the logs have it.
+type redactedSpanURL struct{ next http.RoundTripper }
+
+func (t redactedSpanURL) RoundTrip(req *http.Request) (*http.Response, error) {
+	if span := trace.SpanFromContext(req.Context()); span.IsRecording() {
+		u := *req.URL
+		u.User = nil // as otelhttp: not even the user name
+		span.SetAttributes(semconv.URLFull(redact.URL(u.String())))
+	}
+	return t.next.RoundTrip(req)
 }
 
 // clientFor is the client of a send in ctx: otelhttp's, which makes a span

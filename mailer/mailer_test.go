@@ -8,6 +8,7 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -133,6 +134,10 @@ func TestConfigValidate(t *testing.T) {
 		{give: mailer.Config{URL: "http://user:hunter2@/x?token=s3cret"}, want: `mail-url: "http://user:REDACTED@/x?token=REDACTED"`},
 		{give: mailer.Config{URL: "http://user:hunter2@host/%zz"}, want: `mail-url: "http://REDACTED@host/%zz"`},
 		{give: mailer.Config{URL: "http://x", SendRate: -1}, want: "send-rate"},
+		{give: mailer.Config{URL: "http://x", SendRate: math.NaN()}, want: "send-rate: NaN"},
+		{give: mailer.Config{URL: "http://x", SendRate: math.Inf(1)}, want: "send-rate: +Inf"},
+		{give: mailer.Config{URL: "http://x", SendRate: math.Inf(-1)}, want: "send-rate: -Inf"},
+		{give: mailer.Config{URL: "http://x", SendRate: 0.5}},
 		{give: mailer.Config{URL: "http://x", BreakerFailures: -1}, want: "breaker-failures"},
 		{give: mailer.Config{URL: "http://localhost:9080"}},
 	}
@@ -150,9 +155,28 @@ func TestConfigValidate(t *testing.T) {
 
 func TestMockConfigValidate(t *testing.T) {
 	t.Parallel()
-	assert.ErrorContains(t, mockmail.Config{FailRate: 1.5}.Validate(), "fail-rate")
-	assert.ErrorContains(t, mockmail.Config{FailStatus: 200}.Validate(), "fail-status")
-	assert.ErrorContains(t, mockmail.Config{Latency: -time.Second}.Validate(), "latency")
+	tests := []struct {
+		give mockmail.Config
+		want string
+	}{
+		{give: mockmail.Config{FailRate: 1.5}, want: "fail-rate"},
+		{give: mockmail.Config{FailRate: -0.1}, want: "fail-rate"},
+		{give: mockmail.Config{FailRate: math.NaN()}, want: "fail-rate: NaN"},
+		{give: mockmail.Config{FailRate: math.Inf(1)}, want: "fail-rate: +Inf"},
+		{give: mockmail.Config{FailRate: math.Inf(-1)}, want: "fail-rate: -Inf"},
+		{give: mockmail.Config{FailStatus: 200}, want: "fail-status"},
+		{give: mockmail.Config{Latency: -time.Second}, want: "latency"},
+		{give: mockmail.Config{FailRate: 1}},
+		{give: mockmail.Config{FailRate: 0.3}},
+	}
+	for _, tt := range tests {
+		err := tt.give.Validate()
+		if tt.want == "" {
+			assert.NoError(t, err, "%+v", tt.give)
+		} else {
+			assert.ErrorContains(t, err, tt.want, "%+v", tt.give)
+		}
+	}
 }
 
 func TestMockFailRateIsRoughlyHonoured(t *testing.T) {

@@ -91,7 +91,7 @@ func (c Config) Validate() error {
 		return errors.New("bench: no ordermail binary to run")
 	case c.Orders < 1:
 		return fmt.Errorf("orders: %d is not positive", c.Orders)
-	case c.FailRate < 0 || c.FailRate >= 1:
+	case !(c.FailRate >= 0 && c.FailRate < 1): // NaN too
 		return fmt.Errorf("fail-rate: %v is not at least 0 and below 1 (at 1 nothing is ever delivered)", c.FailRate)
 	case c.MailLatency < 0:
 		return fmt.Errorf("mail-latency: %s is negative", c.MailLatency)

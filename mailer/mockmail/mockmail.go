@@ -68,7 +68,8 @@ type Reply struct {
 
 // Validate names the setting that is wrong.
 func (c Config) Validate() error {
-	if c.FailRate < 0 || c.FailRate > 1 {
+	// Written so that NaN, which every comparison fails, is out of range.
+	if !(c.FailRate >= 0 && c.FailRate <= 1) {
 		return fmt.Errorf("fail-rate: %v is not between 0 and 1", c.FailRate)
 	}
 	if c.FailStatus != 0 && (c.FailStatus < 100 || c.FailStatus > 599 || c.FailStatus == http.StatusOK) {
