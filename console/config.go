@@ -11,7 +11,9 @@ import (
 // Config of the console.
 type Config struct {
 	// Listen is the console's address, e.g. 127.0.0.1:9465; empty: no
-	// console. An address other machines can reach is logged as a warning.
+	// console. An address other machines can reach is logged as a warning;
+	// on a loopback one, only requests to a loopback name are answered
+	// (metrics.HostCheck).
 	Listen string
 	// TokenFile holds the admin token (white space around it trimmed); it
 	// wins over Token. Read once, at start.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ordermail/ordermail/mailer"
+	"github.com/ordermail/ordermail/metrics"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/ordermail/ordermail/timer"
@@ -64,7 +65,8 @@ type Console struct {
 	logins    *rate.Limiter // login attempts, right or wrong
 	samples   *sampler
 	pages     map[string]*template.Template
-	handler   http.Handler
+	routed    http.Handler // the pages and actions
+	handler   http.Handler // routed, behind the Host check of cfg.Listen
 
 	srv  *http.Server
 	addr net.Addr
@@ -112,7 +114,8 @@ func New(cfg Config, d Deps, log *slog.Logger, now func() time.Time) (*Console, 
 		return nil, err
 	}
 	c.samples.take(now())
-	c.handler = c.routes()
+	c.routed = c.routes()
+	c.handler = metrics.HostCheck(cfg.Listen, nil, c.routed)
 	return c, nil
 }
 
@@ -139,7 +142,8 @@ func parsePages(now func() time.Time) (map[string]*template.Template, error) {
 func (c *Console) ReadOnly() bool { return c.tokenHash == nil }
 
 // Handler serves the console, for tests and for embedding; nil when
-// there is no address to listen on.
+// there is no address to listen on. While that address is a loopback one,
+// it answers requests to loopback names only (metrics.HostCheck).
 func (c *Console) Handler() http.Handler { return c.handler }
 
 // Addr is where the console listens, once started; nil without one.
@@ -189,9 +193,11 @@ func (c *Console) Start(context.Context) error {
 	if err != nil {
 		return fmt.Errorf("admin-listen: %w", err)
 	}
-	c.srv = &http.Server{Handler: c.handler, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute,
-		ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelWarn)}
 	c.addr = ln.Addr()
+	// Checked against the address listened on: a host name that resolved
+	// to loopback is guarded as loopback is.
+	c.srv = &http.Server{Handler: metrics.HostCheck(c.cfg.Listen, c.addr, c.routed), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: time.Minute, ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelWarn)}
 	c.done = make(chan error, 1)
 	c.stop = make(chan struct{})
 	go func() { c.done <- c.srv.Serve(ln) }()

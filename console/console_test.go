@@ -6,6 +6,7 @@ import (
 	"html"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -705,4 +706,90 @@ func TestStartAndStop(t *testing.T) {
 	resp.Body.Close()
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	require.NoError(t, c.Stop(context.Background()))
+}
+
+// TestOnlyLoopbackHostsWhileOnLoopback: a page whose name an attacker
+// pointed at 127.0.0.1 (DNS rebinding) reads nothing of a console on
+// loopback; a console listening where other machines reach it answers
+// whatever name they use.
+func TestOnlyLoopbackHostsWhileOnLoopback(t *testing.T) {
+	t.Parallel()
+	loop := newFixture(t, console.Config{}) // told 127.0.0.1:0
+	open := newFixture(t, console.Config{Listen: "0.0.0.0:9465"})
+	named := newFixture(t, console.Config{Listen: "console.internal:9465"})
+	port := loop.srv.URL[strings.LastIndexByte(loop.srv.URL, ':')+1:]
+	tests := []struct {
+		f    *fixture
+		give string // Host
+		want int
+	}{
+		{loop, "evil.example", http.StatusMisdirectedRequest},
+		{loop, "evil.example:" + port, http.StatusMisdirectedRequest},
+		{loop, "localhost.evil.example:" + port, http.StatusMisdirectedRequest},
+		{loop, "127.0.0.1.evil.example:" + port, http.StatusMisdirectedRequest},
+		{loop, "0.0.0.0:" + port, http.StatusMisdirectedRequest},
+		{loop, "127.0.0.1:" + port, http.StatusOK},
+		{loop, "127.0.0.1", http.StatusOK},
+		{loop, "127.4.5.6:" + port, http.StatusOK},
+		{loop, "localhost:" + port, http.StatusOK},
+		{loop, "LocalHost.", http.StatusOK},
+		{loop, "[::1]:" + port, http.StatusOK},
+		{loop, "[::1]", http.StatusOK},
+		{open, "evil.example", http.StatusOK},
+		{open, "203.0.113.7:9465", http.StatusOK},
+		{named, "evil.example", http.StatusOK},
+	}
+	for _, tt := range tests {
+		for _, path := range []string{"/", "/readyz", "/static/console.css", "/login"} {
+			req, err := http.NewRequest(http.MethodGet, tt.f.srv.URL+path, nil)
+			require.NoError(t, err)
+			req.Host = tt.give
+			resp, err := tt.f.client.Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			assert.Equal(t, tt.want, resp.StatusCode, "Host %s, GET %s", tt.give, path)
+		}
+	}
+	// An action too, were it to carry a session.
+	resp, err := loop.client.Do(func() *http.Request {
+		req, err := http.NewRequest(http.MethodPost, loop.srv.URL+"/login", strings.NewReader(url.Values{"token": {token}}.Encode()))
+		require.NoError(t, err)
+		req.Host = "evil.example:" + port
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		return req
+	}())
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusMisdirectedRequest, resp.StatusCode)
+}
+
+// TestStartedOnLoopbackRefusesOtherHosts: the same check on the console's
+// own listener, which knows the address it listens on.
+func TestStartedOnLoopbackRefusesOtherHosts(t *testing.T) {
+	t.Parallel()
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer st.Close()
+	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
+	require.NoError(t, err)
+	c, err := console.New(console.Config{Listen: "localhost:0"}, deps(t, st, m), quiet, nil)
+	require.NoError(t, err)
+	require.NoError(t, c.Start(context.Background()))
+	defer func() { assert.NoError(t, c.Stop(context.Background())) }()
+	addr := c.Addr().String()
+	_, port, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	for give, want := range map[string]int{
+		"evil.example:" + port: http.StatusMisdirectedRequest,
+		"localhost:" + port:    http.StatusOK,
+		addr:                   http.StatusOK,
+	} {
+		req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+		require.NoError(t, err)
+		req.Host = give
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, want, resp.StatusCode, "Host %s", give)
+	}
 }

@@ -68,7 +68,8 @@ import (
 type Config struct {
 	// Listen is the address of GET /metrics, /healthz and /readyz, e.g.
 	// :9464; empty: no endpoint (Healthz and Readyz can still be mounted
-	// elsewhere).
+	// elsewhere). On a loopback address, only requests to a loopback name
+	// are answered (HostCheck).
 	Listen string
 	// RefreshInterval is how often the backlog figures are read from the
 	// store, off the scrape path. Default 3s.
@@ -527,8 +528,8 @@ func (s *Server) Start(context.Context) error {
 	mux.Handle("GET /metrics", s.Handler())
 	mux.HandleFunc("GET /healthz", s.Healthz)
 	mux.HandleFunc("GET /readyz", s.Readyz)
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	s.addr = ln.Addr()
+	s.srv = &http.Server{Handler: HostCheck(s.cfg.Listen, s.addr, mux), ReadHeaderTimeout: 10 * time.Second}
 	s.done = make(chan error, 1)
 	go func() { s.done <- s.srv.Serve(ln) }()
 	s.log.Info("serving metrics", "addr", s.addr.String())

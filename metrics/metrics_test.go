@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -685,4 +686,40 @@ func TestEmbeddedFeedLag(t *testing.T) {
 		return ok && lag == 0 && r.w.Stats().Sent == 300
 	}, 20*time.Second, 10*time.Millisecond)
 	assert.NotContains(t, scrape(t, h), "ordermail_feed_rollbacks_total", "the embedded feed counts none")
+}
+
+// TestEndpointAnswersLoopbackHostsOnly: a web page whose name an attacker
+// pointed at 127.0.0.1 (DNS rebinding) reads nothing of an endpoint on
+// loopback; one listening where other machines reach it answers whatever
+// name Prometheus uses.
+func TestEndpointAnswersLoopbackHostsOnly(t *testing.T) {
+	t.Parallel()
+	get := func(t *testing.T, addr, host, path string) int {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+		require.NoError(t, err)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	loop := newRig(t, rigConfig{metrics: metrics.Config{Listen: "127.0.0.1:0"}})
+	loop.start(t, false)
+	addr := loop.m.Addr().String()
+	_, port, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
+	for _, path := range []string{"/metrics", "/healthz", "/readyz"} {
+		assert.Equal(t, http.StatusMisdirectedRequest, get(t, addr, "evil.example:"+port, path), path)
+		assert.Equal(t, http.StatusMisdirectedRequest, get(t, addr, "evil.example", path), path)
+	}
+	for _, host := range []string{addr, "127.0.0.1", "localhost:" + port, "[::1]:" + port} {
+		assert.Equal(t, http.StatusOK, get(t, addr, host, "/metrics"), host)
+	}
+
+	open := newRig(t, rigConfig{metrics: metrics.Config{Listen: "0.0.0.0:0"}})
+	open.start(t, false)
+	_, port, err = net.SplitHostPort(open.m.Addr().String())
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusOK, get(t, "127.0.0.1:"+port, "evil.example:"+port, "/metrics"))
 }

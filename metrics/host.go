@@ -1,0 +1,73 @@
+package metrics
+
+import (
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+)
+
+// HostCheck guards an endpoint that answers anyone who reaches it (the
+// metrics, the console's pages) against DNS rebinding. While listen, the
+// address the server was told to listen on, is a loopback one, a request
+// is served only when its Host is a loopback IP (127.0.0.0/8, ::1),
+// localhost or listen's own host, with or without a port; others are
+// answered 421 Misdirected Request. A web page in the operator's browser
+// that points its own name at 127.0.0.1 can reach the endpoint, but its
+// requests carry its name in Host.
+//
+// An address other machines can reach (0.0.0.0:9464, :9464, a host name)
+// is the operator's choice: any Host is served there, as Prometheus and
+// browsers name the machine as they know it. bound, when known, is the
+// address actually listened on, and decides instead: a host name that
+// resolved to a loopback address counts as loopback.
+func HostCheck(listen string, bound net.Addr, next http.Handler) http.Handler {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		host = listen
+	}
+	host = hostName(host)
+	if !listensOnLoopback(host, bound) {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// No Host at all is no browser's request (HTTP/1.0 by hand).
+		if h := requestHost(r.Host); h == "" || h == host || loopback(h) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		http.Error(w, "misdirected request: this endpoint listens on loopback and answers requests to 127.0.0.1, [::1] or localhost only",
+			http.StatusMisdirectedRequest)
+	})
+}
+
+func listensOnLoopback(host string, bound net.Addr) bool {
+	if a, ok := bound.(*net.TCPAddr); ok && a != nil {
+		return a.IP.IsLoopback()
+	}
+	return loopback(host)
+}
+
+// loopback says whether host, as hostName gives it, is localhost or a
+// loopback IP.
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
+// requestHost is the host of a request's Host header, without its port.
+func requestHost(hostport string) string {
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		return hostName(h)
+	}
+	return hostName(hostport) // no port: "localhost", "[::1]", "::1"
+}
+
+// hostName is host as compared: without brackets, its final dot or case.
+func hostName(host string) string {
+	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	return strings.ToLower(strings.TrimSuffix(host, "."))
+}
