@@ -98,8 +98,13 @@ func (c Config) Validate() error {
 		return errors.New("mail-url: required (the email service's base URL, e.g. http://localhost:9080)")
 	}
 	u, err := url.Parse(c.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
 		return fmt.Errorf("mail-url: %q is not an http(s) URL with a host", c.RedactedURL())
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("mail-url: %q: port %s is not between 1 and 65535", c.RedactedURL(), p)
+		}
 	}
 	switch {
 	case c.Timeout < 0:
