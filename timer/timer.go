@@ -171,6 +171,12 @@ type Timer struct {
 	waiting   bool          // the last sweep found sends held back, or flagged a probe: tick every pausedPoll
 	holder    lease.Holding // the lease as a standby last read it
 	holderAt  time.Time     // when, on the timer's clock
+	// sweepsFailed counts this instance's sweeps that failed in a row
+	// while it held the lease; after failedSweepsToStepAside of them it
+	// gives the lease up and leaves it to the others until asideUntil.
+	sweepsFailed int
+	asideUntil   time.Time
+	leaseTTL     time.Duration
 
 	// Logged state, for one line per change; only tick touches them.
 	logged      Role
@@ -196,7 +202,8 @@ func New(cfg Config, st store.Store, log *slog.Logger, now func() time.Time) (*T
 	}
 	t.interval, t.quantum = t.cfg.Interval, t.cfg.Quantum
 	// Three ticks: a holder that missed two renewals is taken over.
-	t.lease = lease.New(st, LeaseName, t.cfg.Owner, max(3*t.cfg.Interval, 3*time.Second), now)
+	t.leaseTTL = max(3*t.cfg.Interval, 3*time.Second)
+	t.lease = lease.New(st, LeaseName, t.cfg.Owner, t.leaseTTL, now)
 	cl := cronLogger{t.log}
 	t.cron = cron.New(cron.WithLogger(cl), cron.WithChain(cron.Recover(cl), cron.SkipIfStillRunning(cl)))
 	t.cron.Schedule(schedule{t}, cron.FuncJob(t.tick))
@@ -255,7 +262,15 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 		t.setRole(RoleHeld, nil, now)
 		return Result{Armed: true, Held: true}, nil
 	}
-	if err := t.lease.Acquire(lctx); errors.Is(err, lease.ErrHeld) {
+	t.mu.Lock()
+	aside := now.Before(t.asideUntil)
+	t.mu.Unlock()
+	if aside {
+		err = lease.ErrHeld // its sweeps failed: another instance's may not
+	} else {
+		err = t.lease.Acquire(lctx)
+	}
+	if errors.Is(err, lease.ErrHeld) {
 		// Who sweeps, and since when it last renewed, for the standby's
 		// report; failing to read it changes nothing.
 		h, herr := t.lease.Holder(lctx)
@@ -289,7 +304,7 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	for {
 		batch, err := t.store.SweepRetries(ctx, now, quantum, limit)
 		if err != nil {
-			return res, err // not recorded: the next tick tries again
+			return res, t.sweepFailed(lctx, now, err) // not recorded: the next tick tries again
 		}
 		res.Batches++
 		res.Flagged += batch.Flagged
@@ -299,8 +314,18 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 		if !batch.More || probing || time.Since(start) >= t.cfg.SweepBudget {
 			break
 		}
+		// Retries stopped meanwhile stop the sweep at this batch: a pause
+		// in an outage must not let a second's worth of batches through.
+		if _, err := t.store.Get(ctx, order.Retry, order.ControlKey); errors.Is(err, store.ErrNotFound) {
+			break
+		} else if err != nil {
+			return res, t.sweepFailed(lctx, now, fmt.Errorf("read %s: %w", order.ControlKey, err))
+		}
 	}
 	res.Swept = true
+	t.mu.Lock()
+	t.sweepsFailed = 0
+	t.mu.Unlock()
 	if h := t.hooks.Load(); h != nil && h.Sweep != nil {
 		h.Sweep(time.Since(start), res.Flagged)
 	}
@@ -389,6 +414,35 @@ func (t *Timer) Stalled() string {
 		return fmt.Sprintf("no tick finished for %s (bound %s)", age.Round(time.Millisecond), t.stallBound())
 	}
 	return ""
+}
+
+// failedSweepsToStepAside is how many sweeps in a row may fail before the
+// instance gives the lease up: a sweep that fails every time (the query
+// service out of this host's reach, a user without the right to update)
+// while the lease's own writes work would otherwise keep it, and no
+// instance would flag a due retry.
+const failedSweepsToStepAside = 3
+
+// sweepFailed counts a failed sweep, and after failedSweepsToStepAside
+// in a row gives the lease up for one lease TTL, so that another instance
+// takes it; alone, this one takes it again then. It returns err, saying so.
+func (t *Timer) sweepFailed(ctx context.Context, now time.Time, err error) error {
+	t.mu.Lock()
+	t.sweepsFailed++
+	n := t.sweepsFailed
+	t.mu.Unlock()
+	if n < failedSweepsToStepAside {
+		return err
+	}
+	if rerr := t.lease.Release(ctx); rerr != nil {
+		return fmt.Errorf("%w; %d sweeps failed in a row, and giving the sweep lease up failed too: %w", err, n, rerr)
+	}
+	t.mu.Lock()
+	t.sweepsFailed = 0
+	t.asideUntil = now.Add(t.leaseTTL)
+	t.mu.Unlock()
+	t.setRole(RoleUnknown, nil, now)
+	return fmt.Errorf("%w; %d sweeps failed in a row: the sweep lease is left to another instance for %s", err, n, t.leaseTTL)
 }
 
 func (t *Timer) tick() {

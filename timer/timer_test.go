@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -232,6 +233,89 @@ func TestOneSweeperAmongInstances(t *testing.T) {
 	res, err = a.Sweep(ctx, now)
 	require.NoError(t, err)
 	assert.True(t, res.Standby)
+}
+
+// brokenSweep fails every sweep while the lease's reads and writes work:
+// the query service out of reach of one host, say.
+type brokenSweep struct{ store.Store }
+
+func (brokenSweep) SweepRetries(context.Context, time.Time, time.Duration, int) (store.SweepResult, error) {
+	return store.SweepResult{}, errors.New("query service unreachable")
+}
+
+// TestAnInstanceWhoseSweepsFailLeavesTheLease: an instance that holds the
+// lease and whose every sweep fails gives the lease up after a few, so that
+// another instance sweeps; then it stands by while that one holds it.
+func TestAnInstanceWhoseSweepsFailLeavesTheLease(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	now := pinned
+	clock := func() time.Time { return now }
+	a, err := timer.New(timer.Config{Interval: time.Second, Owner: "a"}, brokenSweep{st}, quiet, clock)
+	require.NoError(t, err)
+	b, err := timer.New(timer.Config{Interval: time.Second, Owner: "b"}, st, quiet, clock)
+	require.NoError(t, err)
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	retryDoc(t, st, "x", time.Minute)
+
+	var aErrs []string
+	flaggedAt := -1
+	for tick := range 10 {
+		if _, err := a.Sweep(ctx, now); err != nil {
+			aErrs = append(aErrs, err.Error())
+		}
+		res, err := b.Sweep(ctx, now)
+		require.NoError(t, err)
+		if res.Flagged > 0 && flaggedAt < 0 {
+			flaggedAt = tick
+		}
+		now = now.Add(time.Second)
+	}
+	require.Len(t, aErrs, 3, "a's sweeps failed until it left the lease, then it stood by: %q", aErrs)
+	assert.Contains(t, aErrs[2], "3 sweeps failed in a row: the sweep lease is left to another instance")
+	assert.Equal(t, 2, flaggedAt, "b swept at the tick a gave the lease up")
+	assert.True(t, fired(t, st, "x"))
+	assert.Equal(t, timer.RoleStandby, a.Status().Role)
+	assert.Equal(t, timer.RoleActive, b.Status().Role)
+}
+
+// stoppedDuringSweep deletes allow_retrys during the first sweep batch, as
+// an operator's retries stop would.
+type stoppedDuringSweep struct {
+	store.Store
+	once sync.Once
+}
+
+func (s *stoppedDuringSweep) SweepRetries(ctx context.Context, now time.Time, quantum time.Duration, limit int) (store.SweepResult, error) {
+	res, err := s.Store.SweepRetries(ctx, now, quantum, limit)
+	s.once.Do(func() {
+		if derr := s.Store.Remove(ctx, order.Retry, order.ControlKey, 0); derr != nil {
+			err = derr
+		}
+	})
+	return res, err
+}
+
+// TestRetriesStoppedDuringASweepStopIt: a sweep of many batches stops at
+// the batch during which retries were stopped; the rest wait, paused.
+func TestRetriesStoppedDuringASweepStopIt(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	for i := range 25 {
+		retryDoc(t, st, "r"+strings.Repeat("x", i), time.Minute)
+	}
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+
+	tm, err := timer.New(timer.Config{Interval: time.Second, SweepBatch: 10, Owner: "me"}, &stoppedDuringSweep{Store: st}, quiet, nil)
+	require.NoError(t, err)
+	res, err := tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 10, Batches: 1, More: true}, res)
+	res, err = tm.Sweep(ctx, pinned.Add(time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{}, res, "paused")
 }
 
 // gate is a circuit breaker's state as the timer asks it.
