@@ -440,6 +440,12 @@ func Settle(p Plan, st store.State, sendErr error, now time.Time, lim Limits, u 
 		return Outcome{Result: "sent", Writes: ws}
 	}
 
+	if p.Retry.DocID != "" && !st.Retry.Found() {
+		// The retry sent was dropped during the send (ops.DropRetry): the
+		// order stays unconfirmed, as the operator was told; a retry made
+		// again would send it once more.
+		return Outcome{Result: "retry", Reason: "dropped during the send"}
+	}
 	f, status, reason := failureOf(sendErr)
 	prev := p.Retry
 	if prev.DocID == "" {
