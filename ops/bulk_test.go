@@ -170,3 +170,57 @@ func TestRedriveCountsARetryWrittenWhoseDeadLetterWentMeanwhile(t *testing.T) {
 	assert.Zero(t, c.DeadLetters)
 	assert.Equal(t, 50, c.RetryDocs)
 }
+
+// changesFirst changes each document an action is about to write, as
+// another writer would between the action's read and its write: the
+// retry document before a redrive's outcome, the dead letter before a
+// purge's removal.
+type changesFirst struct{ store.Store }
+
+func (s changesFirst) Apply(ctx context.Context, writes []store.Write) ([]uint64, error) {
+	for _, w := range writes {
+		if w.Collection == order.Retry {
+			if _, err := s.Store.Upsert(ctx, order.Retry, w.Key, []byte(`{"type":"confirmation","docId":"`+w.Key+`","attempt":1,"ts":1}`)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return s.Store.Apply(ctx, writes)
+}
+
+func (s changesFirst) Remove(ctx context.Context, coll, key string, cas uint64) error {
+	if coll == order.DeadLetter {
+		d, err := s.Store.Get(ctx, coll, key)
+		if err != nil {
+			return err
+		}
+		if _, err := s.Store.Replace(ctx, coll, key, d.Value, d.CAS); err != nil {
+			return err
+		}
+	}
+	return s.Store.Remove(ctx, coll, key, cas)
+}
+
+// TestRedriveAndPurgeSayWhatChangedMeanwhile: a dead letter left because
+// it, or its order's retry document, changed between the action's read
+// and its write is named in the error, not passed over in silence.
+func TestRedriveAndPurgeSayWhatChangedMeanwhile(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t)
+	seedDeadLetters(t, st, "k", 12)
+
+	n, err := ops.Redrive(ctx, changesFirst{st}, time.Now(), nil, true)
+	assert.Zero(t, n)
+	require.ErrorIs(t, err, ops.ErrChanged)
+	assert.Contains(t, err.Error(), "redrive: 12 left, changed since it was read; look again: k")
+	assert.Contains(t, err.Error(), " and 2 more")
+
+	n, err = ops.Purge(ctx, changesFirst{st}, []string{"k0000003"}, false)
+	assert.Zero(t, n)
+	require.ErrorIs(t, err, ops.ErrChanged)
+	assert.Contains(t, err.Error(), "purge: 1 left, changed since it was read; look again: k0000003")
+	c, err := st.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 12, c.DeadLetters, "every dead letter is left")
+}

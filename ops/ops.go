@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -258,6 +260,7 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 	var n atomic.Int64
 	var mu sync.Mutex
 	var reserved error
+	var changed []string
 	missing, err := eachDeadLetter(ctx, st, ids, all, reason, func(ctx context.Context, d DeadLetter) error {
 		if d.ID == order.ControlKey {
 			mu.Lock()
@@ -282,8 +285,12 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 				// letter has changed since, most often removed by the
 				// service that has already confirmed the redriven order.
 				n.Add(1)
+				return nil
 			}
-			return nil // otherwise changed since it was read: left for the next redrive
+			mu.Lock() // changed since it was read: left, and said
+			defer mu.Unlock()
+			changed = append(changed, d.ID)
+			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("redrive %s: %w", d.ID, err)
@@ -291,7 +298,25 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 		n.Add(1)
 		return nil
 	})
-	return int(n.Load()), errors.Join(append(missing, reserved, err)...)
+	return int(n.Load()), errors.Join(append(missing, reserved, changedError("redrive", changed), err)...)
+}
+
+// changedError says which dead letters an action left because they, or
+// their retry documents, changed while it ran; nil when none did.
+func changedError(action string, ids []string) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	slices.Sort(ids)
+	shown := ids
+	if len(shown) > 10 {
+		shown = shown[:10]
+	}
+	list := strings.Join(shown, ", ")
+	if len(ids) > len(shown) {
+		list += fmt.Sprintf(" and %d more", len(ids)-len(shown))
+	}
+	return fmt.Errorf("%s: %d left, %w: %s", action, len(ids), ErrChanged, list)
 }
 
 // Purge deletes dead letters for good; their orders stay unconfirmed.
@@ -302,10 +327,18 @@ func Purge(ctx context.Context, st store.Store, ids []string, all bool) (int, er
 // purge is Purge, of the dead letters of reason with all ("": every one).
 func purge(ctx context.Context, st store.Store, ids []string, all bool, reason string) (int, error) {
 	var n atomic.Int64
+	var mu sync.Mutex
+	var changed []string
 	missing, err := eachDeadLetter(ctx, st, ids, all, reason, func(ctx context.Context, d DeadLetter) error {
 		err := st.Remove(ctx, order.DeadLetter, d.ID, d.cas)
-		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCASMismatch) {
-			return nil // gone, or changed (redriven) since it was read
+		if errors.Is(err, store.ErrNotFound) {
+			return nil // gone since it was read: what purge wanted
+		}
+		if errors.Is(err, store.ErrCASMismatch) { // changed (redriven, say): left, and said
+			mu.Lock()
+			defer mu.Unlock()
+			changed = append(changed, d.ID)
+			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("purge %s: %w", d.ID, err)
@@ -313,5 +346,5 @@ func purge(ctx context.Context, st store.Store, ids []string, all bool, reason s
 		n.Add(1)
 		return nil
 	})
-	return int(n.Load()), errors.Join(append(missing, err)...)
+	return int(n.Load()), errors.Join(append(missing, changedError("purge", changed), err)...)
 }
