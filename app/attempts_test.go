@@ -35,7 +35,7 @@ func waitStory(t *testing.T, st store.Store, key string) ops.Story {
 	var story ops.Story
 	var err error
 	if !assert.Eventually(t, func() bool {
-		story, err = ops.OrderStory(context.Background(), st, key, time.Now())
+		story, err = ops.OrderStory(context.Background(), st, key, time.Now(), 15*time.Second)
 		return err == nil && story.Confirmed && story.Result == "sent"
 	}, 60*time.Second, 10*time.Millisecond) {
 		t.Fatalf("order %s not confirmed with its record; last: %+v, %v", key, story, err)

@@ -171,7 +171,7 @@ func TestBrowser(t *testing.T) {
 	_, err = st.Get(ctx, order.DeadLetter, "bad_2")
 	assert.ErrorIs(t, err, store.ErrNotFound, "the dead letter is gone")
 	require.Eventually(t, func() bool {
-		s, err := ops.OrderStory(ctx, st, "bad_2", time.Now())
+		s, err := ops.OrderStory(ctx, st, "bad_2", time.Now(), 15*time.Second)
 		return err == nil && s.State == ops.StateConfirmed
 	}, 20*time.Second, 20*time.Millisecond, "the redriven order is confirmed")
 	shot("05-deadletters-after-redrive")

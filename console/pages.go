@@ -325,7 +325,7 @@ func (c *Console) order(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), readTimeout)
 	defer cancel()
-	s, err := ops.OrderStory(ctx, c.st, key, c.now())
+	s, err := ops.OrderStory(ctx, c.st, key, c.now(), c.quantum())
 	switch {
 	case errors.Is(err, ops.ErrNothingStored):
 		d.Err = err.Error()

@@ -92,15 +92,25 @@ type UnreadableDoc struct {
 }
 
 // OrderStory reads everything stored under key and tells where its
-// confirmation stands at now. Unreadable documents are part of the story,
-// not errors: they are what an operator looks for.
-func OrderStory(ctx context.Context, st store.Store, key string, now time.Time) (Story, error) {
+// confirmation stands at now; quantum is the service's --retry-quantum,
+// unless allow_retrys sets one. Unreadable documents are part of the
+// story, not errors: they are what an operator looks for.
+func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, quantum time.Duration) (Story, error) {
 	state, err := st.State(ctx, key)
 	if err != nil {
 		return Story{}, fmt.Errorf("read order %q: %w", key, err)
 	}
 	if key == order.ControlKey {
 		state.Retry = store.Doc{} // the timer's control document, not a retry
+	}
+	if state.Retry.Found() {
+		// A retry without nextAttemptAt (the sample's) is due a quantum
+		// after its last attempt: allow_retrys' quantum, else quantum.
+		if ctl, err := st.Get(ctx, order.Retry, order.ControlKey); err == nil {
+			if c, err := order.DecodeControl(ctl.Value); err == nil && c.Quantum > 0 {
+				quantum = c.Quantum
+			}
+		}
 	}
 	rec, err := st.Get(ctx, order.Attempts, key)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -180,7 +190,8 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time) 
 		s.State = StateUnreadableRetry
 	case retryOK && (s.DeadLetter == nil || r.RedriveCount > dl.RedriveCount):
 		s.State = StateRetryScheduled
-		if r.FireRetry || (r.NextAttemptAt != 0 && r.NextAttemptAt <= now.UnixMilli()) {
+		if r.FireRetry || (r.NextAttemptAt != 0 && r.NextAttemptAt <= now.UnixMilli()) ||
+			(r.NextAttemptAt == 0 && r.TS != 0 && quantum > 0 && !msTime(r.TS).Add(quantum).After(now)) {
 			s.State = StateRetryDue
 		}
 	case s.DeadLetter != nil:

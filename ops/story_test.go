@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -50,7 +51,7 @@ func TestStoryConfirmedAfterRetries(t *testing.T) {
 	insert(t, st, order.Inbound, "o1", []byte(`{"email":"alice@example.com","paymentStatus":"paid","confirmationEmailSent":true,"items":["secret"]}`))
 	insert(t, st, order.Attempts, "o1", record("o1", 20, "retry", "retry", "retry", "sent"))
 
-	s, err := ops.OrderStory(context.Background(), st, "o1", now)
+	s, err := ops.OrderStory(context.Background(), st, "o1", now, 15*time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, ops.StateConfirmed, s.State)
 	assert.True(t, s.Found)
@@ -87,7 +88,8 @@ func TestStoryRetry(t *testing.T) {
 		{"due by nextAttemptAt", order.RetryDoc{Attempt: 2, TS: ms(-time.Minute), NextAttemptAt: ms(-time.Second), LastStatus: 503}, ops.StateRetryDue},
 		{"flagged", order.RetryDoc{Attempt: 2, TS: ms(-time.Minute), NextAttemptAt: ms(time.Minute), FireRetry: true}, ops.StateRetryDue},
 		{"later", order.RetryDoc{Attempt: 2, TS: ms(-time.Minute), NextAttemptAt: ms(time.Minute)}, ops.StateRetryScheduled},
-		{"the sample's, by the quantum", order.RetryDoc{Attempt: 1, TS: ms(-time.Minute)}, ops.StateRetryScheduled},
+		{"the sample's, a quantum old", order.RetryDoc{Attempt: 1, TS: ms(-time.Minute)}, ops.StateRetryDue},
+		{"the sample's, not a quantum old yet", order.RetryDoc{Attempt: 1, TS: ms(-5 * time.Second)}, ops.StateRetryScheduled},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -97,7 +99,7 @@ func TestStoryRetry(t *testing.T) {
 			tt.give.Type, tt.give.DocID, tt.give.IdempotencyKey = order.TypeConfirmation, "o2", "confirmation:o2@1"
 			insert(t, st, order.Retry, "o2", tt.give.Encode())
 
-			s, err := ops.OrderStory(context.Background(), st, "o2", now)
+			s, err := ops.OrderStory(context.Background(), st, "o2", now, 15*time.Second)
 			require.NoError(t, err)
 			assert.Equal(t, tt.want, s.State)
 			require.NotNil(t, s.Retry)
@@ -120,7 +122,7 @@ func TestStoryDeadLettered(t *testing.T) {
 	insert(t, st, order.DeadLetter, "o3", dl.Encode())
 	insert(t, st, order.Attempts, "o3", record("o3", 20, "dead_letter"))
 
-	s, err := ops.OrderStory(context.Background(), st, "o3", now)
+	s, err := ops.OrderStory(context.Background(), st, "o3", now, 15*time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, ops.StateDeadLettered, s.State)
 	assert.Equal(t, &ops.DeadLetterInfo{Reason: order.ReasonPermanent, LastStatus: 400, LastError: "HTTP 400", Attempts: 1,
@@ -179,7 +181,7 @@ func TestStoryStates(t *testing.T) {
 			for coll, doc := range tt.give {
 				insert(t, st, coll, "k", []byte(doc))
 			}
-			s, err := ops.OrderStory(context.Background(), st, "k", now)
+			s, err := ops.OrderStory(context.Background(), st, "k", now, 15*time.Second)
 			require.NoError(t, err)
 			assert.Equal(t, tt.want, s.State)
 			if tt.wantUnreadable == "" {
@@ -196,7 +198,7 @@ func TestStoryStates(t *testing.T) {
 func TestStoryUnknownKey(t *testing.T) {
 	t.Parallel()
 	st := openStore(t)
-	_, err := ops.OrderStory(context.Background(), st, "nope", now)
+	_, err := ops.OrderStory(context.Background(), st, "nope", now, 15*time.Second)
 	require.ErrorIs(t, err, ops.ErrNothingStored)
 	assert.EqualError(t, err, `no order, retry, dead letter or attempt record under key "nope"`)
 }
@@ -207,11 +209,34 @@ func TestStoryKeepsTheLatestAttempts(t *testing.T) {
 	insert(t, st, order.Inbound, "o5", []byte(`{"email":"e@x","paymentStatus":"paid"}`))
 	insert(t, st, order.Attempts, "o5", record("o5", 3, "retry", "retry", "retry", "retry", "retry"))
 
-	s, err := ops.OrderStory(context.Background(), st, "o5", now)
+	s, err := ops.OrderStory(context.Background(), st, "o5", now, 15*time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, 5, s.AttemptsTotal)
 	require.Len(t, s.Attempts, 3)
 	assert.Equal(t, []int{3, 4, 5}, []int{s.Attempts[0].N, s.Attempts[1].N, s.Attempts[2].N})
 	assert.True(t, s.SettledAt.IsZero())
 	assert.Empty(t, s.Result)
+}
+
+// A retry without nextAttemptAt (the sample's, or --backoff fixed) is due a
+// quantum after its last attempt: the service's, or allow_retrys'. The
+// story says so, as retries status counts it.
+func TestStoryTellsAQuantumRetryDue(t *testing.T) {
+	t.Parallel()
+	st := openStore(t)
+	insert(t, st, order.Inbound, "q1", []byte(`{"email":"e@x","paymentStatus":"paid"}`))
+	ts := now.Add(-time.Minute).UnixMilli()
+	insert(t, st, order.Retry, "q1", []byte(`{"type":"confirmation","docId":"q1","attempt":1,"ts":`+strconv.FormatInt(ts, 10)+`}`))
+
+	s, err := ops.OrderStory(context.Background(), st, "q1", now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, ops.StateRetryDue, s.State, "a minute old, due after 15s")
+	s, err = ops.OrderStory(context.Background(), st, "q1", now, 2*time.Minute)
+	require.NoError(t, err)
+	assert.Equal(t, ops.StateRetryScheduled, s.State, "a minute old, due after 2m")
+
+	insert(t, st, order.Retry, order.ControlKey, []byte(`{"quantum":"2m"}`))
+	s, err = ops.OrderStory(context.Background(), st, "q1", now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, ops.StateRetryScheduled, s.State, "allow_retrys' quantum wins")
 }

@@ -17,10 +17,11 @@ import (
 
 func ordersCommand(stdout, stderr io.Writer) *ffcli.Command {
 	var asJSON bool
+	var quantum time.Duration
 	show := storeCommand("show", "ordermail orders show --store URL [--json] KEY",
 		"tell one order's confirmation: its state, retry, dead letter and latest send attempts", stderr,
 		func(ctx context.Context, st store.Store, args []string) error {
-			s, err := ops.OrderStory(ctx, st, args[0], time.Now())
+			s, err := ops.OrderStory(ctx, st, args[0], time.Now(), quantum)
 			if err != nil {
 				return err
 			}
@@ -34,9 +35,13 @@ func ordersCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if len(args) != 1 {
 				return usageErrorf("orders show: give exactly one order key, got %d", len(args))
 			}
+			if quantum <= 0 {
+				return fmt.Errorf("retry-quantum: %s is not positive", quantum)
+			}
 			return nil
 		}))
 	show.FlagSet.BoolVar(&asJSON, "json", false, "print one JSON object")
+	show.FlagSet.DurationVar(&quantum, "retry-quantum", 15*time.Second, "the service's --retry-quantum, to tell whether a retry without nextAttemptAt (the sample's) is due")
 
 	return &ffcli.Command{
 		Name:        "orders",

@@ -112,7 +112,7 @@ func TestA401StormEndsWhenTheKeyIsFixed(t *testing.T) {
 	// attempt: every order went out at its first counted attempt.
 	probed := 0
 	for _, d := range docs {
-		story, err := ops.OrderStory(context.Background(), st, d.Key, time.Now())
+		story, err := ops.OrderStory(context.Background(), st, d.Key, time.Now(), 15*time.Second)
 		require.NoError(t, err)
 		require.NotEmpty(t, story.Attempts, d.Key)
 		for i, a := range story.Attempts {
