@@ -531,6 +531,12 @@ func (f *feed) open(vb uint16) {
 		var ok bool
 		if err == nil {
 			uuid, ok = uuidAt(flog, *rollback)
+			if !ok && *rollback == 0 {
+				// The server dropped its oldest entries (it keeps 25):
+				// from the start, no uuid is needed, and with none the
+				// server never asks for a rollback again.
+				uuid, ok = 0, true
+			}
 			if !ok {
 				err = fmt.Errorf("no failover log entry covers seqno %d", *rollback)
 			}
@@ -802,7 +808,9 @@ func (f *feed) reresolve() {
 		}
 		now := f.opts.now()
 		for _, st := range f.state {
-			if st.phase == phaseParked || (changed && st.phase != phaseWaiting) {
+			// A vBucket this member does not own (membership mode) stays
+			// unstreamed: its owner opens it on the new collections.
+			if st.phase == phaseParked || (changed && st.phase != phaseWaiting && st.phase != phaseUnowned) {
 				if st.phase == phaseOpening && st.cancel != nil {
 					abandon = append(abandon, st.cancel)
 				}
@@ -888,16 +896,25 @@ func (f *feed) save(ctx context.Context, all bool) ([]uint16, error) {
 		f.own.saveMu.Lock()
 		defer f.own.saveMu.Unlock()
 	}
-	cps := f.acks.Checkpoints()
 	type todo struct {
 		p     position
 		gen   int
 		claim claim
 	}
 	f.mu.Lock()
+	// Read under f.mu, as open's rollback resets them under it: read
+	// before, a checkpoint past the rollback point would be saved on the
+	// new branch.
+	cps := f.acks.Checkpoints()
 	work := map[uint16]todo{}
 	var vbs []uint16
 	for vb, st := range f.state {
+		// The snapshots below the acknowledged position are needed by no
+		// position to come, saved or not: while saves fail they would
+		// pile up, one a marker.
+		for len(st.snaps) > 1 && st.snaps[1].start <= cps[vb] {
+			st.snaps = st.snaps[1:]
+		}
 		if f.own != nil && (!st.held || st.releasing) {
 			continue
 		}
@@ -948,11 +965,6 @@ func (f *feed) save(ctx context.Context, all bool) ([]uint16, error) {
 		saved = append(saved, vb)
 		if st := f.state[vb]; f.own != nil && st.claim == w.claim {
 			st.claim = claims[vb]
-		}
-		if st := f.state[vb]; st.gen == w.gen {
-			for len(st.snaps) > 1 && st.snaps[1].start <= w.p.Seq {
-				st.snaps = st.snaps[1:]
-			}
 		}
 	}
 	if len(lost) > 0 {

@@ -3,6 +3,7 @@ package couchbase
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -124,6 +125,7 @@ type fakeCheckpoints struct {
 	mu    sync.Mutex
 	saved map[uint16]position
 	saves int
+	fail  bool // every Save fails
 }
 
 func (c *fakeCheckpoints) Load(_ context.Context, _ string, vbs []uint16) (map[uint16]position, error) {
@@ -141,6 +143,9 @@ func (c *fakeCheckpoints) Load(_ context.Context, _ string, vbs []uint16) (map[u
 func (c *fakeCheckpoints) Save(_ context.Context, _ string, vb uint16, p position) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.fail {
+		return errors.New("metadata bucket unreachable")
+	}
 	if c.saved == nil {
 		c.saved = map[uint16]position{}
 	}
@@ -302,6 +307,54 @@ func TestRollbackRestartsFromTheServersPoint(t *testing.T) {
 	assert.Equal(t, "fresh", ev.Key)
 	ev.Ack()
 	cps.waitFor(t, 1, position{UUID: 66, Seq: 31, SnapStart: 31, SnapEnd: 31})
+}
+
+// A rollback to 0 once the server's failover log no longer goes back to
+// seqno 0 (it keeps the newest 25 entries): the stream starts again from
+// the beginning, with no uuid, which the server takes without asking for
+// a rollback again (every change of the vBucket comes again: at least once).
+func TestARollbackToZeroPastTheFailoverLogStartsOver(t *testing.T) {
+	agent := &fakeAgent{failover: map[uint16][]gocbcore.FailoverEntry{
+		1: {{VbUUID: 77, SeqNo: 400}, {VbUUID: 66, SeqNo: 120}}, // pruned: nothing at 0
+	}}
+	cps := &fakeCheckpoints{saved: map[uint16]position{1: {UUID: 55, Seq: 50, SnapStart: 50, SnapEnd: 50}}}
+	f := startFeed(t, agent, cps, []uint16{1}, false, fastOpts)
+	first := agent.lastOpen(t, 1, 1)
+	first.cb(0, gocbcore.DCPRollbackError{InnerError: errors.New("rollback"), SeqNo: 0})
+
+	again := agent.lastOpen(t, 1, 2)
+	assert.Equal(t, position{}, again.from, "from the start, with no uuid")
+	again.cb(77, nil)
+	again.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{StartSeqNo: 1, EndSeqNo: 1})
+	again.obs.Mutation(mutation(1, inboundID, "from-the-start", "{}", 1))
+	ev := next(t, f)
+	assert.Equal(t, "from-the-start", ev.Key)
+	ev.Ack()
+	cps.waitFor(t, 1, position{UUID: 77, Seq: 1, SnapStart: 1, SnapEnd: 1})
+}
+
+// While checkpoints cannot be saved, the snapshot markers the feed keeps
+// to tell a position do not pile up: those below the acknowledged changes
+// go, saved or not.
+func TestSnapshotsDoNotPileUpWhileSavesFail(t *testing.T) {
+	agent := &fakeAgent{}
+	cps := &fakeCheckpoints{fail: true}
+	f := startFeed(t, agent, cps, []uint16{2}, false, fastOpts)
+	open := agent.lastOpen(t, 2, 1)
+	open.cb(9, nil)
+	for seq := uint64(1); seq <= 200; seq++ {
+		open.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{StartSeqNo: seq, EndSeqNo: seq})
+		open.obs.Mutation(mutation(2, inboundID, fmt.Sprint("k", seq), "{}", seq))
+		next(t, f).Ack()
+	}
+	kept := []int{0}
+	require.Eventually(t, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		kept[0] = len(f.state[2].snaps)
+		return kept[0] <= 2
+	}, 5*time.Second, time.Millisecond, "snapshot markers kept: %v", kept)
+	assert.Zero(t, cps.get(2).Seq, "nothing was saved")
 }
 
 func TestStreamEndReopensFromTheCheckpoint(t *testing.T) {

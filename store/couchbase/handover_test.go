@@ -277,3 +277,47 @@ func TestHandoverWaitsForEventsInFlight(t *testing.T) {
 	assert.Empty(t, c.seen, "b delivered again what a had handed out and acknowledged")
 	assert.Empty(t, srv.StreamOverlaps("orders"))
 }
+
+// A watched collection dropped and created again while two members share
+// the vBuckets: each opens its own vBuckets' streams again on the new
+// collection, and none of the other's (every member streamed every vBucket,
+// and delivered every change, until it restarted).
+func TestARecreatedCollectionKeepsEachMembersOwnVBuckets(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	c := &consumer{seen: map[string][]string{}}
+	a := openStore(t, cfg, func(s *Store) { s.member = "a" })
+	subA := subscribe(t, a, "feed", watched, false)
+	consume(t, "a", subA, c)
+	b := openStore(t, cfg, func(s *Store) { s.member = "b" })
+	subB := subscribe(t, b, "feed", watched, false)
+	consume(t, "b", subB, c)
+	stats := []FeedStats{{}, {}} // the last seen, for the failure message
+	require.Eventually(t, func() bool {
+		stats[0], stats[1] = feedStats(subA), feedStats(subB)
+		sa, sb := stats[0], stats[1]
+		return sa.VBuckets+sb.VBuckets == testVBuckets && sa.VBuckets > 0 && sb.VBuckets > 0 &&
+			sa.StreamsOpen == sa.VBuckets && sb.StreamsOpen == sb.VBuckets
+	}, 30*time.Second, 20*time.Millisecond, "a %+v, b %+v", stats)
+	srv.ResetStreamOverlaps()
+
+	require.NoError(t, srv.DropCollection("orders", "_default", "retry"))
+	require.NoError(t, srv.CreateCollection("orders", "_default", "retry"))
+	var keys []string
+	for vb := range uint16(testVBuckets) {
+		k := keyOn(srv, "after-", vb)
+		keys = append(keys, k)
+		put(t, a, order.Inbound, k)
+	}
+	missing := [][]string{nil}
+	require.Eventually(t, func() bool {
+		missing[0], _ = c.report(keys)
+		return len(missing[0]) == 0
+	}, 30*time.Second, 20*time.Millisecond, "never delivered: %v", missing)
+	_, twice := c.report(keys)
+	assert.Empty(t, twice, "delivered by both members")
+	assert.Equal(t, 1, srv.MaxStreamsPerVBucket("orders"))
+	for name, sub := range map[string]store.Subscription{"a": subA, "b": subB} {
+		st := feedStats(sub)
+		assert.LessOrEqual(t, st.StreamsOpen, st.VBuckets, "%s streams only its own vBuckets: %+v", name, st)
+	}
+}
