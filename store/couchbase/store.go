@@ -590,7 +590,7 @@ func backlogStatement(retry string) string {
 // Backlog reads the due retries by N1QL, or answers from the last reading
 // for the same quantum when it is younger than CountsTTL.
 func (s *Store) Backlog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {
-	return s.backlog.get(ctx, s.now(), s.cfg.CountsTTL, quantum.String(), func() (store.Backlog, error) {
+	return s.backlog.get(ctx, s.now, s.cfg.CountsTTL, quantum.String(), func() (store.Backlog, error) {
 		return s.readBacklog(ctx, now, quantum)
 	})
 }
@@ -638,7 +638,7 @@ func reasonsStatement(retry, deadletter string) string {
 // count reads: only the status and the console ask for them, and a reading
 // younger than CountsTTL answers again.
 func (s *Store) Reasons(ctx context.Context) ([]store.Tally, error) {
-	return s.reasons.get(ctx, s.now(), s.cfg.CountsTTL, "", func() ([]store.Tally, error) {
+	return s.reasons.get(ctx, s.now, s.cfg.CountsTTL, "", func() ([]store.Tally, error) {
 		type reason struct {
 			Reason string
 			Count  int
@@ -707,13 +707,13 @@ type orderCounts struct {
 // figure here whose cost grows with the orders stored, and the metrics'
 // refresh of every instance asks for it every few seconds.
 func (s *Store) Counts(ctx context.Context) (store.Counts, error) {
-	c, err := s.counts.get(ctx, s.now(), s.cfg.CountsTTL, "", func() (store.Counts, error) {
+	c, err := s.counts.get(ctx, s.now, s.cfg.CountsTTL, "", func() (store.Counts, error) {
 		return s.readCounts(ctx)
 	})
 	if err != nil {
 		return store.Counts{}, err
 	}
-	o, err := s.orderCounts.get(ctx, s.now(), s.cfg.OrderCountsTTL, "", func() (orderCounts, error) {
+	o, err := s.orderCounts.get(ctx, s.now, s.cfg.OrderCountsTTL, "", func() (orderCounts, error) {
 		return s.readOrderCounts(ctx)
 	})
 	if err != nil {
@@ -905,7 +905,10 @@ type ttlCache[T any] struct {
 
 func newTTLCache[T any]() ttlCache[T] { return ttlCache[T]{sem: make(chan struct{}, 1)} }
 
-func (c *ttlCache[T]) get(ctx context.Context, now time.Time, ttl time.Duration, key string, read func() (T, error)) (T, error) {
+// get answers from the last reading when it is younger than ttl at the
+// time clock gives once the caller's turn has come: a caller that waited
+// for another's reading gets that one, not a second reading right after it.
+func (c *ttlCache[T]) get(ctx context.Context, clock func() time.Time, ttl time.Duration, key string, read func() (T, error)) (T, error) {
 	if ttl < 0 {
 		return read()
 	}
@@ -916,6 +919,7 @@ func (c *ttlCache[T]) get(ctx context.Context, now time.Time, ttl time.Duration,
 		return zero, ctx.Err()
 	}
 	defer func() { <-c.sem }()
+	now := clock()
 	if c.ok && c.key == key && now.Sub(c.at) < ttl && !now.Before(c.at) {
 		return c.val, nil
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -219,12 +220,33 @@ func TestTTLCache(t *testing.T) {
 		{9 * time.Second, 5 * time.Second, "b", 3}, // expired
 		{9 * time.Second, -1, "b", 4},              // off
 	} {
-		got, err := c.get(ctx, t0.Add(tt.at), tt.ttl, tt.key, read)
+		got, err := c.get(ctx, func() time.Time { return t0.Add(tt.at) }, tt.ttl, tt.key, read)
 		require.NoError(t, err)
 		assert.Equal(t, tt.want, got, "%+v", tt)
 	}
-	_, err := c.get(ctx, t0, time.Second, "x", func() (int, error) { return 0, errors.New("boom") })
+	_, err := c.get(ctx, func() time.Time { return t0 }, time.Second, "x", func() (int, error) { return 0, errors.New("boom") })
 	assert.Error(t, err, "errors are not cached")
+}
+
+// A caller that waited while another read gets that reading: the time it
+// compares is taken once its turn has come (the cache's semaphore held),
+// not when it asked, which could be before the other's reading (and so
+// read again right after it).
+func TestTTLCacheTakesTheTimeOnItsTurn(t *testing.T) {
+	t.Parallel()
+	c := newTTLCache[int]()
+	var outOfTurn atomic.Int64
+	clock := func() time.Time {
+		if len(c.sem) != 1 {
+			outOfTurn.Add(1)
+		}
+		return time.Unix(100, 0)
+	}
+	for range 3 {
+		_, err := c.get(context.Background(), clock, time.Second, "", func() (int, error) { return 1, nil })
+		require.NoError(t, err)
+	}
+	assert.Zero(t, outOfTurn.Load(), "times taken before the caller's turn")
 }
 
 // Defect 15: setup names the role it lacks, for the cluster's edition.
