@@ -211,8 +211,11 @@ func (s *Store) write(ctx context.Context, w store.Write) (uint64, error) {
 			}
 		}
 		// A connection that failed under a sent write leaves it as
-		// ambiguous as a timeout does.
-		if !errors.Is(err, gocb.ErrAmbiguousTimeout) && !netFailure(err) {
+		// ambiguous as a timeout does; so does the caller's context ending
+		// under it: gocb cancels the request, but one already sent is
+		// made all the same.
+		canceled := errors.Is(err, gocb.ErrRequestCanceled) && ctx.Err() != nil
+		if !errors.Is(err, gocb.ErrAmbiguousTimeout) && !netFailure(err) && !canceled {
 			if err != nil {
 				return 0, fmt.Errorf("%s %s/%s: %w", w.Op, w.Collection, w.Key, mapErr(err))
 			}
@@ -221,8 +224,10 @@ func (s *Store) write(ctx context.Context, w store.Write) (uint64, error) {
 		if s.onAmbiguous != nil {
 			s.onAmbiguous(w)
 		}
-		out, d, rerr := s.resolveAmbiguous(ctx, c, w)
+		out, d, rerr := s.resolveCut(ctx, c, w, canceled)
 		switch {
+		case rerr != nil && canceled:
+			return 0, fmt.Errorf("%s %s/%s: %w: %w: %v (reading it back to tell: %v)", w.Op, w.Collection, w.Key, store.ErrUnavailable, ErrAmbiguous, err, rerr)
 		case rerr != nil:
 			return 0, fmt.Errorf("%s %s/%s: %w (reading it back to tell: %v)", w.Op, w.Collection, w.Key, mapErr(err), rerr)
 		case out == outcomeMade:
@@ -230,7 +235,7 @@ func (s *Store) write(ctx context.Context, w store.Write) (uint64, error) {
 			return d.CAS, nil
 		case out == outcomeGuardFailed:
 			return 0, fmt.Errorf("%s %s/%s: %w (after an ambiguous timeout)", w.Op, w.Collection, w.Key, guardErr(w, d))
-		case attempt == attempts:
+		case attempt == attempts || canceled: // not made; a caller gone is not written for
 			return 0, fmt.Errorf("%s %s/%s: %w", w.Op, w.Collection, w.Key, mapErr(err))
 		}
 		s.log.Info("an ambiguous write was not made; writing again", "op", w.Op.String(), "collection", w.Collection, "key", w.Key)
@@ -286,6 +291,18 @@ const (
 
 // resolveAmbiguous reads the document w wrote, until the server answers
 // (or ctx ends), and judges whether w was made.
+// resolveCut is resolveAmbiguous, for a write whose caller's context
+// ended under it (canceled) on a context of its own, bounded by the KV
+// timeout: the caller is gone, but what it was told must be true.
+func (s *Store) resolveCut(ctx context.Context, c *gocb.Collection, w store.Write, canceled bool) (outcome, store.Doc, error) {
+	if canceled {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Timeout)
+		defer cancel()
+	}
+	return s.resolveAmbiguous(ctx, c, w)
+}
+
 func (s *Store) resolveAmbiguous(ctx context.Context, c *gocb.Collection, w store.Write) (outcome, store.Doc, error) {
 	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
 		d, err := s.get(ctx, c, w.Collection, w.Key)

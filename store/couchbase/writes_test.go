@@ -75,6 +75,51 @@ func TestAmbiguousWriteIsResolvedByReadingItBack(t *testing.T) {
 	}
 }
 
+// A write whose caller's context ends after it was sent is made all the
+// same when the server gets to it (gocb says "request canceled"): the
+// caller is told it was made, with its CAS, and not that it failed;
+// one the server never makes is reported failed.
+func TestAWriteCutOffByItsContextIsReadBack(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		lose bool
+	}{
+		{"Made", false},
+		{"Lost", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, srv := fakeCluster(t, cbtest.Options{})
+			s := openStore(t, cfg)
+			bg := ctxFor(t, 30*time.Second)
+			cas, err := s.Insert(bg, order.Retry, "cut", []byte(`{"attempt":1}`))
+			require.NoError(t, err)
+
+			srv.HangNode(0)
+			t.Cleanup(func() { srv.ResumeNode(0) })
+			ctx, cancel := context.WithTimeout(bg, 300*time.Millisecond)
+			defer cancel()
+			go func() {
+				<-ctx.Done() // the caller has given up: the server answers now
+				if tt.lose {
+					srv.DropConnections()
+				}
+				srv.ResumeNode(0)
+			}()
+			newCAS, err := s.Replace(ctx, order.Retry, "cut", []byte(`{"attempt":2}`), cas)
+			d, gerr := s.Get(bg, order.Retry, "cut")
+			require.NoError(t, gerr)
+			if tt.lose {
+				require.Error(t, err)
+				assert.JSONEq(t, `{"attempt":1}`, string(d.Value), "not made: reported failed")
+				return
+			}
+			require.NoError(t, err, "made: the caller is told so")
+			assert.JSONEq(t, `{"attempt":2}`, string(d.Value))
+			assert.Equal(t, d.CAS, newCAS, "the CAS of the write made")
+		})
+	}
+}
+
 func TestAmbiguousWriteOutcomes(t *testing.T) {
 	t.Parallel()
 	v1, v2 := []byte(`{"v":1}`), []byte(`{"v":2}`)
