@@ -8,8 +8,12 @@
 //     a send held back by the circuit breaker or the rate limit (NotAttempted).
 //   - Permanent: trying again won't help. Any other answer, 3xx included:
 //     redirects are never followed, so an order is posted once per send and
-//     only where configured. Also a configuration error without an answer,
-//     such as a certificate the client does not trust.
+//     only where configured.
+//   - Configuration: the service refuses ordermail's setup, not the order
+//     (401, 403, a certificate the client does not trust, a client
+//     certificate refused, a settings file that cannot be read): sends are
+//     held back, no attempt counted, nothing dead-lettered, until a probe
+//     gets through.
 //   - Invalid: the request cannot be made for this order (an idempotency key
 //     no header can carry; see CheckHeaderValue). No request was made.
 //

@@ -432,8 +432,7 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 				return counts.ConsecutiveFailures >= uint32(cfg.BreakerFailures)
 			},
 			// A permanent answer means the service is up and answering; a
-			// permanent failure without an answer (untrusted certificate)
-			// does not.
+			// permanent failure without an answer does not.
 			IsSuccessful: func(err error) bool {
 				se, ok := errors.AsType[*SendError](err)
 				return err == nil || (ok && se.Class == Permanent && se.Status != 0)
@@ -818,7 +817,9 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 		return 0
 	}
 	if secs, err := strconv.Atoi(v); err == nil && secs > 0 {
-		return time.Duration(secs) * time.Second
+		// Past what a Duration holds, multiplying would wrap around: the
+		// longest one asks for more than any policy waits anyway.
+		return time.Duration(min(secs, int(math.MaxInt64/int64(time.Second)))) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
 		return t.Sub(now)

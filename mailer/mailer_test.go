@@ -82,12 +82,21 @@ func TestSendNotJSONIsRejectedByMock(t *testing.T) {
 
 func TestRetryAfter(t *testing.T) {
 	t.Parallel()
-	_, c := newMock(t, mockmail.Config{Script: func(string, int) mockmail.Reply {
-		return mockmail.Reply{Status: http.StatusTooManyRequests, RetryAfter: "7"}
-	}})
-	se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
-	assert.Equal(t, 7*time.Second, se.RetryAfter)
-	assert.Equal(t, mailer.Transient, se.Class)
+	for give, want := range map[string]time.Duration{
+		"7": 7 * time.Second,
+		// Past what a Duration holds: the longest one, never a wrap-around
+		// to a short or negative wait.
+		"10000000000": time.Duration(math.MaxInt64/int64(time.Second)) * time.Second,
+		"18446744074": time.Duration(math.MaxInt64/int64(time.Second)) * time.Second,
+		"-5":          0,
+	} {
+		_, c := newMock(t, mockmail.Config{Script: func(string, int) mockmail.Reply {
+			return mockmail.Reply{Status: http.StatusTooManyRequests, RetryAfter: give}
+		}})
+		se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
+		assert.Equal(t, want, se.RetryAfter, "Retry-After: %s", give)
+		assert.Equal(t, mailer.Transient, se.Class)
+	}
 }
 
 func TestHangingServiceIsBoundedByTimeout(t *testing.T) {
@@ -168,6 +177,9 @@ func TestMockConfigValidate(t *testing.T) {
 		{give: mockmail.Config{FailRate: math.Inf(1)}, want: "fail-rate: +Inf"},
 		{give: mockmail.Config{FailRate: math.Inf(-1)}, want: "fail-rate: -Inf"},
 		{give: mockmail.Config{FailStatus: 200}, want: "fail-status"},
+		{give: mockmail.Config{FailStatus: 204}, want: "fail-status: 204 is not an HTTP status of a failure"},
+		{give: mockmail.Config{FailStatus: 103}, want: "fail-status"},
+		{give: mockmail.Config{FailStatus: 302}},
 		{give: mockmail.Config{Latency: -time.Second}, want: "latency"},
 		{give: mockmail.Config{FailRate: 1}},
 		{give: mockmail.Config{FailRate: 0.3}},

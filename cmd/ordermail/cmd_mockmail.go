@@ -29,7 +29,7 @@ func mockmailCommand(stderr io.Writer) *ffcli.Command {
 	finiteFloat64Var(fs, &cfg.FailRate, "fail-rate", 0.5, "share of sends answered with --fail-status, 0 to 1 (the sample: a coin flip)")
 	fs.BoolVar(&cfg.FailOnce, "fail-once", false, "--fail-rate applies to a key's first request only; its retries are answered 200")
 	fs.IntVar(&cfg.HoldEvery, "hold-every", 0, "answer nothing to the first request of every Nth key seen, until the sender gives up (a service that never answers some requests); 0: answer all")
-	fs.IntVar(&cfg.FailStatus, "fail-status", http.StatusServiceUnavailable, "HTTP status of a failed send (the sample's mock: 406, which ordermail treats as permanent)")
+	fs.IntVar(&cfg.FailStatus, "fail-status", http.StatusServiceUnavailable, "HTTP status of a failed send, 300-599 (the sample's mock: 406, which ordermail treats as permanent)")
 	fs.DurationVar(&cfg.Latency, "latency", 0, "delay before every answer")
 	fs.Uint64Var(&cfg.Seed, "seed", 0, "random seed for the failures; 0 picks one")
 	sec.register(fs)

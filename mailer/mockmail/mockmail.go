@@ -72,8 +72,9 @@ func (c Config) Validate() error {
 	if !(c.FailRate >= 0 && c.FailRate <= 1) {
 		return fmt.Errorf("fail-rate: %v is not between 0 and 1", c.FailRate)
 	}
-	if c.FailStatus != 0 && (c.FailStatus < 100 || c.FailStatus > 599 || c.FailStatus == http.StatusOK) {
-		return fmt.Errorf("fail-status: %d is not an HTTP status other than 200", c.FailStatus)
+	if c.FailStatus != 0 && (c.FailStatus < 300 || c.FailStatus > 599) {
+		// A 1xx or 2xx is a delivery to the client: not a failure.
+		return fmt.Errorf("fail-status: %d is not an HTTP status of a failure (300-599)", c.FailStatus)
 	}
 	if c.Latency < 0 {
 		return fmt.Errorf("latency: %s is negative", c.Latency)
