@@ -678,6 +678,47 @@ func TestOneWriteAfterAnotherIsNotHeld(t *testing.T) {
 // and attempt records sat where their keys sort, keeps every row, count and
 // checkpoint through version 6, and its documents' rows then follow the
 // order they were written (the feed's), whatever their keys.
+// A version-3 file as three commits of 2026-12-02 made it (eaee1d8,
+// c5748fd, cb22961): attempt records in docs, with docs.expires_at, and
+// no attempts table. It upgrades, its records moved to their table, where
+// migrateV6 failed on it for good.
+func TestMigratesAnEarlyVersion3File(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "v3early.db")
+	db, err := sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	db.SetMaxOpenConns(1)
+	require.NoError(t, migrateTo(ctx, db, 2))
+	_, err = db.ExecContext(ctx, `ALTER TABLE docs ADD COLUMN expires_at INTEGER;
+		CREATE INDEX expiring ON docs (expires_at) WHERE expires_at IS NOT NULL;
+		PRAGMA user_version = 3;`)
+	require.NoError(t, err)
+	_, err = db.ExecContext(ctx, `INSERT INTO docs (coll, key, value, seq, created, paid, expires_at) VALUES
+		('attempts', 'o1', '{"docId":"o1","attempts":[]}', 1, 1, 0, 4102444800000),
+		('inbound', 'o1', '{"email":"a@b.c","paymentStatus":"paid"}', 2, 2, 1, NULL)`)
+	require.NoError(t, err)
+	_, err = db.ExecContext(ctx, `UPDATE counters SET value = 2 WHERE name = 'seq'`)
+	require.NoError(t, err)
+	require.NoError(t, db.Close())
+
+	s, err := Open(ctx, Config{Path: path})
+	require.NoError(t, err)
+	defer s.Close()
+	rec, err := s.Get(ctx, "attempts", "o1")
+	require.NoError(t, err, "the attempt record moved to its table")
+	assert.JSONEq(t, `{"docId":"o1","attempts":[]}`, string(rec.Value))
+	o, err := s.Get(ctx, "inbound", "o1")
+	require.NoError(t, err)
+	assert.NotZero(t, o.CAS)
+	var left int
+	require.NoError(t, s.read.QueryRowContext(ctx, `SELECT count(*) FROM docs WHERE coll = 'attempts'`).Scan(&left))
+	assert.Zero(t, left, "no attempt record left in docs")
+	c, err := s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 1, c.OrdersPaid)
+}
+
 func TestMigratesAVersion5File(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

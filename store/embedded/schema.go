@@ -282,6 +282,9 @@ func dueTriggers(kind int, col string) string {
 // docs' rows are copied in feed order, so that a backlog written before the
 // upgrade has that order too.
 func migrateV6(ctx context.Context, tx *sql.Tx) error {
+	if err := moveEarlyAttempts(ctx, tx); err != nil {
+		return err
+	}
 	_, err := tx.ExecContext(ctx, `
 		CREATE TABLE docs6 (
 			id INTEGER PRIMARY KEY,  -- the row's place: the order written`+docsColumns+`);
@@ -303,6 +306,38 @@ func migrateV6(ctx context.Context, tx *sql.Tx) error {
 		ALTER TABLE attempts6 RENAME TO attempts;
 		CREATE UNIQUE INDEX attempts_by_key ON attempts (key);
 		CREATE INDEX attempts_expiring ON attempts (expires_at) WHERE expires_at IS NOT NULL;`)
+	return err
+}
+
+// moveEarlyAttempts brings a file made by three commits of 2026-12-02
+// (eaee1d8, c5748fd, cb22961) up to version 3 as it is now: their version 3
+// kept attempt records in docs (coll 'attempts', with docs.expires_at) and
+// made no attempts table, so migrateV6, which copies that table, failed on
+// it for good. The records move to the table; in docs they counted for
+// nothing (their typed columns are zero), so removing them changes no
+// count. A file with the table is left as it is.
+func moveEarlyAttempts(ctx context.Context, tx *sql.Tx) error {
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'attempts'`).Scan(&n); err != nil {
+		return err
+	}
+	if n > 0 {
+		return nil
+	}
+	if err := migrateV3(ctx, tx); err != nil {
+		return err
+	}
+	var hasExpiry int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM pragma_table_info('docs') WHERE name = 'expires_at'`).Scan(&hasExpiry); err != nil {
+		return err
+	}
+	expiry := "NULL"
+	if hasExpiry > 0 {
+		expiry = "expires_at"
+	}
+	_, err := tx.ExecContext(ctx, `
+		INSERT INTO attempts (key, value, rev, expires_at) SELECT key, value, 1, `+expiry+` FROM docs WHERE coll = 'attempts' AND value IS NOT NULL;
+		DELETE FROM docs WHERE coll = 'attempts';`)
 	return err
 }
 
