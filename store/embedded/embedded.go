@@ -101,6 +101,7 @@ type Store struct {
 	lost       chan struct{} // closed when the file is lost
 	lostErr    error
 	commits    atomic.Uint64 // transactions committed by the writer
+	begun      atomic.Uint64 // transactions the writer tried to begin
 
 	mu     sync.RWMutex
 	subs   map[chan struct{}]struct{} // in-process feeds to wake after a write

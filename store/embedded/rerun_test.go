@@ -2,7 +2,9 @@ package embedded
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -74,4 +76,46 @@ func TestAJobRunAgainAloneKeepsItsOwnFailure(t *testing.T) {
 		require.NoError(t, err, key)
 		assert.JSONEq(t, want, string(d.Value), key)
 	}
+}
+
+// When another process holds the write lock past the busy timeout, a
+// batch fails at BEGIN: its jobs all get that failure at once, and are not
+// run again one by one, each waiting the busy timeout again for the same
+// lock (the last of N writes failed N busy timeouts late).
+func TestABatchThatCannotBeginIsNotRunAgainJobByJob(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "o.db")
+	s, err := Open(ctx, Config{Path: path, BusyTimeout: time.Second})
+	require.NoError(t, err)
+	defer s.Close()
+
+	other, err := sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	defer other.Close()
+	conn, err := other.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.ExecContext(ctx, `BEGIN IMMEDIATE`)
+	require.NoError(t, err)
+	defer conn.ExecContext(ctx, `ROLLBACK`)
+
+	begun := s.begun.Load()
+	errs := make(chan error, 11)
+	upsert := func(key string) {
+		_, err := s.Upsert(ctx, "inbound", key, []byte(`{}`))
+		errs <- err
+	}
+	go upsert("first") // the writer waits at its BEGIN meanwhile
+	queued := []int{0}
+	require.Eventually(t, func() bool { queued[0] = len(s.jobs); return queued[0] == 0 && s.begun.Load() > begun },
+		10*time.Second, time.Millisecond, "the first write taken: %v queued", queued)
+	for i := range 10 {
+		go upsert(fmt.Sprint("k", i))
+	}
+	require.Eventually(t, func() bool { queued[0] = len(s.jobs); return queued[0] == 10 },
+		10*time.Second, time.Millisecond, "jobs queued %v, want 10", queued)
+	for range 11 {
+		assert.ErrorIs(t, <-errs, store.ErrUnavailable, "the lock is another's")
+	}
+	assert.Equal(t, uint64(2), s.begun.Load()-begun, "transactions begun: the first write's, then the batch's")
 }

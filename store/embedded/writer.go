@@ -262,15 +262,24 @@ func (s *Store) fill(batch []*job, linger *time.Timer, busy bool) []*job {
 // failure (runTxRaw sets it), or with its transaction's.
 func (s *Store) runBatch(batch []*job) {
 	err := s.runTx(batch)
-	if err != nil && len(batch) > 1 {
+	var before *beforeJobsError
+	if err != nil && len(batch) > 1 && !errors.As(err, &before) {
 		for _, j := range batch {
-			if err := s.runTx([]*job{j}); err != nil {
-				j.err = err
+			if j.err = j.ctx.Err(); j.err == nil { // a caller gone waits for no lock
+				if err := s.runTx([]*job{j}); err != nil {
+					j.err = err
+				}
 			}
 			close(j.done)
 		}
 		s.wake()
 		return
+	}
+	if before != nil {
+		// The transaction failed before any job ran (the lock held past
+		// the busy timeout by another process): run alone, each would
+		// wait as long again for the same lock.
+		err = before.err
 	}
 	for _, j := range batch {
 		if err != nil {
@@ -298,8 +307,9 @@ func (s *Store) runTxRaw(jobs []*job) (err error) {
 	}
 	s.wlock.acquire(s.cfg.BusyTimeout)
 	defer s.wlock.release()
+	s.begun.Add(1)
 	if err := s.stmts.begin.Exec(ctx); err != nil {
-		return mapErr(err)
+		return &beforeJobsError{mapErr(err)}
 	}
 	defer func() {
 		if err != nil {
@@ -308,7 +318,7 @@ func (s *Store) runTxRaw(jobs []*job) (err error) {
 	}()
 	t := &txn{s: s, ctx: ctx}
 	if err := s.stmts.seqGet.QueryRow(ctx).Scan(&t.seq); err != nil {
-		return mapErr(err)
+		return &beforeJobsError{mapErr(err)}
 	}
 	start := t.seq
 	for _, j := range jobs {
@@ -373,6 +383,14 @@ func abortsTx(err error) bool {
 	var te *txError
 	return errors.As(err, &se) || errors.As(err, &te)
 }
+
+// beforeJobsError is a transaction's failure before any job ran in it
+// (BEGIN, the sequence read): it says nothing of the jobs, so runBatch
+// gives it to each rather than run each alone.
+type beforeJobsError struct{ err error }
+
+func (e *beforeJobsError) Error() string { return e.err.Error() }
+func (e *beforeJobsError) Unwrap() error { return e.err }
 
 // txError is a failure of the writer's own after a job may have written:
 // the transaction is rolled back, as after an error of SQLite.
