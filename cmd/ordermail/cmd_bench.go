@@ -78,7 +78,9 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"minimalOfCeiling, minimalCPUPerOrderUs and minimalSendMeanMs (--minimal);\n" +
 			"orderWriteCPUPerOrderUs (the bench's CPU writing the run's orders: the order system's work,\n" +
 			"on the same machine); settings.\n" +
-			"Flags after -- are handed to `ordermail run`. bench reads no ORDERMAIL_ variables and passes\n" +
+			"Flags after -- are handed to `ordermail run`, except those bench sets itself (--workers,\n" +
+			"--timer-interval, --retry-quantum, --backoff, --backoff-min, --store, --mail-url and the like),\n" +
+			"which are refused: give them as bench's own. bench reads no ORDERMAIL_ variables and passes\n" +
 			"none on: a deployment's settings, its store above all, stay out of a benchmark.",
 		FlagSet: fs,
 		Exec: func(ctx context.Context, args []string) error {

@@ -278,6 +278,12 @@ func TestBenchRejectsBadSettings(t *testing.T) {
 		{give: []string{"--hold-every", "100", "--minimal"}, want: "hold-every: the senders of --ceiling and --minimal would wait"},
 		{give: []string{"--hold-every", "-1"}, want: "hold-every: -1 is negative"},
 		{give: []string{"--dead", "-1"}, want: "dead: -1 is negative"},
+		// The service's flags the bench sets: after --, the last value would
+		// win while the figures describe the bench's.
+		{give: []string{"--", "--workers", "64"}, want: "-- --workers: the bench sets it for the service"},
+		{give: []string{"--", "-retry-quantum=3s"}, want: "give it as bench's --retry-quantum"},
+		{give: []string{"--", "--log-level", "info", "--backoff", "fixed"}, want: "-- --backoff:"},
+		{give: []string{"--", "--mail-auth-file", "x"}, want: "bench --secure gives the service its credentials"},
 	} {
 		_, _, err := cli(t, append([]string{"bench"}, tt.give...)...)
 		assert.ErrorContains(t, err, tt.want, "%v", tt.give)

@@ -122,7 +122,33 @@ func (c Config) Validate() error {
 	case c.Timeout <= 0:
 		return fmt.Errorf("timeout: %s is not positive", c.Timeout)
 	}
+	for _, a := range c.ServiceArgs {
+		name, ok := strings.CutPrefix(a, "-")
+		if !ok {
+			continue // a value
+		}
+		name, _, _ = strings.Cut(strings.TrimPrefix(name, "-"), "=")
+		if why, set := benchSets[name]; set {
+			return fmt.Errorf("-- --%s: the bench sets it for the service (the last value would win, and the figures describe the bench's): %s", name, why)
+		}
+	}
 	return nil
+}
+
+// benchSets are the service's flags the bench gives it, and what to do
+// instead of giving them after --.
+var benchSets = map[string]string{
+	"workers":                  "give it as bench's --workers",
+	"timer-interval":           "give it as bench's --timer-interval",
+	"retry-quantum":            "give it as bench's --retry-quantum",
+	"backoff":                  "give it as bench's --backoff",
+	"backoff-min":              "give it as bench's --backoff-min",
+	"store":                    "give it as bench's --store",
+	"mail-url":                 "give it as bench's --mail-url",
+	"from-now":                 "the run's feed starts at the store's end",
+	"metrics-listen":           "the bench reads the service's metrics on an address of its own",
+	"mail-auth-file":           "bench --secure gives the service its credentials",
+	"mail-signing-secret-file": "bench --secure gives the service its credentials",
 }
 
 // Result is what one benchmark measured: the JSON line `ordermail bench`
