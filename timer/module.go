@@ -46,6 +46,13 @@ type feedReporter interface {
 }
 
 func (g sendGate) HeldBack() (held, probing bool) {
+	// An instance whose feed does not run (a standby on an embedded store)
+	// sends nothing: its breaker, closed for want of sends, says nothing
+	// of the email service, and sweeping on it would flag every due retry
+	// while the instance that sends has its breaker open.
+	if r, ok := g.w.(interface{ Running() bool }); ok && !r.Running() {
+		return true, false
+	}
 	held, probing = g.m.HeldBack()
 	if probing {
 		if st, ok := g.w.FeedStats(); ok && st.AnotherSends() {

@@ -53,3 +53,18 @@ func TestAProbingInstanceLeavesTheSweepToOneThatSends(t *testing.T) {
 		assert.Equal(t, c.probing, probing, c.name)
 	}
 }
+
+// standbyFeed is a watcher that does not run the feed: a standby.
+type standbyFeed struct{ feedState }
+
+func (standbyFeed) Running() bool { return false }
+
+// An instance whose feed does not run (a standby on an embedded store)
+// sends nothing: held, whatever its unused breaker says.
+func TestAStandbyLeavesTheSweepToTheInstanceThatSends(t *testing.T) {
+	for _, mail := range []breakerState{{}, {probing: true}, {held: true}} {
+		held, probing := sendGate{mail, standbyFeed{}}.HeldBack()
+		assert.True(t, held, "%+v", mail)
+		assert.False(t, probing, "%+v", mail)
+	}
+}
