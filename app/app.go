@@ -102,8 +102,10 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 	opts := []fx.Option{
 		fx.WithLogger(func() fxevent.Logger { return fxlog }),
 		// In-flight sends are bounded by the mail timeout; give them that
-		// much to finish before they are abandoned for replay.
-		fx.StopTimeout(mailTimeout + 5*time.Second),
+		// much to finish before they are abandoned for replay. The watcher
+		// gives them four fifths of the stop's time (watcher.Stop): the
+		// whole mail timeout, and 4s more.
+		fx.StopTimeout(mailTimeout*5/4 + 5*time.Second),
 		fx.Supply(cfg.Mail, cfg.watcherConfig(), cfg.Timer, cfg.Metrics, cfg.Console, log),
 		fx.Provide(func(lc fx.Lifecycle) (store.Store, error) {
 			st, err := OpenStore(context.Background(), cfg.Store, log)

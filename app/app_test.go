@@ -329,6 +329,25 @@ func TestRestartInTheMiddleLosesNothing(t *testing.T) {
 	}
 }
 
+// A stop gives a send in flight its whole mail timeout: the watcher gives
+// in-flight sends four fifths of the stop's time (watcher.Stop), which
+// fell short of a mail timeout above 20s (a 38s send under a 40s timeout
+// was abandoned at 36s, and its order sent again after the restart).
+func TestAStopWaitsOutTheMailTimeout(t *testing.T) {
+	for _, mt := range []time.Duration{0, 10 * time.Second, 40 * time.Second, 5 * time.Minute} {
+		r := newRun(t, 0)
+		r.cfg.Mail.Timeout = mt
+		r.cfg.Watcher.ClaimTTL = 2*mt + time.Minute // longer than the send, as the config asks
+		a, _ := r.start(t)
+		stop(t, a)
+		want := mt
+		if mt == 0 {
+			want = 10 * time.Second // the default
+		}
+		assert.GreaterOrEqual(t, a.StopTimeout()*4/5, want, "mail timeout %s", mt)
+	}
+}
+
 func TestConfigValidateNamesTheSetting(t *testing.T) {
 	good := app.Config{Store: app.StoreConfig{URL: "file:x.db"}, Mail: mailer.Config{URL: "http://localhost:9080"}}
 	require.NoError(t, good.Validate())
