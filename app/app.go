@@ -99,13 +99,14 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 	if mailTimeout == 0 {
 		mailTimeout = 10 * time.Second
 	}
+	stopTimeout := mailTimeout*5/4 + 5*time.Second
 	opts := []fx.Option{
 		fx.WithLogger(func() fxevent.Logger { return fxlog }),
 		// In-flight sends are bounded by the mail timeout; give them that
 		// much to finish before they are abandoned for replay. The watcher
 		// gives them four fifths of the stop's time (watcher.Stop): the
 		// whole mail timeout, and 4s more.
-		fx.StopTimeout(mailTimeout*5/4 + 5*time.Second),
+		fx.StopTimeout(stopTimeout),
 		fx.Supply(cfg.Mail, cfg.watcherConfig(), cfg.Timer, cfg.Metrics, cfg.Console, log),
 		fx.Provide(func(lc fx.Lifecycle) (store.Store, error) {
 			st, err := OpenStore(context.Background(), cfg.Store, log)
@@ -135,7 +136,10 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 		}),
 		fx.Invoke(func(lc fx.Lifecycle, w *watcher.Watcher, sd fx.Shutdowner) {
 			r := &runner{w: w, poll: cfg.Store.StandbyPoll, log: log.With("component", "runner"),
-				lost: func() { sd.Shutdown(fx.ExitCode(ExitStoreLost)) }}
+				lost: func() { sd.Shutdown(fx.ExitCode(ExitStoreLost)) },
+				// The former holder's check, then its stop (the same
+				// settings, as a standby of the same service has).
+				takeoverWait: 2*lockCheck + stopTimeout}
 			if r.poll == 0 {
 				r.poll = 500 * time.Millisecond
 			}

@@ -24,6 +24,11 @@ type runner struct {
 	// lost is called when the lock file is deleted or replaced while this
 	// instance runs the feed: a second instance could take the new file.
 	lost func()
+	// takeoverWait is how long a standby that took the lock on a file it
+	// created waits before it runs the feed: the lock file was deleted,
+	// and the instance that held the old one may still run the feed until
+	// its check (lockCheck) notices and its stop ends.
+	takeoverWait time.Duration
 
 	mu       sync.Mutex
 	started  bool
@@ -49,6 +54,9 @@ func (r *runner) start(ctx context.Context) error {
 		}
 	}
 	if err := r.w.Start(ctx); err != nil {
+		if r.lock != nil {
+			r.lock.Unlock() // fx runs no stop hook for a start that failed
+		}
 		return err
 	}
 	r.mu.Lock()
@@ -57,6 +65,10 @@ func (r *runner) start(ctx context.Context) error {
 	r.watchLock()
 	return nil
 }
+
+// lockCheck is how often the instance that runs the feed checks that the
+// lock file is still the one it locked.
+const lockCheck = 2 * time.Second
 
 // watchLock checks, until stop, that the lock file is still ours.
 func (r *runner) watchLock() {
@@ -73,7 +85,7 @@ func (r *runner) watchLock() {
 }
 
 func (r *runner) checkLock(ctx context.Context) {
-	t := time.NewTicker(2 * time.Second)
+	t := time.NewTicker(lockCheck)
 	defer t.Stop()
 	for {
 		select {
@@ -112,6 +124,9 @@ func (r *runner) standby(ctx context.Context) {
 		if !ok {
 			continue
 		}
+		if r.lock.Created() && !r.waitOutFormerHolder(ctx) {
+			return
+		}
 		if err := r.w.Start(ctx); err != nil {
 			r.log.Error("take over the feed", "error", err)
 			r.lock.Unlock()
@@ -123,6 +138,24 @@ func (r *runner) standby(ctx context.Context) {
 		r.log.Info("took over: this instance runs the feed now", "lock", r.lock.Path())
 		r.checkLock(ctx)
 		return
+	}
+}
+
+// waitOutFormerHolder waits takeoverWait after the standby took the lock
+// on a file it created: the lock file it waited on was deleted, and the
+// instance that held it may still run the feed until it notices. It
+// returns false when ctx ends first (the lock is let go).
+func (r *runner) waitOutFormerHolder(ctx context.Context) bool {
+	r.log.Warn("standby: the lock file was deleted; waiting for the instance that held it to stop before taking over",
+		"lock", r.lock.Path(), "wait", r.takeoverWait)
+	t := time.NewTimer(r.takeoverWait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		r.lock.Unlock()
+		return false
+	case <-t.C:
+		return true
 	}
 }
 

@@ -18,6 +18,8 @@ import (
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/embedded"
+	"github.com/ordermail/ordermail/watcher"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/fx"
@@ -202,4 +204,62 @@ func TestFullDiskRecoversWithoutRestart(t *testing.T) {
 
 	waitConfirmed(t, st, keys)
 	assertDeliveredOnce(t, r.mock, keys)
+}
+
+// failingFeed refuses the subscription: the watcher's start fails.
+type failingFeed struct{ store.Store }
+
+func (failingFeed) Subscribe(context.Context, string, []string, store.FeedOptions) (store.Subscription, error) {
+	return nil, errors.New("subscribe refused (test)")
+}
+
+// A start that fails lets the store's process lock go (fx runs no stop
+// hook for it): another service in the process, or after it, takes it.
+func TestAFailedStartLetsTheLockGo(t *testing.T) {
+	r := newRun(t, 0)
+	a := app.New(r.cfg, r.log, fx.Decorate(func(st store.Store) store.Store { return failingFeed{st} }))
+	require.NoError(t, a.Err())
+	require.ErrorContains(t, a.Start(context.Background()), "subscribe refused")
+	l := embedded.NewProcessLock(strings.TrimPrefix(r.cfg.Store.URL, "file:"))
+	ok, err := l.TryLock()
+	require.NoError(t, err)
+	defer l.Unlock()
+	assert.True(t, ok, "the failed start let the lock go")
+}
+
+// The lock file deleted under the instance that runs the feed: the
+// standby, which then takes a lock on a new file, waits for that instance
+// to notice and stop before it runs the feed; the two never run it at
+// once (the standby started within half a second, the other stopped
+// seconds later).
+func TestALockFileDeletedNeverRunsTwoFeeds(t *testing.T) {
+	r := newRun(t, 0)
+	r.cfg.Mail.Timeout = time.Second // a short stop, and so a short wait
+	var wA, wB *watcher.Watcher
+	a, _ := r.start(t, &wA)
+	b, st := r.start(t, &wB)
+	defer stop(t, b)
+	require.True(t, wA.Running())
+	require.False(t, wB.Running(), "b is the standby")
+
+	require.NoError(t, os.Remove(strings.TrimPrefix(r.cfg.Store.URL, "file:")+".lock"))
+	stopped := make(chan error, 1)
+	go func() {
+		<-a.Wait() // a notices (exit code 3) and is stopped, as run does
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		stopped <- a.Stop(ctx)
+	}()
+	both := []bool{false}
+	require.Eventually(t, func() bool {
+		if wA.Running() && wB.Running() {
+			both[0] = true
+		}
+		return wB.Running()
+	}, 60*time.Second, time.Millisecond, "b took over")
+	require.NoError(t, <-stopped)
+	assert.False(t, both[0], "both ran the feed at once")
+
+	keys := r.placeOrders(t, st, 20)
+	waitConfirmed(t, st, keys)
 }

@@ -14,8 +14,9 @@ import (
 // crash, with no lease to expire and no clocks to trust. Other commands
 // (load, status) do not take it.
 type ProcessLock struct {
-	path string
-	f    *os.File
+	path    string
+	f       *os.File
+	created bool
 }
 
 // NewProcessLock returns the lock for the database at dbPath.
@@ -31,6 +32,7 @@ func (l *ProcessLock) TryLock() (bool, error) {
 	if l.f != nil {
 		return true, nil
 	}
+	_, statErr := os.Stat(l.path)
 	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return false, fmt.Errorf("lock %s: %w", l.path, err)
@@ -45,9 +47,14 @@ func (l *ProcessLock) TryLock() (bool, error) {
 	// For the operator who looks: who holds it.
 	f.Truncate(0)
 	fmt.Fprintf(f, "pid %d\n", os.Getpid())
-	l.f = f
+	l.f, l.created = f, errors.Is(statErr, os.ErrNotExist)
 	return true, nil
 }
+
+// Created says whether the lock taken is on a file that was not there
+// before: a store's first service, or a lock file deleted, perhaps under
+// a process that still runs the feed and has not noticed yet (Check).
+func (l *ProcessLock) Created() bool { return l.f != nil && l.created }
 
 // ErrLockLost says the lock file was deleted or replaced: another process
 // can take a lock on the new file and run the feed alongside.
