@@ -72,6 +72,21 @@ func (c Config) Validate() error {
 	if claim <= send {
 		return fmt.Errorf("claim-ttl: %s must be longer than mail-timeout %s: a claimed retry must outlast its send", claim, send)
 	}
+	// Under --send-rate a send first waits its turn: with every worker
+	// waiting, the last waits workers/rate. That wait is part of the send,
+	// for the claim and for the health check's bound on a worker (which
+	// restarted a service sending at just its rate).
+	if rate := c.Mail.SendRate; rate > 0 {
+		workers := c.Watcher.Workers
+		if workers == 0 {
+			workers = 8
+		}
+		turn := time.Duration(float64(workers) / rate * float64(time.Second))
+		if turn+send >= claim {
+			return fmt.Errorf("send-rate: %v a second gives %d workers turns up to %s apart, which with mail-timeout %s is not within claim-ttl %s: "+
+				"raise --send-rate or --claim-ttl, or lower --workers", rate, workers, turn.Round(time.Millisecond), send, claim)
+		}
+	}
 	return nil
 }
 

@@ -364,6 +364,9 @@ func TestConfigValidateNamesTheSetting(t *testing.T) {
 		}, "cb-password"},
 		{func(c *app.Config) { c.Mail.URL = "" }, "mail-url"},
 		{func(c *app.Config) { c.Watcher.Workers = -1 }, "workers"},
+		// 64 workers at half a send a second: the last waits 128s for its
+		// turn, past the 1m claim (and the health check's bound on it).
+		{func(c *app.Config) { c.Watcher.Workers, c.Mail.SendRate = 64, 0.5 }, "send-rate: 0.5 a second gives 64 workers turns up to 2m8s apart"},
 		{func(c *app.Config) { c.Timer.Interval = time.Millisecond }, "timer-interval"},
 	}
 	for i, tt := range tests {
