@@ -144,12 +144,13 @@ func TestOneHangingSendHoldsUpItsOrderOnly(t *testing.T) {
 	}
 }
 
-func oneHangingSend(t *testing.T, b backend) {
-	r := newRunOn(t, b, mockmail.Config{})
+// holdFirstRequest has the email service hold the first request it gets
+// unanswered until release is sent to or closed, far within the send's
+// timeout; held says which (its idempotency key) once it came.
+func holdFirstRequest(t *testing.T, r *run) (held *atomic.Pointer[string], release chan struct{}) {
 	r.cfg.Mail.Timeout = 10 * time.Minute
 	r.cfg.Watcher.ClaimTTL = 11 * time.Minute
-	var held atomic.Pointer[string] // the key of the request held
-	release := make(chan struct{})
+	held, release = &atomic.Pointer[string]{}, make(chan struct{})
 	r.cfg.Mail.URL = serveOn(t, "127.0.0.1:0", http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if key := req.Header.Get("Idempotency-Key"); held.CompareAndSwap(nil, &key) {
 			select {
@@ -160,6 +161,12 @@ func oneHangingSend(t *testing.T, b backend) {
 		}
 		r.mock.ServeHTTP(w, req)
 	}))
+	return held, release
+}
+
+func oneHangingSend(t *testing.T, b backend) {
+	r := newRunOn(t, b, mockmail.Config{})
+	held, release := holdFirstRequest(t, r)
 	a, st := r.start(t)
 	defer stop(t, a)
 	// Runs before the stop, which waits for the held send.
@@ -193,21 +200,8 @@ func TestAnOrderRewrittenWhileItsSendHangsHoldsUpNoOther(t *testing.T) {
 func rewrittenWhileHung(t *testing.T, b backend) {
 	ctx := context.Background()
 	r := newRunOn(t, b, mockmail.Config{})
-	r.cfg.Mail.Timeout = 10 * time.Minute
-	r.cfg.Watcher.ClaimTTL = 11 * time.Minute
 	r.cfg.Watcher.Workers = 2 // 128 events held at most
-	var held atomic.Bool
-	release := make(chan struct{})
-	r.cfg.Mail.URL = serveOn(t, "127.0.0.1:0", http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if held.CompareAndSwap(false, true) {
-			select {
-			case <-release:
-			case <-req.Context().Done():
-				return
-			}
-		}
-		r.mock.ServeHTTP(w, req)
-	}))
+	held, release := holdFirstRequest(t, r)
 	a, st := r.start(t)
 	defer stop(t, a)
 	defer close(release) // before the stop, which waits for the held send
@@ -216,7 +210,7 @@ func rewrittenWhileHung(t *testing.T, b backend) {
 	r.prefix += "hot_"
 	hot := r.placeOrders(t, st, 1)[0]
 	r.prefix = prefix
-	require.Eventually(t, held.Load, 60*time.Second, 10*time.Millisecond, "the hot order's request is held")
+	require.Eventually(t, func() bool { return held.Load() != nil }, 60*time.Second, 10*time.Millisecond, "the hot order's request is held")
 	// Four times what the watcher holds: a feed that skips versions
 	// (Couchbase's, the embedded store's) still gives more than it holds.
 	rewrites := 4 * 64 * r.cfg.Watcher.Workers
