@@ -34,6 +34,9 @@ func setupCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if err := sc.Validate(); err != nil {
 				return err
 			}
+			if err := checkStoreFlags(sc); err != nil {
+				return err
+			}
 			if !sc.IsCouchbase() {
 				fmt.Fprintln(stdout, "nothing to set up: the embedded store creates its file and tables when it opens")
 				return nil

@@ -133,6 +133,15 @@ func (l statusList) Set(v string) error {
 // hands the one quantum setting to the timer.
 func checkServiceFlags(cfg *app.Config) error {
 	cfg.Timer.Quantum = cfg.Watcher.Policy.Quantum
+	if err := checkStoreFlags(cfg.Store); err != nil {
+		return err
+	}
+	switch cb := cfg.Store.Couchbase; { // run's own
+	case cb.MemberTTL == 0:
+		return errors.New("cb-member-ttl: 0s is no duration")
+	case cb.StepAsideAfter == 0:
+		return errors.New("cb-step-aside-after: 0s is no duration; a negative one never steps aside")
+	}
 	switch {
 	case cfg.Mail.Timeout <= 0:
 		return fmt.Errorf("mail-timeout: %s is not positive", cfg.Mail.Timeout)
@@ -164,6 +173,28 @@ func checkServiceFlags(cfg *app.Config) error {
 		cfg.Watcher.AttemptHistory = -1 // the watcher's "none"
 	}
 	return cfg.Validate()
+}
+
+// checkStoreFlags rejects zeros of the store's durations, as
+// checkServiceFlags does the service's: the Couchbase package reads a
+// zero as "the default", and a zero TTL on the command line reads as "no
+// cache", which is a negative one.
+func checkStoreFlags(sc app.StoreConfig) error {
+	cb := sc.Couchbase
+	for _, d := range []struct {
+		name   string
+		v      time.Duration
+		orElse string
+	}{
+		{"cb-timeout", cb.Timeout, ""},
+		{"cb-counts-ttl", cb.CountsTTL, "; a negative one serves no cached counts"},
+		{"cb-order-counts-ttl", cb.OrderCountsTTL, "; a negative one serves no cached counts"},
+	} {
+		if d.v == 0 {
+			return fmt.Errorf("%s: 0s is no duration%s", d.name, d.orElse)
+		}
+	}
+	return nil
 }
 
 // storeFlags name the store: its URL and, for Couchbase, how to reach it.
@@ -220,6 +251,9 @@ func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx cont
 				if err := o.args(args); err != nil {
 					return err
 				}
+			}
+			if err := checkStoreFlags(sc); err != nil {
+				return err
 			}
 			if o.existing {
 				if err := storeExists(sc); err != nil {

@@ -189,6 +189,11 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"retries", "stop", "x"}, "unexpected arguments: x", 2},
 		{[]string{"run", "--bogus"}, "flag provided but not defined: -bogus", 2},
 		{[]string{"demo", "--timeout", "0"}, "timeout: 0s is not positive", 1},
+		{[]string{"run", "--mail-url", "http://x", "--cb-timeout", "0"}, "cb-timeout: 0s is no duration", 1},
+		{[]string{"run", "--mail-url", "http://x", "--cb-member-ttl", "0s"}, "cb-member-ttl: 0s is no duration", 1},
+		{[]string{"run", "--mail-url", "http://x", "--cb-step-aside-after", "0"}, "a negative one never steps aside", 1},
+		{[]string{"setup", "--store", "couchbase://db", "--cb-username", "u", "--cb-password", "p", "--cb-counts-ttl", "0"}, "cb-counts-ttl: 0s is no duration; a negative one serves no cached counts", 1},
+		{[]string{"retries", "status", "--cb-order-counts-ttl", "0"}, "cb-order-counts-ttl: 0s", 1},
 		{[]string{"retries", "status", "--retry-quantum", "-1s"}, "retry-quantum: -1s is not positive", 1},
 		{[]string{"healthcheck", "--url", "notaurl"}, `url: "notaurl" is not an http:// or https:// URL`, 1},
 	}

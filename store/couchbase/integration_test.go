@@ -84,6 +84,33 @@ func fakeCluster(t *testing.T, opts cbtest.Options) (Config, *cbtest.Server) {
 	return cfg, srv
 }
 
+// Setup run again on a cluster whose RAM the buckets already take: asked
+// to create a bucket that exists, the cluster answers both errors (the
+// name taken, the quota too large) and gocb keeps one at random; setup
+// failed a quarter of the time with "invalid argument". A bucket there is
+// now never created again.
+func TestSetupAgainOnAFullCluster(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{ClusterRAMMB: 200}) // orders and metadata, 100MB each: full
+	for i := range 12 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := Setup(ctx, cfg, SetupOptions{}, quietLog)
+		cancel()
+		require.NoError(t, err, "setup run %d", i+2)
+	}
+}
+
+// A wrong password shows to setup only as a timeout (the SDK retries a
+// refused login as a connection failure): the message asks about it.
+func TestSetupWithAWrongPasswordAsksAboutIt(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	cfg.Password, cfg.Timeout = "wrong", 500*time.Millisecond
+	err := Setup(context.Background(), cfg, SetupOptions{}, quietLog)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "are the username")
+	assert.Contains(t, err.Error(), "and the password right")
+	assert.NotContains(t, err.Error(), "wrong", "the password is not in the message")
+}
+
 // openStore opens a store on cfg, closed when the test ends; tune may set
 // its test knobs before use.
 func openStore(t *testing.T, cfg Config, tune ...func(*Store)) *Store {

@@ -139,6 +139,13 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 		so.MetadataRAMMB = 128
 	}
 	cluster, err := connectReady(ctx, cfg)
+	if errors.Is(err, gocb.ErrTimeout) {
+		// The SDK retries a refused login as a connection failure until it
+		// times out: the timeout is all setup gets to see of it.
+		return fmt.Errorf("reach the cluster at %s: no answer from its management and query services within %s: "+
+			"are the username (%q) and the password right, and does the cluster run the query service? %w",
+			redact.URL(cfg.ConnStr), 3*cfg.Timeout, cfg.Username, err)
+	}
 	if err != nil {
 		return errRights(cfg, editionUnknown, stepConnect, "reach the cluster at "+redact.URL(cfg.ConnStr), err)
 	}
@@ -148,9 +155,18 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 		name string
 		ram  uint64
 	}{{cfg.Bucket, so.BucketRAMMB}, {cfg.MetadataBucket, so.MetadataRAMMB}} {
-		err := cluster.Buckets().CreateBucket(gocb.CreateBucketSettings{BucketSettings: gocb.BucketSettings{
-			Name: b.name, RAMQuotaMB: b.ram, NumReplicas: so.Replicas, BucketType: gocb.CouchbaseBucketType,
-		}}, &gocb.CreateBucketOptions{Context: ctx})
+		// A bucket there is left as it is. Asked to create it again, the
+		// cluster answers every field that is wrong at once (the name taken,
+		// and on a cluster with no RAM left, the quota), and gocb keeps one
+		// of them at random: "exists" or "invalid argument".
+		var err error
+		if bucketExists(ctx, cluster, b.name) {
+			err = gocb.ErrBucketExists
+		} else {
+			err = cluster.Buckets().CreateBucket(gocb.CreateBucketSettings{BucketSettings: gocb.BucketSettings{
+				Name: b.name, RAMQuotaMB: b.ram, NumReplicas: so.Replicas, BucketType: gocb.CouchbaseBucketType,
+			}}, &gocb.CreateBucketOptions{Context: ctx})
+		}
 		switch {
 		case err == nil:
 			log.Info("created bucket", "bucket", b.name, "ram_mb", b.ram)

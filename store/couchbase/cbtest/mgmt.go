@@ -290,6 +290,26 @@ func (s *Server) handleCreateBucket(w http.ResponseWriter, r *http.Request) {
 		}
 		p.replicas = n
 	}
+	// Every field is checked, and every error answered (ns_server's
+	// parse_bucket_params): a client that keeps one of them sees either.
+	errs := map[string]string{}
+	s.mu.Lock()
+	_, exists := s.buckets[p.name]
+	var used uint64
+	for _, b := range s.buckets {
+		used += b.ramQuotaMB
+	}
+	s.mu.Unlock()
+	if exists {
+		errs["name"] = errBucketExists.Error()
+	}
+	if s.opts.ClusterRAMMB > 0 && used+ram > s.opts.ClusterRAMMB {
+		errs["ramQuota"] = "RAM quota specified is too large to be provisioned into this cluster."
+	}
+	if len(errs) > 0 {
+		writeJSON(w, 400, map[string]any{"errors": errs})
+		return
+	}
 	if _, err := s.createBucket(p); err != nil {
 		fieldErrors(w, 400, "name", err.Error())
 		return

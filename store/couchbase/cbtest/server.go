@@ -45,6 +45,11 @@ type Options struct {
 	// Trace, if set, receives a line per DCP stream request (with the
 	// position asked for and the answer) and per STREAM_END.
 	Trace func(format string, args ...any)
+	// ClusterRAMMB is the data service's RAM quota that the buckets' RAM
+	// quotas share; 0: no limit. ns_server checks every field of a bucket
+	// creation and answers all that are wrong at once: a bucket named as
+	// one that exists, on a cluster with no room left, gets both errors.
+	ClusterRAMMB uint64
 	// SyncDCP makes a KV write answer only once every DCP connection of
 	// its bucket has sent it (or is held back by flow control; at most
 	// 1s), so that changes made one after another reach a client that
