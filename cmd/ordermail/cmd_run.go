@@ -50,6 +50,15 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			// The token itself comes from the environment only: a flag's
 			// value is in every process listing.
 			cfg.Console.Token = console.Secret(os.Getenv("ORDERMAIL_ADMIN_TOKEN"))
+			if err := checkStoreFlags(cfg.Store); err != nil {
+				return err
+			}
+			switch cb := cfg.Store.Couchbase; { // run's own, as checkServiceFlags checks the others
+			case cb.MemberTTL == 0:
+				return errors.New("cb-member-ttl: 0s is no duration")
+			case cb.StepAsideAfter == 0:
+				return errors.New("cb-step-aside-after: 0s is no duration; a negative one never steps aside")
+			}
 			if err := checkServiceFlags(&cfg); err != nil {
 				return err
 			}

@@ -133,15 +133,6 @@ func (l statusList) Set(v string) error {
 // hands the one quantum setting to the timer.
 func checkServiceFlags(cfg *app.Config) error {
 	cfg.Timer.Quantum = cfg.Watcher.Policy.Quantum
-	if err := checkStoreFlags(cfg.Store); err != nil {
-		return err
-	}
-	switch cb := cfg.Store.Couchbase; { // run's own
-	case cb.MemberTTL == 0:
-		return errors.New("cb-member-ttl: 0s is no duration")
-	case cb.StepAsideAfter == 0:
-		return errors.New("cb-step-aside-after: 0s is no duration; a negative one never steps aside")
-	}
 	switch {
 	case cfg.Mail.Timeout <= 0:
 		return fmt.Errorf("mail-timeout: %s is not positive", cfg.Mail.Timeout)
