@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -164,12 +165,13 @@ type Plan struct {
 	Writes []store.Write
 
 	// For Send.
-	OrderKey       string
-	OrderCAS       uint64 // of the order decided on: paid, unconfirmed, readable
-	IdempotencyKey string
-	Body           []byte
-	Attempt        int            // the number of this attempt, from 1
-	Retry          order.RetryDoc // the retry document once claimed; zero for a first send
+	OrderKey         string
+	OrderCAS         uint64 // of the order decided on: paid, unconfirmed, readable
+	OrderIncarnation uint64 // of the order decided on; 0: the store cannot tell
+	IdempotencyKey   string
+	Body             []byte
+	Attempt          int            // the number of this attempt, from 1
+	Retry            order.RetryDoc // the retry document once claimed; zero for a first send
 }
 
 // Decide is the one place that says what a change means, on the current
@@ -199,6 +201,9 @@ func decideOrder(c Change, st store.State, now time.Time, lim Limits) Plan {
 	o, decodeErr := c.orderOf(st.Order)
 	if decodeErr == nil {
 		if o.ConfirmationEmailSent {
+			if key == order.ControlKey {
+				return ignore("already confirmed") // its retry document is the control document
+			}
 			return cleanUp(st, "already confirmed")
 		}
 		if o.PaymentStatus != order.StatusPaid {
@@ -217,13 +222,13 @@ func decideOrder(c Change, st store.State, now time.Time, lim Limits) Plan {
 	if st.Retry.Found() {
 		return ignore("a retry document owns the confirmation")
 	}
-	if dl, ok := deadLetterOf(st); ok && !dl.ClearedByOrderChange() {
+	if dl, ok := deadLetterOf(st); ok && !dl.ClearedByOrderChange() && !otherIncarnation(dl.IdempotencyKey, key, st.Order) {
 		return ignore("dead-lettered (" + dl.Reason + "); redrive to send")
 	}
 	if reason, detail := problem(key, st.Order, o, decodeErr, lim); reason != "" {
 		return deadLetterOrder(key, st, reason, detail, decodeErr, now)
 	}
-	return Plan{Action: Send, OrderKey: key, OrderCAS: st.Order.CAS, Body: st.Order.Value, Attempt: 1,
+	return Plan{Action: Send, OrderKey: key, OrderCAS: st.Order.CAS, OrderIncarnation: st.Order.Incarnation, Body: st.Order.Value, Attempt: 1,
 		IdempotencyKey: order.IdempotencyKey(key, incarnation(st.Order))}
 }
 
@@ -279,7 +284,7 @@ func decideRetry(c Change, st store.State, now time.Time, lim Limits) Plan {
 		}
 		return p
 	}
-	if dl, ok := deadLetterOf(st); ok && r.RedriveCount <= dl.RedriveCount {
+	if dl, ok := deadLetterOf(st); ok && !dl.ClearedByOrderChange() && !otherIncarnation(dl.IdempotencyKey, key, st.Order) && r.RedriveCount <= dl.RedriveCount {
 		// The dead letter came after this retry (a crash between the two
 		// writes of a dead-lettering); a redrive's retry counts one more.
 		return Plan{Action: Write, Reason: "dead letter supersedes the retry",
@@ -300,20 +305,21 @@ func decideRetry(c Change, st store.State, now time.Time, lim Limits) Plan {
 	if reason, detail := problem(key, st.Order, o, decodeErr, lim); reason != "" {
 		return retryDeadLetter(key, st, r, reason, detail, now)
 	}
-	if r.IdempotencyKey == "" {
+	if r.IdempotencyKey == "" || otherIncarnation(r.IdempotencyKey, key, st.Order) {
+		// A key of another incarnation is a deleted order's: this one is new.
 		r.IdempotencyKey = order.IdempotencyKey(key, incarnation(st.Order))
 	}
 	if lim.SingleConsumer {
 		// A flagged document is never flagged again (the sweep takes only
 		// unflagged ones), and a crash before the outcome replays its event.
-		return Plan{Action: Send, OrderKey: key, OrderCAS: st.Order.CAS, Body: st.Order.Value, Attempt: order.Incr(r.Attempt),
+		return Plan{Action: Send, OrderKey: key, OrderCAS: st.Order.CAS, OrderIncarnation: st.Order.Incarnation, Body: st.Order.Value, Attempt: order.Incr(r.Attempt),
 			IdempotencyKey: r.IdempotencyKey, Retry: r}
 	}
 	claimed := r
 	claimed.FireRetry = false
 	claimed.NextAttemptAt = now.Add(lim.ClaimTTL).UnixMilli()
 	return Plan{
-		Action: Send, OrderKey: key, OrderCAS: st.Order.CAS, Body: st.Order.Value, Attempt: order.Incr(r.Attempt),
+		Action: Send, OrderKey: key, OrderCAS: st.Order.CAS, OrderIncarnation: st.Order.Incarnation, Body: st.Order.Value, Attempt: order.Incr(r.Attempt),
 		IdempotencyKey: claimed.IdempotencyKey, Retry: claimed,
 		// The claim: of several instances that saw the flag, one wins; if it
 		// dies, the sweep flags the document again once the claim has run
@@ -334,6 +340,17 @@ func incarnation(d store.Doc) uint64 {
 		return d.Incarnation
 	}
 	return d.CAS
+}
+
+// otherIncarnation says whether idempotency key k was made for another
+// order than d under the same key (one deleted since): known only where the
+// store keeps incarnations.
+func otherIncarnation(k, key string, d store.Doc) bool {
+	if d.Incarnation == 0 {
+		return false
+	}
+	inc, ok := strings.CutPrefix(k, order.IdempotencyKey(key, 0)+"@")
+	return ok && inc != strconv.FormatUint(d.Incarnation, 10)
 }
 
 // retryDeadLetter gives up on a retry: the dead letter, then the retry
@@ -426,7 +443,8 @@ func Settle(p Plan, st store.State, sendErr error, now time.Time, lim Limits, u 
 	if sendErr == nil {
 		var ws []store.Write
 		// The order first: marking it is what keeps it from a second send.
-		if st.Order.Found() {
+		// Only the order sent: one created anew under its key meanwhile is not.
+		if st.Order.Found() && (p.OrderIncarnation == 0 || st.Order.Incarnation == p.OrderIncarnation) {
 			if marked, ok := markedOrder(p, st.Order); ok {
 				ws = append(ws, store.Write{Op: store.OpReplace, Collection: order.Inbound, Key: p.OrderKey, Value: marked, CAS: st.Order.CAS})
 			}
@@ -459,9 +477,9 @@ func Settle(p Plan, st store.State, sendErr error, now time.Time, lim Limits, u 
 			return Outcome{Result: "retry", Reason: "redriven during the send"}
 		case err == nil:
 			prev = cur // the failure counts on top of what is stored now
-			if prev.IdempotencyKey == "" {
-				prev.IdempotencyKey = p.IdempotencyKey
-			}
+			// The key the send carried: the stored one, unless that was a
+			// deleted order's (decideRetry made this incarnation's).
+			prev.IdempotencyKey = p.IdempotencyKey
 		}
 	}
 	next := prev

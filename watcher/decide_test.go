@@ -178,7 +178,7 @@ func TestIdempotencyKeys(t *testing.T) {
 	assert.Equal(t, first.IdempotencyKey, out.Retry.IdempotencyKey, "the retry keeps the key")
 	st := state(paid, string(out.Retry.Encode()), "")
 	st.Retry.Value = []byte(strings.Replace(string(st.Retry.Value), `"fireRetry":false`, `"fireRetry":true`, 1))
-	st.Order.Incarnation = 99 // whatever happens to the order meanwhile
+	st.Order.CAS = 99 // an edit of the order meanwhile (a re-creation is another incarnation: incarnation_test.go)
 	retry := Decide(Change{Collection: order.Retry, Key: "o"}, st, now, limits)
 	require.Equal(t, Send, retry.Action)
 	assert.Equal(t, first.IdempotencyKey, retry.IdempotencyKey, "every attempt sends the first one's key")
