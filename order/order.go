@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -144,7 +145,7 @@ func checkObject(obj []byte) error {
 		var v any
 		return fmt.Errorf("%w: %v", ErrMalformed, json.Unmarshal(obj, &v)) // for the reason
 	}
-	if dup := duplicateName(obj); dup != "" {
+	if dup, _, _ := checkNames(obj, nil); dup != "" {
 		return fmt.Errorf("%w: field %s appears more than once", ErrMalformed, dup)
 	}
 	return nil
@@ -447,8 +448,15 @@ func decodeObject(raw []byte, into any) error {
 	}
 	// Decoders disagree on a repeated name (Go keeps the last, SQLite's
 	// JSON functions the first): one reading everywhere means none.
-	if name := duplicateName(trimmed); name != "" {
-		return fmt.Errorf("%w: field %s appears more than once", ErrMalformed, name)
+	// Go's decoders also match a field's name in any case, the sample's
+	// JavaScript and N1QL in its own: {"PAYMENTSTATUS":"paid"} is paid to
+	// one and not to the others, and beside "paymentStatus" it decides.
+	dup, miscased, field := checkNames(trimmed, fieldsFor(into))
+	if dup != "" {
+		return fmt.Errorf("%w: field %s appears more than once", ErrMalformed, dup)
+	}
+	if miscased != "" {
+		return fmt.Errorf("%w: field %s is %s in another case", ErrMalformed, miscased, field)
 	}
 	if fastUnmarshal(trimmed, into) {
 		return nil
@@ -482,16 +490,66 @@ func fastUnmarshal(data []byte, into any) (ok bool) {
 	return gojson.Unmarshal(data, into) == nil
 }
 
-// duplicateName returns the first top-level name that appears twice in the
-// JSON object raw.
+// The JSON names of the fields of the documents read for every change.
+var (
+	orderFields      = jsonFields(reflect.TypeFor[Order]())
+	retryFields      = jsonFields(reflect.TypeFor[RetryDoc]())
+	deadLetterFields = jsonFields(reflect.TypeFor[DeadLetterDoc]())
+)
+
+// fieldsFor are the JSON names of the fields of the struct into points to.
+func fieldsFor(into any) [][]byte {
+	switch into.(type) {
+	case *Order:
+		return orderFields
+	case *RetryDoc:
+		return retryFields
+	case *DeadLetterDoc:
+		return deadLetterFields
+	}
+	return jsonFields(reflect.TypeOf(into).Elem())
+}
+
+// jsonFields are the JSON names of struct type t's fields, read once.
+func jsonFields(t reflect.Type) [][]byte {
+	if f, ok := fieldsOf.Load(t); ok {
+		return f.([][]byte)
+	}
+	var names [][]byte
+	if t.Kind() == reflect.Struct {
+		for i := range t.NumField() {
+			if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+				names = append(names, []byte(name))
+			}
+		}
+	}
+	fieldsOf.Store(t, names)
+	return names
+}
+
+var fieldsOf sync.Map // reflect.Type -> [][]byte
+
+// checkNames returns the first top-level name that appears twice in the
+// JSON object raw (dup), else the first that is one of fields in another
+// case (miscased), and that field.
 // An order has a handful of names, none escaped: they are compared as they
 // stand, with no copy and no map (this runs for every order, twice).
-func duplicateName(raw []byte) string {
+func checkNames(raw []byte, fields [][]byte) (dup, miscased, field string) {
 	var few [16][]byte
 	plain := few[:0] // names without escapes, while there are few
 	var seen map[string]bool
-	dup := ""
 	eachName(raw, func(quoted []byte, _ int) bool {
+		if miscased == "" && len(fields) > 0 {
+			n := quoted[1 : len(quoted)-1]
+			if bytes.IndexByte(n, '\\') >= 0 {
+				n = []byte(memberName(quoted))
+			}
+			for _, f := range fields {
+				if !bytes.Equal(n, f) && bytes.EqualFold(n, f) {
+					miscased, field = string(n), string(f)
+				}
+			}
+		}
 		if seen == nil && len(plain) < len(few) && bytes.IndexByte(quoted, '\\') < 0 {
 			for _, p := range plain {
 				if bytes.Equal(p, quoted) {
@@ -516,7 +574,7 @@ func duplicateName(raw []byte) string {
 		seen[name] = true
 		return true
 	})
-	return dup
+	return dup, miscased, field
 }
 
 // ClearedByOrderChange says whether the dead letter was about the order's
