@@ -39,6 +39,10 @@ func (p Policy) Validate() error {
 		return fmt.Errorf("backoff-min: %s is not positive", p.MinDelay)
 	case p.MaxDelay < p.MinDelay:
 		return fmt.Errorf("backoff-max: %s is below backoff-min %s", p.MaxDelay, p.MinDelay)
+	case p.MaxDelay > maxBackoff:
+		// Doubled past what a Duration holds, a delay wrapped round to the
+		// shortest (146 years and more).
+		return fmt.Errorf("backoff-max: %s is more than a year", p.MaxDelay)
 	case !(p.Jitter >= 0 && p.Jitter < 1): // NaN too
 		return fmt.Errorf("backoff-jitter: %v is not in [0, 1)", p.Jitter)
 	case p.MaxAttempts < 0:
@@ -111,6 +115,9 @@ func (p Policy) Next(attempts int, now time.Time, f Failure, u float64) Verdict 
 	}
 	return Verdict{At: now.Add(max(p.exponential(attempts, u), retryAfter))}
 }
+
+// maxBackoff bounds --backoff-max (and so --backoff-min).
+const maxBackoff = 365 * 24 * time.Hour
 
 func (p Policy) exponential(attempts int, u float64) time.Duration {
 	d := p.MinDelay

@@ -88,6 +88,7 @@ func TestPolicyValidate(t *testing.T) {
 		{func(p *order.Policy) { p.MaxDelay = p.MinDelay / 2 }, "backoff-max"},
 		{func(p *order.Policy) { p.Jitter = 1 }, "backoff-jitter"},
 		{func(p *order.Policy) { p.Jitter = math.NaN() }, "backoff-jitter"},
+		{func(p *order.Policy) { p.MaxDelay = math.MaxInt64 }, "backoff-max: 2562047h47m16.854775807s is more than a year"},
 		{func(p *order.Policy) { p.MaxAttempts = -1 }, "max-attempts"},
 		{func(p *order.Policy) { p.Quantum = 0 }, "retry-quantum"},
 	}
