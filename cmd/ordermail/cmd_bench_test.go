@@ -263,6 +263,19 @@ func TestBenchHoldEvery(t *testing.T) {
 	assert.Equal(t, 100, res.Settings.HoldEvery)
 }
 
+// Against another email service, the service's credentials are the
+// user's to give after -- (bench gives them only with --secure, to its
+// own mock).
+func TestBenchPassesCredentialsForAnotherEmailService(t *testing.T) {
+	t.Parallel()
+	c := bench.Config{Exe: "x", Orders: 1, Workers: 16, TimerInterval: time.Second, RetryQuantum: 15 * time.Second,
+		Backoff: "exponential", BackoffMin: time.Second, Timeout: time.Minute, MailURL: "http://127.0.0.1:1",
+		ServiceArgs: []string{"--mail-auth-file", "/run/secrets/token", "--mail-signing-secret-file=/run/secrets/whsec"}}
+	assert.NoError(t, c.Validate())
+	c.Secure, c.MailURL = true, ""
+	assert.ErrorContains(t, c.Validate(), "-- --mail-auth-file: the bench sets it")
+}
+
 func TestBenchRejectsBadSettings(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
@@ -283,7 +296,7 @@ func TestBenchRejectsBadSettings(t *testing.T) {
 		{give: []string{"--", "--workers", "64"}, want: "-- --workers: the bench sets it for the service"},
 		{give: []string{"--", "-retry-quantum=3s"}, want: "give it as bench's --retry-quantum"},
 		{give: []string{"--", "--log-level", "info", "--backoff", "fixed"}, want: "-- --backoff:"},
-		{give: []string{"--", "--mail-auth-file", "x"}, want: "bench --secure gives the service its credentials"},
+		{give: []string{"--secure", "--", "--mail-auth-file", "x"}, want: "bench --secure gives the service its credentials"},
 	} {
 		_, _, err := cli(t, append([]string{"bench"}, tt.give...)...)
 		assert.ErrorContains(t, err, tt.want, "%v", tt.give)

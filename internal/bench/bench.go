@@ -128,12 +128,17 @@ func (c Config) Validate() error {
 			continue // a value
 		}
 		name, _, _ = strings.Cut(strings.TrimPrefix(name, "-"), "=")
-		if why, set := benchSets[name]; set {
+		if why, set := benchSets[name]; set && (c.Secure || !credentialFlag[name]) {
 			return fmt.Errorf("-- --%s: the bench sets it for the service (the last value would win, and the figures describe the bench's): %s", name, why)
 		}
 	}
 	return nil
 }
+
+// credentialFlag are the flags of benchSets the bench gives only with
+// --secure: against another email service (--mail-url) they are the
+// user's to give after --.
+var credentialFlag = map[string]bool{"mail-auth-file": true, "mail-signing-secret-file": true}
 
 // benchSets are the service's flags the bench gives it, and what to do
 // instead of giving them after --.
