@@ -73,18 +73,23 @@ func (c Config) Validate() error {
 		return fmt.Errorf("claim-ttl: %s must be longer than mail-timeout %s: a claimed retry must outlast its send", claim, send)
 	}
 	// Under --send-rate a send first waits its turn: with every worker
-	// waiting, the last waits workers/rate. That wait is part of the send,
-	// for the claim and for the health check's bound on a worker (which
-	// restarted a service sending at just its rate).
+	// waiting, the last waits workers/rate. That wait is part of the send:
+	// on Couchbase for the claim, and everywhere for the health check's
+	// bound on a worker, twice the claim (which restarted a service
+	// sending at just its rate). The embedded store claims nothing.
 	if rate := c.Mail.SendRate; rate > 0 {
 		workers := c.Watcher.Workers
 		if workers == 0 {
 			workers = 8
 		}
+		bound, what := claim, "claim-ttl "+claim.String()
+		if kind, _ := c.Store.kind(); kind == "file" {
+			bound, what = 2*claim, "twice claim-ttl "+claim.String()+" (the health check's bound on a worker)"
+		}
 		turn := time.Duration(float64(workers) / rate * float64(time.Second))
-		if turn+send >= claim {
-			return fmt.Errorf("send-rate: %v a second gives %d workers turns up to %s apart, which with mail-timeout %s is not within claim-ttl %s: "+
-				"raise --send-rate or --claim-ttl, or lower --workers", rate, workers, turn.Round(time.Millisecond), send, claim)
+		if turn+send >= bound {
+			return fmt.Errorf("send-rate: %v a second gives %d workers turns up to %s apart, which with mail-timeout %s is not within %s: "+
+				"raise --send-rate or --claim-ttl, or lower --workers", rate, workers, turn.Round(time.Millisecond), send, what)
 		}
 	}
 	return nil

@@ -351,6 +351,12 @@ func TestAStopWaitsOutTheMailTimeout(t *testing.T) {
 func TestConfigValidateNamesTheSetting(t *testing.T) {
 	good := app.Config{Store: app.StoreConfig{URL: "file:x.db"}, Mail: mailer.Config{URL: "http://localhost:9080"}}
 	require.NoError(t, good.Validate())
+	// 500 mails an hour on the embedded store, which claims nothing: the
+	// last of 8 workers waits 57.6s for its turn, within the health
+	// check's two minutes.
+	quota := good
+	quota.Mail.SendRate = 0.139
+	require.NoError(t, quota.Validate())
 	tests := []struct {
 		give func(*app.Config)
 		want string
@@ -367,6 +373,10 @@ func TestConfigValidateNamesTheSetting(t *testing.T) {
 		// 64 workers at half a send a second: the last waits 128s for its
 		// turn, past the 1m claim (and the health check's bound on it).
 		{func(c *app.Config) { c.Watcher.Workers, c.Mail.SendRate = 64, 0.5 }, "send-rate: 0.5 a second gives 64 workers turns up to 2m8s apart"},
+		{func(c *app.Config) {
+			c.Store.URL, c.Store.Couchbase.Username, c.Store.Couchbase.Password = "couchbase://db", "u", "p"
+			c.Mail.SendRate = 0.139 // 500 mails an hour: 8 workers' turns 57.6s apart, past the 1m claim with the send
+		}, "send-rate: 0.139 a second gives 8 workers turns up to 57.554s apart, which with mail-timeout 10s is not within claim-ttl 1m0s"},
 		{func(c *app.Config) { c.Timer.Interval = time.Millisecond }, "timer-interval"},
 	}
 	for i, tt := range tests {
