@@ -343,6 +343,7 @@ func (t *Timer) setRole(r Role, h *lease.Holding, now time.Time) {
 	t.role = r
 	if r != RoleActive { // an active one's sweep says whether it waits (a probe)
 		t.waiting = r == RoleHeld
+		t.sweepsFailed = 0 // counted while it holds the lease, in a row
 	}
 	if h != nil {
 		t.holder, t.holderAt = *h, now

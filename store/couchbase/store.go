@@ -292,16 +292,22 @@ const (
 // resolveAmbiguous reads the document w wrote, until the server answers
 // (or ctx ends), and judges whether w was made.
 // resolveCut is resolveAmbiguous, for a write whose caller's context
-// ended under it (canceled) on a context of its own, bounded by the KV
-// timeout: the caller is gone, but what it was told must be true.
+// ended under it (canceled) on a context of its own: the caller is gone,
+// but what it was told must be true. Bounded shortly (cutReadBack): a
+// stop in an outage aborts outcome writes by the dozen, and its deadline
+// must hold (an outcome not told is replayed, which the idempotency key
+// answers).
 func (s *Store) resolveCut(ctx context.Context, c *gocb.Collection, w store.Write, canceled bool) (outcome, store.Doc, error) {
 	if canceled {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Timeout)
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), min(s.cfg.Timeout, cutReadBack))
 		defer cancel()
 	}
 	return s.resolveAmbiguous(ctx, c, w)
 }
+
+// cutReadBack bounds resolveCut's read-back.
+const cutReadBack = 2 * time.Second
 
 func (s *Store) resolveAmbiguous(ctx context.Context, c *gocb.Collection, w store.Write) (outcome, store.Doc, error) {
 	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
