@@ -260,7 +260,7 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 	var n atomic.Int64
 	var mu sync.Mutex
 	var reserved error
-	var changed []string
+	var changed changedKeys
 	missing, err := eachDeadLetter(ctx, st, ids, all, reason, func(ctx context.Context, d DeadLetter) error {
 		if d.ID == order.ControlKey {
 			mu.Lock()
@@ -287,9 +287,7 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 				n.Add(1)
 				return nil
 			}
-			mu.Lock() // changed since it was read: left, and said
-			defer mu.Unlock()
-			changed = append(changed, d.ID)
+			changed.add(d.ID) // changed since it was read: left, and said
 			return nil
 		}
 		if err != nil {
@@ -298,25 +296,40 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 		n.Add(1)
 		return nil
 	})
-	return int(n.Load()), errors.Join(append(missing, reserved, changedError("redrive", changed), err)...)
+	return int(n.Load()), errors.Join(append(missing, reserved, changed.err("redrive"), err)...)
 }
 
-// changedError says which dead letters an action left because they, or
-// their retry documents, changed while it ran; nil when none did.
-func changedError(action string, ids []string) error {
-	if len(ids) == 0 {
+// changedKeys are the dead letters an action left because they, or their
+// retry documents, changed while it ran: how many, and the first few (a
+// redrive of a million dead letters keeps ten names, not a million).
+type changedKeys struct {
+	mu    sync.Mutex
+	n     int
+	first []string
+}
+
+const changedShown = 10
+
+func (c *changedKeys) add(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n++
+	if len(c.first) < changedShown {
+		c.first = append(c.first, id)
+	}
+}
+
+// err says which were left; nil when none was.
+func (c *changedKeys) err(action string) error {
+	if c.n == 0 {
 		return nil
 	}
-	slices.Sort(ids)
-	shown := ids
-	if len(shown) > 10 {
-		shown = shown[:10]
+	slices.Sort(c.first)
+	list := strings.Join(c.first, ", ")
+	if c.n > len(c.first) {
+		list += fmt.Sprintf(" and %d more", c.n-len(c.first))
 	}
-	list := strings.Join(shown, ", ")
-	if len(ids) > len(shown) {
-		list += fmt.Sprintf(" and %d more", len(ids)-len(shown))
-	}
-	return fmt.Errorf("%s: %d left, %w: %s", action, len(ids), ErrChanged, list)
+	return fmt.Errorf("%s: %d left, %w: %s", action, c.n, ErrChanged, list)
 }
 
 // Purge deletes dead letters for good; their orders stay unconfirmed.
@@ -327,17 +340,14 @@ func Purge(ctx context.Context, st store.Store, ids []string, all bool) (int, er
 // purge is Purge, of the dead letters of reason with all ("": every one).
 func purge(ctx context.Context, st store.Store, ids []string, all bool, reason string) (int, error) {
 	var n atomic.Int64
-	var mu sync.Mutex
-	var changed []string
+	var changed changedKeys
 	missing, err := eachDeadLetter(ctx, st, ids, all, reason, func(ctx context.Context, d DeadLetter) error {
 		err := st.Remove(ctx, order.DeadLetter, d.ID, d.cas)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil // gone since it was read: what purge wanted
 		}
 		if errors.Is(err, store.ErrCASMismatch) { // changed (redriven, say): left, and said
-			mu.Lock()
-			defer mu.Unlock()
-			changed = append(changed, d.ID)
+			changed.add(d.ID)
 			return nil
 		}
 		if err != nil {
@@ -346,5 +356,5 @@ func purge(ctx context.Context, st store.Store, ids []string, all bool, reason s
 		n.Add(1)
 		return nil
 	})
-	return int(n.Load()), errors.Join(append(missing, changedError("purge", changed), err)...)
+	return int(n.Load()), errors.Join(append(missing, changed.err("purge"), err)...)
 }

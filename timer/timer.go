@@ -176,7 +176,6 @@ type Timer struct {
 	// gives the lease up and leaves it to the others until asideUntil.
 	sweepsFailed int
 	asideUntil   time.Time
-	leaseTTL     time.Duration
 
 	// Logged state, for one line per change; only tick touches them.
 	logged      Role
@@ -202,8 +201,7 @@ func New(cfg Config, st store.Store, log *slog.Logger, now func() time.Time) (*T
 	}
 	t.interval, t.quantum = t.cfg.Interval, t.cfg.Quantum
 	// Three ticks: a holder that missed two renewals is taken over.
-	t.leaseTTL = max(3*t.cfg.Interval, 3*time.Second)
-	t.lease = lease.New(st, LeaseName, t.cfg.Owner, t.leaseTTL, now)
+	t.lease = lease.New(st, LeaseName, t.cfg.Owner, max(3*t.cfg.Interval, 3*time.Second), now)
 	cl := cronLogger{t.log}
 	t.cron = cron.New(cron.WithLogger(cl), cron.WithChain(cron.Recover(cl), cron.SkipIfStillRunning(cl)))
 	t.cron.Schedule(schedule{t}, cron.FuncJob(t.tick))
@@ -440,10 +438,10 @@ func (t *Timer) sweepFailed(ctx context.Context, now time.Time, err error) error
 	}
 	t.mu.Lock()
 	t.sweepsFailed = 0
-	t.asideUntil = now.Add(t.leaseTTL)
+	t.asideUntil = now.Add(t.lease.TTL())
 	t.mu.Unlock()
 	t.setRole(RoleUnknown, nil, now)
-	return fmt.Errorf("%w; %d sweeps failed in a row: the sweep lease is left to another instance for %s", err, n, t.leaseTTL)
+	return fmt.Errorf("%w; %d sweeps failed in a row: the sweep lease is left to another instance for %s", err, n, t.lease.TTL())
 }
 
 func (t *Timer) tick() {

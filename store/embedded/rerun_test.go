@@ -85,7 +85,9 @@ func TestAJobRunAgainAloneKeepsItsOwnFailure(t *testing.T) {
 func TestABatchThatCannotBeginIsNotRunAgainJobByJob(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "o.db")
-	s, err := Open(ctx, Config{Path: path, BusyTimeout: time.Second})
+	// Long enough that the ten writes below queue while the first one's
+	// BEGIN waits, on a busy machine too.
+	s, err := Open(ctx, Config{Path: path, BusyTimeout: 3 * time.Second})
 	require.NoError(t, err)
 	defer s.Close()
 
