@@ -55,9 +55,9 @@ import (
 //	# ordermail_orders_paid - ordermail_orders_confirmed - ordermail_dead_letters:
 //	# a purge removes dead letters but leaves their orders paid and
 //	# unconfirmed, so that difference stays high for ever after one.
-//	# ordermail_orders_unconfirmed counts the retry documents, which a purge
-//	# does not touch.
-//	max(ordermail_orders_unconfirmed) > 1000                          for: 30m
+//	# ordermail_retry_documents counts the orders whose confirmation
+//	# ordermail retries, which a purge does not touch.
+//	max(ordermail_retry_documents) > 1000                             for: 30m
 //	# The change feed falling behind.
 //	sum(ordermail_feed_lag_changes) > 10000                           for: 10m
 //
@@ -378,21 +378,19 @@ func (s *Server) refresh(ctx context.Context) {
 type backlogCollector struct{ s *Server }
 
 var (
-	descUp          = prometheus.NewDesc("ordermail_store_up", "1 when the store answered the last refresh of the backlog figures (every few seconds, off the scrape).", nil, nil)
-	descAge         = prometheus.NewDesc("ordermail_backlog_age_seconds", "How old the backlog figures served are: time since the store last answered them.", nil, nil)
-	descPaid        = prometheus.NewDesc("ordermail_orders_paid", "Orders whose paymentStatus is paid (on Couchbase counted at most every --cb-order-counts-ttl: the count goes over an index entry for every paid order).", nil, nil)
-	descConfirmed   = prometheus.NewDesc("ordermail_orders_confirmed", "Paid orders whose confirmation went out (on Couchbase counted with ordermail_orders_paid).", nil, nil)
-	descUnconfirmed = prometheus.NewDesc("ordermail_orders_unconfirmed",
-		"Paid orders waiting for a confirmation that ordermail retries (their retry documents). First sends still in flight and dead-lettered orders are not counted, so a purge of dead letters does not skew it.", nil, nil)
-	descRetries = prometheus.NewDesc("ordermail_retry_documents", "Pending retries (allow_retrys not counted).", nil, nil)
-	descFlagged = prometheus.NewDesc("ordermail_retry_documents_flagged", "Retries flagged fireRetry, about to be sent.", nil, nil)
-	descDue     = prometheus.NewDesc("ordermail_retry_documents_due", "Retries due now: flagged, or due by nextAttemptAt (or the quantum, for the sample's documents).", nil, nil)
-	descOldest  = prometheus.NewDesc("ordermail_oldest_due_retry_age_seconds", "How long the longest-waiting due retry, flagged or not, has been due; 0 when none is.", nil, nil)
-	descDead    = prometheus.NewDesc("ordermail_dead_letters", "Confirmations given up on, waiting for a redrive.", nil, nil)
+	descUp        = prometheus.NewDesc("ordermail_store_up", "1 when the store answered the last refresh of the backlog figures (every few seconds, off the scrape).", nil, nil)
+	descAge       = prometheus.NewDesc("ordermail_backlog_age_seconds", "How old the backlog figures served are: time since the store last answered them.", nil, nil)
+	descPaid      = prometheus.NewDesc("ordermail_orders_paid", "Orders whose paymentStatus is paid (on Couchbase counted at most every --cb-order-counts-ttl: the count goes over an index entry for every paid order).", nil, nil)
+	descConfirmed = prometheus.NewDesc("ordermail_orders_confirmed", "Paid orders whose confirmation went out (on Couchbase counted with ordermail_orders_paid).", nil, nil)
+	descRetries   = prometheus.NewDesc("ordermail_retry_documents", "Paid orders waiting for a confirmation that ordermail retries: their retry documents (allow_retrys not counted). First sends in flight and dead letters are not counted, so a purge of dead letters does not skew it.", nil, nil)
+	descFlagged   = prometheus.NewDesc("ordermail_retry_documents_flagged", "Retries flagged fireRetry, about to be sent.", nil, nil)
+	descDue       = prometheus.NewDesc("ordermail_retry_documents_due", "Retries due now: flagged, or due by nextAttemptAt (or the quantum, for the sample's documents).", nil, nil)
+	descOldest    = prometheus.NewDesc("ordermail_oldest_due_retry_age_seconds", "How long the longest-waiting due retry, flagged or not, has been due; 0 when none is.", nil, nil)
+	descDead      = prometheus.NewDesc("ordermail_dead_letters", "Confirmations given up on, waiting for a redrive.", nil, nil)
 )
 
 func (b *backlogCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descAge, descPaid, descConfirmed, descUnconfirmed, descRetries, descFlagged, descDue, descOldest, descDead} {
+	for _, d := range []*prometheus.Desc{descUp, descAge, descPaid, descConfirmed, descRetries, descFlagged, descDue, descOldest, descDead} {
 		ch <- d
 	}
 }
@@ -414,7 +412,7 @@ func (b *backlogCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c := bl.Counts
 	for d, v := range map[*prometheus.Desc]float64{descPaid: float64(c.OrdersPaid), descConfirmed: float64(c.OrdersConfirmed),
-		descUnconfirmed: float64(c.RetryDocs), descRetries: float64(c.RetryDocs), descFlagged: float64(c.RetryFlagged),
+		descRetries: float64(c.RetryDocs), descFlagged: float64(c.RetryFlagged),
 		descDue: float64(bl.Due), descOldest: oldest, descDead: float64(c.DeadLetters)} {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v)
 	}

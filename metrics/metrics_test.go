@@ -239,7 +239,7 @@ func TestMetricsAfterASmallRun(t *testing.T) {
 		"ordermail_timer_held":                                      0,
 		"ordermail_store_up":                                        1,
 		"ordermail_orders_paid":                                     4,
-		"ordermail_orders_unconfirmed":                              0,
+		"ordermail_retry_documents":                                 0,
 		"ordermail_retry_documents_due":                             0,
 		"ordermail_retry_documents_flagged":                         0,
 		"ordermail_oldest_due_retry_age_seconds":                    0,
