@@ -140,11 +140,18 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request, sid string) {
 }
 
 func (c *Console) pause(w http.ResponseWriter, r *http.Request, sid string) {
-	stopped, err := ops.StopRetries(r.Context(), c.st)
+	stopped, was, err := ops.StopRetries(r.Context(), c.st)
 	switch {
 	case err != nil:
 		c.finish(w, r, sid, "pause", err, "Retries could not be paused.")
+	case stopped && was != (order.Control{}):
+		// The document was the only place its settings were kept:
+		// Resume here gives them back.
+		c.paused.Store(&was)
+		c.finish(w, r, sid, "pause", nil, "Retries paused: %s deleted. Retry documents wait; first sends go on. "+
+			"Resume here gives back its settings (%s).", order.ControlKey, was)
 	case stopped:
+		c.paused.Store(nil)
 		c.finish(w, r, sid, "pause", nil, "Retries paused: %s deleted. Retry documents wait; first sends go on.", order.ControlKey)
 	default:
 		c.finish(w, r, sid, "pause", nil, "Retries were paused already.")
@@ -152,10 +159,18 @@ func (c *Console) pause(w http.ResponseWriter, r *http.Request, sid string) {
 }
 
 func (c *Console) resume(w http.ResponseWriter, r *http.Request, sid string) {
-	started, err := ops.StartRetries(r.Context(), c.st, order.Control{})
+	var ctl order.Control
+	if was := c.paused.Load(); was != nil {
+		ctl = *was
+	}
+	started, err := ops.ResumeRetries(r.Context(), c.st, ctl)
 	switch {
 	case err != nil:
 		c.finish(w, r, sid, "resume", err, "Retries could not be resumed.")
+	case started && ctl != (order.Control{}):
+		c.paused.Store(nil)
+		c.finish(w, r, sid, "resume", nil, "Retries resumed: %s created with the settings the pause removed (%s). "+
+			"The waiting retries go out as they are due.", order.ControlKey, ctl)
 	case started:
 		c.finish(w, r, sid, "resume", nil, "Retries resumed: %s created. The waiting retries go out as they are due.", order.ControlKey)
 	default:
@@ -170,10 +185,27 @@ func (c *Console) runRetry(w http.ResponseWriter, r *http.Request, sid string) {
 	case err != nil:
 		c.finish(w, r, sid, "run retry", err, "The retry of %s was not run.", key)
 	case flagged:
+		if held, _ := c.mail.HeldBack(); held {
+			// Said so, lest the operator wait for a send that the
+			// breaker (or the configuration gate) holds back and
+			// puts off again.
+			c.finish(w, r, sid, "run retry", nil, "The retry of %s is flagged, but sends are held back now (%s): "+
+				"it is put off again and goes out once the email service answers.", key, c.heldWhy())
+			return
+		}
 		c.finish(w, r, sid, "run retry", nil, "The retry of %s is flagged: it is sent within a poll interval, paused or not.", key)
 	default:
 		c.finish(w, r, sid, "run retry", nil, "The retry of %s was flagged already: it is being sent.", key)
 	}
+}
+
+// heldWhy names what holds sends back: the configuration gate or the
+// circuit breaker.
+func (c *Console) heldWhy() string {
+	if why := c.mail.Misconfigured(); why != "" {
+		return "the email service refuses ordermail's configuration: " + why
+	}
+	return "the circuit breaker is " + c.mail.BreakerState()
 }
 
 const dropWarning = "Dropping a retry deletes it: nothing sends this order's confirmation again, and the order " +
@@ -232,6 +264,9 @@ func selected(r *http.Request) (selection, error) {
 		reason := r.PostForm.Get("reason")
 		if reason == "" {
 			return selection{}, fmt.Errorf("no reason is given: filter the list by one first")
+		}
+		if err := ops.CheckDeadLetterReason(reason); err != nil {
+			return selection{}, err
 		}
 		return selection{reason: reason}, nil
 	default:

@@ -289,6 +289,17 @@ func TestRedriveThroughPOST(t *testing.T) {
 	assert.False(t, f.exists(t, order.DeadLetter, "d3"))
 	assert.True(t, f.exists(t, order.DeadLetter, "d4"))
 
+	// A reason that is none (a typo, a stray space) is refused, as the
+	// CLI refuses it, not reported as a redrive of nothing.
+	for _, bogus := range []string{"bogus", order.ReasonExhausted + " "} {
+		resp, _ = f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"reason"}, "reason": {bogus}})
+		require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+		_, body = f.get(t, "/")
+		assert.Contains(t, body, "is no dead letter&#39;s reason", "reason %q", bogus)
+		assert.NotContains(t, body, "Redrove 0", "reason %q", bogus)
+	}
+	assert.True(t, f.exists(t, order.DeadLetter, "x1"))
+
 	resp, _ = f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"reason"}, "reason": {order.ReasonExhausted}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	assert.False(t, f.exists(t, order.DeadLetter, "x1"))
@@ -322,6 +333,37 @@ func TestPauseAndResumeThroughPOST(t *testing.T) {
 	resp, _ = f.post(t, "/retries/pause", url.Values{"csrf": {csrf}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	assert.False(t, f.exists(t, order.Retry, order.ControlKey))
+
+	// A pause deletes the only place the settings are kept; Resume here
+	// gives them back.
+	ctx := context.Background()
+	set := order.Control{Interval: 30 * time.Second, Quantum: time.Minute}
+	_, err := ops.StartRetries(ctx, f.st, set)
+	require.NoError(t, err)
+	resp, _ = f.post(t, "/retries/pause", url.Values{"csrf": {csrf}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	_, body = f.get(t, "/")
+	assert.Contains(t, body, "Resume here gives back its settings (interval 30s, quantum 1m0s)")
+	resp, _ = f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	d, err := f.st.Get(ctx, order.Retry, order.ControlKey)
+	require.NoError(t, err)
+	got, err := order.DecodeControl(d.Value)
+	require.NoError(t, err)
+	assert.Equal(t, set, got, "resumed with the settings the pause removed: %s", d.Value)
+	_, body = f.get(t, "/")
+	assert.Contains(t, body, "with the settings the pause removed (interval 30s, quantum 1m0s)")
+	// Given back once: a later pause of a document without settings
+	// resumes without them.
+	require.NoError(t, f.st.Remove(ctx, order.Retry, order.ControlKey, 0))
+	_, err = ops.StartRetries(ctx, f.st, order.Control{})
+	require.NoError(t, err)
+	f.post(t, "/retries/pause", url.Values{"csrf": {csrf}})
+	f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
+	d, err = f.st.Get(ctx, order.Retry, order.ControlKey)
+	require.NoError(t, err)
+	assert.JSONEq(t, `{}`, string(d.Value))
+	f.post(t, "/retries/pause", url.Values{"csrf": {csrf}})
 
 	// GET never changes anything.
 	code, _ := f.get(t, "/retries/resume")
@@ -394,6 +436,37 @@ func TestRunRetryNowAndDrop(t *testing.T) {
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	_, body = f.get(t, "/")
 	assert.Contains(t, body, "no such retry")
+}
+
+// "Run now" while the breaker holds sends back says so: the retry is put
+// off again, not sent within a poll interval.
+func TestRunRetryNowWhileSendsAreHeldBack(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1", BreakerFailures: 1, BreakerCooldown: time.Hour}, quiet)
+	require.NoError(t, err)
+	require.Error(t, m.Send(ctx, "k", []byte(`{}`)), "nothing listens on port 1")
+	require.Equal(t, "open", m.BreakerState())
+	c, err := console.New(console.Config{Listen: "127.0.0.1:0", Token: token}, deps(t, st, m), quiet, nil)
+	require.NoError(t, err)
+	srv := httptest.NewServer(c.Handler())
+	t.Cleanup(srv.Close)
+	jar, err := cookiejar.New(nil)
+	require.NoError(t, err)
+	f := &fixture{st: st, c: c, srv: srv, client: &http.Client{Jar: jar,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+	f.put(t, order.Retry, "r1", order.RetryDoc{Type: order.TypeConfirmation, DocID: "r1", Attempt: 1, TS: time.Now().UnixMilli(),
+		NextAttemptAt: time.Now().Add(time.Hour).UnixMilli(), LastStatus: 503}.Encode())
+	csrf := f.login(t)
+
+	resp, _ := f.post(t, "/retries/run", url.Values{"csrf": {csrf}, "key": {"r1"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	_, body := f.get(t, "/")
+	assert.Contains(t, body, "sends are held back now (the circuit breaker is open)")
+	assert.NotContains(t, body, "sent within a poll interval")
 }
 
 var examined = regexp.MustCompile(`Examined (\d+) documents`)

@@ -20,20 +20,13 @@ import (
 // StartRetries creates allow_retrys, or rewrites it with ctl's settings
 // (zero fields are left out). started is false when it existed already.
 func StartRetries(ctx context.Context, st store.Store, ctl order.Control) (started bool, err error) {
-	doc := map[string]string{}
-	if ctl.Interval > 0 {
-		doc["interval"] = ctl.Interval.String()
-	}
-	if ctl.Quantum > 0 {
-		doc["quantum"] = ctl.Quantum.String()
-	}
-	body, err := json.Marshal(doc)
+	body, err := controlBody(ctl)
 	if err != nil {
 		return false, err
 	}
 	_, err = st.Insert(ctx, order.Retry, order.ControlKey, body)
 	if errors.Is(err, store.ErrExists) {
-		if len(doc) == 0 {
+		if ctl == (order.Control{}) {
 			return false, nil
 		}
 		_, err = st.Upsert(ctx, order.Retry, order.ControlKey, body)
@@ -42,13 +35,63 @@ func StartRetries(ctx context.Context, st store.Store, ctl order.Control) (start
 	return err == nil, err
 }
 
-// StopRetries deletes allow_retrys; stopped is false when it was not there.
-func StopRetries(ctx context.Context, st store.Store) (stopped bool, err error) {
-	err = st.Remove(ctx, order.Retry, order.ControlKey, 0)
-	if errors.Is(err, store.ErrNotFound) {
+// ResumeRetries creates allow_retrys with ctl's settings, as StartRetries,
+// but leaves one that exists as it is: resuming gives back the settings a
+// pause removed and never overwrites what was set since.
+func ResumeRetries(ctx context.Context, st store.Store, ctl order.Control) (started bool, err error) {
+	body, err := controlBody(ctl)
+	if err != nil {
+		return false, err
+	}
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, body)
+	if errors.Is(err, store.ErrExists) {
 		return false, nil
 	}
 	return err == nil, err
+}
+
+// controlBody is allow_retrys with ctl's settings; zero ones are left out.
+func controlBody(ctl order.Control) ([]byte, error) {
+	doc := map[string]string{}
+	if ctl.Interval > 0 {
+		doc["interval"] = ctl.Interval.String()
+	}
+	if ctl.Quantum > 0 {
+		doc["quantum"] = ctl.Quantum.String()
+	}
+	return json.Marshal(doc)
+}
+
+// StopRetries deletes allow_retrys; stopped is false when it was not there.
+// was is the settings the deleted document carried (zero when it carried
+// none, or none that decode), so that the operator can give them again on
+// resuming: the document is the only place they are kept.
+func StopRetries(ctx context.Context, st store.Store) (stopped bool, was order.Control, err error) {
+	// The settings deleted are the ones read: a change between the read and
+	// the delete is read again, a few times, then deleted unread.
+	for range 3 {
+		d, err := st.Get(ctx, order.Retry, order.ControlKey)
+		if errors.Is(err, store.ErrNotFound) {
+			return false, order.Control{}, nil
+		} else if err != nil {
+			return false, order.Control{}, err
+		}
+		err = st.Remove(ctx, order.Retry, order.ControlKey, d.CAS)
+		switch {
+		case err == nil:
+			was, _ = order.DecodeControl(d.Value) // malformed: no settings to give back
+			return true, was, nil
+		case errors.Is(err, store.ErrNotFound):
+			return false, order.Control{}, nil
+		case !errors.Is(err, store.ErrCASMismatch):
+			return false, order.Control{}, err
+		}
+	}
+	err = st.Remove(ctx, order.Retry, order.ControlKey, 0)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, order.Control{}, nil
+	}
+	return err == nil, order.Control{}, err
 }
 
 // ReasonCount is how many confirmations fail for one reason.

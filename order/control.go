@@ -3,6 +3,7 @@ package order
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -12,6 +13,19 @@ import (
 type Control struct {
 	Interval time.Duration // between sweeps; 0: the timer's setting
 	Quantum  time.Duration // for retry documents without nextAttemptAt; 0: the setting
+}
+
+// String names the settings that are set, e.g. "interval 30s, quantum
+// 1m0s"; "" when none is.
+func (c Control) String() string {
+	var set []string
+	if c.Interval > 0 {
+		set = append(set, "interval "+c.Interval.String())
+	}
+	if c.Quantum > 0 {
+		set = append(set, "quantum "+c.Quantum.String())
+	}
+	return strings.Join(set, ", ")
 }
 
 // MaxControlDuration bounds the durations the control document may set.

@@ -48,12 +48,16 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 	stop := storeCommand("stop", "ordermail retries stop --store URL",
 		"delete allow_retrys: retries pause (documents wait), first sends go on", stderr,
 		func(ctx context.Context, st store.Store, _ []string) error {
-			stopped, err := ops.StopRetries(ctx, st)
+			stopped, was, err := ops.StopRetries(ctx, st)
 			if err != nil {
 				return err
 			}
 			if stopped {
 				fmt.Fprintln(stdout, "retries stopped: deleted", order.ControlKey)
+				if was != (order.Control{}) {
+					// The document was the only place they were kept.
+					fmt.Fprintf(stdout, "its settings went with it (%s): to resume with them, retries start%s\n", was, startFlags(was))
+				}
 			} else {
 				fmt.Fprintln(stdout, "retries already stopped")
 			}
@@ -94,6 +98,18 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 		FlagSet:     newFlagSet("retries", stderr),
 		Subcommands: []*ffcli.Command{start, stop, status},
 	}
+}
+
+// startFlags are the flags of `retries start` that set ctl's settings.
+func startFlags(ctl order.Control) string {
+	var f string
+	if ctl.Interval > 0 {
+		f += " --interval " + ctl.Interval.String()
+	}
+	if ctl.Quantum > 0 {
+		f += " --quantum " + ctl.Quantum.String()
+	}
+	return f
 }
 
 // statusView is what `retries status` shows: ops.Status with its fields
@@ -257,7 +273,7 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 	line("pending retries", "%d (%d due now, %d flagged)", v.RetryDocs, v.DueNow, v.RetryFlagged)
 	line("oldest due", "%s", oldest)
 	line("dead letters", "%d", v.DeadLetters)
-	line("orders paid", "%d (%d confirmed, %d unconfirmed)", v.OrdersPaid, v.OrdersConfirmed, v.OrdersUnconfirmed)
+	line("orders paid", "%d (%d confirmed, %d not confirmed: dead letters and purged included)", v.OrdersPaid, v.OrdersConfirmed, v.OrdersUnconfirmed)
 	switch running := v.Service.Running; running {
 	case true:
 		line("service", "running (%s)", v.Service.Note)

@@ -150,6 +150,12 @@ func TestLoadPayAndRetries(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "retries already started; settings updated in allow_retrys\n", out)
 	assert.Equal(t, map[string]any{"interval": "7s"}, status()["control"])
+	// The document is the only place its settings are kept: stop says
+	// how to give them again.
+	out, _, err = cli(t, "retries", "stop", "--store", storeURL)
+	require.NoError(t, err)
+	assert.Equal(t, "retries stopped: deleted allow_retrys\n"+
+		"its settings went with it (interval 7s): to resume with them, retries start --interval 7s\n", out)
 }
 
 // TestBadInvocations: a wrong command line (an unknown command or flag, a
