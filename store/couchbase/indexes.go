@@ -3,10 +3,12 @@ package couchbase
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
+	"github.com/couchbase/gocb/v2"
 	"github.com/ordermail/ordermail/order"
 )
 
@@ -56,7 +58,8 @@ func (s *Store) MissingIndexes(ctx context.Context) ([]string, error) {
 		var plan json.RawMessage
 		err := s.query(ctx, "EXPLAIN "+u.statement, u.params, func(raw json.RawMessage) error { plan = raw; return nil })
 		switch {
-		case ctx.Err() != nil:
+		case ctx.Err() != nil, errors.Is(err, gocb.ErrParsingFailure):
+			// A statement the service cannot parse lacks no index.
 			return nil, fmt.Errorf("explain the statement that reads %s: %w", u.index, err)
 		case err != nil:
 			// No plan at all: the query service finds no index for it

@@ -162,7 +162,7 @@ func indexes(srv *cbtest.Server) map[string][]string {
 // explain returns the plan of stmt.
 func explain(t *testing.T, s *Store, stmt string, params map[string]interface{}) string {
 	t.Helper()
-	res, err := s.cluster.Query("EXPLAIN "+stmt, &gocb.QueryOptions{NamedParameters: params})
+	res, err := s.cluster.Query("EXPLAIN "+stmt, &gocb.QueryOptions{NamedParameters: params, Adhoc: true})
 	require.NoError(t, err)
 	var plan json.RawMessage
 	require.NoError(t, res.One(&plan))

@@ -236,7 +236,7 @@ func connectReady(ctx context.Context, cfg Config) (*gocb.Cluster, error) {
 func createIndex(ctx context.Context, cluster *gocb.Cluster, cfg Config, edition, stmt string) error {
 	deadline := time.Now().Add(6 * cfg.Timeout)
 	for {
-		res, err := cluster.Query(stmt, &gocb.QueryOptions{Context: ctx})
+		res, err := cluster.Query(stmt, &gocb.QueryOptions{Context: ctx, Adhoc: true}) // run once: nothing to prepare
 		if err == nil {
 			return res.Close()
 		}

@@ -895,6 +895,9 @@ func (s *Store) getPage(ctx context.Context, coll string, keys []string) ([]stor
 // write made before it, and calls fn for each row.
 func (s *Store) query(ctx context.Context, stmt string, params map[string]interface{}, fn func(json.RawMessage) error) error {
 	res, err := s.cluster.Query(stmt, &gocb.QueryOptions{
+		// gocb prepares a statement unless told it is ad hoc, and the
+		// query service cannot prepare an EXPLAIN.
+		Adhoc:           strings.HasPrefix(stmt, "EXPLAIN "),
 		Context:         ctx,
 		NamedParameters: params,
 		ScanConsistency: gocb.QueryScanConsistencyRequestPlus,

@@ -179,8 +179,9 @@
 //     errors are {"errors":{"_":msg}} with "Scope with name … already
 //     exists", "Collection with name … in scope … already exists",
 //     "… is not found" (400 or 404).
-//   - Query: PREPARE of DDL and EXPLAIN is accepted and executed like any
-//     statement. EXPLAIN plans are shaped like the docs' example:
+//   - Query: PREPARE of DDL is accepted and executed like any statement;
+//     PREPARE of EXPLAIN is a syntax error (3000), as the query service's
+//     grammar has it. EXPLAIN plans are shaped like the docs' example:
 //     IndexScan3 with "index", a DistinctScan over a UnionScan when an OR
 //     needs one index per branch (as the sweep does), PrimaryScan3 when
 //     only the primary index applies, else SequentialScan (7.6). Index

@@ -154,6 +154,7 @@ var compiledShapes []*regexp.Regexp
 var (
 	prepareRe     = regexp.MustCompile(`(?is)^\s*PREPARE\s+(?:FORCE\s+)?(.+)$`)
 	prepareNameRe = regexp.MustCompile(`(?is)^(` + idPat + `)\s+(?:FROM|AS)\s+(.+)$`)
+	explainRe     = regexp.MustCompile(`(?is)^\s*EXPLAIN\s`)
 )
 
 const (
@@ -1636,6 +1637,13 @@ func (s *Server) runQuery(req *queryRequest) ([]any, string, int, error) {
 		}
 		if name == "" {
 			name = preparedName(inner, qctxText)
+		}
+		// The query service's grammar prepares a statement, and EXPLAIN is
+		// none (n1ql.y: prepare is PREPARE opt_force opt_name stmt, and
+		// explain is a stmt_body of its own): a prepared EXPLAIN is a
+		// syntax error. gocb prepares every query it is not told is ad hoc.
+		if explainRe.MatchString(inner) {
+			return nil, "", 0, qerr(3000, "syntax error - at EXPLAIN: an EXPLAIN cannot be prepared: %s", strings.TrimSpace(text))
 		}
 		qctx, err := parseQueryContext(qctxText)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -53,7 +54,9 @@ func scan(ks string) string {
 
 func queryRows[T any](t *testing.T, c *gocb.Cluster, stmt string, params map[string]any) ([]T, error) {
 	t.Helper()
-	res, err := c.Query(stmt, &gocb.QueryOptions{NamedParameters: params, ScanConsistency: gocb.QueryScanConsistencyRequestPlus})
+	// An EXPLAIN cannot be prepared, and gocb prepares what is not ad hoc.
+	res, err := c.Query(stmt, &gocb.QueryOptions{NamedParameters: params, ScanConsistency: gocb.QueryScanConsistencyRequestPlus,
+		Adhoc: strings.HasPrefix(stmt, "EXPLAIN ")})
 	if err != nil {
 		return nil, err
 	}
@@ -181,6 +184,11 @@ func TestQueryAdapterStatements(t *testing.T) {
 	assert.Contains(t, string(plans[0]), "ix_retry_next")
 	assert.Contains(t, string(plans[0]), "ix_retry_ts")
 	assert.NotContains(t, string(plans[0]), "PrimaryScan")
+
+	// As the query service's grammar has it, an EXPLAIN cannot be prepared
+	// (gocb prepares every query not marked ad hoc).
+	_, err = c.Query("EXPLAIN "+sweep("$n"), &gocb.QueryOptions{NamedParameters: params})
+	require.ErrorIs(t, err, gocb.ErrParsingFailure)
 }
 
 func TestQueryUnknownStatementFailsLoudly(t *testing.T) {
