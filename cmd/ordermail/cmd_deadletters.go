@@ -7,8 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/store"
@@ -125,7 +128,7 @@ func listTable(ctx context.Context, st store.Store, reason string, w io.Writer) 
 	fmt.Fprintln(tw, "ID\tREASON\tSTATUS\tATTEMPTS\tREDRIVES\tDEAD SINCE\tLAST ERROR")
 	rows := 0
 	err := ops.EachDeadLetter(ctx, st, reason, func(d ops.DeadLetter) error {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", d.ID, d.Reason, d.LastStatus, d.Attempts, d.RedriveCount,
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", shown(d.ID), shown(d.Reason), d.LastStatus, d.Attempts, d.RedriveCount,
 			time.UnixMilli(d.DeadAt).UTC().Format(time.RFC3339), truncate(d.LastError, 80))
 		if rows++; rows%listRows == 0 {
 			return tw.Flush()
@@ -169,7 +172,23 @@ func checkReason(cmd, reason string) error {
 
 func truncate(s string, n int) string {
 	if len(s) <= n {
-		return s
+		return shown(s)
 	}
-	return s[:n] + "..."
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n-- // never half a character
+	}
+	return shown(s[:n]) + "..."
+}
+
+// shown is text from a document or a remote service (a key, a reason, an
+// error) as a terminal may print it: as it is when every character is
+// printable, else quoted Go-style, so that a control character (an escape
+// sequence, a newline or a tab that would forge a row) is seen, not obeyed.
+func shown(s string) string {
+	for _, r := range s {
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }

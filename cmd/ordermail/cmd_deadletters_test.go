@@ -122,3 +122,42 @@ func TestDeadLettersByReason(t *testing.T) {
 		assert.NoError(t, err, "%s redriven: a retry document", k)
 	}
 }
+
+// TestTextFromDocumentsIsShownNotObeyed: keys and error texts come from
+// customers and remote services. A control character in one (an escape
+// sequence, a newline that would forge a row of the table) is printed
+// quoted, in the list and in an order's story alike; plain text is as it is.
+func TestTextFromDocumentsIsShownNotObeyed(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "o.db")
+	st, err := embedded.Open(ctx, embedded.Config{Path: path})
+	require.NoError(t, err)
+	keys := map[string]string{
+		"esc\x1b[31mRED\x1b[0m":           `"esc\x1b[31mRED\x1b[0m"`,
+		"nl\norder_fake\tpermanent_error": `"nl\norder_fake\tpermanent_error"`,
+		"plain_é":                         "plain_é",
+	}
+	for k := range keys {
+		_, err := st.Insert(ctx, order.DeadLetter, k, order.DeadLetterDoc{DocID: k, Reason: order.ReasonInvalidKey,
+			LastError: "answered \x1b]0;pwned\x07 400", Attempts: 1}.Encode())
+		require.NoError(t, err)
+	}
+	require.NoError(t, st.Close())
+	storeURL := "file:" + path
+
+	out, _, err := cli(t, "deadletters", "list", "--store", storeURL)
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	assert.Len(t, lines, 1+len(keys), "a heading and one row a dead letter, none forged:\n%s", out)
+	assert.NotContains(t, out, "\x1b", "no escape reaches the terminal")
+	for _, want := range keys {
+		assert.Contains(t, out, want+"  ", "the key as shown")
+	}
+	assert.Contains(t, out, `"answered \x1b]0;pwned\a 400"`)
+
+	show, _, err := cli(t, "orders", "show", "--store", storeURL, "nl\norder_fake\tpermanent_error")
+	require.NoError(t, err)
+	assert.Contains(t, show, `order:            "nl\norder_fake\tpermanent_error"`+"\n")
+	assert.NotContains(t, show, "\x1b")
+}

@@ -61,7 +61,7 @@ func printStory(w io.Writer, s ops.Story) error {
 		if v == "" {
 			return "-"
 		}
-		return v
+		return shown(v)
 	}
 	at := func(t time.Time) string {
 		if t.IsZero() {
@@ -73,7 +73,7 @@ func printStory(w io.Writer, s ops.Story) error {
 	if s.Confirmed {
 		confirmed = "yes"
 	}
-	fmt.Fprintf(w, "order:            %s\n", s.Key)
+	fmt.Fprintf(w, "order:            %s\n", shown(s.Key))
 	fmt.Fprintf(w, "state:            %s\n", s.State)
 	fmt.Fprintf(w, "payment:          %s\n", orDash(s.PaymentStatus))
 	fmt.Fprintf(w, "confirmed:        %s\n", confirmed)
@@ -98,13 +98,13 @@ func printStory(w io.Writer, s ops.Story) error {
 	}
 	if d := s.DeadLetter; d != nil {
 		fmt.Fprintf(w, "dead letter:      %s since %s; %d attempts, %d redrives, last failure %s\n",
-			d.Reason, at(d.DeadSince), d.Attempts, d.Redrives, failure(d.LastStatus, d.LastError))
+			shown(d.Reason), at(d.DeadSince), d.Attempts, d.Redrives, failure(d.LastStatus, d.LastError))
 	}
 	if s.Result != "" {
 		fmt.Fprintf(w, "settled:          %s at %s\n", s.Result, at(s.SettledAt))
 	}
 	for _, u := range s.Unreadable {
-		fmt.Fprintf(w, "unreadable:       %s document: %s\n", u.Collection, u.Error)
+		fmt.Fprintf(w, "unreadable:       %s document: %s\n", u.Collection, shown(u.Error))
 	}
 
 	fmt.Fprintln(w)

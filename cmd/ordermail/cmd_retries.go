@@ -286,15 +286,15 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 	case sw == nil:
 		line("sweeper", "none (no instance holds the sweep lease)")
 	case sw.Expired:
-		line("sweeper", "%s (lease expired at %s: the next instance to tick takes over)", sw.Holder, sw.ExpiresAt)
+		line("sweeper", "%s (lease expired at %s: the next instance to tick takes over)", shown(sw.Holder), sw.ExpiresAt)
 	default:
-		line("sweeper", "%s (lease until %s)", sw.Holder, sw.ExpiresAt)
+		line("sweeper", "%s (lease until %s)", shown(sw.Holder), sw.ExpiresAt)
 	}
 	if len(v.Members) > 0 {
 		fmt.Fprintln(w, "members:")
 		fmt.Fprintf(w, "  %-8s  %9s  %8s  %s\n", "STATE", "HEARTBEAT", "VBUCKETS", "NAME")
 		for _, m := range v.Members {
-			fmt.Fprintf(w, "  %-8s  %8.1fs  %8d  %s\n", m.State, m.HeartbeatAgeSeconds, m.VBuckets, m.Name)
+			fmt.Fprintf(w, "  %-8s  %8.1fs  %8d  %s\n", m.State, m.HeartbeatAgeSeconds, m.VBuckets, shown(m.Name))
 		}
 	}
 	if len(v.TopFailures) == 0 {
@@ -308,7 +308,7 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 	}
 	fmt.Fprintf(w, "  %*s  %s\n", width, "COUNT", "REASON")
 	for _, r := range v.TopFailures {
-		fmt.Fprintf(w, "  %*d  %s\n", width, r.Count, r.Reason)
+		fmt.Fprintf(w, "  %*d  %s\n", width, r.Count, shown(r.Reason))
 	}
 	return nil
 }
