@@ -663,6 +663,46 @@ func TestOverviewWhileSendsAreHeldBack(t *testing.T) {
 	}
 }
 
+// membersStore is a store whose instances share the feed, as Couchbase's
+// do, with the members its heartbeats would list.
+type membersStore struct {
+	store.Store
+	members []store.Member
+}
+
+func (m membersStore) Members(context.Context, string) ([]store.Member, error) { return m.members, nil }
+
+// On a store whose instances share the feed, the overview lists each
+// member with its state, heartbeat and vBuckets, as retries status and
+// ordermail_members do: a stale or aside member is seen here too.
+func TestOverviewListsTheMembers(t *testing.T) {
+	t.Parallel()
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	ms := membersStore{Store: st, members: []store.Member{
+		{Name: "host-a/11", HeartbeatAge: 400 * time.Millisecond, Partitions: 512, Live: true},
+		{Name: "host-b/22", HeartbeatAge: 1200 * time.Millisecond, Partitions: 0, Live: true, Held: true, Aside: true},
+		{Name: "host-c/<33>", HeartbeatAge: 42 * time.Second, Partitions: 512},
+	}}
+	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
+	require.NoError(t, err)
+	c, err := console.New(console.Config{Listen: "127.0.0.1:0"}, deps(t, ms, m), quiet, nil)
+	require.NoError(t, err)
+	srv := httptest.NewServer(c.Handler())
+	t.Cleanup(srv.Close)
+	f := &fixture{st: ms, c: c, srv: srv, client: srv.Client()}
+
+	code, body := f.get(t, "/")
+	require.Equal(t, http.StatusOK, code)
+	for _, want := range []string{`id="members"`,
+		"<code>host-a/11</code>", `<span class="badge good">live</span>`, "0.4s ago", ">512<",
+		"<code>host-b/22</code>", `<span class="badge bad">aside</span> its sends are held back`,
+		"<code>host-c/&lt;33&gt;</code>", `<span class="badge bad">stale</span> stopped heartbeating`, "42.0s ago"} {
+		assert.Contains(t, body, want)
+	}
+}
+
 // Flagged retries count for the oldest due: with only flagged ones due, the
 // overview gives their age, where it said "none waiting".
 func TestOverviewWithOnlyFlaggedRetriesDue(t *testing.T) {
