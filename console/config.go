@@ -15,6 +15,10 @@ type Config struct {
 	// on a loopback one, only requests to a loopback name are answered
 	// (metrics.HostCheck).
 	Listen string
+	// AllowedHosts are the host names requests may name besides loopback
+	// ones (metrics.HostCheck); empty: any, unless Listen is a loopback
+	// address.
+	AllowedHosts []string
 	// TokenFile holds the admin token (white space around it trimmed); it
 	// wins over Token. Read once, at start.
 	TokenFile string

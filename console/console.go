@@ -120,7 +120,7 @@ func New(cfg Config, d Deps, log *slog.Logger, now func() time.Time) (*Console, 
 	}
 	c.samples.take(now())
 	c.routed = c.routes()
-	c.handler = metrics.HostCheck(cfg.Listen, nil, c.routed)
+	c.handler = metrics.HostCheck(cfg.Listen, cfg.AllowedHosts, nil, c.routed)
 	return c, nil
 }
 
@@ -201,7 +201,7 @@ func (c *Console) Start(context.Context) error {
 	c.addr = ln.Addr()
 	// Checked against the address listened on: a host name that resolved
 	// to loopback is guarded as loopback is.
-	c.srv = &http.Server{Handler: metrics.HostCheck(c.cfg.Listen, c.addr, c.routed), ReadHeaderTimeout: 10 * time.Second,
+	c.srv = &http.Server{Handler: metrics.HostCheck(c.cfg.Listen, c.cfg.AllowedHosts, c.addr, c.routed), ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout: time.Minute, ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelWarn)}
 	c.done = make(chan error, 1)
 	c.stop = make(chan struct{})

@@ -885,24 +885,29 @@ func TestStartedOnLoopbackRefusesOtherHosts(t *testing.T) {
 	defer st.Close()
 	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
 	require.NoError(t, err)
-	c, err := console.New(console.Config{Listen: "localhost:0"}, deps(t, st, m), quiet, nil)
-	require.NoError(t, err)
-	require.NoError(t, c.Start(context.Background()))
-	defer func() { assert.NoError(t, c.Stop(context.Background())) }()
-	addr := c.Addr().String()
-	_, port, err := net.SplitHostPort(addr)
-	require.NoError(t, err)
-	for give, want := range map[string]int{
-		"evil.example:" + port: http.StatusMisdirectedRequest,
-		"localhost:" + port:    http.StatusOK,
-		addr:                   http.StatusOK,
-	} {
-		req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+	// On loopback; and on every address with the hosts named, as the
+	// compose file runs it in a container published on the host's
+	// loopback.
+	for _, cfg := range []console.Config{{Listen: "localhost:0"}, {Listen: "0.0.0.0:0", AllowedHosts: []string{"localhost"}}} {
+		c, err := console.New(cfg, deps(t, st, m), quiet, nil)
 		require.NoError(t, err)
-		req.Host = give
-		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, c.Start(context.Background()))
+		_, port, err := net.SplitHostPort(c.Addr().String())
 		require.NoError(t, err)
-		resp.Body.Close()
-		assert.Equal(t, want, resp.StatusCode, "Host %s", give)
+		addr := net.JoinHostPort("127.0.0.1", port)
+		for give, want := range map[string]int{
+			"evil.example:" + port: http.StatusMisdirectedRequest,
+			"localhost:" + port:    http.StatusOK,
+			addr:                   http.StatusOK,
+		} {
+			req, err := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+			require.NoError(t, err)
+			req.Host = give
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			assert.Equal(t, want, resp.StatusCode, "listen %s (allowed %q), Host %s", cfg.Listen, cfg.AllowedHosts, give)
+		}
+		assert.NoError(t, c.Stop(context.Background()))
 	}
 }

@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
@@ -18,27 +19,50 @@ import (
 //
 // An address other machines can reach (0.0.0.0:9464, :9464, a host name)
 // is the operator's choice: any Host is served there, as Prometheus and
-// browsers name the machine as they know it. bound, when known, is the
-// address actually listened on, and decides instead: a host name that
-// resolved to a loopback address counts as loopback.
-func HostCheck(listen string, bound net.Addr, next http.Handler) http.Handler {
+// browsers name the machine as they know it, unless allowed names the
+// hosts to serve (loopback names are always served): a container listens
+// on every address of its own, published on the host's loopback only, and
+// is reached as localhost. bound, when known, is the address actually
+// listened on, and decides instead of listen: a host name that resolved to
+// a loopback address counts as loopback.
+func HostCheck(listen string, allowed []string, bound net.Addr, next http.Handler) http.Handler {
 	host, _, err := net.SplitHostPort(listen)
 	if err != nil {
 		host = listen
 	}
 	host = hostName(host)
-	if !listensOnLoopback(host, bound) {
+	if !listensOnLoopback(host, bound) && len(allowed) == 0 {
 		return next
+	}
+	names := map[string]bool{host: true}
+	for _, a := range allowed {
+		names[hostName(a)] = true
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// No Host at all is no browser's request (HTTP/1.0 by hand).
-		if h := requestHost(r.Host); h == "" || h == host || loopback(h) {
+		if h := requestHost(r.Host); h == "" || names[h] || loopback(h) {
 			next.ServeHTTP(w, r)
 			return
 		}
-		http.Error(w, "misdirected request: this endpoint listens on loopback and answers requests to 127.0.0.1, [::1] or localhost only",
-			http.StatusMisdirectedRequest)
+		http.Error(w, "misdirected request: this endpoint answers requests to 127.0.0.1, [::1], localhost"+
+			" or the names --allowed-hosts gives only", http.StatusMisdirectedRequest)
 	})
+}
+
+// CheckAllowedHosts says what is wrong with a list of allowed host names:
+// a name with a port, a scheme or a path is none.
+func CheckAllowedHosts(allowed []string) error {
+	for _, a := range allowed {
+		if a == "" || strings.ContainsAny(a, ":/ ") && !isIPv6(a) {
+			return fmt.Errorf("allowed-hosts: %q is not a host name or an IP address (give no port, scheme or path)", a)
+		}
+	}
+	return nil
+}
+
+func isIPv6(s string) bool {
+	ip, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"))
+	return err == nil && ip.Is6()
 }
 
 func listensOnLoopback(host string, bound net.Addr) bool {

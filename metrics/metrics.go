@@ -71,6 +71,9 @@ type Config struct {
 	// elsewhere). On a loopback address, only requests to a loopback name
 	// are answered (HostCheck).
 	Listen string
+	// AllowedHosts are the host names requests may name besides loopback
+	// ones (HostCheck); empty: any, unless Listen is a loopback address.
+	AllowedHosts []string
 	// RefreshInterval is how often the backlog figures are read from the
 	// store, off the scrape path. Default 3s.
 	RefreshInterval time.Duration
@@ -527,7 +530,7 @@ func (s *Server) Start(context.Context) error {
 	mux.HandleFunc("GET /healthz", s.Healthz)
 	mux.HandleFunc("GET /readyz", s.Readyz)
 	s.addr = ln.Addr()
-	s.srv = &http.Server{Handler: HostCheck(s.cfg.Listen, s.addr, mux), ReadHeaderTimeout: 10 * time.Second}
+	s.srv = &http.Server{Handler: HostCheck(s.cfg.Listen, s.cfg.AllowedHosts, s.addr, mux), ReadHeaderTimeout: 10 * time.Second}
 	s.done = make(chan error, 1)
 	go func() { s.done <- s.srv.Serve(ln) }()
 	s.log.Info("serving metrics", "addr", s.addr.String())

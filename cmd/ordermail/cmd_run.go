@@ -11,6 +11,7 @@ import (
 
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/console"
+	"github.com/ordermail/ordermail/metrics"
 	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/internal/tracing"
 	"github.com/ordermail/ordermail/store/couchbase"
@@ -27,6 +28,8 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 	fs.DurationVar(&cfg.Store.Couchbase.StepAsideAfter, "cb-step-aside-after", time.Minute, "without --instance: an instance whose sends have all been held back this long (its breaker open), while another's go out, hands its vBuckets to the others and tries again later; negative: never")
 	fs.StringVar(&cfg.Metrics.Listen, "metrics-listen", "", "address of a Prometheus GET /metrics endpoint, e.g. 127.0.0.1:9464; empty: none")
 	fs.StringVar(&cfg.Console.Listen, "admin-listen", "", "address of the operator's web console, e.g. 127.0.0.1:9465; empty: none")
+	fs.Var(hostList{&cfg.Metrics.AllowedHosts}, "allowed-hosts", "comma-separated host names that requests to the console and /metrics may name besides "+
+		"127.0.0.1, [::1] and localhost (DNS rebinding); default: any on an address other machines reach, none more on loopback")
 	fs.StringVar(&cfg.Console.TokenFile, "admin-token-file", "", "file holding the console's admin token (16 characters or more), which actions need; "+
 		"or set ORDERMAIL_ADMIN_TOKEN; with neither the console is read-only. Never logged")
 	fs.BoolVar(&cfg.Watcher.FromNow, "from-now", false, "with no saved checkpoint, start the feed at its current end instead of its beginning")
@@ -53,6 +56,10 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			if err := checkStoreFlags(cfg.Store); err != nil {
 				return err
 			}
+			if err := metrics.CheckAllowedHosts(cfg.Metrics.AllowedHosts); err != nil {
+				return err
+			}
+			cfg.Console.AllowedHosts = cfg.Metrics.AllowedHosts
 			switch cb := cfg.Store.Couchbase; { // run's own, as checkServiceFlags checks the others
 			case cb.MemberTTL == 0:
 				return errors.New("cb-member-ttl: 0s is no duration")

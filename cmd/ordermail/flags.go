@@ -128,6 +128,26 @@ func (l statusList) Set(v string) error {
 	return nil
 }
 
+// hostList is a comma-separated list of host names.
+type hostList struct{ names *[]string }
+
+func (l hostList) String() string {
+	if l.names == nil {
+		return ""
+	}
+	return strings.Join(*l.names, ",")
+}
+
+func (l hostList) Set(v string) error {
+	*l.names = nil
+	for _, part := range strings.Split(v, ",") {
+		if part = strings.TrimSpace(part); part != "" {
+			*l.names = append(*l.names, part)
+		}
+	}
+	return nil
+}
+
 // checkServiceFlags rejects zeros, which the packages would read as "use the
 // default": on the command line a zero is a mistake, not a wish. It also
 // hands the one quantum setting to the timer.

@@ -171,6 +171,7 @@ func TestBadInvocations(t *testing.T) {
 	}{
 		{[]string{"bogus"}, `unknown command "bogus"`, 2},
 		{[]string{"run", "--mail-url", "http://x", "--workers", "0"}, "workers: 0", 1},
+		{[]string{"run", "--mail-url", "http://x", "--allowed-hosts", "localhost:9464"}, `allowed-hosts: "localhost:9464" is not a host name`, 1},
 		{[]string{"run", "--mail-url", "http://x", "--store", "mysql://db"}, `store: "mysql://db"`, 1},
 		{[]string{"run"}, "mail-url: required", 1},
 		{[]string{"run", "--mail-url", "http://x", "--log-level", "loud"}, "log-level", 1},

@@ -53,4 +53,7 @@ func TestTheComposeFilePublishesOnLoopbackOnly(t *testing.T) {
 	}
 	require.NotEmpty(t, published, "the compose file publishes no port: has its shape changed?")
 	assert.Empty(t, open, "ports published on every interface")
+	// Its listeners take every address of the container: only the names
+	// allowed are answered.
+	assert.Contains(t, string(compose), `"--allowed-hosts", "localhost"`)
 }
