@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"testing"
 	"time"
@@ -98,6 +99,31 @@ func TestTheAttemptHistoryIsBounded(t *testing.T) {
 	require.Len(t, story.Attempts, 3)
 	assert.Equal(t, []int{5, 6, 7}, []int{story.Attempts[0].N, story.Attempts[1].N, story.Attempts[2].N})
 	assert.Equal(t, "sent", story.Attempts[2].Outcome)
+}
+
+// TestTheAttemptRecordGoesAfterItsRetention: once its order is settled an
+// attempt record is kept --attempt-retention and no longer, on a store
+// whose feed then has nothing more to read.
+func TestTheAttemptRecordGoesAfterItsRetention(t *testing.T) {
+	r := newScriptedRun(t, mockmail.Config{})
+	r.cfg.Watcher.AttemptRetention = 500 * time.Millisecond
+	r.cfg.Store.Embedded.ExpireInterval = 50 * time.Millisecond
+	a, st := r.start(t)
+	defer stop(t, a)
+	placeOne(t, st, "o")
+	waitStory(t, st, "o")
+	var last error
+	gone := func() bool {
+		_, last = st.Get(context.Background(), order.Attempts, "o")
+		return errors.Is(last, store.ErrNotFound)
+	}
+	if !assert.Eventually(t, gone, 60*time.Second, 20*time.Millisecond) {
+		t.Fatalf("the attempt record of a confirmed order is still there past its retention: %v", last)
+	}
+	story, err := ops.OrderStory(context.Background(), st, "o", time.Now(), 15*time.Second)
+	require.NoError(t, err)
+	assert.True(t, story.Confirmed, "the order stays confirmed")
+	assert.Zero(t, story.AttemptsTotal, "no attempt shown")
 }
 
 // TestSpansFollowAConfirmation: handle -> send -> apply outcome, one trace,

@@ -174,7 +174,8 @@ type Write struct {
 	CAS        uint64 // the guard of replace and remove
 	// Expiry, when not zero, is when the document written goes away by
 	// itself (Couchbase's document expiry; the embedded store purges it in
-	// bounded batches, without a change on the feed).
+	// bounded batches, without a change on the feed, as its feed moves and
+	// at least once an ExpireInterval while it does not).
 	Expiry time.Time
 }
 

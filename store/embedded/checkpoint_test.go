@@ -44,3 +44,41 @@ func TestCheckpointsAreMadeOffTheWriter(t *testing.T) {
 		t.Fatalf("the database file holds %d bytes of about 3,000 pages (12MB) written", size())
 	}
 }
+
+// TestExpiredDocumentsGoWhileTheFeedIsIdle: an attempt record's expiry is
+// kept on a store whose feed does not move (no order comes), as Couchbase
+// keeps it: a feed that reads nothing still deletes the expired ones, at
+// most once an ExpireInterval.
+func TestExpiredDocumentsGoWhileTheFeedIsIdle(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := Open(ctx, Config{Path: t.TempDir() + "/o.db", ExpireInterval: 50 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	_, err = s.Apply(ctx, []store.Write{
+		{Op: store.OpUpsert, Collection: order.Attempts, Key: "gone", Value: []byte(`{"docId":"gone"}`), Expiry: time.Now().Add(200 * time.Millisecond)},
+		{Op: store.OpUpsert, Collection: order.Attempts, Key: "kept", Value: []byte(`{"docId":"kept"}`)},
+	})
+	require.NoError(t, err)
+	sub, err := s.Subscribe(ctx, "idle", []string{order.Inbound, order.Retry}, store.FeedOptions{})
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() {
+		_, err := sub.Next(ctx) // nothing comes: it waits, and looks again now and then
+		done <- err
+	}()
+	rows, last := []int{-1}, []error{nil}
+	gone := func() bool {
+		last[0] = s.read.QueryRowContext(ctx, `SELECT count(*) FROM attempts WHERE key = 'gone'`).Scan(&rows[0])
+		return last[0] == nil && rows[0] == 0
+	}
+	if !assert.Eventually(t, gone, 30*time.Second, 20*time.Millisecond) {
+		t.Fatalf("the expired record is still stored (%d rows, %v) while the feed is idle", rows[0], last[0])
+	}
+	_, err = s.Get(ctx, order.Attempts, "kept")
+	assert.NoError(t, err, "no expiry: kept")
+	cancel()
+	assert.ErrorIs(t, <-done, context.Canceled)
+	require.NoError(t, sub.Close(context.Background()))
+}

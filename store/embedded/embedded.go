@@ -47,6 +47,10 @@ type Config struct {
 	// CheckInterval is how often the store checks that its file is still
 	// the one it opened. Default 2s.
 	CheckInterval time.Duration
+	// ExpireInterval is how often a feed that does not move deletes the
+	// documents whose expiry has passed (a moving one does at each save of
+	// its checkpoint), in bounded batches. Default 1m.
+	ExpireInterval time.Duration
 }
 
 // DefaultPath is where the store lives when no path is given.
@@ -70,6 +74,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.CheckInterval == 0 {
 		c.CheckInterval = 2 * time.Second
+	}
+	if c.ExpireInterval == 0 {
+		c.ExpireInterval = time.Minute
 	}
 	if c.CommitDelay == 0 {
 		c.CommitDelay = 2 * time.Millisecond

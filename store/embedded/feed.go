@@ -34,6 +34,7 @@ type subscription struct {
 	saved       uint64  // checkpoint last written
 	buf         []entry // read, not yet handed out
 	flushed     time.Time
+	expired     time.Time // expired documents last deleted
 	idle        time.Duration // the next wait for other processes' writes
 	closed      bool
 }
@@ -240,24 +241,31 @@ func (c stateCols) doc(key string) store.Doc {
 
 // flush saves the checkpoint if it moved, and purges a bounded number of
 // tombstones that every saved checkpoint has passed (no feed can need them)
-// and of expired documents.
+// and of expired documents; those too, at most once an ExpireInterval,
+// while the checkpoint does not move, so that an idle store's expired
+// documents go as well.
 func (sub *subscription) flush(ctx context.Context) error {
 	cp := sub.acks.Checkpoints()[0]
-	if cp == sub.saved {
+	moved := cp != sub.saved
+	if !moved && time.Since(sub.expired) < sub.s.cfg.ExpireInterval {
 		sub.flushed = time.Now()
 		return nil
 	}
 	st := sub.s.stmts
 	err := sub.s.submit(ctx, func(t *txn) error {
-		if err := st.saveCheckpoint.Exec(t.ctx, sub.name, cp); err != nil {
-			return err
-		}
-		var low sql.NullInt64
-		if err := st.minCkpt.QueryRow(t.ctx).Scan(&low); err != nil || !low.Valid {
-			return err
-		}
-		if err := st.purge.Exec(t.ctx, low.Int64, purgeBatch); err != nil {
-			return err
+		if moved {
+			if err := st.saveCheckpoint.Exec(t.ctx, sub.name, cp); err != nil {
+				return err
+			}
+			var low sql.NullInt64
+			if err := st.minCkpt.QueryRow(t.ctx).Scan(&low); err != nil {
+				return err
+			}
+			if low.Valid {
+				if err := st.purge.Exec(t.ctx, low.Int64, purgeBatch); err != nil {
+					return err
+				}
+			}
 		}
 		return st.expire.Exec(t.ctx, time.Now().UnixMilli(), purgeBatch)
 	})
@@ -266,6 +274,7 @@ func (sub *subscription) flush(ctx context.Context) error {
 	}
 	sub.saved = cp
 	sub.flushed = time.Now()
+	sub.expired = sub.flushed
 	return nil
 }
 
