@@ -11,9 +11,9 @@ import (
 
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/console"
-	"github.com/ordermail/ordermail/metrics"
 	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/internal/tracing"
+	"github.com/ordermail/ordermail/metrics"
 	"github.com/ordermail/ordermail/store/couchbase"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )

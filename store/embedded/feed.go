@@ -34,7 +34,7 @@ type subscription struct {
 	saved       uint64  // checkpoint last written
 	buf         []entry // read, not yet handed out
 	flushed     time.Time
-	expired     time.Time // expired documents last deleted
+	expired     time.Time     // expired documents last deleted
 	idle        time.Duration // the next wait for other processes' writes
 	closed      bool
 }
