@@ -103,10 +103,14 @@ type stream struct {
 	uuid   uint64 // the vBucket's uuid when the stream opened
 	filter *streamFilter
 
+	// The snapshot the client said start is in (STREAM_REQ).
+	snapStart, snapEnd uint64
+
 	// Owned by the producer goroutine.
-	sent     uint64 // every seqno up to here was sent or skipped
-	first    bool
-	backfill bool
+	sent       uint64 // every seqno up to here was sent or skipped
+	first      bool   // no batch was produced yet
+	backfill   bool   // the first batch is a disk snapshot
+	markerSent bool
 }
 
 type streamFilter struct {
@@ -378,7 +382,7 @@ func (d *dcpConn) streamReq(p *packet) {
 	status, rb := checkRollback(vb, flags, start, end, uuid, snapStart, snapEnd)
 	flog := failoverBytes(vb)
 	str := &stream{vb: p.vbucket, opaque: p.opaque, start: start, end: end, uuid: vb.uuid(), filter: filter,
-		sent: start, first: true, backfill: start < vb.high}
+		snapStart: snapStart, snapEnd: snapEnd, sent: start, first: true, backfill: start < vb.high}
 	s.mu.Unlock()
 	s.tracef("cbtest: node %d: %s: STREAM_REQ vb %d flags %#x start %d end %d uuid %#x snap [%d,%d] -> status %#x rollback %d",
 		c.n.idx, d.name, p.vbucket, flags, start, end, uuid, snapStart, snapEnd, status, rb)
@@ -716,7 +720,10 @@ func (d *dcpConn) passes(f *streamFilter, m *manifest, e logEntry) bool {
 }
 
 // produceLocked builds the stream's next snapshot, or its end, and says
-// when the snapshot's first entry was written.
+// when the snapshot's first entry was written. A batch of entries none of
+// which is for the stream sends nothing (see snapshotLocked); the next
+// batch is taken at once, so that one pass still sends a snapshot when
+// there is one to send.
 func (d *dcpConn) produceLocked(b *bucket, st *stream, cfg dcpSettings) ([]*packet, uint64) {
 	vb := b.vbs[st.vb]
 	if vb.uuid() != st.uuid {
@@ -728,39 +735,8 @@ func (d *dcpConn) produceLocked(b *bucket, st *stream, cfg dcpSettings) ([]*pack
 	hi := min(vb.high, st.end)
 	var msgs []*packet
 	var order uint64
-	if st.sent < hi {
-		entries, upTo := vb.entriesAfter(st.sent, hi, maxSnapshot)
-		if len(entries) > 0 {
-			order = entries[0].order()
-		}
-		var visible []logEntry
-		for _, e := range entries {
-			if d.passes(st.filter, &b.man, e) {
-				visible = append(visible, e)
-			}
-		}
-		snapStart, typ := st.sent+1, byte(snapMemory)
-		if st.first {
-			snapStart = st.start
-			if st.backfill {
-				typ = snapDisk
-			}
-		}
-		st.first = false
-		if len(visible) > 0 || d.collections {
-			ex := binary.BigEndian.AppendUint64(nil, snapStart)
-			ex = binary.BigEndian.AppendUint64(ex, upTo)
-			ex = binary.BigEndian.AppendUint32(ex, uint32(typ))
-			msgs = append(msgs, &packet{magic: magicReq, opcode: opDCPSnapshotMarker, vbucket: st.vb, opaque: st.opaque, extras: ex})
-			for _, e := range visible {
-				msgs = append(msgs, d.entryPacket(st, e, cfg))
-			}
-			if len(visible) == 0 || visible[len(visible)-1].seqno < upTo {
-				msgs = append(msgs, &packet{magic: magicReq, opcode: opDCPSeqnoAdvanced, vbucket: st.vb, opaque: st.opaque,
-					extras: binary.BigEndian.AppendUint64(nil, upTo)})
-			}
-		}
-		st.sent = upTo
+	for len(msgs) == 0 && st.sent < hi {
+		msgs, order = d.snapshotLocked(b, st, hi, cfg)
 	}
 	switch {
 	case st.sent >= st.end:
@@ -769,6 +745,100 @@ func (d *dcpConn) produceLocked(b *bucket, st *stream, cfg dcpSettings) ([]*pack
 		msgs = append(msgs, d.endPacket(st, EndFilterEmpty))
 	}
 	return msgs, order
+}
+
+// snapshotLocked takes the stream's next batch of at most maxSnapshot
+// entries up to hi and returns its snapshot, which is empty when nothing
+// in it is to be sent. kv_engine's rules (engines/ep/src/dcp/
+// active_stream.cc, ActiveStream::processItemsInner, snapshot,
+// markDiskSnapshot, completeBackfillInner; backfill_by_seqno_disk.cc):
+//
+//   - Memory snapshot: the marker covers the items sent, from the first to
+//     the last (the first marker of a stream starts at the requested
+//     start), and no SEQNO_ADVANCED follows. A batch in which no item
+//     passes the stream's filter sends nothing at all, unless the stream
+//     resumed in the middle of a snapshot and this batch reaches that
+//     snapshot's end before any marker was sent (MB-47009): then a marker
+//     from the requested snapshot start to the batch's end and
+//     SEQNO_ADVANCED to it.
+//   - Disk snapshot (backfill, the first batch of a stream that starts
+//     behind the vBucket's high seqno): the marker runs from the start
+//     to the batch's end whatever passes the filter; to a collection-aware
+//     client it ends with SEQNO_ADVANCED when its last item is not the
+//     stream's. A filtered backfill whose collections have nothing after
+//     the start is skipped, marker and all.
+func (d *dcpConn) snapshotLocked(b *bucket, st *stream, hi uint64, cfg dcpSettings) ([]*packet, uint64) {
+	vb := b.vbs[st.vb]
+	from := st.sent
+	entries, upTo := vb.entriesAfter(from, hi, maxSnapshot)
+	st.sent = upTo
+	var visible []logEntry
+	for _, e := range entries {
+		if d.passes(st.filter, &b.man, e) {
+			visible = append(visible, e)
+		}
+	}
+	first := st.first
+	st.first = false
+	disk := first && st.backfill
+
+	var start, end uint64
+	seqnoAdvanced := false
+	switch {
+	case disk && (len(visible) > 0 || (d.collections && d.passesAfter(b, st, upTo, hi))):
+		// The whole backfill is one disk snapshot on a real server; here
+		// only its first batch is marked disk, which a filter may empty.
+		start, end = st.start, upTo
+		seqnoAdvanced = d.collections && (len(visible) == 0 || visible[len(visible)-1].seqno < upTo)
+	case !disk && len(visible) > 0:
+		start, end = visible[0].seqno, visible[len(visible)-1].seqno
+		if !st.markerSent {
+			start = min(st.start, start)
+		}
+	case d.collections && !st.markerSent && from < st.snapEnd && upTo >= st.snapEnd:
+		start, end = min(st.snapStart, st.start), upTo
+		seqnoAdvanced = true
+	default:
+		return nil, 0
+	}
+	typ := byte(snapMemory)
+	if disk {
+		typ = snapDisk
+	}
+	st.markerSent = true
+	ex := binary.BigEndian.AppendUint64(nil, start)
+	ex = binary.BigEndian.AppendUint64(ex, end)
+	ex = binary.BigEndian.AppendUint32(ex, uint32(typ))
+	msgs := []*packet{{magic: magicReq, opcode: opDCPSnapshotMarker, vbucket: st.vb, opaque: st.opaque, extras: ex}}
+	for _, e := range visible {
+		msgs = append(msgs, d.entryPacket(st, e, cfg))
+	}
+	if seqnoAdvanced {
+		msgs = append(msgs, &packet{magic: magicReq, opcode: opDCPSeqnoAdvanced, vbucket: st.vb, opaque: st.opaque,
+			extras: binary.BigEndian.AppendUint64(nil, end)})
+	}
+	var order uint64
+	switch {
+	case len(visible) > 0:
+		order = visible[0].order()
+	case len(entries) > 0:
+		order = entries[0].order()
+	}
+	return msgs, order
+}
+
+// passesAfter says whether a live entry in (from, to] passes the stream's
+// filter: whether its collections have anything there (kv_engine reads the
+// collections' high seqnos for that).
+func (d *dcpConn) passesAfter(b *bucket, st *stream, from, to uint64) bool {
+	vb := b.vbs[st.vb]
+	i := sort.Search(len(vb.log), func(i int) bool { return vb.log[i].seqno > from })
+	for ; i < len(vb.log) && vb.log[i].seqno <= to; i++ {
+		if e := vb.log[i]; vb.live(e) && d.passes(st.filter, &b.man, e) {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *dcpConn) endPacket(st *stream, reason uint32) *packet {

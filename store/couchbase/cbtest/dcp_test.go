@@ -614,3 +614,92 @@ func TestDCPNoop(t *testing.T) {
 	}
 	assert.Eventually(t, acked, 5*time.Second, 10*time.Millisecond, "an idle DCP connection gets NOOPs, which the client answers")
 }
+
+// kv_engine sends a collection-filtered stream nothing for the writes of
+// other collections: a memory snapshot's marker covers the stream's items
+// only and no SEQNO_ADVANCED follows it, and a backfill whose collections
+// have nothing after the start is not sent at all (active_stream.cc,
+// processItemsInner and snapshot; backfill_by_seqno_disk.cc). A client
+// learns how far its collections go from GET_ALL_VB_SEQNOS with a
+// collection id.
+func TestDCPSendsNothingForOtherCollections(t *testing.T) {
+	s := Start(t, Options{VBuckets: 16,
+		Buckets: []BucketSpec{{Name: "orders", Collections: []string{"_default.inbound", "_default.attempts"}}}})
+	c := connect(t, s)
+	b := readyBucket(t, c, "orders")
+	inbound, attempts := b.Collection("inbound"), b.Collection("attempts")
+	inID, err := s.CollectionID("orders", "_default", "inbound")
+	require.NoError(t, err)
+	vb := s.VBucketOf("a")
+	keyOn := func(prefix string) string {
+		for i := 0; ; i++ {
+			if k := fmt.Sprintf("%s%d", prefix, i); s.VBucketOf(k) == vb {
+				return k
+			}
+		}
+	}
+	write := func(coll *gocb.Collection, prefix string) (string, uint64) {
+		k := keyOn(prefix)
+		_, err := coll.Upsert(k, map[string]string{"k": k}, nil)
+		require.NoError(t, err)
+		return k, s.HighSeqno("orders", vb)
+	}
+
+	agent := newDCPAgent(t, s, "orders", 0)
+	rec := newRecorder()
+	h := s.HighSeqno("orders", vb)
+	from := position{uuid: s.FailoverLog("orders", vb)[0].VBUUID, seq: h, snapStart: h, snapEnd: h}
+	_, err = open(t, agent, vb, from, []uint32{inID}, rec)
+	require.NoError(t, err)
+
+	// next reads the events up to the mutation of key and checks that
+	// they are its marker and it, nothing else.
+	next := func(key string, seq, markerStart uint64) {
+		t.Helper()
+		var got []dcpEvent
+		rec.until(t, func(e dcpEvent) bool { got = append(got, e); return e.kind == "mutation" })
+		want := []dcpEvent{{kind: "marker", vb: vb, start: markerStart, end: seq}, {kind: "mutation", vb: vb, seqno: seq, key: key, cid: inID}}
+		for i := range got {
+			got[i].value = nil
+		}
+		assert.Equal(t, want, got, "the events up to %s", key)
+	}
+	a, seqA := write(inbound, "a")
+	next(a, seqA, h) // a stream's first marker starts at its start
+	write(attempts, "x")
+	write(attempts, "y")
+	bk, seqB := write(inbound, "b")
+	next(bk, seqB, seqB)
+	write(attempts, "z")
+	ck, seqC := write(inbound, "c")
+	next(ck, seqC, seqC)
+
+	// What the stream's collection reaches, and the vBucket beyond it.
+	_, highZ := write(attempts, "w")
+	ch := make(chan []gocbcore.VbSeqNoEntry, 1)
+	errc := make(chan error, 1)
+	_, err = agent.GetVbucketSeqnos(1, memd.VbucketStateActive,
+		gocbcore.GetVbucketSeqnoOptions{FilterOptions: &gocbcore.GetVbucketSeqnoFilterOptions{CollectionID: inID}},
+		func(e []gocbcore.VbSeqNoEntry, err error) { ch <- e; errc <- err })
+	require.NoError(t, err)
+	entries := <-ch
+	require.NoError(t, <-errc)
+	highs := map[uint16]uint64{}
+	for _, e := range entries {
+		highs[e.VbID] = uint64(e.SeqNo)
+	}
+	assert.Equal(t, seqC, highs[vb], "inbound's high seqno on vb %d (the vBucket's is %d)", vb, highZ)
+
+	// Resumed at c with only other collections' writes after it: the
+	// backfill is skipped, and the next marker is the next item's.
+	done := make(chan error, 1)
+	_, err = agent.CloseStream(vb, gocbcore.CloseStreamOptions{}, func(err error) { done <- err })
+	require.NoError(t, err)
+	require.NoError(t, <-done)
+	rec.until(t, func(e dcpEvent) bool { return e.kind == "end" })
+	from = position{uuid: from.uuid, seq: seqC, snapStart: seqC, snapEnd: seqC}
+	_, err = open(t, agent, vb, from, []uint32{inID}, rec)
+	require.NoError(t, err)
+	dk, seqD := write(inbound, "d")
+	next(dk, seqD, seqC)
+}

@@ -72,9 +72,12 @@
 //
 // Each stream first sends what exists after its start seqno (a disk
 // snapshot), then every later write of its vBucket (memory snapshots), in
-// snapshots of at most 1024 entries whose markers (v1) cover exactly the
-// seqnos they contain. Within a snapshot only the latest version of a key
-// is sent (deduplication). A connection sends its streams' snapshots in
+// batches of at most 1024 entries, with v1 markers. A disk snapshot's
+// marker runs from the start to the batch's end; a memory snapshot's
+// covers the items sent, from the first to the last, and a batch with no
+// item for the stream sends nothing at all (see the assumptions below).
+// Within a snapshot only the latest version of a key is sent
+// (deduplication). A connection sends its streams' snapshots in
 // the order of their first writes (CAS order), so changes made one after
 // another on one node arrive in that order whatever their vBuckets; with
 // Options.SyncDCP a KV write is answered only once every DCP connection
@@ -83,7 +86,7 @@
 // (v2 with delete time, since the expiry opcode implies delete times),
 // EXPIRATION, SYSTEM_EVENT (collection and scope create/drop, to
 // collection-aware clients whose filter covers them), SEQNO_ADVANCED when a
-// snapshot's last seqno is not for the stream, and STREAM_END with reasons
+// disk snapshot's last seqno is not for the stream, and STREAM_END with reasons
 // OK (end seqno reached), closed, state changed (vbuuid changed by
 // Failover, Rollback or a flush), filter empty (every filtered collection
 // dropped), or whatever EndStream injects.
@@ -189,16 +192,36 @@
 //     leading key and implies its WHERE condition (textually). Execution
 //     never needs an index. HTTP status: 400 for 1050/3xxx, 404 for
 //     4040/12003/12021, 401 for 10xxx, 500 otherwise.
-//   - DCP: SEQNO_ADVANCED also ends a snapshot that has no item for the
-//     stream at all (kv_engine's docs allow it as a snapshot's only
-//     message); such snapshots are not sent to clients without
-//     collections. The first snapshot's marker starts at the requested
-//     start seqno. STREAM_REQ with a start of 0 never rolls back unless
+//   - DCP snapshots follow kv_engine's code (engines/ep/src/dcp/
+//     active_stream.cc: processItemsInner, snapshot, markDiskSnapshot,
+//     completeBackfillInner; backfill_by_seqno_disk.cc), not its docs,
+//     which allow SEQNO_ADVANCED as a snapshot's only message. A memory
+//     batch in which no item passes the stream's filter sends nothing,
+//     marker and all: the client learns of the other collections' writes
+//     only from GET_ALL_VB_SEQNOS. A memory marker ends at the last item
+//     sent, with no SEQNO_ADVANCED (kv_engine sends one after a memory
+//     snapshot only to replace trailing prepares and aborts, never
+//     written here). One exception (MB-47009): a stream resumed inside a
+//     snapshot whose first batch is all filtered away gets a marker from
+//     the requested snapshot start to the batch's end and SEQNO_ADVANCED
+//     to it. A backfill is one disk snapshot from the start to the
+//     vBucket's end, closed by SEQNO_ADVANCED when its last item is not
+//     the stream's; a filtered backfill whose collections have nothing
+//     after the start is skipped. Here only a stream's first batch is a
+//     disk snapshot (a backfill of more than 1024 entries goes on in
+//     memory batches), and "nothing after the start" is read from the
+//     entries, not from per-collection stats. The first marker starts at
+//     the requested start seqno (kv_engine: the requested snapshot start,
+//     when lower than the first item). STREAM_REQ with a start of 0 never rolls back unless
 //     the strict-vbuuid flag is set (§6.6 rule 2, kv_engine's code).
 //     DELETION uses the 21-byte v2 extras once enable_expiry_opcode is on.
 //     No purging: the purge seqno is 0, so rule 3 never fires.
 //   - GET_ALL_VB_SEQNOS with a collection id returns that collection's
-//     high seqno per vBucket (including its system events).
+//     high seqno per vBucket, its creation's system event included (as
+//     kv_engine's ep_engine.cc collectVBucketSequenceNumbers reads it
+//     from the collection's manifest entry, which starts at that event).
+//     kv_engine leaves out a vBucket that lacks the collection; here every
+//     vBucket has every collection of the manifest.
 //   - SCRAM: 1024 iterations by default (Options.ScramIterations), a
 //     16-byte random salt per mechanism; the raw password, no SASLprep.
 //   - Configs include thisNode for the serving node; no nodeUUID or
