@@ -153,10 +153,49 @@ func (c *dcpClient) numVbuckets() (int, error) {
 }
 
 // HighSeqnos asks each node that holds some of vbs, and only those, for
-// its active vBuckets' high seqnos. gocbcore numbers servers from 1 here:
-// its GetVbucketSeqnos routes to server index serverIdx-1 (0 means "the
-// node of vBucket 0").
+// its active vBuckets' high seqnos.
 func (c *dcpClient) HighSeqnos(ctx context.Context, vbs []uint16) (map[uint16]uint64, error) {
+	got, err := c.vbSeqnos(ctx, vbs, nil)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[uint16]uint64, len(vbs))
+	for _, vb := range vbs {
+		s, ok := got[vb]
+		if !ok {
+			return nil, fmt.Errorf("no node reported vb %d as active (rebalance under way?)", vb)
+		}
+		out[vb] = s
+	}
+	return out, nil
+}
+
+// CollectionHighSeqnos asks each node that holds some of vbs for the high
+// seqno of each of ids on its active vBuckets (GET_ALL_VB_SEQNOS with a
+// collection id: kv_engine's ep_engine.cc, collectVBucketSequenceNumbers,
+// which leaves out a vBucket the collection is not on), and keeps the
+// highest for each vBucket.
+func (c *dcpClient) CollectionHighSeqnos(ctx context.Context, vbs []uint16, ids []uint32) (map[uint16]uint64, error) {
+	out := map[uint16]uint64{}
+	for _, id := range ids {
+		got, err := c.vbSeqnos(ctx, vbs, &gocbcore.GetVbucketSeqnoFilterOptions{CollectionID: id})
+		if err != nil {
+			return nil, fmt.Errorf("collection %#x: %w", id, err)
+		}
+		for _, vb := range vbs {
+			if s, ok := got[vb]; ok {
+				out[vb] = max(out[vb], s)
+			}
+		}
+	}
+	return out, nil
+}
+
+// vbSeqnos asks the nodes that hold vbs for their active vBuckets' high
+// seqnos, or a collection's with filter. gocbcore numbers servers from 1
+// here: its GetVbucketSeqnos routes to server index serverIdx-1 (0 means
+// "the node of vBucket 0").
+func (c *dcpClient) vbSeqnos(ctx context.Context, vbs []uint16, filter *gocbcore.GetVbucketSeqnoFilterOptions) (map[uint16]uint64, error) {
 	snap, err := c.agent.ConfigSnapshot()
 	if err != nil {
 		return nil, err
@@ -174,11 +213,15 @@ func (c *dcpClient) HighSeqnos(ctx context.Context, vbs []uint16) (map[uint16]ui
 		servers = append(servers, srv)
 	}
 	sort.Ints(servers)
+	opts := gocbcore.GetVbucketSeqnoOptions{FilterOptions: filter}
+	if filter != nil {
+		opts.RetryStrategy = failFast{} // a dropped collection: retried until the timeout by default
+	}
 	var mu sync.Mutex
 	got := map[uint16]uint64{}
 	errs := parallel(ctx, servers, len(servers), func(ctx context.Context, srv int) error {
 		entries, err := await(ctx, c.timeout, func(cb func([]gocbcore.VbSeqNoEntry, error)) (gocbcore.PendingOp, error) {
-			return c.agent.GetVbucketSeqnos(srv+1, memd.VbucketStateActive, gocbcore.GetVbucketSeqnoOptions{}, cb)
+			return c.agent.GetVbucketSeqnos(srv+1, memd.VbucketStateActive, opts, cb)
 		})
 		if err != nil {
 			return fmt.Errorf("vbucket seqnos of server %d: %w", srv, err)
@@ -193,15 +236,7 @@ func (c *dcpClient) HighSeqnos(ctx context.Context, vbs []uint16) (map[uint16]ui
 	if err := joinErrs(errs, len(servers)); err != nil {
 		return nil, err
 	}
-	out := make(map[uint16]uint64, len(vbs))
-	for _, vb := range vbs {
-		s, ok := got[vb]
-		if !ok {
-			return nil, fmt.Errorf("no node reported vb %d as active (rebalance under way?)", vb)
-		}
-		out[vb] = s
-	}
-	return out, nil
+	return got, nil
 }
 
 func (c *dcpClient) Close() error {

@@ -39,6 +39,11 @@ type dcpAgent interface {
 	// HighSeqnos is where each of vbs is now, asked of the nodes that
 	// hold them.
 	HighSeqnos(ctx context.Context, vbs []uint16) (map[uint16]uint64, error)
+	// CollectionHighSeqnos is, for each of vbs, the highest seqno of a
+	// change to one of the collections: where a stream filtered to them
+	// ends, as the writes to other collections are never sent to it. A
+	// vBucket none of them is on is left out.
+	CollectionHighSeqnos(ctx context.Context, vbs []uint16, collectionIDs []uint32) (map[uint16]uint64, error)
 	Close() error
 }
 
@@ -59,8 +64,11 @@ type FeedStats struct {
 	VBuckets    int // streamed by this instance
 	StreamsOpen int
 	// Lag is, summed over the vBuckets and at most for one, how many
-	// sequence numbers the server has past the checkpoint (the high
-	// seqnos are read every few seconds).
+	// sequence numbers the server has past the checkpoint up to the last
+	// change of a watched collection (read every few seconds). The writes
+	// to other collections of the bucket after that are not counted: the
+	// streams are never sent them, so the checkpoint does not pass them.
+	// Those in between are: the lag bounds the changes left from above.
 	Lag, MaxLag uint64
 	// Since Subscribe: rollbacks the server asked for, streams reopened
 	// (ended, refused or unanswered), checkpoint documents not saved.
@@ -103,7 +111,7 @@ type vbState struct {
 	rollbackTo *uint64    // the server asked to restart from here
 	closeFirst bool       // the server may hold a stream of ours on vb
 	failures   int        // failover-log reads failed in a row
-	high       uint64     // the highest seqno the server has shown
+	high       uint64     // the highest seqno of the watched collections the server has shown
 	settled    bool       // the first stream request was answered (or given up)
 
 	// Membership mode (f.own set).
@@ -979,30 +987,41 @@ func (f *feed) save(ctx context.Context, all bool) ([]uint16, error) {
 // highsLoop reads the vBuckets' high seqnos now and then, for the lag.
 func (f *feed) highsLoop() {
 	f.every(f.opts.statsEvery, func() {
-		vbs := f.vbs
-		if f.own != nil {
-			vbs = f.heldVbuckets()
-			if len(vbs) == 0 {
-				return
-			}
+		if err := f.readHighs(f.ctx); err != nil && f.ctx.Err() == nil {
+			f.log.Debug("read high seqnos", "error", err)
 		}
-		ctx, cancel := context.WithTimeout(f.ctx, f.opts.opTimeout)
-		highs, err := f.agent.HighSeqnos(ctx, vbs)
-		cancel()
-		if err != nil {
-			if f.ctx.Err() == nil {
-				f.log.Debug("read high seqnos", "error", err)
-			}
-			return
-		}
-		f.mu.Lock()
-		for vb, h := range highs {
-			if st := f.state[vb]; st != nil {
-				st.high = max(st.high, h)
-			}
-		}
-		f.mu.Unlock()
 	})
+}
+
+// readHighs reads how far the watched collections go on the vBuckets
+// this feed streams. Not the vBuckets' own high seqnos: the attempt
+// records the watcher writes after every outcome, and the other
+// collections' bulk writes, would count as lag for good.
+func (f *feed) readHighs(ctx context.Context) error {
+	vbs := f.vbs
+	if f.own != nil {
+		vbs = f.heldVbuckets()
+		if len(vbs) == 0 {
+			return nil
+		}
+	}
+	f.mu.Lock()
+	ids := f.ids
+	f.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
+	highs, err := f.agent.CollectionHighSeqnos(ctx, vbs, ids)
+	cancel()
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	for vb, h := range highs {
+		if st := f.state[vb]; st != nil {
+			st.high = max(st.high, h)
+		}
+	}
+	f.mu.Unlock()
+	return nil
 }
 
 // Stats reports the streams, the lag and the counters.

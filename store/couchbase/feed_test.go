@@ -91,6 +91,11 @@ func (a *fakeAgent) HighSeqnos(_ context.Context, vbs []uint16) (map[uint16]uint
 	return out, nil
 }
 
+// CollectionHighSeqnos answers as HighSeqnos: the fake has no collections.
+func (a *fakeAgent) CollectionHighSeqnos(ctx context.Context, vbs []uint16, _ []uint32) (map[uint16]uint64, error) {
+	return a.HighSeqnos(ctx, vbs)
+}
+
 func (a *fakeAgent) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -193,6 +193,37 @@ func TestFeedStats(t *testing.T) {
 	assert.Zero(t, stats().CheckpointSaveFailures)
 }
 
+// The lag counts what the feed has not done of its own collections. The
+// watcher writes an attempt record (collection attempts, off the feed)
+// after every outcome, in the order's vBucket, and attempt records expire
+// and dead letters are purged in bulk: a real server streams the feed
+// nothing for those writes, so a lag measured against the whole vBucket's
+// high seqno never came back to 0.
+func TestFeedLagIgnoresWritesToOtherCollections(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	// The test reads the high seqnos itself, once everything is written.
+	s := openStore(t, cfg, func(s *Store) { s.feedOpts.statsEvery = time.Hour })
+	sub := subscribe(t, s, "feed", watched, true)
+	var keys []string
+	for i := range 5 {
+		k := fmt.Sprintf("order-%d", i)
+		keys = append(keys, k)
+		put(t, s, order.Inbound, k)
+		put(t, s, order.Attempts, k) // after its outcome, as the watcher writes it
+	}
+	for i := range 30 {
+		put(t, s, order.Attempts, fmt.Sprintf("old-%d", i))
+	}
+	readUntil(t, sub, sawKeys(keys...)) // each acknowledged
+	require.NoError(t, sub.(*feed).readHighs(ctxFor(t, 10*time.Second)))
+
+	lagGone := assert.Eventually(t, func() bool { return stats(sub).Lag == 0 }, 20*time.Second, 10*time.Millisecond)
+	st := stats(sub)
+	vb := srv.VBucketOf(keys[0])
+	require.True(t, lagGone, "lag %d (at most %d on one vBucket) with every change of %v acknowledged; "+
+		"vb %d of %s is at seqno %d", st.Lag, st.MaxLag, watched, vb, keys[0], srv.HighSeqno("orders", vb))
+}
+
 // Defect 14: Counts and Backlog answer from a reading younger than
 // CountsTTL, so that a metrics scrape does not query each time; the paid
 // and confirmed orders, whose count goes over an index entry for every
