@@ -111,7 +111,9 @@
 // run it again; legacy PREPARE without auto_execute returns the
 // name/encoded_plan row. Named ($name) and positional ($1, args)
 // parameters; scan_consistency is accepted (every statement runs under
-// the server lock, so it sees all acknowledged writes). This is not a
+// the server lock, so it sees all acknowledged writes, and no other
+// client's write lands in the middle of it unless ConflictOnUpdate
+// injects one). This is not a
 // SQL++ engine: a statement must match one of these shapes (query.go,
 // table "shapes"; add a row for a new one):
 //
@@ -155,12 +157,24 @@
 // An UPDATE or DELETE is a KV write of each document (new CAS, next seqno,
 // seen by DCP); an UPDATE resets the expiry (no preserve_expiry) and keeps
 // the document's field order. Documents are visited in key order, so
-// LIMIT picks the first keys.
+// LIMIT picks the first keys. The query service writes an UPDATE's
+// documents one by one, each by the CAS it read (couchbase/query
+// datastore/couchbase, MOP_UPDATE): a document another client wrote or
+// removed in between fails alone with 12009 (reason 12033 CAS mismatch or
+// 17014 key not found, retry false), the statement goes on with the
+// others, and the errors follow their results with status "errors" and
+// HTTP 200 (the results went out first). Here that happens only when
+// ConflictOnUpdate injects it; a real UPDATE with more than 16 such
+// errors stops at the request's error limit (1195), which is not
+// modelled.
 //
 // # Fault injection and inspection
 //
 // Rollback(bucket, vb, seqno), Failover(bucket, vbs...), EndStream(bucket,
 // vb, reason), DropConnections, HangNode(i)/ResumeNode(i),
+// ConflictOnUpdate(bucket, scope, coll, key, remove) (the next query
+// UPDATE of that document finds it written again, or removed, by another
+// client between its read and its write: see the query service above),
 // CreateCollection/DropCollection, ExpireNow, FailFailoverLogs(bucket,
 // vb, n) (the next n GET_FAILOVER_LOGs of vb answer ETMPFAIL 0x86),
 // IgnoreStreamRequests(bucket, vb, n) (the next n STREAM_REQs of vb are

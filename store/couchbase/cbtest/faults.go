@@ -248,6 +248,41 @@ func (s *Server) takeFault(bucket string, opcode byte, vb uint16) (*kvFault, boo
 	return nil, false
 }
 
+// updateConflict is an injected write by another client in the middle of
+// a query UPDATE.
+type updateConflict struct {
+	keyspace, key string // bucket.scope.collection and document key
+	remove        bool
+}
+
+// ConflictOnUpdate makes the next query UPDATE that writes document key
+// of bucket.scope.coll find it written again (or, with remove, removed) by
+// another client between its read of the document and its write: the
+// write by the CAS it read fails, and the statement goes on with its other
+// documents and returns, after their results, a 12009 error for this one
+// (reason 12033 CAS mismatch, or 17014 key not found), as the query
+// service does. The other client's write is a real one: new CAS, next
+// seqno, seen by DCP; it leaves the document's value as it was.
+func (s *Server) ConflictOnUpdate(bucket, scope, coll, key string, remove bool) {
+	s.faultMu.Lock()
+	defer s.faultMu.Unlock()
+	s.updateConflicts = append(s.updateConflicts, updateConflict{bucket + "." + scope + "." + coll, key, remove})
+}
+
+// takeUpdateConflict uses up the conflict injected for key of keyspace,
+// if any, and says whether the document is to be removed.
+func (s *Server) takeUpdateConflict(keyspace, key string) (remove, ok bool) {
+	s.faultMu.Lock()
+	defer s.faultMu.Unlock()
+	for i, c := range s.updateConflicts {
+		if c.keyspace == keyspace && c.key == key {
+			s.updateConflicts = append(s.updateConflicts[:i:i], s.updateConflicts[i+1:]...)
+			return c.remove, true
+		}
+	}
+	return false, false
+}
+
 // FailFailoverLogs answers the next n GET_FAILOVER_LOG requests for
 // vBucket vb of bucket with ETMPFAIL (0x86), as a node that is warming up
 // does.

@@ -233,3 +233,66 @@ func TestSyncDCP(t *testing.T) {
 		}
 	}
 }
+
+// A query UPDATE writes document by document, each by the CAS it read: a
+// document written or removed in between fails alone, with a 12009 error
+// after the other documents' results, which gocb reads as ErrCasMismatch
+// or ErrDocumentNotFound once the rows are read.
+func TestConflictOnUpdate(t *testing.T) {
+	s, c, b := queryServer(t)
+	retry := b.Collection("retry")
+	params := map[string]any{"control": "allow_retrys", "now": 2, "cutoff": 0}
+	for _, tt := range []struct {
+		give     string // the document written in the middle of the UPDATE
+		remove   bool
+		want     error
+		wantCode float64 // the 12009 error's reason
+		wantNext []string
+	}{
+		{give: "b", want: gocb.ErrCasMismatch, wantCode: 12033, wantNext: []string{"b"}},
+		{give: "e", remove: true, want: gocb.ErrDocumentNotFound, wantCode: 17014},
+	} {
+		keys := []string{"a", "b", "c"}
+		if tt.remove {
+			keys = []string{"d", "e", "f"}
+		}
+		for _, k := range keys {
+			_, err := retry.Upsert(k, map[string]any{"nextAttemptAt": 1}, nil)
+			require.NoError(t, err)
+		}
+		_, _, casBefore, ok := s.Doc("orders", "_default", "retry", tt.give)
+		require.True(t, ok)
+
+		s.ConflictOnUpdate("orders", "_default", "retry", tt.give, tt.remove)
+		got, err := queryRows[string](t, c, sweep(""), params)
+		assert.ElementsMatch(t, without(keys, tt.give), got, "the other due documents are flagged")
+		assert.ErrorIs(t, err, tt.want)
+		var qe *gocb.QueryError
+		if assert.ErrorAs(t, err, &qe) && assert.Len(t, qe.Errors, 1, "errors: %+v", qe.Errors) {
+			assert.Equal(t, uint32(12009), qe.Errors[0].Code)
+			assert.Equal(t, tt.wantCode, qe.Errors[0].Reason["code"], "reason %v", qe.Errors[0].Reason)
+			assert.Contains(t, qe.Errors[0].Message, "key "+tt.give)
+		}
+		v, _, cas, ok := s.Doc("orders", "_default", "retry", tt.give)
+		if tt.remove {
+			assert.False(t, ok, "%s was removed", tt.give)
+		} else if assert.True(t, ok, "%s was written, not removed", tt.give) {
+			assert.NotEqual(t, casBefore, cas, "another client wrote %s", tt.give)
+			assert.JSONEq(t, `{"nextAttemptAt":1}`, string(v), "%s is as the other client left it: not flagged", tt.give)
+		}
+
+		got, err = queryRows[string](t, c, sweep(""), params)
+		require.NoError(t, err, "a conflict is injected once")
+		assert.Equal(t, tt.wantNext, got, "the next pass")
+	}
+}
+
+func without(keys []string, drop string) []string {
+	var out []string
+	for _, k := range keys {
+		if k != drop {
+			out = append(out, k)
+		}
+	}
+	return out
+}

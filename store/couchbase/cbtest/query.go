@@ -26,14 +26,44 @@ import (
 // queryError is a query service error: code and message as in the real
 // service's errors array.
 type queryError struct {
-	code int
-	msg  string
+	code   int
+	msg    string
+	reason *object // the error's cause, when the service gives one
 }
 
 func (e *queryError) Error() string { return fmt.Sprintf("%d: %s", e.code, e.msg) }
 
+// object is the error as the errors array holds it.
+func (e *queryError) object() *object {
+	o := op("code", float64(e.code), "msg", e.msg)
+	if e.reason != nil {
+		o.set("retry", false)
+		o.set("reason", e.reason)
+	}
+	return o
+}
+
+// dmlError is the error of an UPDATE whose write of one document failed
+// because another client wrote it (its CAS changed) or removed it between
+// the statement's read and its write: the query service's MOP_UPDATE
+// writes each document under the CAS it read, and on KEY_EEXISTS or
+// KEY_ENOENT reports 12009 with the cause (couchbase/query
+// datastore/couchbase singleMutationOp, errors.NewCbDMLError) and goes on
+// with the other documents.
+func dmlError(keyspace, key string, removed bool) *queryError {
+	msg := "Failed to perform UPDATE on key " + key
+	if removed {
+		return &queryError{code: 12009, msg: "DML Error, possible causes include concurrent modification. " + msg,
+			reason: op("_level", "exception", "code", 17014.0, "key", "datastore.couchbase.keynotfound",
+				"message", "Key not found: "+key)}
+	}
+	return &queryError{code: 12009, msg: "DML Error, possible causes include CAS mismatch. " + msg,
+		reason: op("_level", "exception", "code", 12033.0, "key", "datastore.couchbase.CAS_mismatch",
+			"message", "CAS mismatch", "keyspace", keyspace, "document_key", key)}
+}
+
 func qerr(code int, format string, args ...any) *queryError {
-	return &queryError{code, fmt.Sprintf(format, args...)}
+	return &queryError{code: code, msg: fmt.Sprintf(format, args...)}
 }
 
 // Statement kinds.
@@ -627,6 +657,9 @@ type exec struct {
 	ev    *evalCtx
 	muts  int
 	start time.Time
+	// docErrs are the errors of single documents a mutation went on
+	// past (dmlError), returned with its results.
+	docErrs []*queryError
 }
 
 type resolved struct {
@@ -1050,6 +1083,9 @@ func (x *exec) mutateLocked(ks *ksRef, alias string, where, limit expr, ret *ret
 		if err != nil {
 			return nil, err
 		}
+		if after == nil {
+			continue // not written: its error is in x.docErrs
+		}
 		x.muts++
 		if ret != nil {
 			v, ok, err := x.project(ret.proj, ret.raw, after)
@@ -1066,6 +1102,18 @@ func (x *exec) mutateLocked(ks *ksRef, alias string, where, limit expr, ret *ret
 
 func (x *exec) updateLocked(q *updateStmt) ([]any, error) {
 	return x.mutateLocked(q.ks, q.alias, q.where, q.limit, q.ret, func(r *resolved, d *docRow) (*row, error) {
+		if removed, ok := x.s.takeUpdateConflict(r.id, d.it.key); ok {
+			// Another client's write lands between this statement's read of
+			// the document and its write, which then fails on the CAS.
+			if removed {
+				x.s.deleteLocked(r.b, d.vb, d.it, false)
+			} else {
+				x.s.storeLocked(r.b, d.vb, &item{docKey: d.it.docKey, value: d.it.value, flags: d.it.flags,
+					datatype: d.it.datatype, expiry: d.it.expiry})
+			}
+			x.docErrs = append(x.docErrs, dmlError(r.path, d.it.key, removed))
+			return nil, nil
+		}
 		doc, ok := d.doc.(*object)
 		if !ok {
 			return nil, qerr(5000, "cannot UPDATE %s: not a JSON object", d.it.key)
@@ -1525,7 +1573,7 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 		writeQueryError(w, reqID, "", start, qerr(1050, "%v", err))
 		return
 	}
-	results, prepName, muts, err := s.runQuery(req)
+	results, prepName, muts, docErrs, err := s.runQuery(req)
 	if err != nil {
 		var qe *queryError
 		if !errors.As(err, &qe) {
@@ -1565,11 +1613,25 @@ func (s *Server) handleQuery(w http.ResponseWriter, r *http.Request) {
 		size += len(b)
 	}
 	buf.WriteString(`],`)
-	field("status", "success")
+	status := "success"
+	if len(docErrs) > 0 {
+		// The results went out first: the status code stays 200
+		// (couchbase/query server/http/service_response.go, MB-19307).
+		errs := make([]any, len(docErrs))
+		for i, qe := range docErrs {
+			errs[i] = qe.object()
+		}
+		field("errors", errs)
+		status = "errors"
+	}
+	field("status", status)
 	el := time.Since(start).String()
 	metrics := op("elapsedTime", el, "executionTime", el, "resultCount", float64(len(results)), "resultSize", float64(size))
 	if muts > 0 {
 		metrics.set("mutationCount", float64(muts))
+	}
+	if len(docErrs) > 0 {
+		metrics.set("errorCount", float64(len(docErrs)))
 	}
 	mb, _ := metrics.MarshalJSON()
 	buf.WriteString(`"metrics":`)
@@ -1596,7 +1658,7 @@ func writeQueryError(w http.ResponseWriter, reqID, ctxID string, start time.Time
 	}
 	el := time.Since(start).String()
 	body := op("requestID", reqID, "clientContextID", ctxID,
-		"errors", []any{op("code", float64(qe.code), "msg", qe.msg)}, "status", st,
+		"errors", []any{qe.object()}, "status", st,
 		"metrics", op("elapsedTime", el, "executionTime", el, "resultCount", 0.0, "resultSize", 0.0, "errorCount", 1.0))
 	b, _ := body.MarshalJSON()
 	w.Header().Set("Content-Type", "application/json; version=7.6.2-N1QL")
@@ -1604,13 +1666,14 @@ func writeQueryError(w http.ResponseWriter, reqID, ctxID string, start time.Time
 	_, _ = w.Write(b)
 }
 
-// runQuery handles PREPARE and prepared names around one statement.
-func (s *Server) runQuery(req *queryRequest) ([]any, string, int, error) {
+// runQuery handles PREPARE and prepared names around one statement. It
+// returns the errors of single documents a mutation went on past apart.
+func (s *Server) runQuery(req *queryRequest) ([]any, string, int, []*queryError, error) {
 	text, qctxText := req.statement, req.qctx
 	prepName := ""
 	if text == "" {
 		if req.prepared == "" {
-			return nil, "", 0, qerr(1050, "No statement or prepared value")
+			return nil, "", 0, nil, qerr(1050, "No statement or prepared value")
 		}
 		s.mu.Lock()
 		p, ok := s.query.prepared[req.prepared]
@@ -1627,7 +1690,7 @@ func (s *Server) runQuery(req *queryRequest) ([]any, string, int, error) {
 			}
 		}
 		if !ok {
-			return nil, "", 0, qerr(4040, "No such prepared statement: %s", req.prepared)
+			return nil, "", 0, nil, qerr(4040, "No such prepared statement: %s", req.prepared)
 		}
 		text, qctxText = p.text, p.qctx
 	} else if m := prepareRe.FindStringSubmatch(stripComments(text)); m != nil {
@@ -1643,14 +1706,14 @@ func (s *Server) runQuery(req *queryRequest) ([]any, string, int, error) {
 		// explain is a stmt_body of its own): a prepared EXPLAIN is a
 		// syntax error. gocb prepares every query it is not told is ad hoc.
 		if explainRe.MatchString(inner) {
-			return nil, "", 0, qerr(3000, "syntax error - at EXPLAIN: an EXPLAIN cannot be prepared: %s", strings.TrimSpace(text))
+			return nil, "", 0, nil, qerr(3000, "syntax error - at EXPLAIN: an EXPLAIN cannot be prepared: %s", strings.TrimSpace(text))
 		}
 		qctx, err := parseQueryContext(qctxText)
 		if err != nil {
-			return nil, "", 0, err
+			return nil, "", 0, nil, err
 		}
 		if _, err := (&compiler{qctx: qctx}).compile(inner); err != nil {
-			return nil, "", 0, err
+			return nil, "", 0, nil, err
 		}
 		s.mu.Lock()
 		s.query.prepared[name] = preparedStmt{text: inner, qctx: qctxText}
@@ -1659,23 +1722,23 @@ func (s *Server) runQuery(req *queryRequest) ([]any, string, int, error) {
 			plan, _ := json.Marshal(map[string]string{"text": inner, "query_context": qctxText})
 			row := op("name", name, "encoded_plan", base64.StdEncoding.EncodeToString(plan), "text", text,
 				"operator", op("#operator", "Sequence"))
-			return []any{row}, "", 0, nil
+			return []any{row}, "", 0, nil, nil
 		}
 		text, prepName = inner, name
 	}
 	s.work.statement(text)
 	qctx, err := parseQueryContext(qctxText)
 	if err != nil {
-		return nil, "", 0, err
+		return nil, "", 0, nil, err
 	}
 	comp := &compiler{qctx: qctx, params: map[string]bool{}}
 	st, err := comp.compile(text)
 	if err != nil {
-		return nil, "", 0, err
+		return nil, "", 0, nil, err
 	}
 	for name := range comp.params {
 		if _, ok := req.params[name]; !ok {
-			return nil, "", 0, qerr(5010, "No value for named parameter $%s.", name)
+			return nil, "", 0, nil, qerr(5010, "No value for named parameter $%s.", name)
 		}
 	}
 	s.mu.Lock()
@@ -1691,9 +1754,9 @@ func (s *Server) runQuery(req *queryRequest) ([]any, string, int, error) {
 	if err != nil {
 		var ee *evalError
 		if errors.As(err, &ee) {
-			return nil, "", 0, qerr(ee.code, "%s", ee.msg)
+			return nil, "", 0, nil, qerr(ee.code, "%s", ee.msg)
 		}
-		return nil, "", 0, err
+		return nil, "", 0, nil, err
 	}
-	return rows, prepName, x.muts, nil
+	return rows, prepName, x.muts, x.docErrs, nil
 }

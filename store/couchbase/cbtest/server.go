@@ -97,9 +97,11 @@ type Server struct {
 
 	streams streamCounts // open DCP streams per vBucket (streams.go)
 
-	faultMu    sync.Mutex // guards faults and streamReqs
-	faults     []*kvFault
-	streamReqs []StreamRequest
+	faultMu sync.Mutex // guards faults, updateConflicts and streamReqs
+	faults  []*kvFault
+	// updateConflicts are the writes ConflictOnUpdate injects.
+	updateConflicts []updateConflict
+	streamReqs      []StreamRequest
 
 	dcpSigMu sync.Mutex
 	dcpSig   chan struct{} // closed and replaced when a DCP producer catches up or blocks
