@@ -427,15 +427,64 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 		return s.sweepOldest(ctx, now, quantum, limit)
 	}
 	var res store.SweepResult
-	err := s.query(ctx, sweepStatement(s.keyspace(order.Retry)), sweepParams(now, quantum, limit), func(json.RawMessage) error {
+	err := s.queryRaw(ctx, sweepStatement(s.keyspace(order.Retry)), sweepParams(now, quantum, limit), func(json.RawMessage) error {
 		res.Flagged++
 		return nil
 	})
+	changed := 0
 	if err != nil {
-		return store.SweepResult{}, fmt.Errorf("sweep retries: %w", err)
+		// The UPDATE writes each retry by the CAS it read and goes on past
+		// one written or removed meanwhile (a re-paid order, a redrive):
+		// the others are flagged, and that one is read again by the next
+		// batch or tick. Only other errors fail the sweep.
+		n, ok := changedUnder(err)
+		if !ok {
+			return store.SweepResult{}, fmt.Errorf("sweep retries: %w", mapErr(err))
+		}
+		changed = n
+		s.log.Debug("retries written or removed while the sweep flagged them; the next pass reads them again",
+			"changed", n, "flagged", res.Flagged)
 	}
-	res.More = res.Flagged == limit
+	// The LIMIT counts the retries the statement read, flagged or not.
+	res.More = res.Flagged+changed >= limit
 	return res, nil
+}
+
+// changedUnder says whether err only reports documents a DML statement
+// read and then found written (CAS mismatch) or removed (not found) when
+// it wrote them, and how many: the query service's 12009 errors, which
+// come after the results of the documents it did write, with the cause's
+// code in their reason (12033, 17014) or, without one, "CAS mismatch" in
+// their message (as gocbcore reads them).
+func changedUnder(err error) (int, bool) {
+	if j, ok := err.(interface{ Unwrap() []error }); ok { // errors.Join of the result's Err and Close
+		n := 0
+		for _, e := range j.Unwrap() {
+			k, ok := changedUnder(e)
+			if !ok {
+				return 0, false
+			}
+			n += k
+		}
+		return n, n > 0
+	}
+	var qe *gocb.QueryError
+	if !errors.As(err, &qe) || len(qe.Errors) == 0 {
+		return 0, false
+	}
+	for _, d := range qe.Errors {
+		if d.Code != 12009 {
+			return 0, false
+		}
+		if code, ok := d.Reason["code"].(float64); ok {
+			if code != 12033 && code != 17014 {
+				return 0, false
+			}
+		} else if !strings.Contains(strings.ToLower(d.Message), "cas mismatch") {
+			return 0, false
+		}
+	}
+	return len(qe.Errors), true
 }
 
 // sweepOldest flags the limit due retries that fell due first: a
@@ -894,6 +943,19 @@ func (s *Store) getPage(ctx context.Context, coll string, keys []string) ([]stor
 // query runs a statement at request_plus consistency, so that it sees every
 // write made before it, and calls fn for each row.
 func (s *Store) query(ctx context.Context, stmt string, params map[string]interface{}, fn func(json.RawMessage) error) error {
+	var fnErr error
+	err := s.queryRaw(ctx, stmt, params, func(raw json.RawMessage) error {
+		fnErr = fn(raw)
+		return fnErr
+	})
+	if fnErr != nil {
+		return fnErr // fn's own, as it is
+	}
+	return mapErr(err)
+}
+
+// queryRaw is query with gocb's errors as they are.
+func (s *Store) queryRaw(ctx context.Context, stmt string, params map[string]interface{}, fn func(json.RawMessage) error) error {
 	res, err := s.cluster.Query(stmt, &gocb.QueryOptions{
 		// gocb prepares a statement unless told it is ad hoc, and the
 		// query service cannot prepare an EXPLAIN.
@@ -903,7 +965,7 @@ func (s *Store) query(ctx context.Context, stmt string, params map[string]interf
 		ScanConsistency: gocb.QueryScanConsistencyRequestPlus,
 	})
 	if err != nil {
-		return mapErr(err)
+		return err
 	}
 	for res.Next() {
 		var raw json.RawMessage
@@ -916,7 +978,7 @@ func (s *Store) query(ctx context.Context, stmt string, params map[string]interf
 			return err
 		}
 	}
-	return mapErr(errors.Join(res.Err(), res.Close()))
+	return errors.Join(res.Err(), res.Close())
 }
 
 // ttlCache keeps one answer for a while; one caller at a time reads it

@@ -204,3 +204,38 @@ func TestMissingIndexesCheckWhatSetupCreates(t *testing.T) {
 		assert.True(t, checked(index, coll), "%s on %s: not checked by MissingIndexes", index, coll)
 	}
 }
+
+// A sweep goes on past documents written or removed under it (12009 with
+// a CAS mismatch or a key not found), and only those.
+func TestChangedUnder(t *testing.T) {
+	dml := func(reason map[string]interface{}, msg string) gocb.QueryErrorDesc {
+		return gocb.QueryErrorDesc{Code: 12009, Message: msg, Reason: reason}
+	}
+	cas := dml(map[string]interface{}{"code": 12033.0}, "DML Error, possible causes include CAS mismatch. Failed to perform UPDATE on key a")
+	gone := dml(map[string]interface{}{"code": 17014.0}, "DML Error, possible causes include concurrent modification. Failed to perform UPDATE on key b")
+	tmpfail := dml(map[string]interface{}{"code": 12000.0}, "DML Error, possible causes include concurrent modification. Failed to perform UPDATE on key c")
+	qe := func(descs ...gocb.QueryErrorDesc) error {
+		return &gocb.QueryError{InnerError: gocb.ErrCasMismatch, Errors: descs}
+	}
+	tests := []struct {
+		name  string
+		give  error
+		wantN int
+		want  bool
+	}{
+		{"one CAS mismatch", qe(cas), 1, true},
+		{"a CAS mismatch and a removed document", qe(cas, gone), 2, true},
+		{"joined with a nil Close", errors.Join(qe(cas), nil), 1, true},
+		{"no reason, CAS mismatch in the message", qe(dml(nil, "DML Error, possible causes include CAS mismatch. x")), 1, true},
+		{"another cause of 12009", qe(cas, tmpfail), 0, false},
+		{"the error limit", qe(cas, gocb.QueryErrorDesc{Code: 1195, Message: "Request execution aborted as the number of errors raised has reached the maximum permitted."}), 0, false},
+		{"no errors listed", qe(), 0, false},
+		{"not a query error", gocb.ErrTimeout, 0, false},
+		{"joined with a Close error", errors.Join(qe(cas), errors.New("close")), 0, false},
+	}
+	for _, tt := range tests {
+		n, ok := changedUnder(tt.give)
+		assert.Equal(t, tt.want, ok, tt.name)
+		assert.Equal(t, tt.wantN, n, tt.name)
+	}
+}

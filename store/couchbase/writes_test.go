@@ -365,3 +365,56 @@ func TestClusterEdition(t *testing.T) {
 	s := openStore(t, cfg)
 	assert.Equal(t, editionEnterprise, clusterEdition(ctxFor(t, 10*time.Second), s.cluster), "cbtest says 7.6.2-0000-enterprise")
 }
+
+// A sweep UPDATE writes each due retry by the CAS it read. One written or
+// removed by someone else meanwhile (a re-paid order, a redrive) fails
+// alone, with a 12009 error after the others' results: the sweep flagged
+// the others and is no failure (a failed sweep is counted, and three in a
+// row give up the sweep lease), and that retry is read again by the next
+// batch or tick, which flags it if it is still due.
+func TestSweepGoesOnPastARetryWrittenUnderIt(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	ctx := ctxFor(t, 30*time.Second)
+	now := time.Now()
+	const limit = exactSweep + 4 // flagged by the UPDATE, not one by one
+	flagged := func(key string) bool {
+		v, _, _, ok := srv.Doc("orders", "_default", order.Retry, key)
+		return ok && strings.Contains(string(v), `"fireRetry":true`)
+	}
+	tests := []struct {
+		name       string
+		remove     bool
+		wantFirst  store.SweepResult
+		wantSecond store.SweepResult
+	}{
+		{"written", false, store.SweepResult{Flagged: limit - 1, More: true}, store.SweepResult{Flagged: 1}},
+		{"removed", true, store.SweepResult{Flagged: limit - 1, More: true}, store.SweepResult{}},
+	}
+	for _, tt := range tests {
+		var keys []string
+		for i := range limit {
+			k := fmt.Sprintf("%s-%02d", tt.name, i)
+			keys = append(keys, k)
+			_, err := s.Insert(ctx, order.Retry, k, order.RetryDoc{DocID: k, Attempt: 1, TS: 1,
+				NextAttemptAt: now.Add(-time.Minute).UnixMilli(), LastStatus: 503}.Encode())
+			require.NoError(t, err)
+		}
+		changed := keys[5]
+		srv.ConflictOnUpdate("orders", "_default", order.Retry, changed, tt.remove)
+
+		res, err := s.SweepRetries(ctx, now, 15*time.Second, limit)
+		require.NoError(t, err, "%s: a retry %s under the sweep failed the sweep", tt.name, tt.name)
+		assert.Equal(t, tt.wantFirst, res, "%s: the others are flagged, and the batch was full", tt.name)
+		for _, k := range keys {
+			assert.Equal(t, k != changed, flagged(k), "%s: %s flagged", tt.name, k)
+		}
+
+		res, err = s.SweepRetries(ctx, now, 15*time.Second, limit)
+		require.NoError(t, err, tt.name)
+		assert.Equal(t, tt.wantSecond, res, "%s: the next pass", tt.name)
+		if !tt.remove {
+			assert.True(t, flagged(changed), "%s: the next pass flags %s, still due", tt.name, changed)
+		}
+	}
+}
