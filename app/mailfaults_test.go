@@ -115,7 +115,10 @@ func TestEmailServiceFaults(t *testing.T) {
 
 			f.mode.Store("ok")
 			waitConfirmed(t, st, keys)
-			assertDeliveredOnce(t, r.mock, keys)
+			// The 200ms timeout the faults need stays: on a busy machine
+			// an answer of the mended service can come after it, and the
+			// order is sent again under its key, answered as a replay.
+			assertOneDeliveryEach(t, r.mock, keys)
 			t.Logf("%s: %d faulty answers, mock %+v", mode, f.faulted.Load(), r.mock.Stats())
 		})
 	}

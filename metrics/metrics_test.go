@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/mailer/mockmail"
@@ -296,7 +297,7 @@ func TestHeldSendsAreNotRequests(t *testing.T) {
 	require.Eventually(t, func() bool {
 		v = scrape(t, h)
 		return v[`ordermail_outcomes_total{outcome="retry"}`] == 6
-	}, 20*time.Second, 10*time.Millisecond, "last scrape: %v", v)
+	}, 20*time.Second, 10*time.Millisecond, "last scrape: %v", later.Value(func() any { return v }))
 	requests := float64(r.mock.Stats().Requests)
 	assert.Equal(t, 2.0, requests, "the breaker opened after two")
 	assert.Equal(t, requests, v[`ordermail_sends_total{status_class="5xx"}`])
@@ -330,7 +331,7 @@ func TestHeldSendsAreNotRequests(t *testing.T) {
 	// which would only be held again, and says it does not sweep.
 	r.put(t, order.Retry, order.ControlKey, `{}`)
 	require.Eventually(t, func() bool { v = scrape(t, h); return v["ordermail_timer_held"] == 1 }, 20*time.Second, 10*time.Millisecond,
-		"last scrape: %v", v)
+		"last scrape: %v", later.Value(func() any { return v }))
 	// A scrape's collectors run at once: the one that saw the role turn
 	// to held may have met one that read it paused a moment before. The
 	// role stays held (the breaker's cooldown is an hour): scrape again.

@@ -530,8 +530,8 @@ func (t *Timer) Start() {
 // Stop stops ticking, waits for a sweep in progress until ctx ends, and
 // hands the sweep lease on.
 func (t *Timer) Stop(ctx context.Context) error {
+	t.cancel() // first: Status().Started false says the ticks are told to end
 	t.started.Store(false)
-	t.cancel()
 	select {
 	case <-t.cron.Stop().Done():
 	case <-ctx.Done():

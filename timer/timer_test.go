@@ -757,6 +757,11 @@ func TestStopLeavesNoLeaseBehind(t *testing.T) {
 	held(ls)
 	stopped := make(chan error, 1)
 	go func() { stopped <- tm.Stop(context.Background()) }()
+	// Released only once Stop has cancelled the tick, so that the write
+	// lands after that, as the store may make it.
+	if !assert.Eventually(t, func() bool { return !tm.Status().Started }, 30*time.Second, time.Millisecond) {
+		t.Fatal("Stop did not cancel the ticks")
+	}
 	close(ls.release)
 	require.NoError(t, <-stopped)
 	ls.late.Wait()

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/mailer/mockmail"
@@ -106,10 +107,20 @@ func mustDeadLetter(t *testing.T, st store.Store, key string) order.DeadLetterDo
 	return d
 }
 
+// recvWithin waits for c, failing with what after a generous deadline.
+func recvWithin(t *testing.T, c <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-c:
+	case <-time.After(60 * time.Second):
+		t.Fatal(what)
+	}
+}
+
 func waitHandled(t *testing.T, w *watcher.Watcher, n int64) {
 	t.Helper()
 	require.Eventually(t, func() bool { return w.Stats().Handled >= n }, 10*time.Second, 5*time.Millisecond,
-		"handled %d events, want %d", w.Stats().Handled, n)
+		"handled %v events, want %d", later.Value(func() any { return w.Stats().Handled }), n)
 }
 
 const paidOrder = `{"email":"ann@example.com","paymentStatus":"paid","confirmationEmailSent":false,"items":[{"name":"Swedish Meatballs 500g","amount":2,"unitPrice":9.95}]}`
@@ -307,7 +318,7 @@ func TestStopAbortsHangingSendAndLeavesItForReplay(t *testing.T) {
 	w, err := watcher.New(watcher.Config{}, st, hang, log, nil)
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
-	<-hang.started
+	recvWithin(t, hang.started, "the send never started")
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	require.NoError(t, w.Stop(ctx), "Stop returns once its deadline aborts the send")
@@ -317,7 +328,7 @@ func TestStopAbortsHangingSendAndLeavesItForReplay(t *testing.T) {
 	// After a restart the event comes back and the send succeeds.
 	ok200 := &hangingSender{started: make(chan struct{}, 1), send: func(context.Context) error { return nil }}
 	w2 := startWatcher(t, st, ok200, &syncBuffer{})
-	<-ok200.started
+	recvWithin(t, ok200.started, "the send never started after the restart")
 	waitHandled(t, w2, 1)
 	o, _ := get(t, st, order.Inbound, "order_h")
 	assert.Contains(t, o, `"confirmationEmailSent":true`)
@@ -471,7 +482,7 @@ func TestPoisonEventIsDeadLetteredAndTheFeedGoesOn(t *testing.T) {
 	require.NoError(t, w.Start(context.Background()))
 	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
 	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 60 }, 60*time.Second, 10*time.Millisecond,
-		"delivered %d of 60; logs:\n%s", e.mock.Stats().Deliveries, logs.String())
+		"delivered %v of 60; logs:\n%v", later.Value(func() any { return e.mock.Stats().Deliveries }), later.Value(func() any { return logs.String() }))
 	d := mustDeadLetter(t, e.store, "poison")
 	assert.Equal(t, order.ReasonPoisonEvent, d.Reason)
 	assert.Contains(t, d.LastError, "no such thing")
@@ -550,7 +561,7 @@ func TestAtomicOutcomesLeaveOwnConfirmationsUnread(t *testing.T) {
 		assert.NoError(t, w.Stop(ctx))
 	})
 	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 50 }, 30*time.Second, 5*time.Millisecond,
-		"delivered %d of 50", e.mock.Stats().Deliveries)
+		"delivered %v of 50", later.Value(func() any { return e.mock.Stats().Deliveries }))
 	put(t, e.store, order.Inbound, "order_last", paidOrder)
 	waitHandled(t, w, 51)
 	assert.Zero(t, w.Stats().Ignored, "a confirmation came through the feed")

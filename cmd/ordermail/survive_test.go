@@ -18,6 +18,7 @@ import (
 
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/fixtures"
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/order"
@@ -54,7 +55,7 @@ func startProc(t *testing.T, args ...string) *proc {
 func (p *proc) waitLog(t *testing.T, parts ...string) {
 	t.Helper()
 	require.Eventually(t, func() bool { return p.hasLog(parts...) }, 60*time.Second, 5*time.Millisecond,
-		"no log line with %q in:\n%s", parts, p.logs.String())
+		"no log line with %q in:\n%v", parts, later.Value(func() any { return p.logs.String() }))
 }
 
 func (p *proc) hasLog(parts ...string) bool { return len(p.logs.Lines(parts...)) > 0 }

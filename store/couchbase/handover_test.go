@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/couchbase/cbtest"
@@ -91,7 +92,7 @@ func TestMembersShareTheVBucketsAndHandThemOver(t *testing.T) {
 		sa, sb := feedStats(subA), feedStats(subB)
 		return sa.VBuckets+sb.VBuckets == testVBuckets && sa.VBuckets > 0 && sb.VBuckets > 0 &&
 			sa.StreamsOpen == sa.VBuckets && sb.StreamsOpen == sb.VBuckets
-	}, 30*time.Second, 20*time.Millisecond, "a %+v, b %+v", feedStats(subA), feedStats(subB))
+	}, 30*time.Second, 20*time.Millisecond, "a %v, b %v", later.Value(func() any { return fmt.Sprintf("%+v", feedStats(subA)) }), later.Value(func() any { return fmt.Sprintf("%+v", feedStats(subB)) }))
 	sa, sb := feedStats(subA), feedStats(subB)
 	t.Logf("a streams %d vBuckets, b %d; a handed %d over", sa.VBuckets, sb.VBuckets, sa.Released)
 	assert.Equal(t, uint64(sb.VBuckets), sa.Released, "what b streams, a handed over")
@@ -104,7 +105,7 @@ func TestMembersShareTheVBucketsAndHandThemOver(t *testing.T) {
 	left := time.Now()
 	require.NoError(t, subA.Close(ctxFor(t, 30*time.Second)))
 	require.Eventually(t, func() bool { return feedStats(subB).StreamsOpen == testVBuckets }, 30*time.Second, 20*time.Millisecond,
-		"b %+v", feedStats(subB))
+		"b %v", later.Value(func() any { return fmt.Sprintf("%+v", feedStats(subB)) }))
 	t.Logf("b streams every vBucket %v after a left (TTL %v)", time.Since(left).Round(time.Millisecond), cfg.MemberTTL)
 	putAll("alone-")
 
@@ -137,7 +138,7 @@ func TestAMemberTakenForDeadIsFencedOff(t *testing.T) {
 	subB := subscribe(t, b, "feed", watched, false)
 	consume(t, "b", subB, c)
 	require.Eventually(t, func() bool { return feedStats(subB).VBuckets == testVBuckets }, 30*time.Second, 20*time.Millisecond,
-		"b %+v", feedStats(subB))
+		"b %v", later.Value(func() any { return fmt.Sprintf("%+v", feedStats(subB)) }))
 	t.Logf("b took every vBucket %v after a stopped heartbeating (TTL %v)", time.Since(pausedAt).Round(time.Millisecond), cfg.MemberTTL)
 	owners, err := metaCheckpoints{b}.Owners(ctxFor(t, 10*time.Second), "feed", allVBuckets())
 	require.NoError(t, err)
