@@ -115,29 +115,59 @@ func (m metaCheckpoints) Claim(ctx context.Context, name string, vb uint16, me s
 // returns the claim with the new CAS, or errFenced when the document
 // changed hands.
 func (m metaCheckpoints) SaveOwned(ctx context.Context, name string, vb uint16, me string, p position, c claim) (claim, error) {
-	return m.writeOwned(ctx, name, vb, ownedCheckpoint{position: p, Owner: me, Epoch: c.epoch}, c)
+	return m.writeOwned(ctx, name, vb, me, ownedCheckpoint{position: p, Owner: me, Epoch: c.epoch}, c)
 }
 
 // Release writes vb's last position with no owner, by the CAS of c, so that
 // the member it is assigned to claims it at once.
-func (m metaCheckpoints) Release(ctx context.Context, name string, vb uint16, p position, c claim) error {
-	_, err := m.writeOwned(ctx, name, vb, ownedCheckpoint{position: p, Epoch: c.epoch}, c)
+func (m metaCheckpoints) Release(ctx context.Context, name string, vb uint16, me string, p position, c claim) error {
+	_, err := m.writeOwned(ctx, name, vb, me, ownedCheckpoint{position: p, Epoch: c.epoch}, c)
 	return err
 }
 
-func (m metaCheckpoints) writeOwned(ctx context.Context, name string, vb uint16, doc ownedCheckpoint, c claim) (claim, error) {
+// writeOwned writes doc by the CAS of c. A write of ours that timed out
+// and could not be read back may have been made all the same, later, when
+// its node answered again: our CAS is then not the document's, though no
+// one else wrote it. A claim always raises the epoch, so a document at our
+// epoch that names us, or no one (our own handover), holds a write of
+// ours: doc is written again by its CAS. doc is never older than that late
+// write: it was sent before doc's position was read, and positions only
+// move on (or, after a rollback, go to the branch the stream runs on now,
+// which must win). Any other document changed hands: errFenced.
+func (m metaCheckpoints) writeOwned(ctx context.Context, name string, vb uint16, me string, doc ownedCheckpoint, c claim) (claim, error) {
+	key := checkpointKey(name, vb)
 	b, err := json.Marshal(doc)
 	if err != nil {
 		return c, err
 	}
-	cas, err := m.s.Replace(ctx, store.Meta, checkpointKey(name, vb), b, c.cas)
-	if errors.Is(err, store.ErrCASMismatch) || errors.Is(err, store.ErrNotFound) {
-		return c, fmt.Errorf("vBucket %d: %w", vb, errFenced)
+	cas := c.cas
+	for attempt := 1; ; attempt++ {
+		next, err := m.s.Replace(ctx, store.Meta, key, b, cas)
+		if err == nil {
+			return claim{epoch: c.epoch, cas: next}, nil
+		}
+		if !errors.Is(err, store.ErrCASMismatch) && !errors.Is(err, store.ErrNotFound) {
+			return c, err
+		}
+		d, err := m.s.Get(ctx, store.Meta, key)
+		if errors.Is(err, store.ErrNotFound) {
+			return c, fmt.Errorf("vBucket %d: %w", vb, errFenced)
+		}
+		if err != nil {
+			return c, fmt.Errorf("read %s after a CAS mismatch: %w", key, err)
+		}
+		var cur ownedCheckpoint
+		if err := json.Unmarshal(d.Value, &cur); err != nil {
+			return c, fmt.Errorf("checkpoint %s: %w", key, err)
+		}
+		if cur.Epoch != c.epoch || (cur.Owner != me && cur.Owner != "") {
+			return c, fmt.Errorf("vBucket %d: %w", vb, errFenced)
+		}
+		if attempt == 3 {
+			return c, fmt.Errorf("write %s: still ours, but its CAS changed %d times", key, attempt)
+		}
+		cas = d.CAS
 	}
-	if err != nil {
-		return c, err
-	}
-	return claim{epoch: c.epoch, cas: cas}, nil
 }
 
 // Owners reads the checkpoint documents of vbs, many at once: positions,

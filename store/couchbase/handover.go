@@ -342,7 +342,7 @@ func (f *feed) release(vb uint16) {
 	p := f.positionAt(vb, f.acks.Checkpoints()[vb])
 	c := st.claim
 	f.mu.Unlock()
-	err = f.own.cps.Release(ctx, f.name, vb, p, c)
+	err = f.own.cps.Release(ctx, f.name, vb, f.own.me, p, c)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	st.releasing = false
@@ -467,7 +467,7 @@ func (f *feed) handOverAll(ctx context.Context) error {
 		st := f.state[vb]
 		p, c := f.positionAt(vb, cps[vb]), st.claim
 		f.mu.Unlock()
-		err := f.own.cps.Release(ctx, f.name, vb, p, c)
+		err := f.own.cps.Release(ctx, f.name, vb, f.own.me, p, c)
 		if errors.Is(err, errFenced) {
 			return nil // not ours any more
 		}

@@ -322,3 +322,140 @@ func TestARecreatedCollectionKeepsEachMembersOwnVBuckets(t *testing.T) {
 		assert.LessOrEqual(t, st.StreamsOpen, st.VBuckets, "%s streams only its own vBuckets: %+v", name, st)
 	}
 }
+
+// Issue 11: a checkpoint write that timed out, and could not be read back
+// either, may still be made when its node answers again. The member's next
+// write, by the CAS it had before, was then refused, and it took that for
+// another member's claim: alone in its group, it dropped the vBucket
+// (counted as fenced, "an instance was taken for dead"), claimed it back
+// from itself and streamed it again from the late write's position,
+// delivering again what it had delivered since. A document that still
+// names it at its epoch holds its own late write: the next write goes on
+// from it.
+func TestALateCheckpointWriteOfItsOwnDoesNotFenceAMember(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3})
+	cfg.Timeout = time.Second // a checkpoint write to the hung node gives up soon
+	a := openStore(t, cfg, func(s *Store) { s.member = "a" })
+	sub := subscribe(t, a, "feed", watched, false)
+	c := &consumer{seen: map[string][]string{}}
+	consume(t, "a", sub, c)
+
+	// x is streamed from one node, its checkpoint document is on another,
+	// which hangs, and the members document on the third: only x's
+	// checkpoint writes are held up.
+	membersNode := srv.NodeOf(srv.VBucketOf(membersKey("feed")))
+	x, hung := -1, -1
+	for vb := range uint16(testVBuckets) {
+		cp := srv.NodeOf(srv.VBucketOf(checkpointKey("feed", vb)))
+		if cp != membersNode && cp != srv.NodeOf(vb) && srv.NodeOf(vb) != membersNode {
+			x, hung = int(vb), cp
+			break
+		}
+	}
+	require.NotEqual(t, -1, x, "no vBucket whose stream, checkpoint and members document are on three nodes")
+	vb := uint16(x)
+	// Every stream open and its first checkpoint (with its vBucket UUID)
+	// saved.
+	waitFor(t, func() (bool, string) {
+		st := feedStats(sub)
+		for vb := range uint16(testVBuckets) {
+			if p, _ := savedCheckpoint(srv, "feed", vb); p.UUID == 0 {
+				return false, fmt.Sprintf("vb %d has no checkpoint with a UUID; a %+v", vb, st)
+			}
+		}
+		return st.StreamsOpen == testVBuckets, fmt.Sprintf("a %+v", st)
+	})
+
+	var keys []string
+	putOnX := func(prefix string) {
+		for i := range 3 {
+			k := keyOn(srv, fmt.Sprintf("%s%d-", prefix, i), vb)
+			keys = append(keys, k)
+			put(t, a, order.Inbound, k)
+		}
+	}
+	srv.HangNode(hung)
+	t.Cleanup(func() { srv.ResumeNode(hung) })
+	putOnX("during-")
+	// The write of x's checkpoint timed out and was not read back: a
+	// failure, though the write stays queued on the hung node.
+	waitFor(t, func() (bool, string) {
+		st := feedStats(sub)
+		return st.CheckpointSaveFailures > 0, fmt.Sprintf("a %+v", st)
+	})
+	srv.ResumeNode(hung) // the late write is made now
+	putOnX("after-")
+	waitFor(t, func() (bool, string) {
+		missing, _ := c.report(keys)
+		p, _ := savedCheckpoint(srv, "feed", vb)
+		high := srv.HighSeqno("orders", vb)
+		return len(missing) == 0 && p.Seq == high, fmt.Sprintf("never delivered: %v; checkpoint of vb %d at %d of %d", missing, vb, p.Seq, high)
+	})
+
+	st := feedStats(sub)
+	assert.Zero(t, st.Fenced, "a fenced itself off, alone in its group: %+v", st)
+	assert.Equal(t, testVBuckets, st.VBuckets, "%+v", st)
+	_, twice := c.report(keys)
+	assert.Empty(t, twice, "delivered twice")
+	owners, err := metaCheckpoints{a}.Owners(ctxFor(t, 10*time.Second), "feed", []uint16{vb})
+	require.NoError(t, err)
+	assert.Equal(t, ownedCheckpoint{position: owners[vb].position, Owner: "a", Epoch: 1}, owners[vb],
+		"x's checkpoint is still a's first claim")
+}
+
+// Issue 11: which CAS mismatches of a checkpoint write are a fence. The
+// document was written behind a's back: by a itself (a write that timed
+// out and was made late), or by another member's claim.
+func TestACheckpointWriteIsFencedOnlyWhenTheVBucketChangedHands(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	cps := metaCheckpoints{s}
+	start := func(context.Context) (position, error) { return position{}, nil }
+	notLive := func(string) bool { return false }
+	tests := []struct {
+		name string
+		give func(t *testing.T, vb uint16, c claim) // writes behind a's back
+		want error
+	}{
+		{"a's own late save", func(t *testing.T, vb uint16, c claim) {
+			_, err := cps.SaveOwned(ctxFor(t, 10*time.Second), "feed", vb, "a", position{Seq: 5}, c)
+			require.NoError(t, err)
+		}, nil},
+		{"a's own late handover", func(t *testing.T, vb uint16, c claim) {
+			require.NoError(t, cps.Release(ctxFor(t, 10*time.Second), "feed", vb, "a", position{Seq: 5}, c))
+		}, nil},
+		{"claimed by b", func(t *testing.T, vb uint16, _ claim) {
+			_, _, _, err := cps.Claim(ctxFor(t, 10*time.Second), "feed", vb, "b", notLive, start)
+			require.NoError(t, err)
+		}, errFenced},
+		{"claimed by b, handed over", func(t *testing.T, vb uint16, _ claim) {
+			_, c, _, err := cps.Claim(ctxFor(t, 10*time.Second), "feed", vb, "b", notLive, start)
+			require.NoError(t, err)
+			require.NoError(t, cps.Release(ctxFor(t, 10*time.Second), "feed", vb, "b", position{Seq: 5}, c))
+		}, errFenced},
+		{"claimed by b, then by a again", func(t *testing.T, vb uint16, _ claim) {
+			_, _, _, err := cps.Claim(ctxFor(t, 10*time.Second), "feed", vb, "b", notLive, start)
+			require.NoError(t, err)
+			_, _, _, err = cps.Claim(ctxFor(t, 10*time.Second), "feed", vb, "a", notLive, start)
+			require.NoError(t, err)
+		}, errFenced},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			vb := uint16(i)
+			_, c, _, err := cps.Claim(ctxFor(t, 10*time.Second), "feed", vb, "a", notLive, start)
+			require.NoError(t, err)
+			tt.give(t, vb, c)
+			p := position{Seq: 9}
+			_, err = cps.SaveOwned(ctxFor(t, 10*time.Second), "feed", vb, "a", p, c)
+			if tt.want != nil {
+				assert.ErrorIs(t, err, tt.want)
+				return
+			}
+			require.NoError(t, err)
+			owners, err := cps.Owners(ctxFor(t, 10*time.Second), "feed", []uint16{vb})
+			require.NoError(t, err)
+			assert.Equal(t, ownedCheckpoint{position: p, Owner: "a", Epoch: c.epoch}, owners[vb], "saved over the late write")
+		})
+	}
+}
