@@ -18,7 +18,8 @@ import (
 // and only then writes the checkpoint with no owner: the new owner opens
 // its stream after the old one is closed, from that checkpoint. A member
 // that dies keeps its vBuckets until its entry expires; then the others
-// claim them. Every checkpoint write is by CAS on the owner's last write,
+// claim them, each once its own heartbeats have gone through for a TTL
+// (trusted). Every checkpoint write is by CAS on the owner's last write,
 // so a member that was paused past its TTL finds its writes refused
 // (errFenced) and drops those vBuckets.
 
@@ -36,9 +37,11 @@ type ownership struct {
 	saveMu sync.Mutex
 
 	// The heartbeat loop's own: the assignment, computed again only when
-	// the live members change.
-	assignedTo []string
-	owners     []string
+	// the live members change, and since when our heartbeats have gone
+	// through one after the other (zero: the last one failed).
+	assignedTo   []string
+	owners       []string
+	healthySince time.Time
 
 	// Guarded by the feed's mu.
 	lastBeat time.Time  // the time our last heartbeat wrote
@@ -128,11 +131,15 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	doc, err := o.group.beat(bctx, owned, held, aside)
 	cancel()
 	if err != nil {
+		o.healthySince = time.Time{}
 		return nil, err
 	}
 	// From our previous heartbeat to the end of this one: if that is near
 	// the TTL, the others may have taken us for dead meanwhile.
 	wrote := time.UnixMilli(doc.Members[o.me].BeatAt)
+	if o.healthySince.IsZero() || late {
+		o.healthySince = wrote
+	}
 	f.mu.Lock()
 	away := late || (!o.lastBeat.IsZero() && f.opts.now().Sub(o.lastBeat) >= o.ttl-o.beat)
 	for _, st := range f.state {
@@ -146,6 +153,9 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	}
 	now := f.opts.now()
 	live := doc.assignable(now)
+	if !o.trusted(now) {
+		live = o.stillAssigned(live, doc)
+	}
 
 	var claims []uint16
 	var releases []uint16
@@ -188,6 +198,31 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	return claimed, nil
 }
 
+// trusted says whether our heartbeats have gone through one after the
+// other for a TTL by now: time enough for every live member to renew its
+// entry. Before that, an entry that expired while ours failed or came late
+// may have done so for the same reason (the members document out of
+// reach, the machine starved), and its member may still stream.
+func (o *ownership) trusted(now time.Time) bool {
+	return !o.healthySince.IsZero() && now.Sub(o.healthySince) >= o.ttl
+}
+
+// stillAssigned is live and the members of our last assignment that doc
+// does not show as gone (leaving) or aside. Until we are trusted, the
+// vBuckets are assigned over these: they stay where they are, instead of
+// moving to the members whose heartbeats went through first and back again
+// a heartbeat later.
+func (o *ownership) stillAssigned(live []string, doc membersDoc) []string {
+	out := slices.Clone(live)
+	for _, name := range o.assignedTo {
+		if e := doc.Members[name]; !e.Leaving && !e.Aside && !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 // liveness says whether an owner named in a checkpoint is live, for a
 // claim: from doc, our heartbeat's reading at now; an owner it does not
 // list joined after that reading (or was forgotten long ago), so the
@@ -195,20 +230,24 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 // meanwhile and claimed vBuckets must not lose them to a claim made on an
 // older reading: both would stream them until its next checkpoint write
 // was refused. Unsure (the read fails), the owner counts as live.
+// Until we are trusted, only a member that left counts as not live: one
+// whose entry expired, or was forgotten, may still stream.
 func (o *ownership) liveness(ctx context.Context, doc membersDoc, now time.Time) func(string) bool {
+	trusted := o.trusted(now)
 	var once sync.Once
 	var fresh membersDoc
 	var err error
 	return func(owner string) bool {
-		if live, ok := doc.isLive(owner, now); ok {
-			return live
+		d, at := doc, now
+		if _, ok := doc.Members[owner]; !ok {
+			once.Do(func() { fresh, _, err = o.group.read(ctx) })
+			if err != nil {
+				return true
+			}
+			d, at = fresh, o.group.now()
 		}
-		once.Do(func() { fresh, _, err = o.group.read(ctx) })
-		if err != nil {
-			return true
-		}
-		live, _ := fresh.isLive(owner, o.group.now())
-		return live
+		live, _ := d.isLive(owner, at)
+		return live || (!trusted && !d.Members[owner].Leaving)
 	}
 }
 

@@ -459,3 +459,115 @@ func TestACheckpointWriteIsFencedOnlyWhenTheVBucketChangedHands(t *testing.T) {
 		})
 	}
 }
+
+// Issue 11: the node of the members document stops answering for longer
+// than the TTL: no member can heartbeat, but none is dead, and each keeps
+// streaming its vBuckets. The first member whose heartbeat went through
+// again read every other entry as expired and took their vBuckets by CAS
+// while their owners still streamed them, until the owners' next
+// checkpoint writes were refused; and as the others came back, vBuckets
+// were handed to them and back. Until its own heartbeats have gone through
+// for a TTL (by then every live member has renewed its entry), a member
+// takes nothing from another and keeps the assignment it had.
+func TestAMembersDocumentOutageMovesNoVBucket(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3})
+	cfg.Timeout = 10 * time.Second // only the heartbeats (bounded by half the TTL) give up on the hung node
+	c := &consumer{seen: map[string][]string{}}
+	names := []string{"a", "b", "c"}
+	var feeds []*feed
+	for _, n := range names {
+		s := openStore(t, cfg, func(s *Store) { s.member = n })
+		sub := subscribe(t, s, "feed", watched, false)
+		consume(t, n, sub, c)
+		feeds = append(feeds, sub.(*feed))
+	}
+	all := func() []FeedStats {
+		var out []FeedStats
+		for _, f := range feeds {
+			out = append(out, f.Stats())
+		}
+		return out
+	}
+	shared := func() (bool, string) {
+		total := 0
+		for _, st := range all() {
+			if st.VBuckets == 0 || st.StreamsOpen != st.VBuckets {
+				return false, fmt.Sprintf("%+v", all())
+			}
+			total += st.VBuckets
+		}
+		return total == testVBuckets, fmt.Sprintf("%+v", all())
+	}
+	waitFor(t, shared)
+	srv.ResetStreamOverlaps()
+	before := all()
+
+	hung := srv.NodeOf(srv.VBucketOf(membersKey("feed")))
+	writer := openStore(t, cfg)
+	var keys []string
+	putAll := func(prefix string) { // on every vBucket the hung node does not hold
+		for vb := range uint16(testVBuckets) {
+			if srv.NodeOf(vb) != hung {
+				k := keyOn(srv, prefix, vb)
+				keys = append(keys, k)
+				put(t, writer, order.Inbound, k)
+			}
+		}
+	}
+	lastBeats := func() []time.Time {
+		var out []time.Time
+		for _, f := range feeds {
+			f.mu.Lock()
+			out = append(out, f.own.lastBeat)
+			f.mu.Unlock()
+		}
+		return out
+	}
+	putAll("before-")
+	srv.HangNode(hung)
+	t.Cleanup(func() { srv.ResumeNode(hung) })
+	putAll("during-")
+	// Every member's entry expires, none renewed.
+	waitFor(t, func() (bool, string) {
+		beats := lastBeats()
+		for _, b := range beats {
+			if time.Since(b) <= cfg.MemberTTL {
+				return false, fmt.Sprintf("last heartbeats %v", beats)
+			}
+		}
+		return true, ""
+	})
+	putAll("expired-")
+	resumed := time.Now()
+	srv.ResumeNode(hung)
+	putAll("after-")
+	// Every member's heartbeats have gone through for more than a TTL
+	// since, and a heartbeat after that has claimed what it would.
+	waitFor(t, func() (bool, string) {
+		beats := lastBeats()
+		for _, b := range beats {
+			if b.Sub(resumed) <= cfg.MemberTTL+2*cfg.MemberTTL/5 {
+				return false, fmt.Sprintf("last heartbeats %v, resumed at %v", beats, resumed)
+			}
+		}
+		return true, ""
+	})
+	putAll("later-")
+	waitFor(t, shared)
+	waitFor(t, func() (bool, string) {
+		missing, _ := c.report(keys)
+		return len(missing) == 0, fmt.Sprintf("never delivered: %v", missing)
+	})
+
+	assert.Empty(t, srv.StreamOverlaps("orders"), "a vBucket streamed by two members at once")
+	_, twice := c.report(keys)
+	assert.Empty(t, twice, "delivered twice")
+	for i, st := range all() {
+		b := before[i]
+		t.Logf("%s: %d vBuckets; since the outage claimed %d, handed over %d, lost %d", names[i], st.VBuckets,
+			st.Claimed-b.Claimed, st.Released-b.Released, st.Fenced-b.Fenced)
+		assert.Equal(t, b.Fenced, st.Fenced, "%s lost vBuckets to another member", names[i])
+		assert.Equal(t, b.Claimed, st.Claimed, "%s claimed vBuckets", names[i])
+		assert.Equal(t, b.Released, st.Released, "%s handed vBuckets over", names[i])
+	}
+}

@@ -122,6 +122,8 @@ func TestAClaimDoesNotTakeFromAMemberThatJoinedSinceItsReading(t *testing.T) {
 	start := func(context.Context) (position, error) { return position{}, nil }
 
 	c := newOwnership(s, "feed", "c", ttl, time.Now)
+	// c's heartbeats have gone through for a TTL.
+	c.healthySince = time.Now().Add(-ttl)
 	reading, err := c.group.beat(ctx, 0, false, false) // c's heartbeat: only c
 	require.NoError(t, err)
 	d := newOwnership(s, "feed", "d", ttl, time.Now)
