@@ -224,30 +224,30 @@ func (o *ownership) stillAssigned(live []string, doc membersDoc) []string {
 }
 
 // liveness says whether an owner named in a checkpoint is live, for a
-// claim: from doc, our heartbeat's reading at now; an owner it does not
-// list joined after that reading (or was forgotten long ago), so the
-// members document is read again, once, to tell. A member that joined
-// meanwhile and claimed vBuckets must not lose them to a claim made on an
-// older reading: both would stream them until its next checkpoint write
-// was refused. Unsure (the read fails), the owner counts as live.
-// Until we are trusted, only a member that left counts as not live: one
-// whose entry expired, or was forgotten, may still stream.
+// claim: live if doc, our heartbeat's reading at now, says so. An owner
+// it does not show live may have joined after that reading (or been
+// forgotten long ago), or renewed its entry since, late: the members
+// document is read again, once, to tell. Such a member must not lose its
+// vBuckets to a claim made on an older reading: both would stream them
+// until its next checkpoint write was refused. Unsure (the read fails),
+// the owner counts as live. Until we are trusted, only a member that left
+// counts as not live: one whose entry expired, or was forgotten, may still
+// stream.
 func (o *ownership) liveness(ctx context.Context, doc membersDoc, now time.Time) func(string) bool {
 	trusted := o.trusted(now)
 	var once sync.Once
 	var fresh membersDoc
 	var err error
 	return func(owner string) bool {
-		d, at := doc, now
-		if _, ok := doc.Members[owner]; !ok {
-			once.Do(func() { fresh, _, err = o.group.read(ctx) })
-			if err != nil {
-				return true
-			}
-			d, at = fresh, o.group.now()
+		if live, _ := doc.isLive(owner, now); live {
+			return true
 		}
-		live, _ := d.isLive(owner, at)
-		return live || (!trusted && !d.Members[owner].Leaving)
+		once.Do(func() { fresh, _, err = o.group.read(ctx) })
+		if err != nil {
+			return true
+		}
+		live, _ := fresh.isLive(owner, o.group.now())
+		return live || (!trusted && !fresh.Members[owner].Leaving)
 	}
 }
 

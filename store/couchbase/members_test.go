@@ -144,3 +144,36 @@ func TestAClaimDoesNotTakeFromAMemberThatJoinedSinceItsReading(t *testing.T) {
 	assert.NoError(t, err, "the vBucket of a member nobody lists")
 	assert.Equal(t, "gone", owner)
 }
+
+// Issue 11: a member whose entry had expired at another's heartbeat, and
+// that renewed it before that member's claim, is live: the claim must not
+// take its vBuckets on the older reading (both would stream them until its
+// next checkpoint write was refused).
+func TestAClaimDoesNotTakeFromAMemberThatRenewedSinceItsReading(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	ctx := ctxFor(t, 10*time.Second)
+	const ttl = 2 * time.Second
+	cps := metaCheckpoints{s}
+	start := func(context.Context) (position, error) { return position{}, nil }
+
+	late := newGroup(s, "feed", "d", ttl, func() time.Time { return time.Now().Add(-2 * ttl) })
+	_, err := late.beat(ctx, 1, false, false) // d's last heartbeat, two TTLs ago
+	require.NoError(t, err)
+	_, _, _, err = cps.Claim(ctx, "feed", 7, "d", func(string) bool { return true }, start)
+	require.NoError(t, err, "d owns vb 7")
+	c := newOwnership(s, "feed", "c", ttl, time.Now)
+	// c's heartbeats have gone through for a TTL.
+	c.healthySince = time.Now().Add(-ttl)
+	reading, err := c.group.beat(ctx, 0, false, false)
+	require.NoError(t, err)
+	live, _ := reading.isLive("d", time.Now())
+	require.False(t, live, "d's entry expired in c's reading")
+
+	d := newGroup(s, "feed", "d", ttl, time.Now)
+	_, err = d.beat(ctx, 1, false, false) // d renews
+	require.NoError(t, err)
+	_, _, owner, err := cps.Claim(ctx, "feed", 7, "c", c.liveness(ctx, reading, time.Now()), start)
+	assert.ErrorIs(t, err, errTaken, "c took vb 7 from d, which renewed its entry since c's reading")
+	assert.Equal(t, "d", owner)
+}
