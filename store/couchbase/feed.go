@@ -462,7 +462,7 @@ func (f *feed) supervise() {
 
 func (f *feed) superviseOnce() {
 	now := f.opts.now()
-	var start []uint16
+	start := map[uint16]int{} // the vBuckets to open, with their generations
 	var abandon []func()
 	f.mu.Lock()
 	if f.closed || f.isFailed() {
@@ -476,7 +476,7 @@ func (f *feed) superviseOnce() {
 				st.phase = phaseOpening
 				st.sent = time.Time{}
 				st.gen++ // whatever the old stream still says is void
-				start = append(start, vb)
+				start[vb] = st.gen
 			}
 		case phaseOpening:
 			if !st.sent.IsZero() && now.Sub(st.sent) >= f.opts.openTimeout {
@@ -501,8 +501,8 @@ func (f *feed) superviseOnce() {
 			cancel() // outside f.mu: it may call the callback at once
 		}
 	}
-	for _, vb := range start {
-		f.wg.Go(func() { f.open(vb) })
+	for vb, gen := range start {
+		f.wg.Go(func() { f.open(vb, gen) })
 	}
 	if resolve {
 		f.wg.Go(f.reresolve)
@@ -514,11 +514,18 @@ func (f *feed) superviseOnce() {
 
 // open opens vb's stream from its checkpoint, or from where the server
 // said to roll back to (on the failover log entry that covers it: the log
-// is read again until it can be, never guessed).
-func (f *feed) open(vb uint16) {
+// is read again until it can be, never guessed). gen is the generation
+// the supervisor started it for: once another has begun (a handover, a
+// void, a reopen), open does nothing, and no stream request goes out after
+// a handover has closed the stream.
+func (f *feed) open(vb uint16, gen int) {
 	f.mu.Lock()
 	st := f.state[vb]
-	gen, rollback, closeFirst := st.gen, st.rollbackTo, st.closeFirst
+	if st.gen != gen {
+		f.mu.Unlock()
+		return
+	}
+	rollback, closeFirst := st.rollbackTo, st.closeFirst
 	f.mu.Unlock()
 
 	if closeFirst {

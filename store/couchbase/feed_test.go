@@ -446,3 +446,30 @@ func TestCloseStopsStreamsAndSaves(t *testing.T) {
 	// A callback after close does not block.
 	s.obs.Mutation(mutation(0, inboundID, "late", "{}", 2))
 }
+
+// Issue 11 (found by TestAMembersDocumentOutageMovesNoVBucket before it
+// kept the assignment): a stream's opener took the generation current
+// when it ran, not the one the supervisor started it for. A handover that
+// came in between (it voids the stream, closes it on the server and frees
+// the vBucket) was followed by the opener's stream request: the server
+// streamed the vBucket to its old owner after the handover, besides the
+// new owner, until the old one opened it again and was refused.
+func TestAnOpenOvertakenByAHandoverSendsNothing(t *testing.T) {
+	agent := &fakeAgent{}
+	f := startFeed(t, agent, &fakeCheckpoints{}, []uint16{0}, false, feedOptions{tick: time.Hour})
+	agent.lastOpen(t, 0, 1).cb(3, nil)
+
+	f.mu.Lock()
+	st := f.state[0]
+	st.phase, st.closeFirst = phaseOpening, true // the supervisor starts an opener...
+	st.gen++
+	gen := st.gen
+	f.voidLocked(0) // ... and a handover voids the stream before the opener runs
+	f.mu.Unlock()
+	f.open(0, gen)
+
+	agent.mu.Lock()
+	defer agent.mu.Unlock()
+	assert.Len(t, agent.opens, 1, "a stream request after the handover")
+	assert.Empty(t, agent.closes, "an opener no longer current closed a stream")
+}
