@@ -201,15 +201,20 @@ func crashKillRestart(t *testing.T, sc app.StoreConfig, storeArgs []string) {
 	_, err := st.Upsert(context.Background(), order.Retry, order.ControlKey, []byte(`{}`))
 	require.NoError(t, err)
 
-	// Orders arrive in batches between the kills, from this process.
+	// Orders arrive from this process in batches, half of each while the
+	// service is down and half while it runs, a few at a time.
 	docs := fixtures.Generate(orders, seed)
 	batch := (orders + kills) / (kills + 1)
 	placed := 0
 	for k := 0; k <= kills; k++ {
 		n := min(batch, orders-placed)
-		placeOrders(t, st, docs[placed:placed+n])
-		placed += n
+		placeOrders(t, st, docs[placed:placed+n/2])
 		p := startProc(t, runArgs(storeURL, mock, storeArgs...)...)
+		for i := placed + n/2; i < placed+n; i += 5 {
+			placeOrders(t, st, docs[i:min(i+5, placed+n)])
+			time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond) // spread over the run
+		}
+		placed += n
 		if k == kills {
 			require.Equal(t, orders, placed)
 			require.Eventually(t, func() bool { return settled(t, st, orders) }, 5*time.Minute, 50*time.Millisecond,
