@@ -164,7 +164,11 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 		if d.data == "" {
 			note += ", deleted with the demo's store"
 		}
-		fmt.Fprintf(stdout, "console: http://%s %s)\n", cons.Addr(), note)
+		out := io.Writer(stdout)
+		if prog != nil {
+			out = prog // above the bar drawn on stdout, not after it on its line
+		}
+		fmt.Fprintf(out, "console: http://%s %s)\n", cons.Addr(), note)
 	}
 	stopped := false
 	stop := func() error {
