@@ -124,10 +124,10 @@ func TestRetriesStatusSeesTheService(t *testing.T) {
 
 // Issue 11: on Couchbase, whether instances run is what their heartbeats
 // say; with none (none runs, or --instance i/n, which does not heartbeat)
-// the probe's "unknown" stands.
+// the probe's null (cannot tell) stands.
 func TestStatusViewOfMembers(t *testing.T) {
 	now := time.Now()
-	unknown := serviceView{Running: "unknown", Note: "probe"}
+	unknown := serviceView{Note: "probe"}
 	v := newStatusView(ops.Status{Members: []store.Member{}}, now, unknown)
 	assert.Equal(t, unknown, v.Service)
 	assert.Empty(t, v.Members)
@@ -138,7 +138,7 @@ func TestStatusViewOfMembers(t *testing.T) {
 		{Name: "c", Leaving: true, HeartbeatAge: time.Second},
 		{Name: "d", Live: true, Held: true, Aside: true, HeartbeatAge: time.Second},
 	}, Sweeper: &ops.Sweeper{Holder: "a", ExpiresAt: now.Add(time.Second)}}, now, unknown)
-	assert.Equal(t, true, v.Service.Running)
+	assert.Equal(t, yes, v.Service.Running)
 	assert.Equal(t, "2 live members of 4 heartbeating lately, 1 stepped aside (its sends are held back: see its log)", v.Service.Note)
 	assert.Equal(t, []memberView{
 		{Name: "a", State: "live", HeartbeatAgeSeconds: 1.5, VBuckets: 512},
@@ -159,7 +159,7 @@ func TestStatusViewOfMembers(t *testing.T) {
 func TestStatusReasonsAligned(t *testing.T) {
 	v := newStatusView(ops.Status{TopFailures: []ops.ReasonCount{
 		{Reason: "retrying: HTTP 503", Count: 200000}, {Reason: "retrying: held back", Count: 7},
-	}}, time.Now(), serviceView{Running: false})
+	}}, time.Now(), serviceView{Running: no})
 	var out strings.Builder
 	require.NoError(t, printStatus(&out, v, 15*time.Second))
 	assert.Contains(t, out.String(), "top failure reasons:\n   COUNT  REASON\n  200000  retrying: HTTP 503\n       7  retrying: held back\n")

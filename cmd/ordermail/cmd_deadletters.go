@@ -128,7 +128,11 @@ func listTable(ctx context.Context, st store.Store, reason string, w io.Writer) 
 	fmt.Fprintln(tw, "ID\tREASON\tSTATUS\tATTEMPTS\tREDRIVES\tDEAD SINCE\tLAST ERROR")
 	rows := 0
 	err := ops.EachDeadLetter(ctx, st, reason, func(d ops.DeadLetter) error {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%s\n", shown(d.ID), shown(d.Reason), d.LastStatus, d.Attempts, d.RedriveCount,
+		status := "-" // no answer: refused before a request, or none came
+		if d.LastStatus != 0 {
+			status = strconv.Itoa(d.LastStatus)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", shown(d.ID), shown(d.Reason), status, d.Attempts, d.RedriveCount,
 			time.UnixMilli(d.DeadAt).UTC().Format(time.RFC3339), truncate(d.LastError, 80))
 		if rows++; rows%listRows == 0 {
 			return tw.Flush()

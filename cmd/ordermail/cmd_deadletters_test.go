@@ -155,6 +155,7 @@ func TestTextFromDocumentsIsShownNotObeyed(t *testing.T) {
 		assert.Contains(t, out, want+"  ", "the key as shown")
 	}
 	assert.Contains(t, out, `"answered \x1b]0;pwned\a 400"`)
+	assert.Regexp(t, `invalid_key\s+-\s+1\s`, out, "no status: '-', as the console shows it")
 
 	show, _, err := cli(t, "orders", "show", "--store", storeURL, "nl\norder_fake\tpermanent_error")
 	require.NoError(t, err)

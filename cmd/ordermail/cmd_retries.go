@@ -159,11 +159,16 @@ type controlView struct {
 }
 
 // serviceView says whether a service runs on the store: Running is true or
-// false on the embedded store, "unknown" on Couchbase, with a Note.
+// false, or null (nil) when this command cannot tell, with a Note.
 type serviceView struct {
-	Running any    `json:"running"`
+	Running *bool  `json:"running"`
 	Note    string `json:"note,omitempty"`
 }
+
+// yes and no are serviceView's Running.
+var yes, no = ptr(true), ptr(false)
+
+func ptr(b bool) *bool { return &b }
 
 func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 	v := statusView{
@@ -192,8 +197,8 @@ func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 	}
 	if len(s.Members) > 0 {
 		// Couchbase instances sharing the feed: their heartbeats say.
-		// (With --instance i/n they do not heartbeat: "unknown" stands.)
-		v.Service = serviceView{Running: live > 0, Note: fmt.Sprintf("%d live members of %d heartbeating lately", live, len(s.Members))}
+		// (With --instance i/n they do not heartbeat: "cannot tell" stands.)
+		v.Service = serviceView{Running: ptr(live > 0), Note: fmt.Sprintf("%d live members of %d heartbeating lately", live, len(s.Members))}
 		if aside > 0 {
 			v.Service.Note += fmt.Sprintf(", %d stepped aside (its sends are held back: see its log)", aside)
 		}
@@ -226,22 +231,22 @@ func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 func probeService(storeURL string) serviceView {
 	path, ok := strings.CutPrefix(storeURL, "file:")
 	if !ok {
-		return serviceView{Running: "unknown",
+		return serviceView{
 			Note: "no instance heartbeats on this cluster: none runs, or they run with --instance i/n, which holds no lock this command can test; see their metrics endpoints"}
 	}
 	lock := embedded.NewProcessLock(path)
 	if _, err := os.Stat(lock.Path()); errors.Is(err, os.ErrNotExist) {
-		return serviceView{Running: false} // a running service keeps its lock file
+		return serviceView{Running: no} // a running service keeps its lock file
 	}
 	took, err := lock.TryLock()
 	if err != nil {
-		return serviceView{Running: "unknown", Note: err.Error()}
+		return serviceView{Note: err.Error()}
 	}
 	if took {
 		lock.Unlock()
-		return serviceView{Running: false}
+		return serviceView{Running: no}
 	}
-	return serviceView{Running: true, Note: "a process holds " + lock.Path()}
+	return serviceView{Running: yes, Note: "a process holds " + lock.Path()}
 }
 
 func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
@@ -274,13 +279,13 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 	line("oldest due", "%s", oldest)
 	line("dead letters", "%d", v.DeadLetters)
 	line("orders paid", "%d (%d confirmed, %d not confirmed: dead letters and purged included)", v.OrdersPaid, v.OrdersConfirmed, v.OrdersUnconfirmed)
-	switch running := v.Service.Running; running {
-	case true:
+	switch running := v.Service.Running; {
+	case running == nil:
+		line("service", "unknown (%s)", v.Service.Note)
+	case *running:
 		line("service", "running (%s)", v.Service.Note)
-	case false:
-		line("service", "not running")
 	default:
-		line("service", "%v (%s)", running, v.Service.Note)
+		line("service", "not running")
 	}
 	switch sw := v.Sweeper; {
 	case sw == nil:
