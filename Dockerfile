@@ -6,7 +6,13 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -o /ordermail ./cmd/ordermail
+# .dockerignore keeps .git out, so the build has no VCS stamp: the commit
+# comes from a build argument (compose passes ORDERMAIL_REVISION), shown by
+# `ordermail version` and ordermail_build_info.
+ARG REVISION=""
+RUN CGO_ENABLED=0 go build -trimpath \
+    -ldflags "-X github.com/ordermail/ordermail/internal/buildinfo.revision=${REVISION}" \
+    -o /ordermail ./cmd/ordermail
 
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /ordermail /ordermail

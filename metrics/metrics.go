@@ -8,12 +8,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"runtime"
-	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/buildinfo"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
@@ -297,30 +296,20 @@ func (c *timerState) Collect(ch chan<- prometheus.Metric) {
 
 // buildInfo is ordermail_build_info{version,goversion,revision} 1.
 func buildInfo(version string) prometheus.Collector {
-	revision := "unknown"
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		if version == "" {
-			version = bi.Main.Version
-		}
-		modified := false
-		for _, s := range bi.Settings {
-			switch s.Key {
-			case "vcs.revision":
-				revision = s.Value
-			case "vcs.modified":
-				modified = s.Value == "true"
-			}
-		}
-		if modified && revision != "unknown" {
-			revision += "-dirty"
-		}
-	}
+	b := buildinfo.Read()
 	if version == "" {
-		version = "unknown"
+		version = b.Version
+	}
+	revision := b.Revision
+	switch {
+	case revision == "":
+		revision = "unknown"
+	case b.Modified:
+		revision += "-dirty"
 	}
 	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ordermail_build_info",
 		Help:        "1, labelled with the build: ordermail's version, the Go version, the VCS revision.",
-		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version(), "revision": revision}},
+		ConstLabels: prometheus.Labels{"version": version, "goversion": b.GoVersion, "revision": revision}},
 		func() float64 { return 1 })
 }
 

@@ -11,11 +11,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime"
-	"runtime/debug"
 	"strings"
 	"syscall"
 
+	"github.com/ordermail/ordermail/internal/buildinfo"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
 
@@ -233,67 +232,33 @@ func versionCommand(stdout io.Writer) *ffcli.Command {
 			if err := noArgs(args); err != nil {
 				return err
 			}
-			b := readBuildInfo()
+			b := buildinfo.Read()
 			commit := "not recorded (built outside a git checkout, or with -buildvcs=false)"
-			if b.revision != "" {
-				commit = b.revision
-				if b.modified {
+			if b.Revision != "" {
+				commit = b.Revision
+				if b.Modified {
 					commit += " (modified: built with uncommitted changes)"
 				}
 			}
-			fmt.Fprintf(stdout, "ordermail %s\ncommit:       %s\n", b.version, commit)
-			if b.time != "" {
-				fmt.Fprintf(stdout, "commit time:  %s\n", b.time)
+			fmt.Fprintf(stdout, "ordermail %s\ncommit:       %s\n", b.Version, commit)
+			if b.Time != "" {
+				fmt.Fprintf(stdout, "commit time:  %s\n", b.Time)
 			}
-			_, err := fmt.Fprintf(stdout, "go:           %s\n", b.goVersion)
+			_, err := fmt.Fprintf(stdout, "go:           %s\n", b.GoVersion)
 			return err
 		},
 	}
-}
-
-// buildInfo is what the binary knows of its build.
-type buildInfo struct {
-	version   string // module version; "(devel)" for a local build
-	revision  string // vcs.revision, the commit
-	time      string // vcs.time, the commit's time
-	modified  bool   // vcs.modified: uncommitted changes were built
-	goVersion string
-}
-
-func readBuildInfo() buildInfo {
-	b := buildInfo{version: "(devel)", goVersion: runtime.Version()}
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return b
-	}
-	if bi.Main.Version != "" {
-		b.version = bi.Main.Version
-	}
-	if bi.GoVersion != "" {
-		b.goVersion = bi.GoVersion
-	}
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			b.revision = s.Value
-		case "vcs.time":
-			b.time = s.Value
-		case "vcs.modified":
-			b.modified = s.Value == "true"
-		}
-	}
-	return b
 }
 
 // version is the module version the binary was built from ("(devel)" for a
 // local build), with the commit as build metadata when the version does not
 // carry it already: "(devel)+1a2b3c4d5e6f.dirty".
 func version() string {
-	b := readBuildInfo()
-	v := b.version
-	if len(b.revision) >= 12 && !strings.Contains(v, b.revision[:12]) {
-		v += "+" + b.revision[:12]
-		if b.modified {
+	b := buildinfo.Read()
+	v := b.Version
+	if len(b.Revision) >= 12 && !strings.Contains(v, b.Revision[:12]) {
+		v += "+" + b.Revision[:12]
+		if b.Modified {
 			v += ".dirty"
 		}
 	}
