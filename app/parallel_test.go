@@ -25,6 +25,7 @@ func TestRetriesAreSentInParallel(t *testing.T) {
 	seen := map[string]int{} // requests by idempotency key
 	inFlight, most := 0, 0
 	all := make(chan struct{})
+	var release sync.Once
 	r.cfg.Mail.URL = serveOn(t, "127.0.0.1:0", http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		key := req.Header.Get("Idempotency-Key")
 		mu.Lock()
@@ -34,7 +35,7 @@ func TestRetriesAreSentInParallel(t *testing.T) {
 			inFlight++
 			most = max(most, inFlight)
 			if inFlight == n {
-				close(all)
+				release.Do(func() { close(all) })
 			}
 		}
 		mu.Unlock()

@@ -308,6 +308,7 @@ func breakerProtects(t *testing.T, b backend, standby bool) {
 	most := r.cfg.Mail.BreakerFailures + r.cfg.Watcher.Workers + int(start.Sub(placed)/r.cfg.Mail.BreakerCooldown) + 1
 	t.Logf("%d calls to the failing service for 100 orders in %s (at most %d)", calls, start.Sub(placed), most)
 	assert.LessOrEqual(t, calls, most, "the breaker held the other sends back")
+	assert.Positive(t, w.Stats().Held, "sends were held back, not made")
 
 	// While it stays down the backlog waits unflagged, one retry a
 	// cooldown going out as the probe: before, every retry fell due a

@@ -164,11 +164,15 @@ func (c *Console) resume(w http.ResponseWriter, r *http.Request, sid string) {
 		ctl = *was
 	}
 	started, err := ops.ResumeRetries(r.Context(), c.st, ctl)
+	if err == nil {
+		// Given back, or armed meanwhile by someone else, whose settings
+		// stand: either way not to be given again later.
+		c.paused.Store(nil)
+	}
 	switch {
 	case err != nil:
 		c.finish(w, r, sid, "resume", err, "Retries could not be resumed.")
 	case started && ctl != (order.Control{}):
-		c.paused.Store(nil)
 		c.finish(w, r, sid, "resume", nil, "Retries resumed: %s created with the settings the pause removed (%s). "+
 			"The waiting retries go out as they are due.", order.ControlKey, ctl)
 	case started:

@@ -353,6 +353,19 @@ func TestPauseAndResumeThroughPOST(t *testing.T) {
 	assert.Equal(t, set, got, "resumed with the settings the pause removed: %s", d.Value)
 	_, body = f.get(t, "/")
 	assert.Contains(t, body, "with the settings the pause removed (interval 30s, quantum 1m0s)")
+	// Armed meanwhile by someone else: their settings stand, and the
+	// pause's are not given back later either.
+	f.post(t, "/retries/pause", url.Values{"csrf": {csrf}})
+	_, err = ops.StartRetries(ctx, f.st, order.Control{Interval: 5 * time.Minute})
+	require.NoError(t, err)
+	f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
+	_, _, err = ops.StopRetries(ctx, f.st)
+	require.NoError(t, err)
+	f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
+	d, err = f.st.Get(ctx, order.Retry, order.ControlKey)
+	require.NoError(t, err)
+	assert.JSONEq(t, `{}`, string(d.Value), "no settings given back twice")
+
 	// Given back once: a later pause of a document without settings
 	// resumes without them.
 	require.NoError(t, f.st.Remove(ctx, order.Retry, order.ControlKey, 0))

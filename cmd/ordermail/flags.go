@@ -138,8 +138,8 @@ func (l hostList) String() string {
 	return strings.Join(*l.names, ",")
 }
 
+// Set adds the names of v: the flag given twice names both lists' hosts.
 func (l hostList) Set(v string) error {
-	*l.names = nil
 	for _, part := range strings.Split(v, ",") {
 		if part = strings.TrimSpace(part); part != "" {
 			*l.names = append(*l.names, part)

@@ -27,3 +27,13 @@ func TestStoreFlagsSetTheCountsCaches(t *testing.T) {
 	assert.Equal(t, 2*time.Second, c.Couchbase.CountsTTL)
 	assert.Equal(t, 10*time.Minute, c.Couchbase.OrderCountsTTL)
 }
+
+// --allowed-hosts given twice, or with a list, names every host given.
+func TestHostListAddsUp(t *testing.T) {
+	var names []string
+	l := hostList{&names}
+	require.NoError(t, l.Set("localhost, ops.example.com"))
+	require.NoError(t, l.Set("metrics.internal"))
+	assert.Equal(t, []string{"localhost", "ops.example.com", "metrics.internal"}, names)
+	assert.Equal(t, "localhost,ops.example.com,metrics.internal", l.String())
+}

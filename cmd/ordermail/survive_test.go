@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -175,7 +176,8 @@ func runArgs(storeURL, mailURL string, extra ...string) []string {
 // longer (scripts/crash-test.sh).
 func TestCrashKillRestart(t *testing.T) {
 	t.Run("embedded", func(t *testing.T) {
-		crashKillRestart(t, app.StoreConfig{URL: "file:" + filepath.Join(t.TempDir(), "ordermail.db")}, nil)
+		crashKillRestart(t, app.StoreConfig{URL: "file:" + filepath.Join(t.TempDir(), "ordermail.db")}, nil,
+			func(p *proc) bool { return p.hasLog(`"msg":"watching"`) })
 	})
 	t.Run("couchbase-3nodes", func(t *testing.T) {
 		srv := cbtest.Start(t, cbtest.Options{Nodes: 3, VBuckets: 64})
@@ -184,11 +186,23 @@ func TestCrashKillRestart(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
 		require.NoError(t, couchbase.Setup(ctx, sc.CouchbaseConfig(), couchbase.SetupOptions{}, slog.New(slog.NewTextHandler(io.Discard, nil))))
-		crashKillRestart(t, sc, []string{"--cb-username", srv.Username(), "--cb-password", srv.Password(), "--cb-timeout", "5s"})
+		// The shortest heartbeat TTL: each run takes the vBuckets over
+		// from the one killed before it soon, and is killed streaming.
+		crashKillRestart(t, sc, []string{"--cb-username", srv.Username(), "--cb-password", srv.Password(), "--cb-timeout", "5s",
+			"--cb-member-ttl", "500ms"}, func(p *proc) bool {
+			for _, l := range p.logs.Lines(`"msg":"rebalanced"`) {
+				if !strings.Contains(l, `"claimed":0,`) {
+					return true
+				}
+			}
+			return false
+		})
 	})
 }
 
-func crashKillRestart(t *testing.T, sc app.StoreConfig, storeArgs []string) {
+// crashKillRestart: streaming says from a run's logs that it streams the
+// feed; each run is killed a random moment after that.
+func crashKillRestart(t *testing.T, sc app.StoreConfig, storeArgs []string, streaming func(*proc) bool) {
 	orders := envInt(t, "ORDERMAIL_CRASH_ORDERS", 300)
 	kills := envInt(t, "ORDERMAIL_CRASH_KILLS", 8)
 	seed := uint64(envInt(t, "ORDERMAIL_CRASH_SEED", int(time.Now().UnixNano()%1e9)))
@@ -223,7 +237,10 @@ func crashKillRestart(t *testing.T, sc app.StoreConfig, storeArgs []string) {
 			require.NoError(t, err)
 			break
 		}
-		// A random moment, not an outcome: the kill may hit anything.
+		// A random moment once it streams, not an outcome: the kill may
+		// hit anything.
+		require.Eventually(t, func() bool { return streaming(p) }, 2*time.Minute, 10*time.Millisecond,
+			"run %d never streamed; logs:\n%v", k, later.Value(func() any { return p.logs.String() }))
 		time.Sleep(time.Duration(50+rng.IntN(600)) * time.Millisecond)
 		p.stop(t, syscall.SIGKILL)
 	}

@@ -58,14 +58,14 @@ func (s *Store) MissingIndexes(ctx context.Context) ([]string, error) {
 		var plan json.RawMessage
 		err := s.query(ctx, "EXPLAIN "+u.statement, u.params, func(raw json.RawMessage) error { plan = raw; return nil })
 		switch {
-		case ctx.Err() != nil, errors.Is(err, gocb.ErrParsingFailure):
-			// A statement the service cannot parse lacks no index.
-			return nil, fmt.Errorf("explain the statement that reads %s: %w", u.index, err)
-		case err != nil:
-			// No plan at all: the query service finds no index for it
-			// (most often; it says).
+		case err != nil && (errors.Is(err, gocb.ErrPlanningFailure) || errors.Is(err, gocb.ErrIndexNotFound)):
+			// No plan at all: the query service finds no index for it.
 			missing = append(missing, fmt.Sprintf("%s (%s; its plan: %v)", u.index, u.without, err))
 			named[u.index] = true
+		case err != nil:
+			// Not an index that is missing: a timeout, an outage, a right
+			// the user lacks, a statement the service cannot parse.
+			return nil, fmt.Errorf("explain the statement that reads %s: %w", u.index, err)
 		case !strings.Contains(string(plan), `"`+u.index+`"`):
 			missing = append(missing, u.index+" ("+u.without+")")
 			named[u.index] = true

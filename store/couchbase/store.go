@@ -454,8 +454,7 @@ func (s *Store) SweepRetries(ctx context.Context, now time.Time, quantum time.Du
 // read and then found written (CAS mismatch) or removed (not found) when
 // it wrote them, and how many: the query service's 12009 errors, which
 // come after the results of the documents it did write, with the cause's
-// code in their reason (12033, 17014) or, without one, "CAS mismatch" in
-// their message (as gocbcore reads them).
+// code in their reason (12033, 17014).
 func changedUnder(err error) (int, bool) {
 	if j, ok := err.(interface{ Unwrap() []error }); ok { // errors.Join of the result's Err and Close
 		n := 0
@@ -476,11 +475,10 @@ func changedUnder(err error) (int, bool) {
 		if d.Code != 12009 {
 			return 0, false
 		}
-		if code, ok := d.Reason["code"].(float64); ok {
-			if code != 12033 && code != 17014 {
-				return 0, false
-			}
-		} else if !strings.Contains(strings.ToLower(d.Message), "cas mismatch") {
+		// The cause is in the reason (7.1 and later). Without one the
+		// message names CAS mismatch among "possible causes" of any DML
+		// failure: not taken for a conflict.
+		if code, ok := d.Reason["code"].(float64); !ok || code != 12033 && code != 17014 {
 			return 0, false
 		}
 	}

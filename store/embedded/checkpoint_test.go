@@ -82,3 +82,40 @@ func TestExpiredDocumentsGoWhileTheFeedIsIdle(t *testing.T) {
 	assert.ErrorIs(t, <-done, context.Canceled)
 	require.NoError(t, sub.Close(context.Background()))
 }
+
+// TestABacklogOfExpiredDocumentsGoesBatchAfterBatch: more expired
+// documents than a batch go batch after batch, a flush apart, not a batch
+// an ExpireInterval (a million records: 17 hours at a batch a minute).
+func TestABacklogOfExpiredDocumentsGoesBatchAfterBatch(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := Open(ctx, Config{Path: t.TempDir() + "/o.db", ExpireInterval: time.Hour})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	var writes []store.Write
+	for i := range 2*purgeBatch + 500 {
+		writes = append(writes, store.Write{Op: store.OpUpsert, Collection: order.Attempts, Key: fmt.Sprintf("a%05d", i),
+			Value: []byte(`{}`), Expiry: time.Now().Add(-time.Minute)})
+	}
+	_, err = s.Apply(ctx, writes)
+	require.NoError(t, err)
+	sub, err := s.Subscribe(ctx, "idle", []string{order.Inbound}, store.FeedOptions{})
+	require.NoError(t, err)
+	done := make(chan error, 1)
+	go func() {
+		_, err := sub.Next(ctx)
+		done <- err
+	}()
+	rows, last := []int{-1}, []error{nil}
+	gone := func() bool {
+		last[0] = s.read.QueryRowContext(ctx, `SELECT count(*) FROM attempts`).Scan(&rows[0])
+		return last[0] == nil && rows[0] == 0
+	}
+	if !assert.Eventually(t, gone, time.Minute, 20*time.Millisecond) {
+		t.Fatalf("%d expired records left (%v), an hour's ExpireInterval notwithstanding", rows[0], last[0])
+	}
+	cancel()
+	assert.ErrorIs(t, <-done, context.Canceled)
+	require.NoError(t, sub.Close(context.Background()))
+}

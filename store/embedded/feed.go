@@ -252,6 +252,7 @@ func (sub *subscription) flush(ctx context.Context) error {
 		return nil
 	}
 	st := sub.s.stmts
+	full := false // the expired documents deleted were a whole batch
 	err := sub.s.submit(ctx, func(t *txn) error {
 		if moved {
 			if err := st.saveCheckpoint.Exec(t.ctx, sub.name, cp); err != nil {
@@ -267,14 +268,18 @@ func (sub *subscription) flush(ctx context.Context) error {
 				}
 			}
 		}
-		return st.expire.Exec(t.ctx, time.Now().UnixMilli(), purgeBatch)
+		n, err := st.expire.ExecN(t.ctx, time.Now().UnixMilli(), purgeBatch)
+		full = n == purgeBatch
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("save checkpoint %s at %d: %w", sub.name, cp, err)
 	}
 	sub.saved = cp
 	sub.flushed = time.Now()
-	sub.expired = sub.flushed
+	if !full { // a full batch: more may have expired, deleted at the next flush
+		sub.expired = sub.flushed
+	}
 	return nil
 }
 
