@@ -451,18 +451,24 @@ func TestRunRetryNowAndDrop(t *testing.T) {
 	assert.Contains(t, body, "no such retry")
 }
 
-// "Run now" while the breaker holds sends back says so: the retry is put
-// off again, not sent within a poll interval.
-func TestRunRetryNowWhileSendsAreHeldBack(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+// heldBack is a store and a mailer whose breaker is open for an hour.
+func heldBack(t *testing.T) (store.Store, *mailer.Client) {
+	t.Helper()
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
 	require.NoError(t, err)
 	t.Cleanup(func() { st.Close() })
 	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1", BreakerFailures: 1, BreakerCooldown: time.Hour}, quiet)
 	require.NoError(t, err)
-	require.Error(t, m.Send(ctx, "k", []byte(`{}`)), "nothing listens on port 1")
+	require.Error(t, m.Send(context.Background(), "k", []byte(`{}`)), "nothing listens on port 1")
 	require.Equal(t, "open", m.BreakerState())
+	return st, m
+}
+
+// "Run now" while the breaker holds sends back says so: the retry is put
+// off again, not sent within a poll interval.
+func TestRunRetryNowWhileSendsAreHeldBack(t *testing.T) {
+	t.Parallel()
+	st, m := heldBack(t)
 	c, err := console.New(console.Config{Listen: "127.0.0.1:0", Token: token}, deps(t, st, m), quiet, nil)
 	require.NoError(t, err)
 	srv := httptest.NewServer(c.Handler())
@@ -648,16 +654,10 @@ func TestOverviewSaysWhenTheOrdersWereCounted(t *testing.T) {
 func TestOverviewWhileSendsAreHeldBack(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
-	require.NoError(t, err)
-	t.Cleanup(func() { st.Close() })
-	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1", BreakerFailures: 1, BreakerCooldown: time.Hour}, quiet)
-	require.NoError(t, err)
-	require.Error(t, m.Send(ctx, "k", []byte(`{}`)), "nothing listens on port 1")
-	require.Equal(t, "open", m.BreakerState())
+	st, m := heldBack(t)
 	d := deps(t, st, m)
 	d.Timer.SetGate(m)
-	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
 	require.NoError(t, err)
 	res, err := d.Timer.Sweep(ctx, time.Now())
 	require.NoError(t, err)

@@ -20,19 +20,16 @@ import (
 // StartRetries creates allow_retrys, or rewrites it with ctl's settings
 // (zero fields are left out). started is false when it existed already.
 func StartRetries(ctx context.Context, st store.Store, ctl order.Control) (started bool, err error) {
+	started, err = ResumeRetries(ctx, st, ctl)
+	if err != nil || started || ctl == (order.Control{}) {
+		return started, err
+	}
 	body, err := controlBody(ctl)
 	if err != nil {
 		return false, err
 	}
-	_, err = st.Insert(ctx, order.Retry, order.ControlKey, body)
-	if errors.Is(err, store.ErrExists) {
-		if ctl == (order.Control{}) {
-			return false, nil
-		}
-		_, err = st.Upsert(ctx, order.Retry, order.ControlKey, body)
-		return false, err
-	}
-	return err == nil, err
+	_, err = st.Upsert(ctx, order.Retry, order.ControlKey, body)
+	return false, err
 }
 
 // ResumeRetries creates allow_retrys with ctl's settings, as StartRetries,
