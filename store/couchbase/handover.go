@@ -37,10 +37,12 @@ type ownership struct {
 	saveMu sync.Mutex
 
 	// The heartbeat loop's own: the assignment, computed again only when
-	// the live members change, and since when our heartbeats have gone
-	// through one after the other (zero: the last one failed).
+	// the live members change; whether a heartbeat of ours ever failed or
+	// came late, and since when they have gone through one after the
+	// other (zero: the last one failed).
 	assignedTo   []string
 	owners       []string
+	faltered     bool
 	healthySince time.Time
 
 	// Guarded by the feed's mu.
@@ -131,7 +133,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	doc, err := o.group.beat(bctx, owned, held, aside)
 	cancel()
 	if err != nil {
-		o.healthySince = time.Time{}
+		o.healthySince, o.faltered = time.Time{}, true
 		return nil, err
 	}
 	// From our previous heartbeat to the end of this one: if that is near
@@ -140,6 +142,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	if o.healthySince.IsZero() || late {
 		o.healthySince = wrote
 	}
+	o.faltered = o.faltered || late
 	f.mu.Lock()
 	away := late || (!o.lastBeat.IsZero() && f.opts.now().Sub(o.lastBeat) >= o.ttl-o.beat)
 	for _, st := range f.state {
@@ -198,13 +201,17 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	return claimed, nil
 }
 
-// trusted says whether our heartbeats have gone through one after the
-// other for a TTL by now: time enough for every live member to renew its
-// entry. Before that, an entry that expired while ours failed or came late
-// may have done so for the same reason (the members document out of
-// reach, the machine starved), and its member may still stream.
+// trusted says whether an entry that expired can be taken for a member
+// that stopped: none of our heartbeats failed or came late since we
+// started, or they have gone through one after the other for a TTL since
+// one did, time enough for every live member to renew its entry. Before
+// that, an entry that expired while ours failed or came late may have done
+// so for the same reason (the members document out of reach, the machine
+// starved), and its member may still stream. A member that just started
+// and heartbeats at once is trusted: a restart after a crash takes over
+// from the member that crashed as soon as its entry expires.
 func (o *ownership) trusted(now time.Time) bool {
-	return !o.healthySince.IsZero() && now.Sub(o.healthySince) >= o.ttl
+	return !o.faltered || !o.healthySince.IsZero() && now.Sub(o.healthySince) >= o.ttl
 }
 
 // stillAssigned is live and the members of our last assignment that doc

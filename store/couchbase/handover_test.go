@@ -571,3 +571,33 @@ func TestAMembersDocumentOutageMovesNoVBucket(t *testing.T) {
 		assert.Equal(t, b.Released, st.Released, "%s handed vBuckets over", names[i])
 	}
 }
+
+// A lone instance restarted after a crash takes the vBuckets over from the
+// one that crashed at its first heartbeat once that one's entry has
+// expired: a member whose own heartbeats never failed trusts an expired
+// entry (the members document was in reach all along), and only one whose
+// heartbeats failed waits a TTL of its own.
+func TestARestartAfterACrashTakesOverAtItsFirstHeartbeat(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	a := openStore(t, cfg, func(s *Store) { s.member = "a" })
+	subA := subscribe(t, a, "feed", watched, false)
+	require.Equal(t, testVBuckets, feedStats(subA).VBuckets)
+	fa := subA.(*feed)
+	fa.mu.Lock() // a crashes: no heartbeat, no handover
+	t.Cleanup(fa.mu.Unlock)
+
+	b := openStore(t, cfg, func(s *Store) { s.member = "b" })
+	g := newGroup(b, "feed", "watch", cfg.MemberTTL, time.Now)
+	var doc membersDoc
+	var err error
+	expired := func() bool {
+		doc, _, err = g.read(ctxFor(t, 10*time.Second))
+		live, ok := doc.isLive("a", time.Now())
+		return err == nil && ok && !live
+	}
+	if !assert.Eventually(t, expired, time.Minute, 20*time.Millisecond) {
+		t.Fatalf("a's entry never expired: %+v, %v", doc, err)
+	}
+	subB := subscribe(t, b, "feed", watched, false)
+	assert.Equal(t, testVBuckets, feedStats(subB).VBuckets, "b took every vBucket over when it joined: %+v", feedStats(subB))
+}
