@@ -273,7 +273,7 @@ func (sub *subscription) flush(ctx context.Context) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("save checkpoint %s at %d: %w", sub.name, cp, err)
+		return fmt.Errorf("flush feed %s (checkpoint %d, expired documents): %w", sub.name, cp, err)
 	}
 	sub.saved = cp
 	sub.flushed = time.Now()
