@@ -53,10 +53,17 @@ func newFixture(t *testing.T, cfg console.Config) *fixture {
 	t.Cleanup(func() { st.Close() })
 	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
 	require.NoError(t, err)
+	return serve(t, cfg, st, deps(t, st, m))
+}
+
+// serve serves a console on st with d through httptest, to a client that
+// keeps cookies and never follows redirects.
+func serve(t *testing.T, cfg console.Config, st store.Store, d console.Deps) *fixture {
+	t.Helper()
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:0" // not started: served by httptest
 	}
-	c, err := console.New(cfg, deps(t, st, m), quiet, nil)
+	c, err := console.New(cfg, d, quiet, nil)
 	require.NoError(t, err)
 	srv := httptest.NewServer(c.Handler())
 	t.Cleanup(srv.Close)
@@ -469,14 +476,7 @@ func heldBack(t *testing.T) (store.Store, *mailer.Client) {
 func TestRunRetryNowWhileSendsAreHeldBack(t *testing.T) {
 	t.Parallel()
 	st, m := heldBack(t)
-	c, err := console.New(console.Config{Listen: "127.0.0.1:0", Token: token}, deps(t, st, m), quiet, nil)
-	require.NoError(t, err)
-	srv := httptest.NewServer(c.Handler())
-	t.Cleanup(srv.Close)
-	jar, err := cookiejar.New(nil)
-	require.NoError(t, err)
-	f := &fixture{st: st, c: c, srv: srv, client: &http.Client{Jar: jar,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+	f := serve(t, console.Config{Token: token}, st, deps(t, st, m))
 	f.put(t, order.Retry, "r1", order.RetryDoc{Type: order.TypeConfirmation, DocID: "r1", Attempt: 1, TS: time.Now().UnixMilli(),
 		NextAttemptAt: time.Now().Add(time.Hour).UnixMilli(), LastStatus: 503}.Encode())
 	csrf := f.login(t)
@@ -662,11 +662,7 @@ func TestOverviewWhileSendsAreHeldBack(t *testing.T) {
 	res, err := d.Timer.Sweep(ctx, time.Now())
 	require.NoError(t, err)
 	require.True(t, res.Held)
-	c, err := console.New(console.Config{Listen: "127.0.0.1:0"}, d, quiet, nil)
-	require.NoError(t, err)
-	srv := httptest.NewServer(c.Handler())
-	t.Cleanup(srv.Close)
-	f := &fixture{st: st, c: c, srv: srv, client: srv.Client()}
+	f := serve(t, console.Config{}, st, d)
 
 	code, body := f.get(t, "/")
 	require.Equal(t, http.StatusOK, code)
@@ -700,11 +696,7 @@ func TestOverviewListsTheMembers(t *testing.T) {
 	}}
 	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
 	require.NoError(t, err)
-	c, err := console.New(console.Config{Listen: "127.0.0.1:0"}, deps(t, ms, m), quiet, nil)
-	require.NoError(t, err)
-	srv := httptest.NewServer(c.Handler())
-	t.Cleanup(srv.Close)
-	f := &fixture{st: ms, c: c, srv: srv, client: srv.Client()}
+	f := serve(t, console.Config{}, ms, deps(t, ms, m))
 
 	code, body := f.get(t, "/")
 	require.Equal(t, http.StatusOK, code)
