@@ -145,13 +145,9 @@ func (c *Console) pause(w http.ResponseWriter, r *http.Request, sid string) {
 	case err != nil:
 		c.finish(w, r, sid, "pause", err, "Retries could not be paused.")
 	case stopped && was != (order.Control{}):
-		// The document was the only place its settings were kept:
-		// Resume here gives them back.
-		c.paused.Store(&was)
 		c.finish(w, r, sid, "pause", nil, "Retries paused: %s deleted. Retry documents wait; first sends go on. "+
-			"Resume here gives back its settings (%s).", order.ControlKey, was)
+			"Its settings (%s) are kept: Resume, here or on any instance, or retries start, gives them back.", order.ControlKey, was)
 	case stopped:
-		c.paused.Store(nil)
 		c.finish(w, r, sid, "pause", nil, "Retries paused: %s deleted. Retry documents wait; first sends go on.", order.ControlKey)
 	default:
 		c.finish(w, r, sid, "pause", nil, "Retries were paused already.")
@@ -159,22 +155,13 @@ func (c *Console) pause(w http.ResponseWriter, r *http.Request, sid string) {
 }
 
 func (c *Console) resume(w http.ResponseWriter, r *http.Request, sid string) {
-	var ctl order.Control
-	if was := c.paused.Load(); was != nil {
-		ctl = *was
-	}
-	started, err := ops.ResumeRetries(r.Context(), c.st, ctl)
-	if err == nil {
-		// Given back, or armed meanwhile by someone else, whose settings
-		// stand: either way not to be given again later.
-		c.paused.Store(nil)
-	}
+	started, set, err := ops.ResumeRetries(r.Context(), c.st, order.Control{})
 	switch {
 	case err != nil:
 		c.finish(w, r, sid, "resume", err, "Retries could not be resumed.")
-	case started && ctl != (order.Control{}):
+	case started && set != (order.Control{}):
 		c.finish(w, r, sid, "resume", nil, "Retries resumed: %s created with the settings the pause removed (%s). "+
-			"The waiting retries go out as they are due.", order.ControlKey, ctl)
+			"The waiting retries go out as they are due.", order.ControlKey, set)
 	case started:
 		c.finish(w, r, sid, "resume", nil, "Retries resumed: %s created. The waiting retries go out as they are due.", order.ControlKey)
 	default:

@@ -12,12 +12,10 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/metrics"
-	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/ordermail/ordermail/timer"
@@ -61,9 +59,6 @@ type Console struct {
 	log      *slog.Logger
 	now      func() time.Time
 	embedded bool // one process at a time runs the feed (the file's lock)
-	// paused is the settings the last pause here removed with
-	// allow_retrys, which the next resume gives back; nil: none.
-	paused atomic.Pointer[order.Control]
 
 	tokenHash *[32]byte // nil: no token, read-only
 	sessions  *sessions

@@ -341,42 +341,50 @@ func TestPauseAndResumeThroughPOST(t *testing.T) {
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	assert.False(t, f.exists(t, order.Retry, order.ControlKey))
 
-	// A pause deletes the only place the settings are kept; Resume here
-	// gives them back.
+	// A pause keeps the settings it deletes, in the store: Resume gives
+	// them back on another instance's console too (or after a restart).
 	ctx := context.Background()
 	set := order.Control{Interval: 30 * time.Second, Quantum: time.Minute}
-	_, err := ops.StartRetries(ctx, f.st, set)
+	_, _, err := ops.StartRetries(ctx, f.st, set)
 	require.NoError(t, err)
 	resp, _ = f.post(t, "/retries/pause", url.Values{"csrf": {csrf}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	_, body = f.get(t, "/")
-	assert.Contains(t, body, "Resume here gives back its settings (interval 30s, quantum 1m0s)")
-	resp, _ = f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
+	assert.Contains(t, body, "Its settings (interval 30s, quantum 1m0s) are kept")
+	assert.Contains(t, body, `id="resume-with">interval 30s, quantum 1m0s<`, "the overview says what Resume gives back")
+	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
+	require.NoError(t, err)
+	other := serve(t, console.Config{Token: token}, f.st, deps(t, f.st, m))
+	otherCSRF := other.login(t)
+	resp, _ = other.post(t, "/retries/resume", url.Values{"csrf": {otherCSRF}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	d, err := f.st.Get(ctx, order.Retry, order.ControlKey)
 	require.NoError(t, err)
 	got, err := order.DecodeControl(d.Value)
 	require.NoError(t, err)
 	assert.Equal(t, set, got, "resumed with the settings the pause removed: %s", d.Value)
-	_, body = f.get(t, "/")
+	_, body = other.get(t, "/")
 	assert.Contains(t, body, "with the settings the pause removed (interval 30s, quantum 1m0s)")
+
 	// Armed meanwhile by someone else: their settings stand, and the
 	// pause's are not given back later either.
 	f.post(t, "/retries/pause", url.Values{"csrf": {csrf}})
-	_, err = ops.StartRetries(ctx, f.st, order.Control{Interval: 5 * time.Minute})
+	_, _, err = ops.StartRetries(ctx, f.st, order.Control{Interval: 5 * time.Minute})
 	require.NoError(t, err)
 	f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
-	_, _, err = ops.StopRetries(ctx, f.st)
-	require.NoError(t, err)
+	require.NoError(t, f.st.Remove(ctx, order.Retry, order.ControlKey, 0)) // deleted by hand: nothing kept
 	f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
 	d, err = f.st.Get(ctx, order.Retry, order.ControlKey)
 	require.NoError(t, err)
 	assert.JSONEq(t, `{}`, string(d.Value), "no settings given back twice")
 
-	// Given back once: a later pause of a document without settings
-	// resumes without them.
-	require.NoError(t, f.st.Remove(ctx, order.Retry, order.ControlKey, 0))
-	_, err = ops.StartRetries(ctx, f.st, order.Control{})
+	// A pause of a document without settings clears what an earlier
+	// pause kept: it resumes without them.
+	_, _, err = ops.StartRetries(ctx, f.st, set)
+	require.NoError(t, err)
+	_, _, err = ops.StopRetries(ctx, f.st) // kept: set
+	require.NoError(t, err)
+	_, err = f.st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`)) // armed by hand, without settings
 	require.NoError(t, err)
 	f.post(t, "/retries/pause", url.Values{"csrf": {csrf}})
 	f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})

@@ -17,34 +17,80 @@ import (
 	"golang.org/x/sync/errgroup"
 )
 
-// StartRetries creates allow_retrys, or rewrites it with ctl's settings
-// (zero fields are left out). started is false when it existed already.
-func StartRetries(ctx context.Context, st store.Store, ctl order.Control) (started bool, err error) {
-	started, err = ResumeRetries(ctx, st, ctl)
+// StartRetries creates allow_retrys with ctl's settings (zero fields are
+// left out), or rewrites the one that exists with them. With no settings
+// it resumes: it creates allow_retrys with the settings the last pause
+// removed (PausedSettings), and leaves one that exists as it is. set is
+// the settings allow_retrys was created or rewritten with; started is
+// false when it existed already.
+func StartRetries(ctx context.Context, st store.Store, ctl order.Control) (started bool, set order.Control, err error) {
+	started, set, err = ResumeRetries(ctx, st, ctl)
 	if err != nil || started || ctl == (order.Control{}) {
-		return started, err
+		return started, set, err
 	}
 	body, err := controlBody(ctl)
 	if err != nil {
-		return false, err
+		return false, order.Control{}, err
 	}
-	_, err = st.Upsert(ctx, order.Retry, order.ControlKey, body)
-	return false, err
+	if _, err = st.Upsert(ctx, order.Retry, order.ControlKey, body); err != nil {
+		return false, order.Control{}, err
+	}
+	return false, ctl, nil
 }
 
-// ResumeRetries creates allow_retrys with ctl's settings, as StartRetries,
-// but leaves one that exists as it is: resuming gives back the settings a
-// pause removed and never overwrites what was set since.
-func ResumeRetries(ctx context.Context, st store.Store, ctl order.Control) (started bool, err error) {
+// ResumeRetries creates allow_retrys with ctl's settings or, when ctl sets
+// none, with the settings the last pause removed; it leaves one that
+// exists as it is, since what was set there since stands. Either way the
+// pause's settings are not given back again. set is the settings created
+// with (zero when allow_retrys existed).
+func ResumeRetries(ctx context.Context, st store.Store, ctl order.Control) (started bool, set order.Control, err error) {
+	if ctl == (order.Control{}) {
+		if ctl, err = PausedSettings(ctx, st); err != nil {
+			return false, order.Control{}, err
+		}
+	}
 	body, err := controlBody(ctl)
 	if err != nil {
-		return false, err
+		return false, order.Control{}, err
 	}
 	_, err = st.Insert(ctx, order.Retry, order.ControlKey, body)
-	if errors.Is(err, store.ErrExists) {
-		return false, nil
+	switch {
+	case errors.Is(err, store.ErrExists):
+		ctl, started = order.Control{}, false
+	case err != nil:
+		return false, order.Control{}, err
+	default:
+		started = true
 	}
-	return err == nil, err
+	if err := st.Remove(ctx, store.Meta, PausedKey, 0); err != nil && !errors.Is(err, store.ErrNotFound) {
+		// Armed all the same: the leftover is given back by no later
+		// resume that finds allow_retrys (the case above), and overwritten
+		// by the next pause.
+		return started, ctl, fmt.Errorf("retries armed, but the settings kept by the pause were not cleared: %w", err)
+	}
+	return started, ctl, nil
+}
+
+// PausedKey is the document, in ordermail's own collection, that keeps the
+// settings the last pause (StopRetries) deleted with allow_retrys, until a
+// resume gives them back: the console's Pause and Resume and `retries
+// stop` and `retries start` may run on different instances, and a
+// restart comes between them as likely as not.
+const PausedKey = "paused:" + order.ControlKey
+
+// PausedSettings is the settings the last pause deleted and no resume has
+// given back yet; zero when there are none. A document there that does not
+// decode (edited by hand) gives none back, rather than holding up every
+// resume; the resume then drops it.
+func PausedSettings(ctx context.Context, st store.Store) (order.Control, error) {
+	d, err := st.Get(ctx, store.Meta, PausedKey)
+	if errors.Is(err, store.ErrNotFound) {
+		return order.Control{}, nil
+	} else if err != nil {
+		return order.Control{}, fmt.Errorf("read the settings kept by the pause: %w", err)
+	}
+	ctl, _ := order.DecodeControl(d.Value)
+	return ctl, nil
 }
 
 // controlBody is allow_retrys with ctl's settings; zero ones are left out.
@@ -61,10 +107,11 @@ func controlBody(ctl order.Control) ([]byte, error) {
 
 // StopRetries deletes allow_retrys; stopped is false when it was not there.
 // was is the settings the deleted document carried (zero when it carried
-// none, or none that decode), so that the operator can give them again on
-// resuming: the document is the only place they are kept.
+// none, or none that decode); they are kept (PausedKey) until a resume
+// gives them back. They are kept before the document is deleted, so that
+// no failure between the two loses them.
 func StopRetries(ctx context.Context, st store.Store) (stopped bool, was order.Control, err error) {
-	// The settings deleted are the ones read: a change between the read and
+	// The settings kept are the ones read: a change between the read and
 	// the delete is read again, a few times, then deleted unread.
 	for range 3 {
 		d, err := st.Get(ctx, order.Retry, order.ControlKey)
@@ -73,10 +120,13 @@ func StopRetries(ctx context.Context, st store.Store) (stopped bool, was order.C
 		} else if err != nil {
 			return false, order.Control{}, err
 		}
+		was, _ = order.DecodeControl(d.Value) // malformed: no settings to give back
+		if err := keepPaused(ctx, st, was); err != nil {
+			return false, order.Control{}, err
+		}
 		err = st.Remove(ctx, order.Retry, order.ControlKey, d.CAS)
 		switch {
 		case err == nil:
-			was, _ = order.DecodeControl(d.Value) // malformed: no settings to give back
 			return true, was, nil
 		case errors.Is(err, store.ErrNotFound):
 			return false, order.Control{}, nil
@@ -84,11 +134,34 @@ func StopRetries(ctx context.Context, st store.Store) (stopped bool, was order.C
 			return false, order.Control{}, err
 		}
 	}
+	if err := keepPaused(ctx, st, order.Control{}); err != nil {
+		return false, order.Control{}, err
+	}
 	err = st.Remove(ctx, order.Retry, order.ControlKey, 0)
 	if errors.Is(err, store.ErrNotFound) {
 		return false, order.Control{}, nil
 	}
 	return err == nil, order.Control{}, err
+}
+
+// keepPaused keeps ctl as the settings a resume gives back; with none it
+// clears what an earlier pause kept, lest a resume give back stale ones.
+func keepPaused(ctx context.Context, st store.Store, ctl order.Control) error {
+	if ctl == (order.Control{}) {
+		err := st.Remove(ctx, store.Meta, PausedKey, 0)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("clear the settings kept by an earlier pause: %w", err)
+		}
+		return nil
+	}
+	body, err := controlBody(ctl)
+	if err == nil {
+		_, err = st.Upsert(ctx, store.Meta, PausedKey, body)
+	}
+	if err != nil {
+		return fmt.Errorf("keep the settings of %s: %w", order.ControlKey, err)
+	}
+	return nil
 }
 
 // ReasonCount is how many confirmations fail for one reason.
@@ -115,6 +188,9 @@ type Status struct {
 	OrdersCountedAt *time.Time    `json:"ordersCountedAt,omitempty"`
 	TopFailures     []ReasonCount `json:"topFailureReasons"`
 	Control         string        `json:"control,omitempty"` // allow_retrys as stored
+	// ResumeWith is the settings a resume gives back (PausedSettings),
+	// e.g. "interval 30s"; "" when armed, or paused with none kept.
+	ResumeWith string `json:"resumeWith,omitempty"`
 	// Sweeper is the instance that holds the sweep lease, and until when;
 	// nil when none ever did.
 	Sweeper *Sweeper `json:"sweeper"`
@@ -143,6 +219,11 @@ func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time
 		}
 	case errors.Is(err, store.ErrNotFound):
 		s.Paused = true
+		was, err := PausedSettings(ctx, st)
+		if err != nil {
+			return Status{}, err
+		}
+		s.ResumeWith = was.String()
 	default:
 		return Status{}, err
 	}

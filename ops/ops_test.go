@@ -2,6 +2,7 @@ package ops_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -69,4 +71,69 @@ func TestReadStatus(t *testing.T) {
 	}))
 	require.Len(t, dls, 3)
 	assert.Equal(t, "unreadable", dls[2].Reason)
+}
+
+// metaDown is a store whose writes to ordermail's own collection fail.
+type metaDown struct{ store.Store }
+
+func (s metaDown) Upsert(ctx context.Context, coll, key string, v []byte) (uint64, error) {
+	if coll == store.Meta {
+		return 0, errors.New("meta down")
+	}
+	return s.Store.Upsert(ctx, coll, key, v)
+}
+
+// TestAPauseKeepsItsSettingsForTheResume: the settings deleted with
+// allow_retrys are kept in the store until a resume, wherever it runs,
+// gives them back once; a pause that cannot keep them deletes nothing.
+func TestAPauseKeepsItsSettingsForTheResume(t *testing.T) {
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer st.Close()
+	set := order.Control{Interval: 30 * time.Second, Quantum: time.Minute}
+	_, _, err = ops.StartRetries(ctx, st, set)
+	require.NoError(t, err)
+
+	_, _, err = ops.StopRetries(ctx, metaDown{st})
+	require.ErrorContains(t, err, "keep the settings of allow_retrys: meta down")
+	_, err = st.Get(ctx, order.Retry, order.ControlKey)
+	require.NoError(t, err, "a pause that could not keep the settings deleted nothing")
+
+	stopped, was, err := ops.StopRetries(ctx, st)
+	require.NoError(t, err)
+	require.True(t, stopped)
+	assert.Equal(t, set, was)
+	s, err := ops.ReadStatus(ctx, st, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, "interval 30s, quantum 1m0s", s.ResumeWith)
+
+	started, got, err := ops.ResumeRetries(ctx, st, order.Control{})
+	require.NoError(t, err)
+	require.True(t, started)
+	assert.Equal(t, set, got)
+	d, err := st.Get(ctx, order.Retry, order.ControlKey)
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"interval":"30s","quantum":"1m0s"}`, string(d.Value))
+
+	// Given back once.
+	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0))
+	started, got, err = ops.ResumeRetries(ctx, st, order.Control{})
+	require.NoError(t, err)
+	require.True(t, started)
+	assert.Zero(t, got)
+	s, err = ops.ReadStatus(ctx, st, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Empty(t, s.ResumeWith)
+
+	// A kept document edited into nonsense holds up no resume.
+	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0))
+	_, err = st.Upsert(ctx, store.Meta, ops.PausedKey, []byte(`{"interval":"soon"}`))
+	require.NoError(t, err)
+	started, got, err = ops.ResumeRetries(ctx, st, order.Control{})
+	require.NoError(t, err)
+	assert.True(t, started)
+	assert.Zero(t, got)
+	_, err = st.Get(ctx, store.Meta, ops.PausedKey)
+	assert.ErrorIs(t, err, store.ErrNotFound, "dropped by the resume")
 }

@@ -23,10 +23,12 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 	start := storeCommand("start", "ordermail retries start --store URL [--interval D] [--quantum D]",
 		"create allow_retrys: the timer retries failed sends (the settings go into the document)", stderr,
 		func(ctx context.Context, st store.Store, _ []string) error {
-			started, err := ops.StartRetries(ctx, st, ctl)
+			started, set, err := ops.StartRetries(ctx, st, ctl)
 			switch {
 			case err != nil:
 				return err
+			case started && ctl == (order.Control{}) && set != (order.Control{}):
+				fmt.Fprintf(stdout, "retries started: created %s with the settings the pause removed (%s)\n", order.ControlKey, set)
 			case started:
 				fmt.Fprintln(stdout, "retries started: created", order.ControlKey)
 			case ctl != (order.Control{}):
@@ -55,8 +57,7 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if stopped {
 				fmt.Fprintln(stdout, "retries stopped: deleted", order.ControlKey)
 				if was != (order.Control{}) {
-					// The document was the only place they were kept.
-					fmt.Fprintf(stdout, "its settings went with it (%s): to resume with them, retries start%s\n", was, startFlags(was))
+					fmt.Fprintf(stdout, "its settings (%s) are kept: retries start gives them back\n", was)
 				}
 			} else {
 				fmt.Fprintln(stdout, "retries already stopped")
@@ -100,18 +101,6 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 	}
 }
 
-// startFlags are the flags of `retries start` that set ctl's settings.
-func startFlags(ctl order.Control) string {
-	var f string
-	if ctl.Interval > 0 {
-		f += " --interval " + ctl.Interval.String()
-	}
-	if ctl.Quantum > 0 {
-		f += " --quantum " + ctl.Quantum.String()
-	}
-	return f
-}
-
 // statusView is what `retries status` shows: ops.Status with its fields
 // typed for a reader (the control document as settings, times in RFC 3339,
 // arrays never null) and whether a service runs on the store.
@@ -119,8 +108,9 @@ type statusView struct {
 	ReadAt            string            `json:"readAt"`
 	TimerArmed        bool              `json:"timerArmed"`
 	Paused            bool              `json:"paused"`
-	Control           *controlView      `json:"control,omitempty"` // allow_retrys; absent while paused
-	RetryDocs         int               `json:"retryDocs"`         // pending retries
+	Control           *controlView      `json:"control,omitempty"`    // allow_retrys; absent while paused
+	ResumeWith        string            `json:"resumeWith,omitempty"` // paused: the settings a resume gives back, kept by the pause
+	RetryDocs         int               `json:"retryDocs"`            // pending retries
 	RetryFlagged      int               `json:"retryFlagged"`
 	DueNow            int               `json:"dueNow"`
 	OldestDueAt       string            `json:"oldestDueAt,omitempty"` // the longest-waiting due retry, flagged or not; absent when none is due
@@ -172,7 +162,7 @@ func ptr(b bool) *bool { return &b }
 
 func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 	v := statusView{
-		ReadAt: now.UTC().Format(time.RFC3339), TimerArmed: s.TimerArmed, Paused: s.Paused,
+		ReadAt: now.UTC().Format(time.RFC3339), TimerArmed: s.TimerArmed, Paused: s.Paused, ResumeWith: s.ResumeWith,
 		RetryDocs: s.RetryDocs, RetryFlagged: s.RetryFlagged, DueNow: s.DueNow, DeadLetters: s.DeadLetters,
 		OrdersPaid: s.OrdersPaid, OrdersConfirmed: s.OrdersConfirmed, OrdersUnconfirmed: s.OrdersUnconfirmed,
 		TopFailures: s.TopFailures, Service: svc,
@@ -270,6 +260,9 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 		}
 	} else {
 		line("retries", "paused (no %s: retry documents wait)", order.ControlKey)
+		if v.ResumeWith != "" {
+			line("  on resuming", "%s (kept by the pause; retries start gives them back)", v.ResumeWith)
+		}
 	}
 	oldest := "none due"
 	if !v.oldestDue.IsZero() {
