@@ -239,7 +239,7 @@ func TestPauseStopsRetriesAndResumeFinishesThem(t *testing.T) {
 	assert.True(t, s.Paused)
 	assert.Equal(t, 3, s.DueNow, "due, but waiting")
 
-	started, _, err := ops.StartRetries(context.Background(), st, order.Control{})
+	started, _, _, err := ops.StartRetries(context.Background(), st, order.Control{})
 	require.NoError(t, err)
 	require.True(t, started)
 	require.Eventually(t, func() bool {

@@ -146,7 +146,7 @@ func (c *Console) pause(w http.ResponseWriter, r *http.Request, sid string) {
 		c.finish(w, r, sid, "pause", err, "Retries could not be paused.")
 	case stopped && was != (order.Control{}):
 		c.finish(w, r, sid, "pause", nil, "Retries paused: %s deleted. Retry documents wait; first sends go on. "+
-			"Its settings (%s) are kept: Resume, here or on any instance, or retries start, gives them back.", order.ControlKey, was)
+			"Its settings (%s) are kept: Resume, here or on any instance, or retries start without flags, gives them back.", order.ControlKey, was)
 	case stopped:
 		c.finish(w, r, sid, "pause", nil, "Retries paused: %s deleted. Retry documents wait; first sends go on.", order.ControlKey)
 	default:
@@ -155,15 +155,20 @@ func (c *Console) pause(w http.ResponseWriter, r *http.Request, sid string) {
 }
 
 func (c *Console) resume(w http.ResponseWriter, r *http.Request, sid string) {
-	started, set, err := ops.ResumeRetries(r.Context(), c.st, order.Control{})
+	started, set, err := ops.ResumeRetries(r.Context(), c.st)
+	resumed := fmt.Sprintf("Retries resumed: %s created. ", order.ControlKey)
+	if set != (order.Control{}) {
+		resumed = fmt.Sprintf("Retries resumed: %s created with the settings the pause removed (%s). ", order.ControlKey, set)
+	}
 	switch {
+	case started && err != nil:
+		// Armed all the same: said first, the leftover after.
+		c.finish(w, r, sid, "resume", nil, "%sThe waiting retries go out as they are due. But the settings the pause kept "+
+			"were not cleared (%s): if it is paused again by hand, a resume may give them back.", resumed, err)
 	case err != nil:
 		c.finish(w, r, sid, "resume", err, "Retries could not be resumed.")
-	case started && set != (order.Control{}):
-		c.finish(w, r, sid, "resume", nil, "Retries resumed: %s created with the settings the pause removed (%s). "+
-			"The waiting retries go out as they are due.", order.ControlKey, set)
 	case started:
-		c.finish(w, r, sid, "resume", nil, "Retries resumed: %s created. The waiting retries go out as they are due.", order.ControlKey)
+		c.finish(w, r, sid, "resume", nil, "%sThe waiting retries go out as they are due.", resumed)
 	default:
 		c.finish(w, r, sid, "resume", nil, "Retries were armed already.")
 	}

@@ -104,7 +104,7 @@ func TestBrowser(t *testing.T) {
 		_, err := st.Upsert(ctx, order.Inbound, k, fmt.Appendf(nil, `{"email":"%s@example.com","paymentStatus":"paid","total":42}`, k))
 		require.NoError(t, err)
 	}
-	_, _, err = ops.StartRetries(ctx, st, order.Control{})
+	_, _, _, err = ops.StartRetries(ctx, st, order.Control{})
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		n, err := st.Counts(ctx)

@@ -345,7 +345,7 @@ func TestPauseAndResumeThroughPOST(t *testing.T) {
 	// them back on another instance's console too (or after a restart).
 	ctx := context.Background()
 	set := order.Control{Interval: 30 * time.Second, Quantum: time.Minute}
-	_, _, err := ops.StartRetries(ctx, f.st, set)
+	_, _, _, err := ops.StartRetries(ctx, f.st, set)
 	require.NoError(t, err)
 	resp, _ = f.post(t, "/retries/pause", url.Values{"csrf": {csrf}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
@@ -369,7 +369,7 @@ func TestPauseAndResumeThroughPOST(t *testing.T) {
 	// Armed meanwhile by someone else: their settings stand, and the
 	// pause's are not given back later either.
 	f.post(t, "/retries/pause", url.Values{"csrf": {csrf}})
-	_, _, err = ops.StartRetries(ctx, f.st, order.Control{Interval: 5 * time.Minute})
+	_, _, _, err = ops.StartRetries(ctx, f.st, order.Control{Interval: 5 * time.Minute})
 	require.NoError(t, err)
 	f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
 	require.NoError(t, f.st.Remove(ctx, order.Retry, order.ControlKey, 0)) // deleted by hand: nothing kept
@@ -380,7 +380,7 @@ func TestPauseAndResumeThroughPOST(t *testing.T) {
 
 	// A pause of a document without settings clears what an earlier
 	// pause kept: it resumes without them.
-	_, _, err = ops.StartRetries(ctx, f.st, set)
+	_, _, _, err = ops.StartRetries(ctx, f.st, set)
 	require.NoError(t, err)
 	_, _, err = ops.StopRetries(ctx, f.st) // kept: set
 	require.NoError(t, err)

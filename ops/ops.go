@@ -19,78 +19,103 @@ import (
 
 // StartRetries creates allow_retrys with ctl's settings (zero fields are
 // left out), or rewrites the one that exists with them. With no settings
-// it resumes: it creates allow_retrys with the settings the last pause
-// removed (PausedSettings), and leaves one that exists as it is. set is
-// the settings allow_retrys was created or rewritten with; started is
-// false when it existed already.
-func StartRetries(ctx context.Context, st store.Store, ctl order.Control) (started bool, set order.Control, err error) {
-	started, set, err = ResumeRetries(ctx, st, ctl)
-	if err != nil || started || ctl == (order.Control{}) {
-		return started, set, err
+// it resumes (ResumeRetries). set is the settings allow_retrys was created
+// or rewritten with; dropped is the settings a pause had kept that ctl's
+// stand in for. started is false when allow_retrys existed already.
+func StartRetries(ctx context.Context, st store.Store, ctl order.Control) (started bool, set, dropped order.Control, err error) {
+	if ctl == (order.Control{}) {
+		started, set, err = ResumeRetries(ctx, st)
+		return started, set, order.Control{}, err
 	}
 	body, err := controlBody(ctl)
 	if err != nil {
-		return false, order.Control{}, err
+		return false, order.Control{}, order.Control{}, err
 	}
-	if _, err = st.Upsert(ctx, order.Retry, order.ControlKey, body); err != nil {
-		return false, order.Control{}, err
+	kept, err := readKept(ctx, st)
+	if err != nil {
+		return false, order.Control{}, order.Control{}, err
 	}
-	return false, ctl, nil
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, body)
+	if errors.Is(err, store.ErrExists) {
+		// Armed already: the settings are rewritten, and what a pause
+		// kept is left to the pause that kept it (one under way now).
+		_, err = st.Upsert(ctx, order.Retry, order.ControlKey, body)
+		return false, ctl, order.Control{}, err
+	} else if err != nil {
+		return false, order.Control{}, order.Control{}, err
+	}
+	return true, ctl, kept.ctl, kept.clear(ctx, st)
 }
 
-// ResumeRetries creates allow_retrys with ctl's settings or, when ctl sets
-// none, with the settings the last pause removed; it leaves one that
-// exists as it is, since what was set there since stands. Either way the
-// pause's settings are not given back again. set is the settings created
-// with (zero when allow_retrys existed).
-func ResumeRetries(ctx context.Context, st store.Store, ctl order.Control) (started bool, set order.Control, err error) {
-	if ctl == (order.Control{}) {
-		if ctl, err = PausedSettings(ctx, st); err != nil {
-			return false, order.Control{}, err
-		}
+// ResumeRetries creates allow_retrys with the settings the last pause
+// kept (none when it kept none), and clears them: they are given back
+// once. It leaves allow_retrys that exists as it is, and what a pause
+// kept with it: armed by other means, whose settings stand, the running
+// service's timer drops them (order.KeptControlKey); armed while a pause
+// is under way, they are that pause's. set is the settings created with.
+// An error wrapping ErrKeptNotCleared comes with started true.
+func ResumeRetries(ctx context.Context, st store.Store) (started bool, set order.Control, err error) {
+	kept, err := readKept(ctx, st)
+	if err != nil {
+		return false, order.Control{}, err
 	}
-	body, err := controlBody(ctl)
+	body, err := controlBody(kept.ctl)
 	if err != nil {
 		return false, order.Control{}, err
 	}
 	_, err = st.Insert(ctx, order.Retry, order.ControlKey, body)
-	switch {
-	case errors.Is(err, store.ErrExists):
-		ctl, started = order.Control{}, false
-	case err != nil:
+	if errors.Is(err, store.ErrExists) {
+		return false, order.Control{}, nil
+	} else if err != nil {
 		return false, order.Control{}, err
-	default:
-		started = true
 	}
-	if err := st.Remove(ctx, store.Meta, PausedKey, 0); err != nil && !errors.Is(err, store.ErrNotFound) {
-		// Armed all the same: the leftover is given back by no later
-		// resume that finds allow_retrys (the case above), and overwritten
-		// by the next pause.
-		return started, ctl, fmt.Errorf("retries armed, but the settings kept by the pause were not cleared: %w", err)
-	}
-	return started, ctl, nil
+	return true, kept.ctl, kept.clear(ctx, st)
 }
 
-// PausedKey is the document, in ordermail's own collection, that keeps the
-// settings the last pause (StopRetries) deleted with allow_retrys, until a
-// resume gives them back: the console's Pause and Resume and `retries
-// stop` and `retries start` may run on different instances, and a
-// restart comes between them as likely as not.
-const PausedKey = "paused:" + order.ControlKey
+// ErrKeptNotCleared says that retries were armed but the settings a pause
+// kept could not be cleared: a later resume may give them back again,
+// unless the running service's timer drops them first.
+var ErrKeptNotCleared = errors.New("retries armed, but the settings the pause kept were not cleared")
 
-// PausedSettings is the settings the last pause deleted and no resume has
-// given back yet; zero when there are none. A document there that does not
-// decode (edited by hand) gives none back, rather than holding up every
-// resume; the resume then drops it.
-func PausedSettings(ctx context.Context, st store.Store) (order.Control, error) {
-	d, err := st.Get(ctx, store.Meta, PausedKey)
+// kept is what readKept found: the settings a pause kept and the CAS of
+// their document (0: none).
+type kept struct {
+	ctl order.Control
+	cas uint64
+}
+
+// readKept reads the settings the last pause kept. A document that does
+// not decode (edited by hand) gives none back, rather than holding up
+// every resume; the resume then clears it.
+func readKept(ctx context.Context, st store.Store) (kept, error) {
+	d, err := st.Get(ctx, store.Meta, order.KeptControlKey)
 	if errors.Is(err, store.ErrNotFound) {
-		return order.Control{}, nil
+		return kept{}, nil
 	} else if err != nil {
-		return order.Control{}, fmt.Errorf("read the settings kept by the pause: %w", err)
+		return kept{}, fmt.Errorf("read the settings the pause kept: %w", err)
 	}
-	ctl, _ := order.DecodeControl(d.Value)
-	return ctl, nil
+	k, _ := order.DecodeKeptControl(d.Value)
+	return kept{ctl: k.Control, cas: d.CAS}, nil
+}
+
+// clear deletes the kept settings read, unless a pause has kept others
+// since (after the resume armed allow_retrys, then paused again).
+func (k kept) clear(ctx context.Context, st store.Store) error {
+	if k.cas == 0 {
+		return nil
+	}
+	err := st.Remove(ctx, store.Meta, order.KeptControlKey, k.cas)
+	if err == nil || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCASMismatch) {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrKeptNotCleared, err)
+}
+
+// PausedSettings is the settings the last pause kept, which a resume gives
+// back; zero when there are none.
+func PausedSettings(ctx context.Context, st store.Store) (order.Control, error) {
+	k, err := readKept(ctx, st)
+	return k.ctl, err
 }
 
 // controlBody is allow_retrys with ctl's settings; zero ones are left out.
@@ -105,14 +130,18 @@ func controlBody(ctl order.Control) ([]byte, error) {
 	return json.Marshal(doc)
 }
 
+// ErrControlChanging says allow_retrys changed between each read and
+// delete of a pause: someone writes it as fast as the pause reads it.
+var ErrControlChanging = errors.New(order.ControlKey + " changed while it was being deleted, three times: try again")
+
 // StopRetries deletes allow_retrys; stopped is false when it was not there.
 // was is the settings the deleted document carried (zero when it carried
-// none, or none that decode); they are kept (PausedKey) until a resume
-// gives them back. They are kept before the document is deleted, so that
-// no failure between the two loses them.
+// none, or none that decode); they are kept (order.KeptControlKey) until a
+// resume gives them back. They are kept before the document is deleted,
+// so that no failure between the two loses them.
 func StopRetries(ctx context.Context, st store.Store) (stopped bool, was order.Control, err error) {
-	// The settings kept are the ones read: a change between the read and
-	// the delete is read again, a few times, then deleted unread.
+	// The settings kept are the ones deleted: a change between the read
+	// and the delete is read again.
 	for range 3 {
 		d, err := st.Get(ctx, order.Retry, order.ControlKey)
 		if errors.Is(err, store.ErrNotFound) {
@@ -121,7 +150,7 @@ func StopRetries(ctx context.Context, st store.Store) (stopped bool, was order.C
 			return false, order.Control{}, err
 		}
 		was, _ = order.DecodeControl(d.Value) // malformed: no settings to give back
-		if err := keepPaused(ctx, st, was); err != nil {
+		if err := keep(ctx, st, order.KeptControl{Control: was, PausedAt: time.Now()}); err != nil {
 			return false, order.Control{}, err
 		}
 		err = st.Remove(ctx, order.Retry, order.ControlKey, d.CAS)
@@ -134,29 +163,22 @@ func StopRetries(ctx context.Context, st store.Store) (stopped bool, was order.C
 			return false, order.Control{}, err
 		}
 	}
-	if err := keepPaused(ctx, st, order.Control{}); err != nil {
-		return false, order.Control{}, err
-	}
-	err = st.Remove(ctx, order.Retry, order.ControlKey, 0)
-	if errors.Is(err, store.ErrNotFound) {
-		return false, order.Control{}, nil
-	}
-	return err == nil, order.Control{}, err
+	return false, order.Control{}, ErrControlChanging
 }
 
-// keepPaused keeps ctl as the settings a resume gives back; with none it
-// clears what an earlier pause kept, lest a resume give back stale ones.
-func keepPaused(ctx context.Context, st store.Store, ctl order.Control) error {
-	if ctl == (order.Control{}) {
-		err := st.Remove(ctx, store.Meta, PausedKey, 0)
+// keep keeps k as the settings a resume gives back; with none it clears
+// what an earlier pause kept, lest a resume give back stale ones.
+func keep(ctx context.Context, st store.Store, k order.KeptControl) error {
+	if k.Control == (order.Control{}) {
+		err := st.Remove(ctx, store.Meta, order.KeptControlKey, 0)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("clear the settings kept by an earlier pause: %w", err)
+			return fmt.Errorf("clear the settings an earlier pause kept: %w", err)
 		}
 		return nil
 	}
-	body, err := controlBody(ctl)
+	body, err := k.Encode()
 	if err == nil {
-		_, err = st.Upsert(ctx, store.Meta, PausedKey, body)
+		_, err = st.Upsert(ctx, store.Meta, order.KeptControlKey, body)
 	}
 	if err != nil {
 		return fmt.Errorf("keep the settings of %s: %w", order.ControlKey, err)
@@ -188,9 +210,9 @@ type Status struct {
 	OrdersCountedAt *time.Time    `json:"ordersCountedAt,omitempty"`
 	TopFailures     []ReasonCount `json:"topFailureReasons"`
 	Control         string        `json:"control,omitempty"` // allow_retrys as stored
-	// ResumeWith is the settings a resume gives back (PausedSettings),
-	// e.g. "interval 30s"; "" when armed, or paused with none kept.
-	ResumeWith string `json:"resumeWith,omitempty"`
+	// ResumeWith is the settings a resume gives back (PausedSettings);
+	// zero when armed, or paused with none kept.
+	ResumeWith order.Control `json:"-"`
 	// Sweeper is the instance that holds the sweep lease, and until when;
 	// nil when none ever did.
 	Sweeper *Sweeper `json:"sweeper"`
@@ -223,7 +245,7 @@ func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time
 		if err != nil {
 			return Status{}, err
 		}
-		s.ResumeWith = was.String()
+		s.ResumeWith = was
 	default:
 		return Status{}, err
 	}

@@ -73,6 +73,123 @@ func TestReadStatus(t *testing.T) {
 	assert.Equal(t, "unreadable", dls[2].Reason)
 }
 
+// TestAPauseKeepsItsSettingsForTheResume: the settings deleted with
+// allow_retrys are kept in the store until a resume, wherever it runs,
+// gives them back once; a pause that cannot keep them deletes nothing.
+func TestAPauseKeepsItsSettingsForTheResume(t *testing.T) {
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer st.Close()
+	set := order.Control{Interval: 30 * time.Second, Quantum: time.Minute}
+	control := func() string {
+		t.Helper()
+		d, err := st.Get(ctx, order.Retry, order.ControlKey)
+		require.NoError(t, err)
+		return string(d.Value)
+	}
+	_, _, _, err = ops.StartRetries(ctx, st, set)
+	require.NoError(t, err)
+
+	_, _, err = ops.StopRetries(ctx, metaDown{st})
+	require.ErrorContains(t, err, "keep the settings of allow_retrys: meta down")
+	control() // a pause that could not keep the settings deleted nothing
+
+	stopped, was, err := ops.StopRetries(ctx, st)
+	require.NoError(t, err)
+	require.True(t, stopped)
+	assert.Equal(t, set, was)
+	s, err := ops.ReadStatus(ctx, st, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, set, s.ResumeWith)
+
+	started, got, err := ops.ResumeRetries(ctx, st)
+	require.NoError(t, err)
+	require.True(t, started)
+	assert.Equal(t, set, got)
+	assert.JSONEq(t, `{"interval":"30s","quantum":"1m0s"}`, control())
+
+	// Given back once.
+	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0))
+	started, got, err = ops.ResumeRetries(ctx, st)
+	require.NoError(t, err)
+	require.True(t, started)
+	assert.Zero(t, got)
+	s, err = ops.ReadStatus(ctx, st, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Zero(t, s.ResumeWith)
+
+	// A pause under way while a resume finds allow_retrys armed: the
+	// resume leaves what the pause keeps.
+	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0))
+	_, _, _, err = ops.StartRetries(ctx, st, set)
+	require.NoError(t, err)
+	kept, err := order.KeptControl{Control: set, PausedAt: time.Now()}.Encode()
+	require.NoError(t, err)
+	_, err = st.Upsert(ctx, store.Meta, order.KeptControlKey, kept) // the pause has kept them, not yet deleted
+	require.NoError(t, err)
+	started, _, err = ops.ResumeRetries(ctx, st)
+	require.NoError(t, err)
+	require.False(t, started)
+	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0)) // the pause deletes
+	started, got, err = ops.ResumeRetries(ctx, st)
+	require.NoError(t, err)
+	require.True(t, started)
+	assert.Equal(t, set, got, "the pause's settings survived the resume that raced it")
+
+	// Flags stand in for what a pause kept, and say so.
+	_, _, err = ops.StopRetries(ctx, st)
+	require.NoError(t, err)
+	started, got, dropped, err := ops.StartRetries(ctx, st, order.Control{Quantum: 2 * time.Minute})
+	require.NoError(t, err)
+	require.True(t, started)
+	assert.Equal(t, order.Control{Quantum: 2 * time.Minute}, got)
+	assert.Equal(t, set, dropped)
+	assert.JSONEq(t, `{"quantum":"2m0s"}`, control())
+	got, err = ops.PausedSettings(ctx, st)
+	require.NoError(t, err)
+	assert.Zero(t, got)
+
+	// A kept document edited into nonsense holds up no resume.
+	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0))
+	_, err = st.Upsert(ctx, store.Meta, order.KeptControlKey, []byte(`{"interval":"soon"}`))
+	require.NoError(t, err)
+	started, got, err = ops.ResumeRetries(ctx, st)
+	require.NoError(t, err)
+	assert.True(t, started)
+	assert.Zero(t, got)
+	_, err = st.Get(ctx, store.Meta, order.KeptControlKey)
+	assert.ErrorIs(t, err, store.ErrNotFound, "cleared by the resume")
+
+	// Armed, but the kept settings not cleared: said so, and armed.
+	_, _, err = ops.StopRetries(ctx, st)
+	require.NoError(t, err)
+	_, err = st.Upsert(ctx, store.Meta, order.KeptControlKey, kept)
+	require.NoError(t, err)
+	started, got, err = ops.ResumeRetries(ctx, metaDown{st})
+	assert.ErrorIs(t, err, ops.ErrKeptNotCleared)
+	assert.True(t, started)
+	assert.Equal(t, set, got)
+	control()
+}
+
+// TestAPauseOfADocumentChangingAllTheTimeDeletesNothing: a pause that
+// finds allow_retrys changed at every delete says so, and deletes nothing
+// unread.
+func TestAPauseOfADocumentChangingAllTheTimeDeletesNothing(t *testing.T) {
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer st.Close()
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{"interval":"1m"}`))
+	require.NoError(t, err)
+	stopped, _, err := ops.StopRetries(ctx, changing{st})
+	require.ErrorIs(t, err, ops.ErrControlChanging)
+	assert.False(t, stopped)
+	_, err = st.Get(ctx, order.Retry, order.ControlKey)
+	assert.NoError(t, err)
+}
+
 // metaDown is a store whose writes to ordermail's own collection fail.
 type metaDown struct{ store.Store }
 
@@ -83,57 +200,21 @@ func (s metaDown) Upsert(ctx context.Context, coll, key string, v []byte) (uint6
 	return s.Store.Upsert(ctx, coll, key, v)
 }
 
-// TestAPauseKeepsItsSettingsForTheResume: the settings deleted with
-// allow_retrys are kept in the store until a resume, wherever it runs,
-// gives them back once; a pause that cannot keep them deletes nothing.
-func TestAPauseKeepsItsSettingsForTheResume(t *testing.T) {
-	ctx := context.Background()
-	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
-	require.NoError(t, err)
-	defer st.Close()
-	set := order.Control{Interval: 30 * time.Second, Quantum: time.Minute}
-	_, _, err = ops.StartRetries(ctx, st, set)
-	require.NoError(t, err)
+func (s metaDown) Remove(ctx context.Context, coll, key string, cas uint64) error {
+	if coll == store.Meta {
+		return errors.New("meta down")
+	}
+	return s.Store.Remove(ctx, coll, key, cas)
+}
 
-	_, _, err = ops.StopRetries(ctx, metaDown{st})
-	require.ErrorContains(t, err, "keep the settings of allow_retrys: meta down")
-	_, err = st.Get(ctx, order.Retry, order.ControlKey)
-	require.NoError(t, err, "a pause that could not keep the settings deleted nothing")
+// changing is a store on which allow_retrys changes before every delete.
+type changing struct{ store.Store }
 
-	stopped, was, err := ops.StopRetries(ctx, st)
-	require.NoError(t, err)
-	require.True(t, stopped)
-	assert.Equal(t, set, was)
-	s, err := ops.ReadStatus(ctx, st, now, 15*time.Second)
-	require.NoError(t, err)
-	assert.Equal(t, "interval 30s, quantum 1m0s", s.ResumeWith)
-
-	started, got, err := ops.ResumeRetries(ctx, st, order.Control{})
-	require.NoError(t, err)
-	require.True(t, started)
-	assert.Equal(t, set, got)
-	d, err := st.Get(ctx, order.Retry, order.ControlKey)
-	require.NoError(t, err)
-	assert.JSONEq(t, `{"interval":"30s","quantum":"1m0s"}`, string(d.Value))
-
-	// Given back once.
-	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0))
-	started, got, err = ops.ResumeRetries(ctx, st, order.Control{})
-	require.NoError(t, err)
-	require.True(t, started)
-	assert.Zero(t, got)
-	s, err = ops.ReadStatus(ctx, st, now, 15*time.Second)
-	require.NoError(t, err)
-	assert.Empty(t, s.ResumeWith)
-
-	// A kept document edited into nonsense holds up no resume.
-	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0))
-	_, err = st.Upsert(ctx, store.Meta, ops.PausedKey, []byte(`{"interval":"soon"}`))
-	require.NoError(t, err)
-	started, got, err = ops.ResumeRetries(ctx, st, order.Control{})
-	require.NoError(t, err)
-	assert.True(t, started)
-	assert.Zero(t, got)
-	_, err = st.Get(ctx, store.Meta, ops.PausedKey)
-	assert.ErrorIs(t, err, store.ErrNotFound, "dropped by the resume")
+func (s changing) Remove(ctx context.Context, coll, key string, cas uint64) error {
+	if coll == order.Retry && key == order.ControlKey {
+		if _, err := s.Store.Upsert(ctx, coll, key, []byte(`{"interval":"2m"}`)); err != nil {
+			return err
+		}
+	}
+	return s.Store.Remove(ctx, coll, key, cas)
 }

@@ -79,3 +79,43 @@ func controlDuration(name string, raw json.RawMessage) (time.Duration, error) {
 	}
 	return d, nil
 }
+
+// KeptControlKey is the document, in ordermail's own collection, that keeps
+// the settings a pause deleted with allow_retrys until a resume gives them
+// back: the pause and the resume may run on different instances, with a
+// restart between them.
+const KeptControlKey = "paused:" + ControlKey
+
+// KeptControl is the content of KeptControlKey: the settings, and when the
+// pause read them (before it deleted allow_retrys).
+type KeptControl struct {
+	Control
+	PausedAt time.Time
+}
+
+// Encode is the document: allow_retrys' own fields and pausedAt (ms).
+func (k KeptControl) Encode() ([]byte, error) {
+	doc := map[string]any{"pausedAt": k.PausedAt.UnixMilli()}
+	if k.Interval > 0 {
+		doc["interval"] = k.Interval.String()
+	}
+	if k.Quantum > 0 {
+		doc["quantum"] = k.Quantum.String()
+	}
+	return json.Marshal(doc)
+}
+
+// DecodeKeptControl reads KeptControlKey.
+func DecodeKeptControl(raw []byte) (KeptControl, error) {
+	ctl, err := DecodeControl(raw)
+	if err != nil {
+		return KeptControl{}, err
+	}
+	var at struct {
+		PausedAt int64 `json:"pausedAt"`
+	}
+	if err := json.Unmarshal(raw, &at); err != nil {
+		return KeptControl{}, fmt.Errorf("%w: pausedAt: %w", ErrMalformed, err)
+	}
+	return KeptControl{Control: ctl, PausedAt: time.UnixMilli(at.PausedAt)}, nil
+}

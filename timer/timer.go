@@ -176,6 +176,10 @@ type Timer struct {
 	// gives the lease up and leaves it to the others until asideUntil.
 	sweepsFailed int
 	asideUntil   time.Time
+	// pausedSeen is when a tick last found allow_retrys absent, on the
+	// wall clock; zero once a tick found it armed again and saw to the
+	// settings the pause kept (dropKept).
+	pausedSeen time.Time
 
 	// Logged state, for one line per change; only tick touches them.
 	logged      Role
@@ -228,11 +232,22 @@ func (t *Timer) SetGate(g Gate) { t.gate = g }
 func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	doc, err := t.store.Get(ctx, order.Retry, order.ControlKey)
 	if errors.Is(err, store.ErrNotFound) {
+		t.mu.Lock()
+		t.pausedSeen = time.Now() // beside pausedAt, another process's wall clock
+		t.mu.Unlock()
 		t.setRole(RolePaused, nil, now)
 		return Result{}, nil
 	}
 	if err != nil {
 		return Result{}, fmt.Errorf("read %s: %w", order.ControlKey, err)
+	}
+	t.mu.Lock()
+	seen := t.pausedSeen
+	t.mu.Unlock()
+	if !seen.IsZero() && t.dropKept(ctx, seen) {
+		t.mu.Lock()
+		t.pausedSeen = time.Time{}
+		t.mu.Unlock()
 	}
 	// Read before the lease, so that a standby too knows the settings in
 	// effect (the backlog's quantum).
@@ -370,6 +385,39 @@ func (t *Timer) settings(doc store.Doc) (interval, quantum time.Duration) {
 		quantum = ctl.Quantum
 	}
 	return interval, quantum
+}
+
+// dropKept drops the settings a pause kept (order.KeptControlKey) when the
+// pause was over by pausedSeen, when this timer last found allow_retrys
+// absent: allow_retrys was created since by other means than a resume
+// (which gives them back and clears them itself), by hand as in the
+// sample, and its settings stand; no later resume is to give the old ones
+// back. Settings kept after pausedSeen are a pause's under way, and stay.
+// (The two times come from two hosts' clocks: a skew of more than the
+// paused poll could leave stale settings, or drop those of a pause made
+// within the skew of the arming.) It says whether that is seen to; if not
+// (the store failed), the next tick tries again.
+func (t *Timer) dropKept(ctx context.Context, pausedSeen time.Time) bool {
+	d, err := t.store.Get(ctx, store.Meta, order.KeptControlKey)
+	if errors.Is(err, store.ErrNotFound) {
+		return true
+	} else if err != nil {
+		t.log.Warn("could not read the settings a pause kept", "key", order.KeptControlKey, "error", err)
+		return false
+	}
+	if k, err := order.DecodeKeptControl(d.Value); err == nil && !k.PausedAt.Before(pausedSeen) {
+		return true
+	}
+	err = t.store.Remove(ctx, store.Meta, order.KeptControlKey, d.CAS)
+	switch {
+	case err == nil:
+		t.log.Info("dropped the settings a pause kept: "+order.ControlKey+" was created by other means since, and its settings stand", "key", order.KeptControlKey)
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrCASMismatch):
+	default:
+		t.log.Warn("could not drop the settings a pause kept", "key", order.KeptControlKey, "error", err)
+		return false
+	}
+	return true
 }
 
 // Ticks counts the successful ticks since Start (paused and standby ones

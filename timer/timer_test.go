@@ -769,3 +769,52 @@ func TestStopLeavesNoLeaseBehind(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, h.Owner, "a sweeper is left holding the lease after Stop (until %s)", h.ExpiresAt)
 }
+
+// TestArmedByOtherMeansDropsWhatAPauseKept: allow_retrys created by hand
+// after a pause (not by a resume, which gives the pause's settings back
+// itself) has the settings that stand: the timer that saw it paused drops
+// the ones the pause kept, lest a later resume give them back. Settings
+// kept after it saw the pause (a pause under way) stay.
+func TestArmedByOtherMeansDropsWhatAPauseKept(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	tm, err := timer.New(timer.Config{Interval: time.Second}, st, quiet, nil)
+	require.NoError(t, err)
+	keep := func(at time.Time) {
+		t.Helper()
+		b, err := order.KeptControl{Control: order.Control{Interval: time.Minute}, PausedAt: at}.Encode()
+		require.NoError(t, err)
+		_, err = st.Upsert(ctx, store.Meta, order.KeptControlKey, b)
+		require.NoError(t, err)
+	}
+	kept := func() bool {
+		_, err := st.Get(ctx, store.Meta, order.KeptControlKey)
+		return err == nil
+	}
+
+	keep(time.Now().Add(-time.Second)) // a pause over before the tick below
+	_, err = tm.Sweep(ctx, pinned)     // paused
+	require.NoError(t, err)
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{"quantum":"5m"}`)) // armed by hand
+	require.NoError(t, err)
+	_, err = tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.False(t, kept(), "the settings kept before the arming were dropped")
+
+	// Paused and seen so, then kept by a pause the tick saw none of.
+	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0))
+	_, err = tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	keep(time.Now().Add(time.Second))
+	_, err = tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.True(t, kept(), "the settings of a pause after the one seen stay")
+
+	// Armed all along: nothing seen paused, nothing dropped.
+	keep(time.Now().Add(-time.Hour))
+	_, err = tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.True(t, kept())
+}

@@ -23,11 +23,15 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 	start := storeCommand("start", "ordermail retries start --store URL [--interval D] [--quantum D]",
 		"create allow_retrys: the timer retries failed sends (the settings go into the document)", stderr,
 		func(ctx context.Context, st store.Store, _ []string) error {
-			started, set, err := ops.StartRetries(ctx, st, ctl)
+			started, set, dropped, err := ops.StartRetries(ctx, st, ctl)
 			switch {
+			case started && errors.Is(err, ops.ErrKeptNotCleared):
+				fmt.Fprintln(stderr, "warning:", err)
 			case err != nil:
 				return err
-			case started && ctl == (order.Control{}) && set != (order.Control{}):
+			}
+			switch {
+			case started && set != (order.Control{}) && ctl == (order.Control{}):
 				fmt.Fprintf(stdout, "retries started: created %s with the settings the pause removed (%s)\n", order.ControlKey, set)
 			case started:
 				fmt.Fprintln(stdout, "retries started: created", order.ControlKey)
@@ -35,6 +39,9 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 				fmt.Fprintln(stdout, "retries already started; settings updated in", order.ControlKey)
 			default:
 				fmt.Fprintln(stdout, "retries already started")
+			}
+			if dropped != (order.Control{}) {
+				fmt.Fprintf(stdout, "the settings the pause kept (%s) are dropped: the flags given stand\n", dropped)
 			}
 			return nil
 		},
@@ -57,7 +64,7 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if stopped {
 				fmt.Fprintln(stdout, "retries stopped: deleted", order.ControlKey)
 				if was != (order.Control{}) {
-					fmt.Fprintf(stdout, "its settings (%s) are kept: retries start gives them back\n", was)
+					fmt.Fprintf(stdout, "its settings (%s) are kept: retries start without flags gives them back\n", was)
 				}
 			} else {
 				fmt.Fprintln(stdout, "retries already stopped")
@@ -109,7 +116,7 @@ type statusView struct {
 	TimerArmed        bool              `json:"timerArmed"`
 	Paused            bool              `json:"paused"`
 	Control           *controlView      `json:"control,omitempty"`    // allow_retrys; absent while paused
-	ResumeWith        string            `json:"resumeWith,omitempty"` // paused: the settings a resume gives back, kept by the pause
+	ResumeWith        *controlView      `json:"resumeWith,omitempty"` // paused: the settings a resume gives back, kept by the pause
 	RetryDocs         int               `json:"retryDocs"`            // pending retries
 	RetryFlagged      int               `json:"retryFlagged"`
 	DueNow            int               `json:"dueNow"`
@@ -123,7 +130,8 @@ type statusView struct {
 	Sweeper           *sweeperView      `json:"sweeper,omitempty"` // the instance that runs the timer's sweep; absent when none ever did
 	Members           []memberView      `json:"members,omitempty"` // Couchbase without --instance: the instances sharing the vBuckets
 
-	oldestDue time.Time // OldestDueAt, for the human-readable form
+	oldestDue  time.Time     // OldestDueAt, for the human-readable form
+	resumeWith order.Control // ResumeWith, likewise
 }
 
 // sweeperView is the sweep lease: who holds it and until when.
@@ -148,6 +156,18 @@ type controlView struct {
 	Invalid  string `json:"invalid,omitempty"`  // why the service ignores the document's settings
 }
 
+// newControlView is ctl's settings as controlView shows them.
+func newControlView(ctl order.Control) *controlView {
+	v := &controlView{}
+	if ctl.Interval > 0 {
+		v.Interval = ctl.Interval.String()
+	}
+	if ctl.Quantum > 0 {
+		v.Quantum = ctl.Quantum.String()
+	}
+	return v
+}
+
 // serviceView says whether a service runs on the store: Running is true or
 // false, or null (nil) when this command cannot tell, with a Note.
 type serviceView struct {
@@ -162,7 +182,7 @@ func ptr(b bool) *bool { return &b }
 
 func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 	v := statusView{
-		ReadAt: now.UTC().Format(time.RFC3339), TimerArmed: s.TimerArmed, Paused: s.Paused, ResumeWith: s.ResumeWith,
+		ReadAt: now.UTC().Format(time.RFC3339), TimerArmed: s.TimerArmed, Paused: s.Paused,
 		RetryDocs: s.RetryDocs, RetryFlagged: s.RetryFlagged, DueNow: s.DueNow, DeadLetters: s.DeadLetters,
 		OrdersPaid: s.OrdersPaid, OrdersConfirmed: s.OrdersConfirmed, OrdersUnconfirmed: s.OrdersUnconfirmed,
 		TopFailures: s.TopFailures, Service: svc,
@@ -197,19 +217,15 @@ func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 		v.oldestDue = *s.OldestDueAt
 		v.OldestDueAt = v.oldestDue.UTC().Format(time.RFC3339)
 	}
+	if s.ResumeWith != (order.Control{}) {
+		v.resumeWith = s.ResumeWith
+		v.ResumeWith = newControlView(s.ResumeWith)
+	}
 	if s.TimerArmed {
-		v.Control = &controlView{}
 		ctl, err := order.DecodeControl([]byte(s.Control))
-		switch {
-		case err != nil:
+		v.Control = newControlView(ctl)
+		if err != nil {
 			v.Control.Invalid = err.Error()
-		default:
-			if ctl.Interval > 0 {
-				v.Control.Interval = ctl.Interval.String()
-			}
-			if ctl.Quantum > 0 {
-				v.Control.Quantum = ctl.Quantum.String()
-			}
 		}
 	}
 	return v
@@ -260,8 +276,8 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 		}
 	} else {
 		line("retries", "paused (no %s: retry documents wait)", order.ControlKey)
-		if v.ResumeWith != "" {
-			line("  on resuming", "%s (kept by the pause; retries start gives them back)", v.ResumeWith)
+		if v.ResumeWith != nil {
+			line("  on resuming", "%s (kept by the pause; retries start without flags gives them back)", v.resumeWith)
 		}
 	}
 	oldest := "none due"
