@@ -28,7 +28,7 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			return listTable(ctx, st, listReason, stdout)
 		},
-		existing(), checkArgs(func(args []string) error {
+		readsOnly(), checkArgs(func(args []string) error {
 			if err := noArgs(args); err != nil {
 				return err
 			}

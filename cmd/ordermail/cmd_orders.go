@@ -30,7 +30,7 @@ func ordersCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			return printStory(stdout, s)
 		},
-		existing(),
+		readsOnly(),
 		checkArgs(func(args []string) error {
 			if len(args) != 1 {
 				return usageErrorf("orders show: give exactly one order key, got %d", len(args))

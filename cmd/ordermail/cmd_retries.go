@@ -90,7 +90,7 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			return printStatus(stdout, v, quantum)
 		},
-		existing(), checkArgs(func(args []string) error {
+		readsOnly(), checkArgs(func(args []string) error {
 			if quantum <= 0 {
 				return fmt.Errorf("retry-quantum: %s is not positive", quantum)
 			}

@@ -16,6 +16,7 @@ import (
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/peterbourgon/ff/v3"
 	"github.com/peterbourgon/ff/v3/ffcli"
 	"golang.org/x/term"
@@ -229,6 +230,7 @@ type storeOption func(*storeOptions)
 
 type storeOptions struct {
 	existing bool
+	readOnly bool
 	args     func(args []string) error
 }
 
@@ -238,6 +240,13 @@ type storeOptions struct {
 // create an empty one, whose answers would look like a store with nothing
 // in it (a typo in --store, or the default in the wrong directory).
 func existing() storeOption { return func(o *storeOptions) { o.existing = true } }
+
+// readsOnly is for a command that only reads: an embedded store it cannot
+// write (a read-only mount, a copy not its user's) it reads as it is,
+// rather than refuse it. It implies existing.
+func readsOnly() storeOption {
+	return func(o *storeOptions) { o.existing, o.readOnly = true, true }
+}
 
 // checkArgs checks the arguments (and flags) before the store is opened, so
 // that a wrong command line touches no store.
@@ -273,6 +282,12 @@ func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx cont
 			}
 			log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 			st, err := app.OpenStore(ctx, sc, log)
+			if o.readOnly && errors.Is(err, embedded.ErrReadOnly) {
+				sc.Embedded.ReadOnly = true
+				if st, err = app.OpenStore(ctx, sc, log); err == nil {
+					fmt.Fprintf(stderr, "note: %s cannot be written here: read as it is\n", strings.TrimPrefix(sc.URL, "file:"))
+				}
+			}
 			if err != nil {
 				return err
 			}

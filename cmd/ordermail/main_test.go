@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"io"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	_ "modernc.org/sqlite"
 )
 
 // binary is ordermail built once for the tests that run it as a process.
@@ -297,4 +299,64 @@ func TestSetupOnTheEmbeddedStore(t *testing.T) {
 	out, _, err := cli(t, "setup", "--store", "file:"+filepath.Join(t.TempDir(), "x.db"))
 	require.NoError(t, err)
 	assert.Contains(t, out, "nothing to set up")
+}
+
+// TestReadCommandsReadAStoreOnAReadOnlyMount: the commands that only read
+// (retries status, deadletters list, orders show) read a store on a
+// read-only mount, as an operator inspecting a snapshot or a volume
+// mounted read-only does, and say so; one that writes is refused by name.
+// The mount is made in a mount namespace of the command's own (unshare),
+// which needs privileges: without them the test skips.
+func TestReadCommandsReadAStoreOnAReadOnlyMount(t *testing.T) {
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("no unshare(1) to make a read-only mount in a namespace of its own (util-linux)")
+	}
+	if out, err := exec.Command("unshare", "-m", "true").CombinedOutput(); err != nil {
+		t.Skipf("cannot make a mount namespace here (unshare -m: %v: %s): needs root or CAP_SYS_ADMIN", err, out)
+	}
+	dir := t.TempDir()
+	storeURL := "file:" + filepath.Join(dir, "ordermail.db")
+	fixtures := filepath.Join("..", "..", "fixtures", "orders")
+	_, _, err := cli(t, "load", "--store", storeURL, "--collection", "inbound", "--pay", fixtures)
+	require.NoError(t, err)
+	// The mount, then the command in it, in a namespace that ends with it.
+	inMount := func(args ...string) (string, error) {
+		script := `mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"`
+		out, err := exec.Command("unshare", append([]string{"-m", "sh", "-c", script, "sh", dir}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := inMount("touch", filepath.Join(dir, "x"))
+	require.Error(t, err, "the mount is read-only: %s", out)
+
+	out, err = inMount(binary, "retries", "status", "--store", storeURL)
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "note: "+filepath.Join(dir, "ordermail.db")+" cannot be written here: read as it is\n")
+	assert.Contains(t, out, "orders paid:        5 (0 confirmed")
+	out, err = inMount(binary, "orders", "show", "--store", storeURL, "order_140")
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "order_140")
+	out, err = inMount(binary, "deadletters", "list", "--store", storeURL)
+	require.NoError(t, err, out)
+	assert.Contains(t, out, "ID  REASON")
+
+	out, err = inMount(binary, "retries", "stop", "--store", storeURL)
+	require.Error(t, err, out)
+	assert.Contains(t, out, "is read-only (a read-only mount)")
+
+	// Commits still in the write-ahead log, and no -shm file: read as it
+	// is, the file would miss them. Refused, saying why.
+	db, err := sql.Open("sqlite", storeURL+"?_pragma=wal_autocheckpoint(0)")
+	require.NoError(t, err)
+	defer db.Close()
+	_, err = db.Exec(`UPDATE counters SET value = value + 1 WHERE name = 'seq'`) // a commit, kept in the log
+	require.NoError(t, err)
+	for _, suffix := range []string{"", "-wal"} { // the files as a crash leaves them, but the -shm
+		b, err := os.ReadFile(filepath.Join(dir, "ordermail.db"+suffix))
+		require.NoError(t, err)
+		require.NotEmpty(t, b)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, "copy.db"+suffix), b, 0o600))
+	}
+	out, err = inMount(binary, "retries", "status", "--store", "file:"+filepath.Join(dir, "copy.db"))
+	require.Error(t, err, out)
+	assert.Contains(t, out, "copy.db-wal, which holds commits, cannot be read here")
 }

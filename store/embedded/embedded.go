@@ -51,6 +51,12 @@ type Config struct {
 	// documents whose expiry has passed (a moving one does at each save of
 	// its checkpoint), in bounded batches. Default 1m.
 	ExpireInterval time.Duration
+	// ReadOnly opens the file for reading only, for a command that only
+	// reads a store it cannot write (a read-only mount, a file not its
+	// user's): as it is, with no writer, no upgrade and no change to the
+	// file; every write fails with ErrReadOnly. Its schema must be this
+	// version's. Open without it fails with ErrReadOnly on such a file.
+	ReadOnly bool
 }
 
 // DefaultPath is where the store lives when no path is given.
@@ -88,6 +94,11 @@ func (c Config) withDefaults() Config {
 // running store: its writes would go to a file nobody reads.
 var ErrFileLost = errors.New("database file deleted or replaced")
 
+// ErrReadOnly says the store's file cannot be written here: Open fails with
+// it on a file that only Config.ReadOnly can read, and a store so opened
+// fails every write with it.
+var ErrReadOnly = errors.New("read-only")
+
 // Store is the embedded store. It is safe for concurrent use.
 type Store struct {
 	cfg   Config
@@ -113,6 +124,8 @@ type Store struct {
 	mu     sync.RWMutex
 	subs   map[chan struct{}]struct{} // in-process feeds to wake after a write
 	closed bool
+
+	readOnly bool // Config.ReadOnly: read alone, no writer and no goroutine
 }
 
 var _ store.Store = (*Store)(nil)
@@ -124,6 +137,9 @@ type readStmts struct {
 // Open opens, creating and upgrading if needed, the database file.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	cfg = cfg.withDefaults()
+	if cfg.ReadOnly {
+		return openReadOnly(ctx, cfg)
+	}
 	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
 	}
@@ -131,6 +147,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// files the database file's mode.
 	if f, err := os.OpenFile(cfg.Path, os.O_RDWR|os.O_CREATE, 0o600); err == nil {
 		f.Close()
+	} else if errors.Is(err, syscall.EROFS) {
+		return nil, fmt.Errorf("embedded store %s is %w (a read-only mount): %w", cfg.Path, ErrReadOnly, err)
 	} else if !errors.Is(err, os.ErrPermission) {
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
 	} else if _, statErr := os.Stat(cfg.Path); errors.Is(statErr, fs.ErrNotExist) {
@@ -173,7 +191,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		wdb.Close()
 		var se *sqlite.Error
 		if errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_READONLY {
-			return nil, fmt.Errorf("embedded store %s is read-only (file mode, an immutable file or a read-only mount): %w", cfg.Path, err)
+			return nil, fmt.Errorf("embedded store %s is %w (file mode, an immutable file or a read-only mount): %w", cfg.Path, ErrReadOnly, err)
 		}
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, mapErr(err))
 	}
@@ -230,7 +248,80 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
+// openReadOnly opens cfg.Path for reading alone (Config.ReadOnly). SQLite
+// reads a file in write-ahead-log mode read-only through its -shm file, or,
+// where it cannot make one (a read-only mount, the store closed cleanly),
+// as immutable: then a -wal file with commits in it would go unread, so it
+// must have none.
+func openReadOnly(ctx context.Context, cfg Config) (*Store, error) {
+	if _, err := os.Stat(cfg.Path); err != nil {
+		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
+	}
+	fail := func(err error) (*Store, error) {
+		return nil, fmt.Errorf("embedded store %s, read-only: %w", cfg.Path, err)
+	}
+	open := func(mode string) (*sql.DB, error) {
+		q := url.Values{}
+		q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", cfg.BusyTimeout.Milliseconds()))
+		q.Add("_pragma", "query_only(1)")
+		db, err := sql.Open("sqlite", "file:"+cfg.Path+"?"+mode+"&"+q.Encode())
+		if err != nil {
+			return nil, err
+		}
+		db.SetMaxOpenConns(cfg.ReadConns)
+		db.SetMaxIdleConns(cfg.ReadConns)
+		if err := schemaIsCurrent(ctx, db); err != nil {
+			db.Close()
+			return nil, err
+		}
+		return db, nil
+	}
+	read, err := open("mode=ro")
+	var se *sqlite.Error
+	if errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_CANTOPEN {
+		if fi, statErr := os.Stat(cfg.Path + "-wal"); statErr == nil && fi.Size() > 0 {
+			return fail(fmt.Errorf("its write-ahead log %s-wal, which holds commits, cannot be read here (no -shm file can be made beside it): copy the database and its -wal file somewhere writable, or read it where it was written", cfg.Path))
+		}
+		read, err = open("immutable=1")
+	}
+	if err != nil {
+		return fail(mapErr(err))
+	}
+	s := &Store{cfg: cfg, read: read, readOnly: true, subs: map[chan struct{}]struct{}{}, lost: make(chan struct{})}
+	if err := s.prepareReads(ctx); err != nil {
+		read.Close()
+		return fail(err)
+	}
+	return s, nil
+}
+
+// schemaIsCurrent fails unless db is an ordermail store of this version's
+// schema: one that reads alone can upgrade nothing.
+func schemaIsCurrent(ctx context.Context, db *sql.DB) error {
+	var version, docs int
+	if err := db.QueryRowContext(ctx, `SELECT (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_schema WHERE name = 'docs')`).Scan(&version, &docs); err != nil {
+		return err
+	}
+	switch {
+	case docs == 0:
+		return errors.New("not an ordermail store (no docs table); nothing was changed")
+	case version > SchemaVersion:
+		return fmt.Errorf("schema version %d is newer than this ordermail's %d: upgrade ordermail", version, SchemaVersion)
+	case version < SchemaVersion:
+		return fmt.Errorf("schema version %d, older than this ordermail's %d, which it cannot upgrade without writing: "+
+			"open it once where it can be written (any command upgrades it), or read it with the ordermail that wrote it", version, SchemaVersion)
+	}
+	return nil
+}
+
 func (s *Store) prepare(ctx context.Context) error {
+	if err := s.prepareReads(ctx); err != nil {
+		return err
+	}
+	return s.prepareWrites(ctx)
+}
+
+func (s *Store) prepareReads(ctx context.Context) error {
 	var err error
 	r := func(q string) *sql.Stmt {
 		if err != nil {
@@ -250,10 +341,7 @@ func (s *Store) prepare(ctx context.Context) error {
 		seq:     r(`SELECT value FROM counters WHERE name = 'seq'`),
 		feed:    r(feedQuery),
 	}
-	if err != nil {
-		return err
-	}
-	return s.prepareWrites(ctx)
+	return err
 }
 
 // feedQuery reads the feed by position, whatever the history: a range scan
@@ -300,6 +388,9 @@ func (s *Store) Close() error {
 	}
 	s.subs = map[chan struct{}]struct{}{}
 	s.mu.Unlock()
+	if s.readOnly {
+		return s.read.Close()
+	}
 	close(s.stop)
 	<-s.writerDone
 	<-s.checkDone

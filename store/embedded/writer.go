@@ -163,6 +163,9 @@ func (s *Store) submit(ctx context.Context, fn func(t *txn) error) error {
 }
 
 func (s *Store) submitJob(ctx context.Context, j *job) error {
+	if s.readOnly {
+		return fmt.Errorf("embedded store %s: opened %w: no write", s.cfg.Path, ErrReadOnly)
+	}
 	j.shared = store.SharedCommit(ctx)
 	s.mu.RLock()
 	if err := s.checkLocked(); err != nil {
