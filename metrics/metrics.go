@@ -8,7 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"regexp"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -98,6 +101,7 @@ func (c Config) withDefaults() Config {
 type Server struct {
 	cfg  Config
 	reg  *prometheus.Registry
+	cs   []prometheus.Collector // what reg holds, for Names
 	w    *watcher.Watcher
 	t    *timer.Timer
 	m    *mailer.Client
@@ -236,8 +240,33 @@ func New(cfg Config, w *watcher.Watcher, t *timer.Timer, m *mailer.Client, st st
 			return nil, fmt.Errorf("metrics: %w", err)
 		}
 	}
+	s.cs = cs
 	return s, nil
 }
+
+// Names are the names of the ordermail_ metrics the server can expose,
+// those of other stores and settings than its own included: what
+// documents and alerting rules may name.
+func (s *Server) Names() []string {
+	ch := make(chan *prometheus.Desc)
+	go func() {
+		defer close(ch)
+		for _, c := range s.cs {
+			c.Describe(ch)
+		}
+	}()
+	var names []string
+	for d := range ch {
+		// A Desc tells its name only in its String form.
+		if m := descName.FindStringSubmatch(d.String()); m != nil && strings.HasPrefix(m[1], "ordermail_") {
+			names = append(names, m[1])
+		}
+	}
+	slices.Sort(names)
+	return slices.Compact(names)
+}
+
+var descName = regexp.MustCompile(`fqName: "([^"]+)"`)
 
 func b2f(b bool) float64 {
 	if b {
