@@ -10,7 +10,7 @@ import (
 
 // FuzzDecode feeds any bytes to every decoder of documents that reach the
 // service from outside. Seeds: the hostile corpus. Run longer with
-// go test -fuzz=FuzzDecode ./order/ (or scripts/fuzz.sh).
+// go test -fuzz='^FuzzDecode$' ./order/ (or scripts/fuzz.sh).
 func FuzzDecode(f *testing.F) {
 	order.AddHostileSeeds(f)
 	f.Add([]byte(`{"email":"a@example.com","paymentStatus":"paid","confirmationEmailSent":false}`))

@@ -12,17 +12,27 @@
 #   git worktree add /tmp/old <commit> && (cd /tmp/old && go build -o /tmp/om-old ./cmd/ordermail)
 #   go build -o /tmp/om-new ./cmd/ordermail
 #   scripts/compare-bench.sh /tmp/om-old /tmp/om-new 6
+#
+# ROUNDS (the third argument) defaults to 6, ORDERS (the environment) to
+# 30000; README's scenario a is ORDERS=20000. Needs python3.
 set -euo pipefail
 old=${1:?old binary}
 new=${2:?new binary}
 rounds=${3:-6}
 orders=${ORDERS:-30000}
 out=$(mktemp)
-trap 'rm -f "$out"' EXIT
+json=$(mktemp)
+log=$(mktemp)
+trap 'rm -f "$out" "$json" "$log"' EXIT
+echo "# run ordersPerSecond ceilingPerSecond ofCeiling serviceCPUPerOrderUs"
 one() {
   local name=$1 bin=$2; shift 2
-  "$bin" bench --orders "$orders" --mail-latency 1ms --workers 16 --ceiling "$@" 2>/dev/null |
-    python3 -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1], r["ordersPerSecond"], r["ceilingPerSecond"], r["ofCeiling"], r.get("serviceCPUPerOrderUs", 0))' "$name" |
+  if ! "$bin" bench --orders "$orders" --mail-latency 1ms --workers 16 --ceiling "$@" >"$json" 2>"$log"; then
+    echo "$name: ordermail bench failed:" >&2
+    tail -n 20 "$log" >&2
+    exit 1
+  fi
+  python3 -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1], r["ordersPerSecond"], r["ceilingPerSecond"], r["ofCeiling"], r.get("serviceCPUPerOrderUs", 0))' "$name" <"$json" |
     tee -a "$out"
 }
 # Each round starts one later in the rotation: the machine's speed drifts

@@ -10,8 +10,9 @@
 # drain alone; the first sends' clock starts at their first write), with
 # the medians.
 #
-#   scripts/drain-pairs.sh [ROUNDS]     (ORDERS=100000 by default)
+#   scripts/drain-pairs.sh [ROUNDS]     (6 rounds, ORDERS=100000 by default)
 #   SCATTER=1 scripts/drain-pairs.sh    keys in no order (bench --scatter), both runs
+# Needs python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-6}
@@ -22,11 +23,16 @@ bin=$(mktemp -d)
 out=$(mktemp)
 trap 'rm -rf "$bin" "$out"' EXIT
 go build -o "$bin/ordermail" ./cmd/ordermail
+echo "# run ordersPerSecond duePerSecond dueDrainPerSecond dueFirstSeconds serviceCPUPerOrderUs confirmed duplicateRequests"
 one() {
 	local name=$1
 	shift
-	"$bin/ordermail" bench --mail-latency 1ms --workers 16 --timeout 30m "${scatter[@]}" "$@" 2>/dev/null |
-		python3 -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1], r["ordersPerSecond"], r.get("duePerSecond", "-"), r.get("dueDrainPerSecond", "-"), r.get("dueFirstSeconds", "-"), r["serviceCPUPerOrderUs"], r["confirmed"], r["duplicateRequests"])' "$name" |
+	if ! "$bin/ordermail" bench --mail-latency 1ms --workers 16 --timeout 30m "${scatter[@]}" "$@" >"$bin/run.json" 2>"$bin/run.log"; then
+		echo "$name: ordermail bench failed:" >&2
+		tail -n 20 "$bin/run.log" >&2
+		exit 1
+	fi
+	python3 -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1], r["ordersPerSecond"], r.get("duePerSecond", "-"), r.get("dueDrainPerSecond", "-"), r.get("dueFirstSeconds", "-"), r["serviceCPUPerOrderUs"], r["confirmed"], r["duplicateRequests"])' "$name" <"$bin/run.json" |
 		tee -a "$out"
 }
 for i in $(seq "$rounds"); do

@@ -11,8 +11,9 @@
 # enough to say: one evening, two runs a quarter of an hour apart gave
 # -13%, where pairs taken in turn gave +8% in the median.
 #
-#   scripts/history-pairs.sh [ROUNDS]     (HISTORY=1000000 by default)
+#   scripts/history-pairs.sh [ROUNDS]     (4 rounds, HISTORY=1000000 by default)
 #   SCATTER=1 scripts/history-pairs.sh    keys in no order (bench --scatter), both runs
+# Needs python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-4}
@@ -23,11 +24,16 @@ bin=$(mktemp -d)
 out=$(mktemp)
 trap 'rm -rf "$bin" "$out"' EXIT
 go build -o "$bin/ordermail" ./cmd/ordermail
+echo "# run ordersPerSecond ofCeiling serviceCPUPerOrderUs idleCPUPercent statusMs metricsMs confirmed duplicateRequests"
 one() {
 	local name=$1
 	shift
-	"$bin/ordermail" bench --orders 20000 --mail-latency 1ms --workers 16 --ceiling --idle 5s --timeout 30m "${scatter[@]}" "$@" 2>/dev/null |
-		python3 -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1], r["ordersPerSecond"], r["ofCeiling"], r["serviceCPUPerOrderUs"], r["idleCPUPercent"], r["statusMs"], r["metricsMs"], r["confirmed"], r["duplicateRequests"])' "$name" |
+	if ! "$bin/ordermail" bench --orders 20000 --mail-latency 1ms --workers 16 --ceiling --idle 5s --timeout 30m "${scatter[@]}" "$@" >"$bin/run.json" 2>"$bin/run.log"; then
+		echo "$name: ordermail bench failed:" >&2
+		tail -n 20 "$bin/run.log" >&2
+		exit 1
+	fi
+	python3 -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1], r["ordersPerSecond"], r["ofCeiling"], r["serviceCPUPerOrderUs"], r["idleCPUPercent"], r["statusMs"], r["metricsMs"], r["confirmed"], r["duplicateRequests"])' "$name" <"$bin/run.json" |
 		tee -a "$out"
 }
 for i in $(seq "$rounds"); do
