@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ordermail/ordermail/internal/redact"
 	"log/slog"
 	"strings"
 	"time"
 
 	"github.com/ordermail/ordermail/console"
+	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/metrics"
 	"github.com/ordermail/ordermail/store"

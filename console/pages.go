@@ -8,15 +8,16 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/ordermail/ordermail/lease"
+	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/timer"
 )
 
 // readTimeout bounds the store reads of one page.
@@ -100,16 +101,13 @@ type sweeper struct {
 	Expired   bool
 }
 
-// timerLease is the name timer.New gives its sweep lease.
-const timerLease = "timer"
-
 func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), readTimeout)
 	defer cancel()
 	now := c.now()
 	d := overviewData{page: c.pageFor(r, "Overview", "overview"), Embedded: c.embedded,
 		Breaker: c.mail.BreakerState(), Misconfigured: c.mail.Misconfigured(),
-		Chart: chart(c.samples.intervals(now), now), Self: self()}
+		Chart: chart(c.samples.intervals(now), now), Self: lease.Process()}
 	s, err := ops.ReadStatus(ctx, c.st, now, c.quantum())
 	if err != nil {
 		d.StoreErr = err.Error()
@@ -143,32 +141,21 @@ func (c *Console) quantum() time.Duration {
 	if c.timer.Quantum > 0 {
 		return c.timer.Quantum
 	}
-	return 15 * time.Second
+	return order.DefaultQuantum
 }
 
 // sweeper reads the timer's lease: who sweeps, and when it last renewed
 // the lease (its heartbeat: every tick while retries are armed).
 func (c *Console) sweeper(ctx context.Context, now time.Time) (*sweeper, error) {
-	interval := c.timer.Interval
-	if interval == 0 {
-		interval = time.Second
-	}
-	ttl := max(3*interval, 3*time.Second) // timer.New's
-	h, err := lease.New(c.st, timerLease, "", ttl, c.now).Holder(ctx)
+	h, err := timer.ReadSweeper(ctx, c.st)
 	if err != nil {
 		return nil, fmt.Errorf("read the sweep lease: %w", err)
 	}
 	if h.Owner == "" {
 		return nil, nil
 	}
-	return &sweeper{Owner: h.Owner, This: strings.HasPrefix(h.Owner, self()+"/"),
-		ExpiresAt: h.ExpiresAt, RenewedAt: h.ExpiresAt.Add(-ttl), Expired: h.Expired(now)}, nil
-}
-
-// self names this process as lease.Owner does, without its start time.
-func self() string {
-	host, _ := os.Hostname()
-	return host + "/" + strconv.Itoa(os.Getpid())
+	return &sweeper{Owner: h.Owner, This: strings.HasPrefix(h.Owner, lease.Process()+"/"),
+		ExpiresAt: h.ExpiresAt, RenewedAt: h.ExpiresAt.Add(-timer.LeaseTTL(c.timer.Interval)), Expired: h.Expired(now)}, nil
 }
 
 // reasonLink is a failure reason of the status, linked to its list.
@@ -251,8 +238,18 @@ func listHref(kind, reason, prefix, after string) string {
 }
 
 // retryReasons are offered by the retries' filter.
-var retryReasons = []string{"HTTP 408", "HTTP 429", "HTTP 500", "HTTP 502", "HTTP 503", "HTTP 504",
-	ops.RetryReasonNoAnswer, ops.RetryReasonHeldBack, ops.RetryReasonNone, ops.RetryReasonUnreadable}
+var retryReasons = append(httpReasons(mailer.DefaultRetryStatuses),
+	ops.RetryReasonNoAnswer, ops.RetryReasonHeldBack, ops.RetryReasonNone, ops.RetryReasonUnreadable)
+
+// httpReasons are the reasons of retries whose last answer was one of
+// statuses, as order.RetryDoc.Why gives them.
+func httpReasons(statuses []int) []string {
+	var r []string
+	for _, code := range statuses {
+		r = append(r, order.RetryDoc{LastStatus: code}.Why())
+	}
+	return r
+}
 
 func (c *Console) listRetries(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), readTimeout)
@@ -269,14 +266,9 @@ func (c *Console) listRetries(w http.ResponseWriter, r *http.Request) {
 	now := c.now()
 	for _, it := range p.Items {
 		row := retryRow{Retry: it}
-		switch {
-		case it.Unreadable != "" || it.FireRetry:
-		case it.NextAttemptAt != 0:
-			row.DueAt = time.UnixMilli(it.NextAttemptAt)
-		default: // the sample's: a quantum after the last attempt
-			row.DueAt = time.UnixMilli(it.TS).Add(c.quantum())
+		if it.Unreadable == "" && !it.FireRetry {
+			row.DueAt, row.DueNow = it.DueAt(c.quantum()), it.Due(now, c.quantum())
 		}
-		row.DueNow = !row.DueAt.IsZero() && !row.DueAt.After(now)
 		d.Retries = append(d.Retries, row)
 	}
 	d.Examined, d.Budgeted = p.Examined, p.Budgeted

@@ -35,10 +35,16 @@ func New(st store.Store, name, owner string, ttl time.Duration, now func() time.
 	return &Lease{st: st, key: "lease:" + name, owner: owner, ttl: ttl, now: now}
 }
 
-// Owner names this process among instances: host, pid and start time.
+// Owner names this process among instances: Process and a start time.
 func Owner() string {
+	return Process() + "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
+}
+
+// Process names this process as Owner does, without its start time: an
+// owner that begins with it and a "/" is this process's.
+func Process() string {
 	host, _ := os.Hostname()
-	return host + "/" + strconv.Itoa(os.Getpid()) + "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	return host + "/" + strconv.Itoa(os.Getpid())
 }
 
 // ErrHeld says another owner holds the lease.

@@ -2,7 +2,6 @@ package ops
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -27,10 +26,7 @@ func StartRetries(ctx context.Context, st store.Store, ctl order.Control) (start
 		started, set, err = ResumeRetries(ctx, st)
 		return started, set, order.Control{}, err
 	}
-	body, err := controlBody(ctl)
-	if err != nil {
-		return false, order.Control{}, order.Control{}, err
-	}
+	body := ctl.Encode()
 	kept, err := readKept(ctx, st)
 	if err != nil {
 		return false, order.Control{}, order.Control{}, err
@@ -59,11 +55,7 @@ func ResumeRetries(ctx context.Context, st store.Store) (started bool, set order
 	if err != nil {
 		return false, order.Control{}, err
 	}
-	body, err := controlBody(kept.ctl)
-	if err != nil {
-		return false, order.Control{}, err
-	}
-	_, err = st.Insert(ctx, order.Retry, order.ControlKey, body)
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, kept.ctl.Encode())
 	if errors.Is(err, store.ErrExists) {
 		return false, order.Control{}, nil
 	} else if err != nil {
@@ -118,18 +110,6 @@ func PausedSettings(ctx context.Context, st store.Store) (order.Control, error) 
 	return k.ctl, err
 }
 
-// controlBody is allow_retrys with ctl's settings; zero ones are left out.
-func controlBody(ctl order.Control) ([]byte, error) {
-	doc := map[string]string{}
-	if ctl.Interval > 0 {
-		doc["interval"] = ctl.Interval.String()
-	}
-	if ctl.Quantum > 0 {
-		doc["quantum"] = ctl.Quantum.String()
-	}
-	return json.Marshal(doc)
-}
-
 // ErrControlChanging says allow_retrys changed between each read and
 // delete of a pause: someone writes it as fast as the pause reads it.
 var ErrControlChanging = errors.New(order.ControlKey + " changed while it was being deleted, three times: try again")
@@ -176,11 +156,7 @@ func keep(ctx context.Context, st store.Store, k order.KeptControl) error {
 		}
 		return nil
 	}
-	body, err := k.Encode()
-	if err == nil {
-		_, err = st.Upsert(ctx, store.Meta, order.KeptControlKey, body)
-	}
-	if err != nil {
+	if _, err := st.Upsert(ctx, store.Meta, order.KeptControlKey, k.Encode()); err != nil {
 		return fmt.Errorf("keep the settings of %s: %w", order.ControlKey, err)
 	}
 	return nil

@@ -190,8 +190,7 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 		s.State = StateUnreadableRetry
 	case retryOK && (s.DeadLetter == nil || r.RedriveCount > dl.RedriveCount):
 		s.State = StateRetryScheduled
-		if r.FireRetry || (r.NextAttemptAt != 0 && r.NextAttemptAt <= now.UnixMilli()) ||
-			(r.NextAttemptAt == 0 && r.TS != 0 && quantum > 0 && !msTime(r.TS).Add(quantum).After(now)) {
+		if r.FireRetry || r.Due(now, quantum) {
 			s.State = StateRetryDue
 		}
 	case s.DeadLetter != nil:

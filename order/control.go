@@ -31,6 +31,30 @@ func (c Control) String() string {
 // MaxControlDuration bounds the durations the control document may set.
 const MaxControlDuration = 24 * time.Hour
 
+// Validate refuses settings allow_retrys may not carry: each 0 (not set)
+// or positive up to MaxControlDuration.
+func (c Control) Validate() error {
+	if c.Interval < 0 || c.Quantum < 0 || c.Interval > MaxControlDuration || c.Quantum > MaxControlDuration {
+		return fmt.Errorf("interval and quantum: want durations between 0 and %s", MaxControlDuration)
+	}
+	return nil
+}
+
+// Encode is allow_retrys with c's settings, as durations ("30s"); those
+// not set are left out.
+func (c Control) Encode() []byte { return mustMarshal(c.fields()) }
+
+func (c Control) fields() map[string]any {
+	doc := map[string]any{}
+	if c.Interval > 0 {
+		doc["interval"] = c.Interval.String()
+	}
+	if c.Quantum > 0 {
+		doc["quantum"] = c.Quantum.String()
+	}
+	return doc
+}
+
 // DecodeControl reads allow_retrys. interval and quantum are durations as
 // strings ("20s") or numbers of seconds (the sample's retryTimerInterval: 20).
 // An empty document is valid and overrides nothing.
@@ -94,15 +118,10 @@ type KeptControl struct {
 }
 
 // Encode is the document: allow_retrys' own fields and pausedAt (ms).
-func (k KeptControl) Encode() ([]byte, error) {
-	doc := map[string]any{"pausedAt": k.PausedAt.UnixMilli()}
-	if k.Interval > 0 {
-		doc["interval"] = k.Interval.String()
-	}
-	if k.Quantum > 0 {
-		doc["quantum"] = k.Quantum.String()
-	}
-	return json.Marshal(doc)
+func (k KeptControl) Encode() []byte {
+	doc := k.fields()
+	doc["pausedAt"] = k.PausedAt.UnixMilli()
+	return mustMarshal(doc)
 }
 
 // DecodeKeptControl reads KeptControlKey.

@@ -307,6 +307,26 @@ func (r RetryDoc) Why() string {
 	return ""
 }
 
+// DueAt is when the sweep takes r as due: its nextAttemptAt, or for the
+// sample's documents, which have none, a quantum after ts (the sweep wants
+// ts strictly before now less the quantum: Due).
+func (r RetryDoc) DueAt(quantum time.Duration) time.Time {
+	if r.NextAttemptAt != 0 {
+		return time.UnixMilli(r.NextAttemptAt)
+	}
+	return time.UnixMilli(r.TS).Add(quantum)
+}
+
+// Due says whether the sweep takes r as due at now, flagged or not: the
+// rule both stores' sweeps apply on their indexes (nextAttemptAt <= now,
+// or without one ts < now - quantum), for what shows it to a person.
+func (r RetryDoc) Due(now time.Time, quantum time.Duration) bool {
+	if r.NextAttemptAt != 0 {
+		return r.NextAttemptAt <= now.UnixMilli()
+	}
+	return r.TS < now.Add(-quantum).UnixMilli()
+}
+
 // Reasons Why gives besides an HTTP status.
 const (
 	WhyNoAnswer = "no answer"

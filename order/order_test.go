@@ -3,11 +3,11 @@ package order_test
 import (
 	"bytes"
 	"encoding/json"
-	"github.com/ordermail/ordermail/fixtures"
 	"math"
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/fixtures"
 	"github.com/ordermail/ordermail/order"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -179,4 +179,27 @@ func TestSetFieldEditsInPlace(t *testing.T) {
 			assert.True(t, o.ConfirmationEmailSent)
 		}
 	}
+}
+
+// TestRetryDue: what shows a retry as due to a person uses the sweeps'
+// rule (store/embedded/sweep.go, store/couchbase's dueUnflagged):
+// nextAttemptAt <= now, or without one ts < now - quantum.
+func TestRetryDue(t *testing.T) {
+	now := time.UnixMilli(1_000_000)
+	q := 15 * time.Second
+	tests := []struct {
+		give order.RetryDoc
+		want bool
+	}{
+		{order.RetryDoc{NextAttemptAt: now.UnixMilli()}, true},
+		{order.RetryDoc{NextAttemptAt: now.UnixMilli() + 1, TS: 1}, false},
+		{order.RetryDoc{TS: now.Add(-q).UnixMilli()}, false},
+		{order.RetryDoc{TS: now.Add(-q).UnixMilli() - 1}, true},
+		{order.RetryDoc{TS: 0}, true}, // the sample's, written at the epoch: long due
+	}
+	for _, tt := range tests {
+		assert.Equal(t, tt.want, tt.give.Due(now, q), "%+v", tt.give)
+	}
+	assert.Equal(t, now.Add(q), order.RetryDoc{TS: now.UnixMilli()}.DueAt(q))
+	assert.Equal(t, now, order.RetryDoc{NextAttemptAt: now.UnixMilli(), TS: 5}.DueAt(q))
 }

@@ -24,10 +24,14 @@ type Policy struct {
 	Quantum     time.Duration // the fixed backoff's delay; default 15s
 }
 
+// DefaultQuantum is the sample's: a retry document without nextAttemptAt
+// is due this long after its ts.
+const DefaultQuantum = 15 * time.Second
+
 // DefaultPolicy is the policy when nothing is set; README explains the values.
 func DefaultPolicy() Policy {
 	return Policy{Backoff: BackoffExponential, MinDelay: time.Second, MaxDelay: 10 * time.Minute,
-		Jitter: 0.2, MaxAttempts: 10, Quantum: 15 * time.Second}
+		Jitter: 0.2, MaxAttempts: 10, Quantum: DefaultQuantum}
 }
 
 // Validate names the setting that is wrong.

@@ -62,12 +62,25 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// DefaultInterval is the tick when Config.Interval is not set.
+const DefaultInterval = time.Second
+
+// LeaseTTL is the sweep lease's TTL for a timer ticking every interval
+// (DefaultInterval when 0): the holder renews it every tick, and another
+// instance takes over three ticks after it stops.
+func LeaseTTL(interval time.Duration) time.Duration {
+	if interval == 0 {
+		interval = DefaultInterval
+	}
+	return max(3*interval, 3*time.Second)
+}
+
 func (c Config) withDefaults() Config {
 	if c.Interval == 0 {
-		c.Interval = time.Second
+		c.Interval = DefaultInterval
 	}
 	if c.Quantum == 0 {
-		c.Quantum = 15 * time.Second
+		c.Quantum = order.DefaultQuantum
 	}
 	if c.SweepBatch == 0 {
 		c.SweepBatch = 1000
@@ -163,14 +176,12 @@ type Timer struct {
 
 	mu        sync.Mutex
 	lastSweep time.Time // the schedule's: when the last sweep ran, at the tick's now
-	sweptAt   time.Time // the same, for Status
 	badCAS    uint64    // the allow_retrys version last reported as invalid
 	interval  time.Duration
 	quantum   time.Duration
 	role      Role
 	waiting   bool          // the last sweep found sends held back, or flagged a probe: tick every pausedPoll
 	holder    lease.Holding // the lease as a standby last read it
-	holderAt  time.Time     // when, on the timer's clock
 	// sweepsFailed counts this instance's sweeps that failed in a row
 	// while it held the lease; after failedSweepsToStepAside of them it
 	// gives the lease up and leaves it to the others until asideUntil.
@@ -205,7 +216,7 @@ func New(cfg Config, st store.Store, log *slog.Logger, now func() time.Time) (*T
 	}
 	t.interval, t.quantum = t.cfg.Interval, t.cfg.Quantum
 	// Three ticks: a holder that missed two renewals is taken over.
-	t.lease = lease.New(st, LeaseName, t.cfg.Owner, max(3*t.cfg.Interval, 3*time.Second), now)
+	t.lease = lease.New(st, LeaseName, t.cfg.Owner, LeaseTTL(t.cfg.Interval), now)
 	cl := cronLogger{t.log}
 	t.cron = cron.New(cron.WithLogger(cl), cron.WithChain(cron.Recover(cl), cron.SkipIfStillRunning(cl)))
 	t.cron.Schedule(schedule{t}, cron.FuncJob(t.tick))
@@ -235,7 +246,7 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 		t.mu.Lock()
 		t.pausedSeen = time.Now() // beside pausedAt, another process's wall clock
 		t.mu.Unlock()
-		t.setRole(RolePaused, nil, now)
+		t.setRole(RolePaused, nil)
 		return Result{}, nil
 	}
 	if err != nil {
@@ -272,7 +283,7 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 				return Result{Armed: true, Held: true}, fmt.Errorf("sweep lease: give it up while sends are held back: %w", err)
 			}
 		}
-		t.setRole(RoleHeld, nil, now)
+		t.setRole(RoleHeld, nil)
 		return Result{Armed: true, Held: true}, nil
 	}
 	t.mu.Lock()
@@ -290,12 +301,12 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 		if herr != nil {
 			h = lease.Holding{}
 		}
-		t.setRole(RoleStandby, &h, now)
+		t.setRole(RoleStandby, &h)
 		return Result{Armed: true, Standby: true}, nil
 	} else if err != nil {
 		return Result{Armed: true}, fmt.Errorf("sweep lease: %w", err)
 	}
-	t.setRole(RoleActive, nil, now)
+	t.setRole(RoleActive, nil)
 	t.mu.Lock()
 	// Half a tick of slack, so that a tick that comes a little early does
 	// not push the sweep a whole tick later. Waiting on a breaker, the
@@ -344,13 +355,12 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	}
 	t.mu.Lock()
 	t.lastSweep = now
-	t.sweptAt = now
 	t.waiting = probing
 	t.mu.Unlock()
 	return res, nil
 }
 
-func (t *Timer) setRole(r Role, h *lease.Holding, now time.Time) {
+func (t *Timer) setRole(r Role, h *lease.Holding) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.role = r
@@ -359,7 +369,7 @@ func (t *Timer) setRole(r Role, h *lease.Holding, now time.Time) {
 		t.sweepsFailed = 0 // counted while it holds the lease, in a row
 	}
 	if h != nil {
-		t.holder, t.holderAt = *h, now
+		t.holder = *h
 	}
 }
 
@@ -432,7 +442,7 @@ func (t *Timer) Status() Status {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	s.Role, s.Interval, s.Quantum, s.LastSweep = t.role, t.interval, t.quantum, t.sweptAt
+	s.Role, s.Interval, s.Quantum, s.LastSweep = t.role, t.interval, t.quantum, t.lastSweep
 	if t.role == RoleStandby {
 		s.Holder = t.holder
 		if t.holder.Owner != "" {
@@ -488,7 +498,7 @@ func (t *Timer) sweepFailed(ctx context.Context, now time.Time, err error) error
 	t.sweepsFailed = 0
 	t.asideUntil = now.Add(t.lease.TTL())
 	t.mu.Unlock()
-	t.setRole(RoleUnknown, nil, now)
+	t.setRole(RoleUnknown, nil)
 	return fmt.Errorf("%w; %d sweeps failed in a row: the sweep lease is left to another instance for %s", err, n, t.lease.TTL())
 }
 

@@ -782,9 +782,8 @@ func TestArmedByOtherMeansDropsWhatAPauseKept(t *testing.T) {
 	require.NoError(t, err)
 	keep := func(at time.Time) {
 		t.Helper()
-		b, err := order.KeptControl{Control: order.Control{Interval: time.Minute}, PausedAt: at}.Encode()
-		require.NoError(t, err)
-		_, err = st.Upsert(ctx, store.Meta, order.KeptControlKey, b)
+		b := order.KeptControl{Control: order.Control{Interval: time.Minute}, PausedAt: at}.Encode()
+		_, err := st.Upsert(ctx, store.Meta, order.KeptControlKey, b)
 		require.NoError(t, err)
 	}
 	kept := func() bool {

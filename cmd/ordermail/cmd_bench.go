@@ -42,7 +42,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.BoolVar(&c.Scatter, "scatter", false, "order keys in no order, as random identifiers (UUIDs) give; default: numbered in the order they are written")
 	fs.BoolVar(&c.Secure, "secure", false, "the mock wants a bearer token and Standard Webhooks signatures; the service and the ceiling send them")
 	fs.DurationVar(&c.TimerInterval, "timer-interval", time.Second, "the service's --timer-interval")
-	fs.DurationVar(&c.RetryQuantum, "retry-quantum", 15*time.Second, "the service's --retry-quantum")
+	fs.DurationVar(&c.RetryQuantum, "retry-quantum", order.DefaultQuantum, "the service's --retry-quantum")
 	fs.StringVar(&c.Backoff, "backoff", order.BackoffExponential, "the service's --backoff: exponential or fixed")
 	fs.DurationVar(&c.BackoffMin, "backoff-min", time.Second, "the service's --backoff-min")
 	fs.StringVar(&c.StoreDir, "store", "", "directory of the store file; default a new temporary directory, removed at the end")

@@ -20,6 +20,7 @@ import (
 	"github.com/ordermail/ordermail/fixtures"
 	"github.com/ordermail/ordermail/internal/webhook"
 	"github.com/ordermail/ordermail/mailer/mockmail"
+	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/peterbourgon/ff/v3/ffcli"
@@ -189,7 +190,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	}
 	runErr := loadAndPay(ctx, st, docs, show)
 	if runErr == nil {
-		_, runErr = st.Upsert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+		_, _, _, runErr = ops.StartRetries(ctx, st, order.Control{})
 	}
 	if runErr == nil {
 		runErr = waitConfirmed(ctx, st, start.Add(d.timeout), show)

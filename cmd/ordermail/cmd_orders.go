@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
@@ -41,7 +42,7 @@ func ordersCommand(stdout, stderr io.Writer) *ffcli.Command {
 			return nil
 		}))
 	show.FlagSet.BoolVar(&asJSON, "json", false, "print one JSON object")
-	show.FlagSet.DurationVar(&quantum, "retry-quantum", 15*time.Second, "the service's --retry-quantum, to tell whether a retry without nextAttemptAt (the sample's) is due")
+	show.FlagSet.DurationVar(&quantum, "retry-quantum", order.DefaultQuantum, "the service's --retry-quantum, to tell whether a retry without nextAttemptAt (the sample's) is due")
 
 	return &ffcli.Command{
 		Name:        "orders",

@@ -46,8 +46,8 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 			return nil
 		},
 		checkArgs(func(args []string) error {
-			if ctl.Interval < 0 || ctl.Quantum < 0 || ctl.Interval > order.MaxControlDuration || ctl.Quantum > order.MaxControlDuration {
-				return fmt.Errorf("interval and quantum: want durations between 0 and %s", order.MaxControlDuration)
+			if err := ctl.Validate(); err != nil {
+				return err
 			}
 			return noArgs(args)
 		}))
@@ -97,7 +97,7 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 			return noArgs(args)
 		}))
 	status.FlagSet.BoolVar(&asJSON, "json", false, "print one JSON object")
-	status.FlagSet.DurationVar(&quantum, "retry-quantum", 15*time.Second, "the service's --retry-quantum, to tell which of the sample's retry documents are due")
+	status.FlagSet.DurationVar(&quantum, "retry-quantum", order.DefaultQuantum, "the service's --retry-quantum, to tell which of the sample's retry documents are due")
 
 	return &ffcli.Command{
 		Name:        "retries",

@@ -14,7 +14,9 @@ import (
 	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/internal/tracing"
 	"github.com/ordermail/ordermail/metrics"
+	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store/couchbase"
+	"github.com/ordermail/ordermail/timer"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
 
@@ -33,7 +35,7 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 	fs.StringVar(&cfg.Console.TokenFile, "admin-token-file", "", "file holding the console's admin token (16 characters or more), which actions need; "+
 		"or set ORDERMAIL_ADMIN_TOKEN; with neither the console is read-only. Never logged")
 	fs.BoolVar(&cfg.Watcher.FromNow, "from-now", false, "with no saved checkpoint, start the feed at its current end instead of its beginning")
-	serviceFlags(fs, &cfg, serviceDefaults{interval: time.Second, quantum: 15 * time.Second,
+	serviceFlags(fs, &cfg, serviceDefaults{interval: timer.DefaultInterval, quantum: order.DefaultQuantum,
 		backoffMin: time.Second, backoffMax: 10 * time.Minute, breakerCooldown: 30 * time.Second})
 	logs.register(fs, "info")
 	return &ffcli.Command{

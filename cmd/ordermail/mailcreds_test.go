@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/ordermail/ordermail/fixtures"
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/internal/testpki"
 	"github.com/ordermail/ordermail/internal/webhook"
 	"github.com/ordermail/ordermail/mailer/mockmail"
@@ -83,7 +84,12 @@ func TestA401StormEndsWhenTheKeyIsFixed(t *testing.T) {
 	_, metrics := get(t, "http://"+metricsAddr+"/metrics")
 	assert.Contains(t, metrics, "\nordermail_mail_misconfigured 1\n")
 	// Held and probed for a while: nothing is given up on.
-	require.Eventually(t, func() bool { return mockStats(t, mock).Unauthorized >= 3 }, 60*time.Second, 20*time.Millisecond)
+	var refused atomic.Int64
+	require.Eventually(t, func() bool {
+		ms, err := mockmail.FetchStats(context.Background(), mock) // no require here: it would stop the wait's goroutine
+		refused.Store(int64(ms.Unauthorized))
+		return err == nil && ms.Unauthorized >= 3
+	}, 60*time.Second, 20*time.Millisecond, "requests refused 401: %v, want 3", later.Value(func() any { return refused.Load() }))
 	c, err := st.Counts(context.Background())
 	require.NoError(t, err)
 	assert.Zero(t, c.DeadLetters)

@@ -445,7 +445,7 @@ func (f *feed) fenceAll(ctx context.Context, at time.Time) {
 func (f *feed) voidLocked(vb uint16) {
 	st := f.state[vb]
 	if st.phase == phaseOpening && st.cancel != nil {
-		go st.cancel() // outside f.mu: it may call the callback at once
+		f.wg.Go(st.cancel) // outside f.mu: it may call the callback at once
 	}
 	st.cancel = nil
 	st.gen++
