@@ -102,11 +102,7 @@ func Settled(c Change, now time.Time, lim Limits) (Plan, bool) {
 		if err != nil || o.PaymentStatus == order.StatusPaid {
 			return Plan{}, false
 		}
-		p := ignore("not paid")
-		if o.UnknownPaymentState() {
-			p.Warn = fmt.Sprintf("unknown payment state %q: the order is not confirmed unless it is %q", o.PaymentStatus, order.StatusPaid)
-		}
-		return p, true
+		return orderNotPaid(o), true
 	case order.Retry:
 		if c.Key == order.ControlKey {
 			return ignore("control document, read by the timer"), true
@@ -116,11 +112,7 @@ func Settled(c Change, now time.Time, lim Limits) (Plan, bool) {
 		if err != nil || r.FireRetry {
 			return Plan{}, false
 		}
-		p := ignore("retry not due")
-		if r.NextAttemptAt > now.Add(order.FarFuture).UnixMilli() {
-			p.Warn = "retry due at " + time.UnixMilli(r.NextAttemptAt).UTC().Format(time.RFC3339) + ", more than a year away"
-		}
-		return p, true
+		return retryNotDue(r, now), true
 	}
 	return ignore("collection not watched"), true
 }
@@ -207,11 +199,7 @@ func decideOrder(c Change, st store.State, now time.Time, lim Limits) Plan {
 			return cleanUp(st, "already confirmed")
 		}
 		if o.PaymentStatus != order.StatusPaid {
-			p := ignore("not paid")
-			if o.UnknownPaymentState() {
-				p.Warn = fmt.Sprintf("unknown payment state %q: the order is not confirmed unless it is %q", o.PaymentStatus, order.StatusPaid)
-			}
-			return p
+			return orderNotPaid(o)
 		}
 	}
 	if key == order.ControlKey {
@@ -230,6 +218,26 @@ func decideOrder(c Change, st store.State, now time.Time, lim Limits) Plan {
 	}
 	return Plan{Action: Send, OrderKey: key, OrderCAS: st.Order.CAS, OrderIncarnation: st.Order.Incarnation, Body: st.Order.Value, Attempt: 1,
 		IdempotencyKey: order.IdempotencyKey(key, incarnation(st.Order))}
+}
+
+// orderNotPaid is the plan for an order that is not paid: nothing, and a
+// warning when its payment state is none the service knows.
+func orderNotPaid(o order.Order) Plan {
+	p := ignore("not paid")
+	if o.UnknownPaymentState() {
+		p.Warn = fmt.Sprintf("unknown payment state %q: the order is not confirmed unless it is %q", o.PaymentStatus, order.StatusPaid)
+	}
+	return p
+}
+
+// retryNotDue is the plan for a retry document the timer has not flagged:
+// nothing, and a warning when it falls due more than a year away.
+func retryNotDue(r order.RetryDoc, now time.Time) Plan {
+	p := ignore("retry not due")
+	if r.NextAttemptAt > now.Add(order.FarFuture).UnixMilli() {
+		p.Warn = "retry due at " + time.UnixMilli(r.NextAttemptAt).UTC().Format(time.RFC3339) + ", more than a year away"
+	}
+	return p
 }
 
 // deadLetterOrder records a problem of a first send; one already recorded
@@ -278,11 +286,7 @@ func decideRetry(c Change, st store.State, now time.Time, lim Limits) Plan {
 		return retryDeadLetter(key, st, order.RetryDoc{DocID: key}, order.ReasonMalformedRetry, err.Error(), now)
 	}
 	if !r.FireRetry {
-		p := ignore("retry not due")
-		if r.NextAttemptAt > now.Add(order.FarFuture).UnixMilli() {
-			p.Warn = "retry due at " + time.UnixMilli(r.NextAttemptAt).UTC().Format(time.RFC3339) + ", more than a year away"
-		}
-		return p
+		return retryNotDue(r, now)
 	}
 	if dl, ok := deadLetterOf(st); ok && !dl.ClearedByOrderChange() && !otherIncarnation(dl.IdempotencyKey, key, st.Order) && r.RedriveCount <= dl.RedriveCount {
 		// The dead letter came after this retry (a crash between the two
