@@ -222,8 +222,14 @@ func (c StoreConfig) Validate() error {
 	return fmt.Errorf("store: %q is not a store URL; want file:PATH, couchbase://HOST or couchbases://HOST", redact.URL(c.URL))
 }
 
+// EmbeddedPath is the database file a file: URL names; ok is false for
+// any other URL.
+func (c StoreConfig) EmbeddedPath() (path string, ok bool) {
+	return strings.CutPrefix(c.URL, "file:")
+}
+
 func (c StoreConfig) kind() (kind, path string) {
-	if path, ok := strings.CutPrefix(c.URL, "file:"); ok {
+	if path, ok := c.EmbeddedPath(); ok {
 		return "file", path
 	}
 	if strings.HasPrefix(c.URL, "couchbase://") || strings.HasPrefix(c.URL, "couchbases://") {

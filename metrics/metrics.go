@@ -138,9 +138,7 @@ var (
 	statusClasses = []string{"2xx", "3xx", "4xx", "5xx", "none"}
 	heldWhy       = []string{"breaker", "config", "rate"}
 	outcomes      = []string{"sent", "retry", "dead_letter"}
-	deadReasons   = []string{order.ReasonPermanent, order.ReasonExhausted, order.ReasonMalformedOrder, order.ReasonNoEmail,
-		order.ReasonOrderMissing, order.ReasonMalformedRetry, order.ReasonTooLarge, order.ReasonReservedKey,
-		order.ReasonInvalidKey, order.ReasonPoisonEvent}
+	deadReasons   = order.Reasons()
 )
 
 // New registers the metrics of w, t, m and st, and sets w's and t's hooks.

@@ -78,11 +78,7 @@ func RetryReason(r order.RetryDoc) string {
 
 // DeadLetterReasons are the reasons the watcher gives dead letters, and
 // "unreadable" for a dead letter that cannot be decoded, for a list to offer.
-var DeadLetterReasons = []string{
-	order.ReasonPermanent, order.ReasonExhausted, order.ReasonMalformedOrder, order.ReasonNoEmail,
-	order.ReasonOrderMissing, order.ReasonMalformedRetry, order.ReasonTooLarge, order.ReasonReservedKey,
-	order.ReasonInvalidKey, order.ReasonPoisonEvent, ReasonUnreadable,
-}
+var DeadLetterReasons = append(order.Reasons(), ReasonUnreadable)
 
 // ListRetries reads one page of pending retries, the control document
 // aside; those of one reason on the store's index of it where it has one

@@ -84,6 +84,13 @@ const (
 	ReasonPoisonEvent = "poison_event"
 )
 
+// Reasons returns every dead-letter reason the service gives, for the
+// lists and metrics that name each.
+func Reasons() []string {
+	return []string{ReasonPermanent, ReasonExhausted, ReasonMalformedOrder, ReasonNoEmail, ReasonOrderMissing,
+		ReasonMalformedRetry, ReasonTooLarge, ReasonReservedKey, ReasonInvalidKey, ReasonPoisonEvent}
+}
+
 // Verdict is the policy's answer.
 type Verdict struct {
 	GiveUp bool

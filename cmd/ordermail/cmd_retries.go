@@ -8,9 +8,9 @@ import (
 	"io"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
+	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
@@ -84,7 +84,7 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 				return err
 			}
 			// The store URL as parsed (flag or environment) names the lock.
-			v := newStatusView(s, now, probeService(status.FlagSet.Lookup("store").Value.String()))
+			v := newStatusView(s, now, probeService(app.StoreConfig{URL: status.FlagSet.Lookup("store").Value.String()}))
 			if asJSON {
 				return json.NewEncoder(stdout).Encode(v)
 			}
@@ -234,8 +234,8 @@ func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 // probeService tells whether a service runs on the store storeURL names. On
 // the embedded store the running service holds the process lock: a lock
 // this command can take (and gives back at once) means none runs.
-func probeService(storeURL string) serviceView {
-	path, ok := strings.CutPrefix(storeURL, "file:")
+func probeService(sc app.StoreConfig) serviceView {
+	path, ok := sc.EmbeddedPath()
 	if !ok {
 		return serviceView{
 			Note: "no instance heartbeats on this cluster: none runs, or they run with --instance i/n, which holds no lock this command can test; see their metrics endpoints"}

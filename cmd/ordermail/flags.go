@@ -285,7 +285,8 @@ func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx cont
 			if o.readOnly && errors.Is(err, embedded.ErrReadOnly) {
 				sc.Embedded.ReadOnly = true
 				if st, err = app.OpenStore(ctx, sc, log); err == nil {
-					fmt.Fprintf(stderr, "note: %s cannot be written here: read as it is\n", strings.TrimPrefix(sc.URL, "file:"))
+					path, _ := sc.EmbeddedPath()
+					fmt.Fprintf(stderr, "note: %s cannot be written here: read as it is\n", path)
 				}
 			}
 			if err != nil {
@@ -300,7 +301,7 @@ func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx cont
 // storeExists fails when sc names an embedded store whose file is missing.
 // Couchbase and malformed URLs are left to app.OpenStore.
 func storeExists(sc app.StoreConfig) error {
-	path, ok := strings.CutPrefix(sc.URL, "file:")
+	path, ok := sc.EmbeddedPath()
 	if !ok || path == "" {
 		return nil
 	}
