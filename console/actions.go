@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -142,6 +143,10 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request, sid string) {
 func (c *Console) pause(w http.ResponseWriter, r *http.Request, sid string) {
 	stopped, was, err := ops.StopRetries(r.Context(), c.st)
 	switch {
+	case stopped && errors.Is(err, ops.ErrKept):
+		// Paused all the same: said first, what was not kept after.
+		c.finish(w, r, sid, "pause", nil, "Retries paused: %s deleted. Retry documents wait; first sends go on. "+
+			"But %v. To resume with its settings (%s), run retries start with them.", order.ControlKey, err, was)
 	case err != nil:
 		c.finish(w, r, sid, "pause", err, "Retries could not be paused.")
 	case stopped && was != (order.Control{}):
@@ -163,8 +168,7 @@ func (c *Console) resume(w http.ResponseWriter, r *http.Request, sid string) {
 	switch {
 	case started && err != nil:
 		// Armed all the same: said first, the leftover after.
-		c.finish(w, r, sid, "resume", nil, "%sThe waiting retries go out as they are due. But the settings the pause kept "+
-			"were not cleared (%s): if it is paused again by hand, a resume may give them back.", resumed, err)
+		c.finish(w, r, sid, "resume", nil, "%sThe waiting retries go out as they are due. But %v.", resumed, err)
 	case err != nil:
 		c.finish(w, r, sid, "resume", err, "Retries could not be resumed.")
 	case started:

@@ -20,17 +20,15 @@ import (
 // left out), or rewrites the one that exists with them. With no settings
 // it resumes (ResumeRetries). set is the settings allow_retrys was created
 // or rewritten with; dropped is the settings a pause had kept that ctl's
-// stand in for. started is false when allow_retrys existed already.
+// stand in for. started is false when allow_retrys existed already. An
+// error wrapping ErrKept comes with retries armed.
 func StartRetries(ctx context.Context, st store.Store, ctl order.Control) (started bool, set, dropped order.Control, err error) {
 	if ctl == (order.Control{}) {
 		started, set, err = ResumeRetries(ctx, st)
 		return started, set, order.Control{}, err
 	}
 	body := ctl.Encode()
-	kept, err := readKept(ctx, st)
-	if err != nil {
-		return false, order.Control{}, order.Control{}, err
-	}
+	kept, keptErr := readKept(ctx, st) // out of reach: the flags stand all the same
 	_, err = st.Insert(ctx, order.Retry, order.ControlKey, body)
 	if errors.Is(err, store.ErrExists) {
 		// Armed already: the settings are rewritten, and what a pause
@@ -39,6 +37,9 @@ func StartRetries(ctx context.Context, st store.Store, ctl order.Control) (start
 		return false, ctl, order.Control{}, err
 	} else if err != nil {
 		return false, order.Control{}, order.Control{}, err
+	}
+	if keptErr != nil {
+		return true, ctl, order.Control{}, keptErr
 	}
 	return true, ctl, kept.ctl, kept.clear(ctx, st)
 }
@@ -49,25 +50,28 @@ func StartRetries(ctx context.Context, st store.Store, ctl order.Control) (start
 // kept with it: armed by other means, whose settings stand, the running
 // service's timer drops them (order.KeptControlKey); armed while a pause
 // is under way, they are that pause's. set is the settings created with.
-// An error wrapping ErrKeptNotCleared comes with started true.
+// Kept settings out of reach hold up no resume: it arms without them, and
+// its error, wrapping ErrKept, comes with started true.
 func ResumeRetries(ctx context.Context, st store.Store) (started bool, set order.Control, err error) {
-	kept, err := readKept(ctx, st)
-	if err != nil {
-		return false, order.Control{}, err
-	}
+	kept, keptErr := readKept(ctx, st)
 	_, err = st.Insert(ctx, order.Retry, order.ControlKey, kept.ctl.Encode())
 	if errors.Is(err, store.ErrExists) {
 		return false, order.Control{}, nil
 	} else if err != nil {
 		return false, order.Control{}, err
 	}
+	if keptErr != nil {
+		return true, order.Control{}, keptErr
+	}
 	return true, kept.ctl, kept.clear(ctx, st)
 }
 
-// ErrKeptNotCleared says that retries were armed but the settings a pause
-// kept could not be cleared: a later resume may give them back again,
-// unless the running service's timer drops them first.
-var ErrKeptNotCleared = errors.New("retries armed, but the settings the pause kept were not cleared")
+// ErrKept says that retries were armed or paused as asked, but the
+// settings a pause keeps (in ordermail's own collection: on Couchbase the
+// metadata bucket) could not be read, kept or cleared: that collection out
+// of reach, or the user without the right to write it. The error says
+// which, and what it means.
+var ErrKept = errors.New("the settings a pause keeps")
 
 // kept is what readKept found: the settings a pause kept and the CAS of
 // their document (0: none).
@@ -84,7 +88,7 @@ func readKept(ctx context.Context, st store.Store) (kept, error) {
 	if errors.Is(err, store.ErrNotFound) {
 		return kept{}, nil
 	} else if err != nil {
-		return kept{}, fmt.Errorf("read the settings the pause kept: %w", err)
+		return kept{}, fmt.Errorf("%w could not be read, so none were given back: %w", ErrKept, err)
 	}
 	k, _ := order.DecodeKeptControl(d.Value)
 	return kept{ctl: k.Control, cas: d.CAS}, nil
@@ -100,7 +104,7 @@ func (k kept) clear(ctx context.Context, st store.Store) error {
 	if err == nil || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrCASMismatch) {
 		return nil
 	}
-	return fmt.Errorf("%w: %w", ErrKeptNotCleared, err)
+	return fmt.Errorf("%w were given back but not cleared, so a later resume may give them again (unless the running service's timer drops them): %w", ErrKept, err)
 }
 
 // PausedSettings is the settings the last pause kept, which a resume gives
@@ -118,10 +122,23 @@ var ErrControlChanging = errors.New(order.ControlKey + " changed while it was be
 // was is the settings the deleted document carried (zero when it carried
 // none, or none that decode); they are kept (order.KeptControlKey) until a
 // resume gives them back. They are kept before the document is deleted,
-// so that no failure between the two loses them.
+// so that no failure between the two loses them; kept settings out of
+// reach hold up no pause, which is what stops sends to a struggling email
+// service: it deletes allow_retrys all the same, and its error, wrapping
+// ErrKept, comes with stopped true and was, for the operator to give them
+// again by hand.
 func StopRetries(ctx context.Context, st store.Store) (stopped bool, was order.Control, err error) {
 	// The settings kept are the ones deleted: a change between the read
 	// and the delete is read again.
+	var keptCAS uint64
+	var keptErr error
+	// Still armed after all: what this pause kept is no pause's (unless
+	// another pause has kept its own since).
+	unkeep := func() {
+		if keptCAS != 0 {
+			st.Remove(context.WithoutCancel(ctx), store.Meta, order.KeptControlKey, keptCAS)
+		}
+	}
 	for range 3 {
 		d, err := st.Get(ctx, order.Retry, order.ControlKey)
 		if errors.Is(err, store.ErrNotFound) {
@@ -130,36 +147,38 @@ func StopRetries(ctx context.Context, st store.Store) (stopped bool, was order.C
 			return false, order.Control{}, err
 		}
 		was, _ = order.DecodeControl(d.Value) // malformed: no settings to give back
-		if err := keep(ctx, st, order.KeptControl{Control: was, PausedAt: time.Now()}); err != nil {
-			return false, order.Control{}, err
-		}
+		keptCAS, keptErr = keep(ctx, st, order.KeptControl{Control: was, PausedAt: time.Now()})
 		err = st.Remove(ctx, order.Retry, order.ControlKey, d.CAS)
 		switch {
 		case err == nil:
-			return true, was, nil
+			return true, was, keptErr
 		case errors.Is(err, store.ErrNotFound):
-			return false, order.Control{}, nil
+			return false, order.Control{}, nil // paused by another meanwhile, who kept the same
 		case !errors.Is(err, store.ErrCASMismatch):
+			unkeep()
 			return false, order.Control{}, err
 		}
 	}
+	unkeep()
 	return false, order.Control{}, ErrControlChanging
 }
 
-// keep keeps k as the settings a resume gives back; with none it clears
-// what an earlier pause kept, lest a resume give back stale ones.
-func keep(ctx context.Context, st store.Store, k order.KeptControl) error {
+// keep keeps k as the settings a resume gives back, and returns the CAS
+// of their document; with none it clears what an earlier pause kept, lest
+// a resume give back stale ones.
+func keep(ctx context.Context, st store.Store, k order.KeptControl) (uint64, error) {
 	if k.Control == (order.Control{}) {
 		err := st.Remove(ctx, store.Meta, order.KeptControlKey, 0)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("clear the settings an earlier pause kept: %w", err)
+			return 0, fmt.Errorf("%w: those an earlier pause kept could not be cleared, so a resume may give them back: %w", ErrKept, err)
 		}
-		return nil
+		return 0, nil
 	}
-	if _, err := st.Upsert(ctx, store.Meta, order.KeptControlKey, k.Encode()); err != nil {
-		return fmt.Errorf("keep the settings of %s: %w", order.ControlKey, err)
+	cas, err := st.Upsert(ctx, store.Meta, order.KeptControlKey, k.Encode())
+	if err != nil {
+		return 0, fmt.Errorf("%w could not be kept (%s), so no resume gives them back: %w", ErrKept, k.Control, err)
 	}
-	return nil
+	return cas, nil
 }
 
 // ReasonCount is how many confirmations fail for one reason.

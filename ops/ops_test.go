@@ -91,11 +91,26 @@ func TestAPauseKeepsItsSettingsForTheResume(t *testing.T) {
 	_, _, _, err = ops.StartRetries(ctx, st, set)
 	require.NoError(t, err)
 
-	_, _, err = ops.StopRetries(ctx, metaDown{st})
-	require.ErrorContains(t, err, "keep the settings of allow_retrys: meta down")
-	control() // a pause that could not keep the settings deleted nothing
+	// A pause that cannot keep the settings pauses all the same (it is
+	// what stops sends to a struggling email service), and says what it
+	// could not keep.
+	stopped, was, err := ops.StopRetries(ctx, metaDown{st})
+	require.ErrorIs(t, err, ops.ErrKept)
+	assert.ErrorContains(t, err, "could not be kept (interval 30s, quantum 1m0s)")
+	assert.True(t, stopped)
+	assert.Equal(t, set, was)
+	_, err = st.Get(ctx, order.Retry, order.ControlKey)
+	require.ErrorIs(t, err, store.ErrNotFound)
+	// A resume that cannot read what a pause kept arms all the same.
+	started, got, err := ops.ResumeRetries(ctx, metaUnreadable{st})
+	require.ErrorIs(t, err, ops.ErrKept)
+	assert.True(t, started)
+	assert.Zero(t, got)
+	assert.JSONEq(t, `{}`, control())
+	_, err = st.Upsert(ctx, order.Retry, order.ControlKey, set.Encode())
+	require.NoError(t, err)
 
-	stopped, was, err := ops.StopRetries(ctx, st)
+	stopped, was, err = ops.StopRetries(ctx, st)
 	require.NoError(t, err)
 	require.True(t, stopped)
 	assert.Equal(t, set, was)
@@ -103,7 +118,7 @@ func TestAPauseKeepsItsSettingsForTheResume(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, set, s.ResumeWith)
 
-	started, got, err := ops.ResumeRetries(ctx, st)
+	started, got, err = ops.ResumeRetries(ctx, st)
 	require.NoError(t, err)
 	require.True(t, started)
 	assert.Equal(t, set, got)
@@ -166,7 +181,8 @@ func TestAPauseKeepsItsSettingsForTheResume(t *testing.T) {
 	_, err = st.Upsert(ctx, store.Meta, order.KeptControlKey, kept)
 	require.NoError(t, err)
 	started, got, err = ops.ResumeRetries(ctx, metaDown{st})
-	assert.ErrorIs(t, err, ops.ErrKeptNotCleared)
+	assert.ErrorIs(t, err, ops.ErrKept)
+	assert.ErrorContains(t, err, "given back but not cleared")
 	assert.True(t, started)
 	assert.Equal(t, set, got)
 	control()
@@ -187,6 +203,8 @@ func TestAPauseOfADocumentChangingAllTheTimeDeletesNothing(t *testing.T) {
 	assert.False(t, stopped)
 	_, err = st.Get(ctx, order.Retry, order.ControlKey)
 	assert.NoError(t, err)
+	_, err = st.Get(ctx, store.Meta, order.KeptControlKey)
+	assert.ErrorIs(t, err, store.ErrNotFound, "still armed: nothing kept for a resume")
 }
 
 // metaDown is a store whose writes to ordermail's own collection fail.
@@ -204,6 +222,16 @@ func (s metaDown) Remove(ctx context.Context, coll, key string, cas uint64) erro
 		return errors.New("meta down")
 	}
 	return s.Store.Remove(ctx, coll, key, cas)
+}
+
+// metaUnreadable is a store whose reads of ordermail's own collection fail.
+type metaUnreadable struct{ store.Store }
+
+func (s metaUnreadable) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	if coll == store.Meta {
+		return store.Doc{}, errors.New("meta unreadable")
+	}
+	return s.Store.Get(ctx, coll, key)
 }
 
 // changing is a store on which allow_retrys changes before every delete.

@@ -319,12 +319,13 @@ func (r RetryDoc) DueAt(quantum time.Duration) time.Time {
 
 // Due says whether the sweep takes r as due at now, flagged or not: the
 // rule both stores' sweeps apply on their indexes (nextAttemptAt <= now,
-// or without one ts < now - quantum), for what shows it to a person.
+// or without one ts < now - quantum), for what shows it to a person. A
+// document with neither is never due: the sweeps want a number in one.
 func (r RetryDoc) Due(now time.Time, quantum time.Duration) bool {
 	if r.NextAttemptAt != 0 {
 		return r.NextAttemptAt <= now.UnixMilli()
 	}
-	return r.TS < now.Add(-quantum).UnixMilli()
+	return r.TS != 0 && r.TS < now.Add(-quantum).UnixMilli()
 }
 
 // Reasons Why gives besides an HTTP status.

@@ -183,7 +183,7 @@ func TestSetFieldEditsInPlace(t *testing.T) {
 
 // TestRetryDue: what shows a retry as due to a person uses the sweeps'
 // rule (store/embedded/sweep.go, store/couchbase's dueUnflagged):
-// nextAttemptAt <= now, or without one ts < now - quantum.
+// nextAttemptAt <= now, or without one ts < now - quantum; neither, never.
 func TestRetryDue(t *testing.T) {
 	now := time.UnixMilli(1_000_000)
 	q := 15 * time.Second
@@ -195,7 +195,8 @@ func TestRetryDue(t *testing.T) {
 		{order.RetryDoc{NextAttemptAt: now.UnixMilli() + 1, TS: 1}, false},
 		{order.RetryDoc{TS: now.Add(-q).UnixMilli()}, false},
 		{order.RetryDoc{TS: now.Add(-q).UnixMilli() - 1}, true},
-		{order.RetryDoc{TS: 0}, true}, // the sample's, written at the epoch: long due
+		{order.RetryDoc{TS: 1}, true},
+		{order.RetryDoc{}, false}, // neither ts nor nextAttemptAt: no sweep flags it
 	}
 	for _, tt := range tests {
 		assert.Equal(t, tt.want, tt.give.Due(now, q), "%+v", tt.give)

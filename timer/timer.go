@@ -187,9 +187,10 @@ type Timer struct {
 	// gives the lease up and leaves it to the others until asideUntil.
 	sweepsFailed int
 	asideUntil   time.Time
-	// pausedSeen is when a tick last found allow_retrys absent, on the
-	// wall clock; zero once a tick found it armed again and saw to the
-	// settings the pause kept (dropKept).
+	// pausedSeen is when a tick last found allow_retrys absent (New: when
+	// the process started, as it cannot know what came before); zero once
+	// a tick found it armed and saw to the settings a pause kept
+	// (dropKept).
 	pausedSeen time.Time
 
 	// Logged state, for one line per change; only tick touches them.
@@ -210,7 +211,8 @@ func New(cfg Config, st store.Store, log *slog.Logger, now func() time.Time) (*T
 	if now == nil {
 		now = time.Now
 	}
-	t := &Timer{cfg: cfg.withDefaults(), store: st, now: now, log: log.With("component", "timer"), epoch: time.Now()}
+	t := &Timer{cfg: cfg.withDefaults(), store: st, now: now, log: log.With("component", "timer"), epoch: time.Now(),
+		pausedSeen: now()} // settings a pause kept before this process started are stale once armed
 	if t.cfg.Owner == "" {
 		t.cfg.Owner = lease.Owner()
 	}
@@ -241,10 +243,11 @@ func (t *Timer) SetGate(g Gate) { t.gate = g }
 // the retry documents that are due. allow_retrys may set a longer interval
 // (sweeps are then skipped until it has passed) and the quantum.
 func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
+	asked := t.now() // before the read: absent then or later
 	doc, err := t.store.Get(ctx, order.Retry, order.ControlKey)
 	if errors.Is(err, store.ErrNotFound) {
 		t.mu.Lock()
-		t.pausedSeen = time.Now() // beside pausedAt, another process's wall clock
+		t.pausedSeen = asked
 		t.mu.Unlock()
 		t.setRole(RolePaused, nil)
 		return Result{}, nil
@@ -403,9 +406,12 @@ func (t *Timer) settings(doc store.Doc) (interval, quantum time.Duration) {
 // (which gives them back and clears them itself), by hand as in the
 // sample, and its settings stand; no later resume is to give the old ones
 // back. Settings kept after pausedSeen are a pause's under way, and stay.
-// (The two times come from two hosts' clocks: a skew of more than the
-// paused poll could leave stale settings, or drop those of a pause made
-// within the skew of the arming.) It says whether that is seen to; if not
+// A timer that finds allow_retrys armed at its first tick takes the
+// process's start for pausedSeen: it cannot know what came before, and a
+// pause under way then (kept, not yet deleted) is all it could wrongly
+// drop. (The two times come from two hosts' clocks: a skew of more than
+// the paused poll could leave stale settings, or drop those of a pause
+// made within the skew of the arming.) It says whether that is seen to; if not
 // (the store failed), the next tick tries again.
 func (t *Timer) dropKept(ctx context.Context, pausedSeen time.Time) bool {
 	d, err := t.store.Get(ctx, store.Meta, order.KeptControlKey)

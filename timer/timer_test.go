@@ -816,4 +816,12 @@ func TestArmedByOtherMeansDropsWhatAPauseKept(t *testing.T) {
 	_, err = tm.Sweep(ctx, pinned)
 	require.NoError(t, err)
 	assert.True(t, kept())
+
+	// A timer started while armed (the arming by hand came while no
+	// service watched) drops what was kept before it started.
+	later, err := timer.New(timer.Config{Interval: time.Second}, st, quiet, nil)
+	require.NoError(t, err)
+	_, err = later.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.False(t, kept(), "kept an hour before the timer started, found armed: stale")
 }

@@ -25,7 +25,7 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 		func(ctx context.Context, st store.Store, _ []string) error {
 			started, set, dropped, err := ops.StartRetries(ctx, st, ctl)
 			switch {
-			case started && errors.Is(err, ops.ErrKeptNotCleared):
+			case started && errors.Is(err, ops.ErrKept):
 				fmt.Fprintln(stderr, "warning:", err)
 			case err != nil:
 				return err
@@ -58,7 +58,15 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 		"delete allow_retrys: retries pause (documents wait), first sends go on", stderr,
 		func(ctx context.Context, st store.Store, _ []string) error {
 			stopped, was, err := ops.StopRetries(ctx, st)
-			if err != nil {
+			switch {
+			case stopped && errors.Is(err, ops.ErrKept):
+				fmt.Fprintln(stdout, "retries stopped: deleted", order.ControlKey)
+				fmt.Fprintf(stderr, "warning: %v\n", err)
+				if was != (order.Control{}) {
+					fmt.Fprintf(stderr, "to resume with them: retries start%s\n", startFlags(was))
+				}
+				return nil
+			case err != nil:
 				return err
 			}
 			if stopped {
@@ -154,6 +162,18 @@ type controlView struct {
 	Interval string `json:"interval,omitempty"` // sweep at most this often; absent: the service's --timer-interval
 	Quantum  string `json:"quantum,omitempty"`  // absent: the service's --retry-quantum
 	Invalid  string `json:"invalid,omitempty"`  // why the service ignores the document's settings
+}
+
+// startFlags are the flags of `retries start` that set ctl's settings.
+func startFlags(ctl order.Control) string {
+	var f string
+	if ctl.Interval > 0 {
+		f += " --interval " + ctl.Interval.String()
+	}
+	if ctl.Quantum > 0 {
+		f += " --quantum " + ctl.Quantum.String()
+	}
+	return f
 }
 
 // newControlView is ctl's settings as controlView shows them.

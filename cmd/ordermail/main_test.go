@@ -360,3 +360,30 @@ func TestReadCommandsReadAStoreOnAReadOnlyMount(t *testing.T) {
 	require.Error(t, err, out)
 	assert.Contains(t, out, "copy.db-wal, which holds commits, cannot be read here")
 }
+
+// TestReadCommandsReadAFileTheyCannotWrite: an immutable store file (as a
+// file of another user's, or of mode 0400, is to a user who is not root)
+// is read by the commands that only read, as it is, making no file beside
+// it; the others say it is read-only.
+func TestReadCommandsReadAFileTheyCannotWrite(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ordermail.db")
+	storeURL := "file:" + path
+	_, _, err := cli(t, "load", "--store", storeURL, "--collection", "inbound", "--pay", filepath.Join("..", "..", "fixtures", "orders"))
+	require.NoError(t, err)
+	if out, err := exec.Command("chattr", "+i", path).CombinedOutput(); err != nil {
+		t.Skipf("chattr +i is not permitted here (needs root and a file system with the immutable flag): %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("chattr", "-i", path).Run() })
+
+	out, stderr, err := cli(t, "retries", "status", "--store", storeURL)
+	require.NoError(t, err, stderr)
+	assert.Equal(t, "note: "+path+" cannot be written here: read as it is\n", stderr)
+	assert.Contains(t, out, "orders paid:        5 (0 confirmed")
+	for _, suffix := range []string{"-wal", "-shm"} {
+		_, err := os.Stat(path + suffix)
+		assert.ErrorIs(t, err, os.ErrNotExist, "the read made a %s file", suffix)
+	}
+	_, _, err = cli(t, "pay", "--store", storeURL, "order_140")
+	assert.ErrorContains(t, err, "is read-only (its file mode, or an immutable file)")
+}

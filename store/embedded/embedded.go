@@ -153,7 +153,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
 	} else if _, statErr := os.Stat(cfg.Path); errors.Is(statErr, fs.ErrNotExist) {
 		return nil, fmt.Errorf("embedded store %s: cannot create it in %s: %w", cfg.Path, filepath.Dir(cfg.Path), err)
-	} // else there, but not writable: the read-only message below says so
+	} else {
+		// There, but not writable by this user. Said now: SQLite would
+		// make its -wal and -shm files with the file's read-only mode,
+		// and the store could not be written even once the file is.
+		return nil, fmt.Errorf("embedded store %s is %w (its file mode, or an immutable file): %w", cfg.Path, ErrReadOnly, err)
+	}
 	if err := makePrivate(cfg.Path); err != nil {
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
 	}
@@ -276,13 +281,24 @@ func openReadOnly(ctx context.Context, cfg Config) (*Store, error) {
 		}
 		return db, nil
 	}
-	read, err := open("mode=ro")
-	var se *sqlite.Error
-	if errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_CANTOPEN {
-		if fi, statErr := os.Stat(cfg.Path + "-wal"); statErr == nil && fi.Size() > 0 {
-			return fail(fmt.Errorf("its write-ahead log %s-wal, which holds commits, cannot be read here (no -shm file can be made beside it): copy the database and its -wal file somewhere writable, or read it where it was written", cfg.Path))
-		}
+	// With no -wal and no -shm file (the store closed cleanly, nothing
+	// runs on it), immutable: mode=ro would make them, beside a file
+	// this user cannot write, with its mode.
+	_, walErr := os.Stat(cfg.Path + "-wal")
+	_, shmErr := os.Stat(cfg.Path + "-shm")
+	var read *sql.DB
+	var err error
+	if errors.Is(walErr, fs.ErrNotExist) && errors.Is(shmErr, fs.ErrNotExist) {
 		read, err = open("immutable=1")
+	} else {
+		read, err = open("mode=ro")
+		var se *sqlite.Error
+		if errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_CANTOPEN {
+			if fi, statErr := os.Stat(cfg.Path + "-wal"); statErr == nil && fi.Size() > 0 {
+				return fail(fmt.Errorf("its write-ahead log %s-wal, which holds commits, cannot be read here (no -shm file can be made beside it): copy the database and its -wal file somewhere writable, or read it where it was written", cfg.Path))
+			}
+			read, err = open("immutable=1")
+		}
 	}
 	if err != nil {
 		return fail(mapErr(err))

@@ -56,6 +56,10 @@ func TestReadOnlyReadsAsItIsAndWritesNothing(t *testing.T) {
 	assert.ErrorIs(t, err, ErrReadOnly, "a feed saves its checkpoint: no feed on a store that reads alone")
 	require.NoError(t, ro.Close())
 	assert.Equal(t, before, sum(), "the file is as it was")
+	for _, suffix := range []string{"-wal", "-shm"} {
+		_, err := os.Stat(path + suffix)
+		assert.ErrorIs(t, err, os.ErrNotExist, "a read made no %s file (made beside a file its user cannot write, it would keep the file's mode)", suffix)
+	}
 	_, err = ro.Get(ctx, order.Inbound, "o1")
 	assert.ErrorIs(t, err, store.ErrClosed)
 }
