@@ -322,6 +322,14 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	if !due {
 		return Result{Armed: true, Probe: probing}, nil // a probe still out is no change of role
 	}
+	return t.sweepBatches(ctx, lctx, now, quantum, probing)
+}
+
+// sweepBatches flags the due retries, batch after batch, each a short
+// transaction of its own, until none is left, the sweep's budget is spent,
+// or retries are stopped; probing, it flags the one due longest alone.
+// lctx bounds the lease's writes (sweepFailed).
+func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum time.Duration, probing bool) (Result, error) {
 	res := Result{Armed: true, Probe: probing}
 	limit := t.cfg.SweepBatch
 	if probing {

@@ -138,7 +138,7 @@ func TestStatusViewOfMembers(t *testing.T) {
 		{Name: "c", Leaving: true, HeartbeatAge: time.Second},
 		{Name: "d", Live: true, Held: true, Aside: true, HeartbeatAge: time.Second},
 	}, Sweeper: &ops.Sweeper{Holder: "a", ExpiresAt: now.Add(time.Second)}}, now, unknown)
-	assert.Equal(t, yes, v.Service.Running)
+	assert.Equal(t, ptr(true), v.Service.Running)
 	assert.Equal(t, "2 live members of 4 heartbeating lately, 1 stepped aside (its sends are held back: see its log)", v.Service.Note)
 	assert.Equal(t, []memberView{
 		{Name: "a", State: "live", HeartbeatAgeSeconds: 1.5, VBuckets: 512},
@@ -159,7 +159,7 @@ func TestStatusViewOfMembers(t *testing.T) {
 func TestStatusReasonsAligned(t *testing.T) {
 	v := newStatusView(ops.Status{TopFailures: []ops.ReasonCount{
 		{Reason: "retrying: HTTP 503", Count: 200000}, {Reason: "retrying: held back", Count: 7},
-	}}, time.Now(), serviceView{Running: no})
+	}}, time.Now(), serviceView{Running: ptr(false)})
 	var out strings.Builder
 	require.NoError(t, printStatus(&out, v, 15*time.Second))
 	assert.Contains(t, out.String(), "top failure reasons:\n   COUNT  REASON\n  200000  retrying: HTTP 503\n       7  retrying: held back\n")

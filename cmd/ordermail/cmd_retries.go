@@ -195,9 +195,8 @@ type serviceView struct {
 	Note    string `json:"note,omitempty"`
 }
 
-// yes and no are serviceView's Running.
-var yes, no = ptr(true), ptr(false)
-
+// ptr is b for serviceView's Running, a pointer of its own each time: a
+// shared one would be one variable every view could change.
 func ptr(b bool) *bool { return &b }
 
 func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
@@ -262,7 +261,7 @@ func probeService(sc app.StoreConfig) serviceView {
 	}
 	lock := embedded.NewProcessLock(path)
 	if _, err := os.Stat(lock.Path()); errors.Is(err, os.ErrNotExist) {
-		return serviceView{Running: no} // a running service keeps its lock file
+		return serviceView{Running: ptr(false)} // a running service keeps its lock file
 	}
 	took, err := lock.TryLock()
 	if err != nil {
@@ -270,9 +269,9 @@ func probeService(sc app.StoreConfig) serviceView {
 	}
 	if took {
 		lock.Unlock()
-		return serviceView{Running: no}
+		return serviceView{Running: ptr(false)}
 	}
-	return serviceView{Running: yes, Note: "a process holds " + lock.Path()}
+	return serviceView{Running: ptr(true), Note: "a process holds " + lock.Path()}
 }
 
 func printStatus(w io.Writer, v statusView, quantum time.Duration) error {

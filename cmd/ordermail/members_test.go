@@ -230,7 +230,7 @@ func TestMembersShareFailOverAndAreFenced(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 64, states["live"], "the live members own every vBucket: %s", out)
-	assert.Equal(t, yes, status.Service.Running, "%s", out)
+	assert.Equal(t, ptr(true), status.Service.Running, "%s", out)
 	if assert.NotNil(t, status.Sweeper, "%s", out) {
 		assert.False(t, status.Sweeper.Expired, "%s", out)
 	}
