@@ -192,6 +192,7 @@ type Timer struct {
 	// a tick found it armed and saw to the settings a pause kept
 	// (dropKept).
 	pausedSeen time.Time
+	dropFailed bool // dropKept's last try failed: said once, not every tick
 
 	// Logged state, for one line per change; only tick touches them.
 	logged      Role
@@ -258,9 +259,16 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	t.mu.Lock()
 	seen := t.pausedSeen
 	t.mu.Unlock()
-	if !seen.IsZero() && t.dropKept(ctx, seen) {
+	if !seen.IsZero() {
+		err := t.dropKept(ctx, seen)
 		t.mu.Lock()
-		t.pausedSeen = time.Time{}
+		if err == nil {
+			t.pausedSeen = time.Time{}
+		} else if !t.dropFailed {
+			// Tried again every tick; said once, while it fails.
+			t.log.Warn("could not see to the settings a pause kept", "key", order.KeptControlKey, "error", err)
+		}
+		t.dropFailed = err != nil
 		t.mu.Unlock()
 	}
 	// Read before the lease, so that a standby too knows the settings in
@@ -419,18 +427,17 @@ func (t *Timer) settings(doc store.Doc) (interval, quantum time.Duration) {
 // pause under way then (kept, not yet deleted) is all it could wrongly
 // drop. (The two times come from two hosts' clocks: a skew of more than
 // the paused poll could leave stale settings, or drop those of a pause
-// made within the skew of the arming.) It says whether that is seen to; if not
-// (the store failed), the next tick tries again.
-func (t *Timer) dropKept(ctx context.Context, pausedSeen time.Time) bool {
+// made within the skew of the arming.) An error (the store failed) leaves
+// it to the next tick.
+func (t *Timer) dropKept(ctx context.Context, pausedSeen time.Time) error {
 	d, err := t.store.Get(ctx, store.Meta, order.KeptControlKey)
 	if errors.Is(err, store.ErrNotFound) {
-		return true
+		return nil
 	} else if err != nil {
-		t.log.Warn("could not read the settings a pause kept", "key", order.KeptControlKey, "error", err)
-		return false
+		return fmt.Errorf("read: %w", err)
 	}
 	if k, err := order.DecodeKeptControl(d.Value); err == nil && !k.PausedAt.Before(pausedSeen) {
-		return true
+		return nil
 	}
 	err = t.store.Remove(ctx, store.Meta, order.KeptControlKey, d.CAS)
 	switch {
@@ -438,10 +445,9 @@ func (t *Timer) dropKept(ctx context.Context, pausedSeen time.Time) bool {
 		t.log.Info("dropped the settings a pause kept: "+order.ControlKey+" was created by other means since, and its settings stand", "key", order.KeptControlKey)
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, store.ErrCASMismatch):
 	default:
-		t.log.Warn("could not drop the settings a pause kept", "key", order.KeptControlKey, "error", err)
-		return false
+		return fmt.Errorf("drop: %w", err)
 	}
-	return true
+	return nil
 }
 
 // Ticks counts the successful ticks since Start (paused and standby ones

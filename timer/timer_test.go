@@ -825,3 +825,45 @@ func TestArmedByOtherMeansDropsWhatAPauseKept(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, kept(), "kept an hour before the timer started, found armed: stale")
 }
+
+// metaUnreadable is a store whose reads of the settings a pause kept fail
+// while down is set.
+type metaUnreadable struct {
+	store.Store
+	down *atomic.Bool
+}
+
+func (s metaUnreadable) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	if coll == store.Meta && key == order.KeptControlKey && s.down.Load() {
+		return store.Doc{}, errors.New("meta unreadable")
+	}
+	return s.Store.Get(ctx, coll, key)
+}
+
+// TestSettingsKeptOutOfReachAreSaidOnce: settings a pause kept that the
+// timer cannot see to are tried again every tick, said once while that
+// fails, and dropped once they can be.
+func TestSettingsKeptOutOfReachAreSaidOnce(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	var logs syncbuf.Buffer
+	var down atomic.Bool
+	down.Store(true)
+	tm, err := timer.New(timer.Config{Interval: time.Second}, metaUnreadable{st, &down}, jsonLogs(&logs), nil)
+	require.NoError(t, err)
+	_, err = st.Upsert(ctx, store.Meta, order.KeptControlKey,
+		order.KeptControl{Control: order.Control{Interval: time.Minute}, PausedAt: time.Now().Add(-time.Hour)}.Encode())
+	require.NoError(t, err)
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	for range 5 {
+		_, err = tm.Sweep(ctx, pinned)
+		require.NoError(t, err)
+	}
+	assert.Len(t, infoLines(t, &logs, "could not see to the settings a pause kept"), 1, "%s", logs.String())
+	down.Store(false)
+	_, err = tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	_, err = st.Get(ctx, store.Meta, order.KeptControlKey)
+	assert.ErrorIs(t, err, store.ErrNotFound, "dropped once readable")
+}
