@@ -17,7 +17,7 @@ func (s *Server) nodesExtLocked(thisNode int) []map[string]any {
 	for _, n := range s.nodes {
 		e := map[string]any{
 			"hostname": "127.0.0.1",
-			"services": map[string]int{"kv": n.kvPort, "mgmt": n.mgmtPort, "n1ql": n.n1qlPort},
+			"services": s.servicesOf(n),
 		}
 		if n.idx == thisNode {
 			e["thisNode"] = true
@@ -25,6 +25,15 @@ func (s *Server) nodesExtLocked(thisNode int) []map[string]any {
 		out = append(out, e)
 	}
 	return out
+}
+
+// servicesOf is a node's ports by service, under their TLS names with
+// Options.TLS (§1.6).
+func (s *Server) servicesOf(n *node) map[string]int {
+	if s.opts.TLS != nil {
+		return map[string]int{"kvSSL": n.kvPort, "mgmtSSL": n.mgmtPort, "n1qlSSL": n.n1qlPort}
+	}
+	return map[string]int{"kv": n.kvPort, "mgmt": n.mgmtPort, "n1ql": n.n1qlPort}
 }
 
 func (s *Server) clusterCaps() map[string]any {

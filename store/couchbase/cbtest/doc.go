@@ -20,6 +20,11 @@
 // config (§1.3, §1.4). The vBuckets are spread over the nodes in contiguous
 // ranges; there are no replicas (numReplicas 0).
 //
+// With Options.TLS every one of those ports speaks TLS and none other
+// listens, as on a cluster that lets clients in only encrypted: the
+// configs name the ports kvSSL, mgmtSSL and n1qlSSL (§1.6), ConnStr is
+// couchbases://, and the client, over TLS, logs in with PLAIN (§1.9).
+//
 // # Data model
 //
 // Per bucket and vBucket: documents keyed by (collection id, key) with

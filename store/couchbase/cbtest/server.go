@@ -1,6 +1,7 @@
 package cbtest
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -56,6 +57,12 @@ type Options struct {
 	// streams from several nodes in that order. Real servers answer
 	// first; this is for tests that depend on that order.
 	SyncDCP bool
+	// TLS, when set, is the server side of TLS (its Certificates at
+	// least) on every port, as on a cluster that lets clients in only
+	// encrypted: no plain port listens, the configs name each node's
+	// ports kvSSL, mgmtSSL and n1qlSSL, and ConnStr is couchbases://.
+	// Over TLS the client logs in with PLAIN (§1.9).
+	TLS *tls.Config
 }
 
 // BucketSpec is a bucket created at start.
@@ -240,6 +247,11 @@ func (s *Server) listen(i int) (*node, error) {
 		}
 	}
 	n.kvPort, n.mgmtPort, n.n1qlPort = port(n.kvLn), port(n.mgmtLn), port(n.n1qlLn)
+	if s.opts.TLS != nil {
+		for _, l := range []*net.Listener{&n.kvLn, &n.mgmtLn, &n.n1qlLn} {
+			*l = tls.NewListener(*l, s.opts.TLS)
+		}
+	}
 	n.mgmtSrv = &http.Server{Handler: s.httpHandler(n, s.mgmtRoutes(n)), ReadHeaderTimeout: 10 * time.Second}
 	n.n1qlSrv = &http.Server{Handler: s.httpHandler(n, s.queryRoutes(n)), ReadHeaderTimeout: 10 * time.Second}
 	return n, nil
@@ -315,13 +327,22 @@ func (s *Server) logf(format string, args ...any) {
 }
 
 // ConnStr is the connection string of every node's KV port, e.g.
-// couchbase://127.0.0.1:40001,127.0.0.1:40002.
+// couchbase://127.0.0.1:40001,127.0.0.1:40002 (couchbases:// with
+// Options.TLS).
 func (s *Server) ConnStr() string {
 	var hosts []string
 	for _, n := range s.nodes {
 		hosts = append(hosts, "127.0.0.1:"+strconv.Itoa(n.kvPort))
 	}
-	return "couchbase://" + strings.Join(hosts, ",")
+	return s.scheme("couchbase") + "://" + strings.Join(hosts, ",")
+}
+
+// scheme is plain, or plain+"s" with Options.TLS.
+func (s *Server) scheme(plain string) string {
+	if s.opts.TLS != nil {
+		return plain + "s"
+	}
+	return plain
 }
 
 // Username and Password are the credentials the server accepts.
@@ -337,10 +358,10 @@ func (s *Server) Nodes() int { return len(s.nodes) }
 // KVAddr, MgmtURL and QueryURL address node i's services.
 func (s *Server) KVAddr(i int) string { return "127.0.0.1:" + strconv.Itoa(s.nodes[i].kvPort) }
 func (s *Server) MgmtURL(i int) string {
-	return "http://127.0.0.1:" + strconv.Itoa(s.nodes[i].mgmtPort)
+	return s.scheme("http") + "://127.0.0.1:" + strconv.Itoa(s.nodes[i].mgmtPort)
 }
 func (s *Server) QueryURL(i int) string {
-	return "http://127.0.0.1:" + strconv.Itoa(s.nodes[i].n1qlPort)
+	return s.scheme("http") + "://127.0.0.1:" + strconv.Itoa(s.nodes[i].n1qlPort)
 }
 
 // VBucketOf is the vBucket of key, as gocbcore computes it.
