@@ -1,13 +1,17 @@
 package couchbase
 
 import (
+	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/couchbase/gocbcore/v10"
 	"github.com/ordermail/ordermail/internal/redact"
 )
 
@@ -141,6 +145,67 @@ func (c Config) caPool() (*x509.CertPool, error) {
 		return nil, fmt.Errorf("cb-ca-cert: %s holds no PEM certificate", c.CACertFile)
 	}
 	return pool, nil
+}
+
+// tlsTrouble says what is wrong with the TLS of a couchbases:// cluster
+// that the SDK could not reach, which tells only of a timeout: a
+// handshake with the first seed node, checked as the SDK checks it, that
+// finds a certificate it cannot trust or no TLS at all. nil when that
+// handshake works, for couchbase://, and when the node cannot be reached
+// at all (the caller's own message then stands).
+func (c Config) tlsTrouble(ctx context.Context) error {
+	if !strings.HasPrefix(c.ConnStr, "couchbases://") {
+		return nil
+	}
+	ac := &gocbcore.AgentConfig{}
+	if err := ac.FromConnStr(c.ConnStr); err != nil || len(ac.SeedConfig.MemdAddrs) == 0 {
+		return nil
+	}
+	addr := ac.SeedConfig.MemdAddrs[0]
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil
+	}
+	pool, err := c.caPool()
+	if err != nil || (pool == nil && strings.HasSuffix(host, ".cloud.couchbase.com")) {
+		return nil // a bad file is said apart; without one, the SDK trusts Capella's CA too
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.withDefaults().Timeout)
+	defer cancel()
+	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil
+	}
+	conn := tls.Client(raw, &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12})
+	defer conn.Close()
+	err = conn.HandshakeContext(ctx)
+	if err == nil {
+		return nil
+	}
+	trust := "give the PEM file of the CA that signed the cluster's certificates with --cb-ca-cert"
+	if c.CACertFile != "" {
+		trust = "is " + c.CACertFile + " (--cb-ca-cert) the CA that signed the cluster's certificates?"
+	}
+	var (
+		verify  *tls.CertificateVerificationError
+		unknown x509.UnknownAuthorityError
+		name    x509.HostnameError
+	)
+	switch {
+	case errors.As(err, &unknown):
+		return fmt.Errorf("%s presents a certificate signed by a CA not trusted here (%v): %s", addr, unknown, trust)
+	case errors.As(err, &name):
+		return fmt.Errorf("%s presents a certificate for other names (%v): name the node as its certificate does", addr, name)
+	case errors.As(err, &verify):
+		return fmt.Errorf("%s presents a certificate that does not verify: %v", addr, verify.Err)
+	}
+	if ctx.Err() != nil {
+		return nil // a node that does not answer at all: nothing to say of TLS
+	}
+	// Connected, and no TLS came back: a plain port (memcached hangs up
+	// on a request it cannot read) or something else entirely.
+	return fmt.Errorf("%s does not answer in TLS (%v): is it the cluster's TLS port (11207), or is the cluster's "+
+		"connection string couchbase://?", addr, err)
 }
 
 // static says whether the vBuckets are split by --instance.

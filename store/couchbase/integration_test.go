@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/couchbase/gocb/v2"
+	"github.com/ordermail/ordermail/internal/testpki"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/couchbase/cbtest"
@@ -63,6 +64,27 @@ func testCluster(t testing.TB, nodes int) (Config, *cbtest.Server) {
 	defer cancel()
 	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, quietLog), "setup")
 	return cfg, srv
+}
+
+// tlsCluster is a set-up cbtest cluster of one node that lets clients in
+// over TLS only, its CA in a file as --cb-ca-cert names one; pki signed
+// its certificate.
+func tlsCluster(t *testing.T) (cfg Config, srv *cbtest.Server, pki *testpki.PKI) {
+	t.Helper()
+	if _, real := realCluster(); real {
+		t.Skip("a cluster of its own, with a CA of its own: runs on cbtest only")
+	}
+	pki, err := testpki.New()
+	require.NoError(t, err)
+	files, err := pki.WriteFiles(t.TempDir())
+	require.NoError(t, err)
+	srv = cbtest.Start(t, cbtest.Options{VBuckets: testVBuckets, TLS: pki.ServerTLS(false)})
+	cfg = Config{ConnStr: srv.ConnStr(), Username: srv.Username(), Password: srv.Password(), CACertFile: files.CA,
+		Timeout: 30 * time.Second, MemberTTL: 2 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, quietLog), "setup over TLS")
+	return cfg, srv, pki
 }
 
 // fakeCluster is a set-up cbtest cluster, for the tests that inject
@@ -136,6 +158,60 @@ func TestIntegrationContract(t *testing.T) {
 	}
 	t.Run("OneNode", func(t *testing.T) { run(t, 1) })
 	t.Run("ThreeNodes", func(t *testing.T) { run(t, 3) })
+	// couchbases:// with --cb-ca-cert: KV, DCP, query and management
+	// all over TLS (the cluster has no other port).
+	t.Run("OneNodeOverTLS", func(t *testing.T) {
+		cfg, _, _ := tlsCluster(t)
+		cfg.CountsTTL = -1
+		storetest.Run(t, func(t *testing.T) store.Store { return openStore(t, cfg) })
+	})
+}
+
+// What goes wrong with TLS shows to the SDK only as a timeout: Open and
+// Setup say what it was (a CA that did not sign the cluster's
+// certificate, none given, a port that does not speak TLS) rather than
+// ask whether the bucket exists or the password is right.
+func TestTLSTroubleIsSaidAsItIs(t *testing.T) {
+	cfg, _, _ := tlsCluster(t)
+	cfg.Timeout = 500 * time.Millisecond
+	other, err := testpki.New()
+	require.NoError(t, err)
+	files, err := other.WriteFiles(t.TempDir())
+	require.NoError(t, err)
+	_, plain := fakeCluster(t, cbtest.Options{})
+
+	wrongCA, noCA, notTLS := cfg, cfg, cfg
+	wrongCA.CACertFile = files.CA
+	noCA.CACertFile = ""
+	notTLS.ConnStr = strings.Replace(plain.ConnStr(), "couchbase://", "couchbases://", 1)
+	notTLS.CACertFile = files.CA
+	for _, tt := range []struct {
+		name string
+		cfg  Config
+		want []string
+	}{
+		{"a CA that did not sign it", wrongCA, []string{"signed by a CA not trusted here", files.CA + " (--cb-ca-cert)"}},
+		{"no CA given", noCA, []string{"signed by a CA not trusted here", "with --cb-ca-cert"}},
+		{"no TLS on the port", notTLS, []string{"does not answer in TLS", "couchbase://"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := Open(context.Background(), tt.cfg, testLog)
+			if err == nil {
+				s.Close()
+			}
+			require.Error(t, err, "open")
+			for _, want := range tt.want {
+				assert.ErrorContains(t, err, want, "open")
+			}
+			assert.NotContains(t, err.Error(), "run ordermail setup", "open")
+			err = Setup(context.Background(), tt.cfg, SetupOptions{}, quietLog)
+			require.Error(t, err, "setup")
+			for _, want := range tt.want {
+				assert.ErrorContains(t, err, want, "setup")
+			}
+			assert.NotContains(t, err.Error(), "password right", "setup")
+		})
+	}
 }
 
 func TestIntegrationSetupTwice(t *testing.T) {

@@ -139,6 +139,11 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 		so.MetadataRAMMB = 128
 	}
 	cluster, err := connectReady(ctx, cfg)
+	if err != nil {
+		if terr := cfg.tlsTrouble(ctx); terr != nil {
+			return fmt.Errorf("reach the cluster at %s: %w (%w)", redact.URL(cfg.ConnStr), terr, err)
+		}
+	}
 	if errors.Is(err, gocb.ErrTimeout) {
 		// The SDK retries a refused login as a connection failure until it
 		// times out: the timeout is all setup gets to see of it.
