@@ -34,6 +34,7 @@ func (s *Store) indexUses() []indexUse {
 		{"ix_retry_why", retryReasonsStatement(retry), whyWithout, map[string]any{"control": order.ControlKey}},
 		{"ix_deadletter_reason", deadLettersStatement(dead), "--reason and the console's filter read every dead letter",
 			map[string]any{"reason": order.ReasonExhausted, "after": "", "limit": 1}},
+		{"ix_deadletter_why", deadReasonsStatement(dead), "the status's reasons read every dead letter", nil},
 	}
 	for _, c := range []string{order.Inbound, order.Retry, order.DeadLetter} {
 		uses = append(uses, indexUse{"#primary", scanStatement(s.keyspace(c)),

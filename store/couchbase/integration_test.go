@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/couchbase/cbtest"
+	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/ordermail/ordermail/store/storetest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -295,7 +297,7 @@ func TestIntegrationDeadLettersOfAReasonUseTheirIndex(t *testing.T) {
 	assert.Contains(t, plan, "ix_deadletter_reason")
 	assert.NotContains(t, plan, "#primary", "the dead letters of one reason are read without the others")
 	reasons := explain(t, s, deadReasonsStatement(s.keyspace(order.DeadLetter)), nil)
-	assert.Contains(t, reasons, "ix_deadletter_reason", "the top reasons are counted on the index")
+	assert.Contains(t, reasons, "ix_deadletter_why", "the top reasons are counted on the index")
 	assert.NotContains(t, reasons, "#primary")
 }
 
@@ -315,16 +317,22 @@ func TestIntegrationRetriesOfAReasonUseTheirIndex(t *testing.T) {
 }
 
 // The reasons on Couchbase (the status's and the console's) are the
-// retries' and the dead letters' together, named as the embedded store
-// names them, the five most common first.
+// retries' and the dead letters' together (a dead letter's with its last
+// HTTP status), named as the embedded store names them, which is given
+// the same documents, the five most common first.
 func TestIntegrationReasonsOfRetriesAndDeadLetters(t *testing.T) {
 	cfg, _ := testCluster(t, 1)
 	s := openStore(t, cfg)
 	ctx := context.Background()
+	emb, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "ordermail.db")})
+	require.NoError(t, err)
+	defer emb.Close()
 	put := func(coll, key string, v any) {
 		b, err := json.Marshal(v)
 		require.NoError(t, err)
 		_, err = s.Upsert(ctx, coll, key, b)
+		require.NoError(t, err)
+		_, err = emb.Upsert(ctx, coll, key, b)
 		require.NoError(t, err)
 	}
 	for i := range 4 {
@@ -337,17 +345,25 @@ func TestIntegrationReasonsOfRetriesAndDeadLetters(t *testing.T) {
 	put(order.Retry, "plain", order.RetryDoc{DocID: "x", Attempt: 1, TS: 1})
 	put(order.Retry, order.ControlKey, map[string]any{})
 	for i := range 2 {
-		put(order.DeadLetter, fmt.Sprintf("d%d", i), map[string]string{"reason": order.ReasonExhausted})
+		put(order.DeadLetter, fmt.Sprintf("d%d", i), order.DeadLetterDoc{DocID: "x", Reason: order.ReasonExhausted})
 	}
+	for i := range 5 {
+		put(order.DeadLetter, fmt.Sprintf("p%d", i), order.DeadLetterDoc{DocID: "x", Reason: order.ReasonPermanent, LastStatus: 400})
+	}
+	put(order.DeadLetter, "q", order.DeadLetterDoc{DocID: "x", Reason: order.ReasonPermanent, LastStatus: 422})
 	reasons, err := s.Reasons(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, []store.Tally{
+	want := []store.Tally{
+		{Reason: "dead: " + order.ReasonPermanent + " (HTTP 400)", Count: 5},
 		{Reason: "retrying: HTTP 503", Count: 4},
 		{Reason: "retrying: no answer", Count: 3},
 		{Reason: "dead: " + order.ReasonExhausted, Count: 2},
-		{Reason: "retrying", Count: 1}, // plain; allow_retrys is no retry
-		{Reason: "retrying: held back", Count: 1},
-	}, reasons)
+		{Reason: "dead: " + order.ReasonPermanent + " (HTTP 422)", Count: 1},
+	}
+	assert.Equal(t, want, reasons)
+	named, err := emb.Reasons(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, want, named, "the embedded store's names")
 }
 
 // BenchmarkScan: reading a collection page by page, per document.
@@ -406,7 +422,8 @@ func TestIntegrationMissingIndexesAreNamed(t *testing.T) {
 	assert.Empty(t, missing, "setup creates every index")
 
 	for _, stmt := range []string{"DROP INDEX ix_retry_fire ON " + s.keyspace(order.Retry),
-		"DROP INDEX ix_deadletter_reason ON " + s.keyspace(order.DeadLetter), "DROP INDEX ix_retry_why ON " + s.keyspace(order.Retry)} {
+		"DROP INDEX ix_deadletter_reason ON " + s.keyspace(order.DeadLetter), "DROP INDEX ix_retry_why ON " + s.keyspace(order.Retry),
+		"DROP INDEX ix_deadletter_why ON " + s.keyspace(order.DeadLetter)} {
 		_, err := s.cluster.Query(stmt, nil)
 		require.NoError(t, err, stmt)
 	}
@@ -416,6 +433,7 @@ func TestIntegrationMissingIndexesAreNamed(t *testing.T) {
 		"ix_retry_fire (the counts and the backlog read every retry document)",
 		"ix_retry_why (the console's retries of one reason and the status's reasons read every retry document)",
 		"ix_deadletter_reason (--reason and the console's filter read every dead letter)",
+		"ix_deadletter_why (the status's reasons read every dead letter)",
 	}, missing, "each once")
 
 	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, quietLog), "setup again")

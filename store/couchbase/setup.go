@@ -41,6 +41,8 @@ func indexStatements(ks func(string) string) []string {
 		"CREATE INDEX IF NOT EXISTS ix_retry_why ON " + ks("retry") + "((" + whyOf("") + "), META().id)",
 		// The dead letters of one reason, in key order (ScanDeadLetters).
 		"CREATE INDEX IF NOT EXISTS ix_deadletter_reason ON " + ks("deadletter") + "(reason, META().id)",
+		// The dead letters' counts by reason and last HTTP status.
+		"CREATE INDEX IF NOT EXISTS ix_deadletter_why ON " + ks("deadletter") + "((" + deadWhyOf("") + "))",
 		// Counts of paid and confirmed orders.
 		"CREATE INDEX IF NOT EXISTS ix_inbound_paid ON " + ks("inbound") + "(paymentStatus, confirmationEmailSent)",
 	}

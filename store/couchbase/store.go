@@ -692,12 +692,22 @@ func (s *Store) readBacklog(ctx context.Context, now time.Time, quantum time.Dur
 	return b, nil
 }
 
+// deadWhyOf is the expression that names a dead letter's reason with its
+// last HTTP status, as the embedded store does: "permanent_error (HTTP
+// 400)", or the reason alone when it has none; path is "" or an alias
+// and a dot.
+func deadWhyOf(path string) string {
+	status := path + "lastStatus"
+	return path + "reason || CASE WHEN " + status + ` > 0 THEN " (HTTP " || TOSTRING(` + status + `) || ")" ELSE "" END`
+}
+
 // deadReasonsStatement counts the dead letters of the five most frequent
-// reasons on the index of their reason (ix_deadletter_reason), not on
-// their documents.
+// reasons, each with its last HTTP status, on the index of that
+// expression (ix_deadletter_why), not on their documents.
 func deadReasonsStatement(deadletter string) string {
-	return "SELECT d.reason AS reason, COUNT(*) AS count FROM " + deadletter + " AS d WHERE d.reason IS NOT MISSING " +
-		"GROUP BY d.reason ORDER BY COUNT(*) DESC LIMIT 5"
+	why := deadWhyOf("d.")
+	return "SELECT " + why + " AS reason, COUNT(*) AS count FROM " + deadletter + " AS d WHERE (" + why + ") IS NOT MISSING " +
+		"GROUP BY " + why + " ORDER BY COUNT(*) DESC LIMIT 5"
 }
 
 // reasonsStatement counts the retries and the dead letters of the five
@@ -707,7 +717,7 @@ func reasonsStatement(retry, deadletter string) string {
 }
 
 // Reasons counts the retries and dead letters by reason on the indexes of
-// their reasons (ix_retry_why, ix_deadletter_reason), whose every entry a
+// their reasons (ix_retry_why, ix_deadletter_why), whose every entry a
 // count reads: only the status and the console ask for them, and a reading
 // younger than CountsTTL answers again.
 func (s *Store) Reasons(ctx context.Context) ([]store.Tally, error) {
