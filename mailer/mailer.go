@@ -33,6 +33,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/ordermail/ordermail/internal/redact"
+	"github.com/ordermail/ordermail/internal/watchfile"
 	"github.com/ordermail/ordermail/internal/webhook"
 )
 
@@ -354,9 +355,9 @@ type Client struct {
 	log       *slog.Logger
 	now       func() time.Time
 
-	auth    *watchedFile
+	auth    *watchfile.File
 	tlsf    tlsFiles
-	signing *watchedFile
+	signing *watchfile.File
 
 	mu       sync.Mutex
 	http     *http.Client // the current one: rebuilt when a TLS file changes
@@ -395,10 +396,10 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 		retryable: map[int]bool{},
 		log:       log.With("component", "mailer"),
 		now:       time.Now,
-		auth:      newWatchedFile("mail-auth-file", cfg.AuthFile),
-		tlsf: tlsFiles{ca: newWatchedFile("mail-ca-file", cfg.CAFile),
-			cert: newWatchedFile("mail-cert-file", cfg.CertFile), key: newWatchedFile("mail-key-file", cfg.KeyFile)},
-		signing: newWatchedFile("mail-signing-secret-file", cfg.SigningSecretFile),
+		auth:      watchfile.New("mail-auth-file", cfg.AuthFile),
+		tlsf: tlsFiles{ca: watchfile.New("mail-ca-file", cfg.CAFile),
+			cert: watchfile.New("mail-cert-file", cfg.CertFile), key: watchfile.New("mail-key-file", cfg.KeyFile)},
+		signing: watchfile.New("mail-signing-secret-file", cfg.SigningSecretFile),
 	}
 	// Every file must be right at the start: a typo is the operator's to
 	// fix now. Later, a file gone bad holds the sends (see gate).
@@ -604,7 +605,7 @@ func (c *Client) signer(now time.Time) (*webhook.Secrets, error) {
 	if c.signing == nil {
 		return nil, nil
 	}
-	b, changed, err := c.signing.read(now)
+	b, changed, err := c.signing.Read(now)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.secrets != nil && changed.Equal(c.secretAt) && c.secErr == nil && err == nil {
@@ -613,7 +614,7 @@ func (c *Client) signer(now time.Time) (*webhook.Secrets, error) {
 	if err == nil {
 		var s *webhook.Secrets
 		if s, err = webhook.ParseSecrets(b); err != nil {
-			err = fmt.Errorf("%s: %s: %w", c.signing.flag, c.signing.path, err)
+			err = fmt.Errorf("%s: %s: %w", c.signing.Flag(), c.signing.Path(), err)
 		} else {
 			c.secrets = s
 		}

@@ -1,0 +1,90 @@
+// Package watchfile reads a setting's file (a key, a password, a
+// certificate) again when it changes, so that a rotated secret takes
+// effect without a restart.
+package watchfile
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ReloadEvery is how often a file is looked at again: a rotated secret
+// takes effect within it.
+const ReloadEvery = time.Second
+
+// File is a file whose content is read again when it changes (its size,
+// modification time or inode: a Kubernetes secret is swapped by a
+// symlink). It is looked at no more than once per ReloadEvery.
+type File struct {
+	flag, path string
+
+	mu        sync.Mutex
+	checked   time.Time
+	stamp     stamp
+	content   []byte
+	err       error
+	changedAt time.Time // when the content last changed, for the caller's caches
+}
+
+type stamp struct {
+	size, mtime int64
+	ino         uint64
+}
+
+// New watches path, the file of the setting flag (which errors name); nil
+// when path is empty.
+func New(flag, path string) *File {
+	if path == "" {
+		return nil
+	}
+	return &File{flag: flag, path: path}
+}
+
+// Flag and Path name the file, for messages.
+func (f *File) Flag() string { return f.flag }
+func (f *File) Path() string { return f.path }
+
+// Read returns the content as of now, and when it last changed. An empty
+// file is an error. Errors name the setting and the path, never the
+// content.
+func (f *File) Read(now time.Time) ([]byte, time.Time, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.checked.IsZero() && now.Sub(f.checked) < ReloadEvery {
+		return f.content, f.changedAt, f.err
+	}
+	f.checked = now
+	fi, err := os.Stat(f.path)
+	if err != nil {
+		f.set(nil, stamp{}, fmt.Errorf("%s: %w", f.flag, err), now)
+		return f.content, f.changedAt, f.err
+	}
+	st := stamp{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.ino = sys.Ino
+	}
+	if f.err == nil && f.content != nil && st == f.stamp {
+		return f.content, f.changedAt, nil
+	}
+	b, err := os.ReadFile(f.path)
+	switch {
+	case err != nil:
+		f.set(nil, stamp{}, fmt.Errorf("%s: %w", f.flag, err), now)
+	case len(bytes.TrimSpace(b)) == 0:
+		f.set(nil, stamp{}, fmt.Errorf("%s: %s is empty", f.flag, f.path), now)
+	default:
+		f.set(b, st, nil, now)
+	}
+	return f.content, f.changedAt, f.err
+}
+
+func (f *File) set(b []byte, st stamp, err error, now time.Time) {
+	if !bytes.Equal(b, f.content) || (err == nil) != (f.err == nil) {
+		f.changedAt = now
+	}
+	f.content, f.stamp, f.err = b, st, err
+}
