@@ -119,18 +119,6 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// password reads the password, from the file when one is named.
-func (c Config) password() (string, error) {
-	if c.PasswordFile == "" {
-		return c.Password, nil
-	}
-	b, err := os.ReadFile(c.PasswordFile)
-	if err != nil {
-		return "", fmt.Errorf("cb-password-file: %w", err)
-	}
-	return strings.TrimRight(string(b), "\r\n"), nil
-}
-
 // caPool reads CACertFile; nil when none is set.
 func (c Config) caPool() (*x509.CertPool, error) {
 	if c.CACertFile == "" {

@@ -27,8 +27,8 @@ var _ dcpAgent = (*dcpClient)(nil)
 
 // security adds the credentials and the CA to what the connection string
 // set (couchbases:// sets TLS).
-func security(cfg Config, pw string, sec gocbcore.SecurityConfig) (gocbcore.SecurityConfig, error) {
-	sec.Auth = gocbcore.PasswordAuthProvider{Username: cfg.Username, Password: pw}
+func security(cfg Config, creds *credentials, sec gocbcore.SecurityConfig) (gocbcore.SecurityConfig, error) {
+	sec.Auth = coreAuth{creds}
 	pool, err := cfg.caPool()
 	if err != nil {
 		return sec, err
@@ -81,13 +81,13 @@ func (failFast) RetryAfter(gocbcore.RetryRequest, gocbcore.RetryReason) gocbcore
 	return &gocbcore.NoRetryRetryAction{}
 }
 
-func newDCPClient(ctx context.Context, cfg Config, pw, streamName string) (*dcpClient, error) {
+func newDCPClient(ctx context.Context, cfg Config, creds *credentials, streamName string) (*dcpClient, error) {
 	ac := &gocbcore.DCPAgentConfig{}
 	if err := ac.FromConnStr(cfg.ConnStr); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	var err error
-	if ac.SecurityConfig, err = security(cfg, pw, ac.SecurityConfig); err != nil {
+	if ac.SecurityConfig, err = security(cfg, creds, ac.SecurityConfig); err != nil {
 		return nil, err
 	}
 	ac.BucketName = cfg.Bucket
@@ -247,13 +247,13 @@ func (c *dcpClient) Close() error {
 // collectionIDs asks a short-lived KV agent for the IDs of the collections
 // the DCP streams filter on. A missing collection is an error naming it
 // that wraps gocbcore.ErrCollectionNotFound (or ErrScopeNotFound).
-func collectionIDs(ctx context.Context, cfg Config, pw string, names []string) (map[uint32]string, error) {
+func collectionIDs(ctx context.Context, cfg Config, creds *credentials, names []string) (map[uint32]string, error) {
 	ac := &gocbcore.AgentConfig{}
 	if err := ac.FromConnStr(cfg.ConnStr); err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
 	var err error
-	if ac.SecurityConfig, err = security(cfg, pw, ac.SecurityConfig); err != nil {
+	if ac.SecurityConfig, err = security(cfg, creds, ac.SecurityConfig); err != nil {
 		return nil, err
 	}
 	ac.BucketName = cfg.Bucket
@@ -289,7 +289,7 @@ func collectionIDs(ctx context.Context, cfg Config, pw string, names []string) (
 // to colls, resuming from the checkpoints saved under name. The
 // subscription also has a Stats() FeedStats method.
 func (s *Store) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
-	ids, err := collectionIDs(ctx, s.cfg, s.pw, colls)
+	ids, err := collectionIDs(ctx, s.cfg, s.creds, colls)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", name, err)
 	}
@@ -297,7 +297,7 @@ func (s *Store) Subscribe(ctx context.Context, name string, colls []string, opts
 	if s.cfg.static() {
 		stream = fmt.Sprintf("ordermail-%s-%d-of-%d-%d", name, s.cfg.Instance, s.cfg.Instances, time.Now().UnixNano())
 	}
-	client, err := newDCPClient(ctx, s.cfg, s.pw, stream)
+	client, err := newDCPClient(ctx, s.cfg, s.creds, stream)
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", name, err)
 	}
@@ -321,7 +321,7 @@ func (s *Store) Subscribe(ctx context.Context, name string, colls []string, opts
 		}
 		s.log.Info("streaming as a member", "feed", name, "member", s.member, "vbuckets", n, "member_ttl", s.cfg.MemberTTL)
 	}
-	resolve := func(ctx context.Context) (map[uint32]string, error) { return collectionIDs(ctx, s.cfg, s.pw, colls) }
+	resolve := func(ctx context.Context) (map[uint32]string, error) { return collectionIDs(ctx, s.cfg, s.creds, colls) }
 	fo := s.feedOpts
 	if fo.openTimeout == 0 {
 		fo.openTimeout = s.cfg.Timeout

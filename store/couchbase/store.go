@@ -25,7 +25,7 @@ import (
 // Store is the Couchbase store. It is safe for concurrent use.
 type Store struct {
 	cfg     Config
-	pw      string
+	creds   *credentials
 	cluster *gocb.Cluster
 	colls   map[string]*gocb.Collection
 	log     *slog.Logger
@@ -54,11 +54,11 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	cluster, pw, err := connect(cfg)
+	cluster, creds, err := connect(cfg)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{cfg: cfg, pw: pw, cluster: cluster, colls: map[string]*gocb.Collection{}, log: log.With("component", "couchbase"),
+	s := &Store{cfg: cfg, creds: creds, cluster: cluster, colls: map[string]*gocb.Collection{}, log: log.With("component", "couchbase"),
 		now: time.Now, counts: newTTLCache[store.Counts](), orderCounts: newTTLCache[orderCounts](), backlog: newTTLCache[store.Backlog](), reasons: newTTLCache[[]store.Tally](), member: cfg.Member}
 	if s.member == "" {
 		host, _ := os.Hostname()
@@ -71,17 +71,17 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	return s, nil
 }
 
-func connect(cfg Config) (*gocb.Cluster, string, error) {
-	pw, err := cfg.password()
+func connect(cfg Config) (*gocb.Cluster, *credentials, error) {
+	creds, err := cfg.credentials()
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	pool, err := cfg.caPool()
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	opts := gocb.ClusterOptions{
-		Authenticator: gocb.PasswordAuthenticator{Username: cfg.Username, Password: pw},
+		Authenticator: gocbAuth{creds},
 		TimeoutsConfig: gocb.TimeoutsConfig{
 			ConnectTimeout: 3 * cfg.Timeout, KVTimeout: cfg.Timeout, QueryTimeout: cfg.Timeout,
 			ManagementTimeout: 3 * cfg.Timeout,
@@ -93,9 +93,9 @@ func connect(cfg Config) (*gocb.Cluster, string, error) {
 	}
 	cluster, err := gocb.Connect(cfg.ConnStr, opts)
 	if err != nil {
-		return nil, "", fmt.Errorf("connect to %s: %w", redact.URL(cfg.ConnStr), err)
+		return nil, nil, fmt.Errorf("connect to %s: %w", redact.URL(cfg.ConnStr), err)
 	}
-	return cluster, pw, nil
+	return cluster, creds, nil
 }
 
 func (s *Store) open(ctx context.Context) error {

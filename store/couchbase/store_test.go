@@ -131,9 +131,14 @@ func TestConfig(t *testing.T) {
 	require.NoError(t, os.WriteFile(pwFile, []byte("s3cret\n"), 0o600))
 	c := ok
 	c.PasswordFile = pwFile
-	pw, err := c.password()
+	creds, err := c.credentials()
+	require.NoError(t, err)
+	pw, err := creds.current()
 	require.NoError(t, err)
 	assert.Equal(t, "s3cret", pw, "the file wins, without its newline")
+	c.PasswordFile = filepath.Join(dir, "missing")
+	_, err = c.credentials()
+	assert.ErrorContains(t, err, "cb-password-file: ", "a file that cannot be read stops the start")
 
 	c.CACertFile = filepath.Join(dir, "bad.pem")
 	require.NoError(t, os.WriteFile(c.CACertFile, []byte("not a cert"), 0o600))

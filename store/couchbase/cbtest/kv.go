@@ -36,6 +36,7 @@ type kvConn struct {
 	features         map[uint16]bool
 	authed           bool
 	scram            *scramConv
+	scramCreds       *scramCreds // of the password when the conversation began
 	sentGlobalConfig bool
 
 	stMu       sync.Mutex
@@ -273,9 +274,10 @@ func (c *kvConn) hello(p *packet) {
 func (c *kvConn) saslAuth(p *packet) {
 	mech := string(p.key)
 	c.scram = nil
+	sec := c.s.secret.Load()
 	if mech == "PLAIN" {
 		parts := bytes.Split(p.value, []byte{0})
-		if len(parts) == 3 && string(parts[1]) == c.s.opts.Username && string(parts[2]) == c.s.opts.Password {
+		if len(parts) == 3 && string(parts[1]) == c.s.opts.Username && string(parts[2]) == sec.password {
 			c.authed = true
 			c.reply(p, statusSuccess, nil, nil, 0, 0)
 			return
@@ -283,7 +285,7 @@ func (c *kvConn) saslAuth(p *packet) {
 		c.fail(p, statusAuthError, "")
 		return
 	}
-	cr := c.s.creds[mech]
+	cr := sec.creds[mech]
 	if cr == nil {
 		c.fail(p, statusAuthError, "unknown mechanism "+mech)
 		return
@@ -293,7 +295,7 @@ func (c *kvConn) saslAuth(p *packet) {
 		c.fail(p, statusAuthError, err.Error())
 		return
 	}
-	c.scram = conv
+	c.scram, c.scramCreds = conv, cr
 	c.reply(p, statusAuthContinue, nil, []byte(conv.serverFirst), 0, 0)
 }
 
@@ -304,7 +306,7 @@ func (c *kvConn) saslStep(p *packet) {
 		c.fail(p, statusAuthError, "SASL_STEP without a SASL_AUTH of that mechanism")
 		return
 	}
-	final, err := conv.finish(string(p.value), c.s.creds[conv.mech], c.s.opts.Username)
+	final, err := conv.finish(string(p.value), c.scramCreds, c.s.opts.Username)
 	if err != nil {
 		c.s.logf("cbtest: node %d: %s: %v", c.n.idx, conv.mech, err)
 		c.fail(p, statusAuthError, "")

@@ -37,7 +37,7 @@ func (s *Server) httpHandler(n *node, mux *http.ServeMux) http.Handler {
 func (s *Server) authorized(r *http.Request) bool {
 	u, p, ok := r.BasicAuth()
 	return ok && subtle.ConstantTimeCompare([]byte(u), []byte(s.opts.Username)) == 1 &&
-		subtle.ConstantTimeCompare([]byte(p), []byte(s.opts.Password)) == 1
+		subtle.ConstantTimeCompare([]byte(p), []byte(s.secret.Load().password)) == 1
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

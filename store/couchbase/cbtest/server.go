@@ -91,8 +91,8 @@ type Server struct {
 	decodes    int // documents queries decoded: each is decoded once (docLocked)
 	work       workCounts
 
-	nodes []*node
-	creds map[string]*scramCreds // by mechanism
+	nodes  []*node
+	secret atomic.Pointer[secret] // the password accepted; SetPassword swaps it
 
 	done   chan struct{}
 	lifeMu sync.Mutex
@@ -188,8 +188,7 @@ func New(opts Options) (*Server, error) {
 		dcpSig:     make(chan struct{}),
 	}
 	s.query.init()
-	var err error
-	if s.creds, err = newScramCreds(opts.Password, opts.ScramIterations); err != nil {
+	if err := s.SetPassword(opts.Password); err != nil {
 		return nil, err
 	}
 	for _, spec := range opts.Buckets {
@@ -347,7 +346,26 @@ func (s *Server) scheme(plain string) string {
 
 // Username and Password are the credentials the server accepts.
 func (s *Server) Username() string { return s.opts.Username }
-func (s *Server) Password() string { return s.opts.Password }
+func (s *Server) Password() string { return s.secret.Load().password }
+
+// secret is the password the server accepts and its SCRAM credentials by
+// mechanism.
+type secret struct {
+	password string
+	creds    map[string]*scramCreds
+}
+
+// SetPassword changes the user's password, as an administrator rotating
+// it does: every login from now on (KV SASL, HTTP basic) needs the new
+// one; connections already logged in stay so.
+func (s *Server) SetPassword(password string) error {
+	creds, err := newScramCreds(password, s.opts.ScramIterations)
+	if err != nil {
+		return err
+	}
+	s.secret.Store(&secret{password: password, creds: creds})
+	return nil
+}
 
 // NumVBuckets is the vBucket count of every bucket.
 func (s *Server) NumVBuckets() int { return s.opts.VBuckets }
