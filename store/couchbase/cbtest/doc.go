@@ -23,7 +23,9 @@
 // With Options.TLS every one of those ports speaks TLS and none other
 // listens, as on a cluster that lets clients in only encrypted: the
 // configs name the ports kvSSL, mgmtSSL and n1qlSSL (§1.6), ConnStr is
-// couchbases://, and the client, over TLS, logs in with PLAIN (§1.9).
+// couchbases://, and the client, over TLS, logs in with PLAIN (§1.9) or
+// with a client certificate whose subject names the user (no SASL, no
+// basic auth: SDK-RFC 0036), as Options.TLS's ClientAuth allows.
 //
 // # Data model
 //

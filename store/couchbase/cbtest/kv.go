@@ -3,6 +3,8 @@ package cbtest
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -35,6 +37,7 @@ type kvConn struct {
 	// Owned by the serve goroutine.
 	features         map[uint16]bool
 	authed           bool
+	certAuthed       bool // logged in by its TLS client certificate
 	scram            *scramConv
 	scramCreds       *scramCreds // of the password when the conversation began
 	sentGlobalConfig bool
@@ -91,6 +94,9 @@ func (c *kvConn) serve() {
 		c.close()
 		c.forget()
 	}()
+	if tc, ok := c.nc.(*tls.Conn); ok && !c.tlsLogin(tc) {
+		return
+	}
 	for {
 		p, err := readPacket(c.br)
 		if err != nil {
@@ -194,6 +200,15 @@ func (c *kvConn) handle(p *packet) {
 	case opGetErrorMap:
 		c.reply(p, statusSuccess, nil, []byte(`{"version":2,"revision":1,"errors":{}}`), 0, 0)
 		return
+	case opSASLListMechs, opSASLAuth, opSASLStep:
+		if c.certAuthed {
+			// Logged in by the certificate: SASL is not supported any
+			// more (SDK-RFC 0036, "KV Engine And X.509").
+			c.fail(p, statusNotSupported, "authenticated by the client certificate")
+			return
+		}
+	}
+	switch p.opcode {
 	case opSASLListMechs:
 		c.reply(p, statusSuccess, nil, []byte(saslMechs), 0, 0)
 		return
@@ -250,6 +265,29 @@ func (c *kvConn) handle(p *packet) {
 	default:
 		c.fail(p, statusUnknownCommand, fmt.Sprintf("opcode 0x%02x is not implemented", p.opcode))
 	}
+}
+
+// tlsLogin completes the handshake of a TLS connection and, when the
+// client presented a certificate (verified by the handshake against
+// ClientCAs), logs it in as the user its subject's common name names; a
+// certificate of anyone else, or a failed handshake, ends the connection.
+func (c *kvConn) tlsLogin(tc *tls.Conn) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.s.logf("cbtest: node %d: TLS handshake: %v", c.n.idx, err)
+		return false
+	}
+	certs := tc.ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return true // a password logs in, with SASL
+	}
+	if cn := certs[0].Subject.CommonName; cn != c.s.opts.Username {
+		c.s.logf("cbtest: node %d: client certificate of %q: no such user", c.n.idx, cn)
+		return false
+	}
+	c.authed, c.certAuthed = true, true
+	return true
 }
 
 func (c *kvConn) jsonType() byte {

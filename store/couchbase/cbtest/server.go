@@ -61,7 +61,13 @@ type Options struct {
 	// least) on every port, as on a cluster that lets clients in only
 	// encrypted: no plain port listens, the configs name each node's
 	// ports kvSSL, mgmtSSL and n1qlSSL, and ConnStr is couchbases://.
-	// Over TLS the client logs in with PLAIN (§1.9).
+	// Over TLS the client logs in with PLAIN (§1.9). Its ClientAuth is
+	// the cluster's client certificate authentication: with
+	// VerifyClientCertIfGiven ("enable") or RequireAndVerifyClientCert
+	// ("mandatory") and ClientCAs, a verified certificate whose subject's
+	// common name is Username logs the connection in, with no SASL (a
+	// SASL command then answers NOT_SUPPORTED) and no HTTP basic auth
+	// (SDK-RFC 0036); a certificate naming anyone else is refused.
 	TLS *tls.Config
 }
 

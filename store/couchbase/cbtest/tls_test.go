@@ -1,6 +1,7 @@
 package cbtest
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	"strings"
@@ -69,4 +70,59 @@ func TestTLSOnEveryPort(t *testing.T) {
 	require.NoError(t, err)
 	stranger := tlsClient(t, s, s.ConnStr(), other)
 	assert.Error(t, stranger.Bucket("orders").WaitUntilReady(time.Second, nil), "a certificate of a CA not trusted")
+}
+
+// certClient connects to s over TLS with the client certificate of pki
+// and no password, as gocb's CertificateAuthenticator does.
+func certClient(t *testing.T, s *Server, pki *testpki.PKI) *gocb.Cluster {
+	t.Helper()
+	pool := x509.NewCertPool()
+	require.True(t, pool.AppendCertsFromPEM(pki.CAPEM))
+	cert := pki.ClientTLS(true).Certificates[0]
+	c, err := gocb.Connect(s.ConnStr(), gocb.ClusterOptions{
+		Authenticator:  gocb.CertificateAuthenticator{ClientCertificate: &cert},
+		SecurityConfig: gocb.SecurityConfig{TLSRootCAs: pool},
+		TimeoutsConfig: gocb.TimeoutsConfig{
+			ConnectTimeout: 10 * time.Second, KVTimeout: 5 * time.Second, ManagementTimeout: 10 * time.Second,
+		},
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close(nil) })
+	return c
+}
+
+// Client certificate authentication: a certificate whose subject names
+// the user logs in KV (no SASL) and HTTP (no basic auth); "mandatory"
+// refuses a password alone, "enable" takes either; a certificate naming
+// nobody the cluster knows is refused.
+func TestClientCertificateLogsIn(t *testing.T) {
+	pki, err := testpki.New()
+	require.NoError(t, err)
+	const user = "ordermail test client" // the subject of testpki's client certificate
+	works := func(t *testing.T, c *gocb.Cluster) {
+		t.Helper()
+		coll := readyBucket(t, c, "orders").DefaultCollection()
+		_, err := coll.Upsert("k", map[string]int{"n": 1}, nil)
+		require.NoError(t, err)
+		_, err = c.Buckets().GetAllBuckets(nil)
+		require.NoError(t, err, "the management service, with the certificate")
+	}
+	t.Run("mandatory", func(t *testing.T) {
+		s := Start(t, Options{VBuckets: 16, Username: user, TLS: pki.ServerTLS(true)})
+		works(t, certClient(t, s, pki))
+		pw := tlsClient(t, s, s.ConnStr(), pki)
+		assert.Error(t, pw.Bucket("orders").WaitUntilReady(time.Second, nil), "a password without a certificate")
+	})
+	t.Run("enable", func(t *testing.T) {
+		cfg := pki.ServerTLS(true)
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+		s := Start(t, Options{VBuckets: 16, Username: user, TLS: cfg})
+		works(t, certClient(t, s, pki))
+		works(t, tlsClient(t, s, s.ConnStr(), pki))
+	})
+	t.Run("a certificate of nobody", func(t *testing.T) {
+		s := Start(t, Options{VBuckets: 16, Username: "someone else", TLS: pki.ServerTLS(true)})
+		c := certClient(t, s, pki)
+		assert.Error(t, c.Bucket("orders").WaitUntilReady(time.Second, nil))
+	})
 }
