@@ -217,6 +217,8 @@ func storeFlags(fs *flag.FlagSet, c *app.StoreConfig) {
 	fs.StringVar(&cb.Password, "cb-password", "", "Couchbase password (prefer ORDERMAIL_CB_PASSWORD or --cb-password-file); never logged")
 	fs.StringVar(&cb.PasswordFile, "cb-password-file", "", "file holding the Couchbase password")
 	fs.StringVar(&cb.CACertFile, "cb-ca-cert", "", "PEM file of the CA of the cluster's certificates, for couchbases://")
+	fs.StringVar(&cb.CertFile, "cb-cert-file", "", "PEM client certificate that logs in instead of a password (with --cb-key-file), for couchbases://")
+	fs.StringVar(&cb.KeyFile, "cb-key-file", "", "PEM key of --cb-cert-file")
 	fs.StringVar(&cb.Bucket, "cb-bucket", "orders", "bucket of the collections inbound, retry, deadletter and attempts")
 	fs.StringVar(&cb.Scope, "cb-scope", "_default", "scope of those collections")
 	fs.StringVar(&cb.MetadataBucket, "cb-metadata-bucket", "metadata", "bucket of feed checkpoints and leases")

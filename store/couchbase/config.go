@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strings"
@@ -27,6 +28,11 @@ type Config struct {
 	// CACertFile is a PEM file of the CA that signed the cluster's
 	// certificates, for couchbases:// with a private CA.
 	CACertFile string
+	// CertFile and KeyFile are a client certificate and its key (PEM)
+	// that log in instead of a password, for couchbases:// on a cluster
+	// with client certificate authentication: the cluster maps the
+	// certificate to its user. Read again when they change.
+	CertFile, KeyFile string
 	// Bucket holds the collections inbound, retry, deadletter and attempts in Scope.
 	// Defaults orders and _default.
 	Bucket string
@@ -103,10 +109,16 @@ func (c Config) Validate() error {
 	switch {
 	case !strings.HasPrefix(c.ConnStr, "couchbase://") && !strings.HasPrefix(c.ConnStr, "couchbases://"):
 		return fmt.Errorf("store: %q is not a couchbase:// or couchbases:// connection string", redact.URL(c.ConnStr))
-	case c.Username == "":
-		return errors.New("cb-username: required for a Couchbase store")
-	case c.Password == "" && c.PasswordFile == "":
-		return errors.New("cb-password or cb-password-file: required for a Couchbase store")
+	case (c.CertFile == "") != (c.KeyFile == ""):
+		return errors.New("cb-cert-file and cb-key-file: give both for a client certificate, or neither")
+	case c.CertFile != "" && !strings.HasPrefix(c.ConnStr, "couchbases://"):
+		return errors.New("cb-cert-file: a client certificate needs a couchbases:// connection string")
+	case c.CertFile != "" && (c.Password != "" || c.PasswordFile != ""):
+		return errors.New("cb-cert-file: the certificate logs in, and names the user: give no password with it")
+	case c.CertFile == "" && c.Username == "":
+		return errors.New("cb-username: required for a Couchbase store (or a client certificate: cb-cert-file)")
+	case c.CertFile == "" && c.Password == "" && c.PasswordFile == "":
+		return errors.New("cb-password or cb-password-file: required for a Couchbase store (or a client certificate: cb-cert-file)")
 	case c.Timeout < 0:
 		return fmt.Errorf("cb-timeout: %s is negative", c.Timeout)
 	case c.Instances < 0 || c.Instance < 0 || (c.Instances > 0 && c.Instance >= c.Instances):
@@ -164,15 +176,37 @@ func (c Config) tlsTrouble(ctx context.Context) error {
 	if err != nil {
 		return nil
 	}
-	conn := tls.Client(raw, &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12})
+	tc := &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12}
+	if c.CertFile != "" {
+		creds, err := c.credentials()
+		if err != nil {
+			return nil // said apart
+		}
+		pair, _ := creds.certificate()
+		tc.Certificates = []tls.Certificate{*pair}
+	}
+	conn := tls.Client(raw, tc)
 	defer conn.Close()
 	err = conn.HandshakeContext(ctx)
+	closed := false
 	if err == nil {
-		return nil
+		// Under TLS 1.3 a server refuses the client's certificate, or its
+		// lack, after the handshake: its alert, or its hanging up, is the
+		// first thing read. A server that accepts says nothing first.
+		_ = conn.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+		_, err = conn.Read(make([]byte, 1))
+		closed = errors.Is(err, io.EOF)
+		if !isRemoteAlert(err) && !(closed && c.CertFile != "") {
+			return nil
+		}
 	}
 	trust := "give the PEM file of the CA that signed the cluster's certificates with --cb-ca-cert"
 	if c.CACertFile != "" {
 		trust = "is " + c.CACertFile + " (--cb-ca-cert) the CA that signed the cluster's certificates?"
+	}
+	login := "give a client certificate it trusts, whose subject names one of its users, with --cb-cert-file and --cb-key-file"
+	if c.CertFile != "" {
+		login = "does it trust " + c.CertFile + " (--cb-cert-file), and does the certificate's subject name one of its users?"
 	}
 	var (
 		verify  *tls.CertificateVerificationError
@@ -180,6 +214,10 @@ func (c Config) tlsTrouble(ctx context.Context) error {
 		name    x509.HostnameError
 	)
 	switch {
+	case closed:
+		return fmt.Errorf("%s hung up once it had the client certificate: %s", addr, login)
+	case isRemoteAlert(err):
+		return fmt.Errorf("%s refused the TLS login (%v): %s", addr, err, login)
 	case errors.As(err, &unknown):
 		return fmt.Errorf("%s presents a certificate signed by a CA not trusted here (%v): %s", addr, unknown, trust)
 	case errors.As(err, &name):
@@ -194,6 +232,13 @@ func (c Config) tlsTrouble(ctx context.Context) error {
 	// on a request it cannot read) or something else entirely.
 	return fmt.Errorf("%s does not answer in TLS (%v): is it the cluster's TLS port (11207), or is the cluster's "+
 		"connection string couchbase://?", addr, err)
+}
+
+// isRemoteAlert says whether err is a TLS alert the server sent, such as
+// "certificate required" or "bad certificate".
+func isRemoteAlert(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "remote error"
 }
 
 // static says whether the vBuckets are split by --instance.

@@ -2,6 +2,7 @@ package couchbase
 
 import (
 	"crypto/tls"
+	"fmt"
 	"strings"
 	"time"
 
@@ -10,21 +11,30 @@ import (
 	"github.com/ordermail/ordermail/internal/watchfile"
 )
 
-// credentials are the user and its password, read again from
-// --cb-password-file when the file changes: a password rotated on the
-// cluster and in the file (a secret mount swapped) is used within a
-// second by everything that logs in anew, each query and management
-// request and each new KV or DCP connection, with no restart; connections
-// already open stay logged in.
+// credentials log in: a user and its password, or a client certificate
+// (the cluster maps it to its user). The files are read again when they
+// change: a password rotated on the cluster and in --cb-password-file (a
+// secret mount swapped), or a renewed certificate, is used within a second
+// by everything that logs in anew, each query and management request and
+// each new KV or DCP connection, with no restart; connections already open
+// stay logged in.
 type credentials struct {
 	username, password string
 	file               *watchfile.File
+	cert, key          *watchfile.File
 }
 
-// credentials reads the password once, so that a file that cannot be read
-// stops Open and Setup with its name.
+// credentials reads the files once, so that one that cannot be read stops
+// Open and Setup with its name.
 func (c Config) credentials() (*credentials, error) {
-	cr := &credentials{username: c.Username, password: c.Password, file: watchfile.New("cb-password-file", c.PasswordFile)}
+	cr := &credentials{username: c.Username, password: c.Password, file: watchfile.New("cb-password-file", c.PasswordFile),
+		cert: watchfile.New("cb-cert-file", c.CertFile), key: watchfile.New("cb-key-file", c.KeyFile)}
+	if cr.cert != nil {
+		if _, err := cr.certificate(); err != nil {
+			return nil, err
+		}
+		return cr, nil
+	}
 	if _, err := cr.current(); err != nil {
 		return nil, err
 	}
@@ -43,20 +53,54 @@ func (c *credentials) current() (string, error) {
 	return strings.TrimRight(string(b), "\r\n"), nil
 }
 
+// certificate is the client certificate as of now; nil when a password
+// logs in. Its errors name the files, never the key.
+func (c *credentials) certificate() (*tls.Certificate, error) {
+	if c.cert == nil {
+		return nil, nil
+	}
+	now := time.Now()
+	certPEM, _, err := c.cert.Read(now)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, _, err := c.key.Read(now)
+	if err != nil {
+		return nil, err
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("cb-cert-file and cb-key-file (%s, %s): %w", c.cert.Path(), c.key.Path(), err)
+	}
+	return &pair, nil
+}
+
+// pair is what the SDK sends: with a certificate, no user and no password,
+// so that it makes no SASL login and sends no basic auth (SDK-RFC 0036).
+func (c *credentials) pair() (username, password string, err error) {
+	if c.cert != nil {
+		return "", "", nil
+	}
+	pw, err := c.current()
+	return c.username, pw, err
+}
+
 // gocbAuth is the credentials as gocb asks for them.
 type gocbAuth struct{ *credentials }
 
 var _ gocb.Authenticator = gocbAuth{}
 
-func (gocbAuth) SupportsTLS() bool                                          { return true }
-func (gocbAuth) SupportsNonTLS() bool                                       { return true }
-func (gocbAuth) Certificate(gocb.AuthCertRequest) (*tls.Certificate, error) { return nil, nil }
+func (a gocbAuth) SupportsTLS() bool    { return true }
+func (a gocbAuth) SupportsNonTLS() bool { return a.cert == nil }
+func (a gocbAuth) Certificate(gocb.AuthCertRequest) (*tls.Certificate, error) {
+	return a.certificate()
+}
 func (a gocbAuth) Credentials(gocb.AuthCredsRequest) ([]gocb.UserPassPair, error) {
-	pw, err := a.current()
+	u, pw, err := a.pair()
 	if err != nil {
 		return nil, err
 	}
-	return []gocb.UserPassPair{{Username: a.username, Password: pw}}, nil
+	return []gocb.UserPassPair{{Username: u, Password: pw}}, nil
 }
 
 // coreAuth is the credentials as gocbcore's agents (the feed's) ask for them.
@@ -64,13 +108,15 @@ type coreAuth struct{ *credentials }
 
 var _ gocbcore.AuthProvider = coreAuth{}
 
-func (coreAuth) SupportsTLS() bool                                              { return true }
-func (coreAuth) SupportsNonTLS() bool                                           { return true }
-func (coreAuth) Certificate(gocbcore.AuthCertRequest) (*tls.Certificate, error) { return nil, nil }
+func (a coreAuth) SupportsTLS() bool    { return true }
+func (a coreAuth) SupportsNonTLS() bool { return a.cert == nil }
+func (a coreAuth) Certificate(gocbcore.AuthCertRequest) (*tls.Certificate, error) {
+	return a.certificate()
+}
 func (a coreAuth) Credentials(gocbcore.AuthCredsRequest) ([]gocbcore.UserPassPair, error) {
-	pw, err := a.current()
+	u, pw, err := a.pair()
 	if err != nil {
 		return nil, err
 	}
-	return []gocbcore.UserPassPair{{Username: a.username, Password: pw}}, nil
+	return []gocbcore.UserPassPair{{Username: u, Password: pw}}, nil
 }

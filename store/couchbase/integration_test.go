@@ -70,8 +70,9 @@ func testCluster(t testing.TB, nodes int) (Config, *cbtest.Server) {
 
 // tlsCluster is a set-up cbtest cluster of one node that lets clients in
 // over TLS only, its CA in a file as --cb-ca-cert names one; pki signed
-// its certificate.
-func tlsCluster(t *testing.T) (cfg Config, srv *cbtest.Server, pki *testpki.PKI) {
+// its certificate. With clientCert, the cluster requires a client
+// certificate ("mandatory") and cfg logs in with pki's, with no password.
+func tlsCluster(t *testing.T, clientCert bool) (cfg Config, srv *cbtest.Server, pki *testpki.PKI) {
 	t.Helper()
 	if _, real := realCluster(); real {
 		t.Skip("a cluster of its own, with a CA of its own: runs on cbtest only")
@@ -80,9 +81,16 @@ func tlsCluster(t *testing.T) (cfg Config, srv *cbtest.Server, pki *testpki.PKI)
 	require.NoError(t, err)
 	files, err := pki.WriteFiles(t.TempDir())
 	require.NoError(t, err)
-	srv = cbtest.Start(t, cbtest.Options{VBuckets: testVBuckets, TLS: pki.ServerTLS(false)})
+	opts := cbtest.Options{VBuckets: testVBuckets, TLS: pki.ServerTLS(clientCert)}
+	if clientCert {
+		opts.Username = "ordermail test client" // the subject of pki's client certificate
+	}
+	srv = cbtest.Start(t, opts)
 	cfg = Config{ConnStr: srv.ConnStr(), Username: srv.Username(), Password: srv.Password(), CACertFile: files.CA,
 		Timeout: 30 * time.Second, MemberTTL: 2 * time.Second}
+	if clientCert {
+		cfg.Username, cfg.Password, cfg.CertFile, cfg.KeyFile = "", "", files.ClientCert, files.ClientKey
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, quietLog), "setup over TLS")
@@ -163,7 +171,14 @@ func TestIntegrationContract(t *testing.T) {
 	// couchbases:// with --cb-ca-cert: KV, DCP, query and management
 	// all over TLS (the cluster has no other port).
 	t.Run("OneNodeOverTLS", func(t *testing.T) {
-		cfg, _, _ := tlsCluster(t)
+		cfg, _, _ := tlsCluster(t, false)
+		cfg.CountsTTL = -1
+		storetest.Run(t, func(t *testing.T) store.Store { return openStore(t, cfg) })
+	})
+	// --cb-cert-file and --cb-key-file: the client certificate logs in,
+	// with no SASL and no basic auth, on a cluster that requires one.
+	t.Run("OneNodeWithAClientCertificate", func(t *testing.T) {
+		cfg, _, _ := tlsCluster(t, true)
 		cfg.CountsTTL = -1
 		storetest.Run(t, func(t *testing.T) store.Store { return openStore(t, cfg) })
 	})
@@ -174,8 +189,21 @@ func TestIntegrationContract(t *testing.T) {
 // certificate, none given, a port that does not speak TLS) rather than
 // ask whether the bucket exists or the password is right.
 func TestTLSTroubleIsSaidAsItIs(t *testing.T) {
-	cfg, _, _ := tlsCluster(t)
+	cfg, _, _ := tlsCluster(t, false)
 	cfg.Timeout = 500 * time.Millisecond
+	certCfg, _, certPKI := tlsCluster(t, true)
+	certCfg.Timeout = 500 * time.Millisecond
+	nobody := certCfg // its certificate, from a CA the cluster trusts, names no user of this one
+	nobody.ConnStr = cbtest.Start(t, cbtest.Options{VBuckets: testVBuckets, Username: "someone else",
+		TLS: certPKI.ServerTLS(true)}).ConnStr()
+	noCert := certCfg
+	noCert.CertFile, noCert.KeyFile, noCert.Username, noCert.Password = "", "", "ordermail test client", "any"
+	stranger, err := testpki.New()
+	require.NoError(t, err)
+	strangerFiles, err := stranger.WriteFiles(t.TempDir())
+	require.NoError(t, err)
+	otherCert := certCfg
+	otherCert.CertFile, otherCert.KeyFile = strangerFiles.ClientCert, strangerFiles.ClientKey
 	other, err := testpki.New()
 	require.NoError(t, err)
 	files, err := other.WriteFiles(t.TempDir())
@@ -195,6 +223,10 @@ func TestTLSTroubleIsSaidAsItIs(t *testing.T) {
 		{"a CA that did not sign it", wrongCA, []string{"signed by a CA not trusted here", files.CA + " (--cb-ca-cert)"}},
 		{"no CA given", noCA, []string{"signed by a CA not trusted here", "with --cb-ca-cert"}},
 		{"no TLS on the port", notTLS, []string{"does not answer in TLS", "couchbase://"}},
+		{"no client certificate where one is required", noCert, []string{"refused the TLS login", "with --cb-cert-file and --cb-key-file"}},
+		{"a client certificate of no user", nobody, []string{"hung up once it had the client certificate", "name one of its users"}},
+		{"a client certificate of a CA it does not trust", otherCert,
+			[]string{"refused the TLS login", strangerFiles.ClientCert + " (--cb-cert-file)"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			s, err := Open(context.Background(), tt.cfg, testLog)

@@ -118,6 +118,9 @@ func TestConfig(t *testing.T) {
 		{func(c *Config) { c.Password = "" }, "cb-password"},
 		{func(c *Config) { c.Instance, c.Instances = 2, 2 }, "instance: 2 of 2"},
 		{func(c *Config) { c.CACertFile = "ca.pem" }, "needs a couchbases://"},
+		{func(c *Config) { c.CertFile = "c.pem" }, "cb-cert-file and cb-key-file: give both"},
+		{func(c *Config) { c.CertFile, c.KeyFile = "c.pem", "k.pem" }, "client certificate needs a couchbases://"},
+		{func(c *Config) { c.ConnStr, c.CertFile, c.KeyFile = "couchbases://db", "c.pem", "k.pem" }, "give no password with it"},
 		{func(c *Config) { c.Timeout = -time.Second }, "cb-timeout"},
 	}
 	for _, tt := range tests {
@@ -125,6 +128,8 @@ func TestConfig(t *testing.T) {
 		tt.give(&c)
 		assert.ErrorContains(t, c.Validate(), tt.want)
 	}
+	certOnly := Config{ConnStr: "couchbases://db", CertFile: "c.pem", KeyFile: "k.pem"}
+	assert.NoError(t, certOnly.Validate(), "the certificate names the user: no username, no password")
 
 	dir := t.TempDir()
 	pwFile := filepath.Join(dir, "pw")
