@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ordermail/ordermail/internal/later"
+	"github.com/ordermail/ordermail/internal/testpki"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store/couchbase/cbtest"
 	"github.com/stretchr/testify/require"
@@ -48,4 +49,44 @@ func TestARotatedPasswordFileIsUsedWithoutARestart(t *testing.T) {
 	srv.DropConnections() // KV and DCP log in again, with the new password
 	put(t, s, order.Inbound, "after")
 	readUntil(t, sub, sawKeys("after"))
+}
+
+// The client certificate's files are read again too: swapped for a
+// certificate the cluster does not trust, the next KV logins fail; swapped
+// back, they succeed, with no restart.
+func TestARenewedClientCertificateIsUsedWithoutARestart(t *testing.T) {
+	cfg, srv, pki := tlsCluster(t, true)
+	stranger, err := testpki.New()
+	require.NoError(t, err)
+	dir := t.TempDir()
+	certFile, keyFile := filepath.Join(dir, "client.pem"), filepath.Join(dir, "client-key.pem")
+	swap := func(p *testpki.PKI) {
+		for path, b := range map[string][]byte{certFile: p.ClientCertPEM, keyFile: p.ClientKeyPEM} {
+			tmp := path + ".new"
+			require.NoError(t, os.WriteFile(tmp, b, 0o600))
+			require.NoError(t, os.Rename(tmp, path))
+		}
+	}
+	swap(pki)
+	cfg.CertFile, cfg.KeyFile, cfg.Timeout = certFile, keyFile, time.Second
+	s := openStore(t, cfg)
+	var lastErr atomic.Value
+	write := func() bool {
+		// A write cut off is read back until the server answers: the
+		// context bounds that.
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_, err := s.Upsert(ctx, order.Inbound, "k", []byte(`{}`))
+		lastErr.Store(fmt.Sprint(err))
+		return err == nil
+	}
+	require.True(t, write(), "%v", later.Value(lastErr.Load))
+
+	swap(stranger)
+	// KV logs in again after each drop; within a second (the files' look
+	// again), with the certificate swapped in.
+	require.Eventually(t, func() bool { srv.DropConnections(); return !write() }, 30*time.Second, 100*time.Millisecond,
+		"a certificate of a CA the cluster does not trust still logs in: the files were not read again")
+	swap(pki)
+	require.Eventually(t, write, 30*time.Second, 100*time.Millisecond, "the renewed certificate: %v", later.Value(lastErr.Load))
 }
