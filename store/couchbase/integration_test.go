@@ -229,6 +229,7 @@ func TestTLSTroubleIsSaidAsItIs(t *testing.T) {
 			[]string{"refused the TLS login", strangerFiles.ClientCert + " (--cb-cert-file)"}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel() // each waits out the SDK's timeouts
 			s, err := Open(context.Background(), tt.cfg, testLog)
 			if err == nil {
 				s.Close()
