@@ -1,18 +1,13 @@
 package couchbase
 
 import (
-	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"strings"
 	"time"
 
-	"github.com/couchbase/gocbcore/v10"
 	"github.com/ordermail/ordermail/internal/redact"
 )
 
@@ -145,100 +140,6 @@ func (c Config) caPool() (*x509.CertPool, error) {
 		return nil, fmt.Errorf("cb-ca-cert: %s holds no PEM certificate", c.CACertFile)
 	}
 	return pool, nil
-}
-
-// tlsTrouble says what is wrong with the TLS of a couchbases:// cluster
-// that the SDK could not reach, which tells only of a timeout: a
-// handshake with the first seed node, checked as the SDK checks it, that
-// finds a certificate it cannot trust or no TLS at all. nil when that
-// handshake works, for couchbase://, and when the node cannot be reached
-// at all (the caller's own message then stands).
-func (c Config) tlsTrouble(ctx context.Context) error {
-	if !strings.HasPrefix(c.ConnStr, "couchbases://") {
-		return nil
-	}
-	ac := &gocbcore.AgentConfig{}
-	if err := ac.FromConnStr(c.ConnStr); err != nil || len(ac.SeedConfig.MemdAddrs) == 0 {
-		return nil
-	}
-	addr := ac.SeedConfig.MemdAddrs[0]
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil
-	}
-	pool, err := c.caPool()
-	if err != nil || (pool == nil && strings.HasSuffix(host, ".cloud.couchbase.com")) {
-		return nil // a bad file is said apart; without one, the SDK trusts Capella's CA too
-	}
-	ctx, cancel := context.WithTimeout(ctx, c.withDefaults().Timeout)
-	defer cancel()
-	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil
-	}
-	tc := &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12}
-	if c.CertFile != "" {
-		creds, err := c.credentials()
-		if err != nil {
-			return nil // said apart
-		}
-		pair, _ := creds.certificate()
-		tc.Certificates = []tls.Certificate{*pair}
-	}
-	conn := tls.Client(raw, tc)
-	defer conn.Close()
-	err = conn.HandshakeContext(ctx)
-	closed := false
-	if err == nil {
-		// Under TLS 1.3 a server refuses the client's certificate, or its
-		// lack, after the handshake: its alert, or its hanging up, is the
-		// first thing read. A server that accepts says nothing first.
-		_ = conn.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
-		_, err = conn.Read(make([]byte, 1))
-		closed = errors.Is(err, io.EOF)
-		if !isRemoteAlert(err) && !(closed && c.CertFile != "") {
-			return nil
-		}
-	}
-	trust := "give the PEM file of the CA that signed the cluster's certificates with --cb-ca-cert"
-	if c.CACertFile != "" {
-		trust = "is " + c.CACertFile + " (--cb-ca-cert) the CA that signed the cluster's certificates?"
-	}
-	login := "give a client certificate it trusts, whose subject names one of its users, with --cb-cert-file and --cb-key-file"
-	if c.CertFile != "" {
-		login = "does it trust " + c.CertFile + " (--cb-cert-file), and does the certificate's subject name one of its users?"
-	}
-	var (
-		verify  *tls.CertificateVerificationError
-		unknown x509.UnknownAuthorityError
-		name    x509.HostnameError
-	)
-	switch {
-	case closed:
-		return fmt.Errorf("%s hung up once it had the client certificate: %s", addr, login)
-	case isRemoteAlert(err):
-		return fmt.Errorf("%s refused the TLS login (%v): %s", addr, err, login)
-	case errors.As(err, &unknown):
-		return fmt.Errorf("%s presents a certificate signed by a CA not trusted here (%v): %s", addr, unknown, trust)
-	case errors.As(err, &name):
-		return fmt.Errorf("%s presents a certificate for other names (%v): name the node as its certificate does", addr, name)
-	case errors.As(err, &verify):
-		return fmt.Errorf("%s presents a certificate that does not verify: %v", addr, verify.Err)
-	}
-	if ctx.Err() != nil {
-		return nil // a node that does not answer at all: nothing to say of TLS
-	}
-	// Connected, and no TLS came back: a plain port (memcached hangs up
-	// on a request it cannot read) or something else entirely.
-	return fmt.Errorf("%s does not answer in TLS (%v): is it the cluster's TLS port (11207), or is the cluster's "+
-		"connection string couchbase://?", addr, err)
-}
-
-// isRemoteAlert says whether err is a TLS alert the server sent, such as
-// "certificate required" or "bad certificate".
-func isRemoteAlert(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "remote error"
 }
 
 // static says whether the vBuckets are split by --instance.

@@ -186,8 +186,9 @@ func TestIntegrationContract(t *testing.T) {
 
 // What goes wrong with TLS shows to the SDK only as a timeout: Open and
 // Setup say what it was (a CA that did not sign the cluster's
-// certificate, none given, a port that does not speak TLS) rather than
-// ask whether the bucket exists or the password is right.
+// certificate, none given, a port that does not speak TLS, a client
+// certificate missing or refused) rather than ask whether the bucket
+// exists or the password is right.
 func TestTLSTroubleIsSaidAsItIs(t *testing.T) {
 	cfg, _, _ := tlsCluster(t, false)
 	cfg.Timeout = 500 * time.Millisecond
@@ -246,6 +247,18 @@ func TestTLSTroubleIsSaidAsItIs(t *testing.T) {
 			}
 			assert.NotContains(t, err.Error(), "password right", "setup")
 		})
+	}
+	// TLS that works is not blamed: a bucket missing is said as before,
+	// with a password and with a client certificate.
+	for _, c := range []Config{cfg, certCfg} {
+		c.Bucket = "nope"
+		s, err := Open(context.Background(), c, testLog)
+		if err == nil {
+			s.Close()
+		}
+		require.Error(t, err)
+		assert.ErrorContains(t, err, "bucket nope on couchbases://")
+		assert.ErrorContains(t, err, "missing? run ordermail setup")
 	}
 }
 

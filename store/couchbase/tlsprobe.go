@@ -1,0 +1,141 @@
+package couchbase
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/couchbase/gocbcore/v10"
+)
+
+// tlsTrouble says what is wrong with the TLS of a couchbases:// cluster
+// that the SDK could not reach, which tells only of a timeout. It makes a
+// connection of its own to the first seed node, checked as the SDK checks
+// it (the same CA, the same client certificate), and asks it a memcached
+// HELLO, which a node answers before any login: a certificate it cannot
+// trust, no TLS at all, or a login the node refuses (a client certificate
+// missing, of a CA it does not trust, of no user: under TLS 1.3 said only
+// after the handshake) is named. nil when the node answers, for
+// couchbase://, and when it cannot be reached or does not answer at all
+// (the caller's own message then stands).
+func (c Config) tlsTrouble(ctx context.Context) error {
+	if !strings.HasPrefix(c.ConnStr, "couchbases://") {
+		return nil
+	}
+	ac := &gocbcore.AgentConfig{}
+	if err := ac.FromConnStr(c.ConnStr); err != nil || len(ac.SeedConfig.MemdAddrs) == 0 {
+		return nil
+	}
+	addr := ac.SeedConfig.MemdAddrs[0]
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil
+	}
+	pool, err := c.caPool()
+	if err != nil || (pool == nil && strings.HasSuffix(host, ".cloud.couchbase.com")) {
+		return nil // a bad file is said apart; without one, the SDK trusts Capella's CA too
+	}
+	tc := &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12}
+	if c.CertFile != "" {
+		creds, err := c.credentials()
+		if err != nil {
+			return nil // said apart
+		}
+		// As the SDK offers it: whatever CAs the server asks for.
+		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return creds.certificate() }
+	}
+	ctx, cancel := context.WithTimeout(ctx, max(c.withDefaults().Timeout, probeTimeout))
+	defer cancel()
+	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil
+	}
+	conn := tls.Client(raw, tc)
+	defer conn.Close()
+	if d, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(d)
+	}
+	err = conn.HandshakeContext(ctx)
+	shook := err == nil
+	if shook {
+		err = hello(conn)
+	}
+	if err == nil || ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil // it answers, or it does not answer at all: nothing to say of TLS
+	}
+	return c.tlsProblem(addr, shook, err)
+}
+
+// probeTimeout is tlsTrouble's least bound: a refusal after the
+// handshake takes a round trip and the node's checks.
+const probeTimeout = 5 * time.Second
+
+// hello sends a memcached HELLO and reads the header of the answer.
+func hello(conn net.Conn) error {
+	const key = "ordermail-tls-probe"
+	req := make([]byte, 24, 24+len(key))
+	req[0], req[1] = 0x80, 0x1f // request, HELLO
+	binary.BigEndian.PutUint16(req[2:], uint16(len(key)))
+	binary.BigEndian.PutUint32(req[8:], uint32(len(key)))
+	if _, err := conn.Write(append(req, key...)); err != nil {
+		return err
+	}
+	var res [24]byte
+	_, err := io.ReadFull(conn, res[:])
+	return err
+}
+
+// tlsProblem names what err, from the probe's handshake (or, when shook,
+// from its HELLO after it), says is wrong.
+func (c Config) tlsProblem(addr string, shook bool, err error) error {
+	trust := "give the PEM file of the CA that signed the cluster's certificates with --cb-ca-cert"
+	if c.CACertFile != "" {
+		trust = "is " + c.CACertFile + " (--cb-ca-cert) the CA that signed the cluster's certificates?"
+	}
+	login := "give a client certificate it trusts, whose subject names one of its users, with --cb-cert-file and --cb-key-file"
+	if c.CertFile != "" {
+		login = "does it trust " + c.CertFile + " (--cb-cert-file), and does the certificate's subject name one of its users?"
+	}
+	var (
+		verify  *tls.CertificateVerificationError
+		unknown x509.UnknownAuthorityError
+		name    x509.HostnameError
+		alert   *net.OpError
+	)
+	switch {
+	case errors.As(err, &unknown):
+		return fmt.Errorf("%s presents a certificate signed by a CA not trusted here (%v): %s", addr, unknown, trust)
+	case errors.As(err, &name):
+		return fmt.Errorf("%s presents a certificate for other names (%v): name the node as its certificate does", addr, name)
+	case errors.As(err, &verify):
+		return fmt.Errorf("%s presents a certificate that does not verify: %v", addr, verify.Err)
+	case errors.As(err, &alert) && alert.Op == "remote error":
+		// A TLS alert the node sent: one of a certificate's (bad,
+		// unknown, of an unknown CA, required...) or of access is about
+		// the login; any other about TLS itself.
+		if msg := alert.Err.Error(); strings.Contains(msg, "certificate") || strings.Contains(msg, "access denied") {
+			return fmt.Errorf("%s refused the TLS login (%v): %s", addr, err, login)
+		}
+		return fmt.Errorf("%s refused the TLS handshake: %v", addr, err)
+	case shook && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)):
+		if c.CertFile != "" {
+			return fmt.Errorf("%s hung up once it had the client certificate: %s", addr, login)
+		}
+		return fmt.Errorf("%s hung up right after the TLS handshake: does the cluster require a client certificate? %s", addr, login)
+	case shook:
+		return nil // TLS works; whatever else is wrong, the caller's message says
+	}
+	// Connected, and no TLS came back: a plain port (memcached hangs up
+	// on a request it cannot read) or something else entirely.
+	return fmt.Errorf("%s does not answer in TLS (%v): is it the cluster's TLS port (11207), or is the cluster's "+
+		"connection string couchbase://?", addr, err)
+}
