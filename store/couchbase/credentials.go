@@ -3,7 +3,9 @@ package couchbase
 import (
 	"crypto/tls"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/couchbase/gocb/v2"
@@ -17,25 +19,33 @@ import (
 // secret mount swapped), or a renewed certificate, is used within a second
 // by everything that logs in anew, each query and management request and
 // each new KV or DCP connection, with no restart; connections already open
-// stay logged in.
+// stay logged in. While a file cannot be read, or the certificate and key
+// do not match (one swapped before the other), what they last held is
+// used, and a warning says so once.
 type credentials struct {
 	username, password string
 	file               *watchfile.File
 	cert, key          *watchfile.File
+	log                *slog.Logger // nil: nothing said
+
+	mu       sync.Mutex
+	goodPW   string           // the file's last readable password
+	goodPair *tls.Certificate // the files' last matching pair
+	said     string           // the failure last warned of
 }
 
 // credentials reads the files once, so that one that cannot be read stops
 // Open and Setup with its name.
-func (c Config) credentials() (*credentials, error) {
+func (c Config) credentials(log *slog.Logger) (*credentials, error) {
 	cr := &credentials{username: c.Username, password: c.Password, file: watchfile.New("cb-password-file", c.PasswordFile),
-		cert: watchfile.New("cb-cert-file", c.CertFile), key: watchfile.New("cb-key-file", c.KeyFile)}
+		cert: watchfile.New("cb-cert-file", c.CertFile), key: watchfile.New("cb-key-file", c.KeyFile), log: log}
+	var err error
 	if cr.cert != nil {
-		if _, err := cr.certificate(); err != nil {
-			return nil, err
-		}
-		return cr, nil
+		_, err = cr.certificate()
+	} else {
+		_, err = cr.current()
 	}
-	if _, err := cr.current(); err != nil {
+	if err != nil {
 		return nil, err
 	}
 	return cr, nil
@@ -47,10 +57,13 @@ func (c *credentials) current() (string, error) {
 		return c.password, nil
 	}
 	b, _, err := c.file.Read(time.Now())
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if err != nil {
-		return "", err
+		return c.goodPW, c.fallBack(err, c.goodPW != "")
 	}
-	return strings.TrimRight(string(b), "\r\n"), nil
+	c.goodPW, c.said = strings.TrimRight(string(b), "\r\n"), ""
+	return c.goodPW, nil
 }
 
 // certificate is the client certificate as of now; nil when a password
@@ -61,18 +74,36 @@ func (c *credentials) certificate() (*tls.Certificate, error) {
 	}
 	now := time.Now()
 	certPEM, _, err := c.cert.Read(now)
-	if err != nil {
-		return nil, err
+	var keyPEM []byte
+	if err == nil {
+		keyPEM, _, err = c.key.Read(now)
 	}
-	keyPEM, _, err := c.key.Read(now)
-	if err != nil {
-		return nil, err
+	var pair tls.Certificate
+	if err == nil {
+		if pair, err = tls.X509KeyPair(certPEM, keyPEM); err != nil {
+			err = fmt.Errorf("cb-cert-file and cb-key-file (%s, %s): %w", c.cert.Path(), c.key.Path(), err)
+		}
 	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if err != nil {
-		return nil, fmt.Errorf("cb-cert-file and cb-key-file (%s, %s): %w", c.cert.Path(), c.key.Path(), err)
+		return c.goodPair, c.fallBack(err, c.goodPair != nil)
 	}
-	return &pair, nil
+	c.goodPair, c.said = &pair, ""
+	return c.goodPair, nil
+}
+
+// fallBack is the error of a read that failed: none when what the files
+// last held can stand in (have), said once. Under mu.
+func (c *credentials) fallBack(err error, have bool) error {
+	if !have {
+		return err
+	}
+	if msg := err.Error(); c.log != nil && msg != c.said {
+		c.log.Warn("a credentials file cannot be used now: logging in with what it last held", "error", msg)
+		c.said = msg
+	}
+	return nil
 }
 
 // pair is what the SDK sends: with a certificate, no user and no password,

@@ -3,6 +3,7 @@ package couchbase
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -10,9 +11,11 @@ import (
 	"time"
 
 	"github.com/ordermail/ordermail/internal/later"
+	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/internal/testpki"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store/couchbase/cbtest"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -89,4 +92,39 @@ func TestARenewedClientCertificateIsUsedWithoutARestart(t *testing.T) {
 		"a certificate of a CA the cluster does not trust still logs in: the files were not read again")
 	swap(pki)
 	require.Eventually(t, write, 30*time.Second, 100*time.Millisecond, "the renewed certificate: %v", later.Value(lastErr.Load))
+}
+
+// While the password file cannot be read (a secret mount between its old
+// and its new content), logins go on with the password it last held, and
+// a warning names the file once; before, every new login failed until the
+// next look at the file, and the SDK said nothing of why.
+func TestAPasswordFileGoneForAMomentHoldsNothingUp(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	require.NoError(t, srv.SetPassword("hunter2-h8Kq")) // a word no log line holds otherwise
+	file := filepath.Join(t.TempDir(), "cb-password")
+	require.NoError(t, os.WriteFile(file, []byte(srv.Password()+"\n"), 0o600))
+	cfg.Password, cfg.PasswordFile, cfg.CountsTTL = "", file, -1
+	logs := &syncbuf.Buffer{}
+	s, err := Open(context.Background(), cfg, slog.New(slog.NewJSONHandler(logs, nil)))
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+
+	require.NoError(t, os.Remove(file))
+	var lastErr atomic.Value
+	require.Eventually(t, func() bool {
+		srv.DropConnections() // KV logs in again, and every query does
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := s.Upsert(ctx, order.Inbound, "k", []byte(`{}`))
+		if err == nil {
+			_, err = s.Counts(ctx)
+		}
+		lastErr.Store(fmt.Sprint(err))
+		return err == nil && len(logs.Lines("cannot be used now")) > 0
+	}, 30*time.Second, 100*time.Millisecond, "logins with the file gone: %v; logs:\n%v",
+		later.Value(lastErr.Load), later.Value(func() any { return logs.String() }))
+	warned := logs.Lines("cannot be used now")
+	require.Len(t, warned, 1, "said once")
+	assert.Contains(t, warned[0], "cb-password-file: ")
+	assert.NotContains(t, logs.String(), srv.Password(), "the password is never logged")
 }

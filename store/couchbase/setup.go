@@ -140,7 +140,7 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 	if so.MetadataRAMMB == 0 {
 		so.MetadataRAMMB = 128
 	}
-	cluster, err := connectReady(ctx, cfg)
+	cluster, err := connectReady(ctx, cfg, log)
 	if err != nil {
 		if terr := cfg.tlsTrouble(ctx); terr != nil {
 			return fmt.Errorf("reach the cluster at %s: %w (%w)", redact.URL(cfg.ConnStr), terr, err)
@@ -219,10 +219,10 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 // connecting again (within three timeouts in all) when they stay "not
 // ready": gocbcore's cluster-level agent misses a config that arrives
 // before it watches for configs, and then waits for the next revision.
-func connectReady(ctx context.Context, cfg Config) (*gocb.Cluster, error) {
+func connectReady(ctx context.Context, cfg Config, log *slog.Logger) (*gocb.Cluster, error) {
 	deadline := time.Now().Add(3 * cfg.Timeout)
 	for {
-		cluster, _, err := connect(cfg)
+		cluster, _, err := connect(cfg, log)
 		if err != nil {
 			return nil, err
 		}

@@ -54,7 +54,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	cluster, creds, err := connect(cfg)
+	cluster, creds, err := connect(cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -71,8 +71,8 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	return s, nil
 }
 
-func connect(cfg Config) (*gocb.Cluster, *credentials, error) {
-	creds, err := cfg.credentials()
+func connect(cfg Config, log *slog.Logger) (*gocb.Cluster, *credentials, error) {
+	creds, err := cfg.credentials(log.With("component", "couchbase"))
 	if err != nil {
 		return nil, nil, err
 	}

@@ -136,13 +136,13 @@ func TestConfig(t *testing.T) {
 	require.NoError(t, os.WriteFile(pwFile, []byte("s3cret\n"), 0o600))
 	c := ok
 	c.PasswordFile = pwFile
-	creds, err := c.credentials()
+	creds, err := c.credentials(nil)
 	require.NoError(t, err)
 	pw, err := creds.current()
 	require.NoError(t, err)
 	assert.Equal(t, "s3cret", pw, "the file wins, without its newline")
 	c.PasswordFile = filepath.Join(dir, "missing")
-	_, err = c.credentials()
+	_, err = c.credentials(nil)
 	assert.ErrorContains(t, err, "cb-password-file: ", "a file that cannot be read stops the start")
 
 	c.CACertFile = filepath.Join(dir, "bad.pem")

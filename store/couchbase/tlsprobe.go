@@ -46,7 +46,7 @@ func (c Config) tlsTrouble(ctx context.Context) error {
 	}
 	tc := &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12}
 	if c.CertFile != "" {
-		creds, err := c.credentials()
+		creds, err := c.credentials(nil)
 		if err != nil {
 			return nil // said apart
 		}
