@@ -24,8 +24,10 @@
 // listens, as on a cluster that lets clients in only encrypted: the
 // configs name the ports kvSSL, mgmtSSL and n1qlSSL (§1.6), ConnStr is
 // couchbases://, and the client, over TLS, logs in with PLAIN (§1.9) or
-// with a client certificate whose subject names the user (no SASL, no
-// basic auth: SDK-RFC 0036), as Options.TLS's ClientAuth allows.
+// with a client certificate whose subject names the user (no SASL:
+// SDK-RFC 0036; an HTTP request is the certificate's user whatever basic
+// auth it carries, gocbcore sending an empty one), as Options.TLS's
+// ClientAuth allows.
 //
 // # Data model
 //

@@ -278,11 +278,11 @@ func (c *kvConn) tlsLogin(tc *tls.Conn) bool {
 		c.s.logf("cbtest: node %d: TLS handshake: %v", c.n.idx, err)
 		return false
 	}
-	certs := tc.ConnectionState().PeerCertificates
-	if len(certs) == 0 {
+	chains := tc.ConnectionState().VerifiedChains
+	if len(chains) == 0 {
 		return true // a password logs in, with SASL
 	}
-	if cn := certs[0].Subject.CommonName; cn != c.s.opts.Username {
+	if cn := chains[0][0].Subject.CommonName; cn != c.s.opts.Username {
 		c.s.logf("cbtest: node %d: client certificate of %q: no such user", c.n.idx, cn)
 		return false
 	}

@@ -35,9 +35,9 @@ func (s *Server) httpHandler(n *node, mux *http.ServeMux) http.Handler {
 }
 
 func (s *Server) authorized(r *http.Request) bool {
-	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+	if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
 		// The handshake verified it: its subject names the user.
-		return r.TLS.PeerCertificates[0].Subject.CommonName == s.opts.Username
+		return r.TLS.VerifiedChains[0][0].Subject.CommonName == s.opts.Username
 	}
 	u, p, ok := r.BasicAuth()
 	return ok && subtle.ConstantTimeCompare([]byte(u), []byte(s.opts.Username)) == 1 &&

@@ -66,8 +66,10 @@ type Options struct {
 	// VerifyClientCertIfGiven ("enable") or RequireAndVerifyClientCert
 	// ("mandatory") and ClientCAs, a verified certificate whose subject's
 	// common name is Username logs the connection in, with no SASL (a
-	// SASL command then answers NOT_SUPPORTED) and no HTTP basic auth
-	// (SDK-RFC 0036); a certificate naming anyone else is refused.
+	// SASL command then answers NOT_SUPPORTED, SDK-RFC 0036), and an HTTP
+	// request whatever basic auth it carries; a certificate naming anyone
+	// else is refused. Other ClientAuth modes, which do not verify the
+	// certificate, are refused by New.
 	TLS *tls.Config
 }
 
@@ -155,6 +157,10 @@ func Start(tb testing.TB, opts Options) *Server {
 func New(opts Options) (*Server, error) {
 	if opts.Nodes == 0 {
 		opts.Nodes = 1
+	}
+	if t := opts.TLS; t != nil && (t.ClientAuth == tls.RequestClientCert || t.ClientAuth == tls.RequireAnyClientCert) {
+		return nil, errors.New("TLS: a client certificate that logs in must be verified: ClientAuth " +
+			"VerifyClientCertIfGiven or RequireAndVerifyClientCert, with ClientCAs")
 	}
 	if opts.Nodes < 1 || opts.Nodes > 3 {
 		return nil, fmt.Errorf("%d nodes: 1 to 3 are supported", opts.Nodes)

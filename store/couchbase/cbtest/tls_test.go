@@ -1,18 +1,52 @@
 package cbtest
 
 import (
+	"bufio"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/couchbase/gocb/v2"
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/internal/testpki"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
+
+// serverLog keeps the lines a Server's Logf writes, so that a test can
+// tell why a client got nowhere, not only that it did.
+type serverLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *serverLog) logf(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, fmt.Sprintf(format, args...))
+}
+
+// saw waits for a line holding part.
+func (l *serverLog) saw(t *testing.T, part, why string) {
+	t.Helper()
+	has := func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for _, line := range l.lines {
+			if strings.Contains(line, part) {
+				return true
+			}
+		}
+		return false
+	}
+	assert.Eventually(t, has, 30*time.Second, 10*time.Millisecond, "%s: the server never logged %q; it logged %v", why, part,
+		later.Value(func() any { l.mu.Lock(); defer l.mu.Unlock(); return l.lines }))
+}
 
 // tlsClient connects to s with couchbases:// and trusts the CA of pki.
 func tlsClient(t *testing.T, s *Server, connStr string, pki *testpki.PKI) *gocb.Cluster {
@@ -37,7 +71,8 @@ func tlsClient(t *testing.T, s *Server, connStr string, pki *testpki.PKI) *gocb.
 func TestTLSOnEveryPort(t *testing.T) {
 	pki, err := testpki.New()
 	require.NoError(t, err)
-	s := Start(t, Options{Nodes: 2, VBuckets: 16, TLS: pki.ServerTLS(false)})
+	logs := &serverLog{}
+	s := Start(t, Options{Nodes: 2, VBuckets: 16, TLS: pki.ServerTLS(false), Logf: logs.logf})
 	require.True(t, strings.HasPrefix(s.ConnStr(), "couchbases://"), s.ConnStr())
 	require.True(t, strings.HasPrefix(s.MgmtURL(0), "https://"), s.MgmtURL(0))
 
@@ -65,11 +100,13 @@ func TestTLSOnEveryPort(t *testing.T) {
 	require.NoError(t, err)
 	defer plain.Close(nil)
 	assert.Error(t, plain.Bucket("orders").WaitUntilReady(time.Second, nil), "plain memcached on a TLS port")
+	logs.saw(t, "TLS handshake: tls: unsupported SSLv2 handshake received", "plain memcached on a TLS port (its request magic 0x80 reads as SSLv2)")
 
 	other, err := testpki.New()
 	require.NoError(t, err)
 	stranger := tlsClient(t, s, s.ConnStr(), other)
 	assert.Error(t, stranger.Bucket("orders").WaitUntilReady(time.Second, nil), "a certificate of a CA not trusted")
+	logs.saw(t, "remote error: tls: bad certificate", "the client refused the server's certificate")
 }
 
 // certClient connects to s over TLS with the client certificate of pki
@@ -92,7 +129,7 @@ func certClient(t *testing.T, s *Server, pki *testpki.PKI) *gocb.Cluster {
 }
 
 // Client certificate authentication: a certificate whose subject names
-// the user logs in KV (no SASL) and HTTP (no basic auth); "mandatory"
+// the user logs in KV (no SASL) and HTTP (the certificate before any basic auth); "mandatory"
 // refuses a password alone, "enable" takes either; a certificate naming
 // nobody the cluster knows is refused.
 func TestClientCertificateLogsIn(t *testing.T) {
@@ -108,10 +145,12 @@ func TestClientCertificateLogsIn(t *testing.T) {
 		require.NoError(t, err, "the management service, with the certificate")
 	}
 	t.Run("mandatory", func(t *testing.T) {
-		s := Start(t, Options{VBuckets: 16, Username: user, TLS: pki.ServerTLS(true)})
+		logs := &serverLog{}
+		s := Start(t, Options{VBuckets: 16, Username: user, TLS: pki.ServerTLS(true), Logf: logs.logf})
 		works(t, certClient(t, s, pki))
 		pw := tlsClient(t, s, s.ConnStr(), pki)
 		assert.Error(t, pw.Bucket("orders").WaitUntilReady(time.Second, nil), "a password without a certificate")
+		logs.saw(t, "client didn't provide a certificate", "a password without a certificate")
 	})
 	t.Run("enable", func(t *testing.T) {
 		cfg := pki.ServerTLS(true)
@@ -121,8 +160,40 @@ func TestClientCertificateLogsIn(t *testing.T) {
 		works(t, tlsClient(t, s, s.ConnStr(), pki))
 	})
 	t.Run("a certificate of nobody", func(t *testing.T) {
-		s := Start(t, Options{VBuckets: 16, Username: "someone else", TLS: pki.ServerTLS(true)})
+		logs := &serverLog{}
+		s := Start(t, Options{VBuckets: 16, Username: "someone else", TLS: pki.ServerTLS(true), Logf: logs.logf})
 		c := certClient(t, s, pki)
 		assert.Error(t, c.Bucket("orders").WaitUntilReady(time.Second, nil))
+		logs.saw(t, `client certificate of "ordermail test client": no such user`, "a certificate of nobody")
 	})
+}
+
+// A connection logged in by its certificate answers SASL with
+// NOT_SUPPORTED (SDK-RFC 0036: the login is done), and serves requests
+// with none: gocbcore never sends SASL then, so the bytes go by hand.
+func TestACertificateLoginRefusesSASL(t *testing.T) {
+	pki, err := testpki.New()
+	require.NoError(t, err)
+	s := Start(t, Options{VBuckets: 16, Username: "ordermail test client", TLS: pki.ServerTLS(true)})
+	conn, err := tls.Dial("tcp", s.KVAddr(0), pki.ClientTLS(true))
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.SetDeadline(time.Now().Add(30*time.Second)))
+	br := bufio.NewReader(conn)
+	ask := func(opcode byte, key string) *packet {
+		t.Helper()
+		req := make([]byte, 24, 24+len(key))
+		req[0], req[1] = magicReq, opcode
+		binary.BigEndian.PutUint16(req[2:], uint16(len(key)))
+		binary.BigEndian.PutUint32(req[8:], uint32(len(key)))
+		_, err := conn.Write(append(req, key...))
+		require.NoError(t, err)
+		p, err := readPacket(br)
+		require.NoError(t, err)
+		return p
+	}
+	for _, op := range []byte{opSASLListMechs, opSASLAuth} {
+		assert.Equal(t, uint16(statusNotSupported), ask(op, "PLAIN").status, "opcode 0x%02x", op)
+	}
+	assert.Equal(t, uint16(statusSuccess), ask(opSelectBucket, "orders").status, "logged in: a bucket is selected")
 }
