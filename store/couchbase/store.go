@@ -698,7 +698,7 @@ func (s *Store) readBacklog(ctx context.Context, now time.Time, quantum time.Dur
 // and a dot.
 func deadWhyOf(path string) string {
 	status := path + "lastStatus"
-	return path + "reason || CASE WHEN " + status + ` > 0 THEN " (HTTP " || TOSTRING(` + status + `) || ")" ELSE "" END`
+	return path + "reason || CASE WHEN IS_NUMBER(" + status + ") AND " + status + ` > 0 THEN " (HTTP " || TOSTRING(` + status + `) || ")" ELSE "" END`
 }
 
 // deadReasonsStatement counts the dead letters of the five most frequent
@@ -707,7 +707,7 @@ func deadWhyOf(path string) string {
 func deadReasonsStatement(deadletter string) string {
 	why := deadWhyOf("d.")
 	return "SELECT " + why + " AS reason, COUNT(*) AS count FROM " + deadletter + " AS d WHERE (" + why + ") IS NOT MISSING " +
-		"GROUP BY " + why + " ORDER BY COUNT(*) DESC LIMIT 5"
+		"GROUP BY " + why + " ORDER BY COUNT(*) DESC, reason LIMIT 5" // ties as the embedded store breaks them
 }
 
 // reasonsStatement counts the retries and the dead letters of the five
@@ -890,7 +890,7 @@ func retriesStatement(retry string) string {
 // reasons on ix_retry_why, not on their documents.
 func retryReasonsStatement(retry string) string {
 	return "SELECT " + whyOf("r.") + " AS reason, COUNT(*) AS count FROM " + retry + " AS r WHERE (" + whyOf("r.") +
-		") IS NOT MISSING AND META(r).id != $control GROUP BY " + whyOf("r.") + " ORDER BY COUNT(*) DESC LIMIT 5"
+		") IS NOT MISSING AND META(r).id != $control GROUP BY " + whyOf("r.") + " ORDER BY COUNT(*) DESC, reason LIMIT 5"
 }
 
 func deadLettersStatement(keyspace string) string {

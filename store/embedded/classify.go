@@ -134,7 +134,7 @@ func millis(raw json.RawMessage) (int64, bool) {
 }
 
 func statusSuffix(code int) string {
-	if code == 0 {
+	if code <= 0 { // no status, or none an HTTP answer has
 		return ""
 	}
 	return fmt.Sprintf(" (HTTP %d)", code)
