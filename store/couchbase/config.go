@@ -108,8 +108,8 @@ func (c Config) Validate() error {
 		return errors.New("cb-cert-file and cb-key-file: give both for a client certificate, or neither")
 	case c.CertFile != "" && !strings.HasPrefix(c.ConnStr, "couchbases://"):
 		return errors.New("cb-cert-file: a client certificate needs a couchbases:// connection string")
-	case c.CertFile != "" && (c.Password != "" || c.PasswordFile != ""):
-		return errors.New("cb-cert-file: the certificate logs in, and names the user: give no password with it")
+	case c.CertFile != "" && (c.Username != "" || c.Password != "" || c.PasswordFile != ""):
+		return errors.New("cb-cert-file: the certificate logs in, and the cluster maps it to its user: give no username or password with it")
 	case c.CertFile == "" && c.Username == "":
 		return errors.New("cb-username: required for a Couchbase store (or a client certificate: cb-cert-file)")
 	case c.CertFile == "" && c.Password == "" && c.PasswordFile == "":

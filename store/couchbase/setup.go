@@ -69,7 +69,7 @@ const (
 // Edition has only Full Admin, Read-Only Admin and Application Access.
 func neededRoles(cfg Config, edition string, step setupStep) string {
 	ee := map[setupStep]string{
-		stepConnect: "any role (are the username and password right?)",
+		stepConnect: "any role (" + cfg.loginQuestion() + ")",
 		stepBuckets: "Cluster Admin (cluster_admin) or Full Admin (admin) to create buckets",
 		stepCollections: fmt.Sprintf("Cluster Admin (cluster_admin), Bucket Admin (bucket_admin[%s]) or Manage Scopes "+
 			"(scope_admin[%s]) to create scopes and collections", cfg.Bucket, cfg.Bucket),
@@ -77,7 +77,7 @@ func neededRoles(cfg Config, edition string, step setupStep) string {
 			"include it)", cfg.Bucket),
 	}[step]
 	ce := map[setupStep]string{
-		stepConnect:     "any role (are the username and password right?)",
+		stepConnect:     "any role (" + cfg.loginQuestion() + ")",
 		stepBuckets:     "Full Admin (admin), the only Community Edition role that creates buckets",
 		stepCollections: "Full Admin (admin), the only Community Edition role that creates scopes and collections",
 		stepIndexes:     fmt.Sprintf("Application Access (bucket_full_access[%s]) or Full Admin (admin) to create indexes", cfg.Bucket),
@@ -93,6 +93,23 @@ func neededRoles(cfg Config, edition string, step setupStep) string {
 	return "this needs, on Enterprise Edition, " + ee + "; on Community Edition, " + ce + "; " + all
 }
 
+// who names the user setup runs as: the one named, or the one the
+// client certificate maps to.
+func (c Config) who() string {
+	if c.CertFile != "" {
+		return "the user " + c.CertFile + " (--cb-cert-file) maps to"
+	}
+	return fmt.Sprintf("user %q", c.Username)
+}
+
+// loginQuestion asks about what logs in.
+func (c Config) loginQuestion() string {
+	if c.CertFile != "" {
+		return "does the cluster map " + c.CertFile + " (--cb-cert-file) to one of its users?"
+	}
+	return fmt.Sprintf("are the username (%q) and the password right?", c.Username)
+}
+
 // refused says whether the cluster refused err's request for lack of
 // rights (or of valid credentials).
 func refused(err error) bool {
@@ -106,7 +123,7 @@ func refused(err error) bool {
 // for step on the cluster's edition.
 func errRights(cfg Config, edition string, step setupStep, what string, err error) error {
 	if refused(err) {
-		return fmt.Errorf("%s: user %q lacks the rights: %s: %w", what, cfg.Username, neededRoles(cfg, edition, step), err)
+		return fmt.Errorf("%s: %s lacks the rights: %s: %w", what, cfg.who(), neededRoles(cfg, edition, step), err)
 	}
 	return fmt.Errorf("%s: %w", what, err)
 }
@@ -150,8 +167,8 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 		// The SDK retries a refused login as a connection failure until it
 		// times out: the timeout is all setup gets to see of it.
 		return fmt.Errorf("reach the cluster at %s: no answer from its management and query services within %s: "+
-			"are the username (%q) and the password right, and does the cluster run the query service? %w",
-			redact.URL(cfg.ConnStr), 3*cfg.Timeout, cfg.Username, err)
+			"%s, and does the cluster run the query service? %w",
+			redact.URL(cfg.ConnStr), 3*cfg.Timeout, strings.TrimSuffix(cfg.loginQuestion(), "?"), err)
 	}
 	if err != nil {
 		return errRights(cfg, editionUnknown, stepConnect, "reach the cluster at "+redact.URL(cfg.ConnStr), err)

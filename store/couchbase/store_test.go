@@ -120,7 +120,10 @@ func TestConfig(t *testing.T) {
 		{func(c *Config) { c.CACertFile = "ca.pem" }, "needs a couchbases://"},
 		{func(c *Config) { c.CertFile = "c.pem" }, "cb-cert-file and cb-key-file: give both"},
 		{func(c *Config) { c.CertFile, c.KeyFile = "c.pem", "k.pem" }, "client certificate needs a couchbases://"},
-		{func(c *Config) { c.ConnStr, c.CertFile, c.KeyFile = "couchbases://db", "c.pem", "k.pem" }, "give no password with it"},
+		{func(c *Config) { c.ConnStr, c.CertFile, c.KeyFile = "couchbases://db", "c.pem", "k.pem" }, "give no username or password with it"},
+		{func(c *Config) {
+			c.ConnStr, c.CertFile, c.KeyFile, c.Password = "couchbases://db", "c.pem", "k.pem", ""
+		}, "give no username or password with it"},
 		{func(c *Config) { c.Timeout = -time.Second }, "cb-timeout"},
 	}
 	for _, tt := range tests {

@@ -358,6 +358,13 @@ func TestSetupNamesTheMissingRole(t *testing.T) {
 	}
 	other := errRights(cfg, editionEnterprise, stepBuckets, "create bucket orders", errors.New("disk full"))
 	assert.False(t, strings.Contains(other.Error(), "lacks the rights"), "only refusals are about rights")
+
+	// Logged in by a client certificate, there is no username to name.
+	certCfg := Config{CertFile: "/run/secrets/cb.pem", Bucket: "orders", MetadataBucket: "metadata"}
+	msg := errRights(certCfg, editionEnterprise, stepConnect, "reach the cluster", forbidden).Error()
+	assert.Contains(t, msg, "the user /run/secrets/cb.pem (--cb-cert-file) maps to lacks the rights")
+	assert.Contains(t, msg, "does the cluster map /run/secrets/cb.pem (--cb-cert-file) to one of its users?")
+	assert.NotContains(t, msg, "username")
 }
 
 func TestClusterEdition(t *testing.T) {
