@@ -107,7 +107,8 @@ func (c *credentials) fallBack(err error, have bool) error {
 }
 
 // pair is what the SDK sends: with a certificate, no user and no password,
-// so that it makes no SASL login and sends no basic auth (SDK-RFC 0036).
+// so that it makes no SASL login (SDK-RFC 0036); its HTTP requests then carry an
+// empty basic auth, which the cluster passes over for the certificate.
 func (c *credentials) pair() (username, password string, err error) {
 	if c.cert != nil {
 		return "", "", nil

@@ -83,7 +83,7 @@ func TestARenewedClientCertificateIsUsedWithoutARestart(t *testing.T) {
 		lastErr.Store(fmt.Sprint(err))
 		return err == nil
 	}
-	require.True(t, write(), "%v", later.Value(lastErr.Load))
+	require.Eventually(t, write, 30*time.Second, 100*time.Millisecond, "the first certificate: %v", later.Value(lastErr.Load))
 
 	swap(stranger)
 	// KV logs in again after each drop; within a second (the files' look
