@@ -48,13 +48,20 @@ func (l *serverLog) saw(t *testing.T, part, why string) {
 		later.Value(func() any { l.mu.Lock(); defer l.mu.Unlock(); return l.lines }))
 }
 
-// tlsClient connects to s with couchbases:// and trusts the CA of pki.
+// tlsClient connects to connStr with couchbases://, trusting the CA of
+// pki, logged in as s's user with its password.
 func tlsClient(t *testing.T, s *Server, connStr string, pki *testpki.PKI) *gocb.Cluster {
+	t.Helper()
+	return tlsConnect(t, connStr, pki, gocb.PasswordAuthenticator{Username: s.Username(), Password: s.Password()})
+}
+
+// tlsConnect connects to connStr trusting the CA of pki, logged in by auth.
+func tlsConnect(t *testing.T, connStr string, pki *testpki.PKI, auth gocb.Authenticator) *gocb.Cluster {
 	t.Helper()
 	pool := x509.NewCertPool()
 	require.True(t, pool.AppendCertsFromPEM(pki.CAPEM))
 	c, err := gocb.Connect(connStr, gocb.ClusterOptions{
-		Authenticator:  gocb.PasswordAuthenticator{Username: s.Username(), Password: s.Password()},
+		Authenticator:  auth,
 		SecurityConfig: gocb.SecurityConfig{TLSRootCAs: pool},
 		TimeoutsConfig: gocb.TimeoutsConfig{
 			ConnectTimeout: 10 * time.Second, KVTimeout: 5 * time.Second, ManagementTimeout: 10 * time.Second,
@@ -113,19 +120,8 @@ func TestTLSOnEveryPort(t *testing.T) {
 // and no password, as gocb's CertificateAuthenticator does.
 func certClient(t *testing.T, s *Server, pki *testpki.PKI) *gocb.Cluster {
 	t.Helper()
-	pool := x509.NewCertPool()
-	require.True(t, pool.AppendCertsFromPEM(pki.CAPEM))
 	cert := pki.ClientTLS(true).Certificates[0]
-	c, err := gocb.Connect(s.ConnStr(), gocb.ClusterOptions{
-		Authenticator:  gocb.CertificateAuthenticator{ClientCertificate: &cert},
-		SecurityConfig: gocb.SecurityConfig{TLSRootCAs: pool},
-		TimeoutsConfig: gocb.TimeoutsConfig{
-			ConnectTimeout: 10 * time.Second, KVTimeout: 5 * time.Second, ManagementTimeout: 10 * time.Second,
-		},
-	})
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = c.Close(nil) })
-	return c
+	return tlsConnect(t, s.ConnStr(), pki, gocb.CertificateAuthenticator{ClientCertificate: &cert})
 }
 
 // Client certificate authentication: a certificate whose subject names
