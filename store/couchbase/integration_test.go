@@ -72,7 +72,8 @@ func testCluster(t testing.TB, nodes int) (Config, *cbtest.Server) {
 // over TLS only, its CA in a file as --cb-ca-cert names one; pki signed
 // its certificate. With clientCert, the cluster requires a client
 // certificate ("mandatory") and cfg logs in with pki's, with no password.
-func tlsCluster(t *testing.T, clientCert bool) (cfg Config, srv *cbtest.Server, pki *testpki.PKI) {
+// tune may change the server's options.
+func tlsCluster(t *testing.T, clientCert bool, tune ...func(*cbtest.Options)) (cfg Config, srv *cbtest.Server, pki *testpki.PKI) {
 	t.Helper()
 	if _, real := realCluster(); real {
 		t.Skip("a cluster of its own, with a CA of its own: runs on cbtest only")
@@ -84,6 +85,9 @@ func tlsCluster(t *testing.T, clientCert bool) (cfg Config, srv *cbtest.Server, 
 	opts := cbtest.Options{VBuckets: testVBuckets, TLS: pki.ServerTLS(clientCert)}
 	if clientCert {
 		opts.Username = "ordermail test client" // the subject of pki's client certificate
+	}
+	for _, f := range tune {
+		f(&opts)
 	}
 	srv = cbtest.Start(t, opts)
 	cfg = Config{ConnStr: srv.ConnStr(), Username: srv.Username(), Password: srv.Password(), CACertFile: files.CA,
