@@ -3,25 +3,42 @@ package watcher
 import (
 	"context"
 	"time"
+
+	"github.com/cenkalti/backoff/v5"
 )
 
-// backoff waits 50ms, doubling to 5s, between tries of a store operation.
-type backoff struct{ next time.Duration }
+// retryWait is the wait between tries of a store operation: 50ms, doubling
+// to 5s, with a little jitter so that workers held up together do not come
+// back together. peek says the next wait before it is taken, for the log
+// line that announces it.
+type retryWait struct {
+	exp  backoff.ExponentialBackOff
+	next time.Duration
+}
 
-func newBackoff() *backoff { return &backoff{next: 50 * time.Millisecond} }
+func newBackoff() *retryWait {
+	b := &retryWait{exp: backoff.ExponentialBackOff{
+		InitialInterval: 50 * time.Millisecond, RandomizationFactor: 0.1, Multiplier: 2, MaxInterval: 5 * time.Second,
+	}}
+	b.reset()
+	return b
+}
 
-func (b *backoff) peek() time.Duration { return b.next }
+func (b *retryWait) peek() time.Duration { return b.next }
 
-func (b *backoff) reset() { b.next = 50 * time.Millisecond }
+func (b *retryWait) reset() {
+	b.exp.Reset()
+	b.next = b.draw()
+}
 
 // wait sleeps the current delay unless ctx ends first; false when it ended.
-func (b *backoff) wait(ctx context.Context) bool { return b.waitUnless(ctx, nil) }
+func (b *retryWait) wait(ctx context.Context) bool { return b.waitUnless(ctx, nil) }
 
 // waitUnless is wait that also gives up when stop closes.
-func (b *backoff) waitUnless(ctx context.Context, stop <-chan struct{}) bool {
+func (b *retryWait) waitUnless(ctx context.Context, stop <-chan struct{}) bool {
 	t := time.NewTimer(b.next)
 	defer t.Stop()
-	b.next = min(2*b.next, 5*time.Second)
+	b.next = b.draw()
 	select {
 	case <-t.C:
 		return true
@@ -31,3 +48,6 @@ func (b *backoff) waitUnless(ctx context.Context, stop <-chan struct{}) bool {
 		return false
 	}
 }
+
+// draw takes the next wait, in whole milliseconds, as logs say it.
+func (b *retryWait) draw() time.Duration { return b.exp.NextBackOff().Round(time.Millisecond) }

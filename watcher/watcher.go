@@ -773,6 +773,7 @@ func (w *Watcher) sendAndSettle(ctx context.Context, log *slog.Logger, p Plan, s
 // that fails reads the state again and settles the same result on it.
 func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store.State, sendErr error, a order.Attempt) (uint64, bool) {
 	b := newBackoff()
+	stale := 0 // guards failed in a row
 	for {
 		now := w.now()
 		out := Settle(p, st, sendErr, now, w.limits(), w.rand())
@@ -794,22 +795,36 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 			return 0, false
 		}
 		if !isStale(err) {
+			stale = 0
 			log.Error("write the outcome of a send; trying again", "result", out.Result, "error", err, "retry_in", b.peek().String())
 			w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())
 			if !b.wait(ctx) {
 				return 0, false
 			}
-		}
-		var rerr error
-		if st, rerr = w.state(ctx, log, p.OrderKey); rerr != nil {
-			if ctx.Err() != nil {
-				return 0, false
-			}
-			log.Error("read state to settle a send; trying again", "error", rerr, "retry_in", b.peek().String())
+		} else if stale++; stale > maxStale {
+			// Someone keeps writing the key: a read and a write a moment
+			// apart, not a loop as fast as the store answers.
+			log.Warn("the documents of the send's outcome keep changing; trying again", "conflicts", stale, "retry_in", b.peek().String())
 			w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())
 			if !b.wait(ctx) {
 				return 0, false
 			}
+		}
+		fresh, rerr := w.state(ctx, log, p.OrderKey)
+		if rerr == nil {
+			st = fresh
+			continue
+		}
+		// What was last read stands (an empty state would settle the
+		// send as dropped and write nothing): its guards fail again and
+		// the state is read once more.
+		if ctx.Err() != nil {
+			return 0, false
+		}
+		log.Error("read state to settle a send; trying again", "error", rerr, "retry_in", b.peek().String())
+		w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())
+		if !b.wait(ctx) {
+			return 0, false
 		}
 	}
 }

@@ -600,3 +600,87 @@ func TestWorkersWritesShareCommits(t *testing.T) {
 		assert.True(t, shared, "write %d without store.WithSharedCommit", i)
 	}
 }
+
+// hiccups fails the first outcome write of key's retry document, and the
+// state read after it, each once, with errors that are not the store being
+// unavailable.
+type hiccups struct {
+	store.Store
+	key                    string
+	applyFails, stateFails atomic.Int32
+	conflicts              bool // the writes fail their guards
+}
+
+func (h *hiccups) Apply(ctx context.Context, writes []store.Write) ([]uint64, error) {
+	for _, w := range writes {
+		if w.Collection == order.Retry && w.Key == h.key && h.applyFails.Add(-1) >= 0 {
+			if h.conflicts {
+				return nil, &store.WriteError{Write: w, Err: store.ErrCASMismatch}
+			}
+			return nil, errors.New("a write hiccup nobody planned for")
+		}
+	}
+	return h.Store.Apply(ctx, writes)
+}
+
+func (h *hiccups) State(ctx context.Context, key string) (store.State, error) {
+	if key == h.key && h.stateFails.Add(-1) >= 0 {
+		return store.State{}, errors.New("a read hiccup nobody planned for")
+	}
+	return h.Store.State(ctx, key)
+}
+
+// startSingle starts one worker, the only consumer, on a store with atomic
+// outcomes: a send takes no claim first, so that the first write after it
+// is its outcome's.
+func startSingle(t *testing.T, st store.Store, s watcher.Sender, logs *syncBuffer) *watcher.Watcher {
+	t.Helper()
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, SingleConsumer: true, AtomicOutcomes: true}, st, s,
+		slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	return w
+}
+
+// TestAFailedReadWhileSettlingKeepsTheOutcome: the outcome of a failed
+// retry cannot be written at first, nor the state read again; the outcome
+// is still written on what was read before (a state read as nothing
+// settled the send as dropped: the flagged retry document stayed as it
+// was, which no sweep takes again, and the order was never confirmed).
+func TestAFailedReadWhileSettlingKeepsTheOutcome(t *testing.T) {
+	e := newEnv(t, mockmail.Config{FailRate: 1, FailStatus: 503})
+	put(t, e.store, order.Inbound, "o", paidOrder)
+	put(t, e.store, order.Retry, "o", `{"type":"confirmation","docId":"o","attempt":1,"ts":1,"fireRetry":true,"idempotencyKey":"confirmation:o@1"}`)
+	h := &hiccups{Store: e.store, key: "o"}
+	h.applyFails.Store(1)
+	h.stateFails.Store(1)
+	logs := &syncBuffer{}
+	w := startSingle(t, h, e.mail, logs)
+	waitHandled(t, w, 2) // the order (ignored), the retry (fails again); the rewritten retry is left out
+	v, _ := get(t, e.store, order.Retry, "o")
+	r, err := order.DecodeRetryDoc([]byte(v))
+	require.NoError(t, err, "%s", v)
+	assert.Equal(t, 2, r.Attempt, "the failed attempt was counted: %s", v)
+	assert.False(t, r.FireRetry, "the retry document waits for the sweep again: %s", v)
+	assert.Zero(t, h.stateFails.Load(), "the state read failed, as planned")
+	assert.Len(t, logs.Lines("read state to settle a send; trying again", "a read hiccup nobody planned for"), 1, "%s", logs.String())
+}
+
+// TestOutcomeConflictsWaitBetweenTries: the outcome's guards keep failing
+// (someone keeps writing the key); past maxStale conflicts in a row the
+// watcher waits between tries instead of reading and writing as fast as
+// the store answers, and still writes the outcome.
+func TestOutcomeConflictsWaitBetweenTries(t *testing.T) {
+	e := newEnv(t, mockmail.Config{FailRate: 1, FailStatus: 503})
+	put(t, e.store, order.Inbound, "o", paidOrder)
+	put(t, e.store, order.Retry, "o", `{"type":"confirmation","docId":"o","attempt":1,"ts":1,"fireRetry":true,"idempotencyKey":"confirmation:o@1"}`)
+	h := &hiccups{Store: e.store, key: "o", conflicts: true}
+	h.applyFails.Store(12)
+	logs := &syncBuffer{}
+	w := startSingle(t, h, e.mail, logs)
+	waitHandled(t, w, 2)
+	v, _ := get(t, e.store, order.Retry, "o")
+	assert.Contains(t, v, `"attempt":2`, "the outcome was written after the conflicts")
+	assert.Len(t, logs.Lines("keep changing; trying again"), 2, "conflicts 11 and 12 waited:\n%s", logs.String())
+}
