@@ -212,6 +212,10 @@ type Event struct {
 	// that must read the state again.
 	State    *State
 	Snapshot uint64
+	// StateAt is when State was read. What others wrote since (the order
+	// system cancelling the order, an operator dropping its retry) is in
+	// no snapshot: a reader holding an event for long reads it again.
+	StateAt time.Time
 
 	// Ack must be called exactly once, after the event's outcome has been
 	// written. Events may be acknowledged in any order; the checkpoint never

@@ -60,6 +60,11 @@ type Config struct {
 	// Instance names this instance in the attempt records. Default: the
 	// host name.
 	Instance string
+	// SnapshotAge is how old the state a feed event carries may be for a
+	// decision to rest on it; an older one is read again. Default 250ms:
+	// about as long as a send may take anyway, and a read saved whenever
+	// the workers keep up.
+	SnapshotAge time.Duration
 }
 
 // Validate names the setting that is wrong.
@@ -78,6 +83,9 @@ func (c Config) Validate() error {
 	}
 	if c.AttemptRetention < 0 {
 		return fmt.Errorf("attempt-retention: %s is negative", c.AttemptRetention)
+	}
+	if c.SnapshotAge < 0 {
+		return fmt.Errorf("snapshot age: %s is negative", c.SnapshotAge)
 	}
 	if c.Policy != (order.Policy{}) {
 		return c.Policy.Validate()
@@ -112,6 +120,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Instance == "" {
 		c.Instance, _ = os.Hostname()
+	}
+	if c.SnapshotAge == 0 {
+		c.SnapshotAge = 250 * time.Millisecond
 	}
 	return c
 }
@@ -648,8 +659,10 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, ln *keyLine) (*wri
 		return nil, nil
 	}
 	// The feed's snapshot of the key's state serves unless the key was
-	// written since it was taken.
-	snapshot := ev.State != nil
+	// written since it was taken, or it was taken a while ago: the event
+	// waited in the queue (a slow email service, a backlog) while others
+	// may have written the key (a cancelled order is not mailed).
+	snapshot := ev.State != nil && time.Since(ev.StateAt) <= w.cfg.SnapshotAge
 	if wr := ln.last; wr != nil && wr.seq > ev.Snapshot {
 		snapshot = false
 	}

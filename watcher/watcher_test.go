@@ -635,7 +635,13 @@ func (h *hiccups) State(ctx context.Context, key string) (store.State, error) {
 // is its outcome's.
 func startSingle(t *testing.T, st store.Store, s watcher.Sender, logs *syncBuffer) *watcher.Watcher {
 	t.Helper()
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, SingleConsumer: true, AtomicOutcomes: true}, st, s,
+	return startSingleWith(t, watcher.Config{}, st, s, logs)
+}
+
+func startSingleWith(t *testing.T, cfg watcher.Config, st store.Store, s watcher.Sender, logs *syncBuffer) *watcher.Watcher {
+	t.Helper()
+	cfg.Workers, cfg.Policy, cfg.SingleConsumer, cfg.AtomicOutcomes = 1, noJitter, true, true
+	w, err := watcher.New(cfg, st, s,
 		slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), func() time.Time { return pinned })
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
@@ -683,4 +689,80 @@ func TestOutcomeConflictsWaitBetweenTries(t *testing.T) {
 	v, _ := get(t, e.store, order.Retry, "o")
 	assert.Contains(t, v, `"attempt":2`, "the outcome was written after the conflicts")
 	assert.Len(t, logs.Lines("keep changing; trying again"), 2, "conflicts 11 and 12 waited:\n%s", logs.String())
+}
+
+// readOf signals read once the feed has handed out an event of key.
+type readOf struct {
+	store.Store
+	key  string
+	once sync.Once
+	read chan struct{}
+}
+
+func (r *readOf) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
+	sub, err := r.Store.Subscribe(ctx, name, colls, opts)
+	return &readOfSub{Subscription: sub, r: r}, err
+}
+
+type readOfSub struct {
+	store.Subscription
+	r *readOf
+}
+
+func (s *readOfSub) Next(ctx context.Context) (store.Event, error) {
+	ev, err := s.Subscription.Next(ctx)
+	if err == nil && ev.Key == s.r.key {
+		s.r.once.Do(func() { close(s.r.read) })
+	}
+	return ev, err
+}
+
+// holdFirst holds its first send until release closes.
+type holdFirst struct {
+	watcher.Sender
+	once             sync.Once
+	holding, release chan struct{}
+	mu               sync.Mutex
+	keys             []string
+}
+
+func (h *holdFirst) Send(ctx context.Context, key string, body []byte) error {
+	h.mu.Lock()
+	h.keys = append(h.keys, key)
+	h.mu.Unlock()
+	first := false
+	h.once.Do(func() { first = true; close(h.holding) })
+	if first {
+		select {
+		case <-h.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return h.Sender.Send(ctx, key, body)
+}
+
+// TestAnOrderCancelledWhileItsEventWaitsIsNotMailed: the one worker is
+// busy with order a's send while the feed hands out order b, paid; b is
+// cancelled before the worker gets to it. The state that came with b's
+// event is older than SnapshotAge by then: it is read again, and b is not
+// mailed (the feed leaves the cancellation itself out: nothing to do for
+// an unpaid order).
+func TestAnOrderCancelledWhileItsEventWaitsIsNotMailed(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "a", paidOrder)
+	st := &readOf{Store: e.store, key: "b", read: make(chan struct{})}
+	send := &holdFirst{Sender: e.mail, holding: make(chan struct{}), release: make(chan struct{})}
+	w := startSingleWith(t, watcher.Config{SnapshotAge: time.Nanosecond}, st, send, &syncBuffer{})
+	recvWithin(t, send.holding, "order a was never sent")
+	put(t, e.store, order.Inbound, "b", paidOrder)
+	recvWithin(t, st.read, "the feed never handed out order b")
+	put(t, e.store, order.Inbound, "b", strings.Replace(paidOrder, `"paid"`, `"cancelled"`, 1))
+	close(send.release)
+	waitHandled(t, w, 2)
+	send.mu.Lock()
+	defer send.mu.Unlock()
+	assert.Equal(t, []string{"confirmation:a@1"}, send.keys, "only order a was mailed")
+	b, _ := get(t, e.store, order.Inbound, "b")
+	assert.NotContains(t, b, `"confirmationEmailSent":true`)
 }

@@ -179,6 +179,7 @@ func (sub *subscription) fill(ctx context.Context) error {
 	}
 	defer rows.Close()
 	n := 0
+	at := time.Now()
 	for rows.Next() {
 		var ev store.Event
 		var value sql.NullString
@@ -211,7 +212,7 @@ func (sub *subscription) fill(ctx context.Context) error {
 			retry = row
 		}
 		ev.State = &store.State{Order: ord, Retry: retry, DeadLetter: docs[2].doc(ev.Key), Attempts: docs[3].doc(ev.Key)}
-		ev.Snapshot = snapshot
+		ev.Snapshot, ev.StateAt = snapshot, at
 		sub.buf = append(sub.buf, entry{ev: ev})
 	}
 	if err := rows.Err(); err != nil {
