@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/ordermail/ordermail/internal/syncbuf"
@@ -236,4 +237,41 @@ func TestHealthcheck(t *testing.T) {
 	closed.Close()
 	_, _, err = cli(t, "healthcheck", "--url", closed.URL+"/healthz")
 	require.ErrorContains(t, err, "unhealthy: ")
+}
+
+// TestAnotherUsersWorldReadableStoreIsRefused: a store file of another
+// user that every user may read (made first in a shared directory) is
+// refused, since only its owner can make it private: before, the command
+// wrote customer data into it as it was.
+func TestAnotherUsersWorldReadableStoreIsRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: to make a file of another user, and run the command as a third")
+	}
+	shared, err := os.MkdirTemp("", "ordermail-shared-*")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	require.NoError(t, os.Chmod(shared, 0o1777))
+	exe, err := os.ReadFile(binary)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(shared, "ordermail"), exe, 0o755))
+	orders := filepath.Join(shared, "o.jsonl")
+	require.NoError(t, os.WriteFile(orders, []byte(`{"id":"order_1","doc":{"email":"ann@example.com","paymentStatus":"paid"}}`+"\n"), 0o644))
+	db := filepath.Join(shared, "o.db")
+	require.NoError(t, os.WriteFile(db, nil, 0o666))
+	require.NoError(t, os.Chmod(db, 0o666))
+	require.NoError(t, os.Chown(db, 1, 1)) // daemon's
+
+	cmd := exec.Command(filepath.Join(shared, "ordermail"), "load", "--store", "file:"+db, "--collection", "inbound", orders)
+	cmd.Dir = shared
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}} // nobody's
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, "%s", out)
+	assert.Equal(t, 1, exit.ExitCode())
+	assert.Contains(t, string(out), db+" is another user's file that every user may read (mode 0666), and only its owner can make it private")
+	fi, err := os.Stat(db)
+	require.NoError(t, err)
+	assert.Zero(t, fi.Size(), "nothing was written into it")
+	_, err = os.Stat(db + "-wal")
+	assert.ErrorIs(t, err, os.ErrNotExist)
 }

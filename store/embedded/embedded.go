@@ -159,10 +159,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		// and the store could not be written even once the file is.
 		return nil, fmt.Errorf("embedded store %s is %w (its file mode, or an immutable file): %w", cfg.Path, ErrReadOnly, err)
 	}
-	if err := makePrivate(cfg.Path); err != nil {
+	// Another program's file is refused before anything changes it, its
+	// mode included.
+	if err := refuseForeign(ctx, cfg.Path); err != nil {
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
 	}
-	if err := refuseForeign(ctx, cfg.Path); err != nil {
+	if err := makePrivate(cfg.Path); err != nil {
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
 	}
 	ino, err := inode(cfg.Path)
@@ -458,12 +460,23 @@ func makePrivate(path string) error {
 		if err != nil {
 			return err
 		}
-		if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-			// A file it cannot change (not its owner's) is left as it is:
-			// the read-only check below names what is wrong with it.
-			if err := os.Chmod(p, perm&^0o077); err != nil && !errors.Is(err, fs.ErrPermission) {
-				return err
-			}
+		perm := fi.Mode().Perm()
+		if perm&0o077 == 0 {
+			continue
+		}
+		err = os.Chmod(p, perm&^0o077)
+		switch {
+		case err == nil:
+		case !errors.Is(err, fs.ErrPermission):
+			return err
+		case perm&0o007 != 0:
+			// Another user's file that anyone may read: the store would
+			// write customer data where every account can read it.
+			return fmt.Errorf("%s is another user's file that every user may read (mode %#o), and only its owner can make it private: chmod o-rwx it, or give a store of this user", p, perm)
+		default:
+			// Another user's file shared with a group, on purpose: left
+			// as it is (if this user cannot write it, the read-only check
+			// below says so).
 		}
 	}
 	return nil
@@ -481,8 +494,11 @@ func refuseForeign(ctx context.Context, path string) error {
 	}
 	defer db.Close()
 	rows, err := db.QueryContext(ctx, `SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name`)
+	if se, ok := errors.AsType[*sqlite.Error](err); ok && se.Code()&0xff == sqlite3.SQLITE_NOTADB {
+		return errors.New("not an ordermail store: the file is not a SQLite database; nothing was changed")
+	}
 	if err != nil {
-		return nil // not a database, for one: the store's own open says so
+		return nil // one it cannot read, for one: the store's own open says so
 	}
 	defer rows.Close()
 	var names []string

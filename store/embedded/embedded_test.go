@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -416,6 +418,7 @@ func TestAnotherProgramsDatabaseIsRefused(t *testing.T) {
 	_, err = db.ExecContext(ctx, `CREATE TABLE customers (id INTEGER PRIMARY KEY, email TEXT); INSERT INTO customers (email) VALUES ('ann@example.com')`)
 	require.NoError(t, err)
 	require.NoError(t, db.Close())
+	require.NoError(t, os.Chmod(path, 0o644))
 	before, err := os.ReadFile(path)
 	require.NoError(t, err)
 
@@ -428,6 +431,43 @@ func TestAnotherProgramsDatabaseIsRefused(t *testing.T) {
 	assert.Equal(t, before, after, "the file is unchanged")
 	_, err = os.Stat(path + "-wal")
 	assert.ErrorIs(t, err, os.ErrNotExist, "no write-ahead log was started")
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o644), fi.Mode().Perm(), "its mode is unchanged: its program's users still read it")
+}
+
+// TestAFileThatIsNoDatabaseIsRefused: a file of text given as the store
+// (a typo in --store) is refused by name, its content and mode unchanged.
+func TestAFileThatIsNoDatabaseIsRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "notes.db")
+	notes := []byte("call ann about the meatballs\n" + strings.Repeat("more notes\n", 100))
+	require.NoError(t, os.WriteFile(path, notes, 0o644))
+	_, err := embedded.Open(context.Background(), embedded.Config{Path: path})
+	require.EqualError(t, err, "embedded store "+path+": not an ordermail store: the file is not a SQLite database; nothing was changed")
+	after, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, notes, after)
+	fi, err := os.Stat(path)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o644), fi.Mode().Perm())
+}
+
+// TestALockFileThatIsASymlinkIsNotFollowed: the lock files are opened
+// without following a symbolic link, which another user who may write to
+// the store's directory could plant to have a file of this user emptied.
+func TestALockFileThatIsASymlinkIsNotFollowed(t *testing.T) {
+	dir := t.TempDir()
+	victim := filepath.Join(dir, "precious.txt")
+	require.NoError(t, os.WriteFile(victim, []byte("keep me"), 0o600))
+	path := filepath.Join(dir, "o.db")
+	require.NoError(t, os.Symlink(victim, path+".lock"))
+	lock := embedded.NewProcessLock(path)
+	_, err := lock.TryLock()
+	require.Error(t, err)
+	assert.ErrorIs(t, err, syscall.ELOOP)
+	b, err := os.ReadFile(victim)
+	require.NoError(t, err)
+	assert.Equal(t, "keep me", string(b))
 }
 
 // TestAStoreThatCannotBeCreatedSaysWhy: a directory the user may not write

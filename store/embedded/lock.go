@@ -33,7 +33,7 @@ func (l *ProcessLock) TryLock() (bool, error) {
 		return true, nil
 	}
 	_, statErr := os.Stat(l.path)
-	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return false, fmt.Errorf("lock %s: %w", l.path, err)
 	}
@@ -109,7 +109,7 @@ const writeLockSuffix = ".writelock"
 
 func openWriteLock(dbPath string) *writeLock {
 	l := &writeLock{path: dbPath + writeLockSuffix}
-	if f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE, 0o600); err == nil {
+	if f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600); err == nil {
 		l.f = f
 	}
 	return l
