@@ -239,6 +239,50 @@ func TestHealthcheck(t *testing.T) {
 	require.ErrorContains(t, err, "unhealthy: ")
 }
 
+// TestFlagsAfterArguments: flags given after a command's arguments, as
+// README's table of commands writes them, are read as flags (the flag
+// package stopped at the first argument: `pay order_1 --store URL` paid
+// "order_1", "--store" and the URL in the default store).
+func TestFlagsAfterArguments(t *testing.T) {
+	t.Chdir(t.TempDir())
+	require.NoError(t, os.WriteFile("o.jsonl", []byte(`{"id":"order_1","doc":{"email":"a@example.com","paymentStatus":"unpaid"}}`+"\n"), 0o600))
+	_, _, err := cli(t, "load", "--store", "file:s.db", "--collection", "inbound", "o.jsonl")
+	require.NoError(t, err)
+
+	out, _, err := cli(t, "pay", "order_1", "--store", "file:s.db")
+	require.NoError(t, err)
+	assert.Equal(t, "marked 1 of 1 orders paid\n", out)
+	_, err = os.Stat("data")
+	assert.ErrorIs(t, err, os.ErrNotExist, "the default store was opened")
+
+	out, _, err = cli(t, "orders", "show", "order_1", "--json", "--store=file:s.db")
+	require.NoError(t, err)
+	assert.Contains(t, out, `"paymentStatus":"paid"`)
+
+	_, _, err = cli(t, "orders", "show", "--store", "file:s.db", "--", "--json")
+	assert.EqualError(t, err, `no order, retry, dead letter or attempt record under key "--json"`, "after -- an argument stays one")
+
+	_, stderr, err := cli(t, "orders", "show", "order_1", "--store")
+	assert.Equal(t, 2, exitStatus(err, false, io.Discard))
+	assert.Contains(t, stderr, "flag needs an argument: -store")
+}
+
+func TestFlagsFirst(t *testing.T) {
+	root := rootCommand(io.Discard, io.Discard)
+	for _, tt := range []struct{ give, want []string }{
+		{[]string{"pay", "a", "--store", "file:x", "b"}, []string{"pay", "--store", "file:x", "--", "a", "b"}},
+		{[]string{"orders", "show", "a", "-json", "--store=file:x"}, []string{"orders", "show", "-json", "--store=file:x", "--", "a"}},
+		{[]string{"pay", "--store", "-odd-path", "a"}, []string{"pay", "--store", "-odd-path", "--", "a"}},
+		{[]string{"pay", "a", "--", "--store", "-b"}, []string{"pay", "--", "a", "--store", "-b"}},
+		{[]string{"pay", "a", "--nope", "b"}, []string{"pay", "--nope", "--", "a", "b"}},
+		{[]string{"retries"}, []string{"retries"}},
+		{[]string{"retries", "nope", "--x"}, []string{"retries", "nope", "--x"}},
+		{[]string{"-h"}, []string{"-h"}},
+	} {
+		assert.Equal(t, tt.want, flagsFirst(root, tt.give), "%q", tt.give)
+	}
+}
+
 // TestAnotherUsersWorldReadableStoreIsRefused: a store file of another
 // user that every user may read (made first in a shared directory) is
 // refused, since only its owner can make it private: before, the command

@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -77,7 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	walk(root, func(c *ffcli.Command) { c.FlagSet.SetOutput(io.Discard) })
 
 	var noExec ffcli.NoExecError
-	switch err := root.Parse(args); {
+	switch err := root.Parse(flagsFirst(root, args)); {
 	case errors.Is(err, flag.ErrHelp):
 		// -h, -help or --help.
 		_, err := io.WriteString(stdout, usageText(selected(root)))
@@ -184,6 +185,59 @@ func subcommand(c *ffcli.Command, args []string) *ffcli.Command {
 		}
 	}
 	return nil
+}
+
+// flagsFirst moves the flags given after a command's arguments before them
+// (`ordermail pay order_1 --store URL`, as README writes it), where the
+// flag package reads them: it stops at the first argument, and the flags
+// after it became arguments (an order "--store" not found, and the default
+// store changed instead of the one named). After "--" everything is an
+// argument, and stays one: the arguments go after a "--" of their own.
+func flagsFirst(root *ffcli.Command, args []string) []string {
+	c, i := root, 0
+	for ; i < len(args); i++ {
+		next := subcommand(c, args[i:])
+		if next == nil {
+			break
+		}
+		c = next
+	}
+	if c.FlagSet == nil || c.Subcommands != nil {
+		return args // a command of commands: its flags are its own
+	}
+	var flags, positional []string
+	rest := args[i:]
+	for j := 0; j < len(rest); j++ {
+		a := rest[j]
+		switch {
+		case a == "--":
+			positional = append(positional, rest[j+1:]...)
+			j = len(rest)
+		case len(a) < 2 || a[0] != '-':
+			positional = append(positional, a)
+		default:
+			flags = append(flags, a)
+			name := strings.TrimLeft(a, "-")
+			if strings.Contains(name, "=") {
+				continue // -name=value
+			}
+			f := c.FlagSet.Lookup(name)
+			if f == nil {
+				continue // unknown: the parse names it
+			}
+			if b, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && b.IsBoolFlag() {
+				continue // a switch
+			}
+			if j+1 == len(rest) {
+				// Its value is missing: the parse says so.
+				return append(slices.Clip(args[:i]), flags...)
+			}
+			j++
+			flags = append(flags, rest[j]) // its value, whatever it looks like
+		}
+	}
+	out := append(append(slices.Clip(args[:i]), flags...), "--")
+	return append(out, positional...)
 }
 
 func commandNames(c *ffcli.Command) string {
