@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -301,4 +303,20 @@ func TestBenchRejectsBadSettings(t *testing.T) {
 		_, _, err := cli(t, append([]string{"bench"}, tt.give...)...)
 		assert.ErrorContains(t, err, tt.want, "%v", tt.give)
 	}
+}
+
+// TestBenchRefusesAStoreThatIsThere: a store given with --store that holds
+// a store already may be a service's, whose orders the figures would count
+// and which would mail the benchmark's orders: refused, and left as it was.
+func TestBenchRefusesAStoreThatIsThere(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	db := filepath.Join(dir, "ordermail.db")
+	require.NoError(t, os.WriteFile(db, []byte("a service's store"), 0o600))
+	_, _, err := cli(t, "bench", "--orders", "10", "--store", dir)
+	assert.EqualError(t, err, "store: "+dir+" already holds a store (ordermail.db); a benchmark writes its own orders on a new one: give a new directory")
+	b, _ := os.ReadFile(db)
+	assert.Equal(t, "a service's store", string(b))
+	entries, _ := os.ReadDir(dir)
+	assert.Len(t, entries, 1, "nothing else was made")
 }

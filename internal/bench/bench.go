@@ -595,6 +595,14 @@ func (b *bench) settings() Settings {
 
 func (b *bench) openStore(ctx context.Context) error {
 	b.dir = b.cfg.StoreDir
+	if b.dir != "" {
+		// A store already there may be a service's: its orders would be
+		// counted, its retry settings replaced, and its running service
+		// would mail the benchmark's orders.
+		if _, err := os.Lstat(b.dbPath()); err == nil || !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("store: %s already holds a store (ordermail.db); a benchmark writes its own orders on a new one: give a new directory", b.dir)
+		}
+	}
 	if b.dir == "" {
 		dir, err := os.MkdirTemp("", "ordermail-bench-*")
 		if err != nil {
