@@ -224,3 +224,56 @@ func TestRedriveAndPurgeSayWhatChangedMeanwhile(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 12, c.DeadLetters, "every dead letter is left")
 }
+
+// TestARedrivenDeadLetterIsNotRedrivenAgain: on Couchbase a redrive writes
+// the retry document, then removes the dead letter. A second redrive that
+// read the dead letter before the first removed it, and the retry document
+// after the service had tried it once, found a retry document and
+// replaced it: its attempts reset and sent at once, the dead letter
+// redriven twice. A retry document that counts more redrives than the dead
+// letter is that dead letter's own: it is left as it is, and said.
+func TestARedrivenDeadLetterIsNotRedrivenAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t)
+	dl := order.DeadLetterDoc{DocID: "k", Reason: order.ReasonExhausted, Attempts: 10, RedriveCount: 0, IdempotencyKey: "confirmation:k@1"}
+	put(t, st, order.DeadLetter, "k", dl.Encode())
+	tried := order.RetryDoc{Type: order.TypeConfirmation, DocID: "k", Attempt: 1, TS: 5, NextAttemptAt: 9e12, RedriveCount: 1, IdempotencyKey: "confirmation:k@1"}
+	put(t, st, order.Retry, "k", tried.Encode())
+
+	n, err := ops.Redrive(ctx, oneByOne{st}, time.Now(), []string{"k"}, false)
+	assert.Zero(t, n)
+	require.ErrorIs(t, err, ops.ErrChanged)
+	got, err := st.Get(ctx, order.Retry, "k")
+	require.NoError(t, err)
+	assert.JSONEq(t, string(tried.Encode()), string(got.Value), "the retry document is as the service left it")
+}
+
+// TestRedriveKeepsTheRetrysKeyWhereTheDeadLetterHasNone: a poison event's
+// dead letter records no idempotency key; the retry document it stood
+// beside does, of the sends already made: the redriven retry keeps it, so
+// that its next send is known to the email service as the same one.
+func TestRedriveKeepsTheRetrysKeyWhereTheDeadLetterHasNone(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t)
+	put(t, st, order.DeadLetter, "k", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonPoisonEvent, LastError: "boom"}.Encode())
+	put(t, st, order.Retry, "k", order.RetryDoc{Type: order.TypeConfirmation, DocID: "k", Attempt: 3, TS: 5, IdempotencyKey: "confirmation:k@7"}.Encode())
+
+	n, err := ops.Redrive(ctx, st, time.Now(), []string{"k"}, false)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	got, err := st.Get(ctx, order.Retry, "k")
+	require.NoError(t, err)
+	r, err := order.DecodeRetryDoc(got.Value)
+	require.NoError(t, err)
+	assert.Equal(t, "confirmation:k@7", r.IdempotencyKey)
+	assert.Equal(t, 1, r.RedriveCount)
+	assert.True(t, r.FireRetry)
+}
+
+func put(t *testing.T, st store.Store, coll, key string, value []byte) {
+	t.Helper()
+	_, err := st.Upsert(context.Background(), coll, key, value)
+	require.NoError(t, err)
+}

@@ -386,7 +386,8 @@ var ErrReservedKey = errors.New("the key is the retry timer's control document; 
 // document is written, then the dead letter goes (by its CAS: one that
 // changed meanwhile is left in place). On Couchbase a crash between the two
 // leaves both, and the retry, counting one redrive more than the dead
-// letter, goes ahead and removes it. It redrives what it can and returns
+// letter, goes ahead and removes it; a redrive that finds such a retry
+// document leaves it (the dead letter was redriven already). It redrives what it can and returns
 // how many, with an error for the ids it could not. A backlog of any size
 // is read a page at a time (see eachDeadLetter).
 func Redrive(ctx context.Context, st store.Store, now time.Time, ids []string, all bool) (int, error) {
@@ -411,10 +412,27 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("redrive %s: %w", d.ID, err)
 		}
-		retry := store.Write{Op: store.OpInsert, Collection: order.Retry, Key: d.ID, Value: order.Redriven(d.DeadLetterDoc, now).Encode()}
+		r := order.Redriven(d.DeadLetterDoc, now)
+		retry := store.Write{Op: store.OpInsert, Collection: order.Retry, Key: d.ID}
 		if err == nil {
 			retry.Op, retry.CAS = store.OpReplace, cur.CAS
+			if old, derr := order.DecodeRetryDoc(cur.Value); derr == nil {
+				if old.RedriveCount > d.RedriveCount {
+					// This dead letter was redriven already (by a redrive
+					// that ran alongside, on Couchbase, where its two writes
+					// are apart): its retry stands, and going again would
+					// reset its attempts and send it at once.
+					changed.add(d.ID)
+					return nil
+				}
+				if r.IdempotencyKey == "" {
+					// A dead letter of no send (a poison event) knows no key;
+					// the attempts the retry document made carry one.
+					r.IdempotencyKey = old.IdempotencyKey
+				}
+			}
 		}
+		retry.Value = r.Encode()
 		made, err := st.Apply(ctx, []store.Write{retry, {Op: store.OpRemove, Collection: order.DeadLetter, Key: d.ID, CAS: d.cas}})
 		var we *store.WriteError
 		if errors.As(err, &we) {
