@@ -21,6 +21,7 @@ USER 65532:65532
 # The default store, file:data/ordermail.db, lands in the user's home.
 WORKDIR /home/nonroot
 # No shell or curl here: ordermail GETs the health endpoint itself, which
-# `run --metrics-listen 0.0.0.0:9464` serves (exit 0 on a 2xx answer).
+# `run --metrics-listen 0.0.0.0:9464` serves (exit 0 on a 2xx answer); with
+# ORDERMAIL_METRICS_LISTEN set, it asks that port instead.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["/ordermail", "healthcheck"]
 ENTRYPOINT ["/ordermail"]

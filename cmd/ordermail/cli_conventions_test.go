@@ -237,6 +237,20 @@ func TestHealthcheck(t *testing.T) {
 	closed.Close()
 	_, _, err = cli(t, "healthcheck", "--url", closed.URL+"/healthz")
 	require.ErrorContains(t, err, "unhealthy: ")
+
+	// The service's metrics address in the environment, as a container
+	// sets it for `run`, is where the check asks, on loopback when the
+	// service listens on every address.
+	status.Store(http.StatusOK)
+	t.Setenv("ORDERMAIL_METRICS_LISTEN", "0.0.0.0:"+srv.URL[strings.LastIndex(srv.URL, ":")+1:])
+	out, _, err = cli(t, "healthcheck")
+	require.NoError(t, err)
+	assert.Equal(t, "healthy: "+srv.URL+"/healthz answered 200 OK\n", out)
+	_, _, err = cli(t, "healthcheck", "--url", closed.URL+"/healthz")
+	require.ErrorContains(t, err, "unhealthy: ", "--url given wins")
+	t.Setenv("ORDERMAIL_METRICS_LISTEN", "9464")
+	_, _, err = cli(t, "healthcheck")
+	require.ErrorContains(t, err, `ORDERMAIL_METRICS_LISTEN: "9464" is not host:port`)
 }
 
 // TestFlagsAfterArguments: flags given after a command's arguments, as

@@ -2,10 +2,13 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	neturl "net/url"
+	"os"
 	"time"
 
 	"github.com/peterbourgon/ff/v3/ffcli"
@@ -15,7 +18,7 @@ import (
 // container image has no shell and no curl, so its HEALTHCHECK runs this.
 func healthcheckCommand(stdout io.Writer) *ffcli.Command {
 	fs := newFlagSet("healthcheck", io.Discard)
-	url := fs.String("url", "http://127.0.0.1:9464/healthz", "URL to GET; any 2xx answer is healthy")
+	url := fs.String("url", "http://127.0.0.1:9464/healthz", "URL to GET; any 2xx answer is healthy; default: /healthz of ORDERMAIL_METRICS_LISTEN when set")
 	timeout := fs.Duration("timeout", 3*time.Second, "bound on the request")
 	return &ffcli.Command{
 		Name:       "healthcheck",
@@ -25,6 +28,17 @@ func healthcheckCommand(stdout io.Writer) *ffcli.Command {
 		Exec: func(ctx context.Context, args []string) error {
 			if err := noArgs(args); err != nil {
 				return err
+			}
+			if !flagGiven(fs, "url") {
+				if listen, ok := os.LookupEnv("ORDERMAIL_METRICS_LISTEN"); ok && listen != "" {
+					// The container's settings name the service's metrics
+					// address once: its health check asks there.
+					u, err := healthURL(listen)
+					if err != nil {
+						return err
+					}
+					*url = u
+				}
 			}
 			if *timeout <= 0 {
 				return fmt.Errorf("timeout: %s is not positive", *timeout)
@@ -53,4 +67,24 @@ func healthcheckCommand(stdout io.Writer) *ffcli.Command {
 			return err
 		},
 	}
+}
+
+// flagGiven says whether the command line set the flag name.
+func flagGiven(fs *flag.FlagSet, name string) bool {
+	given := false
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
+}
+
+// healthURL is the /healthz of a service listening on listen (host:port),
+// asked on loopback when it listens on every address.
+func healthURL(listen string) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", fmt.Errorf("ORDERMAIL_METRICS_LISTEN: %q is not host:port: %w", listen, err)
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/healthz", nil
 }
