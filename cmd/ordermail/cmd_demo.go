@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unicode"
 
@@ -19,6 +21,7 @@ import (
 	"github.com/ordermail/ordermail/console"
 	"github.com/ordermail/ordermail/fixtures"
 	"github.com/ordermail/ordermail/internal/webhook"
+	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
@@ -109,6 +112,9 @@ func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
 }
 
 func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, stdout io.Writer, prog *demoProgress) error {
+	if err := ownMock(cfg.Mail); err != nil {
+		return err
+	}
 	if d.seed == 0 {
 		d.seed = uint64(time.Now().UnixNano())
 	}
@@ -130,13 +136,14 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 		// place for them.
 		return fmt.Errorf("data: %s already holds a store (ordermail.db); the demo writes its own orders and retry settings: give a new directory", dir)
 	}
-	if err := demoCredentials(dir, mock, &cfg); err != nil {
+	checked, err := demoCredentials(dir, mock, &cfg)
+	if err != nil {
 		return err
 	}
 	if cfg.Console.Listen != "" && cfg.Console.TokenFile == "" {
 		// The console's actions need a token: a fresh one, in a private file.
 		cfg.Console.TokenFile = filepath.Join(dir, "admin-token")
-		if err := os.WriteFile(cfg.Console.TokenFile, []byte(strings.TrimPrefix(webhook.NewSecret(), "whsec_")+"\n"), 0o600); err != nil {
+		if err := writeSecret(cfg.Console.TokenFile, strings.TrimPrefix(webhook.NewSecret(), "whsec_")); err != nil {
 			return fmt.Errorf("demo console token: %w", err)
 		}
 	}
@@ -230,10 +237,10 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 		}
 		fmt.Fprintf(stdout, "orders paid:         %d\nconfirmed:           %d\ndead letters:        %d\nretry docs left:     %d\n"+
 			"send attempts:       %d (%d failed at the mock's %.0f%% failure rate)\ndeliveries:          %d\n"+
-			"duplicate requests:  %d\nrefused (401):       %d (every request carried a bearer token and a Standard Webhooks signature the mock verified)\n"+
+			"duplicate requests:  %d\nrefused (401):       %d (%s)\n"+
 			"elapsed:             %.1fs\n",
 			sum.Orders, sum.Confirmed, sum.DeadLetters, sum.RetryDocsLeft, sum.SendAttempts, sum.Failures, d.failRate*100,
-			sum.Deliveries, sum.DuplicateRequests, sum.Refused, sum.ElapsedSeconds)
+			sum.Deliveries, sum.DuplicateRequests, sum.Refused, checked, sum.ElapsedSeconds)
 		if sum.DeadLetters > 0 {
 			fmt.Fprintln(stdout, deadLettersHint(d.data))
 		}
@@ -317,28 +324,69 @@ var errDemoTimeout = errors.New("demo timed out")
 // a bearer token and Standard Webhooks signing secrets, fresh random ones in
 // private files of dir, which the mock then requires. Files the operator
 // named already are left alone (and the mock checks nothing for them).
-func demoCredentials(dir string, mock *mockmail.Server, cfg *app.Config) error {
+// checked says, for the summary, what the mock checked.
+func demoCredentials(dir string, mock *mockmail.Server, cfg *app.Config) (checked string, err error) {
+	var what []string
+	defer func() {
+		switch len(what) {
+		case 0:
+			checked = "the mock checked no credentials: those of the files given are not the demo's"
+		default:
+			checked = "every request carried " + strings.Join(what, " and ") + " the mock verified"
+		}
+	}()
 	if cfg.Mail.AuthFile == "" {
 		token := "Bearer " + strings.TrimPrefix(webhook.NewSecret(), "whsec_")
 		cfg.Mail.AuthFile = filepath.Join(dir, "mail-token")
-		if err := os.WriteFile(cfg.Mail.AuthFile, []byte(token+"\n"), 0o600); err != nil {
-			return fmt.Errorf("demo credentials: %w", err)
+		if err := writeSecret(cfg.Mail.AuthFile, token); err != nil {
+			return "", fmt.Errorf("demo credentials: %w", err)
 		}
 		mock.SetAuthValue(token)
+		what = append(what, "a bearer token")
 	}
 	if cfg.Mail.SigningSecretFile == "" {
 		secret := webhook.NewSecret()
 		secrets, err := webhook.ParseSecrets([]byte(secret))
 		if err != nil {
-			return err
+			return "", err
 		}
 		cfg.Mail.SigningSecretFile = filepath.Join(dir, "mail-signing-secrets")
-		if err := os.WriteFile(cfg.Mail.SigningSecretFile, []byte(secret+"\n"), 0o600); err != nil {
-			return fmt.Errorf("demo credentials: %w", err)
+		if err := writeSecret(cfg.Mail.SigningSecretFile, secret); err != nil {
+			return "", fmt.Errorf("demo credentials: %w", err)
 		}
 		mock.SetSigning(secrets)
+		what = append(what, "a Standard Webhooks signature")
+	}
+	return "", nil
+}
+
+// ownMock refuses the settings of another email service: the demo sends to
+// a mock of its own, on loopback, in plain HTTP (they were accepted, and
+// went unused).
+func ownMock(m mailer.Config) error {
+	for _, f := range []struct{ name, value string }{
+		{"mail-url", m.URL}, {"mail-ca-file", m.CAFile}, {"mail-cert-file", m.CertFile}, {"mail-key-file", m.KeyFile},
+	} {
+		if f.value != "" {
+			return fmt.Errorf("%s: the demo sends to a mock email service of its own; to send through another service, use ordermail run", f.name)
+		}
 	}
 	return nil
+}
+
+// writeSecret writes a fresh secret to a new private file at path: a file
+// or a symbolic link already there (a directory given with --data may hold
+// anything) is replaced, never written through with its mode kept.
+func writeSecret(path, secret string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(secret + "\n")
+	return errors.Join(err, f.Close())
 }
 
 // waitConfirmed polls the store until every paid order is confirmed or

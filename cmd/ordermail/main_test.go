@@ -60,9 +60,27 @@ func TestDemoJSONIsMeasured(t *testing.T) {
 
 func TestDemoKeepsDataWhenAsked(t *testing.T) {
 	dir := t.TempDir()
+	// What a --data directory may hold already: a token file anyone may
+	// read, and a link to a file of the user's. The demo's secrets go into
+	// new private files, neither through the link nor with the old mode.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "mail-token"), []byte("old\n"), 0o644))
+	require.NoError(t, os.Chmod(filepath.Join(dir, "mail-token"), 0o644))
+	elsewhere := filepath.Join(t.TempDir(), "notes")
+	require.NoError(t, os.WriteFile(elsewhere, []byte("mine"), 0o644))
+	require.NoError(t, os.Symlink(elsewhere, filepath.Join(dir, "mail-signing-secrets")))
 	out, _, err := cli(t, "demo", "--orders", "3", "--fail-rate", "0", "--data", dir, "--timer-interval", "50ms", "--retry-quantum", "100ms")
 	require.NoError(t, err)
 	assert.Contains(t, out, "confirmed:           8")
+	assert.Contains(t, out, "(every request carried a bearer token and a Standard Webhooks signature the mock verified)")
+	for _, name := range []string{"mail-token", "mail-signing-secrets"} {
+		fi, err := os.Lstat(filepath.Join(dir, name))
+		require.NoError(t, err)
+		assert.True(t, fi.Mode().IsRegular(), "%s: %s", name, fi.Mode())
+		assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), name)
+	}
+	mine, err := os.ReadFile(elsewhere)
+	require.NoError(t, err)
+	assert.Equal(t, "mine", string(mine), "the link was not written through")
 	out, _, err = cli(t, "retries", "status", "--json", "--store", "file:"+filepath.Join(dir, "ordermail.db"))
 	require.NoError(t, err)
 	var m map[string]any
@@ -73,6 +91,28 @@ func TestDemoKeepsDataWhenAsked(t *testing.T) {
 	assert.JSONEq(t, `{"timerArmed":true,"paused":false,"control":{},"retryDocs":0,"retryFlagged":0,"dueNow":0,
 		"deadLetters":0,"ordersPaid":8,"ordersConfirmed":8,"ordersUnconfirmed":0,"topFailureReasons":[],
 		"service":{"running":false}}`, string(got))
+}
+
+// TestDemoRefusesAnotherEmailService: the demo sends to its own mock; the
+// settings of another service were accepted and went unused.
+func TestDemoRefusesAnotherEmailService(t *testing.T) {
+	for _, give := range [][]string{{"--mail-url", "http://127.0.0.1:1"}, {"--mail-ca-file", "ca.pem"}} {
+		_, _, err := cli(t, append([]string{"demo", "--orders", "1"}, give...)...)
+		assert.EqualError(t, err, give[0][2:]+": the demo sends to a mock email service of its own; to send through another service, use ordermail run")
+	}
+	t.Setenv("ORDERMAIL_MAIL_URL", "http://127.0.0.1:1")
+	_, _, err := cli(t, "demo", "--orders", "1")
+	assert.ErrorContains(t, err, "mail-url: the demo sends to a mock email service of its own")
+}
+
+// TestDemoSaysWhatTheMockChecked: a token file of the operator's is sent,
+// but the mock cannot check it; the summary no longer says it did.
+func TestDemoSaysWhatTheMockChecked(t *testing.T) {
+	token := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(token, []byte("Bearer mine\n"), 0o600))
+	out, _, err := cli(t, "demo", "--orders", "1", "--fail-rate", "0", "--mail-auth-file", token, "--timer-interval", "50ms", "--retry-quantum", "100ms")
+	require.NoError(t, err)
+	assert.Contains(t, out, "(every request carried a Standard Webhooks signature the mock verified)")
 }
 
 func TestLoadPayAndRetries(t *testing.T) {
