@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -264,6 +265,56 @@ func TestTLSTroubleIsSaidAsItIs(t *testing.T) {
 		assert.ErrorContains(t, err, "bucket nope on couchbases://")
 		assert.ErrorContains(t, err, "missing? run ordermail setup")
 	}
+}
+
+// TestAClusterNotReachedIsSaidAsItIs: where the SDK tells only of a
+// timeout, Open and Setup say that nothing listens at the node's data port,
+// or that the port there does not speak as a data port (plain to a TLS
+// port), instead of asking about the bucket or the password.
+func TestAClusterNotReachedIsSaidAsItIs(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	closedAddr := l.Addr().String()
+	require.NoError(t, l.Close())
+	tlsCfg, _, _ := tlsCluster(t, false)
+	toTLSPort := tlsCfg
+	toTLSPort.ConnStr = strings.Replace(tlsCfg.ConnStr, "couchbases://", "couchbase://", 1)
+	toTLSPort.CACertFile = ""
+	for _, tt := range []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"nothing listening", Config{ConnStr: "couchbase://" + closedAddr, Username: "u", Password: "p"},
+			"nothing listens at " + closedAddr + " (connection refused): is Couchbase running there"},
+		{"nothing listening, over TLS", Config{ConnStr: "couchbases://" + closedAddr, Username: "u", Password: "p"},
+			"nothing listens at " + closedAddr + " (connection refused)"},
+		{"plain to a TLS port", toTLSPort, "does not answer as a Couchbase data port"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel() // each waits out the SDK's timeouts
+			cfg := tt.cfg
+			cfg.Timeout = 500 * time.Millisecond
+			s, err := Open(context.Background(), cfg, testLog)
+			if err == nil {
+				s.Close()
+			}
+			require.Error(t, err, "open")
+			assert.ErrorContains(t, err, tt.want, "open")
+			assert.NotContains(t, err.Error(), "run ordermail setup", "open")
+			err = Setup(context.Background(), cfg, SetupOptions{}, quietLog)
+			require.Error(t, err, "setup")
+			assert.ErrorContains(t, err, tt.want, "setup")
+			assert.NotContains(t, err.Error(), "password right", "setup")
+		})
+	}
+}
+
+func TestUnreachableNamesWhy(t *testing.T) {
+	err := unreachable("db1.example:11210", &net.OpError{Op: "dial", Err: &net.DNSError{Err: "no such host", Name: "db1.example", IsNotFound: true}})
+	assert.EqualError(t, err, "db1.example:11210: the name does not resolve (lookup db1.example: no such host): is the host in the connection string right?")
+	err = unreachable("10.0.0.9:11210", context.DeadlineExceeded)
+	assert.EqualError(t, err, "10.0.0.9:11210 does not answer a connection: is the host right, and does a firewall let its data port through?")
 }
 
 func TestIntegrationSetupTwice(t *testing.T) {

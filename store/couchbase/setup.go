@@ -159,7 +159,7 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 	}
 	cluster, err := connectReady(ctx, cfg, log)
 	if err != nil {
-		if terr := cfg.tlsTrouble(ctx); terr != nil {
+		if terr := cfg.reachTrouble(ctx); terr != nil {
 			return fmt.Errorf("reach the cluster at %s: %w (%w)", redact.URL(cfg.ConnStr), terr, err)
 		}
 	}

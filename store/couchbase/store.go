@@ -102,7 +102,7 @@ func (s *Store) open(ctx context.Context) error {
 	for _, name := range []string{s.cfg.Bucket, s.cfg.MetadataBucket} {
 		b := s.cluster.Bucket(name)
 		if err := b.WaitUntilReady(3*s.cfg.Timeout, &gocb.WaitUntilReadyOptions{Context: ctx}); err != nil {
-			if terr := s.cfg.tlsTrouble(ctx); terr != nil {
+			if terr := s.cfg.reachTrouble(ctx); terr != nil {
 				return fmt.Errorf("bucket %s on %s is not reachable: %w (%w)", name, redact.URL(s.cfg.ConnStr), terr, err)
 			}
 			return fmt.Errorf("bucket %s on %s is not reachable (missing? run ordermail setup; wrong credentials?): %w",

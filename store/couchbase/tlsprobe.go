@@ -17,20 +17,18 @@ import (
 	"github.com/couchbase/gocbcore/v10"
 )
 
-// tlsTrouble says what is wrong with the TLS of a couchbases:// cluster
-// that the SDK could not reach, which tells only of a timeout. It makes a
-// connection of its own to the first seed node, checked as the SDK checks
-// it (the same CA, the same client certificate), and asks it a memcached
-// HELLO, which a node answers before any login: a certificate it cannot
-// trust, no TLS at all, or a login the node refuses (a client certificate
-// missing, of a CA it does not trust, of no user: under TLS 1.3 said only
-// after the handshake) is named. nil when the node answers, for
-// couchbase://, and when it cannot be reached or does not answer at all
-// (the caller's own message then stands).
-func (c Config) tlsTrouble(ctx context.Context) error {
-	if !strings.HasPrefix(c.ConnStr, "couchbases://") {
-		return nil
-	}
+// reachTrouble says what is wrong with reaching the cluster that the SDK
+// could not reach, which tells only of a timeout. It makes a connection of
+// its own to the first seed node's data port: nothing listening there, a
+// name that does not resolve, a host that does not answer are named. On
+// couchbases:// the connection is checked as the SDK checks it (the same
+// CA, the same client certificate); on both it asks a memcached HELLO,
+// which a node answers before any login: a certificate it cannot trust, no
+// TLS at all (or TLS where none is expected), or a login the node refuses
+// (a client certificate missing, of a CA it does not trust, of no user:
+// under TLS 1.3 said only after the handshake) is named. nil when the node
+// answers, or says nothing at all (the caller's own message then stands).
+func (c Config) reachTrouble(ctx context.Context) error {
 	ac := &gocbcore.AgentConfig{}
 	if err := ac.FromConnStr(c.ConnStr); err != nil || len(ac.SeedConfig.MemdAddrs) == 0 {
 		return nil
@@ -38,6 +36,23 @@ func (c Config) tlsTrouble(ctx context.Context) error {
 	addr := ac.SeedConfig.MemdAddrs[0]
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, max(c.withDefaults().Timeout, probeTimeout))
+	defer cancel()
+	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return unreachable(addr, err)
+	}
+	defer raw.Close()
+	if d, ok := ctx.Deadline(); ok {
+		_ = raw.SetDeadline(d)
+	}
+	if !strings.HasPrefix(c.ConnStr, "couchbases://") {
+		if err := hello(raw); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return fmt.Errorf("%s does not answer as a Couchbase data port (%v): is it the cluster's data port (11210), "+
+				"or its TLS port (11207), which wants couchbases://?", addr, err)
+		}
 		return nil
 	}
 	pool, err := c.caPool()
@@ -53,17 +68,8 @@ func (c Config) tlsTrouble(ctx context.Context) error {
 		// As the SDK offers it: whatever CAs the server asks for.
 		tc.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return creds.certificate() }
 	}
-	ctx, cancel := context.WithTimeout(ctx, max(c.withDefaults().Timeout, probeTimeout))
-	defer cancel()
-	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil
-	}
 	conn := tls.Client(raw, tc)
 	defer conn.Close()
-	if d, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(d)
-	}
 	err = conn.HandshakeContext(ctx)
 	shook := err == nil
 	if shook {
@@ -75,7 +81,21 @@ func (c Config) tlsTrouble(ctx context.Context) error {
 	return c.tlsProblem(addr, shook, err)
 }
 
-// probeTimeout is tlsTrouble's least bound: a refusal after the
+// unreachable names why a connection to addr could not be made.
+func unreachable(addr string, err error) error {
+	var dns *net.DNSError
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("nothing listens at %s (connection refused): is Couchbase running there, and is that its data port?", addr)
+	case errors.As(err, &dns):
+		return fmt.Errorf("%s: the name does not resolve (%v): is the host in the connection string right?", addr, dns)
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded):
+		return fmt.Errorf("%s does not answer a connection: is the host right, and does a firewall let its data port through?", addr)
+	}
+	return fmt.Errorf("cannot connect to %s: %w", addr, err)
+}
+
+// probeTimeout is reachTrouble's least bound: a refusal after the
 // handshake takes a round trip and the node's checks.
 const probeTimeout = 5 * time.Second
 
