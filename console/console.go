@@ -197,7 +197,7 @@ func (c *Console) Start(context.Context) error {
 	// Checked against the address listened on: a host name that resolved
 	// to loopback is guarded as loopback is.
 	c.srv = &http.Server{Handler: metrics.HostCheck(c.cfg.Listen, c.cfg.AllowedHosts, c.addr, c.routed), ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout: time.Minute, ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelWarn)}
+		ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute, ErrorLog: slog.NewLogLogger(c.log.Handler(), slog.LevelWarn)}
 	c.done = make(chan error, 1)
 	c.stop = make(chan struct{})
 	go func() { c.done <- c.srv.Serve(ln) }()

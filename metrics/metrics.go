@@ -546,7 +546,10 @@ func (s *Server) Start(context.Context) error {
 	mux.HandleFunc("GET /healthz", s.Healthz)
 	mux.HandleFunc("GET /readyz", s.Readyz)
 	s.addr = ln.Addr()
-	s.srv = &http.Server{Handler: HostCheck(s.cfg.Listen, s.cfg.AllowedHosts, s.addr, mux), ReadHeaderTimeout: 10 * time.Second}
+	// Bounds on every connection, so that no client holds one, and its
+	// goroutine, for good: a scrape sends no body and is answered at once.
+	s.srv = &http.Server{Handler: HostCheck(s.cfg.Listen, s.cfg.AllowedHosts, s.addr, mux), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: 10 * time.Second, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute}
 	s.done = make(chan error, 1)
 	go func() { s.done <- s.srv.Serve(ln) }()
 	s.log.Info("serving metrics", "addr", s.addr.String())

@@ -724,3 +724,20 @@ func TestEndpointAnswersLoopbackHostsOnly(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, http.StatusOK, get(t, "127.0.0.1:"+port, "evil.example:"+port, "/metrics"))
 }
+
+// TestASlowClientIsCutOff: a request whose body never comes (a scrape has
+// none) held its connection, and a goroutine, for good; the endpoint now
+// ends it once its read bound has passed.
+func TestASlowClientIsCutOff(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigConfig{metrics: metrics.Config{Listen: "127.0.0.1:0"}})
+	r.start(t, false)
+	conn, err := net.Dial("tcp", r.m.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.Write([]byte("POST /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\nonly this"))
+	require.NoError(t, err)
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(2*time.Minute)))
+	_, err = io.ReadAll(conn) // whatever it answers, up to its hanging up
+	assert.NoError(t, err, "the endpoint held the connection open past 2 minutes")
+}

@@ -412,7 +412,7 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 	b.logf("service ready in %.2fs (its probe order was confirmed)", ready.Seconds())
 
 	if b.ownMock {
-		if err := mockmail.ResetRemote(ctx, b.mailURL); err != nil {
+		if err := mockmail.ResetRemote(ctx, b.mailURL, b.creds.authorization()); err != nil {
 			return res, err
 		}
 	}

@@ -144,6 +144,14 @@ func (c *credentials) mockArgs() []string {
 	return []string{"--auth-file", c.tokenFile, "--signing-secret-file", c.secretsFile}
 }
 
+// authorization is the token's header value; "" when there is none.
+func (c *credentials) authorization() string {
+	if c == nil {
+		return ""
+	}
+	return c.token
+}
+
 func (c *credentials) serviceArgs() []string {
 	if c == nil {
 		return nil

@@ -563,7 +563,13 @@ func (s *Server) Reset() {
 	s.seen = 0
 }
 
-func (s *Server) serveReset(w http.ResponseWriter, _ *http.Request) {
+// serveReset wants the credentials sends want: a reset wipes the record
+// of deliveries that tells a duplicate request from a first one.
+func (s *Server) serveReset(w http.ResponseWriter, r *http.Request) {
+	if !s.authorize(w, r) {
+		http.Error(w, "unauthorized", http.StatusUnauthorized)
+		return
+	}
 	s.Reset()
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -571,7 +577,7 @@ func (s *Server) serveReset(w http.ResponseWriter, _ *http.Request) {
 // FetchStats reads GET /stats of a mock running elsewhere.
 func FetchStats(ctx context.Context, baseURL string) (Stats, error) {
 	var st Stats
-	if err := call(ctx, http.MethodGet, baseURL, "/stats", &st); err != nil {
+	if err := call(ctx, http.MethodGet, baseURL, "/stats", &st, ""); err != nil {
 		return Stats{}, fmt.Errorf("mock stats: %w", err)
 	}
 	return st, nil
@@ -580,26 +586,30 @@ func FetchStats(ctx context.Context, baseURL string) (Stats, error) {
 // FetchTimings reads GET /timings of a mock running elsewhere.
 func FetchTimings(ctx context.Context, baseURL string) (Timings, error) {
 	var t Timings
-	if err := call(ctx, http.MethodGet, baseURL, "/timings", &t); err != nil {
+	if err := call(ctx, http.MethodGet, baseURL, "/timings", &t, ""); err != nil {
 		return Timings{}, fmt.Errorf("mock timings: %w", err)
 	}
 	return t, nil
 }
 
-// ResetRemote calls POST /reset of a mock running elsewhere.
-func ResetRemote(ctx context.Context, baseURL string) error {
-	if err := call(ctx, http.MethodPost, baseURL, "/reset", nil); err != nil {
+// ResetRemote calls POST /reset of a mock running elsewhere, with the
+// Authorization value it wants ("" when it wants none).
+func ResetRemote(ctx context.Context, baseURL, authorization string) error {
+	if err := call(ctx, http.MethodPost, baseURL, "/reset", nil, authorization); err != nil {
 		return fmt.Errorf("mock reset: %w", err)
 	}
 	return nil
 }
 
 // call makes one request to the mock and decodes its answer into out (nil:
-// no answer expected).
-func call(ctx context.Context, method, baseURL, path string, out any) error {
+// no answer expected), with an Authorization header unless "".
+func call(ctx context.Context, method, baseURL, path string, out any, authorization string) error {
 	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(baseURL, "/")+path, nil)
 	if err != nil {
 		return err
+	}
+	if authorization != "" {
+		req.Header.Set("Authorization", authorization)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -658,7 +668,8 @@ func (s *Server) listening(ln net.Listener, scheme string) *Listening {
 	// Requests' contexts end when the server shuts down, so that the ones
 	// HoldEvery holds do not keep Close waiting for its whole deadline.
 	base, stop := context.WithCancel(context.Background())
-	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second,
+	// No write bound: a held request (HoldEvery) is answered when released.
+	srv := &http.Server{Handler: s, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, IdleTimeout: 2 * time.Minute,
 		BaseContext: func(net.Listener) context.Context { return base }}
 	srv.RegisterOnShutdown(stop)
 	return &Listening{addr: ln.Addr(), scheme: scheme, done: make(chan error, 1), srv: srv}

@@ -81,7 +81,7 @@ func TestTimingsAndReset(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, mockmail.Stats{Requests: 6, Deliveries: 3, Failures: 2, DuplicateRequests: 1, UnkeyedRequests: 1}, st)
 
-	require.NoError(t, mockmail.ResetRemote(ctx, srv.URL))
+	require.NoError(t, mockmail.ResetRemote(ctx, srv.URL, ""))
 	st, err = mockmail.FetchStats(ctx, srv.URL)
 	require.NoError(t, err)
 	assert.Zero(t, st)
@@ -181,6 +181,15 @@ func TestMockAuth(t *testing.T) {
 	m.SetAuthValue("Bearer new")
 	status, _ = send(t, http.DefaultClient, srv.URL, body, http.Header{"Idempotency-Key": {"k2"}, "Authorization": {"Bearer abc"}})
 	require.Equal(t, http.StatusUnauthorized, status)
+	// A reset wants the credentials too: it wipes what tells a duplicate
+	// request from a delivery.
+	ctx := context.Background()
+	require.ErrorContains(t, mockmail.ResetRemote(ctx, srv.URL, ""), "answered 401 Unauthorized")
+	require.ErrorContains(t, mockmail.ResetRemote(ctx, srv.URL, "Bearer abc"), "answered 401 Unauthorized")
+	require.Equal(t, 1, m.Stats().Deliveries, "not reset")
+	require.NoError(t, mockmail.ResetRemote(ctx, srv.URL, "Bearer new"))
+	require.Zero(t, m.Stats().Deliveries)
+
 	m.SetAuthValue("")
 	status, _ = send(t, http.DefaultClient, srv.URL, body, http.Header{"Idempotency-Key": {"k2"}})
 	require.Equal(t, http.StatusOK, status)
