@@ -75,7 +75,7 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 				log.Warn("admin-token-file is set, but admin-listen is not: the console is off, and the token unused")
 			}
 			setServiceGC()
-			tp, err := tracing.Setup(ctx, version())
+			tp, err := tracing.Setup(ctx, version(), log)
 			if err != nil {
 				return err
 			}

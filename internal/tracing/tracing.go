@@ -6,8 +6,10 @@ package tracing
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 
+	"github.com/go-logr/logr"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/propagation"
@@ -45,7 +47,13 @@ func Exporting(getenv func(string) string) bool {
 // exports what is left). Without an exporter asked for, spans are created
 // unsampled and never recorded: requests still carry a traceparent (with
 // the sampled flag off), at the cost of two random IDs per send.
-func Setup(ctx context.Context, version string) (*sdktrace.TracerProvider, error) {
+func Setup(ctx context.Context, version string, log *slog.Logger) (*sdktrace.TracerProvider, error) {
+	// OpenTelemetry's own messages go to the service's log, without their
+	// values: the exporter's, for one, quotes an OTEL_EXPORTER_OTLP_HEADERS
+	// value it cannot parse, an API key (its default logger printed it).
+	log = log.With("component", "otel")
+	otel.SetLogger(logr.New(valuelessSink{log}))
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("opentelemetry", "error", err) }))
 	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(serviceResource(version))}
 	if Exporting(os.Getenv) {
 		// The exporter reads OTEL_EXPORTER_OTLP_* (endpoint, headers, TLS,
@@ -81,3 +89,18 @@ func serviceResource(version string) *resource.Resource {
 	}
 	return r
 }
+
+// valuelessSink logs OpenTelemetry's messages, and its errors, but none of
+// the values that come with them; its debug levels are off.
+type valuelessSink struct{ log *slog.Logger }
+
+func (valuelessSink) Init(logr.RuntimeInfo)  {}
+func (valuelessSink) Enabled(level int) bool { return level <= 0 }
+func (s valuelessSink) Info(_ int, msg string, _ ...any) {
+	s.log.Info(msg)
+}
+func (s valuelessSink) Error(err error, msg string, _ ...any) {
+	s.log.Warn(msg, "error", err)
+}
+func (s valuelessSink) WithValues(...any) logr.LogSink { return s }
+func (s valuelessSink) WithName(string) logr.LogSink   { return s }

@@ -1,0 +1,31 @@
+package tracing
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/internal/syncbuf"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestAHeaderValueIsNeverLogged: a mistyped OTEL_EXPORTER_OTLP_HEADERS
+// (an escape that does not decode, a header without "=") was printed to
+// stderr by OpenTelemetry's default logger, API key and all. Its messages
+// now go to the service's log without their values.
+func TestAHeaderValueIsNeverLogged(t *testing.T) {
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+	t.Setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-honeycomb-team=hcSECRETkey%zz,hcOTHERSECRET")
+	var logs syncbuf.Buffer
+	tp, err := Setup(context.Background(), "test", slog.New(slog.NewTextHandler(&logs, nil)))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = tp.Shutdown(ctx)
+	out := logs.String()
+	assert.Contains(t, out, "escape header value", "the message is kept")
+	assert.Contains(t, out, "parse headers")
+	assert.NotContains(t, out, "SECRET")
+}
