@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -312,5 +313,30 @@ func TestCauseNamesAFailureWithoutAnAnswer(t *testing.T) {
 		require.NoError(t, err)
 		se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
 		assert.Equal(t, tc.want, se.Cause(), tc.url)
+	}
+}
+
+// TestCredentialsInTheClearAreWarnedOf: a token sent to another machine
+// over plain HTTP is said once at start (not refused: a sidecar or a
+// trusted network may be meant); over https, or to this machine, nothing.
+func TestCredentialsInTheClearAreWarnedOf(t *testing.T) {
+	t.Parallel()
+	token := writeFile(t, "token", "Bearer abc")
+	for _, tt := range []struct {
+		url, token string
+		warned     bool
+	}{
+		{"http://mail.example.net/v1", token, true},
+		{"http://10.1.2.3:8080", token, true},
+		{"http://127.0.0.1:9080", token, false},
+		{"http://localhost:9080", token, false},
+		{"http://[::1]:9080", token, false},
+		{"https://mail.example.net", token, false},
+		{"http://mail.example.net", "", false},
+	} {
+		var logs strings.Builder
+		_, err := mailer.New(mailer.Config{URL: tt.url, AuthFile: tt.token}, slog.New(slog.NewTextHandler(&logs, nil)))
+		require.NoError(t, err, tt.url)
+		assert.Equal(t, tt.warned, strings.Contains(logs.String(), "credentials go over the network unencrypted"), "%s: %s", tt.url, logs.String())
 	}
 }

@@ -415,6 +415,11 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	if _, err := c.signer(now); err != nil {
 		return nil, err
 	}
+	if base.Scheme == "http" && cfg.AuthFile != "" && !loopbackHost(base.Hostname()) {
+		// Not refused: a sidecar or a trusted network may be meant.
+		c.log.Warn("the email service's credentials go over the network unencrypted: give --mail-url an https:// URL unless that is meant",
+			"mail_url", cfg.RedactedURL())
+	}
 	for _, code := range cfg.RetryStatuses {
 		c.retryable[code] = true
 	}
@@ -826,4 +831,14 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 		return t.Sub(now)
 	}
 	return 0
+}
+
+// loopbackHost says whether host names this machine: a loopback address or
+// localhost.
+func loopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
