@@ -16,6 +16,7 @@ import (
 
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/fixtures"
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/order"
@@ -210,14 +211,17 @@ func counts(t testing.TB, st store.Store) store.Counts {
 }
 
 // progress counts, among keys, the confirmed orders and the retry documents.
-func progress(t testing.TB, st store.Store, keys []string) (confirmedN, retries int) {
+// progress counts keys' orders confirmed and retry documents; ok is false
+// when a state could not be read (logged): the counts then say nothing,
+// and a wait on them must not take them for an answer.
+func progress(t testing.TB, st store.Store, keys []string) (confirmedN, retries int, ok bool) {
 	t.Helper()
 	ctx := context.Background()
 	for _, k := range keys {
 		state, err := st.State(ctx, k)
 		if err != nil {
 			t.Logf("state of %s: %v", k, err)
-			return 0, len(keys) // not yet
+			return 0, 0, false
 		}
 		if o, err := order.DecodeOrder(state.Order.Value); err == nil && o.ConfirmationEmailSent {
 			confirmedN++
@@ -226,7 +230,7 @@ func progress(t testing.TB, st store.Store, keys []string) (confirmedN, retries 
 			retries++
 		}
 	}
-	return confirmedN, retries
+	return confirmedN, retries, true
 }
 
 func waitConfirmed(t testing.TB, st store.Store, keys []string) {
@@ -236,9 +240,12 @@ func waitConfirmed(t testing.TB, st store.Store, keys []string) {
 		if counts(t, st).OrdersConfirmed < len(keys) {
 			return false
 		}
-		c, r := progress(t, st, keys)
-		return c == len(keys) && r == 0
-	}, 120*time.Second, 50*time.Millisecond, "not all of %d orders confirmed", len(keys))
+		c, r, ok := progress(t, st, keys)
+		return ok && c == len(keys) && r == 0
+	}, 120*time.Second, 50*time.Millisecond, "not all of %d orders confirmed: %v", len(keys), later.Value(func() any {
+		c, r, ok := progress(t, st, keys)
+		return fmt.Sprintf("%d confirmed, %d retry documents (read: %v)", c, r, ok)
+	}))
 }
 
 // waitAllConfirmed also checks the store-wide counts, on a store of our own:
@@ -299,7 +306,8 @@ func TestEndToEndHalfTheSendsFail(t *testing.T) {
 			defer st2.Close()
 			_, err = st2.Get(context.Background(), order.Retry, order.ControlKey)
 			require.NoError(t, err)
-			_, retries := progress(t, st2, keys)
+			_, retries, ok := progress(t, st2, keys)
+			require.True(t, ok, "the states were read")
 			assert.Zero(t, retries)
 			if b.name != "couchbase" { // a store of its own
 				assert.Equal(t, store.Counts{OrdersPaid: 300, OrdersConfirmed: 300}, counts(t, st2))
@@ -325,13 +333,15 @@ func TestRestartInTheMiddleLosesNothing(t *testing.T) {
 			}})
 			a, st := r.start(t)
 			keys := r.placeOrders(t, st, 300)
-			require.Eventually(t, func() bool { c, _ := progress(t, st, keys); return c >= 50 }, 60*time.Second, 5*time.Millisecond)
+			require.Eventually(t, func() bool { c, _, ok := progress(t, st, keys); return ok && c >= 50 }, 60*time.Second, 5*time.Millisecond,
+				"50 of 300 confirmed before the stop; confirmed: %v", later.Value(func() any { c, _, _ := progress(t, st, keys); return c }))
 			stop(t, a)
 
 			mid := r.mock.Stats()
 			st1, err := app.OpenStore(context.Background(), r.cfg.Store, quiet)
 			require.NoError(t, err)
-			confirmedN, retries := progress(t, st1, keys)
+			confirmedN, retries, ok := progress(t, st1, keys)
+			require.True(t, ok, "the states were read")
 			require.NoError(t, st1.Close())
 			require.Less(t, confirmedN, 300, "the stop came in the middle of the run")
 			t.Logf("stopped at %d/300 confirmed, %d retry documents, mock %+v", confirmedN, retries, mid)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
@@ -109,9 +110,12 @@ func TestEmailServiceFaults(t *testing.T) {
 			// Every order got its first attempt, failed, and waits as a retry:
 			// none is stuck behind a call that does not answer.
 			require.Eventually(t, func() bool {
-				_, retries := progress(t, st, keys)
-				return retries+r.mock.Stats().Deliveries >= 40 && f.faulted.Load() >= 40
-			}, 30*time.Second, 10*time.Millisecond)
+				_, retries, ok := progress(t, st, keys)
+				return ok && retries+r.mock.Stats().Deliveries >= 40 && f.faulted.Load() >= 40
+			}, 30*time.Second, 10*time.Millisecond, "every order tried and waiting as a retry or delivered: %v", later.Value(func() any {
+				_, retries, ok := progress(t, st, keys)
+				return fmt.Sprintf("%d retry documents (read: %v), %d delivered, %d faulted", retries, ok, r.mock.Stats().Deliveries, f.faulted.Load())
+			}))
 
 			f.mode.Store("ok")
 			waitConfirmed(t, st, keys)
@@ -251,8 +255,9 @@ func TestEmailServiceDownAtStartup(t *testing.T) {
 	a, st := r.start(t)
 	defer stop(t, a)
 	keys := r.placeOrders(t, st, 30)
-	require.Eventually(t, func() bool { _, retries := progress(t, st, keys); return retries == 30 },
-		30*time.Second, 10*time.Millisecond, "connection refused: every order waits as a retry")
+	require.Eventually(t, func() bool { _, retries, ok := progress(t, st, keys); return ok && retries == 30 },
+		30*time.Second, 10*time.Millisecond, "connection refused: every order waits as a retry; retry documents: %v",
+		later.Value(func() any { _, retries, _ := progress(t, st, keys); return retries }))
 
 	f := &faultServer{mock: r.mock, closed: make(chan struct{})}
 	f.mode.Store("ok")

@@ -104,7 +104,7 @@ func TestRetryPolicyEndToEnd(t *testing.T) {
 	require.Eventually(t, func() bool {
 		c := counts(t, st)
 		return c.OrdersConfirmed == 3 && c.DeadLetters == 2 && c.RetryDocs == 0
-	}, 30*time.Second, 10*time.Millisecond, "counts %+v", counts(t, st))
+	}, 30*time.Second, 10*time.Millisecond, "counts %+v", later.Value(func() any { return counts(t, st) }))
 
 	for _, k := range []string{"twice", "throttled", "fine"} {
 		assert.True(t, confirmed(t, st, k), k)
@@ -203,14 +203,16 @@ func TestRedriveKeepsCountAndFreshBudget(t *testing.T) {
 	placeNamed(t, st, "o")
 	_, err := st.Upsert(context.Background(), order.Retry, order.ControlKey, []byte(`{}`))
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { _, ok := deadLetter(t, st, "o"); return ok }, 20*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { _, ok := deadLetter(t, st, "o"); return ok }, 30*time.Second, 10*time.Millisecond,
+		"o dead-lettered after its two attempts; counts %+v", later.Value(func() any { return counts(t, st) }))
 
 	_, err = ops.Redrive(context.Background(), st, time.Now(), []string{"o"}, false)
 	require.NoError(t, err)
 	require.Eventually(t, func() bool {
 		d, ok := deadLetter(t, st, "o")
 		return ok && d.RedriveCount == 1
-	}, 20*time.Second, 10*time.Millisecond)
+	}, 30*time.Second, 10*time.Millisecond, "o dead-lettered again after its redrive; dead letter %+v",
+		later.Value(func() any { d, _ := deadLetter(t, st, "o"); return d }))
 	d, _ := deadLetter(t, st, "o")
 	assert.Equal(t, 2, d.Attempts, "a fresh budget of two attempts")
 	assert.Equal(t, 4, byOrder(r.mock.Requests())["o"])
@@ -228,11 +230,13 @@ func TestPauseStopsRetriesAndResumeFinishesThem(t *testing.T) {
 	defer stop(t, a)
 	keys := []string{"p1", "p2", "p3"}
 	placeNamed(t, st, keys...) // no allow_retrys: paused
-	require.Eventually(t, func() bool { return counts(t, st).RetryDocs == 3 }, 20*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return counts(t, st).RetryDocs == 3 }, 30*time.Second, 10*time.Millisecond,
+		"three retry documents; counts %+v", later.Value(func() any { return counts(t, st) }))
 
 	// Ten more ticks go by; nothing is retried while paused.
 	ticks := tm.Ticks()
-	require.Eventually(t, func() bool { return tm.Ticks() >= ticks+10 }, 20*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return tm.Ticks() >= ticks+10 }, 30*time.Second, 5*time.Millisecond,
+		"ten ticks from %d; at %v", ticks, later.Value(func() any { return tm.Ticks() }))
 	assert.Equal(t, 3, r.mock.Stats().Requests)
 	s, err := ops.ReadStatus(context.Background(), st, time.Now(), r.cfg.Timer.Quantum)
 	require.NoError(t, err)
@@ -245,7 +249,7 @@ func TestPauseStopsRetriesAndResumeFinishesThem(t *testing.T) {
 	require.Eventually(t, func() bool {
 		c := counts(t, st)
 		return c.OrdersConfirmed == 3 && c.RetryDocs == 0
-	}, 20*time.Second, 10*time.Millisecond)
+	}, 30*time.Second, 10*time.Millisecond, "all three confirmed once resumed; counts %+v", later.Value(func() any { return counts(t, st) }))
 	assert.Equal(t, 6, r.mock.Stats().Requests)
 }
 

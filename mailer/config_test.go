@@ -65,7 +65,9 @@ func TestCredentialsFromAFileRotatedWithoutARestart(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { l.Close(context.Background()) })
 	keyFile := writeFile(t, "key", oldKey+"\n")
-	c, err := mailer.New(mailer.Config{URL: l.URL(), AuthFile: keyFile, BreakerCooldown: 50 * time.Millisecond}, quiet)
+	// Long enough that the second send comes within it on a loaded
+	// machine, short next to sendsAgain's wait for the probe after it.
+	c, err := mailer.New(mailer.Config{URL: l.URL(), AuthFile: keyFile, BreakerCooldown: 2 * time.Second}, quiet)
 	require.NoError(t, err)
 
 	se := sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
