@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -287,7 +288,8 @@ func TestHeldSendsAreNotRequests(t *testing.T) {
 	})
 	r.start(t, true) // no allow_retrys: paused
 	h := r.m.Handler()
-	require.Eventually(t, func() bool { return scrape(t, h)["ordermail_retries_paused"] == 1 }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return scrape(t, h)["ordermail_retries_paused"] == 1 }, 30*time.Second, 5*time.Millisecond,
+		"ordermail_retries_paused 1; it is %v", later.Value(func() any { return scrape(t, h)["ordermail_retries_paused"] }))
 	assert.Equal(t, 0.0, scrape(t, h)["ordermail_timer_active"], "paused: nobody sweeps")
 	for i := range 6 {
 		r.put(t, order.Inbound, "h"+strconv.Itoa(i), paidOrder)
@@ -346,17 +348,18 @@ func TestHeldSendsAreNotRequests(t *testing.T) {
 // closing and the retries being armed make one line each at info or above
 // (none per order), and every duration in the JSON logs is a string.
 func TestOneLinePerStateChangeAndDurationsAsStrings(t *testing.T) {
-	var down atomic.Bool
-	down.Store(true)
+	// The first three requests fail, and open the breaker (one worker: in
+	// a row); the probe after the cooldown succeeds, whenever it comes.
+	var requests atomic.Int64
 	r := newRig(t, rigConfig{
 		mock: mockmail.Config{Script: func(string, int) mockmail.Reply {
-			if down.Load() {
+			if requests.Add(1) <= 3 {
 				return mockmail.Reply{Status: http.StatusServiceUnavailable}
 			}
 			return mockmail.Reply{Status: http.StatusOK}
 		}},
 		mail:    mailer.Config{BreakerFailures: 3, BreakerCooldown: 100 * time.Millisecond},
-		watcher: watcher.Config{Workers: 2},
+		watcher: watcher.Config{Workers: 1},
 	})
 	r.armRetries(t, `{"quantum":"40ms"}`)
 	keys := make([]string, 20)
@@ -365,16 +368,18 @@ func TestOneLinePerStateChangeAndDurationsAsStrings(t *testing.T) {
 		r.put(t, order.Inbound, keys[i], paidOrder)
 	}
 	r.start(t, true)
-	require.Eventually(t, func() bool { return r.mail.BreakerState() != "closed" }, 20*time.Second, 5*time.Millisecond)
-	down.Store(false)
+	var left atomic.Int64
 	require.Eventually(t, func() bool {
+		n := 0
 		for _, k := range keys {
 			if !confirmed(t, r.st, k) {
-				return false
+				n++
 			}
 		}
-		return r.mail.BreakerState() == "closed"
-	}, 30*time.Second, 10*time.Millisecond)
+		left.Store(int64(n))
+		return n == 0 && r.mail.BreakerState() == "closed"
+	}, 30*time.Second, 10*time.Millisecond, "every order confirmed and the breaker closed: %v unconfirmed, breaker %v",
+		later.Value(func() any { return left.Load() }), later.Value(func() any { return r.mail.BreakerState() }))
 
 	lines := jsonLines(t, r.logs)
 	assert.Equal(t, 1, countMsg(lines, "circuit breaker open"))
@@ -464,7 +469,7 @@ func TestAScrapeDoesNotCallTheStore(t *testing.T) {
 	})
 	r.put(t, order.Inbound, "o1", paidOrder)
 	r.start(t, false)
-	require.Eventually(t, func() bool { return r.m.Backlog().Checked }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return r.m.Backlog().Checked }, 30*time.Second, 5*time.Millisecond, "the first refresh of the backlog")
 	assert.Equal(t, int32(1), cs.counts.Load(), "the first refresh, at start")
 	assert.Equal(t, int32(1), cs.backlogs.Load())
 	h := r.m.Handler()
@@ -508,7 +513,7 @@ func TestAStoreThatHangsFailsReadinessNotTheScrape(t *testing.T) {
 	require.Eventually(t, func() bool {
 		code, body := get(r.m.Readyz)
 		return code == http.StatusServiceUnavailable && body["status"] == "store_unreachable" && body["store"] == "down"
-	}, 10*time.Second, 5*time.Millisecond)
+	}, 30*time.Second, 5*time.Millisecond, "readyz says the store is unreachable; it answers %v", answer(r.m.Readyz))
 	// The store still hangs (its reads end only with their context, and a
 	// scrape's has no deadline): a scrape that read it would never return.
 	scraped := make(chan map[string]float64, 1)
@@ -528,11 +533,11 @@ func TestAStoreThatHangsFailsReadinessNotTheScrape(t *testing.T) {
 	require.Eventually(t, func() bool {
 		code, _ := get(r.m.Readyz)
 		return code == http.StatusOK
-	}, 10*time.Second, 5*time.Millisecond)
+	}, 30*time.Second, 5*time.Millisecond, "readyz ready again; it answers %v", answer(r.m.Readyz))
 	// The line follows the figures, written once the lock is let go.
 	require.Eventually(t, func() bool {
 		return strings.Contains(r.logs.String(), "the store answers the backlog figures again")
-	}, 10*time.Second, 5*time.Millisecond, "no line says the store answers again")
+	}, 30*time.Second, 5*time.Millisecond, "no line says the store answers again")
 	assert.Equal(t, 1, countMsg(jsonLines(t, r.logs), "the store does not answer"))
 	assert.Equal(t, 1, countMsg(jsonLines(t, r.logs), "the store answers the backlog figures again"))
 }
@@ -575,7 +580,8 @@ func TestHealthzFailsWhileTheTimerIsStuck(t *testing.T) {
 	defer ss.set(false) // before the timer stops: it waits for its tick
 	r.start(t, true)
 	ticks := r.t.Ticks()
-	require.Eventually(t, func() bool { return r.t.Ticks() >= ticks+5 }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return r.t.Ticks() >= ticks+5 }, 30*time.Second, 5*time.Millisecond,
+		"five ticks from %d; at %v", ticks, later.Value(func() any { return r.t.Ticks() }))
 	code, body := get(r.m.Healthz)
 	require.Equal(t, http.StatusOK, code, "%v", body)
 
@@ -583,7 +589,7 @@ func TestHealthzFailsWhileTheTimerIsStuck(t *testing.T) {
 	require.Eventually(t, func() bool {
 		code, body = get(r.m.Healthz)
 		return code == http.StatusServiceUnavailable
-	}, 10*time.Second, 10*time.Millisecond)
+	}, 30*time.Second, 10*time.Millisecond, "healthz fails while the timer stalls; it answers %v", answer(r.m.Healthz))
 	assert.Equal(t, "stale", body["status"])
 	stale, _ := body["stale"].([]any)
 	require.Len(t, stale, 1, "%v", body)
@@ -593,7 +599,7 @@ func TestHealthzFailsWhileTheTimerIsStuck(t *testing.T) {
 	require.Eventually(t, func() bool {
 		code, _ := get(r.m.Healthz)
 		return code == http.StatusOK
-	}, 10*time.Second, 10*time.Millisecond)
+	}, 30*time.Second, 10*time.Millisecond, "healthz passes again; it answers %v", answer(r.m.Healthz))
 }
 
 // blockingSender never answers until released, ignoring its context: a
@@ -627,17 +633,17 @@ func TestHealthzFailsWhileAWorkerIsStuck(t *testing.T) {
 	require.Eventually(t, func() bool {
 		code, body = get(r.m.Healthz)
 		return code == http.StatusServiceUnavailable
-	}, 10*time.Second, 10*time.Millisecond)
+	}, 30*time.Second, 10*time.Millisecond, "healthz fails while a worker is stuck; it answers %v", answer(r.m.Healthz))
 	stale, _ := body["stale"].([]any)
 	require.Len(t, stale, 1, "%v", body)
 	assert.Regexp(t, `^watcher: worker \d: no progress on "stuck"`, stale[0])
 
 	release()
-	require.Eventually(t, func() bool { return confirmed(t, r.st, "stuck") }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return confirmed(t, r.st, "stuck") }, 30*time.Second, 5*time.Millisecond, "the stuck order confirmed once released")
 	require.Eventually(t, func() bool {
 		code, _ := get(r.m.Healthz)
 		return code == http.StatusOK
-	}, 10*time.Second, 10*time.Millisecond)
+	}, 30*time.Second, 10*time.Millisecond, "healthz passes again; it answers %v", answer(r.m.Healthz))
 }
 
 func TestReadyzSaysWhyWhileMisconfigured(t *testing.T) {
@@ -651,7 +657,7 @@ func TestReadyzSaysWhyWhileMisconfigured(t *testing.T) {
 		var code int
 		code, body = get(r.m.Readyz)
 		return code == http.StatusServiceUnavailable
-	}, 10*time.Second, 10*time.Millisecond)
+	}, 30*time.Second, 10*time.Millisecond, "readyz fails while the email service refuses the credentials; it answers %v", answer(r.m.Readyz))
 	assert.Equal(t, "misconfigured", body["status"])
 	assert.Contains(t, body["reason"], "401")
 	v := scrape(t, r.m.Handler())
@@ -679,13 +685,15 @@ func TestEmbeddedFeedLag(t *testing.T) {
 	h := r.m.Handler()
 	// One worker stuck on its first event: the reader stops some 65
 	// events in, with the rest of the 300 past it.
-	require.Eventually(t, func() bool { return scrape(t, h)["ordermail_feed_lag_changes"] > 200 }, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return scrape(t, h)["ordermail_feed_lag_changes"] > 200 }, 30*time.Second, 5*time.Millisecond,
+		"a lag over 200 changes; it is %v", later.Value(func() any { return scrape(t, h)["ordermail_feed_lag_changes"] }))
 	release()
 	require.Eventually(t, func() bool {
 		v := scrape(t, h)
 		lag, ok := v["ordermail_feed_lag_changes"]
 		return ok && lag == 0 && r.w.Stats().Sent == 300
-	}, 20*time.Second, 10*time.Millisecond)
+	}, 30*time.Second, 10*time.Millisecond, "no lag once the 300 are sent: lag %v, sent %v",
+		later.Value(func() any { return scrape(t, h)["ordermail_feed_lag_changes"] }), later.Value(func() any { return r.w.Stats().Sent }))
 	assert.NotContains(t, scrape(t, h), "ordermail_feed_rollbacks_total", "the embedded feed counts none")
 }
 
@@ -740,4 +748,9 @@ func TestASlowClientIsCutOff(t *testing.T) {
 	require.NoError(t, conn.SetReadDeadline(time.Now().Add(2*time.Minute)))
 	_, err = io.ReadAll(conn) // whatever it answers, up to its hanging up
 	assert.NoError(t, err, "the endpoint held the connection open past 2 minutes")
+}
+
+// answer is an endpoint's answer when a wait's failure message is written.
+func answer(h http.HandlerFunc) any {
+	return later.Value(func() any { code, body := get(h); return fmt.Sprint(code, " ", body) })
 }

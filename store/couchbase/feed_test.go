@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/couchbase/gocbcore/v10"
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/store"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -121,7 +122,7 @@ func (a *fakeAgent) lastOpen(t *testing.T, vb uint16, n int) openCall {
 			}
 		}
 		return false
-	}, 5*time.Second, time.Millisecond, "OpenStream #%d of vb %d", n, vb)
+	}, 30*time.Second, time.Millisecond, "OpenStream #%d of vb %d", n, vb)
 	return got
 }
 
@@ -165,7 +166,7 @@ func (c *fakeCheckpoints) waitFor(t *testing.T, vb uint16, want position) {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return c.saved[vb] == want
-	}, 5*time.Second, time.Millisecond, "checkpoint of vb %d: want %+v, have %+v", vb, want, c.get(vb))
+	}, 30*time.Second, time.Millisecond, "checkpoint of vb %d: want %+v, have %+v", vb, want, later.Value(func() any { return c.get(vb) }))
 }
 
 func (c *fakeCheckpoints) get(vb uint16) position {
@@ -197,10 +198,10 @@ func startFeed(t *testing.T, agent *fakeAgent, cps *fakeCheckpoints, vbs []uint1
 
 func next(t *testing.T, f *feed) store.Event {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	ev, err := f.Next(ctx)
-	require.NoError(t, err)
+	require.NoError(t, err, "the feed's next event")
 	return ev
 }
 
@@ -358,7 +359,7 @@ func TestSnapshotsDoNotPileUpWhileSavesFail(t *testing.T) {
 		defer f.mu.Unlock()
 		kept[0] = len(f.state[2].snaps)
 		return kept[0] <= 2
-	}, 5*time.Second, time.Millisecond, "snapshot markers kept: %v", kept)
+	}, 30*time.Second, time.Millisecond, "snapshot markers kept: %v", kept)
 	assert.Zero(t, cps.get(2).Seq, "nothing was saved")
 }
 
@@ -417,10 +418,12 @@ func TestSlowConsumerBlocksTheStreamInsteadOfDropping(t *testing.T) {
 		s.obs.Mutation(mutation(0, inboundID, "b", "{}", 2))
 		close(returned)
 	}()
+	// A wait for nothing to happen: long enough for the callback, had it
+	// not blocked, to return on a loaded machine.
 	select {
 	case <-returned:
 		t.Fatal("the callback returned while the buffer was full: gocbcore would acknowledge the server's buffer")
-	case <-time.After(50 * time.Millisecond):
+	case <-time.After(500 * time.Millisecond):
 	}
 	assert.Equal(t, "a", next(t, f).Key)
 	<-returned
