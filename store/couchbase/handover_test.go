@@ -110,7 +110,7 @@ func TestMembersShareTheVBucketsAndHandThemOver(t *testing.T) {
 	putAll("alone-")
 
 	require.Eventually(t, func() bool { missing, _ := c.report(keys); return len(missing) == 0 }, 30*time.Second, 20*time.Millisecond,
-		"never delivered: %v", func() []string { m, _ := c.report(keys); return m }())
+		"never delivered: %v", later.Value(func() any { m, _ := c.report(keys); return m }))
 	_, twice := c.report(keys)
 	assert.Empty(t, twice, "delivered twice")
 	assert.Empty(t, srv.StreamOverlaps("orders"), "a vBucket streamed by two members at once")
@@ -166,7 +166,7 @@ func TestAMemberTakenForDeadIsFencedOff(t *testing.T) {
 		put(t, b, order.Inbound, k)
 	}
 	require.Eventually(t, func() bool { missing, _ := c.report(keys); return len(missing) == 0 }, 30*time.Second, 20*time.Millisecond,
-		"never delivered: %v", func() []string { m, _ := c.report(keys); return m }())
+		"never delivered: %v", later.Value(func() any { m, _ := c.report(keys); return m }))
 	_, twice := c.report(keys)
 	assert.Empty(t, twice, "delivered twice")
 }
