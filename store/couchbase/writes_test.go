@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/couchbase/gocb/v2"
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/couchbase/cbtest"
@@ -180,15 +181,25 @@ func TestFeedStats(t *testing.T) {
 		require.NoError(t, err)
 		held = append(held, ev) // not acknowledged: the checkpoint lags
 	}
-	assert.Eventually(t, func() bool { st := stats(); return st.Lag == 3 && st.MaxLag == 3 }, 10*time.Second, 10*time.Millisecond)
+	// Each wait is required: the ones after it measure from what it waited
+	// for (a lag that never reached 3 would make "back to 0" no news; a
+	// stream never reopened, "no rollback" none either).
+	require.Eventually(t, func() bool { st := stats(); return st.Lag == 3 && st.MaxLag == 3 }, 10*time.Second, 10*time.Millisecond,
+		"lag 3 and max lag 3 for 3 unacknowledged events; last: %v",
+		later.Value(func() any { st := stats(); return fmt.Sprintf("lag %d, max lag %d", st.Lag, st.MaxLag) }))
 	for _, ev := range held {
 		ev.Ack()
 	}
-	assert.Eventually(t, func() bool { return stats().Lag == 0 }, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return stats().Lag == 0 }, 10*time.Second, 10*time.Millisecond,
+		"lag back to 0 once all acknowledged; last lag %v", later.Value(func() any { return stats().Lag }))
 
 	require.Equal(t, 1, srv.EndStream("orders", x, cbtest.EndStateChanged))
-	assert.Eventually(t, func() bool { st := stats(); return st.Reopens == 1 && st.StreamsOpen == testVBuckets },
-		10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { st := stats(); return st.Reopens == 1 && st.StreamsOpen == testVBuckets },
+		10*time.Second, 10*time.Millisecond, "the ended stream reopened: want reopens 1, streams open %d; last: %v", testVBuckets,
+		later.Value(func() any {
+			st := stats()
+			return fmt.Sprintf("reopens %d, streams open %d", st.Reopens, st.StreamsOpen)
+		}))
 	assert.Zero(t, stats().Rollbacks)
 	assert.Zero(t, stats().CheckpointSaveFailures)
 }
