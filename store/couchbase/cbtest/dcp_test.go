@@ -12,6 +12,7 @@ import (
 	"github.com/couchbase/gocb/v2"
 	"github.com/couchbase/gocbcore/v10"
 	"github.com/couchbase/gocbcore/v10/memd"
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -240,7 +241,7 @@ func TestDCPBackfillLiveAndFilter(t *testing.T) {
 	kv, err := gocbcore.CreateAgent(ac)
 	require.NoError(t, err)
 	cidCh := make(chan error, 2)
-	_, err = kv.GetCollectionID("_default", "inbound", gocbcore.GetCollectionIDOptions{Deadline: time.Now().Add(5 * time.Second)},
+	_, err = kv.GetCollectionID("_default", "inbound", gocbcore.GetCollectionIDOptions{Deadline: time.Now().Add(30 * time.Second)},
 		func(r *gocbcore.GetCollectionIDResult, err error) {
 			if err == nil && r.CollectionID != inID {
 				err = fmt.Errorf("collection id %d, want %d", r.CollectionID, inID)
@@ -249,7 +250,7 @@ func TestDCPBackfillLiveAndFilter(t *testing.T) {
 		})
 	require.NoError(t, err)
 	require.NoError(t, <-cidCh)
-	_, err = kv.GetCollectionID("_default", "nope", gocbcore.GetCollectionIDOptions{Deadline: time.Now().Add(5 * time.Second)},
+	_, err = kv.GetCollectionID("_default", "nope", gocbcore.GetCollectionIDOptions{Deadline: time.Now().Add(30 * time.Second)},
 		func(_ *gocbcore.GetCollectionIDResult, err error) { cidCh <- err })
 	require.NoError(t, err)
 	assert.ErrorIs(t, <-cidCh, gocbcore.ErrCollectionNotFound)
@@ -604,15 +605,24 @@ func TestDCPNoop(t *testing.T) {
 	s := Start(t, Options{VBuckets: 4, DCPNoopInterval: 20 * time.Millisecond})
 	agent := newDCPAgent(t, s, "orders", 0)
 	openAll(t, s, agent, nil, nil, newRecorder(), newTracker(t))
-	acked := func() bool {
+	// acks: the NOOPs each DCP connection had answered.
+	acks := func() []int64 {
+		var n []int64
 		for _, d := range s.allDCP() {
-			if d.noopAcks.Load() >= 2 {
+			n = append(n, d.noopAcks.Load())
+		}
+		return n
+	}
+	acked := func() bool {
+		for _, n := range acks() {
+			if n >= 2 {
 				return true
 			}
 		}
 		return false
 	}
-	assert.Eventually(t, acked, 5*time.Second, 10*time.Millisecond, "an idle DCP connection gets NOOPs, which the client answers")
+	assert.Eventually(t, acked, 30*time.Second, 10*time.Millisecond,
+		"an idle DCP connection gets NOOPs, which the client answers (2 at least); NOOPs answered per connection: %v", later.Value(func() any { return acks() }))
 }
 
 // kv_engine sends a collection-filtered stream nothing for the writes of

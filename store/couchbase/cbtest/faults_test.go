@@ -8,6 +8,7 @@ import (
 
 	"github.com/couchbase/gocb/v2"
 	"github.com/couchbase/gocbcore/v10"
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -48,7 +49,8 @@ func TestIgnoreStreamRequestsAndTheRequestLog(t *testing.T) {
 	op, err := agent.OpenStream(1, 0, 0, 0, 0xffffffffffffffff, 0, 0, newRecorder(), gocbcore.OpenStreamOptions{},
 		func(_ []gocbcore.FailoverEntry, err error) { answered <- err })
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return len(s.StreamRequests("orders", 1)) == 1 }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return len(s.StreamRequests("orders", 1)) == 1 }, 30*time.Second, time.Millisecond,
+		"one stream request for vb 1 in the log; last: %v", later.Value(func() any { return s.StreamRequests("orders", 1) }))
 	select {
 	case err := <-answered:
 		t.Fatalf("an ignored stream request was answered: %v", err)
