@@ -13,6 +13,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/internal/tracing"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/ops"
@@ -143,7 +144,13 @@ func TestSpansFollowAConfirmation(t *testing.T) {
 	require.Eventually(t, func() bool {
 		spans = exporter.GetSpans()
 		return len(spans) >= 3
-	}, 30*time.Second, 10*time.Millisecond, "spans: %v", spans)
+	}, 30*time.Second, 10*time.Millisecond, "at least 3 spans exported; exported (names): %v", later.Value(func() any {
+		var names []string
+		for _, s := range exporter.GetSpans() {
+			names = append(names, s.Name)
+		}
+		return names
+	}))
 	byName := map[string]tracetest.SpanStub{}
 	for _, s := range spans {
 		byName[s.Name] = s

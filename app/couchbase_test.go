@@ -3,10 +3,12 @@ package app_test
 import (
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ordermail/ordermail/app"
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/metrics"
 	"github.com/stretchr/testify/assert"
@@ -25,10 +27,13 @@ func TestCouchbaseFeedMetrics(t *testing.T) {
 	waitConfirmed(t, st, keys)
 	url := "http://" + m.Addr().String() + "/metrics"
 	var v map[string]string
+	var lastScrape atomic.Value // v, for the message: the condition runs in a goroutine of its own
 	require.Eventually(t, func() bool {
 		v = scrape(t, url)
+		lastScrape.Store(v)
 		return v["ordermail_feed_streams_open"] == "64" && v["ordermail_orders_confirmed"] == "20"
-	}, 60*time.Second, 50*time.Millisecond, "metrics: %v", v)
+	}, 60*time.Second, 50*time.Millisecond, "ordermail_feed_streams_open 64 and ordermail_orders_confirmed 20; last scrape: %v",
+		later.Value(lastScrape.Load))
 	for _, name := range []string{"ordermail_feed_lag_changes", "ordermail_feed_lag_max_changes", "ordermail_feed_rollbacks_total",
 		"ordermail_feed_reopens_total", "ordermail_feed_checkpoint_save_failures_total"} {
 		assert.Contains(t, v, name)
