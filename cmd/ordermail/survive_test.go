@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -145,12 +146,41 @@ func placeOrders(t *testing.T, st store.Store, docs []fixtures.Doc) {
 
 // settled is a wait condition: an error reading the counts is "not yet".
 func settled(t *testing.T, st store.Store, paid int) bool {
+	return new(seenCounts).settled(t, st, paid)
+}
+
+// seenCounts keeps what a wait's condition last read of a store's counts,
+// for the wait's failure message: later.Value(seen.Last). The condition
+// runs in a goroutine of its own, hence the atomic.
+type seenCounts struct{ last atomic.Pointer[string] }
+
+// read reads the counts, and keeps them or the error.
+func (s *seenCounts) read(st store.Store) (store.Counts, error) {
 	c, err := st.Counts(context.Background())
+	seen := fmt.Sprintf("paid %d, confirmed %d, retry docs %d, dead letters %d", c.OrdersPaid, c.OrdersConfirmed, c.RetryDocs, c.DeadLetters)
+	if err != nil {
+		seen = fmt.Sprintf("counts: %v", err)
+	}
+	s.last.Store(&seen)
+	return c, err
+}
+
+// settled is settled, keeping what it read.
+func (s *seenCounts) settled(t *testing.T, st store.Store, paid int) bool {
+	c, err := s.read(st)
 	if err != nil {
 		t.Logf("counts: %v", err)
 		return false
 	}
 	return c.OrdersPaid == paid && c.OrdersConfirmed == paid && c.RetryDocs == 0
+}
+
+// Last is what was read last.
+func (s *seenCounts) Last() any {
+	if p := s.last.Load(); p != nil {
+		return *p
+	}
+	return "nothing read yet"
 }
 
 func envInt(t *testing.T, name string, def int) int {
@@ -231,8 +261,10 @@ func crashKillRestart(t *testing.T, sc app.StoreConfig, storeArgs []string, stre
 		placed += n
 		if k == kills {
 			require.Equal(t, orders, placed)
-			require.Eventually(t, func() bool { return settled(t, st, orders) }, 5*time.Minute, 50*time.Millisecond,
-				"not settled; logs of the last run:\n%s", p.logs.String())
+			var seen seenCounts
+			require.Eventually(t, func() bool { return seen.settled(t, st, orders) }, 5*time.Minute, 50*time.Millisecond,
+				"not settled: want %d paid, all confirmed, no retry docs; last: %v; logs of the last run:\n%v",
+				orders, later.Value(seen.Last), later.Value(func() any { return p.logs.String() }))
 			err, _ := p.stop(t, syscall.SIGTERM)
 			require.NoError(t, err)
 			break
@@ -276,15 +308,19 @@ func TestStandbyTakesOver(t *testing.T) {
 
 	docs := fixtures.Generate(100, 3)
 	placeOrders(t, st, docs)
+	var seen seenCounts
 	require.Eventually(t, func() bool {
-		c, err := st.Counts(context.Background())
+		c, err := seen.read(st)
 		return err == nil && c.OrdersConfirmed >= 20
-	}, 60*time.Second, 5*time.Millisecond)
+	}, 60*time.Second, 5*time.Millisecond, "20 orders confirmed by the first run; last: %v; its logs:\n%v",
+		later.Value(seen.Last), later.Value(func() any { return first.logs.String() }))
 	first.stop(t, syscall.SIGKILL)
 
 	second.waitLog(t, `"msg":"took over: this instance runs the feed now"`)
 	second.waitLog(t, `"msg":"watching"`)
-	require.Eventually(t, func() bool { return settled(t, st, 100) }, 2*time.Minute, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return seen.settled(t, st, 100) }, 2*time.Minute, 20*time.Millisecond,
+		"100 paid orders, all confirmed, no retry docs; last: %v; logs of the standby:\n%v",
+		later.Value(seen.Last), later.Value(func() any { return second.logs.String() }))
 	err, _ := second.stop(t, syscall.SIGTERM)
 	require.NoError(t, err)
 	ms := mockStats(t, mock)
@@ -305,10 +341,12 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 	placeOrders(t, st, docs)
 
 	p := startProc(t, runArgs(storeURL, mock)...)
+	var seen seenCounts
 	require.Eventually(t, func() bool {
-		c, err := st.Counts(context.Background())
+		c, err := seen.read(st)
 		return err == nil && c.OrdersConfirmed >= 100
-	}, 60*time.Second, 5*time.Millisecond)
+	}, 60*time.Second, 5*time.Millisecond, "100 orders confirmed before SIGTERM; last: %v; logs:\n%v",
+		later.Value(seen.Last), later.Value(func() any { return p.logs.String() }))
 	err, took := p.stop(t, syscall.SIGTERM)
 	require.NoError(t, err, "clean exit; logs:\n%s", p.logs.String())
 	// The bound: the mail timeout (2s) plus fx's margin; waited for above
@@ -320,7 +358,9 @@ func TestGracefulShutdownUnderLoad(t *testing.T) {
 	mid := mockStats(t, mock)
 
 	again := startProc(t, runArgs(storeURL, mock)...)
-	require.Eventually(t, func() bool { return settled(t, st, 400) }, 2*time.Minute, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return seen.settled(t, st, 400) }, 2*time.Minute, 20*time.Millisecond,
+		"400 paid orders, all confirmed, no retry docs after the restart; last: %v; logs of the restart:\n%v",
+		later.Value(seen.Last), later.Value(func() any { return again.logs.String() }))
 	err, _ = again.stop(t, syscall.SIGTERM)
 	require.NoError(t, err)
 	ms := mockStats(t, mock)
