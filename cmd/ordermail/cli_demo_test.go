@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/store"
 	"github.com/stretchr/testify/assert"
@@ -42,12 +43,15 @@ func TestDemoInterrupted(t *testing.T) {
 	require.Eventually(t, func() bool {
 		_, err := os.Stat(filepath.Join(dir, "ordermail.db.lock"))
 		return err == nil
-	}, 60*time.Second, 10*time.Millisecond, "stderr:\n%s", stderr.String())
+	}, 60*time.Second, 10*time.Millisecond, "the demo's lock file (set up, service running); stderr:\n%v",
+		later.Value(func() any { return stderr.String() }))
 	st := openStore(t, "file:"+filepath.Join(dir, "ordermail.db"))
+	var seen seenCounts
 	require.Eventually(t, func() bool {
-		c, err := st.Counts(t.Context())
+		c, err := seen.read(st)
 		return err == nil && c.OrdersPaid > 0
-	}, 60*time.Second, 10*time.Millisecond)
+	}, 60*time.Second, 10*time.Millisecond, "a paid order; last: %v; stderr:\n%v",
+		later.Value(seen.Last), later.Value(func() any { return stderr.String() }))
 	require.NoError(t, cmd.Process.Signal(os.Interrupt))
 
 	var err error

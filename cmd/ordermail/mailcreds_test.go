@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -76,10 +77,13 @@ func TestA401StormEndsWhenTheKeyIsFixed(t *testing.T) {
 
 	var status int
 	var body string
+	var lastReadyz atomic.Value // for the message: the condition runs in a goroutine of its own
 	require.Eventually(t, func() bool {
 		status, body = get(t, "http://"+metricsAddr+"/readyz")
+		lastReadyz.Store(fmt.Sprintf("%d %s", status, body))
 		return status == http.StatusServiceUnavailable
-	}, 60*time.Second, 20*time.Millisecond, "readyz never said misconfigured; logs:\n%s", p.logs.String())
+	}, 60*time.Second, 20*time.Millisecond, "readyz never said misconfigured (503); last answer: %v; logs:\n%v",
+		later.Value(lastReadyz.Load), later.Value(func() any { return p.logs.String() }))
 	assert.Contains(t, body, "401")
 	_, metrics := get(t, "http://"+metricsAddr+"/metrics")
 	assert.Contains(t, metrics, "\nordermail_mail_misconfigured 1\n")
@@ -100,8 +104,10 @@ func TestA401StormEndsWhenTheKeyIsFixed(t *testing.T) {
 	tmp := keyFile + ".new"
 	require.NoError(t, os.WriteFile(tmp, []byte(right+"\n"), 0o600))
 	require.NoError(t, os.Rename(tmp, keyFile)) // as a secret mount swaps it
-	require.Eventually(t, func() bool { return settled(t, st, len(docs)) }, 120*time.Second, 50*time.Millisecond,
-		"not every order confirmed after the key was fixed; logs:\n%s", tail(p.logs.String(), 4000))
+	var seen seenCounts
+	require.Eventually(t, func() bool { return seen.settled(t, st, len(docs)) }, 120*time.Second, 50*time.Millisecond,
+		"not every order confirmed after the key was fixed (want %d); last: %v; logs:\n%v",
+		len(docs), later.Value(seen.Last), later.Value(func() any { return tail(p.logs.String(), 4000) }))
 	c, err = st.Counts(context.Background())
 	require.NoError(t, err)
 	assert.Zero(t, c.DeadLetters)
@@ -171,8 +177,10 @@ func TestMutualTLSAsProcesses(t *testing.T) {
 	st := openStore(t, storeURL)
 	docs := fixtures.Generate(20, 3)
 	placeOrders(t, st, docs)
-	require.Eventually(t, func() bool { return settled(t, st, len(docs)) }, 60*time.Second, 20*time.Millisecond,
-		"logs:\n%s", p.logs.String())
+	var seen seenCounts
+	require.Eventually(t, func() bool { return seen.settled(t, st, len(docs)) }, 60*time.Second, 20*time.Millisecond,
+		"%d paid orders, all confirmed, no retry docs; last: %v; logs:\n%v",
+		len(docs), later.Value(seen.Last), later.Value(func() any { return p.logs.String() }))
 
 	// The mock wants a client certificate of everyone, its /stats reader too.
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(true)}}
@@ -214,9 +222,13 @@ func TestSpansAreExportedOverOTLP(t *testing.T) {
 	p.waitLog(t, `"msg":"watching"`)
 	st := openStore(t, storeURL)
 	placeOrders(t, st, fixtures.Generate(5, 8))
-	require.Eventually(t, func() bool { return settled(t, st, 5) }, 60*time.Second, 20*time.Millisecond)
+	var seen seenCounts
+	require.Eventually(t, func() bool { return seen.settled(t, st, 5) }, 60*time.Second, 20*time.Millisecond,
+		"5 paid orders, all confirmed, no retry docs; last: %v; logs:\n%v",
+		later.Value(seen.Last), later.Value(func() any { return p.logs.String() }))
 	require.Eventually(t, func() bool { return posts.Load() > 0 }, 30*time.Second, 20*time.Millisecond,
-		"no spans reached the collector; logs:\n%s", p.logs.String())
+		"no spans reached the collector (trace posts: %v); logs:\n%v",
+		later.Value(func() any { return posts.Load() }), later.Value(func() any { return p.logs.String() }))
 	assert.Positive(t, mockStats(t, mock).Traced)
 	err, _ := p.stop(t, syscall.SIGTERM)
 	require.NoError(t, err)

@@ -9,11 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ordermail/ordermail/fixtures"
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/order"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -49,19 +51,23 @@ func TestRunAsProcess(t *testing.T) {
 	}
 
 	st := openStore(t, storeURL)
-	require.Eventually(t, func() bool { return settled(t, st, 30) }, 60*time.Second, 20*time.Millisecond,
-		"logs:\n%s", p.logs.String())
+	var seen seenCounts
+	require.Eventually(t, func() bool { return seen.settled(t, st, 30) }, 60*time.Second, 20*time.Millisecond,
+		"30 paid orders, all confirmed, no retry docs; last: %v; logs:\n%v",
+		later.Value(seen.Last), later.Value(func() any { return p.logs.String() }))
 	// The backlog gauges are refreshed off the scrape path, every few seconds.
-	var body []byte
+	var lastScrape atomic.Value // what /metrics said last (or the error), for the message
 	require.Eventually(t, func() bool {
 		resp, err := http.Get("http://" + served.Addr + "/metrics")
 		if err != nil {
+			lastScrape.Store(err.Error())
 			return false
 		}
-		body, _ = io.ReadAll(resp.Body)
+		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
+		lastScrape.Store(string(body))
 		return strings.Contains(string(body), "\nordermail_orders_confirmed 30\n")
-	}, 30*time.Second, 50*time.Millisecond, "no ordermail_orders_confirmed 30 in /metrics:\n%s", body)
+	}, 30*time.Second, 50*time.Millisecond, "no ordermail_orders_confirmed 30 in /metrics; last scrape:\n%v", later.Value(lastScrape.Load))
 	err, _ := p.stop(t, syscall.SIGTERM)
 	require.NoError(t, err, "clean exit after SIGTERM; logs:\n%s", p.logs.String())
 	assert.True(t, p.hasLog(`"msg":"shutting down"`))
