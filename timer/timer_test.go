@@ -129,9 +129,9 @@ func TestScheduleKeepsFiringAfterAFailedSweep(t *testing.T) {
 	tm.Start()
 	defer func() { assert.NoError(t, tm.Stop(context.Background())) }()
 
-	require.Eventually(t, func() bool { return flaky.calls.Load() >= 2 }, 10*time.Second, 5*time.Millisecond,
+	require.Eventually(t, func() bool { return flaky.calls.Load() >= 2 }, 30*time.Second, 5*time.Millisecond,
 		"a sweep after the failed one; sweeps tried: %v", later.Value(func() any { return flaky.calls.Load() }))
-	require.Eventually(t, func() bool { return fired(t, st, "due") }, 10*time.Second, 5*time.Millisecond,
+	require.Eventually(t, func() bool { return fired(t, st, "due") }, 30*time.Second, 5*time.Millisecond,
 		"the due retry flagged; flagged: %v (sweeps tried: %v)",
 		later.Value(func() any { return fired(t, st, "due") }), later.Value(func() any { return flaky.calls.Load() }))
 }
@@ -465,7 +465,7 @@ func infoLines(t *testing.T, buf *syncbuf.Buffer, msg string) []map[string]any {
 func waitTicks(t *testing.T, tm *timer.Timer, n int64) {
 	t.Helper()
 	from := tm.Ticks()
-	require.Eventually(t, func() bool { return tm.Ticks() >= from+n }, 10*time.Second, 2*time.Millisecond,
+	require.Eventually(t, func() bool { return tm.Ticks() >= from+n }, 30*time.Second, 2*time.Millisecond,
 		"%d more ticks from %d; ticks: %v (role %q)", n, from,
 		later.Value(func() any { return tm.Ticks() }), later.Value(func() any { return tm.Status().Role }))
 }
@@ -488,7 +488,7 @@ func TestOneLinePerStateChange(t *testing.T) {
 
 	_, err = st.Upsert(ctx, order.Retry, order.ControlKey, []byte(`{"interval":"30ms","quantum":"1m"}`))
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return len(infoLines(t, &logs, "retries armed")) == 1 }, 10*time.Second, 2*time.Millisecond,
+	require.Eventually(t, func() bool { return len(infoLines(t, &logs, "retries armed")) == 1 }, 30*time.Second, 2*time.Millisecond,
 		"%q lines at info: want 1, have %v; logs:\n%v", "retries armed",
 		later.Value(func() any { return len(infoLines(t, &logs, "retries armed")) }), later.Value(func() any { return logs.String() }))
 	waitTicks(t, tm, 5)
@@ -505,7 +505,7 @@ func TestOneLinePerStateChange(t *testing.T) {
 
 	_, err = st.Upsert(ctx, order.Retry, order.ControlKey, []byte(`{"quantum":"2m"}`))
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return len(infoLines(t, &logs, "retry settings changed")) == 1 }, 10*time.Second, 2*time.Millisecond,
+	require.Eventually(t, func() bool { return len(infoLines(t, &logs, "retry settings changed")) == 1 }, 30*time.Second, 2*time.Millisecond,
 		"%q lines at info: want 1, have %v; logs:\n%v", "retry settings changed",
 		later.Value(func() any { return len(infoLines(t, &logs, "retry settings changed")) }), later.Value(func() any { return logs.String() }))
 	waitTicks(t, tm, 5)
@@ -515,7 +515,7 @@ func TestOneLinePerStateChange(t *testing.T) {
 	assert.Equal(t, "2m0s", changed[0]["quantum"])
 
 	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0))
-	require.Eventually(t, func() bool { return len(infoLines(t, &logs, "retries paused")) == 2 }, 10*time.Second, 2*time.Millisecond,
+	require.Eventually(t, func() bool { return len(infoLines(t, &logs, "retries paused")) == 2 }, 30*time.Second, 2*time.Millisecond,
 		"%q lines at info: want 2, have %v; logs:\n%v", "retries paused",
 		later.Value(func() any { return len(infoLines(t, &logs, "retries paused")) }), later.Value(func() any { return logs.String() }))
 	waitTicks(t, tm, 5)
@@ -564,7 +564,7 @@ func TestOneLineAnOutage(t *testing.T) {
 	assert.Len(t, infoLines(t, &logs, "sweep held"), 1)
 	assert.Empty(t, infoLines(t, &logs, "this instance sweeps"), "a probe is no change of role worth a line")
 	g.held.Store(false)
-	require.Eventually(t, func() bool { return tm.Status().Role == timer.RoleActive }, 10*time.Second, 2*time.Millisecond,
+	require.Eventually(t, func() bool { return tm.Status().Role == timer.RoleActive }, 30*time.Second, 2*time.Millisecond,
 		"role %q once sends are no longer held; role: %q", timer.RoleActive, later.Value(func() any { return tm.Status().Role }))
 	waitTicks(t, tm, 2)
 	assert.Len(t, infoLines(t, &logs, "sends go out again"), 1)
@@ -607,7 +607,7 @@ func TestFailedTicksAreNotTicks(t *testing.T) {
 	require.NoError(t, err)
 	tm.Start()
 	defer func() { assert.NoError(t, tm.Stop(context.Background())) }()
-	require.Eventually(t, func() bool { return tm.Status().SweepErrors >= 5 }, 10*time.Second, 2*time.Millisecond,
+	require.Eventually(t, func() bool { return tm.Status().SweepErrors >= 5 }, 30*time.Second, 2*time.Millisecond,
 		"5 sweep errors; sweep errors: %v", later.Value(func() any { return tm.Status().SweepErrors }))
 	assert.Zero(t, tm.Ticks())
 	assert.Len(t, infoLines(t, &logs, "sweep failed"), 1)
@@ -634,11 +634,11 @@ func TestStalledWhenATickNeverEnds(t *testing.T) {
 	tm.Start()
 	assert.Empty(t, tm.Stalled(), "just started")
 	// Three intervals and a tick's own bound (1s).
-	require.Eventually(t, func() bool { return tm.Stalled() != "" }, 10*time.Second, 5*time.Millisecond,
+	require.Eventually(t, func() bool { return tm.Stalled() != "" }, 30*time.Second, 5*time.Millisecond,
 		"stalled while a tick hangs; Stalled(): %q", later.Value(func() any { return tm.Stalled() }))
 	assert.Contains(t, tm.Stalled(), "no tick finished for")
 	close(ss.release)
-	require.Eventually(t, func() bool { return tm.Stalled() == "" }, 10*time.Second, 5*time.Millisecond,
+	require.Eventually(t, func() bool { return tm.Stalled() == "" }, 30*time.Second, 5*time.Millisecond,
 		"no longer stalled once the tick is released; Stalled(): %q", later.Value(func() any { return tm.Stalled() }))
 	require.NoError(t, tm.Stop(context.Background()))
 	assert.Empty(t, tm.Stalled(), "stopped")
@@ -687,7 +687,7 @@ func TestStandbyReportsTheSweepersHeartbeat(t *testing.T) {
 		10*time.Second, 2*time.Millisecond, "c never logged that it stands by: %s", &logs)
 	assert.Len(t, infoLines(t, &logs, "standby: another instance sweeps"), 1)
 	assert.Equal(t, "a", c.Status().Holder.Owner)
-	require.Eventually(t, func() bool { return len(infoLines(t, &logs, "took over the sweep")) > 0 }, 10*time.Second, 5*time.Millisecond,
+	require.Eventually(t, func() bool { return len(infoLines(t, &logs, "took over the sweep")) > 0 }, 30*time.Second, 5*time.Millisecond,
 		"c took over once a's lease ran out; role %q, holder %q; logs:\n%v",
 		later.Value(func() any { return c.Status().Role }), later.Value(func() any { return c.Status().Holder.Owner }),
 		later.Value(func() any { return logs.String() }))
