@@ -3,6 +3,7 @@ package ops_test
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -225,28 +226,69 @@ func TestRedriveAndPurgeSayWhatChangedMeanwhile(t *testing.T) {
 	assert.Equal(t, 12, c.DeadLetters, "every dead letter is left")
 }
 
+// redrivenAlongside plays a redrive that ran alongside, on a store whose
+// writes are made one by one: once the dead letter has been listed, and
+// before the retry document is read, it writes the retry document, removes
+// the dead letter, and the service tries the retry once.
+type redrivenAlongside struct {
+	oneByOne
+	t    *testing.T
+	once sync.Once
+}
+
+func (s *redrivenAlongside) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	if coll == order.Retry {
+		s.once.Do(func() {
+			n, err := ops.Redrive(ctx, s.oneByOne, time.Now(), []string{key}, false)
+			assert.Equal(s.t, 1, n, "the redrive alongside")
+			assert.NoError(s.t, err)
+			tried := order.RetryDoc{Type: order.TypeConfirmation, DocID: key, Attempt: 1, TS: 5, NextAttemptAt: 9e12, RedriveCount: 1, IdempotencyKey: "confirmation:k@1"}
+			_, err = s.oneByOne.Upsert(ctx, order.Retry, key, tried.Encode())
+			assert.NoError(s.t, err)
+		})
+	}
+	return s.oneByOne.Get(ctx, coll, key)
+}
+
 // TestARedrivenDeadLetterIsNotRedrivenAgain: on Couchbase a redrive writes
 // the retry document, then removes the dead letter. A second redrive that
-// read the dead letter before the first removed it, and the retry document
-// after the service had tried it once, found a retry document and
-// replaced it: its attempts reset and sent at once, the dead letter
-// redriven twice. A retry document that counts more redrives than the dead
-// letter is that dead letter's own: it is left as it is, and said.
+// listed the dead letter before the first removed it, and read the retry
+// document after the service had tried it once, replaced it: its attempts
+// reset and sent at once, the dead letter redriven twice. The dead letter
+// is read again after the retry document: gone, the retry is left.
 func TestARedrivenDeadLetterIsNotRedrivenAgain(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	st := openStore(t)
-	dl := order.DeadLetterDoc{DocID: "k", Reason: order.ReasonExhausted, Attempts: 10, RedriveCount: 0, IdempotencyKey: "confirmation:k@1"}
+	dl := order.DeadLetterDoc{DocID: "k", Reason: order.ReasonExhausted, Attempts: 10, IdempotencyKey: "confirmation:k@1"}
 	put(t, st, order.DeadLetter, "k", dl.Encode())
-	tried := order.RetryDoc{Type: order.TypeConfirmation, DocID: "k", Attempt: 1, TS: 5, NextAttemptAt: 9e12, RedriveCount: 1, IdempotencyKey: "confirmation:k@1"}
-	put(t, st, order.Retry, "k", tried.Encode())
 
-	n, err := ops.Redrive(ctx, oneByOne{st}, time.Now(), []string{"k"}, false)
+	n, err := ops.Redrive(ctx, &redrivenAlongside{oneByOne: oneByOne{st}, t: t}, time.Now(), []string{"k"}, false)
 	assert.Zero(t, n)
 	require.ErrorIs(t, err, ops.ErrChanged)
 	got, err := st.Get(ctx, order.Retry, "k")
 	require.NoError(t, err)
-	assert.JSONEq(t, string(tried.Encode()), string(got.Value), "the retry document is as the service left it")
+	r, err := order.DecodeRetryDoc(got.Value)
+	require.NoError(t, err)
+	assert.Equal(t, 1, r.Attempt, "the retry document is as the service left it: %s", got.Value)
+	assert.False(t, r.FireRetry)
+}
+
+// TestADeadLetterBesideAnOlderRedrivesRetryIsRedriven: a poison event's
+// dead letter counts no redrive, beside a retry document that counts one
+// (of an earlier redrive); it is redriven all the same.
+func TestADeadLetterBesideAnOlderRedrivesRetryIsRedriven(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t)
+	put(t, st, order.DeadLetter, "k", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonPoisonEvent, LastError: "boom"}.Encode())
+	put(t, st, order.Retry, "k", order.RetryDoc{Type: order.TypeConfirmation, DocID: "k", Attempt: 2, TS: 5, RedriveCount: 1, IdempotencyKey: "confirmation:k@1"}.Encode())
+	for _, s := range []store.Store{st, oneByOne{st}} {
+		n, err := ops.Redrive(ctx, s, time.Now(), []string{"k"}, false)
+		require.NoError(t, err)
+		assert.Equal(t, 1, n)
+		put(t, st, order.DeadLetter, "k", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonPoisonEvent, LastError: "boom"}.Encode())
+	}
 }
 
 // TestRedriveKeepsTheRetrysKeyWhereTheDeadLetterHasNone: a poison event's

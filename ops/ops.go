@@ -386,8 +386,9 @@ var ErrReservedKey = errors.New("the key is the retry timer's control document; 
 // document is written, then the dead letter goes (by its CAS: one that
 // changed meanwhile is left in place). On Couchbase a crash between the two
 // leaves both, and the retry, counting one redrive more than the dead
-// letter, goes ahead and removes it; a redrive that finds such a retry
-// document leaves it (the dead letter was redriven already). It redrives what it can and returns
+// letter, goes ahead and removes it; a redrive that finds a retry document
+// and then the dead letter gone or changed leaves both (the dead letter was
+// redriven alongside). It redrives what it can and returns
 // how many, with an error for the ids it could not. A backlog of any size
 // is read a page at a time (see eachDeadLetter).
 func Redrive(ctx context.Context, st store.Store, now time.Time, ids []string, all bool) (int, error) {
@@ -416,15 +417,21 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 		retry := store.Write{Op: store.OpInsert, Collection: order.Retry, Key: d.ID}
 		if err == nil {
 			retry.Op, retry.CAS = store.OpReplace, cur.CAS
+			// A retry document beside the dead letter may be that of a
+			// redrive that ran alongside and has removed the dead letter
+			// since it was listed (on Couchbase, where a redrive's two
+			// writes are apart): replacing it would reset its attempts and
+			// send at once. The dead letter, read again after the retry
+			// document, says: gone or changed, it is left.
+			again, err := st.Get(ctx, order.DeadLetter, d.ID)
+			if errors.Is(err, store.ErrNotFound) || (err == nil && again.CAS != d.cas) {
+				changed.add(d.ID)
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("redrive %s: %w", d.ID, err)
+			}
 			if old, derr := order.DecodeRetryDoc(cur.Value); derr == nil {
-				if old.RedriveCount > d.RedriveCount {
-					// This dead letter was redriven already (by a redrive
-					// that ran alongside, on Couchbase, where its two writes
-					// are apart): its retry stands, and going again would
-					// reset its attempts and send it at once.
-					changed.add(d.ID)
-					return nil
-				}
 				if r.IdempotencyKey == "" {
 					// A dead letter of no send (a poison event) knows no key;
 					// the attempts the retry document made carry one.
