@@ -6,20 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 	"unicode"
 
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/console"
 	"github.com/ordermail/ordermail/fixtures"
+	"github.com/ordermail/ordermail/internal/secretfile"
 	"github.com/ordermail/ordermail/internal/webhook"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/mailer/mockmail"
@@ -143,7 +142,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	if cfg.Console.Listen != "" && cfg.Console.TokenFile == "" {
 		// The console's actions need a token: a fresh one, in a private file.
 		cfg.Console.TokenFile = filepath.Join(dir, "admin-token")
-		if err := writeSecret(cfg.Console.TokenFile, strings.TrimPrefix(webhook.NewSecret(), "whsec_")); err != nil {
+		if err := secretfile.Write(cfg.Console.TokenFile, strings.TrimPrefix(webhook.NewSecret(), "whsec_")); err != nil {
 			return fmt.Errorf("demo console token: %w", err)
 		}
 	}
@@ -338,7 +337,7 @@ func demoCredentials(dir string, mock *mockmail.Server, cfg *app.Config) (checke
 	if cfg.Mail.AuthFile == "" {
 		token := "Bearer " + strings.TrimPrefix(webhook.NewSecret(), "whsec_")
 		cfg.Mail.AuthFile = filepath.Join(dir, "mail-token")
-		if err := writeSecret(cfg.Mail.AuthFile, token); err != nil {
+		if err := secretfile.Write(cfg.Mail.AuthFile, token); err != nil {
 			return "", fmt.Errorf("demo credentials: %w", err)
 		}
 		mock.SetAuthValue(token)
@@ -351,7 +350,7 @@ func demoCredentials(dir string, mock *mockmail.Server, cfg *app.Config) (checke
 			return "", err
 		}
 		cfg.Mail.SigningSecretFile = filepath.Join(dir, "mail-signing-secrets")
-		if err := writeSecret(cfg.Mail.SigningSecretFile, secret); err != nil {
+		if err := secretfile.Write(cfg.Mail.SigningSecretFile, secret); err != nil {
 			return "", fmt.Errorf("demo credentials: %w", err)
 		}
 		mock.SetSigning(secrets)
@@ -372,21 +371,6 @@ func ownMock(m mailer.Config) error {
 		}
 	}
 	return nil
-}
-
-// writeSecret writes a fresh secret to a new private file at path: a file
-// or a symbolic link already there (a directory given with --data may hold
-// anything) is replaced, never written through with its mode kept.
-func writeSecret(path, secret string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteString(secret + "\n")
-	return errors.Join(err, f.Close())
 }
 
 // waitConfirmed polls the store until every paid order is confirmed or

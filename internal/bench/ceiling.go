@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/secretfile"
 	"github.com/ordermail/ordermail/internal/webhook"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 )
@@ -128,10 +128,10 @@ func newCredentials(dir string) (*credentials, error) {
 	}
 	c := &credentials{tokenFile: filepath.Join(dir, "mail-token"), secretsFile: filepath.Join(dir, "mail-secrets"),
 		token: "Bearer " + strings.TrimPrefix(webhook.NewSecret(), "whsec_"), secrets: secrets}
-	if err := os.WriteFile(c.tokenFile, []byte(c.token+"\n"), 0o600); err != nil {
+	if err := secretfile.Write(c.tokenFile, c.token); err != nil {
 		return nil, fmt.Errorf("bench credentials: %w", err)
 	}
-	if err := os.WriteFile(c.secretsFile, []byte(secret+"\n"), 0o600); err != nil {
+	if err := secretfile.Write(c.secretsFile, secret); err != nil {
 		return nil, fmt.Errorf("bench credentials: %w", err)
 	}
 	return c, nil
