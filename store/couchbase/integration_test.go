@@ -280,6 +280,7 @@ func TestAClusterNotReachedIsSaidAsItIs(t *testing.T) {
 	toTLSPort := tlsCfg
 	toTLSPort.ConnStr = strings.Replace(tlsCfg.ConnStr, "couchbases://", "couchbase://", 1)
 	toTLSPort.CACertFile = ""
+	banner := greeter(t, "SSH-2.0-OpenSSH_9.6\r\n") // a service that speaks first
 	for _, tt := range []struct {
 		name string
 		cfg  Config
@@ -290,6 +291,8 @@ func TestAClusterNotReachedIsSaidAsItIs(t *testing.T) {
 		{"nothing listening, over TLS", Config{ConnStr: "couchbases://" + closedAddr, Username: "u", Password: "p"},
 			"nothing listens at " + closedAddr + " (connection refused)"},
 		{"plain to a TLS port", toTLSPort, "does not answer as a Couchbase data port"},
+		{"plain to another service", Config{ConnStr: "couchbase://" + banner, Username: "u", Password: "p"},
+			`does not answer as a Couchbase data port (no memcached answer: its answer begins "SSH-")`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel() // each waits out the SDK's timeouts
@@ -308,6 +311,46 @@ func TestAClusterNotReachedIsSaidAsItIs(t *testing.T) {
 			assert.NotContains(t, err.Error(), "password right", "setup")
 		})
 	}
+}
+
+// greeter listens on loopback and writes hello to every connection, then
+// hangs up; it returns the address.
+func greeter(t *testing.T, hello string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte(hello + strings.Repeat(" ", 24)))
+			c.Close()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// TestOneNodeDownOfSeveralIsNotBlamed: with the first node of the
+// connection string down and a live one after it, a missing bucket is said
+// as a missing bucket, not as the node down.
+func TestOneNodeDownOfSeveralIsNotBlamed(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	closedAddr := l.Addr().String()
+	require.NoError(t, l.Close())
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	cfg.ConnStr = strings.Replace(cfg.ConnStr, "couchbase://", "couchbase://"+closedAddr+",", 1)
+	cfg.Bucket, cfg.Timeout = "nope", 500*time.Millisecond
+	s, err := Open(context.Background(), cfg, testLog)
+	if err == nil {
+		s.Close()
+	}
+	require.Error(t, err)
+	assert.ErrorContains(t, err, "missing? run ordermail setup")
+	assert.NotContains(t, err.Error(), "nothing listens")
 }
 
 func TestUnreachableNamesWhy(t *testing.T) {

@@ -19,7 +19,7 @@ import (
 
 // reachTrouble says what is wrong with reaching the cluster that the SDK
 // could not reach, which tells only of a timeout. It makes a connection of
-// its own to the first seed node's data port: nothing listening there, a
+// its own to the seed nodes' data ports, the first that takes one: nothing listening there, a
 // name that does not resolve, a host that does not answer are named. On
 // couchbases:// the connection is checked as the SDK checks it (the same
 // CA, the same client certificate); on both it asks a memcached HELLO,
@@ -33,18 +33,35 @@ func (c Config) reachTrouble(ctx context.Context) error {
 	if err := ac.FromConnStr(c.ConnStr); err != nil || len(ac.SeedConfig.MemdAddrs) == 0 {
 		return nil
 	}
-	addr := ac.SeedConfig.MemdAddrs[0]
+	ctx, cancel := context.WithTimeout(ctx, max(c.withDefaults().Timeout, probeTimeout))
+	defer cancel()
+	// The first node that takes a connection is the one asked: one node
+	// down of several is no reason the SDK failed.
+	var raw net.Conn
+	var addr string
+	var dialErrs []error
+	for _, a := range ac.SeedConfig.MemdAddrs {
+		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", a)
+		if err == nil {
+			raw, addr = conn, a
+			break
+		}
+		dialErrs = append(dialErrs, unreachable(a, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if raw == nil {
+		if len(dialErrs) == 1 {
+			return dialErrs[0]
+		}
+		return fmt.Errorf("no node of the connection string takes a connection: %w", errors.Join(dialErrs...))
+	}
+	defer raw.Close()
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, max(c.withDefaults().Timeout, probeTimeout))
-	defer cancel()
-	raw, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return unreachable(addr, err)
-	}
-	defer raw.Close()
 	if d, ok := ctx.Deadline(); ok {
 		_ = raw.SetDeadline(d)
 	}
@@ -110,9 +127,17 @@ func hello(conn net.Conn) error {
 		return err
 	}
 	var res [24]byte
-	_, err := io.ReadFull(conn, res[:])
-	return err
+	if _, err := io.ReadFull(conn, res[:]); err != nil {
+		return err
+	}
+	if res[0] != 0x81 || res[1] != 0x1f {
+		return fmt.Errorf("%w: its answer begins %q", errNotDataPort, res[:4])
+	}
+	return nil
 }
+
+// errNotDataPort is an answer to HELLO that is no memcached response.
+var errNotDataPort = errors.New("no memcached answer")
 
 // tlsProblem names what err, from the probe's handshake (or, when shook,
 // from its HELLO after it), says is wrong.
@@ -151,6 +176,8 @@ func (c Config) tlsProblem(addr string, shook bool, err error) error {
 			return fmt.Errorf("%s hung up once it had the client certificate: %s", addr, login)
 		}
 		return fmt.Errorf("%s hung up right after the TLS handshake: does the cluster require a client certificate? %s", addr, login)
+	case shook && errors.Is(err, errNotDataPort):
+		return fmt.Errorf("%s does not answer as a Couchbase data port over TLS (%v): is it the cluster's TLS data port (11207)?", addr, err)
 	case shook:
 		return nil // TLS works; whatever else is wrong, the caller's message says
 	}
