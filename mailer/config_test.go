@@ -335,6 +335,9 @@ func TestCredentialsInTheClearAreWarnedOf(t *testing.T) {
 		{"http://[::1]:9080", token, false},
 		{"https://mail.example.net", token, false},
 		{"http://mail.example.net", "", false},
+		{"http://user:s3cret@mail.example.net", "", true},
+		{"http://mail.example.net/?api_key=s3cret", "", true},
+		{"https://mail.example.net/?api_key=s3cret", "", false},
 	} {
 		var logs strings.Builder
 		_, err := mailer.New(mailer.Config{URL: tt.url, AuthFile: tt.token}, slog.New(slog.NewTextHandler(&logs, nil)))

@@ -415,7 +415,10 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	if _, err := c.signer(now); err != nil {
 		return nil, err
 	}
-	if base.Scheme == "http" && cfg.AuthFile != "" && !loopbackHost(base.Hostname()) {
+	// Credentials: the auth file's, or in the URL itself (a password, a key
+	// in the query: what redact hides).
+	inURL := redact.URL(cfg.URL) != cfg.URL || base.User != nil
+	if base.Scheme == "http" && (cfg.AuthFile != "" || inURL) && !loopbackHost(base.Hostname()) {
 		// Not refused: a sidecar or a trusted network may be meant.
 		c.log.Warn("the email service's credentials go over the network unencrypted: give --mail-url an https:// URL unless that is meant",
 			"mail_url", cfg.RedactedURL())
