@@ -452,13 +452,26 @@ func (s *Store) checkFile(ino uint64) {
 // file and its -wal and -shm files, where they are there and have it: a
 // file made by an earlier release (0644), or by another tool first.
 func makePrivate(path string) error {
-	for _, p := range []string{path, path + "-wal", path + "-shm"} {
-		fi, err := os.Stat(p)
+	for i, p := range []string{path, path + "-wal", path + "-shm"} {
+		fi, err := os.Lstat(p)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
 		if err != nil {
 			return err
+		}
+		if i > 0 && !fi.Mode().IsRegular() {
+			// SQLite's own files, never links: one planted by another user
+			// who may write to the directory would have SQLite write the
+			// store's pages, or its chmod change, wherever it points.
+			return fmt.Errorf("%s is not a regular file (%s): remove it (SQLite makes its own)", p, fi.Mode().Type())
+		}
+		if i == 0 && fi.Mode()&fs.ModeSymlink != 0 {
+			// The store file itself may be a link the operator made: its
+			// target is what is made private.
+			if fi, err = os.Stat(p); err != nil {
+				return err
+			}
 		}
 		perm := fi.Mode().Perm()
 		if perm&0o077 == 0 {

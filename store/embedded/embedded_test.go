@@ -453,6 +453,27 @@ func TestAFileThatIsNoDatabaseIsRefused(t *testing.T) {
 	assert.Equal(t, os.FileMode(0o644), fi.Mode().Perm())
 }
 
+// TestASharedMemoryFileThatIsALinkIsRefused: SQLite's -shm and -wal
+// files are its own; a link planted in their place (by another user who
+// may write to the directory) is refused by name, and its target left
+// alone (before, it was made private, then written by SQLite).
+func TestASharedMemoryFileThatIsALinkIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	target := filepath.Join(t.TempDir(), "notes")
+	require.NoError(t, os.WriteFile(target, []byte("mine"), 0o644))
+	require.NoError(t, os.Chmod(target, 0o644))
+	path := filepath.Join(dir, "o.db")
+	require.NoError(t, os.Symlink(target, path+"-shm"))
+	_, err := embedded.Open(context.Background(), embedded.Config{Path: path})
+	require.EqualError(t, err, "embedded store "+path+": "+path+"-shm is not a regular file (L---------): remove it (SQLite makes its own)")
+	fi, err := os.Stat(target)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o644), fi.Mode().Perm())
+	b, err := os.ReadFile(target)
+	require.NoError(t, err)
+	assert.Equal(t, "mine", string(b))
+}
+
 // TestALockFileThatIsASymlinkIsNotFollowed: the lock files are opened
 // without following a symbolic link, which another user who may write to
 // the store's directory could plant to have a file of this user emptied.

@@ -144,7 +144,7 @@ func (l *writeLock) acquire(timeout time.Duration) {
 	}
 	// Wait in the kernel, on a file description of its own, which a wait
 	// given up on closes once it has the lock: closing lets the lock go.
-	f, err := os.OpenFile(l.path, os.O_RDWR, 0)
+	f, err := os.OpenFile(l.path, os.O_RDWR|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return
 	}
