@@ -9,5 +9,6 @@
 // For `ordermail bench` it also keeps per-key timings: GET /timings serves
 // when each key was first requested and delivered, and a summary of how long
 // senders waited after a failure before trying the key again; POST /reset
-// forgets every key, timing and count.
+// forgets every key, timing and count (with the credentials sends need,
+// when it wants any).
 package mockmail

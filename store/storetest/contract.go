@@ -551,8 +551,9 @@ func testFeedWakes(t *testing.T, s store.Store) {
 	sub, err := s.Subscribe(ctx, p+"sub", []string{order.Retry}, store.FeedOptions{FromNow: true})
 	require.NoError(t, err)
 	defer sub.Close(context.Background())
-	// Next is called, and blocks, before the write; the test's goroutine
-	// judges what it returned (nothing may fail the test from another).
+	// Next is called, and blocks unless the write has come first (nothing
+	// here can tell); the test's goroutine judges what it returned
+	// (nothing may fail the test from another).
 	type next struct {
 		ev  store.Event
 		err error
