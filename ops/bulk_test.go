@@ -274,6 +274,29 @@ func TestARedrivenDeadLetterIsNotRedrivenAgain(t *testing.T) {
 	assert.False(t, r.FireRetry)
 }
 
+// TestARedriveHalfMadeIsNotMadeAgain: on Couchbase a redrive that wrote
+// the retry document and has not removed the dead letter yet (or crashed
+// between the two) leaves both; the service may have tried the retry
+// meanwhile. A redrive of the dead letter then leaves the retry document
+// that was made of it.
+func TestARedriveHalfMadeIsNotMadeAgain(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t)
+	dl := order.DeadLetterDoc{DocID: "k", Reason: order.ReasonExhausted, Attempts: 10, DeadAt: 1234, IdempotencyKey: "confirmation:k@1"}
+	put(t, st, order.DeadLetter, "k", dl.Encode())
+	tried := order.Redriven(dl, time.Now())
+	tried.Attempt, tried.FireRetry, tried.NextAttemptAt = 1, false, 9e12
+	put(t, st, order.Retry, "k", tried.Encode())
+
+	n, err := ops.Redrive(ctx, oneByOne{st}, time.Now(), []string{"k"}, false)
+	assert.Zero(t, n)
+	require.ErrorIs(t, err, ops.ErrChanged)
+	got, err := st.Get(ctx, order.Retry, "k")
+	require.NoError(t, err)
+	assert.JSONEq(t, string(tried.Encode()), string(got.Value), "the retry document is as the service left it")
+}
+
 // TestADeadLetterBesideAnOlderRedrivesRetryIsRedriven: a poison event's
 // dead letter counts no redrive, beside a retry document that counts one
 // (of an earlier redrive); it is redriven all the same.
@@ -281,13 +304,16 @@ func TestADeadLetterBesideAnOlderRedrivesRetryIsRedriven(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	st := openStore(t)
-	put(t, st, order.DeadLetter, "k", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonPoisonEvent, LastError: "boom"}.Encode())
-	put(t, st, order.Retry, "k", order.RetryDoc{Type: order.TypeConfirmation, DocID: "k", Attempt: 2, TS: 5, RedriveCount: 1, IdempotencyKey: "confirmation:k@1"}.Encode())
+	poison := order.DeadLetterDoc{DocID: "k", Reason: order.ReasonPoisonEvent, LastError: "boom", DeadAt: 999}
+	put(t, st, order.DeadLetter, "k", poison.Encode())
+	put(t, st, order.Retry, "k", order.RetryDoc{Type: order.TypeConfirmation, DocID: "k", Attempt: 2, TS: 5, RedriveCount: 1,
+		RedrivenFrom: 500, IdempotencyKey: "confirmation:k@1"}.Encode())
 	for _, s := range []store.Store{st, oneByOne{st}} {
 		n, err := ops.Redrive(ctx, s, time.Now(), []string{"k"}, false)
 		require.NoError(t, err)
 		assert.Equal(t, 1, n)
-		put(t, st, order.DeadLetter, "k", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonPoisonEvent, LastError: "boom"}.Encode())
+		poison.DeadAt++ // another dead letter of the key, of another time
+		put(t, st, order.DeadLetter, "k", poison.Encode())
 	}
 }
 

@@ -432,6 +432,12 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 				return fmt.Errorf("redrive %s: %w", d.ID, err)
 			}
 			if old, derr := order.DecodeRetryDoc(cur.Value); derr == nil {
+				if d.DeadAt != 0 && old.RedrivenFrom == d.DeadAt {
+					// Made of this very dead letter by a redrive whose
+					// removal of it is not made yet, or was lost.
+					changed.add(d.ID)
+					return nil
+				}
 				if r.IdempotencyKey == "" {
 					// A dead letter of no send (a poison event) knows no key;
 					// the attempts the retry document made carry one.

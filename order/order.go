@@ -280,6 +280,10 @@ type RetryDoc struct {
 	// service answered, not that the breaker held the sends back.
 	HeldBack     string `json:"heldBack,omitempty"`
 	RedriveCount int    `json:"redriveCount,omitempty"`
+	// RedrivenFrom is the deadAt of the dead letter a redrive made this
+	// document of: a redrive that finds it beside that same dead letter
+	// (the other's second write not made yet, or lost to a crash) leaves it.
+	RedrivenFrom int64 `json:"redrivenFrom,omitempty"`
 	// IdempotencyKey is the key of the first attempt, kept for every later
 	// one. Empty in the sample's documents: the order's current one is used.
 	IdempotencyKey string `json:"idempotencyKey,omitempty"`
@@ -365,7 +369,7 @@ func Redriven(d DeadLetterDoc, now time.Time) RetryDoc {
 	ms := now.UnixMilli()
 	return RetryDoc{Type: TypeConfirmation, DocID: d.DocID, TS: ms, FireRetry: true, NextAttemptAt: ms,
 		FirstAttemptAt: d.FirstAttemptAt, LastStatus: d.LastStatus, LastError: d.LastError,
-		RedriveCount: Incr(d.RedriveCount), IdempotencyKey: d.IdempotencyKey}
+		RedriveCount: Incr(d.RedriveCount), RedrivenFrom: d.DeadAt, IdempotencyKey: d.IdempotencyKey}
 }
 
 // DeadLetterDoc records a confirmation given up on, stored in DeadLetter
