@@ -40,8 +40,12 @@ func (c Config) reachTrouble(ctx context.Context) error {
 	var raw net.Conn
 	var addr string
 	var dialErrs []error
-	for _, a := range ac.SeedConfig.MemdAddrs {
-		conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", a)
+	// Each node a share of the time: one that drops connections (a host
+	// down, a firewall) must not use it all before a live one is asked.
+	seeds := ac.SeedConfig.MemdAddrs
+	dialer := &net.Dialer{Timeout: max(time.Second, max(c.withDefaults().Timeout, probeTimeout)/time.Duration(len(seeds)))}
+	for _, a := range seeds {
+		conn, err := dialer.DialContext(ctx, "tcp", a)
 		if err == nil {
 			raw, addr = conn, a
 			break
