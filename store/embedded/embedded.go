@@ -137,6 +137,7 @@ type readStmts struct {
 // Open opens, creating and upgrading if needed, the database file.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	cfg = cfg.withDefaults()
+	cfg.Path = RealPath(cfg.Path)
 	if cfg.ReadOnly {
 		return openReadOnly(ctx, cfg)
 	}
@@ -853,4 +854,19 @@ func mapErr(err error) error {
 		}
 	}
 	return err
+}
+
+// RealPath is path with its symbolic links resolved, the file SQLite
+// opens: its -wal and -shm files, and the lock files, go beside that one,
+// whichever link names it (two services that name one store by two paths
+// share one lock). A path not there yet resolves its directory; one that
+// cannot be resolved is returned as it is.
+func RealPath(path string) string {
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		return real
+	}
+	if dir, err := filepath.EvalSymlinks(filepath.Dir(path)); err == nil {
+		return filepath.Join(dir, filepath.Base(path))
+	}
+	return path
 }

@@ -474,6 +474,42 @@ func TestASharedMemoryFileThatIsALinkIsRefused(t *testing.T) {
 	assert.Equal(t, "mine", string(b))
 }
 
+// TestAStoreNamedByALink: an operator's link to the store file names the
+// store it points to: its lock is that store's (a service started by the
+// link and one by the real path do not both run the feed), and its files
+// beside it are the ones made private.
+func TestAStoreNamedByALink(t *testing.T) {
+	real := filepath.Join(t.TempDir(), "o.db")
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: real})
+	require.NoError(t, err)
+	require.NoError(t, st.Close())
+	require.NoError(t, os.Chmod(real, 0o644))
+	link := filepath.Join(t.TempDir(), "link.db")
+	require.NoError(t, os.Symlink(real, link))
+
+	byReal, byLink := embedded.NewProcessLock(real), embedded.NewProcessLock(link)
+	ok, err := byReal.TryLock()
+	require.NoError(t, err)
+	require.True(t, ok)
+	defer byReal.Unlock()
+	ok, err = byLink.TryLock()
+	require.NoError(t, err)
+	assert.False(t, ok, "one store, one lock, whatever path names it")
+
+	st, err = embedded.Open(context.Background(), embedded.Config{Path: link})
+	require.NoError(t, err)
+	defer st.Close()
+	_, err = st.Upsert(context.Background(), "inbound", "o", []byte(`{}`))
+	require.NoError(t, err)
+	for _, p := range []string{real, real + "-wal"} {
+		fi, err := os.Stat(p)
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), p)
+	}
+	_, err = os.Lstat(link + "-wal")
+	assert.ErrorIs(t, err, os.ErrNotExist, "nothing beside the link")
+}
+
 // TestALockFileThatIsASymlinkIsNotFollowed: the lock files are opened
 // without following a symbolic link, which another user who may write to
 // the store's directory could plant to have a file of this user emptied.

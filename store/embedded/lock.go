@@ -21,7 +21,7 @@ type ProcessLock struct {
 
 // NewProcessLock returns the lock for the database at dbPath.
 func NewProcessLock(dbPath string) *ProcessLock {
-	return &ProcessLock{path: dbPath + ".lock"}
+	return &ProcessLock{path: RealPath(dbPath) + ".lock"}
 }
 
 // Path is the lock file.
