@@ -36,7 +36,7 @@ func consume(t *testing.T, name string, sub store.Subscription, c *consumer) {
 				return
 			}
 			c.mu.Lock()
-			c.seen[ev.Key] = append(c.seen[ev.Key], name)
+			c.seen[ev.Key] = append(c.seen[ev.Key], fmt.Sprintf("%s@vb%d/seq%d/cas%d", name, ev.Partition, ev.Seq, ev.CAS))
 			c.mu.Unlock()
 			ev.Ack()
 		}
