@@ -21,6 +21,7 @@ import (
 type consumer struct {
 	mu   sync.Mutex
 	seen map[string][]string // key -> the members that delivered it
+	how  map[string][]string // key -> each delivery's member, vBucket, seq and CAS, for the report
 	done chan struct{}
 }
 
@@ -36,7 +37,11 @@ func consume(t *testing.T, name string, sub store.Subscription, c *consumer) {
 				return
 			}
 			c.mu.Lock()
-			c.seen[ev.Key] = append(c.seen[ev.Key], fmt.Sprintf("%s@vb%d/seq%d/cas%d", name, ev.Partition, ev.Seq, ev.CAS))
+			c.seen[ev.Key] = append(c.seen[ev.Key], name)
+			if c.how == nil {
+				c.how = map[string][]string{}
+			}
+			c.how[ev.Key] = append(c.how[ev.Key], fmt.Sprintf("%s@vb%d/seq%d/cas%d", name, ev.Partition, ev.Seq, ev.CAS))
 			c.mu.Unlock()
 			ev.Ack()
 		}
@@ -52,7 +57,7 @@ func (c *consumer) report(keys []string) (missing, twice []string) {
 		case n == 0:
 			missing = append(missing, k)
 		case n > 1:
-			twice = append(twice, fmt.Sprintf("%s by %v", k, c.seen[k]))
+			twice = append(twice, fmt.Sprintf("%s by %v", k, c.how[k]))
 		}
 	}
 	return missing, twice
