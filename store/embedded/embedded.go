@@ -451,7 +451,9 @@ func (s *Store) checkFile(ino uint64) {
 // inode identifies the file at path.
 // makePrivate takes away the group's and others' access to the store's
 // file and its -wal and -shm files, where they are there and have it: a
-// file made by an earlier release (0644), or by another tool first.
+// file made by an earlier release (0644), or by another tool first. path
+// is the real one (RealPath): a link the operator made to the store is
+// resolved before.
 func makePrivate(path string) error {
 	for i, p := range []string{path, path + "-wal", path + "-shm"} {
 		fi, err := os.Lstat(p)
@@ -466,13 +468,6 @@ func makePrivate(path string) error {
 			// who may write to the directory would have SQLite write the
 			// store's pages, or its chmod change, wherever it points.
 			return fmt.Errorf("%s is not a regular file (%s): remove it (SQLite makes its own)", p, fi.Mode().Type())
-		}
-		if i == 0 && fi.Mode()&fs.ModeSymlink != 0 {
-			// The store file itself may be a link the operator made: its
-			// target is what is made private.
-			if fi, err = os.Stat(p); err != nil {
-				return err
-			}
 		}
 		perm := fi.Mode().Perm()
 		if perm&0o077 == 0 {
