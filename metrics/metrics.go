@@ -585,7 +585,7 @@ var (
 	descLag        = prometheus.NewDesc("ordermail_feed_lag_changes", "Changes the store has past the feed's checkpoints, summed over the partitions (the embedded store: past the change last read; 0 when the reader is idle).", nil, nil)
 	descMaxLag     = prometheus.NewDesc("ordermail_feed_lag_max_changes", "The largest lag of one partition.", nil, nil)
 	descRollbacks  = prometheus.NewDesc("ordermail_feed_rollbacks_total", "Rollbacks the store asked the feed for.", nil, nil)
-	descReopens    = prometheus.NewDesc("ordermail_feed_reopens_total", "Streams reopened (ended, refused or unanswered).", nil, nil)
+	descReopens    = prometheus.NewDesc("ordermail_feed_reopens_total", "Streams reopened (ended, refused, unanswered, or restarted from their checkpoints after a late heartbeat).", nil, nil)
 	descCkptFailed = prometheus.NewDesc("ordermail_feed_checkpoint_save_failures_total", "Checkpoint documents that could not be saved.", nil, nil)
 
 	// Couchbase without --instance: the instances share the vBuckets.

@@ -91,12 +91,12 @@ func (t *AckTracker) Checkpoints() map[uint16]uint64 {
 }
 
 // Outstanding is how many events delivered on p are not acknowledged yet
-// (some may be acknowledged out of order, waiting on an older one).
+// (those acknowledged out of order, waiting on an older one, are not).
 func (t *AckTracker) Outstanding(p uint16) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if pa, ok := t.parts[p]; ok {
-		return len(pa.queue)
+		return len(pa.queue) - len(pa.acked)
 	}
 	return 0
 }

@@ -16,12 +16,15 @@ func TestAckTrackerOutOfOrder(t *testing.T) {
 	a20 := tr.Deliver(0, 20)
 	b3 := tr.Deliver(7, 3)
 
+	assert.Equal(t, 3, tr.Outstanding(0), "11, 15 and 20; not the skipped 16")
 	a15()
 	a20()
 	assert.Equal(t, map[uint16]uint64{0: 10, 7: 0}, tr.Checkpoints(), "11 is still in flight")
+	assert.Equal(t, 1, tr.Outstanding(0), "only 11 is not acknowledged")
 
 	a11()
 	assert.Equal(t, map[uint16]uint64{0: 20, 7: 0}, tr.Checkpoints())
+	assert.Equal(t, 0, tr.Outstanding(0))
 	a11() // a second ack of the same event changes nothing
 	b3()
 	assert.Equal(t, map[uint16]uint64{0: 20, 7: 3}, tr.Checkpoints())

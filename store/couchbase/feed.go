@@ -71,7 +71,8 @@ type FeedStats struct {
 	// Those in between are: the lag bounds the changes left from above.
 	Lag, MaxLag uint64
 	// Since Subscribe: rollbacks the server asked for, streams reopened
-	// (ended, refused or unanswered), checkpoint documents not saved.
+	// (ended, refused, unanswered, or restarted from their checkpoints
+	// after a heartbeat came late), checkpoint documents not saved.
 	Rollbacks, Reopens, CheckpointSaveFailures uint64
 
 	// Membership mode: this member's name, the feed's members as its last
@@ -85,6 +86,14 @@ type FeedStats struct {
 }
 
 type snapshot struct{ start, end uint64 }
+
+// pending is an event on its way to Next, with the stream incarnation it
+// came from: one that became void meanwhile is dropped there.
+type pending struct {
+	ev  store.Event
+	st  *vbState
+	gen int
+}
 
 type phase int
 
@@ -105,6 +114,8 @@ type vbState struct {
 	sent       time.Time  // phaseOpening: when the request went out; zero before
 	cancel     func()     // phaseOpening: abandons the request
 	gen        int        // stream incarnation; callbacks of older ones are dropped
+	void       int        // events of incarnations before this one are never handed out (restartLocked, voidLocked)
+	dropped    int        // events of void incarnations Next dropped since the last restart: never acknowledged
 	uuid       uint64     // the vBucket UUID the stream runs on
 	base       position   // where the stream started
 	snaps      []snapshot // snapshot markers since base, oldest first
@@ -187,7 +198,7 @@ type feed struct {
 	log     *slog.Logger
 
 	acks   *store.AckTracker
-	events chan store.Event
+	events chan pending
 	ctx    context.Context // ends at Close
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
@@ -238,7 +249,7 @@ func newFeed(ctx context.Context, agent dcpAgent, cps checkpointStore, resolve r
 	f := &feed{
 		agent: agent, cps: cps, resolve: resolve, name: name, vbs: vbs, opts: opts, log: log,
 		acks:   store.NewAckTracker(nil),
-		events: make(chan store.Event, opts.buffer),
+		events: make(chan pending, opts.buffer),
 		ctx:    fctx, stop: stop,
 		wake:   make(chan struct{}, 1),
 		ready:  make(chan struct{}),
@@ -257,8 +268,9 @@ func newFeed(ctx context.Context, agent dcpAgent, cps checkpointStore, resolve r
 		for _, vb := range vbs {
 			p := saved[vb]
 			f.saved[vb] = p
-			f.state[vb] = &vbState{uuid: p.UUID, base: p, high: p.Seq}
-			f.acks.Reset(vb, p.Seq)
+			st := &vbState{uuid: p.UUID, base: p, high: p.Seq}
+			f.state[vb] = st
+			f.restartLocked(vb, st, p.Seq)
 		}
 		f.stats.VBuckets = len(vbs)
 		f.unsettled = len(vbs)
@@ -582,9 +594,7 @@ func (f *feed) open(vb uint16, gen int) {
 	}
 	st.failures, st.closeFirst, st.rollbackTo = 0, false, nil
 	st.uuid, st.base, st.snaps = from.UUID, from, nil
-	// Events of the old stream still in flight are acknowledged into the
-	// void: the new stream delivers them again.
-	f.acks.Reset(vb, from.Seq)
+	f.restartLocked(vb, st, from.Seq)
 	st.sent = f.opts.now()
 	ids := f.ids
 	f.mu.Unlock()
@@ -720,11 +730,30 @@ func (f *feed) change(vb uint16, gen int, collID uint32, key, value []byte, dele
 	// Deliver under f.mu, so that a reopen cannot slip between the
 	// generation check and the delivery.
 	ev.Ack = f.acks.Deliver(vb, seq)
+	st := f.state[vb]
 	f.mu.Unlock()
 	select {
-	case f.events <- ev:
+	case f.events <- pending{ev, st, gen}:
 	case <-f.ctx.Done():
 	}
+}
+
+// restartLocked starts vb's acknowledgements again at seq, for a stream
+// opened from there (a claim, a reopen, a rollback). The events of the
+// streams before it are void: those still on their way to Next are
+// dropped there, and those already handed out are acknowledged into the
+// void; the new stream delivers them again.
+func (f *feed) restartLocked(vb uint16, st *vbState, seq uint64) {
+	f.acks.Reset(vb, seq)
+	st.void, st.dropped = st.gen, 0
+}
+
+// inFlight is how many events of vb were handed out by Next and not
+// acknowledged yet, or are on their way to it and will be.
+func (f *feed) inFlight(vb uint16) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.acks.Outstanding(vb) - f.state[vb].dropped
 }
 
 // skip moves vb past seq, a change that is not ours (a system event, or
@@ -1070,20 +1099,41 @@ func (f *feed) FeedStats() store.FeedStats {
 }
 
 func (f *feed) Next(ctx context.Context) (store.Event, error) {
+	for {
+		p, err := f.receive(ctx)
+		if err != nil {
+			return store.Event{}, err
+		}
+		f.mu.Lock()
+		live := p.gen >= p.st.void
+		if !live {
+			p.st.dropped++
+		}
+		f.mu.Unlock()
+		if live {
+			return p.ev, nil
+		}
+		// Its stream became void after it was read (a fence, a reopen):
+		// it comes again from the checkpoint, here or at the vBucket's
+		// new owner. Never acknowledged, it holds the checkpoint below it.
+	}
+}
+
+func (f *feed) receive(ctx context.Context) (pending, error) {
 	select {
-	case ev := <-f.events:
-		return ev, nil
+	case p := <-f.events:
+		return p, nil
 	default:
 	}
 	select {
-	case ev := <-f.events:
-		return ev, nil
+	case p := <-f.events:
+		return p, nil
 	case <-ctx.Done():
-		return store.Event{}, ctx.Err()
+		return pending{}, ctx.Err()
 	case <-f.failed:
-		return store.Event{}, f.err
+		return pending{}, f.err
 	case <-f.ctx.Done():
-		return store.Event{}, store.ErrClosed
+		return pending{}, store.ErrClosed
 	}
 }
 

@@ -388,6 +388,73 @@ func TestStreamEndReopensFromTheCheckpoint(t *testing.T) {
 	cps.waitFor(t, 4, position{UUID: 3, Seq: 2, SnapStart: 1, SnapEnd: 5})
 }
 
+// Events a stream read ahead, still on their way to Next when the
+// stream ends, are not handed out: the reopened stream delivers them, and
+// each comes out once.
+func TestEventsReadAheadByAnEndedStreamComeOnce(t *testing.T) {
+	agent := &fakeAgent{}
+	cps := &fakeCheckpoints{}
+	f := startFeed(t, agent, cps, []uint16{4}, false, fastOpts)
+	s := agent.lastOpen(t, 4, 1)
+	s.cb(3, nil)
+	s.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{StartSeqNo: 1, EndSeqNo: 3})
+	for seq := uint64(1); seq <= 3; seq++ {
+		s.obs.Mutation(mutation(4, inboundID, fmt.Sprint("k", seq), "{}", seq)) // read ahead, not taken
+	}
+	s.obs.End(gocbcore.DcpStreamEnd{VbID: 4}, gocbcore.ErrSocketClosed)
+
+	re := agent.lastOpen(t, 4, 2)
+	assert.Equal(t, position{UUID: 3}, re.from, "nothing was acknowledged")
+	re.cb(3, nil)
+	re.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{StartSeqNo: 1, EndSeqNo: 3})
+	for seq := uint64(1); seq <= 3; seq++ {
+		re.obs.Mutation(gocbcore.DcpMutation{VbID: 4, CollectionID: inboundID, Key: []byte(fmt.Sprint("k", seq)),
+			Value: []byte(`{"again":true}`), SeqNo: seq, Cas: 1000 + seq})
+	}
+	for seq := uint64(1); seq <= 3; seq++ {
+		ev := next(t, f)
+		assert.Equal(t, fmt.Sprint("k", seq), ev.Key)
+		assert.JSONEq(t, `{"again":true}`, string(ev.Value), "%s comes from the reopened stream", ev.Key)
+		ev.Ack()
+	}
+	assertNothingMore(t, f)
+	cps.waitFor(t, 4, position{UUID: 3, Seq: 3, SnapStart: 1, SnapEnd: 3})
+}
+
+// A stream voided because this member may have been taken for dead (its
+// heartbeats came late) hands out nothing more, not even what it read
+// ahead: another member may stream the vBucket by now. What it read holds
+// the checkpoint below it, and a handover does not wait for it.
+func TestAVoidedStreamHandsOutNothingItReadAhead(t *testing.T) {
+	agent := &fakeAgent{}
+	f := startFeed(t, agent, &fakeCheckpoints{}, []uint16{0}, false, fastOpts)
+	s := agent.lastOpen(t, 0, 1)
+	s.cb(1, nil)
+	s.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{StartSeqNo: 1, EndSeqNo: 3})
+	s.obs.Mutation(mutation(0, inboundID, "a", "{}", 1))
+	s.obs.Mutation(mutation(0, inboundID, "b", "{}", 2))
+	s.obs.Mutation(mutation(0, inboundID, "c", "{}", 3))
+	a := next(t, f) // handed out before the void: it may still be acknowledged
+
+	f.mu.Lock()
+	f.voidLocked(0)
+	f.mu.Unlock()
+	assertNothingMore(t, f)
+	assert.Equal(t, 1, f.inFlight(0), "a is in flight; b and c, dropped, will never be acknowledged")
+	a.Ack()
+	assert.Equal(t, 0, f.inFlight(0))
+	assert.Equal(t, uint64(1), f.acks.Checkpoints()[0], "b and c hold the checkpoint")
+}
+
+// assertNothingMore checks that Next has no event to hand out now.
+func assertNothingMore(t *testing.T, f *feed) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // Next hands out what it holds before it looks at ctx
+	ev, err := f.Next(ctx)
+	assert.ErrorIs(t, err, context.Canceled, "an event was handed out: %+v", withoutAck(ev))
+}
+
 func TestFilteredChangesMoveTheCheckpoint(t *testing.T) {
 	agent := &fakeAgent{}
 	cps := &fakeCheckpoints{}

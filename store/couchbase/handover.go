@@ -288,7 +288,7 @@ func (f *feed) claimAll(ctx context.Context, vbs []uint16, live func(string) boo
 		st.uuid, st.base, st.snaps, st.rollbackTo = p.UUID, p, nil, nil
 		st.high = max(st.high, p.Seq)
 		f.saved[vb] = p
-		f.acks.Reset(vb, p.Seq)
+		f.restartLocked(vb, st, p.Seq)
 		f.stats.VBuckets++
 		f.stats.Claimed++
 		mu.Lock()
@@ -352,16 +352,7 @@ func (f *feed) release(vb uint16) {
 		abandon()
 	}
 
-	deadline := f.opts.now().Add(f.opts.releaseWait)
-	t := time.NewTicker(10 * time.Millisecond)
-	for f.acks.Outstanding(vb) > 0 && f.opts.now().Before(deadline) && f.ctx.Err() == nil {
-		select {
-		case <-t.C:
-		case <-f.ctx.Done():
-		}
-	}
-	t.Stop()
-	if n := f.acks.Outstanding(vb); n > 0 && f.ctx.Err() == nil {
+	if n := f.awaitAcks([]uint16{vb}, f.opts.releaseWait); n > 0 && f.ctx.Err() == nil {
 		f.log.Warn("handing a vBucket over with events in flight; the new owner delivers them again", "vb", vb, "in_flight", n)
 	}
 
@@ -408,20 +399,45 @@ func (f *feed) release(vb uint16) {
 	}
 }
 
+// awaitAcks waits, at most for wait, until the events of vbs handed out
+// are acknowledged, and returns how many are still out.
+func (f *feed) awaitAcks(vbs []uint16, wait time.Duration) int {
+	out := func() (n int) {
+		for _, vb := range vbs {
+			n += f.inFlight(vb)
+		}
+		return n
+	}
+	deadline := f.opts.now().Add(wait)
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for out() > 0 && f.opts.now().Before(deadline) && f.ctx.Err() == nil {
+		select {
+		case <-t.C:
+		case <-f.ctx.Done():
+		}
+	}
+	return out()
+}
+
 // fenceAll runs after a heartbeat that came a TTL or more after the last
 // one: this member may have been taken for dead. Nothing is handed out
 // meanwhile; each vBucket we held is ours still if our checkpoint write
 // goes through by our last CAS, and lost otherwise.
 func (f *feed) fenceAll(ctx context.Context, at time.Time) {
 	f.mu.Lock()
-	held, fenced := 0, f.stats.Fenced
+	fenced := f.stats.Fenced
+	var held []uint16
 	for vb, st := range f.state {
 		if st.held && !st.releasing {
 			f.voidLocked(vb)
-			held++
+			held = append(held, vb)
 		}
 	}
 	f.mu.Unlock()
+	// The events handed out before the void are being sent: what is
+	// acknowledged within half a heartbeat is saved, not delivered again.
+	f.awaitAcks(held, f.own.beat/2)
 	saved, err := f.save(ctx, true)
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -433,15 +449,17 @@ func (f *feed) fenceAll(ctx context.Context, at time.Time) {
 			kept++
 		}
 	}
+	f.stats.Reopens += uint64(kept)
 	// The rest stay unstreamed until a heartbeat finds them ours.
 	f.log.Warn("heartbeat came late: this member may have been taken for dead", "late_by", at.Sub(f.own.lastBeat),
-		"kept", kept, "lost", f.stats.Fenced-fenced, "unknown", held-kept-int(f.stats.Fenced-fenced), "error", err)
+		"kept", kept, "lost", f.stats.Fenced-fenced, "unknown", len(held)-kept-int(f.stats.Fenced-fenced), "error", err)
 	f.poke()
 }
 
 // voidLocked stops vb's stream from handing anything out: its callbacks
-// are ignored from now on, and it is not reopened until a heartbeat says
-// vb is still ours.
+// are ignored from now on, what it read that Next has not handed out yet
+// is dropped there, and it is not reopened until a heartbeat says vb is
+// still ours.
 func (f *feed) voidLocked(vb uint16) {
 	st := f.state[vb]
 	if st.phase == phaseOpening && st.cancel != nil {
@@ -449,6 +467,7 @@ func (f *feed) voidLocked(vb uint16) {
 	}
 	st.cancel = nil
 	st.gen++
+	st.void = st.gen
 	st.phase = phaseUnowned
 	st.closeFirst = true
 	st.suspect = true
