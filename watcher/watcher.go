@@ -598,7 +598,9 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 		if !errors.Is(err, store.ErrUnavailable) {
 			failures++
 			if failures >= w.cfg.MaxEventFailures {
-				w.poison(ctx, log, ev, err)
+				if !w.poison(ctx, log, ev, err) {
+					return false // stopped before its dead letter was written: replayed
+				}
 				ev.Ack()
 				w.handled.Add(1)
 				return true
@@ -612,31 +614,45 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 	}
 }
 
-// poison dead-letters an event that keeps failing. If even that cannot be
-// written, the failure is logged and the event let go: the document is
-// untouched, and its next change brings it back.
-func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, cause error) {
-	// Counted once the line is written, whether or not the dead letter is.
-	defer w.deadLetter(order.ReasonPoisonEvent)
+// poison dead-letters an event that keeps failing. A dead letter written
+// meanwhile by someone else is read again and written over (at most
+// maxStale times). If it cannot be written even so, the failure is logged
+// and the event let go: the document is untouched, and its next change
+// brings it back. It returns false when ctx ended first: the event is
+// then not let go but replayed.
+func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, cause error) bool {
 	detail := truncate(cause.Error(), 300)
+	conflicts := 0
 	// By the dead letter alone: the failure may be in reading the rest.
 	err := w.retryStore(ctx, log, "write poison dead letter", func() error {
-		var st store.State
-		cur, err := w.store.Get(ctx, order.DeadLetter, ev.Key)
-		if err == nil {
-			st.DeadLetter = cur
-		} else if !errors.Is(err, store.ErrNotFound) {
+		for {
+			var st store.State
+			cur, err := w.store.Get(ctx, order.DeadLetter, ev.Key)
+			if err == nil {
+				st.DeadLetter = cur
+			} else if !errors.Is(err, store.ErrNotFound) {
+				return err
+			}
+			d := order.DeadLetterDoc{DocID: ev.Key, Reason: order.ReasonPoisonEvent, LastError: detail, DeadAt: w.now().UnixMilli()}
+			_, err = w.store.Apply(ctx, deadLetterWrites(st, d, false))
+			if (errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrCASMismatch)) && conflicts < maxStale {
+				conflicts++
+				continue
+			}
 			return err
 		}
-		d := order.DeadLetterDoc{DocID: ev.Key, Reason: order.ReasonPoisonEvent, LastError: detail, DeadAt: w.now().UnixMilli()}
-		_, err = w.store.Apply(ctx, deadLetterWrites(st, d, false))
-		return err
 	})
+	if err != nil && ctx.Err() != nil {
+		return false
+	}
+	// Counted once the line is written, whether or not the dead letter is.
+	defer w.deadLetter(order.ReasonPoisonEvent)
 	if err != nil {
 		log.Error("change given up on; could not dead-letter it either", "failures", w.cfg.MaxEventFailures, "error", cause, "dead_letter_error", err)
-		return
+		return true
 	}
 	log.Error("change given up on and dead-lettered", "reason", order.ReasonPoisonEvent, "failures", w.cfg.MaxEventFailures, "error", cause)
+	return true
 }
 
 func (w *Watcher) limits() Limits {

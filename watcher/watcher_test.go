@@ -496,6 +496,91 @@ func TestPoisonEventIsDeadLetteredAndTheFeedGoesOn(t *testing.T) {
 	assert.Len(t, logs.Lines("change given up on and dead-lettered"), 1)
 }
 
+// deadLetterRaced answers the first dead-letter write as if another
+// instance had written the dead letter just before (ErrExists), and can
+// hold every dead-letter write until its context ends.
+type deadLetterRaced struct {
+	*poisonState
+	raced   atomic.Bool
+	hang    bool
+	entered chan struct{} // closed at the first held write
+	once    sync.Once
+	acked   atomic.Bool // the poison event was acknowledged
+}
+
+func (d *deadLetterRaced) Apply(ctx context.Context, ws []store.Write) ([]uint64, error) {
+	if ws[0].Collection == order.DeadLetter {
+		if d.hang {
+			d.once.Do(func() { close(d.entered) })
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}
+		if d.raced.CompareAndSwap(false, true) {
+			return nil, fmt.Errorf("insert %s: %w", ws[0].Key, store.ErrExists)
+		}
+	}
+	return d.poisonState.Apply(ctx, ws)
+}
+
+func (d *deadLetterRaced) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
+	sub, err := d.poisonState.Subscribe(ctx, name, colls, opts)
+	if err != nil {
+		return nil, err
+	}
+	return ackSpy{sub, d}, nil
+}
+
+type ackSpy struct {
+	store.Subscription
+	d *deadLetterRaced
+}
+
+func (a ackSpy) Next(ctx context.Context) (store.Event, error) {
+	ev, err := a.Subscription.Next(ctx)
+	if ev.Key == a.d.key {
+		ack := ev.Ack
+		ev.Ack = func() { a.d.acked.Store(true); ack() }
+	}
+	return ev, err
+}
+
+// A poison event's dead letter written meanwhile by someone else is read
+// again and written over: the event is not let go without one.
+func TestAPoisonDeadLetterWrittenMeanwhileIsWrittenOver(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "poison", paidOrder)
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	st := &deadLetterRaced{poisonState: &poisonState{e.store, "poison"}}
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2}, st, e.mail, log, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	waitHandled(t, w, 1)
+	assert.True(t, st.raced.Load(), "the first dead-letter write was refused")
+	assert.True(t, st.acked.Load())
+	assert.Equal(t, order.ReasonPoisonEvent, mustDeadLetter(t, e.store, "poison").Reason)
+	assert.Empty(t, logs.Lines("could not dead-letter it either"))
+}
+
+// A watcher stopped while a poison event's dead letter is being written
+// does not let the event go: it is replayed.
+func TestAPoisonEventStoppedBeforeItsDeadLetterIsReplayed(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "poison", paidOrder)
+	st := &deadLetterRaced{poisonState: &poisonState{e.store, "poison"}, hang: true, entered: make(chan struct{})}
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2}, st, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	recvWithin(t, st.entered, "the dead letter's write")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second) // its grace ends while the write hangs
+	defer cancel()
+	require.NoError(t, w.Stop(ctx))
+	assert.False(t, st.acked.Load(), "acknowledged with no dead letter written")
+	_, found := get(t, e.store, order.DeadLetter, "poison")
+	assert.False(t, found)
+}
+
 // replaying hands out the first event twice, the second time with its old
 // snapshot of the key's state: a change read before the worker's own write
 // of the key was committed.
