@@ -90,6 +90,16 @@ func (t *AckTracker) Checkpoints() map[uint16]uint64 {
 	return out
 }
 
+// Checkpoint is Checkpoints' figure for partition p alone.
+func (t *AckTracker) Checkpoint(p uint16) uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if pa, ok := t.parts[p]; ok {
+		return pa.done
+	}
+	return 0
+}
+
 // Outstanding is how many events delivered on p are not acknowledged yet
 // (those acknowledged out of order, waiting on an older one, are not).
 func (t *AckTracker) Outstanding(p uint16) int {

@@ -90,9 +90,10 @@ type snapshot struct{ start, end uint64 }
 // pending is an event on its way to Next, with the stream incarnation it
 // came from: one that became void meanwhile is dropped there.
 type pending struct {
-	ev  store.Event
-	st  *vbState
-	gen int
+	ev       store.Event
+	st       *vbState
+	gen      int
+	restarts int
 }
 
 type phase int
@@ -115,7 +116,8 @@ type vbState struct {
 	cancel     func()     // phaseOpening: abandons the request
 	gen        int        // stream incarnation; callbacks of older ones are dropped
 	void       int        // events of incarnations before this one are never handed out (restartLocked, voidLocked)
-	dropped    int        // events of void incarnations Next dropped since the last restart: never acknowledged
+	restarts   int        // restartLocked calls: the acknowledgements an event counts in
+	dropped    int        // events Next dropped since the last restart: never acknowledged
 	uuid       uint64     // the vBucket UUID the stream runs on
 	base       position   // where the stream started
 	snaps      []snapshot // snapshot markers since base, oldest first
@@ -590,7 +592,7 @@ func (f *feed) open(vb uint16, gen int) {
 	if rollback != nil {
 		from = position{UUID: uuid, Seq: *rollback, SnapStart: *rollback, SnapEnd: *rollback}
 	} else {
-		from = f.positionAt(vb, f.acks.Checkpoints()[vb])
+		from = f.positionAt(vb, f.acks.Checkpoint(vb))
 	}
 	st.failures, st.closeFirst, st.rollbackTo = 0, false, nil
 	st.uuid, st.base, st.snaps = from.UUID, from, nil
@@ -712,7 +714,7 @@ func (f *feed) change(vb uint16, gen int, collID uint32, key, value []byte, dele
 	if f.own != nil && !f.own.validLocked(f.opts.now()) {
 		// Our heartbeat may have expired (this process was paused): another
 		// member may own vb by now. Hand nothing out until the next
-		// heartbeat says what is still ours (fenceAll).
+		// heartbeat says what is still ours (fence).
 		f.voidLocked(vb)
 		f.mu.Unlock()
 		return
@@ -731,9 +733,10 @@ func (f *feed) change(vb uint16, gen int, collID uint32, key, value []byte, dele
 	// generation check and the delivery.
 	ev.Ack = f.acks.Deliver(vb, seq)
 	st := f.state[vb]
+	p := pending{ev, st, gen, st.restarts}
 	f.mu.Unlock()
 	select {
-	case f.events <- pending{ev, st, gen}:
+	case f.events <- p:
 	case <-f.ctx.Done():
 	}
 }
@@ -746,6 +749,7 @@ func (f *feed) change(vb uint16, gen int, collID uint32, key, value []byte, dele
 func (f *feed) restartLocked(vb uint16, st *vbState, seq uint64) {
 	f.acks.Reset(vb, seq)
 	st.void, st.dropped = st.gen, 0
+	st.restarts++
 }
 
 // inFlight is how many events of vb were handed out by Next and not
@@ -922,35 +926,29 @@ func (f *feed) every(d time.Duration, fn func()) {
 	}
 }
 
+// errHandedOver: a vBucket handed over while its checkpoint waited to be
+// saved.
+var errHandedOver = errors.New("handed over")
+
 // flush saves every checkpoint that moved (sequence number, snapshot or
 // UUID), all of them even when some fail, and forgets the snapshots below
 // the saved ones.
 func (f *feed) flush(ctx context.Context) error {
-	_, err := f.save(ctx, false)
+	_, err := f.save(ctx, nil)
 	return err
 }
 
-// save is flush; with all, it writes every checkpoint this member owns,
-// moved or not (fenceAll: a write by our last CAS says whether it is still
-// ours). It returns the vBuckets it saved.
-func (f *feed) save(ctx context.Context, all bool) ([]uint16, error) {
-	if f.own != nil {
-		// A handover's checkpoint write and ours must not cross: each is
-		// by the CAS of the other's.
-		f.own.saveMu.Lock()
-		defer f.own.saveMu.Unlock()
-	}
+// save is flush; with force, it writes the checkpoints of those vBuckets
+// this member owns, moved or not (fence: a write by our last CAS says
+// whether it is still ours). It returns the vBuckets it saved.
+func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error) {
 	type todo struct {
 		p     position
 		gen   int
 		claim claim
 	}
 	f.mu.Lock()
-	// Read under f.mu, as open's rollback resets them under it: read
-	// before, a checkpoint past the rollback point would be saved on the
-	// new branch.
 	cps := f.acks.Checkpoints()
-	work := map[uint16]todo{}
 	var vbs []uint16
 	for vb, st := range f.state {
 		// The snapshots below the acknowledged position are needed by no
@@ -962,8 +960,11 @@ func (f *feed) save(ctx context.Context, all bool) ([]uint16, error) {
 		if f.own != nil && (!st.held || st.releasing) {
 			continue
 		}
-		if p := f.positionAt(vb, cps[vb]); p != f.saved[vb] || all {
-			work[vb] = todo{p, st.gen, st.claim}
+		if force != nil {
+			if force[vb] {
+				vbs = append(vbs, vb)
+			}
+		} else if p := f.positionAt(vb, cps[vb]); p != f.saved[vb] {
 			vbs = append(vbs, vb)
 		}
 	}
@@ -971,19 +972,42 @@ func (f *feed) save(ctx context.Context, all bool) ([]uint16, error) {
 	if len(vbs) == 0 {
 		return nil, nil
 	}
-	var claimsMu sync.Mutex
+	var mu sync.Mutex
+	work := map[uint16]todo{}
 	claims := map[uint16]claim{}
 	errs := parallel(ctx, vbs, f.opts.saveParallel, func(ctx context.Context, vb uint16) error {
 		ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
 		defer cancel()
-		w := work[vb]
+		if f.own != nil {
+			// A handover's checkpoint write and ours must not cross: each
+			// is by the CAS of the other's.
+			unlock, err := f.own.lockSaves(ctx, vb)
+			if err != nil {
+				return err
+			}
+			defer unlock()
+		}
+		// Read under f.mu, as open's rollback resets them under it: read
+		// before, a checkpoint past the rollback point would be saved on
+		// the new branch.
+		f.mu.Lock()
+		st := f.state[vb]
+		w := todo{f.positionAt(vb, f.acks.Checkpoint(vb)), st.gen, st.claim}
+		handedOver := f.own != nil && (!st.held || st.releasing)
+		f.mu.Unlock()
+		if handedOver { // while this waited for the handover's write
+			return errHandedOver
+		}
+		mu.Lock()
+		work[vb] = w
+		mu.Unlock()
 		if f.own == nil {
 			return f.cps.Save(ctx, f.name, vb, w.p)
 		}
 		c, err := f.own.cps.SaveOwned(ctx, f.name, vb, f.own.me, w.p, w.claim)
-		claimsMu.Lock()
+		mu.Lock()
 		claims[vb] = c
-		claimsMu.Unlock()
+		mu.Unlock()
 		return err
 	})
 	f.mu.Lock()
@@ -991,6 +1015,10 @@ func (f *feed) save(ctx context.Context, all bool) ([]uint16, error) {
 	stopping := ctx == f.ctx && f.ctx.Err() != nil // the saver, cut short by Close: Close saves again
 	var lost, saved []uint16
 	for _, vb := range vbs {
+		if errors.Is(errs[vb], errHandedOver) {
+			delete(errs, vb) // not ours to save
+			continue
+		}
 		if errors.Is(errs[vb], errFenced) {
 			if st := f.state[vb]; st.held && st.claim == work[vb].claim {
 				lost = append(lost, vb)
@@ -1104,19 +1132,38 @@ func (f *feed) Next(ctx context.Context) (store.Event, error) {
 		if err != nil {
 			return store.Event{}, err
 		}
-		f.mu.Lock()
-		live := p.gen >= p.st.void
-		if !live {
-			p.st.dropped++
-		}
-		f.mu.Unlock()
-		if live {
+		if f.handOut(p) {
 			return p.ev, nil
 		}
-		// Its stream became void after it was read (a fence, a reopen):
-		// it comes again from the checkpoint, here or at the vBucket's
-		// new owner. Never acknowledged, it holds the checkpoint below it.
+		// Its stream became void after it was read (a fence, a reopen, a
+		// handover): it comes again from the checkpoint, here or at the
+		// vBucket's new owner. Never acknowledged, it holds the checkpoint
+		// below it.
 	}
+}
+
+// handOut says whether p may be handed out: its stream is not void, and
+// (membership mode) this process cannot have been paused past its TTL
+// since the heartbeat loop last ran; if it may have, p's stream is voided
+// as change does, until the next heartbeat says what is still ours.
+func (f *feed) handOut(p pending) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := p.st
+	if p.gen >= st.void && f.own != nil && !f.own.validLocked(f.opts.now()) {
+		if st.held && !st.releasing {
+			f.voidLocked(p.ev.Partition)
+		} else {
+			st.void = st.gen
+		}
+	}
+	if p.gen >= st.void {
+		return true
+	}
+	if p.restarts == st.restarts { // counted against the acknowledgements it is in
+		st.dropped++
+	}
+	return false
 }
 
 func (f *feed) receive(ctx context.Context) (pending, error) {

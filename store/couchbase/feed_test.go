@@ -415,6 +415,9 @@ func TestEventsReadAheadByAnEndedStreamComeOnce(t *testing.T) {
 		ev := next(t, f)
 		assert.Equal(t, fmt.Sprint("k", seq), ev.Key)
 		assert.JSONEq(t, `{"again":true}`, string(ev.Value), "%s comes from the reopened stream", ev.Key)
+		// The old stream's events dropped count against the old
+		// acknowledgements, not against those of the new stream.
+		assert.Equal(t, 4-int(seq), f.inFlight(4), "in flight with %s in hand", ev.Key)
 		ev.Ack()
 	}
 	assertNothingMore(t, f)

@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/semaphore"
 )
 
 // Membership mode of the feed: the instances of a feed share its
@@ -32,9 +35,11 @@ type ownership struct {
 	beat  time.Duration // heartbeat interval: a fifth of the TTL
 	step  *stepper      // nil: never steps aside
 
-	// saveMu orders the checkpoint writes of the saver and of handovers
-	// on one vBucket: each is by the CAS the other left.
-	saveMu sync.Mutex
+	// saves orders the checkpoint writes of the saver, of handovers and
+	// of fences on each vBucket: each is by the CAS the other left. One
+	// per vBucket, so that writes to a node that hangs hold up only the
+	// vBuckets it holds. Made by join, read-only after.
+	saves map[uint16]*semaphore.Weighted
 
 	// The heartbeat loop's own: the assignment, computed again only when
 	// the live members change; whether a heartbeat of ours ever failed or
@@ -56,6 +61,16 @@ func newOwnership(s *Store, feed, me string, ttl time.Duration, now func() time.
 	return &ownership{group: newGroup(s, feed, me, ttl, now), cps: metaCheckpoints{s}, me: me, ttl: ttl, beat: ttl / 5}
 }
 
+// lockSaves waits, at most until ctx ends, for vb's checkpoint writes to
+// be ours to make; unlock lets the next one go.
+func (o *ownership) lockSaves(ctx context.Context, vb uint16) (unlock func(), err error) {
+	l := o.saves[vb]
+	if err := l.Acquire(ctx, 1); err != nil {
+		return nil, fmt.Errorf("wait for the checkpoint writes of vb %d: %w", vb, err)
+	}
+	return func() { l.Release(1) }, nil
+}
+
 // validLocked says whether the heartbeat loop ran recently enough that
 // this process cannot have been paused past its TTL (a beat short of it,
 // for clock skew and the time a claim takes). A pause ends with every
@@ -73,8 +88,10 @@ func (o *ownership) validLocked(now time.Time) bool {
 // returns.
 func (f *feed) join(ctx context.Context, fromNow bool) error {
 	f.own.fromNow = fromNow
+	f.own.saves = make(map[uint16]*semaphore.Weighted, len(f.vbs))
 	for _, vb := range f.vbs {
 		f.state[vb] = &vbState{phase: phaseUnowned, settled: true}
+		f.own.saves[vb] = semaphore.NewWeighted(1)
 	}
 	claimed, err := f.rebalance(ctx)
 	if err != nil {
@@ -110,7 +127,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	prev := o.lastTry
 	late := !prev.IsZero() && !o.validLocked(sent)
 	if late {
-		// Nothing more is handed out until fenceAll has checked what is
+		// Nothing more is handed out until fence has checked what is
 		// still ours: lastTry moves now, and the streams would hand out
 		// again before that.
 		for vb, st := range f.state {
@@ -145,14 +162,23 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	o.faltered = o.faltered || late
 	f.mu.Lock()
 	away := late || (!o.lastBeat.IsZero() && f.opts.now().Sub(o.lastBeat) >= o.ttl-o.beat)
-	for _, st := range f.state {
-		away = away || (st.held && st.suspect) // voided by a stream, or not yet found ours
+	unsure := map[uint16]bool{}
+	for vb, st := range f.state {
+		if st.held && st.suspect && !st.releasing { // voided by a stream, or not yet found ours
+			unsure[vb] = true
+		}
 	}
 	f.mu.Unlock()
-	if away {
+	switch {
+	case away:
 		// Our entry may have expired meanwhile: the others may have taken
 		// vBuckets of ours. Keep those our checkpoint writes still hold.
-		f.fenceAll(ctx, sent)
+		f.fence(ctx, sent, nil)
+	case len(unsure) > 0:
+		// Nothing new since the last fence: only what it could not
+		// confirm (or a stream voided) is checked again, and the streams
+		// it kept go on.
+		f.fence(ctx, sent, unsure)
 	}
 	now := f.opts.now()
 	live := doc.assignable(now)
@@ -334,10 +360,11 @@ func (f *feed) startOf(ctx context.Context, vb uint16) (position, error) {
 	return position{UUID: uint64(flog[0].VbUUID), Seq: s, SnapStart: s, SnapEnd: s}, nil
 }
 
-// release hands vb over: nothing more is handed out, the events in flight
-// are acknowledged (or, after releaseWait, given up: the new owner
-// delivers them again, and their sends repeat under their keys), the
-// stream is closed, and the checkpoint is written with no owner.
+// release hands vb over: nothing more is read, the events in flight are
+// acknowledged (or, after releaseWait, given up: those not yet handed out
+// are dropped, and the new owner delivers them again; the sends of those
+// in hand repeat under their keys), the stream is closed, and the
+// checkpoint is written with no owner.
 func (f *feed) release(vb uint16) {
 	f.mu.Lock()
 	st := f.state[vb]
@@ -355,6 +382,10 @@ func (f *feed) release(vb uint16) {
 	if n := f.awaitAcks([]uint16{vb}, f.opts.releaseWait); n > 0 && f.ctx.Err() == nil {
 		f.log.Warn("handing a vBucket over with events in flight; the new owner delivers them again", "vb", vb, "in_flight", n)
 	}
+	// What is still on its way to Next is the new owner's to deliver.
+	f.mu.Lock()
+	st.void = st.gen
+	f.mu.Unlock()
 
 	// A context of its own: Close waits for this write, which frees vb at
 	// once for the member it is assigned to.
@@ -373,10 +404,17 @@ func (f *feed) release(vb uint16) {
 		return
 	}
 
-	f.own.saveMu.Lock()
-	defer f.own.saveMu.Unlock()
+	unlock, err := f.own.lockSaves(ctx, vb)
+	if err != nil {
+		f.log.Warn("hand a vBucket over; trying again at the next heartbeat", "vb", vb, "error", err)
+		f.mu.Lock()
+		st.releasing = false
+		f.mu.Unlock()
+		return
+	}
+	defer unlock()
 	f.mu.Lock()
-	p := f.positionAt(vb, f.acks.Checkpoints()[vb])
+	p := f.positionAt(vb, f.acks.Checkpoint(vb))
 	c := st.claim
 	f.mu.Unlock()
 	err = f.own.cps.Release(ctx, f.name, vb, f.own.me, p, c)
@@ -420,25 +458,35 @@ func (f *feed) awaitAcks(vbs []uint16, wait time.Duration) int {
 	return out()
 }
 
-// fenceAll runs after a heartbeat that came a TTL or more after the last
-// one: this member may have been taken for dead. Nothing is handed out
-// meanwhile; each vBucket we held is ours still if our checkpoint write
-// goes through by our last CAS, and lost otherwise.
-func (f *feed) fenceAll(ctx context.Context, at time.Time) {
+// fence runs after a heartbeat that came a TTL or more after the last
+// one (only nil): this member may have been taken for dead. Nothing is
+// handed out meanwhile; each vBucket we held is ours still if our
+// checkpoint write goes through by our last CAS, and lost otherwise. With
+// only, it checks those vBuckets alone (voided already): those a fence
+// before could not confirm.
+func (f *feed) fence(ctx context.Context, at time.Time, only map[uint16]bool) {
 	f.mu.Lock()
 	fenced := f.stats.Fenced
-	var held []uint16
-	for vb, st := range f.state {
-		if st.held && !st.releasing {
-			f.voidLocked(vb)
-			held = append(held, vb)
+	held := only
+	if held == nil {
+		held = map[uint16]bool{}
+		for vb, st := range f.state {
+			if st.held && !st.releasing {
+				f.voidLocked(vb)
+				held[vb] = true
+			}
 		}
 	}
 	f.mu.Unlock()
 	// The events handed out before the void are being sent: what is
 	// acknowledged within half a heartbeat is saved, not delivered again.
-	f.awaitAcks(held, f.own.beat/2)
-	saved, err := f.save(ctx, true)
+	// The writes get another half: those not made by then (their node
+	// hangs) leave their vBuckets unstreamed until a heartbeat finds them
+	// ours, and the loop comes round in time.
+	f.awaitAcks(slices.Collect(maps.Keys(held)), f.own.beat/2)
+	sctx, cancel := context.WithTimeout(ctx, f.own.beat/2)
+	saved, err := f.save(sctx, held)
+	cancel()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := f.opts.now()
@@ -451,8 +499,13 @@ func (f *feed) fenceAll(ctx context.Context, at time.Time) {
 	}
 	f.stats.Reopens += uint64(kept)
 	// The rest stay unstreamed until a heartbeat finds them ours.
-	f.log.Warn("heartbeat came late: this member may have been taken for dead", "late_by", at.Sub(f.own.lastBeat),
-		"kept", kept, "lost", f.stats.Fenced-fenced, "unknown", len(held)-kept-int(f.stats.Fenced-fenced), "error", err)
+	lost := int(f.stats.Fenced - fenced)
+	if only == nil {
+		f.log.Warn("heartbeat came late: this member may have been taken for dead", "late_by", at.Sub(f.own.lastBeat),
+			"kept", kept, "lost", lost, "unknown", len(held)-kept-lost, "error", err)
+	} else {
+		f.log.Warn("vBuckets not yet found ours checked again", "kept", kept, "lost", lost, "unknown", len(held)-kept-lost, "error", err)
+	}
 	f.poke()
 }
 
@@ -518,13 +571,16 @@ func (f *feed) heldVbuckets() []uint16 {
 // keeps its owner until Close has dropped the connection and leave has
 // marked this member as gone.
 func (f *feed) handOverAll(ctx context.Context) error {
-	f.own.saveMu.Lock()
-	defer f.own.saveMu.Unlock()
 	vbs := f.heldVbuckets()
 	cps := f.acks.Checkpoints()
 	errs := parallel(ctx, vbs, f.opts.saveParallel, func(ctx context.Context, vb uint16) error {
 		ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
 		defer cancel()
+		unlock, err := f.own.lockSaves(ctx, vb)
+		if err != nil {
+			return err
+		}
+		defer unlock()
 		if err := f.agent.CloseStream(ctx, vb); err != nil {
 			return fmt.Errorf("close the stream of vb %d: %w", vb, err)
 		}
@@ -532,7 +588,7 @@ func (f *feed) handOverAll(ctx context.Context) error {
 		st := f.state[vb]
 		p, c := f.positionAt(vb, cps[vb]), st.claim
 		f.mu.Unlock()
-		err := f.own.cps.Release(ctx, f.name, vb, f.own.me, p, c)
+		err = f.own.cps.Release(ctx, f.name, vb, f.own.me, p, c)
 		if errors.Is(err, errFenced) {
 			return nil // not ours any more
 		}
