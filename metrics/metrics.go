@@ -41,7 +41,7 @@ import (
 //	# The email service.
 //	max(ordermail_breaker_open) == 1                                  for: 5m
 //	max(ordermail_mail_misconfigured) == 1                            for: 1m
-//	sum(rate(ordermail_sends_total{status_class=~"4xx|5xx|none"}[5m]))
+//	sum(rate(ordermail_sends_total{status_class!="2xx"}[5m]))
 //	  / sum(rate(ordermail_sends_total[5m])) > 0.2                    for: 10m
 //	# Nobody sweeps while retries are armed (every instance standby or
 //	# down), and not because every instance's sends are held back.

@@ -14,12 +14,23 @@
 #   scripts/compare-bench.sh /tmp/om-old /tmp/om-new 6
 #
 # ROUNDS (the third argument) defaults to 6, ORDERS (the environment) to
-# 30000; README's scenario a is ORDERS=20000. Needs python3.
+# 30000; README's scenario a is ORDERS=20000. NEW_RUN_ARGS (the
+# environment) are handed to NEW's service (after bench's --), to measure a
+# setting against the same binary without it:
+#
+#   NEW_RUN_ARGS='--attempt-history 0' scripts/compare-bench.sh /tmp/om /tmp/om 6
+#
+# Needs python3.
 set -euo pipefail
 old=${1:?old binary}
 new=${2:?new binary}
 rounds=${3:-6}
 orders=${ORDERS:-30000}
+new_run=()
+if [[ -n ${NEW_RUN_ARGS:-} ]]; then
+  read -ra extra <<<"$NEW_RUN_ARGS"
+  new_run=(-- "${extra[@]}")
+fi
 out=$(mktemp)
 json=$(mktemp)
 log=$(mktemp)
@@ -43,8 +54,8 @@ for i in $(seq 0 $((rounds - 1))); do
   for j in 0 1 2; do
     case $(((i + j) % 3)) in
     0) one old "$old" ;;
-    1) one new "$new" ;;
-    2) one new-secure "$new" --secure ;;
+    1) one new "$new" "${new_run[@]}" ;;
+    2) one new-secure "$new" --secure "${new_run[@]}" ;;
     esac
   done
 done

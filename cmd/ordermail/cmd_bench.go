@@ -55,9 +55,11 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 		LongHelp: "bench starts the mock email service and `ordermail run` as processes of their own on a new\n" +
 			"embedded store, waits until the service has confirmed a probe order, writes paid orders, and\n" +
 			"prints what it measured as one JSON line on standard output; progress goes to standard error.\n" +
-			"Fields: orders, confirmed, deadLetters, retryDocsLeft (store); sendAttempts, deliveries,\n" +
-			"failures, duplicateRequests, heldRequests (the mock's /stats); elapsedSeconds and\n" +
-			"ordersPerSecond (first write to last delivery); afterWritesPerSecond (from the last write to\n" +
+			"Fields: orders, due, dead, history, pending (the run's sizes); confirmed, deadLetters,\n" +
+			"retryDocsLeft (store); sendAttempts, deliveries,\n" +
+			"failures, duplicateRequests, heldRequests (the mock's /stats); readySeconds (the service's\n" +
+			"start to its probe order confirmed); writeSeconds (the run's first to last order write);\n" +
+			"elapsedSeconds and ordersPerSecond (first write to last delivery); afterWritesPerSecond (from the last write to\n" +
 			"the last delivery: the service once the order system stopped writing); secondsTo,\n" +
 			"paidToSentMs, retryGapMs (the mock's /timings); firstPassSeconds (to the last order's first\n" +
 			"request), afterFirstPassSeconds (from then to the last delivery) and, with --backoff fixed,\n" +
@@ -74,7 +76,8 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"command's time and memory, and the redriven orders' first delivery and rate from its start);\n" +
 			"ceilingPerSecond, ofCeiling, afterWritesOfCeiling and ceilingSendMeanMs (--ceiling: the mean\n" +
 			"of ceilingBeforePerSecond and ceilingAfterPerSecond, measured before and after the service's\n" +
-			"run, and a request of the senders alone, to set beside sendMeanMs); minimalPerSecond,\n" +
+			"run, and a request of the senders alone, to set beside sendMeanMs; ceilingRequests, the\n" +
+			"requests they made); minimalPerSecond,\n" +
 			"minimalOfCeiling, minimalCPUPerOrderUs and minimalSendMeanMs (--minimal);\n" +
 			"orderWriteCPUPerOrderUs (the bench's CPU writing the run's orders: the order system's work,\n" +
 			"on the same machine); settings.\n" +

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strings"
 	"testing"
@@ -319,4 +321,25 @@ func TestBenchRefusesAStoreThatIsThere(t *testing.T) {
 	assert.Equal(t, "a service's store", string(b))
 	entries, _ := os.ReadDir(dir)
 	assert.Len(t, entries, 1, "nothing else was made")
+}
+
+// bench's help names every figure its JSON line can hold (README says it
+// does), and the nested ones' parents: a field added to the Result is
+// added to the help too.
+func TestBenchHelpNamesEveryFigure(t *testing.T) {
+	help := benchCommand(io.Discard, io.Discard).LongHelp
+	words := map[string]bool{}
+	for _, w := range strings.FieldsFunc(help, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9')
+	}) {
+		words[w] = true
+	}
+	rt := reflect.TypeFor[bench.Result]()
+	for i := range rt.NumField() {
+		name, _, _ := strings.Cut(rt.Field(i).Tag.Get("json"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		assert.True(t, words[name], "bench -h does not name %q", name)
+	}
 }
