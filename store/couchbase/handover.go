@@ -159,7 +159,12 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	if o.healthySince.IsZero() || late {
 		o.healthySince = wrote
 	}
-	o.faltered = o.faltered || late
+	// A member whose first heartbeat finds the others' entries expired
+	// together may have started during an outage of the members document:
+	// it takes over from no one until it has heartbeat for a TTL, as those
+	// whose heartbeats failed do, so that the others renew first.
+	first := o.lastBeat.IsZero()
+	o.faltered = o.faltered || late || first && doc.outage(o.me, wrote)
 	f.mu.Lock()
 	away := late || (!o.lastBeat.IsZero() && f.opts.now().Sub(o.lastBeat) >= o.ttl-o.beat)
 	unsure := map[uint16]bool{}

@@ -773,6 +773,39 @@ func TestAHungCheckpointNodeHoldsUpOnlyItsVBuckets(t *testing.T) {
 	assert.Equal(t, before.Fenced, feedStats(sub).Fenced, "nobody else claimed anything")
 }
 
+// An instance that starts while the members document is out of reach
+// joins once it is back, and may heartbeat before the members that were
+// there all along have renewed: their entries, expired together, still
+// stream. It takes over from no one until it has heartbeat for a TTL (a
+// lone crashed member's entry, one expired, it takes over at once: the
+// test below).
+func TestAMemberJoiningAfterAnOutageTakesOverFromNoOneAtOnce(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	ctx := ctxFor(t, 30*time.Second)
+	seed := openStore(t, cfg)
+	// x and y own the vBuckets; their entries expired together (their
+	// heartbeats failed with the document out of reach).
+	for i, name := range []string{"x", "y"} {
+		g := newGroup(seed, "feed", name, cfg.MemberTTL, func() time.Time { return time.Now().Add(-3 * cfg.MemberTTL) })
+		_, err := g.beat(ctx, testVBuckets/2, false, false)
+		require.NoError(t, err)
+		for vb := uint16(i); vb < testVBuckets; vb += 2 {
+			_, _, _, err := metaCheckpoints{seed}.Claim(ctx, "feed", vb, name, func(string) bool { return false },
+				func(context.Context) (position, error) { return position{}, nil })
+			require.NoError(t, err)
+		}
+	}
+	c := openStore(t, cfg, func(s *Store) { s.member = "c" })
+	joined := time.Now()
+	sub := subscribe(t, c, "feed", watched, false)
+	assert.Zero(t, feedStats(sub).VBuckets, "c took vBuckets over from members whose entries expired together")
+	waitFor(t, func() (bool, string) {
+		st := feedStats(sub)
+		return st.VBuckets == testVBuckets, fmt.Sprintf("%+v", st)
+	})
+	assert.GreaterOrEqual(t, time.Since(joined), cfg.MemberTTL, "c took over before it had heartbeat for a TTL")
+}
+
 // A lone instance restarted after a crash takes the vBuckets over from the
 // one that crashed at its first heartbeat once that one's entry has
 // expired: a member whose own heartbeats never failed trusts an expired

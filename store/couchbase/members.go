@@ -152,6 +152,21 @@ func (d membersDoc) isLive(name string, now time.Time) (live, ok bool) {
 	return ok && !e.Leaving && e.expiresAt().After(now), ok
 }
 
+// outage says whether the document, as a member's first heartbeat finds
+// it, looks as after an outage of the document itself: two entries or
+// more of other members, not leaving, expired together. Their members may
+// still be streaming, their heartbeats failing as ours did not yet exist.
+// One expired entry is a member that crashed (often our own last run).
+func (d membersDoc) outage(me string, now time.Time) bool {
+	n := 0
+	for name, e := range d.Members {
+		if name != me && !e.Leaving && !e.expiresAt().After(now) {
+			n++
+		}
+	}
+	return n >= 2
+}
+
 // live is the sorted names of the members whose entries have not expired
 // at now and who are not leaving.
 func (d membersDoc) live(now time.Time) []string {
