@@ -601,6 +601,9 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 				if !w.poison(ctx, log, ev, err) {
 					return false // stopped before its dead letter was written: replayed
 				}
+				// The key's next change reads its state again: a snapshot
+				// taken before the dead letter does not show it.
+				ln.last = &written{done: closed, seq: math.MaxUint64}
 				ev.Ack()
 				w.handled.Add(1)
 				return true
@@ -615,8 +618,8 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 }
 
 // poison dead-letters an event that keeps failing. A dead letter written
-// meanwhile by someone else is read again and written over (at most
-// maxStale times). If it cannot be written even so, the failure is logged
+// or purged meanwhile by someone else is read again and written over (at
+// most maxStale times). If it cannot be written even so, the failure is logged
 // and the event let go: the document is untouched, and its next change
 // brings it back. It returns false when ctx ended first: the event is
 // then not let go but replayed.
@@ -635,7 +638,9 @@ func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, 
 			}
 			d := order.DeadLetterDoc{DocID: ev.Key, Reason: order.ReasonPoisonEvent, LastError: detail, DeadAt: w.now().UnixMilli()}
 			_, err = w.store.Apply(ctx, deadLetterWrites(st, d, false))
-			if (errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrCASMismatch)) && conflicts < maxStale {
+			raced := errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrCASMismatch) ||
+				errors.Is(err, store.ErrNotFound) // purged by an operator meanwhile
+			if raced && conflicts < maxStale {
 				conflicts++
 				continue
 			}

@@ -502,6 +502,7 @@ func TestPoisonEventIsDeadLetteredAndTheFeedGoesOn(t *testing.T) {
 type deadLetterRaced struct {
 	*poisonState
 	raced   atomic.Bool
+	purge   bool // the race is an operator's purge of the dead letter read
 	hang    bool
 	entered chan struct{} // closed at the first held write
 	once    sync.Once
@@ -516,6 +517,12 @@ func (d *deadLetterRaced) Apply(ctx context.Context, ws []store.Write) ([]uint64
 			return nil, ctx.Err()
 		}
 		if d.raced.CompareAndSwap(false, true) {
+			if d.purge {
+				if cur, err := d.poisonState.Store.Get(ctx, order.DeadLetter, ws[0].Key); err == nil {
+					_ = d.poisonState.Store.Remove(ctx, order.DeadLetter, cur.Key, cur.CAS) // deadletters purge
+				}
+				return d.poisonState.Apply(ctx, ws)
+			}
 			return nil, fmt.Errorf("insert %s: %w", ws[0].Key, store.ErrExists)
 		}
 	}
@@ -561,6 +568,22 @@ func TestAPoisonDeadLetterWrittenMeanwhileIsWrittenOver(t *testing.T) {
 	assert.True(t, st.acked.Load())
 	assert.Equal(t, order.ReasonPoisonEvent, mustDeadLetter(t, e.store, "poison").Reason)
 	assert.Empty(t, logs.Lines("could not dead-letter it either"))
+}
+
+// The order's earlier dead letter purged by an operator between the
+// poison dead letter's read and its write: read again, and written.
+func TestAPoisonDeadLetterPurgedMeanwhileIsWritten(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.DeadLetter, "poison", string(order.DeadLetterDoc{DocID: "poison", Type: order.TypeConfirmation, Reason: "permanent_error"}.Encode()))
+	put(t, e.store, order.Inbound, "poison", paidOrder)
+	st := &deadLetterRaced{poisonState: &poisonState{e.store, "poison"}, purge: true}
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2}, st, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	require.Eventually(t, func() bool { return st.acked.Load() }, 30*time.Second, 5*time.Millisecond, "the poison event was never let go")
+	assert.True(t, st.raced.Load(), "the purge raced the write")
+	assert.Equal(t, order.ReasonPoisonEvent, mustDeadLetter(t, e.store, "poison").Reason)
 }
 
 // A watcher stopped while a poison event's dead letter is being written

@@ -98,6 +98,32 @@ func TestLostFileIsNoticed(t *testing.T) {
 	assert.ErrorIs(t, err, embedded.ErrFileLost)
 }
 
+// The feed hands out nothing it read ahead once its file is lost: the
+// outcomes of those events could not be written.
+func TestALostFileStopsTheFeedsReadAhead(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "o.db")
+	s, err := embedded.Open(ctx, embedded.Config{Path: path, CheckInterval: 10 * time.Millisecond})
+	require.NoError(t, err)
+	defer s.Close()
+	for i := range 5 {
+		_, err := s.Upsert(ctx, "inbound", fmt.Sprint("o", i), []byte(`{"paymentStatus":"paid"}`))
+		require.NoError(t, err)
+	}
+	sub, err := s.Subscribe(ctx, "feed", []string{"inbound"}, store.FeedOptions{})
+	require.NoError(t, err)
+	_, err = sub.Next(ctx) // reads the five ahead
+	require.NoError(t, err)
+	require.NoError(t, os.Remove(path))
+	select {
+	case <-s.Lost():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the deleted file went unnoticed")
+	}
+	ev, err := sub.Next(ctx)
+	assert.ErrorIs(t, err, embedded.ErrFileLost, "handed out %s after the file was lost", ev.Key)
+}
+
 // TestGroupCommitIsolatesAFailedGuard: outcomes of many goroutines share
 // commits; one whose guard fails writes nothing, and the others commit.
 func TestGroupCommitIsolatesAFailedGuard(t *testing.T) {

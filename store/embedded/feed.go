@@ -99,6 +99,12 @@ func (sub *subscription) Next(ctx context.Context) (store.Event, error) {
 	}
 	var poll *time.Timer
 	for {
+		// Nothing read ahead is handed out once the store is lost or
+		// closed: its outcome could not be written.
+		if err := sub.s.check(); err != nil {
+			sub.buf = nil
+			return store.Event{}, err
+		}
 		for len(sub.buf) > 0 {
 			e := sub.buf[0]
 			sub.buf = sub.buf[1:]
@@ -108,9 +114,6 @@ func (sub *subscription) Next(ctx context.Context) (store.Event, error) {
 			}
 			e.ev.Ack = sub.acks.Deliver(0, e.ev.Seq)
 			return e.ev, nil
-		}
-		if err := sub.s.check(); err != nil {
-			return store.Event{}, err
 		}
 		if err := sub.fill(ctx); err != nil {
 			return store.Event{}, err
