@@ -515,11 +515,13 @@ func (w *pollWindow) end() {
 
 // work takes a line from the queue and handles its events one after the
 // other (see dispatcher). The outcome of a send is written while the worker
-// goes on (see sendAndSettle); the key's next event waits for it, so that it
-// decides on the state with that outcome in it.
+// goes on (see sendAndSettle); the key's next event waits for it, parked
+// off the worker (park), so that it decides on the state with that outcome
+// in it.
 func (w *Watcher) work(ctx context.Context, wp *workerProgress, d *dispatcher) {
 	defer w.workers.Done()
 	defer wp.due.Store(0)
+lines:
 	for {
 		wp.due.Store(0)
 		var next dispatched
@@ -530,21 +532,45 @@ func (w *Watcher) work(ctx context.Context, wp *workerProgress, d *dispatcher) {
 		}
 		ev, ln := next.ev, next.line
 		for more := true; more; ev, more = d.done(ln) {
-			wp.key.Store(&ev.Key)
-			w.progress.expect(&wp.due, w.stallBound())
-			ev.Ack = w.timedAck(ev.Ack, time.Now())
 			if wr := ln.last; wr != nil {
 				select {
 				case <-wr.done:
-				case <-w.stopping:
-					return
+				default:
+					// The key's last outcome is not written yet: the line
+					// waits for it apart, and the worker goes on with
+					// other keys (a store refusing one order's outcome
+					// would hold a worker for each of its changes).
+					w.park(d, dispatched{ev: ev, line: ln}, wr)
+					continue lines
 				}
 			}
+			wp.key.Store(&ev.Key)
+			w.progress.expect(&wp.due, w.stallBound())
+			ev.Ack = w.timedAck(ev.Ack, time.Now())
 			if !w.complete(ctx, wp, ev, ln) {
 				return
 			}
 		}
 	}
+}
+
+// park puts ln's event p back on the queue once wr, the key's last write,
+// is made. There are at most as many parked lines as outcomes being
+// written (a key has one line, and its line one last write).
+func (w *Watcher) park(d *dispatcher, p dispatched, wr *written) {
+	w.workers.Add(1) // by a worker: Stop's wait cannot have ended
+	go func() {
+		defer w.workers.Done()
+		select {
+		case <-wr.done:
+		case <-w.stopping:
+			return // unacknowledged: replayed
+		}
+		select {
+		case d.queue <- p:
+		case <-w.stopping:
+		}
+	}()
 }
 
 // written is a key's last write by its line's worker: done once made, at

@@ -604,6 +604,46 @@ func TestAPoisonEventStoppedBeforeItsDeadLetterIsReplayed(t *testing.T) {
 	assert.False(t, found)
 }
 
+// refusesOutcome refuses every outcome that marks one order confirmed,
+// with an error that is neither a guard nor the store being unavailable:
+// settle tries it again until the watcher stops.
+type refusesOutcome struct {
+	store.Store
+	key string
+}
+
+func (r *refusesOutcome) Apply(ctx context.Context, ws []store.Write) ([]uint64, error) {
+	for _, w := range ws {
+		if w.Collection == order.Inbound && w.Key == r.key && w.Op == store.OpReplace {
+			return nil, errors.New("refused")
+		}
+	}
+	return r.Store.Apply(ctx, ws)
+}
+
+// An order whose outcome the store keeps refusing holds up its own later
+// changes only: with one worker, the orders after its edit go out.
+func TestAnOutcomeTheStoreKeepsRefusingHoldsNoWorker(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	st := &refusesOutcome{e.store, "bad"}
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter}, st, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second) // its outcome is given up at the stop
+		defer cancel()
+		assert.NoError(t, w.Stop(ctx))
+	})
+	put(t, e.store, order.Inbound, "bad", paidOrder)
+	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 1 }, 30*time.Second, 5*time.Millisecond, "bad's send")
+	put(t, e.store, order.Inbound, "bad", strings.Replace(paidOrder, `"paid"`, `"paid","note":"gift"`, 1)) // the order system edits it
+	for i := range 5 {
+		put(t, e.store, order.Inbound, fmt.Sprint("good_", i), paidOrder)
+	}
+	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 6 }, 30*time.Second, 5*time.Millisecond,
+		"delivered %v of 6: the good orders wait behind bad's outcome", later.Value(func() any { return e.mock.Stats().Deliveries }))
+}
+
 // replaying hands out the first event twice, the second time with its old
 // snapshot of the key's state: a change read before the worker's own write
 // of the key was committed.
