@@ -396,25 +396,24 @@ func (f *feed) release(vb uint16) {
 	// once for the member it is assigned to.
 	ctx, cancel := context.WithTimeout(context.Background(), f.opts.opTimeout)
 	defer cancel()
+	later := func(what string, err error) { // still ours: the next heartbeat tries again
+		f.log.Warn(what+"; trying again at the next heartbeat", "vb", vb, "error", err)
+		f.mu.Lock()
+		st.releasing = false
+		f.mu.Unlock()
+	}
 	st.op.Lock()
 	err := f.agent.CloseStream(ctx, vb)
 	st.op.Unlock()
 	if err != nil {
 		// The server may still stream vb to us: not free for another
-		// member yet. The next heartbeat tries again.
-		f.log.Warn("close a stream to hand it over; trying again at the next heartbeat", "vb", vb, "error", err)
-		f.mu.Lock()
-		st.releasing = false
-		f.mu.Unlock()
+		// member yet.
+		later("close a stream to hand it over", err)
 		return
 	}
-
 	unlock, err := f.own.lockSaves(ctx, vb)
 	if err != nil {
-		f.log.Warn("hand a vBucket over; trying again at the next heartbeat", "vb", vb, "error", err)
-		f.mu.Lock()
-		st.releasing = false
-		f.mu.Unlock()
+		later("hand a vBucket over", err)
 		return
 	}
 	defer unlock()
