@@ -87,6 +87,9 @@ func (m metaCheckpoints) Claim(ctx context.Context, name string, vb uint16, me s
 		if errors.Is(err, store.ErrExists) {
 			return position{}, claim{}, "", errTaken
 		}
+		if err == nil {
+			err = m.lostAnswer(vb)
+		}
 		return p, claim{epoch: 1, cas: cas}, "", err
 	}
 	if err != nil {
@@ -105,10 +108,51 @@ func (m metaCheckpoints) Claim(ctx context.Context, name string, vb uint16, me s
 	if errors.Is(err, store.ErrCASMismatch) || errors.Is(err, store.ErrNotFound) {
 		return position{}, claim{}, cur.Owner, errTaken
 	}
+	if err == nil {
+		err = m.lostAnswer(vb)
+	}
 	if err != nil {
 		return position{}, claim{}, "", err
 	}
 	return cur.position, claim{epoch: next.Epoch, cas: cas}, cur.Owner, nil
+}
+
+// lostAnswer is the test's claimFault: a claim made whose answer, and
+// the read back, were lost.
+func (m metaCheckpoints) lostAnswer(vb uint16) error {
+	if m.s.claimFault == nil {
+		return nil
+	}
+	return m.s.claimFault(vb)
+}
+
+// Disown writes vb's checkpoint with no owner if it names me, by its CAS,
+// and says whether it did. A claim of ours that failed may have been made
+// all the same (its answer and the read back lost): the document then
+// names us, though we do not stream vb. A document changed meanwhile is an
+// error: it is read again at the next try.
+func (m metaCheckpoints) Disown(ctx context.Context, name string, vb uint16, me string) (bool, error) {
+	key := checkpointKey(name, vb)
+	d, err := m.s.Get(ctx, store.Meta, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var cur ownedCheckpoint
+	if err := json.Unmarshal(d.Value, &cur); err != nil {
+		return false, fmt.Errorf("checkpoint %s: %w", key, err)
+	}
+	if cur.Owner != me {
+		return false, nil
+	}
+	cur.Owner = ""
+	b, _ := json.Marshal(cur)
+	if _, err := m.s.Replace(ctx, store.Meta, key, b, d.CAS); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // SaveOwned writes vb's position as its owner me, by the CAS of c; it

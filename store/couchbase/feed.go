@@ -131,6 +131,8 @@ type vbState struct {
 	held      bool  // this member owns vb: it claimed it and has not lost or released it
 	claim     claim // the epoch and the CAS of our last checkpoint write
 	claiming  bool  // a claim is under way
+	unsure    bool  // our last claim failed, perhaps after it was made: the document may name us
+	disowning bool  // a Disown is under way
 	releasing bool  // being handed over: nothing more is handed out
 	suspect   bool  // voided when we may have been taken for dead: streamed again once a checkpoint write says it is ours
 	// op is held while a stream request is sent and while a release

@@ -191,8 +191,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 		live = o.stillAssigned(live, doc)
 	}
 
-	var claims []uint16
-	var releases []uint16
+	var claims, releases, disowns []uint16
 	if !slices.Equal(live, o.assignedTo) {
 		o.assignedTo, o.owners = live, assignment(live, len(f.vbs))
 	}
@@ -203,7 +202,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	for vb, st := range f.state {
 		mine := owners[vb] == o.me
 		switch {
-		case st.releasing || st.claiming:
+		case st.releasing || st.claiming || st.disowning:
 		case st.held && !mine:
 			st.releasing = true
 			releases = append(releases, vb)
@@ -214,11 +213,17 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 		case !st.held && mine:
 			st.claiming = true
 			claims = append(claims, vb)
+		case !st.held && st.unsure:
+			st.disowning = true
+			disowns = append(disowns, vb)
 		}
 	}
 	f.mu.Unlock()
 	for _, vb := range releases {
 		f.wg.Go(func() { f.release(vb) })
+	}
+	for _, vb := range disowns {
+		f.wg.Go(func() { f.disown(vb) })
 	}
 	// Within a heartbeat: the loop must come round again in time (the
 	// claims left are made at the next one).
@@ -305,9 +310,13 @@ func (f *feed) claimAll(ctx context.Context, vbs []uint16, live func(string) boo
 		defer f.mu.Unlock()
 		st := f.state[vb]
 		st.claiming = false
+		if err != nil && !errors.Is(err, errTaken) {
+			st.unsure = true
+		}
 		if err != nil || f.closed {
 			return err
 		}
+		st.unsure = false
 		if prev != "" && prev != f.own.me {
 			mu.Lock()
 			from[prev]++
@@ -438,6 +447,34 @@ func (f *feed) release(vb uint16) {
 	default:
 		// Still ours in its document: the next heartbeat tries again.
 		f.log.Warn("hand a vBucket over", "vb", vb, "error", err)
+	}
+}
+
+// disown hands vb on when its checkpoint names us though we do not stream
+// it: a claim of ours failed after it may have been made, and vb is now
+// another member's, which would find it taken for as long as we live.
+func (f *feed) disown(vb uint16) {
+	ctx, cancel := context.WithTimeout(f.ctx, f.opts.opTimeout)
+	defer cancel()
+	done, err := func() (bool, error) {
+		unlock, err := f.own.lockSaves(ctx, vb)
+		if err != nil {
+			return false, err
+		}
+		defer unlock()
+		return f.own.cps.Disown(ctx, f.name, vb, f.own.me)
+	}()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := f.state[vb]
+	st.disowning = false
+	if err != nil {
+		f.log.Warn("check a vBucket whose claim failed; trying again at the next heartbeat", "vb", vb, "error", err)
+		return
+	}
+	st.unsure = false
+	if done {
+		f.log.Warn("a claim that seemed to fail had been made: the vBucket is handed on", "vb", vb)
 	}
 }
 

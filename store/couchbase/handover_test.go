@@ -2,9 +2,12 @@ package couchbase
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -804,6 +807,52 @@ func TestAMemberJoiningAfterAnOutageTakesOverFromNoOneAtOnce(t *testing.T) {
 		return st.VBuckets == testVBuckets, fmt.Sprintf("%+v", st)
 	})
 	assert.GreaterOrEqual(t, time.Since(joined), cfg.MemberTTL, "c took over before it had heartbeat for a TTL")
+}
+
+// A claim whose write was made though its answer, and the read back, were
+// lost (a node hanging in between) leaves the checkpoint naming a member
+// that does not stream the vBucket. Once the vBucket is assigned to another
+// member, which finds it taken, the first hands it on.
+func TestAClaimMadeThoughItSeemedToFailIsHandedOn(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	owners := assignment([]string{"b", "c"}, testVBuckets)
+	x := uint16(slices.Index(owners, "c"))
+	var lose atomic.Bool // b's claims of x are made, and seem to fail
+	lose.Store(true)
+	b := openStore(t, cfg, func(s *Store) {
+		s.member = "b"
+		s.claimFault = func(vb uint16) error {
+			if vb == x && lose.Load() {
+				return fmt.Errorf("claim vb %d: the answer was lost: %w", vb, store.ErrUnavailable)
+			}
+			return nil
+		}
+	})
+	subB := subscribe(t, b, "feed", watched, false)
+	require.Equal(t, testVBuckets-1, feedStats(subB).VBuckets, "b streams every vBucket but x")
+	owner := func() string {
+		v, _, _, _ := srv.Doc("metadata", "_default", "_default", checkpointKey("feed", x))
+		var cp ownedCheckpoint
+		_ = json.Unmarshal(v, &cp)
+		return cp.Owner
+	}
+	require.Equal(t, "b", owner(), "b's claim of x was made")
+
+	c := openStore(t, cfg, func(s *Store) { s.member = "c" })
+	subC := subscribe(t, c, "feed", watched, false)
+	lose.Store(false)
+	fc := subC.(*feed)
+	waitFor(t, func() (bool, string) {
+		fc.mu.Lock()
+		held := fc.state[x].held
+		fc.mu.Unlock()
+		return held, fmt.Sprintf("x (vb %d) is %q's; b %+v, c %+v", x, owner(), feedStats(subB), feedStats(subC))
+	})
+	waitFor(t, func() (bool, string) {
+		sb, sc := feedStats(subB), feedStats(subC)
+		return sb.VBuckets+sc.VBuckets == testVBuckets && sb.StreamsOpen == sb.VBuckets && sc.StreamsOpen == sc.VBuckets,
+			fmt.Sprintf("b %+v, c %+v", sb, sc)
+	})
 }
 
 // A lone instance restarted after a crash takes the vBuckets over from the

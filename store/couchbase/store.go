@@ -38,9 +38,11 @@ type Store struct {
 	backlog     ttlCache[store.Backlog]
 	reasons     ttlCache[[]store.Tally]
 
-	// Tests tune the feed and hear of ambiguous writes.
+	// Tests tune the feed, hear of ambiguous writes, and lose the answer
+	// to a vBucket's claim that was made (claimFault's error).
 	feedOpts    feedOptions
 	onAmbiguous func(store.Write)
+	claimFault  func(vb uint16) error
 }
 
 var _ store.Store = (*Store)(nil)
