@@ -155,7 +155,13 @@ func StopRetries(ctx context.Context, st store.Store) (stopped bool, was order.C
 		case errors.Is(err, store.ErrNotFound):
 			return false, order.Control{}, nil // paused by another meanwhile, who kept the same
 		case !errors.Is(err, store.ErrCASMismatch):
-			unkeep()
+			// The delete may have been made all the same (an answer
+			// lost): the settings kept go only if allow_retrys is there.
+			if _, gerr := st.Get(context.WithoutCancel(ctx), order.Retry, order.ControlKey); errors.Is(gerr, store.ErrNotFound) {
+				return true, was, keptErr
+			} else if gerr == nil {
+				unkeep()
+			}
 			return false, order.Control{}, err
 		}
 	}

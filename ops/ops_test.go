@@ -207,6 +207,37 @@ func TestAPauseOfADocumentChangingAllTheTimeDeletesNothing(t *testing.T) {
 	assert.ErrorIs(t, err, store.ErrNotFound, "still armed: nothing kept for a resume")
 }
 
+// A pause whose delete of allow_retrys was made though its answer was
+// lost keeps the settings for the resume, and says it paused.
+func TestAPauseWhoseDeleteLostItsAnswerKeepsItsSettings(t *testing.T) {
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer st.Close()
+	set := order.Control{Interval: 30 * time.Second, Quantum: time.Minute}
+	_, _, _, err = ops.StartRetries(ctx, st, set)
+	require.NoError(t, err)
+	stopped, was, err := ops.StopRetries(ctx, answerLost{st})
+	require.NoError(t, err)
+	assert.True(t, stopped)
+	assert.Equal(t, set, was)
+	started, got, err := ops.ResumeRetries(ctx, st)
+	require.NoError(t, err)
+	assert.True(t, started)
+	assert.Equal(t, set, got, "the resume gives back what the pause kept")
+}
+
+// answerLost is a store whose deletes of allow_retrys are made, and
+// answered as a store out of reach does.
+type answerLost struct{ store.Store }
+
+func (s answerLost) Remove(ctx context.Context, coll, key string, cas uint64) error {
+	if err := s.Store.Remove(ctx, coll, key, cas); err != nil || key != order.ControlKey {
+		return err
+	}
+	return fmt.Errorf("remove %s: %w", key, store.ErrUnavailable)
+}
+
 // metaDown is a store whose writes to ordermail's own collection fail.
 type metaDown struct{ store.Store }
 
