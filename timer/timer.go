@@ -345,6 +345,15 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 	}
 	start := time.Now()
 	for {
+		// Retries stopped meanwhile stop the sweep before this batch: a
+		// pause in an outage must not let a second's worth of batches
+		// through, nor the first, when the pause came while the tick
+		// wrote its lease (up to seconds on a busy store).
+		if _, err := t.store.Get(ctx, order.Retry, order.ControlKey); errors.Is(err, store.ErrNotFound) {
+			break
+		} else if err != nil {
+			return res, t.sweepFailed(lctx, now, fmt.Errorf("read %s: %w", order.ControlKey, err))
+		}
 		batch, err := t.store.SweepRetries(ctx, now, quantum, limit)
 		if err != nil {
 			return res, t.sweepFailed(lctx, now, err) // not recorded: the next tick tries again
@@ -356,13 +365,6 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 		// size is flagged batch by batch, never in one long write.
 		if !batch.More || probing || time.Since(start) >= t.cfg.SweepBudget {
 			break
-		}
-		// Retries stopped meanwhile stop the sweep at this batch: a pause
-		// in an outage must not let a second's worth of batches through.
-		if _, err := t.store.Get(ctx, order.Retry, order.ControlKey); errors.Is(err, store.ErrNotFound) {
-			break
-		} else if err != nil {
-			return res, t.sweepFailed(lctx, now, fmt.Errorf("read %s: %w", order.ControlKey, err))
 		}
 	}
 	res.Swept = true

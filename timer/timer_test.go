@@ -886,3 +886,40 @@ func TestSettingsKeptOutOfReachAreSaidOnce(t *testing.T) {
 	_, err = st.Get(ctx, store.Meta, order.KeptControlKey)
 	assert.ErrorIs(t, err, store.ErrNotFound, "dropped once readable")
 }
+
+// pauseAfterRead deletes allow_retrys (retries stop) right after the
+// tick's first read of it, while the tick goes on to its lease.
+type pauseAfterRead struct {
+	store.Store
+	once sync.Once
+}
+
+func (s *pauseAfterRead) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	d, err := s.Store.Get(ctx, coll, key)
+	if coll == order.Retry && key == order.ControlKey && err == nil {
+		s.once.Do(func() {
+			if rerr := s.Store.Remove(ctx, order.Retry, order.ControlKey, d.CAS); rerr != nil {
+				panic(rerr) // no test goroutine to fail from here
+			}
+		})
+	}
+	return d, err
+}
+
+// A pause that comes after a tick read allow_retrys, and before its first
+// batch, stops that batch too.
+func TestAPauseBeforeATicksFirstBatchFlagsNothing(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	for i := range 50 {
+		retryDoc(t, st, fmt.Sprintf("r%02d", i), time.Hour)
+	}
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	tm, err := timer.New(timer.Config{Interval: time.Second, Owner: "me"}, &pauseAfterRead{Store: st}, quiet, nil)
+	require.NoError(t, err)
+	res, err := tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.Zero(t, res.Flagged, "flagged after retries stop returned")
+	assert.False(t, fired(t, st, "r00"))
+}
