@@ -595,13 +595,36 @@ func (s *Store) flagIfDue(ctx context.Context, id string, now time.Time, quantum
 	}
 	body, err := order.SetFireRetry(d.Value)
 	if err != nil {
-		return false, nil // not an object: never due (the watcher dead-letters it)
+		// One the query service reads but we do not edit byte for byte (a
+		// field twice, bad UTF-8): flagged by the sweep's own statement,
+		// as the full sweep would (the watcher dead-letters it). Left
+		// unflagged, it would be every probe's oldest, and no probe would
+		// go out.
+		return s.flagByQuery(ctx, id, now, quantum)
 	}
 	_, err = s.Replace(ctx, order.Retry, id, body, d.CAS)
 	if errors.Is(err, store.ErrCASMismatch) || errors.Is(err, store.ErrNotFound) {
 		return false, nil
 	}
 	return err == nil, err
+}
+
+// flagByQuery flags the retry document id with the sweep's UPDATE, if it
+// is still due and unflagged.
+func (s *Store) flagByQuery(ctx context.Context, id string, now time.Time, quantum time.Duration) (bool, error) {
+	params := sweepParams(now, quantum, 1)
+	params["id"] = id
+	stmt := "UPDATE " + s.keyspace(order.Retry) + " AS r SET r.fireRetry = true WHERE META(r).id = $id AND " +
+		dueUnflagged + " LIMIT $limit RETURNING RAW META(r).id"
+	n := 0
+	err := s.query(ctx, stmt, params, func(json.RawMessage) error { n++; return nil })
+	if _, changed := changedUnder(err); err != nil && changed {
+		return false, nil // sent, or flagged by another, meanwhile
+	}
+	if err != nil {
+		return false, mapErr(err)
+	}
+	return n > 0, nil
 }
 
 // State reads the three documents by KV.
