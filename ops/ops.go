@@ -157,7 +157,10 @@ func StopRetries(ctx context.Context, st store.Store) (stopped bool, was order.C
 		case !errors.Is(err, store.ErrCASMismatch):
 			// The delete may have been made all the same (an answer
 			// lost): the settings kept go only if allow_retrys is there.
-			if _, gerr := st.Get(context.WithoutCancel(ctx), order.Retry, order.ControlKey); errors.Is(gerr, store.ErrNotFound) {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			_, gerr := st.Get(rctx, order.Retry, order.ControlKey)
+			cancel()
+			if errors.Is(gerr, store.ErrNotFound) {
 				return true, was, keptErr
 			} else if gerr == nil {
 				unkeep()

@@ -946,7 +946,6 @@ func (f *feed) flush(ctx context.Context) error {
 func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error) {
 	type todo struct {
 		p     position
-		gen   int
 		claim claim
 	}
 	f.mu.Lock()
@@ -994,7 +993,7 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 		// the new branch.
 		f.mu.Lock()
 		st := f.state[vb]
-		w := todo{f.positionAt(vb, f.acks.Checkpoint(vb)), st.gen, st.claim}
+		w := todo{f.positionAt(vb, f.acks.Checkpoint(vb)), st.claim}
 		handedOver := f.own != nil && (!st.held || st.releasing)
 		f.mu.Unlock()
 		if handedOver { // while this waited for the handover's write

@@ -610,7 +610,9 @@ func (s *Store) flagIfDue(ctx context.Context, id string, now time.Time, quantum
 }
 
 // flagByQuery flags the retry document id with the sweep's UPDATE, if it
-// is still due and unflagged.
+// is still due and unflagged. Rare (a document the KV edit refuses), it
+// may read the due retries' index range to find it: once, as it leaves
+// that range flagged.
 func (s *Store) flagByQuery(ctx context.Context, id string, now time.Time, quantum time.Duration) (bool, error) {
 	params := sweepParams(now, quantum, 1)
 	params["id"] = id
