@@ -682,6 +682,10 @@ func TestAHungCheckpointNodeHoldsUpOnlyItsVBuckets(t *testing.T) {
 	a := openStore(t, cfg, func(s *Store) {
 		s.member = "a"
 		s.feedOpts.opTimeout = time.Minute // a write to the hung node waits until it resumes
+		// Stream requests to the hung node are not sent again while it
+		// hangs: the reopens counted are the fence's alone, however slow
+		// the machine.
+		s.feedOpts.openTimeout = time.Minute
 	})
 	sub := subscribe(t, a, "feed", watched, false)
 	f := sub.(*feed)
