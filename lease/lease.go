@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/ordermail/ordermail/store"
@@ -14,12 +15,20 @@ import (
 
 // Lease is one named lease, seen from one would-be holder. Instances compare
 // expiry times from their own clocks: keep the TTL well above their skew.
+// A holder's lease that stays the same (its CAS) for a TTL on this
+// process's monotonic clock is expired too, whatever its expiry says: a
+// clock stepped back (NTP, a restored VM), here or on the holder's host,
+// would otherwise make a dead holder's lease last as much longer.
 type Lease struct {
 	st    store.Store
 	key   string
 	owner string
 	ttl   time.Duration
 	now   func() time.Time
+
+	mu     sync.Mutex
+	seen   uint64    // the CAS of another holder's lease as last read
+	seenAt time.Time // when it was first read with that CAS (monotonic)
 }
 
 type doc struct {
@@ -70,7 +79,7 @@ func (l *Lease) Acquire(ctx context.Context) error {
 		return err
 	}
 	var d doc
-	if json.Unmarshal(cur.Value, &d) == nil && d.Owner != l.owner && d.ExpiresAt > now.UnixMilli() {
+	if json.Unmarshal(cur.Value, &d) == nil && d.Owner != l.owner && d.ExpiresAt > now.UnixMilli() && !l.unchanged(cur.CAS) {
 		return fmt.Errorf("%w: %s is held by %s until %s", ErrHeld, l.key, d.Owner,
 			time.UnixMilli(d.ExpiresAt).UTC().Format(time.RFC3339Nano))
 	}
@@ -79,6 +88,18 @@ func (l *Lease) Acquire(ctx context.Context) error {
 		return fmt.Errorf("%w: %s changed hands", ErrHeld, l.key)
 	}
 	return err
+}
+
+// unchanged says whether another holder's lease has had CAS for a TTL,
+// on the monotonic clock, since this process first read it so.
+func (l *Lease) unchanged(cas uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if cas != l.seen {
+		l.seen, l.seenAt = cas, time.Now()
+		return false
+	}
+	return time.Since(l.seenAt) >= l.ttl
 }
 
 // Release gives the lease up, if we hold it, so that another instance can

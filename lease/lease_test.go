@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/lease"
 	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/stretchr/testify/assert"
@@ -72,4 +73,34 @@ func TestHolderReadsWhoHoldsItWithoutTakingIt(t *testing.T) {
 	h, err = b.Holder(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, lease.Holding{}, h, "released")
+}
+
+// TestALeaseNobodyRenewsExpiresWhateverTheClocks: a holder that stopped
+// renewing, whose lease's expiry is an hour ahead of the would-be holder's
+// clock (a clock stepped back), is taken over once the lease has stayed
+// the same for a TTL on the monotonic clock; one that renews is not.
+func TestALeaseNobodyRenewsExpiresWhateverTheClocks(t *testing.T) {
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer st.Close()
+	now := time.Now()
+	const ttl = 200 * time.Millisecond
+	a := lease.New(st, "timer", "a", ttl, func() time.Time { return now })
+	b := lease.New(st, "timer", "b", ttl, func() time.Time { return now.Add(-time.Hour) }) // stepped back
+
+	require.NoError(t, a.Acquire(ctx))
+	assert.ErrorIs(t, b.Acquire(ctx), lease.ErrHeld, "first read: held")
+	// a renews: b sees a new lease each time, and leaves it.
+	for range 5 {
+		require.NoError(t, a.Acquire(ctx))
+		require.ErrorIs(t, b.Acquire(ctx), lease.ErrHeld, "renewed")
+	}
+	// a stops: b takes it a TTL after it last saw it change.
+	var last error
+	require.Eventually(t, func() bool { last = b.Acquire(ctx); return last == nil }, 30*time.Second, 10*time.Millisecond,
+		"taken over: %v", later.Value(func() any { return last }))
+	h, err := a.Holder(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, "b", h.Owner)
 }
