@@ -343,6 +343,11 @@ type Store interface {
 	// quantum before now. Each flagged document is a change on the feed. Its
 	// cost is proportional to limit, not to the number of retry documents.
 	SweepRetries(ctx context.Context, now time.Time, quantum time.Duration, limit int) (SweepResult, error)
+	// FlaggedRetries counts the retry documents flagged (fireRetry set)
+	// and not yet taken, read afresh: the sweep flags no further ahead of
+	// the sends than they take. Its cost follows the flagged documents at
+	// most, never the other retries.
+	FlaggedRetries(ctx context.Context) (int, error)
 
 	// Scan calls fn for every document in collection whose key comes after
 	// after ("": from the first), in key order, until fn returns an error.

@@ -778,6 +778,18 @@ func paidCountStatement(inbound string) string {
 	return "SELECT RAW COUNT(*) FROM " + inbound + " AS o WHERE o.paymentStatus = \"paid\""
 }
 
+// FlaggedRetries counts the flagged retries on ix_retry_fire, which
+// holds them alone, afresh (Counts may serve an older count).
+func (s *Store) FlaggedRetries(ctx context.Context) (int, error) {
+	var n int
+	err := s.query(ctx, flaggedCountStatement(s.keyspace(order.Retry)), map[string]interface{}{"control": order.ControlKey},
+		func(raw json.RawMessage) error { return json.Unmarshal(raw, &n) })
+	if err != nil {
+		return 0, fmt.Errorf("flagged retries: %w", err)
+	}
+	return n, nil
+}
+
 // flaggedCountStatement counts the flagged retries on ix_retry_fire.
 func flaggedCountStatement(retry string) string {
 	return "SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE META(r).id != $control AND r.fireRetry = true"

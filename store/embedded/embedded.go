@@ -738,6 +738,16 @@ func (s *Store) Counts(ctx context.Context) (store.Counts, error) {
 	return c, nil
 }
 
+// FlaggedRetries reads the flagged retries' count, which triggers keep
+// with every write: O(1).
+func (s *Store) FlaggedRetries(ctx context.Context) (int, error) {
+	c, err := s.Counts(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("flagged retries: %w", err)
+	}
+	return c.RetryFlagged, nil
+}
+
 // Reasons returns the five most common reasons retries and dead letters
 // are there, with their numbers, from counts kept by triggers.
 func (s *Store) Reasons(ctx context.Context) ([]store.Tally, error) {

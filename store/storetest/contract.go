@@ -659,6 +659,8 @@ func testCounts(t *testing.T, s store.Store) {
 	p := prefix(t)
 	before, err := s.Counts(ctx)
 	require.NoError(t, err)
+	flaggedBefore, err := s.FlaggedRetries(ctx)
+	require.NoError(t, err)
 	put := func(coll, k, v string) {
 		_, err := s.Upsert(ctx, coll, p+k, []byte(v))
 		require.NoError(t, err)
@@ -679,6 +681,9 @@ func testCounts(t *testing.T, s store.Store) {
 		RetryDocs:       after.RetryDocs - before.RetryDocs,
 		RetryFlagged:    after.RetryFlagged - before.RetryFlagged,
 	})
+	flagged, err := s.FlaggedRetries(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 1, flagged-flaggedBefore, "FlaggedRetries")
 
 	// allow_retrys is in the retry collection and is no retry.
 	if _, err := s.Get(ctx, order.Retry, order.ControlKey); errors.Is(err, store.ErrNotFound) {
