@@ -1,5 +1,5 @@
-// Package timer is the sample's recurring Eventing timer: robfig/cron ticks
-// every interval and each tick runs Sweep, which flags the retry documents
+// Package timer is the sample's recurring Eventing timer: it ticks every
+// interval, on the monotonic clock, and each tick runs Sweep, which flags the retry documents
 // that are due (nextAttemptAt has come or, for the sample's documents, the
 // last attempt is older than the quantum) so that the change feed brings
 // them back to the watcher. allow_retrys may carry interval and quantum. The timer is armed while the control document

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,7 +13,6 @@ import (
 	"github.com/ordermail/ordermail/lease"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
-	"github.com/robfig/cron/v3"
 )
 
 // Config of the timer.
@@ -105,6 +105,10 @@ type Result struct {
 	// Probe: its breaker lets one send through to decide, so it flagged
 	// at most one due retry.
 	Probe bool
+	// Ahead: the sweep stopped where the retries flagged and not yet taken
+	// are about a second of sends (pace), due retries possibly left; the
+	// timer tops them up every pausedPoll meanwhile.
+	Ahead bool
 }
 
 // Role is this instance's part in sweeping.
@@ -160,10 +164,10 @@ type Timer struct {
 	store store.Store
 	log   *slog.Logger
 	now   func() time.Time
-	cron  *cron.Cron
-	lease *lease.Lease // one sweeper among the instances on a store
-	ticks atomic.Int64 // successful ticks
-	fails atomic.Int64 // ticks whose sweep failed
+	done  chan struct{} // closed when the tick loop has ended
+	lease *lease.Lease  // one sweeper among the instances on a store
+	ticks atomic.Int64  // successful ticks
+	fails atomic.Int64  // ticks whose sweep failed
 	hooks atomic.Pointer[Hooks]
 	gate  Gate // nil: sends always go out
 
@@ -181,6 +185,8 @@ type Timer struct {
 	quantum   time.Duration
 	role      Role
 	waiting   bool          // the last sweep found sends held back, or flagged a probe: tick every pausedPoll
+	topping   bool          // the last sweep stopped at pace's window: top it up every pausedPoll
+	pace      pace          // how far ahead of the sends the sweep flags
 	holder    lease.Holding // the lease as a standby last read it
 	// sweepsFailed counts this instance's sweeps that failed in a row
 	// while it held the lease; after failedSweepsToStepAside of them it
@@ -218,11 +224,9 @@ func New(cfg Config, st store.Store, log *slog.Logger, now func() time.Time) (*T
 		t.cfg.Owner = lease.Owner()
 	}
 	t.interval, t.quantum = t.cfg.Interval, t.cfg.Quantum
+	t.pace = newPace(t.cfg.SweepBatch)
 	// Three ticks: a holder that missed two renewals is taken over.
 	t.lease = lease.New(st, LeaseName, t.cfg.Owner, LeaseTTL(t.cfg.Interval), now)
-	cl := cronLogger{t.log}
-	t.cron = cron.New(cron.WithLogger(cl), cron.WithChain(cron.Recover(cl), cron.SkipIfStillRunning(cl)))
-	t.cron.Schedule(schedule{t}, cron.FuncJob(t.tick))
 	return t, nil
 }
 
@@ -298,7 +302,9 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 		return Result{Armed: true, Held: true}, nil
 	}
 	t.mu.Lock()
-	aside := now.Before(t.asideUntil)
+	// Aside for a TTL from when it stepped aside; a clock stepped back to
+	// before then does not make it longer.
+	aside := now.Before(t.asideUntil) && !now.Before(t.asideUntil.Add(-t.lease.TTL()))
 	t.mu.Unlock()
 	if aside {
 		err = lease.ErrHeld // its sweeps failed: another instance's may not
@@ -325,7 +331,10 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	// and the backlog once it got through, at once; a probe still out
 	// (an email service that does not answer, up to --mail-timeout) gets
 	// another one an interval later, not every poll.
-	due := t.lastSweep.IsZero() || t.waiting && !probing || now.Sub(t.lastSweep) >= interval-t.cfg.Interval/2
+	// A clock stepped back to before the last sweep sweeps at once rather
+	// than wait until it is back there.
+	due := t.lastSweep.IsZero() || t.waiting && !probing || t.topping || now.Before(t.lastSweep) ||
+		now.Sub(t.lastSweep) >= interval-t.cfg.Interval/2
 	t.mu.Unlock()
 	if !due {
 		return Result{Armed: true, Probe: probing}, nil // a probe still out is no change of role
@@ -344,7 +353,26 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 		limit = 1 // the probe; the others would be held back again
 	}
 	start := time.Now()
-	for {
+	room := -1 // no bound: the probe's one
+	if probing {
+		t.mu.Lock()
+		t.pace.forget()
+		t.mu.Unlock()
+	} else {
+		n, err := t.store.FlaggedRetries(ctx)
+		if err != nil {
+			return res, t.sweepFailed(lctx, now, fmt.Errorf("count the flagged retries: %w", err))
+		}
+		var stuck bool
+		t.mu.Lock()
+		room, stuck = t.pace.room(n, time.Since(t.epoch), t.topUp(), max(stuckAfter, 10*t.interval))
+		t.mu.Unlock()
+		if stuck {
+			t.log.Warn("flagged retries are not being taken: one batch more a while, past them; is a watcher running?",
+				"flagged", n, "for_at_least", max(stuckAfter, 10*t.interval).String())
+		}
+	}
+	for room != 0 {
 		// Retries stopped meanwhile stop the sweep before this batch: a
 		// pause in an outage must not let a second's worth of batches
 		// through, nor the first, when the pause came while the tick
@@ -354,8 +382,16 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 		} else if err != nil {
 			return res, t.sweepFailed(lctx, now, fmt.Errorf("read %s: %w", order.ControlKey, err))
 		}
-		batch, err := t.store.SweepRetries(ctx, now, quantum, limit)
+		n := limit
+		if room > 0 {
+			n = min(n, room)
+			room -= n
+		}
+		batch, err := t.store.SweepRetries(ctx, now, quantum, n)
 		if err != nil {
+			t.mu.Lock()
+			t.pace.forget()
+			t.mu.Unlock()
 			return res, t.sweepFailed(lctx, now, err) // not recorded: the next tick tries again
 		}
 		res.Batches++
@@ -367,9 +403,16 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 			break
 		}
 	}
+	// Stopped at the window with due retries left (or none looked for:
+	// the window was full): topped up every topUp until they are flagged.
+	res.Ahead = room == 0 && (res.More || res.Batches == 0)
 	res.Swept = true
 	t.mu.Lock()
 	t.sweepsFailed = 0
+	if !probing {
+		t.pace.swept(res.Flagged, res.Ahead)
+	}
+	t.topping = res.Ahead
 	t.mu.Unlock()
 	if h := t.hooks.Load(); h != nil && h.Sweep != nil {
 		h.Sweep(time.Since(start), res.Flagged)
@@ -387,6 +430,8 @@ func (t *Timer) setRole(r Role, h *lease.Holding) {
 	t.role = r
 	if r != RoleActive { // an active one's sweep says whether it waits (a probe)
 		t.waiting = r == RoleHeld
+		t.topping = false
+		t.pace.forget()    // measured afresh once it sweeps again
 		t.sweepsFailed = 0 // counted while it holds the lease, in a row
 	}
 	if h != nil {
@@ -601,10 +646,42 @@ func (t *Timer) logChanges(res Result) {
 // Start starts ticking; it does not block.
 func (t *Timer) Start() {
 	t.ctx, t.cancel = context.WithCancel(context.Background())
+	t.done = make(chan struct{})
 	t.startAt.Store(int64(time.Since(t.epoch)))
 	t.started.Store(true)
-	t.cron.Start()
+	go t.run()
 	t.log.Info("timer started", "interval", t.cfg.Interval.String(), "quantum", t.cfg.Quantum.String(), "owner", t.lease.Owner())
+}
+
+// run ticks until Stop: a tick period after the last tick began (a tick
+// that overran starts the next at once). The periods are on the monotonic
+// clock: a wall clock stepped back (NTP, a restored VM) delays no tick,
+// where a schedule of wall times (robfig/cron's, before 2026-12-06) ticked
+// nothing until the wall clock was back where it had been.
+func (t *Timer) run() {
+	defer close(t.done)
+	next := time.NewTimer(t.period())
+	defer next.Stop()
+	for {
+		select {
+		case <-t.ctx.Done():
+			return
+		case <-next.C:
+		}
+		began := time.Now()
+		t.safeTick()
+		next.Reset(max(0, t.period()-time.Since(began)))
+	}
+}
+
+// safeTick is one tick; a panic in it is logged and the ticks go on.
+func (t *Timer) safeTick() {
+	defer func() {
+		if r := recover(); r != nil {
+			t.log.Error("tick panicked; ticking on", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		}
+	}()
+	t.tick()
 }
 
 // Stop stops ticking, waits for a sweep in progress until ctx ends, and
@@ -613,7 +690,7 @@ func (t *Timer) Stop(ctx context.Context) error {
 	t.cancel() // first: Status().Started false says the ticks are told to end
 	t.started.Store(false)
 	select {
-	case <-t.cron.Stop().Done():
+	case <-t.done:
 	case <-ctx.Done():
 		return fmt.Errorf("stop timer: %w", ctx.Err())
 	}
@@ -631,32 +708,29 @@ func (t *Timer) Stop(ctx context.Context) error {
 // at ten times a second).
 const pausedPoll = 250 * time.Millisecond
 
-// schedule is the timer's cron schedule: a tick every interval, or every
+// period is the time from one tick to the next: the interval, or
 // pausedPoll while retries are paused or sends are held back (so that a
-// breaker's probe, and the backlog once it closes, go out within a poll
-// of when they can, not a whole interval later). cron.Every rounds to
-// whole seconds, which is too coarse for the demo and tests.
-type schedule struct{ t *Timer }
-
-func (s schedule) Next(now time.Time) time.Time {
-	if s.t.polling() {
-		return now.Add(min(pausedPoll, s.t.cfg.Interval))
+// breaker's probe, and the backlog once it closes, go out within a poll of
+// when they can, not a whole interval later) or the sweep stopped at its
+// window (topped up as the sends take it).
+func (t *Timer) period() time.Duration {
+	if t.polling() {
+		return t.topUp()
 	}
-	return now.Add(s.t.cfg.Interval)
+	return t.cfg.Interval
 }
 
+// topUp is the tick while polling.
+func (t *Timer) topUp() time.Duration { return min(pausedPoll, t.cfg.Interval) }
+
+// stuckAfter is the least time flagged retries that nobody takes hold
+// the sweep back (pace): ten intervals when longer.
+const stuckAfter = 30 * time.Second
+
 // polling says whether the last tick found no allow_retrys, or none has
-// told yet, or sends held back.
+// told yet, or sends held back, or the sweep stopped at its window.
 func (t *Timer) polling() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.role == RolePaused || t.role == RoleUnknown || t.waiting
-}
-
-// cronLogger sends cron's own messages to slog; its Info is chatty, so Debug.
-type cronLogger struct{ log *slog.Logger }
-
-func (l cronLogger) Info(msg string, kv ...any) { l.log.Debug("cron: "+msg, kv...) }
-func (l cronLogger) Error(err error, msg string, kv ...any) {
-	l.log.Error("cron: "+msg, append(kv, "error", err)...)
+	return t.role == RolePaused || t.role == RoleUnknown || t.waiting || t.topping
 }

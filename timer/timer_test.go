@@ -284,20 +284,21 @@ func TestAnInstanceWhoseSweepsFailLeavesTheLease(t *testing.T) {
 	assert.Equal(t, timer.RoleActive, b.Status().Role)
 }
 
-// stoppedDuringSweep deletes allow_retrys during the first sweep batch, as
-// an operator's retries stop would.
+// stoppedDuringSweep deletes allow_retrys during its batch number at
+// (from 1), as an operator's retries stop would.
 type stoppedDuringSweep struct {
 	store.Store
-	once sync.Once
+	at    int32
+	calls atomic.Int32
 }
 
 func (s *stoppedDuringSweep) SweepRetries(ctx context.Context, now time.Time, quantum time.Duration, limit int) (store.SweepResult, error) {
 	res, err := s.Store.SweepRetries(ctx, now, quantum, limit)
-	s.once.Do(func() {
+	if s.calls.Add(1) == s.at {
 		if derr := s.Store.Remove(ctx, order.Retry, order.ControlKey, 0); derr != nil {
 			err = derr
 		}
-	})
+	}
 	return res, err
 }
 
@@ -306,18 +307,23 @@ func (s *stoppedDuringSweep) SweepRetries(ctx context.Context, now time.Time, qu
 func TestRetriesStoppedDuringASweepStopIt(t *testing.T) {
 	st := openStore(t)
 	ctx := context.Background()
-	for i := range 25 {
+	for i := range 35 {
 		retryDoc(t, st, "r"+strings.Repeat("x", i), time.Minute)
 	}
 	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
 	require.NoError(t, err)
 
-	tm, err := timer.New(timer.Config{Interval: time.Second, SweepBatch: 10, Owner: "me"}, &stoppedDuringSweep{Store: st}, quiet, nil)
+	tm, err := timer.New(timer.Config{Interval: time.Second, SweepBatch: 10, Owner: "me"}, &stoppedDuringSweep{Store: st, at: 2}, quiet, nil)
 	require.NoError(t, err)
 	res, err := tm.Sweep(ctx, pinned)
 	require.NoError(t, err)
-	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 10, Batches: 1, More: true}, res)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 10, Batches: 1, More: true, Ahead: true}, res)
+	// The sends take them: the next sweep's window holds several batches.
+	assert.Equal(t, 10, takeFlagged(t, st))
 	res, err = tm.Sweep(ctx, pinned.Add(time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 10, Batches: 1, More: true}, res, "stopped after its first batch")
+	res, err = tm.Sweep(ctx, pinned.Add(2*time.Second))
 	require.NoError(t, err)
 	assert.Equal(t, timer.Result{}, res, "paused")
 }
@@ -414,6 +420,9 @@ func TestSweepWaitsWhileSendsAreHeldBack(t *testing.T) {
 // TestSweepFlagsABacklogInBatches: a backlog larger than a batch is
 // flagged batch by batch, each its own transaction, until none is left;
 // with no budget left, the rest waits for the next tick.
+// TestSweepFlagsABacklogInBatches: a backlog is flagged in batches of
+// SweepBatch, no further ahead of the sends than they take (pace: one
+// batch at first), and within the sweep's budget.
 func TestSweepFlagsABacklogInBatches(t *testing.T) {
 	st := openStore(t)
 	ctx := context.Background()
@@ -427,9 +436,20 @@ func TestSweepFlagsABacklogInBatches(t *testing.T) {
 	require.NoError(t, err)
 	res, err := tm.Sweep(ctx, pinned)
 	require.NoError(t, err)
-	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 25, Batches: 3}, res)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 10, Batches: 1, More: true, Ahead: true}, res,
+		"the first sweep flags one batch ahead of the sends")
+	res, err = tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Ahead: true}, res, "none taken: none more flagged")
 
-	for i := range 25 {
+	assert.Equal(t, 10, takeFlagged(t, st))
+	res, err = tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 15, Batches: 2}, res,
+		"the sends took the whole window while a backlog waited: at least four times as many")
+
+	assert.Equal(t, 15, takeFlagged(t, st))
+	for i := range 50 {
 		retryDoc(t, st, "s"+strings.Repeat("x", i), time.Minute)
 	}
 	// A budget spent after the first batch (the smallest there is).
@@ -437,7 +457,30 @@ func TestSweepFlagsABacklogInBatches(t *testing.T) {
 	require.NoError(t, err)
 	res, err = tight.Sweep(ctx, pinned)
 	require.NoError(t, err)
-	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 10, Batches: 1, More: true}, res)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 10, Batches: 1, More: true, Ahead: true}, res)
+	assert.Equal(t, 10, takeFlagged(t, st))
+	res, err = tight.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 10, Batches: 1, More: true}, res,
+		"the window has room left; the budget stopped the sweep")
+}
+
+// takeFlagged removes the flagged retries, as sends that went out would,
+// and says how many.
+func takeFlagged(t *testing.T, st store.Store) int {
+	t.Helper()
+	ctx := context.Background()
+	var keys []string
+	require.NoError(t, st.Scan(ctx, order.Retry, "", func(d store.Doc) error {
+		if r, err := order.DecodeRetryDoc(d.Value); err == nil && r.FireRetry {
+			keys = append(keys, d.Key)
+		}
+		return nil
+	}))
+	for _, k := range keys {
+		require.NoError(t, st.Remove(ctx, order.Retry, k, 0))
+	}
+	return len(keys)
 }
 
 // jsonLogs is a JSON logger at debug into buf.
@@ -922,4 +965,74 @@ func TestAPauseBeforeATicksFirstBatchFlagsNothing(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, res.Flagged, "flagged after retries stop returned")
 	assert.False(t, fired(t, st, "r00"))
+}
+
+// TestABacklogIsToppedUpAsTheSendsTakeIt: a sweep that stopped at its
+// window tops it up every pausedPoll as the sends take it, however long
+// the interval: a minute's ticks with a window of 10 would drain 100
+// retries in ten minutes.
+func TestABacklogIsToppedUpAsTheSendsTakeIt(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	for i := range 100 {
+		retryDoc(t, st, fmt.Sprintf("r%03d", i), time.Minute)
+	}
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	tm, err := timer.New(timer.Config{Interval: time.Minute, SweepBatch: 10, Owner: "me"}, st, quiet, time.Now)
+	require.NoError(t, err)
+	tm.Start()
+	defer func() { assert.NoError(t, tm.Stop(context.Background())) }()
+
+	// The sends: each look takes what is flagged.
+	var taken atomic.Int64
+	require.Eventually(t, func() bool {
+		var keys []string
+		err := st.Scan(ctx, order.Retry, "", func(d store.Doc) error {
+			if r, err := order.DecodeRetryDoc(d.Value); err == nil && r.FireRetry {
+				keys = append(keys, d.Key)
+			}
+			return nil
+		})
+		for _, k := range keys {
+			if err == nil {
+				err = st.Remove(ctx, order.Retry, k, 0)
+			}
+			taken.Add(1)
+		}
+		if err != nil {
+			t.Logf("take flagged retries: %v", err)
+		}
+		return taken.Load() >= 100
+	}, 60*time.Second, 20*time.Millisecond, "flagged and taken: %v of 100; ticks %v", later.Value(func() any { return taken.Load() }),
+		later.Value(func() any { return tm.Ticks() }))
+}
+
+// TestAClockSteppedBackStopsNoSweep: the clock stepped back an hour
+// (NTP, a restored VM) after sweeps ran: a retry due on the new clock is
+// flagged at the next ticks, not an hour later.
+func TestAClockSteppedBackStopsNoSweep(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	var mu sync.Mutex
+	now := pinned
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	tm, err := timer.New(timer.Config{Interval: 20 * time.Millisecond, Owner: "me"}, st, quiet, clock)
+	require.NoError(t, err)
+	tm.Start()
+	defer func() { assert.NoError(t, tm.Stop(context.Background())) }()
+	waitTicks(t, tm, 3)
+	require.Equal(t, timer.RoleActive, tm.Status().Role)
+
+	mu.Lock()
+	now = pinned.Add(-time.Hour)
+	mu.Unlock()
+	r := order.RetryDoc{Type: order.TypeConfirmation, DocID: "late"}.Failed(pinned.Add(-time.Hour - time.Minute))
+	_, err = st.Upsert(ctx, order.Retry, "late", r.Encode())
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return fired(t, st, "late") }, 30*time.Second, 5*time.Millisecond,
+		"flagged after the clock stepped back; role %v, last sweep %v", later.Value(func() any { return tm.Status().Role }),
+		later.Value(func() any { return tm.Status().LastSweep }))
 }

@@ -1,0 +1,74 @@
+package timer
+
+import "time"
+
+// The sweep flags no further ahead of the sends than they take in about
+// aheadFor: a flagged retry goes out whatever allow_retrys says, so what is
+// flagged and not yet taken is what a pause cannot stop, and on Couchbase
+// what each sweep statement reads again on its way to the unflagged. An
+// unbounded sweep flagged 52,000 of 100,000 due retries in one tick.
+const aheadFor = time.Second
+
+// pace keeps the sweep's window: how many retries may be flagged and not
+// yet taken, from how many the sends took between two sweeps. While the
+// window holds a backlog back the timer tops it up every topUp (Timer.
+// polling), so the window covers aheadFor and one top-up.
+type pace struct {
+	floor  int           // the least window: one sweep batch
+	window int           // 0: none yet (floor)
+	after  int           // flagged after the last sweep, as counted then plus its flags; -1: not measured
+	at     time.Duration // when that count was read, on the monotonic clock
+	// limited: the last sweep stopped at the window with due retries
+	// left; the sends then taking all of it says their pace is higher
+	// than measured.
+	limited bool
+	// lastTaken is when the count was last seen to fall (or first read):
+	// flagged retries that nobody takes for stuckAfter let one batch
+	// through, so that retries left flagged for good cannot stop the
+	// sweep.
+	lastTaken time.Duration
+	stuck     bool // said once per episode
+}
+
+func newPace(floor int) pace { return pace{floor: floor, after: -1} }
+
+// room says how many more retries the sweep may flag now, at, when
+// flagged are flagged and not yet taken; topUp is the period of the
+// top-ups, stuckAfter how long flagged retries that nobody takes hold the
+// sweep back. stuck reports the window let a batch through past them.
+func (p *pace) room(flagged int, at, topUp, stuckAfter time.Duration) (room int, stuck bool) {
+	if p.window == 0 {
+		p.window = p.floor
+	}
+	if p.after < 0 {
+		p.lastTaken = at
+	} else if taken := p.after - flagged; taken > 0 {
+		p.lastTaken, p.stuck = at, false
+		dt := max(at-p.at, time.Millisecond)
+		w := int(float64(taken) * float64(aheadFor+topUp) / float64(dt))
+		if flagged == 0 && p.limited {
+			w = max(w, 4*p.window) // ran dry: the sends take more than was measured
+		}
+		p.window = max(p.floor, w)
+	}
+	p.after, p.at = flagged, at
+	room = max(0, p.window-flagged)
+	if room == 0 && flagged > 0 && at-p.lastTaken >= stuckAfter {
+		// Nothing taken for stuckAfter: one batch, then as long again.
+		p.lastTaken = at
+		stuck, p.stuck = !p.stuck, true
+		room = p.floor
+	}
+	return room, stuck
+}
+
+// swept records a sweep that flagged n more, limited when it stopped at
+// the window with due retries left.
+func (p *pace) swept(n int, limited bool) {
+	p.after += n
+	p.limited = limited
+}
+
+// forget drops the measure (a probe, a sweep that failed): the next sweep
+// measures afresh from its count.
+func (p *pace) forget() { p.after = -1 }
