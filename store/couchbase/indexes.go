@@ -26,8 +26,8 @@ func (s *Store) indexUses() []indexUse {
 	retry, dead := s.keyspace(order.Retry), s.keyspace(order.DeadLetter)
 	due := sweepParams(time.Now(), 15*time.Second, 1)
 	uses := []indexUse{
-		{"ix_retry_next", sweepStatement(retry), "the sweep reads every retry document", due},
-		{"ix_retry_ts", sweepStatement(retry), "the sweep reads every retry document", due},
+		{"ix_retry_due_next", sweepStatement(retry), "the sweep reads every retry document", due},
+		{"ix_retry_due_ts", sweepStatement(retry), "the sweep reads every retry document", due},
 		{"ix_retry_fire", flaggedCountStatement(retry), "the counts and the backlog read every retry document", due},
 		{"ix_inbound_paid", paidCountStatement(s.keyspace(order.Inbound)), "the counts read every order", nil},
 		{"ix_retry_why", retriesStatement(retry), whyWithout, map[string]any{"why": "HTTP 503", "after": "", "limit": 1}},

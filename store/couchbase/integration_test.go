@@ -395,14 +395,14 @@ func TestIntegrationSweepUsesItsIndexes(t *testing.T) {
 	cfg, _ := testCluster(t, 1)
 	s := openStore(t, cfg)
 	plan := explain(t, s, sweepStatement(s.keyspace("retry")), sweepParams(time.Now(), 15*time.Second, 1000))
-	assert.Contains(t, plan, "ix_retry_next")
-	assert.Contains(t, plan, "ix_retry_ts")
+	assert.Contains(t, plan, "ix_retry_due_next")
+	assert.Contains(t, plan, "ix_retry_due_ts")
 	assert.NotContains(t, plan, "PrimaryScan", "the sweep does not read every retry document")
 
 	// The probe's: each branch on its own index, in its order.
 	params := sweepParams(time.Now(), 15*time.Second, 1)
 	params["quantum"] = 15000
-	for i, ix := range []string{"ix_retry_next", "ix_retry_ts"} {
+	for i, ix := range []string{"ix_retry_due_next", "ix_retry_due_ts"} {
 		plan := explain(t, s, oldestDueStatements(s.keyspace("retry"))[i], params)
 		assert.Contains(t, plan, ix)
 		assert.NotContains(t, plan, "#primary")
@@ -431,6 +431,10 @@ func TestIntegrationBacklogReadsOnlyDueRetries(t *testing.T) {
 		plan := explain(t, s, stmt, params)
 		assert.Contains(t, plan, "ix_retry_fire", name)
 		assert.NotContains(t, plan, "#primary", "%s: not every retry", name)
+		if name == "due" {
+			assert.Contains(t, plan, "ix_retry_due_next", "the unflagged due by nextAttemptAt")
+			assert.Contains(t, plan, "ix_retry_due_ts", "the sample's unflagged due by ts")
+		}
 	}
 }
 
@@ -558,6 +562,35 @@ var watched = []string{order.Inbound, order.Retry}
 // A cluster set up by an earlier release lacks the indexes added since:
 // MissingIndexes names each, with what goes without it, and none once
 // setup has run.
+// A cluster set up by a release before the sweep's partial indexes has
+// indexes that hold the flagged retries too: the new ones are named as
+// missing, and setup makes them and drops the old.
+func TestSetupReplacesTheSweepsEarlierIndexes(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	ctx := context.Background()
+	retry := s.keyspace(order.Retry)
+	for _, stmt := range []string{"DROP INDEX ix_retry_due_next ON " + retry, "DROP INDEX ix_retry_due_ts ON " + retry,
+		"CREATE INDEX ix_retry_next ON " + retry + "(nextAttemptAt)",
+		"CREATE INDEX ix_retry_ts ON " + retry + "(ts) WHERE nextAttemptAt IS MISSING"} {
+		_, err := s.cluster.Query(stmt, nil)
+		require.NoError(t, err, stmt)
+	}
+	missing, err := s.MissingIndexes(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"ix_retry_due_next (the sweep reads every retry document)",
+		"ix_retry_due_ts (the sweep reads every retry document)"}, missing)
+
+	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, quietLog), "setup again")
+	ixs := srv.Indexes("orders", "_default", order.Retry)
+	assert.Subset(t, ixs, []string{"ix_retry_due_next", "ix_retry_due_ts"})
+	assert.NotContains(t, ixs, "ix_retry_next")
+	assert.NotContains(t, ixs, "ix_retry_ts")
+	missing, err = s.MissingIndexes(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, missing)
+}
+
 func TestIntegrationMissingIndexesAreNamed(t *testing.T) {
 	cfg, srv := fakeCluster(t, cbtest.Options{})
 	s := openStore(t, cfg)

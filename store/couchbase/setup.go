@@ -30,9 +30,15 @@ func indexStatements(ks func(string) string) []string {
 		"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ks("inbound"),
 		// Attempt records, read by key; the index lets an operator query them.
 		"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ks("attempts"),
-		// One per branch of the sweep, so that it reads only due documents.
-		"CREATE INDEX IF NOT EXISTS ix_retry_next ON " + ks("retry") + "(nextAttemptAt)",
-		"CREATE INDEX IF NOT EXISTS ix_retry_ts ON " + ks("retry") + "(ts) WHERE nextAttemptAt IS MISSING",
+		// One per branch of the sweep, so that it reads only due documents,
+		// and of those only the unflagged: the flagged wait for a worker,
+		// and every statement of the sweep would read them again.
+		"CREATE INDEX IF NOT EXISTS ix_retry_due_next ON " + ks("retry") + "(nextAttemptAt) WHERE " + unflaggedRetry,
+		"CREATE INDEX IF NOT EXISTS ix_retry_due_ts ON " + ks("retry") + "(ts) WHERE nextAttemptAt IS MISSING AND " + unflaggedRetry,
+		// Their forerunners (releases before them), which held the flagged
+		// retries too: nothing reads them once the two above are there.
+		"DROP INDEX ix_retry_next IF EXISTS ON " + ks("retry"),
+		"DROP INDEX ix_retry_ts IF EXISTS ON " + ks("retry"),
 		// The flagged retries, for the counts and the backlog, whose due
 		// retries are these and those of the two above.
 		"CREATE INDEX IF NOT EXISTS ix_retry_fire ON " + ks("retry") + "(fireRetry) WHERE fireRetry = true",
@@ -47,6 +53,12 @@ func indexStatements(ks func(string) string) []string {
 		"CREATE INDEX IF NOT EXISTS ix_inbound_paid ON " + ks("inbound") + "(paymentStatus, confirmationEmailSent)",
 	}
 }
+
+// unflaggedRetry is the condition of the sweep's partial indexes, and a
+// term, word for word, of every statement that reads them (with the
+// statement's alias): the query service reads a partial index for a
+// statement whose WHERE implies the index's, which it finds term by term.
+const unflaggedRetry = "(fireRetry IS MISSING OR fireRetry != true)"
 
 // What setup does, for errRights to name the role it lacks.
 type setupStep int

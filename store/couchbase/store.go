@@ -377,13 +377,17 @@ func (s *Store) keyspace(coll string) string {
 	return fmt.Sprintf("`%s`.`%s`.`%s`", s.cfg.Bucket, s.cfg.Scope, coll)
 }
 
+// unflagged is unflaggedRetry on the alias r, the term that lets a
+// statement read the sweep's partial indexes.
+const unflagged = "(r.fireRetry IS MISSING OR r.fireRetry != true)"
+
 // sweepStatement is the sample's UPDATE, for documents whose nextAttemptAt
 // has come and, like the sample, for the sample's documents (no
 // nextAttemptAt) whose ts is a quantum old. The two branches match the
-// indexes ix_retry_next and ix_retry_ts that setup creates.
+// indexes ix_retry_due_next and ix_retry_due_ts that setup creates.
 // dueUnflagged is the sweep's condition on a retry document r: due, not
 // flagged, not the control document.
-const dueUnflagged = "META(r).id != $control AND (r.fireRetry IS MISSING OR r.fireRetry != true) AND (" +
+const dueUnflagged = "META(r).id != $control AND " + unflagged + " AND (" +
 	"(r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)) OR " +
 	"(r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts)))"
 
@@ -393,17 +397,17 @@ func sweepStatement(retry string) string {
 
 // oldestDueStatements name the unflagged due retries that fell due first,
 // with when, one statement per branch of dueUnflagged, each in the order
-// of its own index (ix_retry_next, ix_retry_ts) and read only as far as
+// of its own index (ix_retry_due_next, ix_retry_due_ts) and read only as far as
 // its LIMIT: a probe of an outage's backlog reads a few of them, where one
 // statement over both branches sorted every due retry by the time each
 // fell due.
 func oldestDueStatements(retry string) [2]string {
-	const unflagged = " AND META(r).id != $control AND (r.fireRetry IS MISSING OR r.fireRetry != true)"
+	const notControl = " AND META(r).id != $control AND " + unflagged
 	return [2]string{
 		"SELECT RAW [META(r).id, r.nextAttemptAt] FROM " + retry + " AS r WHERE r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)" +
-			unflagged + " ORDER BY r.nextAttemptAt, META(r).id LIMIT $limit",
+			notControl + " ORDER BY r.nextAttemptAt, META(r).id LIMIT $limit",
 		"SELECT RAW [META(r).id, r.ts + $quantum] FROM " + retry + " AS r WHERE r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts)" +
-			unflagged + " ORDER BY r.ts, META(r).id LIMIT $limit",
+			notControl + " ORDER BY r.ts, META(r).id LIMIT $limit",
 	}
 }
 
@@ -671,11 +675,12 @@ func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, erro
 }
 
 // dueRetries says which retries are due, flagged or not: one branch for
-// each of the indexes ix_retry_fire, ix_retry_next and ix_retry_ts, so
-// that the backlog reads the due retries only, not every retry.
+// each of the indexes ix_retry_fire, ix_retry_due_next and
+// ix_retry_due_ts (the last two with their condition), so that the
+// backlog reads the due retries only, not every retry.
 const dueRetries = "META(r).id != $control AND (r.fireRetry = true OR " +
-	"(r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)) OR " +
-	"(r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts)))"
+	"(" + unflagged + " AND r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)) OR " +
+	"(" + unflagged + " AND r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts)))"
 
 func dueCountStatement(retry string) string {
 	return "SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE " + dueRetries
