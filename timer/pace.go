@@ -28,6 +28,7 @@ type pace struct {
 	// sweep.
 	lastTaken time.Duration
 	stuck     bool // said once per episode
+	moved     bool // the last room saw some taken: worth topping up soon
 }
 
 func newPace(floor int) pace { return pace{floor: floor, after: -1} }
@@ -40,10 +41,11 @@ func (p *pace) room(flagged int, at, topUp, stuckAfter time.Duration) (room int,
 	if p.window == 0 {
 		p.window = p.floor
 	}
+	p.moved = false
 	if p.after < 0 {
 		p.lastTaken = at
 	} else if taken := p.after - flagged; taken > 0 {
-		p.lastTaken, p.stuck = at, false
+		p.lastTaken, p.stuck, p.moved = at, false, true
 		dt := max(at-p.at, time.Millisecond)
 		w := int(float64(taken) * float64(aheadFor+topUp) / float64(dt))
 		if flagged == 0 && p.limited {
@@ -69,6 +71,7 @@ func (p *pace) swept(n int, limited bool) {
 	p.limited = limited
 }
 
-// forget drops the measure (a probe, a sweep that failed): the next sweep
-// measures afresh from its count.
-func (p *pace) forget() { p.after = -1 }
+// forget drops the measure and the window (a probe, a sweep that failed,
+// a role given up): the next sweep flags one batch and measures afresh
+// from its count, whatever an earlier stint's sends took.
+func (p *pace) forget() { p.after, p.window, p.limited = -1, 0, false }

@@ -34,7 +34,18 @@ func TestPaceFollowsWhatTheSendsTake(t *testing.T) {
 	// The sends slow down: 100 taken in 1s.
 	room, _ = p.room(9900, ms(1500), topUp, stuck)
 	assert.Equal(t, 0, room, "125 over 1.25s, less than flagged")
+	assert.True(t, p.moved, "some were taken")
 	p.swept(0, true)
+	room, _ = p.room(9900, ms(1750), topUp, stuck)
+	assert.Equal(t, 0, room)
+	assert.False(t, p.moved, "none taken: no hurry to top up")
+
+	// A role given up and taken again: one batch at first, whatever the
+	// last stint's sends took.
+	p.window = 50000
+	p.forget()
+	room, _ = p.room(0, ms(3000), topUp, stuck)
+	assert.Equal(t, 1000, room)
 
 	// A window not held back by (no due retries left) does not grow when
 	// the sends take it all.

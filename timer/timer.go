@@ -380,6 +380,9 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 		if _, err := t.store.Get(ctx, order.Retry, order.ControlKey); errors.Is(err, store.ErrNotFound) {
 			break
 		} else if err != nil {
+			t.mu.Lock()
+			t.pace.forget()
+			t.mu.Unlock()
 			return res, t.sweepFailed(lctx, now, fmt.Errorf("read %s: %w", order.ControlKey, err))
 		}
 		n := limit
@@ -412,7 +415,9 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 	if !probing {
 		t.pace.swept(res.Flagged, res.Ahead)
 	}
-	t.topping = res.Ahead
+	// Topped up soon only while the sends move: a window full of retries
+	// nobody takes waits for the interval.
+	t.topping = res.Ahead && (res.Flagged > 0 || t.pace.moved)
 	t.mu.Unlock()
 	if h := t.hooks.Load(); h != nil && h.Sweep != nil {
 		h.Sweep(time.Since(start), res.Flagged)
