@@ -33,7 +33,8 @@ type Lease struct {
 
 type doc struct {
 	Owner     string `json:"owner"`
-	ExpiresAt int64  `json:"expiresAt"` // ms
+	ExpiresAt int64  `json:"expiresAt"`       // ms
+	TTLMs     int64  `json:"ttlMs,omitempty"` // the holder's TTL: it renews within it
 }
 
 // New returns the lease name for owner; now may be nil for time.Now.
@@ -63,7 +64,7 @@ var ErrHeld = errors.New("lease held by another instance")
 // returns ErrHeld (wrapped, naming the holder) when someone else holds it.
 func (l *Lease) Acquire(ctx context.Context) error {
 	now := l.now()
-	mine, err := json.Marshal(doc{Owner: l.owner, ExpiresAt: now.Add(l.ttl).UnixMilli()})
+	mine, err := json.Marshal(doc{Owner: l.owner, ExpiresAt: now.Add(l.ttl).UnixMilli(), TTLMs: l.ttl.Milliseconds()})
 	if err != nil {
 		return err
 	}
@@ -79,7 +80,8 @@ func (l *Lease) Acquire(ctx context.Context) error {
 		return err
 	}
 	var d doc
-	if json.Unmarshal(cur.Value, &d) == nil && d.Owner != l.owner && d.ExpiresAt > now.UnixMilli() && !l.unchanged(cur.CAS) {
+	if json.Unmarshal(cur.Value, &d) == nil && d.Owner != l.owner && d.ExpiresAt > now.UnixMilli() &&
+		!l.unchanged(cur.CAS, max(l.ttl, time.Duration(d.TTLMs)*time.Millisecond)) {
 		return fmt.Errorf("%w: %s is held by %s until %s", ErrHeld, l.key, d.Owner,
 			time.UnixMilli(d.ExpiresAt).UTC().Format(time.RFC3339Nano))
 	}
@@ -90,16 +92,17 @@ func (l *Lease) Acquire(ctx context.Context) error {
 	return err
 }
 
-// unchanged says whether another holder's lease has had CAS for a TTL,
-// on the monotonic clock, since this process first read it so.
-func (l *Lease) unchanged(cas uint64) bool {
+// unchanged says whether another holder's lease has had CAS for ttl (the
+// longer of ours and the holder's: one with a longer interval renews less
+// often), on the monotonic clock, since this process first read it so.
+func (l *Lease) unchanged(cas uint64, ttl time.Duration) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if cas != l.seen {
 		l.seen, l.seenAt = cas, time.Now()
 		return false
 	}
-	return time.Since(l.seenAt) >= l.ttl
+	return time.Since(l.seenAt) >= ttl
 }
 
 // Release gives the lease up, if we hold it, so that another instance can

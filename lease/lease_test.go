@@ -104,3 +104,21 @@ func TestALeaseNobodyRenewsExpiresWhateverTheClocks(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "b", h.Owner)
 }
+
+// TestAHolderWithALongerTTLIsNotTakenOverEarly: a holder ticking less often
+// (a longer --timer-interval, so a longer TTL) renews less often than a
+// reader's own TTL; the reader waits for the holder's.
+func TestAHolderWithALongerTTLIsNotTakenOverEarly(t *testing.T) {
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	defer st.Close()
+	now := time.Now()
+	clock := func() time.Time { return now }
+	a := lease.New(st, "timer", "a", time.Hour, clock)
+	b := lease.New(st, "timer", "b", time.Millisecond, clock)
+	require.NoError(t, a.Acquire(ctx))
+	assert.ErrorIs(t, b.Acquire(ctx), lease.ErrHeld)
+	time.Sleep(20 * time.Millisecond) // b's own TTL twenty times over; a's is an hour
+	assert.ErrorIs(t, b.Acquire(ctx), lease.ErrHeld, "a renews within its own TTL")
+}
