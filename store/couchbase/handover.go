@@ -285,7 +285,11 @@ func (o *ownership) liveness(ctx context.Context, doc membersDoc, now time.Time)
 		if live, _ := doc.isLive(owner, now); live {
 			return true
 		}
-		once.Do(func() { fresh, _, err = o.group.read(ctx) })
+		once.Do(func() {
+			if fresh, _, err = o.group.read(ctx); err == nil {
+				fresh = o.group.judged(fresh, o.group.now())
+			}
+		})
 		if err != nil {
 			return true
 		}

@@ -888,3 +888,30 @@ func TestARestartAfterACrashTakesOverAtItsFirstHeartbeat(t *testing.T) {
 	subB := subscribe(t, b, "feed", watched, false)
 	assert.Equal(t, testVBuckets, feedStats(subB).VBuckets, "b took every vBucket over when it joined: %+v", feedStats(subB))
 }
+
+// A member whose clock was an hour ahead (NTP about to step it back, a
+// restored VM) dies: its entry says it is live for another hour. The
+// others see it unchanged for a TTL on their own monotonic clocks, and
+// take its vBuckets over then, not an hour later.
+func TestADeadMemberWhoseClockWasAheadIsTakenOverAfterItsTTL(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	ctx := ctxFor(t, 30*time.Second)
+	seed := openStore(t, cfg)
+	g := newGroup(seed, "feed", "x", cfg.MemberTTL, func() time.Time { return time.Now().Add(time.Hour) })
+	_, err := g.beat(ctx, testVBuckets, false, false)
+	require.NoError(t, err)
+	for vb := range uint16(testVBuckets) {
+		_, _, _, err := metaCheckpoints{seed}.Claim(ctx, "feed", vb, "x", func(string) bool { return false },
+			func(context.Context) (position, error) { return position{}, nil })
+		require.NoError(t, err)
+	}
+	c := openStore(t, cfg, func(s *Store) { s.member = "c" })
+	joined := time.Now()
+	sub := subscribe(t, c, "feed", watched, false)
+	assert.Zero(t, feedStats(sub).VBuckets, "x's entry is live at first sight")
+	waitFor(t, func() (bool, string) {
+		st := feedStats(sub)
+		return st.VBuckets == testVBuckets, fmt.Sprintf("%+v", st)
+	})
+	t.Logf("c took every vBucket %v after it joined (TTL %v)", time.Since(joined).Round(time.Millisecond), cfg.MemberTTL)
+}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/ordermail/ordermail/store"
@@ -56,10 +57,61 @@ type group struct {
 	ttl  time.Duration
 	now  func() time.Time
 	born time.Time
+
+	mu   sync.Mutex
+	seen map[string]beatSeen // the others' heartbeats as this member saw them
+}
+
+// beatSeen is another member's heartbeat as this member first read it.
+type beatSeen struct {
+	beatAt  int64     // its BeatAt
+	at      time.Time // when read (time.Now: monotonic)
+	skew    int64     // our clock minus its BeatAt then, ms
+	changed bool      // read as a change from an earlier one, not at first sight
 }
 
 func newGroup(s *Store, feed, me string, ttl time.Duration, now func() time.Time) *group {
-	return &group{s: s, key: membersKey(feed), me: me, ttl: ttl, now: now, born: now()}
+	return &group{s: s, key: membersKey(feed), me: me, ttl: ttl, now: now, born: now(), seen: map[string]beatSeen{}}
+}
+
+// judged is d as this member judges it at now: the others' heartbeat
+// times moved where what it saw of them, on its monotonic clock, belies
+// their clocks against its own (NTP, a restored VM). An entry that stayed
+// the same for its TTL since first read is expired, whatever its time says
+// (a dead member's clock ahead, or ours gone back); an entry read as
+// changed, on a clock behind ours by more than its TTL, is live for a TTL
+// from when it was read (a live member's clock behind, or ours gone
+// ahead). Otherwise, and at first sight, the times stand, as on clocks in
+// step. The copy is for judging only, never written.
+func (g *group) judged(d membersDoc, now time.Time) membersDoc {
+	out := membersDoc{Members: make(map[string]memberEntry, len(d.Members))}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for name, e := range d.Members {
+		if name == g.me {
+			out.Members[name] = e
+			continue
+		}
+		b, ok := g.seen[name]
+		if !ok || b.beatAt != e.BeatAt {
+			b = beatSeen{beatAt: e.BeatAt, at: time.Now(), skew: now.UnixMilli() - e.BeatAt, changed: ok}
+			g.seen[name] = b
+		}
+		since := time.Since(b.at)
+		switch {
+		case since >= time.Duration(e.TTLMs)*time.Millisecond && e.expiresAt().After(now):
+			e.BeatAt = now.UnixMilli() - e.TTLMs - 1
+		case b.changed && b.skew > e.TTLMs:
+			e.BeatAt = now.UnixMilli() - since.Milliseconds()
+		}
+		out.Members[name] = e
+	}
+	for name := range g.seen {
+		if _, ok := d.Members[name]; !ok {
+			delete(g.seen, name) // forgotten
+		}
+	}
+	return out
 }
 
 // forgetAfter is how long past its expiry an entry stays in the document,
@@ -68,12 +120,17 @@ const forgetAfter = 10
 
 // beat renews this member's entry, saying it owns vbuckets, whether its
 // sends are held and whether it stands aside, and returns the document as
-// written. Entries expired for forgetAfter TTLs are dropped on the way.
+// written, as this member judges it (judged). Entries expired for
+// forgetAfter TTLs are dropped on the way.
 func (g *group) beat(ctx context.Context, vbuckets int, held, aside bool) (membersDoc, error) {
-	return g.update(ctx, func(d *membersDoc, now time.Time) {
+	d, err := g.update(ctx, func(d *membersDoc, now time.Time) {
 		d.Members[g.me] = memberEntry{BeatAt: now.UnixMilli(), TTLMs: g.ttl.Milliseconds(),
 			Started: g.born.UnixMilli(), VBuckets: vbuckets, Held: held, Aside: aside}
 	})
+	if err != nil {
+		return membersDoc{}, err
+	}
+	return g.judged(d, g.now()), nil
 }
 
 // leave marks this member as gone, so that the others take its vBuckets

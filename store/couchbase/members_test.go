@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/store/couchbase/cbtest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -176,4 +177,50 @@ func TestAClaimDoesNotTakeFromAMemberThatRenewedSinceItsReading(t *testing.T) {
 	_, _, owner, err := cps.Claim(ctx, "feed", 7, "c", c.liveness(ctx, reading, time.Now()), start)
 	assert.ErrorIs(t, err, errTaken, "c took vb 7 from d, which renewed its entry since c's reading")
 	assert.Equal(t, "d", owner)
+}
+
+// TestMembersAreJudgedByWhatWasSeenOfThemWhateverTheClocks: a member
+// judges the others by their heartbeats' times where clocks agree, and by
+// what it saw of them on its monotonic clock where they do not (NTP, a
+// restored VM): a dead member whose time is an hour ahead expires a TTL
+// after it was last seen to change; a live one whose time is an hour behind
+// is live while it is seen to change.
+func TestMembersAreJudgedByWhatWasSeenOfThemWhateverTheClocks(t *testing.T) {
+	const ttl = 100 * time.Millisecond
+	now := time.Now()
+	g := newGroup(nil, "f", "me", ttl, func() time.Time { return now })
+	doc := func(entries map[string]int64) membersDoc {
+		d := membersDoc{Members: map[string]memberEntry{}}
+		for name, beat := range entries {
+			d.Members[name] = memberEntry{BeatAt: beat, TTLMs: ttl.Milliseconds()}
+		}
+		return d
+	}
+	live := func(d membersDoc, name string) bool {
+		l, _ := g.judged(d, now).isLive(name, now)
+		return l
+	}
+	ahead, behind, inStep := now.Add(time.Hour).UnixMilli(), now.Add(-time.Hour).UnixMilli(), now.UnixMilli()
+
+	d := doc(map[string]int64{"ahead": ahead, "behind": behind, "instep": inStep})
+	assert.True(t, live(d, "ahead"), "at first sight its time stands")
+	assert.False(t, live(d, "behind"), "at first sight its time stands: it may have died an hour ago")
+	assert.True(t, live(d, "instep"))
+
+	// "behind" beats (its entry changes): live, though its time is an hour old.
+	d = doc(map[string]int64{"ahead": ahead, "behind": behind + 50, "instep": inStep})
+	assert.True(t, live(d, "behind"), "seen to change")
+	assert.True(t, live(d, "ahead"))
+
+	// Nobody beats for a TTL, on the monotonic clock.
+	require.Eventually(t, func() bool { return !live(d, "ahead") && !live(d, "behind") }, 30*time.Second, 5*time.Millisecond,
+		"a TTL unchanged: ahead %v, behind %v", later.Value(func() any { return live(d, "ahead") }),
+		later.Value(func() any { return live(d, "behind") }))
+	assert.False(t, live(d, "instep"), "nor one in step that stopped")
+
+	// Our own entry is ours to judge by our clock; the others' are kept
+	// as they are in the document itself.
+	d = doc(map[string]int64{"me": behind})
+	assert.False(t, live(d, "me"))
+	assert.Equal(t, behind, d.Members["me"].BeatAt)
 }
