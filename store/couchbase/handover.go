@@ -51,7 +51,7 @@ type ownership struct {
 	healthySince time.Time
 
 	// Guarded by the feed's mu.
-	lastBeat time.Time  // the time our last heartbeat wrote
+	lastBeat time.Time  // when our last heartbeat that was written set out
 	lastTry  time.Time  // when the last heartbeat set out, written or not
 	doc      membersDoc // as the last heartbeat wrote it
 	fromNow  bool
@@ -154,10 +154,12 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 		return nil, err
 	}
 	// From our previous heartbeat to the end of this one: if that is near
-	// the TTL, the others may have taken us for dead meanwhile.
+	// the TTL, the others may have taken us for dead meanwhile. Measured on
+	// this process's clock readings (monotonic), not on the times in the
+	// document, so that a wall clock stepped back does not hold trust back.
 	wrote := time.UnixMilli(doc.Members[o.me].BeatAt)
 	if o.healthySince.IsZero() || late {
-		o.healthySince = wrote
+		o.healthySince = f.opts.now()
 	}
 	// A member whose first heartbeat finds the others' entries expired
 	// together may have started during an outage of the members document:
@@ -197,7 +199,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	}
 	owners := o.owners
 	f.mu.Lock()
-	o.lastBeat = wrote
+	o.lastBeat = sent // before our entry's time: "away" errs towards fencing
 	o.doc = doc
 	for vb, st := range f.state {
 		mine := owners[vb] == o.me

@@ -915,3 +915,26 @@ func TestADeadMemberWhoseClockWasAheadIsTakenOverAfterItsTTL(t *testing.T) {
 	})
 	t.Logf("c took every vBucket %v after it joined (TTL %v)", time.Since(joined).Round(time.Millisecond), cfg.MemberTTL)
 }
+
+// A member measures its own heartbeats (whether it came back late, since
+// when it is healthy) on this process's clock readings, which are
+// monotonic, not on the times in the members document: a wall clock
+// stepped back an hour held a member that had faltered untrusted, taking
+// over from no one, for that hour. (A test cannot step the wall clock
+// alone; it pins the readings as monotonic ones.)
+func TestAMembersOwnHeartbeatTimesAreMonotonicReadings(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	c := openStore(t, cfg, func(s *Store) { s.member = "c" })
+	sub := subscribe(t, c, "feed", watched, false)
+	f := sub.(*feed)
+	f.mu.Lock()
+	last := f.own.lastBeat
+	f.mu.Unlock()
+	require.False(t, last.IsZero())
+	assert.NotEqual(t, last.Round(0), last, "lastBeat carries a monotonic reading: %v", last)
+	// healthySince is the heartbeat loop's own, written again only by a
+	// heartbeat that fails or comes late.
+	since := f.own.healthySince
+	require.False(t, since.IsZero())
+	assert.NotEqual(t, since.Round(0), since, "healthySince carries a monotonic reading: %v", since)
+}

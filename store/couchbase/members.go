@@ -167,8 +167,10 @@ func (g *group) update(ctx context.Context, fn func(d *membersDoc, now time.Time
 		if err != nil {
 			return membersDoc{}, err
 		}
+		// The expiry is a time from now on the store's clock (time.Now),
+		// not on g.now, which the heartbeats' times come from.
 		w := store.Write{Op: store.OpInsert, Collection: store.Meta, Key: g.key, Value: b,
-			Expiry: now.Add(forgetAfter * g.ttl)}
+			Expiry: time.Now().Add(forgetAfter * g.ttl)}
 		if found {
 			w.Op, w.CAS = store.OpReplace, cas
 		}
