@@ -74,6 +74,20 @@ func newGroup(s *Store, feed, me string, ttl time.Duration, now func() time.Time
 	return &group{s: s, key: membersKey(feed), me: me, ttl: ttl, now: now, born: now(), seen: map[string]beatSeen{}}
 }
 
+// forgettable says whether another member's entry e has stayed the same,
+// as this member read it, for forgetAfter TTLs past its TTL, on the
+// monotonic clock: the entry's time, on its writer's clock, may be any
+// distance from ours, and an entry dropped by its time alone would be
+// dropped at every heartbeat of a member whose clock is far ahead, and
+// with it what judged saw of it. One never read is kept until it has been.
+func (g *group) forgettable(name string, e memberEntry) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	b, ok := g.seen[name]
+	return ok && b.beatAt == e.BeatAt &&
+		time.Since(b.at) >= time.Duration(forgetAfter+1)*time.Duration(e.TTLMs)*time.Millisecond
+}
+
 // judged is d as this member judges it at now: the others' heartbeat
 // times moved where what it saw of them, on its monotonic clock, belies
 // their clocks against its own (NTP, a restored VM). An entry that stayed
@@ -121,7 +135,7 @@ const forgetAfter = 10
 // beat renews this member's entry, saying it owns vbuckets, whether its
 // sends are held and whether it stands aside, and returns the document as
 // written, as this member judges it (judged). Entries expired for
-// forgetAfter TTLs are dropped on the way.
+// forgetAfter TTLs are dropped on the way (forgettable).
 func (g *group) beat(ctx context.Context, vbuckets int, held, aside bool) (membersDoc, error) {
 	d, err := g.update(ctx, func(d *membersDoc, now time.Time) {
 		d.Members[g.me] = memberEntry{BeatAt: now.UnixMilli(), TTLMs: g.ttl.Milliseconds(),
@@ -158,7 +172,7 @@ func (g *group) update(ctx context.Context, fn func(d *membersDoc, now time.Time
 		found := cas != 0
 		now := g.now()
 		for name, e := range d.Members {
-			if now.After(e.expiresAt().Add(forgetAfter * time.Duration(e.TTLMs) * time.Millisecond)) {
+			if name != g.me && g.forgettable(name, e) {
 				delete(d.Members, name)
 			}
 		}

@@ -224,3 +224,40 @@ func TestMembersAreJudgedByWhatWasSeenOfThemWhateverTheClocks(t *testing.T) {
 	assert.False(t, live(d, "me"))
 	assert.Equal(t, behind, d.Members["me"].BeatAt)
 }
+
+// A member whose clock is an hour behind, beating: a member on the right
+// clock keeps its entry in the document (it dropped it at every heartbeat,
+// by its time, and never saw it change), sees it change, and judges it
+// live; once it stops, its entry is dropped forgetAfter TTLs after it
+// expired, as this member saw it.
+func TestAMemberFarBehindIsKeptAndJudgedLive(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	ctx := ctxFor(t, 30*time.Second)
+	const ttl = 50 * time.Millisecond
+	x := newGroup(s, "feed", "x", ttl, func() time.Time { return time.Now().Add(-time.Hour) })
+	r := newGroup(s, "feed", "r", ttl, time.Now)
+	_, err := x.beat(ctx, 1, false, false)
+	require.NoError(t, err)
+	d, err := r.beat(ctx, 1, false, false)
+	require.NoError(t, err)
+	require.Contains(t, d.Members, "x", "kept")
+	time.Sleep(5 * time.Millisecond) // a heartbeat in another millisecond: a change
+	_, err = x.beat(ctx, 1, false, false)
+	require.NoError(t, err)
+	d, err = r.beat(ctx, 1, false, false)
+	require.NoError(t, err)
+	live, ok := d.isLive("x", time.Now())
+	assert.True(t, ok, "still in the document")
+	assert.True(t, live, "seen to change")
+
+	// x stops: dropped once unchanged for forgetAfter+1 TTLs.
+	waitFor(t, func() (bool, string) {
+		d, err := r.beat(ctx, 1, false, false)
+		if err != nil {
+			return false, err.Error()
+		}
+		_, ok := d.Members["x"]
+		return !ok, fmt.Sprintf("%+v", d.Members)
+	})
+}
