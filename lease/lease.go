@@ -128,8 +128,18 @@ func (l *Lease) Release(ctx context.Context) error {
 
 // Holding is who holds a lease and until when, as the store has it.
 type Holding struct {
-	Owner     string    // "" when nobody does: never taken, or released
-	ExpiresAt time.Time // an expired lease still names its last holder
+	Owner     string        // "" when nobody does: never taken, or released
+	ExpiresAt time.Time     // an expired lease still names its last holder
+	TTL       time.Duration // the holder's; 0 when its release did not record it
+}
+
+// RenewedAt is when the holder last renewed the lease, on its clock:
+// ExpiresAt less its TTL, or less fallback when the lease does not say.
+func (h Holding) RenewedAt(fallback time.Duration) time.Time {
+	if h.TTL > 0 {
+		fallback = h.TTL
+	}
+	return h.ExpiresAt.Add(-fallback)
 }
 
 // Expired says whether the holder stopped renewing it by now: anyone may
@@ -150,7 +160,7 @@ func (l *Lease) Holder(ctx context.Context) (Holding, error) {
 	if json.Unmarshal(cur.Value, &d) != nil {
 		return Holding{}, nil
 	}
-	return Holding{Owner: d.Owner, ExpiresAt: time.UnixMilli(d.ExpiresAt)}, nil
+	return Holding{Owner: d.Owner, ExpiresAt: time.UnixMilli(d.ExpiresAt), TTL: time.Duration(d.TTLMs) * time.Millisecond}, nil
 }
 
 // Owner is who this Lease takes it for.
