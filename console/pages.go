@@ -155,7 +155,7 @@ func (c *Console) sweeper(ctx context.Context, now time.Time) (*sweeper, error) 
 		return nil, nil
 	}
 	return &sweeper{Owner: h.Owner, This: strings.HasPrefix(h.Owner, lease.Process()+"/"),
-		ExpiresAt: h.ExpiresAt, RenewedAt: h.ExpiresAt.Add(-timer.LeaseTTL(c.timer.Interval)), Expired: h.Expired(now)}, nil
+		ExpiresAt: h.ExpiresAt, RenewedAt: h.RenewedAt(timer.LeaseTTL(c.timer.Interval)), Expired: h.Expired(now)}, nil
 }
 
 // reasonLink is a failure reason of the status, linked to its list.

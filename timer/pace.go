@@ -22,13 +22,15 @@ type pace struct {
 	// left; the sends then taking all of it says their pace is higher
 	// than measured.
 	limited bool
-	// lastTaken is when the count was last seen to fall (or first read):
-	// flagged retries that nobody takes for stuckAfter let one batch
-	// through, so that retries left flagged for good cannot stop the
-	// sweep.
+	// lastTaken is when the count was last seen to fall (or first read).
+	// When nobody takes a flagged retry for stuckAfter, the flagged then
+	// are set aside (pile): retries flagged whose change never reached a
+	// watcher (lost events, a restored bucket) are never taken, and would
+	// otherwise fill the window for good. The pile only shrinks after,
+	// as far as the flagged count falls below it.
 	lastTaken time.Duration
+	pile      int
 	stuck     bool // said once per episode
-	moved     bool // the last room saw some taken: worth topping up soon
 }
 
 func newPace(floor int) pace { return pace{floor: floor, after: -1} }
@@ -36,33 +38,38 @@ func newPace(floor int) pace { return pace{floor: floor, after: -1} }
 // room says how many more retries the sweep may flag now, at, when
 // flagged are flagged and not yet taken; topUp is the period of the
 // top-ups, stuckAfter how long flagged retries that nobody takes hold the
-// sweep back. stuck reports the window let a batch through past them.
+// sweep back before they are set aside. stuck reports that they just were.
 func (p *pace) room(flagged int, at, topUp, stuckAfter time.Duration) (room int, stuck bool) {
 	if p.window == 0 {
 		p.window = p.floor
 	}
-	p.moved = false
+	p.pile = min(p.pile, flagged)
 	if p.after < 0 {
 		p.lastTaken = at
 	} else if taken := p.after - flagged; taken > 0 {
-		p.lastTaken, p.stuck, p.moved = at, false, true
+		p.lastTaken, p.stuck = at, false
 		dt := max(at-p.at, time.Millisecond)
 		w := int(float64(taken) * float64(aheadFor+topUp) / float64(dt))
-		if flagged == 0 && p.limited {
+		if flagged == p.pile && p.limited {
 			w = max(w, 4*p.window) // ran dry: the sends take more than was measured
 		}
 		p.window = max(p.floor, w)
 	}
 	p.after, p.at = flagged, at
-	room = max(0, p.window-flagged)
-	if room == 0 && flagged > 0 && at-p.lastTaken >= stuckAfter {
-		// Nothing taken for stuckAfter: one batch, then as long again.
-		p.lastTaken = at
+	room = max(0, p.window-(flagged-p.pile))
+	if room == 0 && at-p.lastTaken >= stuckAfter {
+		// Nothing taken for stuckAfter: what is flagged is set aside, and
+		// one batch goes out past it; the window grows again as the sends
+		// take.
+		p.lastTaken, p.pile, p.window = at, flagged, p.floor
 		stuck, p.stuck = !p.stuck, true
-		room = p.floor
+		room = p.window
 	}
 	return room, stuck
 }
+
+// movedWithin says whether the sends took a flagged retry within d of at.
+func (p *pace) movedWithin(at, d time.Duration) bool { return at-p.lastTaken < d }
 
 // swept records a sweep that flagged n more, limited when it stopped at
 // the window with due retries left.
@@ -73,5 +80,6 @@ func (p *pace) swept(n int, limited bool) {
 
 // forget drops the measure and the window (a probe, a sweep that failed,
 // a role given up): the next sweep flags one batch and measures afresh
-// from its count, whatever an earlier stint's sends took.
+// from its count, whatever an earlier stint's sends took. The pile stays:
+// it is the store's, and shrinks by itself.
 func (p *pace) forget() { p.after, p.window, p.limited = -1, 0, false }

@@ -1,10 +1,14 @@
 package timer
 
 import (
+	"context"
+	"errors"
+	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // TestPaceFollowsWhatTheSendsTake: the window starts at one batch, is
@@ -34,11 +38,11 @@ func TestPaceFollowsWhatTheSendsTake(t *testing.T) {
 	// The sends slow down: 100 taken in 1s.
 	room, _ = p.room(9900, ms(1500), topUp, stuck)
 	assert.Equal(t, 0, room, "125 over 1.25s, less than flagged")
-	assert.True(t, p.moved, "some were taken")
+	assert.True(t, p.movedWithin(ms(1500), time.Millisecond), "some were taken")
 	p.swept(0, true)
 	room, _ = p.room(9900, ms(1750), topUp, stuck)
 	assert.Equal(t, 0, room)
-	assert.False(t, p.moved, "none taken: no hurry to top up")
+	assert.False(t, p.movedWithin(ms(1750), 250*time.Millisecond), "none taken since: no hurry to top up")
 
 	// A role given up and taken again: one batch at first, whatever the
 	// last stint's sends took.
@@ -56,38 +60,59 @@ func TestPaceFollowsWhatTheSendsTake(t *testing.T) {
 	assert.Equal(t, 10, room, "3 taken a second: the floor")
 }
 
-// TestPaceLetsABatchPastRetriesNobodyTakes: flagged retries that are never
-// taken (no watcher, or a bug elsewhere) hold the sweep back for a while,
-// then let one batch through, once per while, said once.
-func TestPaceLetsABatchPastRetriesNobodyTakes(t *testing.T) {
+// TestPaceSetsAsideRetriesNobodyTakes: flagged retries that are never
+// taken (their change never reached a watcher: lost events, a restored
+// bucket) would fill the window for good. After stuckAfter with none taken
+// they are set aside, said once, and the sweep flags past them at the
+// sends' pace; the pile shrinks as far as the count falls below it.
+func TestPaceSetsAsideRetriesNobodyTakes(t *testing.T) {
 	const topUp, stuck = 250 * time.Millisecond, 30 * time.Second
+	sec := func(n float64) time.Duration { return time.Duration(n * float64(time.Second)) }
 	p := newPace(10)
-	room, said := p.room(0, 0, topUp, stuck)
-	assert.Equal(t, 10, room)
+	room, said := p.room(500, 0, topUp, stuck) // 500 dead flags
+	assert.Equal(t, 0, room)
 	assert.False(t, said)
-	p.swept(10, true)
-
-	room, said = p.room(10, 29*time.Second, topUp, stuck)
+	p.swept(0, true)
+	room, said = p.room(500, sec(29), topUp, stuck)
 	assert.Equal(t, 0, room, "not yet stuck")
 	assert.False(t, said)
-	room, said = p.room(10, 30*time.Second, topUp, stuck)
-	assert.Equal(t, 10, room, "stuck: one batch")
+	room, said = p.room(500, sec(30), topUp, stuck)
+	assert.Equal(t, 10, room, "set aside: one batch past them")
 	assert.True(t, said)
 	p.swept(10, true)
-	room, said = p.room(20, 31*time.Second, topUp, stuck)
-	assert.Equal(t, 0, room, "then as long again")
-	room, said = p.room(20, 60*time.Second, topUp, stuck)
-	assert.Equal(t, 10, room, "another batch")
-	assert.False(t, said, "said once per episode")
+
+	// The sends take the 10 at once: the window grows as it would with
+	// nothing set aside, and room is counted past the pile.
+	room, said = p.room(500, sec(30.25), topUp, stuck)
+	assert.Equal(t, 50, room, "10 in 250ms, 50 over 1.25s, and ran dry")
+	assert.False(t, said)
+	p.swept(50, true)
+	room, _ = p.room(530, sec(30.5), topUp, stuck)
+	assert.Equal(t, 100-30, room, "20 in 250ms: a window of 100, 30 of it out")
+	p.swept(70, true)
+
+	// Nothing taken again for stuckAfter: set aside again, said again.
+	room, said = p.room(600, sec(60.5), topUp, stuck)
+	assert.Equal(t, 10, room, "the window starts over past the new pile")
+	assert.True(t, said)
 	p.swept(10, true)
 
-	// The sends take again (25 in a second): the episode ends, and the
-	// next is said again.
-	room, said = p.room(5, 61*time.Second, topUp, stuck)
-	assert.Equal(t, 31-5, room, "25 a second is 31 over 1.25s")
-	assert.False(t, said)
-	p.swept(26, true)
-	room, said = p.room(31, 91*time.Second, topUp, stuck)
-	assert.Equal(t, 10, room, "nothing taken for 30s again: one batch")
-	assert.True(t, said, "a new episode is said")
+	// Some of the pile was taken after all (a watcher came back): it
+	// shrinks with the count.
+	room, _ = p.room(300, sec(61), topUp, stuck)
+	assert.Equal(t, 300, p.pile)
+	assert.Positive(t, room)
+}
+
+// TestAFailedSweepTopsUpNoMore: a sweep that fails while the timer tops a
+// window up tries again at the interval, not every poll: three quick
+// failures in a row would give the lease up within a second.
+func TestAFailedSweepTopsUpNoMore(t *testing.T) {
+	tm, err := New(Config{Interval: time.Minute}, nil, slog.New(slog.DiscardHandler), nil)
+	require.NoError(t, err)
+	tm.role, tm.topping = RoleActive, true
+	require.Equal(t, pausedPoll, tm.period())
+	err = tm.sweepFailed(context.Background(), time.Now(), errors.New("query service out of reach"))
+	require.Error(t, err)
+	assert.Equal(t, time.Minute, tm.period())
 }

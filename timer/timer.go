@@ -368,7 +368,7 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 		room, stuck = t.pace.room(n, time.Since(t.epoch), t.topUp(), max(stuckAfter, 10*t.interval))
 		t.mu.Unlock()
 		if stuck {
-			t.log.Warn("flagged retries are not being taken: one batch more a while, past them; is a watcher running?",
+			t.log.Warn("flagged retries are not being taken: the sweep sets them aside and flags past them; is a watcher running?",
 				"flagged", n, "for_at_least", max(stuckAfter, 10*t.interval).String())
 		}
 	}
@@ -415,9 +415,10 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 	if !probing {
 		t.pace.swept(res.Flagged, res.Ahead)
 	}
-	// Topped up soon only while the sends move: a window full of retries
-	// nobody takes waits for the interval.
-	t.topping = res.Ahead && (res.Flagged > 0 || t.pace.moved)
+	// Topped up soon only while the sends move (took some within
+	// movedLately): a window full of retries nobody takes waits for the
+	// interval.
+	t.topping = res.Ahead && (res.Flagged > 0 || t.pace.movedWithin(time.Since(t.epoch), movedLately))
 	t.mu.Unlock()
 	if h := t.hooks.Load(); h != nil && h.Sweep != nil {
 		h.Sweep(time.Since(start), res.Flagged)
@@ -519,7 +520,7 @@ func (t *Timer) Status() Status {
 		s.Holder = t.holder
 		if t.holder.Owner != "" {
 			// The holder renews at each of its ticks for one TTL.
-			s.HeartbeatAge = max(0, t.now().Sub(t.holder.ExpiresAt.Add(-t.lease.TTL())))
+			s.HeartbeatAge = max(0, t.now().Sub(t.holder.RenewedAt(t.lease.TTL())))
 		}
 	}
 	return s
@@ -557,6 +558,7 @@ const failedSweepsToStepAside = 3
 // takes it; alone, this one takes it again then. It returns err, saying so.
 func (t *Timer) sweepFailed(ctx context.Context, now time.Time, err error) error {
 	t.mu.Lock()
+	t.topping = false // failing, it tries again at the interval, not every poll
 	t.sweepsFailed++
 	n := t.sweepsFailed
 	t.mu.Unlock()
@@ -635,7 +637,7 @@ func (t *Timer) logChanges(res Result) {
 		t.mu.Unlock()
 		if t.logged == RoleStandby && prev.Owner != "" && prev.Owner != t.lease.Owner() && prev.Expired(t.now()) {
 			t.log.Warn("took over the sweep: the sweeping instance stopped renewing its lease", "previous_holder", prev.Owner,
-				"heartbeat_age", t.now().Sub(prev.ExpiresAt.Add(-t.lease.TTL())).Round(time.Millisecond).String())
+				"heartbeat_age", t.now().Sub(prev.RenewedAt(t.lease.TTL())).Round(time.Millisecond).String())
 		} else {
 			t.log.Info("this instance sweeps (it holds the sweep lease)", "owner", t.lease.Owner())
 		}
@@ -731,6 +733,10 @@ func (t *Timer) topUp() time.Duration { return min(pausedPoll, t.cfg.Interval) }
 // stuckAfter is the least time flagged retries that nobody takes hold
 // the sweep back (pace): ten intervals when longer.
 const stuckAfter = 30 * time.Second
+
+// movedLately: sends that took a flagged retry within it keep the timer
+// topping its window up every pausedPoll.
+const movedLately = 5 * time.Second
 
 // polling says whether the last tick found no allow_retrys, or none has
 // told yet, or sends held back, or the sweep stopped at its window.
