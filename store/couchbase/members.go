@@ -1,6 +1,7 @@
 package couchbase
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -72,6 +73,30 @@ type beatSeen struct {
 
 func newGroup(s *Store, feed, me string, ttl time.Duration, now func() time.Time) *group {
 	return &group{s: s, key: membersKey(feed), me: me, ttl: ttl, now: now, born: now(), seen: map[string]beatSeen{}}
+}
+
+// maxMembers bounds the members document: entries are dropped when a
+// member has seen them unchanged for a while (forgettable), which no
+// member does when none lives that long (every instance crash-looping,
+// each under a new name), and the document would grow by one a restart.
+const maxMembers = 256
+
+// capMembers drops the entries beyond maxMembers whose times are the
+// oldest, never me's.
+func capMembers(d membersDoc, me string) {
+	if len(d.Members) <= maxMembers {
+		return
+	}
+	names := make([]string, 0, len(d.Members))
+	for name := range d.Members {
+		if name != me {
+			names = append(names, name)
+		}
+	}
+	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(d.Members[a].BeatAt, d.Members[b].BeatAt) })
+	for _, name := range names[:len(d.Members)-maxMembers] {
+		delete(d.Members, name)
+	}
 }
 
 // forgettable says whether another member's entry e has stayed the same,
@@ -176,6 +201,7 @@ func (g *group) update(ctx context.Context, fn func(d *membersDoc, now time.Time
 				delete(d.Members, name)
 			}
 		}
+		capMembers(d, g.me)
 		fn(&d, now)
 		b, err := json.Marshal(d)
 		if err != nil {

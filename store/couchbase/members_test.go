@@ -186,7 +186,7 @@ func TestAClaimDoesNotTakeFromAMemberThatRenewedSinceItsReading(t *testing.T) {
 // after it was last seen to change; a live one whose time is an hour behind
 // is live while it is seen to change.
 func TestMembersAreJudgedByWhatWasSeenOfThemWhateverTheClocks(t *testing.T) {
-	const ttl = 100 * time.Millisecond
+	const ttl = time.Second
 	now := time.Now()
 	g := newGroup(nil, "f", "me", ttl, func() time.Time { return now })
 	doc := func(entries map[string]int64) membersDoc {
@@ -234,7 +234,7 @@ func TestAMemberFarBehindIsKeptAndJudgedLive(t *testing.T) {
 	cfg, _ := fakeCluster(t, cbtest.Options{})
 	s := openStore(t, cfg)
 	ctx := ctxFor(t, 30*time.Second)
-	const ttl = 50 * time.Millisecond
+	const ttl = 500 * time.Millisecond // the document lives ten, renewed by r's heartbeats
 	x := newGroup(s, "feed", "x", ttl, func() time.Time { return time.Now().Add(-time.Hour) })
 	r := newGroup(s, "feed", "r", ttl, time.Now)
 	_, err := x.beat(ctx, 1, false, false)
@@ -251,7 +251,9 @@ func TestAMemberFarBehindIsKeptAndJudgedLive(t *testing.T) {
 	assert.True(t, ok, "still in the document")
 	assert.True(t, live, "seen to change")
 
-	// x stops: dropped once unchanged for forgetAfter+1 TTLs.
+	// x stops: dropped once unchanged for forgetAfter+1 TTLs (the
+	// document itself, which r renews, stays).
+	stopped := time.Now()
 	waitFor(t, func() (bool, string) {
 		d, err := r.beat(ctx, 1, false, false)
 		if err != nil {
@@ -260,4 +262,22 @@ func TestAMemberFarBehindIsKeptAndJudgedLive(t *testing.T) {
 		_, ok := d.Members["x"]
 		return !ok, fmt.Sprintf("%+v", d.Members)
 	})
+	assert.GreaterOrEqual(t, time.Since(stopped), (forgetAfter+1)*ttl-100*time.Millisecond, "dropped too soon")
+}
+
+// The members document keeps at most maxMembers entries, dropping those
+// whose times are the oldest (never the writer's own), however they came
+// to be there.
+func TestTheMembersDocumentIsBounded(t *testing.T) {
+	d := membersDoc{Members: map[string]memberEntry{"me": {BeatAt: 1}}}
+	for i := range maxMembers + 10 {
+		d.Members[fmt.Sprintf("m%03d", i)] = memberEntry{BeatAt: int64(100 + i)}
+	}
+	capMembers(d, "me")
+	assert.Len(t, d.Members, maxMembers)
+	assert.Contains(t, d.Members, "me", "its own entry, though the oldest")
+	for i := range 11 {
+		assert.NotContains(t, d.Members, fmt.Sprintf("m%03d", i), "among the oldest")
+	}
+	assert.Contains(t, d.Members, "m011")
 }
