@@ -470,18 +470,31 @@ func TestSweepFlagsABacklogInBatches(t *testing.T) {
 // and says how many.
 func takeFlagged(t *testing.T, st store.Store) int {
 	t.Helper()
+	n, err := removeFlagged(st)
+	require.NoError(t, err)
+	return n
+}
+
+// removeFlagged removes the flagged retries and says how many; for
+// conditions of Eventually, which must not stop the test.
+func removeFlagged(st store.Store) (int, error) {
 	ctx := context.Background()
 	var keys []string
-	require.NoError(t, st.Scan(ctx, order.Retry, "", func(d store.Doc) error {
+	err := st.Scan(ctx, order.Retry, "", func(d store.Doc) error {
 		if r, err := order.DecodeRetryDoc(d.Value); err == nil && r.FireRetry {
 			keys = append(keys, d.Key)
 		}
 		return nil
-	}))
-	for _, k := range keys {
-		require.NoError(t, st.Remove(ctx, order.Retry, k, 0))
+	})
+	if err != nil {
+		return 0, err
 	}
-	return len(keys)
+	for i, k := range keys {
+		if err := st.Remove(ctx, order.Retry, k, 0); err != nil {
+			return i, err
+		}
+	}
+	return len(keys), nil
 }
 
 // jsonLogs is a JSON logger at debug into buf.
@@ -988,19 +1001,8 @@ func TestABacklogIsToppedUpAsTheSendsTakeIt(t *testing.T) {
 	// The sends: each look takes what is flagged.
 	var taken atomic.Int64
 	require.Eventually(t, func() bool {
-		var keys []string
-		err := st.Scan(ctx, order.Retry, "", func(d store.Doc) error {
-			if r, err := order.DecodeRetryDoc(d.Value); err == nil && r.FireRetry {
-				keys = append(keys, d.Key)
-			}
-			return nil
-		})
-		for _, k := range keys {
-			if err == nil {
-				err = st.Remove(ctx, order.Retry, k, 0)
-			}
-			taken.Add(1)
-		}
+		n, err := removeFlagged(st)
+		taken.Add(int64(n))
 		if err != nil {
 			t.Logf("take flagged retries: %v", err)
 		}
