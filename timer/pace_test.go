@@ -111,8 +111,11 @@ func TestAFailedSweepTopsUpNoMore(t *testing.T) {
 	tm, err := New(Config{Interval: time.Minute}, nil, slog.New(slog.DiscardHandler), nil)
 	require.NoError(t, err)
 	tm.role, tm.topping = RoleActive, true
+	tm.pace.window, tm.pace.after = 5000, 10
 	require.Equal(t, pausedPoll, tm.period())
 	err = tm.sweepFailed(context.Background(), time.Now(), errors.New("query service out of reach"))
 	require.Error(t, err)
 	assert.Equal(t, time.Minute, tm.period())
+	assert.Equal(t, -1, tm.pace.after, "the failed sweep's flags went uncounted: measured afresh")
+	assert.Zero(t, tm.pace.window, "one batch at first")
 }

@@ -380,9 +380,6 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 		if _, err := t.store.Get(ctx, order.Retry, order.ControlKey); errors.Is(err, store.ErrNotFound) {
 			break
 		} else if err != nil {
-			t.mu.Lock()
-			t.pace.forget()
-			t.mu.Unlock()
 			return res, t.sweepFailed(lctx, now, fmt.Errorf("read %s: %w", order.ControlKey, err))
 		}
 		n := limit
@@ -392,9 +389,6 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 		}
 		batch, err := t.store.SweepRetries(ctx, now, quantum, n)
 		if err != nil {
-			t.mu.Lock()
-			t.pace.forget()
-			t.mu.Unlock()
 			return res, t.sweepFailed(lctx, now, err) // not recorded: the next tick tries again
 		}
 		res.Batches++
@@ -559,6 +553,7 @@ const failedSweepsToStepAside = 3
 func (t *Timer) sweepFailed(ctx context.Context, now time.Time, err error) error {
 	t.mu.Lock()
 	t.topping = false // failing, it tries again at the interval, not every poll
+	t.pace.forget()   // and measures afresh: this sweep's flags went uncounted
 	t.sweepsFailed++
 	n := t.sweepsFailed
 	t.mu.Unlock()
