@@ -297,9 +297,11 @@ func TestHeldSendsAreNotRequests(t *testing.T) {
 
 	var v map[string]float64
 	// Every order's send observed (a request or one held back), and its
-	// outcome: the outcomes alone reached 6 once in CI with only 3 sends
-	// counted (2 requests, 1 held), not reproduced since in 150 runs under
-	// load; this waits for the sends as well as the outcomes.
+	// outcome. A scrape is no snapshot: the registry collects its metrics
+	// one after the other, on goroutines of its own, so one that read the
+	// held sends before the last three were held can read the outcomes
+	// after theirs were written (6 outcomes beside 2 requests and 1 held,
+	// once in CI). Waiting for both until they agree reads final values.
 	require.Eventually(t, func() bool {
 		v = scrape(t, h)
 		sends := v[`ordermail_sends_total{status_class="5xx"}`]
