@@ -337,6 +337,9 @@ func (s *Store) Subscribe(ctx context.Context, name string, colls []string, opts
 	if err := f.waitReady(ctx); err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", name, err)
 	}
+	if own != nil {
+		s.groups.Store(name, own.group)
+	}
 	return f, nil
 }
 

@@ -1202,6 +1202,7 @@ func (f *feed) Close(ctx context.Context) error {
 	if f.own == nil {
 		return errors.Join(err, f.agent.Close())
 	}
+	f.own.group.forget(f.name)
 	// Hand every vBucket over at once instead of after our TTL, and say
 	// we left only once our streams are gone with the connections.
 	err = errors.Join(err, f.handOverAll(ctx), f.agent.Close())
@@ -1210,7 +1211,12 @@ func (f *feed) Close(ctx context.Context) error {
 
 // Crash stops the feed as the death of its process would: nothing is
 // saved, nothing handed over, the connections are dropped. Tests use it.
-func (f *feed) Crash() { f.shutdown() }
+func (f *feed) Crash() {
+	if f.own != nil {
+		f.own.group.forget(f.name)
+	}
+	f.shutdown()
+}
 
 // shutdown stops the goroutines and the connections without saving.
 func (f *feed) shutdown() {

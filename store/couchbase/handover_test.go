@@ -914,6 +914,25 @@ func TestADeadMemberWhoseClockWasAheadIsTakenOverAfterItsTTL(t *testing.T) {
 	})
 	t.Logf("c took every vBucket %v after it joined (TTL %v)", time.Since(joined).Round(time.Millisecond), cfg.MemberTTL)
 	assert.GreaterOrEqual(t, time.Since(joined), cfg.MemberTTL, "x's entry is live at first sight, and for a TTL")
+
+	// The console asks the service's own store, which judges x as its
+	// heartbeats do; a process that streams nothing (the CLI) has seen
+	// nothing of x, and x's time stands.
+	liveIn := func(s *Store) bool {
+		ms, err := s.Members(ctx, "feed")
+		require.NoError(t, err)
+		for _, m := range ms {
+			if m.Name == "x" {
+				return m.Live
+			}
+		}
+		t.Fatalf("x is not among the members: %+v", ms)
+		return false
+	}
+	assert.False(t, liveIn(c), "c judges x dead, as its heartbeats did")
+	assert.True(t, liveIn(seed), "by its time, x is live for an hour")
+	require.NoError(t, sub.Close(ctx))
+	assert.True(t, liveIn(c), "c, no longer streaming, judges by the times")
 }
 
 // A member measures its own heartbeats (whether it came back late, since

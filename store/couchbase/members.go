@@ -373,8 +373,19 @@ func (d membersDoc) members(now time.Time) []Member {
 	return out
 }
 
+// forget ends g's part in its store's Members, as its feed closes.
+func (g *group) forget(feed string) {
+	if g.s != nil {
+		g.s.groups.CompareAndDelete(feed, g)
+	}
+}
+
 // Members reads feed's members document: every member that heartbeated
-// lately, live or not, with its heartbeat age by this process's clock.
+// lately, live or not, with its heartbeat age. A process that streams feed
+// as a member (the service, whose console asks) judges them as its
+// heartbeats do (judged): by what it saw of them where their clocks and
+// its own disagree. Another (the CLI) has seen nothing of them: their
+// times stand, on this process's clock.
 func (s *Store) Members(ctx context.Context, feed string) ([]store.Member, error) {
 	d, err := s.Get(ctx, store.Meta, membersKey(feed))
 	if errors.Is(err, store.ErrNotFound) {
@@ -387,8 +398,17 @@ func (s *Store) Members(ctx context.Context, feed string) ([]store.Member, error
 	if err := json.Unmarshal(d.Value, &doc); err != nil {
 		return nil, fmt.Errorf("%s is not a members document: %w", membersKey(feed), err)
 	}
+	if doc.Members == nil {
+		doc.Members = map[string]memberEntry{}
+	}
+	now := s.now()
+	if v, ok := s.groups.Load(feed); ok {
+		g := v.(*group)
+		now = g.now()
+		doc = g.judged(doc, now)
+	}
 	out := []store.Member{}
-	for _, m := range doc.members(s.now()) {
+	for _, m := range doc.members(now) {
 		out = append(out, m.store())
 	}
 	return out, nil

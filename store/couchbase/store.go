@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/couchbase/gocb/v2"
@@ -31,6 +32,9 @@ type Store struct {
 	log     *slog.Logger
 	now     func() time.Time
 	member  string // this instance among a feed's members
+	// groups is this process's view of each feed's members it streams
+	// (feed name to *group): Members judges by it what it reads.
+	groups sync.Map
 
 	counts ttlCache[store.Counts]
 	// orderCounts is apart: its count grows with the orders stored.
