@@ -162,3 +162,44 @@ func TestTextFromDocumentsIsShownNotObeyed(t *testing.T) {
 	assert.Contains(t, show, `order:            "nl\norder_fake\tpermanent_error"`+"\n")
 	assert.NotContains(t, show, "\x1b")
 }
+
+// TestACommandsChoicesAreNotTakenFromTheEnvironment: a stale export of
+// ORDERMAIL_YES, _ALL or _PAY purged, redrove or paid without being asked.
+// A command's own choices are read from its command line only; the store's
+// settings still come from the environment.
+func TestACommandsChoicesAreNotTakenFromTheEnvironment(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "o.db")
+	st, err := embedded.Open(ctx, embedded.Config{Path: path})
+	require.NoError(t, err)
+	_, err = st.Insert(ctx, order.DeadLetter, "d1", order.DeadLetterDoc{DocID: "d1", Reason: order.ReasonPermanent, Attempts: 1}.Encode())
+	require.NoError(t, err)
+	require.NoError(t, st.Close())
+	t.Setenv("ORDERMAIL_STORE", "file:"+path) // a setting: taken
+
+	for _, c := range []struct {
+		env  string
+		args []string
+	}{
+		{"ORDERMAIL_YES", []string{"deadletters", "purge", "d1"}},
+		{"ORDERMAIL_ALL", []string{"deadletters", "redrive"}},
+		{"ORDERMAIL_PAY", []string{"load", "--collection", "inbound", filepath.Join("..", "..", "fixtures", "orders")}},
+	} {
+		t.Run(c.env, func(t *testing.T) {
+			t.Setenv(c.env, "true")
+			_, _, err := cli(t, c.args...)
+			flag := "--" + strings.ToLower(strings.TrimPrefix(c.env, "ORDERMAIL_"))
+			assert.EqualError(t, err, c.env+" is set in the environment, but "+flag+
+				" is a choice of this command, read from the command line only: unset "+c.env)
+		})
+	}
+	out, _, err := cli(t, "deadletters", "list", "--json")
+	require.NoError(t, err)
+	assert.Contains(t, out, `"d1"`, "neither purged nor redriven")
+	s, err := embedded.Open(ctx, embedded.Config{Path: path})
+	require.NoError(t, err)
+	defer s.Close()
+	c, err := s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Zero(t, c.OrdersPaid, "no order loaded, none paid")
+}

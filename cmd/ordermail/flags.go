@@ -266,9 +266,14 @@ func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx cont
 		opt(&o)
 	}
 	storeFlags(fs, &sc)
+	settings := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) { settings[f.Name] = true })
 	return &ffcli.Command{
 		Name: name, ShortUsage: usage, ShortHelp: help, FlagSet: fs, Options: envOptions,
 		Exec: func(ctx context.Context, args []string) error {
+			if err := choicesFromArgsOnly(fs, settings); err != nil {
+				return err
+			}
 			if o.args != nil {
 				if err := o.args(args); err != nil {
 					return err
@@ -298,6 +303,27 @@ func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx cont
 			return exec(ctx, st, args)
 		},
 	}
+}
+
+// choicesFromArgsOnly fails when the environment sets one of a command's
+// own choices (its flags other than the settings: --yes, --all, --reason,
+// --pay...). The store's settings come from the environment as a
+// deployment's do; a choice must be made on the command line, or a stale
+// export would purge, redrive or pay without being asked.
+func choicesFromArgsOnly(fs *flag.FlagSet, settings map[string]bool) error {
+	var err error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := envName(f.Name)
+		if !settings[f.Name] && os.Getenv(env) != "" && err == nil {
+			err = fmt.Errorf("%s is set in the environment, but --%s is a choice of this command, read from the command line only: unset %s", env, f.Name, env)
+		}
+	})
+	return err
+}
+
+// envName is the environment variable that sets flag name (envOptions).
+func envName(name string) string {
+	return "ORDERMAIL_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
 }
 
 // storeExists fails when sc names an embedded store whose file is missing.
