@@ -34,8 +34,13 @@ const MaxControlDuration = 24 * time.Hour
 // Validate refuses settings allow_retrys may not carry: each 0 (not set)
 // or positive up to MaxControlDuration.
 func (c Control) Validate() error {
-	if c.Interval < 0 || c.Quantum < 0 || c.Interval > MaxControlDuration || c.Quantum > MaxControlDuration {
-		return fmt.Errorf("interval and quantum: want durations between 0 and %s", MaxControlDuration)
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{{"interval", c.Interval}, {"quantum", c.Quantum}} {
+		if d.d < 0 || d.d > MaxControlDuration {
+			return fmt.Errorf("%s: %s is not between 0 and %s", d.name, d.d, MaxControlDuration)
+		}
 	}
 	return nil
 }

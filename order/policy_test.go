@@ -130,6 +130,15 @@ func TestDecodeControl(t *testing.T) {
 	}
 }
 
+// TestControlValidateNamesTheSetting: retries start --interval -1s said
+// "interval and quantum", not which, nor the value given.
+func TestControlValidateNamesTheSetting(t *testing.T) {
+	t.Parallel()
+	require.NoError(t, order.Control{Interval: time.Second, Quantum: order.MaxControlDuration}.Validate())
+	assert.EqualError(t, order.Control{Interval: -time.Second}.Validate(), "interval: -1s is not between 0 and 24h0m0s")
+	assert.EqualError(t, order.Control{Quantum: 25 * time.Hour}.Validate(), "quantum: 25h0m0s is not between 0 and 24h0m0s")
+}
+
 func TestRedrivenGetsAFreshBudget(t *testing.T) {
 	t.Parallel()
 	d := order.DeadLetterDoc{DocID: "order_7", Reason: order.ReasonPermanent, LastStatus: 400, Attempts: 3, FirstAttemptAt: 5, RedriveCount: 1}

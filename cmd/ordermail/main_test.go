@@ -244,7 +244,7 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"run", "--mail-url", "http://x", "--retry-statuses", "200"}, "retry-statuses: 200", 1},
 		{[]string{"run", "--mail-url", "http://x", "--max-attempts", "-2"}, "max-attempts", 1},
 		{[]string{"run", "--mail-url", "http://x", "--breaker-cooldown", "0s"}, "breaker-cooldown", 1},
-		{[]string{"retries", "start", "--interval", "-1s"}, "interval and quantum", 1},
+		{[]string{"retries", "start", "--interval", "-1s"}, "interval: -1s is not between 0 and 24h0m0s", 1},
 		{[]string{"deadletters", "redrive"}, "give --all, --reason or the IDs", 2},
 		{[]string{"run", "--mail-url", "http://x", "--store", "couchbase://db"}, "cb-username: required", 1},
 		{[]string{"run", "--mail-url", "http://x", "--store", "couchbase://db", "--cb-username", "u"}, "cb-password or cb-password-file: required", 1},
