@@ -9,6 +9,7 @@ require (
 	github.com/couchbase/gocbcore/v10 v10.8.1
 	github.com/go-logr/logr v1.4.4
 	github.com/goccy/go-json v0.12.0
+	github.com/hashicorp/golang-lru/v2 v2.0.7
 	github.com/peterbourgon/ff/v3 v3.4.0
 	github.com/prometheus/client_golang v1.25.0
 	github.com/prometheus/common v0.72.0

@@ -43,13 +43,11 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.refuse(w, r, http.StatusForbidden, readOnlyText)
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
-	if err := r.ParseForm(); err != nil {
-		c.refuse(w, r, http.StatusBadRequest, "The form could not be read.")
+	if !c.readForm(w, r) {
 		return
 	}
 	d := loginData{page: c.pageFor(r, "Log in", ""), Back: localPath(r.PostForm.Get("back"))}
-	if !c.logins.Allow() {
+	if !c.loginLimit(r).Allow() {
 		d.Err = "Too many attempts: wait a few seconds and try again."
 		c.render(w, "login", http.StatusTooManyRequests, d)
 		return
@@ -83,9 +81,7 @@ func (c *Console) action(h actionFunc) http.Handler {
 			c.refuse(w, r, http.StatusForbidden, readOnlyText)
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, maxForm)
-		if err := r.ParseForm(); err != nil {
-			c.refuse(w, r, http.StatusBadRequest, "The form could not be read.")
+		if !c.readForm(w, r) {
 			return
 		}
 		sid := sessionID(r)
@@ -118,6 +114,22 @@ func (c *Console) finish(w http.ResponseWriter, r *http.Request, sid, action str
 	c.log.Info("console action", "action", action, "result", f.Msg, "remote", r.RemoteAddr)
 	c.sessions.setFlash(sid, f)
 	http.Redirect(w, r, localPath(r.PostForm.Get("back")), http.StatusSeeOther)
+}
+
+// readForm parses r's form, of maxForm at most, and answers 400 saying
+// what was wrong when it cannot.
+func (c *Console) readForm(w http.ResponseWriter, r *http.Request) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+	err := r.ParseForm()
+	if _, big := errors.AsType[*http.MaxBytesError](err); big {
+		c.refuse(w, r, http.StatusBadRequest, fmt.Sprintf("The form is larger than %d KiB: select fewer dead letters at once.", maxForm>>10))
+		return false
+	}
+	if err != nil {
+		c.refuse(w, r, http.StatusBadRequest, "The form could not be read: "+err.Error())
+		return false
+	}
+	return true
 }
 
 // localPath is p when it is a path of this console, else "/": a form
@@ -178,8 +190,15 @@ func (c *Console) resume(w http.ResponseWriter, r *http.Request, sid string) {
 	}
 }
 
+// errNoKey answers a retry action whose form names no key.
+var errNoKey = errors.New("the form names no retry's key")
+
 func (c *Console) runRetry(w http.ResponseWriter, r *http.Request, sid string) {
 	key := r.PostForm.Get("key")
+	if key == "" {
+		c.finish(w, r, sid, "run retry", errNoKey, "No retry was run.")
+		return
+	}
 	flagged, err := ops.RunRetryNow(r.Context(), c.st, key)
 	switch {
 	case err != nil:
@@ -213,6 +232,10 @@ const dropWarning = "Dropping a retry deletes it: nothing sends this order's con
 
 func (c *Console) dropRetry(w http.ResponseWriter, r *http.Request, sid string) {
 	key := r.PostForm.Get("key")
+	if key == "" {
+		c.finish(w, r, sid, "drop retry", errNoKey, "No retry was dropped.")
+		return
+	}
 	if r.PostForm.Get("confirm") != "yes" {
 		c.confirm(w, r, confirmData{Heading: "Drop the retry of " + key + "?", Text: dropWarning,
 			Action: "/retries/drop", Button: "Drop the retry", Danger: true, Keys: []string{key},
@@ -286,6 +309,10 @@ func (c *Console) redrive(w http.ResponseWriter, r *http.Request, sid string) {
 	} else {
 		n, err = ops.Redrive(r.Context(), c.st, c.now(), sel.ids, sel.all)
 	}
+	if n == 0 && err != nil {
+		c.finish(w, r, sid, "redrive", err, "Nothing was redriven.")
+		return
+	}
 	c.finish(w, r, sid, "redrive", err, "Redrove %d of %s: each is a retry due now, with a fresh attempt budget.", n, sel)
 }
 
@@ -318,6 +345,10 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 		return
 	}
 	n, err := ops.Purge(r.Context(), c.st, sel.ids, sel.all)
+	if n == 0 && err != nil {
+		c.finish(w, r, sid, "purge", err, "Nothing was purged.")
+		return
+	}
 	c.finish(w, r, sid, "purge", err, "Purged %d of %s.", n, sel)
 }
 

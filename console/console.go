@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/metrics"
 	"github.com/ordermail/ordermail/store"
@@ -62,7 +63,7 @@ type Console struct {
 
 	tokenHash *[32]byte // nil: no token, read-only
 	sessions  *sessions
-	logins    *rate.Limiter // login attempts, right or wrong
+	logins    *lru.Cache[string, *rate.Limiter] // login attempts by address, right or wrong
 	samples   *sampler
 	pages     map[string]*template.Template
 	routed    http.Handler // the pages and actions
@@ -73,6 +74,23 @@ type Console struct {
 	done chan error
 	stop chan struct{}
 	wg   sync.WaitGroup
+}
+
+// loginAddresses bounds the addresses whose login attempts are kept.
+const loginAddresses = 4096
+
+// loginLimit is the login attempts of one address: five at once, then one
+// a second. A token of 16 characters or more is not guessed at that pace.
+func (c *Console) loginLimit(r *http.Request) *rate.Limiter {
+	addr, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		addr = r.RemoteAddr
+	}
+	l := rate.NewLimiter(rate.Every(time.Second), 5)
+	if prev, ok, _ := c.logins.PeekOrAdd(addr, l); ok {
+		return prev
+	}
+	return l
 }
 
 // sampleEvery is how often the chart's counters are sampled: a bar of the
@@ -93,10 +111,14 @@ func New(cfg Config, d Deps, log *slog.Logger, now func() time.Time) (*Console, 
 	c := &Console{cfg: cfg, st: d.Store, w: d.Watcher, mail: d.Mail, tm: d.Timer, timer: d.TimerConfig, health: d.Health,
 		now: now, log: log.With("component", "console"),
 		sessions: newSessions(cfg.SessionTTL, now),
-		// Five tries at once, then one a second: a token of 16 characters
-		// or more is not guessed at that pace.
-		logins:  rate.NewLimiter(rate.Every(time.Second), 5),
-		samples: newSampler(d.Watcher.Stats),
+		samples:  newSampler(d.Watcher.Stats),
+	}
+	// Login attempts are limited by address, so that nobody locks the
+	// operator out by guessing wrong; the least recently seen addresses
+	// go first when there are more (their next try starts afresh).
+	var err error
+	if c.logins, err = lru.New[string, *rate.Limiter](loginAddresses); err != nil {
+		return nil, fmt.Errorf("console: %w", err)
 	}
 	_, c.embedded = d.Store.(*embedded.Store)
 	if cfg.Listen == "" {

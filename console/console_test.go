@@ -234,6 +234,13 @@ func TestLoginAttemptsAreLimited(t *testing.T) {
 		codes[resp.StatusCode]++
 	}
 	assert.Positive(t, codes[http.StatusTooManyRequests], "%v", codes)
+
+	// The limit is the guesser's: the operator, from another address
+	// (127.0.0.2, on the loopback too), logs in at once.
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	f.client.Transport = &http.Transport{DialContext: d.DialContext}
+	resp, body := f.post(t, "/login", url.Values{"token": {token}})
+	assert.Equal(t, http.StatusSeeOther, resp.StatusCode, "%s", body)
 }
 
 func TestActionRefusedWithWrongCSRF(t *testing.T) {
@@ -922,5 +929,71 @@ func TestStartedOnLoopbackRefusesOtherHosts(t *testing.T) {
 			assert.Equal(t, want, resp.StatusCode, "listen %s (allowed %q), Host %s", cfg.Listen, cfg.AllowedHosts, give)
 		}
 		assert.NoError(t, c.Stop(context.Background()))
+	}
+}
+
+// TestAFilterOfNoReasonSaysSo: a reason ordermail gives no retry or dead
+// letter (a typo, a trailing space) showed "No dead letters match." and
+// offered to redrive every one of it, which the action refuses. The page
+// says so, naming the reasons, and lists what has it all the same (written
+// by hand or by another tool) without offering that redrive.
+func TestAFilterOfNoReasonSaysSo(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	f.deadLetter(t, "d1", order.ReasonPermanent)
+	f.login(t)
+	for _, c := range []struct {
+		path, says string
+	}{
+		{"/deadletters?reason=bogus", `Reason: &#34;bogus&#34; is no dead letter&#39;s reason; the reasons are permanent_error, `},
+		{"/deadletters?reason=" + url.QueryEscape(order.ReasonPermanent+" "), `&#34;permanent_error &#34; is no dead letter&#39;s reason`},
+		{"/retries?reason=bogus", `Reason: &#34;bogus&#34; is no retry&#39;s reason; the reasons are &#34;HTTP &#34; and a status (HTTP 503), `},
+		{"/retries?reason=" + url.QueryEscape("HTTP 5031"), `&#34;HTTP 5031&#34; is no retry&#39;s reason`},
+	} {
+		code, body := f.get(t, c.path)
+		assert.Equal(t, http.StatusOK, code, c.path)
+		assert.Contains(t, body, c.says, c.path)
+		assert.NotContains(t, body, "Redrive every", c.path)
+	}
+	for _, path := range []string{"/deadletters?reason=" + order.ReasonPermanent, "/retries?reason=" + url.QueryEscape("HTTP 418"),
+		"/retries?reason=" + url.QueryEscape(ops.RetryReasonNoAnswer)} {
+		code, body := f.get(t, path)
+		assert.Equal(t, http.StatusOK, code, "%s: %s", path, body)
+	}
+	_, body := f.get(t, "/deadletters?reason="+order.ReasonPermanent)
+	assert.Contains(t, body, "d1")
+	assert.Contains(t, body, "Redrive every")
+	assert.NotContains(t, body, `id="filter-note"`)
+}
+
+// TestActionsOnNothingSaySo: a form too large, a retry action naming no
+// key and a redrive or purge of a key that is no dead letter each say what
+// was wrong, and nothing of a success.
+func TestActionsOnNothingSaySo(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	csrf := f.login(t)
+
+	resp, body := f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"selected"},
+		"id": {strings.Repeat("x", 2<<20)}})
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	assert.Contains(t, body, "The form is larger than 1024 KiB")
+
+	for _, c := range []struct {
+		path string
+		form url.Values
+		says string
+	}{
+		{"/retries/run", url.Values{}, "No retry was run. Error: the form names no retry&#39;s key"},
+		{"/retries/drop", url.Values{}, "No retry was dropped. Error: the form names no retry&#39;s key"},
+		{"/deadletters/redrive", url.Values{"one": {"nosuch"}}, "Nothing was redriven. Error: "},
+		{"/deadletters/purge", url.Values{"one": {"nosuch"}, "confirm": {"yes"}}, "Nothing was purged. Error: "},
+	} {
+		c.form.Set("csrf", csrf)
+		c.form.Set("back", "/")
+		resp, _ := f.post(t, c.path, c.form)
+		assert.Equal(t, http.StatusSeeOther, resp.StatusCode, c.path)
+		_, body := f.get(t, "/")
+		assert.Contains(t, body, c.says, c.path)
 	}
 }

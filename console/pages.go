@@ -200,6 +200,9 @@ type listData struct {
 	Budgeted              bool
 	Budget                int
 	Err                   string
+	// FilterNote says the reason filtered by is none ordermail gives (a
+	// typo, or documents written otherwise, which it still finds).
+	FilterNote string
 }
 
 // retryRow is a retry and when it is due.
@@ -257,6 +260,9 @@ func (c *Console) listRetries(w http.ResponseWriter, r *http.Request) {
 	q := c.listQuery(r)
 	d := c.listData(r, "retries", "Retries", q)
 	d.Reasons = retryReasons
+	if err := ops.CheckRetryReason(q.Reason); q.Reason != "" && err != nil {
+		d.FilterNote = "Reason: " + err.Error() + "."
+	}
 	p, err := ops.ListRetries(ctx, c.st, q)
 	if err != nil {
 		d.Err = err.Error()
@@ -284,6 +290,9 @@ func (c *Console) listDeadLetters(w http.ResponseWriter, r *http.Request) {
 	q := c.listQuery(r)
 	d := c.listData(r, "deadletters", "Dead letters", q)
 	d.Reasons = ops.DeadLetterReasons
+	if err := ops.CheckDeadLetterReason(q.Reason); q.Reason != "" && err != nil {
+		d.FilterNote = "Reason: " + err.Error() + "."
+	}
 	p, err := ops.ListDeadLetterPage(ctx, c.st, q)
 	if err != nil {
 		d.Err = err.Error()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -203,6 +204,22 @@ func PurgeByReason(ctx context.Context, st store.Store, reason string) (int, err
 		return 0, errors.New("purge by reason: no reason given")
 	}
 	return purge(ctx, st, nil, true, reason)
+}
+
+// CheckRetryReason says what is wrong with reason as a filter of retries:
+// none that RetryReason gives ("HTTP " and a status, or one of the
+// RetryReason constants).
+func CheckRetryReason(reason string) error {
+	fixed := []string{RetryReasonNoAnswer, RetryReasonHeldBack, RetryReasonNone, RetryReasonUnreadable}
+	if slices.Contains(fixed, reason) {
+		return nil
+	}
+	if code, ok := strings.CutPrefix(reason, "HTTP "); ok && len(code) == 3 {
+		if n, err := strconv.Atoi(code); err == nil && n >= 100 && n <= 599 {
+			return nil
+		}
+	}
+	return fmt.Errorf("%q is no retry's reason; the reasons are \"HTTP \" and a status (HTTP 503), %s", reason, strings.Join(fixed, ", "))
 }
 
 // CheckDeadLetterReason says what is wrong with reason as a filter of dead
