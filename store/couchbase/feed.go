@@ -1150,6 +1150,9 @@ func (f *feed) Next(ctx context.Context) (store.Event, error) {
 func (f *feed) handOut(p pending) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.closed {
+		return false // received as Close began: Next says closed
+	}
 	st := p.st
 	if p.gen >= st.void && f.own != nil && !f.own.validLocked(f.opts.now()) {
 		if st.held && !st.releasing {
@@ -1168,6 +1171,12 @@ func (f *feed) handOut(p pending) bool {
 }
 
 func (f *feed) receive(ctx context.Context) (pending, error) {
+	if f.ctx.Err() != nil {
+		// Closed: what is still queued was read but never handed out, and
+		// its acknowledgement would come after Close saved the checkpoints
+		// and handed the vBuckets over; their next reader has it again.
+		return pending{}, store.ErrClosed
+	}
 	select {
 	case p := <-f.events:
 		return p, nil

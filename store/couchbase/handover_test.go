@@ -29,7 +29,11 @@ type consumer struct {
 	pause time.Duration // each event is held this long before it is acknowledged, as a send holds it
 }
 
-func consume(t *testing.T, name string, sub store.Subscription, c *consumer) {
+// consume hands sub's events to c, each acknowledged once recorded, until
+// the test ends or the returned stop is called, which waits for the last
+// one's acknowledgement: as the service stops taking events before it
+// closes its subscription.
+func consume(t *testing.T, name string, sub store.Subscription, c *consumer) (stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	exited := make(chan struct{})
@@ -51,7 +55,9 @@ func consume(t *testing.T, name string, sub store.Subscription, c *consumer) {
 			ev.Ack()
 		}
 	}()
-	t.Cleanup(func() { cancel(); <-exited })
+	stop = func() { cancel(); <-exited }
+	t.Cleanup(stop)
+	return stop
 }
 
 func (c *consumer) report(keys []string) (missing, twice []string) {
@@ -90,7 +96,7 @@ func TestMembersShareTheVBucketsAndHandThemOver(t *testing.T) {
 	a := openStore(t, cfg, func(s *Store) { s.member = "a" })
 	subA, err := a.Subscribe(ctxFor(t, 30*time.Second), "feed", watched, store.FeedOptions{})
 	require.NoError(t, err)
-	consume(t, "a", subA, c)
+	stopA := consume(t, "a", subA, c)
 	assert.Equal(t, testVBuckets, feedStats(subA).VBuckets, "alone, a member streams every vBucket")
 	putAll("first-")
 
@@ -110,9 +116,10 @@ func TestMembersShareTheVBucketsAndHandThemOver(t *testing.T) {
 	assert.Len(t, sb.Members, 2)
 	putAll("shared-")
 
-	// a stops cleanly: b takes the rest at its next heartbeat, not a TTL
-	// later.
+	// a stops cleanly, as the service does (it takes no more events, then
+	// closes): b takes the rest at its next heartbeat, not a TTL later.
 	left := time.Now()
+	stopA()
 	require.NoError(t, subA.Close(ctxFor(t, 30*time.Second)))
 	require.Eventually(t, func() bool { return feedStats(subB).StreamsOpen == testVBuckets }, 30*time.Second, 20*time.Millisecond,
 		"b %v", later.Value(func() any { return fmt.Sprintf("%+v", feedStats(subB)) }))
@@ -956,4 +963,23 @@ func TestAMembersOwnHeartbeatTimesAreMonotonicReadings(t *testing.T) {
 	since := f.own.healthySince
 	require.False(t, since.IsZero())
 	assert.NotEqual(t, since.Round(0), since, "healthySince carries a monotonic reading: %v", since)
+}
+
+// A feed closed with events queued, read from the streams but not handed
+// out, hands none of them out after: Close has saved the checkpoints and
+// handed the vBuckets over, so an acknowledgement would come too late, and
+// their next reader has them again. Next handed them out, one member
+// delivering what the next one delivered again.
+func TestAClosedFeedHandsOutNothingQueued(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg, func(s *Store) { s.member = "a" })
+	sub := subscribe(t, s, "feed", watched, false)
+	f := sub.(*feed)
+	for vb := range uint16(testVBuckets) {
+		put(t, s, order.Inbound, keyOn(srv, "queued-", vb))
+	}
+	waitFor(t, func() (bool, string) { n := len(f.events); return n >= 2, fmt.Sprintf("%d queued", n) })
+	require.NoError(t, sub.Close(ctxFor(t, 30*time.Second)))
+	ev, err := sub.Next(ctxFor(t, 10*time.Second))
+	assert.ErrorIs(t, err, store.ErrClosed, "handed out %s after Close", ev.Key)
 }
