@@ -575,6 +575,25 @@ func TestMigratesAFirstReleaseFile(t *testing.T) {
 	cas, err := s.Upsert(ctx, order.Inbound, "o9", []byte(`{}`))
 	require.NoError(t, err)
 	assert.Greater(t, cas, uint64(7), "sequence numbers go on from the old counter")
+
+	// The first release sent "confirmation:<key>" on every attempt and kept
+	// no key: its retries and dead letters keep that one, lest the attempts
+	// after the upgrade reach the email service as a new confirmation.
+	r, err := s.Get(ctx, order.Retry, "o1")
+	require.NoError(t, err)
+	rd, err := order.DecodeRetryDoc(r.Value)
+	require.NoError(t, err)
+	assert.Equal(t, "confirmation:o1", rd.IdempotencyKey, "%s", r.Value)
+	assert.True(t, rd.FireRetry, "and the rest as it was: flagged by the sweep above")
+	d, err := s.Get(ctx, order.DeadLetter, "o3")
+	require.NoError(t, err)
+	dd, err := order.DecodeDeadLetter(d.Value)
+	require.NoError(t, err)
+	assert.Equal(t, "confirmation:o3", dd.IdempotencyKey)
+	assert.Equal(t, 400, dd.LastStatus)
+	ctl, err := s.Get(ctx, order.Retry, order.ControlKey)
+	require.NoError(t, err)
+	assert.JSONEq(t, `{}`, string(ctl.Value), "the control document is no retry")
 }
 
 // TestScaleFeedPassesOverSettledHistoryInWindows: 50,000 confirmed orders,

@@ -3,6 +3,7 @@ package embedded
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -175,11 +176,15 @@ func migrateV2(ctx context.Context, tx *sql.Tx) error {
 		for _, r := range page {
 			var value []byte
 			var created int64
+			stored := r.value
 			if r.value.Valid {
 				value, created = []byte(r.value.String), r.seq // the first release kept no creation
+				if v, ok := withLegacyKey(r.coll, r.key, value); ok {
+					value, stored = v, sql.NullString{String: string(v), Valid: true}
+				}
 			}
 			c := classify(r.coll, r.key, value)
-			if _, err := ins.ExecContext(ctx, append([]any{r.coll, r.key, r.value, r.seq, created}, c.args()...)...); err != nil {
+			if _, err := ins.ExecContext(ctx, append([]any{r.coll, r.key, stored, r.seq, created}, c.args()...)...); err != nil {
 				return err
 			}
 		}
@@ -194,6 +199,41 @@ func migrateV2(ctx context.Context, tx *sql.Tx) error {
 		}
 	}
 	return nil
+}
+
+// withLegacyKey is a retry document or dead letter of the first release,
+// which kept no idempotency key and sent "confirmation:<key>" on every
+// attempt, with that key written in: the attempts after the upgrade carry
+// the key of those before it, not the order's incarnation, which an email
+// service would take for a new confirmation. ok is false for a document
+// that has a key, is not a JSON object, or is the control document.
+func withLegacyKey(coll, key string, value []byte) ([]byte, bool) {
+	switch {
+	case coll == order.Retry && key != order.ControlKey:
+		if _, err := order.DecodeRetryDoc(value); err != nil {
+			return nil, false // left for the watcher to dead-letter as it is
+		}
+	case coll == order.DeadLetter:
+		if _, err := order.DecodeDeadLetter(value); err != nil {
+			return nil, false
+		}
+	default:
+		return nil, false
+	}
+	var doc map[string]json.RawMessage
+	if json.Unmarshal(value, &doc) != nil || doc == nil {
+		return nil, false
+	}
+	if _, has := doc["idempotencyKey"]; has {
+		return nil, false
+	}
+	k, err := json.Marshal(order.IdempotencyKey(key, 0))
+	if err != nil {
+		return nil, false
+	}
+	doc["idempotencyKey"] = k
+	out, err := json.Marshal(doc)
+	return out, err == nil
 }
 
 // migrateV3 adds the attempt records' table. They are off the feed, count
