@@ -214,7 +214,8 @@ func (c *Console) runRetry(w http.ResponseWriter, r *http.Request, sid string) {
 		}
 		c.finish(w, r, sid, "run retry", nil, "The retry of %s is flagged: it is sent within a poll interval, paused or not.", key)
 	default:
-		c.finish(w, r, sid, "run retry", nil, "The retry of %s was flagged already: it is being sent.", key)
+		c.finish(w, r, sid, "run retry", nil, "The retry of %s was flagged already: it is written again, so that it is sent "+
+			"even if its flag went unhandled, and once if it is being sent.", key)
 	}
 }
 

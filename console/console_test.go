@@ -458,6 +458,17 @@ func TestRunRetryNowAndDrop(t *testing.T) {
 	assert.Equal(t, later, r.NextAttemptAt, "the rest of the document is kept")
 	_, body = f.get(t, "/retries")
 	assert.Contains(t, body, "flagged: sending")
+	assert.Contains(t, body, "Flag again", "a flag that went unhandled can be written again")
+
+	// Flagged again: written as it is, a change of its own for the feed.
+	resp, _ = f.post(t, "/retries/run", url.Values{"csrf": {csrf}, "key": {"r1"}, "back": {"/retries"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	again, err := f.st.Get(context.Background(), order.Retry, "r1")
+	require.NoError(t, err)
+	assert.NotEqual(t, d.CAS, again.CAS)
+	assert.Equal(t, string(d.Value), string(again.Value))
+	_, body = f.get(t, "/retries")
+	assert.Contains(t, body, "was flagged already: it is written again")
 
 	resp, body = f.post(t, "/retries/drop", url.Values{"csrf": {csrf}, "key": {"r1"}})
 	require.Equal(t, http.StatusOK, resp.StatusCode)

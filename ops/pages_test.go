@@ -167,6 +167,10 @@ func TestRunRetryNowAndDropRetry(t *testing.T) {
 	flagged, err = ops.RunRetryNow(ctx, st, "r1")
 	require.NoError(t, err)
 	assert.False(t, flagged, "flagged already")
+	again, err := st.Get(ctx, order.Retry, "r1")
+	require.NoError(t, err)
+	assert.NotEqual(t, d.CAS, again.CAS, "written again: a change the feed brings back, should the flag's have gone unhandled")
+	assert.Equal(t, string(d.Value), string(again.Value), "as it was")
 
 	_, err = ops.RunRetryNow(ctx, st, "nope")
 	assert.ErrorIs(t, err, ops.ErrNoSuchRetry)

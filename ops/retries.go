@@ -19,8 +19,12 @@ var ErrChanged = errors.New("changed since it was read; look again")
 // RunRetryNow flags the pending retry of key (fireRetry: true), guarded by
 // the CAS it read, so that the feed brings it back and it is sent at once,
 // whether retries are paused or not: the operator asked for it. flagged is
-// false when it was flagged already. The document is otherwise kept as
-// stored, fields ordermail does not know included.
+// false when it was flagged already: it is then written again as it is, a
+// change of its own, which the feed brings back even when the flag's change
+// went unhandled (a watcher that was down, an event given up on); one
+// being sent meanwhile is sent once, its outcome guarded by the CAS. The
+// document is otherwise kept as stored, fields ordermail does not know
+// included.
 func RunRetryNow(ctx context.Context, st store.Store, key string) (flagged bool, err error) {
 	d, err := getRetry(ctx, st, key)
 	if err != nil {
@@ -30,17 +34,16 @@ func RunRetryNow(ctx context.Context, st store.Store, key string) (flagged bool,
 	if err != nil {
 		return false, fmt.Errorf("run retry %s now: %w", key, err)
 	}
-	if r.FireRetry {
-		return false, nil
-	}
-	body, err := order.SetFireRetry(d.Value)
-	if err != nil {
-		return false, fmt.Errorf("run retry %s now: %w", key, err)
+	body := d.Value
+	if !r.FireRetry {
+		if body, err = order.SetFireRetry(d.Value); err != nil {
+			return false, fmt.Errorf("run retry %s now: %w", key, err)
+		}
 	}
 	if _, err := st.Replace(ctx, order.Retry, key, body, d.CAS); err != nil {
 		return false, fmt.Errorf("run retry %s now: %w", key, guardErr(err))
 	}
-	return true, nil
+	return !r.FireRetry, nil
 }
 
 // DropRetry removes the pending retry of key, guarded by the CAS it read.

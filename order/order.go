@@ -603,11 +603,13 @@ func checkNames(raw []byte, fields [][]byte) (dup, miscased, field string) {
 }
 
 // ClearedByOrderChange says whether the dead letter was about the order's
-// content (malformed, no email address, too large), so that a corrected order is sent
-// again without a redrive. Dead letters about sending need a redrive.
+// content (malformed, no email address, too large) or its absence (a retry
+// whose order was missing), so that a corrected order, or one created
+// (again), is sent without a redrive. Dead letters about sending need a
+// redrive.
 func (d DeadLetterDoc) ClearedByOrderChange() bool {
 	switch d.Reason {
-	case ReasonMalformedOrder, ReasonNoEmail, ReasonTooLarge:
+	case ReasonMalformedOrder, ReasonNoEmail, ReasonTooLarge, ReasonOrderMissing:
 		return true
 	}
 	return false

@@ -361,6 +361,11 @@ func otherIncarnation(k, key string, d store.Doc) bool {
 // document goes.
 func retryDeadLetter(key string, st store.State, r order.RetryDoc, reason, detail string, now time.Time) Plan {
 	r.DocID = key
+	if r.IdempotencyKey == "" && st.Order.Found() {
+		// Unreadable, or the sample's: the order's key, so that the dead
+		// letter holds up this order and not one created anew.
+		r.IdempotencyKey = order.IdempotencyKey(key, incarnation(st.Order))
+	}
 	d := deadLetterFrom(r, reason, now)
 	d.LastError = detail
 	return Plan{Action: Write, Reason: reason, Detail: detail, Writes: deadLetterWrites(st, d, true)}

@@ -643,16 +643,21 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 	}
 }
 
-// poison dead-letters an event that keeps failing. A dead letter written
-// or purged meanwhile by someone else is read again and written over (at
-// most maxStale times). If it cannot be written even so, the failure is logged
+// poison dead-letters an event that keeps failing. The dead letter of a
+// retry's event takes the retry's place in the same writes, as any retry
+// given up on does: left flagged, no sweep would flag it again, and its
+// event is behind the checkpoint. A dead letter written or purged
+// meanwhile by someone else is read again and written over (at most
+// maxStale times). If it cannot be written even so, the failure is logged
 // and the event let go: the document is untouched, and its next change
-// brings it back. It returns false when ctx ended first: the event is
-// then not let go but replayed.
+// brings it back (for a flagged retry, Run now in the console writes it
+// again). It returns false when ctx ended first: the event is then not let
+// go but replayed.
 func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, cause error) bool {
 	detail := truncate(cause.Error(), 300)
 	conflicts := 0
-	// By the dead letter alone: the failure may be in reading the rest.
+	// By the dead letter, and the retry when it can be read: the failure
+	// may be in reading the rest.
 	err := w.retryStore(ctx, log, "write poison dead letter", func() error {
 		for {
 			var st store.State
@@ -663,7 +668,15 @@ func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, 
 				return err
 			}
 			d := order.DeadLetterDoc{DocID: ev.Key, Reason: order.ReasonPoisonEvent, LastError: detail, DeadAt: w.now().UnixMilli()}
-			_, err = w.store.Apply(ctx, deadLetterWrites(st, d, false))
+			if r, doc, ok := w.poisonedRetry(ctx, ev); ok {
+				st.Retry = doc
+				d = deadLetterFrom(r, order.ReasonPoisonEvent, w.now())
+				d.LastError = detail
+			}
+			if d.IdempotencyKey == "" {
+				d.IdempotencyKey = eventKey(ev)
+			}
+			_, err = w.store.Apply(ctx, deadLetterWrites(st, d, true))
 			raced := errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrCASMismatch) ||
 				errors.Is(err, store.ErrNotFound) // purged by an operator meanwhile
 			if raced && conflicts < maxStale {
@@ -684,6 +697,40 @@ func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, 
 	}
 	log.Error("change given up on and dead-lettered", "reason", order.ReasonPoisonEvent, "failures", w.cfg.MaxEventFailures, "error", cause)
 	return true
+}
+
+// poisonedRetry reads the retry document of a retry's poison event, when
+// it can: the dead letter takes over what it says (attempts, key) and
+// removes it, guarded by its CAS.
+func (w *Watcher) poisonedRetry(ctx context.Context, ev store.Event) (order.RetryDoc, store.Doc, bool) {
+	if ev.Collection != order.Retry || ev.Key == order.ControlKey {
+		return order.RetryDoc{}, store.Doc{}, false
+	}
+	doc, err := w.store.Get(ctx, order.Retry, ev.Key)
+	if err != nil {
+		return order.RetryDoc{}, store.Doc{}, false
+	}
+	r, err := order.DecodeRetryDoc(doc.Value)
+	if err != nil || r.DocID != ev.Key {
+		// Removed with the dead letter all the same: it is what failed.
+		return order.RetryDoc{DocID: ev.Key}, doc, true
+	}
+	return r, doc, true
+}
+
+// eventKey is the idempotency key a poison event's dead letter keeps, so
+// that it holds up the order it was about and not one created anew under
+// its key: a retry's own, or the order's at the event.
+func eventKey(ev store.Event) string {
+	switch {
+	case ev.Collection == order.Retry && !ev.Deleted:
+		if r, err := order.DecodeRetryDoc(ev.Value); err == nil {
+			return r.IdempotencyKey
+		}
+	case ev.Collection == order.Inbound && !ev.Deleted:
+		return order.IdempotencyKey(ev.Key, incarnation(store.Doc{CAS: ev.CAS, Incarnation: ev.Incarnation}))
+	}
+	return ""
 }
 
 func (w *Watcher) limits() Limits {

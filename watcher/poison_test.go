@@ -1,0 +1,140 @@
+package watcher_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/internal/later"
+	"github.com/ordermail/ordermail/mailer/mockmail"
+	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/watcher"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// startPoisoned starts a watcher on st whose reads of key's state all fail
+// (the event's snapshot dropped), giving up on a change after two tries.
+func startPoisoned(t *testing.T, e *env, key string) *watcher.Watcher {
+	t.Helper()
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2}, &poisonState{e.store, key}, e.mail, quiet,
+		func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	return w
+}
+
+// incarnationKey is the idempotency key of the order stored under key.
+func incarnationKey(t *testing.T, st store.Store, key string) string {
+	t.Helper()
+	d, err := st.Get(context.Background(), order.Inbound, key)
+	require.NoError(t, err)
+	require.NotZero(t, d.Incarnation)
+	return order.IdempotencyKey(key, d.Incarnation)
+}
+
+func waitDelivered(t *testing.T, m *mockmail.Server, key string) {
+	t.Helper()
+	require.Eventually(t, func() bool { return m.Delivered()[key] > 0 }, 30*time.Second, 5*time.Millisecond,
+		"no delivery under %s; deliveries: %v", key, later.Value(func() any { return m.Delivered() }))
+}
+
+// A flagged retry whose change keeps failing was dead-lettered with the
+// retry left flagged: no sweep flags a flagged retry, its event was behind
+// the checkpoint, and once the dead letter was purged the order was never
+// sent. The dead letter now takes the retry's place in the same writes,
+// with its key and attempts, and a redrive sends it under the key of the
+// attempts before.
+func TestAPoisonedRetryIsReplacedByItsDeadLetter(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "p", paidOrder)
+	key := incarnationKey(t, e.store, "p")
+	put(t, e.store, order.Retry, "p", `{"type":"confirmation","docId":"p","attempt":2,"ts":1,"fireRetry":true,"lastStatus":503,"idempotencyKey":"`+key+`"}`)
+	w := startPoisoned(t, e, "p")
+	waitHandled(t, w, 2) // the order's change and the retry's
+	require.NoError(t, w.Stop(context.Background()))
+
+	_, found := get(t, e.store, order.Retry, "p")
+	assert.False(t, found, "the retry went with its dead letter")
+	d := mustDeadLetter(t, e.store, "p")
+	assert.Equal(t, order.ReasonPoisonEvent, d.Reason)
+	assert.Equal(t, key, d.IdempotencyKey)
+	assert.Equal(t, 2, d.Attempts)
+	assert.Equal(t, 503, d.LastStatus)
+	assert.Contains(t, d.LastError, "no such thing")
+
+	n, err := ops.Redrive(context.Background(), e.store, time.Now(), []string{"p"}, false)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	startWatcher(t, e.store, e.mail, &syncBuffer{})
+	waitDelivered(t, e.mock, key)
+	assert.Len(t, e.mock.Delivered(), 1, "one key: the earlier attempts'")
+}
+
+// A poison dead letter of an order's change keeps the order's key: it holds
+// up that order until a redrive, not one deleted and created again under
+// its key, which is a new confirmation.
+func TestAPoisonDeadLetterHoldsUpItsOrderNotOneCreatedAnew(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "p", paidOrder)
+	old := incarnationKey(t, e.store, "p")
+	w := startPoisoned(t, e, "p")
+	waitHandled(t, w, 1)
+	require.NoError(t, w.Stop(context.Background()))
+	assert.Equal(t, old, mustDeadLetter(t, e.store, "p").IdempotencyKey)
+
+	ctx := context.Background()
+	d, err := e.store.Get(ctx, order.Inbound, "p")
+	require.NoError(t, err)
+	require.NoError(t, e.store.Remove(ctx, order.Inbound, "p", d.CAS))
+	_, err = e.store.Insert(ctx, order.Inbound, "p", []byte(paidOrder))
+	require.NoError(t, err)
+	renewed := incarnationKey(t, e.store, "p")
+	require.NotEqual(t, old, renewed)
+	startWatcher(t, e.store, e.mail, &syncBuffer{})
+	waitDelivered(t, e.mock, renewed)
+	assert.Zero(t, e.mock.Delivered()[old], "the poisoned order waits for a redrive")
+}
+
+// A retry of the sample's (no key) whose order was missing was
+// dead-lettered with no key, and held up for good an order created under
+// that key afterwards. A dead letter about a missing order is cleared by
+// the order's existing.
+func TestAnOrderCreatedAfterItsRetryFoundItMissingIsSent(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Retry, "p", `{"type":"confirmation","docId":"p","attempt":1,"ts":1,"fireRetry":true}`)
+	w := startWatcher(t, e.store, e.mail, &syncBuffer{})
+	require.Eventually(t, func() bool { _, ok := get(t, e.store, order.DeadLetter, "p"); return ok }, 30*time.Second, 5*time.Millisecond,
+		"the retry without its order was never dead-lettered; handled %v", later.Value(func() any { return w.Stats().Handled }))
+	assert.Equal(t, order.ReasonOrderMissing, mustDeadLetter(t, e.store, "p").Reason)
+	put(t, e.store, order.Inbound, "p", paidOrder)
+	waitDelivered(t, e.mock, incarnationKey(t, e.store, "p"))
+}
+
+// A flagged retry whose flag went unhandled (here: the watcher started
+// after it, from now) waits for nothing: no sweep flags a flagged retry.
+// Run now writes it again, a change of its own, and it is sent.
+func TestRunNowBringsBackAFlagWhoseChangeWentUnhandled(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "p", paidOrder)
+	key := incarnationKey(t, e.store, "p")
+	put(t, e.store, order.Retry, "p", `{"type":"confirmation","docId":"p","attempt":1,"ts":1,"fireRetry":true,"idempotencyKey":"`+key+`"}`)
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, FromNow: true}, e.store, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+
+	flagged, err := ops.RunRetryNow(context.Background(), e.store, "p")
+	require.NoError(t, err)
+	assert.False(t, flagged, "flagged already")
+	waitDelivered(t, e.mock, key)
+	var o string
+	require.Eventually(t, func() bool {
+		o, _ = get(t, e.store, order.Inbound, "p")
+		return strings.Contains(o, `"confirmationEmailSent":true`)
+	},
+		30*time.Second, 5*time.Millisecond, "delivered, never marked confirmed: %v", later.Value(func() any { return o }))
+}
