@@ -1,0 +1,238 @@
+package watcher_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ordermail/ordermail/internal/later"
+	"github.com/ordermail/ordermail/mailer"
+	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/store/embedded"
+	"github.com/ordermail/ordermail/timer"
+	"github.com/ordermail/ordermail/watcher"
+	"github.com/stretchr/testify/require"
+)
+
+// flakyProvider is an idempotent email service that fails a share of
+// requests (503) and, for another share, delivers but loses the answer.
+// It counts the deliveries of each key.
+type flakyProvider struct {
+	mu        sync.Mutex
+	rnd       *rand.Rand
+	delivered map[string]int
+	failRate  atomic.Int64 // per mille
+	lostAck   atomic.Int64 // per mille
+}
+
+func (p *flakyProvider) Send(_ context.Context, key string, _ []byte) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r := p.rnd.IntN(1000)
+	if r < int(p.failRate.Load()) {
+		return &mailer.SendError{Class: mailer.Transient, Status: 503}
+	}
+	p.delivered[key]++
+	if r < int(p.failRate.Load()+p.lostAck.Load()) {
+		return &mailer.SendError{Class: mailer.Transient} // delivered; the answer lost
+	}
+	return nil
+}
+
+func (p *flakyProvider) deliveries(key string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.delivered[key]
+}
+
+// TestOrdersConfirmedOnceWhateverHappensAround: a few keys, and at once a
+// shop that creates, pays, cancels, edits and deletes them; an operator
+// who redrives every dead letter and runs retries now; the watcher stopped
+// mid-work and started again; an email service failing 40% of requests and
+// losing the answer of 10% more it delivered; the timer sweeping. Then the
+// email service heals and the dead letters are redriven until nothing is
+// left to do. Every order then paid is confirmed, and every confirmed order
+// was delivered under its own incarnation's key (none confirmed without an
+// email). The seed is in the log; ORDERMAIL_CHAOS_SEED replays one.
+func TestOrdersConfirmedOnceWhateverHappensAround(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("ORDERMAIL_CHAOS_SEED"); s != "" {
+		var err error
+		seed, err = strconv.ParseUint(s, 10, 64)
+		require.NoError(t, err, "ORDERMAIL_CHAOS_SEED")
+	}
+	t.Logf("seed %d (ORDERMAIL_CHAOS_SEED=%d replays its draws)", seed, seed)
+	ctx := context.Background()
+	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	p := &flakyProvider{rnd: rand.New(rand.NewPCG(seed, 1)), delivered: map[string]int{}}
+	p.failRate.Store(400)
+	p.lostAck.Store(100)
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+
+	policy := order.Policy{Backoff: order.BackoffExponential, MinDelay: 5 * time.Millisecond, MaxDelay: 40 * time.Millisecond,
+		MaxAttempts: 3, Quantum: 30 * time.Millisecond}
+	start := func() *watcher.Watcher {
+		w, err := watcher.New(watcher.Config{Workers: 4, Policy: policy, SingleConsumer: true, AtomicOutcomes: true}, st, p, quiet, nil)
+		require.NoError(t, err)
+		require.NoError(t, w.Start(ctx))
+		return w
+	}
+	var wmu sync.Mutex
+	w := start()
+	tm, err := timer.New(timer.Config{Interval: 20 * time.Millisecond, Quantum: 30 * time.Millisecond}, st, quiet, nil)
+	require.NoError(t, err)
+	tm.Start()
+	defer tm.Stop(ctx)
+
+	keys := make([]string, 12)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("k%02d", i)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	actor := func(stream uint64, act func(r *rand.Rand)) {
+		r := rand.New(rand.NewPCG(seed, stream))
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				act(r)
+				time.Sleep(time.Duration(r.IntN(3000)) * time.Microsecond)
+			}
+		})
+	}
+	setStatus := func(key, status string) {
+		for range 5 {
+			d, err := st.Get(ctx, order.Inbound, key)
+			if err != nil {
+				return
+			}
+			v, err := order.SetPaymentStatus(d.Value, status)
+			if err != nil {
+				return
+			}
+			if _, err := st.Replace(ctx, order.Inbound, key, v, d.CAS); !errors.Is(err, store.ErrCASMismatch) {
+				return
+			}
+		}
+	}
+	// The shop, twice over. Errors (a key taken, changed meanwhile) are
+	// the shop's to shrug off.
+	for a := range uint64(2) {
+		actor(10+a, func(r *rand.Rand) {
+			k := keys[r.IntN(len(keys))]
+			switch r.IntN(10) {
+			case 0, 1:
+				st.Insert(ctx, order.Inbound, k, []byte(`{"email":"a@example.com","paymentStatus":"initiated","confirmationEmailSent":false,"n":0}`))
+			case 2, 3, 4:
+				setStatus(k, order.StatusPaid)
+			case 5:
+				setStatus(k, "cancelled")
+			case 6, 7: // an edit that keeps every field
+				if d, err := st.Get(ctx, order.Inbound, k); err == nil {
+					st.Replace(ctx, order.Inbound, k, []byte(strings.Replace(string(d.Value), `"n":`, `"n":1`, 1)), d.CAS)
+				}
+			case 8: // deleted, to be created again
+				if d, err := st.Get(ctx, order.Inbound, k); err == nil && r.IntN(4) == 0 {
+					st.Remove(ctx, order.Inbound, k, d.CAS)
+				}
+			}
+		})
+	}
+	// The operator.
+	actor(20, func(r *rand.Rand) {
+		switch r.IntN(20) {
+		case 0:
+			ops.Redrive(ctx, st, time.Now(), nil, true)
+		case 1, 2:
+			ops.RunRetryNow(ctx, st, keys[r.IntN(len(keys))])
+		}
+	})
+	// Restarts, some cutting the in-flight work short.
+	actor(30, func(r *rand.Rand) {
+		time.Sleep(time.Duration(50+r.IntN(200)) * time.Millisecond)
+		wmu.Lock()
+		defer wmu.Unlock()
+		sctx, cancel := context.WithTimeout(ctx, time.Duration(r.IntN(30))*time.Millisecond)
+		w.Stop(sctx)
+		cancel()
+		w = start()
+	})
+	run := 4 * time.Second
+	if testing.Short() {
+		run = time.Second
+	}
+	time.Sleep(run) // how long the chaos lasts, not a bound on anything
+	close(stop)
+	wg.Wait()
+
+	// The email service heals; the dead letters of orders that exist are
+	// redriven until nothing is left to do (one whose order is gone would
+	// only come back as order_missing).
+	p.failRate.Store(0)
+	p.lostAck.Store(0)
+	problems := func() []string {
+		for _, k := range keys {
+			if s, err := st.State(ctx, k); err == nil && s.DeadLetter.Found() && s.Order.Found() {
+				if _, err := ops.Redrive(ctx, st, time.Now(), []string{k}, false); err != nil && !errors.Is(err, ops.ErrChanged) {
+					return []string{"redrive " + k + ": " + err.Error()}
+				}
+			}
+		}
+		var out []string
+		c, err := st.Counts(ctx)
+		if err != nil {
+			return []string{"counts: " + err.Error()}
+		}
+		if c.RetryDocs > 0 {
+			out = append(out, fmt.Sprintf("%d retries left", c.RetryDocs))
+		}
+		for _, k := range keys {
+			s, err := st.State(ctx, k)
+			if err != nil {
+				return append(out, k+": "+err.Error())
+			}
+			if s.Retry.Found() {
+				out = append(out, fmt.Sprintf("%s: retry %s; order %s", k, s.Retry.Value, s.Order.Value))
+			}
+			if !s.Order.Found() {
+				continue
+			}
+			o, err := order.DecodeOrder(s.Order.Value)
+			if err != nil {
+				return append(out, k+": "+err.Error())
+			}
+			key := order.IdempotencyKey(k, s.Order.Incarnation)
+			switch {
+			case o.ConfirmationEmailSent && p.deliveries(key) == 0:
+				out = append(out, fmt.Sprintf("%s confirmed without a delivery under %s", k, key))
+			case o.PaymentStatus == order.StatusPaid && !o.ConfirmationEmailSent:
+				out = append(out, fmt.Sprintf("%s paid, not confirmed; retry %s; dead letter %s", k, s.Retry.Value, s.DeadLetter.Value))
+			}
+		}
+		return out
+	}
+	var left atomic.Pointer[[]string]
+	require.Eventually(t, func() bool { l := problems(); left.Store(&l); return len(l) == 0 }, 2*time.Minute, 100*time.Millisecond,
+		"seed %d: %v", seed, later.Value(func() any { return *left.Load() }))
+	wmu.Lock()
+	defer wmu.Unlock()
+	require.NoError(t, w.Stop(ctx))
+}
