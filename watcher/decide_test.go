@@ -198,6 +198,16 @@ func TestIdempotencyKeys(t *testing.T) {
 	cb.Order.CAS = 77 // deleted and created again
 	p2 := Decide(Change{Collection: order.Inbound, Key: "o"}, cb, now, limits)
 	assert.NotEqual(t, p1.IdempotencyKey, p2.IdempotencyKey)
+
+	// A retry without a key (the sample's, the first release's, which sent
+	// "confirmation:<key>" on every attempt): on Couchbase that key; where
+	// incarnations are kept, the order's (the embedded store wrote the
+	// first release's key into its documents as it upgraded them).
+	keyless := `{"type":"confirmation","docId":"o","attempt":1,"ts":1,"fireRetry":true}`
+	cb = state(paid, keyless, "")
+	cb.Order.Incarnation = 0
+	assert.Equal(t, "confirmation:o", Decide(Change{Collection: order.Retry, Key: "o"}, cb, now, limits).IdempotencyKey)
+	assert.Equal(t, "confirmation:o@7", Decide(Change{Collection: order.Retry, Key: "o"}, state(paid, keyless, ""), now, limits).IdempotencyKey)
 }
 
 func TestSettle(t *testing.T) {
