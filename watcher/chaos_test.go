@@ -64,7 +64,9 @@ func (p *flakyProvider) deliveries(key string) int {
 // email service heals and the dead letters are redriven until nothing is
 // left to do. Every order then paid is confirmed, and every confirmed order
 // was delivered under its own incarnation's key (none confirmed without an
-// email). The seed is in the log; ORDERMAIL_CHAOS_SEED replays one.
+// email). The seed is in the log; ORDERMAIL_CHAOS_SEED draws the same
+// actions again (when each happens is the scheduler's). It runs on the
+// embedded store; scripts/crash-test.sh kills the service on Couchbase.
 func TestOrdersConfirmedOnceWhateverHappensAround(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("ORDERMAIL_CHAOS_SEED"); s != "" {
@@ -72,7 +74,7 @@ func TestOrdersConfirmedOnceWhateverHappensAround(t *testing.T) {
 		seed, err = strconv.ParseUint(s, 10, 64)
 		require.NoError(t, err, "ORDERMAIL_CHAOS_SEED")
 	}
-	t.Logf("seed %d (ORDERMAIL_CHAOS_SEED=%d replays its draws)", seed, seed)
+	t.Logf("seed %d (ORDERMAIL_CHAOS_SEED=%d draws the same actions)", seed, seed)
 	ctx := context.Background()
 	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
 	require.NoError(t, err)

