@@ -196,6 +196,18 @@ func TestACommandsChoicesAreNotTakenFromTheEnvironment(t *testing.T) {
 	out, _, err := cli(t, "deadletters", "list", "--json")
 	require.NoError(t, err)
 	assert.Contains(t, out, `"d1"`, "neither purged nor redriven")
+
+	// The service's settings, which a deployment exports for run, are
+	// taken; a choice exported and given on the command line too is the
+	// command line's.
+	t.Setenv("ORDERMAIL_RETRY_QUANTUM", "1m")
+	t.Setenv("ORDERMAIL_JSON", "true")
+	out, _, err = cli(t, "retries", "status", "--json")
+	require.NoError(t, err)
+	assert.Contains(t, out, `"timerArmed":false`)
+	t.Setenv("ORDERMAIL_RETRY_QUANTUM", "soon")
+	_, _, err = cli(t, "retries", "status", "--json")
+	assert.EqualError(t, err, "environment variable ORDERMAIL_RETRY_QUANTUM: not a valid --retry-quantum: parse error")
 	s, err := embedded.Open(ctx, embedded.Config{Path: path})
 	require.NoError(t, err)
 	defer s.Close()

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ordermail/ordermail/app"
@@ -269,9 +270,11 @@ func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx cont
 	settings := map[string]bool{}
 	fs.VisitAll(func(f *flag.Flag) { settings[f.Name] = true })
 	return &ffcli.Command{
-		Name: name, ShortUsage: usage, ShortHelp: help, FlagSet: fs, Options: envOptions,
+		// No envOptions: settingsFromEnv reads the environment, settings
+		// only.
+		Name: name, ShortUsage: usage, ShortHelp: help, FlagSet: fs,
 		Exec: func(ctx context.Context, args []string) error {
-			if err := choicesFromArgsOnly(fs, settings); err != nil {
+			if err := settingsFromEnv(fs, settings); err != nil {
 				return err
 			}
 			if o.args != nil {
@@ -305,21 +308,42 @@ func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx cont
 	}
 }
 
-// choicesFromArgsOnly fails when the environment sets one of a command's
-// own choices (its flags other than the settings: --yes, --all, --reason,
-// --pay...). The store's settings come from the environment as a
-// deployment's do; a choice must be made on the command line, or a stale
-// export would purge, redrive or pay without being asked.
-func choicesFromArgsOnly(fs *flag.FlagSet, settings map[string]bool) error {
+// settingsFromEnv sets, from the environment as envOptions does, the flags
+// of fs not given on the command line that are settings: the store's
+// (settings) and the service's, which a deployment sets for run (its
+// --retry-quantum). A command's own choices (--yes, --all, --reason,
+// --pay...) come from the command line only: one set in the environment
+// and not given stops the command, or a stale export would purge, redrive
+// or pay without being asked.
+func settingsFromEnv(fs *flag.FlagSet, settings map[string]bool) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		env := envName(f.Name)
-		if !settings[f.Name] && os.Getenv(env) != "" && err == nil {
+		v := os.Getenv(env)
+		if err != nil || given[f.Name] || v == "" {
+			return
+		}
+		if !settings[f.Name] && !serviceSettings()[f.Name] {
 			err = fmt.Errorf("%s is set in the environment, but --%s is a choice of this command, read from the command line only: unset %s", env, f.Name, env)
+			return
+		}
+		if e := fs.Set(f.Name, v); e != nil {
+			err = fmt.Errorf("environment variable %s: not a valid --%s: %w", env, f.Name, e)
 		}
 	})
 	return err
 }
+
+// serviceSettings are the names of the service's flags (run's and demo's).
+var serviceSettings = sync.OnceValue(func() map[string]bool {
+	fs := flag.NewFlagSet("", flag.ContinueOnError)
+	serviceFlags(fs, &app.Config{}, serviceDefaults{})
+	names := map[string]bool{}
+	fs.VisitAll(func(f *flag.Flag) { names[f.Name] = true })
+	return names
+})
 
 // envName is the environment variable that sets flag name (envOptions).
 func envName(name string) string {
