@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -64,6 +65,7 @@ type Console struct {
 	tokenHash *[32]byte // nil: no token, read-only
 	sessions  *sessions
 	logins    *lru.Cache[string, *rate.Limiter] // login attempts by address, right or wrong
+	allLogins *rate.Limiter                     // and over all addresses
 	samples   *sampler
 	pages     map[string]*template.Template
 	routed    http.Handler // the pages and actions
@@ -81,16 +83,27 @@ const loginAddresses = 4096
 
 // loginLimit is the login attempts of one address: five at once, then one
 // a second. A token of 16 characters or more is not guessed at that pace.
+// An IPv6 address counts by its /64, which one machine has whole.
 func (c *Console) loginLimit(r *http.Request) *rate.Limiter {
-	addr, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		addr = r.RemoteAddr
+	addr := r.RemoteAddr
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host
+	}
+	if ip, err := netip.ParseAddr(addr); err == nil && ip.Is6() && !ip.Is4In6() {
+		addr = netip.PrefixFrom(ip, 64).Masked().String()
 	}
 	l := rate.NewLimiter(rate.Every(time.Second), 5)
 	if prev, ok, _ := c.logins.PeekOrAdd(addr, l); ok {
 		return prev
 	}
 	return l
+}
+
+// loginsAllowed says whether a login attempt may be judged: its address's
+// limit, and one over all addresses (a hundred at once, then ten a second),
+// so that many addresses together still guess slowly.
+func (c *Console) loginsAllowed(r *http.Request) bool {
+	return c.loginLimit(r).Allow() && c.allLogins.Allow()
 }
 
 // sampleEvery is how often the chart's counters are sampled: a bar of the
@@ -110,8 +123,9 @@ func New(cfg Config, d Deps, log *slog.Logger, now func() time.Time) (*Console, 
 	}
 	c := &Console{cfg: cfg, st: d.Store, w: d.Watcher, mail: d.Mail, tm: d.Timer, timer: d.TimerConfig, health: d.Health,
 		now: now, log: log.With("component", "console"),
-		sessions: newSessions(cfg.SessionTTL, now),
-		samples:  newSampler(d.Watcher.Stats),
+		sessions:  newSessions(cfg.SessionTTL, now),
+		samples:   newSampler(d.Watcher.Stats),
+		allLogins: rate.NewLimiter(10, 100),
 	}
 	// Login attempts are limited by address, so that nobody locks the
 	// operator out by guessing wrong; the least recently seen addresses

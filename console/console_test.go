@@ -238,6 +238,11 @@ func TestLoginAttemptsAreLimited(t *testing.T) {
 	// The limit is the guesser's: the operator, from another address
 	// (127.0.0.2, on the loopback too), logs in at once.
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	if c, err := d.Dial("tcp", f.srv.Listener.Addr().String()); err != nil {
+		t.Skipf("127.0.0.2 cannot reach the loopback here (%v): the limit by address is left to TestLoginLimitsByAddressAndOverall", err)
+	} else {
+		c.Close()
+	}
 	f.client.Transport = &http.Transport{DialContext: d.DialContext}
 	resp, body := f.post(t, "/login", url.Values{"token": {token}})
 	assert.Equal(t, http.StatusSeeOther, resp.StatusCode, "%s", body)

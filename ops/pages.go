@@ -215,7 +215,7 @@ func CheckRetryReason(reason string) error {
 		return nil
 	}
 	if code, ok := strings.CutPrefix(reason, "HTTP "); ok && len(code) == 3 {
-		if n, err := strconv.Atoi(code); err == nil && n >= 100 && n <= 599 {
+		if n, err := strconv.Atoi(code); err == nil && n >= 100 {
 			return nil
 		}
 	}
