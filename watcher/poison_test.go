@@ -182,7 +182,8 @@ func (n noIncarnationEvents) Next(ctx context.Context) (store.Event, error) {
 // retry waits is edited, and the edit's change keeps failing. Its dead
 // letter took the edited order's key, and a redrive sent under it: a new
 // confirmation to the email service after attempts under the first key.
-// The dead letter takes the retry's key, and the retry's place.
+// The dead letter takes the retry's key (the retry is left: a claimed one
+// may be out), and a redrive sends under it.
 func TestAPoisonedOrderChangeKeepsItsRetrysKey(t *testing.T) {
 	ctx := context.Background()
 	e := newEnv(t, mockmail.Config{})
@@ -206,7 +207,7 @@ func TestAPoisonedOrderChangeKeepsItsRetrysKey(t *testing.T) {
 	assert.Equal(t, first, dl.IdempotencyKey)
 	assert.Equal(t, 1, dl.Attempts)
 	_, found := get(t, e.store, order.Retry, "p")
-	assert.False(t, found, "the dead letter took the retry's place")
+	assert.True(t, found, "the retry left in place: the change was the order's (one claimed may be out)")
 
 	n, err := ops.Redrive(ctx, e.store, time.Now(), []string{"p"}, false)
 	require.NoError(t, err)
@@ -214,4 +215,31 @@ func TestAPoisonedOrderChangeKeepsItsRetrysKey(t *testing.T) {
 	startWatcher(t, &noIncarnations{Store: e.store}, e.mail, &syncBuffer{})
 	waitDelivered(t, e.mock, first)
 	assert.Len(t, e.mock.Delivered(), 1, "under the first attempt's key alone")
+}
+
+// A poison dead letter written over a deleted order's dead letter kept the
+// deleted order's key and attempts: it then held up no order (its key was
+// another incarnation's) and showed the deleted order's story. It keeps
+// them only for the same order.
+func TestAPoisonDeadLetterOfANewOrderForgetsTheDeletedOnes(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "p", paidOrder)
+	old := incarnationKey(t, e.store, "p")
+	put(t, e.store, order.DeadLetter, "p", string(order.DeadLetterDoc{Type: order.TypeConfirmation, DocID: "p",
+		Reason: order.ReasonExhausted, Attempts: 5, LastStatus: 503, IdempotencyKey: old}.Encode()))
+	d, err := e.store.Get(ctx, order.Inbound, "p")
+	require.NoError(t, err)
+	require.NoError(t, e.store.Remove(ctx, order.Inbound, "p", d.CAS))
+	_, err = e.store.Insert(ctx, order.Inbound, "p", []byte(paidOrder))
+	require.NoError(t, err)
+	renewed := incarnationKey(t, e.store, "p")
+
+	w := startPoisoned(t, e, "p")
+	waitHandled(t, w, 1)
+	require.NoError(t, w.Stop(ctx))
+	dl := mustDeadLetter(t, e.store, "p")
+	assert.Equal(t, order.ReasonPoisonEvent, dl.Reason)
+	assert.Equal(t, renewed, dl.IdempotencyKey, "the new order's: it holds that one up")
+	assert.Zero(t, dl.Attempts, "none of the deleted order's")
 }

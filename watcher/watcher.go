@@ -672,11 +672,19 @@ func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, 
 			if err != nil {
 				return err
 			}
+			// The retry's own change takes its place: left flagged, no
+			// sweep would flag it again. Another change (the order's)
+			// leaves it, its key and attempts copied: a retry that an
+			// instance has claimed, or one newer than the change, goes on,
+			// and the dead letter supersedes it once it is flagged again.
+			removeRetry := ev.Collection == order.Retry
 			if ok {
-				st.Retry = doc
+				if removeRetry {
+					st.Retry = doc
+				}
 				d = deadLetterFrom(r, order.ReasonPoisonEvent, w.now())
 				d.LastError = detail
-			} else if old, err := order.DecodeDeadLetter(st.DeadLetter.Value); err == nil && st.DeadLetter.Found() {
+			} else if old, err := order.DecodeDeadLetter(st.DeadLetter.Value); err == nil && st.DeadLetter.Found() && keepsKey(old, ev) {
 				// Written over, its attempts and key kept: they may be what
 				// a poisoned change of the key's retry left.
 				d.Attempts, d.LastStatus, d.FirstAttemptAt, d.LastAttemptAt, d.IdempotencyKey =
@@ -685,7 +693,7 @@ func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, 
 			if d.IdempotencyKey == "" {
 				d.IdempotencyKey = eventKey(ev)
 			}
-			_, err = w.store.Apply(ctx, deadLetterWrites(st, d, true))
+			_, err = w.store.Apply(ctx, deadLetterWrites(st, d, removeRetry))
 			raced := errors.Is(err, store.ErrExists) || errors.Is(err, store.ErrCASMismatch) ||
 				errors.Is(err, store.ErrNotFound) // purged by an operator meanwhile
 			if raced && conflicts < maxStale {
@@ -732,6 +740,14 @@ func (w *Watcher) pendingRetry(ctx context.Context, ev store.Event) (order.Retry
 		return order.RetryDoc{DocID: ev.Key}, doc, true, nil
 	}
 	return r, doc, true, nil
+}
+
+// keepsKey says whether a poison dead letter written over old keeps old's
+// key and attempts: unless old is of another incarnation of the order than
+// the event's (a deleted order's, where the store tells them apart).
+func keepsKey(old order.DeadLetterDoc, ev store.Event) bool {
+	k := eventKey(ev)
+	return k == "" || old.IdempotencyKey == k || ev.Incarnation == 0 || ev.Collection != order.Inbound
 }
 
 // eventKey is the idempotency key a poison event's dead letter keeps, so
