@@ -47,7 +47,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := loginData{page: c.pageFor(r, "Log in", ""), Back: localPath(r.PostForm.Get("back"))}
-	if !c.loginsAllowed(r) {
+	if !c.loginLimit(r).Allow() {
 		d.Err = "Too many attempts: wait a few seconds and try again."
 		c.render(w, "login", http.StatusTooManyRequests, d)
 		return

@@ -65,7 +65,6 @@ type Console struct {
 	tokenHash *[32]byte // nil: no token, read-only
 	sessions  *sessions
 	logins    *lru.Cache[string, *rate.Limiter] // login attempts by address, right or wrong
-	allLogins *rate.Limiter                     // and over all addresses
 	samples   *sampler
 	pages     map[string]*template.Template
 	routed    http.Handler // the pages and actions
@@ -99,13 +98,6 @@ func (c *Console) loginLimit(r *http.Request) *rate.Limiter {
 	return l
 }
 
-// loginsAllowed says whether a login attempt may be judged: its address's
-// limit, and one over all addresses (a hundred at once, then ten a second),
-// so that many addresses together still guess slowly.
-func (c *Console) loginsAllowed(r *http.Request) bool {
-	return c.loginLimit(r).Allow() && c.allLogins.Allow()
-}
-
 // sampleEvery is how often the chart's counters are sampled: a bar of the
 // chart.
 const sampleEvery = time.Minute
@@ -123,9 +115,8 @@ func New(cfg Config, d Deps, log *slog.Logger, now func() time.Time) (*Console, 
 	}
 	c := &Console{cfg: cfg, st: d.Store, w: d.Watcher, mail: d.Mail, tm: d.Timer, timer: d.TimerConfig, health: d.Health,
 		now: now, log: log.With("component", "console"),
-		sessions:  newSessions(cfg.SessionTTL, now),
-		samples:   newSampler(d.Watcher.Stats),
-		allLogins: rate.NewLimiter(10, 100),
+		sessions: newSessions(cfg.SessionTTL, now),
+		samples:  newSampler(d.Watcher.Stats),
 	}
 	// Login attempts are limited by address, so that nobody locks the
 	// operator out by guessing wrong; the least recently seen addresses

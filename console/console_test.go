@@ -239,7 +239,7 @@ func TestLoginAttemptsAreLimited(t *testing.T) {
 	// (127.0.0.2, on the loopback too), logs in at once.
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
 	if c, err := d.Dial("tcp", f.srv.Listener.Addr().String()); err != nil {
-		t.Skipf("127.0.0.2 cannot reach the loopback here (%v): the limit by address is left to TestLoginLimitsByAddressAndOverall", err)
+		t.Skipf("127.0.0.2 cannot reach the loopback here (%v): the limit by address is left to TestLoginLimitsByAddress", err)
 	} else {
 		c.Close()
 	}
