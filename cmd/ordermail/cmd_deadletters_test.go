@@ -184,6 +184,7 @@ func TestACommandsChoicesAreNotTakenFromTheEnvironment(t *testing.T) {
 		{"ORDERMAIL_YES", []string{"deadletters", "purge", "d1"}},
 		{"ORDERMAIL_ALL", []string{"deadletters", "redrive"}},
 		{"ORDERMAIL_PAY", []string{"load", "--collection", "inbound", filepath.Join("..", "..", "fixtures", "orders")}},
+		{"ORDERMAIL_COLLECTION", []string{"load", filepath.Join("..", "..", "fixtures", "orders")}}, // before load's own checks
 	} {
 		t.Run(c.env, func(t *testing.T) {
 			t.Setenv(c.env, "true")

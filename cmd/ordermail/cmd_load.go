@@ -43,6 +43,9 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 	// a bad file loads nothing.
 	exec := c.Exec
 	c.Exec = func(ctx context.Context, files []string) error {
+		if err := settingsFromEnv(c.FlagSet); err != nil {
+			return err
+		}
 		if !slices.Contains(collections, coll) {
 			return fmt.Errorf("collection: %q is not one of %v", coll, collections)
 		}

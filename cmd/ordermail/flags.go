@@ -267,14 +267,12 @@ func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx cont
 		opt(&o)
 	}
 	storeFlags(fs, &sc)
-	settings := map[string]bool{}
-	fs.VisitAll(func(f *flag.Flag) { settings[f.Name] = true })
 	return &ffcli.Command{
 		// No envOptions: settingsFromEnv reads the environment, settings
 		// only.
 		Name: name, ShortUsage: usage, ShortHelp: help, FlagSet: fs,
 		Exec: func(ctx context.Context, args []string) error {
-			if err := settingsFromEnv(fs, settings); err != nil {
+			if err := settingsFromEnv(fs); err != nil {
 				return err
 			}
 			if o.args != nil {
@@ -309,13 +307,14 @@ func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx cont
 }
 
 // settingsFromEnv sets, from the environment as envOptions does, the flags
-// of fs not given on the command line that are settings: the store's
-// (settings) and the service's, which a deployment sets for run (its
-// --retry-quantum). A command's own choices (--yes, --all, --reason,
+// of fs not given on the command line that are settings: the store's and
+// the service's, which a deployment sets for run (its --retry-quantum). A command's own choices (--yes, --all, --reason,
 // --pay...) come from the command line only: one set in the environment
 // and not given stops the command, or a stale export would purge, redrive
 // or pay without being asked.
-func settingsFromEnv(fs *flag.FlagSet, settings map[string]bool) error {
+// It may run again (a command that checks its arguments first, as load
+// does, runs it before them): what it set counts as given.
+func settingsFromEnv(fs *flag.FlagSet) error {
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	var err error
@@ -325,20 +324,22 @@ func settingsFromEnv(fs *flag.FlagSet, settings map[string]bool) error {
 		if err != nil || given[f.Name] || v == "" {
 			return
 		}
-		if !settings[f.Name] && !serviceSettings()[f.Name] {
-			err = fmt.Errorf("%s is set in the environment, but --%s is a choice of this command, read from the command line only: unset %s", env, f.Name, env)
+		if !settings()[f.Name] {
+			err = usageErrorf("%s is set in the environment, but --%s is a choice of this command, read from the command line only: unset %s", env, f.Name, env)
 			return
 		}
 		if e := fs.Set(f.Name, v); e != nil {
-			err = fmt.Errorf("environment variable %s: not a valid --%s: %w", env, f.Name, e)
+			err = usageErrorf("environment variable %s: not a valid --%s: %v", env, f.Name, e)
 		}
 	})
 	return err
 }
 
-// serviceSettings are the names of the service's flags (run's and demo's).
-var serviceSettings = sync.OnceValue(func() map[string]bool {
+// settings are the names of the store's flags and the service's (run's
+// and demo's): what a deployment sets.
+var settings = sync.OnceValue(func() map[string]bool {
 	fs := flag.NewFlagSet("", flag.ContinueOnError)
+	storeFlags(fs, &app.StoreConfig{})
 	serviceFlags(fs, &app.Config{}, serviceDefaults{})
 	names := map[string]bool{}
 	fs.VisitAll(func(f *flag.Flag) { names[f.Name] = true })
