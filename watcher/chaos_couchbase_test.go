@@ -2,7 +2,6 @@ package watcher_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -15,9 +14,7 @@ import (
 
 	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/mailer"
-	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
-	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/couchbase"
 	"github.com/ordermail/ordermail/store/couchbase/cbtest"
 	"github.com/ordermail/ordermail/timer"
@@ -265,90 +262,14 @@ func TestOrdersConfirmedOnceOnCouchbase(t *testing.T) {
 	}
 	defer stopTimer()
 
-	keys := make([]string, 12)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("k%02d", i)
-	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	actor := func(stream uint64, act func(r *rand.Rand)) {
-		r := rand.New(rand.NewPCG(seed, stream))
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				act(r)
-				time.Sleep(time.Duration(r.IntN(3000)) * time.Microsecond)
-			}
-		})
-	}
-	setStatus := func(key, status string) {
-		for range 5 {
-			d, err := st.Get(ctx, order.Inbound, key)
-			if err != nil {
-				return
-			}
-			v, err := order.SetPaymentStatus(d.Value, status)
-			if err != nil {
-				return
-			}
-			cas, err := st.Replace(ctx, order.Inbound, key, v, d.CAS)
-			if err == nil {
-				j.add(key, entry{seq: j.tick(), what: status, cas: cas})
-			}
-			if !errors.Is(err, store.ErrCASMismatch) {
-				return
-			}
-		}
-	}
-	// The shop, twice over. Errors (a key taken, changed meanwhile) are
-	// the shop's to shrug off.
-	for a := range uint64(2) {
-		actor(10+a, func(r *rand.Rand) {
-			k := keys[r.IntN(len(keys))]
-			switch r.IntN(10) {
-			case 0, 1:
-				from := j.tick()
-				cas, err := st.Insert(ctx, order.Inbound, k, []byte(`{"email":"a@example.com","paymentStatus":"initiated","confirmationEmailSent":false,"n":0}`))
-				if err == nil {
-					j.add(k, entry{seq: j.tick(), from: from, what: "created", cas: cas})
-				}
-			case 2, 3, 4:
-				setStatus(k, order.StatusPaid)
-			case 5:
-				setStatus(k, "cancelled")
-			case 6, 7: // an edit that keeps every field
-				if d, err := st.Get(ctx, order.Inbound, k); err == nil {
-					cas, err := st.Replace(ctx, order.Inbound, k, []byte(strings.Replace(string(d.Value), `"n":`, `"n":1`, 1)), d.CAS)
-					if err == nil {
-						j.add(k, entry{seq: j.tick(), what: "edited", cas: cas})
-					}
-				}
-			case 8: // deleted, to be created again
-				if d, err := st.Get(ctx, order.Inbound, k); err == nil && r.IntN(4) == 0 {
-					if st.Remove(ctx, order.Inbound, k, d.CAS) == nil {
-						j.add(k, entry{seq: j.tick(), what: "removed", cas: d.CAS})
-					}
-				}
-			}
-		})
-	}
-	// The operator.
-	actor(20, func(r *rand.Rand) {
-		switch r.IntN(20) {
-		case 0:
-			ops.Redrive(ctx, st, time.Now(), nil, true)
-		case 1, 2:
-			ops.RunRetryNow(ctx, st, keys[r.IntN(len(keys))])
-		}
-	})
+	c := newChaos(seed, st, j)
+	c.shop(ctx, 10)
+	c.shop(ctx, 11)
+	c.operator(ctx, 20)
 	// Restarts of one instance or the other, some cutting its in-flight
 	// work short; the new one is a new member, as a restarted process is.
 	var restarts atomic.Int64
-	actor(30, func(r *rand.Rand) {
+	c.actor(30, func(r *rand.Rand) {
 		time.Sleep(time.Duration(100+r.IntN(200)) * time.Millisecond)
 		i := r.IntN(len(inst))
 		imu[i].Lock()
@@ -371,8 +292,7 @@ func TestOrdersConfirmedOnceOnCouchbase(t *testing.T) {
 		run = time.Second
 	}
 	time.Sleep(run) // how long the chaos lasts, not a bound on anything
-	close(stop)
-	wg.Wait()
+	c.end()
 	t.Logf("%d restarts", restarts.Load())
 	for i := range inst {
 		require.NotNil(t, inst[i], "instance %d did not start again", i)
@@ -384,15 +304,11 @@ func TestOrdersConfirmedOnceOnCouchbase(t *testing.T) {
 	p.failRate.Store(0)
 	p.lostAck.Store(0)
 	left := func() []string {
-		for _, k := range keys {
-			if s, err := st.State(ctx, k); err == nil && s.DeadLetter.Found() && s.Order.Found() {
-				if _, err := ops.Redrive(ctx, st, time.Now(), []string{k}, false); err != nil && !errors.Is(err, ops.ErrChanged) {
-					return []string{"redrive " + k + ": " + err.Error()}
-				}
-			}
+		if err := c.redriveExisting(ctx); err != nil {
+			return []string{err.Error()}
 		}
 		var out []string
-		for _, k := range keys {
+		for _, k := range c.keys {
 			s, err := st.State(ctx, k)
 			if err != nil {
 				return append(out, k+": "+err.Error())
@@ -421,7 +337,7 @@ func TestOrdersConfirmedOnceOnCouchbase(t *testing.T) {
 	stopTimer()
 	stopAll()
 	confirmed, limitation := 0, 0
-	for _, k := range keys {
+	for _, k := range c.keys {
 		s, err := st.State(ctx, k)
 		require.NoError(t, err, k)
 		if !s.Order.Found() {
@@ -478,7 +394,7 @@ func TestOrdersConfirmedOnceOnCouchbase(t *testing.T) {
 		}
 	}
 	answers := map[string]int{}
-	for _, k := range keys {
+	for _, k := range c.keys {
 		for _, e := range j.of(k) {
 			if e.what == "send" {
 				answers[e.answer]++

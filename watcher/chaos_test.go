@@ -2,13 +2,11 @@ package watcher_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -16,9 +14,7 @@ import (
 
 	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/mailer"
-	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
-	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/ordermail/ordermail/timer"
 	"github.com/ordermail/ordermail/watcher"
@@ -100,75 +96,12 @@ func TestOrdersConfirmedOnceWhateverHappensAround(t *testing.T) {
 	tm.Start()
 	defer tm.Stop(ctx)
 
-	keys := make([]string, 12)
-	for i := range keys {
-		keys[i] = fmt.Sprintf("k%02d", i)
-	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	actor := func(stream uint64, act func(r *rand.Rand)) {
-		r := rand.New(rand.NewPCG(seed, stream))
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				act(r)
-				time.Sleep(time.Duration(r.IntN(3000)) * time.Microsecond)
-			}
-		})
-	}
-	setStatus := func(key, status string) {
-		for range 5 {
-			d, err := st.Get(ctx, order.Inbound, key)
-			if err != nil {
-				return
-			}
-			v, err := order.SetPaymentStatus(d.Value, status)
-			if err != nil {
-				return
-			}
-			if _, err := st.Replace(ctx, order.Inbound, key, v, d.CAS); !errors.Is(err, store.ErrCASMismatch) {
-				return
-			}
-		}
-	}
-	// The shop, twice over. Errors (a key taken, changed meanwhile) are
-	// the shop's to shrug off.
-	for a := range uint64(2) {
-		actor(10+a, func(r *rand.Rand) {
-			k := keys[r.IntN(len(keys))]
-			switch r.IntN(10) {
-			case 0, 1:
-				st.Insert(ctx, order.Inbound, k, []byte(`{"email":"a@example.com","paymentStatus":"initiated","confirmationEmailSent":false,"n":0}`))
-			case 2, 3, 4:
-				setStatus(k, order.StatusPaid)
-			case 5:
-				setStatus(k, "cancelled")
-			case 6, 7: // an edit that keeps every field
-				if d, err := st.Get(ctx, order.Inbound, k); err == nil {
-					st.Replace(ctx, order.Inbound, k, []byte(strings.Replace(string(d.Value), `"n":`, `"n":1`, 1)), d.CAS)
-				}
-			case 8: // deleted, to be created again
-				if d, err := st.Get(ctx, order.Inbound, k); err == nil && r.IntN(4) == 0 {
-					st.Remove(ctx, order.Inbound, k, d.CAS)
-				}
-			}
-		})
-	}
-	// The operator.
-	actor(20, func(r *rand.Rand) {
-		switch r.IntN(20) {
-		case 0:
-			ops.Redrive(ctx, st, time.Now(), nil, true)
-		case 1, 2:
-			ops.RunRetryNow(ctx, st, keys[r.IntN(len(keys))])
-		}
-	})
+	c := newChaos(seed, st, nil)
+	c.shop(ctx, 10)
+	c.shop(ctx, 11)
+	c.operator(ctx, 20)
 	// Restarts, some cutting the in-flight work short.
-	actor(30, func(r *rand.Rand) {
+	c.actor(30, func(r *rand.Rand) {
 		time.Sleep(time.Duration(50+r.IntN(200)) * time.Millisecond)
 		wmu.Lock()
 		defer wmu.Unlock()
@@ -182,8 +115,7 @@ func TestOrdersConfirmedOnceWhateverHappensAround(t *testing.T) {
 		run = time.Second
 	}
 	time.Sleep(run) // how long the chaos lasts, not a bound on anything
-	close(stop)
-	wg.Wait()
+	c.end()
 
 	// The email service heals; the dead letters of orders that exist are
 	// redriven until nothing is left to do (one whose order is gone would
@@ -191,22 +123,18 @@ func TestOrdersConfirmedOnceWhateverHappensAround(t *testing.T) {
 	p.failRate.Store(0)
 	p.lostAck.Store(0)
 	problems := func() []string {
-		for _, k := range keys {
-			if s, err := st.State(ctx, k); err == nil && s.DeadLetter.Found() && s.Order.Found() {
-				if _, err := ops.Redrive(ctx, st, time.Now(), []string{k}, false); err != nil && !errors.Is(err, ops.ErrChanged) {
-					return []string{"redrive " + k + ": " + err.Error()}
-				}
-			}
+		if err := c.redriveExisting(ctx); err != nil {
+			return []string{err.Error()}
 		}
 		var out []string
-		c, err := st.Counts(ctx)
+		n, err := st.Counts(ctx)
 		if err != nil {
 			return []string{"counts: " + err.Error()}
 		}
-		if c.RetryDocs > 0 {
-			out = append(out, fmt.Sprintf("%d retries left", c.RetryDocs))
+		if n.RetryDocs > 0 {
+			out = append(out, fmt.Sprintf("%d retries left", n.RetryDocs))
 		}
-		for _, k := range keys {
+		for _, k := range c.keys {
 			s, err := st.State(ctx, k)
 			if err != nil {
 				return append(out, k+": "+err.Error())
