@@ -643,10 +643,11 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 	}
 }
 
-// poison dead-letters an event that keeps failing. The dead letter takes
-// the place of the key's retry, if any, in the same writes, as any retry
-// given up on does: left flagged, no sweep would flag it again, and its
-// event is behind the checkpoint. A dead letter written or purged
+// poison dead-letters an event that keeps failing. The dead letter keeps
+// the key's retry's key and attempts, if it has a retry, and the retry's
+// own change has the dead letter take its place in the same writes, as any
+// retry given up on does: left flagged, no sweep would flag it again, and
+// its event is behind the checkpoint. A dead letter written or purged
 // meanwhile by someone else is read again and written over (at most
 // maxStale times). If it cannot be written even so, the failure is logged
 // and the event let go: the document is untouched, and its next change
@@ -719,8 +720,8 @@ func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, 
 // pendingRetry reads the retry document of a poison event's key, whatever
 // the event's collection, when it can: the dead letter takes over what it
 // says (attempts, and the key its attempts were sent under, which a change
-// of the order since would not give) and removes it, guarded by its CAS.
-// Only the store being unavailable is an error (waited out); another
+// of the order since would not give), and for the retry's own change
+// removes it, guarded by its CAS. Only the store being unavailable is an error (waited out); another
 // failure to read it leaves the dead letter alone: the failure may be in
 // reading.
 func (w *Watcher) pendingRetry(ctx context.Context, ev store.Event) (order.RetryDoc, store.Doc, bool, error) {
