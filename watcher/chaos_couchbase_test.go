@@ -15,6 +15,7 @@ import (
 	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/couchbase"
 	"github.com/ordermail/ordermail/store/couchbase/cbtest"
 	"github.com/ordermail/ordermail/timer"
@@ -304,30 +305,8 @@ func TestOrdersConfirmedOnceOnCouchbase(t *testing.T) {
 	p.failRate.Store(0)
 	p.lostAck.Store(0)
 	left := func() []string {
-		if err := c.redriveExisting(ctx); err != nil {
-			return []string{err.Error()}
-		}
-		var out []string
-		for _, k := range c.keys {
-			s, err := st.State(ctx, k)
-			if err != nil {
-				return append(out, k+": "+err.Error())
-			}
-			if s.Retry.Found() {
-				out = append(out, fmt.Sprintf("%s: retry %s; order %s", k, s.Retry.Value, s.Order.Value))
-			}
-			if !s.Order.Found() {
-				continue
-			}
-			o, err := order.DecodeOrder(s.Order.Value)
-			if err != nil {
-				return append(out, k+": "+err.Error())
-			}
-			if o.PaymentStatus == order.StatusPaid && !o.ConfirmationEmailSent {
-				out = append(out, fmt.Sprintf("%s paid, not confirmed; retry %s; dead letter %s; journal %v", k, s.Retry.Value, s.DeadLetter.Value, j.of(k)))
-			}
-		}
-		return out
+		return c.unsettled(ctx, func(k string) string { return fmt.Sprintf("; journal %v", j.of(k)) },
+			func(string, store.State, order.Order) string { return "" })
 	}
 	var last atomic.Pointer[[]string]
 	require.Eventually(t, func() bool { l := left(); last.Store(&l); return len(l) == 0 }, 2*time.Minute, 100*time.Millisecond,

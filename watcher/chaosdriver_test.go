@@ -145,3 +145,36 @@ func (c *chaos) redriveExisting(ctx context.Context) error {
 	}
 	return nil
 }
+
+// unsettled redrives the dead letters of the orders that exist and lists
+// what is left to do: a retry document, a paid order not confirmed (with
+// detail's words on its key), and what check says of an order that exists.
+func (c *chaos) unsettled(ctx context.Context, detail func(key string) string, check func(key string, s store.State, o order.Order) string) []string {
+	if err := c.redriveExisting(ctx); err != nil {
+		return []string{err.Error()}
+	}
+	var out []string
+	for _, k := range c.keys {
+		s, err := c.st.State(ctx, k)
+		if err != nil {
+			return append(out, k+": "+err.Error())
+		}
+		if s.Retry.Found() {
+			out = append(out, fmt.Sprintf("%s: retry %s; order %s", k, s.Retry.Value, s.Order.Value))
+		}
+		if !s.Order.Found() {
+			continue
+		}
+		o, err := order.DecodeOrder(s.Order.Value)
+		if err != nil {
+			return append(out, k+": "+err.Error())
+		}
+		if problem := check(k, s, o); problem != "" {
+			out = append(out, problem)
+		}
+		if o.PaymentStatus == order.StatusPaid && !o.ConfirmationEmailSent {
+			out = append(out, fmt.Sprintf("%s paid, not confirmed; retry %s; dead letter %s%s", k, s.Retry.Value, s.DeadLetter.Value, detail(k)))
+		}
+	}
+	return out
+}
