@@ -246,7 +246,7 @@ func TestSpansCarryNoSecretOfTheURL(t *testing.T) {
 	for _, tc := range []struct {
 		give, want string // want: url.full
 	}{
-		{answering + "/?api_key=SECRET&lang=en", srv.URL + "/sendConfirmation?api_key=REDACTED&lang=en"},
+		{answering + "/?api_key=SECRET&lang=en", srv.URL + "/sendConfirmation?api_key=REDACTED&lang=REDACTED"},
 		{"http://127.0.0.1:1/?token=SECRET", "http://127.0.0.1:1/sendConfirmation?token=REDACTED"}, // no answer
 	} {
 		exporter.Reset()

@@ -89,8 +89,8 @@ type Config struct {
 	SigningSecretFile string
 }
 
-// RedactedURL is URL with its password and secret-looking query values
-// masked, for errors and logs.
+// RedactedURL is URL with its password and query values masked, for
+// errors and logs.
 func (c Config) RedactedURL() string { return redact.URL(c.URL) }
 
 // Validate names the setting that is wrong.
@@ -415,9 +415,9 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	if _, err := c.signer(now); err != nil {
 		return nil, err
 	}
-	// Credentials: the auth file's, or in the URL itself (a password, a key
-	// in the query: what redact hides).
-	inURL := redact.URL(cfg.URL) != cfg.URL || base.User != nil
+	// Credentials: the auth file's, or in the URL itself (a password, or
+	// a key in the query: any query may hold one, as redact assumes).
+	inURL := base.User != nil || base.RawQuery != ""
 	if base.Scheme == "http" && (cfg.AuthFile != "" || inURL) && !loopbackHost(base.Hostname()) {
 		// Not refused: a sidecar or a trusted network may be meant.
 		c.log.Warn("the email service's credentials go over the network unencrypted: give --mail-url an https:// URL unless that is meant",

@@ -552,7 +552,7 @@ func TestBaseURLQueryIsKept(t *testing.T) {
 func TestRedactedURL(t *testing.T) {
 	t.Parallel()
 	cfg := mailer.Config{URL: "https://user:hunter2@mail.example.com/v1?api_key=s3cret&region=eu"}
-	assert.Equal(t, "https://user:REDACTED@mail.example.com/v1?api_key=REDACTED&region=eu", cfg.RedactedURL())
+	assert.Equal(t, "https://user:REDACTED@mail.example.com/v1?api_key=REDACTED&region=REDACTED", cfg.RedactedURL())
 }
 
 func TestConnectionsAreReused(t *testing.T) {

@@ -10,16 +10,12 @@ import (
 // Mask is what a secret is replaced with.
 const Mask = "REDACTED"
 
-// secretWords are query parameter names, or parts of them (access_token,
-// X-Amz-Signature), whose values are taken to be secret.
-var secretWords = []string{
-	"key", "token", "secret", "password", "pass", "pwd", "auth",
-	"signature", "sig", "apikey", "api_key",
-}
-
-// URL returns raw with the userinfo password and the values of query
-// parameters whose names look secret replaced by Mask. A string that does not
-// parse as a URL has whatever stands between "://" and "@" replaced instead.
+// URL returns raw with the userinfo password and every query parameter's
+// value replaced by Mask: a query is where services put their keys, under
+// names no list foresees (Azure Functions' ?code=, a signed URL's parts),
+// and its names are enough to tell one URL from another. A string that
+// does not parse as a URL has whatever stands between "://" and "@"
+// replaced instead.
 func URL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -64,27 +60,9 @@ func query(raw string) string {
 		if !hasValue {
 			continue
 		}
-		if n, err := url.QueryUnescape(name); err == nil {
-			name = n
-		}
-		if looksSecret(name) {
-			params[i] = p[:strings.Index(p, "=")+1] + Mask
-		}
+		params[i] = name + "=" + Mask
 	}
 	return strings.Join(params, "&")
-}
-
-// looksSecret reports whether name, or one of its parts split at
-// non-alphanumerics, is a secret word, ignoring case.
-func looksSecret(name string) bool {
-	name = strings.ToLower(name)
-	if slices.Contains(secretWords, name) {
-		return true
-	}
-	parts := strings.FieldsFunc(name, func(r rune) bool {
-		return !('a' <= r && r <= 'z' || '0' <= r && r <= '9')
-	})
-	return slices.ContainsFunc(parts, func(p string) bool { return slices.Contains(secretWords, p) })
 }
 
 // String returns s with every occurrence of each non-empty secret replaced by

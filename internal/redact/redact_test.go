@@ -16,10 +16,9 @@ func TestURL(t *testing.T) {
 		{give: "http://localhost:9080", want: "http://localhost:9080"},
 		{give: "http://user:hunter2@host:9080/api", want: "http://user:REDACTED@host:9080/api"},
 		{give: "http://user@host", want: "http://user@host"},
-		{give: "https://host/p?key=abc&order=1", want: "https://host/p?key=REDACTED&order=1"},
-		{give: "https://host/?Token=a&SECRET=b&password=c&pass=d&pwd=e&auth=f", want: "https://host/?Token=REDACTED&SECRET=REDACTED&password=REDACTED&pass=REDACTED&pwd=REDACTED&auth=REDACTED"},
-		{give: "https://host/?signature=a&sig=b&apikey=c&api_key=d&API-KEY=e", want: "https://host/?signature=REDACTED&sig=REDACTED&apikey=REDACTED&api_key=REDACTED&API-KEY=REDACTED"},
-		{give: "https://host/?access_token=a&X-Amz-Signature=b&monkey=c&page=2", want: "https://host/?access_token=REDACTED&X-Amz-Signature=REDACTED&monkey=c&page=2"},
+		{give: "https://host/p?key=abc&order=1", want: "https://host/p?key=REDACTED&order=REDACTED"},
+		// Azure Functions' key: no name list foresees every service's.
+		{give: "https://fn.azurewebsites.net/api/send?code=aZ9fQ&clientId=default", want: "https://fn.azurewebsites.net/api/send?code=REDACTED&clientId=REDACTED"},
 		{give: "https://host/?api%5Fkey=a%20b&flag&key=", want: "https://host/?api%5Fkey=REDACTED&flag&key=REDACTED"},
 		{give: "http://u:p@ss@host/?token=t", want: "http://u:REDACTED@host/?token=REDACTED"},
 		{give: "http://user:pw@host/%zz", want: "http://REDACTED@host/%zz"},
