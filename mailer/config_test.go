@@ -2,6 +2,7 @@ package mailer_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log"
@@ -19,6 +20,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/internal/testpki"
 	"github.com/ordermail/ordermail/internal/tracing"
 	"github.com/ordermail/ordermail/internal/webhook"
@@ -344,4 +346,160 @@ func TestCredentialsInTheClearAreWarnedOf(t *testing.T) {
 		require.NoError(t, err, tt.url)
 		assert.Equal(t, tt.warned, strings.Contains(logs.String(), "credentials go over the network unencrypted"), "%s: %s", tt.url, logs.String())
 	}
+}
+
+// TestAnOrderRefusedAgainAfterOthersWereAcceptedIsItsOwnFailure: one order
+// the service refuses with 403 (a firewall refusing its body) while it
+// accepts the others holds every send once, as a configuration refused
+// would; refused again after another order was accepted, it is that
+// order's failure, counted against it, and holds nobody's sends.
+func TestAnOrderRefusedAgainAfterOthersWereAcceptedIsItsOwnFailure(t *testing.T) {
+	t.Parallel()
+	srv := serveWith(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Idempotency-Key") == "refused" {
+			w.WriteHeader(http.StatusForbidden)
+		}
+	})
+	c, err := mailer.New(mailer.Config{URL: srv, BreakerCooldown: 50 * time.Millisecond}, quiet)
+	require.NoError(t, err)
+	send := func(key string) error { return c.Send(context.Background(), key, []byte(`{}`)) }
+
+	se := sendErr(t, send("refused"))
+	assert.Equal(t, mailer.Configuration, se.Class, "a first refusal may be the configuration's")
+	// Refused again with no send accepted meanwhile: still the configuration.
+	var last error
+	ok := assert.Eventually(t, func() bool {
+		last = send("refused")
+		se, isSE := errors.AsType[*mailer.SendError](last)
+		return isSE && !se.NotAttempted
+	}, 20*time.Second, 10*time.Millisecond)
+	require.True(t, ok, "the refused order's send was never attempted again; last: %v", last)
+	assert.Equal(t, mailer.Configuration, sendErr(t, last).Class, "no order accepted since: still the configuration")
+
+	sendsAgain(t, c, "accepted-a") // the probe after the cooldown
+	se = sendErr(t, send("refused"))
+	assert.Equal(t, mailer.Transient, se.Class, "refused again after another order was accepted: its own failure")
+	assert.Equal(t, http.StatusForbidden, se.Status)
+	assert.False(t, se.NotAttempted, "counted against the order")
+	require.NoError(t, send("accepted-b"), "nobody's sends are held for it")
+	assert.Empty(t, c.Misconfigured())
+}
+
+// TestAnOrderWhoseConnectionIsDroppedAgainIsItsOwnFailure: a service that
+// asks for a client certificate without requiring one (nginx's
+// ssl_verify_client optional) and drops one order's connection (a proxy
+// refusing its body) holds every send once, as a refused certificate
+// would; dropped again after another order was accepted, it is that
+// order's failure, not everyone's.
+func TestAnOrderWhoseConnectionIsDroppedAgainIsItsOwnFailure(t *testing.T) {
+	t.Parallel()
+	pki, err := testpki.New()
+	require.NoError(t, err)
+	files, err := pki.WriteFiles(t.TempDir())
+	require.NoError(t, err)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Idempotency-Key") == "dropped" {
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				conn.Close()
+			}
+		}
+	}))
+	srv.TLS = pki.ServerTLS(false)
+	srv.TLS.ClientAuth = tls.RequestClientCert
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	c, err := mailer.New(mailer.Config{URL: srv.URL, CAFile: files.CA, BreakerCooldown: 50 * time.Millisecond}, quiet)
+	require.NoError(t, err)
+	send := func(key string) error { return c.Send(context.Background(), key, []byte(`{}`)) }
+
+	require.NoError(t, send("accepted-a"))
+	se := sendErr(t, send("dropped"))
+	assert.Equal(t, mailer.Configuration, se.Class, "dropped after a certificate request: maybe the certificate: %v", se)
+	sendsAgain(t, c, "accepted-b")
+	se = sendErr(t, send("dropped"))
+	assert.Equal(t, mailer.Transient, se.Class, "dropped again after another order was accepted: its own failure: %v", se)
+	require.NoError(t, send("accepted-c"), "nobody's sends are held for it")
+	assert.Empty(t, c.Misconfigured())
+}
+
+// TestAClientCertificateRefusedIsAlwaysTheConfigurations: under TLS 1.3 the
+// service checks the certificate after the client's handshake is done, and
+// its refusal reaches the client as its alert or, at times, as a broken
+// pipe or a closed connection; each is the configuration's failure, never
+// an attempt counted against the order.
+func TestAClientCertificateRefusedIsAlwaysTheConfigurations(t *testing.T) {
+	t.Parallel()
+	pki, err := testpki.New()
+	require.NoError(t, err)
+	files, err := pki.WriteFiles(t.TempDir())
+	require.NoError(t, err)
+	other, err := testpki.New()
+	require.NoError(t, err)
+	strangers, err := other.WriteFiles(t.TempDir())
+	require.NoError(t, err)
+	m, err := mockmail.New(mockmail.Config{})
+	require.NoError(t, err)
+	l, err := m.ListenTLS("127.0.0.1:0", pki.ServerTLS(true))
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close(context.Background()) })
+	classes := map[string]int{}
+	for range 150 { // a new client, and connection, each: the race is per handshake
+		c, err := mailer.New(mailer.Config{URL: l.URL(), CAFile: files.CA, CertFile: strangers.ClientCert, KeyFile: strangers.ClientKey,
+			BreakerCooldown: time.Hour}, quiet)
+		require.NoError(t, err)
+		se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
+		classes[se.Class.String()+": "+se.Reason()]++
+		c.CloseIdleConnections()
+	}
+	for what := range classes {
+		assert.True(t, strings.HasPrefix(what, "config: "), "a refused certificate taken for a transient failure: %v", classes)
+	}
+}
+
+// TestARotationCaughtHalfwayHoldsNothing: a client certificate renewed as
+// certbot copies it, the certificate a moment before its key. Read in
+// between, the pair does not match; the last good pair is used meanwhile
+// (with a warning), not every send held for a cooldown.
+func TestARotationCaughtHalfwayHoldsNothing(t *testing.T) {
+	t.Parallel()
+	pki, err := testpki.New()
+	require.NoError(t, err)
+	files, err := pki.WriteFiles(t.TempDir())
+	require.NoError(t, err)
+	other, err := testpki.New()
+	require.NoError(t, err)
+	m, err := mockmail.New(mockmail.Config{})
+	require.NoError(t, err)
+	l, err := m.ListenTLS("127.0.0.1:0", pki.ServerTLS(false))
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close(context.Background()) })
+	var logs syncbuf.Buffer
+	c, err := mailer.New(mailer.Config{URL: l.URL(), CAFile: files.CA, CertFile: files.ClientCert, KeyFile: files.ClientKey,
+		BreakerCooldown: time.Hour}, slog.New(slog.NewTextHandler(&logs, nil)))
+	require.NoError(t, err)
+	require.NoError(t, c.Send(context.Background(), "k0", []byte(`{}`)))
+
+	rewrite(t, files.ClientCert, string(other.ClientCertPEM)) // its key not yet
+	var failed []error
+	ok := assert.Eventually(t, func() bool {
+		if err := c.Send(context.Background(), "k1", []byte(`{}`)); err != nil {
+			failed = append(failed, err)
+		}
+		return strings.Contains(logs.String(), "reads wrong")
+	}, 20*time.Second, 20*time.Millisecond)
+	require.True(t, ok, "the mismatched pair was never read; logs:\n%s", logs.String())
+	assert.Empty(t, failed, "sends failed while the pair was halfway")
+	assert.NotContains(t, logs.String(), "PRIVATE KEY")
+
+	rewrite(t, files.ClientKey, string(other.ClientKeyPEM)) // the pair again
+	ok = assert.Eventually(t, func() bool {
+		if err := c.Send(context.Background(), "k2", []byte(`{}`)); err != nil {
+			failed = append(failed, err)
+		}
+		return strings.Contains(logs.String(), "TLS files changed")
+	}, 20*time.Second, 20*time.Millisecond)
+	require.True(t, ok, "the renewed pair was never taken; logs:\n%s", logs.String())
+	assert.Empty(t, failed, "sends failed after the pair was whole again")
+	assert.Empty(t, c.Misconfigured())
 }

@@ -85,5 +85,38 @@ func later(a, b time.Time) time.Time {
 	return b
 }
 
+// reloadGrace is how long a setting's file may read wrong while what it
+// last held is used: a rotation caught halfway (a certificate replaced a
+// moment before its key, as certbot copies them; a file rewritten in
+// place, read empty) is over within a read or two (watchfile.ReloadEvery),
+// and holding every send for a cooldown for it would be the outage. A file
+// still wrong after it holds the sends.
+const reloadGrace = 5 * watchfile.ReloadEvery
+
+// badSpell is when a setting's file started reading wrong.
+type badSpell struct{ since time.Time }
+
+// excuse returns nil while err is younger than reloadGrace and a good
+// value is at hand to use meanwhile (saying so once, at the start), and err
+// otherwise. A nil err ends the spell. c.mu is held.
+func (c *Client) excuse(b *badSpell, err error, haveGood bool, now time.Time) error {
+	if err == nil {
+		b.since = time.Time{}
+		return nil
+	}
+	if !haveGood {
+		return err
+	}
+	if b.since.IsZero() {
+		b.since = now
+		c.log.Warn("a setting's file reads wrong: what it last held is used meanwhile; sends are held if it still does then",
+			"error", err, "for", reloadGrace.String())
+	}
+	if now.Sub(b.since) < reloadGrace {
+		return nil
+	}
+	return err
+}
+
 // errFileSettings is returned by Validate for half a client certificate.
 var errFileSettings = errors.New("mail-cert-file and mail-key-file: give both for a client certificate, or neither")

@@ -14,6 +14,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"regexp"
 	"strconv"
@@ -23,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/sony/gobreaker/v2"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel"
@@ -155,6 +157,10 @@ const (
 )
 
 func (c Class) String() string { return [...]string{"transient", "permanent", "invalid", "config"}[c] }
+
+// refusedKeys bounds the orders whose last refusal (401, 403) the client
+// remembers.
+const refusedKeys = 4096
 
 // halfOpenRetry is when a send held back while a probe runs is tried again.
 const halfOpenRetry = time.Second
@@ -345,15 +351,20 @@ func withoutURL(err error) error {
 type Client struct {
 	cfg       Config
 	endpoint  string
+	tls       bool // the endpoint is https
 	retryable map[int]bool
 	limiter   *rate.Limiter
 	breaker   *gobreaker.CircuitBreaker[struct{}]
 	// gate holds every send while the service refuses the configuration.
 	gate      *gobreaker.CircuitBreaker[struct{}]
 	misconfig atomic.Pointer[string] // the latest configuration failure's reason
-	certAsked atomic.Bool            // the service asked for a client certificate, and there is none
-	log       *slog.Logger
-	now       func() time.Time
+	// refused is when sends were last refused as a configuration is, by key, and
+	// lastAccepted when the latest accepted send started (unix ns): see
+	// refusedAgain.
+	refused      *lru.Cache[string, time.Time]
+	lastAccepted atomic.Int64
+	log          *slog.Logger
+	now          func() time.Time
 
 	auth    *watchfile.File
 	tlsf    tlsFiles
@@ -362,11 +373,15 @@ type Client struct {
 	mu       sync.Mutex
 	http     *http.Client // the current one: rebuilt when a TLS file changes
 	traced   *http.Client // the same transport, with a span per request
-	httpAt   time.Time    // when the TLS files it was built from last changed
-	httpErr  error
-	secrets  *webhook.Secrets
+	httpAt   time.Time    // when the TLS files were last read into a client
+	httpErr  error        // why they made none then
+	httpBad  badSpell
+	authGood string // the auth file's last good value
+	authBad  badSpell
+	secrets  *webhook.Secrets // the signing file's last good secrets
 	secretAt time.Time
 	secErr   error
+	secBad   badSpell
 }
 
 // New returns a client for cfg.
@@ -393,6 +408,7 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	c := &Client{
 		cfg:       cfg,
 		endpoint:  base.JoinPath(Path).String(), // keeps a query such as ?key=
+		tls:       base.Scheme == "https",
 		retryable: map[int]bool{},
 		log:       log.With("component", "mailer"),
 		now:       time.Now,
@@ -401,11 +417,12 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 			cert: watchfile.New("mail-cert-file", cfg.CertFile), key: watchfile.New("mail-key-file", cfg.KeyFile)},
 		signing: watchfile.New("mail-signing-secret-file", cfg.SigningSecretFile),
 	}
+	c.refused, _ = lru.New[string, time.Time](refusedKeys) // errs only for a size <= 0
 	// Every file must be right at the start: a typo is the operator's to
 	// fix now. Later, a file gone bad holds the sends (see gate).
 	now := c.now()
 	if c.auth != nil {
-		if _, err := credential(c.auth, now); err != nil {
+		if _, err := c.credential(now); err != nil {
 			return nil, err
 		}
 	}
@@ -511,7 +528,9 @@ func (c *Client) Misconfigured() string {
 }
 
 // client is the HTTP client for the TLS files as they are now: built again
-// when one of them changed, the old one's idle connections closed.
+// when one of them changed, the old one's idle connections closed. While
+// the files do not make a configuration (see reloadGrace), the last one
+// they made is used.
 func (c *Client) client(now time.Time) (*http.Client, error) {
 	if !c.tlsf.any() && c.http != nil {
 		return c.http, nil // built by New, never rebuilt: no lock per send
@@ -519,9 +538,18 @@ func (c *Client) client(now time.Time) (*http.Client, error) {
 	changed := c.tlsf.changed(now)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.http != nil && changed.Equal(c.httpAt) {
-		return c.http, c.httpErr
+	if c.http == nil || !changed.Equal(c.httpAt) {
+		c.httpAt, c.httpErr = changed, c.rebuild(now)
 	}
+	if err := c.excuse(&c.httpBad, c.httpErr, c.http != nil, now); err != nil {
+		return nil, err
+	}
+	return c.http, nil
+}
+
+// rebuild makes c.http from the TLS files as they are now, or returns why
+// they make no configuration, leaving c.http as it was. c.mu is held.
+func (c *Client) rebuild(now time.Time) error {
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConns = c.cfg.Conns
 	transport.MaxIdleConnsPerHost = c.cfg.Conns
@@ -534,20 +562,22 @@ func (c *Client) client(now time.Time) (*http.Client, error) {
 	// reports "could not be established" instead).
 	transport.ForceAttemptHTTP2 = false
 	transport.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
-	var err error
 	if c.tlsf.any() {
-		transport.TLSClientConfig, err = c.tlsf.config(now)
-	}
-	if err == nil {
-		certs := transport.TLSClientConfig.Certificates
-		transport.TLSClientConfig.Certificates = nil
-		transport.TLSClientConfig.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			if len(certs) == 0 {
-				c.certAsked.Store(true)
-				return &tls.Certificate{}, nil // none: the service decides
-			}
-			return &certs[0], nil
+		var err error
+		if transport.TLSClientConfig, err = c.tlsf.config(now); err != nil {
+			return err
 		}
+	}
+	certs := transport.TLSClientConfig.Certificates
+	transport.TLSClientConfig.Certificates = nil
+	transport.TLSClientConfig.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		if h, ok := cri.Context().Value(handshakeKey{}).(*handshake); ok {
+			h.asked.Store(true)
+		}
+		if len(certs) == 0 {
+			return &tls.Certificate{}, nil // none: the service decides
+		}
+		return &certs[0], nil
 	}
 	old := c.http
 	c.http = &http.Client{
@@ -563,14 +593,39 @@ func (c *Client) client(now time.Time) (*http.Client, error) {
 	traced.Transport = otelhttp.NewTransport(redactedSpanURL{transport},
 		otelhttp.WithSpanNameFormatter(func(string, *http.Request) string { return "send confirmation" }))
 	c.traced = &traced
-	c.httpAt, c.httpErr = changed, err
 	if old != nil {
 		old.CloseIdleConnections()
-		if err == nil {
-			c.log.Info("TLS files changed: new connections use them")
-		}
+		c.log.Info("TLS files changed: new connections use them")
 	}
-	return c.http, err
+	return nil
+}
+
+// handshake is what one send saw of its connection: whether a TLS
+// handshake made for it was asked for a client certificate, and whether
+// the send went on a connection used before. A new connection that the
+// service asked for a certificate and then dropped before any answer
+// refused the certificate (or the lack of one): with TLS 1.3 the service
+// checks it after the client has finished its handshake, so its refusal
+// may reach the client as a reset or a broken pipe rather than as its
+// alert. A connection used before, dropped, is the service's restart or a
+// proxy's reset: the order's transient failure.
+type handshake struct{ asked, reused atomic.Bool }
+
+type handshakeKey struct{}
+
+// watch returns ctx for a send whose connection h is to see. The
+// transport dials with the values of the request's context.
+func (h *handshake) watch(ctx context.Context) context.Context {
+	ctx = context.WithValue(ctx, handshakeKey{}, h)
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(info httptrace.GotConnInfo) { h.reused.Store(info.Reused) },
+	})
+}
+
+// refusedCertificate says whether err is the service dropping a new
+// connection after asking for a client certificate.
+func (h *handshake) refusedCertificate(err error) bool {
+	return h.asked.Load() && !h.reused.Load() && dropped(err)
 }
 
 // redactedSpanURL replaces the url.full otelhttp gave the send's span, before
@@ -608,7 +663,8 @@ func (c *Client) clientFor(ctx context.Context, hc *http.Client, h http.Header) 
 }
 
 // signer is the signing secrets as they are now; nil when requests are not
-// signed.
+// signed. While the file holds no secrets (see reloadGrace), the last it
+// held are used.
 func (c *Client) signer(now time.Time) (*webhook.Secrets, error) {
 	if c.signing == nil {
 		return nil, nil
@@ -616,19 +672,37 @@ func (c *Client) signer(now time.Time) (*webhook.Secrets, error) {
 	b, changed, err := c.signing.Read(now)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.secrets != nil && changed.Equal(c.secretAt) && c.secErr == nil && err == nil {
-		return c.secrets, nil
-	}
-	if err == nil {
-		var s *webhook.Secrets
-		if s, err = webhook.ParseSecrets(b); err != nil {
-			err = fmt.Errorf("%s: %s: %w", c.signing.Flag(), c.signing.Path(), err)
+	if err == nil && (c.secretAt.IsZero() || !changed.Equal(c.secretAt)) {
+		c.secretAt = changed
+		s, perr := webhook.ParseSecrets(b)
+		if perr != nil {
+			c.secErr = fmt.Errorf("%s: %s: %w", c.signing.Flag(), c.signing.Path(), perr)
 		} else {
-			c.secrets = s
+			c.secrets, c.secErr = s, nil
 		}
 	}
-	c.secretAt, c.secErr = changed, err
-	return c.secrets, err
+	if err == nil {
+		err = c.secErr
+	}
+	if err := c.excuse(&c.secBad, err, c.secrets != nil, now); err != nil {
+		return nil, err
+	}
+	return c.secrets, nil
+}
+
+// credential is the authentication header's value as of now. While the
+// file holds none (see reloadGrace), the last it held is used.
+func (c *Client) credential(now time.Time) (string, error) {
+	v, err := credential(c.auth, now)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err == nil {
+		c.authGood = v
+	}
+	if err := c.excuse(&c.authBad, err, c.authGood != "", now); err != nil {
+		return "", err
+	}
+	return c.authGood, nil
 }
 
 // BreakerState is "closed", "open" or "half-open" ("closed" without a breaker).
@@ -732,7 +806,7 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Idempotency-Key", idempotencyKey)
 	if c.auth != nil {
-		v, err := credential(c.auth, now)
+		v, err := c.credential(now)
 		if err != nil {
 			return &SendError{Class: Configuration, NotAttempted: true, Err: err}
 		}
@@ -747,30 +821,41 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		// at one confirmation, as the receiver's deduplication expects.
 		secrets.SetHeaders(req.Header, idempotencyKey, now, order)
 	}
+	var conn handshake
+	if c.tls {
+		req = req.WithContext(conn.watch(ctx))
+	}
 	resp, err := c.clientFor(ctx, hc, req.Header).Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		err = withoutURL(err)
-		if c.certAsked.Load() && dropped(err) {
+		if conn.refusedCertificate(err) {
 			err = fmt.Errorf("%w: %w", errCertDropped, err)
 		}
 		class := Transient // no answer: refused, reset, timed out
 		if _, config := describe(err); config {
 			class = Configuration
+			if errors.Is(err, errCertDropped) && c.refusedAgain(idempotencyKey, now) {
+				class = Transient // this order's: a proxy dropping its body, say
+			}
 		}
 		return &SendError{Class: class, Err: err}
 	}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxAnswer)) // to the end, so the connection is reused
 	resp.Body.Close()
 	if success(resp.StatusCode) {
+		c.accepted(now)
 		return nil
 	}
 	class := Permanent
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		class = Configuration // our credentials or signature, not the order
+		if c.refusedAgain(idempotencyKey, now) {
+			class = Transient // the order's own: counted, retried, dead-lettered in the end
+		}
 	case c.cfg.RetryAllFailures || c.retryable[resp.StatusCode]:
 		class = Transient
 	}
@@ -782,6 +867,30 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		Code:        answerCode(body),
 		RetryAfter:  parseRetryAfter(resp.Header.Get("Retry-After"), c.now()),
 	}
+}
+
+// accepted notes that a send started at now was accepted.
+func (c *Client) accepted(now time.Time) {
+	for {
+		last := c.lastAccepted.Load()
+		if now.UnixNano() <= last || c.lastAccepted.CompareAndSwap(last, now.UnixNano()) {
+			return
+		}
+	}
+}
+
+// refusedAgain notes that the send under key, started at now, was refused
+// as a configuration is (answered 401 or 403, or its new connection
+// dropped after a certificate request), and says whether its previous send
+// was too although a send started after it was accepted since: then the
+// service refuses this order, not ordermail's configuration (a firewall
+// refusing its body, a recipient the service will not mail), and holding
+// every order's sends for it again would let one order stall them all, a
+// cooldown at a time.
+func (c *Client) refusedAgain(key string, now time.Time) bool {
+	prev, ok := c.refused.Get(key)
+	c.refused.Add(key, now)
+	return ok && c.lastAccepted.Load() > prev.UnixNano()
 }
 
 // mediaType is the media type of a Content-Type, or "" when it is malformed
