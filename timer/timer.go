@@ -368,7 +368,7 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 		room, stuck = t.pace.room(n, time.Since(t.epoch), t.topUp(), max(stuckAfter, 10*t.interval))
 		t.mu.Unlock()
 		if stuck {
-			t.log.Warn("flagged retries are not being taken: the sweep sets them aside and flags past them; is a watcher running?",
+			t.log.Warn("flagged retries are not being taken: the sweep sets them aside and flags past them; is a watcher running, or the feed far behind?",
 				"flagged", n, "for_at_least", max(stuckAfter, 10*t.interval).String())
 		}
 	}

@@ -394,6 +394,9 @@ func (f *feed) release(vb uint16) {
 	}
 	st.gen++
 	st.phase = phaseUnowned
+	// Not ours to wait for: its first stream request, still out (a slow
+	// node at start), will never be answered to us.
+	f.settleLocked(st)
 	f.mu.Unlock()
 	if abandon != nil {
 		abandon()
@@ -447,9 +450,11 @@ func (f *feed) release(vb uint16) {
 		f.stats.VBuckets--
 		f.stats.Released++
 	case errors.Is(err, errFenced):
+		if st.held { // not counted out already (lostLocked, by a save)
+			f.stats.VBuckets--
+			f.stats.Fenced++
+		}
 		st.held, st.suspect = false, false
-		f.stats.VBuckets--
-		f.stats.Fenced++
 	default:
 		// Still ours in its document: the next heartbeat tries again.
 		f.log.Warn("hand a vBucket over", "vb", vb, "error", err)
@@ -582,6 +587,7 @@ func (f *feed) lostLocked(vbs []uint16, why string) {
 			continue
 		}
 		f.voidLocked(vb)
+		f.settleLocked(st) // never opened to us again
 		st.held, st.suspect = false, false
 		st.closeFirst = false
 		f.stats.VBuckets--

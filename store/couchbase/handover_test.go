@@ -983,3 +983,67 @@ func TestAClosedFeedHandsOutNothingQueued(t *testing.T) {
 	ev, err := sub.Next(ctxFor(t, 10*time.Second))
 	assert.ErrorIs(t, err, store.ErrClosed, "handed out %s after Close", ev.Key)
 }
+
+// TestAVBucketHandedOverBeforeItsStreamIsAnsweredIsNotWaitedFor: a member
+// starting while a node is slow to answer its first stream requests, and
+// handing some of those vBuckets to a member that joins meanwhile, does
+// not wait for answers that will never come to it: its Subscribe returns
+// (the service's start has no deadline: it would hang while its heartbeats
+// kept its share from the others).
+func TestAVBucketHandedOverBeforeItsStreamIsAnsweredIsNotWaitedFor(t *testing.T) {
+	t.Parallel()
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	a := openStore(t, cfg, func(s *Store) { s.member = "a" })
+	b := openStore(t, cfg, func(s *Store) { s.member = "b" })
+	for vb := range uint16(testVBuckets) {
+		srv.IgnoreStreamRequests("orders", vb, 1)
+	}
+	type result struct {
+		sub store.Subscription
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// A bound of the test's own: the service's has none.
+		sub, err := a.Subscribe(ctxFor(t, time.Minute), "feed", watched, store.FeedOptions{})
+		done <- result{sub, err}
+	}()
+	waitFor(t, func() (bool, string) {
+		m, err := a.Members(context.Background(), "feed")
+		return len(m) == 1, fmt.Sprintf("members %v, %v", m, err)
+	})
+	subB := subscribe(t, b, "feed", watched, false)
+	r := <-done
+	require.NoError(t, r.err, "a's Subscribe waited for the streams it had handed over")
+	t.Cleanup(func() { r.sub.Close(context.Background()) })
+	waitFor(t, func() (bool, string) {
+		sa, sb := feedStats(r.sub), feedStats(subB)
+		return sa.VBuckets+sb.VBuckets == testVBuckets && sa.StreamsOpen+sb.StreamsOpen == testVBuckets,
+			fmt.Sprintf("a %+v, b %+v", sa, sb)
+	})
+}
+
+// TestAVBucketLostWhileHandedOverIsCountedOutOnce: a save that finds a
+// vBucket another member's while its handover is under way counts it out,
+// and the handover's refused release must not again: the owned count (the
+// metric, the members document) would stay one short.
+func TestAVBucketLostWhileHandedOverIsCountedOutOnce(t *testing.T) {
+	t.Parallel()
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	a := openStore(t, cfg, func(s *Store) { s.member = "a" })
+	sub := subscribe(t, a, "feed", watched, false)
+	f := sub.(*feed)
+	require.Equal(t, testVBuckets, feedStats(sub).VBuckets)
+	b := openStore(t, cfg, func(s *Store) { s.member = "b" })
+	_, _, _, err := metaCheckpoints{b}.Claim(ctxFor(t, 10*time.Second), "feed", 0, "b", func(string) bool { return false }, nil)
+	require.NoError(t, err)
+	// a's heartbeat has started handing vb 0 over when a save finds it lost.
+	f.mu.Lock()
+	f.state[0].releasing = true
+	f.lostLocked([]uint16{0}, "test")
+	f.mu.Unlock()
+	f.release(0)
+	s := feedStats(sub)
+	assert.Equal(t, len(f.heldVbuckets()), s.VBuckets, "vBuckets owned: %+v", s)
+	assert.EqualValues(t, 1, s.Fenced, "lost once: %+v", s)
+}
