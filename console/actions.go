@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -328,10 +329,13 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 	}
 	if r.PostForm.Get("confirm") != "yes" {
 		d := confirmData{Heading: "Purge " + sel.String() + "?",
-			Text:   "Purging deletes dead letters for good: their orders stay unconfirmed, and nothing sends them again.",
+			Text:   "Purging deletes dead letters for good: their orders stay unconfirmed, and nothing sends them again unless an order itself changes.",
 			Action: "/deadletters/purge", Button: "Purge for good", Danger: true}
 		if sel.all {
-			d.Fields = []field{{"scope", "all"}}
+			// Those dead-lettered after this page was shown are not in
+			// its count, and are left.
+			d.Text += " Dead letters written after this page was shown are left."
+			d.Fields = []field{{"scope", "all"}, {"asof", strconv.FormatInt(c.now().UnixMilli(), 10)}}
 			if n, err := c.st.Counts(r.Context()); err == nil {
 				d.Heading = fmt.Sprintf("Purge every dead letter (%d)?", n.DeadLetters)
 			}
@@ -345,7 +349,11 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 		c.confirm(w, r, d)
 		return
 	}
-	n, err := ops.Purge(r.Context(), c.st, sel.ids, sel.all)
+	asOf := c.now() // a form posted without the page's time: now
+	if ms, perr := strconv.ParseInt(r.PostForm.Get("asof"), 10, 64); perr == nil && ms < asOf.UnixMilli() {
+		asOf = time.UnixMilli(ms)
+	}
+	n, err := ops.Purge(r.Context(), c.st, sel.ids, sel.all, asOf)
 	if n == 0 && err != nil {
 		c.finish(w, r, sid, "purge", err, "Nothing was purged.")
 		return

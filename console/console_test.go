@@ -434,10 +434,16 @@ func TestPurgeNeedsConfirmation(t *testing.T) {
 	resp, body = f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"all"}})
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Contains(t, body, "Purge every dead letter (1)?")
-	resp, _ = f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"all"}, "confirm": {"yes"}})
+	asOf := regexp.MustCompile(`name="asof" value="(\d+)"`).FindStringSubmatch(body)
+	require.Len(t, asOf, 2, "the page carries when it was shown:\n%s", body)
+	// Dead-lettered after the page was shown: not in its count.
+	f.put(t, order.DeadLetter, "d4", order.DeadLetterDoc{Type: "deadletter", DocID: "d4", Reason: order.ReasonPermanent,
+		Attempts: 1, DeadAt: time.Now().Add(time.Minute).UnixMilli()}.Encode())
+	resp, _ = f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"all"}, "asof": {asOf[1]}, "confirm": {"yes"}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	assert.False(t, f.exists(t, order.DeadLetter, "d3"))
 	assert.True(t, f.exists(t, order.Inbound, "d3"), "the order stays")
+	assert.True(t, f.exists(t, order.DeadLetter, "d4"), "a dead letter the operator was not shown is left")
 }
 
 func TestRunRetryNowAndDrop(t *testing.T) {

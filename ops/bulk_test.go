@@ -97,7 +97,7 @@ func TestRedriveAndPurgeAllWorkAFewAtATime(t *testing.T) {
 			if action == "redrive" {
 				done, err = ops.Redrive(ctx, st, time.Now(), nil, true)
 			} else {
-				done, err = ops.Purge(ctx, st, nil, true)
+				done, err = ops.Purge(ctx, st, nil, true, time.Now())
 			}
 			require.NoError(t, err)
 			assert.Equal(t, n, done)
@@ -217,7 +217,7 @@ func TestRedriveAndPurgeSayWhatChangedMeanwhile(t *testing.T) {
 	assert.Contains(t, err.Error(), "redrive: 12 left, changed since it was read; look again: k")
 	assert.Contains(t, err.Error(), " and 2 more")
 
-	n, err = ops.Purge(ctx, changesFirst{st}, []string{"k0000003"}, false)
+	n, err = ops.Purge(ctx, changesFirst{st}, []string{"k0000003"}, false, time.Now())
 	assert.Zero(t, n)
 	require.ErrorIs(t, err, ops.ErrChanged)
 	assert.Contains(t, err.Error(), "purge: 1 left, changed since it was read; look again: k0000003")
@@ -344,4 +344,33 @@ func put(t *testing.T, st store.Store, coll, key string, value []byte) {
 	t.Helper()
 	_, err := st.Upsert(context.Background(), coll, key, value)
 	require.NoError(t, err)
+}
+
+// TestPurgeAllLeavesWhatWasDeadLetteredSince: a purge of every dead letter
+// (or of a reason's) purges what was dead-lettered by the time the operator
+// looked; one written while it runs, or after the confirmation was asked,
+// is one nobody has seen, and stays.
+func TestPurgeAllLeavesWhatWasDeadLetteredSince(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t)
+	asOf := time.Now()
+	seedDeadLetters(t, st, "k", 5) // deadAt 0: before any look
+	for i, key := range []string{"seen", "later"} {
+		at := asOf.Add(time.Duration(i) * time.Minute) // "later": a minute after the look
+		_, err := st.Apply(ctx, []store.Write{{Op: store.OpInsert, Collection: order.DeadLetter, Key: key,
+			Value: order.DeadLetterDoc{DocID: key, Reason: order.ReasonPermanent, Attempts: 1, DeadAt: at.UnixMilli()}.Encode()}})
+		require.NoError(t, err)
+	}
+	n, err := ops.PurgeByReason(ctx, st, order.ReasonPermanent, asOf)
+	require.NoError(t, err)
+	assert.Equal(t, 6, n)
+	_, err = st.Get(ctx, order.DeadLetter, "later")
+	require.NoError(t, err, "dead-lettered after the look: left")
+	n, err = ops.Purge(ctx, st, nil, true, asOf)
+	require.NoError(t, err)
+	assert.Zero(t, n, "still later than the look")
+	n, err = ops.Purge(ctx, st, []string{"later", "later"}, false, asOf)
+	require.NoError(t, err, "named twice: purged once, and not missing the second time")
+	assert.Equal(t, 1, n, "named: purged whenever it was written")
 }

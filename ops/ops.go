@@ -361,7 +361,12 @@ func eachDeadLetter(ctx context.Context, st store.Store, ids []string, all bool,
 		})
 	} else {
 		var mu sync.Mutex
+		seen := make(map[string]bool, len(ids))
 		for _, id := range ids {
+			if seen[id] { // named twice: handled once, and found once
+				continue
+			}
+			seen[id] = true
 			if gctx.Err() != nil {
 				break
 			}
@@ -511,16 +516,23 @@ func (c *changedKeys) err(action string) error {
 	return fmt.Errorf("%s: %d left, %w: %s", action, c.n, ErrChanged, list)
 }
 
-// Purge deletes dead letters for good; their orders stay unconfirmed.
-func Purge(ctx context.Context, st store.Store, ids []string, all bool) (int, error) {
-	return purge(ctx, st, ids, all, "")
+// Purge deletes dead letters for good; their orders stay unconfirmed until
+// an order itself changes (its change is a first send again). With all it
+// purges those dead-lettered by asOf, the time the operator looked: a dead
+// letter written later, while the purge runs or after the console asked
+// to confirm, is one the operator has not seen, and is left.
+func Purge(ctx context.Context, st store.Store, ids []string, all bool, asOf time.Time) (int, error) {
+	return purge(ctx, st, ids, all, "", asOf)
 }
 
 // purge is Purge, of the dead letters of reason with all ("": every one).
-func purge(ctx context.Context, st store.Store, ids []string, all bool, reason string) (int, error) {
+func purge(ctx context.Context, st store.Store, ids []string, all bool, reason string, asOf time.Time) (int, error) {
 	var n atomic.Int64
 	var changed changedKeys
 	missing, err := eachDeadLetter(ctx, st, ids, all, reason, func(ctx context.Context, d DeadLetter) error {
+		if all && d.DeadAt > asOf.UnixMilli() {
+			return nil // dead-lettered since the operator looked
+		}
 		err := st.Remove(ctx, order.DeadLetter, d.ID, d.cas)
 		if errors.Is(err, store.ErrNotFound) {
 			return nil // gone since it was read: what purge wanted

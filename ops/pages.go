@@ -197,13 +197,13 @@ func RedriveByReason(ctx context.Context, st store.Store, now time.Time, reason 
 	return redrive(ctx, st, now, nil, true, reason)
 }
 
-// PurgeByReason purges every dead letter whose reason is reason, and
-// returns how many.
-func PurgeByReason(ctx context.Context, st store.Store, reason string) (int, error) {
+// PurgeByReason purges every dead letter whose reason is reason,
+// dead-lettered by asOf (see Purge), and returns how many.
+func PurgeByReason(ctx context.Context, st store.Store, reason string, asOf time.Time) (int, error) {
 	if reason == "" {
 		return 0, errors.New("purge by reason: no reason given")
 	}
-	return purge(ctx, st, nil, true, reason)
+	return purge(ctx, st, nil, true, reason, asOf)
 }
 
 // CheckRetryReason says what is wrong with reason as a filter of retries:

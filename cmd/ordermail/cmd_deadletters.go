@@ -59,14 +59,15 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 	var purgeAll, yes bool
 	var purgeReason string
 	purge := storeCommand("purge", "ordermail deadletters purge --store URL --yes --all | --reason R | ID...",
-		"delete dead letters for good (their orders stay unconfirmed)", stderr,
+		"delete dead letters for good (their orders stay unconfirmed; with --all or --reason, those dead-lettered after the command started are left)", stderr,
 		func(ctx context.Context, st store.Store, ids []string) error {
 			var n int
 			var err error
+			asOf := time.Now() // what is dead-lettered while it runs is left
 			if purgeReason != "" {
-				n, err = ops.PurgeByReason(ctx, st, purgeReason)
+				n, err = ops.PurgeByReason(ctx, st, purgeReason, asOf)
 			} else {
-				n, err = ops.Purge(ctx, st, ids, purgeAll)
+				n, err = ops.Purge(ctx, st, ids, purgeAll, asOf)
 			}
 			fmt.Fprintf(stdout, "purged %d dead letters\n", n)
 			return err
@@ -76,7 +77,7 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 				return err
 			}
 			if !yes {
-				return errors.New("purge deletes dead letters for good and their orders are never confirmed; add --yes to go on")
+				return errors.New("purge deletes dead letters for good: their orders stay unconfirmed unless the order itself changes again; add --yes to go on")
 			}
 			return nil
 		}))
