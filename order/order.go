@@ -418,7 +418,35 @@ func DecodeRetryDoc(raw []byte) (RetryDoc, error) {
 	if r.RedriveCount < 0 {
 		return RetryDoc{}, fmt.Errorf("%w: redriveCount %d is negative", ErrMalformed, r.RedriveCount)
 	}
+	if r.NextAttemptAt == 0 {
+		if err := checkDueTimes(raw, r.FireRetry); err != nil {
+			return RetryDoc{}, err
+		}
+	}
 	return r, nil
+}
+
+// checkDueTimes refuses a retry document that no sweep would ever find due,
+// where the decoder took an absent or null time for 0: a nextAttemptAt
+// that is null (neither store's sweep reads it as absent alike: Couchbase's
+// index of the sample's documents holds those without one), or, unflagged
+// and without nextAttemptAt, a ts that is missing or null. Decoded again,
+// on the two fields, only for documents without a nextAttemptAt.
+func checkDueTimes(raw []byte, flagged bool) error {
+	var d struct {
+		NextAttemptAt json.RawMessage `json:"nextAttemptAt"`
+		TS            json.RawMessage `json:"ts"`
+	}
+	if json.Unmarshal(raw, &d) != nil {
+		return nil // decoded once already: not ours to judge
+	}
+	switch {
+	case len(d.NextAttemptAt) > 0 && string(d.NextAttemptAt) == "null":
+		return fmt.Errorf("%w: nextAttemptAt is null; leave it out (due a quantum after ts) or give a time in milliseconds", ErrMalformed)
+	case len(d.NextAttemptAt) == 0 && !flagged && (len(d.TS) == 0 || string(d.TS) == "null"):
+		return fmt.Errorf("%w: neither nextAttemptAt nor ts says when the retry is due", ErrMalformed)
+	}
+	return nil
 }
 
 // Encode returns the document's JSON.

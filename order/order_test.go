@@ -56,6 +56,23 @@ func TestDecodeErrorsSayWhatIsWrong(t *testing.T) {
 	assert.ErrorContains(t, err, "attempt -1 is negative")
 	_, err = order.DecodeRetryDoc([]byte(`{"docId":"o","attempt":1e40}`))
 	assert.ErrorContains(t, err, "field attempt")
+
+	// No sweep would find these due: on Couchbase a null nextAttemptAt is
+	// neither a time nor absent.
+	_, err = order.DecodeRetryDoc([]byte(`{"docId":"o","attempt":1,"ts":1,"nextAttemptAt":null}`))
+	assert.ErrorContains(t, err, "nextAttemptAt is null")
+	_, err = order.DecodeRetryDoc([]byte(`{"docId":"o","attempt":1,"ts":null}`))
+	assert.ErrorContains(t, err, "neither nextAttemptAt nor ts says when the retry is due")
+	_, err = order.DecodeRetryDoc([]byte(`{"docId":"o","attempt":1}`))
+	assert.ErrorContains(t, err, "neither nextAttemptAt nor ts says when the retry is due")
+	for _, ok := range []string{
+		`{"docId":"o","attempt":1,"fireRetry":true}`, // flagged: due now
+		`{"docId":"o","attempt":1,"ts":null,"nextAttemptAt":5}`,
+		`{"docId":"o","attempt":1,"ts":0}`,
+	} {
+		_, err = order.DecodeRetryDoc([]byte(ok))
+		assert.NoError(t, err, ok)
+	}
 }
 
 func TestIdempotencyKeyIsStablePerOrder(t *testing.T) {

@@ -73,6 +73,8 @@ func TestPolicyFixedIsTheSample(t *testing.T) {
 	}
 	assert.Equal(t, order.Verdict{At: now.Add(time.Minute)}, p.Next(1, now, order.Failure{RetryAfter: time.Minute}, 0),
 		"a longer Retry-After is honoured")
+	assert.Equal(t, order.Verdict{At: now.Add(15 * time.Second)}, p.Next(1, now, order.Failure{RetryAfter: 10 * time.Second}, 0),
+		"a shorter Retry-After waits the quantum, at a time of its own: a quantum shortened later must not undercut it")
 }
 
 func TestPolicyValidate(t *testing.T) {
