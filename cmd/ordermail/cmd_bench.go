@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -94,16 +93,16 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 				}
 			})
 			if c.MailURL != "" && c.Secure {
-				return errors.New("secure: the mock's credentials; give your service's with -- --mail-auth-file and --mail-signing-secret-file")
+				return usageErrorf("secure: the mock's credentials; give your service's with -- --mail-auth-file and --mail-signing-secret-file")
 			}
 			if c.MailURL != "" && len(mockOnly) > 0 {
-				return fmt.Errorf("%s: a setting of the mock, which --mail-url replaces", strings.Join(mockOnly, ", "))
+				return usageErrorf("%s: a setting of the mock, which --mail-url replaces", strings.Join(mockOnly, ", "))
 			}
 			if c.MailURL != "" {
 				c.FailRate, c.FailOnce, c.MailLatency = 0, false, 0
 			}
 			if c.HoldEvery > 0 && (c.Ceiling || c.Minimal) {
-				return errors.New("hold-every: the senders of --ceiling and --minimal would wait on the held requests; run it without them")
+				return usageErrorf("hold-every: the senders of --ceiling and --minimal would wait on the held requests; run it without them")
 			}
 			exe, err := os.Executable()
 			if err != nil {

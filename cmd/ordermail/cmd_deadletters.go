@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -77,7 +76,7 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 				return err
 			}
 			if !yes {
-				return errors.New("purge deletes dead letters for good: their orders stay unconfirmed unless the order itself changes again; add --yes to go on")
+				return usageErrorf("purge deletes dead letters for good: their orders stay unconfirmed unless the order itself changes again; add --yes to go on")
 			}
 			return nil
 		}))

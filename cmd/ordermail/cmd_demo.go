@@ -20,7 +20,6 @@ import (
 	"github.com/ordermail/ordermail/fixtures"
 	"github.com/ordermail/ordermail/internal/secretfile"
 	"github.com/ordermail/ordermail/internal/webhook"
-	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
@@ -72,7 +71,7 @@ func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.DurationVar(&d.timeout, "timeout", 5*time.Minute, "give up when not every order is confirmed by then")
 	fs.Uint64Var(&d.seed, "seed", 0, "seed for generated orders and mock failures; 0 picks one")
 	serviceFlags(fs, &cfg, serviceDefaults{interval: 200 * time.Millisecond, quantum: time.Second,
-		backoffMin: 200 * time.Millisecond, backoffMax: 2 * time.Second, breakerCooldown: time.Second})
+		backoffMin: 200 * time.Millisecond, backoffMax: 2 * time.Second, breakerCooldown: time.Second, ownMock: true})
 	logs.register(fs, "warn")
 	return &ffcli.Command{
 		Name:       "demo",
@@ -85,10 +84,10 @@ func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
 				return err
 			}
 			if d.orders < 0 {
-				return fmt.Errorf("orders: %d is negative", d.orders)
+				return usageErrorf("orders: %d is negative", d.orders)
 			}
 			if d.timeout <= 0 {
-				return fmt.Errorf("timeout: %s is not positive", d.timeout)
+				return usageErrorf("timeout: %s is not positive", d.timeout)
 			}
 			// Progress only on a terminal. Log lines that would share the
 			// terminal with the bar go through it: printed above the bar,
@@ -103,7 +102,7 @@ func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			log, err := logs.logger(logOut)
 			if err != nil {
-				return err
+				return badSetting(err)
 			}
 			return demo(ctx, d, cfg, log, stdout, prog)
 		},
@@ -111,9 +110,6 @@ func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
 }
 
 func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, stdout io.Writer, prog *demoProgress) error {
-	if err := ownMock(cfg.Mail); err != nil {
-		return err
-	}
 	if d.seed == 0 {
 		d.seed = uint64(time.Now().UnixNano())
 	}
@@ -155,7 +151,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	cfg.Store = app.StoreConfig{URL: "file:" + filepath.Join(dir, "ordermail.db")}
 	cfg.Mail.URL = l.URL()
 	if err := checkServiceFlags(&cfg); err != nil {
-		return err
+		return badSetting(err)
 	}
 	docs := append(fixtures.Orders(), fixtures.Generate(d.orders, d.seed)...)
 	prog.begin(len(docs))
@@ -357,20 +353,6 @@ func demoCredentials(dir string, mock *mockmail.Server, cfg *app.Config) (checke
 		what = append(what, "a Standard Webhooks signature")
 	}
 	return "", nil
-}
-
-// ownMock refuses the settings of another email service: the demo sends to
-// a mock of its own, on loopback, in plain HTTP (they were accepted, and
-// went unused).
-func ownMock(m mailer.Config) error {
-	for _, f := range []struct{ name, value string }{
-		{"mail-url", m.URL}, {"mail-ca-file", m.CAFile}, {"mail-cert-file", m.CertFile}, {"mail-key-file", m.KeyFile},
-	} {
-		if f.value != "" {
-			return fmt.Errorf("%s: the demo sends to a mock email service of its own; to send through another service, use ordermail run", f.name)
-		}
-	}
-	return nil
 }
 
 // waitConfirmed polls the store until every paid order is confirmed or

@@ -41,10 +41,10 @@ func healthcheckCommand(stdout io.Writer) *ffcli.Command {
 				}
 			}
 			if *timeout <= 0 {
-				return fmt.Errorf("timeout: %s is not positive", *timeout)
+				return usageErrorf("timeout: %s is not positive", *timeout)
 			}
 			if u, err := neturl.Parse(*url); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-				return fmt.Errorf("url: %q is not an http:// or https:// URL", *url)
+				return usageErrorf("url: %q is not an http:// or https:// URL", *url)
 			}
 			ctx, cancel := context.WithTimeout(ctx, *timeout)
 			defer cancel()

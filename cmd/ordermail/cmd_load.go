@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strings"
 
 	"github.com/ordermail/ordermail/fixtures"
 	"github.com/ordermail/ordermail/order"
@@ -46,14 +47,17 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 		if err := settingsFromEnv(c.FlagSet); err != nil {
 			return err
 		}
-		if !slices.Contains(collections, coll) {
-			return fmt.Errorf("collection: %q is not one of %v", coll, collections)
+		switch {
+		case coll == "":
+			return usageErrorf("load: --collection is required: %s", strings.Join(collections, " or "))
+		case !slices.Contains(collections, coll):
+			return usageErrorf("load: --collection %q is not one of %s", coll, strings.Join(collections, ", "))
 		}
 		if len(files) == 0 {
 			return usageErrorf("load: no files to load: give FILE or DIR arguments")
 		}
 		if pay && coll != order.Inbound {
-			return fmt.Errorf("pay: only orders, in %s, can be paid", order.Inbound)
+			return usageErrorf("pay: only orders, in %s, can be paid", order.Inbound)
 		}
 		for _, f := range files {
 			d, err := fixtures.ReadPath(f)

@@ -52,7 +52,10 @@ func mockmailCommand(stderr io.Writer) *ffcli.Command {
 			}
 			log, err := logs.logger(stderr)
 			if err != nil {
-				return err
+				return badSetting(err)
+			}
+			if err := cfg.Validate(); err != nil {
+				return badSetting(err)
 			}
 			tlsCfg, err := sec.apply(&cfg)
 			if err != nil {

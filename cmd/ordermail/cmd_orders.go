@@ -37,7 +37,7 @@ func ordersCommand(stdout, stderr io.Writer) *ffcli.Command {
 				return usageErrorf("orders show: give exactly one order key, got %d", len(args))
 			}
 			if quantum <= 0 {
-				return fmt.Errorf("retry-quantum: %s is not positive", quantum)
+				return usageErrorf("retry-quantum: %s is not positive", quantum)
 			}
 			return nil
 		}))

@@ -47,7 +47,7 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 		},
 		checkArgs(func(args []string) error {
 			if err := ctl.Validate(); err != nil {
-				return err
+				return badSetting(err)
 			}
 			return noArgs(args)
 		}))
@@ -100,7 +100,7 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 		},
 		readsOnly(), checkArgs(func(args []string) error {
 			if quantum <= 0 {
-				return fmt.Errorf("retry-quantum: %s is not positive", quantum)
+				return usageErrorf("retry-quantum: %s is not positive", quantum)
 			}
 			return noArgs(args)
 		}))

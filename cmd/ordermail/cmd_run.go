@@ -50,26 +50,26 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			}
 			log, err := logs.logger(stderr)
 			if err != nil {
-				return err
+				return badSetting(err)
 			}
 			// The token itself comes from the environment only: a flag's
 			// value is in every process listing.
 			cfg.Console.Token = console.Secret(os.Getenv("ORDERMAIL_ADMIN_TOKEN"))
 			if err := checkStoreFlags(cfg.Store); err != nil {
-				return err
+				return badSetting(err)
 			}
 			if err := metrics.CheckAllowedHosts(cfg.Metrics.AllowedHosts); err != nil {
-				return err
+				return badSetting(err)
 			}
 			cfg.Console.AllowedHosts = cfg.Metrics.AllowedHosts
 			switch cb := cfg.Store.Couchbase; { // run's own, as checkServiceFlags checks the others
 			case cb.MemberTTL == 0:
-				return errors.New("cb-member-ttl: 0s is no duration")
+				return usageErrorf("cb-member-ttl: 0s is no duration")
 			case cb.StepAsideAfter == 0:
-				return errors.New("cb-step-aside-after: 0s is no duration; a negative one never steps aside")
+				return usageErrorf("cb-step-aside-after: 0s is no duration; a negative one never steps aside")
 			}
 			if err := checkServiceFlags(&cfg); err != nil {
-				return err
+				return badSetting(err)
 			}
 			if cfg.Console.TokenFile != "" && cfg.Console.Listen == "" {
 				log.Warn("admin-token-file is set, but admin-listen is not: the console is off, and the token unused")

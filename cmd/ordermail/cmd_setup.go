@@ -32,10 +32,10 @@ func setupCommand(stdout, stderr io.Writer) *ffcli.Command {
 				return err
 			}
 			if err := sc.Validate(); err != nil {
-				return err
+				return badSetting(err)
 			}
 			if err := checkStoreFlags(sc); err != nil {
-				return err
+				return badSetting(err)
 			}
 			if !sc.IsCouchbase() {
 				fmt.Fprintln(stdout, "nothing to set up: the embedded store creates its file and tables when it opens")

@@ -61,13 +61,21 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 // serviceDefaults are the defaults that differ between run and demo.
 type serviceDefaults struct {
 	interval, quantum, backoffMin, backoffMax, breakerCooldown time.Duration
+	// ownMock: the demo's, which sends to a mock of its own, on loopback
+	// in plain HTTP: it has no settings naming another email service.
+	ownMock bool
 }
 
 // serviceFlags are the settings of the service itself, shared by run and
 // demo. The quantum is one setting of both the timer and the policy.
 func serviceFlags(fs *flag.FlagSet, cfg *app.Config, d serviceDefaults) {
 	p := &cfg.Watcher.Policy
-	fs.StringVar(&cfg.Mail.URL, "mail-url", "", "email service base URL; confirmations are POSTed to <URL>/sendConfirmation")
+	if !d.ownMock {
+		fs.StringVar(&cfg.Mail.URL, "mail-url", "", "email service base URL; confirmations are POSTed to <URL>/sendConfirmation")
+		fs.StringVar(&cfg.Mail.CAFile, "mail-ca-file", "", "PEM bundle of the CAs trusted for the email service's certificate; replaces the system roots; read again when it changes")
+		fs.StringVar(&cfg.Mail.CertFile, "mail-cert-file", "", "client certificate (PEM) for mutual TLS, with --mail-key-file; read again when it changes")
+		fs.StringVar(&cfg.Mail.KeyFile, "mail-key-file", "", "private key (PEM) of --mail-cert-file")
+	}
 	fs.DurationVar(&cfg.Mail.Timeout, "mail-timeout", 10*time.Second, "bound on one send to the email service")
 	fs.IntVar(&cfg.Watcher.Workers, "workers", 8, "events handled at once (1-1024)")
 	fs.DurationVar(&cfg.Timer.Interval, "timer-interval", d.interval, "time between timer ticks; each flags the retries that are due")
@@ -90,9 +98,6 @@ func serviceFlags(fs *flag.FlagSet, cfg *app.Config, d serviceDefaults) {
 	fs.IntVar(&cfg.Timer.SweepBatch, "sweep-batch", 1000, "due retries flagged per sweep transaction; a tick sweeps batch after batch for at most half an interval (1s at most)")
 	fs.StringVar(&cfg.Mail.AuthHeader, "mail-auth-header", "", "header that carries the credentials of --mail-auth-file (default Authorization)")
 	fs.StringVar(&cfg.Mail.AuthFile, "mail-auth-file", "", "file whose content (trimmed) is the credentials header's value, e.g. \"Bearer KEY\"; read again when it changes; never logged")
-	fs.StringVar(&cfg.Mail.CAFile, "mail-ca-file", "", "PEM bundle of the CAs trusted for the email service's certificate; replaces the system roots; read again when it changes")
-	fs.StringVar(&cfg.Mail.CertFile, "mail-cert-file", "", "client certificate (PEM) for mutual TLS, with --mail-key-file; read again when it changes")
-	fs.StringVar(&cfg.Mail.KeyFile, "mail-key-file", "", "private key (PEM) of --mail-cert-file")
 	fs.StringVar(&cfg.Mail.SigningSecretFile, "mail-signing-secret-file", "", "Standard Webhooks secrets (whsec_..., one a line): every request is signed with each; read again when it changes")
 	fs.IntVar(&cfg.Watcher.AttemptHistory, "attempt-history", 20, "send attempts kept per order in its attempt record (orders show); 0: no record")
 	fs.DurationVar(&cfg.Watcher.AttemptRetention, "attempt-retention", 7*24*time.Hour, "how long an attempt record stays after its order is confirmed or dead-lettered")
@@ -281,7 +286,7 @@ func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx cont
 				}
 			}
 			if err := checkStoreFlags(sc); err != nil {
-				return err
+				return badSetting(err)
 			}
 			if o.existing {
 				if err := storeExists(sc); err != nil {
@@ -385,6 +390,17 @@ type usageError struct{ msg string }
 func (e usageError) Error() string { return e.msg }
 
 func usageErrorf(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
+
+// badSetting makes err, a value a check of the command's refused (a
+// number out of range, a missing required flag), a usage error: the
+// command line or the environment was wrong, as when a value does not
+// parse, and the command exits 2 either way.
+func badSetting(err error) error {
+	if err == nil {
+		return nil
+	}
+	return usageError{err.Error()}
+}
 
 // finiteFloat64Var defines a float64 flag that refuses NaN and the
 // infinities, which every range check written as a comparison lets through.
