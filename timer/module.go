@@ -50,7 +50,7 @@ func (g sendGate) HeldBack() (held, probing bool) {
 	// sends nothing: its breaker, closed for want of sends, says nothing
 	// of the email service, and sweeping on it would flag every due retry
 	// while the instance that sends has its breaker open.
-	if r, ok := g.w.(interface{ Running() bool }); ok && !r.Running() {
+	if g.Standby() {
 		return true, false
 	}
 	held, probing = g.m.HeldBack()
@@ -60,4 +60,12 @@ func (g sendGate) HeldBack() (held, probing bool) {
 		}
 	}
 	return held, probing
+}
+
+// Standby says whether this instance's feed does not run (a standby on an
+// embedded store): it sweeps nothing, as a held one, but nothing of its is
+// held back, and it says so as a standby.
+func (g sendGate) Standby() bool {
+	r, ok := g.w.(interface{ Running() bool })
+	return ok && !r.Running()
 }

@@ -66,5 +66,7 @@ func TestAStandbyLeavesTheSweepToTheInstanceThatSends(t *testing.T) {
 		held, probing := sendGate{mail, standbyFeed{}}.HeldBack()
 		assert.True(t, held, "%+v", mail)
 		assert.False(t, probing, "%+v", mail)
+		assert.True(t, sendGate{mail, standbyFeed{}}.Standby(), "a standby, not held")
+		assert.False(t, sendGate{mail, feedState{}}.Standby(), "a feed that runs")
 	}
 }

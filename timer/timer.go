@@ -298,8 +298,12 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 				return Result{Armed: true, Held: true}, fmt.Errorf("sweep lease: give it up while sends are held back: %w", err)
 			}
 		}
-		t.setRole(RoleHeld, nil)
-		return Result{Armed: true, Held: true}, nil
+		role := RoleHeld
+		if s, ok := t.gate.(interface{ Standby() bool }); ok && s.Standby() {
+			role = RoleStandby // it sends nothing at all: nothing of its is held
+		}
+		t.setRole(role, nil)
+		return Result{Armed: true, Held: role == RoleHeld}, nil
 	}
 	t.mu.Lock()
 	// Aside for a TTL from when it stepped aside; a clock stepped back to
@@ -637,6 +641,10 @@ func (t *Timer) logChanges(res Result) {
 			t.log.Info("this instance sweeps (it holds the sweep lease)", "owner", t.lease.Owner())
 		}
 	case RoleStandby:
+		if st.Holder.Owner == "" {
+			t.log.Info("standby: this instance's feed does not run (another instance holds the store); it sweeps nothing")
+			break
+		}
 		t.log.Info("standby: another instance sweeps", "holder", st.Holder.Owner)
 	case RoleHeld:
 		t.log.Info("sweep held: sends are held back (circuit breaker open, or the configuration refused); due retries wait unflagged until a probe gets through",

@@ -333,6 +333,31 @@ type gate struct{ held, probing atomic.Bool }
 
 func (g *gate) HeldBack() (bool, bool) { return g.held.Load(), g.probing.Load() }
 
+// standbyGate is the gate of an instance whose feed does not run.
+type standbyGate struct{}
+
+func (standbyGate) HeldBack() (bool, bool) { return true, false }
+func (standbyGate) Standby() bool          { return true }
+
+// TestAStandbySaysSoNotHeld: an instance whose feed does not run (a
+// standby on an embedded store) sweeps nothing, and says it is a standby:
+// nothing of its is held back, and an operator reading "held" looks for a
+// breaker that is closed.
+func TestAStandbySaysSoNotHeld(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	retryDoc(t, st, "r", time.Minute)
+	tm, err := timer.New(timer.Config{Interval: time.Second, Owner: "b"}, st, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	tm.SetGate(standbyGate{})
+	res, err := tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true}, res, "nothing swept, nothing held")
+	assert.Equal(t, timer.RoleStandby, tm.Status().Role)
+}
+
 // TestSweepWaitsWhileSendsAreHeldBack: while an instance's sends are all
 // held back (its breaker open) its sweep flags nothing, which would only
 // be held and written again, and it leaves the lease to an instance whose
