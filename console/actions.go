@@ -61,7 +61,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id := c.sessions.create()
-	setSessionCookie(w, r, id, c.cfg.SessionTTL)
+	setSessionCookie(w, r, id)
 	c.sessions.setFlash(id, flash{Msg: "Logged in. Actions are enabled."})
 	c.log.Info("console login", "remote", r.RemoteAddr)
 	http.Redirect(w, r, d.Back, http.StatusSeeOther)

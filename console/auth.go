@@ -136,9 +136,13 @@ func sessionID(r *http.Request) string {
 	return c.Value
 }
 
-func setSessionCookie(w http.ResponseWriter, r *http.Request, id string, ttl time.Duration) {
+// setSessionCookie sets a session cookie, gone when the browser closes, as
+// the login page says: it carries no Max-Age, which would keep it across a
+// browser's restart. The session itself ends on the server after
+// SessionTTL either way.
+func setSessionCookie(w http.ResponseWriter, r *http.Request, id string) {
 	http.SetCookie(w, &http.Cookie{
-		Name: sessionCookie, Value: id, Path: "/", MaxAge: int(ttl.Seconds()),
+		Name: sessionCookie, Value: id, Path: "/",
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
 	})
 }

@@ -212,6 +212,8 @@ func TestLogin(t *testing.T) {
 	assert.Equal(t, "ordermail_session", ck.Name)
 	assert.True(t, ck.HttpOnly)
 	assert.Equal(t, http.SameSiteStrictMode, ck.SameSite)
+	assert.Zero(t, ck.MaxAge, "a session cookie, gone with the browser, as the login page says")
+	assert.True(t, ck.Expires.IsZero(), "a session cookie")
 	assert.NotContains(t, ck.Value, token)
 	assert.GreaterOrEqual(t, len(ck.Value), 40, "a random id")
 

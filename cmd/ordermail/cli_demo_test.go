@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -137,4 +139,17 @@ func TestDemoProgressKeepsLogLinesWhole(t *testing.T) {
 	var nothing *demoProgress // no terminal: nothing shown
 	nothing.begin(3)
 	nothing.end()
+}
+
+// TestDemoTimedOutSaysWhatTheSummarySays: a demo that gives up reports the
+// counts of its summary, read once the sends in flight settled, not those
+// of the moment it gave up (which said one order fewer confirmed).
+func TestDemoTimedOutSaysWhatTheSummarySays(t *testing.T) {
+	out, _, err := cli(t, "demo", "--orders", "200", "--latency", "20ms", "--workers", "1", "--fail-rate", "0",
+		"--timeout", "300ms", "--admin-listen", "", "--json")
+	require.ErrorIs(t, err, errDemoTimeout)
+	var s demoSummary
+	require.NoError(t, json.Unmarshal([]byte(out), &s), out)
+	assert.Less(t, s.Confirmed, s.Orders, "a demo that cannot finish in time: %+v", s)
+	assert.Contains(t, err.Error(), fmt.Sprintf("%d of %d orders confirmed and %d dead-lettered", s.Confirmed, s.Orders, s.DeadLetters))
 }

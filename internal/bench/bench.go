@@ -594,14 +594,15 @@ func (b *bench) settings() Settings {
 }
 
 func (b *bench) openStore(ctx context.Context) error {
-	b.dir = b.cfg.StoreDir
-	if b.dir != "" {
+	if dir := b.cfg.StoreDir; dir != "" {
 		// A store already there may be a service's: its orders would be
 		// counted, its retry settings replaced, and its running service
-		// would mail the benchmark's orders.
-		if _, err := os.Lstat(b.dbPath()); err == nil || !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("store: %s already holds a store (ordermail.db); a benchmark writes its own orders on a new one: give a new directory", b.dir)
+		// would mail the benchmark's orders. (b.dir stays empty: no "store
+		// kept" is said of it.)
+		if _, err := os.Lstat(filepath.Join(dir, "ordermail.db")); err == nil || !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("store: %s already holds a store (ordermail.db); a benchmark writes its own orders on a new one: give a new directory", dir)
 		}
+		b.dir = dir
 	}
 	if b.dir == "" {
 		dir, err := os.MkdirTemp("", "ordermail-bench-*")
