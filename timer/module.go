@@ -69,3 +69,19 @@ func (g sendGate) Standby() bool {
 	r, ok := g.w.(interface{ Running() bool })
 	return ok && !r.Running()
 }
+
+// FeedLag is how many changes are ahead of this instance's feed reader,
+// as far as the feed tells: the embedded store's events say it as they are
+// read (the watcher's ReadLag), Couchbase's streams keep it (past the
+// checkpoints).
+func (g sendGate) FeedLag() (uint64, bool) {
+	if r, ok := g.w.(interface{ ReadLag() (uint64, bool) }); ok {
+		if n, known := r.ReadLag(); known {
+			return n, true
+		}
+	}
+	if st, ok := g.w.FeedStats(); ok {
+		return st.Lag, true
+	}
+	return 0, false
+}

@@ -70,3 +70,43 @@ func TestAStandbyLeavesTheSweepToTheInstanceThatSends(t *testing.T) {
 		assert.False(t, sendGate{mail, feedState{}}.Standby(), "a feed that runs")
 	}
 }
+
+// laggingFeed is a watcher whose feed says how far its reader is behind.
+type laggingFeed struct {
+	feedState
+	lag   uint64
+	known bool
+}
+
+func (f laggingFeed) ReadLag() (uint64, bool) { return f.lag, f.known }
+
+// TestTheGateSaysHowFarTheFeedIsBehind: the embedded store's events say it
+// as they are read; Couchbase's feed keeps it in its figures; a feed that
+// says neither is not taken for behind.
+func TestTheGateSaysHowFarTheFeedIsBehind(t *testing.T) {
+	lag, ok := sendGate{breakerState{}, laggingFeed{lag: 5000, known: true}}.FeedLag()
+	assert.True(t, ok)
+	assert.EqualValues(t, 5000, lag)
+	lag, ok = sendGate{breakerState{}, laggingFeed{feedState: feedState{st: store.FeedStats{Lag: 7}, ok: true}}}.FeedLag()
+	assert.True(t, ok, "Couchbase's figures")
+	assert.EqualValues(t, 7, lag)
+	_, ok = sendGate{breakerState{}, feedState{}}.FeedLag()
+	assert.False(t, ok)
+}
+
+// TestAFeedMoreThanABatchBehindIsBehind: the sweep waits for flagged
+// retries nobody takes while more changes than a sweep batch are ahead of
+// the feed's reader.
+func TestAFeedMoreThanABatchBehindIsBehind(t *testing.T) {
+	for _, tt := range []struct {
+		feed feedReporter
+		want bool
+	}{
+		{laggingFeed{lag: 1001, known: true}, true},
+		{laggingFeed{lag: 1000, known: true}, false},
+		{laggingFeed{lag: 5000}, false}, // the feed does not tell
+	} {
+		tm := &Timer{cfg: Config{SweepBatch: 1000}, gate: sendGate{breakerState{}, tt.feed}}
+		assert.Equal(t, tt.want, tm.feedBehind(), "%+v", tt.feed)
+	}
+}

@@ -31,6 +31,11 @@ type pace struct {
 	lastTaken time.Duration
 	pile      int
 	stuck     bool // said once per episode
+	// behindAt is when the feed was last seen behind: flagged retries
+	// that nobody takes while it is, or for stuckAfter since, may only be
+	// waiting behind its backlog (a flash sale's first sends ahead of
+	// them), and are not set aside for lost.
+	behindAt time.Duration
 }
 
 func newPace(floor int) pace { return pace{floor: floor, after: -1} }
@@ -38,10 +43,14 @@ func newPace(floor int) pace { return pace{floor: floor, after: -1} }
 // room says how many more retries the sweep may flag now, at, when
 // flagged are flagged and not yet taken; topUp is the period of the
 // top-ups, stuckAfter how long flagged retries that nobody takes hold the
-// sweep back before they are set aside. stuck reports that they just were.
-func (p *pace) room(flagged int, at, topUp, stuckAfter time.Duration) (room int, stuck bool) {
+// sweep back before they are set aside, behind whether the feed is behind
+// now. stuck reports that they just were.
+func (p *pace) room(flagged int, at, topUp, stuckAfter time.Duration, behind bool) (room int, stuck bool) {
 	if p.window == 0 {
 		p.window = p.floor
+	}
+	if behind {
+		p.behindAt = at
 	}
 	p.pile = min(p.pile, flagged)
 	if p.after < 0 {
@@ -57,7 +66,7 @@ func (p *pace) room(flagged int, at, topUp, stuckAfter time.Duration) (room int,
 	}
 	p.after, p.at = flagged, at
 	room = max(0, p.window-(flagged-p.pile))
-	if room == 0 && at-p.lastTaken >= stuckAfter {
+	if room == 0 && at-p.lastTaken >= stuckAfter && at-p.behindAt >= stuckAfter {
 		// Nothing taken for stuckAfter: what is flagged is set aside, and
 		// one batch goes out past it; the window grows again as the sends
 		// take.

@@ -369,10 +369,10 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 		}
 		var stuck bool
 		t.mu.Lock()
-		room, stuck = t.pace.room(n, time.Since(t.epoch), t.topUp(), max(stuckAfter, 10*t.interval))
+		room, stuck = t.pace.room(n, time.Since(t.epoch), t.topUp(), max(stuckAfter, 10*t.interval), t.feedBehind())
 		t.mu.Unlock()
 		if stuck {
-			t.log.Warn("flagged retries are not being taken: the sweep sets them aside and flags past them; is a watcher running, or the feed far behind?",
+			t.log.Warn("flagged retries are not being taken: the sweep sets them aside and flags past them; is a watcher running?",
 				"flagged", n, "for_at_least", max(stuckAfter, 10*t.interval).String())
 		}
 	}
@@ -728,6 +728,18 @@ func (t *Timer) period() time.Duration {
 		return t.topUp()
 	}
 	return t.cfg.Interval
+}
+
+// feedBehind says whether this instance's feed has more changes ahead of
+// its reader than a sweep batch, as the gate tells (sendGate: the
+// watcher's): the flagged retries' changes may be among them.
+func (t *Timer) feedBehind() bool {
+	f, ok := t.gate.(interface{ FeedLag() (uint64, bool) })
+	if !ok {
+		return false
+	}
+	lag, known := f.FeedLag()
+	return known && lag > uint64(t.cfg.SweepBatch)
 }
 
 // topUp is the tick while polling.
