@@ -10,8 +10,8 @@ import (
 // Mask is what a secret is replaced with.
 const Mask = "REDACTED"
 
-// URL returns raw with the userinfo password and every query parameter's
-// value replaced by Mask: a query is where services put their keys, under
+// URL returns raw with the userinfo password, every query parameter's
+// value and every bare query token replaced by Mask: a query is where services put their keys, under
 // names no list foresees (Azure Functions' ?code=, a signed URL's parts),
 // and its names are enough to tell one URL from another. A string that
 // does not parse as a URL has whatever stands between "://" and "@"
@@ -57,10 +57,12 @@ func query(raw string) string {
 	params := strings.Split(raw, "&")
 	for i, p := range params {
 		name, _, hasValue := strings.Cut(p, "=")
-		if !hasValue {
-			continue
+		switch {
+		case hasValue:
+			params[i] = name + "=" + Mask
+		case p != "":
+			params[i] = Mask // a bare token (?9f8e7d...) may be the key itself
 		}
-		params[i] = name + "=" + Mask
 	}
 	return strings.Join(params, "&")
 }

@@ -19,7 +19,8 @@ func TestURL(t *testing.T) {
 		{give: "https://host/p?key=abc&order=1", want: "https://host/p?key=REDACTED&order=REDACTED"},
 		// Azure Functions' key: no name list foresees every service's.
 		{give: "https://fn.azurewebsites.net/api/send?code=aZ9fQ&clientId=default", want: "https://fn.azurewebsites.net/api/send?code=REDACTED&clientId=REDACTED"},
-		{give: "https://host/?api%5Fkey=a%20b&flag&key=", want: "https://host/?api%5Fkey=REDACTED&flag&key=REDACTED"},
+		{give: "https://host/?api%5Fkey=a%20b&flag&key=", want: "https://host/?api%5Fkey=REDACTED&REDACTED&key=REDACTED"},
+		{give: "https://host/send?9f8e7d6c5b4a39281706", want: "https://host/send?REDACTED"}, // the key alone
 		{give: "http://u:p@ss@host/?token=t", want: "http://u:REDACTED@host/?token=REDACTED"},
 		{give: "http://user:pw@host/%zz", want: "http://REDACTED@host/%zz"},
 		{give: "http://user:p w@ho st", want: "http://REDACTED@ho st"},
