@@ -119,11 +119,8 @@ func (p Policy) Next(attempts int, now time.Time, f Failure, u float64) Verdict 
 	}
 	retryAfter := min(f.RetryAfter, MaxRetryAfter)
 	if p.Backoff == BackoffFixed {
-		if retryAfter > 0 {
-			// A time of its own: the sweep's quantum, which allow_retrys
-			// may shorten later, must not bring it back before the
-			// service asked.
-			return Verdict{At: now.Add(max(retryAfter, p.Quantum))}
+		if retryAfter > p.Quantum {
+			return Verdict{At: now.Add(retryAfter)}
 		}
 		return Verdict{At: now.Add(p.Quantum), ByQuantum: true}
 	}
