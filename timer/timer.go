@@ -109,6 +109,9 @@ type Result struct {
 	// are about a second of sends (pace), due retries possibly left; the
 	// timer tops them up every pausedPoll meanwhile.
 	Ahead bool
+	// NoFeed: this instance's feed does not run (a standby on an embedded
+	// store): it sends nothing, and sweeps nothing.
+	NoFeed bool
 }
 
 // Role is this instance's part in sweeping.
@@ -298,12 +301,12 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 				return Result{Armed: true, Held: true}, fmt.Errorf("sweep lease: give it up while sends are held back: %w", err)
 			}
 		}
-		role := RoleHeld
 		if s, ok := t.gate.(interface{ Standby() bool }); ok && s.Standby() {
-			role = RoleStandby // it sends nothing at all: nothing of its is held
+			t.setRole(RoleStandby, nil) // it sends nothing at all: nothing of its is held
+			return Result{Armed: true, NoFeed: true}, nil
 		}
-		t.setRole(role, nil)
-		return Result{Armed: true, Held: role == RoleHeld}, nil
+		t.setRole(RoleHeld, nil)
+		return Result{Armed: true, Held: true}, nil
 	}
 	t.mu.Lock()
 	// Aside for a TTL from when it stepped aside; a clock stepped back to
@@ -641,7 +644,7 @@ func (t *Timer) logChanges(res Result) {
 			t.log.Info("this instance sweeps (it holds the sweep lease)", "owner", t.lease.Owner())
 		}
 	case RoleStandby:
-		if st.Holder.Owner == "" {
+		if res.NoFeed {
 			t.log.Info("standby: this instance's feed does not run (another instance holds the store); it sweeps nothing")
 			break
 		}

@@ -349,13 +349,38 @@ func TestAStandbySaysSoNotHeld(t *testing.T) {
 	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
 	require.NoError(t, err)
 	retryDoc(t, st, "r", time.Minute)
-	tm, err := timer.New(timer.Config{Interval: time.Second, Owner: "b"}, st, quiet, func() time.Time { return pinned })
+	var logs syncbuf.Buffer
+	tm, err := timer.New(timer.Config{Interval: 20 * time.Millisecond, Owner: "b"}, st, slog.New(slog.NewTextHandler(&logs, nil)), time.Now)
 	require.NoError(t, err)
 	tm.SetGate(standbyGate{})
 	res, err := tm.Sweep(ctx, pinned)
 	require.NoError(t, err)
-	assert.Equal(t, timer.Result{Armed: true}, res, "nothing swept, nothing held")
+	assert.Equal(t, timer.Result{Armed: true, NoFeed: true}, res, "nothing swept, nothing held")
 	assert.Equal(t, timer.RoleStandby, tm.Status().Role)
+	tm.Start()
+	defer tm.Stop(ctx)
+	require.Eventually(t, func() bool { return len(logs.Lines("feed does not run")) > 0 }, 20*time.Second, 10*time.Millisecond,
+		"the tick says why it stands by; logs:\n%s", logs.String())
+	assert.Empty(t, logs.Lines("held"), "nothing of its is held")
+}
+
+// TestAnInstanceSteppedAsideBlamesNoOtherProcess: the only instance, whose
+// sweeps failed and which stepped aside, reads no lease holder: it stands by
+// for the lease's TTL, and does not say that another instance holds the
+// store.
+func TestAnInstanceSteppedAsideBlamesNoOtherProcess(t *testing.T) {
+	st := openStore(t)
+	_, err := st.Insert(context.Background(), order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	var logs syncbuf.Buffer
+	tm, err := timer.New(timer.Config{Interval: 50 * time.Millisecond, Owner: "only"}, brokenSweep{st},
+		slog.New(slog.NewTextHandler(&logs, nil)), time.Now)
+	require.NoError(t, err)
+	tm.Start()
+	defer tm.Stop(context.Background())
+	require.Eventually(t, func() bool { return len(logs.Lines("standby")) > 0 }, 20*time.Second, 20*time.Millisecond,
+		"it stepped aside; logs:\n%s", logs.String())
+	assert.Empty(t, logs.Lines("feed does not run"), "no other process is there")
 }
 
 // TestSweepWaitsWhileSendsAreHeldBack: while an instance's sends are all
