@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -123,7 +122,7 @@ func (s *mockSecurity) register(fs *flag.FlagSet) {
 // with, nil for plain HTTP.
 func (s *mockSecurity) apply(cfg *mockmail.Config) (*tls.Config, error) {
 	if s.authHeader != "" && s.authFile == "" {
-		return nil, errors.New("auth-header: needs --auth-file")
+		return nil, usageErrorf("auth-header: needs --auth-file")
 	}
 	cfg.AuthHeader = s.authHeader
 	if s.authFile != "" {
@@ -145,11 +144,11 @@ func (s *mockSecurity) apply(cfg *mockmail.Config) (*tls.Config, error) {
 		}
 	}
 	if (s.tlsCert == "") != (s.tlsKey == "") {
-		return nil, errors.New("tls-cert and tls-key: give both or neither")
+		return nil, usageErrorf("tls-cert and tls-key: give both or neither")
 	}
 	if s.tlsCert == "" {
 		if s.clientCA != "" {
-			return nil, errors.New("client-ca: needs --tls-cert and --tls-key")
+			return nil, usageErrorf("client-ca: needs --tls-cert and --tls-key")
 		}
 		return nil, nil
 	}

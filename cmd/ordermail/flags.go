@@ -62,7 +62,8 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 type serviceDefaults struct {
 	interval, quantum, backoffMin, backoffMax, breakerCooldown time.Duration
 	// ownMock: the demo's, which sends to a mock of its own, on loopback
-	// in plain HTTP: it has no settings naming another email service.
+	// in plain HTTP, with credentials of its own: it has no settings of
+	// another email service.
 	ownMock bool
 }
 
@@ -75,6 +76,9 @@ func serviceFlags(fs *flag.FlagSet, cfg *app.Config, d serviceDefaults) {
 		fs.StringVar(&cfg.Mail.CAFile, "mail-ca-file", "", "PEM bundle of the CAs trusted for the email service's certificate; replaces the system roots; read again when it changes")
 		fs.StringVar(&cfg.Mail.CertFile, "mail-cert-file", "", "client certificate (PEM) for mutual TLS, with --mail-key-file; read again when it changes")
 		fs.StringVar(&cfg.Mail.KeyFile, "mail-key-file", "", "private key (PEM) of --mail-cert-file")
+		fs.StringVar(&cfg.Mail.AuthHeader, "mail-auth-header", "", "header that carries the credentials of --mail-auth-file (default Authorization)")
+		fs.StringVar(&cfg.Mail.AuthFile, "mail-auth-file", "", "file whose content (trimmed) is the credentials header's value, e.g. \"Bearer KEY\"; read again when it changes; never logged")
+		fs.StringVar(&cfg.Mail.SigningSecretFile, "mail-signing-secret-file", "", "Standard Webhooks secrets (whsec_..., one a line): every request is signed with each; read again when it changes")
 	}
 	fs.DurationVar(&cfg.Mail.Timeout, "mail-timeout", 10*time.Second, "bound on one send to the email service")
 	fs.IntVar(&cfg.Watcher.Workers, "workers", 8, "events handled at once (1-1024)")
@@ -96,9 +100,6 @@ func serviceFlags(fs *flag.FlagSet, cfg *app.Config, d serviceDefaults) {
 	fs.IntVar(&cfg.Watcher.MaxEventFailures, "max-event-failures", 5, "a change that fails this often with an error other than an unavailable store is dead-lettered (poison_event)")
 	fs.IntVar(&cfg.Mail.Conns, "mail-conns", 64, "most connections to the email service at once, kept alive for reuse")
 	fs.IntVar(&cfg.Timer.SweepBatch, "sweep-batch", 1000, "due retries flagged per sweep transaction; a tick sweeps batch after batch for at most half an interval (1s at most)")
-	fs.StringVar(&cfg.Mail.AuthHeader, "mail-auth-header", "", "header that carries the credentials of --mail-auth-file (default Authorization)")
-	fs.StringVar(&cfg.Mail.AuthFile, "mail-auth-file", "", "file whose content (trimmed) is the credentials header's value, e.g. \"Bearer KEY\"; read again when it changes; never logged")
-	fs.StringVar(&cfg.Mail.SigningSecretFile, "mail-signing-secret-file", "", "Standard Webhooks secrets (whsec_..., one a line): every request is signed with each; read again when it changes")
 	fs.IntVar(&cfg.Watcher.AttemptHistory, "attempt-history", 20, "send attempts kept per order in its attempt record (orders show); 0: no record")
 	fs.DurationVar(&cfg.Watcher.AttemptRetention, "attempt-retention", 7*24*time.Hour, "how long an attempt record stays after its order is confirmed or dead-lettered")
 	fs.StringVar(&cfg.Watcher.Instance, "instance-name", "", "this instance's name in attempt records (default: the host name)")

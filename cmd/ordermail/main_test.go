@@ -94,28 +94,21 @@ func TestDemoKeepsDataWhenAsked(t *testing.T) {
 }
 
 // TestDemoHasNoSettingsOfAnotherEmailService: the demo sends to its own
-// mock; it has no flag naming another service (one given is an unknown
-// flag), and a setting of run's in the environment is not its.
+// mock with credentials of its own; it has no flag of another service (one
+// given is an unknown flag), and such a setting of run's in the environment
+// is not its.
 func TestDemoHasNoSettingsOfAnotherEmailService(t *testing.T) {
-	for _, give := range [][]string{{"--mail-url", "http://127.0.0.1:1"}, {"--mail-ca-file", "ca.pem"}} {
+	for _, give := range [][]string{{"--mail-url", "http://127.0.0.1:1"}, {"--mail-ca-file", "ca.pem"}, {"--mail-auth-file", "token"}} {
 		_, stderr, err := cli(t, append([]string{"demo", "--orders", "1"}, give...)...)
 		var usage usageError
 		require.ErrorAs(t, err, &usage, give[0])
 		assert.Contains(t, stderr, "flag provided but not defined: -"+give[0][2:])
 	}
 	t.Setenv("ORDERMAIL_MAIL_URL", "http://127.0.0.1:1")
-	_, _, err := cli(t, "demo", "--orders", "0", "--fail-rate", "0", "--admin-listen", "")
-	require.NoError(t, err, "the demo sent to its own mock")
-}
-
-// TestDemoSaysWhatTheMockChecked: a token file of the operator's is sent,
-// but the mock cannot check it; the summary no longer says it did.
-func TestDemoSaysWhatTheMockChecked(t *testing.T) {
-	token := filepath.Join(t.TempDir(), "token")
-	require.NoError(t, os.WriteFile(token, []byte("Bearer mine\n"), 0o600))
-	out, _, err := cli(t, "demo", "--orders", "1", "--fail-rate", "0", "--mail-auth-file", token, "--timer-interval", "50ms", "--retry-quantum", "100ms")
-	require.NoError(t, err)
-	assert.Contains(t, out, "(every request carried a Standard Webhooks signature the mock verified)")
+	t.Setenv("ORDERMAIL_MAIL_AUTH_FILE", filepath.Join(t.TempDir(), "no-such-token"))
+	out, _, err := cli(t, "demo", "--orders", "0", "--fail-rate", "0", "--admin-listen", "")
+	require.NoError(t, err, "the demo sent to its own mock, with its own credentials")
+	assert.Contains(t, out, "every request carried a bearer token and a Standard Webhooks signature the mock verified")
 }
 
 func TestLoadPayAndRetries(t *testing.T) {
@@ -268,6 +261,8 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"retries", "status", "--retry-quantum", "-1s"}, "retry-quantum: -1s is not positive", 2},
 		{[]string{"healthcheck", "--url", "notaurl"}, `url: "notaurl" is not an http:// or https:// URL`, 2},
 		{[]string{"load", "orders.json"}, "load: --collection is required: inbound or retry", 2},
+		{[]string{"demo", "--fail-rate", "2"}, "fail-rate", 2},
+		{[]string{"mockmail", "--tls-cert", "a.pem"}, "tls-cert and tls-key: give both or neither", 2},
 		// A command line that makes sense, whose attempt fails.
 		{[]string{"healthcheck", "--url", "http://127.0.0.1:1/healthz"}, "unhealthy", 1},
 	}
