@@ -212,7 +212,8 @@ type Event struct {
 	// that must read the state again.
 	State    *State
 	Snapshot uint64
-	// StateAt is when State was read. What others wrote since (the order
+	// StateAt is when State was read, taken before the read began: a
+	// write done before it is in State. What others wrote since (the order
 	// system cancelling the order, an operator dropping its retry) is in
 	// no snapshot: a reader holding an event for long reads it again.
 	StateAt time.Time

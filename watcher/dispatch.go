@@ -3,6 +3,7 @@ package watcher
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/ordermail/ordermail/store"
 )
@@ -87,7 +88,7 @@ func (d *dispatcher) add(ctx context.Context, ev store.Event) bool {
 		return true
 	}
 	if len(d.recent) >= d.keep {
-		prune(d.recent, ev.Snapshot)
+		prune(d.recent, ev.Snapshot, ev.StateAt)
 	}
 	ln := &keyLine{key: ev.Key, last: d.recent[ev.Key]}
 	delete(d.recent, ev.Key) // the line carries it now
@@ -137,12 +138,15 @@ func (d *dispatcher) done(ln *keyLine) (store.Event, bool) {
 	return store.Event{}, false
 }
 
-// prune forgets the writes every later event's snapshot includes.
-func prune(recent map[string]*written, snapshot uint64) {
+// prune forgets the writes every later event's snapshot includes: those at
+// or below its position, and those of unknown position (a dead letter
+// written for a poisoned change, an outcome not written) done before its
+// state was read, which would otherwise stay for the life of the process.
+func prune(recent map[string]*written, snapshot uint64, stateAt time.Time) {
 	for k, wr := range recent {
 		select {
 		case <-wr.done:
-			if snapshot == 0 || wr.seq <= snapshot {
+			if snapshot == 0 || wr.seq <= snapshot || (!stateAt.IsZero() && stateAt.After(wr.at)) {
 				delete(recent, k)
 			}
 		default:

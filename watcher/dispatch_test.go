@@ -3,6 +3,7 @@ package watcher
 import (
 	"context"
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -251,4 +252,30 @@ func TestDispatchHandsALinesLastWriteToTheKeysNextLine(t *testing.T) {
 	require.True(t, d.add(ctx, store.Event{Key: "b", Seq: 6, Snapshot: 6})) // prunes: keep is 1
 	<-d.queue
 	assert.NotContains(t, d.recent, "a", "a snapshot at 6 includes the write at 5")
+}
+
+// TestDispatchForgetsWritesOfUnknownPositionOnceReadPast: a key's last
+// write whose position is unknown (a poisoned change's dead letter, an
+// outcome given up on) is kept for the key's next event, which reads its
+// state again; once a later event's state was read after the write was
+// done, every later snapshot shows it, and it is forgotten: kept for good,
+// thousands of poisoned keys would be held and scanned at each event.
+func TestDispatchForgetsWritesOfUnknownPositionOnceReadPast(t *testing.T) {
+	d := newDispatcher(1, 8, func(store.Event) {})
+	for i := range 1000 {
+		ev := store.Event{Key: fmt.Sprint("k", i), Seq: uint64(i + 1), Snapshot: uint64(i + 10), StateAt: time.Now()}
+		require.True(t, d.add(context.Background(), ev))
+		next := <-d.queue
+		next.line.last = &written{done: closed, seq: math.MaxUint64, at: time.Now()}
+		d.done(next.line)
+	}
+	assert.LessOrEqual(t, len(d.recent), d.keep, "forgotten once read past")
+
+	// A snapshot read before the write was done does not show it: kept.
+	wr := &written{done: closed, seq: math.MaxUint64, at: time.Now()}
+	recent := map[string]*written{"k": wr}
+	prune(recent, 100, wr.at.Add(-time.Millisecond))
+	assert.Contains(t, recent, "k", "a state read before the write")
+	prune(recent, 100, wr.at.Add(time.Millisecond))
+	assert.NotContains(t, recent, "k", "a state read after it")
 }

@@ -48,8 +48,9 @@ type Config struct {
 	// MaxOrderBytes: a larger order is dead-lettered, not posted. Default 1 MiB.
 	MaxOrderBytes int
 	// MaxEventFailures: a change whose handling fails this many times with
-	// an error other than an unavailable store is dead-lettered
-	// (poison_event) and acknowledged. Default 5.
+	// an error other than an unavailable store, or a send whose outcome the
+	// store refuses this many times, is dead-lettered (poison_event) and
+	// acknowledged. Default 5.
 	MaxEventFailures int
 	// AttemptHistory is how many send attempts an order's attempt record
 	// keeps (the latest). Default 20; negative: no record is kept.
@@ -544,7 +545,8 @@ lines:
 					continue lines
 				}
 			}
-			wp.key.Store(&ev.Key)
+			key := ev.Key // ev changes with the line's next event, read meanwhile by Stalled
+			wp.key.Store(&key)
 			w.progress.expect(&wp.due, w.stallBound())
 			ev.Ack = w.timedAck(ev.Ack, time.Now())
 			if !w.complete(ctx, wp, ev, ln) {
@@ -579,6 +581,9 @@ func (w *Watcher) park(d *dispatcher, p dispatched, wr *written) {
 type written struct {
 	done chan struct{}
 	seq  uint64
+	// at is when it was written (or given up on), once done: a state
+	// read after it shows it, whatever its seq.
+	at time.Time
 }
 
 var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -629,7 +634,7 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 				}
 				// The key's next change reads its state again: a snapshot
 				// taken before the dead letter does not show it.
-				ln.last = &written{done: closed, seq: math.MaxUint64}
+				ln.last = &written{done: closed, seq: math.MaxUint64, at: time.Now()}
 				ev.Ack()
 				w.handled.Add(1)
 				return true
@@ -896,24 +901,37 @@ func (w *Watcher) sendAndSettle(ctx context.Context, log *slog.Logger, p Plan, s
 			actx, aspan = w.tracer.Start(sctx, "apply outcome")
 			defer aspan.End()
 		}
-		seq, ok := w.settle(actx, log, p, st, sendErr, a)
-		if ok {
+		seq, ok, refused := w.settle(actx, log, p, st, sendErr, a)
+		switch {
+		case ok:
 			wr.seq = seq
 			ev.Ack()
 			w.handled.Add(1)
-		} else {
+		case refused != nil && w.poison(actx, log, ev, outcomeRefused(sendErr, refused)):
+			// Dead-lettered, or let go: the checkpoint moves on.
+			wr.seq = math.MaxUint64
+			ev.Ack()
+			w.handled.Add(1)
+		default:
 			wr.seq = math.MaxUint64 // unknown: the next event of the key reads the state
 		}
+		wr.at = time.Now() // before done closes
 	}()
 	return wr, nil
 }
 
 // settle writes the outcome of a send until it is written or ctx ends
 // (then the event is replayed and the send repeated under its key). A guard
-// that fails reads the state again and settles the same result on it.
-func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store.State, sendErr error, a order.Attempt) (uint64, bool) {
+// that fails reads the state again and settles the same result on it. A
+// store unavailable is waited out; a write the store refuses otherwise,
+// MaxEventFailures times in a row, is given up on and its error returned:
+// the event is then dead-lettered as a poison event (a refusal for good
+// would hold the feed's checkpoint, and grow what waits behind it, for the
+// life of the process).
+func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store.State, sendErr error, a order.Attempt) (uint64, bool, error) {
 	b := newBackoff()
-	stale := 0 // guards failed in a row
+	stale := 0   // guards failed in a row
+	refused := 0 // writes refused in a row, neither a conflict nor the store unavailable
 	for {
 		now := w.now()
 		out := Settle(p, st, sendErr, now, w.limits(), w.rand())
@@ -929,17 +947,22 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 			if a.At != 0 && !w.cfg.AtomicOutcomes {
 				w.recordApart(ctx, log, p.OrderKey, a, now)
 			}
-			return highest(cas), true
+			return highest(cas), true, nil
 		}
 		if ctx.Err() != nil {
-			return 0, false
+			return 0, false, nil
 		}
 		if !isStale(err) {
 			stale = 0
+			if !errors.Is(err, store.ErrUnavailable) {
+				if refused++; refused >= w.cfg.MaxEventFailures {
+					return 0, false, err
+				}
+			}
 			log.Error("write the outcome of a send; trying again", "result", out.Result, "error", err, "retry_in", b.peek().String())
 			w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())
 			if !b.wait(ctx) {
-				return 0, false
+				return 0, false, nil
 			}
 		} else if stale++; stale > maxStale {
 			// Someone keeps writing the key: a read and a write a moment
@@ -947,7 +970,7 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 			log.Warn("the documents of the send's outcome keep changing; trying again", "conflicts", stale, "retry_in", b.peek().String())
 			w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())
 			if !b.wait(ctx) {
-				return 0, false
+				return 0, false, nil
 			}
 		}
 		fresh, rerr := w.state(ctx, log, p.OrderKey)
@@ -959,14 +982,24 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 		// send as dropped and write nothing): its guards fail again and
 		// the state is read once more.
 		if ctx.Err() != nil {
-			return 0, false
+			return 0, false, nil
 		}
 		log.Error("read state to settle a send; trying again", "error", rerr, "retry_in", b.peek().String())
 		w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())
 		if !b.wait(ctx) {
-			return 0, false
+			return 0, false, nil
 		}
 	}
+}
+
+// outcomeRefused is why a send's outcome was given up on, for its dead
+// letter: whether the email went out says what a redrive does (sends again
+// under the same key: an idempotent service answers it as a replay).
+func outcomeRefused(sendErr, err error) error {
+	if sendErr == nil {
+		return fmt.Errorf("the email was sent, but the store refused its outcome (the order marked confirmed): %w", err)
+	}
+	return fmt.Errorf("the store refused the outcome of a failed send: %w", err)
 }
 
 // record is the write that adds attempt a to the order's attempt record

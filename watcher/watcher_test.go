@@ -644,6 +644,36 @@ func TestAnOutcomeTheStoreKeepsRefusingHoldsNoWorker(t *testing.T) {
 		"delivered %v of 6: the good orders wait behind bad's outcome", later.Value(func() any { return e.mock.Stats().Deliveries }))
 }
 
+// TestAnOutcomeTheStoreRefusesForGoodIsDeadLettered: an outcome the store
+// keeps refusing (neither unavailable nor a conflict) is given up on after
+// MaxEventFailures tries: the order is dead-lettered, its dead letter says
+// the email went out (a redrive sends again under the same key), and the
+// event is acknowledged, so that the feed's checkpoint moves past it and
+// nothing piles up behind it for the life of the process.
+func TestAnOutcomeTheStoreRefusesForGoodIsDeadLettered(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	st := &refusesOutcome{e.store, "bad"}
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 3}, st, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // an outcome still tried is given up at the stop
+		defer cancel()
+		assert.NoError(t, w.Stop(ctx))
+	})
+	put(t, e.store, order.Inbound, "bad", paidOrder)
+	require.Eventually(t, func() bool { _, ok := get(t, e.store, order.DeadLetter, "bad"); return ok }, 30*time.Second, 5*time.Millisecond,
+		"the refused outcome was never given up on")
+	d := mustDeadLetter(t, e.store, "bad")
+	assert.Equal(t, order.ReasonPoisonEvent, d.Reason)
+	assert.Contains(t, d.LastError, "the email was sent, but the store refused its outcome")
+	assert.Equal(t, 1, e.mock.Delivered()[d.IdempotencyKey], "a redrive sends under the key the email went out with: %v", e.mock.Delivered())
+	require.Eventually(t, func() bool { return w.Stats().Handled == 1 }, 30*time.Second, 5*time.Millisecond,
+		"the event was acknowledged: handled %v", later.Value(func() any { return w.Stats().Handled }))
+	assert.Equal(t, 1, e.mock.Stats().Deliveries, "sent once")
+	assert.Empty(t, w.Stalled())
+}
+
 // replaying hands out the first event twice, the second time with its old
 // snapshot of the key's state: a change read before the worker's own write
 // of the key was committed.
@@ -920,4 +950,56 @@ func TestAnOrderCancelledWhileItsEventWaitsIsNotMailed(t *testing.T) {
 	assert.Equal(t, []string{"confirmation:a@1"}, send.keys, "only order a was mailed")
 	b, _ := get(t, e.store, order.Inbound, "b")
 	assert.NotContains(t, b, `"confirmationEmailSent":true`)
+}
+
+// slowSend makes every send take a few milliseconds: past a worker's bound
+// of 2ms, so that Stalled reports it while it works.
+type slowSend struct{ watcher.Sender }
+
+func (slowSend) Send(context.Context, string, []byte) error {
+	time.Sleep(3 * time.Millisecond)
+	return nil
+}
+
+// TestStalledReadsAWorkersKeyWhileItMovesOn: the health check reads the
+// key of an overdue worker while the worker goes on to its line's next
+// event; the race detector (CI runs the tests under it) sees a read of
+// the event the worker rewrites, if the key is not a copy of its own.
+func TestStalledReadsAWorkersKeyWhileItMovesOn(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, ClaimTTL: time.Millisecond,
+		SingleConsumer: true, AtomicOutcomes: true}, e.store, slowSend{e.mail}, quiet, nil)
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		assert.NoError(t, w.Stop(ctx))
+	})
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_ = w.Stalled()
+			}
+		}
+	}()
+	for i := range 100 {
+		k := fmt.Sprint("k", i%3) // a few keys: lines with events waiting
+		put(t, e.store, order.Inbound, k, paidOrder)
+		put(t, e.store, order.Retry, k, `{"type":"confirmation","docId":"`+k+`","attempt":1,"ts":1,"fireRetry":true,"idempotencyKey":"confirmation:`+k+`@1"}`)
+	}
+	// Settled: every key's last change handled (earlier ones superseded).
+	counts := func() any { c, _ := e.store.Counts(context.Background()); return c }
+	require.Eventually(t, func() bool {
+		c, err := e.store.Counts(context.Background())
+		return err == nil && c.RetryDocs == 0 && c.OrdersConfirmed == 3
+	}, 60*time.Second, 5*time.Millisecond, "not settled: %+v", later.Value(counts))
+	close(stop)
+	<-done
 }

@@ -164,7 +164,9 @@ const idlePoll = 80 * time.Millisecond
 func (sub *subscription) fill(ctx context.Context) error {
 	// One read transaction: the position and the rows of one snapshot, each
 	// row with the state of its key (three or four primary-key lookups), so
-	// that the watcher need not read it again.
+	// that the watcher need not read it again. The state's time is taken
+	// before it begins: whatever was written before that time is in it.
+	at := time.Now()
 	tx, err := sub.s.read.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return fmt.Errorf("feed %s: %w", sub.name, mapErr(err))
@@ -182,7 +184,6 @@ func (sub *subscription) fill(ctx context.Context) error {
 	}
 	defer rows.Close()
 	n := 0
-	at := time.Now()
 	for rows.Next() {
 		var ev store.Event
 		var value sql.NullString
