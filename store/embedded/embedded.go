@@ -203,7 +203,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		}
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, mapErr(err))
 	}
-	if err := migrate(ctx, wdb); err != nil {
+	if err := upgrade(ctx, cfg.Path, dsn("&_txlock=immediate")); err != nil {
 		return fail(err)
 	}
 	// A write now, so that a file that cannot be written fails here, with

@@ -1074,3 +1074,74 @@ func TestFlagKeepsWhenItFellDue(t *testing.T) {
 	require.NoError(t, s.read.QueryRow(`SELECT count(*) FROM docs WHERE fire_at IS NOT NULL`).Scan(&left))
 	assert.Zero(t, left)
 }
+
+// TestTwoProcessesOpeningAtOnceBothOpen: a service and its standby, or run
+// and load, opening a new file, or an older one, at once: each step of the
+// schema is made once, by whichever takes the write lock first, and the
+// other finds it made (each read the version outside that lock, and the
+// second failed on "duplicate column", in 19 of 20 rounds).
+func TestTwoProcessesOpeningAtOnceBothOpen(t *testing.T) {
+	t.Parallel()
+	for _, from := range []int{0, SchemaVersion - 1} {
+		for round := range 10 {
+			var path string
+			if from == 0 {
+				path = filepath.Join(t.TempDir(), "new.db")
+			} else {
+				var db *sql.DB
+				path, db = fileAtVersion(t, from)
+				require.NoError(t, db.Close())
+			}
+			var wg sync.WaitGroup
+			errs := make([]error, 2)
+			for i := range errs {
+				wg.Go(func() {
+					s, err := Open(context.Background(), Config{Path: path})
+					errs[i] = err
+					if err == nil {
+						s.Close()
+					}
+				})
+			}
+			wg.Wait()
+			for _, err := range errs {
+				require.NoError(t, err, "from version %d, round %d", from, round)
+			}
+			s := openUpgraded(t, path)
+			require.NoError(t, s.Close())
+		}
+	}
+}
+
+// TestAFileAServiceRunsOnIsNotUpgradedUnderIt: an older service runs on the
+// file (it holds the process lock); this version's command or standby
+// opening it must not upgrade it under that service, whose writes would
+// leave the new columns empty for good: it says to stop the service first.
+func TestAFileAServiceRunsOnIsNotUpgradedUnderIt(t *testing.T) {
+	t.Parallel()
+	path, db := fileAtVersion(t, SchemaVersion-1)
+	require.NoError(t, db.Close())
+	running := NewProcessLock(path)
+	ok, err := running.TryLock()
+	require.NoError(t, err)
+	require.True(t, ok)
+
+	_, err = Open(context.Background(), Config{Path: path})
+	require.ErrorIs(t, err, ErrUpgradeWhileRunning)
+	assert.ErrorContains(t, err, fmt.Sprintf("schema version %d is older than this ordermail's %d", SchemaVersion-1, SchemaVersion))
+	check, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
+	require.NoError(t, err)
+	defer check.Close()
+	version, err := fileVersion(context.Background(), check)
+	require.NoError(t, err)
+	assert.Equal(t, SchemaVersion-1, version, "left as it was")
+
+	require.NoError(t, running.Unlock()) // the old service stopped
+	s := openUpgraded(t, path)
+	require.NoError(t, s.Close())
+	again := NewProcessLock(path)
+	ok, err = again.TryLock()
+	require.NoError(t, err)
+	assert.True(t, ok, "the upgrade let the lock go: the new service takes it")
+	require.NoError(t, again.Unlock())
+}

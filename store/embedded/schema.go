@@ -6,8 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/ordermail/ordermail/order"
 )
@@ -497,20 +500,110 @@ func migrateV10(ctx context.Context, tx *sql.Tx) error {
 // migrate brings the file to SchemaVersion.
 func migrate(ctx context.Context, db *sql.DB) error { return migrateTo(ctx, db, SchemaVersion) }
 
-// migrateTo brings the file to version target, or says it is newer.
-func migrateTo(ctx context.Context, db *sql.DB, target int) error {
-	var version int
-	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
+// ErrUpgradeWhileRunning refuses to upgrade a file that a running service
+// of an older version holds: its writes, made by statements of its own
+// version, would not keep the new version's columns (dead letters without
+// their reason, retries without their due time), for good.
+var ErrUpgradeWhileRunning = errors.New("a running ordermail of an older version holds it: stop that service, then start this version, which upgrades the file")
+
+// upgrade brings the file at path to SchemaVersion, through dsn (whose
+// transactions take the write lock as they begin: see migrateTo). A file of
+// an older version is upgraded by one process at a time (the upgrade lock:
+// another of this version opening it meanwhile waits, then finds it done),
+// and only while no service runs on it (the process lock is free; it is
+// let go again after).
+func upgrade(ctx context.Context, path, dsn string) error {
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
 		return err
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	version, err := fileVersion(ctx, db)
+	if err != nil {
+		return err
+	}
+	if version > 0 && version < SchemaVersion {
+		unlock, err := lockUpgrade(ctx, RealPath(path)+".upgrade")
+		if err != nil {
+			return err
+		}
+		defer unlock()
+		if version, err = fileVersion(ctx, db); err != nil || version >= SchemaVersion {
+			return err // upgraded meanwhile by another process of this version
+		}
+		l := NewProcessLock(path)
+		ok, err := l.TryLock()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("schema version %d is older than this ordermail's %d, and %w (lock file %s)", version, SchemaVersion, ErrUpgradeWhileRunning, l.Path())
+		}
+		defer l.Unlock()
+	}
+	return migrate(ctx, db)
+}
+
+// lockUpgrade takes the upgrade lock at path, waiting for another process
+// that holds it until ctx ends.
+func lockUpgrade(ctx context.Context, path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("upgrade lock %s: %w", path, err)
+	}
+	for {
+		err := flock(f, syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { flock(f, syscall.LOCK_UN); f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("upgrade lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("wait for another process upgrading the file (%s): %w", path, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// querier reads: a *sql.DB, a *sql.Conn or a *sql.Tx.
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// fileVersion is the file's schema version: 0 for a file without the
+// store's tables, 1 for one of the first release (which set none).
+func fileVersion(ctx context.Context, q querier) (int, error) {
+	var version int
+	if err := q.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&version); err != nil {
+		return 0, err
 	}
 	if version == 0 {
 		var n int
-		if err := db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_schema WHERE name = 'docs'`).Scan(&n); err != nil {
-			return err
+		if err := q.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_schema WHERE name = 'docs'`).Scan(&n); err != nil {
+			return 0, err
 		}
 		if n > 0 {
 			version = 1 // the first release set no user_version
 		}
+	}
+	return version, nil
+}
+
+// migrateTo brings the file to version target, or says it is newer. Each
+// step reads the version again in its own transaction: on a db whose
+// transactions take the write lock as they begin (Open's: _txlock
+// immediate), two processes opening an older file, or a new one, at once
+// do not both make a step (the second failed on "duplicate column", or
+// made a step twice).
+func migrateTo(ctx context.Context, db *sql.DB, target int) error {
+	version, err := fileVersion(ctx, db)
+	if err != nil {
+		return err
 	}
 	if version > SchemaVersion {
 		return fmt.Errorf("schema version %d is newer than this ordermail's %d: upgrade ordermail", version, SchemaVersion)
@@ -530,10 +623,18 @@ func migrateTo(ctx context.Context, db *sql.DB, target int) error {
 		return err
 	}
 	defer conn.ExecContext(context.WithoutCancel(ctx), `PRAGMA temp_store = MEMORY`)
-	for v := version; v < target; v++ {
+	for {
 		tx, err := conn.BeginTx(ctx, nil)
 		if err != nil {
 			return err
+		}
+		v, err := fileVersion(ctx, tx)
+		if err == nil && v > SchemaVersion {
+			err = fmt.Errorf("schema version %d is newer than this ordermail's %d: upgrade ordermail", v, SchemaVersion)
+		}
+		if err != nil || v >= target {
+			tx.Rollback()
+			return err // made meanwhile by another process, or an error
 		}
 		if err := migrations[v](ctx, tx); err != nil {
 			tx.Rollback()
@@ -547,5 +648,4 @@ func migrateTo(ctx context.Context, db *sql.DB, target int) error {
 			return fmt.Errorf("migrate schema to version %d: %w", v+1, err)
 		}
 	}
-	return nil
 }

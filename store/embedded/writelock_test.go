@@ -2,14 +2,21 @@ package embedded
 
 import (
 	"context"
+	"database/sql"
+	"fmt"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/ordermail/ordermail/internal/later"
+	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
 )
 
 // probe runs fn on the writer goroutine, inside a write transaction.
@@ -71,4 +78,51 @@ func TestAWriteGoesOnPastAHeldWriteLockFile(t *testing.T) {
 		return probe(t, s, look) == nil && held
 	}, 30*time.Second, 5*time.Millisecond, "the lock is used again once let go")
 	assert.False(t, stuck)
+}
+
+// TestAFullQueueLetsTheStoresLockBeTaken: with the writer held up (another
+// process holds SQLite's write lock) and its queue full, the writes waiting
+// to be queued hold nothing the writer needs: Close, Subscribe or a lost
+// file's check can take the store's lock, and the writer drains the queue
+// once the other process lets go. (They waited holding it for reading; a
+// writer of it waiting behind them kept the writer from reading it, and
+// every write hung.)
+func TestAFullQueueLetsTheStoresLockBeTaken(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "o.db")
+	s, err := Open(ctx, Config{Path: path, BusyTimeout: time.Minute})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	other, err := sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	defer other.Close()
+	conn, err := other.Conn(ctx)
+	require.NoError(t, err)
+	_, err = conn.ExecContext(ctx, `BEGIN IMMEDIATE`)
+	require.NoError(t, err)
+
+	n := cap(s.jobs) + 200 // the queue full, and more waiting to be queued
+	var done atomic.Int64
+	for i := range n {
+		go func() {
+			s.Upsert(store.WithSharedCommit(ctx), order.Inbound, fmt.Sprint("k", i), []byte(`{}`))
+			done.Add(1)
+		}()
+	}
+	require.Eventually(t, func() bool { return len(s.jobs) == cap(s.jobs) }, 30*time.Second, time.Millisecond, "the queue never filled")
+	locked := make(chan struct{})
+	go func() {
+		s.mu.Lock() // as Close, Subscribe or checkFile take it
+		s.mu.Unlock()
+		close(locked)
+	}()
+	select {
+	case <-locked:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the store's lock was never taken: the writes waiting to be queued hold it")
+	}
+	_, err = conn.ExecContext(ctx, `ROLLBACK`) // the other process lets go
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return done.Load() == int64(n) }, 60*time.Second, 5*time.Millisecond,
+		"writes done: %v of %d", later.Value(func() any { return done.Load() }), n)
 }

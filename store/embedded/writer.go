@@ -167,39 +167,36 @@ func (s *Store) submitJob(ctx context.Context, j *job) error {
 		return fmt.Errorf("embedded store %s: opened %w: no write", s.cfg.Path, ErrReadOnly)
 	}
 	j.shared = store.SharedCommit(ctx)
-	s.mu.RLock()
-	if err := s.checkLocked(); err != nil {
-		s.mu.RUnlock()
+	if err := s.check(); err != nil {
 		return err
 	}
-	// Close waits for this send (it takes the write lock), and the writer
-	// keeps taking jobs until it has been told to stop.
+	// Not under s.mu: with the queue full, a send holding it would keep
+	// the writer, which takes it too, from draining the queue once
+	// anyone waits to take it for writing (Close, Subscribe, a lost file).
 	select {
 	case s.jobs <- j:
+	case <-s.stop:
+		return store.ErrClosed
 	case <-ctx.Done():
-		s.mu.RUnlock()
 		return ctx.Err()
 	}
-	s.mu.RUnlock()
 	select {
 	case <-j.done:
 		return j.err
+	case <-s.writerDone:
+		// Queued as Close began, after the writer's last look: not made.
+		select {
+		case <-j.done:
+			return j.err
+		default:
+			return store.ErrClosed
+		}
 	case <-ctx.Done():
 		// The writer may still make the write (a lock held by another
 		// process keeps it waiting): the caller treats it as not made,
 		// which at worst repeats it.
 		return fmt.Errorf("%w (the write may still be made)", ctx.Err())
 	}
-}
-
-func (s *Store) checkLocked() error {
-	if s.lostErr != nil {
-		return s.lostErr
-	}
-	if s.closed {
-		return store.ErrClosed
-	}
-	return nil
 }
 
 func (s *Store) writeLoop() {
@@ -213,7 +210,8 @@ func (s *Store) writeLoop() {
 		case j := <-s.jobs:
 			batch = append(batch, j)
 		case <-s.stop:
-			// Close let no job in after it began: finish what is queued.
+			// Finish what is queued; a job queued after this ends
+			// store.ErrClosed (submitJob).
 			for {
 				select {
 				case j := <-s.jobs:
