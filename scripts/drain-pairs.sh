@@ -7,8 +7,10 @@
 # the machine's drift hits both alike. Prints each run and, for each pair, the drain's rate over the first sends' rate, two
 # ways: from `retries start` (the wait for the sweep's first tick included:
 # up to --timer-interval, 1s) and from the first due retry delivered (the
-# drain alone; the first sends' clock starts at their first write), with
-# the medians.
+# drain alone; the first sends' clock starts at their first write), and the
+# drain against the first sends after their last write (afterWritesPerSecond:
+# no order written beside them, as none is beside the drain; the strictest
+# of the three), with the medians.
 #
 #   scripts/drain-pairs.sh [ROUNDS]     (6 rounds, ORDERS=100000 by default)
 #   SCATTER=1 scripts/drain-pairs.sh    keys in no order (bench --scatter), both runs
@@ -23,7 +25,7 @@ bin=$(mktemp -d)
 out=$(mktemp)
 trap 'rm -rf "$bin" "$out"' EXIT
 go build -o "$bin/ordermail" ./cmd/ordermail
-echo "# run ordersPerSecond duePerSecond dueDrainPerSecond dueFirstSeconds serviceCPUPerOrderUs confirmed duplicateRequests"
+echo "# run ordersPerSecond duePerSecond dueDrainPerSecond dueFirstSeconds serviceCPUPerOrderUs confirmed duplicateRequests afterWritesPerSecond"
 one() {
 	local name=$1
 	shift
@@ -32,7 +34,7 @@ one() {
 		tail -n 20 "$bin/run.log" >&2
 		exit 1
 	fi
-	python3 -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1], r["ordersPerSecond"], r.get("duePerSecond", "-"), r.get("dueDrainPerSecond", "-"), r.get("dueFirstSeconds", "-"), r["serviceCPUPerOrderUs"], r["confirmed"], r["duplicateRequests"])' "$name" <"$bin/run.json" |
+	python3 -c 'import json,sys; r=json.load(sys.stdin); print(sys.argv[1], r["ordersPerSecond"], r.get("duePerSecond", "-"), r.get("dueDrainPerSecond", "-"), r.get("dueFirstSeconds", "-"), r["serviceCPUPerOrderUs"], r["confirmed"], r["duplicateRequests"], r.get("afterWritesPerSecond", "-"))' "$name" <"$bin/run.json" |
 		tee -a "$out"
 }
 for i in $(seq "$rounds"); do
@@ -52,9 +54,11 @@ rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 first = [float(r[1]) for r in rows if r[0] == "first"]
 start = [float(r[2]) for r in rows if r[0] == "due"]
 drain = [float(r[3]) for r in rows if r[0] == "due"]
-print(f"first sends {min(first):.0f}-{max(first):.0f}/s")
-for name, due in (("from retries start", start), ("from the first due delivery", drain)):
-    ratios = [d / f for f, d in zip(first, due)]
+after = [float(r[8]) for r in rows if r[0] == "first"]
+print(f"first sends {min(first):.0f}-{max(first):.0f}/s (after their last write {min(after):.0f}-{max(after):.0f}/s)")
+for name, due, ref in (("from retries start", start, first), ("from the first due delivery", drain, first),
+                       ("from the first due delivery, against the first sends after their last write", drain, after)):
+    ratios = [d / f for f, d in zip(ref, due)]
     print(f"due retries {name}: {min(due):.0f}-{max(due):.0f}/s, {statistics.median(ratios):.1%} of the first sends' rate "
           f"(median of {len(ratios)} pairs; each: {' '.join(f'{r:.0%}' for r in ratios)})")
 PY
