@@ -2,6 +2,7 @@ package watcher
 
 import (
 	"context"
+	"math"
 	"sync"
 	"time"
 
@@ -146,7 +147,8 @@ func prune(recent map[string]*written, snapshot uint64, stateAt time.Time) {
 	for k, wr := range recent {
 		select {
 		case <-wr.done:
-			if snapshot == 0 || wr.seq <= snapshot || (!stateAt.IsZero() && stateAt.After(wr.at)) {
+			unknown := wr.seq == math.MaxUint64 && !wr.at.IsZero()
+			if snapshot == 0 || wr.seq <= snapshot || (unknown && !stateAt.IsZero() && stateAt.After(wr.at)) {
 				delete(recent, k)
 			}
 		default:

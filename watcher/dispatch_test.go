@@ -278,4 +278,13 @@ func TestDispatchForgetsWritesOfUnknownPositionOnceReadPast(t *testing.T) {
 	assert.Contains(t, recent, "k", "a state read before the write")
 	prune(recent, 100, wr.at.Add(time.Millisecond))
 	assert.NotContains(t, recent, "k", "a state read after it")
+
+	// A write of known position stays until a snapshot includes it,
+	// whenever the state was read: an event of a batch read before it was
+	// made would be decided on a state without it.
+	recent = map[string]*written{"k": {done: closed, seq: 5}}
+	prune(recent, 4, time.Now())
+	assert.Contains(t, recent, "k", "a snapshot (4) from before the write (5)")
+	prune(recent, 5, time.Now())
+	assert.NotContains(t, recent, "k")
 }

@@ -629,7 +629,7 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 		if !errors.Is(err, store.ErrUnavailable) {
 			failures++
 			if failures >= w.cfg.MaxEventFailures {
-				if !w.poison(ctx, log, ev, err) {
+				if !w.poison(ctx, log, ev, err, "") {
 					return false // stopped before its dead letter was written: replayed
 				}
 				// The key's next change reads its state again: a snapshot
@@ -658,8 +658,11 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 // and the event let go: the document is untouched, and its next change
 // brings it back (for a flagged retry, Run now in the console writes it
 // again). It returns false when ctx ended first: the event is then not let
-// go but replayed.
-func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, cause error) bool {
+// go but replayed. sentKey, when not empty, is the key a send for the
+// change went out under (an outcome the store refused): the dead letter
+// keeps it, so that a redrive is answered as a replay (on Couchbase the
+// event's own key, of its CAS, may be another).
+func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, cause error, sentKey string) bool {
 	detail := truncate(cause.Error(), 300)
 	conflicts := 0
 	// By the dead letter, and the retry when it can be read: the failure
@@ -695,6 +698,9 @@ func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, 
 				// a poisoned change of the key's retry left.
 				d.Attempts, d.LastStatus, d.FirstAttemptAt, d.LastAttemptAt, d.IdempotencyKey =
 					old.Attempts, old.LastStatus, old.FirstAttemptAt, old.LastAttemptAt, old.IdempotencyKey
+			}
+			if sentKey != "" {
+				d.IdempotencyKey = sentKey
 			}
 			if d.IdempotencyKey == "" {
 				d.IdempotencyKey = eventKey(ev)
@@ -907,7 +913,7 @@ func (w *Watcher) sendAndSettle(ctx context.Context, log *slog.Logger, p Plan, s
 			wr.seq = seq
 			ev.Ack()
 			w.handled.Add(1)
-		case refused != nil && w.poison(actx, log, ev, outcomeRefused(sendErr, refused)):
+		case refused != nil && w.poison(actx, log, ev, outcomeRefused(sendErr, refused), p.IdempotencyKey):
 			// Dead-lettered, or let go: the checkpoint moves on.
 			wr.seq = math.MaxUint64
 			ev.Ack()
@@ -931,7 +937,7 @@ func (w *Watcher) sendAndSettle(ctx context.Context, log *slog.Logger, p Plan, s
 func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store.State, sendErr error, a order.Attempt) (uint64, bool, error) {
 	b := newBackoff()
 	stale := 0   // guards failed in a row
-	refused := 0 // writes refused in a row, neither a conflict nor the store unavailable
+	refused := 0 // writes or reads refused in a row, neither a conflict nor the store unavailable
 	for {
 		now := w.now()
 		out := Settle(p, st, sendErr, now, w.limits(), w.rand())
@@ -954,17 +960,17 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 		}
 		if !isStale(err) {
 			stale = 0
-			if !errors.Is(err, store.ErrUnavailable) {
-				if refused++; refused >= w.cfg.MaxEventFailures {
-					return 0, false, err
-				}
+			if errors.Is(err, store.ErrUnavailable) {
+				refused = 0 // an outage between refusals: in a row no more
+			} else if refused++; refused >= w.cfg.MaxEventFailures {
+				return 0, false, err
 			}
 			log.Error("write the outcome of a send; trying again", "result", out.Result, "error", err, "retry_in", b.peek().String())
 			w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())
 			if !b.wait(ctx) {
 				return 0, false, nil
 			}
-		} else if stale++; stale > maxStale {
+		} else if refused, stale = 0, stale+1; stale > maxStale {
 			// Someone keeps writing the key: a read and a write a moment
 			// apart, not a loop as fast as the store answers.
 			log.Warn("the documents of the send's outcome keep changing; trying again", "conflicts", stale, "retry_in", b.peek().String())
@@ -983,6 +989,11 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 		// the state is read once more.
 		if ctx.Err() != nil {
 			return 0, false, nil
+		}
+		if errors.Is(rerr, store.ErrUnavailable) {
+			refused = 0
+		} else if refused++; refused >= w.cfg.MaxEventFailures {
+			return 0, false, rerr
 		}
 		log.Error("read state to settle a send; trying again", "error", rerr, "retry_in", b.peek().String())
 		w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())

@@ -1145,3 +1145,17 @@ func TestAFileAServiceRunsOnIsNotUpgradedUnderIt(t *testing.T) {
 	assert.True(t, ok, "the upgrade let the lock go: the new service takes it")
 	require.NoError(t, again.Unlock())
 }
+
+// TestAnUpgradeMakesNoLockFile: with no lock file (none ran here, or its
+// file was deleted), the upgrade makes none: a standby waiting on a lock
+// file deleted under the service it stands by for would take the new one
+// as not its own to wait out.
+func TestAnUpgradeMakesNoLockFile(t *testing.T) {
+	t.Parallel()
+	path, db := fileAtVersion(t, SchemaVersion-1)
+	require.NoError(t, db.Close())
+	s := openUpgraded(t, path)
+	require.NoError(t, s.Close())
+	_, err := os.Stat(NewProcessLock(path).Path())
+	assert.ErrorIs(t, err, os.ErrNotExist)
+}

@@ -532,15 +532,20 @@ func upgrade(ctx context.Context, path, dsn string) error {
 		if version, err = fileVersion(ctx, db); err != nil || version >= SchemaVersion {
 			return err // upgraded meanwhile by another process of this version
 		}
+		// No lock file: no service has run here since it was deleted (one
+		// that still runs notices within seconds and stops); none is made
+		// for a standby to take for its own.
 		l := NewProcessLock(path)
-		ok, err := l.TryLock()
-		if err != nil {
-			return err
+		if _, err := os.Stat(l.Path()); err == nil {
+			ok, err := l.TryLock()
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return fmt.Errorf("schema version %d is older than this ordermail's %d, and %w (lock file %s)", version, SchemaVersion, ErrUpgradeWhileRunning, l.Path())
+			}
+			defer l.Unlock()
 		}
-		if !ok {
-			return fmt.Errorf("schema version %d is older than this ordermail's %d, and %w (lock file %s)", version, SchemaVersion, ErrUpgradeWhileRunning, l.Path())
-		}
-		defer l.Unlock()
 	}
 	return migrate(ctx, db)
 }
