@@ -1006,11 +1006,13 @@ func writeOldDocs(t *testing.T, db *sql.DB, coll string, docs []oldDoc) {
 }
 
 // fileAtVersion makes a store file of schema version v, and the handle
-// that made it, one connection as the store's writer has.
+// that made it, one connection as the store's writer has. The file is in
+// WAL mode, as every release has made them: in SQLite's rollback journal
+// mode, which no release used, readers and a writer block each other.
 func fileAtVersion(t *testing.T, v int) (string, *sql.DB) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), fmt.Sprintf("v%d.db", v))
-	db, err := sql.Open("sqlite", "file:"+path)
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=journal_mode(WAL)")
 	require.NoError(t, err)
 	db.SetMaxOpenConns(1)
 	require.NoError(t, migrateTo(context.Background(), db, v))

@@ -507,12 +507,19 @@ func migrate(ctx context.Context, db *sql.DB) error { return migrateTo(ctx, db, 
 var ErrUpgradeWhileRunning = errors.New("a running ordermail of an older version holds it: stop that service, then start this version, which upgrades the file")
 
 // upgrade brings the file at path to SchemaVersion, through dsn (whose
-// transactions take the write lock as they begin: see migrateTo). A file of
-// an older version is upgraded by one process at a time (the upgrade lock:
-// another of this version opening it meanwhile waits, then finds it done),
-// and only while no service runs on it (the process lock is free; it is
-// let go again after).
+// transactions take the write lock as they begin: see migrateTo). One
+// process at a time looks (the upgrade lock, taken before it connects:
+// two processes making a new file at once, the second's connection met the
+// first's schema half made, SQLITE_BUSY at once under the race detector);
+// another of this version opening the file meanwhile waits, then finds it
+// done. A file of an older version is upgraded only while no service runs
+// on it (the process lock is free; it is let go again after).
 func upgrade(ctx context.Context, path, dsn string) error {
+	unlock, err := lockUpgrade(ctx, RealPath(path)+".upgrade")
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return err
@@ -524,14 +531,6 @@ func upgrade(ctx context.Context, path, dsn string) error {
 		return err
 	}
 	if version > 0 && version < SchemaVersion {
-		unlock, err := lockUpgrade(ctx, RealPath(path)+".upgrade")
-		if err != nil {
-			return err
-		}
-		defer unlock()
-		if version, err = fileVersion(ctx, db); err != nil || version >= SchemaVersion {
-			return err // upgraded meanwhile by another process of this version
-		}
 		// No lock file: no service has run here since it was deleted (one
 		// that still runs notices within seconds and stops); none is made
 		// for a standby to take for its own.
