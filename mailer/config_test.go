@@ -385,6 +385,24 @@ func TestAnOrderRefusedAgainAfterOthersWereAcceptedIsItsOwnFailure(t *testing.T)
 	assert.Empty(t, c.Misconfigured())
 }
 
+// tlsService serves h over TLS with a test PKI's certificate, asking for a
+// client certificate as auth says (ClientCAs: the PKI's), and returns its
+// URL and the PKI's files.
+func tlsService(t *testing.T, auth tls.ClientAuthType, h http.HandlerFunc) (string, testpki.Files) {
+	t.Helper()
+	pki, err := testpki.New()
+	require.NoError(t, err)
+	files, err := pki.WriteFiles(t.TempDir())
+	require.NoError(t, err)
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.TLS = pki.ServerTLS(true)
+	srv.TLS.ClientAuth = auth
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv.URL, files
+}
+
 // TestAnOrderWhoseConnectionIsDroppedAgainIsItsOwnFailure: a service that
 // asks for a client certificate without requiring one (nginx's
 // ssl_verify_client optional) and drops one order's connection (a proxy
@@ -393,23 +411,15 @@ func TestAnOrderRefusedAgainAfterOthersWereAcceptedIsItsOwnFailure(t *testing.T)
 // order's failure, not everyone's.
 func TestAnOrderWhoseConnectionIsDroppedAgainIsItsOwnFailure(t *testing.T) {
 	t.Parallel()
-	pki, err := testpki.New()
-	require.NoError(t, err)
-	files, err := pki.WriteFiles(t.TempDir())
-	require.NoError(t, err)
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	url, files := tlsService(t, tls.RequestClientCert, func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Idempotency-Key") == "dropped" {
 			conn, _, err := w.(http.Hijacker).Hijack()
 			if err == nil {
 				conn.Close()
 			}
 		}
-	}))
-	srv.TLS = pki.ServerTLS(false)
-	srv.TLS.ClientAuth = tls.RequestClientCert
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	c, err := mailer.New(mailer.Config{URL: srv.URL, CAFile: files.CA, BreakerCooldown: 50 * time.Millisecond}, quiet)
+	})
+	c, err := mailer.New(mailer.Config{URL: url, CAFile: files.CA, BreakerCooldown: 50 * time.Millisecond}, quiet)
 	require.NoError(t, err)
 	send := func(key string) error { return c.Send(context.Background(), key, []byte(`{}`)) }
 
@@ -429,20 +439,12 @@ func TestAnOrderWhoseConnectionIsDroppedAgainIsItsOwnFailure(t *testing.T) {
 // nothing of the configuration is refused, and no send is held.
 func TestAServiceThatAcceptsTheCertificateMayStillFail(t *testing.T) {
 	t.Parallel()
-	pki, err := testpki.New()
-	require.NoError(t, err)
-	files, err := pki.WriteFiles(t.TempDir())
-	require.NoError(t, err)
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	url, files := tlsService(t, tls.RequireAndVerifyClientCert, func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("Idempotency-Key") == "crashes" {
 			panic(http.ErrAbortHandler) // the connection closed, no answer
 		}
-	}))
-	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	srv.TLS = pki.ServerTLS(true)
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	c, err := mailer.New(mailer.Config{URL: srv.URL, CAFile: files.CA, CertFile: files.ClientCert, KeyFile: files.ClientKey,
+	})
+	c, err := mailer.New(mailer.Config{URL: url, CAFile: files.CA, CertFile: files.ClientCert, KeyFile: files.ClientKey,
 		BreakerCooldown: time.Hour}, quiet)
 	require.NoError(t, err)
 	require.NoError(t, c.Send(context.Background(), "accepted-a", []byte(`{}`)), "the certificate is accepted")
