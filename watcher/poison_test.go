@@ -88,13 +88,7 @@ func TestAPoisonDeadLetterHoldsUpItsOrderNotOneCreatedAnew(t *testing.T) {
 	require.NoError(t, w.Stop(context.Background()))
 	assert.Equal(t, old, mustDeadLetter(t, e.store, "p").IdempotencyKey)
 
-	ctx := context.Background()
-	d, err := e.store.Get(ctx, order.Inbound, "p")
-	require.NoError(t, err)
-	require.NoError(t, e.store.Remove(ctx, order.Inbound, "p", d.CAS))
-	_, err = e.store.Insert(ctx, order.Inbound, "p", []byte(paidOrder))
-	require.NoError(t, err)
-	renewed := incarnationKey(t, e.store, "p")
+	renewed := recreate(t, e.store, "p")
 	require.NotEqual(t, old, renewed)
 	startWatcher(t, e.store, e.mail, &syncBuffer{})
 	waitDelivered(t, e.mock, renewed)
@@ -228,12 +222,7 @@ func TestAPoisonDeadLetterOfANewOrderForgetsTheDeletedOnes(t *testing.T) {
 	old := incarnationKey(t, e.store, "p")
 	put(t, e.store, order.DeadLetter, "p", string(order.DeadLetterDoc{Type: order.TypeConfirmation, DocID: "p",
 		Reason: order.ReasonExhausted, Attempts: 5, LastStatus: 503, IdempotencyKey: old}.Encode()))
-	d, err := e.store.Get(ctx, order.Inbound, "p")
-	require.NoError(t, err)
-	require.NoError(t, e.store.Remove(ctx, order.Inbound, "p", d.CAS))
-	_, err = e.store.Insert(ctx, order.Inbound, "p", []byte(paidOrder))
-	require.NoError(t, err)
-	renewed := incarnationKey(t, e.store, "p")
+	renewed := recreate(t, e.store, "p")
 
 	w := startPoisoned(t, e, "p")
 	waitHandled(t, w, 1)
@@ -242,4 +231,17 @@ func TestAPoisonDeadLetterOfANewOrderForgetsTheDeletedOnes(t *testing.T) {
 	assert.Equal(t, order.ReasonPoisonEvent, dl.Reason)
 	assert.Equal(t, renewed, dl.IdempotencyKey, "the new order's: it holds that one up")
 	assert.Zero(t, dl.Attempts, "none of the deleted order's")
+}
+
+// recreate deletes the paid order key and creates it again, paid, as an
+// order system reusing a key does; it returns the new incarnation's key.
+func recreate(t *testing.T, st store.Store, key string) string {
+	t.Helper()
+	ctx := context.Background()
+	d, err := st.Get(ctx, order.Inbound, key)
+	require.NoError(t, err)
+	require.NoError(t, st.Remove(ctx, order.Inbound, key, d.CAS))
+	_, err = st.Insert(ctx, order.Inbound, key, []byte(paidOrder))
+	require.NoError(t, err)
+	return incarnationKey(t, st, key)
 }
