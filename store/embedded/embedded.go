@@ -116,6 +116,7 @@ type Store struct {
 	ckptKick   chan struct{} // a commit asks checkpointLoop for a checkpoint
 	ckptDone   chan struct{}
 	ckpt       *sql.DB       // checkpointLoop's connection
+	release    func()        // lets the upgrade lock go: the file is not open here any more (see upgrade)
 	lost       chan struct{} // closed when the file is lost
 	lostErr    error
 	commits    atomic.Uint64 // transactions committed by the writer
@@ -195,7 +196,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
 	}
 	wdb.SetMaxOpenConns(1)
-	fail := func(err error) (*Store, error) {
+	failOpen := func(err error) (*Store, error) {
 		wdb.Close()
 		var se *sqlite.Error
 		if errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_READONLY {
@@ -203,8 +204,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		}
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, mapErr(err))
 	}
-	if err := upgrade(ctx, cfg.Path, dsn("&_txlock=immediate")); err != nil {
+	fail := failOpen
+	release, err := upgrade(ctx, cfg.Path, dsn("&_txlock=immediate"), cfg.BusyTimeout)
+	if err != nil {
 		return fail(err)
+	}
+	fail = func(err error) (*Store, error) {
+		release()
+		return failOpen(err)
 	}
 	// A write now, so that a file that cannot be written fails here, with
 	// a clear message, and not at the first outcome.
@@ -241,7 +248,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		cfg: cfg, write: conn, wlock: openWriteLock(cfg.Path), wdb: wdb, read: read, subs: map[chan struct{}]struct{}{},
 		jobs: make(chan *job, 1024), stop: make(chan struct{}), writerDone: make(chan struct{}),
 		checkDone: make(chan struct{}), lost: make(chan struct{}),
-		ckptKick: make(chan struct{}, 1), ckptDone: make(chan struct{}), ckpt: ckpt,
+		ckptKick: make(chan struct{}, 1), ckptDone: make(chan struct{}), ckpt: ckpt, release: release,
 	}
 	if err := s.prepare(ctx); err != nil {
 		s.wlock.close()
@@ -415,7 +422,9 @@ func (s *Store) Close() error {
 	<-s.checkDone
 	<-s.ckptDone
 	stmtsErr := s.write.Raw(func(any) error { return s.stmts.close() })
-	return errors.Join(stmtsErr, s.wlock.close(), s.write.Close(), s.wdb.Close(), s.read.Close(), s.ckpt.Close())
+	err := errors.Join(stmtsErr, s.wlock.close(), s.write.Close(), s.wdb.Close(), s.read.Close(), s.ckpt.Close())
+	s.release()
+	return err
 }
 
 // checkFile notices the file being deleted or replaced (another inode at

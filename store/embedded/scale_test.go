@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1146,6 +1147,63 @@ func TestAFileAServiceRunsOnIsNotUpgradedUnderIt(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, ok, "the upgrade let the lock go: the new service takes it")
 	require.NoError(t, again.Unlock())
+}
+
+// TestAFileAnOlderProcessHasOpenIsNotUpgraded: a process of an older
+// version that has the file open without running the feed (a standby
+// waiting to take over, a command) holds the upgrade lock shared; this
+// version waits for it to let the file go, then refuses, and upgrades once
+// it has. Taking over later, the standby would have written as the older
+// version does, leaving the new columns empty.
+func TestAFileAnOlderProcessHasOpenIsNotUpgraded(t *testing.T) {
+	t.Parallel()
+	path, db := fileAtVersion(t, SchemaVersion-1)
+	require.NoError(t, db.Close())
+	older, err := os.OpenFile(path+".upgrade", os.O_RDWR|os.O_CREATE, 0o600)
+	require.NoError(t, err)
+	defer older.Close()
+	require.NoError(t, flock(older, syscall.LOCK_SH))
+
+	_, err = Open(context.Background(), Config{Path: path, BusyTimeout: 200 * time.Millisecond})
+	require.ErrorIs(t, err, ErrUpgradeWhileRunning)
+	assert.ErrorContains(t, err, fmt.Sprintf("schema version %d is older than this ordermail's %d", SchemaVersion-1, SchemaVersion))
+	check, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
+	require.NoError(t, err)
+	defer check.Close()
+	version, err := fileVersion(context.Background(), check)
+	require.NoError(t, err)
+	assert.Equal(t, SchemaVersion-1, version, "left as it was")
+
+	require.NoError(t, flock(older, syscall.LOCK_UN)) // the older process stopped
+	s := openUpgraded(t, path)
+	defer s.Close()
+	version, err = fileVersion(context.Background(), check)
+	require.NoError(t, err)
+	assert.Equal(t, SchemaVersion, version)
+}
+
+// TestAnOpenStoreHoldsTheUpgradeLockShared: while a store is open, no
+// process can take the upgrade lock for itself (a newer version waits for
+// it to close), and another of this version opens the file beside it.
+func TestAnOpenStoreHoldsTheUpgradeLockShared(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "s.db")
+	s, err := Open(context.Background(), Config{Path: path})
+	require.NoError(t, err)
+	newer, err := os.OpenFile(path+".upgrade", os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer newer.Close()
+	require.ErrorIs(t, tryFlock(newer, syscall.LOCK_EX), syscall.EWOULDBLOCK, "an open store lets a newer version upgrade it")
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	beside, err := Open(ctx, Config{Path: path, BusyTimeout: 200 * time.Millisecond})
+	require.NoError(t, err, "a second store of this version opens the file beside the first")
+	require.NoError(t, beside.Close())
+	assert.ErrorIs(t, tryFlock(newer, syscall.LOCK_EX), syscall.EWOULDBLOCK, "one store closed, the other still open")
+
+	require.NoError(t, s.Close())
+	assert.NoError(t, tryFlock(newer, syscall.LOCK_EX), "closed, the file may be upgraded")
 }
 
 // TestAnUpgradeMakesNoLockFile: with no lock file (none ran here, or its

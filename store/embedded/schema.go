@@ -500,32 +500,92 @@ func migrateV10(ctx context.Context, tx *sql.Tx) error {
 // migrate brings the file to SchemaVersion.
 func migrate(ctx context.Context, db *sql.DB) error { return migrateTo(ctx, db, SchemaVersion) }
 
-// ErrUpgradeWhileRunning refuses to upgrade a file that a running service
-// of an older version holds: its writes, made by statements of its own
+// ErrUpgradeWhileRunning refuses to upgrade a file that an ordermail of an
+// older version has open: its writes, made by statements of its own
 // version, would not keep the new version's columns (dead letters without
 // their reason, retries without their due time), for good.
-var ErrUpgradeWhileRunning = errors.New("a running ordermail of an older version holds it: stop that service, then start this version, which upgrades the file")
+var ErrUpgradeWhileRunning = errors.New("an ordermail of an older version has it open (a service, a standby or a command): stop it, then start this version, which upgrades the file")
 
 // upgrade brings the file at path to SchemaVersion, through dsn (whose
-// transactions take the write lock as they begin: see migrateTo). One
-// process at a time looks (the upgrade lock, taken before it connects:
-// two processes making a new file at once, the second's connection met the
-// first's schema half made, SQLITE_BUSY at once under the race detector);
-// another of this version opening the file meanwhile waits, then finds it
-// done. A file of an older version is upgraded only while no service runs
-// on it (the process lock is free; it is let go again after).
-func upgrade(ctx context.Context, path, dsn string) error {
-	unlock, err := lockUpgrade(ctx, RealPath(path)+".upgrade")
+// transactions take the write lock as they begin: see migrateTo), and
+// returns with a shared lock on the upgrade lock file (path.upgrade) that
+// the store keeps while it is open: release lets it go.
+//
+// Every process that has the file open for writing holds that lock shared;
+// one looks at the version and upgrades with it held exclusively. So a file
+// is upgraded only while no process of an older version has it open (a
+// service, a standby waiting to take over, a command): the upgrade waits
+// up to grace for them to let it go, then refuses. Processes of releases
+// that held no shared lock are seen only while they run the feed (the
+// process lock). Two processes of this version opening the file at once
+// upgrade it once (the second finds it done); the look is never made while
+// another process makes the file (the second's connection met the first's
+// schema half made, SQLITE_BUSY at once under the race detector).
+func upgrade(ctx context.Context, path, dsn string, grace time.Duration) (release func(), err error) {
+	lockPath := RealPath(path) + ".upgrade"
+	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("upgrade lock %s: %w", lockPath, err)
 	}
-	defer unlock()
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
-		return err
+		f.Close()
+		return nil, err
 	}
 	defer db.Close()
 	db.SetMaxOpenConns(1)
+	var olderSince time.Time // when the file was first seen older, held open by others
+	for {
+		held := false
+		if err := tryFlock(f, syscall.LOCK_EX); err == nil {
+			if err := upgradeHeld(ctx, db, path); err != nil {
+				f.Close() // lets the lock go
+				return nil, err
+			}
+			// Shared now: not atomic (another process may take it
+			// exclusively in between), so then once more around.
+			held = tryFlock(f, syscall.LOCK_SH) == nil
+		} else if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("upgrade lock %s: %w", lockPath, err)
+		} else {
+			held = tryFlock(f, syscall.LOCK_SH) == nil // another has it open, or makes it
+		}
+		if held {
+			version, err := fileVersion(ctx, db)
+			if err == nil && version == SchemaVersion {
+				return func() { f.Close() }, nil
+			}
+			flock(f, syscall.LOCK_UN)
+			switch {
+			case err != nil:
+				f.Close()
+				return nil, err
+			case version > SchemaVersion:
+				f.Close()
+				return nil, fmt.Errorf("schema version %d is newer than this ordermail's %d: upgrade ordermail", version, SchemaVersion)
+			case olderSince.IsZero():
+				olderSince = time.Now()
+			case time.Since(olderSince) > grace:
+				f.Close()
+				return nil, fmt.Errorf("schema version %d is older than this ordermail's %d, and %w (waited %s for it to let %s go)",
+					version, SchemaVersion, ErrUpgradeWhileRunning, grace, lockPath)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("wait for another process upgrading the file (%s): %w", lockPath, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// upgradeHeld upgrades the file with the upgrade lock held exclusively. A
+// file of an older version is upgraded only while no service of a release
+// that held no upgrade lock runs on it (the process lock is free; it is
+// let go again after).
+func upgradeHeld(ctx context.Context, db *sql.DB, path string) error {
 	version, err := fileVersion(ctx, db)
 	if err != nil {
 		return err
@@ -541,7 +601,7 @@ func upgrade(ctx context.Context, path, dsn string) error {
 				return err
 			}
 			if !ok {
-				return fmt.Errorf("schema version %d is older than this ordermail's %d, and %w (lock file %s)", version, SchemaVersion, ErrUpgradeWhileRunning, l.Path())
+				return fmt.Errorf("schema version %d is older than this ordermail's %d, and %w (it runs the feed: lock file %s)", version, SchemaVersion, ErrUpgradeWhileRunning, l.Path())
 			}
 			defer l.Unlock()
 		}
@@ -549,30 +609,9 @@ func upgrade(ctx context.Context, path, dsn string) error {
 	return migrate(ctx, db)
 }
 
-// lockUpgrade takes the upgrade lock at path, waiting for another process
-// that holds it until ctx ends.
-func lockUpgrade(ctx context.Context, path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("upgrade lock %s: %w", path, err)
-	}
-	for {
-		err := flock(f, syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return func() { flock(f, syscall.LOCK_UN); f.Close() }, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("upgrade lock %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("wait for another process upgrading the file (%s): %w", path, ctx.Err())
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
+// tryFlock takes the lock how on f without waiting: EWOULDBLOCK when
+// another process holds it.
+func tryFlock(f *os.File, how int) error { return flock(f, how|syscall.LOCK_NB) }
 
 // querier reads: a *sql.DB, a *sql.Conn or a *sql.Tx.
 type querier interface {
