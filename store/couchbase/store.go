@@ -273,7 +273,10 @@ func (s *Store) writeOnce(ctx context.Context, c *gocb.Collection, w store.Write
 	case store.OpInsert:
 		res, err = c.Insert(w.Key, w.Value, &gocb.InsertOptions{Context: ctx, Expiry: expiry})
 	case store.OpReplace:
-		res, err = c.Replace(w.Key, w.Value, &gocb.ReplaceOptions{Context: ctx, Cas: gocb.Cas(w.CAS), Expiry: expiry})
+		// A write that sets no expiry keeps the document's: the order
+		// system's TTL on an order marked confirmed (a replace without one
+		// would make it live for ever). Server 7.0 and later.
+		res, err = c.Replace(w.Key, w.Value, &gocb.ReplaceOptions{Context: ctx, Cas: gocb.Cas(w.CAS), Expiry: expiry, PreserveExpiry: expiry == 0})
 	case store.OpUpsert:
 		res, err = c.Upsert(w.Key, w.Value, &gocb.UpsertOptions{Context: ctx, Expiry: expiry})
 	case store.OpRemove:

@@ -465,3 +465,36 @@ func TestTheProbeFlagsAnOldestRetryItCannotEditByKV(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, res.Flagged, "the next probe takes the next one")
 }
+
+// The order system may give its orders an expiry (a retention policy):
+// marking one confirmed, a replace that sets none, keeps it, and a write
+// that sets one still sets it. A plain replace made the order live for
+// ever.
+func TestAReplaceKeepsTheDocumentsExpiry(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	cfg, srv := fakeCluster(t, cbtest.Options{Clock: clock})
+	s := openStore(t, cfg)
+	ctx := ctxFor(t, 30*time.Second)
+	res, err := s.colls[order.Inbound].Insert("o1", []byte(`{"paymentStatus":"paid"}`),
+		&gocb.InsertOptions{Context: ctx, Expiry: time.Hour})
+	require.NoError(t, err)
+	_, err = s.Apply(ctx, []store.Write{{Op: store.OpReplace, Collection: order.Inbound, Key: "o1",
+		Value: []byte(`{"paymentStatus":"paid","confirmationEmailSent":true}`), CAS: uint64(res.Cas())}})
+	require.NoError(t, err)
+	res, err = s.colls[order.Inbound].Insert("o2", []byte(`{"paymentStatus":"paid"}`), &gocb.InsertOptions{Context: ctx})
+	require.NoError(t, err)
+	_, err = s.Apply(ctx, []store.Write{{Op: store.OpReplace, Collection: order.Inbound, Key: "o2",
+		Value: []byte(`{"paymentStatus":"paid","confirmationEmailSent":true}`), CAS: uint64(res.Cas()), Expiry: clock().Add(time.Hour)}})
+	require.NoError(t, err)
+
+	mu.Lock()
+	now = now.Add(2 * time.Hour)
+	mu.Unlock()
+	assert.Equal(t, 2, srv.ExpireNow(), "both orders expired")
+	for _, k := range []string{"o1", "o2"} {
+		_, err = s.Get(ctx, order.Inbound, k)
+		assert.ErrorIs(t, err, store.ErrNotFound, k)
+	}
+}

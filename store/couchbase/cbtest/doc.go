@@ -46,8 +46,8 @@
 // # Key-value service
 //
 // Bootstrap: HELLO (grants only Collections, AltRequests, MutationSeqNo,
-// XError, SelectBucket and JSON — never Snappy, clustermap pushes, XATTR
-// or durability, §3.2, §10.4.4), GET_ERROR_MAP (minimal map), SASL
+// XError, SelectBucket, JSON and PreserveTTL — never Snappy, clustermap
+// pushes, XATTR or durability, §3.2, §10.4.4), GET_ERROR_MAP (minimal map), SASL
 // LIST_MECHS/AUTH/STEP with SCRAM-SHA512, SCRAM-SHA256 and SCRAM-SHA1
 // (the client proof is verified, the server signature returned) and PLAIN,
 // SELECT_BUCKET, GET_CLUSTER_CONFIG with a bucket (terse bucket config)
@@ -65,6 +65,8 @@
 // UNKNOWN_SCOPE 0x8c with {"manifest_uid":…}, UNKNOWN_COMMAND 0x81 for
 // anything else (subdoc, counters, append, locking, GET_META are not
 // implemented). Mutation responses carry {vbuuid, seqno} when asked for.
+// A SET or REPLACE with the preserve-TTL frame (§2.3, ID 5) keeps the
+// existing document's expiry; other request frames are skipped.
 //
 // # DCP
 //

@@ -603,9 +603,17 @@ func (c *kvConn) store(p *packet, b *bucket, vb *vbucket, coll *collDef, k docKe
 		c.fail(p, statusKeyEEXISTS, "CAS mismatch")
 		return
 	}
+	preserve, err := p.preservesTTL()
+	if err != nil {
+		c.fail(p, statusEINVAL, err.Error())
+		return
+	}
 	exp := c.s.expiryAt(binary.BigEndian.Uint32(p.extras[4:]))
 	if exp == 0 && coll.maxTTL > 0 {
 		exp = c.s.expiryAt(coll.maxTTL)
+	}
+	if preserve && cur != nil {
+		exp = cur.expiry // the document's own, the request's ignored
 	}
 	it := &item{docKey: k, value: bytes.Clone(p.value), flags: binary.BigEndian.Uint32(p.extras), expiry: exp}
 	if json.Valid(it.value) {

@@ -90,6 +90,7 @@ const (
 	featAltRequests         = 0x10
 	featSyncReplication     = 0x11
 	featCollections         = 0x12
+	featPreserveTTL         = 0x14
 	featClustermapKnownVer  = 0x1d
 	featClustermapNotifBrif = 0x1f
 )
@@ -104,6 +105,7 @@ var grantable = map[uint16]bool{
 	featJSON:          true,
 	featAltRequests:   true,
 	featCollections:   true,
+	featPreserveTTL:   true,
 }
 
 // Datatype bits.
@@ -176,6 +178,43 @@ func readPacket(r *bufio.Reader) (*packet, error) {
 		p.magic = magicRes
 	}
 	return p, nil
+}
+
+// Request frame IDs (framing extras, §2.3).
+const frameReqPreserveTTL = 5
+
+// preservesTTL says whether the request's framing extras ask to keep the
+// document's expiry. Each frame's header byte holds its ID (high nibble)
+// and length (low nibble); 15 in either means 15 plus the next byte.
+// Frames the server does not implement are skipped.
+func (p *packet) preservesTTL() (bool, error) {
+	f := p.frames
+	preserve := false
+	for len(f) > 0 {
+		id, n := int(f[0]>>4), int(f[0]&0x0f)
+		f = f[1:]
+		for _, v := range []*int{&id, &n} {
+			if *v != 15 {
+				continue
+			}
+			if len(f) == 0 {
+				return false, errors.New("truncated frame header")
+			}
+			*v += int(f[0])
+			f = f[1:]
+		}
+		if n > len(f) {
+			return false, fmt.Errorf("frame %d: %d bytes of data, %d left", id, n, len(f))
+		}
+		if id == frameReqPreserveTTL {
+			if n != 0 {
+				return false, fmt.Errorf("preserve TTL frame with %d bytes of data", n)
+			}
+			preserve = true
+		}
+		f = f[n:]
+	}
+	return preserve, nil
 }
 
 // size is the encoded length of the packet.
