@@ -69,7 +69,9 @@ func TestCouchbaseScale(t *testing.T) {
 	// uncached forgets the answers the store serves for a while, so that
 	// what a step reads is read.
 	uncached := func() {
-		s.counts, s.orderCounts, s.backlog, s.reasons = newTTLCache[store.Counts](), newTTLCache[orderCounts](), newTTLCache[store.Backlog](), newTTLCache[[]store.Tally]()
+		s.orderCounts.stop()
+		s.orderCounts = bgCount{}
+		s.counts, s.backlog, s.reasons = newTTLCache[store.Counts](), newTTLCache[store.Backlog](), newTTLCache[[]store.Tally]()
 	}
 
 	start := time.Now()

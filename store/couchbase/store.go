@@ -38,7 +38,7 @@ type Store struct {
 
 	counts ttlCache[store.Counts]
 	// orderCounts is apart: its count grows with the orders stored.
-	orderCounts ttlCache[orderCounts]
+	orderCounts bgCount
 	backlog     ttlCache[store.Backlog]
 	reasons     ttlCache[[]store.Tally]
 
@@ -65,7 +65,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{cfg: cfg, creds: creds, cluster: cluster, colls: map[string]*gocb.Collection{}, log: log.With("component", "couchbase"),
-		now: time.Now, counts: newTTLCache[store.Counts](), orderCounts: newTTLCache[orderCounts](), backlog: newTTLCache[store.Backlog](), reasons: newTTLCache[[]store.Tally](), member: cfg.Member}
+		now: time.Now, counts: newTTLCache[store.Counts](), backlog: newTTLCache[store.Backlog](), reasons: newTTLCache[[]store.Tally](), member: cfg.Member}
 	if s.member == "" {
 		host, _ := os.Hostname()
 		s.member = host + "/" + strconv.Itoa(os.Getpid()) + "/" + strconv.FormatInt(time.Now().UnixNano(), 36)
@@ -149,7 +149,10 @@ func missingCollections(scopes []gocb.ScopeSpec, scope string) []string {
 }
 
 // Close disconnects.
-func (s *Store) Close() error { return s.cluster.Close(nil) }
+func (s *Store) Close() error {
+	s.orderCounts.stop()
+	return s.cluster.Close(nil)
+}
 
 func (s *Store) coll(name string) (*gocb.Collection, error) {
 	c, ok := s.colls[name]
@@ -847,14 +850,94 @@ func (s *Store) Counts(ctx context.Context) (store.Counts, error) {
 	if err != nil {
 		return store.Counts{}, err
 	}
-	o, err := s.orderCounts.get(ctx, s.now, s.cfg.OrderCountsTTL, "", func() (orderCounts, error) {
-		return s.readOrderCounts(ctx)
-	})
+	o, err := s.orderCounts.get(ctx, s.now, s.cfg.OrderCountsTTL, s.readOrderCounts)
 	if err != nil {
 		return store.Counts{}, err
 	}
 	c.OrdersPaid, c.OrdersConfirmed, c.OrdersCountedAt = o.Paid, o.Confirmed, o.at
 	return c, nil
+}
+
+// orderCountTimeout bounds a count of the orders, apart from the deadline
+// of the caller that asked for it (the metrics' refresh gives 5s): on a
+// store of millions of paid orders one count may take longer, and cut off
+// at each refresh it would never be made.
+const orderCountTimeout = 2 * time.Minute
+
+// bgCount keeps the last count of the orders and makes the next one in the
+// background once it is older than its TTL: a caller gets the last count
+// at once while the next is made, and waits (within its own deadline)
+// only for the first; one count at a time.
+type bgCount struct {
+	mu      sync.Mutex
+	last    orderCounts
+	ok      bool
+	err     error         // of the last count, when it failed
+	running chan struct{} // closed when the count under way ends; nil when none is
+	wg      sync.WaitGroup
+	cancel  context.CancelFunc // ends the counts under way (stop)
+	stopped bool
+}
+
+func (b *bgCount) get(ctx context.Context, clock func() time.Time, ttl time.Duration, read func(context.Context) (orderCounts, error)) (orderCounts, error) {
+	if ttl < 0 {
+		return read(ctx)
+	}
+	b.mu.Lock()
+	now := clock()
+	if b.ok && now.Sub(b.last.at) < ttl && !now.Before(b.last.at) {
+		defer b.mu.Unlock()
+		return b.last, nil
+	}
+	if b.running == nil && !b.stopped {
+		done := make(chan struct{})
+		b.running = done
+		rctx, cancel := context.WithTimeout(withQueryTimeout(context.WithoutCancel(ctx), orderCountTimeout), orderCountTimeout)
+		b.cancel = cancel
+		b.wg.Add(1)
+		go func() {
+			defer b.wg.Done()
+			v, err := read(rctx)
+			cancel()
+			b.mu.Lock()
+			if err == nil {
+				b.last, b.ok = v, true
+			}
+			b.err, b.running = err, nil
+			b.mu.Unlock()
+			close(done)
+		}()
+	}
+	running, last, ok := b.running, b.last, b.ok
+	b.mu.Unlock()
+	if ok {
+		return last, nil // the last count while the next is made
+	}
+	if running == nil {
+		return orderCounts{}, fmt.Errorf("count orders: %w", store.ErrClosed)
+	}
+	select {
+	case <-running:
+	case <-ctx.Done():
+		return orderCounts{}, fmt.Errorf("count orders (the count goes on, for the next caller): %w", ctx.Err())
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.ok {
+		return orderCounts{}, b.err
+	}
+	return b.last, nil
+}
+
+// stop ends the count under way and waits for it.
+func (b *bgCount) stop() {
+	b.mu.Lock()
+	b.stopped = true
+	if b.cancel != nil {
+		b.cancel()
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
 }
 
 func (s *Store) readOrderCounts(ctx context.Context) (orderCounts, error) {
@@ -1016,6 +1099,20 @@ func (s *Store) query(ctx context.Context, stmt string, params map[string]interf
 	return mapErr(err)
 }
 
+// queryTimeoutKey carries a query's own timeout, longer than --cb-timeout,
+// in its context (withQueryTimeout).
+type queryTimeoutKey struct{}
+
+func withQueryTimeout(ctx context.Context, d time.Duration) context.Context {
+	return context.WithValue(ctx, queryTimeoutKey{}, d)
+}
+
+// queryTimeoutOf is the query's own timeout; 0: --cb-timeout.
+func queryTimeoutOf(ctx context.Context) time.Duration {
+	d, _ := ctx.Value(queryTimeoutKey{}).(time.Duration)
+	return d
+}
+
 // queryRaw is query with gocb's errors as they are.
 func (s *Store) queryRaw(ctx context.Context, stmt string, params map[string]interface{}, fn func(json.RawMessage) error) error {
 	res, err := s.cluster.Query(stmt, &gocb.QueryOptions{
@@ -1025,6 +1122,7 @@ func (s *Store) queryRaw(ctx context.Context, stmt string, params map[string]int
 		Context:         ctx,
 		NamedParameters: params,
 		ScanConsistency: gocb.QueryScanConsistencyRequestPlus,
+		Timeout:         queryTimeoutOf(ctx),
 	})
 	if err != nil {
 		return err

@@ -286,9 +286,86 @@ func TestCountsAndBacklogAreCachedForTheirTTL(t *testing.T) {
 	advance(54 * time.Second)
 	c, err = s.Counts(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, c0.OrdersPaid+1, c.OrdersPaid, "past OrderCountsTTL: counted again")
+	assert.Equal(t, t0, c.OrdersCountedAt, "past OrderCountsTTL: the last count at once, the next made meanwhile")
+	var last atomic.Value
+	require.Eventually(t, func() bool {
+		c, err := s.Counts(ctx)
+		last.Store(fmt.Sprint(c, err))
+		return err == nil && c.OrdersCountedAt.Equal(t0.Add(time.Minute))
+	}, 20*time.Second, 10*time.Millisecond, "the next count: %v", later.Value(func() any { return last.Load() }))
+	c, err = s.Counts(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, c0.OrdersPaid+1, c.OrdersPaid, "counted again")
 	assert.Equal(t, c0.OrdersConfirmed, c.OrdersConfirmed)
-	assert.Equal(t, t0.Add(time.Minute), c.OrdersCountedAt)
+}
+
+// The orders are counted apart from the caller's deadline: on millions
+// of paid orders a count may outlast the metrics' refresh (5s), and cut
+// off at each refresh it was never made; a failed refresh also threw the
+// cheap figures away. A caller that gives up leaves the count going on
+// for the next; past the TTL callers get the last count at once while the
+// next is made; one count at a time; stop ends the one under way.
+func TestOrderCountsOutlastTheirCaller(t *testing.T) {
+	t.Parallel()
+	var b bgCount
+	var mu sync.Mutex
+	now := time.Unix(100, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	var reads atomic.Int32
+	release := make(chan struct{})
+	read := func(ctx context.Context) (orderCounts, error) {
+		n := reads.Add(1)
+		select {
+		case <-release:
+			return orderCounts{Paid: int(n), at: clock()}, nil
+		case <-ctx.Done():
+			return orderCounts{}, ctx.Err()
+		}
+	}
+	answer := func() {
+		select {
+		case release <- struct{}{}:
+		case <-time.After(10 * time.Second):
+			t.Error("no count waits for its answer")
+		}
+	}
+	short, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := b.get(short, clock, time.Minute, read)
+	require.ErrorIs(t, err, context.Canceled)
+	assert.ErrorContains(t, err, "the count goes on")
+	_, err = b.get(short, clock, time.Minute, read)
+	require.Error(t, err)
+	answer()
+	ctx := ctxFor(t, 20*time.Second)
+	o, err := b.get(ctx, clock, time.Minute, read)
+	require.NoError(t, err)
+	assert.Equal(t, 1, o.Paid, "the count the first caller started")
+	assert.EqualValues(t, 1, reads.Load(), "one count for three callers")
+
+	advance(2 * time.Minute)
+	o, err = b.get(short, clock, time.Minute, read)
+	require.NoError(t, err, "past the TTL: the last count, even for a caller out of time")
+	assert.Equal(t, 1, o.Paid)
+	o, err = b.get(short, clock, time.Minute, read)
+	require.NoError(t, err)
+	assert.Equal(t, 1, o.Paid, "while the next is made")
+	answer()
+	require.Eventually(t, func() bool {
+		o, err := b.get(ctx, clock, time.Minute, read)
+		return err == nil && o.Paid == 2
+	}, 20*time.Second, time.Millisecond)
+	assert.EqualValues(t, 2, reads.Load())
+
+	advance(2 * time.Minute)
+	_, err = b.get(ctx, clock, time.Minute, read) // starts a third, which never ends by itself
+	require.NoError(t, err)
+	b.stop()
+	assert.EqualValues(t, 3, reads.Load())
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	assert.ErrorIs(t, b.err, context.Canceled, "stop ended the count under way")
 }
 
 func TestTTLCache(t *testing.T) {
