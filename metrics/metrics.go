@@ -425,6 +425,12 @@ func (b *backlogCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	now := time.Now()
 	ch <- prometheus.MustNewConstMetric(descAge, prometheus.GaugeValue, now.Sub(bl.ReadAt).Seconds())
+	if !bl.Up {
+		// The last figures no longer hold (the oldest due retry's age,
+		// counted on from them, would grow for a retry long sent): none
+		// until the store answers again; store_up and the age say why.
+		return
+	}
 	oldest := 0.0
 	if !bl.OldestDue.IsZero() {
 		oldest = max(0, now.Sub(bl.OldestDue).Seconds())

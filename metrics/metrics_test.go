@@ -553,6 +553,45 @@ func TestAStoreThatHangsFailsReadinessNotTheScrape(t *testing.T) {
 	assert.Equal(t, 1, countMsg(jsonLines(t, r.logs), "the store answers the backlog figures again"))
 }
 
+// Once the store stops answering, the backlog figures it last answered are
+// not served as if current: the age of the oldest due retry, counted on
+// from a reading that no longer holds, paged for a retry long gone. The
+// figures' age and store_up say what happened.
+func TestFiguresTheStoreNoLongerAnswersAreNotServed(t *testing.T) {
+	var cs *countingStore
+	r := newRig(t, rigConfig{
+		metrics: metrics.Config{RefreshInterval: 10 * time.Millisecond, RefreshTimeout: 50 * time.Millisecond},
+		wrap: func(st store.Store) store.Store {
+			cs = &countingStore{Store: st}
+			return cs
+		},
+	})
+	r.start(t, false)
+	h := r.m.Handler()
+	var last atomic.Value
+	has := func(want bool) func() bool {
+		return func() bool {
+			v := scrape(t, h)
+			age, ok := v["ordermail_oldest_due_retry_age_seconds"]
+			last.Store(fmt.Sprintf("store_up %v, oldest due age %v (served: %v)", v["ordermail_store_up"], age, ok))
+			return ok == want && v["ordermail_store_up"] == map[bool]float64{true: 1, false: 0}[want]
+		}
+	}
+	lastScrape := later.Value(func() any { return last.Load() })
+	require.Eventually(t, has(true), 30*time.Second, 5*time.Millisecond, "figures served; the last scrape: %v", lastScrape)
+
+	cs.block.Store(true)
+	require.Eventually(t, has(false), 30*time.Second, 5*time.Millisecond, "no figures while the store does not answer; the last scrape: %v", lastScrape)
+	v := scrape(t, h)
+	assert.Contains(t, v, "ordermail_backlog_age_seconds", "how old the last figures are")
+	for _, name := range []string{"ordermail_orders_paid", "ordermail_retry_documents", "ordermail_retry_documents_due", "ordermail_dead_letters"} {
+		assert.NotContains(t, v, name)
+	}
+
+	cs.block.Store(false)
+	require.Eventually(t, has(true), 30*time.Second, 5*time.Millisecond, "figures again; the last scrape: %v", lastScrape)
+}
+
 // stallingStore hangs reads of allow_retrys, ignoring their context, while
 // stall is set: a tick that never ends.
 type stallingStore struct {
