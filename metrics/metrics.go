@@ -39,17 +39,19 @@ import (
 //	# Orders given up on: each needs a person (redrive or purge).
 //	increase(ordermail_dead_lettered_total[15m]) > 0
 //	# The email service.
-//	max(ordermail_breaker_open) == 1                                  for: 5m
+//	# (a member standing aside is left out: the others send)
+//	max(ordermail_breaker_open unless on(instance) ordermail_feed_aside == 1) == 1   for: 5m
 //	max(ordermail_mail_misconfigured) == 1                            for: 1m
 //	sum(rate(ordermail_sends_total{status_class!="2xx"}[5m]))
 //	  / sum(rate(ordermail_sends_total[5m])) > 0.2                    for: 10m
 //	# Nobody sweeps while retries are armed (every instance standby or
 //	# down), and not because every instance's sends are held back.
-//	max(ordermail_timer_active) == 0 and max(ordermail_timer_held) == 0
+//	max(ordermail_timer_active) == 0
+//	  and max(ordermail_timer_held unless on(instance) ordermail_feed_aside == 1) == 0
 //	  and max(ordermail_retries_paused) == 0                          for: 1m
 //	# The sweeper stopped succeeding (store errors), well past its interval.
 //	max(ordermail_timer_active) == 1
-//	  and time() - max(ordermail_timer_last_sweep_timestamp_seconds) > 60
+//	  and time() - max(ordermail_timer_last_sweep_timestamp_seconds) > 60     for: 1m
 //	# The store: unreachable, or the backlog figures have gone stale.
 //	min(ordermail_store_up) == 0                                      for: 2m
 //	max(ordermail_backlog_age_seconds) > 60

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/rulefmt"
+	"github.com/prometheus/prometheus/promql/parser"
+	"github.com/prometheus/prometheus/promql/promqltest"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// alerts reads the rules file's alerts: name to rule.
+func alerts(t *testing.T) map[string]rulefmt.Rule {
+	t.Helper()
+	groups, errs := rulefmt.ParseFile("../ordermail-alerts.yml", false, model.UTF8Validation, parser.NewParser(parser.Options{}), slog.New(slog.DiscardHandler))
+	require.Empty(t, errs)
+	out := map[string]rulefmt.Rule{}
+	for _, g := range groups.Groups {
+		for _, r := range g.Rules {
+			if r.Alert != "" {
+				out[r.Alert] = r
+			}
+		}
+	}
+	return out
+}
+
+// TestAlertsAcrossInstances evaluates the alerts' expressions on series
+// loaded every 15s for 10 minutes, at the 5th minute: whether the alert's
+// condition holds (its `for` aside).
+func TestAlertsAcrossInstances(t *testing.T) {
+	rules := alerts(t)
+	for _, c := range []struct {
+		name, alert, series string
+		fires               bool
+	}{
+		{"a member standing aside, its breaker open, does not hide a stuck sweep from the others",
+			"OrdermailDueRetriesNotGoingOut", `
+ordermail_oldest_due_retry_age_seconds{instance="a"} 600+0x40
+ordermail_oldest_due_retry_age_seconds{instance="b"} 600+0x40
+ordermail_retries_paused{instance="a"} 0+0x40
+ordermail_retries_paused{instance="b"} 0+0x40
+ordermail_breaker_open{instance="a"} 1+0x40
+ordermail_breaker_open{instance="b"} 0+0x40
+ordermail_feed_aside{instance="a"} 1+0x40
+ordermail_feed_aside{instance="b"} 0+0x40`, true},
+		{"the email service down: its own alert, not this one (a standby's breaker stays closed)",
+			"OrdermailDueRetriesNotGoingOut", `
+ordermail_oldest_due_retry_age_seconds{instance="a"} 600+0x40
+ordermail_oldest_due_retry_age_seconds{instance="standby"} 600+0x40
+ordermail_retries_paused{instance="a"} 0+0x40
+ordermail_retries_paused{instance="standby"} 0+0x40
+ordermail_breaker_open{instance="a"} 1+0x40
+ordermail_breaker_open{instance="standby"} 0+0x40`, false},
+		{"retries paused: their own alert",
+			"OrdermailDueRetriesNotGoingOut", `
+ordermail_oldest_due_retry_age_seconds{instance="a"} 600+0x40
+ordermail_retries_paused{instance="a"} 1+0x40
+ordermail_breaker_open{instance="a"} 0+0x40`, false},
+		{"due retries going out",
+			"OrdermailDueRetriesNotGoingOut", `
+ordermail_oldest_due_retry_age_seconds{instance="a"} 2+0x40
+ordermail_retries_paused{instance="a"} 0+0x40
+ordermail_breaker_open{instance="a"} 0+0x40`, false},
+
+		{"the email service fails the instance that sends",
+			"OrdermailBreakerOpen", `
+ordermail_breaker_open{instance="a"} 1+0x40
+ordermail_breaker_open{instance="standby"} 0+0x40`, true},
+		{"only a member standing aside is held: the others send",
+			"OrdermailBreakerOpen", `
+ordermail_breaker_open{instance="a"} 1+0x40
+ordermail_breaker_open{instance="b"} 0+0x40
+ordermail_feed_aside{instance="a"} 1+0x40
+ordermail_feed_aside{instance="b"} 0+0x40`, false},
+
+		{"nobody sweeps; the one held is a member standing aside",
+			"OrdermailNoSweeper", `
+ordermail_timer_active{instance="a"} 0+0x40
+ordermail_timer_active{instance="b"} 0+0x40
+ordermail_timer_held{instance="a"} 1+0x40
+ordermail_timer_held{instance="b"} 0+0x40
+ordermail_retries_paused{instance="a"} 0+0x40
+ordermail_retries_paused{instance="b"} 0+0x40
+ordermail_feed_aside{instance="a"} 1+0x40
+ordermail_feed_aside{instance="b"} 0+0x40`, true},
+		{"the only instance is held by its breaker: the breaker's alert",
+			"OrdermailNoSweeper", `
+ordermail_timer_active{instance="a"} 0+0x40
+ordermail_timer_held{instance="a"} 1+0x40
+ordermail_retries_paused{instance="a"} 0+0x40`, false},
+		{"one instance sweeps",
+			"OrdermailNoSweeper", `
+ordermail_timer_active{instance="a"} 1+0x40
+ordermail_timer_active{instance="b"} 0+0x40
+ordermail_timer_held{instance="a"} 0+0x40
+ordermail_timer_held{instance="b"} 0+0x40
+ordermail_retries_paused{instance="a"} 0+0x40`, false},
+
+		{"the sweeper has not swept for minutes",
+			"OrdermailSweeperStalled", `
+ordermail_timer_active{instance="a"} 1+0x40
+ordermail_timer_last_sweep_timestamp_seconds{instance="a"} 0+0x40`, true},
+		{"the sweeper swept a moment ago",
+			"OrdermailSweeperStalled", `
+ordermail_timer_active{instance="a"} 1+0x40
+ordermail_timer_last_sweep_timestamp_seconds{instance="a"} 0+15x40`, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r, ok := rules[c.alert]
+			require.True(t, ok, "no alert %s", c.alert)
+			st := promqltest.LoadedStorage(t, "load 15s"+c.series)
+			t.Cleanup(func() { st.Close() })
+			ng := promqltest.NewTestEngine(t, false, 0, 100000)
+			ctx := context.Background()
+			q, err := ng.NewInstantQuery(ctx, st, nil, r.Expr, time.Unix(0, 0).Add(5*time.Minute))
+			require.NoError(t, err)
+			res := q.Exec(ctx)
+			require.NoError(t, res.Err)
+			v, err := res.Vector()
+			require.NoError(t, err)
+			assert.Equal(t, c.fires, len(v) > 0, "%s: %s\ngives %v", c.alert, r.Expr, v)
+		})
+	}
+}
+
+// TestAStalledSweepIsOneThatLasts: the sweeper's first sweep may fail (its
+// last sweep's time is then 0) and the next, a second later, succeed; a
+// page needs the condition to hold a while.
+func TestAStalledSweepIsOneThatLasts(t *testing.T) {
+	r := alerts(t)["OrdermailSweeperStalled"]
+	assert.GreaterOrEqual(t, time.Duration(r.For), time.Minute)
+}
