@@ -231,6 +231,7 @@ func storeFlags(fs *flag.FlagSet, c *app.StoreConfig) {
 	fs.StringVar(&cb.MetadataBucket, "cb-metadata-bucket", "metadata", "bucket of feed checkpoints and leases")
 	fs.DurationVar(&cb.Timeout, "cb-timeout", 10*time.Second, "bound on each Couchbase operation; connecting may take three times as long")
 	fs.DurationVar(&cb.CountsTTL, "cb-counts-ttl", 5*time.Second, "how long the backlog counts (a N1QL query) are served from the last answer, so a scrape never queries; negative: no cache")
+	fs.StringVar(&cb.Durability, "cb-durability", "majority", "what the cluster holds before it acknowledges an outcome: majority (replicated to a majority of the bucket's copies: a failover keeps it), majorityAndPersistActive, persistToMajority, or none (a failover can lose it)")
 	fs.DurationVar(&cb.OrderCountsTTL, "cb-order-counts-ttl", time.Minute, "how long the paid and confirmed order counts, which go over an index entry for every paid order, are served from the last count; negative: no cache")
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/couchbase/gocb/v2"
 	"github.com/ordermail/ordermail/internal/redact"
 )
 
@@ -66,6 +67,22 @@ type Config struct {
 	// entry for every paid order, history included. Default 1m (no cache
 	// when CountsTTL is negative); negative: every call counts.
 	OrderCountsTTL time.Duration
+	// Durability is what the cluster holds before it acknowledges an
+	// outcome (an order marked confirmed, a retry, a dead letter, an
+	// attempt record): "majority" (the default: in memory on a majority
+	// of the bucket's copies, so that a failover keeps it),
+	// "majorityAndPersistActive", "persistToMajority", or "none" (the
+	// active node's memory: a failover before it is replicated loses it,
+	// and the feed, past its event, does not bring the order back).
+	Durability string
+}
+
+// durabilities are the levels Durability names.
+var durabilities = map[string]gocb.DurabilityLevel{
+	"none":                     gocb.DurabilityLevelNone,
+	"majority":                 gocb.DurabilityLevelMajority,
+	"majorityAndPersistActive": gocb.DurabilityLevelMajorityAndPersistOnMaster,
+	"persistToMajority":        gocb.DurabilityLevelPersistToMajority,
 }
 
 func (c Config) withDefaults() Config {
@@ -89,6 +106,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.CountsTTL == 0 {
 		c.CountsTTL = 5 * time.Second
+	}
+	if c.Durability == "" {
+		c.Durability = "majority"
 	}
 	if c.OrderCountsTTL == 0 {
 		c.OrderCountsTTL = time.Minute
@@ -116,6 +136,8 @@ func (c Config) Validate() error {
 		return errors.New("cb-password or cb-password-file: required for a Couchbase store (or a client certificate: cb-cert-file)")
 	case c.Timeout < 0:
 		return fmt.Errorf("cb-timeout: %s is negative", c.Timeout)
+	case c.Durability != "" && !knownDurability(c.Durability):
+		return fmt.Errorf("cb-durability: %q is not one of none, majority, majorityAndPersistActive, persistToMajority", c.Durability)
 	case c.Instances < 0 || c.Instance < 0 || (c.Instances > 0 && c.Instance >= c.Instances):
 		return fmt.Errorf("instance: %d of %d is not one of 0..n-1 of n", c.Instance, c.Instances)
 	case c.MemberTTL < 0 || (c.MemberTTL > 0 && c.MemberTTL < 500*time.Millisecond):
@@ -148,4 +170,9 @@ func (c Config) static() bool { return c.Instances > 0 }
 // owns says whether this instance streams vBucket vb in static mode.
 func (c Config) owns(vb uint16) bool {
 	return int(vb)%c.Instances == c.Instance
+}
+
+func knownDurability(name string) bool {
+	_, ok := durabilities[name]
+	return ok
 }

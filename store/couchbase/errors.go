@@ -24,7 +24,7 @@ func mapErr(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, gocb.ErrAmbiguousTimeout):
+	case errors.Is(err, gocb.ErrAmbiguousTimeout), errors.Is(err, gocb.ErrDurabilityAmbiguous):
 		return fmt.Errorf("%w: %w: %v", store.ErrUnavailable, ErrAmbiguous, err)
 	case errors.Is(err, gocb.ErrDocumentNotFound):
 		return fmt.Errorf("%w: %v", store.ErrNotFound, err)

@@ -267,6 +267,7 @@ func rollbacks(srv *cbtest.Server, vb uint16) int {
 // old vBucket UUID, because it was saved only when its seqno moved.
 func TestRollbackAndFailoverSaveTheNewBranch(t *testing.T) {
 	cfg, srv := fakeCluster(t, cbtest.Options{})
+	cfg.Durability = "none" // its writes stand for the order system's, which a failover may lose
 	s := openStore(t, cfg)
 	x, y := srv.VBucketOf("x"), srv.VBucketOf("y")
 	require.NotEqual(t, x, y)
@@ -369,6 +370,7 @@ func TestCheckpointsAndReopensGoOnAroundAHungNode(t *testing.T) {
 // stream was reopened with UUID 0: a rollback to 0 and a full replay.
 func TestFailoverLogFailureIsRetriedNotReplayed(t *testing.T) {
 	cfg, srv := fakeCluster(t, cbtest.Options{})
+	cfg.Durability = "none" // its writes stand for the order system's, which a failover may lose
 	s := openStore(t, cfg, func(s *Store) { s.feedOpts.reopenDelay = 50 * time.Millisecond })
 	x := srv.VBucketOf("x")
 	var early []string

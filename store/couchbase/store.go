@@ -127,6 +127,32 @@ func (s *Store) open(ctx context.Context) error {
 		s.colls[c] = bucket.Scope(s.cfg.Scope).Collection(c)
 	}
 	s.colls[store.Meta] = s.cluster.Bucket(s.cfg.MetadataBucket).DefaultCollection()
+	return s.probeDurability(ctx)
+}
+
+// probeKey is the attempts document the durability probe writes.
+const probeKey = "ordermail:durability-probe"
+
+// probeDurability makes one durable write (an attempts document that
+// expires in a minute, which the feed does not watch), so that a level
+// the cluster cannot meet (a one-node cluster whose bucket has replicas)
+// is said at start, not at the first outcome. A write refused for another
+// reason (a user who may only read, for a command that reads) is the
+// first real write's to report.
+func (s *Store) probeDurability(ctx context.Context) error {
+	dur := durabilities[s.cfg.Durability]
+	if dur == gocb.DurabilityLevelNone {
+		return nil
+	}
+	_, err := s.colls[order.Attempts].Upsert(probeKey, []byte(`{"probe":"durability"}`),
+		&gocb.UpsertOptions{Context: ctx, Expiry: time.Minute, DurabilityLevel: dur})
+	switch {
+	case errors.Is(err, gocb.ErrDurabilityImpossible), errors.Is(err, gocb.ErrDurabilityLevelNotAvailable), errors.Is(err, gocb.ErrFeatureNotAvailable):
+		return fmt.Errorf("cb-durability %s cannot be met on bucket %s (fewer data nodes than its copies, as a one-node cluster whose bucket has replicas): "+
+			"add data nodes, give the bucket no replicas, or run with --cb-durability none, under which a failover can lose outcomes: %w", s.cfg.Durability, s.cfg.Bucket, err)
+	case err != nil:
+		s.log.Debug("durability probe", "error", err)
+	}
 	return nil
 }
 
@@ -227,7 +253,10 @@ func (s *Store) write(ctx context.Context, w store.Write) (uint64, error) {
 		// under it: gocb cancels the request, but one already sent is
 		// made all the same.
 		canceled := errors.Is(err, gocb.ErrRequestCanceled) && ctx.Err() != nil
-		if !errors.Is(err, gocb.ErrAmbiguousTimeout) && !netFailure(err) && !canceled {
+		// A durable write whose replication did not finish in time may
+		// have been made, as after a timeout.
+		ambiguous := errors.Is(err, gocb.ErrAmbiguousTimeout) || errors.Is(err, gocb.ErrDurabilityAmbiguous)
+		if !ambiguous && !netFailure(err) && !canceled {
 			if err != nil {
 				return 0, fmt.Errorf("%s %s/%s: %w", w.Op, w.Collection, w.Key, mapErr(err))
 			}
@@ -272,18 +301,24 @@ func (s *Store) writeOnce(ctx context.Context, c *gocb.Collection, w store.Write
 	if !w.Expiry.IsZero() {
 		expiry = max(time.Second, time.Until(w.Expiry)) // 0 would mean never
 	}
+	// Outcomes are written durably (Config.Durability); checkpoints and
+	// members, whose loss only replays changes, are not.
+	dur := gocb.DurabilityLevelNone
+	if w.Collection != store.Meta {
+		dur = durabilities[s.cfg.Durability]
+	}
 	switch w.Op {
 	case store.OpInsert:
-		res, err = c.Insert(w.Key, w.Value, &gocb.InsertOptions{Context: ctx, Expiry: expiry})
+		res, err = c.Insert(w.Key, w.Value, &gocb.InsertOptions{Context: ctx, Expiry: expiry, DurabilityLevel: dur})
 	case store.OpReplace:
 		// A write that sets no expiry keeps the document's: the order
 		// system's TTL on an order marked confirmed (a replace without one
 		// would make it live for ever). Server 7.0 and later.
-		res, err = c.Replace(w.Key, w.Value, &gocb.ReplaceOptions{Context: ctx, Cas: gocb.Cas(w.CAS), Expiry: expiry, PreserveExpiry: expiry == 0})
+		res, err = c.Replace(w.Key, w.Value, &gocb.ReplaceOptions{Context: ctx, Cas: gocb.Cas(w.CAS), Expiry: expiry, PreserveExpiry: expiry == 0, DurabilityLevel: dur})
 	case store.OpUpsert:
-		res, err = c.Upsert(w.Key, w.Value, &gocb.UpsertOptions{Context: ctx, Expiry: expiry})
+		res, err = c.Upsert(w.Key, w.Value, &gocb.UpsertOptions{Context: ctx, Expiry: expiry, DurabilityLevel: dur})
 	case store.OpRemove:
-		res, err = c.Remove(w.Key, &gocb.RemoveOptions{Context: ctx, Cas: gocb.Cas(w.CAS)})
+		res, err = c.Remove(w.Key, &gocb.RemoveOptions{Context: ctx, Cas: gocb.Cas(w.CAS), DurabilityLevel: dur})
 		if err == nil {
 			return 0, nil
 		}

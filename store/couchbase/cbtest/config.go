@@ -82,7 +82,7 @@ func (s *Server) bucketConfigMapLocked(b *bucket, thisNode int) map[string]any {
 		"uri":                    "/pools/default/buckets/" + b.name + "?bucket_uuid=" + b.uuid,
 		"streamingUri":           "/pools/default/bucketsStreaming/" + b.name + "?bucket_uuid=" + b.uuid,
 		"bucketCapabilitiesVer":  "",
-		"bucketCapabilities":     []string{"collections", "dcp", "cccp", "nodesExt", "cbhello", "touch", "xattr"},
+		"bucketCapabilities":     []string{"collections", "dcp", "cccp", "nodesExt", "cbhello", "touch", "xattr", "durableWrite"},
 		"collectionsManifestUid": hexUID(b.man.uid),
 		"ddocs":                  map[string]string{"uri": "/pools/default/buckets/" + b.name + "/ddocs"},
 		"nodes":                  nodes,

@@ -109,6 +109,9 @@ type vbucket struct {
 	events   map[sysKey]*sysEvent
 	log      []logEntry // every version, ascending seqno; superseded ones are skipped
 	collHigh map[uint32]uint64
+	// durable is the seqno of the last durable write: replicated, so no
+	// failover loses it (Rollback refuses to go below it).
+	durable uint64
 }
 
 func randomUUID() uint64 {

@@ -46,8 +46,9 @@
 // # Key-value service
 //
 // Bootstrap: HELLO (grants only Collections, AltRequests, MutationSeqNo,
-// XError, SelectBucket, JSON and PreserveTTL — never Snappy, clustermap
-// pushes, XATTR or durability, §3.2, §10.4.4), GET_ERROR_MAP (minimal map), SASL
+// XError, SelectBucket, JSON, PreserveTTL and SyncReplication — never
+// Snappy, clustermap pushes or XATTR, §3.2, §10.4.4; buckets advertise
+// the durableWrite capability), GET_ERROR_MAP (minimal map), SASL
 // LIST_MECHS/AUTH/STEP with SCRAM-SHA512, SCRAM-SHA256 and SCRAM-SHA1
 // (the client proof is verified, the server signature returned) and PLAIN,
 // SELECT_BUCKET, GET_CLUSTER_CONFIG with a bucket (terse bucket config)
@@ -66,7 +67,13 @@
 // anything else (subdoc, counters, append, locking, GET_META are not
 // implemented). Mutation responses carry {vbuuid, seqno} when asked for.
 // A SET or REPLACE with the preserve-TTL frame (§2.3, ID 5) keeps the
-// existing document's expiry; other request frames are skipped.
+// existing document's expiry. A write with a durability frame (ID 1) is
+// made at once, as on a cluster whose replicas confirm at once, and its
+// seqno is recorded: Rollback refuses to go below it, as no failover loses
+// a durable write. Options.DurabilityImpossible answers such writes
+// DURABILITY_IMPOSSIBLE (0xa1), AnswerDurableWritesAmbiguous makes them
+// answer SYNC_WRITE_AMBIGUOUS (0xa3) once made; an unknown level is
+// DURABILITY_INVALID_LEVEL (0xa0). Other request frames are skipped.
 //
 // # DCP
 //

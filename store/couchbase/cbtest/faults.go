@@ -28,13 +28,17 @@ func (s *Server) vbLocked(bucket string, vb uint16) (*bucket, *vbucket, error) {
 // the version it had at toSeqno (or disappears if it did not exist yet),
 // the next write takes seqno toSeqno+1, and its open DCP streams end with
 // STREAM_END "state changed". A client that resumes from beyond toSeqno
-// is then told to roll back to it.
+// is then told to roll back to it. It refuses to roll back below a
+// durable write, which a real failover never loses.
 func (s *Server) Rollback(bucket string, vb uint16, toSeqno uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b, v, err := s.vbLocked(bucket, vb)
 	if err != nil {
 		return err
+	}
+	if toSeqno < v.durable {
+		return fmt.Errorf("cbtest: vBucket %d cannot roll back to seqno %d: seqno %d was written durably (replicated), and no failover loses it", vb, toSeqno, v.durable)
 	}
 	v.rollbackTo(toSeqno)
 	b.notify()
@@ -222,6 +226,18 @@ type kvFault struct {
 	vb     uint16
 	left   int
 	status uint16 // 0: never answer
+}
+
+// faultDurable stands for the opcode of a fault on durable writes, any
+// of SET, ADD, REPLACE and DELETE.
+const faultDurable = 0xff
+
+// AnswerDurableWritesAmbiguous makes the next n durable writes on vBucket
+// vb of bucket answer SYNC_WRITE_AMBIGUOUS (0xa3) once they are made, as
+// when the replicas do not confirm in time: the client cannot tell
+// whether they were.
+func (s *Server) AnswerDurableWritesAmbiguous(bucket string, vb uint16, n int) {
+	s.inject(kvFault{bucket: bucket, opcode: faultDurable, vb: vb, left: n, status: statusSyncWriteAmbig})
 }
 
 // inject records a fault.

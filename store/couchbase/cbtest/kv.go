@@ -547,7 +547,14 @@ func (c *kvConn) kvOp(p *packet) {
 				c.fail(p, statusKeyEEXISTS, "CAS mismatch")
 				return
 			}
+			fr, ok := c.frames(p)
+			if !ok {
+				return
+			}
 			t := c.s.deleteLocked(b, vb, cur, false)
+			if !c.madeDurably(p, fr, vb, t) {
+				return
+			}
 			c.reply(p, statusSuccess, c.mutationExtras(vb, t), nil, t.cas, 0)
 		case opTouch, opGAT:
 			if len(p.extras) != 4 {
@@ -603,16 +610,15 @@ func (c *kvConn) store(p *packet, b *bucket, vb *vbucket, coll *collDef, k docKe
 		c.fail(p, statusKeyEEXISTS, "CAS mismatch")
 		return
 	}
-	preserve, err := p.preservesTTL()
-	if err != nil {
-		c.fail(p, statusEINVAL, err.Error())
+	fr, ok := c.frames(p)
+	if !ok {
 		return
 	}
 	exp := c.s.expiryAt(binary.BigEndian.Uint32(p.extras[4:]))
 	if exp == 0 && coll.maxTTL > 0 {
 		exp = c.s.expiryAt(coll.maxTTL)
 	}
-	if preserve && cur != nil {
+	if fr.preserveTTL && cur != nil {
 		exp = cur.expiry // the document's own, the request's ignored
 	}
 	it := &item{docKey: k, value: bytes.Clone(p.value), flags: binary.BigEndian.Uint32(p.extras), expiry: exp}
@@ -620,7 +626,41 @@ func (c *kvConn) store(p *packet, b *bucket, vb *vbucket, coll *collDef, k docKe
 		it.datatype = datatypeJSON
 	}
 	c.s.storeLocked(b, vb, it)
-	c.reply(p, statusSuccess, c.mutationExtras(vb, it), nil, it.cas, 0)
+	if c.madeDurably(p, fr, vb, it) {
+		c.reply(p, statusSuccess, c.mutationExtras(vb, it), nil, it.cas, 0)
+	}
+}
+
+// madeDurably records a durable write's seqno (no failover loses it) and
+// answers it SYNC_WRITE_AMBIGUOUS when a fault says so; it returns false
+// when it answered.
+func (c *kvConn) madeDurably(p *packet, fr reqFrames, vb *vbucket, it *item) bool {
+	if fr.durability == 0 {
+		return true
+	}
+	vb.durable = it.seqno
+	if f, ok := c.s.takeFault(c.selectedBucket(), faultDurable, p.vbucket); ok {
+		c.fail(p, f.status, "sync write ambiguous")
+		return false
+	}
+	return true
+}
+
+// frames reads p's framing extras and checks a durability requirement;
+// it answers p and returns false when they are wrong or cannot be met.
+func (c *kvConn) frames(p *packet) (reqFrames, bool) {
+	fr, err := p.frameInfo()
+	switch {
+	case err != nil:
+		c.fail(p, statusEINVAL, err.Error())
+	case fr.durability > 3:
+		c.fail(p, statusDurabilityInvalid, "unknown durability level")
+	case fr.durability != 0 && c.s.opts.DurabilityImpossible:
+		c.fail(p, statusDurabilityImposs, "durability impossible")
+	default:
+		return fr, true
+	}
+	return fr, false
 }
 
 func (c *kvConn) getFailoverLog(p *packet) {

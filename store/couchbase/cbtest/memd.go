@@ -73,6 +73,9 @@ const (
 	statusETmpFail          = 0x86
 	statusUnknownCollection = 0x88
 	statusUnknownScope      = 0x8c
+	statusDurabilityInvalid = 0xa0
+	statusDurabilityImposs  = 0xa1
+	statusSyncWriteAmbig    = 0xa3
 )
 
 // HELLO feature codes.
@@ -99,13 +102,14 @@ const (
 // (Snappy, clustermap pushes, durations, XATTR, sync replication, ...) are
 // not implemented and never granted, so the client never relies on them.
 var grantable = map[uint16]bool{
-	featMutationSeqno: true,
-	featXerror:        true,
-	featSelectBucket:  true,
-	featJSON:          true,
-	featAltRequests:   true,
-	featCollections:   true,
-	featPreserveTTL:   true,
+	featMutationSeqno:   true,
+	featSyncReplication: true,
+	featXerror:          true,
+	featSelectBucket:    true,
+	featJSON:            true,
+	featAltRequests:     true,
+	featCollections:     true,
+	featPreserveTTL:     true,
 }
 
 // Datatype bits.
@@ -181,15 +185,23 @@ func readPacket(r *bufio.Reader) (*packet, error) {
 }
 
 // Request frame IDs (framing extras, §2.3).
-const frameReqPreserveTTL = 5
+const (
+	frameReqDurability  = 1
+	frameReqPreserveTTL = 5
+)
 
-// preservesTTL says whether the request's framing extras ask to keep the
-// document's expiry. Each frame's header byte holds its ID (high nibble)
-// and length (low nibble); 15 in either means 15 plus the next byte.
-// Frames the server does not implement are skipped.
-func (p *packet) preservesTTL() (bool, error) {
+// reqFrames is what a request's framing extras ask for.
+type reqFrames struct {
+	durability  byte // 0: none; 1 majority, 2 majority and persist on the active, 3 persist to majority
+	preserveTTL bool // keep the document's expiry
+}
+
+// frameInfo reads the request's framing extras. Each frame's header byte
+// holds its ID (high nibble) and length (low nibble); 15 in either means
+// 15 plus the next byte. Frames the server does not implement are skipped.
+func (p *packet) frameInfo() (reqFrames, error) {
+	var out reqFrames
 	f := p.frames
-	preserve := false
 	for len(f) > 0 {
 		id, n := int(f[0]>>4), int(f[0]&0x0f)
 		f = f[1:]
@@ -198,23 +210,29 @@ func (p *packet) preservesTTL() (bool, error) {
 				continue
 			}
 			if len(f) == 0 {
-				return false, errors.New("truncated frame header")
+				return out, errors.New("truncated frame header")
 			}
 			*v += int(f[0])
 			f = f[1:]
 		}
 		if n > len(f) {
-			return false, fmt.Errorf("frame %d: %d bytes of data, %d left", id, n, len(f))
+			return out, fmt.Errorf("frame %d: %d bytes of data, %d left", id, n, len(f))
 		}
-		if id == frameReqPreserveTTL {
+		switch id {
+		case frameReqPreserveTTL:
 			if n != 0 {
-				return false, fmt.Errorf("preserve TTL frame with %d bytes of data", n)
+				return out, fmt.Errorf("preserve TTL frame with %d bytes of data", n)
 			}
-			preserve = true
+			out.preserveTTL = true
+		case frameReqDurability:
+			if n != 1 && n != 3 {
+				return out, fmt.Errorf("durability frame with %d bytes of data", n)
+			}
+			out.durability = f[0]
 		}
 		f = f[n:]
 	}
-	return preserve, nil
+	return out, nil
 }
 
 // size is the encoded length of the packet.

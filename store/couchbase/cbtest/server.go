@@ -34,6 +34,10 @@ type Options struct {
 	ScramIterations int
 	// Clock is the server's time, for expiry and CAS. Default time.Now.
 	Clock func() time.Time
+	// DurabilityImpossible answers durable writes DURABILITY_IMPOSSIBLE
+	// (0xa1), as a cluster with fewer data nodes than the bucket has
+	// copies does.
+	DurabilityImpossible bool
 	// ExpiryPagerInterval is how often expired documents are turned into
 	// expirations in the background. Default 1s; negative disables the
 	// pager (expiry then happens on access and on ExpireNow).
