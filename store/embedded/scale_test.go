@@ -1151,7 +1151,7 @@ func TestAFileAServiceRunsOnIsNotUpgradedUnderIt(t *testing.T) {
 
 // TestAFileAnOlderProcessHasOpenIsNotUpgraded: a process of an older
 // version that has the file open without running the feed (a standby
-// waiting to take over, a command) holds the upgrade lock shared; this
+// waiting to take over, a command) holds the open lock shared; this
 // version waits for it to let the file go, then refuses, and upgrades once
 // it has. Taking over later, the standby would have written as the older
 // version does, leaving the new columns empty.
@@ -1159,7 +1159,7 @@ func TestAFileAnOlderProcessHasOpenIsNotUpgraded(t *testing.T) {
 	t.Parallel()
 	path, db := fileAtVersion(t, SchemaVersion-1)
 	require.NoError(t, db.Close())
-	older, err := os.OpenFile(path+".upgrade", os.O_RDWR|os.O_CREATE, 0o600)
+	older, err := os.OpenFile(path+".open", os.O_RDWR|os.O_CREATE, 0o600)
 	require.NoError(t, err)
 	defer older.Close()
 	require.NoError(t, flock(older, syscall.LOCK_SH))
@@ -1182,18 +1182,25 @@ func TestAFileAnOlderProcessHasOpenIsNotUpgraded(t *testing.T) {
 	assert.Equal(t, SchemaVersion, version)
 }
 
-// TestAnOpenStoreHoldsTheUpgradeLockShared: while a store is open, no
-// process can take the upgrade lock for itself (a newer version waits for
-// it to close), and another of this version opens the file beside it.
-func TestAnOpenStoreHoldsTheUpgradeLockShared(t *testing.T) {
+// TestAnOpenStoreHoldsTheOpenLockShared: while a store is open, no process
+// can take the open lock for itself (a newer version waits for it to
+// close), another of this version opens the file beside it, and an older
+// release, which takes the upgrade lock for its look alone, is not kept
+// waiting (it waited as long as the store was open).
+func TestAnOpenStoreHoldsTheOpenLockShared(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "s.db")
 	s, err := Open(context.Background(), Config{Path: path})
 	require.NoError(t, err)
-	newer, err := os.OpenFile(path+".upgrade", os.O_RDWR, 0)
+	newer, err := os.OpenFile(path+".open", os.O_RDWR, 0)
 	require.NoError(t, err)
 	defer newer.Close()
 	require.ErrorIs(t, tryFlock(newer, syscall.LOCK_EX), syscall.EWOULDBLOCK, "an open store lets a newer version upgrade it")
+	olderRelease, err := os.OpenFile(path+".upgrade", os.O_RDWR, 0)
+	require.NoError(t, err)
+	defer olderRelease.Close()
+	require.NoError(t, tryFlock(olderRelease, syscall.LOCK_EX), "an older release's look waits for the store to close")
+	require.NoError(t, flock(olderRelease, syscall.LOCK_UN))
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

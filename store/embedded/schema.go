@@ -508,80 +508,95 @@ var ErrUpgradeWhileRunning = errors.New("an ordermail of an older version has it
 
 // upgrade brings the file at path to SchemaVersion, through dsn (whose
 // transactions take the write lock as they begin: see migrateTo), and
-// returns with a shared lock on the upgrade lock file (path.upgrade) that
-// the store keeps while it is open: release lets it go.
+// returns with a shared lock on path.open that the store keeps while it is
+// open: release lets it go.
 //
-// Every process that has the file open for writing holds that lock shared;
-// one looks at the version and upgrades with it held exclusively. So a file
-// is upgraded only while no process of an older version has it open (a
-// service, a standby waiting to take over, a command): the upgrade waits
-// up to grace for them to let it go, then refuses. Processes of releases
-// that held no shared lock are seen only while they run the feed (the
-// process lock). Two processes of this version opening the file at once
-// upgrade it once (the second finds it done); the look is never made while
-// another process makes the file (the second's connection met the first's
-// schema half made, SQLITE_BUSY at once under the race detector).
+// Every process that has the file open for writing holds path.open
+// shared; an upgrade needs it exclusively, so a file is upgraded only
+// while no process of an older version has it open (a service, a standby
+// waiting to take over, a command): the upgrade waits up to grace for them
+// to let it go, then refuses. Processes of releases that took no such lock
+// are seen only while they run the feed (the process lock). One process at
+// a time looks at the version, holding path.upgrade exclusively for the
+// look alone, as releases before path.open did: two processes of this
+// version opening the file at once upgrade it once (the second finds it
+// done), the look is never made while another process makes the file (the
+// second's connection met the first's schema half made, SQLITE_BUSY at
+// once under the race detector), and an older release opening the file
+// meanwhile waits a moment, never for as long as this store is open.
 func upgrade(ctx context.Context, path, dsn string, grace time.Duration) (release func(), err error) {
-	lockPath := RealPath(path) + ".upgrade"
-	f, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	openPath := RealPath(path) + ".open"
+	open, err := os.OpenFile(openPath, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("upgrade lock %s: %w", lockPath, err)
+		return nil, fmt.Errorf("open lock %s: %w", openPath, err)
 	}
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
-		f.Close()
+		open.Close()
 		return nil, err
 	}
 	defer db.Close()
 	db.SetMaxOpenConns(1)
 	var olderSince time.Time // when the file was first seen older, held open by others
 	for {
-		held := false
-		if err := tryFlock(f, syscall.LOCK_EX); err == nil {
-			if err := upgradeHeld(ctx, db, path); err != nil {
-				f.Close() // lets the lock go
-				return nil, err
-			}
-			// Shared now: not atomic (another process may take it
-			// exclusively in between), so then once more around.
-			held = tryFlock(f, syscall.LOCK_SH) == nil
-		} else if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, fmt.Errorf("upgrade lock %s: %w", lockPath, err)
-		} else {
-			held = tryFlock(f, syscall.LOCK_SH) == nil // another has it open, or makes it
-		}
-		if held {
-			version, err := fileVersion(ctx, db)
-			if err == nil && version == SchemaVersion {
-				return func() { f.Close() }, nil
-			}
-			flock(f, syscall.LOCK_UN)
-			switch {
-			case err != nil:
-				f.Close()
-				return nil, err
-			case version > SchemaVersion:
-				f.Close()
-				return nil, fmt.Errorf("schema version %d is newer than this ordermail's %d: upgrade ordermail", version, SchemaVersion)
-			case olderSince.IsZero():
-				olderSince = time.Now()
-			case time.Since(olderSince) > grace:
-				f.Close()
-				return nil, fmt.Errorf("schema version %d is older than this ordermail's %d, and %w (waited %s for it to let %s go)",
-					version, SchemaVersion, ErrUpgradeWhileRunning, grace, lockPath)
-			}
+		version, err := look(ctx, db, path, open)
+		switch {
+		case err != nil:
+			open.Close() // lets the lock go
+			return nil, err
+		case version == SchemaVersion:
+			return func() { open.Close() }, nil
+		case version > SchemaVersion:
+			open.Close()
+			return nil, fmt.Errorf("schema version %d is newer than this ordermail's %d: upgrade ordermail", version, SchemaVersion)
+		case olderSince.IsZero():
+			olderSince = time.Now()
+		case time.Since(olderSince) > grace:
+			open.Close()
+			return nil, fmt.Errorf("schema version %d is older than this ordermail's %d, and %w (waited %s for it to let %s go)",
+				version, SchemaVersion, ErrUpgradeWhileRunning, grace, openPath)
 		}
 		select {
 		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("wait for another process upgrading the file (%s): %w", lockPath, ctx.Err())
+			open.Close()
+			return nil, fmt.Errorf("wait for the processes of an older ordermail to let the file go (%s): %w", openPath, ctx.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
 
-// upgradeHeld upgrades the file with the upgrade lock held exclusively. A
+// look takes the upgrade lock, and with it the open lock: exclusively
+// when it can, to upgrade the file, then shared; shared when others have
+// the file open. It returns the file's version with the open lock held
+// shared when that is SchemaVersion, and with no lock held when the file
+// stays older (others have it open) or is newer.
+func look(ctx context.Context, db *sql.DB, path string, open *os.File) (int, error) {
+	unlock, err := lockUpgrade(ctx, RealPath(path)+".upgrade")
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	if err := tryFlock(open, syscall.LOCK_EX); err == nil {
+		if err := upgradeHeld(ctx, db, path); err != nil {
+			return 0, err
+		}
+	} else if !errors.Is(err, syscall.EWOULDBLOCK) {
+		return 0, fmt.Errorf("open lock %s: %w", open.Name(), err)
+	}
+	// Shared now, or beside the others. No process takes it exclusively
+	// without the upgrade lock, which this one holds: nothing waits.
+	if err := flock(open, syscall.LOCK_SH); err != nil {
+		return 0, fmt.Errorf("open lock %s: %w", open.Name(), err)
+	}
+	version, err := fileVersion(ctx, db)
+	if err != nil || version != SchemaVersion {
+		flock(open, syscall.LOCK_UN)
+	}
+	return version, err
+}
+
+// upgradeHeld upgrades the file with the upgrade and open locks held
+// exclusively. A
 // file of an older version is upgraded only while no service of a release
 // that held no upgrade lock runs on it (the process lock is free; it is
 // let go again after).
@@ -607,6 +622,32 @@ func upgradeHeld(ctx context.Context, db *sql.DB, path string) error {
 		}
 	}
 	return migrate(ctx, db)
+}
+
+// lockUpgrade takes the upgrade lock at path, waiting for another process
+// that holds it until ctx ends. Every release holds it only for its look
+// at the file (and its upgrade).
+func lockUpgrade(ctx context.Context, path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("upgrade lock %s: %w", path, err)
+	}
+	for {
+		err := tryFlock(f, syscall.LOCK_EX)
+		if err == nil {
+			return func() { flock(f, syscall.LOCK_UN); f.Close() }, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("upgrade lock %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("wait for another process upgrading the file (%s): %w", path, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // tryFlock takes the lock how on f without waiting: EWOULDBLOCK when
