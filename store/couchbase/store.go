@@ -89,7 +89,7 @@ func connect(cfg Config, log *slog.Logger) (*gocb.Cluster, *credentials, error) 
 	opts := gocb.ClusterOptions{
 		Authenticator: gocbAuth{creds},
 		TimeoutsConfig: gocb.TimeoutsConfig{
-			ConnectTimeout: 3 * cfg.Timeout, KVTimeout: cfg.Timeout, QueryTimeout: cfg.Timeout,
+			ConnectTimeout: 3 * cfg.Timeout, KVTimeout: cfg.Timeout, KVDurableTimeout: cfg.Timeout, QueryTimeout: cfg.Timeout,
 			ManagementTimeout: 3 * cfg.Timeout,
 		},
 		Transcoder: passthrough{},
@@ -127,33 +127,35 @@ func (s *Store) open(ctx context.Context) error {
 		s.colls[c] = bucket.Scope(s.cfg.Scope).Collection(c)
 	}
 	s.colls[store.Meta] = s.cluster.Bucket(s.cfg.MetadataBucket).DefaultCollection()
-	return s.probeDurability(ctx)
+	s.probeDurability(ctx)
+	return nil
 }
 
 // probeKey is the attempts document the durability probe writes.
 const probeKey = "ordermail:durability-probe"
 
 // probeDurability makes one durable write (an attempts document that
-// expires in a minute, which the feed does not watch), so that a level
-// the cluster cannot meet (a one-node cluster whose bucket has replicas)
-// is said at start, not at the first outcome. A write refused for another
-// reason (a user who may only read, for a command that reads) is the
-// first real write's to report.
-func (s *Store) probeDurability(ctx context.Context) error {
+// expires in a minute, which neither the feed nor a count reads), so that
+// a level the cluster cannot meet (a one-node cluster whose bucket has
+// replicas) is said at start, not first at an outcome. It only warns: in
+// a failover not yet rebalanced the level comes back by itself, and a
+// command that reads (retries status, in the middle of an incident) must
+// still run; an outcome waits until it can be written.
+func (s *Store) probeDurability(ctx context.Context) {
 	dur := durabilities[s.cfg.Durability]
 	if dur == gocb.DurabilityLevelNone {
-		return nil
+		return
 	}
 	_, err := s.colls[order.Attempts].Upsert(probeKey, []byte(`{"probe":"durability"}`),
 		&gocb.UpsertOptions{Context: ctx, Expiry: time.Minute, DurabilityLevel: dur})
 	switch {
 	case errors.Is(err, gocb.ErrDurabilityImpossible), errors.Is(err, gocb.ErrDurabilityLevelNotAvailable), errors.Is(err, gocb.ErrFeatureNotAvailable):
-		return fmt.Errorf("cb-durability %s cannot be met on bucket %s (fewer data nodes than its copies, as a one-node cluster whose bucket has replicas): "+
-			"add data nodes, give the bucket no replicas, or run with --cb-durability none, under which a failover can lose outcomes: %w", s.cfg.Durability, s.cfg.Bucket, err)
+		s.log.Warn("--cb-durability "+s.cfg.Durability+" cannot be met on bucket "+s.cfg.Bucket+" now: outcomes wait until it can "+
+			"(a node failed over and not yet rebalanced, or a one-node cluster whose bucket has replicas: add nodes, give the bucket no replicas, "+
+			"or --cb-durability none, under which a failover can lose outcomes)", "error", err)
 	case err != nil:
-		s.log.Debug("durability probe", "error", err)
+		s.log.Debug("durability probe", "error", err) // a user who may only read: the first real write says so
 	}
-	return nil
 }
 
 func missingCollections(scopes []gocb.ScopeSpec, scope string) []string {
@@ -885,7 +887,7 @@ func (s *Store) Counts(ctx context.Context) (store.Counts, error) {
 	if err != nil {
 		return store.Counts{}, err
 	}
-	o, err := s.orderCounts.get(ctx, s.now, s.cfg.OrderCountsTTL, s.readOrderCounts)
+	o, err := s.orderCounts.get(ctx, s.now, s.cfg.OrderCountsTTL, s.readOrderCounts, s.log)
 	if err != nil {
 		return store.Counts{}, err
 	}
@@ -914,7 +916,7 @@ type bgCount struct {
 	stopped bool
 }
 
-func (b *bgCount) get(ctx context.Context, clock func() time.Time, ttl time.Duration, read func(context.Context) (orderCounts, error)) (orderCounts, error) {
+func (b *bgCount) get(ctx context.Context, clock func() time.Time, ttl time.Duration, read func(context.Context) (orderCounts, error), log *slog.Logger) (orderCounts, error) {
 	if ttl < 0 {
 		return read(ctx)
 	}
@@ -938,9 +940,18 @@ func (b *bgCount) get(ctx context.Context, clock func() time.Time, ttl time.Dura
 			if err == nil {
 				b.last, b.ok = v, true
 			}
+			failing := b.err != nil
 			b.err, b.running = err, nil
 			b.mu.Unlock()
 			close(done)
+			// Said when counts start failing and when they succeed again,
+			// not at each: the last count is served meanwhile.
+			switch {
+			case err != nil && !failing:
+				log.Warn("the orders cannot be counted; the last count is served until they are", "error", err)
+			case err == nil && failing:
+				log.Info("the orders are counted again")
+			}
 		}()
 	}
 	running, last, ok := b.running, b.last, b.ok

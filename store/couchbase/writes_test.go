@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/couchbase/gocb/v2"
 	"github.com/ordermail/ordermail/internal/later"
+	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/couchbase/cbtest"
@@ -332,34 +334,34 @@ func TestOrderCountsOutlastTheirCaller(t *testing.T) {
 	}
 	short, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := b.get(short, clock, time.Minute, read)
+	_, err := b.get(short, clock, time.Minute, read, quietLog)
 	require.ErrorIs(t, err, context.Canceled)
 	assert.ErrorContains(t, err, "the count goes on")
-	_, err = b.get(short, clock, time.Minute, read)
+	_, err = b.get(short, clock, time.Minute, read, quietLog)
 	require.Error(t, err)
 	answer()
 	ctx := ctxFor(t, 20*time.Second)
-	o, err := b.get(ctx, clock, time.Minute, read)
+	o, err := b.get(ctx, clock, time.Minute, read, quietLog)
 	require.NoError(t, err)
 	assert.Equal(t, 1, o.Paid, "the count the first caller started")
 	assert.EqualValues(t, 1, reads.Load(), "one count for three callers")
 
 	advance(2 * time.Minute)
-	o, err = b.get(short, clock, time.Minute, read)
+	o, err = b.get(short, clock, time.Minute, read, quietLog)
 	require.NoError(t, err, "past the TTL: the last count, even for a caller out of time")
 	assert.Equal(t, 1, o.Paid)
-	o, err = b.get(short, clock, time.Minute, read)
+	o, err = b.get(short, clock, time.Minute, read, quietLog)
 	require.NoError(t, err)
 	assert.Equal(t, 1, o.Paid, "while the next is made")
 	answer()
 	require.Eventually(t, func() bool {
-		o, err := b.get(ctx, clock, time.Minute, read)
+		o, err := b.get(ctx, clock, time.Minute, read, quietLog)
 		return err == nil && o.Paid == 2
 	}, 20*time.Second, time.Millisecond)
 	assert.EqualValues(t, 2, reads.Load())
 
 	advance(2 * time.Minute)
-	_, err = b.get(ctx, clock, time.Minute, read) // starts a third, which never ends by itself
+	_, err = b.get(ctx, clock, time.Minute, read, quietLog) // starts a third, which never ends by itself
 	require.NoError(t, err)
 	b.stop()
 	assert.EqualValues(t, 3, reads.Load())
@@ -633,17 +635,31 @@ func TestAnAmbiguousDurableWriteIsReadBack(t *testing.T) {
 	assert.Equal(t, d.CAS, cas[0])
 }
 
-// A durability the cluster cannot meet (a one-node cluster whose bucket
-// has replicas) is said at start, with what to do, not at the first
-// outcome.
-func TestADurabilityTheClusterCannotMeetIsSaidAtStart(t *testing.T) {
-	cfg, _ := fakeCluster(t, cbtest.Options{DurabilityImpossible: true})
-	_, err := Open(ctxFor(t, 20*time.Second), cfg, testLog)
-	require.Error(t, err)
-	assert.ErrorContains(t, err, "cb-durability majority cannot be met on bucket orders")
-	assert.ErrorContains(t, err, "--cb-durability none")
-	cfg.Durability = "none"
-	s := openStore(t, cfg)
-	_, err = s.Apply(ctxFor(t, 20*time.Second), []store.Write{{Op: store.OpUpsert, Collection: order.Retry, Key: "r", Value: []byte(`{}`)}})
-	assert.NoError(t, err)
+// A durability the cluster cannot meet: at start (a one-node cluster
+// whose bucket has replicas) it is said, and the store opens all the same
+// (a command that reads must run in an incident); during a failover not
+// yet rebalanced, an outcome is refused as an unavailable store is, and
+// waited out: taken for a failure of its own, it was dead-lettered (and
+// that refused too) and its event acknowledged, its order lost.
+func TestADurabilityTheClusterCannotMeetIsWaitedOut(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{DurabilityImpossible: true})
+	var logs syncbuf.Buffer
+	s, err := Open(ctxFor(t, 20*time.Second), cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	assert.Contains(t, logs.String(), "--cb-durability majority cannot be met on bucket orders now")
+	assert.Contains(t, logs.String(), "--cb-durability none")
+
+	ctx := ctxFor(t, 20*time.Second)
+	w := store.Write{Op: store.OpInsert, Collection: order.Retry, Key: "r", Value: []byte(`{"attempt":1,"nextAttemptAt":1}`)}
+	_, err = s.Apply(ctx, []store.Write{w})
+	require.ErrorIs(t, err, store.ErrUnavailable, "waited out, not a failure of the write's own")
+	assert.ErrorIs(t, err, ErrDurabilityUnmet)
+	srv.SetDurabilityImpossible(false) // rebalanced
+	_, err = s.Apply(ctx, []store.Write{w})
+	require.NoError(t, err)
+	srv.SetDurabilityImpossible(true) // another node fails over
+	w.Key = "r2"
+	_, err = s.Apply(ctx, []store.Write{w})
+	require.ErrorIs(t, err, store.ErrUnavailable)
 }

@@ -70,7 +70,8 @@
 // existing document's expiry. A write with a durability frame (ID 1) is
 // made at once, as on a cluster whose replicas confirm at once, and its
 // seqno is recorded: Rollback refuses to go below it, as no failover loses
-// a durable write. Options.DurabilityImpossible answers such writes
+// a durable write. Options.DurabilityImpossible (and
+// SetDurabilityImpossible) answers such writes
 // DURABILITY_IMPOSSIBLE (0xa1), AnswerDurableWritesAmbiguous makes them
 // answer SYNC_WRITE_AMBIGUOUS (0xa3) once made; an unknown level is
 // DURABILITY_INVALID_LEVEL (0xa0). Other request frames are skipped.

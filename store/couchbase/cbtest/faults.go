@@ -240,6 +240,11 @@ func (s *Server) AnswerDurableWritesAmbiguous(bucket string, vb uint16, n int) {
 	s.inject(kvFault{bucket: bucket, opcode: faultDurable, vb: vb, left: n, status: statusSyncWriteAmbig})
 }
 
+// SetDurabilityImpossible makes durable writes answer
+// DURABILITY_IMPOSSIBLE (0xa1), or not, from now on: as a node failed over
+// and not yet rebalanced leaves its vBuckets too few copies.
+func (s *Server) SetDurabilityImpossible(on bool) { s.durabilityImpossible.Store(on) }
+
 // inject records a fault.
 func (s *Server) inject(f kvFault) {
 	s.faultMu.Lock()

@@ -655,7 +655,7 @@ func (c *kvConn) frames(p *packet) (reqFrames, bool) {
 		c.fail(p, statusEINVAL, err.Error())
 	case fr.durability > 3:
 		c.fail(p, statusDurabilityInvalid, "unknown durability level")
-	case fr.durability != 0 && c.s.opts.DurabilityImpossible:
+	case fr.durability != 0 && c.s.durabilityImpossible.Load():
 		c.fail(p, statusDurabilityImposs, "durability impossible")
 	default:
 		return fr, true

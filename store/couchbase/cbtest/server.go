@@ -91,6 +91,9 @@ type BucketSpec struct {
 // query service on loopback.
 type Server struct {
 	opts Options
+	// durabilityImpossible: Options.DurabilityImpossible, and then
+	// SetDurabilityImpossible.
+	durabilityImpossible atomic.Bool
 
 	mu         sync.Mutex // guards the data and config state below
 	rev        int64
@@ -204,6 +207,7 @@ func New(opts Options) (*Server, error) {
 		dcpSig:     make(chan struct{}),
 	}
 	s.query.init()
+	s.durabilityImpossible.Store(opts.DurabilityImpossible)
 	if err := s.SetPassword(opts.Password); err != nil {
 		return nil, err
 	}
