@@ -427,15 +427,17 @@ func (b *backlogCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	now := time.Now()
 	ch <- prometheus.MustNewConstMetric(descAge, prometheus.GaugeValue, now.Sub(bl.ReadAt).Seconds())
+	// While the store does not answer, the figures it last answered, as
+	// they were then: the oldest due retry's age counted on from them
+	// would grow for a retry long sent (and page for it), and figures
+	// dropped would end the series, resetting every alert's `for`.
+	at := now
 	if !bl.Up {
-		// The last figures no longer hold (the oldest due retry's age,
-		// counted on from them, would grow for a retry long sent): none
-		// until the store answers again; store_up and the age say why.
-		return
+		at = bl.ReadAt
 	}
 	oldest := 0.0
 	if !bl.OldestDue.IsZero() {
-		oldest = max(0, now.Sub(bl.OldestDue).Seconds())
+		oldest = max(0, at.Sub(bl.OldestDue).Seconds())
 	}
 	c := bl.Counts
 	for d, v := range map[*prometheus.Desc]float64{descPaid: float64(c.OrdersPaid), descConfirmed: float64(c.OrdersConfirmed),
