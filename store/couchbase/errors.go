@@ -17,10 +17,6 @@ import (
 // back could not tell either (see Store.Apply).
 var ErrAmbiguous = errors.New("the write may or may not have been made")
 
-// ErrDurabilityUnmet says the vBucket has too few copies for
-// --cb-durability: the write waits until the cluster is rebalanced.
-var ErrDurabilityUnmet = errors.New("--cb-durability cannot be met on this vBucket now (a node failed over and not yet rebalanced, or a one-node cluster whose bucket has replicas: add nodes, give the bucket no replicas, or --cb-durability none, under which a failover can lose outcomes)")
-
 // mapErr turns gocb's errors into the store's, so that no other package
 // needs to know them. Errors that say the setup is wrong (a missing bucket
 // or collection, bad credentials) keep their own message.
@@ -31,11 +27,10 @@ func mapErr(err error) error {
 	case errors.Is(err, gocb.ErrAmbiguousTimeout), errors.Is(err, gocb.ErrDurabilityAmbiguous):
 		return fmt.Errorf("%w: %w: %v", store.ErrUnavailable, ErrAmbiguous, err)
 	case errors.Is(err, gocb.ErrDurabilityImpossible):
-		// Too few copies of the vBucket for the level: a node failed over
-		// and not yet rebalanced (or a one-node cluster whose bucket has
-		// replicas). Waited out, as an unavailable store is: an outcome
-		// dropped here would lose its order.
-		return fmt.Errorf("%w: %w: %v", store.ErrUnavailable, ErrDurabilityUnmet, err)
+		// Too few copies of the vBucket for the level now (writeOnce
+		// writes outcomes without it then): never a failure of the
+		// write's own, which would dead-letter or drop an outcome.
+		return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
 	case errors.Is(err, gocb.ErrDocumentNotFound):
 		return fmt.Errorf("%w: %v", store.ErrNotFound, err)
 	case errors.Is(err, gocb.ErrDocumentExists):

@@ -21,6 +21,7 @@ import (
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 )
 
 // Store is the Couchbase store. It is safe for concurrent use.
@@ -35,6 +36,10 @@ type Store struct {
 	// groups is this process's view of each feed's members it streams
 	// (feed name to *group): Members judges by it what it reads.
 	groups sync.Map
+
+	// unmet says, at most once a minute, that writes are made without
+	// their durability (writeOnce).
+	unmet rate.Sometimes
 
 	counts ttlCache[store.Counts]
 	// orderCounts is apart: its count grows with the orders stored.
@@ -64,7 +69,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{cfg: cfg, creds: creds, cluster: cluster, colls: map[string]*gocb.Collection{}, log: log.With("component", "couchbase"),
+	s := &Store{cfg: cfg, creds: creds, cluster: cluster, colls: map[string]*gocb.Collection{}, log: log.With("component", "couchbase"), unmet: rate.Sometimes{Interval: time.Minute},
 		now: time.Now, counts: newTTLCache[store.Counts](), backlog: newTTLCache[store.Backlog](), reasons: newTTLCache[[]store.Tally](), member: cfg.Member}
 	if s.member == "" {
 		host, _ := os.Hostname()
@@ -127,8 +132,7 @@ func (s *Store) open(ctx context.Context) error {
 		s.colls[c] = bucket.Scope(s.cfg.Scope).Collection(c)
 	}
 	s.colls[store.Meta] = s.cluster.Bucket(s.cfg.MetadataBucket).DefaultCollection()
-	s.probeDurability(ctx)
-	return nil
+	return s.probeDurability(ctx)
 }
 
 // probeKey is the attempts document the durability probe writes.
@@ -136,26 +140,31 @@ const probeKey = "ordermail:durability-probe"
 
 // probeDurability makes one durable write (an attempts document that
 // expires in a minute, which neither the feed nor a count reads), so that
-// a level the cluster cannot meet (a one-node cluster whose bucket has
-// replicas) is said at start, not first at an outcome. It only warns: in
-// a failover not yet rebalanced the level comes back by itself, and a
-// command that reads (retries status, in the middle of an incident) must
-// still run; an outcome waits until it can be written.
-func (s *Store) probeDurability(ctx context.Context) {
+// a level the cluster cannot meet now (a one-node cluster whose bucket has
+// replicas) is said at start, not first at an outcome: a warning, as in a
+// failover not yet rebalanced it comes back by itself, and a command that
+// reads (retries status, in the middle of an incident) must still run. A
+// level the bucket does not have at all fails the start.
+func (s *Store) probeDurability(ctx context.Context) error {
 	dur := durabilities[s.cfg.Durability]
 	if dur == gocb.DurabilityLevelNone {
-		return
+		return nil
 	}
 	_, err := s.colls[order.Attempts].Upsert(probeKey, []byte(`{"probe":"durability"}`),
 		&gocb.UpsertOptions{Context: ctx, Expiry: time.Minute, DurabilityLevel: dur})
 	switch {
-	case errors.Is(err, gocb.ErrDurabilityImpossible), errors.Is(err, gocb.ErrDurabilityLevelNotAvailable), errors.Is(err, gocb.ErrFeatureNotAvailable):
-		s.log.Warn("--cb-durability "+s.cfg.Durability+" cannot be met on bucket "+s.cfg.Bucket+" now: outcomes wait until it can "+
-			"(a node failed over and not yet rebalanced, or a one-node cluster whose bucket has replicas: add nodes, give the bucket no replicas, "+
-			"or --cb-durability none, under which a failover can lose outcomes)", "error", err)
+	case errors.Is(err, gocb.ErrDurabilityLevelNotAvailable), errors.Is(err, gocb.ErrFeatureNotAvailable):
+		// The bucket does not have the level at all (an ephemeral bucket
+		// and a persisting level): no outcome could ever be written.
+		return fmt.Errorf("cb-durability %s: bucket %s does not support it: choose another level: %w", s.cfg.Durability, s.cfg.Bucket, err)
+	case errors.Is(err, gocb.ErrDurabilityImpossible):
+		s.log.Warn("--cb-durability "+s.cfg.Durability+" cannot be met on bucket "+s.cfg.Bucket+" now: outcomes are written without it until it can, "+
+			"as safe as the copies there are allow (a node failed over and not yet rebalanced, or a one-node cluster whose bucket has replicas: "+
+			"add nodes, give the bucket no replicas, or choose --cb-durability none)", "error", err)
 	case err != nil:
 		s.log.Debug("durability probe", "error", err) // a user who may only read: the first real write says so
 	}
+	return nil
 }
 
 func missingCollections(scopes []gocb.ScopeSpec, scope string) []string {
@@ -296,18 +305,37 @@ func guardErr(w store.Write, d store.Doc) error {
 	return store.ErrCASMismatch
 }
 
+// writeOnce makes w once. Outcomes are written durably
+// (Config.Durability); checkpoints and members, whose loss only replays
+// changes, are not. A level the vBucket cannot meet now (too few copies: a
+// node failed over and not yet rebalanced, a one-node cluster whose bucket
+// has replicas) is refused at once, the write not made: it is made without
+// it, as safe as the copies there are allow, and said once a minute.
+// Waiting for the rebalance instead held every worker's outcome (each
+// waiting send holds its place among those in flight) for hours.
 func (s *Store) writeOnce(ctx context.Context, c *gocb.Collection, w store.Write) (uint64, error) {
+	dur := gocb.DurabilityLevelNone
+	if w.Collection != store.Meta {
+		dur = durabilities[s.cfg.Durability]
+	}
+	cas, err := s.writeAt(ctx, c, w, dur)
+	if dur != gocb.DurabilityLevelNone && errors.Is(err, gocb.ErrDurabilityImpossible) {
+		s.unmet.Do(func() {
+			s.log.Warn("--cb-durability "+s.cfg.Durability+" cannot be met on a vBucket now: its outcomes are written without it until it can "+
+				"(a node failed over and not yet rebalanced, or a one-node cluster whose bucket has replicas); said at most once a minute",
+				"collection", w.Collection, "key", w.Key, "error", err)
+		})
+		return s.writeAt(ctx, c, w, gocb.DurabilityLevelNone)
+	}
+	return cas, err
+}
+
+func (s *Store) writeAt(ctx context.Context, c *gocb.Collection, w store.Write, dur gocb.DurabilityLevel) (uint64, error) {
 	var res *gocb.MutationResult
 	var err error
 	var expiry time.Duration
 	if !w.Expiry.IsZero() {
 		expiry = max(time.Second, time.Until(w.Expiry)) // 0 would mean never
-	}
-	// Outcomes are written durably (Config.Durability); checkpoints and
-	// members, whose loss only replays changes, are not.
-	dur := gocb.DurabilityLevelNone
-	if w.Collection != store.Meta {
-		dur = durabilities[s.cfg.Durability]
 	}
 	switch w.Op {
 	case store.OpInsert:
@@ -940,15 +968,17 @@ func (b *bgCount) get(ctx context.Context, clock func() time.Time, ttl time.Dura
 			if err == nil {
 				b.last, b.ok = v, true
 			}
-			failing := b.err != nil
+			failing, stopped, counted := b.err != nil, b.stopped, b.ok
 			b.err, b.running = err, nil
 			b.mu.Unlock()
 			close(done)
 			// Said when counts start failing and when they succeed again,
-			// not at each: the last count is served meanwhile.
+			// not at each; not for a count that stop ended.
 			switch {
-			case err != nil && !failing:
+			case err != nil && !failing && !stopped && counted:
 				log.Warn("the orders cannot be counted; the last count is served until they are", "error", err)
+			case err != nil && !failing && !stopped:
+				log.Warn("the orders cannot be counted; what needs the count fails until they are", "error", err)
 			case err == nil && failing:
 				log.Info("the orders are counted again")
 			}

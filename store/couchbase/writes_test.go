@@ -635,31 +635,52 @@ func TestAnAmbiguousDurableWriteIsReadBack(t *testing.T) {
 	assert.Equal(t, d.CAS, cas[0])
 }
 
-// A durability the cluster cannot meet: at start (a one-node cluster
+// A durability the cluster cannot meet now: at start (a one-node cluster
 // whose bucket has replicas) it is said, and the store opens all the same
 // (a command that reads must run in an incident); during a failover not
-// yet rebalanced, an outcome is refused as an unavailable store is, and
-// waited out: taken for a failure of its own, it was dead-lettered (and
-// that refused too) and its event acknowledged, its order lost.
-func TestADurabilityTheClusterCannotMeetIsWaitedOut(t *testing.T) {
+// yet rebalanced, an outcome is written without it, as safe as the copies
+// there are allow, and durably again once it can be. Taken for a failure
+// of the write's own, it was dead-lettered (refused too) and its event
+// acknowledged, its order lost; waited out, it held every worker until
+// the rebalance.
+func TestADurabilityTheClusterCannotMeetNowIsWrittenWithout(t *testing.T) {
 	cfg, srv := fakeCluster(t, cbtest.Options{DurabilityImpossible: true})
 	var logs syncbuf.Buffer
 	s, err := Open(ctxFor(t, 20*time.Second), cfg, slog.New(slog.NewTextHandler(&logs, nil)))
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
 	assert.Contains(t, logs.String(), "--cb-durability majority cannot be met on bucket orders now")
-	assert.Contains(t, logs.String(), "--cb-durability none")
 
 	ctx := ctxFor(t, 20*time.Second)
-	w := store.Write{Op: store.OpInsert, Collection: order.Retry, Key: "r", Value: []byte(`{"attempt":1,"nextAttemptAt":1}`)}
-	_, err = s.Apply(ctx, []store.Write{w})
-	require.ErrorIs(t, err, store.ErrUnavailable, "waited out, not a failure of the write's own")
-	assert.ErrorIs(t, err, ErrDurabilityUnmet)
+	x := srv.VBucketOf("x")
+	write := func(key string) uint64 {
+		t.Helper()
+		before := srv.HighSeqno("orders", x)
+		_, err := s.Apply(ctx, []store.Write{{Op: store.OpInsert, Collection: order.Retry, Key: keyOn(srv, key, x), Value: []byte(`{"attempt":1,"nextAttemptAt":1}`)}})
+		require.NoError(t, err)
+		return before
+	}
+	before := write("a-")
+	write("b-")
+	assert.Equal(t, 1, strings.Count(logs.String(), "cannot be met on a vBucket now"), "said once a minute, not at each write")
+	require.NoError(t, srv.Rollback("orders", x, before), "written without durability: a failover may lose it")
+
 	srv.SetDurabilityImpossible(false) // rebalanced
-	_, err = s.Apply(ctx, []store.Write{w})
-	require.NoError(t, err)
-	srv.SetDurabilityImpossible(true) // another node fails over
-	w.Key = "r2"
-	_, err = s.Apply(ctx, []store.Write{w})
-	require.ErrorIs(t, err, store.ErrUnavailable)
+	before = write("c-")
+	require.Error(t, srv.Rollback("orders", x, before), "durable again")
+}
+
+// A level the bucket does not have at all (a persisting one on an
+// ephemeral bucket) could never write an outcome: the start fails, naming
+// the setting.
+func TestADurabilityTheBucketDoesNotHaveFailsTheStart(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{MajorityOnly: true})
+	cfg.Durability = "persistToMajority"
+	_, err := Open(ctxFor(t, 20*time.Second), cfg, testLog)
+	require.Error(t, err)
+	assert.ErrorContains(t, err, "cb-durability persistToMajority: bucket orders does not support it")
+	cfg.Durability = "majority"
+	s := openStore(t, cfg)
+	_, err = s.Apply(ctxFor(t, 20*time.Second), []store.Write{{Op: store.OpUpsert, Collection: order.Retry, Key: "r", Value: []byte(`{}`)}})
+	assert.NoError(t, err)
 }

@@ -653,8 +653,8 @@ func (c *kvConn) frames(p *packet) (reqFrames, bool) {
 	switch {
 	case err != nil:
 		c.fail(p, statusEINVAL, err.Error())
-	case fr.durability > 3:
-		c.fail(p, statusDurabilityInvalid, "unknown durability level")
+	case fr.durability > 3, fr.durability > 1 && c.s.opts.MajorityOnly:
+		c.fail(p, statusDurabilityInvalid, "durability level not supported")
 	case fr.durability != 0 && c.s.durabilityImpossible.Load():
 		c.fail(p, statusDurabilityImposs, "durability impossible")
 	default:

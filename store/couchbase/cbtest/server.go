@@ -38,6 +38,10 @@ type Options struct {
 	// (0xa1), as a cluster with fewer data nodes than the bucket has
 	// copies does.
 	DurabilityImpossible bool
+	// MajorityOnly answers durable writes of a level that persists
+	// (majorityAndPersistActive, persistToMajority)
+	// DURABILITY_INVALID_LEVEL (0xa0), as an ephemeral bucket does.
+	MajorityOnly bool
 	// ExpiryPagerInterval is how often expired documents are turned into
 	// expirations in the background. Default 1s; negative disables the
 	// pager (expiry then happens on access and on ExpireNow).
