@@ -1130,14 +1130,7 @@ func TestAFileAServiceRunsOnIsNotUpgradedUnderIt(t *testing.T) {
 	require.True(t, ok)
 
 	_, err = Open(context.Background(), Config{Path: path})
-	require.ErrorIs(t, err, ErrUpgradeWhileRunning)
-	assert.ErrorContains(t, err, fmt.Sprintf("schema version %d is older than this ordermail's %d", SchemaVersion-1, SchemaVersion))
-	check, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
-	require.NoError(t, err)
-	defer check.Close()
-	version, err := fileVersion(context.Background(), check)
-	require.NoError(t, err)
-	assert.Equal(t, SchemaVersion-1, version, "left as it was")
+	requireRefusedAndLeft(t, path, err)
 
 	require.NoError(t, running.Unlock()) // the old service stopped
 	s := openUpgraded(t, path)
@@ -1165,21 +1158,32 @@ func TestAFileAnOlderProcessHasOpenIsNotUpgraded(t *testing.T) {
 	require.NoError(t, flock(older, syscall.LOCK_SH))
 
 	_, err = Open(context.Background(), Config{Path: path, BusyTimeout: 200 * time.Millisecond})
+	requireRefusedAndLeft(t, path, err)
+
+	require.NoError(t, flock(older, syscall.LOCK_UN)) // the older process stopped
+	s := openUpgraded(t, path)
+	defer s.Close()
+	assert.Equal(t, SchemaVersion, versionOf(t, path))
+}
+
+// requireRefusedAndLeft checks that Open refused to upgrade the file at
+// path (of SchemaVersion-1) under an older process, and left it as it was.
+func requireRefusedAndLeft(t *testing.T, path string, err error) {
+	t.Helper()
 	require.ErrorIs(t, err, ErrUpgradeWhileRunning)
 	assert.ErrorContains(t, err, fmt.Sprintf("schema version %d is older than this ordermail's %d", SchemaVersion-1, SchemaVersion))
+	assert.Equal(t, SchemaVersion-1, versionOf(t, path), "left as it was")
+}
+
+// versionOf reads the schema version of the file at path.
+func versionOf(t *testing.T, path string) int {
+	t.Helper()
 	check, err := sql.Open("sqlite", "file:"+path+"?mode=ro")
 	require.NoError(t, err)
 	defer check.Close()
 	version, err := fileVersion(context.Background(), check)
 	require.NoError(t, err)
-	assert.Equal(t, SchemaVersion-1, version, "left as it was")
-
-	require.NoError(t, flock(older, syscall.LOCK_UN)) // the older process stopped
-	s := openUpgraded(t, path)
-	defer s.Close()
-	version, err = fileVersion(context.Background(), check)
-	require.NoError(t, err)
-	assert.Equal(t, SchemaVersion, version)
+	return version
 }
 
 // TestAnOpenStoreHoldsTheOpenLockShared: while a store is open, no process
