@@ -54,6 +54,8 @@ import (
 //	  and time() - max(ordermail_timer_last_sweep_timestamp_seconds) > 60     for: 1m
 //	# The store: unreachable, or the backlog figures have gone stale.
 //	min(ordermail_store_up) == 0                                      for: 2m
+//	# Outcomes written without their durability (Couchbase: too few copies).
+//	increase(ordermail_store_writes_without_durability_total[15m]) > 0
 //	max(ordermail_backlog_age_seconds) > 60
 //	# Orders waiting for a confirmation, a long time. Not
 //	# ordermail_orders_paid - ordermail_orders_confirmed - ordermail_dead_letters:
@@ -234,6 +236,7 @@ func New(cfg Config, w *watcher.Watcher, t *timer.Timer, m *mailer.Client, st st
 		buildInfo(s.cfg.Version),
 		&backlogCollector{s: s},
 		&feed{w: w},
+		undurable{st: st},
 	}
 	for _, c := range cs {
 		if err := s.reg.Register(c); err != nil {
@@ -583,6 +586,22 @@ func (s *Server) Stop(ctx context.Context) error {
 		s.refreshing.Wait()
 	}
 	return err
+}
+
+// undurable reports, of a store that writes outcomes durably
+// (Couchbase), those it wrote without: a vBucket's copies could not meet
+// the level.
+type undurable struct{ st store.Store }
+
+var descUndurable = prometheus.NewDesc("ordermail_store_writes_without_durability_total",
+	"Outcomes written without --cb-durability, which a vBucket's copies could not meet (a node failed over and not rebalanced, a one-node cluster whose bucket has replicas): a failover there may lose them (Couchbase).", nil, nil)
+
+func (u undurable) Describe(ch chan<- *prometheus.Desc) { ch <- descUndurable }
+
+func (u undurable) Collect(ch chan<- prometheus.Metric) {
+	if c, ok := u.st.(interface{ WritesWithoutDurability() uint64 }); ok {
+		ch <- prometheus.MustNewConstMetric(descUndurable, prometheus.CounterValue, float64(c.WritesWithoutDurability()))
+	}
 }
 
 // feed reports the subscription's own figures, where it keeps any (the

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/couchbase/gocb/v2"
@@ -38,8 +39,9 @@ type Store struct {
 	groups sync.Map
 
 	// unmet says, at most once a minute, that writes are made without
-	// their durability (writeOnce).
-	unmet rate.Sometimes
+	// their durability (writeOnce); undurable counts them.
+	unmet     rate.Sometimes
+	undurable atomic.Uint64
 
 	counts ttlCache[store.Counts]
 	// orderCounts is apart: its count grows with the orders stored.
@@ -325,10 +327,18 @@ func (s *Store) writeOnce(ctx context.Context, c *gocb.Collection, w store.Write
 				"(a node failed over and not yet rebalanced, or a one-node cluster whose bucket has replicas); said at most once a minute",
 				"collection", w.Collection, "key", w.Key, "error", err)
 		})
-		return s.writeAt(ctx, c, w, gocb.DurabilityLevelNone)
+		cas, err := s.writeAt(ctx, c, w, gocb.DurabilityLevelNone)
+		if err == nil {
+			s.undurable.Add(1)
+		}
+		return cas, err
 	}
 	return cas, err
 }
+
+// WritesWithoutDurability counts the outcomes written without
+// Config.Durability since Open (writeOnce).
+func (s *Store) WritesWithoutDurability() uint64 { return s.undurable.Load() }
 
 func (s *Store) writeAt(ctx context.Context, c *gocb.Collection, w store.Write, dur gocb.DurabilityLevel) (uint64, error) {
 	var res *gocb.MutationResult

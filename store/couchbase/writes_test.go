@@ -664,10 +664,12 @@ func TestADurabilityTheClusterCannotMeetNowIsWrittenWithout(t *testing.T) {
 	write("b-")
 	assert.Equal(t, 1, strings.Count(logs.String(), "cannot be met on a vBucket now"), "said once a minute, not at each write")
 	require.NoError(t, srv.Rollback("orders", x, before), "written without durability: a failover may lose it")
+	assert.EqualValues(t, 2, s.WritesWithoutDurability(), "counted (a metric)")
 
 	srv.SetDurabilityImpossible(false) // rebalanced
 	before = write("c-")
 	require.Error(t, srv.Rollback("orders", x, before), "durable again")
+	assert.EqualValues(t, 2, s.WritesWithoutDurability())
 }
 
 // A level the bucket does not have at all (a persisting one on an

@@ -102,6 +102,14 @@ ordermail_timer_held{instance="a"} 0+0x40
 ordermail_timer_held{instance="b"} 0+0x40
 ordermail_retries_paused{instance="a"} 0+0x40`, false},
 
+		{"outcomes written without their durability",
+			"OrdermailWritesWithoutDurability", `
+ordermail_store_writes_without_durability_total{instance="a"} 0+0x10 1+1x30
+ordermail_store_writes_without_durability_total{instance="b"} 0+0x40`, true},
+		{"every outcome durable",
+			"OrdermailWritesWithoutDurability", `
+ordermail_store_writes_without_durability_total{instance="a"} 3+0x40`, false},
+
 		{"the sweeper has not swept for minutes",
 			"OrdermailSweeperStalled", `
 ordermail_timer_active{instance="a"} 1+0x40
