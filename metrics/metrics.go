@@ -54,7 +54,7 @@ import (
 //	  and time() - max(ordermail_timer_last_sweep_timestamp_seconds) > 60     for: 1m
 //	# The store: unreachable, or the backlog figures have gone stale.
 //	min(ordermail_store_up) == 0                                      for: 2m
-//	# Outcomes written without their durability (Couchbase: too few copies).
+//	# Writes made without their durability (Couchbase: too few copies).
 //	increase(ordermail_store_writes_without_durability_total[15m]) > 0
 //	max(ordermail_backlog_age_seconds) > 60
 //	# Orders waiting for a confirmation, a long time. Not
@@ -594,7 +594,7 @@ func (s *Server) Stop(ctx context.Context) error {
 type undurable struct{ st store.Store }
 
 var descUndurable = prometheus.NewDesc("ordermail_store_writes_without_durability_total",
-	"Outcomes written without --cb-durability, which a vBucket's copies could not meet (a node failed over and not rebalanced, a one-node cluster whose bucket has replicas): a failover there may lose them (Couchbase).", nil, nil)
+	"Writes (of outcomes, and of the sweep's flags) made without --cb-durability, which their vBucket's copies could not meet (a node failed over and not rebalanced, a one-node cluster whose bucket has replicas): a failover there may lose them (Couchbase).", nil, nil)
 
 func (u undurable) Describe(ch chan<- *prometheus.Desc) { ch <- descUndurable }
 

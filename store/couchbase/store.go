@@ -161,7 +161,7 @@ func (s *Store) probeDurability(ctx context.Context) error {
 		return fmt.Errorf("cb-durability %s: bucket %s does not support it: choose another level: %w", s.cfg.Durability, s.cfg.Bucket, err)
 	case errors.Is(err, gocb.ErrDurabilityImpossible):
 		s.log.Warn("--cb-durability "+s.cfg.Durability+" cannot be met on bucket "+s.cfg.Bucket+" now: outcomes are written without it until it can, "+
-			"as safe as the copies there are allow (a node failed over and not yet rebalanced, or a one-node cluster whose bucket has replicas: "+
+			"on the active copy (a node failed over and not yet rebalanced, or a one-node cluster whose bucket has replicas: "+
 			"add nodes, give the bucket no replicas, or choose --cb-durability none)", "error", err)
 	case err != nil:
 		s.log.Debug("durability probe", "error", err) // a user who may only read: the first real write says so
@@ -308,11 +308,12 @@ func guardErr(w store.Write, d store.Doc) error {
 }
 
 // writeOnce makes w once. Outcomes are written durably
-// (Config.Durability); checkpoints and members, whose loss only replays
+// (Config.Durability); the metadata bucket's documents (checkpoints,
+// members, leases), whose loss only replays
 // changes, are not. A level the vBucket cannot meet now (too few copies: a
 // node failed over and not yet rebalanced, a one-node cluster whose bucket
 // has replicas) is refused at once, the write not made: it is made without
-// it, as safe as the copies there are allow, and said once a minute.
+// it, on the active copy, and said once a minute.
 // Waiting for the rebalance instead held every worker's outcome (each
 // waiting send holds its place among those in flight) for hours.
 func (s *Store) writeOnce(ctx context.Context, c *gocb.Collection, w store.Write) (uint64, error) {

@@ -638,7 +638,7 @@ func TestAnAmbiguousDurableWriteIsReadBack(t *testing.T) {
 // A durability the cluster cannot meet now: at start (a one-node cluster
 // whose bucket has replicas) it is said, and the store opens all the same
 // (a command that reads must run in an incident); during a failover not
-// yet rebalanced, an outcome is written without it, as safe as the copies
+// yet rebalanced, an outcome is written without it, on the active copy
 // there are allow, and durably again once it can be. Taken for a failure
 // of the write's own, it was dead-lettered (refused too) and its event
 // acknowledged, its order lost; waited out, it held every worker until
@@ -685,4 +685,11 @@ func TestADurabilityTheBucketDoesNotHaveFailsTheStart(t *testing.T) {
 	s := openStore(t, cfg)
 	_, err = s.Apply(ctxFor(t, 20*time.Second), []store.Write{{Op: store.OpUpsert, Collection: order.Retry, Key: "r", Value: []byte(`{}`)}})
 	assert.NoError(t, err)
+
+	// Where the probe got no answer at start, the writes find out: each
+	// is waited out (unavailable), never given up as a failure of its own.
+	s.cfg.Durability = "persistToMajority"
+	_, err = s.Apply(ctxFor(t, 20*time.Second), []store.Write{{Op: store.OpUpsert, Collection: order.Retry, Key: "r", Value: []byte(`{}`)}})
+	require.ErrorIs(t, err, store.ErrUnavailable)
+	assert.ErrorContains(t, err, "--cb-durability is a level the bucket does not support")
 }
