@@ -309,13 +309,13 @@ func guardErr(w store.Write, d store.Doc) error {
 
 // writeOnce makes w once. Outcomes are written durably
 // (Config.Durability); the metadata bucket's documents (checkpoints,
-// members, leases), whose loss only replays
-// changes, are not. A level the vBucket cannot meet now (too few copies: a
-// node failed over and not yet rebalanced, a one-node cluster whose bucket
-// has replicas) is refused at once, the write not made: it is made without
-// it, on the active copy, and said once a minute.
-// Waiting for the rebalance instead held every worker's outcome (each
-// waiting send holds its place among those in flight) for hours.
+// members, leases), whose loss only replays changes, are not. A level the
+// vBucket cannot meet now (too few copies: a node failed over and not yet
+// rebalanced, a one-node cluster whose bucket has replicas) is refused at
+// once, the write not made: it is made without it, on the active copy,
+// counted, and said once a minute. Waiting for the rebalance instead held
+// every worker's outcome (each waiting send holds its place among those in
+// flight) for hours.
 func (s *Store) writeOnce(ctx context.Context, c *gocb.Collection, w store.Write) (uint64, error) {
 	dur := gocb.DurabilityLevelNone
 	if w.Collection != store.Meta {
@@ -324,7 +324,7 @@ func (s *Store) writeOnce(ctx context.Context, c *gocb.Collection, w store.Write
 	cas, err := s.writeAt(ctx, c, w, dur)
 	if dur != gocb.DurabilityLevelNone && errors.Is(err, gocb.ErrDurabilityImpossible) {
 		s.unmet.Do(func() {
-			s.log.Warn("--cb-durability "+s.cfg.Durability+" cannot be met on a vBucket now: its outcomes are written without it until it can "+
+			s.log.Warn("--cb-durability "+s.cfg.Durability+" cannot be met on a vBucket now: writes there are made without it until it can "+
 				"(a node failed over and not yet rebalanced, or a one-node cluster whose bucket has replicas); said at most once a minute",
 				"collection", w.Collection, "key", w.Key, "error", err)
 		})
@@ -337,7 +337,7 @@ func (s *Store) writeOnce(ctx context.Context, c *gocb.Collection, w store.Write
 	return cas, err
 }
 
-// WritesWithoutDurability counts the outcomes written without
+// WritesWithoutDurability counts the writes made without
 // Config.Durability since Open (writeOnce).
 func (s *Store) WritesWithoutDurability() uint64 { return s.undurable.Load() }
 
