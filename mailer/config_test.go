@@ -424,9 +424,14 @@ func TestAnOrderWhoseConnectionIsDroppedAgainIsItsOwnFailure(t *testing.T) {
 	send := func(key string) error { return c.Send(context.Background(), key, []byte(`{}`)) }
 
 	require.NoError(t, send("accepted-a"))
+	// The dropped sends dial: on a kept-alive connection a drop is the
+	// service's restart (transient), and whether the transport then tries
+	// a new connection of its own depends on when it sees the close.
+	c.CloseIdleConnections()
 	se := sendErr(t, send("dropped"))
 	assert.Equal(t, mailer.Configuration, se.Class, "dropped after a certificate request: maybe the certificate: %v", se)
 	sendsAgain(t, c, "accepted-b")
+	c.CloseIdleConnections()
 	se = sendErr(t, send("dropped"))
 	assert.Equal(t, mailer.Transient, se.Class, "dropped again after another order was accepted: its own failure: %v", se)
 	require.NoError(t, send("accepted-c"), "nobody's sends are held for it")
