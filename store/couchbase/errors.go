@@ -26,16 +26,6 @@ func mapErr(err error) error {
 		return nil
 	case errors.Is(err, gocb.ErrAmbiguousTimeout), errors.Is(err, gocb.ErrDurabilityAmbiguous):
 		return fmt.Errorf("%w: %w: %v", store.ErrUnavailable, ErrAmbiguous, err)
-	case errors.Is(err, gocb.ErrDurabilityLevelNotAvailable):
-		// A level the bucket does not have (a persisting one on an
-		// ephemeral bucket), where the probe at start got no answer:
-		// waited out, logged, never taken for a failure of the write's
-		// own, which would give its outcome up.
-		return fmt.Errorf("%w: --cb-durability is a level the bucket does not support: choose another and restart: %v", store.ErrUnavailable, err)
-	case errors.Is(err, gocb.ErrFeatureNotAvailable):
-		// Durability or preserve TTL, which the cluster lacks (before
-		// Server 7.0): as above.
-		return fmt.Errorf("%w: the cluster lacks a feature ordermail's writes use (durability or preserve TTL: Server 7.0 or later; or --cb-durability none): %v", store.ErrUnavailable, err)
 	case errors.Is(err, gocb.ErrDocumentNotFound):
 		return fmt.Errorf("%w: %v", store.ErrNotFound, err)
 	case errors.Is(err, gocb.ErrDocumentExists):

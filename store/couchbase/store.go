@@ -334,6 +334,18 @@ func (s *Store) writeOnce(ctx context.Context, c *gocb.Collection, w store.Write
 		}
 		return cas, err
 	}
+	switch {
+	case errors.Is(err, gocb.ErrDurabilityLevelNotAvailable):
+		// A level the bucket does not have (a persisting one on an
+		// ephemeral bucket), where the probe at start got no answer:
+		// waited out, logged, never taken for a failure of the write's
+		// own, which would give its outcome up.
+		return 0, fmt.Errorf("%w: --cb-durability is a level the bucket does not support: choose another and restart: %w", store.ErrUnavailable, err)
+	case errors.Is(err, gocb.ErrFeatureNotAvailable):
+		// Durability or preserve TTL, which the cluster lacks (before
+		// Server 7.0): as above.
+		return 0, fmt.Errorf("%w: the cluster lacks a feature ordermail's writes use (durability or preserve TTL: Server 7.0 or later; or --cb-durability none): %w", store.ErrUnavailable, err)
+	}
 	return cas, err
 }
 
