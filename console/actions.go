@@ -95,8 +95,11 @@ func (c *Console) action(h actionFunc) http.Handler {
 			c.refuse(w, r, http.StatusForbidden, "Refused: the form's CSRF token is not your session's. Reload the page and try again.")
 			return
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), actionTimeout)
+		// The request's values, not its end: the action outlives a
+		// browser gone; Stop ends it.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), actionTimeout)
 		defer cancel()
+		defer context.AfterFunc(c.life, cancel)()
 		h(w, r.WithContext(ctx), sid)
 	})
 }
@@ -340,7 +343,11 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 				d.Heading = fmt.Sprintf("Purge every dead letter (%d)?", n.DeadLetters)
 			}
 		} else {
-			d.Fields = []field{{"scope", "selected"}}
+			// The operator chose these as the list or the order's page
+			// showed them: one dead-lettered again since (redriven and
+			// failed anew) is not what was chosen, and is left.
+			d.Text += " One dead-lettered again since the list showed it is left."
+			d.Fields = []field{{"scope", "selected"}, {"asof", strconv.FormatInt(shownAt(r, c.now()).UnixMilli(), 10)}}
 			for _, id := range sel.ids {
 				d.Fields = append(d.Fields, field{"id", id})
 			}
@@ -349,16 +356,21 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 		c.confirm(w, r, d)
 		return
 	}
-	asOf := c.now() // a form posted without the page's time: now
-	if ms, perr := strconv.ParseInt(r.PostForm.Get("asof"), 10, 64); perr == nil && ms < asOf.UnixMilli() {
-		asOf = time.UnixMilli(ms)
-	}
-	n, err := ops.Purge(r.Context(), c.st, sel.ids, sel.all, asOf)
+	n, err := ops.Purge(r.Context(), c.st, sel.ids, sel.all, shownAt(r, c.now()))
 	if n == 0 && err != nil {
 		c.finish(w, r, sid, "purge", err, "Nothing was purged.")
 		return
 	}
 	c.finish(w, r, sid, "purge", err, "Purged %d of %s.", n, sel)
+}
+
+// shownAt is when the page the operator acted from was made: its form's
+// asof, else (a form posted without one) now.
+func shownAt(r *http.Request, now time.Time) time.Time {
+	if ms, err := strconv.ParseInt(r.PostForm.Get("asof"), 10, 64); err == nil && ms < now.UnixMilli() {
+		return time.UnixMilli(ms)
+	}
+	return now
 }
 
 // confirmData is the step before an action that cannot be undone.

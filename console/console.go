@@ -75,6 +75,11 @@ type Console struct {
 	done chan error
 	stop chan struct{}
 	wg   sync.WaitGroup
+	// life ends when Stop gives up waiting for requests: actions run in it,
+	// not in their requests, so that a browser gone (a tab closed, a
+	// proxy's timeout) does not cut a redrive of a million short.
+	life    context.Context
+	endLife context.CancelFunc
 }
 
 // loginAddresses bounds the addresses whose login attempts are kept.
@@ -118,6 +123,7 @@ func New(cfg Config, d Deps, log *slog.Logger, now func() time.Time) (*Console, 
 		sessions: newSessions(cfg.SessionTTL, now),
 		samples:  newSampler(d.Watcher.Stats),
 	}
+	c.life, c.endLife = context.WithCancel(context.Background())
 	// Login attempts are limited by address, so that nobody locks the
 	// operator out by guessing wrong; the least recently seen addresses
 	// go first when there are more (their next try starts afresh).
@@ -264,7 +270,8 @@ func (c *Console) Stop(ctx context.Context) error {
 	c.wg.Wait()
 	err := c.srv.Shutdown(ctx)
 	if err != nil {
-		c.srv.Close() // actions still running end with their connections
+		c.endLife() // actions still running end
+		c.srv.Close()
 	}
 	if serveErr := <-c.done; !errors.Is(serveErr, http.ErrServerClosed) {
 		err = errors.Join(err, serveErr)

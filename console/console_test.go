@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -446,6 +447,149 @@ func TestPurgeNeedsConfirmation(t *testing.T) {
 	assert.False(t, f.exists(t, order.DeadLetter, "d3"))
 	assert.True(t, f.exists(t, order.Inbound, "d3"), "the order stays")
 	assert.True(t, f.exists(t, order.DeadLetter, "d4"), "a dead letter the operator was not shown is left")
+}
+
+// hiddenFields are a page's hidden form fields, as its form posts them.
+func hiddenFields(body string) url.Values {
+	form := url.Values{}
+	for _, m := range regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`).FindAllStringSubmatch(body, -1) {
+		form.Add(m[1], m[2])
+	}
+	return form
+}
+
+// The dead letters the operator ticks are those the list showed: one
+// redriven meanwhile and dead-lettered again (another reason, another
+// story) is not what was chosen, and is left and said; so from the order's
+// page.
+func TestPurgeOfTheSelectedLeavesWhatWasDeadLetteredAgainSinceShown(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	for _, k := range []string{"d1", "d2", "d3"} {
+		f.deadLetter(t, k, order.ReasonPermanent)
+	}
+	f.login(t)                  // the pages carry the session's CSRF token
+	again := func(key string) { // redriven, failed again, dead-lettered anew after the page
+		f.put(t, order.DeadLetter, key, order.DeadLetterDoc{Type: "deadletter", DocID: key, Reason: order.ReasonExhausted,
+			Attempts: 8, RedriveCount: 1, DeadAt: time.Now().Add(time.Minute).UnixMilli()}.Encode())
+	}
+
+	_, list := f.get(t, "/deadletters")
+	form := hiddenFields(list)
+	require.NotEmpty(t, form.Get("asof"), "the list's form carries when it was shown:\n%s", list)
+	again("d1")
+	form.Set("scope", "selected")
+	form["id"] = []string{"d1", "d2"}
+	resp, confirm := f.post(t, "/deadletters/purge", form)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, confirm, "Purge 2 selected dead letters?")
+	resp, _ = f.post(t, "/deadletters/purge", hiddenFields(confirm))
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.True(t, f.exists(t, order.DeadLetter, "d1"), "dead-lettered again since the list showed it: left")
+	assert.False(t, f.exists(t, order.DeadLetter, "d2"))
+	_, next := f.get(t, "/deadletters")
+	assert.Contains(t, next, "Purged 1 of 2 selected dead letters")
+	assert.Contains(t, next, "1 left, changed since it was read; look again: d1")
+
+	_, page := f.get(t, "/order?key=d3")
+	form = hiddenFields(page)
+	require.NotEmpty(t, form.Get("asof"), "the order's page carries when it was shown:\n%s", page)
+	again("d3")
+	form.Set("one", "d3")
+	resp, confirm = f.post(t, "/deadletters/purge", form)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	resp, _ = f.post(t, "/deadletters/purge", hiddenFields(confirm))
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.True(t, f.exists(t, order.DeadLetter, "d3"), "dead-lettered again since its page showed it: left")
+}
+
+// heldGets is a store whose read of one dead letter waits until released,
+// and then fails if its caller's context has ended meanwhile.
+type heldGets struct {
+	store.Store
+	key     string
+	held    chan struct{} // closed when the first read waits
+	release chan struct{}
+	once    sync.Once
+}
+
+func (h *heldGets) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	if coll == order.DeadLetter && key == h.key {
+		h.once.Do(func() { close(h.held) })
+		<-h.release
+		if err := ctx.Err(); err != nil {
+			return store.Doc{}, err
+		}
+	}
+	return h.Store.Get(ctx, coll, key)
+}
+
+// An action is the operator's, not the browser's: a tab closed or a
+// proxy's timeout (nginx's 60s; a redrive of a million takes longer) in the
+// middle of a redrive does not cut it short.
+func TestAnActionOutlivesTheBrowserThatAskedForIt(t *testing.T) {
+	t.Parallel()
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	h := &heldGets{Store: st, key: "d2", held: make(chan struct{}), release: make(chan struct{})}
+	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
+	require.NoError(t, err)
+	f := serve(t, console.Config{Token: token}, h, deps(t, h, m))
+	gone := make(chan struct{}) // the action's request ended, on the server
+	var once sync.Once
+	f.srv.Config.Handler = func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == "/deadletters/redrive" {
+				context.AfterFunc(r.Context(), func() { once.Do(func() { close(gone) }) })
+			}
+			next.ServeHTTP(w, r)
+		})
+	}(f.srv.Config.Handler)
+	for _, k := range []string{"d1", "d2", "d3"} {
+		f.deadLetter(t, k, order.ReasonPermanent)
+	}
+	csrf := f.login(t)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, f.srv.URL+"/deadletters/redrive",
+		strings.NewReader(url.Values{"csrf": {csrf}, "scope": {"selected"}, "id": {"d1", "d2", "d3"}}.Encode()))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Origin", f.srv.URL)
+	asked := make(chan error, 1)
+	go func() {
+		resp, err := f.client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		asked <- err
+	}()
+	var released sync.Once
+	release := func() { released.Do(func() { close(h.release) }) }
+	t.Cleanup(release) // before the server's close, which waits for the handler
+	select {
+	case <-h.held: // the redrive is under way
+	case err := <-asked:
+		t.Fatalf("the request ended before the redrive read d2: %v", err)
+	case <-time.After(time.Minute):
+		t.Fatal("the redrive did not read d2 within a minute")
+	}
+	cancel() // the browser goes
+	require.Error(t, <-asked)
+	select {
+	case <-gone:
+	case <-time.After(time.Minute):
+		t.Fatal("the server did not see the request end within a minute")
+	}
+	release()
+	require.Eventually(t, func() bool { return !f.exists(t, order.DeadLetter, "d2") }, time.Minute, 10*time.Millisecond,
+		"the dead letter read after the browser went is redriven all the same")
+	for _, k := range []string{"d1", "d2", "d3"} {
+		assert.True(t, f.exists(t, order.Retry, k), "%s redriven", k)
+	}
+	_, page := f.get(t, "/deadletters")
+	assert.Contains(t, page, "Redrove 3 of 3 selected dead letters", "the next page says what the action did")
 }
 
 func TestRunRetryNowAndDrop(t *testing.T) {

@@ -32,10 +32,13 @@ type page struct {
 	CSRF     string // the session's, for every form that acts
 	Flash    flash
 	Here     string // this page's path and query: where an action leads back to
+	// ShownAt is when the page was made (Unix ms): a purge from it leaves
+	// what was dead-lettered since, which the operator has not seen.
+	ShownAt int64
 }
 
 func (c *Console) pageFor(r *http.Request, title, nav string) page {
-	p := page{Title: title, Nav: nav, ReadOnly: c.ReadOnly(), Here: r.URL.RequestURI()}
+	p := page{Title: title, Nav: nav, ReadOnly: c.ReadOnly(), Here: r.URL.RequestURI(), ShownAt: c.now().UnixMilli()}
 	if p.ReadOnly {
 		return p
 	}

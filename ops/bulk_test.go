@@ -349,7 +349,7 @@ func put(t *testing.T, st store.Store, coll, key string, value []byte) {
 // TestPurgeAllLeavesWhatWasDeadLetteredSince: a purge of every dead letter
 // (or of a reason's) purges what was dead-lettered by the time the operator
 // looked; one written while it runs, or after the confirmation was asked,
-// is one nobody has seen, and stays.
+// is one nobody has seen, and stays; so is one named, and that is said.
 func TestPurgeAllLeavesWhatWasDeadLetteredSince(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -370,7 +370,10 @@ func TestPurgeAllLeavesWhatWasDeadLetteredSince(t *testing.T) {
 	n, err = ops.Purge(ctx, st, nil, true, asOf)
 	require.NoError(t, err)
 	assert.Zero(t, n, "still later than the look")
-	n, err = ops.Purge(ctx, st, []string{"later", "later"}, false, asOf)
+	n, err = ops.Purge(ctx, st, []string{"later"}, false, asOf)
+	require.ErrorIs(t, err, ops.ErrChanged, "named, but dead-lettered (again) after the look: left and said")
+	assert.Zero(t, n)
+	n, err = ops.Purge(ctx, st, []string{"later", "later"}, false, asOf.Add(time.Hour))
 	require.NoError(t, err, "named twice: purged once, and not missing the second time")
-	assert.Equal(t, 1, n, "named: purged whenever it was written")
+	assert.Equal(t, 1, n, "named and seen: purged")
 }

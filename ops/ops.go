@@ -517,10 +517,11 @@ func (c *changedKeys) err(action string) error {
 }
 
 // Purge deletes dead letters for good; their orders stay unconfirmed until
-// an order itself changes (its change is a first send again). With all it
-// purges those dead-lettered by asOf, the time the operator looked: a dead
-// letter written later, while the purge runs or after the console asked
-// to confirm, is one the operator has not seen, and is left.
+// an order itself changes (its change is a first send again). It purges
+// those dead-lettered by asOf, the time the operator looked: a dead letter
+// written later, while the purge runs or after the console asked to
+// confirm, is one the operator has not seen, and is left; one of ids so
+// left (redriven and dead-lettered again since) is said.
 func Purge(ctx context.Context, st store.Store, ids []string, all bool, asOf time.Time) (int, error) {
 	return purge(ctx, st, ids, all, "", asOf)
 }
@@ -530,8 +531,11 @@ func purge(ctx context.Context, st store.Store, ids []string, all bool, reason s
 	var n atomic.Int64
 	var changed changedKeys
 	missing, err := eachDeadLetter(ctx, st, ids, all, reason, func(ctx context.Context, d DeadLetter) error {
-		if all && d.DeadAt > asOf.UnixMilli() {
-			return nil // dead-lettered since the operator looked
+		if d.DeadAt > asOf.UnixMilli() { // dead-lettered since the operator looked
+			if !all {
+				changed.add(d.ID)
+			}
+			return nil
 		}
 		err := st.Remove(ctx, order.DeadLetter, d.ID, d.cas)
 		if errors.Is(err, store.ErrNotFound) {
