@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -382,6 +384,64 @@ func TestAnOrderRefusedAgainAfterOthersWereAcceptedIsItsOwnFailure(t *testing.T)
 	assert.Equal(t, http.StatusForbidden, se.Status)
 	assert.False(t, se.NotAttempted, "counted against the order")
 	require.NoError(t, send("accepted-b"), "nobody's sends are held for it")
+	assert.Empty(t, c.Misconfigured())
+}
+
+// TestAURLThatNamesNoEndpointHoldsSends: a --mail-url whose path is
+// mistyped (or an API the provider moved or retired) answers every order
+// 404: after a few in a row that is the configuration, which holds sends
+// and says so, and dead-letters nobody; mended, sends resume.
+func TestAURLThatNamesNoEndpointHoldsSends(t *testing.T) {
+	t.Parallel()
+	for _, status := range []int{http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusGone} {
+		var mended atomic.Bool
+		srv := serveWith(t, func(w http.ResponseWriter, r *http.Request) {
+			if !mended.Load() {
+				w.WriteHeader(status)
+			}
+		})
+		c, err := mailer.New(mailer.Config{URL: srv, BreakerCooldown: 50 * time.Millisecond}, quiet)
+		require.NoError(t, err)
+		var classes []mailer.Class
+		for i := range 3 {
+			se := sendErr(t, c.Send(context.Background(), fmt.Sprintf("order_%d", i), []byte(`{}`)))
+			assert.Equal(t, status, se.Status)
+			assert.False(t, se.NotAttempted)
+			classes = append(classes, se.Class)
+		}
+		assert.Equal(t, []mailer.Class{mailer.Transient, mailer.Transient, mailer.Configuration}, classes,
+			"%d: the first may be the order's, tried again; three in a row are the URL's", status)
+		assert.Contains(t, c.Misconfigured(), fmt.Sprintf("answered %d", status))
+		se := sendErr(t, c.Send(context.Background(), "order_3", []byte(`{}`)))
+		assert.True(t, se.NotAttempted, "%d: sends are held", status)
+		assert.Equal(t, mailer.Configuration, se.Class)
+
+		mended.Store(true)
+		sendsAgain(t, c, "order_4")
+		assert.Empty(t, c.Misconfigured())
+	}
+}
+
+// TestAnOrderAnswered404AmongOthersAcceptedIsNotTheURL: a service that
+// answers 404 for one order (a recipient it does not know) while it
+// accepts the others holds nobody's sends for it: that order is tried
+// again, as a transient failure, and dead-lettered when its attempts run
+// out.
+func TestAnOrderAnswered404AmongOthersAcceptedIsNotTheURL(t *testing.T) {
+	t.Parallel()
+	srv := serveWith(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Idempotency-Key") == "unknown-recipient" {
+			w.WriteHeader(http.StatusNotFound)
+		}
+	})
+	c, err := mailer.New(mailer.Config{URL: srv, BreakerCooldown: time.Hour}, quiet)
+	require.NoError(t, err)
+	for i := range 5 {
+		se := sendErr(t, c.Send(context.Background(), "unknown-recipient", []byte(`{}`)))
+		assert.Equal(t, mailer.Transient, se.Class, "refusal %d", i+1)
+		assert.False(t, se.NotAttempted)
+		require.NoError(t, c.Send(context.Background(), fmt.Sprintf("order_%d", i), []byte(`{}`)), "nobody's sends are held")
+	}
 	assert.Empty(t, c.Misconfigured())
 }
 

@@ -150,8 +150,9 @@ const (
 	Permanent              // the service refused the order; trying again won't help
 	Invalid                // the request cannot be made for this order; no request was made
 	// Configuration: the service refuses ordermail's configuration (401, 403, an
-	// untrusted certificate, a client certificate refused) or a settings
-	// file cannot be read. It is nobody's order's fault: no attempt is
+	// untrusted certificate, a client certificate refused), the URL names no
+	// endpoint (endpointRefusals answers in a row), or a settings file
+	// cannot be read. It is nobody's order's fault: no attempt is
 	// counted, and sends are held until a probe succeeds.
 	Configuration
 )
@@ -363,6 +364,9 @@ type Client struct {
 	// refusedAgain.
 	refused      *lru.Cache[string, time.Time]
 	lastAccepted atomic.Int64
+	// missing counts the answers in a row that say the URL names no
+	// endpoint (endpointMissing) with no send accepted between.
+	missing atomic.Int64
 	log          *slog.Logger
 	now          func() time.Time
 
@@ -863,6 +867,14 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		if c.refusedAgain(idempotencyKey, now) {
 			class = Transient // the order's own: counted, retried, dead-lettered in the end
 		}
+	case endpointMissing(resp.StatusCode):
+		// Maybe the order's (a service that answers 404 for a recipient it
+		// does not know): tried again, dead-lettered when its attempts run
+		// out; never at once, as it may be the URL's.
+		class = Transient
+		if c.missing.Add(1) >= endpointRefusals {
+			class = Configuration // --mail-url names no endpoint: nobody's order's fault
+		}
 	case c.cfg.RetryAllFailures || c.retryable[resp.StatusCode]:
 		class = Transient
 	}
@@ -876,8 +888,23 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 	}
 }
 
+// endpointMissing says whether status says that the URL names no endpoint
+// that takes the request: a path mistyped or moved (404), a method the
+// endpoint does not take (405), an API version retired (410).
+func endpointMissing(status int) bool {
+	return status == http.StatusNotFound || status == http.StatusMethodNotAllowed || status == http.StatusGone
+}
+
+// endpointRefusals is how many endpointMissing answers in a row, with no
+// send accepted between, make the URL wrong rather than an order: one
+// may be the order's; a typo in --mail-url answers every order so, and
+// dead-lettering them all would leave the service "ready" while it
+// confirms nothing.
+const endpointRefusals = 3
+
 // accepted notes that a send started at now was accepted.
 func (c *Client) accepted(now time.Time) {
+	c.missing.Store(0)
 	for {
 		last := c.lastAccepted.Load()
 		if now.UnixNano() <= last || c.lastAccepted.CompareAndSwap(last, now.UnixNano()) {
