@@ -110,8 +110,10 @@ func (c Config) watcherConfig() watcher.Config {
 func RootCause(err error) error { return dig.RootCause(err) }
 
 // New builds the service; extra options let the demo and tests reach into it
-// (fx.Populate). Start it with Start and stop it with Stop.
-func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
+// (fx.Populate). Start it with Start and stop it with Stop. ctx bounds the
+// building, which opens the store (a Couchbase cluster may take three
+// --cb-timeouts to answer): a stop asked for meanwhile ends it.
+func New(ctx context.Context, cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 	fxlog := &fxevent.SlogLogger{Logger: log.With("component", "fx")}
 	fxlog.UseLogLevel(slog.LevelDebug)
 	fxlog.UseErrorLevel(slog.LevelDebug) // the caller reports a failed start, once
@@ -129,7 +131,7 @@ func New(cfg Config, log *slog.Logger, extra ...fx.Option) *fx.App {
 		fx.StopTimeout(stopTimeout),
 		fx.Supply(cfg.Mail, cfg.watcherConfig(), cfg.Timer, cfg.Metrics, cfg.Console, log),
 		fx.Provide(func(lc fx.Lifecycle) (store.Store, error) {
-			st, err := OpenStore(context.Background(), cfg.Store, log)
+			st, err := OpenStore(ctx, cfg.Store, log)
 			if err != nil {
 				return nil, err
 			}

@@ -148,7 +148,7 @@ func (r *run) start(t testing.TB, populate ...any) (*fx.App, store.Store) {
 	t.Helper()
 	require.NoError(t, r.cfg.Validate())
 	var st store.Store
-	a := app.New(r.cfg, r.log, fx.Populate(append(populate, &st)...))
+	a := app.New(context.Background(), r.cfg, r.log, fx.Populate(append(populate, &st)...))
 	require.NoError(t, a.Err())
 	require.NoError(t, a.Start(context.Background()))
 	return a, st

@@ -217,7 +217,7 @@ func (failingFeed) Subscribe(context.Context, string, []string, store.FeedOption
 // hook for it): another service in the process, or after it, takes it.
 func TestAFailedStartLetsTheLockGo(t *testing.T) {
 	r := newRun(t, 0)
-	a := app.New(r.cfg, r.log, fx.Decorate(func(st store.Store) store.Store { return failingFeed{st} }))
+	a := app.New(context.Background(), r.cfg, r.log, fx.Decorate(func(st store.Store) store.Store { return failingFeed{st} }))
 	require.NoError(t, a.Err())
 	require.ErrorContains(t, a.Start(context.Background()), "subscribe refused")
 	l := embedded.NewProcessLock(strings.TrimPrefix(r.cfg.Store.URL, "file:"))

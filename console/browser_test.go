@@ -84,7 +84,7 @@ func TestBrowser(t *testing.T) {
 	require.NoError(t, cfg.Validate())
 	var st store.Store
 	var c *console.Console
-	a := app.New(cfg, quiet, fx.Populate(&st, &c))
+	a := app.New(context.Background(), cfg, quiet, fx.Populate(&st, &c))
 	require.NoError(t, a.Err())
 	require.NoError(t, a.Start(context.Background()))
 	defer func() {
@@ -225,7 +225,7 @@ func TestInTheApp(t *testing.T) {
 		Console: console.Config{Listen: "127.0.0.1:0"},
 	}
 	var c *console.Console
-	a := app.New(cfg, quiet, fx.Populate(&c))
+	a := app.New(context.Background(), cfg, quiet, fx.Populate(&c))
 	require.NoError(t, a.Err())
 	require.NoError(t, a.Start(context.Background()))
 	defer func() {

@@ -161,7 +161,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	defer prog.end()
 	var st store.Store
 	var cons *console.Console
-	a := app.New(cfg, log, fx.Populate(&st, &cons))
+	a := app.New(ctx, cfg, log, fx.Populate(&st, &cons))
 	if err := a.Start(ctx); err != nil {
 		return fmt.Errorf("start: %w", app.RootCause(err))
 	}

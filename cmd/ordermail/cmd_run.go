@@ -84,8 +84,12 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 				defer cancel()
 				tp.Shutdown(flush) // exports the spans still buffered
 			}()
-			a := app.New(cfg, log)
+			a := app.New(ctx, cfg, log)
 			if err := a.Err(); err != nil {
+				if ctx.Err() != nil { // SIGTERM or Ctrl-C while the store was opening
+					log.Info("stopped before the service started")
+					return nil
+				}
 				return app.RootCause(err)
 			}
 			if err := a.Start(ctx); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -111,4 +112,47 @@ func TestRunExitsWhenItsFilesGo(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRunStopsWhileTheStoreOpens: SIGTERM while `run` waits for a Couchbase
+// cluster that does not answer (up to three --cb-timeouts) stops it then,
+// cleanly, as a container's stop expects; it used to be ignored until the
+// open gave up.
+func TestRunStopsWhileTheStoreOpens(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	connected := make(chan struct{}, 1)
+	go func() { // accepts and never answers: a node that hangs
+		var conns []net.Conn
+		defer func() {
+			for _, c := range conns {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+			select {
+			case connected <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	p := startProcEnv(t, []string{"ORDERMAIL_CB_PASSWORD=not-a-real-one"}, "run", "--store", "couchbase://"+ln.Addr().String(),
+		"--cb-username", "ordermail", "--cb-timeout", "20s", "--mail-url", "http://127.0.0.1:9")
+	select {
+	case <-connected:
+	case err := <-p.exited:
+		t.Fatalf("run exited before it connected: %v; logs:\n%s", err, p.logs.String())
+	case <-time.After(time.Minute):
+		t.Fatalf("run did not connect to the node within a minute; logs:\n%s", p.logs.String())
+	}
+	err, _ = p.stop(t, syscall.SIGTERM)
+	require.NoError(t, err, "a clean exit while the store opened; logs:\n%s", p.logs.String())
+	assert.True(t, p.hasLog("stopped before the service started"), p.logs.String())
 }
