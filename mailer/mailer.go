@@ -367,8 +367,8 @@ type Client struct {
 	// missing counts the answers in a row that say the URL names no
 	// endpoint (endpointMissing) with no send accepted between.
 	missing atomic.Int64
-	log          *slog.Logger
-	now          func() time.Time
+	log     *slog.Logger
+	now     func() time.Time
 
 	auth    *watchfile.File
 	tlsf    tlsFiles
