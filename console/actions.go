@@ -28,6 +28,9 @@ type loginData struct {
 	page
 	Back string
 	Err  string
+	// Clear is why no login is offered: the token would cross a network
+	// unencrypted (inTheClear).
+	Clear string
 }
 
 func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
@@ -35,6 +38,9 @@ func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
 	if d.LoggedIn {
 		http.Redirect(w, r, d.Back, http.StatusSeeOther)
 		return
+	}
+	if c.inTheClear(r) {
+		d.Clear = inTheClearText
 	}
 	c.render(w, "login", http.StatusOK, d)
 }
@@ -48,6 +54,12 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := loginData{page: c.pageFor(r, "Log in", ""), Back: localPath(r.PostForm.Get("back"))}
+	if c.inTheClear(r) {
+		c.log.Warn("console login refused: it came over the network unencrypted; reach the console over HTTPS or on loopback", "remote", r.RemoteAddr)
+		d.Clear = inTheClearText
+		c.render(w, "login", http.StatusForbidden, d)
+		return
+	}
 	if !c.loginLimit(r).Allow() {
 		d.Err = "Too many attempts: wait a few seconds and try again."
 		c.render(w, "login", http.StatusTooManyRequests, d)

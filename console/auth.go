@@ -6,8 +6,11 @@ import (
 	"crypto/subtle"
 	"encoding/base64"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/ordermail/ordermail/metrics"
 )
 
 // sessionCookie names the cookie of a logged-in operator: a random session
@@ -143,16 +146,39 @@ func sessionID(r *http.Request) string {
 func setSessionCookie(w http.ResponseWriter, r *http.Request, id string) {
 	http.SetCookie(w, &http.Cookie{
 		Name: sessionCookie, Value: id, Path: "/",
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: overHTTPS(r),
 	})
 }
 
 func clearSessionCookie(w http.ResponseWriter, r *http.Request) {
 	http.SetCookie(w, &http.Cookie{
 		Name: sessionCookie, Value: "", Path: "/", MaxAge: -1,
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: overHTTPS(r),
 	})
 }
+
+// overHTTPS says whether the browser reached the console over HTTPS: the
+// console's own TLS (none yet), or a TLS-terminating proxy that says so
+// (X-Forwarded-Proto: https, as nginx, Traefik and cloud load balancers
+// set it). Its session cookie is then Secure: never sent in the clear.
+func overHTTPS(r *http.Request) bool {
+	return r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
+}
+
+// inTheClear says whether the admin token, or a session's cookie, would
+// cross a network unencrypted on r: the console listens on an address
+// other machines reach, r was not made over HTTPS, and it does not name a
+// loopback host (a container published on its host's loopback is reached
+// as localhost; an SSH tunnel, likewise). Logging in is refused then.
+func (c *Console) inTheClear(r *http.Request) bool {
+	return !overHTTPS(r) && !metrics.ListensOnLoopback(c.cfg.Listen, c.addr) && !metrics.LoopbackHost(r.Host)
+}
+
+// inTheClearText says why logging in is refused on a request inTheClear.
+const inTheClearText = "Logging in here would send the admin token over the network unencrypted. " +
+	"Reach the console over HTTPS (a TLS-terminating proxy that sets X-Forwarded-Proto: https) " +
+	"or on loopback (ssh -L 9465:127.0.0.1:9465 this-host, then http://localhost:9465)."
+
 
 // securityHeaders are on every answer: no script, no frame, nothing from
 // elsewhere, nothing cached.

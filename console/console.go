@@ -238,7 +238,8 @@ func (c *Console) Start(context.Context) error {
 	go c.sample()
 	c.log.Info("serving the console", "addr", c.addr.String(), "read_only", c.ReadOnly())
 	if a, ok := c.addr.(*net.TCPAddr); ok && !a.IP.IsLoopback() {
-		c.log.Warn("the console is reachable from other machines; give --admin-listen a loopback address (127.0.0.1:9465) unless that is meant", "addr", c.addr.String())
+		c.log.Warn("the console is reachable from other machines; give --admin-listen a loopback address (127.0.0.1:9465) unless that is meant; "+
+			"logging in there needs HTTPS (a proxy that sets X-Forwarded-Proto: https) or a loopback name", "addr", c.addr.String())
 	}
 	return nil
 }

@@ -1165,3 +1165,53 @@ func TestActionsOnNothingSaySo(t *testing.T) {
 		assert.Contains(t, body, c.says, c.path)
 	}
 }
+
+// TestNoLoginWhereTheTokenWouldCrossTheNetworkInTheClear: on an address
+// other machines reach, without TLS, the admin token would cross the
+// network unencrypted: no login is offered there, and one posted is
+// refused. Over HTTPS (a proxy that says so) it is offered, its cookie
+// Secure; so is it where the browser names a loopback host (a container
+// published on its host's loopback, an SSH tunnel).
+func TestNoLoginWhereTheTokenWouldCrossTheNetworkInTheClear(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token, Listen: "0.0.0.0:9465"})
+	ask := func(method, host string, form url.Values, header ...string) (*http.Response, string) {
+		t.Helper()
+		req, err := http.NewRequest(method, f.srv.URL+"/login", strings.NewReader(form.Encode()))
+		require.NoError(t, err)
+		req.Host = host
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		resp, err := (&http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}).Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		require.NoError(t, err)
+		return resp, string(body)
+	}
+	login := url.Values{"token": {token}}
+
+	resp, body := ask(http.MethodGet, "ops.example.net:9465", nil)
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, body, `id="login-clear"`)
+	assert.Contains(t, body, "unencrypted")
+	assert.NotContains(t, body, `name="token"`, "no form to type the token into")
+	resp, body = ask(http.MethodPost, "ops.example.net:9465", login)
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode, body)
+	assert.Empty(t, resp.Cookies(), "no session")
+
+	resp, _ = ask(http.MethodPost, "ops.example.net", login, "X-Forwarded-Proto", "https")
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	require.Len(t, resp.Cookies(), 1)
+	assert.True(t, resp.Cookies()[0].Secure, "over HTTPS the cookie is never sent in the clear")
+
+	for _, host := range []string{"localhost:9465", "127.0.0.1:9465", "[::1]:9465"} {
+		resp, body = ask(http.MethodGet, host, nil)
+		assert.Contains(t, body, `name="token"`, host)
+		resp, _ = ask(http.MethodPost, host, login)
+		assert.Equal(t, http.StatusSeeOther, resp.StatusCode, host)
+	}
+}

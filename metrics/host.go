@@ -95,3 +95,17 @@ func hostName(host string) string {
 	host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
 	return strings.ToLower(strings.TrimSuffix(host, "."))
 }
+
+// LoopbackHost says whether a request's Host header names this machine's
+// loopback (localhost, 127.0.0.0/8, ::1), with or without a port.
+func LoopbackHost(hostport string) bool { return loopback(requestHost(hostport)) }
+
+// ListensOnLoopback says whether listen, the address a server was told to
+// listen on, is a loopback one; bound, when known, decides instead.
+func ListensOnLoopback(listen string, bound net.Addr) bool {
+	host, _, err := net.SplitHostPort(listen)
+	if err != nil {
+		host = listen
+	}
+	return listensOnLoopback(hostName(host), bound)
+}
