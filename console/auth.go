@@ -179,7 +179,6 @@ const inTheClearText = "Logging in here would send the admin token over the netw
 	"Reach the console over HTTPS (a TLS-terminating proxy that sets X-Forwarded-Proto: https) " +
 	"or on loopback (ssh -L 9465:127.0.0.1:9465 this-host, then http://localhost:9465)."
 
-
 // securityHeaders are on every answer: no script, no frame, nothing from
 // elsewhere, nothing cached.
 func securityHeaders(h http.Handler) http.Handler {
