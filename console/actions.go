@@ -65,8 +65,14 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.render(w, "login", http.StatusTooManyRequests, d)
 		return
 	}
+	want := c.token()
+	if want == nil {
+		d.Err = "The admin token file holds no token a login can use now (see the service's log)."
+		c.render(w, "login", http.StatusServiceUnavailable, d)
+		return
+	}
 	given := sha256.Sum256([]byte(strings.TrimSpace(r.PostForm.Get("token"))))
-	if subtle.ConstantTimeCompare(given[:], c.tokenHash[:]) != 1 {
+	if subtle.ConstantTimeCompare(given[:], want[:]) != 1 {
 		c.log.Warn("console login refused: wrong admin token", "remote", r.RemoteAddr)
 		d.Err = "That is not the admin token."
 		c.render(w, "login", http.StatusUnauthorized, d)
@@ -97,6 +103,7 @@ func (c *Console) action(h actionFunc) http.Handler {
 		if !c.readForm(w, r) {
 			return
 		}
+		c.token() // a token changed ends every session
 		sid := sessionID(r)
 		sess, ok := c.sessions.get(sid)
 		if !ok {

@@ -118,6 +118,13 @@ func (s *sessions) setFlash(id string, f flash) {
 	}
 }
 
+// clear ends every session.
+func (s *sessions) clear() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.byID)
+}
+
 func (s *sessions) delete(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -178,6 +185,41 @@ func (c *Console) inTheClear(r *http.Request) bool {
 const inTheClearText = "Logging in here would send the admin token over the network unencrypted. " +
 	"Reach the console over HTTPS (a TLS-terminating proxy that sets X-Forwarded-Proto: https) " +
 	"or on loopback (ssh -L 9465:127.0.0.1:9465 this-host, then http://localhost:9465)."
+
+// token is the admin token's hash as of now; nil while the token file
+// cannot be read or holds no valid token (no login then; sessions stay).
+// The file is read again when it changes (watchfile), and a token changed
+// ends every session: a token rotated because it leaked must not leave the
+// sessions made with it acting for hours.
+func (c *Console) token() *[32]byte {
+	if c.tokenFile == nil {
+		return c.tokenHash.Load()
+	}
+	b, changedAt, err := c.tokenFile.Read(c.now())
+	if err == nil {
+		err = checkToken(string(b), "admin-token-file "+c.tokenFile.Path())
+	}
+	if err != nil {
+		c.tokenWarn.Do(func() {
+			c.log.Warn("the admin token file holds no token a login can use: logins are refused until it does; sessions stay (said at most once a minute)", "error", err)
+		})
+		return nil
+	}
+	c.tokenMu.Lock()
+	defer c.tokenMu.Unlock()
+	old := c.tokenHash.Load()
+	if changedAt.Equal(c.tokenAt) {
+		return old
+	}
+	c.tokenAt = changedAt
+	h := sha256.Sum256([]byte(strings.TrimSpace(string(b))))
+	if *old != h {
+		c.tokenHash.Store(&h)
+		c.sessions.clear()
+		c.log.Warn("the admin token changed: every console session ended; log in with the new token")
+	}
+	return &h
+}
 
 // securityHeaders are on every answer: no script, no frame, nothing from
 // elsewhere, nothing cached.

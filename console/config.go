@@ -20,7 +20,8 @@ type Config struct {
 	// address.
 	AllowedHosts []string
 	// TokenFile holds the admin token (white space around it trimmed); it
-	// wins over Token. Read once, at start.
+	// wins over Token. Read again when it changes: a token changed ends
+	// every session.
 	TokenFile string
 	// Token is the admin token itself, as the environment variable
 	// ORDERMAIL_ADMIN_TOKEN gives it: never a flag, never logged. With
@@ -92,8 +93,20 @@ func (c Config) token() ([]byte, error) {
 	if tok == "" {
 		return nil, nil
 	}
-	if len(tok) < MinTokenLen {
-		return nil, fmt.Errorf("%s: the admin token is shorter than %d characters; use a random one (openssl rand -hex 32)", from, MinTokenLen)
+	if err := checkToken(tok, from); err != nil {
+		return nil, err
 	}
 	return []byte(tok), nil
+}
+
+// checkToken says what is wrong with tok, an admin token read from from.
+func checkToken(tok, from string) error {
+	tok = strings.TrimSpace(tok)
+	if tok == "" {
+		return fmt.Errorf("%s: the file is empty", from)
+	}
+	if len(tok) < MinTokenLen {
+		return fmt.Errorf("%s: the admin token is shorter than %d characters; use a random one (openssl rand -hex 32)", from, MinTokenLen)
+	}
+	return nil
 }

@@ -13,9 +13,11 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/ordermail/ordermail/internal/watchfile"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/metrics"
 	"github.com/ordermail/ordermail/store"
@@ -62,7 +64,11 @@ type Console struct {
 	now      func() time.Time
 	embedded bool // one process at a time runs the feed (the file's lock)
 
-	tokenHash *[32]byte // nil: no token, read-only
+	tokenHash atomic.Pointer[[32]byte] // nil: no token, read-only; see token
+	tokenFile *watchfile.File          // cfg.TokenFile, read again when it changes
+	tokenMu   sync.Mutex
+	tokenAt   time.Time // when the file's content that tokenHash is of changed
+	tokenWarn rate.Sometimes
 	sessions  *sessions
 	logins    *lru.Cache[string, *rate.Limiter] // login attempts by address, right or wrong
 	samples   *sampler
@@ -96,9 +102,12 @@ func (c *Console) loginLimit(r *http.Request) *rate.Limiter {
 	if ip, err := netip.ParseAddr(addr); err == nil && ip.Is6() && !ip.Is4In6() {
 		addr = netip.PrefixFrom(ip, 64).Masked().String()
 	}
+	if l, ok := c.logins.Get(addr); ok { // seen now: the last to go
+		return l
+	}
 	l := rate.NewLimiter(rate.Every(time.Second), 5)
 	if prev, ok, _ := c.logins.PeekOrAdd(addr, l); ok {
-		return prev
+		return prev // added meanwhile
 	}
 	return l
 }
@@ -141,7 +150,11 @@ func New(cfg Config, d Deps, log *slog.Logger, now func() time.Time) (*Console, 
 	}
 	if tok != nil {
 		h := sha256.Sum256(tok)
-		c.tokenHash = &h
+		c.tokenHash.Store(&h)
+		if c.tokenFile = watchfile.New("admin-token-file", cfg.TokenFile); c.tokenFile != nil {
+			_, c.tokenAt, _ = c.tokenFile.Read(now())
+			c.tokenWarn = rate.Sometimes{Interval: time.Minute}
+		}
 	}
 	if c.pages, err = parsePages(now); err != nil {
 		return nil, err
@@ -172,7 +185,7 @@ func parsePages(now func() time.Time) (map[string]*template.Template, error) {
 }
 
 // ReadOnly says whether the console has no admin token, so no actions.
-func (c *Console) ReadOnly() bool { return c.tokenHash == nil }
+func (c *Console) ReadOnly() bool { return c.tokenHash.Load() == nil }
 
 // Handler serves the console, for tests and for embedding; nil when
 // there is no address to listen on. While that address is a loopback one,

@@ -17,10 +17,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ordermail/ordermail/console"
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
@@ -142,7 +144,13 @@ var csrfField = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
 // login logs in with the token and returns the session's CSRF token.
 func (f *fixture) login(t *testing.T) string {
 	t.Helper()
-	resp, _ := f.post(t, "/login", url.Values{"token": {token}})
+	return f.loginWith(t, token)
+}
+
+// loginWith logs in with tok and returns the session's CSRF token.
+func (f *fixture) loginWith(t *testing.T, tok string) string {
+	t.Helper()
+	resp, _ := f.post(t, "/login", url.Values{"token": {tok}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	_, body := f.get(t, "/")
 	m := csrfField.FindStringSubmatch(body)
@@ -1214,4 +1222,59 @@ func TestNoLoginWhereTheTokenWouldCrossTheNetworkInTheClear(t *testing.T) {
 		resp, _ = ask(http.MethodPost, host, login)
 		assert.Equal(t, http.StatusSeeOther, resp.StatusCode, host)
 	}
+}
+
+// TestARotatedTokenFileEndsTheOldTokensSessions: the operator who rewrites
+// --admin-token-file (the token leaked) needs no restart: within a second
+// or so the new token logs in, the old one does not, and every session
+// made with the old one is ended.
+func TestARotatedTokenFileEndsTheOldTokensSessions(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "admin-token")
+	require.NoError(t, os.WriteFile(path, []byte(token+"\n"), 0o600))
+	f := newFixture(t, console.Config{TokenFile: path})
+	csrf := f.login(t) // a session made with the old token
+	const rotated = "a-rotated-token-after-the-leak-0123456789"
+	require.NoError(t, os.WriteFile(path, []byte(rotated+"\n"), 0o600))
+
+	fresh := func() *http.Client {
+		jar, err := cookiejar.New(nil)
+		require.NoError(t, err)
+		return &http.Client{Jar: jar, CheckRedirect: f.client.CheckRedirect}
+	}
+	var last atomic.Value
+	require.Eventually(t, func() bool { // the old session's pages offer no action any more
+		resp, err := f.client.Get(f.srv.URL + "/")
+		if err != nil {
+			last.Store(err.Error())
+			return false
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		last.Store(string(body))
+		return !csrfField.Match(body)
+	}, time.Minute, 50*time.Millisecond, "the old token's session lives on; last page:\n%v", later.Value(last.Load))
+
+	resp, body := f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode, "the old token's session is ended")
+	assert.Contains(t, body, "Log in first")
+	f.client = fresh()
+	resp, _ = f.post(t, "/login", url.Values{"token": {token}})
+	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "the old token no longer logs in")
+
+	// A file read empty (rewritten in place) logs nobody in, and ends nobody.
+	csrf = f.loginWith(t, rotated)
+	require.NoError(t, os.WriteFile(path, nil, 0o600))
+	require.Eventually(t, func() bool { // a try a second: the login limit's pace
+		resp, err := fresh().PostForm(f.srv.URL+"/login", url.Values{"token": {rotated}})
+		if err != nil {
+			last.Store(err.Error())
+			return false
+		}
+		resp.Body.Close()
+		last.Store(resp.Status)
+		return resp.StatusCode == http.StatusServiceUnavailable
+	}, time.Minute, 1100*time.Millisecond, "an empty token file still let a login in; last: %v", later.Value(last.Load))
+	resp, _ = f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
+	assert.Equal(t, http.StatusSeeOther, resp.StatusCode, "sessions stay while the file is unreadable")
 }

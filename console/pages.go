@@ -42,6 +42,7 @@ func (c *Console) pageFor(r *http.Request, title, nav string) page {
 	if p.ReadOnly {
 		return p
 	}
+	c.token() // a token changed ends every session
 	if id := sessionID(r); id != "" {
 		if s, ok := c.sessions.get(id); ok {
 			p.LoggedIn, p.CSRF = true, s.csrf
