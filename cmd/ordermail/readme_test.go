@@ -55,5 +55,8 @@ func TestTheComposeFilePublishesOnLoopbackOnly(t *testing.T) {
 	assert.Empty(t, open, "ports published on every interface")
 	// Its listeners take every address of the container: only the names
 	// allowed are answered.
-	assert.Contains(t, string(compose), `"--allowed-hosts", "localhost"`)
+	assert.Contains(t, string(compose), `"--allowed-hosts", "localhost,`)
+	// A stop lets the sends in flight finish (up to 1.25 x --mail-timeout
+	// + 5s): more than Docker's default 10s.
+	assert.Contains(t, string(compose), "stop_grace_period: 30s")
 }
