@@ -37,13 +37,13 @@ func setupCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if err := checkStoreFlags(sc); err != nil {
 				return badSetting(err)
 			}
+			log, err := logs.logger(stderr)
+			if err != nil {
+				return badSetting(err)
+			}
 			if !sc.IsCouchbase() {
 				fmt.Fprintln(stdout, "nothing to set up: the embedded store creates its file and tables when it opens")
 				return nil
-			}
-			log, err := logs.logger(stderr)
-			if err != nil {
-				return err
 			}
 			so.Replicas = uint32(replicas)
 			if err := couchbase.Setup(ctx, sc.CouchbaseConfig(), so, log); err != nil {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -188,10 +189,33 @@ func checkServiceFlags(cfg *app.Config) error {
 	case cfg.Watcher.AttemptRetention <= 0:
 		return fmt.Errorf("attempt-retention: %s is not positive", cfg.Watcher.AttemptRetention)
 	}
+	if err := checkListen("metrics-listen", cfg.Metrics.Listen); err != nil {
+		return err
+	}
+	if err := checkListen("admin-listen", cfg.Console.Listen); err != nil {
+		return err
+	}
 	if cfg.Watcher.AttemptHistory == 0 {
 		cfg.Watcher.AttemptHistory = -1 // the watcher's "none"
 	}
 	return cfg.Validate()
+}
+
+// checkListen says what is wrong with addr, flag's address to listen on
+// ("" is none): HOST:PORT or :PORT, the port a number from 0 to 65535 (0:
+// any free one).
+func checkListen(flag, addr string) error {
+	if addr == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%s: %q is not HOST:PORT (127.0.0.1:9464, :9464)", flag, addr)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n > 65535 {
+		return fmt.Errorf("%s: %q has no port from 0 to 65535", flag, addr)
+	}
+	return nil
 }
 
 // checkStoreFlags rejects zeros of the store's durations, as

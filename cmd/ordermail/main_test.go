@@ -263,6 +263,9 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"load", "orders.json"}, "load: --collection is required: inbound or retry", 2},
 		{[]string{"demo", "--fail-rate", "2"}, "fail-rate", 2},
 		{[]string{"mockmail", "--tls-cert", "a.pem"}, "tls-cert and tls-key: give both or neither", 2},
+		{[]string{"run", "--mail-url", "http://x", "--metrics-listen", "nonsense"}, `metrics-listen: "nonsense" is not HOST:PORT`, 2},
+		{[]string{"run", "--mail-url", "http://x", "--admin-listen", "127.0.0.1:99999"}, `admin-listen: "127.0.0.1:99999" has no port`, 2},
+		{[]string{"setup", "--log-format", "yaml"}, "log-format", 2},
 		// A command line that makes sense, whose attempt fails.
 		{[]string{"healthcheck", "--url", "http://127.0.0.1:1/healthz"}, "unhealthy", 1},
 	}
