@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/ordermail/ordermail/fixtures"
 	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -160,7 +161,8 @@ func TestVersion(t *testing.T) {
 // TestCommandsThatNeedAStoreRefuseAMissingOne: a command that only reads,
 // or that changes what must be there already, does not create the store it
 // was pointed at (a typo, or the default in the wrong directory), it says
-// so; a command that adds to a store (load, retries start) does create it.
+// so (a retries start there would say "started" while the service's store
+// stays paused); load, which adds orders, does create it.
 func TestCommandsThatNeedAStoreRefuseAMissingOne(t *testing.T) {
 	t.Chdir(t.TempDir())
 	missing := filepath.Join("nowhere", "o.db")
@@ -171,6 +173,7 @@ func TestCommandsThatNeedAStoreRefuseAMissingOne(t *testing.T) {
 		{[]string{"orders", "show"}, []string{"order_1"}},
 		{[]string{"pay"}, []string{"order_1"}},
 		{[]string{"retries", "stop"}, nil},
+		{[]string{"retries", "start"}, nil},
 		{[]string{"deadletters", "redrive"}, []string{"--all"}},
 		{[]string{"deadletters", "purge"}, []string{"--yes", "dl_1"}},
 	} {
@@ -197,10 +200,14 @@ func TestCommandsThatNeedAStoreRefuseAMissingOne(t *testing.T) {
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, "ordermail: no store at ")
 
-	_, _, err = cli(t, "retries", "start", "--store", "file:"+missing)
-	require.NoError(t, err, "a command that writes creates the store")
+	orders := filepath.Join(t.TempDir(), "orders.jsonl")
+	writeJSONL(t, orders, fixtures.Generate(1, 1))
+	_, _, err = cli(t, "load", "--collection", "inbound", "--store", "file:"+missing, orders)
+	require.NoError(t, err, "load creates the store")
 	_, err = os.Stat(missing)
 	assert.NoError(t, err)
+	_, _, err = cli(t, "retries", "start", "--store", "file:"+missing)
+	require.NoError(t, err)
 	out, _, err := cli(t, "retries", "status", "--store", "file:"+missing)
 	require.NoError(t, err)
 	assert.Contains(t, out, "retries:            armed")

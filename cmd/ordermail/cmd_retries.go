@@ -45,6 +45,10 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			return nil
 		},
+		// A store that does not exist yet is a typo in --store, or the
+		// wrong directory: made here, it would say "started" while the
+		// service's own stays paused.
+		existing(),
 		checkArgs(func(args []string) error {
 			if err := ctl.Validate(); err != nil {
 				return badSetting(err)
