@@ -75,6 +75,7 @@ var errFenced = errors.New("the vBucket changed hands (checkpoint CAS mismatch)"
 func (m metaCheckpoints) Claim(ctx context.Context, name string, vb uint16, me string, live func(string) bool,
 	start func(context.Context) (position, error)) (position, claim, string, error) {
 	key := checkpointKey(name, vb)
+	ctx = withDurableMeta(ctx) // lost in a failover, the vBucket would be named to a member that no longer streams it
 	d, err := m.s.Get(ctx, store.Meta, key)
 	if errors.Is(err, store.ErrNotFound) {
 		p, err := start(ctx)
@@ -133,6 +134,7 @@ func (m metaCheckpoints) lostAnswer(vb uint16) error {
 // error: it is read again at the next try.
 func (m metaCheckpoints) Disown(ctx context.Context, name string, vb uint16, me string) (bool, error) {
 	key := checkpointKey(name, vb)
+	ctx = withDurableMeta(ctx)
 	d, err := m.s.Get(ctx, store.Meta, key)
 	if errors.Is(err, store.ErrNotFound) {
 		return false, nil
@@ -165,7 +167,25 @@ func (m metaCheckpoints) SaveOwned(ctx context.Context, name string, vb uint16, 
 // Release writes vb's last position with no owner, by the CAS of c, so that
 // the member it is assigned to claims it at once.
 func (m metaCheckpoints) Release(ctx context.Context, name string, vb uint16, me string, p position, c claim) error {
-	_, err := m.writeOwned(ctx, name, vb, me, ownedCheckpoint{position: p, Epoch: c.epoch}, c)
+	// Lost in a failover, the document would name me again, who no longer
+	// streams vb and never looks at it again, and the member it is
+	// assigned to would find it taken for as long as I live.
+	_, err := m.writeOwned(withDurableMeta(ctx), name, vb, me, ownedCheckpoint{position: p, Epoch: c.epoch}, c)
+	return err
+}
+
+// Begin writes vb's checkpoint document at p, naming no owner, unless it
+// has one (another member's, or one written since): where a --from-now
+// service starts, whoever claims vb later.
+func (m metaCheckpoints) Begin(ctx context.Context, name string, vb uint16, p position) error {
+	b, err := json.Marshal(ownedCheckpoint{position: p})
+	if err != nil {
+		return err
+	}
+	_, err = m.s.Insert(withDurableMeta(ctx), store.Meta, checkpointKey(name, vb), b)
+	if errors.Is(err, store.ErrExists) {
+		return nil
+	}
 	return err
 }
 

@@ -413,3 +413,121 @@ func TestUnansweredStreamRequestIsSentAgain(t *testing.T) {
 	require.GreaterOrEqual(t, len(reqs), 2)
 	assert.True(t, reqs[0].Ignored)
 }
+
+// heldOpen says whether sub's feed streams vb.
+func heldOpen(sub store.Subscription, vb uint16) bool {
+	f := sub.(*feed)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := f.state[vb]
+	return st.held && st.phase == phaseOpen
+}
+
+// waitHeld waits until sub's feed streams vb, or (want false) no longer
+// holds it.
+func waitHeld(t *testing.T, sub store.Subscription, vb uint16, want bool) {
+	t.Helper()
+	f := sub.(*feed)
+	require.Eventually(t, func() bool {
+		if want {
+			return heldOpen(sub, vb)
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return !f.state[vb].held
+	}, time.Minute, 10*time.Millisecond, "vb %d held: want %v", vb, want)
+}
+
+// With --from-now on members, every vBucket's start is written before any
+// is claimed, so a vBucket claimed later starts where the service started;
+// its claim used to read the end of that later moment, skipping what was
+// written between (one whose first claim failed at start, here its
+// failover log once unreadable: Subscribe now fails instead, as the fixed
+// set of vBuckets does).
+func TestFromNowMembersWriteEveryStartBeforeAnyClaim(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	writer := openStore(t, cfg)
+	const vb = 5
+	old := keyOn(srv, "before-", vb)
+	put(t, writer, order.Inbound, old)
+	srv.FailFailoverLogs("orders", vb, 1)
+	s := openStore(t, cfg, func(s *Store) { s.member = "a" })
+	_, err := s.Subscribe(ctxFor(t, 30*time.Second), "feed", watched, store.FeedOptions{FromNow: true})
+	require.ErrorContains(t, err, "vb 5", "a start that cannot be written fails the start")
+
+	sub := subscribe(t, s, "feed", watched, true)
+	for v := range uint16(testVBuckets) {
+		p, ok := savedCheckpoint(srv, "feed", v)
+		if assert.True(t, ok, "vb %d: its start is written before Subscribe returns", v) {
+			assert.Equal(t, srv.HighSeqno("orders", v), p.Seq, "vb %d", v)
+		}
+	}
+	early := keyOn(srv, "early-", vb)
+	put(t, writer, order.Inbound, early)
+	seen := readUntil(t, sub, sawKeys(early))
+	assert.NotContains(t, eventKeys(seen), old, "from now: the history is not sent")
+}
+
+// A checkpoint document lost after a --from-now start (made without
+// durability: a failover lost it) is streamed from the vBucket's
+// beginning, not from its end at the claim, which skipped what was written
+// between the loss and the claim.
+func TestFromNowALostCheckpointIsStreamedFromTheBeginning(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	cfg.Durability = "none" // a failover can lose the metadata's writes
+	writer := openStore(t, cfg)
+	a := openStore(t, cfg, func(s *Store) { s.member = "a" })
+	sub := subscribe(t, a, "feed", watched, true)
+	const v = 7
+	require.NoError(t, srv.Rollback("metadata", srv.VBucketOf(checkpointKey("feed", v)), 0))
+	k1 := keyOn(srv, "k1-", v)
+	put(t, writer, order.Inbound, k1) // its checkpoint save is refused: the document is gone
+	seen := readUntil(t, sub, sawKeys(k1))
+	waitHeld(t, sub, v, false)
+	k2 := keyOn(srv, "k2-", v)
+	put(t, writer, order.Inbound, k2) // after the loss, before the claim again
+	waitHeld(t, sub, v, true)
+	k3 := keyOn(srv, "k3-", v)
+	put(t, writer, order.Inbound, k3)
+	seen = append(seen, readUntil(t, sub, sawKeys(k2, k3))...)
+	assert.Contains(t, eventKeys(seen), k2)
+}
+
+// A vBucket's change of owner is written durably: a failover of the
+// metadata bucket cannot lose a handover's write, which left the document
+// naming the former owner (which no longer streams it and never looks at
+// it again) and the new one refused for as long as the former lived: the
+// vBucket streamed by nobody. The test server, as Couchbase, refuses to
+// roll a vBucket back below a durable write.
+func TestAHandoverIsWrittenSoThatAFailoverKeepsIt(t *testing.T) {
+	for _, durability := range []string{"majority", "none"} {
+		t.Run(durability, func(t *testing.T) {
+			cfg, srv := fakeCluster(t, cbtest.Options{})
+			cfg.Durability = durability
+			a := openStore(t, cfg, func(s *Store) { s.member = "a" })
+			subA := subscribe(t, a, "feed", watched, false)
+			consume(t, "a", subA, &consumer{seen: map[string][]string{}})
+			var v uint16
+			for vb, o := range assignment([]string{"a", "b"}, testVBuckets) {
+				if o == "b" {
+					v = uint16(vb)
+					break
+				}
+			}
+			mvb := srv.VBucketOf(checkpointKey("feed", v))
+			waitHeld(t, subA, v, true)
+			before := srv.HighSeqno("metadata", mvb)
+
+			b := openStore(t, cfg, func(s *Store) { s.member = "b" })
+			subB := subscribe(t, b, "feed", watched, false)
+			consume(t, "b", subB, &consumer{seen: map[string][]string{}})
+			waitHeld(t, subB, v, true) // a released it, b claimed it
+			err := srv.Rollback("metadata", mvb, before)
+			if durability == "none" {
+				assert.NoError(t, err, "the control: without durability a failover may lose the handover")
+				return
+			}
+			assert.ErrorContains(t, err, "written durably", "the handover's writes survive any failover")
+		})
+	}
+}

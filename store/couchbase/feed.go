@@ -244,7 +244,9 @@ func newFeed(ctx context.Context, agent dcpAgent, cps checkpointStore, resolve r
 			return nil, fmt.Errorf("load checkpoints of %s: %w", name, err)
 		}
 		if fromNow {
-			if err := startFromNow(ctx, agent, cps, name, vbs, saved, opts); err != nil {
+			if err := startFromNow(ctx, agent, vbs, saved, opts, func(ctx context.Context, vb uint16, p position) error {
+				return cps.Save(ctx, name, vb, p)
+			}); err != nil {
 				return nil, fmt.Errorf("feed %s from now: %w", name, err)
 			}
 		}
@@ -308,11 +310,12 @@ func (f *feed) waitReady(ctx context.Context) error {
 	return err
 }
 
-// startFromNow gives every vBucket of vbs without a checkpoint its current
-// end as checkpoint, and saves those before anything is streamed, so that
-// a restart resumes there instead of at the end of that moment.
-func startFromNow(ctx context.Context, agent dcpAgent, cps checkpointStore, name string, vbs []uint16,
-	saved map[uint16]position, opts feedOptions) error {
+// startFromNow gives every vBucket of vbs without a checkpoint (in saved)
+// its current end as checkpoint, and saves those (save) before anything
+// is streamed, so that a restart, or a claim made later, resumes there
+// instead of at the end of that later moment.
+func startFromNow(ctx context.Context, agent dcpAgent, vbs []uint16, saved map[uint16]position, opts feedOptions,
+	save func(context.Context, uint16, position) error) error {
 	var missing []uint16
 	for _, vb := range vbs {
 		if _, ok := saved[vb]; !ok {
@@ -341,7 +344,7 @@ func startFromNow(ctx context.Context, agent dcpAgent, cps checkpointStore, name
 		}
 		s := highs[vb]
 		p := position{UUID: uint64(flog[0].VbUUID), Seq: s, SnapStart: s, SnapEnd: s}
-		if err := cps.Save(ctx, name, vb, p); err != nil {
+		if err := save(ctx, vb, p); err != nil {
 			return fmt.Errorf("save start of vb %d: %w", vb, err)
 		}
 		mu.Lock()

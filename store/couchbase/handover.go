@@ -88,6 +88,20 @@ func (o *ownership) validLocked(now time.Time) bool {
 // returns.
 func (f *feed) join(ctx context.Context, fromNow bool) error {
 	f.own.fromNow = fromNow
+	if fromNow {
+		// Every vBucket's start, before any is claimed: one claimed later
+		// (its first claim failed, or it is another member's) starts
+		// where the service started, not at the end of that later moment.
+		saved, err := f.own.cps.Load(ctx, f.name, f.vbs)
+		if err != nil {
+			return fmt.Errorf("load checkpoints of %s: %w", f.name, err)
+		}
+		if err := startFromNow(ctx, f.agent, f.vbs, saved, f.opts, func(ctx context.Context, vb uint16, p position) error {
+			return f.own.cps.Begin(ctx, f.name, vb, p)
+		}); err != nil {
+			return fmt.Errorf("feed %s from now: %w", f.name, err)
+		}
+	}
 	f.own.saves = make(map[uint16]*semaphore.Weighted, len(f.vbs))
 	for _, vb := range f.vbs {
 		f.state[vb] = &vbState{phase: phaseUnowned, settled: true}
@@ -360,24 +374,17 @@ func (f *feed) claimAll(ctx context.Context, vbs []uint16, live func(string) boo
 }
 
 // startOf is where a vBucket that has no checkpoint document starts: its
-// beginning, or with --from-now its current end.
-func (f *feed) startOf(ctx context.Context, vb uint16) (position, error) {
-	if !f.own.fromNow {
-		return position{}, nil
+// beginning. With --from-now, join wrote every vBucket's start first, so a
+// document missing now was lost (a failover that lost its writes, made
+// without durability, or a hand's delete): its end now would skip what was
+// written since the service started; its beginning sends what the operator
+// chose to skip, paid orders not confirmed, which is said.
+func (f *feed) startOf(_ context.Context, vb uint16) (position, error) {
+	if f.own.fromNow {
+		f.log.Warn("a vBucket's checkpoint document is gone although --from-now wrote it at start: streamed from its beginning "+
+			"(paid orders written before the start and not confirmed are sent)", "vbucket", vb)
 	}
-	highs, err := f.agent.HighSeqnos(ctx, []uint16{vb})
-	if err != nil {
-		return position{}, fmt.Errorf("high seqno of vb %d: %w", vb, err)
-	}
-	flog, err := f.agent.FailoverLog(ctx, vb)
-	if err != nil {
-		return position{}, fmt.Errorf("failover log of vb %d: %w", vb, err)
-	}
-	if len(flog) == 0 {
-		return position{}, fmt.Errorf("vb %d has an empty failover log", vb)
-	}
-	s := highs[vb]
-	return position{UUID: uint64(flog[0].VbUUID), Seq: s, SnapStart: s, SnapEnd: s}, nil
+	return position{}, nil
 }
 
 // release hands vb over: nothing more is read, the events in flight are

@@ -309,7 +309,8 @@ func guardErr(w store.Write, d store.Doc) error {
 
 // writeOnce makes w once. Outcomes are written durably
 // (Config.Durability); the metadata bucket's documents (checkpoints,
-// members, leases), whose loss only replays changes, are not. A level the
+// members, leases), whose loss only replays changes, are not, but for a
+// vBucket's change of owner and a --from-now start (withDurableMeta). A level the
 // vBucket cannot meet now (too few copies: a node failed over and not yet
 // rebalanced, a one-node cluster whose bucket has replicas) is refused at
 // once, the write not made: it is made without it, on the active copy,
@@ -318,7 +319,7 @@ func guardErr(w store.Write, d store.Doc) error {
 // flight) for hours.
 func (s *Store) writeOnce(ctx context.Context, c *gocb.Collection, w store.Write) (uint64, error) {
 	dur := gocb.DurabilityLevelNone
-	if w.Collection != store.Meta {
+	if durableMeta, _ := ctx.Value(durableMetaKey{}).(bool); w.Collection != store.Meta || durableMeta {
 		dur = durabilities[s.cfg.Durability]
 	}
 	cas, err := s.writeAt(ctx, c, w, dur)
@@ -1196,6 +1197,18 @@ func (s *Store) query(ctx context.Context, stmt string, params map[string]interf
 		return fnErr // fn's own, as it is
 	}
 	return mapErr(err)
+}
+
+// durableMetaKey marks, in its context, a write of the metadata bucket
+// that is made durably all the same (withDurableMeta).
+type durableMetaKey struct{}
+
+// withDurableMeta marks the writes made with ctx as durable although they
+// are the metadata bucket's: a vBucket's change of owner, whose loss in a
+// failover would leave it named to a member that no longer streams it, or
+// a --from-now start, whose loss would lose where the service started.
+func withDurableMeta(ctx context.Context) context.Context {
+	return context.WithValue(ctx, durableMetaKey{}, true)
 }
 
 // queryTimeoutKey carries a query's own timeout, longer than --cb-timeout,
