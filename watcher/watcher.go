@@ -588,10 +588,24 @@ type written struct {
 
 var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-func highest(cas []uint64) uint64 {
+// highest is the feed position of the latest of writes, whose CAS values
+// are cas: math.MaxUint64 (unknown: the key's next event reads the state)
+// when none has one. An attempt record's CAS is a revision of its own, no
+// feed position (the feed does not carry the attempts): taken for one, an
+// outcome that wrote the record alone (a retry dropped or redriven during
+// its send) let the next event decide on a state read before it, and its
+// send's record was built from the stale one, losing an attempt.
+func highest(writes []store.Write, cas []uint64) uint64 {
 	var m uint64
-	for _, c := range cas {
-		m = max(m, c)
+	found := false
+	for i, c := range cas {
+		if i < len(writes) && writes[i].Collection == order.Attempts {
+			continue
+		}
+		m, found = max(m, c), true
+	}
+	if !found {
+		return math.MaxUint64
 	}
 	return m
 }
@@ -829,7 +843,7 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, ln *keyLine) (*wri
 				continue // changed since it was read: decide again
 			}
 			if err == nil {
-				ln.last = &written{done: closed, seq: highest(cas)}
+				ln.last = &written{done: closed, seq: highest(p.Writes, cas)}
 			}
 			if err == nil && p.Detail != "" {
 				log.Warn("dead-lettered", "reason", p.Reason, "detail", p.Detail)
@@ -847,7 +861,7 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, ln *keyLine) (*wri
 				if err != nil {
 					return nil, err
 				}
-				ln.last = &written{done: closed, seq: highest(cas)}
+				ln.last = &written{done: closed, seq: highest(p.Writes, cas)}
 				st.Retry.CAS, st.Retry.Value = cas[0], p.Retry.Encode()
 			}
 			return w.sendAndSettle(ctx, log, p, st, ev)
@@ -953,7 +967,7 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 			if a.At != 0 && !w.cfg.AtomicOutcomes {
 				w.recordApart(ctx, log, p.OrderKey, a, now)
 			}
-			return highest(cas), true, nil
+			return highest(writes, cas), true, nil
 		}
 		if ctx.Err() != nil {
 			return 0, false, nil

@@ -1003,3 +1003,105 @@ func TestStalledReadsAWorkersKeyWhileItMovesOn(t *testing.T) {
 	close(stop)
 	<-done
 }
+
+// sendFunc is a Sender made of a function.
+type sendFunc func(ctx context.Context, key string, body []byte) error
+
+func (f sendFunc) Send(ctx context.Context, key string, body []byte) error { return f(ctx, key, body) }
+
+// markedFeed is a store whose feed closes seen when it hands out a change
+// of key whose value holds mark.
+type markedFeed struct {
+	store.Store
+	key, mark string
+	seen      chan struct{}
+	once      sync.Once
+}
+
+func (m *markedFeed) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
+	sub, err := m.Store.Subscribe(ctx, name, colls, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &markedSub{Subscription: sub, m: m}, nil
+}
+
+type markedSub struct {
+	store.Subscription
+	m *markedFeed
+}
+
+func (s *markedSub) Next(ctx context.Context) (store.Event, error) {
+	ev, err := s.Subscription.Next(ctx)
+	if err == nil && ev.Key == s.m.key && strings.Contains(string(ev.Value), s.m.mark) {
+		s.m.once.Do(func() { close(s.m.seen) })
+	}
+	return ev, err
+}
+
+// An outcome that writes the attempt record alone (the retry dropped
+// during its send) is no position on the feed: the key's next event, read
+// during that send with its state, reads the state again. It decided on
+// the state read before the record was written, and its send's record,
+// built from the stale one, lost an attempt.
+func TestAnAttemptRecordWrittenAloneIsNotTakenForAFeedPosition(t *testing.T) {
+	ctx := context.Background()
+	base, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	t.Cleanup(func() { base.Close() })
+	st := &markedFeed{Store: base, key: "order_1", mark: `"note":"edited"`, seen: make(chan struct{})}
+
+	var calls atomic.Int32
+	var sendErr atomic.Value // what went wrong in the send, for the failure message
+	send := sendFunc(func(ctx context.Context, key string, body []byte) error {
+		switch calls.Add(1) {
+		case 1: // the first send fails: a retry document
+			return &mailer.SendError{Class: mailer.Transient, Status: 503}
+		case 2: // the retry's: the operator drops the retry and the shop edits the order meanwhile
+			if d, err := base.Get(ctx, order.Retry, "order_1"); err == nil {
+				if err := base.Remove(ctx, order.Retry, "order_1", d.CAS); err != nil {
+					sendErr.Store("drop: " + err.Error())
+				}
+			}
+			if _, err := base.Upsert(ctx, order.Inbound, "order_1",
+				[]byte(`{"email":"ann@example.com","paymentStatus":"paid","note":"edited"}`)); err != nil {
+				sendErr.Store("edit: " + err.Error())
+			}
+			select { // the feed has read the edit, with its state, before this send's outcome
+			case <-st.seen:
+			case <-time.After(time.Minute):
+				sendErr.Store("the feed did not hand out the edit within a minute")
+			}
+			return &mailer.SendError{Class: mailer.Transient, Status: 503}
+		}
+		return nil
+	})
+	w, err := watcher.New(watcher.Config{Workers: 2, Policy: noJitter, SingleConsumer: true, AtomicOutcomes: true,
+		SnapshotAge: time.Hour}, st, send, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(ctx))
+	t.Cleanup(func() {
+		c, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		w.Stop(c)
+	})
+	put(t, base, order.Inbound, "order_1", paidOrder)
+	require.Eventually(t, func() bool { _, ok := get(t, base, order.Retry, "order_1"); return ok }, time.Minute, 5*time.Millisecond)
+	v, _ := get(t, base, order.Retry, "order_1")
+	flagged, err := order.SetFireRetry([]byte(v)) // as the sweep does
+	require.NoError(t, err)
+	put(t, base, order.Retry, "order_1", string(flagged))
+
+	require.Eventually(t, func() bool {
+		o, _ := get(t, base, order.Inbound, "order_1")
+		dec, err := order.DecodeOrder([]byte(o))
+		return err == nil && dec.ConfirmationEmailSent
+	}, time.Minute, 5*time.Millisecond, "the edited order is confirmed; the send's trouble: %v", later.Value(sendErr.Load))
+	assert.Nil(t, sendErr.Load())
+	require.EqualValues(t, 3, calls.Load(), "three requests")
+	a, err := base.Get(ctx, order.Attempts, "order_1")
+	require.NoError(t, err)
+	rec, err := order.DecodeAttempts(a.Value)
+	require.NoError(t, err)
+	assert.Equal(t, 3, rec.Total, "every request made is in the attempt record: %s", a.Value)
+}
