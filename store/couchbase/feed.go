@@ -565,14 +565,17 @@ func (f *feed) open(vb uint16, gen int) {
 		var ok bool
 		if err == nil {
 			uuid, ok = uuidAt(flog, *rollback)
-			if !ok && *rollback == 0 {
-				// The server dropped its oldest entries (it keeps 25):
-				// from the start, no uuid is needed, and with none the
-				// server never asks for a rollback again.
-				uuid, ok = 0, true
-			}
 			if !ok {
-				err = fmt.Errorf("no failover log entry covers seqno %d", *rollback)
+				// The server dropped the entries that cover it (it keeps
+				// 25): from the start instead, where no uuid is needed and
+				// the server never asks for a rollback again. More is
+				// replayed; asking again would never end.
+				if *rollback != 0 {
+					f.log.Warn("no failover log entry covers the seqno the server rolls back to: streamed from the vBucket's beginning",
+						"vb", vb, "seqno", *rollback)
+				}
+				zero := uint64(0)
+				rollback, uuid = &zero, 0
 			}
 		}
 		if err != nil {

@@ -339,6 +339,29 @@ func TestARollbackToZeroPastTheFailoverLogStartsOver(t *testing.T) {
 	cps.waitFor(t, 1, position{UUID: 77, Seq: 1, SnapStart: 1, SnapEnd: 1})
 }
 
+// A rollback to a seqno no entry of the failover log covers any more (the
+// log was pruned past an old, quiet checkpoint) starts over from the
+// beginning too; it used to ask the log again, for ever, and the vBucket
+// was never streamed.
+func TestARollbackPastTheFailoverLogStartsOver(t *testing.T) {
+	agent := &fakeAgent{failover: map[uint16][]gocbcore.FailoverEntry{
+		1: {{VbUUID: 77, SeqNo: 400}, {VbUUID: 66, SeqNo: 120}}, // pruned: nothing at or below 30
+	}}
+	cps := &fakeCheckpoints{saved: map[uint16]position{1: {UUID: 55, Seq: 50, SnapStart: 50, SnapEnd: 50}}}
+	f := startFeed(t, agent, cps, []uint16{1}, false, fastOpts)
+	first := agent.lastOpen(t, 1, 1)
+	first.cb(0, gocbcore.DCPRollbackError{InnerError: errors.New("rollback"), SeqNo: 30})
+
+	again := agent.lastOpen(t, 1, 2)
+	assert.Equal(t, position{}, again.from, "from the start, with no uuid")
+	again.cb(77, nil)
+	again.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{StartSeqNo: 1, EndSeqNo: 1})
+	again.obs.Mutation(mutation(1, inboundID, "from-the-start", "{}", 1))
+	ev := next(t, f)
+	assert.Equal(t, "from-the-start", ev.Key)
+	ev.Ack()
+}
+
 // While checkpoints cannot be saved, the snapshot markers the feed keeps
 // to tell a position do not pile up: those below the acknowledged changes
 // go, saved or not.
