@@ -904,7 +904,9 @@ const endpointRefusals = 3
 
 // accepted notes that a send started at now was accepted.
 func (c *Client) accepted(now time.Time) {
-	c.missing.Store(0)
+	if c.missing.Load() != 0 { // read first: every send writing it would share its cache line
+		c.missing.Store(0)
+	}
 	for {
 		last := c.lastAccepted.Load()
 		if now.UnixNano() <= last || c.lastAccepted.CompareAndSwap(last, now.UnixNano()) {
