@@ -302,6 +302,12 @@ func describe(err error) (why string, config bool) {
 	if _, ok := errors.AsType[*tls.CertificateVerificationError](err); ok {
 		return "tls: certificate verification failed", true
 	}
+	if _, ok := errors.AsType[tls.RecordHeaderError](err); ok || err != nil && strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
+		// An https:// --mail-url on a port that speaks plain HTTP (which
+		// net/http says in those words, an error of no type): every
+		// order's send would fail so, none by its own fault.
+		return "tls: the service does not speak TLS on that port (an https:// URL for a plain-HTTP port?)", true
+	}
 	if nerr, ok := errors.AsType[net.Error](err); ok && nerr.Timeout() {
 		return "timeout", false
 	}

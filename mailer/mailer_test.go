@@ -414,6 +414,20 @@ func TestUntrustedCertificateHoldsSends(t *testing.T) {
 	assert.Equal(t, "closed", c.BreakerState(), "a refused configuration is no outage")
 }
 
+// An https:// URL on a port that speaks plain HTTP fails every order's send
+// the same way: the configuration's fault, which holds the sends and says
+// so, not an outage each order retries until it is dead-lettered.
+func TestAnHTTPSURLOnAPlainPortHoldsSends(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	t.Cleanup(srv.Close)
+	c, err := mailer.New(mailer.Config{URL: strings.Replace(srv.URL, "http://", "https://", 1), BreakerCooldown: time.Hour}, quiet)
+	require.NoError(t, err)
+	se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
+	assert.Equal(t, mailer.Configuration, se.Class, "%v", se)
+	assert.Contains(t, c.Misconfigured(), "does not speak TLS on that port")
+}
+
 func TestCheckHeaderValue(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
