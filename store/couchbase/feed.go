@@ -13,6 +13,7 @@ import (
 
 	"github.com/couchbase/gocbcore/v10"
 	"github.com/ordermail/ordermail/store"
+	"golang.org/x/sync/semaphore"
 )
 
 // position is where a vBucket's stream resumes: the DCP stream request's
@@ -143,6 +144,7 @@ type vbState struct {
 // feedOptions tune the feed; zero values are the defaults.
 type feedOptions struct {
 	buffer       int           // events read ahead of the watcher; 256
+	bufferBytes  int64         // and their values' bytes at most; 64 MiB
 	flushEvery   time.Duration // checkpoint save interval; 1s
 	reopenDelay  time.Duration // wait before reopening an ended stream; 1s
 	tick         time.Duration // supervisor resolution; 100ms
@@ -163,6 +165,9 @@ func (o feedOptions) withDefaults() feedOptions {
 	}
 	if o.buffer == 0 {
 		o.buffer = 256
+	}
+	if o.bufferBytes == 0 {
+		o.bufferBytes = 64 << 20
 	}
 	def(&o.flushEvery, time.Second)
 	def(&o.reopenDelay, time.Second)
@@ -203,7 +208,8 @@ type feed struct {
 
 	acks   *store.AckTracker
 	events chan pending
-	ctx    context.Context // ends at Close
+	room   *semaphore.Weighted // the bytes events may hold read ahead (feedOptions.bufferBytes)
+	ctx    context.Context     // ends at Close
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
 	wake   chan struct{}
@@ -256,6 +262,7 @@ func newFeed(ctx context.Context, agent dcpAgent, cps checkpointStore, resolve r
 		agent: agent, cps: cps, resolve: resolve, name: name, vbs: vbs, opts: opts, log: log,
 		acks:   store.NewAckTracker(nil),
 		events: make(chan pending, opts.buffer),
+		room:   semaphore.NewWeighted(opts.bufferBytes),
 		ctx:    fctx, stop: stop,
 		wake:   make(chan struct{}, 1),
 		ready:  make(chan struct{}),
@@ -743,10 +750,23 @@ func (f *feed) change(vb uint16, gen int, collID uint32, key, value []byte, dele
 	st := f.state[vb]
 	p := pending{ev, st, gen, st.restarts}
 	f.mu.Unlock()
+	// The values read ahead are bounded in bytes too: 256 documents of
+	// Couchbase's 20 MiB would be 5 GiB. Waiting here, the stream waits
+	// (DCP flow control: its buffer is acknowledged once this returns).
+	if f.room.Acquire(f.ctx, f.weight(p)) != nil {
+		return // closed
+	}
 	select {
 	case f.events <- p:
 	case <-f.ctx.Done():
+		f.room.Release(f.weight(p))
 	}
+}
+
+// weight is what p holds of the read-ahead's bytes: its value's length
+// (and a little for the event itself), never more than the whole.
+func (f *feed) weight(p pending) int64 {
+	return min(int64(len(p.ev.Value)+len(p.ev.Key)+64), f.opts.bufferBytes)
 }
 
 // restartLocked starts vb's acknowledgements again at seq, for a stream
@@ -1185,11 +1205,13 @@ func (f *feed) receive(ctx context.Context) (pending, error) {
 	}
 	select {
 	case p := <-f.events:
+		f.room.Release(f.weight(p))
 		return p, nil
 	default:
 	}
 	select {
 	case p := <-f.events:
+		f.room.Release(f.weight(p))
 		return p, nil
 	case <-ctx.Done():
 		return pending{}, ctx.Err()

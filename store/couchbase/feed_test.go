@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -337,6 +338,40 @@ func TestARollbackToZeroPastTheFailoverLogStartsOver(t *testing.T) {
 	assert.Equal(t, "from-the-start", ev.Key)
 	ev.Ack()
 	cps.waitFor(t, 1, position{UUID: 77, Seq: 1, SnapStart: 1, SnapEnd: 1})
+}
+
+// The events read ahead of the watcher are bounded in bytes as well as in
+// number: large documents hold the stream back (DCP flow control) instead
+// of filling memory (256 of Couchbase's 20 MiB documents: 5 GiB).
+func TestTheReadAheadIsBoundedInBytes(t *testing.T) {
+	agent := &fakeAgent{}
+	opts := fastOpts
+	opts.bufferBytes = 1000
+	f := startFeed(t, agent, &fakeCheckpoints{}, []uint16{3}, false, opts)
+	s3 := agent.lastOpen(t, 3, 1)
+	s3.cb(0xAAA, nil)
+	s3.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{VbID: 3, StartSeqNo: 1, EndSeqNo: 3})
+	big := `{"note":"` + strings.Repeat("x", 590) + `"}`
+	second := make(chan struct{})
+	s3.obs.Mutation(mutation(3, inboundID, "order_1", big, 1))
+	assert.False(t, f.room.TryAcquire(500), "the first event holds its bytes of the 1000")
+	go func() {
+		s3.obs.Mutation(mutation(3, inboundID, "order_2", big, 2)) // waits for room
+		close(second)
+	}()
+	ev := next(t, f) // makes room
+	assert.Equal(t, "order_1", ev.Key)
+	ev.Ack()
+	select {
+	case <-second:
+	case <-time.After(time.Minute):
+		t.Fatal("the second event was not taken in once the first was handed out")
+	}
+	ev = next(t, f)
+	assert.Equal(t, "order_2", ev.Key)
+	ev.Ack()
+	require.True(t, f.room.TryAcquire(1000), "every byte given back once handed out")
+	f.room.Release(1000)
 }
 
 // A rollback to a seqno no entry of the failover log covers any more (the
