@@ -423,10 +423,10 @@ func TestAURLThatNamesNoEndpointHoldsSends(t *testing.T) {
 }
 
 // TestAnOrderAnswered404AmongOthersAcceptedIsNotTheURL: a service that
-// answers 404 for one order (a recipient it does not know) while it
-// accepts the others holds nobody's sends for it: that order is tried
-// again, as a transient failure, and dead-lettered when its attempts run
-// out.
+// answers 404 for one order (a recipient it does not know), retried alone
+// or while the service accepts the others, holds nobody's sends for it:
+// that order is tried again, as a transient failure, and dead-lettered
+// when its attempts run out.
 func TestAnOrderAnswered404AmongOthersAcceptedIsNotTheURL(t *testing.T) {
 	t.Parallel()
 	srv := serveWith(t, func(w http.ResponseWriter, r *http.Request) {
@@ -436,6 +436,13 @@ func TestAnOrderAnswered404AmongOthersAcceptedIsNotTheURL(t *testing.T) {
 	})
 	c, err := mailer.New(mailer.Config{URL: srv, BreakerCooldown: time.Hour}, quiet)
 	require.NoError(t, err)
+	// Retried alone, in a quiet hour: one order, however often.
+	for i := range 5 {
+		se := sendErr(t, c.Send(context.Background(), "unknown-recipient", []byte(`{}`)))
+		assert.Equal(t, mailer.Transient, se.Class, "alone, refusal %d", i+1)
+		assert.False(t, se.NotAttempted)
+	}
+	// Among others accepted.
 	for i := range 5 {
 		se := sendErr(t, c.Send(context.Background(), "unknown-recipient", []byte(`{}`)))
 		assert.Equal(t, mailer.Transient, se.Class, "refusal %d", i+1)

@@ -370,11 +370,14 @@ type Client struct {
 	// refusedAgain.
 	refused      *lru.Cache[string, time.Time]
 	lastAccepted atomic.Int64
-	// missing counts the answers in a row that say the URL names no
-	// endpoint (endpointMissing) with no send accepted between.
-	missing atomic.Int64
-	log     *slog.Logger
-	now     func() time.Time
+	// missing counts the orders answered in a row that the URL names no
+	// endpoint (endpointMissing) with no send accepted between; missingKeys
+	// are they (endpointRefusals at most).
+	missing     atomic.Int64
+	missingMu   sync.Mutex
+	missingKeys map[string]struct{}
+	log         *slog.Logger
+	now         func() time.Time
 
 	auth    *watchfile.File
 	tlsf    tlsFiles
@@ -878,7 +881,8 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		// does not know): tried again, dead-lettered when its attempts run
 		// out; never at once, as it may be the URL's.
 		class = Transient
-		if c.missing.Add(1) >= endpointRefusals {
+		own := c.refusedAgain(idempotencyKey, now) // answered so before, and another accepted since
+		if c.endpointMissingFor(idempotencyKey) >= endpointRefusals && !own {
 			class = Configuration // --mail-url names no endpoint: nobody's order's fault
 		}
 	case c.cfg.RetryAllFailures || c.retryable[resp.StatusCode]:
@@ -901,17 +905,35 @@ func endpointMissing(status int) bool {
 	return status == http.StatusNotFound || status == http.StatusMethodNotAllowed || status == http.StatusGone
 }
 
-// endpointRefusals is how many endpointMissing answers in a row, with no
-// send accepted between, make the URL wrong rather than an order: one
-// may be the order's; a typo in --mail-url answers every order so, and
-// dead-lettering them all would leave the service "ready" while it
-// confirms nothing.
+// endpointRefusals is how many orders answered endpointMissing in a row,
+// with no send accepted between, make the URL wrong rather than an order:
+// one may be the order's own (retried alone, it stays one); a typo in
+// --mail-url answers every order so, and dead-lettering them all would
+// leave the service "ready" while it confirms nothing.
 const endpointRefusals = 3
+
+// endpointMissingFor notes that the send under key was answered
+// endpointMissing, and returns how many orders were, in a row.
+func (c *Client) endpointMissingFor(key string) int {
+	c.missingMu.Lock()
+	defer c.missingMu.Unlock()
+	if c.missingKeys == nil {
+		c.missingKeys = make(map[string]struct{}, endpointRefusals)
+	}
+	if len(c.missingKeys) < endpointRefusals {
+		c.missingKeys[key] = struct{}{}
+	}
+	c.missing.Store(int64(len(c.missingKeys)))
+	return len(c.missingKeys)
+}
 
 // accepted notes that a send started at now was accepted.
 func (c *Client) accepted(now time.Time) {
 	if c.missing.Load() != 0 { // read first: every send writing it would share its cache line
+		c.missingMu.Lock()
+		clear(c.missingKeys)
 		c.missing.Store(0)
+		c.missingMu.Unlock()
 	}
 	for {
 		last := c.lastAccepted.Load()
