@@ -174,6 +174,31 @@ func (m metaCheckpoints) Release(ctx context.Context, name string, vb uint16, me
 	return err
 }
 
+// startedKey names the document that says a feed's --from-now start was
+// written for every vBucket.
+func startedKey(name string) string { return "checkpoint:" + name + ":started" }
+
+// Started says whether the --from-now start of feed name was written for
+// every vBucket (MarkStarted): a checkpoint document missing after that was
+// lost, and its vBucket is streamed from its beginning, never from its end
+// at a later start, which would skip what was written between.
+func (m metaCheckpoints) Started(ctx context.Context, name string) (bool, error) {
+	_, err := m.s.Get(ctx, store.Meta, startedKey(name))
+	if errors.Is(err, store.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+// MarkStarted records that every vBucket's start is written (Started).
+func (m metaCheckpoints) MarkStarted(ctx context.Context, name string) error {
+	_, err := m.s.Insert(withDurableMeta(ctx), store.Meta, startedKey(name), []byte(`{"fromNow":true}`))
+	if errors.Is(err, store.ErrExists) {
+		return nil
+	}
+	return err
+}
+
 // Begin writes vb's checkpoint document at p, naming no owner, unless it
 // has one (another member's, or one written since): where a --from-now
 // service starts, whoever claims vb later.

@@ -250,9 +250,7 @@ func newFeed(ctx context.Context, agent dcpAgent, cps checkpointStore, resolve r
 			return nil, fmt.Errorf("load checkpoints of %s: %w", name, err)
 		}
 		if fromNow {
-			if err := startFromNow(ctx, agent, vbs, saved, opts, func(ctx context.Context, vb uint16, p position) error {
-				return cps.Save(ctx, name, vb, p)
-			}); err != nil {
+			if err := startStaticFromNow(ctx, agent, cps, name, vbs, saved, opts, log); err != nil {
 				return nil, fmt.Errorf("feed %s from now: %w", name, err)
 			}
 		}
@@ -315,6 +313,46 @@ func (f *feed) waitReady(ctx context.Context) error {
 	}
 	f.shutdown() // nothing was handed out: nothing to save
 	return err
+}
+
+// fromNowMarker records that a feed's --from-now start was written for
+// every vBucket (metaCheckpoints).
+type fromNowMarker interface {
+	Started(ctx context.Context, name string) (bool, error)
+	MarkStarted(ctx context.Context, name string) error
+}
+
+// startStaticFromNow is startFromNow for a fixed set of vBuckets, once for
+// the feed (when cps records it): a checkpoint missing at a later start was
+// lost, and its vBucket is streamed from the beginning, said, never from
+// its end then, which would skip what was written between.
+func startStaticFromNow(ctx context.Context, agent dcpAgent, cps checkpointStore, name string, vbs []uint16,
+	saved map[uint16]position, opts feedOptions, log *slog.Logger) error {
+	marker, marks := cps.(fromNowMarker)
+	if marks {
+		started, err := marker.Started(ctx, name)
+		if err != nil {
+			return err
+		}
+		if started {
+			for _, vb := range vbs {
+				if _, ok := saved[vb]; !ok {
+					log.Warn("a vBucket's checkpoint document is gone although --from-now wrote it at the first start: streamed from its beginning "+
+						"(paid orders written before that start and not confirmed are sent)", "vbucket", vb)
+				}
+			}
+			return nil
+		}
+	}
+	if err := startFromNow(ctx, agent, vbs, saved, opts, func(ctx context.Context, vb uint16, p position) error {
+		return cps.Save(ctx, name, vb, p)
+	}); err != nil {
+		return err
+	}
+	if marks {
+		return marker.MarkStarted(ctx, name)
+	}
+	return nil
 }
 
 // startFromNow gives every vBucket of vbs without a checkpoint (in saved)
@@ -578,7 +616,8 @@ func (f *feed) open(vb uint16, gen int) {
 				// the server never asks for a rollback again. More is
 				// replayed; asking again would never end.
 				if *rollback != 0 {
-					f.log.Warn("no failover log entry covers the seqno the server rolls back to: streamed from the vBucket's beginning",
+					f.log.Warn("no failover log entry covers the seqno the server rolls back to: streamed from the vBucket's beginning "+
+						"(with --from-now, paid orders written before the start and not confirmed are sent)",
 						"vb", vb, "seqno", *rollback)
 				}
 				zero := uint64(0)

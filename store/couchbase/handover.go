@@ -92,14 +92,25 @@ func (f *feed) join(ctx context.Context, fromNow bool) error {
 		// Every vBucket's start, before any is claimed: one claimed later
 		// (its first claim failed, or it is another member's) starts
 		// where the service started, not at the end of that later moment.
-		saved, err := f.own.cps.Load(ctx, f.name, f.vbs)
+		// Once, for the feed's first start: a document missing at a later
+		// start was lost, and is streamed from the beginning (startOf).
+		started, err := f.own.cps.Started(ctx, f.name)
 		if err != nil {
-			return fmt.Errorf("load checkpoints of %s: %w", f.name, err)
+			return fmt.Errorf("read whether feed %s started: %w", f.name, err)
 		}
-		if err := startFromNow(ctx, f.agent, f.vbs, saved, f.opts, func(ctx context.Context, vb uint16, p position) error {
-			return f.own.cps.Begin(ctx, f.name, vb, p)
-		}); err != nil {
-			return fmt.Errorf("feed %s from now: %w", f.name, err)
+		if !started {
+			saved, err := f.own.cps.Load(ctx, f.name, f.vbs)
+			if err != nil {
+				return fmt.Errorf("load checkpoints of %s: %w", f.name, err)
+			}
+			if err := startFromNow(ctx, f.agent, f.vbs, saved, f.opts, func(ctx context.Context, vb uint16, p position) error {
+				return f.own.cps.Begin(ctx, f.name, vb, p)
+			}); err != nil {
+				return fmt.Errorf("feed %s from now: %w", f.name, err)
+			}
+			if err := f.own.cps.MarkStarted(ctx, f.name); err != nil {
+				return fmt.Errorf("feed %s from now: %w", f.name, err)
+			}
 		}
 	}
 	f.own.saves = make(map[uint16]*semaphore.Weighted, len(f.vbs))
@@ -374,8 +385,8 @@ func (f *feed) claimAll(ctx context.Context, vbs []uint16, live func(string) boo
 }
 
 // startOf is where a vBucket that has no checkpoint document starts: its
-// beginning. With --from-now, join wrote every vBucket's start first, so a
-// document missing now was lost (a failover that lost its writes, made
+// beginning. With --from-now, the feed's first join wrote every vBucket's
+// start, so a document missing now was lost (a failover that lost its writes, made
 // without durability, or a hand's delete): its end now would skip what was
 // written since the service started; its beginning sends what the operator
 // chose to skip, paid orders not confirmed, which is said.

@@ -152,19 +152,24 @@ func (s *Store) probeDurability(ctx context.Context) error {
 	if dur == gocb.DurabilityLevelNone {
 		return nil
 	}
-	_, err := s.colls[order.Attempts].Upsert(probeKey, []byte(`{"probe":"durability"}`),
-		&gocb.UpsertOptions{Context: ctx, Expiry: time.Minute, DurabilityLevel: dur})
-	switch {
-	case errors.Is(err, gocb.ErrDurabilityLevelNotAvailable), errors.Is(err, gocb.ErrFeatureNotAvailable):
-		// The bucket does not have the level at all (an ephemeral bucket
-		// and a persisting level): no outcome could ever be written.
-		return fmt.Errorf("cb-durability %s: bucket %s does not support it: choose another level: %w", s.cfg.Durability, s.cfg.Bucket, err)
-	case errors.Is(err, gocb.ErrDurabilityImpossible):
-		s.log.Warn("--cb-durability "+s.cfg.Durability+" cannot be met on bucket "+s.cfg.Bucket+" now: outcomes are written without it until it can, "+
-			"on the active copy (a node failed over and not yet rebalanced, or a one-node cluster whose bucket has replicas: "+
-			"add nodes, give the bucket no replicas, or choose --cb-durability none)", "error", err)
-	case err != nil:
-		s.log.Debug("durability probe", "error", err) // a user who may only read: the first real write says so
+	// Both buckets: the metadata bucket takes the level too, for a
+	// vBucket's change of owner (withDurableMeta).
+	for _, b := range []struct{ coll, bucket string }{{order.Attempts, s.cfg.Bucket}, {store.Meta, s.cfg.MetadataBucket}} {
+		_, err := s.colls[b.coll].Upsert(probeKey, []byte(`{"probe":"durability"}`),
+			&gocb.UpsertOptions{Context: ctx, Expiry: time.Minute, DurabilityLevel: dur})
+		switch {
+		case errors.Is(err, gocb.ErrDurabilityLevelNotAvailable), errors.Is(err, gocb.ErrFeatureNotAvailable):
+			// The bucket does not have the level at all (an ephemeral
+			// bucket and a persisting level): no outcome, or no claim of
+			// a vBucket, could ever be written.
+			return fmt.Errorf("cb-durability %s: bucket %s does not support it: choose another level: %w", s.cfg.Durability, b.bucket, err)
+		case errors.Is(err, gocb.ErrDurabilityImpossible):
+			s.log.Warn("--cb-durability "+s.cfg.Durability+" cannot be met on bucket "+b.bucket+" now: writes there are made without it until it can, "+
+				"on the active copy (a node failed over and not yet rebalanced, or a one-node cluster whose bucket has replicas: "+
+				"add nodes, give the bucket no replicas, or choose --cb-durability none)", "error", err)
+		case err != nil:
+			s.log.Debug("durability probe", "bucket", b.bucket, "error", err) // a user who may only read: the first real write says so
+		}
 	}
 	return nil
 }

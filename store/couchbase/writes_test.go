@@ -693,3 +693,14 @@ func TestADurabilityTheBucketDoesNotHaveFailsTheStart(t *testing.T) {
 	require.ErrorIs(t, err, store.ErrUnavailable)
 	assert.ErrorContains(t, err, "--cb-durability is a level the bucket does not support")
 }
+
+// The metadata bucket takes the level too (a vBucket's change of owner is
+// written durably): one it does not have fails the start as well. It used
+// to start and stream nothing, every claim refused.
+func TestADurabilityTheMetadataBucketDoesNotHaveFailsTheStart(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{MajorityOnlyBuckets: []string{"metadata"}})
+	cfg.Durability = "persistToMajority"
+	_, err := Open(ctxFor(t, 20*time.Second), cfg, testLog)
+	require.Error(t, err)
+	assert.ErrorContains(t, err, "cb-durability persistToMajority: bucket metadata does not support it")
+}

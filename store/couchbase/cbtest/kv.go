@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -653,7 +654,7 @@ func (c *kvConn) frames(p *packet) (reqFrames, bool) {
 	switch {
 	case err != nil:
 		c.fail(p, statusEINVAL, err.Error())
-	case fr.durability > 3, fr.durability > 1 && c.s.opts.MajorityOnly:
+	case fr.durability > 3, fr.durability > 1 && (c.s.opts.MajorityOnly || slices.Contains(c.s.opts.MajorityOnlyBuckets, c.selectedBucket())):
 		c.fail(p, statusDurabilityInvalid, "durability level not supported")
 	case fr.durability != 0 && c.s.durabilityImpossible.Load():
 		c.fail(p, statusDurabilityImposs, "durability impossible")

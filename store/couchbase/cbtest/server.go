@@ -42,6 +42,9 @@ type Options struct {
 	// (majorityAndPersistActive, persistToMajority)
 	// DURABILITY_INVALID_LEVEL (0xa0), as an ephemeral bucket does.
 	MajorityOnly bool
+	// MajorityOnlyBuckets are buckets answered as MajorityOnly answers
+	// every one: ephemeral buckets among persistent ones.
+	MajorityOnlyBuckets []string
 	// ExpiryPagerInterval is how often expired documents are turned into
 	// expirations in the background. Default 1s; negative disables the
 	// pager (expiry then happens on access and on ExpireNow).
