@@ -78,7 +78,12 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.render(w, "login", http.StatusUnauthorized, d)
 		return
 	}
-	id := c.sessions.create()
+	id, ok := c.startSession(want)
+	if !ok {
+		d.Err = "The admin token changed just now: log in with the new one."
+		c.render(w, "login", http.StatusUnauthorized, d)
+		return
+	}
 	setSessionCookie(w, r, id)
 	c.sessions.setFlash(id, flash{Msg: "Logged in. Actions are enabled."})
 	c.log.Info("console login", "remote", r.RemoteAddr)

@@ -208,7 +208,7 @@ func (c *Console) token() *[32]byte {
 	c.tokenMu.Lock()
 	defer c.tokenMu.Unlock()
 	old := c.tokenHash.Load()
-	if changedAt.Equal(c.tokenAt) {
+	if !changedAt.After(c.tokenAt) { // as last seen, or an older read
 		return old
 	}
 	c.tokenAt = changedAt
@@ -218,7 +218,19 @@ func (c *Console) token() *[32]byte {
 		c.sessions.clear()
 		c.log.Warn("the admin token changed: every console session ended; log in with the new token")
 	}
-	return &h
+	return c.tokenHash.Load()
+}
+
+// startSession starts a session for a login with the token want (token's
+// answer), unless the token changed since: a session made after the
+// change had ended the others would outlive it.
+func (c *Console) startSession(want *[32]byte) (string, bool) {
+	c.tokenMu.Lock()
+	defer c.tokenMu.Unlock()
+	if c.tokenHash.Load() != want {
+		return "", false
+	}
+	return c.sessions.create(), true
 }
 
 // securityHeaders are on every answer: no script, no frame, nothing from
