@@ -119,8 +119,17 @@ func (c *Console) action(h actionFunc) http.Handler {
 			c.refuse(w, r, http.StatusForbidden, "Refused: the form's CSRF token is not your session's. Reload the page and try again.")
 			return
 		}
+		c.actMu.Lock()
+		if c.stopping {
+			c.actMu.Unlock()
+			c.refuse(w, r, http.StatusServiceUnavailable, "ordermail is stopping: try again once it runs.")
+			return
+		}
+		c.acting.Add(1)
+		c.actMu.Unlock()
+		defer c.acting.Done()
 		// The request's values, not its end: the action outlives a
-		// browser gone; Stop ends it.
+		// browser gone; Stop ends it, and waits for it.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), actionTimeout)
 		defer cancel()
 		defer context.AfterFunc(c.life, cancel)()

@@ -86,7 +86,16 @@ type Console struct {
 	// proxy's timeout) does not cut a redrive of a million short.
 	life    context.Context
 	endLife context.CancelFunc
+	// acting counts the actions under way, which Stop waits for once it
+	// has ended life; stopping (under actMu) lets none start after that.
+	actMu    sync.Mutex
+	stopping bool
+	acting   sync.WaitGroup
 }
+
+// actionsEndWait bounds how long Stop waits for actions that life's end
+// cut short to return.
+const actionsEndWait = 5 * time.Second
 
 // loginAddresses bounds the addresses whose login attempts are kept.
 const loginAddresses = 4096
@@ -283,9 +292,21 @@ func (c *Console) Stop(ctx context.Context) error {
 	close(c.stop)
 	c.wg.Wait()
 	err := c.srv.Shutdown(ctx)
+	c.actMu.Lock()
+	c.stopping = true
+	c.actMu.Unlock()
+	c.endLife() // actions still running end
 	if err != nil {
-		c.endLife() // actions still running end
 		c.srv.Close()
+	}
+	// An action outlives its request: it must not use the store once Stop
+	// returns (the store is closed after).
+	ended := make(chan struct{})
+	go func() { c.acting.Wait(); close(ended) }()
+	select {
+	case <-ended:
+	case <-time.After(actionsEndWait):
+		err = errors.Join(err, errors.New("console: an action did not end within 5s of the stop"))
 	}
 	if serveErr := <-c.done; !errors.Is(serveErr, http.ErrServerClosed) {
 		err = errors.Join(err, serveErr)

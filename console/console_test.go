@@ -1287,3 +1287,64 @@ func TestARotatedTokenFileEndsTheOldTokensSessions(t *testing.T) {
 	resp, _ = f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
 	assert.Equal(t, http.StatusSeeOther, resp.StatusCode, "sessions stay while the file is unreadable")
 }
+
+// blockedGets is a store whose read of one dead letter waits for its
+// caller's context to end, then says it returned.
+type blockedGets struct {
+	store.Store
+	key      string
+	blocked  chan struct{}
+	returned atomic.Bool
+	once     sync.Once
+}
+
+func (b *blockedGets) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	if coll == order.DeadLetter && key == b.key {
+		b.once.Do(func() { close(b.blocked) })
+		<-ctx.Done()
+		b.returned.Store(true)
+		return store.Doc{}, ctx.Err()
+	}
+	return b.Store.Get(ctx, coll, key)
+}
+
+// Stop ends the actions still running and waits for them: an action
+// outlives its request, and must not use the store once Stop has returned
+// (the store is closed next).
+func TestStopWaitsForTheActionsItEnds(t *testing.T) {
+	t.Parallel()
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	b := &blockedGets{Store: st, key: "d1", blocked: make(chan struct{})}
+	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
+	require.NoError(t, err)
+	c, err := console.New(console.Config{Token: token, Listen: "127.0.0.1:0"}, deps(t, b, m), quiet, nil)
+	require.NoError(t, err)
+	require.NoError(t, c.Start(context.Background()))
+	f := &fixture{st: b, c: c, srv: &httptest.Server{URL: "http://" + c.Addr().String()}}
+	jar, err := cookiejar.New(nil)
+	require.NoError(t, err)
+	f.client = &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	f.deadLetter(t, "d1", order.ReasonPermanent)
+	csrf := f.login(t)
+
+	go func() { // its answer never comes: the stop cuts it
+		req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/deadletters/redrive",
+			strings.NewReader(url.Values{"csrf": {csrf}, "one": {"d1"}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", f.srv.URL)
+		if resp, err := f.client.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	select {
+	case <-b.blocked:
+	case <-time.After(time.Minute):
+		t.Fatal("the redrive did not read d1 within a minute")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond) // the action outlasts it
+	defer cancel()
+	c.Stop(ctx)
+	assert.True(t, b.returned.Load(), "the action returned before Stop did")
+}
