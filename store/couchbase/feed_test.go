@@ -316,28 +316,32 @@ func TestRollbackRestartsFromTheServersPoint(t *testing.T) {
 	cps.waitFor(t, 1, position{UUID: 66, Seq: 31, SnapStart: 31, SnapEnd: 31})
 }
 
-// A rollback to 0 once the server's failover log no longer goes back to
-// seqno 0 (it keeps the newest 25 entries): the stream starts again from
+// A rollback once the server's failover log no longer covers where it rolls
+// back to (it keeps the newest 25 entries): the stream starts again from
 // the beginning, with no uuid, which the server takes without asking for
-// a rollback again (every change of the vBucket comes again: at least once).
-func TestARollbackToZeroPastTheFailoverLogStartsOver(t *testing.T) {
-	agent := &fakeAgent{failover: map[uint16][]gocbcore.FailoverEntry{
-		1: {{VbUUID: 77, SeqNo: 400}, {VbUUID: 66, SeqNo: 120}}, // pruned: nothing at 0
-	}}
-	cps := &fakeCheckpoints{saved: map[uint16]position{1: {UUID: 55, Seq: 50, SnapStart: 50, SnapEnd: 50}}}
-	f := startFeed(t, agent, cps, []uint16{1}, false, fastOpts)
-	first := agent.lastOpen(t, 1, 1)
-	first.cb(0, gocbcore.DCPRollbackError{InnerError: errors.New("rollback"), SeqNo: 0})
+// a rollback again (every change of the vBucket comes again: at least
+// once). A rollback above 0 used to ask the log again, for ever, and the
+// vBucket was never streamed.
+func TestARollbackPastTheFailoverLogStartsOver(t *testing.T) {
+	for _, to := range []gocbcore.SeqNo{0, 30} {
+		agent := &fakeAgent{failover: map[uint16][]gocbcore.FailoverEntry{
+			1: {{VbUUID: 77, SeqNo: 400}, {VbUUID: 66, SeqNo: 120}}, // pruned: nothing at or below 30
+		}}
+		cps := &fakeCheckpoints{saved: map[uint16]position{1: {UUID: 55, Seq: 50, SnapStart: 50, SnapEnd: 50}}}
+		f := startFeed(t, agent, cps, []uint16{1}, false, fastOpts)
+		first := agent.lastOpen(t, 1, 1)
+		first.cb(0, gocbcore.DCPRollbackError{InnerError: errors.New("rollback"), SeqNo: to})
 
-	again := agent.lastOpen(t, 1, 2)
-	assert.Equal(t, position{}, again.from, "from the start, with no uuid")
-	again.cb(77, nil)
-	again.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{StartSeqNo: 1, EndSeqNo: 1})
-	again.obs.Mutation(mutation(1, inboundID, "from-the-start", "{}", 1))
-	ev := next(t, f)
-	assert.Equal(t, "from-the-start", ev.Key)
-	ev.Ack()
-	cps.waitFor(t, 1, position{UUID: 77, Seq: 1, SnapStart: 1, SnapEnd: 1})
+		again := agent.lastOpen(t, 1, 2)
+		assert.Equal(t, position{}, again.from, "rollback to %d: from the start, with no uuid", to)
+		again.cb(77, nil)
+		again.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{StartSeqNo: 1, EndSeqNo: 1})
+		again.obs.Mutation(mutation(1, inboundID, "from-the-start", "{}", 1))
+		ev := next(t, f)
+		assert.Equal(t, "from-the-start", ev.Key)
+		ev.Ack()
+		cps.waitFor(t, 1, position{UUID: 77, Seq: 1, SnapStart: 1, SnapEnd: 1})
+	}
 }
 
 // The events read ahead of the watcher are bounded in bytes as well as in
@@ -372,29 +376,6 @@ func TestTheReadAheadIsBoundedInBytes(t *testing.T) {
 	ev.Ack()
 	require.True(t, f.room.TryAcquire(1000), "every byte given back once handed out")
 	f.room.Release(1000)
-}
-
-// A rollback to a seqno no entry of the failover log covers any more (the
-// log was pruned past an old, quiet checkpoint) starts over from the
-// beginning too; it used to ask the log again, for ever, and the vBucket
-// was never streamed.
-func TestARollbackPastTheFailoverLogStartsOver(t *testing.T) {
-	agent := &fakeAgent{failover: map[uint16][]gocbcore.FailoverEntry{
-		1: {{VbUUID: 77, SeqNo: 400}, {VbUUID: 66, SeqNo: 120}}, // pruned: nothing at or below 30
-	}}
-	cps := &fakeCheckpoints{saved: map[uint16]position{1: {UUID: 55, Seq: 50, SnapStart: 50, SnapEnd: 50}}}
-	f := startFeed(t, agent, cps, []uint16{1}, false, fastOpts)
-	first := agent.lastOpen(t, 1, 1)
-	first.cb(0, gocbcore.DCPRollbackError{InnerError: errors.New("rollback"), SeqNo: 30})
-
-	again := agent.lastOpen(t, 1, 2)
-	assert.Equal(t, position{}, again.from, "from the start, with no uuid")
-	again.cb(77, nil)
-	again.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{StartSeqNo: 1, EndSeqNo: 1})
-	again.obs.Mutation(mutation(1, inboundID, "from-the-start", "{}", 1))
-	ev := next(t, f)
-	assert.Equal(t, "from-the-start", ev.Key)
-	ev.Ack()
 }
 
 // While checkpoints cannot be saved, the snapshot markers the feed keeps
