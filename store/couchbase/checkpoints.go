@@ -190,9 +190,13 @@ func (m metaCheckpoints) Started(ctx context.Context, name string) (bool, error)
 	return err == nil, err
 }
 
-// MarkStarted records that every vBucket's start is written (Started).
-func (m metaCheckpoints) MarkStarted(ctx context.Context, name string) error {
-	_, err := m.s.Insert(withDurableMeta(ctx), store.Meta, startedKey(name), []byte(`{"fromNow":true}`))
+// MarkStarted records that every vBucket's start is written (Started),
+// durably when asked.
+func (m metaCheckpoints) MarkStarted(ctx context.Context, name string, durable bool) error {
+	if durable {
+		ctx = withDurableMeta(ctx)
+	}
+	_, err := m.s.Insert(ctx, store.Meta, startedKey(name), []byte(`{"fromNow":true}`))
 	if errors.Is(err, store.ErrExists) {
 		return nil
 	}

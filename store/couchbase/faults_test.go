@@ -567,3 +567,29 @@ func TestFromNowARestartAfterALostCheckpointSkipsNothing(t *testing.T) {
 		require.NoError(t, again.Close(ctxFor(t, 10*time.Second)))
 	}
 }
+
+// A fixed set of vBuckets in two instances, --from-now from the first
+// deployment: the first to start writes every vBucket's start, the other
+// instance's too, so that the second, starting on the mark, starts where
+// the service did and sends none of the history.
+func TestFromNowStaticInstancesAllStartAtTheStart(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	writer := openStore(t, cfg)
+	const v = 1 // instance 1 of 2's
+	old := keyOn(srv, "old-", v)
+	put(t, writer, order.Inbound, old) // written before the service ever ran
+
+	c0, c1 := cfg, cfg
+	c0.Instance, c0.Instances = 0, 2
+	c1.Instance, c1.Instances = 1, 2
+	subscribe(t, openStore(t, c0), "feed", watched, true)
+	p, ok := savedCheckpoint(srv, "feed", v)
+	require.True(t, ok, "the first instance wrote the other's start too")
+	assert.Equal(t, srv.HighSeqno("orders", v), p.Seq)
+
+	sub1 := subscribe(t, openStore(t, c1), "feed", watched, true)
+	k := keyOn(srv, "new-", v)
+	put(t, writer, order.Inbound, k)
+	seen := readUntil(t, sub1, sawKeys(k))
+	assert.NotContains(t, eventKeys(seen), old, "an order written before --from-now's first start is not sent")
+}

@@ -145,6 +145,7 @@ type vbState struct {
 type feedOptions struct {
 	buffer       int           // events read ahead of the watcher; 256
 	bufferBytes  int64         // and their values' bytes at most; 64 MiB
+	allVBuckets  int           // the bucket's vBuckets, of which a static instance streams some; 0: vbs
 	flushEvery   time.Duration // checkpoint save interval; 1s
 	reopenDelay  time.Duration // wait before reopening an ended stream; 1s
 	tick         time.Duration // supervisor resolution; 100ms
@@ -319,13 +320,17 @@ func (f *feed) waitReady(ctx context.Context) error {
 // every vBucket (metaCheckpoints).
 type fromNowMarker interface {
 	Started(ctx context.Context, name string) (bool, error)
-	MarkStarted(ctx context.Context, name string) error
+	MarkStarted(ctx context.Context, name string, durable bool) error
+	Begin(ctx context.Context, name string, vb uint16, p position) error
 }
 
 // startStaticFromNow is startFromNow for a fixed set of vBuckets, once for
 // the feed (when cps records it): a checkpoint missing at a later start was
 // lost, and its vBucket is streamed from the beginning, said, never from
-// its end then, which would skip what was written between.
+// its end then, which would skip what was written between. The first
+// instance to start writes every vBucket's start, its own and, where none
+// is yet, the other instances' (which start later, on the mark), and then
+// the mark.
 func startStaticFromNow(ctx context.Context, agent dcpAgent, cps checkpointStore, name string, vbs []uint16,
 	saved map[uint16]position, opts feedOptions, log *slog.Logger) error {
 	marker, marks := cps.(fromNowMarker)
@@ -349,10 +354,29 @@ func startStaticFromNow(ctx context.Context, agent dcpAgent, cps checkpointStore
 	}); err != nil {
 		return err
 	}
-	if marks {
-		return marker.MarkStarted(ctx, name)
+	if !marks {
+		return nil
 	}
-	return nil
+	var others []uint16
+	for vb := range opts.allVBuckets {
+		if !slices.Contains(vbs, uint16(vb)) {
+			others = append(others, uint16(vb))
+		}
+	}
+	if len(others) > 0 {
+		theirs, err := cps.Load(ctx, name, others)
+		if err != nil {
+			return fmt.Errorf("load the other instances' checkpoints: %w", err)
+		}
+		if err := startFromNow(ctx, agent, others, theirs, opts, func(ctx context.Context, vb uint16, p position) error {
+			return marker.Begin(ctx, name, vb, p)
+		}); err != nil {
+			return fmt.Errorf("the other instances' starts: %w", err)
+		}
+	}
+	// Not durable: static mode writes nothing else durably to the
+	// metadata bucket, which may lack the level (an ephemeral one).
+	return marker.MarkStarted(ctx, name, false)
 }
 
 // startFromNow gives every vBucket of vbs without a checkpoint (in saved)

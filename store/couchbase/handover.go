@@ -108,7 +108,7 @@ func (f *feed) join(ctx context.Context, fromNow bool) error {
 			}); err != nil {
 				return fmt.Errorf("feed %s from now: %w", f.name, err)
 			}
-			if err := f.own.cps.MarkStarted(ctx, f.name); err != nil {
+			if err := f.own.cps.MarkStarted(ctx, f.name, true); err != nil {
 				return fmt.Errorf("feed %s from now: %w", f.name, err)
 			}
 		}

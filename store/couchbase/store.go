@@ -152,9 +152,14 @@ func (s *Store) probeDurability(ctx context.Context) error {
 	if dur == gocb.DurabilityLevelNone {
 		return nil
 	}
-	// Both buckets: the metadata bucket takes the level too, for a
-	// vBucket's change of owner (withDurableMeta).
-	for _, b := range []struct{ coll, bucket string }{{order.Attempts, s.cfg.Bucket}, {store.Meta, s.cfg.MetadataBucket}} {
+	// Members write a vBucket's change of owner to the metadata bucket
+	// with the level too (withDurableMeta): it must have it. A fixed set
+	// of vBuckets writes nothing there durably.
+	probes := []struct{ coll, bucket string }{{order.Attempts, s.cfg.Bucket}}
+	if !s.cfg.static() {
+		probes = append(probes, struct{ coll, bucket string }{store.Meta, s.cfg.MetadataBucket})
+	}
+	for _, b := range probes {
 		_, err := s.colls[b.coll].Upsert(probeKey, []byte(`{"probe":"durability"}`),
 			&gocb.UpsertOptions{Context: ctx, Expiry: time.Minute, DurabilityLevel: dur})
 		switch {

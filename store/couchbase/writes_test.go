@@ -703,4 +703,9 @@ func TestADurabilityTheMetadataBucketDoesNotHaveFailsTheStart(t *testing.T) {
 	_, err := Open(ctxFor(t, 20*time.Second), cfg, testLog)
 	require.Error(t, err)
 	assert.ErrorContains(t, err, "cb-durability persistToMajority: bucket metadata does not support it")
+
+	// A fixed set of vBuckets writes nothing there durably: it starts, and
+	// streams, from now too.
+	cfg.Instance, cfg.Instances = 0, 1
+	subscribe(t, openStore(t, cfg), "static", watched, true)
 }
