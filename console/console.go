@@ -291,7 +291,15 @@ func (c *Console) Stop(ctx context.Context) error {
 	}
 	close(c.stop)
 	c.wg.Wait()
-	err := c.srv.Shutdown(ctx)
+	// Requests get half of what is left of the stop, so that actions
+	// still running are ended, and waited for, within it: the stops after
+	// the console's (the store's close) must have their turn.
+	sctx, cancel := ctx, context.CancelFunc(func() {})
+	if dl, ok := ctx.Deadline(); ok {
+		sctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
+	}
+	err := c.srv.Shutdown(sctx)
+	cancel()
 	c.actMu.Lock()
 	c.stopping = true
 	c.actMu.Unlock()
@@ -303,9 +311,13 @@ func (c *Console) Stop(ctx context.Context) error {
 	// returns (the store is closed after).
 	ended := make(chan struct{})
 	go func() { c.acting.Wait(); close(ended) }()
+	wait := time.NewTimer(actionsEndWait)
+	defer wait.Stop()
 	select {
 	case <-ended:
-	case <-time.After(actionsEndWait):
+	case <-ctx.Done():
+		err = errors.Join(err, errors.New("console: an action had not ended when the stop's time ran out"))
+	case <-wait.C:
 		err = errors.Join(err, errors.New("console: an action did not end within 5s of the stop"))
 	}
 	if serveErr := <-c.done; !errors.Is(serveErr, http.ErrServerClosed) {

@@ -1343,8 +1343,11 @@ func TestStopWaitsForTheActionsItEnds(t *testing.T) {
 	case <-time.After(time.Minute):
 		t.Fatal("the redrive did not read d1 within a minute")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond) // the action outlasts it
+	// The action would outlast the whole stop: it is ended within it, so
+	// that the stops after the console's (the store's close) have time.
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 	defer cancel()
 	c.Stop(ctx)
+	assert.NoError(t, ctx.Err(), "Stop returned within the stop's time")
 	assert.True(t, b.returned.Load(), "the action returned before Stop did")
 }

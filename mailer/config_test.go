@@ -450,6 +450,25 @@ func TestAnOrderAnswered404AmongOthersAcceptedIsNotTheURL(t *testing.T) {
 		require.NoError(t, c.Send(context.Background(), fmt.Sprintf("order_%d", i), []byte(`{}`)), "nobody's sends are held")
 	}
 	assert.Empty(t, c.Misconfigured())
+
+	// Two orders known to be refused for themselves, then a third's first
+	// refusal: two of their own and one that may be the URL's, not three.
+	own := serveWith(t, func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.Header.Get("Idempotency-Key"), "bad-") {
+			w.WriteHeader(http.StatusNotFound)
+		}
+	})
+	c, err = mailer.New(mailer.Config{URL: own, BreakerCooldown: time.Hour}, quiet)
+	require.NoError(t, err)
+	for _, key := range []string{"bad-a", "bad-b"} {
+		require.Error(t, c.Send(context.Background(), key, []byte(`{}`)))
+	}
+	require.NoError(t, c.Send(context.Background(), "good-1", []byte(`{}`)))
+	for _, key := range []string{"bad-a", "bad-b", "bad-c"} { // retried: the first two are their own
+		se := sendErr(t, c.Send(context.Background(), key, []byte(`{}`)))
+		assert.Equal(t, mailer.Transient, se.Class, key)
+	}
+	require.NoError(t, c.Send(context.Background(), "good-2", []byte(`{}`)), "nobody's sends are held")
 }
 
 // tlsService serves h over TLS with a test PKI's certificate, asking for a

@@ -881,8 +881,9 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		// does not know): tried again, dead-lettered when its attempts run
 		// out; never at once, as it may be the URL's.
 		class = Transient
-		own := c.refusedAgain(idempotencyKey, now) // answered so before, and another accepted since
-		if c.endpointMissingFor(idempotencyKey) >= endpointRefusals && !own {
+		// Answered so before, and another accepted since: the order's own,
+		// which says nothing of the URL and does not count.
+		if own := c.refusedAgain(idempotencyKey, now); !own && c.endpointMissingFor(idempotencyKey) >= endpointRefusals {
 			class = Configuration // --mail-url names no endpoint: nobody's order's fault
 		}
 	case c.cfg.RetryAllFailures || c.retryable[resp.StatusCode]:
