@@ -283,8 +283,10 @@ func (c *Console) sample() {
 	}
 }
 
-// Stop stops serving, lets requests in progress finish until ctx ends, and
-// waits for the sampler.
+// Stop stops serving, lets requests in progress finish for half of the
+// time ctx leaves, then ends the actions still running and waits for them
+// (half of what is left, 5s at most: they must not use the store once Stop
+// returns), and waits for the sampler.
 func (c *Console) Stop(ctx context.Context) error {
 	if c.srv == nil {
 		return nil
@@ -309,16 +311,20 @@ func (c *Console) Stop(ctx context.Context) error {
 	}
 	// An action outlives its request: it must not use the store once Stop
 	// returns (the store is closed after).
+	// Half of what is left again, 5s at most: ctx must not have ended
+	// when Stop returns, or fx skips the stops after the console's.
+	wait := actionsEndWait
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl)/2)
+	}
 	ended := make(chan struct{})
 	go func() { c.acting.Wait(); close(ended) }()
-	wait := time.NewTimer(actionsEndWait)
-	defer wait.Stop()
+	waited := time.NewTimer(wait)
+	defer waited.Stop()
 	select {
 	case <-ended:
-	case <-ctx.Done():
-		err = errors.Join(err, errors.New("console: an action had not ended when the stop's time ran out"))
-	case <-wait.C:
-		err = errors.Join(err, errors.New("console: an action did not end within 5s of the stop"))
+	case <-waited.C:
+		err = errors.Join(err, fmt.Errorf("console: an action did not end within %s of the stop", wait.Round(time.Millisecond)))
 	}
 	if serveErr := <-c.done; !errors.Is(serveErr, http.ErrServerClosed) {
 		err = errors.Join(err, serveErr)

@@ -368,7 +368,7 @@ type Client struct {
 	// refused is when sends were last refused as a configuration is, by key, and
 	// lastAccepted when the latest accepted send started (unix ns): see
 	// refusedAgain.
-	refused      *lru.Cache[string, time.Time]
+	refused      *lru.Cache[string, refusal]
 	lastAccepted atomic.Int64
 	// missing counts the orders answered in a row that the URL names no
 	// endpoint (endpointMissing) with no send accepted between; missingKeys
@@ -430,7 +430,7 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 			cert: watchfile.New("mail-cert-file", cfg.CertFile), key: watchfile.New("mail-key-file", cfg.KeyFile)},
 		signing: watchfile.New("mail-signing-secret-file", cfg.SigningSecretFile),
 	}
-	c.refused, _ = lru.New[string, time.Time](refusedKeys) // errs only for a size <= 0
+	c.refused, _ = lru.New[string, refusal](refusedKeys) // errs only for a size <= 0
 	// Every file must be right at the start: a typo is the operator's to
 	// fix now. Later, a file gone bad holds the sends (see gate).
 	now := c.now()
@@ -945,17 +945,28 @@ func (c *Client) accepted(now time.Time) {
 }
 
 // refusedAgain notes that the send under key, started at now, was refused
-// as a configuration is (answered 401 or 403, or its new connection
-// dropped after a certificate request), and says whether its previous send
-// was too although a send started after it was accepted since: then the
+// as a configuration is (answered 401 or 403, 404, 405 or 410, or its new
+// connection dropped after a certificate request), and says whether its
+// previous send was too although a send started after it was accepted
+// since, or was known to be the order's own already: then the
 // service refuses this order, not ordermail's configuration (a firewall
 // refusing its body, a recipient the service will not mail), and holding
 // every order's sends for it again would let one order stall them all, a
 // cooldown at a time.
 func (c *Client) refusedAgain(key string, now time.Time) bool {
 	prev, ok := c.refused.Get(key)
-	c.refused.Add(key, now)
-	return ok && c.lastAccepted.Load() > prev.UnixNano()
+	// Once the order's own, always: retried in a quiet hour, with no send
+	// accepted since its last refusal, it is still its own.
+	own := ok && (prev.own || c.lastAccepted.Load() > prev.at.UnixNano())
+	c.refused.Add(key, refusal{at: now, own: own})
+	return own
+}
+
+// refusal is an order's last refusal as a configuration is refused: when,
+// and whether it is known to be the order's own (refusedAgain).
+type refusal struct {
+	at  time.Time
+	own bool
 }
 
 // mediaType is the media type of a Content-Type, or "" when it is malformed

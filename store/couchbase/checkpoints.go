@@ -206,12 +206,15 @@ func (m metaCheckpoints) MarkStarted(ctx context.Context, name string, durable b
 // Begin writes vb's checkpoint document at p, naming no owner, unless it
 // has one (another member's, or one written since): where a --from-now
 // service starts, whoever claims vb later.
-func (m metaCheckpoints) Begin(ctx context.Context, name string, vb uint16, p position) error {
+func (m metaCheckpoints) Begin(ctx context.Context, name string, vb uint16, p position, durable bool) error {
 	b, err := json.Marshal(ownedCheckpoint{position: p})
 	if err != nil {
 		return err
 	}
-	_, err = m.s.Insert(withDurableMeta(ctx), store.Meta, checkpointKey(name, vb), b)
+	if durable {
+		ctx = withDurableMeta(ctx)
+	}
+	_, err = m.s.Insert(ctx, store.Meta, checkpointKey(name, vb), b)
 	if errors.Is(err, store.ErrExists) {
 		return nil
 	}

@@ -593,3 +593,27 @@ func TestFromNowStaticInstancesAllStartAtTheStart(t *testing.T) {
 	seen := readUntil(t, sub1, sawKeys(k))
 	assert.NotContains(t, eventKeys(seen), old, "an order written before --from-now's first start is not sent")
 }
+
+// Two static instances starting at the same moment: B reads its
+// checkpoints (none), A then writes every start and the mark, and B reads
+// the mark: B reads its checkpoints again before it takes one for lost,
+// which it used to stream from the beginning, history and all.
+func TestFromNowStaticInstanceReadsAgainWhatWasWrittenBeforeTheMark(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	c0, c1 := cfg, cfg
+	c0.Instance, c0.Instances = 0, 2
+	c1.Instance, c1.Instances = 1, 2
+	subscribe(t, openStore(t, c0), "feed", watched, true) // A: every start, then the mark
+	b := openStore(t, c1)
+	vbs := ownedVbuckets(c1, testVBuckets)
+	saved := map[uint16]position{} // B's read, made before A wrote
+	require.NoError(t, startStaticFromNow(ctxFor(t, 10*time.Second), nil, metaCheckpoints{b}, "feed", vbs, saved,
+		feedOptions{}.withDefaults(), testLog))
+	for _, vb := range vbs {
+		p, ok := saved[vb]
+		written, _ := savedCheckpoint(srv, "feed", vb)
+		if assert.True(t, ok, "vb %d: the start A wrote is read", vb) {
+			assert.Equal(t, written, p, "vb %d", vb)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -321,7 +322,7 @@ func (f *feed) waitReady(ctx context.Context) error {
 type fromNowMarker interface {
 	Started(ctx context.Context, name string) (bool, error)
 	MarkStarted(ctx context.Context, name string, durable bool) error
-	Begin(ctx context.Context, name string, vb uint16, p position) error
+	Begin(ctx context.Context, name string, vb uint16, p position, durable bool) error
 }
 
 // startStaticFromNow is startFromNow for a fixed set of vBuckets, once for
@@ -340,7 +341,22 @@ func startStaticFromNow(ctx context.Context, agent dcpAgent, cps checkpointStore
 			return err
 		}
 		if started {
+			// Read before the mark: another instance starting at the same
+			// moment may have written them since, then the mark.
+			var missing []uint16
 			for _, vb := range vbs {
+				if _, ok := saved[vb]; !ok {
+					missing = append(missing, vb)
+				}
+			}
+			if len(missing) > 0 {
+				again, err := cps.Load(ctx, name, missing)
+				if err != nil {
+					return err
+				}
+				maps.Copy(saved, again)
+			}
+			for _, vb := range missing {
 				if _, ok := saved[vb]; !ok {
 					log.Warn("a vBucket's checkpoint document is gone although --from-now wrote it at the first start: streamed from its beginning "+
 						"(paid orders written before that start and not confirmed are sent)", "vbucket", vb)
@@ -369,7 +385,7 @@ func startStaticFromNow(ctx context.Context, agent dcpAgent, cps checkpointStore
 			return fmt.Errorf("load the other instances' checkpoints: %w", err)
 		}
 		if err := startFromNow(ctx, agent, others, theirs, opts, func(ctx context.Context, vb uint16, p position) error {
-			return marker.Begin(ctx, name, vb, p)
+			return marker.Begin(ctx, name, vb, p, false) // as MarkStarted
 		}); err != nil {
 			return fmt.Errorf("the other instances' starts: %w", err)
 		}

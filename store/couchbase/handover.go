@@ -104,7 +104,7 @@ func (f *feed) join(ctx context.Context, fromNow bool) error {
 				return fmt.Errorf("load checkpoints of %s: %w", f.name, err)
 			}
 			if err := startFromNow(ctx, f.agent, f.vbs, saved, f.opts, func(ctx context.Context, vb uint16, p position) error {
-				return f.own.cps.Begin(ctx, f.name, vb, p)
+				return f.own.cps.Begin(ctx, f.name, vb, p, true)
 			}); err != nil {
 				return fmt.Errorf("feed %s from now: %w", f.name, err)
 			}

@@ -706,6 +706,6 @@ func TestADurabilityTheMetadataBucketDoesNotHaveFailsTheStart(t *testing.T) {
 
 	// A fixed set of vBuckets writes nothing there durably: it starts, and
 	// streams, from now too.
-	cfg.Instance, cfg.Instances = 0, 1
+	cfg.Instance, cfg.Instances = 0, 2 // the other instance's starts written too
 	subscribe(t, openStore(t, cfg), "static", watched, true)
 }
