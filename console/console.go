@@ -81,9 +81,9 @@ type Console struct {
 	done chan error
 	stop chan struct{}
 	wg   sync.WaitGroup
-	// life ends when Stop gives up waiting for requests: actions run in it,
-	// not in their requests, so that a browser gone (a tab closed, a
-	// proxy's timeout) does not cut a redrive of a million short.
+	// life ends when Stop has let requests finish: actions run in it, not
+	// in their requests, so that a browser gone (a tab closed, a proxy's
+	// timeout) does not cut a redrive of a million short.
 	life    context.Context
 	endLife context.CancelFunc
 	// acting counts the actions under way, which Stop waits for once it
@@ -309,10 +309,10 @@ func (c *Console) Stop(ctx context.Context) error {
 	if err != nil {
 		c.srv.Close()
 	}
-	// An action outlives its request: it must not use the store once Stop
-	// returns (the store is closed after).
-	// Half of what is left again, 5s at most: ctx must not have ended
-	// when Stop returns, or fx skips the stops after the console's.
+	// An action outlives its request, and must not use the store once Stop
+	// returns (the store is closed after). Waited for half of what is left
+	// again, 5s at most: ctx must not have ended when Stop returns, or fx
+	// skips the stops after the console's.
 	wait := actionsEndWait
 	if dl, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(dl)/2)

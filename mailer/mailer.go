@@ -151,8 +151,8 @@ const (
 	Invalid                // the request cannot be made for this order; no request was made
 	// Configuration: the service refuses ordermail's configuration (401, 403, an
 	// untrusted certificate, a client certificate refused), the URL names no
-	// endpoint (endpointRefusals answers in a row), or a settings file
-	// cannot be read. It is nobody's order's fault: no attempt is
+	// endpoint (endpointRefusals orders answered so in a row) or speaks no
+	// TLS, or a settings file cannot be read. It is nobody's order's fault: no attempt is
 	// counted, and sends are held until a probe succeeds.
 	Configuration
 )
