@@ -442,19 +442,20 @@ func waitHeld(t *testing.T, sub store.Subscription, vb uint16, want bool) {
 // is claimed, so a vBucket claimed later starts where the service started;
 // its claim used to read the end of that later moment, skipping what was
 // written between (one whose first claim failed at start, here its
-// failover log once unreadable: Subscribe now fails instead, as the fixed
-// set of vBuckets does).
+// failover log unreadable: a read is tried a few times, then Subscribe
+// fails, as the fixed set of vBuckets does).
 func TestFromNowMembersWriteEveryStartBeforeAnyClaim(t *testing.T) {
 	cfg, srv := fakeCluster(t, cbtest.Options{})
 	writer := openStore(t, cfg)
 	const vb = 5
 	old := keyOn(srv, "before-", vb)
 	put(t, writer, order.Inbound, old)
-	srv.FailFailoverLogs("orders", vb, 1)
+	srv.FailFailoverLogs("orders", vb, startTries) // as often as it is tried
 	s := openStore(t, cfg, func(s *Store) { s.member = "a" })
 	_, err := s.Subscribe(ctxFor(t, 30*time.Second), "feed", watched, store.FeedOptions{FromNow: true})
 	require.ErrorContains(t, err, "vb 5", "a start that cannot be written fails the start")
 
+	srv.FailFailoverLogs("orders", vb, 1) // a node warming up: tried again
 	sub := subscribe(t, s, "feed", watched, true)
 	for v := range uint16(testVBuckets) {
 		p, ok := savedCheckpoint(srv, "feed", v)

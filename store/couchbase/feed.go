@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/couchbase/gocbcore/v10"
 	"github.com/ordermail/ordermail/store"
 	"golang.org/x/sync/semaphore"
@@ -395,6 +396,9 @@ func startStaticFromNow(ctx context.Context, agent dcpAgent, cps checkpointStore
 	return marker.MarkStarted(ctx, name, false)
 }
 
+// startTries is how often startFromNow tries each read.
+const startTries = 3
+
 // startFromNow gives every vBucket of vbs without a checkpoint (in saved)
 // its current end as checkpoint, and saves those (save) before anything
 // is streamed, so that a restart, or a claim made later, resumes there
@@ -410,8 +414,11 @@ func startFromNow(ctx context.Context, agent dcpAgent, vbs []uint16, saved map[u
 	if len(missing) == 0 {
 		return nil
 	}
+	// A node warming up answers a read or two with a temporary failure: each
+	// read is tried a few times, within its bound, before the start fails.
+	tries := []backoff.RetryOption{backoff.WithBackOff(backoff.NewExponentialBackOff()), backoff.WithMaxTries(startTries)}
 	octx, cancel := context.WithTimeout(ctx, opts.opTimeout)
-	highs, err := agent.HighSeqnos(octx, missing)
+	highs, err := backoff.Retry(octx, func() (map[uint16]uint64, error) { return agent.HighSeqnos(octx, missing) }, tries...)
 	cancel()
 	if err != nil {
 		return err
@@ -420,7 +427,7 @@ func startFromNow(ctx context.Context, agent dcpAgent, vbs []uint16, saved map[u
 	errs := parallel(ctx, missing, opts.saveParallel, func(ctx context.Context, vb uint16) error {
 		ctx, cancel := context.WithTimeout(ctx, opts.opTimeout)
 		defer cancel()
-		flog, err := agent.FailoverLog(ctx, vb)
+		flog, err := backoff.Retry(ctx, func() ([]gocbcore.FailoverEntry, error) { return agent.FailoverLog(ctx, vb) }, tries...)
 		if err != nil {
 			return fmt.Errorf("failover log of vb %d: %w", vb, err)
 		}
