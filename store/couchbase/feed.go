@@ -416,9 +416,13 @@ func startFromNow(ctx context.Context, agent dcpAgent, vbs []uint16, saved map[u
 	}
 	// A node warming up answers a read or two with a temporary failure: each
 	// read is tried a few times, within its bound, before the start fails.
-	tries := []backoff.RetryOption{backoff.WithBackOff(backoff.NewExponentialBackOff()), backoff.WithMaxTries(startTries)}
+	// A backoff of its own for each: it keeps state, and the vBuckets are
+	// read in parallel.
+	tries := func() []backoff.RetryOption {
+		return []backoff.RetryOption{backoff.WithBackOff(backoff.NewExponentialBackOff()), backoff.WithMaxTries(startTries)}
+	}
 	octx, cancel := context.WithTimeout(ctx, opts.opTimeout)
-	highs, err := backoff.Retry(octx, func() (map[uint16]uint64, error) { return agent.HighSeqnos(octx, missing) }, tries...)
+	highs, err := backoff.Retry(octx, func() (map[uint16]uint64, error) { return agent.HighSeqnos(octx, missing) }, tries()...)
 	cancel()
 	if err != nil {
 		return err
@@ -427,7 +431,7 @@ func startFromNow(ctx context.Context, agent dcpAgent, vbs []uint16, saved map[u
 	errs := parallel(ctx, missing, opts.saveParallel, func(ctx context.Context, vb uint16) error {
 		ctx, cancel := context.WithTimeout(ctx, opts.opTimeout)
 		defer cancel()
-		flog, err := backoff.Retry(ctx, func() ([]gocbcore.FailoverEntry, error) { return agent.FailoverLog(ctx, vb) }, tries...)
+		flog, err := backoff.Retry(ctx, func() ([]gocbcore.FailoverEntry, error) { return agent.FailoverLog(ctx, vb) }, tries()...)
 		if err != nil {
 			return fmt.Errorf("failover log of vb %d: %w", vb, err)
 		}
