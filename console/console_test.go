@@ -51,12 +51,28 @@ type fixture struct {
 
 func newFixture(t *testing.T, cfg console.Config) *fixture {
 	t.Helper()
+	st := openEmbedded(t)
+	m := deadMailer(t)
+	return serve(t, cfg, st, deps(t, st, m))
+}
+
+// openEmbedded opens an embedded store in a temporary directory, closed
+// when the test ends.
+func openEmbedded(t *testing.T) *embedded.Store {
+	t.Helper()
 	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
 	require.NoError(t, err)
 	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// deadMailer is an email client whose service nobody answers: the console
+// reads its state, and sends nothing.
+func deadMailer(t *testing.T) *mailer.Client {
+	t.Helper()
 	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
 	require.NoError(t, err)
-	return serve(t, cfg, st, deps(t, st, m))
+	return m
 }
 
 // serve serves a console on st with d through httptest, to a client that
@@ -375,8 +391,7 @@ func TestPauseAndResumeThroughPOST(t *testing.T) {
 	_, body = f.get(t, "/")
 	assert.Contains(t, body, "Its settings (interval 30s, quantum 1m0s) are kept")
 	assert.Contains(t, body, `id="resume-with">interval 30s, quantum 1m0s<`, "the overview says what Resume gives back")
-	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
-	require.NoError(t, err)
+	m := deadMailer(t)
 	other := serve(t, console.Config{Token: token}, f.st, deps(t, f.st, m))
 	otherCSRF := other.login(t)
 	resp, _ = other.post(t, "/retries/resume", url.Values{"csrf": {otherCSRF}})
@@ -537,12 +552,9 @@ func (h *heldGets) Get(ctx context.Context, coll, key string) (store.Doc, error)
 // middle of a redrive does not cut it short.
 func TestAnActionOutlivesTheBrowserThatAskedForIt(t *testing.T) {
 	t.Parallel()
-	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
-	require.NoError(t, err)
-	t.Cleanup(func() { st.Close() })
+	st := openEmbedded(t)
 	h := &heldGets{Store: st, key: "d2", held: make(chan struct{}), release: make(chan struct{})}
-	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
-	require.NoError(t, err)
+	m := deadMailer(t)
 	f := serve(t, console.Config{Token: token}, h, deps(t, h, m))
 	gone := make(chan struct{}) // the action's request ended, on the server
 	var once sync.Once
@@ -661,9 +673,7 @@ func TestRunRetryNowAndDrop(t *testing.T) {
 // heldBack is a store and a mailer whose breaker is open for an hour.
 func heldBack(t *testing.T) (store.Store, *mailer.Client) {
 	t.Helper()
-	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
-	require.NoError(t, err)
-	t.Cleanup(func() { st.Close() })
+	st := openEmbedded(t)
 	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1", BreakerFailures: 1, BreakerCooldown: time.Hour}, quiet)
 	require.NoError(t, err)
 	require.Error(t, m.Send(context.Background(), "k", []byte(`{}`)), "nothing listens on port 1")
@@ -834,8 +844,7 @@ func TestOverviewSaysWhenTheOrdersWereCounted(t *testing.T) {
 	assert.Contains(t, body, `id="orders-paid">0<`)
 	assert.NotContains(t, body, `id="orders-counted"`)
 
-	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
-	require.NoError(t, err)
+	m := deadMailer(t)
 	st := countedEarlier{Store: f.st, at: time.Now().Add(-40 * time.Second)}
 	c, err := console.New(console.Config{Listen: "127.0.0.1:0"}, deps(t, st, m), quiet, nil)
 	require.NoError(t, err)
@@ -886,16 +895,13 @@ func (m membersStore) Members(context.Context, string) ([]store.Member, error) {
 // ordermail_members do: a stale or aside member is seen here too.
 func TestOverviewListsTheMembers(t *testing.T) {
 	t.Parallel()
-	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
-	require.NoError(t, err)
-	t.Cleanup(func() { st.Close() })
+	st := openEmbedded(t)
 	ms := membersStore{Store: st, members: []store.Member{
 		{Name: "host-a/11", HeartbeatAge: 400 * time.Millisecond, Partitions: 512, Live: true},
 		{Name: "host-b/22", HeartbeatAge: 1200 * time.Millisecond, Partitions: 0, Live: true, Held: true, Aside: true},
 		{Name: "host-c/<33>", HeartbeatAge: 42 * time.Second, Partitions: 512},
 	}}
-	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
-	require.NoError(t, err)
+	m := deadMailer(t)
 	f := serve(t, console.Config{}, ms, deps(t, ms, m))
 
 	code, body := f.get(t, "/")
@@ -966,8 +972,7 @@ func TestTokenSettings(t *testing.T) {
 	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(dir, "o.db")})
 	require.NoError(t, err)
 	defer st.Close()
-	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
-	require.NoError(t, err)
+	m := deadMailer(t)
 	open := func(cfg console.Config) (*console.Console, error) {
 		cfg.Listen = "127.0.0.1:0"
 		return console.New(cfg, deps(t, st, m), quiet, nil)
@@ -1007,8 +1012,7 @@ func TestStartAndStop(t *testing.T) {
 	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
 	require.NoError(t, err)
 	defer st.Close()
-	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
-	require.NoError(t, err)
+	m := deadMailer(t)
 
 	off, err := console.New(console.Config{}, deps(t, st, m), quiet, nil)
 	require.NoError(t, err)
@@ -1088,8 +1092,7 @@ func TestStartedOnLoopbackRefusesOtherHosts(t *testing.T) {
 	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
 	require.NoError(t, err)
 	defer st.Close()
-	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
-	require.NoError(t, err)
+	m := deadMailer(t)
 	// On loopback; and on every address with the hosts named, as the
 	// compose file runs it in a container published on the host's
 	// loopback.
@@ -1313,12 +1316,9 @@ func (b *blockedGets) Get(ctx context.Context, coll, key string) (store.Doc, err
 // (the store is closed next).
 func TestStopWaitsForTheActionsItEnds(t *testing.T) {
 	t.Parallel()
-	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(t.TempDir(), "o.db")})
-	require.NoError(t, err)
-	t.Cleanup(func() { st.Close() })
+	st := openEmbedded(t)
 	b := &blockedGets{Store: st, key: "d1", blocked: make(chan struct{})}
-	m, err := mailer.New(mailer.Config{URL: "http://127.0.0.1:1"}, quiet)
-	require.NoError(t, err)
+	m := deadMailer(t)
 	c, err := console.New(console.Config{Token: token, Listen: "127.0.0.1:0"}, deps(t, b, m), quiet, nil)
 	require.NoError(t, err)
 	require.NoError(t, c.Start(context.Background()))
