@@ -1345,7 +1345,7 @@ func TestStopWaitsForTheActionsItEnds(t *testing.T) {
 	}
 	// The action would outlast the whole stop: it is ended within it, so
 	// that the stops after the console's (the store's close) have time.
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // a margin of 2.5s for the action to return on a busy machine
 	defer cancel()
 	c.Stop(ctx)
 	assert.NoError(t, ctx.Err(), "Stop returned within the stop's time")
