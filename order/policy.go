@@ -119,8 +119,11 @@ func (p Policy) Next(attempts int, now time.Time, f Failure, u float64) Verdict 
 	}
 	retryAfter := min(f.RetryAfter, MaxRetryAfter)
 	if p.Backoff == BackoffFixed {
-		if retryAfter > p.Quantum {
-			return Verdict{At: now.Add(retryAfter)}
+		if retryAfter > 0 {
+			// The service named its wait: written in the document, as the
+			// sweep's quantum, which allow_retrys may make shorter than
+			// ours, must not cut it.
+			return Verdict{At: now.Add(max(retryAfter, p.Quantum))}
 		}
 		return Verdict{At: now.Add(p.Quantum), ByQuantum: true}
 	}

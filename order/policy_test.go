@@ -73,11 +73,16 @@ func TestPolicyFixedIsTheSample(t *testing.T) {
 	}
 	assert.Equal(t, order.Verdict{At: now.Add(time.Minute)}, p.Next(1, now, order.Failure{RetryAfter: time.Minute}, 0),
 		"a longer Retry-After is honoured")
-	// A shorter one is within the quantum, and waits the quantum the sweep
-	// has when the retry falls due: raised later (an outage slowed down),
-	// it holds this retry back too. Lowered below the Retry-After, it
-	// would not hold it long enough, the rarer case.
-	assert.Equal(t, order.Verdict{At: now.Add(15 * time.Second), ByQuantum: true}, p.Next(1, now, order.Failure{RetryAfter: 10 * time.Second}, 0))
+	// A shorter one waits the quantum, written in the document: the
+	// quantum the sweep has when the retry falls due may be shorter than
+	// the Retry-After (allow_retrys lowered it), and must not cut it.
+	v := p.Next(1, now, order.Failure{RetryAfter: 10 * time.Second}, 0)
+	assert.Equal(t, order.Verdict{At: now.Add(15 * time.Second)}, v)
+	r := order.RetryDoc{Type: order.TypeConfirmation, DocID: "k"}.Failed(now)
+	r.NextAttemptAt = v.At.UnixMilli() // as the watcher writes a verdict not ByQuantum
+	assert.False(t, r.Due(now.Add(3*time.Second), 2*time.Second),
+		"a retry answered Retry-After 10s is not due 3s later under a 2s quantum")
+	assert.True(t, r.Due(now.Add(15*time.Second), 2*time.Second))
 }
 
 func TestPolicyValidate(t *testing.T) {
