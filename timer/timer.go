@@ -189,6 +189,7 @@ type Timer struct {
 	role      Role
 	waiting   bool          // the last sweep found sends held back, or flagged a probe: tick every pausedPoll
 	topping   bool          // the last sweep stopped at pace's window: top it up every pausedPoll
+	resumed   bool          // a tick found allow_retrys absent since the last sweep: the next sweeps at once
 	pace      pace          // how far ahead of the sends the sweep flags
 	holder    lease.Holding // the lease as a standby last read it
 	// sweepsFailed counts this instance's sweeps that failed in a row
@@ -256,6 +257,7 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	if errors.Is(err, store.ErrNotFound) {
 		t.mu.Lock()
 		t.pausedSeen = asked
+		t.resumed = true
 		t.mu.Unlock()
 		t.setRole(RolePaused, nil)
 		return Result{}, nil
@@ -339,8 +341,9 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	// (an email service that does not answer, up to --mail-timeout) gets
 	// another one an interval later, not every poll.
 	// A clock stepped back to before the last sweep sweeps at once rather
-	// than wait until it is back there.
-	due := t.lastSweep.IsZero() || t.waiting && !probing || t.topping || now.Before(t.lastSweep) ||
+	// than wait until it is back there. A resume sweeps at once, however
+	// soon after the last sweep before the pause.
+	due := t.lastSweep.IsZero() || t.resumed || t.waiting && !probing || t.topping || now.Before(t.lastSweep) ||
 		now.Sub(t.lastSweep) >= interval-t.cfg.Interval/2
 	t.mu.Unlock()
 	if !due {
@@ -427,6 +430,7 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 	t.mu.Lock()
 	t.lastSweep = now
 	t.waiting = probing
+	t.resumed = false
 	t.mu.Unlock()
 	return res, nil
 }

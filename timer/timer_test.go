@@ -1089,3 +1089,36 @@ func TestAClockSteppedBackStopsNoSweep(t *testing.T) {
 		"flagged after the clock stepped back; role %v, last sweep %v", later.Value(func() any { return tm.Status().Role }),
 		later.Value(func() any { return tm.Status().LastSweep }))
 }
+
+// A resume sweeps at its first tick, however soon after the last sweep
+// before the pause: allow_retrys' interval (here an hour) is the pace of
+// sweeps, not a wait imposed on a resume.
+func TestAResumeSweepsAtOnceWhateverTheInterval(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	tm, err := timer.New(timer.Config{Interval: time.Second, Quantum: 15 * time.Second}, st, quiet, nil)
+	require.NoError(t, err)
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{"interval":"1h"}`))
+	require.NoError(t, err)
+	res, err := tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	require.True(t, res.Swept, "the first tick sweeps")
+
+	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0))
+	res, err = tm.Sweep(ctx, pinned.Add(time.Second))
+	require.NoError(t, err)
+	require.False(t, res.Armed, "paused")
+	retryDoc(t, st, "waited", time.Minute)
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{"interval":"1h"}`))
+	require.NoError(t, err)
+	res, err = tm.Sweep(ctx, pinned.Add(2*time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1, Batches: 1}, res, "the resume's first tick sweeps")
+	assert.True(t, fired(t, st, "waited"))
+
+	// Then the interval paces the sweeps again.
+	retryDoc(t, st, "next", time.Minute)
+	res, err = tm.Sweep(ctx, pinned.Add(3*time.Second))
+	require.NoError(t, err)
+	assert.False(t, res.Swept, "an hour's interval: no sweep a second after the last")
+}
