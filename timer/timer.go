@@ -345,7 +345,14 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	// soon after the last sweep before the pause.
 	due := t.lastSweep.IsZero() || t.resumed || t.waiting && !probing || t.topping || now.Before(t.lastSweep) ||
 		now.Sub(t.lastSweep) >= interval-t.cfg.Interval/2
+	back := t.lastSweep.Sub(now)
 	t.mu.Unlock()
+	if back > time.Second {
+		// Due times are the wall clock's, written in the documents: those
+		// pending now fall due when the clock is back where they were.
+		t.log.Warn("the clock stepped back since the last sweep: retries already pending are late by as much",
+			"stepped_back", back.Round(time.Millisecond).String())
+	}
 	if !due {
 		return Result{Armed: true, Probe: probing}, nil // a probe still out is no change of role
 	}

@@ -1122,3 +1122,23 @@ func TestAResumeSweepsAtOnceWhateverTheInterval(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, res.Swept, "an hour's interval: no sweep a second after the last")
 }
+
+// A clock stepped back is said: the retries pending then are late by the
+// step, as their due times are the wall clock's.
+func TestAClockSteppedBackIsSaid(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	var logs syncbuf.Buffer
+	tm, err := timer.New(timer.Config{Interval: time.Second, Quantum: 15 * time.Second}, st, slog.New(slog.NewTextHandler(&logs, nil)), nil)
+	require.NoError(t, err)
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	for _, now := range []time.Time{pinned, pinned.Add(time.Second), pinned.Add(-time.Hour)} {
+		res, err := tm.Sweep(ctx, now)
+		require.NoError(t, err)
+		require.True(t, res.Swept, "at %v", now)
+	}
+	said := logs.Lines("the clock stepped back")
+	require.Len(t, said, 1, "logs:\n%s", logs.String())
+	assert.Contains(t, said[0], "stepped_back=1h0m1s")
+}
