@@ -474,7 +474,12 @@ func (f *feed) release(vb uint16) {
 		}
 		st.held, st.suspect = false, false
 	default:
-		// Still ours in its document: the next heartbeat tries again.
+		// Unknown: the write may have been made (its answer lost, and the
+		// read back failed), and another member may have claimed vb since.
+		// The next heartbeat tries again; should vb be ours again by then,
+		// it is streamed only once a checkpoint write by CAS (fence) finds
+		// it still ours, never on the strength of this member's memory.
+		st.suspect = true
 		f.log.Warn("hand a vBucket over", "vb", vb, "error", err)
 	}
 }

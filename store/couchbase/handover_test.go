@@ -1047,3 +1047,65 @@ func TestAVBucketLostWhileHandedOverIsCountedOutOnce(t *testing.T) {
 	assert.Equal(t, len(f.heldVbuckets()), s.VBuckets, "vBuckets owned: %+v", s)
 	assert.EqualValues(t, 1, s.Fenced, "lost once: %+v", s)
 }
+
+// A handover made though it seemed to fail (its answer and the read back
+// lost) while another member claimed the vBucket: assigned back to the
+// member that handed it over before it knew, it is streamed again only
+// once a checkpoint write by CAS finds it its own. Here the other member's
+// claim stands: the write is refused, and the vBucket is claimed anew,
+// never streamed on this member's memory of a claim that ended.
+func TestAHandoverMadeThoughItSeemedToFailIsClaimedAgainBeforeItIsStreamed(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	const x = 3
+	var claimed atomic.Uint64            // the other member's epoch, once it claimed x
+	var released, reclaimed atomic.Int64 // x's stream requests when a handed it over, and when a claimed it again
+	reclaimed.Store(-1)
+	var b *Store
+	a := openStore(t, cfg, func(s *Store) {
+		s.member = "a"
+		s.claimFault = func(vb uint16) error {
+			if vb == x && claimed.Load() != 0 {
+				reclaimed.CompareAndSwap(-1, int64(len(srv.StreamRequests("orders", x))))
+			}
+			return nil
+		}
+		s.releaseFault = func(vb uint16) error {
+			if vb != x || claimed.Load() != 0 {
+				return nil
+			}
+			_, c, _, err := metaCheckpoints{b}.Claim(ctxFor(t, 10*time.Second), "feed", x, "b", func(string) bool { return false }, nil)
+			if err != nil {
+				return fmt.Errorf("b's claim: %w", err)
+			}
+			claimed.Store(c.epoch)
+			return fmt.Errorf("hand vb %d over: the answer was lost: %w", vb, store.ErrUnavailable)
+		}
+	})
+	b = openStore(t, cfg, func(s *Store) { s.member = "b" })
+	sub := subscribe(t, a, "feed", watched, false)
+	f := sub.(*feed)
+	require.Equal(t, testVBuckets, feedStats(sub).VBuckets)
+
+	f.mu.Lock()
+	f.state[x].releasing = true // as a heartbeat that found x another's
+	f.mu.Unlock()
+	f.release(x)
+	require.NotZero(t, claimed.Load(), "b claimed x while a handed it over")
+	released.Store(int64(len(srv.StreamRequests("orders", x))))
+
+	// a is alone in the members document: x is a's again at its next
+	// heartbeat, and b, which never heartbeat, is not live.
+	doc := func() ownedCheckpoint {
+		v, _, _, _ := srv.Doc("metadata", "_default", "_default", checkpointKey("feed", x))
+		var cp ownedCheckpoint
+		_ = json.Unmarshal(v, &cp)
+		return cp
+	}
+	waitFor(t, func() (bool, string) {
+		cp := doc()
+		return cp.Owner == "a" && cp.Epoch > claimed.Load(), fmt.Sprintf("x's checkpoint %+v (b claimed epoch %d); a %+v", cp, claimed.Load(), feedStats(sub))
+	})
+	assert.EqualValues(t, 1, feedStats(sub).Fenced, "a's write for its old claim was refused: %+v", feedStats(sub))
+	assert.Equal(t, released.Load(), reclaimed.Load(), "x streamed to a again before a claimed it: %d stream requests at the handover, %d at the claim",
+		released.Load(), reclaimed.Load())
+}

@@ -50,10 +50,11 @@ type Store struct {
 	reasons     ttlCache[[]store.Tally]
 
 	// Tests tune the feed, hear of ambiguous writes, and lose the answer
-	// to a vBucket's claim that was made (claimFault's error).
-	feedOpts    feedOptions
-	onAmbiguous func(store.Write)
-	claimFault  func(vb uint16) error
+	// to a vBucket's claim or handover that was made (the faults' error).
+	feedOpts     feedOptions
+	onAmbiguous  func(store.Write)
+	claimFault   func(vb uint16) error
+	releaseFault func(vb uint16) error
 }
 
 var _ store.Store = (*Store)(nil)
