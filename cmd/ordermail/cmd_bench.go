@@ -60,7 +60,9 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"start to its probe order confirmed); writeSeconds (the run's first to last order write);\n" +
 			"elapsedSeconds and ordersPerSecond (first write to last delivery); afterWritesPerSecond (from the last write to\n" +
 			"the last delivery: the service once the order system stopped writing); secondsTo,\n" +
-			"paidToSentMs, retryGapMs (the mock's /timings); firstPassSeconds (to the last order's first\n" +
+			"paidToSentMs (an order's payment to its delivery; with --due and --dead, a due retry's from\n" +
+			"retries start and a dead letter's from the redrive's start, counted with them), retryGapMs\n" +
+			"(the mock's /timings); firstPassSeconds (to the last order's first\n" +
 			"request), afterFirstPassSeconds (from then to the last delivery) and, with --backoff fixed,\n" +
 			"retryFloorSeconds (the least that could have been, each failure followed by one retry delay\n" +
 			"and nothing else); peakRSSMB (the service's VmHWM); serviceCPUSeconds and\n" +

@@ -25,6 +25,14 @@ import (
 // fields are there.
 func runBench(t *testing.T, args ...string) (bench.Result, map[string]any) {
 	t.Helper()
+	res, fields, _ := runBenchSaying(t, args...)
+	return res, fields
+}
+
+// runBenchSaying is runBench that returns what the bench said on stderr
+// too (its progress).
+func runBenchSaying(t *testing.T, args ...string) (bench.Result, map[string]any, string) {
+	t.Helper()
 	// Generous: both cores may be busy with other tests. The bench's own
 	// --timeout ends it first and says where it was.
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
@@ -51,7 +59,7 @@ func runBench(t *testing.T, args ...string) (bench.Result, map[string]any) {
 			assert.Contains(t, fields, f)
 		}
 	}
-	return res, fields
+	return res, fields, stderr.String()
 }
 
 func TestBenchClosedLoopWithCeiling(t *testing.T) {
@@ -153,10 +161,13 @@ func TestBenchFailuresDueDeadAndHistory(t *testing.T) {
 	t.Parallel()
 	// After --: no breaker and no attempt budget, so that an unlucky run of
 	// failures neither pauses the sends for a cooldown nor dead-letters.
-	res, _ := runBench(t, "--orders", "300", "--fail-rate", "0.3", "--mail-latency", "0", "--workers", "8",
+	res, _, said := runBenchSaying(t, "--orders", "300", "--fail-rate", "0.3", "--mail-latency", "0", "--workers", "8",
 		"--backoff", "fixed", "--retry-quantum", "100ms", "--timer-interval", "50ms",
-		"--due", "50", "--dead", "40", "--history", "200", "--seed", "7", "--idle", "200ms",
+		"--due", "50", "--dead", "40", "--history", "200", "--seed", "7", "--idle", "200ms", "--minimal",
 		"--", "--breaker-failures", "0", "--max-attempts", "0")
+	// The minimal pipeline sends what the service delivers: the due
+	// retries and the dead letters too.
+	assert.Contains(t, said, "minimal pipeline: 390 sends")
 
 	assert.Equal(t, 390, res.Confirmed, "the orders, the due retries and the redriven dead letters; not the history")
 	require.NotNil(t, res.Deliveries)
