@@ -10,8 +10,10 @@ import (
 // Mask is what a secret is replaced with.
 const Mask = "REDACTED"
 
-// URL returns raw with the userinfo password, every query parameter's
-// value and every bare query token replaced by Mask: a query is where services put their keys, under
+// URL returns raw with the userinfo password (or a user name given
+// alone, which is then the whole credential: an API key as a Basic-auth
+// user, sent as "key:"), every query parameter's value and every bare
+// query token replaced by Mask: a query is where services put their keys, under
 // names no list foresees (Azure Functions' ?code=, a signed URL's parts),
 // and its names are enough to tell one URL from another. A string that
 // does not parse as a URL has whatever stands between "://" and "@"
@@ -23,12 +25,15 @@ func URL(raw string) string {
 	}
 	_, hasPassword := u.User.Password()
 	q := query(u.RawQuery)
-	if !hasPassword && q == u.RawQuery {
+	if u.User == nil && q == u.RawQuery {
 		return raw // nothing to hide: as given, not re-encoded
 	}
-	if hasPassword {
+	switch {
+	case hasPassword:
 		// URL.Redacted writes "xxxxx"; we want the same Mask everywhere.
 		u.User = url.UserPassword(u.User.Username(), Mask)
+	case u.User != nil:
+		u.User = url.User(Mask)
 	}
 	u.RawQuery = q
 	return u.String()

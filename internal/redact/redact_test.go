@@ -15,7 +15,8 @@ func TestURL(t *testing.T) {
 	}{
 		{give: "http://localhost:9080", want: "http://localhost:9080"},
 		{give: "http://user:hunter2@host:9080/api", want: "http://user:REDACTED@host:9080/api"},
-		{give: "http://user@host", want: "http://user@host"},
+		{give: "http://sk_live_51Hx@host", want: "http://REDACTED@host"}, // a key as the Basic-auth user, sent as "key:"
+		{give: "http://@host/p", want: "http://REDACTED@host/p"},
 		{give: "https://host/p?key=abc&order=1", want: "https://host/p?key=REDACTED&order=REDACTED"},
 		// Azure Functions' key: no name list foresees every service's.
 		{give: "https://fn.azurewebsites.net/api/send?code=aZ9fQ&clientId=default", want: "https://fn.azurewebsites.net/api/send?code=REDACTED&clientId=REDACTED"},
