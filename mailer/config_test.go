@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -593,4 +594,50 @@ func TestARotationCaughtHalfwayHoldsNothing(t *testing.T) {
 	require.True(t, ok, "the renewed pair was never taken; logs:\n%s", logs.String())
 	assert.Empty(t, failed, "sends failed after the pair was whole again")
 	assert.Empty(t, c.Misconfigured())
+}
+
+// TestARefusalThatCameAfterAnAcceptedSendStartedIsTheConfigurations: the
+// provider revokes the key while sends are out. K's send started first and
+// is answered 401 after another send, started after it, was accepted:
+// that acceptance came before the revocation, and says nothing of it. K
+// refused again at the probe is still the configuration's, not K's own
+// (which would count it against K, let it close the gate as a probe, and
+// dead-letter it in the end while the key is what is wrong).
+func TestARefusalThatCameAfterAnAcceptedSendStartedIsTheConfigurations(t *testing.T) {
+	t.Parallel()
+	var revoked atomic.Bool
+	kArrived, releaseK := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	srv := serveWith(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Idempotency-Key") == "K" && !revoked.Load() {
+			once.Do(func() { close(kArrived) })
+			<-releaseK
+		}
+		if revoked.Load() {
+			w.WriteHeader(http.StatusUnauthorized)
+		}
+	})
+	c, err := mailer.New(mailer.Config{URL: srv, BreakerCooldown: 50 * time.Millisecond}, quiet)
+	require.NoError(t, err)
+	send := func(key string) error { return c.Send(context.Background(), key, []byte(`{}`)) }
+	kErr := make(chan error, 1)
+	go func() { kErr <- send("K") }()
+	<-kArrived
+	require.NoError(t, send("A"), "started after K, accepted before the revocation")
+	revoked.Store(true)
+	close(releaseK)
+	se := sendErr(t, <-kErr)
+	require.Equal(t, http.StatusUnauthorized, se.Status)
+	assert.Equal(t, mailer.Configuration, se.Class)
+
+	var last error
+	ok := assert.Eventually(t, func() bool {
+		last = send("K")
+		se, isSE := errors.AsType[*mailer.SendError](last)
+		return isSE && !se.NotAttempted
+	}, 20*time.Second, 10*time.Millisecond)
+	require.True(t, ok, "K was never sent again as the probe; last: %v", last)
+	se = sendErr(t, last)
+	assert.Equal(t, mailer.Configuration, se.Class, "nothing was accepted since K's refusal came: still the key")
+	assert.NotEmpty(t, c.Misconfigured(), "sends are held")
 }

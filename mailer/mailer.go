@@ -846,6 +846,10 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		req = req.WithContext(conn.watch(ctx))
 	}
 	resp, err := c.clientFor(ctx, hc, req.Header).Do(req)
+	// A refusal is noted as of when it came: a send started before then
+	// and accepted after it says nothing of the configuration it refused
+	// (refusedAgain).
+	answered := c.now()
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -857,7 +861,7 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		class := Transient // no answer: refused, reset, timed out
 		if _, config := describe(err); config {
 			class = Configuration
-			if errors.Is(err, errCertDropped) && c.refusedAgain(idempotencyKey, now) {
+			if errors.Is(err, errCertDropped) && c.refusedAgain(idempotencyKey, answered) {
 				class = Transient // this order's: a proxy dropping its body, say
 			}
 		}
@@ -873,7 +877,7 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
 		class = Configuration // our credentials or signature, not the order
-		if c.refusedAgain(idempotencyKey, now) {
+		if c.refusedAgain(idempotencyKey, answered) {
 			class = Transient // the order's own: counted, retried, dead-lettered in the end
 		}
 	case endpointMissing(resp.StatusCode):
@@ -883,7 +887,7 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		class = Transient
 		// Answered so before, and another accepted since: the order's own,
 		// which says nothing of the URL and does not count.
-		if own := c.refusedAgain(idempotencyKey, now); !own && c.endpointMissingFor(idempotencyKey) >= endpointRefusals {
+		if own := c.refusedAgain(idempotencyKey, answered); !own && c.endpointMissingFor(idempotencyKey) >= endpointRefusals {
 			class = Configuration // --mail-url names no endpoint: nobody's order's fault
 		}
 	case c.cfg.RetryAllFailures || c.retryable[resp.StatusCode]:
@@ -944,11 +948,11 @@ func (c *Client) accepted(now time.Time) {
 	}
 }
 
-// refusedAgain notes that the send under key, started at now, was refused
-// as a configuration is (answered 401 or 403, 404, 405 or 410, or its new
+// refusedAgain notes that the send under key was refused at now as a
+// configuration is (answered 401 or 403, 404, 405 or 410, or its new
 // connection dropped after a certificate request), and says whether its
-// previous send was too although a send started after it was accepted
-// since, or was known to be the order's own already: then the
+// previous send was too although a send started after that refusal came
+// was accepted since, or was known to be the order's own already: then the
 // service refuses this order, not ordermail's configuration (a firewall
 // refusing its body, a recipient the service will not mail), and holding
 // every order's sends for it again would let one order stall them all, a
