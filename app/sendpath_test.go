@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/order"
@@ -39,8 +41,11 @@ func waitDeadLetter(t *testing.T, st store.Store, key string) order.DeadLetterDo
 }
 
 // TestRedirectsAreAnswersNotDeliveries (finding 1): an email service that
-// redirects is never followed: the order is not confirmed, its body is
-// posted once per attempt, and nothing reaches the redirect's target.
+// redirects is never followed: no order is confirmed, nothing reaches the
+// redirect's target. A URL that redirects every order (an http:// URL a
+// provider sends to https://, an API moved) is the configuration's, not
+// the orders': after three orders in a row sends are held and the mailer
+// says where it was sent, and no order is dead-lettered.
 func TestRedirectsAreAnswersNotDeliveries(t *testing.T) {
 	for _, status := range []int{301, 302, 307, 308} {
 		t.Run(http.StatusText(status), func(t *testing.T) {
@@ -50,20 +55,28 @@ func TestRedirectsAreAnswersNotDeliveries(t *testing.T) {
 			var posts atomic.Int64
 			redirecting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				posts.Add(1)
-				http.Redirect(w, r, elsewhere.URL+"/steal", status)
+				http.Redirect(w, r, elsewhere.URL+"/steal?sig=s3cret", status)
 			}))
 			defer redirecting.Close()
 			r := newScriptedRun(t, mockmail.Config{})
 			r.cfg.Mail.URL = redirecting.URL
-			a, st := r.start(t)
+			r.cfg.Mail.BreakerCooldown = time.Hour
+			var mail *mailer.Client
+			a, st := r.start(t, &mail)
 			defer stop(t, a)
-			placeOne(t, st, "o")
-			d := waitDeadLetter(t, st, "o")
-			assert.Equal(t, order.ReasonPermanent, d.Reason)
-			assert.Equal(t, status, d.LastStatus)
-			assert.False(t, confirmed(t, st, "o"))
-			assert.Equal(t, int64(1), posts.Load(), "posted once, not along a redirect loop")
-			assert.Zero(t, target.Load(), "the order went nowhere else")
+			for _, k := range []string{"o1", "o2", "o3"} {
+				placeOne(t, st, k)
+			}
+			require.Eventually(t, func() bool { return mail.Misconfigured() != "" }, 30*time.Second, 10*time.Millisecond,
+				"sends never held; %d posts", later.Value(func() any { return posts.Load() }))
+			assert.Equal(t, fmt.Sprintf("answered %d %s (0 bytes) to %s", status, http.StatusText(status), elsewhere.URL),
+				mail.Misconfigured(), "where it was sent, its path and query left out")
+			for _, k := range []string{"o1", "o2", "o3"} {
+				assert.False(t, confirmed(t, st, k))
+				_, dead := deadLetter(t, st, k)
+				assert.False(t, dead, "%s dead-lettered for the URL's redirect", k)
+			}
+			assert.Zero(t, target.Load(), "the orders went nowhere else")
 		})
 	}
 }

@@ -205,6 +205,9 @@ type SendError struct {
 	RetryAfter   time.Duration // the service's Retry-After, or the breaker's cooldown
 	NotAttempted bool          // held back by the circuit breaker or the rate limit
 	Err          error         // the cause of a failure without an answer, without the URL
+	// RedirectTo is a redirect's target, its scheme and host only (its
+	// path and query may carry a signed URL's credentials).
+	RedirectTo string
 }
 
 func (e *SendError) Error() string { return fmt.Sprintf("%s failure: %s", e.Class, e.Reason()) }
@@ -267,7 +270,11 @@ func (e *SendError) Reason() string {
 		if e.Code != "" {
 			details = append(details, "code "+e.Code)
 		}
-		return msg + " (" + strings.Join(details, ", ") + ")"
+		msg += " (" + strings.Join(details, ", ") + ")"
+		if e.RedirectTo != "" {
+			msg += " to " + e.RedirectTo
+		}
+		return msg
 	}
 	why, config := describe(e.Err)
 	switch {
@@ -892,8 +899,16 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		}
 	case c.cfg.RetryAllFailures || c.retryable[resp.StatusCode]:
 		class = Transient
+	case redirect(resp.StatusCode):
+		// Never followed (it would post the order again, maybe elsewhere,
+		// maybe as a GET); an API moved, or an http:// URL a provider
+		// sends to https://, answers every order so: the URL's, as above.
+		class = Transient
+		if own := c.refusedAgain(idempotencyKey, answered); !own && c.endpointMissingFor(idempotencyKey) >= endpointRefusals {
+			class = Configuration
+		}
 	}
-	return &SendError{
+	se := &SendError{
 		Class:       class,
 		Status:      resp.StatusCode,
 		ContentType: mediaType(resp.Header.Get("Content-Type")),
@@ -901,7 +916,16 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		Code:        answerCode(body),
 		RetryAfter:  parseRetryAfter(resp.Header.Get("Retry-After"), c.now()),
 	}
+	if redirect(resp.StatusCode) {
+		if to, err := resp.Location(); err == nil {
+			se.RedirectTo = to.Scheme + "://" + to.Host
+		}
+	}
+	return se
 }
+
+// redirect says whether status sends the request elsewhere.
+func redirect(status int) bool { return status >= 300 && status < 400 }
 
 // endpointMissing says whether status says that the URL names no endpoint
 // that takes the request: a path mistyped or moved (404), a method the
@@ -910,15 +934,16 @@ func endpointMissing(status int) bool {
 	return status == http.StatusNotFound || status == http.StatusMethodNotAllowed || status == http.StatusGone
 }
 
-// endpointRefusals is how many orders answered endpointMissing in a row,
-// with no send accepted between, make the URL wrong rather than an order:
+// endpointRefusals is how many orders answered endpointMissing (or a
+// redirect) in a row, with no send accepted between, make the URL wrong rather than an order:
 // one may be the order's own (retried alone, it stays one); a typo in
 // --mail-url answers every order so, and dead-lettering them all would
 // leave the service "ready" while it confirms nothing.
 const endpointRefusals = 3
 
 // endpointMissingFor notes that the send under key was answered
-// endpointMissing, and returns how many orders were, in a row.
+// endpointMissing (or a redirect), and returns how many orders were, in a
+// row.
 func (c *Client) endpointMissingFor(key string) int {
 	c.missingMu.Lock()
 	defer c.missingMu.Unlock()
@@ -949,7 +974,7 @@ func (c *Client) accepted(now time.Time) {
 }
 
 // refusedAgain notes that the send under key was refused at now as a
-// configuration is (answered 401 or 403, 404, 405 or 410, or its new
+// configuration is (answered 401 or 403, 404, 405 or 410, a redirect, or its new
 // connection dropped after a certificate request), and says whether its
 // previous send was too although a send started after that refusal came
 // was accepted since, or was known to be the order's own already: then the

@@ -348,29 +348,34 @@ func serve(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic.Int32) {
 func TestRedirectsAreNotFollowed(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		give      int
-		statuses  []int
-		wantClass mailer.Class
+		give        int
+		statuses    []int
+		wantClasses []mailer.Class
 	}{
-		{give: 301, wantClass: mailer.Permanent},
-		{give: 302, wantClass: mailer.Permanent},
-		{give: 303, wantClass: mailer.Permanent},
-		{give: 307, wantClass: mailer.Permanent},
-		{give: 308, wantClass: mailer.Permanent},
-		{give: 307, statuses: []int{307, 503}, wantClass: mailer.Transient},
+		// Each order's may be its own; three in a row are the URL's.
+		{give: 301, wantClasses: []mailer.Class{mailer.Transient, mailer.Transient, mailer.Configuration}},
+		{give: 302, wantClasses: []mailer.Class{mailer.Transient, mailer.Transient, mailer.Configuration}},
+		{give: 303, wantClasses: []mailer.Class{mailer.Transient, mailer.Transient, mailer.Configuration}},
+		{give: 307, wantClasses: []mailer.Class{mailer.Transient, mailer.Transient, mailer.Configuration}},
+		{give: 308, wantClasses: []mailer.Class{mailer.Transient, mailer.Transient, mailer.Configuration}},
+		{give: 307, statuses: []int{307, 503}, wantClasses: []mailer.Class{mailer.Transient, mailer.Transient, mailer.Transient}},
 	}
 	for _, tt := range tests {
 		// A redirect to itself: following it would loop.
 		srv, requests := serve(t, func(w http.ResponseWriter, r *http.Request) {
-			http.Redirect(w, r, mailer.Path, tt.give)
+			http.Redirect(w, r, mailer.Path+"?sig=s3cret", tt.give)
 		})
 		c, err := mailer.New(mailer.Config{URL: srv.URL, RetryStatuses: tt.statuses}, quiet)
 		require.NoError(t, err)
-		for range 3 {
-			se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
+		var classes []mailer.Class
+		for i := range 3 {
+			se := sendErr(t, c.Send(context.Background(), fmt.Sprintf("k%d", i), []byte(`{}`)))
 			assert.Equal(t, tt.give, se.Status)
-			assert.Equal(t, tt.wantClass, se.Class, "%d statuses=%v", tt.give, tt.statuses)
+			assert.False(t, se.NotAttempted)
+			assert.Equal(t, srv.URL, se.RedirectTo, "the target's scheme and host, not its path or query")
+			classes = append(classes, se.Class)
 		}
+		assert.Equal(t, tt.wantClasses, classes, "%d statuses=%v", tt.give, tt.statuses)
 		assert.Equal(t, int32(3), requests.Load(), "one post per send for %d", tt.give)
 	}
 }
