@@ -60,6 +60,20 @@ func (c Config) Validate() error {
 			return err
 		}
 	}
+	// A send that waits for a connection spends its mail-timeout waiting,
+	// and a timeout is an attempt: with more workers than connections, a
+	// slow but healthy service would see attempts spent, and the breaker
+	// opened, by sends never made.
+	workers, conns := c.Watcher.Workers, c.Mail.Conns
+	if workers == 0 {
+		workers = 8
+	}
+	if conns == 0 {
+		conns = 64
+	}
+	if workers > conns {
+		return fmt.Errorf("mail-conns: %d is fewer than workers %d: a send waiting for a connection would spend its mail-timeout, and an attempt, before any request; give --mail-conns %d or more", conns, workers, workers)
+	}
 	// A claim that runs out during a send lets the sweep hand the retry to
 	// a second send while the first is still waiting for its answer.
 	claim, send := c.Watcher.ClaimTTL, c.Mail.Timeout

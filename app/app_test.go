@@ -404,6 +404,8 @@ func TestConfigValidateNamesTheSetting(t *testing.T) {
 			c.Mail.SendRate = 0.139 // 500 mails an hour: 8 workers' turns 57.6s apart, past the 1m claim with the send
 		}, "send-rate: 0.139 a second gives 8 workers turns up to 57.554s apart, which with mail-timeout 10s is not within claim-ttl 1m0s"},
 		{func(c *app.Config) { c.Timer.Interval = time.Millisecond }, "timer-interval"},
+		{func(c *app.Config) { c.Watcher.Workers = 65 }, "mail-conns: 64 is fewer than workers 65"},
+		{func(c *app.Config) { c.Watcher.Workers, c.Mail.Conns = 16, 8 }, "give --mail-conns 16 or more"},
 	}
 	for i, tt := range tests {
 		c := good
