@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ordermail/ordermail/internal/later"
+	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/couchbase/cbtest"
@@ -617,4 +619,39 @@ func TestFromNowStaticInstanceReadsAgainWhatWasWrittenBeforeTheMark(t *testing.T
 			assert.Equal(t, written, p, "vb %d", vb)
 		}
 	}
+}
+
+// A feed stopped longer than the bucket's metadata purge interval finds
+// the deletions past its checkpoint purged: the server rolls the stream
+// back to 0, as Couchbase does, and the feed reads every change again
+// from the vBucket's beginning, saying why.
+func TestAFeedResumingPastPurgedDeletionsStartsOver(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	var logs syncbuf.Buffer
+	s, err := Open(ctxFor(t, 20*time.Second), cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	const v = 5
+	old, gone := keyOn(srv, "old-", v), keyOn(srv, "gone-", v)
+	put(t, s, order.Inbound, old)
+	put(t, s, order.Inbound, gone)
+	sub := subscribe(t, s, "feed", watched, false)
+	readUntil(t, sub, sawKeys(old, gone))
+	require.NoError(t, sub.Close(ctxFor(t, 10*time.Second)))
+	from, _ := savedCheckpoint(srv, "feed", v)
+	require.NotZero(t, from.Seq)
+
+	// While it is stopped: a deletion, a new order, and compaction.
+	require.NoError(t, s.Remove(ctxFor(t, 10*time.Second), order.Inbound, gone, 0))
+	after := keyOn(srv, "after-", v)
+	put(t, s, order.Inbound, after)
+	purged, err := srv.PurgeTombstones("orders", v)
+	require.NoError(t, err)
+	require.Greater(t, purged, from.Seq)
+
+	sub = subscribe(t, s, "feed", watched, false)
+	seen := readUntil(t, sub, sawKeys(old, after))
+	assert.NotContains(t, eventKeys(seen), gone, "its deletion was purged")
+	assert.Equal(t, 1, rollbacks(srv, v))
+	assert.Len(t, logs.Lines("rolls the stream back to the vBucket's beginning", fmt.Sprintf("vb=%d", v)), 1, "logs:\n%s", logs.String())
 }

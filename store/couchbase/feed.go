@@ -771,7 +771,17 @@ func (f *feed) opened(vb uint16, gen int, uuid uint64, err error) {
 		st.phase, st.at = phaseWaiting, time.Time{}
 		f.stats.Rollbacks++
 		f.settleLocked(st)
-		f.log.Warn("rollback", "vb", vb, "from", st.base.Seq, "to", seq)
+		if seq == 0 && st.base.Seq > 0 {
+			// Most likely deletions past the checkpoint were purged: the
+			// feed was stopped longer than the bucket's metadata purge
+			// interval.
+			f.log.Warn("the server rolls the stream back to the vBucket's beginning (deletions past the checkpoint were purged: "+
+				"was the feed stopped longer than the bucket's metadata purge interval, 3 days by default?): every change is read again; "+
+				"confirmed orders are not sent again, but with --from-now paid orders written before the start and not confirmed are sent",
+				"vb", vb, "from", st.base.Seq)
+		} else {
+			f.log.Warn("rollback", "vb", vb, "from", st.base.Seq, "to", seq)
+		}
 		f.poke()
 	case errors.Is(err, gocbcore.ErrDocumentExists):
 		// A stream of ours is open on vb already (a request we gave up

@@ -112,6 +112,10 @@ type vbucket struct {
 	// durable is the seqno of the last durable write: replicated, so no
 	// failover loses it (Rollback refuses to go below it).
 	durable uint64
+	// purged is the purge seqno: the highest seqno of a tombstone
+	// dropped (PurgeTombstones), as compaction drops those older than
+	// the metadata purge interval.
+	purged uint64
 }
 
 func randomUUID() uint64 {
@@ -193,6 +197,23 @@ func (v *vbucket) entriesAfter(from, to uint64, max int) ([]logEntry, uint64) {
 // history there. A document whose latest version is discarded gets back
 // the version it had at seqno (the log keeps every version), or
 // disappears if it did not exist then.
+// purgeTombstones drops every tombstone, as compaction does once they are
+// older than the metadata purge interval, and raises the purge seqno to
+// the highest of them.
+func (v *vbucket) purgeTombstones() {
+	kept := v.log[:0]
+	for _, e := range v.log {
+		if e.it != nil && e.it.deleted && v.live(e) {
+			delete(v.items, e.it.docKey)
+			v.purged = max(v.purged, e.seqno)
+			continue
+		}
+		kept = append(kept, e)
+	}
+	clear(v.log[len(kept):])
+	v.log = kept
+}
+
 func (v *vbucket) rollbackTo(seqno uint64) {
 	if seqno > v.high {
 		seqno = v.high

@@ -295,6 +295,13 @@ func checkRollback(vb *vbucket, flags uint32, start, end, uuid, snapStart, snapE
 	if start > end || snapStart > start || start > snapEnd {
 		return statusERANGE, 0
 	}
+	// Deletions past the start were purged: a client resuming there would
+	// miss them (kv_engine's failover-table.cc needsRollback). kv_engine
+	// spares a collection-filtered stream whose collections changed
+	// nothing after the start; here every stream rolls back, the stricter.
+	if start != 0 && start < vb.purged {
+		return statusRollback, 0
+	}
 	if !(start == 0 && (flags&streamFlagStrictVBUUI == 0 || uuid == 0)) {
 		idx := -1
 		for i, e := range vb.failover {

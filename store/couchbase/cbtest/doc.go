@@ -249,7 +249,11 @@
 //     when lower than the first item). STREAM_REQ with a start of 0 never rolls back unless
 //     the strict-vbuuid flag is set (§6.6 rule 2, kv_engine's code).
 //     DELETION uses the 21-byte v2 extras once enable_expiry_opcode is on.
-//     No purging: the purge seqno is 0, so rule 3 never fires.
+//     Tombstones stay until PurgeTombstones drops them and raises the
+//     purge seqno: a stream request from a start above 0 and below it
+//     rolls back to 0 (rule 3), collection-filtered or not (kv_engine
+//     spares a filtered stream whose collections changed nothing after
+//     the start).
 //   - GET_ALL_VB_SEQNOS with a collection id returns that collection's
 //     high seqno per vBucket, its creation's system event included (as
 //     kv_engine's ep_engine.cc collectVBucketSequenceNumbers reads it

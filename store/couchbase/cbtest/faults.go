@@ -45,6 +45,21 @@ func (s *Server) Rollback(bucket string, vb uint16, toSeqno uint64) error {
 	return nil
 }
 
+// PurgeTombstones drops the tombstones of vBucket vb of bucket, as
+// compaction does once they are older than the bucket's metadata purge
+// interval (3 days by default), and returns the purge seqno: a DCP client
+// resuming from a seqno above 0 and below it is told to roll back to 0.
+func (s *Server) PurgeTombstones(bucket string, vb uint16) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, v, err := s.vbLocked(bucket, vb)
+	if err != nil {
+		return 0, err
+	}
+	v.purgeTombstones()
+	return v.purged, nil
+}
+
 // Failover gives the listed vBuckets of bucket (all when none are
 // listed) a new vbuuid and failover log entry at their high seqno, as a
 // failover to an up-to-date replica does. Open streams on them end with
