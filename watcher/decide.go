@@ -210,14 +210,25 @@ func decideOrder(c Change, st store.State, now time.Time, lim Limits) Plan {
 	if st.Retry.Found() {
 		return ignore("a retry document owns the confirmation")
 	}
-	if dl, ok := deadLetterOf(st); ok && !dl.ClearedByOrderChange() && !otherIncarnation(dl.IdempotencyKey, key, st.Order) {
+	dl, dead := deadLetterOf(st)
+	if dead && !dl.ClearedByOrderChange() && !otherIncarnation(dl.IdempotencyKey, key, st.Order) {
 		return ignore("dead-lettered (" + dl.Reason + "); redrive to send")
 	}
 	if reason, detail := problem(key, st.Order, o, decodeErr, lim); reason != "" {
 		return deadLetterOrder(key, st, reason, detail, decodeErr, now)
 	}
+	idem := order.IdempotencyKey(key, incarnation(st.Order))
+	if dead && dl.IdempotencyKey != "" && dl.Reason != order.ReasonOrderMissing && !otherIncarnation(dl.IdempotencyKey, key, st.Order) {
+		// The order mended (an address given back) after its retries were
+		// dead-lettered for it: the confirmation they attempted, under
+		// their key, which an edit changes on Couchbase (the order's CAS),
+		// so that a send of theirs that got through is not delivered
+		// twice. Not for an order missing: that one may be a new order
+		// under the same key, whose confirmation is its own.
+		idem = dl.IdempotencyKey
+	}
 	return Plan{Action: Send, OrderKey: key, OrderCAS: st.Order.CAS, OrderIncarnation: st.Order.Incarnation, Body: st.Order.Value, Attempt: 1,
-		IdempotencyKey: order.IdempotencyKey(key, incarnation(st.Order))}
+		IdempotencyKey: idem}
 }
 
 // orderNotPaid is the plan for an order that is not paid: nothing, and a

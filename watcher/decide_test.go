@@ -359,3 +359,45 @@ func TestTruncateKeepsWholeCharacters(t *testing.T) {
 	assert.Equal(t, "a...", got)
 	assert.True(t, utf8.ValidString(got))
 }
+
+// On Couchbase, where the order's CAS stands for its incarnation, an order
+// whose retry was dead-lettered for its content (its address blanked while
+// the retry waited) and then mended is sent under the key its attempts
+// had: one of them may have got through, its answer lost, and an edit
+// changes the CAS. An order missing is not: a new order under the same key
+// has a confirmation of its own.
+func TestAMendedOrderIsSentUnderTheKeyItsDeadLetteredRetriesHad(t *testing.T) {
+	cb := func(st store.State, cas uint64) store.State {
+		st.Order.Incarnation, st.Retry.Incarnation, st.DeadLetter.Incarnation = 0, 0, 0
+		if st.Order.Found() {
+			st.Order.CAS = cas
+		}
+		return st
+	}
+	first := Decide(Change{Collection: order.Inbound, Key: "o"}, cb(state(paid, "", ""), 10), now, limits)
+	require.Equal(t, Send, first.Action)
+	require.Equal(t, "confirmation:o@10", first.IdempotencyKey)
+	out := Settle(first, cb(state(paid, "", ""), 10), &mailer.SendError{Class: mailer.Transient}, now, limits, 0.5)
+	require.Equal(t, "retry", out.Result)
+	r := out.Retry
+	r.FireRetry = true
+
+	for _, tt := range []struct {
+		name, blanked string
+		wantKey       string
+	}{
+		{"address blanked", `{"email":"","paymentStatus":"paid"}`, "confirmation:o@10"},
+		{"order deleted", "", "confirmation:o@12"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dl := Decide(Change{Collection: order.Retry, Key: "o"}, cb(state(tt.blanked, string(r.Encode()), ""), 11), now, limits)
+			require.Equal(t, Write, dl.Action, dl.Reason)
+			d, err := order.DecodeDeadLetter(dl.Writes[0].Value)
+			require.NoError(t, err)
+			require.Equal(t, "confirmation:o@10", d.IdempotencyKey, "%s: the dead letter keeps the retries' key", d.Reason)
+			again := Decide(Change{Collection: order.Inbound, Key: "o"}, cb(state(paid, "", string(dl.Writes[0].Value)), 12), now, limits)
+			require.Equal(t, Send, again.Action, again.Reason)
+			assert.Equal(t, tt.wantKey, again.IdempotencyKey, "dead-lettered %s", d.Reason)
+		})
+	}
+}
