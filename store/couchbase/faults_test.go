@@ -655,3 +655,38 @@ func TestAFeedResumingPastPurgedDeletionsStartsOver(t *testing.T) {
 	assert.Equal(t, 1, rollbacks(srv, v))
 	assert.Len(t, logs.Lines("rolls the stream back to the vBucket's beginning", fmt.Sprintf("vb=%d", v)), 1, "logs:\n%s", logs.String())
 }
+
+// A vBucket's failover log keeps its 25 newest entries, as Couchbase's
+// does: a feed whose checkpoint is on a branch dropped from it is rolled
+// back to 0 and reads every change again, saying why.
+func TestAFeedOnABranchDroppedFromTheFailoverLogStartsOver(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	var logs syncbuf.Buffer
+	s, err := Open(ctxFor(t, 20*time.Second), cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	const v = 6
+	old := keyOn(srv, "old-", v)
+	put(t, s, order.Inbound, old)
+	sub := subscribe(t, s, "feed", watched, false)
+	readUntil(t, sub, sawKeys(old))
+	require.NoError(t, sub.Close(ctxFor(t, 10*time.Second)))
+	from, _ := savedCheckpoint(srv, "feed", v)
+	require.NotZero(t, from.Seq)
+
+	after := keyOn(srv, "after-", v)
+	put(t, s, order.Inbound, after)
+	for range 25 {
+		require.NoError(t, srv.Failover("orders", v))
+	}
+	flog := srv.FailoverLog("orders", v)
+	require.Len(t, flog, 25, "the newest 25 kept")
+	for _, e := range flog {
+		require.NotEqual(t, from.UUID, e.VBUUID, "the checkpoint's branch is dropped")
+	}
+
+	sub = subscribe(t, s, "feed", watched, false)
+	readUntil(t, sub, sawKeys(old, after))
+	assert.Equal(t, 1, rollbacks(srv, v))
+	assert.Len(t, logs.Lines("rolls the stream back to the vBucket's beginning", fmt.Sprintf("vb=%d", v)), 1, "logs:\n%s", logs.String())
+}

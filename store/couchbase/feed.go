@@ -772,11 +772,13 @@ func (f *feed) opened(vb uint16, gen int, uuid uint64, err error) {
 		f.stats.Rollbacks++
 		f.settleLocked(st)
 		if seq == 0 && st.base.Seq > 0 {
-			// Most likely deletions past the checkpoint were purged: the
-			// feed was stopped longer than the bucket's metadata purge
-			// interval.
+			// The history past the checkpoint is gone on the server:
+			// deletions purged (the feed was stopped longer than the
+			// bucket's metadata purge interval), or the checkpoint's
+			// branch dropped from the failover log (25 failovers since).
 			f.log.Warn("the server rolls the stream back to the vBucket's beginning (deletions past the checkpoint were purged: "+
-				"was the feed stopped longer than the bucket's metadata purge interval, 3 days by default?): every change is read again; "+
+				"was the feed stopped longer than the bucket's metadata purge interval, 3 days by default? or its vBucket UUID "+
+				"left the failover log): every change is read again; "+
 				"confirmed orders are not sent again, but with --from-now paid orders written before the start and not confirmed are sent",
 				"vb", vb, "from", st.base.Seq)
 		} else {

@@ -259,7 +259,15 @@ func (v *vbucket) rollbackTo(seqno uint64) {
 // newBranch adds a failover log entry at the current high seqno.
 func (v *vbucket) newBranch() {
 	v.failover = append([]failoverEntry{{uuid: randomUUID(), seqno: v.high}}, v.failover...)
+	if len(v.failover) > maxFailoverEntries {
+		v.failover = v.failover[:maxFailoverEntries:maxFailoverEntries]
+	}
 }
+
+// maxFailoverEntries is how many entries a vBucket's failover log keeps,
+// the newest (kv_engine's max_failover_entries, 25 by default): a client
+// resuming on a branch dropped from it is rolled back to 0.
+const maxFailoverEntries = 25
 
 // reset empties the vBucket as a flush does: new uuid, seqnos from 0.
 func (v *vbucket) reset() {
