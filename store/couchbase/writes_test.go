@@ -709,3 +709,40 @@ func TestADurabilityTheMetadataBucketDoesNotHaveFailsTheStart(t *testing.T) {
 	cfg.Instance, cfg.Instances = 0, 2 // the other instance's starts written too
 	subscribe(t, openStore(t, cfg), "static", watched, true)
 }
+
+// A durable write answered ambiguous and not made (the active node
+// aborted it, its replicas too slow: Couchbase's usual case) is read
+// back, found not made, and written again: an insert, a guarded replace
+// and a guarded remove each end made once.
+func TestAnAmbiguousDurableWriteNotMadeIsWrittenAgain(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	ambiguous := make(chan store.Write, 8)
+	s := openStore(t, cfg, func(s *Store) { s.onAmbiguous = func(w store.Write) { ambiguous <- w } })
+	ctx := ctxFor(t, 20*time.Second)
+	k := keyOn(srv, "ord-", srv.VBucketOf("x"))
+	vb := srv.VBucketOf(k)
+
+	srv.AnswerDurableWritesAmbiguousNotMade("orders", vb, 1)
+	cas, err := s.Apply(ctx, []store.Write{{Op: store.OpInsert, Collection: order.Retry, Key: k, Value: []byte(`{"attempt":1,"nextAttemptAt":1}`)}})
+	require.NoError(t, err, "not made, the insert is made again")
+	require.Len(t, ambiguous, 1)
+	d, err := s.Get(ctx, order.Retry, k)
+	require.NoError(t, err)
+	assert.Equal(t, cas[0], d.CAS)
+
+	srv.AnswerDurableWritesAmbiguousNotMade("orders", vb, 1)
+	cas, err = s.Apply(ctx, []store.Write{{Op: store.OpReplace, Collection: order.Retry, Key: k, CAS: d.CAS, Value: []byte(`{"attempt":2,"nextAttemptAt":1}`)}})
+	require.NoError(t, err, "not made, the replace is made again under the same guard")
+	require.Len(t, ambiguous, 2)
+	d, err = s.Get(ctx, order.Retry, k)
+	require.NoError(t, err)
+	assert.Equal(t, cas[0], d.CAS)
+	assert.JSONEq(t, `{"attempt":2,"nextAttemptAt":1}`, string(d.Value))
+
+	srv.AnswerDurableWritesAmbiguousNotMade("orders", vb, 1)
+	_, err = s.Apply(ctx, []store.Write{{Op: store.OpRemove, Collection: order.Retry, Key: k, CAS: d.CAS}})
+	require.NoError(t, err, "not made, the remove is made again")
+	require.Len(t, ambiguous, 3)
+	_, err = s.Get(ctx, order.Retry, k)
+	assert.ErrorIs(t, err, store.ErrNotFound)
+}

@@ -73,7 +73,9 @@
 // a durable write. Options.DurabilityImpossible (and
 // SetDurabilityImpossible) answers such writes
 // DURABILITY_IMPOSSIBLE (0xa1), AnswerDurableWritesAmbiguous makes them
-// answer SYNC_WRITE_AMBIGUOUS (0xa3) once made; an unknown level, or
+// answer SYNC_WRITE_AMBIGUOUS (0xa3) once made, and
+// AnswerDurableWritesAmbiguousNotMade without making them (aborted, the
+// common case on a real cluster); an unknown level, or
 // with Options.MajorityOnly one that persists, is DURABILITY_INVALID_LEVEL
 // (0xa0). Other request frames are skipped.
 //

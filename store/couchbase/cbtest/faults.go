@@ -255,6 +255,17 @@ func (s *Server) AnswerDurableWritesAmbiguous(bucket string, vb uint16, n int) {
 	s.inject(kvFault{bucket: bucket, opcode: faultDurable, vb: vb, left: n, status: statusSyncWriteAmbig})
 }
 
+// faultDurableAbort is AnswerDurableWritesAmbiguousNotMade's opcode.
+const faultDurableAbort = 0xfd // no opcode gocbcore sends (its cmdcode.go)
+
+// AnswerDurableWritesAmbiguousNotMade makes the next n durable writes on
+// vBucket vb of bucket answer SYNC_WRITE_AMBIGUOUS (0xa3) without being
+// made, as when the active node aborts a write its replicas did not
+// confirm in time (kv_engine's common case of the answer).
+func (s *Server) AnswerDurableWritesAmbiguousNotMade(bucket string, vb uint16, n int) {
+	s.inject(kvFault{bucket: bucket, opcode: faultDurableAbort, vb: vb, left: n, status: statusSyncWriteAmbig})
+}
+
 // SetDurabilityImpossible makes durable writes answer
 // DURABILITY_IMPOSSIBLE (0xa1), or not, from now on: as a node failed over
 // and not yet rebalanced leaves its vBuckets too few copies.

@@ -552,6 +552,9 @@ func (c *kvConn) kvOp(p *packet) {
 			if !ok {
 				return
 			}
+			if c.abortedDurably(p, fr) {
+				return
+			}
 			t := c.s.deleteLocked(b, vb, cur, false)
 			if !c.madeDurably(p, fr, vb, t) {
 				return
@@ -626,10 +629,27 @@ func (c *kvConn) store(p *packet, b *bucket, vb *vbucket, coll *collDef, k docKe
 	if json.Valid(it.value) {
 		it.datatype = datatypeJSON
 	}
+	if c.abortedDurably(p, fr) {
+		return
+	}
 	c.s.storeLocked(b, vb, it)
 	if c.madeDurably(p, fr, vb, it) {
 		c.reply(p, statusSuccess, c.mutationExtras(vb, it), nil, it.cas, 0)
 	}
+}
+
+// abortedDurably answers a durable write SYNC_WRITE_AMBIGUOUS without
+// making it when a fault says so (the active node aborted it when its
+// replicas did not confirm in time), and returns whether it did.
+func (c *kvConn) abortedDurably(p *packet, fr reqFrames) bool {
+	if fr.durability == 0 {
+		return false
+	}
+	if f, ok := c.s.takeFault(c.selectedBucket(), faultDurableAbort, p.vbucket); ok {
+		c.fail(p, f.status, "sync write ambiguous")
+		return true
+	}
+	return false
 }
 
 // madeDurably records a durable write's seqno (no failover loses it) and
