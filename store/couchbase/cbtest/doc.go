@@ -223,10 +223,13 @@
 //     grammar has it. EXPLAIN plans are shaped like the docs' example:
 //     IndexScan3 with "index", a DistinctScan over a UnionScan when an OR
 //     needs one index per branch (as the sweep does), PrimaryScan3 when
-//     only the primary index applies, else SequentialScan (7.6). Index
+//     only the primary index applies, else SequentialScan (7.6, with
+//     Options.SequentialScans; without it a statement no index serves,
+//     EXPLAIN included, fails with 4120 "No index available", as 7.1 and
+//     7.2 always fail it and 7.6 for a user without the role). Index
 //     choice: a secondary index applies when the predicate restricts its
 //     leading key and implies its WHERE condition (textually). Execution
-//     never needs an index. HTTP status: 400 for 1050/3xxx, 404 for
+//     reads every document whatever the plan. HTTP status: 400 for 1050/3xxx, 404 for
 //     4040/12003/12021, 401 for 10xxx, 500 otherwise.
 //   - DCP snapshots follow kv_engine's code (engines/ep/src/dcp/
 //     active_stream.cc: processItemsInner, snapshot, markDiskSnapshot,

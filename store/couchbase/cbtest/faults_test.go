@@ -114,6 +114,10 @@ func newWriteOrder(t *testing.T) *writeOrder {
 	require.NoError(t, c.WaitUntilReady(10*time.Second, &gocb.WaitUntilReadyOptions{
 		ServiceTypes: []gocb.ServiceType{gocb.ServiceTypeQuery}}))
 	readyBucket(t, c, "orders")
+	// The UPDATE's keys are read through the primary index, as Couchbase
+	// needs one.
+	_, err := c.Query("CREATE PRIMARY INDEX ON `orders`.`_default`.`retry`", nil)
+	require.NoError(t, err)
 	retryID, err := s.CollectionID("orders", "_default", "retry")
 	require.NoError(t, err)
 	w := &writeOrder{s: s, c: c, retryID: retryID, rec: newRecorder(), k: newTracker(t)}

@@ -839,6 +839,9 @@ func (x *exec) selectLocked(q *selectStmt) ([]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := x.needIndexLocked(r, q.alias, q.where); err != nil {
+		return nil, err
+	}
 	rows, err := x.filterLocked(x.scanLocked(r, q.alias), q.where)
 	if err != nil {
 		return nil, err
@@ -1066,6 +1069,9 @@ func (x *exec) mutateLocked(ks *ksRef, alias string, where, limit expr, ret *ret
 	change func(r *resolved, d *docRow) (*row, error)) ([]any, error) {
 	r, err := x.resolveLocked(ks)
 	if err != nil {
+		return nil, err
+	}
+	if err := x.needIndexLocked(r, alias, where); err != nil {
 		return nil, err
 	}
 	rows, err := x.filterLocked(x.scanLocked(r, alias), where)
@@ -1324,6 +1330,20 @@ func usableIndex(ixs []*indexDef, conj []expr, alias string) *indexDef {
 	return nil
 }
 
+// needIndexLocked fails a statement on r that no index serves, unless
+// Options.SequentialScans (the query service's 4120, which gocb reports
+// as a planning failure).
+func (x *exec) needIndexLocked(r *resolved, alias string, where expr) error {
+	if x.s.opts.SequentialScans {
+		return nil
+	}
+	if o := x.scanOp(r, alias, where); o.get("#operator") == "SequentialScan" {
+		return qerr(4120, "No index available on keyspace %s that matches your query. Use CREATE PRIMARY INDEX ON %s to create a primary index, or check that your expected index is online.",
+			r.id, r.id)
+	}
+	return nil
+}
+
 func (x *exec) scanOp(r *resolved, alias string, where expr) *object {
 	ixs := x.s.query.indexes[r.id]
 	names := strings.Split(r.id, ".")
@@ -1411,6 +1431,9 @@ func (x *exec) explainLocked(st any) (*object, error) {
 	}
 	r, err := x.resolveLocked(ks)
 	if err != nil {
+		return nil, err
+	}
+	if err := x.needIndexLocked(r, alias, where); err != nil {
 		return nil, err
 	}
 	names := strings.Split(r.id, ".")

@@ -75,7 +75,15 @@ func queryServer(t *testing.T) (*Server, *gocb.Cluster, *gocb.Bucket) {
 	c := connect(t, s)
 	require.NoError(t, c.WaitUntilReady(10*time.Second, &gocb.WaitUntilReadyOptions{
 		ServiceTypes: []gocb.ServiceType{gocb.ServiceTypeManagement, gocb.ServiceTypeQuery}}))
-	return s, c, readyBucket(t, c, "orders")
+	b := readyBucket(t, c, "orders")
+	// Primary indexes, as a query no index serves fails (4120).
+	for _, stmt := range setupIndexes[:3] {
+		res, err := c.Query(stmt, nil)
+		require.NoError(t, err, stmt)
+		require.NoError(t, res.Close())
+	}
+	s.ResetWork()
+	return s, c, b
 }
 
 func TestQueryAdapterStatements(t *testing.T) {
@@ -370,4 +378,40 @@ func TestQueryCaseExpression(t *testing.T) {
 	_, err = queryRows[any](t, c, "SELECT RAW CASE r.n WHEN 1 THEN 2 END FROM "+ksRetry+" AS r", nil)
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "searched CASE")
+}
+
+// A statement no index serves fails as Couchbase's query service fails it
+// (4120, a planning failure to gocb), EXPLAIN too, unless the server runs
+// sequential scans (7.6, for a user with the role).
+func TestAQueryNoIndexServesFails(t *testing.T) {
+	for _, seq := range []bool{false, true} {
+		s := Start(t, Options{VBuckets: 8, SequentialScans: seq, Buckets: []BucketSpec{{Name: "orders", Collections: []string{"_default.retry"}}}})
+		c := connect(t, s)
+		require.NoError(t, c.WaitUntilReady(10*time.Second, &gocb.WaitUntilReadyOptions{
+			ServiceTypes: []gocb.ServiceType{gocb.ServiceTypeQuery}}))
+		readyBucket(t, c, "orders")
+		for _, stmt := range []string{
+			"SELECT COUNT(*) AS n FROM " + ksRetry + " AS r WHERE r.fireRetry = true",
+			"EXPLAIN SELECT COUNT(*) AS n FROM " + ksRetry + " AS r WHERE r.fireRetry = true",
+			"UPDATE " + ksRetry + " AS r SET r.fireRetry = true WHERE r.ts < 5",
+		} {
+			res, err := c.Query(stmt, &gocb.QueryOptions{Adhoc: true}) // an EXPLAIN cannot be prepared
+			if seq {
+				if assert.NoError(t, err, stmt) {
+					assert.NoError(t, res.Close())
+				}
+				continue
+			}
+			assert.ErrorIs(t, err, gocb.ErrPlanningFailure, stmt)
+			assert.ErrorContains(t, err, `"code":4120`, stmt)
+		}
+		if !seq {
+			// An index that serves it: the statement runs.
+			_, err := c.Query("CREATE INDEX ix_fire ON "+ksRetry+"(fireRetry)", nil)
+			require.NoError(t, err)
+			res, err := c.Query("SELECT COUNT(*) AS n FROM "+ksRetry+" AS r WHERE r.fireRetry = true", nil)
+			require.NoError(t, err)
+			require.NoError(t, res.Close())
+		}
+	}
 }

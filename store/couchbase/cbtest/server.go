@@ -45,6 +45,11 @@ type Options struct {
 	// MajorityOnlyBuckets are buckets answered as MajorityOnly answers
 	// every one: ephemeral buckets among persistent ones.
 	MajorityOnlyBuckets []string
+	// SequentialScans runs a query that no index serves as a sequential
+	// scan, as 7.6 does for a user with the role for it. Default: it
+	// fails with 4120 ("No index available"), as 7.1 and 7.2 always do
+	// and 7.6 does without that role.
+	SequentialScans bool
 	// ExpiryPagerInterval is how often expired documents are turned into
 	// expirations in the background. Default 1s; negative disables the
 	// pager (expiry then happens on access and on ExpireNow).
