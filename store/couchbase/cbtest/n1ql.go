@@ -1366,6 +1366,9 @@ func (c *evalCtx) evalBin(x *exBin, r *row) (any, error) {
 		ls, ok1 := l.(string)
 		rs, ok2 := rv.(string)
 		if !ok1 || !ok2 {
+			if l == any(missing) || rv == any(missing) {
+				return missing, nil // as SQL++'s concatenation: MISSING before NULL
+			}
 			return nil, nil
 		}
 		return ls + rs, nil

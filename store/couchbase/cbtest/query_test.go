@@ -415,3 +415,24 @@ func TestAQueryNoIndexServesFails(t *testing.T) {
 		}
 	}
 }
+
+// Concatenation with MISSING is MISSING, with NULL or a non-string NULL,
+// as SQL++ has it: a filter IS NOT MISSING on such a value leaves out the
+// documents that lack the field.
+func TestQueryConcatenationOfMissingIsMissing(t *testing.T) {
+	_, c, b := queryServer(t)
+	retry := b.Collection("retry")
+	for k, v := range map[string]string{"a": `{"why":"x"}`, "b": `{}`, "c": `{"why":null}`, "d": `{"why":3}`} {
+		_, err := retry.Upsert(k, json.RawMessage(v), nil)
+		require.NoError(t, err)
+	}
+	type row struct {
+		ID      string `json:"id"`
+		Missing bool   `json:"missing"`
+		Null    bool   `json:"null"`
+	}
+	rows, err := queryRows[row](t, c, "SELECT META(r).id AS id, (\"dead: \" || r.why) IS MISSING AS missing, (\"dead: \" || r.why) IS NULL AS `null` FROM "+
+		ksRetry+" AS r ORDER BY META(r).id", nil)
+	require.NoError(t, err)
+	assert.Equal(t, []row{{"a", false, false}, {"b", true, false}, {"c", false, true}, {"d", false, true}}, rows)
+}
