@@ -345,7 +345,9 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	// soon after the last sweep before the pause.
 	due := t.lastSweep.IsZero() || t.resumed || t.waiting && !probing || t.topping || now.Before(t.lastSweep) ||
 		now.Sub(t.lastSweep) >= interval-t.cfg.Interval/2
-	back := t.lastSweep.Sub(now)
+	// On the wall clock: the readings time.Now gives carry the monotonic
+	// clock too, which Sub would use, and which never steps back.
+	back := t.lastSweep.Round(0).Sub(now.Round(0))
 	t.mu.Unlock()
 	if back > time.Second {
 		// Due times are the wall clock's, written in the documents: those
@@ -389,12 +391,14 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 				"flagged", n, "for_at_least", max(stuckAfter, 10*t.interval).String())
 		}
 	}
+	paused := false
 	for room != 0 {
 		// Retries stopped meanwhile stop the sweep before this batch: a
 		// pause in an outage must not let a second's worth of batches
 		// through, nor the first, when the pause came while the tick
 		// wrote its lease (up to seconds on a busy store).
 		if _, err := t.store.Get(ctx, order.Retry, order.ControlKey); errors.Is(err, store.ErrNotFound) {
+			paused = true // a resume before the next tick sweeps at once all the same
 			break
 		} else if err != nil {
 			return res, t.sweepFailed(lctx, now, fmt.Errorf("read %s: %w", order.ControlKey, err))
@@ -437,7 +441,7 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 	t.mu.Lock()
 	t.lastSweep = now
 	t.waiting = probing
-	t.resumed = false
+	t.resumed = paused
 	t.mu.Unlock()
 	return res, nil
 }

@@ -1142,3 +1142,39 @@ func TestAClockSteppedBackIsSaid(t *testing.T) {
 	require.Len(t, said, 1, "logs:\n%s", logs.String())
 	assert.Contains(t, said[0], "stepped_back=1h0m1s")
 }
+
+// pausingStore deletes allow_retrys as the sweep starts: retries stopped
+// while a sweep is under way.
+type pausingStore struct {
+	store.Store
+	once sync.Once
+}
+
+func (p *pausingStore) FlaggedRetries(ctx context.Context) (int, error) {
+	p.once.Do(func() { _ = p.Store.Remove(ctx, order.Retry, order.ControlKey, 0) })
+	return p.Store.FlaggedRetries(ctx)
+}
+
+// A pause the sweep itself finds (retries stopped while it ran), and a
+// resume before the next tick: the resume's tick sweeps at once, though
+// no tick saw the pause.
+func TestAPauseTheSweepFoundLetsTheResumeSweepAtOnce(t *testing.T) {
+	st := &pausingStore{Store: openStore(t)}
+	ctx := context.Background()
+	tm, err := timer.New(timer.Config{Interval: time.Second, Quantum: 15 * time.Second}, st, quiet, nil)
+	require.NoError(t, err)
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{"interval":"1h"}`))
+	require.NoError(t, err)
+	retryDoc(t, st, "due", time.Minute)
+	res, err := tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	require.Zero(t, res.Batches, "stopped before its first batch")
+	require.False(t, fired(t, st, "due"))
+
+	_, err = st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{"interval":"1h"}`))
+	require.NoError(t, err)
+	res, err = tm.Sweep(ctx, pinned.Add(time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1, Batches: 1}, res)
+	assert.True(t, fired(t, st, "due"))
+}
