@@ -317,17 +317,18 @@ func decideRetry(c Change, st store.State, now time.Time, lim Limits) Plan {
 		p.Warn = fmt.Sprintf("order is no longer paid (payment state %q); its retry is dropped", o.PaymentStatus)
 		return p
 	}
-	if reason, detail := problem(key, st.Order, o, decodeErr, lim); reason != "" {
-		return retryDeadLetter(key, st, r, reason, detail, now)
-	}
 	if r.IdempotencyKey == "" && st.Order.Incarnation == 0 {
 		// A retry without a key where the store keeps no incarnations
 		// (Couchbase): the sample's, whose sends carried none, or the first
 		// release's, which sent "confirmation:<key>" on every attempt. That
 		// key, lest the email service take this attempt for a new
-		// confirmation. (The embedded store wrote it into the first
+		// confirmation, and its dead letter's (below), which a mended
+		// order is sent under. (The embedded store wrote it into the first
 		// release's documents as it upgraded them.)
 		r.IdempotencyKey = order.IdempotencyKey(key, 0)
+	}
+	if reason, detail := problem(key, st.Order, o, decodeErr, lim); reason != "" {
+		return retryDeadLetter(key, st, r, reason, detail, now)
 	}
 	if r.IdempotencyKey == "" || otherIncarnation(r.IdempotencyKey, key, st.Order) {
 		// A key of another incarnation is a deleted order's: this one is new.

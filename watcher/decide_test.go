@@ -382,19 +382,25 @@ func TestAMendedOrderIsSentUnderTheKeyItsDeadLetteredRetriesHad(t *testing.T) {
 	r := out.Retry
 	r.FireRetry = true
 
+	keyless := r
+	keyless.IdempotencyKey = "" // the sample's, or the first release's: sent as confirmation:o
 	for _, tt := range []struct {
 		name, blanked string
+		retry         order.RetryDoc
 		wantKey       string
 	}{
-		{"address blanked", `{"email":"","paymentStatus":"paid"}`, "confirmation:o@10"},
-		{"order deleted", "", "confirmation:o@12"},
+		{"address blanked", `{"email":"","paymentStatus":"paid"}`, r, "confirmation:o@10"},
+		{"address blanked, a retry without a key", `{"email":"","paymentStatus":"paid"}`, keyless, "confirmation:o"},
+		{"order deleted", "", r, "confirmation:o@12"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			dl := Decide(Change{Collection: order.Retry, Key: "o"}, cb(state(tt.blanked, string(r.Encode()), ""), 11), now, limits)
+			dl := Decide(Change{Collection: order.Retry, Key: "o"}, cb(state(tt.blanked, string(tt.retry.Encode()), ""), 11), now, limits)
 			require.Equal(t, Write, dl.Action, dl.Reason)
 			d, err := order.DecodeDeadLetter(dl.Writes[0].Value)
 			require.NoError(t, err)
-			require.Equal(t, "confirmation:o@10", d.IdempotencyKey, "%s: the dead letter keeps the retries' key", d.Reason)
+			if tt.retry.IdempotencyKey != "" {
+				require.Equal(t, tt.retry.IdempotencyKey, d.IdempotencyKey, "%s: the dead letter keeps the retries' key", d.Reason)
+			}
 			again := Decide(Change{Collection: order.Inbound, Key: "o"}, cb(state(paid, "", string(dl.Writes[0].Value)), 12), now, limits)
 			require.Equal(t, Send, again.Action, again.Reason)
 			assert.Equal(t, tt.wantKey, again.IdempotencyKey, "dead-lettered %s", d.Reason)
