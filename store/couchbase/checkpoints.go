@@ -170,6 +170,11 @@ func (m metaCheckpoints) Release(ctx context.Context, name string, vb uint16, me
 	// Lost in a failover, the document would name me again, who no longer
 	// streams vb and never looks at it again, and the member it is
 	// assigned to would find it taken for as long as I live.
+	if m.s.releaseFail != nil {
+		if err := m.s.releaseFail(vb); err != nil {
+			return err // the test's: not made
+		}
+	}
 	_, err := m.writeOwned(withDurableMeta(ctx), name, vb, me, ownedCheckpoint{position: p, Epoch: c.epoch}, c)
 	if err == nil && m.s.releaseFault != nil {
 		err = m.s.releaseFault(vb) // the test's: made, its answer and the read back lost

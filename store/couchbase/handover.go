@@ -567,10 +567,18 @@ func (f *feed) fence(ctx context.Context, at time.Time, only map[uint16]bool) {
 	now := f.opts.now()
 	kept := 0
 	for _, vb := range saved {
-		if st := f.state[vb]; st.held && !st.releasing {
-			st.phase, st.at, st.closeFirst, st.suspect = phaseWaiting, now, true, false
-			kept++
+		st := f.state[vb]
+		if !st.held || st.releasing {
+			continue
 		}
+		st.suspect = false
+		// Ours, but assigned to another member (a handover that failed):
+		// not streamed again, only handed over, which this heartbeat does.
+		if owners := f.own.owners; owners != nil && owners[vb] != f.own.me {
+			continue
+		}
+		st.phase, st.at, st.closeFirst = phaseWaiting, now, true
+		kept++
 	}
 	f.stats.Reopens += uint64(kept)
 	// The rest stay unstreamed until a heartbeat finds them ours.

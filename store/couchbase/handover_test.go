@@ -1109,3 +1109,37 @@ func TestAHandoverMadeThoughItSeemedToFailIsClaimedAgainBeforeItIsStreamed(t *te
 	assert.Equal(t, released.Load(), reclaimed.Load(), "x streamed to a again before a claimed it: %d stream requests at the handover, %d at the claim",
 		released.Load(), reclaimed.Load())
 }
+
+// A handover whose write failed, not made, leaves the vBucket this
+// member's, unsure: the next heartbeat's checkpoint write finds it so, and
+// as it is assigned to another member it is handed over again, not
+// streamed again in between (which read events only to drop them).
+func TestAFailedHandoverIsHandedOverAgainNotStreamedAgain(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	owners := assignment([]string{"a", "b"}, testVBuckets)
+	x := uint16(slices.Index(owners, "b"))
+	var fail atomic.Int32
+	fail.Store(1)
+	a := openStore(t, cfg, func(s *Store) {
+		s.member = "a"
+		s.releaseFail = func(vb uint16) error {
+			if vb == x && fail.Add(-1) >= 0 {
+				return fmt.Errorf("hand vb %d over: %w", vb, store.ErrUnavailable)
+			}
+			return nil
+		}
+	})
+	subA := subscribe(t, a, "feed", watched, false)
+	b := openStore(t, cfg, func(s *Store) { s.member = "b" })
+	subB := subscribe(t, b, "feed", watched, false)
+	fb := subB.(*feed)
+	waitFor(t, func() (bool, string) {
+		fb.mu.Lock()
+		held := fb.state[x].held
+		fb.mu.Unlock()
+		sa, sb := feedStats(subA), feedStats(subB)
+		return held && sa.VBuckets+sb.VBuckets == testVBuckets, fmt.Sprintf("b holds x (vb %d): %v; a %+v, b %+v", x, held, sa, sb)
+	})
+	require.Less(t, fail.Load(), int32(0), "a's first handover of x failed")
+	assert.Zero(t, feedStats(subA).Reopens, "x streamed again by a while assigned to b")
+}

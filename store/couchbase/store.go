@@ -55,6 +55,7 @@ type Store struct {
 	onAmbiguous  func(store.Write)
 	claimFault   func(vb uint16) error
 	releaseFault func(vb uint16) error
+	releaseFail  func(vb uint16) error // a handover's write that fails, not made
 }
 
 var _ store.Store = (*Store)(nil)

@@ -193,10 +193,6 @@ func (v *vbucket) entriesAfter(from, to uint64, max int) ([]logEntry, uint64) {
 	return out, to
 }
 
-// rollbackTo discards everything after seqno and starts a new branch of
-// history there. A document whose latest version is discarded gets back
-// the version it had at seqno (the log keeps every version), or
-// disappears if it did not exist then.
 // purgeTombstones drops every tombstone, as compaction does once they are
 // older than the metadata purge interval, and raises the purge seqno to
 // the highest of them.
@@ -214,6 +210,10 @@ func (v *vbucket) purgeTombstones() {
 	v.log = kept
 }
 
+// rollbackTo discards everything after seqno and starts a new branch of
+// history there. A document whose latest version is discarded gets back
+// the version it had at seqno (the log keeps every version), or
+// disappears if it did not exist then.
 func (v *vbucket) rollbackTo(seqno uint64) {
 	if seqno > v.high {
 		seqno = v.high
