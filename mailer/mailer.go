@@ -373,10 +373,13 @@ type Client struct {
 	gate      *gobreaker.CircuitBreaker[struct{}]
 	misconfig atomic.Pointer[string] // the latest configuration failure's reason
 	// refused is when sends were last refused as a configuration is, by key, and
-	// lastAccepted when the latest accepted send started (unix ns): see
-	// refusedAgain.
+	// lastAccepted when the latest accepted send started: see
+	// refusedAgain. Both on the monotonic clock, as nanoseconds since
+	// epoch (mono), so that a wall clock stepped forward and back does not
+	// leave lastAccepted ahead of every refusal to come.
 	refused      *lru.Cache[string, refusal]
 	lastAccepted atomic.Int64
+	epoch        time.Time
 	// missing counts the orders answered in a row that the URL names no
 	// endpoint (endpointMissing) with no send accepted between; missingKeys
 	// are they (endpointRefusals at most).
@@ -432,6 +435,7 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 		retryable: map[int]bool{},
 		log:       log.With("component", "mailer"),
 		now:       time.Now,
+		epoch:     time.Now(),
 		auth:      watchfile.New("mail-auth-file", cfg.AuthFile),
 		tlsf: tlsFiles{ca: watchfile.New("mail-ca-file", cfg.CAFile),
 			cert: watchfile.New("mail-cert-file", cfg.CertFile), key: watchfile.New("mail-key-file", cfg.KeyFile)},
@@ -966,8 +970,8 @@ func (c *Client) accepted(now time.Time) {
 		c.missingMu.Unlock()
 	}
 	for {
-		last := c.lastAccepted.Load()
-		if now.UnixNano() <= last || c.lastAccepted.CompareAndSwap(last, now.UnixNano()) {
+		last, at := c.lastAccepted.Load(), c.mono(now)
+		if at <= last || c.lastAccepted.CompareAndSwap(last, at) {
 			return
 		}
 	}
@@ -986,17 +990,21 @@ func (c *Client) refusedAgain(key string, now time.Time) bool {
 	prev, ok := c.refused.Get(key)
 	// Once the order's own, always: retried in a quiet hour, with no send
 	// accepted since its last refusal, it is still its own.
-	own := ok && (prev.own || c.lastAccepted.Load() > prev.at.UnixNano())
-	c.refused.Add(key, refusal{at: now, own: own})
+	own := ok && (prev.own || c.lastAccepted.Load() > prev.at)
+	c.refused.Add(key, refusal{at: c.mono(now), own: own})
 	return own
 }
 
 // refusal is an order's last refusal as a configuration is refused: when,
 // and whether it is known to be the order's own (refusedAgain).
 type refusal struct {
-	at  time.Time
+	at  int64 // mono
 	own bool
 }
+
+// mono is t on the monotonic clock, in nanoseconds since the client was
+// made (the wall clock's where t carries no monotonic reading).
+func (c *Client) mono(t time.Time) int64 { return int64(t.Sub(c.epoch)) }
 
 // mediaType is the media type of a Content-Type, or "" when it is malformed
 // or too long to be one.
