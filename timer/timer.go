@@ -341,13 +341,14 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	// (an email service that does not answer, up to --mail-timeout) gets
 	// another one an interval later, not every poll.
 	// A clock stepped back to before the last sweep sweeps at once rather
-	// than wait until it is back there. A resume sweeps at once, however
-	// soon after the last sweep before the pause.
-	due := t.lastSweep.IsZero() || t.resumed || t.waiting && !probing || t.topping || now.Before(t.lastSweep) ||
-		now.Sub(t.lastSweep) >= interval-t.cfg.Interval/2
-	// On the wall clock: the readings time.Now gives carry the monotonic
-	// clock too, which Sub would use, and which never steps back.
+	// than wait until it is back there (and is said once: the sweep moves
+	// the last sweep back with it); on the wall clock, as the readings
+	// time.Now gives carry the monotonic clock too, which Sub would use,
+	// and which never steps back. A resume sweeps at once, however soon
+	// after the last sweep before the pause.
 	back := t.lastSweep.Round(0).Sub(now.Round(0))
+	due := t.lastSweep.IsZero() || t.resumed || t.waiting && !probing || t.topping || back > time.Second || now.Before(t.lastSweep) ||
+		now.Sub(t.lastSweep) >= interval-t.cfg.Interval/2
 	t.mu.Unlock()
 	if back > time.Second {
 		// Due times are the wall clock's, written in the documents: those
