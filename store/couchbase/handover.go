@@ -237,6 +237,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 			// A handover that could not write its checkpoint, and vb is
 			// ours again: stream it again.
 			st.phase, st.at, st.closeFirst = phaseWaiting, now, true
+			f.stats.Reopens++
 		case !st.held && mine:
 			st.claiming = true
 			claims = append(claims, vb)
@@ -565,7 +566,7 @@ func (f *feed) fence(ctx context.Context, at time.Time, only map[uint16]bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	now := f.opts.now()
-	kept := 0
+	kept, handing := 0, 0
 	for _, vb := range saved {
 		st := f.state[vb]
 		if !st.held || st.releasing {
@@ -575,6 +576,7 @@ func (f *feed) fence(ctx context.Context, at time.Time, only map[uint16]bool) {
 		// Ours, but assigned to another member (a handover that failed):
 		// not streamed again, only handed over, which this heartbeat does.
 		if owners := f.own.owners; owners != nil && owners[vb] != f.own.me {
+			handing++
 			continue
 		}
 		st.phase, st.at, st.closeFirst = phaseWaiting, now, true
@@ -583,11 +585,12 @@ func (f *feed) fence(ctx context.Context, at time.Time, only map[uint16]bool) {
 	f.stats.Reopens += uint64(kept)
 	// The rest stay unstreamed until a heartbeat finds them ours.
 	lost := int(f.stats.Fenced - fenced)
+	unknown := len(held) - kept - handing - lost
 	if only == nil {
 		f.log.Warn("heartbeat came late: this member may have been taken for dead", "late_by", at.Sub(f.own.lastBeat),
-			"kept", kept, "lost", lost, "unknown", len(held)-kept-lost, "error", err)
+			"kept", kept, "handing_over", handing, "lost", lost, "unknown", unknown, "error", err)
 	} else {
-		f.log.Warn("vBuckets not yet found ours checked again", "kept", kept, "lost", lost, "unknown", len(held)-kept-lost, "error", err)
+		f.log.Warn("vBuckets not yet found ours checked again", "kept", kept, "handing_over", handing, "lost", lost, "unknown", unknown, "error", err)
 	}
 	f.poke()
 }
