@@ -398,8 +398,15 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 		// pause in an outage must not let a second's worth of batches
 		// through, nor the first, when the pause came while the tick
 		// wrote its lease (up to seconds on a busy store).
+		asked := t.now()
 		if _, err := t.store.Get(ctx, order.Retry, order.ControlKey); errors.Is(err, store.ErrNotFound) {
-			paused = true // a resume before the next tick sweeps at once all the same
+			// As a tick that found the pause: a resume before the next
+			// tick sweeps at once all the same, and sees to the settings
+			// the pause kept (dropKept).
+			paused = true
+			t.mu.Lock()
+			t.pausedSeen = asked
+			t.mu.Unlock()
 			break
 		} else if err != nil {
 			return res, t.sweepFailed(lctx, now, fmt.Errorf("read %s: %w", order.ControlKey, err))

@@ -1151,13 +1151,19 @@ type pausingStore struct {
 }
 
 func (p *pausingStore) FlaggedRetries(ctx context.Context) (int, error) {
-	p.once.Do(func() { _ = p.Store.Remove(ctx, order.Retry, order.ControlKey, 0) })
+	p.once.Do(func() {
+		// As `retries stop` does: its settings kept, then allow_retrys deleted.
+		kept := order.KeptControl{Control: order.Control{Interval: time.Hour}, PausedAt: time.Now()}.Encode()
+		_, _ = p.Store.Upsert(ctx, store.Meta, order.KeptControlKey, kept)
+		_ = p.Store.Remove(ctx, order.Retry, order.ControlKey, 0)
+	})
 	return p.Store.FlaggedRetries(ctx)
 }
 
 // A pause the sweep itself finds (retries stopped while it ran), and a
-// resume before the next tick: the resume's tick sweeps at once, though
-// no tick saw the pause.
+// resume by other means before the next tick: the resume's tick sweeps at
+// once, though no tick saw the pause, and drops the settings the pause
+// kept (allow_retrys' own stand).
 func TestAPauseTheSweepFoundLetsTheResumeSweepAtOnce(t *testing.T) {
 	st := &pausingStore{Store: openStore(t)}
 	ctx := context.Background()
@@ -1177,4 +1183,6 @@ func TestAPauseTheSweepFoundLetsTheResumeSweepAtOnce(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: 1, Batches: 1}, res)
 	assert.True(t, fired(t, st, "due"))
+	_, err = st.Get(ctx, store.Meta, order.KeptControlKey)
+	assert.ErrorIs(t, err, store.ErrNotFound, "the settings the pause kept were dropped")
 }
