@@ -891,10 +891,14 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		if c.refusedAgain(idempotencyKey, answered) {
 			class = Transient // the order's own: counted, retried, dead-lettered in the end
 		}
-	case endpointMissing(resp.StatusCode):
+	case endpointMissing(resp.StatusCode),
+		redirect(resp.StatusCode) && !c.cfg.RetryAllFailures && !c.retryable[resp.StatusCode]:
 		// Maybe the order's (a service that answers 404 for a recipient it
 		// does not know): tried again, dead-lettered when its attempts run
-		// out; never at once, as it may be the URL's.
+		// out; never at once, as it may be the URL's. So is a redirect,
+		// never followed (it would post the order again, maybe elsewhere,
+		// maybe as a GET): an API moved, or an http:// URL a provider
+		// sends to https://, answers every order so.
 		class = Transient
 		// Answered so before, and another accepted since: the order's own,
 		// which says nothing of the URL and does not count.
@@ -903,14 +907,6 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		}
 	case c.cfg.RetryAllFailures || c.retryable[resp.StatusCode]:
 		class = Transient
-	case redirect(resp.StatusCode):
-		// Never followed (it would post the order again, maybe elsewhere,
-		// maybe as a GET); an API moved, or an http:// URL a provider
-		// sends to https://, answers every order so: the URL's, as above.
-		class = Transient
-		if own := c.refusedAgain(idempotencyKey, answered); !own && c.endpointMissingFor(idempotencyKey) >= endpointRefusals {
-			class = Configuration
-		}
 	}
 	se := &SendError{
 		Class:       class,
