@@ -876,32 +876,6 @@ func TestOutcomeConflictsWaitBetweenTries(t *testing.T) {
 	assert.Len(t, logs.Lines("keep changing; trying again"), 2, "conflicts 11 and 12 waited:\n%s", logs.String())
 }
 
-// readOf signals read once the feed has handed out an event of key.
-type readOf struct {
-	store.Store
-	key  string
-	once sync.Once
-	read chan struct{}
-}
-
-func (r *readOf) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
-	sub, err := r.Store.Subscribe(ctx, name, colls, opts)
-	return &readOfSub{Subscription: sub, r: r}, err
-}
-
-type readOfSub struct {
-	store.Subscription
-	r *readOf
-}
-
-func (s *readOfSub) Next(ctx context.Context) (store.Event, error) {
-	ev, err := s.Subscription.Next(ctx)
-	if err == nil && ev.Key == s.r.key {
-		s.r.once.Do(func() { close(s.r.read) })
-	}
-	return ev, err
-}
-
 // holdFirst holds its first send until release closes.
 type holdFirst struct {
 	watcher.Sender
@@ -936,12 +910,12 @@ func (h *holdFirst) Send(ctx context.Context, key string, body []byte) error {
 func TestAnOrderCancelledWhileItsEventWaitsIsNotMailed(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
 	put(t, e.store, order.Inbound, "a", paidOrder)
-	st := &readOf{Store: e.store, key: "b", read: make(chan struct{})}
+	st := &markedFeed{Store: e.store, key: "b", seen: make(chan struct{})}
 	send := &holdFirst{Sender: e.mail, holding: make(chan struct{}), release: make(chan struct{})}
 	w := startSingleWith(t, watcher.Config{SnapshotAge: time.Nanosecond}, st, send, &syncBuffer{})
 	recvWithin(t, send.holding, "order a was never sent")
 	put(t, e.store, order.Inbound, "b", paidOrder)
-	recvWithin(t, st.read, "the feed never handed out order b")
+	recvWithin(t, st.seen, "the feed never handed out order b")
 	put(t, e.store, order.Inbound, "b", strings.Replace(paidOrder, `"paid"`, `"cancelled"`, 1))
 	close(send.release)
 	waitHandled(t, w, 2)
@@ -1010,7 +984,7 @@ type sendFunc func(ctx context.Context, key string, body []byte) error
 func (f sendFunc) Send(ctx context.Context, key string, body []byte) error { return f(ctx, key, body) }
 
 // markedFeed is a store whose feed closes seen when it hands out a change
-// of key whose value holds mark.
+// of key whose value holds mark (any change of key, mark "").
 type markedFeed struct {
 	store.Store
 	key, mark string
