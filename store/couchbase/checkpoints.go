@@ -201,14 +201,7 @@ func (m metaCheckpoints) Started(ctx context.Context, name string) (bool, error)
 // MarkStarted records that every vBucket's start is written (Started),
 // durably when asked.
 func (m metaCheckpoints) MarkStarted(ctx context.Context, name string, durable bool) error {
-	if durable {
-		ctx = withDurableMeta(ctx)
-	}
-	_, err := m.s.Insert(ctx, store.Meta, startedKey(name), []byte(`{"fromNow":true}`))
-	if errors.Is(err, store.ErrExists) {
-		return nil
-	}
-	return err
+	return m.insertIfAbsent(ctx, startedKey(name), []byte(`{"fromNow":true}`), durable)
 }
 
 // Begin writes vb's checkpoint document at p, naming no owner, unless it
@@ -219,10 +212,16 @@ func (m metaCheckpoints) Begin(ctx context.Context, name string, vb uint16, p po
 	if err != nil {
 		return err
 	}
+	return m.insertIfAbsent(ctx, checkpointKey(name, vb), b, durable)
+}
+
+// insertIfAbsent writes the metadata document key unless it exists,
+// durably when asked.
+func (m metaCheckpoints) insertIfAbsent(ctx context.Context, key string, value []byte, durable bool) error {
 	if durable {
 		ctx = withDurableMeta(ctx)
 	}
-	_, err = m.s.Insert(ctx, store.Meta, checkpointKey(name, vb), b)
+	_, err := m.s.Insert(ctx, store.Meta, key, value)
 	if errors.Is(err, store.ErrExists) {
 		return nil
 	}
