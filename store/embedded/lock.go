@@ -14,14 +14,15 @@ import (
 // crash, with no lease to expire and no clocks to trust. Other commands
 // (load, status) do not take it.
 type ProcessLock struct {
-	path    string
-	f       *os.File
-	created bool
+	db, path string
+	f        *os.File
+	created  bool
 }
 
 // NewProcessLock returns the lock for the database at dbPath.
 func NewProcessLock(dbPath string) *ProcessLock {
-	return &ProcessLock{path: RealPath(dbPath) + ".lock"}
+	db := RealPath(dbPath)
+	return &ProcessLock{db: db, path: db + ".lock"}
 }
 
 // Path is the lock file.
@@ -33,7 +34,7 @@ func (l *ProcessLock) TryLock() (bool, error) {
 		return true, nil
 	}
 	_, statErr := os.Stat(l.path)
-	f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	f, err := openLockFile(l.db, l.path)
 	if err != nil {
 		return false, fmt.Errorf("lock %s: %w", l.path, err)
 	}
@@ -109,7 +110,7 @@ const writeLockSuffix = ".writelock"
 
 func openWriteLock(dbPath string) *writeLock {
 	l := &writeLock{path: dbPath + writeLockSuffix}
-	if f, err := os.OpenFile(l.path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600); err == nil {
+	if f, err := openLockFile(dbPath, l.path); err == nil {
 		l.f = f
 	}
 	return l
@@ -203,4 +204,37 @@ func flock(f *os.File, how int) error {
 			return err
 		}
 	}
+}
+
+// openLockFile opens the lock file at path beside the database at dbPath,
+// made private if it is not there. One made or opened by root is given to
+// the database file's owner, as SQLite gives its -wal and -shm files: a
+// command run once with sudo must not leave the service's user a lock file
+// it cannot open, and a file so left by an earlier release is given back
+// the next time root opens the store.
+func openLockFile(dbPath, path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, os.ErrPermission) {
+		if st, serr := os.Lstat(path); serr == nil {
+			if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() {
+				return nil, fmt.Errorf("%w: it belongs to uid %d, not to this process's %d (made by a command run as "+
+					"another user?): chown it to the store's owner, or remove it while no ordermail uses the store",
+					err, sys.Uid, os.Geteuid())
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if os.Geteuid() == 0 {
+		if st, err := os.Stat(dbPath); err == nil {
+			if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid != 0 {
+				if err := f.Chown(int(sys.Uid), int(sys.Gid)); err != nil {
+					f.Close()
+					return nil, fmt.Errorf("give %s to the store's owner (uid %d): %w", path, sys.Uid, err)
+				}
+			}
+		}
+	}
+	return f, nil
 }

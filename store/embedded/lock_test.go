@@ -1,7 +1,12 @@
 package embedded_test
 
 import (
+	"context"
+	"errors"
+	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/ordermail/ordermail/store/embedded"
@@ -26,4 +31,41 @@ func TestProcessLockIsExclusive(t *testing.T) {
 	assert.True(t, ok, "free once released")
 	require.NoError(t, b.Unlock())
 	assert.Equal(t, db+".lock", a.Path())
+}
+
+// A command run with sudo on a store the service's user owns leaves that
+// user every file it made beside the store: a lock file root kept would
+// stop the service at its next start ("permission denied").
+func TestLockFilesRootMakesAreTheStoresOwners(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: it shows what a command run as root leaves the store's owner")
+	}
+	dir := t.TempDir()
+	db := filepath.Join(dir, "o.db")
+	const uid, gid = 65534, 65534 // nobody
+	require.NoError(t, os.WriteFile(db, nil, 0o600))
+	require.NoError(t, os.Chown(db, uid, gid))
+
+	s, err := embedded.Open(context.Background(), embedded.Config{Path: db})
+	require.NoError(t, err)
+	l := embedded.NewProcessLock(db)
+	ok, err := l.TryLock()
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.NoError(t, l.Unlock())
+	require.NoError(t, s.Close())
+
+	names, err := filepath.Glob(db + ".*")
+	require.NoError(t, err)
+	require.Len(t, names, 4, "the process, open, upgrade and write locks: %v", names)
+	for _, name := range append(names, db+"-wal", db+"-shm") {
+		st, err := os.Stat(name)
+		if errors.Is(err, os.ErrNotExist) && (strings.HasSuffix(name, "-wal") || strings.HasSuffix(name, "-shm")) {
+			continue // SQLite's own, gone with the last connection
+		}
+		require.NoError(t, err)
+		sys := st.Sys().(*syscall.Stat_t)
+		assert.Equal(t, [2]uint32{uid, gid}, [2]uint32{sys.Uid, sys.Gid}, "%s belongs to the store's owner", filepath.Base(name))
+		assert.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "%s stays private", filepath.Base(name))
+	}
 }

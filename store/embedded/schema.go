@@ -173,7 +173,9 @@ func migrateV2(ctx context.Context, tx *sql.Tx) error {
 			}
 			page = append(page, r)
 		}
-		if err := rows.Close(); err != nil {
+		// A read that failed ends the rows as the last page would: the
+		// rest would be dropped with the old table.
+		if err := errors.Join(rows.Err(), rows.Close()); err != nil {
 			return err
 		}
 		for _, r := range page {
@@ -526,7 +528,7 @@ var ErrUpgradeWhileRunning = errors.New("an ordermail of an older version has it
 // meanwhile waits a moment, never for as long as this store is open.
 func upgrade(ctx context.Context, path, dsn string, grace time.Duration) (release func(), err error) {
 	openPath := RealPath(path) + ".open"
-	open, err := os.OpenFile(openPath, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	open, err := openLockFile(RealPath(path), openPath)
 	if err != nil {
 		return nil, fmt.Errorf("open lock %s: %w", openPath, err)
 	}
@@ -571,7 +573,7 @@ func upgrade(ctx context.Context, path, dsn string, grace time.Duration) (releas
 // shared when that is SchemaVersion, and with no lock held when the file
 // stays older (others have it open) or is newer.
 func look(ctx context.Context, db *sql.DB, path string, open *os.File) (int, error) {
-	unlock, err := lockUpgrade(ctx, RealPath(path)+".upgrade")
+	unlock, err := lockUpgrade(ctx, RealPath(path), RealPath(path)+".upgrade")
 	if err != nil {
 		return 0, err
 	}
@@ -627,8 +629,8 @@ func upgradeHeld(ctx context.Context, db *sql.DB, path string) error {
 // lockUpgrade takes the upgrade lock at path, waiting for another process
 // that holds it until ctx ends. Every release holds it only for its look
 // at the file (and its upgrade).
-func lockUpgrade(ctx context.Context, path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+func lockUpgrade(ctx context.Context, dbPath, path string) (unlock func(), err error) {
+	f, err := openLockFile(dbPath, path)
 	if err != nil {
 		return nil, fmt.Errorf("upgrade lock %s: %w", path, err)
 	}
