@@ -85,7 +85,7 @@ func (s *Server) mgmtRoutes(n *node) *http.ServeMux {
 		for _, x := range s.nodes {
 			nodes = append(nodes, map[string]any{
 				"hostname": "127.0.0.1:" + strconv.Itoa(x.mgmtPort), "thisNode": x == n,
-				"ports": map[string]int{"direct": x.kvPort}, "services": []string{"kv", "n1ql"},
+				"ports": map[string]int{"direct": x.kvPort}, "services": []string{"kv", "n1ql", "index"},
 				"clusterMembership": "active", "status": "healthy", "version": "7.6.2-0000-enterprise",
 				"nodeUUID": fmt.Sprintf("%032x", x.idx+1),
 			})
@@ -207,7 +207,26 @@ func formUint(r *http.Request, key string) (uint64, error) {
 
 // manifestOp runs a scope or collection change and answers ns_server's
 // way: 200 {"uid":"<hex>"} or an error body gocb classifies.
+// RefuseManagement answers, while on, a request to create or drop a
+// bucket, scope or collection 403, as the cluster answers a user with
+// data and query roles alone, before it looks whether what is asked for
+// exists. For tests.
+func (s *Server) RefuseManagement(on bool) { s.refuseManagement.Store(on) }
+
+// forbidden answers 403 while RefuseManagement is on.
+func (s *Server) forbidden(w http.ResponseWriter, permission string) bool {
+	if !s.refuseManagement.Load() {
+		return false
+	}
+	writeJSON(w, 403, map[string]any{"message": "Forbidden. User needs the following permissions",
+		"permissions": []string{permission}})
+	return true
+}
+
 func (s *Server) manifestOp(w http.ResponseWriter, r *http.Request, f func(b *bucket) error) {
+	if s.forbidden(w, "cluster.bucket["+r.PathValue("b")+"].collections!write") {
+		return
+	}
 	_ = r.ParseForm()
 	s.mu.Lock()
 	b := s.buckets[r.PathValue("b")]
@@ -254,6 +273,9 @@ func (s *Server) bucketInfoLocked(b *bucket, thisNode int) map[string]any {
 }
 
 func (s *Server) handleCreateBucket(w http.ResponseWriter, r *http.Request) {
+	if s.forbidden(w, "cluster.buckets!create") {
+		return
+	}
 	if err := r.ParseForm(); err != nil {
 		fieldErrors(w, 400, "_", err.Error())
 		return

@@ -69,8 +69,9 @@ func qerr(code int, format string, args ...any) *queryError {
 // Statement kinds.
 
 type ksRef struct {
-	parts []string // bucket[.scope.collection] or, with a query context, [scope.]collection
-	text  string
+	parts  []string // bucket[.scope.collection] or, with a query context, [scope.]collection
+	text   string
+	system bool // system:<parts[0]>, a catalog of the query service
 }
 
 type projTerm struct {
@@ -139,6 +140,11 @@ type createIndexStmt struct {
 	with        string
 }
 
+type buildIndexStmt struct {
+	ks    *ksRef
+	names []string
+}
+
 type dropIndexStmt struct {
 	name     string
 	primary  bool
@@ -170,6 +176,7 @@ func shapeTable() []shape {
 		{"explain", `^EXPLAIN\s+(?P<stmt>.+?)$`, buildExplain},
 		{"create-primary-index", `^CREATE\s+PRIMARY\s+INDEX(?P<ine>\s+IF\s+NOT\s+EXISTS)?(?:\s+(?P<name>ID))?(?P<ine2>\s+IF\s+NOT\s+EXISTS)?\s+ON\s+(?P<ks>KS)(?:\s+USING\s+GSI)?(?:\s+WITH\s+(?P<with>.+?))?$`, buildCreateIndex},
 		{"create-index", `^CREATE\s+INDEX(?P<ine>\s+IF\s+NOT\s+EXISTS)?\s+(?P<name>ID)(?P<ine2>\s+IF\s+NOT\s+EXISTS)?\s+ON\s+(?P<ks>KS)\s*\((?P<keys>[^)]*)\)(?:\s+WHERE\s+(?P<where>.+?))?(?:\s+USING\s+GSI)?(?:\s+WITH\s+(?P<with>.+?))?$`, buildCreateIndex},
+		{"build-index", `^BUILD\s+INDEX\s+ON\s+(?P<ks>KS)\s*\((?P<names>[^)]*)\)(?:\s+USING\s+GSI)?$`, buildBuildIndex},
 		{"drop-primary-index", `^DROP\s+PRIMARY\s+INDEX(?P<ie>\s+IF\s+EXISTS)?\s+ON\s+(?P<ks>KS)(?:\s+USING\s+GSI)?$`, buildDropIndex},
 		{"drop-index", `^DROP\s+INDEX\s+(?P<name>ID)(?P<ie>\s+IF\s+EXISTS)?\s+ON\s+(?P<ks>KS)(?:\s+USING\s+GSI)?$`, buildDropIndex},
 		{"update", `^UPDATE\s+(?P<ks>KS)(?:\s+(?:AS\s+)?(?P<alias>ID))?\s+SET\s+(?P<set>.+?)(?:\s+UNSET\s+(?P<unset>.+?))?(?:\s+WHERE\s+(?P<where>.+?))?(?:\s+LIMIT\s+(?P<limit>.+?))?(?:\s+RETURNING\s+(?P<ret>.+?))?$`, buildUpdate},
@@ -189,7 +196,7 @@ var (
 
 const (
 	idPat = "(?:`[^`]*`|[A-Za-z_][A-Za-z0-9_]*)"
-	ksPat = `(?:default:)?` + idPat + `(?:\.` + idPat + `){0,2}`
+	ksPat = `(?:(?:default|system):)?` + idPat + `(?:\.` + idPat + `){0,2}`
 )
 
 func init() {
@@ -334,7 +341,14 @@ func parseKS(text string) (*ksRef, error) {
 	}
 	k := &ksRef{text: text}
 	i := 0
-	if len(toks) > 2 && toks[0].kind == tIdent && strings.EqualFold(toks[0].text, "default") && toks[1].kind == tOp && toks[1].text == ":" {
+	if len(toks) > 2 && toks[0].kind == tIdent && toks[1].kind == tOp && toks[1].text == ":" {
+		switch {
+		case strings.EqualFold(toks[0].text, "default"):
+		case strings.EqualFold(toks[0].text, "system"):
+			k.system = true
+		default:
+			return nil, fmt.Errorf("bad keyspace %q", text)
+		}
 		i = 2
 	}
 	for ; i < len(toks) && toks[i].kind != tEOF; i++ {
@@ -347,8 +361,8 @@ func parseKS(text string) (*ksRef, error) {
 			i++
 		}
 	}
-	if len(k.parts) == 0 || len(k.parts) > 3 {
-		return nil, fmt.Errorf("bad keyspace %q", text)
+	if len(k.parts) == 0 || len(k.parts) > 3 || k.system && (len(k.parts) != 1 || !strings.EqualFold(k.parts[0], "indexes")) {
+		return nil, fmt.Errorf("bad keyspace %q (of the system keyspaces, only system:indexes is served)", text)
 	}
 	return k, nil
 }
@@ -558,6 +572,21 @@ func buildCreateIndex(c *compiler, g map[string]string) (any, error) {
 	return q, nil
 }
 
+func buildBuildIndex(c *compiler, g map[string]string) (any, error) {
+	q := &buildIndexStmt{}
+	var err error
+	if q.ks, err = parseKS(g["ks"]); err != nil {
+		return nil, err
+	}
+	for _, n := range strings.Split(g["names"], ",") {
+		if n = unquoteID(strings.TrimSpace(n)); n == "" {
+			return nil, fmt.Errorf("BUILD INDEX names no index")
+		}
+		q.names = append(q.names, n)
+	}
+	return q, nil
+}
+
 func buildDropIndex(c *compiler, g map[string]string) (any, error) {
 	q := &dropIndexStmt{name: unquoteID(g["name"]), ifExists: g["ie"] != ""}
 	if q.name == "" {
@@ -586,6 +615,9 @@ func buildExplain(c *compiler, g map[string]string) (any, error) {
 type indexDef struct {
 	name    string
 	primary bool
+	state   string // indexDeferred, indexBuilding or indexOnline, as system:indexes says
+	keyTxt  []string
+	replica int      // num_replica asked for
 	keys    []string // canonical key texts
 	cond    []string // canonical conjuncts of the WHERE
 	condTxt string
@@ -596,10 +628,21 @@ type preparedStmt struct {
 	qctx string
 }
 
+// Index states, as system:indexes says them. Only an online index is
+// read by a statement.
+const (
+	indexDeferred = "deferred"
+	indexBuilding = "building"
+	indexOnline   = "online"
+)
+
 type queryState struct {
-	indexes  map[string][]*indexDef // by bucket.scope.collection
-	prepared map[string]preparedStmt
-	reqSeq   atomic.Uint64
+	indexes map[string][]*indexDef // by bucket.scope.collection
+	// holdBuilds leaves the indexes a BUILD INDEX starts building until
+	// HoldIndexBuilds' release, as a build over a large collection does.
+	holdBuilds bool
+	prepared   map[string]preparedStmt
+	reqSeq     atomic.Uint64
 }
 
 func (q *queryState) init() {
@@ -670,6 +713,9 @@ type resolved struct {
 }
 
 func (x *exec) resolveLocked(k *ksRef) (*resolved, error) {
+	if k.system {
+		return nil, qerr(3000, "%s is read only by SELECT", k.text)
+	}
 	var bucketName, scope, coll string
 	switch {
 	case len(k.parts) == 3:
@@ -835,14 +881,20 @@ func (x *exec) selectLocked(q *selectStmt) ([]any, error) {
 		}
 		return []any{v}, nil
 	}
-	r, err := x.resolveLocked(q.ks)
-	if err != nil {
-		return nil, err
+	var all []*docRow
+	if q.ks.system {
+		all = x.systemIndexesLocked(q.alias)
+	} else {
+		r, err := x.resolveLocked(q.ks)
+		if err != nil {
+			return nil, err
+		}
+		if err := x.needIndexLocked(r, q.alias, q.where); err != nil {
+			return nil, err
+		}
+		all = x.scanLocked(r, q.alias)
 	}
-	if err := x.needIndexLocked(r, q.alias, q.where); err != nil {
-		return nil, err
-	}
-	rows, err := x.filterLocked(x.scanLocked(r, q.alias), q.where)
+	rows, err := x.filterLocked(all, q.where)
 	if err != nil {
 		return nil, err
 	}
@@ -1203,12 +1255,32 @@ func (x *exec) createIndexLocked(q *createIndexStmt) error {
 			return qerr(4300, "The index %s already exists.", q.name)
 		}
 	}
-	ix := &indexDef{name: q.name, primary: q.primary}
+	var with struct {
+		DeferBuild bool `json:"defer_build"`
+		NumReplica *int `json:"num_replica"`
+	}
+	if q.with != "" {
+		if err := json.Unmarshal([]byte(q.with), &with); err != nil {
+			return qerr(5000, "GSI CreateIndex() - cause: WITH clause %s: %v", q.with, err)
+		}
+	}
+	ix := &indexDef{name: q.name, primary: q.primary, state: indexOnline}
+	if with.DeferBuild {
+		ix.state = indexDeferred
+	}
+	if with.NumReplica != nil {
+		// Each replica on an index node of its own, as the indexer places them.
+		if *with.NumReplica < 0 || *with.NumReplica >= x.s.opts.Nodes {
+			return qerr(5000, "GSI CreateIndex() - cause: Fails to create index.  There are not enough indexer nodes to create index with replica count of %d. Some indexer nodes may be marked as excluded.", *with.NumReplica)
+		}
+		ix.replica = *with.NumReplica
+	}
 	if q.primary {
 		ix.keys = []string{canon(&exField{&exFunc{name: "META"}, "id"}, "")}
 	}
 	for _, k := range q.keys {
 		ix.keys = append(ix.keys, canon(k, ""))
+		ix.keyTxt = append(ix.keyTxt, canon(k, ""))
 	}
 	if q.where != nil {
 		for _, c := range flattenBin(q.where, "AND") {
@@ -1218,6 +1290,101 @@ func (x *exec) createIndexLocked(q *createIndexStmt) error {
 	}
 	x.s.query.indexes[r.id] = append(x.s.query.indexes[r.id], ix)
 	return nil
+}
+
+// buildIndexLocked builds deferred indexes: online at once, or building
+// while HoldIndexBuilds holds them. An index built or building already
+// fails the statement, as the indexer refuses it.
+func (x *exec) buildIndexLocked(q *buildIndexStmt) error {
+	r, err := x.resolveLocked(q.ks)
+	if err != nil {
+		return err
+	}
+	var build []*indexDef
+	for _, name := range q.names {
+		var found *indexDef
+		for _, ix := range x.s.query.indexes[r.id] {
+			if ix.name == name {
+				found = ix
+			}
+		}
+		switch {
+		case found == nil:
+			return qerr(12016, "Index Not Found - cause: GSI index %s not found.", name)
+		case found.state == indexBuilding:
+			return qerr(5000, "GSI BuildIndexes() - cause: Build Already In Progress. Index %s", name)
+		case found.state == indexOnline:
+			return qerr(5000, "GSI BuildIndexes() - cause: Index %s is already built", name)
+		}
+		build = append(build, found)
+	}
+	for _, ix := range build {
+		ix.state = indexOnline
+		if x.s.query.holdBuilds {
+			ix.state = indexBuilding
+		}
+	}
+	return nil
+}
+
+// HoldIndexBuilds leaves the indexes that BUILD INDEX starts "building"
+// until release, which makes them online, as a build over a large
+// collection takes minutes. For tests.
+func (s *Server) HoldIndexBuilds() (release func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.query.holdBuilds = true
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.query.holdBuilds = false
+		for _, ixs := range s.query.indexes {
+			for _, ix := range ixs {
+				if ix.state == indexBuilding {
+					ix.state = indexOnline
+				}
+			}
+		}
+	}
+}
+
+// systemIndexesLocked is system:indexes: a row per GSI index, with the
+// fields gocb's query index manager reads.
+func (x *exec) systemIndexesLocked(alias string) []*docRow {
+	var ids []string
+	for id := range x.s.query.indexes {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	var out []*docRow
+	for _, id := range ids {
+		names := strings.SplitN(id, ".", 3)
+		for _, ix := range x.s.query.indexes[id] {
+			o := newObject()
+			o.set("bucket_id", names[0])
+			o.set("scope_id", names[1])
+			o.set("keyspace_id", names[2])
+			o.set("namespace_id", "default")
+			o.set("id", fmt.Sprintf("%x", sha256.Sum256([]byte(id+"/"+ix.name)))[:16])
+			o.set("name", ix.name)
+			o.set("is_primary", ix.primary)
+			o.set("state", ix.state)
+			o.set("using", "gsi")
+			keys := []any{}
+			for _, k := range ix.keyTxt {
+				keys = append(keys, k)
+			}
+			o.set("index_key", keys)
+			if ix.condTxt != "" {
+				o.set("condition", ix.condTxt)
+			}
+			if ix.replica > 0 {
+				o.set("num_replica", float64(ix.replica))
+			}
+			out = append(out, &docRow{row: row{alias: alias, doc: o, meta: newObject()}})
+		}
+	}
+	return out
 }
 
 func (x *exec) dropIndexLocked(q *dropIndexStmt) error {
@@ -1251,6 +1418,8 @@ func (x *exec) runLocked(st any) ([]any, error) {
 		return []any{}, x.createIndexLocked(q)
 	case *dropIndexStmt:
 		return []any{}, x.dropIndexLocked(q)
+	case *buildIndexStmt:
+		return []any{}, x.buildIndexLocked(q)
 	case *explainStmt:
 		plan, err := x.explainLocked(q.inner)
 		if err != nil {
@@ -1311,7 +1480,7 @@ func usableIndex(ixs []*indexDef, conj []expr, alias string) *indexDef {
 		have[canon(c, alias)] = true
 	}
 	for _, ix := range ixs {
-		if ix.primary || !sargable(ix.keys[0], conj, alias) {
+		if ix.primary || ix.state != indexOnline || !sargable(ix.keys[0], conj, alias) {
 			continue
 		}
 		ok := true
@@ -1323,7 +1492,7 @@ func usableIndex(ixs []*indexDef, conj []expr, alias string) *indexDef {
 		}
 	}
 	for _, ix := range ixs {
-		if ix.primary && sargable(ix.keys[0], conj, alias) {
+		if ix.primary && ix.state == indexOnline && sargable(ix.keys[0], conj, alias) {
 			return ix
 		}
 	}
@@ -1396,7 +1565,7 @@ func (x *exec) scanOp(r *resolved, alias string, where expr) *object {
 		return scan(ix)
 	}
 	for _, ix := range ixs {
-		if ix.primary {
+		if ix.primary && ix.state == indexOnline {
 			return op("#operator", "PrimaryScan3", "bucket", names[0], "scope", names[1], "keyspace", names[2],
 				"namespace", "default", "index", ix.name, "using", "gsi")
 		}

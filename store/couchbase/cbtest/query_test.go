@@ -436,3 +436,54 @@ func TestQueryConcatenationOfMissingIsMissing(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, []row{{"a", false, false}, {"b", true, false}, {"c", false, true}, {"d", false, true}}, rows)
 }
+
+// Indexes made with defer_build wait for a BUILD INDEX, and no statement
+// reads an index before it is online; system:indexes says their states,
+// as gocb's query index manager reads them.
+func TestDeferredIndexesAreReadOnceBuilt(t *testing.T) {
+	s := Start(t, Options{VBuckets: 8, Buckets: []BucketSpec{{Name: "orders", Collections: []string{"_default.retry"}}}})
+	c := connect(t, s)
+	require.NoError(t, c.WaitUntilReady(10*time.Second, &gocb.WaitUntilReadyOptions{
+		ServiceTypes: []gocb.ServiceType{gocb.ServiceTypeQuery}}))
+	b := readyBucket(t, c, "orders")
+	run := func(stmt string) error {
+		res, err := c.Query(stmt, &gocb.QueryOptions{Adhoc: true})
+		if err == nil {
+			err = res.Close()
+		}
+		return err
+	}
+	require.NoError(t, run(`CREATE PRIMARY INDEX IF NOT EXISTS ON `+ksRetry+` WITH {"defer_build":true}`))
+	require.NoError(t, run(`CREATE INDEX IF NOT EXISTS ix_fire ON `+ksRetry+`(fireRetry) WHERE fireRetry = true WITH {"defer_build":true}`))
+	err := run(`CREATE INDEX ix_two ON ` + ksRetry + `(ts) WITH {"num_replica":1}`)
+	assert.ErrorContains(t, err, "not enough indexer nodes", "a replica needs a second index node")
+
+	im := b.Collection("retry").QueryIndexes()
+	states := func() map[string]string {
+		all, err := im.GetAllIndexes(nil)
+		require.NoError(t, err)
+		out := map[string]string{}
+		for _, ix := range all {
+			out[ix.Name] = ix.State
+		}
+		return out
+	}
+	assert.Equal(t, map[string]string{"#primary": "deferred", "ix_fire": "deferred"}, states())
+	stmt := "SELECT COUNT(*) AS n FROM " + ksRetry + " AS r WHERE r.fireRetry = true"
+	assert.ErrorContains(t, run(stmt), `"code":4120`, "a deferred index is not read")
+
+	release := s.HoldIndexBuilds()
+	built, err := im.BuildDeferredIndexes(nil)
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{"#primary", "ix_fire"}, built)
+	assert.Equal(t, map[string]string{"#primary": "building", "ix_fire": "building"}, states())
+	assert.ErrorContains(t, run(stmt), `"code":4120`, "nor one building")
+	assert.ErrorContains(t, run("BUILD INDEX ON "+ksRetry+"(ix_fire)"), "Build Already In Progress")
+
+	release()
+	assert.Equal(t, map[string]string{"#primary": "online", "ix_fire": "online"}, states())
+	require.NoError(t, run(stmt))
+	assert.ErrorContains(t, run("BUILD INDEX ON "+ksRetry+"(`ix_fire`)"), "already built")
+	require.NoError(t, im.WatchIndexes([]string{"ix_fire"}, 10*time.Second, &gocb.WatchQueryIndexOptions{WatchPrimary: true}))
+	assert.ErrorContains(t, run("DELETE FROM system:indexes"), "")
+}

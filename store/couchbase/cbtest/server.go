@@ -106,6 +106,7 @@ type Server struct {
 	// durabilityImpossible: Options.DurabilityImpossible, and then
 	// SetDurabilityImpossible.
 	durabilityImpossible atomic.Bool
+	refuseManagement     atomic.Bool // RefuseManagement
 
 	mu         sync.Mutex // guards the data and config state below
 	rev        int64
