@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/store/couchbase"
@@ -19,7 +20,9 @@ func setupCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.Uint64Var(&so.BucketRAMMB, "cb-bucket-ram", 256, "RAM quota in MB of the orders bucket, when setup creates it")
 	fs.Uint64Var(&so.MetadataRAMMB, "cb-metadata-ram", 128, "RAM quota in MB of the metadata bucket, when setup creates it")
 	var replicas uint
-	fs.UintVar(&replicas, "cb-replicas", 0, "replicas of the buckets setup creates (0 suits a one-node cluster)")
+	fs.UintVar(&replicas, "cb-replicas", 0, "replicas of the buckets setup creates: 0 suits a one-node cluster; give 1 or more on a cluster of several data nodes, or losing one loses its share of the outcomes")
+	fs.IntVar(&so.IndexReplicas, "cb-index-replicas", 0, "replicas of each index setup creates, each on another index node (Enterprise Edition): 1 or more on a cluster of several index nodes, or losing one stops the sweep")
+	fs.DurationVar(&so.IndexWait, "cb-index-wait", time.Hour, "how long setup waits for its indexes to be built (minutes on a collection of millions); past it the cluster goes on building them and setup run again waits for them")
 	logs.register(fs, "info")
 	return &ffcli.Command{
 		Name:       "setup",
@@ -44,6 +47,12 @@ func setupCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if !sc.IsCouchbase() {
 				fmt.Fprintln(stdout, "nothing to set up: the embedded store creates its file and tables when it opens")
 				return nil
+			}
+			if so.IndexReplicas < 0 {
+				return badSetting(fmt.Errorf("--cb-index-replicas %d: give 0 or more", so.IndexReplicas))
+			}
+			if so.IndexWait <= 0 {
+				return badSetting(fmt.Errorf("--cb-index-wait %s: give a positive duration", so.IndexWait))
 			}
 			so.Replicas = uint32(replicas)
 			if err := couchbase.Setup(ctx, sc.CouchbaseConfig(), so, log); err != nil {

@@ -578,8 +578,8 @@ func TestSetupReplacesTheSweepsEarlierIndexes(t *testing.T) {
 	}
 	missing, err := s.MissingIndexes(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, []string{"ix_retry_due_next (the sweep reads every retry document)",
-		"ix_retry_due_ts (the sweep reads every retry document)"}, missing)
+	assert.Equal(t, []string{"ix_retry_due_next on retry (the sweep reads every retry document)",
+		"ix_retry_due_ts on retry (the sweep reads every retry document)"}, missing)
 
 	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, quietLog), "setup again")
 	ixs := srv.Indexes("orders", "_default", order.Retry)
@@ -589,6 +589,97 @@ func TestSetupReplacesTheSweepsEarlierIndexes(t *testing.T) {
 	missing, err = s.MissingIndexes(ctx)
 	require.NoError(t, err)
 	assert.Empty(t, missing)
+}
+
+// Setup builds its indexes itself (deferred, then one BUILD per
+// collection) and waits until they are online: a build over millions of
+// documents outlasts any statement's timeout. Past --cb-index-wait, or
+// stopped, it fails naming those still building, which a second setup
+// waits for.
+func TestSetupWaitsForItsIndexesToBeBuilt(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	ctx := context.Background()
+	for _, stmt := range []string{"DROP INDEX ix_retry_fire ON " + s.keyspace(order.Retry),
+		"DROP INDEX ix_inbound_paid ON " + s.keyspace(order.Inbound)} {
+		_, err := s.cluster.Query(stmt, nil)
+		require.NoError(t, err, stmt)
+	}
+	release := srv.HoldIndexBuilds()
+	err := Setup(ctx, cfg, SetupOptions{IndexWait: time.Nanosecond}, quietLog)
+	require.Error(t, err, "the indexes are still building")
+	assert.ErrorContains(t, err, "ix_retry_fire on retry (building)")
+	assert.ErrorContains(t, err, "ix_inbound_paid on inbound (building)")
+	assert.ErrorContains(t, err, "the cluster goes on building them: run setup again")
+	assert.NotContains(t, err.Error(), "#primary", "only those not built are named")
+	missing, err := s.MissingIndexes(ctx)
+	require.NoError(t, err)
+	assert.Len(t, missing, 2, "a statement reads no index before it is built: %v", missing)
+
+	done := make(chan error, 1)
+	go func() { done <- Setup(ctx, cfg, SetupOptions{}, quietLog) }()
+	select {
+	case err := <-done:
+		t.Fatalf("setup returned while its indexes were building: %v", err)
+	case <-time.After(1500 * time.Millisecond): // past a look at the states
+	}
+	release()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(time.Minute):
+		t.Fatal("setup did not return within a minute of the indexes being built")
+	}
+	missing, err = s.MissingIndexes(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, missing)
+}
+
+// An index made by an earlier release with another definition keeps its
+// name, which IF NOT EXISTS goes by: setup makes it again.
+func TestSetupRemakesAnIndexWhoseDefinitionChanged(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	ctx := context.Background()
+	dead := s.keyspace(order.DeadLetter)
+	for _, stmt := range []string{"DROP INDEX ix_deadletter_why ON " + dead,
+		"CREATE INDEX ix_deadletter_why ON " + dead + "((reason || lastStatus))"} {
+		_, err := s.cluster.Query(stmt, nil)
+		require.NoError(t, err, stmt)
+	}
+	missing, err := s.MissingIndexes(ctx)
+	require.NoError(t, err)
+	require.Len(t, missing, 1)
+
+	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, quietLog))
+	missing, err = s.MissingIndexes(ctx)
+	require.NoError(t, err)
+	assert.Empty(t, missing, "made again with this release's definition")
+	assert.Contains(t, srv.Indexes("orders", "_default", order.DeadLetter), "ix_deadletter_why")
+}
+
+// A user who may make indexes but not collections (query_manage_index
+// and the data roles, the buckets and collections made by an
+// administrator) runs setup again after an upgrade: the cluster refuses
+// the collections before it looks whether they are there, and setup goes
+// on to the indexes.
+func TestSetupGoesOnPastCollectionsItMayNotMakeButAreThere(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	cfg.Scope = "_default"
+	srv.RefuseManagement(true)
+	s := openStore(t, cfg)
+	require.True(t, srv.DropIndex("orders", "_default", order.Retry, "ix_retry_fire"))
+	require.NoError(t, Setup(context.Background(), cfg, SetupOptions{}, quietLog))
+	assert.Contains(t, srv.Indexes("orders", "_default", order.Retry), "ix_retry_fire")
+	missing, err := s.MissingIndexes(context.Background())
+	require.NoError(t, err)
+	assert.Empty(t, missing)
+
+	// A collection that is not there is still said to need the right.
+	cfg.Scope = "elsewhere"
+	err = Setup(context.Background(), cfg, SetupOptions{}, quietLog)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "lacks the rights")
 }
 
 func TestIntegrationMissingIndexesAreNamed(t *testing.T) {
@@ -608,10 +699,10 @@ func TestIntegrationMissingIndexesAreNamed(t *testing.T) {
 	missing, err = s.MissingIndexes(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, []string{
-		"ix_retry_fire (the counts and the backlog read every retry document)",
-		"ix_retry_why (the console's retries of one reason and the status's reasons read every retry document)",
-		"ix_deadletter_reason (--reason and the console's filter read every dead letter)",
-		"ix_deadletter_why (the status's reasons read every dead letter)",
+		"ix_retry_fire on retry (the counts and the backlog read every retry document)",
+		"ix_retry_why on retry (the console's retries of one reason and the status's reasons read every retry document)",
+		"ix_deadletter_reason on deadletter (--reason and the console's filter read every dead letter)",
+		"ix_deadletter_why on deadletter (the status's reasons read every dead letter)",
 	}, missing, "each once")
 
 	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, quietLog), "setup again")
@@ -624,5 +715,5 @@ func TestIntegrationMissingIndexesAreNamed(t *testing.T) {
 	missing, err = s.MissingIndexes(ctx)
 	require.NoError(t, err)
 	require.Len(t, missing, 1)
-	assert.Contains(t, missing[0], "#primary (the tools and the console cannot list deadletter")
+	assert.Contains(t, missing[0], "#primary on deadletter (the tools and the console cannot list deadletter")
 }

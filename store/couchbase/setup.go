@@ -1,10 +1,13 @@
 package couchbase
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,42 +19,69 @@ import (
 type SetupOptions struct {
 	BucketRAMMB, MetadataRAMMB uint64 // defaults 256 and 128
 	Replicas                   uint32 // default 0: a one-node cluster
+	IndexReplicas              int    // replicas of each index, on other index nodes; default 0
+	// IndexWait bounds the wait for the indexes to be built (default 1h):
+	// past it, setup fails naming those still building, which the
+	// cluster goes on building.
+	IndexWait time.Duration
 }
 
-// indexStatements are the indexes ordermail's queries use; IF NOT EXISTS
-// (Couchbase 7.1+) makes setup safe to run twice.
-func indexStatements(ks func(string) string) []string {
-	return []string{
+// setupIndex is an index setup creates: a collection's primary index
+// ("#primary"), or a named one on what follows the keyspace (its keys and
+// WHERE).
+type setupIndex struct{ coll, name, on string }
+
+// setupIndexes are the indexes ordermail's queries use.
+func setupIndexes() []setupIndex {
+	return []setupIndex{
 		// The sample's, used by its own UPDATE, and Scan's on every
 		// collection (without one, a scan of inbound would need 7.6's
 		// sequential scans and the role that allows them).
-		"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ks("retry"),
-		"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ks("deadletter"),
-		"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ks("inbound"),
+		{"retry", "#primary", ""},
+		{"deadletter", "#primary", ""},
+		{"inbound", "#primary", ""},
 		// Attempt records, read by key; the index lets an operator query them.
-		"CREATE PRIMARY INDEX IF NOT EXISTS ON " + ks("attempts"),
+		{"attempts", "#primary", ""},
 		// One per branch of the sweep, so that it reads only due documents,
 		// and of those only the unflagged: the flagged wait for a worker,
 		// and every statement of the sweep would read them again.
-		"CREATE INDEX IF NOT EXISTS ix_retry_due_next ON " + ks("retry") + "(nextAttemptAt) WHERE " + unflaggedRetry,
-		"CREATE INDEX IF NOT EXISTS ix_retry_due_ts ON " + ks("retry") + "(ts) WHERE nextAttemptAt IS MISSING AND " + unflaggedRetry,
-		// Their forerunners (releases before them), which held the flagged
-		// retries too: nothing reads them once the two above are there.
-		"DROP INDEX ix_retry_next IF EXISTS ON " + ks("retry"),
-		"DROP INDEX ix_retry_ts IF EXISTS ON " + ks("retry"),
+		{"retry", "ix_retry_due_next", "(nextAttemptAt) WHERE " + unflaggedRetry},
+		{"retry", "ix_retry_due_ts", "(ts) WHERE nextAttemptAt IS MISSING AND " + unflaggedRetry},
 		// The flagged retries, for the counts and the backlog, whose due
 		// retries are these and those of the two above.
-		"CREATE INDEX IF NOT EXISTS ix_retry_fire ON " + ks("retry") + "(fireRetry) WHERE fireRetry = true",
+		{"retry", "ix_retry_fire", "(fireRetry) WHERE fireRetry = true"},
 		// The retries of one reason (order.RetryDoc.Why, made of three
 		// fields), in key order (ScanRetries), and their counts by reason.
-		"CREATE INDEX IF NOT EXISTS ix_retry_why ON " + ks("retry") + "((" + whyOf("") + "), META().id)",
+		{"retry", "ix_retry_why", "((" + whyOf("") + "), META().id)"},
 		// The dead letters of one reason, in key order (ScanDeadLetters).
-		"CREATE INDEX IF NOT EXISTS ix_deadletter_reason ON " + ks("deadletter") + "(reason, META().id)",
+		{"deadletter", "ix_deadletter_reason", "(reason, META().id)"},
 		// The dead letters' counts by reason and last HTTP status.
-		"CREATE INDEX IF NOT EXISTS ix_deadletter_why ON " + ks("deadletter") + "((" + deadWhyOf("") + "))",
+		{"deadletter", "ix_deadletter_why", "((" + deadWhyOf("") + "))"},
 		// Counts of paid and confirmed orders.
-		"CREATE INDEX IF NOT EXISTS ix_inbound_paid ON " + ks("inbound") + "(paymentStatus, confirmationEmailSent)",
+		{"inbound", "ix_inbound_paid", "(paymentStatus, confirmationEmailSent)"},
 	}
+}
+
+// replacedIndexes are forerunners of setupIndexes (releases before them),
+// which held the flagged retries too: nothing reads them once the sweep's
+// two are there, and setup drops them.
+var replacedIndexes = []setupIndex{{"retry", "ix_retry_next", ""}, {"retry", "ix_retry_ts", ""}}
+
+// create is the statement that creates ix, if it is missing (IF NOT
+// EXISTS, Couchbase 7.1+, makes setup safe to run twice), deferred: setup
+// builds its indexes together (one pass over each collection's documents)
+// and waits for them itself, as a CREATE that builds waits past any
+// timeout on a collection of millions, and a cluster may defer every new
+// index anyway (7.6.2's setting).
+func (ix setupIndex) create(ks func(string) string, replicas int) string {
+	with := ` WITH {"defer_build":true}`
+	if replicas > 0 { // Enterprise Edition's: said only when asked for
+		with = fmt.Sprintf(` WITH {"defer_build":true,"num_replica":%d}`, replicas)
+	}
+	if ix.name == "#primary" {
+		return "CREATE PRIMARY INDEX IF NOT EXISTS ON " + ks(ix.coll) + with
+	}
+	return "CREATE INDEX IF NOT EXISTS " + ix.name + " ON " + ks(ix.coll) + ix.on + with
 }
 
 // unflaggedRetry is the condition of the sweep's partial indexes, and a
@@ -219,8 +249,23 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 		}
 	}
 	cm := cluster.Bucket(cfg.Bucket).CollectionsV2()
+	// Made by an administrator, they need no right to make them: the
+	// cluster checks the right before it looks whether they are there.
+	there := func(coll string) bool {
+		scopes, err := cm.GetAllScopes(&gocb.GetAllScopesOptions{Context: ctx})
+		if err != nil {
+			return false
+		}
+		for _, sc := range scopes {
+			if sc.Name == cfg.Scope {
+				return coll == "" || slices.ContainsFunc(sc.Collections, func(c gocb.CollectionSpec) bool { return c.Name == coll })
+			}
+		}
+		return false
+	}
 	if cfg.Scope != "_default" {
-		if err := cm.CreateScope(cfg.Scope, &gocb.CreateScopeOptions{Context: ctx}); err != nil && !errors.Is(err, gocb.ErrScopeExists) {
+		if err := cm.CreateScope(cfg.Scope, &gocb.CreateScopeOptions{Context: ctx}); err != nil &&
+			!errors.Is(err, gocb.ErrScopeExists) && !(refused(err) && there("")) {
 			return errRights(cfg, edition, stepCollections, "create scope "+cfg.Scope, err)
 		}
 	}
@@ -230,15 +275,13 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 		case err == nil:
 			log.Info("created collection", "collection", cfg.Bucket+"."+cfg.Scope+"."+c)
 		case errors.Is(err, gocb.ErrCollectionExists):
+		case refused(err) && there(c):
 		default:
 			return errRights(cfg, edition, stepCollections, "create collection "+c, err)
 		}
 	}
-	s := &Store{cfg: cfg}
-	for _, stmt := range indexStatements(s.keyspace) {
-		if err := createIndex(ctx, cluster, cfg, edition, stmt); err != nil {
-			return err
-		}
+	if err := setUpIndexes(ctx, &Store{cfg: cfg, cluster: cluster}, edition, so, log); err != nil {
+		return err
 	}
 	log.Info("setup complete", "bucket", cfg.Bucket, "metadata_bucket", cfg.MetadataBucket)
 	return nil
@@ -263,6 +306,157 @@ func connectReady(ctx context.Context, cfg Config, log *slog.Logger) (*gocb.Clus
 		cluster.Close(nil)
 		if !errors.Is(err, gocb.ErrTimeout) || time.Until(deadline) <= 0 || ctx.Err() != nil {
 			return nil, err
+		}
+	}
+}
+
+// setUpIndexes creates the indexes that are missing, drops those they
+// replace, builds them, and waits until they are online. An index whose
+// statements do not read it once online was made by a release with
+// another definition (IF NOT EXISTS goes by its name): it is made again.
+func setUpIndexes(ctx context.Context, s *Store, edition string, so SetupOptions, log *slog.Logger) error {
+	if so.IndexWait <= 0 {
+		so.IndexWait = time.Hour
+	}
+	deadline := time.Now().Add(so.IndexWait)
+	for _, ix := range setupIndexes() {
+		if err := createIndex(ctx, s.cluster, s.cfg, edition, ix.create(s.keyspace, so.IndexReplicas)); err != nil {
+			return err
+		}
+	}
+	for _, ix := range replacedIndexes {
+		if err := createIndex(ctx, s.cluster, s.cfg, edition, "DROP INDEX "+ix.name+" IF EXISTS ON "+s.keyspace(ix.coll)); err != nil {
+			return err
+		}
+	}
+	if err := buildIndexes(ctx, s, edition, deadline, so.IndexWait, log); err != nil {
+		return err
+	}
+	missing, err := s.missingIndexes(ctx)
+	if err != nil {
+		return fmt.Errorf("check the indexes: %w", err)
+	}
+	remade := 0
+	for _, ix := range setupIndexes() {
+		if ix.name == "#primary" || !slices.ContainsFunc(missing, func(m missingIndex) bool { return m.name == ix.name && m.coll == ix.coll }) {
+			continue
+		}
+		log.Warn("index made by an earlier release with another definition: making it again; the statements "+
+			"that read it go without it until it is built", "index", ix.name, "collection", ix.coll)
+		if err := createIndex(ctx, s.cluster, s.cfg, edition, "DROP INDEX "+ix.name+" IF EXISTS ON "+s.keyspace(ix.coll)); err != nil {
+			return err
+		}
+		if err := createIndex(ctx, s.cluster, s.cfg, edition, ix.create(s.keyspace, so.IndexReplicas)); err != nil {
+			return err
+		}
+		remade++
+	}
+	if remade == 0 {
+		return nil
+	}
+	if err := buildIndexes(ctx, s, edition, deadline, so.IndexWait, log); err != nil {
+		return err
+	}
+	if missing, err = s.missingIndexes(ctx); err != nil {
+		return fmt.Errorf("check the indexes: %w", err)
+	}
+	for _, m := range missing {
+		// Online, yet not read: another index the query service prefers.
+		log.Warn("a statement does not read the index setup made for it", "index", m.say)
+	}
+	return nil
+}
+
+// buildIndexes builds the collections' deferred indexes that setup makes
+// and waits until all of them are online, saying which are still building
+// every 15s; past deadline, or when ctx ends, it fails naming them.
+func buildIndexes(ctx context.Context, s *Store, edition string, deadline time.Time, wait time.Duration, log *slog.Logger) error {
+	ours := map[string][]string{} // index names by collection
+	for _, ix := range setupIndexes() {
+		ours[ix.coll] = append(ours[ix.coll], ix.name)
+	}
+	states := func() (map[string]map[string]string, error) {
+		out := map[string]map[string]string{}
+		for coll := range ours {
+			all, err := s.cluster.Bucket(s.cfg.Bucket).Scope(s.cfg.Scope).Collection(coll).QueryIndexes().GetAllIndexes(
+				&gocb.GetAllQueryIndexesOptions{Context: ctx})
+			if err != nil {
+				return nil, errRights(s.cfg, edition, stepIndexes, "read the indexes of "+coll, err)
+			}
+			out[coll] = map[string]string{}
+			for _, ix := range all {
+				out[coll][ix.Name] = ix.State
+			}
+		}
+		return out, nil
+	}
+	st, err := states()
+	if err != nil {
+		return err
+	}
+	built := false
+	for coll, names := range ours {
+		var deferred []string
+		for _, n := range names {
+			if st[coll][n] == "deferred" {
+				deferred = append(deferred, "`"+n+"`")
+			}
+		}
+		if len(deferred) == 0 {
+			continue
+		}
+		// One BUILD per collection: its indexes are built in one pass.
+		stmt := "BUILD INDEX ON " + s.keyspace(coll) + "(" + strings.Join(deferred, ", ") + ")"
+		if err := createIndex(ctx, s.cluster, s.cfg, edition, stmt); err != nil &&
+			!strings.Contains(err.Error(), "Build Already In Progress") { // another setup's
+			return err
+		}
+		log.Info("building indexes", "collection", coll, "indexes", strings.Join(deferred, ", "))
+		built = true
+	}
+	if built {
+		if st, err = states(); err != nil {
+			return err
+		}
+	}
+	said := time.Now()
+	for {
+		var pending []string
+		for _, coll := range slices.Sorted(maps.Keys(ours)) {
+			for _, n := range ours[coll] {
+				if state := st[coll][n]; state != "online" {
+					pending = append(pending, fmt.Sprintf("%s on %s (%s)", n, coll, cmp.Or(state, "missing")))
+				}
+			}
+		}
+		if len(pending) == 0 {
+			return nil
+		}
+		stop := ""
+		switch {
+		case ctx.Err() != nil:
+			stop = "stopped waiting for"
+		case time.Now().After(deadline):
+			stop = fmt.Sprintf("not built within %s (--cb-index-wait):", wait)
+		}
+		if stop != "" {
+			return fmt.Errorf("indexes %s %s; the cluster goes on building them: run setup again to wait for them "+
+				"(meanwhile ordermail run warns of each its statements do not get)", stop, strings.Join(pending, ", "))
+		}
+		if time.Since(said) >= 15*time.Second {
+			log.Info("waiting for the indexes to be built", "pending", strings.Join(pending, ", "))
+			said = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			continue
+		case <-time.After(time.Second):
+		}
+		if st, err = states(); err != nil {
+			if ctx.Err() != nil {
+				continue
+			}
+			return err
 		}
 	}
 }
