@@ -14,6 +14,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-20000}
 cooldown=${COOLDOWN:-30s}
+# The cooldown is a Go duration for ordermail, seconds for sleep.
+cooldown_s=$(python3 - "$cooldown" <<'EOF'
+import re, sys
+v, units = sys.argv[1], {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+parts = re.findall(r"([0-9.]+)(ms|s|m|h)", v)
+if not parts or "".join(a + b for a, b in parts) != v:
+    sys.exit("outage: COOLDOWN=%s is not a duration such as 30s, 500ms or 1m30s" % v)
+print(sum(float(a) * units[b] for a, b in parts))
+EOF
+) || exit 2
 window=${WINDOW:-30}
 dir=$(mktemp -d)
 pids=()
@@ -34,8 +44,8 @@ status() { "$om" retries status --store "$store" --json | python3 -c 'import jso
 cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # clock ticks
 ticks=$(getconf CLK_TCK)
 waitfor() { # description, a condition evaluated anew each time; gives up after 10 minutes
-	local what=$1 i
-	for i in $(seq 6000); do
+	local what=$1 end=$((SECONDS + 600))
+	while ((SECONDS < end)); do
 		if eval "$2"; then return 0; fi
 		sleep 0.1
 	done
@@ -64,7 +74,7 @@ waitfor "the breaker to open" '[[ $(metric ordermail_breaker_open) == 1 ]]'
 
 # The sends held back while the orders were written come back a cooldown
 # later: the window starts after it.
-sleep "$cooldown"
+sleep "$cooldown_s"
 held0=$(metric 'ordermail_sends_held_total{why="breaker"}')
 cpu0=$(cpu "$service")
 sleep "$window"

@@ -57,9 +57,11 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"Fields: orders, due, dead, history, pending (the run's sizes); confirmed, deadLetters,\n" +
 			"retryDocsLeft (store); sendAttempts, deliveries,\n" +
 			"failures, duplicateRequests, heldRequests (the mock's /stats); readySeconds (the service's\n" +
-			"start to its probe order confirmed); writeSeconds (the run's first to last order write);\n" +
+			"start to its probe order confirmed); writeSeconds (the run's first to last order write; with\n" +
+			"--dead, to the redrive's end);\n" +
 			"elapsedSeconds and ordersPerSecond (first write to last delivery); afterWritesPerSecond (from the last write to\n" +
-			"the last delivery: the service once the order system stopped writing); secondsTo,\n" +
+			"the last delivery: the service once the order system stopped writing); secondsTo (from the\n" +
+			"first write until 50, 90 and 99% of the run's orders were delivered),\n" +
 			"paidToSentMs (an order's payment to its delivery; with --due and --dead, a due retry's from\n" +
 			"retries start and a dead letter's from the redrive's start, counted with them), retryGapMs\n" +
 			"(the mock's /timings); firstPassSeconds (to the last order's first\n" +
@@ -85,7 +87,10 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"Flags after -- are handed to `ordermail run`, except those bench sets itself (--workers,\n" +
 			"--timer-interval, --retry-quantum, --backoff, --backoff-min, --store, --mail-url and the like),\n" +
 			"which are refused: give them as bench's own. bench reads no ORDERMAIL_ variables and passes\n" +
-			"none on: a deployment's settings, its store above all, stay out of a benchmark.",
+			"none on: a deployment's settings, its store above all, stay out of a benchmark.\n" +
+			"Exit status 1 when the run failed, or when it printed figures of a partial run: an order not\n" +
+			"confirmed (dead-lettered: a service that refuses some sends, or a setting after --) or a\n" +
+			"retry document left.",
 		FlagSet: fs,
 		Exec: func(ctx context.Context, args []string) error {
 			var mockOnly []string
@@ -119,7 +124,16 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if err != nil {
 				return err
 			}
-			return json.NewEncoder(stdout).Encode(res)
+			if err := json.NewEncoder(stdout).Encode(res); err != nil {
+				return err
+			}
+			// Figures of a run that left orders unconfirmed are a partial
+			// run's: said, and the exit status says it to a script.
+			if want := c.Orders + c.Due + c.Dead; res.Confirmed != want || res.RetryDocsLeft != 0 {
+				return fmt.Errorf("bench: %d of the run's %d orders confirmed, %d dead-lettered, %d retry documents left: "+
+					"the figures above are of a partial run", res.Confirmed, want, res.DeadLetters, res.RetryDocsLeft)
+			}
+			return nil
 		},
 	}
 }

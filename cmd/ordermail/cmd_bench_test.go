@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -354,4 +355,25 @@ func TestBenchHelpNamesEveryFigure(t *testing.T) {
 		}
 		assert.True(t, words[name], "bench -h does not name %q", name)
 	}
+}
+
+// Figures of a run that left orders unconfirmed are printed and the exit
+// status says the run was partial: a script that reads only the rate
+// would otherwise take it for the service's speed.
+func TestBenchSaysAPartialRunFailed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, binary, "bench", "--timeout", "5m", "--orders", "40", "--fail-rate", "0.5",
+		"--", "--max-attempts", "1", "--breaker-failures", "0")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, "stderr:\n%s", stderr.String())
+	assert.Equal(t, 1, exit.ExitCode())
+	var res bench.Result
+	require.NoError(t, json.Unmarshal(stdout.Bytes(), &res), "the figures are printed: %s", stdout.String())
+	assert.Positive(t, res.DeadLetters)
+	assert.Equal(t, 40, res.Confirmed+res.DeadLetters)
+	assert.Contains(t, stderr.String(), fmt.Sprintf("%d of the run's 40 orders confirmed, %d dead-lettered", res.Confirmed, res.DeadLetters))
 }
