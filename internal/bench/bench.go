@@ -739,15 +739,18 @@ func (b *bench) startService(ctx context.Context) (time.Duration, error) {
 		if time.Since(written) >= 250*time.Millisecond {
 			// A failed send of the probe left a retry document, which
 			// owns its confirmation; with retries paused (--due) nothing
-			// would ever send it: remove it, so that the order's new
-			// change is a first send again.
-			if r, err := b.st.Get(ctx, order.Retry, probe); err == nil {
-				err = b.st.Remove(ctx, order.Retry, probe, r.CAS)
-				if err != nil && !errors.Is(err, store.ErrCASMismatch) && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrUnavailable) {
-					return 0, fmt.Errorf("remove the probe's retry document: %w", err)
+			// would ever send it; with --max-attempts 1 after --, a dead
+			// letter: remove them, so that the order's new change is a
+			// first send again.
+			for _, coll := range []string{order.Retry, order.DeadLetter} {
+				if r, err := b.st.Get(ctx, coll, probe); err == nil {
+					err = b.st.Remove(ctx, coll, probe, r.CAS)
+					if err != nil && !errors.Is(err, store.ErrCASMismatch) && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrUnavailable) {
+						return 0, fmt.Errorf("remove the probe's %s document: %w", coll, err)
+					}
+				} else if !errors.Is(err, store.ErrNotFound) {
+					return 0, fmt.Errorf("read the probe's %s document: %w", coll, err)
 				}
-			} else if !errors.Is(err, store.ErrNotFound) {
-				return 0, fmt.Errorf("read the probe's retry document: %w", err)
 			}
 			// Only if the service has not touched it meanwhile.
 			_, err := b.st.Replace(ctx, order.Inbound, probe, value, d.CAS)
