@@ -304,7 +304,7 @@ func loadAndPay(ctx context.Context, st store.Store, docs []fixtures.Doc, show f
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := fixtures.Load(ctx, st, order.Inbound, docs[i:i+1]); err != nil {
+		if _, err := fixtures.Load(ctx, st, order.Inbound, docs[i:i+1], true); err != nil {
 			return err
 		}
 		if err := markPaid(ctx, st, doc.Key); err != nil {

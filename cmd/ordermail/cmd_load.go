@@ -18,27 +18,41 @@ var collections = []string{order.Inbound, order.Retry}
 
 func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 	var coll string
-	var pay bool
+	var pay, replace bool
 	var docs []fixtures.Doc
 	c := storeCommand("load", "ordermail load --store URL --collection NAME [--pay] FILE|DIR...",
 		"write JSON documents into a collection (.json: one document keyed by file name; .jsonl: {\"id\":...,\"doc\":{...}} lines)", stderr,
 		func(ctx context.Context, st store.Store, files []string) error {
-			if err := fixtures.Load(ctx, st, coll, docs); err != nil {
+			kept, err := fixtures.Load(ctx, st, coll, docs, replace)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "loaded %d documents into %s from %d paths\n", len(docs), coll, len(files))
+			fmt.Fprintf(stdout, "loaded %d documents into %s from %d paths\n", len(docs)-len(kept), coll, len(files))
+			if len(kept) > 0 {
+				named := strings.Join(kept[:min(len(kept), 10)], " ")
+				if len(kept) > 10 {
+					named += " ..."
+				}
+				fmt.Fprintf(stdout, "left %d documents that were there as they were (--replace writes over them): %s\n", len(kept), named)
+			}
 			if !pay {
 				return nil
 			}
+			paid := 0
 			for _, d := range docs {
+				if slices.Contains(kept, d.Key) {
+					continue // not loaded: not paid again either
+				}
 				if err := markPaid(ctx, st, d.Key); err != nil {
 					return err
 				}
+				paid++
 			}
-			fmt.Fprintf(stdout, "marked %d orders paid\n", len(docs))
+			fmt.Fprintf(stdout, "marked %d orders paid\n", paid)
 			return nil
 		})
 	c.FlagSet.StringVar(&coll, "collection", "", "collection to write into: inbound or retry")
+	c.FlagSet.BoolVar(&replace, "replace", false, "write over documents with the same keys (an order replaced is unconfirmed again, and its confirmation sent again once paid); without it they are left as they are")
 	c.FlagSet.BoolVar(&pay, "pay", false, "then set each order's paymentStatus to paid, as the sample's manual test does (inbound only)")
 	// Check the arguments and read every file before the store is opened:
 	// a bad file loads nothing.

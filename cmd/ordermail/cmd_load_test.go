@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -37,4 +38,63 @@ func TestPayGivesUpOnAnOrderThatKeepsChanging(t *testing.T) {
 	err = markPaid(context.Background(), changing, "o1")
 	assert.ErrorContains(t, err, "pay o1: the order changed under each of 10 tries")
 	assert.Equal(t, maxPayTries, changing.replaces)
+}
+
+// Loading orders again leaves those there as they are: written over, a
+// confirmed order would be unconfirmed and, paid again, mailed again.
+// --replace writes over them, as asked.
+func TestLoadLeavesWhatIsThereUnlessToldToReplaceIt(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	db := "file:" + filepath.Join(dir, "o.db")
+	confirmed := `{"email":"a@example.com","paymentStatus":"paid","confirmationEmailSent":true}`
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "o1.json"), []byte(`{"email":"a@example.com","paymentStatus":"pending"}`), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "o2.json"), []byte(`{"email":"b@example.com","paymentStatus":"pending"}`), 0o600))
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(dir, "o.db")})
+	require.NoError(t, err)
+	_, err = st.Insert(context.Background(), order.Inbound, "o1", []byte(confirmed))
+	require.NoError(t, err)
+	require.NoError(t, st.Close())
+
+	out, _, err := cli(t, "load", "--store", db, "--collection", "inbound", "--pay", filepath.Join(dir, "o1.json"), filepath.Join(dir, "o2.json"))
+	require.NoError(t, err)
+	assert.Contains(t, out, "loaded 1 documents into inbound")
+	assert.Contains(t, out, "left 1 documents that were there as they were (--replace writes over them): o1")
+	assert.Contains(t, out, "marked 1 orders paid")
+	get := func(key string) string {
+		st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(dir, "o.db")})
+		require.NoError(t, err)
+		defer st.Close()
+		d, err := st.Get(context.Background(), order.Inbound, key)
+		require.NoError(t, err)
+		return string(d.Value)
+	}
+	assert.JSONEq(t, confirmed, get("o1"), "the confirmed order is left as it was")
+	assert.Contains(t, get("o2"), `"paid"`)
+
+	out, _, err = cli(t, "load", "--store", db, "--collection", "inbound", "--replace", filepath.Join(dir, "o1.json"))
+	require.NoError(t, err)
+	assert.Contains(t, out, "loaded 1 documents into inbound")
+	assert.Contains(t, get("o1"), `"pending"`, "--replace writes over it")
+}
+
+// What is not a document is refused before anything is written, naming
+// the file: a document is a JSON object with a key.
+func TestLoadRefusesWhatIsNotADocument(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	db := "file:" + filepath.Join(dir, "o.db")
+	for name, body := range map[string]string{
+		".json":       `{"paymentStatus":"paid"}`,
+		"list.json":   `[1,2]`,
+		"null.jsonl":  `{"id":"a","doc":null}`,
+		"num.jsonl":   `{"id":"b","doc":3}`,
+		"empty.jsonl": `{"id":"","doc":{}}`,
+	} {
+		path := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(path, []byte(body), 0o600))
+		_, _, err := cli(t, "load", "--store", db, "--collection", "inbound", path)
+		require.Error(t, err, name)
+		assert.Contains(t, err.Error(), path, "names the file")
+	}
 }
