@@ -31,10 +31,11 @@ func StartRetries(ctx context.Context, st store.Store, ctl order.Control) (start
 	kept, keptErr := readKept(ctx, st) // out of reach: the flags stand all the same
 	_, err = st.Insert(ctx, order.Retry, order.ControlKey, body)
 	if errors.Is(err, store.ErrExists) {
-		// Armed already: the settings are rewritten, and what a pause
-		// kept is left to the pause that kept it (one under way now).
-		_, err = st.Upsert(ctx, order.Retry, order.ControlKey, body)
-		return false, ctl, order.Control{}, err
+		// Armed already: the settings given are rewritten, the others
+		// stand, and what a pause kept is left to the pause that kept it
+		// (one under way now).
+		set, err = updateControl(ctx, st, ctl)
+		return false, set, order.Control{}, err
 	} else if err != nil {
 		return false, order.Control{}, order.Control{}, err
 	}
@@ -42,6 +43,36 @@ func StartRetries(ctx context.Context, st store.Store, ctl order.Control) (start
 		return true, ctl, order.Control{}, keptErr
 	}
 	return true, ctl, kept.ctl, kept.clear(ctx, st)
+}
+
+// updateControl sets in allow_retrys the settings ctl gives, leaving the
+// others as they are (a malformed document is written over), and returns
+// them all. It reads again when the document changed under it, a bounded
+// number of times.
+func updateControl(ctx context.Context, st store.Store, ctl order.Control) (order.Control, error) {
+	for range 10 {
+		d, err := st.Get(ctx, order.Retry, order.ControlKey)
+		if errors.Is(err, store.ErrNotFound) { // paused meanwhile: armed again with these
+			if _, err = st.Insert(ctx, order.Retry, order.ControlKey, ctl.Encode()); !errors.Is(err, store.ErrExists) {
+				return ctl, err
+			}
+			continue
+		}
+		if err != nil {
+			return order.Control{}, err
+		}
+		set, _ := order.DecodeControl(d.Value)
+		if ctl.Interval > 0 {
+			set.Interval = ctl.Interval
+		}
+		if ctl.Quantum > 0 {
+			set.Quantum = ctl.Quantum
+		}
+		if _, err = st.Replace(ctx, order.Retry, order.ControlKey, set.Encode(), d.CAS); !errors.Is(err, store.ErrCASMismatch) {
+			return set, err
+		}
+	}
+	return order.Control{}, fmt.Errorf("%s changed under each of 10 tries: try again", order.ControlKey)
 }
 
 // ResumeRetries creates allow_retrys with the settings the last pause

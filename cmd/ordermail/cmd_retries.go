@@ -36,7 +36,7 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 			case started:
 				fmt.Fprintln(stdout, "retries started: created", order.ControlKey)
 			case ctl != (order.Control{}):
-				fmt.Fprintln(stdout, "retries already started; settings updated in", order.ControlKey)
+				fmt.Fprintf(stdout, "retries already started; settings in %s now: %s\n", order.ControlKey, set)
 			default:
 				fmt.Fprintln(stdout, "retries already started")
 			}

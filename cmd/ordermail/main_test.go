@@ -185,22 +185,23 @@ func TestLoadPayAndRetries(t *testing.T) {
 	assert.Equal(t, "retries started: created allow_retrys\n", out)
 	out, _, err = cli(t, "retries", "start", "--store", storeURL, "--interval", "7s")
 	require.NoError(t, err)
-	assert.Equal(t, "retries already started; settings updated in allow_retrys\n", out)
-	assert.Equal(t, map[string]any{"interval": "7s"}, status()["control"])
+	assert.Equal(t, "retries already started; settings in allow_retrys now: interval 7s, quantum 1m0s\n", out,
+		"the setting given is rewritten, the other stands")
+	assert.Equal(t, map[string]any{"interval": "7s", "quantum": "1m0s"}, status()["control"])
 	// A stop keeps the settings it deletes; status says so, and a start
 	// without flags gives them back.
 	out, _, err = cli(t, "retries", "stop", "--store", storeURL)
 	require.NoError(t, err)
 	assert.Equal(t, "retries stopped: deleted allow_retrys\n"+
-		"its settings (interval 7s) are kept: retries start without flags gives them back\n", out)
-	assert.Equal(t, map[string]any{"interval": "7s"}, status()["resumeWith"])
+		"its settings (interval 7s, quantum 1m0s) are kept: retries start without flags gives them back\n", out)
+	assert.Equal(t, map[string]any{"interval": "7s", "quantum": "1m0s"}, status()["resumeWith"])
 	out, _, err = cli(t, "retries", "status", "--store", storeURL)
 	require.NoError(t, err)
-	assert.Contains(t, out, "  on resuming:      interval 7s (kept by the pause; retries start without flags gives them back)\n")
+	assert.Contains(t, out, "  on resuming:      interval 7s, quantum 1m0s (kept by the pause; retries start without flags gives them back)\n")
 	out, _, err = cli(t, "retries", "start", "--store", storeURL)
 	require.NoError(t, err)
-	assert.Equal(t, "retries started: created allow_retrys with the settings the pause removed (interval 7s)\n", out)
-	assert.Equal(t, map[string]any{"interval": "7s"}, status()["control"])
+	assert.Equal(t, "retries started: created allow_retrys with the settings the pause removed (interval 7s, quantum 1m0s)\n", out)
+	assert.Equal(t, map[string]any{"interval": "7s", "quantum": "1m0s"}, status()["control"])
 	assert.Nil(t, status()["resumeWith"])
 	// Given back once; stopped again and started with flags, the flags
 	// stand.
@@ -209,7 +210,7 @@ func TestLoadPayAndRetries(t *testing.T) {
 	out, _, err = cli(t, "retries", "start", "--store", storeURL, "--quantum", "2m")
 	require.NoError(t, err)
 	assert.Equal(t, "retries started: created allow_retrys\n"+
-		"the settings the pause kept (interval 7s) are dropped: the flags given stand\n", out)
+		"the settings the pause kept (interval 7s, quantum 1m0s) are dropped: the flags given stand\n", out)
 	assert.Equal(t, map[string]any{"quantum": "2m0s"}, status()["control"])
 }
 
