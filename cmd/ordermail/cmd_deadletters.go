@@ -48,7 +48,7 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 			} else {
 				n, err = ops.Redrive(ctx, st, time.Now(), ids, redriveAll)
 			}
-			fmt.Fprintf(stdout, "redrove %d dead letters\n", n)
+			fmt.Fprintln(stdout, doneOrStopped(ctx, "redrove", n))
 			return err
 		},
 		existing(), checkArgs(func(ids []string) error { return selection("deadletters redrive", ids, redriveAll, redriveReason) }))
@@ -68,7 +68,7 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 			} else {
 				n, err = ops.Purge(ctx, st, ids, purgeAll, asOf)
 			}
-			fmt.Fprintf(stdout, "purged %d dead letters\n", n)
+			fmt.Fprintln(stdout, doneOrStopped(ctx, "purged", n))
 			return err
 		},
 		existing(), checkArgs(func(ids []string) error {
@@ -195,4 +195,15 @@ func shown(s string) string {
 		}
 	}
 	return s
+}
+
+// doneOrStopped says how many dead letters a bulk command did: all it was
+// asked, or, stopped (Ctrl-C), those it saw made, which writes under way
+// then may outnumber, and what to do.
+func doneOrStopped(ctx context.Context, did string, n int) string {
+	if ctx.Err() == nil {
+		return fmt.Sprintf("%s %d dead letters", did, n)
+	}
+	return fmt.Sprintf("stopped: %s %d dead letters, and perhaps a few more whose writes were under way; "+
+		"the rest are as they were: run the command again to go on", did, n)
 }

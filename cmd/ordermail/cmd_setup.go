@@ -49,10 +49,10 @@ func setupCommand(stdout, stderr io.Writer) *ffcli.Command {
 				return nil
 			}
 			if so.IndexReplicas < 0 {
-				return badSetting(fmt.Errorf("--cb-index-replicas %d: give 0 or more", so.IndexReplicas))
+				return badSetting(fmt.Errorf("cb-index-replicas: %d is below 0", so.IndexReplicas))
 			}
 			if so.IndexWait <= 0 {
-				return badSetting(fmt.Errorf("--cb-index-wait %s: give a positive duration", so.IndexWait))
+				return badSetting(fmt.Errorf("cb-index-wait: %s is not positive", so.IndexWait))
 			}
 			so.Replicas = uint32(replicas)
 			if err := couchbase.Setup(ctx, sc.CouchbaseConfig(), so, log); err != nil {

@@ -311,6 +311,9 @@ func storeCommand(name, usage, help string, stderr io.Writer, exec func(ctx cont
 					return err
 				}
 			}
+			if err := sc.Validate(); err != nil {
+				return badSetting(err)
+			}
 			if err := checkStoreFlags(sc); err != nil {
 				return badSetting(err)
 			}
