@@ -570,12 +570,9 @@ func TestSetupReplacesTheSweepsEarlierIndexes(t *testing.T) {
 	s := openStore(t, cfg)
 	ctx := context.Background()
 	retry := s.keyspace(order.Retry)
-	for _, stmt := range []string{"DROP INDEX ix_retry_due_next ON " + retry, "DROP INDEX ix_retry_due_ts ON " + retry,
-		"CREATE INDEX ix_retry_next ON " + retry + "(nextAttemptAt)",
-		"CREATE INDEX ix_retry_ts ON " + retry + "(ts) WHERE nextAttemptAt IS MISSING"} {
-		_, err := s.cluster.Query(stmt, nil)
-		require.NoError(t, err, stmt)
-	}
+	runStatements(t, s, "DROP INDEX ix_retry_due_next ON "+retry, "DROP INDEX ix_retry_due_ts ON "+retry,
+		"CREATE INDEX ix_retry_next ON "+retry+"(nextAttemptAt)",
+		"CREATE INDEX ix_retry_ts ON "+retry+"(ts) WHERE nextAttemptAt IS MISSING")
 	missing, err := s.MissingIndexes(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"ix_retry_due_next on retry (the sweep reads every retry document)",
@@ -591,6 +588,16 @@ func TestSetupReplacesTheSweepsEarlierIndexes(t *testing.T) {
 	assert.Empty(t, missing)
 }
 
+// runStatements runs each statement, as an operator would by hand.
+func runStatements(t *testing.T, s *Store, stmts ...string) {
+	t.Helper()
+	for _, stmt := range stmts {
+		res, err := s.cluster.Query(stmt, nil)
+		require.NoError(t, err, stmt)
+		require.NoError(t, res.Close(), stmt)
+	}
+}
+
 // Setup builds its indexes itself (deferred, then one BUILD per
 // collection) and waits until they are online: a build over millions of
 // documents outlasts any statement's timeout. Past --cb-index-wait, or
@@ -600,11 +607,8 @@ func TestSetupWaitsForItsIndexesToBeBuilt(t *testing.T) {
 	cfg, srv := fakeCluster(t, cbtest.Options{})
 	s := openStore(t, cfg)
 	ctx := context.Background()
-	for _, stmt := range []string{"DROP INDEX ix_retry_fire ON " + s.keyspace(order.Retry),
-		"DROP INDEX ix_inbound_paid ON " + s.keyspace(order.Inbound)} {
-		_, err := s.cluster.Query(stmt, nil)
-		require.NoError(t, err, stmt)
-	}
+	runStatements(t, s, "DROP INDEX ix_retry_fire ON "+s.keyspace(order.Retry),
+		"DROP INDEX ix_inbound_paid ON "+s.keyspace(order.Inbound))
 	release := srv.HoldIndexBuilds()
 	err := Setup(ctx, cfg, SetupOptions{IndexWait: time.Nanosecond}, quietLog)
 	require.Error(t, err, "the indexes are still building")
@@ -642,11 +646,8 @@ func TestSetupRemakesAnIndexWhoseDefinitionChanged(t *testing.T) {
 	s := openStore(t, cfg)
 	ctx := context.Background()
 	dead := s.keyspace(order.DeadLetter)
-	for _, stmt := range []string{"DROP INDEX ix_deadletter_why ON " + dead,
-		"CREATE INDEX ix_deadletter_why ON " + dead + "((reason || lastStatus))"} {
-		_, err := s.cluster.Query(stmt, nil)
-		require.NoError(t, err, stmt)
-	}
+	runStatements(t, s, "DROP INDEX ix_deadletter_why ON "+dead,
+		"CREATE INDEX ix_deadletter_why ON "+dead+"((reason || lastStatus))")
 	missing, err := s.MissingIndexes(ctx)
 	require.NoError(t, err)
 	require.Len(t, missing, 1)
@@ -690,12 +691,9 @@ func TestIntegrationMissingIndexesAreNamed(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, missing, "setup creates every index")
 
-	for _, stmt := range []string{"DROP INDEX ix_retry_fire ON " + s.keyspace(order.Retry),
-		"DROP INDEX ix_deadletter_reason ON " + s.keyspace(order.DeadLetter), "DROP INDEX ix_retry_why ON " + s.keyspace(order.Retry),
-		"DROP INDEX ix_deadletter_why ON " + s.keyspace(order.DeadLetter)} {
-		_, err := s.cluster.Query(stmt, nil)
-		require.NoError(t, err, stmt)
-	}
+	runStatements(t, s, "DROP INDEX ix_retry_fire ON "+s.keyspace(order.Retry),
+		"DROP INDEX ix_deadletter_reason ON "+s.keyspace(order.DeadLetter), "DROP INDEX ix_retry_why ON "+s.keyspace(order.Retry),
+		"DROP INDEX ix_deadletter_why ON "+s.keyspace(order.DeadLetter))
 	missing, err = s.MissingIndexes(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, []string{
