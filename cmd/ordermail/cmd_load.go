@@ -38,9 +38,13 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if !pay {
 				return nil
 			}
+			left := make(map[string]bool, len(kept))
+			for _, k := range kept {
+				left[k] = true
+			}
 			paid := 0
 			for _, d := range docs {
-				if slices.Contains(kept, d.Key) {
+				if left[d.Key] {
 					continue // not loaded: not paid again either
 				}
 				if err := markPaid(ctx, st, d.Key); err != nil {

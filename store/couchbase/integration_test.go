@@ -1,9 +1,11 @@
 package couchbase
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -622,10 +624,16 @@ func TestSetupWaitsForItsIndexesToBeBuilt(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() { done <- Setup(ctx, cfg, SetupOptions{}, quietLog) }()
+	// Setup looks at the states twice after the build started: it waits.
+	building := func() bool { return srv.IndexState("orders", "_default", order.Retry, "ix_retry_fire") == "building" }
+	require.Eventually(t, building, time.Minute, 10*time.Millisecond, "setup builds the index")
+	looks := srv.IndexStateReads()
+	require.Eventually(t, func() bool { return srv.IndexStateReads() >= looks+2*4 }, time.Minute, 10*time.Millisecond,
+		"setup looks at the four collections' indexes again")
 	select {
 	case err := <-done:
 		t.Fatalf("setup returned while its indexes were building: %v", err)
-	case <-time.After(1500 * time.Millisecond): // past a look at the states
+	default:
 	}
 	release()
 	select {
@@ -639,24 +647,51 @@ func TestSetupWaitsForItsIndexesToBeBuilt(t *testing.T) {
 	assert.Empty(t, missing)
 }
 
-// An index made by an earlier release with another definition keeps its
-// name, which IF NOT EXISTS goes by: setup makes it again.
-func TestSetupRemakesAnIndexWhoseDefinitionChanged(t *testing.T) {
+// Setups run at once (two operators, two deploy jobs) build the same
+// deferred indexes: the one whose BUILD comes second is told they are
+// built or building already, and waits as the first does.
+func TestSetupsAtOnceBuildTheirIndexesOnce(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	for round := range 3 {
+		runStatements(t, s, "DROP INDEX ix_retry_fire ON "+s.keyspace(order.Retry), "DROP INDEX ix_deadletter_why ON "+s.keyspace(order.DeadLetter))
+		errs := make(chan error, 4)
+		for range 4 {
+			go func() { errs <- Setup(context.Background(), cfg, SetupOptions{}, quietLog) }()
+		}
+		for range 4 {
+			require.NoError(t, <-errs, "round %d", round)
+		}
+	}
+	missing, err := s.MissingIndexes(context.Background())
+	require.NoError(t, err)
+	assert.Empty(t, missing)
+}
+
+// An index of a name setup uses, made with another definition (by an
+// operator, or a release before the definition's change), is left as it
+// is, which IF NOT EXISTS goes by: setup says that its statements do not
+// read it, and what to do.
+func TestSetupSaysWhichOfItsIndexesAStatementDoesNotRead(t *testing.T) {
 	cfg, srv := fakeCluster(t, cbtest.Options{})
 	s := openStore(t, cfg)
 	ctx := context.Background()
 	dead := s.keyspace(order.DeadLetter)
-	runStatements(t, s, "DROP INDEX ix_deadletter_why ON "+dead,
-		"CREATE INDEX ix_deadletter_why ON "+dead+"((reason || lastStatus))")
+	runStatements(t, s, "DROP INDEX ix_deadletter_why ON "+dead, "CREATE INDEX ix_deadletter_why ON "+dead+"((reason || lastStatus))")
+	var logs bytes.Buffer
+	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, slog.New(slog.NewTextHandler(&logs, nil))))
+	assert.Contains(t, logs.String(), "online, yet not read by the statement it is for")
+	assert.Contains(t, logs.String(), "ix_deadletter_why on deadletter")
+	assert.Equal(t, 1, strings.Count(logs.String(), "not read by"), "that one only:\n%s", logs.String())
+	assert.Contains(t, srv.Indexes("orders", "_default", order.DeadLetter), "ix_deadletter_why", "left as it is")
+
+	runStatements(t, s, "DROP INDEX ix_deadletter_why ON "+dead)
+	logs.Reset()
+	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, slog.New(slog.NewTextHandler(&logs, nil))))
+	assert.NotContains(t, logs.String(), "not read by")
 	missing, err := s.MissingIndexes(ctx)
 	require.NoError(t, err)
-	require.Len(t, missing, 1)
-
-	require.NoError(t, Setup(ctx, cfg, SetupOptions{}, quietLog))
-	missing, err = s.MissingIndexes(ctx)
-	require.NoError(t, err)
-	assert.Empty(t, missing, "made again with this release's definition")
-	assert.Contains(t, srv.Indexes("orders", "_default", order.DeadLetter), "ix_deadletter_why")
+	assert.Empty(t, missing, "dropped, it is made again")
 }
 
 // A user who may make indexes but not collections (query_manage_index

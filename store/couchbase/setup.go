@@ -311,14 +311,18 @@ func connectReady(ctx context.Context, cfg Config, log *slog.Logger) (*gocb.Clus
 }
 
 // setUpIndexes creates the indexes that are missing, drops those they
-// replace, builds them, and waits until they are online. An index whose
-// statements do not read it once online was made by a release with
-// another definition (IF NOT EXISTS goes by its name): it is made again.
+// replace, builds them, and waits until they are online; then it warns of
+// any its statements do not read (IF NOT EXISTS goes by the name: one an
+// operator made under it with another definition, or one the query
+// service passes over for another). A release that changes an index's
+// definition names it anew and lists the old name in replacedIndexes.
 func setUpIndexes(ctx context.Context, s *Store, edition string, so SetupOptions, log *slog.Logger) error {
+	if so.IndexReplicas > 0 && edition == editionCommunity {
+		return fmt.Errorf("--cb-index-replicas %d: Community Edition has no index replicas", so.IndexReplicas)
+	}
 	if so.IndexWait <= 0 {
 		so.IndexWait = time.Hour
 	}
-	deadline := time.Now().Add(so.IndexWait)
 	for _, ix := range setupIndexes() {
 		if err := createIndex(ctx, s.cluster, s.cfg, edition, ix.create(s.keyspace, so.IndexReplicas)); err != nil {
 			return err
@@ -329,105 +333,87 @@ func setUpIndexes(ctx context.Context, s *Store, edition string, so SetupOptions
 			return err
 		}
 	}
-	if err := buildIndexes(ctx, s, edition, deadline, so.IndexWait, log); err != nil {
+	if err := buildIndexes(ctx, s, edition, time.Now().Add(so.IndexWait), so.IndexWait, log); err != nil {
 		return err
 	}
 	missing, err := s.missingIndexes(ctx)
 	if err != nil {
 		return fmt.Errorf("check the indexes: %w", err)
 	}
-	remade := 0
-	for _, ix := range setupIndexes() {
-		if ix.name == "#primary" || !slices.ContainsFunc(missing, func(m missingIndex) bool { return m.name == ix.name && m.coll == ix.coll }) {
-			continue
-		}
-		log.Warn("index made by an earlier release with another definition: making it again; the statements "+
-			"that read it go without it until it is built", "index", ix.name, "collection", ix.coll)
-		if err := createIndex(ctx, s.cluster, s.cfg, edition, "DROP INDEX "+ix.name+" IF EXISTS ON "+s.keyspace(ix.coll)); err != nil {
-			return err
-		}
-		if err := createIndex(ctx, s.cluster, s.cfg, edition, ix.create(s.keyspace, so.IndexReplicas)); err != nil {
-			return err
-		}
-		remade++
-	}
-	if remade == 0 {
-		return nil
-	}
-	if err := buildIndexes(ctx, s, edition, deadline, so.IndexWait, log); err != nil {
-		return err
-	}
-	if missing, err = s.missingIndexes(ctx); err != nil {
-		return fmt.Errorf("check the indexes: %w", err)
-	}
 	for _, m := range missing {
-		// Online, yet not read: another index the query service prefers.
-		log.Warn("a statement does not read the index setup made for it", "index", m.say)
+		log.Warn("online, yet not read by the statement it is for: an index of that name with another "+
+			"definition (drop it and run setup again), or another index the query service prefers", "index", m.say)
 	}
 	return nil
 }
 
-// buildIndexes builds the collections' deferred indexes that setup makes
-// and waits until all of them are online, saying which are still building
-// every 15s; past deadline, or when ctx ends, it fails naming them.
+// buildIndexes builds the deferred indexes setup makes, those of a
+// collection together (one pass over its documents), and waits until all
+// of them are online, saying which are still building every 15s; past
+// deadline, or when ctx ends, it fails naming them. Each look at their
+// states builds what is deferred then (another setup's, an index made
+// deferred meanwhile); a look that fails for a moment is tried again.
 func buildIndexes(ctx context.Context, s *Store, edition string, deadline time.Time, wait time.Duration, log *slog.Logger) error {
 	ours := map[string][]string{} // index names by collection
 	for _, ix := range setupIndexes() {
 		ours[ix.coll] = append(ours[ix.coll], ix.name)
 	}
-	states := func() (map[string]map[string]string, error) {
-		out := map[string]map[string]string{}
-		for coll := range ours {
-			all, err := s.cluster.Bucket(s.cfg.Bucket).Scope(s.cfg.Scope).Collection(coll).QueryIndexes().GetAllIndexes(
-				&gocb.GetAllQueryIndexesOptions{Context: ctx})
-			if err != nil {
-				return nil, errRights(s.cfg, edition, stepIndexes, "read the indexes of "+coll, err)
-			}
-			out[coll] = map[string]string{}
-			for _, ix := range all {
-				out[coll][ix.Name] = ix.State
-			}
+	colls := slices.Sorted(maps.Keys(ours))
+	// look reads the states of the collection's indexes and builds those
+	// deferred; what it returns is what is not online yet.
+	look := func(coll string) ([]string, error) {
+		all, err := s.cluster.Bucket(s.cfg.Bucket).Scope(s.cfg.Scope).Collection(coll).QueryIndexes().GetAllIndexes(
+			&gocb.GetAllQueryIndexesOptions{Context: ctx})
+		if err != nil {
+			return nil, errRights(s.cfg, edition, stepIndexes, "read the indexes of "+coll, err)
 		}
-		return out, nil
-	}
-	st, err := states()
-	if err != nil {
-		return err
-	}
-	built := false
-	for coll, names := range ours {
-		var deferred []string
-		for _, n := range names {
-			if st[coll][n] == "deferred" {
+		state := map[string]string{}
+		for _, ix := range all {
+			state[ix.Name] = ix.State
+		}
+		var pending, deferred []string
+		for _, n := range ours[coll] {
+			switch st := state[n]; st {
+			case "online":
+				continue
+			case "deferred":
 				deferred = append(deferred, "`"+n+"`")
+				st = "building"
+				pending = append(pending, fmt.Sprintf("%s on %s (%s)", n, coll, st))
+			default:
+				pending = append(pending, fmt.Sprintf("%s on %s (%s)", n, coll, cmp.Or(st, "missing")))
 			}
 		}
-		if len(deferred) == 0 {
-			continue
+		if len(deferred) > 0 {
+			stmt := "BUILD INDEX ON " + s.keyspace(coll) + "(" + strings.Join(deferred, ", ") + ")"
+			err := createIndex(ctx, s.cluster, s.cfg, edition, stmt)
+			// Another setup's BUILD of the same index, between the look
+			// and this one: the next look sees it.
+			if err != nil && !strings.Contains(strings.ToLower(err.Error()), "already") {
+				return nil, err
+			}
+			log.Info("building indexes", "collection", coll, "indexes", strings.Join(deferred, ", "))
 		}
-		// One BUILD per collection: its indexes are built in one pass.
-		stmt := "BUILD INDEX ON " + s.keyspace(coll) + "(" + strings.Join(deferred, ", ") + ")"
-		if err := createIndex(ctx, s.cluster, s.cfg, edition, stmt); err != nil &&
-			!strings.Contains(err.Error(), "Build Already In Progress") { // another setup's
-			return err
-		}
-		log.Info("building indexes", "collection", coll, "indexes", strings.Join(deferred, ", "))
-		built = true
-	}
-	if built {
-		if st, err = states(); err != nil {
-			return err
-		}
+		return pending, nil
 	}
 	said := time.Now()
 	for {
 		var pending []string
-		for _, coll := range slices.Sorted(maps.Keys(ours)) {
-			for _, n := range ours[coll] {
-				if state := st[coll][n]; state != "online" {
-					pending = append(pending, fmt.Sprintf("%s on %s (%s)", n, coll, cmp.Or(state, "missing")))
+		var lookErr error
+		for _, coll := range colls {
+			p, err := look(coll)
+			if err != nil {
+				transient := errors.Is(err, gocb.ErrTimeout) || errors.Is(err, gocb.ErrServiceNotAvailable)
+				if !transient && ctx.Err() == nil {
+					return err
 				}
+				lookErr = err
+				for _, n := range ours[coll] {
+					pending = append(pending, n+" on "+coll+" (not known)")
+				}
+				continue
 			}
+			pending = append(pending, p...)
 		}
 		if len(pending) == 0 {
 			return nil
@@ -440,6 +426,9 @@ func buildIndexes(ctx context.Context, s *Store, edition string, deadline time.T
 			stop = fmt.Sprintf("not built within %s (--cb-index-wait):", wait)
 		}
 		if stop != "" {
+			if lookErr != nil {
+				stop = fmt.Sprintf("%s (the last look at their states: %v)", stop, lookErr)
+			}
 			return fmt.Errorf("indexes %s %s; the cluster goes on building them: run setup again to wait for them "+
 				"(meanwhile ordermail run warns of each its statements do not get)", stop, strings.Join(pending, ", "))
 		}
@@ -449,14 +438,7 @@ func buildIndexes(ctx context.Context, s *Store, edition string, deadline time.T
 		}
 		select {
 		case <-ctx.Done():
-			continue
 		case <-time.After(time.Second):
-		}
-		if st, err = states(); err != nil {
-			if ctx.Err() != nil {
-				continue
-			}
-			return err
 		}
 	}
 }

@@ -206,6 +206,18 @@ func flock(f *os.File, how int) error {
 	}
 }
 
+// ownLockFile says whether f is a file that is the lock file alone: a
+// regular one, with one name. A hard link to another file, put in its
+// place, would have that file written and, by root, given away.
+func ownLockFile(f *os.File) bool {
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() {
+		return false
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	return ok && sys.Nlink == 1
+}
+
 // openLockFile opens the lock file at path beside the database at dbPath,
 // made private if it is not there. One made or opened by root is given to
 // the database file's owner, as SQLite gives its -wal and -shm files: a
@@ -225,6 +237,11 @@ func openLockFile(dbPath, path string) (*os.File, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	if !ownLockFile(f) {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a lock file of its own (another kind of file, or a hard link to another "+
+			"file, which the lock's writes would change): remove it while no ordermail uses the store", path)
 	}
 	if os.Geteuid() == 0 {
 		if st, err := os.Stat(dbPath); err == nil {

@@ -69,3 +69,28 @@ func TestLockFilesRootMakesAreTheStoresOwners(t *testing.T) {
 		assert.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "%s stays private", filepath.Base(name))
 	}
 }
+
+// A hard link to another file, put where a lock file goes, is refused:
+// the lock would write that file and, run as root, give it away.
+func TestALockFileThatIsAHardLinkIsNotGivenAway(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: it shows what a command run as root leaves the store's owner")
+	}
+	dir := t.TempDir()
+	db := filepath.Join(dir, "o.db")
+	require.NoError(t, os.WriteFile(db, nil, 0o600))
+	require.NoError(t, os.Chown(db, 65534, 65534))
+	secret := filepath.Join(dir, "root-only")
+	require.NoError(t, os.WriteFile(secret, []byte("x"), 0o600))
+	require.NoError(t, os.Link(secret, db+".lock"))
+
+	_, err := embedded.NewProcessLock(db).TryLock()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "not a lock file of its own")
+	st, err := os.Stat(secret)
+	require.NoError(t, err)
+	assert.Equal(t, uint32(0), st.Sys().(*syscall.Stat_t).Uid, "still root's")
+	b, err := os.ReadFile(secret)
+	require.NoError(t, err)
+	assert.Equal(t, "x", string(b), "not written")
+}

@@ -641,6 +641,7 @@ type queryState struct {
 	// holdBuilds leaves the indexes a BUILD INDEX starts building until
 	// HoldIndexBuilds' release, as a build over a large collection does.
 	holdBuilds bool
+	stateReads int // IndexStateReads
 	prepared   map[string]preparedStmt
 	reqSeq     atomic.Uint64
 }
@@ -1348,9 +1349,31 @@ func (s *Server) HoldIndexBuilds() (release func()) {
 	}
 }
 
+// IndexState is the state of a keyspace's index name, as system:indexes
+// says it ("" when there is none). For tests.
+func (s *Server) IndexState(bucket, scope, coll, name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ix := range s.query.indexes[ksID(bucket, scope, coll)] {
+		if ix.name == name {
+			return ix.state
+		}
+	}
+	return ""
+}
+
+// IndexStateReads counts the statements that read system:indexes: a
+// client waiting for a build reads it again and again. For tests.
+func (s *Server) IndexStateReads() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.query.stateReads
+}
+
 // systemIndexesLocked is system:indexes: a row per GSI index, with the
 // fields gocb's query index manager reads.
 func (x *exec) systemIndexesLocked(alias string) []*docRow {
+	x.s.query.stateReads++
 	var ids []string
 	for id := range x.s.query.indexes {
 		ids = append(ids, id)
