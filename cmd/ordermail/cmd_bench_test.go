@@ -377,3 +377,20 @@ func TestBenchSaysAPartialRunFailed(t *testing.T) {
 	assert.Equal(t, 40, res.Confirmed+res.DeadLetters)
 	assert.Contains(t, stderr.String(), fmt.Sprintf("%d of the run's 40 orders confirmed, %d dead-lettered", res.Confirmed, res.DeadLetters))
 }
+
+// A key in --mail-url (the one way to give a real service's without an
+// auth file) is masked in the progress, the settings printed and the
+// error: bench figures get pasted into documents.
+func TestBenchMasksAKeyInTheMailURL(t *testing.T) {
+	mock := startMock(t)
+	url := mock + "/?api_key=SECRET123"
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, binary, "bench", "--timeout", "5m", "--orders", "20", "--mail-url", url)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	_ = cmd.Run() // the figures or an error: neither may show the key
+	out := stdout.String() + stderr.String()
+	assert.Contains(t, out, "api_key=REDACTED", "the URL is said, masked:\n%s", out)
+	assert.NotContains(t, out, "SECRET123")
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ordermail/ordermail/internal/redact"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -317,8 +318,13 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Result, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	// The processes' output goes there from their own goroutines.
+	// The processes' output goes there from their own goroutines. A key
+	// in --mail-url (the one way to give a real service's without an auth
+	// file) is masked in it, in the settings printed and in the error.
 	out := &lockedWriter{w: progress}
+	if raw := strings.TrimRight(cfg.MailURL, "/"); raw != "" && redact.URL(raw) != raw {
+		out.hide = strings.NewReplacer(raw, redact.URL(raw))
+	}
 	b := &bench{cfg: cfg, out: out, runID: strconv.FormatInt(time.Now().UnixNano(), 36)}
 	b.keyPrefix = "bench-" + b.runID + "-"
 	res, err := b.run(ctx)
@@ -327,6 +333,9 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Result, error) {
 	}
 	if err != nil && ctx.Err() != nil && !errors.Is(err, context.Canceled) {
 		err = fmt.Errorf("bench timed out after %s (--timeout): %w", cfg.Timeout, err)
+	}
+	if err != nil && out.hide != nil {
+		err = hidden{out.hide.Replace(err.Error()), err}
 	}
 	return res, err
 }
@@ -593,7 +602,7 @@ func (b *bench) minimal(ctx context.Context, orders [][]byte) (minimalResult, er
 
 func (b *bench) settings() Settings {
 	c := b.cfg
-	s := Settings{Orders: c.Orders, Seed: c.Seed, MailURL: c.MailURL, Workers: c.Workers, History: c.History,
+	s := Settings{Orders: c.Orders, Seed: c.Seed, MailURL: redact.URL(c.MailURL), Workers: c.Workers, History: c.History,
 		Due: c.Due, Dead: c.Dead, Rate: c.Rate, Ceiling: c.Ceiling, Minimal: c.Minimal, Secure: c.Secure, Scatter: c.Scatter, TimerIntervalMs: ms(c.TimerInterval),
 		RetryQuantumMs: ms(c.RetryQuantum), Backoff: c.Backoff, BackoffMinMs: ms(c.BackoffMin),
 		ServiceArgs: c.ServiceArgs, CPUs: runtime.NumCPU()}
@@ -1392,12 +1401,30 @@ func round(x float64, digits int) float64 {
 
 // lockedWriter is a writer for several goroutines.
 type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
+	mu   sync.Mutex
+	w    io.Writer
+	hide *strings.Replacer // nil: nothing to mask
 }
 
+// Write writes p, masked: every write is a whole line, so a URL is never
+// split between two.
 func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.hide != nil {
+		if _, err := l.hide.WriteString(l.w, string(p)); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	return l.w.Write(p)
 }
+
+// hidden is an error whose message has what must not be shown masked.
+type hidden struct {
+	msg string
+	err error
+}
+
+func (h hidden) Error() string { return h.msg }
+func (h hidden) Unwrap() error { return h.err }

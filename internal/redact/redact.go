@@ -12,12 +12,12 @@ const Mask = "REDACTED"
 
 // URL returns raw with the userinfo password (or a user name given
 // alone, which is then the whole credential: an API key as a Basic-auth
-// user, sent as "key:"), every query parameter's value and every bare
-// query token replaced by Mask: a query is where services put their keys, under
-// names no list foresees (Azure Functions' ?code=, a signed URL's parts),
-// and its names are enough to tell one URL from another. A string that
-// does not parse as a URL has whatever stands between "://" and "@"
-// replaced instead.
+// user, sent as "key:"), every query parameter's value, every bare query
+// token and the fragment replaced by Mask: a query is where services put
+// their keys, under names no list foresees (Azure Functions' ?code=, a
+// signed URL's parts), and its names are enough to tell one URL from
+// another. A string that does not parse as a URL (a port mistyped, a
+// carriage return from an env file) is masked the same way, part by part.
 func URL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -25,7 +25,7 @@ func URL(raw string) string {
 	}
 	_, hasPassword := u.User.Password()
 	q := query(u.RawQuery)
-	if u.User == nil && q == u.RawQuery {
+	if u.User == nil && q == u.RawQuery && u.Fragment == "" {
 		return raw // nothing to hide: as given, not re-encoded
 	}
 	switch {
@@ -36,22 +36,31 @@ func URL(raw string) string {
 		u.User = url.User(Mask)
 	}
 	u.RawQuery = q
+	if u.Fragment != "" {
+		u.Fragment, u.RawFragment = Mask, ""
+	}
 	return u.String()
 }
 
-// unparsed masks a userinfo-like part; the last "@" so that a password
-// holding "@" is masked whole.
+// unparsed masks what stands between "://" and the last "@" (a password
+// holding "@" is masked whole), the query's values and the fragment.
 func unparsed(raw string) string {
-	i := strings.Index(raw, "://")
-	if i < 0 {
-		return raw
+	head, rest := "", raw
+	if i := strings.Index(raw, "://"); i >= 0 {
+		head, rest = raw[:i+len("://")], raw[i+len("://"):]
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			head, rest = head+Mask, rest[at:]
+		}
 	}
-	start := i + len("://")
-	at := strings.LastIndex(raw[start:], "@")
-	if at < 0 {
-		return raw
+	rest, _, hasFragment := strings.Cut(rest, "#")
+	rest, q, hasQuery := strings.Cut(rest, "?")
+	if hasQuery {
+		rest += "?" + query(q)
 	}
-	return raw[:start] + Mask + raw[start+at:]
+	if hasFragment {
+		rest += "#" + Mask
+	}
+	return head + rest
 }
 
 // query masks values in place, keeping the parameters' order and encoding.

@@ -26,6 +26,12 @@ func TestURL(t *testing.T) {
 		{give: "http://user:pw@host/%zz", want: "http://REDACTED@host/%zz"},
 		{give: "http://user:p w@ho st", want: "http://REDACTED@ho st"},
 		{give: "not a url at all %zz", want: "not a url at all %zz"},
+		// Unparsed (a carriage return from an env file, a mistyped port):
+		// the query and the fragment are masked all the same.
+		{give: "https://mail.example.com/send?api_key=SECRET\r", want: "https://mail.example.com/send?api_key=REDACTED"},
+		{give: "https://mail.example.com:443x/send?key=SECRET&a", want: "https://mail.example.com:443x/send?key=REDACTED&REDACTED"},
+		{give: "https://h:1x/p#access_token=SECRET", want: "https://h:1x/p#REDACTED"},
+		{give: "https://h/p#access_token=SECRET", want: "https://h/p#REDACTED"},
 		{give: "", want: ""},
 	}
 	for _, tt := range tests {
