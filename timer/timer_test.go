@@ -1186,3 +1186,39 @@ func TestAPauseTheSweepFoundLetsTheResumeSweepAtOnce(t *testing.T) {
 	_, err = st.Get(ctx, store.Meta, order.KeptControlKey)
 	assert.ErrorIs(t, err, store.ErrNotFound, "the settings the pause kept were dropped")
 }
+
+// blockedGet holds every read that can end (a sweep's) until its context
+// ends, and says when one waits.
+type blockedGet struct {
+	store.Store
+	waiting chan struct{}
+}
+
+func (s blockedGet) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	if ctx.Done() == nil {
+		return s.Store.Get(ctx, coll, key)
+	}
+	select {
+	case s.waiting <- struct{}{}:
+	default:
+	}
+	<-ctx.Done()
+	return store.Doc{}, ctx.Err()
+}
+
+// A sweep cut short by Stop is no failure: stopping (a Ctrl-C) logs no
+// "sweep failed".
+func TestASweepStopCutsShortIsNoFailure(t *testing.T) {
+	var logs syncbuf.Buffer
+	bs := blockedGet{Store: openStore(t), waiting: make(chan struct{}, 1)}
+	tm, err := timer.New(timer.Config{Interval: 10 * time.Millisecond}, bs, slog.New(slog.NewTextHandler(&logs, nil)), nil)
+	require.NoError(t, err)
+	tm.Start()
+	select {
+	case <-bs.waiting:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no sweep read the store within 30s")
+	}
+	require.NoError(t, tm.Stop(context.Background()))
+	assert.NotContains(t, logs.String(), "sweep failed")
+}

@@ -20,7 +20,7 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 	var coll string
 	var pay, replace bool
 	var docs []fixtures.Doc
-	c := storeCommand("load", "ordermail load --store URL --collection NAME [--pay] FILE|DIR...",
+	c := storeCommand("load", "ordermail load --store URL --collection NAME [--pay] [--replace] FILE|DIR...",
 		"write JSON documents into a collection (.json: one document keyed by file name; .jsonl: {\"id\":...,\"doc\":{...}} lines)", stderr,
 		func(ctx context.Context, st store.Store, files []string) error {
 			kept, err := fixtures.Load(ctx, st, coll, docs, replace)

@@ -35,7 +35,8 @@ func mockmailCommand(stderr io.Writer) *ffcli.Command {
 	logs.register(fs, "info")
 	return &ffcli.Command{
 		Name: "mockmail",
-		ShortUsage: "ordermail mockmail [--listen ADDR] [--fail-rate P] [--fail-status CODE] [--latency DURATION]\n" +
+		ShortUsage: "ordermail mockmail [--listen ADDR] [--fail-rate P] [--fail-once] [--fail-status CODE] [--latency DURATION]\n" +
+			"    [--hold-every N] [--seed N]\n" +
 			"    [--auth-file PATH [--auth-header NAME]] [--signing-secret-file PATH]\n" +
 			"    [--tls-cert PATH --tls-key PATH [--client-ca PATH]]",
 		ShortHelp: "run the mock email service (POST /sendConfirmation, GET /stats)",

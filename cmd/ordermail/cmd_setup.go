@@ -26,7 +26,7 @@ func setupCommand(stdout, stderr io.Writer) *ffcli.Command {
 	logs.register(fs, "info")
 	return &ffcli.Command{
 		Name:       "setup",
-		ShortUsage: "ordermail setup --store couchbase://HOST --cb-username U [flags]",
+		ShortUsage: "ordermail setup --store couchbase://HOST (--cb-username U | --cb-cert-file F --cb-key-file K) [flags]",
 		ShortHelp:  "create the Couchbase buckets, collections and indexes (safe to run again)",
 		FlagSet:    fs,
 		Options:    envOptions,

@@ -117,9 +117,10 @@ func rootCommand(stdout, stderr io.Writer) *ffcli.Command {
 		ShortHelp:  "order confirmation service",
 		LongHelp: "ordermail sends an order confirmation when an order becomes paid, and retries\n" +
 			"failed sends on a timer armed by the document allow_retrys in retry.\n" +
-			"Every flag can also be set as ORDERMAIL_<FLAG>, e.g. ORDERMAIL_MAIL_URL.\n" +
-			"`ordermail <command> -h` shows a command's flags. Exit status: 0 done, 1 failed,\n" +
-			"2 wrong command line, 3 run stopped because its store file was deleted or\n" +
+			"A setting can also be given as ORDERMAIL_<FLAG>, e.g. ORDERMAIL_MAIL_URL; a command's\n" +
+			"own choices (--yes, --all, --reason, --pay...) only on its command line, and bench reads\n" +
+			"none. `ordermail <command> -h` shows a command's flags. Exit status: 0 done, 1 failed,\n" +
+			"2 wrong command line, 3 run stopped because its store file or lock file was deleted or\n" +
 			"replaced, 4 run stopped because the change feed failed for good,\n" +
 			"130 interrupted (Ctrl-C).",
 		FlagSet: newFlagSet("ordermail", stderr),
