@@ -27,7 +27,7 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(stdout, "loaded %d documents into %s from %d paths\n", len(docs)-len(kept), coll, len(files))
+			fmt.Fprintf(stdout, "loaded %d documents into %s from %s\n", len(docs)-len(kept), coll, plural(len(files), "path"))
 			if len(kept) > 0 {
 				named := strings.Join(kept[:min(len(kept), 10)], " ")
 				if len(kept) > 10 {
@@ -132,6 +132,9 @@ func payCommand(stdout, stderr io.Writer) *ffcli.Command {
 func markPaid(ctx context.Context, st store.Store, key string) error {
 	for range maxPayTries {
 		d, err := st.Get(ctx, order.Inbound, key)
+		if errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("pay %s: no such order in %s: %w", key, order.Inbound, err)
+		}
 		if err != nil {
 			return fmt.Errorf("pay %s: %w", key, err)
 		}
@@ -153,3 +156,11 @@ func markPaid(ctx context.Context, st store.Store, key string) error {
 // maxPayTries bounds the reads and writes of one order that keeps changing
 // while it is marked paid.
 const maxPayTries = 10
+
+// plural says n things, "1 path" or "2 paths".
+func plural(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return fmt.Sprintf("%d %ss", n, thing)
+}

@@ -132,7 +132,7 @@ func TestLoadPayAndRetries(t *testing.T) {
 
 	out, _, err = cli(t, "load", "--store", "file:"+filepath.Join(t.TempDir(), "paid.db"), "--collection", "inbound", "--pay", fixturesDir)
 	require.NoError(t, err)
-	assert.Equal(t, "loaded 5 documents into inbound from 1 paths\nmarked 5 orders paid\n", out)
+	assert.Equal(t, "loaded 5 documents into inbound from 1 path\nmarked 5 orders paid\n", out)
 	_, _, err = cli(t, "load", "--store", storeURL, "--collection", "retry", "--pay", fixturesDir)
 	require.ErrorContains(t, err, "only orders")
 	// A document that is no object loads nothing, with --pay or not.
@@ -151,7 +151,7 @@ func TestLoadPayAndRetries(t *testing.T) {
 	require.ErrorContains(t, err, "load: a_order is given twice (nothing loaded)")
 
 	out, _, err = cli(t, "pay", "--store", storeURL, "order_140", "order_141", "order_missing")
-	require.ErrorContains(t, err, "pay order_missing: ")
+	require.ErrorContains(t, err, "pay order_missing: no such order in inbound")
 	assert.Equal(t, "marked 2 of 3 orders paid\n", out)
 
 	status := func() map[string]any {
