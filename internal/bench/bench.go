@@ -9,6 +9,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -323,7 +324,13 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Result, error) {
 	// file) is masked in it, in the settings printed and in the error.
 	out := &lockedWriter{w: progress}
 	if raw := strings.TrimRight(cfg.MailURL, "/"); raw != "" && redact.URL(raw) != raw {
-		out.hide = strings.NewReplacer(raw, redact.URL(raw))
+		pairs := []string{raw, redact.URL(raw)}
+		// net/http's errors quote the URL as url.URL.String writes it:
+		// the scheme in lower case, escapes decoded where they may be.
+		if u, err := url.Parse(raw); err == nil && u.String() != raw {
+			pairs = append(pairs, u.String(), redact.URL(raw))
+		}
+		out.hide = strings.NewReplacer(pairs...)
 	}
 	b := &bench{cfg: cfg, out: out, runID: strconv.FormatInt(time.Now().UnixNano(), 36)}
 	b.keyPrefix = "bench-" + b.runID + "-"

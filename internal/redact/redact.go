@@ -43,13 +43,23 @@ func URL(raw string) string {
 }
 
 // unparsed masks what stands between "://" and the last "@" (a password
-// holding "@" is masked whole), the query's values and the fragment.
+// holding "@" is masked whole), the query's values and the fragment. An
+// "@" that was in the query or the fragment (an address as a parameter)
+// leaves everything after it masked as the query's or the fragment's
+// rest: more than needed, never less.
 func unparsed(raw string) string {
 	head, rest := "", raw
 	if i := strings.Index(raw, "://"); i >= 0 {
 		head, rest = raw[:i+len("://")], raw[i+len("://"):]
 		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			before := rest[:at]
 			head, rest = head+Mask, rest[at:]
+			switch {
+			case strings.Contains(before, "#"):
+				return head + "@" + Mask
+			case strings.Contains(before, "?"):
+				return head + "@" + query(rest[1:])
+			}
 		}
 	}
 	rest, _, hasFragment := strings.Cut(rest, "#")

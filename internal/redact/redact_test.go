@@ -32,6 +32,10 @@ func TestURL(t *testing.T) {
 		{give: "https://mail.example.com:443x/send?key=SECRET&a", want: "https://mail.example.com:443x/send?key=REDACTED&REDACTED"},
 		{give: "https://h:1x/p#access_token=SECRET", want: "https://h:1x/p#REDACTED"},
 		{give: "https://h/p#access_token=SECRET", want: "https://h/p#REDACTED"},
+		// An address in the query or the fragment of one that does not parse.
+		{give: "https://h/send?to=ops@example.com&key=SECRET\r", want: "https://REDACTED@REDACTED&key=REDACTED"},
+		{give: "https://h:1x/p#a@b&token=SECRET", want: "https://REDACTED@REDACTED"},
+		{give: "https://u:Ab#3x@h:1x/p", want: "https://REDACTED@REDACTED"}, // a "#" in the password
 		{give: "", want: ""},
 	}
 	for _, tt := range tests {

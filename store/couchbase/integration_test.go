@@ -622,19 +622,34 @@ func TestSetupWaitsForItsIndexesToBeBuilt(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, missing, 2, "a statement reads no index before it is built: %v", missing)
 
-	done := make(chan error, 1)
-	go func() { done <- Setup(ctx, cfg, SetupOptions{}, quietLog) }()
 	// Setup looks at the states twice after the build started: it waits.
-	building := func() bool { return srv.IndexState("orders", "_default", order.Retry, "ix_retry_fire") == "building" }
-	require.Eventually(t, building, time.Minute, 10*time.Millisecond, "setup builds the index")
-	looks := srv.IndexStateReads()
-	require.Eventually(t, func() bool { return srv.IndexStateReads() >= looks+2*4 }, time.Minute, 10*time.Millisecond,
-		"setup looks at the four collections' indexes again")
+	waiting := func(done chan error) {
+		t.Helper()
+		looks := srv.IndexStateReads()
+		require.Eventually(t, func() bool { return srv.IndexStateReads() >= looks+2*4 }, time.Minute, 10*time.Millisecond,
+			"setup looks at the four collections' indexes again")
+		select {
+		case err := <-done:
+			t.Fatalf("setup returned while its indexes were building: %v", err)
+		default:
+		}
+	}
+	// Stopped (Ctrl-C), it names those it last saw building, and those only.
+	stopped, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- Setup(stopped, cfg, SetupOptions{}, quietLog) }()
+	waiting(done)
+	stop()
 	select {
 	case err := <-done:
-		t.Fatalf("setup returned while its indexes were building: %v", err)
-	default:
+		require.Error(t, err)
+		assert.ErrorContains(t, err, "stopped waiting for ix_inbound_paid on inbound (building), ix_retry_fire on retry (building);")
+	case <-time.After(time.Minute):
+		t.Fatal("setup did not return within a minute of being stopped")
 	}
+
+	go func() { done <- Setup(ctx, cfg, SetupOptions{}, quietLog) }()
+	waiting(done)
 	release()
 	select {
 	case err := <-done:
@@ -650,7 +665,7 @@ func TestSetupWaitsForItsIndexesToBeBuilt(t *testing.T) {
 // Setups run at once (two operators, two deploy jobs) build the same
 // deferred indexes: the one whose BUILD comes second is told they are
 // built or building already, and waits as the first does.
-func TestSetupsAtOnceBuildTheirIndexesOnce(t *testing.T) {
+func TestSetupsAtOnceAllSucceed(t *testing.T) {
 	cfg, _ := fakeCluster(t, cbtest.Options{})
 	s := openStore(t, cfg)
 	for round := range 3 {

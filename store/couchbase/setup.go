@@ -217,6 +217,9 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 	}
 	defer cluster.Close(nil)
 	edition := clusterEdition(ctx, cluster)
+	if so.IndexReplicas > 0 && edition == editionCommunity {
+		return fmt.Errorf("--cb-index-replicas %d: Community Edition has no index replicas", so.IndexReplicas)
+	}
 	for _, b := range []struct {
 		name string
 		ram  uint64
@@ -317,9 +320,6 @@ func connectReady(ctx context.Context, cfg Config, log *slog.Logger) (*gocb.Clus
 // service passes over for another). A release that changes an index's
 // definition names it anew and lists the old name in replacedIndexes.
 func setUpIndexes(ctx context.Context, s *Store, edition string, so SetupOptions, log *slog.Logger) error {
-	if so.IndexReplicas > 0 && edition == editionCommunity {
-		return fmt.Errorf("--cb-index-replicas %d: Community Edition has no index replicas", so.IndexReplicas)
-	}
 	if so.IndexWait <= 0 {
 		so.IndexWait = time.Hour
 	}
@@ -350,15 +350,18 @@ func setUpIndexes(ctx context.Context, s *Store, edition string, so SetupOptions
 // buildIndexes builds the deferred indexes setup makes, those of a
 // collection together (one pass over its documents), and waits until all
 // of them are online, saying which are still building every 15s; past
-// deadline, or when ctx ends, it fails naming them. Each look at their
-// states builds what is deferred then (another setup's, an index made
-// deferred meanwhile); a look that fails for a moment is tried again.
+// deadline, or when ctx ends, it fails naming them as last seen. A look at
+// their states builds what is deferred then (another setup's, an index
+// made deferred meanwhile), at most every 15s a collection, as the
+// indexer may answer a BUILD "in progress" and build it later itself; a
+// look that fails for a moment is tried again.
 func buildIndexes(ctx context.Context, s *Store, edition string, deadline time.Time, wait time.Duration, log *slog.Logger) error {
 	ours := map[string][]string{} // index names by collection
 	for _, ix := range setupIndexes() {
 		ours[ix.coll] = append(ours[ix.coll], ix.name)
 	}
 	colls := slices.Sorted(maps.Keys(ours))
+	built := map[string]time.Time{} // a collection's last BUILD
 	// look reads the states of the collection's indexes and builds those
 	// deferred; what it returns is what is not online yet.
 	look := func(coll string) ([]string, error) {
@@ -384,36 +387,45 @@ func buildIndexes(ctx context.Context, s *Store, edition string, deadline time.T
 				pending = append(pending, fmt.Sprintf("%s on %s (%s)", n, coll, cmp.Or(st, "missing")))
 			}
 		}
-		if len(deferred) > 0 {
+		if len(deferred) > 0 && time.Since(built[coll]) >= 15*time.Second {
+			built[coll] = time.Now()
 			stmt := "BUILD INDEX ON " + s.keyspace(coll) + "(" + strings.Join(deferred, ", ") + ")"
-			err := createIndex(ctx, s.cluster, s.cfg, edition, stmt)
-			// Another setup's BUILD of the same index, between the look
-			// and this one: the next look sees it.
-			if err != nil && !strings.Contains(strings.ToLower(err.Error()), "already") {
+			switch err := createIndex(ctx, s.cluster, s.cfg, edition, stmt); {
+			case err == nil:
+				log.Info("building indexes", "collection", coll, "indexes", strings.Join(deferred, ", "))
+			case !strings.Contains(strings.ToLower(err.Error()), "already"):
 				return nil, err
 			}
-			log.Info("building indexes", "collection", coll, "indexes", strings.Join(deferred, ", "))
+			// "Already": another setup's BUILD, or the indexer's own
+			// retry in the background; a later look sees it.
 		}
 		return pending, nil
 	}
 	said := time.Now()
+	seen := map[string][]string{} // each collection's indexes not online, as last seen
 	for {
 		var pending []string
 		var lookErr error
 		for _, coll := range colls {
-			p, err := look(coll)
-			if err != nil {
-				transient := errors.Is(err, gocb.ErrTimeout) || errors.Is(err, gocb.ErrServiceNotAvailable)
-				if !transient && ctx.Err() == nil {
+			if ctx.Err() == nil {
+				p, err := look(coll)
+				switch {
+				case err == nil:
+					seen[coll] = p
+				case ctx.Err() != nil:
+				case errors.Is(err, gocb.ErrTimeout) || errors.Is(err, gocb.ErrServiceNotAvailable):
+					lookErr = err
+				default:
 					return err
 				}
-				lookErr = err
-				for _, n := range ours[coll] {
-					pending = append(pending, n+" on "+coll+" (not known)")
-				}
+			}
+			if p, ok := seen[coll]; ok {
+				pending = append(pending, p...)
 				continue
 			}
-			pending = append(pending, p...)
+			for _, n := range ours[coll] { // never seen: a look failed from the first
+				pending = append(pending, n+" on "+coll+" (not known)")
+			}
 		}
 		if len(pending) == 0 {
 			return nil
