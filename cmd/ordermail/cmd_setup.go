@@ -21,7 +21,7 @@ func setupCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.Uint64Var(&so.MetadataRAMMB, "cb-metadata-ram", 128, "RAM quota in MB of the metadata bucket, when setup creates it")
 	var replicas uint
 	fs.UintVar(&replicas, "cb-replicas", 0, "replicas of the buckets setup creates: 0 suits a one-node cluster; give 1 or more on a cluster of several data nodes, or losing one loses its share of the outcomes")
-	fs.IntVar(&so.IndexReplicas, "cb-index-replicas", 0, "replicas of each index setup creates, each on another index node (Enterprise Edition): 1 or more on a cluster of several index nodes, or losing one stops the sweep")
+	fs.IntVar(&so.IndexReplicas, "cb-index-replicas", 0, "replicas of each index setup creates, each on another index node (Enterprise Edition): 1 or more on a cluster of several index nodes, or losing one stops the sweep; an index already there keeps its own")
 	fs.DurationVar(&so.IndexWait, "cb-index-wait", time.Hour, "how long setup waits for its indexes to be built (minutes on a collection of millions); past it the cluster goes on building them and setup run again waits for them")
 	logs.register(fs, "info")
 	return &ffcli.Command{
