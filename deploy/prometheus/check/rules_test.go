@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -62,6 +63,16 @@ ordermail_breaker_open{instance="standby"} 0+0x40`, false},
 ordermail_oldest_due_retry_age_seconds{instance="a"} 600+0x40
 ordermail_retries_paused{instance="a"} 1+0x40
 ordermail_breaker_open{instance="a"} 0+0x40`, false},
+		{"a backlog draining after a pause, the oldest first: no stuck sweep",
+			"OrdermailDueRetriesNotGoingOut", `
+ordermail_oldest_due_retry_age_seconds{instance="a"} 3000-60x40
+ordermail_retries_paused{instance="a"} 0+0x40
+ordermail_breaker_open{instance="a"} 0+0x40`, false},
+		{"the oldest due retry waits longer and longer",
+			"OrdermailDueRetriesNotGoingOut", `
+ordermail_oldest_due_retry_age_seconds{instance="a"} 600+15x40
+ordermail_retries_paused{instance="a"} 0+0x40
+ordermail_breaker_open{instance="a"} 0+0x40`, true},
 		{"due retries going out",
 			"OrdermailDueRetriesNotGoingOut", `
 ordermail_oldest_due_retry_age_seconds{instance="a"} 2+0x40
@@ -114,6 +125,17 @@ ordermail_store_writes_without_durability_total{instance="a"} 3+0x40`, false},
 			"OrdermailSweeperStalled", `
 ordermail_timer_active{instance="a"} 1+0x40
 ordermail_timer_last_sweep_timestamp_seconds{instance="a"} 0+0x40`, true},
+		{"sweeps that always fail hand the lease around: nobody is steadily the sweeper",
+			"OrdermailSweeperStalled", `
+ordermail_timer_active{instance="a"} ` + strings.Repeat("1 0 0 ", 14) + `
+ordermail_retries_paused{instance="a"} ` + strings.Repeat("0 _ 0 ", 14) + `
+ordermail_timer_held{instance="a"} 0+0x40
+ordermail_timer_last_sweep_timestamp_seconds{instance="a"} 0+0x40`, true},
+		{"retries paused: no sweep is due",
+			"OrdermailSweeperStalled", `
+ordermail_timer_active{instance="a"} 1+0x40
+ordermail_retries_paused{instance="a"} 1+0x40
+ordermail_timer_last_sweep_timestamp_seconds{instance="a"} 0+0x40`, false},
 		{"the sweeper swept a moment ago",
 			"OrdermailSweeperStalled", `
 ordermail_timer_active{instance="a"} 1+0x40
