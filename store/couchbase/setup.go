@@ -363,12 +363,13 @@ func buildIndexes(ctx context.Context, s *Store, edition string, deadline time.T
 	colls := slices.Sorted(maps.Keys(ours))
 	built := map[string]time.Time{} // a collection's last BUILD
 	// look reads the states of the collection's indexes and builds those
-	// deferred; what it returns is what is not online yet.
-	look := func(coll string) ([]string, error) {
+	// deferred; what it returns is what is not online yet, and whether it
+	// built any (a build may be over at once: the next look need not wait).
+	look := func(coll string) (_ []string, building bool, _ error) {
 		all, err := s.cluster.Bucket(s.cfg.Bucket).Scope(s.cfg.Scope).Collection(coll).QueryIndexes().GetAllIndexes(
 			&gocb.GetAllQueryIndexesOptions{Context: ctx})
 		if err != nil {
-			return nil, errRights(s.cfg, edition, stepIndexes, "read the indexes of "+coll, err)
+			return nil, false, errRights(s.cfg, edition, stepIndexes, "read the indexes of "+coll, err)
 		}
 		state := map[string]string{}
 		for _, ix := range all {
@@ -393,25 +394,27 @@ func buildIndexes(ctx context.Context, s *Store, edition string, deadline time.T
 			switch err := createIndex(ctx, s.cluster, s.cfg, edition, stmt); {
 			case err == nil:
 				log.Info("building indexes", "collection", coll, "indexes", strings.Join(deferred, ", "))
+				building = true
 			case !strings.Contains(strings.ToLower(err.Error()), "already"):
-				return nil, err
+				return nil, false, err
 			}
 			// "Already": another setup's BUILD, or the indexer's own
 			// retry in the background; a later look sees it.
 		}
-		return pending, nil
+		return pending, building, nil
 	}
 	said := time.Now()
 	seen := map[string][]string{} // each collection's indexes not online, as last seen
 	for {
 		var pending []string
 		var lookErr error
+		anyBuilt := false
 		for _, coll := range colls {
 			if ctx.Err() == nil {
-				p, err := look(coll)
+				p, b, err := look(coll)
 				switch {
 				case err == nil:
-					seen[coll] = p
+					seen[coll], anyBuilt = p, anyBuilt || b
 				case ctx.Err() != nil:
 				case errors.Is(err, gocb.ErrTimeout) || errors.Is(err, gocb.ErrServiceNotAvailable):
 					lookErr = err
@@ -443,6 +446,9 @@ func buildIndexes(ctx context.Context, s *Store, edition string, deadline time.T
 			}
 			return fmt.Errorf("indexes %s %s; the cluster goes on building them: run setup again to wait for them "+
 				"(meanwhile ordermail run warns of each its statements do not get)", stop, strings.Join(pending, ", "))
+		}
+		if anyBuilt {
+			continue // look again at once: a small collection's build is over already
 		}
 		if time.Since(said) >= 15*time.Second {
 			log.Info("waiting for the indexes to be built", "pending", strings.Join(pending, ", "))
