@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ordermail/ordermail/internal/redact"
 	"io"
 	"math"
 	"math/rand/v2"
@@ -20,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"

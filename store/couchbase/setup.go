@@ -324,16 +324,16 @@ func setUpIndexes(ctx context.Context, s *Store, edition string, so SetupOptions
 		so.IndexWait = time.Hour
 	}
 	for _, ix := range setupIndexes() {
-		if err := createIndex(ctx, s.cluster, s.cfg, edition, ix.create(s.keyspace, so.IndexReplicas)); err != nil {
+		if err := runIndexStatement(ctx, s.cluster, s.cfg, edition, ix.create(s.keyspace, so.IndexReplicas)); err != nil {
 			return err
 		}
 	}
 	for _, ix := range replacedIndexes {
-		if err := createIndex(ctx, s.cluster, s.cfg, edition, "DROP INDEX "+ix.name+" IF EXISTS ON "+s.keyspace(ix.coll)); err != nil {
+		if err := runIndexStatement(ctx, s.cluster, s.cfg, edition, "DROP INDEX "+ix.name+" IF EXISTS ON "+s.keyspace(ix.coll)); err != nil {
 			return err
 		}
 	}
-	if err := buildIndexes(ctx, s, edition, time.Now().Add(so.IndexWait), so.IndexWait, log); err != nil {
+	if err := buildIndexes(ctx, s, edition, so.IndexWait, log); err != nil {
 		return err
 	}
 	missing, err := s.missingIndexes(ctx)
@@ -350,12 +350,13 @@ func setUpIndexes(ctx context.Context, s *Store, edition string, so SetupOptions
 // buildIndexes builds the deferred indexes setup makes, those of a
 // collection together (one pass over its documents), and waits until all
 // of them are online, saying which are still building every 15s; past
-// deadline, or when ctx ends, it fails naming them as last seen. A look at
+// wait, or when ctx ends, it fails naming them as last seen. A look at
 // their states builds what is deferred then (another setup's, an index
 // made deferred meanwhile), at most every 15s a collection, as the
 // indexer may answer a BUILD "in progress" and build it later itself; a
 // look that fails for a moment is tried again.
-func buildIndexes(ctx context.Context, s *Store, edition string, deadline time.Time, wait time.Duration, log *slog.Logger) error {
+func buildIndexes(ctx context.Context, s *Store, edition string, wait time.Duration, log *slog.Logger) error {
+	deadline := time.Now().Add(wait)
 	ours := map[string][]string{} // index names by collection
 	for _, ix := range setupIndexes() {
 		ours[ix.coll] = append(ours[ix.coll], ix.name)
@@ -380,10 +381,9 @@ func buildIndexes(ctx context.Context, s *Store, edition string, deadline time.T
 			switch st := state[n]; st {
 			case "online":
 				continue
-			case "deferred":
+			case "deferred": // built below
 				deferred = append(deferred, "`"+n+"`")
-				st = "building"
-				pending = append(pending, fmt.Sprintf("%s on %s (%s)", n, coll, st))
+				pending = append(pending, fmt.Sprintf("%s on %s (building)", n, coll))
 			default:
 				pending = append(pending, fmt.Sprintf("%s on %s (%s)", n, coll, cmp.Or(st, "missing")))
 			}
@@ -391,7 +391,7 @@ func buildIndexes(ctx context.Context, s *Store, edition string, deadline time.T
 		if len(deferred) > 0 && time.Since(built[coll]) >= 15*time.Second {
 			built[coll] = time.Now()
 			stmt := "BUILD INDEX ON " + s.keyspace(coll) + "(" + strings.Join(deferred, ", ") + ")"
-			switch err := createIndex(ctx, s.cluster, s.cfg, edition, stmt); {
+			switch err := runIndexStatement(ctx, s.cluster, s.cfg, edition, stmt); {
 			case err == nil:
 				log.Info("building indexes", "collection", coll, "indexes", strings.Join(deferred, ", "))
 				building = true
@@ -461,9 +461,10 @@ func buildIndexes(ctx context.Context, s *Store, edition string, deadline time.T
 	}
 }
 
-// createIndex retries while the query service does not know a collection
+// runIndexStatement runs one of setup's index statements (CREATE, BUILD,
+// DROP), trying again while the query service does not know a collection
 // created a moment ago.
-func createIndex(ctx context.Context, cluster *gocb.Cluster, cfg Config, edition, stmt string) error {
+func runIndexStatement(ctx context.Context, cluster *gocb.Cluster, cfg Config, edition, stmt string) error {
 	deadline := time.Now().Add(6 * cfg.Timeout)
 	for {
 		res, err := cluster.Query(stmt, &gocb.QueryOptions{Context: ctx, Adhoc: true}) // run once: nothing to prepare
