@@ -203,10 +203,14 @@ func envInt(t *testing.T, name string, def int) int {
 	return n
 }
 
+// runArgs runs the service against mailURL with short retry timings and no
+// breaker, as the bench tests have none: against a mock failing a
+// share of the sends at random, ten failures in a row (a few runs in a
+// thousand) would hold every send for its 30s cooldown, past the waits.
 func runArgs(storeURL, mailURL string, extra ...string) []string {
 	return append([]string{"run", "--store", storeURL, "--mail-url", mailURL, "--log-format", "json",
 		"--timer-interval", "100ms", "--retry-quantum", "200ms", "--backoff-min", "50ms", "--backoff-max", "500ms",
-		"--max-attempts", "0", "--claim-ttl", "3s", "--mail-timeout", "2s"}, extra...)
+		"--max-attempts", "0", "--claim-ttl", "3s", "--mail-timeout", "2s", "--breaker-failures", "0"}, extra...)
 }
 
 // TestCrashKillRestart kills `ordermail run` with SIGKILL at random moments
