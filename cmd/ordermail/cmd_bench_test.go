@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -389,9 +391,73 @@ func TestBenchMasksAKeyInTheMailURL(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, binary, "bench", "--timeout", "5m", "--orders", "20", "--mail-url", url)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	require.NoError(t, cmd.Run(), "stderr:\n%s", stderr.String())
+	require.NoError(t, cmd.Start())
+	listed := make(chan processListing)
+	stop := make(chan struct{})
+	go func() { listed <- listProcesses(cmd.Process.Pid, "SECRET123", stop) }()
+	err := cmd.Wait()
+	close(stop)
+	seen := <-listed
+	require.NoError(t, err, "stderr:\n%s", stderr.String())
 	out := stdout.String() + stderr.String()
+	if runtime.GOOS == "linux" {
+		require.NotZero(t, seen.services, "no listing of the processes saw the service")
+		assert.Empty(t, seen.showing, "the key is on a command line any user of the machine can read")
+	}
 	assert.Contains(t, stdout.String(), `"mailURL":"`+mock+`/?api_key=REDACTED"`, "the settings printed")
 	assert.Contains(t, out, "api_key=REDACTED", "the URL is said, masked:\n%s", out)
 	assert.NotContains(t, out, "SECRET123")
+}
+
+// processListing is what listProcesses saw.
+type processListing struct {
+	services int      // listings in which a child `ordermail run` was seen
+	showing  []string // command lines, but the parent's, that held the secret
+}
+
+// listProcesses reads every process's command line, as `ps` does, until
+// stop is closed, and says which of them, but parent's own, held secret.
+// It reads /proc, so it sees nothing on systems without one.
+func listProcesses(parent int, secret string, stop <-chan struct{}) processListing {
+	var seen processListing
+	for {
+		select {
+		case <-stop:
+			return seen
+		case <-time.After(5 * time.Millisecond):
+		}
+		paths, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+		for _, p := range paths {
+			b, err := os.ReadFile(p)
+			if err != nil || p == fmt.Sprintf("/proc/%d/cmdline", parent) {
+				continue
+			}
+			args := strings.Split(string(b), "\x00")
+			if len(args) > 1 && args[0] == binary && args[1] == "run" && parentOf(filepath.Dir(p)) == parent {
+				seen.services++
+			}
+			if line := strings.ReplaceAll(string(b), "\x00", " "); strings.Contains(line, secret) && !slices.Contains(seen.showing, line) {
+				seen.showing = append(seen.showing, line)
+			}
+		}
+	}
+}
+
+// parentOf gives the parent's pid of the process whose /proc directory is
+// dir, or -1.
+func parentOf(dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, "stat"))
+	if err != nil {
+		return -1
+	}
+	// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+	fields := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(fields) < 2 {
+		return -1
+	}
+	ppid, err := strconv.Atoi(fields[1])
+	if err != nil {
+		return -1
+	}
+	return ppid
 }

@@ -664,7 +664,7 @@ func (b *bench) startMock(ctx context.Context) error {
 		"--fail-rate", strconv.FormatFloat(b.cfg.FailRate, 'g', -1, 64), "--fail-status", "503",
 		"--fail-once=" + strconv.FormatBool(b.cfg.FailOnce), "--hold-every", strconv.Itoa(b.cfg.HoldEvery),
 		"--latency", b.cfg.MailLatency.String(), "--seed", strconv.FormatUint(b.cfg.Seed, 10)}
-	c, err := startChild("mockmail", b.cfg.Exe, append(args, b.creds.mockArgs()...),
+	c, err := startChild("mockmail", b.cfg.Exe, append(args, b.creds.mockArgs()...), nil,
 		func(line string) bool {
 			if a, ok := listeningAddr(line); ok {
 				select {
@@ -706,7 +706,11 @@ func (b *bench) startService(ctx context.Context) (time.Duration, error) {
 	c := b.cfg
 	// As many connections as workers, as the ceiling's senders have (the
 	// service's default, 64, halved the share of a run with 128 workers).
-	args := []string{"run", "--store", "file:" + b.dbPath(), "--mail-url", b.mailURL, "--from-now",
+	// The URL goes in the environment, not on the command line, which any
+	// user of the machine can read in a process listing: it may carry a
+	// real service's key (--mail-url).
+	env := []string{"ORDERMAIL_MAIL_URL=" + b.mailURL}
+	args := []string{"run", "--store", "file:" + b.dbPath(), "--from-now",
 		"--workers", strconv.Itoa(c.Workers), "--mail-conns", strconv.Itoa(c.Workers), "--log-level", "warn",
 		"--timer-interval", c.TimerInterval.String(), "--retry-quantum", c.RetryQuantum.String(),
 		"--backoff", c.Backoff, "--backoff-min", c.BackoffMin.String()}
@@ -720,7 +724,7 @@ func (b *bench) startService(ctx context.Context) (time.Duration, error) {
 	const maxForwarded = 100
 	forwarded := 0
 	start := time.Now()
-	svc, err := startChild("service", c.Exe, args, func(line string) bool {
+	svc, err := startChild("service", c.Exe, args, env, func(line string) bool {
 		forwarded++
 		switch {
 		case forwarded <= maxForwarded:

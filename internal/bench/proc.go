@@ -35,11 +35,11 @@ const tailLines = 30
 // startChild starts exe with args; every line it writes to standard error
 // goes to onLine, from one goroutine, which says whether it showed it, and
 // into the tail kept for errors.
-// Its environment has no ORDERMAIL_ variables: the bench's settings, not a
-// deployment's, decide what it measures.
-func startChild(name, exe string, args []string, onLine func(string) bool) (*child, error) {
+// Its environment has no ORDERMAIL_ variables but env: the bench's
+// settings, not a deployment's, decide what it measures.
+func startChild(name, exe string, args, env []string, onLine func(string) bool) (*child, error) {
 	c := &child{name: name, cmd: exec.Command(exe, args...), exited: make(chan struct{})}
-	c.cmd.Env = cleanEnv(os.Environ())
+	c.cmd.Env = append(cleanEnv(os.Environ()), env...)
 	c.cmd.SysProcAttr = sysProcAttr()
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
