@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
@@ -215,4 +218,55 @@ func TestACommandsChoicesAreNotTakenFromTheEnvironment(t *testing.T) {
 	c, err := s.Counts(ctx)
 	require.NoError(t, err)
 	assert.Zero(t, c.OrdersPaid, "no order loaded, none paid")
+}
+
+// TestABulkRedriveStoppedSaysSo: a redrive --all stopped part way (Ctrl-C)
+// says it stopped, counts no more than it made, and running it again does
+// the rest.
+func TestABulkRedriveStoppedSaysSo(t *testing.T) {
+	t.Parallel()
+	const n = 20000
+	path := filepath.Join(t.TempDir(), "o.db")
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: path})
+	require.NoError(t, err)
+	var writes []store.Write
+	for i := range n {
+		k := fmt.Sprintf("order_%05d", i)
+		writes = append(writes, store.Write{Op: store.OpInsert, Collection: order.DeadLetter, Key: k,
+			Value: order.DeadLetterDoc{DocID: k, Reason: order.ReasonPermanent, LastStatus: 400, Attempts: 1}.Encode()})
+	}
+	_, err = st.Apply(context.Background(), writes)
+	require.NoError(t, err)
+	watch := st // kept open: another process's, to see the command's writes
+	defer watch.Close()
+	storeURL := "file:" + path
+
+	// Stopped once the first dead letter is redriven, as a Ctrl-C would.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		defer cancel()
+		for ctx.Err() == nil {
+			if _, err := watch.Get(ctx, order.DeadLetter, "order_00000"); errors.Is(err, store.ErrNotFound) {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	var stdout, stderr bytes.Buffer
+	err = run(ctx, []string{"deadletters", "redrive", "--all", "--store", storeURL}, &stdout, &stderr)
+	require.Error(t, err, "stopped: stdout %q", stdout.String())
+	var said int
+	_, serr := fmt.Sscanf(stdout.String(), "stopped: redrove %d dead letters", &said)
+	require.NoError(t, serr, "what it said: %q", stdout.String())
+	assert.Contains(t, stdout.String(), "run the command again to go on")
+
+	left := 0
+	require.NoError(t, watch.Scan(context.Background(), order.DeadLetter, "", func(store.Doc) error { left++; return nil }))
+	require.Positive(t, left, "the redrive was stopped before its end (test too slow to stop it?)")
+	assert.LessOrEqual(t, said, n-left, "it counts no more than it made")
+
+	out, _, err := cli(t, "deadletters", "redrive", "--all", "--store", storeURL)
+	require.NoError(t, err)
+	assert.Equal(t, fmt.Sprintf("redrove %d dead letters\n", left), out)
 }
