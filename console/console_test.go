@@ -2,6 +2,7 @@ package console_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"html"
 	"io"
@@ -879,6 +880,37 @@ func TestOverviewWhileSendsAreHeldBack(t *testing.T) {
 		"but not while this process's sends are held back", "every instance's sends are held back"} {
 		assert.Contains(t, body, want)
 	}
+}
+
+// reasonsFail is a store whose failure reasons cannot be read (a query
+// that times out on a strained cluster).
+type reasonsFail struct{ store.Store }
+
+func (reasonsFail) Reasons(context.Context) ([]store.Tally, error) {
+	return nil, errors.New("reasons: timeout")
+}
+
+// A store that answers some reads and not others still gives the overview
+// Pause and Resume, which an operator wants most when the store strains,
+// and says what it could not read.
+func TestOverviewKeepsPauseWhenTheCountsFail(t *testing.T) {
+	t.Parallel()
+	st := reasonsFail{openEmbedded(t)}
+	_, err := st.Insert(context.Background(), order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	f := serve(t, console.Config{Token: token}, st, deps(t, st, deadMailer(t)))
+	csrf := f.login(t)
+
+	code, body := f.get(t, "/")
+	require.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, "The store did not answer: reasons: timeout")
+	assert.Contains(t, body, `id="retries-state">armed`)
+	assert.Contains(t, body, `id="pause"`)
+	resp, _ := f.post(t, "/retries/pause", url.Values{"csrf": {csrf}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	_, body = f.get(t, "/")
+	assert.Contains(t, body, `id="retries-state">paused`)
+	assert.Contains(t, body, `id="resume"`)
 }
 
 // membersStore is a store whose instances share the feed, as Couchbase's

@@ -80,8 +80,12 @@ func (c *Console) refuse(w http.ResponseWriter, r *http.Request, status int, tex
 // overviewData is the overview page.
 type overviewData struct {
 	page
-	Status        *ops.Status
-	StoreErr      string
+	Status   *ops.Status
+	StoreErr string
+	// Retries is whether retries are armed: read again alone when the
+	// status cannot be, so that a store too slow to count still shows
+	// Pause and Resume.
+	Retries       *ops.RetryState
 	Breaker       string
 	Misconfigured string
 	Chart         Chart
@@ -115,8 +119,13 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 	s, err := ops.ReadStatus(ctx, c.st, now, c.quantum())
 	if err != nil {
 		d.StoreErr = err.Error()
+		rctx, cancel := context.WithTimeout(r.Context(), readTimeout)
+		if rs, err := ops.ReadRetryState(rctx, c.st); err == nil {
+			d.Retries = &rs
+		}
+		cancel()
 	} else {
-		d.Status = &s
+		d.Status, d.Retries = &s, &s.RetryState
 		for _, t := range s.TopFailures {
 			d.Reasons = append(d.Reasons, reasonLinkOf(t))
 		}

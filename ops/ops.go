@@ -227,10 +227,43 @@ type ReasonCount struct {
 	Count  int    `json:"count"`
 }
 
+// RetryState is whether retries are armed or paused, as allow_retrys
+// says.
+type RetryState struct {
+	TimerArmed bool   `json:"timerArmed"`
+	Paused     bool   `json:"paused"`
+	Control    string `json:"control,omitempty"` // allow_retrys as stored
+	// ResumeWith is the settings a resume gives back (PausedSettings);
+	// zero when armed, or paused with none kept.
+	ResumeWith order.Control `json:"-"`
+	quantum    time.Duration // allow_retrys' own; 0: none
+}
+
+// ReadRetryState reads allow_retrys and, when it is absent, the settings
+// a resume gives back: one or two reads, whatever the store holds.
+func ReadRetryState(ctx context.Context, st store.Store) (RetryState, error) {
+	var s RetryState
+	ctl, err := st.Get(ctx, order.Retry, order.ControlKey)
+	switch {
+	case err == nil:
+		s.TimerArmed, s.Control = true, string(ctl.Value)
+		if c, err := order.DecodeControl(ctl.Value); err == nil {
+			s.quantum = c.Quantum
+		}
+	case errors.Is(err, store.ErrNotFound):
+		s.Paused = true
+		if s.ResumeWith, err = PausedSettings(ctx, st); err != nil {
+			return RetryState{}, err
+		}
+	default:
+		return RetryState{}, err
+	}
+	return s, nil
+}
+
 // Status is what `ordermail retries status` shows.
 type Status struct {
-	TimerArmed        bool       `json:"timerArmed"`
-	Paused            bool       `json:"paused"`
+	RetryState
 	RetryDocs         int        `json:"retryDocs"` // pending retries
 	RetryFlagged      int        `json:"retryFlagged"`
 	DueNow            int        `json:"dueNow"`
@@ -244,10 +277,6 @@ type Status struct {
 	// they are counted with it.
 	OrdersCountedAt *time.Time    `json:"ordersCountedAt,omitempty"`
 	TopFailures     []ReasonCount `json:"topFailureReasons"`
-	Control         string        `json:"control,omitempty"` // allow_retrys as stored
-	// ResumeWith is the settings a resume gives back (PausedSettings);
-	// zero when armed, or paused with none kept.
-	ResumeWith order.Control `json:"-"`
 	// Sweeper is the instance that holds the sweep lease, and until when;
 	// nil when none ever did.
 	Sweeper *Sweeper `json:"sweeper"`
@@ -267,22 +296,12 @@ type Sweeper struct {
 // without nextAttemptAt is due, unless allow_retrys sets one.
 func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time.Duration) (Status, error) {
 	var s Status
-	ctl, err := st.Get(ctx, order.Retry, order.ControlKey)
-	switch {
-	case err == nil:
-		s.TimerArmed, s.Control = true, string(ctl.Value)
-		if c, err := order.DecodeControl(ctl.Value); err == nil && c.Quantum > 0 {
-			quantum = c.Quantum
-		}
-	case errors.Is(err, store.ErrNotFound):
-		s.Paused = true
-		was, err := PausedSettings(ctx, st)
-		if err != nil {
-			return Status{}, err
-		}
-		s.ResumeWith = was
-	default:
+	var err error
+	if s.RetryState, err = ReadRetryState(ctx, st); err != nil {
 		return Status{}, err
+	}
+	if s.quantum > 0 {
+		quantum = s.quantum
 	}
 	// What grows with the store is counted by the store itself (kept
 	// with every write on the embedded store, on indexes on Couchbase),
