@@ -341,6 +341,20 @@ func (c *Console) redrive(w http.ResponseWriter, r *http.Request, sid string) {
 		c.finish(w, r, sid, "redrive", err, "Nothing was redriven.")
 		return
 	}
+	if sel.all && r.PostForm.Get("confirm") != "yes" {
+		// Every dead letter, whatever the list showed: one filtered by a
+		// prefix or a reason is no narrower, and what a redrive sends
+		// cannot be held back after it.
+		d := confirmData{Heading: "Redrive every dead letter?",
+			Text: "Every dead letter, not only those a filter shows, becomes a retry due now with a fresh attempt budget, " +
+				"and is sent at once, even while retries are paused: a pause does not hold back what a redrive has made due.",
+			Action: "/deadletters/redrive", Button: "Redrive them all", Fields: []field{{"scope", "all"}}}
+		if n, err := c.st.Counts(r.Context()); err == nil {
+			d.Heading = fmt.Sprintf("Redrive every dead letter (%d)?", n.DeadLetters)
+		}
+		c.confirm(w, r, d)
+		return
+	}
 	var n int
 	if sel.reason != "" {
 		n, err = ops.RedriveByReason(r.Context(), c.st, c.now(), sel.reason)

@@ -353,8 +353,17 @@ func TestRedriveThroughPOST(t *testing.T) {
 	assert.False(t, f.exists(t, order.DeadLetter, "x2"))
 	assert.True(t, f.exists(t, order.DeadLetter, "d4"))
 
-	resp, _ = f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"all"}})
+	// All is every dead letter, whatever the list's filter: asked first,
+	// with how many.
+	resp, body = f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"all"}, "back": {"/deadletters?prefix=x"}})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, body, "Redrive every dead letter (1)?")
+	assert.Contains(t, body, "not only those a filter shows")
+	assert.Contains(t, body, "even while retries are paused")
+	assert.True(t, f.exists(t, order.DeadLetter, "d4"), "nothing redriven before the confirmation")
+	resp, _ = f.post(t, "/deadletters/redrive", hiddenFields(body))
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.Equal(t, "/deadletters?prefix=x", resp.Header.Get("Location"))
 	assert.False(t, f.exists(t, order.DeadLetter, "d4"))
 
 	resp, _ = f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"selected"}})
