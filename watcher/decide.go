@@ -227,8 +227,29 @@ func decideOrder(c Change, st store.State, now time.Time, lim Limits) Plan {
 		// under the same key, whose confirmation is its own.
 		idem = dl.IdempotencyKey
 	}
+	if sentUnder(st, idem) {
+		return Plan{Action: Write, Reason: "sent before: marked again",
+			Warn: "the order came back paid without confirmationEmailSent after its confirmation was sent under " + idem +
+				" (its attempt record says so): marked confirmed again, not mailed again; whatever wrote the order dropped the mark",
+			Writes: []store.Write{{Op: store.OpReplace, Collection: order.Inbound, Key: key,
+				Value: order.MarkDecodedConfirmed(st.Order.Value), CAS: st.Order.CAS}}}
+	}
 	return Plan{Action: Send, OrderKey: key, OrderCAS: st.Order.CAS, OrderIncarnation: st.Order.Incarnation, Body: st.Order.Value, Attempt: 1,
 		IdempotencyKey: idem}
+}
+
+// sentUnder says whether the order's attempt record, where the store reads
+// it with the state, says its confirmation was sent under idem: the key of
+// this very order (its incarnation), so that a copy of the order written
+// back without the mark (an order system saving what it read before the
+// send) is not mailed again. A record of another incarnation's send has
+// another key; one where the store cannot tell incarnations is not used.
+func sentUnder(st store.State, idem string) bool {
+	if !st.Attempts.Found() || st.Order.Incarnation == 0 {
+		return false
+	}
+	rec, err := order.DecodeAttempts(st.Attempts.Value)
+	return err == nil && rec.Result == "sent" && rec.IdempotencyKey == idem
 }
 
 // orderNotPaid is the plan for an order that is not paid: nothing, and a

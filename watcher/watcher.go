@@ -959,13 +959,13 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 		writes := out.Writes
 		if a.At != 0 && w.cfg.AtomicOutcomes {
 			// In the outcome's own transaction.
-			writes = append(writes[:len(writes):len(writes)], w.record(p.OrderKey, st.Attempts, a, now))
+			writes = append(writes[:len(writes):len(writes)], w.record(p.OrderKey, p.IdempotencyKey, st.Attempts, a, now))
 		}
 		cas, err := w.apply(ctx, log, writes)
 		if err == nil {
 			w.logOutcome(log, out, sendErr)
 			if a.At != 0 && !w.cfg.AtomicOutcomes {
-				w.recordApart(ctx, log, p.OrderKey, a, now)
+				w.recordApart(ctx, log, p.OrderKey, p.IdempotencyKey, a, now)
 			}
 			return highest(writes, cas), true, nil
 		}
@@ -1027,10 +1027,10 @@ func outcomeRefused(sendErr, err error) error {
 	return fmt.Errorf("the store refused the outcome of a failed send: %w", err)
 }
 
-// record is the write that adds attempt a to the order's attempt record
-// doc: an upsert (the key's events are handled one at a time), with an
-// expiry once the order is settled.
-func (w *Watcher) record(key string, doc store.Doc, a order.Attempt, now time.Time) store.Write {
+// record is the write that adds attempt a, made under the idempotency key
+// idem, to the order's attempt record doc: an upsert (the key's events are
+// handled one at a time), with an expiry once the order is settled.
+func (w *Watcher) record(key, idem string, doc store.Doc, a order.Attempt, now time.Time) store.Write {
 	rec := order.AttemptsDoc{DocID: key}
 	if doc.Found() {
 		if old, err := order.DecodeAttempts(doc.Value); err == nil {
@@ -1038,6 +1038,7 @@ func (w *Watcher) record(key string, doc store.Doc, a order.Attempt, now time.Ti
 		}
 	}
 	rec = rec.Add(a, w.cfg.AttemptHistory, now)
+	rec.IdempotencyKey = idem
 	wr := store.Write{Op: store.OpUpsert, Collection: order.Attempts, Key: key, Value: rec.Encode()}
 	if rec.SettledAt != 0 {
 		wr.Expiry = now.Add(w.cfg.AttemptRetention)
@@ -1048,13 +1049,13 @@ func (w *Watcher) record(key string, doc store.Doc, a order.Attempt, now time.Ti
 // recordApart writes the attempt record after the outcome, where outcomes
 // are not one transaction (Couchbase): the outcome first, since it is what
 // matters; a crash in between loses this attempt's record only.
-func (w *Watcher) recordApart(ctx context.Context, log *slog.Logger, key string, a order.Attempt, now time.Time) {
+func (w *Watcher) recordApart(ctx context.Context, log *slog.Logger, key, idem string, a order.Attempt, now time.Time) {
 	err := w.retryStore(ctx, log, "write attempt record", func() error {
 		doc, err := w.store.Get(ctx, order.Attempts, key)
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		_, err = w.store.Apply(ctx, []store.Write{w.record(key, doc, a, now)})
+		_, err = w.store.Apply(ctx, []store.Write{w.record(key, idem, doc, a, now)})
 		return err
 	})
 	if err != nil {

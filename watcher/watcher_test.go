@@ -125,6 +125,32 @@ func waitHandled(t *testing.T, w *watcher.Watcher, n int64) {
 
 const paidOrder = `{"email":"ann@example.com","paymentStatus":"paid","confirmationEmailSent":false,"items":[{"name":"Swedish Meatballs 500g","amount":2,"unitPrice":9.95}]}`
 
+// An order written back paid without its mark after it was confirmed (an
+// order system saving a copy it read before the send) is marked again, not
+// mailed again: its attempt record says its confirmation went out under
+// this very order's key. The email service is not asked at all, so no
+// retention of its idempotency keys is relied on.
+func TestAConfirmedOrderWrittenBackWithoutItsMarkIsNotMailedAgain(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "order_1", paidOrder)
+	e.start(t)
+	waitHandled(t, e.w, 2)
+	v, _ := get(t, e.store, order.Inbound, "order_1")
+	require.Contains(t, v, `"confirmationEmailSent":true`)
+
+	put(t, e.store, order.Inbound, "order_1", paidOrder) // the stale copy
+	waitHandled(t, e.w, 4)                               // it, and the mark written again
+	v, _ = get(t, e.store, order.Inbound, "order_1")
+	assert.Contains(t, v, `"confirmationEmailSent":true`)
+	assert.Equal(t, mockmail.Stats{Requests: 1, Deliveries: 1}, e.mock.Stats(), "one request in all")
+
+	// Deleted and created again, it is another order: mailed.
+	require.NoError(t, e.store.Remove(context.Background(), order.Inbound, "order_1", 0))
+	put(t, e.store, order.Inbound, "order_1", paidOrder)
+	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 2 }, 30*time.Second, 5*time.Millisecond,
+		"the order created again was not mailed: %v", later.Value(func() any { return e.mock.Stats() }))
+}
+
 func TestFirstSendSuccessMarksOrder(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
 	put(t, e.store, order.Inbound, "order_1", paidOrder)
