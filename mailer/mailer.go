@@ -1043,7 +1043,11 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 	if v == "" {
 		return 0
 	}
-	if secs, err := strconv.Atoi(v); err == nil && secs > 0 {
+	secs, err := strconv.Atoi(v)
+	if errors.Is(err, strconv.ErrRange) && secs > 0 {
+		err = nil // past an int: Atoi gives the largest, which the cap below brings down
+	}
+	if err == nil && secs > 0 {
 		// Past what a Duration holds, multiplying would wrap around: the
 		// longest one asks for more than any policy waits anyway.
 		return time.Duration(min(secs, int(math.MaxInt64/int64(time.Second)))) * time.Second

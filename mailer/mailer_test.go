@@ -87,9 +87,10 @@ func TestRetryAfter(t *testing.T) {
 		"7": 7 * time.Second,
 		// Past what a Duration holds: the longest one, never a wrap-around
 		// to a short or negative wait.
-		"10000000000": time.Duration(math.MaxInt64/int64(time.Second)) * time.Second,
-		"18446744074": time.Duration(math.MaxInt64/int64(time.Second)) * time.Second,
-		"-5":          0,
+		"10000000000":          time.Duration(math.MaxInt64/int64(time.Second)) * time.Second,
+		"18446744074":          time.Duration(math.MaxInt64/int64(time.Second)) * time.Second,
+		"99999999999999999999": time.Duration(math.MaxInt64/int64(time.Second)) * time.Second, // past an int
+		"-5":                   0,
 	} {
 		_, c := newMock(t, mockmail.Config{Script: func(string, int) mockmail.Reply {
 			return mockmail.Reply{Status: http.StatusTooManyRequests, RetryAfter: give}
