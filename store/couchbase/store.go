@@ -785,22 +785,30 @@ func (s *Store) Apply(ctx context.Context, writes []store.Write) ([]uint64, erro
 	return cas, nil
 }
 
-// dueRetries says which retries are due, flagged or not: one branch for
-// each of the indexes ix_retry_fire, ix_retry_due_next and
-// ix_retry_due_ts (the last two with their condition), so that the
-// backlog reads the due retries only, not every retry.
-const dueRetries = "META(r).id != $control AND (r.fireRetry = true OR " +
-	"(" + unflagged + " AND r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt)) OR " +
-	"(" + unflagged + " AND r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts)))"
+// The due retries' three kinds, each on its own index, apart: counted
+// together, one statement over the three would fetch every due retry to
+// tell which branch it matched (an outage's backlog, every few seconds on
+// every instance), where each alone is counted on its index.
+const (
+	flaggedRetries = "META(r).id != $control AND r.fireRetry = true"                                                      // ix_retry_fire
+	dueByNext      = "r.nextAttemptAt <= $now AND IS_NUMBER(r.nextAttemptAt) AND META(r).id != $control AND " + unflagged // ix_retry_due_next
+	dueByTS        = "r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts) AND META(r).id != $control AND " + unflagged
+)
 
-func dueCountStatement(retry string) string {
-	return "SELECT RAW COUNT(*) FROM " + retry + " AS r WHERE " + dueRetries
-}
-
+// backlogStatement counts the due retries, flagged or not, and finds the
+// one due longest: of the unflagged, the first in each index's order (one
+// entry read); of the flagged, the least, which reads them (the sweep
+// flags a batch at a time, paced to the sends; a bulk redrive flags what
+// it brings back).
 func backlogStatement(retry string) string {
+	from := " FROM " + retry + " AS r WHERE "
 	return "SELECT " +
-		"(" + dueCountStatement(retry) + ")[0] AS due, " +
-		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum)) FROM " + retry + " AS r WHERE " + dueRetries + ")[0] AS oldest"
+		"(SELECT RAW COUNT(*)" + from + flaggedRetries + ")[0] AS flagged, " +
+		"(SELECT RAW COUNT(*)" + from + dueByNext + ")[0] AS dueNext, " +
+		"(SELECT RAW COUNT(*)" + from + dueByTS + ")[0] AS dueTS, " +
+		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum))" + from + flaggedRetries + ")[0] AS oldestFlagged, " +
+		"(SELECT RAW r.nextAttemptAt" + from + dueByNext + " ORDER BY r.nextAttemptAt LIMIT 1)[0] AS oldestNext, " +
+		"(SELECT RAW r.ts + $quantum" + from + dueByTS + " ORDER BY r.ts LIMIT 1)[0] AS oldestTS"
 }
 
 // Backlog reads the due retries by N1QL, or answers from the last reading
@@ -813,8 +821,8 @@ func (s *Store) Backlog(ctx context.Context, now time.Time, quantum time.Duratio
 
 func (s *Store) readBacklog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {
 	var row struct {
-		Due    int
-		Oldest *int64
+		Flagged, DueNext, DueTS             int
+		OldestFlagged, OldestNext, OldestTS *int64
 	}
 	params := sweepParams(now, quantum, 0)
 	params["quantum"] = quantum.Milliseconds()
@@ -825,11 +833,17 @@ func (s *Store) readBacklog(ctx context.Context, now time.Time, quantum time.Dur
 	if err != nil {
 		return store.Backlog{}, fmt.Errorf("backlog: %w", err)
 	}
-	b := store.Backlog{Due: row.Due}
-	if row.Oldest != nil {
-		b.OldestDue = time.UnixMilli(*row.Oldest)
-		if b.OldestDue.After(now) { // flagged by hand before it fell due: due now
-			b.OldestDue = now
+	b := store.Backlog{Due: row.Flagged + row.DueNext + row.DueTS}
+	for _, at := range []*int64{row.OldestFlagged, row.OldestNext, row.OldestTS} {
+		if at == nil {
+			continue
+		}
+		t := time.UnixMilli(*at)
+		if t.After(now) { // flagged by hand before it fell due: due now
+			t = now
+		}
+		if b.OldestDue.IsZero() || t.Before(b.OldestDue) {
+			b.OldestDue = t
 		}
 	}
 	return b, nil
