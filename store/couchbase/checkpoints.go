@@ -278,7 +278,7 @@ func (m metaCheckpoints) writeOwned(ctx context.Context, name string, vb uint16,
 func (m metaCheckpoints) Owners(ctx context.Context, name string, vbs []uint16) (map[uint16]ownedCheckpoint, error) {
 	out := map[uint16]ownedCheckpoint{}
 	var mu sync.Mutex
-	errs := parallel(ctx, vbs, 32, func(ctx context.Context, vb uint16) error {
+	errs := parallel(ctx, vbs, func(ctx context.Context, vb uint16) error {
 		d, err := m.s.Get(ctx, store.Meta, checkpointKey(name, vb))
 		if errors.Is(err, store.ErrNotFound) {
 			return nil

@@ -219,7 +219,7 @@ func (c *dcpClient) vbSeqnos(ctx context.Context, vbs []uint16, filter *gocbcore
 	}
 	var mu sync.Mutex
 	got := map[uint16]uint64{}
-	errs := parallel(ctx, servers, len(servers), func(ctx context.Context, srv int) error {
+	errs := parallel(ctx, servers, func(ctx context.Context, srv int) error {
 		entries, err := await(ctx, c.timeout, func(cb func([]gocbcore.VbSeqNoEntry, error)) (gocbcore.PendingOp, error) {
 			return c.agent.GetVbucketSeqnos(srv+1, memd.VbucketStateActive, opts, cb)
 		})

@@ -204,6 +204,56 @@ func TestCloseOnAHungNodeSavesFirstAndHonoursItsContext(t *testing.T) {
 	}
 }
 
+// A node that hangs holds up the checkpoints kept on it alone. With 1,024
+// vBuckets on three nodes about 340 checkpoint documents are there; the
+// saver's writes, bounded to 32 at once, gave every slot to writes to
+// that node until they timed out, and the checkpoints kept on the nodes
+// that answer waited behind them (a pass took minutes where it takes a
+// second).
+func TestAHungNodeHoldsUpOnlyTheCheckpointsKeptOnIt(t *testing.T) {
+	const vbuckets, hung = 1024, 2
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3, VBuckets: vbuckets})
+	s := openStore(t, cfg, func(s *Store) {
+		s.feedOpts.opTimeout = 10 * time.Minute // a write to the hung node waits as long as it hangs
+	})
+	sub := subscribe(t, s, "feed", watched, true)
+	put(t, s, order.Inbound, "warm") // the collection's ID is known before the node hangs
+	srv.HangNode(hung)
+	t.Cleanup(func() { srv.ResumeNode(hung) })
+
+	// A change on every vBucket whose data the hung node does not hold.
+	var keys []string
+	for vb := range uint16(vbuckets) {
+		if srv.NodeOf(vb) != hung {
+			keys = append(keys, keyOn(srv, "k-", vb))
+			put(t, s, order.Inbound, keys[len(keys)-1])
+		}
+	}
+	seqs := map[uint16]uint64{}
+	for _, ev := range readUntil(t, sub, sawKeys(keys...)) {
+		seqs[ev.Partition] = max(seqs[ev.Partition], ev.Seq)
+	}
+	onHung := 0
+	for vb := range seqs {
+		if srv.NodeOf(srv.VBucketOf(checkpointKey("feed", vb))) == hung {
+			onHung++
+			delete(seqs, vb) // cannot be saved while it hangs
+		}
+	}
+	require.Greater(t, onHung, 32, "the hung node keeps more of the moved checkpoints than the old bound of writes at once")
+	unsaved := func() (n int) {
+		for vb, seq := range seqs {
+			if p, _ := savedCheckpoint(srv, "feed", vb); p.Seq != seq {
+				n++
+			}
+		}
+		return n
+	}
+	require.Eventually(t, func() bool { return unsaved() == 0 }, 60*time.Second, 10*time.Millisecond,
+		"checkpoints kept on the nodes that answer, not saved: %v of %d (%d kept on the hung node)",
+		later.Value(func() any { return unsaved() }), len(seqs), onHung)
+}
+
 // Defect 4: a dropped collection made its streams fail and reopen every
 // second, forever, with nothing in Next.
 func TestDroppedCollectionFailsTheFeedNamingIt(t *testing.T) {

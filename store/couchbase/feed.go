@@ -145,19 +145,18 @@ type vbState struct {
 
 // feedOptions tune the feed; zero values are the defaults.
 type feedOptions struct {
-	buffer       int           // events read ahead of the watcher; 256
-	bufferBytes  int64         // and their values' bytes at most; 64 MiB
-	allVBuckets  int           // the bucket's vBuckets, of which a static instance streams some; 0: vbs
-	flushEvery   time.Duration // checkpoint save interval; 1s
-	reopenDelay  time.Duration // wait before reopening an ended stream; 1s
-	tick         time.Duration // supervisor resolution; 100ms
-	openTimeout  time.Duration // a stream request unanswered this long is sent again; 10s
-	opTimeout    time.Duration // bounds each failover-log, high-seqno and checkpoint call; 10s
-	backoffMax   time.Duration // cap of the failover-log retry backoff; 10s
-	statsEvery   time.Duration // high seqnos read for the lag; 5s
-	saveParallel int           // checkpoint documents saved at once; 32
-	releaseWait  time.Duration // a handover waits this long for in-flight events; 30s
-	now          func() time.Time
+	buffer      int           // events read ahead of the watcher; 256
+	bufferBytes int64         // and their values' bytes at most; 64 MiB
+	allVBuckets int           // the bucket's vBuckets, of which a static instance streams some; 0: vbs
+	flushEvery  time.Duration // checkpoint save interval; 1s
+	reopenDelay time.Duration // wait before reopening an ended stream; 1s
+	tick        time.Duration // supervisor resolution; 100ms
+	openTimeout time.Duration // a stream request unanswered this long is sent again; 10s
+	opTimeout   time.Duration // bounds each failover-log, high-seqno and checkpoint call; 10s
+	backoffMax  time.Duration // cap of the failover-log retry backoff; 10s
+	statsEvery  time.Duration // high seqnos read for the lag; 5s
+	releaseWait time.Duration // a handover waits this long for in-flight events; 30s
+	now         func() time.Time
 }
 
 func (o feedOptions) withDefaults() feedOptions {
@@ -180,9 +179,6 @@ func (o feedOptions) withDefaults() feedOptions {
 	def(&o.backoffMax, 10*time.Second)
 	def(&o.statsEvery, 5*time.Second)
 	def(&o.releaseWait, 30*time.Second)
-	if o.saveParallel == 0 {
-		o.saveParallel = 32
-	}
 	if o.now == nil {
 		o.now = time.Now
 	}
@@ -428,7 +424,7 @@ func startFromNow(ctx context.Context, agent dcpAgent, vbs []uint16, saved map[u
 		return err
 	}
 	var mu sync.Mutex
-	errs := parallel(ctx, missing, opts.saveParallel, func(ctx context.Context, vb uint16) error {
+	errs := parallel(ctx, missing, func(ctx context.Context, vb uint16) error {
 		ctx, cancel := context.WithTimeout(ctx, opts.opTimeout)
 		defer cancel()
 		flog, err := backoff.Retry(ctx, func() ([]gocbcore.FailoverEntry, error) { return agent.FailoverLog(ctx, vb) }, tries()...)
@@ -451,17 +447,17 @@ func startFromNow(ctx context.Context, agent dcpAgent, vbs []uint16, saved map[u
 	return joinErrs(errs, len(missing))
 }
 
-// parallel calls fn for each item, at most n at once, and returns the
-// errors by item.
-func parallel[T comparable](ctx context.Context, items []T, n int, fn func(context.Context, T) error) map[T]error {
+// parallel calls fn for each item, all at once, and returns the errors by
+// item. The items are vBuckets (at most 1,024) or servers: under a bound of
+// fewer, the writes to a node that hangs (a third of them on three nodes)
+// took every slot until they timed out, and held up the vBuckets of the
+// nodes that answer.
+func parallel[T comparable](ctx context.Context, items []T, fn func(context.Context, T) error) map[T]error {
 	errs := map[T]error{}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, max(n, 1))
 	for _, it := range items {
-		sem <- struct{}{}
 		wg.Go(func() {
-			defer func() { <-sem }()
 			if err := fn(ctx, it); err != nil {
 				mu.Lock()
 				errs[it] = err
@@ -1104,7 +1100,7 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 	var mu sync.Mutex
 	work := map[uint16]todo{}
 	claims := map[uint16]claim{}
-	errs := parallel(ctx, vbs, f.opts.saveParallel, func(ctx context.Context, vb uint16) error {
+	errs := parallel(ctx, vbs, func(ctx context.Context, vb uint16) error {
 		ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
 		defer cancel()
 		if f.own != nil {

@@ -332,7 +332,7 @@ func (f *feed) claimAll(ctx context.Context, vbs []uint16, live func(string) boo
 	var mu sync.Mutex
 	var got []uint16
 	from := map[string]int{} // vBuckets taken over, by the member that had them
-	errs := parallel(ctx, vbs, f.opts.saveParallel, func(ctx context.Context, vb uint16) error {
+	errs := parallel(ctx, vbs, func(ctx context.Context, vb uint16) error {
 		ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
 		defer cancel()
 		p, c, prev, err := f.own.cps.Claim(ctx, f.name, vb, f.own.me, live, func(ctx context.Context) (position, error) {
@@ -660,7 +660,7 @@ func (f *feed) heldVbuckets() []uint16 {
 func (f *feed) handOverAll(ctx context.Context) error {
 	vbs := f.heldVbuckets()
 	cps := f.acks.Checkpoints()
-	errs := parallel(ctx, vbs, f.opts.saveParallel, func(ctx context.Context, vb uint16) error {
+	errs := parallel(ctx, vbs, func(ctx context.Context, vb uint16) error {
 		ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
 		defer cancel()
 		unlock, err := f.own.lockSaves(ctx, vb)

@@ -684,7 +684,10 @@ func TestAHandoverThatGivesUpLeavesWhatItReadAheadToTheNewOwner(t *testing.T) {
 // heartbeats after it check only the vBuckets it could not confirm, and
 // leave the streams it restarted alone.
 func TestAHungCheckpointNodeHoldsUpOnlyItsVBuckets(t *testing.T) {
-	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3})
+	// A real bucket's vBuckets: a third of their checkpoints, on the hung
+	// node, are more than a bound of writes at once would let through.
+	const vbuckets = 1024
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3, VBuckets: vbuckets})
 	cfg.Timeout = time.Minute
 	a := openStore(t, cfg, func(s *Store) {
 		s.member = "a"
@@ -703,7 +706,7 @@ func TestAHungCheckpointNodeHoldsUpOnlyItsVBuckets(t *testing.T) {
 	// data is elsewhere and whose checkpoint documents it holds.
 	membersNode := srv.NodeOf(srv.VBucketOf(membersKey("feed")))
 	stuck := map[int][]uint16{}
-	for vb := range uint16(testVBuckets) {
+	for vb := range uint16(vbuckets) {
 		if n := srv.NodeOf(srv.VBucketOf(checkpointKey("feed", vb))); n != membersNode && srv.NodeOf(vb) != n {
 			stuck[n] = append(stuck[n], vb)
 		}
@@ -718,7 +721,7 @@ func TestAHungCheckpointNodeHoldsUpOnlyItsVBuckets(t *testing.T) {
 	// A fence can confirm only the vBuckets whose checkpoints are on the
 	// other nodes, and streams again those whose data is too.
 	confirmable, streamable := 0, 0
-	for vb := range uint16(testVBuckets) {
+	for vb := range uint16(vbuckets) {
 		if srv.NodeOf(srv.VBucketOf(checkpointKey("feed", vb))) != hung {
 			confirmable++
 			if srv.NodeOf(vb) != hung {
@@ -778,7 +781,7 @@ func TestAHungCheckpointNodeHoldsUpOnlyItsVBuckets(t *testing.T) {
 	srv.ResumeNode(hung)
 	waitFor(t, func() (bool, string) {
 		st := feedStats(sub)
-		return st.StreamsOpen == testVBuckets && st.VBuckets == testVBuckets, fmt.Sprintf("%+v", st)
+		return st.StreamsOpen == vbuckets && st.VBuckets == vbuckets, fmt.Sprintf("%+v", st)
 	})
 	waitFor(t, func() (bool, string) {
 		missing, _ := c.report(keys)
