@@ -2,6 +2,7 @@ package watcher
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -315,7 +316,7 @@ func decideRetry(c Change, st store.State, now time.Time, lim Limits) Plan {
 		err = fmt.Errorf("%w: docId %q is not the document's key", order.ErrMalformed, r.DocID)
 	}
 	if err != nil {
-		return retryDeadLetter(key, st, order.RetryDoc{DocID: key}, order.ReasonMalformedRetry, err.Error(), now)
+		return retryDeadLetter(key, st, salvaged(key, st.Retry.Value), order.ReasonMalformedRetry, err.Error(), now)
 	}
 	if !r.FireRetry {
 		return retryNotDue(r, now)
@@ -397,6 +398,22 @@ func otherIncarnation(k, key string, d store.Doc) bool {
 	}
 	inc, ok := strings.CutPrefix(k, order.IdempotencyKey(key, 0)+"@")
 	return ok && inc != strconv.FormatUint(d.Incarnation, 10)
+}
+
+// salvaged is what can be read of a malformed retry document of key (one
+// edited by hand, a field of the wrong type): its attempts, and its
+// idempotency key where it is one of key's, so that its dead letter
+// counts them and a redrive sends under the key an attempt may have got
+// through with, not under a new one.
+func salvaged(key string, raw []byte) order.RetryDoc {
+	var r order.RetryDoc
+	_ = json.Unmarshal(raw, &r) // fills the fields it can read, whatever the others
+	own := order.IdempotencyKey(key, 0)
+	if (r.IdempotencyKey != own && !strings.HasPrefix(r.IdempotencyKey, own+"@")) || mailer.CheckHeaderValue(r.IdempotencyKey) != nil {
+		r.IdempotencyKey = ""
+	}
+	return order.RetryDoc{DocID: key, Attempt: max(r.Attempt, 0), FirstAttemptAt: r.FirstAttemptAt, TS: r.TS,
+		LastStatus: r.LastStatus, RedriveCount: max(r.RedriveCount, 0), IdempotencyKey: r.IdempotencyKey}
 }
 
 // retryDeadLetter gives up on a retry: the dead letter, then the retry

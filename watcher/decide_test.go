@@ -407,3 +407,32 @@ func TestAMendedOrderIsSentUnderTheKeyItsDeadLetteredRetriesHad(t *testing.T) {
 		})
 	}
 }
+
+// A retry document made malformed by hand (a field of the wrong type) is
+// dead-lettered with what can be read of it: its attempts, and its key,
+// under which an attempt may have got through, for a redrive to send
+// under. A key that is not one of the order's is not taken.
+func TestAMalformedRetryKeepsWhatCanBeRead(t *testing.T) {
+	for _, c := range []struct {
+		name, retry, key string
+		attempts         int
+	}{
+		{"a field of the wrong type", `{"docId":"o","attempt":3,"firstAttemptAt":5,"nextAttemptAt":"soon","fireRetry":true,"idempotencyKey":"confirmation:o@100"}`,
+			"confirmation:o@100", 3},
+		{"another order's key", `{"docId":"o","attempt":2,"nextAttemptAt":"soon","fireRetry":true,"idempotencyKey":"confirmation:o1@100"}`,
+			order.IdempotencyKey("o", 7), 2},
+		{"another order's document", `{"docId":"p","attempt":4,"fireRetry":true,"idempotencyKey":"confirmation:p@3"}`,
+			order.IdempotencyKey("o", 7), 4},
+		{"not JSON", `{"docId":"o",`, order.IdempotencyKey("o", 7), 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := Decide(Change{Collection: order.Retry, Key: "o"}, state(paid, c.retry, ""), now, limits)
+			require.Equal(t, Write, p.Action)
+			require.Equal(t, []string{"insert deadletter/o malformed_retry_document", "remove retry/o"}, summary(p.Writes))
+			d, err := order.DecodeDeadLetter(p.Writes[0].Value)
+			require.NoError(t, err)
+			assert.Equal(t, c.key, d.IdempotencyKey)
+			assert.Equal(t, c.attempts, d.Attempts)
+		})
+	}
+}
