@@ -3,6 +3,7 @@ package ops_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -376,4 +377,26 @@ func TestPurgeAllLeavesWhatWasDeadLetteredSince(t *testing.T) {
 	n, err = ops.Purge(ctx, st, []string{"later", "later"}, false, asOf.Add(time.Hour))
 	require.NoError(t, err, "named twice: purged once, and not missing the second time")
 	assert.Equal(t, 1, n, "named and seen: purged")
+}
+
+// A selection of many ids that name no dead letter (a list shown before
+// another operator redrove them) is said in one short message: the first
+// few, sorted, and how many more, not a line for each.
+func TestRedriveAndPurgeOfManyMissingSayItShortly(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t)
+	seedDeadLetters(t, st, "k", 2)
+	ids := []string{"k0000000", "k0000001"}
+	for i := range 25 {
+		ids = append(ids, fmt.Sprintf("gone%02d", i))
+	}
+	done, err := ops.Redrive(ctx, st, time.Now(), ids, false)
+	assert.Equal(t, 2, done)
+	require.ErrorIs(t, err, ops.ErrNoSuchDeadLetter)
+	assert.Regexp(t, `^no such dead letter: (gone\d\d, ){9}gone\d\d and 15 more$`, err.Error())
+
+	_, err = ops.Purge(ctx, st, ids[2:], false, time.Now())
+	require.ErrorIs(t, err, ops.ErrNoSuchDeadLetter)
+	assert.Equal(t, 1, strings.Count(err.Error(), "no such dead letter"), err.Error())
 }

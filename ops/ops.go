@@ -398,10 +398,12 @@ const bulkParallel = 16
 // eachDeadLetter calls fn for the dead letters named by ids, or for every
 // one (of reason, when not empty) in key order as the store's scan reads
 // them, at most bulkParallel at once. It stops at fn's first error and
-// returns it, with an ErrNoSuchDeadLetter for each id that names none. Its writes are not
+// returns it, with an ErrNoSuchDeadLetter naming the ids that name none
+// (the first few of them, and how many). Its writes are not
 // marked store.WithSharedCommit: each caller waits for its own, so a
 // writer that lingered for more would only wait.
-func eachDeadLetter(ctx context.Context, st store.Store, ids []string, all bool, reason string, fn func(ctx context.Context, d DeadLetter) error) (missing []error, err error) {
+func eachDeadLetter(ctx context.Context, st store.Store, ids []string, all bool, reason string, fn func(ctx context.Context, d DeadLetter) error) (missing error, err error) {
+	var none changedKeys // the ids that name no dead letter: the first few, and how many
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(bulkParallel)
 	if all {
@@ -410,7 +412,6 @@ func eachDeadLetter(ctx context.Context, st store.Store, ids []string, all bool,
 			return gctx.Err() // a failed fn ends the scan
 		})
 	} else {
-		var mu sync.Mutex
 		seen := make(map[string]bool, len(ids))
 		for _, id := range ids {
 			if seen[id] { // named twice: handled once, and found once
@@ -423,9 +424,7 @@ func eachDeadLetter(ctx context.Context, st store.Store, ids []string, all bool,
 			g.Go(func() error {
 				doc, err := st.Get(gctx, order.DeadLetter, id)
 				if errors.Is(err, store.ErrNotFound) {
-					mu.Lock()
-					defer mu.Unlock()
-					missing = append(missing, fmt.Errorf("%w: %s", ErrNoSuchDeadLetter, id))
+					none.add(id)
 					return nil
 				}
 				if err != nil {
@@ -437,6 +436,9 @@ func eachDeadLetter(ctx context.Context, st store.Store, ids []string, all bool,
 	}
 	if werr := g.Wait(); werr != nil {
 		err = werr // the cause, where the scan saw only its cancellation
+	}
+	if none.n > 0 {
+		missing = fmt.Errorf("%w: %s", ErrNoSuchDeadLetter, none.list())
 	}
 	return missing, err
 }
@@ -530,7 +532,7 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 		n.Add(1)
 		return nil
 	})
-	return int(n.Load()), errors.Join(append(missing, reserved, changed.err("redrive"), err)...)
+	return int(n.Load()), errors.Join(missing, reserved, changed.err("redrive"), err)
 }
 
 // changedKeys are the dead letters an action left because they, or their
@@ -558,12 +560,20 @@ func (c *changedKeys) err(action string) error {
 	if c.n == 0 {
 		return nil
 	}
+	return fmt.Errorf("%s: %d left, %w: %s", action, c.n, ErrChanged, c.list())
+}
+
+// list names the first keys, sorted, and how many more: however many an
+// operator selected, the message stays short.
+func (c *changedKeys) list() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	slices.Sort(c.first)
 	list := strings.Join(c.first, ", ")
 	if c.n > len(c.first) {
 		list += fmt.Sprintf(" and %d more", c.n-len(c.first))
 	}
-	return fmt.Errorf("%s: %d left, %w: %s", action, c.n, ErrChanged, list)
+	return list
 }
 
 // Purge deletes dead letters for good; their orders stay unconfirmed until
@@ -601,5 +611,5 @@ func purge(ctx context.Context, st store.Store, ids []string, all bool, reason s
 		n.Add(1)
 		return nil
 	})
-	return int(n.Load()), errors.Join(append(missing, changed.err("purge"), err)...)
+	return int(n.Load()), errors.Join(missing, changed.err("purge"), err)
 }
