@@ -118,9 +118,11 @@ func (g *group) forgettable(name string, e memberEntry) bool {
 // their clocks against its own (NTP, a restored VM). An entry that stayed
 // the same for its TTL since first read is expired, whatever its time says
 // (a dead member's clock ahead, or ours gone back); an entry read as
-// changed, on a clock behind ours by more than its TTL, is live for a TTL
-// from when it was read (a live member's clock behind, or ours gone
-// ahead). Otherwise, and at first sight, the times stand, as on clocks in
+// changed is live for at least a TTL from when it was read, however far
+// its clock is behind ours (a live member's clock behind, or ours gone
+// ahead): by its time alone, one 8s behind with a TTL of 10s was live for
+// 2s, and a heartbeat a second late gave its vBuckets to another member
+// while it streamed them. At first sight the times stand, as on clocks in
 // step. The copy is for judging only, never written.
 func (g *group) judged(d membersDoc, now time.Time) membersDoc {
 	out := membersDoc{Members: make(map[string]memberEntry, len(d.Members))}
@@ -140,8 +142,8 @@ func (g *group) judged(d membersDoc, now time.Time) membersDoc {
 		switch {
 		case since >= time.Duration(e.TTLMs)*time.Millisecond && e.expiresAt().After(now):
 			e.BeatAt = now.UnixMilli() - e.TTLMs - 1
-		case b.changed && b.skew > e.TTLMs:
-			e.BeatAt = now.UnixMilli() - since.Milliseconds()
+		case b.changed:
+			e.BeatAt = max(e.BeatAt, now.UnixMilli()-since.Milliseconds())
 		}
 		out.Members[name] = e
 	}

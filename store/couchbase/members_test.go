@@ -225,6 +225,28 @@ func TestMembersAreJudgedByWhatWasSeenOfThemWhateverTheClocks(t *testing.T) {
 	assert.Equal(t, behind, d.Members["me"].BeatAt)
 }
 
+// A member whose clock is behind ours by less than its TTL, seen to beat,
+// is live for a TTL from then, as one far behind is: by its time it was
+// live for the TTL less the skew, and taken for dead at a heartbeat a
+// little late while it streamed its vBuckets.
+func TestAMemberBehindByLessThanItsTTLIsLiveForATTLFromItsBeat(t *testing.T) {
+	const ttl = 10 * time.Second
+	for _, skew := range []time.Duration{0, 3 * time.Second, 8 * time.Second, 9500 * time.Millisecond, 10500 * time.Millisecond, time.Hour} {
+		now := time.Now()
+		g := newGroup(nil, "f", "me", ttl, func() time.Time { return now })
+		doc := func(beat time.Time) membersDoc {
+			return membersDoc{Members: map[string]memberEntry{"p": {BeatAt: beat.UnixMilli(), TTLMs: ttl.Milliseconds()}}}
+		}
+		g.judged(doc(now.Add(-skew-2*time.Second)), now) // first sight
+		d := doc(now.Add(-skew))
+		g.judged(d, now) // seen to beat
+		// Its next heartbeat is late by a few seconds: still live.
+		at := now.Add(3 * time.Second)
+		live, _ := g.judged(d, at).isLive("p", at)
+		assert.True(t, live, "clock %v behind, a heartbeat 3s late with a TTL of 10s", skew)
+	}
+}
+
 // A member whose clock is an hour behind, beating: a member on the right
 // clock keeps its entry in the document (it dropped it at every heartbeat,
 // by its time, and never saw it change), sees it change, and judges it
