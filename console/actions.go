@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ordermail/ordermail/ops"
@@ -135,6 +136,55 @@ func (c *Console) action(h actionFunc) http.Handler {
 		defer context.AfterFunc(c.life, cancel)()
 		h(w, r.WithContext(ctx), sid)
 	})
+}
+
+// bulkAction is the bulk redrive or purge under way: what, since when.
+type bulkAction struct {
+	mu    sync.Mutex
+	what  string
+	since time.Time
+}
+
+// start takes the bulk action's turn for what, unless one is under way:
+// then it says which, and since when.
+func (b *bulkAction) start(what string, now time.Time) (busy string, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.what != "" {
+		return b.said(now), false
+	}
+	b.what, b.since = what, now
+	return "", true
+}
+
+func (b *bulkAction) end() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.what = ""
+}
+
+// under says the bulk action under way, "" when none is.
+func (b *bulkAction) under(now time.Time) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.what == "" {
+		return ""
+	}
+	return b.said(now)
+}
+
+func (b *bulkAction) said(now time.Time) string {
+	return fmt.Sprintf("%s is under way, started %s ago", b.what, now.Sub(b.since).Round(time.Second))
+}
+
+// startBulk takes the bulk action's turn, or finishes the request saying
+// which is under way and that nothing was done.
+func (c *Console) startBulk(w http.ResponseWriter, r *http.Request, sid, action, what, nothing string) bool {
+	busy, ok := c.bulk.start(what, c.now())
+	if !ok {
+		c.finish(w, r, sid, action, fmt.Errorf("%s on this console: wait for it to end, then look again", busy), "%s", nothing)
+	}
+	return ok
 }
 
 // finish records what an action did, for the page it leads back to, and
@@ -355,6 +405,12 @@ func (c *Console) redrive(w http.ResponseWriter, r *http.Request, sid string) {
 		c.confirm(w, r, d)
 		return
 	}
+	if sel.all || sel.reason != "" {
+		if !c.startBulk(w, r, sid, "redrive", "a redrive of "+sel.String(), "Nothing was redriven.") {
+			return
+		}
+		defer c.bulk.end()
+	}
 	var n int
 	if sel.reason != "" {
 		n, err = ops.RedriveByReason(r.Context(), c.st, c.now(), sel.reason)
@@ -402,6 +458,12 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 		}
 		c.confirm(w, r, d)
 		return
+	}
+	if sel.all {
+		if !c.startBulk(w, r, sid, "purge", "a purge of "+sel.String(), "Nothing was purged.") {
+			return
+		}
+		defer c.bulk.end()
 	}
 	n, err := ops.Purge(r.Context(), c.st, sel.ids, sel.all, shownAt(r, c.now()))
 	if n == 0 && err != nil {

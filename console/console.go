@@ -91,6 +91,11 @@ type Console struct {
 	actMu    sync.Mutex
 	stopping bool
 	acting   sync.WaitGroup
+	// bulk is the redrive or purge of all or of a reason under way, one
+	// at a time: a second, asked from a page that showed none (a proxy
+	// gave up on the first's answer), would find every dead letter
+	// changed under it, and its message would hide the first's.
+	bulk bulkAction
 }
 
 // actionsEndWait bounds how long Stop waits for actions that life's end

@@ -1392,3 +1392,75 @@ func TestStopWaitsForTheActionsItEnds(t *testing.T) {
 	assert.NoError(t, ctx.Err(), "Stop returned within the stop's time")
 	assert.True(t, b.returned.Load(), "the action returned before Stop did")
 }
+
+// heldApply is a store whose writes wait until release is closed.
+type heldApply struct {
+	store.Store
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (h *heldApply) Apply(ctx context.Context, ws []store.Write) ([]uint64, error) {
+	h.once.Do(func() { close(h.entered) })
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return h.Store.Apply(ctx, ws)
+}
+
+// One bulk redrive or purge at a time: while one runs, every page says so,
+// and a second is refused saying which runs, where it would have found
+// every dead letter changed under it and its message hidden the first's.
+func TestOneBulkActionAtATime(t *testing.T) {
+	t.Parallel()
+	h := &heldApply{Store: openEmbedded(t), entered: make(chan struct{}), release: make(chan struct{})}
+	f := serve(t, console.Config{Token: token}, h, deps(t, h, deadMailer(t)))
+	f.deadLetter(t, "d1", order.ReasonPermanent)
+	f.deadLetter(t, "d2", order.ReasonPermanent)
+	csrf := f.login(t)
+
+	first := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/deadletters/redrive",
+			strings.NewReader(url.Values{"csrf": {csrf}, "scope": {"all"}, "confirm": {"yes"}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", f.srv.URL)
+		resp, err := f.client.Do(req)
+		if err != nil {
+			first <- 0
+			return
+		}
+		resp.Body.Close()
+		first <- resp.StatusCode
+	}()
+	select {
+	case <-h.entered:
+	case <-time.After(time.Minute):
+		t.Fatal("the redrive of all never wrote")
+	}
+
+	_, body := f.get(t, "/deadletters")
+	assert.Contains(t, body, `id="bulk"`)
+	assert.Contains(t, body, "a redrive of every dead letter is under way, started ")
+	resp, _ := f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"reason"}, "reason": {order.ReasonPermanent}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	resp, _ = f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"all"}, "confirm": {"yes"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	_, body = f.get(t, "/")
+	assert.Contains(t, body, "Nothing was purged. Error: a redrive of every dead letter is under way, started ")
+	assert.True(t, f.exists(t, order.DeadLetter, "d1"), "nothing purged")
+
+	close(h.release)
+	select {
+	case code := <-first:
+		require.Equal(t, http.StatusSeeOther, code)
+	case <-time.After(time.Minute):
+		t.Fatal("the redrive of all did not end")
+	}
+	_, body = f.get(t, "/")
+	assert.NotContains(t, body, `id="bulk"`)
+	assert.Contains(t, body, "Redrove 2 of every dead letter")
+	assert.False(t, f.exists(t, order.DeadLetter, "d1"))
+}

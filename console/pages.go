@@ -35,10 +35,13 @@ type page struct {
 	// ShownAt is when the page was made (Unix ms): a purge from it leaves
 	// what was dead-lettered since, which the operator has not seen.
 	ShownAt int64
+	// Bulk is the bulk redrive or purge under way on this console.
+	Bulk string
 }
 
 func (c *Console) pageFor(r *http.Request, title, nav string) page {
-	p := page{Title: title, Nav: nav, ReadOnly: c.ReadOnly(), Here: r.URL.RequestURI(), ShownAt: c.now().UnixMilli()}
+	p := page{Title: title, Nav: nav, ReadOnly: c.ReadOnly(), Here: r.URL.RequestURI(), ShownAt: c.now().UnixMilli(),
+		Bulk: c.bulk.under(c.now())}
 	if p.ReadOnly {
 		return p
 	}
