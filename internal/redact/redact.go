@@ -13,7 +13,8 @@ const Mask = "REDACTED"
 // URL returns raw with the userinfo password (or a user name given
 // alone, which is then the whole credential: an API key as a Basic-auth
 // user, sent as "key:"), every query parameter's value, every bare query
-// token and the fragment replaced by Mask: a query is where services put
+// token, the fragment and the path's segments that look like keys (see
+// path) replaced by Mask: a query is where services put
 // their keys, under names no list foresees (Azure Functions' ?code=, a
 // signed URL's parts), and its names are enough to tell one URL from
 // another. A string that does not parse as a URL (a port mistyped, a
@@ -25,8 +26,14 @@ func URL(raw string) string {
 	}
 	_, hasPassword := u.User.Password()
 	q := query(u.RawQuery)
-	if u.User == nil && q == u.RawQuery && u.Fragment == "" {
+	p := path(u.EscapedPath())
+	if u.User == nil && q == u.RawQuery && u.Fragment == "" && p == u.EscapedPath() {
 		return raw // nothing to hide: as given, not re-encoded
+	}
+	if p != u.EscapedPath() {
+		if unescaped, err := url.PathUnescape(p); err == nil {
+			u.Path, u.RawPath = unescaped, p // what stays, as given
+		}
 	}
 	switch {
 	case hasPassword:
@@ -64,6 +71,9 @@ func unparsed(raw string) string {
 	}
 	rest, _, hasFragment := strings.Cut(rest, "#")
 	rest, q, hasQuery := strings.Cut(rest, "?")
+	if host, p, ok := strings.Cut(rest, "/"); ok {
+		rest = host + "/" + path(p)
+	}
 	if hasQuery {
 		rest += "?" + query(q)
 	}
@@ -71,6 +81,32 @@ func unparsed(raw string) string {
 		rest += "#" + Mask
 	}
 	return head + rest
+}
+
+// path masks the segments of an escaped path that look like keys (a
+// webhook's token, a key some services take in the path): 16 characters or
+// more with letters and digits both, or 32 or more of anything. Words and
+// numbers stay, so that a wrong path can still be told from a log.
+func path(p string) string {
+	segs := strings.Split(p, "/")
+	masked := false
+	for i, s := range segs {
+		if keyLike(s) {
+			segs[i], masked = Mask, true
+		}
+	}
+	if !masked {
+		return p
+	}
+	return strings.Join(segs, "/")
+}
+
+func keyLike(s string) bool {
+	if len(s) >= 32 {
+		return true
+	}
+	return len(s) >= 16 && strings.ContainsAny(s, "0123456789") &&
+		strings.ContainsFunc(s, func(r rune) bool { return 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' })
 }
 
 // query masks values in place, keeping the parameters' order and encoding.

@@ -36,6 +36,16 @@ func TestURL(t *testing.T) {
 		{give: "https://h/send?to=ops@example.com&key=SECRET\r", want: "https://REDACTED@REDACTED&key=REDACTED"},
 		{give: "https://h:1x/p#a@b&token=SECRET", want: "https://REDACTED@REDACTED"},
 		{give: "https://u:Ab#3x@h:1x/p", want: "https://REDACTED@REDACTED"}, // a "#" in the password
+		// A key in the path (webhook services, some APIs): a segment that
+		// looks like one, not the words and numbers around it.
+		{give: "https://hooks.example.com/services/T0123/B0456/aZ9fQx7LmN2pR4sT6vW8yB1c/send",
+			want: "https://hooks.example.com/services/T0123/B0456/REDACTED/send"},
+		{give: "https://api.example.com/v1/orders/sendConfirmation", want: "https://api.example.com/v1/orders/sendConfirmation"},
+		{give: "https://api.example.com/v1/2026-12-06/notifications", want: "https://api.example.com/v1/2026-12-06/notifications"},
+		{give: "https://h/k/0123456789abcdef0123456789abcdef0123", want: "https://h/k/REDACTED"},
+		{give: "https://h/k/abcdefghijklmnopqrstuvwxyzabcdefgh", want: "https://h/k/REDACTED"}, // 32 letters
+		{give: "https://h/a%20b/sk_live_9f8e7d6c5b4a3928?x=1", want: "https://h/a%20b/REDACTED?x=REDACTED"},
+		{give: "https://h:1x/hook/sk_live_9f8e7d6c5b4a3928\r", want: "https://h:1x/hook/REDACTED"}, // unparsed
 		{give: "", want: ""},
 	}
 	for _, tt := range tests {
