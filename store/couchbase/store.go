@@ -795,6 +795,12 @@ const (
 	dueByTS        = "r.nextAttemptAt IS MISSING AND r.ts < $cutoff AND IS_NUMBER(r.ts) AND META(r).id != $control AND " + unflagged
 )
 
+// flaggedDueAt is when a flagged retry fell due, where its document says:
+// a number, or none (one edited by hand into "soon", which MIN would give
+// over any number, and which the watcher dead-letters).
+const flaggedDueAt = "CASE WHEN IS_NUMBER(r.nextAttemptAt) THEN r.nextAttemptAt " +
+	"WHEN r.nextAttemptAt IS MISSING AND IS_NUMBER(r.ts) THEN r.ts + $quantum ELSE NULL END"
+
 // backlogStatement counts the due retries, flagged or not, and finds the
 // one due longest: of the unflagged, the first in each index's order (one
 // entry read); of the flagged, the least, which reads them (the sweep
@@ -806,7 +812,7 @@ func backlogStatement(retry string) string {
 		"(SELECT RAW COUNT(*)" + from + flaggedRetries + ")[0] AS flagged, " +
 		"(SELECT RAW COUNT(*)" + from + dueByNext + ")[0] AS dueNext, " +
 		"(SELECT RAW COUNT(*)" + from + dueByTS + ")[0] AS dueTS, " +
-		"(SELECT RAW MIN(IFMISSING(r.nextAttemptAt, r.ts + $quantum))" + from + flaggedRetries + ")[0] AS oldestFlagged, " +
+		"(SELECT RAW MIN(" + flaggedDueAt + ")" + from + flaggedRetries + ")[0] AS oldestFlagged, " +
 		"(SELECT RAW r.nextAttemptAt" + from + dueByNext + " ORDER BY r.nextAttemptAt LIMIT 1)[0] AS oldestNext, " +
 		"(SELECT RAW r.ts + $quantum" + from + dueByTS + " ORDER BY r.ts LIMIT 1)[0] AS oldestTS"
 }
@@ -821,8 +827,10 @@ func (s *Store) Backlog(ctx context.Context, now time.Time, quantum time.Duratio
 
 func (s *Store) readBacklog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {
 	var row struct {
-		Flagged, DueNext, DueTS             int
-		OldestFlagged, OldestNext, OldestTS *int64
+		Flagged, DueNext, DueTS int
+		// Raw: a value that is no number (a document edited by hand) is
+		// passed over, not the backlog's failure.
+		OldestFlagged, OldestNext, OldestTS json.RawMessage
 	}
 	params := sweepParams(now, quantum, 0)
 	params["quantum"] = quantum.Milliseconds()
@@ -834,11 +842,12 @@ func (s *Store) readBacklog(ctx context.Context, now time.Time, quantum time.Dur
 		return store.Backlog{}, fmt.Errorf("backlog: %w", err)
 	}
 	b := store.Backlog{Due: row.Flagged + row.DueNext + row.DueTS}
-	for _, at := range []*int64{row.OldestFlagged, row.OldestNext, row.OldestTS} {
-		if at == nil {
+	for _, raw := range []json.RawMessage{row.OldestFlagged, row.OldestNext, row.OldestTS} {
+		var at *float64
+		if json.Unmarshal(raw, &at) != nil || at == nil {
 			continue
 		}
-		t := time.UnixMilli(*at)
+		t := time.UnixMilli(int64(*at))
 		if t.After(now) { // flagged by hand before it fell due: due now
 			t = now
 		}

@@ -746,3 +746,48 @@ func TestAnAmbiguousDurableWriteNotMadeIsWrittenAgain(t *testing.T) {
 	_, err = s.Get(ctx, order.Retry, k)
 	assert.ErrorIs(t, err, store.ErrNotFound)
 }
+
+// The backlog over each kind of due retry: flagged (by nextAttemptAt, or
+// by ts for the sample's documents), unflagged by nextAttemptAt, and the
+// sample's by ts, and the oldest of them all. A flagged retry edited by
+// hand into a time that is no number is counted, and passed over for the
+// oldest, not the backlog's failure.
+func TestBacklogOverEveryKindOfDueRetry(t *testing.T) {
+	now := time.UnixMilli(1_800_000_000_000)
+	const q = 15 * time.Second
+	ms := func(d time.Duration) int64 { return now.Add(d).UnixMilli() }
+	for _, c := range []struct {
+		name   string
+		docs   map[string]string
+		due    int
+		oldest time.Time
+	}{
+		{"every kind", map[string]string{
+			"flagged-next":   fmt.Sprintf(`{"docId":"flagged-next","ts":1,"fireRetry":true,"nextAttemptAt":%d}`, ms(-time.Minute)),
+			"flagged-ts":     fmt.Sprintf(`{"docId":"flagged-ts","ts":%d,"fireRetry":true}`, ms(-10*time.Minute)),
+			"due-next":       fmt.Sprintf(`{"docId":"due-next","ts":1,"nextAttemptAt":%d}`, ms(-3*time.Minute)),
+			"due-ts":         fmt.Sprintf(`{"docId":"due-ts","ts":%d}`, ms(-4*time.Minute)),
+			"not-due-next":   fmt.Sprintf(`{"docId":"not-due-next","ts":1,"nextAttemptAt":%d}`, ms(time.Minute)),
+			"not-due-ts":     fmt.Sprintf(`{"docId":"not-due-ts","ts":%d}`, ms(-time.Second)),
+			order.ControlKey: `{}`,
+		}, 4, now.Add(-10*time.Minute + q)},
+		{"a flagged one edited by hand", map[string]string{
+			"flagged-soon": `{"docId":"flagged-soon","ts":1,"fireRetry":true,"nextAttemptAt":"soon"}`,
+			"due-next":     fmt.Sprintf(`{"docId":"due-next","ts":1,"nextAttemptAt":%d}`, ms(-3*time.Minute)),
+		}, 2, now.Add(-3 * time.Minute)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, _ := fakeCluster(t, cbtest.Options{})
+			s := openStore(t, cfg, func(s *Store) { s.cfg.CountsTTL = -1 })
+			ctx := ctxFor(t, 20*time.Second)
+			for key, v := range c.docs {
+				_, err := s.Insert(ctx, order.Retry, key, []byte(v))
+				require.NoError(t, err)
+			}
+			b, err := s.Backlog(ctx, now, q)
+			require.NoError(t, err)
+			assert.Equal(t, c.due, b.Due)
+			assert.Equal(t, c.oldest, b.OldestDue)
+		})
+	}
+}
