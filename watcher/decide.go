@@ -408,8 +408,8 @@ func otherIncarnation(k, key string, d store.Doc) bool {
 func salvaged(key string, raw []byte) order.RetryDoc {
 	var r order.RetryDoc
 	_ = json.Unmarshal(raw, &r) // fills the fields it can read, whatever the others
-	own := order.IdempotencyKey(key, 0)
-	if (r.IdempotencyKey != own && !strings.HasPrefix(r.IdempotencyKey, own+"@")) || mailer.CheckHeaderValue(r.IdempotencyKey) != nil {
+	k := r.IdempotencyKey
+	if !strings.HasPrefix(k, order.TypeConfirmation+":") || order.OrderKeyOf(k) != key || mailer.CheckHeaderValue(k) != nil {
 		r.IdempotencyKey = ""
 	}
 	return order.RetryDoc{DocID: key, Attempt: max(r.Attempt, 0), FirstAttemptAt: r.FirstAttemptAt, TS: r.TS,

@@ -56,7 +56,7 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 			return nil
 		})
 	c.FlagSet.StringVar(&coll, "collection", "", "collection to write into: inbound or retry")
-	c.FlagSet.BoolVar(&replace, "replace", false, "write over documents with the same keys (an order replaced is unconfirmed again, and its confirmation sent again once paid); without it they are left as they are")
+	c.FlagSet.BoolVar(&replace, "replace", false, "write over documents with the same keys (an order replaced is unconfirmed again: once paid, the embedded store marks it confirmed again while its attempt record says it was sent, Couchbase sends its confirmation again); without it they are left as they are")
 	c.FlagSet.BoolVar(&pay, "pay", false, "then set each order's paymentStatus to paid, as the sample's manual test does (inbound only)")
 	// Check the arguments and read every file before the store is opened:
 	// a bad file loads nothing.
