@@ -85,9 +85,8 @@ type overviewData struct {
 	page
 	Status   *ops.Status
 	StoreErr string
-	// Retries is whether retries are armed: read again alone when the
-	// status cannot be, so that a store too slow to count still shows
-	// Pause and Resume.
+	// Retries is whether retries are armed, read first: a store too slow
+	// to count the rest still shows Pause and Resume.
 	Retries       *ops.RetryState
 	Breaker       string
 	Misconfigured string
@@ -122,11 +121,9 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 	s, err := ops.ReadStatus(ctx, c.st, now, c.quantum())
 	if err != nil {
 		d.StoreErr = err.Error()
-		rctx, cancel := context.WithTimeout(r.Context(), readTimeout)
-		if rs, err := ops.ReadRetryState(rctx, c.st); err == nil {
-			d.Retries = &rs
+		if s.Known() {
+			d.Retries = &s.RetryState
 		}
-		cancel()
 	} else {
 		d.Status, d.Retries = &s, &s.RetryState
 		for _, t := range s.TopFailures {

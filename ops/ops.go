@@ -237,11 +237,16 @@ type RetryState struct {
 	// zero when armed, or paused with none kept.
 	ResumeWith order.Control `json:"-"`
 	quantum    time.Duration // allow_retrys' own; 0: none
+	read       bool          // it was read (Known)
 }
 
-// ReadRetryState reads allow_retrys and, when it is absent, the settings
+// Known says whether the state was read: ReadStatus returns it with its
+// error when what failed came after it.
+func (s RetryState) Known() bool { return s.read }
+
+// readRetryState reads allow_retrys and, when it is absent, the settings
 // a resume gives back: one or two reads, whatever the store holds.
-func ReadRetryState(ctx context.Context, st store.Store) (RetryState, error) {
+func readRetryState(ctx context.Context, st store.Store) (RetryState, error) {
 	var s RetryState
 	ctl, err := st.Get(ctx, order.Retry, order.ControlKey)
 	switch {
@@ -258,6 +263,7 @@ func ReadRetryState(ctx context.Context, st store.Store) (RetryState, error) {
 	default:
 		return RetryState{}, err
 	}
+	s.read = true
 	return s, nil
 }
 
@@ -293,12 +299,13 @@ type Sweeper struct {
 }
 
 // ReadStatus reads the status at now; quantum decides when a retry document
-// without nextAttemptAt is due, unless allow_retrys sets one.
+// without nextAttemptAt is due, unless allow_retrys sets one. On an error
+// read after it, the status holds the retry state (RetryState.Known).
 func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time.Duration) (Status, error) {
 	var s Status
 	var err error
-	if s.RetryState, err = ReadRetryState(ctx, st); err != nil {
-		return Status{}, err
+	if s.RetryState, err = readRetryState(ctx, st); err != nil {
+		return Status{RetryState: s.RetryState}, err
 	}
 	if s.quantum > 0 {
 		quantum = s.quantum
@@ -308,7 +315,7 @@ func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time
 	// the due retries on their indexes; the reasons below likewise.
 	c, b, err := store.ReadFigures(ctx, st, now, quantum)
 	if err != nil {
-		return Status{}, err
+		return Status{RetryState: s.RetryState}, err
 	}
 	s.RetryDocs, s.RetryFlagged, s.DeadLetters = c.RetryDocs, c.RetryFlagged, c.DeadLetters
 	s.OrdersPaid, s.OrdersConfirmed, s.OrdersUnconfirmed = c.OrdersPaid, c.OrdersConfirmed, c.OrdersPaid-c.OrdersConfirmed
@@ -317,14 +324,14 @@ func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time
 	}
 	h, err := timer.ReadSweeper(ctx, st)
 	if err != nil {
-		return Status{}, fmt.Errorf("read the sweep lease: %w", err)
+		return Status{RetryState: s.RetryState}, fmt.Errorf("read the sweep lease: %w", err)
 	}
 	if h.Owner != "" {
 		s.Sweeper = &Sweeper{Holder: h.Owner, ExpiresAt: h.ExpiresAt, Expired: !h.ExpiresAt.After(now)}
 	}
 	if ml, ok := st.(store.MemberLister); ok {
 		if s.Members, err = ml.Members(ctx, store.DefaultFeed); err != nil {
-			return Status{}, fmt.Errorf("read the members: %w", err)
+			return Status{RetryState: s.RetryState}, fmt.Errorf("read the members: %w", err)
 		}
 	}
 	s.DueNow = b.Due
@@ -333,7 +340,7 @@ func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time
 	}
 	reasons, err := st.Reasons(ctx)
 	if err != nil {
-		return Status{}, err
+		return Status{RetryState: s.RetryState}, err
 	}
 	s.TopFailures = []ReasonCount{}
 	for _, t := range reasons {
