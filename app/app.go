@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/ordermail/ordermail/console"
 	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/mailer"
@@ -145,7 +146,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, extra ...fx.Option) 
 		fx.StopTimeout(stopTimeout),
 		fx.Supply(cfg.Mail, cfg.watcherConfig(), cfg.Timer, cfg.Metrics, cfg.Console, log),
 		fx.Provide(func(lc fx.Lifecycle) (store.Store, error) {
-			st, err := OpenStore(ctx, cfg.Store, log)
+			st, err := openStoreWaiting(ctx, cfg.Store, log)
 			if err != nil {
 				return nil, err
 			}
@@ -288,6 +289,33 @@ func warnMissingIndexes(ctx context.Context, st store.Store, log *slog.Logger) {
 	}
 	for _, m := range missing {
 		log.Warn("index missing: run `ordermail setup` (it creates only what is missing)", "index", m)
+	}
+}
+
+// openStoreWaiting is OpenStore for the service: an embedded store whose
+// write lock another process holds past the busy timeout (a long sqlite3
+// session, a backup, a bulk command) is waited for, with a warning at each
+// try, until it opens or ctx ends, as a running service waits the store
+// out; the operator commands give up and say why instead.
+func openStoreWaiting(ctx context.Context, c StoreConfig, log *slog.Logger) (store.Store, error) {
+	if c.IsCouchbase() {
+		return OpenStore(ctx, c, log)
+	}
+	b := backoff.NewExponentialBackOff()
+	b.InitialInterval, b.MaxInterval = time.Second, 30*time.Second
+	b.Reset()
+	for {
+		st, err := OpenStore(ctx, c, log)
+		if !errors.Is(err, store.ErrUnavailable) || ctx.Err() != nil {
+			return st, err
+		}
+		wait := b.NextBackOff()
+		log.Warn("the store is busy with another process's write; trying again", "in", wait.Round(time.Second), "error", err)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil, err
+		}
 	}
 }
 

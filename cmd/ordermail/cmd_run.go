@@ -92,7 +92,17 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 				}
 				return app.RootCause(err)
 			}
-			if err := a.Start(ctx); err != nil {
+			// Started whatever comes meanwhile (each start hook bounds its
+			// own waits): a start cut short by a signal rolled back with
+			// the cancelled context, which runs no stop hook (listeners,
+			// the store, a Couchbase member's leave), and exited 1. A
+			// signal that came during the start stops the service once it
+			// has started.
+			if err := a.Start(context.WithoutCancel(ctx)); err != nil {
+				if ctx.Err() != nil {
+					log.Info("stopped before the service started", "start", app.RootCause(err))
+					return nil
+				}
 				return fmt.Errorf("start: %w", app.RootCause(err))
 			}
 			log.Info("ordermail running", "store", redact.URL(cfg.Store.URL), "mail_url", cfg.Mail.RedactedURL())

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"io"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"github.com/ordermail/ordermail/order"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	_ "modernc.org/sqlite"
 )
 
 // TestRunAsProcess runs `ordermail run` as a real process, configured by
@@ -155,4 +157,70 @@ func TestRunStopsWhileTheStoreOpens(t *testing.T) {
 	err, _ = p.stop(t, syscall.SIGTERM)
 	require.NoError(t, err, "a clean exit while the store opened; logs:\n%s", p.logs.String())
 	assert.True(t, p.hasLog("stopped before the service started"), p.logs.String())
+}
+
+// TestRunWaitsForAStoreBusyWithAnotherWrite: a store whose write lock
+// another process holds longer than the busy timeout (a sqlite3 session
+// left in a transaction, a backup) is waited for at start, with a warning
+// at each try, as a running service waits it out: `run` exited 1 with
+// "database is locked". A stop asked for meanwhile ends the wait cleanly.
+func TestRunWaitsForAStoreBusyWithAnotherWrite(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "o.db")
+	_, err := runBinary("load", "--store", "file:"+path, "--collection", "inbound", filepath.Join("..", "..", "fixtures", "orders"))
+	require.NoError(t, err)
+	db, err := sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	conn, err := db.Conn(context.Background())
+	require.NoError(t, err)
+	_, err = conn.ExecContext(context.Background(), "BEGIN IMMEDIATE") // the write lock, held
+	require.NoError(t, err)
+
+	args := []string{"run", "--store", "file:" + path, "--mail-url", startMock(t), "--metrics-listen", "127.0.0.1:0"}
+	p := startProc(t, args...)
+	p.waitLog(t, "the store is busy with another process's write; trying again")
+	err, _ = p.stop(t, syscall.SIGTERM)
+	require.NoError(t, err, "a clean exit while it waited; logs:\n%s", p.logs.String())
+	assert.True(t, p.hasLog("stopped before the service started"), p.logs.String())
+
+	p = startProc(t, args...)
+	p.waitLog(t, "the store is busy with another process's write; trying again")
+	_, err = conn.ExecContext(context.Background(), "ROLLBACK")
+	require.NoError(t, err)
+	p.waitLog(t, "ordermail running")
+	err, _ = p.stop(t, syscall.SIGTERM)
+	require.NoError(t, err, "logs:\n%s", p.logs.String())
+}
+
+// TestRunStopsCleanlyWhenSignalledWhileStarting: SIGTERM while the start
+// hooks run (here the feed waits for the store's write lock) stops the
+// service once started, and exits 0: the start was cut short by the
+// signal's context, rolled back with it (which runs no stop hook: the
+// listeners, the store, a Couchbase member's leave), and exited 1.
+func TestRunStopsCleanlyWhenSignalledWhileStarting(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "o.db")
+	_, err := runBinary("load", "--store", "file:"+path, "--collection", "inbound", filepath.Join("..", "..", "fixtures", "orders"))
+	require.NoError(t, err)
+	lock, err := os.OpenFile(path+".writelock", os.O_RDWR, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { lock.Close() })
+	require.NoError(t, syscall.Flock(int(lock.Fd()), syscall.LOCK_EX)) // the feed's start waits for it
+
+	p := startProc(t, "run", "--store", "file:"+path, "--mail-url", startMock(t), "--metrics-listen", "127.0.0.1:0", "--log-level", "debug")
+	p.waitLog(t, "OnStart hook executing", "runner).start") // the feed's start, held by the lock
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, syscall.Flock(int(lock.Fd()), syscall.LOCK_UN))
+	select {
+	case err := <-p.exited:
+		require.NoError(t, err, "a clean exit; logs:\n%s", p.logs.String())
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no exit 60s after SIGTERM; logs:\n%s", p.logs.String())
+	}
+	// Started, then stopped as any running service is: its stop hooks ran.
+	assert.True(t, p.hasLog("shutting down"), p.logs.String())
+	assert.True(t, p.hasLog("stopped", "component=watcher"), p.logs.String())
 }
