@@ -185,6 +185,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, extra ...fx.Option) 
 			}
 			lc.Append(fx.Hook{OnStart: r.start, OnStop: r.stop})
 		}),
+		// Last: started once every other start hook has run, stopping
+		// before any stop hook runs, for /readyz.
+		fx.Invoke(func(lc fx.Lifecycle, m *metrics.Server) {
+			lc.Append(fx.StartStopHook(m.Started, m.Stopping))
+		}),
 	}
 	return fx.New(append(opts, extra...)...)
 }

@@ -64,4 +64,11 @@ func TestMetricsEndpoint(t *testing.T) {
 	assert.Equal(t, "1", v[`ordermail_dead_lettered_total{reason="no_email"}`])
 	assert.Equal(t, "0", v["ordermail_breaker_open"])
 	assert.NotEmpty(t, v["ordermail_timer_ticks_total"])
+
+	// Started: ready (its last start hook says so).
+	resp, err := http.Get("http://" + m.Addr().String() + "/readyz")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode, string(body))
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ordermail/ordermail/internal/buildinfo"
@@ -120,7 +121,23 @@ type Server struct {
 
 	stopRefresh context.CancelFunc
 	refreshing  sync.WaitGroup
+
+	// phase is the service's, for /readyz: starting until every start
+	// hook has run (Started), stopping once the stop begins (Stopping).
+	phase atomic.Int32
 }
+
+const (
+	phaseStarting int32 = iota
+	phaseStarted
+	phaseStopping
+)
+
+// Started says the service has started: /readyz may answer ready.
+func (s *Server) Started() { s.phase.CompareAndSwap(phaseStarting, phaseStarted) }
+
+// Stopping says the service's stop has begun: /readyz answers 503.
+func (s *Server) Stopping() { s.phase.Store(phaseStopping) }
 
 // Backlog is the store's figures as the last refresh read them.
 type Backlog struct {
@@ -479,12 +496,21 @@ func (s *Server) Healthz(w http.ResponseWriter, _ *http.Request) {
 
 // Readyz answers GET /readyz: 200 while ordermail can send; 503 with the
 // reason while the email service refuses its configuration (a person must
-// fix it) or the store did not answer the last refresh. The body names the
+// fix it) or the store did not answer the last refresh, and while the
+// service starts or stops. The body names the
 // instance's roles: the sweep ("active", "standby", "paused") with, on a
 // standby, who sweeps and how long ago it renewed its lease; the feed
 // ("running", or "standby" while another process holds the embedded
 // store's lock).
 func (s *Server) Readyz(w http.ResponseWriter, _ *http.Request) {
+	switch s.phase.Load() {
+	case phaseStarting:
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "starting"})
+		return
+	case phaseStopping:
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "stopping"})
+		return
+	}
 	body := map[string]any{"status": "ready"}
 	code := http.StatusOK
 	bl := s.Backlog()

@@ -114,6 +114,7 @@ func (r *rig) start(t *testing.T, watch bool) {
 	if watch {
 		require.NoError(t, r.w.Start(context.Background()))
 	}
+	r.m.Started() // as the app's last start hook does
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -702,6 +703,29 @@ func TestHealthzFailsWhileAWorkerIsStuck(t *testing.T) {
 		code, _ := get(r.m.Healthz)
 		return code == http.StatusOK
 	}, 30*time.Second, 10*time.Millisecond, "healthz passes again; it answers %v", answer(r.m.Healthz))
+}
+
+// While the service starts, and once its stop has begun, it cannot send:
+// /readyz says so, where it answered ready with the feed "standby".
+func TestReadyzWhileStartingAndStopping(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigConfig{})
+	get := func() (int, string) {
+		rec := httptest.NewRecorder()
+		r.m.Readyz(rec, httptest.NewRequest(http.MethodGet, "/readyz", nil))
+		return rec.Code, rec.Body.String()
+	}
+	code, body := get()
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.JSONEq(t, `{"status":"starting"}`, body)
+	r.start(t, true)
+	code, body = get()
+	assert.Equal(t, http.StatusOK, code, body)
+	r.m.Stopping()
+	r.m.Started() // a late start hook does not undo the stop
+	code, body = get()
+	assert.Equal(t, http.StatusServiceUnavailable, code)
+	assert.JSONEq(t, `{"status":"stopping"}`, body)
 }
 
 func TestReadyzSaysWhyWhileMisconfigured(t *testing.T) {
