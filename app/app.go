@@ -132,6 +132,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, extra ...fx.Option) 
 	fxlog := &fxevent.SlogLogger{Logger: log.With("component", "fx")}
 	fxlog.UseLogLevel(slog.LevelDebug)
 	fxlog.UseErrorLevel(slog.LevelDebug) // the caller reports a failed start, once
+	// The store the build opens: closed here if the build fails after it.
+	var opened store.Store
 	mailTimeout := cfg.Mail.Timeout
 	if mailTimeout == 0 {
 		mailTimeout = 10 * time.Second
@@ -150,6 +152,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, extra ...fx.Option) 
 			if err != nil {
 				return nil, err
 			}
+			opened = st
 			lc.Append(fx.StopHook(st.Close))
 			// In the background: a slow query service does not hold the
 			// start up, and the stop ends the check.
@@ -191,7 +194,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, extra ...fx.Option) 
 			lc.Append(fx.StartStopHook(m.Started, m.Stopping))
 		}),
 	}
-	return fx.New(append(opts, extra...)...)
+	a := fx.New(append(opts, extra...)...)
+	if a.Err() != nil && opened != nil {
+		// Built no further than the store (the console's token file
+		// unreadable, say): no stop hook will run to close it.
+		opened.Close()
+	}
+	return a
 }
 
 // ExitStoreLost is the exit code of a service whose store file was deleted

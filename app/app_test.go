@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ordermail/ordermail/app"
+	"github.com/ordermail/ordermail/console"
 	"github.com/ordermail/ordermail/fixtures"
 	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/mailer"
@@ -421,4 +422,19 @@ func byOrder(perKey map[string]int) map[string]int {
 		out[order.OrderKeyOf(k)] += n
 	}
 	return out
+}
+
+// A build that fails after the store opened (here the console's token file
+// is unreadable) closes the store: no stop hook would, and its writer, its
+// lock and its -wal file stayed for the life of the process (the demo, a
+// test).
+func TestAFailedBuildClosesTheStore(t *testing.T) {
+	r := newScriptedRun(t, mockmail.Config{})
+	dir := t.TempDir()
+	r.cfg.Store = app.StoreConfig{URL: "file:" + filepath.Join(dir, "o.db")}
+	r.cfg.Console = console.Config{Listen: "127.0.0.1:0", TokenFile: filepath.Join(dir, "no-such-token")}
+	a := app.New(context.Background(), r.cfg, r.log)
+	require.Error(t, a.Err())
+	require.FileExists(t, filepath.Join(dir, "o.db"), "the store was opened")
+	assert.NoFileExists(t, filepath.Join(dir, "o.db-wal"), "closed, its log checkpointed and removed")
 }
