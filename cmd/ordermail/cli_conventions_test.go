@@ -97,6 +97,8 @@ func TestWrongCommandLineExits2(t *testing.T) {
 		{[]string{"mockmail", "--fail-rate", "NaN"}, `invalid value "NaN" for flag -fail-rate: not a finite number`},
 		{[]string{"bench", "--rate", "-Inf"}, `invalid value "-Inf" for flag -rate: not a finite number`},
 		{[]string{"bench", "--fail-rate", "x"}, `invalid value "x" for flag -fail-rate: not a number`},
+		{[]string{"bench", "--mail-url", "http://h", "--mail-url-file", "f"}, "mail-url-file: give the URL once"},
+		{[]string{"bench", "--mail-url-file", "/no/such/file"}, "mail-url-file: open /no/such/file: no such file or directory"},
 	}
 	for _, tt := range tests {
 		name := strings.Join(tt.give, " ")

@@ -29,6 +29,8 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.IntVar(&c.HoldEvery, "hold-every", 0, "the mock answers nothing to the first request of every Nth order, until the service gives up (its --mail-timeout) and retries; not with --ceiling")
 	fs.Uint64Var(&c.Seed, "seed", 0, "seed of the mock's failures and the generated orders; 0 picks one")
 	fs.StringVar(&c.MailURL, "mail-url", "", "an email service already running, instead of the mock; the figures that need the mock's timings are then absent")
+	var mailURLFile string
+	fs.StringVar(&mailURLFile, "mail-url-file", "", "--mail-url read from this file (its first line), so that a key in the URL is on no command line")
 	fs.IntVar(&c.Workers, "workers", 16, "the service's --workers, and the ceiling's senders")
 	fs.IntVar(&c.History, "history", 0, "confirmed orders written before the service starts")
 	fs.IntVar(&c.Pending, "pending", 0, "retry documents due in a day, with their paid orders, in the store before the service starts")
@@ -93,6 +95,19 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"retry document left.",
 		FlagSet: fs,
 		Exec: func(ctx context.Context, args []string) error {
+			if mailURLFile != "" {
+				if c.MailURL != "" {
+					return usageErrorf("mail-url-file: give the URL once, with --mail-url or with --mail-url-file")
+				}
+				b, err := os.ReadFile(mailURLFile)
+				if err != nil {
+					return usageErrorf("mail-url-file: %v", err)
+				}
+				line, _, _ := strings.Cut(string(b), "\n")
+				if c.MailURL = strings.TrimSpace(line); c.MailURL == "" {
+					return usageErrorf("mail-url-file: %s holds no URL", mailURLFile)
+				}
+			}
 			var mockOnly []string
 			fs.Visit(func(f *flag.Flag) {
 				if f.Name == "fail-rate" || f.Name == "fail-once" || f.Name == "mail-latency" || f.Name == "hold-every" {

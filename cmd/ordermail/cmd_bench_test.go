@@ -386,39 +386,53 @@ func TestBenchSaysAPartialRunFailed(t *testing.T) {
 func TestBenchMasksAKeyInTheMailURL(t *testing.T) {
 	mock := startMock(t, "--fail-rate", "0")
 	url := mock + "/?api_key=SECRET123"
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, binary, "bench", "--timeout", "5m", "--orders", "20", "--mail-url", url)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	require.NoError(t, cmd.Start())
-	listed := make(chan processListing)
-	stop := make(chan struct{})
-	go func() { listed <- listProcesses(cmd.Process.Pid, "SECRET123", stop) }()
-	err := cmd.Wait()
-	close(stop)
-	seen := <-listed
-	require.NoError(t, err, "stderr:\n%s", stderr.String())
-	out := stdout.String() + stderr.String()
-	if runtime.GOOS == "linux" {
-		require.NotZero(t, seen.services, "no listing of the processes saw the service")
-		assert.Empty(t, seen.showing, "the key is on a command line any user of the machine can read")
+	file := filepath.Join(t.TempDir(), "mail-url")
+	require.NoError(t, os.WriteFile(file, []byte(url+"\n"), 0o600))
+	for _, c := range []struct {
+		name string
+		args []string
+		own  bool // the bench's own command line holds the key: the user gave it there
+	}{
+		{"--mail-url", []string{"--mail-url", url}, true},
+		{"--mail-url-file", []string{"--mail-url-file", file}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+			defer cancel()
+			var stdout, stderr bytes.Buffer
+			cmd := exec.CommandContext(ctx, binary, append([]string{"bench", "--timeout", "5m", "--orders", "20"}, c.args...)...)
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			require.NoError(t, cmd.Start())
+			listed := make(chan processListing)
+			stop := make(chan struct{})
+			go func() { listed <- listProcesses(cmd.Process.Pid, c.own, "SECRET123", stop) }()
+			err := cmd.Wait()
+			close(stop)
+			seen := <-listed
+			require.NoError(t, err, "stderr:\n%s", stderr.String())
+			out := stdout.String() + stderr.String()
+			if runtime.GOOS == "linux" {
+				require.NotZero(t, seen.services, "no listing of the processes saw the service")
+				assert.Empty(t, seen.showing, "the key is on a command line any user of the machine can read")
+			}
+			assert.Contains(t, stdout.String(), `"mailURL":"`+mock+`/?api_key=REDACTED"`, "the settings printed")
+			assert.Contains(t, out, "api_key=REDACTED", "the URL is said, masked:\n%s", out)
+			assert.NotContains(t, out, "SECRET123")
+		})
 	}
-	assert.Contains(t, stdout.String(), `"mailURL":"`+mock+`/?api_key=REDACTED"`, "the settings printed")
-	assert.Contains(t, out, "api_key=REDACTED", "the URL is said, masked:\n%s", out)
-	assert.NotContains(t, out, "SECRET123")
 }
 
 // processListing is what listProcesses saw.
 type processListing struct {
 	services int      // listings in which a child `ordermail run` was seen
-	showing  []string // command lines, but the parent's, that held the secret
+	showing  []string // command lines that held the secret
 }
 
 // listProcesses reads every process's command line, as `ps` does, until
-// stop is closed, and says which of them, but parent's own, held secret.
-// It reads /proc, so it sees nothing on systems without one.
-func listProcesses(parent int, secret string, stop <-chan struct{}) processListing {
+// stop is closed, and says which of them held secret (but parent's own,
+// with skipParent). It reads /proc, so it sees nothing on systems without
+// one.
+func listProcesses(parent int, skipParent bool, secret string, stop <-chan struct{}) processListing {
 	var seen processListing
 	for {
 		select {
@@ -429,7 +443,7 @@ func listProcesses(parent int, secret string, stop <-chan struct{}) processListi
 		paths, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 		for _, p := range paths {
 			b, err := os.ReadFile(p)
-			if err != nil || p == fmt.Sprintf("/proc/%d/cmdline", parent) {
+			if err != nil || (skipParent && p == fmt.Sprintf("/proc/%d/cmdline", parent)) {
 				continue
 			}
 			args := strings.Split(string(b), "\x00")
