@@ -320,8 +320,8 @@ func openStoreWaiting(ctx context.Context, c StoreConfig, log *slog.Logger) (sto
 	b.Reset()
 	for {
 		st, err := OpenStore(ctx, c, log)
-		if !errors.Is(err, store.ErrUnavailable) || ctx.Err() != nil {
-			return st, err
+		if !errors.Is(err, embedded.ErrBusy) || ctx.Err() != nil {
+			return st, err // a full disk, a file it cannot open: said, not waited on
 		}
 		wait := b.NextBackOff()
 		log.Warn("the store is busy with another process's write; trying again", "in", wait.Round(time.Second), "error", err)

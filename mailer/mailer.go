@@ -93,7 +93,7 @@ type Config struct {
 
 // RedactedURL is URL with its password and query values masked, for
 // errors and logs.
-func (c Config) RedactedURL() string { return redact.URL(c.URL) }
+func (c Config) RedactedURL() string { return redact.MailURL(c.URL) }
 
 // Validate names the setting that is wrong.
 func (c Config) Validate() error {
@@ -669,7 +669,7 @@ func (t redactedSpanURL) RoundTrip(req *http.Request) (*http.Response, error) {
 	if span := trace.SpanFromContext(req.Context()); span.IsRecording() {
 		u := *req.URL
 		u.User = nil // as otelhttp: not even the user name
-		span.SetAttributes(semconv.URLFull(redact.URL(u.String())))
+		span.SetAttributes(semconv.URLFull(redact.MailURL(u.String())))
 	}
 	return t.next.RoundTrip(req)
 }

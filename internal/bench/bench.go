@@ -323,12 +323,12 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Result, error) {
 	// in --mail-url (the one way to give a real service's without an auth
 	// file) is masked in it, in the settings printed and in the error.
 	out := &lockedWriter{w: progress}
-	if raw := strings.TrimRight(cfg.MailURL, "/"); raw != "" && redact.URL(raw) != raw {
-		pairs := []string{raw, redact.URL(raw)}
+	if raw := strings.TrimRight(cfg.MailURL, "/"); raw != "" && redact.MailURL(raw) != raw {
+		pairs := []string{raw, redact.MailURL(raw)}
 		// net/http's errors quote the URL as url.URL.String writes it:
 		// the scheme in lower case, escapes decoded where they may be.
 		if u, err := url.Parse(raw); err == nil && u.String() != raw {
-			pairs = append(pairs, u.String(), redact.URL(raw))
+			pairs = append(pairs, u.String(), redact.MailURL(raw))
 		}
 		out.hide = strings.NewReplacer(pairs...)
 	}
@@ -609,7 +609,7 @@ func (b *bench) minimal(ctx context.Context, orders [][]byte) (minimalResult, er
 
 func (b *bench) settings() Settings {
 	c := b.cfg
-	s := Settings{Orders: c.Orders, Seed: c.Seed, MailURL: redact.URL(c.MailURL), Workers: c.Workers, History: c.History,
+	s := Settings{Orders: c.Orders, Seed: c.Seed, MailURL: redact.MailURL(c.MailURL), Workers: c.Workers, History: c.History,
 		Due: c.Due, Dead: c.Dead, Rate: c.Rate, Ceiling: c.Ceiling, Minimal: c.Minimal, Secure: c.Secure, Scatter: c.Scatter, TimerIntervalMs: ms(c.TimerInterval),
 		RetryQuantumMs: ms(c.RetryQuantum), Backoff: c.Backoff, BackoffMinMs: ms(c.BackoffMin),
 		ServiceArgs: c.ServiceArgs, CPUs: runtime.NumCPU()}

@@ -13,8 +13,7 @@ const Mask = "REDACTED"
 // URL returns raw with the userinfo password (or a user name given
 // alone, which is then the whole credential: an API key as a Basic-auth
 // user, sent as "key:"), every query parameter's value, every bare query
-// token, the fragment and the path's segments that look like keys (see
-// path) replaced by Mask: a query is where services put
+// token and the fragment replaced by Mask: a query is where services put
 // their keys, under names no list foresees (Azure Functions' ?code=, a
 // signed URL's parts), and its names are enough to tell one URL from
 // another. A string that does not parse as a URL (a port mistyped, a
@@ -26,14 +25,8 @@ func URL(raw string) string {
 	}
 	_, hasPassword := u.User.Password()
 	q := query(u.RawQuery)
-	p := path(u.EscapedPath())
-	if u.User == nil && q == u.RawQuery && u.Fragment == "" && p == u.EscapedPath() {
+	if u.User == nil && q == u.RawQuery && u.Fragment == "" {
 		return raw // nothing to hide: as given, not re-encoded
-	}
-	if p != u.EscapedPath() {
-		if unescaped, err := url.PathUnescape(p); err == nil {
-			u.Path, u.RawPath = unescaped, p // what stays, as given
-		}
 	}
 	switch {
 	case hasPassword:
@@ -71,9 +64,6 @@ func unparsed(raw string) string {
 	}
 	rest, _, hasFragment := strings.Cut(rest, "#")
 	rest, q, hasQuery := strings.Cut(rest, "?")
-	if host, p, ok := strings.Cut(rest, "/"); ok {
-		rest = host + "/" + path(p)
-	}
 	if hasQuery {
 		rest += "?" + query(q)
 	}
@@ -83,10 +73,31 @@ func unparsed(raw string) string {
 	return head + rest
 }
 
-// path masks the segments of an escaped path that look like keys (a
-// webhook's token, a key some services take in the path): 16 characters or
-// more with letters and digits both, or 32 or more of anything. Words and
-// numbers stay, so that a wrong path can still be told from a log.
+// MailURL is URL for an email service's URL, whose path may carry a key
+// too (a webhook service's token, an API that takes its key in the path):
+// the path's segments that look like keys are masked as well (keyLike).
+// The path is found in what URL gives, so that one given without a scheme
+// ("host:8443/hook/KEY", which url.Parse takes for an opaque URL) is
+// masked as well as one with.
+func MailURL(raw string) string {
+	s := URL(raw)
+	start := 0
+	if i := strings.Index(s, "://"); i >= 0 {
+		start = i + len("://")
+	}
+	slash := strings.IndexByte(s[start:], '/')
+	if slash < 0 {
+		return s
+	}
+	start += slash
+	end := len(s)
+	if i := strings.IndexAny(s[start:], "?#"); i >= 0 {
+		end = start + i
+	}
+	return s[:start] + path(s[start:end]) + s[end:]
+}
+
+// path masks the segments of an escaped path that look like keys.
 func path(p string) string {
 	segs := strings.Split(p, "/")
 	masked := false
@@ -101,12 +112,35 @@ func path(p string) string {
 	return strings.Join(segs, "/")
 }
 
-func keyLike(s string) bool {
-	if len(s) >= 32 {
+// keyLike says whether a path segment looks like a key: 32 characters or
+// more, or 20 or more of letters, digits, '-' and '_' with at least three
+// of each of letters and digits. Words, numbers, dates and names such as
+// sendConfirmationV2 stay, so that a wrong path can still be told from a
+// log.
+func keyLike(seg string) bool {
+	if s, err := url.PathUnescape(seg); err == nil {
+		seg = s
+	}
+	seg = strings.TrimRight(seg, "\r\n\t ") // a line's end from an env file
+	if len(seg) >= 32 {
 		return true
 	}
-	return len(s) >= 16 && strings.ContainsAny(s, "0123456789") &&
-		strings.ContainsFunc(s, func(r rune) bool { return 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' })
+	if len(seg) < 20 {
+		return false
+	}
+	letters, digits := 0, 0
+	for _, r := range seg {
+		switch {
+		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z':
+			letters++
+		case '0' <= r && r <= '9':
+			digits++
+		case r == '-', r == '_':
+		default:
+			return false
+		}
+	}
+	return letters >= 3 && digits >= 3
 }
 
 // query masks values in place, keeping the parameters' order and encoding.

@@ -94,6 +94,11 @@ func (c Config) withDefaults() Config {
 // running store: its writes would go to a file nobody reads.
 var ErrFileLost = errors.New("database file deleted or replaced")
 
+// ErrBusy says another process's write held the store's lock past the busy
+// timeout (a long transaction, a backup): it clears when that write ends.
+// Errors that wrap it wrap store.ErrUnavailable too.
+var ErrBusy = errors.New("busy with another process's write")
+
 // ErrReadOnly says the store's file cannot be written here: Open fails with
 // it on a file that only Config.ReadOnly can read, and a store so opened
 // fails every write with it.
@@ -862,7 +867,9 @@ func mapErr(err error) error {
 	var se *sqlite.Error
 	if errors.As(err, &se) {
 		switch se.Code() & 0xff {
-		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY,
+		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+			return fmt.Errorf("%w: %w: %s", store.ErrUnavailable, ErrBusy, strings.TrimSpace(se.Error()))
+		case sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY,
 			sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL:
 			return fmt.Errorf("%w: %s", store.ErrUnavailable, strings.TrimSpace(se.Error()))
 		}

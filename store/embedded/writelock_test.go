@@ -126,3 +126,25 @@ func TestAFullQueueLetsTheStoresLockBeTaken(t *testing.T) {
 	require.Eventually(t, func() bool { return done.Load() == int64(n) }, 60*time.Second, 5*time.Millisecond,
 		"writes done: %v of %d", later.Value(func() any { return done.Load() }), n)
 }
+
+// An open that finds the store's write lock held past the busy timeout
+// says the store is busy (ErrBusy, which the service waits out at start),
+// and unavailable, as every fault that may clear is.
+func TestAnOpenBehindAnotherWriteIsBusy(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "o.db")
+	s, err := Open(ctx, Config{Path: path})
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	other, err := sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	defer other.Close()
+	conn, err := other.Conn(ctx)
+	require.NoError(t, err)
+	_, err = conn.ExecContext(ctx, `BEGIN IMMEDIATE`)
+	require.NoError(t, err)
+
+	_, err = Open(ctx, Config{Path: path, BusyTimeout: 50 * time.Millisecond})
+	require.ErrorIs(t, err, ErrBusy)
+	require.ErrorIs(t, err, store.ErrUnavailable)
+}
