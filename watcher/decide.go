@@ -409,7 +409,9 @@ func salvaged(key string, raw []byte) order.RetryDoc {
 	var r order.RetryDoc
 	_ = json.Unmarshal(raw, &r) // fills the fields it can read, whatever the others
 	k := r.IdempotencyKey
-	if !strings.HasPrefix(k, order.TypeConfirmation+":") || order.OrderKeyOf(k) != key || mailer.CheckHeaderValue(k) != nil {
+	ours := k == order.IdempotencyKey(key, 0) || // the sample's, or the first release's
+		strings.HasPrefix(k, order.TypeConfirmation+":") && order.OrderKeyOf(k) == key
+	if !ours || mailer.CheckHeaderValue(k) != nil {
 		r.IdempotencyKey = ""
 	}
 	return order.RetryDoc{DocID: key, Attempt: max(r.Attempt, 0), FirstAttemptAt: r.FirstAttemptAt, TS: r.TS,

@@ -1,6 +1,7 @@
 package watcher
 
 import (
+	"cmp"
 	"crypto/tls"
 	"errors"
 	"math"
@@ -416,23 +417,29 @@ func TestAMalformedRetryKeepsWhatCanBeRead(t *testing.T) {
 	for _, c := range []struct {
 		name, retry, key string
 		attempts         int
+		order            string // its key; "o" when none
 	}{
+		{"an order key ending like an incarnation, its key without one", `{"docId":"o@5","attempt":2,"nextAttemptAt":"soon","fireRetry":true,"idempotencyKey":"confirmation:o@5"}`,
+			"confirmation:o@5", 2, "o@5"},
 		{"a field of the wrong type", `{"docId":"o","attempt":3,"firstAttemptAt":5,"nextAttemptAt":"soon","fireRetry":true,"idempotencyKey":"confirmation:o@100"}`,
-			"confirmation:o@100", 3},
+			"confirmation:o@100", 3, ""},
 		{"another order's key", `{"docId":"o","attempt":2,"nextAttemptAt":"soon","fireRetry":true,"idempotencyKey":"confirmation:o1@100"}`,
-			order.IdempotencyKey("o", 7), 2},
+			order.IdempotencyKey("o", 7), 2, ""},
 		{"the key of order o@x", `{"docId":"o","attempt":2,"nextAttemptAt":"soon","fireRetry":true,"idempotencyKey":"confirmation:o@x@5"}`,
-			order.IdempotencyKey("o", 7), 2},
+			order.IdempotencyKey("o", 7), 2, ""},
 		{"the sample's key, without an incarnation", `{"docId":"o","attempt":2,"nextAttemptAt":"soon","fireRetry":true,"idempotencyKey":"confirmation:o"}`,
-			"confirmation:o", 2},
+			"confirmation:o", 2, ""},
 		{"another order's document", `{"docId":"p","attempt":4,"fireRetry":true,"idempotencyKey":"confirmation:p@3"}`,
-			order.IdempotencyKey("o", 7), 4},
-		{"not JSON", `{"docId":"o",`, order.IdempotencyKey("o", 7), 0},
+			order.IdempotencyKey("o", 7), 4, ""},
+		{"not JSON", `{"docId":"o",`, order.IdempotencyKey("o", 7), 0, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			p := Decide(Change{Collection: order.Retry, Key: "o"}, state(paid, c.retry, ""), now, limits)
+			key := cmp.Or(c.order, "o")
+			st := state(paid, c.retry, "")
+			st.Order.Key, st.Retry.Key = key, key
+			p := Decide(Change{Collection: order.Retry, Key: key}, st, now, limits)
 			require.Equal(t, Write, p.Action)
-			require.Equal(t, []string{"insert deadletter/o malformed_retry_document", "remove retry/o"}, summary(p.Writes))
+			require.Equal(t, []string{"insert deadletter/" + key + " malformed_retry_document", "remove retry/" + key}, summary(p.Writes))
 			d, err := order.DecodeDeadLetter(p.Writes[0].Value)
 			require.NoError(t, err)
 			assert.Equal(t, c.key, d.IdempotencyKey)

@@ -92,13 +92,29 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 				}
 				return app.RootCause(err)
 			}
-			// Started whatever comes meanwhile (each start hook bounds its
-			// own waits): a start cut short by a signal rolled back with
-			// the cancelled context, which runs no stop hook (listeners,
-			// the store, a Couchbase member's leave), and exited 1. A
-			// signal that came during the start stops the service once it
-			// has started.
-			if err := a.Start(context.WithoutCancel(ctx)); err != nil {
+			// Started whatever comes meanwhile, for a stop's time more: a
+			// start cut short by a signal rolled back with the cancelled
+			// context, which runs no stop hook (listeners, the store, a
+			// Couchbase member's leave), and exited 1. A signal that came
+			// during the start stops the service once it has started.
+			startCtx, cancelStart := context.WithCancel(context.WithoutCancel(ctx))
+			defer cancelStart()
+			started := make(chan struct{})
+			go func() {
+				select {
+				case <-started:
+				case <-ctx.Done():
+					log.Info("stop asked for while starting: stopping once started", "giving_up_after", a.StopTimeout())
+					select {
+					case <-started:
+					case <-time.After(a.StopTimeout()):
+						cancelStart()
+					}
+				}
+			}()
+			err = a.Start(startCtx)
+			close(started)
+			if err != nil {
 				if ctx.Err() != nil {
 					log.Info("stopped before the service started", "start", app.RootCause(err))
 					return nil

@@ -220,7 +220,9 @@ func TestRunStopsCleanlyWhenSignalledWhileStarting(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatalf("no exit 60s after SIGTERM; logs:\n%s", p.logs.String())
 	}
-	// Started, then stopped as any running service is: its stop hooks ran.
+	// Said, then started, then stopped as any running service is: its
+	// stop hooks ran.
+	assert.True(t, p.hasLog("stop asked for while starting: stopping once started"), p.logs.String())
 	assert.True(t, p.hasLog("shutting down"), p.logs.String())
 	assert.True(t, p.hasLog("stopped", "component=watcher"), p.logs.String())
 }
