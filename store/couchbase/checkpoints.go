@@ -98,7 +98,12 @@ func (m metaCheckpoints) Claim(ctx context.Context, name string, vb uint16, me s
 	}
 	var cur ownedCheckpoint
 	if err := json.Unmarshal(d.Value, &cur); err != nil {
-		return position{}, claim{}, "", fmt.Errorf("checkpoint %s: %w", key, err)
+		// As lost (see unreadable): a fresh start, written over it by its CAS.
+		m.unreadable(key, err)
+		if cur.position, err = start(ctx); err != nil {
+			return position{}, claim{}, "", err
+		}
+		cur.Owner, cur.Epoch = "", 0
 	}
 	if cur.Owner != "" && cur.Owner != me && live(cur.Owner) {
 		return position{}, claim{}, cur.Owner, errTaken
@@ -144,7 +149,8 @@ func (m metaCheckpoints) Disown(ctx context.Context, name string, vb uint16, me 
 	}
 	var cur ownedCheckpoint
 	if err := json.Unmarshal(d.Value, &cur); err != nil {
-		return false, fmt.Errorf("checkpoint %s: %w", key, err)
+		m.unreadable(key, err)
+		return false, nil // names no owner: the next claim writes it again
 	}
 	if cur.Owner != me {
 		return false, nil
@@ -261,7 +267,8 @@ func (m metaCheckpoints) writeOwned(ctx context.Context, name string, vb uint16,
 		}
 		var cur ownedCheckpoint
 		if err := json.Unmarshal(d.Value, &cur); err != nil {
-			return c, fmt.Errorf("checkpoint %s: %w", key, err)
+			m.unreadable(key, err)
+			return c, fmt.Errorf("vBucket %d: %w", vb, errFenced) // not known ours: claimed again, and written, by the next claim
 		}
 		if cur.Epoch != c.epoch || (cur.Owner != me && cur.Owner != "") {
 			return c, fmt.Errorf("vBucket %d: %w", vb, errFenced)
@@ -271,6 +278,16 @@ func (m metaCheckpoints) writeOwned(ctx context.Context, name string, vb uint16,
 		}
 		cas = d.CAS
 	}
+}
+
+// unreadable warns of a checkpoint document that is no checkpoint (edited
+// by hand, written by something else): its vBucket is streamed as one
+// whose document was lost, from its beginning (or where a --from-now feed
+// started), and the document written again at its next save. Refused, it
+// failed every start of a static feed, or left its vBucket unclaimed.
+func (m metaCheckpoints) unreadable(key string, err error) {
+	m.s.log.Warn("a checkpoint document is unreadable: its vBucket is streamed as if it had none, and the document written again",
+		"document", key, "error", err)
 }
 
 // Owners reads the checkpoint documents of vbs, many at once: positions,
@@ -288,7 +305,8 @@ func (m metaCheckpoints) Owners(ctx context.Context, name string, vbs []uint16) 
 		}
 		var c ownedCheckpoint
 		if err := json.Unmarshal(d.Value, &c); err != nil {
-			return fmt.Errorf("checkpoint %s: %w", checkpointKey(name, vb), err)
+			m.unreadable(checkpointKey(name, vb), err)
+			return nil // as lost
 		}
 		mu.Lock()
 		out[vb] = c

@@ -740,3 +740,35 @@ func TestAFeedOnABranchDroppedFromTheFailoverLogStartsOver(t *testing.T) {
 	assert.Equal(t, 1, rollbacks(srv, v))
 	assert.Len(t, logs.Lines("rolls the stream back to the vBucket's beginning", fmt.Sprintf("vb=%d", v)), 1, "logs:\n%s", logs.String())
 }
+
+// A checkpoint document that is no checkpoint (edited by hand, written by
+// something else) is taken for one lost, with a warning naming it: its
+// vBucket is streamed from the beginning and the document written again.
+// It failed every start of a static feed, and left its vBucket unclaimed
+// by every member.
+func TestAnUnreadableCheckpointIsTakenForALostOne(t *testing.T) {
+	for _, mode := range []string{"static", "member"} {
+		t.Run(mode, func(t *testing.T) {
+			cfg, srv := fakeCluster(t, cbtest.Options{})
+			writer := openStore(t, cfg)
+			const v = 5
+			k := keyOn(srv, "before-", v)
+			put(t, writer, order.Inbound, k)
+			_, err := writer.Upsert(ctxFor(t, 10*time.Second), store.Meta, checkpointKey("feed", v), []byte(`{"seq":"garbage"`))
+			require.NoError(t, err)
+			logs := &syncbuf.Buffer{}
+			s := openStore(t, cfg, func(s *Store) {
+				s.log = slog.New(slog.NewTextHandler(logs, nil))
+				if mode == "member" {
+					s.member = "a"
+				}
+			})
+			sub := subscribe(t, s, "feed", watched, false)
+			readUntil(t, sub, sawKeys(k))
+			assert.Contains(t, logs.String(), "a checkpoint document is unreadable", logs.String())
+			assert.Contains(t, logs.String(), checkpointKey("feed", v))
+			require.Eventually(t, func() bool { _, ok := savedCheckpoint(srv, "feed", v); return ok }, 30*time.Second, 10*time.Millisecond,
+				"the document was not written again")
+		})
+	}
+}
