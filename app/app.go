@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -132,6 +133,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, extra ...fx.Option) 
 	fxlog := &fxevent.SlogLogger{Logger: log.With("component", "fx")}
 	fxlog.UseLogLevel(slog.LevelDebug)
 	fxlog.UseErrorLevel(slog.LevelDebug) // the caller reports a failed start, once
+	watch := &StopWatch{Logger: fxlog}
 	// The store the build opens: closed here if the build fails after it.
 	var opened store.Store
 	mailTimeout := cfg.Mail.Timeout
@@ -140,7 +142,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, extra ...fx.Option) 
 	}
 	stopTimeout := mailTimeout*5/4 + 5*time.Second
 	opts := []fx.Option{
-		fx.WithLogger(func() fxevent.Logger { return fxlog }),
+		fx.WithLogger(func() fxevent.Logger { return watch }),
+		fx.Supply(watch),
 		// In-flight sends are bounded by the mail timeout; give them that
 		// much to finish before they are abandoned for replay. The watcher
 		// gives them four fifths of the stop's time (watcher.Stop): the
@@ -201,6 +204,42 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, extra ...fx.Option) 
 		opened.Close()
 	}
 	return a
+}
+
+// StopWatch is fx's logger, noting the part whose stop is under way, so
+// that a stop that runs out of time can say which part was still stopping
+// (fx says it at debug level only). New supplies it.
+type StopWatch struct {
+	fxevent.Logger
+	mu      sync.Mutex
+	running string
+}
+
+// LogEvent notes a stop hook's start and end, and logs e as fx does.
+func (w *StopWatch) LogEvent(e fxevent.Event) {
+	switch e := e.(type) {
+	case *fxevent.OnStopExecuting:
+		w.set(e.FunctionName)
+	case *fxevent.OnStopExecuted:
+		w.set("")
+	}
+	w.Logger.LogEvent(e)
+}
+
+func (w *StopWatch) set(fn string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.running = fn
+}
+
+// Stopping names the part whose stop is under way ("store/embedded.(*Store).Close"),
+// or "" when none is.
+func (w *StopWatch) Stopping() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	fn := strings.TrimPrefix(w.running, "github.com/ordermail/ordermail/")
+	fn = strings.TrimSuffix(strings.TrimSuffix(fn, "()"), "-fm")
+	return fn
 }
 
 // ExitStoreLost is the exit code of a service whose store file was deleted

@@ -29,6 +29,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/fx"
+	"go.uber.org/fx/fxevent"
 	"go.uber.org/goleak"
 )
 
@@ -437,4 +438,15 @@ func TestAFailedBuildClosesTheStore(t *testing.T) {
 	require.Error(t, a.Err())
 	require.FileExists(t, filepath.Join(dir, "o.db"), "the store was opened")
 	assert.NoFileExists(t, filepath.Join(dir, "o.db-wal"), "closed, its log checkpointed and removed")
+}
+
+// The stop watch names the part whose stop is under way, for a stop that
+// runs out of time to say which part was still stopping.
+func TestStopWatchNamesThePartStopping(t *testing.T) {
+	w := &app.StopWatch{Logger: fxevent.NopLogger}
+	assert.Empty(t, w.Stopping())
+	w.LogEvent(&fxevent.OnStopExecuting{FunctionName: "github.com/ordermail/ordermail/store/embedded.(*Store).Close-fm()"})
+	assert.Equal(t, "store/embedded.(*Store).Close", w.Stopping())
+	w.LogEvent(&fxevent.OnStopExecuted{FunctionName: "github.com/ordermail/ordermail/store/embedded.(*Store).Close-fm()"})
+	assert.Empty(t, w.Stopping())
 }

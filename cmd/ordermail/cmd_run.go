@@ -18,6 +18,7 @@ import (
 	"github.com/ordermail/ordermail/store/couchbase"
 	"github.com/ordermail/ordermail/timer"
 	"github.com/peterbourgon/ff/v3/ffcli"
+	"go.uber.org/fx"
 )
 
 func runCommand(stderr io.Writer) *ffcli.Command {
@@ -84,7 +85,8 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 				defer cancel()
 				tp.Shutdown(flush) // exports the spans still buffered
 			}()
-			a := app.New(ctx, cfg, log)
+			var watch *app.StopWatch
+			a := app.New(ctx, cfg, log, fx.Populate(&watch))
 			if err := a.Err(); err != nil {
 				if ctx.Err() != nil { // SIGTERM or Ctrl-C while the store was opening
 					log.Info("stopped before the service started")
@@ -132,6 +134,9 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			stopCtx, cancel := context.WithTimeout(context.Background(), a.StopTimeout())
 			defer cancel()
 			stopErr := a.Stop(stopCtx)
+			if part := watch.Stopping(); stopErr != nil && part != "" {
+				stopErr = fmt.Errorf("%w while stopping %s (a stop has %s: --mail-timeout × 5/4 + 5s)", stopErr, part, a.StopTimeout())
+			}
 			var why error
 			switch exit {
 			case app.ExitStoreLost:

@@ -226,3 +226,31 @@ func TestRunStopsCleanlyWhenSignalledWhileStarting(t *testing.T) {
 	assert.True(t, p.hasLog("shutting down"), p.logs.String())
 	assert.True(t, p.hasLog("stopped", "component=watcher"), p.logs.String())
 }
+
+// TestAStopThatRunsOutOfTimeSaysWhatWasStopping: another process holds the
+// store's write lock while sends are in flight, so that no outcome, no
+// checkpoint and no close can finish: the stop runs out of its time, and
+// says which part was still stopping (it said only "context deadline
+// exceeded").
+func TestAStopThatRunsOutOfTimeSaysWhatWasStopping(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "o.db")
+	_, err := runBinary("load", "--store", "file:"+path, "--collection", "inbound", "--pay", filepath.Join("..", "..", "fixtures", "orders"))
+	require.NoError(t, err)
+	mock := startMock(t, "--latency", "1500ms")
+	p := startProc(t, "run", "--store", "file:"+path, "--mail-url", mock, "--mail-timeout", "2s", "--breaker-failures", "0")
+	p.waitLog(t, "ordermail running")
+
+	db, err := sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	conn, err := db.Conn(context.Background())
+	require.NoError(t, err)
+	_, err = conn.ExecContext(context.Background(), "BEGIN IMMEDIATE") // no outcome can be written
+	require.NoError(t, err)
+	err, _ = p.stop(t, syscall.SIGTERM)
+	_, _ = conn.ExecContext(context.Background(), "ROLLBACK")
+	require.Error(t, err, "the stop ran out of time; logs:\n%s", p.logs.String())
+	assert.Regexp(t, `ordermail: stop: context deadline exceeded while stopping \S+ \(a stop has 7.5s: --mail-timeout × 5/4 \+ 5s\)`, p.logs.String())
+}
