@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -98,6 +99,7 @@ func TestDemoDeadLettersHint(t *testing.T) {
 	// Run again on a directory that holds a store: refused, the store as it was.
 	_, _, err = cli(t, "demo", "--orders", "2", "--data", dir)
 	require.ErrorContains(t, err, "data: "+dir+" already holds a store (ordermail.db)")
+	assert.Equal(t, 2, exitStatus(err, false, io.Discard), "a value the command does not take")
 	after, err := os.ReadFile(filepath.Join(dir, "ordermail.db"))
 	require.NoError(t, err)
 	assert.Equal(t, before, after, "the store is untouched")

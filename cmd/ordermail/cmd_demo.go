@@ -133,7 +133,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 		// The demo writes its orders, allow_retrys and its credentials
 		// there: a store with an operator's settings and orders is no
 		// place for them.
-		return fmt.Errorf("data: %s already holds a store (ordermail.db); the demo writes its own orders and retry settings: give a new directory", dir)
+		return usageErrorf("data: %s already holds a store (ordermail.db); the demo writes its own orders and retry settings: give a new directory", dir)
 	}
 	if err := demoCredentials(dir, mock, &cfg); err != nil {
 		return err

@@ -134,6 +134,14 @@ func (c Config) Validate() error {
 			return fmt.Errorf("-- --%s: the bench sets it for the service (the last value would win, and the figures describe the bench's): %s", name, why)
 		}
 	}
+	if dir := c.StoreDir; dir != "" {
+		// A store already there may be a service's: its orders would be
+		// counted, its retry settings replaced, and its running service
+		// would mail the benchmark's orders.
+		if _, err := os.Lstat(filepath.Join(dir, "ordermail.db")); err == nil || !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("store: %s already holds a store (ordermail.db); a benchmark writes its own orders on a new one: give a new directory", dir)
+		}
+	}
 	return nil
 }
 
@@ -621,14 +629,7 @@ func (b *bench) settings() Settings {
 
 func (b *bench) openStore(ctx context.Context) error {
 	if dir := b.cfg.StoreDir; dir != "" {
-		// A store already there may be a service's: its orders would be
-		// counted, its retry settings replaced, and its running service
-		// would mail the benchmark's orders. (b.dir stays empty: no "store
-		// kept" is said of it.)
-		if _, err := os.Lstat(filepath.Join(dir, "ordermail.db")); err == nil || !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("store: %s already holds a store (ordermail.db); a benchmark writes its own orders on a new one: give a new directory", dir)
-		}
-		b.dir = dir
+		b.dir = dir // holding no store yet (Validate)
 	}
 	if b.dir == "" {
 		dir, err := os.MkdirTemp("", "ordermail-bench-*")
