@@ -318,6 +318,7 @@ func TestBenchRejectsBadSettings(t *testing.T) {
 	} {
 		_, _, err := cli(t, append([]string{"bench"}, tt.give...)...)
 		assert.ErrorContains(t, err, tt.want, "%v", tt.give)
+		assert.Equal(t, 2, exitStatus(err, false, io.Discard), "%v: a value the command does not take", tt.give)
 	}
 }
 
