@@ -91,6 +91,26 @@ func TestCrashWindowsOfASentRetry(t *testing.T) {
 	}
 }
 
+// TestCrashBeforeAFirstSendsOutcome: a first send is made, and the process
+// dies before any write of its outcome: the event was not acknowledged, so
+// the restarted watcher decides it again, sends again under the same key
+// (the email service answers a replay, no second delivery), and marks the
+// order. Acknowledged before its outcome was written, the order stayed
+// unconfirmed for good.
+func TestCrashBeforeAFirstSendsOutcome(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "o", paidOrder)
+	crashBetweenWrites(t, e, 0, func() bool {
+		o, _ := get(t, e.store, order.Inbound, "o")
+		return o != paidOrder && o != ""
+	})
+	o, _ := get(t, e.store, order.Inbound, "o")
+	assert.Contains(t, o, `"confirmationEmailSent":true`)
+	st := e.mock.Stats()
+	assert.Equal(t, 1, st.Deliveries, "one email: %+v", st)
+	assert.Equal(t, st.Requests-1, st.DuplicateRequests, "every request after the first a replay: %+v", st)
+}
+
 // TestCrashWindowOfADeadLettering: the last attempt fails; the outcome
 // writes the dead letter, then removes the retry. Dying in between leaves
 // both; once the claim runs out and the sweep flags the retry again, the

@@ -447,3 +447,18 @@ func TestAMalformedRetryKeepsWhatCanBeRead(t *testing.T) {
 		})
 	}
 }
+
+// A flagged retry is claimed before it is sent: unflagged and due again a
+// claim's time from now, so that the sweep flags it again only if this
+// send's outcome is never written (a crash), and no other instance sends
+// it meanwhile.
+func TestAClaimHoldsTheRetryForItsTTL(t *testing.T) {
+	p := Decide(Change{Collection: order.Retry, Key: "o"}, state(paid, flagged, ""), now, limits)
+	require.Equal(t, Send, p.Action)
+	require.Equal(t, []string{"replace retry/o"}, summary(p.Writes))
+	claimed, err := order.DecodeRetryDoc(p.Writes[0].Value)
+	require.NoError(t, err)
+	assert.False(t, claimed.FireRetry, "unflagged")
+	assert.Equal(t, now.Add(limits.ClaimTTL).UnixMilli(), claimed.NextAttemptAt, "due again a claim's time from now")
+	assert.Equal(t, claimed, p.Retry, "sent as claimed")
+}
