@@ -341,6 +341,25 @@ func TestRedriveKeepsTheRetrysKeyWhereTheDeadLetterHasNone(t *testing.T) {
 	assert.True(t, r.FireRetry)
 }
 
+// A redrive sends under the key its dead letter's attempts carried: one of
+// them may have got through, and under another key (on Couchbase, where no
+// incarnation rebuilds it) the email service would deliver it again.
+func TestRedriveKeepsTheDeadLettersKey(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t)
+	put(t, st, order.DeadLetter, "k", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonExhausted, Attempts: 10, IdempotencyKey: "confirmation:k@99"}.Encode())
+
+	n, err := ops.Redrive(ctx, st, time.Now(), []string{"k"}, false)
+	require.NoError(t, err)
+	assert.Equal(t, 1, n)
+	got, err := st.Get(ctx, order.Retry, "k")
+	require.NoError(t, err)
+	r, err := order.DecodeRetryDoc(got.Value)
+	require.NoError(t, err)
+	assert.Equal(t, "confirmation:k@99", r.IdempotencyKey)
+}
+
 func put(t *testing.T, st store.Store, coll, key string, value []byte) {
 	t.Helper()
 	_, err := st.Upsert(context.Background(), coll, key, value)

@@ -151,8 +151,10 @@ func TestControlValidateNamesTheSetting(t *testing.T) {
 
 func TestRedrivenGetsAFreshBudget(t *testing.T) {
 	t.Parallel()
-	d := order.DeadLetterDoc{DocID: "order_7", Reason: order.ReasonPermanent, LastStatus: 400, Attempts: 3, FirstAttemptAt: 5, RedriveCount: 1}
+	d := order.DeadLetterDoc{DocID: "order_7", Reason: order.ReasonPermanent, LastStatus: 400, Attempts: 3, FirstAttemptAt: 5, RedriveCount: 1,
+		DeadAt: 9, IdempotencyKey: "confirmation:order_7@99"}
 	r := order.Redriven(d, now)
 	assert.Equal(t, order.RetryDoc{Type: "confirmation", DocID: "order_7", Attempt: 0, TS: now.UnixMilli(), FireRetry: true,
-		NextAttemptAt: now.UnixMilli(), FirstAttemptAt: 5, LastStatus: 400, RedriveCount: 2}, r)
+		NextAttemptAt: now.UnixMilli(), FirstAttemptAt: 5, LastStatus: 400, RedriveCount: 2, RedrivenFrom: 9,
+		IdempotencyKey: "confirmation:order_7@99"}, r, "the attempts' key kept: one of them may have got through")
 }
