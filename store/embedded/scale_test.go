@@ -1230,3 +1230,42 @@ func TestAnUpgradeMakesNoLockFile(t *testing.T) {
 	_, err := os.Stat(NewProcessLock(path).Path())
 	assert.ErrorIs(t, err, os.ErrNotExist)
 }
+
+// Tombstones are purged below the lowest saved checkpoint, not below the
+// highest: a subscription that has read further purges nothing that one
+// behind it still has to read.
+func TestTombstonesAreKeptForTheSubscriptionBehind(t *testing.T) {
+	t.Parallel()
+	s := openTest(t)
+	ctx := context.Background()
+	slow, err := s.Subscribe(ctx, "slow", []string{order.Inbound}, store.FeedOptions{})
+	require.NoError(t, err)
+	fast, err := s.Subscribe(ctx, "fast", []string{order.Inbound}, store.FeedOptions{})
+	require.NoError(t, err)
+	const n = 10
+	for i := range n {
+		k := fmt.Sprintf("k%02d", i)
+		_, err := s.Insert(ctx, order.Inbound, k, []byte(`{}`))
+		require.NoError(t, err)
+		require.NoError(t, s.Remove(ctx, order.Inbound, k, 0))
+	}
+	// readDeletions reads sub until it has seen every removal, each as a
+	// deletion (a key's insertion may be overtaken by its removal).
+	readDeletions := func(name string, sub store.Subscription) {
+		deleted := map[string]bool{}
+		for len(deleted) < n {
+			nctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			ev, err := sub.Next(nctx)
+			cancel()
+			require.NoError(t, err, "%s: the deletions read: %v", name, deleted)
+			if ev.Deleted {
+				deleted[ev.Key] = true
+			}
+			ev.Ack()
+		}
+	}
+	readDeletions("fast", fast)
+	require.NoError(t, fast.Close(ctx)) // saves its checkpoint, and purges what is below the lowest
+	readDeletions("slow", slow)         // the subscription behind loses none
+	require.NoError(t, slow.Close(ctx))
+}
