@@ -25,17 +25,7 @@ import (
 func TestDeadLettersListOverManyPages(t *testing.T) {
 	t.Parallel()
 	const n = 2*listRows + 201
-	path := filepath.Join(t.TempDir(), "o.db")
-	st, err := embedded.Open(context.Background(), embedded.Config{Path: path})
-	require.NoError(t, err)
-	var writes []store.Write
-	for i := range n {
-		k := fmt.Sprintf("order_%05d", i)
-		writes = append(writes, store.Write{Op: store.OpInsert, Collection: order.DeadLetter, Key: k,
-			Value: order.DeadLetterDoc{DocID: k, Reason: order.ReasonPermanent, LastStatus: 400, Attempts: 1}.Encode()})
-	}
-	_, err = st.Apply(context.Background(), writes)
-	require.NoError(t, err)
+	path, st := withDeadLetters(t, n)
 	require.NoError(t, st.Close())
 	storeURL := "file:" + path
 
@@ -226,18 +216,7 @@ func TestACommandsChoicesAreNotTakenFromTheEnvironment(t *testing.T) {
 func TestABulkRedriveStoppedSaysSo(t *testing.T) {
 	t.Parallel()
 	const n = 20000
-	path := filepath.Join(t.TempDir(), "o.db")
-	st, err := embedded.Open(context.Background(), embedded.Config{Path: path})
-	require.NoError(t, err)
-	var writes []store.Write
-	for i := range n {
-		k := fmt.Sprintf("order_%05d", i)
-		writes = append(writes, store.Write{Op: store.OpInsert, Collection: order.DeadLetter, Key: k,
-			Value: order.DeadLetterDoc{DocID: k, Reason: order.ReasonPermanent, LastStatus: 400, Attempts: 1}.Encode()})
-	}
-	_, err = st.Apply(context.Background(), writes)
-	require.NoError(t, err)
-	watch := st // kept open: another process's, to see the command's writes
+	path, watch := withDeadLetters(t, n) // kept open: another process's, to see the command's writes
 	defer watch.Close()
 	storeURL := "file:" + path
 
@@ -254,7 +233,7 @@ func TestABulkRedriveStoppedSaysSo(t *testing.T) {
 		}
 	}()
 	var stdout, stderr bytes.Buffer
-	err = run(ctx, []string{"deadletters", "redrive", "--all", "--store", storeURL}, &stdout, &stderr)
+	err := run(ctx, []string{"deadletters", "redrive", "--all", "--store", storeURL}, &stdout, &stderr)
 	require.Error(t, err, "stopped: stdout %q", stdout.String())
 	var said int
 	_, serr := fmt.Sscanf(stdout.String(), "stopped: redrove %d dead letters", &said)
@@ -269,4 +248,22 @@ func TestABulkRedriveStoppedSaysSo(t *testing.T) {
 	out, _, err := cli(t, "deadletters", "redrive", "--all", "--store", storeURL)
 	require.NoError(t, err)
 	assert.Equal(t, fmt.Sprintf("redrove %d dead letters\n", left), out)
+}
+
+// withDeadLetters is an embedded store in a temporary directory holding n
+// dead letters, order_00000 on, open.
+func withDeadLetters(t *testing.T, n int) (string, *embedded.Store) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "o.db")
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: path})
+	require.NoError(t, err)
+	var writes []store.Write
+	for i := range n {
+		k := fmt.Sprintf("order_%05d", i)
+		writes = append(writes, store.Write{Op: store.OpInsert, Collection: order.DeadLetter, Key: k,
+			Value: order.DeadLetterDoc{DocID: k, Reason: order.ReasonPermanent, LastStatus: 400, Attempts: 1}.Encode()})
+	}
+	_, err = st.Apply(context.Background(), writes)
+	require.NoError(t, err)
+	return path, st
 }

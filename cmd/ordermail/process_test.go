@@ -166,22 +166,13 @@ func TestRunStopsWhileTheStoreOpens(t *testing.T) {
 // "database is locked". A stop asked for meanwhile ends the wait cleanly.
 func TestRunWaitsForAStoreBusyWithAnotherWrite(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	path := filepath.Join(dir, "o.db")
-	_, err := runBinary("load", "--store", "file:"+path, "--collection", "inbound", filepath.Join("..", "..", "fixtures", "orders"))
-	require.NoError(t, err)
-	db, err := sql.Open("sqlite", "file:"+path)
-	require.NoError(t, err)
-	t.Cleanup(func() { db.Close() })
-	conn, err := db.Conn(context.Background())
-	require.NoError(t, err)
-	_, err = conn.ExecContext(context.Background(), "BEGIN IMMEDIATE") // the write lock, held
-	require.NoError(t, err)
+	path := sampleStore(t, false)
+	conn := holdWriteLock(t, path)
 
 	args := []string{"run", "--store", "file:" + path, "--mail-url", startMock(t), "--metrics-listen", "127.0.0.1:0"}
 	p := startProc(t, args...)
 	p.waitLog(t, "the store is busy with another process's write; trying again")
-	err, _ = p.stop(t, syscall.SIGTERM)
+	err, _ := p.stop(t, syscall.SIGTERM)
 	require.NoError(t, err, "a clean exit while it waited; logs:\n%s", p.logs.String())
 	assert.True(t, p.hasLog("stopped before the service started"), p.logs.String())
 
@@ -201,10 +192,7 @@ func TestRunWaitsForAStoreBusyWithAnotherWrite(t *testing.T) {
 // listeners, the store, a Couchbase member's leave), and exited 1.
 func TestRunStopsCleanlyWhenSignalledWhileStarting(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	path := filepath.Join(dir, "o.db")
-	_, err := runBinary("load", "--store", "file:"+path, "--collection", "inbound", filepath.Join("..", "..", "fixtures", "orders"))
-	require.NoError(t, err)
+	path := sampleStore(t, false)
 	lock, err := os.OpenFile(path+".writelock", os.O_RDWR, 0)
 	require.NoError(t, err)
 	t.Cleanup(func() { lock.Close() })
@@ -234,23 +222,42 @@ func TestRunStopsCleanlyWhenSignalledWhileStarting(t *testing.T) {
 // exceeded").
 func TestAStopThatRunsOutOfTimeSaysWhatWasStopping(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	path := filepath.Join(dir, "o.db")
-	_, err := runBinary("load", "--store", "file:"+path, "--collection", "inbound", "--pay", filepath.Join("..", "..", "fixtures", "orders"))
-	require.NoError(t, err)
+	path := sampleStore(t, true)
 	mock := startMock(t, "--latency", "1500ms")
 	p := startProc(t, "run", "--store", "file:"+path, "--mail-url", mock, "--mail-timeout", "2s", "--breaker-failures", "0")
 	p.waitLog(t, "ordermail running")
 
+	conn := holdWriteLock(t, path) // no outcome can be written
+	err, _ := p.stop(t, syscall.SIGTERM)
+	_, _ = conn.ExecContext(context.Background(), "ROLLBACK")
+	require.Error(t, err, "the stop ran out of time; logs:\n%s", p.logs.String())
+	assert.Regexp(t, `ordermail: stop: context deadline exceeded while stopping \S+ \(a stop has 7.5s: --mail-timeout × 5/4 \+ 5s\)`, p.logs.String())
+}
+
+// sampleStore is a store file in a temporary directory holding the sample
+// orders (fixtures/orders), paid with pay.
+func sampleStore(t *testing.T, pay bool) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "o.db")
+	args := []string{"load", "--store", "file:" + path, "--collection", "inbound"}
+	if pay {
+		args = append(args, "--pay")
+	}
+	_, err := runBinary(append(args, filepath.Join("..", "..", "fixtures", "orders"))...)
+	require.NoError(t, err)
+	return path
+}
+
+// holdWriteLock takes the write lock of the store at path, as another
+// process's transaction would, until ROLLBACK on the connection returned.
+func holdWriteLock(t *testing.T, path string) *sql.Conn {
+	t.Helper()
 	db, err := sql.Open("sqlite", "file:"+path)
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
 	conn, err := db.Conn(context.Background())
 	require.NoError(t, err)
-	_, err = conn.ExecContext(context.Background(), "BEGIN IMMEDIATE") // no outcome can be written
+	_, err = conn.ExecContext(context.Background(), "BEGIN IMMEDIATE")
 	require.NoError(t, err)
-	err, _ = p.stop(t, syscall.SIGTERM)
-	_, _ = conn.ExecContext(context.Background(), "ROLLBACK")
-	require.Error(t, err, "the stop ran out of time; logs:\n%s", p.logs.String())
-	assert.Regexp(t, `ordermail: stop: context deadline exceeded while stopping \S+ \(a stop has 7.5s: --mail-timeout × 5/4 \+ 5s\)`, p.logs.String())
+	return conn
 }

@@ -93,13 +93,7 @@ func TestAFullQueueLetsTheStoresLockBeTaken(t *testing.T) {
 	s, err := Open(ctx, Config{Path: path, BusyTimeout: time.Minute})
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
-	other, err := sql.Open("sqlite", "file:"+path)
-	require.NoError(t, err)
-	defer other.Close()
-	conn, err := other.Conn(ctx)
-	require.NoError(t, err)
-	_, err = conn.ExecContext(ctx, `BEGIN IMMEDIATE`)
-	require.NoError(t, err)
+	conn := holdWriteLock(t, path)
 
 	n := cap(s.jobs) + 200 // the queue full, and more waiting to be queued
 	var done atomic.Int64
@@ -136,15 +130,23 @@ func TestAnOpenBehindAnotherWriteIsBusy(t *testing.T) {
 	s, err := Open(ctx, Config{Path: path})
 	require.NoError(t, err)
 	require.NoError(t, s.Close())
-	other, err := sql.Open("sqlite", "file:"+path)
-	require.NoError(t, err)
-	defer other.Close()
-	conn, err := other.Conn(ctx)
-	require.NoError(t, err)
-	_, err = conn.ExecContext(ctx, `BEGIN IMMEDIATE`)
-	require.NoError(t, err)
+	holdWriteLock(t, path)
 
 	_, err = Open(ctx, Config{Path: path, BusyTimeout: 50 * time.Millisecond})
 	require.ErrorIs(t, err, ErrBusy)
 	require.ErrorIs(t, err, store.ErrUnavailable)
+}
+
+// holdWriteLock takes the write lock of the store at path, as another
+// process's transaction would, until ROLLBACK on the connection returned.
+func holdWriteLock(t *testing.T, path string) *sql.Conn {
+	t.Helper()
+	other, err := sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	t.Cleanup(func() { other.Close() })
+	conn, err := other.Conn(context.Background())
+	require.NoError(t, err)
+	_, err = conn.ExecContext(context.Background(), `BEGIN IMMEDIATE`)
+	require.NoError(t, err)
+	return conn
 }
