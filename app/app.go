@@ -206,30 +206,37 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, extra ...fx.Option) 
 	return a
 }
 
-// StopWatch is fx's logger, noting the part whose stop is under way, so
-// that a stop that runs out of time can say which part was still stopping
-// (fx says it at debug level only). New supplies it.
+// StopWatch is fx's logger, noting the part whose start or stop is under
+// way, so that a start or a stop that runs out of time can say which part
+// it waited on (fx says it at debug level only). New supplies it.
 type StopWatch struct {
 	fxevent.Logger
-	mu      sync.Mutex
-	running string
+	mu                 sync.Mutex
+	starting, stopping string
 }
 
-// LogEvent notes a stop hook's start and end, and logs e as fx does.
+// LogEvent notes a hook's start and end, and logs e as fx does.
 func (w *StopWatch) LogEvent(e fxevent.Event) {
+	w.mu.Lock()
 	switch e := e.(type) {
+	case *fxevent.OnStartExecuting:
+		w.starting = e.FunctionName
+	case *fxevent.OnStartExecuted:
+		w.starting = ""
 	case *fxevent.OnStopExecuting:
-		w.set(e.FunctionName)
+		w.stopping = e.FunctionName
 	case *fxevent.OnStopExecuted:
-		w.set("")
+		w.stopping = ""
 	}
+	w.mu.Unlock()
 	w.Logger.LogEvent(e)
 }
 
-func (w *StopWatch) set(fn string) {
+// Starting names the part whose start is under way, or "" when none is.
+func (w *StopWatch) Starting() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.running = fn
+	return partName(w.starting)
 }
 
 // Stopping names the part whose stop is under way ("store/embedded.(*Store).Close"),
@@ -237,9 +244,13 @@ func (w *StopWatch) set(fn string) {
 func (w *StopWatch) Stopping() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	fn := strings.TrimPrefix(w.running, "github.com/ordermail/ordermail/")
-	fn = strings.TrimSuffix(strings.TrimSuffix(fn, "()"), "-fm")
-	return fn
+	return partName(w.stopping)
+}
+
+// partName is a hook's function as fx names it, without the module's path.
+func partName(fn string) string {
+	fn = strings.TrimPrefix(fn, "github.com/ordermail/ordermail/")
+	return strings.TrimSuffix(strings.TrimSuffix(fn, "()"), "-fm")
 }
 
 // ExitStoreLost is the exit code of a service whose store file was deleted

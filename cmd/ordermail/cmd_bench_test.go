@@ -336,6 +336,11 @@ func TestBenchRefusesAStoreThatIsThere(t *testing.T) {
 	assert.NotContains(t, stderr, "store kept", "nothing of the benchmark's was kept")
 	b, _ := os.ReadFile(db)
 	assert.Equal(t, "a service's store", string(b))
+
+	// A --store that is no directory is said as such.
+	_, _, err = cli(t, "bench", "--orders", "10", "--store", db)
+	assert.ErrorContains(t, err, "not a directory")
+	assert.NotContains(t, err.Error(), "already holds a store")
 	entries, _ := os.ReadDir(dir)
 	assert.Len(t, entries, 1, "nothing else was made")
 }

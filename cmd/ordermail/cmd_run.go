@@ -1,12 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"runtime/debug"
+	"sync/atomic"
 	"time"
 
 	"github.com/ordermail/ordermail/app"
@@ -102,6 +104,7 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			startCtx, cancelStart := context.WithCancel(context.WithoutCancel(ctx))
 			defer cancelStart()
 			started := make(chan struct{})
+			var cutShort atomic.Bool
 			go func() {
 				select {
 				case <-started:
@@ -110,6 +113,7 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 					select {
 					case <-started:
 					case <-time.After(a.StopTimeout()):
+						cutShort.Store(true)
 						cancelStart()
 					}
 				}
@@ -117,6 +121,11 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			err = a.Start(startCtx)
 			close(started)
 			if err != nil {
+				if cutShort.Load() {
+					// fx rolls back with the cancelled context: no stop hook runs.
+					return fmt.Errorf("stop asked for while starting, and %s had not started a stop's time (%s) later: stopped without stopping the parts started",
+						cmp.Or(watch.Starting(), "the start"), a.StopTimeout())
+				}
 				if ctx.Err() != nil {
 					log.Info("stopped before the service started", "start", app.RootCause(err))
 					return nil

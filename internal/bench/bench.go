@@ -138,8 +138,11 @@ func (c Config) Validate() error {
 		// A store already there may be a service's: its orders would be
 		// counted, its retry settings replaced, and its running service
 		// would mail the benchmark's orders.
-		if _, err := os.Lstat(filepath.Join(dir, "ordermail.db")); err == nil || !errors.Is(err, os.ErrNotExist) {
+		switch _, err := os.Lstat(filepath.Join(dir, "ordermail.db")); {
+		case err == nil:
 			return fmt.Errorf("store: %s already holds a store (ordermail.db); a benchmark writes its own orders on a new one: give a new directory", dir)
+		case !errors.Is(err, os.ErrNotExist):
+			return fmt.Errorf("store: %w", err) // not a directory, not one it may read
 		}
 	}
 	return nil

@@ -112,11 +112,11 @@ func path(p string) string {
 	return strings.Join(segs, "/")
 }
 
-// keyLike says whether a path segment looks like a key: 32 characters or
-// more, or 20 or more of letters, digits, '-' and '_' with at least three
-// of each of letters and digits. Words, numbers, dates and names such as
-// sendConfirmationV2 stay, so that a wrong path can still be told from a
-// log.
+// keyLike says whether a path segment looks like a key: 16 characters or
+// more with letters and digits both, or 32 or more of anything; but not a
+// name (letters, and at most two digits at its end: sendConfirmationV2), a
+// date or a time (digits, '-', ':', '.', 'T' and 'Z'), so that a wrong
+// path can still be told from a log.
 func keyLike(seg string) bool {
 	if s, err := url.PathUnescape(seg); err == nil {
 		seg = s
@@ -125,23 +125,17 @@ func keyLike(seg string) bool {
 	if len(seg) >= 32 {
 		return true
 	}
-	if len(seg) < 20 {
+	if len(seg) < 16 || !strings.ContainsAny(seg, "0123456789") || !strings.ContainsFunc(seg, isLetter) {
 		return false
 	}
-	letters, digits := 0, 0
-	for _, r := range seg {
-		switch {
-		case 'a' <= r && r <= 'z', 'A' <= r && r <= 'Z':
-			letters++
-		case '0' <= r && r <= '9':
-			digits++
-		case r == '-', r == '_':
-		default:
-			return false
-		}
+	name := strings.TrimRight(seg, "0123456789")
+	if len(seg)-len(name) <= 2 && !strings.ContainsFunc(name, func(r rune) bool { return !isLetter(r) }) {
+		return false
 	}
-	return letters >= 3 && digits >= 3
+	return strings.Trim(seg, "0123456789-:.TZ") != ""
 }
+
+func isLetter(r rune) bool { return 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' }
 
 // query masks values in place, keeping the parameters' order and encoding.
 func query(raw string) string {

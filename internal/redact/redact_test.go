@@ -63,6 +63,15 @@ func TestMailURL(t *testing.T) {
 		assert.Equal(t, want, redact.MailURL(give), "give %q", give)
 	}
 	assert.Equal(t, "file:/data/orders-2024q4-eu-west-1a.db", redact.URL("file:/data/orders-2024q4-eu-west-1a.db"), "a store's path is no key")
+	// Keys of 16 characters or more with few digits, or signs: masked.
+	for give, want := range map[string]string{
+		"https://hooks.example.com/services/abcdefGHIJKLmnopQRSTuv1x": "https://hooks.example.com/services/REDACTED",
+		"https://h/hook/a1b2c3d4e5f6a7b8":                             "https://h/hook/REDACTED",
+		"https://h/hook/q83vEjk9Lm2N+xPz/9w==":                        "https://h/hook/REDACTED/9w==",
+		"https://h/v2/confirmations/orderConfirmation12":              "https://h/v2/confirmations/orderConfirmation12",
+	} {
+		assert.Equal(t, want, redact.MailURL(give), "give %q", give)
+	}
 }
 
 func TestString(t *testing.T) {

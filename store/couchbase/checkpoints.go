@@ -103,7 +103,9 @@ func (m metaCheckpoints) Claim(ctx context.Context, name string, vb uint16, me s
 		if cur.position, err = start(ctx); err != nil {
 			return position{}, claim{}, "", err
 		}
-		cur.Owner, cur.Epoch = "", 0
+		// An epoch above any before it (epochs count claims; a CAS is far
+		// larger), so that none is used twice.
+		cur.Owner, cur.Epoch = "", d.CAS
 	}
 	if cur.Owner != "" && cur.Owner != me && live(cur.Owner) {
 		return position{}, claim{}, cur.Owner, errTaken
