@@ -193,16 +193,13 @@ func TestRunWaitsForAStoreBusyWithAnotherWrite(t *testing.T) {
 func TestRunStopsCleanlyWhenSignalledWhileStarting(t *testing.T) {
 	t.Parallel()
 	path := sampleStore(t, false)
-	lock, err := os.OpenFile(path+".writelock", os.O_RDWR, 0)
-	require.NoError(t, err)
-	t.Cleanup(func() { lock.Close() })
-	require.NoError(t, syscall.Flock(int(lock.Fd()), syscall.LOCK_EX)) // the feed's start waits for it
+	release := holdLockFile(t, path+".writelock") // the feed's start waits for it
 
 	p := startProc(t, "run", "--store", "file:"+path, "--mail-url", startMock(t), "--metrics-listen", "127.0.0.1:0", "--log-level", "debug")
 	p.waitLog(t, "OnStart hook executing", "runner).start") // the feed's start, held by the lock
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
 	p.waitLog(t, "stop asked for while starting: stopping once started")
-	require.NoError(t, syscall.Flock(int(lock.Fd()), syscall.LOCK_UN))
+	release()
 	select {
 	case err := <-p.exited:
 		require.NoError(t, err, "a clean exit; logs:\n%s", p.logs.String())
@@ -270,15 +267,23 @@ func holdWriteLock(t *testing.T, path string) *sql.Conn {
 func TestAStartCutShortAfterASignalSaysSo(t *testing.T) {
 	t.Parallel()
 	path := sampleStore(t, false)
-	lock, err := os.OpenFile(path+".writelock", os.O_RDWR, 0)
-	require.NoError(t, err)
-	t.Cleanup(func() { lock.Close() })
-	require.NoError(t, syscall.Flock(int(lock.Fd()), syscall.LOCK_EX))
+	holdLockFile(t, path+".writelock")
 
 	p := startProc(t, "run", "--store", "file:"+path, "--mail-url", startMock(t), "--mail-timeout", "1s", "--log-level", "debug")
 	p.waitLog(t, "OnStart hook executing", "runner).start")
 	holdWriteLock(t, path) // and SQLite's: the feed's start waits on both
-	err, _ = p.stop(t, syscall.SIGTERM)
+	err, _ := p.stop(t, syscall.SIGTERM)
 	require.Error(t, err, "logs:\n%s", p.logs.String())
 	assert.Contains(t, p.logs.String(), "had not started a stop's time (6.25s) later: stopped without stopping the parts started", p.logs.String())
+}
+
+// holdLockFile locks the lock file at path, as another process would,
+// until the test ends or release is called.
+func holdLockFile(t *testing.T, path string) (release func()) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	require.NoError(t, syscall.Flock(int(f.Fd()), syscall.LOCK_EX))
+	return func() { require.NoError(t, syscall.Flock(int(f.Fd()), syscall.LOCK_UN)) }
 }
