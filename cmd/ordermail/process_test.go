@@ -7,10 +7,12 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -219,10 +221,27 @@ func TestRunStopsCleanlyWhenSignalledWhileStarting(t *testing.T) {
 func TestAStopThatRunsOutOfTimeSaysWhatWasStopping(t *testing.T) {
 	t.Parallel()
 	path := sampleStore(t, true)
-	// Sends take 4s: in flight when the lock is taken, whatever the machine.
-	mock := startMock(t, "--latency", "4s")
-	p := startProc(t, "run", "--store", "file:"+path, "--mail-url", mock, "--mail-timeout", "5s", "--breaker-failures", "0")
-	p.waitLog(t, "ordermail running")
+	// An email service that answers nothing until the service gives up
+	// (its --mail-timeout), and says when the first send has come: the
+	// sends are in flight when the lock is taken, whatever the machine.
+	arrived, done := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	mail := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // read whole, so that a client gone ends r's context
+		once.Do(func() { close(arrived) })
+		select {
+		case <-r.Context().Done():
+		case <-done:
+		}
+	}))
+	t.Cleanup(mail.Close)
+	t.Cleanup(func() { close(done) }) // first
+	p := startProc(t, "run", "--store", "file:"+path, "--mail-url", mail.URL, "--mail-timeout", "5s", "--breaker-failures", "0")
+	select {
+	case <-arrived:
+	case <-time.After(time.Minute):
+		t.Fatalf("no send came; logs:\n%s", p.logs.String())
+	}
 
 	conn := holdWriteLock(t, path) // no outcome can be written
 	err, _ := p.stop(t, syscall.SIGTERM)
