@@ -318,46 +318,43 @@ func TestADeadLetterBesideAnOlderRedrivesRetryIsRedriven(t *testing.T) {
 	}
 }
 
-// TestRedriveKeepsTheRetrysKeyWhereTheDeadLetterHasNone: a poison event's
-// dead letter records no idempotency key; the retry document it stood
-// beside does, of the sends already made: the redriven retry keeps it, so
-// that its next send is known to the email service as the same one.
-func TestRedriveKeepsTheRetrysKeyWhereTheDeadLetterHasNone(t *testing.T) {
+// TestRedriveKeepsTheAttemptsKey: a redrive sends under the key its dead
+// letter's attempts carried, since one of them may have got through (under
+// another key, on Couchbase, where no incarnation rebuilds it, the email
+// service would deliver it again); a poison event's dead letter records
+// none, and the retry document it stood beside does: the redriven retry
+// keeps that one.
+func TestRedriveKeepsTheAttemptsKey(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	st := openStore(t)
-	put(t, st, order.DeadLetter, "k", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonPoisonEvent, LastError: "boom"}.Encode())
-	put(t, st, order.Retry, "k", order.RetryDoc{Type: order.TypeConfirmation, DocID: "k", Attempt: 3, TS: 5, IdempotencyKey: "confirmation:k@7"}.Encode())
-
-	n, err := ops.Redrive(ctx, st, time.Now(), []string{"k"}, false)
-	require.NoError(t, err)
-	assert.Equal(t, 1, n)
-	got, err := st.Get(ctx, order.Retry, "k")
-	require.NoError(t, err)
-	r, err := order.DecodeRetryDoc(got.Value)
-	require.NoError(t, err)
-	assert.Equal(t, "confirmation:k@7", r.IdempotencyKey)
-	assert.Equal(t, 1, r.RedriveCount)
-	assert.True(t, r.FireRetry)
-}
-
-// A redrive sends under the key its dead letter's attempts carried: one of
-// them may have got through, and under another key (on Couchbase, where no
-// incarnation rebuilds it) the email service would deliver it again.
-func TestRedriveKeepsTheDeadLettersKey(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	st := openStore(t)
-	put(t, st, order.DeadLetter, "k", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonExhausted, Attempts: 10, IdempotencyKey: "confirmation:k@99"}.Encode())
-
-	n, err := ops.Redrive(ctx, st, time.Now(), []string{"k"}, false)
-	require.NoError(t, err)
-	assert.Equal(t, 1, n)
-	got, err := st.Get(ctx, order.Retry, "k")
-	require.NoError(t, err)
-	r, err := order.DecodeRetryDoc(got.Value)
-	require.NoError(t, err)
-	assert.Equal(t, "confirmation:k@99", r.IdempotencyKey)
+	for _, c := range []struct {
+		name  string
+		dead  order.DeadLetterDoc
+		retry *order.RetryDoc // beside the dead letter; nil: none
+		want  string
+	}{
+		{"the dead letter's", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonExhausted, Attempts: 10, IdempotencyKey: "confirmation:k@99"}, nil, "confirmation:k@99"},
+		{"the retry's, where the dead letter has none", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonPoisonEvent, LastError: "boom"},
+			&order.RetryDoc{Type: order.TypeConfirmation, DocID: "k", Attempt: 3, TS: 5, IdempotencyKey: "confirmation:k@7"}, "confirmation:k@7"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := context.Background()
+			st := openStore(t)
+			put(t, st, order.DeadLetter, "k", c.dead.Encode())
+			if c.retry != nil {
+				put(t, st, order.Retry, "k", c.retry.Encode())
+			}
+			n, err := ops.Redrive(ctx, st, time.Now(), []string{"k"}, false)
+			require.NoError(t, err)
+			assert.Equal(t, 1, n)
+			got, err := st.Get(ctx, order.Retry, "k")
+			require.NoError(t, err)
+			r, err := order.DecodeRetryDoc(got.Value)
+			require.NoError(t, err)
+			assert.Equal(t, c.want, r.IdempotencyKey)
+			assert.Equal(t, 1, r.RedriveCount)
+			assert.True(t, r.FireRetry)
+		})
+	}
 }
 
 func put(t *testing.T, st store.Store, coll, key string, value []byte) {
