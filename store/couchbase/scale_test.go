@@ -2,6 +2,7 @@ package couchbase
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -140,6 +141,32 @@ func TestCouchbaseScale(t *testing.T) {
 		t.Logf("scale: the 10 dead letters of %q among %d: %d documents read by KV", order.ReasonPermanent, n+10, w.KV["get"])
 		assert.Equal(t, 10, found)
 		assert.Equal(t, 10, w.KV["get"], "the other dead letters are not read")
+	})
+
+	t.Run("a page of 50 reads a small first page; a whole scan grows its pages", func(t *testing.T) {
+		srv.ResetWork()
+		errEnough := errors.New("a page's worth")
+		shown := 0
+		err := s.ScanDeadLetters(ctx, order.ReasonExhausted, "", func(store.Doc) error {
+			if shown++; shown == 50 {
+				return errEnough
+			}
+			return nil
+		})
+		require.ErrorIs(t, err, errEnough)
+		w := srv.Work()
+		t.Logf("scale: a page of 50 dead letters among %d: %d documents read by KV", n+10, w.KV["get"])
+		assert.LessOrEqual(t, w.KV["get"], firstScanPage, "a page of 50 reads no more than the first scan page")
+
+		srv.ResetWork()
+		found := 0
+		require.NoError(t, s.ScanDeadLetters(ctx, order.ReasonExhausted, "", func(store.Doc) error { found++; return nil }))
+		w = srv.Work()
+		pages := w.StatementsWith("d.reason = $reason")
+		t.Logf("scale: all %d exhausted dead letters: %d pages, %d documents read by KV", n, pages, w.KV["get"])
+		assert.Equal(t, n, found)
+		assert.Equal(t, n, w.KV["get"], "each read once")
+		assert.LessOrEqual(t, pages, 3+n/lastScanPage, "the pages grow to the largest")
 	})
 
 	t.Run("a status reads a few documents", func(t *testing.T) {

@@ -1167,11 +1167,18 @@ func deadLettersStatement(keyspace string) string {
 		" AS d WHERE d.reason = $reason AND META(d).id > $after ORDER BY META(d).id LIMIT $limit"
 }
 
+// Scan pages: the first is small, for a console page that shows 50 and
+// stops, and each next one four times larger, up to the largest, for a
+// scan that goes through thousands.
+const (
+	firstScanPage = 64
+	lastScanPage  = 1024
+)
+
 // scanPages calls fn for the documents of coll whose keys q reads from
 // after on, a page at a time: q takes $after and $limit, and params.
 func (s *Store) scanPages(ctx context.Context, what, coll, after string, fn func(store.Doc) error, q string, params map[string]any) error {
-	const page = 500
-	for {
+	for page := firstScanPage; ; page = min(4*page, lastScanPage) {
 		args := map[string]any{"after": after, "limit": page}
 		maps.Copy(args, params)
 		keys, err := s.queryKeys(ctx, q, args)
