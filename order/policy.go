@@ -19,7 +19,7 @@ type Policy struct {
 	Backoff     string        // BackoffExponential (default) or BackoffFixed
 	MinDelay    time.Duration // first delay of exponential backoff; default 1s
 	MaxDelay    time.Duration // cap of exponential backoff; default 10m
-	Jitter      float64       // a delay d is drawn from [d(1-Jitter), d(1+Jitter)]; default 0.2
+	Jitter      float64       // a delay d is drawn from [d(1-Jitter), d(1+Jitter)] cut to [MinDelay, MaxDelay]; default 0.2
 	MaxAttempts int           // attempts before dead-lettering; 0: unlimited (the sample)
 	Quantum     time.Duration // the fixed backoff's delay; default 15s
 }
@@ -138,7 +138,13 @@ func (p Policy) exponential(attempts int, u float64) time.Duration {
 	for i := 1; i < attempts && d < p.MaxDelay; i++ {
 		d *= 2
 	}
-	return min(max(p.jitter(min(d, p.MaxDelay), u), p.MinDelay), p.MaxDelay)
+	// Drawn from the jitter's range cut to [MinDelay, MaxDelay], not drawn
+	// and then cut: cut after, half the first retries would come back at
+	// MinDelay exactly, together, and half the last at MaxDelay.
+	d = min(d, p.MaxDelay)
+	lo := max(time.Duration(float64(d)*(1-p.Jitter)), p.MinDelay)
+	hi := max(min(time.Duration(float64(d)*(1+p.Jitter)), p.MaxDelay), lo)
+	return lo + time.Duration(float64(hi-lo)*u)
 }
 
 // jitter draws d from [d(1-Jitter), d(1+Jitter)].

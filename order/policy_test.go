@@ -25,14 +25,14 @@ func TestPolicyNext(t *testing.T) {
 		u        float64
 		want     order.Verdict
 	}{
-		{"first failure waits the minimum", 1, order.Failure{}, mid, order.Verdict{At: now.Add(time.Second)}},
+		{"first failure waits the minimum and up to its jitter above", 1, order.Failure{}, mid, order.Verdict{At: now.Add(1100 * time.Millisecond)}},
 		{"doubles", 2, order.Failure{}, mid, order.Verdict{At: now.Add(2 * time.Second)}},
 		{"doubles again", 4, order.Failure{}, mid, order.Verdict{At: now.Add(8 * time.Second)}},
-		{"capped at the maximum", 7, order.Failure{}, mid, order.Verdict{At: now.Add(time.Minute)}},
+		{"capped at the maximum and down to its jitter below", 7, order.Failure{}, mid, order.Verdict{At: now.Add(54 * time.Second)}},
 		{"jitter low end", 3, order.Failure{}, 0, order.Verdict{At: now.Add(3200 * time.Millisecond)}},
 		{"jitter upper half", 3, order.Failure{}, 0.75, order.Verdict{At: now.Add(4400 * time.Millisecond)}},
 		{"jitter never below the minimum", 1, order.Failure{}, 0, order.Verdict{At: now.Add(time.Second)}},
-		{"jitter never above the maximum", 7, order.Failure{}, 0.999999, order.Verdict{At: now.Add(time.Minute)}},
+		{"jitter never above the maximum", 7, order.Failure{}, 0.9999995, order.Verdict{At: now.Add(time.Minute - 6*time.Microsecond)}},
 		{"Retry-After longer than backoff wins", 1, order.Failure{RetryAfter: 30 * time.Second}, mid, order.Verdict{At: now.Add(30 * time.Second)}},
 		{"Retry-After shorter than backoff loses", 4, order.Failure{RetryAfter: time.Second}, mid, order.Verdict{At: now.Add(8 * time.Second)}},
 		{"Retry-After is capped", 1, order.Failure{RetryAfter: 48 * time.Hour}, mid, order.Verdict{At: now.Add(order.MaxRetryAfter)}},
@@ -61,6 +61,22 @@ func TestPolicyJitterStaysInBounds(t *testing.T) {
 			assert.GreaterOrEqual(t, d, max(time.Duration(float64(base)*0.8), p.MinDelay), "attempt %d u %v", attempts, u)
 			assert.LessOrEqual(t, d, min(time.Duration(float64(base)*1.2), p.MaxDelay), "attempt %d u %v", attempts, u)
 		}
+	}
+}
+
+// TestFirstAndLastRetriesAreSpread: the draws that the jitter's range
+// would put below --backoff-min or above --backoff-max are not cut to it,
+// which would bring half the first retries back at the same moment.
+func TestFirstAndLastRetriesAreSpread(t *testing.T) {
+	t.Parallel()
+	p := order.DefaultPolicy()
+	p.MaxAttempts = 0
+	for _, attempts := range []int{1, 30} {
+		seen := map[time.Duration]bool{}
+		for i := range 10 {
+			seen[p.Next(attempts, now, order.Failure{}, float64(i)/10).At.Sub(now)] = true
+		}
+		assert.Len(t, seen, 10, "attempt %d: ten draws, ten delays: %v", attempts, seen)
 	}
 }
 
