@@ -13,26 +13,71 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/ordermail/ordermail/internal/buildinfo"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
 
 func main() {
-	// SIGINT and SIGTERM both stop the command cleanly; after SIGINT
-	// (Ctrl-C) it exits 130, as a shell expects of an interrupted command.
-	interrupted, stopInt := signal.NotifyContext(context.Background(), os.Interrupt)
-	ctx, stopTerm := signal.NotifyContext(interrupted, syscall.SIGTERM)
-	// A second signal, while the first one's clean stop is under way, ends
-	// the process at once.
-	stopReset := context.AfterFunc(ctx, func() { signal.Reset(os.Interrupt, syscall.SIGTERM) })
+	ctx, interrupted, stop := notifyStop(os.Stderr, sameSignalWithin)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	code := exitStatus(err, interrupted.Err() != nil, os.Stderr)
-	stopReset()
-	stopTerm()
-	stopInt()
+	code := exitStatus(err, interrupted(), os.Stderr)
+	stop()
 	os.Exit(code)
+}
+
+// sameSignalWithin: a signal this soon after the first is the same one
+// delivered twice (a wrapper passing on what its process group got too),
+// not a second asking to end at once.
+const sameSignalWithin = time.Second
+
+// notifyStop returns a context that SIGINT or SIGTERM ends, so that the
+// command stops cleanly; interrupted says whether the first was SIGINT
+// (Ctrl-C), after which the command exits 130, as a shell expects of an
+// interrupted command. A signal that comes while the clean stop is under
+// way, more than within after the first, ends the process at once, as if
+// it had not been caught; one within is said and ignored. stop undoes it.
+func notifyStop(stderr io.Writer, within time.Duration) (ctx context.Context, interrupted func() bool, stop func()) {
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wasInterrupt atomic.Bool
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		var first time.Time
+		for {
+			select {
+			case <-done:
+				return
+			case sig := <-signals:
+				switch {
+				case first.IsZero():
+					first = time.Now()
+					wasInterrupt.Store(sig == os.Interrupt)
+					cancel()
+				case time.Since(first) < within:
+					fmt.Fprintf(stderr, "ordermail: %v again within %v of the first: taken for the same one; send it again to end at once\n", sig, within)
+				default:
+					signal.Reset(os.Interrupt, syscall.SIGTERM)
+					if p, err := os.FindProcess(os.Getpid()); err == nil {
+						_ = p.Signal(sig) // uncaught now: the process ends
+					}
+					return
+				}
+			}
+		}
+	}()
+	return ctx, wasInterrupt.Load, func() {
+		close(done)
+		<-stopped
+		signal.Stop(signals)
+		cancel()
+	}
 }
 
 // exitError is a failure with an exit status of its own (README's "Exit

@@ -221,14 +221,27 @@ func TestRunStopsCleanlyWhenSignalledWhileStarting(t *testing.T) {
 func TestAStopThatRunsOutOfTimeSaysWhatWasStopping(t *testing.T) {
 	t.Parallel()
 	path := sampleStore(t, true)
-	// An email service that answers nothing until the service gives up
-	// (its --mail-timeout), and says when the first send has come: the
-	// sends are in flight when the lock is taken, whatever the machine.
-	arrived, done := make(chan struct{}), make(chan struct{})
+	mail, arrived := silentMail(t)
+	p := startProc(t, "run", "--store", "file:"+path, "--mail-url", mail, "--mail-timeout", "5s", "--breaker-failures", "0")
+	waitFor(t, p, arrived, "no send came")
+
+	conn := holdWriteLock(t, path) // no outcome can be written
+	err, _ := p.stop(t, syscall.SIGTERM)
+	_, _ = conn.ExecContext(context.Background(), "ROLLBACK")
+	require.Error(t, err, "the stop ran out of time; logs:\n%s", p.logs.String())
+	assert.Regexp(t, `ordermail: stop: context deadline exceeded while stopping [\w./()*]+ \(a stop has 11.25s: --mail-timeout × 5/4 \+ 5s\)`, p.logs.String())
+}
+
+// silentMail is an email service that answers nothing until the client
+// gives up (its --mail-timeout); arrived is closed when the first send has
+// come, so that a test knows sends are in flight, whatever the machine.
+func silentMail(t *testing.T) (url string, arrived <-chan struct{}) {
+	t.Helper()
+	came, done := make(chan struct{}), make(chan struct{})
 	var once sync.Once
 	mail := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body) // read whole, so that a client gone ends r's context
-		once.Do(func() { close(arrived) })
+		once.Do(func() { close(came) })
 		select {
 		case <-r.Context().Done():
 		case <-done:
@@ -236,18 +249,51 @@ func TestAStopThatRunsOutOfTimeSaysWhatWasStopping(t *testing.T) {
 	}))
 	t.Cleanup(mail.Close)
 	t.Cleanup(func() { close(done) }) // first
-	p := startProc(t, "run", "--store", "file:"+path, "--mail-url", mail.URL, "--mail-timeout", "5s", "--breaker-failures", "0")
+	return mail.URL, came
+}
+
+// waitFor waits for c to be closed, or fails with why and p's logs.
+func waitFor(t *testing.T, p *proc, c <-chan struct{}, why string) {
+	t.Helper()
 	select {
-	case <-arrived:
+	case <-c:
 	case <-time.After(time.Minute):
-		t.Fatalf("no send came; logs:\n%s", p.logs.String())
+		t.Fatalf("%s; logs:\n%s", why, p.logs.String())
+	}
+}
+
+// TestTheSameSignalTwiceStopsCleanly: a SIGTERM delivered twice at once (a
+// wrapper passing on what its process group got too) is one stop, not a
+// second signal that ends the process at once; one that comes later, while
+// the stop still waits, does end it.
+func TestTheSameSignalTwiceStopsCleanly(t *testing.T) {
+	t.Parallel()
+	// start runs the service on a store of paid orders, whose sends are in
+	// flight, and unanswered, when it returns: its stop waits for them.
+	start := func(mailTimeout string) *proc {
+		mail, arrived := silentMail(t)
+		p := startProc(t, "run", "--store", "file:"+sampleStore(t, true), "--mail-url", mail,
+			"--mail-timeout", mailTimeout, "--breaker-failures", "0")
+		waitFor(t, p, arrived, "no send came")
+		return p
 	}
 
-	conn := holdWriteLock(t, path) // no outcome can be written
+	p := start("3s")
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	p.waitLog(t, "shutting down") // the first taken: the same signal once more
 	err, _ := p.stop(t, syscall.SIGTERM)
-	_, _ = conn.ExecContext(context.Background(), "ROLLBACK")
-	require.Error(t, err, "the stop ran out of time; logs:\n%s", p.logs.String())
-	assert.Regexp(t, `ordermail: stop: context deadline exceeded while stopping [\w./()*]+ \(a stop has 11.25s: --mail-timeout × 5/4 \+ 5s\)`, p.logs.String())
+	require.NoError(t, err, "a clean stop; logs:\n%s", p.logs.String())
+	assert.Contains(t, p.logs.String(), "terminated again within 1s of the first: taken for the same one")
+
+	p = start("30s")
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	p.waitLog(t, "shutting down")
+	time.Sleep(1100 * time.Millisecond) // past the first's second: measured from after it was taken
+	err, took := p.stop(t, syscall.SIGTERM)
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, "logs:\n%s", p.logs.String())
+	status, _ := exit.Sys().(syscall.WaitStatus)
+	assert.True(t, status.Signaled() && status.Signal() == syscall.SIGTERM, "ended by the second SIGTERM, after %v: %v; logs:\n%s", took, err, p.logs.String())
 }
 
 // sampleStore is a store file in a temporary directory holding the sample
