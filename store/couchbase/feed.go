@@ -210,9 +210,13 @@ type feed struct {
 	room   *semaphore.Weighted // the bytes events may hold read ahead (feedOptions.bufferBytes)
 	ctx    context.Context     // ends at Close
 	stop   context.CancelFunc
-	wg     sync.WaitGroup
-	wake   chan struct{}
-	ready  chan struct{} // closed when every first stream request is settled
+	// handovers is the context of the handovers under way, which Close
+	// waits for: it ends with Close's own context, not at its start.
+	handovers   context.Context
+	endHandover context.CancelFunc
+	wg          sync.WaitGroup
+	wake        chan struct{}
+	ready       chan struct{} // closed when every first stream request is settled
 
 	failed chan struct{} // closed with err set: the feed cannot go on
 	err    error
@@ -255,12 +259,14 @@ func newFeed(ctx context.Context, agent dcpAgent, cps checkpointStore, resolve r
 		}
 	}
 	fctx, stop := context.WithCancel(context.Background())
+	hctx, endHandover := context.WithCancel(context.Background())
 	f := &feed{
 		agent: agent, cps: cps, resolve: resolve, name: name, vbs: vbs, opts: opts, log: log,
 		acks:   store.NewAckTracker(nil),
 		events: make(chan pending, opts.buffer),
 		room:   semaphore.NewWeighted(opts.bufferBytes),
 		ctx:    fctx, stop: stop,
+		handovers: hctx, endHandover: endHandover,
 		wake:   make(chan struct{}, 1),
 		ready:  make(chan struct{}),
 		failed: make(chan struct{}),
@@ -1331,6 +1337,8 @@ func (f *feed) Close(ctx context.Context) error {
 	}
 	f.closed = true
 	f.mu.Unlock()
+	defer f.endHandover()
+	defer context.AfterFunc(ctx, f.endHandover)()
 	f.stop()
 	f.wg.Wait()
 	err := f.flush(ctx)
@@ -1359,6 +1367,7 @@ func (f *feed) shutdown() {
 	f.closed = true
 	f.mu.Unlock()
 	f.stop()
+	f.endHandover()
 	f.wg.Wait()
 	if err := f.agent.Close(); err != nil {
 		f.log.Debug("close dcp agent", "error", err)

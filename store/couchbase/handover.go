@@ -429,9 +429,10 @@ func (f *feed) release(vb uint16) {
 	st.void = st.gen
 	f.mu.Unlock()
 
-	// A context of its own: Close waits for this write, which frees vb at
-	// once for the member it is assigned to.
-	ctx, cancel := context.WithTimeout(context.Background(), f.opts.opTimeout)
+	// Not f.ctx, which Close ends first: Close waits for this write, which
+	// frees vb at once for the member it is assigned to, until its own
+	// context ends.
+	ctx, cancel := context.WithTimeout(f.handovers, f.opts.opTimeout)
 	defer cancel()
 	later := func(what string, err error) { // still ours: the next heartbeat tries again
 		f.log.Warn(what+"; trying again at the next heartbeat", "vb", vb, "error", err)

@@ -1153,3 +1153,61 @@ func TestAFailedHandoverIsHandedOverAgainNotStreamedAgain(t *testing.T) {
 	require.Less(t, fail.Load(), int32(0), "a's first handover of x failed")
 	assert.Zero(t, feedStats(subA).Reopens, "x streamed again by a while assigned to b")
 }
+
+// TestACloseDuringAHandoverKeepsToItsTime: a member handing vBuckets over
+// to one that joined, whose checkpoint documents are on a hung node, is
+// closed: the handover's writes, which wait for the node (a client
+// timeout of ten minutes), end with Close's context; Close waited for
+// them, past its context.
+func TestACloseDuringAHandoverKeepsToItsTime(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3})
+	slow := cfg
+	slow.Timeout = 10 * time.Minute // nor does the client give up on it
+	a := openStore(t, slow, func(s *Store) {
+		s.member = "a"
+		s.feedOpts.opTimeout = 10 * time.Minute
+	})
+	subA := subscribe(t, a, "feed", watched, false)
+	f := subA.(*feed)
+	consume(t, "a", subA, &consumer{seen: map[string][]string{}})
+	waitFor(t, func() (bool, string) {
+		st := feedStats(subA)
+		return st.StreamsOpen == testVBuckets, fmt.Sprintf("a %+v", st)
+	})
+	other := openStore(t, cfg)
+	membersNode := srv.NodeOf(srv.VBucketOf(membersKey("feed")))
+	hung := (membersNode + 1) % srv.Nodes()
+	srv.HangNode(hung)
+	t.Cleanup(func() { srv.ResumeNode(hung) })
+	// b joins (its heartbeat, on a node that answers): a hands half over.
+	b := newGroup(other, "feed", "b", cfg.MemberTTL, time.Now)
+	_, err := b.beat(ctxFor(t, 30*time.Second), 0, false, false)
+	require.NoError(t, err)
+	// releasing counts the handovers under way that wait for the hung
+	// node: the vBucket's stream or its checkpoint document is there.
+	releasing := func() (n int) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for vb, st := range f.state {
+			if st.releasing && (srv.NodeOf(vb) == hung || srv.NodeOf(srv.VBucketOf(checkpointKey("feed", vb))) == hung) {
+				n++
+			}
+		}
+		return n
+	}
+	waitForWithin(t, 2*time.Minute, func() (bool, string) { // both cores may be busy, under -race
+		n := releasing()
+		return n > 0, fmt.Sprintf("%d handovers wait for the hung node; a %+v", n, feedStats(subA))
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	closed := make(chan error, 1)
+	go func() { closed <- subA.Close(ctx) }()
+	select {
+	case err := <-closed:
+		assert.Error(t, err, "what could not be handed over is said")
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("Close with a second to go still waits 2 minutes later; %d vBuckets being handed over", releasing())
+	}
+}
