@@ -312,8 +312,15 @@ func decideRetry(c Change, st store.State, now time.Time, lim Limits) Plan {
 		return ignore("retry document no longer exists")
 	}
 	r, err := c.retryOf(st.Retry)
-	if err == nil && r.DocID != key {
+	switch {
+	case err != nil:
+	case r.DocID != key:
 		err = fmt.Errorf("%w: docId %q is not the document's key", order.ErrMalformed, r.DocID)
+	case r.IdempotencyKey != "" && !ownKey(key, r.IdempotencyKey):
+		// Another order's (a hand edit, another tool): sent under it, this
+		// order would be taken for that one's replay, answered 2xx, and
+		// marked confirmed unmailed. Its dead letter gets one of its own.
+		err = fmt.Errorf("%w: idempotencyKey is not one of this order's", order.ErrMalformed)
 	}
 	if err != nil {
 		return retryDeadLetter(key, st, salvaged(key, st.Retry.Value), order.ReasonMalformedRetry, err.Error(), now)
@@ -408,14 +415,19 @@ func otherIncarnation(k, key string, d store.Doc) bool {
 func salvaged(key string, raw []byte) order.RetryDoc {
 	var r order.RetryDoc
 	_ = json.Unmarshal(raw, &r) // fills the fields it can read, whatever the others
-	k := r.IdempotencyKey
-	ours := k == order.IdempotencyKey(key, 0) || // the sample's, or the first release's
-		strings.HasPrefix(k, order.TypeConfirmation+":") && order.OrderKeyOf(k) == key
-	if !ours || mailer.CheckHeaderValue(k) != nil {
+	if !ownKey(key, r.IdempotencyKey) {
 		r.IdempotencyKey = ""
 	}
 	return order.RetryDoc{DocID: key, Attempt: max(r.Attempt, 0), FirstAttemptAt: r.FirstAttemptAt, TS: r.TS,
 		LastStatus: r.LastStatus, RedriveCount: max(r.RedriveCount, 0), IdempotencyKey: r.IdempotencyKey}
+}
+
+// ownKey says whether k is an idempotency key of order key's (of any of
+// its incarnations), one a header can carry.
+func ownKey(key, k string) bool {
+	ours := k == order.IdempotencyKey(key, 0) || // the sample's, or the first release's
+		strings.HasPrefix(k, order.TypeConfirmation+":") && order.OrderKeyOf(k) == key
+	return ours && mailer.CheckHeaderValue(k) == nil
 }
 
 // retryDeadLetter gives up on a retry: the dead letter, then the retry

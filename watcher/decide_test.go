@@ -432,6 +432,13 @@ func TestAMalformedRetryKeepsWhatCanBeRead(t *testing.T) {
 		{"another order's document", `{"docId":"p","attempt":4,"fireRetry":true,"idempotencyKey":"confirmation:p@3"}`,
 			order.IdempotencyKey("o", 7), 4, ""},
 		{"not JSON", `{"docId":"o",`, order.IdempotencyKey("o", 7), 0, ""},
+		// Well-formed otherwise: sent under another order's key, it would
+		// be answered as that one's replay, and this order marked
+		// confirmed unmailed.
+		{"well-formed, with another order's key", `{"docId":"o","attempt":2,"fireRetry":true,"idempotencyKey":"confirmation:victim@3"}`,
+			order.IdempotencyKey("o", 7), 2, ""},
+		{"well-formed, with a key of no order", `{"docId":"o","attempt":1,"fireRetry":true,"idempotencyKey":"k-1"}`,
+			order.IdempotencyKey("o", 7), 1, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			key := cmp.Or(c.order, "o")
