@@ -77,7 +77,7 @@ const (
 	// its retry document would overwrite.
 	ReasonReservedKey = "reserved_key"
 	// ReasonInvalidKey: the key cannot be carried in the Idempotency-Key
-	// header (control characters).
+	// header (control characters), or in a JSON document (not UTF-8).
 	ReasonInvalidKey = "invalid_key"
 	// ReasonPoisonEvent: handling the change failed again and again with an
 	// error that is not the store being unavailable.

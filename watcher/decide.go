@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/order"
@@ -293,6 +294,10 @@ func problem(key string, doc store.Doc, o order.Order, decodeErr error, lim Limi
 		return order.ReasonMalformedOrder, decodeErr.Error()
 	case mailer.CheckHeaderValue(order.IdempotencyKey(key, incarnation(doc))) != nil:
 		return order.ReasonInvalidKey, "the key holds control characters an Idempotency-Key header cannot carry"
+	case !utf8.ValidString(key):
+		// Sent, its retry document's docId, JSON, could not hold the key:
+		// every retry would be malformed.
+		return order.ReasonInvalidKey, "the key is not valid UTF-8, which JSON documents (the retry's, the dead letter's) cannot hold"
 	case !o.HasEmail():
 		return order.ReasonNoEmail, "paid order has no email address"
 	case len(doc.Value) > lim.MaxOrderBytes:

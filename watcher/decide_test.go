@@ -96,6 +96,8 @@ func TestDecide(t *testing.T) {
 			Write, "invalid_key", []string{"insert deadletter/o\r\nX-Evil: 1 invalid_key"}, ""},
 		{"3: a key with NUL", in("o\x00"), state(paid, "", ""), Write, "invalid_key", []string{"insert deadletter/o\x00 invalid_key"}, ""},
 		{"3: a key with DEL", in("o\x7f"), state(paid, "", ""), Write, "invalid_key", []string{"insert deadletter/o\x7f invalid_key"}, ""},
+		{"3: a key not UTF-8, which its retry's docId could not hold", in("caf\xe9"), state(paid, "", ""), Write, "not valid UTF-8",
+			[]string{"insert deadletter/caf\xe9 invalid_key"}, ""},
 		{"a retry document owns it", in("o"), state(paid, notDue, ""), Ignore, "retry document owns", nil, ""},
 		{"dead-lettered for sending: needs a redrive", in("o"), state(paid, "", deadPerm), Ignore, "redrive to send", nil, ""},
 		{"dead-lettered for content, order fixed: sent", in("o"), state(paid, "", deadEmail), Send, "", nil, ""},
