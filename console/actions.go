@@ -109,7 +109,12 @@ func (c *Console) action(h actionFunc) http.Handler {
 		if !c.readForm(w, r) {
 			return
 		}
-		c.token() // a token changed ends every session
+		if c.token() == nil { // a token changed ends every session
+			// Emptied or removed (a leak answered by deleting it): the
+			// sessions made with the old token act no more.
+			c.refuse(w, r, http.StatusServiceUnavailable, "The admin token file holds no token: actions are off until it does.")
+			return
+		}
 		sid := sessionID(r)
 		sess, ok := c.sessions.get(sid)
 		if !ok {

@@ -187,7 +187,7 @@ const inTheClearText = "Logging in here would send the admin token over the netw
 	"or on loopback (ssh -L 9465:127.0.0.1:9465 this-host, then http://localhost:9465)."
 
 // token is the admin token's hash as of now; nil while the token file
-// cannot be read or holds no valid token (no login then; sessions stay).
+// cannot be read or holds no valid token (no login then, and no action).
 // The file is read again when it changes (watchfile), and a token changed
 // ends every session: a token rotated because it leaked must not leave the
 // sessions made with it acting for hours.
@@ -201,7 +201,7 @@ func (c *Console) token() *[32]byte {
 	}
 	if err != nil {
 		c.tokenWarn.Do(func() {
-			c.log.Warn("the admin token file holds no token a login can use: logins are refused until it does; sessions stay (said at most once a minute)", "error", err)
+			c.log.Warn("the admin token file holds no token a login can use: logins and actions are refused until it does (said at most once a minute)", "error", err)
 		})
 		return nil
 	}

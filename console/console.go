@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -166,7 +167,14 @@ func New(cfg Config, d Deps, log *slog.Logger, now func() time.Time) (*Console, 
 		h := sha256.Sum256(tok)
 		c.tokenHash.Store(&h)
 		if c.tokenFile = watchfile.New("admin-token-file", cfg.TokenFile); c.tokenFile != nil {
-			_, c.tokenAt, _ = c.tokenFile.Read(now())
+			// The token as of this read, with its time: one rotated since
+			// the read above is taken now, not left for the next change.
+			var b []byte
+			b, c.tokenAt, err = c.tokenFile.Read(now())
+			if err == nil && checkToken(string(b), "") == nil {
+				h := sha256.Sum256([]byte(strings.TrimSpace(string(b))))
+				c.tokenHash.Store(&h)
+			}
 			c.tokenWarn = rate.Sometimes{Interval: time.Minute}
 		}
 	}

@@ -1315,7 +1315,9 @@ func TestARotatedTokenFileEndsTheOldTokensSessions(t *testing.T) {
 	resp, _ = f.post(t, "/login", url.Values{"token": {token}})
 	assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "the old token no longer logs in")
 
-	// A file read empty (rewritten in place) logs nobody in, and ends nobody.
+	// A file emptied (or removed: a leak answered by deleting it) logs
+	// nobody in, and its sessions act no more while it holds no token;
+	// the same token back, they act again.
 	csrf = f.loginWith(t, rotated)
 	require.NoError(t, os.WriteFile(path, nil, 0o600))
 	require.Eventually(t, func() bool { // a try a second: the login limit's pace
@@ -1328,8 +1330,27 @@ func TestARotatedTokenFileEndsTheOldTokensSessions(t *testing.T) {
 		last.Store(resp.Status)
 		return resp.StatusCode == http.StatusServiceUnavailable
 	}, time.Minute, 1100*time.Millisecond, "an empty token file still let a login in; last: %v", later.Value(last.Load))
-	resp, _ = f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
-	assert.Equal(t, http.StatusSeeOther, resp.StatusCode, "sessions stay while the file is unreadable")
+	resp, body = f.post(t, "/retries/resume", url.Values{"csrf": {csrf}})
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "no action while the file holds no token")
+	assert.Contains(t, body, "holds no token: actions are off")
+	require.NoError(t, os.WriteFile(path, []byte(rotated+"\n"), 0o600))
+	require.Eventually(t, func() bool {
+		req, err := http.NewRequest(http.MethodPost, f.srv.URL+"/retries/resume", strings.NewReader(url.Values{"csrf": {csrf}}.Encode()))
+		if err != nil {
+			last.Store(err.Error())
+			return false
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", f.srv.URL)
+		resp, err := f.client.Do(req)
+		if err != nil {
+			last.Store(err.Error())
+			return false
+		}
+		resp.Body.Close()
+		last.Store(resp.Status)
+		return resp.StatusCode == http.StatusSeeOther
+	}, time.Minute, 100*time.Millisecond, "the session made with the token put back does not act again; last: %v", later.Value(last.Load))
 }
 
 // blockedGets is a store whose read of one dead letter waits for its

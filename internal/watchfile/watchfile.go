@@ -18,13 +18,18 @@ const ReloadEvery = time.Second
 
 // File is a file whose content is read again when it changes (its size,
 // modification time or inode: a Kubernetes secret is swapped by a
-// symlink). It is looked at no more than once per ReloadEvery.
+// symlink). It is looked at no more than once per ReloadEvery. A file
+// that held good content is taken again only once it has looked the same
+// at two looks in a row: one rewritten in place, in more than one write,
+// is not taken half-written (a key cut short would be refused, and hold
+// every send back). A rotation so takes effect within two ReloadEvery.
 type File struct {
 	flag, path string
 
 	mu        sync.Mutex
 	checked   time.Time
 	stamp     stamp
+	pending   stamp // a change seen at the last look, taken if the next sees it still
 	content   []byte
 	err       error
 	changedAt time.Time // when the content last changed, for the caller's caches
@@ -58,17 +63,27 @@ func (f *File) Read(now time.Time) ([]byte, time.Time, error) {
 		return f.content, f.changedAt, f.err
 	}
 	f.checked = now
-	fi, err := os.Stat(f.path)
-	if err != nil {
-		f.set(nil, stamp{}, fmt.Errorf("%s: %w", f.flag, err), now)
+	fi, statErr := os.Stat(f.path)
+	st := stamp{size: -1} // missing, or not to be looked at
+	if statErr == nil {
+		st = stamp{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+		if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+			st.ino = sys.Ino
+		}
+	}
+	if f.err == nil && f.content != nil {
+		if st == f.stamp {
+			return f.content, f.changedAt, nil
+		}
+		if st != f.pending {
+			f.pending = st // changing, maybe: the content as it was meanwhile
+			return f.content, f.changedAt, nil
+		}
+	}
+	f.pending = stamp{}
+	if statErr != nil {
+		f.set(nil, stamp{}, fmt.Errorf("%s: %w", f.flag, statErr), now)
 		return f.content, f.changedAt, f.err
-	}
-	st := stamp{size: fi.Size(), mtime: fi.ModTime().UnixNano()}
-	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-		st.ino = sys.Ino
-	}
-	if f.err == nil && f.content != nil && st == f.stamp {
-		return f.content, f.changedAt, nil
 	}
 	b, err := os.ReadFile(f.path)
 	switch {
