@@ -112,7 +112,14 @@ type Result struct {
 	// NoFeed: this instance's feed does not run (a standby on an embedded
 	// store): it sends nothing, and sweeps nothing.
 	NoFeed bool
+	// Aside: it stands aside, its sweeps having failed, for the lease's
+	// TTL, whether or not another instance took the lease meanwhile.
+	Aside bool
 }
+
+// errSteppedAside says an instance left the sweep lease after its sweeps
+// failed again and again.
+var errSteppedAside = errors.New("the sweep lease is left to another instance")
 
 // Role is this instance's part in sweeping.
 type Role string
@@ -328,7 +335,7 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 			h = lease.Holding{}
 		}
 		t.setRole(RoleStandby, &h)
-		return Result{Armed: true, Standby: true}, nil
+		return Result{Armed: true, Standby: true, Aside: aside}, nil
 	} else if err != nil {
 		return Result{Armed: true}, fmt.Errorf("sweep lease: %w", err)
 	}
@@ -598,7 +605,7 @@ func (t *Timer) sweepFailed(ctx context.Context, now time.Time, err error) error
 	t.asideUntil = now.Add(t.lease.TTL())
 	t.mu.Unlock()
 	t.setRole(RoleUnknown, nil)
-	return fmt.Errorf("%w; %d sweeps failed in a row: the sweep lease is left to another instance for %s", err, n, t.lease.TTL())
+	return fmt.Errorf("%w; %d sweeps failed in a row: %w for %s", err, n, errSteppedAside, t.lease.TTL())
 }
 
 func (t *Timer) tick() {
@@ -615,11 +622,18 @@ func (t *Timer) tick() {
 		// One warning when sweeps start failing, one line when they work
 		// again; the ticks between are counted (sweep errors).
 		t.fails.Add(1)
-		if t.failing++; t.failing == 1 {
-			t.log.Warn("sweep failed; trying again at every tick", "error", err)
+		if t.failing++; t.failing == 1 || errors.Is(err, errSteppedAside) {
+			t.log.Warn("sweep failed; trying again at every tick", "error", err, "failed_ticks", t.failing)
 		} else {
 			t.log.Debug("sweep failed", "error", err, "failed_ticks", t.failing)
 		}
+		return
+	}
+	if res.Aside {
+		// Standing aside after failed sweeps: no sweep worked, so none is
+		// said to, nor that another instance sweeps (there may be none);
+		// the failed ticks count on until a sweep works.
+		t.failing++
 		return
 	}
 	if t.failing > 0 {

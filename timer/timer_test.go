@@ -378,9 +378,12 @@ func TestAnInstanceSteppedAsideBlamesNoOtherProcess(t *testing.T) {
 	require.NoError(t, err)
 	tm.Start()
 	defer tm.Stop(context.Background())
-	require.Eventually(t, func() bool { return len(logs.Lines("standby")) > 0 }, 20*time.Second, 20*time.Millisecond,
-		"it stepped aside; logs:\n%s", logs.String())
+	// Aside a TTL, then sweeping, failing and stepping aside again.
+	require.Eventually(t, func() bool { return len(logs.Lines("the sweep lease is left to another instance")) >= 2 }, time.Minute, 20*time.Millisecond,
+		"it stepped aside twice; logs:\n%v", later.Value(func() any { return logs.String() }))
 	assert.Empty(t, logs.Lines("feed does not run"), "no other process is there")
+	assert.Empty(t, logs.Lines("another instance sweeps"), "nor is another said to sweep")
+	assert.Empty(t, logs.Lines("sweeps work again"), "no sweep worked")
 }
 
 // TestSweepWaitsWhileSendsAreHeldBack: while an instance's sends are all
