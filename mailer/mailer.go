@@ -690,7 +690,10 @@ func (c *Client) clientFor(ctx context.Context, hc *http.Client, h http.Header) 
 	if c.http == hc {
 		return c.traced
 	}
-	return hc // rebuilt meanwhile: rare, and this send goes without a span
+	// Rebuilt meanwhile: rare, and this send goes without a span, but with
+	// the trace context.
+	otel.GetTextMapPropagator().Inject(ctx, propagation.HeaderCarrier(h))
+	return hc
 }
 
 // signer is the signing secrets as they are now; nil when requests are not

@@ -19,6 +19,7 @@ import (
 	"github.com/ordermail/ordermail/console"
 	"github.com/ordermail/ordermail/fixtures"
 	"github.com/ordermail/ordermail/internal/secretfile"
+	"github.com/ordermail/ordermail/internal/tracing"
 	"github.com/ordermail/ordermail/internal/webhook"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/ops"
@@ -51,6 +52,7 @@ type demoSummary struct {
 	DeadLetters       int     `json:"deadLetters"`
 	DuplicateRequests int     `json:"duplicateRequests"`
 	Refused           int     `json:"refused"` // answered 401: a missing or forged token or signature
+	Traced            int     `json:"traced"`  // requests with a valid W3C traceparent
 	ElapsedSeconds    float64 `json:"elapsedSeconds"`
 	Store             string  `json:"store"`
 	Interrupted       bool    `json:"interrupted,omitempty"` // Ctrl-C: the counts so far
@@ -104,6 +106,17 @@ func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if err != nil {
 				return badSetting(err)
 			}
+			// As run's: every request carries a traceparent, and spans are
+			// exported when the OTEL_* environment asks.
+			tp, err := tracing.Setup(ctx, version(), log)
+			if err != nil {
+				return err
+			}
+			defer func() {
+				flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				tp.Shutdown(flush) // exports the spans still buffered
+			}()
 			return demo(ctx, d, cfg, log, stdout, prog)
 		},
 	}
@@ -221,7 +234,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 		Orders: final.OrdersPaid, Confirmed: final.OrdersConfirmed, RetryDocsLeft: final.RetryDocs,
 		DeadLetters:  final.DeadLetters,
 		SendAttempts: ms.Requests, Deliveries: ms.Deliveries, Failures: ms.Failures, Refused: ms.Unauthorized,
-		DuplicateRequests: ms.DuplicateRequests, ElapsedSeconds: elapsed.Seconds(), Store: cfg.Store.URL,
+		DuplicateRequests: ms.DuplicateRequests, Traced: ms.Traced, ElapsedSeconds: elapsed.Seconds(), Store: cfg.Store.URL,
 		Interrupted: interrupted,
 	}
 	if d.json {

@@ -54,6 +54,7 @@ func TestDemoJSONIsMeasured(t *testing.T) {
 	assert.Equal(t, 45, s.Deliveries)
 	assert.Zero(t, s.DuplicateRequests)
 	assert.Equal(t, s.SendAttempts, s.Deliveries+s.Failures)
+	assert.Equal(t, s.SendAttempts, s.Traced, "every request carried a traceparent")
 	assert.Positive(t, s.Failures, "at 50%% some sends failed")
 	assert.Positive(t, s.ElapsedSeconds)
 }

@@ -7,7 +7,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"os"
+	"strconv"
+	"strings"
+
+	"github.com/ordermail/ordermail/internal/redact"
 
 	"github.com/go-logr/logr"
 	"go.opentelemetry.io/otel"
@@ -53,7 +58,7 @@ func Setup(ctx context.Context, version string, log *slog.Logger) (*sdktrace.Tra
 	// value it cannot parse, an API key (its default logger printed it).
 	log = log.With("component", "otel")
 	otel.SetLogger(logr.New(valuelessSink{log}))
-	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("opentelemetry", "error", err) }))
+	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) { log.Warn("opentelemetry", "error", scrub(err)) }))
 	opts := []sdktrace.TracerProviderOption{sdktrace.WithResource(serviceResource(version))}
 	if Exporting(os.Getenv) {
 		// The exporter reads OTEL_EXPORTER_OTLP_* (endpoint, headers, TLS,
@@ -61,7 +66,7 @@ func Setup(ctx context.Context, version string, log *slog.Logger) (*sdktrace.Tra
 		// OTEL_BSP_*.
 		exp, err := otlptracehttp.New(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("OTLP trace exporter (OTEL_EXPORTER_OTLP_*): %w", err)
+			return nil, fmt.Errorf("OTLP trace exporter (OTEL_EXPORTER_OTLP_*): %s", scrub(err))
 		}
 		opts = append(opts, sdktrace.WithBatcher(exp))
 	} else {
@@ -100,7 +105,45 @@ func (s valuelessSink) Info(_ int, msg string, _ ...any) {
 	s.log.Info(msg)
 }
 func (s valuelessSink) Error(err error, msg string, _ ...any) {
-	s.log.Warn(msg, "error", err)
+	s.log.Warn(msg, "error", scrub(err))
+}
+
+// scrub is err's text with the URLs it quotes (an OTLP endpoint that does
+// not parse is quoted whole, a password in it too) redacted, and the
+// OTLP headers' value, API keys, masked wherever it appears.
+func scrub(err error) string {
+	if err == nil {
+		return ""
+	}
+	msg := err.Error()
+	var urls []string
+	for _, v := range exporterVars {
+		urls = append(urls, os.Getenv(v))
+	}
+	for e := []error{err}; len(e) > 0; {
+		next := e[0]
+		e = e[1:]
+		if ue, ok := next.(*url.Error); ok {
+			urls = append(urls, ue.URL)
+		}
+		switch w := next.(type) {
+		case interface{ Unwrap() error }:
+			if u := w.Unwrap(); u != nil {
+				e = append(e, u)
+			}
+		case interface{ Unwrap() []error }:
+			e = append(e, w.Unwrap()...)
+		}
+	}
+	for _, u := range urls {
+		if u == "" {
+			continue
+		}
+		quoted := strconv.Quote(u)
+		msg = strings.ReplaceAll(msg, quoted[1:len(quoted)-1], redact.URL(u))
+		msg = strings.ReplaceAll(msg, u, redact.URL(u))
+	}
+	return redact.String(msg, os.Getenv("OTEL_EXPORTER_OTLP_HEADERS"), os.Getenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS"))
 }
 func (s valuelessSink) WithValues(...any) logr.LogSink { return s }
 func (s valuelessSink) WithName(string) logr.LogSink   { return s }

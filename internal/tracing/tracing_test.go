@@ -29,3 +29,21 @@ func TestAHeaderValueIsNeverLogged(t *testing.T) {
 	assert.Contains(t, out, "parse headers")
 	assert.NotContains(t, out, "SECRET")
 }
+
+// TestAnEndpointsPasswordIsNeverLogged: an OTLP endpoint that does not
+// parse was quoted whole in OpenTelemetry's message, its password too.
+func TestAnEndpointsPasswordIsNeverLogged(t *testing.T) {
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user:pwSECRET@127.0.0.1:1/%zz")
+	var logs syncbuf.Buffer
+	tp, err := Setup(context.Background(), "test", slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		assert.NotContains(t, err.Error(), "SECRET")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = tp.Shutdown(ctx)
+	out := logs.String()
+	assert.Contains(t, out, "127.0.0.1:1", "the endpoint is named")
+	assert.NotContains(t, out, "SECRET")
+}
