@@ -93,6 +93,9 @@ func controlDuration(name string, raw json.RawMessage) (time.Duration, error) {
 	case json.Unmarshal(raw, &s) == nil:
 		var err error
 		if d, err = time.ParseDuration(s); err != nil {
+			if len(s) > 64 {
+				s = strings.ToValidUTF8(s[:64], "") + "..."
+			}
 			return 0, fmt.Errorf("%w: %s: %q is not a duration like \"20s\"", ErrMalformed, name, s)
 		}
 	case json.Unmarshal(raw, &secs) == nil:
@@ -101,7 +104,11 @@ func controlDuration(name string, raw json.RawMessage) (time.Duration, error) {
 		}
 		d = time.Duration(secs * float64(time.Second))
 	default:
-		return 0, fmt.Errorf("%w: %s: %s is neither a duration string nor a number of seconds", ErrMalformed, name, raw)
+		shown := string(raw)
+		if len(shown) > 64 {
+			shown = strings.ToValidUTF8(shown[:64], "") + "..."
+		}
+		return 0, fmt.Errorf("%w: %s: %s is neither a duration string nor a number of seconds", ErrMalformed, name, shown)
 	}
 	if d <= 0 || d > MaxControlDuration {
 		return 0, fmt.Errorf("%w: %s: %s is not between 0 and %s", ErrMalformed, name, d, MaxControlDuration)

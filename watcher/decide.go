@@ -254,12 +254,17 @@ func sentUnder(st store.State, idem string) bool {
 	return err == nil && rec.Result == "sent" && rec.IdempotencyKey == idem
 }
 
+// maxDetail bounds the text of a dead letter's reason (its lastError, its
+// log line): a decode error names the fields of a document, which a
+// hostile one may make megabytes long.
+const maxDetail = 300
+
 // orderNotPaid is the plan for an order that is not paid: nothing, and a
 // warning when its payment state is none the service knows.
 func orderNotPaid(o order.Order) Plan {
 	p := ignore("not paid")
 	if o.UnknownPaymentState() {
-		p.Warn = fmt.Sprintf("unknown payment state %q: the order is not confirmed unless it is %q", o.PaymentStatus, order.StatusPaid)
+		p.Warn = fmt.Sprintf("unknown payment state %q: the order is not confirmed unless it is %q", truncate(o.PaymentStatus, 64), order.StatusPaid)
 	}
 	return p
 }
@@ -280,6 +285,7 @@ func deadLetterOrder(key string, st store.State, reason, detail string, decodeEr
 	if decodeErr != nil {
 		reason, detail = order.ReasonMalformedOrder, decodeErr.Error()
 	}
+	detail = truncate(detail, maxDetail)
 	if dl, ok := deadLetterOf(st); ok && dl.Reason == reason {
 		return ignore("dead-lettered already (" + reason + ")")
 	}
@@ -439,6 +445,7 @@ func ownKey(key, k string) bool {
 // document goes.
 func retryDeadLetter(key string, st store.State, r order.RetryDoc, reason, detail string, now time.Time) Plan {
 	r.DocID = key
+	detail = truncate(detail, maxDetail)
 	if r.IdempotencyKey == "" && st.Order.Found() {
 		// Unreadable, or the sample's: the order's key, so that the dead
 		// letter holds up this order and not one created anew.

@@ -471,3 +471,18 @@ func TestAClaimHoldsTheRetryForItsTTL(t *testing.T) {
 	assert.Equal(t, now.Add(limits.ClaimTTL).UnixMilli(), claimed.NextAttemptAt, "due again a claim's time from now")
 	assert.Equal(t, claimed, p.Retry, "sent as claimed")
 }
+
+// A hostile order's decode error (a field name of megabytes, twice) is cut
+// short in its dead letter and its log line.
+func TestAHostileOrdersDetailIsBounded(t *testing.T) {
+	long := strings.Repeat("f", 1<<20)
+	value := `{"email":"a@b.c","paymentStatus":"paid","` + long + `":1,"` + long + `":2}`
+	p := Decide(Change{Collection: order.Inbound, Key: "o"}, state(value, "", ""), now, limits)
+	require.Equal(t, Write, p.Action)
+	require.Equal(t, order.ReasonMalformedOrder, p.Reason)
+	assert.LessOrEqual(t, len(p.Detail), maxDetail+3)
+	d, err := order.DecodeDeadLetter(p.Writes[0].Value)
+	require.NoError(t, err)
+	assert.LessOrEqual(t, len(d.LastError), maxDetail+3)
+	assert.Contains(t, d.LastError, "fff", "still names what was wrong")
+}

@@ -677,7 +677,7 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 // keeps it, so that a redrive is answered as a replay (on Couchbase the
 // event's own key, of its CAS, may be another).
 func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, cause error, sentKey string) bool {
-	detail := truncate(cause.Error(), 300)
+	detail := truncate(cause.Error(), maxDetail)
 	conflicts := 0
 	// By the dead letter, and the retry when it can be read: the failure
 	// may be in reading the rest.
