@@ -55,15 +55,17 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d := loginData{page: c.pageFor(r, "Log in", ""), Back: localPath(r.PostForm.Get("back"))}
+	// The limit first: every refusal below is logged, and a client must
+	// not fill the log at its own pace.
+	if !c.loginLimit(r).Allow() {
+		d.Err = "Too many attempts: wait a few seconds and try again."
+		c.render(w, "login", http.StatusTooManyRequests, d)
+		return
+	}
 	if c.inTheClear(r) {
 		c.log.Warn("console login refused: it came over the network unencrypted; reach the console over HTTPS or on loopback", "remote", r.RemoteAddr)
 		d.Clear = inTheClearText
 		c.render(w, "login", http.StatusForbidden, d)
-		return
-	}
-	if !c.loginLimit(r).Allow() {
-		d.Err = "Too many attempts: wait a few seconds and try again."
-		c.render(w, "login", http.StatusTooManyRequests, d)
 		return
 	}
 	want := c.token()

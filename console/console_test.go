@@ -1277,6 +1277,31 @@ func TestNoLoginWhereTheTokenWouldCrossTheNetworkInTheClear(t *testing.T) {
 	}
 }
 
+// TestLoginsInTheClearAreLimitedToo: a client posting logins in the clear
+// is refused at the login limit's pace, each refusal logged: it must not
+// fill the log at its own.
+func TestLoginsInTheClearAreLimitedToo(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token, Listen: "0.0.0.0:9465"})
+	codes := map[int]int{}
+	start := time.Now()
+	for range 20 {
+		req, err := http.NewRequest(http.MethodPost, f.srv.URL+"/login", strings.NewReader("token=x"))
+		require.NoError(t, err)
+		req.Host = "ops.example.net:9465"
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		codes[resp.StatusCode]++
+	}
+	// Five at once, then one a second.
+	allowed := 5 + int(time.Since(start)/time.Second) + 1
+	assert.LessOrEqual(t, codes[http.StatusForbidden], allowed, "refused in the clear (and logged) at the limit's pace: %v", codes)
+	assert.Equal(t, 20, codes[http.StatusForbidden]+codes[http.StatusTooManyRequests], "%v", codes)
+}
+
 // TestARotatedTokenFileEndsTheOldTokensSessions: the operator who rewrites
 // --admin-token-file (the token leaked) needs no restart: within a second
 // or so the new token logs in, the old one does not, and every session
