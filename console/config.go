@@ -108,5 +108,20 @@ func checkToken(tok, from string) error {
 	if len(tok) < MinTokenLen {
 		return fmt.Errorf("%s: the admin token is shorter than %d characters; use a random one (openssl rand -hex 32)", from, MinTokenLen)
 	}
+	if distinct(tok) < minTokenDistinct {
+		return fmt.Errorf("%s: the admin token has fewer than %d different characters, which a guesser tries first; use a random one (openssl rand -hex 32)", from, minTokenDistinct)
+	}
 	return nil
+}
+
+// minTokenDistinct is the fewest different characters an admin token may
+// have: "aaaaaaaaaaaaaaaa" is long enough, and no secret.
+const minTokenDistinct = 8
+
+func distinct(s string) int {
+	seen := map[rune]bool{}
+	for _, r := range s {
+		seen[r] = true
+	}
+	return len(seen)
 }

@@ -107,7 +107,8 @@ const actionsEndWait = 5 * time.Second
 const loginAddresses = 4096
 
 // loginLimit is the login attempts of one address: five at once, then one
-// a second. A token of 16 characters or more is not guessed at that pace.
+// a second. A token of 16 characters or more, 8 of them different, is not
+// guessed at that pace if it is random (README says to make it so).
 // An IPv6 address counts by its /64, which one machine has whole.
 func (c *Console) loginLimit(r *http.Request) *rate.Limiter {
 	addr := r.RemoteAddr

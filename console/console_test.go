@@ -1029,6 +1029,7 @@ func TestTokenSettings(t *testing.T) {
 		{"environment", console.Config{Token: token}, "", false},
 		{"file", console.Config{TokenFile: write("tok", token+"\n")}, "", false},
 		{"short", console.Config{Token: "short"}, "ORDERMAIL_ADMIN_TOKEN: the admin token is shorter than 16 characters", false},
+		{"repetitive", console.Config{Token: "abababababababababab"}, "ORDERMAIL_ADMIN_TOKEN: the admin token has fewer than 8 different characters", false},
 		{"empty file", console.Config{TokenFile: write("empty", " \n")}, "the file is empty", false},
 		{"missing file", console.Config{TokenFile: filepath.Join(dir, "nope")}, "admin-token-file: open", false},
 	}
