@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -181,6 +182,18 @@ func TestCouchbaseScale(t *testing.T) {
 		assert.Equal(t, n+10, st.RetryDocs)
 		assert.Equal(t, n+10, st.DeadLetters)
 		assert.LessOrEqual(t, w.KV["get"], 5, "the control document, the sweep lease, the members: %v", w.KV)
+		// The reasons, only shown, do not wait for the indexer; the rest
+		// reads what was written before it.
+		reasons := 0
+		for text, c := range w.Consistency {
+			want := "request_plus"
+			if strings.HasSuffix(text, ") AS dead") { // the reasons
+				want = "not_bounded"
+				reasons++
+			}
+			assert.Equal(t, want, c, "%s", text)
+		}
+		assert.Equal(t, 1, reasons, "the status reads the reasons: %v", w.Statements)
 	})
 
 	t.Run("nothing due: the backlog and a sweep read no document", func(t *testing.T) {

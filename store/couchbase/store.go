@@ -885,8 +885,11 @@ func reasonsStatement(retry, deadletter string) string {
 // Reasons counts the retries and dead letters by reason on the indexes of
 // their reasons (ix_retry_why, ix_deadletter_why), whose every entry a
 // count reads: only the status and the console ask for them, and a reading
-// younger than CountsTTL answers again.
+// younger than CountsTTL answers again. They are read not_bounded: shown
+// only, they need not wait for the indexer to catch up (a slow one made
+// the console's overview an error).
 func (s *Store) Reasons(ctx context.Context) ([]store.Tally, error) {
+	ctx = withNotBounded(ctx)
 	return s.reasons.get(ctx, s.now, s.cfg.CountsTTL, "", func() ([]store.Tally, error) {
 		type reason struct {
 			Reason string
@@ -1261,6 +1264,16 @@ func withQueryTimeout(ctx context.Context, d time.Duration) context.Context {
 	return context.WithValue(ctx, queryTimeoutKey{}, d)
 }
 
+// notBoundedKey marks, in its context, a query that reads the indexes as
+// they are (not_bounded), without waiting for them to catch up with every
+// write before it: a count only shown, which a slow indexer must not turn
+// into an error.
+type notBoundedKey struct{}
+
+func withNotBounded(ctx context.Context) context.Context {
+	return context.WithValue(ctx, notBoundedKey{}, true)
+}
+
 // queryTimeoutOf is the query's own timeout; 0: --cb-timeout.
 func queryTimeoutOf(ctx context.Context) time.Duration {
 	d, _ := ctx.Value(queryTimeoutKey{}).(time.Duration)
@@ -1269,13 +1282,17 @@ func queryTimeoutOf(ctx context.Context) time.Duration {
 
 // queryRaw is query with gocb's errors as they are.
 func (s *Store) queryRaw(ctx context.Context, stmt string, params map[string]interface{}, fn func(json.RawMessage) error) error {
+	consistency := gocb.QueryScanConsistencyRequestPlus
+	if nb, _ := ctx.Value(notBoundedKey{}).(bool); nb {
+		consistency = gocb.QueryScanConsistencyNotBounded
+	}
 	res, err := s.cluster.Query(stmt, &gocb.QueryOptions{
 		// gocb prepares a statement unless told it is ad hoc, and the
 		// query service cannot prepare an EXPLAIN.
 		Adhoc:           strings.HasPrefix(stmt, "EXPLAIN "),
 		Context:         ctx,
 		NamedParameters: params,
-		ScanConsistency: gocb.QueryScanConsistencyRequestPlus,
+		ScanConsistency: consistency,
 		Timeout:         queryTimeoutOf(ctx),
 	})
 	if err != nil {

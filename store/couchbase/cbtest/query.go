@@ -1662,6 +1662,7 @@ type queryRequest struct {
 	autoExecute bool
 	qctx        string
 	clientCtxID string
+	consistency string // scan_consistency as sent; "" when not sent
 	params      map[string]any
 }
 
@@ -1694,7 +1695,7 @@ func parseQueryRequest(r *http.Request) (*queryRequest, error) {
 		return v
 	}
 	q.statement, q.prepared, q.encodedPlan = str("statement"), str("prepared"), str("encoded_plan")
-	q.qctx, q.clientCtxID = str("query_context"), str("client_context_id")
+	q.qctx, q.clientCtxID, q.consistency = str("query_context"), str("client_context_id"), str("scan_consistency")
 	_ = json.Unmarshal(raw["auto_execute"], &q.autoExecute)
 	for k, v := range raw {
 		if strings.HasPrefix(k, "$") && len(k) > 1 {
@@ -1941,7 +1942,7 @@ func (s *Server) runQuery(req *queryRequest) ([]any, string, int, []*queryError,
 		}
 		text, prepName = inner, name
 	}
-	s.work.statement(text)
+	s.work.statement(text, req.consistency)
 	qctx, err := parseQueryContext(qctxText)
 	if err != nil {
 		return nil, "", 0, nil, err

@@ -14,13 +14,17 @@ import (
 type Work struct {
 	KV         map[string]int
 	Statements map[string]int
+	// Consistency is the scan_consistency each statement's last run asked
+	// for ("" when it sent none: not_bounded), by its text.
+	Consistency map[string]string
 }
 
 // workCounts are the counters behind Work.
 type workCounts struct {
-	mu         sync.Mutex
-	kv         map[string]int
-	statements map[string]int
+	mu          sync.Mutex
+	kv          map[string]int
+	statements  map[string]int
+	consistency map[string]string
 }
 
 var kvOpNames = map[byte]string{opGet: "get", opSet: "set", opAdd: "add", opReplace: "replace",
@@ -35,27 +39,28 @@ func (w *workCounts) kvOp(opcode byte) {
 	w.kv[kvOpNames[opcode]]++
 }
 
-func (w *workCounts) statement(text string) {
+func (w *workCounts) statement(text, consistency string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.statements == nil {
-		w.statements = map[string]int{}
+		w.statements, w.consistency = map[string]int{}, map[string]string{}
 	}
 	w.statements[text]++
+	w.consistency[text] = consistency
 }
 
 // Work is a copy of the counts since the start or the last ResetWork.
 func (s *Server) Work() Work {
 	s.work.mu.Lock()
 	defer s.work.mu.Unlock()
-	return Work{KV: maps.Clone(s.work.kv), Statements: maps.Clone(s.work.statements)}
+	return Work{KV: maps.Clone(s.work.kv), Statements: maps.Clone(s.work.statements), Consistency: maps.Clone(s.work.consistency)}
 }
 
 // ResetWork starts the counts afresh.
 func (s *Server) ResetWork() {
 	s.work.mu.Lock()
 	defer s.work.mu.Unlock()
-	s.work.kv, s.work.statements = nil, nil
+	s.work.kv, s.work.statements, s.work.consistency = nil, nil, nil
 }
 
 // StatementsWith counts the statements run whose text contains part.
