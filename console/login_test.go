@@ -52,9 +52,7 @@ func TestALoginRacingARotationStartsNoSession(t *testing.T) {
 	want := c.token() // the login's compare, with the old token
 	require.NotNil(t, want)
 	require.NoError(t, os.WriteFile(path, []byte("the-new-token-after-a-leak\n"), 0o600))
-	now = now.Add(watchfile.ReloadEvery)
-	c.token() // the change seen at one look, taken at the next
-	now = now.Add(watchfile.ReloadEvery)
+	now = now.Add(2 * watchfile.ReloadEvery)
 	require.NotEqual(t, want, c.token(), "another request sees the new token, and ends every session")
 	_, ok := c.startSession(want)
 	assert.False(t, ok, "the login with the old token starts no session after that")

@@ -26,6 +26,7 @@ import (
 	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/internal/testpki"
 	"github.com/ordermail/ordermail/internal/tracing"
+	"github.com/ordermail/ordermail/internal/watchfile"
 	"github.com/ordermail/ordermail/internal/webhook"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/mailer/mockmail"
@@ -640,4 +641,34 @@ func TestARefusalThatCameAfterAnAcceptedSendStartedIsTheConfigurations(t *testin
 	se = sendErr(t, last)
 	assert.Equal(t, mailer.Configuration, se.Class, "nothing was accepted since K's refusal came: still the key")
 	assert.NotEmpty(t, c.Misconfigured(), "sends are held")
+}
+
+// TestAKeyRewrittenInPlaceWhileQuietIsUsedAtTheNextSend: a key file
+// rewritten in place (not renamed over) while no send goes out is read at
+// the next send, which carries the new key: not the old one, refused once
+// the provider revoked it, which would hold every send for a cooldown.
+func TestAKeyRewrittenInPlaceWhileQuietIsUsedAtTheNextSend(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	var seen []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Get("Authorization"))
+		mu.Unlock()
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(srv.Close)
+	keyFile := writeFile(t, "key", "Bearer old-4f1c2a9b\n")
+	c, err := mailer.New(mailer.Config{URL: srv.URL, AuthFile: keyFile}, quiet)
+	require.NoError(t, err)
+	require.NoError(t, c.Send(context.Background(), "k1", []byte(`{}`)))
+
+	require.NoError(t, os.WriteFile(keyFile, []byte("Bearer new-77d0e3c5\n"), 0o600)) // in place
+	long := time.Now().Add(-2 * watchfile.Settle)
+	require.NoError(t, os.Chtimes(keyFile, long, long)) // and left alone since
+	time.Sleep(watchfile.ReloadEvery)                   // past the file's next look
+	require.NoError(t, c.Send(context.Background(), "k2", []byte(`{}`)))
+	mu.Lock()
+	defer mu.Unlock()
+	assert.Equal(t, []string{"Bearer old-4f1c2a9b", "Bearer new-77d0e3c5"}, seen)
 }

@@ -386,6 +386,30 @@ func TestAnInstanceSteppedAsideBlamesNoOtherProcess(t *testing.T) {
 	assert.Empty(t, logs.Lines("sweeps work again"), "no sweep worked")
 }
 
+// TestAnInstanceWhoseSweepsFailSaysAnotherSweepsNow: one whose sweeps
+// fail steps aside and another instance takes the sweep over: it says so,
+// not that its sweeps work again.
+func TestAnInstanceWhoseSweepsFailSaysAnotherSweepsNow(t *testing.T) {
+	st := openStore(t)
+	_, err := st.Insert(context.Background(), order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	var logs syncbuf.Buffer
+	broken, err := timer.New(timer.Config{Interval: 50 * time.Millisecond, Owner: "broken"}, brokenSweep{st},
+		slog.New(slog.NewTextHandler(&logs, nil)), time.Now)
+	require.NoError(t, err)
+	broken.Start()
+	defer broken.Stop(context.Background())
+	require.Eventually(t, func() bool { return len(logs.Lines("the sweep lease is left to another instance")) > 0 }, time.Minute, 20*time.Millisecond,
+		"it stepped aside; logs:\n%v", later.Value(func() any { return logs.String() }))
+	working, err := timer.New(timer.Config{Interval: 50 * time.Millisecond, Owner: "working"}, st, quiet, time.Now)
+	require.NoError(t, err)
+	working.Start()
+	defer working.Stop(context.Background())
+	require.Eventually(t, func() bool { return len(logs.Lines("another instance sweeps now")) > 0 }, time.Minute, 20*time.Millisecond,
+		"the other took the sweep over; logs:\n%v", later.Value(func() any { return logs.String() }))
+	assert.Empty(t, logs.Lines("sweeps work again"), "its sweeps never worked")
+}
+
 // TestSweepWaitsWhileSendsAreHeldBack: while an instance's sends are all
 // held back (its breaker open) its sweep flags nothing, which would only
 // be held and written again, and it leaves the lease to an instance whose
