@@ -22,7 +22,16 @@ import (
 )
 
 func main() {
-	ctx, interrupted, stop := notifyStop(os.Stderr, sameSignalWithin)
+	within := sameSignalWithin
+	if v := os.Getenv("ORDERMAIL_SIGNAL_WINDOW"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			fmt.Fprintf(os.Stderr, "ordermail: ORDERMAIL_SIGNAL_WINDOW: %q is no duration like \"1s\"; %v is used\n", v, within)
+		} else {
+			within = d
+		}
+	}
+	ctx, interrupted, stop := notifyStop(os.Stderr, within)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	code := exitStatus(err, interrupted(), os.Stderr)
 	stop()
@@ -31,7 +40,7 @@ func main() {
 
 // sameSignalWithin: a signal this soon after the first is the same one
 // delivered twice (a wrapper passing on what its process group got too),
-// not a second asking to end at once.
+// not a second asking to end at once. ORDERMAIL_SIGNAL_WINDOW sets another.
 const sameSignalWithin = time.Second
 
 // notifyStop returns a context that SIGINT or SIGTERM ends, so that the
