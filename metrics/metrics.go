@@ -41,7 +41,9 @@ import (
 //	increase(ordermail_dead_lettered_total[15m]) > 0
 //	# The email service.
 //	# (a member standing aside is left out: the others send)
-//	max(ordermail_breaker_open unless on(instance) ordermail_feed_aside == 1) == 1   for: 5m
+//	# (nor retries paused with nothing sent for 10m: nothing probes it)
+//	max(ordermail_breaker_open unless on(instance) ordermail_feed_aside == 1) == 1
+//	  unless on() (max(ordermail_retries_paused) == 1 and sum(increase(ordermail_sends_total[10m])) == 0)   for: 5m
 //	max(ordermail_mail_misconfigured) == 1                            for: 1m
 //	sum(rate(ordermail_sends_total{status_class!="2xx"}[5m]))
 //	  / sum(rate(ordermail_sends_total[5m])) > 0.2                    for: 10m

@@ -83,6 +83,16 @@ ordermail_breaker_open{instance="a"} 0+0x40`, false},
 			"OrdermailBreakerOpen", `
 ordermail_breaker_open{instance="a"} 1+0x40
 ordermail_breaker_open{instance="standby"} 0+0x40`, true},
+		{"retries paused and nothing sent: no probe can tell whether the service is back",
+			"OrdermailBreakerOpen", `
+ordermail_breaker_open{instance="a"} 1+0x40
+ordermail_retries_paused{instance="a"} 1+0x40
+ordermail_sends_total{instance="a",status_class="5xx"} 40+0x40`, false},
+		{"retries paused, first sends still failing: the service is down",
+			"OrdermailBreakerOpen", `
+ordermail_breaker_open{instance="a"} 1+0x40
+ordermail_retries_paused{instance="a"} 1+0x40
+ordermail_sends_total{instance="a",status_class="5xx"} 0+1x40`, true},
 		{"only a member standing aside is held: the others send",
 			"OrdermailBreakerOpen", `
 ordermail_breaker_open{instance="a"} 1+0x40
