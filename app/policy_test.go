@@ -159,6 +159,7 @@ func redriveOneAndAll(t *testing.T, b backend) {
 		}
 		return mockmail.Reply{Status: http.StatusOK}
 	}})
+	r.cfg.Mail.BreakerCooldown = 200 * time.Millisecond // the probe once the service is fixed
 	a, st := r.start(t)
 	defer stop(t, a)
 	keys := make([]string, 40)
@@ -175,22 +176,34 @@ func redriveOneAndAll(t *testing.T, b backend) {
 		}
 		return n
 	}
-	require.Eventually(t, func() bool { return deadLetters() == len(keys) }, 30*time.Second, 10*time.Millisecond,
-		"dead letters: %v of %d", later.Value(func() any { return deadLetters() }), len(keys))
+	// Every order refused alike (422): the first nine are dead-lettered,
+	// each as its own; then the sends are held, as when the service
+	// refuses the configuration, and the rest wait as retries.
+	const dead = 9
+	retries := func() int { return counts(t, st).RetryDocs }
+	require.Eventually(t, func() bool { return deadLetters() == dead && retries() == len(keys)-dead }, 30*time.Second, 10*time.Millisecond,
+		"dead letters: %v, retries %v of %d", later.Value(func() any { return deadLetters() }), later.Value(func() any { return retries() }), len(keys))
+	dl := slices.DeleteFunc(slices.Clone(keys), func(k string) bool { _, ok := deadLetter(t, st, k); return !ok })
+	held := slices.DeleteFunc(slices.Clone(keys), func(k string) bool { return slices.Contains(dl, k) })
 
 	refusing.Store(false) // the email service was fixed
 	ctx := context.Background()
-	n, err := ops.Redrive(ctx, st, time.Now(), []string{keys[1]}, false)
+	_, err := st.Upsert(ctx, order.Retry, order.ControlKey, []byte(`{}`)) // the held ones go out as retries
+	require.NoError(t, err)
+	waitConfirmed(t, st, held)
+	require.NoError(t, st.Remove(ctx, order.Retry, order.ControlKey, 0)) // retries paused again
+
+	n, err := ops.Redrive(ctx, st, time.Now(), []string{dl[1]}, false)
 	require.NoError(t, err)
 	assert.Equal(t, 1, n)
-	require.Eventually(t, func() bool { return confirmed(t, st, keys[1]) }, 20*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return confirmed(t, st, dl[1]) }, 20*time.Second, 10*time.Millisecond,
 		"redriven without allow_retrys: tried promptly")
-	assert.Equal(t, len(keys)-1, deadLetters())
+	assert.Equal(t, dead-1, deadLetters())
 
 	n, err = ops.Redrive(ctx, st, time.Now(), nil, true)
 	require.NoError(t, err)
-	assert.Equal(t, len(keys)-1, n)
-	waitConfirmed(t, st, keys)
+	assert.Equal(t, dead-1, n)
+	waitConfirmed(t, st, dl)
 	assert.Zero(t, deadLetters())
 	assertDeliveredOnce(t, r.mock, keys)
 }

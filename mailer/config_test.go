@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -671,4 +672,48 @@ func TestAKeyRewrittenInPlaceWhileQuietIsUsedAtTheNextSend(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	assert.Equal(t, []string{"Bearer old-4f1c2a9b", "Bearer new-77d0e3c5"}, seen)
+}
+
+// TestEveryOrderRefusedAlikeHoldsTheSends: a service answering 400 to
+// every order (an API changed under the URL) dead-letters the first few,
+// each as its own, and then holds the sends as a configuration refused is,
+// not the whole backlog dead-lettered at full speed; a probe accepted
+// resumes them. Another status, or an order accepted, starts the count
+// again.
+func TestEveryOrderRefusedAlikeHoldsTheSends(t *testing.T) {
+	t.Parallel()
+	var status atomic.Int64
+	status.Store(http.StatusBadRequest)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(int(status.Load()))
+	}))
+	t.Cleanup(srv.Close)
+	c, err := mailer.New(mailer.Config{URL: srv.URL, BreakerCooldown: 50 * time.Millisecond}, quiet)
+	require.NoError(t, err)
+	classes := func(prefix string, n int) (out []mailer.Class) {
+		for i := range n {
+			se := sendErr(t, c.Send(context.Background(), fmt.Sprint(prefix, i), []byte(`{}`)))
+			out = append(out, se.Class)
+		}
+		return out
+	}
+
+	got := classes("a", 9)
+	assert.Equal(t, slices.Repeat([]mailer.Class{mailer.Permanent}, 9), got, "each its own, so far")
+	status.Store(http.StatusUnprocessableEntity)
+	got = classes("b", 9)
+	assert.Equal(t, slices.Repeat([]mailer.Class{mailer.Permanent}, 9), got, "another status: counted afresh")
+	se := sendErr(t, c.Send(context.Background(), "c-tenth", []byte(`{}`)))
+	assert.Equal(t, mailer.Configuration, se.Class, "the tenth order refused alike: the service's")
+	assert.Equal(t, http.StatusUnprocessableEntity, se.Status)
+	se = sendErr(t, c.Send(context.Background(), "d", []byte(`{}`)))
+	assert.True(t, se.NotAttempted, "held: %v", se)
+	assert.NotEmpty(t, c.Misconfigured())
+
+	status.Store(http.StatusOK)
+	sendsAgain(t, c, "e")
+	assert.Empty(t, c.Misconfigured())
+	status.Store(http.StatusBadRequest)
+	got = classes("f", 9)
+	assert.Equal(t, slices.Repeat([]mailer.Class{mailer.Permanent}, 9), got, "an order accepted: counted afresh")
 }

@@ -152,7 +152,9 @@ const (
 	// Configuration: the service refuses ordermail's configuration (401, 403, an
 	// untrusted certificate, a client certificate refused), the URL names no
 	// endpoint (endpointRefusals orders answered so in a row) or speaks no
-	// TLS, or a settings file cannot be read. It is nobody's order's fault: no attempt is
+	// TLS, the service refuses every order alike (permanentRefusals orders
+	// answered the same permanent status in a row), or a settings file
+	// cannot be read. It is nobody's order's fault: no attempt is
 	// counted, and sends are held until a probe succeeds.
 	Configuration
 )
@@ -386,8 +388,14 @@ type Client struct {
 	missing     atomic.Int64
 	missingMu   sync.Mutex
 	missingKeys map[string]struct{}
-	log         *slog.Logger
-	now         func() time.Time
+	// refusedAlike counts the orders answered one permanent status in a
+	// row (refusedAlikeStatus) with no send accepted between
+	// (permanentRefusals).
+	refusedAlike       atomic.Int64
+	refusedAlikeStatus int
+	refusedAlikeKeys   map[string]struct{}
+	log                *slog.Logger
+	now                func() time.Time
 
 	auth    *watchfile.File
 	tlsf    tlsFiles
@@ -911,6 +919,12 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 	case c.cfg.RetryAllFailures || c.retryable[resp.StatusCode]:
 		class = Transient
 	}
+	if class == Permanent && c.permanentFor(idempotencyKey, resp.StatusCode) >= permanentRefusals {
+		// Every order refused alike: an API changed under the URL, not
+		// each order wrong; dead-lettering them all would empty the
+		// backlog into the dead letters at full speed.
+		class = Configuration
+	}
 	se := &SendError{
 		Class:       class,
 		Status:      resp.StatusCode,
@@ -960,12 +974,37 @@ func (c *Client) endpointMissingFor(key string) int {
 	return len(c.missingKeys)
 }
 
+// permanentRefusals is how many orders answered the same permanent status
+// in a row, with no send accepted between, make it the service's refusal
+// of every request rather than each order's: the ones before are
+// dead-lettered as their own (a redrive by reason sends them again), the
+// ones after held as a configuration failure is, until a probe is
+// accepted.
+const permanentRefusals = 10
+
+// permanentFor notes that the send under key was answered the permanent
+// status, and returns how many orders were, in a row, with that status.
+func (c *Client) permanentFor(key string, status int) int {
+	c.missingMu.Lock()
+	defer c.missingMu.Unlock()
+	if c.refusedAlikeKeys == nil || c.refusedAlikeStatus != status {
+		c.refusedAlikeKeys, c.refusedAlikeStatus = make(map[string]struct{}, permanentRefusals), status
+	}
+	if len(c.refusedAlikeKeys) < permanentRefusals {
+		c.refusedAlikeKeys[key] = struct{}{}
+	}
+	c.refusedAlike.Store(int64(len(c.refusedAlikeKeys)))
+	return len(c.refusedAlikeKeys)
+}
+
 // accepted notes that a send started at now was accepted.
 func (c *Client) accepted(now time.Time) {
-	if c.missing.Load() != 0 { // read first: every send writing it would share its cache line
+	if c.missing.Load() != 0 || c.refusedAlike.Load() != 0 { // read first: every send writing them would share their cache line
 		c.missingMu.Lock()
 		clear(c.missingKeys)
 		c.missing.Store(0)
+		c.refusedAlikeKeys = nil
+		c.refusedAlike.Store(0)
 		c.missingMu.Unlock()
 	}
 	for {
