@@ -374,6 +374,13 @@ type Client struct {
 	// gate holds every send while the service refuses the configuration.
 	gate      *gobreaker.CircuitBreaker[struct{}]
 	misconfig atomic.Pointer[string] // the latest configuration failure's reason
+	// lastFailure is the reason of the latest send that failed for the
+	// service (the circuit breaker's), for its log lines; openedAt is
+	// when the breaker last opened, and probeLog paces the lines of the
+	// probes that fail while it stays open.
+	lastFailure atomic.Pointer[string]
+	openedAt    atomic.Int64 // unix nanoseconds
+	probeLog    rate.Sometimes
 	// refused is when sends were last refused as a configuration is, by key, and
 	// lastAccepted when the latest accepted send started: see
 	// refusedAgain. Both on the monotonic clock, as nanoseconds since
@@ -504,12 +511,25 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 			// One line when the service is given up on and one when it is
 			// back; the probes between are the breaker's own business.
 			OnStateChange: func(_ string, from, to gobreaker.State) {
+				last := ""
+				if r := c.lastFailure.Load(); r != nil {
+					last = *r
+				}
 				switch {
 				case from == gobreaker.StateClosed:
+					c.openedAt.Store(c.now().UnixNano())
+					c.probeLog = rate.Sometimes{Interval: 5 * time.Minute}
+					c.probeLog.Do(func() {}) // the line below is the first
 					c.log.Warn("circuit breaker open: sends held back, one probe per cooldown",
-						"consecutive_failures", cfg.BreakerFailures, "cooldown", cfg.BreakerCooldown.String())
+						"consecutive_failures", cfg.BreakerFailures, "last_failure", last, "cooldown", cfg.BreakerCooldown.String())
 				case to == gobreaker.StateClosed:
-					c.log.Info("circuit breaker closed: sending resumed")
+					c.log.Info("circuit breaker closed: sending resumed",
+						"held_for", c.now().Sub(time.Unix(0, c.openedAt.Load())).Round(time.Second).String())
+				case to == gobreaker.StateOpen: // a probe failed
+					c.probeLog.Do(func() {
+						c.log.Warn("circuit breaker still open: the probes fail (said at most every 5 minutes)", "last_failure", last,
+							"open_for", c.now().Sub(time.Unix(0, c.openedAt.Load())).Round(time.Second).String())
+					})
 				default:
 					c.log.Debug("circuit breaker "+to.String(), "from", from.String(), "cooldown", cfg.BreakerCooldown.String())
 				}
@@ -805,7 +825,12 @@ func (c *Client) breakerSend(ctx context.Context, idempotencyKey string, order [
 		return c.limitedPost(ctx, idempotencyKey, order)
 	}
 	_, err := c.breaker.Execute(func() (struct{}, error) {
-		return struct{}{}, c.limitedPost(ctx, idempotencyKey, order)
+		err := c.limitedPost(ctx, idempotencyKey, order)
+		if se, ok := errors.AsType[*SendError](err); ok && (se.Class == Transient || se.Status == 0) && !se.NotAttempted {
+			reason := se.Reason() // before the breaker's state changes and logs it
+			c.lastFailure.Store(&reason)
+		}
+		return struct{}{}, err
 	})
 	return c.held(err, Transient, ErrCircuitOpen)
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/ordermail/ordermail/internal/syncbuf"
 	"io"
 	"log"
 	"log/slog"
@@ -626,4 +627,42 @@ func TestModuleStartsAndStops(t *testing.T) {
 	)
 	app.RequireStart().RequireStop()
 	assert.NotNil(t, c)
+}
+
+// TestTheBreakersLinesSayWhatFailed: the line of a breaker that opens says
+// what the last send got (503 and a refused connection look alike
+// otherwise), a probe that fails says so at most every 5 minutes, and the
+// line of one that closes says how long sends were held.
+func TestTheBreakersLinesSayWhatFailed(t *testing.T) {
+	t.Parallel()
+	var down atomic.Bool
+	down.Store(true)
+	m, err := mockmail.New(mockmail.Config{Script: func(string, int) mockmail.Reply {
+		if down.Load() {
+			return mockmail.Reply{Status: http.StatusServiceUnavailable}
+		}
+		return mockmail.Reply{Status: http.StatusOK}
+	}})
+	require.NoError(t, err)
+	srv := httptest.NewServer(m)
+	t.Cleanup(srv.Close)
+	var logs syncbuf.Buffer
+	c, err := mailer.New(mailer.Config{URL: srv.URL, BreakerFailures: 2, BreakerCooldown: 20 * time.Millisecond},
+		slog.New(slog.NewTextHandler(&logs, nil)))
+	require.NoError(t, err)
+	sent := 0
+	send := func() error { sent++; return c.Send(context.Background(), fmt.Sprint("k", sent), []byte(`{}`)) }
+	send()
+	send()
+	require.Len(t, logs.Lines("circuit breaker open"), 1, logs.String())
+	assert.Contains(t, logs.Lines("circuit breaker open")[0], `last_failure="answered 503 Service Unavailable`)
+	// Probes, each failing, for a while: said once, not each time.
+	for range 5 {
+		require.Eventually(t, func() bool { _, probing := c.HeldBack(); return probing }, 10*time.Second, 5*time.Millisecond)
+		send()
+	}
+	assert.Len(t, logs.Lines("circuit breaker still open"), 0, "within 5 minutes of the opening line: %s", logs.String())
+	down.Store(false)
+	require.Eventually(t, func() bool { return send() == nil }, 10*time.Second, 5*time.Millisecond)
+	assert.Len(t, logs.Lines("circuit breaker closed", "held_for="), 1, logs.String())
 }
