@@ -709,6 +709,17 @@ func TestEveryOrderRefusedAlikeHoldsTheSends(t *testing.T) {
 	se = sendErr(t, c.Send(context.Background(), "d", []byte(`{}`)))
 	assert.True(t, se.NotAttempted, "held: %v", se)
 	assert.NotEmpty(t, c.Misconfigured())
+	// The held order, probed, refused again: its own, dead-lettered as a
+	// redriven order still wrong is; another order refused alike is held.
+	require.Eventually(t, func() bool {
+		err := c.Send(context.Background(), "c-tenth", []byte(`{}`))
+		se, ok := errors.AsType[*mailer.SendError](err)
+		return ok && !se.NotAttempted
+	}, 10*time.Second, 10*time.Millisecond, "the held order was never probed")
+	se = sendErr(t, c.Send(context.Background(), "c-tenth", []byte(`{}`)))
+	assert.Equal(t, mailer.Permanent, se.Class, "refused again: its own")
+	se = sendErr(t, c.Send(context.Background(), "g", []byte(`{}`)))
+	assert.Equal(t, mailer.Configuration, se.Class, "a new order refused alike, none accepted since: held")
 
 	status.Store(http.StatusOK)
 	sendsAgain(t, c, "e")

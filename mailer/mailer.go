@@ -386,7 +386,12 @@ type Client struct {
 	// refusedAgain. Both on the monotonic clock, as nanoseconds since
 	// epoch (mono), so that a wall clock stepped forward and back does not
 	// leave lastAccepted ahead of every refusal to come.
-	refused      *lru.Cache[string, refusal]
+	refused *lru.Cache[string, refusal]
+	// refusedOnce holds the orders answered a permanent status before:
+	// answered so again (a redrive of an order still wrong, a held one
+	// probed), an order is refused for itself, and does not count towards
+	// permanentRefusals.
+	refusedOnce  *lru.Cache[string, struct{}]
 	lastAccepted atomic.Int64
 	epoch        time.Time
 	// missing counts the orders answered in a row that the URL names no
@@ -457,6 +462,7 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 		signing: watchfile.New("mail-signing-secret-file", cfg.SigningSecretFile),
 	}
 	c.refused, _ = lru.New[string, refusal](refusedKeys) // errs only for a size <= 0
+	c.refusedOnce, _ = lru.New[string, struct{}](refusedKeys)
 	// Every file must be right at the start: a typo is the operator's to
 	// fix now. Later, a file gone bad holds the sends (see gate).
 	now := c.now()
@@ -944,11 +950,17 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 	case c.cfg.RetryAllFailures || c.retryable[resp.StatusCode]:
 		class = Transient
 	}
-	if class == Permanent && c.permanentFor(idempotencyKey, resp.StatusCode) >= permanentRefusals {
-		// Every order refused alike: an API changed under the URL, not
-		// each order wrong; dead-lettering them all would empty the
-		// backlog into the dead letters at full speed.
-		class = Configuration
+	if class == Permanent {
+		if again, _ := c.refusedOnce.ContainsOrAdd(idempotencyKey, struct{}{}); !again &&
+			c.permanentFor(idempotencyKey, resp.StatusCode) >= permanentRefusals {
+			// Every order refused alike: an API changed under the URL,
+			// not each order wrong; dead-lettering them all would empty
+			// the backlog into the dead letters at full speed. The order
+			// held is its own once refused again (its probe, say), as a
+			// redriven order still wrong is: bad orders in a row hold the
+			// sends for a cooldown at most.
+			class = Configuration
+		}
 	}
 	se := &SendError{
 		Class:       class,

@@ -636,12 +636,13 @@ func (t *Timer) tick() {
 		t.failing++
 		return
 	}
-	if t.failing > 0 {
-		if res.Standby { // it stood aside, and another instance took the lease
-			t.log.Info("this instance's sweeps failed; another instance sweeps now", "failed_ticks", t.failing)
-		} else {
-			t.log.Info("sweeps work again", "failed_ticks", t.failing)
-		}
+	switch {
+	case t.failing == 0:
+	case res.Swept:
+		t.log.Info("sweeps work again", "failed_ticks", t.failing)
+		t.failing = 0
+	case res.Standby: // it stood aside, and another instance took the lease
+		t.log.Info("this instance's sweeps failed; another instance sweeps now", "failed_ticks", t.failing)
 		t.failing = 0
 	}
 	t.logChanges(res) // before the tick counts: whoever sees it can read the lines

@@ -16,7 +16,8 @@ import (
 )
 
 // benchCommand measures the real service. Unlike the other commands it
-// reads no ORDERMAIL_ variables, and hands none to the processes it starts:
+// reads no ORDERMAIL_ settings (ORDERMAIL_SIGNAL_WINDOW aside, which every
+// command reads), and hands none to the processes it starts:
 // a deployment's settings in the environment (its store above all) must not
 // leak into a benchmark.
 func benchCommand(stdout, stderr io.Writer) *ffcli.Command {

@@ -16,27 +16,28 @@ import (
 // takes effect within it.
 const ReloadEvery = time.Second
 
-// Settle is how long a file rewritten in place must have been left alone
-// before its content is taken: one written in more than one write is not
-// taken half-written (a key cut short would be refused, and hold every
-// send back).
+// Settle is how long a changed file must have been left alone before its
+// content is taken: one written in more than one write is not taken
+// half-written (a key cut short would be refused, and hold every send
+// back).
 const Settle = 500 * time.Millisecond
 
 // File is a file whose content is read again when it changes (its size,
 // modification time or inode: a Kubernetes secret is swapped by a
 // symlink). It is looked at no more than once per ReloadEvery. A change
-// is taken at the look that sees it, unless the file was rewritten in
-// place (its inode the same) less than Settle before: then the content as
-// it was is kept until a look finds the file left alone (Settle old, or
-// unchanged since the look before). A file renamed over it (written
-// whole), or gone, is taken at once.
+// is taken at the look that sees it, unless the file was modified less
+// than Settle before: then the content as it was is kept until a look
+// finds the file left alone (Settle old, or unchanged since the look
+// before), whether it was rewritten in place or replaced (a new file
+// written in several writes is no more whole). A file gone is taken at
+// once.
 type File struct {
 	flag, path string
 
 	mu        sync.Mutex
 	checked   time.Time
 	stamp     stamp
-	pending   stamp // a change in place seen at the last look, taken if the next sees it still
+	pending   stamp // a change seen just made at the last look, taken if the next sees it still
 	content   []byte
 	err       error
 	changedAt time.Time // when the content last changed, for the caller's caches
@@ -82,8 +83,7 @@ func (f *File) Read(now time.Time) ([]byte, time.Time, error) {
 		if st == f.stamp {
 			return f.content, f.changedAt, nil
 		}
-		inPlace := statErr == nil && st.ino == f.stamp.ino
-		if inPlace && now.Sub(time.Unix(0, st.mtime)) < Settle && st != f.pending {
+		if statErr == nil && now.Sub(time.Unix(0, st.mtime)) < Settle && st != f.pending {
 			f.pending = st // being written, maybe: the content as it was meanwhile
 			return f.content, f.changedAt, nil
 		}
