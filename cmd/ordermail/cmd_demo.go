@@ -108,15 +108,11 @@ func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			// As run's: every request carries a traceparent, and spans are
 			// exported when the OTEL_* environment asks.
-			tp, err := tracing.Setup(ctx, version(), log)
+			flush, err := tracing.Start(ctx, version(), log)
 			if err != nil {
 				return err
 			}
-			defer func() {
-				flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				tp.Shutdown(flush) // exports the spans still buffered
-			}()
+			defer flush() // exports the spans still buffered
 			return demo(ctx, d, cfg, log, stdout, prog)
 		},
 	}

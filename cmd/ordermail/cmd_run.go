@@ -78,15 +78,11 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 				log.Warn("admin-token-file is set, but admin-listen is not: the console is off, and the token unused")
 			}
 			setServiceGC()
-			tp, err := tracing.Setup(ctx, version(), log)
+			flush, err := tracing.Start(ctx, version(), log)
 			if err != nil {
 				return err
 			}
-			defer func() {
-				flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				tp.Shutdown(flush) // exports the spans still buffered
-			}()
+			defer flush() // exports the spans still buffered
 			var watch *app.StopWatch
 			a := app.New(ctx, cfg, log, fx.Populate(&watch))
 			if err := a.Err(); err != nil {

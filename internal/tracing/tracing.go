@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/ordermail/ordermail/internal/redact"
 
@@ -75,6 +76,23 @@ func Setup(ctx context.Context, version string, log *slog.Logger) (*sdktrace.Tra
 	tp := sdktrace.NewTracerProvider(opts...)
 	Install(tp)
 	return tp, nil
+}
+
+// FlushTimeout bounds the export of the spans still buffered at exit.
+const FlushTimeout = 5 * time.Second
+
+// Start is Setup for a command: it returns the function to call at exit,
+// which exports the spans still buffered, for at most FlushTimeout.
+func Start(ctx context.Context, version string, log *slog.Logger) (flush func(), err error) {
+	tp, err := Setup(ctx, version, log)
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), FlushTimeout)
+		defer cancel()
+		_ = tp.Shutdown(ctx)
+	}, nil
 }
 
 // Install makes tp the global provider, with the W3C propagators; tests
