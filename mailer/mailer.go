@@ -394,20 +394,12 @@ type Client struct {
 	refusedOnce  *lru.Cache[string, struct{}]
 	lastAccepted atomic.Int64
 	epoch        time.Time
-	// missing counts the orders answered in a row that the URL names no
-	// endpoint (endpointMissing) with no send accepted between; missingKeys
-	// are they (endpointRefusals at most).
-	missing     atomic.Int64
-	missingMu   sync.Mutex
-	missingKeys map[string]struct{}
-	// refusedAlike counts the orders answered one permanent status in a
-	// row (refusedAlikeStatus) with no send accepted between
-	// (permanentRefusals).
-	refusedAlike       atomic.Int64
-	refusedAlikeStatus int
-	refusedAlikeKeys   map[string]struct{}
-	log                *slog.Logger
-	now                func() time.Time
+	// missing and refusedAlike are the runs of orders refused alike, with
+	// no send accepted between, that make a refusal the service's rather
+	// than each order's (endpointRefusals, permanentRefusals).
+	missing, refusedAlike refusalRun
+	log                   *slog.Logger
+	now                   func() time.Time
 
 	auth    *watchfile.File
 	tlsf    tlsFiles
@@ -944,7 +936,7 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		class = Transient
 		// Answered so before, and another accepted since: the order's own,
 		// which says nothing of the URL and does not count.
-		if own := c.refusedAgain(idempotencyKey, answered); !own && c.endpointMissingFor(idempotencyKey) >= endpointRefusals {
+		if own := c.refusedAgain(idempotencyKey, answered); !own && c.missing.note(idempotencyKey, 0, endpointRefusals) >= endpointRefusals {
 			class = Configuration // --mail-url names no endpoint: nobody's order's fault
 		}
 	case c.cfg.RetryAllFailures || c.retryable[resp.StatusCode]:
@@ -952,7 +944,7 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 	}
 	if class == Permanent {
 		if again, _ := c.refusedOnce.ContainsOrAdd(idempotencyKey, struct{}{}); !again &&
-			c.permanentFor(idempotencyKey, resp.StatusCode) >= permanentRefusals {
+			c.refusedAlike.note(idempotencyKey, resp.StatusCode, permanentRefusals) >= permanentRefusals {
 			// Every order refused alike: an API changed under the URL,
 			// not each order wrong; dead-lettering them all would empty
 			// the backlog into the dead letters at full speed. The order
@@ -995,22 +987,6 @@ func endpointMissing(status int) bool {
 // leave the service "ready" while it confirms nothing.
 const endpointRefusals = 3
 
-// endpointMissingFor notes that the send under key was answered
-// endpointMissing (or a redirect), and returns how many orders were, in a
-// row.
-func (c *Client) endpointMissingFor(key string) int {
-	c.missingMu.Lock()
-	defer c.missingMu.Unlock()
-	if c.missingKeys == nil {
-		c.missingKeys = make(map[string]struct{}, endpointRefusals)
-	}
-	if len(c.missingKeys) < endpointRefusals {
-		c.missingKeys[key] = struct{}{}
-	}
-	c.missing.Store(int64(len(c.missingKeys)))
-	return len(c.missingKeys)
-}
-
 // permanentRefusals is how many orders answered the same permanent status
 // in a row, with no send accepted between, make it the service's refusal
 // of every request rather than each order's: the ones before are
@@ -1019,31 +995,46 @@ func (c *Client) endpointMissingFor(key string) int {
 // accepted.
 const permanentRefusals = 10
 
-// permanentFor notes that the send under key was answered the permanent
-// status, and returns how many orders were, in a row, with that status.
-func (c *Client) permanentFor(key string, status int) int {
-	c.missingMu.Lock()
-	defer c.missingMu.Unlock()
-	if c.refusedAlikeKeys == nil || c.refusedAlikeStatus != status {
-		c.refusedAlikeKeys, c.refusedAlikeStatus = make(map[string]struct{}, permanentRefusals), status
+// refusalRun is the distinct orders answered one status (or one kind of
+// answer: status 0) in a row, with no send accepted between, counted up to
+// a bound.
+type refusalRun struct {
+	n      atomic.Int64 // len(keys), read without mu by every accepted send
+	mu     sync.Mutex
+	status int
+	keys   map[string]struct{}
+}
+
+// note counts the order key answered status, a run of another status
+// starting afresh, and returns the run's length, at most bound.
+func (r *refusalRun) note(key string, status, bound int) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.keys == nil || r.status != status {
+		r.keys, r.status = make(map[string]struct{}, bound), status
 	}
-	if len(c.refusedAlikeKeys) < permanentRefusals {
-		c.refusedAlikeKeys[key] = struct{}{}
+	if len(r.keys) < bound {
+		r.keys[key] = struct{}{}
 	}
-	c.refusedAlike.Store(int64(len(c.refusedAlikeKeys)))
-	return len(c.refusedAlikeKeys)
+	r.n.Store(int64(len(r.keys)))
+	return len(r.keys)
+}
+
+// clear ends the run: a send was accepted.
+func (r *refusalRun) clear() {
+	if r.n.Load() == 0 { // read first: every send writing it would share its cache line
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.keys = nil
+	r.n.Store(0)
 }
 
 // accepted notes that a send started at now was accepted.
 func (c *Client) accepted(now time.Time) {
-	if c.missing.Load() != 0 || c.refusedAlike.Load() != 0 { // read first: every send writing them would share their cache line
-		c.missingMu.Lock()
-		clear(c.missingKeys)
-		c.missing.Store(0)
-		c.refusedAlikeKeys = nil
-		c.refusedAlike.Store(0)
-		c.missingMu.Unlock()
-	}
+	c.missing.clear()
+	c.refusedAlike.clear()
 	for {
 		last, at := c.lastAccepted.Load(), c.mono(now)
 		if at <= last || c.lastAccepted.CompareAndSwap(last, at) {
