@@ -93,10 +93,7 @@ func controlDuration(name string, raw json.RawMessage) (time.Duration, error) {
 	case json.Unmarshal(raw, &s) == nil:
 		var err error
 		if d, err = time.ParseDuration(s); err != nil {
-			if len(s) > 64 {
-				s = strings.ToValidUTF8(s[:64], "") + "..."
-			}
-			return 0, fmt.Errorf("%w: %s: %q is not a duration like \"20s\"", ErrMalformed, name, s)
+			return 0, fmt.Errorf("%w: %s: %q is not a duration like \"20s\"", ErrMalformed, name, Shorten(s, 64))
 		}
 	case json.Unmarshal(raw, &secs) == nil:
 		if secs > MaxControlDuration.Seconds() {
@@ -104,11 +101,7 @@ func controlDuration(name string, raw json.RawMessage) (time.Duration, error) {
 		}
 		d = time.Duration(secs * float64(time.Second))
 	default:
-		shown := string(raw)
-		if len(shown) > 64 {
-			shown = strings.ToValidUTF8(shown[:64], "") + "..."
-		}
-		return 0, fmt.Errorf("%w: %s: %s is neither a duration string nor a number of seconds", ErrMalformed, name, shown)
+		return 0, fmt.Errorf("%w: %s: %s is neither a duration string nor a number of seconds", ErrMalformed, name, Shorten(string(raw), 64))
 	}
 	if d <= 0 || d > MaxControlDuration {
 		return 0, fmt.Errorf("%w: %s: %s is not between 0 and %s", ErrMalformed, name, d, MaxControlDuration)

@@ -264,7 +264,7 @@ const maxDetail = 300
 func orderNotPaid(o order.Order) Plan {
 	p := ignore("not paid")
 	if o.UnknownPaymentState() {
-		p.Warn = fmt.Sprintf("unknown payment state %q: the order is not confirmed unless it is %q", truncate(o.PaymentStatus, 64), order.StatusPaid)
+		p.Warn = fmt.Sprintf("unknown payment state %q: the order is not confirmed unless it is %q", order.Shorten(o.PaymentStatus, 64), order.StatusPaid)
 	}
 	return p
 }
@@ -285,7 +285,7 @@ func deadLetterOrder(key string, st store.State, reason, detail string, decodeEr
 	if decodeErr != nil {
 		reason, detail = order.ReasonMalformedOrder, decodeErr.Error()
 	}
-	detail = truncate(detail, maxDetail)
+	detail = order.Shorten(detail, maxDetail)
 	if dl, ok := deadLetterOf(st); ok && dl.Reason == reason {
 		return ignore("dead-lettered already (" + reason + ")")
 	}
@@ -445,7 +445,7 @@ func ownKey(key, k string) bool {
 // document goes.
 func retryDeadLetter(key string, st store.State, r order.RetryDoc, reason, detail string, now time.Time) Plan {
 	r.DocID = key
-	detail = truncate(detail, maxDetail)
+	detail = order.Shorten(detail, maxDetail)
 	if r.IdempotencyKey == "" && st.Order.Found() {
 		// Unreadable, or the sample's: the order's key, so that the dead
 		// letter holds up this order and not one created anew.

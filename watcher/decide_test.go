@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unicode/utf8"
 
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/order"
@@ -351,16 +350,6 @@ func TestSettleHeldBack(t *testing.T) {
 			assert.Equal(t, tt.wantWhy, r.Why())
 		})
 	}
-}
-
-// TestTruncateKeepsWholeCharacters: an error text cut to its length in a
-// document is cut between characters, never inside one.
-func TestTruncateKeepsWholeCharacters(t *testing.T) {
-	assert.Equal(t, "short", truncate("short", 10))
-	assert.Equal(t, "ab...", truncate("abcdef", 2))
-	got := truncate("aé", 2) // é is two bytes: cut before it, not in it
-	assert.Equal(t, "a...", got)
-	assert.True(t, utf8.ValidString(got))
 }
 
 // On Couchbase, where the order's CAS stands for its incarnation, an order

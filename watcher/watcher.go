@@ -11,7 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -677,7 +676,7 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 // keeps it, so that a redrive is answered as a replay (on Couchbase the
 // event's own key, of its CAS, may be another).
 func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, cause error, sentKey string) bool {
-	detail := truncate(cause.Error(), maxDetail)
+	detail := order.Shorten(cause.Error(), maxDetail)
 	conflicts := 0
 	// By the dead letter, and the retry when it can be read: the failure
 	// may be in reading the rest.
@@ -1162,16 +1161,6 @@ func (w *Watcher) send(ctx context.Context, p Plan) error {
 		w.sendFailures.Add(1)
 	}
 	return err
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n-- // never half a character
-	}
-	return s[:n] + "..."
 }
 
 // retryStore runs op until it succeeds, fails for good, or ctx ends. An

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
@@ -174,14 +176,14 @@ func checkReason(cmd, reason string) error {
 	return nil
 }
 
+// truncate is s shortened to n bytes (order.Shorten), as a terminal may
+// print it (shown).
 func truncate(s string, n int) string {
-	if len(s) <= n {
+	short := order.Shorten(s, n)
+	if short == s {
 		return shown(s)
 	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n-- // never half a character
-	}
-	return shown(s[:n]) + "..."
+	return shown(strings.TrimSuffix(short, "...")) + "..." // the mark of the cut, not quoted
 }
 
 // shown is text from a document or a remote service (a key, a reason, an
