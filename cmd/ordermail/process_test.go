@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
+	"github.com/ordermail/ordermail/store/storetest"
 	"io"
 	"net"
 	"net/http"
@@ -169,7 +169,7 @@ func TestRunStopsWhileTheStoreOpens(t *testing.T) {
 func TestRunWaitsForAStoreBusyWithAnotherWrite(t *testing.T) {
 	t.Parallel()
 	path := sampleStore(t, false)
-	conn := holdWriteLock(t, path)
+	conn := storetest.HoldWriteLock(t, path)
 
 	args := []string{"run", "--store", "file:" + path, "--mail-url", startMock(t), "--metrics-listen", "127.0.0.1:0"}
 	p := startProc(t, args...)
@@ -225,7 +225,7 @@ func TestAStopThatRunsOutOfTimeSaysWhatWasStopping(t *testing.T) {
 	p := startProc(t, "run", "--store", "file:"+path, "--mail-url", mail, "--mail-timeout", "5s", "--breaker-failures", "0")
 	waitFor(t, p, arrived, "no send came")
 
-	conn := holdWriteLock(t, path) // no outcome can be written
+	conn := storetest.HoldWriteLock(t, path) // no outcome can be written
 	err, _ := p.stop(t, syscall.SIGTERM)
 	_, _ = conn.ExecContext(context.Background(), "ROLLBACK")
 	require.Error(t, err, "the stop ran out of time; logs:\n%s", p.logs.String())
@@ -310,20 +310,6 @@ func sampleStore(t *testing.T, pay bool) string {
 	return path
 }
 
-// holdWriteLock takes the write lock of the store at path, as another
-// process's transaction would, until ROLLBACK on the connection returned.
-func holdWriteLock(t *testing.T, path string) *sql.Conn {
-	t.Helper()
-	db, err := sql.Open("sqlite", "file:"+path)
-	require.NoError(t, err)
-	t.Cleanup(func() { db.Close() })
-	conn, err := db.Conn(context.Background())
-	require.NoError(t, err)
-	_, err = conn.ExecContext(context.Background(), "BEGIN IMMEDIATE")
-	require.NoError(t, err)
-	return conn
-}
-
 // TestAStartCutShortAfterASignalSaysSo: SIGTERM while a start hook waits
 // on something that does not come (the store's write lock, held) gives
 // the start a stop's time more, then gives up: fx then runs no stop hook,
@@ -336,7 +322,7 @@ func TestAStartCutShortAfterASignalSaysSo(t *testing.T) {
 
 	p := startProc(t, "run", "--store", "file:"+path, "--mail-url", startMock(t), "--mail-timeout", "1s", "--log-level", "debug")
 	p.waitLog(t, "OnStart hook executing", "runner).start")
-	holdWriteLock(t, path) // and SQLite's: the feed's start waits on both
+	storetest.HoldWriteLock(t, path) // and SQLite's: the feed's start waits on both
 	err, _ := p.stop(t, syscall.SIGTERM)
 	require.Error(t, err, "logs:\n%s", p.logs.String())
 	assert.Contains(t, p.logs.String(), "had not started a stop's time (6.25s) later: stopped without stopping the parts started", p.logs.String())

@@ -2,8 +2,8 @@ package embedded
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
+	"github.com/ordermail/ordermail/store/storetest"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -93,7 +93,7 @@ func TestAFullQueueLetsTheStoresLockBeTaken(t *testing.T) {
 	s, err := Open(ctx, Config{Path: path, BusyTimeout: time.Minute})
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
-	conn := holdWriteLock(t, path)
+	conn := storetest.HoldWriteLock(t, path)
 
 	n := cap(s.jobs) + 200 // the queue full, and more waiting to be queued
 	var done atomic.Int64
@@ -130,23 +130,9 @@ func TestAnOpenBehindAnotherWriteIsBusy(t *testing.T) {
 	s, err := Open(ctx, Config{Path: path})
 	require.NoError(t, err)
 	require.NoError(t, s.Close())
-	holdWriteLock(t, path)
+	storetest.HoldWriteLock(t, path)
 
 	_, err = Open(ctx, Config{Path: path, BusyTimeout: 50 * time.Millisecond})
 	require.ErrorIs(t, err, ErrBusy)
 	require.ErrorIs(t, err, store.ErrUnavailable)
-}
-
-// holdWriteLock takes the write lock of the store at path, as another
-// process's transaction would, until ROLLBACK on the connection returned.
-func holdWriteLock(t *testing.T, path string) *sql.Conn {
-	t.Helper()
-	other, err := sql.Open("sqlite", "file:"+path)
-	require.NoError(t, err)
-	t.Cleanup(func() { other.Close() })
-	conn, err := other.Conn(context.Background())
-	require.NoError(t, err)
-	_, err = conn.ExecContext(context.Background(), `BEGIN IMMEDIATE`)
-	require.NoError(t, err)
-	return conn
 }
