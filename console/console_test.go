@@ -140,8 +140,18 @@ func (f *fixture) get(t *testing.T, path string) (int, string) {
 // post posts a form as the console's own pages do (Origin: the console).
 func (f *fixture) post(t *testing.T, path string, form url.Values, header ...string) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, f.srv.URL+path, strings.NewReader(form.Encode()))
+	resp, body, err := f.tryPost(path, form, header...)
 	require.NoError(t, err)
+	return resp, body
+}
+
+// tryPost is post, its failure returned: for a condition that is waited
+// for, which must not stop the test.
+func (f *fixture) tryPost(path string, form url.Values, header ...string) (*http.Response, string, error) {
+	req, err := http.NewRequest(http.MethodPost, f.srv.URL+path, strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, "", err
+	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Origin", f.srv.URL)
 	req.Header.Set("Sec-Fetch-Site", "same-origin")
@@ -149,11 +159,12 @@ func (f *fixture) post(t *testing.T, path string, form url.Values, header ...str
 		req.Header.Set(header[i], header[i+1])
 	}
 	resp, err := f.client.Do(req)
-	require.NoError(t, err)
+	if err != nil {
+		return nil, "", err
+	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp, string(body)
+	return resp, string(body), err
 }
 
 var csrfField = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
@@ -1361,19 +1372,11 @@ func TestARotatedTokenFileEndsTheOldTokensSessions(t *testing.T) {
 	assert.Contains(t, body, "holds no token: actions are off")
 	require.NoError(t, os.WriteFile(path, []byte(rotated+"\n"), 0o600))
 	require.Eventually(t, func() bool {
-		req, err := http.NewRequest(http.MethodPost, f.srv.URL+"/retries/resume", strings.NewReader(url.Values{"csrf": {csrf}}.Encode()))
+		resp, _, err := f.tryPost("/retries/resume", url.Values{"csrf": {csrf}})
 		if err != nil {
 			last.Store(err.Error())
 			return false
 		}
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.Header.Set("Origin", f.srv.URL)
-		resp, err := f.client.Do(req)
-		if err != nil {
-			last.Store(err.Error())
-			return false
-		}
-		resp.Body.Close()
 		last.Store(resp.Status)
 		return resp.StatusCode == http.StatusSeeOther
 	}, time.Minute, 100*time.Millisecond, "the session made with the token put back does not act again; last: %v", later.Value(last.Load))
