@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"testing"
-	"time"
 
 	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/stretchr/testify/assert"
@@ -18,13 +17,7 @@ import (
 func TestAHeaderValueIsNeverLogged(t *testing.T) {
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
 	t.Setenv("OTEL_EXPORTER_OTLP_HEADERS", "x-honeycomb-team=hcSECRETkey%zz,hcOTHERSECRET")
-	var logs syncbuf.Buffer
-	tp, err := Setup(context.Background(), "test", slog.New(slog.NewTextHandler(&logs, nil)))
-	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = tp.Shutdown(ctx)
-	out := logs.String()
+	out := logsOfARun(t)
 	assert.Contains(t, out, "escape header value", "the message is kept")
 	assert.Contains(t, out, "parse headers")
 	assert.NotContains(t, out, "SECRET")
@@ -34,16 +27,18 @@ func TestAHeaderValueIsNeverLogged(t *testing.T) {
 // parse was quoted whole in OpenTelemetry's message, its password too.
 func TestAnEndpointsPasswordIsNeverLogged(t *testing.T) {
 	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user:pwSECRET@127.0.0.1:1/%zz")
-	var logs syncbuf.Buffer
-	tp, err := Setup(context.Background(), "test", slog.New(slog.NewTextHandler(&logs, nil)))
-	if err != nil {
-		assert.NotContains(t, err.Error(), "SECRET")
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = tp.Shutdown(ctx)
-	out := logs.String()
+	out := logsOfARun(t)
 	assert.Contains(t, out, "127.0.0.1:1", "the endpoint is named")
 	assert.NotContains(t, out, "SECRET")
+}
+
+// logsOfARun is what tracing logs from its start to its flush, as a
+// command's run has it.
+func logsOfARun(t *testing.T) string {
+	t.Helper()
+	var logs syncbuf.Buffer
+	flush, err := Start(context.Background(), "test", slog.New(slog.NewTextHandler(&logs, nil)))
+	require.NoError(t, err)
+	flush()
+	return logs.String()
 }
