@@ -478,6 +478,19 @@ func IdempotencyKey(orderKey string, incarnation uint64) string {
 	return k
 }
 
+// IsKeyOf says whether idempotencyKey was made for the order orderKey (by
+// IdempotencyKey, of any incarnation): "confirmation:o@5" is order o@5's
+// (no incarnation) and order o's (incarnation 5), never order o@x's.
+func IsKeyOf(idempotencyKey, orderKey string) bool {
+	rest, ok := strings.CutPrefix(idempotencyKey, IdempotencyKey(orderKey, 0))
+	if !ok || rest == "" {
+		return ok
+	}
+	inc, ok := strings.CutPrefix(rest, "@")
+	n, err := strconv.ParseUint(inc, 10, 64)
+	return ok && err == nil && n != 0 && strconv.FormatUint(n, 10) == inc // as IdempotencyKey writes it
+}
+
 // OrderKeyOf returns the order key an idempotency key was made for.
 func OrderKeyOf(idempotencyKey string) string {
 	k := strings.TrimPrefix(idempotencyKey, TypeConfirmation+":")

@@ -87,6 +87,21 @@ func TestIdempotencyKeyIsStablePerOrder(t *testing.T) {
 	assert.Equal(t, "a@b", order.OrderKeyOf(order.IdempotencyKey("a@b", 0)))
 }
 
+func TestIsKeyOf(t *testing.T) {
+	t.Parallel()
+	for _, k := range []string{"order_1", "a@b", "x@12@3", "o@5", "@", ""} {
+		for _, inc := range []uint64{0, 7, 1 << 63} {
+			assert.True(t, order.IsKeyOf(order.IdempotencyKey(k, inc), k), "%s@%d", k, inc)
+		}
+	}
+	assert.True(t, order.IsKeyOf("confirmation:o@5", "o"), "order o's, incarnation 5")
+	assert.True(t, order.IsKeyOf("confirmation:o@5", "o@5"), "order o@5's, no incarnation")
+	for _, k := range []string{"confirmation:o@x@5", "confirmation:o1@5", "confirmation:o@", "confirmation:o@0",
+		"confirmation:o@05", "confirmation:o@+5", "confirmation:o@5x", "o@5", "confirmation:", "k-1"} {
+		assert.False(t, order.IsKeyOf(k, "o"), k)
+	}
+}
+
 func TestCountersSaturate(t *testing.T) {
 	t.Parallel()
 	assert.Equal(t, math.MaxInt, order.Incr(math.MaxInt))

@@ -436,9 +436,7 @@ func salvaged(key string, raw []byte) order.RetryDoc {
 // ownKey says whether k is an idempotency key of order key's (of any of
 // its incarnations), one a header can carry.
 func ownKey(key, k string) bool {
-	ours := k == order.IdempotencyKey(key, 0) || // the sample's, or the first release's
-		strings.HasPrefix(k, order.TypeConfirmation+":") && order.OrderKeyOf(k) == key
-	return ours && mailer.CheckHeaderValue(k) == nil
+	return order.IsKeyOf(k, key) && mailer.CheckHeaderValue(k) == nil
 }
 
 // retryDeadLetter gives up on a retry: the dead letter, then the retry
