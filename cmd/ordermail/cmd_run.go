@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
-	"sync/atomic"
 	"time"
 
 	"github.com/ordermail/ordermail/app"
@@ -99,25 +98,20 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			// during the start stops the service once it has started.
 			startCtx, cancelStart := context.WithCancel(context.WithoutCancel(ctx))
 			defer cancelStart()
-			started := make(chan struct{})
-			var cutShort atomic.Bool
-			go func() {
+			started, startDone := context.WithCancel(context.Background())
+			stopWaiting := context.AfterFunc(ctx, func() {
+				log.Info("stop asked for while starting: stopping once started", "giving_up_after", a.StopTimeout())
 				select {
-				case <-started:
-				case <-ctx.Done():
-					log.Info("stop asked for while starting: stopping once started", "giving_up_after", a.StopTimeout())
-					select {
-					case <-started:
-					case <-time.After(a.StopTimeout()):
-						cutShort.Store(true)
-						cancelStart()
-					}
+				case <-time.After(a.StopTimeout()):
+					cancelStart()
+				case <-started.Done():
 				}
-			}()
+			})
 			err = a.Start(startCtx)
-			close(started)
+			stopWaiting()
+			startDone()
 			if err != nil {
-				if cutShort.Load() {
+				if startCtx.Err() != nil { // given up on a stop's time after the signal
 					// fx rolls back with the cancelled context: no stop hook runs.
 					return fmt.Errorf("stop asked for while starting, and %s had not started a stop's time (%s) later: stopped without stopping the parts started",
 						cmp.Or(watch.Starting(), "the start"), a.StopTimeout())
