@@ -224,11 +224,15 @@ func checkListen(flag, addr string) error {
 // cache", which is a negative one.
 func checkStoreFlags(sc app.StoreConfig) error {
 	cb := sc.Couchbase
+	if sc.Embedded.BusyTimeout < 0 {
+		return fmt.Errorf("store-busy-timeout: %v is negative", sc.Embedded.BusyTimeout)
+	}
 	for _, d := range []struct {
 		name   string
 		v      time.Duration
 		orElse string
 	}{
+		{"store-busy-timeout", sc.Embedded.BusyTimeout, ""},
 		{"cb-timeout", cb.Timeout, ""},
 		{"cb-counts-ttl", cb.CountsTTL, "; a negative one serves no cached counts"},
 		{"cb-order-counts-ttl", cb.OrderCountsTTL, "; a negative one serves no cached counts"},
@@ -244,6 +248,7 @@ func checkStoreFlags(sc app.StoreConfig) error {
 func storeFlags(fs *flag.FlagSet, c *app.StoreConfig) {
 	cb := &c.Couchbase
 	fs.StringVar(&c.URL, "store", app.DefaultStore, "store URL: file:PATH (embedded SQLite), couchbase://HOST or couchbases://HOST")
+	fs.DurationVar(&c.Embedded.BusyTimeout, "store-busy-timeout", 5*time.Second, "embedded store: how long a write waits for another process's (a sqlite3 session, a backup) before it fails and is tried again")
 	fs.StringVar(&cb.Username, "cb-username", "", "Couchbase user")
 	fs.StringVar(&cb.Password, "cb-password", "", "Couchbase password (prefer ORDERMAIL_CB_PASSWORD or --cb-password-file); never logged")
 	fs.StringVar(&cb.PasswordFile, "cb-password-file", "", "file holding the Couchbase password")
