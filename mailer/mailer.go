@@ -647,7 +647,7 @@ func (c *Client) rebuild(now time.Time) error {
 	// otelhttp starts the send's span and puts its traceparent on the
 	// request, for sends whose trace is recorded.
 	traced := *c.http
-	traced.Transport = otelhttp.NewTransport(redactedSpanURL{transport},
+	traced.Transport = otelhttp.NewTransport(redactedSpanURL{next: transport, full: spanURL(c.endpoint)},
 		otelhttp.WithSpanNameFormatter(func(string, *http.Request) string { return "send confirmation" }))
 	c.traced = &traced
 	if old != nil {
@@ -688,16 +688,29 @@ func (h *handshake) refusedCertificate(err error) bool {
 // redactedSpanURL replaces the url.full otelhttp gave the send's span, before
 // the request goes: otelhttp drops the URL's password but keeps its query,
 // where the service's key may be (?api_key=), and spans go to a tracing
-// backend. The span gets the URL as the logs have it.
-type redactedSpanURL struct{ next http.RoundTripper }
+// backend. The span gets the URL as the logs have it: full, every send's
+// (they all go to the endpoint), masked once.
+type redactedSpanURL struct {
+	next http.RoundTripper
+	full string
+}
 
 func (t redactedSpanURL) RoundTrip(req *http.Request) (*http.Response, error) {
 	if span := trace.SpanFromContext(req.Context()); span.IsRecording() {
-		u := *req.URL
-		u.User = nil // as otelhttp: not even the user name
-		span.SetAttributes(semconv.URLFull(redact.MailURL(u.String())))
+		span.SetAttributes(semconv.URLFull(t.full))
 	}
 	return t.next.RoundTrip(req)
+}
+
+// spanURL is endpoint as a span shows it: as otelhttp, without even the
+// user name, and masked as the logs mask it.
+func spanURL(endpoint string) string {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return redact.MailURL(endpoint)
+	}
+	u.User = nil
+	return redact.MailURL(u.String())
 }
 
 // clientFor is the client of a send in ctx: otelhttp's, which makes a span
