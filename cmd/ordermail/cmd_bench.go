@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -132,14 +133,14 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 				return fmt.Errorf("bench: find the ordermail binary: %w", err)
 			}
 			c.Exe, c.ServiceArgs = exe, args
-			if err := c.Validate(); err != nil {
-				return usageErrorf("%v", err) // a value the command does not take
-			}
 			// The ceiling's and the minimal pipeline's senders run with the
 			// service's collector setting, so that the service is measured
 			// against them at their best, not at a handicap of Go's default.
 			setServiceGC()
 			res, err := bench.Run(ctx, c, stderr)
+			if _, bad := errors.AsType[bench.ConfigError](err); bad {
+				return badSetting(err) // a value the command does not take
+			}
 			if err != nil {
 				return err
 			}

@@ -318,12 +318,19 @@ const (
 	runBatch     = 500
 )
 
+// ConfigError is Run's refusal of its Config (Config.Validate): a value
+// the command line gave wrong.
+type ConfigError struct{ Err error }
+
+func (e ConfigError) Error() string { return e.Err.Error() }
+func (e ConfigError) Unwrap() error { return e.Err }
+
 // Run runs one benchmark; progress and the processes' warnings go to
 // progress. Whatever happens, the processes it started are stopped and
 // waited for, and a temporary store is removed, before it returns.
 func Run(ctx context.Context, cfg Config, progress io.Writer) (Result, error) {
 	if err := cfg.Validate(); err != nil {
-		return Result{}, err
+		return Result{}, ConfigError{err}
 	}
 	if cfg.Seed == 0 {
 		cfg.Seed = uint64(time.Now().UnixNano())
@@ -335,11 +342,12 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Result, error) {
 	// file) is masked in it, in the settings printed and in the error.
 	out := &lockedWriter{w: progress}
 	if raw := strings.TrimRight(cfg.MailURL, "/"); raw != "" && redact.MailURL(raw) != raw {
-		pairs := []string{raw, redact.MailURL(raw)}
+		masked := redact.MailURL(raw)
+		pairs := []string{raw, masked}
 		// net/http's errors quote the URL as url.URL.String writes it:
 		// the scheme in lower case, escapes decoded where they may be.
 		if u, err := url.Parse(raw); err == nil && u.String() != raw {
-			pairs = append(pairs, u.String(), redact.MailURL(raw))
+			pairs = append(pairs, u.String(), masked)
 		}
 		out.hide = strings.NewReplacer(pairs...)
 	}
