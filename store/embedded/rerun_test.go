@@ -2,9 +2,9 @@ package embedded
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/ordermail/ordermail/store/storetest"
 	"path/filepath"
 	"testing"
 	"time"
@@ -91,14 +91,7 @@ func TestABatchThatCannotBeginIsNotRunAgainJobByJob(t *testing.T) {
 	require.NoError(t, err)
 	defer s.Close()
 
-	other, err := sql.Open("sqlite", "file:"+path)
-	require.NoError(t, err)
-	defer other.Close()
-	conn, err := other.Conn(ctx)
-	require.NoError(t, err)
-	defer conn.Close()
-	_, err = conn.ExecContext(ctx, `BEGIN IMMEDIATE`)
-	require.NoError(t, err)
+	conn := storetest.HoldWriteLock(t, path)
 	defer conn.ExecContext(ctx, `ROLLBACK`)
 
 	begun := s.begun.Load()
