@@ -24,6 +24,7 @@ import (
 
 	"github.com/ordermail/ordermail/console"
 	"github.com/ordermail/ordermail/internal/later"
+	"github.com/ordermail/ordermail/lease"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
@@ -900,6 +901,22 @@ func TestOverviewWhileSendsAreHeldBack(t *testing.T) {
 		"but not while this process's sends are held back", "every instance's sends are held back"} {
 		assert.Contains(t, body, want)
 	}
+}
+
+// The overview says who gave the sweep lease up last, and why, while
+// nobody holds it.
+func TestOverviewSaysWhyTheSweeperLeft(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st, m := heldBack(t)
+	other := lease.New(st, timer.LeaseName, "other/7/x", time.Minute, nil)
+	require.NoError(t, other.Acquire(ctx))
+	require.NoError(t, other.Release(ctx, timer.LeftBreaker))
+	f := serve(t, console.Config{}, st, deps(t, st, m))
+
+	code, body := f.get(t, "/")
+	require.Equal(t, http.StatusOK, code)
+	assert.Regexp(t, `<code>other/7/x</code> gave it up \S+ ago \(its sends are held back: circuit breaker open\)`, body)
 }
 
 // reasonsFail is a store whose failure reasons cannot be read (a query

@@ -35,6 +35,11 @@ type doc struct {
 	Owner     string `json:"owner"`
 	ExpiresAt int64  `json:"expiresAt"`       // ms
 	TTLMs     int64  `json:"ttlMs,omitempty"` // the holder's TTL: it renews within it
+	// Given up (Owner ""): the last holder, when (ms) and why, for the
+	// operator; anyone may take the lease.
+	Left   string `json:"left,omitempty"`
+	LeftAt int64  `json:"leftAt,omitempty"`
+	Why    string `json:"why,omitempty"`
 }
 
 // New returns the lease name for owner; now may be nil for time.Now.
@@ -106,8 +111,9 @@ func (l *Lease) unchanged(cas uint64, ttl time.Duration) bool {
 }
 
 // Release gives the lease up, if we hold it, so that another instance can
-// take it at once instead of after the TTL.
-func (l *Lease) Release(ctx context.Context) error {
+// take it at once instead of after the TTL. The lease then says who gave it
+// up, when, and why (Holding.Left), until another takes it.
+func (l *Lease) Release(ctx context.Context, why string) error {
 	cur, err := l.st.Get(ctx, store.Meta, l.key)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
@@ -119,7 +125,11 @@ func (l *Lease) Release(ctx context.Context) error {
 	if json.Unmarshal(cur.Value, &d) != nil || d.Owner != l.owner {
 		return nil
 	}
-	err = l.st.Remove(ctx, store.Meta, l.key, cur.CAS)
+	left, err := json.Marshal(doc{Left: l.owner, LeftAt: l.now().UnixMilli(), Why: why})
+	if err != nil {
+		return err
+	}
+	_, err = l.st.Replace(ctx, store.Meta, l.key, left, cur.CAS)
 	if errors.Is(err, store.ErrCASMismatch) || errors.Is(err, store.ErrNotFound) {
 		return nil
 	}
@@ -131,6 +141,11 @@ type Holding struct {
 	Owner     string        // "" when nobody does: never taken, or released
 	ExpiresAt time.Time     // an expired lease still names its last holder
 	TTL       time.Duration // the holder's; 0 when its release did not record it
+	// Nobody holds it (Owner ""): who gave it up last, when and why; ""
+	// when it was never taken.
+	Left   string
+	LeftAt time.Time
+	Why    string
 }
 
 // RenewedAt is when the holder last renewed the lease, on its clock:
@@ -159,6 +174,12 @@ func (l *Lease) Holder(ctx context.Context) (Holding, error) {
 	var d doc
 	if json.Unmarshal(cur.Value, &d) != nil {
 		return Holding{}, nil
+	}
+	if d.Owner == "" {
+		if d.Left == "" {
+			return Holding{}, nil
+		}
+		return Holding{Left: d.Left, LeftAt: time.UnixMilli(d.LeftAt), Why: d.Why}, nil
 	}
 	return Holding{Owner: d.Owner, ExpiresAt: time.UnixMilli(d.ExpiresAt), TTL: time.Duration(d.TTLMs) * time.Millisecond}, nil
 }

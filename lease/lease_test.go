@@ -37,9 +37,9 @@ func TestOneHolderAtATime(t *testing.T) {
 	require.NoError(t, b.Acquire(ctx), "taken over after the TTL")
 	assert.ErrorIs(t, a.Acquire(ctx), lease.ErrHeld)
 
-	require.NoError(t, a.Release(ctx), "releasing what one does not hold changes nothing")
+	require.NoError(t, a.Release(ctx, "stopped"), "releasing what one does not hold changes nothing")
 	assert.ErrorIs(t, a.Acquire(ctx), lease.ErrHeld)
-	require.NoError(t, b.Release(ctx))
+	require.NoError(t, b.Release(ctx, "stopped"))
 	require.NoError(t, a.Acquire(ctx), "released: taken at once")
 }
 
@@ -72,10 +72,20 @@ func TestHolderReadsWhoHoldsItWithoutTakingIt(t *testing.T) {
 	assert.Equal(t, "b", b.Owner())
 	assert.Equal(t, 10*time.Second, b.TTL())
 
-	require.NoError(t, a.Release(ctx))
+	now = now.Add(time.Second)
+	require.NoError(t, a.Release(ctx, "its sends are held back"))
 	h, err = b.Holder(ctx)
 	require.NoError(t, err)
-	assert.Equal(t, lease.Holding{}, h, "released")
+	assert.Equal(t, "a", h.Left, "released: who gave it up")
+	assert.True(t, h.LeftAt.Equal(now), "when: %s", h.LeftAt)
+	assert.Equal(t, "its sends are held back", h.Why)
+	assert.Empty(t, h.Owner)
+	assert.True(t, h.Expired(now), "nobody holds it")
+	require.NoError(t, b.Acquire(ctx), "given up: taken at once")
+	h, err = a.Holder(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, "b", h.Owner)
+	assert.Empty(t, h.Left, "taken: the last holder's note is gone")
 }
 
 // TestALeaseNobodyRenewsExpiresWhateverTheClocks: a holder that stopped

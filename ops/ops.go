@@ -286,6 +286,10 @@ type Status struct {
 	// Sweeper is the instance that holds the sweep lease, and until when;
 	// nil when none ever did.
 	Sweeper *Sweeper `json:"sweeper"`
+	// SweeperLeft, when nobody holds the sweep lease, says who gave it up
+	// last, when and why (its sends held back, its sweeps failing, a
+	// stop); nil when none ever held it, or one holds it now.
+	SweeperLeft *SweeperLeft `json:"sweeperLeft,omitempty"`
 	// Members are the instances sharing the feed (Couchbase without
 	// --instance); nil on a store whose instances do not.
 	Members []store.Member `json:"members,omitempty"`
@@ -296,6 +300,13 @@ type Sweeper struct {
 	Holder    string    `json:"holder"`
 	ExpiresAt time.Time `json:"expiresAt"`
 	Expired   bool      `json:"expired"` // it stopped renewing: another instance takes over at its next tick
+}
+
+// SweeperLeft is the last sweeper, gone: lease.Holding's Left.
+type SweeperLeft struct {
+	Holder string    `json:"holder"`
+	At     time.Time `json:"at"`
+	Why    string    `json:"why"`
 }
 
 // ReadStatus reads the status at now; quantum decides when a retry document
@@ -326,8 +337,11 @@ func ReadStatus(ctx context.Context, st store.Store, now time.Time, quantum time
 	if err != nil {
 		return Status{RetryState: s.RetryState}, fmt.Errorf("read the sweep lease: %w", err)
 	}
-	if h.Owner != "" {
+	switch {
+	case h.Owner != "":
 		s.Sweeper = &Sweeper{Holder: h.Owner, ExpiresAt: h.ExpiresAt, Expired: !h.ExpiresAt.After(now)}
+	case h.Left != "":
+		s.SweeperLeft = &SweeperLeft{Holder: h.Left, At: h.LeftAt, Why: h.Why}
 	}
 	if ml, ok := st.(store.MemberLister); ok {
 		if s.Members, err = ml.Members(ctx, store.DefaultFeed); err != nil {

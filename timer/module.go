@@ -62,6 +62,15 @@ func (g sendGate) HeldBack() (held, probing bool) {
 	return held, probing
 }
 
+// Misconfigured is the mailer's (*mailer.Client.Misconfigured): why the
+// email service refuses the configuration, or "" when it does not.
+func (g sendGate) Misconfigured() string {
+	if m, ok := g.m.(interface{ Misconfigured() string }); ok {
+		return m.Misconfigured()
+	}
+	return ""
+}
+
 // Standby says whether this instance's feed does not run (a standby on an
 // embedded store): it sweeps nothing, as a held one, but nothing of its is
 // held back, and it says so as a standby.

@@ -110,3 +110,15 @@ func TestAFeedMoreThanABatchBehindIsBehind(t *testing.T) {
 		assert.Equal(t, tt.want, tm.feedBehind(), "%+v", tt.feed)
 	}
 }
+
+type refused struct{ breakerState }
+
+func (refused) Misconfigured() string { return "answered 401" }
+
+// The lease given up while sends are held says why as the mailer does:
+// the gate the app wires passes the mailer's Misconfigured on (a refused
+// configuration read as "circuit breaker open" in `retries status`).
+func TestTheWiredGateSaysWhySendsAreHeld(t *testing.T) {
+	assert.Equal(t, LeftConfigured, heldWhy(sendGate{m: refused{breakerState{held: true}}}))
+	assert.Equal(t, LeftBreaker, heldWhy(sendGate{m: breakerState{held: true}}))
+}

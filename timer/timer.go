@@ -135,6 +135,24 @@ const (
 	RoleHeld Role = "held"
 )
 
+// Why a sweeper gave the sweep lease up, as the lease records it
+// (lease.Holding.Why); a failed sweep's is its error.
+const (
+	LeftStopped    = "stopped"
+	LeftHeld       = "its sends are held back" // the two below begin with it
+	LeftBreaker    = LeftHeld + ": circuit breaker open"
+	LeftConfigured = LeftHeld + ": the email service refuses its configuration"
+)
+
+// heldWhy says why g holds every send back: the configuration refused
+// (g has Misconfigured, as *mailer.Client does) or the breaker.
+func heldWhy(g Gate) string {
+	if m, ok := g.(interface{ Misconfigured() string }); ok && m.Misconfigured() != "" {
+		return LeftConfigured
+	}
+	return LeftBreaker
+}
+
 // Gate says whether this instance's sends go out; *mailer.Client is one.
 type Gate interface {
 	// HeldBack says whether every send is held back now (held), or the
@@ -306,7 +324,7 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	}
 	if held {
 		if t.Status().Role == RoleActive {
-			if err := t.lease.Release(lctx); err != nil {
+			if err := t.lease.Release(lctx, heldWhy(t.gate)); err != nil {
 				return Result{Armed: true, Held: true}, fmt.Errorf("sweep lease: give it up while sends are held back: %w", err)
 			}
 		}
@@ -597,7 +615,7 @@ func (t *Timer) sweepFailed(ctx context.Context, now time.Time, err error) error
 	if n < failedSweepsToStepAside {
 		return err
 	}
-	if rerr := t.lease.Release(ctx); rerr != nil {
+	if rerr := t.lease.Release(ctx, order.Shorten(fmt.Sprintf("its sweeps failed %d times in a row: %v", n, err), 300)); rerr != nil {
 		return fmt.Errorf("%w; %d sweeps failed in a row, and giving the sweep lease up failed too: %w", err, n, rerr)
 	}
 	t.mu.Lock()
@@ -752,7 +770,7 @@ func (t *Timer) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("stop timer: %w", ctx.Err())
 	}
-	if err := t.lease.Release(ctx); err != nil {
+	if err := t.lease.Release(ctx, LeftStopped); err != nil {
 		return fmt.Errorf("stop timer: release sweep lease: %w", err)
 	}
 	return nil

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/internal/syncbuf"
+	"github.com/ordermail/ordermail/lease"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/embedded"
@@ -264,10 +265,14 @@ func TestAnInstanceWhoseSweepsFailLeavesTheLease(t *testing.T) {
 	retryDoc(t, st, "x", time.Minute)
 
 	var aErrs []string
+	var left lease.Holding // the lease as a left it
 	flaggedAt := -1
 	for tick := range 10 {
 		if _, err := a.Sweep(ctx, now); err != nil {
 			aErrs = append(aErrs, err.Error())
+			if left, err = timer.ReadSweeper(ctx, st); err != nil {
+				t.Fatal(err)
+			}
 		}
 		res, err := b.Sweep(ctx, now)
 		require.NoError(t, err)
@@ -278,6 +283,8 @@ func TestAnInstanceWhoseSweepsFailLeavesTheLease(t *testing.T) {
 	}
 	require.Len(t, aErrs, 3, "a's sweeps failed until it left the lease, then it stood by: %q", aErrs)
 	assert.Contains(t, aErrs[2], "3 sweeps failed in a row: the sweep lease is left to another instance")
+	assert.Equal(t, "a", left.Left, "the lease says who left it")
+	assert.Equal(t, "its sweeps failed 3 times in a row: query service unreachable", left.Why, "and why")
 	assert.Equal(t, 2, flaggedAt, "b swept at the tick a gave the lease up")
 	assert.True(t, fired(t, st, "x"))
 	assert.Equal(t, timer.RoleStandby, a.Status().Role)
@@ -332,6 +339,38 @@ func TestRetriesStoppedDuringASweepStopIt(t *testing.T) {
 type gate struct{ held, probing atomic.Bool }
 
 func (g *gate) HeldBack() (bool, bool) { return g.held.Load(), g.probing.Load() }
+
+// refusedGate holds every send back because the email service refuses the
+// configuration (as *mailer.Client says through Misconfigured).
+type refusedGate struct{}
+
+func (refusedGate) HeldBack() (bool, bool) { return true, false }
+func (refusedGate) Misconfigured() string  { return "401 Unauthorized" }
+
+// TestAHeldSweeperSaysWhyItLeftTheLease: the lease given up while sends
+// are held says whether the configuration is refused or the breaker open
+// (TestSweepWaitsWhileSendsAreHeldBack): `retries status` shows it.
+func TestAHeldSweeperSaysWhyItLeftTheLease(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	var g gate
+	tm, err := timer.New(timer.Config{Interval: time.Second, Owner: "a"}, st, quiet, nil)
+	require.NoError(t, err)
+	tm.SetGate(&g)
+	_, err = tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	require.Equal(t, timer.RoleActive, tm.Status().Role)
+	tm.SetGate(refusedGate{})
+	res, err := tm.Sweep(ctx, pinned.Add(time.Second))
+	require.NoError(t, err)
+	require.True(t, res.Held)
+	h, err := timer.ReadSweeper(ctx, st)
+	require.NoError(t, err)
+	assert.Equal(t, "a", h.Left)
+	assert.Equal(t, timer.LeftConfigured, h.Why)
+}
 
 // standbyGate is the gate of an instance whose feed does not run.
 type standbyGate struct{}
@@ -453,6 +492,11 @@ func TestSweepWaitsWhileSendsAreHeldBack(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, timer.Result{Armed: true, Held: true}, res)
 	assert.Equal(t, timer.RoleHeld, a.Status().Role)
+	h, err := timer.ReadSweeper(ctx, st)
+	require.NoError(t, err)
+	assert.Empty(t, h.Owner, "a gave the lease up")
+	assert.Equal(t, "a", h.Left)
+	assert.Equal(t, timer.LeftBreaker, h.Why, "the lease says why: an operator's status shows it")
 	res, err = b.Sweep(ctx, now)
 	require.NoError(t, err)
 	assert.Equal(t, timer.Result{Armed: true, Held: true}, res, "b's sends are held too")
@@ -921,6 +965,7 @@ func TestStopLeavesNoLeaseBehind(t *testing.T) {
 	h, err := timer.ReadSweeper(context.Background(), ls)
 	require.NoError(t, err)
 	assert.Empty(t, h.Owner, "a sweeper is left holding the lease after Stop (until %s)", h.ExpiresAt)
+	assert.Equal(t, timer.LeftStopped, h.Why, "the lease says the sweeper stopped")
 }
 
 // TestArmedByOtherMeansDropsWhatAPauseKept: allow_retrys created by hand

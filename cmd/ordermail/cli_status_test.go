@@ -12,6 +12,7 @@ import (
 
 	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/store"
+	"github.com/ordermail/ordermail/timer"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -137,21 +138,52 @@ func TestStatusViewOfMembers(t *testing.T) {
 		{Name: "b", HeartbeatAge: 40 * time.Second, Partitions: 512},
 		{Name: "c", Leaving: true, HeartbeatAge: time.Second},
 		{Name: "d", Live: true, Held: true, Aside: true, HeartbeatAge: time.Second},
+		{Name: "e", Live: true, Held: true, HeartbeatAge: time.Second, Partitions: 512},
+		{Name: "f", Held: true, HeartbeatAge: 40 * time.Second},
 	}, Sweeper: &ops.Sweeper{Holder: "a", ExpiresAt: now.Add(time.Second)}}, now, unknown)
 	assert.Equal(t, ptr(true), v.Service.Running)
-	assert.Equal(t, "2 live members of 4 heartbeating lately, 1 stepped aside (its sends are held back: see its log)", v.Service.Note)
+	assert.Equal(t, "3 live members of 6 heartbeating lately, 1 stepped aside (its sends are held back: see its log)", v.Service.Note)
 	assert.Equal(t, []memberView{
 		{Name: "a", State: "live", HeartbeatAgeSeconds: 1.5, VBuckets: 512},
 		{Name: "b", State: "stale", HeartbeatAgeSeconds: 40, VBuckets: 512},
 		{Name: "c", State: "leaving", HeartbeatAgeSeconds: 1},
-		{Name: "d", State: "aside", HeartbeatAgeSeconds: 1},
+		{Name: "d", State: "aside", HeartbeatAgeSeconds: 1, SendsHeld: true},
+		{Name: "e", State: "live", HeartbeatAgeSeconds: 1, VBuckets: 512, SendsHeld: true},
+		{Name: "f", State: "stale", HeartbeatAgeSeconds: 40}, // what it held then holds nothing now
 	}, v.Members)
 	require.NotNil(t, v.Sweeper)
 	assert.Equal(t, "a", v.Sweeper.Holder)
 	var out strings.Builder
 	require.NoError(t, printStatus(&out, v, 15*time.Second))
-	assert.Contains(t, out.String(), "  stale         40.0s       512  b\n")
+	assert.Contains(t, out.String(), "  STATE     HEARTBEAT  VBUCKETS  SENDS  NAME\n")
+	assert.Contains(t, out.String(), "  live           1.5s       512  out    a\n")
+	assert.Contains(t, out.String(), "  stale         40.0s       512  -      b\n")
+	assert.Contains(t, out.String(), "  live           1.0s       512  held   e\n")
 	assert.Contains(t, out.String(), "sweeper:            a (lease until")
+}
+
+// When nobody sweeps, the status says who gave the sweep lease up last,
+// when and why: an embedded store's only instance with its breaker open
+// read "sweeper: none" and nothing more.
+func TestStatusSaysWhyTheSweeperLeft(t *testing.T) {
+	now := time.Now()
+	at := now.Add(-90 * time.Second)
+	v := newStatusView(ops.Status{SweeperLeft: &ops.SweeperLeft{Holder: "h/1/x", At: at, Why: timer.LeftBreaker}},
+		now, serviceView{Running: ptr(true)})
+	require.NotNil(t, v.SweeperLeft)
+	assert.Nil(t, v.Sweeper)
+	assert.Equal(t, sweeperLeftView{Holder: "h/1/x", At: at.UTC().Format(time.RFC3339), Why: timer.LeftBreaker, at: at}, *v.SweeperLeft)
+	var out strings.Builder
+	require.NoError(t, printStatus(&out, v, 15*time.Second))
+	assert.Regexp(t, `sweeper:            none: h/1/x gave the sweep lease up 1m3\ds ago \(`+at.UTC().Format(time.RFC3339)+
+		`\): its sends are held back: circuit breaker open\n`, out.String())
+	assert.Contains(t, out.String(), "circuit breaker open\n                    due retries wait unflagged until its probe gets through, or another instance sweeps\n")
+
+	v.SweeperLeft.Why = timer.LeftStopped
+	out.Reset()
+	require.NoError(t, printStatus(&out, v, 15*time.Second))
+	assert.Contains(t, out.String(), "ago ("+at.UTC().Format(time.RFC3339)+"): stopped\n")
+	assert.NotContains(t, out.String(), "due retries wait")
 }
 
 // The reasons' counts stay under their heading at a backlog's sizes: a

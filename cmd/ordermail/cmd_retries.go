@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ordermail/ordermail/app"
@@ -15,6 +16,7 @@ import (
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/embedded"
+	"github.com/ordermail/ordermail/timer"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
 
@@ -139,8 +141,9 @@ type statusView struct {
 	OrdersUnconfirmed int               `json:"ordersUnconfirmed"`
 	TopFailures       []ops.ReasonCount `json:"topFailureReasons"`
 	Service           serviceView       `json:"service"`
-	Sweeper           *sweeperView      `json:"sweeper,omitempty"` // the instance that runs the timer's sweep; absent when none ever did
-	Members           []memberView      `json:"members,omitempty"` // Couchbase without --instance: the instances sharing the vBuckets
+	Sweeper           *sweeperView      `json:"sweeper,omitempty"`     // the instance that runs the timer's sweep; absent when none does
+	SweeperLeft       *sweeperLeftView  `json:"sweeperLeft,omitempty"` // none does: the last one, which gave the lease up; absent when none ever did
+	Members           []memberView      `json:"members,omitempty"`     // Couchbase without --instance: the instances sharing the vBuckets
 
 	oldestDue  time.Time     // OldestDueAt, for the human-readable form
 	resumeWith order.Control // ResumeWith, likewise
@@ -153,12 +156,23 @@ type sweeperView struct {
 	Expired   bool   `json:"expired"` // it stopped renewing: another instance takes over at its next tick
 }
 
+// sweeperLeftView is the last sweeper, which gave the lease up: who, when,
+// why (timer.LeftBreaker and the like, or its failing sweeps' error).
+type sweeperLeftView struct {
+	Holder string `json:"holder"`
+	At     string `json:"at"`
+	Why    string `json:"why"`
+
+	at time.Time // At, for the human-readable form
+}
+
 // memberView is one instance sharing the feed, as its heartbeat shows it.
 type memberView struct {
 	Name                string  `json:"name"`
 	State               string  `json:"state"` // store.Member.State: live, aside, stale or leaving
 	HeartbeatAgeSeconds float64 `json:"heartbeatAgeSeconds"`
-	VBuckets            int     `json:"vbuckets"` // it owned at its last heartbeat
+	VBuckets            int     `json:"vbuckets"`            // it owned at its last heartbeat
+	SendsHeld           bool    `json:"sendsHeld,omitempty"` // at its last heartbeat: circuit breaker open, or configuration refused
 }
 
 // controlView is allow_retrys read as the service reads it.
@@ -216,6 +230,9 @@ func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 	if sw := s.Sweeper; sw != nil {
 		v.Sweeper = &sweeperView{Holder: sw.Holder, ExpiresAt: sw.ExpiresAt.UTC().Format(time.RFC3339Nano), Expired: sw.Expired}
 	}
+	if l := s.SweeperLeft; l != nil {
+		v.SweeperLeft = &sweeperLeftView{Holder: l.Holder, At: l.At.UTC().Format(time.RFC3339), Why: l.Why, at: l.At}
+	}
 	live, aside := 0, 0
 	for _, m := range s.Members {
 		state := m.State()
@@ -226,7 +243,7 @@ func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 			aside++
 		}
 		v.Members = append(v.Members, memberView{Name: m.Name, State: state,
-			HeartbeatAgeSeconds: m.HeartbeatAge.Round(time.Millisecond).Seconds(), VBuckets: m.Partitions})
+			HeartbeatAgeSeconds: m.HeartbeatAge.Round(time.Millisecond).Seconds(), VBuckets: m.Partitions, SendsHeld: m.Live && m.Held})
 	}
 	if len(s.Members) > 0 {
 		// Couchbase instances sharing the feed: their heartbeats say.
@@ -319,7 +336,13 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 	default:
 		line("service", "not running")
 	}
-	switch sw := v.Sweeper; {
+	switch sw, left := v.Sweeper, v.SweeperLeft; {
+	case sw == nil && left != nil:
+		line("sweeper", "none: %s gave the sweep lease up %s ago (%s): %s", shown(left.Holder),
+			time.Since(left.at).Round(time.Second), left.At, shown(left.Why))
+		if strings.HasPrefix(left.Why, timer.LeftHeld) {
+			fmt.Fprintf(w, "%20s%s\n", "", "due retries wait unflagged until its probe gets through, or another instance sweeps")
+		}
 	case sw == nil:
 		line("sweeper", "none (no instance holds the sweep lease)")
 	case sw.Expired:
@@ -329,9 +352,16 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 	}
 	if len(v.Members) > 0 {
 		fmt.Fprintln(w, "members:")
-		fmt.Fprintf(w, "  %-8s  %9s  %8s  %s\n", "STATE", "HEARTBEAT", "VBUCKETS", "NAME")
+		fmt.Fprintf(w, "  %-8s  %9s  %8s  %-5s  %s\n", "STATE", "HEARTBEAT", "VBUCKETS", "SENDS", "NAME")
 		for _, m := range v.Members {
-			fmt.Fprintf(w, "  %-8s  %8.1fs  %8d  %s\n", m.State, m.HeartbeatAgeSeconds, m.VBuckets, shown(m.Name))
+			sends := "-" // not live: it sends nothing
+			switch {
+			case m.SendsHeld:
+				sends = "held"
+			case m.State == "live":
+				sends = "out"
+			}
+			fmt.Fprintf(w, "  %-8s  %8.1fs  %8d  %-5s  %s\n", m.State, m.HeartbeatAgeSeconds, m.VBuckets, sends, shown(m.Name))
 		}
 	}
 	if len(v.TopFailures) == 0 {
