@@ -87,6 +87,9 @@ func TestDemoKeepsDataWhenAsked(t *testing.T) {
 	var m map[string]any
 	require.NoError(t, json.Unmarshal([]byte(out), &m), out)
 	delete(m, "readAt")
+	left, _ := m["sweeperLeft"].(map[string]any)
+	assert.Equal(t, "stopped", left["why"], "the demo's sweeper said it stopped: %s", out)
+	delete(m, "sweeperLeft")
 	got, err := json.Marshal(m)
 	require.NoError(t, err)
 	assert.JSONEq(t, `{"timerArmed":true,"paused":false,"control":{},"retryDocs":0,"retryFlagged":0,"dueNow":0,
