@@ -114,3 +114,58 @@ func TestABatchThatCannotBeginIsNotRunAgainJobByJob(t *testing.T) {
 	}
 	assert.Equal(t, uint64(2), s.begun.Load()-begun, "transactions begun: the first write's, then the batch's")
 }
+
+// A batch that failed as a whole runs its jobs again one by one; when the
+// first of those cannot begin (another process took the lock as the batch
+// rolled back), the rest get that failure at once. Each waited the busy
+// timeout again for the same lock: up to 128 jobs, 10 minutes at the
+// default 5s, with every write of the process waiting behind them.
+func TestJobsRunAgainAloneStopAtALockHeldByAnother(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "o.db")
+	s, err := Open(ctx, Config{Path: path, BusyTimeout: 100 * time.Millisecond})
+	require.NoError(t, err)
+	defer s.Close()
+	aborted, taken := make(chan struct{}), make(chan struct{})
+	testHookBatchAborted = func() { close(aborted); <-taken }
+	defer func() { testHookBatchAborted = nil }()
+
+	// Hold the writer, so that the jobs below are taken as one batch.
+	started, release := make(chan struct{}), make(chan struct{})
+	go s.submit(ctx, func(*txn) error { close(started); <-release; return nil })
+	<-started
+	queued := []int{0} // the last count seen, for the failure message
+	waitQueued := func(n int) {
+		require.Eventually(t, func() bool { queued[0] = len(s.jobs); return queued[0] == n },
+			10*time.Second, time.Millisecond, "jobs queued %v, want %d", queued, n)
+	}
+	errs := make(chan error, 11)
+	for i := range 10 {
+		go func() {
+			_, err := s.Upsert(ctx, "inbound", fmt.Sprint("k", i), []byte(`{}`))
+			errs <- err
+		}()
+	}
+	waitQueued(10)
+	go func() { errs <- s.submit(ctx, func(*txn) error { return &txError{"transaction lost"} }) }()
+	waitQueued(11)
+	begun := s.begun.Load()
+	close(release)
+
+	select {
+	case <-aborted:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the batch did not fail within 30s")
+	}
+	conn := storetest.HoldWriteLock(t, path) // another process, as the batch rolled back
+	close(taken)
+	for range 11 {
+		assert.ErrorIs(t, <-errs, store.ErrUnavailable, "the lock is another's")
+	}
+	assert.Equal(t, uint64(2), s.begun.Load()-begun, "transactions begun: the batch's, then one job's alone, which could not begin")
+
+	_, err = conn.ExecContext(ctx, `ROLLBACK`)
+	require.NoError(t, err)
+	_, err = s.Upsert(ctx, "inbound", "after", []byte(`{}`))
+	require.NoError(t, err, "the lock let go: writes go on")
+}

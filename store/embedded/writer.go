@@ -265,10 +265,21 @@ func (s *Store) runBatch(batch []*job) {
 	err := s.runTx(batch)
 	var before *beforeJobsError
 	if err != nil && len(batch) > 1 && !errors.As(err, &before) {
+		if testHookBatchAborted != nil {
+			testHookBatchAborted()
+		}
+		var stuck error // a job run alone that could not begin: the others would wait as long again
 		for _, j := range batch {
-			if j.err = j.ctx.Err(); j.err == nil { // a caller gone waits for no lock
+			switch j.err = j.ctx.Err(); {
+			case j.err != nil: // a caller gone waits for no lock
+			case stuck != nil:
+				j.err = stuck
+			default:
 				if err := s.runTx([]*job{j}); err != nil {
 					j.err = err
+					if errors.As(err, &before) {
+						stuck = before.err
+					}
 				}
 			}
 			close(j.done)
@@ -384,6 +395,10 @@ func abortsTx(err error) bool {
 	var te *txError
 	return errors.As(err, &se) || errors.As(err, &te)
 }
+
+// testHookBatchAborted, when set by a test, runs after a batch's
+// transaction failed and before its jobs run again one by one.
+var testHookBatchAborted func()
 
 // beforeJobsError is a transaction's failure before any job ran in it
 // (BEGIN, the sequence read): it says nothing of the jobs, so runBatch
