@@ -110,9 +110,9 @@ func (w *wstmt) IDValues(ctx context.Context, args ...any) ([]idValue, error) {
 		if !ok {
 			return nil, fmt.Errorf("%T is not an integer", row[0])
 		}
-		value, ok := row[1].(string)
-		if !ok {
-			return nil, fmt.Errorf("%T is not a text", row[1])
+		var value string
+		if err := scanValue(row[1], &value); err != nil { // a BLOB too: written by another program
+			return nil, err
 		}
 		var at int64
 		if len(row) > 2 {

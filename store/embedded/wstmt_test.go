@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
@@ -119,4 +120,36 @@ func TestPutKeepsOrStartsTheIncarnation(t *testing.T) {
 		assert.Equal(t, again.CAS, again.Incarnation, "%s: a put over a tombstone starts an incarnation at its own position", coll)
 		assert.NotEqual(t, live.Incarnation, again.Incarnation, coll)
 	}
+}
+
+// A due retry whose value another program stored as a BLOB (the sqlite3
+// shell's readfile(), a driver binding bytes) is swept as text is: the
+// sweep's read failed on it at every tick, and no retry was flagged again.
+func TestASweepReadsAValueStoredAsABlob(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "o.db")
+	s, err := Open(ctx, Config{Path: path})
+	require.NoError(t, err)
+	defer s.Close()
+	now := time.Now()
+	for _, key := range []string{"blob", "text"} {
+		_, err := s.Insert(ctx, order.Retry, key, order.RetryDoc{DocID: key, Attempt: 1, TS: 1,
+			NextAttemptAt: now.Add(-time.Minute).UnixMilli()}.Encode())
+		require.NoError(t, err)
+	}
+	other, err := sql.Open("sqlite", "file:"+path)
+	require.NoError(t, err)
+	defer other.Close()
+	res, err := other.ExecContext(ctx, `UPDATE docs SET value = CAST(value AS BLOB) WHERE coll = ? AND key = 'blob'`, order.Retry)
+	require.NoError(t, err)
+	n, err := res.RowsAffected()
+	require.NoError(t, err)
+	require.EqualValues(t, 1, n)
+
+	swept, err := s.SweepRetries(ctx, now, time.Second, 10)
+	require.NoError(t, err)
+	assert.Equal(t, 2, swept.Flagged)
+	d, err := s.Get(ctx, order.Retry, "blob")
+	require.NoError(t, err)
+	assert.Contains(t, string(d.Value), `"fireRetry":true`)
 }
