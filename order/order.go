@@ -595,6 +595,20 @@ func jsonFields(t reflect.Type) [][]byte {
 
 var fieldsOf sync.Map // reflect.Type -> [][]byte
 
+// AmbiguousNames says whether the JSON object raw has a top-level name
+// twice, or one of fields in another case: documents that readers
+// disagree on (Go matches names in any case and keeps a repeated one's
+// last value; N1QL and SQLite do neither), which only the reader that
+// decides may judge.
+func AmbiguousNames(raw []byte, fields ...string) bool {
+	fs := make([][]byte, len(fields))
+	for i, f := range fields {
+		fs[i] = []byte(f)
+	}
+	dup, miscased, _ := checkNames(bytes.TrimSpace(raw), fs)
+	return dup != "" || miscased != ""
+}
+
 // checkNames returns the first top-level name that appears twice in the
 // JSON object raw (dup), else the first that is one of fields in another
 // case (miscased), and that field.

@@ -690,6 +690,12 @@ func (s *Store) flagIfDue(ctx context.Context, id string, now time.Time, quantum
 	if err != nil {
 		return false, err
 	}
+	if order.AmbiguousNames(d.Value, "fireRetry", "nextAttemptAt", "ts") {
+		// {"FireRetry":true} is flagged to Go's decoder and not to the
+		// query that named it due: the statement's own rule decides, or
+		// it would be every probe's oldest and no probe would go out.
+		return s.flagByQuery(ctx, id, now, quantum)
+	}
 	// The statement's condition (dueUnflagged), in N1QL's terms: a
 	// nextAttemptAt that is there but null or not a number is never due.
 	var doc struct {

@@ -521,28 +521,43 @@ func TestSweepGoesOnPastARetryWrittenUnderIt(t *testing.T) {
 
 // The probe (a sweep of one, the oldest due first) flags the oldest due
 // retry even when it is one a KV write does not edit byte for byte (a field
-// twice): by the sweep's statement, as a full sweep would. Left unflagged
-// it stayed every probe's oldest, and no probe went out.
+// twice), or one Go's decoder reads otherwise than the query that named it
+// (a name in another case): by the sweep's statement, as a
+// full sweep would. Left unflagged it stayed every probe's oldest, and no
+// probe went out.
 func TestTheProbeFlagsAnOldestRetryItCannotEditByKV(t *testing.T) {
-	cfg, srv := fakeCluster(t, cbtest.Options{})
-	s := openStore(t, cfg)
-	ctx := ctxFor(t, 30*time.Second)
 	now := time.Now()
-	odd := fmt.Sprintf(`{"docId":"odd","attempt":1,"attempt":2,"ts":1,"nextAttemptAt":%d}`, now.Add(-time.Hour).UnixMilli())
-	_, err := s.Upsert(ctx, order.Retry, "odd", []byte(odd))
-	require.NoError(t, err)
-	_, err = s.Insert(ctx, order.Retry, "later", order.RetryDoc{DocID: "later", Attempt: 1, TS: 1,
-		NextAttemptAt: now.Add(-time.Minute).UnixMilli()}.Encode())
-	require.NoError(t, err)
+	long := now.Add(-time.Hour).UnixMilli()
+	for _, odd := range []string{
+		fmt.Sprintf(`{"docId":"odd","attempt":1,"attempt":2,"ts":1,"nextAttemptAt":%d}`, long),
+		`{"docId":"odd","attempt":1,"ts":1000,"FireRetry":true}`,
+		`{"docId":"odd","attempt":1,"ts":1000,"NextAttemptAt":99999999999999}`,
+		// (fireRetry twice is not here: the test server's UPDATE keeps both
+		// and adds a third, where a query service rewrites the document
+		// whole.)
+	} {
+		t.Run(odd, func(t *testing.T) {
+			cfg, srv := fakeCluster(t, cbtest.Options{})
+			s := openStore(t, cfg)
+			ctx := ctxFor(t, 30*time.Second)
+			_, err := s.Upsert(ctx, order.Retry, "odd", []byte(odd))
+			require.NoError(t, err)
+			_, err = s.Insert(ctx, order.Retry, "later", order.RetryDoc{DocID: "later", Attempt: 1, TS: 1,
+				NextAttemptAt: now.Add(-time.Minute).UnixMilli()}.Encode())
+			require.NoError(t, err)
 
-	res, err := s.SweepRetries(ctx, now, 15*time.Second, 1)
-	require.NoError(t, err)
-	assert.Equal(t, 1, res.Flagged)
-	v, _, _, _ := srv.Doc("orders", "_default", order.Retry, "odd")
-	assert.Contains(t, string(v), `"fireRetry":true`, "the oldest is flagged")
-	res, err = s.SweepRetries(ctx, now, 15*time.Second, 1)
-	require.NoError(t, err)
-	assert.Equal(t, 1, res.Flagged, "the next probe takes the next one")
+			res, err := s.SweepRetries(ctx, now, 15*time.Second, 1)
+			require.NoError(t, err)
+			assert.Equal(t, 1, res.Flagged)
+			v, _, _, _ := srv.Doc("orders", "_default", order.Retry, "odd")
+			assert.Contains(t, string(v), `"fireRetry":true`, "the oldest is flagged")
+			res, err = s.SweepRetries(ctx, now, 15*time.Second, 1)
+			require.NoError(t, err)
+			assert.Equal(t, 1, res.Flagged, "the next probe takes the next one")
+			v, _, _, _ = srv.Doc("orders", "_default", order.Retry, "later")
+			assert.Contains(t, string(v), `"fireRetry":true`)
+		})
+	}
 }
 
 // The order system may give its orders an expiry (a retention policy):
