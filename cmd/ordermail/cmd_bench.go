@@ -84,7 +84,10 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"ceilingPerSecond, ofCeiling, afterWritesOfCeiling and ceilingSendMeanMs (--ceiling: the mean\n" +
 			"of ceilingBeforePerSecond and ceilingAfterPerSecond, measured before and after the service's\n" +
 			"run, and a request of the senders alone, to set beside sendMeanMs; ceilingRequests, the\n" +
-			"requests they made); minimalPerSecond,\n" +
+			"requests they made; ofCeiling and afterWritesOfCeiling absent with --rate or --fail-rate, where\n" +
+			"the senders, resending at once and never waiting for an arrival, do other work than the\n" +
+			"service; the senders stop at an answer the service would not send again, and carry none of\n" +
+			"the credentials or TLS files given after --, refused with --mail-url); minimalPerSecond,\n" +
 			"minimalOfCeiling, minimalCPUPerOrderUs and minimalSendMeanMs (--minimal);\n" +
 			"orderWriteCPUPerOrderUs (the bench's CPU writing the run's orders: the order system's work,\n" +
 			"on the same machine); settings.\n" +
@@ -92,9 +95,9 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"--timer-interval, --retry-quantum, --backoff, --backoff-min, --store, --mail-url and the like),\n" +
 			"which are refused: give them as bench's own. bench reads no ORDERMAIL_ variables and passes\n" +
 			"none on: a deployment's settings, its store above all, stay out of a benchmark.\n" +
-			"Exit status 1 when the run failed, or when it printed figures of a partial run: an order not\n" +
-			"confirmed (dead-lettered: a service that refuses some sends, or a setting after --) or a\n" +
-			"retry document left.",
+			"Exit status 1 when the run failed, or when it printed figures of a partial run (\"partial\":true):\n" +
+			"an order not confirmed (dead-lettered: a service that refuses some sends, or a setting after\n" +
+			"--) or a retry document left.",
 		FlagSet: fs,
 		Exec: func(ctx context.Context, args []string) error {
 			if mailURLFile != "" {
@@ -149,9 +152,9 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			}
 			// Figures of a run that left orders unconfirmed are a partial
 			// run's: said, and the exit status says it to a script.
-			if want := c.Orders + c.Due + c.Dead; res.Confirmed != want || res.RetryDocsLeft != 0 {
+			if res.Partial {
 				return fmt.Errorf("bench: %d of the run's %d orders confirmed, %d dead-lettered, %d retry documents left: "+
-					"the figures above are of a partial run", res.Confirmed, want, res.DeadLetters, res.RetryDocsLeft)
+					"the figures above are of a partial run", res.Confirmed, c.Orders+c.Due+c.Dead, res.DeadLetters, res.RetryDocsLeft)
 			}
 			return nil
 		},

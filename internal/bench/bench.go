@@ -134,6 +134,18 @@ func (c Config) Validate() error {
 			return fmt.Errorf("-- --%s: the bench sets it for the service (the last value would win, and the figures describe the bench's): %s", name, why)
 		}
 	}
+	if c.MailURL != "" && (c.Ceiling || c.Minimal) {
+		for _, a := range c.ServiceArgs {
+			name, ok := strings.CutPrefix(a, "-")
+			if !ok {
+				continue
+			}
+			if name, _, _ = strings.Cut(strings.TrimPrefix(name, "-"), "="); senderLacks[name] {
+				return fmt.Errorf("-- --%s: the senders of --ceiling and --minimal carry none of the service's credentials or TLS files: "+
+					"the service would refuse them; run without --ceiling and --minimal against it", name)
+			}
+		}
+	}
 	if dir := c.StoreDir; dir != "" {
 		// A store already there may be a service's: its orders would be
 		// counted, its retry settings replaced, and its running service
@@ -147,6 +159,12 @@ func (c Config) Validate() error {
 	}
 	return nil
 }
+
+// senderLacks are the service's flags the ceiling's and the minimal
+// pipeline's senders do not follow (they sign and authorize as the bench's
+// own mock wants, with --secure).
+var senderLacks = map[string]bool{"mail-auth-file": true, "mail-auth-header": true, "mail-signing-secret-file": true,
+	"mail-cert-file": true, "mail-key-file": true, "mail-ca-file": true}
 
 // credentialFlag are the flags of benchSets the bench gives only with
 // --secure: against another email service (--mail-url) they are the
@@ -192,6 +210,10 @@ type Result struct {
 	Confirmed     int `json:"confirmed"`
 	DeadLetters   int `json:"deadLetters"`
 	RetryDocsLeft int `json:"retryDocsLeft"`
+	// Partial: not every order of the run (orders, due, dead) was
+	// confirmed, or retry documents were left: the figures are of part
+	// of the work (the command then exits 1).
+	Partial bool `json:"partial,omitempty"`
 	// From the email service's /stats, the run alone.
 	SendAttempts      *int `json:"sendAttempts,omitempty"`
 	Deliveries        *int `json:"deliveries,omitempty"`
@@ -570,8 +592,9 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 		if err != nil {
 			return res, err
 		}
-		setCeiling(&res, before, after)
+		setCeiling(&res, before, after, cfg.Rate == 0 && (b.cfg.MailURL != "" || cfg.FailRate == 0))
 	}
+	res.Partial = res.Confirmed != cfg.Orders+cfg.Due+cfg.Dead || res.RetryDocsLeft != 0
 	return res, nil
 }
 
@@ -588,13 +611,19 @@ func (b *bench) ceiling(ctx context.Context, orders [][]byte, when string) (ceil
 }
 
 // setCeiling gives res the ceiling measured before and after the run and
-// every rate's share of their mean.
-func setCeiling(res *Result, before, after ceilingResult) {
+// every rate's share of their mean; the service's only when comparable: not
+// at an arrival rate (the service's rate is the rate asked for), nor with
+// failures (the ceiling sends a failed one again at once, the service after
+// its retry delay).
+func setCeiling(res *Result, before, after ceilingResult, comparable bool) {
 	perSecond := (before.perSecond + after.perSecond) / 2
 	res.CeilingPerSecond = ptr(round(perSecond, 1))
 	res.CeilingBeforePerSecond, res.CeilingAfterPerSecond = ptr(round(before.perSecond, 1)), ptr(round(after.perSecond, 1))
 	res.CeilingRequests = ptr(before.requests + after.requests)
 	res.CeilingSendMeanMs = ptr(round(ms((before.meanSend+after.meanSend)/2), 3))
+	if !comparable {
+		return
+	}
 	res.OfCeiling = ptr(round(res.OrdersPerSecond/perSecond, 3))
 	if res.AfterWritesPerSecond != nil {
 		res.AfterWritesOfCeiling = ptr(round(*res.AfterWritesPerSecond/perSecond, 3))

@@ -1,9 +1,16 @@
 package bench
 
 import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/ordermail/ordermail/order"
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestAfterWritesCountsOnlyDeliveriesAfterTheLastWrite(t *testing.T) {
@@ -55,4 +62,71 @@ func TestKeysParseBackAndScatter(t *testing.T) {
 			t.Errorf("scattered keys: %d of %d neighbours in order, want about half", inOrder, len(keys)-1)
 		}
 	}
+}
+
+// The ceiling's senders stop at an answer the service would not send
+// again, and say it: each sent it again at once, up to a thousand times,
+// and a service that wanted credentials got thousands of requests a
+// second. A 503 is sent again, as the service would.
+func TestTheSendersStopAtAnAnswerTheServiceWouldNotSendAgain(t *testing.T) {
+	var requests atomic.Int64
+	refused := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		http.Error(w, "no credentials", http.StatusUnauthorized)
+	}))
+	defer refused.Close()
+	bodies := make([][]byte, 100)
+	for i := range bodies {
+		bodies[i] = []byte(`{}`)
+	}
+	_, err := runCeiling(context.Background(), refused.URL, bodies, 4, "k", nil)
+	require.ErrorContains(t, err, "answered 401 Unauthorized, which the service would not send again")
+	assert.LessOrEqual(t, requests.Load(), int64(4), "one request a sender")
+
+	var paths []string
+	var tries atomic.Int64
+	flaky := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if tries.Add(1) == 1 {
+			paths = append(paths, r.URL.RequestURI())
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return
+		}
+	}))
+	defer flaky.Close()
+	c, err := runCeiling(context.Background(), flaky.URL+"/?key=abc", bodies[:1], 1, "k", nil)
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), c.requests, "the 503 sent again")
+	assert.Equal(t, []string{"/sendConfirmation?key=abc"}, paths, "where the service posts, its query kept")
+}
+
+// The ceiling's senders carry none of the credentials or TLS files given
+// to the service after --: with a service of the user's they are refused
+// before anything is sent.
+func TestTheCeilingIsRefusedWhereItsSendersWouldBe(t *testing.T) {
+	ok := Config{Exe: "ordermail", Orders: 1, Workers: 1, TimerInterval: time.Second, RetryQuantum: time.Second,
+		BackoffMin: time.Second, Backoff: order.BackoffExponential, Timeout: time.Minute, MailURL: "https://mail.example"}
+	require.NoError(t, ok.Validate())
+	for _, arg := range []string{"--mail-auth-file", "-mail-signing-secret-file=x", "--mail-cert-file"} {
+		for _, c := range []Config{{Ceiling: true}, {Minimal: true}} {
+			cfg := ok
+			cfg.Ceiling, cfg.Minimal, cfg.ServiceArgs = c.Ceiling, c.Minimal, []string{arg, "f"}
+			assert.ErrorContains(t, cfg.Validate(), "the senders of --ceiling and --minimal carry none of the service's credentials", arg)
+			cfg.Ceiling, cfg.Minimal = false, false
+			assert.NoError(t, cfg.Validate(), "without the senders, %s is the user's to give", arg)
+		}
+	}
+}
+
+// The service's share of the ceiling is given only where the two did the
+// same work: not at an arrival rate, nor with failures.
+func TestTheShareOfTheCeilingOnlyWhereComparable(t *testing.T) {
+	c := ceilingResult{perSecond: 1000}
+	res := Result{OrdersPerSecond: 800}
+	setCeiling(&res, c, c, true)
+	require.NotNil(t, res.OfCeiling)
+	assert.InDelta(t, 0.8, *res.OfCeiling, 1e-9)
+	res = Result{OrdersPerSecond: 800}
+	setCeiling(&res, c, c, false)
+	assert.Nil(t, res.OfCeiling)
+	require.NotNil(t, res.CeilingPerSecond, "the ceiling itself is still said")
 }

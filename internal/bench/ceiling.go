@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/ordermail/ordermail/internal/secretfile"
 	"github.com/ordermail/ordermail/internal/webhook"
+	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 )
 
@@ -48,7 +50,10 @@ func sendAll(ctx context.Context, mailURL string, bodies [][]byte, workers int, 
 	tr := &http.Transport{MaxIdleConns: workers, MaxIdleConnsPerHost: workers, IdleConnTimeout: time.Minute}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	endpoint := strings.TrimRight(mailURL, "/") + mockmail.SendPath
+	endpoint, err := mockmail.JoinURL(mailURL, mockmail.SendPath)
+	if err != nil {
+		return ceilingResult{}, err
+	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -86,7 +91,10 @@ func sendAll(ctx context.Context, mailURL string, bodies [][]byte, workers int, 
 }
 
 // deliver posts body until it is answered 200, counting the requests and
-// the time they took (ns) into requests and sending.
+// the time they took (ns) into requests and sending. An answer the service
+// would not send again (mailer.DefaultRetryStatuses) ends the run, saying
+// it: sent again at once from every sender, a 401 of a service that wants
+// credentials was thousands of requests a second.
 func deliver(ctx context.Context, client *http.Client, endpoint, key string, body []byte, creds *credentials, requests, sending *atomic.Int64) error {
 	for range maxCeilingTries {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, bytes.NewReader(body))
@@ -107,6 +115,9 @@ func deliver(ctx context.Context, client *http.Client, endpoint, key string, bod
 		sending.Add(int64(time.Since(start)))
 		if resp.StatusCode == http.StatusOK {
 			return nil
+		}
+		if !slices.Contains(mailer.DefaultRetryStatuses, resp.StatusCode) {
+			return fmt.Errorf("%s: answered %s, which the service would not send again", key, resp.Status)
 		}
 	}
 	return fmt.Errorf("%s: no 200 in %d tries", key, maxCeilingTries)

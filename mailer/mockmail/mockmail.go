@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -601,10 +602,24 @@ func ResetRemote(ctx context.Context, baseURL, authorization string) error {
 	return nil
 }
 
+// JoinURL is path under the base URL, as the service joins them: a query
+// such as ?key= kept (it went after the path, and every request to /).
+func JoinURL(baseURL, path string) (string, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil {
+		return "", err
+	}
+	return u.JoinPath(path).String(), nil
+}
+
 // call makes one request to the mock and decodes its answer into out (nil:
 // no answer expected), with an Authorization header unless "".
 func call(ctx context.Context, method, baseURL, path string, out any, authorization string) error {
-	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(baseURL, "/")+path, nil)
+	endpoint, err := JoinURL(baseURL, path)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, method, endpoint, nil)
 	if err != nil {
 		return err
 	}
