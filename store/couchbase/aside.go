@@ -73,8 +73,13 @@ func (s *stepper) next(now time.Time, doc membersDoc, me string) (held, aside bo
 		// a whole StepAsideAfter, when no send comes to probe with).
 		s.aside, s.trial, s.probed, s.heldSince = false, true, false, now
 		s.log.Info("trying the email service again: taking vBuckets back while the breaker probes")
+	case s.aside && doc.mixed(now):
+		// A member of an older build came: it would give this one
+		// vBuckets whatever its entry says (mixed).
+		s.aside, s.trial = false, false
+		s.log.Info("taking vBuckets back: a member of an older build, which does not leave members aside out, shares the feed")
 	case !s.aside && (now.Sub(s.heldSince) >= s.after || s.trial && s.probed && open):
-		if other := doc.sendingPeer(now, me); other != "" {
+		if other := doc.sendingPeer(now, me); other != "" && !doc.mixed(now) {
 			wait := s.trials.NextBackOff()
 			s.aside, s.trial, s.until = true, false, now.Add(wait)
 			s.log.Warn("stepping aside: this instance's sends are held back while another member's go out; its vBuckets go to the others",
@@ -96,9 +101,13 @@ func (d membersDoc) sendingPeer(now time.Time, me string) string {
 }
 
 // assignable is the sorted names of the members the vBuckets are shared
-// among at now: the live ones not aside, or every live one when all are.
+// among at now: the live ones not aside, or every live one when all are,
+// or while a member of an older build lives (mixed).
 func (d membersDoc) assignable(now time.Time) []string {
 	live := d.live(now)
+	if d.mixed(now) {
+		return live
+	}
 	var out []string
 	for _, name := range live {
 		if !d.Members[name].Aside {

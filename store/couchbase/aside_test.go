@@ -1,6 +1,8 @@
 package couchbase
 
 import (
+	"encoding/json"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,7 +18,7 @@ import (
 func docOf(now time.Time, entries map[string]memberEntry) membersDoc {
 	d := membersDoc{Members: map[string]memberEntry{}}
 	for name, e := range entries {
-		e.BeatAt, e.TTLMs = now.UnixMilli(), 10_000
+		e.BeatAt, e.TTLMs, e.Proto = now.UnixMilli(), 10_000, membersProto
 		d.Members[name] = e
 	}
 	return d
@@ -201,4 +203,79 @@ func TestAMemberWhoseSendsAreHeldHandsItsVBucketsOver(t *testing.T) {
 	_, twice := c.report(keys)
 	assert.Empty(t, twice, "delivered twice")
 	assert.Empty(t, srv.StreamOverlaps("orders"), "a vBucket streamed by two members at once")
+}
+
+// While a member of a build from before the members protocol (an entry
+// without proto, which knows neither held nor aside, and shares the
+// vBuckets over every live member) lives beside this build's, nobody
+// steps aside and the assignment leaves nobody out: a rolling upgrade, or
+// a rollback of one instance, during an outage. Its entry never says held:
+// every other member took it for one that sends and stepped aside, and
+// the vBuckets it gave them were streamed by nobody (682 of 1,024 with two
+// of this build aside, a review counted).
+func TestAMemberOfAnOlderBuildKeepsEveryoneIn(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	mixedAt := func(at time.Time) membersDoc {
+		d := docOf(at, map[string]memberEntry{"a": {Held: true, Aside: true}, "b": {Held: true}, "old": {}})
+		old := d.Members["old"]
+		old.Proto = 0
+		d.Members["old"] = old
+		return d
+	}
+	d := mixedAt(now)
+	assert.True(t, d.mixed(now))
+	assert.Equal(t, []string{"a", "b", "old"}, d.assignable(now), "the older build's assignment: every live member")
+	o := &ownership{assignedTo: []string{"a", "b", "old"}}
+	assert.Equal(t, []string{"a", "b", "old"}, o.stillAssigned([]string{"b", "old"}, d, now), "a aside is kept in")
+
+	const after = time.Minute
+	s := newStepper(after, newBreaker("open").heldBack, quietLog)
+	_, aside := s.next(now, d, "b")
+	assert.False(t, aside)
+	_, aside = s.next(now.Add(2*after), mixedAt(now.Add(2*after)), "b")
+	assert.False(t, aside, "held for long while the old member 'sends': b stays")
+
+	// One aside before the older build came takes its share back.
+	ours := func(at time.Time) membersDoc { return docOf(at, map[string]memberEntry{"a": {Held: true}, "b": {}}) }
+	s = newStepper(after, newBreaker("open").heldBack, quietLog)
+	s.next(now, ours(now), "a")
+	_, aside = s.next(now.Add(after), ours(now.Add(after)), "a")
+	require.True(t, aside)
+	_, aside = s.next(now.Add(after+time.Second), ours(now.Add(after+time.Second)), "a")
+	require.True(t, aside, "aside it stays")
+	_, aside = s.next(now.Add(after+2*time.Second), mixedAt(now.Add(after+2*time.Second)), "a")
+	assert.False(t, aside, "an older build's member came")
+
+	gone := docOf(now, map[string]memberEntry{"a": {Held: true, Aside: true}, "b": {}})
+	gone.Members["old"] = memberEntry{BeatAt: now.Add(-time.Minute).UnixMilli(), TTLMs: 10_000}
+	assert.False(t, gone.mixed(now), "its entry expired: members aside are left out again")
+	assert.Equal(t, []string{"b"}, gone.assignable(now))
+}
+
+// A member's heartbeat writes the whole members document back: the fields
+// of other members' entries this build does not know (a newer build's)
+// are kept, as this build's held and aside were dropped by an older one.
+// Its own entry says the protocol it follows.
+func TestAHeartbeatKeepsWhatItDoesNotKnowOfOthers(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	s := openStore(t, cfg)
+	ctx := ctxFor(t, 10*time.Second)
+	now := time.Now()
+	newer := fmt.Sprintf(`{"members":{"n":{"beatAt":%d,"ttlMs":10000,"started":1,"vbuckets":0,"proto":2,"drain":{"by":"x"}}}}`, now.UnixMilli())
+	_, err := s.Insert(ctx, store.Meta, membersKey("feed"), []byte(newer))
+	require.NoError(t, err)
+	g := newGroup(s, "feed", "me", 10*time.Second, time.Now)
+	doc, err := g.beat(ctx, 4, true, false)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"me", "n"}, doc.live(time.Now()))
+	v, _, _, ok := srv.Doc("metadata", "_default", "_default", membersKey("feed"))
+	require.True(t, ok)
+	var written struct {
+		Members map[string]map[string]json.RawMessage `json:"members"`
+	}
+	require.NoError(t, json.Unmarshal(v, &written), "%s", v)
+	assert.JSONEq(t, `{"by":"x"}`, string(written.Members["n"]["drain"]), "the newer build's field is kept: %s", v)
+	assert.Equal(t, "2", string(written.Members["n"]["proto"]))
+	assert.Equal(t, "1", string(written.Members["me"]["proto"]), "%s", v)
+	assert.Equal(t, "true", string(written.Members["me"]["held"]))
 }

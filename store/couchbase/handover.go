@@ -215,7 +215,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	now := f.opts.now()
 	live := doc.assignable(now)
 	if !o.trusted(now) {
-		live = o.stillAssigned(live, doc)
+		live = o.stillAssigned(live, doc, now)
 	}
 
 	var claims, releases, disowns []uint16
@@ -283,10 +283,11 @@ func (o *ownership) trusted(now time.Time) bool {
 // vBuckets are assigned over these: they stay where they are, instead of
 // moving to the members whose heartbeats went through first and back again
 // a heartbeat later.
-func (o *ownership) stillAssigned(live []string, doc membersDoc) []string {
+func (o *ownership) stillAssigned(live []string, doc membersDoc, now time.Time) []string {
 	out := slices.Clone(live)
+	mixed := doc.mixed(now)
 	for _, name := range o.assignedTo {
-		if e := doc.Members[name]; !e.Leaving && !e.Aside && !slices.Contains(out, name) {
+		if e := doc.Members[name]; !e.Leaving && (!e.Aside || mixed) && !slices.Contains(out, name) {
 			out = append(out, name)
 		}
 	}

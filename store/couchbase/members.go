@@ -37,6 +37,60 @@ type memberEntry struct {
 	// stepped aside (aside.go); the assignment leaves it out.
 	Held  bool `json:"held,omitempty"`
 	Aside bool `json:"aside,omitempty"`
+	// Proto is the members protocol its writer follows (membersProto);
+	// absent (0): a build from before it, which knows neither Held nor
+	// Aside (see mixed).
+	Proto int `json:"proto,omitempty"`
+
+	// rest is what the entry holds that this build does not know (a
+	// newer build's fields): kept when another member's entry is
+	// written back, as an older build's rewrite dropped Held and Aside.
+	rest map[string]json.RawMessage
+}
+
+// membersProto is the members protocol this build follows: 1, entries
+// say Held and Aside, and the assignment leaves members aside out.
+const membersProto = 1
+
+// entryFields are memberEntry's names in JSON.
+var entryFields = []string{"beatAt", "ttlMs", "started", "vbuckets", "leaving", "held", "aside", "proto"}
+
+func (e *memberEntry) UnmarshalJSON(b []byte) error {
+	type plain memberEntry
+	var p plain
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	var all map[string]json.RawMessage
+	if err := json.Unmarshal(b, &all); err != nil {
+		return err
+	}
+	for _, name := range entryFields {
+		delete(all, name)
+	}
+	*e = memberEntry(p)
+	if len(all) > 0 {
+		e.rest = all
+	}
+	return nil
+}
+
+func (e memberEntry) MarshalJSON() ([]byte, error) {
+	type plain memberEntry
+	b, err := json.Marshal(plain(e))
+	if err != nil || len(e.rest) == 0 {
+		return b, err
+	}
+	all := make(map[string]json.RawMessage, len(e.rest)+len(entryFields))
+	if err := json.Unmarshal(b, &all); err != nil {
+		return nil, err
+	}
+	for name, v := range e.rest {
+		if _, known := all[name]; !known {
+			all[name] = v
+		}
+	}
+	return json.Marshal(all)
 }
 
 func (e memberEntry) expiresAt() time.Time {
@@ -166,7 +220,7 @@ const forgetAfter = 10
 func (g *group) beat(ctx context.Context, vbuckets int, held, aside bool) (membersDoc, error) {
 	d, err := g.update(ctx, func(d *membersDoc, now time.Time) {
 		d.Members[g.me] = memberEntry{BeatAt: now.UnixMilli(), TTLMs: g.ttl.Milliseconds(),
-			Started: g.born.UnixMilli(), VBuckets: vbuckets, Held: held, Aside: aside}
+			Started: g.born.UnixMilli(), VBuckets: vbuckets, Held: held, Aside: aside, Proto: membersProto}
 	})
 	if err != nil {
 		return membersDoc{}, err
@@ -266,6 +320,22 @@ func (d membersDoc) outage(me string, now time.Time) bool {
 		}
 	}
 	return n >= 2
+}
+
+// mixed says whether a live member at now follows an older members
+// protocol than this build's: a build from before Held and Aside, which
+// shares the vBuckets over every live member, aside or not, and whose
+// entry never says its sends are held. While one lives, nobody steps aside
+// and the assignment leaves nobody out, as that build's: the vBuckets it
+// gave a member aside were streamed by nobody, and every other member,
+// seeing it "send" through an outage, stepped aside.
+func (d membersDoc) mixed(now time.Time) bool {
+	for name, e := range d.Members {
+		if live, _ := d.isLive(name, now); live && e.Proto < membersProto {
+			return true
+		}
+	}
+	return false
 }
 
 // live is the sorted names of the members whose entries have not expired
