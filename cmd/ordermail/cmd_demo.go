@@ -316,7 +316,7 @@ func loadAndPay(ctx context.Context, st store.Store, docs []fixtures.Doc, show f
 		if _, err := fixtures.Load(ctx, st, order.Inbound, docs[i:i+1], true); err != nil {
 			return err
 		}
-		if err := markPaid(ctx, st, doc.Key); err != nil {
+		if _, err := markPaid(ctx, st, doc.Key); err != nil {
 			return err
 		}
 		if show != nil && time.Since(shown) >= 100*time.Millisecond {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -38,26 +39,32 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if !pay {
 				return nil
 			}
-			left := make(map[string]bool, len(kept))
-			for _, k := range kept {
-				left[k] = true
-			}
-			paid := 0
+			// Those left as they were too: a load cut short (Ctrl-C) between
+			// its writes and its payments is finished by running it again.
+			// An order paid already is not written again.
+			paid, already := 0, 0
 			for _, d := range docs {
-				if left[d.Key] {
-					continue // not loaded: not paid again either
-				}
-				if err := markPaid(ctx, st, d.Key); err != nil {
+				changed, err := markPaid(ctx, st, d.Key)
+				if err != nil {
+					fmt.Fprintf(stdout, "marked %d of %d orders paid (%d were already); the same command again pays the rest\n", paid, len(docs), already)
 					return err
 				}
-				paid++
+				if changed {
+					paid++
+				} else {
+					already++
+				}
+			}
+			if already > 0 {
+				fmt.Fprintf(stdout, "marked %d orders paid (%d were already)\n", paid, already)
+				return nil
 			}
 			fmt.Fprintf(stdout, "marked %d orders paid\n", paid)
 			return nil
 		})
 	c.FlagSet.StringVar(&coll, "collection", "", "collection to write into: inbound or retry")
 	c.FlagSet.BoolVar(&replace, "replace", false, "write over documents with the same keys (an order replaced is unconfirmed again: once paid, the embedded store marks it confirmed again while its attempt record says it was sent, Couchbase sends its confirmation again); without it they are left as they are")
-	c.FlagSet.BoolVar(&pay, "pay", false, "then set each order's paymentStatus to paid, as the sample's manual test does (inbound only)")
+	c.FlagSet.BoolVar(&pay, "pay", false, "then set each order's paymentStatus to paid, as the sample's manual test does (inbound only); those already there too, unless paid already, so that a load cut short is finished by running it again")
 	// Check the arguments and read every file before the store is opened:
 	// a bad file loads nothing.
 	exec := c.Exec
@@ -108,15 +115,23 @@ func payCommand(stdout, stderr io.Writer) *ffcli.Command {
 		"set orders' paymentStatus to paid, as the sample's manual test does", stderr,
 		func(ctx context.Context, st store.Store, keys []string) error {
 			var errs []error
-			paid := 0
+			paid, already := 0, 0
 			for _, k := range keys {
-				if err := markPaid(ctx, st, k); err != nil {
+				changed, err := markPaid(ctx, st, k)
+				switch {
+				case err != nil:
 					errs = append(errs, err)
 					continue
+				case !changed:
+					already++
 				}
-				paid++
+				paid++ // or paid already: it is, as asked
 			}
-			fmt.Fprintf(stdout, "marked %d of %d orders paid\n", paid, len(keys))
+			if already > 0 {
+				fmt.Fprintf(stdout, "marked %d of %d orders paid (%d were already: left as they were)\n", paid, len(keys), already)
+			} else {
+				fmt.Fprintf(stdout, "marked %d of %d orders paid\n", paid, len(keys))
+			}
 			return errors.Join(errs...)
 		},
 		existing(), checkArgs(func(keys []string) error {
@@ -128,29 +143,33 @@ func payCommand(stdout, stderr io.Writer) *ffcli.Command {
 }
 
 // markPaid sets paymentStatus to paid, re-reading when the order changed
-// under it, at most maxPayTries times.
-func markPaid(ctx context.Context, st store.Store, key string) error {
+// under it, at most maxPayTries times; changed is false when it was paid
+// already (nothing written).
+func markPaid(ctx context.Context, st store.Store, key string) (changed bool, err error) {
 	for range maxPayTries {
 		d, err := st.Get(ctx, order.Inbound, key)
 		if errors.Is(err, store.ErrNotFound) {
-			return fmt.Errorf("pay %s: no such order in %s: %w", key, order.Inbound, err)
+			return false, fmt.Errorf("pay %s: no such order in %s: %w", key, order.Inbound, err)
 		}
 		if err != nil {
-			return fmt.Errorf("pay %s: %w", key, err)
+			return false, fmt.Errorf("pay %s: %w", key, err)
 		}
 		v, err := order.SetPaymentStatus(d.Value, order.StatusPaid)
 		if err != nil {
-			return fmt.Errorf("pay %s: %w", key, err)
+			return false, fmt.Errorf("pay %s: %w", key, err)
+		}
+		if bytes.Equal(v, bytes.TrimSpace(d.Value)) {
+			return false, nil
 		}
 		_, err = st.Replace(ctx, order.Inbound, key, v, d.CAS)
 		if !errors.Is(err, store.ErrCASMismatch) {
 			if err != nil {
-				return fmt.Errorf("pay %s: %w", key, err)
+				return false, fmt.Errorf("pay %s: %w", key, err)
 			}
-			return nil
+			return true, nil
 		}
 	}
-	return fmt.Errorf("pay %s: the order changed under each of %d tries; try again", key, maxPayTries)
+	return false, fmt.Errorf("pay %s: the order changed under each of %d tries; try again", key, maxPayTries)
 }
 
 // maxPayTries bounds the reads and writes of one order that keeps changing

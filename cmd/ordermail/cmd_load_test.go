@@ -35,7 +35,7 @@ func TestPayGivesUpOnAnOrderThatKeepsChanging(t *testing.T) {
 	_, err = st.Insert(context.Background(), order.Inbound, "o1", []byte(`{"paymentStatus":"pending"}`))
 	require.NoError(t, err)
 	changing := &alwaysChanged{Store: st}
-	err = markPaid(context.Background(), changing, "o1")
+	_, err = markPaid(context.Background(), changing, "o1")
 	assert.ErrorContains(t, err, "pay o1: the order changed under each of 10 tries")
 	assert.Equal(t, maxPayTries, changing.replaces)
 }
@@ -50,17 +50,24 @@ func TestLoadLeavesWhatIsThereUnlessToldToReplaceIt(t *testing.T) {
 	confirmed := `{"email":"a@example.com","paymentStatus":"paid","confirmationEmailSent":true}`
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "o1.json"), []byte(`{"email":"a@example.com","paymentStatus":"pending"}`), 0o600))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "o2.json"), []byte(`{"email":"b@example.com","paymentStatus":"pending"}`), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "o3.json"), []byte(`{"email":"c@example.com","paymentStatus":"pending"}`), 0o600))
 	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(dir, "o.db")})
 	require.NoError(t, err)
 	_, err = st.Insert(context.Background(), order.Inbound, "o1", []byte(confirmed))
 	require.NoError(t, err)
+	// o3 as a load --pay cut short (Ctrl-C) between its writes and its
+	// payments left it: running the load again pays it. It said "marked 0
+	// orders paid", exit 0, and left it unpaid for ever.
+	_, err = st.Insert(context.Background(), order.Inbound, "o3", []byte(`{"email":"c@example.com","paymentStatus":"pending"}`))
+	require.NoError(t, err)
 	require.NoError(t, st.Close())
 
-	out, _, err := cli(t, "load", "--store", db, "--collection", "inbound", "--pay", filepath.Join(dir, "o1.json"), filepath.Join(dir, "o2.json"))
+	out, _, err := cli(t, "load", "--store", db, "--collection", "inbound", "--pay",
+		filepath.Join(dir, "o1.json"), filepath.Join(dir, "o2.json"), filepath.Join(dir, "o3.json"))
 	require.NoError(t, err)
 	assert.Contains(t, out, "loaded 1 documents into inbound")
-	assert.Contains(t, out, "left 1 documents that were there as they were (--replace writes over them): o1")
-	assert.Contains(t, out, "marked 1 orders paid")
+	assert.Contains(t, out, "left 2 documents that were there as they were (--replace writes over them): o1 o3")
+	assert.Contains(t, out, "marked 2 orders paid (1 were already)")
 	get := func(key string) string {
 		st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(dir, "o.db")})
 		require.NoError(t, err)
@@ -71,6 +78,7 @@ func TestLoadLeavesWhatIsThereUnlessToldToReplaceIt(t *testing.T) {
 	}
 	assert.JSONEq(t, confirmed, get("o1"), "the confirmed order is left as it was")
 	assert.Contains(t, get("o2"), `"paid"`)
+	assert.Contains(t, get("o3"), `"paid"`, "the order an earlier load left unpaid is paid")
 
 	out, _, err = cli(t, "load", "--store", db, "--collection", "inbound", "--replace", filepath.Join(dir, "o1.json"))
 	require.NoError(t, err)
