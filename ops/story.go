@@ -12,9 +12,13 @@ import (
 
 // States of an order's confirmation, as Story.State.
 const (
-	StateNotPaid              = "not paid"
-	StateConfirmed            = "confirmed"
-	StatePendingFirstSend     = "pending first send"
+	StateNotPaid          = "not paid"
+	StateConfirmed        = "confirmed"
+	StatePendingFirstSend = "pending first send"
+	// StateGivenUp: paid, unconfirmed, attempted, and neither a retry nor
+	// a dead letter left (the dead letter purged, the retry removed by
+	// hand): nothing sends it unless the order changes.
+	StateGivenUp              = "given up"
 	StateRetryScheduled       = "retry scheduled"
 	StateRetryDue             = "retry due"
 	StateDeadLettered         = "dead-lettered"
@@ -199,6 +203,11 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 		s.State = StateUnreadableDeadLetter
 	case o.PaymentStatus != order.StatusPaid:
 		s.State = StateNotPaid
+	case a.Total > 0 && a.Result != "sent":
+		// Attempted, not sent, nothing left to try it again: the
+		// attempt record is written after the outcome where the two are
+		// apart (Couchbase), so a retry or dead letter it names is there.
+		s.State = StateGivenUp
 	default:
 		s.State = StatePendingFirstSend
 	}

@@ -143,6 +143,26 @@ func TestStoryStates(t *testing.T) {
 	}{
 		{name: "not paid", give: map[string]string{order.Inbound: `{"email":"d@x","paymentStatus":"pending"}`}, want: ops.StateNotPaid},
 		{name: "pending first send", give: map[string]string{order.Inbound: `{"email":"d@x","paymentStatus":"paid"}`}, want: ops.StatePendingFirstSend},
+		// Its dead letter purged: it said "pending first send", and
+		// nothing was ever going to send it.
+		{
+			name: "dead letter purged",
+			give: map[string]string{order.Inbound: `{"email":"d@x","paymentStatus":"paid"}`,
+				order.Attempts: `{"type":"attempts","docId":"k","total":3,"settledAt":5,"result":"dead_letter","attempts":[{"n":3,"at":4,"outcome":"dead_letter"}]}`},
+			want: ops.StateGivenUp,
+		},
+		{
+			name: "retry removed",
+			give: map[string]string{order.Inbound: `{"email":"d@x","paymentStatus":"paid"}`,
+				order.Attempts: `{"type":"attempts","docId":"k","total":1,"attempts":[{"n":1,"at":4,"outcome":"retry"}]}`},
+			want: ops.StateGivenUp,
+		},
+		{
+			name: "sent, then written back unconfirmed",
+			give: map[string]string{order.Inbound: `{"email":"d@x","paymentStatus":"paid"}`,
+				order.Attempts: `{"type":"attempts","docId":"k","total":1,"settledAt":5,"result":"sent","attempts":[{"n":1,"at":4,"outcome":"sent"}]}`},
+			want: ops.StatePendingFirstSend,
+		},
 		{name: "unknown order", give: map[string]string{order.DeadLetter: `{"docId":"k","reason":"order_missing"}`}, want: ops.StateUnknownOrder},
 		{name: "unreadable order", give: map[string]string{order.Inbound: `{"paymentStatus":`}, want: ops.StateUnreadableOrder, wantUnreadable: order.Inbound},
 		{

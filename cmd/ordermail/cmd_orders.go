@@ -76,6 +76,10 @@ func printStory(w io.Writer, s ops.Story) error {
 	}
 	fmt.Fprintf(w, "order:            %s\n", shown(s.Key))
 	fmt.Fprintf(w, "state:            %s\n", s.State)
+	if s.State == ops.StateGivenUp {
+		fmt.Fprintf(w, "                  (attempted, and no retry or dead letter is left: its dead letter purged, or its retry\n"+
+			"                  removed; nothing sends it unless the order changes)\n")
+	}
 	fmt.Fprintf(w, "payment:          %s\n", orDash(s.PaymentStatus))
 	fmt.Fprintf(w, "confirmed:        %s\n", confirmed)
 	fmt.Fprintf(w, "idempotency key:  %s\n", orDash(s.IdempotencyKey))

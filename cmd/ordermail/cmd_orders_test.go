@@ -85,6 +85,15 @@ func TestOrdersShow(t *testing.T) {
 	out, _, err = cli(t, "orders", "show", "--store", storeURL, "order_8")
 	require.NoError(t, err)
 	assert.Contains(t, out, "0 attempts in this budget, 0 redrives, last failure none: no request made yet\n")
+
+	// Its retry removed (a purged dead letter likewise): given up, and
+	// said why, not "pending first send".
+	r, err := st.Get(t.Context(), order.Retry, "order_7")
+	require.NoError(t, err)
+	require.NoError(t, st.Remove(t.Context(), order.Retry, "order_7", r.CAS))
+	out, _, err = cli(t, "orders", "show", "--store", storeURL, "order_7")
+	require.NoError(t, err)
+	assert.Contains(t, out, "state:            given up\n                  (attempted, and no retry or dead letter is left")
 }
 
 func TestOrdersShowBadInvocations(t *testing.T) {
