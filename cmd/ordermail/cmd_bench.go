@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -136,6 +137,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 				return fmt.Errorf("bench: find the ordermail binary: %w", err)
 			}
 			c.Exe, c.ServiceArgs = exe, args
+			c.CheckService = func(flags []string) error { return checkServiceFlagsOf(flags, c.MailURL) }
 			// The ceiling's and the minimal pipeline's senders run with the
 			// service's collector setting, so that the service is measured
 			// against them at their best, not at a handicap of Go's default.
@@ -159,4 +161,20 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			return nil
 		},
 	}
+}
+
+// checkServiceFlagsOf checks flags as `ordermail run` does before it starts
+// anything, its email service's URL mailURL, or a stand-in (the bench's
+// mock, started later, goes in the environment).
+func checkServiceFlagsOf(flags []string, mailURL string) error {
+	var parseErr strings.Builder
+	fs, cfg, _ := runFlags(&parseErr)
+	if err := fs.Parse(flags); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%q is no flag", fs.Arg(0))
+	}
+	cfg.Mail.URL = cmp.Or(mailURL, "http://127.0.0.1:9")
+	return checkRun(cfg)
 }

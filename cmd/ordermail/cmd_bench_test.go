@@ -315,6 +315,14 @@ func TestBenchRejectsBadSettings(t *testing.T) {
 		{give: []string{"--", "-retry-quantum=3s"}, want: "give it as bench's --retry-quantum"},
 		{give: []string{"--", "--log-level", "info", "--backoff", "fixed"}, want: "-- --backoff:"},
 		{give: []string{"--secure", "--", "--mail-auth-file", "x"}, want: "bench --secure gives the service its credentials"},
+		// The service's flags are checked as it will check them, before
+		// anything runs: the service used to refuse them after the ceiling
+		// and the history's writes.
+		{give: []string{"--ceiling", "--", "--mail-conns", "2"}, want: "the flags after --, as the service would take them: mail-conns: 2 is fewer than workers 16"},
+		{give: []string{"--", "--no-such-flag"}, want: "flag provided but not defined: -no-such-flag"},
+		{give: []string{"--", "--breaker-failures", "x"}, want: `invalid value "x" for flag -breaker-failures`},
+		{give: []string{"--", "stray"}, want: `"stray" is no flag`},
+		{give: []string{"--mail-url", "http://127.0.0.1:1", "--ceiling", "--", "--mail-auth-file", "x"}, want: "the senders of --ceiling and --minimal carry none of the service's credentials"},
 	} {
 		_, _, err := cli(t, append([]string{"bench"}, tt.give...)...)
 		assert.ErrorContains(t, err, tt.want, "%v", tt.give)

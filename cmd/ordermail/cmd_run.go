@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -23,9 +24,15 @@ import (
 )
 
 func runCommand(stderr io.Writer) *ffcli.Command {
+	fs, cfg, logs := runFlags(stderr)
+	return runWith(fs, cfg, logs, stderr)
+}
+
+// runFlags is run's flag set and the settings it parses into.
+func runFlags(stderr io.Writer) (*flag.FlagSet, *app.Config, *logFlags) {
 	fs := newFlagSet("run", stderr)
-	cfg := app.Config{}
-	var logs logFlags
+	cfg := &app.Config{}
+	logs := &logFlags{}
 	storeFlags(fs, &cfg.Store)
 	fs.Var(instanceFlag{&cfg.Store.Couchbase}, "instance", "i/n: a fixed split, this is instance i (from 0) of n on one Couchbase cluster, streaming the vBuckets v with v % n == i (default: the instances share the vBuckets by heartbeats)")
 	fs.DurationVar(&cfg.Store.Couchbase.MemberTTL, "cb-member-ttl", 10*time.Second, "without --instance: an instance whose heartbeat is this old is taken for dead and its vBuckets move to the others")
@@ -37,9 +44,36 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 	fs.StringVar(&cfg.Console.TokenFile, "admin-token-file", "", "file holding the console's admin token (16 characters or more), which actions need; "+
 		"or set ORDERMAIL_ADMIN_TOKEN; with neither the console is read-only. Never logged")
 	fs.BoolVar(&cfg.Watcher.FromNow, "from-now", false, "with no saved checkpoint, start the feed at its current end instead of its beginning")
-	serviceFlags(fs, &cfg, serviceDefaults{interval: timer.DefaultInterval, quantum: order.DefaultQuantum,
+	serviceFlags(fs, cfg, serviceDefaults{interval: timer.DefaultInterval, quantum: order.DefaultQuantum,
 		backoffMin: time.Second, backoffMax: 10 * time.Minute, breakerCooldown: 30 * time.Second})
 	logs.register(fs, "info")
+	return fs, cfg, logs
+}
+
+// checkRun checks run's settings as run does before it starts anything,
+// the error one run returns.
+func checkRun(cfg *app.Config) error {
+	if err := checkStoreFlags(cfg.Store); err != nil {
+		return badSetting(err)
+	}
+	if err := metrics.CheckAllowedHosts(cfg.Metrics.AllowedHosts); err != nil {
+		return badSetting(err)
+	}
+	cfg.Console.AllowedHosts = cfg.Metrics.AllowedHosts
+	switch cb := cfg.Store.Couchbase; { // run's own, as checkServiceFlags checks the others
+	case cb.MemberTTL == 0:
+		return usageErrorf("cb-member-ttl: 0s is no duration")
+	case cb.StepAsideAfter == 0:
+		return usageErrorf("cb-step-aside-after: 0s is no duration; a negative one never steps aside")
+	}
+	if err := checkServiceFlags(cfg); err != nil {
+		return badSetting(err)
+	}
+	return nil
+}
+
+// runWith is the run command of fs, whose flags parse into parsed and logs.
+func runWith(fs *flag.FlagSet, parsed *app.Config, logs *logFlags, stderr io.Writer) *ffcli.Command {
 	return &ffcli.Command{
 		Name:       "run",
 		ShortUsage: "ordermail run --store file:PATH --mail-url URL [flags]",
@@ -50,6 +84,7 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			if err := noArgs(args); err != nil {
 				return err
 			}
+			cfg := *parsed
 			log, err := logs.logger(stderr)
 			if err != nil {
 				return badSetting(err)
@@ -57,21 +92,8 @@ func runCommand(stderr io.Writer) *ffcli.Command {
 			// The token itself comes from the environment only: a flag's
 			// value is in every process listing.
 			cfg.Console.Token = console.Secret(os.Getenv("ORDERMAIL_ADMIN_TOKEN"))
-			if err := checkStoreFlags(cfg.Store); err != nil {
-				return badSetting(err)
-			}
-			if err := metrics.CheckAllowedHosts(cfg.Metrics.AllowedHosts); err != nil {
-				return badSetting(err)
-			}
-			cfg.Console.AllowedHosts = cfg.Metrics.AllowedHosts
-			switch cb := cfg.Store.Couchbase; { // run's own, as checkServiceFlags checks the others
-			case cb.MemberTTL == 0:
-				return usageErrorf("cb-member-ttl: 0s is no duration")
-			case cb.StepAsideAfter == 0:
-				return usageErrorf("cb-step-aside-after: 0s is no duration; a negative one never steps aside")
-			}
-			if err := checkServiceFlags(&cfg); err != nil {
-				return badSetting(err)
+			if err := checkRun(&cfg); err != nil {
+				return err
 			}
 			if cfg.Console.TokenFile != "" && cfg.Console.Listen == "" {
 				log.Warn("admin-token-file is set, but admin-listen is not: the console is off, and the token unused")

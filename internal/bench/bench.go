@@ -78,6 +78,11 @@ type Config struct {
 	Backoff       string
 	BackoffMin    time.Duration
 	ServiceArgs   []string // more flags of `ordermail run`
+	// CheckService, when set, checks the service's flags (ServiceFlags
+	// with ServiceArgs) as `ordermail run` will, once Validate has passed:
+	// the service starts after the ceiling, the minimal pipeline and the
+	// history's writes, minutes later with a million.
+	CheckService func(flags []string) error
 
 	// StoreDir holds the store file; empty: a temporary directory, removed
 	// at the end unless Keep.
@@ -353,6 +358,12 @@ func (e ConfigError) Unwrap() error { return e.Err }
 func Run(ctx context.Context, cfg Config, progress io.Writer) (Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return Result{}, ConfigError{err}
+	}
+	if cfg.CheckService != nil {
+		flags := ServiceFlags(cfg, "file:"+filepath.Join(os.TempDir(), "ordermail-bench-check.db"))
+		if err := cfg.CheckService(append(flags, cfg.ServiceArgs...)); err != nil {
+			return Result{}, ConfigError{fmt.Errorf("the flags after --, as the service would take them: %w", err)}
+		}
 	}
 	if cfg.Seed == 0 {
 		cfg.Seed = uint64(time.Now().UnixNano())
@@ -735,6 +746,16 @@ func (b *bench) startMock(ctx context.Context) error {
 	}
 }
 
+// ServiceFlags are the flags of `ordermail run` the bench gives the
+// service on store, before its metrics address, the --secure files and
+// c.ServiceArgs; the email service's URL goes in the environment.
+func ServiceFlags(c Config, store string) []string {
+	return []string{"--store", store, "--from-now",
+		"--workers", strconv.Itoa(c.Workers), "--mail-conns", strconv.Itoa(c.Workers), "--log-level", "warn",
+		"--timer-interval", c.TimerInterval.String(), "--retry-quantum", c.RetryQuantum.String(),
+		"--backoff", c.Backoff, "--backoff-min", c.BackoffMin.String()}
+}
+
 // startService starts `ordermail run` and waits until it has confirmed a
 // probe order written after its start: the feed, the worker pool, the
 // mailer and the store's outcome write all work. The service's feed starts
@@ -751,10 +772,7 @@ func (b *bench) startService(ctx context.Context) (time.Duration, error) {
 	// user of the machine can read in a process listing: it may carry a
 	// real service's key (--mail-url).
 	env := []string{"ORDERMAIL_MAIL_URL=" + b.mailURL}
-	args := []string{"run", "--store", "file:" + b.dbPath(), "--from-now",
-		"--workers", strconv.Itoa(c.Workers), "--mail-conns", strconv.Itoa(c.Workers), "--log-level", "warn",
-		"--timer-interval", c.TimerInterval.String(), "--retry-quantum", c.RetryQuantum.String(),
-		"--backoff", c.Backoff, "--backoff-min", c.BackoffMin.String()}
+	args := append([]string{"run"}, ServiceFlags(c, "file:"+b.dbPath())...)
 	addr, err := freeAddr()
 	if err != nil {
 		return 0, err
