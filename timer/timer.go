@@ -355,6 +355,9 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 		t.setRole(RoleStandby, &h)
 		return Result{Armed: true, Standby: true, Aside: aside}, nil
 	} else if err != nil {
+		// Whether it still holds the lease is unknown, and it sweeps not:
+		// "active" kept the sweeper alert quiet while the lease expired.
+		t.setRole(RoleUnknown, nil)
 		return Result{Armed: true}, fmt.Errorf("sweep lease: %w", err)
 	}
 	t.setRole(RoleActive, nil)

@@ -1294,3 +1294,43 @@ func TestASweepStopCutsShortIsNoFailure(t *testing.T) {
 	require.NoError(t, tm.Stop(context.Background()))
 	assert.NotContains(t, logs.String(), "sweep failed")
 }
+
+// lockedLease fails the lease's renewals while locked: the store's write
+// lock held by another process, say.
+type lockedLease struct {
+	store.Store
+	locked atomic.Bool
+}
+
+func (s *lockedLease) Replace(ctx context.Context, coll, key string, value []byte, cas uint64) (uint64, error) {
+	if coll == store.Meta && s.locked.Load() {
+		return 0, errors.New("database is locked")
+	}
+	return s.Store.Replace(ctx, coll, key, value, cas)
+}
+
+// A sweeper whose lease cannot be renewed is not "active" any more: it
+// sweeps not, and its lease runs out. It said active throughout (a
+// review held the store's write lock a minute): the metrics' active
+// sweeper kept OrdermailNoSweeper quiet.
+func TestASweeperThatCannotRenewItsLeaseIsNotActive(t *testing.T) {
+	st := &lockedLease{Store: openStore(t)}
+	ctx := context.Background()
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	tm, err := timer.New(timer.Config{Interval: time.Second, Owner: "a"}, st, quiet, nil)
+	require.NoError(t, err)
+	_, err = tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	require.Equal(t, timer.RoleActive, tm.Status().Role)
+
+	st.locked.Store(true)
+	_, err = tm.Sweep(ctx, pinned.Add(time.Second))
+	require.ErrorContains(t, err, "sweep lease: database is locked")
+	assert.Equal(t, timer.RoleUnknown, tm.Status().Role)
+
+	st.locked.Store(false)
+	_, err = tm.Sweep(ctx, pinned.Add(2*time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, timer.RoleActive, tm.Status().Role, "renewed again: active again")
+}
