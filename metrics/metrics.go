@@ -227,10 +227,11 @@ func New(cfg Config, w *watcher.Watcher, t *timer.Timer, m *mailer.Client, st st
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		sendDur, eventDur, sweepDur, sends, held, outs, dead,
-		counter("events_handled_total", "Feed events whose outcome was written and acknowledged.", stat(func(s watcher.Stats) int64 { return s.Handled })),
+		counter("events_handled_total", "Feed events finished and acknowledged: their outcome written, or nothing to do (ignored ones included).", stat(func(s watcher.Stats) int64 { return s.Handled })),
 		counter("sends_succeeded_total", "Requests made to the email service answered 2xx.", stat(func(s watcher.Stats) int64 { return s.Sent })),
 		counter("send_failures_total", "Requests made to the email service that failed (no answer, or not 2xx). Sends held back are not counted.", stat(func(s watcher.Stats) int64 { return s.SendFailures })),
 		counter("events_ignored_total", "Feed events that needed nothing (not paid, own writes...).", stat(func(s watcher.Stats) int64 { return s.Ignored })),
+		counter("events_given_up_total", "Feed events given up on after --max-event-failures whose dead letter could not be written either (logged): the order waits for its next change.", stat(func(s watcher.Stats) int64 { return s.GivenUp })),
 		counter("timer_ticks_total", "Retry timer ticks that succeeded (paused and standby ones included; not those of an instance standing aside after its sweeps failed).", func() float64 { return float64(t.Status().Ticks) }),
 		counter("timer_sweep_errors_total", "Retry timer ticks that failed (reading allow_retrys, the sweep lease, or the sweep).", func() float64 { return float64(t.Status().SweepErrors) }),
 		gauge("breaker_open", "1 while the circuit breaker holds sends back (open or half-open).", func() float64 {

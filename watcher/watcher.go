@@ -147,6 +147,10 @@ type Stats struct {
 	// (breaker, configuration, rate limit); neither counts them.
 	Sends, Sent, SendFailures, Held int64
 	DeadLettered, Ignored           int64
+	// GivenUp are the changes given up on (--max-event-failures) whose
+	// dead letter could not be written either: logged, and not in the
+	// dead letters; the order waits for its next change.
+	GivenUp int64
 }
 
 // Hooks are called as the watcher works, for metrics; any may be nil. They
@@ -177,11 +181,11 @@ type Watcher struct {
 	log   *slog.Logger
 	now   func() time.Time
 
-	handled, sends, sent, sendFailures, held, deadLettered, ignored atomic.Int64
-	rand                                                            func() float64 // jitter draws
-	tracer                                                          trace.Tracer
-	hooks                                                           atomic.Pointer[Hooks]
-	progress                                                        progress
+	handled, sends, sent, sendFailures, held, deadLettered, ignored, givenUp atomic.Int64
+	rand                                                                     func() float64 // jitter draws
+	tracer                                                                   trace.Tracer
+	hooks                                                                    atomic.Pointer[Hooks]
+	progress                                                                 progress
 	// lag is, on a feed that gives each event the store's position when
 	// it was read (the embedded store's), how many changes the store had
 	// past the event last read; 0 once the reader waits idle.
@@ -222,7 +226,7 @@ func (w *Watcher) Stats() Stats {
 	return Stats{
 		Handled: w.handled.Load(),
 		Sends:   w.sends.Load(), Sent: w.sent.Load(), SendFailures: w.sendFailures.Load(), Held: w.held.Load(),
-		DeadLettered: w.deadLettered.Load(), Ignored: w.ignored.Load(),
+		DeadLettered: w.deadLettered.Load(), Ignored: w.ignored.Load(), GivenUp: w.givenUp.Load(),
 	}
 }
 
@@ -731,12 +735,15 @@ func (w *Watcher) poison(ctx context.Context, log *slog.Logger, ev store.Event, 
 	if err != nil && ctx.Err() != nil {
 		return false
 	}
-	// Counted once the line is written, whether or not the dead letter is.
-	defer w.deadLetter(order.ReasonPoisonEvent)
+	// Counted once the line is written: as a dead letter only when it is
+	// one (an alert on the dead letters sent operators to a list without
+	// it), else as given up.
 	if err != nil {
+		defer w.givenUp.Add(1)
 		log.Error("change given up on; could not dead-letter it either", "failures", w.cfg.MaxEventFailures, "error", cause, "dead_letter_error", err)
 		return true
 	}
+	defer w.deadLetter(order.ReasonPoisonEvent)
 	log.Error("change given up on and dead-lettered", "reason", order.ReasonPoisonEvent, "failures", w.cfg.MaxEventFailures, "error", cause)
 	return true
 }

@@ -520,6 +520,37 @@ func TestPoisonEventIsDeadLetteredAndTheFeedGoesOn(t *testing.T) {
 	assert.Equal(t, order.ReasonPoisonEvent, d.Reason)
 	assert.Contains(t, d.LastError, "no such thing")
 	assert.Len(t, logs.Lines("change given up on and dead-lettered"), 1)
+	assert.Equal(t, int64(1), w.Stats().DeadLettered)
+	assert.Zero(t, w.Stats().GivenUp)
+}
+
+// deadLetterFails refuses every dead-letter write for good.
+type deadLetterFails struct{ *poisonState }
+
+func (d deadLetterFails) Apply(ctx context.Context, ws []store.Write) ([]uint64, error) {
+	if ws[0].Collection == order.DeadLetter {
+		return nil, errors.New("disk I/O error")
+	}
+	return d.poisonState.Apply(ctx, ws)
+}
+
+// A poison event whose dead letter cannot be written is let go, logged,
+// and counted as given up, not as dead-lettered: the dead letters' alert
+// sent operators to a list without it.
+func TestAPoisonEventWithoutItsDeadLetterIsCountedGivenUp(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "poison", paidOrder)
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2},
+		deadLetterFails{&poisonState{e.store, "poison"}}, e.mail, log, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	waitHandled(t, w, 1)
+	assert.Len(t, logs.Lines("could not dead-letter it either"), 1)
+	assert.Equal(t, int64(1), w.Stats().GivenUp)
+	assert.Zero(t, w.Stats().DeadLettered)
 }
 
 // deadLetterRaced answers the first dead-letter write as if another

@@ -79,6 +79,34 @@ ordermail_oldest_due_retry_age_seconds{instance="a"} 2+0x40
 ordermail_retries_paused{instance="a"} 0+0x40
 ordermail_breaker_open{instance="a"} 0+0x40`, false},
 
+		{"orders paid, none confirmed, the email service not failing: stuck",
+			"OrdermailOrdersNotConfirmed", `
+ordermail_orders_paid{instance="a"} 100+10x40
+ordermail_orders_confirmed{instance="a"} 90+0x40
+ordermail_breaker_open{instance="a"} 0+0x40
+ordermail_mail_misconfigured{instance="a"} 0+0x40`, true},
+		{"orders paid and confirmed",
+			"OrdermailOrdersNotConfirmed", `
+ordermail_orders_paid{instance="a"} 100+10x40
+ordermail_orders_confirmed{instance="a"} 90+10x40
+ordermail_breaker_open{instance="a"} 0+0x40
+ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
+		{"no order paid: nothing to confirm",
+			"OrdermailOrdersNotConfirmed", `
+ordermail_orders_paid{instance="a"} 100+0x40
+ordermail_orders_confirmed{instance="a"} 90+0x40
+ordermail_breaker_open{instance="a"} 0+0x40
+ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
+		{"the email service down: its own alert",
+			"OrdermailOrdersNotConfirmed", `
+ordermail_orders_paid{instance="a"} 100+10x40
+ordermail_orders_confirmed{instance="a"} 90+0x40
+ordermail_breaker_open{instance="a"} 1+0x40
+ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
+		{"changes given up on without their dead letters",
+			"OrdermailEventsGivenUp", `
+ordermail_events_given_up_total{instance="a"} 0+0x10 1+0x30`, true},
+
 		{"the email service fails the instance that sends",
 			"OrdermailBreakerOpen", `
 ordermail_breaker_open{instance="a"} 1+0x40
