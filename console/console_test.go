@@ -903,6 +903,26 @@ func TestOverviewWhileSendsAreHeldBack(t *testing.T) {
 	}
 }
 
+// A standby (a process that does not run the feed) sends nothing: its
+// breaker, closed for want of sends, is no news of the email service. It
+// said "closed: sends go out" while the running instance's was open.
+func TestOverviewOfAStandbySaysItSendsNothing(t *testing.T) {
+	t.Parallel()
+	st, m := heldBack(t)
+	d := deps(t, st, m) // its watcher not started: a standby's
+	f := serve(t, console.Config{}, st, d)
+	code, body := f.get(t, "/")
+	require.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, "this process sends nothing")
+	assert.NotContains(t, body, "sends go out.")
+
+	require.NoError(t, d.Watcher.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, d.Watcher.Stop(context.Background())) })
+	_, body = f.get(t, "/")
+	assert.NotContains(t, body, "this process sends nothing", "it runs the feed")
+	assert.Contains(t, body, "sends are held back as retries", "its breaker is open")
+}
+
 // The overview says who gave the sweep lease up last, and why, while
 // nobody holds it.
 func TestOverviewSaysWhyTheSweeperLeft(t *testing.T) {

@@ -329,7 +329,14 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 			}
 		}
 		if s, ok := t.gate.(interface{ Standby() bool }); ok && s.Standby() {
-			t.setRole(RoleStandby, nil) // it sends nothing at all: nothing of its is held
+			// It sends nothing at all: nothing of its is held. Who sweeps,
+			// for its report (the sweeper's heartbeat age), as a standby
+			// by the lease reads it; failing to read it changes nothing.
+			h, herr := t.lease.Holder(lctx)
+			if herr != nil {
+				h = lease.Holding{}
+			}
+			t.setRole(RoleStandby, &h)
 			return Result{Armed: true, NoFeed: true}, nil
 		}
 		t.setRole(RoleHeld, nil)

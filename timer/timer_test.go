@@ -389,6 +389,10 @@ func TestAStandbySaysSoNotHeld(t *testing.T) {
 	require.NoError(t, err)
 	retryDoc(t, st, "r", time.Minute)
 	var logs syncbuf.Buffer
+	active, err := timer.New(timer.Config{Interval: time.Second, Owner: "a"}, st, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	_, err = active.Sweep(ctx, pinned)
+	require.NoError(t, err)
 	tm, err := timer.New(timer.Config{Interval: 20 * time.Millisecond, Owner: "b"}, st, slog.New(slog.NewTextHandler(&logs, nil)), time.Now)
 	require.NoError(t, err)
 	tm.SetGate(standbyGate{})
@@ -396,6 +400,7 @@ func TestAStandbySaysSoNotHeld(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, timer.Result{Armed: true, NoFeed: true}, res, "nothing swept, nothing held")
 	assert.Equal(t, timer.RoleStandby, tm.Status().Role)
+	assert.Equal(t, "a", tm.Status().Holder.Owner, "who sweeps, for its report (the sweeper's heartbeat age)")
 	tm.Start()
 	defer tm.Stop(ctx)
 	require.Eventually(t, func() bool { return len(logs.Lines("feed does not run")) > 0 }, 20*time.Second, 10*time.Millisecond,

@@ -160,6 +160,13 @@ func TestStatusViewOfMembers(t *testing.T) {
 	assert.Contains(t, out.String(), "  stale         40.0s       512  -      b\n")
 	assert.Contains(t, out.String(), "  live           1.0s       512  held   e\n")
 	assert.Contains(t, out.String(), "sweeper:            a (lease until")
+
+	// Paused, an expired lease is taken over by nobody.
+	v = newStatusView(ops.Status{Sweeper: &ops.Sweeper{Holder: "a", ExpiresAt: now.Add(-time.Second), Expired: true}}, now, unknown)
+	out.Reset()
+	require.NoError(t, printStatus(&out, v, 15*time.Second))
+	assert.Contains(t, out.String(), "nobody sweeps while retries are paused)")
+	assert.NotContains(t, out.String(), "takes over")
 }
 
 // When nobody sweeps, the status says who gave the sweep lease up last,

@@ -345,6 +345,8 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 		}
 	case sw == nil:
 		line("sweeper", "none (no instance holds the sweep lease)")
+	case sw.Expired && !v.TimerArmed:
+		line("sweeper", "%s (lease expired at %s: nobody sweeps while retries are paused)", shown(sw.Holder), sw.ExpiresAt)
 	case sw.Expired:
 		line("sweeper", "%s (lease expired at %s: the next instance to tick takes over)", shown(sw.Holder), sw.ExpiresAt)
 	default:
