@@ -337,10 +337,13 @@ func (c *timerState) Describe(ch chan<- *prometheus.Desc) { ch <- descPaused; ch
 
 func (c *timerState) Collect(ch chan<- prometheus.Metric) {
 	st := c.t.Status()
-	if st.Role == timer.RoleUnknown {
+	if !st.ArmedKnown {
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, b2f(st.Role == timer.RolePaused))
+	// From the last read of allow_retrys, whatever the role: a sweeper
+	// whose lease renewal failed (role unknown) dropped the series, and
+	// with it OrdermailNoSweeper, which needs it.
+	ch <- prometheus.MustNewConstMetric(descPaused, prometheus.GaugeValue, b2f(!st.Armed))
 	if st.Role == timer.RoleStandby && st.Holder.Owner != "" {
 		ch <- prometheus.MustNewConstMetric(descHeartbeat, prometheus.GaugeValue, st.HeartbeatAge.Seconds())
 	}

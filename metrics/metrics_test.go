@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -835,4 +836,41 @@ func TestASlowClientIsCutOff(t *testing.T) {
 // answer is an endpoint's answer when a wait's failure message is written.
 func answer(h http.HandlerFunc) any {
 	return later.Value(func() any { code, body := get(h); return fmt.Sprint(code, " ", body) })
+}
+
+type lockedMeta struct {
+	store.Store
+	locked *atomic.Bool
+}
+
+func (s lockedMeta) Replace(ctx context.Context, coll, key string, value []byte, cas uint64) (uint64, error) {
+	if coll == store.Meta && s.locked.Load() {
+		return 0, errors.New("database is locked")
+	}
+	return s.Store.Replace(ctx, coll, key, value, cas)
+}
+
+// A sweeper whose lease renewal fails lets OrdermailNoSweeper fire:
+// max(timer_active) == 0 and max(timer_held) == 0 and
+// max(retries_paused) == 0, the last from allow_retrys as last read. The
+// series went with the role (unknown), and the alert could not fire.
+func TestTheSweeperAlertsSeriesStayWhenTheLeaseCannotBeRenewed(t *testing.T) {
+	var locked atomic.Bool
+	r := newRig(t, rigConfig{wrap: func(s store.Store) store.Store { return lockedMeta{s, &locked} }})
+	r.armRetries(t, `{}`)
+	ctx := context.Background()
+	now := time.Now()
+	_, err := r.t.Sweep(ctx, now)
+	require.NoError(t, err)
+	require.Equal(t, timer.RoleActive, r.t.Status().Role)
+	locked.Store(true)
+	_, err = r.t.Sweep(ctx, now.Add(time.Second))
+	require.Error(t, err)
+	require.Equal(t, timer.RoleUnknown, r.t.Status().Role)
+	v := scrape(t, r.m.Handler())
+	assert.Equal(t, 0.0, v["ordermail_timer_active"])
+	assert.Equal(t, 0.0, v["ordermail_timer_held"])
+	paused, ok := v["ordermail_retries_paused"]
+	assert.True(t, ok, "ordermail_retries_paused absent: max(ordermail_retries_paused) == 0 is empty, OrdermailNoSweeper cannot fire")
+	assert.Equal(t, 0.0, paused, "allow_retrys was there")
 }

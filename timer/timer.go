@@ -184,6 +184,10 @@ type Status struct {
 	// and HeartbeatAge how long ago it last renewed the lease.
 	Holder       lease.Holding
 	HeartbeatAge time.Duration
+	// Armed says whether allow_retrys was there at the last read of it,
+	// whatever the role (one unknown after a failed lease renewal still
+	// knows it); ArmedKnown is false before any read.
+	Armed, ArmedKnown bool
 }
 
 // Timer flags due retry documents on a schedule.
@@ -228,6 +232,7 @@ type Timer struct {
 	// (dropKept).
 	pausedSeen time.Time
 	dropFailed bool // dropKept's last try failed: said once, not every tick
+	armed      int8 // allow_retrys at the last read: 1 there, -1 absent, 0 not read yet
 
 	// Logged state, for one line per change; only tick touches them.
 	logged      Role
@@ -283,6 +288,7 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 		t.mu.Lock()
 		t.pausedSeen = asked
 		t.resumed = true
+		t.armed = -1
 		t.mu.Unlock()
 		t.setRole(RolePaused, nil)
 		return Result{}, nil
@@ -292,6 +298,7 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 	}
 	t.mu.Lock()
 	seen := t.pausedSeen
+	t.armed = 1
 	t.mu.Unlock()
 	if !seen.IsZero() {
 		err := t.dropKept(ctx, seen)
@@ -323,7 +330,9 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 		held, probing = t.gate.HeldBack()
 	}
 	if held {
-		if t.Status().Role == RoleActive {
+		// Active, or unknown after a renewal that failed: the lease may
+		// be ours (Release leaves another's alone).
+		if r := t.Status().Role; r == RoleActive || r == RoleUnknown {
 			if err := t.lease.Release(lctx, heldWhy(t.gate)); err != nil {
 				return Result{Armed: true, Held: true}, fmt.Errorf("sweep lease: give it up while sends are held back: %w", err)
 			}
@@ -575,6 +584,7 @@ func (t *Timer) Status() Status {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s.Role, s.Interval, s.Quantum, s.LastSweep = t.role, t.interval, t.quantum, t.lastSweep
+	s.Armed, s.ArmedKnown = t.armed > 0, t.armed != 0
 	if t.role == RoleStandby {
 		s.Holder = t.holder
 		if t.holder.Owner != "" {

@@ -1339,3 +1339,30 @@ func TestASweeperThatCannotRenewItsLeaseIsNotActive(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, timer.RoleActive, tm.Status().Role, "renewed again: active again")
 }
+
+// One renewal failed (its role unknown), then the breaker opens: the
+// lease is given up as from active. It stayed a's until its TTL, and an
+// instance whose sends go out could not sweep meanwhile.
+func TestAHeldSweeperGivesTheLeaseUpAfterAFailedRenewal(t *testing.T) {
+	st := &lockedLease{Store: openStore(t)}
+	ctx := context.Background()
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	var g gate
+	a, err := timer.New(timer.Config{Interval: time.Second, Owner: "a"}, st, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	a.SetGate(&g)
+	_, err = a.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	st.locked.Store(true)
+	_, err = a.Sweep(ctx, pinned)
+	require.Error(t, err)
+	st.locked.Store(false)
+	g.held.Store(true)
+	res, err := a.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	require.True(t, res.Held)
+	h, err := timer.ReadSweeper(ctx, st)
+	require.NoError(t, err)
+	assert.Empty(t, h.Owner, "held: a gives the lease up, as it does from active (it holds %q)", h.Owner)
+}
