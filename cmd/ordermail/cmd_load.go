@@ -39,11 +39,28 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 			if !pay {
 				return nil
 			}
-			// Those left as they were too: a load cut short (Ctrl-C) between
-			// its writes and its payments is finished by running it again.
-			// An order paid already is not written again.
-			paid, already := 0, 0
+			// Those left as they were too when they are the file's document
+			// as it stands (a load cut short, Ctrl-C, between its writes and
+			// its payments, is finished by running it again); one that is
+			// not (another order under the key, the order system's) is left
+			// alone. An order paid already is not written again.
+			left := make(map[string]bool, len(kept))
+			for _, k := range kept {
+				left[k] = true
+			}
+			paid, already, others := 0, 0, 0
 			for _, d := range docs {
+				if left[d.Key] {
+					cur, err := st.Get(ctx, order.Inbound, d.Key)
+					if err != nil && !errors.Is(err, store.ErrNotFound) {
+						fmt.Fprintf(stdout, "marked %d of %d orders paid (%d were already); the same command again pays the rest\n", paid, len(docs), already)
+						return fmt.Errorf("pay %s: %w", d.Key, err)
+					}
+					if err != nil || !bytes.Equal(bytes.TrimSpace(cur.Value), bytes.TrimSpace(d.Value)) {
+						others++
+						continue
+					}
+				}
 				changed, err := markPaid(ctx, st, d.Key)
 				if err != nil {
 					fmt.Fprintf(stdout, "marked %d of %d orders paid (%d were already); the same command again pays the rest\n", paid, len(docs), already)
@@ -55,16 +72,19 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 					already++
 				}
 			}
+			msg := fmt.Sprintf("marked %d orders paid", paid)
 			if already > 0 {
-				fmt.Fprintf(stdout, "marked %d orders paid (%d were already)\n", paid, already)
-				return nil
+				msg += fmt.Sprintf(" (%d were already)", already)
 			}
-			fmt.Fprintf(stdout, "marked %d orders paid\n", paid)
+			if others > 0 {
+				msg += fmt.Sprintf("; %d of those left as they were are not the files' documents (the order system's, or changed since): not paid", others)
+			}
+			fmt.Fprintln(stdout, msg)
 			return nil
 		})
 	c.FlagSet.StringVar(&coll, "collection", "", "collection to write into: inbound or retry")
 	c.FlagSet.BoolVar(&replace, "replace", false, "write over documents with the same keys (an order replaced is unconfirmed again: once paid, the embedded store marks it confirmed again while its attempt record says it was sent, Couchbase sends its confirmation again); without it they are left as they are")
-	c.FlagSet.BoolVar(&pay, "pay", false, "then set each order's paymentStatus to paid, as the sample's manual test does (inbound only); those already there too, unless paid already, so that a load cut short is finished by running it again")
+	c.FlagSet.BoolVar(&pay, "pay", false, "then set each order's paymentStatus to paid, as the sample's manual test does (inbound only); one already there too when it is the file's document as it stands (a load cut short is finished by running it again), unless paid already")
 	// Check the arguments and read every file before the store is opened:
 	// a bad file loads nothing.
 	exec := c.Exec

@@ -67,7 +67,7 @@ func TestLoadLeavesWhatIsThereUnlessToldToReplaceIt(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, out, "loaded 1 documents into inbound")
 	assert.Contains(t, out, "left 2 documents that were there as they were (--replace writes over them): o1 o3")
-	assert.Contains(t, out, "marked 2 orders paid (1 were already)")
+	assert.Contains(t, out, "marked 2 orders paid; 1 of those left as they were are not the files' documents", "o1, confirmed since: left alone")
 	get := func(key string) string {
 		st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(dir, "o.db")})
 		require.NoError(t, err)
@@ -105,4 +105,29 @@ func TestLoadRefusesWhatIsNotADocument(t *testing.T) {
 		require.Error(t, err, name)
 		assert.Contains(t, err.Error(), path, "names the file")
 	}
+}
+
+// An order the order system already has, another customer's and unpaid
+// (or refunded), shares a key with a file's: load without --replace leaves
+// it as it is, and --pay leaves it unpaid (paid, the service would mail a
+// confirmation for an order nobody paid).
+func TestLoadPayLeavesAnOrderItDidNotWrite(t *testing.T) {
+	dir := t.TempDir()
+	db := "file:" + filepath.Join(dir, "o.db")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "o1.json"), []byte(`{"email":"fixture@example.com","paymentStatus":"pending"}`), 0o600))
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(dir, "o.db")})
+	require.NoError(t, err)
+	_, err = st.Insert(context.Background(), order.Inbound, "o1", []byte(`{"email":"real@customer.com","paymentStatus":"refunded"}`))
+	require.NoError(t, err)
+	require.NoError(t, st.Close())
+
+	out, _, err := cli(t, "load", "--store", db, "--collection", "inbound", "--pay", filepath.Join(dir, "o1.json"))
+	require.NoError(t, err)
+	assert.Contains(t, out, "marked 0 orders paid; 1 of those left as they were are not the files' documents")
+	st, err = embedded.Open(context.Background(), embedded.Config{Path: filepath.Join(dir, "o.db")})
+	require.NoError(t, err)
+	defer st.Close()
+	d, err := st.Get(context.Background(), order.Inbound, "o1")
+	require.NoError(t, err)
+	assert.JSONEq(t, `{"email":"real@customer.com","paymentStatus":"refunded"}`, string(d.Value), "left as it was")
 }
