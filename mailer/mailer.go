@@ -17,6 +17,7 @@ import (
 	"net/http/httptrace"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +42,21 @@ import (
 
 // Path is where confirmations are posted, under the base URL.
 const Path = "/sendConfirmation"
+
+// Resends says whether a send answered status is tried again, as the
+// client so configured classes an answer of no particular order: one of
+// RetryStatuses (nil: DefaultRetryStatuses), or any failure but a refusal
+// of the credentials (401, 403) with RetryAllFailures.
+func (c Config) Resends(status int) bool {
+	statuses := c.RetryStatuses
+	if statuses == nil {
+		statuses = DefaultRetryStatuses
+	}
+	if c.RetryAllFailures {
+		return !success(status) && status != http.StatusUnauthorized && status != http.StatusForbidden
+	}
+	return slices.Contains(statuses, status)
+}
 
 // DefaultRetryStatuses are the answers worth trying again: Eventarc's
 // transient codes plus 425 Too Early.

@@ -666,3 +666,16 @@ func TestTheBreakersLinesSayWhatFailed(t *testing.T) {
 	require.Eventually(t, func() bool { return send() == nil }, 10*time.Second, 5*time.Millisecond)
 	assert.Len(t, logs.Lines("circuit breaker closed", "held_for="), 1, logs.String())
 }
+
+// Resends is the client's classing of an answer of no particular order.
+func TestResendsIsHowTheClientClassesAnAnswer(t *testing.T) {
+	var def mailer.Config
+	assert.True(t, def.Resends(503))
+	assert.False(t, def.Resends(406))
+	assert.True(t, mailer.Config{RetryStatuses: []int{406}}.Resends(406))
+	assert.False(t, mailer.Config{RetryStatuses: []int{406}}.Resends(503))
+	all := mailer.Config{RetryAllFailures: true}
+	assert.True(t, all.Resends(406))
+	assert.False(t, all.Resends(401), "a refusal of the credentials is the configuration's")
+	assert.False(t, all.Resends(200))
+}

@@ -137,7 +137,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 				return fmt.Errorf("bench: find the ordermail binary: %w", err)
 			}
 			c.Exe, c.ServiceArgs = exe, args
-			c.CheckService = func(flags []string) error { return checkServiceFlagsOf(flags, c.MailURL) }
+			c.CheckService = func(flags []string) (func(int) bool, error) { return checkServiceFlagsOf(flags, c.MailURL) }
 			// The ceiling's and the minimal pipeline's senders run with the
 			// service's collector setting, so that the service is measured
 			// against them at their best, not at a handicap of Go's default.
@@ -165,16 +165,20 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 
 // checkServiceFlagsOf checks flags as `ordermail run` does before it starts
 // anything, its email service's URL mailURL, or a stand-in (the bench's
-// mock, started later, goes in the environment).
-func checkServiceFlagsOf(flags []string, mailURL string) error {
+// mock, started later, goes in the environment), and says which answers
+// the service, so set, sends again.
+func checkServiceFlagsOf(flags []string, mailURL string) (resends func(status int) bool, err error) {
 	var parseErr strings.Builder
 	fs, cfg, _ := runFlags(&parseErr)
 	if err := fs.Parse(flags); err != nil {
-		return err
+		return nil, err
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("%q is no flag", fs.Arg(0))
+		return nil, fmt.Errorf("%q is no flag", fs.Arg(0))
 	}
 	cfg.Mail.URL = cmp.Or(mailURL, "http://127.0.0.1:9")
-	return checkRun(cfg)
+	if err := checkRun(cfg); err != nil {
+		return nil, err
+	}
+	return cfg.Mail.Resends, nil
 }

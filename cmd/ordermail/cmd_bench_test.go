@@ -493,3 +493,16 @@ func parentOf(dir string) int {
 	}
 	return ppid
 }
+
+// The ceiling's senders learn from the flags after -- which answers the
+// service sends again.
+func TestBenchSendersFollowTheServicesRetryFlags(t *testing.T) {
+	c := bench.Config{Workers: 16, TimerInterval: time.Second, RetryQuantum: time.Second, Backoff: "exponential", BackoffMin: time.Second}
+	resends, err := checkServiceFlagsOf(append(bench.ServiceFlags(c, "file:x.db"), "--retry-all-failures"), "")
+	require.NoError(t, err)
+	assert.True(t, resends(406))
+	resends, err = checkServiceFlagsOf(bench.ServiceFlags(c, "file:x.db"), "")
+	require.NoError(t, err)
+	assert.False(t, resends(406))
+	assert.True(t, resends(503))
+}

@@ -79,10 +79,12 @@ type Config struct {
 	BackoffMin    time.Duration
 	ServiceArgs   []string // more flags of `ordermail run`
 	// CheckService, when set, checks the service's flags (ServiceFlags
-	// with ServiceArgs) as `ordermail run` will, once Validate has passed:
-	// the service starts after the ceiling, the minimal pipeline and the
-	// history's writes, minutes later with a million.
-	CheckService func(flags []string) error
+	// with ServiceArgs) as `ordermail run` will, once Validate has passed
+	// (the service starts after the ceiling, the minimal pipeline and the
+	// history's writes, minutes later with a million), and says which
+	// answers the service sends again (its --retry-statuses,
+	// --retry-all-failures), for the ceiling's senders to do the same.
+	CheckService func(flags []string) (resends func(status int) bool, err error)
 
 	// StoreDir holds the store file; empty: a temporary directory, removed
 	// at the end unless Keep.
@@ -359,9 +361,11 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Result, error) {
 	if err := cfg.Validate(); err != nil {
 		return Result{}, ConfigError{err}
 	}
+	var resends func(int) bool
 	if cfg.CheckService != nil {
 		flags := ServiceFlags(cfg, "file:"+filepath.Join(os.TempDir(), "ordermail-bench-check.db"))
-		if err := cfg.CheckService(append(flags, cfg.ServiceArgs...)); err != nil {
+		var err error
+		if resends, err = cfg.CheckService(append(flags, cfg.ServiceArgs...)); err != nil {
 			return Result{}, ConfigError{fmt.Errorf("the flags after --, as the service would take them: %w", err)}
 		}
 	}
@@ -384,7 +388,7 @@ func Run(ctx context.Context, cfg Config, progress io.Writer) (Result, error) {
 		}
 		out.hide = strings.NewReplacer(pairs...)
 	}
-	b := &bench{cfg: cfg, out: out, runID: strconv.FormatInt(time.Now().UnixNano(), 36)}
+	b := &bench{cfg: cfg, out: out, runID: strconv.FormatInt(time.Now().UnixNano(), 36), resends: resends}
 	b.keyPrefix = "bench-" + b.runID + "-"
 	res, err := b.run(ctx)
 	if cerr := b.cleanup(); cerr != nil {
@@ -412,7 +416,11 @@ type bench struct {
 	ownMock        bool
 	metricsAddr    string // the service's /metrics
 	creds          *credentials
+	resends        func(status int) bool // the service's answers to send again; nil: the default
 }
+
+// target is where the ceiling's and the minimal pipeline's senders post.
+func (b *bench) target() target { return target{url: b.mailURL, creds: b.creds, resends: b.resends} }
 
 func (b *bench) logf(format string, args ...any) {
 	fmt.Fprintf(b.out, "bench: "+format+"\n", args...)
@@ -613,7 +621,7 @@ func (b *bench) run(ctx context.Context) (Result, error) {
 // which of the two measurements it is ("before" or "after").
 func (b *bench) ceiling(ctx context.Context, orders [][]byte, when string) (ceilingResult, error) {
 	b.logf("ceiling (%s the service's run): %d sends from %d workers to %s", when, len(orders), b.cfg.Workers, b.mailURL)
-	c, err := runCeiling(ctx, b.mailURL, orders, b.cfg.Workers, "ceiling-"+when+":"+b.runID+":", b.creds)
+	c, err := runCeiling(ctx, b.target(), orders, b.cfg.Workers, "ceiling-"+when+":"+b.runID+":")
 	if err != nil {
 		return c, err
 	}
@@ -663,7 +671,7 @@ func (b *bench) minimal(ctx context.Context, orders [][]byte) (minimalResult, er
 		return minimalResult{}, fmt.Errorf("minimal pipeline: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	return runMinimal(ctx, dir, b.mailURL, orders, b.cfg.Workers, "minimal:"+b.runID+":", b.creds)
+	return runMinimal(ctx, dir, b.target(), orders, b.cfg.Workers, "minimal:"+b.runID+":")
 }
 
 func (b *bench) settings() Settings {

@@ -79,7 +79,7 @@ func TestTheSendersStopAtAnAnswerTheServiceWouldNotSendAgain(t *testing.T) {
 	for i := range bodies {
 		bodies[i] = []byte(`{}`)
 	}
-	_, err := runCeiling(context.Background(), refused.URL, bodies, 4, "k", nil)
+	_, err := runCeiling(context.Background(), target{url: refused.URL}, bodies, 4, "k")
 	require.ErrorContains(t, err, "answered 401 Unauthorized, which the service would not send again")
 	assert.LessOrEqual(t, requests.Load(), int64(4), "one request a sender")
 
@@ -93,7 +93,7 @@ func TestTheSendersStopAtAnAnswerTheServiceWouldNotSendAgain(t *testing.T) {
 		}
 	}))
 	defer flaky.Close()
-	c, err := runCeiling(context.Background(), flaky.URL+"/?key=abc", bodies[:1], 1, "k", nil)
+	c, err := runCeiling(context.Background(), target{url: flaky.URL + "/?key=abc"}, bodies[:1], 1, "k")
 	require.NoError(t, err)
 	assert.Equal(t, int64(2), c.requests, "the 503 sent again")
 	assert.Equal(t, []string{"/sendConfirmation?key=abc"}, paths, "where the service posts, its query kept")
@@ -129,4 +129,22 @@ func TestTheShareOfTheCeilingOnlyWhereComparable(t *testing.T) {
 	setCeiling(&res, c, c, false)
 	assert.Nil(t, res.OfCeiling)
 	require.NotNil(t, res.CeilingPerSecond, "the ceiling itself is still said")
+}
+
+// The senders send again what the service would (its --retry-statuses,
+// --retry-all-failures, given after --): the sample's mock answers 406 at
+// a coin flip, which a service told --retry-all-failures retries; the
+// ceiling ended the whole bench at the first.
+func TestTheSendersSendAgainWhatTheServiceWould(t *testing.T) {
+	var tries atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if tries.Add(1) == 1 {
+			http.Error(w, "sample mock", http.StatusNotAcceptable)
+		}
+	}))
+	defer srv.Close()
+	all := func(status int) bool { return status == http.StatusNotAcceptable }
+	c, err := runCeiling(context.Background(), target{url: srv.URL, resends: all}, [][]byte{[]byte(`{}`)}, 1, "k")
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), c.requests)
 }

@@ -36,8 +36,8 @@ type ceilingResult struct {
 // keyPrefix, sending a failed one again at once, and measures how many
 // bodies a second get delivered: the most the service could confirm were
 // storing free.
-func runCeiling(ctx context.Context, mailURL string, bodies [][]byte, workers int, keyPrefix string, creds *credentials) (ceilingResult, error) {
-	c, err := sendAll(ctx, mailURL, bodies, workers, keyPrefix, creds, nil)
+func runCeiling(ctx context.Context, to target, bodies [][]byte, workers int, keyPrefix string) (ceilingResult, error) {
+	c, err := sendAll(ctx, to, bodies, workers, keyPrefix, nil)
 	if err != nil {
 		return c, fmt.Errorf("ceiling: %w", err)
 	}
@@ -46,11 +46,11 @@ func runCeiling(ctx context.Context, mailURL string, bodies [][]byte, workers in
 
 // sendAll is runCeiling, calling delivered (when not nil) in the sender's
 // goroutine after each body is delivered; an error from it stops the run.
-func sendAll(ctx context.Context, mailURL string, bodies [][]byte, workers int, keyPrefix string, creds *credentials, delivered func(i int) error) (ceilingResult, error) {
+func sendAll(ctx context.Context, to target, bodies [][]byte, workers int, keyPrefix string, delivered func(i int) error) (ceilingResult, error) {
 	tr := &http.Transport{MaxIdleConns: workers, MaxIdleConnsPerHost: workers, IdleConnTimeout: time.Minute}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	endpoint, err := mockmail.JoinURL(mailURL, mockmail.SendPath)
+	endpoint, err := mockmail.JoinURL(to.url, mockmail.SendPath)
 	if err != nil {
 		return ceilingResult{}, err
 	}
@@ -69,7 +69,7 @@ func sendAll(ctx context.Context, mailURL string, bodies [][]byte, workers int, 
 				if i >= len(bodies) || ctx.Err() != nil {
 					return
 				}
-				err := deliver(ctx, client, endpoint, keyPrefix+strconv.Itoa(i), bodies[i], creds, &requests, &sending)
+				err := deliver(ctx, client, endpoint, keyPrefix+strconv.Itoa(i), bodies[i], to, &requests, &sending)
 				if err == nil && delivered != nil {
 					err = delivered(i)
 				}
@@ -90,12 +90,29 @@ func sendAll(ctx context.Context, mailURL string, bodies [][]byte, workers int, 
 		meanSend: time.Duration(sending.Load() / max(n, 1))}, nil
 }
 
+// target is where the senders post, and how: the email service's URL, the
+// credentials of a --secure run (nil: none), and which answers to send
+// again (nil: mailer.DefaultRetryStatuses), as the service would.
+type target struct {
+	url     string
+	creds   *credentials
+	resends func(status int) bool
+}
+
+func (t target) resend(status int) bool {
+	if t.resends == nil {
+		return slices.Contains(mailer.DefaultRetryStatuses, status)
+	}
+	return t.resends(status)
+}
+
 // deliver posts body until it is answered 200, counting the requests and
 // the time they took (ns) into requests and sending. An answer the service
-// would not send again (mailer.DefaultRetryStatuses) ends the run, saying
-// it: sent again at once from every sender, a 401 of a service that wants
-// credentials was thousands of requests a second.
-func deliver(ctx context.Context, client *http.Client, endpoint, key string, body []byte, creds *credentials, requests, sending *atomic.Int64) error {
+// would not send again (to.resend) ends the run, saying it: sent again at
+// once from every sender, a 401 of a service that wants credentials was
+// thousands of requests a second.
+func deliver(ctx context.Context, client *http.Client, endpoint, key string, body []byte, to target, requests, sending *atomic.Int64) error {
+	creds := to.creds
 	for range maxCeilingTries {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, bytes.NewReader(body))
 		if err != nil {
@@ -116,7 +133,7 @@ func deliver(ctx context.Context, client *http.Client, endpoint, key string, bod
 		if resp.StatusCode == http.StatusOK {
 			return nil
 		}
-		if !slices.Contains(mailer.DefaultRetryStatuses, resp.StatusCode) {
+		if !to.resend(resp.StatusCode) {
 			return fmt.Errorf("%s: answered %s, which the service would not send again", key, resp.Status)
 		}
 	}

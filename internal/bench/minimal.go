@@ -33,7 +33,7 @@ type minimalResult struct {
 // a store of its own in dir, with the orders written before the clock
 // starts: no change feed, no decisions, no order system writing meanwhile.
 // The service's rate beside it says what those cost on this machine.
-func runMinimal(ctx context.Context, dir, mailURL string, bodies [][]byte, workers int, keyPrefix string, creds *credentials) (minimalResult, error) {
+func runMinimal(ctx context.Context, dir string, to target, bodies [][]byte, workers int, keyPrefix string) (minimalResult, error) {
 	st, err := embedded.Open(ctx, embedded.Config{Path: filepath.Join(dir, "minimal.db")})
 	if err != nil {
 		return minimalResult{}, fmt.Errorf("minimal pipeline: %w", err)
@@ -60,7 +60,7 @@ func runMinimal(ctx context.Context, dir, mailURL string, bodies [][]byte, worke
 	var wg sync.WaitGroup
 	cpuBefore, cpuOK := selfCPUSeconds()
 	start := time.Now()
-	sent, err := sendAll(ctx, mailURL, bodies, workers, keyPrefix, creds, func(i int) error {
+	sent, err := sendAll(ctx, to, bodies, workers, keyPrefix, func(i int) error {
 		now := time.Now()
 		marked, err := order.MarkConfirmed(bodies[i])
 		if err != nil {

@@ -26,7 +26,7 @@ func TestMinimalPipelineDeliversAndCommitsEveryOrder(t *testing.T) {
 	bodies := generate(200, 5, false)
 	dir := t.TempDir()
 
-	res, err := runMinimal(context.Background(), dir, srv.URL, bodies, 4, "m:", nil)
+	res, err := runMinimal(context.Background(), dir, target{url: srv.URL}, bodies, 4, "m:")
 	require.NoError(t, err)
 	assert.Positive(t, res.perSecond)
 
