@@ -406,6 +406,19 @@ func deadLetterOf(d store.Doc) DeadLetter {
 	return DeadLetter{ID: d.Key, DeadLetterDoc: dl, cas: d.CAS}
 }
 
+// ErrStopped says a bulk action stopped before its end, on an error of the
+// store (or its context's end): what it did is done, the rest are as they
+// were, and the same action again goes on.
+var ErrStopped = errors.New("stopped before the end (the rest are as they were: the same action again goes on)")
+
+// stopped marks err, the error that ended a bulk action, with ErrStopped.
+func stopped(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrStopped, err)
+}
+
 // ErrNoSuchDeadLetter names an id that has no dead letter.
 var ErrNoSuchDeadLetter = errors.New("no such dead letter")
 
@@ -512,7 +525,10 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 			// send at once. The dead letter, read again after the retry
 			// document, says: gone or changed, it is left.
 			again, err := st.Get(ctx, order.DeadLetter, d.ID)
-			if errors.Is(err, store.ErrNotFound) || (err == nil && again.CAS != d.cas) {
+			if errors.Is(err, store.ErrNotFound) {
+				return nil // redriven or purged by another meanwhile: nothing left to do
+			}
+			if err == nil && again.CAS != d.cas {
 				changed.add(d.ID)
 				return nil
 			}
@@ -544,6 +560,9 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 				n.Add(1)
 				return nil
 			}
+			if _, gerr := st.Get(ctx, order.DeadLetter, d.ID); errors.Is(gerr, store.ErrNotFound) {
+				return nil // redriven or purged by another meanwhile: nothing left to do
+			}
 			changed.add(d.ID) // changed since it was read: left, and said
 			return nil
 		}
@@ -553,7 +572,7 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 		n.Add(1)
 		return nil
 	})
-	return int(n.Load()), errors.Join(missing, reserved, changed.err("redrive"), err)
+	return int(n.Load()), errors.Join(missing, reserved, changed.err("redrive"), stopped(err))
 }
 
 // changedKeys are the dead letters an action left because they, or their
@@ -632,5 +651,5 @@ func purge(ctx context.Context, st store.Store, ids []string, all bool, reason s
 		n.Add(1)
 		return nil
 	})
-	return int(n.Load()), errors.Join(missing, changed.err("purge"), err)
+	return int(n.Load()), errors.Join(missing, changed.err("purge"), stopped(err))
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -50,7 +51,7 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 			} else {
 				n, err = ops.Redrive(ctx, st, time.Now(), ids, redriveAll)
 			}
-			fmt.Fprintln(stdout, doneOrStopped(ctx, "redrove", n))
+			fmt.Fprintln(stdout, doneOrStopped(ctx, err, "redrove", n))
 			return err
 		},
 		existing(), checkArgs(func(ids []string) error { return selection("deadletters redrive", ids, redriveAll, redriveReason) }))
@@ -70,7 +71,7 @@ func deadlettersCommand(stdout, stderr io.Writer) *ffcli.Command {
 			} else {
 				n, err = ops.Purge(ctx, st, ids, purgeAll, asOf)
 			}
-			fmt.Fprintln(stdout, doneOrStopped(ctx, "purged", n))
+			fmt.Fprintln(stdout, doneOrStopped(ctx, err, "purged", n))
 			return err
 		},
 		existing(), checkArgs(func(ids []string) error {
@@ -200,10 +201,11 @@ func shown(s string) string {
 }
 
 // doneOrStopped says how many dead letters a bulk command did: all it was
-// asked, or, stopped (Ctrl-C), those it saw made, which writes under way
-// then may outnumber, and what to do.
-func doneOrStopped(ctx context.Context, did string, n int) string {
-	if ctx.Err() == nil {
+// asked, or, stopped (Ctrl-C, or an error of the store: err is
+// ops.ErrStopped), those it saw made, which writes under way then may
+// outnumber, and what to do.
+func doneOrStopped(ctx context.Context, err error, did string, n int) string {
+	if ctx.Err() == nil && !errors.Is(err, ops.ErrStopped) {
 		return fmt.Sprintf("%s %d dead letters", did, n)
 	}
 	return fmt.Sprintf("stopped: %s %d dead letters, and perhaps a few more whose writes were under way; "+

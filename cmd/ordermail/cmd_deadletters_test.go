@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/embedded"
@@ -266,4 +267,17 @@ func withDeadLetters(t *testing.T, n int) (string, *embedded.Store) {
 	_, err = st.Apply(context.Background(), writes)
 	require.NoError(t, err)
 	return path, st
+}
+
+// A bulk action an error of the store stopped says so, as one Ctrl-C
+// stopped does: it said "redrove 3220 dead letters", as if done.
+func TestDoneOrStoppedSaysAStopByTheStore(t *testing.T) {
+	ctx := context.Background()
+	assert.Equal(t, "redrove 7 dead letters", doneOrStopped(ctx, nil, "redrove", 7))
+	assert.Equal(t, "redrove 7 dead letters", doneOrStopped(ctx, fmt.Errorf("redrive: 1 left, %w", ops.ErrChanged), "redrove", 7))
+	stoppedBy := fmt.Errorf("%w: redrive k: %w", ops.ErrStopped, store.ErrUnavailable)
+	assert.Contains(t, doneOrStopped(ctx, stoppedBy, "redrove", 7), "stopped: redrove 7 dead letters")
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	assert.Contains(t, doneOrStopped(cancelled, nil, "purged", 3), "stopped: purged 3 dead letters")
 }

@@ -26,6 +26,9 @@ func loadCommand(stdout, stderr io.Writer) *ffcli.Command {
 		func(ctx context.Context, st store.Store, files []string) error {
 			kept, err := fixtures.Load(ctx, st, coll, docs, replace)
 			if err != nil {
+				// What was written stays; loaded again, it is left as it is
+				// (or written over with --replace) and the rest is loaded.
+				fmt.Fprintf(stdout, "stopped while loading into %s: the documents written so far stay; the same command again loads the rest\n", coll)
 				return err
 			}
 			fmt.Fprintf(stdout, "loaded %d documents into %s from %s\n", len(docs)-len(kept), coll, plural(len(files), "path"))
@@ -136,7 +139,12 @@ func payCommand(stdout, stderr io.Writer) *ffcli.Command {
 		func(ctx context.Context, st store.Store, keys []string) error {
 			var errs []error
 			paid, already := 0, 0
-			for _, k := range keys {
+			for i, k := range keys {
+				if ctx.Err() != nil { // Ctrl-C: said, and the same command again goes on
+					fmt.Fprintf(stdout, "stopped: marked %d of %d orders paid (%d were already), %d not tried; the same command again pays the rest\n",
+						paid, len(keys), already, len(keys)-i)
+					return errors.Join(append(errs, ctx.Err())...)
+				}
 				changed, err := markPaid(ctx, st, k)
 				switch {
 				case err != nil:
