@@ -48,14 +48,13 @@ const Path = "/sendConfirmation"
 // RetryStatuses (nil: DefaultRetryStatuses), or any failure but a refusal
 // of the credentials (401, 403) with RetryAllFailures.
 func (c Config) Resends(status int) bool {
-	statuses := c.RetryStatuses
-	if statuses == nil {
-		statuses = DefaultRetryStatuses
-	}
 	if c.RetryAllFailures {
 		return !success(status) && status != http.StatusUnauthorized && status != http.StatusForbidden
 	}
-	return slices.Contains(statuses, status)
+	if c.RetryStatuses == nil {
+		return slices.Contains(DefaultRetryStatuses, status)
+	}
+	return slices.Contains(c.RetryStatuses, status)
 }
 
 // DefaultRetryStatuses are the answers worth trying again: Eventarc's

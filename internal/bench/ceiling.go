@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -92,7 +91,7 @@ func sendAll(ctx context.Context, to target, bodies [][]byte, workers int, keyPr
 
 // target is where the senders post, and how: the email service's URL, the
 // credentials of a --secure run (nil: none), and which answers to send
-// again (nil: mailer.DefaultRetryStatuses), as the service would.
+// again, as the service would (nil: as a service of default settings).
 type target struct {
 	url     string
 	creds   *credentials
@@ -101,7 +100,7 @@ type target struct {
 
 func (t target) resend(status int) bool {
 	if t.resends == nil {
-		return slices.Contains(mailer.DefaultRetryStatuses, status)
+		return mailer.Config{}.Resends(status)
 	}
 	return t.resends(status)
 }
