@@ -182,8 +182,8 @@ func TestStatusSaysWhyTheSweeperLeft(t *testing.T) {
 	assert.Equal(t, sweeperLeftView{Holder: "h/1/x", At: at.UTC().Format(time.RFC3339), Why: timer.LeftBreaker, at: at}, *v.SweeperLeft)
 	var out strings.Builder
 	require.NoError(t, printStatus(&out, v, 15*time.Second))
-	assert.Regexp(t, `sweeper:            none: h/1/x gave the sweep lease up 1m3\ds ago \(`+at.UTC().Format(time.RFC3339)+
-		`\): its sends are held back: circuit breaker open\n`, out.String())
+	assert.Contains(t, out.String(), "sweeper:            none: h/1/x gave the sweep lease up 1m30s ago ("+at.UTC().Format(time.RFC3339)+
+		"): its sends are held back: circuit breaker open\n", "as of the status's reading")
 	assert.Contains(t, out.String(), "circuit breaker open\n                    due retries wait unflagged until its probe gets through, or another instance sweeps\n")
 
 	v.SweeperLeft.Why = timer.LeftStopped

@@ -145,7 +145,8 @@ type statusView struct {
 	SweeperLeft       *sweeperLeftView  `json:"sweeperLeft,omitempty"` // none does: the last one, which gave the lease up; absent when none ever did
 	Members           []memberView      `json:"members,omitempty"`     // Couchbase without --instance: the instances sharing the vBuckets
 
-	oldestDue  time.Time     // OldestDueAt, for the human-readable form
+	readAt     time.Time     // ReadAt, for the human-readable form: ages are as of it
+	oldestDue  time.Time     // OldestDueAt, likewise
 	resumeWith order.Control // ResumeWith, likewise
 }
 
@@ -219,7 +220,7 @@ func ptr(b bool) *bool { return &b }
 
 func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 	v := statusView{
-		ReadAt: now.UTC().Format(time.RFC3339), TimerArmed: s.TimerArmed, Paused: s.Paused,
+		ReadAt: now.UTC().Format(time.RFC3339), readAt: now, TimerArmed: s.TimerArmed, Paused: s.Paused,
 		RetryDocs: s.RetryDocs, RetryFlagged: s.RetryFlagged, DueNow: s.DueNow, DeadLetters: s.DeadLetters,
 		OrdersPaid: s.OrdersPaid, OrdersConfirmed: s.OrdersConfirmed, OrdersUnconfirmed: s.OrdersUnconfirmed,
 		TopFailures: s.TopFailures, Service: svc,
@@ -322,7 +323,7 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 	}
 	oldest := "none due"
 	if !v.oldestDue.IsZero() {
-		oldest = fmt.Sprintf("due for %s (since %s)", time.Since(v.oldestDue).Round(time.Second), v.OldestDueAt)
+		oldest = fmt.Sprintf("due for %s (since %s)", v.readAt.Sub(v.oldestDue).Round(time.Second), v.OldestDueAt)
 	}
 	line("pending retries", "%d (%d due now, %d flagged)", v.RetryDocs, v.DueNow, v.RetryFlagged)
 	line("oldest due", "%s", oldest)
@@ -339,7 +340,7 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 	switch sw, left := v.Sweeper, v.SweeperLeft; {
 	case sw == nil && left != nil:
 		line("sweeper", "none: %s gave the sweep lease up %s ago (%s): %s", shown(left.Holder),
-			time.Since(left.at).Round(time.Second), left.At, shown(left.Why))
+			v.readAt.Sub(left.at).Round(time.Second), left.At, shown(left.Why))
 		if strings.HasPrefix(left.Why, timer.LeftHeld) {
 			fmt.Fprintf(w, "%20s%s\n", "", "due retries wait unflagged until its probe gets through, or another instance sweeps")
 		}
