@@ -226,6 +226,7 @@ type feed struct {
 	ids         []uint32
 	state       map[uint16]*vbState
 	saved       map[uint16]position // last saved checkpoints
+	saving      map[uint16]bool     // a periodic save's write of it is under way
 	unsettled   int
 	needResolve bool
 	resolving   bool
@@ -272,6 +273,7 @@ func newFeed(ctx context.Context, agent dcpAgent, cps checkpointStore, resolve r
 		failed: make(chan struct{}),
 		state:  map[uint16]*vbState{},
 		saved:  map[uint16]position{},
+		saving: map[uint16]bool{},
 		own:    own,
 	}
 	f.setCollections(colls)
@@ -1036,11 +1038,20 @@ func (f *feed) positionAt(vb uint16, seq uint64) position {
 	return position{UUID: st.uuid, Seq: seq, SnapStart: snap.start, SnapEnd: max(snap.end, seq)}
 }
 
+// saveLoop saves the checkpoints that moved every flushEvery. A pass does
+// not wait for the one before: a write that hangs (its node hung) holds up
+// its own vBucket's checkpoint alone, not the saves of the others, which
+// the next passes make; the vBuckets whose writes are under way are left
+// out of them (feed.saving).
 func (f *feed) saveLoop() {
+	var passes sync.WaitGroup
+	defer passes.Wait() // Close saves again once they are over
 	f.every(f.opts.flushEvery, func() {
-		if err := f.flush(f.ctx); err != nil && f.ctx.Err() == nil {
-			f.log.Warn("save checkpoints", "error", err)
-		}
+		passes.Go(func() {
+			if _, err := f.save(f.ctx, nil); err != nil && f.ctx.Err() == nil {
+				f.log.Warn("save checkpoints", "error", err)
+			}
+		})
 	})
 }
 
@@ -1058,10 +1069,6 @@ func (f *feed) every(d time.Duration, fn func()) {
 	}
 }
 
-// errHandedOver: a vBucket handed over while its checkpoint waited to be
-// saved.
-var errHandedOver = errors.New("handed over")
-
 // flush saves every checkpoint that moved (sequence number, snapshot or
 // UUID), all of them even when some fail, and forgets the snapshots below
 // the saved ones.
@@ -1072,12 +1079,13 @@ func (f *feed) flush(ctx context.Context) error {
 
 // save is flush; with force, it writes the checkpoints of those vBuckets
 // this member owns, moved or not (fence: a write by our last CAS says
-// whether it is still ours). It returns the vBuckets it saved.
+// whether it is still ours). It returns the vBuckets it saved. Each write's
+// outcome is taken as it comes (what was saved, the claim it leaves), not
+// once every write of the pass is done: a pass with a write that hangs
+// would hold the others' outcomes, and a later pass would write them again
+// by a claim already spent. A periodic pass (no force) leaves out the
+// vBuckets whose writes another pass has under way.
 func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error) {
-	type todo struct {
-		p     position
-		claim claim
-	}
 	f.mu.Lock()
 	cps := f.acks.Checkpoints()
 	var vbs []uint16
@@ -1095,18 +1103,31 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 			if force[vb] {
 				vbs = append(vbs, vb)
 			}
-		} else if p := f.positionAt(vb, cps[vb]); p != f.saved[vb] {
+		} else if p := f.positionAt(vb, cps[vb]); p != f.saved[vb] && !f.saving[vb] {
 			vbs = append(vbs, vb)
+			f.saving[vb] = true
 		}
 	}
 	f.mu.Unlock()
 	if len(vbs) == 0 {
 		return nil, nil
 	}
-	var mu sync.Mutex
-	work := map[uint16]todo{}
-	claims := map[uint16]claim{}
+	stopping := func() bool { return ctx == f.ctx && f.ctx.Err() != nil } // the saver, cut short by Close: Close saves again
+	type fenced struct {
+		vb  uint16
+		was claim // the claim its refused write was by
+	}
+	var mu sync.Mutex // guards lost and saved
+	var lost []fenced
+	var saved []uint16
 	errs := parallel(ctx, vbs, func(ctx context.Context, vb uint16) error {
+		if force == nil {
+			defer func() {
+				f.mu.Lock()
+				delete(f.saving, vb)
+				f.mu.Unlock()
+			}()
+		}
 		ctx, cancel := context.WithTimeout(ctx, f.opts.opTimeout)
 		defer cancel()
 		if f.own != nil {
@@ -1123,56 +1144,54 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 		// the new branch.
 		f.mu.Lock()
 		st := f.state[vb]
-		w := todo{f.positionAt(vb, f.acks.Checkpoint(vb)), st.claim}
+		p, was := f.positionAt(vb, f.acks.Checkpoint(vb)), st.claim
 		handedOver := f.own != nil && (!st.held || st.releasing)
 		f.mu.Unlock()
 		if handedOver { // while this waited for the handover's write
-			return errHandedOver
+			return nil // not ours to save
 		}
-		mu.Lock()
-		work[vb] = w
-		mu.Unlock()
+		var c claim
+		var err error
 		if f.own == nil {
-			return f.cps.Save(ctx, f.name, vb, w.p)
+			err = f.cps.Save(ctx, f.name, vb, p)
+		} else {
+			c, err = f.own.cps.SaveOwned(ctx, f.name, vb, f.own.me, p, was)
 		}
-		c, err := f.own.cps.SaveOwned(ctx, f.name, vb, f.own.me, w.p, w.claim)
-		mu.Lock()
-		claims[vb] = c
-		mu.Unlock()
-		return err
-	})
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	stopping := ctx == f.ctx && f.ctx.Err() != nil // the saver, cut short by Close: Close saves again
-	var lost, saved []uint16
-	for _, vb := range vbs {
-		if errors.Is(errs[vb], errHandedOver) {
-			delete(errs, vb) // not ours to save
-			continue
-		}
-		if errors.Is(errs[vb], errFenced) {
-			if st := f.state[vb]; st.held && st.claim == work[vb].claim {
-				lost = append(lost, vb)
-			}
-			delete(errs, vb) // not a failure: not ours to save
-			continue
-		}
-		if errs[vb] != nil {
-			if !stopping {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		switch {
+		case errors.Is(err, errFenced):
+			mu.Lock()
+			lost = append(lost, fenced{vb, was})
+			mu.Unlock()
+			return nil // not a failure: not ours to save
+		case err != nil:
+			if !stopping() {
 				f.stats.CheckpointSaveFailures++
 			}
-			continue
+			return err
 		}
-		w := work[vb]
-		f.saved[vb] = w.p
+		f.saved[vb] = p
+		if st := f.state[vb]; f.own != nil && st.claim == was {
+			st.claim = c
+		}
+		mu.Lock()
 		saved = append(saved, vb)
-		if st := f.state[vb]; f.own != nil && st.claim == w.claim {
-			st.claim = claims[vb]
+		mu.Unlock()
+		return nil
+	})
+	f.mu.Lock()
+	var gone []uint16
+	for _, l := range lost {
+		// Lost, unless claimed again meanwhile (a new claim of ours).
+		if st := f.state[l.vb]; st.held && st.claim == l.was {
+			gone = append(gone, l.vb)
 		}
 	}
-	if len(lost) > 0 {
-		f.lostLocked(lost, "its checkpoint write was refused: another member claimed it")
+	if len(gone) > 0 {
+		f.lostLocked(gone, "its checkpoint write was refused: another member claimed it")
 	}
+	f.mu.Unlock()
 	if err := joinErrs(errs, len(vbs)); err != nil {
 		return saved, fmt.Errorf("save checkpoints of %s: %w", f.name, err)
 	}
