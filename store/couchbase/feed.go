@@ -1113,12 +1113,7 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 		return nil, nil
 	}
 	stopping := func() bool { return ctx == f.ctx && f.ctx.Err() != nil } // the saver, cut short by Close: Close saves again
-	type fenced struct {
-		vb  uint16
-		was claim // the claim its refused write was by
-	}
-	var mu sync.Mutex // guards lost and saved
-	var lost []fenced
+	var mu sync.Mutex                                                     // guards saved
 	var saved []uint16
 	errs := parallel(ctx, vbs, func(ctx context.Context, vb uint16) error {
 		if force == nil {
@@ -1161,9 +1156,13 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 		defer f.mu.Unlock()
 		switch {
 		case errors.Is(err, errFenced):
-			mu.Lock()
-			lost = append(lost, fenced{vb, was})
-			mu.Unlock()
+			// Lost at once, unless claimed again meanwhile: while it waited
+			// for the pass's slowest write, its stream went on handing out
+			// another member's events, and the next passes wrote again by
+			// the spent claim.
+			if st := f.state[vb]; st.held && st.claim == was {
+				f.lostLocked([]uint16{vb}, "its checkpoint write was refused: another member claimed it")
+			}
 			return nil // not a failure: not ours to save
 		case err != nil:
 			if !stopping() {
@@ -1180,18 +1179,6 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 		mu.Unlock()
 		return nil
 	})
-	f.mu.Lock()
-	var gone []uint16
-	for _, l := range lost {
-		// Lost, unless claimed again meanwhile (a new claim of ours).
-		if st := f.state[l.vb]; st.held && st.claim == l.was {
-			gone = append(gone, l.vb)
-		}
-	}
-	if len(gone) > 0 {
-		f.lostLocked(gone, "its checkpoint write was refused: another member claimed it")
-	}
-	f.mu.Unlock()
 	if err := joinErrs(errs, len(vbs)); err != nil {
 		return saved, fmt.Errorf("save checkpoints of %s: %w", f.name, err)
 	}
