@@ -17,6 +17,7 @@ import (
 
 	"github.com/ordermail/ordermail/fixtures"
 	"github.com/ordermail/ordermail/internal/syncbuf"
+	"github.com/ordermail/ordermail/ops"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -140,6 +141,9 @@ func TestExitStatus(t *testing.T) {
 		{"interrupted", context.Canceled, true, 130, ""},
 		{"interrupted after it was done", nil, true, 130, ""},
 		{"failed while interrupted", errors.New("boom"), true, 130, "ordermail: boom\n"},
+		{"a bulk action interrupted", errors.Join(errors.New("left 2 dead letters that changed: d1, d2"), fmt.Errorf("%w: %w", ops.ErrStopped, context.Canceled)),
+			true, 130, "ordermail: left 2 dead letters that changed: d1, d2\n"},
+		{"a bulk action interrupted, nothing left", errors.Join(nil, fmt.Errorf("%w: %w", ops.ErrStopped, context.Canceled)), true, 130, ""},
 	}
 	for _, tt := range tests {
 		var stderr strings.Builder

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ordermail/ordermail/internal/buildinfo"
+	"github.com/ordermail/ordermail/ops"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
 
@@ -108,7 +109,11 @@ func exitStatus(err error, interrupted bool, stderr io.Writer) int {
 	switch {
 	case errors.As(err, &usage):
 		return 2
-	case err != nil && !(interrupted && errors.Is(err, context.Canceled)):
+	case interrupted:
+		if rest := besidesCancel(err); rest != nil {
+			fmt.Fprintln(stderr, "ordermail:", rest)
+		}
+	case err != nil:
 		fmt.Fprintln(stderr, "ordermail:", err)
 	}
 	switch {
@@ -120,6 +125,26 @@ func exitStatus(err error, interrupted bool, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// besidesCancel is what err says besides the cancellation an interrupt
+// caused: nil when that is all. The parts of an error joined with it (a
+// bulk action's "left, changed", say) are kept.
+func besidesCancel(err error) error {
+	if !errors.Is(err, context.Canceled) {
+		return err
+	}
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return nil
+	}
+	var rest []error
+	for _, e := range joined.Unwrap() {
+		if e = besidesCancel(e); e != nil && e != ops.ErrStopped {
+			rest = append(rest, e)
+		}
+	}
+	return errors.Join(rest...)
 }
 
 // run is the whole program, callable from tests. Help asked for goes to
