@@ -375,6 +375,22 @@ func TestRollbackAndFailoverSaveTheNewBranch(t *testing.T) {
 	assert.Equal(t, 1, rollbacks(srv, x), "a restart does not roll back again")
 }
 
+// A start while one node hangs waits for it (the members document and
+// checkpoints may be there) and failed saying the bucket was "missing?
+// run ordermail setup; wrong credentials?": it now names the node that
+// does not answer.
+func TestAStartWhileANodeHangsNamesIt(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3})
+	cfg.Timeout = time.Second
+	srv.HangNode(2)
+	t.Cleanup(func() { srv.ResumeNode(2) })
+	_, err := Open(context.Background(), cfg, testLog)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "node "+srv.KVAddr(2)+" does not answer (2 other node(s) of the bucket do)")
+	assert.NotContains(t, err.Error(), "run ordermail setup")
+	assert.NotContains(t, err.Error(), srv.KVAddr(0))
+}
+
 // Defect 6: checkpoints were saved one at a time, stopped at the first
 // error, on the goroutine that also reopened streams: one hung node held
 // back every checkpoint and every reopen.

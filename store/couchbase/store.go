@@ -86,6 +86,26 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Store, error) {
 	return s, nil
 }
 
+// silentNodes pings the data service of every node of b, as the SDK
+// knows them: the addresses of those that do not answer within timeout,
+// and how many do.
+func silentNodes(b *gocb.Bucket, timeout time.Duration) (silent []string, answered int) {
+	res, err := b.Ping(&gocb.PingOptions{ServiceTypes: []gocb.ServiceType{gocb.ServiceTypeKeyValue}, Timeout: timeout})
+	if err != nil {
+		return nil, 0
+	}
+	ok := map[string]bool{}
+	for _, e := range res.Services[gocb.ServiceTypeKeyValue] {
+		if e.State == gocb.PingStateOk {
+			ok[e.Remote] = true
+		} else if e.Remote != "" {
+			silent = append(silent, e.Remote)
+		}
+	}
+	slices.Sort(silent)
+	return slices.Compact(silent), len(ok)
+}
+
 func connect(cfg Config, log *slog.Logger) (*gocb.Cluster, *credentials, error) {
 	creds, err := cfg.credentials(log.With("component", "couchbase"))
 	if err != nil {
@@ -119,6 +139,11 @@ func (s *Store) open(ctx context.Context) error {
 		if err := b.WaitUntilReady(3*s.cfg.Timeout, &gocb.WaitUntilReadyOptions{Context: ctx}); err != nil {
 			if terr := s.cfg.reachTrouble(ctx); terr != nil {
 				return fmt.Errorf("bucket %s on %s is not reachable: %w (%w)", name, redact.URL(s.cfg.ConnStr), terr, err)
+			}
+			if silent, answered := silentNodes(b, s.cfg.Timeout); len(silent) > 0 && answered > 0 {
+				return fmt.Errorf("bucket %s: node %s does not answer (%d other node(s) of the bucket do): "+
+					"ordermail starts once every node answers: bring the node back or fail it over: %w",
+					name, strings.Join(silent, ", "), answered, err)
 			}
 			return fmt.Errorf("bucket %s on %s is not reachable (missing? run ordermail setup; wrong credentials?): %w",
 				name, redact.URL(s.cfg.ConnStr), err)
