@@ -452,6 +452,9 @@ type processListing struct {
 // one.
 func listProcesses(parent int, skipParent bool, secret string, stop <-chan struct{}) processListing {
 	var seen processListing
+	// A child the parent forks shows the parent's command line until it
+	// runs its own program: the parent's, still.
+	own, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", parent))
 	for {
 		select {
 		case <-stop:
@@ -461,7 +464,7 @@ func listProcesses(parent int, skipParent bool, secret string, stop <-chan struc
 		paths, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 		for _, p := range paths {
 			b, err := os.ReadFile(p)
-			if err != nil || (skipParent && p == fmt.Sprintf("/proc/%d/cmdline", parent)) {
+			if err != nil || (skipParent && bytes.Equal(b, own)) {
 				continue
 			}
 			args := strings.Split(string(b), "\x00")
