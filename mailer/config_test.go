@@ -78,11 +78,14 @@ func TestCredentialsFromAFileRotatedWithoutARestart(t *testing.T) {
 	require.NoError(t, err)
 
 	se := sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
-	assert.Equal(t, mailer.Configuration, se.Class, "a 401 is the configuration's fault")
+	assert.Equal(t, mailer.Transient, se.Class, "a first 401 may be the order's own: retried alone")
+	assert.Empty(t, c.Misconfigured())
+	se = sendErr(t, c.Send(context.Background(), "k2", []byte(`{}`)))
+	assert.Equal(t, mailer.Configuration, se.Class, "a second 401, none accepted between, is the configuration's fault")
 	assert.Equal(t, http.StatusUnauthorized, se.Status)
 	assert.NotEmpty(t, c.Misconfigured())
 	se = sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
-	assert.True(t, se.NotAttempted, "held after the first refusal")
+	assert.True(t, se.NotAttempted, "held after the second refusal")
 	held, probing := c.HeldBack()
 	assert.True(t, held || probing, "the gate holds sends as the breaker does")
 	for _, text := range []string{se.Error(), se.Reason(), c.Misconfigured()} {
@@ -218,8 +221,10 @@ func TestSignedRequests(t *testing.T) {
 	require.NoError(t, err)
 	m.SetSigning(stranger)
 	se := sendErr(t, c.Send(context.Background(), "confirmation:o2@8", []byte(`{}`)))
-	assert.Equal(t, mailer.Configuration, se.Class)
-	assert.Equal(t, 1, m.Stats().BadSignatures)
+	assert.Equal(t, mailer.Transient, se.Class, "the first refusal: maybe the order's own")
+	se = sendErr(t, c.Send(context.Background(), "confirmation:o3@9", []byte(`{}`)))
+	assert.Equal(t, mailer.Configuration, se.Class, "the second")
+	assert.Equal(t, 2, m.Stats().BadSignatures)
 	for _, text := range []string{se.Error(), c.Misconfigured()} {
 		assert.NotContains(t, text, strings.TrimPrefix(current, "whsec_"))
 		assert.NotContains(t, text, strings.TrimPrefix(next, "whsec_"))
@@ -355,9 +360,10 @@ func TestCredentialsInTheClearAreWarnedOf(t *testing.T) {
 
 // TestAnOrderRefusedAgainAfterOthersWereAcceptedIsItsOwnFailure: one order
 // the service refuses with 403 (a firewall refusing its body) while it
-// accepts the others holds every send once, as a configuration refused
-// would; refused again after another order was accepted, it is that
-// order's failure, counted against it, and holds nobody's sends.
+// accepts the others is retried alone; refused again with no send accepted
+// between, it holds every send once, as a configuration refused would;
+// refused again after another order was accepted, it is that order's
+// failure, counted against it, and holds nobody's sends.
 func TestAnOrderRefusedAgainAfterOthersWereAcceptedIsItsOwnFailure(t *testing.T) {
 	t.Parallel()
 	srv := serveWith(t, func(w http.ResponseWriter, r *http.Request) {
@@ -370,7 +376,9 @@ func TestAnOrderRefusedAgainAfterOthersWereAcceptedIsItsOwnFailure(t *testing.T)
 	send := func(key string) error { return c.Send(context.Background(), key, []byte(`{}`)) }
 
 	se := sendErr(t, send("refused"))
-	assert.Equal(t, mailer.Configuration, se.Class, "a first refusal may be the configuration's")
+	assert.Equal(t, mailer.Transient, se.Class, "a first refusal may be the order's own")
+	se = sendErr(t, send("refused"))
+	assert.Equal(t, mailer.Configuration, se.Class, "a second, none accepted between, may be the configuration's")
 	// Refused again with no send accepted meanwhile: still the configuration.
 	var last error
 	ok := assert.Eventually(t, func() bool {
@@ -598,6 +606,32 @@ func TestARotationCaughtHalfwayHoldsNothing(t *testing.T) {
 	assert.Empty(t, c.Misconfigured())
 }
 
+// TestOneOrdersRefusalHoldsNobody: a firewall refusing one order's body
+// (403) while the service takes the others held every send for a cooldown
+// at that order's first refusal: each such order stalled them all. The
+// first refusal is retried alone now; the others go out.
+func TestOneOrdersRefusalHoldsNobody(t *testing.T) {
+	t.Parallel()
+	srv := serveWith(t, func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.Header.Get("Idempotency-Key"), "waf") {
+			w.WriteHeader(http.StatusForbidden)
+		}
+	})
+	c, err := mailer.New(mailer.Config{URL: srv, BreakerCooldown: time.Hour}, quiet)
+	require.NoError(t, err)
+	send := func(key string) error { return c.Send(context.Background(), key, []byte(`{}`)) }
+	for i := range 5 {
+		bad := fmt.Sprint("waf", i)
+		se := sendErr(t, send(bad))
+		assert.Equal(t, mailer.Transient, se.Class, "%s: its first refusal", bad)
+		require.NoError(t, send(fmt.Sprint("good", i)), "not held for %s", bad)
+		se = sendErr(t, send(bad))
+		assert.Equal(t, mailer.Transient, se.Class, "%s refused again after another was accepted: its own", bad)
+		assert.False(t, se.NotAttempted)
+	}
+	assert.Empty(t, c.Misconfigured())
+}
+
 // TestARefusalThatCameAfterAnAcceptedSendStartedIsTheConfigurations: the
 // provider revokes the key while sends are out. K's send started first and
 // is answered 401 after another send, started after it, was accepted:
@@ -630,7 +664,9 @@ func TestARefusalThatCameAfterAnAcceptedSendStartedIsTheConfigurations(t *testin
 	close(releaseK)
 	se := sendErr(t, <-kErr)
 	require.Equal(t, http.StatusUnauthorized, se.Status)
-	assert.Equal(t, mailer.Configuration, se.Class)
+	assert.Equal(t, mailer.Transient, se.Class, "a first refusal: maybe K's own")
+	se = sendErr(t, send("K"))
+	assert.Equal(t, mailer.Configuration, se.Class, "refused again, nothing accepted since its refusal came: the key")
 
 	var last error
 	ok := assert.Eventually(t, func() bool {

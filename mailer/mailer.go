@@ -52,14 +52,26 @@ func (c Config) Resends(status int) bool {
 		return !success(status) && status != http.StatusUnauthorized && status != http.StatusForbidden
 	}
 	if c.RetryStatuses == nil {
-		return slices.Contains(DefaultRetryStatuses, status)
+		return defaultResends(status)
 	}
 	return slices.Contains(c.RetryStatuses, status)
 }
 
-// DefaultRetryStatuses are the answers worth trying again: Eventarc's
-// transient codes plus 425 Too Early.
+// DefaultRetryStatuses are the answers worth trying again that the
+// console's filter offers: Eventarc's transient codes plus 425 Too Early.
+// Every other 5xx but 501 and 505 is tried again as well (defaultResends).
 var DefaultRetryStatuses = []int{408, 409, 425, 429, 500, 502, 503, 504}
+
+// defaultResends says whether status is tried again when --retry-statuses
+// is not given: one of DefaultRetryStatuses, or any 5xx but 501 Not
+// Implemented and 505 HTTP Version Not Supported, which every request gets
+// alike. A gateway's or a CDN's 5xx (507, 520-524, 529, 598, 599...) is an
+// outage between ordermail and the service, not the order's fault:
+// dead-lettered at once, a CDN's outage would fill the dead letters.
+func defaultResends(status int) bool {
+	return slices.Contains(DefaultRetryStatuses, status) ||
+		status >= 500 && status <= 599 && status != http.StatusNotImplemented && status != http.StatusHTTPVersionNotSupported
+}
 
 // maxAnswer bounds what is read of an answer. Reading it to the end lets the
 // connection be reused; a longer answer costs a new connection instead.
@@ -411,8 +423,11 @@ type Client struct {
 	epoch        time.Time
 	// missing and refusedAlike are the runs of orders refused alike, with
 	// no send accepted between, that make a refusal the service's rather
-	// than each order's (endpointRefusals, permanentRefusals).
+	// than each order's (endpointRefusals, permanentRefusals); denied
+	// counts the sends answered 401 or 403 since one was accepted
+	// (deniedRefusals).
 	missing, refusedAlike refusalRun
+	denied                atomic.Int64
 	log                   *slog.Logger
 	now                   func() time.Time
 
@@ -441,9 +456,6 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 10 * time.Second
-	}
-	if cfg.RetryStatuses == nil {
-		cfg.RetryStatuses = DefaultRetryStatuses
 	}
 	if cfg.BreakerCooldown == 0 {
 		cfg.BreakerCooldown = 30 * time.Second
@@ -495,6 +507,11 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	for _, code := range cfg.RetryStatuses {
 		c.retryable[code] = true
 	}
+	if cfg.RetryStatuses == nil {
+		for code := 300; code <= 599; code++ {
+			c.retryable[code] = defaultResends(code)
+		}
+	}
 	if cfg.SendRate > 0 {
 		burst := cfg.SendBurst
 		if burst == 0 {
@@ -510,10 +527,12 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 				return counts.ConsecutiveFailures >= uint32(cfg.BreakerFailures)
 			},
 			// A permanent answer means the service is up and answering; a
-			// permanent failure without an answer does not.
+			// permanent failure without an answer, or with a 5xx (the
+			// service's or a gateway's failure, whatever --retry-statuses
+			// makes of it), does not.
 			IsSuccessful: func(err error) bool {
 				se, ok := errors.AsType[*SendError](err)
-				return err == nil || (ok && se.Class == Permanent && se.Status != 0)
+				return err == nil || (ok && se.Class == Permanent && se.Status != 0 && se.Status < 500)
 			},
 			// Our own shutdown, a request we could not make and a refused
 			// configuration (the gate's) say nothing about availability.
@@ -949,9 +968,15 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 	class := Permanent
 	switch {
 	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		class = Configuration // our credentials or signature, not the order
-		if c.refusedAgain(idempotencyKey, answered) {
-			class = Transient // the order's own: counted, retried, dead-lettered in the end
+		// Our credentials or signature once a second send is refused so
+		// with no send accepted between. The first may be the order's own
+		// (a firewall refusing its body): holding every order's sends for
+		// it would let each such order stall them all a cooldown; it is
+		// retried as a transient failure is. The order's own, known
+		// (refusedAgain): counted, retried, dead-lettered in the end.
+		class = Transient
+		if own := c.refusedAgain(idempotencyKey, answered); !own && c.denied.Add(1) >= deniedRefusals {
+			class = Configuration
 		}
 	case endpointMissing(resp.StatusCode),
 		redirect(resp.StatusCode) && !c.cfg.RetryAllFailures && !c.retryable[resp.StatusCode]:
@@ -1008,6 +1033,12 @@ func endpointMissing(status int) bool {
 	return status == http.StatusNotFound || status == http.StatusMethodNotAllowed || status == http.StatusGone
 }
 
+// deniedRefusals is how many sends answered 401 or 403 in a row (an
+// order's own refusals aside), with no send accepted between, make the
+// credentials (or the signature) refused rather than an order: the first
+// is retried alone; the second, of this order or another, holds the sends.
+const deniedRefusals = 2
+
 // endpointRefusals is how many orders answered endpointMissing (or a
 // redirect) in a row, with no send accepted between, make the URL wrong rather than an order:
 // one may be the order's own (retried alone, it stays one); a typo in
@@ -1061,6 +1092,9 @@ func (r *refusalRun) clear() {
 
 // accepted notes that a send started at now was accepted.
 func (c *Client) accepted(now time.Time) {
+	if c.denied.Load() != 0 { // read first, as refusalRun.clear does
+		c.denied.Store(0)
+	}
 	c.missing.clear()
 	c.refusedAlike.clear()
 	for {

@@ -238,7 +238,13 @@ func TestClassification(t *testing.T) {
 		// One answer saying the URL names no endpoint may be the order's:
 		// tried again (several in a row are the URL's: config_test.go).
 		{404, false, nil, mailer.Transient}, {405, false, nil, mailer.Transient}, {410, false, nil, mailer.Transient},
-		{501, false, nil, mailer.Permanent},
+		// Not Implemented and HTTP Version Not Supported: every request
+		// alike. Every other 5xx is an outage, the service's or a
+		// gateway's (a CDN's 520-524, 529, 598, 599): tried again.
+		{501, false, nil, mailer.Permanent}, {505, false, nil, mailer.Permanent},
+		{507, false, nil, mailer.Transient}, {520, false, nil, mailer.Transient}, {522, false, nil, mailer.Transient},
+		{524, false, nil, mailer.Transient}, {529, false, nil, mailer.Transient}, {599, false, nil, mailer.Transient},
+		{522, false, []int{503}, mailer.Permanent},
 		{406, true, nil, mailer.Transient}, // the sample: every failure is retried
 		{406, false, []int{406}, mailer.Transient},
 		{503, false, []int{406}, mailer.Permanent},
@@ -320,6 +326,23 @@ func TestPermanentAnswersDoNotOpenTheBreaker(t *testing.T) {
 	}
 	assert.Equal(t, 5, m.Stats().Requests)
 	assert.Equal(t, "closed", c.BreakerState())
+}
+
+// A 5xx taken as permanent (--retry-statuses leaves it out) still says the
+// service, or a gateway before it, is failing: it counts towards opening the
+// breaker, which holds the sends rather than dead-letter every order.
+func TestA5xxOpensTheBreakerWhateverItsClass(t *testing.T) {
+	t.Parallel()
+	m, c := newMock(t, mockmail.Config{FailRate: 1, FailStatus: 522}, func(c *mailer.Config) {
+		c.BreakerFailures = 2
+		c.BreakerCooldown = time.Hour
+		c.RetryStatuses = []int{503}
+	})
+	for i := range 5 {
+		c.Send(context.Background(), fmt.Sprint("k", i), []byte(`{}`))
+	}
+	assert.Equal(t, 2, m.Stats().Requests, "after 2 failures the service is left alone")
+	assert.Equal(t, "open", c.BreakerState())
 }
 
 func TestRateLimitHoldsSendsBack(t *testing.T) {
@@ -672,6 +695,8 @@ func TestResendsIsHowTheClientClassesAnAnswer(t *testing.T) {
 	var def mailer.Config
 	assert.True(t, def.Resends(503))
 	assert.False(t, def.Resends(406))
+	assert.True(t, def.Resends(522), "a CDN's 5xx")
+	assert.False(t, def.Resends(501))
 	assert.True(t, mailer.Config{RetryStatuses: []int{406}}.Resends(406))
 	assert.False(t, mailer.Config{RetryStatuses: []int{406}}.Resends(503))
 	all := mailer.Config{RetryAllFailures: true}

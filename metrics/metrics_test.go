@@ -733,7 +733,9 @@ func TestReadyzSaysWhyWhileMisconfigured(t *testing.T) {
 	r := newRig(t, rigConfig{
 		mock: mockmail.Config{Script: func(string, int) mockmail.Reply { return mockmail.Reply{Status: http.StatusUnauthorized} }},
 	})
+	// Two orders: one order's refusal may be its own, and holds nothing.
 	r.put(t, order.Inbound, "o1", paidOrder)
+	r.put(t, order.Inbound, "o2", paidOrder)
 	r.start(t, true)
 	var body map[string]any
 	require.Eventually(t, func() bool {
@@ -744,8 +746,9 @@ func TestReadyzSaysWhyWhileMisconfigured(t *testing.T) {
 	assert.Equal(t, "misconfigured", body["status"])
 	assert.Contains(t, body["reason"], "401")
 	v := scrape(t, r.m.Handler())
-	assert.Equal(t, 1.0, v[`ordermail_sends_total{status_class="4xx"}`])
-	assert.Equal(t, 1.0, v[`ordermail_send_duration_seconds_count{result="config"}`])
+	assert.Equal(t, 2.0, v[`ordermail_sends_total{status_class="4xx"}`])
+	assert.Equal(t, 1.0, v[`ordermail_send_duration_seconds_count{result="transient"}`], "the first refusal")
+	assert.Equal(t, 1.0, v[`ordermail_send_duration_seconds_count{result="config"}`], "the second")
 }
 
 // TestEmbeddedFeedLag: the embedded store's feed reports how far the

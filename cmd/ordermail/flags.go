@@ -90,7 +90,7 @@ func serviceFlags(fs *flag.FlagSet, cfg *app.Config, d serviceDefaults) {
 	fs.DurationVar(&p.MaxDelay, "backoff-max", d.backoffMax, "longest delay of exponential backoff")
 	finiteFloat64Var(fs, &p.Jitter, "backoff-jitter", 0.2, "a delay d is drawn from [d(1-j), d(1+j)]; 0 to <1")
 	fs.IntVar(&p.MaxAttempts, "max-attempts", 10, "attempts before a confirmation is dead-lettered; 0: unlimited (the sample)")
-	fs.Var(statusList{&cfg.Mail.RetryStatuses}, "retry-statuses", "HTTP statuses that are retried; others are permanent (default 408,409,425,429,500,502,503,504)")
+	fs.Var(statusList{&cfg.Mail.RetryStatuses}, "retry-statuses", "HTTP statuses that are retried; others are permanent (default 408,409,425,429 and every 5xx but 501,505)")
 	fs.BoolVar(&cfg.Mail.RetryAllFailures, "retry-all-failures", false, "retry every failure, as the sample does")
 	finiteFloat64Var(fs, &cfg.Mail.SendRate, "send-rate", 0, "most sends per second; 0: no limit")
 	fs.IntVar(&cfg.Mail.SendBurst, "send-burst", 0, "sends allowed at once under --send-rate (default: one second's worth)")
