@@ -49,5 +49,9 @@ func (b *retryWait) waitUnless(ctx context.Context, stop <-chan struct{}) bool {
 	}
 }
 
+// advance takes the next wait without sleeping the current one: its
+// sleeper is elsewhere (parkFor).
+func (b *retryWait) advance() { b.next = b.draw() }
+
 // draw takes the next wait, in whole milliseconds, as logs say it.
 func (b *retryWait) draw() time.Duration { return b.exp.NextBackOff().Round(time.Millisecond) }

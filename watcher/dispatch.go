@@ -31,12 +31,18 @@ type keyLine struct {
 	// reads and sets it: the next event waits for it, and reads the state
 	// again unless its snapshot includes it. Nil: none since the snapshot.
 	last *written
+	// unavailable is the wait before the event being handled is tried
+	// again, while the store is unavailable for it; nil once it was not.
+	// The line's worker (or, parked, its timer) alone uses it.
+	unavailable *retryWait
 }
 
 // dispatched is an event on the queue with the line it opened.
 type dispatched struct {
 	ev   store.Event
 	line *keyLine
+	// again: ev was handled before, and waited for an unavailable store.
+	again bool
 }
 
 type dispatcher struct {

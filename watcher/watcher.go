@@ -535,6 +535,7 @@ lines:
 		case next = <-d.queue:
 		}
 		ev, ln := next.ev, next.line
+		again := next.again
 		for more := true; more; ev, more = d.done(ln) {
 			if wr := ln.last; wr != nil {
 				select {
@@ -551,12 +552,40 @@ lines:
 			key := ev.Key // ev changes with the line's next event, read meanwhile by Stalled
 			wp.key.Store(&key)
 			w.progress.expect(&wp.due, w.stallBound())
-			ev.Ack = w.timedAck(ev.Ack, time.Now())
-			if !w.complete(ctx, wp, ev, ln) {
+			if !again { // timed once, from its first handling
+				ev.Ack = w.timedAck(ev.Ack, time.Now())
+			}
+			again = false
+			switch w.complete(ctx, wp, ev, ln) {
+			case stopped:
 				return
+			case waiting:
+				w.parkFor(d, dispatched{ev: ev, line: ln, again: true}, ln.unavailable.peek())
+				ln.unavailable.advance()
+				continue lines
 			}
 		}
 	}
+}
+
+// parkFor puts ln's event p back on the queue after delay: its store was
+// unavailable.
+func (w *Watcher) parkFor(d *dispatcher, p dispatched, delay time.Duration) {
+	w.workers.Add(1) // by a worker: Stop's wait cannot have ended
+	go func() {
+		defer w.workers.Done()
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-w.stopping:
+			return // unacknowledged: replayed
+		}
+		select {
+		case d.queue <- p:
+		case <-w.stopping:
+		}
+	}()
 }
 
 // park puts ln's event p back on the queue once wr, the key's last write,
@@ -613,54 +642,73 @@ func highest(writes []store.Write, cas []uint64) uint64 {
 	return m
 }
 
-// complete handles ev until its outcome is written. An unavailable store is
-// waited out, however long; any other failure is tried again a bounded
-// number of times (MaxEventFailures), after which the event is
-// dead-lettered as a poison event and acknowledged, so that it cannot hold
-// its worker, and its key's later events, for good. It returns false when the watcher stops
-// first; ev is then replayed.
-func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Event, ln *keyLine) bool {
+// completion is how complete left an event.
+type completion int
+
+const (
+	completed completion = iota // handled: acknowledged, or its outcome being written
+	stopped                     // the watcher stops: not acknowledged, replayed
+	waiting                     // the store is unavailable: to be handled again later
+)
+
+// complete handles ev until its outcome is written. An unavailable store
+// (on Couchbase, the key's node down until it is failed over) is waited
+// out, however long, but not by the worker: it returns waiting, and the
+// event waits apart (parkFor) while the worker handles other keys, those
+// on nodes that answer. Any other failure is tried again a bounded number
+// of times (MaxEventFailures), after which the event is dead-lettered as a
+// poison event and acknowledged, so that it cannot hold its worker, and
+// its key's later events, for good.
+func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Event, ln *keyLine) completion {
 	b := newBackoff()
 	failures := 0
 	for {
 		select {
 		case <-w.stopping:
-			return false
+			return stopped
 		default:
 		}
 		w.progress.expect(&wp.due, w.stallBound())
 		settling, err := w.handle(ctx, ev, ln)
 		if err == nil {
+			ln.unavailable = nil
 			if settling != nil {
 				ln.last = settling // it acknowledges ev when written
-				return true
+				return completed
 			}
 			ev.Ack()
 			w.handled.Add(1)
-			return true
+			return completed
 		}
 		if ctx.Err() != nil {
-			return false // aborted at shutdown
+			return stopped // aborted at shutdown
 		}
 		log := w.log.With("collection", ev.Collection, "key", ev.Key)
-		if !errors.Is(err, store.ErrUnavailable) {
-			failures++
-			if failures >= w.cfg.MaxEventFailures {
-				if !w.poison(ctx, log, ev, err, "") {
-					return false // stopped before its dead letter was written: replayed
-				}
-				// The key's next change reads its state again: a snapshot
-				// taken before the dead letter does not show it.
-				ln.last = &written{done: closed, seq: math.MaxUint64, at: time.Now()}
-				ev.Ack()
-				w.handled.Add(1)
-				return true
+		if errors.Is(err, store.ErrUnavailable) {
+			level := slog.LevelDebug // a line for its first wait, not for every try of a key whose node is down
+			if ln.unavailable == nil {
+				ln.unavailable, level = newBackoff(), slog.LevelWarn
 			}
+			log.Log(ctx, level, "change not done: the store is unavailable; trying again", "error", err, "retry_in", ln.unavailable.peek().String())
+			return waiting
+		}
+		failures++
+		if failures >= w.cfg.MaxEventFailures {
+			if !w.poison(ctx, log, ev, err, "") {
+				return stopped // stopped before its dead letter was written: replayed
+			}
+			// The key's next change reads its state again: a snapshot
+			// taken before the dead letter does not show it.
+			ln.last = &written{done: closed, seq: math.MaxUint64, at: time.Now()}
+			ln.unavailable = nil
+			ev.Ack()
+			w.handled.Add(1)
+			return completed
 		}
 		log.Warn("change not done; trying again", "error", err, "failures", failures, "retry_in", b.peek().String())
 		w.progress.expect(&wp.due, b.peek()+w.stallBound())
 		if !b.waitUnless(ctx, w.stopping) {
-			return false
+			return stopped
 		}
 	}
 }
@@ -829,8 +877,10 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, ln *keyLine) (*wri
 		if try == 0 && snapshot {
 			st = *ev.State
 		} else {
+			// Once: an unavailable store (a node of the key's down) is
+			// waited out with the event parked off the worker (complete).
 			var err error
-			if st, err = w.state(ctx, log, ev.Key); err != nil {
+			if st, err = w.store.State(ctx, ev.Key); err != nil {
 				return nil, err
 			}
 		}
@@ -844,7 +894,7 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, ln *keyLine) (*wri
 			log.Debug("ignore", "reason", p.Reason)
 			return nil, nil
 		case Write:
-			cas, err := w.apply(ctx, log, p.Writes)
+			cas, err := w.applyOnce(ctx, p.Writes)
 			if isStale(err) {
 				continue // changed since it was read: decide again
 			}
@@ -860,7 +910,7 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, ln *keyLine) (*wri
 			return nil, err
 		case Send:
 			if len(p.Writes) > 0 {
-				cas, err := w.apply(ctx, log, p.Writes)
+				cas, err := w.applyOnce(ctx, p.Writes)
 				if isStale(err) {
 					continue
 				}
@@ -1130,6 +1180,14 @@ func (w *Watcher) state(ctx context.Context, log *slog.Logger, key string) (stor
 		return err
 	})
 	return st, err
+}
+
+// applyOnce writes writes, once.
+func (w *Watcher) applyOnce(ctx context.Context, writes []store.Write) ([]uint64, error) {
+	if len(writes) == 0 {
+		return nil, nil
+	}
+	return w.store.Apply(ctx, writes)
 }
 
 // apply writes an outcome, waiting out an unavailable store.

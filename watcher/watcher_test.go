@@ -463,6 +463,64 @@ func TestUnexpectedStoreErrorsAreRetriedNotSkipped(t *testing.T) {
 	assert.Len(t, logs.Lines("change not done; trying again", "something nobody planned for"), 3)
 }
 
+// downKeys fails the reads of some keys' state as the store being
+// unavailable, as Couchbase does for the keys of a node that is down (until
+// it is failed over), of a locked document, of a durable write under way.
+type downKeys struct {
+	store.Store
+	down atomic.Bool
+	keys map[string]bool
+}
+
+func (d *downKeys) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
+	return noSnapshots(d.Store.Subscribe(ctx, name, colls, opts))
+}
+
+func (d *downKeys) State(ctx context.Context, key string) (store.State, error) {
+	if d.keys[key] && d.down.Load() {
+		return store.State{}, fmt.Errorf("%w: its node does not answer", store.ErrUnavailable)
+	}
+	return d.Store.State(ctx, key)
+}
+
+// TestKeysTheStoreCannotReachHoldUpNoOther: a worker waited out an
+// unavailable store itself, so as many keys on a node that is down as
+// there are workers stopped every confirmation, those of nodes that
+// answer too. They wait apart now, and are sent once the store answers.
+func TestKeysTheStoreCannotReachHoldUpNoOther(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	d := &downKeys{Store: e.store, keys: map[string]bool{}}
+	d.down.Store(true)
+	for i := range 4 {
+		key := fmt.Sprint("down", i)
+		d.keys[key] = true
+		put(t, e.store, order.Inbound, key, paidOrder)
+	}
+	for i := range 20 {
+		put(t, e.store, order.Inbound, fmt.Sprint("up", i), paidOrder)
+	}
+	w, err := watcher.New(watcher.Config{Workers: 2, Policy: noJitter}, d, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		w.Stop(ctx)
+	})
+	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 20 }, time.Minute, 10*time.Millisecond,
+		"the orders the store reaches were not all sent: %v delivered", later.Value(func() any { return e.mock.Stats().Deliveries }))
+	assert.Empty(t, w.Stalled())
+
+	d.down.Store(false)
+	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 24 }, time.Minute, 10*time.Millisecond,
+		"the orders of the node back were not all sent: %v delivered", later.Value(func() any { return e.mock.Stats().Deliveries }))
+	for key := range d.keys {
+		o, _ := get(t, e.store, order.Inbound, key)
+		assert.Contains(t, o, `"confirmationEmailSent":true`, key)
+	}
+	assert.Zero(t, e.mock.Stats().DuplicateRequests)
+}
+
 // poisonState fails every read of one key's state with an error that is
 // not the store being unavailable.
 type poisonState struct {
