@@ -138,6 +138,20 @@ func TestSetupAgainOnAFullCluster(t *testing.T) {
 	}
 }
 
+// Two setups at once on a fresh cluster both looked for a bucket, found
+// none and created it: the second's create is answered "exists" and, on a
+// cluster with no RAM left, "invalid argument" (the quota), which gocb
+// keeps at random; setup failed then. The bucket there, it goes on.
+func TestSetupBeatenToABucketGoesOn(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{ClusterRAMMB: 200}) // orders and metadata, 100MB each: full
+	for i := range 12 {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := Setup(ctx, cfg, SetupOptions{lookedTooSoon: true}, quietLog)
+		cancel()
+		require.NoError(t, err, "setup run %d", i+2)
+	}
+}
+
 // A wrong password shows to setup only as a timeout (the SDK retries a
 // refused login as a connection failure): the message asks about it.
 func TestSetupWithAWrongPasswordAsksAboutIt(t *testing.T) {
@@ -545,12 +559,27 @@ func BenchmarkScan(b *testing.B) {
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*n), "µs/doc")
 }
 
-func TestIntegrationMissingCollectionIsAClearError(t *testing.T) {
+// A --cb-scope mistyped said the bucket lacked the collections there,
+// and to run setup: which would make the mistyped scope. It says the
+// scope is not there, and names those that are.
+func TestIntegrationMissingScopeIsAClearError(t *testing.T) {
 	cfg, _ := testCluster(t, 1)
 	cfg.Scope = "no_such_scope"
 	_, err := Open(context.Background(), cfg, quietLog)
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), "lacks collections")
+	assert.Contains(t, err.Error(), "has no scope no_such_scope (it has ")
+	assert.Contains(t, err.Error(), "is --cb-scope right?")
+}
+
+func TestIntegrationMissingCollectionIsAClearError(t *testing.T) {
+	cfg, srv := testCluster(t, 1)
+	if srv == nil {
+		t.Skip("drops a collection: runs on cbtest only")
+	}
+	require.NoError(t, srv.DropCollection(cfg.withDefaults().Bucket, cfg.withDefaults().Scope, order.DeadLetter))
+	_, err := Open(context.Background(), cfg, quietLog)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "lacks collections [deadletter]")
 	assert.Contains(t, err.Error(), "run ordermail setup")
 }
 

@@ -24,6 +24,10 @@ type SetupOptions struct {
 	// past it, setup fails naming those still building, which the
 	// cluster goes on building.
 	IndexWait time.Duration
+
+	// lookedTooSoon (tests): each bucket's look says it is not there, as
+	// a look made just before another setup created it would.
+	lookedTooSoon bool
 }
 
 // setupIndex is an index setup creates: a collection's primary index
@@ -229,7 +233,7 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 		// and on a cluster with no RAM left, the quota), and gocb keeps one
 		// of them at random: "exists" or "invalid argument".
 		var err error
-		if bucketExists(ctx, cluster, b.name) {
+		if !so.lookedTooSoon && bucketExists(ctx, cluster, b.name) {
 			err = gocb.ErrBucketExists
 		} else {
 			err = cluster.Buckets().CreateBucket(gocb.CreateBucketSettings{BucketSettings: gocb.BucketSettings{
@@ -241,8 +245,11 @@ func Setup(ctx context.Context, cfg Config, so SetupOptions, log *slog.Logger) e
 			log.Info("created bucket", "bucket", b.name, "ram_mb", b.ram)
 		case errors.Is(err, gocb.ErrBucketExists):
 			log.Info("bucket exists", "bucket", b.name)
-		case refused(err) && bucketExists(ctx, cluster, b.name):
-			// Created by an administrator: this user need not be able to.
+		case bucketExists(ctx, cluster, b.name):
+			// Created by an administrator (this user need not be able
+			// to), or by another setup between the look and the create
+			// (two replicas' init containers): the cluster then answers
+			// the quota too large as well, and gocb may keep that.
 			log.Info("bucket exists", "bucket", b.name)
 		default:
 			return errRights(cfg, edition, stepBuckets, "create bucket "+b.name, err)
@@ -477,7 +484,7 @@ func runIndexStatement(ctx context.Context, cluster *gocb.Cluster, cfg Config, e
 		notYet := errors.Is(err, gocb.ErrCollectionNotFound) || errors.Is(err, gocb.ErrIndexFailure) ||
 			strings.Contains(strings.ToLower(err.Error()), "keyspace not found")
 		if !notYet || time.Now().After(deadline) {
-			return errRights(cfg, edition, stepIndexes, "create index ("+stmt+")", err)
+			return errRights(cfg, edition, stepIndexes, "index statement "+stmt, err)
 		}
 		select {
 		case <-ctx.Done():

@@ -154,6 +154,14 @@ func (s *Store) open(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list collections of bucket %s: %w", s.cfg.Bucket, err)
 	}
+	if !slices.ContainsFunc(scopes, func(sc gocb.ScopeSpec) bool { return sc.Name == s.cfg.Scope }) {
+		var names []string
+		for _, sc := range scopes {
+			names = append(names, sc.Name)
+		}
+		return fmt.Errorf("bucket %s has no scope %s (it has %s): is --cb-scope right? if it is, run ordermail setup",
+			s.cfg.Bucket, s.cfg.Scope, strings.Join(names, ", "))
+	}
 	if missing := missingCollections(scopes, s.cfg.Scope); len(missing) > 0 {
 		return fmt.Errorf("bucket %s lacks collections %v in scope %s: run ordermail setup", s.cfg.Bucket, missing, s.cfg.Scope)
 	}
