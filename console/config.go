@@ -75,6 +75,14 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// CheckToken says what is wrong with the admin token, as the console
+// would at its start: before the service opens its store, a typo in the
+// file's name costs no store file made and no connection waited for.
+func (c Config) CheckToken() error {
+	_, err := c.token()
+	return err
+}
+
 // token reads the admin token: the file's, else the environment's; nil
 // when there is none (a read-only console).
 func (c Config) token() ([]byte, error) {

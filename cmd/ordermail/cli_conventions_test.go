@@ -15,9 +15,11 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/couchbase/gocb/v2"
 	"github.com/ordermail/ordermail/fixtures"
 	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -345,4 +347,30 @@ func TestAnotherUsersWorldReadableStoreIsRefused(t *testing.T) {
 	assert.Zero(t, fi.Size(), "nothing was written into it")
 	_, err = os.Stat(db + "-wal")
 	assert.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// A start that failed on its own (a port in use, a file unreadable) while
+// a stop was asked for exited 0, "stopped before the service started": a
+// supervisor saw a clean stop of a broken configuration. Only a start the
+// stop cut short is one.
+func TestAStartCutShortIsTheStopsDoingOnly(t *testing.T) {
+	assert.True(t, cutShort(fmt.Errorf("open store: %w", context.Canceled)))
+	assert.True(t, cutShort(fmt.Errorf("open store: %w", embedded.ErrBusy)))
+	assert.True(t, cutShort(fmt.Errorf("bucket orders is not reachable: %w", gocb.ErrRequestCanceled)))
+	assert.False(t, cutShort(errors.New("metrics-listen: listen tcp 127.0.0.1:9464: bind: address already in use")))
+	assert.False(t, cutShort(fmt.Errorf("admin-token-file: %w", os.ErrNotExist)))
+}
+
+// A console token file that cannot be read stopped run only once the
+// store was open: an embedded store file made and migrated (on Couchbase,
+// a connection waited for) before the typo was said.
+func TestAnUnreadableAdminTokenFileIsSaidBeforeTheStoreOpens(t *testing.T) {
+	dir := t.TempDir()
+	_, stderr, err := cli(t, "run", "--store", "file:"+filepath.Join(dir, "om.db"), "--mail-url", "http://127.0.0.1:9",
+		"--admin-listen", "127.0.0.1:0", "--admin-token-file", filepath.Join(dir, "no-such-token"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error()+stderr, "admin-token-file: open "+filepath.Join(dir, "no-such-token"))
+	left, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	assert.Empty(t, left, "files made before the typo was said")
 }

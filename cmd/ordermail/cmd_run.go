@@ -11,6 +11,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/couchbase/gocb/v2"
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/console"
 	"github.com/ordermail/ordermail/internal/redact"
@@ -18,6 +19,7 @@ import (
 	"github.com/ordermail/ordermail/metrics"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store/couchbase"
+	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/ordermail/ordermail/timer"
 	"github.com/peterbourgon/ff/v3/ffcli"
 	"go.uber.org/fx"
@@ -69,7 +71,19 @@ func checkRun(cfg *app.Config) error {
 	if err := checkServiceFlags(cfg); err != nil {
 		return badSetting(err)
 	}
+	if cfg.Console.Listen != "" {
+		return cfg.Console.CheckToken()
+	}
 	return nil
+}
+
+// cutShort says whether err, a start's failure after a stop was asked
+// for, is the stop's doing (the start cancelled, the store's lock waited
+// for until then) rather than a failure of its own (a port in use, a file
+// unreadable), which a stop must not hide from a supervisor.
+func cutShort(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, gocb.ErrRequestCanceled) ||
+		errors.Is(err, embedded.ErrBusy)
 }
 
 // runWith is the run command of fs, whose flags parse into parsed and logs.
@@ -107,7 +121,7 @@ func runWith(fs *flag.FlagSet, parsed *app.Config, logs *logFlags, stderr io.Wri
 			var watch *app.StopWatch
 			a := app.New(ctx, cfg, log, fx.Populate(&watch))
 			if err := a.Err(); err != nil {
-				if ctx.Err() != nil { // SIGTERM or Ctrl-C while the store was opening
+				if ctx.Err() != nil && cutShort(err) { // SIGTERM or Ctrl-C while the store was opening
 					log.Info("stopped before the service started")
 					return nil
 				}
@@ -138,7 +152,7 @@ func runWith(fs *flag.FlagSet, parsed *app.Config, logs *logFlags, stderr io.Wri
 					return fmt.Errorf("stop asked for while starting, and %s had not started a stop's time (%s) later: stopped without stopping the parts started",
 						cmp.Or(watch.Starting(), "the start"), a.StopTimeout())
 				}
-				if ctx.Err() != nil {
+				if ctx.Err() != nil && cutShort(err) {
 					log.Info("stopped before the service started", "start", app.RootCause(err))
 					return nil
 				}
