@@ -152,6 +152,23 @@ func TestSetupBeatenToABucketGoesOn(t *testing.T) {
 	}
 }
 
+// A retry document the cluster expired (a maxTTL on its collection) was
+// a deletion the service ignores: its paid order was left unconfirmed,
+// with neither a retry nor a dead letter. Such a collection is refused.
+func TestACollectionThatExpiresRetriesIsRefused(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	full := cfg.withDefaults()
+	require.NoError(t, srv.DropCollection(full.Bucket, full.Scope, order.Retry))
+	cluster, _, err := connect(full, quietLog)
+	require.NoError(t, err)
+	defer cluster.Close(nil)
+	require.NoError(t, cluster.Bucket(full.Bucket).CollectionsV2().CreateCollection(full.Scope, order.Retry,
+		&gocb.CreateCollectionSettings{MaxExpiry: time.Hour}, nil))
+	_, err = Open(context.Background(), cfg, quietLog)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "collection orders."+full.Scope+".retry expires its documents after 1h0m0s (its maxTTL)")
+}
+
 // A wrong password shows to setup only as a timeout (the SDK retries a
 // refused login as a connection failure): the message asks about it.
 func TestSetupWithAWrongPasswordAsksAboutIt(t *testing.T) {

@@ -165,11 +165,34 @@ func (s *Store) open(ctx context.Context) error {
 	if missing := missingCollections(scopes, s.cfg.Scope); len(missing) > 0 {
 		return fmt.Errorf("bucket %s lacks collections %v in scope %s: run ordermail setup", s.cfg.Bucket, missing, s.cfg.Scope)
 	}
+	if err := expiring(scopes, s.cfg.Bucket, s.cfg.Scope); err != nil {
+		return err
+	}
 	for _, c := range collections {
 		s.colls[c] = bucket.Scope(s.cfg.Scope).Collection(c)
 	}
 	s.colls[store.Meta] = s.cluster.Bucket(s.cfg.MetadataBucket).DefaultCollection()
 	return s.probeDurability(ctx)
+}
+
+// expiring says which of the collections ordermail keeps work in expires
+// its documents on its own (a maxTTL): a retry document the cluster
+// expires leaves its paid order unconfirmed with neither a retry nor a
+// dead letter, and nothing tells; a dead letter expired is a failure
+// nobody is shown.
+func expiring(scopes []gocb.ScopeSpec, bucket, scope string) error {
+	for _, sc := range scopes {
+		if sc.Name != scope {
+			continue
+		}
+		for _, c := range sc.Collections {
+			if (c.Name == order.Retry || c.Name == order.DeadLetter) && c.MaxExpiry > 0 {
+				return fmt.Errorf("collection %s.%s.%s expires its documents after %s (its maxTTL): a retry document or a dead letter "+
+					"that expires drops its order unconfirmed, with nothing to say so; set the collection's maxTTL to 0", bucket, scope, c.Name, c.MaxExpiry)
+			}
+		}
+	}
+	return nil
 }
 
 // probeKey is the attempts document the durability probe writes.
