@@ -457,7 +457,10 @@ func TestABulkActionStoppedByTheStoreSaysSo(t *testing.T) {
 
 	n, err = ops.Redrive(ctx, st, time.Now(), nil, true)
 	require.NoError(t, err, "the same action again goes on")
-	assert.Equal(t, c.DeadLetters, n)
+	// The rest: fewer when a write under way at the stop, its caller gone,
+	// was committed after the count (seen under load).
+	assert.LessOrEqual(t, n, c.DeadLetters)
+	assert.Positive(t, n)
 	c, cerr = st.Counts(ctx)
 	require.NoError(t, cerr)
 	assert.Zero(t, c.DeadLetters)
