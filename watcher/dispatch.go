@@ -31,10 +31,10 @@ type keyLine struct {
 	// reads and sets it: the next event waits for it, and reads the state
 	// again unless its snapshot includes it. Nil: none since the snapshot.
 	last *written
-	// unavailable is the wait before the event being handled is tried
-	// again, while the store is unavailable for it; nil once it was not.
-	// The line's worker (or, parked, its timer) alone uses it.
-	unavailable *retryWait
+	// failing is how the event being handled has failed, while it does;
+	// nil once handled. The line's worker (or, parked, its timer) alone
+	// uses it.
+	failing *failing
 }
 
 // dispatched is an event on the queue with the line it opened.

@@ -22,7 +22,7 @@ import (
 // (the event's snapshot dropped), giving up on a change after two tries.
 func startPoisoned(t *testing.T, e *env, key string) *watcher.Watcher {
 	t.Helper()
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2}, &poisonState{e.store, key}, e.mail, quiet,
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Nanosecond}, &poisonState{e.store, key}, e.mail, quiet,
 		func() time.Time { return pinned })
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
@@ -188,7 +188,7 @@ func TestAPoisonedOrderChangeKeepsItsRetrysKey(t *testing.T) {
 	put(t, e.store, order.Retry, "p", `{"type":"confirmation","docId":"p","attempt":1,"ts":1,"lastStatus":503,"nextAttemptAt":`+
 		strconv.FormatInt(pinned.Add(time.Hour).UnixMilli(), 10)+`,"idempotencyKey":"`+first+`"}`)
 
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, FromNow: true},
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Nanosecond, FromNow: true},
 		&noIncarnations{Store: e.store, poison: "p"}, e.mail, quiet, func() time.Time { return pinned })
 	require.NoError(t, err)
 	require.NoError(t, w.Start(ctx))

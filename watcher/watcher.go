@@ -51,6 +51,11 @@ type Config struct {
 	// store refuses this many times, is dead-lettered (poison_event) and
 	// acknowledged. Default 5.
 	MaxEventFailures int
+	// PoisonAfter is how long such failures must last, as well, before a
+	// change is given up on: a store's blip (a rebalance's, an error it
+	// seldom gives) fails MaxEventFailures tries within a second, and
+	// dead-letters paid orders an operator must then redrive. Default 30s.
+	PoisonAfter time.Duration
 	// AttemptHistory is how many send attempts an order's attempt record
 	// keeps (the latest). Default 20; negative: no record is kept.
 	AttemptHistory int
@@ -77,6 +82,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxOrderBytes < 0 {
 		return fmt.Errorf("max-order-bytes: %d is negative", c.MaxOrderBytes)
+	}
+	if c.PoisonAfter < 0 {
+		return fmt.Errorf("poison after: %s is negative", c.PoisonAfter)
 	}
 	if c.MaxEventFailures < 0 {
 		return fmt.Errorf("max-event-failures: %d is negative", c.MaxEventFailures)
@@ -111,6 +119,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxEventFailures == 0 {
 		c.MaxEventFailures = 5
+	}
+	if c.PoisonAfter == 0 {
+		c.PoisonAfter = 30 * time.Second
 	}
 	if c.AttemptHistory == 0 {
 		c.AttemptHistory = 20
@@ -560,16 +571,15 @@ lines:
 			case stopped:
 				return
 			case waiting:
-				w.parkFor(d, dispatched{ev: ev, line: ln, again: true}, ln.unavailable.peek())
-				ln.unavailable.advance()
+				w.parkFor(d, dispatched{ev: ev, line: ln, again: true}, ln.failing.wait.peek())
+				ln.failing.wait.advance()
 				continue lines
 			}
 		}
 	}
 }
 
-// parkFor puts ln's event p back on the queue after delay: its store was
-// unavailable.
+// parkFor puts ln's event p back on the queue after delay: it failed.
 func (w *Watcher) parkFor(d *dispatcher, p dispatched, delay time.Duration) {
 	w.workers.Add(1) // by a worker: Stop's wait cannot have ended
 	go func() {
@@ -648,69 +658,76 @@ type completion int
 const (
 	completed completion = iota // handled: acknowledged, or its outcome being written
 	stopped                     // the watcher stops: not acknowledged, replayed
-	waiting                     // the store is unavailable: to be handled again later
+	waiting                     // failed: to be handled again later (parkFor)
 )
 
-// complete handles ev until its outcome is written. An unavailable store
-// (on Couchbase, the key's node down until it is failed over) is waited
-// out, however long, but not by the worker: it returns waiting, and the
-// event waits apart (parkFor) while the worker handles other keys, those
-// on nodes that answer. Any other failure is tried again a bounded number
-// of times (MaxEventFailures), after which the event is dead-lettered as a
-// poison event and acknowledged, so that it cannot hold its worker, and
-// its key's later events, for good.
+// complete handles ev once. Handled, its outcome is written or being
+// written. Failed, it waits apart (parkFor) while the worker handles other
+// keys, and is tried again: an unavailable store (on Couchbase, the key's
+// node down until it is failed over) however long; any other failure until
+// it has failed MaxEventFailures times over PoisonAfter at least, after
+// which the event is dead-lettered as a poison event and acknowledged, so
+// that it cannot hold its key's later events for good.
 func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Event, ln *keyLine) completion {
-	b := newBackoff()
-	failures := 0
-	for {
-		select {
-		case <-w.stopping:
-			return stopped
-		default:
-		}
-		w.progress.expect(&wp.due, w.stallBound())
-		settling, err := w.handle(ctx, ev, ln)
-		if err == nil {
-			ln.unavailable = nil
-			if settling != nil {
-				ln.last = settling // it acknowledges ev when written
-				return completed
-			}
-			ev.Ack()
-			w.handled.Add(1)
-			return completed
-		}
-		if ctx.Err() != nil {
-			return stopped // aborted at shutdown
-		}
-		log := w.log.With("collection", ev.Collection, "key", ev.Key)
-		if errors.Is(err, store.ErrUnavailable) {
-			level := slog.LevelDebug // a line for its first wait, not for every try of a key whose node is down
-			if ln.unavailable == nil {
-				ln.unavailable, level = newBackoff(), slog.LevelWarn
-			}
-			log.Log(ctx, level, "change not done: the store is unavailable; trying again", "error", err, "retry_in", ln.unavailable.peek().String())
-			return waiting
-		}
-		failures++
-		if failures >= w.cfg.MaxEventFailures {
-			if !w.poison(ctx, log, ev, err, "") {
-				return stopped // stopped before its dead letter was written: replayed
-			}
-			// The key's next change reads its state again: a snapshot
-			// taken before the dead letter does not show it.
-			ln.last = &written{done: closed, seq: math.MaxUint64, at: time.Now()}
-			ln.unavailable = nil
-			ev.Ack()
-			w.handled.Add(1)
-			return completed
-		}
-		log.Warn("change not done; trying again", "error", err, "failures", failures, "retry_in", b.peek().String())
-		w.progress.expect(&wp.due, b.peek()+w.stallBound())
-		if !b.waitUnless(ctx, w.stopping) {
-			return stopped
-		}
+	select {
+	case <-w.stopping:
+		return stopped
+	default:
 	}
+	w.progress.expect(&wp.due, w.stallBound())
+	settling, err := w.handle(ctx, ev, ln)
+	if err == nil {
+		ln.failing = nil
+		if settling != nil {
+			ln.last = settling // it acknowledges ev when written
+			return completed
+		}
+		ev.Ack()
+		w.handled.Add(1)
+		return completed
+	}
+	if ctx.Err() != nil {
+		return stopped // aborted at shutdown
+	}
+	log := w.log.With("collection", ev.Collection, "key", ev.Key)
+	f := ln.failing
+	if f == nil {
+		f = &failing{wait: newBackoff()}
+		ln.failing = f
+	}
+	if errors.Is(err, store.ErrUnavailable) {
+		level := slog.LevelDebug // a line for its first wait, not for every try of a key whose node is down
+		if !f.unavailable {
+			f.unavailable, level = true, slog.LevelWarn
+		}
+		log.Log(ctx, level, "change not done: the store is unavailable; trying again", "error", err, "retry_in", f.wait.peek().String())
+		return waiting
+	}
+	if f.failures++; f.failures == 1 {
+		f.since = time.Now()
+	}
+	if f.failures >= w.cfg.MaxEventFailures && time.Since(f.since) >= w.cfg.PoisonAfter {
+		if !w.poison(ctx, log, ev, err, "") {
+			return stopped // stopped before its dead letter was written: replayed
+		}
+		// The key's next change reads its state again: a snapshot
+		// taken before the dead letter does not show it.
+		ln.last = &written{done: closed, seq: math.MaxUint64, at: time.Now()}
+		ln.failing = nil
+		ev.Ack()
+		w.handled.Add(1)
+		return completed
+	}
+	log.Warn("change not done; trying again", "error", err, "failures", f.failures, "retry_in", f.wait.peek().String())
+	return waiting
+}
+
+// failing is how the event a line's worker handles has failed so far.
+type failing struct {
+	wait        *retryWait // before it is tried again
+	failures    int        // failures other than the store unavailable
+	since       time.Time  // the first of them
+	unavailable bool       // the store was unavailable for it once
 }
 
 // poison dead-letters an event that keeps failing. The dead letter keeps
@@ -1008,6 +1025,13 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 	b := newBackoff()
 	stale := 0   // guards failed in a row
 	refused := 0 // writes or reads refused in a row, neither a conflict nor the store unavailable
+	var refusedSince time.Time
+	givenUp := func() bool { // refused once more
+		if refused++; refused == 1 {
+			refusedSince = time.Now()
+		}
+		return refused >= w.cfg.MaxEventFailures && time.Since(refusedSince) >= w.cfg.PoisonAfter
+	}
 	for {
 		now := w.now()
 		out := Settle(p, st, sendErr, now, w.limits(), w.rand())
@@ -1032,7 +1056,7 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 			stale = 0
 			if errors.Is(err, store.ErrUnavailable) {
 				refused = 0 // an outage between refusals: in a row no more
-			} else if refused++; refused >= w.cfg.MaxEventFailures {
+			} else if givenUp() {
 				return 0, false, err
 			}
 			log.Error("write the outcome of a send; trying again", "result", out.Result, "error", err, "retry_in", b.peek().String())
@@ -1062,7 +1086,7 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 		}
 		if errors.Is(rerr, store.ErrUnavailable) {
 			refused = 0
-		} else if refused++; refused >= w.cfg.MaxEventFailures {
+		} else if givenUp() {
 			return 0, false, rerr
 		}
 		log.Error("read state to settle a send; trying again", "error", rerr, "retry_in", b.peek().String())

@@ -521,6 +521,25 @@ func TestKeysTheStoreCannotReachHoldUpNoOther(t *testing.T) {
 	assert.Zero(t, e.mock.Stats().DuplicateRequests)
 }
 
+// TestAStoreBlipPoisonsNothing: MaxEventFailures tries failed within a
+// second of a store's blip (an error it seldom gives, in a rebalance), and
+// a paid order was dead-lettered for an operator to redrive. Failures must
+// last PoisonAfter as well.
+func TestAStoreBlipPoisonsNothing(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "o", paidOrder)
+	flaky := &flakyGets{Store: e.store, key: "o"}
+	flaky.fails.Store(4) // twice MaxEventFailures, over some 0.35s of backoff
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Minute}, flaky, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	waitHandled(t, w, 1)
+	o, _ := get(t, e.store, order.Inbound, "o")
+	assert.Contains(t, o, `"confirmationEmailSent":true`)
+	assert.Zero(t, w.Stats().DeadLettered)
+}
+
 // poisonState fails every read of one key's state with an error that is
 // not the store being unavailable.
 type poisonState struct {
@@ -567,12 +586,12 @@ func TestPoisonEventIsDeadLetteredAndTheFeedGoesOn(t *testing.T) {
 	}
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	// One worker: everything waits behind the poison event unless it is let go.
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 3}, &poisonState{e.store, "poison"}, e.mail, log, func() time.Time { return pinned })
+	// One worker: the poison event waits apart between its tries.
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 3, PoisonAfter: time.Nanosecond}, &poisonState{e.store, "poison"}, e.mail, log, func() time.Time { return pinned })
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
 	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
-	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 60 }, 60*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 60 && w.Stats().DeadLettered == 1 }, 60*time.Second, 10*time.Millisecond,
 		"delivered %v of 60; logs:\n%v", later.Value(func() any { return e.mock.Stats().Deliveries }), later.Value(func() any { return logs.String() }))
 	d := mustDeadLetter(t, e.store, "poison")
 	assert.Equal(t, order.ReasonPoisonEvent, d.Reason)
@@ -600,7 +619,7 @@ func TestAPoisonEventWithoutItsDeadLetterIsCountedGivenUp(t *testing.T) {
 	put(t, e.store, order.Inbound, "poison", paidOrder)
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2},
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Nanosecond},
 		deadLetterFails{&poisonState{e.store, "poison"}}, e.mail, log, func() time.Time { return pinned })
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
@@ -674,7 +693,7 @@ func TestAPoisonDeadLetterWrittenMeanwhileIsWrittenOver(t *testing.T) {
 	logs := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	st := &deadLetterRaced{poisonState: &poisonState{e.store, "poison"}}
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2}, st, e.mail, log, func() time.Time { return pinned })
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Nanosecond}, st, e.mail, log, func() time.Time { return pinned })
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
 	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
@@ -692,7 +711,7 @@ func TestAPoisonDeadLetterPurgedMeanwhileIsWritten(t *testing.T) {
 	put(t, e.store, order.DeadLetter, "poison", string(order.DeadLetterDoc{DocID: "poison", Type: order.TypeConfirmation, Reason: "permanent_error"}.Encode()))
 	put(t, e.store, order.Inbound, "poison", paidOrder)
 	st := &deadLetterRaced{poisonState: &poisonState{e.store, "poison"}, purge: true}
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2}, st, e.mail, quiet, func() time.Time { return pinned })
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Nanosecond}, st, e.mail, quiet, func() time.Time { return pinned })
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
 	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
@@ -707,7 +726,7 @@ func TestAPoisonEventStoppedBeforeItsDeadLetterIsReplayed(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
 	put(t, e.store, order.Inbound, "poison", paidOrder)
 	st := &deadLetterRaced{poisonState: &poisonState{e.store, "poison"}, hang: true, entered: make(chan struct{})}
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2}, st, e.mail, quiet, func() time.Time { return pinned })
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Nanosecond}, st, e.mail, quiet, func() time.Time { return pinned })
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
 	recvWithin(t, st.entered, "the dead letter's write")
@@ -759,6 +778,41 @@ func TestAnOutcomeTheStoreKeepsRefusingHoldsNoWorker(t *testing.T) {
 		"delivered %v of 6: the good orders wait behind bad's outcome", later.Value(func() any { return e.mock.Stats().Deliveries }))
 }
 
+// refusesOutcomeAWhile refuses the outcome that marks one order confirmed
+// so many times, then takes it.
+type refusesOutcomeAWhile struct {
+	store.Store
+	key   string
+	fails atomic.Int32
+}
+
+func (r *refusesOutcomeAWhile) Apply(ctx context.Context, ws []store.Write) ([]uint64, error) {
+	for _, w := range ws {
+		if w.Collection == order.Inbound && w.Key == r.key && w.Op == store.OpReplace && r.fails.Add(-1) >= 0 {
+			return nil, errors.New("refused")
+		}
+	}
+	return r.Store.Apply(ctx, ws)
+}
+
+// An outcome a store's blip refuses MaxEventFailures times within a
+// second is not given up on: its refusals must last PoisonAfter too.
+func TestAnOutcomeABlipRefusesIsWritten(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	st := &refusesOutcomeAWhile{Store: e.store, key: "o"}
+	st.fails.Store(4)
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Minute}, st, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	put(t, e.store, order.Inbound, "o", paidOrder)
+	waitHandled(t, w, 1)
+	o, _ := get(t, e.store, order.Inbound, "o")
+	assert.Contains(t, o, `"confirmationEmailSent":true`)
+	assert.Zero(t, w.Stats().DeadLettered)
+	assert.Equal(t, 1, e.mock.Stats().Deliveries)
+}
+
 // TestAnOutcomeTheStoreRefusesForGoodIsDeadLettered: an outcome the store
 // keeps refusing (neither unavailable nor a conflict) is given up on after
 // MaxEventFailures tries: the order is dead-lettered, its dead letter says
@@ -768,7 +822,7 @@ func TestAnOutcomeTheStoreKeepsRefusingHoldsNoWorker(t *testing.T) {
 func TestAnOutcomeTheStoreRefusesForGoodIsDeadLettered(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
 	st := &refusesOutcome{e.store, "bad"}
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 3}, st, e.mail, quiet, func() time.Time { return pinned })
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 3, PoisonAfter: time.Nanosecond}, st, e.mail, quiet, func() time.Time { return pinned })
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
 	t.Cleanup(func() {

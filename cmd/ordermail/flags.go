@@ -98,7 +98,7 @@ func serviceFlags(fs *flag.FlagSet, cfg *app.Config, d serviceDefaults) {
 	fs.DurationVar(&cfg.Mail.BreakerCooldown, "breaker-cooldown", d.breakerCooldown, "how long an open breaker holds sends back before one probe")
 	fs.DurationVar(&cfg.Watcher.ClaimTTL, "claim-ttl", time.Minute, "a retry claimed for a send is left alone this long by other instances and, should this one die, by the sweep")
 	fs.IntVar(&cfg.Watcher.MaxOrderBytes, "max-order-bytes", 1<<20, "a paid order larger than this is dead-lettered (order_too_large), not posted")
-	fs.IntVar(&cfg.Watcher.MaxEventFailures, "max-event-failures", 5, "a change that fails this often with an error other than an unavailable store, or a send whose outcome the store refuses this often, is dead-lettered (poison_event)")
+	fs.IntVar(&cfg.Watcher.MaxEventFailures, "max-event-failures", 5, "a change that fails this often, over 30s at least, with an error other than an unavailable store, or a send whose outcome the store refuses so, is dead-lettered (poison_event)")
 	fs.IntVar(&cfg.Mail.Conns, "mail-conns", 64, "most connections to the email service at once, kept alive for reuse")
 	fs.IntVar(&cfg.Timer.SweepBatch, "sweep-batch", 1000, "due retries flagged per sweep transaction; a tick sweeps batch after batch for at most half an interval (1s at most)")
 	fs.IntVar(&cfg.Watcher.AttemptHistory, "attempt-history", 20, "send attempts kept per order in its attempt record (orders show); 0: no record")
