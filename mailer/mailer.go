@@ -45,7 +45,7 @@ const Path = "/sendConfirmation"
 
 // Resends says whether a send answered status is tried again, as the
 // client so configured classes an answer of no particular order: one of
-// RetryStatuses (nil: DefaultRetryStatuses), or any failure but a refusal
+// RetryStatuses (nil: defaultResends), or any failure but a refusal
 // of the credentials (401, 403) with RetryAllFailures.
 func (c Config) Resends(status int) bool {
 	if c.RetryAllFailures {
@@ -85,7 +85,8 @@ type Config struct {
 	// Timeout bounds one send, connection and answer included. Default 10s.
 	Timeout time.Duration
 	// RetryStatuses are the HTTP statuses (3xx, 4xx, 5xx) that are transient;
-	// others are permanent. Nil: DefaultRetryStatuses.
+	// others are permanent. Nil: DefaultRetryStatuses and every 5xx but 501
+	// and 505 (defaultResends).
 	RetryStatuses []int
 	// RetryAllFailures makes every failure transient, as in the sample;
 	// Invalid stays Invalid.

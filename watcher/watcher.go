@@ -571,8 +571,11 @@ lines:
 			case stopped:
 				return
 			case waiting:
-				w.parkFor(d, dispatched{ev: ev, line: ln, again: true}, ln.failing.wait.peek())
+				// The wait taken before the line is handed to the timer:
+				// once there, another worker may have it.
+				delay := ln.failing.wait.peek()
 				ln.failing.wait.advance()
+				w.parkFor(d, dispatched{ev: ev, line: ln, again: true}, delay)
 				continue lines
 			}
 		}
@@ -701,6 +704,7 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 			f.unavailable, level = true, slog.LevelWarn
 		}
 		log.Log(ctx, level, "change not done: the store is unavailable; trying again", "error", err, "retry_in", f.wait.peek().String())
+		f.failures, f.since = 0, time.Time{} // an outage between failures: in a row no more (as settle's)
 		return waiting
 	}
 	if f.failures++; f.failures == 1 {

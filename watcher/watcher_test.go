@@ -514,10 +514,17 @@ func TestKeysTheStoreCannotReachHoldUpNoOther(t *testing.T) {
 	d.down.Store(false)
 	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 24 }, time.Minute, 10*time.Millisecond,
 		"the orders of the node back were not all sent: %v delivered", later.Value(func() any { return e.mock.Stats().Deliveries }))
-	for key := range d.keys {
-		o, _ := get(t, e.store, order.Inbound, key)
-		assert.Contains(t, o, `"confirmationEmailSent":true`, key)
+	// Their outcomes are written after the sends the mock counts.
+	unconfirmed := func() (n int) {
+		for key := range d.keys {
+			if o, _ := get(t, e.store, order.Inbound, key); !strings.Contains(o, `"confirmationEmailSent":true`) {
+				n++
+			}
+		}
+		return n
 	}
+	require.Eventually(t, func() bool { return unconfirmed() == 0 }, time.Minute, 10*time.Millisecond,
+		"%v sent orders of the node back not marked confirmed", later.Value(func() any { return unconfirmed() }))
 	assert.Zero(t, e.mock.Stats().DuplicateRequests)
 }
 
@@ -538,6 +545,48 @@ func TestAStoreBlipPoisonsNothing(t *testing.T) {
 	o, _ := get(t, e.store, order.Inbound, "o")
 	assert.Contains(t, o, `"confirmationEmailSent":true`)
 	assert.Zero(t, w.Stats().DeadLettered)
+}
+
+// scriptedGets answers the reads of one key's state with errs in turn,
+// then reads it.
+type scriptedGets struct {
+	store.Store
+	key  string
+	mu   sync.Mutex
+	errs []error
+}
+
+func (s *scriptedGets) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
+	return noSnapshots(s.Store.Subscribe(ctx, name, colls, opts))
+}
+
+func (s *scriptedGets) State(ctx context.Context, key string) (store.State, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if key == s.key && len(s.errs) > 0 {
+		err := s.errs[0]
+		s.errs = s.errs[1:]
+		return store.State{}, err
+	}
+	return s.Store.State(ctx, key)
+}
+
+// Failures are counted in a row: an outage between two (the store
+// unavailable, a node failed over) starts the count again, as a send's
+// outcome's refusals are.
+func TestAnOutageBetweenFailuresStartsTheirCountAgain(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "o", paidOrder)
+	st := &scriptedGets{Store: e.store, key: "o", errs: []error{
+		errors.New("an error it seldom gives"), fmt.Errorf("%w: failing over", store.ErrUnavailable), errors.New("an error it seldom gives"),
+	}}
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Nanosecond}, st, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	waitHandled(t, w, 1)
+	assert.Zero(t, w.Stats().DeadLettered)
+	assert.Equal(t, 1, e.mock.Stats().Deliveries)
 }
 
 // poisonState fails every read of one key's state with an error that is

@@ -82,7 +82,7 @@ func checkRun(cfg *app.Config) error {
 // for until then) rather than a failure of its own (a port in use, a file
 // unreadable), which a stop must not hide from a supervisor.
 func cutShort(err error) bool {
-	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, gocb.ErrRequestCanceled) ||
+	return errors.Is(err, context.Canceled) || errors.Is(err, gocb.ErrRequestCanceled) ||
 		errors.Is(err, embedded.ErrBusy)
 }
 

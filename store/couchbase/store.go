@@ -140,6 +140,9 @@ func (s *Store) open(ctx context.Context) error {
 			if terr := s.cfg.reachTrouble(ctx); terr != nil {
 				return fmt.Errorf("bucket %s on %s is not reachable: %w (%w)", name, redact.URL(s.cfg.ConnStr), terr, err)
 			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("bucket %s: %w", name, err) // a stop asked for: no node to name
+			}
 			if silent, answered := silentNodes(b, s.cfg.Timeout); len(silent) > 0 && answered > 0 {
 				return fmt.Errorf("bucket %s: node %s does not answer (%d other node(s) of the bucket do): "+
 					"ordermail starts once every node answers: bring the node back or fail it over: %w",
