@@ -1,6 +1,10 @@
 package store
 
-import "sync"
+import (
+	"cmp"
+	"slices"
+	"sync"
+)
 
 // AckTracker turns acknowledgements that arrive in any order into a
 // checkpoint per partition that only moves past a sequence number once every
@@ -12,9 +16,21 @@ type AckTracker struct {
 }
 
 type partAcks struct {
-	done  uint64          // every delivered seq <= done is acknowledged
-	queue []uint64        // delivered above done, in delivery (= seq) order
-	acked map[uint64]bool // members of queue already acknowledged
+	done uint64 // every delivered seq <= done is acknowledged
+	// queue is what was delivered above done, in delivery (= seq) order:
+	// each event not acknowledged yet, and between them the runs of those
+	// acknowledged, one entry a run. Behind one event that stays
+	// unacknowledged (a key the store cannot reach, a poison event waited
+	// out), the million read since take one entry, not a million.
+	queue   []ackRun
+	pending int // the entries of queue not acknowledged
+}
+
+// ackRun is one event delivered and not acknowledged (hi its seq), or a run
+// of events acknowledged, the highest hi.
+type ackRun struct {
+	hi    uint64
+	acked bool
 }
 
 // NewAckTracker starts each partition at its saved checkpoint.
@@ -29,7 +45,7 @@ func NewAckTracker(start map[uint16]uint64) *AckTracker {
 func (t *AckTracker) part(p uint16) *partAcks {
 	pa, ok := t.parts[p]
 	if !ok {
-		pa = &partAcks{acked: map[uint64]bool{}}
+		pa = &partAcks{}
 		t.parts[p] = pa
 	}
 	return pa
@@ -40,7 +56,8 @@ func (t *AckTracker) part(p uint16) *partAcks {
 func (t *AckTracker) Deliver(p uint16, seq uint64) func() {
 	t.mu.Lock()
 	pa := t.part(p)
-	pa.queue = append(pa.queue, seq)
+	pa.queue = append(pa.queue, ackRun{hi: seq})
+	pa.pending++
 	t.mu.Unlock()
 	var once sync.Once
 	return func() {
@@ -57,8 +74,15 @@ func (t *AckTracker) Skip(p uint16, seq uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	pa := t.part(p)
-	pa.queue = append(pa.queue, seq)
-	pa.ack(seq)
+	if n := len(pa.queue); n > 0 && pa.queue[n-1].acked {
+		pa.queue[n-1].hi = seq // the run grows
+		return
+	}
+	if len(pa.queue) == 0 {
+		pa.done = max(pa.done, seq)
+		return
+	}
+	pa.queue = append(pa.queue, ackRun{hi: seq, acked: true})
 }
 
 // Reset forgets what was delivered on p and restarts it at seq, for a
@@ -66,16 +90,35 @@ func (t *AckTracker) Skip(p uint16, seq uint64) {
 func (t *AckTracker) Reset(p uint16, seq uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.parts[p] = &partAcks{done: seq, acked: map[uint64]bool{}}
+	t.parts[p] = &partAcks{done: seq}
 }
 
+// ack marks the event seq acknowledged, merges it into the runs beside it,
+// and moves done past the front's run.
 func (pa *partAcks) ack(seq uint64) {
-	pa.acked[seq] = true
-	for len(pa.queue) > 0 && pa.acked[pa.queue[0]] {
-		delete(pa.acked, pa.queue[0])
-		pa.done = max(pa.done, pa.queue[0])
-		pa.queue = pa.queue[1:]
+	q := pa.queue
+	i, found := slices.BinarySearchFunc(q, seq, func(r ackRun, seq uint64) int { return cmp.Compare(r.hi, seq) })
+	if !found || q[i].acked {
+		return
 	}
+	pa.pending--
+	q[i].acked = true
+	if i+1 < len(q) && q[i+1].acked { // the run after: this one's end moves to it
+		q[i].hi = q[i+1].hi
+		q = slices.Delete(q, i+1, i+2)
+	}
+	if i > 0 && q[i-1].acked { // the run before takes this one
+		q[i-1].hi = q[i].hi
+		q = slices.Delete(q, i, i+1)
+	}
+	if len(q) > 0 && q[0].acked {
+		pa.done = max(pa.done, q[0].hi)
+		q = q[1:]
+	}
+	if len(q) == 0 {
+		q = nil // the array behind a long stall goes with it
+	}
+	pa.queue = q
 }
 
 // Checkpoints returns, per partition, the highest seq such that every event
@@ -106,7 +149,7 @@ func (t *AckTracker) Outstanding(p uint16) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if pa, ok := t.parts[p]; ok {
-		return len(pa.queue) - len(pa.acked)
+		return pa.pending
 	}
 	return 0
 }
