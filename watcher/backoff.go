@@ -12,8 +12,8 @@ import (
 // back together. peek says the next wait before it is taken, for the log
 // line that announces it.
 type retryWait struct {
-	exp  backoff.ExponentialBackOff
-	next time.Duration
+	exp backoff.ExponentialBackOff
+	cur time.Duration
 }
 
 func newBackoff() *retryWait {
@@ -24,11 +24,11 @@ func newBackoff() *retryWait {
 	return b
 }
 
-func (b *retryWait) peek() time.Duration { return b.next }
+func (b *retryWait) peek() time.Duration { return b.cur }
 
 func (b *retryWait) reset() {
 	b.exp.Reset()
-	b.next = b.draw()
+	b.cur = b.draw()
 }
 
 // wait sleeps the current delay unless ctx ends first; false when it ended.
@@ -36,9 +36,9 @@ func (b *retryWait) wait(ctx context.Context) bool { return b.waitUnless(ctx, ni
 
 // waitUnless is wait that also gives up when stop closes.
 func (b *retryWait) waitUnless(ctx context.Context, stop <-chan struct{}) bool {
-	t := time.NewTimer(b.next)
+	t := time.NewTimer(b.cur)
 	defer t.Stop()
-	b.next = b.draw()
+	b.cur = b.draw()
 	select {
 	case <-t.C:
 		return true
@@ -49,9 +49,13 @@ func (b *retryWait) waitUnless(ctx context.Context, stop <-chan struct{}) bool {
 	}
 }
 
-// advance takes the next wait without sleeping the current one: its
-// sleeper is elsewhere (parkFor).
-func (b *retryWait) advance() { b.next = b.draw() }
+// next returns the current wait and takes the next one, without sleeping:
+// its sleeper is elsewhere (parkFor, a partition's probe).
+func (b *retryWait) next() time.Duration {
+	d := b.cur
+	b.cur = b.draw()
+	return d
+}
 
 // draw takes the next wait, in whole milliseconds, as logs say it.
 func (b *retryWait) draw() time.Duration { return b.exp.NextBackOff().Round(time.Millisecond) }

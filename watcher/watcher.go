@@ -162,6 +162,10 @@ type Stats struct {
 	// dead letter could not be written either: logged, and not in the
 	// dead letters; the order waits for its next change.
 	GivenUp int64
+	// Unreachable is how many partitions (Couchbase vBuckets; the embedded
+	// store's one) the store last answered unavailable for: their events
+	// wait apart, one probe at a time.
+	Unreachable int64
 }
 
 // Hooks are called as the watcher works, for metrics; any may be nil. They
@@ -204,15 +208,19 @@ type Watcher struct {
 	lagKnown atomic.Bool
 
 	sub      store.Subscription
-	failed   chan error         // the feed stopped for good
-	reporter atomic.Value       // store.StatsReporter of the subscription, once started
-	settling sync.WaitGroup     // outcome writes of sends made, acknowledging their events when done
-	inflight chan struct{}      // bounds them
-	cancel   context.CancelFunc // stops the reader
-	abort    context.CancelFunc // aborts in-flight work
-	stopping chan struct{}
-	reader   sync.WaitGroup
-	workers  sync.WaitGroup
+	failed   chan error     // the feed stopped for good
+	reporter atomic.Value   // store.StatsReporter of the subscription, once started
+	settling sync.WaitGroup // outcome writes of sends made, acknowledging their events when done
+	inflight chan struct{}  // bounds them
+	// unreachable holds back the events of partitions the store answered
+	// unavailable for.
+	unreachable *unreachable
+	unreach     atomic.Pointer[unreachable] // the same, for Stats before and during Start
+	cancel      context.CancelFunc          // stops the reader
+	abort       context.CancelFunc          // aborts in-flight work
+	stopping    chan struct{}
+	reader      sync.WaitGroup
+	workers     sync.WaitGroup
 }
 
 // New returns a watcher; now may be nil for time.Now.
@@ -238,7 +246,15 @@ func (w *Watcher) Stats() Stats {
 		Handled: w.handled.Load(),
 		Sends:   w.sends.Load(), Sent: w.sent.Load(), SendFailures: w.sendFailures.Load(), Held: w.held.Load(),
 		DeadLettered: w.deadLettered.Load(), Ignored: w.ignored.Load(), GivenUp: w.givenUp.Load(),
+		Unreachable: w.unreachableNow(),
 	}
+}
+
+func (w *Watcher) unreachableNow() int64 {
+	if u := w.unreach.Load(); u != nil {
+		return int64(u.count())
+	}
+	return 0
 }
 
 // SetHooks sets the hooks; call it before Start.
@@ -296,6 +312,8 @@ func (w *Watcher) Start(ctx context.Context) error {
 	// Outcomes wait for a group commit (up to the store's commit delay):
 	// enough of them in flight that a worker seldom waits for a slot.
 	w.inflight = make(chan struct{}, max(maxSettling, 4*w.cfg.Workers))
+	w.unreachable = newUnreachable(w.cfg.Workers, time.Now) // waits: the real clock's, whatever w.now says
+	w.unreach.Store(w.unreachable)
 	d := newDispatcher(w.cfg.Workers, 2*cap(w.inflight), w.supersede)
 	for i := range w.cfg.Workers {
 		w.workers.Add(1)
@@ -567,14 +585,10 @@ lines:
 				ev.Ack = w.timedAck(ev.Ack, time.Now())
 			}
 			again = false
-			switch w.complete(ctx, wp, ev, ln) {
+			switch done, delay := w.complete(ctx, wp, ev, ln); done {
 			case stopped:
 				return
 			case waiting:
-				// The wait taken before the line is handed to the timer:
-				// once there, another worker may have it.
-				delay := ln.failing.wait.peek()
-				ln.failing.wait.advance()
 				w.parkFor(d, dispatched{ev: ev, line: ln, again: true}, delay)
 				continue lines
 			}
@@ -671,26 +685,31 @@ const (
 // it has failed MaxEventFailures times over PoisonAfter at least, after
 // which the event is dead-lettered as a poison event and acknowledged, so
 // that it cannot hold its key's later events for good.
-func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Event, ln *keyLine) completion {
+func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Event, ln *keyLine) (completion, time.Duration) {
 	select {
 	case <-w.stopping:
-		return stopped
+		return stopped, 0
 	default:
+	}
+	ok, probe, wait := w.unreachable.admit(ev.Partition)
+	if !ok {
+		return waiting, wait // its partition's store is unavailable: not tried
 	}
 	w.progress.expect(&wp.due, w.stallBound())
 	settling, err := w.handle(ctx, ev, ln)
+	w.unreachable.done(ev.Partition, probe, errors.Is(err, store.ErrUnavailable))
 	if err == nil {
 		ln.failing = nil
 		if settling != nil {
 			ln.last = settling // it acknowledges ev when written
-			return completed
+			return completed, 0
 		}
 		ev.Ack()
 		w.handled.Add(1)
-		return completed
+		return completed, 0
 	}
 	if ctx.Err() != nil {
-		return stopped // aborted at shutdown
+		return stopped, 0 // aborted at shutdown
 	}
 	log := w.log.With("collection", ev.Collection, "key", ev.Key)
 	f := ln.failing
@@ -705,14 +724,14 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 		}
 		log.Log(ctx, level, "change not done: the store is unavailable; trying again", "error", err, "retry_in", f.wait.peek().String())
 		f.failures, f.since = 0, time.Time{} // an outage between failures: in a row no more (as settle's)
-		return waiting
+		return waiting, f.next()
 	}
 	if f.failures++; f.failures == 1 {
 		f.since = time.Now()
 	}
 	if f.failures >= w.cfg.MaxEventFailures && time.Since(f.since) >= w.cfg.PoisonAfter {
 		if !w.poison(ctx, log, ev, err, "") {
-			return stopped // stopped before its dead letter was written: replayed
+			return stopped, 0 // stopped before its dead letter was written: replayed
 		}
 		// The key's next change reads its state again: a snapshot
 		// taken before the dead letter does not show it.
@@ -720,11 +739,15 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 		ln.failing = nil
 		ev.Ack()
 		w.handled.Add(1)
-		return completed
+		return completed, 0
 	}
 	log.Warn("change not done; trying again", "error", err, "failures", f.failures, "retry_in", f.wait.peek().String())
-	return waiting
+	return waiting, f.next()
 }
+
+// next takes the wait before the event is tried again. Taken before the
+// line is handed to the timer: once there, another worker may have it.
+func (f *failing) next() time.Duration { return f.wait.next() }
 
 // failing is how the event a line's worker handles has failed so far.
 type failing struct {

@@ -547,6 +547,103 @@ func TestAStoreBlipPoisonsNothing(t *testing.T) {
 	assert.Zero(t, w.Stats().DeadLettered)
 }
 
+// hungPartition is a store one of whose partitions (a Couchbase node's
+// vBuckets) hangs: a read of its keys answers unavailable after a timeout,
+// as the SDK does. Its feed puts those keys in partition 1.
+type hungPartition struct {
+	store.Store
+	keys    map[string]bool
+	hung    atomic.Bool
+	timeout time.Duration
+
+	mu      sync.Mutex
+	failed  bool // a read of the partition has answered unavailable
+	now     int  // reads of it under way, started after that
+	most    int  // the most at once
+	started int  // reads of it started after that
+}
+
+func (h *hungPartition) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
+	sub, err := noSnapshots(h.Store.Subscribe(ctx, name, colls, opts))
+	if err != nil {
+		return nil, err
+	}
+	return partitioned{sub, h.keys}, nil
+}
+
+type partitioned struct {
+	store.Subscription
+	keys map[string]bool
+}
+
+func (p partitioned) Next(ctx context.Context) (store.Event, error) {
+	ev, err := p.Subscription.Next(ctx)
+	if p.keys[ev.Key] {
+		ev.Partition = 1
+	}
+	return ev, err
+}
+
+func (h *hungPartition) State(ctx context.Context, key string) (store.State, error) {
+	if !h.keys[key] || !h.hung.Load() {
+		return h.Store.State(ctx, key)
+	}
+	h.mu.Lock()
+	counted := h.failed
+	if counted {
+		h.started++
+		h.now++
+		h.most = max(h.most, h.now)
+	}
+	h.mu.Unlock()
+	time.Sleep(h.timeout)
+	h.mu.Lock()
+	h.failed = true
+	if counted {
+		h.now--
+	}
+	h.mu.Unlock()
+	return store.State{}, fmt.Errorf("%w: its node does not answer", store.ErrUnavailable)
+}
+
+// TestAHungPartitionTakesOneWorkerAtATime: each try of a key whose node
+// hangs costs a worker the store's timeout; parked and tried again each in
+// turn, the keys of one node kept every worker waiting on it. Once the
+// partition has answered unavailable, one read at a time probes it.
+func TestAHungPartitionTakesOneWorkerAtATime(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	h := &hungPartition{Store: e.store, keys: map[string]bool{}, timeout: 100 * time.Millisecond}
+	h.hung.Store(true)
+	for i := range 8 {
+		key := fmt.Sprint("hung", i)
+		h.keys[key] = true
+		put(t, e.store, order.Inbound, key, paidOrder)
+	}
+	for i := range 40 {
+		put(t, e.store, order.Inbound, fmt.Sprint("up", i), paidOrder)
+	}
+	w, err := watcher.New(watcher.Config{Workers: 4, Policy: noJitter}, h, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 40 }, time.Minute, 10*time.Millisecond,
+		"the orders of the partitions that answer were not all sent: %v", later.Value(func() any { return e.mock.Stats().Deliveries }))
+	// Probed for a while more.
+	require.Eventually(t, func() bool { h.mu.Lock(); defer h.mu.Unlock(); return h.started >= 5 }, time.Minute, 10*time.Millisecond, "probed")
+	h.mu.Lock()
+	most := h.most
+	h.mu.Unlock()
+	assert.Equal(t, 1, most, "reads of the hung partition at once, after it first answered unavailable")
+	assert.Equal(t, int64(1), w.Stats().Unreachable)
+
+	h.hung.Store(false)
+	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 48 }, time.Minute, 10*time.Millisecond,
+		"the orders of the partition back were not all sent: %v", later.Value(func() any { return e.mock.Stats().Deliveries }))
+	assert.Zero(t, e.mock.Stats().DuplicateRequests)
+	assert.Zero(t, w.Stats().DeadLettered)
+	assert.Zero(t, w.Stats().Unreachable)
+}
+
 // scriptedGets answers the reads of one key's state with errs in turn,
 // then reads it.
 type scriptedGets struct {

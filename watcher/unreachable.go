@@ -1,0 +1,101 @@
+package watcher
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// unreachable holds back the events of the partitions the store answered
+// unavailable for (on Couchbase, the vBuckets of a node that hangs or is
+// down until it is failed over; on the embedded store, its one partition,
+// the whole store, busy with another process's write). A try on such a
+// partition costs a worker the store's whole timeout (10s by default):
+// events parked and tried again each in turn kept every worker waiting on
+// the node, and the keys of the nodes that answer waited behind them. Once
+// a partition failed, its events wait apart without a try, and one event
+// of it at a time probes it, its wait doubling; at most cap(probes)
+// workers probe at once, whatever the number of partitions down, so the
+// others handle the partitions that answer. A probe that succeeds, or any
+// event of the partition handled meanwhile, brings it back.
+type unreachable struct {
+	n      atomic.Int64 // len(parts): read without mu by every event
+	mu     sync.Mutex
+	parts  map[uint16]*downPart
+	probes chan struct{}
+	now    func() time.Time
+}
+
+// downPart is a partition the store answered unavailable for.
+type downPart struct {
+	wait    *retryWait // between its probes
+	next    time.Time  // no probe before
+	probing bool
+}
+
+func newUnreachable(workers int, now func() time.Time) *unreachable {
+	return &unreachable{parts: map[uint16]*downPart{}, probes: make(chan struct{}, max(1, workers/4)), now: now}
+}
+
+// admit says whether an event of partition p is tried now. Not, it says
+// how long it waits apart before it asks again. A probe (probe true) must
+// be followed by done.
+func (u *unreachable) admit(p uint16) (ok, probe bool, wait time.Duration) {
+	if u.n.Load() == 0 {
+		return true, false, 0
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	d := u.parts[p]
+	if d == nil {
+		return true, false, 0
+	}
+	now := u.now()
+	if d.probing || now.Before(d.next) {
+		return false, false, max(d.next.Sub(now), minWait)
+	}
+	select {
+	case u.probes <- struct{}{}:
+	default:
+		return false, false, minWait // every probe slot taken: the other partitions' probes
+	}
+	d.probing = true
+	return true, true, 0
+}
+
+// minWait is the shortest wait of an event held back: no loop as fast as
+// the queue turns.
+const minWait = 50 * time.Millisecond
+
+// done reports how an event of partition p went: unavailable or not.
+func (u *unreachable) done(p uint16, probe, unavailable bool) {
+	if !probe && !unavailable && u.n.Load() == 0 {
+		return
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if probe {
+		<-u.probes
+	}
+	d := u.parts[p]
+	switch {
+	case !unavailable:
+		if d != nil {
+			delete(u.parts, p)
+			u.n.Store(int64(len(u.parts)))
+		}
+	case d == nil:
+		d = &downPart{wait: newBackoff()}
+		u.parts[p] = d
+		u.n.Store(int64(len(u.parts)))
+		d.next = u.now().Add(d.wait.next())
+	case probe:
+		// Its wait doubles at each probe that fails, not at each event
+		// under way when the partition failed.
+		d.probing = false
+		d.next = u.now().Add(d.wait.next())
+	}
+}
+
+// count is how many partitions are held back.
+func (u *unreachable) count() int { return int(u.n.Load()) }
