@@ -232,7 +232,7 @@ func New(cfg Config, w *watcher.Watcher, t *timer.Timer, m *mailer.Client, st st
 		counter("send_failures_total", "Requests made to the email service that failed (no answer, or not 2xx). Sends held back are not counted.", stat(func(s watcher.Stats) int64 { return s.SendFailures })),
 		counter("events_ignored_total", "Feed events that needed nothing (not paid, own writes...).", stat(func(s watcher.Stats) int64 { return s.Ignored })),
 		counter("events_given_up_total", "Feed events given up on after --max-event-failures whose dead letter could not be written either (logged): the order waits for its next change.", stat(func(s watcher.Stats) int64 { return s.GivenUp })),
-		gauge("partitions_unreachable", "Partitions of the store (Couchbase vBuckets, a node's that hangs or is down; the embedded store's one, busy with another process's write) that last answered unavailable: their changes wait apart, one probe at a time, while the others go on.", func() float64 {
+		gauge("store_nodes_unreachable", "Nodes of the store (Couchbase data nodes that hang or are down; the embedded store counts as one, busy with another process's write) that last answered unavailable: the changes of their keys wait apart, one probe at a time, while the others go on.", func() float64 {
 			return float64(w.Stats().Unreachable)
 		}),
 		counter("timer_ticks_total", "Retry timer ticks that succeeded (paused and standby ones included; not those of an instance standing aside after its sweeps failed).", func() float64 { return float64(t.Status().Ticks) }),

@@ -202,7 +202,12 @@ type Event struct {
 	Deleted    bool
 	CAS        uint64
 	Partition  uint16 // vBucket for Couchbase, 0 for the embedded store
-	Seq        uint64 // position in its partition
+	// Locus is where the partition was when the event was read: on
+	// Couchbase the node holding it (its index in the cluster's map, -1
+	// unknown); 0 on the embedded store. The keys of one locus are
+	// reachable, or not, together.
+	Locus int
+	Seq   uint64 // position in its partition
 	// Incarnation is the document's, as in Doc.
 	Incarnation uint64
 	// State, when the feed can give it, is the state of the event's key as

@@ -6,27 +6,27 @@ import (
 	"time"
 )
 
-// unreachable holds back the events of the partitions the store answered
-// unavailable for (on Couchbase, the vBuckets of a node that hangs or is
-// down until it is failed over; on the embedded store, its one partition,
-// the whole store, busy with another process's write). A try on such a
-// partition costs a worker the store's whole timeout (10s by default):
-// events parked and tried again each in turn kept every worker waiting on
-// the node, and the keys of the nodes that answer waited behind them. Once
-// a partition failed, its events wait apart without a try, and one event
-// of it at a time probes it, its wait doubling; at most cap(probes)
-// workers probe at once, whatever the number of partitions down, so the
-// others handle the partitions that answer. A probe that succeeds, or any
-// event of the partition handled meanwhile, brings it back.
+// unreachable holds back the events of the loci (store.Event.Locus) the
+// store answered unavailable for (on Couchbase, a node that hangs or is
+// down until it is failed over; on the embedded store, the whole store,
+// busy with another process's write). A try there costs a worker the
+// store's whole timeout (10s by default): events parked and tried again
+// each in turn kept every worker waiting on the node, and the keys of the
+// nodes that answer waited behind them. Once a locus failed, its events
+// wait apart without a try, and one event of it at a time probes it, its
+// wait doubling; at most cap(probes) workers probe at once, whatever the
+// number of loci down, so the others handle the loci that answer. A probe
+// that succeeds, or any event of the locus handled meanwhile, brings it
+// back.
 type unreachable struct {
 	n      atomic.Int64 // len(parts): read without mu by every event
 	mu     sync.Mutex
-	parts  map[uint16]*downPart
+	parts  map[int]*downPart
 	probes chan struct{}
 	now    func() time.Time
 }
 
-// downPart is a partition the store answered unavailable for.
+// downPart is a locus the store answered unavailable for.
 type downPart struct {
 	wait    *retryWait // between its probes
 	next    time.Time  // no probe before
@@ -34,13 +34,13 @@ type downPart struct {
 }
 
 func newUnreachable(workers int, now func() time.Time) *unreachable {
-	return &unreachable{parts: map[uint16]*downPart{}, probes: make(chan struct{}, max(1, workers/4)), now: now}
+	return &unreachable{parts: map[int]*downPart{}, probes: make(chan struct{}, max(1, workers/4)), now: now}
 }
 
-// admit says whether an event of partition p is tried now. Not, it says
+// admit says whether an event of locus p is tried now. Not, it says
 // how long it waits apart before it asks again. A probe (probe true) must
 // be followed by done.
-func (u *unreachable) admit(p uint16) (ok, probe bool, wait time.Duration) {
+func (u *unreachable) admit(p int) (ok, probe bool, wait time.Duration) {
 	if u.n.Load() == 0 {
 		return true, false, 0
 	}
@@ -57,7 +57,7 @@ func (u *unreachable) admit(p uint16) (ok, probe bool, wait time.Duration) {
 	select {
 	case u.probes <- struct{}{}:
 	default:
-		return false, false, minWait // every probe slot taken: the other partitions' probes
+		return false, false, minWait // every probe slot taken: the other loci's probes
 	}
 	d.probing = true
 	return true, true, 0
@@ -67,8 +67,8 @@ func (u *unreachable) admit(p uint16) (ok, probe bool, wait time.Duration) {
 // the queue turns.
 const minWait = 50 * time.Millisecond
 
-// done reports how an event of partition p went: unavailable or not.
-func (u *unreachable) done(p uint16, probe, unavailable bool) {
+// done reports how an event of locus p went: unavailable or not.
+func (u *unreachable) done(p int, probe, unavailable bool) {
 	if !probe && !unavailable && u.n.Load() == 0 {
 		return
 	}
@@ -91,11 +91,11 @@ func (u *unreachable) done(p uint16, probe, unavailable bool) {
 		d.next = u.now().Add(d.wait.next())
 	case probe:
 		// Its wait doubles at each probe that fails, not at each event
-		// under way when the partition failed.
+		// under way when the locus failed.
 		d.probing = false
 		d.next = u.now().Add(d.wait.next())
 	}
 }
 
-// count is how many partitions are held back.
+// count is how many loci are held back.
 func (u *unreachable) count() int { return int(u.n.Load()) }

@@ -162,9 +162,9 @@ type Stats struct {
 	// dead letter could not be written either: logged, and not in the
 	// dead letters; the order waits for its next change.
 	GivenUp int64
-	// Unreachable is how many partitions (Couchbase vBuckets; the embedded
-	// store's one) the store last answered unavailable for: their events
-	// wait apart, one probe at a time.
+	// Unreachable is how many loci (Couchbase nodes; the embedded store,
+	// one) the store last answered unavailable for: their events wait
+	// apart, one probe at a time.
 	Unreachable int64
 }
 
@@ -212,7 +212,7 @@ type Watcher struct {
 	reporter atomic.Value   // store.StatsReporter of the subscription, once started
 	settling sync.WaitGroup // outcome writes of sends made, acknowledging their events when done
 	inflight chan struct{}  // bounds them
-	// unreachable holds back the events of partitions the store answered
+	// unreachable holds back the events of the loci the store answered
 	// unavailable for.
 	unreachable *unreachable
 	unreach     atomic.Pointer[unreachable] // the same, for Stats before and during Start
@@ -691,13 +691,13 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 		return stopped, 0
 	default:
 	}
-	ok, probe, wait := w.unreachable.admit(ev.Partition)
+	ok, probe, wait := w.unreachable.admit(ev.Locus)
 	if !ok {
-		return waiting, wait // its partition's store is unavailable: not tried
+		return waiting, wait // the store is unavailable where its key is: not tried
 	}
 	w.progress.expect(&wp.due, w.stallBound())
 	settling, err := w.handle(ctx, ev, ln)
-	w.unreachable.done(ev.Partition, probe, errors.Is(err, store.ErrUnavailable))
+	w.unreachable.done(ev.Locus, probe, errors.Is(err, store.ErrUnavailable))
 	if err == nil {
 		ln.failing = nil
 		if settling != nil {

@@ -547,9 +547,9 @@ func TestAStoreBlipPoisonsNothing(t *testing.T) {
 	assert.Zero(t, w.Stats().DeadLettered)
 }
 
-// hungPartition is a store one of whose partitions (a Couchbase node's
-// vBuckets) hangs: a read of its keys answers unavailable after a timeout,
-// as the SDK does. Its feed puts those keys in partition 1.
+// hungPartition is a store one of whose nodes hangs: a read of its keys
+// answers unavailable after a timeout, as the SDK does. Its feed puts
+// those keys on locus 1.
 type hungPartition struct {
 	store.Store
 	keys    map[string]bool
@@ -579,7 +579,7 @@ type partitioned struct {
 func (p partitioned) Next(ctx context.Context) (store.Event, error) {
 	ev, err := p.Subscription.Next(ctx)
 	if p.keys[ev.Key] {
-		ev.Partition = 1
+		ev.Partition, ev.Locus = 1, 1
 	}
 	return ev, err
 }

@@ -170,6 +170,19 @@ func (c *dcpClient) HighSeqnos(ctx context.Context, vbs []uint16) (map[uint16]ui
 	return out, nil
 }
 
+// ServerOf is the index of the node holding vb's active copy.
+func (c *dcpClient) ServerOf(vb uint16) int {
+	snap, err := c.agent.ConfigSnapshot()
+	if err != nil {
+		return -1
+	}
+	i, err := snap.VbucketToServer(vb, 0)
+	if err != nil {
+		return -1
+	}
+	return i
+}
+
 // CollectionHighSeqnos asks each node that holds some of vbs for the high
 // seqno of each of ids on its active vBuckets (GET_ALL_VB_SEQNOS with a
 // collection id: kv_engine's ep_engine.cc, collectVBucketSequenceNumbers,

@@ -391,6 +391,23 @@ func TestAStartWhileANodeHangsNamesIt(t *testing.T) {
 	assert.NotContains(t, err.Error(), srv.KVAddr(0))
 }
 
+// Each event says which node holds its key (Locus): the watcher holds back
+// the keys of a node that does not answer together, rather than trying
+// each vBucket's at the cost of a timeout each.
+func TestEventsSayTheNodeOfTheirKey(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3})
+	s := openStore(t, cfg)
+	sub := subscribe(t, s, "feed", watched, true)
+	var keys []string
+	for vb := range uint16(testVBuckets) {
+		keys = append(keys, keyOn(srv, "k-", vb))
+		put(t, s, order.Inbound, keys[vb])
+	}
+	for _, ev := range readUntil(t, sub, sawKeys(keys...)) {
+		assert.Equal(t, srv.NodeOf(ev.Partition), ev.Locus, "vb %d", ev.Partition)
+	}
+}
+
 // Defect 6: checkpoints were saved one at a time, stopped at the first
 // error, on the goroutine that also reopened streams: one hung node held
 // back every checkpoint and every reopen.

@@ -47,6 +47,9 @@ type dcpAgent interface {
 	// ends, as the writes to other collections are never sent to it. A
 	// vBucket none of them is on is left out.
 	CollectionHighSeqnos(ctx context.Context, vbs []uint16, collectionIDs []uint32) (map[uint16]uint64, error)
+	// ServerOf is the index of the node that holds vb now, in the
+	// cluster's map; -1 when the map does not say.
+	ServerOf(vb uint16) int
 	Close() error
 }
 
@@ -129,6 +132,8 @@ type vbState struct {
 	failures   int        // failover-log reads failed in a row
 	high       uint64     // the highest seqno of the watched collections the server has shown
 	settled    bool       // the first stream request was answered (or given up)
+	locus      int        // the node holding vb, as the stream of generation locusOf-1 found it
+	locusOf    int
 
 	// Membership mode (f.own set).
 	held      bool  // this member owns vb: it claimed it and has not lost or released it
@@ -846,14 +851,17 @@ func (f *feed) change(vb uint16, gen int, collID uint32, key, value []byte, dele
 		f.mu.Unlock()
 		return
 	}
-	ev := store.Event{Collection: coll, Key: string(key), Deleted: deleted, CAS: cas, Partition: vb, Seq: seq}
+	st := f.state[vb]
+	if st.locusOf != gen+1 { // once a stream: a stream moves with its vBucket
+		st.locus, st.locusOf = f.agent.ServerOf(vb), gen+1
+	}
+	ev := store.Event{Collection: coll, Key: string(key), Deleted: deleted, CAS: cas, Partition: vb, Locus: st.locus, Seq: seq}
 	if !deleted {
 		ev.Value = append([]byte(nil), value...) // gocbcore reuses its buffers
 	}
 	// Deliver under f.mu, so that a reopen cannot slip between the
 	// generation check and the delivery.
 	ev.Ack = f.acks.Deliver(vb, seq)
-	st := f.state[vb]
 	p := pending{ev, st, gen, st.restarts}
 	f.mu.Unlock()
 	// The values read ahead are bounded in bytes too: 256 documents of

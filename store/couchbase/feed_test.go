@@ -98,6 +98,9 @@ func (a *fakeAgent) CollectionHighSeqnos(ctx context.Context, vbs []uint16, _ []
 	return a.HighSeqnos(ctx, vbs)
 }
 
+// ServerOf: the fake is one node.
+func (a *fakeAgent) ServerOf(uint16) int { return 0 }
+
 func (a *fakeAgent) Close() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
