@@ -547,10 +547,10 @@ func TestAStoreBlipPoisonsNothing(t *testing.T) {
 	assert.Zero(t, w.Stats().DeadLettered)
 }
 
-// hungPartition is a store one of whose nodes hangs: a read of its keys
+// hungNode is a store one of whose nodes hangs: a read of its keys
 // answers unavailable after a timeout, as the SDK does. Its feed puts
 // those keys on locus 1.
-type hungPartition struct {
+type hungNode struct {
 	store.Store
 	keys    map[string]bool
 	hung    atomic.Bool
@@ -563,7 +563,7 @@ type hungPartition struct {
 	started int  // reads of it started after that
 }
 
-func (h *hungPartition) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
+func (h *hungNode) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
 	sub, err := noSnapshots(h.Store.Subscribe(ctx, name, colls, opts))
 	if err != nil {
 		return nil, err
@@ -584,7 +584,7 @@ func (p partitioned) Next(ctx context.Context) (store.Event, error) {
 	return ev, err
 }
 
-func (h *hungPartition) State(ctx context.Context, key string) (store.State, error) {
+func (h *hungNode) State(ctx context.Context, key string) (store.State, error) {
 	if !h.keys[key] || !h.hung.Load() {
 		return h.Store.State(ctx, key)
 	}
@@ -606,13 +606,13 @@ func (h *hungPartition) State(ctx context.Context, key string) (store.State, err
 	return store.State{}, fmt.Errorf("%w: its node does not answer", store.ErrUnavailable)
 }
 
-// TestAHungPartitionTakesOneWorkerAtATime: each try of a key whose node
+// TestAHungNodeTakesOneWorkerAtATime: each try of a key whose node
 // hangs costs a worker the store's timeout; parked and tried again each in
 // turn, the keys of one node kept every worker waiting on it. Once the
-// partition has answered unavailable, one read at a time probes it.
-func TestAHungPartitionTakesOneWorkerAtATime(t *testing.T) {
+// node has answered unavailable, one read at a time probes it.
+func TestAHungNodeTakesOneWorkerAtATime(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
-	h := &hungPartition{Store: e.store, keys: map[string]bool{}, timeout: 100 * time.Millisecond}
+	h := &hungNode{Store: e.store, keys: map[string]bool{}, timeout: 100 * time.Millisecond}
 	h.hung.Store(true)
 	for i := range 8 {
 		key := fmt.Sprint("hung", i)
@@ -627,18 +627,18 @@ func TestAHungPartitionTakesOneWorkerAtATime(t *testing.T) {
 	require.NoError(t, w.Start(context.Background()))
 	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
 	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 40 }, time.Minute, 10*time.Millisecond,
-		"the orders of the partitions that answer were not all sent: %v", later.Value(func() any { return e.mock.Stats().Deliveries }))
+		"the orders of the nodes that answer were not all sent: %v", later.Value(func() any { return e.mock.Stats().Deliveries }))
 	// Probed for a while more.
 	require.Eventually(t, func() bool { h.mu.Lock(); defer h.mu.Unlock(); return h.started >= 5 }, time.Minute, 10*time.Millisecond, "probed")
 	h.mu.Lock()
 	most := h.most
 	h.mu.Unlock()
-	assert.Equal(t, 1, most, "reads of the hung partition at once, after it first answered unavailable")
+	assert.Equal(t, 1, most, "reads of the hung node at once, after it first answered unavailable")
 	assert.Equal(t, int64(1), w.Stats().Unreachable)
 
 	h.hung.Store(false)
 	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 48 }, time.Minute, 10*time.Millisecond,
-		"the orders of the partition back were not all sent: %v", later.Value(func() any { return e.mock.Stats().Deliveries }))
+		"the orders of the node back were not all sent: %v", later.Value(func() any { return e.mock.Stats().Deliveries }))
 	assert.Zero(t, e.mock.Stats().DuplicateRequests)
 	assert.Zero(t, w.Stats().DeadLettered)
 	assert.Zero(t, w.Stats().Unreachable)
