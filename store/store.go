@@ -16,6 +16,12 @@ var (
 	// ErrUnavailable wraps failures that may clear by themselves (a locked
 	// database, a timeout, a node down): the caller may try again later.
 	ErrUnavailable = errors.New("store unavailable")
+	// ErrUnreachable, with ErrUnavailable, says the store, or the node
+	// of it that holds the key, did not answer (a timeout, a connection
+	// lost, the store busy with another process): its other keys there
+	// would fail alike. A document locked, or a durable write of it under
+	// way, is unavailable only.
+	ErrUnreachable = errors.New("store unreachable")
 	ErrClosed      = errors.New("store closed")
 	// ErrFeedFailed says a subscription stopped for good (a watched
 	// collection is gone, access was revoked): reading it again cannot
@@ -203,9 +209,9 @@ type Event struct {
 	CAS        uint64
 	Partition  uint16 // vBucket for Couchbase, 0 for the embedded store
 	// Locus is where the partition was when the event was read: on
-	// Couchbase the node holding it (its index in the cluster's map, -1
-	// unknown); 0 on the embedded store. The keys of one locus are
-	// reachable, or not, together.
+	// Couchbase the node holding it (as a revision of the cluster's map
+	// names it, -1 unknown); 0 on the embedded store. The keys of one
+	// locus are reachable, or not, together.
 	Locus int
 	Seq   uint64 // position in its partition
 	// Incarnation is the document's, as in Doc.

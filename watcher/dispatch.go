@@ -35,6 +35,10 @@ type keyLine struct {
 	// nil once handled. The line's worker (or, parked, its timer) alone
 	// uses it.
 	failing *failing
+	// touched says the store was asked for the event being handled (its
+	// state read, or a write made): only then does its outcome say
+	// whether the store answers.
+	touched bool
 }
 
 // dispatched is an event on the queue with the line it opened.

@@ -51,7 +51,10 @@ func (u *unreachable) admit(p int) (ok, probe bool, wait time.Duration) {
 		return true, false, 0
 	}
 	now := u.now()
-	if d.probing || now.Before(d.next) {
+	if d.probing { // its events come back once the probe may have ended, not every minWait
+		return false, false, max(d.wait.peek(), minWait)
+	}
+	if now.Before(d.next) {
 		return false, false, max(d.next.Sub(now), minWait)
 	}
 	select {
@@ -67,8 +70,10 @@ func (u *unreachable) admit(p int) (ok, probe bool, wait time.Duration) {
 // the queue turns.
 const minWait = 50 * time.Millisecond
 
-// done reports how an event of locus p went: unavailable or not.
-func (u *unreachable) done(p int, probe, unavailable bool) {
+// done reports how an event of locus p went: whether it asked the store
+// anything (touched), and whether the store did not answer. An event that
+// asked nothing says nothing of the store: its probe goes to another.
+func (u *unreachable) done(p int, probe, touched, unavailable bool) {
 	if !probe && !unavailable && u.n.Load() == 0 {
 		return
 	}
@@ -79,6 +84,10 @@ func (u *unreachable) done(p int, probe, unavailable bool) {
 	}
 	d := u.parts[p]
 	switch {
+	case !touched:
+		if probe && d != nil {
+			d.probing = false
+		}
 	case !unavailable:
 		if d != nil {
 			delete(u.parts, p)

@@ -691,13 +691,17 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 		return stopped, 0
 	default:
 	}
-	ok, probe, wait := w.unreachable.admit(ev.Locus)
+	ok, probe, wait := w.admit(ev)
 	if !ok {
-		return waiting, wait // the store is unavailable where its key is: not tried
+		if f := ln.failing; f != nil {
+			f.failures, f.since = 0, time.Time{} // an outage between failures, as below
+		}
+		return waiting, wait // the store does not answer where its key is: not tried
 	}
 	w.progress.expect(&wp.due, w.stallBound())
+	ln.touched = false
 	settling, err := w.handle(ctx, ev, ln)
-	w.unreachable.done(ev.Locus, probe, errors.Is(err, store.ErrUnavailable))
+	w.unreachable.done(ev.Locus, probe, ln.touched, errors.Is(err, store.ErrUnreachable))
 	if err == nil {
 		ln.failing = nil
 		if settling != nil {
@@ -748,6 +752,17 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 // next takes the wait before the event is tried again. Taken before the
 // line is handed to the timer: once there, another worker may have it.
 func (f *failing) next() time.Duration { return f.wait.next() }
+
+// admit says whether ev is handled now, as unreachable.admit; an event
+// that needs nothing of the store (Settled) always is.
+func (w *Watcher) admit(ev store.Event) (ok, probe bool, wait time.Duration) {
+	if w.unreachable.count() > 0 {
+		if _, settled := Settled(changeOf(ev), w.now(), w.limits()); settled {
+			return true, false, 0
+		}
+	}
+	return w.unreachable.admit(ev.Locus)
+}
 
 // failing is how the event a line's worker handles has failed so far.
 type failing struct {
@@ -924,6 +939,7 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, ln *keyLine) (*wri
 			// Once: an unavailable store (a node of the key's down) is
 			// waited out with the event parked off the worker (complete).
 			var err error
+			ln.touched = true
 			if st, err = w.store.State(ctx, ev.Key); err != nil {
 				return nil, err
 			}
@@ -938,7 +954,7 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, ln *keyLine) (*wri
 			log.Debug("ignore", "reason", p.Reason)
 			return nil, nil
 		case Write:
-			cas, err := w.applyOnce(ctx, p.Writes)
+			cas, err := w.applyOnce(ctx, ln, p.Writes)
 			if isStale(err) {
 				continue // changed since it was read: decide again
 			}
@@ -954,7 +970,7 @@ func (w *Watcher) handle(ctx context.Context, ev store.Event, ln *keyLine) (*wri
 			return nil, err
 		case Send:
 			if len(p.Writes) > 0 {
-				cas, err := w.applyOnce(ctx, p.Writes)
+				cas, err := w.applyOnce(ctx, ln, p.Writes)
 				if isStale(err) {
 					continue
 				}
@@ -1233,11 +1249,12 @@ func (w *Watcher) state(ctx context.Context, log *slog.Logger, key string) (stor
 	return st, err
 }
 
-// applyOnce writes writes, once.
-func (w *Watcher) applyOnce(ctx context.Context, writes []store.Write) ([]uint64, error) {
+// applyOnce writes writes, once, for ln's event.
+func (w *Watcher) applyOnce(ctx context.Context, ln *keyLine, writes []store.Write) ([]uint64, error) {
 	if len(writes) == 0 {
 		return nil, nil
 	}
+	ln.touched = true
 	return w.store.Apply(ctx, writes)
 }
 

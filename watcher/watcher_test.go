@@ -473,7 +473,11 @@ type downKeys struct {
 }
 
 func (d *downKeys) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
-	return noSnapshots(d.Store.Subscribe(ctx, name, colls, opts))
+	sub, err := noSnapshots(d.Store.Subscribe(ctx, name, colls, opts))
+	if err != nil {
+		return nil, err
+	}
+	return partitioned{sub, d.keys}, nil // on a locus of their own: nothing else there answers for it
 }
 
 func (d *downKeys) State(ctx context.Context, key string) (store.State, error) {
@@ -510,6 +514,7 @@ func TestKeysTheStoreCannotReachHoldUpNoOther(t *testing.T) {
 	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 20 }, time.Minute, 10*time.Millisecond,
 		"the orders the store reaches were not all sent: %v delivered", later.Value(func() any { return e.mock.Stats().Deliveries }))
 	assert.Empty(t, w.Stalled())
+	assert.Zero(t, w.Stats().Unreachable, "a key's unavailability (a document locked) holds back no other key of its node")
 
 	d.down.Store(false)
 	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 24 }, time.Minute, 10*time.Millisecond,
@@ -603,7 +608,7 @@ func (h *hungNode) State(ctx context.Context, key string) (store.State, error) {
 		h.now--
 	}
 	h.mu.Unlock()
-	return store.State{}, fmt.Errorf("%w: its node does not answer", store.ErrUnavailable)
+	return store.State{}, fmt.Errorf("%w: %w: its node does not answer", store.ErrUnavailable, store.ErrUnreachable)
 }
 
 // TestAHungNodeTakesOneWorkerAtATime: each try of a key whose node
@@ -642,6 +647,36 @@ func TestAHungNodeTakesOneWorkerAtATime(t *testing.T) {
 	assert.Zero(t, e.mock.Stats().DuplicateRequests)
 	assert.Zero(t, w.Stats().DeadLettered)
 	assert.Zero(t, w.Stats().Unreachable)
+}
+
+// TestAnEventThatAsksTheStoreNothingProbesNothing: an event of a node held
+// back that needs nothing of the store (an unpaid order), taken as the
+// node's probe, "succeeded" and let every held-back event at the node.
+func TestAnEventThatAsksTheStoreNothingProbesNothing(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	h := &hungNode{Store: e.store, keys: map[string]bool{}, timeout: 100 * time.Millisecond}
+	h.hung.Store(true)
+	for i := range 8 {
+		key := fmt.Sprint("hung", i)
+		h.keys[key] = true
+		put(t, e.store, order.Inbound, key, paidOrder)
+	}
+	for i := range 8 {
+		h.keys[fmt.Sprint("unpaid", i)] = true
+	}
+	w, err := watcher.New(watcher.Config{Workers: 4, Policy: noJitter}, h, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	require.Eventually(t, func() bool { return w.Stats().Unreachable == 1 }, time.Minute, time.Millisecond, "the node held back")
+	for i := range 8 {
+		put(t, e.store, order.Inbound, fmt.Sprint("unpaid", i), strings.Replace(paidOrder, `"paid"`, `"pending"`, 1))
+	}
+	require.Eventually(t, func() bool { h.mu.Lock(); defer h.mu.Unlock(); return h.started >= 6 }, time.Minute, 10*time.Millisecond, "probed")
+	h.mu.Lock()
+	most := h.most
+	h.mu.Unlock()
+	assert.Equal(t, 1, most, "reads of the hung node at once, after it first answered unavailable")
 }
 
 // scriptedGets answers the reads of one key's state with errs in turn,

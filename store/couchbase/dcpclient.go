@@ -170,17 +170,19 @@ func (c *dcpClient) HighSeqnos(ctx context.Context, vbs []uint16) (map[uint16]ui
 	return out, nil
 }
 
-// ServerOf is the index of the node holding vb's active copy.
+// ServerOf names the node holding vb's active copy: its index in the
+// cluster map, with the map's revision (a failover renumbers the nodes:
+// an index alone would name another node in a later map).
 func (c *dcpClient) ServerOf(vb uint16) int {
 	snap, err := c.agent.ConfigSnapshot()
 	if err != nil {
 		return -1
 	}
 	i, err := snap.VbucketToServer(vb, 0)
-	if err != nil {
+	if err != nil || i < 0 {
 		return -1
 	}
-	return i
+	return int(snap.RevID())<<10 | i&1023
 }
 
 // CollectionHighSeqnos asks each node that holds some of vbs for the high

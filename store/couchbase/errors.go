@@ -24,7 +24,9 @@ func mapErr(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, gocb.ErrAmbiguousTimeout), errors.Is(err, gocb.ErrDurabilityAmbiguous):
+	case errors.Is(err, gocb.ErrAmbiguousTimeout):
+		return fmt.Errorf("%w: %w: %w: %v", store.ErrUnavailable, store.ErrUnreachable, ErrAmbiguous, err)
+	case errors.Is(err, gocb.ErrDurabilityAmbiguous):
 		return fmt.Errorf("%w: %w: %v", store.ErrUnavailable, ErrAmbiguous, err)
 	case errors.Is(err, gocb.ErrDocumentNotFound):
 		return fmt.Errorf("%w: %v", store.ErrNotFound, err)
@@ -33,15 +35,16 @@ func mapErr(err error) error {
 	case errors.Is(err, gocb.ErrCasMismatch):
 		return fmt.Errorf("%w: %v", store.ErrCASMismatch, err)
 	case errors.Is(err, gocb.ErrTimeout), errors.Is(err, gocb.ErrUnambiguousTimeout),
-		errors.Is(err, gocb.ErrServiceNotAvailable), errors.Is(err, gocb.ErrTemporaryFailure), errors.Is(err, gocb.ErrOverload),
-		errors.Is(err, gocb.ErrCircuitBreakerOpen), errors.Is(err, gocb.ErrDocumentLocked),
-		errors.Is(err, gocb.ErrDurableWriteInProgress), errors.Is(err, gocb.ErrRateLimitedFailure),
-		errors.Is(err, gocb.ErrRequestCanceled):
-		return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
+		errors.Is(err, gocb.ErrServiceNotAvailable), errors.Is(err, gocb.ErrOverload),
+		errors.Is(err, gocb.ErrCircuitBreakerOpen), errors.Is(err, gocb.ErrRequestCanceled):
+		return fmt.Errorf("%w: %w: %v", store.ErrUnavailable, store.ErrUnreachable, err)
+	case errors.Is(err, gocb.ErrTemporaryFailure), errors.Is(err, gocb.ErrDocumentLocked),
+		errors.Is(err, gocb.ErrDurableWriteInProgress), errors.Is(err, gocb.ErrRateLimitedFailure):
+		return fmt.Errorf("%w: %v", store.ErrUnavailable, err) // this key's, or a moment's
 	case errors.Is(err, gocb.ErrShutdown):
 		return fmt.Errorf("%w: %v", store.ErrClosed, err)
 	case netFailure(err):
-		return fmt.Errorf("%w: %v", store.ErrUnavailable, err)
+		return fmt.Errorf("%w: %w: %v", store.ErrUnavailable, store.ErrUnreachable, err)
 	}
 	return err
 }

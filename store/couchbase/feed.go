@@ -47,8 +47,8 @@ type dcpAgent interface {
 	// ends, as the writes to other collections are never sent to it. A
 	// vBucket none of them is on is left out.
 	CollectionHighSeqnos(ctx context.Context, vbs []uint16, collectionIDs []uint32) (map[uint16]uint64, error)
-	// ServerOf is the index of the node that holds vb now, in the
-	// cluster's map; -1 when the map does not say.
+	// ServerOf names the node that holds vb now, as the cluster's map
+	// says (its revision and the node's index in it); -1 when it does not.
 	ServerOf(vb uint16) int
 	Close() error
 }

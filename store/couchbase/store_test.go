@@ -59,6 +59,14 @@ func TestMapErr(t *testing.T) {
 	assert.NoError(t, mapErr(nil))
 	assert.ErrorIs(t, mapErr(gocb.ErrAmbiguousTimeout), ErrAmbiguous, "a write that may have been made is told apart")
 	assert.NotErrorIs(t, mapErr(gocb.ErrUnambiguousTimeout), ErrAmbiguous)
+	// The node's failures, which its other keys share, against the key's
+	// own (a document locked): the watcher holds back a node for the first.
+	for _, nodes := range []error{gocb.ErrTimeout, gocb.ErrUnambiguousTimeout, gocb.ErrAmbiguousTimeout, gocb.ErrServiceNotAvailable, io.EOF} {
+		assert.ErrorIs(t, mapErr(fmt.Errorf("op: %w", nodes)), store.ErrUnreachable, "%v", nodes)
+	}
+	for _, keys := range []error{gocb.ErrDocumentLocked, gocb.ErrDurableWriteInProgress, gocb.ErrTemporaryFailure} {
+		assert.NotErrorIs(t, mapErr(fmt.Errorf("op: %w", keys)), store.ErrUnreachable, "%v", keys)
+	}
 }
 
 func TestSweepStatementAndParams(t *testing.T) {

@@ -868,10 +868,11 @@ func mapErr(err error) error {
 	if errors.As(err, &se) {
 		switch se.Code() & 0xff {
 		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
-			return fmt.Errorf("%w: %w: %s", store.ErrUnavailable, ErrBusy, strings.TrimSpace(se.Error()))
+			return fmt.Errorf("%w: %w: %w: %s", store.ErrUnavailable, store.ErrUnreachable, ErrBusy, strings.TrimSpace(se.Error()))
 		case sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY,
 			sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PROTOCOL:
-			return fmt.Errorf("%w: %s", store.ErrUnavailable, strings.TrimSpace(se.Error()))
+			// The whole file's, as every failure of one file is.
+			return fmt.Errorf("%w: %w: %s", store.ErrUnavailable, store.ErrUnreachable, strings.TrimSpace(se.Error()))
 		}
 	}
 	return err

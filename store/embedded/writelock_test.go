@@ -135,4 +135,5 @@ func TestAnOpenBehindAnotherWriteIsBusy(t *testing.T) {
 	_, err = Open(ctx, Config{Path: path, BusyTimeout: 50 * time.Millisecond})
 	require.ErrorIs(t, err, ErrBusy)
 	require.ErrorIs(t, err, store.ErrUnavailable)
+	require.ErrorIs(t, err, store.ErrUnreachable, "the whole store's, not one key's")
 }
