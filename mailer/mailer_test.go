@@ -92,6 +92,8 @@ func TestRetryAfter(t *testing.T) {
 		"18446744074":          time.Duration(math.MaxInt64/int64(time.Second)) * time.Second,
 		"99999999999999999999": time.Duration(math.MaxInt64/int64(time.Second)) * time.Second, // past an int
 		"-5":                   0,
+		// A date gone by: no wait, never a negative one.
+		"Wed, 21 Oct 2015 07:28:00 GMT": 0,
 	} {
 		_, c := newMock(t, mockmail.Config{Script: func(string, int) mockmail.Reply {
 			return mockmail.Reply{Status: http.StatusTooManyRequests, RetryAfter: give}
@@ -422,7 +424,7 @@ func TestUntrustedCertificateHoldsSends(t *testing.T) {
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the handshake errors we cause
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	c, err := mailer.New(mailer.Config{URL: srv.URL, BreakerFailures: 2, BreakerCooldown: time.Hour}, quiet)
+	c, err := mailer.New(mailer.Config{URL: srv.URL, BreakerFailures: 1, BreakerCooldown: time.Hour}, quiet)
 	require.NoError(t, err)
 	se := sendErr(t, c.Send(context.Background(), "k", []byte(`{}`)))
 	// The configuration's fault, not the order's: no attempt is counted.
@@ -702,5 +704,6 @@ func TestResendsIsHowTheClientClassesAnAnswer(t *testing.T) {
 	all := mailer.Config{RetryAllFailures: true}
 	assert.True(t, all.Resends(406))
 	assert.False(t, all.Resends(401), "a refusal of the credentials is the configuration's")
+	assert.False(t, all.Resends(403), "so is a refusal of the signature")
 	assert.False(t, all.Resends(200))
 }

@@ -313,6 +313,18 @@ func TestSettleHeldBack(t *testing.T) {
 		require.Equal(t, Send, p.Action)
 		out := Settle(p, st, sendErr, now, limits, 0.5)
 		require.Equal(t, "retry", out.Result)
+		// Held back, or refused as the configuration is, the order spends
+		// no attempt: the probes of a configuration outage would dead-letter
+		// it as exhausted.
+		before := 0
+		if st.Retry.Found() {
+			r, err := order.DecodeRetryDoc(st.Retry.Value)
+			require.NoError(t, err)
+			before = r.Attempt
+		}
+		if se, ok := errors.AsType[*mailer.SendError](sendErr); ok && (se.NotAttempted || se.Class == mailer.Configuration) {
+			assert.Equal(t, before, out.Retry.Attempt, "attempts")
+		}
 		return out.Retry
 	}
 	for _, tt := range []struct {

@@ -1084,7 +1084,13 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 			// In the outcome's own transaction.
 			writes = append(writes[:len(writes):len(writes)], w.record(p.OrderKey, p.IdempotencyKey, st.Attempts, a, now))
 		}
-		cas, err := w.apply(ctx, log, writes)
+		// Once a pass: an unavailable store, waited out here, ends a run of
+		// refusals (retryStore would wait it out unseen).
+		var cas []uint64
+		var err error
+		if len(writes) > 0 {
+			cas, err = w.store.Apply(ctx, writes)
+		}
 		if err == nil {
 			w.logOutcome(log, out, sendErr)
 			if a.At != 0 && !w.cfg.AtomicOutcomes {
@@ -1116,7 +1122,7 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 				return 0, false, nil
 			}
 		}
-		fresh, rerr := w.state(ctx, log, p.OrderKey)
+		fresh, rerr := w.store.State(ctx, p.OrderKey)
 		if rerr == nil {
 			st = fresh
 			continue

@@ -533,6 +533,19 @@ func TestKeysTheStoreCannotReachHoldUpNoOther(t *testing.T) {
 	assert.Zero(t, e.mock.Stats().DuplicateRequests)
 }
 
+// A change that keeps failing past PoisonAfter is dead-lettered: the
+// window is counted from its first failure, not from each.
+func TestAChangeFailingPastThePoisonWindowIsDeadLettered(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	put(t, e.store, order.Inbound, "poison", paidOrder)
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: 300 * time.Millisecond},
+		&poisonState{e.store, "poison"}, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	require.Eventually(t, func() bool { return w.Stats().DeadLettered == 1 }, time.Minute, 10*time.Millisecond, "never given up on")
+}
+
 // TestAStoreBlipPoisonsNothing: MaxEventFailures tries failed within a
 // second of a store's blip (an error it seldom gives, in a rebalance), and
 // a paid order was dead-lettered for an operator to redrive. Failures must
@@ -992,6 +1005,52 @@ func TestAnOutcomeABlipRefusesIsWritten(t *testing.T) {
 	assert.Contains(t, o, `"confirmationEmailSent":true`)
 	assert.Zero(t, w.Stats().DeadLettered)
 	assert.Equal(t, 1, e.mock.Stats().Deliveries)
+}
+
+// scriptedOutcome answers the writes that mark one order confirmed with
+// errs in turn, then makes them.
+type scriptedOutcome struct {
+	store.Store
+	key  string
+	mu   sync.Mutex
+	errs []error
+}
+
+func (r *scriptedOutcome) Apply(ctx context.Context, ws []store.Write) ([]uint64, error) {
+	for _, w := range ws {
+		if w.Collection == order.Inbound && w.Key == r.key && w.Op == store.OpReplace {
+			r.mu.Lock()
+			var err error
+			if len(r.errs) > 0 {
+				err, r.errs = r.errs[0], r.errs[1:]
+			}
+			r.mu.Unlock()
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	return r.Store.Apply(ctx, ws)
+}
+
+// A send's outcome refused, then the store unavailable, then refused again
+// is not refused twice in a row: the outage between starts the count
+// again. (The outage was waited out where settle could not see it, and the
+// order was dead-lettered with its email sent.)
+func TestAnOutageBetweenAnOutcomesRefusalsStartsTheirCountAgain(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	st := &scriptedOutcome{Store: e.store, key: "o", errs: []error{
+		errors.New("refused"), fmt.Errorf("%w: failing over", store.ErrUnavailable), errors.New("refused"),
+	}}
+	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Nanosecond}, st, e.mail, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	put(t, e.store, order.Inbound, "o", paidOrder)
+	waitHandled(t, w, 1)
+	o, _ := get(t, e.store, order.Inbound, "o")
+	assert.Contains(t, o, `"confirmationEmailSent":true`)
+	assert.Zero(t, w.Stats().DeadLettered)
 }
 
 // TestAnOutcomeTheStoreRefusesForGoodIsDeadLettered: an outcome the store
