@@ -88,6 +88,8 @@ func TestDecide(t *testing.T) {
 		{"8: blank email is no email", in("o"), state(`{"email":"   ","paymentStatus":"paid"}`, "", ""), Write, "no_email", []string{"insert deadletter/o no_email"}, ""},
 		{"too large", in("o"), state(`{"email":"a@b.c","paymentStatus":"paid","note":"`+strings.Repeat("x", 200)+`"}`, "", ""),
 			Write, "more than the 200", []string{"insert deadletter/o order_too_large"}, ""},
+		{"the largest order sent: its bytes the limit", in("o"), state(`{"email":"a@b.c","paymentStatus":"paid","note":"`+strings.Repeat("x", 200-50)+`"}`, "", ""),
+			Send, "", nil, ""},
 		{"2: an order keyed allow_retrys never touches the control document", in(order.ControlKey),
 			store.State{Order: doc(paid, 10), Retry: doc(`{"interval":"1s"}`, 20)},
 			Write, "reserved_key", []string{"insert deadletter/allow_retrys reserved_key"}, ""},
