@@ -38,32 +38,32 @@ func newUnreachable(workers int, now func() time.Time) *unreachable {
 }
 
 // admit says whether an event of locus p is tried now. Not, it says
-// how long it waits apart before it asks again. A probe (probe true) must
-// be followed by done.
-func (u *unreachable) admit(p int) (ok, probe bool, wait time.Duration) {
+// how long it waits apart before it asks again. A probe (probe, the hold
+// it probes) must be followed by done.
+func (u *unreachable) admit(p int) (ok bool, probe *downPart, wait time.Duration) {
 	if u.n.Load() == 0 {
-		return true, false, 0
+		return true, nil, 0
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	d := u.parts[p]
 	if d == nil {
-		return true, false, 0
+		return true, nil, 0
 	}
 	now := u.now()
 	if d.probing { // its events come back once the probe may have ended, not every minWait
-		return false, false, max(d.wait.peek(), minWait)
+		return false, nil, max(d.wait.peek(), minWait)
 	}
 	if now.Before(d.next) {
-		return false, false, max(d.next.Sub(now), minWait)
+		return false, nil, max(d.next.Sub(now), minWait)
 	}
 	select {
 	case u.probes <- struct{}{}:
 	default:
-		return false, false, minWait // every probe slot taken: the other loci's probes
+		return false, nil, minWait // every probe slot taken: the other loci's probes
 	}
 	d.probing = true
-	return true, true, 0
+	return true, d, 0
 }
 
 // minWait is the shortest wait of an event held back: no loop as fast as
@@ -72,22 +72,22 @@ const minWait = 50 * time.Millisecond
 
 // done reports how an event of locus p went: whether it asked the store
 // anything (touched), and whether the store did not answer. An event that
-// asked nothing says nothing of the store: its probe goes to another.
-func (u *unreachable) done(p int, probe, touched, unavailable bool) {
-	if !probe && !unavailable && u.n.Load() == 0 {
+// asked nothing says nothing of the store: its probe goes to another. A
+// probe speaks for the hold it probed only (probe), not for one made
+// since (the hold ended by another event, and made again).
+func (u *unreachable) done(p int, probe *downPart, touched, unavailable bool) {
+	if probe == nil && !unavailable && u.n.Load() == 0 {
 		return
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if probe {
+	if probe != nil {
 		<-u.probes
+		probe.probing = false
 	}
 	d := u.parts[p]
 	switch {
 	case !touched:
-		if probe && d != nil {
-			d.probing = false
-		}
 	case !unavailable:
 		if d != nil {
 			delete(u.parts, p)
@@ -98,10 +98,9 @@ func (u *unreachable) done(p int, probe, touched, unavailable bool) {
 		u.parts[p] = d
 		u.n.Store(int64(len(u.parts)))
 		d.next = u.now().Add(d.wait.next())
-	case probe:
+	case probe == d:
 		// Its wait doubles at each probe that fails, not at each event
 		// under way when the locus failed.
-		d.probing = false
 		d.next = u.now().Add(d.wait.next())
 	}
 }

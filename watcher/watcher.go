@@ -755,10 +755,10 @@ func (f *failing) next() time.Duration { return f.wait.next() }
 
 // admit says whether ev is handled now, as unreachable.admit; an event
 // that needs nothing of the store (Settled) always is.
-func (w *Watcher) admit(ev store.Event) (ok, probe bool, wait time.Duration) {
+func (w *Watcher) admit(ev store.Event) (ok bool, probe *downPart, wait time.Duration) {
 	if w.unreachable.count() > 0 {
 		if _, settled := Settled(changeOf(ev), w.now(), w.limits()); settled {
-			return true, false, 0
+			return true, nil, 0
 		}
 	}
 	return w.unreachable.admit(ev.Locus)
@@ -1075,6 +1075,14 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 		}
 		return refused >= w.cfg.MaxEventFailures && time.Since(refusedSince) >= w.cfg.PoisonAfter
 	}
+	waited := false
+	outage := func() slog.Level { // a line for the outage's first try, not for every one
+		if waited {
+			return slog.LevelDebug
+		}
+		waited = true
+		return slog.LevelWarn
+	}
 	for {
 		now := w.now()
 		out := Settle(p, st, sendErr, now, w.limits(), w.rand())
@@ -1103,12 +1111,14 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 		}
 		if !isStale(err) {
 			stale = 0
+			level := slog.LevelError
 			if errors.Is(err, store.ErrUnavailable) {
 				refused = 0 // an outage between refusals: in a row no more
+				level = outage()
 			} else if givenUp() {
 				return 0, false, err
 			}
-			log.Error("write the outcome of a send; trying again", "result", out.Result, "error", err, "retry_in", b.peek().String())
+			log.Log(ctx, level, "write the outcome of a send; trying again", "result", out.Result, "error", err, "retry_in", b.peek().String())
 			w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())
 			if !b.wait(ctx) {
 				return 0, false, nil
@@ -1133,12 +1143,14 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 		if ctx.Err() != nil {
 			return 0, false, nil
 		}
+		level := slog.LevelError
 		if errors.Is(rerr, store.ErrUnavailable) {
 			refused = 0
+			level = outage()
 		} else if givenUp() {
 			return 0, false, rerr
 		}
-		log.Error("read state to settle a send; trying again", "error", rerr, "retry_in", b.peek().String())
+		log.Log(ctx, level, "read state to settle a send; trying again", "error", rerr, "retry_in", b.peek().String())
 		w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())
 		if !b.wait(ctx) {
 			return 0, false, nil
@@ -1244,17 +1256,6 @@ func (w *Watcher) logOutcome(log *slog.Logger, out Outcome, sendErr error) {
 	}
 }
 
-// state reads a key's documents, waiting out an unavailable store.
-func (w *Watcher) state(ctx context.Context, log *slog.Logger, key string) (store.State, error) {
-	var st store.State
-	err := w.retryStore(ctx, log, "read state", func() error {
-		var err error
-		st, err = w.store.State(ctx, key)
-		return err
-	})
-	return st, err
-}
-
 // applyOnce writes writes, once, for ln's event.
 func (w *Watcher) applyOnce(ctx context.Context, ln *keyLine, writes []store.Write) ([]uint64, error) {
 	if len(writes) == 0 {
@@ -1262,20 +1263,6 @@ func (w *Watcher) applyOnce(ctx context.Context, ln *keyLine, writes []store.Wri
 	}
 	ln.touched = true
 	return w.store.Apply(ctx, writes)
-}
-
-// apply writes an outcome, waiting out an unavailable store.
-func (w *Watcher) apply(ctx context.Context, log *slog.Logger, writes []store.Write) ([]uint64, error) {
-	if len(writes) == 0 {
-		return nil, nil
-	}
-	var cas []uint64
-	err := w.retryStore(ctx, log, "write outcome", func() error {
-		var err error
-		cas, err = w.store.Apply(ctx, writes)
-		return err
-	})
-	return cas, err
 }
 
 func (w *Watcher) send(ctx context.Context, p Plan) error {

@@ -575,7 +575,7 @@ type hungNode struct {
 	timeout time.Duration
 
 	mu      sync.Mutex
-	failed  bool // a read of the partition has answered unavailable
+	failed  bool // a read of the node has answered unavailable
 	now     int  // reads of it under way, started after that
 	most    int  // the most at once
 	started int  // reads of it started after that
@@ -630,7 +630,7 @@ func (h *hungNode) State(ctx context.Context, key string) (store.State, error) {
 // node has answered unavailable, one read at a time probes it.
 func TestAHungNodeTakesOneWorkerAtATime(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
-	h := &hungNode{Store: e.store, keys: map[string]bool{}, timeout: 100 * time.Millisecond}
+	h := &hungNode{Store: e.store, keys: map[string]bool{}, timeout: 300 * time.Millisecond}
 	h.hung.Store(true)
 	for i := range 8 {
 		key := fmt.Sprint("hung", i)
@@ -667,7 +667,7 @@ func TestAHungNodeTakesOneWorkerAtATime(t *testing.T) {
 // node's probe, "succeeded" and let every held-back event at the node.
 func TestAnEventThatAsksTheStoreNothingProbesNothing(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
-	h := &hungNode{Store: e.store, keys: map[string]bool{}, timeout: 100 * time.Millisecond}
+	h := &hungNode{Store: e.store, keys: map[string]bool{}, timeout: 300 * time.Millisecond}
 	h.hung.Store(true)
 	for i := range 8 {
 		key := fmt.Sprint("hung", i)
