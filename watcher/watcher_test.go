@@ -487,6 +487,19 @@ func (d *downKeys) State(ctx context.Context, key string) (store.State, error) {
 	return d.Store.State(ctx, key)
 }
 
+// putPaid writes n paid orders keyed prefix0, prefix1..., and marks their
+// keys in mark when it is given.
+func putPaid(t *testing.T, st store.Store, prefix string, n int, mark map[string]bool) {
+	t.Helper()
+	for i := range n {
+		key := fmt.Sprint(prefix, i)
+		if mark != nil {
+			mark[key] = true
+		}
+		put(t, st, order.Inbound, key, paidOrder)
+	}
+}
+
 // TestKeysTheStoreCannotReachHoldUpNoOther: a worker waited out an
 // unavailable store itself, so as many keys on a node that is down as
 // there are workers stopped every confirmation, those of nodes that
@@ -495,14 +508,8 @@ func TestKeysTheStoreCannotReachHoldUpNoOther(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
 	d := &downKeys{Store: e.store, keys: map[string]bool{}}
 	d.down.Store(true)
-	for i := range 4 {
-		key := fmt.Sprint("down", i)
-		d.keys[key] = true
-		put(t, e.store, order.Inbound, key, paidOrder)
-	}
-	for i := range 20 {
-		put(t, e.store, order.Inbound, fmt.Sprint("up", i), paidOrder)
-	}
+	putPaid(t, e.store, "down", 4, d.keys)
+	putPaid(t, e.store, "up", 20, nil)
 	w, err := watcher.New(watcher.Config{Workers: 2, Policy: noJitter}, d, e.mail, quiet, func() time.Time { return pinned })
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
@@ -632,14 +639,8 @@ func TestAHungNodeTakesOneWorkerAtATime(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
 	h := &hungNode{Store: e.store, keys: map[string]bool{}, timeout: 300 * time.Millisecond}
 	h.hung.Store(true)
-	for i := range 8 {
-		key := fmt.Sprint("hung", i)
-		h.keys[key] = true
-		put(t, e.store, order.Inbound, key, paidOrder)
-	}
-	for i := range 40 {
-		put(t, e.store, order.Inbound, fmt.Sprint("up", i), paidOrder)
-	}
+	putPaid(t, e.store, "hung", 8, h.keys)
+	putPaid(t, e.store, "up", 40, nil)
 	w, err := watcher.New(watcher.Config{Workers: 4, Policy: noJitter}, h, e.mail, quiet, func() time.Time { return pinned })
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
@@ -669,11 +670,7 @@ func TestAnEventThatAsksTheStoreNothingProbesNothing(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
 	h := &hungNode{Store: e.store, keys: map[string]bool{}, timeout: 300 * time.Millisecond}
 	h.hung.Store(true)
-	for i := range 8 {
-		key := fmt.Sprint("hung", i)
-		h.keys[key] = true
-		put(t, e.store, order.Inbound, key, paidOrder)
-	}
+	putPaid(t, e.store, "hung", 8, h.keys)
 	for i := range 8 {
 		h.keys[fmt.Sprint("unpaid", i)] = true
 	}

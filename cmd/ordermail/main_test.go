@@ -87,8 +87,12 @@ func TestDemoKeepsDataWhenAsked(t *testing.T) {
 	var m map[string]any
 	require.NoError(t, json.Unmarshal([]byte(out), &m), out)
 	delete(m, "readAt")
-	left, _ := m["sweeperLeft"].(map[string]any)
-	assert.Equal(t, "stopped", left["why"], "the demo's sweeper said it stopped: %s", out)
+	// The demo's sweeper, if it took the sweep lease (a demo that ends
+	// before the timer's first tick takes it never holds it: seen under
+	// load), says it stopped.
+	if left, held := m["sweeperLeft"].(map[string]any); held {
+		assert.Equal(t, "stopped", left["why"], "the demo's sweeper said it stopped: %s", out)
+	}
 	delete(m, "sweeperLeft")
 	got, err := json.Marshal(m)
 	require.NoError(t, err)
