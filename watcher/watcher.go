@@ -215,9 +215,8 @@ type Watcher struct {
 	// unreachable holds back the events of the loci the store answered
 	// unavailable for.
 	unreachable *unreachable
-	unreach     atomic.Pointer[unreachable] // the same, for Stats before and during Start
-	cancel      context.CancelFunc          // stops the reader
-	abort       context.CancelFunc          // aborts in-flight work
+	cancel      context.CancelFunc // stops the reader
+	abort       context.CancelFunc // aborts in-flight work
 	stopping    chan struct{}
 	reader      sync.WaitGroup
 	workers     sync.WaitGroup
@@ -237,6 +236,7 @@ func New(cfg Config, st store.Store, mail Sender, log *slog.Logger, now func() t
 	}
 	w.progress.epoch = time.Now()
 	w.progress.workers = make([]workerProgress, w.cfg.Workers)
+	w.unreachable = newUnreachable(w.cfg.Workers, time.Now) // waits: the real clock's, whatever w.now says
 	return w, nil
 }
 
@@ -246,15 +246,8 @@ func (w *Watcher) Stats() Stats {
 		Handled: w.handled.Load(),
 		Sends:   w.sends.Load(), Sent: w.sent.Load(), SendFailures: w.sendFailures.Load(), Held: w.held.Load(),
 		DeadLettered: w.deadLettered.Load(), Ignored: w.ignored.Load(), GivenUp: w.givenUp.Load(),
-		Unreachable: w.unreachableNow(),
+		Unreachable: int64(w.unreachable.count()),
 	}
-}
-
-func (w *Watcher) unreachableNow() int64 {
-	if u := w.unreach.Load(); u != nil {
-		return int64(u.count())
-	}
-	return 0
 }
 
 // SetHooks sets the hooks; call it before Start.
@@ -312,8 +305,6 @@ func (w *Watcher) Start(ctx context.Context) error {
 	// Outcomes wait for a group commit (up to the store's commit delay):
 	// enough of them in flight that a worker seldom waits for a slot.
 	w.inflight = make(chan struct{}, max(maxSettling, 4*w.cfg.Workers))
-	w.unreachable = newUnreachable(w.cfg.Workers, time.Now) // waits: the real clock's, whatever w.now says
-	w.unreach.Store(w.unreachable)
 	d := newDispatcher(w.cfg.Workers, 2*cap(w.inflight), w.supersede)
 	for i := range w.cfg.Workers {
 		w.workers.Add(1)
