@@ -719,7 +719,7 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 		}
 		log.Log(ctx, level, "change not done: the store is unavailable; trying again", "error", err, "retry_in", f.wait.peek().String())
 		f.failures, f.since = 0, time.Time{} // an outage between failures: in a row no more (as settle's)
-		return waiting, f.next()
+		return waiting, f.wait.next()        // taken now: once the line is parked, another worker may have it
 	}
 	if f.failures++; f.failures == 1 {
 		f.since = time.Now()
@@ -737,12 +737,8 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 		return completed, 0
 	}
 	log.Warn("change not done; trying again", "error", err, "failures", f.failures, "retry_in", f.wait.peek().String())
-	return waiting, f.next()
+	return waiting, f.wait.next() // taken now: once the line is parked, another worker may have it
 }
-
-// next takes the wait before the event is tried again. Taken before the
-// line is handed to the timer: once there, another worker may have it.
-func (f *failing) next() time.Duration { return f.wait.next() }
 
 // admit says whether ev is handled now, as unreachable.admit; an event
 // that needs nothing of the store (Settled) always is.
