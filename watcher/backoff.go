@@ -50,7 +50,7 @@ func (b *retryWait) waitUnless(ctx context.Context, stop <-chan struct{}) bool {
 }
 
 // next returns the current wait and takes the next one, without sleeping:
-// its sleeper is elsewhere (parkFor, a partition's probe).
+// its sleeper is elsewhere (park, a node's probe).
 func (b *retryWait) next() time.Duration {
 	d := b.cur
 	b.cur = b.draw()

@@ -565,7 +565,7 @@ lines:
 					// waits for it apart, and the worker goes on with
 					// other keys (a store refusing one order's outcome
 					// would hold a worker for each of its changes).
-					w.park(d, dispatched{ev: ev, line: ln}, wr)
+					park(w, d, dispatched{ev: ev, line: ln}, wr.done)
 					continue lines
 				}
 			}
@@ -580,41 +580,22 @@ lines:
 			case stopped:
 				return
 			case waiting:
-				w.parkFor(d, dispatched{ev: ev, line: ln, again: true}, delay)
+				park(w, d, dispatched{ev: ev, line: ln, again: true}, time.After(delay))
 				continue lines
 			}
 		}
 	}
 }
 
-// parkFor puts ln's event p back on the queue after delay: it failed.
-func (w *Watcher) parkFor(d *dispatcher, p dispatched, delay time.Duration) {
-	w.workers.Add(1) // by a worker: Stop's wait cannot have ended
-	go func() {
-		defer w.workers.Done()
-		t := time.NewTimer(delay)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-w.stopping:
-			return // unacknowledged: replayed
-		}
-		select {
-		case d.queue <- p:
-		case <-w.stopping:
-		}
-	}()
-}
-
-// park puts ln's event p back on the queue once wr, the key's last write,
-// is made. There are at most as many parked lines as outcomes being
-// written (a key has one line, and its line one last write).
-func (w *Watcher) park(d *dispatcher, p dispatched, wr *written) {
+// park puts ln's event p back on the queue once ready gives: the key's
+// last write made (its written's done), or a failed event's wait over.
+// There are at most as many parked events as lines (a key has one line).
+func park[T any](w *Watcher, d *dispatcher, p dispatched, ready <-chan T) {
 	w.workers.Add(1) // by a worker: Stop's wait cannot have ended
 	go func() {
 		defer w.workers.Done()
 		select {
-		case <-wr.done:
+		case <-ready:
 		case <-w.stopping:
 			return // unacknowledged: replayed
 		}
@@ -666,11 +647,11 @@ type completion int
 const (
 	completed completion = iota // handled: acknowledged, or its outcome being written
 	stopped                     // the watcher stops: not acknowledged, replayed
-	waiting                     // failed: to be handled again later (parkFor)
+	waiting                     // failed: to be handled again later (park)
 )
 
 // complete handles ev once. Handled, its outcome is written or being
-// written. Failed, it waits apart (parkFor) while the worker handles other
+// written. Failed, it waits apart (park) while the worker handles other
 // keys, and is tried again: an unavailable store (on Couchbase, the key's
 // node down until it is failed over) however long; any other failure until
 // it has failed MaxEventFailures times over PoisonAfter at least, after

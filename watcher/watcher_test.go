@@ -487,6 +487,32 @@ func (d *downKeys) State(ctx context.Context, key string) (store.State, error) {
 	return d.Store.State(ctx, key)
 }
 
+// runWith starts a watcher of cfg on st, quiet and on the pinned clock,
+// stopped when the test ends.
+func runWith(t *testing.T, st store.Store, s watcher.Sender, cfg watcher.Config) *watcher.Watcher {
+	t.Helper()
+	w, err := watcher.New(cfg, st, s, quiet, func() time.Time { return pinned })
+	require.NoError(t, err)
+	require.NoError(t, w.Start(context.Background()))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		assert.NoError(t, w.Stop(ctx))
+	})
+	return w
+}
+
+// confirmedOnce says key's order was marked confirmed, sent once, and
+// nothing was dead-lettered.
+func confirmedOnce(t *testing.T, e *env, w *watcher.Watcher, key string) {
+	t.Helper()
+	waitHandled(t, w, 1)
+	o, _ := get(t, e.store, order.Inbound, key)
+	assert.Contains(t, o, `"confirmationEmailSent":true`)
+	assert.Zero(t, w.Stats().DeadLettered)
+	assert.Equal(t, 1, e.mock.Stats().Deliveries)
+}
+
 // putPaid writes n paid orders keyed prefix0, prefix1..., and marks their
 // keys in mark when it is given.
 func putPaid(t *testing.T, st store.Store, prefix string, n int, mark map[string]bool) {
@@ -510,14 +536,7 @@ func TestKeysTheStoreCannotReachHoldUpNoOther(t *testing.T) {
 	d.down.Store(true)
 	putPaid(t, e.store, "down", 4, d.keys)
 	putPaid(t, e.store, "up", 20, nil)
-	w, err := watcher.New(watcher.Config{Workers: 2, Policy: noJitter}, d, e.mail, quiet, func() time.Time { return pinned })
-	require.NoError(t, err)
-	require.NoError(t, w.Start(context.Background()))
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		w.Stop(ctx)
-	})
+	w := runWith(t, d, e.mail, watcher.Config{Workers: 2, Policy: noJitter})
 	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 20 }, time.Minute, 10*time.Millisecond,
 		"the orders the store reaches were not all sent: %v delivered", later.Value(func() any { return e.mock.Stats().Deliveries }))
 	assert.Empty(t, w.Stalled())
@@ -562,14 +581,8 @@ func TestAStoreBlipPoisonsNothing(t *testing.T) {
 	put(t, e.store, order.Inbound, "o", paidOrder)
 	flaky := &flakyGets{Store: e.store, key: "o"}
 	flaky.fails.Store(4) // twice MaxEventFailures, over some 0.35s of backoff
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Minute}, flaky, e.mail, quiet, func() time.Time { return pinned })
-	require.NoError(t, err)
-	require.NoError(t, w.Start(context.Background()))
-	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
-	waitHandled(t, w, 1)
-	o, _ := get(t, e.store, order.Inbound, "o")
-	assert.Contains(t, o, `"confirmationEmailSent":true`)
-	assert.Zero(t, w.Stats().DeadLettered)
+	w := runWith(t, flaky, e.mail, watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Hour})
+	confirmedOnce(t, e, w, "o")
 }
 
 // hungNode is a store one of whose nodes hangs: a read of its keys
@@ -641,10 +654,7 @@ func TestAHungNodeTakesOneWorkerAtATime(t *testing.T) {
 	h.hung.Store(true)
 	putPaid(t, e.store, "hung", 8, h.keys)
 	putPaid(t, e.store, "up", 40, nil)
-	w, err := watcher.New(watcher.Config{Workers: 4, Policy: noJitter}, h, e.mail, quiet, func() time.Time { return pinned })
-	require.NoError(t, err)
-	require.NoError(t, w.Start(context.Background()))
-	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	w := runWith(t, h, e.mail, watcher.Config{Workers: 4, Policy: noJitter})
 	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 40 }, time.Minute, 10*time.Millisecond,
 		"the orders of the nodes that answer were not all sent: %v", later.Value(func() any { return e.mock.Stats().Deliveries }))
 	// Probed for a while more.
@@ -674,10 +684,7 @@ func TestAnEventThatAsksTheStoreNothingProbesNothing(t *testing.T) {
 	for i := range 8 {
 		h.keys[fmt.Sprint("unpaid", i)] = true
 	}
-	w, err := watcher.New(watcher.Config{Workers: 4, Policy: noJitter}, h, e.mail, quiet, func() time.Time { return pinned })
-	require.NoError(t, err)
-	require.NoError(t, w.Start(context.Background()))
-	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	w := runWith(t, h, e.mail, watcher.Config{Workers: 4, Policy: noJitter})
 	require.Eventually(t, func() bool { return w.Stats().Unreachable == 1 }, time.Minute, time.Millisecond, "the node held back")
 	for i := range 8 {
 		put(t, e.store, order.Inbound, fmt.Sprint("unpaid", i), strings.Replace(paidOrder, `"paid"`, `"pending"`, 1))
@@ -722,10 +729,7 @@ func TestAnOutageBetweenFailuresStartsTheirCountAgain(t *testing.T) {
 	st := &scriptedGets{Store: e.store, key: "o", errs: []error{
 		errors.New("an error it seldom gives"), fmt.Errorf("%w: failing over", store.ErrUnavailable), errors.New("an error it seldom gives"),
 	}}
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Nanosecond}, st, e.mail, quiet, func() time.Time { return pinned })
-	require.NoError(t, err)
-	require.NoError(t, w.Start(context.Background()))
-	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	w := runWith(t, st, e.mail, watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Nanosecond})
 	waitHandled(t, w, 1)
 	assert.Zero(t, w.Stats().DeadLettered)
 	assert.Equal(t, 1, e.mock.Stats().Deliveries)
@@ -902,10 +906,7 @@ func TestAPoisonDeadLetterPurgedMeanwhileIsWritten(t *testing.T) {
 	put(t, e.store, order.DeadLetter, "poison", string(order.DeadLetterDoc{DocID: "poison", Type: order.TypeConfirmation, Reason: "permanent_error"}.Encode()))
 	put(t, e.store, order.Inbound, "poison", paidOrder)
 	st := &deadLetterRaced{poisonState: &poisonState{e.store, "poison"}, purge: true}
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Nanosecond}, st, e.mail, quiet, func() time.Time { return pinned })
-	require.NoError(t, err)
-	require.NoError(t, w.Start(context.Background()))
-	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	runWith(t, st, e.mail, watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Nanosecond})
 	require.Eventually(t, func() bool { return st.acked.Load() }, 30*time.Second, 5*time.Millisecond, "the poison event was never let go")
 	assert.True(t, st.raced.Load(), "the purge raced the write")
 	assert.Equal(t, order.ReasonPoisonEvent, mustDeadLetter(t, e.store, "poison").Reason)
@@ -969,39 +970,15 @@ func TestAnOutcomeTheStoreKeepsRefusingHoldsNoWorker(t *testing.T) {
 		"delivered %v of 6: the good orders wait behind bad's outcome", later.Value(func() any { return e.mock.Stats().Deliveries }))
 }
 
-// refusesOutcomeAWhile refuses the outcome that marks one order confirmed
-// so many times, then takes it.
-type refusesOutcomeAWhile struct {
-	store.Store
-	key   string
-	fails atomic.Int32
-}
-
-func (r *refusesOutcomeAWhile) Apply(ctx context.Context, ws []store.Write) ([]uint64, error) {
-	for _, w := range ws {
-		if w.Collection == order.Inbound && w.Key == r.key && w.Op == store.OpReplace && r.fails.Add(-1) >= 0 {
-			return nil, errors.New("refused")
-		}
-	}
-	return r.Store.Apply(ctx, ws)
-}
-
 // An outcome a store's blip refuses MaxEventFailures times within a
 // second is not given up on: its refusals must last PoisonAfter too.
 func TestAnOutcomeABlipRefusesIsWritten(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
-	st := &refusesOutcomeAWhile{Store: e.store, key: "o"}
-	st.fails.Store(4)
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Minute}, st, e.mail, quiet, func() time.Time { return pinned })
-	require.NoError(t, err)
-	require.NoError(t, w.Start(context.Background()))
-	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	refused := errors.New("refused")
+	st := &scriptedOutcome{Store: e.store, key: "o", errs: []error{refused, refused, refused, refused}}
+	w := runWith(t, st, e.mail, watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Hour})
 	put(t, e.store, order.Inbound, "o", paidOrder)
-	waitHandled(t, w, 1)
-	o, _ := get(t, e.store, order.Inbound, "o")
-	assert.Contains(t, o, `"confirmationEmailSent":true`)
-	assert.Zero(t, w.Stats().DeadLettered)
-	assert.Equal(t, 1, e.mock.Stats().Deliveries)
+	confirmedOnce(t, e, w, "o")
 }
 
 // scriptedOutcome answers the writes that mark one order confirmed with
@@ -1039,15 +1016,9 @@ func TestAnOutageBetweenAnOutcomesRefusalsStartsTheirCountAgain(t *testing.T) {
 	st := &scriptedOutcome{Store: e.store, key: "o", errs: []error{
 		errors.New("refused"), fmt.Errorf("%w: failing over", store.ErrUnavailable), errors.New("refused"),
 	}}
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Nanosecond}, st, e.mail, quiet, func() time.Time { return pinned })
-	require.NoError(t, err)
-	require.NoError(t, w.Start(context.Background()))
-	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	w := runWith(t, st, e.mail, watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 2, PoisonAfter: time.Nanosecond})
 	put(t, e.store, order.Inbound, "o", paidOrder)
-	waitHandled(t, w, 1)
-	o, _ := get(t, e.store, order.Inbound, "o")
-	assert.Contains(t, o, `"confirmationEmailSent":true`)
-	assert.Zero(t, w.Stats().DeadLettered)
+	confirmedOnce(t, e, w, "o")
 }
 
 // TestAnOutcomeTheStoreRefusesForGoodIsDeadLettered: an outcome the store
@@ -1122,10 +1093,7 @@ func (r *replaySub) Next(ctx context.Context) (store.Event, error) {
 func TestAStaleSnapshotIsReadAgain(t *testing.T) {
 	e := newEnv(t, mockmail.Config{FailRate: 1, FailStatus: 503})
 	put(t, e.store, order.Inbound, "o", paidOrder)
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter}, &replaying{e.store}, e.mail, quiet, func() time.Time { return pinned })
-	require.NoError(t, err)
-	require.NoError(t, w.Start(context.Background()))
-	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	w := runWith(t, &replaying{e.store}, e.mail, watcher.Config{Workers: 1, Policy: noJitter})
 	waitHandled(t, w, 3) // the order, its replay with the old snapshot, the retry document written
 	_, retry := get(t, e.store, order.Retry, "o")
 	assert.True(t, retry)
