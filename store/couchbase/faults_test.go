@@ -36,6 +36,18 @@ func subscribe(t *testing.T, s *Store, name string, colls []string, fromNow bool
 	return sub
 }
 
+// putOnEveryVBucket writes an order on each vBucket, keyed k-..., and
+// returns the keys, the vBucket's the index.
+func putOnEveryVBucket(t *testing.T, s *Store, srv *cbtest.Server) []string {
+	t.Helper()
+	var keys []string
+	for vb := range uint16(testVBuckets) {
+		keys = append(keys, keyOn(srv, "k-", vb))
+		put(t, s, order.Inbound, keys[vb])
+	}
+	return keys
+}
+
 // keyOn returns a key with prefix that hashes to vb.
 func keyOn(srv *cbtest.Server, prefix string, vb uint16) string {
 	for i := 0; ; i++ {
@@ -171,11 +183,7 @@ func TestCloseOnAHungNodeSavesFirstAndHonoursItsContext(t *testing.T) {
 	cfg.Timeout = 2 * time.Second
 	s := openStore(t, cfg, func(s *Store) { s.feedOpts.flushEvery = time.Hour }) // only Close saves
 	sub := subscribe(t, s, "feed", watched, true)
-	var keys []string
-	for vb := range uint16(testVBuckets) {
-		keys = append(keys, keyOn(srv, "k-", vb))
-		put(t, s, order.Inbound, keys[vb])
-	}
+	keys := putOnEveryVBucket(t, s, srv)
 	seqs := map[uint16]uint64{}
 	for _, ev := range readUntil(t, sub, sawKeys(keys...)) {
 		seqs[ev.Partition] = max(seqs[ev.Partition], ev.Seq)
@@ -398,11 +406,7 @@ func TestEventsSayTheNodeOfTheirKey(t *testing.T) {
 	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3})
 	s := openStore(t, cfg)
 	sub := subscribe(t, s, "feed", watched, true)
-	var keys []string
-	for vb := range uint16(testVBuckets) {
-		keys = append(keys, keyOn(srv, "k-", vb))
-		put(t, s, order.Inbound, keys[vb])
-	}
+	keys := putOnEveryVBucket(t, s, srv)
 	for _, ev := range readUntil(t, sub, sawKeys(keys...)) {
 		assert.Equal(t, srv.NodeOf(ev.Partition), ev.Locus&1023, "vb %d", ev.Partition)
 	}
@@ -418,11 +422,7 @@ func TestCheckpointsAndReopensGoOnAroundAHungNode(t *testing.T) {
 	cfg.Timeout = 10 * time.Minute
 	s := openStore(t, cfg)
 	sub := subscribe(t, s, "feed", watched, true)
-	var keys []string
-	for vb := range uint16(testVBuckets) {
-		keys = append(keys, keyOn(srv, "k-", vb))
-		put(t, s, order.Inbound, keys[vb])
-	}
+	keys := putOnEveryVBucket(t, s, srv)
 	seqs := map[uint16]uint64{}
 	for _, ev := range readUntil(t, sub, sawKeys(keys...)) {
 		seqs[ev.Partition] = max(seqs[ev.Partition], ev.Seq)
