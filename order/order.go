@@ -418,7 +418,7 @@ func DecodeRetryDoc(raw []byte) (RetryDoc, error) {
 	if r.RedriveCount < 0 {
 		return RetryDoc{}, fmt.Errorf("%w: redriveCount %d is negative", ErrMalformed, r.RedriveCount)
 	}
-	if r.NextAttemptAt == 0 {
+	if r.NextAttemptAt == 0 || bytes.Contains(raw, []byte("null")) {
 		if err := checkDueTimes(raw, r.FireRetry); err != nil {
 			return RetryDoc{}, err
 		}
@@ -427,13 +427,17 @@ func DecodeRetryDoc(raw []byte) (RetryDoc, error) {
 }
 
 // checkDueTimes refuses a retry document that no sweep would ever find due,
-// where the decoder took an absent or null time for 0: a nextAttemptAt
-// that is null (neither store's sweep reads it as absent alike: Couchbase's
-// index of the sample's documents holds those without one), or, unflagged
-// and without nextAttemptAt, a ts that is missing or null. Decoded again,
-// on the two fields, only for documents without a nextAttemptAt.
+// where the decoder took an absent or null value for 0 or false: a
+// fireRetry that is null (Couchbase's sweep finds a retry whose fireRetry
+// is missing or not true, and null is neither), a nextAttemptAt that is
+// null (neither store's sweep reads it as absent alike: Couchbase's index
+// of the sample's documents holds those without one), or, unflagged and
+// without nextAttemptAt, a ts that is missing or null. Decoded again, on
+// the three fields, only for documents without a nextAttemptAt or with a
+// null somewhere.
 func checkDueTimes(raw []byte, flagged bool) error {
 	var d struct {
+		FireRetry     json.RawMessage `json:"fireRetry"`
 		NextAttemptAt json.RawMessage `json:"nextAttemptAt"`
 		TS            json.RawMessage `json:"ts"`
 	}
@@ -441,6 +445,8 @@ func checkDueTimes(raw []byte, flagged bool) error {
 		return nil // decoded once already: not ours to judge
 	}
 	switch {
+	case string(d.FireRetry) == "null":
+		return fmt.Errorf("%w: fireRetry is null; leave it out (the sweep sets it) or give true or false", ErrMalformed)
 	case len(d.NextAttemptAt) > 0 && string(d.NextAttemptAt) == "null":
 		return fmt.Errorf("%w: nextAttemptAt is null; leave it out (due a quantum after ts) or give a time in milliseconds", ErrMalformed)
 	case len(d.NextAttemptAt) == 0 && !flagged && (len(d.TS) == 0 || string(d.TS) == "null"):

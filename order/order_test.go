@@ -65,10 +65,17 @@ func TestDecodeErrorsSayWhatIsWrong(t *testing.T) {
 	assert.ErrorContains(t, err, "neither nextAttemptAt nor ts says when the retry is due")
 	_, err = order.DecodeRetryDoc([]byte(`{"docId":"o","attempt":1}`))
 	assert.ErrorContains(t, err, "neither nextAttemptAt nor ts says when the retry is due")
+	// Nor this one on Couchbase, whose sweep takes null for neither
+	// missing nor false; with a nextAttemptAt or without.
+	for _, doc := range []string{`{"docId":"o","attempt":1,"ts":1,"nextAttemptAt":5,"fireRetry":null}`, `{"docId":"o","attempt":1,"ts":1,"fireRetry":null}`} {
+		_, err = order.DecodeRetryDoc([]byte(doc))
+		assert.ErrorContains(t, err, "fireRetry is null", doc)
+	}
 	for _, ok := range []string{
 		`{"docId":"o","attempt":1,"fireRetry":true}`, // flagged: due now
 		`{"docId":"o","attempt":1,"ts":null,"nextAttemptAt":5}`,
 		`{"docId":"o","attempt":1,"ts":0}`,
+		`{"docId":"o","attempt":1,"ts":1,"nextAttemptAt":5,"lastError":"null"}`, // a null in a text
 	} {
 		_, err = order.DecodeRetryDoc([]byte(ok))
 		assert.NoError(t, err, ok)
