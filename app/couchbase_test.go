@@ -87,7 +87,7 @@ func TestRunWarnsOfAMissingIndex(t *testing.T) {
 	keys := r.placeOrders(t, st, 20)
 	waitAllConfirmed(t, st, keys)
 	require.Eventually(t, func() bool {
-		return len(logs.Lines("index missing: run `ordermail setup`", "ix_retry_fire on retry (the counts and the backlog read every retry document)")) > 0
+		return len(logs.Lines("index missing: run `ordermail setup`", "ix_retry_fire on retry (the counts, the backlog and the sweep's pace read every retry document; without a primary index, the sweep flags one batch a tick, unpaced)")) > 0
 	}, 60*time.Second, 10*time.Millisecond, "no warning; logs:\n%s", logs)
 	assert.Len(t, logs.Lines("index missing"), 1, "only that one; logs:\n%s", logs.String())
 }

@@ -226,6 +226,9 @@ type Timer struct {
 	// gives the lease up and leaves it to the others until asideUntil.
 	sweepsFailed int
 	asideUntil   time.Time
+	// unpaced: the last sweep could not count the flagged retries (said
+	// once, when it starts), and flagged one batch, unpaced.
+	unpaced bool
 	// pausedSeen is when a tick last found allow_retrys absent (New: when
 	// the process started, as it cannot know what came before); zero once
 	// a tick found it armed and saw to the settings a pause kept
@@ -418,19 +421,38 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 	}
 	start := time.Now()
 	room := -1 // no bound: the probe's one
+	unpaced := false
 	if probing {
 		t.mu.Lock()
 		t.pace.forget()
 		t.mu.Unlock()
-	} else {
-		n, err := t.store.FlaggedRetries(ctx)
-		if err != nil {
-			return res, t.sweepFailed(lctx, now, fmt.Errorf("count the flagged retries: %w", err))
+	} else if n, err := t.store.FlaggedRetries(ctx); err != nil && ctx.Err() == nil {
+		// The count only paces the sweep: without it (on Couchbase,
+		// ix_retry_fire missing and no primary index) the due retries are
+		// flagged all the same, one batch a tick and no top-up between
+		// (what is flagged, a pause no longer holds back).
+		t.mu.Lock()
+		t.pace.forget()
+		report := !t.unpaced
+		t.unpaced, unpaced = true, true
+		t.mu.Unlock()
+		if report {
+			t.log.Warn("cannot count the flagged retries: the sweep flags one batch a tick, unpaced, until it can (ordermail setup makes the index it reads)",
+				"error", err, "batch", limit)
 		}
+		room = limit
+	} else if err != nil {
+		return res, t.sweepFailed(lctx, now, fmt.Errorf("count the flagged retries: %w", err))
+	} else {
 		var stuck bool
 		t.mu.Lock()
+		counted := t.unpaced
+		t.unpaced = false
 		room, stuck = t.pace.room(n, time.Since(t.epoch), t.topUp(), max(stuckAfter, 10*t.interval), t.feedBehind())
 		t.mu.Unlock()
+		if counted {
+			t.log.Info("the flagged retries are counted again: the sweep is paced")
+		}
 		if stuck {
 			t.log.Warn("flagged retries are not being taken: the sweep sets them aside and flags past them; is a watcher running?",
 				"flagged", n, "for_at_least", max(stuckAfter, 10*t.interval).String())
@@ -475,11 +497,11 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 	}
 	// Stopped at the window with due retries left (or none looked for:
 	// the window was full): topped up every topUp until they are flagged.
-	res.Ahead = room == 0 && (res.More || res.Batches == 0)
+	res.Ahead = room == 0 && (res.More || res.Batches == 0) && !unpaced
 	res.Swept = true
 	t.mu.Lock()
 	t.sweepsFailed = 0
-	if !probing {
+	if !probing && !unpaced {
 		t.pace.swept(res.Flagged, res.Ahead)
 	}
 	// Topped up soon only while the sends move (took some within

@@ -1366,3 +1366,49 @@ func TestAHeldSweeperGivesTheLeaseUpAfterAFailedRenewal(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, h.Owner, "held: a gives the lease up, as it does from active (it holds %q)", h.Owner)
 }
+
+// countlessStore cannot count the flagged retries while failing is set
+// (Couchbase with ix_retry_fire missing and no primary index).
+type countlessStore struct {
+	store.Store
+	failing atomic.Bool
+}
+
+func (c *countlessStore) FlaggedRetries(ctx context.Context) (int, error) {
+	if c.failing.Load() {
+		return 0, errors.New("no index available on keyspace retry (4000)")
+	}
+	return c.Store.FlaggedRetries(ctx)
+}
+
+// A store that cannot count the flagged retries still gets its due
+// retries flagged: one batch a tick, said once, and not topped up between
+// ticks; paced again, and said so, once the count works.
+func TestASweepThatCannotCountStillFlags(t *testing.T) {
+	st := &countlessStore{Store: openStore(t)}
+	st.failing.Store(true)
+	ctx := context.Background()
+	for i := range 25 {
+		retryDoc(t, st, "r"+strings.Repeat("x", i), time.Minute)
+	}
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	var logs syncbuf.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	tm, err := timer.New(timer.Config{Interval: time.Second, SweepBatch: 10, Owner: "me"}, st, log, nil)
+	require.NoError(t, err)
+	for i, want := range []int{10, 10, 5} {
+		res, err := tm.Sweep(ctx, pinned.Add(time.Duration(i)*time.Second))
+		require.NoError(t, err, "sweep %d", i)
+		assert.Equal(t, timer.Result{Armed: true, Swept: true, Flagged: want, Batches: 1, More: want == 10}, res, "sweep %d: one batch, no top-up", i)
+	}
+	assert.Len(t, logs.Lines("cannot count the flagged retries"), 1, "said once:\n%s", logs.String())
+	assert.Equal(t, 25, takeFlagged(t, st))
+
+	st.failing.Store(false)
+	retryDoc(t, st, "s", time.Minute)
+	res, err := tm.Sweep(ctx, pinned.Add(3*time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, 1, res.Flagged)
+	assert.Len(t, logs.Lines("the flagged retries are counted again"), 1, "logs:\n%s", logs.String())
+}

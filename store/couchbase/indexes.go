@@ -28,7 +28,7 @@ func (s *Store) indexUses() []indexUse {
 	uses := []indexUse{
 		{order.Retry, "ix_retry_due_next", sweepStatement(retry), "the sweep reads every retry document", due},
 		{order.Retry, "ix_retry_due_ts", sweepStatement(retry), "the sweep reads every retry document", due},
-		{order.Retry, "ix_retry_fire", flaggedCountStatement(retry), "the counts and the backlog read every retry document", due},
+		{order.Retry, "ix_retry_fire", flaggedCountStatement(retry), "the counts, the backlog and the sweep's pace read every retry document; without a primary index, the sweep flags one batch a tick, unpaced", due},
 		{order.Inbound, "ix_inbound_paid", paidCountStatement(s.keyspace(order.Inbound)), "the counts read every order", nil},
 		{order.Retry, "ix_retry_why", retriesStatement(retry), whyWithout, map[string]any{"why": "HTTP 503", "after": "", "limit": 1}},
 		{order.Retry, "ix_retry_why", retryReasonsStatement(retry), whyWithout, map[string]any{"control": order.ControlKey}},

@@ -800,7 +800,7 @@ func TestIntegrationMissingIndexesAreNamed(t *testing.T) {
 	missing, err = s.MissingIndexes(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, []string{
-		"ix_retry_fire on retry (the counts and the backlog read every retry document)",
+		"ix_retry_fire on retry (the counts, the backlog and the sweep's pace read every retry document; without a primary index, the sweep flags one batch a tick, unpaced)",
 		"ix_retry_why on retry (the console's retries of one reason and the status's reasons read every retry document)",
 		"ix_deadletter_reason on deadletter (--reason and the console's filter read every dead letter)",
 		"ix_deadletter_why on deadletter (the status's reasons read every dead letter)",
