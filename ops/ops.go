@@ -516,6 +516,7 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 		}
 		r := order.Redriven(d.DeadLetterDoc, now)
 		retry := store.Write{Op: store.OpInsert, Collection: order.Retry, Key: d.ID}
+		halfMade := false
 		if err == nil {
 			retry.Op, retry.CAS = store.OpReplace, cur.CAS
 			// A retry document beside the dead letter may be that of a
@@ -538,9 +539,12 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 			if old, derr := order.DecodeRetryDoc(cur.Value); derr == nil {
 				if d.DeadAt != 0 && old.RedrivenFrom == d.DeadAt {
 					// Made of this very dead letter by a redrive whose
-					// removal of it is not made yet, or was lost.
-					changed.add(d.ID)
-					return nil
+					// removal of it is not made yet, or was lost (cut
+					// short between its two writes, on Couchbase): the
+					// retry document stands as the service left it, and
+					// the dead letter, unchanged since, goes, as that
+					// redrive would have done.
+					halfMade = true
 				}
 				if r.IdempotencyKey == "" {
 					// A dead letter of no send (a poison event) knows no key;
@@ -549,8 +553,12 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 				}
 			}
 		}
-		retry.Value = r.Encode()
-		made, err := st.Apply(ctx, []store.Write{retry, {Op: store.OpRemove, Collection: order.DeadLetter, Key: d.ID, CAS: d.cas}})
+		writes := []store.Write{{Op: store.OpRemove, Collection: order.DeadLetter, Key: d.ID, CAS: d.cas}}
+		if !halfMade {
+			retry.Value = r.Encode()
+			writes = append([]store.Write{retry}, writes...)
+		}
+		made, err := st.Apply(ctx, writes)
 		var we *store.WriteError
 		if errors.As(err, &we) {
 			if len(made) > 0 {
