@@ -401,10 +401,15 @@ const ReasonUnreadable = "unreadable"
 func deadLetterOf(d store.Doc) DeadLetter {
 	dl, err := order.DecodeDeadLetter(d.Value)
 	if err != nil {
-		dl = order.DeadLetterDoc{DocID: d.Key, Reason: ReasonUnreadable, LastError: err.Error()}
+		dl = order.DeadLetterDoc{DocID: d.Key, Reason: ReasonUnreadable, LastError: order.Shorten(err.Error(), MaxDetail)}
 	}
 	return DeadLetter{ID: d.Key, DeadLetterDoc: dl, cas: d.CAS}
 }
+
+// MaxDetail bounds the text of an unreadable document's decode error, as
+// the service bounds a dead letter's: it names the document's fields, which
+// a hostile or broken one may make megabytes long.
+const MaxDetail = 300
 
 // ErrStopped says a bulk action stopped before its end, on an error of the
 // store (or its context's end): what it did is done, the rest are as they

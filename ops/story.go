@@ -126,7 +126,7 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 
 	s := Story{Key: key, Found: state.Order.Found(), Attempts: []order.Attempt{}}
 	unreadable := func(coll string, err error) {
-		s.Unreadable = append(s.Unreadable, UnreadableDoc{Collection: coll, Error: err.Error()})
+		s.Unreadable = append(s.Unreadable, UnreadableDoc{Collection: coll, Error: order.Shorten(err.Error(), MaxDetail)})
 	}
 	var o order.Order
 	orderOK := false

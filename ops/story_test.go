@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -259,4 +260,33 @@ func TestStoryTellsAQuantumRetryDue(t *testing.T) {
 	s, err = ops.OrderStory(context.Background(), st, "q1", now, 15*time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, ops.StateRetryScheduled, s.State, "allow_retrys' quantum wins")
+}
+
+// TestAnUnreadableDocumentIsSaidShortly: a decode error names a
+// document's fields, which a broken or hostile one may make any length; the
+// tools say at most ops.MaxDetail of it, as the service's dead letters do
+// (a reviewer: 400KB from `orders show` for one order).
+func TestAnUnreadableDocumentIsSaidShortly(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t)
+	big := strings.Repeat("x", 200_000)
+	put(t, st, order.Inbound, "k", []byte(`{"email":"ann@example.com","paymentStatus":"paid","`+big+`":1,"`+big+`":2}`))
+	put(t, st, order.DeadLetter, "k", []byte(`{"docId":"k","reason":"permanent_error","`+big+`":1,"`+big+`":2}`))
+
+	s, err := ops.OrderStory(ctx, st, "k", time.Now(), time.Second)
+	require.NoError(t, err)
+	require.Len(t, s.Unreadable, 2)
+	for _, u := range s.Unreadable {
+		assert.LessOrEqual(t, len(u.Error), ops.MaxDetail+len("..."), u.Collection)
+		assert.Contains(t, u.Error, "xxx", "the error still names the field")
+	}
+	var seen int
+	require.NoError(t, ops.EachDeadLetter(ctx, st, "", func(d ops.DeadLetter) error {
+		seen++
+		assert.Equal(t, ops.ReasonUnreadable, d.Reason)
+		assert.LessOrEqual(t, len(d.LastError), ops.MaxDetail+len("..."))
+		return nil
+	}))
+	assert.Equal(t, 1, seen)
 }

@@ -135,8 +135,12 @@ func listTable(ctx context.Context, st store.Store, reason string, w io.Writer) 
 		if d.LastStatus != 0 {
 			status = strconv.Itoa(d.LastStatus)
 		}
+		since := "-" // unreadable: no time
+		if d.DeadAt != 0 {
+			since = time.UnixMilli(d.DeadAt).UTC().Format(time.RFC3339)
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", shown(d.ID), shown(d.Reason), status, d.Attempts, d.RedriveCount,
-			time.UnixMilli(d.DeadAt).UTC().Format(time.RFC3339), truncate(d.LastError, 80))
+			since, truncate(d.LastError, 80))
 		if rows++; rows%listRows == 0 {
 			return tw.Flush()
 		}
