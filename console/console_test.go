@@ -822,6 +822,22 @@ func TestHeldBackRetries(t *testing.T) {
 	assert.Contains(t, body, `href="/retries?reason=held&#43;back"`, "the overview's reasons link to the list")
 }
 
+// A retry not flagged waits while retries are paused, due or not: the
+// order's page says so, and no longer once they are started.
+func TestOrderPageSaysARetryWaitsForRetriesToStart(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	f.put(t, order.Inbound, "o1", []byte(`{"email":"a@x","paymentStatus":"paid"}`))
+	f.put(t, order.Retry, "o1", order.RetryDoc{Type: order.TypeConfirmation, DocID: "o1", Attempt: 1, TS: 1, NextAttemptAt: 2, LastStatus: 503}.Encode())
+	_, body := f.get(t, "/order?key=o1")
+	assert.Contains(t, body, `id="order-state">retry due`)
+	assert.Contains(t, body, `id="retries-paused"`)
+	f.put(t, order.Retry, order.ControlKey, []byte(`{}`))
+	_, body = f.get(t, "/order?key=o1")
+	assert.Contains(t, body, `id="order-state">retry due`)
+	assert.NotContains(t, body, `id="retries-paused"`)
+}
+
 func TestOverview(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t, console.Config{})

@@ -59,6 +59,10 @@ type Story struct {
 	SettledAt     time.Time `json:"settledAt,omitzero"`
 	Result        string    `json:"result,omitempty"` // sent or dead_letter once settled
 
+	// RetriesPaused: retries are stopped (no allow_retrys), so that a
+	// retry not flagged yet waits, due or not, until `retries start`.
+	RetriesPaused bool `json:"retriesPaused,omitempty"`
+
 	// Unreadable names the documents that are stored but could not be
 	// decoded, so that the story still tells what the others say.
 	Unreadable []UnreadableDoc `json:"unreadable,omitempty"`
@@ -107,13 +111,20 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 	if key == order.ControlKey {
 		state.Retry = store.Doc{} // the timer's control document, not a retry
 	}
+	paused := false
 	if state.Retry.Found() {
 		// A retry without nextAttemptAt (the sample's) is due a quantum
 		// after its last attempt: allow_retrys' quantum, else quantum.
-		if ctl, err := st.Get(ctx, order.Retry, order.ControlKey); err == nil {
+		ctl, err := st.Get(ctx, order.Retry, order.ControlKey)
+		switch {
+		case err == nil:
 			if c, err := order.DecodeControl(ctl.Value); err == nil && c.Quantum > 0 {
 				quantum = c.Quantum
 			}
+		case errors.Is(err, store.ErrNotFound):
+			paused = true
+		default:
+			return Story{}, fmt.Errorf("read %s: %w", order.ControlKey, err)
 		}
 	}
 	rec, err := st.Get(ctx, order.Attempts, key)
@@ -169,20 +180,30 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 		}
 	}
 
+	// A key of an order deleted since (where the store tells them apart)
+	// is not the one this order is sent under.
+	mine := func(k string) bool { return k != "" && !order.OfAnotherIncarnation(k, key, state.Order.Incarnation) }
 	switch {
-	case r.IdempotencyKey != "":
+	case mine(r.IdempotencyKey):
 		s.IdempotencyKey = r.IdempotencyKey
-	case dl.IdempotencyKey != "":
+	case mine(dl.IdempotencyKey):
 		s.IdempotencyKey = dl.IdempotencyKey
-	case a.IdempotencyKey != "":
+	case mine(a.IdempotencyKey):
 		s.IdempotencyKey = a.IdempotencyKey
 	case s.Found:
 		s.IdempotencyKey = order.IdempotencyKey(key, state.Order.Incarnation)
 	}
 
-	// The precedence is the watcher's: a confirmed order is done; a retry
-	// goes ahead unless a dead letter came after it (the dead letter
-	// counts as many redrives or more).
+	// The precedence is the watcher's (watcher.Decide): a confirmed order
+	// is done; a retry of an order no longer paid is dropped; a retry goes
+	// ahead unless a dead letter that holds the order back (readable or
+	// not) came after it (counts as many redrives or more); a dead letter
+	// of an order deleted since is not this order's.
+	held := dl
+	if state.DeadLetter.Found() && s.DeadLetter == nil {
+		held = order.DeadLetterDoc{Reason: ReasonUnreadable} // as the watcher takes it
+	}
+	dead := state.DeadLetter.Found() && !order.OfAnotherIncarnation(held.IdempotencyKey, key, state.Order.Incarnation)
 	switch {
 	case !s.Found:
 		s.State = StateUnknownOrder
@@ -192,18 +213,21 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 		s.State = StateConfirmed
 	case state.Retry.Found() && !retryOK:
 		s.State = StateUnreadableRetry
-	case retryOK && (s.DeadLetter == nil || r.RedriveCount > dl.RedriveCount):
+	case retryOK && o.PaymentStatus != order.StatusPaid:
+		s.State = StateNotPaid // its retry is dropped when it is handled
+	case retryOK && (!dead || !held.HoldsBack(key, state.Order.Incarnation) || r.RedriveCount > held.RedriveCount):
 		s.State = StateRetryScheduled
 		if r.FireRetry || r.Due(now, quantum) {
 			s.State = StateRetryDue
 		}
-	case s.DeadLetter != nil:
+		s.RetriesPaused = paused && !r.FireRetry // a flagged one goes out all the same
+	case dead && s.DeadLetter != nil:
 		s.State = StateDeadLettered
-	case state.DeadLetter.Found():
+	case dead:
 		s.State = StateUnreadableDeadLetter
 	case o.PaymentStatus != order.StatusPaid:
 		s.State = StateNotPaid
-	case a.Total > 0 && a.Result != "sent":
+	case a.Total > 0 && a.Result != "sent" && !order.OfAnotherIncarnation(a.IdempotencyKey, key, state.Order.Incarnation):
 		// Attempted, not sent, nothing left to try it again: the
 		// attempt record is written after the outcome where the two are
 		// apart (Couchbase), so a retry or dead letter it names is there.

@@ -33,8 +33,8 @@ func insert(t *testing.T, st store.Store, coll, key string, v []byte) {
 
 // record is the attempt record after outcomes, one attempt each, a second
 // apart from an hour ago, keeping at most limit.
-func record(key string, limit int, outcomes ...string) []byte {
-	d := order.AttemptsDoc{DocID: key, IdempotencyKey: order.IdempotencyKey(key, 7)}
+func record(t *testing.T, st store.Store, key string, limit int, outcomes ...string) []byte {
+	d := order.AttemptsDoc{DocID: key, IdempotencyKey: thisOrdersKey(t, st, key)}
 	for i, out := range outcomes {
 		at := now.Add(-time.Hour + time.Duration(i)*time.Second)
 		a := order.Attempt{At: at.UnixMilli(), DurationMs: 120, Status: 503, Class: "transient", Reason: "HTTP 503", Outcome: out, Instance: "i-1"}
@@ -50,7 +50,7 @@ func TestStoryConfirmedAfterRetries(t *testing.T) {
 	t.Parallel()
 	st := openStore(t)
 	insert(t, st, order.Inbound, "o1", []byte(`{"email":"alice@example.com","paymentStatus":"paid","confirmationEmailSent":true,"items":["secret"]}`))
-	insert(t, st, order.Attempts, "o1", record("o1", 20, "retry", "retry", "retry", "sent"))
+	insert(t, st, order.Attempts, "o1", record(t, st, "o1", 20, "retry", "retry", "retry", "sent"))
 
 	s, err := ops.OrderStory(context.Background(), st, "o1", now, 15*time.Second)
 	require.NoError(t, err)
@@ -58,7 +58,7 @@ func TestStoryConfirmedAfterRetries(t *testing.T) {
 	assert.True(t, s.Found)
 	assert.True(t, s.Confirmed)
 	assert.Equal(t, "paid", s.PaymentStatus)
-	assert.Equal(t, "confirmation:o1@7", s.IdempotencyKey, "the record's: the attempts sent it")
+	assert.Equal(t, thisOrdersKey(t, st, "o1"), s.IdempotencyKey, "the record's: the attempts sent it")
 	require.Len(t, s.Attempts, 4)
 	assert.Equal(t, 4, s.AttemptsTotal)
 	for i, a := range s.Attempts {
@@ -118,19 +118,38 @@ func TestStoryDeadLettered(t *testing.T) {
 	t.Parallel()
 	st := openStore(t)
 	insert(t, st, order.Inbound, "o3", []byte(`{"email":"c@x","paymentStatus":"paid"}`))
+	key := thisOrdersKey(t, st, "o3")
 	dl := order.DeadLetterDoc{Type: order.TypeConfirmation, DocID: "o3", Reason: order.ReasonPermanent, LastStatus: 400,
-		LastError: "HTTP 400", Attempts: 1, DeadAt: now.Add(-time.Minute).UnixMilli(), RedriveCount: 1, IdempotencyKey: "confirmation:o3@2"}
+		LastError: "HTTP 400", Attempts: 1, DeadAt: now.Add(-time.Minute).UnixMilli(), RedriveCount: 1, IdempotencyKey: key}
 	insert(t, st, order.DeadLetter, "o3", dl.Encode())
-	insert(t, st, order.Attempts, "o3", record("o3", 20, "dead_letter"))
+	insert(t, st, order.Attempts, "o3", record(t, st, "o3", 20, "dead_letter"))
 
 	s, err := ops.OrderStory(context.Background(), st, "o3", now, 15*time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, ops.StateDeadLettered, s.State)
 	assert.Equal(t, &ops.DeadLetterInfo{Reason: order.ReasonPermanent, LastStatus: 400, LastError: "HTTP 400", Attempts: 1,
 		DeadSince: now.Add(-time.Minute), Redrives: 1}, s.DeadLetter)
-	assert.Equal(t, "confirmation:o3@2", s.IdempotencyKey)
+	assert.Equal(t, key, s.IdempotencyKey)
 	assert.Equal(t, "dead_letter", s.Result)
 	require.Len(t, s.Attempts, 1)
+
+	// The order deleted and created again under its key: the dead letter
+	// is the deleted one's, and the new order is sent (the watcher's rule).
+	require.NoError(t, st.Remove(context.Background(), order.Inbound, "o3", 0))
+	insert(t, st, order.Inbound, "o3", []byte(`{"email":"c@x","paymentStatus":"paid"}`))
+	require.NotEqual(t, key, thisOrdersKey(t, st, "o3"))
+	s, err = ops.OrderStory(context.Background(), st, "o3", now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, ops.StatePendingFirstSend, s.State, "the dead letter and the attempts are the deleted order's")
+}
+
+// thisOrdersKey is the idempotency key of the order stored under key now
+// (of its incarnation, where the store keeps one).
+func thisOrdersKey(t *testing.T, st store.Store, key string) string {
+	t.Helper()
+	state, err := st.State(context.Background(), key)
+	require.NoError(t, err)
+	return order.IdempotencyKey(key, state.Order.Incarnation)
 }
 
 func TestStoryStates(t *testing.T) {
@@ -186,6 +205,32 @@ func TestStoryStates(t *testing.T) {
 			want: ops.StateDeadLettered,
 		},
 		{
+			name: "retry of an order no longer paid: dropped",
+			give: map[string]string{
+				order.Inbound: `{"email":"d@x","paymentStatus":"refunded"}`,
+				order.Retry:   `{"docId":"k","attempt":3,"fireRetry":true}`,
+			},
+			want: ops.StateNotPaid,
+		},
+		{
+			name: "unreadable dead letter after the retry",
+			give: map[string]string{
+				order.Inbound:    `{"email":"d@x","paymentStatus":"paid"}`,
+				order.Retry:      `{"docId":"k","attempt":3,"fireRetry":true}`,
+				order.DeadLetter: `{"docId":"k","reason":7}`,
+			},
+			want: ops.StateUnreadableDeadLetter, wantUnreadable: order.DeadLetter,
+		},
+		{
+			name: "a dead letter an edit of the order mends, beside a retry",
+			give: map[string]string{
+				order.Inbound:    `{"email":"d@x","paymentStatus":"paid"}`,
+				order.Retry:      `{"docId":"k","attempt":3,"fireRetry":true}`,
+				order.DeadLetter: `{"docId":"k","reason":"no_email"}`,
+			},
+			want: ops.StateRetryDue,
+		},
+		{
 			name: "redriven, dead letter not yet removed",
 			give: map[string]string{
 				order.Inbound:    `{"email":"d@x","paymentStatus":"paid"}`,
@@ -228,7 +273,7 @@ func TestStoryKeepsTheLatestAttempts(t *testing.T) {
 	t.Parallel()
 	st := openStore(t)
 	insert(t, st, order.Inbound, "o5", []byte(`{"email":"e@x","paymentStatus":"paid"}`))
-	insert(t, st, order.Attempts, "o5", record("o5", 3, "retry", "retry", "retry", "retry", "retry"))
+	insert(t, st, order.Attempts, "o5", record(t, st, "o5", 3, "retry", "retry", "retry", "retry", "retry"))
 
 	s, err := ops.OrderStory(context.Background(), st, "o5", now, 15*time.Second)
 	require.NoError(t, err)

@@ -497,6 +497,25 @@ func IsKeyOf(idempotencyKey, orderKey string) bool {
 	return ok && err == nil && n != 0 && strconv.FormatUint(n, 10) == inc // as IdempotencyKey writes it
 }
 
+// OfAnotherIncarnation says whether idempotency key k was made for another
+// order than the one of incarnation inc under key (one deleted since, and
+// created again): known only where the store keeps incarnations (inc != 0).
+func OfAnotherIncarnation(k, key string, inc uint64) bool {
+	if inc == 0 {
+		return false
+	}
+	rest, ok := strings.CutPrefix(k, IdempotencyKey(key, 0)+"@")
+	return ok && rest != strconv.FormatUint(inc, 10)
+}
+
+// HoldsBack says whether dead letter d holds back the confirmation of the
+// order of incarnation inc under key, so that only a redrive sends it: a
+// dead letter of what an edit of the order mends does not (the edit
+// sends), nor one of an order deleted since (this one is another).
+func (d DeadLetterDoc) HoldsBack(key string, inc uint64) bool {
+	return !d.ClearedByOrderChange() && !OfAnotherIncarnation(d.IdempotencyKey, key, inc)
+}
+
 // OrderKeyOf returns the order key an idempotency key was made for.
 func OrderKeyOf(idempotencyKey string) string {
 	k := strings.TrimPrefix(idempotencyKey, TypeConfirmation+":")

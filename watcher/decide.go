@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -213,7 +212,7 @@ func decideOrder(c Change, st store.State, now time.Time, lim Limits) Plan {
 		return ignore("a retry document owns the confirmation")
 	}
 	dl, dead := deadLetterOf(st)
-	if dead && !dl.ClearedByOrderChange() && !otherIncarnation(dl.IdempotencyKey, key, st.Order) {
+	if dead && dl.HoldsBack(key, st.Order.Incarnation) {
 		return ignore("dead-lettered (" + dl.Reason + "); redrive to send")
 	}
 	if reason, detail := problem(key, st.Order, o, decodeErr, lim); reason != "" {
@@ -339,7 +338,7 @@ func decideRetry(c Change, st store.State, now time.Time, lim Limits) Plan {
 	if !r.FireRetry {
 		return retryNotDue(r, now)
 	}
-	if dl, ok := deadLetterOf(st); ok && !dl.ClearedByOrderChange() && !otherIncarnation(dl.IdempotencyKey, key, st.Order) && r.RedriveCount <= dl.RedriveCount {
+	if dl, ok := deadLetterOf(st); ok && dl.HoldsBack(key, st.Order.Incarnation) && r.RedriveCount <= dl.RedriveCount {
 		// The dead letter came after this retry (a crash between the two
 		// writes of a dead-lettering); a redrive's retry counts one more.
 		return Plan{Action: Write, Reason: "dead letter supersedes the retry",
@@ -408,14 +407,9 @@ func incarnation(d store.Doc) uint64 {
 }
 
 // otherIncarnation says whether idempotency key k was made for another
-// order than d under the same key (one deleted since): known only where the
-// store keeps incarnations.
+// order than d under the same key (order.OfAnotherIncarnation).
 func otherIncarnation(k, key string, d store.Doc) bool {
-	if d.Incarnation == 0 {
-		return false
-	}
-	inc, ok := strings.CutPrefix(k, order.IdempotencyKey(key, 0)+"@")
-	return ok && inc != strconv.FormatUint(d.Incarnation, 10)
+	return order.OfAnotherIncarnation(k, key, d.Incarnation)
 }
 
 // salvaged is what can be read of a malformed retry document of key (one

@@ -95,6 +95,9 @@ func printStory(w io.Writer, s ops.Story) error {
 		if r.LastStatus == 0 && r.LastError == "" && r.HeldBack != "" {
 			last = "none: no request made yet"
 		}
+		if s.RetriesPaused {
+			next += " once retries start (they are paused: `ordermail retries start`)"
+		}
 		fmt.Fprintf(w, "next retry:       %s; %d attempts in this budget, %d redrives, last failure %s\n",
 			next, r.Attempt, r.Redrives, last)
 		if r.HeldBack != "" {

@@ -17,15 +17,20 @@ import (
 // seedOrderStory stores a paid order whose three sends, a minute apart from
 // at, failed, keeping the latest two attempts and a retry an hour after at;
 // its last try was held back by the circuit breaker; it returns the store's
-// URL.
-func seedOrderStory(t *testing.T, at time.Time) string {
+// URL and the order's idempotency key.
+func seedOrderStory(t *testing.T, at time.Time) (storeURL, key string) {
 	t.Helper()
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "o.db")
 	st, err := embedded.Open(ctx, embedded.Config{Path: path})
 	require.NoError(t, err)
 	defer st.Close()
-	rec := order.AttemptsDoc{DocID: "order_7", IdempotencyKey: "confirmation:order_7@3"}
+	_, err = st.Insert(ctx, order.Inbound, "order_7", []byte(`{"email":"ann@example.com","paymentStatus":"paid"}`))
+	require.NoError(t, err)
+	state, err := st.State(ctx, "order_7")
+	require.NoError(t, err)
+	key = order.IdempotencyKey("order_7", state.Order.Incarnation)
+	rec := order.AttemptsDoc{DocID: "order_7", IdempotencyKey: key}
 	for i := range 3 {
 		a := order.Attempt{At: at.Add(time.Duration(i) * time.Minute).UnixMilli(), DurationMs: 1500, Status: 503,
 			Class: "transient", Reason: "HTTP 503", Outcome: "retry", Instance: "host-a"}
@@ -33,29 +38,30 @@ func seedOrderStory(t *testing.T, at time.Time) string {
 	}
 	retry := order.RetryDoc{Type: order.TypeConfirmation, DocID: "order_7", Attempt: 3, TS: at.Add(2 * time.Minute).UnixMilli(),
 		NextAttemptAt: at.Add(time.Hour).UnixMilli(), LastStatus: 503, LastError: "transient failure: HTTP 503",
-		HeldBack: "circuit breaker open: email service not called", IdempotencyKey: "confirmation:order_7@3"}
+		HeldBack: "circuit breaker open: email service not called", IdempotencyKey: key}
 	for coll, doc := range map[string][]byte{
-		order.Inbound:  []byte(`{"email":"ann@example.com","paymentStatus":"paid"}`),
 		order.Retry:    retry.Encode(),
 		order.Attempts: rec.Encode(),
 	} {
 		_, err := st.Insert(ctx, coll, "order_7", doc)
 		require.NoError(t, err)
 	}
-	return "file:" + path
+	return "file:" + path, key
 }
 
 func TestOrdersShow(t *testing.T) {
 	// The command reads the clock: the retry must be ahead of it.
 	at := time.Now().UTC().Truncate(time.Second).Add(250 * time.Millisecond)
-	storeURL := seedOrderStory(t, at)
+	storeURL, key := seedOrderStory(t, at)
 	stamp := func(d time.Duration) string { return at.Add(d).Format("2006-01-02T15:04:05.000Z") }
 
 	out, _, err := cli(t, "orders", "show", "--store", storeURL, "order_7")
 	require.NoError(t, err)
 	assert.Contains(t, out, "state:            retry scheduled\n")
-	assert.Contains(t, out, "idempotency key:  confirmation:order_7@3\n")
-	assert.Contains(t, out, "next retry:       at "+stamp(time.Hour)+"; 3 attempts in this budget, 0 redrives, last failure HTTP 503: transient failure: HTTP 503\n")
+	assert.Contains(t, out, "idempotency key:  "+key+"\n")
+	// No allow_retrys: retries are paused, and the retry waits for their start.
+	assert.Contains(t, out, "next retry:       at "+stamp(time.Hour)+" once retries start (they are paused: `ordermail retries start`); "+
+		"3 attempts in this budget, 0 redrives, last failure HTTP 503: transient failure: HTTP 503\n")
 	assert.Contains(t, out, "held back:        circuit breaker open: email service not called (the last try made no request)\n")
 	assert.Regexp(t, `N\s+AT\s+DURATION\s+STATUS\s+CLASS\s+OUTCOME\s+INSTANCE\s+REASON`, out)
 	assert.Regexp(t, `\n2\s+`+stamp(time.Minute)+`\s+1.5s\s+503\s+transient\s+retry\s+host-a\s+HTTP 503\n`, out)
@@ -75,10 +81,18 @@ func TestOrdersShow(t *testing.T) {
 	require.NotNil(t, s.Retry)
 	assert.Equal(t, 3, s.Retry.Attempt)
 	assert.Equal(t, "circuit breaker open: email service not called", s.Retry.HeldBack)
+	assert.True(t, s.RetriesPaused)
 	assert.NotContains(t, out, "ann@example.com")
 
-	// Held back from its first try: no failure to show.
 	st := openStore(t, storeURL)
+	_, err = st.Insert(t.Context(), order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	out, _, err = cli(t, "orders", "show", "--store", storeURL, "order_7")
+	require.NoError(t, err)
+	assert.Contains(t, out, "next retry:       at "+stamp(time.Hour)+"; 3 attempts in this budget, 0 redrives, last failure HTTP 503: transient failure: HTTP 503\n",
+		"retries started")
+
+	// Held back from its first try: no failure to show.
 	_, err = st.Insert(t.Context(), order.Retry, "order_8", order.RetryDoc{Type: order.TypeConfirmation, DocID: "order_8",
 		TS: at.UnixMilli(), NextAttemptAt: at.Add(time.Hour).UnixMilli(), HeldBack: "circuit breaker open: email service not called"}.Encode())
 	require.NoError(t, err)
@@ -97,7 +111,7 @@ func TestOrdersShow(t *testing.T) {
 }
 
 func TestOrdersShowBadInvocations(t *testing.T) {
-	storeURL := seedOrderStory(t, time.Now())
+	storeURL, _ := seedOrderStory(t, time.Now())
 	tests := []struct {
 		give []string
 		want string
