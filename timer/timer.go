@@ -229,6 +229,11 @@ type Timer struct {
 	// unpaced: the last sweep could not count the flagged retries (said
 	// once, when it starts), and flagged one batch, unpaced.
 	unpaced bool
+	// batch is how many one sweep statement flags now: --sweep-batch,
+	// halved after a statement the tick's time ran out on (a loaded
+	// cluster, an indexer behind), doubled back after grownAfter sweeps
+	// in a row that worked. sweptInRow counts those.
+	batch, sweptInRow int
 	// pausedSeen is when a tick last found allow_retrys absent (New: when
 	// the process started, as it cannot know what came before); zero once
 	// a tick found it armed and saw to the settings a pause kept
@@ -262,6 +267,7 @@ func New(cfg Config, st store.Store, log *slog.Logger, now func() time.Time) (*T
 	}
 	t.interval, t.quantum = t.cfg.Interval, t.cfg.Quantum
 	t.pace = newPace(t.cfg.SweepBatch)
+	t.batch = t.cfg.SweepBatch
 	// Three ticks: a holder that missed two renewals is taken over.
 	t.lease = lease.New(st, LeaseName, t.cfg.Owner, LeaseTTL(t.cfg.Interval), now)
 	return t, nil
@@ -415,7 +421,9 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 // lctx bounds the lease's writes (sweepFailed).
 func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum time.Duration, probing bool) (Result, error) {
 	res := Result{Armed: true, Probe: probing}
-	limit := t.cfg.SweepBatch
+	t.mu.Lock()
+	limit := t.batch
+	t.mu.Unlock()
 	if probing {
 		limit = 1 // the probe; the others would be held back again
 	}
@@ -483,6 +491,16 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 			room -= n
 		}
 		batch, err := t.store.SweepRetries(ctx, now, quantum, n)
+		if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && n > 1 {
+			// The tick's time ran out on this statement: the next ones
+			// flag half as many, until they finish in time.
+			t.mu.Lock()
+			t.batch, t.sweptInRow = max(1, n/2), 0
+			next := t.batch
+			t.mu.Unlock()
+			err = fmt.Errorf("%w (a statement flagging up to %d did not finish within the tick's %s: the next flag up to %d; a longer --timer-interval gives each more time)",
+				err, n, t.tickTimeout(), next)
+		}
 		if err != nil {
 			return res, t.sweepFailed(lctx, now, err) // not recorded: the next tick tries again
 		}
@@ -501,6 +519,11 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 	res.Swept = true
 	t.mu.Lock()
 	t.sweepsFailed = 0
+	if t.batch < t.cfg.SweepBatch && !probing && res.Batches > 0 {
+		if t.sweptInRow++; t.sweptInRow >= grownAfter {
+			t.batch, t.sweptInRow = min(t.cfg.SweepBatch, 2*t.batch), 0
+		}
+	}
 	if !probing && !unpaced {
 		t.pace.swept(res.Flagged, res.Ahead)
 	}
@@ -620,6 +643,10 @@ func (t *Timer) Status() Status {
 // stallBound is how long the timer may go without finishing a tick before
 // it counts as stuck: three intervals, and the bound of one tick's own work.
 func (t *Timer) stallBound() time.Duration { return 3*t.cfg.Interval + t.tickTimeout() }
+
+// grownAfter is how many sweeps in a row must work before a batch halved
+// for time (Timer.batch) doubles again.
+const grownAfter = 10
 
 func (t *Timer) tickTimeout() time.Duration { return max(t.cfg.Interval, time.Second) }
 

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1411,4 +1412,66 @@ func TestASweepThatCannotCountStillFlags(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 1, res.Flagged)
 	assert.Len(t, logs.Lines("the flagged retries are counted again"), 1, "logs:\n%s", logs.String())
+}
+
+// slowStore's sweep statements that may flag more than fast never finish
+// within their context (a loaded cluster's, an indexer behind); asked
+// records each statement's limit.
+type slowStore struct {
+	store.Store
+	fast  int
+	mu    sync.Mutex
+	asked []int
+}
+
+func (s *slowStore) SweepRetries(ctx context.Context, now time.Time, quantum time.Duration, limit int) (store.SweepResult, error) {
+	s.mu.Lock()
+	s.asked = append(s.asked, limit)
+	s.mu.Unlock()
+	if limit > s.fast {
+		<-ctx.Done()
+		return store.SweepResult{}, ctx.Err()
+	}
+	return s.Store.SweepRetries(ctx, now, quantum, limit)
+}
+
+// A sweep statement the tick's time runs out on is not asked again as it
+// was: the next flag half as many, until they finish in time, and, ten
+// sweeps later, twice as many again.
+func TestASweepBatchThatRunsOutOfTimeIsHalved(t *testing.T) {
+	st := &slowStore{Store: openStore(t), fast: 4}
+	ctx := context.Background()
+	for i := range 3 {
+		retryDoc(t, st, "r"+strings.Repeat("x", i), time.Minute)
+	}
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	tm, err := timer.New(timer.Config{Interval: time.Second, SweepBatch: 16, Owner: "me"}, st, quiet, nil)
+	require.NoError(t, err)
+	sweep := func(i int) (timer.Result, error) {
+		// A deadline as the tick's: what ends the statements that never finish.
+		tctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		defer cancel()
+		return tm.Sweep(tctx, pinned.Add(time.Duration(i)*time.Second))
+	}
+	_, err = sweep(0)
+	require.ErrorContains(t, err, "a statement flagging up to 16 did not finish within the tick's 1s: the next flag up to 8")
+	_, err = sweep(1)
+	require.ErrorContains(t, err, "the next flag up to 4")
+	res, err := sweep(2)
+	require.NoError(t, err)
+	assert.Equal(t, 3, res.Flagged)
+	for i := range 9 { // ten that work, with the one above
+		_, err = sweep(3 + i)
+		require.NoError(t, err, "sweep %d; asked %v", 3+i, st.limits())
+	}
+	_, err = sweep(12)
+	require.ErrorContains(t, err, "a statement flagging up to 8 did not finish")
+	assert.Equal(t, []int{16, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 8}, st.limits())
+}
+
+func (s *slowStore) limits() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.asked)
 }
