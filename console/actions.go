@@ -15,6 +15,7 @@ import (
 
 	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
+	"github.com/ordermail/ordermail/store"
 )
 
 // maxForm bounds a form's body: a few thousand selected keys at most.
@@ -332,12 +333,30 @@ func (c *Console) dropRetry(w http.ResponseWriter, r *http.Request, sid string) 
 		return
 	}
 	if r.PostForm.Get("confirm") != "yes" {
+		// The version shown is the one dropped: one that changes while
+		// the operator reads this (a new order's retry under the key,
+		// another's redrive) is left, and said.
+		ctx, cancel := context.WithTimeout(r.Context(), readTimeout)
+		d, err := c.st.Get(ctx, order.Retry, key)
+		cancel()
+		if err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				err = fmt.Errorf("%w: %s", ops.ErrNoSuchRetry, key)
+			}
+			c.finish(w, r, sid, "drop retry", err, "No retry was dropped.")
+			return
+		}
 		c.confirm(w, r, confirmData{Heading: "Drop the retry of " + key + "?", Text: dropWarning,
 			Action: "/retries/drop", Button: "Drop the retry", Danger: true, Keys: []string{key},
-			Fields: []field{{"key", key}}})
+			Fields: []field{{"key", key}, {"cas", strconv.FormatUint(d.CAS, 10)}}})
 		return
 	}
-	if err := ops.DropRetry(r.Context(), c.st, key); err != nil {
+	cas, err := strconv.ParseUint(r.PostForm.Get("cas"), 10, 64)
+	if err != nil || cas == 0 {
+		c.finish(w, r, sid, "drop retry", fmt.Errorf("the retry's version shown is missing or not a number: confirm again"), "No retry was dropped.")
+		return
+	}
+	if err := ops.DropRetry(r.Context(), c.st, key, cas); err != nil {
 		c.finish(w, r, sid, "drop retry", err, "The retry of %s was not dropped.", key)
 		return
 	}
@@ -392,6 +411,16 @@ func selected(r *http.Request) (selection, error) {
 	}
 }
 
+// deadLetterCount is the dead letters' count for a confirmation's heading,
+// read within a page's bound (an action's own is minutes); not ok when the
+// store does not give it in time.
+func (c *Console) deadLetterCount(r *http.Request) (int, bool) {
+	ctx, cancel := context.WithTimeout(r.Context(), readTimeout)
+	defer cancel()
+	n, err := c.st.Counts(ctx)
+	return n.DeadLetters, err == nil
+}
+
 func (c *Console) redrive(w http.ResponseWriter, r *http.Request, sid string) {
 	sel, err := selected(r)
 	if err != nil {
@@ -406,10 +435,19 @@ func (c *Console) redrive(w http.ResponseWriter, r *http.Request, sid string) {
 			Text: "Every dead letter, not only those a filter shows, becomes a retry due now with a fresh attempt budget, " +
 				"and is sent at once, even while retries are paused: a pause does not hold back what a redrive has made due.",
 			Action: "/deadletters/redrive", Button: "Redrive them all", Fields: []field{{"scope", "all"}}}
-		if n, err := c.st.Counts(r.Context()); err == nil {
-			d.Heading = fmt.Sprintf("Redrive every dead letter (%d)?", n.DeadLetters)
+		if n, ok := c.deadLetterCount(r); ok {
+			d.Heading = fmt.Sprintf("Redrive every dead letter (%d)?", n)
 		}
 		c.confirm(w, r, d)
+		return
+	}
+	if sel.reason != "" && r.PostForm.Get("confirm") != "yes" {
+		// As for all: every one of the reason, whatever else the list
+		// filtered by (a key prefix) and however many came since.
+		c.confirm(w, r, confirmData{Heading: "Redrive every “" + sel.reason + "” dead letter?",
+			Text: "Every dead letter of this reason, not only those the list showed (a key prefix does not narrow it; those dead-lettered since are taken too), " +
+				"becomes a retry due now with a fresh attempt budget, and is sent at once, even while retries are paused.",
+			Action: "/deadletters/redrive", Button: "Redrive them", Fields: []field{{"scope", "reason"}, {"reason", sel.reason}}})
 		return
 	}
 	if sel.all || sel.reason != "" {
@@ -449,8 +487,8 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 			// its count, and are left.
 			d.Text += " Dead letters written after this page was shown are left."
 			d.Fields = []field{{"scope", "all"}, {"asof", strconv.FormatInt(c.now().UnixMilli(), 10)}}
-			if n, err := c.st.Counts(r.Context()); err == nil {
-				d.Heading = fmt.Sprintf("Purge every dead letter (%d)?", n.DeadLetters)
+			if n, ok := c.deadLetterCount(r); ok {
+				d.Heading = fmt.Sprintf("Purge every dead letter (%d)?", n)
 			}
 		} else {
 			// The operator chose these as the list or the order's page

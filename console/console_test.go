@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -359,7 +360,14 @@ func TestRedriveThroughPOST(t *testing.T) {
 	}
 	assert.True(t, f.exists(t, order.DeadLetter, "x1"))
 
-	resp, _ = f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"reason"}, "reason": {order.ReasonExhausted}})
+	// Every one of a reason: asked first, as all are (a key prefix the
+	// list showed does not narrow it).
+	resp, body = f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"reason"}, "reason": {order.ReasonExhausted}, "back": {"/deadletters?prefix=x"}})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, body, "Redrive every “"+order.ReasonExhausted+"” dead letter?")
+	assert.Contains(t, body, "a key prefix does not narrow it")
+	assert.True(t, f.exists(t, order.DeadLetter, "x1"), "nothing redriven before the confirmation")
+	resp, _ = f.post(t, "/deadletters/redrive", hiddenFields(body))
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	assert.False(t, f.exists(t, order.DeadLetter, "x1"))
 	assert.False(t, f.exists(t, order.DeadLetter, "x2"))
@@ -682,9 +690,27 @@ func TestRunRetryNowAndDrop(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Contains(t, body, "stays unconfirmed")
 	assert.True(t, f.exists(t, order.Retry, "r1"), "nothing dropped before the confirmation")
-	resp, _ = f.post(t, "/retries/drop", url.Values{"csrf": {csrf}, "key": {"r1"}, "confirm": {"yes"}})
+	// The retry changed while the confirmation was read (flagged again):
+	// not the one the operator chose to drop.
+	confirmed := hiddenFields(body)
+	resp, _ = f.post(t, "/retries/run", url.Values{"csrf": {csrf}, "key": {"r1"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	resp, _ = f.post(t, "/retries/drop", confirmed)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.True(t, f.exists(t, order.Retry, "r1"), "a retry changed since it was shown is left")
+	_, body = f.get(t, "/")
+	assert.Contains(t, body, "The retry of r1 was not dropped.")
+	assert.Contains(t, body, "changed")
+
+	resp, body = f.post(t, "/retries/drop", url.Values{"csrf": {csrf}, "key": {"r1"}})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	resp, _ = f.post(t, "/retries/drop", hiddenFields(body))
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	assert.False(t, f.exists(t, order.Retry, "r1"))
+	resp, _ = f.post(t, "/retries/drop", url.Values{"csrf": {csrf}, "key": {"r1"}, "confirm": {"yes"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	_, body = f.get(t, "/")
+	assert.Contains(t, body, "No retry was dropped.", "a confirmation without the version shown drops nothing")
 
 	resp, _ = f.post(t, "/retries/run", url.Values{"csrf": {csrf}, "key": {"r1"}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
@@ -1513,6 +1539,63 @@ func (h *heldApply) Apply(ctx context.Context, ws []store.Write) ([]uint64, erro
 	return h.Store.Apply(ctx, ws)
 }
 
+// The list filtered by a reason offers to redrive every one of it, not when
+// a key prefix narrows what it shows: the redrive would not be narrowed.
+func TestRedriveEveryOfAReasonIsNotOfferedUnderAPrefix(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	f.deadLetter(t, "a1", order.ReasonPermanent)
+	f.login(t)
+	_, body := f.get(t, "/deadletters?reason="+order.ReasonPermanent)
+	assert.Contains(t, body, `id="redrive-reason"`)
+	_, body = f.get(t, "/deadletters?reason="+order.ReasonPermanent+"&prefix=a")
+	assert.NotContains(t, body, `id="redrive-reason"`)
+	assert.Contains(t, body, `id="redrive-all"`, "all asks first, saying a filter does not narrow it")
+}
+
+// countsBound records how long each Counts call's context had left.
+type countsBound struct {
+	store.Store
+	mu   sync.Mutex
+	left []time.Duration
+}
+
+func (s *countsBound) Counts(ctx context.Context) (store.Counts, error) {
+	left := time.Duration(-1) // no deadline
+	if dl, ok := ctx.Deadline(); ok {
+		left = time.Until(dl)
+	}
+	s.mu.Lock()
+	s.left = append(s.left, left)
+	s.mu.Unlock()
+	return s.Store.Counts(ctx)
+}
+
+// A confirmation page's count is a page's read, bound as the others are
+// (10s), not by the action's minutes: a store that does not answer left
+// the page unanswered for five minutes (a reviewer).
+func TestAConfirmationsCountIsBoundAsAPagesRead(t *testing.T) {
+	t.Parallel()
+	st := &countsBound{Store: openEmbedded(t)}
+	f := serve(t, console.Config{Token: token}, st, deps(t, st, deadMailer(t)))
+	csrf := f.login(t)
+	for _, path := range []string{"/deadletters/purge", "/deadletters/redrive"} {
+		st.mu.Lock()
+		st.left = nil
+		st.mu.Unlock()
+		resp, body := f.post(t, path, url.Values{"csrf": {csrf}, "scope": {"all"}})
+		require.Equal(t, http.StatusOK, resp.StatusCode, path)
+		require.Contains(t, body, "every dead letter (0)?", path)
+		st.mu.Lock()
+		left := slices.Clone(st.left)
+		st.mu.Unlock()
+		require.NotEmpty(t, left, path)
+		for _, l := range left {
+			assert.True(t, l > 0 && l <= 10*time.Second, "%s: a count with %v left", path, l)
+		}
+	}
+}
+
 // One bulk redrive or purge at a time: while one runs, every page says so,
 // and a second is refused saying which runs, where it would have found
 // every dead letter changed under it and its message hidden the first's.
@@ -1547,7 +1630,7 @@ func TestOneBulkActionAtATime(t *testing.T) {
 	_, body := f.get(t, "/deadletters")
 	assert.Contains(t, body, `id="bulk"`)
 	assert.Contains(t, body, "a redrive of every dead letter is under way, started ")
-	resp, _ := f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"reason"}, "reason": {order.ReasonPermanent}})
+	resp, _ := f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"reason"}, "reason": {order.ReasonPermanent}, "confirm": {"yes"}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	resp, _ = f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"all"}, "confirm": {"yes"}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)

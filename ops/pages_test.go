@@ -177,9 +177,9 @@ func TestRunRetryNowAndDropRetry(t *testing.T) {
 	_, err = ops.RunRetryNow(ctx, st, order.ControlKey)
 	assert.ErrorIs(t, err, ops.ErrReservedKey)
 
-	require.NoError(t, ops.DropRetry(ctx, st, "r1"))
+	require.NoError(t, ops.DropRetry(ctx, st, "r1", 0))
 	_, err = st.Get(ctx, order.Retry, "r1")
 	assert.ErrorIs(t, err, store.ErrNotFound)
-	assert.ErrorIs(t, ops.DropRetry(ctx, st, "r1"), ops.ErrNoSuchRetry)
-	assert.ErrorIs(t, ops.DropRetry(ctx, st, order.ControlKey), ops.ErrReservedKey)
+	assert.ErrorIs(t, ops.DropRetry(ctx, st, "r1", 0), ops.ErrNoSuchRetry)
+	assert.ErrorIs(t, ops.DropRetry(ctx, st, order.ControlKey, 0), ops.ErrReservedKey)
 }

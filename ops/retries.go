@@ -49,12 +49,19 @@ func RunRetryNow(ctx context.Context, st store.Store, key string) (flagged bool,
 // DropRetry removes the pending retry of key, guarded by the CAS it read.
 // Nothing sends the order's confirmation after that: it stays unconfirmed
 // (and counted so) until the order itself changes.
-func DropRetry(ctx context.Context, st store.Store, key string) error {
+//
+// cas, when not 0, is the version the operator was shown: one changed
+// since (a new order's retry under the key, another's redrive) is left,
+// and ErrChanged said.
+func DropRetry(ctx context.Context, st store.Store, key string, cas uint64) error {
 	d, err := getRetry(ctx, st, key)
 	if err != nil {
 		return err
 	}
-	if err := st.Remove(ctx, order.Retry, key, d.CAS); err != nil {
+	if cas == 0 {
+		cas = d.CAS
+	}
+	if err := st.Remove(ctx, order.Retry, key, cas); err != nil {
 		return fmt.Errorf("drop retry %s: %w", key, guardErr(err))
 	}
 	return nil
