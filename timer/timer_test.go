@@ -1416,12 +1416,18 @@ func TestASweepThatCannotCountStillFlags(t *testing.T) {
 
 // slowStore's sweep statements that may flag more than fast never finish
 // within their context (a loaded cluster's, an indexer behind); asked
-// records each statement's limit.
+// records each statement's limit. Its count takes countFor.
 type slowStore struct {
 	store.Store
-	fast  int
-	mu    sync.Mutex
-	asked []int
+	fast     int
+	countFor time.Duration
+	mu       sync.Mutex
+	asked    []int
+}
+
+func (s *slowStore) FlaggedRetries(ctx context.Context) (int, error) {
+	time.Sleep(s.countFor)
+	return s.Store.FlaggedRetries(ctx)
 }
 
 func (s *slowStore) SweepRetries(ctx context.Context, now time.Time, quantum time.Duration, limit int) (store.SweepResult, error) {
@@ -1449,8 +1455,9 @@ func TestASweepBatchThatRunsOutOfTimeIsHalved(t *testing.T) {
 	tm, err := timer.New(timer.Config{Interval: time.Second, SweepBatch: 16, Owner: "me"}, st, quiet, nil)
 	require.NoError(t, err)
 	sweep := func(i int) (timer.Result, error) {
-		// A deadline as the tick's: what ends the statements that never finish.
-		tctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		// A deadline as the tick's (1s), with room to spare: what ends the
+		// statements that never finish, each with half of it at least.
+		tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
 		return tm.Sweep(tctx, pinned.Add(time.Duration(i)*time.Second))
 	}
@@ -1468,6 +1475,28 @@ func TestASweepBatchThatRunsOutOfTimeIsHalved(t *testing.T) {
 	_, err = sweep(12)
 	require.ErrorContains(t, err, "a statement flagging up to 8 did not finish")
 	assert.Equal(t, []int{16, 8, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 8}, st.limits())
+}
+
+// A statement left little of the tick's time by the reads before it (here
+// a count that takes most of it) does not halve the batch for running out
+// of it.
+func TestASweepBatchIsNotHalvedForTimeSpentBeforeIt(t *testing.T) {
+	st := &slowStore{Store: openStore(t), fast: 4, countFor: 700 * time.Millisecond}
+	ctx := context.Background()
+	retryDoc(t, st, "r", time.Minute)
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	tm, err := timer.New(timer.Config{Interval: time.Second, SweepBatch: 16, Owner: "me"}, st, quiet, nil)
+	require.NoError(t, err)
+	for i := range 2 {
+		// The tick's second, of which the count takes 0.7 or more.
+		tctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err = tm.Sweep(tctx, pinned.Add(time.Duration(i)*time.Second))
+		cancel()
+		require.Error(t, err)
+		assert.NotContains(t, err.Error(), "the next flag up to")
+	}
+	assert.Equal(t, []int{16, 16}, st.limits())
 }
 
 func (s *slowStore) limits() []int {
