@@ -81,6 +81,7 @@ type RetryInfo struct {
 	HeldBack       string    `json:"heldBack,omitempty"` // why the last try made no request
 	Redrives       int       `json:"redrives"`
 	IdempotencyKey string    `json:"idempotencyKey,omitempty"`
+	CAS            uint64    `json:"-"` // the version read: a drop acts on it only
 }
 
 // DeadLetterInfo is what the dead letter says.
@@ -123,9 +124,8 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 			}
 		case errors.Is(err, store.ErrNotFound):
 			paused = true
-		default:
-			return Story{}, fmt.Errorf("read %s: %w", order.ControlKey, err)
-		}
+		} // unread: the story tells the rest, without a pause or an override
+
 	}
 	rec, err := st.Get(ctx, order.Attempts, key)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -158,7 +158,7 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 			retryOK = true
 			s.Retry = &RetryInfo{Attempt: r.Attempt, LastAttemptAt: msTime(r.TS), NextAttemptAt: msTime(r.NextAttemptAt),
 				FireRetry: r.FireRetry, LastStatus: r.LastStatus, LastError: r.LastError, HeldBack: r.HeldBack, Redrives: r.RedriveCount,
-				IdempotencyKey: r.IdempotencyKey}
+				IdempotencyKey: r.IdempotencyKey, CAS: state.Retry.CAS}
 		}
 	}
 	var dl order.DeadLetterDoc
@@ -195,10 +195,10 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 	}
 
 	// The precedence is the watcher's (watcher.Decide): a confirmed order
-	// is done; a retry of an order no longer paid is dropped; a retry goes
-	// ahead unless a dead letter that holds the order back (readable or
-	// not) came after it (counts as many redrives or more); a dead letter
-	// of an order deleted since is not this order's.
+	// is done; a retry goes ahead unless a dead letter that holds the
+	// order back (readable or not) came after it (counts as many redrives
+	// or more), and is dropped if its order is no longer paid; a dead
+	// letter of an order deleted since is not this order's.
 	held := dl
 	if state.DeadLetter.Found() && s.DeadLetter == nil {
 		held = order.DeadLetterDoc{Reason: ReasonUnreadable} // as the watcher takes it
@@ -213,9 +213,11 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 		s.State = StateConfirmed
 	case state.Retry.Found() && !retryOK:
 		s.State = StateUnreadableRetry
-	case retryOK && o.PaymentStatus != order.StatusPaid:
-		s.State = StateNotPaid // its retry is dropped when it is handled
 	case retryOK && (!dead || !held.HoldsBack(key, state.Order.Incarnation) || r.RedriveCount > held.RedriveCount):
+		if o.PaymentStatus != order.StatusPaid {
+			s.State = StateNotPaid // its retry is dropped when it is handled
+			break
+		}
 		s.State = StateRetryScheduled
 		if r.FireRetry || r.Due(now, quantum) {
 			s.State = StateRetryDue

@@ -213,6 +213,15 @@ func TestStoryStates(t *testing.T) {
 			want: ops.StateNotPaid,
 		},
 		{
+			name: "retry of an order no longer paid, a dead letter after it: the dead letter stands",
+			give: map[string]string{
+				order.Inbound:    `{"email":"d@x","paymentStatus":"refunded"}`,
+				order.Retry:      `{"docId":"k","attempt":3,"fireRetry":true}`,
+				order.DeadLetter: `{"docId":"k","reason":"attempts_exhausted"}`,
+			},
+			want: ops.StateDeadLettered,
+		},
+		{
 			name: "unreadable dead letter after the retry",
 			give: map[string]string{
 				order.Inbound:    `{"email":"d@x","paymentStatus":"paid"}`,
