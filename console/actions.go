@@ -333,22 +333,27 @@ func (c *Console) dropRetry(w http.ResponseWriter, r *http.Request, sid string) 
 		return
 	}
 	if r.PostForm.Get("confirm") != "yes" {
-		// The version shown is the one dropped: one that changes while
-		// the operator reads this (a new order's retry under the key,
+		// The version the list or the order's page showed is the one
+		// dropped (else the one there now, read for this confirmation):
+		// one that changes meanwhile (a new order's retry under the key,
 		// another's redrive) is left, and said.
-		ctx, cancel := context.WithTimeout(r.Context(), readTimeout)
-		d, err := c.st.Get(ctx, order.Retry, key)
-		cancel()
-		if err != nil {
-			if errors.Is(err, store.ErrNotFound) {
-				err = fmt.Errorf("%w: %s", ops.ErrNoSuchRetry, key)
+		cas := r.PostForm.Get("cas")
+		if n, err := strconv.ParseUint(cas, 10, 64); err != nil || n == 0 {
+			ctx, cancel := context.WithTimeout(r.Context(), readTimeout)
+			d, err := c.st.Get(ctx, order.Retry, key)
+			cancel()
+			if err != nil {
+				if errors.Is(err, store.ErrNotFound) {
+					err = fmt.Errorf("%w: %s", ops.ErrNoSuchRetry, key)
+				}
+				c.finish(w, r, sid, "drop retry", err, "No retry was dropped.")
+				return
 			}
-			c.finish(w, r, sid, "drop retry", err, "No retry was dropped.")
-			return
+			cas = strconv.FormatUint(d.CAS, 10)
 		}
 		c.confirm(w, r, confirmData{Heading: "Drop the retry of " + key + "?", Text: dropWarning,
 			Action: "/retries/drop", Button: "Drop the retry", Danger: true, Keys: []string{key},
-			Fields: []field{{"key", key}, {"cas", strconv.FormatUint(d.CAS, 10)}}})
+			Fields: []field{{"key", key}, {"cas", cas}}})
 		return
 	}
 	cas, err := strconv.ParseUint(r.PostForm.Get("cas"), 10, 64)

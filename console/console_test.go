@@ -686,6 +686,20 @@ func TestRunRetryNowAndDrop(t *testing.T) {
 	_, body = f.get(t, "/retries")
 	assert.Contains(t, body, "was flagged already: it is written again")
 
+	// The retry changed after the order's page showed it (flagged again):
+	// not the one the operator chose to drop, though the confirmation
+	// page came after the change.
+	_, page := f.get(t, "/order?key=r1")
+	shown := regexp.MustCompile(`<input type="hidden" name="cas" value="(\d+)">`).FindStringSubmatch(page)
+	require.Len(t, shown, 2, "the order page's form carries the version shown:\n%s", page)
+	resp, _ = f.post(t, "/retries/run", url.Values{"csrf": {csrf}, "key": {"r1"}})
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	resp, body = f.post(t, "/retries/drop", url.Values{"csrf": {csrf}, "key": {"r1"}, "cas": {shown[1]}})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	resp, _ = f.post(t, "/retries/drop", hiddenFields(body))
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.True(t, f.exists(t, order.Retry, "r1"), "a retry changed since the page showed it is left")
+
 	resp, body = f.post(t, "/retries/drop", url.Values{"csrf": {csrf}, "key": {"r1"}})
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Contains(t, body, "stays unconfirmed")

@@ -491,10 +491,12 @@ var ErrReservedKey = errors.New("the key is the retry timer's control document; 
 // document is written, then the dead letter goes (by its CAS: one that
 // changed meanwhile is left in place). On Couchbase a crash between the two
 // leaves both, and the retry, counting one redrive more than the dead
-// letter, goes ahead and removes it. A redrive that finds a retry document
-// made of the dead letter it redrives (redrivenFrom), or the dead letter
-// gone or changed once it has read the retry document, leaves both: a
-// redrive alongside has taken it. It redrives what it can and returns
+// letter, goes ahead and removes it. A redrive that finds the dead letter
+// gone or changed once it has read the retry document leaves both: a
+// redrive alongside has taken it; one that finds a retry document made of
+// the dead letter it redrives (redrivenFrom), the dead letter unchanged,
+// finishes that redrive: the retry stays as it is, the dead letter goes.
+// It redrives what it can and returns
 // how many, with an error for the ids it could not. A backlog of any size
 // is read a page at a time (see eachDeadLetter).
 func Redrive(ctx context.Context, st store.Store, now time.Time, ids []string, all bool) (int, error) {

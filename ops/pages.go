@@ -57,6 +57,9 @@ type Retry struct {
 	// Unreadable is why the document could not be decoded; the other
 	// fields are then zero.
 	Unreadable string `json:"unreadable,omitempty"`
+	// CAS is the version read: an action on what a page showed (a drop)
+	// acts on that version only.
+	CAS uint64 `json:"-"`
 }
 
 // Reasons of retries, as RetryReason says them, besides "HTTP 503".
@@ -100,10 +103,10 @@ func ListRetries(ctx context.Context, st store.Store, q ListQuery) (Page[Retry],
 		}
 		r, err := order.DecodeRetryDoc(d.Value)
 		if err != nil {
-			return Retry{ID: d.Key, Reason: RetryReasonUnreadable, Unreadable: err.Error()}, RetryReasonUnreadable, true
+			return Retry{ID: d.Key, Reason: RetryReasonUnreadable, Unreadable: order.Shorten(err.Error(), MaxDetail), CAS: d.CAS}, RetryReasonUnreadable, true
 		}
 		reason := RetryReason(r)
-		return Retry{ID: d.Key, RetryDoc: r, Reason: reason}, reason, true
+		return Retry{ID: d.Key, RetryDoc: r, Reason: reason, CAS: d.CAS}, reason, true
 	})
 }
 
