@@ -169,6 +169,40 @@ func TestACollectionThatExpiresRetriesIsRefused(t *testing.T) {
 	assert.Contains(t, err.Error(), "collection orders."+full.Scope+".retry expires its documents after 1h0m0s (its maxTTL)")
 }
 
+// So is one of maxTTL 0 in a bucket with a maxTTL, which it inherits (the
+// test server expires its documents so, as Couchbase does).
+func TestACollectionThatInheritsTheBucketsMaxTTLIsRefused(t *testing.T) {
+	cfg, _ := fakeCluster(t, cbtest.Options{})
+	full := cfg.withDefaults()
+	cluster, _, err := connect(full, quietLog)
+	require.NoError(t, err)
+	defer cluster.Close(nil)
+	settings, err := cluster.Buckets().GetBucket(full.Bucket, nil)
+	require.NoError(t, err)
+	st, err := Open(context.Background(), cfg, quietLog)
+	require.NoError(t, err, "no maxTTL: opened")
+	require.NoError(t, st.Close())
+	settings.MaxExpiry = 2 * time.Hour
+	require.NoError(t, cluster.Buckets().UpdateBucket(*settings, nil))
+	_, err = Open(context.Background(), cfg, quietLog)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "collection orders."+full.Scope+".retry expires its documents after 2h0m0s (the maxTTL of bucket orders, which a collection of maxTTL 0 inherits)")
+
+	// The metadata bucket's (on another cluster: an update cannot set a
+	// bucket's maxTTL back to 0): the checkpoints would expire.
+	cfg, _ = fakeCluster(t, cbtest.Options{})
+	other, _, err := connect(cfg.withDefaults(), quietLog)
+	require.NoError(t, err)
+	defer other.Close(nil)
+	meta, err := other.Buckets().GetBucket(full.MetadataBucket, nil)
+	require.NoError(t, err)
+	meta.MaxExpiry = time.Hour
+	require.NoError(t, other.Buckets().UpdateBucket(*meta, nil))
+	_, err = Open(context.Background(), cfg, quietLog)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "bucket "+full.MetadataBucket+" expires its documents after 1h0m0s (its maxTTL): the feed's checkpoints")
+}
+
 // A wrong password shows to setup only as a timeout (the SDK retries a
 // refused login as a connection failure): the message asks about it.
 func TestSetupWithAWrongPasswordAsksAboutIt(t *testing.T) {

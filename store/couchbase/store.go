@@ -168,8 +168,12 @@ func (s *Store) open(ctx context.Context) error {
 	if missing := missingCollections(scopes, s.cfg.Scope); len(missing) > 0 {
 		return fmt.Errorf("bucket %s lacks collections %v in scope %s: run ordermail setup", s.cfg.Bucket, missing, s.cfg.Scope)
 	}
-	if err := expiring(scopes, s.cfg.Bucket, s.cfg.Scope); err != nil {
+	if err := expiring(scopes, s.cfg.Bucket, s.cfg.Scope, s.bucketMaxTTL(ctx, s.cfg.Bucket)); err != nil {
 		return err
+	}
+	if ttl := s.bucketMaxTTL(ctx, s.cfg.MetadataBucket); ttl > 0 {
+		return fmt.Errorf("bucket %s expires its documents after %s (its maxTTL): the feed's checkpoints, the sweep lease and the members "+
+			"would expire with them (the feed reading its whole history again); set the bucket's maxTTL to 0", s.cfg.MetadataBucket, ttl)
 	}
 	for _, c := range collections {
 		s.colls[c] = bucket.Scope(s.cfg.Scope).Collection(c)
@@ -179,23 +183,43 @@ func (s *Store) open(ctx context.Context) error {
 }
 
 // expiring says which of the collections ordermail keeps work in expires
-// its documents on its own (a maxTTL): a retry document the cluster
-// expires leaves its paid order unconfirmed with neither a retry nor a
-// dead letter, and nothing tells; a dead letter expired is a failure
-// nobody is shown.
-func expiring(scopes []gocb.ScopeSpec, bucket, scope string) error {
+// its documents on its own (a maxTTL, its own or, at 0, the bucket's,
+// bucketTTL): a retry document the cluster expires leaves its paid order
+// unconfirmed with neither a retry nor a dead letter, and nothing tells; a
+// dead letter expired is a failure nobody is shown.
+func expiring(scopes []gocb.ScopeSpec, bucket, scope string, bucketTTL time.Duration) error {
 	for _, sc := range scopes {
 		if sc.Name != scope {
 			continue
 		}
 		for _, c := range sc.Collections {
-			if (c.Name == order.Retry || c.Name == order.DeadLetter) && c.MaxExpiry > 0 {
+			if c.Name != order.Retry && c.Name != order.DeadLetter {
+				continue
+			}
+			switch {
+			case c.MaxExpiry > 0:
 				return fmt.Errorf("collection %s.%s.%s expires its documents after %s (its maxTTL): a retry document or a dead letter "+
 					"that expires drops its order unconfirmed, with nothing to say so; set the collection's maxTTL to 0", bucket, scope, c.Name, c.MaxExpiry)
+			case c.MaxExpiry == 0 && bucketTTL > 0:
+				return fmt.Errorf("collection %s.%s.%s expires its documents after %s (the maxTTL of bucket %s, which a collection of maxTTL 0 inherits): "+
+					"a retry document or a dead letter that expires drops its order unconfirmed, with nothing to say so; "+
+					"set the collection's maxTTL to -1, never (Couchbase 7.6 and later), or the bucket's to 0", bucket, scope, c.Name, bucketTTL, bucket)
 			}
 		}
 	}
 	return nil
+}
+
+// bucketMaxTTL is the maxTTL of bucket name, which its collections of
+// maxTTL 0 inherit; 0 when it has none, or when the user may not read the
+// bucket's settings (said at debug level: it cannot be checked then).
+func (s *Store) bucketMaxTTL(ctx context.Context, name string) time.Duration {
+	b, err := s.cluster.Buckets().GetBucket(name, &gocb.GetBucketOptions{Context: ctx})
+	if err != nil {
+		s.log.Debug("read the bucket's settings, for its maxTTL", "bucket", name, "error", err)
+		return 0
+	}
+	return b.MaxExpiry
 }
 
 // probeKey is the attempts document the durability probe writes.

@@ -382,6 +382,7 @@ type bucket struct {
 	ramQuotaMB   uint64
 	replicas     int
 	flushEnabled bool
+	maxTTL       uint32 // seconds; collections of maxTTL 0 inherit it
 	vbs          []*vbucket
 	man          manifest
 	changed      chan struct{} // closed and replaced on every change

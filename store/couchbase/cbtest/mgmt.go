@@ -264,7 +264,7 @@ func (s *Server) bucketInfoLocked(b *bucket, thisNode int) map[string]any {
 		"bucketType": b.bucketType, "replicaNumber": b.replicas, "replicaIndex": false,
 		"quota":       map[string]uint64{"ram": raw * uint64(len(s.nodes)), "rawRAM": raw},
 		"controllers": controllers, "evictionPolicy": eviction, "conflictResolutionType": "seqno",
-		"maxTTL": 0, "compressionMode": "passive", "durabilityMinLevel": "none", "storageBackend": "couchstore",
+		"maxTTL": b.maxTTL, "compressionMode": "passive", "durabilityMinLevel": "none", "storageBackend": "couchstore",
 		"numVBuckets": len(b.vbs), "authType": "sasl",
 	} {
 		info[k] = v
@@ -316,6 +316,14 @@ func (s *Server) handleCreateBucket(w http.ResponseWriter, r *http.Request) {
 		}
 		p.replicas = n
 	}
+	if v := r.PostFormValue("maxTTL"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil {
+			fieldErrors(w, 400, "maxTTL", "Max TTL must be an integer between 0 and 2147483647")
+			return
+		}
+		p.maxTTL = uint32(n)
+	}
 	// Every field is checked, and every error answered (ns_server's
 	// parse_bucket_params): a client that keeps one of them sees either.
 	errs := map[string]string{}
@@ -366,6 +374,11 @@ func (s *Server) handleUpdateBucket(w http.ResponseWriter, r *http.Request) {
 	if v := r.PostFormValue("replicaNumber"); v != "" {
 		if n, err := strconv.Atoi(v); err == nil && n >= 0 && n <= 3 {
 			b.replicas = n
+		}
+	}
+	if v := r.PostFormValue("maxTTL"); v != "" {
+		if n, err := strconv.ParseUint(v, 10, 32); err == nil {
+			b.maxTTL = uint32(n)
 		}
 	}
 	s.bumpRevLocked()

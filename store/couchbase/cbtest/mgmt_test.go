@@ -3,11 +3,13 @@ package cbtest
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"testing"
 	"time"
 
 	"github.com/couchbase/gocb/v2"
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -142,4 +144,30 @@ func TestConfigStream(t *testing.T) {
 	require.NoError(t, err)
 	resp2.Body.Close()
 	assert.Equal(t, 401, resp2.StatusCode)
+}
+
+// A bucket's maxTTL is its settings' and the expiry of what a collection
+// of maxTTL 0 stores without one of its own, as on Couchbase.
+func TestABucketsMaxTTLIsInherited(t *testing.T) {
+	s := Start(t, Options{Nodes: 1, VBuckets: 16})
+	c := connect(t, s)
+	b := readyBucket(t, c, "orders")
+	bm := c.Buckets()
+	settings, err := bm.GetBucket("orders", nil)
+	require.NoError(t, err)
+	assert.Zero(t, settings.MaxExpiry)
+	settings.MaxExpiry = time.Second
+	require.NoError(t, bm.UpdateBucket(*settings, nil))
+	settings, err = bm.GetBucket("orders", nil)
+	require.NoError(t, err)
+	assert.Equal(t, time.Second, settings.MaxExpiry)
+
+	coll := b.DefaultCollection()
+	_, err = coll.Upsert("k", "v", nil)
+	require.NoError(t, err)
+	var last error
+	require.Eventually(t, func() bool {
+		_, last = coll.Get("k", nil)
+		return errors.Is(last, gocb.ErrDocumentNotFound)
+	}, 30*time.Second, 50*time.Millisecond, "expired by the bucket's maxTTL; the last read: %v", later.Value(func() any { return last }))
 }

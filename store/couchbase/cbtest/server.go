@@ -463,6 +463,7 @@ type bucketParams struct {
 	bucketType string
 	replicas   int
 	flush      bool
+	maxTTL     uint32
 }
 
 var errBucketExists = errors.New("Bucket with given name already exists")
@@ -477,7 +478,7 @@ func (s *Server) createBucket(p bucketParams) (*bucket, error) {
 		return nil, errBucketExists
 	}
 	b := newBucket(p.name, s.opts.VBuckets)
-	b.ramQuotaMB, b.bucketType, b.replicas, b.flushEnabled = p.ramQuotaMB, p.bucketType, p.replicas, p.flush
+	b.ramQuotaMB, b.bucketType, b.replicas, b.flushEnabled, b.maxTTL = p.ramQuotaMB, p.bucketType, p.replicas, p.flush, p.maxTTL
 	s.buckets[p.name] = b
 	s.order = append(s.order, p.name)
 	s.bumpRevLocked()
