@@ -535,11 +535,12 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 				se, ok := errors.AsType[*SendError](err)
 				return err == nil || (ok && se.Class == Permanent && se.Status != 0 && se.Status < 500)
 			},
-			// Our own shutdown, a request we could not make and a refused
+			// Our own shutdown, a request we could not make, one the rate
+			// limit held back (no request made) and a refused
 			// configuration (the gate's) say nothing about availability.
 			IsExcluded: func(err error) bool {
 				se, ok := errors.AsType[*SendError](err)
-				return errors.Is(err, context.Canceled) || (ok && (se.Class == Invalid || se.Class == Configuration))
+				return errors.Is(err, context.Canceled) || (ok && (se.Class == Invalid || se.Class == Configuration || se.NotAttempted))
 			},
 			// One line when the service is given up on and one when it is
 			// back; the probes between are the breaker's own business.

@@ -53,3 +53,30 @@ func TestARateHeldSendLeavesTheGatesProbe(t *testing.T) {
 	}
 	assert.Equal(t, 2, m.Stats().Requests, "the rate-held sends made no request")
 }
+
+// Nor does it count for the circuit breaker: a send that made no request
+// says nothing of the service's availability (as the gate ignores it).
+func TestARateHeldSendIsNoFailureForTheBreaker(t *testing.T) {
+	t.Parallel()
+	m, err := mockmail.New(mockmail.Config{})
+	require.NoError(t, err)
+	l, err := m.Listen("127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close(context.Background()) })
+	// One token, then one every 1000s; a breaker that opens at one failure.
+	c, err := mailer.New(mailer.Config{URL: l.URL(), BreakerFailures: 1, BreakerCooldown: time.Hour, SendRate: 0.001, SendBurst: 1}, quiet)
+	require.NoError(t, err)
+	ctx := context.Background()
+	require.NoError(t, c.Send(ctx, "k1", []byte(`{}`)))
+	for i := range 3 {
+		dctx, cancel := context.WithTimeout(ctx, time.Minute) // the next token is past it: refused at once
+		se := sendErr(t, c.Send(dctx, "k2", []byte(`{}`)))
+		cancel()
+		assert.True(t, se.NotAttempted, "send %d", i)
+		assert.Equal(t, "rate", se.Held(), "send %d", i)
+	}
+	held, _ := c.HeldBack()
+	assert.False(t, held, "the breaker opened on sends never made")
+	assert.Equal(t, "closed", c.BreakerState())
+	assert.Equal(t, 1, m.Stats().Requests)
+}
