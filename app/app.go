@@ -157,6 +157,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, extra ...fx.Option) 
 			}
 			opened = st
 			lc.Append(fx.StopHook(st.Close))
+			// What would expire its work on its own is refused here, at
+			// run's start, not when a tool opens the store.
+			if c, ok := st.(interface{ CheckRetention(context.Context) error }); ok {
+				if err := c.CheckRetention(ctx); err != nil {
+					return nil, err
+				}
+			}
 			// In the background: a slow query service does not hold the
 			// start up, and the stop ends the check.
 			ctx, cancel := context.WithCancel(context.Background())

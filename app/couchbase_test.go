@@ -1,12 +1,14 @@
 package app_test
 
 import (
+	"context"
 	"log/slog"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/couchbase/gocb/v2"
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/mailer/mockmail"
@@ -90,4 +92,28 @@ func TestRunWarnsOfAMissingIndex(t *testing.T) {
 		return len(logs.Lines("index missing: run `ordermail setup`", "ix_retry_fire on retry (the counts, the backlog and the sweep's pace read every retry document; without a primary index, the sweep flags one batch a tick, unpaced)")) > 0
 	}, 60*time.Second, 10*time.Millisecond, "no warning; logs:\n%s", logs)
 	assert.Len(t, logs.Lines("index missing"), 1, "only that one; logs:\n%s", logs.String())
+}
+
+// A retry collection that would expire its documents (here by its bucket's
+// maxTTL, which it inherits) is refused as run starts, not when a tool
+// opens the store: an operator may still look at it.
+func TestRunRefusesARetryCollectionThatExpires(t *testing.T) {
+	sc, srv := startCBTest(t, 1)
+	cluster, err := gocb.Connect(sc.URL, gocb.ClusterOptions{Username: srv.Username(), Password: srv.Password()})
+	require.NoError(t, err)
+	defer cluster.Close(nil)
+	settings, err := cluster.Buckets().GetBucket("orders", nil)
+	require.NoError(t, err)
+	settings.MaxExpiry = time.Hour
+	require.NoError(t, cluster.Buckets().UpdateBucket(*settings, nil))
+
+	r := newRunOn(t, backend{"couchbase-1node", func(testing.TB) app.StoreConfig { return sc }}, mockmail.Config{})
+	require.NoError(t, r.cfg.Validate())
+	a := app.New(context.Background(), r.cfg, r.log)
+	require.Error(t, a.Err())
+	assert.Contains(t, a.Err().Error(), "retry expires its documents after 1h0m0s (the maxTTL of bucket orders")
+
+	st, err := app.OpenStore(context.Background(), sc, quiet)
+	require.NoError(t, err, "a tool opens it")
+	require.NoError(t, st.Close())
 }

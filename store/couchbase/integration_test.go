@@ -164,7 +164,9 @@ func TestACollectionThatExpiresRetriesIsRefused(t *testing.T) {
 	defer cluster.Close(nil)
 	require.NoError(t, cluster.Bucket(full.Bucket).CollectionsV2().CreateCollection(full.Scope, order.Retry,
 		&gocb.CreateCollectionSettings{MaxExpiry: time.Hour}, nil))
-	_, err = Open(context.Background(), cfg, quietLog)
+	// Opened (the tools may look at such a store); refused for run.
+	st := openStore(t, cfg)
+	err = st.CheckRetention(context.Background())
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "collection orders."+full.Scope+".retry expires its documents after 1h0m0s (its maxTTL)")
 }
@@ -179,12 +181,11 @@ func TestACollectionThatInheritsTheBucketsMaxTTLIsRefused(t *testing.T) {
 	defer cluster.Close(nil)
 	settings, err := cluster.Buckets().GetBucket(full.Bucket, nil)
 	require.NoError(t, err)
-	st, err := Open(context.Background(), cfg, quietLog)
-	require.NoError(t, err, "no maxTTL: opened")
-	require.NoError(t, st.Close())
+	st := openStore(t, cfg)
+	require.NoError(t, st.CheckRetention(context.Background()), "no maxTTL")
 	settings.MaxExpiry = 2 * time.Hour
 	require.NoError(t, cluster.Buckets().UpdateBucket(*settings, nil))
-	_, err = Open(context.Background(), cfg, quietLog)
+	err = st.CheckRetention(context.Background())
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "collection orders."+full.Scope+".retry expires its documents after 2h0m0s (the maxTTL of bucket orders, which a collection of maxTTL 0 inherits)")
 
@@ -198,9 +199,32 @@ func TestACollectionThatInheritsTheBucketsMaxTTLIsRefused(t *testing.T) {
 	require.NoError(t, err)
 	meta.MaxExpiry = time.Hour
 	require.NoError(t, other.Buckets().UpdateBucket(*meta, nil))
-	_, err = Open(context.Background(), cfg, quietLog)
+	err = openStore(t, cfg).CheckRetention(context.Background())
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), "bucket "+full.MetadataBucket+" expires its documents after 1h0m0s (its maxTTL): the feed's checkpoints")
+	assert.Contains(t, err.Error(), "bucket "+full.MetadataBucket+" expires its documents after 1h0m0s (a maxTTL): the feed's checkpoints")
+}
+
+// A collection whose maxTTL is its own says so over its bucket's: -1 (never,
+// Couchbase 7.6 and later) expires nothing, whatever the bucket's.
+func TestExpiringTakesACollectionsOwnMaxTTLFirst(t *testing.T) {
+	scopes := func(ttl time.Duration) []gocb.ScopeSpec {
+		return []gocb.ScopeSpec{{Name: "_default", Collections: []gocb.CollectionSpec{
+			{Name: "_default", ScopeName: "_default", MaxExpiry: ttl},
+			{Name: order.Retry, ScopeName: "_default", MaxExpiry: ttl}, {Name: order.DeadLetter, ScopeName: "_default", MaxExpiry: ttl}}}}
+	}
+	assert.NoError(t, expiring(scopes(-time.Second), "b", "_default", time.Hour), "never")
+	assert.NoError(t, expiring(scopes(0), "b", "_default", 0), "none")
+	assert.ErrorContains(t, expiring(scopes(0), "b", "_default", time.Hour), "the maxTTL of bucket b, which a collection of maxTTL 0 inherits")
+	assert.ErrorContains(t, expiring(scopes(time.Minute), "b", "_default", 0), "after 1m0s (its maxTTL)")
+	for _, tt := range []struct {
+		give time.Duration
+		ttl  time.Duration
+		own  bool
+	}{{-time.Second, 0, true}, {0, 0, false}, {time.Minute, time.Minute, true}} {
+		ttl, own := defaultExpiry(scopes(tt.give))
+		assert.Equal(t, tt.ttl, ttl, "%v", tt.give)
+		assert.Equal(t, tt.own, own, "%v", tt.give)
+	}
 }
 
 // A wrong password shows to setup only as a timeout (the SDK retries a

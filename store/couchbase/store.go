@@ -168,18 +168,58 @@ func (s *Store) open(ctx context.Context) error {
 	if missing := missingCollections(scopes, s.cfg.Scope); len(missing) > 0 {
 		return fmt.Errorf("bucket %s lacks collections %v in scope %s: run ordermail setup", s.cfg.Bucket, missing, s.cfg.Scope)
 	}
-	if err := expiring(scopes, s.cfg.Bucket, s.cfg.Scope, s.bucketMaxTTL(ctx, s.cfg.Bucket)); err != nil {
-		return err
-	}
-	if ttl := s.bucketMaxTTL(ctx, s.cfg.MetadataBucket); ttl > 0 {
-		return fmt.Errorf("bucket %s expires its documents after %s (its maxTTL): the feed's checkpoints, the sweep lease and the members "+
-			"would expire with them (the feed reading its whole history again); set the bucket's maxTTL to 0", s.cfg.MetadataBucket, ttl)
-	}
 	for _, c := range collections {
 		s.colls[c] = bucket.Scope(s.cfg.Scope).Collection(c)
 	}
 	s.colls[store.Meta] = s.cluster.Bucket(s.cfg.MetadataBucket).DefaultCollection()
 	return s.probeDurability(ctx)
+}
+
+// CheckRetention refuses what would expire ordermail's work on its own: a
+// retry or dead-letter collection with a maxTTL (its own or, at 0, its
+// bucket's), and a metadata collection whose documents expire (the feed's
+// checkpoints, the sweep lease, the members). `run` calls it as it starts;
+// the tools do not, so that an operator can still look at a store set up
+// so. A bucket's settings it may not read (a timeout; a role without them)
+// are said in a warning, and not checked.
+func (s *Store) CheckRetention(ctx context.Context) error {
+	scopes, err := s.cluster.Bucket(s.cfg.Bucket).CollectionsV2().GetAllScopes(&gocb.GetAllScopesOptions{Context: ctx})
+	if err != nil {
+		return fmt.Errorf("list collections of bucket %s: %w", s.cfg.Bucket, err)
+	}
+	if err := expiring(scopes, s.cfg.Bucket, s.cfg.Scope, s.bucketMaxTTL(ctx, s.cfg.Bucket)); err != nil {
+		return err
+	}
+	meta, err := s.cluster.Bucket(s.cfg.MetadataBucket).CollectionsV2().GetAllScopes(&gocb.GetAllScopesOptions{Context: ctx})
+	if err != nil {
+		s.log.Warn("cannot list the metadata bucket's collections: whether its documents expire (a maxTTL) is not checked",
+			"bucket", s.cfg.MetadataBucket, "error", err)
+		return nil
+	}
+	ttl, own := defaultExpiry(meta)
+	if ttl == 0 && !own {
+		ttl = s.bucketMaxTTL(ctx, s.cfg.MetadataBucket)
+	}
+	if ttl > 0 {
+		return fmt.Errorf("bucket %s expires its documents after %s (a maxTTL): the feed's checkpoints, the sweep lease and the members "+
+			"would expire with them (the feed reading its whole history again); set the bucket's and its default collection's maxTTL to 0",
+			s.cfg.MetadataBucket, ttl)
+	}
+	return nil
+}
+
+// defaultExpiry is the maxTTL of the default collection among scopes, and
+// whether it is its own (not 0, which inherits the bucket's; -1, never, is
+// 0 and its own).
+func defaultExpiry(scopes []gocb.ScopeSpec) (ttl time.Duration, own bool) {
+	for _, sc := range scopes {
+		for _, c := range sc.Collections {
+			if sc.Name == "_default" && c.Name == "_default" {
+				return max(c.MaxExpiry, 0), c.MaxExpiry != 0
+			}
+		}
+	}
+	return 0, false
 }
 
 // expiring says which of the collections ordermail keeps work in expires
@@ -211,12 +251,13 @@ func expiring(scopes []gocb.ScopeSpec, bucket, scope string, bucketTTL time.Dura
 }
 
 // bucketMaxTTL is the maxTTL of bucket name, which its collections of
-// maxTTL 0 inherit; 0 when it has none, or when the user may not read the
-// bucket's settings (said at debug level: it cannot be checked then).
+// maxTTL 0 inherit; 0 when it has none, or when its settings cannot be
+// read (said in a warning: it is not checked then).
 func (s *Store) bucketMaxTTL(ctx context.Context, name string) time.Duration {
 	b, err := s.cluster.Buckets().GetBucket(name, &gocb.GetBucketOptions{Context: ctx})
 	if err != nil {
-		s.log.Debug("read the bucket's settings, for its maxTTL", "bucket", name, "error", err)
+		s.log.Warn("cannot read the bucket's settings: whether its collections inherit a maxTTL (and expire ordermail's documents) is not checked",
+			"bucket", name, "error", err)
 		return 0
 	}
 	return b.MaxExpiry

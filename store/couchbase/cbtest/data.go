@@ -577,6 +577,13 @@ func (s *Server) expiryAt(exp uint32) uint32 {
 	return exp
 }
 
+// expiryAfter is the absolute Unix seconds ttl seconds from now: a maxTTL
+// is always a length, however long (a KV expiry field past 30 days is a
+// time).
+func (s *Server) expiryAfter(ttl uint32) uint32 {
+	return uint32(s.now().Unix()) + ttl
+}
+
 func (s *Server) isExpired(it *item) bool {
 	return !it.deleted && it.expiry != 0 && int64(it.expiry) <= s.now().Unix()
 }

@@ -620,9 +620,9 @@ func (c *kvConn) store(p *packet, b *bucket, vb *vbucket, coll *collDef, k docKe
 	}
 	exp := c.s.expiryAt(binary.BigEndian.Uint32(p.extras[4:]))
 	if exp == 0 && coll.maxTTL > 0 {
-		exp = c.s.expiryAt(coll.maxTTL)
+		exp = c.s.expiryAfter(coll.maxTTL)
 	} else if exp == 0 && coll.maxTTL == 0 && b.maxTTL > 0 {
-		exp = c.s.expiryAt(b.maxTTL) // the bucket's, which the collection inherits
+		exp = c.s.expiryAfter(b.maxTTL) // the bucket's, which the collection inherits
 	}
 	if fr.preserveTTL && cur != nil {
 		exp = cur.expiry // the document's own, the request's ignored

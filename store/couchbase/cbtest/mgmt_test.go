@@ -171,3 +171,19 @@ func TestABucketsMaxTTLIsInherited(t *testing.T) {
 		return errors.Is(last, gocb.ErrDocumentNotFound)
 	}, 30*time.Second, 50*time.Millisecond, "expired by the bucket's maxTTL; the last read: %v", later.Value(func() any { return last }))
 }
+
+// A maxTTL past 30 days is a length all the same (a KV expiry field that
+// long is a Unix time): a document written under it is there.
+func TestALongMaxTTLIsALength(t *testing.T) {
+	s := Start(t, Options{Nodes: 1, VBuckets: 16})
+	c := connect(t, s)
+	b := readyBucket(t, c, "orders")
+	settings, err := c.Buckets().GetBucket("orders", nil)
+	require.NoError(t, err)
+	settings.MaxExpiry = 31 * 24 * time.Hour
+	require.NoError(t, c.Buckets().UpdateBucket(*settings, nil))
+	_, err = b.DefaultCollection().Upsert("k", "v", nil)
+	require.NoError(t, err)
+	_, err = b.DefaultCollection().Get("k", nil)
+	require.NoError(t, err, "expired at once")
+}
