@@ -15,7 +15,6 @@ import (
 
 	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
-	"github.com/ordermail/ordermail/store"
 )
 
 // maxForm bounds a form's body: a few thousand selected keys at most.
@@ -340,16 +339,13 @@ func (c *Console) dropRetry(w http.ResponseWriter, r *http.Request, sid string) 
 		cas := r.PostForm.Get("cas")
 		if n, err := strconv.ParseUint(cas, 10, 64); err != nil || n == 0 {
 			ctx, cancel := context.WithTimeout(r.Context(), readTimeout)
-			d, err := c.st.Get(ctx, order.Retry, key)
+			v, err := ops.RetryVersion(ctx, c.st, key)
 			cancel()
 			if err != nil {
-				if errors.Is(err, store.ErrNotFound) {
-					err = fmt.Errorf("%w: %s", ops.ErrNoSuchRetry, key)
-				}
 				c.finish(w, r, sid, "drop retry", err, "No retry was dropped.")
 				return
 			}
-			cas = strconv.FormatUint(d.CAS, 10)
+			cas = strconv.FormatUint(v, 10)
 		}
 		c.confirm(w, r, confirmData{Heading: "Drop the retry of " + key + "?", Text: dropWarning,
 			Action: "/retries/drop", Button: "Drop the retry", Danger: true, Keys: []string{key},

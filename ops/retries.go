@@ -67,6 +67,13 @@ func DropRetry(ctx context.Context, st store.Store, key string, cas uint64) erro
 	return nil
 }
 
+// RetryVersion is the version (CAS) of key's pending retry as it is now:
+// what an operator is shown, for DropRetry to act on that one only.
+func RetryVersion(ctx context.Context, st store.Store, key string) (uint64, error) {
+	d, err := getRetry(ctx, st, key)
+	return d.CAS, err
+}
+
 func getRetry(ctx context.Context, st store.Store, key string) (store.Doc, error) {
 	if key == order.ControlKey {
 		return store.Doc{}, fmt.Errorf("%s: %w", key, ErrReservedKey)

@@ -492,11 +492,8 @@ func (t *Timer) sweepBatches(ctx, lctx context.Context, now time.Time, quantum t
 		}
 		began := time.Now()
 		batch, err := t.store.SweepRetries(ctx, now, quantum, n)
-		if dl, ok := ctx.Deadline(); err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) && n > 1 && ok && dl.Sub(began) >= t.tickTimeout()/2 {
-			// The tick's time ran out on this statement, which had half
-			// of it at least (not on one that the reads before it left
-			// little): the next ones flag half as many, until they
-			// finish in time.
+		if err != nil && n > 1 && t.ranOutOn(ctx, began) {
+			// The next ones flag half as many, until they finish in time.
 			t.mu.Lock()
 			t.batch, t.sweptInRow = max(1, n/2), 0
 			next := t.batch
@@ -646,6 +643,14 @@ func (t *Timer) Status() Status {
 // stallBound is how long the timer may go without finishing a tick before
 // it counts as stuck: three intervals, and the bound of one tick's own work.
 func (t *Timer) stallBound() time.Duration { return 3*t.cfg.Interval + t.tickTimeout() }
+
+// ranOutOn says whether the tick's time (ctx's) ran out on a statement
+// begun at began that had half of it at least: not on one the reads before
+// it left little.
+func (t *Timer) ranOutOn(ctx context.Context, began time.Time) bool {
+	dl, ok := ctx.Deadline()
+	return ok && errors.Is(ctx.Err(), context.DeadlineExceeded) && dl.Sub(began) >= t.tickTimeout()/2
+}
 
 // grownAfter is how many sweeps in a row must work before a batch halved
 // for time (Timer.batch) doubles again.
