@@ -182,7 +182,8 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 
 	// A key of an order deleted since (where the store tells them apart)
 	// is not the one this order is sent under.
-	mine := func(k string) bool { return k != "" && !order.OfAnotherIncarnation(k, key, state.Order.Incarnation) }
+	other := func(k string) bool { return order.OfAnotherIncarnation(k, key, state.Order.Incarnation) }
+	mine := func(k string) bool { return k != "" && !other(k) }
 	switch {
 	case mine(r.IdempotencyKey):
 		s.IdempotencyKey = r.IdempotencyKey
@@ -203,7 +204,7 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 	if state.DeadLetter.Found() && s.DeadLetter == nil {
 		held = order.DeadLetterDoc{Reason: ReasonUnreadable} // as the watcher takes it
 	}
-	dead := state.DeadLetter.Found() && !order.OfAnotherIncarnation(held.IdempotencyKey, key, state.Order.Incarnation)
+	dead := state.DeadLetter.Found() && !other(held.IdempotencyKey)
 	switch {
 	case !s.Found:
 		s.State = StateUnknownOrder
@@ -229,7 +230,7 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 		s.State = StateUnreadableDeadLetter
 	case o.PaymentStatus != order.StatusPaid:
 		s.State = StateNotPaid
-	case a.Total > 0 && a.Result != "sent" && !order.OfAnotherIncarnation(a.IdempotencyKey, key, state.Order.Incarnation):
+	case a.Total > 0 && a.Result != "sent" && !other(a.IdempotencyKey):
 		// Attempted, not sent, nothing left to try it again: the
 		// attempt record is written after the outcome where the two are
 		// apart (Couchbase), so a retry or dead letter it names is there.
