@@ -184,7 +184,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, extra ...fx.Option) 
 				return "the change feed stopped for good (" + err.Error() + ")"
 			})
 		}),
-		fx.Invoke(func(lc fx.Lifecycle, w *watcher.Watcher, sd fx.Shutdowner) {
+		fx.Invoke(func(lc fx.Lifecycle, w *watcher.Watcher, t *timer.Timer, sd fx.Shutdowner) {
 			r := &runner{w: w, poll: cfg.Store.StandbyPoll, log: log.With("component", "runner"),
 				lost: func() { sd.Shutdown(fx.ExitCode(ExitStoreLost)) },
 				// The former holder's check, then its stop (the same
@@ -197,6 +197,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger, extra ...fx.Option) 
 				r.lock = embedded.NewProcessLock(path)
 			}
 			lc.Append(fx.Hook{OnStart: r.start, OnStop: r.stop})
+			// The timer after the watcher's start and before its stop: a
+			// tick between took the instance for a standby (its feed not
+			// running) and gave the sweep lease up saying its breaker was
+			// open (CI saw it at every stop under load, in the demo's test).
+			lc.Append(fx.StartStopHook(t.Start, t.Stop))
 		}),
 		// Last: started once every other start hook has run, stopping
 		// before any stop hook runs, for /readyz.

@@ -450,3 +450,31 @@ func TestStopWatchNamesThePartStopping(t *testing.T) {
 	w.LogEvent(&fxevent.OnStopExecuted{FunctionName: "github.com/ordermail/ordermail/store/embedded.(*Store).Close-fm()"})
 	assert.Empty(t, w.Stopping())
 }
+
+// The timer stops before the watcher (and starts after it): a tick while
+// the watcher stops took the instance for a standby and gave the sweep
+// lease up saying its breaker was open. Here the watcher's stop waits out
+// sends the mock holds 500ms, while the timer ticks every 10ms.
+func TestAStopLeavesTheSweepLeaseAsStopped(t *testing.T) {
+	r := newScriptedRun(t, mockmail.Config{Latency: 500 * time.Millisecond})
+	r.cfg.Timer.Interval = 10 * time.Millisecond
+	// With the console, as the demo runs (it took the timer's hooks ahead
+	// of the watcher's).
+	r.cfg.Console = console.Config{Listen: "127.0.0.1:0"}
+	var cons *console.Console
+	a, st := r.start(t, &cons)
+	r.placeOrders(t, st, 8) // and starts retries: the timer sweeps, holding the lease
+	var last string
+	require.Eventually(t, func() bool {
+		h, err := timer.ReadSweeper(context.Background(), st)
+		last = fmt.Sprint(h, err)
+		return err == nil && h.Owner != "" && r.mock.Stats().Requests > 0
+	}, 30*time.Second, 5*time.Millisecond, "the timer holds the lease and sends are out; last read: %v", later.Value(func() any { return last }))
+	stop(t, a)
+	st, err := app.OpenStore(context.Background(), r.cfg.Store, quiet) // the service's closed with it
+	require.NoError(t, err)
+	defer st.Close()
+	h, err := timer.ReadSweeper(context.Background(), st)
+	require.NoError(t, err)
+	assert.Equal(t, timer.LeftStopped, h.Why, "%+v", h)
+}

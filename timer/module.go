@@ -10,7 +10,9 @@ import (
 )
 
 // Module provides the *Timer, its sweeps gated by the email service's
-// circuit breaker (SetGate), and runs it with the app.
+// circuit breaker (SetGate). Its owner starts and stops it, after the
+// watcher's start and before its stop: a tick between would take the
+// instance for a standby (its feed not running).
 var Module = fx.Module("timer",
 	fx.Provide(func(cfg Config, st store.Store, log *slog.Logger, m *mailer.Client, w *watcher.Watcher) (*Timer, error) {
 		t, err := New(cfg, st, log, nil)
@@ -19,9 +21,6 @@ var Module = fx.Module("timer",
 		}
 		t.SetGate(sendGate{m, w})
 		return t, nil
-	}),
-	fx.Invoke(func(lc fx.Lifecycle, t *Timer) {
-		lc.Append(fx.StartStopHook(t.Start, t.Stop))
 	}),
 )
 

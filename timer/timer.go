@@ -142,11 +142,16 @@ const (
 	LeftHeld       = "its sends are held back" // the two below begin with it
 	LeftBreaker    = LeftHeld + ": circuit breaker open"
 	LeftConfigured = LeftHeld + ": the email service refuses its configuration"
+	LeftNoFeed     = "its feed does not run (a standby, or the service stopping)"
 )
 
-// heldWhy says why g holds every send back: the configuration refused
-// (g has Misconfigured, as *mailer.Client does) or the breaker.
+// heldWhy says why g holds every send back: its feed does not run (g has
+// Standby, as the app's gate does), the configuration refused (g has
+// Misconfigured, as *mailer.Client does) or the breaker.
 func heldWhy(g Gate) string {
+	if s, ok := g.(interface{ Standby() bool }); ok && s.Standby() {
+		return LeftNoFeed
+	}
 	if m, ok := g.(interface{ Misconfigured() string }); ok && m.Misconfigured() != "" {
 		return LeftConfigured
 	}

@@ -396,6 +396,18 @@ func TestAStandbySaysSoNotHeld(t *testing.T) {
 	require.NoError(t, err)
 	tm, err := timer.New(timer.Config{Interval: 20 * time.Millisecond, Owner: "b"}, st, slog.New(slog.NewTextHandler(&logs, nil)), time.Now)
 	require.NoError(t, err)
+	// The sweeper whose feed stops (a stop under way, its lock lost) gives
+	// the lease up saying so, not blaming a breaker.
+	active.SetGate(standbyGate{})
+	_, err = active.Sweep(ctx, pinned.Add(time.Second))
+	require.NoError(t, err)
+	h, err := timer.ReadSweeper(ctx, st)
+	require.NoError(t, err)
+	assert.Equal(t, timer.LeftNoFeed, h.Why)
+	active.SetGate(nil) // its feed runs again: it sweeps, and holds the lease
+	_, err = active.Sweep(ctx, pinned.Add(2*time.Second))
+	require.NoError(t, err)
+	require.Equal(t, timer.RoleActive, active.Status().Role)
 	tm.SetGate(standbyGate{})
 	res, err := tm.Sweep(ctx, pinned)
 	require.NoError(t, err)
