@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"regexp"
 	"strings"
 	"sync"
@@ -232,12 +231,7 @@ func TestAFailingChangeWaitsLongerEachTry(t *testing.T) {
 			e := newEnv(t, mockmail.Config{})
 			put(t, e.store, order.Inbound, "o", paidOrder)
 			st := &scriptedGets{Store: e.store, key: "o", errs: []error{fail.err, fail.err, fail.err, fail.err}}
-			logs := &syncBuffer{}
-			w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 10, PoisonAfter: time.Hour}, st, e.mail,
-				slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), func() time.Time { return pinned })
-			require.NoError(t, err)
-			require.NoError(t, w.Start(context.Background()))
-			t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+			w, logs := runLogged(t, st, e.mail, watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 10, PoisonAfter: time.Hour})
 			handledAtLeast(t, w, 1)
 			o, _ := get(t, e.store, order.Inbound, "o")
 			assert.Contains(t, o, `"confirmationEmailSent":true`)
@@ -283,12 +277,7 @@ func TestARefusedOutcomeWaitsLongerEachTry(t *testing.T) {
 	e := newEnv(t, mockmail.Config{})
 	refused := errors.New("refused")
 	st := &scriptedOutcome{Store: e.store, key: "o", errs: []error{refused, refused, refused, refused}}
-	logs := &syncBuffer{}
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 10, PoisonAfter: time.Hour}, st, e.mail,
-		slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), func() time.Time { return pinned })
-	require.NoError(t, err)
-	require.NoError(t, w.Start(context.Background()))
-	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	w, logs := runLogged(t, st, e.mail, watcher.Config{Workers: 1, Policy: noJitter, MaxEventFailures: 10, PoisonAfter: time.Hour})
 	put(t, e.store, order.Inbound, "o", paidOrder)
 	handledAtLeast(t, w, 1)
 	ds := waits(t, logs, "write the outcome of a send; trying again")
@@ -393,12 +382,7 @@ func TestARefusalBetweenAnOutcomesConflictsStartsTheirCountAgain(t *testing.T) {
 		errs = append(errs, conflict("o"))
 	}
 	st := &settleScript{Store: e.store, key: "o", applyErrs: errs}
-	logs := &syncBuffer{}
-	w, err := watcher.New(watcher.Config{Workers: 1, Policy: noJitter}, st, e.mail,
-		slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), func() time.Time { return pinned })
-	require.NoError(t, err)
-	require.NoError(t, w.Start(context.Background()))
-	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
+	w, logs := runLogged(t, st, e.mail, watcher.Config{Workers: 1, Policy: noJitter})
 	put(t, e.store, order.Inbound, "o", paidOrder)
 	handledAtLeast(t, w, 1)
 	assert.Zero(t, st.left(), "every answer given")

@@ -491,7 +491,19 @@ func (d *downKeys) State(ctx context.Context, key string) (store.State, error) {
 // stopped when the test ends.
 func runWith(t *testing.T, st store.Store, s watcher.Sender, cfg watcher.Config) *watcher.Watcher {
 	t.Helper()
-	w, err := watcher.New(cfg, st, s, quiet, func() time.Time { return pinned })
+	return runLoggedTo(t, st, s, cfg, quiet)
+}
+
+// runLogged is runWith, its log at debug level in the buffer it returns.
+func runLogged(t *testing.T, st store.Store, s watcher.Sender, cfg watcher.Config) (*watcher.Watcher, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	return runLoggedTo(t, st, s, cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))), logs
+}
+
+func runLoggedTo(t *testing.T, st store.Store, s watcher.Sender, cfg watcher.Config, log *slog.Logger) *watcher.Watcher {
+	t.Helper()
+	w, err := watcher.New(cfg, st, s, log, func() time.Time { return pinned })
 	require.NoError(t, err)
 	require.NoError(t, w.Start(context.Background()))
 	t.Cleanup(func() {
@@ -1200,12 +1212,7 @@ func startSingle(t *testing.T, st store.Store, s watcher.Sender, logs *syncBuffe
 func startSingleWith(t *testing.T, cfg watcher.Config, st store.Store, s watcher.Sender, logs *syncBuffer) *watcher.Watcher {
 	t.Helper()
 	cfg.Workers, cfg.Policy, cfg.SingleConsumer, cfg.AtomicOutcomes = 1, noJitter, true, true
-	w, err := watcher.New(cfg, st, s,
-		slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})), func() time.Time { return pinned })
-	require.NoError(t, err)
-	require.NoError(t, w.Start(context.Background()))
-	t.Cleanup(func() { assert.NoError(t, w.Stop(context.Background())) })
-	return w
+	return runLoggedTo(t, st, s, cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 }
 
 // TestAFailedReadWhileSettlingKeepsTheOutcome: the outcome of a failed
