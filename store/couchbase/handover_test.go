@@ -748,6 +748,7 @@ func TestAHungCheckpointNodeHoldsUpOnlyItsVBuckets(t *testing.T) {
 		return n
 	}
 	put(t, a, order.Inbound, "warm") // the collection's ID, asked of the first node, is known before it hangs
+	waitStreaming(t, sub, vbuckets)
 	srv.HangNode(hung)
 	t.Cleanup(func() { srv.ResumeNode(hung) })
 	var keys []string
