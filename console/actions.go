@@ -63,7 +63,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if c.inTheClear(r) {
-		c.log.Warn("console login refused: it came over the network unencrypted; reach the console over HTTPS or on loopback", "remote", r.RemoteAddr)
+		c.log.Warn("console login refused: it came over the network unencrypted; reach the console over HTTPS or on loopback", "remote", c.client(r))
 		d.Clear = inTheClearText
 		c.render(w, "login", http.StatusForbidden, d)
 		return
@@ -76,7 +76,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	}
 	given := sha256.Sum256([]byte(strings.TrimSpace(r.PostForm.Get("token"))))
 	if subtle.ConstantTimeCompare(given[:], want[:]) != 1 {
-		c.log.Warn("console login refused: wrong admin token", "remote", r.RemoteAddr)
+		c.log.Warn("console login refused: wrong admin token", "remote", c.client(r))
 		d.Err = "That is not the admin token."
 		c.render(w, "login", http.StatusUnauthorized, d)
 		return
@@ -89,7 +89,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	}
 	setSessionCookie(w, r, id)
 	c.sessions.setFlash(id, flash{Msg: "Logged in. Actions are enabled."})
-	c.log.Info("console login", "remote", r.RemoteAddr)
+	c.log.Info("console login", "remote", c.client(r))
 	http.Redirect(w, r, d.Back, http.StatusSeeOther)
 }
 
@@ -205,7 +205,7 @@ func (c *Console) finish(w http.ResponseWriter, r *http.Request, sid, action str
 		}
 		f.Msg += "Error: " + err.Error()
 	}
-	c.log.Info("console action", "action", action, "result", f.Msg, "remote", r.RemoteAddr)
+	c.log.Info("console action", "action", action, "result", f.Msg, "remote", c.client(r))
 	c.sessions.setFlash(sid, f)
 	http.Redirect(w, r, localPath(r.PostForm.Get("back")), http.StatusSeeOther)
 }
@@ -242,7 +242,7 @@ func localPath(p string) string {
 func (c *Console) logout(w http.ResponseWriter, r *http.Request, sid string) {
 	c.sessions.delete(sid)
 	clearSessionCookie(w, r)
-	c.log.Info("console logout", "remote", r.RemoteAddr)
+	c.log.Info("console logout", "remote", c.client(r))
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 

@@ -3,6 +3,7 @@ package console
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -34,6 +35,33 @@ type Config struct {
 	// ScanBudget is how many documents a page examines at most, listed or
 	// not, before it offers to go on. Default 5000.
 	ScanBudget int
+	// TrustedProxies are the proxies (addresses or CIDR ranges) in front
+	// of the console whose X-Forwarded-For says who the client is: the
+	// login limit then counts by that client, not by the proxy, which
+	// would share one limit among every operator and anyone who tries
+	// tokens. Empty: by the connection's address alone.
+	TrustedProxies []netip.Prefix
+}
+
+// ParseTrustedProxies reads a comma-separated list of addresses and CIDR
+// ranges (an address is its own range), naming the item it cannot read.
+func ParseTrustedProxies(list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, item := range strings.Split(list, ",") {
+		if item = strings.TrimSpace(item); item == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(item)
+		if err != nil {
+			a, aerr := netip.ParseAddr(item)
+			if aerr != nil {
+				return nil, fmt.Errorf("%q is neither an IP address nor a CIDR range (e.g. 10.0.0.0/8)", item)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // MinTokenLen is the shortest admin token accepted: one that can be guessed

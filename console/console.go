@@ -25,6 +25,7 @@ import (
 	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/ordermail/ordermail/timer"
 	"github.com/ordermail/ordermail/watcher"
+	"github.com/realclientip/realclientip-go"
 	"golang.org/x/time/rate"
 )
 
@@ -72,6 +73,7 @@ type Console struct {
 	tokenWarn rate.Sometimes
 	sessions  *sessions
 	logins    *lru.Cache[string, *rate.Limiter] // login attempts by address, right or wrong
+	proxies   realclientip.Strategy             // X-Forwarded-For past the trusted proxies; nil: none trusted
 	samples   *sampler
 	pages     map[string]*template.Template
 	routed    http.Handler // the pages and actions
@@ -111,10 +113,7 @@ const loginAddresses = 4096
 // guessed at that pace if it is random (README says to make it so).
 // An IPv6 address counts by its /64, which one machine has whole.
 func (c *Console) loginLimit(r *http.Request) *rate.Limiter {
-	addr := r.RemoteAddr
-	if host, _, err := net.SplitHostPort(addr); err == nil {
-		addr = host
-	}
+	addr := c.client(r)
 	if ip, err := netip.ParseAddr(addr); err == nil && ip.Is6() && !ip.Is4In6() {
 		addr = netip.PrefixFrom(ip, 64).Masked().String()
 	}
@@ -126,6 +125,37 @@ func (c *Console) loginLimit(r *http.Request) *rate.Limiter {
 		return prev // added meanwhile
 	}
 	return l
+}
+
+// client is the address r came from: the connection's, or, when that is
+// a trusted proxy (Config.TrustedProxies), the rightmost address of
+// X-Forwarded-For that is not one (the addresses left of it the client
+// may have written itself). A trusted proxy that names no client is the
+// client.
+func (c *Console) client(r *http.Request) string {
+	addr := r.RemoteAddr
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host
+	}
+	if c.proxies == nil {
+		return addr
+	}
+	if ip, err := netip.ParseAddr(addr); err != nil || !c.trusted(ip.Unmap()) {
+		return addr
+	}
+	if from := c.proxies.ClientIP(r.Header, r.RemoteAddr); from != "" {
+		return from
+	}
+	return addr
+}
+
+func (c *Console) trusted(ip netip.Addr) bool {
+	for _, p := range c.cfg.TrustedProxies {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // sampleEvery is how often the chart's counters are sampled: a bar of the
@@ -155,6 +185,19 @@ func New(cfg Config, d Deps, log *slog.Logger, now func() time.Time) (*Console, 
 	var err error
 	if c.logins, err = lru.New[string, *rate.Limiter](loginAddresses); err != nil {
 		return nil, fmt.Errorf("console: %w", err)
+	}
+	if len(cfg.TrustedProxies) > 0 {
+		ranges := make([]string, len(cfg.TrustedProxies))
+		for i, p := range cfg.TrustedProxies {
+			ranges[i] = p.String()
+		}
+		nets, err := realclientip.AddressesAndRangesToIPNets(ranges...)
+		if err == nil {
+			c.proxies, err = realclientip.NewRightmostTrustedRangeStrategy("X-Forwarded-For", nets)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("admin-trusted-proxies: %w", err)
+		}
 	}
 	_, c.embedded = d.Store.(*embedded.Store)
 	if cfg.Listen == "" {

@@ -32,7 +32,55 @@ func TestLoginLimitsByAddress(t *testing.T) {
 	assert.NotSame(t, c.loginLimit(from("192.0.2.1:1")), c.loginLimit(from("192.0.2.2:1")))
 	assert.Same(t, c.loginLimit(from("[::ffff:192.0.2.1]:1")), c.loginLimit(from("[::ffff:192.0.2.1]:2")))
 	assert.NotSame(t, c.loginLimit(from("[::ffff:192.0.2.1]:1")), c.loginLimit(from("[::ffff:192.0.2.9]:1")), "IPv4 in IPv6: by address")
+}
 
+// Behind a proxy every login came from the proxy's address: one limit for
+// every operator and anyone trying tokens, who kept it spent at one try a
+// second. Behind a trusted proxy (--admin-trusted-proxies) the limit is
+// the client's, as X-Forwarded-For names it past the trusted proxies; the
+// addresses a client writes into it itself are not taken, nor the header
+// of a connection that is no trusted proxy.
+func TestLoginLimitsBehindATrustedProxyByClient(t *testing.T) {
+	proxies, err := ParseTrustedProxies("10.0.0.0/8, 192.0.2.7")
+	require.NoError(t, err)
+	build := func(t *testing.T, cfg Config) *Console {
+		c, err := New(cfg, Deps{}, slog.New(slog.DiscardHandler), nil)
+		require.NoError(t, err)
+		return c
+	}
+	via := func(remote, forwarded string) *http.Request {
+		return &http.Request{RemoteAddr: remote, Header: http.Header{"X-Forwarded-For": {forwarded}}}
+	}
+
+	c := build(t, Config{TrustedProxies: proxies})
+	assert.NotSame(t, c.loginLimit(via("10.1.2.3:5000", "198.51.100.1")), c.loginLimit(via("10.1.2.3:5001", "198.51.100.2")), "two clients of one proxy")
+	assert.Same(t, c.loginLimit(via("10.1.2.3:5000", "198.51.100.1")), c.loginLimit(via("192.0.2.7:80", "198.51.100.1")), "one client by two proxies")
+	assert.Same(t, c.loginLimit(via("10.1.2.3:5000", "198.51.100.1")), c.loginLimit(via("10.1.2.3:5000", "203.0.113.9, 198.51.100.1")),
+		"an address the client wrote itself, left of what the proxy added, is not taken")
+	assert.Same(t, c.loginLimit(via("10.1.2.3:5000", "198.51.100.1")), c.loginLimit(via("10.9.9.9:1", "198.51.100.1, 10.1.2.3")),
+		"past a chain of trusted proxies")
+	assert.Same(t, c.loginLimit(via("198.51.100.9:1", "198.51.100.1")), c.loginLimit(via("198.51.100.9:2", "198.51.100.2")),
+		"a connection from no trusted proxy is limited by its own address, whatever it says")
+	assert.Same(t, c.loginLimit(via("10.1.2.3:5000", "")), c.loginLimit(&http.Request{RemoteAddr: "10.1.2.3:1"}),
+		"a trusted proxy that names no client is the client")
+	assert.Equal(t, "198.51.100.1", c.client(via("[::ffff:10.1.2.3]:5000", "198.51.100.1")), "a trusted proxy's IPv4 address in IPv6 form")
+
+	c = build(t, Config{})
+	assert.Same(t, c.loginLimit(via("10.1.2.3:5000", "198.51.100.1")), c.loginLimit(via("10.1.2.3:5000", "198.51.100.2")),
+		"no proxy trusted: by the connection's address")
+}
+
+func TestParseTrustedProxies(t *testing.T) {
+	got, err := ParseTrustedProxies(" 10.0.0.0/8,192.0.2.7 , ::1,2001:db8::/32,,10.1.2.3/8")
+	require.NoError(t, err)
+	want := []string{"10.0.0.0/8", "192.0.2.7/32", "::1/128", "2001:db8::/32", "10.0.0.0/8"}
+	var names []string
+	for _, p := range got {
+		names = append(names, p.String())
+	}
+	assert.Equal(t, want, names)
+	_, err = ParseTrustedProxies("10.0.0.0/8,proxy.internal")
+	assert.EqualError(t, err, `"proxy.internal" is neither an IP address nor a CIDR range (e.g. 10.0.0.0/8)`)
 }
 
 // A login that compared its token just before the file changed starts no

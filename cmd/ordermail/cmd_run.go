@@ -45,6 +45,12 @@ func runFlags(stderr io.Writer) (*flag.FlagSet, *app.Config, *logFlags) {
 		"127.0.0.1, [::1] and localhost (DNS rebinding); default: any on an address other machines reach, none more on loopback")
 	fs.StringVar(&cfg.Console.TokenFile, "admin-token-file", "", "file holding the console's admin token (16 characters or more), which actions need; "+
 		"or set ORDERMAIL_ADMIN_TOKEN; with neither the console is read-only. Never logged")
+	fs.Func("admin-trusted-proxies", "comma-separated addresses or CIDR ranges of the proxies in front of the console, whose X-Forwarded-For names the client: "+
+		"login attempts are then limited by client, not by proxy; default: none", func(v string) error {
+		p, err := console.ParseTrustedProxies(v)
+		cfg.Console.TrustedProxies = append(cfg.Console.TrustedProxies, p...)
+		return err
+	})
 	fs.BoolVar(&cfg.Watcher.FromNow, "from-now", false, "with no saved checkpoint, start the feed at its current end instead of its beginning")
 	serviceFlags(fs, cfg, serviceDefaults{interval: timer.DefaultInterval, quantum: order.DefaultQuantum,
 		backoffMin: time.Second, backoffMax: 10 * time.Minute, breakerCooldown: 30 * time.Second})
