@@ -27,51 +27,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Alerts. What to alert on, with the metrics below (for the README):
-//
-//	# Due retries not going out: the timer is stopped or nobody holds its
-//	# lease, retries are paused, the email service is down (while the
-//	# breaker is open due retries wait unflagged; its alert says so), or
-//	# what it flagged is not being sent (the service stopped or stuck, or
-//	# a backlog larger than it drains). The first thing to look at.
-//	ordermail_oldest_due_retry_age_seconds > 300
-//	# Paused with work waiting (allow_retrys deleted and forgotten).
-//	max(ordermail_retries_paused) == 1 and max(ordermail_retry_documents_due) > 0   for: 30m
-//	# Orders given up on: each needs a person (redrive or purge).
-//	increase(ordermail_dead_lettered_total[15m]) > 0
-//	# The email service.
-//	# (a member standing aside is left out: the others send)
-//	# (nor retries paused with nothing sent for 10m: nothing probes it)
-//	max(ordermail_breaker_open unless on(instance) ordermail_feed_aside == 1) == 1
-//	  unless on() (max(ordermail_retries_paused) == 1 and sum(increase(ordermail_sends_total[10m])) == 0)   for: 5m
-//	max(ordermail_mail_misconfigured) == 1                            for: 1m
-//	sum(rate(ordermail_sends_total{status_class!="2xx"}[5m]))
-//	  / sum(rate(ordermail_sends_total[5m])) > 0.2                    for: 10m
-//	# Nobody sweeps while retries are armed (every instance standby or
-//	# down), and not because every instance's sends are held back.
-//	max(ordermail_timer_active) == 0
-//	  and max(ordermail_timer_held unless on(instance) ordermail_feed_aside == 1) == 0
-//	  and max(ordermail_retries_paused) == 0                          for: 1m
-//	# The sweeper stopped succeeding (store errors), well past its interval.
-//	max(ordermail_timer_active) == 1
-//	  and time() - max(ordermail_timer_last_sweep_timestamp_seconds) > 60     for: 1m
-//	# The store: unreachable, or the backlog figures have gone stale.
-//	min(ordermail_store_up) == 0                                      for: 2m
-//	# Writes made without their durability (Couchbase: too few copies).
-//	increase(ordermail_store_writes_without_durability_total[15m]) > 0
-//	max(ordermail_backlog_age_seconds) > 60
-//	# Orders waiting for a confirmation, a long time. Not
-//	# ordermail_orders_paid - ordermail_orders_confirmed - ordermail_dead_letters:
-//	# a purge removes dead letters but leaves their orders paid and
-//	# unconfirmed, so that difference stays high for ever after one.
-//	# ordermail_retry_documents counts the orders whose confirmation
-//	# ordermail retries, which a purge does not touch.
-//	max(ordermail_retry_documents) > 1000                             for: 30m
-//	# The change feed falling behind.
-//	sum(ordermail_feed_lag_changes) > 10000                           for: 10m
-//
-// /healthz failing is for the orchestrator (restart); /readyz failing says
-// why sends cannot go out (misconfigured, store unreachable).
+// What to alert on, with the metrics below, is in
+// deploy/prometheus/ordermail-alerts.yml (rules Prometheus loads, checked
+// by scripts/check-alerts.sh) and README.md's table of them. /healthz
+// failing is for the orchestrator (restart); /readyz failing says why sends
+// cannot go out (misconfigured, store unreachable).
 
 // Config of the metrics endpoint.
 type Config struct {

@@ -78,6 +78,72 @@ ordermail_breaker_open{instance="a"} 0+0x40`, true},
 ordermail_oldest_due_retry_age_seconds{instance="a"} 2+0x40
 ordermail_retries_paused{instance="a"} 0+0x40
 ordermail_breaker_open{instance="a"} 0+0x40`, false},
+		{"a backlog draining after a 20-minute outage, the oldest first at 1s a second, since 90s: no stuck sweep",
+			"OrdermailDueRetriesNotGoingOut", `
+ordermail_oldest_due_retry_age_seconds{instance="a"} 1200+15x14 1410-15x26
+ordermail_retries_paused{instance="a"} 0+0x40
+ordermail_breaker_open{instance="a"} 0+0x40`, false},
+		{"an instance cut off from the store keeps the figures it last read; the one that reads it has drained them",
+			"OrdermailDueRetriesNotGoingOut", `
+ordermail_oldest_due_retry_age_seconds{instance="a"} 0+0x40
+ordermail_oldest_due_retry_age_seconds{instance="b"} 400+0x40
+ordermail_store_up{instance="a"} 1+0x40
+ordermail_store_up{instance="b"} 0+0x40
+ordermail_retries_paused{instance="a"} 0+0x40
+ordermail_breaker_open{instance="a"} 0+0x40`, false},
+		{"an instance cut off from the store does not hide the others' stuck sweep",
+			"OrdermailDueRetriesNotGoingOut", `
+ordermail_oldest_due_retry_age_seconds{instance="a"} 600+15x40
+ordermail_oldest_due_retry_age_seconds{instance="b"} 0+0x40
+ordermail_store_up{instance="a"} 1+0x40
+ordermail_store_up{instance="b"} 0+0x40
+ordermail_retries_paused{instance="a"} 0+0x40
+ordermail_breaker_open{instance="a"} 0+0x40`, true},
+		{"the backlog's stale figures of an instance cut off from the store",
+			"OrdermailRetryBacklog", `
+ordermail_retry_documents{instance="a"} 0+0x40
+ordermail_retry_documents{instance="b"} 5000+0x40
+ordermail_store_up{instance="a"} 1+0x40
+ordermail_store_up{instance="b"} 0+0x40`, false},
+		{"a backlog",
+			"OrdermailRetryBacklog", `
+ordermail_retry_documents{instance="a"} 5000+0x40`, true},
+
+		{"no instance scraped",
+			"OrdermailAbsent", `
+up{job="other"} 1+0x40`, true},
+		{"an instance scraped, even one down",
+			"OrdermailAbsent", `
+up{job="ordermail",instance="a"} 0+0x40`, false},
+		{"dead letters nobody handled",
+			"OrdermailDeadLettersWaiting", `
+ordermail_dead_letters{instance="a"} 3+0x40`, true},
+		{"no dead letter",
+			"OrdermailDeadLettersWaiting", `
+ordermail_dead_letters{instance="a"} 0+0x40`, false},
+		{"a store node that does not answer",
+			"OrdermailStoreNodeUnreachable", `
+ordermail_store_nodes_unreachable{instance="a"} 0+0x40
+ordermail_store_nodes_unreachable{instance="b"} 1+0x40`, true},
+		{"every store node answers",
+			"OrdermailStoreNodeUnreachable", `
+ordermail_store_nodes_unreachable{instance="a"} 0+0x40`, false},
+		{"checkpoints failing to save",
+			"OrdermailCheckpointsNotSaved", `
+ordermail_feed_checkpoint_save_failures_total{instance="a"} 0+3x40`, true},
+		{"checkpoints that failed before, saved since",
+			"OrdermailCheckpointsNotSaved", `
+ordermail_feed_checkpoint_save_failures_total{instance="a"} 5+0x40`, false},
+		{"an instance streams fewer vBuckets than it owns",
+			"OrdermailStreamsNotOpen", `
+ordermail_feed_streams_open{instance="a"} 300+0x40
+ordermail_feed_vbuckets_owned{instance="a"} 341+0x40
+ordermail_feed_streams_open{instance="b"} 683+0x40
+ordermail_feed_vbuckets_owned{instance="b"} 683+0x40`, true},
+		{"every owned vBucket streams",
+			"OrdermailStreamsNotOpen", `
+ordermail_feed_streams_open{instance="a"} 341+0x40
+ordermail_feed_vbuckets_owned{instance="a"} 341+0x40`, false},
 
 		{"orders paid, none confirmed, the email service not failing: stuck",
 			"OrdermailOrdersNotConfirmed", `
