@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,6 +28,21 @@ import (
 // context) and exits 130. Without a terminal there is no bar, but the
 // summary is printed all the same.
 func TestDemoInterrupted(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		sig  os.Signal
+		exit int
+	}{
+		{"SIGINT", os.Interrupt, 130},
+		// A stop asked for (a supervisor, `kill`): no failure, and no
+		// "context canceled" (it printed that and exited 1).
+		{"SIGTERM", syscall.SIGTERM, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) { demoInterrupted(t, tt.sig, tt.exit) })
+	}
+}
+
+func demoInterrupted(t *testing.T, sig os.Signal, exitCode int) {
 	dir := t.TempDir()
 	var stdout, stderr syncbuf.Buffer
 	cmd := exec.Command(binary, "demo", "--orders", "3000", "--latency", "5ms", "--data", dir)
@@ -55,18 +71,23 @@ func TestDemoInterrupted(t *testing.T) {
 		return err == nil && c.OrdersPaid > 0
 	}, 60*time.Second, 10*time.Millisecond, "a paid order; last: %v; stderr:\n%v",
 		later.Value(seen.Last), later.Value(func() any { return stderr.String() }))
-	require.NoError(t, cmd.Process.Signal(os.Interrupt))
+	require.NoError(t, cmd.Process.Signal(sig))
 
 	var err error
 	select {
 	case err = <-exited:
 	case <-time.After(60 * time.Second):
-		t.Fatalf("no exit 60s after SIGINT; stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+		t.Fatalf("no exit 60s after %v; stdout:\n%s\nstderr:\n%s", sig, stdout.String(), stderr.String())
 	}
-	var exit *exec.ExitError
-	require.True(t, errors.As(err, &exit), "exit: %v", err)
 	out := stdout.String()
-	assert.Equal(t, 130, exit.ExitCode(), "stdout:\n%s\nstderr:\n%s", out, stderr.String())
+	code := 0
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		code = exit.ExitCode()
+	} else {
+		require.NoError(t, err)
+	}
+	assert.Equal(t, exitCode, code, "stdout:\n%s\nstderr:\n%s", out, stderr.String())
 	assert.Contains(t, out, "interrupted after ")
 	m := regexp.MustCompile(`\norders paid:\s+(\d+)\n`).FindStringSubmatch(out)
 	require.NotNil(t, m, out)
@@ -108,8 +129,45 @@ func TestDemoDeadLettersHint(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, out, "run the demo again with --data DIR, then:\n ordermail deadletters list --store file:DIR/ordermail.db)\n")
 
+	assert.Contains(t, refusedNote(0), "every request carried a bearer token")
+	assert.NotContains(t, refusedNote(3), "every request", "refusals are not said to be none")
 	assert.Equal(t, "'file:/a b/o.db'", shellQuote("file:/a b/o.db"))
 	assert.Equal(t, `'it'\''s'`, shellQuote("it's"))
+}
+
+// TestTwoDemosOnOneNewDirectory: of two demos started at once on one new
+// --data directory, one runs and the other is refused at once. Both went
+// on (the store looked for, then made), each writing the mock's
+// credentials over the other's: one stood by, the other's sends were all
+// refused, and both waited out --timeout.
+func TestTwoDemosOnOneNewDirectory(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	type result struct {
+		out string
+		err error
+	}
+	results := make(chan result, 2)
+	for range 2 {
+		go func() {
+			out, _, err := cli(t, "demo", "--orders", "2", "--fail-rate", "0", "--admin-listen", "", "--timeout", "2m", "--data", dir)
+			results <- result{out, err}
+		}()
+	}
+	var ran, refused int
+	for range 2 {
+		r := <-results
+		switch {
+		case r.err == nil:
+			ran++
+			assert.Contains(t, r.out, "\nconfirmed:           7\n", "the one that ran confirmed every order")
+		case strings.Contains(r.err.Error(), "already holds a store"):
+			refused++
+		default:
+			t.Errorf("a demo failed otherwise: %v\n%s", r.err, r.out)
+		}
+	}
+	assert.Equal(t, 1, ran, "one ran")
+	assert.Equal(t, 1, refused, "the other was refused")
 }
 
 // TestDemoProgressKeepsLogLinesWhole: a log line written while the bar is

@@ -138,11 +138,19 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 		defer os.RemoveAll(dir)
 	} else if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("data: %w", err)
-	} else if _, err := os.Stat(filepath.Join(dir, "ordermail.db")); err == nil {
+	} else if f, err := os.OpenFile(filepath.Join(dir, "ordermail.db"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
 		// The demo writes its orders, allow_retrys and its credentials
 		// there: a store with an operator's settings and orders is no
-		// place for them.
-		return usageErrorf("data: %s already holds a store (ordermail.db); the demo writes its own orders and retry settings: give a new directory", dir)
+		// place for them. Made at once, not looked for, so that of two
+		// demos started on one new directory one is refused here (both
+		// went on, writing each other's credentials: one stood by, the
+		// other's sends all refused).
+		if errors.Is(err, os.ErrExist) {
+			return usageErrorf("data: %s already holds a store (ordermail.db); the demo writes its own orders and retry settings: give a new directory", dir)
+		}
+		return fmt.Errorf("data: %w", err)
+	} else if err := f.Close(); err != nil {
+		return fmt.Errorf("data: %w", err)
 	}
 	if err := demoCredentials(dir, mock, &cfg); err != nil {
 		return err
@@ -244,10 +252,10 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 		}
 		fmt.Fprintf(stdout, "orders paid:         %d\nconfirmed:           %d\ndead letters:        %d\nretry docs left:     %d\n"+
 			"send attempts:       %d (%d failed at the mock's %.0f%% failure rate)\ndeliveries:          %d\n"+
-			"duplicate requests:  %d\nrefused (401):       %d (every request carried a bearer token and a Standard Webhooks signature the mock verified)\n"+
+			"duplicate requests:  %d\nrefused (401):       %d (%s)\n"+
 			"elapsed:             %.1fs\n",
 			sum.Orders, sum.Confirmed, sum.DeadLetters, sum.RetryDocsLeft, sum.SendAttempts, sum.Failures, d.failRate*100,
-			sum.Deliveries, sum.DuplicateRequests, sum.Refused, sum.ElapsedSeconds)
+			sum.Deliveries, sum.DuplicateRequests, sum.Refused, refusedNote(sum.Refused), sum.ElapsedSeconds)
 		if sum.DeadLetters > 0 {
 			fmt.Fprintln(stdout, deadLettersHint(d.data))
 		}
@@ -262,6 +270,15 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 			errDemoTimeout, d.timeout, sum.Confirmed, sum.Orders, sum.DeadLetters)
 	}
 	return runErr
+}
+
+// refusedNote says what the mock's refusals mean: none, that every request
+// was authenticated; some, that some were not.
+func refusedNote(refused int) string {
+	if refused == 0 {
+		return "every request carried a bearer token and a Standard Webhooks signature the mock verified"
+	}
+	return "requests whose bearer token or signature the mock did not accept: the demo's credentials were changed while it ran?"
 }
 
 // deadLettersHint says how to look at the dead letters: a temporary store is

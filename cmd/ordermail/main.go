@@ -32,9 +32,16 @@ func main() {
 			within = d
 		}
 	}
-	ctx, interrupted, stop := notifyStop(os.Stderr, within)
+	ctx, first, stop := notifyStop(os.Stderr, within)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	code := exitStatus(err, interrupted(), os.Stderr)
+	sig := first()
+	if sig == syscall.SIGTERM {
+		// A stop asked for: the cancellation it caused is no failure (a
+		// demo or a bulk action cut short said "context canceled" and
+		// exited 1); whatever else went wrong is said.
+		err = besidesCancel(err)
+	}
+	code := exitStatus(err, sig == os.Interrupt, os.Stderr)
 	stop()
 	os.Exit(code)
 }
@@ -45,16 +52,16 @@ func main() {
 const sameSignalWithin = time.Second
 
 // notifyStop returns a context that SIGINT or SIGTERM ends, so that the
-// command stops cleanly; interrupted says whether the first was SIGINT
-// (Ctrl-C), after which the command exits 130, as a shell expects of an
-// interrupted command. A signal that comes while the clean stop is under
+// command stops cleanly; first says which came first, nil before any
+// (after SIGINT, Ctrl-C, the command exits 130, as a shell expects of an
+// interrupted command). A signal that comes while the clean stop is under
 // way, more than within after the first, ends the process at once, as if
 // it had not been caught; one within is said and ignored. stop undoes it.
-func notifyStop(stderr io.Writer, within time.Duration) (ctx context.Context, interrupted func() bool, stop func()) {
+func notifyStop(stderr io.Writer, within time.Duration) (ctx context.Context, first func() os.Signal, stop func()) {
 	signals := make(chan os.Signal, 4)
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
 	ctx, cancel := context.WithCancel(context.Background())
-	var wasInterrupt atomic.Bool
+	var firstSig atomic.Value // os.Signal
 	done := make(chan struct{})
 	stopped := make(chan struct{})
 	go func() {
@@ -68,7 +75,7 @@ func notifyStop(stderr io.Writer, within time.Duration) (ctx context.Context, in
 				switch {
 				case first.IsZero():
 					first = time.Now()
-					wasInterrupt.Store(sig == os.Interrupt)
+					firstSig.Store(sig)
 					cancel()
 				case time.Since(first) < within:
 					fmt.Fprintf(stderr, "ordermail: %v again within %v of the first: taken for the same one; send it again to end at once\n", sig, within)
@@ -82,7 +89,7 @@ func notifyStop(stderr io.Writer, within time.Duration) (ctx context.Context, in
 			}
 		}
 	}()
-	return ctx, wasInterrupt.Load, func() {
+	return ctx, func() os.Signal { s, _ := firstSig.Load().(os.Signal); return s }, func() {
 		close(done)
 		<-stopped
 		signal.Stop(signals)
