@@ -100,6 +100,10 @@ func TestWrongCommandLineExits2(t *testing.T) {
 		{[]string{"mockmail", "--fail-rate", "NaN"}, `invalid value "NaN" for flag -fail-rate: not a finite number`},
 		{[]string{"bench", "--rate", "-Inf"}, `invalid value "-Inf" for flag -rate: not a finite number`},
 		{[]string{"bench", "--fail-rate", "x"}, `invalid value "x" for flag -fail-rate: not a number`},
+		// Durations and whole numbers say what they take, not "parse error".
+		{[]string{"run", "--mail-timeout", "10"}, `invalid value "10" for flag -mail-timeout: want a duration with its unit, like 10s, 2m or 1h30m`},
+		{[]string{"run", "--workers", "many"}, `invalid value "many" for flag -workers: want a whole number`},
+		{[]string{"demo", "--seed", "-1"}, `invalid value "-1" for flag -seed: want a whole number, 0 or more`},
 		{[]string{"bench", "--mail-url", "http://h", "--mail-url-file", "f"}, "mail-url-file: give the URL once"},
 		{[]string{"bench", "--mail-url-file", "/no/such/file"}, "mail-url-file: open /no/such/file: no such file or directory"},
 	}

@@ -202,7 +202,7 @@ func TestACommandsChoicesAreNotTakenFromTheEnvironment(t *testing.T) {
 	assert.Contains(t, out, `"timerArmed":false`)
 	t.Setenv("ORDERMAIL_RETRY_QUANTUM", "soon")
 	_, _, err = cli(t, "retries", "status", "--json")
-	assert.EqualError(t, err, "environment variable ORDERMAIL_RETRY_QUANTUM: not a valid --retry-quantum: parse error")
+	assert.EqualError(t, err, "environment variable ORDERMAIL_RETRY_QUANTUM: not a valid --retry-quantum: want a duration with its unit, like 10s, 2m or 1h30m")
 	s, err := embedded.Open(ctx, embedded.Config{Path: path})
 	require.NoError(t, err)
 	defer s.Close()

@@ -438,6 +438,53 @@ func badSetting(err error) error {
 
 // finiteFloat64Var defines a float64 flag that refuses NaN and the
 // infinities, which every range check written as a comparison lets through.
+// clearErrors gives fs's duration and number flags errors that say what
+// they take: the flag package's own say "parse error" (--mail-timeout 10,
+// ORDERMAIL_WORKERS=abc), and leave the user to guess.
+func clearErrors(fs *flag.FlagSet) {
+	fs.VisitAll(func(f *flag.Flag) {
+		g, ok := f.Value.(flag.Getter)
+		if !ok {
+			return
+		}
+		var want string
+		switch g.Get().(type) {
+		case time.Duration:
+			want = "a duration with its unit, like 10s, 2m or 1h30m"
+		case int, int64:
+			want = "a whole number"
+		case uint, uint64:
+			want = "a whole number, 0 or more"
+		case float64:
+			want = "a number"
+		default:
+			return
+		}
+		f.Value = &saysWhat{g, want}
+	})
+}
+
+// saysWhat is a flag value whose parse error says what it takes.
+type saysWhat struct {
+	flag.Getter
+	want string
+}
+
+func (v *saysWhat) String() string {
+	if v == nil || v.Getter == nil { // the flag package's zero value, for its defaults
+		return ""
+	}
+	return v.Getter.String()
+}
+
+func (v *saysWhat) Set(s string) error {
+	err := v.Getter.Set(s)
+	if err != nil && err.Error() == "parse error" {
+		return errors.New("want " + v.want)
+	}
+	return err
+}
+
 func finiteFloat64Var(fs *flag.FlagSet, p *float64, name string, value float64, usage string) {
 	*p = value
 	fs.Var((*finiteFloat)(p), name, usage)

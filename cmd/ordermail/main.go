@@ -161,7 +161,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root := rootCommand(stdout, stderr)
 	// The flag package and ffcli print errors and help alike to a flag
 	// set's output; run prints them itself, each where it belongs.
-	walk(root, func(c *ffcli.Command) { c.FlagSet.SetOutput(io.Discard) })
+	walk(root, func(c *ffcli.Command) {
+		c.FlagSet.SetOutput(io.Discard)
+		clearErrors(c.FlagSet)
+	})
 
 	var noExec ffcli.NoExecError
 	switch err := root.Parse(flagsFirst(root, args)); {
