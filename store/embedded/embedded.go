@@ -140,6 +140,29 @@ type readStmts struct {
 	get, getAttempts, state, stats, tallies, seq, feed *sql.Stmt
 }
 
+// openFailure says why the store file at path could not be opened for
+// writing (openErr), from what a stat of it then said (statErr).
+func openFailure(path string, openErr, statErr error) error {
+	dir := filepath.Dir(path)
+	switch {
+	case errors.Is(openErr, syscall.EROFS):
+		return fmt.Errorf("embedded store %s is %w (a read-only mount): %w", path, ErrReadOnly, openErr)
+	case !errors.Is(openErr, os.ErrPermission):
+		return fmt.Errorf("embedded store %s: %w", path, openErr)
+	case errors.Is(statErr, fs.ErrNotExist):
+		return fmt.Errorf("embedded store %s: cannot create it in %s: %w", path, dir, openErr)
+	case statErr != nil:
+		// Not even looked at: the directory is not this user's to enter
+		// (it said "read-only" of a file that did not exist).
+		return fmt.Errorf("embedded store %s: this user may not enter %s: %w", path, dir, statErr)
+	default:
+		// There, but not writable by this user. Said now: SQLite would
+		// make its -wal and -shm files with the file's read-only mode,
+		// and the store could not be written even once the file is.
+		return fmt.Errorf("embedded store %s is %w (its file mode, or an immutable file): %w", path, ErrReadOnly, openErr)
+	}
+}
+
 // Open opens, creating and upgrading if needed, the database file.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	cfg = cfg.withDefaults()
@@ -148,23 +171,18 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return openReadOnly(ctx, cfg)
 	}
 	if err := os.MkdirAll(filepath.Dir(cfg.Path), 0o700); err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("embedded store %s: this user may not enter, or create, a directory on its path: %w", cfg.Path, err)
+		}
 		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
 	}
 	// Created private before SQLite opens it; SQLite gives its -wal and -shm
 	// files the database file's mode.
 	if f, err := os.OpenFile(cfg.Path, os.O_RDWR|os.O_CREATE, 0o600); err == nil {
 		f.Close()
-	} else if errors.Is(err, syscall.EROFS) {
-		return nil, fmt.Errorf("embedded store %s is %w (a read-only mount): %w", cfg.Path, ErrReadOnly, err)
-	} else if !errors.Is(err, os.ErrPermission) {
-		return nil, fmt.Errorf("embedded store %s: %w", cfg.Path, err)
-	} else if _, statErr := os.Stat(cfg.Path); errors.Is(statErr, fs.ErrNotExist) {
-		return nil, fmt.Errorf("embedded store %s: cannot create it in %s: %w", cfg.Path, filepath.Dir(cfg.Path), err)
 	} else {
-		// There, but not writable by this user. Said now: SQLite would
-		// make its -wal and -shm files with the file's read-only mode,
-		// and the store could not be written even once the file is.
-		return nil, fmt.Errorf("embedded store %s is %w (its file mode, or an immutable file): %w", cfg.Path, ErrReadOnly, err)
+		_, statErr := os.Stat(cfg.Path)
+		return nil, openFailure(cfg.Path, err, statErr)
 	}
 	// Another program's file is refused before anything changes it, its
 	// mode included.

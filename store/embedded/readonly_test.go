@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/sha256"
 	"database/sql"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	"github.com/ordermail/ordermail/order"
@@ -95,4 +98,32 @@ func TestReadOnlyRefusesWhatItCannotRead(t *testing.T) {
 
 	_, err = Open(ctx, Config{Path: filepath.Join(t.TempDir(), "missing.db"), ReadOnly: true})
 	assert.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// openFailure says which of three things kept the store file from being
+// opened for writing: a read-only mount, a file this user may not write,
+// or a directory it may not enter (said "read-only (its file mode...)" of
+// a file that did not exist). Root may do all three here, so the errors
+// are given.
+func TestOpenFailureSaysWhatWasRefused(t *testing.T) {
+	const path = "/srv/locked/o.db"
+	denied := &fs.PathError{Op: "open", Path: path, Err: syscall.EACCES}
+	for _, tt := range []struct {
+		name            string
+		openErr, statEr error
+		want            string
+		readOnly        bool
+	}{
+		{"a read-only mount", &fs.PathError{Op: "open", Path: path, Err: syscall.EROFS}, nil, "is read-only (a read-only mount)", true},
+		{"a file this user may not write", denied, nil, "is read-only (its file mode, or an immutable file)", true},
+		{"no file, a directory this user may not write", denied, &fs.PathError{Op: "stat", Path: path, Err: syscall.ENOENT},
+			"cannot create it in /srv/locked", false},
+		{"a directory this user may not enter", denied, &fs.PathError{Op: "stat", Path: path, Err: syscall.EACCES},
+			"this user may not enter /srv/locked", false},
+		{"anything else", &fs.PathError{Op: "open", Path: path, Err: syscall.EISDIR}, nil, "is a directory", false},
+	} {
+		err := openFailure(path, tt.openErr, tt.statEr)
+		assert.ErrorContains(t, err, tt.want, tt.name)
+		assert.Equal(t, tt.readOnly, errors.Is(err, ErrReadOnly), tt.name)
+	}
 }
