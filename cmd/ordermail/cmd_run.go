@@ -7,8 +7,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"maps"
 	"os"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/couchbase/gocb/v2"
@@ -56,6 +59,34 @@ func runFlags(stderr io.Writer) (*flag.FlagSet, *app.Config, *logFlags) {
 		backoffMin: time.Second, backoffMax: 10 * time.Minute, breakerCooldown: 30 * time.Second})
 	logs.register(fs, "info")
 	return fs, cfg, logs
+}
+
+// secretFiles are the files of cfg that hold a secret, by their flags.
+func secretFiles(cfg app.Config) map[string]string {
+	cb := cfg.Store.Couchbase
+	return map[string]string{
+		"admin-token-file": cfg.Console.TokenFile, "mail-auth-file": cfg.Mail.AuthFile, "mail-key-file": cfg.Mail.KeyFile,
+		"mail-signing-secret-file": cfg.Mail.SigningSecretFile, "cb-password-file": cb.PasswordFile, "cb-key-file": cb.KeyFile,
+	}
+}
+
+// warnOpenSecrets warns of each secret file that other users may read
+// (an admin token in a 0644 file was taken without a word). A warning, not
+// a refusal: a Kubernetes secret volume's files are 0644 by default, read
+// by nobody else in the pod.
+func warnOpenSecrets(log *slog.Logger, files map[string]string) {
+	for _, flag := range slices.Sorted(maps.Keys(files)) {
+		path := files[flag]
+		if path == "" {
+			continue
+		}
+		fi, err := os.Stat(path)
+		if err != nil || fi.Mode().Perm()&0o077 == 0 {
+			continue // unreadable: the file's reader says why
+		}
+		log.Warn("a secret's file is open to other users: make it private (chmod 600)", "flag", flag, "path", path,
+			"mode", fmt.Sprintf("%#o", fi.Mode().Perm()))
+	}
 }
 
 // checkRun checks run's settings as run does before it starts anything,
@@ -118,6 +149,7 @@ func runWith(fs *flag.FlagSet, parsed *app.Config, logs *logFlags, stderr io.Wri
 			if cfg.Console.TokenFile != "" && cfg.Console.Listen == "" {
 				log.Warn("admin-token-file is set, but admin-listen is not: the console is off, and the token unused")
 			}
+			warnOpenSecrets(log, secretFiles(cfg))
 			setServiceGC()
 			flush, err := tracing.Start(ctx, version(), log)
 			if err != nil {

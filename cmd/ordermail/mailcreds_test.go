@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -18,10 +20,13 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/ordermail/ordermail/app"
+	"github.com/ordermail/ordermail/console"
 	"github.com/ordermail/ordermail/fixtures"
 	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/internal/testpki"
 	"github.com/ordermail/ordermail/internal/webhook"
+	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/mailer/mockmail"
 	"github.com/ordermail/ordermail/ops"
 )
@@ -239,4 +244,25 @@ func TestSpansAreExportedOverOTLP(t *testing.T) {
 	assert.Positive(t, mockStats(t, mock).Traced)
 	err, _ := p.stop(t, syscall.SIGTERM)
 	require.NoError(t, err)
+}
+
+// A secret's file that other users may read is warned of at run's start,
+// naming its flag (a 0644 admin token file was taken without a word); a
+// private one, or none, is not.
+func TestOpenSecretFilesAreWarnedOf(t *testing.T) {
+	dir := t.TempDir()
+	open, private := filepath.Join(dir, "open"), filepath.Join(dir, "private")
+	require.NoError(t, os.WriteFile(open, []byte("a-token-of-sixteen-chars"), 0o644))
+	require.NoError(t, os.Chmod(open, 0o644)) // whatever the umask
+	require.NoError(t, os.WriteFile(private, []byte("a-token-of-sixteen-chars"), 0o600))
+	var buf bytes.Buffer
+	warnOpenSecrets(slog.New(slog.NewTextHandler(&buf, nil)), secretFiles(app.Config{
+		Console: console.Config{TokenFile: open},
+		Mail:    mailer.Config{AuthFile: private, SigningSecretFile: filepath.Join(dir, "missing")},
+	}))
+	out := buf.String()
+	assert.Equal(t, 1, strings.Count(out, "level=WARN"), out)
+	assert.Contains(t, out, "flag=admin-token-file path="+open+" mode=0644", out)
+	assert.NotContains(t, out, private)
+	assert.NotContains(t, out, "a-token-of-sixteen-chars", "never the secret")
 }
