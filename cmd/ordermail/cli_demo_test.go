@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -133,6 +134,43 @@ func TestDemoDeadLettersHint(t *testing.T) {
 	assert.NotContains(t, refusedNote(3), "every request", "refusals are not said to be none")
 	assert.Equal(t, "'file:/a b/o.db'", shellQuote("file:/a b/o.db"))
 	assert.Equal(t, `'it'\''s'`, shellQuote("it's"))
+}
+
+// TestDemoKeepsRunningWhenAsked: with --keep-running the console whose URL
+// the demo prints still answers once every order is settled (it went with
+// the demo a second after), until a stop; then the summary.
+func TestDemoKeepsRunningWhenAsked(t *testing.T) {
+	var stdout, stderr syncbuf.Buffer
+	cmd := exec.Command(binary, "demo", "--keep-running", "--orders", "3", "--fail-rate", "0")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	require.NoError(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-exited
+		}
+	})
+	require.Eventually(t, func() bool { return strings.Contains(stdout.String(), "run on until Ctrl-C") }, 2*time.Minute, 10*time.Millisecond,
+		"the demo did not settle and go on; stdout:\n%v\nstderr:\n%v", later.Value(func() any { return stdout.String() }), later.Value(func() any { return stderr.String() }))
+	console := regexp.MustCompile(`console: (http://\S+) `).FindStringSubmatch(stdout.String())
+	require.NotNil(t, console, stdout.String())
+	resp, err := http.Get(console[1] + "/")
+	require.NoError(t, err, "the console answers once every order is settled")
+	resp.Body.Close()
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.NotContains(t, stdout.String(), "orders paid:", "no summary before the stop")
+
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err = <-exited:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no exit 60s after SIGTERM; stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
+	}
+	require.NoError(t, err, "stderr:\n%s", stderr.String())
+	assert.Contains(t, stdout.String(), "\nconfirmed:           8\n")
+	assert.NotContains(t, stdout.String(), "interrupted after")
 }
 
 // TestTwoDemosOnOneNewDirectory: of two demos started at once on one new

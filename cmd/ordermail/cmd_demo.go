@@ -39,6 +39,7 @@ type demoFlags struct {
 	timeout    time.Duration
 	seed       uint64
 	latency    time.Duration
+	keep       bool
 }
 
 // demoSummary is what the demo measured, from the store and the mock.
@@ -70,6 +71,7 @@ func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.StringVar(&d.data, "data", "", "directory for the store file; default a temporary directory, removed afterwards")
 	fs.StringVar(&cfg.Console.Listen, "admin-listen", "127.0.0.1:0", "address of the web console while the demo runs (its URL is printed); empty: none")
 	fs.BoolVar(&d.json, "json", false, "print the summary as one JSON object")
+	fs.BoolVar(&d.keep, "keep-running", false, "once every order is settled, keep the service, its console and the mock email service running until Ctrl-C or SIGTERM, then print the summary")
 	fs.DurationVar(&d.timeout, "timeout", 5*time.Minute, "give up when not every order is confirmed by then")
 	fs.Uint64Var(&d.seed, "seed", 0, "seed for generated orders and mock failures; 0 picks one")
 	serviceFlags(fs, &cfg, serviceDefaults{interval: 200 * time.Millisecond, quantum: time.Second,
@@ -219,6 +221,14 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	}
 	elapsed := time.Since(start)
 	interrupted := ctx.Err() != nil
+	if d.keep && runErr == nil && !interrupted {
+		// The console's URL, printed at the start, would be gone a second
+		// later: the operator's whole experience, on the demo's store,
+		// until they stop it.
+		fmt.Fprintf(stdout, "every order is settled; the service, its console and the mock email service (%s) run on until Ctrl-C. Try:\n"+
+			" ordermail orders show order_140 --store %s\n", l.URL(), shellQuote(cfg.Store.URL))
+		<-ctx.Done()
+	}
 	if runErr != nil && !interrupted && !errors.Is(runErr, errDemoTimeout) {
 		return runErr
 	}
