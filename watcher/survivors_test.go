@@ -521,3 +521,48 @@ func TestTheChangeAfterARefusedOutcomesDeadLetterSeesIt(t *testing.T) {
 	assert.Equal(t, 1, e.mock.Stats().Requests, "the edit was decided on a state without the dead letter: mailed again")
 	assert.Equal(t, int64(1), w.Stats().Sends)
 }
+
+// outageStore answers every outcome write unavailable while down is set:
+// a store that is out for everyone (a full disk, a locked file).
+type outageStore struct {
+	store.Store
+	down    atomic.Bool
+	refused atomic.Int64
+}
+
+func (s *outageStore) Apply(ctx context.Context, ws []store.Write) ([]uint64, error) {
+	if s.down.Load() {
+		s.refused.Add(1)
+		return nil, fmt.Errorf("%w: disk full", store.ErrUnavailable)
+	}
+	return s.Store.Apply(ctx, ws)
+}
+
+// An outage of the store is said once, not once an order: with 20 sends'
+// outcomes waiting it wrote 20 warnings (101 a minute on a full disk),
+// and nothing when it ended. Now one warning, the waits at debug level,
+// and one line when the store answers again.
+func TestAStoreOutageIsSaidOnceForEveryOrder(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	st := &outageStore{Store: e.store}
+	st.down.Store(true)
+	w, logs := runLogged(t, st, e.mail, watcher.Config{Workers: 8, Policy: noJitter})
+	const orders = 20
+	for i := range orders {
+		put(t, e.store, order.Inbound, fmt.Sprintf("o%d", i), paidOrder)
+	}
+	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == orders && st.refused.Load() >= 2*orders },
+		30*time.Second, 5*time.Millisecond, "every order sent and its outcome refused twice: %v deliveries, %v refusals",
+		later.Value(func() any { return e.mock.Stats().Deliveries }), later.Value(func() any { return st.refused.Load() }))
+	st.down.Store(false)
+	handledAtLeast(t, w, orders)
+	require.Eventually(t, func() bool { return len(logs.Lines("store calls work again")) == 1 }, 30*time.Second, 5*time.Millisecond,
+		"the end of the outage is said; log:\n%v", later.Value(func() any { return logs.String() }))
+	assert.Len(t, logs.Lines("level=WARN"), 1, "one warning for the outage; log:\n%s", logs.String())
+	assert.Greater(t, len(logs.Lines("level=DEBUG", "write the outcome of a send; trying again")), orders, "the waits at debug level")
+	assert.Contains(t, logs.Lines("store calls work again")[0], "level=INFO")
+	for i := range orders {
+		o, _ := get(t, e.store, order.Inbound, fmt.Sprintf("o%d", i))
+		assert.Contains(t, o, `"confirmationEmailSent":true`)
+	}
+}

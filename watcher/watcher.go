@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/ordermail/ordermail/internal/episode"
 	"github.com/ordermail/ordermail/internal/tracing"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/order"
@@ -215,11 +216,14 @@ type Watcher struct {
 	// unreachable holds back the events of the loci the store answered
 	// unavailable for.
 	unreachable *unreachable
-	cancel      context.CancelFunc // stops the reader
-	abort       context.CancelFunc // aborts in-flight work
-	stopping    chan struct{}
-	reader      sync.WaitGroup
-	workers     sync.WaitGroup
+	// storeDown says the store unavailable once an outage, not once an
+	// order (a disk full: 101 warnings a minute).
+	storeDown *episode.Episode
+	cancel    context.CancelFunc // stops the reader
+	abort     context.CancelFunc // aborts in-flight work
+	stopping  chan struct{}
+	reader    sync.WaitGroup
+	workers   sync.WaitGroup
 }
 
 // New returns a watcher; now may be nil for time.Now.
@@ -237,6 +241,7 @@ func New(cfg Config, st store.Store, mail Sender, log *slog.Logger, now func() t
 	w.progress.epoch = time.Now()
 	w.progress.workers = make([]workerProgress, w.cfg.Workers)
 	w.unreachable = newUnreachable(w.cfg.Workers, time.Now) // waits: the real clock's, whatever w.now says
+	w.storeDown = episode.New(w.log, "store calls", time.Now)
 	return w, nil
 }
 
@@ -676,6 +681,7 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 	w.unreachable.done(ev.Locus, probe, ln.touched, errors.Is(err, store.ErrUnreachable))
 	if err == nil {
 		ln.failing = nil
+		w.storeDown.Mended(ctx, ev.Key)
 		if settling != nil {
 			ln.last = settling // it acknowledges ev when written
 			return completed, 0
@@ -694,11 +700,10 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 		ln.failing = f
 	}
 	if errors.Is(err, store.ErrUnavailable) {
-		level := slog.LevelDebug // a line for its first wait, not for every try of a key whose node is down
-		if !f.unavailable {
-			f.unavailable, level = true, slog.LevelWarn
-		}
-		log.Log(ctx, level, "change not done: the store is unavailable; trying again", "error", err, "retry_in", f.wait.peek().String())
+		// A line for the outage's first wait, not for every try of every
+		// key whose node is down.
+		w.storeDown.Fail(ctx, ev.Key, "change not done: the store is unavailable; trying again",
+			"collection", ev.Collection, "key", ev.Key, "error", err, "retry_in", f.wait.peek().String())
 		f.failures, f.since = 0, time.Time{} // an outage between failures: in a row no more (as settle's)
 		return waiting, f.wait.next()        // taken now: once the line is parked, another worker may have it
 	}
@@ -734,10 +739,9 @@ func (w *Watcher) admit(ev store.Event) (ok bool, probe *downPart, wait time.Dur
 
 // failing is how the event a line's worker handles has failed so far.
 type failing struct {
-	wait        *retryWait // before it is tried again
-	failures    int        // failures other than the store unavailable
-	since       time.Time  // the first of them
-	unavailable bool       // the store was unavailable for it once
+	wait     *retryWait // before it is tried again
+	failures int        // failures other than the store unavailable
+	since    time.Time  // the first of them
 }
 
 // poison dead-letters an event that keeps failing. The dead letter keeps
@@ -1043,14 +1047,9 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 		}
 		return refused >= w.cfg.MaxEventFailures && time.Since(refusedSince) >= w.cfg.PoisonAfter
 	}
-	waited := false
-	outage := func() slog.Level { // a line for the outage's first try, not for every one
-		if waited {
-			return slog.LevelDebug
-		}
-		waited = true
-		return slog.LevelWarn
-	}
+	// The store unavailable: a line for the outage's first wait, not for
+	// every try of every send's outcome.
+	defer w.storeDown.Mended(ctx, p.OrderKey)
 	for {
 		now := w.now()
 		out := Settle(p, st, sendErr, now, w.limits(), w.rand())
@@ -1079,14 +1078,15 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 		}
 		if !isStale(err) {
 			stale = 0
-			level := slog.LevelError
 			if errors.Is(err, store.ErrUnavailable) {
 				refused = 0 // an outage between refusals: in a row no more
-				level = outage()
+				w.storeDown.Fail(ctx, p.OrderKey, "write the outcome of a send; trying again",
+					"key", p.OrderKey, "result", out.Result, "error", err, "retry_in", b.peek().String())
 			} else if givenUp() {
 				return 0, false, err
+			} else {
+				log.Error("write the outcome of a send; trying again", "result", out.Result, "error", err, "retry_in", b.peek().String())
 			}
-			log.Log(ctx, level, "write the outcome of a send; trying again", "result", out.Result, "error", err, "retry_in", b.peek().String())
 			w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())
 			if !b.wait(ctx) {
 				return 0, false, nil
@@ -1111,14 +1111,14 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 		if ctx.Err() != nil {
 			return 0, false, nil
 		}
-		level := slog.LevelError
 		if errors.Is(rerr, store.ErrUnavailable) {
 			refused = 0
-			level = outage()
+			w.storeDown.Fail(ctx, p.OrderKey, "read state to settle a send; trying again", "key", p.OrderKey, "error", rerr, "retry_in", b.peek().String())
 		} else if givenUp() {
 			return 0, false, rerr
+		} else {
+			log.Error("read state to settle a send; trying again", "error", rerr, "retry_in", b.peek().String())
 		}
-		log.Log(ctx, level, "read state to settle a send; trying again", "error", rerr, "retry_in", b.peek().String())
 		w.progress.expect(&w.progress.retrying, b.peek()+w.stallBound())
 		if !b.wait(ctx) {
 			return 0, false, nil

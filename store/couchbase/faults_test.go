@@ -533,6 +533,66 @@ func TestUnansweredStreamRequestIsSentAgain(t *testing.T) {
 	assert.True(t, reqs[0].Ignored)
 }
 
+// Streams that fail are said once, not once a vBucket a try: a hung node's
+// 341 streams asked again every 10s wrote 61,000 warnings an hour, and
+// nothing said when they were back. Here 8 streams end, their requests go
+// unanswered three times each: one warning (the first stream's end), the
+// tries at debug level, and one line once every stream is open again.
+func TestFailingStreamsAreSaidOnce(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	var logs syncbuf.Buffer
+	s, err := Open(context.Background(), cfg, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	s.feedOpts.openTimeout, s.feedOpts.reopenDelay = 200*time.Millisecond, 10*time.Millisecond
+	sub := subscribe(t, s, "feed", watched, true)
+	waitStreaming(t, sub, testVBuckets)
+	for vb := range uint16(8) {
+		srv.IgnoreStreamRequests("orders", vb, 3)
+		require.Positive(t, srv.EndStream("orders", vb, cbtest.EndStateChanged), "vb %d streamed", vb)
+	}
+	waitForWithin(t, 2*time.Minute, func() (bool, string) {
+		return len(logs.Lines("streams work again")) == 1, logs.String()
+	})
+	waitStreaming(t, sub, testVBuckets)
+	assert.Len(t, logs.Lines("level=DEBUG", "stream request unanswered"), 8*3, "every unanswered request, at debug level")
+	var warned []string
+	for _, l := range logs.Lines("level=WARN") {
+		if strings.Contains(l, "stream") {
+			warned = append(warned, l)
+		}
+	}
+	assert.Len(t, warned, 1, "one warning for the streams' failures: %v", warned)
+	assert.Contains(t, logs.Lines("streams work again")[0], "level=INFO")
+}
+
+// Checkpoint saves that fail are said once, not once a pass (48 a minute
+// while a node hung, each with three errors in full), and their end is
+// said.
+func TestFailingCheckpointSavesAreSaidOnce(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3})
+	var logs syncbuf.Buffer
+	s, err := Open(context.Background(), cfg, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	s.feedOpts.opTimeout, s.feedOpts.flushEvery = 200*time.Millisecond, 20*time.Millisecond
+	sub := subscribe(t, s, "feed", watched, true)
+	keys := putOnEveryVBucket(t, s, srv)
+	readUntil(t, sub, sawKeys(keys...))
+	srv.HangNode(2)
+	t.Cleanup(func() { srv.ResumeNode(2) })
+	waitForWithin(t, 2*time.Minute, func() (bool, string) {
+		n := len(logs.Lines("level=DEBUG", "save a checkpoint"))
+		return n >= 20, fmt.Sprintf("%d failed saves at debug level; log:\n%s", n, logs.String())
+	})
+	srv.ResumeNode(2)
+	waitForWithin(t, 2*time.Minute, func() (bool, string) {
+		return len(logs.Lines("checkpoint saves work again")) == 1, logs.String()
+	})
+	assert.Len(t, logs.Lines("level=WARN", "checkpoint"), 1, "one warning for the failed saves")
+	assert.Contains(t, logs.Lines("checkpoint saves work again")[0], "level=INFO")
+}
+
 // heldOpen says whether sub's feed streams vb.
 func heldOpen(sub store.Subscription, vb uint16) bool {
 	f := sub.(*feed)

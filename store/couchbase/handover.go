@@ -137,7 +137,9 @@ func (f *feed) join(ctx context.Context, fromNow bool) error {
 func (f *feed) memberLoop() {
 	f.every(f.own.beat, func() {
 		if _, err := f.rebalance(f.ctx); err != nil && f.ctx.Err() == nil {
-			f.log.Warn("membership heartbeat", "error", err)
+			f.beats.Fail(f.ctx, "beat", "membership heartbeat", "error", err)
+		} else if err == nil {
+			f.beats.Mended(f.ctx, "beat")
 		}
 	})
 }
@@ -378,7 +380,9 @@ func (f *feed) claimAll(ctx context.Context, vbs []uint16, live func(string) boo
 		}
 	}
 	if failed > 0 && ctx.Err() == nil {
-		f.log.Warn("claim vBuckets", "failed", failed, "error", first)
+		f.claims.Fail(ctx, "claims", "claim vBuckets", "failed", failed, "error", first)
+	} else if failed == 0 {
+		f.claims.Mended(ctx, "claims")
 	}
 	for prev, n := range from {
 		f.log.Warn("took over the vBuckets of a member that stopped heartbeating", "member", prev, "vbuckets", n)
