@@ -269,6 +269,9 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 		if sum.DeadLetters > 0 {
 			fmt.Fprintln(stdout, deadLettersHint(d.data))
 		}
+		if interrupted && d.data != "" && sum.Orders > sum.Confirmed+sum.DeadLetters {
+			fmt.Fprintln(stdout, finishHint(d.data))
+		}
 	}
 	if interrupted {
 		return ctx.Err()
@@ -280,6 +283,20 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 			errDemoTimeout, d.timeout, sum.Confirmed, sum.Orders, sum.DeadLetters)
 	}
 	return runErr
+}
+
+// finishHint says how to finish an interrupted demo whose store was kept:
+// its orders, retries and credentials are in data, and a demo again there
+// is refused (it would write its orders over them).
+func finishHint(data string) string {
+	if abs, err := filepath.Abs(data); err == nil {
+		data = abs
+	}
+	file := func(name string) string { return shellQuote(filepath.Join(data, name)) }
+	return "(to finish it by hand, the demo's credentials in its directory, run in two terminals:\n" +
+		" ordermail mockmail --fail-rate 0 --auth-file " + file("mail-token") + " --signing-secret-file " + file("mail-signing-secrets") + "\n" +
+		" ordermail run --store " + shellQuote("file:"+filepath.Join(data, "ordermail.db")) + " --mail-url http://127.0.0.1:9080 --mail-auth-file " +
+		file("mail-token") + " --mail-signing-secret-file " + file("mail-signing-secrets") + ")"
 }
 
 // refusedNote says what the mock's refusals mean: none, that every request
