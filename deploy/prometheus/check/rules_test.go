@@ -108,6 +108,10 @@ ordermail_store_up{instance="b"} 0+0x40`, false},
 		{"a backlog",
 			"OrdermailRetryBacklog", `
 ordermail_retry_documents{instance="a"} 5000+0x40`, true},
+		{"a backlog, and one refresh of its figures failed just now: still counted (a 'for' is not started again)",
+			"OrdermailRetryBacklog", `
+ordermail_retry_documents{instance="a"} 5000+0x40
+ordermail_store_up{instance="a"} 1+0x19 0 1+0x19`, true},
 
 		{"no instance scraped",
 			"OrdermailAbsent", `
