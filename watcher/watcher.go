@@ -718,6 +718,7 @@ func (w *Watcher) complete(ctx context.Context, wp *workerProgress, ev store.Eve
 		// taken before the dead letter does not show it.
 		ln.last = &written{done: closed, seq: math.MaxUint64, at: time.Now()}
 		ln.failing = nil
+		w.storeDown.Mended(ctx, ev.Key) // its unavailable tries, if any, are over
 		ev.Ack()
 		w.handled.Add(1)
 		return completed, 0

@@ -65,8 +65,10 @@ func (e *Episode) Fail(ctx context.Context, key any, msg string, args ...any) {
 	}
 	e.log.Log(ctx, slog.LevelDebug, msg, args...)
 	if remind {
-		e.log.Log(ctx, slog.LevelWarn, e.what+" still failing", "failing", failing, "failures", failures,
-			"for", now.Sub(since).Round(time.Second).String())
+		// With the failure just now: another, begun while this one went
+		// on (a second node down), is not hidden at debug level for good.
+		e.log.Log(ctx, slog.LevelWarn, e.what+" still failing", append([]any{"failing", failing, "failures", failures,
+			"for", now.Sub(since).Round(time.Second).String(), "last", msg}, args...)...)
 	}
 }
 

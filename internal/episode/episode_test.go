@@ -37,7 +37,8 @@ func TestAnEpisodeIsSaidOnceAndItsEnd(t *testing.T) {
 	e.Fail(ctx, 2, "stream failed", "vb", 2)
 	l = lines()
 	assert.Len(t, l, 2)
-	assert.Contains(t, l[1], `level=WARN msg="streams still failing" failing=2 failures=5 for=5m0s`)
+	assert.Contains(t, l[1], `level=WARN msg="streams still failing" failing=2 failures=5 for=5m0s last="stream failed" vb=2`,
+		"with the failure just now: another begun meanwhile shows")
 
 	e.Mended(ctx, 1)
 	e.Mended(ctx, 3) // never failed

@@ -1123,6 +1123,7 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 			st.snaps = st.snaps[1:]
 		}
 		if f.own != nil && (!st.held || st.releasing) {
+			f.saves.Mended(f.ctx, vb) // not ours to save: a failure of its saves is over
 			continue
 		}
 		if force != nil {
@@ -1156,6 +1157,9 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 			// is by the CAS of the other's.
 			unlock, err := f.own.lockSaves(ctx, vb)
 			if err != nil {
+				if !stopping() {
+					f.saves.Fail(ctx, vb, "save a checkpoint: wait for a handover's write", "vb", vb, "error", err)
+				}
 				return err
 			}
 			defer unlock()
