@@ -111,7 +111,7 @@ func TestWrongCommandLineExits2(t *testing.T) {
 		name := strings.Join(tt.give, " ")
 		stdout, stderr, err := cli(t, tt.give...)
 		require.Error(t, err, name)
-		assert.Equal(t, 2, exitStatus(err, false, io.Discard), name)
+		assert.Equal(t, 2, exitStatus(err, nil, io.Discard), name)
 		assert.Empty(t, stdout, name)
 		assert.True(t, strings.HasPrefix(stderr, "ordermail: "+tt.want), "%s: stderr %q", name, stderr)
 		assert.Contains(t, stderr, "\nUSAGE\n", name)
@@ -133,27 +133,34 @@ func TestWrongCommandLineExits2(t *testing.T) {
 
 func TestExitStatus(t *testing.T) {
 	tests := []struct {
-		name        string
-		give        error
-		interrupted bool
-		want        int
-		wantStderr  string
+		name       string
+		give       error
+		sig        os.Signal
+		want       int
+		wantStderr string
 	}{
-		{"done", nil, false, 0, ""},
-		{"failed", errors.New("boom"), false, 1, "ordermail: boom\n"},
-		{"usage", usageErrorf("no order keys"), false, 2, ""}, // run printed it, with the usage
-		{"a code of its own", exitError{code: 3, err: errors.New("store gone")}, false, 3, "ordermail: store gone\n"},
-		{"a code of its own, wrapped", fmt.Errorf("run: %w", exitError{code: 4, err: errors.New("feed failed")}), false, 4, "ordermail: run: feed failed\n"},
-		{"interrupted", context.Canceled, true, 130, ""},
-		{"interrupted after it was done", nil, true, 130, ""},
-		{"failed while interrupted", errors.New("boom"), true, 130, "ordermail: boom\n"},
+		{"done", nil, nil, 0, ""},
+		{"failed", errors.New("boom"), nil, 1, "ordermail: boom\n"},
+		{"usage", usageErrorf("no order keys"), nil, 2, ""}, // run printed it, with the usage
+		{"a code of its own", exitError{code: 3, err: errors.New("store gone")}, nil, 3, "ordermail: store gone\n"},
+		{"a code of its own, wrapped", fmt.Errorf("run: %w", exitError{code: 4, err: errors.New("feed failed")}), nil, 4, "ordermail: run: feed failed\n"},
+		{"interrupted", context.Canceled, os.Interrupt, 130, ""},
+		{"interrupted after it was done", nil, os.Interrupt, 130, ""},
+		{"failed while interrupted", errors.New("boom"), os.Interrupt, 130, "ordermail: boom\n"},
 		{"a bulk action interrupted", errors.Join(errors.New("left 2 dead letters that changed: d1, d2"), fmt.Errorf("%w: %w", ops.ErrStopped, context.Canceled)),
-			true, 130, "ordermail: left 2 dead letters that changed: d1, d2\n"},
-		{"a bulk action interrupted, nothing left", errors.Join(nil, fmt.Errorf("%w: %w", ops.ErrStopped, context.Canceled)), true, 130, ""},
+			os.Interrupt, 130, "ordermail: left 2 dead letters that changed: d1, d2\n"},
+		{"a bulk action interrupted, nothing left", errors.Join(nil, fmt.Errorf("%w: %w", ops.ErrStopped, context.Canceled)), os.Interrupt, 130, ""},
+		// SIGTERM: a command cut short exits as a shell says SIGTERM ended
+		// it, not 1 with "context canceled"; one that stopped cleanly, 0.
+		{"stopped cleanly on SIGTERM", nil, syscall.SIGTERM, 0, ""},
+		{"cut short by SIGTERM", fmt.Errorf("load: %w", context.Canceled), syscall.SIGTERM, 143, ""},
+		{"a bulk action cut short by SIGTERM", errors.Join(errors.New("left 1 dead letter that changed: d1"), fmt.Errorf("%w: %w", ops.ErrStopped, context.Canceled)),
+			syscall.SIGTERM, 143, "ordermail: left 1 dead letter that changed: d1\n"},
+		{"failed otherwise after SIGTERM", errors.New("boom"), syscall.SIGTERM, 1, "ordermail: boom\n"},
 	}
 	for _, tt := range tests {
 		var stderr strings.Builder
-		assert.Equal(t, tt.want, exitStatus(tt.give, tt.interrupted, &stderr), tt.name)
+		assert.Equal(t, tt.want, exitStatus(tt.give, tt.sig, &stderr), tt.name)
 		assert.Equal(t, tt.wantStderr, stderr.String(), tt.name)
 	}
 }
@@ -200,7 +207,7 @@ func TestCommandsThatNeedAStoreRefuseAMissingOne(t *testing.T) {
 			name := strings.Join(give, " ")
 			stdout, _, err := cli(t, give...)
 			require.EqualError(t, err, "no store at "+wantPath+" (start the service or load orders first; --store names another)", name)
-			assert.Equal(t, 1, exitStatus(err, false, io.Discard), name)
+			assert.Equal(t, 1, exitStatus(err, nil, io.Discard), name)
 			assert.Empty(t, stdout, name)
 		}
 	}
@@ -244,7 +251,7 @@ func TestHealthcheck(t *testing.T) {
 	status.Store(http.StatusServiceUnavailable)
 	_, _, err = cli(t, "healthcheck", "--url", srv.URL+"/healthz")
 	require.EqualError(t, err, "unhealthy: "+srv.URL+"/healthz answered 503 Service Unavailable")
-	assert.Equal(t, 1, exitStatus(err, false, io.Discard))
+	assert.Equal(t, 1, exitStatus(err, nil, io.Discard))
 
 	_, _, code := runProcess(t, "healthcheck", "--url", srv.URL+"/healthz")
 	assert.Equal(t, 1, code)
@@ -296,7 +303,7 @@ func TestFlagsAfterArguments(t *testing.T) {
 	assert.EqualError(t, err, `no order, retry, dead letter or attempt record under key "--json"`, "after -- an argument stays one")
 
 	_, stderr, err := cli(t, "orders", "show", "order_1", "--store")
-	assert.Equal(t, 2, exitStatus(err, false, io.Discard))
+	assert.Equal(t, 2, exitStatus(err, nil, io.Discard))
 	assert.Contains(t, stderr, "flag needs an argument: -store")
 }
 

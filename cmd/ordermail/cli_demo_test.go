@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -35,9 +36,10 @@ func TestDemoInterrupted(t *testing.T) {
 		exit int
 	}{
 		{"SIGINT", os.Interrupt, 130},
-		// A stop asked for (a supervisor, `kill`): no failure, and no
-		// "context canceled" (it printed that and exited 1).
-		{"SIGTERM", syscall.SIGTERM, 0},
+		// A stop asked for (a supervisor, `kill`): as a shell says SIGTERM
+		// ended a command, and no "context canceled" (it printed that and
+		// exited 1).
+		{"SIGTERM", syscall.SIGTERM, 143},
 	} {
 		t.Run(tt.name, func(t *testing.T) { demoInterrupted(t, tt.sig, tt.exit) })
 	}
@@ -127,7 +129,7 @@ func TestDemoDeadLettersHint(t *testing.T) {
 	// Run again on a directory that holds a store: refused, the store as it was.
 	_, _, err = cli(t, "demo", "--orders", "2", "--data", dir)
 	require.ErrorContains(t, err, "data: "+dir+" already holds a store (ordermail.db)")
-	assert.Equal(t, 2, exitStatus(err, false, io.Discard), "a value the command does not take")
+	assert.Equal(t, 2, exitStatus(err, nil, io.Discard), "a value the command does not take")
 	after, err := os.ReadFile(filepath.Join(dir, "ordermail.db"))
 	require.NoError(t, err)
 	assert.Equal(t, before, after, "the store is untouched")
@@ -146,8 +148,18 @@ func TestDemoDeadLettersHint(t *testing.T) {
 // the demo prints still answers once every order is settled (it went with
 // the demo a second after), until a stop; then the summary.
 func TestDemoKeepsRunningWhenAsked(t *testing.T) {
+	t.Run("text", func(t *testing.T) { demoKeepsRunning(t, false) })
+	// With --json standard output holds the JSON summary alone.
+	t.Run("json", func(t *testing.T) { demoKeepsRunning(t, true) })
+}
+
+func demoKeepsRunning(t *testing.T, asJSON bool) {
 	var stdout, stderr syncbuf.Buffer
-	cmd := exec.Command(binary, "demo", "--keep-running", "--orders", "3", "--fail-rate", "0")
+	args := []string{"demo", "--keep-running", "--orders", "3", "--fail-rate", "0"}
+	if asJSON {
+		args = append(args, "--json")
+	}
+	cmd := exec.Command(binary, args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	require.NoError(t, cmd.Start())
 	exited := make(chan error, 1)
@@ -158,8 +170,24 @@ func TestDemoKeepsRunningWhenAsked(t *testing.T) {
 			<-exited
 		}
 	})
-	require.Eventually(t, func() bool { return strings.Contains(stdout.String(), "run on until Ctrl-C") }, 2*time.Minute, 10*time.Millisecond,
+	said := &stdout
+	if asJSON {
+		said = &stderr
+	}
+	require.Eventually(t, func() bool { return strings.Contains(said.String(), "run on until Ctrl-C") }, 2*time.Minute, 10*time.Millisecond,
 		"the demo did not settle and go on; stdout:\n%v\nstderr:\n%v", later.Value(func() any { return stdout.String() }), later.Value(func() any { return stderr.String() }))
+	if asJSON {
+		require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+		select {
+		case <-exited:
+		case <-time.After(60 * time.Second):
+			t.Fatalf("no exit 60s after SIGTERM; stderr:\n%s", stderr.String())
+		}
+		var sum demoSummary
+		require.NoError(t, json.Unmarshal([]byte(stdout.String()), &sum), "standard output: %q", stdout.String())
+		assert.Equal(t, 8, sum.Confirmed)
+		return
+	}
 	console := regexp.MustCompile(`console: (http://\S+) `).FindStringSubmatch(stdout.String())
 	require.NotNil(t, console, stdout.String())
 	resp, err := http.Get(console[1] + "/")
@@ -177,6 +205,40 @@ func TestDemoKeepsRunningWhenAsked(t *testing.T) {
 	require.NoError(t, err, "stderr:\n%s", stderr.String())
 	assert.Contains(t, stdout.String(), "\nconfirmed:           8\n")
 	assert.NotContains(t, stdout.String(), "interrupted after")
+}
+
+// TestADemoRefusedBeforeItsStoreOpenedLeavesNoStore: a demo whose setting
+// was refused made its store file first, and the demo run again,
+// corrected, on the same directory was refused as if a store were there.
+// An empty store file (a demo killed before its store opened) is said to
+// be one.
+func TestADemoRefusedBeforeItsStoreOpenedLeavesNoStore(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	_, _, err := cli(t, "demo", "--orders", "2", "--admin-listen", "", "--data", dir, "--workers", "0")
+	require.Error(t, err)
+	assert.Equal(t, 2, exitStatus(err, nil, io.Discard))
+	out, _, err := cli(t, "demo", "--orders", "2", "--fail-rate", "0", "--admin-listen", "", "--data", dir)
+	require.NoError(t, err, "the same directory, the setting corrected")
+	assert.Contains(t, out, "\nconfirmed:           7\n")
+
+	// Refused at the start, the store file made: a console address in use.
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer busy.Close()
+	dir = filepath.Join(t.TempDir(), "data")
+	_, _, err = cli(t, "demo", "--orders", "2", "--admin-listen", busy.Addr().String(), "--data", dir)
+	require.Error(t, err)
+	for _, name := range []string{"ordermail.db", "mail-token", "mail-signing-secrets", "admin-token"} {
+		assert.NoFileExists(t, filepath.Join(dir, name), "what the demo made there is taken back (the store's lock files may stay)")
+	}
+	_, _, err = cli(t, "demo", "--orders", "2", "--fail-rate", "0", "--admin-listen", "", "--data", dir)
+	require.NoError(t, err, "the same directory, another console address")
+
+	empty := filepath.Join(t.TempDir(), "empty")
+	require.NoError(t, os.MkdirAll(empty, 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(empty, "ordermail.db"), nil, 0o600))
+	_, _, err = cli(t, "demo", "--orders", "2", "--admin-listen", "", "--data", empty)
+	require.ErrorContains(t, err, "holds an empty ordermail.db")
 }
 
 // TestTwoDemosOnOneNewDirectory: of two demos started at once on one new
@@ -204,7 +266,7 @@ func TestTwoDemosOnOneNewDirectory(t *testing.T) {
 		case r.err == nil:
 			ran++
 			assert.Contains(t, r.out, "\nconfirmed:           7\n", "the one that ran confirmed every order")
-		case strings.Contains(r.err.Error(), "already holds a store"):
+		case strings.Contains(r.err.Error(), "already holds a store"), strings.Contains(r.err.Error(), "another demo is starting there"):
 			refused++
 		default:
 			t.Errorf("a demo failed otherwise: %v\n%s", r.err, r.out)

@@ -326,7 +326,7 @@ func TestBenchRejectsBadSettings(t *testing.T) {
 	} {
 		_, _, err := cli(t, append([]string{"bench"}, tt.give...)...)
 		assert.ErrorContains(t, err, tt.want, "%v", tt.give)
-		assert.Equal(t, 2, exitStatus(err, false, io.Discard), "%v: a value the command does not take", tt.give)
+		assert.Equal(t, 2, exitStatus(err, nil, io.Discard), "%v: a value the command does not take", tt.give)
 	}
 }
 
@@ -340,7 +340,7 @@ func TestBenchRefusesAStoreThatIsThere(t *testing.T) {
 	require.NoError(t, os.WriteFile(db, []byte("a service's store"), 0o600))
 	_, stderr, err := cli(t, "bench", "--orders", "10", "--store", dir)
 	assert.EqualError(t, err, "store: "+dir+" already holds a store (ordermail.db); a benchmark writes its own orders on a new one: give a new directory")
-	assert.Equal(t, 2, exitStatus(err, false, io.Discard), "a value the command does not take")
+	assert.Equal(t, 2, exitStatus(err, nil, io.Discard), "a value the command does not take")
 	assert.NotContains(t, stderr, "store kept", "nothing of the benchmark's was kept")
 	b, _ := os.ReadFile(db)
 	assert.Equal(t, "a service's store", string(b))

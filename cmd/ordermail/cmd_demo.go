@@ -115,12 +115,12 @@ func demoCommand(stdout, stderr io.Writer) *ffcli.Command {
 				return err
 			}
 			defer flush() // exports the spans still buffered
-			return demo(ctx, d, cfg, log, stdout, prog)
+			return demo(ctx, d, cfg, log, stdout, stderr, prog)
 		},
 	}
 }
 
-func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, stdout io.Writer, prog *demoProgress) error {
+func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, stdout, stderr io.Writer, prog *demoProgress) error {
 	if d.seed == 0 {
 		d.seed = uint64(time.Now().UnixNano())
 	}
@@ -132,6 +132,14 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	if err != nil {
 		return err
 	}
+	// Before anything is written to --data, as far as they can be checked
+	// without the store and the mock (below, again, with them).
+	early := cfg
+	early.Store, early.Mail.URL = app.StoreConfig{URL: "file:ordermail.db"}, "http://127.0.0.1:1"
+	if err := checkServiceFlags(&early); err != nil {
+		return badSetting(err)
+	}
+	started := false // the service, on the store file the demo made in --data
 	dir := d.data
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "ordermail-demo-*"); err != nil {
@@ -147,12 +155,28 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 		// demos started on one new directory one is refused here (both
 		// went on, writing each other's credentials: one stood by, the
 		// other's sends all refused).
-		if errors.Is(err, os.ErrExist) {
-			return usageErrorf("data: %s already holds a store (ordermail.db); the demo writes its own orders and retry settings: give a new directory", dir)
+		if !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("data: %w", err)
 		}
-		return fmt.Errorf("data: %w", err)
+		if fi, err := os.Stat(filepath.Join(dir, "ordermail.db")); err == nil && fi.Size() == 0 {
+			return usageErrorf("data: %s holds an empty ordermail.db: another demo is starting there, or one was killed before its store opened "+
+				"(then remove the file, or give a new directory)", dir)
+		}
+		return usageErrorf("data: %s already holds a store (ordermail.db); the demo writes its own orders and retry settings: give a new directory", dir)
 	} else if err := f.Close(); err != nil {
 		return fmt.Errorf("data: %w", err)
+	} else {
+		// Until the service has started on it, a failure takes back what
+		// the demo made there, so that it can be run again on the same
+		// directory.
+		made := []string{"ordermail.db", "mail-token", "mail-signing-secrets", "admin-token"}
+		defer func() {
+			if !started {
+				for _, name := range made {
+					os.Remove(filepath.Join(dir, name))
+				}
+			}
+		}()
 	}
 	if err := demoCredentials(dir, mock, &cfg); err != nil {
 		return err
@@ -184,6 +208,7 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	if err := a.Start(ctx); err != nil {
 		return fmt.Errorf("start: %w", app.RootCause(err))
 	}
+	started = true
 	if cons != nil && cons.Addr() != nil && !d.json {
 		note := "(its admin token is in " + cfg.Console.TokenFile
 		if d.data == "" {
@@ -225,7 +250,11 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 		// The console's URL, printed at the start, would be gone a second
 		// later: the operator's whole experience, on the demo's store,
 		// until they stop it.
-		fmt.Fprintf(stdout, "every order is settled; the service, its console and the mock email service (%s) run on until Ctrl-C. Try:\n"+
+		out := stdout
+		if d.json {
+			out = stderr // the JSON summary alone on standard output
+		}
+		fmt.Fprintf(out, "every order is settled; the service, its console and the mock email service (%s) run on until Ctrl-C. Try:\n"+
 			" ordermail orders show order_140 --store %s\n", l.URL(), shellQuote(cfg.Store.URL))
 		<-ctx.Done()
 	}

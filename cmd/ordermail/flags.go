@@ -436,8 +436,6 @@ func badSetting(err error) error {
 	return usageError{err.Error()}
 }
 
-// finiteFloat64Var defines a float64 flag that refuses NaN and the
-// infinities, which every range check written as a comparison lets through.
 // clearErrors gives fs's duration and number flags errors that say what
 // they take: the flag package's own say "parse error" (--mail-timeout 10,
 // ORDERMAIL_WORKERS=abc), and leave the user to guess.
@@ -485,6 +483,8 @@ func (v *saysWhat) Set(s string) error {
 	return err
 }
 
+// finiteFloat64Var defines a float64 flag that refuses NaN and the
+// infinities, which every range check written as a comparison lets through.
 func finiteFloat64Var(fs *flag.FlagSet, p *float64, name string, value float64, usage string) {
 	*p = value
 	fs.Var((*finiteFloat)(p), name, usage)

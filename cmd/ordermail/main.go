@@ -34,14 +34,7 @@ func main() {
 	}
 	ctx, first, stop := notifyStop(os.Stderr, within)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	sig := first()
-	if sig == syscall.SIGTERM {
-		// A stop asked for: the cancellation it caused is no failure (a
-		// demo or a bulk action cut short said "context canceled" and
-		// exited 1); whatever else went wrong is said.
-		err = besidesCancel(err)
-	}
-	code := exitStatus(err, sig == os.Interrupt, os.Stderr)
+	code := exitStatus(err, first(), os.Stderr)
 	stop()
 	os.Exit(code)
 }
@@ -110,12 +103,22 @@ func (e exitError) Unwrap() error { return e.err }
 // exitStatus reports err, unless run did already (a usage error), and
 // returns the exit status: 0, 1 when the command failed, 2 when its command
 // line was wrong, an exitError's own, 130 when it was interrupted.
-func exitStatus(err error, interrupted bool, stderr io.Writer) int {
+func exitStatus(err error, sig os.Signal, stderr io.Writer) int {
 	var usage usageError
 	var coded exitError
+	interrupted := sig == os.Interrupt
 	switch {
 	case errors.As(err, &usage):
 		return 2
+	case sig == syscall.SIGTERM && errors.Is(err, context.Canceled):
+		// A stop asked for cut the command short (a demo, a bulk action):
+		// said by the status a shell gives a command SIGTERM ended, not as
+		// a failure ("context canceled", 1); what else went wrong is said.
+		// A command that stopped cleanly (run) returns no error: 0.
+		if rest := besidesCancel(err); rest != nil {
+			fmt.Fprintln(stderr, "ordermail:", rest)
+		}
+		return 143
 	case interrupted:
 		if rest := besidesCancel(err); rest != nil {
 			fmt.Fprintln(stderr, "ordermail:", rest)

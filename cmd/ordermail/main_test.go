@@ -285,7 +285,7 @@ func TestBadInvocations(t *testing.T) {
 		name := strings.Join(tt.give, " ")
 		stdout, stderr, err := cli(t, tt.give...)
 		assert.ErrorContains(t, err, tt.want, name)
-		assert.Equal(t, tt.wantCode, exitStatus(err, false, io.Discard), name)
+		assert.Equal(t, tt.wantCode, exitStatus(err, nil, io.Discard), name)
 		assert.Empty(t, stdout, name)
 		if tt.wantCode == 2 {
 			assert.Contains(t, stderr, tt.want, name)
