@@ -32,12 +32,22 @@ func runProcess(t *testing.T, args ...string) (string, string, int) {
 	cmd := exec.Command(binary, args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
+	code := exitCode(err)
+	require.True(t, code >= 0, "%v", err)
+	return stdout.String(), stderr.String(), code
+}
+
+// exitCode is the exit status of a process that ended with err (Wait's);
+// -1 when err says no exit status.
+func exitCode(err error) int {
 	var exit *exec.ExitError
-	if errors.As(err, &exit) {
-		return stdout.String(), stderr.String(), exit.ExitCode()
+	switch {
+	case errors.As(err, &exit):
+		return exit.ExitCode()
+	case err != nil:
+		return -1
 	}
-	require.NoError(t, err)
-	return stdout.String(), stderr.String(), 0
+	return 0
 }
 
 func TestHelpGoesToStdout(t *testing.T) {

@@ -3,13 +3,11 @@ package main
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -19,7 +17,6 @@ import (
 	"time"
 
 	"github.com/ordermail/ordermail/internal/later"
-	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/store"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -32,10 +29,10 @@ import (
 func TestDemoInterrupted(t *testing.T) {
 	for _, tt := range []struct {
 		name string
-		sig  os.Signal
+		sig  syscall.Signal
 		exit int
 	}{
-		{"SIGINT", os.Interrupt, 130},
+		{"SIGINT", syscall.SIGINT, 130},
 		// A stop asked for (a supervisor, `kill`): as a shell says SIGTERM
 		// ended a command, and no "context canceled" (it printed that and
 		// exited 1).
@@ -45,20 +42,10 @@ func TestDemoInterrupted(t *testing.T) {
 	}
 }
 
-func demoInterrupted(t *testing.T, sig os.Signal, exitCode int) {
+func demoInterrupted(t *testing.T, sig syscall.Signal, want int) {
 	dir := t.TempDir()
-	var stdout, stderr syncbuf.Buffer
-	cmd := exec.Command(binary, "demo", "--orders", "3000", "--latency", "5ms", "--data", dir)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
+	p := startProc(t, "demo", "--orders", "3000", "--latency", "5ms", "--data", dir)
+	stdout, stderr := p.out, p.logs
 
 	// The lock file is made once the store is set up and the service runs;
 	// then wait for the first paid order.
@@ -74,23 +61,9 @@ func demoInterrupted(t *testing.T, sig os.Signal, exitCode int) {
 		return err == nil && c.OrdersPaid > 0
 	}, 60*time.Second, 10*time.Millisecond, "a paid order; last: %v; stderr:\n%v",
 		later.Value(seen.Last), later.Value(func() any { return stderr.String() }))
-	require.NoError(t, cmd.Process.Signal(sig))
-
-	var err error
-	select {
-	case err = <-exited:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("no exit 60s after %v; stdout:\n%s\nstderr:\n%s", sig, stdout.String(), stderr.String())
-	}
+	err, _ := p.stop(t, sig)
 	out := stdout.String()
-	code := 0
-	var exit *exec.ExitError
-	if errors.As(err, &exit) {
-		code = exit.ExitCode()
-	} else {
-		require.NoError(t, err)
-	}
-	assert.Equal(t, exitCode, code, "stdout:\n%s\nstderr:\n%s", out, stderr.String())
+	assert.Equal(t, want, exitCode(err), "stdout:\n%s\nstderr:\n%s", out, stderr.String())
 	assert.Contains(t, out, "interrupted after ")
 	m := regexp.MustCompile(`\norders paid:\s+(\d+)\n`).FindStringSubmatch(out)
 	require.NotNil(t, m, out)
@@ -154,35 +127,21 @@ func TestDemoKeepsRunningWhenAsked(t *testing.T) {
 }
 
 func demoKeepsRunning(t *testing.T, asJSON bool) {
-	var stdout, stderr syncbuf.Buffer
 	args := []string{"demo", "--keep-running", "--orders", "3", "--fail-rate", "0"}
 	if asJSON {
 		args = append(args, "--json")
 	}
-	cmd := exec.Command(binary, args...)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	require.NoError(t, cmd.Start())
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-exited
-		}
-	})
-	said := &stdout
+	p := startProc(t, args...)
+	stdout, stderr := p.out, p.logs
+	said := stdout
 	if asJSON {
-		said = &stderr
+		said = stderr
 	}
 	require.Eventually(t, func() bool { return strings.Contains(said.String(), "run on until Ctrl-C") }, 2*time.Minute, 10*time.Millisecond,
 		"the demo did not settle and go on; stdout:\n%v\nstderr:\n%v", later.Value(func() any { return stdout.String() }), later.Value(func() any { return stderr.String() }))
 	if asJSON {
-		require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-		select {
-		case <-exited:
-		case <-time.After(60 * time.Second):
-			t.Fatalf("no exit 60s after SIGTERM; stderr:\n%s", stderr.String())
-		}
+		err, _ := p.stop(t, syscall.SIGTERM)
+		require.NoError(t, err, "stderr:\n%s", stderr.String())
 		var sum demoSummary
 		require.NoError(t, json.Unmarshal([]byte(stdout.String()), &sum), "standard output: %q", stdout.String())
 		assert.Equal(t, 8, sum.Confirmed)
@@ -196,12 +155,7 @@ func demoKeepsRunning(t *testing.T, asJSON bool) {
 	assert.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.NotContains(t, stdout.String(), "orders paid:", "no summary before the stop")
 
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	select {
-	case err = <-exited:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("no exit 60s after SIGTERM; stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
-	}
+	err, _ = p.stop(t, syscall.SIGTERM)
 	require.NoError(t, err, "stderr:\n%s", stderr.String())
 	assert.Contains(t, stdout.String(), "\nconfirmed:           8\n")
 	assert.NotContains(t, stdout.String(), "interrupted after")

@@ -34,7 +34,8 @@ import (
 // proc is ordermail running as a process of its own.
 type proc struct {
 	cmd    *exec.Cmd
-	logs   *syncbuf.Buffer
+	logs   *syncbuf.Buffer // standard error
+	out    *syncbuf.Buffer // standard output
 	exited chan error
 }
 
@@ -47,11 +48,11 @@ func startProc(t *testing.T, args ...string) *proc {
 // environment.
 func startProcEnv(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(binary, args...), logs: &syncbuf.Buffer{}, exited: make(chan error, 1)}
+	p := &proc{cmd: exec.Command(binary, args...), logs: &syncbuf.Buffer{}, out: &syncbuf.Buffer{}, exited: make(chan error, 1)}
 	if env != nil {
 		p.cmd.Env = append(os.Environ(), env...)
 	}
-	p.cmd.Stderr = p.logs
+	p.cmd.Stderr, p.cmd.Stdout = p.logs, p.out
 	require.NoError(t, p.cmd.Start())
 	go func() { p.exited <- p.cmd.Wait() }()
 	t.Cleanup(func() {

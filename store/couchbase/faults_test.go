@@ -533,6 +533,17 @@ func TestUnansweredStreamRequestIsSentAgain(t *testing.T) {
 	assert.True(t, reqs[0].Ignored)
 }
 
+// openLogged is openStore with the store's log, at debug level, in the
+// buffer it returns.
+func openLogged(t *testing.T, cfg Config) (*Store, *syncbuf.Buffer) {
+	t.Helper()
+	logs := &syncbuf.Buffer{}
+	s, err := Open(context.Background(), cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	return s, logs
+}
+
 // Streams that fail are said once, not once a vBucket a try: a hung node's
 // 341 streams asked again every 10s wrote 61,000 warnings an hour, and
 // nothing said when they were back. Here 8 streams end, their requests go
@@ -540,10 +551,7 @@ func TestUnansweredStreamRequestIsSentAgain(t *testing.T) {
 // tries at debug level, and one line once every stream is open again.
 func TestFailingStreamsAreSaidOnce(t *testing.T) {
 	cfg, srv := fakeCluster(t, cbtest.Options{})
-	var logs syncbuf.Buffer
-	s, err := Open(context.Background(), cfg, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	require.NoError(t, err)
-	t.Cleanup(func() { s.Close() })
+	s, logs := openLogged(t, cfg)
 	s.feedOpts.openTimeout, s.feedOpts.reopenDelay = 200*time.Millisecond, 10*time.Millisecond
 	sub := subscribe(t, s, "feed", watched, true)
 	waitStreaming(t, sub, testVBuckets)
@@ -571,10 +579,7 @@ func TestFailingStreamsAreSaidOnce(t *testing.T) {
 // said.
 func TestFailingCheckpointSavesAreSaidOnce(t *testing.T) {
 	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3})
-	var logs syncbuf.Buffer
-	s, err := Open(context.Background(), cfg, slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	require.NoError(t, err)
-	t.Cleanup(func() { s.Close() })
+	s, logs := openLogged(t, cfg)
 	s.feedOpts.opTimeout, s.feedOpts.flushEvery = 200*time.Millisecond, 20*time.Millisecond
 	sub := subscribe(t, s, "feed", watched, true)
 	keys := putOnEveryVBucket(t, s, srv)
