@@ -167,6 +167,11 @@ func TestExitStatus(t *testing.T) {
 		{"a bulk action cut short by SIGTERM", errors.Join(errors.New("left 1 dead letter that changed: d1"), fmt.Errorf("%w: %w", ops.ErrStopped, context.Canceled)),
 			syscall.SIGTERM, 143, "ordermail: left 1 dead letter that changed: d1\n"},
 		{"failed otherwise after SIGTERM", errors.New("boom"), syscall.SIGTERM, 1, "ordermail: boom\n"},
+		// A code of its own is a reason of the command's own, whatever
+		// signal came (it was hidden behind 143 or 130, unsaid).
+		{"a code of its own after SIGTERM", exitError{code: 3, err: fmt.Errorf("store deleted; and stopping: %w", context.Canceled)}, syscall.SIGTERM, 3,
+			"ordermail: store deleted; and stopping: context canceled\n"},
+		{"a code of its own after Ctrl-C", exitError{code: 4, err: errors.New("feed failed")}, os.Interrupt, 4, "ordermail: feed failed\n"},
 	}
 	for _, tt := range tests {
 		var stderr strings.Builder

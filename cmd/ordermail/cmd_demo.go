@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -139,7 +140,8 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	if err := checkServiceFlags(&early); err != nil {
 		return badSetting(err)
 	}
-	started := false // the service, on the store file the demo made in --data
+	started := false  // the service, on the store file the demo made in --data
+	var made []string // in --data, by name: taken back if the service does not start
 	dir := d.data
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "ordermail-demo-*"); err != nil {
@@ -168,11 +170,13 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	} else {
 		// Until the service has started on it, a failure takes back what
 		// the demo made there, so that it can be run again on the same
-		// directory.
-		made := []string{"ordermail.db", "mail-token", "mail-signing-secrets", "admin-token"}
+		// directory: what it wrote, and the store file last (another demo
+		// waits on it, and must not lose its own credentials to this
+		// cleanup).
+		made = []string{"ordermail.db", "ordermail.db-wal", "ordermail.db-shm"}
 		defer func() {
 			if !started {
-				for _, name := range made {
+				for _, name := range slices.Backward(made) {
 					os.Remove(filepath.Join(dir, name))
 				}
 			}
@@ -181,12 +185,14 @@ func demo(ctx context.Context, d demoFlags, cfg app.Config, log *slog.Logger, st
 	if err := demoCredentials(dir, mock, &cfg); err != nil {
 		return err
 	}
+	made = append(made, "mail-token", "mail-signing-secrets")
 	if cfg.Console.Listen != "" && cfg.Console.TokenFile == "" {
 		// The console's actions need a token: a fresh one, in a private file.
 		cfg.Console.TokenFile = filepath.Join(dir, "admin-token")
 		if err := secretfile.Write(cfg.Console.TokenFile, strings.TrimPrefix(webhook.NewSecret(), "whsec_")); err != nil {
 			return fmt.Errorf("demo console token: %w", err)
 		}
+		made = append(made, "admin-token")
 	}
 	l, err := mock.Listen("127.0.0.1:0")
 	if err != nil {

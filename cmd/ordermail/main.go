@@ -102,7 +102,9 @@ func (e exitError) Unwrap() error { return e.err }
 
 // exitStatus reports err, unless run did already (a usage error), and
 // returns the exit status: 0, 1 when the command failed, 2 when its command
-// line was wrong, an exitError's own, 130 when it was interrupted.
+// line was wrong, an exitError's own (whatever signal came: run stopped
+// for a reason of its own, said), 130 when it was interrupted, 143 when
+// SIGTERM cut it short.
 func exitStatus(err error, sig os.Signal, stderr io.Writer) int {
 	var usage usageError
 	var coded exitError
@@ -110,6 +112,9 @@ func exitStatus(err error, sig os.Signal, stderr io.Writer) int {
 	switch {
 	case errors.As(err, &usage):
 		return 2
+	case errors.As(err, &coded):
+		fmt.Fprintln(stderr, "ordermail:", err)
+		return coded.code
 	case sig == syscall.SIGTERM && errors.Is(err, context.Canceled):
 		// A stop asked for cut the command short (a demo, a bulk action):
 		// said by the status a shell gives a command SIGTERM ended, not as
