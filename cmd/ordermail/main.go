@@ -128,15 +128,9 @@ func exitStatus(err error, sig os.Signal, stderr io.Writer) int {
 		if rest := besidesCancel(err); rest != nil {
 			fmt.Fprintln(stderr, "ordermail:", rest)
 		}
+		return 130
 	case err != nil:
 		fmt.Fprintln(stderr, "ordermail:", err)
-	}
-	switch {
-	case interrupted:
-		return 130
-	case errors.As(err, &coded):
-		return coded.code
-	case err != nil:
 		return 1
 	}
 	return 0
