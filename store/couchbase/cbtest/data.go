@@ -24,7 +24,8 @@ type docKey struct {
 // item is one version of a document, or its tombstone.
 type item struct {
 	docKey
-	value      []byte
+	value      []byte  // the body only: never the xattrs
+	xattrs     []xattr // in order; shared between versions, never changed in place
 	flags      uint32
 	datatype   byte
 	cas        uint64
@@ -610,9 +611,13 @@ func (s *Server) storeLocked(b *bucket, vb *vbucket, it *item) {
 	b.notify()
 }
 
-// deleteLocked replaces a document with a tombstone.
+// deleteLocked replaces a document with a tombstone. The body and the
+// user xattrs go; system xattrs stay with the tombstone (kv_engine
+// docs/ExtendedAttributes.md, "XATTR lifetime"), whether deleted or
+// expired.
 func (s *Server) deleteLocked(b *bucket, vb *vbucket, old *item, expired bool) *item {
-	t := &item{docKey: old.docKey, deleted: true, expired: expired, flags: old.flags, deleteTime: uint32(s.now().Unix())}
+	t := &item{docKey: old.docKey, deleted: true, expired: expired, flags: old.flags, deleteTime: uint32(s.now().Unix()),
+		xattrs: systemXattrs(old.xattrs)}
 	s.storeLocked(b, vb, t)
 	return t
 }

@@ -906,6 +906,7 @@ func (d *dcpConn) entryPacket(st *stream, e logEntry, cfg dcpSettings) *packet {
 		} else {
 			p.datatype = 0
 		}
+		d.addXattrs(p, it)
 	case it.expired && cfg.expiryOpcode:
 		p.opcode = opDCPExpiration
 		ex = binary.BigEndian.AppendUint32(ex, it.deleteTime)
@@ -917,8 +918,27 @@ func (d *dcpConn) entryPacket(st *stream, e logEntry, cfg dcpSettings) *packet {
 		p.opcode = opDCPDeletion
 		ex = binary.BigEndian.AppendUint16(ex, 0)
 	}
+	if it.deleted {
+		d.addXattrs(p, it) // a tombstone's system xattrs
+	}
 	p.extras = ex
 	return p
+}
+
+// dcpOpenIncludeXattrs is DCP_OPEN's flag for values with xattrs.
+const dcpOpenIncludeXattrs = 0x04
+
+// addXattrs puts the item's xattrs in front of the message's value, with
+// the XATTR datatype bit, when the connection opened with the
+// include-xattrs flag; without it the producer sends the body only
+// (docs/dcp/documentation/commands/open-connection.md and mutation.md,
+// "The meaning of datatype"; docs/Document.md for the encoding).
+func (d *dcpConn) addXattrs(p *packet, it *item) {
+	if d.flags&dcpOpenIncludeXattrs == 0 || len(it.xattrs) == 0 {
+		return
+	}
+	p.value = append(xattrBlob(it.xattrs), p.value...)
+	p.datatype |= datatypeXattr
 }
 
 // allDCP is a snapshot of the DCP connections.

@@ -32,7 +32,9 @@
 // # Data model
 //
 // Per bucket and vBucket: documents keyed by (collection id, key) with
-// value, flags, datatype, CAS, expiry, rev seqno and tombstones; a seqno
+// value (the body), extended attributes (xattrs, kept apart from the body:
+// an ordered list of X-Key and raw JSON value), flags, datatype, CAS,
+// expiry, rev seqno and tombstones; a seqno
 // counter that every write takes (KV writes, query UPDATE/DELETE, expiries,
 // and one system event per vBucket for each scope or collection created or
 // dropped); a failover log (newest first) whose head is the vbuuid; and a
@@ -46,9 +48,10 @@
 // # Key-value service
 //
 // Bootstrap: HELLO (grants only Collections, AltRequests, MutationSeqNo,
-// XError, SelectBucket, JSON, PreserveTTL and SyncReplication — never
-// Snappy, clustermap pushes or XATTR, §3.2, §10.4.4; buckets advertise
-// the durableWrite capability), GET_ERROR_MAP (minimal map), SASL
+// XError, SelectBucket, JSON, PreserveTTL, SyncReplication and XATTR —
+// never Snappy or clustermap pushes, §3.2, §10.4.4; kv_engine refuses
+// xattr sub-document specs without XATTR; buckets advertise the xattr
+// and durableWrite capabilities), GET_ERROR_MAP (minimal map), SASL
 // LIST_MECHS/AUTH/STEP with SCRAM-SHA512, SCRAM-SHA256 and SCRAM-SHA1
 // (the client proof is verified, the server signature returned) and PLAIN,
 // SELECT_BUCKET, GET_CLUSTER_CONFIG with a bucket (terse bucket config)
@@ -64,8 +67,39 @@
 // 0x02 (ADD on an existing key, and any CAS mismatch), NOT_MY_VBUCKET 0x07
 // with the config as body, NO_BUCKET 0x08, UNKNOWN_COLLECTION 0x88 and
 // UNKNOWN_SCOPE 0x8c with {"manifest_uid":…}, UNKNOWN_COMMAND 0x81 for
-// anything else (subdoc, counters, append, locking, GET_META are not
-// implemented). Mutation responses carry {vbuuid, seqno} when asked for.
+// anything else (single-path subdoc, counters, append, locking, GET_META
+// are not implemented). Mutation responses carry {vbuuid, seqno} when
+// asked for. GET, and everything else but the sub-document commands, sees
+// the body only; SET and REPLACE keep the document's xattrs (as does a
+// query UPDATE), ADD of a new key has none, and DELETE and expiry keep
+// only the system xattrs (X-Keys starting with _) in the tombstone
+// (kv_engine mutation_context.cc; docs/ExtendedAttributes.md "XATTR
+// lifetime"). A SET whose datatype carries the XATTR bit is refused.
+//
+// Sub-documents (docs/SubDocument.md, daemon/subdocument*.cc):
+// SUBDOC_MULTI_LOOKUP (0xd0) with GET, EXISTS and GET_COUNT on xattr
+// paths (X-Key or X-Key.path) and body paths, and the whole-document GET,
+// which returns the body whatever it holds (PATH_ENOENT when empty); the
+// AccessDeleted doc flag reads a tombstone's system xattrs. Each spec gets
+// its status and value, the overall status is SUCCESS or
+// SUBDOC_MULTI_PATH_FAILURE (0xcc; 0xcd and 0xd3 on a tombstone).
+// SUBDOC_MULTI_MUTATION (0xd1) with DICT_ADD, DICT_UPSERT, REPLACE and
+// DELETE on xattr or body paths (MKDIR_P creates dictionaries) and the
+// whole-document SET; expiry, user flags and the MkDoc (SET semantics,
+// body {} when a path needs a root) and Add (ADD) doc flags in the
+// extras; no doc flag means REPLACE. All specs apply or none: a new
+// version (new CAS and seqno) or SUBDOC_MULTI_PATH_FAILURE with the first
+// failing spec's index and status. CAS, durability and preserve-TTL work
+// as for SET; without preserve-TTL the request's expiry (0: none)
+// replaces the document's. Paths use dots, [n] ([-1] last) and backticks;
+// X-Keys follow key_validator.cc. Request checks as kv_engine's validator:
+// xattr specs first (SUBDOC_INVALID_XATTR_ORDER 0xd4), at most 16 specs,
+// XATTR negotiated (NOT_SUPPORTED), valid X-Keys (XATTR_EINVAL 0x87). Not
+// implemented, refused with EINVAL and a context that says so: array
+// and counter specs, whole-document DELETE, REPLACE_BODY_WITH_XATTR,
+// macro expansion, binary xattr values, virtual xattrs ($document…) and
+// the doc flags AccessDeleted (on mutations), CreateAsDeleted,
+// ReviveDocument and ReplicaRead.
 // A SET or REPLACE with the preserve-TTL frame (§2.3, ID 5) keeps the
 // existing document's expiry. A write with a durability frame (ID 1) is
 // made at once, as on a cluster whose replicas confirm at once, and its
@@ -94,7 +128,10 @@
 //
 // Each stream first sends what exists after its start seqno (a disk
 // snapshot), then every later write of its vBucket (memory snapshots), in
-// batches of at most 1024 entries, with v1 markers. A disk snapshot's
+// batches of at most 1024 entries, with v1 markers. Values are bodies
+// only, unless DCP_OPEN asked for xattrs (flag 0x04): then the xattrs come
+// first, encoded as docs/Document.md describes, with the XATTR datatype
+// bit (a tombstone's system xattrs too). A disk snapshot's
 // marker runs from the start to the batch's end; a memory snapshot's
 // covers the items sent, from the first to the last, and a batch with no
 // item for the stream sends nothing at all (see the assumptions below).

@@ -244,7 +244,7 @@ type kvFault struct {
 }
 
 // faultDurable stands for the opcode of a fault on durable writes, any
-// of SET, ADD, REPLACE and DELETE.
+// of SET, ADD, REPLACE, DELETE and SUBDOC_MULTI_MUTATION.
 const faultDurable = 0xff
 
 // AnswerDurableWritesAmbiguous makes the next n durable writes on vBucket

@@ -239,6 +239,8 @@ func (c *kvConn) handle(p *packet) {
 		})
 	case opGet, opSet, opAdd, opReplace, opDelete, opTouch, opGAT:
 		c.kvOp(p)
+	case opSubdocMultiLookup, opSubdocMultiMutation:
+		c.subdocMulti(p)
 	case opGetAllVBSeqnos:
 		c.getAllVBSeqnos(p)
 	case opDCPOpen:
@@ -494,8 +496,11 @@ func (c *kvConn) mutationExtras(vb *vbucket, it *item) []byte {
 	return ex
 }
 
-func (c *kvConn) kvOp(p *packet) {
-	c.s.work.kvOp(p.opcode)
+// docOp runs f under the server lock on the document p names, once the
+// checks every document command shares passed (key, bucket, vBucket,
+// collection); with Options.SyncDCP it answers a write only once DCP has
+// sent it.
+func (c *kvConn) docOp(p *packet, f func(b *bucket, vb *vbucket, coll *collDef, k docKey)) {
 	cid, key, err := c.decodeKey(p)
 	if err != nil {
 		c.fail(p, statusEINVAL, err.Error())
@@ -527,8 +532,13 @@ func (c *kvConn) kvOp(p *packet) {
 			c.unknownCollection(p, b, statusUnknownCollection)
 			return
 		}
-		vb := b.vbs[p.vbucket]
-		k := docKey{cid, key}
+		f(b, b.vbs[p.vbucket], coll, docKey{cid, key})
+	})
+}
+
+func (c *kvConn) kvOp(p *packet) {
+	c.s.work.kvOp(p.opcode)
+	c.docOp(p, func(b *bucket, vb *vbucket, coll *collDef, k docKey) {
 		cur := c.s.liveItemLocked(b, vb, k)
 		switch p.opcode {
 		case opGet:
@@ -596,8 +606,12 @@ func (c *kvConn) store(p *packet, b *bucket, vb *vbucket, coll *collDef, k docKe
 		c.fail(p, statusEINVAL, "expected 8 bytes of extras")
 		return
 	}
-	if p.datatype&(datatypeSnappy|datatypeXattr) != 0 {
-		c.fail(p, statusEINVAL, "snappy and xattr values are not negotiated")
+	if p.datatype&datatypeSnappy != 0 {
+		c.fail(p, statusEINVAL, "snappy values are not negotiated")
+		return
+	}
+	if p.datatype&datatypeXattr != 0 {
+		c.fail(p, statusEINVAL, "values carrying xattrs (datatype 0x04) are not implemented; use sub-document commands")
 		return
 	}
 	switch {
@@ -618,18 +632,14 @@ func (c *kvConn) store(p *packet, b *bucket, vb *vbucket, coll *collDef, k docKe
 	if !ok {
 		return
 	}
-	exp := c.s.expiryAt(binary.BigEndian.Uint32(p.extras[4:]))
-	if exp == 0 && coll.maxTTL > 0 {
-		exp = c.s.expiryAfter(coll.maxTTL)
-	} else if exp == 0 && coll.maxTTL == 0 && b.maxTTL > 0 {
-		exp = c.s.expiryAfter(b.maxTTL) // the bucket's, which the collection inherits
-	}
-	if fr.preserveTTL && cur != nil {
-		exp = cur.expiry // the document's own, the request's ignored
-	}
-	it := &item{docKey: k, value: bytes.Clone(p.value), flags: binary.BigEndian.Uint32(p.extras), expiry: exp}
-	if json.Valid(it.value) {
-		it.datatype = datatypeJSON
+	exp := c.s.expiryFor(b, coll, binary.BigEndian.Uint32(p.extras[4:]), fr, cur)
+	it := &item{docKey: k, value: bytes.Clone(p.value), flags: binary.BigEndian.Uint32(p.extras), expiry: exp,
+		datatype: bodyDatatype(p.value)}
+	if cur != nil {
+		// kv_engine copies the existing document's xattrs into the new
+		// one (daemon/protocol/mcbp/mutation_context.cc,
+		// getExistingItemToPreserveXattr); ADD only stores a new key.
+		it.xattrs = cur.xattrs
 	}
 	if c.abortedDurably(p, fr) {
 		return
@@ -638,6 +648,32 @@ func (c *kvConn) store(p *packet, b *bucket, vb *vbucket, coll *collDef, k docKe
 	if c.madeDurably(p, fr, vb, it) {
 		c.reply(p, statusSuccess, c.mutationExtras(vb, it), nil, it.cas, 0)
 	}
+}
+
+// expiryFor is the expiry of a write with expiry field exp: the
+// collection's or else the bucket's maxTTL when exp is 0, the existing
+// document's own with the preserve-TTL frame.
+func (s *Server) expiryFor(b *bucket, coll *collDef, exp uint32, fr reqFrames, cur *item) uint32 {
+	if fr.preserveTTL && cur != nil {
+		return cur.expiry // the document's own, the request's ignored
+	}
+	at := s.expiryAt(exp)
+	if at == 0 && coll.maxTTL > 0 {
+		at = s.expiryAfter(coll.maxTTL)
+	} else if at == 0 && coll.maxTTL == 0 && b.maxTTL > 0 {
+		at = s.expiryAfter(b.maxTTL) // the bucket's, which the collection inherits
+	}
+	return at
+}
+
+// bodyDatatype is the datatype of a body: JSON when it is, as kv_engine
+// decides for itself whatever the client says (mutation_context.cc
+// validateInput, setDatatypeJSONFromValue).
+func bodyDatatype(body []byte) byte {
+	if json.Valid(body) {
+		return datatypeJSON
+	}
+	return 0
 }
 
 // abortedDurably answers a durable write SYNC_WRITE_AMBIGUOUS without

@@ -50,6 +50,8 @@ const (
 	opGetClusterConfig    = 0xb5
 	opGetCollectionsManif = 0xba
 	opGetCollectionID     = 0xbb
+	opSubdocMultiLookup   = 0xd0
+	opSubdocMultiMutation = 0xd1
 	opGetErrorMap         = 0xfe
 )
 
@@ -71,11 +73,30 @@ const (
 	statusNotSupported      = 0x83
 	statusEINTERNAL         = 0x84
 	statusETmpFail          = 0x86
+	statusXattrEINVAL       = 0x87
 	statusUnknownCollection = 0x88
 	statusUnknownScope      = 0x8c
 	statusDurabilityInvalid = 0xa0
 	statusDurabilityImposs  = 0xa1
 	statusSyncWriteAmbig    = 0xa3
+)
+
+// Sub-document status codes (kv_engine include/mcbp/protocol/status.h).
+const (
+	statusSubdocPathENOENT           = 0xc0
+	statusSubdocPathMismatch         = 0xc1
+	statusSubdocPathEINVAL           = 0xc2
+	statusSubdocPathE2BIG            = 0xc3
+	statusSubdocValueCantInsert      = 0xc5
+	statusSubdocDocNotJSON           = 0xc6
+	statusSubdocPathEEXISTS          = 0xc9
+	statusSubdocInvalidCombo         = 0xcb
+	statusSubdocMultiPathFailure     = 0xcc
+	statusSubdocSuccessDeleted       = 0xcd
+	statusSubdocXattrInvalidFlags    = 0xce
+	statusSubdocXattrCantModifyVattr = 0xd2
+	statusSubdocMultiFailureDeleted  = 0xd3
+	statusSubdocInvalidXattrOrder    = 0xd4
 )
 
 // HELLO feature codes.
@@ -99,9 +120,14 @@ const (
 )
 
 // grantable are the HELLO features the server grants when asked. The rest
-// (Snappy, clustermap pushes, durations, XATTR, sync replication, ...) are
-// not implemented and never granted, so the client never relies on them.
+// (Snappy, clustermap pushes, durations, ...) are not implemented and never
+// granted, so the client never relies on them. XATTR is granted because
+// kv_engine refuses any xattr sub-document spec on a connection without
+// it (NOT_SUPPORTED, "Connection not XATTR enabled":
+// daemon/subdocument_validators.cc validate_xattr_section); gocbcore
+// itself checks nothing before sending one.
 var grantable = map[uint16]bool{
+	featXattr:           true,
 	featMutationSeqno:   true,
 	featSyncReplication: true,
 	featXerror:          true,

@@ -1168,7 +1168,7 @@ func (x *exec) updateLocked(q *updateStmt) ([]any, error) {
 				x.s.deleteLocked(r.b, d.vb, d.it, false)
 			} else {
 				x.s.storeLocked(r.b, d.vb, &item{docKey: d.it.docKey, value: d.it.value, flags: d.it.flags,
-					datatype: d.it.datatype, expiry: d.it.expiry})
+					datatype: d.it.datatype, expiry: d.it.expiry, xattrs: d.it.xattrs})
 			}
 			x.docErrs = append(x.docErrs, dmlError(r.path, d.it.key, removed))
 			return nil, nil
@@ -1202,7 +1202,9 @@ func (x *exec) updateLocked(q *updateStmt) ([]any, error) {
 		}
 		// An UPDATE is a KV mutation: new CAS, next seqno, DCP sees it.
 		// It does not preserve the expiry (preserve_expiry is not set).
-		it := &item{docKey: d.it.docKey, value: val, flags: d.it.flags, datatype: datatypeJSON}
+		// As a SET, it keeps the document's xattrs (kv_engine
+		// mutation_context.cc getExistingItemToPreserveXattr).
+		it := &item{docKey: d.it.docKey, value: val, flags: d.it.flags, datatype: datatypeJSON, xattrs: d.it.xattrs}
 		x.s.storeLocked(r.b, d.vb, it)
 		return &row{alias: q.alias, doc: nd, meta: metaObject(it)}, nil
 	})

@@ -8,7 +8,7 @@ import (
 
 // Work is what the server was asked to do since it started or since the
 // last ResetWork: KV operations by name ("get", "set", "add", "replace",
-// "delete", "touch", "gat") and N1QL statements run, by their text
+// "delete", "touch", "gat", "lookup_in", "mutate_in") and N1QL statements run, by their text
 // (prepared ones under the text they were prepared from). Tests count with
 // it the work a store does, as a scale test counts rows touched.
 type Work struct {
@@ -28,7 +28,7 @@ type workCounts struct {
 }
 
 var kvOpNames = map[byte]string{opGet: "get", opSet: "set", opAdd: "add", opReplace: "replace",
-	opDelete: "delete", opTouch: "touch", opGAT: "gat"}
+	opDelete: "delete", opTouch: "touch", opGAT: "gat", opSubdocMultiLookup: "lookup_in", opSubdocMultiMutation: "mutate_in"}
 
 func (w *workCounts) kvOp(opcode byte) {
 	w.mu.Lock()
