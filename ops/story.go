@@ -42,10 +42,15 @@ type Story struct {
 
 	PaymentStatus string `json:"paymentStatus,omitempty"`
 	Confirmed     bool   `json:"confirmed"`
-	// IdempotencyKey is the one the attempts send: the retry document's,
+	// IdempotencyKey is the one the attempts send: the one the order's
+	// confirmation went out under (SentUnder), else the retry document's,
 	// else the dead letter's, else the attempt record's, else the order's
 	// current one.
 	IdempotencyKey string `json:"idempotencyKey,omitempty"`
+	// SentUnder is the key this very order's confirmation went out under,
+	// where the store keeps it with the order document (Couchbase): an
+	// order written back unconfirmed with one is marked again, not mailed.
+	SentUnder string `json:"sentUnder,omitempty"`
 
 	Retry      *RetryInfo      `json:"retry,omitempty"`
 	DeadLetter *DeadLetterInfo `json:"deadLetter,omitempty"`
@@ -135,7 +140,7 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 		return Story{}, fmt.Errorf("%w under key %q", ErrNothingStored, key)
 	}
 
-	s := Story{Key: key, Found: state.Order.Found(), Attempts: []order.Attempt{}}
+	s := Story{Key: key, Found: state.Order.Found(), SentUnder: state.Order.Sent, Attempts: []order.Attempt{}}
 	unreadable := func(coll string, err error) {
 		s.Unreadable = append(s.Unreadable, UnreadableDoc{Collection: coll, Error: order.Shorten(err.Error(), MaxDetail)})
 	}
@@ -185,6 +190,8 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 	other := func(k string) bool { return order.OfAnotherIncarnation(k, key, state.Order.Incarnation) }
 	mine := func(k string) bool { return k != "" && !other(k) }
 	switch {
+	case s.SentUnder != "":
+		s.IdempotencyKey = s.SentUnder
 	case mine(r.IdempotencyKey):
 		s.IdempotencyKey = r.IdempotencyKey
 	case mine(dl.IdempotencyKey):

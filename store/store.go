@@ -136,6 +136,13 @@ type Doc struct {
 	// Incarnation changes only when the key is created anew (after a
 	// removal, or for the first time); 0 when the store cannot tell.
 	Incarnation uint64
+	// Sent is the idempotency key this very document's confirmation went
+	// out under, where the store keeps it with the document (Write.Sent):
+	// on Couchbase an extended attribute, which a full-body write of the
+	// order keeps and its deletion drops. Read with the order by State;
+	// empty where none was kept, and on the embedded store, whose attempt
+	// record says it (State.Attempts).
+	Sent string
 }
 
 // Found says whether the document exists.
@@ -183,6 +190,12 @@ type Write struct {
 	// bounded batches, without a change on the feed, as its feed moves and
 	// at least once an ExpireInterval while it does not).
 	Expiry time.Time
+	// Sent, on a replace of an order that marks it confirmed, is the
+	// idempotency key its confirmation went out under, kept with the
+	// document in the same write where the store can (Doc.Sent); the
+	// embedded store, which records it in the outcome's transaction
+	// (State.Attempts), ignores it.
+	Sent string
 }
 
 // WriteError names the write of an outcome whose guard failed; it wraps

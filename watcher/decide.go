@@ -228,29 +228,39 @@ func decideOrder(c Change, st store.State, now time.Time, lim Limits) Plan {
 		// under the same key, whose confirmation is its own.
 		idem = dl.IdempotencyKey
 	}
-	if sentUnder(st, idem) {
+	if sent, says := sentUnder(st, idem); sent != "" {
 		return Plan{Action: Write, Reason: "sent before: marked again",
-			Warn: "the order came back paid without confirmationEmailSent after its confirmation was sent under " + idem +
-				" (its attempt record says so): marked confirmed again, not mailed again; whatever wrote the order dropped the mark",
+			Warn: "the order came back paid without confirmationEmailSent after its confirmation was sent under " + sent +
+				" (" + says + " says so): marked confirmed again, not mailed again; whatever wrote the order dropped the mark",
 			Writes: []store.Write{{Op: store.OpReplace, Collection: order.Inbound, Key: key,
-				Value: order.MarkDecodedConfirmed(st.Order.Value), CAS: st.Order.CAS}}}
+				Value: order.MarkDecodedConfirmed(st.Order.Value), CAS: st.Order.CAS, Sent: sent}}}
 	}
 	return Plan{Action: Send, OrderKey: key, OrderCAS: st.Order.CAS, OrderIncarnation: st.Order.Incarnation, Body: st.Order.Value, Attempt: 1,
 		IdempotencyKey: idem}
 }
 
-// sentUnder says whether the order's attempt record, where the store reads
-// it with the state, says its confirmation was sent under idem: the key of
-// this very order (its incarnation), so that a copy of the order written
-// back without the mark (an order system saving what it read before the
-// send) is not mailed again. A record of another incarnation's send has
-// another key; one where the store cannot tell incarnations is not used.
-func sentUnder(st store.State, idem string) bool {
+// sentUnder says under which key this very order's confirmation was sent,
+// if it was, and what says so, so that a copy of the order written back
+// without the mark (an order system saving what it read before the send)
+// is not mailed again: the key the store keeps with the order document
+// (Couchbase: an attribute its deletion drops, so never another
+// incarnation's), or the order's attempt record where the store reads it
+// with the state (the embedded store), when the record's key is idem, the
+// key of this very order (its incarnation): a record of another
+// incarnation's send has another key; one where the store cannot tell
+// incarnations is not used.
+func sentUnder(st store.State, idem string) (sent, says string) {
+	if st.Order.Sent != "" {
+		return st.Order.Sent, "the key the store keeps with the order"
+	}
 	if !st.Attempts.Found() || st.Order.Incarnation == 0 {
-		return false
+		return "", ""
 	}
 	rec, err := order.DecodeAttempts(st.Attempts.Value)
-	return err == nil && rec.Result == "sent" && rec.IdempotencyKey == idem
+	if err != nil || rec.Result != "sent" || rec.IdempotencyKey != idem {
+		return "", ""
+	}
+	return idem, "its attempt record"
 }
 
 // maxDetail bounds the text of a dead letter's reason (its lastError, its
@@ -532,7 +542,8 @@ func Settle(p Plan, st store.State, sendErr error, now time.Time, lim Limits, u 
 		// Only the order sent: one created anew under its key meanwhile is not.
 		if st.Order.Found() && (p.OrderIncarnation == 0 || st.Order.Incarnation == p.OrderIncarnation) {
 			if marked, ok := markedOrder(p, st.Order); ok {
-				ws = append(ws, store.Write{Op: store.OpReplace, Collection: order.Inbound, Key: p.OrderKey, Value: marked, CAS: st.Order.CAS})
+				ws = append(ws, store.Write{Op: store.OpReplace, Collection: order.Inbound, Key: p.OrderKey, Value: marked, CAS: st.Order.CAS,
+					Sent: p.IdempotencyKey})
 			}
 		}
 		if st.Retry.Found() {

@@ -235,6 +235,7 @@ func TestSettle(t *testing.T) {
 		{"first send accepted", first, state(paid, "", ""), nil, limits, "sent", []string{"replace inbound/o"}, func(t *testing.T, out Outcome) {
 			assert.Contains(t, string(out.Writes[0].Value), `"confirmationEmailSent":true`)
 			assert.Equal(t, uint64(10), out.Writes[0].CAS)
+			assert.Equal(t, first.IdempotencyKey, out.Writes[0].Sent, "the mark keeps the key the confirmation went out under")
 		}},
 		{"13: a retry accepted: order, retry and dead letter in one outcome", retry, store.State{Order: doc(paid, 10), Retry: claimedSt.Retry, DeadLetter: doc(deadPerm, 30)}, nil, limits, "sent",
 			[]string{"replace inbound/o", "remove retry/o", "remove deadletter/o"}, nil},
@@ -488,4 +489,26 @@ func TestAHostileOrdersDetailIsBounded(t *testing.T) {
 	require.NoError(t, err)
 	assert.LessOrEqual(t, len(d.LastError), maxDetail+3)
 	assert.Contains(t, d.LastError, "fff", "still names what was wrong")
+}
+
+// Where the store keeps the key a confirmation went out under with the
+// order document (Couchbase, whose incarnations are not known), an order
+// written back paid without its mark is marked again with that key, not
+// mailed again under a new one; a document without it is a first send.
+func TestAnOrderWhoseDocumentKeepsItsSentKeyIsMarkedAgain(t *testing.T) {
+	t.Parallel()
+	cb := state(paid, "", "")
+	cb.Order.Incarnation = 0
+	cb.Order.CAS = 55 // written back: another CAS than the send's
+	require.Equal(t, Send, Decide(Change{Collection: order.Inbound, Key: "o"}, cb, now, limits).Action, "no key kept: a first send")
+
+	cb.Order.Sent = "confirmation:o@10"
+	p := Decide(Change{Collection: order.Inbound, Key: "o"}, cb, now, limits)
+	require.Equal(t, Write, p.Action, p.Reason)
+	assert.Equal(t, "sent before: marked again", p.Reason)
+	assert.Contains(t, p.Warn, "confirmation:o@10")
+	require.Equal(t, []string{"replace inbound/o"}, summary(p.Writes))
+	assert.Contains(t, string(p.Writes[0].Value), `"confirmationEmailSent":true`)
+	assert.Equal(t, uint64(55), p.Writes[0].CAS)
+	assert.Equal(t, "confirmation:o@10", p.Writes[0].Sent)
 }

@@ -83,6 +83,9 @@ func printStory(w io.Writer, s ops.Story) error {
 	fmt.Fprintf(w, "payment:          %s\n", orDash(s.PaymentStatus))
 	fmt.Fprintf(w, "confirmed:        %s\n", confirmed)
 	fmt.Fprintf(w, "idempotency key:  %s\n", orDash(s.IdempotencyKey))
+	if s.SentUnder != "" {
+		fmt.Fprintf(w, "sent under it:    yes (kept with the order: written back unconfirmed, it is marked again, not mailed)\n")
+	}
 	if r := s.Retry; r != nil {
 		next := "at " + at(r.NextAttemptAt)
 		if r.NextAttemptAt.IsZero() {

@@ -386,6 +386,7 @@ func (s *Store) write(ctx context.Context, w store.Write) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	w = asSent(w)
 	const attempts = 3
 	for attempt := 1; ; attempt++ {
 		cas, err := s.writeOnce(ctx, c, w)
@@ -501,6 +502,9 @@ func (s *Store) writeAt(ctx context.Context, c *gocb.Collection, w store.Write, 
 	case store.OpInsert:
 		res, err = c.Insert(w.Key, w.Value, &gocb.InsertOptions{Context: ctx, Expiry: expiry, DurabilityLevel: dur})
 	case store.OpReplace:
+		if w.Sent != "" {
+			return s.replaceMarked(ctx, c, w, expiry, dur)
+		}
 		// A write that sets no expiry keeps the document's: the order
 		// system's TTL on an order marked confirmed (a replace without one
 		// would make it live for ever). Server 7.0 and later.
@@ -519,6 +523,79 @@ func (s *Store) writeAt(ctx context.Context, c *gocb.Collection, w store.Write, 
 		return 0, err
 	}
 	return uint64(res.Cas()), nil
+}
+
+// sentXattr is the extended attribute that keeps, with an order
+// document, the idempotency key its confirmation went out under
+// (store.Doc.Sent). A user attribute: a full-body write of the document
+// (an order system saving a copy it read before the mark) keeps it, and
+// the document's deletion drops it (kv_engine docs/ExtendedAttributes.md,
+// "XATTR lifetime"; daemon/protocol/mcbp/mutation_context.cc copies the
+// existing item's attributes into a SET's), so it speaks of this very
+// document, never of an order deleted and created again under its key.
+const (
+	sentXattr = "ordermail"
+	sentPath  = sentXattr + ".sent"
+)
+
+// replaceMarked is a replace that keeps w.Sent with the document: one
+// sub-document mutation, the attribute and the whole body together,
+// guarded by w's CAS, as durable as any outcome write.
+func (s *Store) replaceMarked(ctx context.Context, c *gocb.Collection, w store.Write, expiry time.Duration, dur gocb.DurabilityLevel) (uint64, error) {
+	res, err := c.MutateIn(w.Key, []gocb.MutateInSpec{
+		gocb.UpsertSpec(sentPath, w.Sent, &gocb.UpsertSpecOptions{IsXattr: true, CreatePath: true}),
+		gocb.ReplaceSpec("", json.RawMessage(w.Value), nil), // the whole body
+	}, &gocb.MutateInOptions{Context: ctx, Cas: gocb.Cas(w.CAS), Expiry: expiry, PreserveExpiry: expiry == 0, DurabilityLevel: dur})
+	if errors.Is(err, gocb.ErrDocumentExists) {
+		// A mutation's CAS mismatch, as gocb says it (kvprovider_coresubdoc.go,
+		// GOCBC-1019): the replace's guard failed.
+		return 0, fmt.Errorf("%w (%v)", gocb.ErrCasMismatch, err)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return uint64(res.Cas()), nil
+}
+
+// asSent is w as replaceMarked writes it: gocb sends a sub-document value
+// as encoding/json marshals it, compacted (and <, >, & escaped), so that
+// reading a write back after an ambiguous timeout compares what was
+// really written. The same JSON to any reader.
+func asSent(w store.Write) store.Write {
+	if w.Op != store.OpReplace || w.Sent == "" {
+		return w
+	}
+	if b, err := json.Marshal(json.RawMessage(w.Value)); err == nil {
+		w.Value = b
+	}
+	return w
+}
+
+// getOrder reads an order document with the key its confirmation went
+// out under (sentXattr), in one lookup.
+func (s *Store) getOrder(ctx context.Context, key string) (store.Doc, error) {
+	c, err := s.coll(order.Inbound)
+	if err != nil {
+		return store.Doc{}, err
+	}
+	res, err := c.LookupIn(key, []gocb.LookupInSpec{
+		gocb.GetSpec(sentPath, &gocb.GetSpecOptions{IsXattr: true}),
+		gocb.GetSpec("", nil), // the whole body, whatever it holds
+	}, &gocb.LookupInOptions{Context: ctx})
+	if err != nil {
+		return store.Doc{}, fmt.Errorf("get %s/%s: %w", order.Inbound, key, mapErr(err))
+	}
+	d := store.Doc{Key: key, CAS: uint64(res.Cas())}
+	if err := res.ContentAt(1, &d.Value); err != nil {
+		return store.Doc{}, fmt.Errorf("get %s/%s: %w", order.Inbound, key, err)
+	}
+	switch err := res.ContentAt(0, &d.Sent); {
+	case errors.Is(err, gocb.ErrPathNotFound):
+	case err != nil:
+		// Written by something else than ordermail: said, not trusted.
+		return store.Doc{}, fmt.Errorf("get %s/%s: its extended attribute %s is not ordermail's: %w", order.Inbound, key, sentPath, err)
+	}
+	return d, nil
 }
 
 type outcome int
@@ -874,14 +951,19 @@ func (s *Store) flagByQuery(ctx context.Context, id string, now time.Time, quant
 	return n > 0, nil
 }
 
-// State reads the three documents by KV.
+// State reads the three documents by KV, the order with the key its
+// confirmation went out under (getOrder).
 func (s *Store) State(ctx context.Context, key string) (store.State, error) {
 	var st store.State
 	for _, d := range []struct {
 		coll string
 		to   *store.Doc
 	}{{order.Inbound, &st.Order}, {order.Retry, &st.Retry}, {order.DeadLetter, &st.DeadLetter}} {
-		doc, err := s.Get(ctx, d.coll, key)
+		get := s.Get
+		if d.coll == order.Inbound {
+			get = func(ctx context.Context, _, key string) (store.Doc, error) { return s.getOrder(ctx, key) }
+		}
+		doc, err := get(ctx, d.coll, key)
 		switch {
 		case errors.Is(err, store.ErrNotFound):
 		case err != nil:
