@@ -164,7 +164,9 @@ type cbInstance struct {
 //     logged, not failed.
 //
 // At-most-once is not checked: on Couchbase an edit between a send and
-// its replay, or an order paid again, makes another key (README).
+// its replay, or an order paid again before its mark was written, makes
+// another key (README). (Once marked, the key the confirmation went out
+// under stays with the document: app/writeback_test.go.)
 //
 // The seed is in the log; ORDERMAIL_CHAOS_SEED draws the same actions
 // again (when each happens is the scheduler's).
