@@ -209,9 +209,13 @@ func shown(s string) string {
 // ops.ErrStopped), those it saw made, which writes under way then may
 // outnumber, and what to do.
 func doneOrStopped(ctx context.Context, err error, did string, n int) string {
-	if ctx.Err() == nil && !errors.Is(err, ops.ErrStopped) {
-		return fmt.Sprintf("%s %d dead letters", did, n)
+	letters := "dead letters"
+	if n == 1 {
+		letters = "dead letter"
 	}
-	return fmt.Sprintf("stopped: %s %d dead letters, and perhaps a few more whose writes were under way; "+
-		"the rest are as they were: run the command again to go on", did, n)
+	if ctx.Err() == nil && !errors.Is(err, ops.ErrStopped) {
+		return fmt.Sprintf("%s %d %s", did, n, letters)
+	}
+	return fmt.Sprintf("stopped: %s %d %s, and perhaps a few more whose writes were under way; "+
+		"the rest are as they were: run the command again to go on", did, n, letters)
 }

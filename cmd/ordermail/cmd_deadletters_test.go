@@ -104,7 +104,7 @@ func TestDeadLettersByReason(t *testing.T) {
 	assert.Empty(t, ids(order.ReasonPermanent))
 	out, _, err = cli(t, "deadletters", "purge", "--store", storeURL, "--yes", "--reason", order.ReasonExhausted)
 	require.NoError(t, err)
-	assert.Equal(t, "purged 1 dead letters\n", out)
+	assert.Equal(t, "purged 1 dead letter\n", out)
 	assert.Empty(t, ids(order.ReasonExhausted))
 	assert.Equal(t, []string{"n1"}, ids(order.ReasonNoEmail), "the others are left")
 
@@ -274,6 +274,7 @@ func withDeadLetters(t *testing.T, n int) (string, *embedded.Store) {
 func TestDoneOrStoppedSaysAStopByTheStore(t *testing.T) {
 	ctx := context.Background()
 	assert.Equal(t, "redrove 7 dead letters", doneOrStopped(ctx, nil, "redrove", 7))
+	assert.Equal(t, "redrove 1 dead letter", doneOrStopped(ctx, nil, "redrove", 1))
 	assert.Equal(t, "redrove 7 dead letters", doneOrStopped(ctx, fmt.Errorf("redrive: 1 left, %w", ops.ErrChanged), "redrove", 7))
 	stoppedBy := fmt.Errorf("%w: redrive k: %w", ops.ErrStopped, store.ErrUnavailable)
 	assert.Contains(t, doneOrStopped(ctx, stoppedBy, "redrove", 7), "stopped: redrove 7 dead letters")

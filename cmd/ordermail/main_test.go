@@ -338,7 +338,7 @@ func TestDeadLettersCommands(t *testing.T) {
 	require.ErrorContains(t, err, "add --yes")
 	out, _, err = cli(t, "deadletters", "purge", "--store", storeURL, "--yes", "order_140", "order_nope")
 	require.ErrorContains(t, err, "no such dead letter: order_nope")
-	assert.Equal(t, "purged 1 dead letters\n", out)
+	assert.Equal(t, "purged 1 dead letter\n", out)
 
 	out, _, err = cli(t, "deadletters", "redrive", "--store", storeURL, "--all")
 	require.NoError(t, err)

@@ -256,7 +256,7 @@ type feed struct {
 func newFeed(ctx context.Context, agent dcpAgent, cps checkpointStore, resolve resolver, name string,
 	colls map[uint32]string, vbs []uint16, fromNow bool, opts feedOptions, log *slog.Logger, own *ownership) (*feed, error) {
 	opts = opts.withDefaults()
-	log = log.With("component", "dcp", "feed", name)
+	log = log.With("feed", name) // the store's logger names the component
 	saved := map[uint16]position{}
 	if own == nil {
 		var err error
