@@ -1142,7 +1142,12 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 	stopping := func() bool { return ctx == f.ctx && f.ctx.Err() != nil } // the saver, cut short by Close: Close saves again
 	var mu sync.Mutex                                                     // guards saved
 	var saved []uint16
-	errs := parallel(ctx, vbs, func(ctx context.Context, vb uint16) error {
+	errs := parallel(ctx, vbs, func(ctx context.Context, vb uint16) (err error) {
+		defer func() {
+			if err == nil { // saved, or not ours to save: a failure of its saves is over
+				f.saves.Mended(ctx, vb)
+			}
+		}()
 		if force == nil {
 			defer func() {
 				f.mu.Lock()
@@ -1173,11 +1178,9 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 		handedOver := f.own != nil && (!st.held || st.releasing)
 		f.mu.Unlock()
 		if handedOver { // while this waited for the handover's write
-			f.saves.Mended(ctx, vb)
 			return nil // not ours to save
 		}
 		var c claim
-		var err error
 		if f.own == nil {
 			err = f.cps.Save(ctx, f.name, vb, p)
 		} else {
@@ -1194,7 +1197,6 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 			if st := f.state[vb]; st.held && st.claim == was {
 				f.lostLocked([]uint16{vb}, "its checkpoint write was refused: another member claimed it")
 			}
-			f.saves.Mended(ctx, vb)
 			return nil // not a failure: not ours to save
 		case err != nil:
 			if !stopping() {
@@ -1203,7 +1205,6 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 			}
 			return err
 		}
-		f.saves.Mended(ctx, vb)
 		f.saved[vb] = p
 		if st := f.state[vb]; f.own != nil && st.claim == was {
 			st.claim = c
