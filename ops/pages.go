@@ -88,6 +88,7 @@ var DeadLetterReasons = append(order.Reasons(), ReasonUnreadable)
 // aside; those of one reason on the store's index of it where it has one
 // (store.Store.ScanRetries).
 func ListRetries(ctx context.Context, st store.Store, q ListQuery) (Page[Retry], error) {
+	ctx = store.Browsing(ctx) // a page shown, not a bulk action: the indexes as they are
 	scan := func(after string, fn func(store.Doc) error) error {
 		switch q.Reason {
 		case "", RetryReasonUnreadable: // known only by reading each
@@ -114,6 +115,7 @@ func ListRetries(ctx context.Context, st store.Store, q ListQuery) (Page[Retry],
 // the store's index of their reason, so that a reason that few have is
 // found at once among many of another.
 func ListDeadLetterPage(ctx context.Context, st store.Store, q ListQuery) (Page[DeadLetter], error) {
+	ctx = store.Browsing(ctx) // a page shown, not a bulk action: the indexes as they are
 	scan := func(after string, fn func(store.Doc) error) error {
 		return scanDeadLetters(ctx, st, q.Reason, after, fn)
 	}

@@ -433,3 +433,24 @@ func ReadFigures(ctx context.Context, st Store, now time.Time, quantum time.Dura
 	b.Due = min(max(b.Due, c.RetryFlagged), c.RetryDocs)
 	return c, b, nil
 }
+
+// browsingKey marks, in its context, the scans of a page an operator
+// browses (Browsing).
+type browsingKey struct{}
+
+// Browsing marks ctx's scans as those of a page an operator browses: a
+// store whose indexes lag its writes (Couchbase's) answers from them as
+// they are, without waiting for them to catch up with every write before
+// the scan, which under an outage's write load can outlast the query's
+// timeout and leave the console without a page. A document written a
+// moment before may be missing from the page; every one listed is read as
+// it is now. Bulk actions do not browse: they wait, not to miss any.
+func Browsing(ctx context.Context) context.Context {
+	return context.WithValue(ctx, browsingKey{}, true)
+}
+
+// IsBrowsing says whether ctx's scans browse (Browsing).
+func IsBrowsing(ctx context.Context) bool {
+	b, _ := ctx.Value(browsingKey{}).(bool)
+	return b
+}

@@ -196,6 +196,30 @@ func TestCouchbaseScale(t *testing.T) {
 		assert.Equal(t, 1, reasons, "the status reads the reasons: %v", w.Statements)
 	})
 
+	t.Run("a page browses the indexes as they are, a scan waits for them", func(t *testing.T) {
+		// A page of the console under an outage's writes must not wait
+		// for the indexer past its timeout; a bulk action must miss
+		// nothing written before it.
+		srv.ResetWork()
+		_, err := ops.ListDeadLetterPage(ctx, s, ops.ListQuery{Reason: order.ReasonExhausted})
+		require.NoError(t, err)
+		_, err = ops.ListRetries(ctx, s, ops.ListQuery{Reason: ops.RetryReasonNone})
+		require.NoError(t, err)
+		browsed := srv.Work().Consistency
+		srv.ResetWork()
+		errOne := errors.New("one is enough")
+		require.ErrorIs(t, s.ScanDeadLetters(ctx, order.ReasonExhausted, "", func(store.Doc) error { return errOne }), errOne)
+		scanned := srv.Work().Consistency
+		require.NotEmpty(t, browsed)
+		for text, c := range browsed {
+			assert.Equal(t, "not_bounded", c, "browsed: %s", text)
+		}
+		require.NotEmpty(t, scanned)
+		for text, c := range scanned {
+			assert.Equal(t, "request_plus", c, "scanned: %s", text)
+		}
+	})
+
 	t.Run("nothing due: the backlog and a sweep read no document", func(t *testing.T) {
 		uncached()
 		srv.ResetWork()

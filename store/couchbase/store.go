@@ -1495,7 +1495,7 @@ func queryTimeoutOf(ctx context.Context) time.Duration {
 // queryRaw is query with gocb's errors as they are.
 func (s *Store) queryRaw(ctx context.Context, stmt string, params map[string]interface{}, fn func(json.RawMessage) error) error {
 	consistency := gocb.QueryScanConsistencyRequestPlus
-	if nb, _ := ctx.Value(notBoundedKey{}).(bool); nb {
+	if nb, _ := ctx.Value(notBoundedKey{}).(bool); nb || store.IsBrowsing(ctx) {
 		consistency = gocb.QueryScanConsistencyNotBounded
 	}
 	res, err := s.cluster.Query(stmt, &gocb.QueryOptions{
