@@ -422,15 +422,27 @@ func (s *Store) write(ctx context.Context, w store.Write) (uint64, error) {
 		case rerr != nil:
 			return 0, fmt.Errorf("%s %s/%s: %w (reading it back to tell: %v)", w.Op, w.Collection, w.Key, mapErr(err), rerr)
 		case out == outcomeMade:
-			s.log.Info("an ambiguous write was made", "op", w.Op.String(), "collection", w.Collection, "key", w.Key)
+			s.log.Log(ctx, ambiguityLevel(w), "an ambiguous write was made", "op", w.Op.String(), "collection", w.Collection, "key", w.Key)
 			return d.CAS, nil
 		case out == outcomeGuardFailed:
 			return 0, fmt.Errorf("%s %s/%s: %w (after an ambiguous timeout)", w.Op, w.Collection, w.Key, guardErr(w, d))
 		case attempt == attempts || canceled: // not made; a caller gone is not written for
 			return 0, fmt.Errorf("%s %s/%s: %w", w.Op, w.Collection, w.Key, mapErr(err))
 		}
-		s.log.Info("an ambiguous write was not made; writing again", "op", w.Op.String(), "collection", w.Collection, "key", w.Key)
+		s.log.Log(ctx, ambiguityLevel(w), "an ambiguous write was not made; writing again", "op", w.Op.String(), "collection", w.Collection, "key", w.Key)
 	}
+}
+
+// ambiguityLevel is the level w's ambiguity is logged at, once resolved:
+// info for an outcome's write; debug for ordermail's own bookkeeping
+// (checkpoints, members, leases), whose writes to a node that comes back
+// resolve by the hundred at once and whose failures are said apart (the
+// feed's checkpoint saves, the membership's heartbeats).
+func ambiguityLevel(w store.Write) slog.Level {
+	if w.Collection == store.Meta {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
 }
 
 // guardErr is the store error of w's guard, failed on document d.
