@@ -212,10 +212,12 @@ func TestExpiringTakesACollectionsOwnMaxTTLFirst(t *testing.T) {
 			{Name: "_default", ScopeName: "_default", MaxExpiry: ttl},
 			{Name: order.Retry, ScopeName: "_default", MaxExpiry: ttl}, {Name: order.DeadLetter, ScopeName: "_default", MaxExpiry: ttl}}}}
 	}
-	assert.NoError(t, expiring(scopes(-time.Second), "b", "_default", time.Hour), "never")
-	assert.NoError(t, expiring(scopes(0), "b", "_default", 0), "none")
-	assert.ErrorContains(t, expiring(scopes(0), "b", "_default", time.Hour), "the maxTTL of bucket b, which a collection of maxTTL 0 inherits")
-	assert.ErrorContains(t, expiring(scopes(time.Minute), "b", "_default", 0), "after 1m0s (its maxTTL)")
+	bucket := func(ttl time.Duration) func() time.Duration { return func() time.Duration { return ttl } }
+	unread := func() time.Duration { t.Error("the bucket's settings read, not needed"); return 0 }
+	assert.NoError(t, expiring(scopes(-time.Second), "b", "_default", unread), "never")
+	assert.NoError(t, expiring(scopes(0), "b", "_default", bucket(0)), "none")
+	assert.ErrorContains(t, expiring(scopes(0), "b", "_default", bucket(time.Hour)), "the maxTTL of bucket b, which a collection of maxTTL 0 inherits")
+	assert.ErrorContains(t, expiring(scopes(time.Minute), "b", "_default", unread), "after 1m0s (its maxTTL)")
 	for _, tt := range []struct {
 		give time.Duration
 		ttl  time.Duration

@@ -32,6 +32,7 @@ type Store struct {
 	cluster *gocb.Cluster
 	colls   map[string]*gocb.Collection
 	log     *slog.Logger
+	scopes  []gocb.ScopeSpec // of the bucket, as Open listed them
 	now     func() time.Time
 	member  string // this instance among a feed's members
 	// groups is this process's view of each feed's members it streams
@@ -165,6 +166,7 @@ func (s *Store) open(ctx context.Context) error {
 		return fmt.Errorf("bucket %s has no scope %s (it has %s): is --cb-scope right? if it is, run ordermail setup",
 			s.cfg.Bucket, s.cfg.Scope, strings.Join(names, ", "))
 	}
+	s.scopes = scopes
 	if missing := missingCollections(scopes, s.cfg.Scope); len(missing) > 0 {
 		return fmt.Errorf("bucket %s lacks collections %v in scope %s: run ordermail setup", s.cfg.Bucket, missing, s.cfg.Scope)
 	}
@@ -183,11 +185,8 @@ func (s *Store) open(ctx context.Context) error {
 // so. A bucket's settings it may not read (a timeout; a role without them)
 // are said in a warning, and not checked.
 func (s *Store) CheckRetention(ctx context.Context) error {
-	scopes, err := s.cluster.Bucket(s.cfg.Bucket).CollectionsV2().GetAllScopes(&gocb.GetAllScopesOptions{Context: ctx})
-	if err != nil {
-		return fmt.Errorf("list collections of bucket %s: %w", s.cfg.Bucket, err)
-	}
-	if err := expiring(scopes, s.cfg.Bucket, s.cfg.Scope, s.bucketMaxTTL(ctx, s.cfg.Bucket)); err != nil {
+	bucketTTL := func() time.Duration { return s.bucketMaxTTL(ctx, s.cfg.Bucket) }
+	if err := expiring(s.scopes, s.cfg.Bucket, s.cfg.Scope, bucketTTL); err != nil {
 		return err
 	}
 	meta, err := s.cluster.Bucket(s.cfg.MetadataBucket).CollectionsV2().GetAllScopes(&gocb.GetAllScopesOptions{Context: ctx})
@@ -224,10 +223,11 @@ func defaultExpiry(scopes []gocb.ScopeSpec) (ttl time.Duration, own bool) {
 
 // expiring says which of the collections ordermail keeps work in expires
 // its documents on its own (a maxTTL, its own or, at 0, the bucket's,
-// bucketTTL): a retry document the cluster expires leaves its paid order
-// unconfirmed with neither a retry nor a dead letter, and nothing tells; a
-// dead letter expired is a failure nobody is shown.
-func expiring(scopes []gocb.ScopeSpec, bucket, scope string, bucketTTL time.Duration) error {
+// which bucketTTL reads only then): a retry document the cluster expires
+// leaves its paid order unconfirmed with neither a retry nor a dead
+// letter, and nothing tells; a dead letter expired is a failure nobody is
+// shown.
+func expiring(scopes []gocb.ScopeSpec, bucket, scope string, bucketTTL func() time.Duration) error {
 	for _, sc := range scopes {
 		if sc.Name != scope {
 			continue
@@ -240,10 +240,12 @@ func expiring(scopes []gocb.ScopeSpec, bucket, scope string, bucketTTL time.Dura
 			case c.MaxExpiry > 0:
 				return fmt.Errorf("collection %s.%s.%s expires its documents after %s (its maxTTL): a retry document or a dead letter "+
 					"that expires drops its order unconfirmed, with nothing to say so; set the collection's maxTTL to 0", bucket, scope, c.Name, c.MaxExpiry)
-			case c.MaxExpiry == 0 && bucketTTL > 0:
-				return fmt.Errorf("collection %s.%s.%s expires its documents after %s (the maxTTL of bucket %s, which a collection of maxTTL 0 inherits): "+
-					"a retry document or a dead letter that expires drops its order unconfirmed, with nothing to say so; "+
-					"set the collection's maxTTL to -1, never (Couchbase 7.6 and later), or the bucket's to 0", bucket, scope, c.Name, bucketTTL, bucket)
+			case c.MaxExpiry == 0:
+				if ttl := bucketTTL(); ttl > 0 {
+					return fmt.Errorf("collection %s.%s.%s expires its documents after %s (the maxTTL of bucket %s, which a collection of maxTTL 0 inherits): "+
+						"a retry document or a dead letter that expires drops its order unconfirmed, with nothing to say so; "+
+						"set the collection's maxTTL to -1, never (Couchbase 7.6 and later), or the bucket's to 0", bucket, scope, c.Name, ttl, bucket)
+				}
 			}
 		}
 	}
