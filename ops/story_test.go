@@ -344,3 +344,33 @@ func TestAnUnreadableDocumentIsSaidShortly(t *testing.T) {
 	}))
 	assert.Equal(t, 1, seen)
 }
+
+// sentKept is a store that keeps with the order the key its confirmation
+// went out under, as Couchbase does (store.Doc.Sent).
+type sentKept struct {
+	store.Store
+	sent string
+}
+
+func (s sentKept) State(ctx context.Context, key string) (store.State, error) {
+	st, err := s.Store.State(ctx, key)
+	st.Order.Sent = s.sent
+	return st, err
+}
+
+// The key kept with the order is the one its confirmation went out under:
+// the story says so, over a retry's left behind.
+func TestStoryTellsTheKeyKeptWithTheOrder(t *testing.T) {
+	t.Parallel()
+	st := openStore(t)
+	insert(t, st, order.Inbound, "k", []byte(`{"email":"d@x","paymentStatus":"paid"}`))
+	insert(t, st, order.Retry, "k", []byte(`{"docId":"k","attempt":1,"ts":1,"idempotencyKey":"confirmation:k@1"}`))
+	s, err := ops.OrderStory(context.Background(), sentKept{st, "confirmation:k@9"}, "k", now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, "confirmation:k@9", s.SentUnder)
+	assert.Equal(t, "confirmation:k@9", s.IdempotencyKey)
+	s, err = ops.OrderStory(context.Background(), st, "k", now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Empty(t, s.SentUnder)
+	assert.Equal(t, "confirmation:k@1", s.IdempotencyKey, "the retry's")
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,4 +125,17 @@ func TestOrdersShowBadInvocations(t *testing.T) {
 		_, _, err := cli(t, append([]string{"orders", "show", "--store", storeURL}, tt.give...)...)
 		require.EqualError(t, err, tt.want)
 	}
+}
+
+// Where the store keeps the key an order's confirmation went out under
+// with the order (Couchbase), the story says the order was sent under it.
+func TestOrdersShowSaysTheKeyKeptWithTheOrder(t *testing.T) {
+	var b strings.Builder
+	require.NoError(t, printStory(&b, ops.Story{Key: "o", Found: true, State: ops.StatePendingFirstSend, PaymentStatus: "paid",
+		IdempotencyKey: "confirmation:o@7", SentUnder: "confirmation:o@7"}))
+	assert.Contains(t, b.String(), "idempotency key:  confirmation:o@7\nsent under it:    yes")
+	b.Reset()
+	require.NoError(t, printStory(&b, ops.Story{Key: "o", Found: true, State: ops.StatePendingFirstSend, PaymentStatus: "paid",
+		IdempotencyKey: "confirmation:o@7"}))
+	assert.NotContains(t, b.String(), "sent under it")
 }
