@@ -119,3 +119,37 @@ func TestABacklogOfExpiredDocumentsGoesBatchAfterBatch(t *testing.T) {
 	assert.ErrorIs(t, <-done, context.Canceled)
 	require.NoError(t, sub.Close(context.Background()))
 }
+
+// One flush removes expired documents batch after batch while they come
+// back whole, up to flushRounds transactions: removals keep up with a
+// service that settles (and so later expires) more than a batch a second,
+// and stay bounded. At a batch a flush, the records of ten thousand orders
+// a second grew for good.
+func TestAFlushExpiresBatchAfterBatchBounded(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, err := Open(ctx, Config{Path: t.TempDir() + "/o.db", ExpireInterval: time.Hour})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	const extra = 700
+	var writes []store.Write
+	for i := range flushRounds*purgeBatch + extra {
+		writes = append(writes, store.Write{Op: store.OpUpsert, Collection: order.Attempts, Key: fmt.Sprintf("a%06d", i),
+			Value: []byte(`{}`), Expiry: time.Now().Add(-time.Minute)})
+	}
+	_, err = s.Apply(ctx, writes)
+	require.NoError(t, err)
+	sub, err := s.Subscribe(ctx, "f", []string{order.Inbound}, store.FeedOptions{})
+	require.NoError(t, err)
+	left := func() int {
+		var n int
+		require.NoError(t, s.read.QueryRowContext(ctx, `SELECT count(*) FROM attempts`).Scan(&n))
+		return n
+	}
+	f := sub.(*subscription)
+	f.expired = time.Time{} // due, whatever a flush of its own did meanwhile
+	require.NoError(t, f.flush(ctx))
+	assert.Equal(t, extra, left(), "flushRounds batches went in one flush, and no more")
+	require.NoError(t, sub.Close(ctx))
+	assert.Zero(t, left())
+}

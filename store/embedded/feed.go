@@ -20,8 +20,16 @@ const (
 	scanWindow = 4096
 )
 
-// purgeBatch bounds the tombstones one checkpoint save removes.
-const purgeBatch = 1000
+// purgeBatch bounds the tombstones, and the expired documents, one
+// transaction removes; a flush that finds a batch full goes on in further
+// transactions, up to flushRounds of them, so that removals keep up with
+// writes (a settled order's attempt record expires in turn: at 1,000 a
+// second, ten thousand orders a second grew the records for good) and the
+// writer's other work goes between them.
+const (
+	purgeBatch  = 1000
+	flushRounds = 16
+)
 
 type subscription struct {
 	s           *Store
@@ -257,32 +265,44 @@ func (sub *subscription) flush(ctx context.Context) error {
 		return nil
 	}
 	st := sub.s.stmts
-	full := false // the expired documents deleted were a whole batch
-	err := sub.s.submit(ctx, func(t *txn) error {
-		if moved {
-			if err := st.saveCheckpoint.Exec(t.ctx, sub.name, cp); err != nil {
-				return err
-			}
-			var low sql.NullInt64
-			if err := st.minCkpt.QueryRow(t.ctx).Scan(&low); err != nil {
-				return err
-			}
-			if low.Valid {
-				if err := st.purge.Exec(t.ctx, low.Int64, purgeBatch); err != nil {
+	var low sql.NullInt64 // the lowest checkpoint: tombstones below it go
+	purging, expiring := moved, true
+	for round := 0; round < flushRounds && (purging || expiring); round++ {
+		// The job may run again (a batch rolled back): it sets only what
+		// it found, from what the round began with.
+		var purged, expired int64
+		err := sub.s.submit(ctx, func(t *txn) error {
+			purged, expired = 0, 0
+			if round == 0 && moved {
+				if err := st.saveCheckpoint.Exec(t.ctx, sub.name, cp); err != nil {
+					return err
+				}
+				if err := st.minCkpt.QueryRow(t.ctx).Scan(&low); err != nil {
 					return err
 				}
 			}
+			var err error
+			if purging && low.Valid {
+				if purged, err = st.purge.ExecN(t.ctx, low.Int64, purgeBatch); err != nil {
+					return err
+				}
+			}
+			if expiring {
+				expired, err = st.expire.ExecN(t.ctx, time.Now().UnixMilli(), purgeBatch)
+			}
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("flush feed %s (checkpoint %d, tombstones, expired documents): %w", sub.name, cp, err)
 		}
-		n, err := st.expire.ExecN(t.ctx, time.Now().UnixMilli(), purgeBatch)
-		full = n == purgeBatch
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("flush feed %s (checkpoint %d, expired documents): %w", sub.name, cp, err)
+		if round == 0 {
+			sub.saved = cp
+		}
+		// A whole batch: more may be left.
+		purging, expiring = purged == purgeBatch, expiring && expired == purgeBatch
 	}
-	sub.saved = cp
 	sub.flushed = time.Now()
-	if !full { // a full batch: more may have expired, deleted at the next flush
+	if !expiring { // still a whole batch: more may have expired, deleted at the next flush
 		sub.expired = sub.flushed
 	}
 	return nil

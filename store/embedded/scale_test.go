@@ -449,12 +449,10 @@ func TestTombstonesPurgedBelowCheckpoints(t *testing.T) {
 		require.NoError(t, err)
 		ev.Ack()
 	}
-	// A checkpoint save a second may have purged some already (a slow
-	// machine); the last one, at Close, purges one bounded batch.
-	before := tombstones()
+	// A checkpoint save goes on batch after batch, each a transaction of
+	// its own, while they come back whole.
 	require.NoError(t, sub.Close(ctx))
-	assert.Equal(t, before-min(purgeBatch, before), tombstones(), "one bounded batch per checkpoint save")
-	assert.Less(t, tombstones(), 2500)
+	assert.LessOrEqual(t, tombstones(), 1, "every tombstone below the checkpoint purged (the one at it is kept)")
 	_, err = s.Insert(ctx, order.Inbound, "k00000", []byte(`{}`))
 	require.NoError(t, err, "a purged key can be created again")
 }
