@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/ordermail/ordermail/order"
@@ -210,20 +211,35 @@ func (s *Store) writeLoop() {
 		case j := <-s.jobs:
 			batch = append(batch, j)
 		case <-s.stop:
-			// Finish what is queued; a job queued after this ends
-			// store.ErrClosed (submitJob).
-			for {
-				select {
-				case j := <-s.jobs:
-					s.runBatch([]*job{j})
-				default:
-					return
-				}
-			}
+			s.drain()
+			return
 		}
 		batch = s.fill(batch, linger, batch[0].shared && s.cfg.CommitDelay > 0 && time.Since(lastCommit) < s.cfg.CommitDelay)
 		s.runBatch(batch)
 		lastCommit = time.Now()
+	}
+}
+
+// drain finishes what is queued as the store closes, in batches; a job
+// queued after this ends store.ErrClosed (submitJob). Once a batch cannot
+// begin (another process holds the file's lock past the busy timeout), the
+// rest end with its error at once: each would wait as long again, and a
+// stop with a full queue took the busy timeout a job.
+func (s *Store) drain() {
+	var stuck error
+	for {
+		batch := s.fill(nil, nil, false)
+		if len(batch) == 0 {
+			return
+		}
+		if stuck == nil {
+			stuck = s.runBatch(batch)
+			continue
+		}
+		for _, j := range batch {
+			j.err = stuck
+			close(j.done)
+		}
 	}
 }
 
@@ -260,8 +276,10 @@ func (s *Store) fill(batch []*job, linger *time.Timer, busy bool) []*job {
 // guard, its context) rolls back its savepoint only; a failure of SQLite
 // itself aborts the transaction, and then each job runs alone, so that one
 // bad write cannot fail the others. A job run alone ends with its own
-// failure (runTxRaw sets it), or with its transaction's.
-func (s *Store) runBatch(batch []*job) {
+// failure (runTxRaw sets it), or with its transaction's. It returns the
+// error of a transaction that could not begin, which every job then ended
+// with.
+func (s *Store) runBatch(batch []*job) (stuck error) {
 	err := s.runTx(batch)
 	var before *beforeJobsError
 	if err != nil && len(batch) > 1 && !errors.As(err, &before) {
@@ -285,7 +303,7 @@ func (s *Store) runBatch(batch []*job) {
 			close(j.done)
 		}
 		s.wake()
-		return
+		return stuck
 	}
 	if before != nil {
 		// The transaction failed before any job ran (the lock held past
@@ -302,6 +320,10 @@ func (s *Store) runBatch(batch []*job) {
 	if err == nil {
 		s.wake()
 	}
+	if before != nil {
+		return before.err
+	}
+	return nil
 }
 
 // runTx runs jobs in one transaction; it returns an error when the
@@ -316,6 +338,13 @@ func (s *Store) runTxRaw(jobs []*job) (err error) {
 	ctx := context.Background()
 	if err := s.check(); err != nil && !errors.Is(err, store.ErrClosed) {
 		return err
+	}
+	if !slices.ContainsFunc(jobs, func(j *job) bool { return j.ctx.Err() == nil }) {
+		// Every caller gone: no lock waited for, no transaction begun.
+		for _, j := range jobs {
+			j.err = j.ctx.Err()
+		}
+		return nil
 	}
 	s.wlock.acquire(s.cfg.BusyTimeout)
 	defer s.wlock.release()
