@@ -208,6 +208,14 @@ func decideOrder(c Change, st store.State, now time.Time, lim Limits) Plan {
 		return deadLetterOrder(key, st, order.ReasonReservedKey,
 			fmt.Sprintf("the key %s is the retry timer's control document; give the order another key", order.ControlKey), decodeErr, now)
 	}
+	if decodeErr == nil {
+		// Before what holds a send back or keeps it from going (a retry or
+		// a dead letter left by a crash between an outcome's writes on
+		// Couchbase, a copy without its email address): it went.
+		if sent, says := sentUnder(st, order.IdempotencyKey(key, incarnation(st.Order))); sent != "" {
+			return markedAgain(key, st, sent, says)
+		}
+	}
 	if st.Retry.Found() {
 		return ignore("a retry document owns the confirmation")
 	}
@@ -228,15 +236,22 @@ func decideOrder(c Change, st store.State, now time.Time, lim Limits) Plan {
 		// under the same key, whose confirmation is its own.
 		idem = dl.IdempotencyKey
 	}
-	if sent, says := sentUnder(st, idem); sent != "" {
-		return Plan{Action: Write, Reason: "sent before: marked again",
-			Warn: "the order came back paid without confirmationEmailSent after its confirmation was sent under " + sent +
-				" (" + says + " says so): marked confirmed again, not mailed again; whatever wrote the order dropped the mark",
-			Writes: []store.Write{{Op: store.OpReplace, Collection: order.Inbound, Key: key,
-				Value: order.MarkDecodedConfirmed(st.Order.Value), CAS: st.Order.CAS, Sent: sent}}}
-	}
 	return Plan{Action: Send, OrderKey: key, OrderCAS: st.Order.CAS, OrderIncarnation: st.Order.Incarnation, Body: st.Order.Value, Attempt: 1,
 		IdempotencyKey: idem}
+}
+
+// markedAgain is the plan for an order (decoded) that came back paid
+// without its mark after its confirmation went out under sent, as says
+// tells: marked again, nothing sent, and what its sending left (a retry or
+// a dead letter, where a crash came between an outcome's writes) removed,
+// the order first.
+func markedAgain(key string, st store.State, sent, says string) Plan {
+	ws := []store.Write{{Op: store.OpReplace, Collection: order.Inbound, Key: key,
+		Value: order.MarkDecodedConfirmed(st.Order.Value), CAS: st.Order.CAS, Sent: sent}}
+	return Plan{Action: Write, Reason: "sent before: marked again",
+		Warn: "the order came back paid without confirmationEmailSent after its confirmation was sent under " + sent +
+			" (" + says + " says so): marked confirmed again, not mailed again; whatever wrote the order dropped the mark",
+		Writes: append(ws, cleanUp(st, "").Writes...)}
 }
 
 // sentUnder says under which key this very order's confirmation was sent,
@@ -365,6 +380,12 @@ func decideRetry(c Change, st store.State, now time.Time, lim Limits) Plan {
 		p := Plan{Action: Write, Reason: "order no longer paid; retry dropped", Writes: []store.Write{removeOf(order.Retry, st.Retry)}}
 		p.Warn = fmt.Sprintf("order is no longer paid (payment state %q); its retry is dropped", o.PaymentStatus)
 		return p
+	case decodeErr == nil:
+		// A retry left by a crash between a send's mark and its removal,
+		// and the order written back without the mark since.
+		if sent, says := sentUnder(st, r.IdempotencyKey); sent != "" {
+			return markedAgain(key, st, sent, says)
+		}
 	}
 	if r.IdempotencyKey == "" && st.Order.Incarnation == 0 {
 		// A retry without a key where the store keeps no incarnations

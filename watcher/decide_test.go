@@ -511,4 +511,27 @@ func TestAnOrderWhoseDocumentKeepsItsSentKeyIsMarkedAgain(t *testing.T) {
 	assert.Contains(t, string(p.Writes[0].Value), `"confirmationEmailSent":true`)
 	assert.Equal(t, uint64(55), p.Writes[0].CAS)
 	assert.Equal(t, "confirmation:o@10", p.Writes[0].Sent)
+
+	// What a crash between the writes of its outcome left (a retry, a dead
+	// letter), or what the copy lacks, holds nothing back: it went.
+	sent := func(o, r, d string) store.State {
+		st := state(o, r, d)
+		st.Order.Incarnation, st.Order.Sent = 0, "confirmation:o@10"
+		return st
+	}
+	for _, tt := range []struct {
+		name   string
+		change Change
+		state  store.State
+		want   []string
+	}{
+		{"a retry left", Change{Collection: order.Inbound, Key: "o"}, sent(paid, notDue, ""), []string{"replace inbound/o", "remove retry/o"}},
+		{"a dead letter left", Change{Collection: order.Inbound, Key: "o"}, sent(paid, "", deadPerm), []string{"replace inbound/o", "remove deadletter/o"}},
+		{"a copy without its email", Change{Collection: order.Inbound, Key: "o"}, sent(`{"paymentStatus":"paid"}`, "", ""), []string{"replace inbound/o"}},
+		{"its retry fires", Change{Collection: order.Retry, Key: "o"}, sent(paid, flagged, ""), []string{"replace inbound/o", "remove retry/o"}},
+	} {
+		p := Decide(tt.change, tt.state, now, limits)
+		assert.Equal(t, "sent before: marked again", p.Reason, tt.name)
+		assert.Equal(t, tt.want, summary(p.Writes), tt.name)
+	}
 }

@@ -74,6 +74,12 @@ func TestAnOrderReadWithItsSentKeyIsReadWhole(t *testing.T) {
 	st, err := s.State(ctx, "bin")
 	require.NoError(t, err)
 	assert.Equal(t, "not json", string(st.Order.Value))
+	_, err = s.Upsert(ctx, order.Inbound, "empty", []byte{})
+	require.NoError(t, err)
+	st, err = s.State(ctx, "empty")
+	require.NoError(t, err, "an empty body is read, for the watcher to dead-letter as malformed")
+	assert.True(t, st.Order.Found())
+	assert.Empty(t, st.Order.Value)
 
 	_, err = s.colls[order.Inbound].MutateIn("odd", []gocb.MutateInSpec{
 		gocb.UpsertSpec(sentPath, 42, &gocb.UpsertSpecOptions{IsXattr: true, CreatePath: true}),

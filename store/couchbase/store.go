@@ -600,7 +600,10 @@ func (s *Store) getOrder(ctx context.Context, key string) (store.Doc, error) {
 		return store.Doc{}, fmt.Errorf("get %s/%s: %w", order.Inbound, key, mapErr(err))
 	}
 	d := store.Doc{Key: key, CAS: uint64(res.Cas())}
-	if err := res.ContentAt(1, &d.Value); err != nil {
+	switch err := res.ContentAt(1, &d.Value); {
+	case errors.Is(err, gocb.ErrPathNotFound):
+		d.Value = []byte{} // an empty body: kv_engine's whole-document get has no path to give
+	case err != nil:
 		return store.Doc{}, fmt.Errorf("get %s/%s: %w", order.Inbound, key, err)
 	}
 	switch err := res.ContentAt(0, &d.Sent); {

@@ -577,6 +577,13 @@ func TestAReplaceKeepsTheDocumentsExpiry(t *testing.T) {
 	_, err = s.Apply(ctx, []store.Write{{Op: store.OpReplace, Collection: order.Inbound, Key: "o1",
 		Value: []byte(`{"paymentStatus":"paid","confirmationEmailSent":true}`), CAS: uint64(res.Cas())}})
 	require.NoError(t, err)
+	// The mark after a send: a sub-document write, which keeps it too.
+	res, err = s.colls[order.Inbound].Insert("o3", []byte(`{"paymentStatus":"paid"}`),
+		&gocb.InsertOptions{Context: ctx, Expiry: time.Hour})
+	require.NoError(t, err)
+	_, err = s.Apply(ctx, []store.Write{{Op: store.OpReplace, Collection: order.Inbound, Key: "o3",
+		Value: []byte(`{"paymentStatus":"paid","confirmationEmailSent":true}`), CAS: uint64(res.Cas()), Sent: "confirmation:o3@1"}})
+	require.NoError(t, err)
 	res, err = s.colls[order.Inbound].Insert("o2", []byte(`{"paymentStatus":"paid"}`), &gocb.InsertOptions{Context: ctx})
 	require.NoError(t, err)
 	_, err = s.Apply(ctx, []store.Write{{Op: store.OpReplace, Collection: order.Inbound, Key: "o2",
@@ -587,7 +594,7 @@ func TestAReplaceKeepsTheDocumentsExpiry(t *testing.T) {
 	now = now.Add(2 * time.Hour)
 	mu.Unlock()
 	srv.ExpireNow()
-	for _, k := range []string{"o1", "o2"} {
+	for _, k := range []string{"o1", "o2", "o3"} {
 		_, err = s.Get(ctx, order.Inbound, k)
 		assert.ErrorIs(t, err, store.ErrNotFound, k)
 	}
@@ -627,6 +634,20 @@ func TestAnOutcomeIsWrittenSoThatAFailoverKeepsIt(t *testing.T) {
 				assert.NoError(t, err)
 			} else {
 				assert.ErrorIs(t, err, store.ErrNotFound)
+			}
+
+			// The mark after a send (a sub-document write) likewise.
+			d, err := s.Get(ctx, order.Inbound, k)
+			require.NoError(t, err)
+			before = srv.HighSeqno("orders", x)
+			_, err = s.Apply(ctx, []store.Write{{Op: store.OpReplace, Collection: order.Inbound, Key: k,
+				Value: []byte(`{"paymentStatus":"paid","confirmationEmailSent":true}`), CAS: d.CAS, Sent: "confirmation:" + k + "@1"}})
+			require.NoError(t, err)
+			err = srv.Rollback("orders", x, before)
+			if c.kept {
+				require.Error(t, err, "a failover may lose the mark")
+			} else {
+				require.NoError(t, err)
 			}
 		})
 	}
