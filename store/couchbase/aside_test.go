@@ -265,7 +265,7 @@ func TestAHeartbeatKeepsWhatItDoesNotKnowOfOthers(t *testing.T) {
 	_, err := s.Insert(ctx, store.Meta, membersKey("feed"), []byte(newer))
 	require.NoError(t, err)
 	g := newGroup(s, "feed", "me", 10*time.Second, time.Now)
-	doc, err := g.beat(ctx, 4, true, false)
+	doc, _, err := g.beat(ctx, 4, true, false)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"me", "n"}, doc.live(time.Now()))
 	v, _, _, ok := srv.Doc("metadata", "_default", "_default", membersKey("feed"))

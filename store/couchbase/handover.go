@@ -51,7 +51,7 @@ type ownership struct {
 	healthySince time.Time
 
 	// Guarded by the feed's mu.
-	lastBeat time.Time  // when our last heartbeat that was written set out
+	lastBeat time.Time  // when the entry our last heartbeat wrote was stamped
 	lastTry  time.Time  // when the last heartbeat set out, written or not
 	doc      membersDoc // as the last heartbeat wrote it
 	fromNow  bool
@@ -174,16 +174,21 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	if o.step != nil {
 		held, aside = o.step.next(sent, prevDoc, o.me)
 	}
-	doc, err := o.group.beat(bctx, owned, held, aside)
+	doc, stamped, err := o.group.beat(bctx, owned, held, aside)
 	cancel()
 	if err != nil {
 		o.healthySince, o.faltered = time.Time{}, true
 		return nil, err
 	}
-	// From our previous heartbeat to the end of this one: if that is near
-	// the TTL, the others may have taken us for dead meanwhile. Measured on
-	// this process's clock readings (monotonic), not on the times in the
-	// document, so that a wall clock stepped back does not hold trust back.
+	// From our previous entry's stamp to the end of this heartbeat: if
+	// that is near the TTL, the others may have taken us for dead
+	// meanwhile (they count an entry's TTL from no earlier than its
+	// stamp). Measured on this process's clock readings (monotonic), not
+	// on the times in the document, so that a wall clock stepped back does
+	// not hold trust back. From the stamp, not from when the heartbeat set
+	// out: a slow members-document node (a read and a write of half a
+	// TTL's fifth each) counted every heartbeat away, and every one fenced
+	// and reopened every stream.
 	wrote := time.UnixMilli(doc.Members[o.me].BeatAt)
 	if o.healthySince.IsZero() || late {
 		o.healthySince = f.opts.now()
@@ -226,7 +231,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 	}
 	owners := o.owners
 	f.mu.Lock()
-	o.lastBeat = sent // before our entry's time: "away" errs towards fencing
+	o.lastBeat = stamped
 	o.doc = doc
 	for vb, st := range f.state {
 		mine := owners[vb] == o.me

@@ -812,7 +812,7 @@ func TestAMemberJoiningAfterAnOutageTakesOverFromNoOneAtOnce(t *testing.T) {
 	// heartbeats failed with the document out of reach).
 	for i, name := range []string{"x", "y"} {
 		g := newGroup(seed, "feed", name, cfg.MemberTTL, func() time.Time { return time.Now().Add(-3 * cfg.MemberTTL) })
-		_, err := g.beat(ctx, testVBuckets/2, false, false)
+		_, _, err := g.beat(ctx, testVBuckets/2, false, false)
 		require.NoError(t, err)
 		for vb := uint16(i); vb < testVBuckets; vb += 2 {
 			_, _, _, err := metaCheckpoints{seed}.Claim(ctx, "feed", vb, name, func(string) bool { return false },
@@ -916,7 +916,7 @@ func TestADeadMemberWhoseClockWasAheadIsTakenOverAfterItsTTL(t *testing.T) {
 	ctx := ctxFor(t, 30*time.Second)
 	seed := openStore(t, cfg)
 	g := newGroup(seed, "feed", "x", cfg.MemberTTL, func() time.Time { return time.Now().Add(time.Hour) })
-	_, err := g.beat(ctx, testVBuckets, false, false)
+	_, _, err := g.beat(ctx, testVBuckets, false, false)
 	require.NoError(t, err)
 	for vb := range uint16(testVBuckets) {
 		_, _, _, err := metaCheckpoints{seed}.Claim(ctx, "feed", vb, "x", func(string) bool { return false },
@@ -1182,7 +1182,7 @@ func TestACloseDuringAHandoverKeepsToItsTime(t *testing.T) {
 	t.Cleanup(func() { srv.ResumeNode(hung) })
 	// b joins (its heartbeat, on a node that answers): a hands half over.
 	b := newGroup(other, "feed", "b", cfg.MemberTTL, time.Now)
-	_, err := b.beat(ctxFor(t, 30*time.Second), 0, false, false)
+	_, _, err := b.beat(ctxFor(t, 30*time.Second), 0, false, false)
 	require.NoError(t, err)
 	// releasing counts the handovers under way that wait for the hung
 	// node: the vBucket's stream or its checkpoint document is there.
@@ -1211,4 +1211,47 @@ func TestACloseDuringAHandoverKeepsToItsTime(t *testing.T) {
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("Close with a second to go still waits 2 minutes later; %d vBuckets being handed over", releasing())
 	}
+}
+
+// A members-document node that answers slowly (each request of the
+// metadata bucket 22% of the TTL: a heartbeat's read and write take 44% of
+// it, back to back) does not
+// make every heartbeat look away: the TTL counts from our entry's stamp,
+// before which the others cannot expire it. Counted from when each
+// heartbeat set out, every one fenced, reopening every stream and saying
+// "heartbeat came late".
+func TestASlowMembersNodeDoesNotFenceEveryHeartbeat(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{})
+	cfg.MemberTTL = 5 * time.Second
+	s, logs := openLogged(t, cfg)
+	sub := subscribe(t, s, "feed", watched, false)
+	waitStreaming(t, sub, testVBuckets)
+	beatAt := func() int64 {
+		d, err := s.Get(context.Background(), store.Meta, membersKey("feed"))
+		if err != nil {
+			t.Logf("read the members: %v", err)
+			return 0
+		}
+		var doc membersDoc
+		if err := json.Unmarshal(d.Value, &doc); err != nil {
+			t.Logf("read the members: %v", err)
+			return 0
+		}
+		e, ok := doc.Members[s.member]
+		if !ok {
+			t.Logf("%s not among the members: %s", s.member, d.Value)
+		}
+		return e.BeatAt
+	}
+	reopens := stats(sub).Reopens
+	meta := cfg.withDefaults().MetadataBucket
+	srv.SlowBucket(meta, cfg.MemberTTL*22/100)
+	t.Cleanup(func() { srv.SlowBucket(meta, 0) })
+	slowFrom := time.Now().UnixMilli()
+	var last atomic.Int64
+	require.Eventually(t, func() bool { last.Store(beatAt()); return last.Load() >= slowFrom+3*cfg.MemberTTL.Milliseconds()/2 },
+		2*time.Minute, 100*time.Millisecond, "no three heartbeats through the slow node: last stamped %v ms after it slowed",
+		later.Value(func() any { return last.Load() - slowFrom }))
+	assert.Empty(t, logs.Lines("heartbeat came late"), "no heartbeat taken for away")
+	assert.Equal(t, reopens, stats(sub).Reopens, "no stream reopened")
 }

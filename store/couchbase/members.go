@@ -215,17 +215,20 @@ const forgetAfter = 10
 
 // beat renews this member's entry, saying it owns vbuckets, whether its
 // sends are held and whether it stands aside, and returns the document as
-// written, as this member judges it (judged). Entries expired for
-// forgetAfter TTLs are dropped on the way (forgettable).
-func (g *group) beat(ctx context.Context, vbuckets int, held, aside bool) (membersDoc, error) {
+// written, as this member judges it (judged), and when the entry written
+// was stamped (its BeatAt, on this process's clock reading). Entries
+// expired for forgetAfter TTLs are dropped on the way (forgettable).
+func (g *group) beat(ctx context.Context, vbuckets int, held, aside bool) (membersDoc, time.Time, error) {
+	var stamped time.Time // of the write that went through: the last try's
 	d, err := g.update(ctx, func(d *membersDoc, now time.Time) {
+		stamped = now
 		d.Members[g.me] = memberEntry{BeatAt: now.UnixMilli(), TTLMs: g.ttl.Milliseconds(),
 			Started: g.born.UnixMilli(), VBuckets: vbuckets, Held: held, Aside: aside, Proto: membersProto}
 	})
 	if err != nil {
-		return membersDoc{}, err
+		return membersDoc{}, time.Time{}, err
 	}
-	return g.judged(d, g.now()), nil
+	return g.judged(d, g.now()), stamped, nil
 }
 
 // leave marks this member as gone, so that the others take its vBuckets

@@ -82,14 +82,14 @@ func TestMembersDocumentExpires(t *testing.T) {
 	const ttl = 2 * time.Second
 	a := newGroup(s, "feed", "a", ttl, clock)
 	b := newGroup(s, "feed", "b", ttl, clock)
-	_, err := a.beat(ctx, 3, false, false)
+	_, _, err := a.beat(ctx, 3, false, false)
 	require.NoError(t, err)
-	doc, err := b.beat(ctx, 5, false, false)
+	doc, _, err := b.beat(ctx, 5, false, false)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"a", "b"}, doc.live(clock()))
 
 	advance(ttl + time.Millisecond) // a stops; b renews
-	doc, err = b.beat(ctx, 8, false, false)
+	doc, _, err = b.beat(ctx, 8, false, false)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"b"}, doc.live(clock()), "a's entry expired")
 	ms, err := s.Members(ctx, "feed")
@@ -125,10 +125,10 @@ func TestAClaimDoesNotTakeFromAMemberThatJoinedSinceItsReading(t *testing.T) {
 	c := newOwnership(s, "feed", "c", ttl, time.Now)
 	// c's heartbeats have gone through for a TTL.
 	c.healthySince = time.Now().Add(-ttl)
-	reading, err := c.group.beat(ctx, 0, false, false) // c's heartbeat: only c
+	reading, _, err := c.group.beat(ctx, 0, false, false) // c's heartbeat: only c
 	require.NoError(t, err)
 	d := newOwnership(s, "feed", "d", ttl, time.Now)
-	_, err = d.group.beat(ctx, 0, false, false) // d joins after it
+	_, _, err = d.group.beat(ctx, 0, false, false) // d joins after it
 	require.NoError(t, err)
 	_, _, _, err = cps.Claim(ctx, "feed", 7, "d", func(string) bool { return true }, start)
 	require.NoError(t, err, "d claims vb 7")
@@ -159,20 +159,20 @@ func TestAClaimDoesNotTakeFromAMemberThatRenewedSinceItsReading(t *testing.T) {
 	start := func(context.Context) (position, error) { return position{}, nil }
 
 	late := newGroup(s, "feed", "d", ttl, func() time.Time { return time.Now().Add(-2 * ttl) })
-	_, err := late.beat(ctx, 1, false, false) // d's last heartbeat, two TTLs ago
+	_, _, err := late.beat(ctx, 1, false, false) // d's last heartbeat, two TTLs ago
 	require.NoError(t, err)
 	_, _, _, err = cps.Claim(ctx, "feed", 7, "d", func(string) bool { return true }, start)
 	require.NoError(t, err, "d owns vb 7")
 	c := newOwnership(s, "feed", "c", ttl, time.Now)
 	// c's heartbeats have gone through for a TTL.
 	c.healthySince = time.Now().Add(-ttl)
-	reading, err := c.group.beat(ctx, 0, false, false)
+	reading, _, err := c.group.beat(ctx, 0, false, false)
 	require.NoError(t, err)
 	live, _ := reading.isLive("d", time.Now())
 	require.False(t, live, "d's entry expired in c's reading")
 
 	d := newGroup(s, "feed", "d", ttl, time.Now)
-	_, err = d.beat(ctx, 1, false, false) // d renews
+	_, _, err = d.beat(ctx, 1, false, false) // d renews
 	require.NoError(t, err)
 	_, _, owner, err := cps.Claim(ctx, "feed", 7, "c", c.liveness(ctx, reading, time.Now()), start)
 	assert.ErrorIs(t, err, errTaken, "c took vb 7 from d, which renewed its entry since c's reading")
@@ -259,18 +259,18 @@ func TestAMemberFarBehindIsKeptAndJudgedLive(t *testing.T) {
 	const ttl = 500 * time.Millisecond // the document lives ten, renewed by r's heartbeats
 	x := newGroup(s, "feed", "x", ttl, func() time.Time { return time.Now().Add(-time.Hour) })
 	r := newGroup(s, "feed", "r", ttl, time.Now)
-	_, err := x.beat(ctx, 1, false, false)
+	_, _, err := x.beat(ctx, 1, false, false)
 	require.NoError(t, err)
-	d, err := r.beat(ctx, 1, false, false)
+	d, _, err := r.beat(ctx, 1, false, false)
 	require.NoError(t, err)
 	require.Contains(t, d.Members, "x", "kept")
 	// x's next heartbeat in another millisecond, so that its entry changes.
 	for last := d.Members["x"].BeatAt; time.Now().Add(-time.Hour).UnixMilli() <= last; {
 		time.Sleep(time.Millisecond)
 	}
-	_, err = x.beat(ctx, 1, false, false)
+	_, _, err = x.beat(ctx, 1, false, false)
 	require.NoError(t, err)
-	d, err = r.beat(ctx, 1, false, false)
+	d, _, err = r.beat(ctx, 1, false, false)
 	require.NoError(t, err)
 	live, ok := d.isLive("x", time.Now())
 	assert.True(t, ok, "still in the document")
@@ -280,7 +280,7 @@ func TestAMemberFarBehindIsKeptAndJudgedLive(t *testing.T) {
 	// document itself, which r renews, stays).
 	stopped := time.Now()
 	waitFor(t, func() (bool, string) {
-		d, err := r.beat(ctx, 1, false, false)
+		d, _, err := r.beat(ctx, 1, false, false)
 		if err != nil {
 			return false, err.Error()
 		}

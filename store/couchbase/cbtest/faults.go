@@ -1,6 +1,9 @@
 package cbtest
 
-import "fmt"
+import (
+	"fmt"
+	"time"
+)
 
 // Fault injection and inspection for tests. All methods are safe to call
 // from any goroutine while clients are connected.
@@ -123,6 +126,26 @@ func (s *Server) HangNode(i int) {
 	if n.resume == nil {
 		n.resume = make(chan struct{})
 	}
+}
+
+// SlowBucket makes every node answer each KV request on a connection
+// selected on bucket d late (a degraded node, as ordermail's metadata
+// bucket sees it): the request is made at once, its answer sent d later,
+// the answers of requests in flight together d late each, not one after
+// another; 0 undoes it. DCP messages a node sends are not delayed.
+func (s *Server) SlowBucket(bucket string, d time.Duration) {
+	if d <= 0 {
+		s.slow.Delete(bucket)
+		return
+	}
+	s.slow.Store(bucket, d)
+}
+
+// slowFor is SlowBucket's delay of bucket's requests.
+func (s *Server) slowFor(bucket string) time.Duration {
+	d, _ := s.slow.Load(bucket)
+	t, _ := d.(time.Duration)
+	return t
 }
 
 // ResumeNode undoes HangNode(i).

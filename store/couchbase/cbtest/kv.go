@@ -172,8 +172,19 @@ func (c *kvConn) write(p *packet, flush bool) error {
 
 // reply answers req. Responses never carry a key (§2.5 of the facts).
 func (c *kvConn) reply(req *packet, status uint16, extras, value []byte, cas uint64, datatype byte) {
-	_ = c.write(&packet{magic: magicRes, opcode: req.opcode, status: status, opaque: req.opaque, cas: cas,
-		extras: extras, value: value, datatype: datatype}, false)
+	res := &packet{magic: magicRes, opcode: req.opcode, status: status, opaque: req.opaque, cas: cas,
+		extras: extras, value: value, datatype: datatype}
+	if d := c.s.slowFor(c.selectedBucket()); d > 0 {
+		go func() { // SlowBucket: made at once, answered late
+			select {
+			case <-time.After(d):
+				_ = c.write(res, true)
+			case <-c.closed:
+			}
+		}()
+		return
+	}
+	_ = c.write(res, false)
 }
 
 // fail answers req with an error status and, when the client asked for

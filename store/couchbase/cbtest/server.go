@@ -107,6 +107,7 @@ type Server struct {
 	// SetDurabilityImpossible.
 	durabilityImpossible atomic.Bool
 	refuseManagement     atomic.Bool // RefuseManagement
+	slow                 sync.Map    // SlowBucket: bucket name -> time.Duration
 
 	mu         sync.Mutex // guards the data and config state below
 	rev        int64
