@@ -415,6 +415,9 @@ func (f *feed) startOf(_ context.Context, vb uint16) (position, error) {
 // in hand repeat under their keys), the stream is closed, and the
 // checkpoint is written with no owner.
 func (f *feed) release(vb uint16) {
+	if !f.readyToRelease(vb) {
+		return // still ours, streamed: the next heartbeat tries again
+	}
 	f.mu.Lock()
 	st := f.state[vb]
 	var abandon func()
@@ -494,6 +497,54 @@ func (f *feed) release(vb uint16) {
 		st.suspect = true
 		f.log.Warn("hand a vBucket over", "vb", vb, "error", err)
 	}
+}
+
+// readyToRelease writes vb's checkpoint as it stands, by our claim, before
+// a handover stops its stream, and says whether it was made. A handover
+// whose checkpoint write cannot be made (its document's node hung) left vb
+// streamed by no one until the node answered, since the member it goes to
+// cannot claim it either: vb stays ours, and streamed, until it can be.
+// Bounded by a heartbeat, as a claim is.
+func (f *feed) readyToRelease(vb uint16) bool {
+	ctx, cancel := context.WithTimeout(f.handovers, min(f.opts.opTimeout, f.own.beat))
+	defer cancel()
+	f.mu.Lock()
+	st := f.state[vb]
+	f.mu.Unlock()
+	unlock, err := f.own.lockSaves(ctx, vb)
+	if err == nil {
+		defer unlock()
+		f.mu.Lock()
+		p, was := f.positionAt(vb, f.acks.Checkpoint(vb)), st.claim
+		f.mu.Unlock()
+		var c claim
+		c, err = f.own.cps.SaveOwned(ctx, f.name, vb, f.own.me, p, was)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		switch {
+		case errors.Is(err, errFenced):
+			if st.held && st.claim == was {
+				f.lostLocked([]uint16{vb}, "its checkpoint write was refused: another member claimed it")
+			}
+			st.releasing = false
+			return false
+		case err == nil:
+			f.saved[vb] = p
+			if st.claim == was {
+				st.claim = c
+			}
+			return true
+		}
+	} else {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+	}
+	st.releasing = false
+	if f.ctx.Err() == nil {
+		f.saves.Fail(ctx, vb, "write a checkpoint to hand its vBucket over: it stays ours, streamed, until the write can be made",
+			"vb", vb, "error", err)
+	}
+	return false
 }
 
 // disown hands vb on when its checkpoint names us though we do not stream

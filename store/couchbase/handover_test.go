@@ -1255,3 +1255,53 @@ func TestASlowMembersNodeDoesNotFenceEveryHeartbeat(t *testing.T) {
 	assert.Empty(t, logs.Lines("heartbeat came late"), "no heartbeat taken for away")
 	assert.Equal(t, reopens, stats(sub).Reopens, "no stream reopened")
 }
+
+// A member joins while a node that keeps checkpoint documents hangs: the
+// vBuckets that move to it and whose checkpoints are on that node (their
+// data on nodes that answer) stay streamed by the member handing over
+// until their checkpoints can be written. The handover closed their
+// streams first and then could not write: streamed by no one, since the
+// new member cannot claim them without their checkpoints either.
+func TestAHandoverWhoseCheckpointCannotBeWrittenKeepsStreaming(t *testing.T) {
+	cfg, srv := fakeCluster(t, cbtest.Options{Nodes: 3})
+	cfg.Timeout = time.Second
+	a, logs := openLogged(t, cfg)
+	sub := subscribe(t, a, "feed", watched, false)
+	waitStreaming(t, sub, testVBuckets)
+	hung := (srv.NodeOf(srv.VBucketOf(membersKey("feed"))) + 1) % 3 // not the members document's
+	owners := assignment([]string{a.member, "z"}, testVBuckets)
+	var kept []uint16
+	released := 0 // those that can be: neither their checkpoint nor their data on the hung node
+	for vb := range uint16(testVBuckets) {
+		if owners[vb] != "z" || srv.NodeOf(vb) == hung {
+			continue
+		}
+		if srv.NodeOf(srv.VBucketOf(checkpointKey("feed", vb))) == hung {
+			kept = append(kept, vb)
+		} else {
+			released++
+		}
+	}
+	require.NotEmpty(t, kept, "no vBucket moving to z keeps its checkpoint on node %d", hung)
+
+	z := newGroup(openStore(t, cfg), "feed", "z", cfg.MemberTTL, time.Now) // a member that never claims
+	srv.HangNode(hung)
+	t.Cleanup(func() { srv.ResumeNode(hung) })
+	ctx := ctxFor(t, 3*time.Minute)
+	go func() {
+		for ctx.Err() == nil {
+			bctx, cancel := context.WithTimeout(ctx, time.Second)
+			z.beat(bctx, 0, false, false)
+			cancel()
+			time.Sleep(cfg.MemberTTL / 5)
+		}
+	}()
+	waitForWithin(t, 2*time.Minute, func() (bool, string) {
+		n := stats(sub).Released
+		tried := len(logs.Lines("write a checkpoint to hand its vBucket over"))
+		return n >= uint64(released) && tried > 0, fmt.Sprintf("%d of %d vBuckets handed over; the others tried: %v", n, released, tried > 0)
+	})
+	for _, vb := range kept {
+		assert.True(t, heldOpen(sub, vb), "vb %d, whose checkpoint the hung node keeps, is streamed", vb)
+	}
+}
