@@ -243,6 +243,7 @@ type feed struct {
 	// Failures said once an episode, not at every try (a hung node's 341
 	// streams asked again every 10s wrote 61,000 lines an hour).
 	streams, saves, beats, claims *episode.Episode
+	handoffs, rechecks            *episode.Episode // handovers and disowns of a vBucket; fence's checks again
 
 	own *ownership // membership mode; nil: a fixed set of vBuckets
 }
@@ -290,6 +291,8 @@ func newFeed(ctx context.Context, agent dcpAgent, cps checkpointStore, resolve r
 	f.saves = episode.New(log, "checkpoint saves", opts.now)
 	f.beats = episode.New(log, "membership heartbeats", opts.now)
 	f.claims = episode.New(log, "vBucket claims", opts.now)
+	f.handoffs = episode.New(log, "vBucket handovers", opts.now)
+	f.rechecks = episode.New(log, "checks of vBuckets not yet found ours", opts.now)
 	f.setCollections(colls)
 	if own != nil {
 		if err := f.join(ctx, fromNow); err != nil {
@@ -1142,6 +1145,7 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 	stopping := func() bool { return ctx == f.ctx && f.ctx.Err() != nil } // the saver, cut short by Close: Close saves again
 	var mu sync.Mutex                                                     // guards saved
 	var saved []uint16
+	lost := 0 // guarded by f.mu
 	errs := parallel(ctx, vbs, func(ctx context.Context, vb uint16) (err error) {
 		defer func() {
 			if err == nil { // saved, or not ours to save: a failure of its saves is over
@@ -1195,7 +1199,8 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 			// another member's events, and the next passes wrote again by
 			// the spent claim.
 			if st := f.state[vb]; st.held && st.claim == was {
-				f.lostLocked([]uint16{vb}, "its checkpoint write was refused: another member claimed it")
+				f.dropLocked([]uint16{vb}) // at once; said once for the pass, below
+				lost++
 			}
 			return nil // not a failure: not ours to save
 		case err != nil:
@@ -1214,6 +1219,11 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 		mu.Unlock()
 		return nil
 	})
+	f.mu.Lock()
+	if lost > 0 {
+		f.log.Warn("lost vBuckets to another member", "vbuckets", lost, "why", "their checkpoint writes were refused: another member claimed them")
+	}
+	f.mu.Unlock()
 	if err := joinErrs(errs, len(vbs)); err != nil {
 		return saved, fmt.Errorf("save checkpoints of %s: %w", f.name, err)
 	}

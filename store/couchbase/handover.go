@@ -245,6 +245,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 			// ours again: stream it again.
 			st.phase, st.at, st.closeFirst = phaseWaiting, now, true
 			f.stats.Reopens++
+			f.handoffs.Mended(ctx, vb) // no longer to hand over
 		case !st.held && mine:
 			st.claiming = true
 			claims = append(claims, vb)
@@ -448,7 +449,7 @@ func (f *feed) release(vb uint16) {
 	ctx, cancel := context.WithTimeout(f.handovers, f.opts.opTimeout)
 	defer cancel()
 	later := func(what string, err error) { // still ours: the next heartbeat tries again
-		f.log.Warn(what+"; trying again at the next heartbeat", "vb", vb, "error", err)
+		f.handoffs.Fail(ctx, vb, what+"; trying again at the next heartbeat", "vb", vb, "error", err)
 		f.mu.Lock()
 		st.releasing = false
 		f.mu.Unlock()
@@ -482,12 +483,14 @@ func (f *feed) release(vb uint16) {
 		st.held, st.suspect = false, false
 		f.stats.VBuckets--
 		f.stats.Released++
+		f.handoffs.Mended(ctx, vb)
 	case errors.Is(err, errFenced):
 		if st.held { // not counted out already (lostLocked, by a save)
 			f.stats.VBuckets--
 			f.stats.Fenced++
 		}
 		st.held, st.suspect = false, false
+		f.handoffs.Mended(ctx, vb)
 	default:
 		// Unknown: the write may have been made (its answer lost, and the
 		// read back failed), and another member may have claimed vb since.
@@ -495,7 +498,7 @@ func (f *feed) release(vb uint16) {
 		// it is streamed only once a checkpoint write by CAS (fence) finds
 		// it still ours, never on the strength of this member's memory.
 		st.suspect = true
-		f.log.Warn("hand a vBucket over", "vb", vb, "error", err)
+		f.handoffs.Fail(ctx, vb, "hand a vBucket over; trying again at the next heartbeat", "vb", vb, "error", err)
 	}
 }
 
@@ -566,9 +569,10 @@ func (f *feed) disown(vb uint16) {
 	st := f.state[vb]
 	st.disowning = false
 	if err != nil {
-		f.log.Warn("check a vBucket whose claim failed; trying again at the next heartbeat", "vb", vb, "error", err)
+		f.handoffs.Fail(ctx, vb, "check a vBucket whose claim failed; trying again at the next heartbeat", "vb", vb, "error", err)
 		return
 	}
+	f.handoffs.Mended(ctx, vb)
 	st.unsure = false
 	if done {
 		f.log.Warn("a claim that seemed to fail had been made: the vBucket is handed on", "vb", vb)
@@ -651,8 +655,13 @@ func (f *feed) fence(ctx context.Context, at time.Time, only map[uint16]bool) {
 	if only == nil {
 		f.log.Warn("heartbeat came late: this member may have been taken for dead", "late_by", at.Sub(f.own.lastBeat),
 			"kept", kept, "handing_over", handing, "lost", lost, "unknown", unknown, "error", err)
+	} else if unknown > 0 {
+		// Checked again every heartbeat while their checkpoints cannot be
+		// written (a node that hangs): said once, and when it ends.
+		f.rechecks.Fail(ctx, "recheck", "vBuckets not yet found ours checked again", "kept", kept, "handing_over", handing,
+			"lost", lost, "unknown", unknown, "error", err)
 	} else {
-		f.log.Warn("vBuckets not yet found ours checked again", "kept", kept, "handing_over", handing, "lost", lost, "unknown", unknown, "error", err)
+		f.rechecks.Mended(ctx, "recheck")
 	}
 	f.poke()
 }
@@ -677,13 +686,20 @@ func (f *feed) voidLocked(vb uint16) {
 // lostLocked drops vBuckets another member owns now: their streams are
 // closed, and our checkpoint writes for them were refused.
 func (f *feed) lostLocked(vbs []uint16, why string) {
+	f.dropLocked(vbs)
+	f.log.Warn("lost vBuckets to another member", "vbuckets", len(vbs), "why", why)
+}
+
+// dropLocked is lostLocked unsaid, for a caller that says it once for many.
+func (f *feed) dropLocked(vbs []uint16) {
 	for _, vb := range vbs {
 		st := f.state[vb]
 		if !st.held {
 			continue
 		}
 		f.voidLocked(vb)
-		f.settleLocked(st) // never opened to us again
+		f.settleLocked(st)           // never opened to us again
+		f.handoffs.Mended(f.ctx, vb) // nothing of ours left to hand over
 		st.held, st.suspect = false, false
 		st.closeFirst = false
 		f.stats.VBuckets--
@@ -698,7 +714,6 @@ func (f *feed) lostLocked(vbs []uint16, why string) {
 			}
 		})
 	}
-	f.log.Warn("lost vBuckets to another member", "vbuckets", len(vbs), "why", why)
 }
 
 // heldVbuckets lists the vBuckets this member owns.

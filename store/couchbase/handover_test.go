@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -1304,4 +1305,19 @@ func TestAHandoverWhoseCheckpointCannotBeWrittenKeepsStreaming(t *testing.T) {
 	for _, vb := range kept {
 		assert.True(t, heldOpen(sub, vb), "vb %d, whose checkpoint the hung node keeps, is streamed", vb)
 	}
+	// Tried again at every heartbeat, said once: 163 warnings in 20s when
+	// each try of each vBucket warned.
+	waitForWithin(t, 2*time.Minute, func() (bool, string) {
+		n := len(logs.Lines("level=DEBUG", "hand its vBucket over"))
+		return n >= 3*len(kept), fmt.Sprintf("%d tries at debug level", n)
+	})
+	var warned []string
+	for _, l := range logs.Lines("level=WARN") {
+		if strings.Contains(l, "hand") || strings.Contains(l, "checkpoint") {
+			warned = append(warned, l)
+		}
+	}
+	// One a kind: the checkpoint writes (the vBuckets above), and the
+	// closes of the streams of the vBuckets whose data the node keeps.
+	assert.LessOrEqual(t, len(warned), 2, "one warning a kind of failure: %v", warned)
 }
