@@ -516,6 +516,10 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 		c.finish(w, r, sid, "purge", err, "Nothing was purged.")
 		return
 	}
+	if sel.all {
+		c.finish(w, r, sid, "purge", err, "Purged %d of %s; any dead-lettered after the page was shown are left.", n, sel)
+		return
+	}
 	c.finish(w, r, sid, "purge", err, "Purged %d of %s.", n, sel)
 }
 

@@ -500,6 +500,8 @@ func TestPurgeNeedsConfirmation(t *testing.T) {
 	assert.False(t, f.exists(t, order.DeadLetter, "d3"))
 	assert.True(t, f.exists(t, order.Inbound, "d3"), "the order stays")
 	assert.True(t, f.exists(t, order.DeadLetter, "d4"), "a dead letter the operator was not shown is left")
+	_, next := f.get(t, "/deadletters")
+	assert.Contains(t, next, "any dead-lettered after the page was shown are left", "and the operator is told")
 }
 
 // hiddenFields are a page's hidden form fields, as its form posts them.
