@@ -1126,7 +1126,9 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 			st.snaps = st.snaps[1:]
 		}
 		if f.own != nil && (!st.held || st.releasing) {
-			f.saves.Mended(f.ctx, vb) // not ours to save: a failure of its saves is over
+			if !st.held {
+				f.saves.Mended(f.ctx, vb) // not ours to save: a failure of its saves is over
+			} // being handed over: ours until it is, and perhaps kept (readyToRelease)
 			continue
 		}
 		if force != nil {
@@ -1147,8 +1149,9 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 	var saved []uint16
 	lost := 0 // guarded by f.mu
 	errs := parallel(ctx, vbs, func(ctx context.Context, vb uint16) (err error) {
+		releasing := false // being handed over, still ours: its failure is not over
 		defer func() {
-			if err == nil { // saved, or not ours to save: a failure of its saves is over
+			if err == nil && !releasing { // saved, or not ours to save: a failure of its saves is over
 				f.saves.Mended(ctx, vb)
 			}
 		}()
@@ -1180,6 +1183,7 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 		st := f.state[vb]
 		p, was := f.positionAt(vb, f.acks.Checkpoint(vb)), st.claim
 		handedOver := f.own != nil && (!st.held || st.releasing)
+		releasing = handedOver && st.held
 		f.mu.Unlock()
 		if handedOver { // while this waited for the handover's write
 			return nil // not ours to save

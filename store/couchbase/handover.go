@@ -218,6 +218,8 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 		// confirm (or a stream voided) is checked again, and the streams
 		// it kept go on.
 		f.fence(ctx, sent, unsure)
+	default:
+		f.rechecks.Mended(ctx, "recheck") // nothing left in doubt, however it was settled
 	}
 	now := f.opts.now()
 	live := doc.assignable(now)
@@ -372,6 +374,7 @@ func (f *feed) claimAll(ctx context.Context, vbs []uint16, live func(string) boo
 		f.restartLocked(vb, st, p.Seq)
 		f.stats.VBuckets++
 		f.stats.Claimed++
+		f.handoffs.Mended(ctx, vb) // ours: a disown that failed is over
 		mu.Lock()
 		got = append(got, vb)
 		mu.Unlock()
@@ -544,7 +547,9 @@ func (f *feed) readyToRelease(vb uint16) bool {
 	}
 	st.releasing = false
 	if f.ctx.Err() == nil {
-		f.saves.Fail(ctx, vb, "write a checkpoint to hand its vBucket over: it stays ours, streamed, until the write can be made",
+		// Not the saves' episode: a save pass takes a vBucket being handed
+		// over for not ours to save, and would end it at every heartbeat.
+		f.handoffs.Fail(ctx, vb, "write a checkpoint to hand its vBucket over: it stays ours, streamed, until the write can be made",
 			"vb", vb, "error", err)
 	}
 	return false
@@ -646,6 +651,7 @@ func (f *feed) fence(ctx context.Context, at time.Time, only map[uint16]bool) {
 			continue
 		}
 		st.phase, st.at, st.closeFirst = phaseWaiting, now, true
+		f.handoffs.Mended(ctx, vb) // ours, confirmed: nothing to hand over
 		kept++
 	}
 	f.stats.Reopens += uint64(kept)
