@@ -133,6 +133,23 @@ func objectFields(doc []byte) ([]jfield, bool) {
 
 // arrayElems splits a JSON array into its elements; ok is false when doc
 // is not an array.
+// elemAt is doc's elements and the position index names in them (-1:
+// the last), or the status of a path that names none.
+func elemAt(doc []byte, index int) (es [][]byte, i int, status uint16) {
+	es, ok := arrayElems(doc)
+	if !ok {
+		return nil, 0, statusSubdocPathMismatch
+	}
+	i = index
+	if i == -1 {
+		i = len(es) - 1
+	}
+	if i < 0 || i >= len(es) {
+		return nil, 0, statusSubdocPathENOENT
+	}
+	return es, i, 0
+}
+
 func arrayElems(doc []byte) ([][]byte, bool) {
 	doc = bytes.TrimSpace(doc)
 	if len(doc) == 0 || doc[0] != '[' {
@@ -178,16 +195,9 @@ func quoteJSON(s string) []byte {
 // childOf is the value c names in doc.
 func childOf(doc []byte, c pathComp) ([]byte, uint16) {
 	if c.isIndex {
-		es, ok := arrayElems(doc)
-		if !ok {
-			return nil, statusSubdocPathMismatch
-		}
-		i := c.index
-		if i == -1 {
-			i = len(es) - 1
-		}
-		if i < 0 || i >= len(es) {
-			return nil, statusSubdocPathENOENT
+		es, i, st := elemAt(doc, c.index)
+		if st != 0 {
+			return nil, st
 		}
 		return es[i], 0
 	}
@@ -295,16 +305,9 @@ func mutateLast(doc []byte, c pathComp, m pathMutation) ([]byte, uint16) {
 		if m.op == sdDictAdd || m.op == sdDictUpsert {
 			return nil, statusSubdocPathEINVAL // the path must end in a key
 		}
-		es, ok := arrayElems(doc)
-		if !ok {
-			return nil, statusSubdocPathMismatch
-		}
-		i := c.index
-		if i == -1 {
-			i = len(es) - 1
-		}
-		if i < 0 || i >= len(es) {
-			return nil, statusSubdocPathENOENT
+		es, i, st := elemAt(doc, c.index)
+		if st != 0 {
+			return nil, st
 		}
 		if m.op == sdDelete {
 			return encodeArray(append(es[:i:i], es[i+1:]...)), 0
