@@ -960,6 +960,9 @@ func (b *bench) redrive(ctx context.Context) (time.Duration, float64, error) {
 		return 0, 0, fmt.Errorf("deadletters redrive --all: %w: %s", err, out)
 	}
 	want := fmt.Sprintf("redrove %d dead letters", b.cfg.Dead)
+	if b.cfg.Dead == 1 {
+		want = "redrove 1 dead letter"
+	}
 	if got := strings.TrimSpace(string(out)); got != want {
 		return 0, 0, fmt.Errorf("deadletters redrive --all said %q, not %q", got, want)
 	}
