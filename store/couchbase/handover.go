@@ -518,37 +518,42 @@ func (f *feed) readyToRelease(vb uint16) bool {
 	st := f.state[vb]
 	f.mu.Unlock()
 	unlock, err := f.own.lockSaves(ctx, vb)
-	if err == nil {
-		defer unlock()
-		f.mu.Lock()
-		p, was := f.positionAt(vb, f.acks.Checkpoint(vb)), st.claim
-		f.mu.Unlock()
-		var c claim
-		c, err = f.own.cps.SaveOwned(ctx, f.name, vb, f.own.me, p, was)
+	if err != nil {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		switch {
-		case errors.Is(err, errFenced):
-			if st.held && st.claim == was {
-				f.lostLocked([]uint16{vb}, "its checkpoint write was refused: another member claimed it")
-			}
-			st.releasing = false
-			return false
-		case err == nil:
-			f.saved[vb] = p
-			if st.claim == was {
-				st.claim = c
-			}
-			return true
-		}
-	} else {
-		f.mu.Lock()
-		defer f.mu.Unlock()
+		return f.notReadyLocked(ctx, st, vb, err)
 	}
+	defer unlock()
+	f.mu.Lock()
+	p, was := f.positionAt(vb, f.acks.Checkpoint(vb)), st.claim
+	f.mu.Unlock()
+	c, err := f.own.cps.SaveOwned(ctx, f.name, vb, f.own.me, p, was)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case errors.Is(err, errFenced):
+		if st.held && st.claim == was {
+			f.lostLocked([]uint16{vb}, "its checkpoint write was refused: another member claimed it")
+		}
+		st.releasing = false
+		return false
+	case err != nil:
+		return f.notReadyLocked(ctx, st, vb, err)
+	}
+	f.saved[vb] = p
+	if st.claim == was {
+		st.claim = c
+	}
+	return true
+}
+
+// notReadyLocked is readyToRelease's answer when vb's checkpoint could not
+// be written: vb stays ours, and the failure is said once an episode. Not
+// the saves' episode: a save pass takes a vBucket being handed over for not
+// ours to save, and would end it at every heartbeat.
+func (f *feed) notReadyLocked(ctx context.Context, st *vbState, vb uint16, err error) bool {
 	st.releasing = false
 	if f.ctx.Err() == nil {
-		// Not the saves' episode: a save pass takes a vBucket being handed
-		// over for not ours to save, and would end it at every heartbeat.
 		f.handoffs.Fail(ctx, vb, "write a checkpoint to hand its vBucket over: it stays ours, streamed, until the write can be made",
 			"vb", vb, "error", err)
 	}

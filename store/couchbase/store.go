@@ -1118,7 +1118,7 @@ func reasonsStatement(retry, deadletter string) string {
 // only, they need not wait for the indexer to catch up (a slow one made
 // the console's overview an error).
 func (s *Store) Reasons(ctx context.Context) ([]store.Tally, error) {
-	ctx = withNotBounded(ctx)
+	ctx = store.Browsing(ctx) // only shown: a slow indexer must not turn it into an error
 	return s.reasons.get(ctx, s.now, s.cfg.CountsTTL, "", func() ([]store.Tally, error) {
 		type reason struct {
 			Reason string
@@ -1493,16 +1493,6 @@ func withQueryTimeout(ctx context.Context, d time.Duration) context.Context {
 	return context.WithValue(ctx, queryTimeoutKey{}, d)
 }
 
-// notBoundedKey marks, in its context, a query that reads the indexes as
-// they are (not_bounded), without waiting for them to catch up with every
-// write before it: a count only shown, which a slow indexer must not turn
-// into an error.
-type notBoundedKey struct{}
-
-func withNotBounded(ctx context.Context) context.Context {
-	return context.WithValue(ctx, notBoundedKey{}, true)
-}
-
 // queryTimeoutOf is the query's own timeout; 0: --cb-timeout.
 func queryTimeoutOf(ctx context.Context) time.Duration {
 	d, _ := ctx.Value(queryTimeoutKey{}).(time.Duration)
@@ -1512,7 +1502,7 @@ func queryTimeoutOf(ctx context.Context) time.Duration {
 // queryRaw is query with gocb's errors as they are.
 func (s *Store) queryRaw(ctx context.Context, stmt string, params map[string]interface{}, fn func(json.RawMessage) error) error {
 	consistency := gocb.QueryScanConsistencyRequestPlus
-	if nb, _ := ctx.Value(notBoundedKey{}).(bool); nb || store.IsBrowsing(ctx) {
+	if store.IsBrowsing(ctx) {
 		consistency = gocb.QueryScanConsistencyNotBounded
 	}
 	res, err := s.cluster.Query(stmt, &gocb.QueryOptions{
