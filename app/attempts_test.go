@@ -104,6 +104,29 @@ func TestTheAttemptHistoryIsBounded(t *testing.T) {
 	assert.Equal(t, "sent", story.Attempts[2].Outcome)
 }
 
+// TestAnOrderCreatedAgainHasAnAttemptRecordOfItsOwn: an order deleted
+// and created again under its key is another order (the embedded store
+// tells them apart): its story shows its own attempts, not the deleted
+// one's, counted from 1.
+func TestAnOrderCreatedAgainHasAnAttemptRecordOfItsOwn(t *testing.T) {
+	r := newScriptedRun(t, failFirst(1))
+	a, st := r.start(t)
+	defer stop(t, a)
+	armRetries(t, st)
+	placeOne(t, st, "o")
+	first := waitStory(t, st, "o")
+	require.Equal(t, 2, first.AttemptsTotal, "%+v", first.Attempts)
+
+	require.NoError(t, st.Remove(context.Background(), order.Inbound, "o", 0))
+	placeOne(t, st, "o")
+	again := waitStory(t, st, "o")
+	require.NotEqual(t, first.IdempotencyKey, again.IdempotencyKey, "another order, another key")
+	assert.NotZero(t, order.IncarnationOf(again.IdempotencyKey, "o"), "the embedded store's incarnation in %q", again.IdempotencyKey)
+	assert.Equal(t, 2, again.AttemptsTotal, "this order's attempts only: %+v", again.Attempts)
+	require.Len(t, again.Attempts, 2)
+	assert.Equal(t, []int{1, 2}, []int{again.Attempts[0].N, again.Attempts[1].N})
+}
+
 // TestTheAttemptRecordGoesAfterItsRetention: once its order is settled an
 // attempt record is kept --attempt-retention and no longer, on a store
 // whose feed then has nothing more to read.

@@ -175,20 +175,20 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 				Attempts: dl.Attempts, DeadSince: msTime(dl.DeadAt), Redrives: dl.RedriveCount}
 		}
 	}
+	// A key of an order deleted since (where the store tells them apart)
+	// is not the one this order is sent under, nor are its attempts this
+	// order's (the watcher starts the record afresh at its first attempt).
+	other := func(k string) bool { return order.OfAnotherIncarnation(k, key, state.Order.Incarnation) }
+	mine := func(k string) bool { return k != "" && !other(k) }
 	var a order.AttemptsDoc
 	if rec.Found() {
 		if a, err = order.DecodeAttempts(rec.Value); err != nil {
 			unreadable(order.Attempts, err)
-		} else {
+		} else if !other(a.IdempotencyKey) {
 			s.Attempts = append(s.Attempts, a.Attempts...)
 			s.AttemptsTotal, s.SettledAt, s.Result = a.Total, msTime(a.SettledAt), a.Result
 		}
 	}
-
-	// A key of an order deleted since (where the store tells them apart)
-	// is not the one this order is sent under.
-	other := func(k string) bool { return order.OfAnotherIncarnation(k, key, state.Order.Incarnation) }
-	mine := func(k string) bool { return k != "" && !other(k) }
 	switch {
 	case s.SentUnder != "":
 		s.IdempotencyKey = s.SentUnder

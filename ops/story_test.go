@@ -141,6 +141,9 @@ func TestStoryDeadLettered(t *testing.T) {
 	s, err = ops.OrderStory(context.Background(), st, "o3", now, 15*time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, ops.StatePendingFirstSend, s.State, "the dead letter and the attempts are the deleted order's")
+	assert.Empty(t, s.Attempts, "the deleted order's attempts")
+	assert.Zero(t, s.AttemptsTotal)
+	assert.Empty(t, s.Result)
 }
 
 // thisOrdersKey is the idempotency key of the order stored under key now

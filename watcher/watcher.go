@@ -1143,8 +1143,11 @@ func outcomeRefused(sendErr, err error) error {
 func (w *Watcher) record(key, idem string, doc store.Doc, a order.Attempt, now time.Time) store.Write {
 	rec := order.AttemptsDoc{DocID: key}
 	if doc.Found() {
-		if old, err := order.DecodeAttempts(doc.Value); err == nil {
-			rec = old // an unreadable record starts afresh
+		// An unreadable record starts afresh, as does one of an order
+		// deleted since (another under the same key).
+		old, err := order.DecodeAttempts(doc.Value)
+		if err == nil && !order.OfAnotherIncarnation(old.IdempotencyKey, key, order.IncarnationOf(idem, key)) {
+			rec = old
 		}
 	}
 	rec = rec.Add(a, w.cfg.AttemptHistory, now)
