@@ -508,20 +508,6 @@ func OfAnotherIncarnation(k, key string, inc uint64) bool {
 	return ok && rest != strconv.FormatUint(inc, 10)
 }
 
-// IncarnationOf returns the incarnation idempotency key k was made for,
-// as an order under key (IdempotencyKey(key, inc)); 0 when k names none.
-func IncarnationOf(k, key string) uint64 {
-	rest, ok := strings.CutPrefix(k, IdempotencyKey(key, 0)+"@")
-	if !ok {
-		return 0
-	}
-	inc, err := strconv.ParseUint(rest, 10, 64)
-	if err != nil || strconv.FormatUint(inc, 10) != rest {
-		return 0
-	}
-	return inc
-}
-
 // HoldsBack says whether dead letter d holds back the confirmation of the
 // order of incarnation inc under key, so that only a redrive sends it: a
 // dead letter of what an edit of the order mends does not (the edit

@@ -109,20 +109,6 @@ func TestIsKeyOf(t *testing.T) {
 	}
 }
 
-func TestIncarnationOf(t *testing.T) {
-	t.Parallel()
-	for _, k := range []string{"order_1", "a@b", "x@12@3", "o@5", "@", ""} {
-		for _, inc := range []uint64{0, 7, 1 << 63} {
-			assert.Equal(t, inc, order.IncarnationOf(order.IdempotencyKey(k, inc), k), "%s@%d", k, inc)
-		}
-	}
-	assert.Equal(t, uint64(0), order.IncarnationOf("confirmation:o@5", "o@5"), "order o@5's, no incarnation")
-	for _, k := range []string{"confirmation:o@x@5", "confirmation:o1@5", "confirmation:o@", "confirmation:o@05",
-		"confirmation:o@+5", "confirmation:o@5x", "o@5", "k-1"} {
-		assert.Equal(t, uint64(0), order.IncarnationOf(k, "o"), k)
-	}
-}
-
 func TestCountersSaturate(t *testing.T) {
 	t.Parallel()
 	assert.Equal(t, math.MaxInt, order.Incr(math.MaxInt))

@@ -1058,7 +1058,7 @@ func (w *Watcher) settle(ctx context.Context, log *slog.Logger, p Plan, st store
 		writes := out.Writes
 		if a.At != 0 && w.cfg.AtomicOutcomes {
 			// In the outcome's own transaction.
-			writes = append(writes[:len(writes):len(writes)], w.record(p.OrderKey, p.IdempotencyKey, st.Attempts, a, now))
+			writes = append(writes[:len(writes):len(writes)], w.record(p.OrderKey, p.IdempotencyKey, st.Order.Incarnation, st.Attempts, a, now))
 		}
 		// Once a pass: an unavailable store, waited out here, ends a run of
 		// refusals (retryStore would wait it out unseen).
@@ -1139,14 +1139,16 @@ func outcomeRefused(sendErr, err error) error {
 
 // record is the write that adds attempt a, made under the idempotency key
 // idem, to the order's attempt record doc: an upsert (the key's events are
-// handled one at a time), with an expiry once the order is settled.
-func (w *Watcher) record(key, idem string, doc store.Doc, a order.Attempt, now time.Time) store.Write {
+// handled one at a time), with an expiry once the order is settled. inc is
+// the order's incarnation where the store keeps one (else 0): a record of
+// another incarnation is a deleted order's.
+func (w *Watcher) record(key, idem string, inc uint64, doc store.Doc, a order.Attempt, now time.Time) store.Write {
 	rec := order.AttemptsDoc{DocID: key}
 	if doc.Found() {
 		// An unreadable record starts afresh, as does one of an order
 		// deleted since (another under the same key).
 		old, err := order.DecodeAttempts(doc.Value)
-		if err == nil && !order.OfAnotherIncarnation(old.IdempotencyKey, key, order.IncarnationOf(idem, key)) {
+		if err == nil && !order.OfAnotherIncarnation(old.IdempotencyKey, key, inc) {
 			rec = old
 		}
 	}
@@ -1168,7 +1170,7 @@ func (w *Watcher) recordApart(ctx context.Context, log *slog.Logger, key, idem s
 		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return err
 		}
-		_, err = w.store.Apply(ctx, []store.Write{w.record(key, idem, doc, a, now)})
+		_, err = w.store.Apply(ctx, []store.Write{w.record(key, idem, 0, doc, a, now)})
 		return err
 	})
 	if err != nil {
