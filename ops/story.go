@@ -110,6 +110,13 @@ type UnreadableDoc struct {
 // unless allow_retrys sets one. Unreadable documents are part of the
 // story, not errors: they are what an operator looks for.
 func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, quantum time.Duration) (Story, error) {
+	// The attempt record first: where an outcome's writes are apart
+	// (Couchbase) the record comes after the retry or dead letter it
+	// names, which the state read next then finds (or what came of it).
+	rec, err := st.Get(ctx, order.Attempts, key)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return Story{}, fmt.Errorf("read attempt record %q: %w", key, err)
+	}
 	state, err := st.State(ctx, key)
 	if err != nil {
 		return Story{}, fmt.Errorf("read order %q: %w", key, err)
@@ -131,10 +138,6 @@ func OrderStory(ctx context.Context, st store.Store, key string, now time.Time, 
 			paused = true
 		} // unread: the story tells the rest, without a pause or an override
 
-	}
-	rec, err := st.Get(ctx, order.Attempts, key)
-	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return Story{}, fmt.Errorf("read attempt record %q: %w", key, err)
 	}
 	if !state.Order.Found() && !state.Retry.Found() && !state.DeadLetter.Found() && !rec.Found() {
 		return Story{}, fmt.Errorf("%w under key %q", ErrNothingStored, key)

@@ -3,6 +3,7 @@ package ops_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -376,4 +377,39 @@ func TestStoryTellsTheKeyKeptWithTheOrder(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, s.SentUnder)
 	assert.Equal(t, "confirmation:k@1", s.IdempotencyKey, "the retry's")
+}
+
+// outcomeMeanwhile is a store on which a failed first send's outcome is
+// written, as on Couchbase (the retry, then the attempt record), just
+// after each State read.
+type outcomeMeanwhile struct {
+	store.Store
+	t *testing.T
+}
+
+func (s outcomeMeanwhile) State(ctx context.Context, key string) (store.State, error) {
+	st, err := s.Store.State(ctx, key)
+	if _, rerr := s.Get(ctx, order.Retry, key); errors.Is(rerr, store.ErrNotFound) {
+		idem := thisOrdersKey(s.t, s.Store, key)
+		retry := order.RetryDoc{Type: order.TypeConfirmation, DocID: key, Attempt: 1, TS: now.UnixMilli(), IdempotencyKey: idem}
+		insert(s.t, s.Store, order.Retry, key, retry.Encode())
+		rec := order.AttemptsDoc{DocID: key, IdempotencyKey: idem}.Add(order.Attempt{At: now.UnixMilli(), Class: "transient", Outcome: "retry"}, 20, now)
+		insert(s.t, s.Store, order.Attempts, key, rec.Encode())
+	}
+	return st, err
+}
+
+// A story read while a first send's failure is written is never "given
+// up": the attempt record it reads comes with the retry it names.
+func TestAStoryReadAsAnOutcomeIsWrittenDoesNotGiveUp(t *testing.T) {
+	t.Parallel()
+	st := outcomeMeanwhile{Store: openStore(t), t: t}
+	insert(t, st, order.Inbound, "o", []byte(`{"email":"e@x","paymentStatus":"paid"}`))
+	s, err := ops.OrderStory(context.Background(), st, "o", now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, ops.StatePendingFirstSend, s.State, "read before the outcome")
+	s, err = ops.OrderStory(context.Background(), st, "o", now, 15*time.Second)
+	require.NoError(t, err)
+	assert.Equal(t, ops.StateRetryScheduled, s.State, "read after it")
+	assert.Equal(t, 1, s.AttemptsTotal)
 }
