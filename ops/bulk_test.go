@@ -355,19 +355,27 @@ func TestADeadLetterBesideAnOlderRedrivesRetryIsRedriven(t *testing.T) {
 // letter's attempts carried, since one of them may have got through (under
 // another key, on Couchbase, where no incarnation rebuilds it, the email
 // service would deliver it again); a poison event's dead letter records
-// none, and the retry document it stood beside does: the redriven retry
-// keeps that one.
+// none (nor does an unreadable one), and the retry document it stood
+// beside does: the redriven retry keeps that one; without a retry, the
+// order's attempt record keeps the latest send's (where it is key's).
 func TestRedriveKeepsTheAttemptsKey(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
-		name  string
-		dead  order.DeadLetterDoc
-		retry *order.RetryDoc // beside the dead letter; nil: none
-		want  string
+		name     string
+		dead     order.DeadLetterDoc
+		retry    *order.RetryDoc    // beside the dead letter; nil: none
+		attempts *order.AttemptsDoc // the attempt record; nil: none
+		want     string
 	}{
-		{"the dead letter's", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonExhausted, Attempts: 10, IdempotencyKey: "confirmation:k@99"}, nil, "confirmation:k@99"},
+		{"the dead letter's", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonExhausted, Attempts: 10, IdempotencyKey: "confirmation:k@99"}, nil,
+			&order.AttemptsDoc{DocID: "k", IdempotencyKey: "confirmation:k@6", Total: 3}, "confirmation:k@99"},
 		{"the retry's, where the dead letter has none", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonPoisonEvent, LastError: "boom"},
-			&order.RetryDoc{Type: order.TypeConfirmation, DocID: "k", Attempt: 3, TS: 5, IdempotencyKey: "confirmation:k@7"}, "confirmation:k@7"},
+			&order.RetryDoc{Type: order.TypeConfirmation, DocID: "k", Attempt: 3, TS: 5, IdempotencyKey: "confirmation:k@7"},
+			&order.AttemptsDoc{DocID: "k", IdempotencyKey: "confirmation:k@6", Total: 3}, "confirmation:k@7"},
+		{"the attempt record's, where neither has one", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonPoisonEvent, LastError: "boom"},
+			nil, &order.AttemptsDoc{DocID: "k", IdempotencyKey: "confirmation:k@6", Total: 3}, "confirmation:k@6"},
+		{"none where the attempt record's is another order's", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonPoisonEvent, LastError: "boom"},
+			nil, &order.AttemptsDoc{DocID: "k", IdempotencyKey: "confirmation:k2@6", Total: 3}, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -375,6 +383,9 @@ func TestRedriveKeepsTheAttemptsKey(t *testing.T) {
 			put(t, st, order.DeadLetter, "k", c.dead.Encode())
 			if c.retry != nil {
 				put(t, st, order.Retry, "k", c.retry.Encode())
+			}
+			if c.attempts != nil {
+				put(t, st, order.Attempts, "k", c.attempts.Encode())
 			}
 			n, err := ops.Redrive(ctx, st, time.Now(), []string{"k"}, false)
 			require.NoError(t, err)

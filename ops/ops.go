@@ -560,6 +560,13 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 				}
 			}
 		}
+		if r.IdempotencyKey == "" && !halfMade {
+			// Nor the dead letter (unreadable, or of a poison event) nor a
+			// retry beside it: the attempt record keeps the latest send's.
+			if r.IdempotencyKey, err = attemptsKey(ctx, st, d.ID); err != nil {
+				return fmt.Errorf("redrive %s: %w", d.ID, err)
+			}
+		}
 		writes := []store.Write{{Op: store.OpRemove, Collection: order.DeadLetter, Key: d.ID, CAS: d.cas}}
 		if !halfMade {
 			retry.Value = r.Encode()
@@ -588,6 +595,23 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 		return nil
 	})
 	return int(n.Load()), errors.Join(missing, reserved, changed.err("redrive"), stopped(err))
+}
+
+// attemptsKey is the idempotency key of key's latest send in its attempt
+// record, where there is a readable one, made for key; else "".
+func attemptsKey(ctx context.Context, st store.Store, key string) (string, error) {
+	doc, err := st.Get(ctx, order.Attempts, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read attempt record: %w", err)
+	}
+	a, err := order.DecodeAttempts(doc.Value)
+	if err != nil || !order.IsKeyOf(a.IdempotencyKey, key) {
+		return "", nil
+	}
+	return a.IdempotencyKey, nil
 }
 
 // changedKeys are the dead letters an action left because they, or their
