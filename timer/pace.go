@@ -9,12 +9,20 @@ import "time"
 // unbounded sweep flagged 52,000 of 100,000 due retries in one tick.
 const aheadFor = time.Second
 
+// leastWindow is the least window once the sends' pace is measured (or
+// the sweep batch, when smaller): the first sweep flags one batch, and
+// sends slower than a batch a second (an email service struggling, the
+// very time retries are paused) then keep a window of their own second,
+// not of a batch (1,000 at 20 sends a second is 50 s that a pause cannot
+// stop).
+const leastWindow = 16
+
 // pace keeps the sweep's window: how many retries may be flagged and not
 // yet taken, from how many the sends took between two sweeps. While the
 // window holds a backlog back the timer tops it up every topUp (Timer.
 // polling), so the window covers aheadFor and one top-up.
 type pace struct {
-	floor  int           // the least window: one sweep batch
+	floor  int           // the first window: one sweep batch
 	window int           // 0: none yet (floor)
 	after  int           // flagged after the last sweep, as counted then plus its flags; -1: not measured
 	at     time.Duration // when that count was read, on the monotonic clock
@@ -62,7 +70,7 @@ func (p *pace) room(flagged int, at, topUp, stuckAfter time.Duration, behind boo
 		if flagged == p.pile && p.limited {
 			w = max(w, 4*p.window) // ran dry: the sends take more than was measured
 		}
-		p.window = max(p.floor, w)
+		p.window = max(min(p.floor, leastWindow), w)
 	}
 	p.after, p.at = flagged, at
 	room = max(0, p.window-(flagged-p.pile))

@@ -60,6 +60,34 @@ func TestPaceFollowsWhatTheSendsTake(t *testing.T) {
 	assert.Equal(t, 10, room, "3 taken a second: the floor")
 }
 
+// TestPaceKeepsSlowSendsToTheirSecond: sends slower than a batch a second
+// (an email service struggling, when an operator pauses) keep a window of
+// their own second and a top-up once the first batch is taken, never less
+// than leastWindow: a pause leaves no more to go out; and the sends never
+// wait for a flag.
+func TestPaceKeepsSlowSendsToTheirSecond(t *testing.T) {
+	const topUp, stuck = 250 * time.Millisecond, 30 * time.Second
+	for _, perSecond := range []int{4, 20, 200} {
+		p := newPace(1000)
+		flagged, starved := 0, 0
+		for at := time.Duration(0); at <= 5*time.Minute; at += topUp { // past the first batch
+			if at > 0 {
+				take := perSecond / 4
+				if flagged < take {
+					starved++
+				}
+				flagged -= min(flagged, take)
+			}
+			room, _ := p.room(flagged, at, topUp, stuck, false)
+			flagged += room
+			p.swept(room, true)
+		}
+		want := max(leastWindow, perSecond*5/4)
+		assert.Equal(t, want, flagged, "%d sends a second: a second and a top-up of theirs", perSecond)
+		assert.Zero(t, starved, "%d sends a second: none waited for a flag", perSecond)
+	}
+}
+
 // TestPaceSetsAsideRetriesNobodyTakes: flagged retries that are never
 // taken (their change never reached a watcher: lost events, a restored
 // bucket) would fill the window for good. After stuckAfter with none taken

@@ -252,6 +252,8 @@ type Timer struct {
 	loggedArmed int // 0 unknown, 1 armed, -1 paused
 	loggedSet   [2]time.Duration
 	failing     int64 // ticks failed in a row
+	// steppedAside: among those, one gave the sweep lease up.
+	steppedAside bool
 
 	ctx    context.Context // ends at Stop, so a sweep in progress gives up
 	cancel context.CancelFunc
@@ -348,6 +350,7 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 		// be ours (Release leaves another's alone).
 		if r := t.Status().Role; r == RoleActive || r == RoleUnknown {
 			if err := t.lease.Release(lctx, heldWhy(t.gate)); err != nil {
+				t.setRole(RoleHeld, nil) // it flags nothing, whoever holds the lease
 				return Result{Armed: true, Held: true}, fmt.Errorf("sweep lease: give it up while sends are held back: %w", err)
 			}
 		}
@@ -722,6 +725,9 @@ func (t *Timer) tick() {
 		// One warning when sweeps start failing, one line when they work
 		// again; the ticks between are counted (sweep errors).
 		t.fails.Add(1)
+		if errors.Is(err, errSteppedAside) {
+			t.steppedAside = true
+		}
 		if t.failing++; t.failing == 1 || errors.Is(err, errSteppedAside) {
 			t.log.Warn("sweep failed; trying again at every tick", "error", err, "failed_ticks", t.failing)
 		} else {
@@ -736,15 +742,17 @@ func (t *Timer) tick() {
 		t.failing++
 		return
 	}
+	// Any tick that works ends the failures: the next one is warned.
 	switch {
 	case t.failing == 0:
+	case res.Standby && t.steppedAside: // and another instance took the lease
+		t.log.Info("this instance's sweeps failed; another instance sweeps now", "failed_ticks", t.failing)
 	case res.Swept:
 		t.log.Info("sweeps work again", "failed_ticks", t.failing)
-		t.failing = 0
-	case res.Standby: // it stood aside, and another instance took the lease
-		t.log.Info("this instance's sweeps failed; another instance sweeps now", "failed_ticks", t.failing)
-		t.failing = 0
+	default: // standing by, paused, held, or not yet due by allow_retrys' interval
+		t.log.Info("the timer's ticks work again", "failed_ticks", t.failing)
 	}
+	t.failing, t.steppedAside = 0, false
 	t.logChanges(res) // before the tick counts: whoever sees it can read the lines
 	t.ticks.Add(1)
 	if res.Flagged > 0 {

@@ -467,6 +467,119 @@ func TestAnInstanceWhoseSweepsFailSaysAnotherSweepsNow(t *testing.T) {
 	assert.Empty(t, logs.Lines("sweeps work again"), "its sweeps never worked")
 }
 
+// controlReadFails fails the reads of allow_retrys while fail is set.
+type controlReadFails struct {
+	store.Store
+	fail atomic.Bool
+}
+
+func (f *controlReadFails) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	if coll == order.Retry && key == order.ControlKey && f.fail.Load() {
+		return store.Doc{}, errors.New("read failed")
+	}
+	return f.Store.Get(ctx, coll, key)
+}
+
+// TestAStandbyWhoseTickFailedBlamesNoSweepOfItsOwn: a standby that never
+// swept, one of whose ticks failed, says its ticks work again, not that
+// its sweeps failed and another instance sweeps now.
+func TestAStandbyWhoseTickFailedBlamesNoSweepOfItsOwn(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	a, err := timer.New(timer.Config{Interval: 50 * time.Millisecond, Owner: "a"}, st, quiet, time.Now)
+	require.NoError(t, err)
+	a.Start()
+	defer a.Stop(ctx)
+	require.Eventually(t, func() bool { return a.Status().Role == timer.RoleActive }, time.Minute, 5*time.Millisecond,
+		"a sweeps; its role: %v", later.Value(func() any { return a.Status().Role }))
+
+	var logs syncbuf.Buffer
+	fs := &controlReadFails{Store: st}
+	b, err := timer.New(timer.Config{Interval: 50 * time.Millisecond, Owner: "b"}, fs, slog.New(slog.NewTextHandler(&logs, nil)), time.Now)
+	require.NoError(t, err)
+	b.Start()
+	defer b.Stop(ctx)
+	require.Eventually(t, func() bool { return b.Status().Role == timer.RoleStandby }, time.Minute, 5*time.Millisecond,
+		"b stands by; its role: %v", later.Value(func() any { return b.Status().Role }))
+	fs.fail.Store(true)
+	require.Eventually(t, func() bool { return len(logs.Lines("sweep failed")) > 0 }, time.Minute, 5*time.Millisecond,
+		"a tick of b's failed; logs:\n%v", later.Value(func() any { return logs.String() }))
+	fs.fail.Store(false)
+	require.Eventually(t, func() bool { return len(logs.Lines("the timer's ticks work again")) > 0 }, time.Minute, 5*time.Millisecond,
+		"b's ticks work again; logs:\n%v", later.Value(func() any { return logs.String() }))
+	assert.Empty(t, logs.Lines("another instance sweeps now"), "b never swept, nor stepped aside")
+}
+
+// TestEachRunOfFailedTicksIsWarned: ticks fail (warned), then work
+// without sweeping (sends held back), then fail again: the second run is
+// warned too, not logged at debug as the first one's continuation.
+func TestEachRunOfFailedTicksIsWarned(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	var logs syncbuf.Buffer
+	fs := &controlReadFails{Store: st}
+	var g gate
+	tm, err := timer.New(timer.Config{Interval: 50 * time.Millisecond, Owner: "a"}, fs,
+		slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})), time.Now)
+	require.NoError(t, err)
+	tm.SetGate(&g)
+	tm.Start()
+	defer tm.Stop(ctx)
+	require.Eventually(t, func() bool { return tm.Status().Role == timer.RoleActive }, time.Minute, 5*time.Millisecond,
+		"it sweeps; its role: %v", later.Value(func() any { return tm.Status().Role }))
+	fs.fail.Store(true)
+	require.Eventually(t, func() bool { return tm.Status().SweepErrors >= 1 }, time.Minute, time.Millisecond, "a tick failed")
+	fs.fail.Store(false)
+	g.held.Store(true) // ticks work, and sweep nothing
+	waitTicks(t, tm, 3)
+	fs.fail.Store(true)
+	n := tm.Status().SweepErrors
+	require.Eventually(t, func() bool { return tm.Status().SweepErrors >= n+3 }, time.Minute, time.Millisecond, "ticks failed again")
+	assert.Len(t, infoLines(t, &logs, "sweep failed"), 2, "one warning each run; logs:\n%s", logs.String())
+	assert.Len(t, infoLines(t, &logs, "the timer's ticks work again"), 1, "the first run's end, with no sweep")
+}
+
+// leaseWriteFails fails writes of the sweep lease while fail is set.
+type leaseWriteFails struct {
+	store.Store
+	fail atomic.Bool
+}
+
+func (s *leaseWriteFails) Replace(ctx context.Context, coll, key string, value []byte, cas uint64) (uint64, error) {
+	if coll == store.Meta && s.fail.Load() {
+		return 0, store.ErrUnavailable
+	}
+	return s.Store.Replace(ctx, coll, key, value, cas)
+}
+
+// TestHeldSendsWhoseLeaseCannotBeGivenUpAreHeld: sends held back and the
+// sweep lease not given up (its write failing): the timer flags nothing,
+// and says it is held (not the active sweeper), polling for the end.
+func TestHeldSendsWhoseLeaseCannotBeGivenUpAreHeld(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
+	require.NoError(t, err)
+	ls := &leaseWriteFails{Store: st}
+	var g gate
+	tm, err := timer.New(timer.Config{Interval: time.Second, Owner: "a"}, ls, quiet, nil)
+	require.NoError(t, err)
+	tm.SetGate(&g)
+	_, err = tm.Sweep(ctx, pinned)
+	require.NoError(t, err)
+	require.Equal(t, timer.RoleActive, tm.Status().Role)
+	g.held.Store(true)
+	ls.fail.Store(true)
+	res, err := tm.Sweep(ctx, pinned.Add(time.Second))
+	require.ErrorIs(t, err, store.ErrUnavailable)
+	assert.True(t, res.Held)
+	assert.Equal(t, timer.RoleHeld, tm.Status().Role)
+}
+
 // TestSweepWaitsWhileSendsAreHeldBack: while an instance's sends are all
 // held back (its breaker open) its sweep flags nothing, which would only
 // be held and written again, and it leaves the lease to an instance whose
