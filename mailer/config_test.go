@@ -537,6 +537,45 @@ func TestAnOrderWhoseConnectionIsDroppedAgainIsItsOwnFailure(t *testing.T) {
 	assert.Empty(t, c.Misconfigured())
 }
 
+// TestATLSAlertOfTheServicesOwnHoldsNothing: a service whose TLS
+// terminator fails one handshake for its own reasons (its certificate
+// source erring, a reload) sends an internal-error alert: that send
+// failed, no configuration was refused, and the next send goes out. A
+// refusal of ours (no certificate where one is required) holds them.
+func TestATLSAlertOfTheServicesOwnHoldsNothing(t *testing.T) {
+	t.Parallel()
+	pki, err := testpki.New()
+	require.NoError(t, err)
+	files, err := pki.WriteFiles(t.TempDir())
+	require.NoError(t, err)
+	var hellos atomic.Int32
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
+	srv.TLS = pki.ServerTLS(false)
+	srv.TLS.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		if hellos.Add(1) == 1 {
+			return nil, errors.New("certificate source unavailable") // answered with an internal-error alert
+		}
+		return nil, nil
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	c, err := mailer.New(mailer.Config{URL: srv.URL, CAFile: files.CA, BreakerCooldown: time.Hour}, quiet)
+	require.NoError(t, err)
+	se := sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
+	assert.Equal(t, mailer.Transient, se.Class, "%v", se)
+	assert.Equal(t, "no answer: the service ended the TLS handshake: tls: internal error", se.Reason())
+	require.NoError(t, c.Send(context.Background(), "k2", []byte(`{}`)), "no send held")
+	assert.Empty(t, c.Misconfigured())
+
+	url, files := tlsService(t, tls.RequireAndVerifyClientCert, func(w http.ResponseWriter, r *http.Request) {})
+	c, err = mailer.New(mailer.Config{URL: url, CAFile: files.CA, BreakerCooldown: time.Hour}, quiet)
+	require.NoError(t, err)
+	se = sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
+	assert.Equal(t, mailer.Configuration, se.Class, "no certificate where one is required: %v", se)
+	assert.Contains(t, se.Reason(), "the service refused the TLS handshake: tls: ")
+}
+
 // TestAServiceThatAcceptsTheCertificateMayStillFail: a service that
 // requires and accepts ordermail's client certificate and drops a new
 // connection without an answer (a handler crashing, a restart) failed;

@@ -365,13 +365,31 @@ func describe(err error) (why string, config bool) {
 		return "dns: lookup failed", false
 	}
 	if operr, ok := errors.AsType[*net.OpError](err); ok && operr.Err != nil {
-		if operr.Op == "remote error" && strings.HasPrefix(operr.Err.Error(), "tls: ") {
-			// The service's TLS alert: it refused our certificate, or none.
-			return "the service refused the TLS handshake: " + operr.Err.Error(), true
+		if alert, ok := strings.CutPrefix(operr.Err.Error(), "tls: "); ok && operr.Op == "remote error" {
+			if refusalAlerts[alert] {
+				// The service's TLS alert: it refused our certificate, or
+				// none, or what we offered.
+				return "the service refused the TLS handshake: " + operr.Err.Error(), true
+			}
+			// Its own trouble (an internal error, a terminator reloading):
+			// this handshake's, not our configuration's.
+			return "the service ended the TLS handshake: " + operr.Err.Error(), false
 		}
 		return operr.Op + ": " + operr.Err.Error(), false // without the addresses
 	}
 	return withoutURL(err).Error(), false
+}
+
+// refusalAlerts are the TLS alerts (as crypto/tls names them) by which a
+// service refuses what ordermail offered: its certificate or none, its
+// versions, ciphers, server name or protocols. Any other alert (internal
+// error, user canceled, a decode error) is the handshake's own failure.
+var refusalAlerts = map[string]bool{
+	"handshake failure": true, "bad certificate": true, "unsupported certificate": true,
+	"revoked certificate": true, "expired certificate": true, "unknown certificate": true,
+	"unknown certificate authority": true, "access denied": true, "protocol version not supported": true,
+	"insufficient security level": true, "unrecognized name": true, "certificate required": true,
+	"no application protocol": true,
 }
 
 // dropped says whether the service closed the connection under the request.
