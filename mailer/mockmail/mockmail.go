@@ -254,8 +254,10 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-t.C:
 		case <-r.Context().Done():
+			// The sender gone, or Close: dropped unanswered, where a
+			// return would answer 200 to what was never recorded.
 			t.Stop()
-			return
+			panic(http.ErrAbortHandler)
 		}
 	}
 	traced := validTraceparent(r.Header.Get("traceparent"))

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -409,6 +410,48 @@ func TestCloseEndsHeldRequests(t *testing.T) {
 	defer cancel()
 	require.NoError(t, l.Close(ctx), "Close did not wait for the held request")
 	assert.Error(t, <-sent, "the held request gets no answer")
+}
+
+// Close ends the requests waiting out the latency unanswered: a 200 would
+// be a delivery the mock never recorded.
+func TestCloseDuringTheLatencyAnswersNothing(t *testing.T) {
+	t.Parallel()
+	arrived := make(chan struct{})
+	var once sync.Once
+	m, err := mockmail.New(mockmail.Config{Latency: time.Hour, Now: func() time.Time {
+		once.Do(func() { close(arrived) }) // a request's first look at the clock
+		return time.Now()
+	}})
+	require.NoError(t, err)
+	l, err := m.Listen("127.0.0.1:0")
+	require.NoError(t, err)
+	sent := make(chan error, 1)
+	go func() {
+		req, err := http.NewRequest(http.MethodPost, l.URL()+mockmail.SendPath, strings.NewReader(`{}`))
+		if err != nil {
+			sent <- err
+			return
+		}
+		req.Header.Set("Idempotency-Key", "a")
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			err = fmt.Errorf("answered %d", resp.StatusCode)
+		}
+		sent <- err
+	}()
+	select {
+	case <-arrived:
+	case err := <-sent:
+		t.Fatalf("the request ended before the mock saw it: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, l.Close(ctx))
+	err = <-sent
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "answered", "a request the mock never recorded")
+	assert.Equal(t, mockmail.Stats{}, m.Stats())
 }
 
 // TestBodyMustBeAJSONObject: the mock accepts a body that decodes as one
