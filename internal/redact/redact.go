@@ -19,6 +19,7 @@ const Mask = "REDACTED"
 // another. A string that does not parse as a URL (a port mistyped, a
 // carriage return from an env file) is masked the same way, part by part.
 func URL(raw string) string {
+	raw = schemeless(raw)
 	u, err := url.Parse(raw)
 	if err != nil {
 		return unparsed(raw)
@@ -40,6 +41,25 @@ func URL(raw string) string {
 		u.Fragment, u.RawFragment = Mask, ""
 	}
 	return u.String()
+}
+
+// schemeless masks the credentials of a URL given without "://"
+// ("key:secret@host/v1", which url.Parse takes for an opaque URL of scheme
+// "key"; "https//u:pw@host", which it fails on): everything before the
+// last "@" ahead of the query and fragment (a path's "@" masks more than
+// needed, never less). raw with "://" is returned as it is.
+func schemeless(raw string) string {
+	if strings.Contains(raw, "://") {
+		return raw
+	}
+	end := len(raw)
+	if i := strings.IndexAny(raw, "?#"); i >= 0 {
+		end = i
+	}
+	if at := strings.LastIndex(raw[:end], "@"); at >= 0 {
+		return Mask + raw[at:]
+	}
+	return raw
 }
 
 // unparsed masks what stands between "://" and the last "@" (a password

@@ -36,6 +36,12 @@ func TestURL(t *testing.T) {
 		{give: "https://h/send?to=ops@example.com&key=SECRET\r", want: "https://REDACTED@REDACTED&key=REDACTED"},
 		{give: "https://h:1x/p#a@b&token=SECRET", want: "https://REDACTED@REDACTED"},
 		{give: "https://u:Ab#3x@h:1x/p", want: "https://REDACTED@REDACTED"}, // a "#" in the password
+		// Given without its scheme: the credentials are masked all the same.
+		{give: "apikey:S3cret@mail.example.com/v1", want: "REDACTED@mail.example.com/v1"},
+		{give: "user:hunter2@mail.example.com:8443", want: "REDACTED@mail.example.com:8443"},
+		{give: "1api:S3cret@mail.example.com/v1?key=k", want: "REDACTED@mail.example.com/v1?key=REDACTED"},
+		{give: "https//u:pw@h/p", want: "REDACTED@h/p"},
+		{give: "mail.example.com/v1?to=a@b", want: "mail.example.com/v1?to=REDACTED"},
 		{give: "", want: ""},
 	}
 	for _, tt := range tests {
