@@ -537,6 +537,70 @@ func TestAnOrderWhoseConnectionIsDroppedAgainIsItsOwnFailure(t *testing.T) {
 	assert.Empty(t, c.Misconfigured())
 }
 
+// TestAKeyRotatedWhileSendsAreHeldIsTriedAtOnce: a key revoked at the
+// provider a moment before the file holds the new one: the sends between
+// are refused and hold the rest, but the new key, once read, is tried at
+// once, not after the cooldown (an hour here).
+func TestAKeyRotatedWhileSendsAreHeldIsTriedAtOnce(t *testing.T) {
+	t.Parallel()
+	m, err := mockmail.New(mockmail.Config{AuthValue: "Bearer new"})
+	require.NoError(t, err)
+	l, err := m.Listen("127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close(context.Background()) })
+	keyFile := writeFile(t, "key", "Bearer old\n")
+	var logs syncbuf.Buffer
+	c, err := mailer.New(mailer.Config{URL: l.URL(), AuthFile: keyFile, BreakerCooldown: time.Hour},
+		slog.New(slog.NewTextHandler(&logs, nil)))
+	require.NoError(t, err)
+	sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
+	se := sendErr(t, c.Send(context.Background(), "k2", []byte(`{}`)))
+	require.Equal(t, mailer.Configuration, se.Class, "the old key refused twice: %v", se)
+	require.NotEmpty(t, c.Misconfigured())
+
+	rewrite(t, keyFile, "Bearer new\n")
+	sendsAgain(t, c, "k1")
+	assert.Empty(t, c.Misconfigured())
+	assert.Len(t, logs.Lines("configuration changed: sends go out again"), 1, "logs:\n%s", logs.String())
+}
+
+// TestARefusalOfAReplacedKeyDoesNotCount: a send made with the old key
+// and refused after the new one was read says nothing of the new key: a
+// refusal of the new one after it is the first, retried alone, holding
+// no send.
+func TestARefusalOfAReplacedKeyDoesNotCount(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Header.Get("Authorization") == "Bearer old" && r.Header.Get("Idempotency-Key") == "old":
+			arrived <- struct{}{}
+			<-release // refused once the new key is in use
+			w.WriteHeader(http.StatusUnauthorized)
+		case r.Header.Get("Authorization") == "Bearer old":
+			w.WriteHeader(http.StatusUnauthorized) // the sends before the new key is read
+		case r.Header.Get("Idempotency-Key") == "refused":
+			w.WriteHeader(http.StatusForbidden) // a firewall refusing this order's body
+		}
+	}))
+	t.Cleanup(srv.Close)
+	keyFile := writeFile(t, "key", "Bearer old\n")
+	c, err := mailer.New(mailer.Config{URL: srv.URL, AuthFile: keyFile, BreakerCooldown: time.Hour}, quiet)
+	require.NoError(t, err)
+	old := make(chan error, 1)
+	go func() { old <- c.Send(context.Background(), "old", []byte(`{}`)) }()
+	<-arrived
+	rewrite(t, keyFile, "Bearer new\n")
+	sendsAgain(t, c, "new")
+	close(release)
+	se := sendErr(t, <-old)
+	assert.Equal(t, mailer.Transient, se.Class, "refused with the old key: %v", se)
+	se = sendErr(t, c.Send(context.Background(), "refused", []byte(`{}`)))
+	assert.Equal(t, mailer.Transient, se.Class, "the first refusal of the new key: %v", se)
+	assert.Empty(t, c.Misconfigured(), "no send held")
+}
+
 // TestATLSAlertOfTheServicesOwnHoldsNothing: a service whose TLS
 // terminator fails one handshake for its own reasons (its certificate
 // source erring, a reload) sends an internal-error alert: that send

@@ -417,8 +417,13 @@ type Client struct {
 	retryable map[int]bool
 	limiter   *rate.Limiter
 	breaker   *gobreaker.CircuitBreaker[struct{}]
-	// gate holds every send while the service refuses the configuration.
-	gate      *gobreaker.CircuitBreaker[struct{}]
+	// gate holds every send while the service refuses the configuration;
+	// a new one, closed, when the configuration changes (replaced).
+	gate atomic.Pointer[gobreaker.CircuitBreaker[struct{}]]
+	// creds counts the changes of the credential, the signing secrets and
+	// the TLS files: a refusal of a send made before the latest says
+	// nothing of what they hold now.
+	creds     atomic.Uint64
 	misconfig atomic.Pointer[string] // the latest configuration failure's reason
 	// lastFailure is the reason of the latest send that failed for the
 	// service (the circuit breaker's), for its log lines; openedAt is
@@ -588,7 +593,15 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 			},
 		})
 	}
-	c.gate = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+	c.gate.Store(c.newGate())
+	return c, nil
+}
+
+// newGate is a configuration gate, closed.
+func (c *Client) newGate() *gobreaker.CircuitBreaker[struct{}] {
+	cfg := c.cfg
+	var g *gobreaker.CircuitBreaker[struct{}]
+	g = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        "configuration",
 		Timeout:     cfg.BreakerCooldown,
 		ReadyToTrip: func(counts gobreaker.Counts) bool { return counts.ConsecutiveFailures >= 1 },
@@ -603,6 +616,9 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 		},
 		// Called with the gate's lock held: it must not ask the gate.
 		OnStateChange: func(_ string, from, to gobreaker.State) {
+			if c.gate.Load() != g {
+				return // replaced: a send made before the change ended
+			}
 			switch {
 			case from == gobreaker.StateClosed:
 				var reason string
@@ -616,13 +632,25 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 			}
 		},
 	})
-	return c, nil
+	return g
+}
+
+// replaced notes that the credential, the signing secrets or the TLS files
+// changed (a key rotated): refusals of sends made before say nothing of
+// them now, and sends held for such refusals go out again at once, to try
+// them, rather than wait out a cooldown.
+func (c *Client) replaced() {
+	c.creds.Add(1)
+	c.denied.Store(0)
+	if old := c.gate.Load(); old != nil && old.State() != gobreaker.StateClosed && c.gate.CompareAndSwap(old, c.newGate()) {
+		c.log.Info("ordermail's email-service configuration changed: sends go out again to try it")
+	}
 }
 
 // Misconfigured is why sends are held because the service refuses
 // ordermail's configuration, or "" when they are not.
 func (c *Client) Misconfigured() string {
-	if c.gate.State() == gobreaker.StateClosed {
+	if c.gate.Load().State() == gobreaker.StateClosed {
 		return ""
 	}
 	if r := c.misconfig.Load(); r != nil {
@@ -707,6 +735,7 @@ func (c *Client) rebuild(now time.Time) error {
 	if old != nil {
 		old.CloseIdleConnections()
 		c.log.Info("TLS files changed: new connections use them")
+		c.replaced()
 	}
 	return nil
 }
@@ -805,6 +834,9 @@ func (c *Client) signer(now time.Time) (*webhook.Secrets, error) {
 		if perr != nil {
 			c.secErr = fmt.Errorf("%s: %s: %w", c.signing.Flag(), c.signing.Path(), perr)
 		} else {
+			if c.secrets != nil {
+				c.replaced()
+			}
 			c.secrets, c.secErr = s, nil
 		}
 	}
@@ -817,6 +849,16 @@ func (c *Client) signer(now time.Time) (*webhook.Secrets, error) {
 	return c.secrets, nil
 }
 
+// lookAgain reads the credential, TLS and signing files as they are now,
+// for changes (replaced); what they make is for the sends to use.
+func (c *Client) lookAgain(now time.Time) {
+	if c.auth != nil {
+		_, _ = c.credential(now)
+	}
+	_, _ = c.client(now)
+	_, _ = c.signer(now)
+}
+
 // credential is the authentication header's value as of now. While the
 // file holds none (see reloadGrace), the last it held is used.
 func (c *Client) credential(now time.Time) (string, error) {
@@ -824,6 +866,9 @@ func (c *Client) credential(now time.Time) (string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err == nil {
+		if c.authGood != "" && v != c.authGood {
+			c.replaced()
+		}
 		c.authGood = v
 	}
 	if err := c.excuse(&c.authBad, err, c.authGood != "", now); err != nil {
@@ -845,7 +890,7 @@ func (c *Client) BreakerState() string {
 // the probe that decides whether they close (probing: a cooldown is over).
 // The timer asks it before each sweep (timer.Gate).
 func (c *Client) HeldBack() (held, probing bool) {
-	for _, b := range []*gobreaker.CircuitBreaker[struct{}]{c.breaker, c.gate} {
+	for _, b := range []*gobreaker.CircuitBreaker[struct{}]{c.breaker, c.gate.Load()} {
 		if b == nil {
 			continue
 		}
@@ -873,7 +918,14 @@ func (c *Client) Send(ctx context.Context, idempotencyKey string, order []byte) 
 	if err := CheckHeaderValue(idempotencyKey); err != nil {
 		return &SendError{Class: Invalid, Err: fmt.Errorf("idempotency key: %w", err)}
 	}
-	_, err := c.gate.Execute(func() (struct{}, error) {
+	gate := c.gate.Load()
+	if gate.State() != gobreaker.StateClosed {
+		// Held: the files are read by no send, so a credential replaced
+		// meanwhile is looked for here (each file at most once a second).
+		c.lookAgain(c.now())
+		gate = c.gate.Load()
+	}
+	_, err := gate.Execute(func() (struct{}, error) {
 		err := c.breakerSend(ctx, idempotencyKey, order)
 		if se, ok := errors.AsType[*SendError](err); ok && se.Class == Configuration {
 			reason := se.Reason()
@@ -927,6 +979,7 @@ func (c *Client) limitedPost(ctx context.Context, idempotencyKey string, order [
 
 func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) error {
 	now := c.now()
+	creds := c.creds.Load() // a change while the files are read: as if before it
 	hc, err := c.client(now)
 	if err != nil {
 		return &SendError{Class: Configuration, NotAttempted: true, Err: err}
@@ -995,6 +1048,9 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		// retried as a transient failure is. The order's own, known
 		// (refusedAgain): counted, retried, dead-lettered in the end.
 		class = Transient
+		if c.creds.Load() != creds {
+			break // of a credential (or signature) replaced since: says nothing of the new
+		}
 		if own := c.refusedAgain(idempotencyKey, answered); !own && c.denied.Add(1) >= deniedRefusals {
 			class = Configuration
 		}
