@@ -472,9 +472,6 @@ func (c *Console) redrive(w http.ResponseWriter, r *http.Request, sid string) {
 
 func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 	sel, err := selected(r)
-	if err == nil && sel.reason != "" {
-		err = fmt.Errorf("purge by reason is not offered: select the dead letters, or purge all")
-	}
 	if err != nil {
 		c.finish(w, r, sid, "purge", err, "Nothing was purged.")
 		return
@@ -483,15 +480,24 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 		d := confirmData{Heading: "Purge " + sel.String() + "?",
 			Text:   "Purging deletes dead letters for good: their orders stay unconfirmed, and nothing sends them again unless an order itself changes.",
 			Action: "/deadletters/purge", Button: "Purge for good", Danger: true}
-		if sel.all {
-			// Those dead-lettered after this page was shown are not in
-			// its count, and are left.
-			d.Text += " Dead letters written after this page was shown are left."
-			d.Fields = []field{{"scope", "all"}, {"asof", strconv.FormatInt(c.now().UnixMilli(), 10)}}
+		// Those dead-lettered after this page was shown are not in its
+		// count, and are left; a filter does not narrow all, nor a key
+		// prefix a reason.
+		asof := field{"asof", strconv.FormatInt(c.now().UnixMilli(), 10)}
+		switch {
+		case sel.all:
+			d.Text = "Every dead letter, not only those a filter shows, is deleted for good: their orders stay unconfirmed, " +
+				"and nothing sends them again unless an order itself changes. Dead letters written after this page was shown are left."
+			d.Fields = []field{{"scope", "all"}, asof}
 			if n, ok := c.deadLetterCount(r); ok {
 				d.Heading = fmt.Sprintf("Purge every dead letter (%d)?", n)
 			}
-		} else {
+		case sel.reason != "":
+			d.Heading = "Purge every “" + sel.reason + "” dead letter?"
+			d.Text = "Every dead letter of this reason, not only those the list showed (a key prefix does not narrow it), is deleted for good: " +
+				"their orders stay unconfirmed, and nothing sends them again unless an order itself changes. Dead letters written after this page was shown are left."
+			d.Fields = []field{{"scope", "reason"}, {"reason", sel.reason}, asof}
+		default:
 			// The operator chose these as the list or the order's page
 			// showed them: one dead-lettered again since (redriven and
 			// failed anew) is not what was chosen, and is left.
@@ -505,18 +511,23 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 		c.confirm(w, r, d)
 		return
 	}
-	if sel.all {
+	if sel.all || sel.reason != "" {
 		if !c.startBulk(w, r, sid, "purge", "a purge of "+sel.String(), "Nothing was purged.") {
 			return
 		}
 		defer c.bulk.end()
 	}
-	n, err := ops.Purge(r.Context(), c.st, sel.ids, sel.all, shownAt(r, c.now()))
+	var n int
+	if sel.reason != "" {
+		n, err = ops.PurgeByReason(r.Context(), c.st, sel.reason, shownAt(r, c.now()))
+	} else {
+		n, err = ops.Purge(r.Context(), c.st, sel.ids, sel.all, shownAt(r, c.now()))
+	}
 	if n == 0 && err != nil {
 		c.finish(w, r, sid, "purge", err, "Nothing was purged.")
 		return
 	}
-	if sel.all {
+	if sel.all || sel.reason != "" {
 		c.finish(w, r, sid, "purge", err, "Purged %d of %s; any dead-lettered after the page was shown are left.", n, sel)
 		return
 	}

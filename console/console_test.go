@@ -490,6 +490,7 @@ func TestPurgeNeedsConfirmation(t *testing.T) {
 	resp, body = f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"all"}})
 	require.Equal(t, http.StatusOK, resp.StatusCode)
 	assert.Contains(t, body, "Purge every dead letter (1)?")
+	assert.Contains(t, body, "not only those a filter shows")
 	asOf := regexp.MustCompile(`name="asof" value="(\d+)"`).FindStringSubmatch(body)
 	require.Len(t, asOf, 2, "the page carries when it was shown:\n%s", body)
 	// Dead-lettered after the page was shown: not in its count.
@@ -502,6 +503,38 @@ func TestPurgeNeedsConfirmation(t *testing.T) {
 	assert.True(t, f.exists(t, order.DeadLetter, "d4"), "a dead letter the operator was not shown is left")
 	_, next := f.get(t, "/deadletters")
 	assert.Contains(t, next, "any dead-lettered after the page was shown are left", "and the operator is told")
+}
+
+// TestPurgeByReasonNeedsConfirmation: a list filtered by a reason offers
+// to purge every dead letter of it (not all of them), once confirmed; one
+// dead-lettered after the confirmation was shown is left.
+func TestPurgeByReasonNeedsConfirmation(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	f.deadLetter(t, "d1", order.ReasonPermanent)
+	f.deadLetter(t, "d2", order.ReasonPermanent)
+	f.deadLetter(t, "e1", order.ReasonNoEmail)
+	csrf := f.login(t)
+	_, list := f.get(t, "/deadletters?reason="+order.ReasonPermanent)
+	assert.Contains(t, list, `id="purge-reason"`, "offered on a list filtered by reason")
+	_, list = f.get(t, "/deadletters")
+	assert.NotContains(t, list, `id="purge-reason"`, "not on the whole list")
+
+	resp, body := f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"reason"}, "reason": {order.ReasonPermanent}})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.Contains(t, body, "Purge every “"+order.ReasonPermanent+"” dead letter?")
+	assert.Contains(t, body, "not only those the list showed")
+	assert.True(t, f.exists(t, order.DeadLetter, "d1"), "nothing purged before the confirmation")
+	f.put(t, order.DeadLetter, "d3", order.DeadLetterDoc{Type: "deadletter", DocID: "d3", Reason: order.ReasonPermanent,
+		Attempts: 1, DeadAt: time.Now().Add(time.Minute).UnixMilli()}.Encode())
+	resp, _ = f.post(t, "/deadletters/purge", hiddenFields(body))
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.False(t, f.exists(t, order.DeadLetter, "d1"))
+	assert.False(t, f.exists(t, order.DeadLetter, "d2"))
+	assert.True(t, f.exists(t, order.DeadLetter, "e1"), "another reason's is left")
+	assert.True(t, f.exists(t, order.DeadLetter, "d3"), "a dead letter the operator was not shown is left")
+	_, next := f.get(t, "/deadletters")
+	assert.Contains(t, next, "Purged 2 of the dead letters of reason "+order.ReasonPermanent)
 }
 
 // hiddenFields are a page's hidden form fields, as its form posts them.
