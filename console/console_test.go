@@ -1061,6 +1061,33 @@ func TestOverviewKeepsPauseWhenTheCountsFail(t *testing.T) {
 	assert.Contains(t, body, `id="resume"`)
 }
 
+// keptUnreadable is a store on which the settings a pause kept cannot be
+// read (on Couchbase, in the metadata bucket).
+type keptUnreadable struct{ store.Store }
+
+func (s keptUnreadable) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	if coll == store.Meta && key == order.KeptControlKey {
+		return store.Doc{}, errors.New("metadata out of reach")
+	}
+	return s.Store.Get(ctx, coll, key)
+}
+
+// Paused, the settings the pause kept out of reach: the overview offers
+// Resume all the same (which arms without them), says what it could not
+// read, and shows the rest.
+func TestOverviewOffersResumeWhenTheKeptSettingsCannotBeRead(t *testing.T) {
+	t.Parallel()
+	st := keptUnreadable{openEmbedded(t)}
+	f := serve(t, console.Config{Token: token}, st, deps(t, st, deadMailer(t)))
+	f.login(t)
+	code, body := f.get(t, "/")
+	require.Equal(t, http.StatusOK, code)
+	assert.Contains(t, body, `id="retries-state">paused`)
+	assert.Contains(t, body, `id="resume"`)
+	assert.Contains(t, body, "The settings the pause kept could not be read")
+	assert.NotContains(t, body, "The store did not answer")
+}
+
 // membersStore is a store whose instances share the feed, as Couchbase's
 // do, with the members its heartbeats would list.
 type membersStore struct {

@@ -236,6 +236,10 @@ type RetryState struct {
 	// ResumeWith is the settings a resume gives back (PausedSettings);
 	// zero when armed, or paused with none kept.
 	ResumeWith order.Control `json:"-"`
+	// KeptUnread says why the settings a pause kept could not be read
+	// (paused, they are ordermail's own document: on Couchbase in the
+	// metadata bucket); "" when they were. Retries are paused all the same.
+	KeptUnread string        `json:"-"`
 	quantum    time.Duration // allow_retrys' own; 0: none
 	read       bool          // it was read (Known)
 }
@@ -258,7 +262,9 @@ func readRetryState(ctx context.Context, st store.Store) (RetryState, error) {
 	case errors.Is(err, store.ErrNotFound):
 		s.Paused = true
 		if s.ResumeWith, err = PausedSettings(ctx, st); err != nil {
-			return RetryState{}, err
+			// Paused all the same: a resume is still what the operator
+			// may want (it says what it could not give back).
+			s.KeptUnread = err.Error()
 		}
 	default:
 		return RetryState{}, err

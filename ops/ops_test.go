@@ -117,6 +117,15 @@ func TestAPauseKeepsItsSettingsForTheResume(t *testing.T) {
 	s, err := ops.ReadStatus(ctx, st, now, 15*time.Second)
 	require.NoError(t, err)
 	assert.Equal(t, set, s.ResumeWith)
+	assert.Empty(t, s.KeptUnread)
+	// What the pause kept out of reach: paused all the same, said, and
+	// the rest of the status read.
+	s, err = ops.ReadStatus(ctx, keptUnreadable{st}, now, 15*time.Second)
+	require.NoError(t, err)
+	assert.True(t, s.Paused)
+	assert.True(t, s.Known())
+	assert.Zero(t, s.ResumeWith)
+	assert.NotEmpty(t, s.KeptUnread)
 
 	started, got, err = ops.ResumeRetries(ctx, st)
 	require.NoError(t, err)
@@ -261,6 +270,17 @@ type metaUnreadable struct{ store.Store }
 func (s metaUnreadable) Get(ctx context.Context, coll, key string) (store.Doc, error) {
 	if coll == store.Meta {
 		return store.Doc{}, errors.New("meta unreadable")
+	}
+	return s.Store.Get(ctx, coll, key)
+}
+
+// keptUnreadable is a store on which the settings a pause kept cannot be
+// read (the rest of ordermail's own documents can).
+type keptUnreadable struct{ store.Store }
+
+func (s keptUnreadable) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	if coll == store.Meta && key == order.KeptControlKey {
+		return store.Doc{}, errors.New("kept settings unreadable")
 	}
 	return s.Store.Get(ctx, coll, key)
 }

@@ -129,9 +129,10 @@ type statusView struct {
 	ReadAt            string            `json:"readAt"`
 	TimerArmed        bool              `json:"timerArmed"`
 	Paused            bool              `json:"paused"`
-	Control           *controlView      `json:"control,omitempty"`    // allow_retrys; absent while paused
-	ResumeWith        *controlView      `json:"resumeWith,omitempty"` // paused: the settings a resume gives back, kept by the pause
-	RetryDocs         int               `json:"retryDocs"`            // pending retries
+	Control           *controlView      `json:"control,omitempty"`              // allow_retrys; absent while paused
+	ResumeWith        *controlView      `json:"resumeWith,omitempty"`           // paused: the settings a resume gives back, kept by the pause
+	ResumeWithUnread  string            `json:"resumeWithUnreadable,omitempty"` // paused: why the settings the pause kept could not be read
+	RetryDocs         int               `json:"retryDocs"`                      // pending retries
 	RetryFlagged      int               `json:"retryFlagged"`
 	DueNow            int               `json:"dueNow"`
 	OldestDueAt       string            `json:"oldestDueAt,omitempty"` // the longest-waiting due retry, flagged or not; absent when none is due
@@ -262,6 +263,7 @@ func newStatusView(s ops.Status, now time.Time, svc serviceView) statusView {
 		v.resumeWith = s.ResumeWith
 		v.ResumeWith = newControlView(s.ResumeWith)
 	}
+	v.ResumeWithUnread = s.KeptUnread
 	if s.TimerArmed {
 		ctl, err := order.DecodeControl([]byte(s.Control))
 		v.Control = newControlView(ctl)
@@ -319,6 +321,9 @@ func printStatus(w io.Writer, v statusView, quantum time.Duration) error {
 		line("retries", "paused (no %s: retry documents wait)", order.ControlKey)
 		if v.ResumeWith != nil {
 			line("  on resuming", "%s (kept by the pause; retries start without flags gives them back)", v.resumeWith)
+		}
+		if v.ResumeWithUnread != "" {
+			line("  on resuming", "unknown: the settings the pause kept could not be read (%s)", v.ResumeWithUnread)
 		}
 	}
 	oldest := "none due"
