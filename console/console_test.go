@@ -537,6 +537,17 @@ func TestPurgeByReasonNeedsConfirmation(t *testing.T) {
 	assert.Contains(t, next, "Purged 2 of the dead letters of reason "+order.ReasonPermanent)
 }
 
+// An order paid with nothing else stored is pending its first send, or
+// was given up before any attempt was recorded: its page says both.
+func TestAPendingOrdersPageSaysWhatElseItMayBe(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	f.put(t, order.Inbound, "p1", []byte(`{"email":"x@example.com","paymentStatus":"paid"}`))
+	_, page := f.get(t, "/order?key=p1")
+	assert.Contains(t, page, `id="order-state">pending first send`)
+	assert.Contains(t, page, `id="state-note">Paid, and nothing else is stored for it`)
+}
+
 // hiddenFields are a page's hidden form fields, as its form posts them.
 func hiddenFields(body string) url.Values {
 	form := url.Values{}

@@ -12,8 +12,13 @@ import (
 
 // States of an order's confirmation, as Story.State.
 const (
-	StateNotPaid          = "not paid"
-	StateConfirmed        = "confirmed"
+	StateNotPaid   = "not paid"
+	StateConfirmed = "confirmed"
+	// StatePendingFirstSend: paid, unconfirmed, and nothing else stored:
+	// the first send goes out as the service reads the order's change; or
+	// it was given up without an attempt record (a dead letter purged, a
+	// retry removed, before any request, or the record expired), which
+	// the store cannot tell apart without a write at every purge.
 	StatePendingFirstSend = "pending first send"
 	// StateGivenUp: paid, unconfirmed, attempted, and neither a retry nor
 	// a dead letter left (the dead letter purged, the retry removed by

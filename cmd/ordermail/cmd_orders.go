@@ -80,6 +80,12 @@ func printStory(w io.Writer, s ops.Story) error {
 		fmt.Fprintf(w, "                  (attempted, and no retry or dead letter is left: its dead letter purged, or its retry\n"+
 			"                  removed; nothing sends it unless the order changes)\n")
 	}
+	if s.State == ops.StatePendingFirstSend {
+		fmt.Fprintf(w, "                  (paid, and nothing else is stored for it: its first send goes out as the service\n"+
+			"                  reads its change; if that was long ago, a dead letter of it was purged or its retry removed\n"+
+			"                  before any attempt was recorded, or its record has expired, and nothing sends it unless the\n"+
+			"                  order changes)\n")
+	}
 	fmt.Fprintf(w, "payment:          %s\n", orDash(s.PaymentStatus))
 	fmt.Fprintf(w, "confirmed:        %s\n", confirmed)
 	fmt.Fprintf(w, "idempotency key:  %s\n", orDash(s.IdempotencyKey))

@@ -109,6 +109,14 @@ func TestOrdersShow(t *testing.T) {
 	out, _, err = cli(t, "orders", "show", "--store", storeURL, "order_7")
 	require.NoError(t, err)
 	assert.Contains(t, out, "state:            given up\n                  (attempted, and no retry or dead letter is left")
+
+	// Paid, nothing else stored: pending, or given up before any attempt
+	// was recorded; said so.
+	_, err = st.Insert(t.Context(), order.Inbound, "order_9", []byte(`{"email":"x@example.com","paymentStatus":"paid"}`))
+	require.NoError(t, err)
+	out, _, err = cli(t, "orders", "show", "--store", storeURL, "order_9")
+	require.NoError(t, err)
+	assert.Contains(t, out, "state:            pending first send\n                  (paid, and nothing else is stored for it")
 }
 
 func TestOrdersShowBadInvocations(t *testing.T) {
