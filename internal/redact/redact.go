@@ -47,14 +47,14 @@ func URL(raw string) string {
 // ("key:secret@host/v1", which url.Parse takes for an opaque URL of scheme
 // "key"; "https//u:pw@host", which it fails on): everything before the
 // last "@" ahead of the query and fragment (a path's "@" masks more than
-// needed, never less). raw with "://" is returned as it is.
+// needed, never less). raw with "://" ahead of them is returned as it is.
 func schemeless(raw string) string {
-	if strings.Contains(raw, "://") {
-		return raw
-	}
 	end := len(raw)
 	if i := strings.IndexAny(raw, "?#"); i >= 0 {
 		end = i
+	}
+	if strings.Contains(raw[:end], "://") {
+		return raw
 	}
 	if at := strings.LastIndex(raw[:end], "@"); at >= 0 {
 		return Mask + raw[at:]

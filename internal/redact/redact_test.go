@@ -42,6 +42,8 @@ func TestURL(t *testing.T) {
 		{give: "1api:S3cret@mail.example.com/v1?key=k", want: "REDACTED@mail.example.com/v1?key=REDACTED"},
 		{give: "https//u:pw@h/p", want: "REDACTED@h/p"},
 		{give: "mail.example.com/v1?to=a@b", want: "mail.example.com/v1?to=REDACTED"},
+		{give: "apikey:S3cret@mail.example.com/v1?next=https://x", want: "REDACTED@mail.example.com/v1?next=REDACTED"},
+		{give: "apikey:S3cret@mail.example.com/v1#https://x", want: "REDACTED@mail.example.com/v1#REDACTED"},
 		{give: "", want: ""},
 	}
 	for _, tt := range tests {
