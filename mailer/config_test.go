@@ -24,6 +24,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 
+	"github.com/ordermail/ordermail/internal/later"
 	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/internal/testpki"
 	"github.com/ordermail/ordermail/internal/tracing"
@@ -562,6 +563,56 @@ func TestAKeyRotatedWhileSendsAreHeldIsTriedAtOnce(t *testing.T) {
 	sendsAgain(t, c, "k1")
 	assert.Empty(t, c.Misconfigured())
 	assert.Len(t, logs.Lines("configuration changed: sends go out again"), 1, "logs:\n%s", logs.String())
+}
+
+// TestAHeldInstanceTriesARotatedKeyWithoutASend: an instance whose sends
+// are held makes none (its timer and feed ask HeldBack first): asking is
+// what looks for a new key, and sends go out again once it is read.
+func TestAHeldInstanceTriesARotatedKeyWithoutASend(t *testing.T) {
+	t.Parallel()
+	m, err := mockmail.New(mockmail.Config{AuthValue: "Bearer new"})
+	require.NoError(t, err)
+	l, err := m.Listen("127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close(context.Background()) })
+	keyFile := writeFile(t, "key", "Bearer old\n")
+	c, err := mailer.New(mailer.Config{URL: l.URL(), AuthFile: keyFile, BreakerCooldown: time.Hour}, quiet)
+	require.NoError(t, err)
+	sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
+	sendErr(t, c.Send(context.Background(), "k2", []byte(`{}`)))
+	held, _ := c.HeldBack()
+	require.True(t, held, "the old key refused twice")
+	rewrite(t, keyFile, "Bearer new\n")
+	require.Eventually(t, func() bool { held, _ := c.HeldBack(); return !held }, time.Minute, 20*time.Millisecond,
+		"still held, no send made: %v", later.Value(func() any { return c.Misconfigured() }))
+	require.NoError(t, c.Send(context.Background(), "k1", []byte(`{}`)))
+}
+
+// TestTheFirstRefusalOfANewKeyCounts: a key replaced by one the service
+// refuses as well: the send that first carries it is refused as the first
+// of two, and the second holds the sends, as for any key.
+func TestTheFirstRefusalOfANewKeyCounts(t *testing.T) {
+	t.Parallel()
+	m, err := mockmail.New(mockmail.Config{AuthValue: "Bearer right"})
+	require.NoError(t, err)
+	l, err := m.Listen("127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close(context.Background()) })
+	keyFile := writeFile(t, "key", "Bearer right\n")
+	c, err := mailer.New(mailer.Config{URL: l.URL(), AuthFile: keyFile, BreakerCooldown: time.Hour}, quiet)
+	require.NoError(t, err)
+	require.NoError(t, c.Send(context.Background(), "k0", []byte(`{}`)))
+	rewrite(t, keyFile, "Bearer wrong\n")
+	var first error
+	n := 0
+	require.Eventually(t, func() bool { // accepted until the new key is read
+		n++
+		first = c.Send(context.Background(), fmt.Sprintf("k%d", n), []byte(`{}`))
+		return first != nil
+	}, time.Minute, 20*time.Millisecond, "the wrong key was never read")
+	assert.Equal(t, mailer.Transient, sendErr(t, first).Class, "the first refusal: %v", first)
+	se := sendErr(t, c.Send(context.Background(), "next", []byte(`{}`)))
+	assert.Equal(t, mailer.Configuration, se.Class, "the second: %v", se)
 }
 
 // TestARefusalOfAReplacedKeyDoesNotCount: a send made with the old key

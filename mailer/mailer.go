@@ -510,7 +510,7 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	// fix now. Later, a file gone bad holds the sends (see gate).
 	now := c.now()
 	if c.auth != nil {
-		if _, err := c.credential(now); err != nil {
+		if _, _, err := c.credential(now); err != nil {
 			return nil, err
 		}
 	}
@@ -637,12 +637,19 @@ func (c *Client) newGate() *gobreaker.CircuitBreaker[struct{}] {
 
 // replaced notes that the credential, the signing secrets or the TLS files
 // changed (a key rotated): refusals of sends made before say nothing of
-// them now, and sends held for such refusals go out again at once, to try
-// them, rather than wait out a cooldown.
+// them now. The gate is a new one, closed: sends held for such refusals go
+// out again at once, to try them, rather than wait out a cooldown, and the
+// sends in flight answer to the old gate, which says nothing any more. c.mu
+// is held.
 func (c *Client) replaced() {
 	c.creds.Add(1)
 	c.denied.Store(0)
-	if old := c.gate.Load(); old != nil && old.State() != gobreaker.StateClosed && c.gate.CompareAndSwap(old, c.newGate()) {
+	old := c.gate.Load()
+	if old == nil {
+		return // New's first reads
+	}
+	c.gate.Store(c.newGate())
+	if old.State() != gobreaker.StateClosed {
 		c.log.Info("ordermail's email-service configuration changed: sends go out again to try it")
 	}
 }
@@ -853,15 +860,16 @@ func (c *Client) signer(now time.Time) (*webhook.Secrets, error) {
 // for changes (replaced); what they make is for the sends to use.
 func (c *Client) lookAgain(now time.Time) {
 	if c.auth != nil {
-		_, _ = c.credential(now)
+		_, _, _ = c.credential(now)
 	}
 	_, _ = c.client(now)
 	_, _ = c.signer(now)
 }
 
-// credential is the authentication header's value as of now. While the
-// file holds none (see reloadGrace), the last it held is used.
-func (c *Client) credential(now time.Time) (string, error) {
+// credential is the authentication header's value as of now, with the
+// configuration's generation (creds) it belongs to. While the file holds
+// none (see reloadGrace), the last it held is used.
+func (c *Client) credential(now time.Time) (string, uint64, error) {
 	v, err := credential(c.auth, now)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -872,9 +880,9 @@ func (c *Client) credential(now time.Time) (string, error) {
 		c.authGood = v
 	}
 	if err := c.excuse(&c.authBad, err, c.authGood != "", now); err != nil {
-		return "", err
+		return "", 0, err
 	}
-	return c.authGood, nil
+	return c.authGood, c.creds.Load(), nil
 }
 
 // BreakerState is "closed", "open" or "half-open" ("closed" without a breaker).
@@ -890,6 +898,12 @@ func (c *Client) BreakerState() string {
 // the probe that decides whether they close (probing: a cooldown is over).
 // The timer asks it before each sweep (timer.Gate).
 func (c *Client) HeldBack() (held, probing bool) {
+	if c.gate.Load().State() != gobreaker.StateClosed {
+		// Asked while no send reads the files: a credential replaced
+		// meanwhile is looked for here too (each file at most once a
+		// second), so that a quiet instance tries it at once.
+		c.lookAgain(c.now())
+	}
 	for _, b := range []*gobreaker.CircuitBreaker[struct{}]{c.breaker, c.gate.Load()} {
 		if b == nil {
 			continue
@@ -979,7 +993,6 @@ func (c *Client) limitedPost(ctx context.Context, idempotencyKey string, order [
 
 func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) error {
 	now := c.now()
-	creds := c.creds.Load() // a change while the files are read: as if before it
 	hc, err := c.client(now)
 	if err != nil {
 		return &SendError{Class: Configuration, NotAttempted: true, Err: err}
@@ -990,16 +1003,20 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Idempotency-Key", idempotencyKey)
+	secrets, err := c.signer(now)
+	if err != nil {
+		return &SendError{Class: Configuration, NotAttempted: true, Err: err}
+	}
+	// creds is the configuration this send carries: read with the
+	// credential, last, so that a change it made itself is its own.
+	creds := c.creds.Load()
 	if c.auth != nil {
-		v, err := c.credential(now)
+		v, gen, err := c.credential(now)
 		if err != nil {
 			return &SendError{Class: Configuration, NotAttempted: true, Err: err}
 		}
 		req.Header.Set(c.cfg.AuthHeader, v)
-	}
-	secrets, err := c.signer(now)
-	if err != nil {
-		return &SendError{Class: Configuration, NotAttempted: true, Err: err}
+		creds = gen
 	}
 	if secrets != nil {
 		// webhook-id is the idempotency key: the same for every attempt
