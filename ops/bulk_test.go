@@ -376,6 +376,8 @@ func TestRedriveKeepsTheAttemptsKey(t *testing.T) {
 			nil, &order.AttemptsDoc{DocID: "k", IdempotencyKey: "confirmation:k@6", Total: 3}, "confirmation:k@6"},
 		{"none where the attempt record's is another order's", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonPoisonEvent, LastError: "boom"},
 			nil, &order.AttemptsDoc{DocID: "k", IdempotencyKey: "confirmation:k2@6", Total: 3}, ""},
+		{"none where the attempt record says sent (a deleted order's, maybe)", order.DeadLetterDoc{DocID: "k", Reason: order.ReasonPoisonEvent, LastError: "boom"},
+			nil, &order.AttemptsDoc{DocID: "k", IdempotencyKey: "confirmation:k@6", Total: 1, Result: "sent", SettledAt: 5}, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := context.Background()

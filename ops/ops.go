@@ -604,7 +604,11 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 }
 
 // attemptsKey is the idempotency key of key's latest send in its attempt
-// record, where there is a readable one, made for key; else "".
+// record, where there is a readable one, made for key, and not settled as
+// sent; else "". A confirmation sent under it was this very order's (its
+// mark kept says so, and the order is marked again, not mailed) or, on
+// Couchbase, which cannot tell them apart, a deleted order's: the new
+// order sent under it would be answered as a replay, never mailed.
 func attemptsKey(ctx context.Context, st store.Store, key string) (string, error) {
 	doc, err := st.Get(ctx, order.Attempts, key)
 	if errors.Is(err, store.ErrNotFound) {
@@ -614,7 +618,7 @@ func attemptsKey(ctx context.Context, st store.Store, key string) (string, error
 		return "", fmt.Errorf("read attempt record: %w", err)
 	}
 	a, err := order.DecodeAttempts(doc.Value)
-	if err != nil || !order.IsKeyOf(a.IdempotencyKey, key) {
+	if err != nil || !order.IsKeyOf(a.IdempotencyKey, key) || a.Result == "sent" {
 		return "", nil
 	}
 	return a.IdempotencyKey, nil

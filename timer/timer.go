@@ -254,6 +254,9 @@ type Timer struct {
 	failing     int64 // ticks failed in a row
 	// steppedAside: among those, one gave the sweep lease up.
 	steppedAside bool
+	// releaseOwed: sends held, giving the lease up failed: it is tried
+	// again at each tick while they are (only Sweep touches it).
+	releaseOwed bool
 
 	ctx    context.Context // ends at Stop, so a sweep in progress gives up
 	cancel context.CancelFunc
@@ -346,13 +349,16 @@ func (t *Timer) Sweep(ctx context.Context, now time.Time) (Result, error) {
 		held, probing = t.gate.HeldBack()
 	}
 	if held {
-		// Active, or unknown after a renewal that failed: the lease may
-		// be ours (Release leaves another's alone).
-		if r := t.Status().Role; r == RoleActive || r == RoleUnknown {
+		// Active, or unknown after a renewal that failed, or held after
+		// a release that failed: the lease may be ours (Release leaves
+		// another's alone).
+		if r := t.Status().Role; r == RoleActive || r == RoleUnknown || t.releaseOwed {
 			if err := t.lease.Release(lctx, heldWhy(t.gate)); err != nil {
+				t.releaseOwed = true
 				t.setRole(RoleHeld, nil) // it flags nothing, whoever holds the lease
 				return Result{Armed: true, Held: true}, fmt.Errorf("sweep lease: give it up while sends are held back: %w", err)
 			}
+			t.releaseOwed = false
 		}
 		if s, ok := t.gate.(interface{ Standby() bool }); ok && s.Standby() {
 			// It sends nothing at all: nothing of its is held. Who sweeps,

@@ -533,8 +533,8 @@ func TestEachRunOfFailedTicksIsWarned(t *testing.T) {
 		"it sweeps; its role: %v", later.Value(func() any { return tm.Status().Role }))
 	fs.fail.Store(true)
 	require.Eventually(t, func() bool { return tm.Status().SweepErrors >= 1 }, time.Minute, time.Millisecond, "a tick failed")
-	fs.fail.Store(false)
 	g.held.Store(true) // ticks work, and sweep nothing
+	fs.fail.Store(false)
 	waitTicks(t, tm, 3)
 	fs.fail.Store(true)
 	n := tm.Status().SweepErrors
@@ -578,6 +578,15 @@ func TestHeldSendsWhoseLeaseCannotBeGivenUpAreHeld(t *testing.T) {
 	require.ErrorIs(t, err, store.ErrUnavailable)
 	assert.True(t, res.Held)
 	assert.Equal(t, timer.RoleHeld, tm.Status().Role)
+
+	// The store back, still held: the lease is given up at the next tick.
+	ls.fail.Store(false)
+	_, err = tm.Sweep(ctx, pinned.Add(2*time.Second))
+	require.NoError(t, err)
+	h, err := timer.ReadSweeper(ctx, st)
+	require.NoError(t, err)
+	assert.Empty(t, h.Owner, "given up")
+	assert.Equal(t, "a", h.Left)
 }
 
 // TestSweepWaitsWhileSendsAreHeldBack: while an instance's sends are all
