@@ -458,10 +458,13 @@ func (c *Console) redrive(w http.ResponseWriter, r *http.Request, sid string) {
 		defer c.bulk.end()
 	}
 	var n int
-	if sel.reason != "" {
+	switch {
+	case sel.reason != "":
 		n, err = ops.RedriveByReason(r.Context(), c.st, c.now(), sel.reason)
-	} else {
-		n, err = ops.Redrive(r.Context(), c.st, c.now(), sel.ids, sel.all)
+	case sel.all:
+		n, err = ops.Redrive(r.Context(), c.st, c.now(), nil, true)
+	default:
+		n, err = ops.RedriveShown(r.Context(), c.st, c.now(), sel.ids, shownAt(r, c.now()))
 	}
 	if n == 0 && err != nil {
 		c.finish(w, r, sid, "redrive", err, "Nothing was redriven.")

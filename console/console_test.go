@@ -537,6 +537,34 @@ func TestPurgeByReasonNeedsConfirmation(t *testing.T) {
 	assert.Contains(t, next, "Purged 2 of the dead letters of reason "+order.ReasonPermanent)
 }
 
+// The dead letters an operator redrives from a page are those it showed:
+// one dead-lettered again since (redriven and failed anew, by a second
+// click or another operator) is left and said, as a purge leaves it.
+func TestRedriveOfTheSelectedLeavesWhatWasDeadLetteredAgainSinceShown(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	for _, k := range []string{"d1", "d2"} {
+		f.deadLetter(t, k, order.ReasonPermanent)
+	}
+	f.login(t)
+	_, list := f.get(t, "/deadletters")
+	form := hiddenFields(list)
+	require.NotEmpty(t, form.Get("asof"), "the list's form carries when it was shown")
+	f.put(t, order.DeadLetter, "d1", order.DeadLetterDoc{Type: "deadletter", DocID: "d1", Reason: order.ReasonExhausted,
+		Attempts: 8, RedriveCount: 1, DeadAt: time.Now().Add(time.Minute).UnixMilli()}.Encode())
+	form.Set("scope", "selected")
+	form["id"] = []string{"d1", "d2"}
+	resp, _ := f.post(t, "/deadletters/redrive", form)
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.True(t, f.exists(t, order.DeadLetter, "d1"), "dead-lettered again since the list showed it: left")
+	assert.False(t, f.exists(t, order.Retry, "d1"))
+	assert.False(t, f.exists(t, order.DeadLetter, "d2"))
+	assert.True(t, f.exists(t, order.Retry, "d2"), "redriven")
+	_, next := f.get(t, "/deadletters")
+	assert.Contains(t, next, "Redrove 1 of 2 selected dead letters")
+	assert.Contains(t, next, "changed since it was read; look again: d1")
+}
+
 // An order paid with nothing else stored is pending its first send, or
 // was given up before any attempt was recorded: its page says both.
 func TestAPendingOrdersPageSaysWhatElseItMayBe(t *testing.T) {

@@ -506,11 +506,19 @@ var ErrReservedKey = errors.New("the key is the retry timer's control document; 
 // how many, with an error for the ids it could not. A backlog of any size
 // is read a page at a time (see eachDeadLetter).
 func Redrive(ctx context.Context, st store.Store, now time.Time, ids []string, all bool) (int, error) {
-	return redrive(ctx, st, now, ids, all, "")
+	return redrive(ctx, st, now, ids, all, "", time.Time{})
 }
 
-// redrive is Redrive, of the dead letters of reason with all ("": every one).
-func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, all bool, reason string) (int, error) {
+// RedriveShown is Redrive of ids as a page shown at asOf listed them: one
+// dead-lettered again since (redriven and failed anew) is not the one the
+// operator chose, and is left and said (ErrChanged), as Purge leaves it.
+func RedriveShown(ctx context.Context, st store.Store, now time.Time, ids []string, asOf time.Time) (int, error) {
+	return redrive(ctx, st, now, ids, false, "", asOf)
+}
+
+// redrive is Redrive, of the dead letters of reason with all ("": every
+// one), of those dead-lettered by asOf when it is not zero.
+func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, all bool, reason string, asOf time.Time) (int, error) {
 	var n atomic.Int64
 	var mu sync.Mutex
 	var reserved error
@@ -520,6 +528,10 @@ func redrive(ctx context.Context, st store.Store, now time.Time, ids []string, a
 			mu.Lock()
 			defer mu.Unlock()
 			reserved = fmt.Errorf("redrive %s: %w", d.ID, ErrReservedKey)
+			return nil
+		}
+		if !asOf.IsZero() && d.DeadAt > asOf.UnixMilli() {
+			changed.add(d.ID) // dead-lettered since the operator looked
 			return nil
 		}
 		d.DocID = d.ID

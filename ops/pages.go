@@ -199,7 +199,7 @@ func RedriveByReason(ctx context.Context, st store.Store, now time.Time, reason 
 	if reason == "" {
 		return 0, errors.New("redrive by reason: no reason given")
 	}
-	return redrive(ctx, st, now, nil, true, reason)
+	return redrive(ctx, st, now, nil, true, reason, time.Time{})
 }
 
 // PurgeByReason purges every dead letter whose reason is reason,
