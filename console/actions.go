@@ -87,7 +87,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.render(w, "login", http.StatusUnauthorized, d)
 		return
 	}
-	setSessionCookie(w, r, id)
+	setSessionCookie(w, id, c.overHTTPS(r))
 	c.sessions.setFlash(id, flash{Msg: "Logged in. Actions are enabled."})
 	c.log.Info("console login", "remote", c.client(r))
 	http.Redirect(w, r, d.Back, http.StatusSeeOther)
@@ -241,7 +241,7 @@ func localPath(p string) string {
 
 func (c *Console) logout(w http.ResponseWriter, r *http.Request, sid string) {
 	c.sessions.delete(sid)
-	clearSessionCookie(w, r)
+	clearSessionCookie(w, c.overHTTPS(r))
 	c.log.Info("console logout", "remote", c.client(r))
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }

@@ -5,7 +5,9 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -150,17 +152,17 @@ func sessionID(r *http.Request) string {
 // the login page says: it carries no Max-Age, which would keep it across a
 // browser's restart. The session itself ends on the server after
 // SessionTTL either way.
-func setSessionCookie(w http.ResponseWriter, r *http.Request, id string) {
+func setSessionCookie(w http.ResponseWriter, id string, secure bool) {
 	http.SetCookie(w, &http.Cookie{
 		Name: sessionCookie, Value: id, Path: "/",
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: overHTTPS(r),
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: secure,
 	})
 }
 
-func clearSessionCookie(w http.ResponseWriter, r *http.Request) {
+func clearSessionCookie(w http.ResponseWriter, secure bool) {
 	http.SetCookie(w, &http.Cookie{
 		Name: sessionCookie, Value: "", Path: "/", MaxAge: -1,
-		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: overHTTPS(r),
+		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: secure,
 	})
 }
 
@@ -168,8 +170,22 @@ func clearSessionCookie(w http.ResponseWriter, r *http.Request) {
 // console's own TLS (none yet), or a TLS-terminating proxy that says so
 // (X-Forwarded-Proto: https, as nginx, Traefik and cloud load balancers
 // set it). Its session cookie is then Secure: never sent in the clear.
-func overHTTPS(r *http.Request) bool {
-	return r.TLS != nil || strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https")
+// The header is taken from a proxy only: one on this host (a loopback
+// peer) or a trusted one (--admin-trusted-proxies); a client that writes
+// it itself is in the clear all the same.
+func (c *Console) overHTTPS(r *http.Request) bool {
+	if r.TLS != nil {
+		return true
+	}
+	if !strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
+		return false
+	}
+	addr := r.RemoteAddr
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host
+	}
+	ip, err := netip.ParseAddr(addr)
+	return err == nil && (ip.Unmap().IsLoopback() || c.trusted(ip.Unmap()))
 }
 
 // inTheClear says whether the admin token, or a session's cookie, would
@@ -178,12 +194,12 @@ func overHTTPS(r *http.Request) bool {
 // loopback host (a container published on its host's loopback is reached
 // as localhost; an SSH tunnel, likewise). Logging in is refused then.
 func (c *Console) inTheClear(r *http.Request) bool {
-	return !overHTTPS(r) && !metrics.ListensOnLoopback(c.cfg.Listen, c.addr) && !metrics.LoopbackHost(r.Host)
+	return !c.overHTTPS(r) && !metrics.ListensOnLoopback(c.cfg.Listen, c.addr) && !metrics.LoopbackHost(r.Host)
 }
 
 // inTheClearText says why logging in is refused on a request inTheClear.
 const inTheClearText = "Logging in here would send the admin token over the network unencrypted. " +
-	"Reach the console over HTTPS (a TLS-terminating proxy that sets X-Forwarded-Proto: https) " +
+	"Reach the console over HTTPS (a TLS-terminating proxy that sets X-Forwarded-Proto: https, on this host or named by --admin-trusted-proxies) " +
 	"or on loopback (ssh -L 9465:127.0.0.1:9465 this-host, then http://localhost:9465)."
 
 // token is the admin token's hash as of now; nil while the token file

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -1481,6 +1482,34 @@ func TestNoLoginWhereTheTokenWouldCrossTheNetworkInTheClear(t *testing.T) {
 		resp, _ = ask(http.MethodPost, host, login)
 		assert.Equal(t, http.StatusSeeOther, resp.StatusCode, host)
 	}
+}
+
+// TestXForwardedProtoIsAProxysWord: the header that says the browser came
+// over HTTPS is taken from a proxy on this host (a loopback peer, above) or
+// one --admin-trusted-proxies names; a client elsewhere that writes it
+// itself is still in the clear, and refused.
+func TestXForwardedProtoIsAProxysWord(t *testing.T) {
+	t.Parallel()
+	post := func(f *fixture) *http.Response {
+		t.Helper()
+		req := httptest.NewRequest(http.MethodPost, "http://ops.example.net/login", strings.NewReader(url.Values{"token": {token}}.Encode()))
+		req.RemoteAddr = "192.0.2.7:40000" // a client on another machine
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		req.Header.Set("X-Forwarded-Proto", "https")
+		rec := httptest.NewRecorder()
+		f.c.Handler().ServeHTTP(rec, req)
+		return rec.Result()
+	}
+	resp := post(newFixture(t, console.Config{Token: token, Listen: "0.0.0.0:9465"}))
+	assert.Equal(t, http.StatusForbidden, resp.StatusCode, "written by the client itself")
+	assert.Empty(t, resp.Cookies(), "no session")
+
+	resp = post(newFixture(t, console.Config{Token: token, Listen: "0.0.0.0:9465",
+		TrustedProxies: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}))
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode, "from a trusted proxy")
+	require.Len(t, resp.Cookies(), 1)
+	assert.True(t, resp.Cookies()[0].Secure)
 }
 
 // TestLoginsInTheClearAreLimitedToo: a client posting logins in the clear
