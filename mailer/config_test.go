@@ -331,31 +331,33 @@ func TestCauseNamesAFailureWithoutAnAnswer(t *testing.T) {
 	}
 }
 
-// TestCredentialsInTheClearAreWarnedOf: a token sent to another machine
-// over plain HTTP is said once at start (not refused: a sidecar or a
-// trusted network may be meant); over https, or to this machine, nothing.
+// TestCredentialsInTheClearAreWarnedOf: orders, and a token, sent to
+// another machine over plain HTTP are said once at start (not refused: a
+// sidecar or a trusted network may be meant); over https, or to this
+// machine, nothing.
 func TestCredentialsInTheClearAreWarnedOf(t *testing.T) {
 	t.Parallel()
 	token := writeFile(t, "token", "Bearer abc")
 	for _, tt := range []struct {
-		url, token string
-		warned     bool
+		url, token    string
+		warned, creds bool
 	}{
-		{"http://mail.example.net/v1", token, true},
-		{"http://10.1.2.3:8080", token, true},
-		{"http://127.0.0.1:9080", token, false},
-		{"http://localhost:9080", token, false},
-		{"http://[::1]:9080", token, false},
-		{"https://mail.example.net", token, false},
-		{"http://mail.example.net", "", false},
-		{"http://user:s3cret@mail.example.net", "", true},
-		{"http://mail.example.net/?api_key=s3cret", "", true},
-		{"https://mail.example.net/?api_key=s3cret", "", false},
+		{"http://mail.example.net/v1", token, true, true},
+		{"http://10.1.2.3:8080", token, true, true},
+		{"http://127.0.0.1:9080", token, false, false},
+		{"http://localhost:9080", token, false, false},
+		{"http://[::1]:9080", token, false, false},
+		{"https://mail.example.net", token, false, false},
+		{"http://mail.example.net", "", true, false},
+		{"http://user:s3cret@mail.example.net", "", true, true},
+		{"http://mail.example.net/?api_key=s3cret", "", true, true},
+		{"https://mail.example.net/?api_key=s3cret", "", false, false},
 	} {
 		var logs strings.Builder
 		_, err := mailer.New(mailer.Config{URL: tt.url, AuthFile: tt.token}, slog.New(slog.NewTextHandler(&logs, nil)))
 		require.NoError(t, err, tt.url)
-		assert.Equal(t, tt.warned, strings.Contains(logs.String(), "credentials go over the network unencrypted"), "%s: %s", tt.url, logs.String())
+		assert.Equal(t, tt.warned, strings.Contains(logs.String(), "customers' data, go over the network unencrypted"), "%s: %s", tt.url, logs.String())
+		assert.Equal(t, tt.creds, strings.Contains(logs.String(), "credentials and orders"), "%s: %s", tt.url, logs.String())
 	}
 }
 

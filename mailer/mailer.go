@@ -523,9 +523,13 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	// Credentials: the auth file's, or in the URL itself (a password, or
 	// a key in the query: any query may hold one, as redact assumes).
 	inURL := base.User != nil || base.RawQuery != ""
-	if base.Scheme == "http" && (cfg.AuthFile != "" || inURL) && !loopbackHost(base.Hostname()) {
+	if base.Scheme == "http" && !loopbackHost(base.Hostname()) {
 		// Not refused: a sidecar or a trusted network may be meant.
-		c.log.Warn("the email service's credentials go over the network unencrypted: give --mail-url an https:// URL unless that is meant",
+		what := "orders, with their customers' data,"
+		if cfg.AuthFile != "" || inURL {
+			what = "the email service's credentials and " + what
+		}
+		c.log.Warn(what+" go over the network unencrypted: give --mail-url an https:// URL unless that is meant",
 			"mail_url", cfg.RedactedURL())
 	}
 	for _, code := range cfg.RetryStatuses {

@@ -144,3 +144,21 @@ func TestAPasswordFileGoneForAMomentHoldsNothingUp(t *testing.T) {
 	assert.Contains(t, warned[0], "cb-password-file: ")
 	assert.NotContains(t, logs.String(), srv.Password(), "the password is never logged")
 }
+
+// A plain couchbase:// connection string to a host other machines share
+// sends the password (HTTP basic auth to the query and management
+// services) and every order unencrypted: remotePlain names the host to
+// warn of; couchbases:// and loopback hosts are not.
+func TestRemotePlainNamesAHostReachedInTheClear(t *testing.T) {
+	for give, want := range map[string]string{
+		"couchbase://db1.example.com":             "db1.example.com",
+		"couchbase://127.0.0.1,db2.example.com":   "db2.example.com",
+		"couchbase://10.0.0.5:11210?network=auto": "10.0.0.5",
+		"couchbase://[2001:db8::1]":               "2001:db8::1",
+		"couchbases://db1.example.com":            "",
+		"couchbase://localhost":                   "",
+		"couchbase://127.0.0.1:34567,[::1]:34568": "",
+	} {
+		assert.Equal(t, want, remotePlain(give), give)
+	}
+}

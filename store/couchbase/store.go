@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/couchbase/gocb/v2"
+	"github.com/couchbase/gocbcore/v10/connstr"
 	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
@@ -107,10 +109,33 @@ func silentNodes(b *gocb.Bucket, timeout time.Duration) (silent []string, answer
 	return slices.Compact(silent), len(ok)
 }
 
+// remotePlain is the first host of connStr that is not a loopback one
+// when connStr is plain couchbase://; "" otherwise.
+func remotePlain(connStr string) string {
+	spec, err := connstr.Parse(connStr)
+	if err != nil || spec.Scheme != "couchbase" {
+		return ""
+	}
+	for _, a := range spec.Addresses {
+		host := strings.Trim(a.Host, "[]")
+		if ip, err := netip.ParseAddr(host); (err == nil && ip.IsLoopback()) || strings.EqualFold(host, "localhost") {
+			continue
+		}
+		return host
+	}
+	return ""
+}
+
 func connect(cfg Config, log *slog.Logger) (*gocb.Cluster, *credentials, error) {
 	creds, err := cfg.credentials(log.With("component", "couchbase"))
 	if err != nil {
 		return nil, nil, err
+	}
+	if host := remotePlain(cfg.ConnStr); host != "" { // couchbase:// logs in with a password
+		// Not refused: a private network may be meant, as for the email
+		// service's http:// URL.
+		log.Warn("the Couchbase password and every order go over the network unencrypted: give --store a couchbases:// connection string unless that is meant",
+			"host", host)
 	}
 	pool, err := cfg.caPool()
 	if err != nil {
