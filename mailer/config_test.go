@@ -565,6 +565,9 @@ func TestAKeyRotatedWhileSendsAreHeldIsTriedAtOnce(t *testing.T) {
 	sendsAgain(t, c, "k1")
 	assert.Empty(t, c.Misconfigured())
 	assert.Len(t, logs.Lines("configuration changed: sends go out again"), 1, "logs:\n%s", logs.String())
+	assert.Len(t, logs.Lines("accepts ordermail's configuration again: sending resumed"), 1, "said once: logs:\n%s", logs.String())
+	require.NoError(t, c.Send(context.Background(), "k3", []byte(`{}`)))
+	assert.Len(t, logs.Lines("sending resumed"), 1, "said once: logs:\n%s", logs.String())
 }
 
 // TestAHeldInstanceTriesARotatedKeyWithoutASend: an instance whose sends

@@ -423,7 +423,11 @@ type Client struct {
 	// creds counts the changes of the credential, the signing secrets and
 	// the TLS files: a refusal of a send made before the latest says
 	// nothing of what they hold now.
-	creds     atomic.Uint64
+	creds atomic.Uint64
+	// resumed is set when a change of the configuration let held sends go
+	// out again: the first accepted says so, as a probe closing the gate
+	// does.
+	resumed   atomic.Bool
 	misconfig atomic.Pointer[string] // the latest configuration failure's reason
 	// lastFailure is the reason of the latest send that failed for the
 	// service (the circuit breaker's), for its log lines; openedAt is
@@ -625,6 +629,7 @@ func (c *Client) newGate() *gobreaker.CircuitBreaker[struct{}] {
 			}
 			switch {
 			case from == gobreaker.StateClosed:
+				c.resumed.Store(false) // refused again: a probe's success will say it
 				var reason string
 				if r := c.misconfig.Load(); r != nil {
 					reason = *r
@@ -654,6 +659,7 @@ func (c *Client) replaced() {
 	}
 	c.gate.Store(c.newGate())
 	if old.State() != gobreaker.StateClosed {
+		c.resumed.Store(true)
 		c.log.Info("ordermail's email-service configuration changed: sends go out again to try it")
 	}
 }
@@ -1189,6 +1195,9 @@ func (r *refusalRun) clear() {
 
 // accepted notes that a send started at now was accepted.
 func (c *Client) accepted(now time.Time) {
+	if c.resumed.Load() && c.resumed.CompareAndSwap(true, false) {
+		c.log.Info("the email service accepts ordermail's configuration again: sending resumed")
+	}
 	if c.denied.Load() != 0 { // read first, as refusalRun.clear does
 		c.denied.Store(0)
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ordermail/ordermail/internal/buildinfo"
+	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/ops"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
@@ -159,6 +160,31 @@ func besidesCancel(err error) error {
 // run is the whole program, callable from tests. Help asked for goes to
 // stdout; a wrong command line is reported on stderr with the usage, and
 // returned as a usageError.
+// warnSecretsInArgs says of a secret given on the command line, where every
+// user of the machine reads it (ps, /proc): --cb-password, a --mail-url
+// with a password or a query (where services put their keys). The
+// environment or a file keeps them to the process; nothing is refused.
+func warnSecretsInArgs(args []string, stderr io.Writer) {
+	for i, a := range args {
+		if a == "--" {
+			return // what follows is arguments, not flags
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		if !hasValue && i+1 < len(args) {
+			value = args[i+1]
+		}
+		switch {
+		case name == "cb-password":
+			fmt.Fprintln(stderr, "ordermail: warning: --cb-password on the command line is visible to every user of this machine (ps): use ORDERMAIL_CB_PASSWORD or --cb-password-file")
+		case name == "mail-url" && redact.MailURL(value) != value:
+			fmt.Fprintln(stderr, "ordermail: warning: --mail-url carries a secret, visible on the command line to every user of this machine (ps): use ORDERMAIL_MAIL_URL")
+		}
+	}
+}
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	root := rootCommand(stdout, stderr)
 	// The flag package and ffcli print errors and help alike to a flag
@@ -187,6 +213,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		msg := strings.TrimPrefix(err.Error(), "error parsing commandline arguments: ")
 		return reportUsage(stderr, selected(root), usageError{msg})
 	}
+	warnSecretsInArgs(args, stderr)
 	err := root.Run(ctx)
 	var usage usageError
 	switch {

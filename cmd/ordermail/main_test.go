@@ -444,3 +444,29 @@ func TestReadCommandsReadAFileTheyCannotWrite(t *testing.T) {
 	_, _, err = cli(t, "pay", "--store", storeURL, "order_140")
 	assert.ErrorContains(t, err, "is read-only (its file mode, or an immutable file)")
 }
+
+// A secret on the command line is readable by every user of the machine
+// (ps): warned of, not refused; the environment keeps it to the process.
+func TestSecretsOnTheCommandLineAreWarnedOf(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string // "" for no warning
+	}{
+		{[]string{"run", "--cb-password", "p"}, "--cb-password on the command line"},
+		{[]string{"run", "-cb-password=p"}, "--cb-password on the command line"},
+		{[]string{"run", "--mail-url", "https://u:pw@mail.example.com"}, "--mail-url carries a secret"},
+		{[]string{"run", "--mail-url=https://mail.example.com/send?api_key=k"}, "--mail-url carries a secret"},
+		{[]string{"run", "--mail-url", "http://127.0.0.1:9080"}, ""},
+		{[]string{"run", "--cb-password-file", "/run/secrets/cb"}, ""},
+		{[]string{"orders", "show", "--", "--cb-password"}, ""},
+	} {
+		var stderr strings.Builder
+		warnSecretsInArgs(c.args, &stderr)
+		if c.want == "" {
+			assert.Empty(t, stderr.String(), "%v", c.args)
+			continue
+		}
+		assert.Contains(t, stderr.String(), c.want, "%v", c.args)
+		assert.NotContains(t, stderr.String(), "pw@", "%v", c.args)
+	}
+}
