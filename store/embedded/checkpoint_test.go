@@ -2,8 +2,10 @@ package embedded
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -152,4 +154,116 @@ func TestAFlushExpiresBatchAfterBatchBounded(t *testing.T) {
 	assert.Equal(t, extra, left(), "flushRounds batches went in one flush, and no more")
 	require.NoError(t, sub.Close(ctx))
 	assert.Zero(t, left())
+}
+
+// TestAnAttemptRecordOutlivesItsOrdersUndeliveredChange: an expired attempt
+// record goes once the feed has delivered every change of its order, not
+// before: a confirmed order's copy written back unconfirmed (an order
+// system saving what it read before the mark), delivered after the
+// record's expiry behind a backlog or an outage, would find no record and
+// be sent again. A record whose order has no change left to deliver (or no
+// order) goes at its expiry.
+func TestAnAttemptRecordOutlivesItsOrdersUndeliveredChange(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, err := Open(ctx, Config{Path: t.TempDir() + "/o.db", ExpireInterval: time.Hour})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	_, err = s.Upsert(ctx, order.Inbound, "o", []byte(`{"email":"a@example.com","paymentStatus":"paid"}`))
+	require.NoError(t, err)
+	var writes []store.Write
+	for _, key := range []string{"o", "gone"} {
+		writes = append(writes, store.Write{Op: store.OpUpsert, Collection: order.Attempts, Key: key,
+			Value: []byte(`{}`), Expiry: time.Now().Add(-time.Minute)})
+	}
+	_, err = s.Apply(ctx, writes)
+	require.NoError(t, err)
+	has := func(key string) bool {
+		_, err := s.Get(ctx, order.Attempts, key)
+		return err == nil
+	}
+	sub, err := s.Subscribe(ctx, "f", []string{order.Inbound}, store.FeedOptions{})
+	require.NoError(t, err)
+	defer sub.Close(ctx)
+	f := sub.(*subscription)
+	f.expired = time.Time{} // due
+	require.NoError(t, f.flush(ctx))
+	assert.True(t, has("o"), "its order's change is not delivered yet")
+	assert.False(t, has("gone"), "no order: it goes at its expiry")
+
+	ev, err := sub.Next(ctx)
+	require.NoError(t, err)
+	require.Equal(t, "o", ev.Key)
+	ev.Ack()
+	f.expired = time.Time{}
+	require.NoError(t, f.flush(ctx))
+	assert.False(t, has("o"), "delivered and acknowledged: it goes")
+}
+
+// TestAFailingPurgeHoldsNoEventBack: the purges are housekeeping: when
+// they fail (an index damaged) the feed goes on, says it once, and saves
+// its checkpoint; they are tried again an ExpireInterval later.
+func TestAFailingPurgeHoldsNoEventBack(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, Config{Path: filepath.Join(t.TempDir(), "o.db"), ExpireInterval: time.Hour})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	orig := s.stmts.expire
+	require.NoError(t, s.write.Raw(func(dc any) error {
+		st, err := prepareRaw(ctx, dc, `SELECT abs(-9223372036854775807 - 1 + 0 * ?) + 0 * ? + 0 * ? + 0 * ?`) // fails as it runs: integer overflow
+		s.stmts.expire = st
+		return err
+	}))
+	t.Cleanup(func() {
+		require.NoError(t, s.write.Raw(func(any) error { f := s.stmts.expire; s.stmts.expire = orig; return f.Close() }))
+	})
+	sub, err := s.Subscribe(ctx, "w", []string{order.Inbound}, store.FeedOptions{})
+	require.NoError(t, err)
+	for i := range 3 {
+		_, err := s.Insert(ctx, order.Inbound, fmt.Sprintf("o%d", i), []byte(`{"paymentStatus":"paid"}`))
+		require.NoError(t, err)
+	}
+	f := sub.(*subscription)
+	var got int
+	var errs []error
+	for range 10 {
+		f.flushed = time.Time{} // a flush before every read
+		c, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		ev, err := sub.Next(c)
+		cancel()
+		switch {
+		case err == nil:
+			got++
+			ev.Ack()
+		case !errors.Is(err, context.DeadlineExceeded):
+			errs = append(errs, err)
+		}
+	}
+	assert.Equal(t, 3, got, "every event handed out")
+	require.Len(t, errs, 1, "said once: %v", errs)
+	assert.ErrorContains(t, errs[0], "purging tombstones and expired documents failed (the feed goes on")
+	assert.Equal(t, uint64(3), f.saved, "the checkpoint saved all the same")
+}
+
+// TestABatchOfOneThatCannotBeginIsStuck: a write batch, of one job too,
+// whose transaction cannot begin (another process holds the lock past the
+// busy timeout) says so, so that a drain at Close stops there rather than
+// wait as long again for each batch behind it.
+func TestABatchOfOneThatCannotBeginIsStuck(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "o.db")
+	s, err := Open(ctx, Config{Path: path, BusyTimeout: 100 * time.Millisecond})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	other, err := Open(ctx, Config{Path: path})
+	require.NoError(t, err)
+	t.Cleanup(func() { other.Close() })
+	held, release := make(chan struct{}), make(chan struct{})
+	go other.submit(ctx, func(*txn) error { close(held); <-release; return nil })
+	<-held
+	defer close(release)
+	one := &job{ctx: ctx, fn: func(*txn) error { return nil }, done: make(chan struct{})}
+	stuck := s.runBatch([]*job{one})
+	require.Error(t, one.err)
+	assert.Error(t, stuck, "a batch of one that could not begin")
 }

@@ -43,6 +43,7 @@ type subscription struct {
 	buf         []entry // read, not yet handed out
 	flushed     time.Time
 	expired     time.Time     // expired documents last deleted
+	tidyFailed  time.Time     // the purges last failed: tried again an ExpireInterval after
 	idle        time.Duration // the next wait for other processes' writes
 	closed      bool
 }
@@ -256,16 +257,29 @@ func (c stateCols) doc(key string) store.Doc {
 // tombstones that every saved checkpoint has passed (no feed can need them)
 // and of expired documents; those too, at most once an ExpireInterval,
 // while the checkpoint does not move, so that an idle store's expired
-// documents go as well.
+// documents go as well. The purges are the store's housekeeping: when they
+// fail (an index damaged, say) the checkpoint is saved all the same, the
+// error is returned once, for the reader to say, and they are tried again
+// an ExpireInterval later, so that the feed goes on meanwhile.
 func (sub *subscription) flush(ctx context.Context) error {
 	cp := sub.acks.Checkpoints()[0]
 	moved := cp != sub.saved
-	if !moved && time.Since(sub.expired) < sub.s.cfg.ExpireInterval {
+	tidy := time.Since(sub.tidyFailed) >= sub.s.cfg.ExpireInterval
+	if !moved && (!tidy || time.Since(sub.expired) < sub.s.cfg.ExpireInterval) {
 		sub.flushed = time.Now()
 		return nil
 	}
 	st := sub.s.stmts
-	var low sql.NullInt64 // the lowest checkpoint: tombstones below it go
+	if moved {
+		if err := sub.s.submit(ctx, func(t *txn) error { return st.saveCheckpoint.Exec(t.ctx, sub.name, cp) }); err != nil {
+			return fmt.Errorf("save feed %s's checkpoint %d: %w", sub.name, cp, err)
+		}
+		sub.saved = cp
+	}
+	if !tidy {
+		sub.flushed = time.Now()
+		return nil
+	}
 	purging, expiring := moved, true
 	for round := 0; round < flushRounds && (purging || expiring); round++ {
 		// The job may run again (a batch rolled back): it sets only what
@@ -273,13 +287,12 @@ func (sub *subscription) flush(ctx context.Context) error {
 		var purged, expired int64
 		err := sub.s.submit(ctx, func(t *txn) error {
 			purged, expired = 0, 0
-			if round == 0 && moved {
-				if err := st.saveCheckpoint.Exec(t.ctx, sub.name, cp); err != nil {
-					return err
-				}
-				if err := st.minCkpt.QueryRow(t.ctx).Scan(&low); err != nil {
-					return err
-				}
+			// The lowest checkpoint, each round: a subscription registered
+			// meanwhile may have lowered it. With none saved (none read
+			// yet), every change is still to be delivered.
+			var low sql.NullInt64
+			if err := st.minCkpt.QueryRow(t.ctx).Scan(&low); err != nil {
+				return err
 			}
 			var err error
 			if purging && low.Valid {
@@ -288,15 +301,15 @@ func (sub *subscription) flush(ctx context.Context) error {
 				}
 			}
 			if expiring {
-				expired, err = st.expire.ExecN(t.ctx, time.Now().UnixMilli(), purgeBatch)
+				expired, err = st.expire.ExecN(t.ctx, time.Now().UnixMilli(), low.Int64, purgeBatch, order.Inbound)
 			}
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("flush feed %s (checkpoint %d, tombstones, expired documents): %w", sub.name, cp, err)
-		}
-		if round == 0 {
-			sub.saved = cp
+			sub.tidyFailed = time.Now()
+			sub.flushed = sub.tidyFailed
+			return fmt.Errorf("feed %s: purging tombstones and expired documents failed (the feed goes on; tried again in %s): %w",
+				sub.name, sub.s.cfg.ExpireInterval, err)
 		}
 		// A whole batch: more may be left.
 		purging, expiring = purged == purgeBatch, expiring && expired == purgeBatch

@@ -36,9 +36,10 @@ var plans = []struct {
 	{"state", `SELECT coll, value, seq, created FROM docs WHERE coll IN (?, ?, ?) AND key = ?
 			UNION ALL SELECT 'attempts', value, rev, 0 FROM attempts WHERE key = ?`,
 		[]any{"a", "b", "c", "k", "k"}, []string{"SEARCH docs USING INDEX docs_by_key (coll=? AND key=?)", "SEARCH attempts USING INDEX attempts_by_key (key=?)"}},
-	{"expire", `DELETE FROM attempts WHERE id IN (SELECT id FROM attempts INDEXED BY attempts_expiring WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)`,
-		[]any{0, 10}, []string{"SEARCH attempts USING INTEGER PRIMARY KEY (rowid=?)", "SEARCH attempts USING COVERING INDEX attempts_expiring (expires_at>? AND expires_at<?)"}},
-	{"purge", `DELETE FROM docs WHERE id IN (SELECT id FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`,
+	{"expire", expireQuery,
+		[]any{0, 0, 10, "inbound"}, []string{"SEARCH attempts USING INTEGER PRIMARY KEY (rowid=?)", "SEARCH a USING INDEX attempts_expiring (expires_at>? AND expires_at<?)",
+			"SEARCH d USING INDEX docs_by_key (coll=? AND key=?)"}},
+	{"purge", purgeQuery,
 		[]any{0, 10}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)", "SEARCH docs USING INDEX tombstones (seq<?)"}},
 	{"counts", `SELECT paid, confirmed, retry, fire, dead FROM stats`, nil, []string{"SCAN stats"}},
 	{"backlog", backlogQuery, []any{0, 0}, []string{

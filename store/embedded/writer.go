@@ -130,11 +130,9 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 		saveCheckpoint: p(`INSERT INTO checkpoints (name, partition, seq) VALUES (?, 0, ?)
 			ON CONFLICT (name, partition) DO UPDATE SET seq = excluded.seq`),
 		minCkpt: p(`SELECT min(seq) FROM checkpoints`),
-		purge: p(`DELETE FROM docs WHERE id IN (
-			SELECT id FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`),
-		expire: p(`DELETE FROM attempts WHERE id IN (
-			SELECT id FROM attempts INDEXED BY attempts_expiring WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?)`),
-		attCur: p(`SELECT rev FROM attempts WHERE key = ?`),
+		purge:   p(purgeQuery),
+		expire:  p(expireQuery),
+		attCur:  p(`SELECT rev FROM attempts WHERE key = ?`),
 		// The revision is the row's own, one more at each write: an
 		// upsert, which has no guard, needs no read before it. It is an
 		// insert, and an update when the key is there, not one statement
@@ -282,7 +280,8 @@ func (s *Store) fill(batch []*job, linger *time.Timer, busy bool) []*job {
 func (s *Store) runBatch(batch []*job) (stuck error) {
 	err := s.runTx(batch)
 	var before *beforeJobsError
-	if err != nil && len(batch) > 1 && !errors.As(err, &before) {
+	began := !errors.As(err, &before) // a batch of one too: drain stops at one that cannot begin
+	if err != nil && len(batch) > 1 && began {
 		if testHookBatchAborted != nil {
 			testHookBatchAborted()
 		}
@@ -611,6 +610,19 @@ const guardedReplaceQuery = `UPDATE OR FAIL docs SET value = ?, seq = ?, paid = 
 // which their flags write with fireRetry set, and the column they are due
 // by.
 const (
+	// purgeQuery deletes tombstones below the lowest checkpoint (?1), at
+	// most ?2.
+	purgeQuery = `DELETE FROM docs WHERE id IN (
+		SELECT id FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`
+	// expireQuery deletes attempt records expired by ?1, at most ?3, but
+	// not one whose order (collection ?4) has a change past the lowest
+	// checkpoint (?2): the feed has yet to deliver it, and a copy
+	// written back confirmed orders' writers made, delivered after the
+	// record's expiry, would be sent again (the record says it was sent).
+	expireQuery = `DELETE FROM attempts WHERE id IN (
+		SELECT a.id FROM attempts AS a INDEXED BY attempts_expiring WHERE a.expires_at IS NOT NULL AND a.expires_at <= ?1
+			AND NOT EXISTS (SELECT 1 FROM docs AS d WHERE d.coll = ?4 AND d.key = a.key AND d.seq > ?2)
+		LIMIT ?3)`
 	dueNextQuery = `SELECT id, value, next_at FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`
 	dueTSQuery   = `SELECT id, value, ts_at FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`
 )
