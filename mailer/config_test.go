@@ -540,22 +540,30 @@ func TestAnOrderWhoseConnectionIsDroppedAgainIsItsOwnFailure(t *testing.T) {
 	assert.Empty(t, c.Misconfigured())
 }
 
+// keyedService is a client of a mock that accepts the key accepts, with a
+// key file holding holds, and a cooldown of an hour (a send held for a
+// refused key stays held unless the key changes); it returns the file.
+func keyedService(t *testing.T, accepts, holds string, log *slog.Logger) (*mailer.Client, string) {
+	t.Helper()
+	m, err := mockmail.New(mockmail.Config{AuthValue: accepts})
+	require.NoError(t, err)
+	l, err := m.Listen("127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close(context.Background()) })
+	keyFile := writeFile(t, "key", holds+"\n")
+	c, err := mailer.New(mailer.Config{URL: l.URL(), AuthFile: keyFile, BreakerCooldown: time.Hour}, log)
+	require.NoError(t, err)
+	return c, keyFile
+}
+
 // TestAKeyRotatedWhileSendsAreHeldIsTriedAtOnce: a key revoked at the
 // provider a moment before the file holds the new one: the sends between
 // are refused and hold the rest, but the new key, once read, is tried at
 // once, not after the cooldown (an hour here).
 func TestAKeyRotatedWhileSendsAreHeldIsTriedAtOnce(t *testing.T) {
 	t.Parallel()
-	m, err := mockmail.New(mockmail.Config{AuthValue: "Bearer new"})
-	require.NoError(t, err)
-	l, err := m.Listen("127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close(context.Background()) })
-	keyFile := writeFile(t, "key", "Bearer old\n")
 	var logs syncbuf.Buffer
-	c, err := mailer.New(mailer.Config{URL: l.URL(), AuthFile: keyFile, BreakerCooldown: time.Hour},
-		slog.New(slog.NewTextHandler(&logs, nil)))
-	require.NoError(t, err)
+	c, keyFile := keyedService(t, "Bearer new", "Bearer old", slog.New(slog.NewTextHandler(&logs, nil)))
 	sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
 	se := sendErr(t, c.Send(context.Background(), "k2", []byte(`{}`)))
 	require.Equal(t, mailer.Configuration, se.Class, "the old key refused twice: %v", se)
@@ -575,14 +583,7 @@ func TestAKeyRotatedWhileSendsAreHeldIsTriedAtOnce(t *testing.T) {
 // what looks for a new key, and sends go out again once it is read.
 func TestAHeldInstanceTriesARotatedKeyWithoutASend(t *testing.T) {
 	t.Parallel()
-	m, err := mockmail.New(mockmail.Config{AuthValue: "Bearer new"})
-	require.NoError(t, err)
-	l, err := m.Listen("127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close(context.Background()) })
-	keyFile := writeFile(t, "key", "Bearer old\n")
-	c, err := mailer.New(mailer.Config{URL: l.URL(), AuthFile: keyFile, BreakerCooldown: time.Hour}, quiet)
-	require.NoError(t, err)
+	c, keyFile := keyedService(t, "Bearer new", "Bearer old", quiet)
 	sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
 	sendErr(t, c.Send(context.Background(), "k2", []byte(`{}`)))
 	held, _ := c.HeldBack()
@@ -598,14 +599,7 @@ func TestAHeldInstanceTriesARotatedKeyWithoutASend(t *testing.T) {
 // of two, and the second holds the sends, as for any key.
 func TestTheFirstRefusalOfANewKeyCounts(t *testing.T) {
 	t.Parallel()
-	m, err := mockmail.New(mockmail.Config{AuthValue: "Bearer right"})
-	require.NoError(t, err)
-	l, err := m.Listen("127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { l.Close(context.Background()) })
-	keyFile := writeFile(t, "key", "Bearer right\n")
-	c, err := mailer.New(mailer.Config{URL: l.URL(), AuthFile: keyFile, BreakerCooldown: time.Hour}, quiet)
-	require.NoError(t, err)
+	c, keyFile := keyedService(t, "Bearer right", "Bearer right", quiet)
 	require.NoError(t, c.Send(context.Background(), "k0", []byte(`{}`)))
 	rewrite(t, keyFile, "Bearer wrong\n")
 	var first error
