@@ -161,12 +161,12 @@ func TestAFlushExpiresBatchAfterBatchBounded(t *testing.T) {
 // before: a confirmed order's copy written back unconfirmed (an order
 // system saving what it read before the mark), delivered after the
 // record's expiry behind a backlog or an outage, would find no record and
-// be sent again. A record whose order has no change left to deliver (or no
-// order) goes at its expiry.
+// be sent again: it is put off an ExpireInterval at a time. A record whose
+// order has no change left to deliver (or no order) goes at its expiry.
 func TestAnAttemptRecordOutlivesItsOrdersUndeliveredChange(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	s, err := Open(ctx, Config{Path: t.TempDir() + "/o.db", ExpireInterval: time.Hour})
+	s, err := Open(ctx, Config{Path: t.TempDir() + "/o.db", ExpireInterval: 50 * time.Millisecond})
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
 	_, err = s.Upsert(ctx, order.Inbound, "o", []byte(`{"email":"a@example.com","paymentStatus":"paid"}`))
@@ -195,9 +195,10 @@ func TestAnAttemptRecordOutlivesItsOrdersUndeliveredChange(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "o", ev.Key)
 	ev.Ack()
-	f.expired = time.Time{}
-	require.NoError(t, f.flush(ctx))
-	assert.False(t, has("o"), "delivered and acknowledged: it goes")
+	require.Eventually(t, func() bool {
+		f.expired = time.Time{}
+		return f.flush(ctx) == nil && !has("o")
+	}, time.Minute, 10*time.Millisecond, "delivered and acknowledged, it goes once put off no more")
 }
 
 // TestAFailingPurgeHoldsNoEventBack: the purges are housekeeping: when
@@ -266,4 +267,29 @@ func TestABatchOfOneThatCannotBeginIsStuck(t *testing.T) {
 	stuck := s.runBatch([]*job{one})
 	require.Error(t, one.err)
 	assert.Error(t, stuck, "a batch of one that could not begin")
+}
+
+// TestAFlushCutShortIsNoFailureOfThePurges: a flush whose reader stopped
+// waiting (its context ended) failed nothing of the purges: the next flush
+// purges, not an ExpireInterval later.
+func TestAFlushCutShortIsNoFailureOfThePurges(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, err := Open(ctx, Config{Path: t.TempDir() + "/o.db", ExpireInterval: time.Hour})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	_, err = s.Apply(ctx, []store.Write{{Op: store.OpUpsert, Collection: order.Attempts, Key: "a", Value: []byte(`{}`), Expiry: time.Now().Add(-time.Minute)}})
+	require.NoError(t, err)
+	sub, err := s.Subscribe(ctx, "f", []string{order.Inbound}, store.FeedOptions{})
+	require.NoError(t, err)
+	defer sub.Close(ctx)
+	f := sub.(*subscription)
+	ended, cancel := context.WithCancel(ctx)
+	cancel()
+	f.expired = time.Time{}
+	require.ErrorIs(t, f.flush(ended), context.Canceled)
+	f.expired = time.Time{}
+	require.NoError(t, f.flush(ctx))
+	_, err = s.Get(ctx, order.Attempts, "a")
+	assert.ErrorIs(t, err, store.ErrNotFound, "purged at the next flush")
 }

@@ -301,10 +301,19 @@ func (sub *subscription) flush(ctx context.Context) error {
 				}
 			}
 			if expiring {
-				expired, err = st.expire.ExecN(t.ctx, time.Now().UnixMilli(), low.Int64, purgeBatch, order.Inbound)
+				now := time.Now()
+				if expired, err = st.expire.ExecN(t.ctx, now.UnixMilli(), low.Int64, purgeBatch, order.Inbound); err != nil {
+					return err
+				}
+				var later int64
+				later, err = st.postpone.ExecN(t.ctx, now.UnixMilli(), low.Int64, purgeBatch, order.Inbound, now.Add(sub.s.cfg.ExpireInterval).UnixMilli())
+				expired += later // read: the next round reads those after them
 			}
 			return err
 		})
+		if err != nil && ctx.Err() != nil {
+			return err // the reader's wait ended: no failure of the purges, tried again at its next flush
+		}
 		if err != nil {
 			sub.tidyFailed = time.Now()
 			sub.flushed = sub.tidyFailed

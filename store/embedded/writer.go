@@ -68,6 +68,7 @@ type writeStmts struct {
 	dueNext, dueTS          *wstmt
 	flagNext, flagTS        *wstmt
 	saveCheckpoint, minCkpt *wstmt
+	postpone                *wstmt
 	purge, expire           *wstmt
 	attCur, attAdd, attPut  *wstmt
 	attDel                  *wstmt
@@ -129,10 +130,11 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 		flagTS:   p(flagQuery("ts_at")),
 		saveCheckpoint: p(`INSERT INTO checkpoints (name, partition, seq) VALUES (?, 0, ?)
 			ON CONFLICT (name, partition) DO UPDATE SET seq = excluded.seq`),
-		minCkpt: p(`SELECT min(seq) FROM checkpoints`),
-		purge:   p(purgeQuery),
-		expire:  p(expireQuery),
-		attCur:  p(`SELECT rev FROM attempts WHERE key = ?`),
+		minCkpt:  p(`SELECT min(seq) FROM checkpoints`),
+		purge:    p(purgeQuery),
+		expire:   p(expireQuery),
+		postpone: p(postponeQuery),
+		attCur:   p(`SELECT rev FROM attempts WHERE key = ?`),
 		// The revision is the row's own, one more at each write: an
 		// upsert, which has no guard, needs no read before it. It is an
 		// insert, and an update when the key is there, not one statement
@@ -147,7 +149,7 @@ func (s *Store) prepareWritesOn(ctx context.Context, dc any) error {
 func (w writeStmts) close() error {
 	var errs []error
 	for _, st := range []*wstmt{w.begin, w.commit, w.rollback, w.savepoint, w.release, w.rollbackTo,
-		w.cur, w.putAdd, w.putSet, w.flatAdd, w.flatSet, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flagNext, w.flagTS, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.attCur, w.attAdd, w.attPut, w.attDel, w.replace, w.replaceFlat, w.bury, w.erase, w.register, w.wantDeletions} {
+		w.cur, w.putAdd, w.putSet, w.flatAdd, w.flatSet, w.seqGet, w.seqSet, w.dueNext, w.dueTS, w.flagNext, w.flagTS, w.saveCheckpoint, w.minCkpt, w.purge, w.expire, w.postpone, w.attCur, w.attAdd, w.attPut, w.attDel, w.replace, w.replaceFlat, w.bury, w.erase, w.register, w.wantDeletions} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
@@ -614,15 +616,21 @@ const (
 	// most ?2.
 	purgeQuery = `DELETE FROM docs WHERE id IN (
 		SELECT id FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`
-	// expireQuery deletes attempt records expired by ?1, at most ?3, but
-	// not one whose order (collection ?4) has a change past the lowest
-	// checkpoint (?2): the feed has yet to deliver it, and a copy
-	// written back confirmed orders' writers made, delivered after the
-	// record's expiry, would be sent again (the record says it was sent).
+	// expireQuery deletes, of the ?3 attempt records that expired first
+	// (by ?1), those whose order (collection ?4) has no change past the
+	// lowest checkpoint (?2); postponeQuery puts the others off to ?5. The
+	// feed has yet to deliver their order's change, and a copy written
+	// back unconfirmed, delivered after the record's expiry, would be sent
+	// again (the record says it was sent). Each reads ?3 records at most,
+	// however many are held back.
 	expireQuery = `DELETE FROM attempts WHERE id IN (
-		SELECT a.id FROM attempts AS a INDEXED BY attempts_expiring WHERE a.expires_at IS NOT NULL AND a.expires_at <= ?1
-			AND NOT EXISTS (SELECT 1 FROM docs AS d WHERE d.coll = ?4 AND d.key = a.key AND d.seq > ?2)
-		LIMIT ?3)`
+		SELECT e.id FROM (SELECT id, key FROM attempts INDEXED BY attempts_expiring
+			WHERE expires_at IS NOT NULL AND expires_at <= ?1 ORDER BY expires_at LIMIT ?3) AS e
+		WHERE NOT EXISTS (SELECT 1 FROM docs AS d WHERE d.coll = ?4 AND d.key = e.key AND d.seq > ?2))`
+	postponeQuery = `UPDATE attempts SET expires_at = ?5 WHERE id IN (
+		SELECT e.id FROM (SELECT id, key FROM attempts INDEXED BY attempts_expiring
+			WHERE expires_at IS NOT NULL AND expires_at <= ?1 ORDER BY expires_at LIMIT ?3) AS e
+		WHERE EXISTS (SELECT 1 FROM docs AS d WHERE d.coll = ?4 AND d.key = e.key AND d.seq > ?2))`
 	dueNextQuery = `SELECT id, value, next_at FROM docs INDEXED BY retry_next WHERE next_at IS NOT NULL AND next_at <= ? ORDER BY next_at LIMIT ?`
 	dueTSQuery   = `SELECT id, value, ts_at FROM docs INDEXED BY retry_ts WHERE ts_at IS NOT NULL AND ts_at < ? ORDER BY ts_at LIMIT ?`
 )
