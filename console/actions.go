@@ -63,7 +63,13 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if c.inTheClear(r) {
-		c.log.Warn("console login refused: it came over the network unencrypted; reach the console over HTTPS or on loopback", "remote", c.client(r))
+		var ignored []any
+		if strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
+			// A proxy's word from a peer that is none of the trusted.
+			ignored = []any{"ignored", "X-Forwarded-Proto from " + r.RemoteAddr + ", neither on this host nor in --admin-trusted-proxies"}
+		}
+		c.log.Warn("console login refused: it came over the network unencrypted; reach the console over HTTPS or on loopback",
+			append([]any{"remote", c.client(r)}, ignored...)...)
 		d.Clear = inTheClearText
 		c.render(w, "login", http.StatusForbidden, d)
 		return

@@ -160,29 +160,24 @@ func besidesCancel(err error) error {
 // run is the whole program, callable from tests. Help asked for goes to
 // stdout; a wrong command line is reported on stderr with the usage, and
 // returned as a usageError.
-// warnSecretsInArgs says of a secret given on the command line, where every
-// user of the machine reads it (ps, /proc): --cb-password, a --mail-url
-// with a password or a query (where services put their keys). The
-// environment or a file keeps them to the process; nothing is refused.
-func warnSecretsInArgs(args []string, stderr io.Writer) {
-	for i, a := range args {
-		if a == "--" {
-			return // what follows is arguments, not flags
-		}
-		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if !strings.HasPrefix(a, "-") {
-			continue
-		}
-		if !hasValue && i+1 < len(args) {
-			value = args[i+1]
+// warnSecrets says of a secret given on the command line of fs (the
+// command's flags as parsed), where every user of the machine reads it
+// (ps, /proc): --cb-password, a --mail-url with a password or a key. One
+// that came from the environment (ORDERMAIL_<FLAG>, the same value) is
+// kept to the process, and not said; nothing is refused.
+func warnSecrets(fs *flag.FlagSet, stderr io.Writer) {
+	fs.Visit(func(f *flag.Flag) {
+		v := f.Value.String()
+		if os.Getenv(envName(f.Name)) == v {
+			return
 		}
 		switch {
-		case name == "cb-password":
+		case f.Name == "cb-password":
 			fmt.Fprintln(stderr, "ordermail: warning: --cb-password on the command line is visible to every user of this machine (ps): use ORDERMAIL_CB_PASSWORD or --cb-password-file")
-		case name == "mail-url" && redact.MailURL(value) != value:
+		case f.Name == "mail-url" && redact.MailURL(v) != v:
 			fmt.Fprintln(stderr, "ordermail: warning: --mail-url carries a secret, visible on the command line to every user of this machine (ps): use ORDERMAIL_MAIL_URL")
 		}
-	}
+	})
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -213,7 +208,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		msg := strings.TrimPrefix(err.Error(), "error parsing commandline arguments: ")
 		return reportUsage(stderr, selected(root), usageError{msg})
 	}
-	warnSecretsInArgs(args, stderr)
+	warnSecrets(selected(root).FlagSet, stderr)
 	err := root.Run(ctx)
 	var usage usageError
 	switch {

@@ -158,6 +158,8 @@ func TestRemotePlainNamesAHostReachedInTheClear(t *testing.T) {
 		"couchbases://db1.example.com":            "",
 		"couchbase://localhost":                   "",
 		"couchbase://127.0.0.1:34567,[::1]:34568": "",
+		"couchbase://127.0.0.1:8091=http":         "",
+		"couchbase://localhost.":                  "",
 	} {
 		assert.Equal(t, want, remotePlain(give), give)
 	}

@@ -117,7 +117,10 @@ func remotePlain(connStr string) string {
 		return ""
 	}
 	for _, a := range spec.Addresses {
-		host := strings.Trim(a.Host, "[]")
+		host := strings.TrimSuffix(strings.Trim(a.Host, "[]"), ".")
+		if host == "" || strings.HasPrefix(host, "=") { // a port's "=http" read as a host of its own
+			continue
+		}
 		if ip, err := netip.ParseAddr(host); (err == nil && ip.IsLoopback()) || strings.EqualFold(host, "localhost") {
 			continue
 		}
