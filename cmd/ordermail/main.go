@@ -160,15 +160,23 @@ func besidesCancel(err error) error {
 // run is the whole program, callable from tests. Help asked for goes to
 // stdout; a wrong command line is reported on stderr with the usage, and
 // returned as a usageError.
-// warnSecrets says of a secret given on the command line of fs (the
+// warnSecrets says of a secret given on the command line args of fs (the
 // command's flags as parsed), where every user of the machine reads it
-// (ps, /proc): --cb-password, a --mail-url with a password or a key. One
-// that came from the environment (ORDERMAIL_<FLAG>, the same value) is
-// kept to the process, and not said; nothing is refused.
-func warnSecrets(fs *flag.FlagSet, stderr io.Writer) {
+// (ps, /proc): --cb-password, a --mail-url with a password or a key. A flag
+// set and named in args was given there; one set from the environment
+// (ORDERMAIL_<FLAG>) is kept to the process. Nothing is refused.
+func warnSecrets(fs *flag.FlagSet, args []string, stderr io.Writer) {
+	named := func(name string) bool {
+		for _, a := range args {
+			if n, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-"), "="); n == name && strings.HasPrefix(a, "-") {
+				return true
+			}
+		}
+		return false
+	}
 	fs.Visit(func(f *flag.Flag) {
 		v := f.Value.String()
-		if os.Getenv(envName(f.Name)) == v {
+		if !named(f.Name) {
 			return
 		}
 		switch {
@@ -208,7 +216,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		msg := strings.TrimPrefix(err.Error(), "error parsing commandline arguments: ")
 		return reportUsage(stderr, selected(root), usageError{msg})
 	}
-	warnSecrets(selected(root).FlagSet, stderr)
+	warnSecrets(selected(root).FlagSet, args, stderr)
 	err := root.Run(ctx)
 	var usage usageError
 	switch {

@@ -462,6 +462,8 @@ func TestSecretsOnTheCommandLineAreWarnedOf(t *testing.T) {
 		{args: []string{"run", "--mail-url=https://mail.example.com/send?api_key=k"}, want: "--mail-url carries a secret"},
 		{args: []string{"run", "--mail-url", "http://127.0.0.1:9080"}},
 		{args: []string{"run"}, env: map[string]string{"ORDERMAIL_MAIL_URL": "https://u:pw@mail.example.com"}},
+		{args: []string{"run", "--mail-url", "https://u:pw@mail.example.com"}, env: map[string]string{"ORDERMAIL_MAIL_URL": "https://u:pw@mail.example.com"},
+			want: "--mail-url carries a secret"},
 	} {
 		for k, v := range c.env {
 			t.Setenv(k, v)
@@ -470,7 +472,7 @@ func TestSecretsOnTheCommandLineAreWarnedOf(t *testing.T) {
 		walk(root, func(c *ffcli.Command) { c.FlagSet.SetOutput(io.Discard) })
 		require.NoError(t, root.Parse(flagsFirst(root, c.args)), "%v", c.args)
 		var stderr strings.Builder
-		warnSecrets(selected(root).FlagSet, &stderr)
+		warnSecrets(selected(root).FlagSet, c.args, &stderr)
 		for k := range c.env {
 			os.Unsetenv(k)
 		}

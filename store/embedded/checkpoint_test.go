@@ -293,3 +293,37 @@ func TestAFlushCutShortIsNoFailureOfThePurges(t *testing.T) {
 	_, err = s.Get(ctx, order.Attempts, "a")
 	assert.ErrorIs(t, err, store.ErrNotFound, "purged at the next flush")
 }
+
+// TestAFlushExpiresPastHeldRecords: expired records held back (their
+// orders' changes undelivered) among free ones do not end a flush's
+// rounds: every free one goes in one flush, the held ones are put off.
+func TestAFlushExpiresPastHeldRecords(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, err := Open(ctx, Config{Path: t.TempDir() + "/o.db", ExpireInterval: time.Hour})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	const n = 3 * purgeBatch
+	var writes []store.Write
+	for i := range n {
+		key := fmt.Sprintf("a%06d", i)
+		if i%2 == 0 { // held: its order's change is still to be delivered
+			writes = append(writes, store.Write{Op: store.OpUpsert, Collection: order.Inbound, Key: key, Value: []byte(`{"paymentStatus":"paid"}`)})
+		}
+		writes = append(writes, store.Write{Op: store.OpUpsert, Collection: order.Attempts, Key: key, Value: []byte(`{}`),
+			Expiry: time.Now().Add(-time.Minute)})
+	}
+	_, err = s.Apply(ctx, writes)
+	require.NoError(t, err)
+	sub, err := s.Subscribe(ctx, "f", []string{order.Inbound}, store.FeedOptions{})
+	require.NoError(t, err)
+	defer sub.Close(ctx)
+	f := sub.(*subscription)
+	f.expired = time.Time{}
+	require.NoError(t, f.flush(ctx))
+	var left, expired int
+	require.NoError(t, s.read.QueryRowContext(ctx, `SELECT count(*), count(CASE WHEN expires_at <= ? THEN 1 END) FROM attempts`,
+		time.Now().UnixMilli()).Scan(&left, &expired))
+	assert.Equal(t, n/2, left, "every free record gone, every held one kept")
+	assert.Zero(t, expired, "the held ones put off")
+}

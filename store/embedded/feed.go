@@ -320,8 +320,10 @@ func (sub *subscription) flush(ctx context.Context) error {
 			return fmt.Errorf("feed %s: purging tombstones and expired documents failed (the feed goes on; tried again in %s): %w",
 				sub.name, sub.s.cfg.ExpireInterval, err)
 		}
-		// A whole batch: more may be left.
-		purging, expiring = purged == purgeBatch, expiring && expired == purgeBatch
+		// A whole batch: more may be left. (The expiry's two statements
+		// read a batch each, the second past what the first deleted: a
+		// batch or more between them.)
+		purging, expiring = purged == purgeBatch, expiring && expired >= purgeBatch
 	}
 	sub.flushed = time.Now()
 	if !expiring { // still a whole batch: more may have expired, deleted at the next flush
