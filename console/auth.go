@@ -5,9 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
-	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -180,12 +178,8 @@ func (c *Console) overHTTPS(r *http.Request) bool {
 	if !strings.EqualFold(r.Header.Get("X-Forwarded-Proto"), "https") {
 		return false
 	}
-	addr := r.RemoteAddr
-	if host, _, err := net.SplitHostPort(addr); err == nil {
-		addr = host
-	}
-	ip, err := netip.ParseAddr(addr)
-	return err == nil && (ip.Unmap().IsLoopback() || c.trusted(ip.Unmap()))
+	ip, ok := peer(r)
+	return ok && (ip.IsLoopback() || c.trusted(ip))
 }
 
 // inTheClear says whether the admin token, or a session's cookie, would

@@ -140,13 +140,23 @@ func (c *Console) client(r *http.Request) string {
 	if c.proxies == nil {
 		return addr
 	}
-	if ip, err := netip.ParseAddr(addr); err != nil || !c.trusted(ip.Unmap()) {
+	if ip, ok := peer(r); !ok || !c.trusted(ip) {
 		return addr
 	}
 	if from := c.proxies.ClientIP(r.Header, r.RemoteAddr); from != "" {
 		return from
 	}
 	return addr
+}
+
+// peer is the address r's connection came from, IPv4 unmapped.
+func peer(r *http.Request) (netip.Addr, bool) {
+	addr := r.RemoteAddr
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		addr = host
+	}
+	ip, err := netip.ParseAddr(addr)
+	return ip.Unmap(), err == nil
 }
 
 func (c *Console) trusted(ip netip.Addr) bool {

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 	"golang.org/x/time/rate"
 
+	"github.com/ordermail/ordermail/internal/loopback"
 	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/internal/watchfile"
 	"github.com/ordermail/ordermail/internal/webhook"
@@ -527,7 +528,7 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	// Credentials: the auth file's, or in the URL itself (a password, or
 	// a key in the query: any query may hold one, as redact assumes).
 	inURL := base.User != nil || base.RawQuery != ""
-	if base.Scheme == "http" && !loopbackHost(base.Hostname()) {
+	if base.Scheme == "http" && !loopback.Host(base.Hostname()) {
 		// Not refused: a sidecar or a trusted network may be meant.
 		what := "orders, with their customers' data,"
 		if cfg.AuthFile != "" || inURL {
@@ -1294,14 +1295,4 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 		return t.Sub(now)
 	}
 	return 0
-}
-
-// loopbackHost says whether host names this machine: a loopback address or
-// localhost.
-func loopbackHost(host string) bool {
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+
+	"github.com/ordermail/ordermail/internal/loopback"
 )
 
 // HostCheck guards an endpoint that answers anyone who reaches it (the
@@ -40,7 +42,7 @@ func HostCheck(listen string, allowed []string, bound net.Addr, next http.Handle
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// No Host at all is no browser's request (HTTP/1.0 by hand).
-		if h := requestHost(r.Host); h == "" || names[h] || loopback(h) {
+		if h := requestHost(r.Host); h == "" || names[h] || loopback.Host(h) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -69,17 +71,7 @@ func listensOnLoopback(host string, bound net.Addr) bool {
 	if a, ok := bound.(*net.TCPAddr); ok && a != nil {
 		return a.IP.IsLoopback()
 	}
-	return loopback(host)
-}
-
-// loopback says whether host, as hostName gives it, is localhost or a
-// loopback IP.
-func loopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip, err := netip.ParseAddr(host)
-	return err == nil && ip.Unmap().IsLoopback()
+	return loopback.Host(host)
 }
 
 // requestHost is the host of a request's Host header, without its port.
@@ -98,7 +90,7 @@ func hostName(host string) string {
 
 // LoopbackHost says whether a request's Host header names this machine's
 // loopback (localhost, 127.0.0.0/8, ::1), with or without a port.
-func LoopbackHost(hostport string) bool { return loopback(requestHost(hostport)) }
+func LoopbackHost(hostport string) bool { return loopback.Host(requestHost(hostport)) }
 
 // ListensOnLoopback says whether listen, the address a server was told to
 // listen on, is a loopback one; bound, when known, decides instead.

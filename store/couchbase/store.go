@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/couchbase/gocb/v2"
 	"github.com/couchbase/gocbcore/v10/connstr"
+	"github.com/ordermail/ordermail/internal/loopback"
 	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
@@ -117,11 +117,8 @@ func remotePlain(connStr string) string {
 		return ""
 	}
 	for _, a := range spec.Addresses {
-		host := strings.TrimSuffix(strings.Trim(a.Host, "[]"), ".")
-		if host == "" || strings.HasPrefix(host, "=") { // a port's "=http" read as a host of its own
-			continue
-		}
-		if ip, err := netip.ParseAddr(host); (err == nil && ip.IsLoopback()) || strings.EqualFold(host, "localhost") {
+		host := strings.Trim(a.Host, "[]")
+		if host == "" || strings.HasPrefix(host, "=") || loopback.Host(host) { // "=http": a port's, read as a host of its own
 			continue
 		}
 		return host
