@@ -174,7 +174,7 @@ func TestAnAttemptRecordOutlivesItsOrdersUndeliveredChange(t *testing.T) {
 	var writes []store.Write
 	for _, key := range []string{"o", "gone"} {
 		writes = append(writes, store.Write{Op: store.OpUpsert, Collection: order.Attempts, Key: key,
-			Value: []byte(`{}`), Expiry: time.Now().Add(-time.Minute)})
+			Value: []byte(`{}`), Expiry: time.Now().Add(-time.Millisecond)}) // put off by the interval, its overdue being less
 	}
 	_, err = s.Apply(ctx, writes)
 	require.NoError(t, err)
@@ -326,4 +326,19 @@ func TestAFlushExpiresPastHeldRecords(t *testing.T) {
 		time.Now().UnixMilli()).Scan(&left, &expired))
 	assert.Equal(t, n/2, left, "every free record gone, every held one kept")
 	assert.Zero(t, expired, "the held ones put off")
+
+	// Held for good (a checkpoint that no longer moves): each is put off
+	// by as long as it is overdue, so written again ever more rarely.
+	writes = writes[:0]
+	for i := 0; i < n; i += 2 {
+		writes = append(writes, store.Write{Op: store.OpUpsert, Collection: order.Attempts, Key: fmt.Sprintf("a%06d", i), Value: []byte(`{}`),
+			Expiry: time.Now().Add(-3 * time.Hour)})
+	}
+	_, err = s.Apply(ctx, writes)
+	require.NoError(t, err)
+	f.expired = time.Time{}
+	require.NoError(t, f.flush(ctx))
+	var soonest int64
+	require.NoError(t, s.read.QueryRowContext(ctx, `SELECT min(expires_at) FROM attempts`).Scan(&soonest))
+	assert.Greater(t, soonest, time.Now().Add(2*time.Hour).UnixMilli(), "put off by its overdue (3h), not the interval (1h)")
 }

@@ -261,6 +261,10 @@ func (c stateCols) doc(key string) store.Doc {
 // fail (an index damaged, say) the checkpoint is saved all the same, the
 // error is returned once, for the reader to say, and they are tried again
 // an ExpireInterval later, so that the feed goes on meanwhile.
+// maxPutOff is the longest an expired attempt record held back is put off
+// at a time (see postponeQuery).
+const maxPutOff = 24 * time.Hour
+
 func (sub *subscription) flush(ctx context.Context) error {
 	cp := sub.acks.Checkpoints()[0]
 	moved := cp != sub.saved
@@ -306,7 +310,8 @@ func (sub *subscription) flush(ctx context.Context) error {
 					return err
 				}
 				var later int64
-				later, err = st.postpone.ExecN(t.ctx, now.UnixMilli(), low.Int64, purgeBatch, order.Inbound, now.Add(sub.s.cfg.ExpireInterval).UnixMilli())
+				later, err = st.postpone.ExecN(t.ctx, now.UnixMilli(), low.Int64, purgeBatch, order.Inbound,
+					sub.s.cfg.ExpireInterval.Milliseconds(), maxPutOff.Milliseconds())
 				expired += later // read: the next round reads those after them
 			}
 			return err

@@ -40,7 +40,7 @@ var plans = []struct {
 		[]any{0, 0, 10, "inbound"}, []string{"SEARCH attempts USING INTEGER PRIMARY KEY (rowid=?)", "CO-ROUTINE e",
 			"SEARCH attempts USING INDEX attempts_expiring (expires_at>? AND expires_at<?)", "SEARCH d USING INDEX docs_by_key (coll=? AND key=?)"}},
 	{"postpone", postponeQuery,
-		[]any{0, 0, 10, "inbound", 0}, []string{"SEARCH attempts USING INTEGER PRIMARY KEY (rowid=?)", "CO-ROUTINE e",
+		[]any{0, 0, 10, "inbound", 0, 0}, []string{"SEARCH attempts USING INTEGER PRIMARY KEY (rowid=?)", "CO-ROUTINE e",
 			"SEARCH attempts USING INDEX attempts_expiring (expires_at>? AND expires_at<?)", "SEARCH d EXISTS USING INDEX docs_by_key (coll=? AND key=?)"}},
 	{"purge", purgeQuery,
 		[]any{0, 10}, []string{"SEARCH docs USING INTEGER PRIMARY KEY (rowid=?)", "SEARCH docs USING INDEX tombstones (seq<?)"}},

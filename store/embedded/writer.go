@@ -618,16 +618,19 @@ const (
 		SELECT id FROM docs INDEXED BY tombstones WHERE value IS NULL AND seq < ? LIMIT ?)`
 	// expireQuery deletes, of the ?3 attempt records that expired first
 	// (by ?1), those whose order (collection ?4) has no change past the
-	// lowest checkpoint (?2); postponeQuery puts the others off to ?5. The
-	// feed has yet to deliver their order's change, and a copy written
-	// back unconfirmed, delivered after the record's expiry, would be sent
+	// lowest checkpoint (?2); postponeQuery puts the others off by as long
+	// as they are overdue, ?5 (ms) at least and ?6 at most. The feed has
+	// yet to deliver their order's change, and a copy written back
+	// unconfirmed, delivered after the record's expiry, would be sent
 	// again (the record says it was sent). Each reads ?3 records at most,
-	// however many are held back.
+	// however many are held back; a record held for good (behind a
+	// checkpoint that no longer moves) is written again about a dozen
+	// times, then once per ?6, not once per flush.
 	expireQuery = `DELETE FROM attempts WHERE id IN (
 		SELECT e.id FROM (SELECT id, key FROM attempts INDEXED BY attempts_expiring
 			WHERE expires_at IS NOT NULL AND expires_at <= ?1 ORDER BY expires_at LIMIT ?3) AS e
 		WHERE NOT EXISTS (SELECT 1 FROM docs AS d WHERE d.coll = ?4 AND d.key = e.key AND d.seq > ?2))`
-	postponeQuery = `UPDATE attempts SET expires_at = ?5 WHERE id IN (
+	postponeQuery = `UPDATE attempts SET expires_at = ?1 + min(max(?1 - expires_at, ?5), ?6) WHERE id IN (
 		SELECT e.id FROM (SELECT id, key FROM attempts INDEXED BY attempts_expiring
 			WHERE expires_at IS NOT NULL AND expires_at <= ?1 ORDER BY expires_at LIMIT ?3) AS e
 		WHERE EXISTS (SELECT 1 FROM docs AS d WHERE d.coll = ?4 AND d.key = e.key AND d.seq > ?2))`
