@@ -467,17 +467,25 @@ func TestAnInstanceWhoseSweepsFailSaysAnotherSweepsNow(t *testing.T) {
 	assert.Empty(t, logs.Lines("sweeps work again"), "its sweeps never worked")
 }
 
-// controlReadFails fails the reads of allow_retrys while fail is set.
-type controlReadFails struct {
+// readFails is a store whose reads of one document fail while fail is set.
+type readFails struct {
 	store.Store
-	fail atomic.Bool
+	coll, key string
+	fail      *atomic.Bool
 }
 
-func (f *controlReadFails) Get(ctx context.Context, coll, key string) (store.Doc, error) {
-	if coll == order.Retry && key == order.ControlKey && f.fail.Load() {
-		return store.Doc{}, errors.New("read failed")
+func (s readFails) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	if coll == s.coll && key == s.key && s.fail.Load() {
+		return store.Doc{}, fmt.Errorf("read %s/%s failed", coll, key)
 	}
-	return f.Store.Get(ctx, coll, key)
+	return s.Store.Get(ctx, coll, key)
+}
+
+// controlReadFails is a store whose reads of allow_retrys fail while fail
+// is set.
+func controlReadFails(st store.Store) (readFails, *atomic.Bool) {
+	var fail atomic.Bool
+	return readFails{Store: st, coll: order.Retry, key: order.ControlKey, fail: &fail}, &fail
 }
 
 // TestAStandbyWhoseTickFailedBlamesNoSweepOfItsOwn: a standby that never
@@ -496,17 +504,17 @@ func TestAStandbyWhoseTickFailedBlamesNoSweepOfItsOwn(t *testing.T) {
 		"a sweeps; its role: %v", later.Value(func() any { return a.Status().Role }))
 
 	var logs syncbuf.Buffer
-	fs := &controlReadFails{Store: st}
+	fs, fail := controlReadFails(st)
 	b, err := timer.New(timer.Config{Interval: 50 * time.Millisecond, Owner: "b"}, fs, slog.New(slog.NewTextHandler(&logs, nil)), time.Now)
 	require.NoError(t, err)
 	b.Start()
 	defer b.Stop(ctx)
 	require.Eventually(t, func() bool { return b.Status().Role == timer.RoleStandby }, time.Minute, 5*time.Millisecond,
 		"b stands by; its role: %v", later.Value(func() any { return b.Status().Role }))
-	fs.fail.Store(true)
+	fail.Store(true)
 	require.Eventually(t, func() bool { return len(logs.Lines("sweep failed")) > 0 }, time.Minute, 5*time.Millisecond,
 		"a tick of b's failed; logs:\n%v", later.Value(func() any { return logs.String() }))
-	fs.fail.Store(false)
+	fail.Store(false)
 	require.Eventually(t, func() bool { return len(logs.Lines("the timer's ticks work again")) > 0 }, time.Minute, 5*time.Millisecond,
 		"b's ticks work again; logs:\n%v", later.Value(func() any { return logs.String() }))
 	assert.Empty(t, logs.Lines("another instance sweeps now"), "b never swept, nor stepped aside")
@@ -521,7 +529,7 @@ func TestEachRunOfFailedTicksIsWarned(t *testing.T) {
 	_, err := st.Insert(ctx, order.Retry, order.ControlKey, []byte(`{}`))
 	require.NoError(t, err)
 	var logs syncbuf.Buffer
-	fs := &controlReadFails{Store: st}
+	fs, fail := controlReadFails(st)
 	var g gate
 	tm, err := timer.New(timer.Config{Interval: 50 * time.Millisecond, Owner: "a"}, fs,
 		slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})), time.Now)
@@ -531,12 +539,12 @@ func TestEachRunOfFailedTicksIsWarned(t *testing.T) {
 	defer tm.Stop(ctx)
 	require.Eventually(t, func() bool { return tm.Status().Role == timer.RoleActive }, time.Minute, 5*time.Millisecond,
 		"it sweeps; its role: %v", later.Value(func() any { return tm.Status().Role }))
-	fs.fail.Store(true)
+	fail.Store(true)
 	require.Eventually(t, func() bool { return tm.Status().SweepErrors >= 1 }, time.Minute, time.Millisecond, "a tick failed")
 	g.held.Store(true) // ticks work, and sweep nothing
-	fs.fail.Store(false)
+	fail.Store(false)
 	waitTicks(t, tm, 3)
-	fs.fail.Store(true)
+	fail.Store(true)
 	n := tm.Status().SweepErrors
 	require.Eventually(t, func() bool { return tm.Status().SweepErrors >= n+3 }, time.Minute, time.Millisecond, "ticks failed again")
 	assert.Len(t, infoLines(t, &logs, "sweep failed"), 2, "one warning each run; logs:\n%s", logs.String())
@@ -1164,20 +1172,6 @@ func TestArmedByOtherMeansDropsWhatAPauseKept(t *testing.T) {
 	assert.False(t, kept(), "kept an hour before the timer started, found armed: stale")
 }
 
-// metaUnreadable is a store whose reads of the settings a pause kept fail
-// while down is set.
-type metaUnreadable struct {
-	store.Store
-	down *atomic.Bool
-}
-
-func (s metaUnreadable) Get(ctx context.Context, coll, key string) (store.Doc, error) {
-	if coll == store.Meta && key == order.KeptControlKey && s.down.Load() {
-		return store.Doc{}, errors.New("meta unreadable")
-	}
-	return s.Store.Get(ctx, coll, key)
-}
-
 // TestSettingsKeptOutOfReachAreSaidOnce: settings a pause kept that the
 // timer cannot see to are tried again every tick, said once while that
 // fails, and dropped once they can be.
@@ -1187,7 +1181,7 @@ func TestSettingsKeptOutOfReachAreSaidOnce(t *testing.T) {
 	var logs syncbuf.Buffer
 	var down atomic.Bool
 	down.Store(true)
-	tm, err := timer.New(timer.Config{Interval: time.Second}, metaUnreadable{st, &down}, jsonLogs(&logs), nil)
+	tm, err := timer.New(timer.Config{Interval: time.Second}, readFails{Store: st, coll: store.Meta, key: order.KeptControlKey, fail: &down}, jsonLogs(&logs), nil)
 	require.NoError(t, err)
 	_, err = st.Upsert(ctx, store.Meta, order.KeptControlKey,
 		order.KeptControl{Control: order.Control{Interval: time.Minute}, PausedAt: time.Now().Add(-time.Hour)}.Encode())
