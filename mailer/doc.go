@@ -18,9 +18,9 @@
 //     no header can carry; see CheckHeaderValue). No request was made.
 //
 // A SendError carries the status, Retry-After, the answer's media type and
-// size and an identifier-like "code", never the answer's body: its Error and
-// Reason are free of customer data and of the URL's credentials, so Reason
-// can be stored with the order.
+// size and an identifier-like "code" that repeats no word of the order,
+// never the answer's body: its Error and Reason are free of customer data
+// and of the URL's credentials, so Reason can be stored with the order.
 //
 // A rate limit and a circuit breaker protect the service. The breaker counts
 // transient failures and failures without an answer; a permanent answer

@@ -24,6 +24,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/sony/gobreaker/v2"
@@ -1116,7 +1117,7 @@ func (c *Client) post(ctx context.Context, idempotencyKey string, order []byte) 
 		Status:      resp.StatusCode,
 		ContentType: mediaType(resp.Header.Get("Content-Type")),
 		BodyBytes:   len(body),
-		Code:        answerCode(body),
+		Code:        answerCode(body, order),
 		RetryAfter:  parseRetryAfter(resp.Header.Get("Retry-After"), c.now()),
 	}
 	if redirect(resp.StatusCode) {
@@ -1262,8 +1263,12 @@ var codePattern = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_:-]{0,63}$`)
 var longNumber = regexp.MustCompile(`[0-9]{4}`)
 
 // answerCode is the answer's top-level JSON "code", else "error", string
-// when it matches codePattern.
-func answerCode(body []byte) string {
+// when it matches codePattern and echoes nothing of the order: a code with
+// a word of the order's values in it (a provider's "unknown_jdoe" for the
+// order's jdoe@...) is customer data, not a code. A real code that happens
+// to share a word with the order (its "paid", say) is dropped too: a
+// reason less precise, never data kept.
+func answerCode(body, order []byte) string {
 	var fields map[string]json.RawMessage
 	if json.Unmarshal(body, &fields) != nil {
 		return ""
@@ -1271,10 +1276,83 @@ func answerCode(body []byte) string {
 	for _, name := range []string{"code", "error"} {
 		var s string
 		if json.Unmarshal(fields[name], &s) == nil && codePattern.MatchString(s) && !longNumber.MatchString(s) {
+			if echoes(s, order) {
+				return ""
+			}
 			return s
 		}
 	}
 	return ""
+}
+
+// echoes says whether one of code's words (of three characters or more,
+// split at '_', ':' and '-', and where lower case turns upper) is a word of
+// one of the order's string values, whatever the case.
+func echoes(code string, order []byte) bool {
+	words := codeWords(code)
+	if len(words) == 0 {
+		return false
+	}
+	var doc any
+	if json.Unmarshal(order, &doc) != nil {
+		// Not JSON (the service was sent it all the same): its bytes.
+		return wordIn(words, string(order))
+	}
+	found := false
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case string:
+			found = found || wordIn(words, v)
+		case []any:
+			for _, e := range v {
+				walk(e)
+			}
+		case map[string]any:
+			for _, e := range v {
+				walk(e)
+			}
+		}
+	}
+	walk(doc)
+	return found
+}
+
+// codeWords splits a code into its lower-cased words of three characters
+// or more: "unknownRecipient_jdoe" is unknown, recipient, jdoe.
+func codeWords(code string) []string {
+	var words []string
+	start := 0
+	flush := func(end int) {
+		if end-start >= 3 {
+			words = append(words, strings.ToLower(code[start:end]))
+		}
+	}
+	for i := 0; i < len(code); i++ {
+		switch b := code[i]; {
+		case b == '_' || b == ':' || b == '-':
+			flush(i)
+			start = i + 1
+		case i > start && b >= 'A' && b <= 'Z' && code[i-1] >= 'a' && code[i-1] <= 'z':
+			flush(i)
+			start = i
+		}
+	}
+	flush(len(code))
+	return words
+}
+
+// wordIn says whether one of words is a word of v: a run of letters and
+// digits, compared without case.
+func wordIn(words []string, v string) bool {
+	for _, w := range strings.FieldsFunc(strings.ToLower(v), func(r rune) bool {
+		return !unicode.IsLetter(r) && !unicode.IsDigit(r)
+	}) {
+		if slices.Contains(words, w) {
+			return true
+		}
+	}
+	return false
 }
 
 // parseRetryAfter reads delay-seconds or an HTTP date.

@@ -534,10 +534,16 @@ func TestErrorsCarryNoCustomerData(t *testing.T) {
 
 func TestAnswerCode(t *testing.T) {
 	t.Parallel()
-	// The service echoes the order back, so each case sends its answer.
+	// The service answers the cases' requests in turn, each with its
+	// answer; every case sends one order (under one key: refusals of many
+	// keys alike would be taken for the URL's).
+	const order = `{"email":"jdoe@example.com","name":"Ann Smith","items":[{"name":"Swedish Meatballs"}]}`
+	var answers []string
+	var next atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		i := next.Add(1) - 1
 		w.WriteHeader(http.StatusBadRequest)
-		io.Copy(w, r.Body)
+		io.WriteString(w, answers[i])
 	}))
 	t.Cleanup(srv.Close)
 	c, err := mailer.New(mailer.Config{URL: srv.URL}, quiet)
@@ -563,9 +569,20 @@ func TestAnswerCode(t *testing.T) {
 		{give: `{"code":"` + strings.Repeat("x", 65) + `"}`},
 		{give: `["code"]`},
 		{give: `not json`},
+		// Codes echoing a word of the order's values: customer data.
+		{give: `{"code":"unknown_jdoe"}`},
+		{give: `{"error":"recipientSmith"}`},
+		{give: `{"code":"ANN"}`},
+		{give: `{"code":"bad:meatballs","error":"invalid"}`},
+		// Words of the order's names, or shorter than three: kept.
+		{give: `{"code":"invalid_email"}`, want: "invalid_email"},
+		{give: `{"code":"jd"}`, want: "jd"},
 	}
 	for _, tt := range tests {
-		se := sendErr(t, c.Send(context.Background(), "k", []byte(tt.give)))
+		answers = append(answers, tt.give)
+	}
+	for _, tt := range tests {
+		se := sendErr(t, c.Send(context.Background(), "k", []byte(order)))
 		assert.Equal(t, tt.want, se.Code, "%s", tt.give)
 		assert.Equal(t, len(tt.give), se.BodyBytes)
 	}
