@@ -1,6 +1,7 @@
 package console
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -434,31 +435,13 @@ func (c *Console) redrive(w http.ResponseWriter, r *http.Request, sid string) {
 		c.finish(w, r, sid, "redrive", err, "Nothing was redriven.")
 		return
 	}
-	if sel.all && r.PostForm.Get("confirm") != "yes" {
-		// Every dead letter, whatever the list showed: one filtered by a
-		// prefix or a reason is no narrower, and what a redrive sends
-		// cannot be held back after it.
-		d := confirmData{Heading: "Redrive every dead letter?",
-			Text: "Every dead letter, not only those a filter shows, becomes a retry due now with a fresh attempt budget, " +
-				"and is sent at once, even while retries are paused: a pause does not hold back what a redrive has made due.",
-			Action: "/deadletters/redrive", Button: "Redrive them all", Fields: []field{{"scope", "all"}}}
-		if n, ok := c.deadLetterCount(r); ok {
-			d.Heading = fmt.Sprintf("Redrive every dead letter (%d)?", n)
-		}
-		c.confirm(w, r, d)
-		return
-	}
-	if sel.reason != "" && r.PostForm.Get("confirm") != "yes" {
-		// As for all: every one of the reason, whatever else the list
-		// filtered by (a key prefix) and however many came since.
-		c.confirm(w, r, confirmData{Heading: "Redrive every “" + sel.reason + "” dead letter?",
-			Text: "Every dead letter of this reason, not only those the list showed (a key prefix does not narrow it; those dead-lettered since are taken too), " +
-				"becomes a retry due now with a fresh attempt budget, and is sent at once, even while retries are paused.",
-			Action: "/deadletters/redrive", Button: "Redrive them", Fields: []field{{"scope", "reason"}, {"reason", sel.reason}}})
-		return
-	}
 	if sel.all || sel.reason != "" {
-		if !c.startBulk(w, r, sid, "redrive", "a redrive of "+sel.String(), "Nothing was redriven.") {
+		d := c.redriveConfirmation(r, sel)
+		if r.PostForm.Get("confirm") != "yes" {
+			c.confirm(w, r, d)
+			return
+		}
+		if !c.tokenAgain(w, r, d) || !c.startBulk(w, r, sid, "redrive", "a redrive of "+sel.String(), "Nothing was redriven.") {
 			return
 		}
 		defer c.bulk.end()
@@ -485,43 +468,15 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 		c.finish(w, r, sid, "purge", err, "Nothing was purged.")
 		return
 	}
+	bulk := sel.all || sel.reason != ""
 	if r.PostForm.Get("confirm") != "yes" {
-		d := confirmData{Heading: "Purge " + sel.String() + "?",
-			Text:   "Purging deletes dead letters for good: their orders stay unconfirmed, and nothing sends them again unless an order itself changes.",
-			Action: "/deadletters/purge", Button: "Purge for good", Danger: true}
-		// Those dead-lettered after this page was shown are not in its
-		// count, and are left; a filter does not narrow all, nor a key
-		// prefix a reason.
-		asof := field{"asof", strconv.FormatInt(c.now().UnixMilli(), 10)}
-		switch {
-		case sel.all:
-			d.Text = "Every dead letter, not only those a filter shows, is deleted for good: their orders stay unconfirmed, " +
-				"and nothing sends them again unless an order itself changes. Dead letters written after this page was shown are left."
-			d.Fields = []field{{"scope", "all"}, asof}
-			if n, ok := c.deadLetterCount(r); ok {
-				d.Heading = fmt.Sprintf("Purge every dead letter (%d)?", n)
-			}
-		case sel.reason != "":
-			d.Heading = "Purge every “" + sel.reason + "” dead letter?"
-			d.Text = "Every dead letter of this reason, not only those the list showed (a key prefix does not narrow it), is deleted for good: " +
-				"their orders stay unconfirmed, and nothing sends them again unless an order itself changes. Dead letters written after this page was shown are left."
-			d.Fields = []field{{"scope", "reason"}, {"reason", sel.reason}, asof}
-		default:
-			// The operator chose these as the list or the order's page
-			// showed them: one dead-lettered again since (redriven and
-			// failed anew) is not what was chosen, and is left.
-			d.Text += " One dead-lettered again since the list showed it is left."
-			d.Fields = []field{{"scope", "selected"}, {"asof", strconv.FormatInt(shownAt(r, c.now()).UnixMilli(), 10)}}
-			for _, id := range sel.ids {
-				d.Fields = append(d.Fields, field{"id", id})
-			}
-			d.Keys = sel.ids
-		}
-		c.confirm(w, r, d)
+		c.confirm(w, r, c.purgeConfirmation(r, sel, c.now()))
 		return
 	}
-	if sel.all || sel.reason != "" {
-		if !c.startBulk(w, r, sid, "purge", "a purge of "+sel.String(), "Nothing was purged.") {
+	if bulk {
+		// Shown again on a wrong token: as of the page first shown.
+		if !c.tokenAgain(w, r, c.purgeConfirmation(r, sel, shownAt(r, c.now()))) ||
+			!c.startBulk(w, r, sid, "purge", "a purge of "+sel.String(), "Nothing was purged.") {
 			return
 		}
 		defer c.bulk.end()
@@ -536,11 +491,98 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 		c.finish(w, r, sid, "purge", err, "Nothing was purged.")
 		return
 	}
-	if sel.all || sel.reason != "" {
+	if bulk {
 		c.finish(w, r, sid, "purge", err, "Purged %d of %s; any dead-lettered after the page was shown are left.", n, sel)
 		return
 	}
 	c.finish(w, r, sid, "purge", err, "Purged %d of %s.", n, sel)
+}
+
+// redriveConfirmation is the step before a redrive of every dead letter,
+// or of every one of a reason.
+func (c *Console) redriveConfirmation(r *http.Request, sel selection) confirmData {
+	if sel.reason != "" {
+		// As for all: every one of the reason, whatever else the list
+		// filtered by (a key prefix) and however many came since.
+		return confirmData{Heading: "Redrive every “" + sel.reason + "” dead letter?",
+			Text: "Every dead letter of this reason, not only those the list showed (a key prefix does not narrow it; those dead-lettered since are taken too), " +
+				"becomes a retry due now with a fresh attempt budget, and is sent at once, even while retries are paused.",
+			Action: "/deadletters/redrive", Button: "Redrive them", Fields: []field{{"scope", "reason"}, {"reason", sel.reason}}, Token: true}
+	}
+	// Every dead letter, whatever the list showed: one filtered by a
+	// prefix or a reason is no narrower, and what a redrive sends cannot
+	// be held back after it.
+	d := confirmData{Heading: "Redrive every dead letter?",
+		Text: "Every dead letter, not only those a filter shows, becomes a retry due now with a fresh attempt budget, " +
+			"and is sent at once, even while retries are paused: a pause does not hold back what a redrive has made due.",
+		Action: "/deadletters/redrive", Button: "Redrive them all", Fields: []field{{"scope", "all"}}, Token: true}
+	if n, ok := c.deadLetterCount(r); ok {
+		d.Heading = fmt.Sprintf("Redrive every dead letter (%d)?", n)
+	}
+	return d
+}
+
+// purgeConfirmation is the step before a purge of sel, shown as of asof:
+// those dead-lettered after it are not in its count, and are left; a
+// filter does not narrow all, nor a key prefix a reason.
+func (c *Console) purgeConfirmation(r *http.Request, sel selection, asof time.Time) confirmData {
+	d := confirmData{Heading: "Purge " + sel.String() + "?",
+		Text:   "Purging deletes dead letters for good: their orders stay unconfirmed, and nothing sends them again unless an order itself changes.",
+		Action: "/deadletters/purge", Button: "Purge for good", Danger: true}
+	at := field{"asof", strconv.FormatInt(asof.UnixMilli(), 10)}
+	switch {
+	case sel.all:
+		d.Text = "Every dead letter, not only those a filter shows, is deleted for good: their orders stay unconfirmed, " +
+			"and nothing sends them again unless an order itself changes. Dead letters written after this page was shown are left."
+		d.Fields, d.Token = []field{{"scope", "all"}, at}, true
+		if n, ok := c.deadLetterCount(r); ok {
+			d.Heading = fmt.Sprintf("Purge every dead letter (%d)?", n)
+		}
+	case sel.reason != "":
+		d.Heading = "Purge every “" + sel.reason + "” dead letter?"
+		d.Text = "Every dead letter of this reason, not only those the list showed (a key prefix does not narrow it), is deleted for good: " +
+			"their orders stay unconfirmed, and nothing sends them again unless an order itself changes. Dead letters written after this page was shown are left."
+		d.Fields, d.Token = []field{{"scope", "reason"}, {"reason", sel.reason}, at}, true
+	default:
+		// The operator chose these as the list or the order's page
+		// showed them: one dead-lettered again since (redriven and
+		// failed anew) is not what was chosen, and is left.
+		d.Text += " One dead-lettered again since the list showed it is left."
+		d.Fields = []field{{"scope", "selected"}, {"asof", strconv.FormatInt(shownAt(r, c.now()).UnixMilli(), 10)}}
+		for _, id := range sel.ids {
+			d.Fields = append(d.Fields, field{"id", id})
+		}
+		d.Keys = sel.ids
+	}
+	return d
+}
+
+// tokenAgain says whether a bulk action's confirmation carries the admin
+// token, asked again: a session cookie alone (which a browser also sends
+// to any other service on the console's host, whatever its port) must not
+// redrive or purge every dead letter. Otherwise it shows the confirmation
+// again, saying why.
+func (c *Console) tokenAgain(w http.ResponseWriter, r *http.Request, d confirmData) bool {
+	d.status = http.StatusUnauthorized
+	want := c.token()
+	given := strings.TrimSpace(r.PostForm.Get("token"))
+	switch {
+	case given == "": // no guess: not counted
+		d.Err = "The admin token is asked again for this: nothing was done."
+	case !c.loginLimit(r).Allow():
+		d.Err, d.status = "Too many attempts: wait a few seconds and try again.", http.StatusTooManyRequests
+	case want == nil:
+		d.Err, d.status = "The admin token file holds no token: actions are off until it does.", http.StatusServiceUnavailable
+	default:
+		sum := sha256.Sum256([]byte(given))
+		if subtle.ConstantTimeCompare(sum[:], want[:]) == 1 {
+			return true
+		}
+		c.log.Warn("console bulk action refused: wrong admin token", "path", r.URL.Path, "remote", c.client(r))
+		d.Err = "That is not the admin token: nothing was done."
+	}
+	c.confirm(w, r, d)
+	return false
 }
 
 // shownAt is when the page the operator acted from was made: its form's
@@ -562,6 +604,9 @@ type confirmData struct {
 	Button        string
 	Danger        bool
 	Back          string
+	Token         bool   // the admin token is asked again (tokenAgain)
+	Err           string // why the confirmation is shown again
+	status        int    // its status; 200 when 0
 }
 
 type field struct{ Name, Value string }
@@ -574,5 +619,5 @@ func (c *Console) confirm(w http.ResponseWriter, r *http.Request, d confirmData)
 	if len(d.Keys) > 50 {
 		d.Keys = append(d.Keys[:50:50], fmt.Sprintf("… and %d more", len(d.Keys)-50))
 	}
-	c.render(w, "confirm", http.StatusOK, d)
+	c.render(w, "confirm", cmp.Or(d.status, http.StatusOK), d)
 }

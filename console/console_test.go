@@ -368,7 +368,7 @@ func TestRedriveThroughPOST(t *testing.T) {
 	assert.Contains(t, body, "Redrive every “"+order.ReasonExhausted+"” dead letter?")
 	assert.Contains(t, body, "a key prefix does not narrow it")
 	assert.True(t, f.exists(t, order.DeadLetter, "x1"), "nothing redriven before the confirmation")
-	resp, _ = f.post(t, "/deadletters/redrive", hiddenFields(body))
+	resp, _ = f.post(t, "/deadletters/redrive", withToken(hiddenFields(body)))
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	assert.False(t, f.exists(t, order.DeadLetter, "x1"))
 	assert.False(t, f.exists(t, order.DeadLetter, "x2"))
@@ -382,7 +382,7 @@ func TestRedriveThroughPOST(t *testing.T) {
 	assert.Contains(t, body, "not only those a filter shows")
 	assert.Contains(t, body, "even while retries are paused")
 	assert.True(t, f.exists(t, order.DeadLetter, "d4"), "nothing redriven before the confirmation")
-	resp, _ = f.post(t, "/deadletters/redrive", hiddenFields(body))
+	resp, _ = f.post(t, "/deadletters/redrive", withToken(hiddenFields(body)))
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	assert.Equal(t, "/deadletters?prefix=x", resp.Header.Get("Location"))
 	assert.False(t, f.exists(t, order.DeadLetter, "d4"))
@@ -497,13 +497,82 @@ func TestPurgeNeedsConfirmation(t *testing.T) {
 	// Dead-lettered after the page was shown: not in its count.
 	f.put(t, order.DeadLetter, "d4", order.DeadLetterDoc{Type: "deadletter", DocID: "d4", Reason: order.ReasonPermanent,
 		Attempts: 1, DeadAt: time.Now().Add(time.Minute).UnixMilli()}.Encode())
-	resp, _ = f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"all"}, "asof": {asOf[1]}, "confirm": {"yes"}})
+	resp, _ = f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"all"}, "asof": {asOf[1]}, "confirm": {"yes"}, "token": {token}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	assert.False(t, f.exists(t, order.DeadLetter, "d3"))
 	assert.True(t, f.exists(t, order.Inbound, "d3"), "the order stays")
 	assert.True(t, f.exists(t, order.DeadLetter, "d4"), "a dead letter the operator was not shown is left")
 	_, next := f.get(t, "/deadletters")
 	assert.Contains(t, next, "any dead-lettered after the page was shown are left", "and the operator is told")
+}
+
+// A redrive or purge of every dead letter, or of every one of a reason,
+// asks for the admin token again: a session cookie alone (which the
+// browser sends to another service on the same host, whatever its port)
+// does not do it. A purge of the selected does not ask.
+func TestBulkActionsAskForTheTokenAgain(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	f.deadLetter(t, "d1", order.ReasonPermanent)
+	f.deadLetter(t, "d2", order.ReasonNoEmail)
+	csrf := f.login(t)
+	bulk := []struct {
+		path string
+		form url.Values
+	}{
+		{"/deadletters/redrive", url.Values{"scope": {"all"}}},
+		{"/deadletters/redrive", url.Values{"scope": {"reason"}, "reason": {order.ReasonPermanent}}},
+		{"/deadletters/purge", url.Values{"scope": {"all"}}},
+		{"/deadletters/purge", url.Values{"scope": {"reason"}, "reason": {order.ReasonPermanent}}},
+	}
+	for i, b := range bulk {
+		b.form.Set("csrf", csrf)
+		resp, body := f.post(t, b.path, b.form)
+		require.Equal(t, http.StatusOK, resp.StatusCode, "%s %v", b.path, b.form)
+		assert.Contains(t, body, `id="token"`, "%s %v: the confirmation asks for the token", b.path, b.form)
+		confirmed := hiddenFields(body)
+		// Wrong tokens count against the login's limit (five at once):
+		// two of them here, the login and the purge below the others.
+		tokens := []string{""}
+		if i%2 == 0 {
+			tokens = append(tokens, "wrong")
+		}
+		for _, given := range tokens {
+			form := hiddenFields(body)
+			if given != "" {
+				form.Set("token", given)
+			}
+			resp, again := f.post(t, b.path, form)
+			assert.Equal(t, http.StatusUnauthorized, resp.StatusCode, "%s %v token %q", b.path, b.form, given)
+			want := "That is not the admin token: nothing was done."
+			if given == "" {
+				want = "The admin token is asked again for this: nothing was done."
+			}
+			assert.Contains(t, again, want, "%s %v token %q", b.path, b.form, given)
+			assert.Equal(t, confirmed, hiddenFields(again), "%s %v token %q: the same confirmation, shown again", b.path, b.form, given)
+			assert.True(t, f.exists(t, order.DeadLetter, "d1"), "%s %v token %q: nothing done", b.path, b.form, given)
+		}
+	}
+	resp, body := f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"selected"}, "id": {"d2"}})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	assert.NotContains(t, body, `id="token"`, "the selected are purged without the token")
+	resp, _ = f.post(t, "/deadletters/purge", hiddenFields(body))
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.False(t, f.exists(t, order.DeadLetter, "d2"))
+
+	resp, body = f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"all"}})
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	resp, _ = f.post(t, "/deadletters/purge", withToken(hiddenFields(body)))
+	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	assert.False(t, f.exists(t, order.DeadLetter, "d1"), "purged with the token")
+
+	// Guessing goes at the login's pace.
+	codes := []int{}
+	for len(codes) < 6 && !slices.Contains(codes, http.StatusTooManyRequests) {
+		resp, _ := f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"all"}, "confirm": {"yes"}, "token": {"guess"}})
+		codes = append(codes, resp.StatusCode)
+	}
+	assert.Contains(t, codes, http.StatusTooManyRequests, "wrong tokens are limited")
 }
 
 // TestPurgeByReasonNeedsConfirmation: a list filtered by a reason offers
@@ -528,7 +597,7 @@ func TestPurgeByReasonNeedsConfirmation(t *testing.T) {
 	assert.True(t, f.exists(t, order.DeadLetter, "d1"), "nothing purged before the confirmation")
 	f.put(t, order.DeadLetter, "d3", order.DeadLetterDoc{Type: "deadletter", DocID: "d3", Reason: order.ReasonPermanent,
 		Attempts: 1, DeadAt: time.Now().Add(time.Minute).UnixMilli()}.Encode())
-	resp, _ = f.post(t, "/deadletters/purge", hiddenFields(body))
+	resp, _ = f.post(t, "/deadletters/purge", withToken(hiddenFields(body)))
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	assert.False(t, f.exists(t, order.DeadLetter, "d1"))
 	assert.False(t, f.exists(t, order.DeadLetter, "d2"))
@@ -578,6 +647,13 @@ func TestAPendingOrdersPageSaysWhatElseItMayBe(t *testing.T) {
 }
 
 // hiddenFields are a page's hidden form fields, as its form posts them.
+// withToken is form with the admin token, which a confirmation of a bulk
+// action asks for again.
+func withToken(form url.Values) url.Values {
+	form.Set("token", token)
+	return form
+}
+
 func hiddenFields(body string) url.Values {
 	form := url.Values{}
 	for _, m := range regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`).FindAllStringSubmatch(body, -1) {
@@ -1754,7 +1830,7 @@ func TestOneBulkActionAtATime(t *testing.T) {
 	first := make(chan int, 1)
 	go func() {
 		req, _ := http.NewRequest(http.MethodPost, f.srv.URL+"/deadletters/redrive",
-			strings.NewReader(url.Values{"csrf": {csrf}, "scope": {"all"}, "confirm": {"yes"}}.Encode()))
+			strings.NewReader(url.Values{"csrf": {csrf}, "scope": {"all"}, "confirm": {"yes"}, "token": {token}}.Encode()))
 		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		req.Header.Set("Origin", f.srv.URL)
 		resp, err := f.client.Do(req)
@@ -1774,9 +1850,9 @@ func TestOneBulkActionAtATime(t *testing.T) {
 	_, body := f.get(t, "/deadletters")
 	assert.Contains(t, body, `id="bulk"`)
 	assert.Contains(t, body, "a redrive of every dead letter is under way, started ")
-	resp, _ := f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"reason"}, "reason": {order.ReasonPermanent}, "confirm": {"yes"}})
+	resp, _ := f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "scope": {"reason"}, "reason": {order.ReasonPermanent}, "confirm": {"yes"}, "token": {token}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
-	resp, _ = f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"all"}, "confirm": {"yes"}})
+	resp, _ = f.post(t, "/deadletters/purge", url.Values{"csrf": {csrf}, "scope": {"all"}, "confirm": {"yes"}, "token": {token}})
 	require.Equal(t, http.StatusSeeOther, resp.StatusCode)
 	_, body = f.get(t, "/")
 	assert.Contains(t, body, "Nothing was purged. Error: a redrive of every dead letter is under way, started ")
