@@ -41,7 +41,7 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 	fs.IntVar(&c.Due, "due", 0, "retry documents already due, with their paid orders, written before the service starts with retries paused; the run starts retries (`retries start`)")
 	fs.IntVar(&c.Dead, "dead", 0, "dead letters, with their paid orders, written before the service starts; the run redrives them all (`deadletters redrive --all`, timed) before it writes its orders")
 	finiteFloat64Var(fs, &c.Rate, "rate", 0, "open loop: write this many orders a second (for orders/rate seconds); 0: all at once")
-	fs.BoolVar(&c.Ceiling, "ceiling", false, "measure the send-only ceiling before the run and again after it: the same orders POSTed by --workers senders, nothing stored")
+	fs.BoolVar(&c.Ceiling, "ceiling", false, "measure the send-only ceiling before the run and again after it: the same orders POSTed by --workers senders, nothing stored (with --due, bodies generated alike for the due retries)")
 	fs.BoolVar(&c.Minimal, "minimal", false, "first measure the minimal pipeline: the ceiling's senders, each delivered order's outcome committed in groups by the embedded store; no feed, no decisions")
 	fs.BoolVar(&c.Scatter, "scatter", false, "order keys in no order, as random identifiers (UUIDs) give; default: numbered in the order they are written")
 	fs.BoolVar(&c.Secure, "secure", false, "the mock wants a bearer token and Standard Webhooks signatures; the service and the ceiling send them")
@@ -64,7 +64,9 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"failures, duplicateRequests, heldRequests (the mock's /stats); readySeconds (the service's\n" +
 			"start to its probe order confirmed); writeSeconds (the run's first to last order write; with\n" +
 			"--dead, to the redrive's end);\n" +
-			"elapsedSeconds and ordersPerSecond (first write to last delivery); afterWritesPerSecond (from the last write to\n" +
+			"elapsedSeconds and ordersPerSecond (first write to last delivery, as the mock timed it: the\n" +
+			"last outcome's commit and the answer's way back are not in it, where the ceiling's and the\n" +
+			"minimal pipeline's clocks stop at their last answer and commit); afterWritesPerSecond (from the last write to\n" +
 			"the last delivery: the service once the order system stopped writing); secondsTo (from the\n" +
 			"first write until 50, 90 and 99% of the run's orders were delivered),\n" +
 			"paidToSentMs (an order's payment to its delivery; with --due and --dead, a due retry's from\n" +
@@ -93,7 +95,8 @@ func benchCommand(stdout, stderr io.Writer) *ffcli.Command {
 			"orderWriteCPUPerOrderUs (the bench's CPU writing the run's orders: the order system's work,\n" +
 			"on the same machine); settings.\n" +
 			"Flags after -- are handed to `ordermail run`, except those bench sets itself (--workers,\n" +
-			"--timer-interval, --retry-quantum, --backoff, --backoff-min, --store, --mail-url and the like),\n" +
+			"--timer-interval, --retry-quantum, --backoff, --backoff-min, --store, --mail-url, --mail-conns\n" +
+			"and the like),\n" +
 			"which are refused: give them as bench's own. bench reads no ORDERMAIL_ variables and passes\n" +
 			"none on: a deployment's settings, its store above all, stay out of a benchmark.\n" +
 			"Exit status 1 when the run failed, or when it printed figures of a partial run (\"partial\":true):\n" +

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -147,4 +148,25 @@ func TestTheSendersSendAgainWhatTheServiceWould(t *testing.T) {
 	c, err := runCeiling(context.Background(), target{url: srv.URL, resends: all}, [][]byte{[]byte(`{}`)}, 1, "k")
 	require.NoError(t, err)
 	assert.Equal(t, int64(2), c.requests)
+}
+
+// Every flag the bench gives the service is refused after --: given there,
+// the last value would win, and the figures would describe another run
+// than the one the bench says (--mail-conns 64 beside a 16-sender ceiling).
+func TestEveryFlagTheBenchGivesIsRefusedAfterDashes(t *testing.T) {
+	ok := Config{Exe: "ordermail", Orders: 1, Workers: 1, TimerInterval: time.Second, RetryQuantum: time.Second,
+		BackoffMin: time.Second, Backoff: order.BackoffExponential, Timeout: time.Minute}
+	require.NoError(t, ok.Validate())
+	given := 0
+	for _, a := range ServiceFlags(ok, "store.db") {
+		name, isFlag := strings.CutPrefix(a, "--")
+		if !isFlag {
+			continue
+		}
+		given++
+		cfg := ok
+		cfg.ServiceArgs = []string{"--" + name + "=x"}
+		assert.ErrorContains(t, cfg.Validate(), "the bench sets it for the service", name)
+	}
+	assert.Greater(t, given, 5, "ServiceFlags gives its flags as --name value")
 }
