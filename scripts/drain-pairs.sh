@@ -54,10 +54,16 @@ rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 first = [float(r[1]) for r in rows if r[0] == "first"]
 start = [float(r[2]) for r in rows if r[0] == "due"]
 drain = [float(r[3]) for r in rows if r[0] == "due"]
-after = [float(r[8]) for r in rows if r[0] == "first"]
-print(f"first sends {min(first):.0f}-{max(first):.0f}/s (after their last write {min(after):.0f}-{max(after):.0f}/s)")
-for name, due, ref in (("from retries start", start, first), ("from the first due delivery", drain, first),
-                       ("from the first due delivery, against the first sends after their last write", drain, after)):
+# afterWritesPerSecond is "-" when a run printed none (its last write and
+# delivery together): that comparison is then left out.
+after = [float(r[8]) for r in rows if r[0] == "first" and r[8] != "-"]
+whole = len(after) == len(first)
+print(f"first sends {min(first):.0f}-{max(first):.0f}/s" +
+      (f" (after their last write {min(after):.0f}-{max(after):.0f}/s)" if whole else " (a run gave no rate after its last write)"))
+pairs = [("from retries start", start, first), ("from the first due delivery", drain, first)]
+if whole:
+    pairs.append(("from the first due delivery, against the first sends after their last write", drain, after))
+for name, due, ref in pairs:
     ratios = [d / f for f, d in zip(ref, due)]
     print(f"due retries {name}: {min(due):.0f}-{max(due):.0f}/s, {statistics.median(ratios):.1%} of the first sends' rate "
           f"(median of {len(ratios)} pairs; each: {' '.join(f'{r:.0%}' for r in ratios)})")

@@ -21,9 +21,18 @@ cd "$(dirname "$0")/.."
 bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 go build -o "$bin/ordermail" ./cmd/ordermail
+# A scenario that fails (or prints a partial run, exit 1) is said and the
+# next one run; Ctrl-C stops them all; the exit status is 1 when one failed.
+trap 'exit 130' INT TERM
+status=0
 run() {
 	echo "# ordermail bench $*"
-	"$bin/ordermail" bench "$@"
+	"$bin/ordermail" bench "$@" || {
+		rc=$?
+		[[ $rc == 130 ]] && exit 130
+		echo "# failed: ordermail bench $*" >&2
+		status=1
+	}
 }
 run --orders 20000 --history 1000000 --ceiling --idle 10s --timeout 30m
 run --orders 20000 --pending 1000000 --ceiling --idle 10s --timeout 30m
@@ -32,3 +41,4 @@ run --orders 100 --dead 100000 --timeout 30m
 run --orders 100 --due 1000000 --idle 10s --timeout 60m
 run --orders 20000 --history 1000000 --scatter --ceiling --idle 10s --timeout 30m
 run --orders 20000 --due 100000 --scatter --ceiling --timeout 30m
+exit $status
