@@ -318,7 +318,8 @@ func TestBenchRejectsBadSettings(t *testing.T) {
 		// The service's flags are checked as it will check them, before
 		// anything runs: the service used to refuse them after the ceiling
 		// and the history's writes.
-		{give: []string{"--ceiling", "--", "--mail-conns", "2"}, want: "the flags after --, as the service would take them: mail-conns: 2 is fewer than workers 16"},
+		{give: []string{"--ceiling", "--", "--claim-ttl", "1ms"}, want: "the flags after --, as the service would take them: claim-ttl: 1ms must be longer than mail-timeout 10s"},
+		{give: []string{"--ceiling", "--", "--mail-conns", "64"}, want: "-- --mail-conns: the bench sets it for the service"},
 		{give: []string{"--", "--no-such-flag"}, want: "flag provided but not defined: -no-such-flag"},
 		{give: []string{"--", "--breaker-failures", "x"}, want: `invalid value "x" for flag -breaker-failures`},
 		{give: []string{"--", "stray"}, want: `"stray" is no flag`},

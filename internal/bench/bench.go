@@ -191,7 +191,6 @@ var benchSets = map[string]string{
 	"from-now":                 "the run's feed starts at the store's end",
 	"metrics-listen":           "the bench reads the service's metrics on an address of its own",
 	"mail-conns":               "the service keeps as many connections as bench's --workers, as the ceiling's senders do",
-	"log-level":                "the bench runs the service at warn; its log is the bench's to show",
 	"mail-auth-file":           "bench --secure gives the service its credentials",
 	"mail-signing-secret-file": "bench --secure gives the service its credentials",
 }
