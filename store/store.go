@@ -281,6 +281,12 @@ type FeedOptions struct {
 	// another's go out, to the others: its way to the email service is
 	// broken, theirs is not.
 	SendsHeld func() (held, probing bool)
+	// LocusHeld, when set, says whether the consumer holds back the events
+	// of a locus (Event.Locus: the store did not answer for its keys). A
+	// store whose loci stream apart (Couchbase: a node's vBuckets) hands out
+	// no more of a held locus's changes until it is not held: they wait in
+	// the stream, not in the consumer, while the other loci's go on.
+	LocusHeld func(locus int) bool
 }
 
 // SweepResult counts what one sweep batch flagged.

@@ -39,6 +39,10 @@ type keyLine struct {
 	// state read, or a write made): only then does its outcome say
 	// whether the store answers.
 	touched bool
+	// aside says the event being handled holds a slot of held, not of
+	// slots: it waits for a locus the store does not answer for. The
+	// line's worker (or, parked, its timer) alone uses it.
+	aside bool
 }
 
 // dispatched is an event on the queue with the line it opened.
@@ -54,6 +58,14 @@ type dispatcher struct {
 	// slots holds one token per event read and not yet handled, queued or
 	// waiting in a line: the bound of what the reader takes from the feed.
 	slots chan struct{}
+	// held holds the tokens of events waiting apart for a locus the store
+	// does not answer for (a Couchbase node that hangs, until it is failed
+	// over): in slots, enough of them stopped the reader, and with it the
+	// keys of every node that answers. A store that streams its loci apart
+	// hands out no more of a held one (store.FeedOptions.LocusHeld), so
+	// what comes here is what it had read ahead; once held is full, they
+	// keep their slots.
+	held chan struct{}
 
 	mu    sync.Mutex
 	lines map[string]*keyLine
@@ -67,10 +79,16 @@ type dispatcher struct {
 	superseded func(store.Event)
 }
 
+// minHeld is the least room of dispatcher.held: more than a Couchbase
+// feed reads ahead (256 events), so that a node held back with a full
+// read-ahead takes no slot of the others at any number of workers.
+const minHeld = 1024
+
 func newDispatcher(workers, keep int, superseded func(store.Event)) *dispatcher {
 	return &dispatcher{
 		queue:      make(chan dispatched, 4*workers),
 		slots:      make(chan struct{}, 64*workers),
+		held:       make(chan struct{}, max(64*workers, minHeld)),
 		lines:      map[string]*keyLine{},
 		recent:     map[string]*written{},
 		keep:       keep,
@@ -133,7 +151,12 @@ func (ln *keyLine) wait(ev store.Event) (old store.Event, replaced bool) {
 // event if one waits; otherwise it closes the line, keeping its last write
 // for the key's later events.
 func (d *dispatcher) done(ln *keyLine) (store.Event, bool) {
-	<-d.slots
+	if ln.aside {
+		ln.aside = false
+		<-d.held
+	} else {
+		<-d.slots
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if len(ln.waiting) > 0 {
@@ -147,6 +170,21 @@ func (d *dispatcher) done(ln *keyLine) (store.Event, bool) {
 		d.recent[ln.key] = ln.last
 	}
 	return store.Event{}, false
+}
+
+// setAside moves the slot of ln's event, which waits for a locus held
+// back, to held, where there is room: the reader goes on with the other
+// loci's events. ln's worker (or its timer) calls it.
+func (d *dispatcher) setAside(ln *keyLine) {
+	if ln.aside {
+		return
+	}
+	select {
+	case d.held <- struct{}{}:
+		<-d.slots
+		ln.aside = true
+	default: // held is full: it keeps its slot
+	}
 }
 
 // prune forgets the writes every later event's snapshot includes: those at

@@ -105,5 +105,15 @@ func (u *unreachable) done(p int, probe *downPart, touched, unavailable bool) {
 	}
 }
 
+// held says whether locus p is held back.
+func (u *unreachable) held(p int) bool {
+	if u.n.Load() == 0 {
+		return false
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.parts[p] != nil
+}
+
 // count is how many loci are held back.
 func (u *unreachable) count() int { return int(u.n.Load()) }

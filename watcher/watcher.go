@@ -288,7 +288,8 @@ func (w *Watcher) timedAck(ack func(), started time.Time) func() {
 // Start subscribes to the feed and starts the reader and the workers. It
 // does not block.
 func (w *Watcher) Start(ctx context.Context) error {
-	opts := store.FeedOptions{FromNow: w.cfg.FromNow, SkipSettled: w.cfg.AtomicOutcomes} // what Settled ignores then
+	opts := store.FeedOptions{FromNow: w.cfg.FromNow, SkipSettled: w.cfg.AtomicOutcomes, // what Settled ignores then
+		LocusHeld: w.unreachable.held}
 	if g, ok := w.mail.(heldBacker); ok {
 		opts.SendsHeld = g.HeldBack
 	}
@@ -585,6 +586,9 @@ lines:
 			case stopped:
 				return
 			case waiting:
+				if w.unreachable.held(ev.Locus) {
+					d.setAside(ln)
+				}
 				park(w, d, dispatched{ev: ev, line: ln, again: true}, time.After(delay))
 				continue lines
 			}

@@ -685,6 +685,47 @@ func TestAHungNodeTakesOneWorkerAtATime(t *testing.T) {
 	assert.Zero(t, w.Stats().Unreachable)
 }
 
+// TestAHeldNodesEventsLeaveTheReaderItsSlots: the events of a node held
+// back, waiting apart, kept their read-ahead slots; 64 a worker of them (a
+// backlog on the node as it hung) stopped the reader, and with it every
+// order of the nodes that answer, until the node came back. They now wait
+// in a room of their own, and the store streaming loci apart is told to
+// hand out no more of the node's (store.FeedOptions.LocusHeld).
+func TestAHeldNodesEventsLeaveTheReaderItsSlots(t *testing.T) {
+	e := newEnv(t, mockmail.Config{})
+	h := &hungNode{Store: e.store, keys: map[string]bool{}, timeout: 20 * time.Millisecond}
+	h.hung.Store(true)
+	putPaid(t, e.store, "hung", 200, h.keys) // read first: more than the worker's 64 slots
+	putPaid(t, e.store, "up", 200, nil)
+	held := make(chan func(int) bool, 1)
+	w := runWith(t, &heldOptions{hungNode: h, opts: held}, e.mail, watcher.Config{Workers: 1, Policy: noJitter})
+	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 200 }, 2*time.Minute, 10*time.Millisecond,
+		"the orders of the node that answers were not all sent while the other hung: %v of 200; stalled %v",
+		later.Value(func() any { return e.mock.Stats().Deliveries }), later.Value(func() any { return w.Stalled() }))
+	locusHeld := <-held
+	require.NotNil(t, locusHeld, "the feed is told which loci are held")
+	assert.True(t, locusHeld(1), "the hung node's locus is held")
+	assert.False(t, locusHeld(0), "the others' are not")
+
+	h.hung.Store(false)
+	require.Eventually(t, func() bool { return e.mock.Stats().Deliveries == 400 }, 2*time.Minute, 10*time.Millisecond,
+		"the orders of the node back were not all sent: %v of 400", later.Value(func() any { return e.mock.Stats().Deliveries }))
+	assert.Zero(t, e.mock.Stats().DuplicateRequests)
+	assert.False(t, locusHeld(1), "held no more")
+}
+
+// heldOptions hands on the FeedOptions.LocusHeld the watcher subscribes
+// with.
+type heldOptions struct {
+	*hungNode
+	opts chan func(int) bool
+}
+
+func (h *heldOptions) Subscribe(ctx context.Context, name string, colls []string, opts store.FeedOptions) (store.Subscription, error) {
+	h.opts <- opts.LocusHeld
+	return h.hungNode.Subscribe(ctx, name, colls, opts)
+}
+
 // TestAnEventThatAsksTheStoreNothingProbesNothing: an event of a node held
 // back that needs nothing of the store (an unpaid order), taken as the
 // node's probe, "succeeded" and let every held-back event at the node.

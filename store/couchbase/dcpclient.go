@@ -339,6 +339,7 @@ func (s *Store) Subscribe(ctx context.Context, name string, colls []string, opts
 	resolve := func(ctx context.Context) (map[uint32]string, error) { return collectionIDs(ctx, s.cfg, s.creds, colls) }
 	fo := s.feedOpts
 	fo.allVBuckets = n
+	fo.locusHeld = opts.LocusHeld
 	if fo.openTimeout == 0 {
 		fo.openTimeout = s.cfg.Timeout
 	}

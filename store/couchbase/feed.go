@@ -163,6 +163,10 @@ type feedOptions struct {
 	statsEvery  time.Duration // high seqnos read for the lag; 5s
 	releaseWait time.Duration // a handover waits this long for in-flight events; 30s
 	now         func() time.Time
+	// locusHeld is store.FeedOptions.LocusHeld: a held node's changes
+	// wait in their stream, looked at again every heldPoll.
+	locusHeld func(locus int) bool
+	heldPoll  time.Duration // 50ms
 }
 
 func (o feedOptions) withDefaults() feedOptions {
@@ -185,6 +189,7 @@ func (o feedOptions) withDefaults() feedOptions {
 	def(&o.backoffMax, 10*time.Second)
 	def(&o.statsEvery, 5*time.Second)
 	def(&o.releaseWait, 30*time.Second)
+	def(&o.heldPoll, 50*time.Millisecond)
 	if o.now == nil {
 		o.now = time.Now
 	}
@@ -886,6 +891,23 @@ func (f *feed) change(vb uint16, gen int, collID uint32, key, value []byte, dele
 	ev.Ack = f.acks.Deliver(vb, seq)
 	p := pending{ev, st, gen, st.restarts}
 	f.mu.Unlock()
+	// A node the watcher holds back (its keys' reads and writes went
+	// unanswered): its changes wait here, in their stream, and not among
+	// the watcher's, whose read-ahead they would fill while the other
+	// nodes' waited behind them. One voided meanwhile is dropped by Next,
+	// as any.
+	if f.opts.locusHeld != nil && f.opts.locusHeld(ev.Locus) {
+		t := time.NewTicker(f.opts.heldPoll)
+		for f.opts.locusHeld(ev.Locus) {
+			select {
+			case <-t.C:
+			case <-f.ctx.Done():
+				t.Stop()
+				return // closed
+			}
+		}
+		t.Stop()
+	}
 	// The values read ahead are bounded in bytes too: 256 documents of
 	// Couchbase's 20 MiB would be 5 GiB. Waiting here, the stream waits
 	// (DCP flow control: its buffer is acknowledged once this returns).

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -51,6 +52,7 @@ type fakeAgent struct {
 	failoverRead int
 	highs        map[uint16]uint64
 	closed       bool
+	servers      map[uint16]int // ServerOf; 0 when not named
 }
 
 func (a *fakeAgent) OpenStream(vb uint16, from position, ids []uint32, obs gocbcore.StreamObserver, cb func(uint64, error)) (func(), error) {
@@ -98,8 +100,12 @@ func (a *fakeAgent) CollectionHighSeqnos(ctx context.Context, vbs []uint16, _ []
 	return a.HighSeqnos(ctx, vbs)
 }
 
-// ServerOf: the fake is one node.
-func (a *fakeAgent) ServerOf(uint16) int { return 0 }
+// ServerOf: the fake is one node, 0, unless servers names another.
+func (a *fakeAgent) ServerOf(vb uint16) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.servers[vb]
+}
 
 func (a *fakeAgent) Close() error {
 	a.mu.Lock()
@@ -540,6 +546,52 @@ func TestSlowConsumerBlocksTheStreamInsteadOfDropping(t *testing.T) {
 	assert.Equal(t, "a", next(t, f).Key)
 	<-returned
 	assert.Equal(t, "b", next(t, f).Key)
+}
+
+// A node the watcher holds back (its keys unanswered) gets no more of its
+// changes handed out: they wait in their stream (its callback blocks, as
+// for a full read-ahead), while the other nodes' go on; once it is not
+// held they come, in order.
+func TestAHeldNodesChangesWaitInTheirStream(t *testing.T) {
+	agent := &fakeAgent{servers: map[uint16]int{3: 1}}
+	var held atomic.Bool
+	held.Store(true)
+	opts := fastOpts
+	opts.locusHeld = func(locus int) bool { return locus == 1 && held.Load() }
+	f := startFeed(t, agent, &fakeCheckpoints{}, []uint16{3, 7}, false, opts)
+	s3, s7 := agent.lastOpen(t, 3, 1), agent.lastOpen(t, 7, 1)
+	s3.cb(1, nil)
+	s7.cb(1, nil)
+	returned := make(chan struct{})
+	go func() {
+		s3.obs.Mutation(mutation(3, inboundID, "held_1", "{}", 1))
+		s3.obs.Mutation(mutation(3, inboundID, "held_2", "{}", 2))
+		close(returned)
+	}()
+	// held_1 is read (its acknowledgement owed) before the other node's
+	// changes: not held, it would come first.
+	require.Eventually(t, func() bool { return f.inFlight(3) == 1 }, time.Minute, time.Millisecond, "the held node's change read")
+	s7.obs.Mutation(mutation(7, inboundID, "up_1", "{}", 1))
+	s7.obs.Mutation(mutation(7, inboundID, "up_2", "{}", 2))
+	for _, want := range []string{"up_1", "up_2"} {
+		ev := next(t, f)
+		assert.Equal(t, want, ev.Key, "the node that answers goes on")
+		ev.Ack()
+	}
+	select {
+	case <-returned:
+		t.Fatal("the held node's callback returned: its changes were handed out, or dropped")
+	default:
+	}
+	assert.Equal(t, 1, f.inFlight(3), "the second waits behind the first, in the stream")
+	held.Store(false)
+	for _, want := range []string{"held_1", "held_2"} {
+		ev := next(t, f)
+		assert.Equal(t, want, ev.Key, "once not held, its changes come in order")
+		assert.Equal(t, 1, ev.Locus)
+		ev.Ack()
+	}
+	<-returned
 }
 
 func TestCloseStopsStreamsAndSaves(t *testing.T) {
