@@ -108,8 +108,11 @@ type Verdict struct {
 func (p Policy) Next(attempts int, now time.Time, f Failure, u float64) Verdict {
 	if f.NotAttempted {
 		// Jittered, so that what was held back together does not come back
-		// together.
-		return Verdict{At: now.Add(p.jitter(max(f.RetryAfter, p.MinDelay), u))}
+		// together; above the wait only: its RetryAfter is when the hold
+		// may end (the breaker's cooldown), and one back before it is only
+		// held again, a write and a change more each.
+		d := max(f.RetryAfter, p.MinDelay)
+		return Verdict{At: now.Add(time.Duration(float64(d) * (1 + 2*p.Jitter*u)))}
 	}
 	if f.Permanent {
 		return Verdict{GiveUp: true, Reason: ReasonPermanent}

@@ -38,9 +38,10 @@ func TestPolicyNext(t *testing.T) {
 		{"Retry-After is capped", 1, order.Failure{RetryAfter: 48 * time.Hour}, mid, order.Verdict{At: now.Add(order.MaxRetryAfter)}},
 		{"permanent gives up at once", 1, order.Failure{Permanent: true}, mid, order.Verdict{GiveUp: true, Reason: order.ReasonPermanent}},
 		{"exhausted at the budget", 8, order.Failure{}, mid, order.Verdict{GiveUp: true, Reason: order.ReasonExhausted}},
-		{"not attempted: no budget spent", 8, order.Failure{NotAttempted: true, RetryAfter: 5 * time.Second}, mid, order.Verdict{At: now.Add(5 * time.Second)}},
-		{"not attempted waits at least the minimum", 1, order.Failure{NotAttempted: true}, mid, order.Verdict{At: now.Add(time.Second)}},
-		{"not attempted is jittered too", 1, order.Failure{NotAttempted: true, RetryAfter: 10 * time.Second}, 0, order.Verdict{At: now.Add(8 * time.Second)}},
+		{"not attempted: no budget spent", 8, order.Failure{NotAttempted: true, RetryAfter: 5 * time.Second}, mid, order.Verdict{At: now.Add(6 * time.Second)}},
+		{"not attempted waits at least the minimum", 1, order.Failure{NotAttempted: true}, 0, order.Verdict{At: now.Add(time.Second)}},
+		{"not attempted is jittered too, never before its wait", 1, order.Failure{NotAttempted: true, RetryAfter: 10 * time.Second}, 0, order.Verdict{At: now.Add(10 * time.Second)}},
+		{"not attempted is jittered above its wait", 1, order.Failure{NotAttempted: true, RetryAfter: 10 * time.Second}, 0.999, order.Verdict{At: now.Add(13996 * time.Millisecond)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
