@@ -143,6 +143,25 @@ func (t *AckTracker) Checkpoint(p uint16) uint64 {
 	return 0
 }
 
+// Ends are, in increasing order, the sequence numbers p's checkpoint may
+// still come to rest on before any change read after now: where it is,
+// and the end of each event or run kept above it (acknowledgements merge
+// runs, whose ends are among these).
+func (t *AckTracker) Ends(p uint16) []uint64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	pa, ok := t.parts[p]
+	if !ok {
+		return []uint64{0}
+	}
+	ends := make([]uint64, 0, 1+len(pa.queue))
+	ends = append(ends, pa.done)
+	for _, r := range pa.queue {
+		ends = append(ends, r.hi)
+	}
+	return ends
+}
+
 // Outstanding is how many events delivered on p are not acknowledged yet
 // (those acknowledged out of order, waiting on an older one, are not).
 func (t *AckTracker) Outstanding(p uint16) int {

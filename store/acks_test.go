@@ -47,3 +47,17 @@ func TestAckTrackerSkipWithNothingInFlight(t *testing.T) {
 	tr.Skip(0, 9)
 	assert.Equal(t, map[uint16]uint64{0: 9}, tr.Checkpoints())
 }
+
+// Ends are where the checkpoint is and where it may yet rest: the end of
+// each event or run kept above it.
+func TestAckTrackerEnds(t *testing.T) {
+	tr := store.NewAckTracker(map[uint16]uint64{4: 10})
+	acks := []func(){tr.Deliver(4, 11), tr.Deliver(4, 12), tr.Deliver(4, 13)}
+	acks[1]()
+	assert.Equal(t, []uint64{10, 11, 12, 13}, tr.Ends(4))
+	acks[0]()
+	assert.Equal(t, []uint64{12, 13}, tr.Ends(4))
+	tr.Skip(4, 15)
+	assert.Equal(t, []uint64{12, 13, 15}, tr.Ends(4))
+	assert.Equal(t, []uint64{0}, tr.Ends(9), "a partition never delivered")
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -1070,6 +1071,41 @@ func sameCollections(a, b map[uint32]string) bool {
 	return true
 }
 
+// trimSnaps keeps of a vBucket's snapshot markers (oldest first) those a
+// checkpoint can still be in: for each sequence number it may yet rest on
+// (ends, increasing; AckTracker.Ends), the last marker starting at or
+// below it, which positionAt takes; and every marker starting above the
+// last of them, the changes still to come.
+func trimSnaps(snaps []snapshot, ends []uint64) []snapshot {
+	if len(ends) == 0 {
+		return snaps
+	}
+	out := snaps[:0]
+	j := 0
+	for i, s := range snaps {
+		if s.start > ends[len(ends)-1] {
+			return append(out, snaps[i:]...)
+		}
+		next := uint64(math.MaxUint64)
+		if i+1 < len(snaps) {
+			next = snaps[i+1].start
+		}
+		for j < len(ends) && ends[j] < s.start {
+			j++
+		}
+		if j < len(ends) && ends[j] < next { // s is where ends[j] is
+			out = append(out, s)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	if cap(out) > 64 && len(out) < cap(out)/4 {
+		return slices.Clone(out) // the array of a long stall goes
+	}
+	return out
+}
+
 // positionAt is the resume position for vb once everything up to seq is
 // done; callers hold f.mu.
 func (f *feed) positionAt(vb uint16, seq uint64) position {
@@ -1141,12 +1177,11 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 	cps := f.acks.Checkpoints()
 	var vbs []uint16
 	for vb, st := range f.state {
-		// The snapshots below the acknowledged position are needed by no
-		// position to come, saved or not: while saves fail they would
-		// pile up, one a marker.
-		for len(st.snaps) > 1 && st.snaps[1].start <= cps[vb] {
-			st.snaps = st.snaps[1:]
-		}
+		// Only the snapshots a position to come can be in are kept: while
+		// saves fail, or behind an event never acknowledged (a key the
+		// store does not answer for), they would pile up, one a marker,
+		// and be looked through at each save.
+		st.snaps = trimSnaps(st.snaps, f.acks.Ends(vb))
 		if f.own != nil && (!st.held || st.releasing) {
 			if !st.held {
 				f.saves.Mended(f.ctx, vb) // not ours to save: a failure of its saves is over

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -592,6 +593,69 @@ func TestAHeldNodesChangesWaitInTheirStream(t *testing.T) {
 		ev.Ack()
 	}
 	<-returned
+}
+
+// Behind one event never acknowledged (a key the store does not answer
+// for), the snapshot markers of every change acknowledged after it were
+// kept, one a change, and looked through under the feed's lock at each
+// save; only those a checkpoint can still be in are kept now, and the
+// checkpoint saved once the event is acknowledged is the right one.
+func TestSnapshotsBehindAnEventNeverAcknowledgedDoNotPileUp(t *testing.T) {
+	agent := &fakeAgent{}
+	cps := &fakeCheckpoints{}
+	f := startFeed(t, agent, cps, []uint16{2}, false, fastOpts)
+	open := agent.lastOpen(t, 2, 1)
+	open.cb(9, nil)
+	open.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{VbID: 2, StartSeqNo: 1, EndSeqNo: 1})
+	open.obs.Mutation(mutation(2, inboundID, "stuck", "{}", 1))
+	held := next(t, f) // acknowledged last
+	const n = 5000
+	for seq := uint64(2); seq <= n; seq++ {
+		open.obs.SnapshotMarker(gocbcore.DcpSnapshotMarker{VbID: 2, StartSeqNo: seq, EndSeqNo: seq + 1})
+		open.obs.Mutation(mutation(2, inboundID, fmt.Sprint("k", seq), "{}", seq))
+		next(t, f).Ack()
+	}
+	kept := func() int {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		return len(f.state[2].snaps)
+	}
+	require.Eventually(t, func() bool { return kept() <= 3 }, time.Minute, time.Millisecond,
+		"snapshot markers kept behind one event: %v", later.Value(func() any { return kept() }))
+	held.Ack()
+	cps.waitFor(t, 2, position{UUID: 9, Seq: n, SnapStart: n, SnapEnd: n + 1})
+}
+
+// trimSnaps keeps, for each sequence number the checkpoint may rest on,
+// the marker positionAt takes for it, and every marker above the last.
+func TestTrimSnapsKeepsWhatACheckpointCanBeIn(t *testing.T) {
+	snaps := []snapshot{{1, 3}, {4, 6}, {7, 9}, {10, 12}, {13, 15}, {16, 18}}
+	for _, tt := range []struct {
+		ends []uint64
+		want []snapshot
+	}{
+		{ends: []uint64{0}, want: snaps},
+		{ends: []uint64{5}, want: snaps[1:]},
+		{ends: []uint64{2, 11}, want: []snapshot{{1, 3}, {10, 12}, {13, 15}, {16, 18}}},
+		{ends: []uint64{5, 6, 8, 17}, want: []snapshot{{4, 6}, {7, 9}, {16, 18}}},
+		{ends: []uint64{20}, want: []snapshot{{16, 18}}},
+	} {
+		got := trimSnaps(slices.Clone(snaps), tt.ends)
+		assert.Equal(t, tt.want, got, "ends %v", tt.ends)
+		for _, e := range tt.ends { // positionAt's choice is unchanged
+			assert.Equal(t, lastAtOrBelow(snaps, e), lastAtOrBelow(got, e), "ends %v: the marker of %d", tt.ends, e)
+		}
+	}
+}
+
+func lastAtOrBelow(snaps []snapshot, seq uint64) snapshot {
+	var at snapshot
+	for _, s := range snaps {
+		if s.start <= seq {
+			at = s
+		}
+	}
+	return at
 }
 
 func TestCloseStopsStreamsAndSaves(t *testing.T) {
