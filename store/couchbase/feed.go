@@ -1397,7 +1397,11 @@ func (f *feed) handOut(p pending) bool {
 	}
 	st := p.st
 	if p.gen >= st.void && f.own != nil && !f.own.validLocked(f.opts.now()) {
-		if st.held && !st.releasing {
+		if st.held {
+			// Being handed over too: another member may have claimed it
+			// while we were paused. A release under way goes on (its
+			// checkpoint write, by our claim, says whether it is still
+			// ours); one that cannot leaves it suspect, to be checked.
 			f.voidLocked(p.ev.Partition)
 		} else {
 			st.void = st.gen

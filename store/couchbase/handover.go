@@ -158,7 +158,7 @@ func (f *feed) rebalance(ctx context.Context) ([]uint16, error) {
 		// still ours: lastTry moves now, and the streams would hand out
 		// again before that.
 		for vb, st := range f.state {
-			if st.held && !st.releasing {
+			if st.held { // being handed over too: see handOut
 				f.voidLocked(vb)
 			}
 		}
@@ -623,8 +623,10 @@ func (f *feed) fence(ctx context.Context, at time.Time, only map[uint16]bool) {
 	if held == nil {
 		held = map[uint16]bool{}
 		for vb, st := range f.state {
+			if st.held {
+				f.voidLocked(vb) // being handed over too: see handOut
+			}
 			if st.held && !st.releasing {
-				f.voidLocked(vb)
 				held[vb] = true
 			}
 		}
