@@ -1174,14 +1174,15 @@ func (f *feed) flush(ctx context.Context) error {
 // vBuckets whose writes another pass has under way.
 func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error) {
 	f.mu.Lock()
-	cps := f.acks.Checkpoints()
 	var vbs []uint16
 	for vb, st := range f.state {
 		// Only the snapshots a position to come can be in are kept: while
 		// saves fail, or behind an event never acknowledged (a key the
 		// store does not answer for), they would pile up, one a marker,
-		// and be looked through at each save.
-		st.snaps = trimSnaps(st.snaps, f.acks.Ends(vb))
+		// and be looked through at each save. The first end is the
+		// checkpoint, read with them.
+		ends := f.acks.Ends(vb)
+		st.snaps = trimSnaps(st.snaps, ends)
 		if f.own != nil && (!st.held || st.releasing) {
 			if !st.held {
 				f.saves.Mended(f.ctx, vb) // not ours to save: a failure of its saves is over
@@ -1192,7 +1193,7 @@ func (f *feed) save(ctx context.Context, force map[uint16]bool) ([]uint16, error
 			if force[vb] {
 				vbs = append(vbs, vb)
 			}
-		} else if p := f.positionAt(vb, cps[vb]); p != f.saved[vb] && !f.saving[vb] {
+		} else if p := f.positionAt(vb, ends[0]); p != f.saved[vb] && !f.saving[vb] {
 			vbs = append(vbs, vb)
 			f.saving[vb] = true
 		}

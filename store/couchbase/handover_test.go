@@ -1112,9 +1112,11 @@ func TestAHandoverMadeThoughItSeemedToFailIsClaimedAgainBeforeItIsStreamed(t *te
 		_ = json.Unmarshal(v, &cp)
 		return cp
 	}
+	// The claim writes the document, then calls claimFault: both seen.
 	waitFor(t, func() (bool, string) {
 		cp := doc()
-		return cp.Owner == "a" && cp.Epoch > claimed.Load(), fmt.Sprintf("x's checkpoint %+v (b claimed epoch %d); a %+v", cp, claimed.Load(), feedStats(sub))
+		return cp.Owner == "a" && cp.Epoch > claimed.Load() && reclaimed.Load() != -1,
+			fmt.Sprintf("x's checkpoint %+v (b claimed epoch %d; a's claim seen %v); a %+v", cp, claimed.Load(), reclaimed.Load() != -1, feedStats(sub))
 	})
 	assert.EqualValues(t, 1, feedStats(sub).Fenced, "a's write for its old claim was refused: %+v", feedStats(sub))
 	assert.Equal(t, released.Load(), reclaimed.Load(), "x streamed to a again before a claimed it: %d stream requests at the handover, %d at the claim",
