@@ -354,14 +354,15 @@ func (c *Console) dropRetry(w http.ResponseWriter, r *http.Request, sid string) 
 			}
 			cas = strconv.FormatUint(v, 10)
 		}
-		c.confirm(w, r, confirmData{Heading: "Drop the retry of " + key + "?", Text: dropWarning,
-			Action: "/retries/drop", Button: "Drop the retry", Danger: true, Keys: []string{key},
-			Fields: []field{{"key", key}, {"cas", cas}}})
+		c.confirm(w, r, dropConfirmation(key, cas))
 		return
 	}
 	cas, err := strconv.ParseUint(r.PostForm.Get("cas"), 10, 64)
 	if err != nil || cas == 0 {
 		c.finish(w, r, sid, "drop retry", fmt.Errorf("the retry's version shown is missing or not a number: confirm again"), "No retry was dropped.")
+		return
+	}
+	if !c.tokenAgain(w, r, func() confirmData { return dropConfirmation(key, r.PostForm.Get("cas")) }) {
 		return
 	}
 	if err := ops.DropRetry(r.Context(), c.st, key, cas); err != nil {
@@ -436,12 +437,12 @@ func (c *Console) redrive(w http.ResponseWriter, r *http.Request, sid string) {
 		return
 	}
 	if sel.all || sel.reason != "" {
-		d := c.redriveConfirmation(r, sel)
+		show := func() confirmData { return c.redriveConfirmation(r, sel) }
 		if r.PostForm.Get("confirm") != "yes" {
-			c.confirm(w, r, d)
+			c.confirm(w, r, show())
 			return
 		}
-		if !c.tokenAgain(w, r, d) || !c.startBulk(w, r, sid, "redrive", "a redrive of "+sel.String(), "Nothing was redriven.") {
+		if !c.tokenAgain(w, r, show) || !c.startBulk(w, r, sid, "redrive", "a redrive of "+sel.String(), "Nothing was redriven.") {
 			return
 		}
 		defer c.bulk.end()
@@ -473,10 +474,12 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 		c.confirm(w, r, c.purgeConfirmation(r, sel, c.now()))
 		return
 	}
+	// Shown again on a wrong token: as of the page first shown.
+	if !c.tokenAgain(w, r, func() confirmData { return c.purgeConfirmation(r, sel, shownAt(r, c.now())) }) {
+		return
+	}
 	if bulk {
-		// Shown again on a wrong token: as of the page first shown.
-		if !c.tokenAgain(w, r, c.purgeConfirmation(r, sel, shownAt(r, c.now()))) ||
-			!c.startBulk(w, r, sid, "purge", "a purge of "+sel.String(), "Nothing was purged.") {
+		if !c.startBulk(w, r, sid, "purge", "a purge of "+sel.String(), "Nothing was purged.") {
 			return
 		}
 		defer c.bulk.end()
@@ -496,6 +499,14 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 		return
 	}
 	c.finish(w, r, sid, "purge", err, "Purged %d of %s.", n, sel)
+}
+
+// dropConfirmation is the step before dropping the retry of key, at
+// version cas.
+func dropConfirmation(key, cas string) confirmData {
+	return confirmData{Heading: "Drop the retry of " + key + "?", Text: dropWarning,
+		Action: "/retries/drop", Button: "Drop the retry", Danger: true, Keys: []string{key},
+		Fields: []field{{"key", key}, {"cas", cas}}, Token: true}
 }
 
 // redriveConfirmation is the step before a redrive of every dead letter,
@@ -528,13 +539,13 @@ func (c *Console) redriveConfirmation(r *http.Request, sel selection) confirmDat
 func (c *Console) purgeConfirmation(r *http.Request, sel selection, asof time.Time) confirmData {
 	d := confirmData{Heading: "Purge " + sel.String() + "?",
 		Text:   "Purging deletes dead letters for good: their orders stay unconfirmed, and nothing sends them again unless an order itself changes.",
-		Action: "/deadletters/purge", Button: "Purge for good", Danger: true}
+		Action: "/deadletters/purge", Button: "Purge for good", Danger: true, Token: true}
 	at := field{"asof", strconv.FormatInt(asof.UnixMilli(), 10)}
 	switch {
 	case sel.all:
 		d.Text = "Every dead letter, not only those a filter shows, is deleted for good: their orders stay unconfirmed, " +
 			"and nothing sends them again unless an order itself changes. Dead letters written after this page was shown are left."
-		d.Fields, d.Token = []field{{"scope", "all"}, at}, true
+		d.Fields = []field{{"scope", "all"}, at}
 		if n, ok := c.deadLetterCount(r); ok {
 			d.Heading = fmt.Sprintf("Purge every dead letter (%d)?", n)
 		}
@@ -542,7 +553,7 @@ func (c *Console) purgeConfirmation(r *http.Request, sel selection, asof time.Ti
 		d.Heading = "Purge every “" + sel.reason + "” dead letter?"
 		d.Text = "Every dead letter of this reason, not only those the list showed (a key prefix does not narrow it), is deleted for good: " +
 			"their orders stay unconfirmed, and nothing sends them again unless an order itself changes. Dead letters written after this page was shown are left."
-		d.Fields, d.Token = []field{{"scope", "reason"}, {"reason", sel.reason}, at}, true
+		d.Fields = []field{{"scope", "reason"}, {"reason", sel.reason}, at}
 	default:
 		// The operator chose these as the list or the order's page
 		// showed them: one dead-lettered again since (redriven and
@@ -557,30 +568,32 @@ func (c *Console) purgeConfirmation(r *http.Request, sel selection, asof time.Ti
 	return d
 }
 
-// tokenAgain says whether a bulk action's confirmation carries the admin
-// token, asked again: a session cookie alone (which a browser also sends
-// to any other service on the console's host, whatever its port) must not
-// redrive or purge every dead letter. Otherwise it shows the confirmation
-// again, saying why.
-func (c *Console) tokenAgain(w http.ResponseWriter, r *http.Request, d confirmData) bool {
-	d.status = http.StatusUnauthorized
+// tokenAgain says whether a confirmation carries the admin token, asked
+// again for what cannot be undone (a purge, a drop) and for a redrive of
+// every dead letter or of a reason: a session cookie alone, which a
+// browser also sends to any other service on the console's host whatever
+// its port, must not lose orders. Otherwise it shows the confirmation
+// again (show), saying why.
+func (c *Console) tokenAgain(w http.ResponseWriter, r *http.Request, show func() confirmData) bool {
+	why, status := "That is not the admin token: nothing was done.", http.StatusUnauthorized
 	want := c.token()
 	given := strings.TrimSpace(r.PostForm.Get("token"))
 	switch {
 	case given == "": // no guess: not counted
-		d.Err = "The admin token is asked again for this: nothing was done."
+		why = "The admin token is asked again for this: nothing was done."
 	case !c.loginLimit(r).Allow():
-		d.Err, d.status = "Too many attempts: wait a few seconds and try again.", http.StatusTooManyRequests
+		why, status = "Too many attempts: wait a few seconds and try again.", http.StatusTooManyRequests
 	case want == nil:
-		d.Err, d.status = "The admin token file holds no token: actions are off until it does.", http.StatusServiceUnavailable
+		why, status = "The admin token file holds no token: actions are off until it does.", http.StatusServiceUnavailable
 	default:
 		sum := sha256.Sum256([]byte(given))
 		if subtle.ConstantTimeCompare(sum[:], want[:]) == 1 {
 			return true
 		}
-		c.log.Warn("console bulk action refused: wrong admin token", "path", r.URL.Path, "remote", c.client(r))
-		d.Err = "That is not the admin token: nothing was done."
+		c.log.Warn("console action refused: wrong admin token", "path", r.URL.Path, "remote", c.client(r))
 	}
+	d := show()
+	d.Err, d.status = why, status
 	c.confirm(w, r, d)
 	return false
 }

@@ -25,9 +25,9 @@
 // token sets an HttpOnly, SameSite=Strict cookie holding a random session
 // id; every action is a POST carrying the session's CSRF token, from a page
 // of the same origin (net/http's CrossOriginProtection checks
-// Sec-Fetch-Site and Origin), and no GET changes anything. A redrive or
-// purge of every dead letter, or of every one of a reason, asks for the
-// token again: browsers send a host's cookies to every port of it.
+// Sec-Fetch-Site and Origin), and no GET changes anything. A purge, a
+// drop and a redrive of every dead letter or of a reason ask for the token
+// again: browsers send a host's cookies to every port of it.
 //
 // The console also serves the metrics server's GET /healthz and /readyz,
 // so that one address is enough for a load balancer on loopback.
