@@ -1263,11 +1263,10 @@ var codePattern = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_:-]{0,63}$`)
 var longNumber = regexp.MustCompile(`[0-9]{4}`)
 
 // answerCode is the answer's top-level JSON "code", else "error", string
-// when it matches codePattern and echoes nothing of the order: a code with
-// a word of the order's values in it (a provider's "unknown_jdoe" for the
-// order's jdoe@...) is customer data, not a code. A real code that happens
-// to share a word with the order (its "paid", say) is dropped too: a
-// reason less precise, never data kept.
+// when it matches codePattern and echoes nothing of the order (echoes): a
+// provider's "unknown_jdoe" for the order's jdoe@... is customer data, not
+// a code. A real code that happens to share a word with the order (its
+// "paid", say) is dropped too: a reason less precise, never data kept.
 func answerCode(body, order []byte) string {
 	var fields map[string]json.RawMessage
 	if json.Unmarshal(body, &fields) != nil {
@@ -1285,25 +1284,44 @@ func answerCode(body, order []byte) string {
 	return ""
 }
 
-// echoes says whether one of code's words (of three characters or more,
-// split at '_', ':' and '-', and where lower case turns upper) is a word of
-// one of the order's string values, whatever the case.
+// echoes says whether code repeats a word of the order's string values
+// (runs of letters and digits, whatever the case): one of four characters
+// or more anywhere in it, its separators ('_', ':', '-') and case aside
+// ("recipient_annsmith", "JOHNunknown"); one of three as a word of it
+// (split at its separators and where lower case turns upper: "unknown_ann",
+// not "incomplete" for the order's ".com"). Names shorter than that are
+// not told from codes.
 func echoes(code string, order []byte) bool {
-	words := codeWords(code)
-	if len(words) == 0 {
-		return false
+	joined := strings.ToLower(strings.NewReplacer("_", "", ":", "", "-", "").Replace(code))
+	short := codeWords(code)
+	found := false
+	for _, v := range orderStrings(order) {
+		for _, w := range strings.FieldsFunc(strings.ToLower(v), func(r rune) bool {
+			return !unicode.IsLetter(r) && !unicode.IsDigit(r)
+		}) {
+			switch {
+			case len(w) >= 4 && strings.Contains(joined, w), len(w) == 3 && slices.Contains(short, w):
+				found = true
+			}
+		}
 	}
+	return found
+}
+
+// orderStrings are the string values of the order's JSON, at any depth;
+// the whole order when it is not JSON (the service was sent it all the
+// same).
+func orderStrings(order []byte) []string {
 	var doc any
 	if json.Unmarshal(order, &doc) != nil {
-		// Not JSON (the service was sent it all the same): its bytes.
-		return wordIn(words, string(order))
+		return []string{string(order)}
 	}
-	found := false
+	var out []string
 	var walk func(v any)
 	walk = func(v any) {
 		switch v := v.(type) {
 		case string:
-			found = found || wordIn(words, v)
+			out = append(out, v)
 		case []any:
 			for _, e := range v {
 				walk(e)
@@ -1315,7 +1333,7 @@ func echoes(code string, order []byte) bool {
 		}
 	}
 	walk(doc)
-	return found
+	return out
 }
 
 // codeWords splits a code into its lower-cased words of three characters
@@ -1340,19 +1358,6 @@ func codeWords(code string) []string {
 	}
 	flush(len(code))
 	return words
-}
-
-// wordIn says whether one of words is a word of v: a run of letters and
-// digits, compared without case.
-func wordIn(words []string, v string) bool {
-	for _, w := range strings.FieldsFunc(strings.ToLower(v), func(r rune) bool {
-		return !unicode.IsLetter(r) && !unicode.IsDigit(r)
-	}) {
-		if slices.Contains(words, w) {
-			return true
-		}
-	}
-	return false
 }
 
 // parseRetryAfter reads delay-seconds or an HTTP date.

@@ -574,8 +574,13 @@ func TestAnswerCode(t *testing.T) {
 		{give: `{"error":"recipientSmith"}`},
 		{give: `{"code":"ANN"}`},
 		{give: `{"code":"bad:meatballs","error":"invalid"}`},
-		// Words of the order's names, or shorter than three: kept.
+		{give: `{"code":"recipient_annsmith"}`},
+		{give: `{"code":"SMITHunknown"}`},
+		{give: `{"code":"no-jdoeexample"}`},
+		// Words of the order's names, a three-letter word of it inside
+		// another, or shorter than three: kept.
 		{give: `{"code":"invalid_email"}`, want: "invalid_email"},
+		{give: `{"code":"incomplete"}`, want: "incomplete"},
 		{give: `{"code":"jd"}`, want: "jd"},
 	}
 	for _, tt := range tests {

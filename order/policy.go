@@ -149,8 +149,3 @@ func (p Policy) exponential(attempts int, u float64) time.Duration {
 	hi := max(min(time.Duration(float64(d)*(1+p.Jitter)), p.MaxDelay), lo)
 	return lo + time.Duration(float64(hi-lo)*u)
 }
-
-// jitter draws d from [d(1-Jitter), d(1+Jitter)].
-func (p Policy) jitter(d time.Duration, u float64) time.Duration {
-	return time.Duration(float64(d) * (1 - p.Jitter + 2*p.Jitter*u))
-}
