@@ -9,13 +9,22 @@ import (
 )
 
 // ProcessLock is an exclusive lock on a file beside the database, held by
-// the one process that runs the service on it. The kernel releases it when
-// the process ends, however it ends, so a standby takes over at once after a
-// crash, with no lease to expire and no clocks to trust. Other commands
-// (load, status) do not take it.
+// the one process that runs the service on it, and on the database file
+// itself. The kernel releases them when the process ends, however it ends,
+// so a standby takes over at once after a crash, with no lease to expire
+// and no clocks to trust. Other commands (load, status) do not take it.
+//
+// The lock file says who holds it (its pid), and a standby waits on it;
+// the database file's lock is what keeps two processes off one store's
+// feed whatever happens to the lock file: deleted, or replaced by a
+// restore or a sync, it let a second process lock the new file and run
+// the feed beside the first (every order mailed twice until the first
+// noticed). The database file's lock is an flock, which SQLite's own
+// (fcntl) locks do not touch; where the file system has no flock, the lock
+// file's alone guards.
 type ProcessLock struct {
 	db, path string
-	f        *os.File
+	f, dbf   *os.File
 	created  bool
 }
 
@@ -45,11 +54,43 @@ func (l *ProcessLock) TryLock() (bool, error) {
 		}
 		return false, fmt.Errorf("lock %s: %w", l.path, err)
 	}
+	dbf, err := lockDatabase(l.db)
+	if err != nil {
+		flock(f, syscall.LOCK_UN)
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return false, nil // held by a process whose lock file was deleted or replaced
+		}
+		return false, fmt.Errorf("lock %s: %w", l.db, err)
+	}
+	l.dbf = dbf
 	// For the operator who looks: who holds it.
 	f.Truncate(0)
 	fmt.Fprintf(f, "pid %d\n", os.Getpid())
 	l.f, l.created = f, errors.Is(statErr, os.ErrNotExist)
 	return true, nil
+}
+
+// lockDatabase takes an flock on the database file at db: nil, with no
+// error, when there is no such file yet or its file system has no flock.
+func lockDatabase(db string) (*os.File, error) {
+	f, err := os.OpenFile(db, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch err := flock(f, syscall.LOCK_EX|syscall.LOCK_NB); {
+	case err == nil:
+		return f, nil
+	case errors.Is(err, syscall.EWOULDBLOCK):
+		f.Close()
+		return nil, err
+	default: // ENOLCK, EOPNOTSUPP: the lock file's alone
+		f.Close()
+		return nil, nil
+	}
 }
 
 // Created says whether the lock taken is on a file that was not there
@@ -84,7 +125,10 @@ func (l *ProcessLock) Unlock() error {
 		return nil
 	}
 	err := errors.Join(flock(l.f, syscall.LOCK_UN), l.f.Close())
-	l.f = nil
+	if l.dbf != nil {
+		err = errors.Join(err, flock(l.dbf, syscall.LOCK_UN), l.dbf.Close())
+	}
+	l.f, l.dbf = nil, nil
 	return err
 }
 

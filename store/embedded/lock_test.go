@@ -33,6 +33,38 @@ func TestProcessLockIsExclusive(t *testing.T) {
 	assert.Equal(t, db+".lock", a.Path())
 }
 
+// The lock file deleted, or replaced (a restore, a sync renaming a file
+// over it), under the process that holds it: a second process locked the
+// new file and ran the feed beside the first. The database file's own
+// lock keeps it out until the first lets go.
+func TestTheStoreIsLockedWhateverHappensToTheLockFile(t *testing.T) {
+	for _, how := range []string{"deleted", "replaced"} {
+		dir := t.TempDir()
+		db := filepath.Join(dir, "o.db")
+		require.NoError(t, os.WriteFile(db, []byte("sqlite"), 0o600))
+		a, b := embedded.NewProcessLock(db), embedded.NewProcessLock(db)
+		ok, err := a.TryLock()
+		require.NoError(t, err)
+		require.True(t, ok)
+		switch how {
+		case "deleted":
+			require.NoError(t, os.Remove(a.Path()))
+		case "replaced":
+			other := filepath.Join(dir, "restored")
+			require.NoError(t, os.WriteFile(other, nil, 0o600))
+			require.NoError(t, os.Rename(other, a.Path()))
+		}
+		ok, err = b.TryLock()
+		require.NoError(t, err, how)
+		assert.False(t, ok, "lock file %s: a second process takes the store", how)
+		require.NoError(t, a.Unlock())
+		ok, err = b.TryLock()
+		require.NoError(t, err, how)
+		assert.True(t, ok, "lock file %s: free once the first lets go", how)
+		require.NoError(t, b.Unlock())
+	}
+}
+
 // A command run with sudo on a store the service's user owns leaves that
 // user every file it made beside the store: a lock file root kept would
 // stop the service at its next start ("permission denied").
