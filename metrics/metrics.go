@@ -567,11 +567,24 @@ func (s *Server) Start(context.Context) error {
 	return nil
 }
 
-// Stop stops the endpoint and the refresh, and waits for them.
+// Stop stops the endpoint and the refresh, and waits for them. Requests
+// in progress (a scrape, a probe) get half of what ctx leaves, then their
+// connections are closed: a connection whose request never ended kept the
+// whole stop, and fx then skipped the stops after this one (the store's
+// close).
 func (s *Server) Stop(ctx context.Context) error {
 	var err error
 	if s.srv != nil {
-		err = s.srv.Shutdown(ctx)
+		sctx, cancel := ctx, context.CancelFunc(func() {})
+		if dl, ok := ctx.Deadline(); ok {
+			sctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
+		}
+		if serr := s.srv.Shutdown(sctx); serr != nil {
+			// A scrape cut short is no failure of the stop.
+			s.log.Warn("metrics: connections still open at the stop were closed", "error", serr)
+			s.srv.Close()
+		}
+		cancel()
 		if serveErr := <-s.done; !errors.Is(serveErr, http.ErrServerClosed) {
 			err = errors.Join(err, serveErr)
 		}

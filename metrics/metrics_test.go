@@ -877,3 +877,38 @@ func TestTheSweeperAlertsSeriesStayWhenTheLeaseCannotBeRenewed(t *testing.T) {
 	assert.True(t, ok, "ordermail_retries_paused absent: max(ordermail_retries_paused) == 0 is empty, OrdermailNoSweeper cannot fire")
 	assert.Equal(t, 0.0, paused, "allow_retrys was there")
 }
+
+// A connection whose request never ends (headers half sent as the service
+// stops) kept Stop until its context ended, and fx then skipped the stops
+// after it, the store's close among them: it gets half of what is left,
+// then is closed, and the stop goes on.
+func TestAConnectionLeftOpenLeavesTheStopItsTime(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, rigConfig{metrics: metrics.Config{Listen: "127.0.0.1:0"}})
+	require.NoError(t, r.m.Start(context.Background()))
+	c, err := net.Dial("tcp", r.m.Addr().String())
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = io.WriteString(c, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n") // headers not finished
+	require.NoError(t, err)
+	// Seen by the server: a second request is answered only after the
+	// first's connection was accepted (one listener, accepted in order).
+	code, _ := getURL(t, "http://"+r.m.Addr().String()+"/healthz")
+	require.Equal(t, http.StatusOK, code)
+
+	// Shorter than the 5s net/http gives a connection that never sent
+	// its request before Shutdown closes it: half of it is for the stop.
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	assert.NoError(t, r.m.Stop(ctx), "a scrape cut short is no failure of the stop")
+	assert.NoError(t, ctx.Err(), "the stops after this one have time left")
+}
+
+func getURL(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
