@@ -125,7 +125,9 @@ func exitStatus(err error, sig os.Signal, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "ordermail:", rest)
 		}
 		return 143
-	case interrupted:
+	case interrupted && (err == nil || errors.Is(err, context.Canceled)):
+		// As for SIGTERM: a start or stop that failed for a reason of its
+		// own is a failure, 1, whatever signal came.
 		if rest := besidesCancel(err); rest != nil {
 			fmt.Fprintln(stderr, "ordermail:", rest)
 		}
