@@ -21,10 +21,15 @@ import (
 // the feed beside the first (every order mailed twice until the first
 // noticed). The database file's lock is an flock, which SQLite's own
 // (fcntl) locks do not touch; where the file system has no flock, the lock
-// file's alone guards.
+// file's alone guards. Its file is opened once and never closed: closing
+// any descriptor of the database file lets go every fcntl lock the process
+// holds on it, SQLite's own among them, and another process could then
+// take the database for unused (and delete its write-ahead log).
 type ProcessLock struct {
 	db, path string
-	f, dbf   *os.File
+	f        *os.File
+	dbf      *os.File // the database file, open for its flock; never closed
+	dbLocked bool
 	created  bool
 }
 
@@ -54,7 +59,7 @@ func (l *ProcessLock) TryLock() (bool, error) {
 		}
 		return false, fmt.Errorf("lock %s: %w", l.path, err)
 	}
-	dbf, err := lockDatabase(l.db)
+	locked, err := l.lockDatabase()
 	if err != nil {
 		flock(f, syscall.LOCK_UN)
 		f.Close()
@@ -63,7 +68,7 @@ func (l *ProcessLock) TryLock() (bool, error) {
 		}
 		return false, fmt.Errorf("lock %s: %w", l.db, err)
 	}
-	l.dbf = dbf
+	l.dbLocked = locked
 	// For the operator who looks: who holds it.
 	f.Truncate(0)
 	fmt.Fprintf(f, "pid %d\n", os.Getpid())
@@ -71,25 +76,27 @@ func (l *ProcessLock) TryLock() (bool, error) {
 	return true, nil
 }
 
-// lockDatabase takes an flock on the database file at db: nil, with no
-// error, when there is no such file yet or its file system has no flock.
-func lockDatabase(db string) (*os.File, error) {
-	f, err := os.OpenFile(db, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+// lockDatabase takes an flock on the database file, opening it the first
+// time: false, with no error, when there is no such file yet or its file
+// system has no flock; syscall.EWOULDBLOCK when another holds it.
+func (l *ProcessLock) lockDatabase() (bool, error) {
+	if l.dbf == nil {
+		f, err := os.OpenFile(l.db, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		l.dbf = f // never closed: see ProcessLock
 	}
-	if err != nil {
-		return nil, err
-	}
-	switch err := flock(f, syscall.LOCK_EX|syscall.LOCK_NB); {
+	switch err := flock(l.dbf, syscall.LOCK_EX|syscall.LOCK_NB); {
 	case err == nil:
-		return f, nil
+		return true, nil
 	case errors.Is(err, syscall.EWOULDBLOCK):
-		f.Close()
-		return nil, err
+		return false, err
 	default: // ENOLCK, EOPNOTSUPP: the lock file's alone
-		f.Close()
-		return nil, nil
+		return false, nil
 	}
 }
 
@@ -125,10 +132,10 @@ func (l *ProcessLock) Unlock() error {
 		return nil
 	}
 	err := errors.Join(flock(l.f, syscall.LOCK_UN), l.f.Close())
-	if l.dbf != nil {
-		err = errors.Join(err, flock(l.dbf, syscall.LOCK_UN), l.dbf.Close())
+	if l.dbLocked {
+		err = errors.Join(err, flock(l.dbf, syscall.LOCK_UN)) // kept open: see ProcessLock
 	}
-	l.f, l.dbf = nil, nil
+	l.f, l.dbLocked = nil, false
 	return err
 }
 
