@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"modernc.org/sqlite"
 )
 
 func TestProcessLockIsExclusive(t *testing.T) {
@@ -124,4 +126,18 @@ func TestALockFileThatIsAHardLinkIsNotGivenAway(t *testing.T) {
 	b, err := os.ReadFile(secret)
 	require.NoError(t, err)
 	assert.Equal(t, "x", string(b), "not written")
+}
+
+// SQLite locks the database file with open file description locks on
+// Linux: the process's own open and close of the file (Open does one, so
+// does a second store on the same file in one process) leaves them be.
+func TestSQLiteLocksSurviveAClose(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("open file description locks are Linux's")
+	}
+	db := filepath.Join(t.TempDir(), "o.db")
+	st, err := embedded.Open(context.Background(), embedded.Config{Path: db})
+	require.NoError(t, err)
+	defer st.Close()
+	assert.True(t, sqlite.OFDLockingEnabled(), "SQLite's locks are OFD locks")
 }
