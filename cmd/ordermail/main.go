@@ -125,9 +125,7 @@ func exitStatus(err error, sig os.Signal, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "ordermail:", rest)
 		}
 		return 143
-	case interrupted && (err == nil || errors.Is(err, context.Canceled)):
-		// As for SIGTERM: a start or stop that failed for a reason of its
-		// own is a failure, 1, whatever signal came.
+	case interrupted:
 		if rest := besidesCancel(err); rest != nil {
 			fmt.Fprintln(stderr, "ordermail:", rest)
 		}
