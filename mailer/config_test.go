@@ -687,7 +687,11 @@ func TestATLSAlertOfTheServicesOwnHoldsNothing(t *testing.T) {
 	require.NoError(t, err)
 	se = sendErr(t, c.Send(context.Background(), "k1", []byte(`{}`)))
 	assert.Equal(t, mailer.Configuration, se.Class, "no certificate where one is required: %v", se)
-	assert.Contains(t, se.Reason(), "the service refused the TLS handshake: tls: ")
+	// TLS 1.3: the service's alert, or its close before the client read
+	// the alert (a busy machine), whichever the client saw first.
+	reason := se.Reason()
+	assert.True(t, strings.Contains(reason, "the service refused the TLS handshake: tls: ") ||
+		strings.Contains(reason, "the service dropped the connection after asking for a client certificate"), "%s", reason)
 }
 
 // TestAServiceThatAcceptsTheCertificateMayStillFail: a service that
