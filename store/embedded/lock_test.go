@@ -129,9 +129,11 @@ func TestALockFileThatIsAHardLinkIsNotGivenAway(t *testing.T) {
 }
 
 // SQLite locks the database file with open file description locks on
-// Linux: the process's own open and close of the file (Open does one, so
-// does a second store on the same file in one process) leaves them be.
-func TestSQLiteLocksSurviveAClose(t *testing.T) {
+// Linux, which the process's own open and close of the file (Open does
+// one, so does a second store on the same file in one process) leaves be.
+// It checks the mode only: that such locks survive a close is the
+// kernel's, and modernc's tests'.
+func TestSQLiteLocksAreOpenFileDescriptionLocks(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("open file description locks are Linux's")
 	}
