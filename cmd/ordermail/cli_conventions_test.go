@@ -19,6 +19,7 @@ import (
 	"github.com/ordermail/ordermail/fixtures"
 	"github.com/ordermail/ordermail/internal/syncbuf"
 	"github.com/ordermail/ordermail/ops"
+	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -167,6 +168,11 @@ func TestExitStatus(t *testing.T) {
 		{"a bulk action cut short by SIGTERM", errors.Join(errors.New("left 1 dead letter that changed: d1"), fmt.Errorf("%w: %w", ops.ErrStopped, context.Canceled)),
 			syscall.SIGTERM, 143, "ordermail: left 1 dead letter that changed: d1\n"},
 		{"failed otherwise after SIGTERM", errors.New("boom"), syscall.SIGTERM, 1, "ordermail: boom\n"},
+		// On Couchbase a request the stop cut short fails with gocb's own
+		// cancellation, which does not wrap the context's.
+		{"a Couchbase request cut short by SIGTERM", fmt.Errorf("%w: %w", ops.ErrStopped,
+			fmt.Errorf("get retries/r1: %w: %w: %w", store.ErrUnavailable, store.ErrUnreachable, &gocb.KeyValueError{InnerError: gocb.ErrRequestCanceled})),
+			syscall.SIGTERM, 143, ""},
 		// A code of its own is a reason of the command's own, whatever
 		// signal came (it was hidden behind 143 or 130, unsaid).
 		{"a code of its own after SIGTERM", exitError{code: 3, err: fmt.Errorf("store deleted; and stopping: %w", context.Canceled)}, syscall.SIGTERM, 3,

@@ -14,7 +14,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/couchbase/gocb/v2"
 	"github.com/ordermail/ordermail/app"
 	"github.com/ordermail/ordermail/console"
 	"github.com/ordermail/ordermail/internal/redact"
@@ -119,8 +118,7 @@ func checkRun(cfg *app.Config) error {
 // for until then) rather than a failure of its own (a port in use, a file
 // unreadable), which a stop must not hide from a supervisor.
 func cutShort(err error) bool {
-	return errors.Is(err, context.Canceled) || errors.Is(err, gocb.ErrRequestCanceled) ||
-		errors.Is(err, embedded.ErrBusy)
+	return canceled(err) || errors.Is(err, embedded.ErrBusy)
 }
 
 // runWith is the run command of fs, whose flags parse into parsed and logs.

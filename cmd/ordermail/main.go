@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/couchbase/gocb/v2"
 	"github.com/ordermail/ordermail/internal/buildinfo"
 	"github.com/ordermail/ordermail/internal/redact"
 	"github.com/ordermail/ordermail/ops"
@@ -116,7 +117,7 @@ func exitStatus(err error, sig os.Signal, stderr io.Writer) int {
 	case errors.As(err, &coded):
 		fmt.Fprintln(stderr, "ordermail:", err)
 		return coded.code
-	case sig == syscall.SIGTERM && errors.Is(err, context.Canceled):
+	case sig == syscall.SIGTERM && canceled(err):
 		// A stop asked for cut the command short (a demo, a bulk action):
 		// said by the status a shell gives a command SIGTERM ended, not as
 		// a failure ("context canceled", 1); what else went wrong is said.
@@ -137,16 +138,22 @@ func exitStatus(err error, sig os.Signal, stderr io.Writer) int {
 	return 0
 }
 
+// canceled says whether err is a cancellation: the context's, or a
+// Couchbase request's that the context cut short (which does not wrap it).
+func canceled(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, gocb.ErrRequestCanceled)
+}
+
 // besidesCancel is what err says besides the cancellation an interrupt
 // caused: nil when that is all. The parts of an error joined with it (a
 // bulk action's "left, changed", say) are kept.
 func besidesCancel(err error) error {
-	if !errors.Is(err, context.Canceled) {
+	if !canceled(err) {
 		return err
 	}
 	joined, ok := err.(interface{ Unwrap() []error })
-	if !ok {
-		return nil
+	if !ok || !isJoin(err, joined.Unwrap()) {
+		return nil // one error, however many it wraps ("%w: %w")
 	}
 	var rest []error
 	for _, e := range joined.Unwrap() {
@@ -155,6 +162,16 @@ func besidesCancel(err error) error {
 		}
 	}
 	return errors.Join(rest...)
+}
+
+// isJoin says whether err, wrapping parts, is errors.Join's: failures
+// apart, each its own line, not one failure's annotations.
+func isJoin(err error, parts []error) bool {
+	msgs := make([]string, len(parts))
+	for i, p := range parts {
+		msgs[i] = p.Error()
+	}
+	return err.Error() == strings.Join(msgs, "\n")
 }
 
 // run is the whole program, callable from tests. Help asked for goes to

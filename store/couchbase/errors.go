@@ -36,8 +36,13 @@ func mapErr(err error) error {
 		return fmt.Errorf("%w: %v", store.ErrCASMismatch, err)
 	case errors.Is(err, gocb.ErrTimeout), errors.Is(err, gocb.ErrUnambiguousTimeout),
 		errors.Is(err, gocb.ErrServiceNotAvailable), errors.Is(err, gocb.ErrOverload),
-		errors.Is(err, gocb.ErrCircuitBreakerOpen), errors.Is(err, gocb.ErrRequestCanceled):
+		errors.Is(err, gocb.ErrCircuitBreakerOpen):
 		return fmt.Errorf("%w: %w: %v", store.ErrUnavailable, store.ErrUnreachable, err)
+	case errors.Is(err, gocb.ErrRequestCanceled):
+		// Kept in the chain: a command cut short by a signal is told from
+		// one that failed by it (gocb's cancellation does not wrap the
+		// context's).
+		return fmt.Errorf("%w: %w: %w", store.ErrUnavailable, store.ErrUnreachable, err)
 	case errors.Is(err, gocb.ErrTemporaryFailure), errors.Is(err, gocb.ErrDocumentLocked),
 		errors.Is(err, gocb.ErrDurableWriteInProgress), errors.Is(err, gocb.ErrRateLimitedFailure):
 		return fmt.Errorf("%w: %v", store.ErrUnavailable, err) // this key's, or a moment's

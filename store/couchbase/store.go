@@ -445,7 +445,7 @@ func (s *Store) write(ctx context.Context, w store.Write) (uint64, error) {
 		out, d, rerr := s.resolveCut(ctx, c, w, canceled)
 		switch {
 		case rerr != nil && canceled:
-			return 0, fmt.Errorf("%s %s/%s: %w: %w: %v (reading it back to tell: %v)", w.Op, w.Collection, w.Key, store.ErrUnavailable, ErrAmbiguous, err, rerr)
+			return 0, fmt.Errorf("%s %s/%s: %w: %w: %w (reading it back to tell: %v)", w.Op, w.Collection, w.Key, store.ErrUnavailable, ErrAmbiguous, err, rerr)
 		case rerr != nil:
 			return 0, fmt.Errorf("%s %s/%s: %w (reading it back to tell: %v)", w.Op, w.Collection, w.Key, mapErr(err), rerr)
 		case out == outcomeMade:

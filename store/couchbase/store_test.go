@@ -57,6 +57,9 @@ func TestMapErr(t *testing.T) {
 		}
 	}
 	assert.NoError(t, mapErr(nil))
+	// A request cut short by its context stays one, for the command line
+	// to tell a stop asked for from a failure.
+	assert.ErrorIs(t, mapErr(fmt.Errorf("op: %w", gocb.ErrRequestCanceled)), gocb.ErrRequestCanceled)
 	assert.ErrorIs(t, mapErr(gocb.ErrAmbiguousTimeout), ErrAmbiguous, "a write that may have been made is told apart")
 	assert.NotErrorIs(t, mapErr(gocb.ErrUnambiguousTimeout), ErrAmbiguous)
 	// The node's failures, which its other keys share, against the key's
