@@ -34,6 +34,9 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.43.0" // otelhttp's
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/net/http/httpguts"
+	"golang.org/x/text/runes"
+	"golang.org/x/text/transform"
+	"golang.org/x/text/unicode/norm"
 	"golang.org/x/time/rate"
 
 	"github.com/ordermail/ordermail/internal/loopback"
@@ -1285,17 +1288,21 @@ func answerCode(body, order []byte) string {
 }
 
 // echoes says whether code repeats a word of the order's string values
-// (runs of letters and digits, whatever the case): one of four characters
-// or more anywhere in it, its separators ('_', ':', '-') and case aside
+// (runs of letters and digits, whatever the case, accents taken off as a
+// provider's ASCII code would: "Zoë" is zoe): one of four characters or
+// more anywhere in it, its separators ('_', ':', '-') and case aside
 // ("recipient_annsmith", "JOHNunknown"); one of three as a word of it
-// (split at its separators and where lower case turns upper: "unknown_ann",
-// not "incomplete" for the order's ".com"). Names shorter than that are
-// not told from codes.
+// (codeWords: "unknown_ann", "ANNunknown", not "incomplete" for the
+// order's ".com"). Names shorter than that, and letters no accent taken
+// off makes ASCII ("ß", "ø"), are not told from codes.
 func echoes(code string, order []byte) bool {
 	joined := strings.ToLower(strings.NewReplacer("_", "", ":", "", "-", "").Replace(code))
 	short := codeWords(code)
 	found := false
 	for _, v := range orderStrings(order) {
+		if folded, _, err := transform.String(unaccent, v); err == nil {
+			v = folded
+		}
 		for _, w := range strings.FieldsFunc(strings.ToLower(v), func(r rune) bool {
 			return !unicode.IsLetter(r) && !unicode.IsDigit(r)
 		}) {
@@ -1336,27 +1343,43 @@ func orderStrings(order []byte) []string {
 	return out
 }
 
-// codeWords splits a code into its lower-cased words of three characters
-// or more: "unknownRecipient_jdoe" is unknown, recipient, jdoe.
+// unaccent takes the accents off letters: "Zoë" is "Zoe".
+var unaccent = transform.Chain(norm.NFD, runes.Remove(runes.In(unicode.Mn)), norm.NFC)
+
+// codeWords are the lower-cased three-character pieces of a code that
+// start and end where a word of it may: at its ends, at its separators,
+// and where case changes or letters meet digits ("unknown_ann",
+// "ANNunknown", "unknownAnn" each give ann; "incomplete" gives none).
 func codeWords(code string) []string {
-	var words []string
-	start := 0
-	flush := func(end int) {
-		if end-start >= 3 {
-			words = append(words, strings.ToLower(code[start:end]))
+	kind := func(b byte) int {
+		switch {
+		case b >= 'a' && b <= 'z':
+			return 0
+		case b >= 'A' && b <= 'Z':
+			return 1
 		}
+		return 2
 	}
+	var chars []byte
+	var edge []bool // edge[i]: a word may start or end before chars[i]
+	sep := true
 	for i := 0; i < len(code); i++ {
-		switch b := code[i]; {
-		case b == '_' || b == ':' || b == '-':
-			flush(i)
-			start = i + 1
-		case i > start && b >= 'A' && b <= 'Z' && code[i-1] >= 'a' && code[i-1] <= 'z':
-			flush(i)
-			start = i
+		b := code[i]
+		if b == '_' || b == ':' || b == '-' {
+			sep = true
+			continue
+		}
+		edge = append(edge, sep || len(chars) > 0 && kind(chars[len(chars)-1]) != kind(b))
+		chars = append(chars, b)
+		sep = false
+	}
+	edge = append(edge, true)
+	var words []string
+	for i := 0; i+3 <= len(chars); i++ {
+		if edge[i] && edge[i+3] {
+			words = append(words, strings.ToLower(string(chars[i:i+3])))
 		}
 	}
-	flush(len(code))
 	return words
 }
 

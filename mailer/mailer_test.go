@@ -537,7 +537,7 @@ func TestAnswerCode(t *testing.T) {
 	// The service answers the cases' requests in turn, each with its
 	// answer; every case sends one order (under one key: refusals of many
 	// keys alike would be taken for the URL's).
-	const order = `{"email":"jdoe@example.com","name":"Ann Smith","items":[{"name":"Swedish Meatballs"}]}`
+	const order = `{"email":"jdoe@example.com","name":"Ann Smith","items":[{"name":"Swedish Meatballs"}],"gift_to":"Zoë Brontë"}`
 	var answers []string
 	var next atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -577,10 +577,16 @@ func TestAnswerCode(t *testing.T) {
 		{give: `{"code":"recipient_annsmith"}`},
 		{give: `{"code":"SMITHunknown"}`},
 		{give: `{"code":"no-jdoeexample"}`},
+		{give: `{"code":"ANNunknown"}`},
+		{give: `{"code":"unknownANN"}`},
+		{give: `{"code":"AnnUnknown"}`},
+		{give: `{"code":"zoe_unknown"}`}, // the accents a provider took off
+		{give: `{"code":"BRONTEunknown"}`},
 		// Words of the order's names, a three-letter word of it inside
 		// another, or shorter than three: kept.
 		{give: `{"code":"invalid_email"}`, want: "invalid_email"},
 		{give: `{"code":"incomplete"}`, want: "incomplete"},
+		{give: `{"code":"noZoest"}`, want: "noZoest"},
 		{give: `{"code":"jd"}`, want: "jd"},
 	}
 	for _, tt := range tests {
