@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -397,10 +398,11 @@ var (
 	descDue       = prometheus.NewDesc("ordermail_retry_documents_due", "Retries due now: flagged, or due by nextAttemptAt (or the quantum, for the sample's documents).", nil, nil)
 	descOldest    = prometheus.NewDesc("ordermail_oldest_due_retry_age_seconds", "How long the longest-waiting due retry, flagged or not, has been due; 0 when none is.", nil, nil)
 	descDead      = prometheus.NewDesc("ordermail_dead_letters", "Confirmations given up on, waiting for a redrive.", nil, nil)
+	descCounted   = prometheus.NewDesc("ordermail_orders_counted_timestamp_seconds", "When ordermail_orders_paid and ordermail_orders_confirmed were counted (Unix seconds): on Couchbase the last count that succeeded, served while the next ones fail.", nil, nil)
 )
 
 func (b *backlogCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descUp, descAge, descPaid, descConfirmed, descRetries, descFlagged, descDue, descOldest, descDead} {
+	for _, d := range []*prometheus.Desc{descUp, descAge, descPaid, descConfirmed, descRetries, descFlagged, descDue, descOldest, descDead, descCounted} {
 		ch <- d
 	}
 }
@@ -429,6 +431,8 @@ func (b *backlogCollector) Collect(ch chan<- prometheus.Metric) {
 		oldest = max(0, at.Sub(bl.OldestDue).Seconds())
 	}
 	c := bl.Counts
+	counted := cmp.Or(c.OrdersCountedAt, bl.ReadAt) // the embedded store counts them with the rest
+	ch <- prometheus.MustNewConstMetric(descCounted, prometheus.GaugeValue, float64(counted.UnixNano())/1e9)
 	for d, v := range map[*prometheus.Desc]float64{descPaid: float64(c.OrdersPaid), descConfirmed: float64(c.OrdersConfirmed),
 		descRetries: float64(c.RetryDocs), descFlagged: float64(c.RetryFlagged),
 		descDue: float64(bl.Due), descOldest: oldest, descDead: float64(c.DeadLetters)} {

@@ -453,6 +453,7 @@ type countingStore struct {
 	store.Store
 	counts, backlogs, reasons atomic.Int32
 	block                     atomic.Bool
+	countedAt                 time.Time // the orders' count's time, as Couchbase gives it; zero: the store's own
 }
 
 func (c *countingStore) Counts(ctx context.Context) (store.Counts, error) {
@@ -461,7 +462,50 @@ func (c *countingStore) Counts(ctx context.Context) (store.Counts, error) {
 		<-ctx.Done()
 		return store.Counts{}, ctx.Err()
 	}
-	return c.Store.Counts(ctx)
+	n, err := c.Store.Counts(ctx)
+	if !c.countedAt.IsZero() {
+		n.OrdersCountedAt = c.countedAt
+	}
+	return n, err
+}
+
+// The paid and confirmed orders' count says when it was made: on
+// Couchbase the last count that succeeded is served while the next ones
+// fail, and the figures' own age (ordermail_backlog_age_seconds) stays
+// fresh meanwhile; the embedded store counts them with the rest.
+func TestTheOrdersCountSaysWhenItWasMade(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		countedAt time.Time
+	}{
+		{"embedded", time.Time{}},
+		{"couchbase, counts failing since", time.Now().Add(-time.Hour).Truncate(time.Second)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := newRig(t, rigConfig{
+				metrics: metrics.Config{RefreshInterval: 10 * time.Millisecond},
+				wrap:    func(st store.Store) store.Store { return &countingStore{Store: st, countedAt: tt.countedAt} },
+			})
+			r.start(t, false)
+			h := r.m.Handler()
+			var v map[string]float64
+			if !assert.Eventually(t, func() bool {
+				v = scrape(t, h)
+				_, ok := v["ordermail_orders_counted_timestamp_seconds"]
+				return ok
+			}, 30*time.Second, 5*time.Millisecond) {
+				t.Fatalf("last scrape: %v", v)
+			}
+			got := v["ordermail_orders_counted_timestamp_seconds"]
+			if tt.countedAt.IsZero() {
+				read := float64(r.m.Backlog().ReadAt.Unix())
+				assert.InDelta(t, read, got, 5, "the figures' own time")
+				return
+			}
+			assert.Equal(t, float64(tt.countedAt.Unix()), got)
+			assert.Less(t, v["ordermail_backlog_age_seconds"], 600.0, "the figures fresh, the count an hour old")
+		})
+	}
 }
 
 func (c *countingStore) Backlog(ctx context.Context, now time.Time, quantum time.Duration) (store.Backlog, error) {

@@ -153,26 +153,81 @@ ordermail_feed_vbuckets_owned{instance="a"} 341+0x40`, false},
 			"OrdermailOrdersNotConfirmed", `
 ordermail_orders_paid{instance="a"} 100+10x40
 ordermail_orders_confirmed{instance="a"} 90+0x40
+ordermail_outcomes_total{instance="a",outcome="sent"} 90+0x40
 ordermail_breaker_open{instance="a"} 0+0x40
 ordermail_mail_misconfigured{instance="a"} 0+0x40`, true},
 		{"orders paid and confirmed",
 			"OrdermailOrdersNotConfirmed", `
 ordermail_orders_paid{instance="a"} 100+10x40
 ordermail_orders_confirmed{instance="a"} 90+10x40
+ordermail_outcomes_total{instance="a",outcome="sent"} 90+10x40
+ordermail_breaker_open{instance="a"} 0+0x40
+ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
+		{"orders paid and confirmed by another instance than the one that counts",
+			"OrdermailOrdersNotConfirmed", `
+ordermail_orders_paid{instance="a"} 100+10x40
+ordermail_outcomes_total{instance="a",outcome="sent"} 90+0x40
+ordermail_outcomes_total{instance="b",outcome="sent"} 90+10x40
+ordermail_breaker_open{instance="a"} 0+0x40
+ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
+		{"orders confirmed as old ones expire: the paid count grows while the confirmed one falls",
+			"OrdermailOrdersNotConfirmed", `
+ordermail_orders_paid{instance="a"} 100+2x40
+ordermail_orders_confirmed{instance="a"} 90-1x40
+ordermail_outcomes_total{instance="a",outcome="sent"} 90+3x40
+ordermail_breaker_open{instance="a"} 0+0x40
+ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
+		{"stuck while old orders expire as fast as new ones are paid: the changes wait, none handled",
+			"OrdermailOrdersNotConfirmed", `
+ordermail_orders_paid{instance="a"} 100+0x40
+ordermail_orders_confirmed{instance="a"} 90-1x40
+ordermail_feed_lag_changes{instance="a"} 5+5x40
+ordermail_events_handled_total{instance="a"} 500+0x40
+ordermail_outcomes_total{instance="a",outcome="sent"} 90+0x40
+ordermail_breaker_open{instance="a"} 0+0x40
+ordermail_mail_misconfigured{instance="a"} 0+0x40`, true},
+		{"stuck while the counts are frozen (a Couchbase count failing)",
+			"OrdermailOrdersNotConfirmed", `
+ordermail_orders_paid{instance="a"} 100+0x40
+ordermail_orders_confirmed{instance="a"} 90+0x40
+ordermail_feed_lag_changes{instance="a"} 5+5x40
+ordermail_events_handled_total{instance="a"} 500+0x40
+ordermail_outcomes_total{instance="a",outcome="sent"} 90+0x40
+ordermail_breaker_open{instance="a"} 0+0x40
+ordermail_mail_misconfigured{instance="a"} 0+0x40`, true},
+		{"changes that need no confirmation go through (orders not paid yet)",
+			"OrdermailOrdersNotConfirmed", `
+ordermail_orders_paid{instance="a"} 100+0x40
+ordermail_orders_confirmed{instance="a"} 90+0x40
+ordermail_feed_lag_changes{instance="a"} 5+0x40
+ordermail_events_handled_total{instance="a"} 500+5x40
+ordermail_outcomes_total{instance="a",outcome="sent"} 90+0x40
 ordermail_breaker_open{instance="a"} 0+0x40
 ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
 		{"no order paid: nothing to confirm",
 			"OrdermailOrdersNotConfirmed", `
 ordermail_orders_paid{instance="a"} 100+0x40
 ordermail_orders_confirmed{instance="a"} 90+0x40
+ordermail_feed_lag_changes{instance="a"} 0+0x40
+ordermail_events_handled_total{instance="a"} 500+0x40
+ordermail_outcomes_total{instance="a",outcome="sent"} 90+0x40
 ordermail_breaker_open{instance="a"} 0+0x40
 ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
 		{"the email service down: its own alert",
 			"OrdermailOrdersNotConfirmed", `
 ordermail_orders_paid{instance="a"} 100+10x40
 ordermail_orders_confirmed{instance="a"} 90+0x40
+ordermail_outcomes_total{instance="a",outcome="sent"} 90+0x40
 ordermail_breaker_open{instance="a"} 1+0x40
 ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
+		{"the orders not counted for an hour, the other figures fresh",
+			"OrdermailOrderCountsStale", `
+ordermail_orders_counted_timestamp_seconds{instance="a"} -3600+0x40
+ordermail_orders_counted_timestamp_seconds{instance="b"} -3600+0x40`, true},
+		{"the orders counted a moment ago by one instance",
+			"OrdermailOrderCountsStale", `
+ordermail_orders_counted_timestamp_seconds{instance="a"} -3600+0x40
+ordermail_orders_counted_timestamp_seconds{instance="b"} 0+15x40`, false},
 		{"changes given up on without their dead letters",
 			"OrdermailEventsGivenUp", `
 ordermail_events_given_up_total{instance="a"} 0+0x10 1+0x30`, true},
