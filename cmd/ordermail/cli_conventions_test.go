@@ -198,6 +198,29 @@ func TestVersion(t *testing.T) {
 	assert.Contains(t, stdout, "ordermail ")
 }
 
+// A lock file beside the store (empty), named by a slip, is no store:
+// SQLite would make one of it, and `retries start` would say "started",
+// the store itself left paused.
+func TestCommandsThatNeedAStoreRefuseAFileThatIsNone(t *testing.T) {
+	dir := t.TempDir()
+	lock := filepath.Join(dir, "ordermail.db.open")
+	require.NoError(t, os.WriteFile(lock, nil, 0o600))
+	junk := filepath.Join(dir, "notes.txt")
+	require.NoError(t, os.WriteFile(junk, []byte("orders to check"), 0o600))
+	for path, why := range map[string]string{lock: "the file is empty", junk: "not a SQLite database"} {
+		for _, give := range [][]string{{"retries", "start"}, {"deadletters", "redrive", "--all"}, {"retries", "status"}} {
+			name := strings.Join(give, " ") + " " + path
+			stdout, _, err := cli(t, append(give, "--store", "file:"+path)...)
+			require.EqualError(t, err, path+" is not a store: "+why+" (the store is ordermail's database file, not a lock file beside it; --store names another)", name)
+			assert.Equal(t, 1, exitStatus(err, nil, io.Discard), name)
+			assert.Empty(t, stdout, name)
+		}
+	}
+	fi, err := os.Stat(lock)
+	require.NoError(t, err)
+	assert.Zero(t, fi.Size(), "the lock file made a database")
+}
+
 // TestCommandsThatNeedAStoreRefuseAMissingOne: a command that only reads,
 // or that changes what must be there already, does not create the store it
 // was pointed at (a typo, or the default in the wrong directory), it says

@@ -390,18 +390,42 @@ func envName(name string) string {
 	return "ORDERMAIL_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
 }
 
-// storeExists fails when sc names an embedded store whose file is missing.
-// Couchbase and malformed URLs are left to app.OpenStore.
+// storeExists fails when sc names an embedded store whose file is missing,
+// or is no SQLite database: SQLite would make one of an empty file (a lock
+// file beside the store, `ordermail.db.open`, named by a slip), and the
+// command would act on it, said done, the store itself untouched. A
+// directory, or a file it cannot read, is left to app.OpenStore, which
+// says so. Couchbase and malformed URLs are left to app.OpenStore too.
 func storeExists(sc app.StoreConfig) error {
 	path, ok := sc.EmbeddedPath()
 	if !ok || path == "" {
 		return nil
 	}
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("no store at %s (start the service or load orders first; --store names another)", path)
 	}
-	return nil
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	head := make([]byte, len(sqliteHeader))
+	n, _ := io.ReadFull(f, head)
+	if string(head[:n]) == sqliteHeader {
+		return nil
+	}
+	if fi, err := f.Stat(); err != nil || fi.IsDir() {
+		return nil
+	}
+	why := "not a SQLite database"
+	if n == 0 {
+		why = "the file is empty"
+	}
+	return fmt.Errorf("%s is not a store: %s (the store is ordermail's database file, not a lock file beside it; --store names another)", path, why)
 }
+
+// sqliteHeader begins every SQLite database file.
+const sqliteHeader = "SQLite format 3\x00"
 
 // isTerminal says whether w is a terminal, for live progress.
 func isTerminal(w io.Writer) bool {
