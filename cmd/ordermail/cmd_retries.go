@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -22,7 +23,8 @@ import (
 
 func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 	var ctl order.Control
-	start := storeCommand("start", "ordermail retries start --store URL [--interval D] [--quantum D]",
+	var start *ffcli.Command
+	start = storeCommand("start", "ordermail retries start --store URL [--interval D] [--quantum D]",
 		"create allow_retrys: the timer retries failed sends (the settings go into the document)", stderr,
 		func(ctx context.Context, st store.Store, _ []string) error {
 			started, set, dropped, err := ops.StartRetries(ctx, st, ctl)
@@ -54,6 +56,17 @@ func retriesCommand(stdout, stderr io.Writer) *ffcli.Command {
 		checkArgs(func(args []string) error {
 			if err := ctl.Validate(); err != nil {
 				return badSetting(err)
+			}
+			// 0 is "not set" in allow_retrys: given, it would be taken
+			// for left out, and the setting in effect kept, unsaid.
+			var zero error
+			start.FlagSet.Visit(func(f *flag.Flag) {
+				if d, ok := f.Value.(flag.Getter).Get().(time.Duration); ok && d == 0 && zero == nil {
+					zero = usageErrorf("%s: 0 is not a setting; leave the flag out for the service's own", f.Name)
+				}
+			})
+			if zero != nil {
+				return zero
 			}
 			return noArgs(args)
 		}))

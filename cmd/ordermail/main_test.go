@@ -251,6 +251,8 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"run", "--mail-url", "http://x", "--max-attempts", "-2"}, "max-attempts", 2},
 		{[]string{"run", "--mail-url", "http://x", "--breaker-cooldown", "0s"}, "breaker-cooldown", 2},
 		{[]string{"retries", "start", "--interval", "-1s"}, "interval: -1s is not between 0 and 24h0m0s", 2},
+		{[]string{"retries", "start", "--interval", "0s"}, "interval: 0 is not a setting; leave the flag out for the service's own", 2},
+		{[]string{"retries", "start", "--quantum", "0"}, "quantum: 0 is not a setting", 2},
 		{[]string{"deadletters", "redrive"}, "give --all, --reason or the IDs", 2},
 		{[]string{"run", "--mail-url", "http://x", "--store", "couchbase://db"}, "cb-username: required", 2},
 		{[]string{"run", "--mail-url", "http://x", "--store", "couchbase://db", "--cb-username", "u"}, "cb-password or cb-password-file: required", 2},
