@@ -168,6 +168,10 @@ func TestExitStatus(t *testing.T) {
 		{"a bulk action cut short by SIGTERM", errors.Join(errors.New("left 1 dead letter that changed: d1"), fmt.Errorf("%w: %w", ops.ErrStopped, context.Canceled)),
 			syscall.SIGTERM, 143, "ordermail: left 1 dead letter that changed: d1\n"},
 		{"failed otherwise after SIGTERM", errors.New("boom"), syscall.SIGTERM, 1, "ordermail: boom\n"},
+		// Keys read from the store may hold any byte: a terminal is not
+		// made to obey them.
+		{"a key with an escape sequence", errors.Join(errors.New("redrive a\x1b[2Jb: store unavailable"), errors.New("purge c\xffd: gone")), nil, 1,
+			"ordermail: redrive a\\x1b[2Jb: store unavailable\npurge c\\xffd: gone\n"},
 		// On Couchbase a request the stop cut short fails with gocb's own
 		// cancellation, which does not wrap the context's.
 		{"a Couchbase request cut short by SIGTERM", fmt.Errorf("%w: %w", ops.ErrStopped,

@@ -12,10 +12,13 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/couchbase/gocb/v2"
 	"github.com/ordermail/ordermail/internal/buildinfo"
@@ -115,7 +118,7 @@ func exitStatus(err error, sig os.Signal, stderr io.Writer) int {
 	case errors.As(err, &usage):
 		return 2
 	case errors.As(err, &coded):
-		fmt.Fprintln(stderr, "ordermail:", err)
+		say(stderr, err)
 		return coded.code
 	case sig == syscall.SIGTERM && canceled(err):
 		// A stop asked for cut the command short (a demo, a bulk action):
@@ -123,19 +126,32 @@ func exitStatus(err error, sig os.Signal, stderr io.Writer) int {
 		// a failure ("context canceled", 1); what else went wrong is said.
 		// A command that stopped cleanly (run) returns no error: 0.
 		if rest := besidesCancel(err); rest != nil {
-			fmt.Fprintln(stderr, "ordermail:", rest)
+			say(stderr, rest)
 		}
 		return 143
 	case interrupted:
 		if rest := besidesCancel(err); rest != nil {
-			fmt.Fprintln(stderr, "ordermail:", rest)
+			say(stderr, rest)
 		}
 		return 130
 	case err != nil:
-		fmt.Fprintln(stderr, "ordermail:", err)
+		say(stderr, err)
 		return 1
 	}
 	return 0
+}
+
+// say prints err after "ordermail:", each line's control characters
+// escaped (\x1b): errors name keys read from the store, which may hold any
+// byte (a dead letter of an invalid key), and a terminal would obey them.
+func say(stderr io.Writer, err error) {
+	lines := strings.Split(err.Error(), "\n")
+	for i, l := range lines {
+		if strings.IndexFunc(l, func(r rune) bool { return r == utf8.RuneError || !unicode.IsPrint(r) && r != '\t' }) >= 0 {
+			lines[i] = strings.Trim(strconv.QuoteToGraphic(l), `"`)
+		}
+	}
+	fmt.Fprintln(stderr, "ordermail:", strings.Join(lines, "\n"))
 }
 
 // canceled says whether err is a cancellation: the context's, or a
