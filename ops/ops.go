@@ -664,6 +664,19 @@ func (c *changedKeys) err(action string) error {
 	return fmt.Errorf("%s: %d left, %w: %s", action, c.n, ErrChanged, c.list())
 }
 
+// ErrRedrivenMeanwhile says dead letters a purge removed had been redriven
+// as it ran: on Couchbase a redrive writes the retry document before it
+// removes the dead letter, and the purge removed it in between.
+var ErrRedrivenMeanwhile = errors.New("redriven meanwhile, not purged: their retry documents stand, and their orders go out")
+
+// redrivenErr says which dead letters a purge found redriven meanwhile.
+func (c *changedKeys) redrivenErr() error {
+	if c.n == 0 {
+		return nil
+	}
+	return fmt.Errorf("purge: %d %w: %s", c.n, ErrRedrivenMeanwhile, c.list())
+}
+
 // list names the first keys, sorted, and how many more: however many an
 // operator selected, the message stays short.
 func (c *changedKeys) list() string {
@@ -690,7 +703,7 @@ func Purge(ctx context.Context, st store.Store, ids []string, all bool, asOf tim
 // purge is Purge, of the dead letters of reason with all ("": every one).
 func purge(ctx context.Context, st store.Store, ids []string, all bool, reason string, asOf time.Time) (int, error) {
 	var n atomic.Int64
-	var changed changedKeys
+	var changed, redriven changedKeys
 	missing, err := eachDeadLetter(ctx, st, ids, all, reason, func(ctx context.Context, d DeadLetter) error {
 		if d.DeadAt > asOf.UnixMilli() { // dead-lettered since the operator looked
 			if !all {
@@ -709,8 +722,24 @@ func purge(ctx context.Context, st store.Store, ids []string, all bool, reason s
 		if err != nil {
 			return fmt.Errorf("purge %s: %w", d.ID, err)
 		}
+		// A redrive alongside may have written its retry document and
+		// not yet removed the dead letter (on Couchbase, where its two
+		// writes are apart): that retry, made of this very dead letter,
+		// stands and is sent, and the redrive counts it. Not purged, then.
+		if d.DeadAt != 0 {
+			cur, err := st.Get(ctx, order.Retry, d.ID)
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("purge %s: removed, but whether a redrive made a retry of it meanwhile is unknown: %w", d.ID, err)
+			}
+			if err == nil {
+				if r, derr := order.DecodeRetryDoc(cur.Value); derr == nil && r.RedrivenFrom == d.DeadAt {
+					redriven.add(d.ID)
+					return nil
+				}
+			}
+		}
 		n.Add(1)
 		return nil
 	})
-	return int(n.Load()), errors.Join(missing, changed.err("purge"), stopped(err))
+	return int(n.Load()), errors.Join(missing, changed.err("purge"), redriven.redrivenErr(), stopped(err))
 }
