@@ -436,6 +436,34 @@ func TestAURLThatNamesNoEndpointHoldsSends(t *testing.T) {
 	}
 }
 
+// TestAMailURLGivenWithTheEndpointIsSaid: --mail-url given as the full
+// endpoint (…/sendConfirmation), a likely first-day slip, posts to
+// …/sendConfirmation/sendConfirmation: said when the client is made, and
+// in the reason the sends are held for (the path, not the URL's query).
+func TestAMailURLGivenWithTheEndpointIsSaid(t *testing.T) {
+	t.Parallel()
+	var posted atomic.Value
+	srv := serveWith(t, func(w http.ResponseWriter, r *http.Request) {
+		posted.Store(r.URL.Path)
+		w.WriteHeader(http.StatusNotFound)
+	})
+	var logs syncbuf.Buffer
+	c, err := mailer.New(mailer.Config{URL: srv + "/v1/sendConfirmation?key=s3cret"}, slog.New(slog.NewTextHandler(&logs, nil)))
+	require.NoError(t, err)
+	assert.Contains(t, logs.String(), "--mail-url ends in /sendConfirmation, which ordermail adds to it: the requests go to /v1/sendConfirmation/sendConfirmation")
+	for i := range 3 {
+		sendErr(t, c.Send(context.Background(), fmt.Sprintf("order_%d", i), []byte(`{}`)))
+	}
+	assert.Equal(t, "/v1/sendConfirmation/sendConfirmation", posted.Load())
+	assert.Contains(t, c.Misconfigured(), "answered 404 Not Found (0 bytes) to POST /v1/sendConfirmation/sendConfirmation: --mail-url is the service's base URL, and ordermail adds /sendConfirmation to it")
+	assert.NotContains(t, c.Misconfigured()+logs.String(), "s3cret")
+
+	var base syncbuf.Buffer
+	_, err = mailer.New(mailer.Config{URL: srv + "/v1"}, slog.New(slog.NewTextHandler(&base, nil)))
+	require.NoError(t, err)
+	assert.NotContains(t, base.String(), "ends in", "a base URL is not said")
+}
+
 // TestAnOrderAnswered404AmongOthersAcceptedIsNotTheURL: a service that
 // answers 404 for one order (a recipient it does not know), retried alone
 // or while the service accepts the others, holds nobody's sends for it:

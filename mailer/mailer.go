@@ -416,12 +416,13 @@ func withoutURL(err error) error {
 
 // Client sends confirmations. It is safe for concurrent use.
 type Client struct {
-	cfg       Config
-	endpoint  string
-	tls       bool // the endpoint is https
-	retryable map[int]bool
-	limiter   *rate.Limiter
-	breaker   *gobreaker.CircuitBreaker[struct{}]
+	cfg          Config
+	endpoint     string
+	endpointPath string // the endpoint's path, for messages: never its query, which may hold a key
+	tls          bool   // the endpoint is https
+	retryable    map[int]bool
+	limiter      *rate.Limiter
+	breaker      *gobreaker.CircuitBreaker[struct{}]
 	// gate holds every send while the service refuses the configuration;
 	// a new one, closed, when the configuration changes (replaced).
 	gate atomic.Pointer[gobreaker.CircuitBreaker[struct{}]]
@@ -500,15 +501,20 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 		cfg.AuthHeader = "Authorization"
 	}
 	base, _ := url.Parse(cfg.URL) // validated
+	if strings.HasSuffix(strings.TrimSuffix(base.Path, "/"), Path) {
+		log.Warn("--mail-url ends in "+Path+", which ordermail adds to it: the requests go to "+base.JoinPath(Path).Path+"; give the service's base URL",
+			"component", "mailer")
+	}
 	c := &Client{
-		cfg:       cfg,
-		endpoint:  base.JoinPath(Path).String(), // keeps a query such as ?key=
-		tls:       base.Scheme == "https",
-		retryable: map[int]bool{},
-		log:       log.With("component", "mailer"),
-		now:       time.Now,
-		epoch:     time.Now(),
-		auth:      watchfile.New("mail-auth-file", cfg.AuthFile),
+		cfg:          cfg,
+		endpoint:     base.JoinPath(Path).String(), // keeps a query such as ?key=
+		endpointPath: base.JoinPath(Path).Path,
+		tls:          base.Scheme == "https",
+		retryable:    map[int]bool{},
+		log:          log.With("component", "mailer"),
+		now:          time.Now,
+		epoch:        time.Now(),
+		auth:         watchfile.New("mail-auth-file", cfg.AuthFile),
 		tlsf: tlsFiles{ca: watchfile.New("mail-ca-file", cfg.CAFile),
 			cert: watchfile.New("mail-cert-file", cfg.CertFile), key: watchfile.New("mail-key-file", cfg.KeyFile)},
 		signing: watchfile.New("mail-signing-secret-file", cfg.SigningSecretFile),
@@ -958,6 +964,12 @@ func (c *Client) Send(ctx context.Context, idempotencyKey string, order []byte) 
 		err := c.breakerSend(ctx, idempotencyKey, order)
 		if se, ok := errors.AsType[*SendError](err); ok && se.Class == Configuration {
 			reason := se.Reason()
+			if endpointMissing(se.Status) {
+				// The likeliest cause, said where the operator looks (the
+				// log, /readyz, the console): the path only, never a
+				// query that may hold a key.
+				reason += fmt.Sprintf(" to POST %s: --mail-url is the service's base URL, and ordermail adds %s to it", c.endpointPath, Path)
+			}
 			c.misconfig.Store(&reason) // before the gate's state changes and logs it
 			se.RetryAfter = c.cfg.BreakerCooldown
 		}
