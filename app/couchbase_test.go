@@ -57,6 +57,28 @@ func TestCouchbaseFeedMetrics(t *testing.T) {
 	assert.Equal(t, 1, ages, "one member's heartbeat age: %v", v)
 }
 
+// TestCouchbaseFeedMetricsOfAFixedSplit: with --instance i/n the vBuckets
+// owned are said too (half of the test server's 64 for 1/2), so that
+// streams not open are seen there as well; the members' figures are not.
+func TestCouchbaseFeedMetricsOfAFixedSplit(t *testing.T) {
+	r := newRunOn(t, backend{"couchbase-1node", cbtestCluster(1)}, mockmail.Config{})
+	r.cfg.Store.Couchbase.Instance, r.cfg.Store.Couchbase.Instances = 1, 2
+	r.cfg.Metrics.Listen = "127.0.0.1:0"
+	var m *metrics.Server
+	a, _ := r.start(t, &m)
+	defer stop(t, a)
+	url := "http://" + m.Addr().String() + "/metrics"
+	var lastScrape atomic.Value
+	require.Eventually(t, func() bool {
+		v := scrape(t, url)
+		lastScrape.Store(v)
+		return v["ordermail_feed_streams_open"] == "32"
+	}, 60*time.Second, 50*time.Millisecond, "ordermail_feed_streams_open 32; last scrape: %v", later.Value(lastScrape.Load))
+	v := lastScrape.Load().(map[string]string)
+	assert.Equal(t, "32", v["ordermail_feed_vbuckets_owned"])
+	assert.NotContains(t, v, `ordermail_members{state="live"}`)
+}
+
 // TestDroppedCollectionStopsTheService: a watched collection dropped
 // under the service stops it with its own exit code, instead of a feed
 // that retries forever and confirms nothing.

@@ -630,7 +630,7 @@ var (
 	descCkptFailed = prometheus.NewDesc("ordermail_feed_checkpoint_save_failures_total", "Checkpoint documents that could not be saved.", nil, nil)
 
 	// Couchbase without --instance: the instances share the vBuckets.
-	descOwned     = prometheus.NewDesc("ordermail_feed_vbuckets_owned", "vBuckets this instance owns (Couchbase, instances sharing them by heartbeats).", nil, nil)
+	descOwned     = prometheus.NewDesc("ordermail_feed_vbuckets_owned", "vBuckets this instance owns (Couchbase: shared by heartbeats, or by --instance i/n).", nil, nil)
 	descAside     = prometheus.NewDesc("ordermail_feed_aside", "1 while this instance stands aside: its sends were held back while another member's went out, and it handed its vBuckets to the others.", nil, nil)
 	descClaimed   = prometheus.NewDesc("ordermail_feed_vbuckets_claimed_total", "vBuckets this instance claimed: free ones, or those of a member taken for dead.", nil, nil)
 	descReleased  = prometheus.NewDesc("ordermail_feed_vbuckets_released_total", "vBuckets this instance handed over to another member.", nil, nil)
@@ -663,10 +663,12 @@ func (f *feed) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRollbacks, prometheus.CounterValue, float64(st.Rollbacks))
 	ch <- prometheus.MustNewConstMetric(descReopens, prometheus.CounterValue, float64(st.Reopens))
 	ch <- prometheus.MustNewConstMetric(descCkptFailed, prometheus.CounterValue, float64(st.CheckpointSaveFailures))
+	// Owned whichever way the vBuckets are shared (by heartbeats, or a
+	// fixed split with --instance i/n): the streams not open are told by it.
+	ch <- prometheus.MustNewConstMetric(descOwned, prometheus.GaugeValue, float64(st.Partitions))
 	if st.Member == "" {
 		return
 	}
-	ch <- prometheus.MustNewConstMetric(descOwned, prometheus.GaugeValue, float64(st.Partitions))
 	aside := 0.0
 	if st.Aside {
 		aside = 1
