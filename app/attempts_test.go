@@ -152,6 +152,35 @@ func TestTheAttemptRecordGoesAfterItsRetention(t *testing.T) {
 	assert.Zero(t, story.AttemptsTotal, "no attempt shown")
 }
 
+// TestAnUnsettledAttemptRecordGoesAfterItsRetention: a record whose order
+// is not settled goes --attempt-retention after its last attempt: a retry
+// dropped without a send (its order refunded, dropped by an operator), or
+// dead-lettered so and purged, left its record for ever, one more for
+// every such order in the store's history (the embedded store's review).
+// The retry itself stays.
+func TestAnUnsettledAttemptRecordGoesAfterItsRetention(t *testing.T) {
+	r := newScriptedRun(t, mockmail.Config{Script: func(string, int) mockmail.Reply { return mockmail.Reply{Status: http.StatusServiceUnavailable} }})
+	r.cfg.Watcher.AttemptRetention = 500 * time.Millisecond
+	r.cfg.Store.Embedded.ExpireInterval = 50 * time.Millisecond
+	a, st := r.start(t)
+	defer stop(t, a)
+	placeOne(t, st, "o")
+	require.Eventually(t, func() bool {
+		_, err := st.Get(context.Background(), order.Retry, "o")
+		return err == nil
+	}, 60*time.Second, 10*time.Millisecond, "the failed send's retry")
+	gone := func() bool {
+		_, err := st.Get(context.Background(), order.Attempts, "o")
+		return errors.Is(err, store.ErrNotFound)
+	}
+	if !assert.Eventually(t, gone, 60*time.Second, 20*time.Millisecond) {
+		doc, err := st.Get(context.Background(), order.Attempts, "o")
+		t.Fatalf("the attempt record of an unsettled order is still there past its retention: %s, %v", doc.Value, err)
+	}
+	_, err := st.Get(context.Background(), order.Retry, "o")
+	assert.NoError(t, err, "the retry stays (retries are not armed: it waits)")
+}
+
 // TestSpansFollowAConfirmation: handle -> send -> apply outcome, one trace,
 // whose context the email service received.
 func TestSpansFollowAConfirmation(t *testing.T) {

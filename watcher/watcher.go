@@ -60,8 +60,9 @@ type Config struct {
 	// AttemptHistory is how many send attempts an order's attempt record
 	// keeps (the latest). Default 20; negative: no record is kept.
 	AttemptHistory int
-	// AttemptRetention is how long an attempt record stays after its order
-	// is confirmed or dead-lettered. Default 7 days.
+	// AttemptRetention is how long an attempt record stays after its last
+	// attempt (its order confirmed, dead-lettered, or left so). Default 7
+	// days.
 	AttemptRetention time.Duration
 	// Instance names this instance in the attempt records. Default: the
 	// host name.
@@ -1143,7 +1144,11 @@ func outcomeRefused(sendErr, err error) error {
 
 // record is the write that adds attempt a, made under the idempotency key
 // idem, to the order's attempt record doc: an upsert (the key's events are
-// handled one at a time), with an expiry once the order is settled. inc is
+// handled one at a time) that expires AttemptRetention after it, settled
+// or not: a record whose order ends without another send (refunded, its
+// retry dropped by an operator, dead-lettered so and purged) would
+// otherwise stay for ever, one for every such order in the history; a
+// retry still waiting is sent again with its own key. inc is
 // the order's incarnation where the store keeps one (else 0): a record of
 // another incarnation is a deleted order's.
 func (w *Watcher) record(key, idem string, inc uint64, doc store.Doc, a order.Attempt, now time.Time) store.Write {
@@ -1158,11 +1163,8 @@ func (w *Watcher) record(key, idem string, inc uint64, doc store.Doc, a order.At
 	}
 	rec = rec.Add(a, w.cfg.AttemptHistory, now)
 	rec.IdempotencyKey = idem
-	wr := store.Write{Op: store.OpUpsert, Collection: order.Attempts, Key: key, Value: rec.Encode()}
-	if rec.SettledAt != 0 {
-		wr.Expiry = now.Add(w.cfg.AttemptRetention)
-	}
-	return wr
+	return store.Write{Op: store.OpUpsert, Collection: order.Attempts, Key: key, Value: rec.Encode(),
+		Expiry: now.Add(w.cfg.AttemptRetention)}
 }
 
 // recordApart writes the attempt record after the outcome, where outcomes

@@ -102,7 +102,7 @@ func serviceFlags(fs *flag.FlagSet, cfg *app.Config, d serviceDefaults) {
 	fs.IntVar(&cfg.Mail.Conns, "mail-conns", 64, "most connections to the email service at once, kept alive for reuse")
 	fs.IntVar(&cfg.Timer.SweepBatch, "sweep-batch", 1000, "due retries flagged per sweep transaction; a tick sweeps batch after batch for at most half an interval (1s at most)")
 	fs.IntVar(&cfg.Watcher.AttemptHistory, "attempt-history", 20, "send attempts kept per order in its attempt record (orders show); 0: no record")
-	fs.DurationVar(&cfg.Watcher.AttemptRetention, "attempt-retention", 7*24*time.Hour, "how long an attempt record stays after its order is confirmed or dead-lettered")
+	fs.DurationVar(&cfg.Watcher.AttemptRetention, "attempt-retention", 7*24*time.Hour, "how long an attempt record stays after its last attempt (its order confirmed, dead-lettered, or neither)")
 	fs.StringVar(&cfg.Watcher.Instance, "instance-name", "", "this instance's name in attempt records (default: the host name)")
 }
 
