@@ -188,6 +188,12 @@ func TestACollectionThatInheritsTheBucketsMaxTTLIsRefused(t *testing.T) {
 	err = st.CheckRetention(context.Background())
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "collection orders."+full.Scope+".retry expires its documents after 2h0m0s (the maxTTL of bucket orders, which a collection of maxTTL 0 inherits)")
+	// As the error says: the collections' maxTTL set to -1, never.
+	for _, coll := range []string{order.Retry, order.DeadLetter} {
+		require.NoError(t, cluster.Bucket(full.Bucket).CollectionsV2().UpdateCollection(full.Scope, coll,
+			gocb.UpdateCollectionSettings{MaxExpiry: -time.Second}, nil))
+	}
+	require.NoError(t, openStore(t, cfg).CheckRetention(context.Background()), "retry and dead letters of maxTTL -1 in a bucket of 2h")
 
 	// The metadata bucket's (on another cluster: an update cannot set a
 	// bucket's maxTTL back to 0): the checkpoints would expire.

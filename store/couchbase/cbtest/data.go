@@ -282,6 +282,7 @@ type collDef struct {
 	id      uint32
 	scope   *scopeDef
 	maxTTL  uint32
+	never   bool // maxTTL -1 (Couchbase 7.6): nothing expires by a maxTTL, the bucket's not inherited
 	history bool
 }
 
@@ -352,7 +353,7 @@ func (m *manifest) manifestJSON() []byte {
 	type jc struct {
 		Name    string `json:"name"`
 		UID     string `json:"uid"`
-		MaxTTL  uint32 `json:"maxTTL"`
+		MaxTTL  int64  `json:"maxTTL"`
 		History bool   `json:"history"`
 	}
 	type js struct {
@@ -367,7 +368,11 @@ func (m *manifest) manifestJSON() []byte {
 	for _, s := range m.scopes {
 		sj := js{Name: s.name, UID: hexUID(uint64(s.id)), Collections: []jc{}}
 		for _, c := range s.colls {
-			sj.Collections = append(sj.Collections, jc{Name: c.name, UID: hexUID(uint64(c.id)), MaxTTL: c.maxTTL, History: c.history})
+			ttl := int64(c.maxTTL)
+			if c.never {
+				ttl = -1
+			}
+			sj.Collections = append(sj.Collections, jc{Name: c.name, UID: hexUID(uint64(c.id)), MaxTTL: ttl, History: c.history})
 		}
 		out.Scopes = append(out.Scopes, sj)
 	}

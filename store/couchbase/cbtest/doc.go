@@ -42,8 +42,11 @@
 // The vBucket of a key is gocbcore's: ((crc32(key) >> 16) & 0x7fff) mod
 // the vBucket count (§9.1). CAS values are nanosecond timestamps of the
 // server clock, strictly increasing. Expiry is relative below 30 days, else
-// absolute (§5.1); expired documents are turned into expirations on access,
-// by a pager (Options.ExpiryPagerInterval) and by ExpireNow.
+// absolute (§5.1); a maxTTL (the collection's; at 0 its bucket's; none at
+// -1, as Couchbase 7.6 has it) bounds every expiry, none included, as
+// kv_engine's processExpiryTime does. Expired documents are turned into
+// expirations on access, by a pager (Options.ExpiryPagerInterval) and by
+// ExpireNow.
 //
 // # Key-value service
 //

@@ -661,18 +661,24 @@ func (c *kvConn) store(p *packet, b *bucket, vb *vbucket, coll *collDef, k docKe
 	}
 }
 
-// expiryFor is the expiry of a write with expiry field exp: the
-// collection's or else the bucket's maxTTL when exp is 0, the existing
-// document's own with the preserve-TTL frame.
+// expiryFor is the expiry of a write with expiry field exp, the existing
+// document's own with the preserve-TTL frame. A maxTTL (the collection's,
+// or at 0 the bucket's, which it inherits; none at -1) bounds every
+// expiry, as kv_engine's processExpiryTime does: none, or one later than
+// now + maxTTL, becomes now + maxTTL.
 func (s *Server) expiryFor(b *bucket, coll *collDef, exp uint32, fr reqFrames, cur *item) uint32 {
 	if fr.preserveTTL && cur != nil {
 		return cur.expiry // the document's own, the request's ignored
 	}
 	at := s.expiryAt(exp)
-	if at == 0 && coll.maxTTL > 0 {
-		at = s.expiryAfter(coll.maxTTL)
-	} else if at == 0 && coll.maxTTL == 0 && b.maxTTL > 0 {
-		at = s.expiryAfter(b.maxTTL) // the bucket's, which the collection inherits
+	limit := coll.maxTTL
+	if limit == 0 && !coll.never {
+		limit = b.maxTTL
+	}
+	if limit > 0 {
+		if most := s.expiryAfter(limit); at == 0 || at > most {
+			at = most
+		}
 	}
 	return at
 }

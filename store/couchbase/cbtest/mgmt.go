@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -142,11 +143,14 @@ func (s *Server) mgmtRoutes(n *node) *http.ServeMux {
 	})
 	m.HandleFunc("POST /pools/default/buckets/{b}/scopes/{s}/collections", func(w http.ResponseWriter, r *http.Request) {
 		s.manifestOp(w, r, func(b *bucket) error {
-			ttl, err := formUint(r, "maxTTL")
+			ttl, never, err := formTTL(r)
 			if err != nil {
-				return &mgmtError{400, "maxTTL: " + err.Error()}
+				return err
 			}
-			_, err = s.createCollectionLocked(b, r.PathValue("s"), r.PostFormValue("name"), uint32(ttl), r.PostFormValue("history") == "true")
+			c, err := s.createCollectionLocked(b, r.PathValue("s"), r.PostFormValue("name"), ttl, r.PostFormValue("history") == "true")
+			if c != nil {
+				c.never = never
+			}
 			return err
 		})
 	})
@@ -164,12 +168,12 @@ func (s *Server) mgmtRoutes(n *node) *http.ServeMux {
 				}
 				return &mgmtError{404, fmt.Sprintf("Collection with name %q in scope %q is not found", r.PathValue("c"), r.PathValue("s"))}
 			}
-			ttl, err := formUint(r, "maxTTL")
+			ttl, never, err := formTTL(r)
 			if err != nil {
-				return &mgmtError{400, "maxTTL: " + err.Error()}
+				return err
 			}
 			if r.PostFormValue("maxTTL") != "" {
-				c.maxTTL = uint32(ttl)
+				c.maxTTL, c.never = ttl, never
 			}
 			if h := r.PostFormValue("history"); h != "" {
 				c.history = h == "true"
@@ -195,6 +199,20 @@ func (s *Server) mgmtRoutes(n *node) *http.ServeMux {
 	})
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { notFound(w) })
 	return m
+}
+
+// formTTL reads a collection's maxTTL: seconds, 0 (the bucket's) or -1
+// (never: Couchbase 7.6 and later).
+func formTTL(r *http.Request) (ttl uint32, never bool, err error) {
+	v := r.PostFormValue("maxTTL")
+	if v == "-1" {
+		return 0, true, nil
+	}
+	n, err := formUint(r, "maxTTL")
+	if err != nil || n > math.MaxInt32 {
+		return 0, false, &mgmtError{400, "maxTTL: " + v + " is not -1 or seconds up to 2147483647"}
+	}
+	return uint32(n), false, nil
 }
 
 func formUint(r *http.Request, key string) (uint64, error) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -186,4 +187,50 @@ func TestALongMaxTTLIsALength(t *testing.T) {
 	require.NoError(t, err)
 	_, err = b.DefaultCollection().Get("k", nil)
 	require.NoError(t, err, "expired at once")
+}
+
+// A maxTTL bounds every expiry, as kv_engine's processExpiryTime does: a
+// document written to expire in an hour under a maxTTL of a minute
+// expires in a minute. A collection of maxTTL -1 (never, Couchbase 7.6)
+// inherits none from its bucket, and says -1.
+func TestAMaxTTLBoundsEveryExpiryAndMinusOneNone(t *testing.T) {
+	var ahead atomic.Int64 // the server's clock ahead of the wall's
+	s := Start(t, Options{Nodes: 1, VBuckets: 16, Clock: func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }})
+	c := connect(t, s)
+	b := readyBucket(t, c, "orders")
+	cm := b.CollectionsV2()
+	require.NoError(t, cm.CreateCollection("_default", "kept", &gocb.CreateCollectionSettings{MaxExpiry: -time.Second}, nil))
+	settings, err := c.Buckets().GetBucket("orders", nil)
+	require.NoError(t, err)
+	settings.MaxExpiry = time.Minute
+	require.NoError(t, c.Buckets().UpdateBucket(*settings, nil))
+	scopes, err := cm.GetAllScopes(nil)
+	require.NoError(t, err)
+	var kept *gocb.CollectionSpec
+	for _, sc := range scopes {
+		for i, col := range sc.Collections {
+			if col.Name == "kept" {
+				kept = &sc.Collections[i]
+			}
+		}
+	}
+	require.NotNil(t, kept)
+	assert.Equal(t, -time.Second, kept.MaxExpiry)
+
+	capped := b.DefaultCollection()
+	_, err = capped.Upsert("k", "v", &gocb.UpsertOptions{Expiry: time.Hour})
+	require.NoError(t, err)
+	never := b.Scope("_default").Collection("kept")
+	require.Eventually(t, func() bool {
+		_, err := never.Upsert("k", "v", nil)
+		return err == nil // the collection known to the client
+	}, 30*time.Second, 50*time.Millisecond)
+	_, err = capped.Get("k", nil)
+	require.NoError(t, err, "not expired yet")
+
+	ahead.Store(int64(2 * time.Minute))
+	_, err = capped.Get("k", nil)
+	assert.ErrorIs(t, err, gocb.ErrDocumentNotFound, "an hour's expiry bounded by the bucket's maxTTL of a minute")
+	_, err = never.Get("k", nil)
+	assert.NoError(t, err, "a collection of maxTTL -1 inherits no maxTTL")
 }
