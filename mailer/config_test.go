@@ -462,6 +462,19 @@ func TestAMailURLGivenWithTheEndpointIsSaid(t *testing.T) {
 	_, err = mailer.New(mailer.Config{URL: srv + "/v1"}, slog.New(slog.NewTextHandler(&base, nil)))
 	require.NoError(t, err)
 	assert.NotContains(t, base.String(), "ends in", "a base URL is not said")
+
+	// A key in the path (a webhook service's token) is masked there as
+	// wherever the URL is shown.
+	const token = "xoxb9f8e7d6c5b4a3f2e1d0"
+	var keyed syncbuf.Buffer
+	c, err = mailer.New(mailer.Config{URL: srv + "/hooks/" + token + "/sendConfirmation"}, slog.New(slog.NewTextHandler(&keyed, nil)))
+	require.NoError(t, err)
+	for i := range 3 {
+		sendErr(t, c.Send(context.Background(), fmt.Sprintf("keyed_%d", i), []byte(`{}`)))
+	}
+	assert.Contains(t, c.Misconfigured(), "to POST /hooks/REDACTED/sendConfirmation/sendConfirmation")
+	assert.Contains(t, keyed.String(), "the requests go to /hooks/REDACTED/sendConfirmation/sendConfirmation")
+	assert.NotContains(t, c.Misconfigured()+keyed.String(), token)
 }
 
 // TestAnOrderAnswered404AmongOthersAcceptedIsNotTheURL: a service that

@@ -500,15 +500,16 @@ func New(cfg Config, log *slog.Logger) (*Client, error) {
 	if cfg.AuthFile != "" && cfg.AuthHeader == "" {
 		cfg.AuthHeader = "Authorization"
 	}
-	base, _ := url.Parse(cfg.URL) // validated
+	base, _ := url.Parse(cfg.URL)            // validated
+	endpoint := base.JoinPath(Path).String() // keeps a query such as ?key=
 	if strings.HasSuffix(strings.TrimSuffix(base.Path, "/"), Path) {
-		log.Warn("--mail-url ends in "+Path+", which ordermail adds to it: the requests go to "+base.JoinPath(Path).Path+"; give the service's base URL",
+		log.Warn("--mail-url ends in "+Path+", which ordermail adds to it: the requests go to "+shownPath(endpoint)+"; give the service's base URL",
 			"component", "mailer")
 	}
 	c := &Client{
 		cfg:          cfg,
-		endpoint:     base.JoinPath(Path).String(), // keeps a query such as ?key=
-		endpointPath: base.JoinPath(Path).Path,
+		endpoint:     endpoint,
+		endpointPath: shownPath(endpoint),
 		tls:          base.Scheme == "https",
 		retryable:    map[int]bool{},
 		log:          log.With("component", "mailer"),
@@ -1312,14 +1313,12 @@ func echoes(code string, order []byte) bool {
 	short := codeWords(code)
 	found := false
 	for _, v := range orderStrings(order) {
-		if folded, _, err := transform.String(unaccent, v); err == nil {
-			v = folded
-		}
+		v = unaccent(v)
 		for _, w := range strings.FieldsFunc(strings.ToLower(v), func(r rune) bool {
 			return !unicode.IsLetter(r) && !unicode.IsDigit(r)
 		}) {
 			switch {
-			case len(w) >= 4 && strings.Contains(joined, w), len(w) == 3 && slices.Contains(short, w):
+			case len(w) >= 4 && strings.Contains(joined, w), len(w) == 3 && hasLetter(w) && slices.Contains(short, w):
 				found = true
 			}
 		}
@@ -1355,8 +1354,30 @@ func orderStrings(order []byte) []string {
 	return out
 }
 
-// unaccent takes the accents off letters: "Zoë" is "Zoe".
-var unaccent = transform.Chain(norm.NFD, runes.Remove(runes.In(unicode.Mn)), norm.NFC)
+// unaccent takes the accents off letters: "Zoë" is "Zoe". A chain keeps
+// buffers of its own: one per call, as sends fail at once on many
+// goroutines.
+func unaccent(s string) string {
+	out, _, err := transform.String(transform.Chain(norm.NFD, runes.Remove(runes.In(unicode.Mn)), norm.NFC), s)
+	if err != nil {
+		return s
+	}
+	return out
+}
+
+// shownPath is endpoint's path as messages may show it: the segments that
+// look like keys masked (redact.MailURL), never the query.
+func shownPath(endpoint string) string {
+	u, err := url.Parse(redact.MailURL(endpoint))
+	if err != nil {
+		return Path
+	}
+	return u.EscapedPath()
+}
+
+// hasLetter says whether w has a letter: a three-digit word of the order
+// (a house number) is no name, and a code's E550 repeats none.
+func hasLetter(w string) bool { return strings.IndexFunc(w, unicode.IsLetter) >= 0 }
 
 // codeWords are the lower-cased three-character pieces of a code that
 // start and end where a word of it may: at its ends, at its separators,

@@ -537,7 +537,7 @@ func TestAnswerCode(t *testing.T) {
 	// The service answers the cases' requests in turn, each with its
 	// answer; every case sends one order (under one key: refusals of many
 	// keys alike would be taken for the URL's).
-	const order = `{"email":"jdoe@example.com","name":"Ann Smith","items":[{"name":"Swedish Meatballs"}],"gift_to":"Zoë Brontë"}`
+	const order = `{"email":"jdoe@example.com","name":"Ann Smith","items":[{"name":"Swedish Meatballs"}],"gift_to":"Zoë Brontë","address":"550 Main St"}`
 	var answers []string
 	var next atomic.Int64
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -587,6 +587,7 @@ func TestAnswerCode(t *testing.T) {
 		{give: `{"code":"invalid_email"}`, want: "invalid_email"},
 		{give: `{"code":"incomplete"}`, want: "incomplete"},
 		{give: `{"code":"noZoest"}`, want: "noZoest"},
+		{give: `{"code":"E550"}`, want: "E550"}, // the order's house number is no name
 		{give: `{"code":"jd"}`, want: "jd"},
 	}
 	for _, tt := range tests {
