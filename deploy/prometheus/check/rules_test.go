@@ -163,9 +163,10 @@ ordermail_orders_confirmed{instance="a"} 90+10x40
 ordermail_outcomes_total{instance="a",outcome="sent"} 90+10x40
 ordermail_breaker_open{instance="a"} 0+0x40
 ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
-		{"orders paid and confirmed by another instance than the one that counts",
+		{"a backlog growing while another instance than the one that counts sends",
 			"OrdermailOrdersNotConfirmed", `
 ordermail_orders_paid{instance="a"} 100+10x40
+ordermail_orders_confirmed{instance="a"} 90+5x40
 ordermail_outcomes_total{instance="a",outcome="sent"} 90+0x40
 ordermail_outcomes_total{instance="b",outcome="sent"} 90+10x40
 ordermail_breaker_open{instance="a"} 0+0x40
@@ -175,6 +176,25 @@ ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
 ordermail_orders_paid{instance="a"} 100+2x40
 ordermail_orders_confirmed{instance="a"} 90-1x40
 ordermail_outcomes_total{instance="a",outcome="sent"} 90+3x40
+ordermail_breaker_open{instance="a"} 0+0x40
+ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
+		{"orders written confirmed already (an import): nothing to send",
+			"OrdermailOrdersNotConfirmed", `
+ordermail_orders_paid{instance="a"} 100+10x40
+ordermail_orders_confirmed{instance="a"} 90+10x40
+ordermail_feed_lag_changes{instance="a"} 0+0x40
+ordermail_events_handled_total{instance="a"} 500+10x40
+ordermail_outcomes_total{instance="a",outcome="sent"} 90+0x40
+ordermail_breaker_open{instance="a"} 0+0x40
+ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
+		{"the store down: its own alert",
+			"OrdermailOrdersNotConfirmed", `
+ordermail_orders_paid{instance="a"} 100+0x40
+ordermail_orders_confirmed{instance="a"} 90+0x40
+ordermail_feed_lag_changes{instance="a"} 5+5x40
+ordermail_events_handled_total{instance="a"} 500+0x40
+ordermail_outcomes_total{instance="a",outcome="sent"} 90+0x40
+ordermail_store_up{instance="a"} 0+0x40
 ordermail_breaker_open{instance="a"} 0+0x40
 ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
 		{"stuck while old orders expire as fast as new ones are paid: the changes wait, none handled",
