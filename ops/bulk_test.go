@@ -173,6 +173,10 @@ func TestRedriveCountsARetryWrittenWhoseDeadLetterWentMeanwhile(t *testing.T) {
 	assert.Equal(t, 50, c.RetryDocs)
 }
 
+// apart is a store whose outcomes' writes are not said to be one
+// transaction (Couchbase), whatever the store under it.
+type apart struct{ store.Store }
+
 // purgedBetween makes an outcome's writes one at a time, as Couchbase
 // does, and runs a purge of the dead letter between a redrive's two: its
 // retry document written, the dead letter not yet removed.
@@ -185,7 +189,7 @@ func (s purgedBetween) Apply(ctx context.Context, writes []store.Write) ([]uint6
 	var made []uint64
 	for _, w := range writes {
 		if w.Op == store.OpRemove && w.Collection == order.DeadLetter && len(made) > 0 {
-			s.purged(ops.Purge(ctx, s.Store, []string{w.Key}, false, time.Now()))
+			s.purged(ops.Purge(ctx, apart{s.Store}, []string{w.Key}, false, time.Now()))
 		}
 		cas, err := s.Store.Apply(ctx, []store.Write{w})
 		if err != nil {
@@ -232,6 +236,36 @@ func TestAPurgeBetweenARedrivesTwoWritesIsNotCountedTwice(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, c.DeadLetters)
 	assert.Equal(t, 5, c.RetryDocs)
+}
+
+// failingRetryReads fails every read of a retry document.
+type failingRetryReads struct{ store.Store }
+
+func (s failingRetryReads) Get(ctx context.Context, coll, key string) (store.Doc, error) {
+	if coll == order.Retry {
+		return store.Doc{}, store.ErrUnavailable
+	}
+	return s.Store.Get(ctx, coll, key)
+}
+
+// A purge whose look for a redrive alongside fails counts what it removed
+// as purged, and goes on: it failed, and left the dead letters after it
+// uncounted and said "as they were" (the review of the check).
+func TestAPurgeWhoseLookForARedriveFailsCountsWhatItRemoved(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := openStore(t)
+	for i := range 30 {
+		key := fmt.Sprintf("k%02d", i)
+		put(t, st, order.DeadLetter, key, order.DeadLetterDoc{DocID: key, Reason: order.ReasonPermanent, LastStatus: 400, Attempts: 1,
+			DeadAt: time.Now().Add(-time.Minute).UnixMilli()}.Encode())
+	}
+	n, err := ops.Purge(ctx, failingRetryReads{st}, nil, true, time.Now())
+	require.NoError(t, err)
+	assert.Equal(t, 30, n)
+	c, err := st.Counts(ctx)
+	require.NoError(t, err)
+	assert.Zero(t, c.DeadLetters)
 }
 
 // changesFirst changes each document an action is about to write, as

@@ -664,6 +664,26 @@ func (c *changedKeys) err(action string) error {
 	return fmt.Errorf("%s: %d left, %w: %s", action, c.n, ErrChanged, c.list())
 }
 
+// redrivenMeanwhile says whether a redrive alongside had written its retry
+// document of d, the dead letter a purge has just removed, and not yet
+// removed d (on Couchbase, where a redrive's two writes are apart): that
+// retry stands and is sent, and the redrive counts it. A store whose
+// writes of an outcome are one transaction (AtomicApply) cannot be so; a
+// read that fails, or a stop, leaves d counted purged, as it was removed.
+func redrivenMeanwhile(ctx context.Context, st store.Store, d DeadLetter) bool {
+	if a, ok := st.(interface{ AtomicApply() bool }); d.DeadAt == 0 || ok && a.AtomicApply() {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	cur, err := st.Get(ctx, order.Retry, d.ID)
+	if err != nil {
+		return false
+	}
+	r, err := order.DecodeRetryDoc(cur.Value)
+	return err == nil && r.RedrivenFrom == d.DeadAt
+}
+
 // ErrRedrivenMeanwhile says dead letters a purge removed had been redriven
 // as it ran: on Couchbase a redrive writes the retry document before it
 // removes the dead letter, and the purge removed it in between.
@@ -722,21 +742,9 @@ func purge(ctx context.Context, st store.Store, ids []string, all bool, reason s
 		if err != nil {
 			return fmt.Errorf("purge %s: %w", d.ID, err)
 		}
-		// A redrive alongside may have written its retry document and
-		// not yet removed the dead letter (on Couchbase, where its two
-		// writes are apart): that retry, made of this very dead letter,
-		// stands and is sent, and the redrive counts it. Not purged, then.
-		if d.DeadAt != 0 {
-			cur, err := st.Get(ctx, order.Retry, d.ID)
-			if err != nil && !errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("purge %s: removed, but whether a redrive made a retry of it meanwhile is unknown: %w", d.ID, err)
-			}
-			if err == nil {
-				if r, derr := order.DecodeRetryDoc(cur.Value); derr == nil && r.RedrivenFrom == d.DeadAt {
-					redriven.add(d.ID)
-					return nil
-				}
-			}
+		if redrivenMeanwhile(ctx, st, d) {
+			redriven.add(d.ID)
+			return nil
 		}
 		n.Add(1)
 		return nil

@@ -679,6 +679,11 @@ func (s *Store) one(ctx context.Context, w store.Write) (uint64, error) {
 	return cas[0], nil
 }
 
+// AtomicApply says that Apply's writes are one transaction: no reader
+// ever sees part of them (a redrive's retry without its dead letter
+// removed), so callers need not look for one half made.
+func (s *Store) AtomicApply() bool { return true }
+
 // Apply writes all of writes in one transaction, or none of them. Apply
 // calls of many goroutines share commits (group commit): each is one
 // savepoint of a transaction that carries up to MaxBatch of them.
