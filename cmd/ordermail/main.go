@@ -141,17 +141,31 @@ func exitStatus(err error, sig os.Signal, stderr io.Writer) int {
 	return 0
 }
 
-// say prints err after "ordermail:", each line's control characters
-// escaped (\x1b): errors name keys read from the store, which may hold any
-// byte (a dead letter of an invalid key), and a terminal would obey them.
+// say prints err after "ordermail:", its control characters escaped
+// (\x1b, \n): errors name keys read from the store, which may hold any
+// byte (a dead letter of an invalid key), and a terminal would obey them,
+// or take a newline in one for a line of ordermail's own. The failures of
+// an errors.Join are a line each, as it says them.
 func say(stderr io.Writer, err error) {
-	lines := strings.Split(err.Error(), "\n")
-	for i, l := range lines {
-		if strings.IndexFunc(l, func(r rune) bool { return r == utf8.RuneError || !unicode.IsPrint(r) && r != '\t' }) >= 0 {
-			lines[i] = strings.Trim(strconv.QuoteToGraphic(l), `"`)
+	fmt.Fprintln(stderr, "ordermail:", shownErr(err))
+}
+
+// shownErr is err's message as say prints it.
+func shownErr(err error) string {
+	if j, ok := err.(interface{ Unwrap() []error }); ok && isJoin(err, j.Unwrap()) {
+		parts := j.Unwrap()
+		lines := make([]string, len(parts))
+		for i, p := range parts {
+			lines[i] = shownErr(p)
 		}
+		return strings.Join(lines, "\n")
 	}
-	fmt.Fprintln(stderr, "ordermail:", strings.Join(lines, "\n"))
+	msg := err.Error()
+	if strings.IndexFunc(msg, func(r rune) bool { return r == utf8.RuneError || !unicode.IsPrint(r) && r != '\t' }) < 0 {
+		return msg
+	}
+	q := strconv.QuoteToGraphic(msg)
+	return q[1 : len(q)-1]
 }
 
 // canceled says whether err is a cancellation: the context's, or a
