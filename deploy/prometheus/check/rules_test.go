@@ -197,6 +197,24 @@ ordermail_outcomes_total{instance="a",outcome="sent"} 90+0x40
 ordermail_store_up{instance="a"} 0+0x40
 ordermail_breaker_open{instance="a"} 0+0x40
 ordermail_mail_misconfigured{instance="a"} 0+0x40`, false},
+		{"stuck, one instance's last refresh failed: a blip hides nothing",
+			"OrdermailOrdersNotConfirmed", `
+ordermail_orders_paid{instance="a"} 100+10x40
+ordermail_orders_confirmed{instance="a"} 90+0x40
+ordermail_outcomes_total{instance="a",outcome="sent"} 90+0x40
+ordermail_store_up{instance="a"} 1+0x40
+ordermail_store_up{instance="b"} 1+0x19 0 1+0x20
+ordermail_breaker_open{instance="a"} 0+0x40
+ordermail_mail_misconfigured{instance="a"} 0+0x40`, true},
+		{"stuck, one instance cut off from the store: the others' stall is not hidden",
+			"OrdermailOrdersNotConfirmed", `
+ordermail_orders_paid{instance="a"} 100+10x40
+ordermail_orders_confirmed{instance="a"} 90+0x40
+ordermail_outcomes_total{instance="a",outcome="sent"} 90+0x40
+ordermail_store_up{instance="a"} 1+0x40
+ordermail_store_up{instance="b"} 0+0x40
+ordermail_breaker_open{instance="a"} 0+0x40
+ordermail_mail_misconfigured{instance="a"} 0+0x40`, true},
 		{"stuck while old orders expire as fast as new ones are paid: the changes wait, none handled",
 			"OrdermailOrdersNotConfirmed", `
 ordermail_orders_paid{instance="a"} 100+0x40
