@@ -604,3 +604,16 @@ func TestABulkActionStoppedByTheStoreSaysSo(t *testing.T) {
 	require.NoError(t, cerr)
 	assert.Zero(t, c.DeadLetters)
 }
+
+// Keys an action names in its errors are shown, not obeyed: a key may hold
+// any byte (a dead letter of an invalid key), and a newline in one would
+// forge a line of the command's output.
+func TestTheKeysAnActionNamesAreShown(t *testing.T) {
+	t.Parallel()
+	st := openStore(t)
+	_, err := ops.Purge(context.Background(), st, []string{"a\nordermail: all purged", "plain"}, false, time.Now())
+	require.ErrorIs(t, err, ops.ErrNoSuchDeadLetter)
+	assert.Contains(t, err.Error(), `"a\nordermail: all purged"`)
+	assert.Contains(t, err.Error(), "plain")
+	assert.NotContains(t, err.Error(), "\nordermail: all purged")
+}

@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/ordermail/ordermail/order"
 	"github.com/ordermail/ordermail/store"
@@ -652,8 +655,22 @@ func (c *changedKeys) add(id string) {
 	defer c.mu.Unlock()
 	c.n++
 	if len(c.first) < changedShown {
-		c.first = append(c.first, id)
+		c.first = append(c.first, Shown(id))
 	}
+}
+
+// Shown is text from a document or a remote service (a key, a reason, an
+// error) as a terminal or a log may print it: as it is when every
+// character is printable, else quoted Go-style, so that a control
+// character (an escape sequence, or a newline that would forge a line of
+// output) is seen, not obeyed.
+func Shown(s string) string {
+	for _, r := range s {
+		if r == utf8.RuneError || !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
 
 // err says which were left; nil when none was.

@@ -172,9 +172,12 @@ func TestExitStatus(t *testing.T) {
 		// made to obey them.
 		{"a key with an escape sequence", errors.Join(errors.New("redrive a\x1b[2Jb: store unavailable"), errors.New("purge c\xffd: gone")), nil, 1,
 			"ordermail: redrive a\\x1b[2Jb: store unavailable\npurge c\\xffd: gone\n"},
-		{"a key with a newline, which would forge a line", errors.New("purge x\nordermail: all 3,740 dead letters purged"), nil, 1,
-			"ordermail: purge x\\nordermail: all 3,740 dead letters purged\n"},
+		{"a key with a newline, which would forge a line", fmt.Errorf("purge %s: %w", "x\nordermail: all 3,740 dead letters purged", store.ErrUnavailable), nil, 1,
+			"ordermail: purge x\\nordermail: all 3,740 dead letters purged: store unavailable\n"},
 		{"a key quoted", errors.New("purge \"a\x1b[2J\""), nil, 1, "ordermail: purge \\\"a\\x1b[2J\\\"\n"},
+		// A message's own lines stay lines (the bench's tail of a log).
+		{"a log's tail", fmt.Errorf("bench: %w", errors.New("the service exited; its last output:\nlevel=ERROR msg=boom\nlevel=INFO msg=stopped")), nil, 1,
+			"ordermail: bench: the service exited; its last output:\nlevel=ERROR msg=boom\nlevel=INFO msg=stopped\n"},
 		// On Couchbase a request the stop cut short fails with gocb's own
 		// cancellation, which does not wrap the context's.
 		{"a Couchbase request cut short by SIGTERM", fmt.Errorf("%w: %w", ops.ErrStopped,

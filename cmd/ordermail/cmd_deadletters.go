@@ -11,8 +11,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/order"
@@ -191,18 +189,9 @@ func truncate(s string, n int) string {
 	return shown(strings.TrimSuffix(short, "...")) + "..." // the mark of the cut, not quoted
 }
 
-// shown is text from a document or a remote service (a key, a reason, an
-// error) as a terminal may print it: as it is when every character is
-// printable, else quoted Go-style, so that a control character (an escape
-// sequence, a newline or a tab that would forge a row) is seen, not obeyed.
-func shown(s string) string {
-	for _, r := range s {
-		if r == utf8.RuneError || !unicode.IsPrint(r) {
-			return strconv.Quote(s)
-		}
-	}
-	return s
-}
+// shown is ops.Shown: text from a document or a remote service, its
+// control characters seen, not obeyed.
+func shown(s string) string { return ops.Shown(s) }
 
 // doneOrStopped says how many dead letters a bulk command did: all it was
 // asked, or, stopped (Ctrl-C, or an error of the store: err is

@@ -142,29 +142,52 @@ func exitStatus(err error, sig os.Signal, stderr io.Writer) int {
 }
 
 // say prints err after "ordermail:", its control characters escaped
-// (\x1b, \n): errors name keys read from the store, which may hold any
-// byte (a dead letter of an invalid key), and a terminal would obey them,
-// or take a newline in one for a line of ordermail's own. The failures of
-// an errors.Join are a line each, as it says them.
+// (\x1b): errors name keys read from the store, which may hold any byte (a
+// dead letter of an invalid key), and a terminal would obey them. A
+// message's own lines (the failures of an errors.Join, a log's tail) stay
+// lines; the text an error puts before the one it wraps ("purge KEY: ")
+// is escaped whole, newlines too, so that a key cannot forge a line.
 func say(stderr io.Writer, err error) {
 	fmt.Fprintln(stderr, "ordermail:", shownErr(err))
 }
 
 // shownErr is err's message as say prints it.
 func shownErr(err error) string {
-	if j, ok := err.(interface{ Unwrap() []error }); ok && isJoin(err, j.Unwrap()) {
-		parts := j.Unwrap()
-		lines := make([]string, len(parts))
-		for i, p := range parts {
-			lines[i] = shownErr(p)
-		}
-		return strings.Join(lines, "\n")
-	}
 	msg := err.Error()
-	if strings.IndexFunc(msg, func(r rune) bool { return r == utf8.RuneError || !unicode.IsPrint(r) && r != '\t' }) < 0 {
-		return msg
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		if parts := j.Unwrap(); isJoin(err, parts) {
+			lines := make([]string, len(parts))
+			for i, p := range parts {
+				lines[i] = shownErr(p)
+			}
+			return strings.Join(lines, "\n")
+		}
+		return escapedLines(msg)
 	}
-	q := strconv.QuoteToGraphic(msg)
+	if inner := errors.Unwrap(err); inner != nil {
+		if im := inner.Error(); strings.HasSuffix(msg, im) {
+			return escaped(msg[:len(msg)-len(im)]) + shownErr(inner)
+		}
+	}
+	return escapedLines(msg)
+}
+
+// escapedLines is s with each line's control characters escaped.
+func escapedLines(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		lines[i] = escaped(l)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// escaped is s with its control characters escaped, Go-style, newlines
+// too (tabs kept).
+func escaped(s string) string {
+	if strings.IndexFunc(s, func(r rune) bool { return r == utf8.RuneError || !unicode.IsPrint(r) && r != '\t' }) < 0 {
+		return s
+	}
+	q := strconv.QuoteToGraphic(s)
 	return q[1 : len(q)-1]
 }
 
