@@ -94,7 +94,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		c.render(w, "login", http.StatusUnauthorized, d)
 		return
 	}
-	setSessionCookie(w, id, c.overHTTPS(r))
+	c.setSessionCookie(w, id, c.overHTTPS(r))
 	c.sessions.setFlash(id, flash{Msg: "Logged in. Actions are enabled."})
 	c.log.Info("console login", "remote", c.client(r))
 	http.Redirect(w, r, d.Back, http.StatusSeeOther)
@@ -124,7 +124,7 @@ func (c *Console) action(h actionFunc) http.Handler {
 			c.refuse(w, r, http.StatusServiceUnavailable, "The admin token file holds no token: actions are off until it does.")
 			return
 		}
-		sid := sessionID(r)
+		sid := c.sessionID(r)
 		sess, ok := c.sessions.get(sid)
 		if !ok {
 			c.refuse(w, r, http.StatusForbidden, "Log in first: actions need the admin token.")
@@ -248,7 +248,7 @@ func localPath(p string) string {
 
 func (c *Console) logout(w http.ResponseWriter, r *http.Request, sid string) {
 	c.sessions.delete(sid)
-	clearSessionCookie(w, c.overHTTPS(r))
+	c.clearSessionCookie(w, c.overHTTPS(r))
 	c.log.Info("console logout", "remote", c.client(r))
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -16,6 +17,17 @@ import (
 // sessionCookie names the cookie of a logged-in operator: a random session
 // id, nothing else.
 const sessionCookie = "ordermail_session"
+
+// sessionCookieName is the session cookie's name of a console listening on
+// listen: its port's, so that the consoles of several instances on one
+// host (a browser sends a host's cookies to every port) each keep their
+// own, where a login to one logged out of the others.
+func sessionCookieName(listen string) string {
+	if _, port, err := net.SplitHostPort(listen); err == nil && port != "" && port != "0" {
+		return sessionCookie + "_" + port
+	}
+	return sessionCookie
+}
 
 // maxSessions bounds the sessions kept: a login beyond it ends the oldest.
 const maxSessions = 256
@@ -138,28 +150,28 @@ func equal(a, b string) bool {
 }
 
 // sessionID is the request's session cookie; empty without one.
-func sessionID(r *http.Request) string {
-	c, err := r.Cookie(sessionCookie)
+func (c *Console) sessionID(r *http.Request) string {
+	ck, err := r.Cookie(c.cookie)
 	if err != nil {
 		return ""
 	}
-	return c.Value
+	return ck.Value
 }
 
 // setSessionCookie sets a session cookie, gone when the browser closes, as
 // the login page says: it carries no Max-Age, which would keep it across a
 // browser's restart. The session itself ends on the server after
 // SessionTTL either way.
-func setSessionCookie(w http.ResponseWriter, id string, secure bool) {
+func (c *Console) setSessionCookie(w http.ResponseWriter, id string, secure bool) {
 	http.SetCookie(w, &http.Cookie{
-		Name: sessionCookie, Value: id, Path: "/",
+		Name: c.cookie, Value: id, Path: "/",
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: secure,
 	})
 }
 
-func clearSessionCookie(w http.ResponseWriter, secure bool) {
+func (c *Console) clearSessionCookie(w http.ResponseWriter, secure bool) {
 	http.SetCookie(w, &http.Cookie{
-		Name: sessionCookie, Value: "", Path: "/", MaxAge: -1,
+		Name: c.cookie, Value: "", Path: "/", MaxAge: -1,
 		HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: secure,
 	})
 }

@@ -99,6 +99,8 @@ type Console struct {
 	// gave up on the first's answer), would find every dead letter
 	// changed under it, and its message would hide the first's.
 	bulk bulkAction
+	// cookie names the session cookie (sessionCookieName).
+	cookie string
 }
 
 // actionsEndWait bounds how long Stop waits for actions that life's end
@@ -183,7 +185,7 @@ func New(cfg Config, d Deps, log *slog.Logger, now func() time.Time) (*Console, 
 	if now == nil {
 		now = time.Now
 	}
-	c := &Console{cfg: cfg, st: d.Store, w: d.Watcher, mail: d.Mail, tm: d.Timer, timer: d.TimerConfig, health: d.Health,
+	c := &Console{cookie: sessionCookieName(cfg.Listen), cfg: cfg, st: d.Store, w: d.Watcher, mail: d.Mail, tm: d.Timer, timer: d.TimerConfig, health: d.Health,
 		now: now, log: log.With("component", "console"),
 		sessions: newSessions(cfg.SessionTTL, now),
 		samples:  newSampler(d.Watcher.Stats),

@@ -1887,3 +1887,69 @@ func TestOneBulkActionAtATime(t *testing.T) {
 	assert.Contains(t, body, "Redrove 2 of every dead letter")
 	assert.False(t, f.exists(t, order.DeadLetter, "d1"))
 }
+
+// deadLetteredDuringTheRead writes a dead letter as the list reads the
+// dead letters, a moment after the page began.
+type deadLetteredDuringTheRead struct {
+	store.Store
+	once sync.Once
+	t    *testing.T
+}
+
+func (s *deadLetteredDuringTheRead) Scan(ctx context.Context, coll, after string, fn func(store.Doc) error) error {
+	if coll == order.DeadLetter {
+		s.once.Do(func() {
+			time.Sleep(5 * time.Millisecond) // the page began a few milliseconds before
+			_, err := s.Store.Upsert(ctx, order.DeadLetter, "late", order.DeadLetterDoc{Type: "deadletter", DocID: "late",
+				Reason: order.ReasonPermanent, LastStatus: 400, Attempts: 1, DeadAt: time.Now().UnixMilli()}.Encode())
+			assert.NoError(s.t, err)
+		})
+	}
+	return s.Store.Scan(ctx, coll, after, fn)
+}
+
+// A dead letter written while the list read it is shown, and the page's
+// actions take it: the time the page says it was shown (asof) was taken
+// before the read, and its redrive was refused as dead-lettered since
+// (the console's review).
+func TestADeadLetterShownIsOneItsPagesActionsTake(t *testing.T) {
+	st := openEmbedded(t)
+	late := &deadLetteredDuringTheRead{Store: st, t: t}
+	f := serve(t, console.Config{Token: token}, late, deps(t, late, deadMailer(t)))
+	f.login(t)
+	code, body := f.get(t, "/deadletters")
+	require.Equal(t, http.StatusOK, code)
+	require.Contains(t, body, "late", "shown")
+	asOf := regexp.MustCompile(`name="asof" value="(\d+)"`).FindStringSubmatch(body)
+	require.NotNil(t, asOf, body)
+	d, err := st.Get(context.Background(), order.DeadLetter, "late")
+	require.NoError(t, err)
+	dl, err := order.DecodeDeadLetter(d.Value)
+	require.NoError(t, err)
+	shown, err := strconv.ParseInt(asOf[1], 10, 64)
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, shown, dl.DeadAt, "the page says it was shown before the dead letter it shows was written")
+}
+
+// The consoles of several instances on one host keep a session each: a
+// browser sends a host's cookies to every port, and one cookie name for
+// all made a login to one console log out of the others (the console's
+// review).
+func TestConsolesOnOneHostKeepASessionEach(t *testing.T) {
+	t.Parallel()
+	st := openEmbedded(t)
+	a := serve(t, console.Config{Token: token, Listen: "127.0.0.1:19465"}, st, deps(t, st, deadMailer(t)))
+	b := serve(t, console.Config{Token: token, Listen: "127.0.0.1:19466"}, st, deps(t, st, deadMailer(t)))
+	b.client = a.client // one browser: its cookies of 127.0.0.1 go to both
+	csrfA := a.login(t)
+	b.login(t)
+	resp, _ := a.post(t, "/retries/pause", url.Values{"csrf": {csrfA}})
+	assert.Equal(t, http.StatusSeeOther, resp.StatusCode, "A's session outlives a login to B")
+	u, err := url.Parse(a.srv.URL)
+	require.NoError(t, err)
+	var names []string
+	for _, ck := range a.client.Jar.Cookies(u) {
+		names = append(names, ck.Name)
+	}
+	assert.ElementsMatch(t, []string{"ordermail_session_19465", "ordermail_session_19466"}, names)
+}

@@ -46,7 +46,7 @@ func (c *Console) pageFor(r *http.Request, title, nav string) page {
 		return p
 	}
 	c.token() // a token changed ends every session
-	if id := sessionID(r); id != "" {
+	if id := c.sessionID(r); id != "" {
 		if s, ok := c.sessions.get(id); ok {
 			p.LoggedIn, p.CSRF = true, s.csrf
 			p.Flash = c.sessions.takeFlash(id)
@@ -283,6 +283,7 @@ func (c *Console) listRetries(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := c.now()
+	d.ShownAt = now.UnixMilli() // after the read, as for the dead letters
 	for _, it := range p.Items {
 		row := retryRow{Retry: it}
 		if it.Unreadable == "" && !it.FireRetry {
@@ -313,6 +314,7 @@ func (c *Console) listDeadLetters(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d.DeadLetters = p.Items
+	d.ShownAt = c.now().UnixMilli() // after the read: one dead-lettered during it is shown, and its actions take it
 	d.Examined, d.Budgeted = p.Examined, p.Budgeted
 	if p.Next != "" {
 		d.NextHref = listHref("deadletters", q.Reason, q.Prefix, p.Next)
@@ -351,6 +353,7 @@ func (c *Console) order(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	d.Story = &s
+	d.ShownAt = c.now().UnixMilli() // after the read, as for the lists
 	c.render(w, "order", http.StatusOK, d)
 }
 
