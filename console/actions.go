@@ -295,7 +295,7 @@ func (c *Console) resume(w http.ResponseWriter, r *http.Request, sid string) {
 var errNoKey = errors.New("the form names no retry's key")
 
 func (c *Console) runRetry(w http.ResponseWriter, r *http.Request, sid string) {
-	key := r.PostForm.Get("key")
+	key := keyOf(r.PostForm.Get("key"))
 	if key == "" {
 		c.finish(w, r, sid, "run retry", errNoKey, "No retry was run.")
 		return
@@ -333,7 +333,7 @@ const dropWarning = "Dropping a retry deletes it: nothing sends this order's con
 	"stays unconfirmed (and counted so) until the order document itself changes."
 
 func (c *Console) dropRetry(w http.ResponseWriter, r *http.Request, sid string) {
-	key := r.PostForm.Get("key")
+	key := keyOf(r.PostForm.Get("key"))
 	if key == "" {
 		c.finish(w, r, sid, "drop retry", errNoKey, "No retry was dropped.")
 		return
@@ -395,11 +395,14 @@ func (s selection) String() string {
 // all, or a reason.
 func selected(r *http.Request) (selection, error) {
 	if one := r.PostForm.Get("one"); one != "" {
-		return selection{ids: []string{one}}, nil
+		return selection{ids: []string{keyOf(one)}}, nil
 	}
 	switch scope := r.PostForm.Get("scope"); scope {
 	case "selected":
-		ids := r.PostForm["id"]
+		var ids []string
+		for _, v := range r.PostForm["id"] {
+			ids = append(ids, keyOf(v))
+		}
 		if len(ids) == 0 {
 			return selection{}, fmt.Errorf("no dead letter is selected: tick some first")
 		}

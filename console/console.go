@@ -21,6 +21,7 @@ import (
 	"github.com/ordermail/ordermail/internal/watchfile"
 	"github.com/ordermail/ordermail/mailer"
 	"github.com/ordermail/ordermail/metrics"
+	"github.com/ordermail/ordermail/ops"
 	"github.com/ordermail/ordermail/store"
 	"github.com/ordermail/ordermail/store/embedded"
 	"github.com/ordermail/ordermail/timer"
@@ -250,6 +251,8 @@ func parsePages(now func() time.Time) (map[string]*template.Template, error) {
 		"ago":        func(t time.Time) string { return ago(now(), t) },
 		"reltime":    func(t time.Time) string { return reltime(now(), t) },
 		"stateClass": stateClass,
+		"formKey":    formKey,
+		"shown":      ops.Shown,
 	}
 	pages := map[string]*template.Template{}
 	for _, name := range []string{"overview", "list", "order", "confirm", "login", "message"} {

@@ -1953,3 +1953,37 @@ func TestConsolesOnOneHostKeepASessionEach(t *testing.T) {
 	}
 	assert.ElementsMatch(t, []string{"ordermail_session_19465", "ordermail_session_19466"}, names)
 }
+
+// A key a browser would change on its way back (a NUL, CR or LF, bytes
+// that are not UTF-8) is carried encoded by the page's forms, and its row's
+// actions act on it: they answered "no such dead letter", the dead letter
+// left where it was (the console's review, in headless Chromium).
+func TestOddKeysAreActedOnFromTheirRows(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t, console.Config{Token: token})
+	keys := []string{"cr\rkey", "lf\nkey", "nul\x00key", "latin1-caf\xe9", "~b64:looks-encoded", "plain"}
+	for _, k := range keys {
+		f.deadLetter(t, k, order.ReasonPermanent)
+	}
+	csrf := f.login(t)
+	_, body := f.get(t, "/deadletters")
+	values := regexp.MustCompile(`name="one" value="([^"]*)"`).FindAllStringSubmatch(body, -1)
+	require.Len(t, values, len(keys), body)
+	assert.Contains(t, body, `<code>&#34;lf\nkey&#34;</code>`, "shown escaped")
+	for _, v := range values {
+		resp, _ := f.post(t, "/deadletters/redrive", url.Values{"csrf": {csrf}, "one": {asABrowserSends(html.UnescapeString(v[1]))}})
+		require.Equal(t, http.StatusSeeOther, resp.StatusCode)
+	}
+	for _, k := range keys {
+		assert.False(t, f.exists(t, order.DeadLetter, k), "%q is redriven", k)
+		assert.True(t, f.exists(t, order.Retry, k), "%q is redriven", k)
+	}
+}
+
+// asABrowserSends is an attribute's value as a browser posts it: its HTML
+// parser makes a CR a LF, form encoding makes every LF a CRLF, and bytes
+// that are not UTF-8 become U+FFFD.
+func asABrowserSends(v string) string {
+	v = strings.ReplaceAll(strings.ReplaceAll(v, "\r\n", "\n"), "\r", "\n")
+	return strings.ReplaceAll(strings.ToValidUTF8(v, "\uFFFD"), "\n", "\r\n")
+}

@@ -333,7 +333,7 @@ type orderData struct {
 
 func (c *Console) order(w http.ResponseWriter, r *http.Request) {
 	key := r.URL.Query().Get("key")
-	d := orderData{page: c.pageFor(r, "Order "+key, "order"), Key: key, Control: key == order.ControlKey}
+	d := orderData{page: c.pageFor(r, "Order "+ops.Shown(key), "order"), Key: key, Control: key == order.ControlKey}
 	if key == "" {
 		d.Title = "Order"
 		c.render(w, "order", http.StatusOK, d)
