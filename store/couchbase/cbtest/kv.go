@@ -591,7 +591,7 @@ func (c *kvConn) kvOp(p *packet) {
 				return
 			}
 			nw := *cur
-			nw.expiry = c.s.expiryAt(binary.BigEndian.Uint32(p.extras))
+			nw.expiry = c.s.expiryFor(b, coll, binary.BigEndian.Uint32(p.extras), reqFrames{}, nil) // bounded by a maxTTL too
 			c.s.storeLocked(b, vb, &nw)
 			if p.opcode == opTouch {
 				c.reply(p, statusSuccess, c.mutationExtras(vb, &nw), nil, nw.cas, 0)

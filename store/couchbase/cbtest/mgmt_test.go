@@ -228,9 +228,16 @@ func TestAMaxTTLBoundsEveryExpiryAndMinusOneNone(t *testing.T) {
 	_, err = capped.Get("k", nil)
 	require.NoError(t, err, "not expired yet")
 
+	_, err = capped.Upsert("touched", "v", nil)
+	require.NoError(t, err)
+	_, err = capped.Touch("touched", time.Hour, nil)
+	require.NoError(t, err)
+
 	ahead.Store(int64(2 * time.Minute))
 	_, err = capped.Get("k", nil)
 	assert.ErrorIs(t, err, gocb.ErrDocumentNotFound, "an hour's expiry bounded by the bucket's maxTTL of a minute")
+	_, err = capped.Get("touched", nil)
+	assert.ErrorIs(t, err, gocb.ErrDocumentNotFound, "a touch's hour bounded too")
 	_, err = never.Get("k", nil)
 	assert.NoError(t, err, "a collection of maxTTL -1 inherits no maxTTL")
 }
