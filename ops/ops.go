@@ -685,26 +685,33 @@ func (c *changedKeys) err(action string) error {
 // document of d, the dead letter a purge has just removed, and not yet
 // removed d (on Couchbase, where a redrive's two writes are apart): that
 // retry stands and is sent, and the redrive counts it. A store whose
-// writes of an outcome are one transaction (AtomicApply) cannot be so; a
-// read that fails, or a stop, leaves d counted purged, as it was removed.
-func redrivenMeanwhile(ctx context.Context, st store.Store, d DeadLetter) bool {
+// writes of an outcome are one transaction (AtomicApply) cannot be so.
+// unknown says the read failed: d was removed, and is counted purged.
+func redrivenMeanwhile(ctx context.Context, st store.Store, d DeadLetter) (redriven, unknown bool) {
 	if a, ok := st.(interface{ AtomicApply() bool }); d.DeadAt == 0 || ok && a.AtomicApply() {
-		return false
+		return false, false
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	cur, err := st.Get(ctx, order.Retry, d.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, false
+	}
 	if err != nil {
-		return false
+		return false, true
 	}
 	r, err := order.DecodeRetryDoc(cur.Value)
-	return err == nil && r.RedrivenFrom == d.DeadAt
+	return err == nil && r.RedrivenFrom == d.DeadAt, false
 }
 
 // ErrRedrivenMeanwhile says dead letters a purge removed had been redriven
 // as it ran: on Couchbase a redrive writes the retry document before it
 // removes the dead letter, and the purge removed it in between.
 var ErrRedrivenMeanwhile = errors.New("redriven meanwhile, not purged: their retry documents stand, and their orders go out")
+
+// ErrMaybeRedriven says dead letters a purge removed and counted, whose
+// look for a redrive alongside failed: one may have made a retry of them.
+var ErrMaybeRedriven = errors.New("removed and counted purged, but whether a redrive alongside made a retry of them is unknown (a retry document of theirs naming them in redrivenFrom stands, and is sent)")
 
 // redrivenErr says which dead letters a purge found redriven meanwhile.
 func (c *changedKeys) redrivenErr() error {
@@ -740,7 +747,7 @@ func Purge(ctx context.Context, st store.Store, ids []string, all bool, asOf tim
 // purge is Purge, of the dead letters of reason with all ("": every one).
 func purge(ctx context.Context, st store.Store, ids []string, all bool, reason string, asOf time.Time) (int, error) {
 	var n atomic.Int64
-	var changed, redriven changedKeys
+	var changed, redriven, unsure changedKeys
 	missing, err := eachDeadLetter(ctx, st, ids, all, reason, func(ctx context.Context, d DeadLetter) error {
 		if d.DeadAt > asOf.UnixMilli() { // dead-lettered since the operator looked
 			if !all {
@@ -759,12 +766,19 @@ func purge(ctx context.Context, st store.Store, ids []string, all bool, reason s
 		if err != nil {
 			return fmt.Errorf("purge %s: %w", d.ID, err)
 		}
-		if redrivenMeanwhile(ctx, st, d) {
+		switch again, unknown := redrivenMeanwhile(ctx, st, d); {
+		case again:
 			redriven.add(d.ID)
 			return nil
+		case unknown:
+			unsure.add(d.ID)
 		}
 		n.Add(1)
 		return nil
 	})
-	return int(n.Load()), errors.Join(missing, changed.err("purge"), redriven.redrivenErr(), stopped(err))
+	var maybe error
+	if unsure.n > 0 {
+		maybe = fmt.Errorf("purge: %d %w: %s", unsure.n, ErrMaybeRedriven, unsure.list())
+	}
+	return int(n.Load()), errors.Join(missing, changed.err("purge"), redriven.redrivenErr(), maybe, stopped(err))
 }
