@@ -175,8 +175,10 @@ func TestExitStatus(t *testing.T) {
 		{"a key with a newline, which would forge a line", fmt.Errorf("purge %s: %w", "x\nordermail: all 3,740 dead letters purged", store.ErrUnavailable), nil, 1,
 			"ordermail: purge x\\nordermail: all 3,740 dead letters purged: store unavailable\n"},
 		{"a key quoted", errors.New("purge \"a\x1b[2J\""), nil, 1, "ordermail: purge \\\"a\\x1b[2J\\\"\n"},
+		{"a key with a newline under a bulk action's stop", fmt.Errorf("%w: %w", ops.ErrStopped, fmt.Errorf("redrive %s: %w", "x\nordermail: all redriven", store.ErrUnavailable)), nil, 1,
+			"ordermail: " + ops.ErrStopped.Error() + ": redrive x\\nordermail: all redriven: store unavailable\n"},
 		// A message's own lines stay lines (the bench's tail of a log).
-		{"a log's tail", fmt.Errorf("bench: %w", errors.New("the service exited; its last output:\nlevel=ERROR msg=boom\nlevel=INFO msg=stopped")), nil, 1,
+		{"a log's tail", fmt.Errorf("bench: %w", multiLine{errors.New("the service exited; its last output:\nlevel=ERROR msg=boom\nlevel=INFO msg=stopped")}), nil, 1,
 			"ordermail: bench: the service exited; its last output:\nlevel=ERROR msg=boom\nlevel=INFO msg=stopped\n"},
 		// On Couchbase a request the stop cut short fails with gocb's own
 		// cancellation, which does not wrap the context's.
@@ -439,3 +441,10 @@ func TestAnUnreadableAdminTokenFileIsSaidBeforeTheStoreOpens(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, left, "files made before the typo was said")
 }
+
+// multiLine is an error whose lines are its own, as the bench's tail of a
+// process's output is.
+type multiLine struct{ error }
+
+func (e multiLine) Unwrap() error   { return e.error }
+func (e multiLine) MultiLine() bool { return true }

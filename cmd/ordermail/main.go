@@ -142,18 +142,17 @@ func exitStatus(err error, sig os.Signal, stderr io.Writer) int {
 }
 
 // say prints err after "ordermail:", its control characters escaped
-// (\x1b): errors name keys read from the store, which may hold any byte (a
-// dead letter of an invalid key), and a terminal would obey them. A
-// message's own lines (the failures of an errors.Join, a log's tail) stay
-// lines; the text an error puts before the one it wraps ("purge KEY: ")
-// is escaped whole, newlines too, so that a key cannot forge a line.
+// (\x1b, \n): errors name keys read from the store, which may hold any
+// byte (a dead letter of an invalid key), and a terminal would obey them,
+// or take a newline in one for a line of ordermail's own. The failures of
+// an errors.Join are a line each, as it says them; an error that says its
+// lines are its own (MultiLine: a process's last output) keeps them.
 func say(stderr io.Writer, err error) {
 	fmt.Fprintln(stderr, "ordermail:", shownErr(err))
 }
 
 // shownErr is err's message as say prints it.
 func shownErr(err error) string {
-	msg := err.Error()
 	if j, ok := err.(interface{ Unwrap() []error }); ok {
 		if parts := j.Unwrap(); isJoin(err, parts) {
 			lines := make([]string, len(parts))
@@ -162,23 +161,16 @@ func shownErr(err error) string {
 			}
 			return strings.Join(lines, "\n")
 		}
-		return escapedLines(msg)
 	}
-	if inner := errors.Unwrap(err); inner != nil {
-		if im := inner.Error(); strings.HasSuffix(msg, im) {
-			return escaped(msg[:len(msg)-len(im)]) + shownErr(inner)
+	var lines interface{ MultiLine() bool }
+	if errors.As(err, &lines) && lines.MultiLine() {
+		ls := strings.Split(err.Error(), "\n")
+		for i, l := range ls {
+			ls[i] = escaped(l)
 		}
+		return strings.Join(ls, "\n")
 	}
-	return escapedLines(msg)
-}
-
-// escapedLines is s with each line's control characters escaped.
-func escapedLines(s string) string {
-	lines := strings.Split(s, "\n")
-	for i, l := range lines {
-		lines[i] = escaped(l)
-	}
-	return strings.Join(lines, "\n")
+	return escaped(err.Error())
 }
 
 // escaped is s with its control characters escaped, Go-style, newlines

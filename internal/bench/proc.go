@@ -101,8 +101,15 @@ func (c *child) failure() error {
 	if !c.hidden {
 		return fmt.Errorf("%s exited (%v); its output is above", c.name, c.err)
 	}
-	return fmt.Errorf("%s exited (%v); its last output:\n%s", c.name, c.err, strings.Join(c.tail, "\n"))
+	return logTail{fmt.Errorf("%s exited (%v); its last output:\n%s", c.name, c.err, strings.Join(c.tail, "\n"))}
 }
+
+// logTail is an error that ends with a process's last lines of output:
+// lines of its own, which the command line keeps as lines (MultiLine).
+type logTail struct{ error }
+
+func (e logTail) Unwrap() error   { return e.error }
+func (e logTail) MultiLine() bool { return true }
 
 // stop sends SIGTERM and waits for the exit, killing the process when it
 // has not exited after grace. It returns the exit error, nil for a clean
