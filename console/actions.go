@@ -386,7 +386,7 @@ func (s selection) String() string {
 	case s.reason != "":
 		return "the dead letters of reason " + s.reason
 	case len(s.ids) == 1:
-		return "the dead letter of " + s.ids[0]
+		return "the dead letter of " + ops.Shown(s.ids[0])
 	}
 	return fmt.Sprintf("%d selected dead letters", len(s.ids))
 }
@@ -507,7 +507,7 @@ func (c *Console) purge(w http.ResponseWriter, r *http.Request, sid string) {
 // dropConfirmation is the step before dropping the retry of key, at
 // version cas.
 func dropConfirmation(key, cas string) confirmData {
-	return confirmData{Heading: "Drop the retry of " + key + "?", Text: dropWarning,
+	return confirmData{Heading: "Drop the retry of " + ops.Shown(key) + "?", Text: dropWarning,
 		Action: "/retries/drop", Button: "Drop the retry", Danger: true, Keys: []string{key},
 		Fields: []field{{"key", key}, {"cas", cas}}, Token: true}
 }

@@ -321,6 +321,7 @@ func (c *Console) Start(context.Context) error {
 		return fmt.Errorf("admin-listen: %w", err)
 	}
 	c.addr = ln.Addr()
+	c.cookie = sessionCookieName(c.addr.String()) // the port bound: ":0" names none of its own
 	// Checked against the address listened on: a host name that resolved
 	// to loopback is guarded as loopback is.
 	c.srv = &http.Server{Handler: metrics.HostCheck(c.cfg.Listen, c.cfg.AllowedHosts, c.addr, c.routed), ReadHeaderTimeout: 10 * time.Second,

@@ -1952,6 +1952,20 @@ func TestConsolesOnOneHostKeepASessionEach(t *testing.T) {
 		names = append(names, ck.Name)
 	}
 	assert.ElementsMatch(t, []string{"ordermail_session_19465", "ordermail_session_19466"}, names)
+
+	// Started on ":0" (the demo's), each is named after the port it bound.
+	var started []*fixture
+	for range 2 {
+		c, err := console.New(console.Config{Token: token, Listen: "127.0.0.1:0"}, deps(t, st, deadMailer(t)), quiet, nil)
+		require.NoError(t, err)
+		require.NoError(t, c.Start(context.Background()))
+		t.Cleanup(func() { _ = c.Stop(context.Background()) })
+		started = append(started, &fixture{st: st, c: c, srv: &httptest.Server{URL: "http://" + c.Addr().String()}, client: a.client})
+	}
+	csrfA = started[0].login(t)
+	started[1].login(t)
+	resp, _ = started[0].post(t, "/retries/resume", url.Values{"csrf": {csrfA}})
+	assert.Equal(t, http.StatusSeeOther, resp.StatusCode, "A's session outlives a login to B, both on ports of their own")
 }
 
 // A key a browser would change on its way back (a NUL, CR or LF, bytes
