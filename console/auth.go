@@ -16,7 +16,7 @@ import (
 
 // sessionCookie names the cookie of a logged-in operator: a random session
 // id, nothing else.
-const sessionCookie = "ordermail_session"
+const sessionCookie = "ordermail-session"
 
 // sessionCookieName is the session cookie's name of a console listening on
 // listen: its port's, so that the consoles of several instances on one
@@ -24,7 +24,7 @@ const sessionCookie = "ordermail_session"
 // own, where a login to one logged out of the others.
 func sessionCookieName(listen string) string {
 	if _, port, err := net.SplitHostPort(listen); err == nil && port != "" && port != "0" {
-		return sessionCookie + "_" + port
+		return sessionCookie + "-" + port
 	}
 	return sessionCookie
 }

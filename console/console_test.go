@@ -229,7 +229,7 @@ func TestActionRefusedWithoutSession(t *testing.T) {
 
 	// A made-up session id is no session.
 	u, _ := url.Parse(f.srv.URL)
-	f.client.Jar.SetCookies(u, []*http.Cookie{{Name: "ordermail_session", Value: "forged"}})
+	f.client.Jar.SetCookies(u, []*http.Cookie{{Name: "ordermail-session", Value: "forged"}})
 	resp, _ = f.post(t, "/deadletters/redrive", url.Values{"one": {"d1"}, "csrf": {"x"}})
 	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
 	assert.True(t, f.exists(t, order.DeadLetter, "d1"))
@@ -249,7 +249,7 @@ func TestLogin(t *testing.T) {
 	assert.Equal(t, "/", resp.Header.Get("Location"), "back must be a path of the console")
 	require.Len(t, resp.Cookies(), 1)
 	ck := resp.Cookies()[0]
-	assert.Equal(t, "ordermail_session", ck.Name)
+	assert.Equal(t, "ordermail-session", ck.Name)
 	assert.True(t, ck.HttpOnly)
 	assert.Equal(t, http.SameSiteStrictMode, ck.SameSite)
 	assert.Zero(t, ck.MaxAge, "a session cookie, gone with the browser, as the login page says")
@@ -1951,7 +1951,7 @@ func TestConsolesOnOneHostKeepASessionEach(t *testing.T) {
 	for _, ck := range a.client.Jar.Cookies(u) {
 		names = append(names, ck.Name)
 	}
-	assert.ElementsMatch(t, []string{"ordermail_session_19465", "ordermail_session_19466"}, names)
+	assert.ElementsMatch(t, []string{"ordermail-session-19465", "ordermail-session-19466"}, names)
 
 	// Started on ":0" (the demo's), each is named after the port it bound.
 	var started []*fixture
