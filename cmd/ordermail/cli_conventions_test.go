@@ -177,6 +177,8 @@ func TestExitStatus(t *testing.T) {
 		{"a key quoted", errors.New("purge \"a\x1b[2J\""), nil, 1, "ordermail: purge \\\"a\\x1b[2J\\\"\n"},
 		{"a key with a newline under a bulk action's stop", fmt.Errorf("%w: %w", ops.ErrStopped, fmt.Errorf("redrive %s: %w", "x\nordermail: all redriven", store.ErrUnavailable)), nil, 1,
 			"ordermail: " + ops.ErrStopped.Error() + ": redrive x\\nordermail: all redriven: store unavailable\n"},
+		{"a join wrapped", fmt.Errorf("bench timed out after 10m0s (--timeout): %w", errors.Join(errors.New("the probe x\x1bz"), errors.New("close store: disk I/O error"))), nil, 1,
+			"ordermail: bench timed out after 10m0s (--timeout): the probe x\\x1bz\nclose store: disk I/O error\n"},
 		// A message's own lines stay lines (the bench's tail of a log).
 		{"a log's tail", fmt.Errorf("bench: %w", multiLine{errors.New("the service exited; its last output:\nlevel=ERROR msg=boom\nlevel=INFO msg=stopped")}), nil, 1,
 			"ordermail: bench: the service exited; its last output:\nlevel=ERROR msg=boom\nlevel=INFO msg=stopped\n"},

@@ -162,6 +162,16 @@ func shownErr(err error) string {
 			return strings.Join(lines, "\n")
 		}
 	}
+	// A join wrapped by text of the wrapper's ("bench timed out: %w"):
+	// the text escaped, the join's failures a line each.
+	for inner := errors.Unwrap(err); inner != nil; inner = errors.Unwrap(inner) {
+		if j, ok := inner.(interface{ Unwrap() []error }); ok && isJoin(inner, j.Unwrap()) {
+			if msg, im := err.Error(), inner.Error(); strings.HasSuffix(msg, im) {
+				return escaped(msg[:len(msg)-len(im)]) + shownErr(inner)
+			}
+			break
+		}
+	}
 	var lines interface{ MultiLine() bool }
 	if errors.As(err, &lines) && lines.MultiLine() {
 		ls := strings.Split(err.Error(), "\n")
