@@ -157,7 +157,11 @@ func TestExitStatus(t *testing.T) {
 		{"a code of its own, wrapped", fmt.Errorf("run: %w", exitError{code: 4, err: errors.New("feed failed")}), nil, 4, "ordermail: run: feed failed\n"},
 		{"interrupted", context.Canceled, os.Interrupt, 130, ""},
 		{"interrupted after it was done", nil, os.Interrupt, 130, ""},
-		{"failed while interrupted", errors.New("boom"), os.Interrupt, 130, "ordermail: boom\n"},
+		// Failed for a reason of its own (a start or stop that failed), as
+		// after SIGTERM: 1, not 130, which hid it from a script.
+		{"failed while interrupted", errors.New("boom"), os.Interrupt, 1, "ordermail: boom\n"},
+		{"a Couchbase request cut short by Ctrl-C", fmt.Errorf("get retries/r1: %w: %w: %w", store.ErrUnavailable, store.ErrUnreachable,
+			&gocb.KeyValueError{InnerError: gocb.ErrRequestCanceled}), os.Interrupt, 130, ""},
 		{"a bulk action interrupted", errors.Join(errors.New("left 2 dead letters that changed: d1, d2"), fmt.Errorf("%w: %w", ops.ErrStopped, context.Canceled)),
 			os.Interrupt, 130, "ordermail: left 2 dead letters that changed: d1, d2\n"},
 		{"a bulk action interrupted, nothing left", errors.Join(nil, fmt.Errorf("%w: %w", ops.ErrStopped, context.Canceled)), os.Interrupt, 130, ""},

@@ -129,7 +129,10 @@ func exitStatus(err error, sig os.Signal, stderr io.Writer) int {
 			say(stderr, rest)
 		}
 		return 143
-	case interrupted:
+	case interrupted && (err == nil || canceled(err)):
+		// As for SIGTERM: a failure of the command's own (a start or a
+		// stop that failed) is 1, whatever signal came; a Couchbase
+		// request the interrupt cut short is the interrupt's (canceled).
 		if rest := besidesCancel(err); rest != nil {
 			say(stderr, rest)
 		}
